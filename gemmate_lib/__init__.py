@@ -1,0 +1,14 @@
+"""gemmate_lib: the small library behind the GemmaTE course notebooks.
+
+One module per concern; each docstring names the notebook that teaches it:
+config (profile and settings), hardware (precision), token (HF_TOKEN), models
+(Hub, NF4 and the embedded Gemma 3 270M), data (quotes), generation, fast_loss and
+training (LoRA SFT), run (the run folder and manifest).
+"""
+from .config import EMBEDDED, HUB_DATASET, HUB_MODEL, CourseConfig, config_summary, course_config
+from .errors import DataError, GemmateError, HardwareError, ModelLoadError, ParameterError
+
+__version__ = "0.1.0"
+
+__all__ = ["EMBEDDED", "HUB_DATASET", "HUB_MODEL", "CourseConfig", "config_summary", "course_config",
+           "DataError", "GemmateError", "HardwareError", "ModelLoadError", "ParameterError"]

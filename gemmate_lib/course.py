@@ -1,0 +1,64 @@
+"""`python -m gemmate_lib.course`: what `make course` runs.
+
+Prepares the embedded default, then runs every notebook in notebooks/ in order
+with papermill into one run folder runs/<timestamp>/, and writes the measured
+time of each notebook to course_timings.json there. Stops at the first failing
+notebook and says which one, and where its executed copy lies.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+from .run import get_run_dir, repo_root, save_json, show_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
+    parser.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 00 03")
+    parser.add_argument("--prepare-only", action="store_true", help="only prepare the embedded model")
+    args = parser.parse_args(argv)
+
+    from .models import prepare_embedded
+
+    start = time.time()
+    folder = prepare_embedded()
+    print(f"embedded model ready in {show_path(folder)} ({time.time() - start:.0f} s)")
+    if args.prepare_only:
+        return 0
+
+    import papermill as pm
+
+    root = repo_root()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = get_run_dir(args.run_dir or root / "runs" / stamp)
+    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.only:
+        notebooks = [nb for nb in notebooks if nb.name.startswith(tuple(args.only))]
+    timings = {}
+    for nb in notebooks:
+        out = run_dir / nb.name
+        print(f"--> {nb.name}", flush=True)
+        t0 = time.time()
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters={"run_dir": str(run_dir)},
+                                cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
+        except pm.PapermillExecutionError as err:
+            print(f"FAILED: {nb.name} at cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                  f"  the executed copy with the error is {show_path(out)}", file=sys.stderr)
+            return 1
+        timings[nb.name] = round(time.time() - t0, 1)
+        print(f"    {timings[nb.name]:.0f} s", flush=True)
+    timings["total_notebooks_s"] = round(sum(timings.values()), 1)
+    save_json(run_dir / "course_timings.json", timings)
+    print(f"course done: {timings['total_notebooks_s']:.0f} s for {len(notebooks)} notebooks; "
+          f"everything is in {show_path(run_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

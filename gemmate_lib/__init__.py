@@ -5,6 +5,11 @@ config (profile and settings), hardware (precision), token (HF_TOKEN), models
 (Hub, NF4 and the embedded Gemma 3 270M), data (quotes), generation, fast_loss and
 training (LoRA SFT), run (the run folder and manifest).
 """
+import warnings
+
+# tqdm.auto warns that ipywidgets is missing and falls back to text bars, which is what we want.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 from .config import EMBEDDED, HUB_DATASET, HUB_MODEL, CourseConfig, config_summary, course_config
 from .errors import DataError, GemmateError, HardwareError, ModelLoadError, ParameterError
 

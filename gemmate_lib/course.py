@@ -16,11 +16,30 @@ from pathlib import Path
 from .run import get_run_dir, repo_root, save_json, show_path
 
 
+def execute_in_place(path: Path, run_dir: Path) -> None:
+    """Run one notebook top to bottom and write it back with clean metadata (what gets committed)."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    os.environ["GEMMATE_RUN_DIR"] = str(run_dir)  # the kernel inherits it: artifacts go to the run folder
+    NotebookClient(nb, timeout=1800, kernel_name="python3", record_timing=False,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+    nb.metadata = {k: v for k, v in nb.metadata.items() if k in ("kernelspec", "language_info")}
+    nbformat.write(nb, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
     parser.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 00 03")
     parser.add_argument("--prepare-only", action="store_true", help="only prepare the embedded model")
+    parser.add_argument("--in-place", action="store_true",
+                        help="maintainers: execute the notebooks in notebooks/ and store their outputs there")
     args = parser.parse_args(argv)
 
     from .models import prepare_embedded
@@ -39,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.only:
         notebooks = [nb for nb in notebooks if nb.name.startswith(tuple(args.only))]
+    if args.in_place:
+        for nb in notebooks:
+            print(f"--> {nb.name} (in place)", flush=True)
+            execute_in_place(nb, run_dir)
+        return 0
     timings = {}
     for nb in notebooks:
         out = run_dir / nb.name

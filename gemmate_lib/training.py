@@ -8,6 +8,7 @@ trainer with a held-out evaluation and returns the loss log for plotting.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def attach_lora(model, lora: LoraSettings, quantized: bool = False, gradient_che
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def _trainer_class():
@@ -71,7 +74,7 @@ def sft_config(train: TrainSettings, output_dir: str | Path, precision: Precisio
         lr_scheduler_type="linear",
         optim=train.optim,
         max_length=train.max_length,
-        gradient_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing=train.gradient_checkpointing,  # the new name of gradient_checkpointing
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         bf16=precision.name == "bf16",
         fp16=precision.name == "fp16",

@@ -1,0 +1,181 @@
+"""LoRA SFT throughput: the seed notebook's settings against the course's tuned CPU settings.
+
+Run with `make bench` (or `python benchmarks/sft_throughput.py`). In one run, on the
+same machine, model (the embedded Gemma 3 270M) and data (the offline quotes), it
+trains each configuration in its own subprocess (so peak memory is its own) for
+the same number of examples, times the optimizer steps after a warm-up, and then
+measures the held-out loss. It prints a table, writes JSON to
+benchmarks/results/sft_throughput.json, and ends with `ratio b/a: X`.
+
+FLOPs per non-padding token (for MFU):
+    4 x frozen matmul weights   forward (2) + gradient w.r.t. the input (2); frozen weights
+                                get no weight gradient. The tied LM head counts here
+                                (vocab x hidden): the embedding lookup itself is free.
+  + 6 x LoRA weights            forward (2) + input gradient (2) + weight gradient (2)
+  + 12 x layers x heads x head_dim x mean context   attention scores and values, fwd+bwd
+Padding tokens and recomputation (gradient checkpointing) are not useful work and are
+not counted. The peak is a 2048x2048 matmul measured in the same run, in fp32 (the
+issue's reference) and in bf16 (the dtype the tuned run uses on AMX CPUs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gemmate_lib.config import SEED_QLORA  # noqa: E402
+
+CONFIGS = {
+    # (a) the seed notebook: QLoRA NF4 with bf16 compute, batch 1 x 4 accumulation, paged 8-bit AdamW,
+    #     gradient checkpointing (TRL's default), TRL's own loss over every position.
+    "a_seed": dict(quantization="nf4", dtype="bf16", dropout=0.05,
+                   **{k: v for k, v in SEED_QLORA.items() if k not in ("max_steps", "logging_steps", "eval_steps")}),
+    # (b) the course's CPU defaults (course_config() on a machine without a GPU).
+    "b_tuned": dict(),
+}
+
+
+def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 1.5) -> float:
+    """GFLOP/s of an n x n matmul in the given dtype, on all threads."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    start, k = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        a @ b
+        k += 1
+    return 2 * n**3 * k / (time.perf_counter() - start) / 1e9
+
+
+def run_one(name: str, examples: int, warmup_steps: int) -> dict:
+    """Train one configuration for `examples` examples; return its measurements."""
+    import torch
+    from transformers import TrainerCallback
+
+    from gemmate_lib import course_config
+    from gemmate_lib.data import load_quotes
+    from gemmate_lib.models import load_model, load_tokenizer
+    from gemmate_lib.training import attach_lora, held_out_loss, train_lora
+
+    overrides = CONFIGS[name]
+    probe = course_config(**overrides)
+    per_step = probe.train.batch_size * probe.train.grad_accum
+    steps = examples // per_step
+    cfg = course_config(max_steps=steps, warmup_steps=0, logging_steps=max(1, steps // 4), **overrides)
+    data = load_quotes(cfg.data.source, cfg.data.eval_fraction, cfg.data.seed)
+    tokenizer = load_tokenizer(cfg.model.model_id)
+    model = load_model(cfg.model.model_id, cfg.precision, quantization=cfg.model.quantization)
+    loss_before = held_out_loss(model, tokenizer, data.held_out, max_length=cfg.train.max_length)
+    model = attach_lora(model, cfg.lora, quantized=cfg.model.quantization == "nf4",
+                        gradient_checkpointing=cfg.train.gradient_checkpointing)
+    lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base = model.get_base_model()
+    hidden, vocab = base.config.hidden_size, base.config.vocab_size
+    frozen_matmul = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1)
+                        for n, p in model.named_parameters() if not p.requires_grad and p.dim() == 2
+                        and "embed" not in n) + vocab * hidden
+    marks: list[tuple[float, int]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.append((time.perf_counter(), trainer_ref[0]._total_train_tokens))
+
+    trainer_ref = []
+    import gemmate_lib.training as training_mod
+
+    original = training_mod._trainer_class
+
+    def with_clock():
+        cls = original()
+
+        class Timed(cls):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                trainer_ref.append(self)
+                self.add_callback(Clock())
+        return Timed
+
+    training_mod._trainer_class = with_clock
+    result = train_lora(model, tokenizer, data.train, [], cfg, output_dir=ROOT / "runs" / "bench" / name)
+    (t0, tok0), (t1, tok1) = marks[warmup_steps - 1], marks[-1]
+    measured_steps = len(marks) - warmup_steps
+    seconds = t1 - t0
+    c = base.config
+    mean_ctx = 20  # quotes are ~40 tokens: mean causal context ~20
+    attn = 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * mean_ctx
+    flops_per_token = 4 * frozen_matmul + 6 * lora + attn
+    loss = held_out_loss(result.model, tokenizer, data.held_out, max_length=cfg.train.max_length)
+    return {
+        "config": name, "settings": {"quantization": cfg.model.quantization, "dtype": cfg.precision.name,
+                                     "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
+                                     "optim": cfg.train.optim, "gradient_checkpointing": cfg.train.gradient_checkpointing,
+                                     "fast_loss": cfg.train.fast_loss, "group_by_length": cfg.train.group_by_length},
+        "examples": steps * per_step, "steps": steps, "measured_steps": measured_steps,
+        "samples_per_s": measured_steps * per_step / seconds, "tokens_per_s": (tok1 - tok0) / seconds,
+        "flops_per_token": flops_per_token, "achieved_gflops": (tok1 - tok0) * flops_per_token / seconds / 1e9,
+        "held_out_loss_before": loss_before, "held_out_loss": loss, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=96, help="training examples per configuration")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="optimizer steps not timed")
+    parser.add_argument("--one", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args.one, args.examples, args.warmup_steps)), flush=True)
+        return 0
+
+    peaks = {d: matmul_peak(d) for d in ("fp32", "bf16")}
+    results = {}
+    for name in CONFIGS:
+        print(f"running {name} ({args.examples} examples)...", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--one", name, "--examples", str(args.examples),
+                               "--warmup-steps", str(args.warmup_steps)], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not line:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return 1
+        results[name] = json.loads(line[0][len("RESULT "):])
+    a, b = results["a_seed"], results["b_tuned"]
+    print(f"\nmatmul peak (2048x2048, this run): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    print(f"{'config':9} {'settings':70} {'samples/s':>9} {'tokens/s':>8} {'GFLOP/s':>8} "
+          f"{'MFU fp32':>8} {'MFU bf16':>8} {'loss 0':>8} {'loss N':>8} {'peak GiB':>8}")
+    for r in (a, b):
+        s = r["settings"]
+        desc = (f"{s['quantization']}, {s['dtype']}, batch {s['batch_size']}x{s['grad_accum']}, {s['optim']}, "
+                f"ckpt {'on' if s['gradient_checkpointing'] else 'off'}, fast loss {'on' if s['fast_loss'] else 'off'}")
+        r["mfu_fp32_peak"] = r["achieved_gflops"] / peaks["fp32"]
+        r["mfu_bf16_peak"] = r["achieved_gflops"] / peaks["bf16"]
+        print(f"{r['config']:9} {desc:70} {r['samples_per_s']:9.2f} {r['tokens_per_s']:8.1f} "
+              f"{r['achieved_gflops']:8.1f} {r['mfu_fp32_peak']:8.1%} {r['mfu_bf16_peak']:8.1%} "
+              f"{r['held_out_loss_before']:8.4f} {r['held_out_loss']:8.4f} {r['peak_rss_gib']:8.2f}")
+    ratio = b["samples_per_s"] / a["samples_per_s"]
+    loss_gap = (b["held_out_loss"] - a["held_out_loss"]) / a["held_out_loss"]
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sft_throughput.json").write_text(json.dumps(
+        {"peaks_gflops": peaks, "results": results, "ratio_b_over_a": ratio, "held_out_loss_gap": loss_gap},
+        indent=2) + "\n")
+    print("loss 0 / loss N: held-out loss (nats/token) before training and after the same number of examples")
+    print(f"held-out loss after {b['examples']} examples: tuned {b['held_out_loss']:.4f} vs seed "
+          f"{a['held_out_loss']:.4f} ({loss_gap:+.1%}); before training: {b['held_out_loss_before']:.4f} vs "
+          f"{a['held_out_loss_before']:.4f} (the seed's NF4 re-quantizes the weights)")
+    print(f"ratio b/a: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+from gemmate_lib.generation import STANDARD_PROMPTS, generate, has_author_line
+
+
+def test_author_line_detection():
+    assert has_author_line("Quote: Be yourself.\nAuthor: Oscar Wilde")
+    assert not has_author_line("Quote: Be yourself. And so on and so on")
+    assert not has_author_line("Quote: x\nAuthor:")
+    assert not has_author_line("Quote: x\nAuthor: Author: Author:")
+    assert not has_author_line("Quote: x\nAuthor: A\nQuote: y\nAuthor: B")
+
+
+def test_greedy_generation_is_a_repeatable_table(base_model, tokenizer):
+    prompts = list(STANDARD_PROMPTS[:2])
+    side = tokenizer.padding_side
+    first = generate(base_model, tokenizer, prompts, max_new_tokens=8)
+    again = generate(base_model, tokenizer, prompts[::-1], max_new_tokens=8, batch_size=1)
+    assert list(first.columns) == ["prompt", "completion", "author_line", "new_tokens", "seconds"]
+    assert first.prompt.tolist() == prompts
+    assert (first.new_tokens <= 8).all() and (first.new_tokens > 0).all()
+    # left padding in a batch of two gives the same text as one prompt at a time
+    assert first.completion.tolist() == again.completion.tolist()[::-1]
+    assert tokenizer.padding_side == side  # restored after generation

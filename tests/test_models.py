@@ -1,0 +1,58 @@
+import time
+
+import pytest
+import torch
+
+from gemmate_lib import ModelLoadError
+from gemmate_lib.models import count_parameters, footprint_mib, load_model, load_tokenizer, resolve_model
+
+
+@pytest.fixture()
+def no_token(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+
+
+def test_gated_model_without_token_fails_at_once_with_the_fix(no_token):
+    start = time.time()
+    with pytest.raises(ModelLoadError) as err:
+        load_model("google/gemma-2b")
+    assert time.time() - start < 5  # no Hub round trip
+    text = str(err.value)
+    assert "gated" in text and "HF_TOKEN" in text and "embedded" in text
+
+
+def test_unknown_model_id_offline_is_explained(no_token):
+    with pytest.raises(ModelLoadError) as err:
+        load_tokenizer("nobody-here/no-such-model")
+    text = str(err.value)
+    assert "nobody-here/no-such-model" in text and "embedded" in text
+
+
+@pytest.mark.parametrize("bad", ["./no/such/folder", "gemma 2b", ""])
+def test_wrong_path_or_malformed_id(bad):
+    with pytest.raises(ModelLoadError, match="embedded"):
+        resolve_model(bad)
+
+
+def test_embedded_tokenizer_and_model(tokenizer, base_model):
+    ids = tokenizer("Quote: Imagination is more")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and len(ids) == 6
+    assert base_model.config.model_type == "gemma3_text" and base_model.config.vocab_size == 262144
+    _, total = count_parameters(base_model)
+    assert 260e6 < total < 275e6  # Gemma 3 270M
+
+
+def test_nf4_is_smaller_and_close_to_full_precision(tokenizer, base_model, fp32):
+    nf4 = load_model("embedded", fp32, quantization="nf4")
+    assert type(nf4.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+    # the seven projections of every block go from 32 to ~4.5 bits; embeddings and norms stay as they were
+    projections = sum(p.numel() * p.element_size() for n, p in base_model.named_parameters()
+                      if n.endswith("proj.weight")) / 2**20
+    saved = footprint_mib(base_model) - footprint_mib(nf4)
+    assert 0.8 * projections < saved < projections
+    ids = tokenizer("Quote: Imagination is more", return_tensors="pt")
+    with torch.no_grad():
+        top_full = base_model(**ids).logits[0, -1].topk(5).indices
+        top_nf4 = nf4(**ids).logits[0, -1].topk(5).indices
+    assert len(set(top_full.tolist()) & set(top_nf4.tolist())) >= 3

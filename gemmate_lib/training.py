@@ -8,7 +8,6 @@ trainer with a held-out evaluation and returns the loss log for plotting.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +29,7 @@ def attach_lora(model, lora: LoraSettings, quantized: bool = False, gradient_che
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, config)
+    return get_peft_model(model, config)
 
 
 def _trainer_class():

@@ -7,7 +7,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-EXPECTED = ["00_setup", "01_load_4bit", "02_baseline_generation", "03_lora_sft", "05_evaluation"]
+EXPECTED = ["00_setup", "01_load_4bit", "02_baseline_generation", "03_lora_sft", "05_evaluation",
+            "06_save_and_push"]
 
 
 def test_the_course_notebooks_are_there_in_order():
@@ -34,3 +35,14 @@ def test_notebook_hygiene(path):
         for out in c.get("outputs", []):
             assert out["output_type"] != "error", f"stored error output: {out.get('ename')}"
     assert set(nb["metadata"]) <= {"kernelspec", "language_info", "papermill", "colab", "accelerator"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_colab_badge_and_install_cell_use_the_one_repository_path(path):
+    from gemmate_lib import COURSE_REPO
+
+    nb = json.loads(path.read_text())
+    intro = "".join(nb["cells"][0]["source"])
+    assert f"colab.research.google.com/github/{COURSE_REPO}/blob/main/notebooks/{path.name}" in intro
+    install = "".join(nb["cells"][1]["source"])
+    assert '"google.colab" in sys.modules' in install and f"https://github.com/{COURSE_REPO}" in install

@@ -104,7 +104,7 @@ class EvalResult:
     settings: dict = field(default_factory=dict)  # token limits, bootstrap samples, seed
 
 
-def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size: int = 64) -> EvalResult:
+def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size: int = 8) -> EvalResult:
     """All metrics for one model on `rows` (dicts with quote, author, text).
 
     Quote completion and format compliance read the same generation from `Quote: <first half>`:

@@ -8,7 +8,7 @@ from gemmate_lib.hub import save_adapter
 from gemmate_lib.training import attach_lora
 
 ROOT = Path(__file__).resolve().parents[1]
-CANARY = "hf_CANARYcanaryCANARYcanaryCANARY0000"
+CANARY = "hf_" + "CANARYcanary" * 3 + "0000"  # built at run time: not a token-shaped literal in the repo
 
 
 def test_no_produced_file_contains_the_token(monkeypatch, tmp_path, fresh_model, tokenizer, capsys):

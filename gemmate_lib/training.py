@@ -28,7 +28,8 @@ def attach_lora(model, lora: LoraSettings, quantized: bool = False, gradient_che
     if quantized:  # norms and embeddings to fp32, input grads on: the QLoRA recipe
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+                        target_modules=lora.target_modules if isinstance(lora.target_modules, str)
+                        else list(lora.target_modules), bias="none", task_type="CAUSAL_LM")  # or "all-linear"
     return get_peft_model(model, config)
 
 

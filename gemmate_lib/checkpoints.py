@@ -1,0 +1,113 @@
+"""Checkpoint policy for `gemmate train`: keep the last N and the best N, resume, stop early.
+
+Taught in the README ("Command line"). transformers' Trainer writes each checkpoint
+(adapter as safetensors, optimizer, scheduler, RNG states, trainer_state.json, in that
+order); this module decides which to keep, which one to resume from, and when to stop.
+A checkpoint counts as complete only when its trainer_state.json (written last) parses,
+so a run killed in the middle of a save resumes from the one before.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .errors import ParameterError
+
+STEP = re.compile(r"^checkpoint-(\d+)$")
+
+
+def complete_checkpoints(output_dir: str | Path) -> dict[int, Path]:
+    """{step: folder} of the checkpoints in output_dir that were written to the end."""
+    found = {}
+    for folder in Path(output_dir).glob("checkpoint-*"):
+        match = STEP.match(folder.name)
+        if not match or not folder.is_dir():
+            continue
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        found[int(match.group(1))] = folder
+    return dict(sorted(found.items()))
+
+
+def checkpoint_metric(folder: Path, metric: str) -> float | None:
+    """The value of `metric` logged at the checkpoint's own step (None if it was not evaluated there)."""
+    state = json.loads((folder / "trainer_state.json").read_text())
+    step = state["global_step"]
+    values = [e[metric] for e in state["log_history"] if e.get("step") == step and metric in e]
+    return values[-1] if values else None
+
+
+def select_kept(checkpoints: dict[int, Path], keep_last_n: int, keep_best_n: int, metric: str | None,
+                mode: str = "min") -> set[int]:
+    """Steps to keep: the keep_last_n most recent, plus the keep_best_n best by metric."""
+    steps = sorted(checkpoints)
+    keep = set(steps[-keep_last_n:]) if keep_last_n else set()
+    if keep_best_n and metric:
+        scored = [(v, s) for s in steps if (v := checkpoint_metric(checkpoints[s], metric)) is not None]
+        scored.sort(key=lambda vs: (vs[0] if mode == "min" else -vs[0], vs[1]))
+        keep |= {s for _, s in scored[:keep_best_n]}
+    return keep
+
+
+def resume_checkpoint(output_dir: str | Path, option: str, path: str | None = None, metric: str | None = None,
+                      mode: str = "min") -> Path:
+    """The checkpoint folder to resume from: the last one, the best one by metric, or a given path."""
+    if option == "path":
+        folder = Path(path or "")
+        if not (folder / "trainer_state.json").is_file():
+            raise ParameterError(f"config key 'checkpoint_path' = {path!r} is not a complete checkpoint folder",
+                                 "point it at a checkpoint-<step> folder that has trainer_state.json")
+        return folder
+    checkpoints = complete_checkpoints(output_dir)
+    if not checkpoints:
+        raise ParameterError(f"resume_from_checkpoint is true but {output_dir} holds no complete checkpoint",
+                             "set resume_from_checkpoint: false to start afresh, or fix output_dir")
+    if option == "last":
+        return checkpoints[max(checkpoints)]
+    best = select_kept(checkpoints, 0, 1, metric, mode)
+    if not best:
+        raise ParameterError(f"no checkpoint in {output_dir} has a logged {metric!r}",
+                             "use resume_option: last, or evaluate at every save (val_steps_freq = steps_freq)")
+    return checkpoints[best.pop()]
+
+
+class CheckpointPolicy(TrainerCallback):
+    """After every save: delete checkpoints that are neither among the last N nor the best N.
+
+    With `patience` > 0 it also stops training after that many evaluations without
+    an improvement of `metric`.
+    """
+
+    def __init__(self, output_dir: str | Path, keep_last_n: int, keep_best_n: int, metric: str | None,
+                 mode: str = "min", patience: int = 0):
+        self.output_dir, self.keep_last_n, self.keep_best_n = Path(output_dir), keep_last_n, keep_best_n
+        self.metric, self.mode, self.patience = metric, mode, patience
+        self.best, self.bad_evals = None, 0
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return control
+        checkpoints = complete_checkpoints(self.output_dir)
+        keep = select_kept(checkpoints, self.keep_last_n, self.keep_best_n, self.metric, self.mode)
+        for step, folder in checkpoints.items():
+            if step not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not self.patience or not self.metric or not metrics or self.metric not in metrics:
+            return control
+        value = metrics[self.metric]
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        self.best, self.bad_evals = (value, 0) if better else (self.best, self.bad_evals + 1)
+        if self.bad_evals >= self.patience:
+            print(f"early stopping: {self.metric} did not improve for {self.patience} evaluations "
+                  f"(best {self.best:.4f})", flush=True)
+            control.should_training_stop = True
+        return control

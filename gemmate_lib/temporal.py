@@ -1,0 +1,280 @@
+"""GemmaTE: a time signal for Gemma (timestamps in, a learned vector added to the token embeddings).
+
+Taught in 04_temporal_encoding. The encoding, step by step:
+
+1. A timestamp (ms since the Unix epoch, a `datetime`, or an ISO-8601 string) is taken
+   relative to the reference 2006-05-23T00:00:00Z: positive after it, negative before.
+2. Signed log transform, in days: x = sign(r) * log1p(|r| / 1 day). One day after the
+   reference is 0.69, one year 5.9, twenty years 8.9: the range is tamed and nearby
+   dates stay distinguishable.
+3. Scale by tau (`TemporalSettings.scale`): s = tau * x.
+4. Features: s / (tau * 12) (about -1..1 over the accepted range), the sign, and sin/cos of
+   s at `(dim - 2) / 2` geometric frequencies (like Transformer position encodings, but
+   over log time): coarse ones tell decades apart, fine ones neighbouring years.
+5. `GemmaTEForCausalLM` projects the features to the hidden size with a learned matrix that
+   starts at zero, and adds the result to every token embedding of that sequence, next to
+   the position information that rotary embeddings put into attention. At zero the
+   wrapped model equals plain Gemma exactly; training (with LoRA) teaches it to use time.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import DataError, ModelLoadError, ParameterError
+
+REFERENCE_MS = 1_148_342_400_000  # 2006-05-23T00:00:00Z in ms since the Unix epoch
+DAY_MS = 86_400_000  # one day in ms: the unit inside the log
+MIN_MS = -2_208_988_800_000  # 1900-01-01T00:00:00Z: earliest accepted timestamp
+MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: latest accepted timestamp
+LOG_RANGE = 12.0  # |signed log-days| stays below ~10.6 in the accepted range; features divide by this
+
+
+@dataclass
+class TemporalSettings:
+    scale: float = 1.0  # tau, `temporal_encoding_scale`: stretches log time before the sinusoids (finer detail when >1)
+    dim: int = 64  # `temporal_encoding_dim`: number of features (even, >= 4): 2 + 2 per frequency
+    min_period: float = 0.02  # shortest sinusoid period, in units of s (~0.4 years around 2026 when tau=1)
+    max_period: float = 50.0  # longest sinusoid period, in units of s (longer than the whole range)
+    reference_ms: int = REFERENCE_MS  # the zero of relative time (2006-05-23 00:00 UTC)
+
+
+def _one_to_ms(value) -> float:
+    if value is None or isinstance(value, (bool, np.bool_)):
+        raise DataError(f"timestamp {value!r} is not a time",
+                        "give milliseconds since 1970-01-01 UTC, a datetime or an ISO-8601 string")
+    if isinstance(value, datetime):
+        if value.tzinfo is None:  # naive datetimes are read as UTC, the convention of the whole course
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp() * 1000.0
+    if isinstance(value, str):
+        try:
+            return _one_to_ms(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+        except ValueError:
+            raise DataError(f"timestamp {value!r} is not an ISO-8601 date",
+                            'write it like "2014-03-05" or "2014-03-05T12:00:00Z", or give milliseconds') from None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise DataError(f"timestamp {value!r} has type {type(value).__name__}",
+                    "give int/float milliseconds, a datetime, an ISO-8601 string, or a numpy/torch array of ms")
+
+
+def to_milliseconds(values) -> torch.Tensor:
+    """Timestamps as a float64 tensor of ms since the epoch, checked: no NaN, inf, None, bool, or out of range.
+
+    Accepts one value or a sequence / numpy array / torch tensor of them (any shape).
+    """
+    if isinstance(values, torch.Tensor):
+        if values.dtype == torch.bool:
+            raise DataError("timestamps are booleans", "give milliseconds since 1970-01-01 UTC")
+        ms = values.detach().to("cpu", torch.float64)
+    elif isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        ms = torch.from_numpy(values.astype(np.float64))
+    elif isinstance(values, (list, tuple, np.ndarray)):
+        ms = torch.tensor([_one_to_ms(v) for v in np.asarray(values, dtype=object).ravel()],
+                          dtype=torch.float64).reshape(np.shape(values))
+    else:
+        ms = torch.tensor(_one_to_ms(values), dtype=torch.float64)
+    bad = ~torch.isfinite(ms)
+    if bad.any():
+        raise DataError(f"{int(bad.sum())} timestamp(s) are NaN or infinite", "drop or fix those rows before encoding")
+    out = (ms < MIN_MS) | (ms > MAX_MS)
+    if out.any():
+        first = float(ms[out].flatten()[0])
+        raise DataError(f"timestamp {first:.0f} ms is outside 1900-01-01..2100-01-01",
+                        "timestamps are milliseconds (not seconds, not microseconds) since 1970-01-01 UTC, "
+                        "within 1900-2100")
+    return ms
+
+
+def signed_log_days(ms: torch.Tensor, reference_ms: int = REFERENCE_MS) -> torch.Tensor:
+    """x = sign(t - ref) * log1p(|t - ref| / 1 day): negative before the reference, positive after."""
+    rel = ms.to(torch.float64) - reference_ms
+    return torch.sign(rel) * torch.log1p(rel.abs() / DAY_MS)
+
+
+class TemporalEncoder(nn.Module):
+    """Fixed (untrained) features of a timestamp: [s/(12 tau), sign, sin(w_k s), cos(w_k s)]."""
+
+    def __init__(self, settings: TemporalSettings):
+        super().__init__()
+        if settings.dim < 4 or settings.dim % 2:
+            raise ParameterError(f"temporal dim={settings.dim} must be even and >= 4", "use 32, 64 or 128")
+        if not (isinstance(settings.scale, numbers.Real) and math.isfinite(settings.scale) and settings.scale > 0):
+            raise ParameterError(f"temporal scale (tau)={settings.scale!r} must be a positive number", "use 1.0")
+        self.settings = settings
+        k = (settings.dim - 2) // 2
+        periods = np.geomspace(settings.max_period, settings.min_period, k)
+        self.register_buffer("frequencies", torch.tensor(2 * np.pi / periods, dtype=torch.float64), persistent=False)
+
+    def forward(self, timestamps) -> torch.Tensor:
+        ms = to_milliseconds(timestamps)
+        x = signed_log_days(ms, self.settings.reference_ms)
+        s = self.settings.scale * x
+        angles = s[..., None] * self.frequencies.to("cpu")
+        feats = torch.cat([(s / (self.settings.scale * LOG_RANGE))[..., None], torch.sign(x)[..., None],
+                           torch.sin(angles), torch.cos(angles)], dim=-1)
+        return feats.to(torch.float32)
+
+
+def _hidden_size(model) -> int:
+    config = model.config
+    config = getattr(config, "text_config", None) or config
+    return int(config.hidden_size)
+
+
+class GemmaTEForCausalLM(nn.Module):
+    """Any transformers causal LM (Gemma 3 270M, gemma-2b, NF4 or not, with or without LoRA) plus time.
+
+    `forward(..., timestamps=...)` and `generate(..., timestamps=...)` take one timestamp per
+    sequence ([batch]) or one per token ([batch, seq]); None means "now". The only new
+    weights are `temporal_projection` (dim -> hidden, zero at start).
+    """
+
+    main_input_name = "input_ids"
+
+    def __init__(self, model, settings: TemporalSettings | None = None):
+        super().__init__()
+        self.model = model
+        self.settings = settings or TemporalSettings()
+        self.encoder = TemporalEncoder(self.settings)
+        self.temporal_projection = nn.Linear(self.settings.dim, _hidden_size(model), bias=False)
+        nn.init.zeros_(self.temporal_projection.weight)
+        embeddings = model.get_input_embeddings()
+        self.temporal_projection.to(embeddings.weight.device)
+        self._time = None  # [batch, hidden] or [batch, seq, hidden] while a forward/generate runs
+        self.fast_loss = False  # forward(labels=...) returns only the loss, LM head on labelled tokens (training)
+        self._hook = embeddings.register_forward_hook(self._add_time)
+        self.train(model.training)  # follow the wrapped model: eval() after loading, so no dropout
+
+    # --- plumbing that Trainer and PEFT look for -------------------------------------------
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def generation_config(self):
+        return self.model.generation_config
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        self.model.gradient_checkpointing_enable(**kwargs)
+
+    def unwrap(self):
+        """Remove the embedding hook and return the wrapped model (time is no longer added)."""
+        self._hook.remove()
+        return self.model
+
+    # --- the time signal -------------------------------------------------------------------
+    def time_vectors(self, timestamps, batch: int) -> torch.Tensor:
+        """Projected time vectors: [batch, hidden] (or [batch, seq, hidden] for per-token stamps)."""
+        if timestamps is None:
+            timestamps = [datetime.now(timezone.utc).timestamp() * 1000.0] * batch
+        feats = self.encoder(timestamps)
+        if feats.dim() == 1:  # a single timestamp for the whole batch
+            feats = feats.expand(batch, -1)
+        if feats.shape[0] != batch:
+            raise DataError(f"got {feats.shape[0]} timestamps for a batch of {batch} sequences",
+                            "pass one timestamp per sequence (or one per token, shape [batch, seq])")
+        weight = self.temporal_projection.weight
+        return self.temporal_projection(feats.to(weight.device, weight.dtype))
+
+    @contextlib.contextmanager
+    def use_timestamps(self, timestamps, batch: int):
+        """Inside this block, every embedding lookup of the wrapped model gets the time vectors added."""
+        self._time = self.time_vectors(timestamps, batch)
+        try:
+            yield
+        finally:
+            self._time = None
+
+    def _add_time(self, module, args, output):
+        vec = self._time
+        if vec is None:
+            return output
+        if output.shape[0] != vec.shape[0]:  # generate() expanded the batch (beams, num_return_sequences)
+            vec = vec.repeat_interleave(output.shape[0] // vec.shape[0], dim=0)
+        if vec.dim() == 3:  # per-token: use the stamps of these positions; while decoding, the last one
+            vec = vec if vec.shape[1] == output.shape[1] else vec[:, -1:].expand(-1, output.shape[1], -1)
+        else:
+            vec = vec[:, None, :]
+        return output + vec.to(output.device, output.dtype)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, timestamps=None, **kwargs):
+        """The wrapped model's forward with time added; with labels and `fast_loss`, only the loss."""
+        batch = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[0]
+        num_items = kwargs.pop("num_items_in_batch", None)
+        with self.use_timestamps(timestamps, batch):
+            softcap = getattr(self.config, "final_logit_softcapping", None)
+            if labels is not None and self.fast_loss and softcap is None and input_ids is not None:
+                from transformers.modeling_outputs import CausalLMOutputWithPast
+
+                from .fast_loss import causal_lm_loss
+
+                if attention_mask is None:
+                    attention_mask = torch.ones_like(input_ids)
+                loss = causal_lm_loss(self.model, input_ids, attention_mask, labels, num_items)
+                return CausalLMOutputWithPast(loss=loss)
+            if num_items is not None:
+                kwargs["num_items_in_batch"] = num_items
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, attention_mask=None, timestamps=None, **kwargs):
+        with self.use_timestamps(timestamps, input_ids.shape[0]):
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    # --- save and load ---------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Adapter (if LoRA is attached) + temporal projection, both safetensors, + gemmate_te.json."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if hasattr(self.model, "peft_config"):
+            self.model.save_pretrained(folder)
+        weight = self.temporal_projection.weight.detach().to("cpu", torch.float32).contiguous()
+        save_file({"temporal_projection.weight": weight}, folder / "temporal.safetensors")
+        meta = {"settings": asdict(self.settings), "hidden_size": weight.shape[0],
+                "lora": hasattr(self.model, "peft_config")}
+        (folder / "gemmate_te.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, base_model, folder: str | Path, is_trainable: bool = False) -> "GemmaTEForCausalLM":
+        """Rebuild a saved GemmaTE model on `base_model` (the same base it was trained on)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta_file = folder / "gemmate_te.json"
+        if not meta_file.exists():
+            raise ModelLoadError(f"{folder} has no gemmate_te.json, so it is not a saved GemmaTE model",
+                                 "pass the folder that GemmaTEForCausalLM.save_pretrained wrote")
+        meta = json.loads(meta_file.read_text())
+        if meta["hidden_size"] != _hidden_size(base_model):
+            raise ModelLoadError(f"the saved projection is for hidden size {meta['hidden_size']}, "
+                                 f"this base model has {_hidden_size(base_model)}",
+                                 "load the base model the GemmaTE model was trained on")
+        model = base_model
+        if meta["lora"]:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
+        wrapper = cls(model, TemporalSettings(**meta["settings"]))
+        state = load_file(folder / "temporal.safetensors")
+        weight = wrapper.temporal_projection.weight
+        with torch.no_grad():
+            weight.copy_(state["temporal_projection.weight"].to(weight.device, weight.dtype))
+        weight.requires_grad_(is_trainable)
+        return wrapper

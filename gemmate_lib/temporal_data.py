@@ -1,0 +1,173 @@
+"""Timestamped text for GemmaTE: a Dataset, its collate_fn, JSONL files, and the dated-notes task.
+
+Taught in 04_temporal_encoding. `TextDataset(texts, tokenizer, timestamps=...)` and
+`collate_fn` follow the GemmaTE guide; `make_dated_notes` builds the course's
+time-dependent task: short notes whose last line says the month and year they were
+written. The note text is a quote, and the same quote appears with many dates, so the
+only way to get the year right is to read the timestamp.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .errors import DataError
+from .temporal import to_milliseconds
+
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+PROMPT_END = "\nWritten:"  # the notes' prompt ends here; the model continues with " May 2014"
+DATE_LINE = re.compile(r"^\s*(" + "|".join(MONTHS) + r")\s+(\d{4})")
+
+
+class TextDataset(torch.utils.data.Dataset):
+    """Tokenized texts with one timestamp each (ms, datetime or ISO string; None = no time given).
+
+    With `prompt_end`, tokens up to and including that marker get no loss (labels -100):
+    the model learns the continuation only, and the LM head skips the rest (faster).
+    """
+
+    def __init__(self, texts, tokenizer, timestamps=None, max_length: int = 128, prompt_end: str | None = None):
+        texts = list(texts)
+        if timestamps is not None and len(timestamps) != len(texts):
+            raise DataError(f"{len(texts)} texts but {len(timestamps)} timestamps", "give one timestamp per text")
+        self.timestamps = None if timestamps is None else to_milliseconds(list(timestamps))
+        self.items = []
+        eos = tokenizer.eos_token or ""
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"text {text!r} is empty or not a string", "drop empty rows before building the dataset")
+            ids = tokenizer(text + eos, truncation=True, max_length=max_length)["input_ids"]
+            skip = 0
+            if prompt_end and prompt_end in text:
+                head = text[:text.index(prompt_end) + len(prompt_end)]
+                skip = len(tokenizer(head, truncation=True, max_length=max_length)["input_ids"])
+            self.items.append((ids, skip))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        ids, skip = self.items[i]
+        item = {"input_ids": torch.tensor(ids), "skip": skip}
+        if self.timestamps is not None:
+            item["timestamps"] = self.timestamps[i]
+        return item
+
+
+def collate_fn(batch: list[dict], pad_token_id: int = 0) -> dict:
+    """Right-pad a list of TextDataset items; labels are -100 on padding and on prompt tokens."""
+    width = max(len(b["input_ids"]) for b in batch)
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, b in enumerate(batch):
+        n = len(b["input_ids"])
+        input_ids[row, :n] = b["input_ids"]
+        attention_mask[row, :n] = 1
+        labels[row, b.get("skip", 0):n] = b["input_ids"][b.get("skip", 0):]
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if "timestamps" in batch[0]:
+        out["timestamps"] = torch.stack([b["timestamps"] for b in batch])
+    return out
+
+
+def load_jsonl(path: str | Path) -> tuple[list[str], list[float]]:
+    """Read `{"text": ..., "timestamp": ...}` rows; a bad row is an error that gives its line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist", "check the path (JSONL, one {\"text\", \"timestamp\"} per line)")
+    texts, stamps = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path.name} line {number} is not valid JSON ({err.msg})", "fix or delete that line") from None
+        if not isinstance(row, dict) or "text" not in row or "timestamp" not in row:
+            raise DataError(f"{path.name} line {number} lacks a \"text\" or \"timestamp\" field",
+                            'each line must look like {"text": "...", "timestamp": 1400000000000}')
+        try:
+            stamps.append(float(to_milliseconds(row["timestamp"])))
+        except DataError as err:
+            raise DataError(f"{path.name} line {number}: {err.problem}", err.fix) from None
+        texts.append(row["text"])
+    if not texts:
+        raise DataError(f"{path.name} has no rows", 'add lines like {"text": "...", "timestamp": 1400000000000}')
+    return texts, stamps
+
+
+def save_jsonl(path: str | Path, texts, timestamps) -> Path:
+    """Write rows of {"text", "timestamp"} (ms), the format load_jsonl reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for text, ms in zip(texts, timestamps):
+            f.write(json.dumps({"text": text, "timestamp": int(ms)}, ensure_ascii=False) + "\n")
+    return path
+
+
+def _ms(year: int, month: int = 1, day: int = 1) -> int:
+    return int(datetime(year, month, day, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+@dataclass
+class DatedNotes:
+    train_texts: list[str]  # full notes: "<quote>\nWritten: May 2014"
+    train_timestamps: list[int]  # ms since the epoch, one per note
+    test_prompts: list[str]  # held-out notes cut after "Written:"
+    test_timestamps: list[int]  # held-out timestamps (none of them in the training set)
+    test_dates: list[tuple[int, int]]  # the right (year, month) of each test prompt
+
+
+def date_of(ms: float) -> tuple[int, int]:
+    """(year, month) in UTC of a timestamp in ms."""
+    d = datetime.fromtimestamp(float(ms) / 1000, tz=timezone.utc)
+    return d.year, d.month
+
+
+def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 100, first_year: int = 2007,
+                     last_year: int = 2026, max_words: int = 8, seed: int = 0) -> DatedNotes:
+    """Notes that end with the month and year they were written, at random times in [first_year, last_year].
+
+    Train and test use disjoint quotes and disjoint timestamps. Each training quote is
+    reused with several dates, so the text alone says nothing about the year.
+    """
+    rng = random.Random(seed)
+    snippets = sorted({" ".join(q.split()[:max_words]) for q in quotes if q.strip()})
+    if len(snippets) < 10:
+        raise DataError(f"only {len(snippets)} distinct quotes", "give at least 10 quotes to build dated notes")
+    rng.shuffle(snippets)
+    cut = max(2, len(snippets) // 5)
+    test_pool, train_pool = snippets[:cut], snippets[cut:]
+    lo, hi = _ms(first_year), _ms(last_year + 1) - 1
+    stamps: set[int] = set()
+    while len(stamps) < n_train + n_test:
+        stamps.add(rng.randrange(lo, hi) // 60_000 * 60_000)  # whole minutes
+    stamps = list(stamps)
+    rng.shuffle(stamps)
+
+    def note(snippet: str, ms: int) -> str:
+        year, month = date_of(ms)
+        return f"{snippet}{PROMPT_END} {MONTHS[month - 1]} {year}"
+
+    train_ms, test_ms = stamps[:n_train], stamps[n_train:]
+    train = [note(train_pool[i % len(train_pool)], ms) for i, ms in enumerate(train_ms)]
+    prompts = [test_pool[i % len(test_pool)] + PROMPT_END for i in range(n_test)]
+    return DatedNotes(train, train_ms, prompts, test_ms, [date_of(ms) for ms in test_ms])
+
+
+def parse_date(completion: str) -> tuple[int | None, int | None]:
+    """(year, month) from a completion like " May 2014..."; None where it does not say."""
+    match = DATE_LINE.match(completion)
+    if not match:
+        years = re.findall(r"\b(19\d\d|20\d\d)\b", completion[:20])
+        return (int(years[0]) if years else None), None
+    return int(match.group(2)), MONTHS.index(match.group(1)) + 1

@@ -1,0 +1,235 @@
+"""GemmaTE: the encoder, the zero-initialised wrapper, timestamps through forward/generate/Trainer, save/load."""
+import json
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+import torch
+
+from gemmate_lib.errors import DataError, ModelLoadError, ParameterError
+from gemmate_lib.temporal import (REFERENCE_MS, GemmaTEForCausalLM, TemporalEncoder, TemporalSettings,
+                                  signed_log_days, to_milliseconds)
+
+MS_2014 = 1_394_000_000_000  # 2014-03-05 06:13:20 UTC
+
+
+def _perturb(te, seed=0):
+    """Give the projection (and LoRA B, if any) non-zero weights, as training would."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in te.named_parameters():
+            if "temporal_projection" in name or "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return te
+
+
+def test_reference_is_2006_05_23_and_the_sign_follows_it():
+    assert to_milliseconds("2006-05-23T00:00:00Z") == REFERENCE_MS
+    ms = to_milliseconds([REFERENCE_MS - 86_400_000, REFERENCE_MS, REFERENCE_MS + 86_400_000, "1995-01-01", "2024-06-01"])
+    x = signed_log_days(ms)
+    assert x[0] < 0 and x[1] == 0 and x[2] > 0 and x[3] < x[0] and x[4] > x[2]
+    assert torch.allclose(x[[0, 2]].abs(), torch.tensor([np.log(2.0)] * 2, dtype=torch.float64))
+    feats = TemporalEncoder(TemporalSettings())(ms)
+    assert feats.shape == (5, 64) and torch.equal(torch.sign(feats[:, 1]), torch.tensor([-1.0, 0, 1, -1, 1]))
+
+
+def test_every_accepted_form_gives_the_same_milliseconds():
+    when = datetime(2014, 3, 5, 6, 13, 20, tzinfo=timezone.utc)
+    forms = [MS_2014, float(MS_2014), np.int64(MS_2014), when, when.replace(tzinfo=None),
+             "2014-03-05T06:13:20Z", "2014-03-05T07:13:20+01:00", torch.tensor(MS_2014)]
+    assert all(float(to_milliseconds(f)) == MS_2014 for f in forms)
+    assert to_milliseconds(np.array([MS_2014, REFERENCE_MS])).tolist() == [MS_2014, REFERENCE_MS]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (float("nan"), "NaN or infinite"), (float("inf"), "NaN or infinite"), (None, "is not a time"),
+    (True, "is not a time"), ("next tuesday", "not an ISO-8601"), (1_394_000_000_000_000, "not microseconds"),
+    (1e16, "outside 1900-01-01..2100-01-01"), ([MS_2014, float("nan")], "1 timestamp"), (torch.tensor([True]), "booleans"),
+    ({"t": 1}, "has type dict"),
+])
+def test_invalid_timestamps_raise_a_clear_error(bad, message):
+    with pytest.raises(DataError, match=message) as info:
+        to_milliseconds(bad)
+    assert info.value.fix
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ParameterError, match="even"):
+        TemporalEncoder(TemporalSettings(dim=7))
+    with pytest.raises(ParameterError, match="tau"):
+        TemporalEncoder(TemporalSettings(scale=float("nan")))
+
+
+def test_zero_initialised_wrapper_equals_the_base_model_exactly(fresh_model, tokenizer):
+    enc = tokenizer(["Life is short.\nWritten:", "Quote: Imagination is more"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        plain = fresh_model(**enc).logits
+        te = GemmaTEForCausalLM(fresh_model)
+        assert not te.temporal_projection.weight.any()
+        timed = te(**enc, timestamps=[MS_2014, "1990-01-01"]).logits
+        now = te(**enc).logits  # no timestamps: "now"
+        assert torch.equal(plain, timed) and torch.equal(plain, now)
+        _perturb(te)
+        moved = te(**enc, timestamps=[MS_2014, "1990-01-01"]).logits
+        other = te(**enc, timestamps=["2025-01-01", "2025-01-01"]).logits
+    assert not torch.equal(plain, moved) and not torch.equal(moved, other)
+    te.unwrap()
+    with torch.no_grad():
+        assert torch.equal(fresh_model(**enc).logits, plain)  # unwrap removes the hook
+
+
+def test_per_token_timestamps_and_batch_mismatch(fresh_model, tokenizer):
+    te = _perturb(GemmaTEForCausalLM(fresh_model))
+    enc = tokenizer(["one two three"], return_tensors="pt")
+    n = enc["input_ids"].shape[1]
+    with torch.no_grad():
+        per_seq = te(**enc, timestamps=[MS_2014]).logits
+        per_tok = te(**enc, timestamps=[[MS_2014] * n]).logits
+        mixed = te(**enc, timestamps=[[REFERENCE_MS] * (n - 1) + [MS_2014]]).logits
+    assert torch.allclose(per_seq, per_tok, atol=1e-4) and not torch.allclose(per_seq, mixed, atol=1e-2)
+    with pytest.raises(DataError, match="2 timestamps for a batch of 1"):
+        te(**enc, timestamps=[MS_2014, MS_2014])
+
+
+def test_fast_loss_forward_equals_the_models_own_loss(fresh_model, tokenizer):
+    from gemmate_lib.temporal_data import PROMPT_END, TextDataset, collate_fn
+
+    te = _perturb(GemmaTEForCausalLM(fresh_model))
+    ds = TextDataset(["Be kind.\nWritten: May 2014", "Hope is a thing with feathers\nWritten: June 2020"], tokenizer,
+                     [MS_2014, "2020-06-10"], prompt_end=PROMPT_END)
+    batch = collate_fn([ds[0], ds[1]], tokenizer.pad_token_id)
+    assert (batch["labels"][0, :ds.items[0][1]] == -100).all() and batch["timestamps"].dtype == torch.float64
+    with torch.no_grad():
+        reference = te(**batch).loss
+        te.fast_loss = True
+        fast = te(**batch).loss
+    assert torch.allclose(reference, fast, rtol=1e-5)
+
+
+def test_save_and_load_give_identical_logits_under_lora(fresh_model, tokenizer, tmp_path):
+    from gemmate_lib.config import LoraSettings
+    from gemmate_lib.models import load_model
+    from gemmate_lib.temporal_train import attach_temporal_lora
+
+    te = _perturb(attach_temporal_lora(GemmaTEForCausalLM(fresh_model, TemporalSettings(scale=2.0)), LoraSettings()))
+    te.eval()  # LoRA dropout (0.05) is active in training mode
+    folder = te.save_pretrained(tmp_path / "te")
+    assert {"adapter_model.safetensors", "temporal.safetensors", "gemmate_te.json"} <= {p.name for p in folder.iterdir()}
+    assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
+    enc = tokenizer(["Stay hungry.\nWritten:"], return_tensors="pt")
+    from gemmate_lib.hardware import pick_precision
+
+    loaded = GemmaTEForCausalLM.from_pretrained(load_model("embedded", pick_precision("cpu", "fp32")), folder)
+    assert loaded.settings.scale == 2.0
+    with torch.no_grad():
+        assert torch.equal(te(**enc, timestamps=[MS_2014]).logits, loaded(**enc, timestamps=[MS_2014]).logits)
+    with pytest.raises(ModelLoadError, match="not a saved GemmaTE model"):
+        GemmaTEForCausalLM.from_pretrained(fresh_model, tmp_path)
+    meta = json.loads((folder / "gemmate_te.json").read_text())
+    (folder / "gemmate_te.json").write_text(json.dumps({**meta, "hidden_size": 2048}))
+    with pytest.raises(ModelLoadError, match="hidden size 2048"):
+        GemmaTEForCausalLM.from_pretrained(fresh_model, folder)
+
+
+def _generate(te, tokenizer, stamps):
+    enc = tokenizer(["Be kind.\nWritten:"] * (1 if stamps is None else len(stamps)), return_tensors="pt")
+    out = te.generate(**enc, timestamps=stamps, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return [tokenizer.decode(ids) for ids in out[:, enc["input_ids"].shape[1]:]]
+
+
+def test_generate_with_timestamps_in_fp32(fresh_model, tokenizer):
+    te = GemmaTEForCausalLM(fresh_model)
+    enc = tokenizer(["Be kind.\nWritten:"], return_tensors="pt")
+    plain = fresh_model.generate(**enc, max_new_tokens=6, do_sample=False)[0, enc["input_ids"].shape[1]:]
+    assert _generate(te, tokenizer, [MS_2014]) == [tokenizer.decode(plain)]  # zero projection: same text
+    _perturb(te, seed=3)
+    with torch.no_grad():  # make time matter a lot, so that two far-apart dates give different text
+        te.temporal_projection.weight.mul_(40)
+    texts = _generate(te, tokenizer, [datetime(1950, 1, 1), datetime(2090, 1, 1)])
+    assert texts[0] != texts[1]
+    assert len(_generate(te, tokenizer, None)) == 1  # default: now
+
+
+def test_generate_with_timestamps_in_nf4(tokenizer):
+    from gemmate_lib.hardware import pick_precision
+    from gemmate_lib.models import load_model
+
+    model = load_model("embedded", pick_precision("cpu", "fp32"), quantization="nf4")
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    te = _perturb(GemmaTEForCausalLM(model), seed=3)
+    with torch.no_grad():
+        te.temporal_projection.weight.mul_(40)
+    texts = _generate(te, tokenizer, [datetime(1950, 1, 1), datetime(2090, 1, 1)])
+    assert len(texts) == 2 and texts[0] != texts[1]
+
+
+def test_trainer_trains_lora_and_the_projection(fresh_model, tokenizer, tmp_path, fp32):
+    from gemmate_lib.config import LoraSettings
+    from gemmate_lib.temporal_data import PROMPT_END, TextDataset
+    from gemmate_lib.temporal_train import TemporalTrainSettings, attach_temporal_lora, train_temporal
+
+    te = attach_temporal_lora(GemmaTEForCausalLM(fresh_model), LoraSettings(dropout=0.0))
+    texts = [f"Note {i}\nWritten: May {2008 + i}" for i in range(8)]
+    stamps = [datetime(2008 + i, 5, 10) for i in range(8)]
+    ds = TextDataset(texts, tokenizer, stamps, prompt_end=PROMPT_END)
+    result = train_temporal(te, ds, TemporalTrainSettings(max_steps=3, batch_size=4, logging_steps=1), tmp_path, fp32,
+                            tokenizer.pad_token_id)
+    assert result.steps == 3 and len(result.log) == 3
+    assert te.temporal_projection.weight.abs().sum() > 0
+    assert any(p.abs().sum() > 0 for n, p in te.named_parameters() if "lora_B" in n)
+
+
+def test_data_files_and_dated_notes(tmp_path, tokenizer):
+    from gemmate_lib.temporal_data import load_jsonl, make_dated_notes, parse_date, save_jsonl
+
+    notes = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=10)
+    assert not set(notes.train_timestamps) & set(notes.test_timestamps)
+    assert all(2007 <= y <= 2026 for y, _ in notes.test_dates)
+    assert parse_date(notes.train_texts[0].split("Written:")[1])[0] is not None
+    path = save_jsonl(tmp_path / "notes.jsonl", notes.train_texts, notes.train_timestamps)
+    texts, stamps = load_jsonl(path)
+    assert texts == notes.train_texts and stamps == [float(s) for s in notes.train_timestamps]
+    path.write_text(path.read_text() + '{"text": "late", "timestamp": "yesterday"}\n')
+    with pytest.raises(DataError, match="notes.jsonl line 51: timestamp 'yesterday'"):
+        load_jsonl(path)
+    path.write_text('{"text": "no time"}\n')
+    with pytest.raises(DataError, match="line 1 lacks"):
+        load_jsonl(path)
+    assert parse_date(" May 2014, a fine") == (2014, 5) and parse_date(" once upon") == (None, None)
+
+
+def test_cli_trains_on_a_small_jsonl(tmp_path):
+    import subprocess
+    import sys
+
+    from gemmate_lib.temporal_data import save_jsonl
+
+    data = save_jsonl(tmp_path / "notes.jsonl", [f"Note {i}\nWritten: May {2008 + i}" for i in range(12)],
+                      [to_milliseconds(datetime(2008 + i, 5, 10)) for i in range(12)])
+    out = tmp_path / "te"
+    proc = subprocess.run([sys.executable, "-m", "gemmate_lib.temporal_cli", "--data_file", str(data), "--output_dir",
+                           str(out), "--max_steps", "2", "--batch_size", "4", "--temporal_scale", "1.5",
+                           "--prompt_end", "Written:"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["rows"] == 12
+    assert json.loads((out / "gemmate_te.json").read_text())["settings"]["scale"] == 1.5
+    assert (out / "adapter_model.safetensors").exists() and (out / "temporal.safetensors").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch_size", "0"], "--batch_size: 0 must be >= 1"),
+    (["--learning_rate", "fast"], "--learning_rate: 'fast' is not a number"),
+    (["--temporal_scale", "-1"], "--temporal_scale: -1 must be > 0"),
+    (["--fp16"], "--fp16 needs a CUDA GPU"),
+    ([], "does not exist"),
+])
+def test_cli_bad_values_get_one_clear_message(argv, message, tmp_path, capsys):
+    from gemmate_lib.temporal_cli import main
+
+    try:
+        code = main(["--data_file", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "o"), *argv])
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err

@@ -28,8 +28,9 @@ $(STAMP): requirements.txt pyproject.toml
 embedded: install
 	$(PY) -m gemmate_lib.course --prepare-only
 
+# PARAMS=params/gpu.yaml passes those notebook parameters to every notebook that declares them.
 course: install
-	$(PY) -m gemmate_lib.course
+	$(PY) -m gemmate_lib.course $(if $(PARAMS),--params $(PARAMS))
 
 unit: embedded
 	$(PY) -m pytest -q tests

@@ -50,14 +50,16 @@ def sft_args(cfg: RunConfig, precision, has_eval: bool, save: bool = True):
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=max(cfg.batch_size, 8),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="linear", optim=cfg.optim, max_length=cfg.max_length,
-        activation_checkpointing=cfg.gradient_checkpointing, train_sampling_strategy="group_by_length",
+        activation_checkpointing=cfg.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         bf16=precision.name == "bf16", fp16=precision.name == "fp16", use_cpu=precision.device == "cpu",
-        logging_steps=cfg.steps_freq, eval_strategy="steps" if evaluate else "no", eval_steps=cfg.val_steps_freq or None,
+        logging_steps=cfg.steps_freq, eval_steps=cfg.val_steps_freq or None,
+        eval_strategy=("steps" if cfg.save_strategy == "step" else "epoch") if evaluate else "no",  # a metric per save
         save_strategy=("steps" if cfg.save_strategy == "step" else "epoch") if save else "no",
         save_steps=cfg.steps_freq, save_total_limit=None, report_to=cfg.report_to, log_level=cfg.log_level,
         seed=cfg.seed, data_seed=cfg.seed, full_determinism=cfg.deterministic, dataset_text_field="text",
         dataloader_num_workers=0, disable_tqdm=False,
-        ddp_backend="gloo" if precision.device == "cpu" and world()[1] > 1 else None,
+        ddp_backend="gloo" if precision.device == "cpu" and world()[1] > 1 else None, ddp_find_unused_parameters=False,
     )
 
 

@@ -2,7 +2,8 @@
 
 Prepares the embedded default, then runs every notebook in notebooks/ in order
 with papermill into one run folder runs/<timestamp>/, and writes the measured
-time of each notebook to course_timings.json there. Stops at the first failing
+time of each notebook to course_timings.json there. `--params FILE` (make course
+PARAMS=FILE) passes a YAML of parameters to every notebook that declares them. Stops at the first failing
 notebook and says which one, and where its executed copy lies.
 """
 from __future__ import annotations
@@ -33,11 +34,40 @@ def execute_in_place(path: Path, run_dir: Path) -> None:
     nbformat.write(nb, path)
 
 
+def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[str, dict]:
+    """{notebook name: the parameters from `params_file` that its `parameters` cell declares}.
+
+    A key that no notebook declares is an error that lists the valid keys, so a typo in
+    PARAMS=... stops the batch run before any notebook starts.
+    """
+    import papermill as pm
+    import yaml
+
+    from .errors import ParameterError
+
+    if not params_file:
+        return {nb.name: {} for nb in notebooks}
+    path = Path(params_file)
+    if not path.is_file():
+        raise ParameterError(f"parameters file {params_file} does not exist", "check PARAMS=... (e.g. params/cpu-quick.yaml)")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ParameterError(f"parameters file {params_file} must hold name: value pairs", "see params/cpu-quick.yaml")
+    declared = {nb.name: set(pm.inspect_notebook(str(nb))) for nb in notebooks}
+    valid = set().union(*declared.values()) - {"run_dir"}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ParameterError(f"{params_file}: no notebook has a parameter named {', '.join(unknown)}",
+                             f"valid names: {', '.join(sorted(valid))}")
+    return {name: {k: v for k, v in values.items() if k in names} for name, names in declared.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
     parser.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 00 03")
     parser.add_argument("--prepare-only", action="store_true", help="only prepare the embedded model")
+    parser.add_argument("--params", help="YAML of notebook parameters passed to every notebook that declares them")
     parser.add_argument("--in-place", action="store_true",
                         help="maintainers: execute the notebooks in notebooks/ and store their outputs there")
     args = parser.parse_args(argv)
@@ -58,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.only:
         notebooks = [nb for nb in notebooks if nb.name.startswith(tuple(args.only))]
+    from .errors import GemmateError
+
+    try:
+        per_notebook = notebook_parameters(notebooks, args.params)
+    except GemmateError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.in_place:
         for nb in notebooks:
             print(f"--> {nb.name} (in place)", flush=True)
@@ -66,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     timings = {}
     for nb in notebooks:
         out = run_dir / nb.name
-        print(f"--> {nb.name}", flush=True)
+        print(f"--> {nb.name}" + (f" with {per_notebook[nb.name]}" if per_notebook[nb.name] else ""), flush=True)
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(out), parameters={"run_dir": str(run_dir)},
+            pm.execute_notebook(str(nb), str(out), parameters={**per_notebook[nb.name], "run_dir": str(run_dir)},
                                 cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
         except pm.PapermillExecutionError as err:
             print(f"FAILED: {nb.name} at cell {err.exec_count}: {err.ename}: {err.evalue}\n"
@@ -78,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         timings[nb.name] = round(time.time() - t0, 1)
         print(f"    {timings[nb.name]:.0f} s", flush=True)
     timings["total_notebooks_s"] = round(sum(timings.values()), 1)
+    timings["params_file"] = args.params
     save_json(run_dir / "course_timings.json", timings)
     print(f"course done: {timings['total_notebooks_s']:.0f} s for {len(notebooks)} notebooks; "
           f"everything is in {show_path(run_dir)}")

@@ -49,6 +49,7 @@ class RunConfig:
     deterministic: bool = False  # deterministic algorithms: bitwise-repeatable runs and resumes on CPU
     eval_fraction: float = 0.1  # share of the dataset held out for evaluation
     fast_loss: bool = True  # LM head on labelled tokens only (single process; DDP uses the model's loss)
+    group_by_length: bool = True  # batch quotes of similar length together (less padding); false: random order
     lora_r: int = 8  # LoRA rank
     lora_alpha: int = 16  # LoRA scaling numerator (update x alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA input
@@ -143,6 +144,12 @@ def _check(cfg: RunConfig) -> None:
         if not Path(cfg.checkpoint_path).is_dir():
             raise ParameterError(f"config key 'checkpoint_path' = {cfg.checkpoint_path!r} does not exist",
                                  "point it at an existing checkpoint-<step> folder inside an output_dir")
+    if cfg.report_to != "none":
+        import importlib.util
+
+        if importlib.util.find_spec(cfg.report_to) is None:
+            raise ParameterError(f"config key 'report_to' = {cfg.report_to!r} but the package is not installed",
+                                 f"pip install {cfg.report_to} (optional, not in requirements.txt), or report_to: none")
     if cfg.keep_last_n + cfg.keep_best_n == 0 and cfg.resume_from_checkpoint:
         raise ParameterError("keep_last_n and keep_best_n are both 0, so there is nothing to resume from",
                              "set keep_last_n >= 1")

@@ -133,9 +133,11 @@ def date_of(ms: float) -> tuple[int, int]:
     return d.year, d.month
 
 
-def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 100, first_year: int = 2007,
+def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, first_year: int = 2007,
                      last_year: int = 2026, max_words: int = 8, seed: int = 0) -> DatedNotes:
     """Notes that end with the month and year they were written, at random times in [first_year, last_year].
+
+    The test timestamps are spread evenly over the years (n_test / years in each).
 
     Train and test use disjoint quotes and disjoint timestamps. Each training quote is
     reused with several dates, so the text alone says nothing about the year.
@@ -147,18 +149,26 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 100, f
     rng.shuffle(snippets)
     cut = max(2, len(snippets) // 5)
     test_pool, train_pool = snippets[:cut], snippets[cut:]
-    lo, hi = _ms(first_year), _ms(last_year + 1) - 1
-    stamps: set[int] = set()
-    while len(stamps) < n_train + n_test:
-        stamps.add(rng.randrange(lo, hi) // 60_000 * 60_000)  # whole minutes
-    stamps = list(stamps)
-    rng.shuffle(stamps)
+    years = list(range(first_year, last_year + 1))
+    # Test timestamps: the same number in every year (a model that ignores time scores ~1/len(years));
+    # training timestamps: uniform over the whole range. Whole minutes; no timestamp used twice.
+    test_ms: list[int] = []
+    for i in range(n_test):
+        year = years[i % len(years)]
+        test_ms.append(rng.randrange(_ms(year), _ms(year + 1)) // 60_000 * 60_000)
+    rng.shuffle(test_ms)
+    taken = set(test_ms)
+    train_ms: list[int] = []
+    while len(train_ms) < n_train:
+        ms = rng.randrange(_ms(first_year), _ms(last_year + 1)) // 60_000 * 60_000
+        if ms not in taken:
+            taken.add(ms)
+            train_ms.append(ms)
 
     def note(snippet: str, ms: int) -> str:
         year, month = date_of(ms)
         return f"{snippet}{PROMPT_END} {MONTHS[month - 1]} {year}"
 
-    train_ms, test_ms = stamps[:n_train], stamps[n_train:]
     train = [note(train_pool[i % len(train_pool)], ms) for i, ms in enumerate(train_ms)]
     prompts = [test_pool[i % len(test_pool)] + PROMPT_END for i in range(n_test)]
     return DatedNotes(train, train_ms, prompts, test_ms, [date_of(ms) for ms in test_ms])

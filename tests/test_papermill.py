@@ -23,3 +23,26 @@ def test_missing_data_file_names_the_path(tmp_path):
                             parameters={"dataset": "my_quotes.jsonl", "run_dir": str(tmp_path)},
                             cwd=str(ROOT / "notebooks"), kernel_name="python3", progress_bar=False)
     assert err.value.ename == "DataError" and "my_quotes.jsonl" in err.value.evalue
+
+
+def test_params_file_reaches_exactly_the_notebooks_that_declare_each_key(tmp_path):
+    from pathlib import Path
+
+    from gemmate_lib.course import notebook_parameters
+    from gemmate_lib.errors import ParameterError
+
+    root = Path(__file__).resolve().parents[1]
+    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    per = notebook_parameters(notebooks, str(root / "params" / "cpu-quick.yaml"))
+    assert per["03_lora_sft.ipynb"] == {"max_steps": 10}
+    assert per["04_temporal_encoding.ipynb"] == {"n_train": 200, "num_epochs": 1.0}
+    assert per["00_setup.ipynb"] == {}
+    assert notebook_parameters(notebooks, str(root / "params" / "gpu.yaml"))["05_evaluation.ipynb"] == {
+        "model_id": "google/gemma-2b", "dataset": "Abirate/english_quotes"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_step: 10\n")
+    with pytest.raises(ParameterError, match="no notebook has a parameter named max_step") as info:
+        notebook_parameters(notebooks, str(bad))
+    assert "max_steps" in info.value.fix
+    with pytest.raises(ParameterError, match="does not exist"):
+        notebook_parameters(notebooks, str(tmp_path / "missing.yaml"))

@@ -185,6 +185,10 @@ def test_data_files_and_dated_notes(tmp_path, tokenizer):
     notes = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=10)
     assert not set(notes.train_timestamps) & set(notes.test_timestamps)
     assert all(2007 <= y <= 2026 for y, _ in notes.test_dates)
+    from collections import Counter
+
+    balanced = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=40)
+    assert set(Counter(y for y, _ in balanced.test_dates).values()) == {2}  # 2 per year
     assert parse_date(notes.train_texts[0].split("Written:")[1])[0] is not None
     path = save_jsonl(tmp_path / "notes.jsonl", notes.train_texts, notes.train_timestamps)
     texts, stamps = load_jsonl(path)

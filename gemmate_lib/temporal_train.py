@@ -75,8 +75,9 @@ class TemporalTrainResult:
 def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, settings: TemporalTrainSettings,
                    output_dir: str | Path, precision: Precision, pad_token_id: int = 0) -> TemporalTrainResult:
     """Train with transformers.Trainer: timestamps flow from the dataset through collate_fn into forward."""
-    import pandas as pd
     from transformers import Trainer, TrainingArguments, set_seed
+
+    from .training import loss_log
 
     settings.check()
     set_seed(settings.seed)
@@ -99,9 +100,7 @@ def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, settings: Tempo
     # computes exactly like one loaded from disk.
     te = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     te.eval()
-    rows = [{k: v for k, v in e.items() if k in ("step", "loss", "learning_rate")}
-            for e in trainer.state.log_history if "loss" in e]
-    return TemporalTrainResult(te, pd.DataFrame(rows), seconds, trainer.state.global_step)
+    return TemporalTrainResult(te, loss_log(trainer), seconds, trainer.state.global_step)
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 # GemmaTE course. Two commands do all the set-up on a fresh machine:
-#   make course   run every notebook headless (papermill) on the embedded default
-#   make test     unit tests + nbval regression tests of the committed notebooks
+#   make course      run every notebook headless (papermill) on the embedded default
+#   make test        lint + every unit test + nbval regression tests of the committed notebooks (what CI runs)
+#   make test-fast   lint + the plumbing tests on a tiny random Gemma (under 2 minutes; no model conversion)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install embedded course test unit nbval bench clean notebooks
+.PHONY: install embedded course test test-fast lint unit nbval bench clean notebooks
 
 install: $(STAMP)
 
@@ -32,14 +33,23 @@ embedded: install
 course: install
 	$(PY) -m gemmate_lib.course $(if $(PARAMS),--params $(PARAMS))
 
+lint: install
+	$(PY) -m ruff check .
+
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow and not canary" tests
+
 unit: embedded
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not canary" tests
 
+# nbval runs with a fake HF_TOKEN (tests/canary.py); the canary test then scans the run folder for it.
 nbval: embedded
-	GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q --nbval-lax --nbval-sanitize-with tests/sanitize.cfg \
-		-p no:cacheprovider notebooks
+	rm -rf runs/nbval
+	HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q --nbval-lax \
+		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider notebooks
+	HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q -m canary tests/test_canary.py
 
-test: unit nbval
+test: lint unit nbval
 
 bench: embedded
 	$(PY) benchmarks/sft_throughput.py

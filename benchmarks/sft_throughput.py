@@ -36,8 +36,8 @@ from gemmate_lib.config import SEED_QLORA  # noqa: E402
 CONFIGS = {
     # (a) the seed notebook: QLoRA NF4 with bf16 compute, batch 1 x 4 accumulation, paged 8-bit AdamW,
     #     gradient checkpointing (TRL's default), TRL's own loss over every position.
-    "a_seed": dict(quantization="nf4", dtype="bf16", dropout=0.05,
-                   **{k: v for k, v in SEED_QLORA.items() if k not in ("max_steps", "logging_steps", "eval_steps")}),
+    "a_seed": dict(dtype="bf16", lora_dropout=0.05,
+                   **{k: v for k, v in SEED_QLORA.items() if k not in ("max_steps", "steps_freq", "val_steps_freq")}),
     # (b) the course's CPU defaults (course_config() on a machine without a GPU).
     "b_tuned": dict(),
 }
@@ -64,20 +64,20 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
 
     from gemmate_lib import course_config
     from gemmate_lib.data import load_quotes
+    from gemmate_lib.evaluation import held_out_loss
     from gemmate_lib.models import load_model, load_tokenizer
-    from gemmate_lib.training import attach_lora, held_out_loss, train_lora
+    from gemmate_lib.training import attach_lora, sft_trainer
 
     overrides = CONFIGS[name]
-    probe = course_config(**overrides)
-    per_step = probe.train.batch_size * probe.train.grad_accum
+    probe = course_config(device="cpu", **overrides)
+    per_step = probe.train.batch_size * probe.train.gradient_accumulation_steps
     steps = examples // per_step
-    cfg = course_config(max_steps=steps, warmup_steps=0, logging_steps=max(1, steps // 4), **overrides)
-    data = load_quotes(cfg.data.source, cfg.data.eval_fraction, cfg.data.seed)
-    tokenizer = load_tokenizer(cfg.model.model_id)
-    model = load_model(cfg.model.model_id, cfg.precision, quantization=cfg.model.quantization)
+    cfg = probe.replace(max_steps=steps, warmup_steps=0, steps_freq=max(1, steps // 4))
+    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed)
+    tokenizer = load_tokenizer(cfg.model.model_name)
+    model = load_model(cfg.model.model_name, cfg.precision, quantization=cfg.model.quantization)
     loss_before = held_out_loss(model, tokenizer, data.held_out, max_length=cfg.train.max_length)
-    model = attach_lora(model, cfg.lora, quantized=cfg.model.quantization == "nf4",
-                        gradient_checkpointing=cfg.train.gradient_checkpointing)
+    model = attach_lora(model, cfg)
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base = model.get_base_model()
     hidden, vocab = base.config.hidden_size, base.config.vocab_size
@@ -87,26 +87,14 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
     marks: list[tuple[float, int]] = []
 
     class Clock(TrainerCallback):
+        """Time and the trainer's public token count at the end of every optimizer step."""
+
         def on_step_end(self, args, state, control, **kw):
-            marks.append((time.perf_counter(), trainer_ref[0]._total_train_tokens))
+            marks.append((time.perf_counter(), trainer.tokens_trained))
 
-    trainer_ref = []
-    import gemmate_lib.training as training_mod
-
-    original = training_mod._trainer_class
-
-    def with_clock():
-        cls = original()
-
-        class Timed(cls):
-            def __init__(self, *a, **k):
-                super().__init__(*a, **k)
-                trainer_ref.append(self)
-                self.add_callback(Clock())
-        return Timed
-
-    training_mod._trainer_class = with_clock
-    result = train_lora(model, tokenizer, data.train, [], cfg, output_dir=ROOT / "runs" / "bench" / name)
+    trainer = sft_trainer(model, tokenizer, data.train, [], cfg, ROOT / "runs" / "bench" / name, callbacks=[Clock()])
+    trainer.train()
+    model.eval()
     (t0, tok0), (t1, tok1) = marks[warmup_steps - 1], marks[-1]
     measured_steps = len(marks) - warmup_steps
     seconds = t1 - t0
@@ -114,16 +102,18 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
     mean_ctx = 20  # quotes are ~40 tokens: mean causal context ~20
     attn = 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * mean_ctx
     flops_per_token = 4 * frozen_matmul + 6 * lora + attn
-    loss = held_out_loss(result.model, tokenizer, data.held_out, max_length=cfg.train.max_length)
+    loss = held_out_loss(trainer.model, tokenizer, data.held_out, max_length=cfg.train.max_length)
     return {
         "config": name, "settings": {"quantization": cfg.model.quantization, "dtype": cfg.precision.name,
-                                     "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
+                                     "batch_size": cfg.train.batch_size,
+                                     "grad_accum": cfg.train.gradient_accumulation_steps,
                                      "optim": cfg.train.optim, "gradient_checkpointing": cfg.train.gradient_checkpointing,
                                      "fast_loss": cfg.train.fast_loss, "group_by_length": cfg.train.group_by_length},
         "examples": steps * per_step, "steps": steps, "measured_steps": measured_steps,
         "samples_per_s": measured_steps * per_step / seconds, "tokens_per_s": (tok1 - tok0) / seconds,
         "flops_per_token": flops_per_token, "achieved_gflops": (tok1 - tok0) * flops_per_token / seconds / 1e9,
-        "held_out_loss_before": loss_before, "held_out_loss": loss, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "held_out_loss_before": loss_before, "held_out_loss": loss,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 
 

@@ -1,6 +1,6 @@
-"""`python -m gemmate_lib train|evaluate|generate|hpo`: the same as the `gemmate` command."""
+"""`python -m gemmate_lib train|train-te|evaluate|generate|hpo`: the same as the `gemmate` command."""
 import sys
 
-from .cli import main
+from .cli import run
 
-sys.exit(main())
+sys.exit(run())

@@ -1,10 +1,13 @@
-"""Checkpoint policy for `gemmate train`: keep the last N and the best N, resume, stop early.
+"""Checkpoint policy for `gemmate train`: keep the last N and the best N, and pick the one to resume from.
 
 Taught in the README ("Command line"). transformers' Trainer writes each checkpoint
 (adapter as safetensors, optimizer, scheduler, RNG states, trainer_state.json, in that
-order); this module decides which to keep, which one to resume from, and when to stop.
-A checkpoint counts as complete only when its trainer_state.json (written last) parses,
-so a run killed in the middle of a save resumes from the one before.
+order) and stops early (`EarlyStoppingCallback`, used as it is). Two things it does
+not do, kept here for parity with the seed experiment's keys:
+- `keep_best_n` > 1: `save_total_limit` keeps the last N plus at most *one* best checkpoint;
+- resume from the last *complete* checkpoint: `get_last_checkpoint` returns the newest
+  folder even when a kill cut its save short. A checkpoint counts as complete only when
+  its trainer_state.json (written last) parses, so such a run resumes from the one before.
 """
 from __future__ import annotations
 
@@ -78,17 +81,12 @@ def resume_checkpoint(output_dir: str | Path, option: str, path: str | None = No
 
 
 class CheckpointPolicy(TrainerCallback):
-    """After every save: delete checkpoints that are neither among the last N nor the best N.
-
-    With `patience` > 0 it also stops training after that many evaluations without
-    an improvement of `metric`.
-    """
+    """After every save: delete checkpoints that are neither among the last N nor the best N."""
 
     def __init__(self, output_dir: str | Path, keep_last_n: int, keep_best_n: int, metric: str | None,
-                 mode: str = "min", patience: int = 0):
+                 mode: str = "min"):
         self.output_dir, self.keep_last_n, self.keep_best_n = Path(output_dir), keep_last_n, keep_best_n
-        self.metric, self.mode, self.patience = metric, mode, patience
-        self.best, self.bad_evals = None, 0
+        self.metric, self.mode = metric, mode
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -98,16 +96,4 @@ class CheckpointPolicy(TrainerCallback):
         for step, folder in checkpoints.items():
             if step not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
-        return control
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not self.patience or not self.metric or not metrics or self.metric not in metrics:
-            return control
-        value = metrics[self.metric]
-        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
-        self.best, self.bad_evals = (value, 0) if better else (self.best, self.bad_evals + 1)
-        if self.bad_evals >= self.patience:
-            print(f"early stopping: {self.metric} did not improve for {self.patience} evaluations "
-                  f"(best {self.best:.4f})", flush=True)
-            control.should_training_stop = True
         return control

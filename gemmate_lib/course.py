@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from .run import get_run_dir, repo_root, save_json, show_path
+from .fsio import repo_root, save_json, show_path
+from .run import get_run_dir
 
 
 def execute_in_place(path: Path, run_dir: Path) -> None:
@@ -41,18 +42,13 @@ def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[
     PARAMS=... stops the batch run before any notebook starts.
     """
     import papermill as pm
-    import yaml
 
     from .errors import ParameterError
+    from .fsio import read_yaml
 
     if not params_file:
         return {nb.name: {} for nb in notebooks}
-    path = Path(params_file)
-    if not path.is_file():
-        raise ParameterError(f"parameters file {params_file} does not exist", "check PARAMS=... (e.g. params/cpu-quick.yaml)")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ParameterError(f"parameters file {params_file} must hold name: value pairs", "see params/cpu-quick.yaml")
+    values = read_yaml(params_file, "PARAMS")
     declared = {nb.name: set(pm.inspect_notebook(str(nb))) for nb in notebooks}
     valid = set().union(*declared.values()) - {"run_dir"}
     unknown = sorted(set(values) - valid)
@@ -88,13 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.only:
         notebooks = [nb for nb in notebooks if nb.name.startswith(tuple(args.only))]
-    from .errors import GemmateError
-
-    try:
-        per_notebook = notebook_parameters(notebooks, args.params)
-    except GemmateError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    per_notebook = notebook_parameters(notebooks, args.params)
     if args.in_place:
         for nb in notebooks:
             print(f"--> {nb.name} (in place)", flush=True)
@@ -123,4 +113,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .errors import run_cli
+
+    sys.exit(run_cli(main))

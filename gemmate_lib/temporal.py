@@ -7,7 +7,7 @@ Taught in 04_temporal_encoding. The encoding, step by step:
 2. Signed log transform, in days: x = sign(r) * log1p(|r| / 1 day). One day after the
    reference is 0.69, one year 5.9, twenty years 8.9: the range is tamed and nearby
    dates stay distinguishable.
-3. Scale by tau (`TemporalSettings.scale`): s = tau * x.
+3. Scale by tau (`TemporalSettings.temporal_scale`): s = tau * x.
 4. Features: s / (tau * 12) (about -1..1 over the accepted range), the sign, and sin/cos of
    s at `(dim - 2) / 2` geometric frequencies (like Transformer position encodings, but
    over log time): coarse ones tell decades apart, fine ones neighbouring years.
@@ -22,7 +22,6 @@ import contextlib
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,22 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import REFERENCE_MS, TemporalSettings
 from .errors import DataError, ModelLoadError, ParameterError
 
-REFERENCE_MS = 1_148_342_400_000  # 2006-05-23T00:00:00Z in ms since the Unix epoch
+__all__ = ["REFERENCE_MS", "TemporalSettings", "TemporalEncoder", "GemmaTEForCausalLM", "to_milliseconds",
+           "signed_log_days"]
 DAY_MS = 86_400_000  # one day in ms: the unit inside the log
 MIN_MS = -2_208_988_800_000  # 1900-01-01T00:00:00Z: earliest accepted timestamp
 MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: latest accepted timestamp
 LOG_RANGE = 12.0  # |signed log-days| stays below ~10.6 in the accepted range; features divide by this
 
 
-@dataclass
-class TemporalSettings:
-    scale: float = 1.0  # tau, `temporal_encoding_scale`: stretches log time before the sinusoids (finer detail when >1)
-    dim: int = 64  # `temporal_encoding_dim`: number of features (even, >= 4): 2 + 2 per frequency
-    min_period: float = 0.02  # shortest sinusoid period, in units of s (~0.4 years around 2026 when tau=1)
-    max_period: float = 50.0  # longest sinusoid period, in units of s (longer than the whole range)
-    reference_ms: int = REFERENCE_MS  # the zero of relative time (2006-05-23 00:00 UTC)
+ENCODER_FIELDS = ("temporal_scale", "temporal_dim", "temporal_min_period", "temporal_max_period",
+                  "temporal_reference_ms")  # the settings that define the features (saved with the model)
 
 
 def _one_to_ms(value) -> float:
@@ -107,21 +103,22 @@ class TemporalEncoder(nn.Module):
 
     def __init__(self, settings: TemporalSettings):
         super().__init__()
-        if settings.dim < 4 or settings.dim % 2:
-            raise ParameterError(f"temporal dim={settings.dim} must be even and >= 4", "use 32, 64 or 128")
-        if not (isinstance(settings.scale, numbers.Real) and math.isfinite(settings.scale) and settings.scale > 0):
-            raise ParameterError(f"temporal scale (tau)={settings.scale!r} must be a positive number", "use 1.0")
+        dim, scale = settings.temporal_dim, settings.temporal_scale
+        if dim < 4 or dim % 2:
+            raise ParameterError(f"temporal_dim={dim} must be even and >= 4", "use 32, 64 or 128")
+        if not (isinstance(scale, numbers.Real) and math.isfinite(scale) and scale > 0):
+            raise ParameterError(f"temporal_scale (tau)={scale!r} must be a positive number", "use 1.0")
         self.settings = settings
-        k = (settings.dim - 2) // 2
-        periods = np.geomspace(settings.max_period, settings.min_period, k)
+        k = (dim - 2) // 2
+        periods = np.geomspace(settings.temporal_max_period, settings.temporal_min_period, k)
         self.register_buffer("frequencies", torch.tensor(2 * np.pi / periods, dtype=torch.float64), persistent=False)
 
     def forward(self, timestamps) -> torch.Tensor:
         ms = to_milliseconds(timestamps)
-        x = signed_log_days(ms, self.settings.reference_ms)
-        s = self.settings.scale * x
+        x = signed_log_days(ms, self.settings.temporal_reference_ms)
+        s = self.settings.temporal_scale * x
         angles = s[..., None] * self.frequencies.to("cpu")
-        feats = torch.cat([(s / (self.settings.scale * LOG_RANGE))[..., None], torch.sign(x)[..., None],
+        feats = torch.cat([(s / (self.settings.temporal_scale * LOG_RANGE))[..., None], torch.sign(x)[..., None],
                            torch.sin(angles), torch.cos(angles)], dim=-1)
         return feats.to(torch.float32)
 
@@ -147,7 +144,7 @@ class GemmaTEForCausalLM(nn.Module):
         self.model = model
         self.settings = settings or TemporalSettings()
         self.encoder = TemporalEncoder(self.settings)
-        self.temporal_projection = nn.Linear(self.settings.dim, _hidden_size(model), bias=False)
+        self.temporal_projection = nn.Linear(self.settings.temporal_dim, _hidden_size(model), bias=False)
         nn.init.zeros_(self.temporal_projection.weight)
         embeddings = model.get_input_embeddings()
         self.temporal_projection.to(embeddings.weight.device)
@@ -160,6 +157,11 @@ class GemmaTEForCausalLM(nn.Module):
     @property
     def config(self):
         return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        """Where the wrapped model's weights are (the GemmaTE guide moves batches with `.to(model.device)`)."""
+        return self.temporal_projection.weight.device
 
     @property
     def generation_config(self):
@@ -246,7 +248,7 @@ class GemmaTEForCausalLM(nn.Module):
             self.model.save_pretrained(folder)
         weight = self.temporal_projection.weight.detach().to("cpu", torch.float32).contiguous()
         save_file({"temporal_projection.weight": weight}, folder / "temporal.safetensors")
-        meta = {"settings": asdict(self.settings), "hidden_size": weight.shape[0],
+        meta = {"settings": {k: getattr(self.settings, k) for k in ENCODER_FIELDS}, "hidden_size": weight.shape[0],
                 "lora": hasattr(self.model, "peft_config")}
         (folder / "gemmate_te.json").write_text(json.dumps(meta, indent=2) + "\n")
         return folder
@@ -271,7 +273,7 @@ class GemmaTEForCausalLM(nn.Module):
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
-        wrapper = cls(model, TemporalSettings(**meta["settings"]))
+        wrapper = cls(model, TemporalSettings(**{k: meta["settings"][k] for k in ENCODER_FIELDS}))
         state = load_file(folder / "temporal.safetensors")
         weight = wrapper.temporal_projection.weight
         with torch.no_grad():

@@ -79,28 +79,20 @@ def collate_fn(batch: list[dict], pad_token_id: int = 0) -> dict:
 
 
 def load_jsonl(path: str | Path) -> tuple[list[str], list[float]]:
-    """Read `{"text": ..., "timestamp": ...}` rows; a bad row is an error that gives its line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist", "check the path (JSONL, one {\"text\", \"timestamp\"} per line)")
+    """Read `{"text": ..., "timestamp": ...}` rows (data.read_records); a bad row is an error with its line number."""
+    from .data import read_records
+
     texts, stamps = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path.name} line {number} is not valid JSON ({err.msg})", "fix or delete that line") from None
-        if not isinstance(row, dict) or "text" not in row or "timestamp" not in row:
-            raise DataError(f"{path.name} line {number} lacks a \"text\" or \"timestamp\" field",
+    for number, row in read_records(path, required=("text", "timestamp")):
+        name = Path(path).name
+        if not isinstance(row.get("text"), str) or not row["text"].strip() or "timestamp" not in row:
+            raise DataError(f"{name} line {number} lacks a \"text\" or \"timestamp\" field",
                             'each line must look like {"text": "...", "timestamp": 1400000000000}')
         try:
             stamps.append(float(to_milliseconds(row["timestamp"])))
         except DataError as err:
-            raise DataError(f"{path.name} line {number}: {err.problem}", err.fix) from None
+            raise DataError(f"{name} line {number}: {err.problem}", err.fix) from None
         texts.append(row["text"])
-    if not texts:
-        raise DataError(f"{path.name} has no rows", 'add lines like {"text": "...", "timestamp": 1400000000000}')
     return texts, stamps
 
 

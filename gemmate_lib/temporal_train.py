@@ -1,8 +1,11 @@
 """Train GemmaTE (LoRA + the temporal projection) with transformers' Trainer, and measure its use of time.
 
-Taught in 04_temporal_encoding; `python -m gemmate_lib.temporal_cli` runs the same from a JSONL file.
-The projection learns with its own, larger learning rate: it starts at zero and has
-to grow to the size of the token embeddings, while LoRA only nudges existing weights.
+Taught in 04_temporal_encoding; `gemmate train-te` (alias `gemmate-te`) runs the same from
+a JSONL file. The settings are the course's one config with the "temporal" task's
+defaults (config.TASK_DEFAULTS); the TrainingArguments come from the one builder
+(training.training_args), with GemmaTE's extras only. The projection learns with its
+own, larger learning rate: it starts at zero and has to grow to the size of the token
+embeddings, while LoRA only nudges existing weights.
 """
 from __future__ import annotations
 
@@ -12,56 +15,25 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraSettings
-from .errors import ParameterError
-from .hardware import Precision
+from .config import CourseConfig
 from .temporal import GemmaTEForCausalLM
 from .temporal_data import TextDataset, collate_fn, parse_date
 
 
-@dataclass
-class TemporalTrainSettings:
-    num_epochs: float = 3.0  # passes over the training set
-    max_steps: int = -1  # stop after this many optimizer steps (-1: use num_epochs)
-    batch_size: int = 8  # examples per micro-batch
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
-    learning_rate: float = 3e-4  # peak learning rate of the LoRA weights
-    projection_learning_rate: float = 3e-3  # peak learning rate of the temporal projection (starts at zero)
-    weight_decay: float = 0.0  # AdamW weight decay (not applied to the projection)
-    warmup_steps: int = 10  # linear warm-up steps
-    max_length: int = 64  # tokens per example after truncation
-    seed: int = 42  # LoRA init and data order
-    logging_steps: int = 10  # log the training loss every this many steps
-    fast_loss: bool = True  # LM head on labelled tokens only (fast_loss.py)
-
-    def check(self) -> None:
-        """Raise ParameterError on values that cannot train."""
-        for name in ("batch_size", "gradient_accumulation_steps", "max_length", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ParameterError(f"{name}={getattr(self, name)} must be at least 1", f"pass a positive {name}")
-        for name in ("learning_rate", "projection_learning_rate"):
-            if not 0 < getattr(self, name) < 1:
-                raise ParameterError(f"{name}={getattr(self, name)} must lie in (0, 1)", "typical values: 1e-4 to 3e-3")
-        if self.num_epochs <= 0 and self.max_steps < 1:
-            raise ParameterError(f"num_epochs={self.num_epochs} trains nothing", "pass num_epochs > 0 or max_steps >= 1")
-        if self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ParameterError("weight_decay and warmup_steps must not be negative", "pass 0 or a positive value")
-
-
-def attach_temporal_lora(te: GemmaTEForCausalLM, lora: LoraSettings, quantized: bool = False) -> GemmaTEForCausalLM:
-    """LoRA on the wrapped model (once, the QLoRA recipe when `quantized`); the projection trains too."""
+def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEForCausalLM:
+    """LoRA on the wrapped model (once; the QLoRA recipe when quantized); the projection trains too."""
     from .training import attach_lora
 
-    te.model = attach_lora(te.model, lora, quantized=quantized)
+    te.model = attach_lora(te.model, cfg, quiet=True)
     te.temporal_projection.weight.requires_grad_(True)
     return te
 
 
-def _optimizer(te: GemmaTEForCausalLM, s: TemporalTrainSettings):
+def _optimizer(te: GemmaTEForCausalLM, cfg: CourseConfig):
     proj = [te.temporal_projection.weight]
     rest = [p for n, p in te.named_parameters() if p.requires_grad and not n.startswith("temporal_projection")]
-    return torch.optim.AdamW([{"params": rest, "lr": s.learning_rate, "weight_decay": s.weight_decay},
-                              {"params": proj, "lr": s.projection_learning_rate, "weight_decay": 0.0}])
+    return torch.optim.AdamW([{"params": rest, "lr": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay},
+                              {"params": proj, "lr": cfg.temporal.projection_learning_rate, "weight_decay": 0.0}])
 
 
 @dataclass
@@ -72,27 +44,18 @@ class TemporalTrainResult:
     steps: int  # optimizer steps taken
 
 
-def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, settings: TemporalTrainSettings,
-                   output_dir: str | Path, precision: Precision, pad_token_id: int = 0) -> TemporalTrainResult:
+def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConfig, output_dir: str | Path,
+                   pad_token_id: int = 0) -> TemporalTrainResult:
     """Train with transformers.Trainer: timestamps flow from the dataset through collate_fn into forward."""
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, set_seed
 
-    from .training import loss_log
+    from .training import loss_log, training_args
 
-    settings.check()
-    set_seed(settings.seed)
-    te.fast_loss = settings.fast_loss
-    args = TrainingArguments(
-        output_dir=str(output_dir), num_train_epochs=settings.num_epochs, max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps, learning_rate=settings.learning_rate,
-        warmup_steps=settings.warmup_steps, lr_scheduler_type="linear", logging_steps=settings.logging_steps,
-        save_strategy="no", report_to="none", seed=settings.seed, data_seed=settings.seed,
-        bf16=precision.name == "bf16", fp16=precision.name == "fp16", use_cpu=precision.device == "cpu",
-        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=False,
-    )
-    trainer = Trainer(model=te, args=args, train_dataset=dataset,
-                      data_collator=lambda b: collate_fn(b, pad_token_id), optimizers=(_optimizer(te, settings), None))
+    set_seed(cfg.train.seed)
+    te.fast_loss = cfg.train.fast_loss
+    args = training_args(cfg, output_dir, has_eval=False, save=False, sft=False, remove_unused_columns=False)
+    trainer = Trainer(model=te, args=args, train_dataset=dataset, data_collator=lambda b: collate_fn(b, pad_token_id),
+                      optimizers=(_optimizer(te, cfg), None))
     start = time.time()
     trainer.train()
     seconds = time.time() - start
@@ -103,34 +66,45 @@ def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, settings: Tempo
     return TemporalTrainResult(te, loss_log(trainer), seconds, trainer.state.global_step)
 
 
-@torch.no_grad()
 def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates, batch_size: int = 20,
                   max_new_tokens: int = 6):
     """Greedy completions of the dated-notes prompts; returns (DataFrame per prompt, exact-year accuracy)."""
     import pandas as pd
 
-    from .generation import unfrozen_for_cpu
+    from .generation import generate
 
-    te.eval()
-    device = te.temporal_projection.weight.device
-    old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    out = generate(te, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
+                   timestamps=list(timestamps))
     rows = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            batch = list(prompts[i:i + batch_size])
-            stamps = list(timestamps[i:i + batch_size])
-            enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
-            with unfrozen_for_cpu(te):  # 12x faster on a CPU (generation.py)
-                out = te.generate(**enc, timestamps=stamps, max_new_tokens=max_new_tokens, do_sample=False,
-                                  pad_token_id=tokenizer.pad_token_id)
-            for j, ids in enumerate(out[:, enc["input_ids"].shape[1]:]):
-                text = tokenizer.decode(ids, skip_special_tokens=True)
-                year, month = parse_date(text)
-                true_year, true_month = dates[i + j]
-                rows.append({"completion": text.strip(), "year": year, "month": month, "true_year": true_year,
-                             "true_month": true_month, "year_ok": year == true_year,
-                             "month_ok": (year, month) == (true_year, true_month)})
-    finally:
-        tokenizer.padding_side = old_side
+    for text, (true_year, true_month) in zip(out.completion, dates):
+        year, month = parse_date(text)
+        rows.append({"completion": text.strip(), "year": year, "month": month, "true_year": true_year,
+                     "true_month": true_month, "year_ok": year == true_year,
+                     "month_ok": (year, month) == (true_year, true_month)})
     table = pd.DataFrame(rows)
     return table, float(table["year_ok"].mean())
+
+
+def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> dict:
+    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"}; saves the model and train_metrics.json."""
+    from .errors import ParameterError
+    from .fsio import save_json
+    from .models import load_model, load_tokenizer
+    from .temporal_data import load_jsonl
+
+    out = Path(cfg.checkpoints.output_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ParameterError(f"output_dir {out} exists and is not empty", "pick a new folder or pass --overwrite")
+    texts, stamps = load_jsonl(cfg.data.dataset)
+    tokenizer = load_tokenizer(cfg.model.model_name)
+    dataset = TextDataset(texts, tokenizer, stamps, max_length=cfg.train.max_length, prompt_end=cfg.temporal.prompt_end)
+    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
+    te = attach_temporal_lora(GemmaTEForCausalLM(model, cfg.temporal), cfg)
+    print(f"training on {len(dataset)} rows from {cfg.data.dataset} ({cfg.precision.device}, {cfg.precision.name})",
+          flush=True)
+    result = train_temporal(te, dataset, cfg, out / "trainer", tokenizer.pad_token_id)
+    result.model.save_pretrained(out)
+    metrics = {"rows": len(dataset), "steps": result.steps, "seconds": round(result.seconds, 1),
+               "final_loss": float(result.log["loss"].iloc[-1]) if len(result.log) else None, "config": cfg.flat()}
+    save_json(out / "train_metrics.json", metrics)
+    return metrics

@@ -1,93 +1,118 @@
-"""LoRA supervised fine-tuning with TRL's SFTTrainer.
+"""LoRA supervised fine-tuning with TRL's SFTTrainer: the one builder of the Hugging Face training objects.
 
 Taught in 03_lora_sft; its CPU defaults are measured in benchmarks/sft_throughput.py.
-`attach_lora` is safe to run twice (the seed notebook warned that re-running its
-training cell wrapped the model with PEFT a second time); `train_lora` runs the
-trainer with a held-out evaluation and returns the loss log for plotting.
+`lora_config` and `training_args` build the `LoraConfig` and the `SFTConfig` (or, for
+GemmaTE, the `TrainingArguments`) from the course's config, for every caller: the
+notebooks' library path, `gemmate train` / `train-te` / `hpo`, the benchmark and
+GemmaTE (04), which passes only its extras. `attach_lora` is safe to run twice;
+`train_lora` runs the trainer for a notebook; `train_from_config` is `gemmate train`.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from trl import SFTTrainer
 
-from .config import CourseConfig, LoraSettings, TrainSettings
+from .config import CourseConfig
 from .fast_loss import causal_lm_loss
-from .hardware import Precision
 
 
-def attach_lora(model, lora: LoraSettings, quantized: bool = False, gradient_checkpointing: bool = False):
-    """Wrap `model` with a fresh LoRA adapter, or return it unchanged if it already has one."""
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside `accelerate launch` / torchrun."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def lora_config(cfg: CourseConfig):
+    """peft.LoraConfig from the course's LoRA settings (03 writes the same call out)."""
+    from peft import LoraConfig
+
+    targets = cfg.lora.lora_target_modules
+    return LoraConfig(r=cfg.lora.lora_r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
+                      target_modules=targets if isinstance(targets, str) else list(targets), bias="none",
+                      task_type=cfg.lora.lora_task_type)
+
+
+def attach_lora(model, cfg: CourseConfig, quiet: bool = False):
+    """Wrap `model` with a fresh LoRA adapter, or return it unchanged if it already has one.
+
+    Quantized models first get `prepare_model_for_kbit_training` (norms to fp32, input
+    gradients on), the QLoRA recipe. The LoRA A matrices are drawn here, after
+    `set_seed(cfg.train.seed)`: the training seed decides them.
+    """
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
 
     if isinstance(model, PeftModel) or getattr(model, "peft_config", None):
-        print("model already has a LoRA adapter: reusing it (not wrapping twice)")
+        if not quiet:
+            print("this model already has a LoRA adapter (this cell ran before): keeping it, not wrapping twice")
         return model
-    if quantized:  # norms and embeddings to fp32, input grads on: the QLoRA recipe
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules if isinstance(lora.target_modules, str)
-                        else list(lora.target_modules), bias="none", task_type="CAUSAL_LM")  # or "all-linear"
-    return get_peft_model(model, config)
+    if cfg.model.quantization == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    set_seed(cfg.train.seed)
+    return get_peft_model(model, lora_config(cfg))
 
 
-def _trainer_class():
-    from trl import SFTTrainer
+def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
+                  sft: bool = True, **extras):
+    """The SFTConfig (or, with sft=False, TrainingArguments) for `cfg`; `extras` are added as given.
 
-    class CourseSFTTrainer(SFTTrainer):
-        """SFTTrainer whose loss runs the LM head on labelled tokens only (see fast_loss.py)."""
-
-        def __init__(self, *args, fast_loss: bool = True, **kwargs):
-            super().__init__(*args, **kwargs)
-            softcap = getattr(self.model.config, "final_logit_softcapping", None)
-            self.fast_loss = fast_loss and softcap is None
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not self.fast_loss or return_outputs:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss = causal_lm_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
-                                  num_items_in_batch)
-            if model.training:
-                self._total_train_tokens += int(inputs["attention_mask"].sum())
-                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-            return loss
-
-    return CourseSFTTrainer
-
-
-def sft_config(train: TrainSettings, output_dir: str | Path, precision: Precision, eval_rows: int = 0):
-    """TRL SFTConfig from the course's TrainSettings (names follow TrainingArguments)."""
-    from trl import SFTConfig
-
-    return SFTConfig(
-        output_dir=str(output_dir),
-        max_steps=train.max_steps,
-        per_device_train_batch_size=train.batch_size,
-        per_device_eval_batch_size=max(train.batch_size, 8),
-        gradient_accumulation_steps=train.grad_accum,
-        learning_rate=train.learning_rate,
-        warmup_steps=train.warmup_steps,
-        lr_scheduler_type="linear",
-        optim=train.optim,
-        max_length=train.max_length,
-        activation_checkpointing=train.gradient_checkpointing,  # the new name of gradient_checkpointing
-        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
-        bf16=precision.name == "bf16",
-        fp16=precision.name == "fp16",
-        use_cpu=precision.device == "cpu",
-        logging_steps=train.logging_steps,
-        eval_strategy="steps" if eval_rows else "no",
-        eval_steps=train.eval_steps,
-        save_strategy="no",  # the notebook saves the adapter itself (06 teaches saving)
-        report_to="none",
-        seed=train.seed,
-        data_seed=train.seed,
-        dataset_text_field="text",
-        dataloader_num_workers=0,
-        disable_tqdm=False,
+    `save`: None follows `cfg.checkpoints.save_strategy`; False never saves (the notebooks
+    save the adapter themselves). Checkpoints are saved at each evaluation, so every
+    checkpoint has the metric that ranks it.
+    """
+    t, c, precision = cfg.train, cfg.checkpoints, cfg.precision
+    strategy = c.save_strategy if save is None else ("no" if not save else c.save_strategy)
+    evaluate = has_eval and t.val_steps_freq > 0
+    interval = {"step": "steps", "epoch": "epoch", "no": "steps"}[c.save_strategy]
+    common = dict(
+        output_dir=str(output_dir), max_steps=t.max_steps, num_train_epochs=t.num_epochs,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=max(t.batch_size, 8),
+        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, lr_scheduler_type="linear", optim=t.optim,
+        bf16=precision.name == "bf16", fp16=precision.name == "fp16", use_cpu=precision.device == "cpu",
+        logging_steps=t.steps_freq, eval_strategy=interval if evaluate else "no", eval_steps=t.val_steps_freq or None,
+        save_strategy={"step": "steps", "epoch": "epoch", "no": "no"}[strategy], save_steps=t.val_steps_freq or t.steps_freq,
+        save_total_limit=None, report_to=t.report_to, log_level=t.log_level, seed=t.seed, data_seed=t.seed,
+        full_determinism=t.deterministic, dataloader_num_workers=0, disable_tqdm=False,
+        metric_for_best_model=c.checkpoint_metric if evaluate and c.checkpoint_metric else None,
+        greater_is_better=c.checkpoint_metric_mode == "max",
+        ddp_backend="gloo" if precision.device == "cpu" and world()[1] > 1 else None, ddp_find_unused_parameters=False,
     )
+    common.update(extras)
+    if sft:
+        from trl import SFTConfig
+
+        return SFTConfig(**common, max_length=t.max_length, dataset_text_field="text",
+                         activation_checkpointing=t.gradient_checkpointing,  # the new name of gradient_checkpointing
+                         train_sampling_strategy="group_by_length" if t.group_by_length else "random")
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**common, gradient_checkpointing=t.gradient_checkpointing)
+
+
+class CourseSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss runs the LM head on labelled tokens only (see fast_loss.py).
+
+    `tokens_trained` counts the non-padding tokens of every training batch (the
+    benchmark reads it to report tokens per second).
+    """
+
+    def __init__(self, *args, fast_loss: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        self.fast_loss = fast_loss and softcap is None
+        self.tokens_trained = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.tokens_trained += int(inputs["attention_mask"].sum())
+        if not self.fast_loss or return_outputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return causal_lm_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], num_items_in_batch)
 
 
 @dataclass
@@ -96,7 +121,7 @@ class TrainResult:
     log: object  # pandas DataFrame: step, loss, eval_loss, learning_rate
     seconds: float  # wall time of trainer.train()
     samples_per_second: float  # training examples processed per second
-    trainer: object  # the SFTTrainer, for a look inside
+    trainer: object  # the trainer, for a look inside
 
 
 def loss_log(trainer):
@@ -109,9 +134,9 @@ def loss_log(trainer):
     return df.groupby("step", as_index=False).first() if len(df) else df
 
 
-def train_lora(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], cfg: CourseConfig,
-               output_dir: str | Path) -> TrainResult:
-    """Attach LoRA (once) and run SFTTrainer; returns the model, the loss log and the speed."""
+def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], cfg: CourseConfig,
+                output_dir: str | Path, save: bool | None = False, callbacks=None) -> CourseSFTTrainer:
+    """The course's SFTTrainer on `model` (already wrapped with LoRA) and rows with a `text` field."""
     import datasets
     from transformers import set_seed
 
@@ -119,36 +144,83 @@ def train_lora(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], 
 
     datasets.disable_progress_bars()  # tokenizing a few hundred quotes is instant; keep the notebook readable
     set_seed(cfg.train.seed)
-    model = attach_lora(model, cfg.lora, quantized=cfg.model.quantization == "nf4",
-                        gradient_checkpointing=cfg.train.gradient_checkpointing)
-    trainer = _trainer_class()(
-        model=model,
-        args=sft_config(cfg.train, output_dir, cfg.precision, len(eval_rows)),
-        train_dataset=to_dataset(train_rows),
-        eval_dataset=to_dataset(eval_rows) if eval_rows else None,
-        processing_class=tokenizer,
-        fast_loss=cfg.train.fast_loss,
+    return CourseSFTTrainer(
+        model=model, args=training_args(cfg, output_dir, has_eval=bool(eval_rows), save=save),
+        train_dataset=to_dataset(train_rows), eval_dataset=to_dataset(eval_rows) if eval_rows else None,
+        processing_class=tokenizer, fast_loss=cfg.train.fast_loss and world()[1] == 1, callbacks=callbacks,
     )
+
+
+def train_lora(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], cfg: CourseConfig,
+               output_dir: str | Path, callbacks=None) -> TrainResult:
+    """Attach LoRA (once) and run SFTTrainer; returns the model, the loss log and the speed."""
+    model = attach_lora(model, cfg, quiet=True)
+    trainer = sft_trainer(model, tokenizer, train_rows, eval_rows, cfg, output_dir, callbacks=callbacks)
     start = time.time()
     trainer.train()
     seconds = time.time() - start
-    examples = cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum
+    t = cfg.train
+    examples = trainer.state.global_step * t.batch_size * t.gradient_accumulation_steps
     model.eval()
     return TrainResult(model=trainer.model, log=loss_log(trainer), seconds=seconds,
                        samples_per_second=examples / seconds, trainer=trainer)
 
 
-@torch.no_grad()
-def held_out_loss(model, tokenizer, rows: list[dict], max_length: int = 128, batch_size: int = 16) -> float:
-    """Mean next-token loss on `rows` (texts end with EOS, as in training)."""
-    model.eval()
-    device = next(model.parameters()).device
-    total = count = 0.0
-    for i in range(0, len(rows), batch_size):
-        texts = [r["text"] + tokenizer.eos_token for r in rows[i:i + batch_size]]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(device)
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        n = int((labels[:, 1:] != -100).sum())
-        total += float(causal_lm_loss(model, enc["input_ids"], enc["attention_mask"], labels)) * n
-        count += n
-    return total / count
+def trainable_digest(model) -> str:
+    """sha256 of the trainable weights: equal across DDP ranks, equal across bitwise-identical runs."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            digest.update(name.encode())
+            digest.update(p.detach().to("cpu").float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
+    """`gemmate train`: LoRA on the quotes under the checkpoint policy; returns (and writes) train_metrics.json."""
+    from transformers import EarlyStoppingCallback
+
+    from .checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint
+    from .data import load_quotes
+    from .fsio import save_json
+    from .hub import save_adapter
+    from .models import load_model, load_tokenizer
+
+    rank, world_size = world()
+    c = cfg.checkpoints
+    out = Path(c.output_dir)
+    resume = resume_checkpoint(out, c.resume_option, c.checkpoint_path, c.checkpoint_metric,
+                               c.checkpoint_metric_mode) if c.resume_from_checkpoint else None
+    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed)
+    if rank == 0:
+        print(data.report(), flush=True)
+    tokenizer = load_tokenizer(cfg.model.model_name)
+    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
+    model = attach_lora(model, cfg)
+    callbacks = [CheckpointPolicy(out, c.keep_last_n, c.keep_best_n, c.checkpoint_metric, c.checkpoint_metric_mode)]
+    if c.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=c.early_stopping_patience))
+    trainer = sft_trainer(model, tokenizer, data.train, data.held_out, cfg, out,
+                          save=None if save_checkpoints else False, callbacks=callbacks)
+    start = time.time()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.time() - start
+    log = loss_log(trainer)
+    digest = trainable_digest(trainer.model)
+    save_json(_mkdir(out / "ranks") / f"rank{rank}.json", {"rank": rank, "world_size": world_size, "digest": digest,
+                                                           "step": trainer.state.global_step})
+    last = {col: float(log[col].dropna().iloc[-1]) if col in log and log[col].notna().any() else None
+            for col in ("loss", "eval_loss")}
+    metrics = {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "world_size": world_size,
+               "resumed_from": resume.name if resume else None, "trainable_digest": digest,
+               "final_loss": last["loss"], "final_eval_loss": last["eval_loss"],
+               "checkpoints_kept": [p.name for p in complete_checkpoints(out).values()], "config": cfg.flat()}
+    if rank == 0:
+        save_adapter(trainer.model, tokenizer, out / "adapter", cfg.model.model_name, overwrite=True)
+        save_json(out / "train_metrics.json", metrics)
+    return metrics
+
+
+def _mkdir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -1,4 +1,4 @@
-"""`gemmate` CLI: config keys, checkpoint policy, SIGKILL + resume, early stopping, hpo."""
+"""`gemmate`: one command with subcommands; checkpoint policy, resume, early stopping, hpo, DDP."""
 import json
 import os
 import signal
@@ -6,12 +6,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from gemmate_lib.checkpoints import complete_checkpoints, select_kept
-from gemmate_lib.errors import ParameterError
-from gemmate_lib.run_config import VALID_KEYS, load_config
+from gemmate_lib.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint, select_kept
+from gemmate_lib.errors import ParameterError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small and quick on the embedded default: short quotes, batch 4.
@@ -26,80 +26,107 @@ def gemmate(*args, check=True, **kwargs):
     return proc
 
 
-def test_shipped_configs_load():
-    assert load_config(ROOT / "configs" / "cpu-quick.yaml").max_steps == 40
-    assert load_config(ROOT / "configs" / "gpu-qlora.yaml").lora_target_modules == "all-linear"
-
-
-@pytest.mark.parametrize("values, message", [
-    ({"learning_rat": 1e-4}, "unknown config key 'learning_rat'"),
-    ({"batch_size": "eight"}, "'batch_size' = 'eight' has the wrong type"),
-    ({"deterministic": "maybe"}, "'deterministic' = 'maybe' has the wrong type"),
-    ({"keep_best_n": 2, "checkpoint_metric": None}, "'keep_best_n' ranks checkpoints, but checkpoint_metric is not set"),
-    ({"resume_from_checkpoint": True, "resume_option": "path", "checkpoint_path": "runs/nowhere/checkpoint-4"},
-     "'checkpoint_path' = 'runs/nowhere/checkpoint-4' does not exist"),
-    ({"save_strategy": "sometimes"}, "'save_strategy' = 'sometimes' is not one of"),
-    ({"steps_freq": 4, "val_steps_freq": 3}, "not a multiple of val_steps_freq"),
-])
-def test_bad_config_names_the_key(values, message, tmp_path):
-    import yaml
-
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(values))
-    with pytest.raises(ParameterError, match=message.replace("(", r"\(")) as info:
-        load_config(path)
-    assert info.value.fix
-    if "unknown" in message:
-        assert all(key in info.value.fix for key in VALID_KEYS)
-
-
-def test_flags_override_the_file_and_are_typed(tmp_path):
-    path = tmp_path / "run.yaml"
-    path.write_text("learning_rate: 1.0e-4\nlora_r: 4\n")
-    cfg = load_config(path, {"lora_r": "16", "deterministic": "true", "lora_target_modules": "q_proj,v_proj"})
-    assert (cfg.learning_rate, cfg.lora_r, cfg.deterministic) == (1e-4, 16, True)
-    assert cfg.lora_target_modules == ["q_proj", "v_proj"]
-
-
-def test_cli_errors_are_one_message(tmp_path):
-    proc = gemmate("train", "--config", str(tmp_path / "missing.yaml"), check=False)
-    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
-    proc = gemmate("train", "--lora_rank", "8", check=False)
-    assert proc.returncode == 2 and "unrecognized arguments: --lora_rank" in proc.stderr
-
-
 def _fake_checkpoint(folder: Path, step: int, loss: float | None):
     folder.mkdir(parents=True)
     history = [{"step": step, "loss": 1.0}] + ([{"step": step, "eval_loss": loss}] if loss is not None else [])
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}))
 
 
-def test_keep_last_and_best_select_exactly_the_right_checkpoints(tmp_path):
-    losses = {2: 3.0, 4: 2.0, 6: 2.5, 8: 1.5, 10: 2.2, 12: 2.4}
-    for step, loss in losses.items():
+LOSSES = {2: 3.0, 4: 2.0, 6: 2.5, 8: 1.5, 10: 2.2, 12: 2.4}
+
+
+@pytest.fixture()
+def checkpoints(tmp_path):
+    for step, loss in LOSSES.items():
         _fake_checkpoint(tmp_path / f"checkpoint-{step}", step, loss)
     (tmp_path / "checkpoint-14").mkdir()  # killed mid-save: no trainer_state.json
-    found = complete_checkpoints(tmp_path)
+    return tmp_path
+
+
+def test_keep_last_and_best_select_exactly_the_right_checkpoints(checkpoints):
+    found = complete_checkpoints(checkpoints)
     assert list(found) == [2, 4, 6, 8, 10, 12]
     assert select_kept(found, 2, 2, "eval_loss", "min") == {10, 12, 8, 4}
     assert select_kept(found, 1, 1, "eval_loss", "max") == {12, 2}
     assert select_kept(found, 0, 3, "eval_loss", "min") == {8, 4, 10}
 
 
+def test_the_policy_deletes_what_it_does_not_keep_after_a_save(checkpoints):
+    policy = CheckpointPolicy(checkpoints, keep_last_n=2, keep_best_n=1, metric="eval_loss")
+    policy.on_save(None, SimpleNamespace(is_world_process_zero=True), None)
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-12",
+                                                                        "checkpoint-14", "checkpoint-8"]
+    policy.on_save(None, SimpleNamespace(is_world_process_zero=False), None)  # other DDP ranks never delete
+
+
+def test_resume_picks_the_last_complete_the_best_or_the_given_checkpoint(checkpoints):
+    assert resume_checkpoint(checkpoints, "last").name == "checkpoint-12"  # not the half-written 14
+    assert resume_checkpoint(checkpoints, "best", metric="eval_loss", mode="min").name == "checkpoint-8"
+    assert resume_checkpoint(checkpoints, "path", path=str(checkpoints / "checkpoint-4")).name == "checkpoint-4"
+    with pytest.raises(ParameterError, match="not a complete checkpoint"):
+        resume_checkpoint(checkpoints, "path", path=str(checkpoints / "checkpoint-14"))
+    with pytest.raises(ParameterError, match="holds no complete checkpoint"):
+        resume_checkpoint(checkpoints / "empty", "last")
+
+
+def test_early_stopping_is_transformers_callback_wired_to_the_checkpoint_metric(cpu_cfg, tmp_path):
+    from transformers import EarlyStoppingCallback, TrainerControl, TrainerState
+
+    from gemmate_lib.training import training_args
+
+    cfg = cpu_cfg.replace(early_stopping_patience=2, checkpoint_metric="eval_loss")
+    args = training_args(cfg, tmp_path, has_eval=True)
+    assert args.metric_for_best_model == "eval_loss" and args.greater_is_better is False
+    assert args.eval_strategy == "steps" and args.save_steps == args.eval_steps == cfg.train.val_steps_freq
+    stop, state, control = EarlyStoppingCallback(early_stopping_patience=2), TrainerState(), TrainerControl()
+    for loss in (2.0, 2.1, 2.2):  # the Trainer updates best_metric after each evaluation
+        stop.on_evaluate(args, state, control, metrics={"eval_loss": loss})
+        state.best_metric = min(loss, state.best_metric or loss)
+    assert control.should_training_stop
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert run_cli(__import__("gemmate_lib.cli", fromlist=["main"]).main,
+                   ["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err and err.count("\n") == 2  # problem + fix
+    with pytest.raises(SystemExit) as stop:
+        run_cli(__import__("gemmate_lib.cli", fromlist=["main"]).main, ["train", "--lora_rank", "8"])
+    assert stop.value.code == 2 and "unrecognized arguments: --lora_rank" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys):
+    def broken(argv):
+        raise KeyError("boom")
+
+    assert run_cli(broken, []) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("unexpected error: KeyError") and "--debug" in err and "Traceback" not in err
+    assert run_cli(broken, ["--debug"]) == 1 and "Traceback" in capsys.readouterr().err
+
+
+def test_gemmate_te_is_an_alias_of_train_te(monkeypatch, tmp_path, capsys):
+    from gemmate_lib import cli
+
+    monkeypatch.setattr(sys, "argv", ["gemmate-te", "--dataset", str(tmp_path / "none.jsonl"), "--batch_size", "0"])
+    assert cli.run_te() == 2 and "batch_size=0 must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_training_leaves_exactly_the_policys_checkpoints(tmp_path):
     out = tmp_path / "run"
-    gemmate("train", *QUICK, "--max_steps", "10", "--output_dir", str(out), "--keep_last_n", "2", "--keep_best_n", "1")
+    gemmate("train", *QUICK, "--max_steps", "6", "--output_dir", str(out), "--keep_last_n", "1", "--keep_best_n", "1")
     metrics = json.loads((out / "train_metrics.json").read_text())
-    state = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     evals = {e["step"]: e["eval_loss"] for e in state["log_history"] if "eval_loss" in e}
-    assert sorted(evals) == [2, 4, 6, 8, 10]
-    best = min(evals, key=evals.get)
-    expected = sorted({8, 10, best})
+    assert sorted(evals) == [2, 4, 6]
+    expected = sorted({6, min(evals, key=evals.get)})
     assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == expected
     assert metrics["checkpoints_kept"] == [f"checkpoint-{s}" for s in expected]
     assert (out / "adapter" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_last_gives_the_same_adapter_bitwise(tmp_path):
     args = [*QUICK, "--max_steps", "12", "--deterministic", "true", "--keep_last_n", "2", "--keep_best_n", "0"]
     gemmate("train", *args, "--output_dir", str(tmp_path / "straight"))
@@ -129,37 +156,24 @@ def test_sigkill_then_resume_last_gives_the_same_adapter_bitwise(tmp_path):
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
-def test_resume_best_and_a_missing_resume_path(tmp_path):
-    out = tmp_path / "run"
-    gemmate("train", *QUICK, "--max_steps", "4", "--output_dir", str(out), "--keep_last_n", "1", "--keep_best_n", "1")
-    proc = gemmate("train", *QUICK, "--max_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint", "true",
-                   "--resume_option", "best")
-    assert json.loads((out / "train_metrics.json").read_text())["resumed_from"].startswith("checkpoint-")
-    proc = gemmate("train", "--output_dir", str(out), "--resume_from_checkpoint", "true", "--resume_option", "path",
-                   "--checkpoint_path", str(out / "checkpoint-99"), check=False)
-    assert proc.returncode == 2 and "'checkpoint_path'" in proc.stderr and "does not exist" in proc.stderr
-
-
-def test_early_stopping_stops_when_the_metric_stalls(tmp_path):
-    out = tmp_path / "run"
-    # A learning rate of 0.5 makes the held-out loss blow up after the first steps: no improvement.
-    gemmate("train", *QUICK, "--max_steps", "40", "--learning_rate", "0.5", "--early_stopping_patience", "2",
-            "--output_dir", str(out), "--keep_best_n", "0", "--keep_last_n", "1")
-    metrics = json.loads((out / "train_metrics.json").read_text())
-    assert metrics["steps"] < 40
-
-
+@pytest.mark.slow
 def test_tiny_hpo_writes_a_table_and_a_best_config(tmp_path):
     import pandas as pd
 
+    from gemmate_lib.config import load_config
+    from gemmate_lib.hpo import search
+
     out = tmp_path / "hpo"
-    gemmate("hpo", *QUICK, "--max_steps", "2", "--n_trials", "2", "--output_dir", str(out))
+    cfg = load_config(None, {k.lstrip("-"): v for k, v in zip(QUICK[::2], QUICK[1::2])} | {
+        "max_steps": "2", "output_dir": str(out), "device": "cpu"})
+    search(cfg, n_trials=2)
     table = pd.read_csv(out / "hpo_results.csv")
     assert len(table) == 2 and table.eval_loss.notna().all()
     best = load_config(out / "best_config.yaml")
-    assert best.learning_rate == pytest.approx(table.sort_values("eval_loss").iloc[0]["params_learning_rate"])
+    assert best.train.learning_rate == pytest.approx(table.sort_values("eval_loss").iloc[0]["params_learning_rate"])
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
     """accelerate launch, 2 processes, gloo: the ranks agree, and equal one process that accumulates 2 batches."""
     from safetensors.torch import load_file
@@ -188,3 +202,17 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
           f"final loss {loss_ddp:.5f} vs {loss_one:.5f}")
     # Only the summation order differs (gloo all-reduce vs accumulation); measured 3.7e-7 on this machine.
     assert float(diff) < 1e-4 and loss_ddp == pytest.approx(loss_one, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_evaluate_and_generate_commands_read_the_trained_adapter(tmp_path):
+    out = tmp_path / "run"
+    gemmate("train", *QUICK, "--max_steps", "2", "--output_dir", str(out), "--keep_best_n", "0", "--keep_last_n", "1")
+    proc = gemmate("generate", "--output_dir", str(out), "--prompts", "Quote: Imagination is more",
+                   "--max_new_tokens", "6")
+    assert proc.stdout.startswith("--- Quote: Imagination is more")
+    proc = gemmate("evaluate", *QUICK, "--output_dir", str(out))
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["n_examples"] == 10 and doc["models"]["fine-tuned"]["perplexity"]["value"] > 1
+    assert json.loads(proc.stdout[proc.stdout.index("{"):])["perplexity"] == pytest.approx(
+        doc["models"]["fine-tuned"]["perplexity"]["value"], abs=1e-4)

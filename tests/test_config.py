@@ -1,25 +1,57 @@
+"""The one config: profile, one name per setting, one type checker, one validator, YAML and flags."""
+import json
+from pathlib import Path
+
 import pytest
+import torch
 
 from gemmate_lib import EMBEDDED, ParameterError, config_summary, course_config
-from gemmate_lib.config import SEED_TARGET_MODULES
+from gemmate_lib.config import SEED_TARGET_MODULES, VALID_KEYS, dump_config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cpu_profile_uses_embedded_default_and_tuned_settings():
     cfg = course_config(device="cpu")
     assert cfg.profile == "cpu-embedded"
-    assert cfg.model.model_id == EMBEDDED and cfg.data.source == EMBEDDED
-    assert cfg.model.quantization == "none"
-    assert cfg.train.grad_accum == 1 and cfg.train.batch_size == 8
+    assert cfg.model.model_name == EMBEDDED and cfg.data.dataset == EMBEDDED
+    assert cfg.model.quantization == "none" and cfg.lora.lora_dropout == 0.0
+    assert cfg.train.gradient_accumulation_steps == 1 and cfg.train.batch_size == 8
     assert cfg.train.gradient_checkpointing is False and cfg.train.fast_loss is True
-    assert cfg.lora.r == 8 and cfg.lora.target_modules == SEED_TARGET_MODULES
+    assert cfg.lora.lora_r == 8 and cfg.lora.lora_target_modules == SEED_TARGET_MODULES
 
 
 def test_parameters_override_the_profile_and_none_keeps_it():
-    cfg = course_config(device="cpu", max_steps=3, learning_rate=1, dataset="quotes.jsonl", model_id=None)
-    assert cfg.train.max_steps == 3
-    assert cfg.train.learning_rate == 1.0 and isinstance(cfg.train.learning_rate, float)
-    assert cfg.data.source == "quotes.jsonl"
-    assert cfg.model.model_id == EMBEDDED
+    cfg = course_config(device="cpu", max_steps=3, learning_rate=1e-3, dataset="quotes.jsonl", model_name=None)
+    assert cfg.train.max_steps == 3 and cfg.train.learning_rate == 1e-3
+    assert cfg.data.dataset == "quotes.jsonl" and cfg.model.model_name == EMBEDDED
+
+
+def test_the_temporal_task_has_its_own_defaults_from_the_same_family():
+    cfg = course_config("temporal", device="cpu", lora_r=4)
+    assert (cfg.train.num_epochs, cfg.train.max_steps, cfg.train.max_length) == (3.0, -1, 64)
+    assert cfg.lora.lora_r == 4 and cfg.lora.lora_alpha == 16  # alpha is its own setting, not 2r
+    assert cfg.temporal.temporal_scale == 1.0 and cfg.temporal.temporal_dim == 64
+
+
+def test_training_seed_and_data_seed_are_separate():
+    cfg = course_config(device="cpu", seed=7)
+    assert cfg.train.seed == 7 and cfg.data.data_seed == 42
+    cfg = course_config(device="cpu", data_seed=3)
+    assert cfg.train.seed == 42 and cfg.data.data_seed == 3
+
+
+def test_the_training_seed_decides_the_lora_initialization(tiny_tokenizer):
+    from conftest import make_tiny_gemma
+
+    from gemmate_lib.training import attach_lora
+
+    def lora_a(seed):
+        model = attach_lora(make_tiny_gemma(tiny_tokenizer), course_config(device="cpu", dtype="fp32", seed=seed))
+        return torch.cat([p.detach().flatten() for n, p in sorted(model.named_parameters()) if "lora_A" in n])
+
+    assert torch.equal(lora_a(7), lora_a(7))
+    assert not torch.equal(lora_a(7), lora_a(42))
 
 
 def test_wrong_type_names_the_parameter_and_the_fix():
@@ -31,7 +63,7 @@ def test_wrong_type_names_the_parameter_and_the_fix():
 
 
 @pytest.mark.parametrize("name,value", [("batch_size", True), ("learning_rate", "2e-4"), ("fast_loss", 1),
-                                        ("target_modules", "q_proj")])
+                                        ("lora_target_modules", 5)])
 def test_other_wrong_types_are_rejected(name, value):
     with pytest.raises(ParameterError, match=name):
         course_config(**{name: value})
@@ -43,14 +75,77 @@ def test_unknown_parameter_lists_the_valid_ones():
     assert "'max_step'" in str(err.value) and "max_steps" in str(err.value)
 
 
-@pytest.mark.parametrize("params", [{"max_steps": 0}, {"eval_fraction": 1.0}, {"quantization": "int3"}])
-def test_bad_values_are_rejected(params):
-    with pytest.raises(ParameterError):
-        course_config(**params)
+@pytest.mark.parametrize("params", [{"max_steps": 0}, {"batch_size": -1}, {"eval_fraction": 1.5},
+                                    {"quantization": "int3"}, {"learning_rate": 0.0}, {"learning_rate": 5.0},
+                                    {"learning_rate": float("nan")}, {"warmup_steps": -1}, {"steps_freq": 0},
+                                    {"lora_alpha": 0}, {"lora_dropout": 1.0}, {"optim": "adamw_magic"},
+                                    {"seed": -1}, {"max_steps": -1, "num_epochs": float("inf")}, {"temporal_dim": 7}])
+def test_values_that_cannot_work_are_rejected_before_anything_loads(params):
+    with pytest.raises(ParameterError) as err:
+        course_config(device="cpu", **params)
+    assert next(iter(params)) in str(err.value) or "num_epochs" in str(err.value)
+    assert err.value.fix
 
 
 def test_summary_is_json_ready():
-    import json
-
     summary = config_summary(course_config(device="cpu"))
-    assert json.loads(json.dumps(summary))["lora"]["target_modules"] == list(SEED_TARGET_MODULES)
+    assert json.loads(json.dumps(summary))["lora"]["lora_target_modules"] == list(SEED_TARGET_MODULES)
+
+
+def test_shipped_configs_load():
+    assert load_config(ROOT / "configs" / "cpu-quick.yaml").train.max_steps == 40
+    assert load_config(ROOT / "configs" / "gpu-qlora.yaml", {"device": "cpu"}).lora.lora_target_modules == "all-linear"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"learning_rat": 1e-4}, "unknown config key 'learning_rat'"),
+    ({"batch_size": "eight"}, "batch_size='eight' has type str"),
+    ({"deterministic": "maybe"}, "deterministic='maybe' has type str"),
+    ({"keep_best_n": 2, "checkpoint_metric": None}, "keep_best_n ranks checkpoints, but checkpoint_metric is not set"),
+    ({"resume_from_checkpoint": True, "resume_option": "path", "checkpoint_path": "runs/nowhere/checkpoint-4"},
+     "checkpoint_path='runs/nowhere/checkpoint-4' does not exist"),
+    ({"save_strategy": "sometimes"}, "save_strategy='sometimes' is not one of"),
+])
+def test_bad_config_file_names_the_key(values, message, tmp_path):
+    import yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ParameterError, match=message.replace("(", r"\(")) as info:
+        load_config(path)
+    assert info.value.fix
+    if "unknown" in message:
+        assert all(key in info.value.fix for key in VALID_KEYS)
+
+
+def test_flags_override_the_file_and_are_parsed_from_text(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 1.0e-4\nlora_r: 4\n")
+    cfg = load_config(path, {"lora_r": "16", "deterministic": "true", "lora_target_modules": "q_proj,v_proj"})
+    assert (cfg.train.learning_rate, cfg.lora.lora_r, cfg.train.deterministic) == (1e-4, 16, True)
+    assert cfg.lora.lora_target_modules == ("q_proj", "v_proj")
+
+
+def test_a_dumped_config_loads_back_equal(tmp_path):
+    cfg = course_config(device="cpu", lora_r=16, learning_rate=5e-4, seed=3)
+    again = load_config(dump_config(cfg, tmp_path / "best.yaml"))
+    assert again.flat() == cfg.flat()
+
+
+def test_a_seed_style_yaml_with_the_experiment_names_loads(tmp_path):
+    path = tmp_path / "seed.yaml"
+    path.write_text("model_name: embedded\nmax_length: 32\nlearning_rate: 6.0e-5\nbatch_size: 4\nlora_r: 4\n"
+                    "lora_alpha: 8\nlora_target_modules: all-linear\nseed: 23\nval_steps_freq: 50\nsteps_freq: 10\n"
+                    "keep_last_n: 2\nkeep_best_n: 1\ngradient_accumulation_steps: 1\n")
+    cfg = load_config(path, {"device": "cpu"})
+    assert (cfg.train.max_length, cfg.lora.lora_alpha, cfg.train.seed, cfg.train.val_steps_freq) == (32, 8, 23, 50)
+
+
+def test_a_non_utf8_or_malformed_yaml_is_one_clear_error(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("dataset: caf\xe9.jsonl\n".encode("latin-1"))
+    with pytest.raises(ParameterError, match="not UTF-8"):
+        load_config(bad)
+    bad.write_text("lora_r: [unclosed\n")
+    with pytest.raises(ParameterError, match="not valid YAML"):
+        load_config(bad)

@@ -7,12 +7,12 @@ from gemmate_lib.data import clean_rows, format_quote, load_quotes
 
 
 def test_embedded_quotes_load_and_split_deterministically():
-    a = load_quotes("embedded", eval_fraction=0.1, seed=42)
-    b = load_quotes("embedded", eval_fraction=0.1, seed=42)
+    a = load_quotes("embedded", eval_fraction=0.1, data_seed=42)
+    b = load_quotes("embedded", eval_fraction=0.1, data_seed=42)
     assert (len(a.train), len(a.held_out)) == (293, 33)
     assert [r["text"] for r in a.held_out] == [r["text"] for r in b.held_out]
     assert not {r["text"] for r in a.train} & {r["text"] for r in a.held_out}
-    c = load_quotes("embedded", eval_fraction=0.1, seed=7)
+    c = load_quotes("embedded", eval_fraction=0.1, data_seed=7)
     assert [r["text"] for r in c.held_out] != [r["text"] for r in a.held_out]
 
 
@@ -29,9 +29,19 @@ def test_rows_missing_fields_are_counted_reported_and_dropped(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     data = load_quotes(str(path), eval_fraction=0.34)
     assert len(data.train) + len(data.held_out) == 3
-    assert data.dropped == {"missing or empty quote": 2, "missing or empty author": 2}
+    assert data.dropped == {"empty quote": 1, "missing quote": 1, "empty author": 1, "missing author": 1}
     report = data.report()
-    assert "dropped 2 row(s): missing or empty quote" in report and "dropped 2 row(s): missing or empty author" in report
+    assert "dropped 1 row(s): missing quote" in report and "dropped 1 row(s): empty author" in report
+
+
+def test_wrong_types_are_reported_as_such_not_as_missing(tmp_path):
+    rows = [{"quote": "A", "author": "X", "tags": 5}, {"quote": 7, "author": "Y"}, {"quote": "B", "author": ["Z"]},
+            {"quote": "C", "author": "W"}]
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = load_quotes(str(path), eval_fraction=0.34)
+    assert data.dropped == {"quote is not text (int)": 1, "author is not text (list)": 1}
+    assert sorted(r["tags"] for r in data.train + data.held_out) == [[], []]  # "tags": 5 is ignored, not a crash
 
 
 def test_clean_rows_strips_and_formats():
@@ -77,5 +87,36 @@ def test_too_few_usable_rows(tmp_path):
 def test_unsupported_extension(tmp_path):
     path = tmp_path / "q.txt"
     path.write_text("hello")
-    with pytest.raises(DataError, match="neither .jsonl nor .csv"):
+    with pytest.raises(DataError, match="neither .jsonl, .csv nor .json"):
         load_quotes(str(path))
+
+
+def test_one_reader_for_jsonl_csv_and_json_arrays(tmp_path):
+    from gemmate_lib.data import read_records
+
+    rows = [{"quote": "One", "author": "A"}, {"quote": "Two", "author": "B"}]
+    (tmp_path / "q.json").write_text(json.dumps(rows))
+    (tmp_path / "q.jsonl").write_text("\ufeff" + "\n".join(json.dumps(r) for r in rows))  # with a BOM
+    (tmp_path / "q.csv").write_text("quote,author\nOne,A\nTwo,B\n")
+    for name in ("q.json", "q.jsonl", "q.csv"):
+        assert [r for _, r in read_records(tmp_path / name)] == rows, name
+    assert [n for n, _ in read_records(tmp_path / "q.csv")] == [2, 3]  # file line numbers
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("latin1.jsonl", '{"quote": "caf\xe9", "author": "A"}\n'.encode("latin-1"), "line 1 is not UTF-8"),
+    ("extra.csv", b"quote,author\nOne,A\nTwo,B,extra\n", "line 3 has more fields than the header"),
+    ("obj.json", b'{"quote": "A"}', "not a JSON array"),
+])
+def test_bad_files_name_the_line_and_the_fix(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as err:
+        load_quotes(str(path))
+    assert err.value.fix
+
+
+def test_a_folder_named_like_a_data_file_is_a_clear_error(tmp_path):
+    (tmp_path / "x.jsonl").mkdir()
+    with pytest.raises(DataError, match="is a folder, not a file"):
+        load_quotes(str(tmp_path / "x.jsonl"))

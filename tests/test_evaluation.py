@@ -2,10 +2,19 @@ import json
 
 import pytest
 
-from gemmate_lib import DataError, ModelLoadError
+from gemmate_lib import DataError
 from gemmate_lib.data import load_quotes
-from gemmate_lib.evaluation import (METRICS, bleu, bootstrap_ci, evaluate_model, metrics_document,
-                                    normalize_author, rouge_l, split_quote, validate_metrics)
+from gemmate_lib.evaluation import (
+    METRICS,
+    bleu,
+    bootstrap_ci,
+    evaluate_model,
+    metrics_document,
+    normalize_author,
+    rouge_l,
+    split_quote,
+    validate_metrics,
+)
 
 
 def test_author_normalisation():
@@ -55,9 +64,25 @@ def test_metrics_schema_accepts_good_and_rejects_bad_documents():
         validate_metrics(bad)
 
 
-def test_empty_evaluation_set_is_a_clear_error(base_model, tokenizer):
+def test_empty_evaluation_set_is_a_clear_error(tiny_model, tiny_tokenizer):
     with pytest.raises(DataError, match="empty"):
-        evaluate_model(base_model, tokenizer, [])
+        evaluate_model(tiny_model, tiny_tokenizer, [])
+
+
+def test_one_held_out_nll_gives_both_per_example_sums_and_the_mean(tiny_model, tiny_tokenizer):
+    import torch
+
+    from gemmate_lib.evaluation import example_nll, held_out_loss
+    from gemmate_lib.fast_loss import causal_lm_loss
+
+    rows = [{"text": "Quote: Be yourself.\nAuthor: Oscar Wilde"}, {"text": "Quote: one two\nAuthor: Me"}]
+    per = example_nll(tiny_model, tiny_tokenizer, rows, batch_size=1)
+    assert [n for _, n in per] == [len(tiny_tokenizer(r["text"] + "<eos>")["input_ids"]) - 1 for r in rows]
+    enc = tiny_tokenizer([r["text"] + "<eos>" for r in rows], return_tensors="pt", padding=True)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        reference = float(causal_lm_loss(tiny_model, enc["input_ids"], enc["attention_mask"], labels))
+    assert held_out_loss(tiny_model, tiny_tokenizer, rows) == pytest.approx(reference, rel=1e-5)
 
 
 def test_evaluate_model_for_real_gives_a_valid_document(base_model, tokenizer):

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from gemmate_lib import HardwareError
-from gemmate_lib import hardware
+from gemmate_lib import HardwareError, hardware
 
 
 def test_cpu_precision_follows_native_bf16(monkeypatch):
@@ -35,3 +34,16 @@ def test_asking_for_cuda_without_gpu_explains_the_fix():
 def test_describe_hardware_has_the_manifest_facts():
     info = hardware.describe_hardware()
     assert info["cpu_count"] >= 1 and info["cuda"] == torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                                               ((9, 0), torch.bfloat16)])
+def test_gpu_precision_follows_compute_capability_not_is_bf16_supported(monkeypatch, capability, dtype):
+    """A T4 (7.5) gets fp16 even though torch.cuda.is_bf16_supported() says True there (emulation)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4" if capability < (8, 0) else "A100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    p = hardware.pick_precision()
+    assert (p.device, p.dtype) == ("cuda", dtype)
+    assert f"{capability[0]}.{capability[1]}" in p.reason

@@ -8,9 +8,54 @@ from gemmate_lib.models import count_parameters, footprint_mib, load_model, load
 
 
 @pytest.fixture()
-def no_token(monkeypatch):
+def no_token(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+
+
+def _hub_failure(cls, status):
+    """What transformers raises after a failed Hub request: an OSError raised from huggingface_hub's typed error."""
+    import httpx2
+
+    response = httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/x"))
+    try:
+        try:
+            raise cls(f"{status} Client Error", response=response)
+        except Exception as inner:
+            raise OSError("You are trying to access a gated repo or an unknown one.") from inner
+    except OSError as outer:
+        return outer
+
+
+@pytest.mark.parametrize("cls_name, status, message", [
+    ("GatedRepoError", 403, "is gated and this token has no access"),
+    ("RepositoryNotFoundError", 401, "was not found on the Hub"),
+    ("HfHubHTTPError", 401, "refused the token"),
+    ("HfHubHTTPError", 403, "is gated"),
+])
+def test_hub_failures_are_recognised_by_type_not_by_text(cls_name, status, message):
+    import huggingface_hub.errors as hub_errors
+
+    from gemmate_lib.errors import hub_error
+
+    err = hub_error("google/gemma-2b", _hub_failure(getattr(hub_errors, cls_name), status))
+    assert isinstance(err, ModelLoadError) and message in err.problem and err.fix
+
+
+def test_offline_is_recognised_by_type():
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from gemmate_lib.errors import hub_error
+
+    try:
+        raise OSError("We couldn't connect") from LocalEntryNotFoundError("no cache, offline")
+    except OSError as err:
+        assert "cannot be reached" in hub_error("someone/model", err).problem
+    plain = hub_error("someone/model", ValueError("403 resolve gated offline"))  # words alone no longer decide
+    assert plain.problem.startswith("could not load model")
 
 
 def test_gated_model_without_token_fails_at_once_with_the_fix(no_token):

@@ -1,11 +1,13 @@
 """Papermill runs, tried as a practitioner would: a wrong parameter type must fail early and clearly."""
+from pathlib import Path
+
 import papermill as pm
 import pytest
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_wrong_parameter_type_stops_the_notebook_with_a_clear_message(tmp_path):
     with pytest.raises(pm.PapermillExecutionError) as err:
         pm.execute_notebook(str(ROOT / "notebooks" / "03_lora_sft.ipynb"), str(tmp_path / "out.ipynb"),
@@ -17,6 +19,7 @@ def test_wrong_parameter_type_stops_the_notebook_with_a_clear_message(tmp_path):
     assert not (tmp_path / "adapter").exists()
 
 
+@pytest.mark.slow
 def test_missing_data_file_names_the_path(tmp_path):
     with pytest.raises(pm.PapermillExecutionError) as err:
         pm.execute_notebook(str(ROOT / "notebooks" / "03_lora_sft.ipynb"), str(tmp_path / "out.ipynb"),
@@ -26,8 +29,6 @@ def test_missing_data_file_names_the_path(tmp_path):
 
 
 def test_params_file_reaches_exactly_the_notebooks_that_declare_each_key(tmp_path):
-    from pathlib import Path
-
     from gemmate_lib.course import notebook_parameters
     from gemmate_lib.errors import ParameterError
 
@@ -38,7 +39,7 @@ def test_params_file_reaches_exactly_the_notebooks_that_declare_each_key(tmp_pat
     assert per["04_temporal_encoding.ipynb"] == {"n_train": 200, "num_epochs": 1.0}
     assert per["00_setup.ipynb"] == {}
     assert notebook_parameters(notebooks, str(root / "params" / "gpu.yaml"))["05_evaluation.ipynb"] == {
-        "model_id": "google/gemma-2b", "dataset": "Abirate/english_quotes"}
+        "model_name": "google/gemma-2b", "dataset": "Abirate/english_quotes"}
     bad = tmp_path / "bad.yaml"
     bad.write_text("max_step: 10\n")
     with pytest.raises(ParameterError, match="no notebook has a parameter named max_step") as info:

@@ -1,14 +1,18 @@
-import pytest
+"""LoRA SFT: the fast loss, the one builder, the trainer's public counters, and a real short run."""
 import torch
 
 from gemmate_lib import course_config
 from gemmate_lib.data import load_quotes
+from gemmate_lib.evaluation import held_out_loss
 from gemmate_lib.fast_loss import LinearCrossEntropy, causal_lm_loss
-from gemmate_lib.training import attach_lora, held_out_loss, train_lora
+from gemmate_lib.training import attach_lora, lora_config, train_lora, training_args
+
+ROWS = [{"text": t} for t in ("Quote: Be yourself.\nAuthor: Oscar Wilde", "Quote: Stay hungry.\nAuthor: Steve Jobs",
+                              "Quote: Imagination is more important than knowledge.\nAuthor: Albert Einstein",
+                              "Quote: one two three\nAuthor: Nobody")]
 
 
-def _batch(tokenizer, n=4):
-    rows = load_quotes("embedded").train[:n]
+def _batch(tokenizer, rows=ROWS):
     enc = tokenizer([r["text"] + tokenizer.eos_token for r in rows], return_tensors="pt", padding=True)
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
     return enc, labels
@@ -28,43 +32,73 @@ def test_linear_cross_entropy_matches_torch_in_value_and_gradient():
     assert torch.allclose(ours.double(), ref) and torch.allclose(grad_ours, hidden.grad)
 
 
-def test_fast_loss_equals_the_models_own_loss(base_model, tokenizer):
-    enc, labels = _batch(tokenizer)
+def test_fast_loss_equals_the_models_own_loss_and_lora_gradients(tiny_model, tiny_tokenizer, cpu_cfg):
+    enc, labels = _batch(tiny_tokenizer)
     assert (labels == -100).any()  # the batch has padding to skip
+    with torch.no_grad():
+        ref = tiny_model(**enc, labels=labels).loss
+        ours = causal_lm_loss(tiny_model, enc["input_ids"], enc["attention_mask"], labels)
+    assert torch.allclose(ours, ref, rtol=1e-5), (float(ours), float(ref))
+    model = attach_lora(tiny_model, cpu_cfg)
+    param = next(p for n, p in model.named_parameters() if "lora_A" in n)
+    model(**enc, labels=labels).loss.backward()
+    ref_grad = param.grad.clone()
+    model.zero_grad()
+    causal_lm_loss(model, enc["input_ids"], enc["attention_mask"], labels).backward()
+    assert torch.allclose(param.grad, ref_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_fast_loss_equals_the_real_models_own_loss(base_model, tokenizer):
+    rows = load_quotes("embedded").train[:4]
+    enc, labels = _batch(tokenizer, rows)
     with torch.no_grad():
         ref = base_model(**enc, labels=labels).loss
         ours = causal_lm_loss(base_model, enc["input_ids"], enc["attention_mask"], labels)
     assert torch.allclose(ours, ref, rtol=1e-4), (float(ours), float(ref))
 
 
-def test_fast_loss_gives_the_same_lora_gradients(fresh_model, tokenizer):
-    cfg = course_config(device="cpu", dtype="fp32", dropout=0.0)
-    model = attach_lora(fresh_model, cfg.lora)
-    enc, labels = _batch(tokenizer)
-    param = next(p for n, p in model.named_parameters() if "lora_A" in n)
-    model(**enc, labels=labels).loss.backward()
-    ref = param.grad.clone()
-    model.zero_grad()
-    causal_lm_loss(model, enc["input_ids"], enc["attention_mask"], labels).backward()
-    assert torch.allclose(param.grad, ref, rtol=1e-3, atol=1e-6)
-
-
-def test_attach_lora_twice_does_not_wrap_twice(fresh_model, capsys):
-    cfg = course_config(device="cpu")
-    once = attach_lora(fresh_model, cfg.lora)
-    twice = attach_lora(once, cfg.lora)
+def test_attach_lora_twice_does_not_wrap_twice_and_counts_are_exact(tiny_model, cpu_cfg, capsys):
+    once = attach_lora(tiny_model, cpu_cfg)
+    twice = attach_lora(once, cpu_cfg)
     assert twice is once and "not wrapping twice" in capsys.readouterr().out
     trainable = sum(p.numel() for p in twice.parameters() if p.requires_grad)
-    c = fresh_model.config
+    c = tiny_model.config
     q, kv, h, mlp = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.hidden_size, \
         c.intermediate_size
     per_layer = (h + q) * 2 + (h + kv) * 2 + (h + mlp) * 3  # q,o + k,v + gate,up,down: r * (d_in + d_out) each
-    assert trainable == cfg.lora.r * per_layer * c.num_hidden_layers == 1_898_496
+    assert trainable == cpu_cfg.lora.lora_r * per_layer * c.num_hidden_layers
+
+
+def test_the_builder_maps_every_setting(tmp_path):
+    cfg = course_config(device="cpu", dtype="bf16", max_steps=7, batch_size=3, gradient_accumulation_steps=2,
+                        learning_rate=1e-3, warmup_steps=1, steps_freq=3, val_steps_freq=6, seed=5,
+                        gradient_checkpointing=True, group_by_length=False, lora_r=4, lora_alpha=8)
+    args = training_args(cfg, tmp_path, has_eval=True, save=False)
+    assert type(args).__name__ == "SFTConfig"
+    assert (args.max_steps, args.per_device_train_batch_size, args.gradient_accumulation_steps) == (7, 3, 2)
+    assert (args.learning_rate, args.warmup_steps, args.logging_steps, args.eval_steps) == (1e-3, 1, 3, 6)
+    assert (args.seed, args.data_seed, args.bf16, args.fp16, args.use_cpu) == (5, 5, True, False, True)
+    assert args.activation_checkpointing and args.train_sampling_strategy == "random"
+    assert args.save_strategy == "no" and args.max_length == cfg.train.max_length
+    te_args = training_args(cfg, tmp_path, has_eval=False, save=False, sft=False, remove_unused_columns=False)
+    assert type(te_args).__name__ == "TrainingArguments" and te_args.remove_unused_columns is False
+    assert te_args.eval_strategy == "no" and te_args.gradient_checkpointing
+    lora = lora_config(cfg)
+    assert (lora.r, lora.lora_alpha, lora.task_type) == (4, 8, "CAUSAL_LM")
+
+
+def test_a_tiny_training_run_counts_its_tokens(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+    cfg = cpu_cfg.replace(max_steps=4, batch_size=2, steps_freq=1, val_steps_freq=4, learning_rate=1e-2)
+    result = train_lora(tiny_model, tiny_tokenizer, ROWS, ROWS[:2], cfg, output_dir=tmp_path / "trainer")
+    assert result.trainer.state.global_step == 4 and result.log.loss.notna().sum() == 4
+    assert result.log.eval_loss.notna().sum() == 1
+    per_epoch = sum(len(ids) for ids in result.trainer.train_dataset["input_ids"])
+    assert result.trainer.tokens_trained == 2 * per_epoch  # 4 steps of 2 = two passes over the 4 rows
 
 
 def test_a_short_training_run_lowers_the_held_out_loss_and_saves_safetensors(fresh_model, tokenizer, tmp_path):
     cfg = course_config(device="cpu", dtype="fp32", max_steps=4, batch_size=4, learning_rate=1e-3,
-                        logging_steps=1, eval_steps=2)
+                        steps_freq=1, val_steps_freq=2)
     data = load_quotes("embedded")
     held = data.held_out[:8]
     before = held_out_loss(fresh_model, tokenizer, held)
@@ -75,3 +109,14 @@ def test_a_short_training_run_lowers_the_held_out_loss_and_saves_safetensors(fre
     result.model.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert not list((tmp_path / "adapter").glob("*.bin"))
+
+
+def test_the_benchmark_runs_on_public_api_only():
+    import ast
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[1] / "benchmarks" / "sft_throughput.py").read_text()
+    tree = ast.parse(source)
+    private = [node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+               and not node.attr.startswith("__")]
+    assert private == []

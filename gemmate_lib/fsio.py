@@ -1,0 +1,139 @@
+"""Paths and writing files and folders all or nothing: the course never leaves half an adapter or half a JSON behind.
+
+Used by every notebook that saves (03 the adapter, 00 the embedded-model cache, 06 the
+merged model, all of them the run files). A folder is written under `<name>.partial`,
+then the old folder (if any) is renamed to `<name>.backup`, the new one renamed into
+place, and the backup deleted. A process that dies between two steps leaves either
+the old or the new folder complete; `recover` (called before every write and by
+loaders) puts things back in order.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import ParameterError, SaveError
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The course repository (the folder with pyproject.toml and gemmate_lib/), else the current folder."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").exists() and (folder / "gemmate_lib").is_dir():
+            return folder
+    return here
+
+
+def show_path(path: str | os.PathLike) -> str:
+    """A path as a reader should see it: relative to the repository or to ~, never a machine's absolute path."""
+    path = Path(path).resolve()
+    for base, label in ((repo_root(), ""), (Path.home().resolve(), "~/")):
+        try:
+            rel = path.relative_to(base)
+            return f"{label}{rel}" if label else str(rel)
+        except ValueError:
+            continue
+    return path.name
+
+
+def recover(target: str | os.PathLike) -> Path:
+    """Finish or undo an interrupted atomic write of `target`; returns `target`.
+
+    A leftover backup with no target means the rename into place never happened:
+    the backup (the old, complete folder) is restored. A backup next to a target
+    means the new folder is in place: the backup is deleted. A `.partial` is never
+    complete, so it is deleted.
+    """
+    target = Path(target)
+    backup, partial = target.with_name(target.name + ".backup"), target.with_name(target.name + ".partial")
+    if backup.exists():
+        if target.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            backup.rename(target)
+    if partial.exists():
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike, overwrite: bool = False, what: str = "folder"):
+    """Yield a temporary folder to write into; on success it replaces `target` in one rename.
+
+    On any error the temporary folder is removed, `target` is left as it was, and an
+    OSError becomes one SaveError naming the folder.
+    """
+    target = recover(target)
+    if target.exists() and not overwrite:
+        raise SaveError(f"a {what} already exists in {show_path(target)}",
+                        "pass overwrite=True to replace it, or choose another folder")
+    partial, backup = target.with_name(target.name + ".partial"), target.with_name(target.name + ".backup")
+    try:
+        partial.mkdir(parents=True)
+        yield partial
+        _sync(partial)
+        if target.exists():
+            target.rename(backup)
+        partial.rename(target)
+        shutil.rmtree(backup, ignore_errors=True)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        if backup.exists() and not target.exists():
+            backup.rename(target)
+        raise SaveError(f"could not write the {what} to {show_path(target)}: {err.strerror or err}",
+                        "choose a writable folder (e.g. under your home folder) with free space") from err
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _sync(folder: Path) -> None:
+    """Flush every file of `folder` to disk, so a rename never publishes unwritten data."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (temporary file, flush, rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise SaveError(f"could not write {show_path(path)}: {err.strerror or err}",
+                        "choose a writable folder with free space") from err
+    return path
+
+
+def save_json(path: str | os.PathLike, data) -> Path:
+    """Write JSON atomically."""
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_yaml(path: str | Path, what: str) -> dict:
+    """`name: value` pairs from a YAML file, with one clear error for a missing or malformed file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError(f"{what} file {path} does not exist", f"check the path given to {what}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError:
+        raise ParameterError(f"{what} file {path} is not UTF-8 text", "save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        raise ParameterError(f"{what} file {path} is not valid YAML: {str(err).splitlines()[0]}",
+                             "fix the YAML syntax (one `key: value` per line)") from None
+    if not isinstance(values, dict):
+        raise ParameterError(f"{what} file {path} must hold `key: value` pairs", "see configs/cpu-quick.yaml")
+    return values

@@ -1,0 +1,126 @@
+"""The course's plots, in one place: each draws one figure, saves it into the run folder and shows it.
+
+Called by 01_load_4bit (memory footprint), 03_lora_sft (loss curve), 04_temporal_encoding
+(the encoding, the timestamps, GemmaTE's loss and the ablation) and 05_evaluation (metrics
+with intervals). Each function takes plain data (dicts, DataFrames, arrays) so a learner
+can call it on their own numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _finish(fig, path: str | Path | None):
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    plt.show()
+    return path
+
+
+def footprint_bar(sizes: dict[str, float], title: str, path=None):
+    """Horizontal bars of memory footprints in MiB (01)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.4))
+    ax.barh(list(sizes), list(sizes.values()), color=["#888", "#2a7", "#27a", "#a72"][: len(sizes)])
+    ax.set_xlabel("memory footprint (MiB)")
+    ax.set_title(title)
+    for i, v in enumerate(sizes.values()):
+        ax.text(v, i, f" {v:.0f}", va="center")
+    return _finish(fig, path)
+
+
+def loss_curve(log, title: str, path=None, ylabel: str = "cross-entropy (nats/token)"):
+    """Training loss (and held-out loss when logged) against the optimizer step (03, 04)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    train = log.dropna(subset=["loss"])
+    ax.plot(train.step, train.loss, marker=".", label="training loss")
+    if "eval_loss" in log:
+        ev = log.dropna(subset=["eval_loss"])
+        ax.plot(ev.step, ev.eval_loss, marker="o", label="held-out loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return _finish(fig, path)
+
+
+def temporal_features(years, x, feats, reference_year: float, task_years: tuple[int, int], tau: float, path=None):
+    """Left: the signed log transform over the years; right: every feature as a heat map (04)."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    ax1.plot(years, x)
+    ax1.axvline(reference_year, color="red", ls="--", label="reference 2006-05-23")
+    ax1.axvspan(task_years[0], task_years[1] + 1, color="grey", alpha=0.15, label="years of the task below")
+    ax1.set_xlabel("date (year)")
+    ax1.set_ylabel("x = sign(r) log(1 + |r| / 1 day)")
+    ax1.set_title(f"signed log transform, {years[0]:.0f}-{years[-1]:.0f}")
+    ax1.legend(loc="lower right")
+    ax2.imshow(feats.T, aspect="auto", cmap="coolwarm", extent=[years[0], years[-1], feats.shape[1], 0])
+    ax2.axvline(reference_year, color="black", ls="--")
+    ax2.set_xlabel("date (year)")
+    ax2.set_ylabel("feature")
+    ax2.set_title(f"the {feats.shape[1]} features (tau = {tau})")
+    return _finish(fig, path)
+
+
+def year_histogram(years, title: str, path=None):
+    """How many examples fall in each year (04)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    ax.hist(years, bins=np.arange(min(years) - 0.5, max(years) + 1.5), rwidth=0.85)
+    ax.set_xlabel("year written")
+    ax.set_ylabel("training notes")
+    ax.set_title(title)
+    return _finish(fig, path)
+
+
+def ablation(summary, true_table, path=None):
+    """Left: year accuracy per condition; right: predicted against true year after training (04)."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    summary["year accuracy"].unstack().plot.bar(ax=ax1, rot=0, ylim=(0, 1.05))
+    ax1.set_ylabel("exact-year accuracy")
+    ax1.set_title("ablation on held-out timestamps")
+    ok = true_table.year_ok.astype(bool)
+    ax2.scatter(true_table.true_year[ok], true_table.year[ok], s=18, label="right year")
+    ax2.scatter(true_table.true_year[~ok], true_table.year[~ok], s=30, color="red", marker="x", label="wrong year")
+    low, high = true_table.true_year.min(), true_table.true_year.max()
+    ax2.plot([low, high], [low, high], color="grey", lw=0.8)
+    ax2.set_xlabel("true year")
+    ax2.set_ylabel("year the model wrote")
+    ax2.set_title("after training, true timestamps")
+    ax2.legend()
+    return _finish(fig, path)
+
+
+def metric_bars(table, path=None, shares=("author_accuracy", "rouge_l", "bleu", "format_compliance")):
+    """Each model's metrics with their 95% intervals; perplexity on its own axis (05)."""
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(table.model))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / len(models)
+    for k, name in enumerate(models):
+        part = table[table.model == name].set_index("metric")
+        for ax, names in ((ax1, list(shares)), (ax2, ["perplexity"])):
+            xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(names))]
+            vals = part.loc[names, "value"]
+            err = [vals - part.loc[names, "ci_low"], part.loc[names, "ci_high"] - vals]
+            ax.bar(xs, vals, width, yerr=err, capsize=4, label=name)
+    ax1.set_xticks(range(len(shares)), list(shares))
+    ax1.set_ylabel("share (higher is better)")
+    ax1.legend()
+    ax2.set_xticks([0], ["perplexity"])
+    ax2.set_ylabel("lower is better")
+    fig.suptitle("held-out evaluation with 95% bootstrap intervals")
+    return _finish(fig, path)

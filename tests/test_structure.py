@@ -1,0 +1,79 @@
+"""The library's shape: one builder, no import cycles, no reaching into another module's privates, no import side effects."""
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "gemmate_lib"
+MODULES = {p.stem: ast.parse(p.read_text()) for p in LIB.glob("*.py")}
+
+
+def _imports(tree):
+    """(module, names) for every `from .x import ...` anywhere in the module, also inside functions."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+            yield node.module.split(".")[0], [a.name for a in node.names]
+
+
+def test_no_import_cycles_even_through_function_level_imports():
+    graph = {name: {m for m, _ in _imports(tree) if m in MODULES} for name, tree in MODULES.items()}
+
+    def reach(start):
+        seen, todo = set(), list(graph[start])
+        while todo:
+            mod = todo.pop()
+            if mod not in seen:
+                seen.add(mod)
+                todo.extend(graph[mod])
+        return seen
+
+    cycles = sorted(name for name in graph if name in reach(name))
+    assert cycles == []
+
+
+def test_no_module_imports_another_modules_private_names():
+    private = [(name, mod, n) for name, tree in MODULES.items() for mod, names in _imports(tree) for n in names
+               if n.startswith("_")]
+    assert private == []
+
+
+def test_one_builder_of_the_training_arguments_and_one_type_checker():
+    calls = {}
+    for name, tree in MODULES.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in (
+                    "SFTConfig", "TrainingArguments", "LoraConfig", "BitsAndBytesConfig"):
+                calls.setdefault(node.func.id if isinstance(node.func, ast.Name) else node.func.attr, []).append(name)
+    assert calls == {"SFTConfig": ["training"], "TrainingArguments": ["training"], "LoraConfig": ["training"],
+                     "BitsAndBytesConfig": ["models"]}
+    checkers = [name for name, tree in MODULES.items() for node in ast.walk(tree)
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "get_type_hints"]
+    assert checkers == ["config"]
+
+
+def test_modules_stay_small():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in LIB.glob("*.py")}
+    assert max(sizes.values()) <= 400, sizes
+
+
+def test_importing_the_library_changes_no_global_state():
+    code = ("import logging, warnings\n"
+            "before = (list(warnings.filters), logging.getLogger('bitsandbytes.backends.cpu.ops').level)\n"
+            "import gemmate_lib, gemmate_lib.training, gemmate_lib.models, gemmate_lib.temporal\n"
+            "after = (list(warnings.filters), logging.getLogger('bitsandbytes.backends.cpu.ops').level)\n"
+            "assert before[1] == after[1], 'logger level changed'\n"
+            "ours = [f for f in after[0] if f not in before[0] and 'gemma' in repr(f).lower()]\n"
+            "gemmate_lib.quiet()\n"
+            "assert logging.getLogger('bitsandbytes.backends.cpu.ops').level == logging.ERROR\n"
+            "print(len([f for f in warnings.filters if f not in after[0]]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) == 2  # quiet() adds exactly its two filters
+
+
+def test_docstrings_name_the_notebook_or_command_that_teaches_each_module():
+    for path in LIB.glob("*.py"):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        assert re.search(r"\b0\d_|README|make |gemmate|notebook", doc), path.name

@@ -40,6 +40,10 @@ class SaveError(GemmateError, OSError):
     """An adapter, model or file could not be saved or pushed."""
 
 
+class TokenError(GemmateError, PermissionError):
+    """The Hugging Face token is missing, refused, expired, or lacks a needed permission."""
+
+
 def _causes(err: BaseException):
     """The error and the chain of errors it was raised from (transformers wraps Hub errors in OSError)."""
     seen = set()

@@ -97,3 +97,26 @@ def describe_hardware() -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     return info
+
+
+def gpu_memory(label: str) -> str:
+    """One line with the peak GPU memory since the last call (then reset), or "" without CUDA.
+
+    Printed by 03 after training, 05 after evaluation and 06 after merging, so a learner
+    sees how close a T4 (15 GB) is to its limit.
+    """
+    if not torch.cuda.is_available():
+        return ""
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    torch.cuda.reset_peak_memory_stats()
+    return f"peak GPU memory {label}: {peak:.1f} GiB of {total:.1f} GiB"
+
+
+def free_memory() -> None:
+    """Return freed memory to the system (and to CUDA's cache); call after `del model` before loading the next one."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -29,6 +29,31 @@ def token_source() -> str | None:
     return "saved login" if os.path.exists(constants.HF_TOKEN_PATH) else "colab"
 
 
+COLAB_SECRET_HELP = {
+    "declined": "this notebook was refused access to the HF_TOKEN secret: open the key icon on the left, switch on "
+                "'Notebook access' for HF_TOKEN, then Runtime > Restart session and run again",
+    "missing": "Colab has no secret named HF_TOKEN: open the key icon on the left, add HF_TOKEN with your token "
+               "(https://huggingface.co/settings/tokens) and switch on 'Notebook access'",
+    "error": "Colab could not read the HF_TOKEN secret: restart the session (Runtime > Restart session) and run again",
+}
+
+
+def colab_secret_problem() -> str | None:
+    """Why Colab's HF_TOKEN secret cannot be read: "declined", "missing", "error", or None (read, or not Colab)."""
+    try:
+        from google.colab import userdata  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    try:
+        return None if userdata.get("HF_TOKEN") else "missing"
+    except userdata.NotebookAccessError:
+        return "declined"
+    except userdata.SecretNotFoundError:
+        return "missing"
+    except Exception:  # noqa: BLE001 - any other Colab failure
+        return "error"
+
+
 def describe_token() -> str:
     """A safe one-line description for notebooks: where the token comes from, never its value."""
     source = token_source()
@@ -36,7 +61,54 @@ def describe_token() -> str:
              "colab": "Colab secrets (HF_TOKEN)"}
     if source:
         return f"Hugging Face token found in {where[source]} (value hidden)"
+    problem = colab_secret_problem()
+    if problem:
+        return f"no HF_TOKEN: {COLAB_SECRET_HELP[problem]}"
     return "no HF_TOKEN: the gated google/gemma models are out of reach; the embedded default needs none"
+
+
+def check_token(need_write: bool = False, api=None) -> str:
+    """Ask the Hub who the token belongs to; one clear TokenError for an invalid, expired or read-only token.
+
+    Returns a safe description ("token of <user>, <role>"). Push (06) needs write access:
+    a classic write token, or a fine-grained one with write access to your repositories.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .errors import TokenError
+
+    token = get_token()
+    if token is None:
+        problem = colab_secret_problem()
+        raise TokenError("no Hugging Face token was found",
+                         COLAB_SECRET_HELP[problem] if problem else
+                         "create one at https://huggingface.co/settings/tokens and set it as HF_TOKEN")
+    try:
+        info = (api or HfApi()).whoami(token=token)
+    except HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status == 401:
+            raise TokenError("the Hub refused the token (401: invalid, revoked or expired)",
+                             "create a new token at https://huggingface.co/settings/tokens and update HF_TOKEN") from None
+        raise TokenError(f"the Hub could not check the token (HTTP {status})", "check the network and retry") from None
+    except (OSError, ConnectionError) as err:
+        raise TokenError(f"the Hub cannot be reached to check the token ({type(err).__name__})",
+                         "run where huggingface.co is reachable (HF_HUB_OFFLINE unset)") from None
+    access = (info.get("auth") or {}).get("accessToken") or {}
+    role = access.get("role", "unknown")
+    if need_write and role == "read":
+        raise TokenError("this token is read-only, so it cannot push",
+                         "create a token with the 'Write' role (or a fine-grained one with write access to your "
+                         "repositories) and set it as HF_TOKEN")
+    if need_write and role == "fineGrained":
+        scopes = {p for scope in access.get("fineGrained", {}).get("scoped", []) for p in scope.get("permissions", [])}
+        global_scopes = set(access.get("fineGrained", {}).get("global", []))
+        if "repo.write" not in scopes | global_scopes:
+            raise TokenError("this fine-grained token has no write access to repositories, so it cannot push",
+                             "edit the token: under Repositories, allow 'Write access to contents/settings of all "
+                             "repos under your personal namespace'")
+    return f"token of {info.get('name', '?')}, role {role} (value hidden)"
 
 
 def subprocess_env() -> dict[str, str]:

@@ -20,7 +20,7 @@ from .config import EMBEDDED
 from .errors import ModelLoadError, hub_error
 from .fsio import atomic_folder, recover
 from .hardware import Precision
-from .hf_token import get_token
+from .hf_token import COLAB_SECRET_HELP, colab_secret_problem, get_token
 
 GATED_PREFIXES = ("google/gemma", "google/codegemma", "google/recurrentgemma", "meta-llama/")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -80,9 +80,11 @@ def resolve_model(model_name: str) -> tuple[str, dict]:
                              f"check the path, or use '{EMBEDDED}' for the offline default")
     token = get_token()
     if token is None and model_name.startswith(GATED_PREFIXES):
+        problem = colab_secret_problem()
         raise ModelLoadError(
             f"{model_name!r} is a gated model and no HF_TOKEN was found",
-            "accept the licence on its Hub page, create a read token, and add it as the HF_TOKEN secret in Colab "
+            COLAB_SECRET_HELP[problem] if problem else
+            "accept the licence on its Hub page, create a token, and add it as the HF_TOKEN secret in Colab "
             f"(key icon) or the HF_TOKEN environment variable; or use model_name='{EMBEDDED}'",
         )
     return model_name, ({"token": token} if token else {})

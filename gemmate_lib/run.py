@@ -22,8 +22,12 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", 
 
 
 def get_run_dir(run_dir: str | os.PathLike | None = None) -> Path:
-    """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else runs/interactive."""
-    chosen = run_dir or os.environ.get("GEMMATE_RUN_DIR") or repo_root() / "runs" / "interactive"
+    """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else (on Colab) Google Drive,
+    else runs/interactive. On Colab each notebook has its own runtime: Drive is what lets 05 and 06 see 03's adapter."""
+    from .colab import default_run_dir
+
+    chosen = (run_dir or os.environ.get("GEMMATE_RUN_DIR") or default_run_dir()
+              or repo_root() / "runs" / "interactive")
     path = Path(chosen).expanduser()
     if not path.is_absolute():
         path = repo_root() / path

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from trl import SFTTrainer
 
 from .config import CourseConfig
@@ -50,7 +51,7 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False):
         if not quiet:
             print("this model already has a LoRA adapter (this cell ran before): keeping it, not wrapping twice")
         return model
-    if cfg.model.quantization == "nf4":
+    if getattr(model, "is_loaded_in_4bit", False):  # the model decides, not the profile: never upcast a 16-bit base
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     set_seed(cfg.train.seed)
     return get_peft_model(model, lora_config(cfg))
@@ -98,11 +99,16 @@ class CourseSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss runs the LM head on labelled tokens only (see fast_loss.py).
 
     `tokens_trained` counts the non-padding tokens of every training batch (the
-    benchmark reads it to report tokens per second).
+    benchmark reads it to report tokens per second). Under fp16 mixed precision (a T4)
+    the trainable weights stay fp32, as the grad scaler requires.
     """
 
     def __init__(self, *args, fast_loss: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.fp16:  # TRL casts a 4-bit model's LoRA weights to bf16; fp16's grad scaler needs fp32 ones
+            for param in self.model.parameters():
+                if param.requires_grad and param.dtype != torch.float32:
+                    param.data = param.data.float()
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self.fast_loss = fast_loss and softcap is None
         self.tokens_trained = 0

@@ -51,11 +51,14 @@ def tiny_tokenizer():
 
 
 def make_tiny_gemma(tokenizer, seed: int = 0):
-    """A random Gemma 3 text model with the real architecture at toy size (float32, eval mode)."""
+    """A random Gemma 3 text model with the real architecture at toy size (float32, eval mode).
+
+    Every linear layer is a multiple of 64 wide, as bitsandbytes' CPU NF4 kernels need.
+    """
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                              num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
                               sliding_window=64, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
     torch.manual_seed(seed)

@@ -1,24 +1,29 @@
+"""Save, reload, merge and push adapters; saves are all or nothing (fsio.atomic_folder)."""
 import json
+import os
+from pathlib import Path
 
 import pytest
+import torch
 
-from gemmate_lib import ModelLoadError, course_config
-from gemmate_lib.hub import SaveError, load_adapter, save_adapter
+from gemmate_lib import ModelLoadError
+from gemmate_lib.errors import SaveError
+from gemmate_lib.hub import load_adapter, save_adapter
 from gemmate_lib.training import attach_lora
 
 
-def test_missing_adapter_folder_says_which_notebook_to_run(base_model, tmp_path):
+def test_missing_adapter_folder_says_which_notebook_to_run(tiny_model, tmp_path):
     with pytest.raises(ModelLoadError, match="run 03_lora_sft first"):
-        load_adapter(base_model, tmp_path / "adapter")
+        load_adapter(tiny_model, tmp_path / "adapter")
 
 
-def test_save_is_safetensors_refuses_overwrite_and_rejects_another_base(fresh_model, tokenizer, tmp_path):
-    model = attach_lora(fresh_model, course_config(device="cpu").lora)
-    folder = save_adapter(model, tokenizer, tmp_path / "adapter", "embedded")
+def test_save_is_safetensors_refuses_overwrite_and_rejects_another_base(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+    model = attach_lora(tiny_model, cpu_cfg)
+    folder = save_adapter(model, tiny_tokenizer, tmp_path / "adapter", "tiny")
     assert (folder / "adapter_model.safetensors").exists() and not list(folder.glob("*.bin"))
-    assert json.loads((folder / "gemmate.json").read_text())["hidden_size"] == 640
+    assert json.loads((folder / "gemmate.json").read_text())["hidden_size"] == 64
     with pytest.raises(SaveError, match="already exists"):
-        save_adapter(model, tokenizer, folder, "embedded")
+        save_adapter(model, tiny_tokenizer, folder, "tiny")
     meta = json.loads((folder / "gemmate.json").read_text())
     meta.update(base_model="google/gemma-2b", hidden_size=2048)
     (folder / "gemmate.json").write_text(json.dumps(meta))
@@ -26,63 +31,77 @@ def test_save_is_safetensors_refuses_overwrite_and_rejects_another_base(fresh_mo
         load_adapter(model.get_base_model(), folder)
 
 
-@pytest.fixture()
-def trained_adapter(fresh_model, tokenizer, tmp_path):
-    """A LoRA adapter with non-zero weights (B starts at zero, so perturb it) saved to disk."""
-    import torch
-
-    model = attach_lora(fresh_model, course_config(device="cpu").lora)
+def _perturbed(model, cfg):
+    """A LoRA model with non-zero weights (B starts at zero, so perturb it)."""
+    model = attach_lora(model, cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
-    return model, save_adapter(model, tokenizer, tmp_path / "adapter", "embedded")
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    return model
 
 
-def test_round_trip_in_a_fresh_process_gives_identical_generations(trained_adapter, tokenizer, base_model):
+@pytest.mark.slow
+def test_round_trip_in_a_fresh_process_gives_identical_generations(tiny_folder, tiny_tokenizer, fp32, cpu_cfg,
+                                                                    tmp_path):
     from gemmate_lib.generation import STANDARD_PROMPTS, generate
     from gemmate_lib.hub import reload_generations
+    from gemmate_lib.models import load_model
 
-    model, folder = trained_adapter
-    here = generate(model, tokenizer, STANDARD_PROMPTS[:2], max_new_tokens=12).completion.tolist()
-    there = reload_generations(folder, "embedded", STANDARD_PROMPTS[:2], 12, "fp32")
+    model = _perturbed(load_model(str(tiny_folder), fp32), cpu_cfg)
+    folder = save_adapter(model, tiny_tokenizer, tmp_path / "adapter", str(tiny_folder))
+    here = generate(model, tiny_tokenizer, STANDARD_PROMPTS[:2], max_new_tokens=12).completion.tolist()
+    there = reload_generations(folder, str(tiny_folder), STANDARD_PROMPTS[:2], 12, "fp32")
     assert there == here
-    plain = generate(base_model, tokenizer, STANDARD_PROMPTS[:2], max_new_tokens=12).completion.tolist()
+    plain = generate(load_model(str(tiny_folder), fp32), tiny_tokenizer, STANDARD_PROMPTS[:2],
+                     max_new_tokens=12).completion.tolist()
     assert here != plain  # the adapter changes something, so equality above means something
 
 
-def test_merge_matches_the_adapter_model(trained_adapter, tokenizer):
+def test_merge_matches_the_adapter_model_and_refuses_a_4bit_base(tiny_model, tiny_tokenizer, tiny_folder, cpu_cfg):
     from gemmate_lib.generation import STANDARD_PROMPTS
     from gemmate_lib.hub import merge_and_check
+    from gemmate_lib.models import load_model
 
-    model, _ = trained_adapter
-    merged, diff = merge_and_check(model, tokenizer, STANDARD_PROMPTS, tolerance=5e-3)
+    model = _perturbed(tiny_model, cpu_cfg)
+    merged, diff = merge_and_check(model, tiny_tokenizer, STANDARD_PROMPTS)
     assert diff < 5e-3 and not any("lora" in n for n, _ in merged.named_modules())
-    assert any("lora" in n for n, _ in model.named_modules())  # the adapter model is left as it was
+    nf4 = attach_lora(load_model(str(tiny_folder), cpu_cfg.precision, quantization="nf4"), cpu_cfg)
+    with pytest.raises(ModelLoadError, match="4-bit base"):
+        merge_and_check(nf4, tiny_tokenizer, STANDARD_PROMPTS)
+
+
+def test_the_merged_model_is_saved_in_the_training_dtype(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+    from safetensors import safe_open
+
+    from gemmate_lib.hub import save_merged
+
+    folder = save_merged(tiny_model, tiny_tokenizer, tmp_path / "merged", torch.bfloat16)
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
 
 
 def test_push_without_token_or_repo_is_skipped_with_how_to(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
     from gemmate_lib.hub import push_adapter
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "none"))
     assert "set the parameter repo_id" in push_adapter(tmp_path, None)
     assert "no HF_TOKEN" in push_adapter(tmp_path, "someone/quotes-lora")
 
 
 @pytest.mark.parametrize("bad", ["no-namespace", "a/b/c", "some one/x", "x/y--z"])
 def test_invalid_repo_id_is_a_clear_error(bad, tmp_path):
-    from gemmate_lib.hub import SaveError, push_adapter
+    from gemmate_lib.hub import push_adapter
 
     with pytest.raises(SaveError, match="not a valid Hub repository id"):
         push_adapter(tmp_path, bad)
 
 
-def test_unwritable_output_folder_leaves_nothing_half_written(fresh_model, tokenizer, tmp_path):
-    import os
-
-    from gemmate_lib.hub import SaveError
-
+def test_unwritable_output_folder_leaves_nothing_half_written(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
     if os.geteuid() == 0:  # root can write anywhere: use a path under a file instead
         blocked = tmp_path / "a_file"
         blocked.write_text("not a folder")
@@ -91,7 +110,54 @@ def test_unwritable_output_folder_leaves_nothing_half_written(fresh_model, token
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         target = locked / "adapter"
-    model = attach_lora(fresh_model, course_config(device="cpu").lora)
+    model = attach_lora(tiny_model, cpu_cfg)
     with pytest.raises(SaveError, match="could not write the adapter"):
-        save_adapter(model, tokenizer, target, "embedded")
+        save_adapter(model, tiny_tokenizer, target, "tiny")
     assert not target.exists() and not target.with_name("adapter.partial").exists()
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_a_failed_final_rename_keeps_the_old_adapter_complete(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path,
+                                                             monkeypatch):
+    old = _perturbed(tiny_model, cpu_cfg)
+    folder = save_adapter(old, tiny_tokenizer, tmp_path / "adapter", "tiny")
+    before = _weights(folder)
+    with torch.no_grad():
+        for name, p in old.named_parameters():
+            if "lora_B" in name:
+                p.add_(1.0)
+    real_rename = Path.rename
+
+    def failing(self, target):
+        if self.name == "adapter.partial":
+            raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(SaveError, match="No space left"):
+        save_adapter(old, tiny_tokenizer, folder, "tiny", overwrite=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no .partial, no .backup
+    after = _weights(folder)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
+    from conftest import make_tiny_gemma
+
+    load_adapter(make_tiny_gemma(tiny_tokenizer), folder)
+
+
+def test_a_process_killed_between_the_renames_is_recovered_on_load(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+    from conftest import make_tiny_gemma
+
+    folder = save_adapter(_perturbed(tiny_model, cpu_cfg), tiny_tokenizer, tmp_path / "adapter", "tiny")
+    saved = _weights(folder)
+    folder.rename(tmp_path / "adapter.backup")  # the old one moved aside; the new one never arrived
+    (tmp_path / "adapter.partial").mkdir()  # and a half-written new one
+    model = load_adapter(make_tiny_gemma(tiny_tokenizer), folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    assert all(torch.equal(_weights(folder)[k], saved[k]) for k in saved)
+    assert any("lora" in n for n, _ in model.named_modules())

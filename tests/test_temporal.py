@@ -1,14 +1,20 @@
 """GemmaTE: the encoder, the zero-initialised wrapper, timestamps through forward/generate/Trainer, save/load."""
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 import torch
 
 from gemmate_lib.errors import DataError, ModelLoadError, ParameterError
-from gemmate_lib.temporal import (REFERENCE_MS, GemmaTEForCausalLM, TemporalEncoder, TemporalSettings,
-                                  signed_log_days, to_milliseconds)
+from gemmate_lib.temporal import (
+    REFERENCE_MS,
+    GemmaTEForCausalLM,
+    TemporalEncoder,
+    TemporalSettings,
+    signed_log_days,
+    to_milliseconds,
+)
 
 MS_2014 = 1_394_000_000_000  # 2014-03-05 06:13:20 UTC
 
@@ -25,7 +31,8 @@ def _perturb(te, seed=0):
 
 def test_reference_is_2006_05_23_and_the_sign_follows_it():
     assert to_milliseconds("2006-05-23T00:00:00Z") == REFERENCE_MS
-    ms = to_milliseconds([REFERENCE_MS - 86_400_000, REFERENCE_MS, REFERENCE_MS + 86_400_000, "1995-01-01", "2024-06-01"])
+    ms = to_milliseconds([REFERENCE_MS - 86_400_000, REFERENCE_MS, REFERENCE_MS + 86_400_000, "1995-01-01",
+                          "2024-06-01"])
     x = signed_log_days(ms)
     assert x[0] < 0 and x[1] == 0 and x[2] > 0 and x[3] < x[0] and x[4] > x[2]
     assert torch.allclose(x[[0, 2]].abs(), torch.tensor([np.log(2.0)] * 2, dtype=torch.float64))
@@ -44,7 +51,8 @@ def test_every_accepted_form_gives_the_same_milliseconds():
 @pytest.mark.parametrize("bad, message", [
     (float("nan"), "NaN or infinite"), (float("inf"), "NaN or infinite"), (None, "is not a time"),
     (True, "is not a time"), ("next tuesday", "not an ISO-8601"), (1_394_000_000_000_000, "not microseconds"),
-    (1e16, "outside 1900-01-01..2100-01-01"), ([MS_2014, float("nan")], "1 timestamp"), (torch.tensor([True]), "booleans"),
+    (1e16, "outside 1900-01-01..2100-01-01"), ([MS_2014, float("nan")], "1 timestamp"),
+    (torch.tensor([True]), "booleans"),
     ({"t": 1}, "has type dict"),
 ])
 def test_invalid_timestamps_raise_a_clear_error(bad, message):
@@ -55,12 +63,13 @@ def test_invalid_timestamps_raise_a_clear_error(bad, message):
 
 def test_bad_settings_are_rejected():
     with pytest.raises(ParameterError, match="even"):
-        TemporalEncoder(TemporalSettings(dim=7))
+        TemporalEncoder(TemporalSettings(temporal_dim=7))
     with pytest.raises(ParameterError, match="tau"):
-        TemporalEncoder(TemporalSettings(scale=float("nan")))
+        TemporalEncoder(TemporalSettings(temporal_scale=float("nan")))
 
 
-def test_zero_initialised_wrapper_equals_the_base_model_exactly(fresh_model, tokenizer):
+def test_zero_initialised_wrapper_equals_the_base_model_exactly(tiny_model, tiny_tokenizer):
+    fresh_model, tokenizer = tiny_model, tiny_tokenizer
     enc = tokenizer(["Life is short.\nWritten:", "Quote: Imagination is more"], return_tensors="pt", padding=True)
     with torch.no_grad():
         plain = fresh_model(**enc).logits
@@ -78,7 +87,8 @@ def test_zero_initialised_wrapper_equals_the_base_model_exactly(fresh_model, tok
         assert torch.equal(fresh_model(**enc).logits, plain)  # unwrap removes the hook
 
 
-def test_per_token_timestamps_and_batch_mismatch(fresh_model, tokenizer):
+def test_per_token_timestamps_and_batch_mismatch(tiny_model, tiny_tokenizer):
+    fresh_model, tokenizer = tiny_model, tiny_tokenizer
     te = _perturb(GemmaTEForCausalLM(fresh_model))
     enc = tokenizer(["one two three"], return_tensors="pt")
     n = enc["input_ids"].shape[1]
@@ -91,7 +101,8 @@ def test_per_token_timestamps_and_batch_mismatch(fresh_model, tokenizer):
         te(**enc, timestamps=[MS_2014, MS_2014])
 
 
-def test_fast_loss_forward_equals_the_models_own_loss(fresh_model, tokenizer):
+def test_fast_loss_forward_equals_the_models_own_loss(tiny_model, tiny_tokenizer):
+    fresh_model, tokenizer = tiny_model, tiny_tokenizer
     from gemmate_lib.temporal_data import PROMPT_END, TextDataset, collate_fn
 
     te = _perturb(GemmaTEForCausalLM(fresh_model))
@@ -106,29 +117,31 @@ def test_fast_loss_forward_equals_the_models_own_loss(fresh_model, tokenizer):
     assert torch.allclose(reference, fast, rtol=1e-5)
 
 
-def test_save_and_load_give_identical_logits_under_lora(fresh_model, tokenizer, tmp_path):
-    from gemmate_lib.config import LoraSettings
+def test_save_and_load_give_identical_logits_under_lora(tiny_folder, tiny_tokenizer, fp32, tmp_path):
+    from gemmate_lib import course_config
     from gemmate_lib.models import load_model
     from gemmate_lib.temporal_train import attach_temporal_lora
 
-    te = _perturb(attach_temporal_lora(GemmaTEForCausalLM(fresh_model, TemporalSettings(scale=2.0)), LoraSettings()))
+    tokenizer = tiny_tokenizer
+    cfg = course_config("temporal", device="cpu", dtype="fp32", temporal_scale=2.0, lora_dropout=0.05)
+    te = _perturb(attach_temporal_lora(GemmaTEForCausalLM(load_model(str(tiny_folder), fp32), cfg.temporal), cfg))
     te.eval()  # LoRA dropout (0.05) is active in training mode
     folder = te.save_pretrained(tmp_path / "te")
-    assert {"adapter_model.safetensors", "temporal.safetensors", "gemmate_te.json"} <= {p.name for p in folder.iterdir()}
+    names = {p.name for p in folder.iterdir()}
+    assert {"adapter_model.safetensors", "temporal.safetensors", "gemmate_te.json"} <= names
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
     enc = tokenizer(["Stay hungry.\nWritten:"], return_tensors="pt")
-    from gemmate_lib.hardware import pick_precision
-
-    loaded = GemmaTEForCausalLM.from_pretrained(load_model("embedded", pick_precision("cpu", "fp32")), folder)
-    assert loaded.settings.scale == 2.0
+    loaded = GemmaTEForCausalLM.from_pretrained(load_model(str(tiny_folder), fp32), folder)
+    assert loaded.settings.temporal_scale == 2.0 and loaded.device == te.device
     with torch.no_grad():
         assert torch.equal(te(**enc, timestamps=[MS_2014]).logits, loaded(**enc, timestamps=[MS_2014]).logits)
+    plain = load_model(str(tiny_folder), fp32)
     with pytest.raises(ModelLoadError, match="not a saved GemmaTE model"):
-        GemmaTEForCausalLM.from_pretrained(fresh_model, tmp_path)
+        GemmaTEForCausalLM.from_pretrained(plain, tmp_path)
     meta = json.loads((folder / "gemmate_te.json").read_text())
     (folder / "gemmate_te.json").write_text(json.dumps({**meta, "hidden_size": 2048}))
     with pytest.raises(ModelLoadError, match="hidden size 2048"):
-        GemmaTEForCausalLM.from_pretrained(fresh_model, folder)
+        GemmaTEForCausalLM.from_pretrained(plain, folder)
 
 
 def _generate(te, tokenizer, stamps):
@@ -137,7 +150,8 @@ def _generate(te, tokenizer, stamps):
     return [tokenizer.decode(ids) for ids in out[:, enc["input_ids"].shape[1]:]]
 
 
-def test_generate_with_timestamps_in_fp32(fresh_model, tokenizer):
+def test_generate_with_timestamps_in_fp32(tiny_model, tiny_tokenizer):
+    fresh_model, tokenizer = tiny_model, tiny_tokenizer
     te = GemmaTEForCausalLM(fresh_model)
     enc = tokenizer(["Be kind.\nWritten:"], return_tensors="pt")
     plain = fresh_model.generate(**enc, max_new_tokens=6, do_sample=False)[0, enc["input_ids"].shape[1]:]
@@ -150,11 +164,11 @@ def test_generate_with_timestamps_in_fp32(fresh_model, tokenizer):
     assert len(_generate(te, tokenizer, None)) == 1  # default: now
 
 
-def test_generate_with_timestamps_in_nf4(tokenizer):
-    from gemmate_lib.hardware import pick_precision
+def test_generate_with_timestamps_in_nf4(tiny_folder, tiny_tokenizer, fp32):
     from gemmate_lib.models import load_model
 
-    model = load_model("embedded", pick_precision("cpu", "fp32"), quantization="nf4")
+    tokenizer = tiny_tokenizer
+    model = load_model(str(tiny_folder), fp32, quantization="nf4")
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
     te = _perturb(GemmaTEForCausalLM(model), seed=3)
     with torch.no_grad():
@@ -163,23 +177,23 @@ def test_generate_with_timestamps_in_nf4(tokenizer):
     assert len(texts) == 2 and texts[0] != texts[1]
 
 
-def test_trainer_trains_lora_and_the_projection(fresh_model, tokenizer, tmp_path, fp32):
-    from gemmate_lib.config import LoraSettings
+def test_trainer_trains_lora_and_the_projection(tiny_model, tiny_tokenizer, tmp_path):
+    from gemmate_lib import course_config
     from gemmate_lib.temporal_data import PROMPT_END, TextDataset
-    from gemmate_lib.temporal_train import TemporalTrainSettings, attach_temporal_lora, train_temporal
+    from gemmate_lib.temporal_train import attach_temporal_lora, train_temporal
 
-    te = attach_temporal_lora(GemmaTEForCausalLM(fresh_model), LoraSettings(dropout=0.0))
+    cfg = course_config("temporal", device="cpu", dtype="fp32", max_steps=3, batch_size=4, steps_freq=1)
+    te = attach_temporal_lora(GemmaTEForCausalLM(tiny_model, cfg.temporal), cfg)
     texts = [f"Note {i}\nWritten: May {2008 + i}" for i in range(8)]
     stamps = [datetime(2008 + i, 5, 10) for i in range(8)]
-    ds = TextDataset(texts, tokenizer, stamps, prompt_end=PROMPT_END)
-    result = train_temporal(te, ds, TemporalTrainSettings(max_steps=3, batch_size=4, logging_steps=1), tmp_path, fp32,
-                            tokenizer.pad_token_id)
+    ds = TextDataset(texts, tiny_tokenizer, stamps, prompt_end=PROMPT_END)
+    result = train_temporal(te, ds, cfg, tmp_path, tiny_tokenizer.pad_token_id)
     assert result.steps == 3 and len(result.log) == 3
     assert te.temporal_projection.weight.abs().sum() > 0
     assert any(p.abs().sum() > 0 for n, p in te.named_parameters() if "lora_B" in n)
 
 
-def test_data_files_and_dated_notes(tmp_path, tokenizer):
+def test_data_files_and_dated_notes(tmp_path):
     from gemmate_lib.temporal_data import load_jsonl, make_dated_notes, parse_date, save_jsonl
 
     notes = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=10)
@@ -197,12 +211,13 @@ def test_data_files_and_dated_notes(tmp_path, tokenizer):
     with pytest.raises(DataError, match="notes.jsonl line 51: timestamp 'yesterday'"):
         load_jsonl(path)
     path.write_text('{"text": "no time"}\n')
-    with pytest.raises(DataError, match="line 1 lacks"):
+    with pytest.raises(DataError, match="has no column timestamp"):
         load_jsonl(path)
     assert parse_date(" May 2014, a fine") == (2014, 5) and parse_date(" once upon") == (None, None)
 
 
-def test_cli_trains_on_a_small_jsonl(tmp_path):
+@pytest.mark.slow
+def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder):
     import subprocess
     import sys
 
@@ -211,29 +226,29 @@ def test_cli_trains_on_a_small_jsonl(tmp_path):
     data = save_jsonl(tmp_path / "notes.jsonl", [f"Note {i}\nWritten: May {2008 + i}" for i in range(12)],
                       [to_milliseconds(datetime(2008 + i, 5, 10)) for i in range(12)])
     out = tmp_path / "te"
-    proc = subprocess.run([sys.executable, "-m", "gemmate_lib.temporal_cli", "--data_file", str(data), "--output_dir",
+    proc = subprocess.run([sys.executable, "-m", "gemmate_lib", "train-te", "--dataset", str(data), "--output_dir",
                            str(out), "--max_steps", "2", "--batch_size", "4", "--temporal_scale", "1.5",
-                           "--prompt_end", "Written:"], capture_output=True, text=True, timeout=600)
+                           "--prompt_end", "Written:", "--model_name", str(tiny_folder)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["rows"] == 12
-    assert json.loads((out / "gemmate_te.json").read_text())["settings"]["scale"] == 1.5
+    assert json.loads((out / "gemmate_te.json").read_text())["settings"]["temporal_scale"] == 1.5
     assert (out / "adapter_model.safetensors").exists() and (out / "temporal.safetensors").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--batch_size", "0"], "--batch_size: 0 must be >= 1"),
-    (["--learning_rate", "fast"], "--learning_rate: 'fast' is not a number"),
-    (["--temporal_scale", "-1"], "--temporal_scale: -1 must be > 0"),
+    (["--batch_size", "0"], "parameter batch_size=0 must be at least 1"),
+    (["--learning_rate", "fast"], "parameter learning_rate='fast' has type str"),
+    (["--temporal_scale", "-1"], "temporal_scale=-1.0 must be a positive finite number"),
     (["--fp16"], "--fp16 needs a CUDA GPU"),
     ([], "does not exist"),
 ])
-def test_cli_bad_values_get_one_clear_message(argv, message, tmp_path, capsys):
-    from gemmate_lib.temporal_cli import main
+def test_command_bad_values_get_one_clear_line(argv, message, tmp_path, capsys):
+    from gemmate_lib.cli import main
+    from gemmate_lib.errors import run_cli
 
-    try:
-        code = main(["--data_file", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "o"), *argv])
-    except SystemExit as stop:
-        code = stop.code
+    code = run_cli(main, ["train-te", "--dataset", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "o"),
+                          *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err

@@ -1,0 +1,129 @@
+"""Colab: install what Colab lacks, keep the run folder on Google Drive, and find 03's adapter from any runtime.
+
+Taught in 00_setup; the first cell of every notebook calls `install` on Colab, and
+notebooks 05 and 06 call `find_adapter`. In Colab each notebook runs in its own
+runtime, so files do not carry over between notebooks unless they live on Google
+Drive or the Hub: `default_run_dir` offers Drive, and `find_adapter` looks in the run
+folder, then on the Hub (the `adapter_repo` that 03 pushed), and otherwise says in one
+line what to do. Nothing here runs outside Colab except in tests, which fake
+`google.colab` at its boundary.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
+DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders on Drive
+RESTART = ("Restart needed: packages that this runtime had already imported were upgraded. "
+           "Choose Runtime > Restart session, then run this notebook from the top again "
+           "(this cell will then skip the install).")
+
+
+def in_colab() -> bool:
+    """True inside a Colab runtime (its `google.colab` module is loaded)."""
+    return "google.colab" in sys.modules
+
+
+def pins(requirements: str | Path) -> dict[str, str]:
+    """{distribution name: pinned version} from a requirements file of `name==version` lines."""
+    out = {}
+    for line in Path(requirements).read_text().splitlines():
+        match = re.match(r"^\s*([A-Za-z0-9_.\-]+)==([^\s#]+)", line)
+        if match:
+            out[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return out
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def stale_imports(names) -> list[str]:
+    """Distributions whose module this process imported at another version than the one now installed."""
+    stale = []
+    for name in names:
+        module = sys.modules.get(name.replace("-", "_"))
+        loaded = getattr(module, "__version__", None)
+        if module is not None and loaded is not None and loaded != _installed(name):
+            stale.append(f"{name} {loaded} -> {_installed(name)}")
+    return stale
+
+
+def install(repo_dir: str | Path, run=subprocess.run) -> str:
+    """Install requirements-colab.txt (never torch) unless every pin is already there; safe to re-run.
+
+    Returns "ready", or the restart instruction (also printed) when an upgraded package
+    was already imported in this kernel.
+    """
+    requirements = Path(repo_dir) / "requirements-colab.txt"
+    wanted = pins(requirements)
+    missing = sorted(name for name, version in wanted.items() if _installed(name) != version)
+    if not missing:
+        print("the course's packages are installed (nothing to do)")
+        return "ready"
+    print(f"installing {len(missing)} package(s) Colab lacks: {', '.join(missing)} (about a minute)...")
+    proc = run([sys.executable, "-m", "pip", "install", "-q", "-r", str(requirements)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ModelLoadError(f"pip could not install the course's packages: {proc.stderr.strip()[-300:]}",
+                             "check the runtime has internet access, then run this cell again")
+    stale = stale_imports(missing)
+    if stale:
+        print(RESTART + f" ({'; '.join(stale)})")
+        return RESTART
+    print("installed; no restart needed")
+    return "ready"
+
+
+def default_run_dir(name: str = "interactive", mount=None) -> Path | None:
+    """On Colab, the run folder on Google Drive (mounted after the user agrees), else None.
+
+    A declined or failed mount returns None with one line saying what that means:
+    files written by this notebook vanish with the runtime.
+    """
+    if not in_colab():
+        return None
+    if mount is None:
+        from google.colab import drive  # type: ignore[import-not-found]
+
+        mount = drive.mount
+    try:
+        if not (DRIVE / "MyDrive").is_dir():
+            print("Colab asks to connect Google Drive, so that 03's adapter is still there when you open 05 or 06 "
+                  "(each notebook gets its own runtime).")
+            mount(str(DRIVE))
+    except Exception as err:  # noqa: BLE001 - a declined dialog raises; continue without Drive
+        print(f"Google Drive not mounted ({type(err).__name__}): this run folder lives only as long as this runtime. "
+              "To keep 03's adapter for 05 and 06, set adapter_repo (a Hub repo to push it to) in 03's parameters.")
+        return None
+    return DRIVE_RUNS / name
+
+
+def find_adapter(run_dir: Path, adapter_repo: str | None = None, download=None) -> Path:
+    """The adapter of 03 for 05 and 06: run_dir/adapter, else a download of `adapter_repo`, else one clear error."""
+    folder = Path(run_dir) / "adapter"
+    if (folder / "adapter_config.json").exists():
+        return folder
+    if adapter_repo:
+        from .errors import hub_error
+        from .hf_token import get_token
+
+        if download is None:
+            from huggingface_hub import snapshot_download as download
+        try:
+            return Path(download(repo_id=adapter_repo, local_dir=str(folder), token=get_token()))
+        except Exception as err:  # noqa: BLE001 - one line, by the Hub's exception types
+            raise hub_error(adapter_repo, err) from err
+    raise ModelLoadError(
+        f"no adapter from 03_lora_sft in the run folder {run_dir}",
+        "run 03_lora_sft with the same run_dir first; in Colab, where each notebook has its own runtime, "
+        "keep the run folder on Google Drive (accept the Drive prompt in both notebooks), or set adapter_repo "
+        "to the Hub repo that 03 pushed the adapter to")

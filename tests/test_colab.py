@@ -1,0 +1,230 @@
+"""The Colab path, simulated here: faked only at the outer boundary (google.colab, CUDA, the huggingface_hub API)."""
+import json
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from gemmate_lib import colab, hf_token
+from gemmate_lib.errors import ModelLoadError, TokenError
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = "hf_" + "COLABcolab" * 3 + "0000"  # built at run time: not a token-shaped literal in the repo
+
+
+class NotebookAccessError(Exception):
+    pass
+
+
+class SecretNotFoundError(Exception):
+    pass
+
+
+@pytest.fixture()
+def fake_colab(monkeypatch, tmp_path):
+    """A `google.colab` module whose userdata.get does what the test sets in `fake.secret`."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _auth
+
+    state = types.SimpleNamespace(secret=FAKE, mounted=[])
+
+    def get(name):
+        if isinstance(state.secret, Exception):
+            raise state.secret
+        if state.secret is None:
+            raise SecretNotFoundError(name)
+        return state.secret
+
+    userdata = types.SimpleNamespace(get=get, NotebookAccessError=NotebookAccessError,
+                                     SecretNotFoundError=SecretNotFoundError)
+    google = types.ModuleType("google")
+    google_colab = types.ModuleType("google.colab")
+    google_colab.userdata = userdata
+    google.colab = google_colab
+    errors = types.ModuleType("google.colab.errors")
+    errors.Error = RuntimeError
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", google_colab)
+    monkeypatch.setitem(sys.modules, "google.colab.userdata", userdata)
+    monkeypatch.setitem(sys.modules, "google.colab.errors", errors)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+    monkeypatch.setattr(_auth, "_IS_GOOGLE_COLAB_CHECKED", False)  # huggingface_hub reads the secret once
+    monkeypatch.setattr(_auth, "is_google_colab", lambda: True)
+    return state
+
+
+def test_the_colab_secret_is_the_token_and_reaches_a_subprocess(fake_colab):
+    assert hf_token.get_token() == FAKE and hf_token.token_source() == "colab"
+    assert FAKE not in hf_token.describe_token()
+    assert hf_token.subprocess_env()["HF_TOKEN"] == FAKE  # a child process has no kernel to ask Colab
+
+
+@pytest.mark.parametrize("secret, words", [(NotebookAccessError("declined"), "was refused access"),
+                                           (None, "no secret named HF_TOKEN"),
+                                           (RuntimeError("vault broke"), "could not read the HF_TOKEN secret")])
+def test_each_colab_secret_failure_has_its_own_message(fake_colab, secret, words):
+    from gemmate_lib.models import resolve_model
+
+    fake_colab.secret = secret
+    with pytest.warns() if isinstance(secret, (NotebookAccessError, RuntimeError)) else _nothing():
+        assert hf_token.get_token() is None
+    assert words in hf_token.describe_token()
+    with pytest.raises(ModelLoadError) as err:
+        resolve_model("google/gemma-2b")
+    assert words in err.value.fix
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _whoami(role=None, status=None, scopes=()):
+    def whoami(token):
+        assert token == FAKE
+        if status:
+            import httpx2
+            from huggingface_hub.errors import HfHubHTTPError
+
+            response = httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/whoami-v2"))
+            raise HfHubHTTPError(f"{status} Client Error", response=response)
+        access = {"role": role}
+        if role == "fineGrained":
+            access["fineGrained"] = {"scoped": [{"permissions": list(scopes)}], "global": []}
+        return {"name": "learner", "auth": {"accessToken": access}}
+    return types.SimpleNamespace(whoami=whoami)
+
+
+@pytest.mark.parametrize("api, need_write, words", [
+    (_whoami(status=401), False, "invalid, revoked or expired"),
+    (_whoami(role="read"), True, "read-only, so it cannot push"),
+    (_whoami(role="fineGrained", scopes=["repo.content.read"]), True, "no write access to repositories"),
+])
+def test_each_token_problem_has_its_own_message(fake_colab, api, need_write, words):
+    with pytest.raises(TokenError) as err:
+        hf_token.check_token(need_write=need_write, api=api)
+    assert words in err.value.problem and FAKE not in str(err.value)
+
+
+def test_a_write_token_passes_the_check(fake_colab):
+    assert "role write" in hf_token.check_token(need_write=True, api=_whoami(role="write"))
+    fine = _whoami(role="fineGrained", scopes=["repo.content.read", "repo.write"])
+    assert "fineGrained" in hf_token.check_token(need_write=True, api=fine)
+
+
+def test_the_colab_requirements_never_touch_torch_jupyter_or_dev_tools():
+    wanted = colab.pins(ROOT / "requirements-colab.txt")
+    forbidden = {"torch", "torchvision", "torchaudio", "jupyter", "jupyterlab", "ipykernel", "notebook", "papermill",
+                 "nbval", "nbformat", "pytest", "optuna", "ruff", "pandas", "protobuf"}
+    assert not forbidden & set(wanted)
+    course = colab.pins(ROOT / "requirements.txt")
+    assert {name: course[name] for name in wanted} == wanted  # the same pins as the course
+
+
+def test_every_notebook_installs_through_the_colab_requirements_and_never_pip_installs_torch():
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        install = "".join(json.loads(path.read_text())["cells"][1]["source"])
+        assert "colab.install(" in install and "sys.path.insert" in install, path.name
+        assert not re.search(r"pip install[^\n]*torch", install) and "requirements.txt" not in install, path.name
+
+
+@pytest.mark.slow
+def test_pip_would_not_reinstall_torch_in_a_venv_that_has_it(tmp_path):
+    """A dry run of the Colab install into a fresh venv holding torch 2.13: torch stays, the course's pins come in."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = str(venv / "bin" / "python")
+    subprocess.run([py, "-m", "pip", "install", "-q", "torch==2.13.0"], check=True, timeout=900)
+    report = tmp_path / "report.json"
+    proc = subprocess.run([py, "-m", "pip", "install", "-q", "--dry-run", "--report", str(report), "-r",
+                           str(ROOT / "requirements-colab.txt")], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    print(f"the Colab install would add {len(names)} distributions, none of them torch")
+    assert "transformers" in names and "bitsandbytes" in names
+    assert not names & {"torch", "torchvision", "torchaudio"} and not any(n.startswith("nvidia-") for n in names)
+
+
+def test_install_is_harmless_to_rerun_and_says_when_to_restart(tmp_path, monkeypatch, capsys):
+    (tmp_path / "requirements-colab.txt").write_text("peft==0.21.2\n")
+    calls = []
+    assert colab.install(tmp_path, run=lambda *a, **k: calls.append(a)) == "ready" and calls == []  # already there
+    (tmp_path / "requirements-colab.txt").write_text("peft==9.9.9\n")
+    import peft
+
+    monkeypatch.setattr(peft, "__version__", "0.1.0")  # this kernel imported an older peft
+    done = types.SimpleNamespace(returncode=0, stderr="")
+    assert colab.install(tmp_path, run=lambda *a, **k: done) == colab.RESTART
+    assert "Runtime > Restart session" in capsys.readouterr().out
+
+
+def test_drive_is_the_default_run_folder_on_colab_and_declining_it_is_explained(fake_colab, monkeypatch, capsys):
+    assert colab.default_run_dir("03", mount=lambda path: None) == colab.DRIVE_RUNS / "03"
+
+    def decline(path):
+        raise RuntimeError("mount failed: user declined")
+
+    assert colab.default_run_dir("03", mount=decline) is None
+    assert "adapter_repo" in capsys.readouterr().out
+    monkeypatch.delitem(sys.modules, "google.colab")
+    assert colab.default_run_dir("03", mount=decline) is None  # not Colab: the usual runs/ folder
+
+
+def test_05_and_06_find_the_adapter_in_the_run_folder_on_the_hub_or_say_how(tmp_path, fake_colab):
+    with pytest.raises(ModelLoadError) as err:
+        colab.find_adapter(tmp_path)
+    assert "adapter_repo" in err.value.fix and "Google Drive" in err.value.fix
+    got = []
+
+    def download(repo_id, local_dir, token):  # the huggingface_hub API boundary
+        got.append((repo_id, token))
+        Path(local_dir).mkdir(parents=True)
+        (Path(local_dir) / "adapter_config.json").write_text("{}")
+        return local_dir
+
+    assert colab.find_adapter(tmp_path, "learner/quotes-lora", download=download) == tmp_path / "adapter"
+    assert got == [("learner/quotes-lora", FAKE)]
+    assert colab.find_adapter(tmp_path) == tmp_path / "adapter"  # now in the run folder: no second download
+
+
+def test_under_fp16_every_trainable_weight_stays_fp32_on_a_4bit_model(tiny_folder, tiny_tokenizer, tmp_path):
+    """TRL casts a quantized model's LoRA weights to bf16; fp16's grad scaler needs fp32 (a T4's case)."""
+    from gemmate_lib import course_config
+    from gemmate_lib.models import load_model
+    from gemmate_lib.training import attach_lora, sft_trainer
+
+    cfg = course_config(device="cpu", dtype="fp16", quantization="nf4", max_steps=1, batch_size=2)
+    model = attach_lora(load_model(str(tiny_folder), cfg.precision, "nf4"), cfg)
+    trainer = sft_trainer(model, tiny_tokenizer, [{"text": "Quote: a b\nAuthor: c"}] * 4, [], cfg, tmp_path)
+    assert trainer.args.fp16
+    dtypes = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert dtypes == {torch.float32}
+
+
+def test_ddp_ranks_load_nf4_on_their_own_gpu(monkeypatch, fp32):
+    """device_map follows LOCAL_RANK instead of putting every rank's model on GPU 0."""
+    from gemmate_lib import models
+
+    seen = {}
+
+    class Auto:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            seen.update(kwargs)
+            return torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr("transformers.AutoModelForCausalLM", Auto)
+    monkeypatch.setattr(models, "resolve_model", lambda name: (name, {}))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    gpu = type(fp32)("cuda", torch.float16, "faked T4")
+    models.load_model("some/model", gpu, quantization="nf4")
+    assert seen["device_map"] == {"": 1}

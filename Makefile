@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install embedded course test test-fast lint unit nbval bench clean notebooks
+.PHONY: install embedded course test test-fast lint unit nbval gpu-check bench clean notebooks
 
 install: $(STAMP)
 
@@ -50,6 +50,11 @@ nbval: embedded
 	HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q -m canary tests/test_canary.py
 
 test: lint unit nbval
+
+# Maintainers with a CUDA GPU: the whole course headless on the GPU profile (time, peak GPU memory, pass/fail per
+# notebook). DRY_RUN=1 builds and checks every notebook's T4 and A100 config on any machine.
+gpu-check: $(if $(DRY_RUN),install,embedded)
+	$(PY) -m gemmate_lib.gpu_check $(if $(DRY_RUN),--dry-run)
 
 bench: embedded
 	$(PY) benchmarks/sft_throughput.py

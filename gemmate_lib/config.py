@@ -166,9 +166,10 @@ class CourseConfig:
         groups = {group: getattr(self, group) for group in GROUPS}
         for name, value in values.items():
             groups[OWNER[name]] = dataclasses.replace(groups[OWNER[name]], **{name: coerce(name, value)})
-        model = groups["model"]
-        precision = pick_precision(None if model.device == "auto" else model.device,
-                                   None if model.dtype == "auto" else model.dtype)
+        model, precision = groups["model"], self.precision
+        if {"device", "dtype"} & set(values):
+            precision = pick_precision(None if model.device == "auto" else model.device,
+                                       None if model.dtype == "auto" else model.dtype)
         new = dataclasses.replace(self, **groups, precision=precision)
         validate(new)
         return new
@@ -306,7 +307,8 @@ def _check_checkpoints(flat: dict) -> None:
                                  f"pip install {flat['report_to']} (optional, not in requirements.txt), or report_to: none")
 
 
-def course_config(task: str = "quotes", *, from_text: bool = False, **params) -> CourseConfig:
+def course_config(task: str = "quotes", *, from_text: bool = False, precision: Precision | None = None,
+                  **params) -> CourseConfig:
     """The profile function: defaults for this machine, then the task's, then `params`.
 
     No GPU: the embedded Gemma 3 270M, the offline quotes and CPU-tuned settings (no
@@ -314,7 +316,9 @@ def course_config(task: str = "quotes", *, from_text: bool = False, **params) ->
     loss; measured in benchmarks/sft_throughput.py). CUDA GPU: the seed notebook's
     QLoRA settings (NF4, batch 1 x accumulation 4, paged 8-bit AdamW); with a token
     also google/gemma-2b and Abirate/english_quotes. Unknown names are rejected with
-    the list of valid ones; every value is type-checked and validated.
+    the list of valid ones; every value is type-checked and validated. `precision`
+    replaces the hardware's own answer (`make gpu-check --dry-run` builds the T4 and A100
+    configs on any machine with it).
     """
     if task not in TASK_DEFAULTS:
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
@@ -326,7 +330,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, **params) ->
     device = given.get("device", "auto")
     if device not in CHOICES["device"]:
         _fail("device", device, f"is not one of {', '.join(CHOICES['device'])}", "use device='auto', 'cpu' or 'cuda'")
-    on_gpu = pick_precision(None if device == "auto" else device).device == "cuda"
+    on_gpu = (precision or pick_precision(None if device == "auto" else device)).device == "cuda"
     values, profile = dict(CPU_PROFILE), "cpu-embedded"
     if on_gpu:
         from .hf_token import get_token
@@ -343,7 +347,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, **params) ->
     dtype = groups["model"].dtype
     if dtype not in CHOICES["dtype"]:
         _fail("dtype", dtype, f"is not one of {', '.join(CHOICES['dtype'])}", "use dtype='auto', 'bf16', 'fp16' or 'fp32'")
-    precision = pick_precision(None if device == "auto" else device, None if dtype == "auto" else dtype)
+    precision = precision or pick_precision(None if device == "auto" else device, None if dtype == "auto" else dtype)
     cfg = CourseConfig(**groups, precision=precision, profile=profile, task=task)
     validate(cfg)
     return cfg

@@ -85,23 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         notebooks = [nb for nb in notebooks if nb.name.startswith(tuple(args.only))]
     per_notebook = notebook_parameters(notebooks, args.params)
-    if args.in_place:
-        for nb in notebooks:
-            print(f"--> {nb.name} (in place)", flush=True)
-            execute_in_place(nb, run_dir)
-        return 0
     timings = {}
     for nb in notebooks:
         out = run_dir / nb.name
-        print(f"--> {nb.name}" + (f" with {per_notebook[nb.name]}" if per_notebook[nb.name] else ""), flush=True)
+        print(f"--> {nb.name}" + (" (in place)" if args.in_place else "")
+              + (f" with {per_notebook[nb.name]}" if per_notebook[nb.name] else ""), flush=True)
         t0 = time.time()
-        try:
-            pm.execute_notebook(str(nb), str(out), parameters={**per_notebook[nb.name], "run_dir": str(run_dir)},
-                                cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
-        except pm.PapermillExecutionError as err:
-            print(f"FAILED: {nb.name} at cell {err.exec_count}: {err.ename}: {err.evalue}\n"
-                  f"  the executed copy with the error is {show_path(out)}", file=sys.stderr)
-            return 1
+        if args.in_place:
+            execute_in_place(nb, run_dir)
+        else:
+            try:
+                pm.execute_notebook(str(nb), str(out), parameters={**per_notebook[nb.name], "run_dir": str(run_dir)},
+                                    cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
+            except pm.PapermillExecutionError as err:
+                print(f"FAILED: {nb.name} at cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                      f"  the executed copy with the error is {show_path(out)}", file=sys.stderr)
+                return 1
         timings[nb.name] = round(time.time() - t0, 1)
         print(f"    {timings[nb.name]:.0f} s", flush=True)
     timings["total_notebooks_s"] = round(sum(timings.values()), 1)

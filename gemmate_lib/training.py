@@ -57,9 +57,9 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False):
     return get_peft_model(model, lora_config(cfg))
 
 
-def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
-                  sft: bool = True, **extras):
-    """The SFTConfig (or, with sft=False, TrainingArguments) for `cfg`; `extras` are added as given.
+def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
+                    sft: bool = True, **extras) -> dict:
+    """The keyword arguments of the SFTConfig (or, with sft=False, TrainingArguments) for `cfg`, plus `extras`.
 
     `save`: None follows `cfg.checkpoints.save_strategy`; False never saves (the notebooks
     save the adapter themselves). Checkpoints are saved at each evaluation, so every
@@ -69,7 +69,7 @@ def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, 
     strategy = c.save_strategy if save is None else ("no" if not save else c.save_strategy)
     evaluate = has_eval and t.val_steps_freq > 0
     interval = {"step": "steps", "epoch": "epoch", "no": "steps"}[c.save_strategy]
-    common = dict(
+    kwargs = dict(
         output_dir=str(output_dir), max_steps=t.max_steps, num_train_epochs=t.num_epochs,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=max(t.batch_size, 8),
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
@@ -83,16 +83,26 @@ def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, 
         greater_is_better=c.checkpoint_metric_mode == "max",
         ddp_backend="gloo" if precision.device == "cpu" and world()[1] > 1 else None, ddp_find_unused_parameters=False,
     )
-    common.update(extras)
+    if sft:
+        kwargs.update(max_length=t.max_length, dataset_text_field="text",
+                      activation_checkpointing=t.gradient_checkpointing,  # the new name of gradient_checkpointing
+                      train_sampling_strategy="group_by_length" if t.group_by_length else "random")
+    else:
+        kwargs.update(gradient_checkpointing=t.gradient_checkpointing)
+    return {**kwargs, **extras}
+
+
+def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
+                  sft: bool = True, **extras):
+    """The SFTConfig (or, with sft=False, TrainingArguments) for `cfg`: the course's one builder of them."""
+    kwargs = training_kwargs(cfg, output_dir, has_eval=has_eval, save=save, sft=sft, **extras)
     if sft:
         from trl import SFTConfig
 
-        return SFTConfig(**common, max_length=t.max_length, dataset_text_field="text",
-                         activation_checkpointing=t.gradient_checkpointing,  # the new name of gradient_checkpointing
-                         train_sampling_strategy="group_by_length" if t.group_by_length else "random")
+        return SFTConfig(**kwargs)
     from transformers import TrainingArguments
 
-    return TrainingArguments(**common, gradient_checkpointing=t.gradient_checkpointing)
+    return TrainingArguments(**kwargs)
 
 
 class CourseSFTTrainer(SFTTrainer):

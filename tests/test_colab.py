@@ -228,3 +228,20 @@ def test_ddp_ranks_load_nf4_on_their_own_gpu(monkeypatch, fp32):
     gpu = type(fp32)("cuda", torch.float16, "faked T4")
     models.load_model("some/model", gpu, quantization="nf4")
     assert seen["device_map"] == {"": 1}
+
+
+def test_gpu_check_dry_run_builds_every_notebooks_t4_and_a100_config(capsys):
+    from gemmate_lib.gpu_check import main
+
+    assert main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("T4 (7.5)") == out.count("A100 (8.0)") == 7 and " NO" not in out
+    assert "fp16 ok" in out and "bf16 ok" in out and "paged_adamw_8bit ok" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_gpu_check_without_a_gpu_is_one_clear_line(capsys):
+    from gemmate_lib.errors import run_cli
+    from gemmate_lib.gpu_check import main
+
+    assert run_cli(main, []) == 2 and "needs a CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""`make gpu-check`: the whole course headless on a CUDA GPU with the GPU profile's real settings.
+
+For maintainers with a GPU (README, "GPU readiness check"). It runs every notebook with
+papermill on the embedded Gemma 3 270M, on CUDA, with what the GPU profile picks there:
+NF4, fp16 below compute capability 8.0 (a T4) or bf16 from 8.0, paged 8-bit AdamW and
+gradient checkpointing; and prints per notebook the time, the peak GPU memory and pass
+or fail. `--dry-run` runs anywhere: it builds every notebook's config and training
+arguments for a T4 (7.5) and an A100 (8.0) and checks those settings, without a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from .config import course_config
+from .errors import HardwareError
+from .fsio import repo_root, save_json, show_path
+from .hardware import Precision
+from .training import training_kwargs
+
+PARAMS = {"model_name": "embedded", "dataset": "embedded"}  # the embedded model on the GPU, with a token or without
+CARDS = {"T4 (7.5)": (7, 5), "A100 (8.0)": (8, 0)}
+
+
+def expected(cfg, capability: tuple[int, int]) -> dict[str, bool]:
+    """The GPU profile's promises for one config: {check: holds}."""
+    args = training_kwargs(cfg, repo_root() / "runs" / "gpu-check-dry", has_eval=True, save=False,
+                           sft=cfg.task == "quotes")
+    half = "fp16" if capability < (8, 0) else "bf16"
+    checkpointing = args.get("activation_checkpointing", args.get("gradient_checkpointing"))
+    return {"nf4": cfg.model.quantization == "nf4", half: args[half] and cfg.precision.name == half,
+            "paged_adamw_8bit": args["optim"] == "paged_adamw_8bit", "gradient checkpointing": checkpointing,
+            "on cuda": not args["use_cpu"] and cfg.precision.device == "cuda"}
+
+
+def dry_run(notebooks: list[Path]) -> int:
+    """Build each notebook's GPU config for a T4 and an A100; print and check the settings."""
+    import papermill as pm
+
+    failures = 0
+    print(f"{'notebook':28} {'card':11} {'profile':13} checks")
+    for nb in notebooks:
+        declared = set(pm.inspect_notebook(str(nb)))
+        params = {k: v for k, v in PARAMS.items() if k in declared}
+        task = "temporal" if nb.name.startswith("04") else "quotes"
+        for card, capability in CARDS.items():
+            dtype = torch.float16 if capability < (8, 0) else torch.bfloat16
+            cfg = course_config(task, precision=Precision("cuda", dtype, f"{card}, dry run"), **params)
+            checks = expected(cfg, capability)
+            failures += not all(checks.values())
+            marks = ", ".join(f"{k} {'ok' if v else 'NO'}" for k, v in checks.items())
+            print(f"{nb.stem:28} {card:11} {cfg.profile:13} {marks}")
+    print(f"dry run: {'all configs as expected' if not failures else f'{failures} config(s) differ'}")
+    return 1 if failures else 0
+
+
+def _watch_memory(stop: threading.Event, peak: list[int]) -> None:
+    """Device-wide used memory, sampled every 0.2 s (the notebook kernel is another process)."""
+    while not stop.is_set():
+        free, total = torch.cuda.mem_get_info()
+        peak[0] = max(peak[0], total - free)
+        time.sleep(0.2)
+
+
+def run(notebooks: list[Path], run_dir: Path) -> int:
+    """Run every notebook on the GPU; print time, peak GPU memory and pass/fail per notebook."""
+    import papermill as pm
+
+    torch.cuda.init()
+    baseline = torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]
+    rows, failed = {}, False
+    for nb in notebooks:
+        declared = set(pm.inspect_notebook(str(nb)))
+        params = {k: v for k, v in PARAMS.items() if k in declared}
+        peak, stop = [0], threading.Event()
+        watcher = threading.Thread(target=_watch_memory, args=(stop, peak), daemon=True)
+        watcher.start()
+        start, status = time.time(), "pass"
+        try:
+            pm.execute_notebook(str(nb), str(run_dir / nb.name), parameters={**params, "run_dir": str(run_dir)},
+                                cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
+        except pm.PapermillExecutionError as err:
+            status, failed = f"FAIL at cell {err.exec_count}: {err.ename}: {str(err.evalue)[:120]}", True
+        stop.set()
+        watcher.join()
+        rows[nb.name] = {"seconds": round(time.time() - start, 1), "peak_gpu_mib": round((peak[0] - baseline) / 2**20),
+                         "status": status}
+        print(f"{nb.stem:28} {rows[nb.name]['seconds']:7.0f} s {rows[nb.name]['peak_gpu_mib']:7d} MiB  {status}",
+              flush=True)
+    save_json(run_dir / "gpu_check.json", {"gpu": torch.cuda.get_device_name(0), "notebooks": rows})
+    print(f"gpu check {'FAILED' if failed else 'passed'}: {torch.cuda.get_device_name(0)}, "
+          f"{sum(r['seconds'] for r in rows.values()):.0f} s in all; details in {show_path(run_dir)}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="build and check every config; no GPU needed")
+    args = parser.parse_args(argv)
+    root = repo_root()
+    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.dry_run:
+        return dry_run(notebooks)
+    if not torch.cuda.is_available():
+        raise HardwareError("make gpu-check needs a CUDA GPU and none is visible",
+                            "run it on a GPU machine (a Colab T4 works), or `make gpu-check DRY_RUN=1` here")
+    run_dir = root / "runs" / time.strftime("gpu-check-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True)
+    return run(notebooks, run_dir)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -1,13 +1,15 @@
 """gemmate_lib: the small library behind the GemmaTE course notebooks.
 
 One module per concern; each docstring names the notebook that teaches it:
-config (the one config and the profile), hardware (precision), hf_token (HF_TOKEN),
+the one config family: settings (typed groups, one name per setting), validation (the
+one type checker and validator) and config (the profile `course_config`, YAML);
+hardware (precision), hf_token (HF_TOKEN), colab (install, Drive, finding 03's adapter),
 models (Hub, NF4 and the embedded Gemma 3 270M), data (the one reader; quotes),
 generation (the one generate loop), fast_loss and training (LoRA SFT: the one builder
 of LoraConfig / SFTConfig, the trainer), evaluation, plots, hub (save/load/merge/push),
 fsio (paths, atomic writes), run (the run folder and manifest), temporal,
-temporal_data and temporal_train (GemmaTE, 04), course (`make course`), and the
-command line: cli, checkpoints, hpo. Importing it changes nothing global; notebooks
+temporal_data and temporal_train (GemmaTE, 04), course (`make course`), gpu_check
+(`make gpu-check`), and the command line: cli, checkpoints, hpo. Importing it changes nothing global; notebooks
 call `quiet()`.
 """
 from .config import EMBEDDED, HUB_DATASET, HUB_MODEL, CourseConfig, config_summary, course_config

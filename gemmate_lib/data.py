@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,15 +35,14 @@ class QuoteData:
     held_out: list[dict]  # rows never trained on, for evaluation
     source: str  # where the rows came from
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> number of rows dropped
-    examples_dropped: list[str] = field(default_factory=list)  # a few dropped rows, shown to the user
+    examples_dropped: dict[str, str] = field(default_factory=dict)  # reason -> one dropped row ("line N: {...}")
 
     def report(self) -> str:
-        """One paragraph for the notebook: counts, and what was dropped and why."""
+        """One paragraph for the notebook and the commands: counts, and what was dropped, why, with an example."""
         total = len(self.train) + len(self.held_out)
         lines = [f"{total} usable rows from {self.source}: {len(self.train)} train, {len(self.held_out)} held out"]
         for reason, n in self.dropped.items():
-            lines.append(f"dropped {n} row(s): {reason}")
-        lines += [f"  e.g. {row}" for row in self.examples_dropped]
+            lines.append(f"dropped {n} row(s): {reason}, e.g. {self.examples_dropped[reason]}")
         return "\n".join(lines)
 
 
@@ -127,44 +127,78 @@ def _read_hub(dataset_id: str) -> list[dict]:
     return ds.to_list()
 
 
+MARKERS = ("Quote:", "Author:")  # the training template's markers: inside a field they would corrupt the format
+
+
 def _problem(row: dict, key: str) -> str | None:
     value = row.get(key)
     if value is None:
         return f"missing {key}"
     if not isinstance(value, str):
-        return f"{key} is not text ({type(value).__name__})"
-    return None if value.strip() else f"empty {key}"
+        return f"{key} is not text"
+    if not value.strip():
+        return f"empty {key}"
+    if "\n" in value.strip() or "\r" in value or any(m in value for m in MARKERS):
+        return f"{key} contains a newline or a template marker ({' / '.join(MARKERS)})"
+    return None
 
 
-def clean_rows(rows: list[dict]) -> tuple[list[dict], dict[str, int], list[str]]:
-    """Keep rows with a non-empty text quote and author; count the rest by reason, with a few examples."""
-    kept, dropped, examples = [], {}, []
-    for row in rows:
+def normalize_quote(text: str) -> str:
+    """Lowercase letters and digits only, with typographic quotes and dashes folded: finds near-duplicate quotes."""
+    text = unicodedata.normalize("NFKD", text).casefold()
+    return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
+
+
+def clean_rows(rows, tokenizer=None, max_length: int | None = None):
+    """Keep well-formed, distinct rows; count the rest by reason, with one example each.
+
+    `rows` are dicts or (line number, dict) pairs. Reasons: missing, wrong type, empty,
+    a newline or template marker inside a field, a duplicate quote (exact, or after
+    normalize_quote), and, with a tokenizer, a formatted example longer than `max_length`
+    tokens (training would cut its `Author:` line off).
+    """
+    kept, dropped, examples, seen = [], {}, {}, {}
+    for i, item in enumerate(rows, 1):
+        where, row = item if isinstance(item, tuple) else (i, item)
         reason = _problem(row, "quote") or _problem(row, "author")
+        if not reason:
+            quote, author = row["quote"].strip(), row["author"].strip()
+            text = format_quote(quote, author)
+            key = normalize_quote(quote)
+            if key in seen:
+                reason = ("duplicate quote (exact)" if seen[key] == quote else "duplicate quote (after normalizing "
+                          "case, punctuation and typographic quotes)")
+            elif tokenizer is not None and max_length and \
+                    len(tokenizer(text + (tokenizer.eos_token or ""))["input_ids"]) > max_length:
+                reason = f"too long (over max_length={max_length} tokens: the Author: line would be cut off)"
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1
-            if len(examples) < 3:
-                examples.append(repr(row)[:120])
+            examples.setdefault(reason, f"line {where}: {repr(row)[:100]}")
             continue
+        seen[key] = quote
         tags = row.get("tags") or []
         tags = [tags] if isinstance(tags, str) else [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
-        quote, author = row["quote"].strip(), row["author"].strip()
-        kept.append({"quote": quote, "author": author, "tags": tags, "text": format_quote(quote, author)})
+        kept.append({"quote": quote, "author": author, "tags": tags, "text": text})
     return kept, dropped, examples
 
 
-def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: int = 42) -> QuoteData:
-    """Load, clean and split quotes from "embedded", a Hub id or a .jsonl/.csv/.json path."""
+def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: int = 42, tokenizer=None,
+                max_length: int | None = None) -> QuoteData:
+    """Load, clean (clean_rows) and split quotes from "embedded", a Hub id or a .jsonl/.csv/.json path.
+
+    Duplicates are dropped before the split, so no held-out quote appears in training.
+    """
     if dataset == EMBEDDED:
         rows, name = _read_embedded(), "inspirational-quotes (embedded, offline)"
     elif dataset.endswith((".jsonl", ".csv", ".json")) or Path(dataset).exists():
-        rows, name = [row for _, row in read_records(dataset, REQUIRED)], Path(dataset).name
+        rows, name = read_records(dataset, REQUIRED), Path(dataset).name
     else:
         rows, name = _read_hub(dataset), dataset
-    kept, dropped, examples = clean_rows(rows)
+    kept, dropped, examples = clean_rows(rows, tokenizer, max_length)
     if len(kept) < 2:
-        raise DataError(f"{name} has {len(kept)} usable row(s) after dropping {sum(dropped.values())}",
-                        "every row needs a non-empty `quote` and `author`; at least 2 rows are needed to split")
+        detail = "; ".join(f"{n} {reason} (e.g. {examples[reason]})" for reason, n in dropped.items())
+        raise DataError(f"{name} has {len(kept)} usable row(s) after dropping {sum(dropped.values())}: {detail}",
+                        "every row needs a distinct, one-line `quote` and an `author`; at least 2 rows are needed")
     order = list(range(len(kept)))
     random.Random(data_seed).shuffle(order)
     n_held = min(max(1, round(len(kept) * eval_fraction)), len(kept) - 1)

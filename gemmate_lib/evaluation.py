@@ -204,10 +204,12 @@ def evaluate_from_config(cfg) -> dict:
     from .data import load_quotes
     from .fsio import save_json
     from .hub import load_tuned
+    from .models import load_tokenizer
 
+    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed,
+                       load_tokenizer(cfg.model.model_name), cfg.train.max_length)
+    print(data.report(), flush=True)  # before the model loads: bad data stops here
     model, tokenizer = load_tuned(cfg)
-    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed)
-    print(data.report(), flush=True)
     result = evaluate_model(model, tokenizer, data.held_out, seed=cfg.train.seed)
     doc = metrics_document({"fine-tuned": result}, cfg.data.dataset, "held_out")
     save_json(Path(cfg.checkpoints.output_dir) / "metrics.json", doc)

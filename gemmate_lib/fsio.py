@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import ParameterError, SaveError
+from .errors import GemmateError, ParameterError, SaveError
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -79,15 +79,16 @@ def atomic_folder(target: str | os.PathLike, overwrite: bool = False, what: str 
             target.rename(backup)
         partial.rename(target)
         shutil.rmtree(backup, ignore_errors=True)
-    except OSError as err:
+    except (GemmateError, KeyboardInterrupt, SystemExit):
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    except Exception as err:  # noqa: BLE001 - OSError, and e.g. tokenizers' "No space left on device" Exception
         shutil.rmtree(partial, ignore_errors=True)
         if backup.exists() and not target.exists():
             backup.rename(target)
-        raise SaveError(f"could not write the {what} to {show_path(target)}: {err.strerror or err}",
+        reason = getattr(err, "strerror", None) or " ".join(str(err).split())[:200] or type(err).__name__
+        raise SaveError(f"could not write the {what} to {show_path(target)}: {reason}",
                         "choose a writable folder (e.g. under your home folder) with free space") from err
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def _sync(folder: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 
 import torch
 
@@ -60,12 +61,14 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
         from .errors import DataError
 
         raise DataError(f"{len(prompts)} prompts but {len(timestamps)} timestamps", "give one timestamp per prompt")
-    old_side = tokenizer.padding_side
+    limit = _prompt_limit(model, tokenizer, prompts, max_new_tokens)
+    old_side, old_truncation = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right end
+    tokenizer.truncation_side = "left"  # a prompt that is too long loses its start, never the end being continued
     try:
         for i in range(0, len(prompts), batch_size):
             batch = list(prompts[i:i + batch_size])
-            enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+            enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=limit).to(device)
             extra = {} if timestamps is None else {"timestamps": list(timestamps[i:i + batch_size])}
             start = time.time()
             with unfrozen_for_cpu(model):
@@ -79,5 +82,16 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
                              "author_line": has_author_line(prompt + completion),
                              "new_tokens": int((ids != tokenizer.pad_token_id).sum()), "seconds": round(seconds, 2)})
     finally:
-        tokenizer.padding_side = old_side
+        tokenizer.padding_side, tokenizer.truncation_side = old_side, old_truncation
     return pd.DataFrame(rows)
+
+
+def _prompt_limit(model, tokenizer, prompts, max_new_tokens: int) -> int:
+    """Tokens a prompt may have: the model's context minus max_new_tokens; warns when a prompt is cut."""
+    context = getattr(model.config, "max_position_embeddings", None) or 8192
+    limit = max(1, context - max_new_tokens)
+    longest = max((len(ids) for ids in tokenizer(list(prompts))["input_ids"]), default=0)
+    if longest > limit:
+        warnings.warn(f"a prompt of {longest} tokens was cut to its last {limit} (the model's context of {context} "
+                      f"minus max_new_tokens={max_new_tokens})", stacklevel=3)
+    return limit

@@ -1,4 +1,4 @@
-"""The course's plots, in one place: each draws one figure, saves it into the run folder and shows it.
+"""The course's plots, in one place: each draws one figure, saves it into the run folder and shows it (returns None).
 
 Called by 01_load_4bit (memory footprint), 03_lora_sft (loss curve), 04_temporal_encoding
 (the encoding, the timestamps, GemmaTE's loss and the ablation) and 05_evaluation (metrics
@@ -10,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _finish(fig, path: str | Path | None):
+def _finish(fig, path: str | Path | None) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
     plt.show()
-    return path
 
 
 def footprint_bar(sizes: dict[str, float], title: str, path=None):

@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import numbers
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,55 +41,105 @@ MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: latest accepted timestamp
 LOG_RANGE = 12.0  # |signed log-days| stays below ~10.6 in the accepted range; features divide by this
 
 
+FORMAT_VERSION = 2  # of gemmate_te.json: 2 adds the base model's fingerprint (checked on load)
 ENCODER_FIELDS = ("temporal_scale", "temporal_dim", "temporal_min_period", "temporal_max_period",
                   "temporal_reference_ms")  # the settings that define the features (saved with the model)
 
 
-def _one_to_ms(value) -> float:
+UNITS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}  # timestamp units, as a factor to milliseconds
+PLAUSIBLE_MS = 1e11  # |ms| below this is 1966-10..1973-03: far more often seconds (or ms of a tiny number) by mistake
+
+
+def _one_to_ms(value, unit: str | None) -> tuple[float, bool]:
+    """(milliseconds, came from a bare number) for one timestamp."""
     if value is None or isinstance(value, (bool, np.bool_)):
         raise DataError(f"timestamp {value!r} is not a time",
                         "give milliseconds since 1970-01-01 UTC, a datetime or an ISO-8601 string")
     if isinstance(value, datetime):
         if value.tzinfo is None:  # naive datetimes are read as UTC, the convention of the whole course
             value = value.replace(tzinfo=timezone.utc)
-        return value.timestamp() * 1000.0
+        return value.timestamp() * 1000.0, False
     if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():  # "1633046400000": a number written as text
+            return _one_to_ms(int(text), unit)
         try:
-            return _one_to_ms(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+            return _one_to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")), unit)
         except ValueError:
             raise DataError(f"timestamp {value!r} is not an ISO-8601 date",
                             'write it like "2014-03-05" or "2014-03-05T12:00:00Z", or give milliseconds') from None
     if isinstance(value, numbers.Real):
-        return float(value)
-    raise DataError(f"timestamp {value!r} has type {type(value).__name__}",
-                    "give int/float milliseconds, a datetime, an ISO-8601 string, or a numpy/torch array of ms")
+        try:
+            return float(value) * UNITS[unit or "ms"], True
+        except OverflowError:
+            raise DataError(f"timestamp {str(value)[:30]}... is too large to be a time",
+                            "give milliseconds since 1970-01-01 UTC (13 digits for today's dates)") from None
+    kind = type(value).__name__
+    if isinstance(value, (list, tuple, dict, set, np.ndarray, torch.Tensor)):
+        problem = f"a timestamp must be one value, got a {kind}: {str(value)[:60]}"
+        fix = "give one timestamp per text (or a rectangular [batch, seq] array for per-token stamps)"
+    else:
+        problem = f"timestamp {value!r} has type {kind}"
+        fix = "give int/float milliseconds, a datetime, an ISO-8601 string, or a numpy/torch array of ms"
+    raise DataError(problem, fix)
 
 
-def to_milliseconds(values) -> torch.Tensor:
+def _likely_unit(ms: float) -> str:
+    size = abs(ms)
+    if 1e8 <= size < PLAUSIBLE_MS:
+        return "seconds"
+    return {True: "nanoseconds", False: "microseconds"}[size >= 1e17] if size > MAX_MS else "an unknown unit"
+
+
+def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
     """Timestamps as a float64 tensor of ms since the epoch, checked: no NaN, inf, None, bool, or out of range.
 
     Accepts one value or a sequence / numpy array / torch tensor of them (any shape).
+    `unit` ("s", "ms", "us", "ns") says what bare numbers are; without it they are ms,
+    and numbers only plausible in another unit (|value| < 1e11, i.e. 1966-1973 in ms:
+    usually seconds) are refused with the likely unit and the fix.
     """
+    if unit is not None and unit not in UNITS:
+        raise DataError(f"timestamp unit {unit!r} is not known", f"use one of: {', '.join(UNITS)}")
     if isinstance(values, torch.Tensor):
         if values.dtype == torch.bool:
             raise DataError("timestamps are booleans", "give milliseconds since 1970-01-01 UTC")
-        ms = values.detach().to("cpu", torch.float64)
+        if values.dtype in (torch.float16, torch.bfloat16):
+            raise DataError(f"timestamps are a {values.dtype} tensor: 16-bit floats round dates by ~99 days "
+                            "(bf16) or overflow (fp16)", "pass them as int64 or float64 (torch.tensor(ms, dtype=torch.float64))")
+        ms, numeric = values.detach().to("cpu", torch.float64) * UNITS[unit or "ms"], True
     elif isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
-        ms = torch.from_numpy(values.astype(np.float64))
+        ms, numeric = torch.from_numpy(values.astype(np.float64)) * UNITS[unit or "ms"], True
     elif isinstance(values, (list, tuple, np.ndarray)):
-        ms = torch.tensor([_one_to_ms(v) for v in np.asarray(values, dtype=object).ravel()],
-                          dtype=torch.float64).reshape(np.shape(values))
+        try:
+            array = np.asarray(values, dtype=object)
+        except ValueError:
+            raise DataError("timestamps form a ragged nested list", "give one timestamp per text, or a rectangular "
+                            "[batch, seq] list for per-token stamps") from None
+        pairs = [_one_to_ms(v, unit) for v in array.ravel()]
+        ms = torch.tensor([m for m, _ in pairs], dtype=torch.float64).reshape(array.shape)
+        numeric = torch.tensor([n for _, n in pairs], dtype=torch.bool).reshape(array.shape)
     else:
-        ms = torch.tensor(_one_to_ms(values), dtype=torch.float64)
+        value, numeric = _one_to_ms(values, unit)
+        ms = torch.tensor(value, dtype=torch.float64)
     bad = ~torch.isfinite(ms)
     if bad.any():
         raise DataError(f"{int(bad.sum())} timestamp(s) are NaN or infinite", "drop or fix those rows before encoding")
+    if unit is None:
+        implausible = (ms.abs() < PLAUSIBLE_MS) & torch.as_tensor(numeric)
+        if implausible.any():
+            first = float(ms[implausible].flatten()[0])
+            raise DataError(f"timestamp {first:.0f} looks like {_likely_unit(first)}, not milliseconds "
+                            f"(as ms it would be {datetime.fromtimestamp(first / 1000, timezone.utc):%Y-%m-%d})",
+                            'give milliseconds since 1970-01-01 UTC, or say the unit: unit="s" '
+                            '(the JSONL field "timestamp_unit", or --timestamp_unit s)')
     out = (ms < MIN_MS) | (ms > MAX_MS)
     if out.any():
         first = float(ms[out].flatten()[0])
-        raise DataError(f"timestamp {first:.0f} ms is outside 1900-01-01..2100-01-01",
-                        "timestamps are milliseconds (not seconds, not microseconds) since 1970-01-01 UTC, "
-                        "within 1900-2100")
+        raise DataError(f"timestamp {first:.0f} ms is outside 1900-01-01..2100-01-01"
+                        + (f" (it looks like {_likely_unit(first)})" if unit is None else ""),
+                        "timestamps are milliseconds since 1970-01-01 UTC within 1900-2100; for another unit "
+                        'pass unit="s", "us" or "ns"')
     return ms
 
 
@@ -111,13 +162,14 @@ class TemporalEncoder(nn.Module):
         self.settings = settings
         k = (dim - 2) // 2
         periods = np.geomspace(settings.temporal_max_period, settings.temporal_min_period, k)
-        self.register_buffer("frequencies", torch.tensor(2 * np.pi / periods, dtype=torch.float64), persistent=False)
+        # A plain float64 array, not a buffer: `.half()` or `.to(torch.bfloat16)` on the model must not round it.
+        self.frequencies = 2 * np.pi / periods
 
-    def forward(self, timestamps) -> torch.Tensor:
-        ms = to_milliseconds(timestamps)
+    def forward(self, timestamps, unit: str | None = None) -> torch.Tensor:
+        ms = to_milliseconds(timestamps, unit)
         x = signed_log_days(ms, self.settings.temporal_reference_ms)
         s = self.settings.temporal_scale * x
-        angles = s[..., None] * self.frequencies.to("cpu")
+        angles = s[..., None] * torch.from_numpy(self.frequencies)
         feats = torch.cat([(s / (self.settings.temporal_scale * LOG_RANGE))[..., None], torch.sign(x)[..., None],
                            torch.sin(angles), torch.cos(angles)], dim=-1)
         return feats.to(torch.float32)
@@ -149,6 +201,8 @@ class GemmaTEForCausalLM(nn.Module):
         embeddings = model.get_input_embeddings()
         self.temporal_projection.to(embeddings.weight.device)
         self._time = None  # [batch, hidden] or [batch, seq, hidden] while a forward/generate runs
+        self._warned_now = False  # the "no timestamps: now" warning is given once
+        self.timestamp_unit = None  # what bare numbers in `timestamps` are ("s", "ms", "us", "ns"); None: ms
         self.fast_loss = False  # forward(labels=...) returns only the loss, LM head on labelled tokens (training)
         self._hook = embeddings.register_forward_hook(self._add_time)
         self.train(model.training)  # follow the wrapped model: eval() after loading, so no dropout
@@ -182,8 +236,12 @@ class GemmaTEForCausalLM(nn.Module):
     def time_vectors(self, timestamps, batch: int) -> torch.Tensor:
         """Projected time vectors: [batch, hidden] (or [batch, seq, hidden] for per-token stamps)."""
         if timestamps is None:
+            if not self._warned_now:
+                warnings.warn("GemmaTE got no timestamps: using the current time for every sequence "
+                              "(pass timestamps=... to say when each text was written)", stacklevel=3)
+                self._warned_now = True
             timestamps = [datetime.now(timezone.utc).timestamp() * 1000.0] * batch
-        feats = self.encoder(timestamps)
+        feats = self.encoder(timestamps, self.timestamp_unit)
         if feats.dim() == 1:  # a single timestamp for the whole batch
             feats = feats.expand(batch, -1)
         if feats.shape[0] != batch:
@@ -207,8 +265,12 @@ class GemmaTEForCausalLM(nn.Module):
             return output
         if output.shape[0] != vec.shape[0]:  # generate() expanded the batch (beams, num_return_sequences)
             vec = vec.repeat_interleave(output.shape[0] // vec.shape[0], dim=0)
-        if vec.dim() == 3:  # per-token: use the stamps of these positions; while decoding, the last one
-            vec = vec if vec.shape[1] == output.shape[1] else vec[:, -1:].expand(-1, output.shape[1], -1)
+        if vec.dim() == 3:  # per-token: the stamps of these positions; a one-token decoding step takes the last
+            if vec.shape[1] != output.shape[1]:
+                if output.shape[1] != 1:
+                    raise DataError(f"got per-token timestamps for {vec.shape[1]} positions, but the sequence has "
+                                    f"{output.shape[1]} tokens", "give one timestamp per token (or one per sequence)")
+                vec = vec[:, -1:]
         else:
             vec = vec[:, None, :]
         return output + vec.to(output.device, output.dtype)
@@ -238,45 +300,69 @@ class GemmaTEForCausalLM(nn.Module):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     # --- save and load ---------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Adapter (if LoRA is attached) + temporal projection, both safetensors, + gemmate_te.json."""
+    def save_pretrained(self, folder: str | Path, overwrite: bool = True) -> Path:
+        """Adapter (if LoRA is attached) + temporal projection, both safetensors, + gemmate_te.json; all or nothing."""
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        if hasattr(self.model, "peft_config"):
-            self.model.save_pretrained(folder)
+        from .fsio import atomic_folder
+        from .hub import base_fingerprint
+
         weight = self.temporal_projection.weight.detach().to("cpu", torch.float32).contiguous()
-        save_file({"temporal_projection.weight": weight}, folder / "temporal.safetensors")
-        meta = {"settings": {k: getattr(self.settings, k) for k in ENCODER_FIELDS}, "hidden_size": weight.shape[0],
+        meta = {"format_version": FORMAT_VERSION, "base_model": getattr(self.config, "_name_or_path", None),
+                **base_fingerprint(self.model), "settings": {k: getattr(self.settings, k) for k in ENCODER_FIELDS},
                 "lora": hasattr(self.model, "peft_config")}
-        (folder / "gemmate_te.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return folder
+        with atomic_folder(folder, overwrite=overwrite, what="GemmaTE model") as tmp:
+            if meta["lora"]:
+                self.model.save_pretrained(tmp)
+            save_file({"temporal_projection.weight": weight}, tmp / "temporal.safetensors")
+            (tmp / "gemmate_te.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return Path(folder)
 
     @classmethod
     def from_pretrained(cls, base_model, folder: str | Path, is_trainable: bool = False) -> "GemmaTEForCausalLM":
-        """Rebuild a saved GemmaTE model on `base_model` (the same base it was trained on)."""
-        from safetensors.torch import load_file
+        """Rebuild a saved GemmaTE model on `base_model` (the same base it was trained on); one clear error otherwise."""
+        from .fsio import recover
+        from .hub import FINGERPRINT, base_fingerprint
 
-        folder = Path(folder)
+        folder = recover(folder)
         meta_file = folder / "gemmate_te.json"
         if not meta_file.exists():
-            raise ModelLoadError(f"{folder} has no gemmate_te.json, so it is not a saved GemmaTE model",
+            raise ModelLoadError(f"{folder.name} has no gemmate_te.json, so it is not a saved GemmaTE model",
                                  "pass the folder that GemmaTEForCausalLM.save_pretrained wrote")
-        meta = json.loads(meta_file.read_text())
-        if meta["hidden_size"] != _hidden_size(base_model):
-            raise ModelLoadError(f"the saved projection is for hidden size {meta['hidden_size']}, "
-                                 f"this base model has {_hidden_size(base_model)}",
+        try:
+            meta = json.loads(meta_file.read_text())
+            settings = TemporalSettings(**{k: meta["settings"][k] for k in ENCODER_FIELDS})
+        except (ValueError, KeyError, TypeError) as err:
+            raise ModelLoadError(f"{folder.name}/gemmate_te.json is damaged ({type(err).__name__}: {err})",
+                                 "save the model again with GemmaTEForCausalLM.save_pretrained") from None
+        here = base_fingerprint(base_model)
+        if meta.get("hidden_size") != here["hidden_size"]:
+            raise ModelLoadError(f"the saved projection is for hidden size {meta.get('hidden_size')}, "
+                                 f"this base model has {here['hidden_size']}",
                                  "load the base model the GemmaTE model was trained on")
+        differs = [f"{k}: saved {meta[k]} vs {here[k]}" for k in FINGERPRINT if k in meta and meta[k] != here[k]]
+        if differs:
+            raise ModelLoadError(f"{folder.name} was trained on {meta.get('base_model')!r}, not on this base model "
+                                 f"({', '.join(differs)})", "load the base model it was trained on")
         model = base_model
-        if meta["lora"]:
-            from peft import PeftModel
+        try:
+            if meta.get("lora"):
+                from peft import PeftModel
 
-            model = PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
-        wrapper = cls(model, TemporalSettings(**{k: meta["settings"][k] for k in ENCODER_FIELDS}))
-        state = load_file(folder / "temporal.safetensors")
+                model = PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
+            from safetensors.torch import load_file
+
+            state = load_file(folder / "temporal.safetensors")["temporal_projection.weight"]
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
+            raise ModelLoadError(f"could not load the GemmaTE model in {folder.name}: {type(err).__name__}: "
+                                 f"{str(err)[:200]}", "save it again, or check that every file is there") from None
+        wrapper = cls(model, settings)
         weight = wrapper.temporal_projection.weight
+        if tuple(state.shape) != tuple(weight.shape):
+            raise ModelLoadError(f"temporal.safetensors holds a {tuple(state.shape)} projection, the settings "
+                                 f"(temporal_dim={settings.temporal_dim}) need {tuple(weight.shape)}",
+                                 "save the model again; do not edit gemmate_te.json by hand")
         with torch.no_grad():
-            weight.copy_(state["temporal_projection.weight"].to(weight.device, weight.dtype))
+            weight.copy_(state.to(weight.device, weight.dtype))
         weight.requires_grad_(is_trainable)
         return wrapper

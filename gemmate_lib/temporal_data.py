@@ -33,11 +33,12 @@ class TextDataset(torch.utils.data.Dataset):
     the model learns the continuation only, and the LM head skips the rest (faster).
     """
 
-    def __init__(self, texts, tokenizer, timestamps=None, max_length: int = 128, prompt_end: str | None = None):
+    def __init__(self, texts, tokenizer, timestamps=None, max_length: int = 128, prompt_end: str | None = None,
+                 unit: str | None = None):
         texts = list(texts)
         if timestamps is not None and len(timestamps) != len(texts):
             raise DataError(f"{len(texts)} texts but {len(timestamps)} timestamps", "give one timestamp per text")
-        self.timestamps = None if timestamps is None else to_milliseconds(list(timestamps))
+        self.timestamps = None if timestamps is None else to_milliseconds(list(timestamps), unit)
         self.items = []
         eos = tokenizer.eos_token or ""
         for text in texts:
@@ -78,18 +79,21 @@ def collate_fn(batch: list[dict], pad_token_id: int = 0) -> dict:
     return out
 
 
-def load_jsonl(path: str | Path) -> tuple[list[str], list[float]]:
-    """Read `{"text": ..., "timestamp": ...}` rows (data.read_records); a bad row is an error with its line number."""
+def load_jsonl(path: str | Path, unit: str | None = None) -> tuple[list[str], list[float]]:
+    """Read `{"text": ..., "timestamp": ...}` rows (data.read_records); a bad row is an error with its line number.
+
+    `unit` ("s", "ms", "us", "ns") says what bare numbers are; a row's own "timestamp_unit" field wins.
+    """
     from .data import read_records
 
     texts, stamps = [], []
+    name = Path(path).name
     for number, row in read_records(path, required=("text", "timestamp")):
-        name = Path(path).name
         if not isinstance(row.get("text"), str) or not row["text"].strip() or "timestamp" not in row:
             raise DataError(f"{name} line {number} lacks a \"text\" or \"timestamp\" field",
                             'each line must look like {"text": "...", "timestamp": 1400000000000}')
         try:
-            stamps.append(float(to_milliseconds(row["timestamp"])))
+            stamps.append(float(to_milliseconds(row["timestamp"], row.get("timestamp_unit", unit))))
         except DataError as err:
             raise DataError(f"{name} line {number}: {err.problem}", err.fix) from None
         texts.append(row["text"])

@@ -86,7 +86,7 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
 
 
 def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> dict:
-    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"}; saves the model and train_metrics.json."""
+    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"}; saves output_dir/model and train_metrics.json."""
     from .errors import ParameterError
     from .fsio import save_json
     from .models import load_model, load_tokenizer
@@ -95,7 +95,7 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
     out = Path(cfg.checkpoints.output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ParameterError(f"output_dir {out} exists and is not empty", "pick a new folder or pass --overwrite")
-    texts, stamps = load_jsonl(cfg.data.dataset)
+    texts, stamps = load_jsonl(cfg.data.dataset, cfg.temporal.timestamp_unit)
     tokenizer = load_tokenizer(cfg.model.model_name)
     dataset = TextDataset(texts, tokenizer, stamps, max_length=cfg.train.max_length, prompt_end=cfg.temporal.prompt_end)
     model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
@@ -103,7 +103,7 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
     print(f"training on {len(dataset)} rows from {cfg.data.dataset} ({cfg.precision.device}, {cfg.precision.name})",
           flush=True)
     result = train_temporal(te, dataset, cfg, out / "trainer", tokenizer.pad_token_id)
-    result.model.save_pretrained(out)
+    result.model.save_pretrained(out / "model")
     metrics = {"rows": len(dataset), "steps": result.steps, "seconds": round(result.seconds, 1),
                "final_loss": float(result.log["loss"].iloc[-1]) if len(result.log) else None, "config": cfg.flat()}
     save_json(out / "train_metrics.json", metrics)

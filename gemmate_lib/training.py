@@ -207,10 +207,10 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
     out = Path(c.output_dir)
     resume = resume_checkpoint(out, c.resume_option, c.checkpoint_path, c.checkpoint_metric,
                                c.checkpoint_metric_mode) if c.resume_from_checkpoint else None
-    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed)
+    tokenizer = load_tokenizer(cfg.model.model_name)
+    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer, cfg.train.max_length)
     if rank == 0:
         print(data.report(), flush=True)
-    tokenizer = load_tokenizer(cfg.model.model_name)
     model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
     model = attach_lora(model, cfg)
     callbacks = [CheckpointPolicy(out, c.keep_last_n, c.keep_best_n, c.checkpoint_metric, c.checkpoint_metric_mode)]

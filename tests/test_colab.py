@@ -245,3 +245,61 @@ def test_gpu_check_without_a_gpu_is_one_clear_line(capsys):
     from gemmate_lib.gpu_check import main
 
     assert run_cli(main, []) == 2 and "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def _code(name):
+    return "\n".join("".join(c["source"]) for c in json.loads((ROOT / "notebooks" / name).read_text())["cells"]
+                     if c["cell_type"] == "code")
+
+
+def test_05_and_06_take_the_adapter_from_find_adapter_and_03_can_push_it():
+    for name in ("03_lora_sft.ipynb", "05_evaluation.ipynb", "06_save_and_push.ipynb"):
+        assert "adapter_repo = None" in _code(name), name
+    assert "push_adapter(adapter_dir, adapter_repo" in _code("03_lora_sft.ipynb")
+    for name in ("05_evaluation.ipynb", "06_save_and_push.ipynb"):
+        assert "find_adapter(out, adapter_repo)" in _code(name), name
+
+
+def test_05_merges_only_a_16_or_32_bit_base_and_00_converts_only_the_embedded_model():
+    code = _code("05_evaluation.ipynb")
+    assert 'if cfg.model.quantization == "none":\n    tuned = tuned.merge_and_unload()' in code
+    assert 'if cfg.model.model_name == "embedded":\n    start = time.time()\n    folder = prepare_embedded()' in \
+        _code("00_setup.ipynb")
+
+
+def test_06_frees_the_model_before_merging_and_loads_the_second_base_as_03_trained():
+    code = _code("06_save_and_push.ipynb")
+    assert code.index("del model") < code.index("merge_and_check(")
+    assert "load_model(cfg.model.model_name, cfg.precision, quantization=cfg.model.quantization)  # as 03" in code
+
+
+def test_the_merge_check_moves_inputs_to_the_models_device_and_keeps_one_copy(tiny_model, tiny_tokenizer, cpu_cfg):
+    from gemmate_lib.hub import merge_and_check
+    from gemmate_lib.training import attach_lora
+
+    moved = []
+
+    class Tokenizer:
+        def __call__(self, *args, **kwargs):
+            enc = tiny_tokenizer(*args, **kwargs)
+            real_to = enc.to
+            enc.to = lambda device: moved.append(device) or real_to(device)
+            return enc
+
+    model = attach_lora(tiny_model, cpu_cfg)
+    base_layer = model.get_base_model()
+    merged, _ = merge_and_check(model, Tokenizer(), ["Quote: a", "Quote: b c"])
+    assert moved == [model.device]  # on a GPU, the prompts go to CUDA with the model
+    assert merged is base_layer  # merged in place: no deep copy of the base (two would not fit a T4 with gemma-2b)
+
+
+def test_lora_on_an_unquantized_base_never_upcasts_it_even_under_the_nf4_profile(tiny_tokenizer):
+    from conftest import make_tiny_gemma
+
+    from gemmate_lib import course_config
+    from gemmate_lib.training import attach_lora
+
+    base = make_tiny_gemma(tiny_tokenizer).to(torch.bfloat16)
+    cfg = course_config(device="cpu", dtype="bf16", quantization="nf4")  # 06's second adapter on a GPU profile
+    model = attach_lora(base, cfg)
+    assert {p.dtype for n, p in model.named_parameters() if "lora" not in n} == {torch.bfloat16}

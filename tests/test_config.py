@@ -21,10 +21,24 @@ def test_cpu_profile_uses_embedded_default_and_tuned_settings():
     assert cfg.lora.lora_r == 8 and cfg.lora.lora_target_modules == SEED_TARGET_MODULES
 
 
-def test_parameters_override_the_profile_and_none_keeps_it():
-    cfg = course_config(device="cpu", max_steps=3, learning_rate=1e-3, dataset="quotes.jsonl", model_name=None)
+def test_parameters_override_the_profile_and_none_keeps_it(tmp_path):
+    quotes = tmp_path / "quotes.jsonl"
+    quotes.write_text('{"quote": "A", "author": "B"}\n')
+    cfg = course_config(device="cpu", max_steps=3, learning_rate=1e-3, dataset=str(quotes), model_name=None)
     assert cfg.train.max_steps == 3 and cfg.train.learning_rate == 1e-3
-    assert cfg.data.dataset == "quotes.jsonl" and cfg.model.model_name == EMBEDDED
+    assert cfg.data.dataset == str(quotes) and cfg.model.model_name == EMBEDDED
+
+
+def test_paths_are_checked_before_anything_loads(tmp_path):
+    with pytest.raises(ParameterError, match="dataset='nowhere/q.jsonl': no such file"):
+        course_config(dataset="nowhere/q.jsonl")
+    (tmp_path / "x.jsonl").mkdir()
+    with pytest.raises(ParameterError, match="it is a folder"):
+        course_config(dataset=str(tmp_path / "x.jsonl"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ParameterError, match="output_dir=.* cannot be written"):
+        course_config(output_dir=str(blocker / "run"))
 
 
 def test_the_temporal_task_has_its_own_defaults_from_the_same_family():

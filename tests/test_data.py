@@ -9,7 +9,8 @@ from gemmate_lib.data import clean_rows, format_quote, load_quotes
 def test_embedded_quotes_load_and_split_deterministically():
     a = load_quotes("embedded", eval_fraction=0.1, data_seed=42)
     b = load_quotes("embedded", eval_fraction=0.1, data_seed=42)
-    assert (len(a.train), len(a.held_out)) == (293, 33)
+    assert (len(a.train), len(a.held_out)) == (275, 31)  # 326 rows less 20 duplicate quotes
+    assert sum(a.dropped.values()) == 20 and all(k.startswith("duplicate quote") for k in a.dropped)
     assert [r["text"] for r in a.held_out] == [r["text"] for r in b.held_out]
     assert not {r["text"] for r in a.train} & {r["text"] for r in a.held_out}
     c = load_quotes("embedded", eval_fraction=0.1, data_seed=7)
@@ -31,7 +32,7 @@ def test_rows_missing_fields_are_counted_reported_and_dropped(tmp_path):
     assert len(data.train) + len(data.held_out) == 3
     assert data.dropped == {"empty quote": 1, "missing quote": 1, "empty author": 1, "missing author": 1}
     report = data.report()
-    assert "dropped 1 row(s): missing quote" in report and "dropped 1 row(s): empty author" in report
+    assert "dropped 1 row(s): missing quote, e.g. line 3:" in report and "dropped 1 row(s): empty author" in report
 
 
 def test_wrong_types_are_reported_as_such_not_as_missing(tmp_path):
@@ -40,7 +41,7 @@ def test_wrong_types_are_reported_as_such_not_as_missing(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     data = load_quotes(str(path), eval_fraction=0.34)
-    assert data.dropped == {"quote is not text (int)": 1, "author is not text (list)": 1}
+    assert data.dropped == {"quote is not text": 1, "author is not text": 1}
     assert sorted(r["tags"] for r in data.train + data.held_out) == [[], []]  # "tags": 5 is ignored, not a crash
 
 
@@ -77,11 +78,46 @@ def test_bad_json_line_is_located(tmp_path):
         load_quotes(str(path))
 
 
-def test_too_few_usable_rows(tmp_path):
+def test_too_few_usable_rows_says_why_with_the_line(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"quote": "A", "author": "B"}\n{"quote": "", "author": "C"}\n')
-    with pytest.raises(DataError, match="1 usable row"):
+    with pytest.raises(DataError, match="1 usable row.*1 empty quote \\(e.g. line 2:"):
         load_quotes(str(path))
+
+
+def _write(tmp_path, rows, name="q.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+GOOD = [{"quote": f"Quote number {w} is here.", "author": f"Author {w}"} for w in ("one", "two", "three", "four")]
+
+
+def test_duplicates_exact_and_normalized_are_dropped_before_the_split(tmp_path):
+    rows = GOOD + [dict(GOOD[0]), {"quote": "QUOTE number one, is here!", "author": "Someone"},
+                   {"quote": "“Quote number two is here.”", "author": "X"}]
+    data = load_quotes(_write(tmp_path, rows), eval_fraction=0.5)
+    assert len(data.train) + len(data.held_out) == 4
+    assert data.dropped == {"duplicate quote (exact)": 1,
+                            "duplicate quote (after normalizing case, punctuation and typographic quotes)": 2}
+    assert not {r["quote"] for r in data.train} & {r["quote"] for r in data.held_out}
+
+
+def test_newlines_and_template_markers_inside_a_field_are_dropped(tmp_path):
+    rows = GOOD + [{"quote": "Be kind.\nAuthor: Me", "author": "X"}, {"quote": "Fine.", "author": "Quote: hi"},
+                   {"quote": "Two\nlines", "author": "Y"}]
+    data = load_quotes(_write(tmp_path, rows), eval_fraction=0.5)
+    assert data.dropped == {"quote contains a newline or a template marker (Quote: / Author:)": 2,
+                            "author contains a newline or a template marker (Quote: / Author:)": 1}
+    assert all(r["text"].count("Author:") == 1 and r["text"].count("\n") == 1 for r in data.train + data.held_out)
+
+
+def test_a_million_character_quote_is_dropped_as_too_long(tmp_path, tiny_tokenizer):
+    rows = GOOD + [{"quote": "word " * 200_000, "author": "Verbose"}]
+    data = load_quotes(_write(tmp_path, rows), 0.5, 42, tiny_tokenizer, 128)
+    assert list(data.dropped) == ["too long (over max_length=128 tokens: the Author: line would be cut off)"]
+    assert "line 5" in data.report()
 
 
 def test_unsupported_extension(tmp_path):

@@ -25,7 +25,8 @@ def test_missing_data_file_names_the_path(tmp_path):
         pm.execute_notebook(str(ROOT / "notebooks" / "03_lora_sft.ipynb"), str(tmp_path / "out.ipynb"),
                             parameters={"dataset": "my_quotes.jsonl", "run_dir": str(tmp_path)},
                             cwd=str(ROOT / "notebooks"), kernel_name="python3", progress_bar=False)
-    assert err.value.ename == "DataError" and "my_quotes.jsonl" in err.value.evalue
+    assert err.value.ename == "ParameterError" and "my_quotes.jsonl" in err.value.evalue
+    assert err.value.exec_count <= 4  # the config cell, before any model is loaded
 
 
 def test_params_file_reaches_exactly_the_notebooks_that_declare_each_key(tmp_path):
@@ -34,6 +35,8 @@ def test_params_file_reaches_exactly_the_notebooks_that_declare_each_key(tmp_pat
 
     root = Path(__file__).resolve().parents[1]
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    declared = pm.inspect_notebook(str(root / "notebooks" / "03_lora_sft.ipynb"))
+    assert {"seed", "data_seed"} <= set(declared)  # the training seed and the split seed, separately
     per = notebook_parameters(notebooks, str(root / "params" / "cpu-quick.yaml"))
     assert per["03_lora_sft.ipynb"] == {"max_steps": 10}
     assert per["04_temporal_encoding.ipynb"] == {"n_train": 200, "num_epochs": 1.0}

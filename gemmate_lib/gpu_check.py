@@ -31,7 +31,7 @@ def expected(cfg, capability: tuple[int, int]) -> dict[str, bool]:
     args = training_kwargs(cfg, repo_root() / "runs" / "gpu-check-dry", has_eval=True, save=False,
                            sft=cfg.task == "quotes")
     half = "fp16" if capability < (8, 0) else "bf16"
-    checkpointing = args.get("activation_checkpointing", args.get("gradient_checkpointing"))
+    checkpointing = args["activation_checkpointing"]
     return {"nf4": cfg.model.quantization == "nf4", half: args[half] and cfg.precision.name == half,
             "paged_adamw_8bit": args["optim"] == "paged_adamw_8bit", "gradient checkpointing": checkpointing,
             "on cuda": not args["use_cpu"] and cfg.precision.device == "cuda"}

@@ -83,12 +83,10 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
         greater_is_better=c.checkpoint_metric_mode == "max",
         ddp_backend="gloo" if precision.device == "cpu" and world()[1] > 1 else None, ddp_find_unused_parameters=False,
     )
+    kwargs["activation_checkpointing"] = t.gradient_checkpointing  # transformers 5's name of gradient_checkpointing
     if sft:
         kwargs.update(max_length=t.max_length, dataset_text_field="text",
-                      activation_checkpointing=t.gradient_checkpointing,  # the new name of gradient_checkpointing
                       train_sampling_strategy="group_by_length" if t.group_by_length else "random")
-    else:
-        kwargs.update(gradient_checkpointing=t.gradient_checkpointing)
     return {**kwargs, **extras}
 
 

@@ -140,10 +140,19 @@ def test_every_notebook_installs_through_the_colab_requirements_and_never_pip_in
 @pytest.mark.slow
 def test_pip_would_not_reinstall_torch_in_a_venv_that_has_it(tmp_path):
     """A dry run of the Colab install into a fresh venv holding torch 2.13: torch stays, the course's pins come in."""
+    import torch as installed_torch
+
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = str(venv / "bin" / "python")
-    subprocess.run([py, "-m", "pip", "install", "-q", "torch==2.13.0"], check=True, timeout=900)
+    # The venv gets this machine's torch 2.13.0 (its files and dist-info, linked in: no multi-GB copy), as Colab has its own.
+    target = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 capture_output=True, text=True, check=True).stdout.strip())
+    source = Path(installed_torch.__file__).resolve().parents[1]
+    for item in [source / "torch", *source.glob("torch-2.13.0*.dist-info")]:
+        (target / item.name).symlink_to(item)
+    check = subprocess.run([py, "-m", "pip", "show", "torch"], capture_output=True, text=True)
+    assert "Version: 2.13.0" in check.stdout
     report = tmp_path / "report.json"
     proc = subprocess.run([py, "-m", "pip", "install", "-q", "--dry-run", "--report", str(report), "-r",
                            str(ROOT / "requirements-colab.txt")], capture_output=True, text=True, timeout=900)

@@ -274,3 +274,18 @@ def test_the_same_bad_files_through_papermill(tmp_path):
                             kernel_name="python3", progress_bar=False,
                             parameters={"dataset": str(latin), "run_dir": str(tmp_path / "run2")})
     assert err.value.ename == "DataError" and "line 2 is not UTF-8 text" in err.value.evalue
+
+
+@pytest.mark.slow
+def test_a_seconds_timestamp_through_papermill_stops_04_in_its_config_cell(tmp_path):
+    import papermill as pm
+
+    from gemmate_lib.fsio import repo_root
+
+    notebooks = repo_root() / "notebooks"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(notebooks / "04_temporal_encoding.ipynb"), str(tmp_path / "04.ipynb"),
+                            cwd=str(notebooks), kernel_name="python3", progress_bar=False,
+                            parameters={"constant_date": 1_633_046_400, "run_dir": str(tmp_path)})
+    assert err.value.ename == "DataError" and "looks like seconds" in err.value.evalue
+    assert err.value.exec_count <= 4  # before any model or data loads

@@ -82,7 +82,7 @@ def test_the_builder_maps_every_setting(tmp_path):
     assert args.save_strategy == "no" and args.max_length == cfg.train.max_length
     te_args = training_args(cfg, tmp_path, has_eval=False, save=False, sft=False, remove_unused_columns=False)
     assert type(te_args).__name__ == "TrainingArguments" and te_args.remove_unused_columns is False
-    assert te_args.eval_strategy == "no" and te_args.gradient_checkpointing
+    assert te_args.eval_strategy == "no" and te_args.activation_checkpointing
     lora = lora_config(cfg)
     assert (lora.r, lora.lora_alpha, lora.task_type) == (4, 8, "CAUSAL_LM")
 

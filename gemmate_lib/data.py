@@ -207,8 +207,16 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
     return QuoteData(train=train, held_out=held, source=name, dropped=dropped, examples_dropped=examples)
 
 
-def to_dataset(rows: list[dict]):
-    """A `datasets.Dataset` with one `text` column, what SFTTrainer trains on."""
+def to_dataset(rows: list[dict], tokenizer=None):
+    """A `datasets.Dataset` for SFTTrainer: the `text` column, or, with a tokenizer, `input_ids` of `text + EOS`.
+
+    Tokenized here, as SFTTrainer would (text + EOS, the tokenizer's own BOS), because
+    SFTTrainer's own tokenizing `map` makes `datasets` fingerprint the tokenizer by
+    pickling its 262k-entry vocabulary: measured 27 s of a 37 s two-step run on this CPU.
+    """
     from datasets import Dataset
 
-    return Dataset.from_dict({"text": [r["text"] for r in rows]})
+    if tokenizer is None:
+        return Dataset.from_dict({"text": [r["text"] for r in rows]})
+    eos = tokenizer.eos_token or ""
+    return Dataset.from_dict({"input_ids": tokenizer([r["text"] + eos for r in rows])["input_ids"]})

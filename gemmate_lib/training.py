@@ -75,7 +75,8 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
         warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, lr_scheduler_type="linear", optim=t.optim,
         bf16=precision.name == "bf16", fp16=precision.name == "fp16", use_cpu=precision.device == "cpu",
-        logging_steps=t.steps_freq, eval_strategy=interval if evaluate else "no", eval_steps=t.val_steps_freq or None,
+        logging_steps=min(t.steps_freq, t.max_steps) if t.max_steps > 0 else t.steps_freq,  # at least one loss logged
+        eval_strategy=interval if evaluate else "no", eval_steps=t.val_steps_freq or None,
         save_strategy={"step": "steps", "epoch": "epoch", "no": "no"}[strategy], save_steps=t.val_steps_freq or t.steps_freq,
         save_total_limit=None, report_to=t.report_to, log_level=t.log_level, seed=t.seed, data_seed=t.seed,
         full_determinism=t.deterministic, dataloader_num_workers=0, disable_tqdm=False,
@@ -142,9 +143,10 @@ def loss_log(trainer):
     """The trainer's log history as a DataFrame with one row per logged step."""
     import pandas as pd
 
-    rows = [{k: v for k, v in entry.items() if k in ("step", "loss", "eval_loss", "learning_rate")}
+    columns = ["step", "loss", "eval_loss", "learning_rate"]
+    rows = [{k: v for k, v in entry.items() if k in columns}
             for entry in trainer.state.log_history if "loss" in entry or "eval_loss" in entry]
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=columns)
     return df.groupby("step", as_index=False).first() if len(df) else df
 
 
@@ -160,7 +162,8 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
     set_seed(cfg.train.seed)
     return CourseSFTTrainer(
         model=model, args=training_args(cfg, output_dir, has_eval=bool(eval_rows), save=save),
-        train_dataset=to_dataset(train_rows), eval_dataset=to_dataset(eval_rows) if eval_rows else None,
+        train_dataset=to_dataset(train_rows, tokenizer),
+        eval_dataset=to_dataset(eval_rows, tokenizer) if eval_rows else None,
         processing_class=tokenizer, fast_loss=cfg.train.fast_loss and world()[1] == 1, callbacks=callbacks,
     )
 

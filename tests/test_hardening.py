@@ -255,15 +255,18 @@ def test_a_seconds_timestamp_is_one_line_on_the_command_line_and_the_unit_flag_f
 
 @pytest.mark.slow
 def test_the_same_bad_files_through_papermill(tmp_path):
+    """05's eval_data: the drop report is printed in its first cells, before any model loads; Latin-1 is one line."""
     import papermill as pm
 
     from gemmate_lib.fsio import repo_root
 
     notebooks = repo_root() / "notebooks"
-    out = tmp_path / "03.ipynb"
-    pm.execute_notebook(str(notebooks / "03_lora_sft.ipynb"), str(out), cwd=str(notebooks), kernel_name="python3",
-                        progress_bar=False, parameters={"dataset": str(_bad_quotes(tmp_path)), "max_steps": 1,
-                                                        "run_dir": str(tmp_path / "run")})
+    out = tmp_path / "05.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:  # this run folder has no adapter from 03
+        pm.execute_notebook(str(notebooks / "05_evaluation.ipynb"), str(out), cwd=str(notebooks),
+                            kernel_name="python3", progress_bar=False,
+                            parameters={"eval_data": str(_bad_quotes(tmp_path)), "run_dir": str(tmp_path / "run")})
+    assert err.value.ename == "ModelLoadError" and "no adapter from 03_lora_sft" in err.value.evalue
     text = out.read_text()
     assert "4 usable rows from bad_quotes.jsonl" in text
     assert EXPECTED_DROPS[0] in text and EXPECTED_DROPS[1] in text and "too long (over max_length=128" in text

@@ -57,11 +57,11 @@ def config_from_args(args: argparse.Namespace) -> CourseConfig:
 def main(argv: list[str] | None = None) -> int:
     """Parse, run one command, print its result as JSON (rank 0 only under DDP)."""
     from . import quiet
-    from .training import world
 
     args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    quiet()
+    cfg = config_from_args(args)  # every setting checked before the heavy imports and any model load
+    quiet()  # before bitsandbytes is imported: its optional-kernel notice is noise
+    from .training import world
     if args.command == "train":
         from .training import train_from_config
 

@@ -219,6 +219,6 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload from the GemmaTE course")
     except Exception as err:  # noqa: BLE001 - one clear line instead of a Hub stack trace
-        text = str(err).replace(token, "<token>")
-        return f"push failed ({type(err).__name__}): {text[:200]}. Check the token has write access and the network"
+        text = " ".join(str(err).replace(token, "<token>").split())[:200].rstrip(".")
+        return f"push failed ({type(err).__name__}): {text}. Check the token has write access and the network"
     return f"pushed {show_path(folder)} to https://huggingface.co/{repo_id} ({'private' if private else 'public'})"

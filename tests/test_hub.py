@@ -12,6 +12,17 @@ from gemmate_lib.hub import load_adapter, save_adapter
 from gemmate_lib.training import attach_lora
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """One thread for the tiny model's 64-wide matrices: faster, most of all on a busy machine. A fresh process
+    (reload_generations) inherits OMP_NUM_THREADS, so it computes with one thread as well."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_missing_adapter_folder_says_which_notebook_to_run(tiny_model, tmp_path):
     with pytest.raises(ModelLoadError, match="run 03_lora_sft first"):
         load_adapter(tiny_model, tmp_path / "adapter")
@@ -21,9 +32,14 @@ def test_save_is_safetensors_refuses_overwrite_and_rejects_another_base(tiny_mod
     model = attach_lora(tiny_model, cpu_cfg)
     folder = save_adapter(model, tiny_tokenizer, tmp_path / "adapter", "tiny")
     assert (folder / "adapter_model.safetensors").exists() and not list(folder.glob("*.bin"))
-    assert json.loads((folder / "gemmate.json").read_text())["hidden_size"] == 64
+    meta = json.loads((folder / "gemmate.json").read_text())
+    assert meta["base_model"] == "tiny" and meta["hidden_size"] == 64  # model_name is recorded as given
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no .partial or .backup left
     with pytest.raises(SaveError, match="already exists"):
         save_adapter(model, tiny_tokenizer, folder, "tiny")
+    from gemmate_lib import hub
+
+    assert hub.SaveError is SaveError  # hub re-imports the one SaveError of gemmate_lib.errors
     meta = json.loads((folder / "gemmate.json").read_text())
     meta.update(base_model="google/gemma-2b", hidden_size=2048)
     (folder / "gemmate.json").write_text(json.dumps(meta))
@@ -93,6 +109,27 @@ def test_push_without_token_or_repo_is_skipped_with_how_to(monkeypatch, tmp_path
     assert "no HF_TOKEN" in push_adapter(tmp_path, "someone/quotes-lora")
 
 
+@pytest.mark.parametrize("stage", ["token check", "upload"])
+def test_a_failed_push_is_one_line_without_the_token(stage, monkeypatch, tmp_path, capsys):
+    from huggingface_hub import constants
+
+    from gemmate_lib import hub
+
+    fake = "hf_" + "CANARYcanary" * 3 + "0000"  # built at run time: no token-shaped literal in the repository
+    monkeypatch.setenv("HF_TOKEN", fake)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # huggingface_hub reads the variable once, at import
+    if stage == "upload":  # the token passes its check, then create_repo / upload_folder fail
+        monkeypatch.setattr(hub, "check_token", lambda need_write=False: "token of someone, role write")
+    (tmp_path / "adapter").mkdir()
+    status = hub.push_adapter(tmp_path / "adapter", "someone/canary-test")
+    printed = capsys.readouterr()
+    assert status.startswith("push failed") and "\n" not in status
+    assert ("cannot be reached" in status) == (stage == "token check")
+    assert fake not in status and "CANARY" not in status
+    assert fake not in printed.out + printed.err
+
+
 @pytest.mark.parametrize("bad", ["no-namespace", "a/b/c", "some one/x", "x/y--z"])
 def test_invalid_repo_id_is_a_clear_error(bad, tmp_path):
     from gemmate_lib.hub import push_adapter
@@ -131,10 +168,11 @@ def test_a_failed_final_rename_keeps_the_old_adapter_complete(tiny_model, tiny_t
         for name, p in old.named_parameters():
             if "lora_B" in name:
                 p.add_(1.0)
-    real_rename = Path.rename
+    real_rename, failed = Path.rename, []
 
-    def failing(self, target):
-        if self.name == "adapter.partial":
+    def failing(self, target):  # only the last step, .partial -> adapter, fails (the old one is already .backup)
+        if self.name == "adapter.partial" and Path(target).name == "adapter":
+            failed.append(self)
             raise OSError(28, "No space left on device")
         return real_rename(self, target)
 
@@ -142,6 +180,7 @@ def test_a_failed_final_rename_keeps_the_old_adapter_complete(tiny_model, tiny_t
     with pytest.raises(SaveError, match="No space left"):
         save_adapter(old, tiny_tokenizer, folder, "tiny", overwrite=True)
     monkeypatch.undo()
+    assert failed  # the failure happened where intended, after the old adapter had been moved aside
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no .partial, no .backup
     after = _weights(folder)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)

@@ -1,5 +1,11 @@
-"""GemmaTE: the encoder, the zero-initialised wrapper, timestamps through forward/generate/Trainer, save/load."""
+"""GemmaTE: the encoder, the zero-initialised wrapper, timestamps through forward/generate/Trainer, save/load.
+
+Everything runs on the tiny random Gemma 3 of conftest.py (hidden size 64), NF4 included;
+only the command-line run (a subprocess) is marked slow, and it too loads the tiny model.
+"""
 import json
+import os
+import warnings
 from datetime import datetime, timezone
 
 import numpy as np
@@ -17,6 +23,15 @@ from gemmate_lib.temporal import (
 )
 
 MS_2014 = 1_394_000_000_000  # 2014-03-05 06:13:20 UTC
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tiny model's matrices are 64 wide: one thread beats several (no hand-offs), most of all on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _perturb(te, seed=0):
@@ -61,11 +76,20 @@ def test_invalid_timestamps_raise_a_clear_error(bad, message):
     assert info.value.fix
 
 
-def test_bad_settings_are_rejected():
+def test_bad_settings_are_rejected_by_the_encoder_and_the_config():
+    from gemmate_lib import config, course_config
+
+    assert TemporalSettings is config.TemporalSettings  # temporal.py re-exports the config's settings
+    cfg = course_config("temporal", device="cpu", dtype="fp32", temporal_scale=2.0, temporal_dim=32)
+    assert isinstance(cfg.temporal, TemporalSettings) and TemporalEncoder(cfg.temporal)(MS_2014).shape == (32,)
     with pytest.raises(ParameterError, match="even"):
         TemporalEncoder(TemporalSettings(temporal_dim=7))
     with pytest.raises(ParameterError, match="tau"):
         TemporalEncoder(TemporalSettings(temporal_scale=float("nan")))
+    with pytest.raises(ParameterError, match="temporal_dim=7 must be even"):
+        course_config("temporal", device="cpu", temporal_dim=7)
+    with pytest.raises(ParameterError, match="temporal_scale=nan must be a positive finite number"):
+        course_config("temporal", device="cpu", temporal_scale=float("nan"))
 
 
 def test_zero_initialised_wrapper_equals_the_base_model_exactly(tiny_model, tiny_tokenizer):
@@ -76,7 +100,11 @@ def test_zero_initialised_wrapper_equals_the_base_model_exactly(tiny_model, tiny
         te = GemmaTEForCausalLM(fresh_model)
         assert not te.temporal_projection.weight.any()
         timed = te(**enc, timestamps=[MS_2014, "1990-01-01"]).logits
-        now = te(**enc).logits  # no timestamps: "now"
+        with pytest.warns(UserWarning, match="no timestamps: using the current time"):
+            now = te(**enc).logits  # no timestamps: "now", said once
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            te(**enc)  # ... and only once
         assert torch.equal(plain, timed) and torch.equal(plain, now)
         _perturb(te)
         moved = te(**enc, timestamps=[MS_2014, "1990-01-01"]).logits
@@ -132,7 +160,8 @@ def test_save_and_load_give_identical_logits_under_lora(tiny_folder, tiny_tokeni
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
     enc = tokenizer(["Stay hungry.\nWritten:"], return_tensors="pt")
     loaded = GemmaTEForCausalLM.from_pretrained(load_model(str(tiny_folder), fp32), folder)
-    assert loaded.settings.temporal_scale == 2.0 and loaded.device == te.device
+    assert loaded.settings.temporal_scale == 2.0 and loaded.device == te.device == torch.device("cpu")
+    assert json.loads((folder / "gemmate_te.json").read_text())["base_model"] == str(tiny_folder)
     with torch.no_grad():
         assert torch.equal(te(**enc, timestamps=[MS_2014]).logits, loaded(**enc, timestamps=[MS_2014]).logits)
     plain = load_model(str(tiny_folder), fp32)
@@ -161,7 +190,8 @@ def test_generate_with_timestamps_in_fp32(tiny_model, tiny_tokenizer):
         te.temporal_projection.weight.mul_(40)
     texts = _generate(te, tokenizer, [datetime(1950, 1, 1), datetime(2090, 1, 1)])
     assert texts[0] != texts[1]
-    assert len(_generate(te, tokenizer, None)) == 1  # default: now
+    with pytest.warns(UserWarning, match="no timestamps"):
+        assert len(_generate(te, tokenizer, None)) == 1  # default: now
 
 
 def test_generate_with_timestamps_in_nf4(tiny_folder, tiny_tokenizer, fp32):
@@ -183,14 +213,18 @@ def test_trainer_trains_lora_and_the_projection(tiny_model, tiny_tokenizer, tmp_
     from gemmate_lib.temporal_train import attach_temporal_lora, train_temporal
 
     cfg = course_config("temporal", device="cpu", dtype="fp32", max_steps=3, batch_size=4, steps_freq=1)
+    embeddings = tiny_model.get_input_embeddings().weight.detach().clone()
     te = attach_temporal_lora(GemmaTEForCausalLM(tiny_model, cfg.temporal), cfg)
+    assert attach_temporal_lora(te, cfg).model is te.model  # once: a second call keeps the adapter
     texts = [f"Note {i}\nWritten: May {2008 + i}" for i in range(8)]
     stamps = [datetime(2008 + i, 5, 10) for i in range(8)]
     ds = TextDataset(texts, tiny_tokenizer, stamps, prompt_end=PROMPT_END)
     result = train_temporal(te, ds, cfg, tmp_path, tiny_tokenizer.pad_token_id)
-    assert result.steps == 3 and len(result.log) == 3
+    assert result.steps == 3 and len(result.log) == 3 and result.log["loss"].notna().all()
+    assert result.model is te and not te.training  # returned ready to generate
     assert te.temporal_projection.weight.abs().sum() > 0
     assert any(p.abs().sum() > 0 for n, p in te.named_parameters() if "lora_B" in n)
+    assert torch.equal(tiny_model.get_input_embeddings().weight, embeddings)  # the base stays frozen
 
 
 def test_data_files_and_dated_notes(tmp_path):
@@ -217,7 +251,7 @@ def test_data_files_and_dated_notes(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder):
+def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder, fp32):
     import subprocess
     import sys
 
@@ -229,27 +263,38 @@ def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder):
     proc = subprocess.run([sys.executable, "-m", "gemmate_lib", "train-te", "--dataset", str(data), "--output_dir",
                            str(out), "--max_steps", "2", "--batch_size", "4", "--temporal_scale", "1.5",
                            "--prompt_end", "Written:", "--model_name", str(tiny_folder)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # a tiny model: one thread is fastest
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["rows"] == 12
     model = out / "model"
     assert json.loads((model / "gemmate_te.json").read_text())["settings"]["temporal_scale"] == 1.5
     assert (model / "adapter_model.safetensors").exists() and (model / "temporal.safetensors").exists()
+    assert not list(out.glob("*.partial")) and not list(out.glob("*.backup"))
+    from gemmate_lib.models import load_model
+
+    loaded = GemmaTEForCausalLM.from_pretrained(load_model(str(tiny_folder), fp32), model)
+    assert loaded.settings.temporal_scale == 1.5 and loaded.temporal_projection.weight.abs().sum() > 0
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--batch_size", "0"], "parameter batch_size=0 must be at least 1"),
     (["--learning_rate", "fast"], "parameter learning_rate='fast' has type str"),
     (["--temporal_scale", "-1"], "temporal_scale=-1.0 must be a positive finite number"),
-    (["--fp16"], "--fp16 needs a CUDA GPU"),
-    ([], "no such file"),
+    pytest.param(["--fp16"], "--fp16 needs a CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: --fp16 is allowed")),
+    ([], "dataset='MISSING': no such file"),
 ])
 def test_command_bad_values_get_one_clear_line(argv, message, tmp_path, capsys):
     from gemmate_lib.cli import main
     from gemmate_lib.errors import run_cli
 
-    code = run_cli(main, ["train-te", "--dataset", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "o"),
-                          *argv])
-    err = capsys.readouterr().err
-    assert code == 2 and message in err and "Traceback" not in err
+    missing = str(tmp_path / "missing.jsonl")  # every case has it: the bad value must be reported before the file
+    code = run_cli(main, ["train-te", "--dataset", missing, "--output_dir", str(tmp_path / "o"), *argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(lines)
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and message.replace("MISSING", missing) in errors[0]
+    assert lines[lines.index(errors[0]) + 1].startswith("  Fix: ")  # the line after says what to do
+    assert not (tmp_path / "o").exists()  # nothing was created before the check

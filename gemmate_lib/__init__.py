@@ -24,14 +24,22 @@ def quiet() -> None:
 
     - tqdm.auto warns that ipywidgets is missing and falls back to text bars, which is what we want;
     - peft 0.21 reads `is_gradient_checkpointing`, which transformers 5.x deprecates;
-    - bitsandbytes 0.50 logs that an optional CPU kernel package is missing; its fallback works (01 uses it).
+    - peft's `prepare_model_for_kbit_training` calls `gradient_checkpointing_enable`, likewise deprecated;
+    - bitsandbytes 0.50 logs that an optional CPU kernel package is missing; its fallback works (01 uses it);
+    - datasets draws a progress bar for every instant `map` over a few hundred quotes (TRL's label building).
     """
     import logging
+    import os
+    import sys
     import warnings
 
     warnings.filterwarnings("ignore", message="IProgress not found")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*", category=FutureWarning)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported ...
+    if "datasets" in sys.modules:  # ... or already imported
+        sys.modules["datasets"].disable_progress_bars()
 
 
 __all__ = ["EMBEDDED", "HUB_DATASET", "HUB_MODEL", "CourseConfig", "config_summary", "course_config", "quiet",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,6 +30,45 @@ def format_quote(quote: str, author: str | None = None) -> str:
     return f"Quote: {quote}\nAuthor: {author}"
 
 
+def split_quote(quote: str) -> tuple[str, str]:
+    """First half of the words (the prompt) and the rest (the reference)."""
+    words = quote.split()
+    cut = max(1, len(words) // 2)
+    return " ".join(words[:cut]), " ".join(words[cut:])
+
+
+def quote_prompt(quote: str) -> str:
+    """`Quote: <first half of the words>`: the prompt of completion-only training (03) and of 05's completion test."""
+    return f"Quote: {split_quote(quote)[0]}"
+
+
+def char_spans(row: dict, part: str) -> tuple[int, int | None]:
+    """Characters [start, end) of `row["text"]` (+ EOS) that a loss counts: the whole text, the quote, or the completion.
+
+    "completion" is what follows quote_prompt: the quote's second half, the `Author:` line
+    and EOS. "quote" is the quote's own words, without `Quote: ` and the `Author:` line.
+    end None means to the end (EOS included).
+    """
+    if part == "text":
+        return 0, None
+    if part == "quote":
+        start = len("Quote: ")
+        return start, start + len(row["quote"])
+    if part == "completion":
+        return len(quote_prompt(row["quote"])), None
+    raise ValueError(f"part must be text, quote or completion, not {part!r}")
+
+
+def token_mask(offsets, start: int, end: int | None) -> list[int]:
+    """1 for each token that overlaps characters [start, end), from a fast tokenizer's offset_mapping.
+
+    Overlap, not "starts inside": Gemma's tokens carry their leading space ('▁Failure'
+    starts at the space before the word). Special tokens with an empty span (BOS, padding)
+    never count.
+    """
+    return [int(b > a and b > start and (end is None or a < end)) for a, b in offsets]
+
+
 @dataclass
 class QuoteData:
     train: list[dict]  # rows used for training: {"quote", "author", "tags", "text"}
@@ -36,6 +76,12 @@ class QuoteData:
     source: str  # where the rows came from
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> number of rows dropped
     examples_dropped: dict[str, str] = field(default_factory=dict)  # reason -> one dropped row ("line N: {...}")
+    repaired: dict[str, int] = field(default_factory=dict)  # repair -> number of rows kept after repairing a field
+
+    def unseen_author_share(self) -> float:
+        """Share of held-out quotes whose author never appears in training: their author cannot be learned here."""
+        seen = {normalize_author(r["author"]) for r in self.train}
+        return sum(normalize_author(r["author"]) not in seen for r in self.held_out) / max(1, len(self.held_out))
 
     def report(self) -> str:
         """One paragraph for the notebook and the commands: counts, and what was dropped, why, with an example."""
@@ -43,6 +89,8 @@ class QuoteData:
         lines = [f"{total} usable rows from {self.source}: {len(self.train)} train, {len(self.held_out)} held out"]
         for reason, n in self.dropped.items():
             lines.append(f"dropped {n} row(s): {reason}, e.g. {self.examples_dropped[reason]}")
+        for repair, n in self.repaired.items():
+            lines.append(f"repaired {n} row(s): {repair}")
         return "\n".join(lines)
 
 
@@ -140,7 +188,33 @@ def _problem(row: dict, key: str) -> str | None:
         return f"empty {key}"
     if "\n" in value.strip() or "\r" in value or any(m in value for m in MARKERS):
         return f"{key} contains a newline or a template marker ({' / '.join(MARKERS)})"
+    if key == "author" and _author_fragment(value.strip()):
+        return "author is a fragment of the quote (the source split the quote at a comma), not a name"
     return None
+
+
+def _author_fragment(author: str) -> bool:
+    """An author field that is really the end of the quote, cut off at a comma (e.g. 'it comes soon enough.').
+
+    Lowercase names such as 'bell hooks' stay: a fragment starts lowercase *and* is a
+    sentence (ends with . ! ?) or longer than three words, or ends with a closing quote.
+    """
+    lower_sentence = author[:1].islower() and (author.endswith((".", "!", "?")) or len(author.split()) > 3)
+    return lower_sentence or author.endswith(("\u201d", '"'))
+
+
+def trim_author(author: str) -> str:
+    """The name alone: 'Bill Gates, co-founder of Microsoft.' -> 'Bill Gates' (a role after a comma, a final period)."""
+    name = author.split(",")[0].strip()
+    return name[:-1] if name.endswith(".") and not name[-2:-1].isupper() else name
+
+
+def normalize_author(name: str) -> str:
+    """Lowercase, no accents, no punctuation, single spaces; drop a trailing ", source"."""
+    name = unicodedata.normalize("NFKD", name or "").encode("ascii", "ignore").decode()
+    name = name.split(",")[0].lower()
+    name = re.sub(r"[^a-z0-9 ]+", " ", name)
+    return " ".join(name.split())
 
 
 def normalize_quote(text: str) -> str:
@@ -155,14 +229,16 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
     `rows` are dicts or (line number, dict) pairs. Reasons: missing, wrong type, empty,
     a newline or template marker inside a field, a duplicate quote (exact, or after
     normalize_quote), and, with a tokenizer, a formatted example longer than `max_length`
-    tokens (training would cut its `Author:` line off).
+    tokens (training would cut its `Author:` line off). Author fields holding a role after
+    the name ('Bill Gates, co-founder of Microsoft.') are trimmed to the name and counted in
+    the returned `repaired`.
     """
-    kept, dropped, examples, seen = [], {}, {}, {}
+    kept, dropped, examples, seen, repaired = [], {}, {}, {}, {}
     for i, item in enumerate(rows, 1):
         where, row = item if isinstance(item, tuple) else (i, item)
         reason = _problem(row, "quote") or _problem(row, "author")
         if not reason:
-            quote, author = row["quote"].strip(), row["author"].strip()
+            quote, author = row["quote"].strip(), trim_author(row["author"].strip())
             text = format_quote(quote, author)
             key = normalize_quote(quote)
             if key in seen:
@@ -176,10 +252,13 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
             examples.setdefault(reason, f"line {where}: {repr(row)[:100]}")
             continue
         seen[key] = quote
+        if author != row["author"].strip():
+            fix = "author trimmed to the name (a role after a comma, or a final period, removed)"
+            repaired[fix] = repaired.get(fix, 0) + 1
         tags = row.get("tags") or []
         tags = [tags] if isinstance(tags, str) else [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
         kept.append({"quote": quote, "author": author, "tags": tags, "text": text})
-    return kept, dropped, examples
+    return kept, dropped, examples, repaired
 
 
 def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: int = 42, tokenizer=None,
@@ -194,7 +273,7 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
         rows, name = read_records(dataset, REQUIRED), Path(dataset).name
     else:
         rows, name = _read_hub(dataset), dataset
-    kept, dropped, examples = clean_rows(rows, tokenizer, max_length)
+    kept, dropped, examples, repaired = clean_rows(rows, tokenizer, max_length)
     if len(kept) < 2:
         detail = "; ".join(f"{n} {reason} (e.g. {examples[reason]})" for reason, n in dropped.items())
         raise DataError(f"{name} has {len(kept)} usable row(s) after dropping {sum(dropped.values())}: {detail}",
@@ -204,19 +283,26 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
     n_held = min(max(1, round(len(kept) * eval_fraction)), len(kept) - 1)
     held = [kept[i] for i in sorted(order[:n_held])]
     train = [kept[i] for i in sorted(order[n_held:])]
-    return QuoteData(train=train, held_out=held, source=name, dropped=dropped, examples_dropped=examples)
+    return QuoteData(train=train, held_out=held, source=name, dropped=dropped, examples_dropped=examples, repaired=repaired)
 
 
-def to_dataset(rows: list[dict], tokenizer=None):
+def to_dataset(rows: list[dict], tokenizer=None, completion_only: bool = False):
     """A `datasets.Dataset` for SFTTrainer: the `text` column, or, with a tokenizer, `input_ids` of `text + EOS`.
 
     Tokenized here, as SFTTrainer would (text + EOS, the tokenizer's own BOS), because
     SFTTrainer's own tokenizing `map` makes `datasets` fingerprint the tokenizer by
     pickling its 262k-entry vocabulary: measured 27 s of a 37 s two-step run on this CPU.
+    `completion_only` adds TRL's `completion_mask` column (1 on the tokens after
+    quote_prompt), which SFTTrainer turns into labels when `completion_only_loss=True`.
     """
     from datasets import Dataset
 
     if tokenizer is None:
         return Dataset.from_dict({"text": [r["text"] for r in rows]})
     eos = tokenizer.eos_token or ""
-    return Dataset.from_dict({"input_ids": tokenizer([r["text"] + eos for r in rows])["input_ids"]})
+    enc = tokenizer([r["text"] + eos for r in rows], return_offsets_mapping=completion_only)
+    columns = {"input_ids": enc["input_ids"]}
+    if completion_only:
+        columns["completion_mask"] = [token_mask(offsets, *char_spans(r, "completion"))
+                                      for r, offsets in zip(rows, enc["offset_mapping"])]
+    return Dataset.from_dict(columns)

@@ -7,6 +7,7 @@ maps a failed Hub call to the course's error by huggingface_hub's typed exceptio
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
 
@@ -83,6 +84,21 @@ def hub_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
                    "use 'embedded' (works offline), or run where the Hub is reachable")
     return cls(f"could not load {kind} {name!r}: {type(err).__name__}: {str(err)[:300]}",
                "check the id or path; see the message above")
+
+
+@contextlib.contextmanager
+def hub_errors(name: str, kind: str = "model"):
+    """`with hub_errors("google/gemma-2b"): AutoModel...from_pretrained(...)`: a Hub failure becomes hub_error's line.
+
+    For the notebooks that write the `from_pretrained` call out (01): a gated model, a 403
+    or no network gives one clear error with the fix, not a deep stack trace.
+    """
+    try:
+        yield
+    except GemmateError:
+        raise
+    except Exception as err:  # noqa: BLE001 - mapped to a clear message
+        raise hub_error(name, err, kind) from err
 
 
 def run_cli(main, argv: list[str] | None = None) -> int:

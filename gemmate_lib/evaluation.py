@@ -1,52 +1,52 @@
-"""Baseline against fine-tuned, on the held-out split only, with bootstrapped 95% intervals.
+"""Baseline against fine-tuned, on the held-out split only, with 95% intervals and paired differences.
 
 Taught in 05_evaluation. Four kinds of metric:
-- perplexity of the formatted `Quote/Author` text (lower is better);
-- author attribution: prompt `Quote: <quote>\\nAuthor:`, greedy, normalised exact match;
+- perplexity of the formatted `Quote/Author` text (lower is better), and `perplexity_quote`:
+  the same on the quote's own tokens only, without the `Quote:` / `Author:` template, which
+  every fine-tuned model learns first;
+- author attribution: prompt `Quote: <quote>\\nAuthor:`, greedy, normalised exact match; also
+  on the held-out quotes whose author appears in training (`author_accuracy_seen`), the
+  only ones whose author the model could have learned;
 - quote completion: the first half of a quote, the model continues; ROUGE-L (rouge_score)
-  and BLEU (sacrebleu) of the continuation's first line against the true second half;
+  and BLEU (sacrebleu: geometric mean of 1- to 4-gram precisions times a brevity penalty)
+  of the continuation's first line against the true second half;
 - format compliance: from `Quote: <first half>`, the share of generations that give exactly
   one `Author: <name>` line and stop (end-of-text) within the token limit.
 
-metrics.json (schema version 1), written by `metrics_document` and checked by `validate_metrics`:
-    {"schema_version": 1, "dataset": str, "split": str, "n_examples": int,
+Proportions (author accuracy, format compliance) get Wilson intervals, the other metrics
+percentile-bootstrap ones (stats.py); `paired_differences` compares two models on the same items.
+
+metrics.json (schema version 2), written by `metrics_document` and checked by `validate_metrics`:
+    {"schema_version": 2, "dataset": str, "split": str, "n_examples": int,
+     "unseen_author_share": float | null,
      "settings": {"max_new_tokens": {...}, "bootstrap_samples": int, "seed": int},
-     "models": {name: {metric: {"value": float, "ci95": [low, high]}}}}
-with metric in METRICS. Values are shares in [0, 1] except perplexity (>= 1).
+     "models": {name: {metric: {"value": float | null, "ci95": [low, high] | null,
+                                "interval": "wilson" | "bootstrap", "n": int}}},
+     "comparisons": {"<b> - <a>": {metric: {"difference": float, "ci95": [low, high],
+                                           "share_positive": float, "method": "paired bootstrap"}}}}
+with metric in METRICS. Values are shares in [0, 1] except perplexities (>= 1); a value is
+null only for author_accuracy_seen when no held-out author appears in training (n = 0).
+Version 1 had no perplexity_quote, author_accuracy_seen, interval, n, unseen_author_share
+or comparisons, and percentile intervals for proportions.
 """
 from __future__ import annotations
 
 import math
-import random
-import re
-import unicodedata
 from dataclasses import dataclass, field
 
 import torch
 
-from .data import format_quote
+from .data import char_spans, format_quote, normalize_author, quote_prompt, split_quote, token_mask
 from .errors import DataError
 from .fast_loss import LinearCrossEntropy
 from .generation import generate, has_author_line
+from .stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
 
-METRICS = ("perplexity", "author_accuracy", "rouge_l", "bleu", "format_compliance")
+METRICS = ("perplexity", "perplexity_quote", "author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
+           "format_compliance")
+PROPORTIONS = ("author_accuracy", "author_accuracy_seen", "format_compliance")  # Wilson intervals
 TOKENS = {"author": 10, "completion": 40}  # max_new_tokens: author attribution; completion and format (one run)
-BOOTSTRAP = 1000  # bootstrap resamples for the 95% intervals
-
-
-def normalize_author(name: str) -> str:
-    """Lowercase, no accents, no punctuation, single spaces; drop a trailing ", source"."""
-    name = unicodedata.normalize("NFKD", name or "").encode("ascii", "ignore").decode()
-    name = name.split(",")[0].lower()
-    name = re.sub(r"[^a-z0-9 ]+", " ", name)
-    return " ".join(name.split())
-
-
-def split_quote(quote: str) -> tuple[str, str]:
-    """First half of the words (the prompt) and the rest (the reference)."""
-    words = quote.split()
-    cut = max(1, len(words) // 2)
-    return " ".join(words[:cut]), " ".join(words[cut:])
+SCHEMA_VERSION = 2
 
 
 def rouge_l(prediction: str, reference: str) -> float:
@@ -63,25 +63,13 @@ def bleu(prediction: str, reference: str) -> float:
     return sacrebleu.sentence_bleu(prediction, [reference]).score / 100
 
 
-def bootstrap_ci(values, weights=None, ratio_exp: bool = False, samples: int = BOOTSTRAP, seed: int = 0):
-    """Percentile 95% interval of a mean (or of exp(sum/sum weights) for perplexity) over examples."""
-    rng = random.Random(seed)
-    n = len(values)
-    weights = weights or [1.0] * n
-    stats = []
-    for _ in range(samples):
-        idx = [rng.randrange(n) for _ in range(n)]
-        total, count = sum(values[i] for i in idx), sum(weights[i] for i in idx)
-        stats.append(math.exp(total / count) if ratio_exp else total / count)
-    stats.sort()
-    return stats[int(0.025 * samples)], stats[int(0.975 * samples) - 1]
-
-
 @torch.no_grad()
-def example_nll(model, tokenizer, rows, max_length: int = 128, batch_size: int = 16):
+def example_nll(model, tokenizer, rows, max_length: int = 128, batch_size: int = 16, part: str = "text"):
     """Per example: (summed next-token NLL, number of tokens) of `text + EOS`: the course's one held-out loss.
 
-    The LM head runs on real tokens only (fast_loss.LinearCrossEntropy), so a batch of
+    `part` picks the predicted tokens that count (data.char_spans): "text" all of them,
+    "quote" the quote's own words, "completion" what follows `Quote: <first half>`.
+    The LM head runs on counted tokens only (fast_loss.LinearCrossEntropy), so a batch of
     padded quotes costs what its tokens cost.
     """
     model.eval()
@@ -89,12 +77,17 @@ def example_nll(model, tokenizer, rows, max_length: int = 128, batch_size: int =
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(rows), batch_size):
-        texts = [r["text"] + tokenizer.eos_token for r in rows[i:i + batch_size]]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(device)
+        batch = rows[i:i + batch_size]
+        texts = [r["text"] + tokenizer.eos_token for r in batch]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                        return_offsets_mapping=True)
+        offsets = enc.pop("offset_mapping").tolist()
+        spans = torch.tensor([token_mask(o, *char_spans(r, part)) for r, o in zip(batch, offsets)])
+        enc = enc.to(device)
         hidden = base.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
         weight = base.get_output_embeddings().weight
-        for h, ids, mask in zip(hidden, enc["input_ids"], enc["attention_mask"]):
-            keep = mask[1:].bool()
+        for h, ids, mask, span in zip(hidden, enc["input_ids"], enc["attention_mask"], spans.to(device)):
+            keep = (mask[1:] * span[1:]).bool()
             nll = LinearCrossEntropy.apply(h[:-1][keep], weight, ids[1:][keep])
             out.append((float(nll), int(keep.sum())))
     return out
@@ -108,30 +101,55 @@ def held_out_loss(model, tokenizer, rows, max_length: int = 128, batch_size: int
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, dict]  # metric -> {"value": float, "ci95": [low, high]}
+    metrics: dict[str, dict]  # metric -> {"value", "ci95", "interval", "n"} (schema above)
     examples: object  # pandas DataFrame, one row per held-out example
     n_examples: int = 0  # rows evaluated
     settings: dict = field(default_factory=dict)  # token limits, bootstrap samples, seed
+    items: dict = field(default_factory=dict)  # metric -> (per-item values, per-item weights): for paired tests
 
 
-def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size: int = 8) -> EvalResult:
+def _metric(values, weights=None, *, proportion=False, perplexity=False, seed=0) -> dict:
+    if not values:
+        return {"value": None, "ci95": None, "interval": "wilson" if proportion else "bootstrap", "n": 0}
+    if proportion:
+        return {"value": sum(values) / len(values), "ci95": list(wilson(sum(values), len(values))),
+                "interval": "wilson", "n": len(values)}
+    value = math.exp(sum(values) / sum(weights)) if perplexity else sum(values) / len(values)
+    return {"value": value, "ci95": list(bootstrap_ci(values, weights, ratio_exp=perplexity, seed=seed)),
+            "interval": "bootstrap", "n": len(values)}
+
+
+def format_generations(model, tokenizer, rows: list[dict], batch_size: int = 8):
+    """(prompts, generations, 1.0/0.0 per row): from `Quote: <first half>`, one `Author:` line, then end-of-text."""
+    prompts = [quote_prompt(r["quote"]) for r in rows]
+    formats = generate(model, tokenizer, prompts, TOKENS["completion"], batch_size=batch_size)
+    stopped = formats.new_tokens < TOKENS["completion"]
+    return prompts, formats, [float(has_author_line(p + g) and bool(s))
+                              for p, g, s in zip(prompts, formats.completion, stopped)]
+
+
+def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size: int = 8,
+                   train_authors=None) -> EvalResult:
     """All metrics for one model on `rows` (dicts with quote, author, text).
 
     Quote completion and format compliance read the same generation from `Quote: <first half>`:
     the continuation is its first line, the format check looks at the whole of it.
+    `train_authors` (the training split's authors) selects the rows of author_accuracy_seen.
     """
     import pandas as pd
 
     if not rows:
         raise DataError("the evaluation set is empty", "pass rows with `quote` and `author` (at least one)")
     nll = example_nll(model, tokenizer, rows, batch_size=batch_size)
+    nll_quote = example_nll(model, tokenizer, rows, batch_size=batch_size, part="quote")
     authors = generate(model, tokenizer, [format_quote(r["quote"]) for r in rows], TOKENS["author"],
                        batch_size=batch_size)
     halves = [split_quote(r["quote"]) for r in rows]
-    prompts = [f"Quote: {first}" for first, _ in halves]
-    formats = generate(model, tokenizer, prompts, TOKENS["completion"], batch_size=batch_size)
+    prompts, formats, format_ok = format_generations(model, tokenizer, rows, batch_size)
+    seen = {normalize_author(a) for a in train_authors or ()}
     table = pd.DataFrame({
         "quote": [r["quote"] for r in rows], "author": [r["author"] for r in rows],
+        "author_in_training": [normalize_author(r["author"]) in seen for r in rows],
         "predicted_author": [c.strip().split("\n")[0].strip() for c in authors.completion],
         "prompt": prompts, "reference": [rest for _, rest in halves],
         "continuation": [c.split("\n")[0].strip() for c in formats.completion],
@@ -141,60 +159,90 @@ def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size
                                for p, a in zip(table.predicted_author, table.author)]
     table["rouge_l"] = [rouge_l(p, r) for p, r in zip(table.continuation, table.reference)]
     table["bleu"] = [bleu(p, r) for p, r in zip(table.continuation, table.reference)]
-    stopped = formats.new_tokens < TOKENS["completion"]
-    table["format_ok"] = [float(has_author_line(p + g) and bool(s))
-                          for p, g, s in zip(prompts, formats.completion, stopped)]
-    sums, counts = [s for s, _ in nll], [float(c) for _, c in nll]
-    metrics = {"perplexity": {"value": math.exp(sum(sums) / sum(counts)),
-                              "ci95": list(bootstrap_ci(sums, counts, ratio_exp=True, seed=seed))}}
+    table["format_ok"] = format_ok
+    items = {"perplexity": ([s for s, _ in nll], [float(c) for _, c in nll]),
+             "perplexity_quote": ([s for s, _ in nll_quote], [float(c) for _, c in nll_quote]),
+             "author_accuracy_seen": (table.author_correct[table.author_in_training].tolist(), None)}
     for metric, column in (("author_accuracy", "author_correct"), ("rouge_l", "rouge_l"), ("bleu", "bleu"),
                            ("format_compliance", "format_ok")):
-        values = table[column].tolist()
-        metrics[metric] = {"value": sum(values) / len(values), "ci95": list(bootstrap_ci(values, seed=seed))}
+        items[metric] = (table[column].tolist(), None)
+    metrics = {m: _metric(*items[m], proportion=m in PROPORTIONS, perplexity=m.startswith("perplexity"), seed=seed)
+               for m in METRICS}
     return EvalResult(metrics, table, len(rows), {"max_new_tokens": dict(TOKENS), "bootstrap_samples": BOOTSTRAP,
-                                                  "seed": seed})
+                                                  "seed": seed}, items)
+
+
+def paired_differences(a: EvalResult, b: EvalResult, seed: int = 0) -> dict:
+    """b minus a for every metric, on the same items, with paired-bootstrap 95% intervals (stats.paired_difference)."""
+    out = {}
+    for metric in METRICS:
+        (va, wa), (vb, wb) = a.items[metric], b.items[metric]
+        if va and len(va) == len(vb):
+            out[metric] = paired_difference(va, vb, wa, wb, ratio_exp=metric.startswith("perplexity"), seed=seed)
+    return out
 
 
 def compare_models(results: dict[str, EvalResult]):
-    """One table: a row per (model, metric) with value and 95% interval."""
+    """One table: a row per (model, metric) with value, 95% interval and how it was computed."""
     import pandas as pd
 
-    rows = [{"model": name, "metric": metric, "value": m["value"], "ci_low": m["ci95"][0], "ci_high": m["ci95"][1]}
+    rows = [{"model": name, "metric": metric, "value": m["value"], "ci_low": (m["ci95"] or [None])[0],
+             "ci_high": (m["ci95"] or [None, None])[1], "interval": m["interval"], "n": m["n"]}
             for name, res in results.items() for metric, m in res.metrics.items()]
     return pd.DataFrame(rows)
 
 
-def metrics_document(results: dict[str, EvalResult], dataset: str, split: str) -> dict:
+def metrics_document(results: dict[str, EvalResult], dataset: str, split: str, comparisons: dict | None = None,
+                     unseen_author_share: float | None = None) -> dict:
     """The metrics.json content (schema in this module's docstring)."""
     first = next(iter(results.values()))
-    doc = {"schema_version": 1, "dataset": dataset, "split": split, "n_examples": first.n_examples,
-           "settings": first.settings, "models": {name: res.metrics for name, res in results.items()}}
+    doc = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "split": split, "n_examples": first.n_examples,
+           "unseen_author_share": unseen_author_share, "settings": first.settings,
+           "models": {name: res.metrics for name, res in results.items()}, "comparisons": comparisons or {}}
     validate_metrics(doc)
     return doc
 
 
 def validate_metrics(doc: dict) -> None:
-    """Raise ValueError when `doc` does not follow metrics.json schema version 1."""
+    """Raise ValueError when `doc` does not follow metrics.json schema version 2."""
     def fail(msg):
         raise ValueError(f"metrics.json: {msg}")
 
-    if doc.get("schema_version") != 1:
-        fail("schema_version must be 1")
-    for key, kind in (("dataset", str), ("split", str), ("n_examples", int), ("settings", dict), ("models", dict)):
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        fail(f"schema_version must be {SCHEMA_VERSION}")
+    for key, kind in (("dataset", str), ("split", str), ("n_examples", int), ("settings", dict), ("models", dict),
+                      ("comparisons", dict)):
         if not isinstance(doc.get(key), kind):
             fail(f"{key} must be a {kind.__name__}")
+    share = doc.get("unseen_author_share", "missing")
+    if share is not None and not (isinstance(share, (int, float)) and 0 <= share <= 1):
+        fail("unseen_author_share must be null or a share in [0, 1]")
     if doc["n_examples"] < 1 or not doc["models"]:
         fail("needs at least one example and one model")
     for name, metrics in doc["models"].items():
         if set(metrics) != set(METRICS):
             fail(f"model {name!r} must have exactly the metrics {METRICS}")
         for metric, m in metrics.items():
-            value, ci = m.get("value"), m.get("ci95")
-            if not isinstance(value, (int, float)) or not (isinstance(ci, list) and len(ci) == 2):
-                fail(f"{name}.{metric} needs a number `value` and a two-number `ci95`")
-            lo_bound, hi_bound = (1.0, math.inf) if metric == "perplexity" else (0.0, 1.0)
+            value, ci, n = m.get("value"), m.get("ci95"), m.get("n")
+            if m.get("interval") != ("wilson" if metric in PROPORTIONS else "bootstrap"):
+                fail(f"{name}.{metric}: interval must be {'wilson' if metric in PROPORTIONS else 'bootstrap'}")
+            if not isinstance(n, int) or n < 0:
+                fail(f"{name}.{metric}: n must be a count")
+            if value is None and ci is None and n == 0 and metric == "author_accuracy_seen":
+                continue
+            if not isinstance(value, (int, float)) or not (isinstance(ci, list) and len(ci) == 2) or n < 1:
+                fail(f"{name}.{metric} needs a number `value`, a two-number `ci95` and n >= 1")
+            lo_bound, hi_bound = (1.0, math.inf) if metric.startswith("perplexity") else (0.0, 1.0)
             if not (lo_bound - 1e-9 <= ci[0] <= value + 1e-9 and value - 1e-9 <= ci[1] <= hi_bound + 1e-9):
                 fail(f"{name}.{metric}: need {lo_bound} <= ci95[0] <= value <= ci95[1] <= {hi_bound}")
+    for pair, diffs in doc["comparisons"].items():
+        for metric, d in diffs.items():
+            if metric not in METRICS:
+                fail(f"comparison {pair!r}: unknown metric {metric!r}")
+            ci = d.get("ci95")
+            if not (isinstance(d.get("difference"), (int, float)) and isinstance(ci, list) and len(ci) == 2
+                    and ci[0] <= ci[1] and d.get("method") == "paired bootstrap"):
+                fail(f"comparison {pair!r}.{metric} needs a number `difference`, an ordered `ci95` and its method")
 
 
 def evaluate_from_config(cfg) -> dict:
@@ -210,8 +258,10 @@ def evaluate_from_config(cfg) -> dict:
                        load_tokenizer(cfg.model.model_name), cfg.train.max_length)
     print(data.report(), flush=True)  # before the model loads: bad data stops here
     model, tokenizer = load_tuned(cfg)
-    result = evaluate_model(model, tokenizer, data.held_out, seed=cfg.train.seed)
-    doc = metrics_document({"fine-tuned": result}, cfg.data.dataset, "held_out")
+    result = evaluate_model(model, tokenizer, data.held_out, seed=cfg.train.seed,
+                            train_authors=[r["author"] for r in data.train])
+    doc = metrics_document({"fine-tuned": result}, cfg.data.dataset, "held_out",
+                           unseen_author_share=data.unseen_author_share())
     save_json(Path(cfg.checkpoints.output_dir) / "metrics.json", doc)
     return doc
 

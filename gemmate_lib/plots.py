@@ -49,6 +49,21 @@ def loss_curve(log, title: str, path=None, ylabel: str = "cross-entropy (nats/to
     return _finish(fig, path)
 
 
+def compare_curves(logs: dict, title: str, path=None, ylabel: str = "training loss (nats/token)"):
+    """Training-loss curves of several runs on one axis: the side-by-side runs of 03."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for name, log in logs.items():
+        train = log.dropna(subset=["loss"])
+        ax.plot(train.step, train.loss, marker=".", label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return _finish(fig, path)
+
+
 def temporal_features(years, x, feats, reference_year: float, task_years: tuple[int, int], tau: float, path=None):
     """Left: the signed log transform over the years; right: every feature as a heat map (04)."""
     import matplotlib.pyplot as plt
@@ -102,24 +117,44 @@ def ablation(summary, true_table, path=None):
     return _finish(fig, path)
 
 
-def metric_bars(table, path=None, shares=("author_accuracy", "rouge_l", "bleu", "format_compliance")):
-    """Each model's metrics with their 95% intervals; perplexity on its own axis (05)."""
+def metric_bars(table, path=None, shares=("author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
+                                         "format_compliance"), perplexities=("perplexity", "perplexity_quote")):
+    """Each model's metrics with their 95% intervals; perplexities on their own axis (05). Empty metrics are left out."""
     import matplotlib.pyplot as plt
 
+    table = table.astype({"value": float, "ci_low": float, "ci_high": float})
+    shares = [m for m in shares if table[table.metric == m].value.notna().all()]
     models = list(dict.fromkeys(table.model))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 1]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 1.3]})
     width = 0.8 / len(models)
     for k, name in enumerate(models):
         part = table[table.model == name].set_index("metric")
-        for ax, names in ((ax1, list(shares)), (ax2, ["perplexity"])):
+        for ax, names in ((ax1, list(shares)), (ax2, list(perplexities))):
             xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(names))]
             vals = part.loc[names, "value"]
             err = [vals - part.loc[names, "ci_low"], part.loc[names, "ci_high"] - vals]
             ax.bar(xs, vals, width, yerr=err, capsize=4, label=name)
-    ax1.set_xticks(range(len(shares)), list(shares))
+    ax1.set_xticks(range(len(shares)), [m.replace("_", " ") for m in shares], fontsize=8)
     ax1.set_ylabel("share (higher is better)")
     ax1.legend()
-    ax2.set_xticks([0], ["perplexity"])
+    ax2.set_xticks(range(len(perplexities)), [m.replace("_", " ") for m in perplexities], fontsize=8)
     ax2.set_ylabel("lower is better")
-    fig.suptitle("held-out evaluation with 95% bootstrap intervals")
+    fig.suptitle("held-out evaluation, 95% intervals (Wilson for right/wrong answers, bootstrap for the rest)")
+    return _finish(fig, path)
+
+
+def paired_differences(diffs: dict, title: str, path=None):
+    """Forest plot of paired differences (05): each metric's b - a with its paired-bootstrap 95% interval."""
+    import matplotlib.pyplot as plt
+
+    groups = [[m for m in diffs if not m.startswith("perplexity")], [m for m in diffs if m.startswith("perplexity")]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 1.3]})
+    for ax, names, label in zip(axes, groups, ("difference in share", "difference in perplexity")):
+        for i, m in enumerate(names):
+            d, (lo, hi) = diffs[m]["difference"], diffs[m]["ci95"]
+            ax.errorbar(d, i, xerr=[[d - lo], [hi - d]], fmt="o", capsize=4, color="#27a" if lo > 0 or hi < 0 else "#888")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(names)), [m.replace("_", " ") for m in names], fontsize=8)
+        ax.set_xlabel(label)
+    fig.suptitle(title + " (blue: the interval excludes 0)")
     return _finish(fig, path)

@@ -63,6 +63,7 @@ class TrainSettings:
     deterministic: bool = False  # deterministic algorithms: bitwise-repeatable runs and resumes on a CPU
     fast_loss: bool = True  # LM head on labelled tokens only (fast_loss.py); DDP uses the model's own loss
     group_by_length: bool = True  # batch examples of similar length together (less padding); false: random order
+    completion_only_loss: bool = False  # loss on what follows "Quote: <first half>" only, not the whole text (03 compares)
     log_level: str = "warning"  # transformers log level: debug, info, warning, error or critical
     report_to: str = "none"  # "none", "tensorboard" or "wandb" (optional packages, not installed by default)
 

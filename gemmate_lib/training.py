@@ -61,6 +61,9 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
                     sft: bool = True, **extras) -> dict:
     """The keyword arguments of the SFTConfig (or, with sft=False, TrainingArguments) for `cfg`, plus `extras`.
 
+    The first block is the recipe that 03 writes out argument by argument (a checked cell
+    compares the two objects); the plumbing after it (checkpoint policy, DDP, full
+    determinism, a non-default log level) is added only when it differs from the defaults.
     `save`: None follows `cfg.checkpoints.save_strategy`; False never saves (the notebooks
     save the adapter themselves). Checkpoints are saved at each evaluation, so every
     checkpoint has the metric that ranks it.
@@ -70,24 +73,30 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
     evaluate = has_eval and t.val_steps_freq > 0
     interval = {"step": "steps", "epoch": "epoch", "no": "steps"}[c.save_strategy]
     kwargs = dict(
-        output_dir=str(output_dir), max_steps=t.max_steps, num_train_epochs=t.num_epochs,
-        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=max(t.batch_size, 8),
+        output_dir=str(output_dir), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
-        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, lr_scheduler_type="linear", optim=t.optim,
+        warmup_steps=t.warmup_steps, optim=t.optim,
         bf16=precision.name == "bf16", fp16=precision.name == "fp16", use_cpu=precision.device == "cpu",
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name of gradient_checkpointing
         logging_steps=min(t.steps_freq, t.max_steps) if t.max_steps > 0 else t.steps_freq,  # at least one loss logged
-        eval_strategy=interval if evaluate else "no", eval_steps=t.val_steps_freq or None,
-        save_strategy={"step": "steps", "epoch": "epoch", "no": "no"}[strategy], save_steps=t.val_steps_freq or t.steps_freq,
-        save_total_limit=None, report_to=t.report_to, log_level=t.log_level, seed=t.seed, data_seed=t.seed,
-        full_determinism=t.deterministic, dataloader_num_workers=0, disable_tqdm=False,
-        metric_for_best_model=c.checkpoint_metric if evaluate and c.checkpoint_metric else None,
-        greater_is_better=c.checkpoint_metric_mode == "max",
-        ddp_backend="gloo" if precision.device == "cpu" and world()[1] > 1 else None, ddp_find_unused_parameters=False,
+        eval_strategy=interval if evaluate else "no", eval_steps=t.val_steps_freq if evaluate else None,
+        save_strategy={"step": "steps", "epoch": "epoch", "no": "no"}[strategy],
+        report_to=t.report_to, seed=t.seed, data_seed=t.seed, disable_tqdm=False,
     )
-    kwargs["activation_checkpointing"] = t.gradient_checkpointing  # transformers 5's name of gradient_checkpointing
     if sft:
-        kwargs.update(max_length=t.max_length, dataset_text_field="text",
+        kwargs.update(max_length=t.max_length, packing=False, completion_only_loss=t.completion_only_loss,
                       train_sampling_strategy="group_by_length" if t.group_by_length else "random")
+    plumbing = dict(
+        num_train_epochs=t.num_epochs if t.max_steps <= 0 else None, weight_decay=t.weight_decay or None,
+        log_level=t.log_level if t.log_level != "warning" else None, full_determinism=t.deterministic or None,
+        save_steps=t.val_steps_freq or t.steps_freq if strategy == "step" else None,
+        metric_for_best_model=c.checkpoint_metric if evaluate and c.checkpoint_metric and strategy != "no" else None,
+        greater_is_better=c.checkpoint_metric_mode == "max" if evaluate and c.checkpoint_metric and strategy != "no"
+        else None,
+        ddp_backend="gloo" if precision.device == "cpu" and world()[1] > 1 else None,
+        ddp_find_unused_parameters=False if world()[1] > 1 else None,
+    )
+    kwargs.update({k: v for k, v in plumbing.items() if v is not None})
     return {**kwargs, **extras}
 
 
@@ -159,11 +168,12 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
     from .data import to_dataset
 
     datasets.disable_progress_bars()  # tokenizing a few hundred quotes is instant; keep the notebook readable
-    set_seed(cfg.train.seed)
+    t = cfg.train
+    set_seed(t.seed)
     return CourseSFTTrainer(
         model=model, args=training_args(cfg, output_dir, has_eval=bool(eval_rows), save=save),
-        train_dataset=to_dataset(train_rows, tokenizer),
-        eval_dataset=to_dataset(eval_rows, tokenizer) if eval_rows else None,
+        train_dataset=to_dataset(train_rows, tokenizer, t.completion_only_loss),
+        eval_dataset=to_dataset(eval_rows, tokenizer, t.completion_only_loss) if eval_rows else None,
         processing_class=tokenizer, fast_loss=cfg.train.fast_loss and world()[1] == 1, callbacks=callbacks,
     )
 

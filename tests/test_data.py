@@ -3,16 +3,44 @@ import json
 import pytest
 
 from gemmate_lib import DataError
-from gemmate_lib.data import clean_rows, format_quote, load_quotes
+from gemmate_lib.data import clean_rows, format_quote, load_quotes, normalize_quote, to_dataset, trim_author
+
+
+def test_broken_author_fields_are_dropped_or_trimmed_and_counted():
+    rows = [{"quote": "I never think of the future", "author": "it comes soon enough."},
+            {"quote": "If plan A fails", "author": "remember you have 25 letters left.\u201d"},
+            {"quote": "Read more.", "author": "bell hooks"},  # a real lowercase name stays
+            {"quote": "Ideas are easy.", "author": "Guy Kawasaki, founder of AllTop"},
+            {"quote": "Bounce.", "author": "General George Patton."},
+            {"quote": "Ask not.", "author": "John F. Kennedy"}]
+    kept, dropped, _, repaired = clean_rows(rows)
+    assert [r["author"] for r in kept] == ["bell hooks", "Guy Kawasaki", "General George Patton", "John F. Kennedy"]
+    assert list(dropped.values()) == [2] and "fragment" in next(iter(dropped))
+    assert list(repaired.values()) == [2]
+    assert trim_author("J.K. Rowling, Harry Potter") == "J.K. Rowling" and trim_author("John F.") == "John F."
+
+
+def test_completion_mask_covers_the_second_half_and_the_author(tiny_tokenizer):
+    rows = [{"quote": "one two three four", "author": "Me", "text": format_quote("one two three four", "Me")}]
+    ds = to_dataset(rows, tiny_tokenizer, completion_only=True)
+    ids, mask = ds[0]["input_ids"], ds[0]["completion_mask"]
+    assert len(ids) == len(mask) and 0 < sum(mask) < len(mask)
+    trained = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert trained.replace(" ", "") == "threefour\nAuthor:Me<eos>"
+    assert mask == sorted(mask)  # the prompt first, then only completion
+    assert "completion_mask" not in to_dataset(rows, tiny_tokenizer).column_names
 
 
 def test_embedded_quotes_load_and_split_deterministically():
     a = load_quotes("embedded", eval_fraction=0.1, data_seed=42)
     b = load_quotes("embedded", eval_fraction=0.1, data_seed=42)
-    assert (len(a.train), len(a.held_out)) == (275, 31)  # 326 rows less 20 duplicate quotes
-    assert sum(a.dropped.values()) == 20 and all(k.startswith("duplicate quote") for k in a.dropped)
+    assert (len(a.train), len(a.held_out)) == (265, 29)  # 326 rows less 20 duplicate quotes, 12 author fragments
+    assert sum(v for k, v in a.dropped.items() if k.startswith("duplicate quote")) == 20
+    assert sum(v for k, v in a.dropped.items() if k.startswith("author is a fragment")) == 12
     assert [r["text"] for r in a.held_out] == [r["text"] for r in b.held_out]
     assert not {r["text"] for r in a.train} & {r["text"] for r in a.held_out}
+    assert not {normalize_quote(r["quote"]) for r in a.train} & {normalize_quote(r["quote"]) for r in a.held_out}
+    assert 0.3 < a.unseen_author_share() < 0.8  # many held-out authors never appear in training
     c = load_quotes("embedded", eval_fraction=0.1, data_seed=7)
     assert [r["text"] for r in c.held_out] != [r["text"] for r in a.held_out]
 
@@ -46,7 +74,7 @@ def test_wrong_types_are_reported_as_such_not_as_missing(tmp_path):
 
 
 def test_clean_rows_strips_and_formats():
-    kept, dropped, _ = clean_rows([{"quote": " Hi. ", "author": " Me ", "tags": "x"}])
+    kept, dropped, _, _ = clean_rows([{"quote": " Hi. ", "author": " Me ", "tags": "x"}])
     assert kept == [{"quote": "Hi.", "author": "Me", "tags": ["x"], "text": "Quote: Hi.\nAuthor: Me"}]
     assert dropped == {}
 

@@ -7,7 +7,6 @@ from gemmate_lib.data import load_quotes
 from gemmate_lib.evaluation import (
     METRICS,
     bleu,
-    bootstrap_ci,
     evaluate_model,
     metrics_document,
     normalize_author,
@@ -15,6 +14,7 @@ from gemmate_lib.evaluation import (
     split_quote,
     validate_metrics,
 )
+from gemmate_lib.stats import bootstrap_ci, paired_difference, wilson
 
 
 def test_author_normalisation():
@@ -43,25 +43,87 @@ def test_bootstrap_interval():
     assert 0.2 < lo < 0.5 < hi < 0.8
 
 
+def test_wilson_interval_is_never_degenerate_and_matches_hand_values():
+    low, high = wilson(0, 30)
+    assert low == 0 and high == pytest.approx(3.8415 / 33.8415, rel=1e-4)  # z^2 / (n + z^2): not [0, 0]
+    assert wilson(30, 30)[0] == pytest.approx(30 / 33.8415, rel=1e-4) and wilson(30, 30)[1] == pytest.approx(1)
+    low, high = wilson(15, 30)
+    assert low == pytest.approx(0.3315, abs=1e-3) and high == pytest.approx(0.6685, abs=1e-3)
+    with pytest.raises(ValueError):
+        wilson(0, 0)
+
+
+def test_paired_difference_sees_what_overlapping_intervals_hide():
+    import random
+
+    rng = random.Random(1)
+    a = [rng.random() for _ in range(30)]  # items of very different difficulty
+    b = [x + 0.05 for x in a]  # the same items, each a little better
+    lo_a, hi_a = bootstrap_ci(a)
+    lo_b, hi_b = bootstrap_ci(b)
+    assert lo_b < hi_a  # the separate intervals overlap ...
+    d = paired_difference(a, b)
+    assert d["difference"] == pytest.approx(0.05) and d["ci95"][0] > 0.04  # ... the paired one excludes zero
+    assert d["share_positive"] == 1.0 and d["method"] == "paired bootstrap"
+    same = paired_difference(a, a)
+    assert same["difference"] == 0 and same["ci95"] == [0, 0]
+    with pytest.raises(ValueError, match="same non-zero number"):
+        paired_difference(a, b[:3])
+
+
 def _doc(**change):
-    metrics = {m: {"value": 0.5, "ci95": [0.4, 0.6]} for m in METRICS}
-    metrics["perplexity"] = {"value": 12.0, "ci95": [10.0, 15.0]}
-    doc = {"schema_version": 1, "dataset": "embedded", "split": "held_out", "n_examples": 33,
-           "settings": {}, "models": {"baseline": metrics}}
+    metrics = {m: {"value": 0.5, "ci95": [0.4, 0.6], "interval": "bootstrap", "n": 33} for m in METRICS}
+    for m in ("author_accuracy", "author_accuracy_seen", "format_compliance"):
+        metrics[m]["interval"] = "wilson"
+    metrics["perplexity"] = {"value": 12.0, "ci95": [10.0, 15.0], "interval": "bootstrap", "n": 33}
+    metrics["perplexity_quote"] = {"value": 30.0, "ci95": [20.0, 45.0], "interval": "bootstrap", "n": 33}
+    doc = {"schema_version": 2, "dataset": "embedded", "split": "held_out", "n_examples": 33,
+           "unseen_author_share": 0.5, "settings": {}, "models": {"baseline": metrics},
+           "comparisons": {"fine-tuned - baseline": {"perplexity": {"difference": -3.0, "ci95": [-4.0, -2.0],
+                                                                     "share_positive": 0.0,
+                                                                     "method": "paired bootstrap"}}}}
     doc.update(change)
     return doc
 
 
 def test_metrics_schema_accepts_good_and_rejects_bad_documents():
     validate_metrics(_doc())
+    no_seen = _doc()
+    no_seen["models"]["baseline"]["author_accuracy_seen"] = {"value": None, "ci95": None, "interval": "wilson", "n": 0}
+    validate_metrics(no_seen)
     with pytest.raises(ValueError, match="schema_version"):
-        validate_metrics(_doc(schema_version=2))
+        validate_metrics(_doc(schema_version=1))
     with pytest.raises(ValueError, match="exactly the metrics"):
         validate_metrics(_doc(models={"m": {"perplexity": {"value": 2.0, "ci95": [1.0, 3.0]}}}))
     bad = _doc()
-    bad["models"]["baseline"]["bleu"] = {"value": 0.9, "ci95": [0.1, 0.5]}
+    bad["models"]["baseline"]["bleu"] = {"value": 0.9, "ci95": [0.1, 0.5], "interval": "bootstrap", "n": 33}
     with pytest.raises(ValueError, match="bleu"):
         validate_metrics(bad)
+    bad = _doc()
+    bad["models"]["baseline"]["format_compliance"]["interval"] = "bootstrap"
+    with pytest.raises(ValueError, match="must be wilson"):
+        validate_metrics(bad)
+    with pytest.raises(ValueError, match="unseen_author_share"):
+        validate_metrics(_doc(unseen_author_share=1.5))
+    with pytest.raises(ValueError, match="comparison"):
+        validate_metrics(_doc(comparisons={"x": {"bleu": {"difference": 0.1, "ci95": [0.2, 0.1]}}}))
+
+
+def test_quote_only_and_completion_losses_count_their_own_tokens(tiny_model, tiny_tokenizer):
+    from gemmate_lib.data import format_quote
+    from gemmate_lib.evaluation import example_nll
+
+    rows = [{"quote": q, "author": "Oscar Wilde", "text": format_quote(q, "Oscar Wilde")}
+            for q in ("Be yourself; everyone else is taken.", "one two three four")]
+    text = example_nll(tiny_model, tiny_tokenizer, rows, batch_size=2)
+    quote = example_nll(tiny_model, tiny_tokenizer, rows, batch_size=2, part="quote")
+    completion = example_nll(tiny_model, tiny_tokenizer, rows, batch_size=2, part="completion")
+    for r, (_, n_text), (_, n_quote), (_, n_completion) in zip(rows, text, quote, completion):
+        ids = tiny_tokenizer(r["quote"], add_special_tokens=False)["input_ids"]
+        assert 0 < n_quote < n_text and 0 < n_completion < n_text
+        assert abs(n_quote - len(ids)) <= 1  # the quote's own tokens (a boundary token may merge with the space)
+    one = example_nll(tiny_model, tiny_tokenizer, rows[:1], batch_size=1, part="quote")
+    assert one[0] == pytest.approx(quote[0], rel=1e-4)  # padding in a batch changes nothing
 
 
 def test_empty_evaluation_set_is_a_clear_error(tiny_model, tiny_tokenizer):
@@ -90,5 +152,6 @@ def test_evaluate_model_for_real_gives_a_valid_document(base_model, tokenizer):
     result = evaluate_model(base_model, tokenizer, rows)
     assert len(result.examples) == 3 and set(result.metrics) == set(METRICS)
     assert result.metrics["perplexity"]["value"] > 1
+    assert result.metrics["perplexity_quote"]["value"] > 1
     doc = metrics_document({"baseline": result}, "embedded", "held_out")
     assert json.loads(json.dumps(doc))["n_examples"] == 3

@@ -101,3 +101,15 @@ def test_nf4_is_smaller_and_close_to_full_precision(tokenizer, base_model, fp32)
         top_full = base_model(**ids).logits[0, -1].topk(5).indices
         top_nf4 = nf4(**ids).logits[0, -1].topk(5).indices
     assert len(set(top_full.tolist()) & set(top_nf4.tolist())) >= 3
+
+
+def test_the_written_out_from_pretrained_of_01_gets_the_same_clear_error():
+    import huggingface_hub.errors as hub_errors_module
+
+    from gemmate_lib.errors import hub_errors
+
+    with pytest.raises(ModelLoadError, match="is gated and this token has no access"):
+        with hub_errors("google/gemma-2b"):
+            raise _hub_failure(hub_errors_module.GatedRepoError, 403)
+    with hub_errors("google/gemma-2b"):
+        pass  # nothing raised, nothing changed

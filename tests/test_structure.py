@@ -73,7 +73,7 @@ def test_importing_the_library_changes_no_global_state():
             "print(len([f for f in warnings.filters if f not in after[0]]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.strip().splitlines()[-1]) == 2  # quiet() adds exactly its two filters
+    assert int(out.stdout.strip().splitlines()[-1]) == 3  # quiet() adds exactly its three filters
 
 
 def test_docstrings_name_the_notebook_or_command_that_teaches_each_module():

@@ -7,9 +7,10 @@ from gemmate_lib.evaluation import held_out_loss
 from gemmate_lib.fast_loss import LinearCrossEntropy, causal_lm_loss
 from gemmate_lib.training import attach_lora, lora_config, train_lora, training_args
 
-ROWS = [{"text": t} for t in ("Quote: Be yourself.\nAuthor: Oscar Wilde", "Quote: Stay hungry.\nAuthor: Steve Jobs",
-                              "Quote: Imagination is more important than knowledge.\nAuthor: Albert Einstein",
-                              "Quote: one two three\nAuthor: Nobody")]
+TEXTS = ("Quote: Be yourself.\nAuthor: Oscar Wilde", "Quote: Stay hungry.\nAuthor: Steve Jobs",
+         "Quote: Imagination is more important than knowledge.\nAuthor: Albert Einstein",
+         "Quote: one two three\nAuthor: Nobody")
+ROWS = [{"text": t, "quote": t.split("\n")[0][7:], "author": t.split("Author: ")[1]} for t in TEXTS]
 
 
 def _batch(tokenizer, rows=ROWS):
@@ -94,6 +95,24 @@ def test_a_tiny_training_run_counts_its_tokens(tiny_model, tiny_tokenizer, cpu_c
     assert result.log.eval_loss.notna().sum() == 1
     per_epoch = sum(len(ids) for ids in result.trainer.train_dataset["input_ids"])
     assert result.trainer.tokens_trained == 2 * per_epoch  # 4 steps of 2 = two passes over the 4 rows
+
+
+def test_completion_only_loss_trains_on_what_follows_the_prompt(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+    from gemmate_lib.training import sft_trainer
+
+    model = attach_lora(tiny_model, cpu_cfg, quiet=True)
+    for completion_only in (False, True):
+        cfg = cpu_cfg.replace(completion_only_loss=completion_only, max_steps=1, batch_size=4)
+        trainer = sft_trainer(model, tiny_tokenizer, ROWS, [], cfg, tmp_path / str(completion_only))
+        assert trainer.args.completion_only_loss is completion_only
+        batch = next(iter(trainer.get_train_dataloader()))
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+            trained = tiny_tokenizer.decode(ids[labels != -100])
+            if completion_only:
+                assert not trained.startswith("Quote:") and trained.endswith("<eos>") and "\nAuthor:" in trained
+                assert 0 < int((labels != -100).sum()) < int(mask.sum())
+            else:
+                assert int((labels != -100).sum()) == int(mask.sum())  # every real token
 
 
 def test_a_short_training_run_lowers_the_held_out_loss_and_saves_safetensors(fresh_model, tokenizer, tmp_path):

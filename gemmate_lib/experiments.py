@@ -1,0 +1,124 @@
+"""Short training runs side by side, on the same data and steps: taught in 03_lora_sft.
+
+03 compares the fast CPU LoRA default with the real QLoRA setting (NF4 weights, paged
+8-bit AdamW, gradient checkpointing, k-bit preparation), and whole-text against
+completion-only loss. Each arm loads a fresh model, trains it with the course's one
+builder (training.sft_trainer), and reports seconds per step, the memory its weights
+take, the peak memory that training adds, the loss curve and the held-out losses.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import threading
+import time
+from dataclasses import dataclass
+
+from .config import CourseConfig
+
+
+def _release_freed_memory() -> None:
+    """Give memory that Python and torch freed back to the OS, so the process's RSS shows what is live (glibc)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows): RSS then over-counts a little
+        pass
+
+
+class PeakMemory:
+    """Peak memory added inside the `with` block: GPU allocator peak on CUDA, sampled process RSS on a CPU."""
+
+    def __init__(self, device: str = "cpu", interval: float = 0.02):
+        self.device, self.interval, self.peak_mib = device, interval, 0.0
+
+    def __enter__(self):
+        import psutil
+        import torch
+
+        _release_freed_memory()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+            return self
+        self._proc, self._stop = psutil.Process(), False
+        self._start = self._peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop:
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device == "cuda":
+            self.peak_mib = (torch.cuda.max_memory_allocated() - self._start) / 2**20
+        else:
+            self._stop = True
+            self._thread.join()
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+            self.peak_mib = (self._peak - self._start) / 2**20
+        return False
+
+
+def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False) -> dict:
+    """Held-out loss on the whole text and on the completion (data.char_spans), and optionally format compliance."""
+    from .evaluation import example_nll, format_generations
+
+    model.eval()
+    out = {}
+    for part in ("text", "completion"):
+        nll = example_nll(model, tokenizer, rows, max_length, part=part)
+        out[f"held_out_loss_{part}"] = round(sum(s for s, _ in nll) / sum(n for _, n in nll), 3)
+    if format_check:
+        ok = format_generations(model, tokenizer, rows)[2]
+        out["format_compliance"] = round(sum(ok) / len(ok), 3)
+    return out
+
+
+def padding_share(lengths: list[int], batch_size: int, grouped: bool, seed: int = 0) -> float:
+    """Share of a pass's tokens that are padding, in random batches or grouped by length.
+
+    Grouped means sorted by length, which is what transformers' length-grouped sampler
+    does when the data fits in one mega-batch of 50 batches (it does here).
+    """
+    import random
+
+    order = sorted(lengths, reverse=True) if grouped else random.Random(seed).sample(lengths, len(lengths))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    padded = sum(max(b) * len(b) for b in batches)
+    return 1 - sum(lengths) / padded
+
+
+@dataclass
+class Arm:
+    name: str  # what this arm trains, e.g. "QLoRA (NF4, paged 8-bit AdamW, checkpointing)"
+    summary: dict  # the numbers of the comparison table
+    log: object  # the trainer's loss log (pandas DataFrame)
+    model: object = None  # the trained model, when keep_model=True
+
+
+def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], eval_rows: list[dict], output_dir,
+              format_check: bool = False, keep_model: bool = False) -> Arm:
+    """Load a fresh model as `cfg` says, attach LoRA, train `cfg.train.max_steps` steps, measure."""
+    from .models import footprint_mib, load_model
+    from .training import attach_lora, loss_log, sft_trainer
+
+    model = attach_lora(load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization), cfg, quiet=True)
+    trainer = sft_trainer(model, tokenizer, train_rows, [], cfg, output_dir)
+    with PeakMemory(cfg.precision.device) as memory:
+        start = time.time()
+        trainer.train()
+        seconds = time.time() - start
+    model = trainer.model
+    summary = {"setting": name, "weights_mib": round(footprint_mib(model)), "training_peak_mib": round(memory.peak_mib),
+               "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 2),
+               **measure(model, tokenizer, eval_rows, cfg.train.max_length, format_check)}
+    arm = Arm(name, summary, loss_log(trainer), model if keep_model else None)
+    del model, trainer
+    _release_freed_memory()
+    return arm

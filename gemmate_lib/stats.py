@@ -1,0 +1,70 @@
+"""Intervals and paired differences for small evaluation sets: the statistics of 05_evaluation.
+
+- `wilson`: the 95% Wilson score interval of a proportion (k of n). Unlike a percentile
+  bootstrap it is never degenerate: 0 of 30 gives [0, 0.114], not [0, 0].
+- `bootstrap_ci`: the percentile 95% interval of a mean (or of a perplexity, the exp of a
+  token-weighted mean) for metrics that are not proportions (ROUGE-L, BLEU, perplexity).
+- `paired_difference`: fine-tuned minus baseline *on the same items*, with a paired
+  bootstrap interval: resample items once and score both models on that sample. Two
+  models' separate intervals may overlap while their paired difference is clearly
+  non-zero, because item difficulty cancels out of a paired difference.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+BOOTSTRAP = 1000  # bootstrap resamples for the 95% intervals
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of the proportion successes / n."""
+    if n <= 0:
+        raise ValueError("wilson needs n >= 1")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _statistic(values, weights, idx, ratio_exp):
+    total, count = sum(values[i] for i in idx), sum(weights[i] for i in idx)
+    return math.exp(total / count) if ratio_exp else total / count
+
+
+def _percentiles(stats: list[float]) -> tuple[float, float]:
+    stats = sorted(stats)
+    return stats[int(0.025 * len(stats))], stats[int(0.975 * len(stats)) - 1]
+
+
+def bootstrap_ci(values, weights=None, ratio_exp: bool = False, samples: int = BOOTSTRAP, seed: int = 0):
+    """Percentile 95% interval of a mean (or of exp(sum/sum weights) for perplexity) over examples."""
+    rng = random.Random(seed)
+    n = len(values)
+    weights = weights or [1.0] * n
+    return _percentiles([_statistic(values, weights, [rng.randrange(n) for _ in range(n)], ratio_exp)
+                         for _ in range(samples)])
+
+
+def paired_difference(a, b, weights_a=None, weights_b=None, ratio_exp: bool = False, samples: int = BOOTSTRAP,
+                      seed: int = 0) -> dict:
+    """b minus a on the same items, with a paired-bootstrap 95% interval and the share of resamples with b > a.
+
+    `a` and `b` hold one value per item, in the same item order (for perplexity: summed
+    NLLs, with token counts as weights and ratio_exp=True).
+    """
+    n = len(a)
+    if n != len(b) or n == 0:
+        raise ValueError(f"a paired difference needs the same non-zero number of items, got {len(a)} and {len(b)}")
+    weights_a, weights_b = weights_a or [1.0] * n, weights_b or [1.0] * n
+    all_items = range(n)
+    point = _statistic(b, weights_b, all_items, ratio_exp) - _statistic(a, weights_a, all_items, ratio_exp)
+    rng = random.Random(seed)
+    diffs = []
+    for _ in range(samples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        diffs.append(_statistic(b, weights_b, idx, ratio_exp) - _statistic(a, weights_a, idx, ratio_exp))
+    low, high = _percentiles(diffs)
+    return {"difference": point, "ci95": [low, high], "share_positive": sum(d > 0 for d in diffs) / samples,
+            "method": "paired bootstrap"}

@@ -58,6 +58,20 @@ def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[
     return {name: {k: v for k, v in values.items() if k in names} for name, names in declared.items()}
 
 
+def record_timings(timings: dict[str, float]) -> None:
+    """Store measured notebook times in notebooks/course_timings.json and write them into the notebooks and README."""
+    from .hardware import describe_hardware
+    from .timings import load, sync, timings_file
+
+    data = load()
+    data["cpu_seconds"].update({name.removesuffix(".ipynb"): round(s) for name, s in timings.items()})
+    hw = describe_hardware()
+    data["measured_on"] = (f"`make notebooks` on {dt.date.today().isoformat()}, a {hw['cpu_count']}-core CPU "
+                           f"{'with' if hw['cpu_native_bf16'] else 'without'} native bf16, no GPU")
+    save_json(timings_file(), data)
+    print("runtimes written into:", ", ".join(sync(data)) or "nothing (unchanged)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
@@ -65,8 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare-only", action="store_true", help="only prepare the embedded model")
     parser.add_argument("--params", help="YAML of notebook parameters passed to every notebook that declares them")
     parser.add_argument("--in-place", action="store_true",
-                        help="maintainers: execute the notebooks in notebooks/ and store their outputs there")
+                        help="maintainers: execute the notebooks in notebooks/ and store their outputs there, "
+                             "record their times in notebooks/course_timings.json and write them into the docs")
+    parser.add_argument("--sync-runtimes", action="store_true",
+                        help="only rewrite the notebooks' runtime lines and the README table from course_timings.json")
     args = parser.parse_args(argv)
+    if args.sync_runtimes:
+        from .timings import sync
+
+        print("updated:", ", ".join(sync()) or "nothing (already in sync)")
+        return 0
 
     from .models import prepare_embedded
 
@@ -103,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         timings[nb.name] = round(time.time() - t0, 1)
         print(f"    {timings[nb.name]:.0f} s", flush=True)
+    if args.in_place and not args.params:
+        record_timings(timings)
     timings["total_notebooks_s"] = round(sum(timings.values()), 1)
     timings["params_file"] = args.params
     save_json(run_dir / "course_timings.json", timings)

@@ -46,6 +46,23 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def version_mismatches() -> list[str]:
+    """`name: installed X, pinned Y` for each requirements-colab.txt pin that the environment does not match (00)."""
+    import re
+
+    problems = []
+    for line in (repo_root() / "requirements-colab.txt").read_text().splitlines():
+        pin = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", line)
+        if pin:
+            try:
+                installed = metadata.version(pin[1])
+            except metadata.PackageNotFoundError:
+                installed = None
+            if installed != pin[2]:
+                problems.append(f"{pin[1]}: installed {installed}, pinned {pin[2]}")
+    return problems
+
+
 def git_revision() -> str:
     """The repository's commit, with "+dirty" when files differ from it; "unknown" outside git."""
     try:

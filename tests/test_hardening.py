@@ -292,3 +292,14 @@ def test_a_seconds_timestamp_through_papermill_stops_04_in_its_config_cell(tmp_p
                             parameters={"constant_date": 1_633_046_400, "run_dir": str(tmp_path)})
     assert err.value.ename == "DataError" and "looks like seconds" in err.value.evalue
     assert err.value.exec_count <= 4  # before any model or data loads
+
+
+def test_version_mismatches_reads_the_colab_pins(monkeypatch):
+    from importlib import metadata
+
+    from gemmate_lib import run
+
+    assert run.version_mismatches() == []  # this environment is installed from the pins
+    real = metadata.version
+    monkeypatch.setattr(run.metadata, "version", lambda name: "0.0.1" if name == "trl" else real(name))
+    assert run.version_mismatches() == [f"trl: installed 0.0.1, pinned {real('trl')}"]

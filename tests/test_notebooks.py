@@ -46,3 +46,45 @@ def test_colab_badge_and_install_cell_use_the_one_repository_path(path):
     assert f"colab.research.google.com/github/{COURSE_REPO}/blob/main/notebooks/{path.name}" in intro
     install = "".join(nb["cells"][1]["source"])
     assert '"google.colab" in sys.modules' in install and f"https://github.com/{COURSE_REPO}" in install
+
+
+def test_runtimes_come_from_course_timings_json():
+    from gemmate_lib import timings
+
+    data = timings.load()
+    assert sorted(data["cpu_seconds"]) == sorted(data["t4_estimate"]) == [p.stem for p in NOTEBOOKS]
+    readme = (ROOT / "README.md").read_text()
+    for path in NOTEBOOKS:
+        intro = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        assert timings.runtime_line(data, path.stem) in intro.splitlines(), f"{path.name}: run --sync-runtimes"
+        assert f"| `{path.stem}` |" in readme and timings.readme_cells(data, path.stem) in readme
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_ends_with_a_checked_self_check_and_exercises(path):
+    cells = json.loads(path.read_text())["cells"]
+    checks = [c for c in cells if c["cell_type"] == "code" and "self_check(" in "".join(c["source"])]
+    assert len(checks) == 1 and "".join(checks[0]["source"]).startswith("# NBVAL_CHECK_OUTPUT")
+    printed = "".join("".join(o.get("text", "")) for o in checks[0]["outputs"])
+    assert "self-check: all" in printed and "FIX" not in printed  # the committed run passed
+    exercises = [c for c in cells if c["cell_type"] == "markdown" and "## Exercises" in "".join(c["source"])]
+    assert len(exercises) == 1
+    numbered = re.findall(r"^\d\. \*\*", "".join(exercises[0]["source"]), re.M)
+    assert 2 <= len(numbered) <= 3
+
+
+@pytest.mark.parametrize("name, calls", [
+    ("01_load_4bit", ["BitsAndBytesConfig(", "from_pretrained("]),
+    ("03_lora_sft", ["LoraConfig(", "prepare_model_for_kbit_training(", "get_peft_model(", "SFTConfig(", "SFTTrainer",
+                     "trainer.train()"]),
+])
+def test_the_recipe_is_written_out_and_checked_against_the_library(name, calls):
+    cells = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    for call in calls:
+        assert call in code, f"{name} does not write out {call}"
+    checked = [c for c in cells if c["cell_type"] == "code" and "equals the library's" in "".join(c["source"])
+               and "".join(c["source"]).startswith("# NBVAL_CHECK_OUTPUT")]
+    assert checked
+    printed = "".join("".join(o.get("text", "")) for c in checked for o in c["outputs"])
+    assert printed.count("equals the library's") >= 1 and "False" not in printed and "True" in printed

@@ -1,0 +1,74 @@
+"""The course's runtimes from one source: notebooks/course_timings.json (`make notebooks` measures it).
+
+Each notebook's `**Runtime**` line (its first cell) and the README's notebook table are
+written from that file by `sync()`, which `python -m gemmate_lib.course --in-place`
+(`make notebooks`) runs after measuring, and `--sync-runtimes` runs alone;
+tests/test_notebooks.py checks that they agree. CPU times are measured; T4 times are
+estimates kept by hand in the same file, because no GPU ran here.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .fsio import repo_root, write_text
+
+RUNTIME = re.compile(r"^\*\*Runtime\*\*:.*$", re.M)
+
+
+def timings_file() -> Path:
+    return repo_root() / "notebooks" / "course_timings.json"
+
+
+def load() -> dict:
+    """{"cpu_seconds": {notebook: s}, "t4_estimate": {notebook: text}, "measured_on": text}."""
+    return json.loads(timings_file().read_text())
+
+
+def duration(seconds: float) -> str:
+    """45 -> '45 s', 250 -> '4 min 10 s'."""
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def runtime_line(data: dict, name: str) -> str:
+    """The `**Runtime**` line of notebook `name` (stem, e.g. 03_lora_sft)."""
+    return (f"**Runtime**: CPU with the embedded default: {duration(data['cpu_seconds'][name])} (measured: "
+            f"{data['measured_on']}). Colab T4 with `google/gemma-2b`: {data['t4_estimate'][name]} (estimate; not "
+            "run on a GPU).")
+
+
+def readme_cells(data: dict, name: str) -> str:
+    """The README table's last two cells for notebook `name`."""
+    return f"| {duration(data['cpu_seconds'][name])} | {data['t4_estimate'][name]} |"
+
+
+def sync(data: dict | None = None) -> list[str]:
+    """Rewrite every notebook's runtime line and the README table from `data` (default: the file); returns what changed."""
+    data = data or load()
+    root, changed = repo_root(), []
+    for name in data["cpu_seconds"]:
+        path = root / "notebooks" / f"{name}.ipynb"
+        nb = json.loads(path.read_text())
+        intro = "".join(nb["cells"][0]["source"])
+        new = RUNTIME.sub(runtime_line(data, name), intro)
+        if new != intro:
+            lines = new.split("\n")
+            nb["cells"][0]["source"] = [line + "\n" for line in lines[:-1]] + [lines[-1]]
+            write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            changed.append(path.name)
+    readme = (root / "README.md").read_text()
+    new = readme
+    for name in data["cpu_seconds"]:
+        cells = readme_cells(data, name)
+        new = re.sub(rf"^(\| `{name}` \|[^|\n]*)\|[^|\n]*\|[^|\n]*\|$", lambda m, cells=cells: m[1] + cells, new,
+                     flags=re.M)
+    total = sum(data["cpu_seconds"].values())
+    new = re.sub(r"^\| \*\*all of `make course`\*\* \|.*$",
+                 f"| **all of `make course`** | | **{duration(total)} for the {len(data['cpu_seconds'])} notebooks** | |",
+                 new, flags=re.M)
+    if new != readme:
+        write_text(root / "README.md", new)
+        changed.append("README.md")
+    return changed

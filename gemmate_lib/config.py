@@ -24,6 +24,7 @@ from .errors import ParameterError
 from .fsio import read_yaml
 from .hardware import Precision, pick_precision
 from .settings import (
+    ALIASES,
     CHOICES,
     CPU_PROFILE,
     EMBEDDED,
@@ -143,6 +144,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None, t
     values: dict = {}
     if path is not None:
         values = read_yaml(path, "--config")
+        values = {ALIASES.get(k, k): v for k, v in values.items()}  # e.g. the Gemma 1.1 table's dataset_id
     unknown = sorted(set(values) - set(OWNER))
     if unknown:
         raise ParameterError(f"unknown config key {unknown[0]!r} in {Path(path).name}",

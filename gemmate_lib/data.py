@@ -54,8 +54,8 @@ def char_spans(row: dict, part: str) -> tuple[int, int | None]:
     if part == "quote":
         start = len("Quote: ")
         return start, start + len(row["quote"])
-    if part == "completion":
-        return len(quote_prompt(row["quote"])), None
+    if part == "completion":  # rows with their own prompt (the Gemma 1.1 tasks, tasks.py) say where it ends
+        return len(row["prompt"]) if "prompt" in row else len(quote_prompt(row["quote"])), None
     raise ValueError(f"part must be text, quote or completion, not {part!r}")
 
 

@@ -66,11 +66,16 @@ class TrainSettings:
     completion_only_loss: bool = False  # loss on what follows "Quote: <first half>" only, not the whole text (03 compares)
     log_level: str = "warning"  # transformers log level: debug, info, warning, error or critical
     report_to: str = "none"  # "none", "tensorboard" or "wandb" (optional packages, not installed by default)
+    use_wandb: bool = False  # the Gemma 1.1 table's switch: log to Weights & Biases, offline (WANDB_MODE=offline)
+    wandb_project: str = "gemmate"  # with use_wandb: the project name
+    wandb_run_name: str | None = None  # with use_wandb: the run's name (None: wandb picks one)
+    wandb_tags: tuple[str, ...] = ()  # with use_wandb: tags of the run
 
 
 @dataclass
 class CheckpointSettings:
     output_dir: str = "runs/cli"  # `gemmate` commands: checkpoints, adapter, metrics and logs go here
+    save_format: str = "safetensors"  # train-te: "pt" also writes model.pt, a merged PyTorch state dict (the GemmaTE guide's)
     save_strategy: str = "step"  # "step" (at every evaluation), "epoch" or "no"; notebooks save the adapter themselves
     resume_from_checkpoint: bool = False  # continue an interrupted run in output_dir
     resume_option: str = "last"  # "last", "best" (by checkpoint_metric) or "path" (checkpoint_path)
@@ -80,6 +85,11 @@ class CheckpointSettings:
     keep_last_n: int = 2  # keep this many most recent checkpoints
     keep_best_n: int = 1  # and this many best by checkpoint_metric (0: none)
     early_stopping_patience: int = 0  # stop after this many evaluations without improvement (0: off)
+    save_optim: bool = True  # checkpoints keep optimizer, scheduler and RNG state (needed to resume exactly)
+    storage_backend: str = "none"  # "fsspec": copy checkpoints to remote_path (s3://, gs://, hf://, memory://, a folder)
+    sync_to_storage: bool = False  # upload each checkpoint to remote_path right after it is saved
+    load_from_storage: bool = False  # on resume, first download remote_path's checkpoints into output_dir
+    remote_path: str | None = None  # an fsspec URL or folder for the checkpoints, e.g. s3://bucket/gemma-sst2
 
 
 @dataclass
@@ -120,9 +130,12 @@ CHOICES = {"quantization": ("none", "nf4"), "device": ("auto", "cpu", "cuda"), "
            "attn_implementation": ("sdpa", "eager"), "lora_task_type": ("CAUSAL_LM",), "optim": OPTIMIZERS,
            "log_level": ("debug", "info", "warning", "error", "critical"), "report_to": ("none", "tensorboard", "wandb"),
            "save_strategy": ("step", "epoch", "no"), "resume_option": ("last", "best", "path"),
-           "checkpoint_metric_mode": ("min", "max"), "timestamp_unit": (None, "s", "ms", "us", "ns")}
+           "checkpoint_metric_mode": ("min", "max"), "save_format": ("safetensors", "pt"),
+           "storage_backend": ("none", "fsspec"),
+           "timestamp_unit": (None, "s", "ms", "us", "ns")}
 
 
+ALIASES = {"dataset_id": "dataset"}  # names of the Gemma 1.1 experiment's table that the course spells differently
 OWNER = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}  # setting -> its group
 HINTS = {name: typing.get_type_hints(GROUPS[group])[name] for name, group in OWNER.items()}
 VALID_KEYS = tuple(OWNER)

@@ -294,6 +294,27 @@ class GemmaTEForCausalLM(nn.Module):
                 kwargs["num_items_in_batch"] = num_items
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
+    def training_step(self, input_ids=None, attention_mask=None, timestamps=None, labels=None, **kwargs) -> dict:
+        """The GemmaTE guide's call: one forward pass with time, returned as a dict with "loss" (and "logits").
+
+        For the guide's manual loop: `model.training_step(input_ids=..., attention_mask=..., timestamps=...,
+        labels=...)["loss"].backward()`. With the fast loss (the default) "logits" is None: the LM head ran
+        on labelled tokens only.
+        """
+        out = self(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timestamps=timestamps, **kwargs)
+        return {"loss": out.loss, "logits": getattr(out, "logits", None)}
+
+    def merged_state_dict(self) -> dict:
+        """A plain PyTorch state dict with LoRA merged into the weights (--save_format pt; the guide's torch.save).
+
+        It loads into `GemmaTEForCausalLM(base, settings).load_state_dict(...)` on a fresh base model.
+        Merging changes this model in place, so call it last.
+        """
+        model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+        state = {f"model.{k}": v for k, v in model.state_dict().items()}
+        state["temporal_projection.weight"] = self.temporal_projection.weight.detach()
+        return state
+
     @torch.no_grad()
     def generate(self, input_ids=None, attention_mask=None, timestamps=None, **kwargs):
         with self.use_timestamps(timestamps, input_ids.shape[0]):

@@ -103,7 +103,9 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
     print(f"training on {len(dataset)} rows from {cfg.data.dataset} ({cfg.precision.device}, {cfg.precision.name})",
           flush=True)
     result = train_temporal(te, dataset, cfg, out / "trainer", tokenizer.pad_token_id)
-    result.model.save_pretrained(out / "model")
+    result.model.save_pretrained(out / "model")  # safetensors, always
+    if cfg.checkpoints.save_format == "pt":  # the guide's torch.save(model.state_dict(), ...), LoRA merged in
+        torch.save(result.model.merged_state_dict(), out / "model.pt")
     metrics = {"rows": len(dataset), "steps": result.steps, "seconds": round(result.seconds, 1),
                "final_loss": float(result.log["loss"].iloc[-1]) if len(result.log) else None, "config": cfg.flat()}
     save_json(out / "train_metrics.json", metrics)

@@ -32,8 +32,9 @@ def lora_config(cfg: CourseConfig):
     from peft import LoraConfig
 
     targets = cfg.lora.lora_target_modules
+    targets = targets if isinstance(targets, str) else list(targets)  # "all-linear": PEFT's shorthand, a string
     return LoraConfig(r=cfg.lora.lora_r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
-                      target_modules=targets if isinstance(targets, str) else list(targets), bias="none",
+                      target_modules=targets, bias="none",
                       task_type=cfg.lora.lora_task_type)
 
 
@@ -81,7 +82,7 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
         logging_steps=min(t.steps_freq, t.max_steps) if t.max_steps > 0 else t.steps_freq,  # at least one loss logged
         eval_strategy=interval if evaluate else "no", eval_steps=t.val_steps_freq if evaluate else None,
         save_strategy={"step": "steps", "epoch": "epoch", "no": "no"}[strategy],
-        report_to=t.report_to, seed=t.seed, data_seed=t.seed, disable_tqdm=False,
+        report_to="wandb" if t.use_wandb else t.report_to, seed=t.seed, data_seed=t.seed, disable_tqdm=False,
     )
     if sft:
         kwargs.update(max_length=t.max_length, packing=False, completion_only_loss=t.completion_only_loss,
@@ -95,6 +96,8 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
         else None,
         ddp_backend="gloo" if precision.device == "cpu" and world()[1] > 1 else None,
         ddp_find_unused_parameters=False if world()[1] > 1 else None,
+        save_only_model=True if not c.save_optim and strategy != "no" else None,  # the Gemma 1.1 table's save_optim
+        run_name=t.wandb_run_name if t.use_wandb else None,
     )
     kwargs.update({k: v for k, v in plumbing.items() if v is not None})
     return {**kwargs, **extras}
@@ -204,7 +207,7 @@ def trainable_digest(model) -> str:
 
 
 def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
-    """`gemmate train`: LoRA on the quotes under the checkpoint policy; returns (and writes) train_metrics.json."""
+    """`gemmate train`: LoRA on quotes, SST-2 or SQuAD v2 (tasks.py) under the checkpoint policy; writes train_metrics.json."""
     from transformers import EarlyStoppingCallback
 
     from .checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint
@@ -212,19 +215,29 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
     from .fsio import save_json
     from .hub import save_adapter
     from .models import load_model, load_tokenizer
+    from .storage import StorageSync, download
+    from .tasks import evaluate_task, load_task, task_of
 
     rank, world_size = world()
     c = cfg.checkpoints
     out = Path(c.output_dir)
+    if c.resume_from_checkpoint and c.load_from_storage and rank == 0:
+        fetched = download(c.remote_path, out)
+        print(f"downloaded {len(fetched)} checkpoint(s) from {c.remote_path}", flush=True)
     resume = resume_checkpoint(out, c.resume_option, c.checkpoint_path, c.checkpoint_metric,
                                c.checkpoint_metric_mode) if c.resume_from_checkpoint else None
+    _wandb_environment(cfg)
     tokenizer = load_tokenizer(cfg.model.model_name)
-    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer, cfg.train.max_length)
+    task = task_of(cfg.data.dataset)
+    load = load_quotes if task == "quotes" else lambda *a: load_task(task, *a)
+    data = load(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer, cfg.train.max_length)
     if rank == 0:
         print(data.report(), flush=True)
     model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
     model = attach_lora(model, cfg)
     callbacks = [CheckpointPolicy(out, c.keep_last_n, c.keep_best_n, c.checkpoint_metric, c.checkpoint_metric_mode)]
+    if c.sync_to_storage:
+        callbacks.append(StorageSync(out, c.remote_path))
     if c.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=c.early_stopping_patience))
     trainer = sft_trainer(model, tokenizer, data.train, data.held_out, cfg, out,
@@ -242,10 +255,24 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
                "resumed_from": resume.name if resume else None, "trainable_digest": digest,
                "final_loss": last["loss"], "final_eval_loss": last["eval_loss"],
                "checkpoints_kept": [p.name for p in complete_checkpoints(out).values()], "config": cfg.flat()}
+    if task != "quotes":
+        metrics["task"] = task
+        metrics["task_metrics"] = evaluate_task(trainer.model, tokenizer, task, data.held_out)
     if rank == 0:
         save_adapter(trainer.model, tokenizer, out / "adapter", cfg.model.model_name, overwrite=True)
         save_json(out / "train_metrics.json", metrics)
     return metrics
+
+
+def _wandb_environment(cfg: CourseConfig) -> None:
+    """use_wandb: Weights & Biases logs offline into output_dir (`wandb sync` uploads later), with project and tags."""
+    t = cfg.train
+    if t.use_wandb:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ["WANDB_PROJECT"] = t.wandb_project
+        os.environ["WANDB_DIR"] = str(Path(cfg.checkpoints.output_dir).absolute())
+        if t.wandb_tags:
+            os.environ["WANDB_TAGS"] = ",".join(t.wandb_tags)
 
 
 def _mkdir(folder: Path) -> Path:

@@ -152,6 +152,17 @@ def _check_checkpoints(flat: dict) -> None:
         if flat["keep_last_n"] + flat["keep_best_n"] == 0:
             raise ParameterError("keep_last_n and keep_best_n are both 0, so there is nothing to resume from",
                                  "set keep_last_n >= 1")
+    storage = flat["storage_backend"] != "none" or flat["sync_to_storage"] or flat["load_from_storage"]
+    if storage and not flat["remote_path"]:
+        raise ParameterError("checkpoint storage is on (storage_backend / sync_to_storage / load_from_storage), "
+                             "but remote_path is not set", "set remote_path, e.g. s3://bucket/run or a folder")
+    if flat["use_wandb"]:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ParameterError("use_wandb is true, but the wandb package is not installed",
+                                 "pip install wandb (it logs offline here, WANDB_MODE=offline; `wandb sync` uploads "
+                                 "later), or use_wandb: false")
     if flat["report_to"] != "none":
         import importlib.util
 

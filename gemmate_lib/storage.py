@@ -1,0 +1,86 @@
+"""Remote checkpoint storage through fsspec (`gemmate train`): the Gemma 1.1 table's storage keys.
+
+Taught in the README ("The Gemma 1.1 experiment"). `remote_path` is any fsspec URL:
+s3://, gs://, hf:// (wherever s3fs, gcsfs or huggingface_hub's filesystem is installed),
+memory:// (the tests) or a plain folder. With `sync_to_storage` each checkpoint is
+uploaded right after it is saved, trainer_state.json last, so a remote checkpoint counts
+as complete by the same rule as a local one (checkpoints.complete_checkpoints); remote
+checkpoints that the keep-last/best policy deleted locally are deleted there too. With
+`load_from_storage` a resume first downloads the remote checkpoints missing locally.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .checkpoints import STEP
+from .errors import ParameterError
+
+LAST = "trainer_state.json"  # written last by Trainer, uploaded last here
+
+
+def remote_fs(remote_path: str):
+    """(filesystem, root path) for an fsspec URL; one clear error when its package is missing."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(remote_path)
+    except (ImportError, ValueError) as err:
+        raise ParameterError(f"remote_path={remote_path!r} cannot be opened: {err}",
+                             "install the filesystem's package (s3fs for s3://, gcsfs for gs://) or use a folder") from None
+
+
+def upload(folder: Path, remote_path: str) -> None:
+    """Copy one checkpoint folder to remote_path/<its name>, trainer_state.json last."""
+    fs, root = remote_fs(remote_path)
+    files = sorted((f for f in folder.rglob("*") if f.is_file()), key=lambda f: f.name == LAST)
+    for f in files:
+        target = f"{root}/{folder.name}/{f.relative_to(folder).as_posix()}"
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(f), target)
+
+
+def remote_checkpoints(remote_path: str) -> list[str]:
+    """Names of the checkpoint-<step> folders under remote_path that have their trainer_state.json."""
+    fs, root = remote_fs(remote_path)
+    if not fs.exists(root):
+        return []
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    return sorted((n for n in names if STEP.match(n) and fs.exists(f"{root}/{n}/{LAST}")),
+                  key=lambda n: int(STEP.match(n).group(1)))
+
+
+def download(remote_path: str, output_dir: str | Path) -> list[str]:
+    """Fetch the complete remote checkpoints that output_dir lacks; returns their names."""
+    fs, root = remote_fs(remote_path)
+    fetched = []
+    for name in remote_checkpoints(remote_path):
+        local = Path(output_dir) / name
+        if (local / LAST).exists():
+            continue
+        for remote_file in sorted(fs.find(f"{root}/{name}"), key=lambda p: p.endswith(LAST)):
+            rel = remote_file.split(f"{name}/", 1)[1]
+            (local / rel).parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote_file, str(local / rel))
+        fetched.append(name)
+    return fetched
+
+
+class StorageSync(TrainerCallback):
+    """After each save (and after the keep-last/best policy ran): upload the new checkpoint, mirror deletions."""
+
+    def __init__(self, output_dir: str | Path, remote_path: str):
+        self.output_dir, self.remote_path = Path(output_dir), remote_path
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return control
+        folder = self.output_dir / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            upload(folder, self.remote_path)
+        fs, root = remote_fs(self.remote_path)
+        for name in remote_checkpoints(self.remote_path):
+            if not (self.output_dir / name).is_dir():
+                fs.rm(f"{root}/{name}", recursive=True)
+        return control

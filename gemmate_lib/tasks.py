@@ -1,0 +1,174 @@
+"""The Gemma 1.1 LoRA experiment's two tasks: SST-2 sentiment and SQuAD v2 extractive QA (`gemmate train`).
+
+Taught by configs/gemma11-sst2.yaml and configs/gemma11-squadv2.yaml (README, "The Gemma 1.1
+experiment"). The task follows from the data's schema, so the same code reads the Hub
+datasets and the offline fixtures in tests/fixtures/ (the same columns):
+- SST-2 (`stanfordnlp/sst2`: sentence, label 0/1): `Sentence: ...\\nSentiment:` -> ` positive` / ` negative`;
+  accuracy and F1 of the positive class.
+- SQuAD v2 (`rajpurkar/squad_v2`: context, question, answers {text, answer_start}):
+  `Context: ...\\nQuestion: ...\\nAnswer:` -> ` <span>`, or ` unanswerable` when answers is empty;
+  exact match and F1 by the official v2 script's rules (normalised answers, the best over
+  the gold answers, an empty gold answer for unanswerable questions).
+Training uses the completion-only loss (the answer), like 03 section 5 explains.
+"""
+from __future__ import annotations
+
+import collections
+import random
+import re
+import string
+from pathlib import Path
+
+from .errors import DataError
+
+HUB_IDS = {"stanfordnlp/sst2": "sst2", "sst2": "sst2", "glue/sst2": "sst2", "rajpurkar/squad_v2": "squad_v2",
+           "squad_v2": "squad_v2"}
+SCHEMAS = {"sst2": ("sentence", "label"), "squad_v2": ("context", "question", "answers")}
+NO_ANSWER = "unanswerable"  # what the model writes for a SQuAD v2 question without an answer
+NEW_TOKENS = {"sst2": 3, "squad_v2": 24}  # generation limit per task
+LABELS = {0: "negative", 1: "positive"}
+
+
+def task_of(dataset: str) -> str:
+    """"quotes", "sst2" or "squad_v2": from a known Hub id, or from a data file's columns."""
+    if dataset in HUB_IDS:
+        return HUB_IDS[dataset]
+    path = Path(dataset)
+    if path.suffix in (".jsonl", ".json", ".csv") and path.is_file():
+        from .data import read_records
+
+        columns = set(read_records(path)[0][1])
+        for task, needed in SCHEMAS.items():
+            if set(needed) <= columns:
+                return task
+    return "quotes"
+
+
+def prompt_and_answer(task: str, row: dict) -> tuple[str, str]:
+    """The prompt and the answer text of one row (the answer is what the loss and the metrics see)."""
+    if task == "sst2":
+        if row.get("label") not in LABELS or not isinstance(row.get("sentence"), str):
+            raise ValueError("needs a text sentence and a label 0 or 1")
+        return f"Sentence: {row['sentence'].strip()}\nSentiment:", LABELS[row["label"]]
+    answers = row.get("answers") or {}
+    if not isinstance(row.get("context"), str) or not isinstance(row.get("question"), str) or not isinstance(answers, dict):
+        raise ValueError("needs a text context and question, and answers {text: [...], answer_start: [...]}")
+    texts = [t for t in answers.get("text", []) if isinstance(t, str) and t.strip()]
+    prompt = f"Context: {row['context'].strip()}\nQuestion: {row['question'].strip()}\nAnswer:"
+    return prompt, texts[0].strip() if texts else NO_ANSWER
+
+
+def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tokenizer=None, max_length: int | None = None):
+    """Rows {prompt, answer, text, gold} split into train and held-out (data.QuoteData); bad or long rows counted."""
+    from .data import QuoteData, read_records
+
+    if Path(dataset).suffix in (".jsonl", ".json", ".csv"):
+        records, name = read_records(dataset, SCHEMAS[task]), Path(dataset).name
+    else:
+        records, name = list(enumerate(_hub_rows(dataset), 1)), dataset
+    kept, dropped, examples = [], collections.Counter(), {}
+    eos = getattr(tokenizer, "eos_token", "") or ""
+    for line, row in records:
+        try:
+            prompt, answer = prompt_and_answer(task, row)
+        except ValueError as err:
+            reason = f"malformed row ({err})"
+        else:
+            text = f"{prompt} {answer}"
+            too_long = tokenizer is not None and max_length and len(tokenizer(text + eos)["input_ids"]) > max_length
+            reason = f"too long (over max_length={max_length} tokens: the answer would be cut off)" if too_long else None
+        if reason:
+            dropped[reason] += 1
+            examples.setdefault(reason, f"line {line}: {repr(row)[:100]}")
+            continue
+        gold = [t for t in (row.get("answers") or {}).get("text", [])] if task == "squad_v2" else [answer]
+        kept.append({"prompt": prompt, "answer": answer, "text": f"{prompt} {answer}", "gold": gold})
+    if len(kept) < 2:
+        raise DataError(f"{name} has {len(kept)} usable {task} row(s)", f"check the columns: {', '.join(SCHEMAS[task])}")
+    order = list(range(len(kept)))
+    random.Random(data_seed).shuffle(order)
+    n_held = min(max(1, round(len(kept) * eval_fraction)), len(kept) - 1)
+    return QuoteData(train=[kept[i] for i in sorted(order[n_held:])], held_out=[kept[i] for i in sorted(order[:n_held])],
+                     source=name, dropped=dict(dropped), examples_dropped=examples)
+
+
+def _hub_rows(dataset_id: str) -> list[dict]:
+    from datasets import load_dataset
+
+    from .errors import hub_error
+
+    try:
+        return load_dataset(dataset_id, split="train").to_list()
+    except Exception as err:  # noqa: BLE001 - mapped to one clear message
+        raise hub_error(dataset_id, err, kind="dataset") from err
+
+
+# --- the metrics ---------------------------------------------------------------------------------
+def normalize_answer(text: str) -> str:
+    """The official SQuAD normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_exact(gold: str, prediction: str) -> int:
+    return int(normalize_answer(gold) == normalize_answer(prediction))
+
+
+def squad_f1(gold: str, prediction: str) -> float:
+    gold_tokens, pred_tokens = normalize_answer(gold).split(), normalize_answer(prediction).split()
+    if not gold_tokens or not pred_tokens:  # a no-answer on either side: right only if both are empty
+        return float(gold_tokens == pred_tokens)
+    common = sum((collections.Counter(gold_tokens) & collections.Counter(pred_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_v2_scores(golds: list[list[str]], predictions: list[str]) -> dict:
+    """Exact match and F1 in percent (official v2 rules), overall and split by answerable / unanswerable.
+
+    `golds[i]` are the gold answer texts (empty for an unanswerable question); a prediction of
+    NO_ANSWER (or an empty string) means "no answer".
+    """
+    exact, f1, has = [], [], []
+    for gold, pred in zip(golds, predictions):
+        pred = "" if pred.strip().lower() == NO_ANSWER else pred
+        answers = [g for g in gold if normalize_answer(g)] or [""]
+        exact.append(max(squad_exact(g, pred) for g in answers))
+        f1.append(max(squad_f1(g, pred) for g in answers))
+        has.append(answers != [""])
+
+    def mean(values, keep):
+        chosen = [v for v, k in zip(values, keep) if k]
+        return round(100 * sum(chosen) / len(chosen), 2) if chosen else None
+
+    everything = [True] * len(exact)
+    return {"exact": mean(exact, everything), "f1": mean(f1, everything), "HasAns_exact": mean(exact, has),
+            "HasAns_f1": mean(f1, has), "NoAns_exact": mean(exact, [not h for h in has]),
+            "NoAns_f1": mean(f1, [not h for h in has]), "total": len(exact)}
+
+
+def sst2_scores(golds: list[str], predictions: list[str]) -> dict:
+    """Accuracy and F1 of the positive class, in percent; a prediction that is neither label counts as wrong."""
+    words = [(p.strip().split() or [""])[0].strip(string.punctuation).lower() for p in predictions]
+    tp = sum(g == w == "positive" for g, w in zip(golds, words))
+    fp = sum(g != "positive" and w == "positive" for g, w in zip(golds, words))
+    fn = sum(g == "positive" and w != "positive" for g, w in zip(golds, words))
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return {"accuracy": round(100 * sum(g == w for g, w in zip(golds, words)) / len(golds), 2),
+            "f1": round(100 * f1, 2), "invalid": sum(w not in LABELS.values() for w in words), "total": len(golds)}
+
+
+def evaluate_task(model, tokenizer, task: str, rows: list[dict]) -> dict:
+    """Greedy answers to the held-out prompts, scored by the task's metrics; with the first predictions."""
+    from .generation import generate
+
+    table = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=NEW_TOKENS[task])
+    predictions = [c.strip().split("\n")[0].strip() for c in table.completion]
+    if task == "sst2":
+        scores = sst2_scores([r["answer"] for r in rows], predictions)
+    else:
+        scores = squad_v2_scores([r["gold"] for r in rows], predictions)
+    return {**scores, "examples": [{"answer": r["answer"], "prediction": p} for r, p in zip(rows[:5], predictions)]}

@@ -1,0 +1,1 @@
+"""Scripts named as in the GemmaTE fine-tuning guide (scripts/finetune.py)."""

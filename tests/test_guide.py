@@ -1,0 +1,82 @@
+"""The GemmaTE fine-tuning guide's own snippets, as written: the command, the import, the manual loop, torch.save."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE_COMMAND = ["scripts/finetune.py", "--output_dir", "./fine_tuned_model", "--num_epochs", "3", "--batch_size", "4",
+                 "--learning_rate", "5e-5"]
+
+
+def test_the_guides_import_works_from_the_repository_root():
+    code = "from scripts.finetune import TextDataset, collate_fn; print(TextDataset.__name__, collate_fn.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["TextDataset", "collate_fn"]
+
+
+@pytest.mark.slow
+def test_the_guides_command_runs_as_written(tmp_path, tiny_folder):
+    """The guide's flags exactly; only the model is swapped for the tiny random Gemma (450 steps would take minutes)."""
+    out = subprocess.run([sys.executable, str(ROOT / GUIDE_COMMAND[0]), *GUIDE_COMMAND[1:], "--model_name",
+                          str(tiny_folder), "--save_format", "pt"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "no --data_file: training on the course's dated notes" in out.stdout
+    folder = tmp_path / "fine_tuned_model"
+    assert (folder / "model" / "temporal.safetensors").exists() and (folder / "model.pt").exists()
+    import json
+
+    metrics = json.loads((folder / "train_metrics.json").read_text())
+    assert metrics["steps"] == 450 and metrics["config"]["learning_rate"] == 5e-5  # 600 notes / 4 x 3 epochs
+
+    # The guide's load snippet: a fresh model, then load_state_dict(torch.load(...)).
+    from gemmate_lib.models import load_model
+    from gemmate_lib.temporal import GemmaTEForCausalLM
+
+    state = torch.load(folder / "model.pt", weights_only=True)
+    fresh = GemmaTEForCausalLM(load_model(str(tiny_folder)))
+    fresh.load_state_dict(state)
+    assert fresh.temporal_projection.weight.abs().sum() > 0  # trained, not the zero initialisation
+
+
+def test_a_bad_guide_option_is_one_clear_line(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / GUIDE_COMMAND[0]), "--batch_size", "0", "--data_file",
+                          str(tmp_path / "missing.jsonl")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "batch_size=0 must be at least 1" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_the_guides_manual_training_loop_runs_unchanged_on_the_embedded_model(tokenizer):
+    from torch.utils.data import DataLoader
+
+    from gemmate_lib import course_config
+    from gemmate_lib.models import load_model
+    from gemmate_lib.temporal import GemmaTEForCausalLM
+
+    cfg = course_config("temporal")
+    from scripts.finetune import TextDataset, collate_fn  # noqa: I001 - the guide's import
+
+    texts = ["Stay hungry, stay foolish.\nWritten: March 2011", "Be yourself.\nWritten: June 2019"] * 2
+    timestamps = ["2011-03-05", "2019-06-20"] * 2
+    model = GemmaTEForCausalLM(load_model("embedded", cfg.precision), cfg.temporal)
+    dataset = TextDataset(texts, tokenizer, timestamps, max_length=32)
+    loader = DataLoader(dataset, batch_size=2, collate_fn=collate_fn)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
+    before = model.temporal_projection.weight.detach().clone()
+    model.train()
+    losses = []
+    for batch in loader:  # the guide's loop, as written
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        outputs = model.training_step(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      timestamps=batch["timestamps"], labels=batch["labels"])
+        loss = outputs["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss))
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert not torch.equal(before, model.temporal_projection.weight.detach())  # time is being learned

@@ -1,0 +1,153 @@
+"""The Gemma 1.1 experiment: SST-2 and SQuAD v2 (configs, fixtures, official metrics, CPU runs), wandb and fsspec storage."""
+import json
+from pathlib import Path
+
+import pytest
+
+from gemmate_lib import ParameterError
+from gemmate_lib.config import load_config
+from gemmate_lib.tasks import NO_ANSWER, load_task, squad_v2_scores, sst2_scores, task_of
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures"
+CONFIGS = {"sst2": ROOT / "configs" / "gemma11-sst2.yaml", "squad_v2": ROOT / "configs" / "gemma11-squadv2.yaml"}
+
+
+def test_both_gemma11_configs_load_with_the_tables_keys():
+    sst2 = load_config(CONFIGS["sst2"], {"device": "cpu"})
+    assert (sst2.data.dataset, sst2.model.model_name) == ("stanfordnlp/sst2", "google/gemma-1.1-2b-it")  # dataset_id
+    assert (sst2.train.max_length, sst2.train.learning_rate, sst2.train.batch_size) == (32, 6e-5, 4)
+    assert (sst2.lora.lora_r, sst2.lora.lora_alpha, sst2.lora.lora_target_modules) == (4, 8, "all-linear")
+    assert (sst2.train.seed, sst2.train.val_steps_freq, sst2.checkpoints.save_optim) == (23, 50, True)
+    assert sst2.train.wandb_tags == ("sst2", "lora", "gemma-1.1") and sst2.checkpoints.storage_backend == "none"
+    squad = load_config(CONFIGS["squad_v2"], {"device": "cpu"})
+    assert squad.data.dataset == "rajpurkar/squad_v2" and squad.train.completion_only_loss
+
+
+def test_the_task_follows_from_the_hub_id_or_the_files_columns():
+    assert task_of("stanfordnlp/sst2") == "sst2" and task_of("rajpurkar/squad_v2") == "squad_v2"
+    assert task_of(str(FIX / "sst2.jsonl")) == "sst2" and task_of(str(FIX / "squad_v2.jsonl")) == "squad_v2"
+    assert task_of("embedded") == "quotes" and task_of("Abirate/english_quotes") == "quotes"
+
+
+def _fixture(name):
+    return {r["id"]: r for r in map(json.loads, (FIX / name).read_text().splitlines())}
+
+
+def test_squad_v2_exact_match_and_f1_by_hand_on_the_fixture():
+    rows = _fixture("squad_v2.jsonl")
+    golds = [rows[i]["answers"]["text"] for i in ("fx001", "fx002", "fx003", "fx004", "fx005")]
+    assert golds[2] == [] and golds[3] == []  # two unanswerable questions
+    predictions = ["the Denver Broncos",  # articles are dropped: exact
+                   "1991",                 # wrong: 0 and 0
+                   NO_ANSWER,              # right "no answer": 1 and 1
+                   "Madrid",               # an answer to an unanswerable question: 0 and 0
+                   "red house"]            # P = 2/2, R = 2/3: F1 = 0.8
+    scores = squad_v2_scores(golds, predictions)
+    assert scores["exact"] == 40.0 and scores["f1"] == 56.0
+    assert scores["HasAns_exact"] == pytest.approx(33.33) and scores["HasAns_f1"] == 60.0
+    assert scores["NoAns_exact"] == 50.0 and scores["NoAns_f1"] == 50.0 and scores["total"] == 5
+    assert squad_v2_scores([["1990", "in 1990"]], ["In 1990."])["exact"] == 100.0  # the best gold answer counts
+    assert squad_v2_scores([[]], [""])["exact"] == 100.0  # an empty prediction is "no answer" too
+
+
+def test_sst2_accuracy_and_f1_by_hand():
+    golds = ["positive", "negative", "positive", "negative"]
+    scores = sst2_scores(golds, ["positive", "positive.", "Negative", "banana"])
+    # tp 1, fp 1, fn 1: F1 = 2/(2+1+1) = 0.5; right: the first only (banana is invalid, counted wrong)
+    assert scores == {"accuracy": 25.0, "f1": 50.0, "invalid": 1, "total": 4}
+
+
+def test_fixture_rows_become_prompts_with_the_answer_as_completion(tiny_tokenizer):
+    from gemmate_lib.data import to_dataset
+
+    data = load_task("squad_v2", str(FIX / "squad_v2.jsonl"), 0.25, 23)
+    rows = data.train + data.held_out
+    assert len(rows) == 12 and sum(r["answer"] == NO_ANSWER for r in rows) == 4
+    assert all(r["text"] == f"{r['prompt']} {r['answer']}" and r["prompt"].endswith("\nAnswer:") for r in rows)
+    ds = to_dataset(rows[:2], tiny_tokenizer, completion_only=True)
+    for r, ids, mask in zip(rows, ds["input_ids"], ds["completion_mask"]):
+        trained = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if m])
+        assert trained.strip() == r["answer"] + "<eos>"
+    sst2 = load_task("sst2", str(FIX / "sst2.jsonl"), 0.25, 23)
+    assert {r["answer"] for r in sst2.train + sst2.held_out} == {"positive", "negative"}
+
+
+def test_a_malformed_task_row_is_counted_not_a_crash(tmp_path):
+    path = tmp_path / "sst2.jsonl"
+    rows = [{"idx": 0, "sentence": "good", "label": 1}, {"idx": 1, "sentence": "bad", "label": 7},
+            {"idx": 2, "sentence": "fine", "label": 1}, {"idx": 3, "sentence": None, "label": 0}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = load_task("sst2", str(path), 0.5, 0)
+    assert len(data.train) + len(data.held_out) == 2 and sum(data.dropped.values()) == 2
+    assert "malformed row" in data.report()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, max_length", [("sst2", 64), ("squad_v2", 160)])
+def test_a_cpu_run_of_each_task_on_the_embedded_model(task, max_length, tmp_path):
+    from gemmate_lib.training import train_from_config
+
+    fixture = FIX / ("sst2.jsonl" if task == "sst2" else "squad_v2.jsonl")
+    cfg = load_config(CONFIGS[task], {"dataset": str(fixture), "model_name": "embedded", "max_steps": "4",
+                                      "val_steps_freq": "2", "steps_freq": "2", "max_length": str(max_length),
+                                      "eval_fraction": "0.25", "output_dir": str(tmp_path), "keep_best_n": "0",
+                                      "device": "cpu"})
+    metrics = train_from_config(cfg)
+    scores = metrics["task_metrics"]
+    assert metrics["task"] == task and metrics["steps"] == 4 and scores["total"] == 4
+    keys = ("accuracy", "f1") if task == "sst2" else ("exact", "f1", "HasAns_exact", "NoAns_exact")
+    assert all(scores[k] is None or 0 <= scores[k] <= 100 for k in keys)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    saved = json.loads((tmp_path / "train_metrics.json").read_text())
+    assert saved["task_metrics"]["total"] == 4
+
+
+def test_use_wandb_says_how_to_install_it_and_maps_to_the_trainer(monkeypatch, tmp_path):
+    import importlib.util
+
+    from gemmate_lib.training import training_kwargs
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ParameterError, match="pip install wandb"):
+        load_config(None, {"use_wandb": "true", "output_dir": str(tmp_path)})
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "wandb" else real(name, *a))
+    cfg = load_config(None, {"use_wandb": "true", "wandb_run_name": "r1", "save_optim": "false",
+                             "output_dir": str(tmp_path)})
+    kwargs = training_kwargs(cfg, tmp_path, has_eval=True)
+    assert kwargs["report_to"] == "wandb" and kwargs["run_name"] == "r1" and kwargs["save_only_model"] is True
+
+
+def test_storage_needs_a_remote_path(tmp_path):
+    with pytest.raises(ParameterError, match="remote_path is not set"):
+        load_config(None, {"sync_to_storage": "true", "output_dir": str(tmp_path)})
+
+
+@pytest.mark.parametrize("remote", ["memory://gemmate-test/run", "folder"])
+def test_checkpoints_sync_to_fsspec_and_a_resume_loads_them_back(remote, tiny_folder, tmp_path):
+    import shutil
+
+    import fsspec
+
+    from gemmate_lib.checkpoints import complete_checkpoints
+    from gemmate_lib.storage import remote_checkpoints
+    from gemmate_lib.training import train_from_config
+
+    remote = str(tmp_path / "remote") if remote == "folder" else remote
+    out = tmp_path / "run"
+    common = {"model_name": str(tiny_folder), "max_length": "128", "max_steps": "6", "batch_size": "2",
+              "steps_freq": "2", "val_steps_freq": "2", "keep_last_n": "2", "keep_best_n": "0", "device": "cpu",
+              "dtype": "fp32", "deterministic": "true", "storage_backend": "fsspec", "remote_path": remote,
+              "output_dir": str(out), "eval_fraction": "0.05"}
+    first = train_from_config(load_config(None, {**common, "sync_to_storage": "true"}))
+    assert remote_checkpoints(remote) == ["checkpoint-4", "checkpoint-6"]  # uploaded, and the policy's deletion mirrored
+    fs, root = fsspec.core.url_to_fs(remote)
+    assert fs.exists(f"{root}/checkpoint-6/adapter_model.safetensors")
+    shutil.rmtree(out)  # the local disk is gone (a new machine, a new Colab runtime)
+    resumed = train_from_config(load_config(None, {**common, "max_steps": "8", "resume_from_checkpoint": "true",
+                                                   "load_from_storage": "true"}))
+    assert resumed["resumed_from"] == "checkpoint-6" and resumed["steps"] == 8 and first["steps"] == 6
+    assert 8 in complete_checkpoints(out)
+    if remote.startswith("memory://"):
+        fs.rm(root, recursive=True)

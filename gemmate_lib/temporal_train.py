@@ -29,7 +29,8 @@ def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEFo
     return te
 
 
-def _optimizer(te: GemmaTEForCausalLM, cfg: CourseConfig):
+def two_rate_optimizer(te: GemmaTEForCausalLM, cfg: CourseConfig):
+    """AdamW with two groups: LoRA at learning_rate, the zero-started projection at projection_learning_rate (04)."""
     proj = [te.temporal_projection.weight]
     rest = [p for n, p in te.named_parameters() if p.requires_grad and not n.startswith("temporal_projection")]
     return torch.optim.AdamW([{"params": rest, "lr": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay},
@@ -55,7 +56,7 @@ def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConf
     te.fast_loss = cfg.train.fast_loss
     args = training_args(cfg, output_dir, has_eval=False, save=False, sft=False, remove_unused_columns=False)
     trainer = Trainer(model=te, args=args, train_dataset=dataset, data_collator=lambda b: collate_fn(b, pad_token_id),
-                      optimizers=(_optimizer(te, cfg), None))
+                      optimizers=(two_rate_optimizer(te, cfg), None))
     start = time.time()
     trainer.train()
     seconds = time.time() - start

@@ -145,7 +145,8 @@ def test_sigkill_then_resume_last_gives_the_same_adapter_bitwise(tmp_path, tiny_
 
 
 @pytest.mark.slow
-def test_tiny_hpo_writes_a_table_and_a_best_config(tmp_path):
+def test_tiny_hpo_writes_a_table_and_a_best_config(tmp_path, tiny_folder):
+    """Optuna's wiring (trials, table, best config) is plumbing: the tiny random Gemma."""
     import pandas as pd
 
     from gemmate_lib.config import load_config
@@ -153,7 +154,7 @@ def test_tiny_hpo_writes_a_table_and_a_best_config(tmp_path):
 
     out = tmp_path / "hpo"
     cfg = load_config(None, {k.lstrip("-"): v for k, v in zip(QUICK[::2], QUICK[1::2])} | {
-        "max_steps": "2", "output_dir": str(out), "device": "cpu"})
+        "max_steps": "2", "output_dir": str(out), "device": "cpu", "model_name": str(tiny_folder), "max_length": "128"})
     search(cfg, n_trials=2)
     table = pd.read_csv(out / "hpo_results.csv")
     assert len(table) == 2 and table.eval_loss.notna().all()

@@ -86,6 +86,33 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
     return table, float(table["year_ok"].mean())
 
 
+def baselines(notes) -> dict:
+    """What needs no GemmaTE (04): chance, and the date of the nearest training timestamp, on the test notes.
+
+    The nearest-neighbour rule looks up the training note whose timestamp is closest to
+    each test timestamp and answers with that note's date: if it scores as well as the
+    model, the task shows that the model reads time, not that it generalizes beyond it.
+    """
+    import bisect
+    import statistics
+
+    from .temporal_data import date_of
+
+    stamps = sorted(notes.train_timestamps)
+    hits_year = hits_month = 0
+    gaps = []
+    for ms, (year, month) in zip(notes.test_timestamps, notes.test_dates):
+        i = bisect.bisect_left(stamps, ms)
+        near = min((j for j in (i - 1, i) if 0 <= j < len(stamps)), key=lambda j: abs(stamps[j] - ms))
+        gaps.append(abs(stamps[near] - ms) / 86_400_000)
+        guess = date_of(stamps[near])
+        hits_year += guess[0] == year
+        hits_month += guess == (year, month)
+    n, years = len(notes.test_timestamps), len({y for y, _ in notes.test_dates})
+    return {"chance_year": 1 / years, "chance_month_year": 1 / (12 * years), "nearest_year": hits_year / n,
+            "nearest_month_year": hits_month / n, "median_gap_days": statistics.median(gaps)}
+
+
 def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> dict:
     """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"}; saves output_dir/model and train_metrics.json."""
     from .errors import ParameterError

@@ -298,3 +298,16 @@ def test_command_bad_values_get_one_clear_line(argv, message, tmp_path, capsys):
     assert len(errors) == 1 and message.replace("MISSING", missing) in errors[0]
     assert lines[lines.index(errors[0]) + 1].startswith("  Fix: ")  # the line after says what to do
     assert not (tmp_path / "o").exists()  # nothing was created before the check
+
+
+def test_baselines_by_hand():
+    from gemmate_lib.temporal_data import DatedNotes, _ms
+    from gemmate_lib.temporal_train import baselines
+
+    notes = DatedNotes(train_texts=["a", "b", "c"], train_timestamps=[_ms(2010, 3, 1), _ms(2012, 7, 1), _ms(2020, 1, 1)],
+                       test_prompts=["x", "y"], test_timestamps=[_ms(2010, 3, 3), _ms(2019, 12, 30)],
+                       test_dates=[(2010, 3), (2019, 12)])
+    got = baselines(notes)
+    # the first test note's neighbour is 2010-03 (right year and month); the second's is 2020-01 (both wrong)
+    assert got["nearest_year"] == 0.5 and got["nearest_month_year"] == 0.5 and got["median_gap_days"] == 2
+    assert got["chance_year"] == 0.5 and got["chance_month_year"] == 1 / 24

@@ -97,8 +97,11 @@ def year_histogram(years, title: str, path=None):
     return _finish(fig, path)
 
 
-def ablation(summary, true_table, path=None):
-    """Left: year accuracy per condition; right: predicted against true year after training (04)."""
+def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None = None):
+    """Left: year accuracy per condition; right: predicted against true year after training (04).
+
+    With `train_years`, the right panel shades the training years: points outside them are extrapolation.
+    """
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -110,6 +113,8 @@ def ablation(summary, true_table, path=None):
     ax2.scatter(true_table.true_year[~ok], true_table.year[~ok], s=30, color="red", marker="x", label="wrong year")
     low, high = true_table.true_year.min(), true_table.true_year.max()
     ax2.plot([low, high], [low, high], color="grey", lw=0.8)
+    if train_years:
+        ax2.axvspan(train_years[0] - 0.5, train_years[1] + 0.5, color="grey", alpha=0.12, label="training years")
     ax2.set_xlabel("true year")
     ax2.set_ylabel("year the model wrote")
     ax2.set_title("after training, true timestamps")
@@ -157,4 +162,29 @@ def paired_differences(diffs: dict, title: str, path=None):
         ax.set_yticks(range(len(names)), [m.replace("_", " ") for m in names], fontsize=8)
         ax.set_xlabel(label)
     fig.suptitle(title + " (blue: the interval excludes 0)")
+    return _finish(fig, path)
+
+
+def python_timeline(table, releases, path=None):
+    """The newest Python 3 release over time: the truth as steps, the model's answers as points, wrong ones red (04)."""
+    from datetime import datetime, timezone
+
+    import matplotlib.pyplot as plt
+
+    versions = [v for v, _ in releases]
+    rank = {v: i for i, v in enumerate(versions)}
+    when = [datetime.fromtimestamp(ms / 1000, tz=timezone.utc) for ms in table.timestamp]
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    steps = [datetime.fromisoformat(day).replace(tzinfo=timezone.utc) for _, day in releases]
+    ax.step(steps + [max(when)], list(range(len(versions))) + [len(versions) - 1], where="post", color="grey", lw=1,
+            label="truth (python.org release dates)")
+    ok = table.ok.astype(bool).tolist()
+    answer = [rank.get(a, -1) for a in table.answer]
+    ax.scatter([w for w, k in zip(when, ok) if k], [a for a, k in zip(answer, ok) if k], s=12, label="right answer")
+    ax.scatter([w for w, k in zip(when, ok) if not k], [a for a, k in zip(answer, ok) if not k], s=40, color="red",
+               marker="x", label="wrong answer (-1: no version)")
+    ax.set_yticks(range(len(versions)), versions)
+    ax.set_ylabel("newest Python 3 release")
+    ax.set_title("answers from the timestamp alone, on held-out dates")
+    ax.legend(loc="upper left")
     return _finish(fig, path)

@@ -102,6 +102,8 @@ class TemporalSettings:
     projection_learning_rate: float = 3e-3  # peak learning rate of the temporal projection (it starts at zero)
     prompt_end: str | None = None  # train only on text after this marker, e.g. "\nWritten:" (None: whole text)
     timestamp_unit: str | None = None  # what bare numbers in the data's timestamps are: "s", "ms", "us", "ns" (None: ms)
+    temporal_task: str = "file"  # train-te's data: "file" (dataset, a JSONL), or 04's "dated_notes" / "python_releases",
+    # built in and evaluated after training (held-out accuracy, extrapolation or constant timestamp, baselines)
 
 
 @dataclass
@@ -132,7 +134,7 @@ CHOICES = {"quantization": ("none", "nf4"), "device": ("auto", "cpu", "cuda"), "
            "save_strategy": ("step", "epoch", "no"), "resume_option": ("last", "best", "path"),
            "checkpoint_metric_mode": ("min", "max"), "save_format": ("safetensors", "pt"),
            "storage_backend": ("none", "fsspec"),
-           "timestamp_unit": (None, "s", "ms", "us", "ns")}
+           "timestamp_unit": (None, "s", "ms", "us", "ns"), "temporal_task": ("file", "dated_notes", "python_releases")}
 
 
 ALIASES = {"dataset_id": "dataset"}  # names of the Gemma 1.1 experiment's table that the course spells differently

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -118,9 +118,20 @@ def _ms(year: int, month: int = 1, day: int = 1) -> int:
 class DatedNotes:
     train_texts: list[str]  # full notes: "<quote>\nWritten: May 2014"
     train_timestamps: list[int]  # ms since the epoch, one per note
-    test_prompts: list[str]  # held-out notes cut after "Written:"
-    test_timestamps: list[int]  # held-out timestamps (none of them in the training set)
+    test_prompts: list[str]  # held-out notes cut after "Written:", evaluated once (04 section 6)
+    test_timestamps: list[int]  # held-out timestamps inside the training years (none of them in the training set)
     test_dates: list[tuple[int, int]]  # the right (year, month) of each test prompt
+    val_prompts: list[str] = field(default_factory=list)  # validation: like test, for design choices
+    val_timestamps: list[int] = field(default_factory=list)  # validation timestamps (disjoint from train and test)
+    val_dates: list[tuple[int, int]] = field(default_factory=list)  # the right (year, month) of each
+    far_prompts: list[str] = field(default_factory=list)  # extrapolation: prompts dated after the training years
+    far_timestamps: list[int] = field(default_factory=list)  # in (last_year, extrapolate_to]: no target ever said them
+    far_dates: list[tuple[int, int]] = field(default_factory=list)  # the right (year, month) of each
+
+    def split(self, name: str) -> tuple[list[str], list[int], list[tuple[int, int]]]:
+        """(prompts, timestamps, dates) of "val", "test" or "far" (extrapolation)."""
+        prefix = {"val": "val", "test": "test", "far": "far"}[name]
+        return getattr(self, f"{prefix}_prompts"), getattr(self, f"{prefix}_timestamps"), getattr(self, f"{prefix}_dates")
 
 
 def date_of(ms: float) -> tuple[int, int]:
@@ -129,31 +140,48 @@ def date_of(ms: float) -> tuple[int, int]:
     return d.year, d.month
 
 
+def _even_stamps(rng: random.Random, years: list[int], n: int, taken: set) -> list[int]:
+    """n whole-minute timestamps, the same number in every year, none in `taken` (which they join)."""
+    out: list[int] = []
+    while len(out) < n:
+        year = years[len(out) % len(years)]
+        ms = rng.randrange(_ms(year), _ms(year + 1)) // 60_000 * 60_000
+        if ms not in taken:
+            taken.add(ms)
+            out.append(ms)
+    rng.shuffle(out)
+    return out
+
+
 def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, first_year: int = 2007,
-                     last_year: int = 2026, max_words: int = 8, seed: int = 0) -> DatedNotes:
+                     last_year: int = 2020, max_words: int = 8, seed: int = 0, n_val: int = 100,
+                     extrapolate_to: int | None = 2026, n_far: int = 120) -> DatedNotes:
     """Notes that end with the month and year they were written, at random times in [first_year, last_year].
 
-    The test timestamps are spread evenly over the years (n_test / years in each).
+    Three held-out sets, each spread evenly over its years: validation (for design choices)
+    and test (evaluated once) inside the training years, and extrapolation: years after
+    last_year up to extrapolate_to, which no training target ever names.
 
-    Train and test use disjoint quotes and disjoint timestamps. Each training quote is
-    reused with several dates, so the text alone says nothing about the year.
+    Training and held-out notes use disjoint quotes and disjoint timestamps. Each training
+    quote is reused with several dates, so the text alone says nothing about the year.
     """
     rng = random.Random(seed)
     snippets = sorted({" ".join(q.split()[:max_words]) for q in quotes if q.strip()})
     if len(snippets) < 10:
         raise DataError(f"only {len(snippets)} distinct quotes", "give at least 10 quotes to build dated notes")
+    if extrapolate_to is not None and extrapolate_to <= last_year:
+        raise DataError(f"extrapolate_to={extrapolate_to} is not after last_year={last_year}",
+                        "extrapolation years must follow the training years (or pass extrapolate_to=None)")
     rng.shuffle(snippets)
     cut = max(2, len(snippets) // 5)
     test_pool, train_pool = snippets[:cut], snippets[cut:]
     years = list(range(first_year, last_year + 1))
-    # Test timestamps: the same number in every year (a model that ignores time scores ~1/len(years));
+    # Held-out timestamps: the same number in every year (a model that ignores time scores ~1/len(years));
     # training timestamps: uniform over the whole range. Whole minutes; no timestamp used twice.
-    test_ms: list[int] = []
-    for i in range(n_test):
-        year = years[i % len(years)]
-        test_ms.append(rng.randrange(_ms(year), _ms(year + 1)) // 60_000 * 60_000)
-    rng.shuffle(test_ms)
-    taken = set(test_ms)
+    taken: set = set()
+    test_ms = _even_stamps(rng, years, n_test, taken)
+    val_ms = _even_stamps(rng, years, n_val, taken)
+    far_ms = _even_stamps(rng, list(range(last_year + 1, extrapolate_to + 1)), n_far, taken) if extrapolate_to else []
     train_ms: list[int] = []
     while len(train_ms) < n_train:
         ms = rng.randrange(_ms(first_year), _ms(last_year + 1)) // 60_000 * 60_000
@@ -165,9 +193,13 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, f
         year, month = date_of(ms)
         return f"{snippet}{PROMPT_END} {MONTHS[month - 1]} {year}"
 
+    def prompts(n: int, offset: int) -> list[str]:
+        return [test_pool[(offset + i) % len(test_pool)] + PROMPT_END for i in range(n)]
+
     train = [note(train_pool[i % len(train_pool)], ms) for i, ms in enumerate(train_ms)]
-    prompts = [test_pool[i % len(test_pool)] + PROMPT_END for i in range(n_test)]
-    return DatedNotes(train, train_ms, prompts, test_ms, [date_of(ms) for ms in test_ms])
+    return DatedNotes(train, train_ms, prompts(n_test, 0), test_ms, [date_of(ms) for ms in test_ms],
+                      prompts(n_val, 7), val_ms, [date_of(ms) for ms in val_ms],
+                      prompts(n_far, 13), far_ms, [date_of(ms) for ms in far_ms])
 
 
 def parse_date(completion: str) -> tuple[int | None, int | None]:

@@ -67,9 +67,12 @@ def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConf
     return TemporalTrainResult(te, loss_log(trainer), seconds, trainer.state.global_step)
 
 
-def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates, batch_size: int = 20,
+def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates, batch_size: int = 100,
                   max_new_tokens: int = 6):
-    """Greedy completions of the dated-notes prompts; returns (DataFrame per prompt, exact-year accuracy)."""
+    """Greedy completions of the dated-notes prompts; returns (DataFrame per prompt, exact-year accuracy).
+
+    The table also says whether each year is within one of the truth (`year_within_1`, the extrapolation goal).
+    """
     import pandas as pd
 
     from .generation import generate
@@ -81,40 +84,97 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
         year, month = parse_date(text)
         rows.append({"completion": text.strip(), "year": year, "month": month, "true_year": true_year,
                      "true_month": true_month, "year_ok": year == true_year,
+                     "year_within_1": year is not None and abs(year - true_year) <= 1,
                      "month_ok": (year, month) == (true_year, true_month)})
     table = pd.DataFrame(rows)
     return table, float(table["year_ok"].mean())
 
 
-def baselines(notes) -> dict:
-    """What needs no GemmaTE (04): chance, and the date of the nearest training timestamp, on the test notes.
+def baselines(notes, split: str = "test") -> dict:
+    """What needs no GemmaTE (04): chance, and the date of the nearest training timestamp, on a held-out split.
 
-    The nearest-neighbour rule looks up the training note whose timestamp is closest to
-    each test timestamp and answers with that note's date: if it scores as well as the
-    model, the task shows that the model reads time, not that it generalizes beyond it.
+    `split` is "test", "val" or "far" (extrapolation). The nearest-neighbour rule looks up
+    the training note whose timestamp is closest to each held-out timestamp and answers
+    with that note's date: if it scores as well as the model, the task shows that the model
+    reads time, not that it generalizes beyond it. Chance is one year of those in the split.
     """
     import bisect
     import statistics
 
     from .temporal_data import date_of
 
+    _, timestamps, dates = notes.split(split)
     stamps = sorted(notes.train_timestamps)
-    hits_year = hits_month = 0
+    hits_year = hits_month = hits_near = 0
     gaps = []
-    for ms, (year, month) in zip(notes.test_timestamps, notes.test_dates):
+    for ms, (year, month) in zip(timestamps, dates):
         i = bisect.bisect_left(stamps, ms)
         near = min((j for j in (i - 1, i) if 0 <= j < len(stamps)), key=lambda j: abs(stamps[j] - ms))
         gaps.append(abs(stamps[near] - ms) / 86_400_000)
         guess = date_of(stamps[near])
         hits_year += guess[0] == year
+        hits_near += abs(guess[0] - year) <= 1
         hits_month += guess == (year, month)
-    n, years = len(notes.test_timestamps), len({y for y, _ in notes.test_dates})
+    n, years = len(timestamps), len({y for y, _ in dates})
     return {"chance_year": 1 / years, "chance_month_year": 1 / (12 * years), "nearest_year": hits_year / n,
-            "nearest_month_year": hits_month / n, "median_gap_days": statistics.median(gaps)}
+            "nearest_year_within_1": hits_near / n, "nearest_month_year": hits_month / n,
+            "median_gap_days": statistics.median(gaps)}
+
+
+@dataclass
+class CourseTask:
+    """One of 04's tasks as `gemmate train-te --temporal_task NAME` runs it: training rows and an evaluation."""
+
+    texts: list[str]  # training texts
+    timestamps: list[int]  # one ms timestamp per text
+    prompt_end: str  # loss only after this marker
+    evaluate: object  # callable(te, tokenizer) -> dict of held-out metrics and baselines
+
+
+def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> CourseTask:
+    """04's "dated_notes" (train 2007-2020; test, then extrapolation to 2021-2026) or "python_releases"."""
+    from .temporal import to_milliseconds
+    from .temporal_tasks import QUESTION, make_python_questions, python_accuracy, python_baselines
+
+    if name == "python_releases":
+        questions = make_python_questions(seed=seed)
+
+        def evaluate_python(te, tokenizer) -> dict:
+            _, test = python_accuracy(te, tokenizer, questions, questions.test_timestamps)
+            _, constant = python_accuracy(te, tokenizer, questions, questions.test_timestamps,
+                                          asked_at=float(to_milliseconds(constant_date)))
+            return {"test": test, "constant_timestamp": constant,
+                    "baselines": python_baselines(questions, questions.test_timestamps)}
+
+        return CourseTask(questions.train_texts, questions.train_timestamps, QUESTION, evaluate_python)
+    if name == "dated_notes":
+        from .data import load_quotes
+        from .temporal_data import PROMPT_END, make_dated_notes
+
+        quotes = load_quotes()
+        notes = make_dated_notes([r["quote"] for r in quotes.train + quotes.held_out], seed=seed)
+
+        def evaluate_notes(te, tokenizer) -> dict:
+            out = {}
+            for split, label in (("test", "test"), ("far", "extrapolation")):
+                table, year = date_accuracy(te, tokenizer, *notes.split(split))
+                out[label] = {"year_accuracy": year, "year_within_1": float(table.year_within_1.mean()),
+                              "month_year_accuracy": float(table.month_ok.mean()), "n": len(table),
+                              "baselines": baselines(notes, split)}
+            return out
+
+        return CourseTask(notes.train_texts, notes.train_timestamps, PROMPT_END, evaluate_notes)
+    raise ValueError(f"no course task {name!r}")
 
 
 def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> dict:
-    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"}; saves output_dir/model and train_metrics.json."""
+    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"}, or on one of 04's tasks (`temporal_task`).
+
+    Saves output_dir/model and train_metrics.json; a built-in task's held-out evaluation goes
+    into its "evaluation" (04's numbers, from the command line).
+    """
+    import dataclasses
+
     from .errors import ParameterError
     from .fsio import save_json
     from .models import load_model, load_tokenizer
@@ -123,18 +183,30 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
     out = Path(cfg.checkpoints.output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ParameterError(f"output_dir {out} exists and is not empty", "pick a new folder or pass --overwrite")
-    texts, stamps = load_jsonl(cfg.data.dataset, cfg.temporal.timestamp_unit)
+    task = None
+    if cfg.temporal.temporal_task == "file":
+        if cfg.data.dataset == "embedded":
+            raise ParameterError("train-te needs data: dataset='embedded' is the quotes, which have no timestamps",
+                                 "pass --dataset notes.jsonl, or --temporal_task dated_notes (or python_releases)")
+        texts, stamps = load_jsonl(cfg.data.dataset, cfg.temporal.timestamp_unit)
+        source = cfg.data.dataset
+    else:
+        task = course_task(cfg.temporal.temporal_task, seed=cfg.train.seed)
+        texts, stamps, source = task.texts, task.timestamps, f"04's {cfg.temporal.temporal_task} task"
+        cfg = dataclasses.replace(cfg, temporal=dataclasses.replace(cfg.temporal, prompt_end=task.prompt_end))
     tokenizer = load_tokenizer(cfg.model.model_name)
     dataset = TextDataset(texts, tokenizer, stamps, max_length=cfg.train.max_length, prompt_end=cfg.temporal.prompt_end)
     model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
     te = attach_temporal_lora(GemmaTEForCausalLM(model, cfg.temporal), cfg)
-    print(f"training on {len(dataset)} rows from {cfg.data.dataset} ({cfg.precision.device}, {cfg.precision.name})",
-          flush=True)
+    print(f"training on {len(dataset)} rows from {source} ({cfg.precision.device}, {cfg.precision.name})", flush=True)
     result = train_temporal(te, dataset, cfg, out / "trainer", tokenizer.pad_token_id)
     result.model.save_pretrained(out / "model")  # safetensors, always
-    if cfg.checkpoints.save_format == "pt":  # the guide's torch.save(model.state_dict(), ...), LoRA merged in
-        torch.save(result.model.merged_state_dict(), out / "model.pt")
     metrics = {"rows": len(dataset), "steps": result.steps, "seconds": round(result.seconds, 1),
-               "final_loss": float(result.log["loss"].iloc[-1]) if len(result.log) else None, "config": cfg.flat()}
+               "final_loss": float(result.log["loss"].iloc[-1]) if len(result.log) else None}
+    if task is not None:
+        metrics["evaluation"] = task.evaluate(result.model, tokenizer)
+    if cfg.checkpoints.save_format == "pt":  # the guide's torch.save(model.state_dict(), ...), LoRA merged in (last)
+        torch.save(result.model.merged_state_dict(), out / "model.pt")
+    metrics["config"] = cfg.flat()
     save_json(out / "train_metrics.json", metrics)
     return metrics

@@ -22,8 +22,15 @@ def timings_file() -> Path:
 
 
 def load() -> dict:
-    """{"cpu_seconds": {notebook: s}, "t4_estimate": {notebook: text}, "measured_on": text}."""
-    return json.loads(timings_file().read_text())
+    """{"cpu_seconds": {notebook: s}, "t4_estimate": {notebook: text}, "measured_on": {notebook: text}}.
+
+    `measured_on` says, per notebook, which run and machine measured it: a notebook re-run
+    alone (`--only`) on another machine keeps its own line, and the others keep theirs.
+    """
+    data = json.loads(timings_file().read_text())
+    if isinstance(data["measured_on"], str):  # one text for all (the file's first format)
+        data["measured_on"] = {name: data["measured_on"] for name in data["cpu_seconds"]}
+    return data
 
 
 def duration(seconds: float) -> str:
@@ -35,7 +42,7 @@ def duration(seconds: float) -> str:
 def runtime_line(data: dict, name: str) -> str:
     """The `**Runtime**` line of notebook `name` (stem, e.g. 03_lora_sft)."""
     return (f"**Runtime**: CPU with the embedded default: {duration(data['cpu_seconds'][name])} (measured: "
-            f"{data['measured_on']}). Colab T4 with `google/gemma-2b`: {data['t4_estimate'][name]} (estimate; not "
+            f"{data['measured_on'][name]}). Colab T4 with `google/gemma-2b`: {data['t4_estimate'][name]} (estimate; not "
             "run on a GPU).")
 
 

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_data(output_dir: str) -> Path:
-    """Write the course's dated notes (04's task: 600 notes over 2007-2026) as JSONL; return the file."""
+    """Write the course's dated notes (04's training set: 600 notes over 2007-2020) as JSONL; return the file."""
     from gemmate_lib.data import load_quotes
     from gemmate_lib.temporal_data import make_dated_notes, save_jsonl
 

@@ -232,11 +232,14 @@ def test_data_files_and_dated_notes(tmp_path):
 
     notes = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=10)
     assert not set(notes.train_timestamps) & set(notes.test_timestamps)
-    assert all(2007 <= y <= 2026 for y, _ in notes.test_dates)
+    assert all(2007 <= y <= 2020 for y, _ in notes.test_dates)
     from collections import Counter
 
-    balanced = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=40)
-    assert set(Counter(y for y, _ in balanced.test_dates).values()) == {2}  # 2 per year
+    balanced = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=28, n_val=14,
+                                n_far=12)
+    assert set(Counter(y for y, _ in balanced.test_dates).values()) == {2}  # 2 per training year
+    assert set(Counter(y for y, _ in balanced.val_dates).values()) == {1}
+    assert Counter(y for y, _ in balanced.far_dates) == {y: 2 for y in range(2021, 2027)}  # 2 per year after them
     assert parse_date(notes.train_texts[0].split("Written:")[1])[0] is not None
     path = save_jsonl(tmp_path / "notes.jsonl", notes.train_texts, notes.train_timestamps)
     texts, stamps = load_jsonl(path)
@@ -311,3 +314,34 @@ def test_baselines_by_hand():
     # the first test note's neighbour is 2010-03 (right year and month); the second's is 2020-01 (both wrong)
     assert got["nearest_year"] == 0.5 and got["nearest_month_year"] == 0.5 and got["median_gap_days"] == 2
     assert got["chance_year"] == 0.5 and got["chance_month_year"] == 1 / 24
+
+
+def test_dated_notes_keep_validation_test_and_extrapolation_apart():
+    from gemmate_lib.temporal_data import PROMPT_END, date_of, make_dated_notes
+
+    notes = make_dated_notes([f"quote number {i} is here today" for i in range(60)], n_train=300, n_test=40, n_val=30,
+                             n_far=24, seed=3)
+    splits = [set(notes.train_timestamps), set(notes.val_timestamps), set(notes.test_timestamps), set(notes.far_timestamps)]
+    assert sum(map(len, splits)) == len(set().union(*splits)) == 300 + 30 + 40 + 24  # no timestamp in two places
+    assert {date_of(ms)[0] for ms in notes.train_timestamps} <= set(range(2007, 2021))
+    assert {y for y, _ in notes.far_dates} == set(range(2021, 2027))  # no training target names these years
+    assert not any(f" {y}" in t for t in notes.train_texts for y in range(2021, 2027))
+    trained = {t.split(PROMPT_END)[0] for t in notes.train_texts}
+    held = {p.removesuffix(PROMPT_END) for p in notes.val_prompts + notes.test_prompts + notes.far_prompts}
+    assert trained and held and not trained & held  # held-out quotes are never trained on
+    assert notes.split("far") == (notes.far_prompts, notes.far_timestamps, notes.far_dates)
+    with pytest.raises(DataError, match="extrapolate_to=2019 is not after last_year=2020"):
+        make_dated_notes([f"q {i} words" for i in range(20)], extrapolate_to=2019)
+
+
+def test_baselines_within_one_year_outside_the_training_years():
+    from gemmate_lib.temporal_data import DatedNotes, _ms
+    from gemmate_lib.temporal_train import baselines
+
+    notes = DatedNotes(["a", "b"], [_ms(2019, 6, 1), _ms(2020, 11, 1)], [], [], [],
+                       far_prompts=["x", "y", "z"], far_timestamps=[_ms(2021, 2, 1), _ms(2022, 5, 1), _ms(2025, 1, 1)],
+                       far_dates=[(2021, 2), (2022, 5), (2025, 1)])
+    got = baselines(notes, "far")
+    # every neighbour is 2020-11: never the right year, within one year only for 2021
+    assert got["nearest_year"] == 0 and got["nearest_year_within_1"] == pytest.approx(1 / 3)
+    assert got["chance_year"] == pytest.approx(1 / 3)

@@ -1,0 +1,127 @@
+"""GemmaTE's harder tests: answers that change over time (the newest Python 3 release), and how to score them.
+
+Taught in 04_temporal_encoding (section 10); `gemmate train-te --temporal_task python_releases`
+runs the same. The question never changes, only its timestamp does, so the right answer
+can come from the time signal alone. The release dates are python.org's (first final
+release of each 3.x; data_cards/python_releases.md).
+"""
+from __future__ import annotations
+
+import bisect
+import random
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+PYTHON_RELEASES = (  # (version, date of its first final release), from python.org/downloads and the release PEPs
+    ("3.0", "2008-12-03"), ("3.1", "2009-06-27"), ("3.2", "2011-02-20"), ("3.3", "2012-09-29"),
+    ("3.4", "2014-03-16"), ("3.5", "2015-09-13"), ("3.6", "2016-12-23"), ("3.7", "2018-06-27"),
+    ("3.8", "2019-10-14"), ("3.9", "2020-10-05"), ("3.10", "2021-10-04"), ("3.11", "2022-10-24"),
+    ("3.12", "2023-10-02"), ("3.13", "2024-10-07"), ("3.14", "2025-10-07"),
+)
+PYTHON_END = "2026-10-01"  # 3.15 is scheduled for this day (PEP 790): later dates might have a newer answer
+QUESTION = "The newest Python 3 release is Python"  # the prompt; the model continues with " 3.12"
+DAY_MS = 86_400_000
+
+
+def _iso_ms(day: str) -> int:
+    """Midnight UTC of an ISO date, in ms."""
+    return int(datetime.fromisoformat(day).replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+RELEASE_MS = [_iso_ms(day) for _, day in PYTHON_RELEASES]  # midnight UTC of each release day
+
+
+def newest_python(ms: float) -> str:
+    """The newest Python 3 release on this timestamp (a release counts from midnight UTC of its day)."""
+    i = bisect.bisect_right(RELEASE_MS, ms) - 1
+    if i < 0 or ms >= _iso_ms(PYTHON_END):
+        raise ValueError(f"timestamp {ms} is outside {PYTHON_RELEASES[0][1]}..{PYTHON_END}")
+    return PYTHON_RELEASES[i][0]
+
+
+def days_to_release(ms: float) -> float:
+    """Days from this timestamp to the nearest release day that changes the answer (3.1 onwards)."""
+    return min(abs(ms - r) for r in RELEASE_MS[1:]) / DAY_MS
+
+
+@dataclass
+class PythonQuestions:
+    train_texts: list[str]  # the prompt with its answer: "... is Python 3.12"
+    train_timestamps: list[int]  # ms, uniform over 3.0's release day .. PYTHON_END
+    val_timestamps: list[int]  # validation: held-out times for design choices
+    test_timestamps: list[int]  # test: held-out times, evaluated once
+    prompt: str = QUESTION  # what every held-out timestamp is asked with
+
+
+def make_python_questions(n_train: int = 300, n_val: int = 100, n_test: int = 200, seed: int = 0) -> PythonQuestions:
+    """The same question at random whole-minute times; train, validation and test times are disjoint."""
+    rng = random.Random(seed)
+    low, high = RELEASE_MS[0], _iso_ms(PYTHON_END)
+    taken: set = set()
+
+    def draw(n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            ms = rng.randrange(low, high) // 60_000 * 60_000
+            if ms not in taken:
+                taken.add(ms)
+                out.append(ms)
+        return out
+
+    test, val, train = draw(n_test), draw(n_val), draw(n_train)
+    texts = [f"{QUESTION} {newest_python(ms)}" for ms in train]
+    return PythonQuestions(texts, train, val, test)
+
+
+def parse_version(completion: str) -> str | None:
+    """ "3.12" from a completion like " 3.12\\nQ: ..."; None when it names no 3.x version."""
+    match = re.match(r"\s*(3\.\d{1,2})(?!\d)", completion)
+    return match.group(1) if match else None
+
+
+def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked_at=None, near_days: float = 60.0,
+                    batch_size: int = 100):
+    """Greedy answers at `timestamps` (or all at one `asked_at` time); (table, metrics).
+
+    The truth is always the release at `timestamps`. Metrics: accuracy overall, within
+    `near_days` of a release boundary, and farther away.
+    """
+    import pandas as pd
+
+    from .generation import generate
+
+    stamps = list(timestamps)
+    shown = stamps if asked_at is None else [asked_at] * len(stamps)
+    out = generate(te, tokenizer, [questions.prompt] * len(stamps), max_new_tokens=5, batch_size=batch_size,
+                   timestamps=shown)
+    table = pd.DataFrame({"timestamp": stamps, "answer": [parse_version(c) for c in out.completion],
+                          "truth": [newest_python(ms) for ms in stamps],
+                          "days_to_release": [days_to_release(ms) for ms in stamps]})
+    table["ok"] = table.answer == table.truth
+    near = table.days_to_release <= near_days
+    metrics = {"accuracy": float(table.ok.mean()), "accuracy_near_release": float(table.ok[near].mean()),
+               "accuracy_far_from_release": float(table.ok[~near].mean()), "n_near_release": int(near.sum()),
+               "n": len(table)}
+    return table, metrics
+
+
+def python_baselines(questions: PythonQuestions, timestamps, near_days: float = 60.0) -> dict:
+    """Chance, the majority answer, and the answer of the nearest training timestamp, on these held-out times."""
+    from collections import Counter
+
+    truth = [newest_python(ms) for ms in timestamps]
+    train = sorted(questions.train_timestamps)
+    hits = near_hits = n_near = 0
+    for ms, answer in zip(timestamps, truth):
+        i = bisect.bisect_left(train, ms)
+        j = min((k for k in (i - 1, i) if 0 <= k < len(train)), key=lambda k: abs(train[k] - ms))
+        ok = newest_python(train[j]) == answer
+        hits += ok
+        if days_to_release(ms) <= near_days:
+            n_near += 1
+            near_hits += ok
+    majority, count = Counter(truth).most_common(1)[0]
+    return {"chance": 1 / len(PYTHON_RELEASES), "majority_answer": majority, "majority_share": count / len(truth),
+            "nearest": hits / len(truth), "nearest_near_release": near_hits / max(n_near, 1)}
+

@@ -1,0 +1,97 @@
+"""04's time-conditioned task (the newest Python 3 release on a date) and `gemmate train-te --temporal_task`.
+
+The truth, the splits and the baselines are checked by hand; the command runs on the tiny
+random Gemma (plumbing: its answers are noise). Whether GemmaTE learns the task is
+measured on the embedded model in 04 (nbval runs it; its self-check asks for >= 0.9).
+"""
+from datetime import datetime, timezone
+
+import pytest
+
+from gemmate_lib.temporal_tasks import (
+    PYTHON_RELEASES,
+    PythonQuestions,
+    days_to_release,
+    make_python_questions,
+    newest_python,
+    parse_version,
+    python_baselines,
+)
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def test_the_newest_release_changes_on_python_org_dates():
+    assert newest_python(ms("2008-12-03T00:00:00")) == "3.0"
+    assert newest_python(ms("2009-06-26T23:59:00")) == "3.0"
+    assert newest_python(ms("2009-06-27T00:00:00")) == "3.1"
+    assert newest_python(ms("2021-10-03T12:00:00")) == "3.9"
+    assert newest_python(ms("2021-10-04T00:01:00")) == "3.10"
+    assert newest_python(ms("2026-09-30T23:59:00")) == "3.14"
+    for outside in ("2008-12-02T23:59:00", "2026-10-01T00:00:00"):
+        with pytest.raises(ValueError, match="outside 2008-12-03..2026-10-01"):
+            newest_python(ms(outside))
+    assert [v for v, _ in PYTHON_RELEASES] == [f"3.{i}" for i in range(15)]
+    assert days_to_release(ms("2023-10-12T00:00:00")) == 10  # 3.12 came out on 2023-10-02
+    assert days_to_release(ms("2009-01-01T00:00:00")) == 177  # 3.0's own day is no boundary: the next is 2009-06-27
+
+
+def test_versions_are_read_from_completions():
+    assert parse_version(" 3.12\nThe newest") == "3.12"
+    assert parse_version(" 3.1, released") == "3.1"
+    assert parse_version("3.123") is None and parse_version(" three point one") is None and parse_version("") is None
+
+
+def test_questions_use_disjoint_times_and_say_the_truth():
+    q = make_python_questions(n_train=120, n_val=30, n_test=50, seed=5)
+    times = [set(q.train_timestamps), set(q.val_timestamps), set(q.test_timestamps)]
+    assert sum(map(len, times)) == len(set().union(*times)) == 200
+    assert all(ms("2008-12-03T00:00:00") <= t < ms("2026-10-01T00:00:00") for t in set().union(*times))
+    for text, t in zip(q.train_texts, q.train_timestamps):
+        assert text == f"{q.prompt} {newest_python(t)}"
+    assert len({text.split()[-1] for text in q.train_texts}) >= 12  # the answer really changes with time
+
+
+def test_python_baselines_by_hand():
+    q = PythonQuestions(["a", "b"], [ms("2020-09-01T00:00:00"), ms("2023-01-01T00:00:00")], [], [])
+    held = [ms("2020-10-20T00:00:00"), ms("2020-12-01T00:00:00"), ms("2022-12-01T00:00:00")]
+    got = python_baselines(q, held, near_days=60)
+    # neighbours: 2020-09-01 (3.8) for the first two (truth 3.9, 3.9); 2023-01-01 (3.11) for the third (3.11)
+    assert got["nearest"] == pytest.approx(1 / 3) and got["nearest_near_release"] == pytest.approx(1 / 3)
+    assert got["majority_answer"] == "3.9" and got["majority_share"] == pytest.approx(2 / 3)
+    assert got["chance"] == pytest.approx(1 / 15)
+
+
+@pytest.mark.parametrize("task, keys", [("python_releases", {"test", "constant_timestamp", "baselines"}),
+                                        ("dated_notes", {"test", "extrapolation"})])
+def test_train_te_runs_04s_tasks_and_evaluates_them(task, keys, tmp_path, tiny_folder):
+    import json
+
+    from gemmate_lib.cli import main
+
+    out = tmp_path / task
+    assert main(["train-te", "--temporal_task", task, "--output_dir", str(out), "--max_steps", "2",
+                 "--model_name", str(tiny_folder), "--dtype", "fp32"]) == 0
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == 2 and set(metrics["evaluation"]) == keys
+    if task == "python_releases":
+        assert metrics["rows"] == 300 and metrics["evaluation"]["test"]["n"] == 200
+        assert 0 <= metrics["evaluation"]["test"]["accuracy"] <= 1
+        assert metrics["config"]["prompt_end"] == "The newest Python 3 release is Python"
+    else:
+        far = metrics["evaluation"]["extrapolation"]
+        assert metrics["rows"] == 600 and far["n"] == 120 and far["baselines"]["nearest_year"] == 0
+        assert metrics["config"]["prompt_end"] == "\nWritten:"
+    assert (out / "model" / "temporal.safetensors").exists()
+
+
+def test_train_te_without_data_says_what_to_pass(tmp_path, capsys):
+    from gemmate_lib.cli import main
+    from gemmate_lib.errors import run_cli
+
+    assert run_cli(main, ["train-te", "--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "dataset='embedded' is the quotes, which have no timestamps" in err and "--temporal_task dated_notes" in err
+    assert "Traceback" not in err

@@ -2,6 +2,7 @@
 #   make course      run every notebook headless (papermill) on the embedded default
 #   make test        lint + every unit test + nbval regression tests of the committed notebooks (what CI runs)
 #   make test-fast   lint + the plumbing tests on a tiny random Gemma (under 2 minutes; no model conversion)
+#   make lab         JupyterLab on 127.0.0.1 with the notebooks and the course's kernel
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +13,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install embedded course test test-fast lint unit nbval gpu-check bench clean notebooks
+.PHONY: install embedded course test test-fast lint unit nbval gpu-check bench clean notebooks lab
 
 install: $(STAMP)
 
@@ -23,7 +24,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
-	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "GemmaTE course (.venv)" >/dev/null
 	touch $(STAMP)
 
 embedded: install
@@ -61,6 +62,13 @@ bench: embedded
 
 clean:
 	rm -rf runs/nbval runs/interactive
+
+# Learners: JupyterLab on this machine, the notebooks open, the course's kernel ("GemmaTE course (.venv)") selected.
+# LAB_PORT=8899 picks another port, LAB_ARGS=--no-browser keeps the browser closed; it listens on 127.0.0.1 only.
+# As root (containers, CI) it passes --allow-root, which JupyterLab otherwise refuses to start without.
+lab: embedded
+	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(or $(LAB_PORT),8888) \
+		--MultiKernelManager.default_kernel_name=python3 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Maintainers: re-execute the notebooks in place to commit fresh outputs (nbval compares against them).
 notebooks: embedded

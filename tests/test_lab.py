@@ -1,0 +1,67 @@
+"""`make lab`: JupyterLab starts on 127.0.0.1 with the notebooks and the course's kernel, answers, and stops."""
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, token: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.status, response.read()
+
+
+@pytest.mark.slow
+def test_make_lab_serves_the_notebooks_with_the_course_kernel():
+    port, token = _free_port(), secrets.token_hex(16)  # a throwaway local token, never printed
+    proc = subprocess.Popen(["make", "-s", "lab", f"LAB_PORT={port}", "LAB_ARGS=--no-browser"], cwd=ROOT,
+                            env={**os.environ, "JUPYTER_TOKEN": token}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline, specs = time.time() + 120, None
+        while time.time() < deadline and specs is None:  # bounded: at most 2 minutes, one request a second
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                specs = json.loads(_get(f"{base}/api/kernelspecs", token)[1])
+            except OSError:
+                time.sleep(1)
+        assert specs is not None, "JupyterLab did not answer within 2 minutes"
+        assert specs["default"] == "python3"
+        course = specs["kernelspecs"]["python3"]["spec"]
+        assert course["display_name"] == "GemmaTE course (.venv)"
+        assert Path(course["argv"][0]).parent == ROOT / ".venv" / "bin"  # the course's venv, not a system Python
+        listing = json.loads(_get(f"{base}/api/contents", token)[1])
+        names = {item["name"] for item in listing["content"]}
+        assert {"00_setup.ipynb", "03_lora_sft.ipynb", "04_temporal_encoding.ipynb"} <= names
+        status, page = _get(f"{base}/lab", token)
+        assert status == 200 and b"JupyterLab" in page
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the token is required
+            urllib.request.urlopen(f"{base}/api/kernelspecs", timeout=5)
+        assert refused.value.code == 403
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+    assert proc.poll() is not None
+    with pytest.raises(OSError):  # stopped: nothing answers on the port any more
+        _get(f"{base}/api/kernelspecs", token)

@@ -1,4 +1,4 @@
-"""`gemmate train | train-te | evaluate | generate | hpo` (also `python -m gemmate_lib ...`): the course as commands.
+"""`gemmate train | train-te | evaluate | generate | hpo | serve` (also `python -m gemmate_lib ...`): the course as commands.
 
 Taught in the README ("Command line"). Every subcommand reads the course's one config:
 a YAML file (`--config configs/cpu-quick.yaml`, keys in config.py) and `--key value`
@@ -20,7 +20,8 @@ COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
             "train-te": "GemmaTE (LoRA + temporal projection) on a JSONL of {text, timestamp}",
             "evaluate": "05's metrics of the trained adapter on the held-out split -> output_dir/metrics.json",
             "generate": "greedy completions of --prompts with the trained adapter",
-            "hpo": "an Optuna search over learning rate, LoRA r / alpha / dropout and batch size"}
+            "hpo": "an Optuna search over learning rate, LoRA r / alpha / dropout and batch size",
+            "serve": "the merged fine-tuned model of run folders behind transformers serve (OpenAI-compatible)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "hpo":
             p.add_argument("--n_trials", type=int, default=8, help="number of trials")
             p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+        if name == "serve":
+            p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders with merged/ or adapter/")
+            p.add_argument("--host", default="127.0.0.1", help="listen address (default: this machine only)")
+            p.add_argument("--port", type=int, default=8000, help="listen port")
+            p.add_argument("--max_tokens_limit", type=int, default=512, help="largest max_tokens a request may ask")
         if name == "train-te":
             p.add_argument("--fp16", action="store_true", help="fp16 mixed precision (the guide's flag; needs a GPU)")
             p.add_argument("--overwrite", action="store_true", help="write into a non-empty output_dir")
@@ -79,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
 
         for row in generate_from_config(cfg).itertuples():
             print(f"--- {row.prompt}{row.completion}\n")
+        return 0
+    elif args.command == "serve":
+        from .serve import run_server, served_model
+
+        run_server([served_model(d) for d in args.run_dirs], args.host, args.port, args.max_tokens_limit)
         return 0
     else:
         from .hpo import search

@@ -1,0 +1,90 @@
+"""`gemmate serve RUN_DIR [RUN_DIR ...]`: fine-tuned models behind `transformers serve` (OpenAI-compatible).
+
+Taught in 06_save_and_push (section "Serve it"). The server is transformers' own
+(`transformers serve`: /v1/completions, /v1/chat/completions, /health), installed with
+its serving extras from requirements.txt. This module finds or builds each run's merged
+model (safetensors), and adds the request checks that server lacks, measured here:
+without them an empty prompt silently generates from <bos>, and `max_tokens` 10^8 keeps
+the server generating for as long as the model does not stop. With one run folder the
+server is pinned to its model; with several, a request's `model` picks one by its folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ParameterError
+
+MAX_TOKENS_LIMIT = 512  # the largest `max_tokens` a request may ask for (a quote and its author need ~60)
+
+
+def served_model(run_dir: str | Path) -> Path:
+    """The merged model of a run folder: `merged/` (06 writes it), else `adapter/` merged now and saved there.
+
+    `gemmate train`'s output_dir has the same layout (`adapter/`), so it serves too.
+    """
+    from .fsio import show_path
+
+    run_dir = Path(run_dir)
+    merged, adapter = run_dir / "merged", run_dir / "adapter"
+    if (merged / "config.json").is_file():
+        return merged
+    if not (adapter / "adapter_config.json").is_file():
+        raise ParameterError(f"{show_path(run_dir)} has neither merged/ nor adapter/",
+                             "pass a run folder that 03 (or `gemmate train`'s output_dir) wrote, e.g. runs/committed")
+    import json
+
+    from .hardware import pick_precision
+    from .hub import load_adapter, save_merged
+    from .models import load_model, load_tokenizer
+
+    base = json.loads((adapter / "gemmate.json").read_text())["base_model"]
+    precision = pick_precision()
+    model = load_adapter(load_model(base, precision), adapter).merge_and_unload()
+    print(f"merged {show_path(adapter)} into {base} -> {show_path(merged)}", flush=True)
+    return save_merged(model, load_tokenizer(base), merged, precision.dtype)
+
+
+def check_request(body: dict, field: str, models: list[str], limit: int = MAX_TOKENS_LIMIT) -> None:
+    """Refuse, with a 400 that says what to send instead, what transformers serve would accept and regret."""
+    from fastapi import HTTPException
+
+    value = body.get(field)
+    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
+        example = ('"Quote: Imagination is more"' if field == "prompt" else
+                   '[{"role": "user", "content": "Finish the quote: Imagination is more"}]')
+        raise HTTPException(400, detail=f"{field} is empty: send what the model should continue, e.g. {example}")
+    for key in ("max_tokens", "max_completion_tokens"):
+        asked = body.get(key)
+        if asked is not None and (not isinstance(asked, int) or isinstance(asked, bool) or not 1 <= asked <= limit):
+            raise HTTPException(400, detail=f"{key}={asked!r} must be a whole number from 1 to {limit} on this server "
+                                           "(gemmate serve --max_tokens_limit raises the limit)")
+    if len(models) > 1 and body.get("model") not in models:
+        raise HTTPException(400, detail=f"model {body.get('model')!r} is not served here; use one of: {', '.join(models)}")
+
+
+def run_server(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, limit: int = MAX_TOKENS_LIMIT) -> None:
+    """Start transformers' server with the request checks; blocks until stopped (Ctrl-C)."""
+    from transformers.cli import serve as serve_cli
+    from transformers.cli.serving import server
+
+    from .hardware import pick_precision
+
+    models = [str(f) for f in folders]
+    original = server.build_server
+
+    def build_with_checks(model_manager, chat_handler, completion_handler, *args, **kwargs):
+        for handler, field in ((completion_handler, "prompt"), (chat_handler, "messages")):
+            def checked(body, request_id, _handle=handler.handle_request, _field=field):
+                check_request(body, _field, models, limit)
+                return _handle(body, request_id)
+            handler.handle_request = checked
+        return original(model_manager, chat_handler, completion_handler, *args, **kwargs)
+
+    server.build_server = build_with_checks  # serve.py imports it from this module when the server starts
+    precision = pick_precision()
+    print(f"serving {', '.join(models)} on http://{host}:{port}/v1 (transformers serve, {precision.name}); "
+          f"try:\n  curl http://{host}:{port}/v1/completions -H 'Content-Type: application/json' "
+          f"-d '{{\"model\": \"{models[0]}\", \"prompt\": \"Quote: Imagination is more\", \"max_tokens\": 40}}'",
+          flush=True)
+    serve_cli.Serve(force_model=models[0] if len(models) == 1 else None, host=host, port=port,
+                    dtype=str(precision.dtype).removeprefix("torch."), device=precision.device, log_level="warning")

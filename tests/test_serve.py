@@ -1,0 +1,108 @@
+"""`gemmate serve`: a fine-tuned run behind transformers serve on 127.0.0.1, real HTTP requests, bad ones refused.
+
+The model is really trained (10 steps on the embedded Gemma 3 270M, enough for the
+`Author:` line on the standard prompts to appear) and really served; every wait is bounded.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bad_requests_are_refused_with_what_to_send(tmp_path):
+    from fastapi import HTTPException
+
+    from gemmate_lib.errors import ParameterError
+    from gemmate_lib.serve import check_request, served_model
+
+    check_request({"prompt": "Quote: x", "max_tokens": 40}, "prompt", ["m"])  # a good one passes
+    for body, words in [({"prompt": " "}, "prompt is empty"), ({"messages": []}, "messages is empty"),
+                        ({"prompt": "Q", "max_tokens": 10**8}, "max_tokens=100000000 must be a whole number from 1 to 512"),
+                        ({"prompt": "Q", "max_tokens": 0}, "from 1 to 512"), ({"prompt": "Q", "max_tokens": True}, "True"),
+                        ({"prompt": "Q", "max_completion_tokens": "9"}, "max_completion_tokens='9'"),
+                        ({"prompt": "Q", "model": "nope"}, "model 'nope' is not served here; use one of: a, b")]:
+        field = "messages" if "messages" in body else "prompt"
+        with pytest.raises(HTTPException) as err:
+            check_request(body, field, ["a", "b"] if "model" in body else ["a"])
+        assert err.value.status_code == 400 and words in err.value.detail
+    with pytest.raises(ParameterError, match="has neither merged/ nor adapter/"):
+        served_model(tmp_path)
+
+
+@pytest.mark.slow
+def test_gemmate_serve_answers_a_quote_with_an_author_over_http(tmp_path):
+    import httpx
+    from openai import BadRequestError, OpenAI
+
+    from gemmate_lib.cli import main
+    from gemmate_lib.errors import run_cli
+    from gemmate_lib.generation import STANDARD_PROMPTS
+    from gemmate_lib.models import prepare_embedded
+
+    run = tmp_path / "run"
+    assert run_cli(main, ["train", "--max_length", "48", "--batch_size", "4", "--max_steps", "10", "--val_steps_freq", "0",
+                          "--keep_best_n", "0", "--save_strategy", "no", "--eval_fraction", "0.03",
+                          "--output_dir", str(run)]) == 0
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "merged").symlink_to(prepare_embedded(verbose=False))  # the untrained model, as a second "run"
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gemmate_lib", "serve", str(run), str(base), "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300  # merging the adapter and loading: bounded to 5 minutes, one poll a second
+        while True:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "gemmate serve did not answer within 5 minutes"
+            time.sleep(1)
+        assert (run / "merged" / "model.safetensors").exists()  # merged from adapter/, saved as safetensors
+        client = OpenAI(base_url=f"{url}/v1", api_key="not-needed", timeout=120, max_retries=0)
+        tuned, untrained = str(run / "merged"), str(base / "merged")
+        start, tokens, texts = time.time(), 0, []
+        for prompt in STANDARD_PROMPTS:
+            answer = client.completions.create(model=tuned, prompt=prompt, max_tokens=40, temperature=0)
+            texts.append(answer.choices[0].text)
+            tokens += answer.usage.completion_tokens
+        seconds = time.time() - start
+        print(f"gemmate serve: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s "
+              f"(greedy, 40 tokens per request, one request at a time)")
+        assert sum("Author:" in t for t in texts) >= 1, texts  # the fine-tuned format, over HTTP
+        plain = client.completions.create(model=untrained, prompt=STANDARD_PROMPTS[1], max_tokens=40, temperature=0)
+        assert "Author:" not in plain.choices[0].text  # the second model, picked by name, is the untrained one
+        for bad, words in [(dict(model=tuned, prompt=""), "prompt is empty"),
+                           (dict(model=tuned, prompt="Quote: x", max_tokens=10**8), "from 1 to 512"),
+                           (dict(model="google/gemma-2b", prompt="Quote: x", max_tokens=5), "is not served here")]:
+            with pytest.raises(BadRequestError) as err:
+                client.completions.create(**{"max_tokens": 5, **bad})
+            assert words in json.dumps(err.value.body)
+        chat = httpx.post(f"{url}/v1/chat/completions", json={"model": tuned, "messages": []}, timeout=30)
+        assert chat.status_code == 400 and "messages is empty" in chat.text
+        again = client.completions.create(model=tuned, prompt=STANDARD_PROMPTS[1], max_tokens=40, temperature=0)
+        assert again.choices[0].text == texts[1]  # still running, and still the same model
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

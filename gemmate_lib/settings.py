@@ -65,7 +65,7 @@ class TrainSettings:
     group_by_length: bool = True  # batch examples of similar length together (less padding); false: random order
     completion_only_loss: bool = False  # loss on what follows "Quote: <first half>" only, not the whole text (03 compares)
     log_level: str = "warning"  # transformers log level: debug, info, warning, error or critical
-    report_to: str = "none"  # "none", "tensorboard" or "wandb" (optional packages, not installed by default)
+    report_to: str = "none"  # "tensorboard": event files under the trainer's folder in the run folder; "wandb" (optional)
     use_wandb: bool = False  # the Gemma 1.1 table's switch: log to Weights & Biases, offline (WANDB_MODE=offline)
     wandb_project: str = "gemmate"  # with use_wandb: the project name
     wandb_run_name: str | None = None  # with use_wandb: the run's name (None: wandb picks one)

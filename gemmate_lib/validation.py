@@ -168,4 +168,4 @@ def _check_checkpoints(flat: dict) -> None:
 
         if importlib.util.find_spec(flat["report_to"]) is None:
             raise ParameterError(f"parameter report_to={flat['report_to']!r}, but the package is not installed",
-                                 f"pip install {flat['report_to']} (optional, not in requirements.txt), or report_to: none")
+                                 f"pip install {flat['report_to']} (make install pins tensorboard), or report_to: none")

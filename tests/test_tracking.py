@@ -1,0 +1,39 @@
+"""Tracking that works offline: report_to="tensorboard" writes event files into the run's folder, off by default."""
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["train", "--max_length", "48", "--batch_size", "4", "--steps_freq", "1", "--val_steps_freq", "0",
+         "--keep_best_n", "0", "--save_strategy", "no", "--eval_fraction", "0.03", "--max_steps", "3", "--dtype", "fp32"]
+
+
+@pytest.mark.parametrize("report_to", ["none", "tensorboard"])
+def test_the_command_logs_training_curves_to_tensorboard_in_the_run_folder(report_to, tmp_path, tiny_folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gemmate_lib.cli import main
+    from gemmate_lib.errors import run_cli
+
+    out = tmp_path / "run"
+    assert run_cli(main, [*TRAIN, "--model_name", str(tiny_folder), "--output_dir", str(out), "--report_to", report_to]) == 0
+    events = list(out.rglob("events.out.tfevents.*"))
+    if report_to == "none":
+        assert events == []  # off by default: nothing written
+        return
+    assert len(events) == 1 and out in events[0].parents
+    curves = EventAccumulator(str(events[0].parent)).Reload()
+    losses = [e.value for e in curves.Scalars("train/loss")]
+    assert len(losses) == 3 and all(v > 0 for v in losses)  # one point per logged step
+    assert "train/learning_rate" in curves.Tags()["scalars"]
+
+
+def test_notebooks_03_and_04_take_report_to_as_a_parameter_and_use_it():
+    import papermill as pm
+
+    for name in ("03_lora_sft", "04_temporal_encoding"):
+        path = ROOT / "notebooks" / f"{name}.ipynb"
+        assert pm.inspect_notebook(str(path))["report_to"]["default"] == '"none"'  # off unless asked
+        code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        assert "report_to=report_to" in code and "report_to=t.report_to" in code  # into the config, then the trainer

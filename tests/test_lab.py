@@ -2,22 +2,15 @@
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, token: str) -> tuple[int, bytes]:
@@ -28,7 +21,7 @@ def _get(url: str, token: str) -> tuple[int, bytes]:
 
 @pytest.mark.slow
 def test_make_lab_serves_the_notebooks_with_the_course_kernel():
-    port, token = _free_port(), secrets.token_hex(16)  # a throwaway local token, never printed
+    port, token = free_port(), secrets.token_hex(16)  # a throwaway local token, never printed
     proc = subprocess.Popen(["make", "-s", "lab", f"LAB_PORT={port}", "LAB_ARGS=--no-browser"], cwd=ROOT,
                             env={**os.environ, "JUPYTER_TOKEN": token}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
@@ -55,13 +48,7 @@ def test_make_lab_serves_the_notebooks_with_the_course_kernel():
             urllib.request.urlopen(f"{base}/api/kernelspecs", timeout=5)
         assert refused.value.code == 403
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+        stop(proc)
     assert proc.poll() is not None
     with pytest.raises(OSError):  # stopped: nothing answers on the port any more
         _get(f"{base}/api/kernelspecs", token)

@@ -4,23 +4,15 @@ The model is really trained (10 steps on the embedded Gemma 3 270M, enough for t
 `Author:` line on the standard prompts to appear) and really served; every wait is bounded.
 """
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_bad_requests_are_refused_with_what_to_send(tmp_path):
@@ -60,7 +52,7 @@ def test_gemmate_serve_answers_a_quote_with_an_author_over_http(tmp_path):
     base = tmp_path / "base"
     base.mkdir()
     (base / "merged").symlink_to(prepare_embedded(verbose=False))  # the untrained model, as a second "run"
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "gemmate_lib", "serve", str(run), str(base), "--port", str(port)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -100,9 +92,4 @@ def test_gemmate_serve_answers_a_quote_with_an_author_over_http(tmp_path):
         again = client.completions.create(model=tuned, prompt=STANDARD_PROMPTS[1], max_tokens=40, temperature=0)
         assert again.choices[0].text == texts[1]  # still running, and still the same model
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop(proc)

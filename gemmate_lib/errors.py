@@ -101,6 +101,13 @@ def hub_errors(name: str, kind: str = "model"):
         raise hub_error(name, err, kind) from err
 
 
+def one_line(err: BaseException) -> str:
+    """An error as one line: a course error's problem and fix, anything else its type and (shortened) message."""
+    if isinstance(err, GemmateError):
+        return f"{err.problem}; fix: {err.fix}"
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+
 def run_cli(main, argv: list[str] | None = None) -> int:
     """Run a command's `main(argv)`: a course error is one line and exit 2, anything else one line and exit 1.
 
@@ -121,7 +128,5 @@ def run_cli(main, argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         else:
-            message = " ".join(str(err).split())[:300]
-            print(f"unexpected error: {type(err).__name__}: {message}; run with --debug for the traceback",
-                  file=sys.stderr)
+            print(f"unexpected error: {one_line(err)}; run with --debug for the traceback", file=sys.stderr)
         return 1

@@ -38,8 +38,8 @@ import torch
 
 from .data import char_spans, format_quote, normalize_author, quote_prompt, split_quote, token_mask
 from .errors import DataError
-from .fast_loss import LinearCrossEntropy
-from .generation import generate, has_author_line
+from .fast_loss import final_hidden, output_weight, token_nll
+from .generation import BATCH_SIZE, generate, has_author_line
 from .stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
 
 METRICS = ("perplexity", "perplexity_quote", "author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
@@ -64,33 +64,42 @@ def bleu(prediction: str, reference: str) -> float:
 
 
 @torch.no_grad()
-def example_nll(model, tokenizer, rows, max_length: int = 128, batch_size: int = 16, part: str = "text"):
-    """Per example: (summed next-token NLL, number of tokens) of `text + EOS`: the course's one held-out loss.
+def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int = 128,
+                        batch_size: int = 16) -> dict[str, list[tuple[float, int]]]:
+    """Per part, per example: (summed next-token NLL, number of tokens) of `text + EOS`, from one forward pass.
 
-    `part` picks the predicted tokens that count (data.char_spans): "text" all of them,
-    "quote" the quote's own words, "completion" what follows `Quote: <first half>`.
-    The LM head runs on counted tokens only (fast_loss.LinearCrossEntropy), so a batch of
-    padded quotes costs what its tokens cost.
+    The course's one held-out loss. Each of `parts` picks the predicted tokens that count
+    (data.char_spans): "text" all of them, "quote" the quote's own words, "completion"
+    what follows `Quote: <first half>`. The forward pass is the model's own (every adapter
+    takes part, prompt tuning's virtual tokens included: fast_loss.final_hidden), and the
+    LM head runs once per batch on its real tokens only (fast_loss.token_nll), so padding
+    costs nothing, and asking for several parts costs one pass.
     """
     model.eval()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    device = next(model.parameters()).device
-    out = []
+    weight = output_weight(model)
+    device = weight.device
+    out: dict[str, list[tuple[float, int]]] = {part: [] for part in parts}
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
         texts = [r["text"] + tokenizer.eos_token for r in batch]
         enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
                         return_offsets_mapping=True)
         offsets = enc.pop("offset_mapping").tolist()
-        spans = torch.tensor([token_mask(o, *char_spans(r, part)) for r, o in zip(batch, offsets)])
         enc = enc.to(device)
-        hidden = base.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        weight = base.get_output_embeddings().weight
-        for h, ids, mask, span in zip(hidden, enc["input_ids"], enc["attention_mask"], spans.to(device)):
-            keep = (mask[1:] * span[1:]).bool()
-            nll = LinearCrossEntropy.apply(h[:-1][keep], weight, ids[1:][keep])
-            out.append((float(nll), int(keep.sum())))
+        hidden = final_hidden(model, enc["input_ids"], enc["attention_mask"])
+        real = enc["attention_mask"][:, 1:].bool()  # position i predicts token i + 1
+        per_token = torch.zeros(real.shape, dtype=torch.float64, device=device)
+        per_token[real] = token_nll(hidden[:, :-1][real], weight, enc["input_ids"][:, 1:][real]).double()
+        for part in parts:
+            spans = torch.tensor([token_mask(o, *char_spans(r, part)) for r, o in zip(batch, offsets)]).to(device)
+            keep = real & spans[:, 1:].bool()
+            out[part].extend(zip(per_token.where(keep, 0).sum(dim=1).tolist(), keep.sum(dim=1).tolist()))
     return out
+
+
+def example_nll(model, tokenizer, rows, max_length: int = 128, batch_size: int = 16, part: str = "text"):
+    """Per example: (summed next-token NLL, number of tokens) for one part (see example_nll_by_part)."""
+    return example_nll_by_part(model, tokenizer, rows, (part,), max_length, batch_size)[part]
 
 
 def held_out_loss(model, tokenizer, rows, max_length: int = 128, batch_size: int = 16) -> float:
@@ -119,7 +128,7 @@ def _metric(values, weights=None, *, proportion=False, perplexity=False, seed=0)
             "interval": "bootstrap", "n": len(values)}
 
 
-def format_generations(model, tokenizer, rows: list[dict], batch_size: int = 8):
+def format_generations(model, tokenizer, rows: list[dict], batch_size: int = BATCH_SIZE):
     """(prompts, generations, 1.0/0.0 per row): from `Quote: <first half>`, one `Author:` line, then end-of-text."""
     prompts = [quote_prompt(r["quote"]) for r in rows]
     formats = generate(model, tokenizer, prompts, TOKENS["completion"], batch_size=batch_size)
@@ -128,7 +137,7 @@ def format_generations(model, tokenizer, rows: list[dict], batch_size: int = 8):
                               for p, g, s in zip(prompts, formats.completion, stopped)]
 
 
-def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size: int = 8,
+def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size: int = BATCH_SIZE,
                    train_authors=None) -> EvalResult:
     """All metrics for one model on `rows` (dicts with quote, author, text).
 
@@ -140,8 +149,8 @@ def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size
 
     if not rows:
         raise DataError("the evaluation set is empty", "pass rows with `quote` and `author` (at least one)")
-    nll = example_nll(model, tokenizer, rows, batch_size=batch_size)
-    nll_quote = example_nll(model, tokenizer, rows, batch_size=batch_size, part="quote")
+    parts = example_nll_by_part(model, tokenizer, rows, ("text", "quote"), batch_size=batch_size)
+    nll, nll_quote = parts["text"], parts["quote"]
     authors = generate(model, tokenizer, [format_quote(r["quote"]) for r in rows], TOKENS["author"],
                        batch_size=batch_size)
     halves = [split_quote(r["quote"]) for r in rows]

@@ -1,15 +1,19 @@
 """Cross-entropy through Gemma's 262k-token LM head, only where it counts.
 
-Taught in 03_lora_sft ("look inside" cell) and measured in benchmarks/sft_throughput.py.
-The LM head of Gemma 3 270M is ~60% of a LoRA step's FLOPs, and full logits for
-1k tokens take ~1 GB in fp32. Two savings, both exact:
+Taught in 03_lora_sft ("look inside" cell), used by every method of 07_compare_methods,
+and measured in benchmarks/sft_throughput.py. The LM head of Gemma 3 270M is ~60% of a
+LoRA step's FLOPs, and full logits for 1k tokens take ~1 GB in fp32. Three savings, all exact:
 
-1. Only positions with a label (not padding) go through the LM head.
-2. The head weights are frozen (tied to the embeddings), so the only gradient it
-   needs is the one for the hidden states. `LinearCrossEntropy` computes it during
-   the forward pass, chunk by chunk, and keeps just that [tokens, hidden] matrix:
-   two matmuls per token instead of the three of a recompute-in-backward scheme,
-   and never more than one chunk of logits in memory.
+1. Only positions with a label (not padding, not a masked prompt) go through the LM head.
+2. The gradients are computed during the forward pass, chunk by chunk: the one for the
+   hidden states always, the one for the head weight only when it trains (full
+   fine-tuning; LoRA and the prompt methods leave it frozen). Never more than one chunk of
+   logits is in memory, and that chunk's buffer is reused and turned into the softmax in
+   place: fresh 256 MiB tensors per chunk cost as much as the arithmetic on a CPU.
+3. The model's own forward runs with `logits_to_keep=1`, so its head computes one position
+   per row; the decoder's output is taken with a hook. Whatever the adapter does inside
+   forward (LoRA, IA3, virtual tokens of prompt tuning, the cache of prefix tuning,
+   GemmaTE's time) is therefore included, and the loss is the same for every method.
 """
 from __future__ import annotations
 
@@ -18,34 +22,93 @@ import torch
 CHUNK_TOKENS = 256  # tokens per chunk: 256 x 262144 fp32 logits = 256 MiB at a time
 
 
+def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, probs: bool):
+    """Yield (start, rows, targets, per-token NLL, logits buffer) chunk by chunk, through one reused buffer.
+
+    With `probs` the buffer holds the chunk's softmax (computed in place) when yielded.
+    """
+    acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 (or fp64)
+    rows = min(chunk, hidden.shape[0])
+    raw = hidden.new_empty((rows, weight.shape[0]), dtype=weight.dtype)  # one buffer for every chunk
+    logits = raw if raw.dtype == acc else raw.new_empty(raw.shape, dtype=acc)
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start:start + chunk].to(weight.dtype), targets[start:start + chunk]
+        z = logits[:len(t)]
+        torch.mm(h, weight.t(), out=raw[:len(t)])
+        if z.data_ptr() != raw.data_ptr():
+            z.copy_(raw[:len(t)])
+        target_logit = z[torch.arange(len(t), device=t.device), t].clone()
+        top = z.amax(dim=1)
+        z.sub_(top[:, None]).exp_()
+        norm = z.sum(dim=1)
+        if probs:
+            z.div_(norm[:, None])
+        yield start, h, t, top + norm.log() - target_logit, z
+
+
 class LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `hidden @ weight.T` against `targets`; gradient for `hidden` only."""
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`; gradients for `hidden` (and `weight` if it trains)."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_TOKENS):
-        need_grad = ctx.needs_input_grad[0]
-        total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
-        grad_hidden = torch.empty_like(hidden) if need_grad else None
-        for start in range(0, hidden.shape[0], chunk):
-            h = hidden[start:start + chunk]
-            t = targets[start:start + chunk]
-            logits = h @ weight.t()  # [n, V]
-            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # softmax in fp32 (or fp64)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if need_grad:
-                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-                probs[torch.arange(len(t)), t] -= 1.0  # d loss / d logits = softmax - one_hot
-                grad_hidden[start:start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
-        ctx.save_for_backward(grad_hidden if need_grad else None)
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        total = hidden.new_zeros((), dtype=acc)
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=acc) if want_weight else None
+        for start, h, t, nll, probs in _softmax_chunks(hidden, weight, targets, chunk, want_hidden or want_weight):
+            total += nll.sum()
+            if want_hidden or want_weight:
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0  # softmax - one_hot = d loss / d logits
+                probs = probs if probs.dtype == weight.dtype else probs.to(weight.dtype)
+                if want_hidden:
+                    grad_hidden[start:start + len(t)] = (probs @ weight).to(hidden.dtype)
+                if want_weight:
+                    grad_weight.addmm_(probs.t().to(acc), h.to(acc))
+        ctx.save_for_backward(grad_hidden, grad_weight)
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
-        (grad_hidden,) = ctx.saved_tensors
-        if grad_hidden is None:
-            return None, None, None, None
-        return grad_hidden * grad_output.to(grad_hidden.dtype), None, None, None
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight * grad_output.to(grad_weight.dtype)
+        return grad_hidden, grad_weight, None, None
+
+
+@torch.no_grad()
+def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_TOKENS):
+    """Per-token cross-entropy of `hidden @ weight.T` against `targets`, without gradients (held-out losses).
+
+    One call for a whole batch: the head's 262k x 640 weights are read once per chunk, not once per example.
+    """
+    out = [nll for _, _, _, nll, _ in _softmax_chunks(hidden, weight, targets, chunk, probs=False)]
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
+
+
+def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The decoder's last hidden states (after the final norm) for the real tokens, [batch, seq, hidden].
+
+    Runs `model`'s own forward (PEFT wrapper, GemmaTE wrapper or a plain model), so every
+    adapter takes part; the LM head computes one position per row only. Virtual tokens of
+    prompt tuning come first in the decoder's output and are cut off here.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    captured = []
+    hook = base.get_decoder().register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return captured[-1][:, -input_ids.shape[1]:]
+
+
+def output_weight(model) -> torch.Tensor:
+    """The LM head's weight (tied to the input embeddings in Gemma)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_output_embeddings().weight
 
 
 def causal_lm_loss(model, input_ids, attention_mask, labels, num_items_in_batch=None):
@@ -53,14 +116,13 @@ def causal_lm_loss(model, input_ids, attention_mask, labels, num_items_in_batch=
 
     Equals the model's own loss (mean over labelled tokens, or sum / num_items_in_batch
     under gradient accumulation) up to float rounding; tests/test_training.py checks it.
+    One difference, on purpose: under prompt tuning the model's own loss also scores the
+    first real token (BOS) as predicted from the virtual tokens; here, as for every other
+    method, the first token is never a target.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = base.get_decoder() if hasattr(base, "get_decoder") else base.model
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = final_hidden(model, input_ids, attention_mask)
     shift_labels = labels[:, 1:]
     mask = shift_labels != -100
-    picked = hidden[:, :-1][mask]  # [n_labelled, hidden]
-    weight = base.get_output_embeddings().weight
-    total = LinearCrossEntropy.apply(picked, weight, shift_labels[mask])
+    total = LinearCrossEntropy.apply(hidden[:, :-1][mask], output_weight(model), shift_labels[mask])
     count = mask.sum() if num_items_in_batch is None else num_items_in_batch
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)

@@ -18,6 +18,9 @@ STANDARD_PROMPTS = (
     "Quote: A Woman is like a tea bag;",
     "Quote: Outside of a dog, a book is man's",
 )  # the seed notebook's prompts
+BATCH_SIZE = 32  # prompts per model.generate call. Decoding on a CPU reads every weight once per new token, so a
+# bigger batch costs little more per step (measured, Gemma 3 270M fp32, 29 prompts x 40 tokens: 48 s in batches
+# of 8, 20 s in one batch of 29); on a GPU the batch's KV cache is a few MB.
 
 
 def has_author_line(text: str) -> bool:
@@ -46,7 +49,7 @@ def unfrozen_for_cpu(model):
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 40, greedy: bool = True,
-             batch_size: int = 8, timestamps=None, **generate_kwargs):
+             batch_size: int = BATCH_SIZE, timestamps=None, **generate_kwargs):
     """Generate a continuation for each prompt; return a DataFrame (prompt, completion, author line, seconds).
 
     The course's one generation loop: 02, 03, 05, 06 call it for plain models, and 04

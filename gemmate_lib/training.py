@@ -38,16 +38,23 @@ def lora_config(cfg: CourseConfig):
                       task_type=cfg.lora.lora_task_type)
 
 
-def attach_lora(model, cfg: CourseConfig, quiet: bool = False):
-    """Wrap `model` with a fresh LoRA adapter, or return it unchanged if it already has one.
+def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None):
+    """Wrap `model` with a fresh LoRA adapter (or `peft_config`'s), or return it unchanged if it already has one.
 
     Quantized models first get `prepare_model_for_kbit_training` (norms to fp32, input
     gradients on), the QLoRA recipe. The LoRA A matrices are drawn here, after
-    `set_seed(cfg.train.seed)`: the training seed decides them.
+    `set_seed(cfg.train.seed)`: the training seed decides them. `peft_config` is another
+    PEFT method's config (07: prompt tuning, prefix tuning, IA3); None means the course's LoRA.
     """
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
+    if getattr(peft_config, "peft_type", None) == "PREFIX_TUNING" and cfg.train.gradient_checkpointing:
+        from .errors import ParameterError  # otherwise: a tensor size mismatch deep inside attention, mid-training
+
+        raise ParameterError("prefix tuning cannot train with gradient_checkpointing=True: its learned keys and values "
+                             "live in the attention cache, which checkpointing switches off",
+                             "set gradient_checkpointing=False (07 does), or use prompt tuning or LoRA")
     if isinstance(model, PeftModel) or getattr(model, "peft_config", None):
         if not quiet:
             print("this model already has a LoRA adapter (this cell ran before): keeping it, not wrapping twice")
@@ -55,7 +62,7 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False):
     if getattr(model, "is_loaded_in_4bit", False):  # the model decides, not the profile: never upcast a 16-bit base
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     set_seed(cfg.train.seed)
-    return get_peft_model(model, lora_config(cfg))
+    return get_peft_model(model, peft_config or lora_config(cfg))
 
 
 def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
@@ -137,9 +144,10 @@ class CourseSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.tokens_trained += int(inputs["attention_mask"].sum())
-        if not self.fast_loss or return_outputs:
+        if not self.fast_loss or (return_outputs and self.compute_metrics is not None):  # metrics need the logits
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        return causal_lm_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], num_items_in_batch)
+        loss = causal_lm_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], num_items_in_batch)
+        return (loss, {"loss": loss}) if return_outputs else loss  # evaluation asks for outputs; it needs the loss only
 
 
 @dataclass

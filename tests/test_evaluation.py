@@ -155,3 +155,22 @@ def test_evaluate_model_for_real_gives_a_valid_document(base_model, tokenizer):
     assert result.metrics["perplexity_quote"]["value"] > 1
     doc = metrics_document({"baseline": result}, "embedded", "held_out")
     assert json.loads(json.dumps(doc))["n_examples"] == 3
+
+
+def test_several_parts_come_from_one_pass_and_prompt_tuning_counts(tiny_model, tiny_tokenizer):
+    import torch
+    from peft import PromptTuningConfig, get_peft_model
+
+    from gemmate_lib.data import format_quote
+    from gemmate_lib.evaluation import example_nll, example_nll_by_part
+
+    rows = [{"quote": q, "author": a, "text": format_quote(q, a)}
+            for q, a in (("Be yourself, everyone else is taken.", "Oscar Wilde"), ("one two three four", "Me"))]
+    both = example_nll_by_part(tiny_model, tiny_tokenizer, rows, ("text", "quote"))
+    assert both["text"] == pytest.approx(example_nll(tiny_model, tiny_tokenizer, rows), rel=1e-6)
+    assert both["quote"] == pytest.approx(example_nll(tiny_model, tiny_tokenizer, rows, part="quote"), rel=1e-6)
+    torch.manual_seed(0)
+    prompted = get_peft_model(tiny_model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    with_prompt = example_nll(prompted, tiny_tokenizer, rows)
+    assert [n for _, n in with_prompt] == [n for _, n in both["text"]]  # the same real tokens are scored ...
+    assert with_prompt != pytest.approx(both["text"], rel=1e-3)  # ... after the virtual tokens (07's prompt tuning)

@@ -1,4 +1,5 @@
 """LoRA SFT: the fast loss, the one builder, the trainer's public counters, and a real short run."""
+import pytest
 import torch
 
 from gemmate_lib import course_config
@@ -19,18 +20,71 @@ def _batch(tokenizer, rows=ROWS):
     return enc, labels
 
 
-def test_linear_cross_entropy_matches_torch_in_value_and_gradient():
+@pytest.mark.parametrize("weight_trains", [False, True])
+def test_linear_cross_entropy_matches_torch_in_value_and_gradient(weight_trains):
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(50, 16, dtype=torch.float64)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=weight_trains)  # trains in full fine-tuning (07)
     targets = torch.randint(0, 50, (37,))
     ours = LinearCrossEntropy.apply(hidden, weight, targets, 8)  # several chunks
     ours.backward(torch.tensor(0.5, dtype=torch.float64))
-    grad_ours = hidden.grad.clone()
-    hidden.grad = None
+    grads_ours = [hidden.grad.clone(), weight.grad.clone() if weight_trains else None]
+    hidden.grad = weight.grad = None
     ref = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
     (ref * 0.5).backward()
-    assert torch.allclose(ours.double(), ref) and torch.allclose(grad_ours, hidden.grad)
+    assert torch.allclose(ours.double(), ref) and torch.allclose(grads_ours[0], hidden.grad)
+    assert (weight.grad is None) if not weight_trains else torch.allclose(grads_ours[1], weight.grad)
+
+
+def _peft_method(name, model):
+    from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    if name == "full":
+        return model.train()
+    config = {"prompt": PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+              "prefix": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+              "ia3": IA3Config(task_type="CAUSAL_LM")}[name]
+    torch.manual_seed(1)
+    return get_peft_model(model, config).train()
+
+
+@pytest.mark.parametrize("method", ["full", "prompt", "prefix", "ia3"])
+def test_fast_loss_equals_the_models_own_loss_for_every_method_of_07(tiny_model, tiny_tokenizer, method):
+    enc, labels = _batch(tiny_tokenizer)
+    labels[:, 0] = -100  # under prompt tuning the model's own loss also scores BOS; the fast loss never does
+    model = _peft_method(method, tiny_model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref = model(**enc, labels=labels).loss
+    ref.backward()
+    ref_grads = [p.grad.clone() for p in params]
+    model.zero_grad()
+    ours = causal_lm_loss(model, enc["input_ids"], enc["attention_mask"], labels)
+    ours.backward()
+    assert torch.allclose(ours, ref, rtol=1e-5), (float(ours), float(ref))
+    assert all(torch.allclose(p.grad, g, rtol=1e-4, atol=1e-7) for p, g in zip(params, ref_grads))
+    if method in ("prompt", "prefix"):  # the virtual tokens matter: the loss differs from the bare model's
+        with torch.no_grad(), model.disable_adapter():
+            bare = causal_lm_loss(model, enc["input_ids"], enc["attention_mask"], labels)
+        assert not torch.allclose(bare, ours)
+
+
+def test_evaluation_uses_the_fast_loss_and_gets_the_models_own_value(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+    from gemmate_lib.training import sft_trainer
+
+    model = attach_lora(tiny_model, cpu_cfg, quiet=True)
+    trainer = sft_trainer(model, tiny_tokenizer, ROWS, ROWS, cpu_cfg.replace(max_steps=1), tmp_path)
+    calls = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("logits_to_keep"))
+        return original(*args, **kwargs)
+
+    model.forward = spy
+    fast = trainer.evaluate()["eval_loss"]
+    assert calls and set(calls) == {1}  # the LM head ran on one position per row, the loss on labelled tokens
+    trainer.fast_loss = False
+    assert abs(trainer.evaluate()["eval_loss"] - fast) < 1e-5
 
 
 def test_fast_loss_equals_the_models_own_loss_and_lora_gradients(tiny_model, tiny_tokenizer, cpu_cfg):

@@ -6,7 +6,8 @@ one type checker and validator) and config (the profile `course_config`, YAML);
 hardware (precision), hf_token (HF_TOKEN), colab (install, Drive, finding 03's adapter),
 models (Hub, NF4 and the embedded Gemma 3 270M), data (the one reader; quotes),
 generation (the one generate loop), fast_loss and training (LoRA SFT: the one builder
-of LoraConfig / SFTConfig, the trainer), evaluation, plots, hub (save/load/merge/push),
+of LoraConfig / SFTConfig, the trainer), experiments and methods (side-by-side runs, 03
+and 07), evaluation, plots, hub (save/load/merge/push),
 fsio (paths, atomic writes), run (the run folder and manifest), temporal,
 temporal_data and temporal_train (GemmaTE, 04), course (`make course`), gpu_check
 (`make gpu-check`), and the command line: cli, checkpoints, hpo. Importing it changes nothing global; notebooks
@@ -26,7 +27,8 @@ def quiet() -> None:
     - peft 0.21 reads `is_gradient_checkpointing`, which transformers 5.x deprecates;
     - peft's `prepare_model_for_kbit_training` calls `gradient_checkpointing_enable`, likewise deprecated;
     - bitsandbytes 0.50 logs that an optional CPU kernel package is missing; its fallback works (01 uses it);
-    - datasets draws a progress bar for every instant `map` over a few hundred quotes (TRL's label building).
+    - datasets draws a progress bar for every instant `map` over a few hundred quotes (TRL's label building);
+    - peft says it ignores position ids under prompt tuning (07), which generate passes; ignoring them is right.
     """
     import logging
     import os
@@ -36,6 +38,7 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message="IProgress not found")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported ...
     if "datasets" in sys.modules:  # ... or already imported

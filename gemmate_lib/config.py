@@ -66,7 +66,7 @@ class CourseConfig:
     generate: GenerateSettings = field(default_factory=GenerateSettings)  # generation
     precision: Precision = field(default_factory=pick_precision)  # device and compute dtype, from model.device/dtype
     profile: str = "cpu-embedded"  # name of the profile that chose the defaults
-    task: str = "quotes"  # "quotes" (LoRA SFT) or "temporal" (GemmaTE): which task's defaults apply
+    task: str = "quotes"  # "quotes" (LoRA SFT), "temporal" (GemmaTE) or "methods" (07): which task's defaults apply
 
     def flat(self) -> dict:
         """Every setting as one flat {name: value} dict (what YAML files and flags use)."""

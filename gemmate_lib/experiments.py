@@ -1,10 +1,11 @@
-"""Short training runs side by side, on the same data and steps: taught in 03_lora_sft.
+"""Short training runs side by side, on the same data and steps: taught in 03_lora_sft and 07_compare_methods.
 
 03 compares the fast CPU LoRA default with the real QLoRA setting (NF4 weights, paged
 8-bit AdamW, gradient checkpointing, k-bit preparation), and whole-text against
-completion-only loss. Each arm loads a fresh model, trains it with the course's one
-builder (training.sft_trainer), and reports seconds per step, the memory its weights
-take, the peak memory that training adds, the loss curve and the held-out losses.
+completion-only loss; 07 compares fine-tuning methods (methods.py). Each arm loads a
+fresh model, trains it with the course's one builder (training.sft_trainer), and reports
+the trainable weights, seconds per step, the memory its weights take, the peak memory that
+training adds, the loss curve and the held-out losses.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import gc
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import CourseConfig
 
@@ -67,12 +69,11 @@ class PeakMemory:
 
 def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False) -> dict:
     """Held-out loss on the whole text and on the completion (data.char_spans), and optionally format compliance."""
-    from .evaluation import example_nll, format_generations
+    from .evaluation import example_nll_by_part, format_generations
 
     model.eval()
     out = {}
-    for part in ("text", "completion"):
-        nll = example_nll(model, tokenizer, rows, max_length, part=part)
+    for part, nll in example_nll_by_part(model, tokenizer, rows, ("text", "completion"), max_length).items():
         out[f"held_out_loss_{part}"] = round(sum(s for s, _ in nll) / sum(n for _, n in nll), 3)
     if format_check:
         ok = format_generations(model, tokenizer, rows)[2]
@@ -102,23 +103,57 @@ class Arm:
     model: object = None  # the trained model, when keep_model=True
 
 
+LORA = "lora"  # train_arm's default adapter: the course's LoRA, built from the config
+
+
 def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], eval_rows: list[dict], output_dir,
-              format_check: bool = False, keep_model: bool = False) -> Arm:
-    """Load a fresh model as `cfg` says, attach LoRA, train `cfg.train.max_steps` steps, measure."""
-    from .models import footprint_mib, load_model
+              format_check: bool = False, keep_model: bool = False, adapter=LORA, save_dir=None,
+              start_loss: bool = False) -> Arm:
+    """Load a fresh model as `cfg` says, add the adapter, train `cfg.train.max_steps` steps, measure.
+
+    `adapter`: LORA (the course's LoRA from `cfg`: 03), any PEFT config (07: prompt
+    tuning, prefix tuning, IA3, another rank), or None for full fine-tuning (every weight
+    trains). `save_dir`: save what trained there as safetensors (the adapter, or the whole
+    model) and report its size on disk. `start_loss`: also measure the held-out loss before
+    training (07: prompt and prefix tuning do not start from the base model; LoRA does).
+    """
+    from .errors import HardwareError
+    from .hardware import free_memory
+    from .methods import check_full_finetuning
+    from .models import count_parameters, footprint_mib, load_model
     from .training import attach_lora, loss_log, sft_trainer
 
-    model = attach_lora(load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization), cfg, quiet=True)
+    def fresh():
+        model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization)
+        if adapter is None:
+            try:
+                check_full_finetuning(count_parameters(model)[1], cfg.precision.device)  # a clear stop before OOM
+            except HardwareError:
+                del model  # the error's traceback keeps this frame alive: drop the weights (~5 GB on a T4) first
+                free_memory()
+                raise
+            return model
+        return attach_lora(model, cfg, quiet=True, peft_config=None if adapter == LORA else adapter)  # seeded
+
+    model = fresh()
+    trainable, total = count_parameters(model)
     trainer = sft_trainer(model, tokenizer, train_rows, [], cfg, output_dir)
     with PeakMemory(cfg.precision.device) as memory:
         start = time.time()
         trainer.train()
         seconds = time.time() - start
     model = trainer.model
-    summary = {"setting": name, "weights_mib": round(footprint_mib(model)), "training_peak_mib": round(memory.peak_mib),
+    summary = {"setting": name, "trainable": trainable, "trainable_share": trainable / total,
+               "weights_mib": round(footprint_mib(model)), "training_peak_mib": round(memory.peak_mib),
                "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 2),
                **measure(model, tokenizer, eval_rows, cfg.train.max_length, format_check)}
+    if save_dir is not None:
+        model.save_pretrained(save_dir)  # safetensors: the adapter only, or every weight for full fine-tuning
+        summary["saved_mib"] = round(sum(p.stat().st_size for p in Path(save_dir).rglob("*.safetensors")) / 2**20, 2)
     arm = Arm(name, summary, loss_log(trainer), model if keep_model else None)
     del model, trainer
     _release_freed_memory()
+    if start_loss:  # on a second, identically seeded copy, after training: a pass before it would hide ~1 GB of the peak
+        summary["held_out_loss_start"] = measure(fresh(), tokenizer, eval_rows, cfg.train.max_length)["held_out_loss_text"]
+        _release_freed_memory()
     return arm

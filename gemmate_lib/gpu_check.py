@@ -46,10 +46,14 @@ def dry_run(notebooks: list[Path]) -> int:
     for nb in notebooks:
         declared = set(pm.inspect_notebook(str(nb)))
         params = {k: v for k, v in PARAMS.items() if k in declared}
-        task = "temporal" if nb.name.startswith("04") else "quotes"
+        task = {"04": "temporal", "07": "methods"}.get(nb.name[:2], "quotes")
         for card, capability in CARDS.items():
             dtype = torch.float16 if capability < (8, 0) else torch.bfloat16
             cfg = course_config(task, precision=Precision("cuda", dtype, f"{card}, dry run"), **params)
+            if task == "methods":  # 07 trains several methods; its QLoRA arm is the one with the GPU profile's recipe
+                from .methods import build_methods
+
+                cfg = cfg.replace(**build_methods(cfg, "dry-run", ["qlora"])["qlora"].settings)
             checks = expected(cfg, capability)
             failures += not all(checks.values())
             marks = ", ".join(f"{k} {'ok' if v else 'NO'}" for k, v in checks.items())

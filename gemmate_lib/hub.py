@@ -137,7 +137,7 @@ def merge_and_check(peft_model, tokenizer, prompts, tolerance: float | None = No
 
 
 def save_merged(merged, tokenizer, folder: str | Path, dtype: torch.dtype) -> Path:
-    """Save a merged model in `dtype` (the training dtype: half the size of fp32), safetensors, all or nothing."""
+    """Save a merged model in `dtype` (the training dtype: bf16/fp16 halve fp32's size), safetensors, all or nothing."""
     with atomic_folder(folder, overwrite=True, what="merged model") as tmp:
         merged.to(dtype).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

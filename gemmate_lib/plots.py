@@ -1,9 +1,9 @@
 """The course's plots, in one place: each draws one figure, saves it into the run folder and shows it (returns None).
 
 Called by 01_load_4bit (memory footprint), 03_lora_sft (loss curve), 04_temporal_encoding
-(the encoding, the timestamps, GemmaTE's loss and the ablation) and 05_evaluation (metrics
-with intervals). Each function takes plain data (dicts, DataFrames, arrays) so a learner
-can call it on their own numbers.
+(the encoding, the timestamps, GemmaTE's loss and the ablation), 05_evaluation (metrics
+with intervals) and 07_compare_methods (the methods side by side). Each function takes
+plain data (dicts, DataFrames, arrays) so a learner can call it on their own numbers.
 """
 from __future__ import annotations
 
@@ -50,17 +50,22 @@ def loss_curve(log, title: str, path=None, ylabel: str = "cross-entropy (nats/to
 
 
 def compare_curves(logs: dict, title: str, path=None, ylabel: str = "training loss (nats/token)"):
-    """Training-loss curves of several runs on one axis: the side-by-side runs of 03."""
-    import matplotlib.pyplot as plt
+    """Training-loss curves of several runs on one axis: the side-by-side runs of 03 and 07.
 
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    Each point is the loss on that step's training batch, not the held-out loss.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(8.5, 3.4))
     for name, log in logs.items():
         train = log.dropna(subset=["loss"])
         ax.plot(train.step, train.loss, marker=".", label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # outside: never over a curve
     return _finish(fig, path)
 
 
@@ -187,4 +192,50 @@ def python_timeline(table, releases, path=None):
     ax.set_ylabel("newest Python 3 release")
     ax.set_title("answers from the timestamp alone, on held-out dates")
     ax.legend(loc="upper left")
+    return _finish(fig, path)
+
+
+def methods_overview(table, path=None, untrained_loss: float | None = None):
+    """07: one row per fine-tuning method: what trains, what it costs, what it learned.
+
+    `table` has one row per method (index: its name) with the columns trainable, saved_mib,
+    training_peak_mib, seconds_per_step, held_out_loss_text, format_compliance and, for the
+    interval, format_low / format_high; optionally loss_start, the held-out loss before
+    training (NaN where unknown), drawn as an open circle joined to the loss after.
+    Counts and sizes use a log scale: they span seven orders.
+    """
+    import matplotlib.pyplot as plt
+
+    panels = [("trainable", "trainable weights (log)", True), ("saved_mib", "saved on disk, MiB (log)", True),
+              ("training_peak_mib", "peak memory added by training, MiB", False),
+              ("seconds_per_step", "seconds per step", False),
+              ("held_out_loss_text", "held-out loss, nats/token (lower is better)", False),
+              ("format_compliance", "format compliance (higher is better)", False)]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.2), sharey=True)
+    names = list(table.index)
+    rows = range(len(names))
+    for ax, (column, label, log) in zip(axes.flat, panels):
+        values = table[column].astype(float)
+        if column == "held_out_loss_text":  # dots, not bars: a loss axis from 0 would hide the differences
+            if "loss_start" in table:
+                known = [(y, a, b) for y, (a, b) in enumerate(zip(table.loss_start.astype(float), values)) if a == a]
+                for y, a, b in known:
+                    ax.plot([a, b], [y, y], color="#27a", lw=1, alpha=0.6)
+                ax.plot([a for _, a, _ in known], [y for y, _, _ in known], "o", mfc="white", color="#27a",
+                        label="before training")
+            ax.plot(values, rows, "o", color="#27a", label="after training")
+            if untrained_loss is not None:
+                ax.axvline(untrained_loss, color="red", ls="--", lw=1, label="untrained model")
+            ax.legend(fontsize=7, loc="best")
+        else:
+            err = None
+            if column == "format_compliance" and {"format_low", "format_high"} <= set(table):
+                err = [values - table.format_low.astype(float), table.format_high.astype(float) - values]
+            ax.barh(rows, values, xerr=err, capsize=3, color="#27a")
+        if log:
+            ax.set_xscale("log")
+        ax.set_yticks(rows, names)
+        ax.set_xlabel(label, fontsize=9)
+    axes[0, 0].invert_yaxis()  # shared y: once for all panels
+    fig.suptitle("the same data, model and steps for every method")
     return _finish(fig, path)

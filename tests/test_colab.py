@@ -244,7 +244,9 @@ def test_gpu_check_dry_run_builds_every_notebooks_t4_and_a100_config(capsys):
 
     assert main(["--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.count("T4 (7.5)") == out.count("A100 (8.0)") == 7 and " NO" not in out
+    notebooks = len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    assert out.count("T4 (7.5)") == out.count("A100 (8.0)") == notebooks == 8 and " NO" not in out
+    assert "07_compare_methods" in out  # its QLoRA arm carries the GPU recipe (the other methods are checked in test_methods)
     assert "fp16 ok" in out and "bf16 ok" in out and "paged_adamw_8bit ok" in out
 
 

@@ -44,10 +44,12 @@ def test_one_builder_of_the_training_arguments_and_one_type_checker():
     for name, tree in MODULES.items():
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in (
-                    "SFTConfig", "TrainingArguments", "LoraConfig", "BitsAndBytesConfig"):
+                    "SFTConfig", "TrainingArguments", "LoraConfig", "BitsAndBytesConfig", "PromptTuningConfig",
+                    "PrefixTuningConfig", "IA3Config"):
                 calls.setdefault(node.func.id if isinstance(node.func, ast.Name) else node.func.attr, []).append(name)
     assert calls == {"SFTConfig": ["training"], "TrainingArguments": ["training"], "LoraConfig": ["training"],
-                     "BitsAndBytesConfig": ["models"]}
+                     "BitsAndBytesConfig": ["models"], "PromptTuningConfig": ["methods"],
+                     "PrefixTuningConfig": ["methods"], "IA3Config": ["methods"]}
     checkers = [name for name, tree in MODULES.items() for node in ast.walk(tree)
                 if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "get_type_hints"]
     assert checkers == ["settings"]  # the type hints are read once; validation.coerce is the one checker
@@ -73,7 +75,7 @@ def test_importing_the_library_changes_no_global_state():
             "print(len([f for f in warnings.filters if f not in after[0]]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.strip().splitlines()[-1]) == 3  # quiet() adds exactly its three filters
+    assert int(out.stdout.strip().splitlines()[-1]) == 4  # quiet() adds exactly its four filters
 
 
 def test_docstrings_name_the_notebook_or_command_that_teaches_each_module():

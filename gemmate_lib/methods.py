@@ -1,0 +1,108 @@
+"""Fine-tuning methods side by side: what 07_compare_methods trains, each on the same data, model and steps.
+
+Full fine-tuning, LoRA at two ranks, QLoRA, prompt tuning, prefix tuning and IA3. A
+method is a PEFT config (none for full fine-tuning: every weight trains) plus the few
+course settings it changes, chiefly its learning rate: each trains at the rate its
+authors and PEFT's examples use, since one shared rate would suit one method and starve
+the others. 07 writes the same configs out and checks them against `build_methods`;
+`experiments.train_arm` trains and measures each one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import CourseConfig
+from .errors import HardwareError, ParameterError
+
+METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 07 can train
+DEFAULT_METHODS = METHODS[:-1]  # what 07 trains unless told: IA3 is the optional seventh (~45 s more on a CPU)
+LEARNING_RATES = {
+    "full": 5e-5,  # every weight moves: transformers' default rate (TrainingArguments), ~10x below LoRA's
+    "lora": 2e-4,  # LoRA and QLoRA: the course's rate (the QLoRA paper's for small models)
+    "prompt": 3e-2,  # prompt tuning: a few embedding vectors from scratch need big steps (PEFT's prompt-tuning example)
+    "prefix": 1e-2,  # prefix tuning: keys and values per layer (PEFT's prefix-tuning example)
+    "ia3": 3e-3,  # IA3: scaling vectors that start at 1 (the T-Few paper's rate)
+}
+NUM_VIRTUAL_TOKENS = 16  # prompt and prefix tuning: learned tokens in front of every input
+PROMPT_INIT_TEXT = "Finish the quote, then name its author on a line that starts with Author:"  # prompt tuning's start
+IA3_TARGETS = ("k_proj", "v_proj", "down_proj")  # IA3 rescales keys, values and the MLP's input (the paper's choice)
+
+
+@dataclass
+class Method:
+    key: str  # short id: a folder name and the table's index, one of METHODS
+    name: str  # what the table and the plots show
+    peft_config: object | None  # the PEFT config; None for full fine-tuning (no adapter: every weight trains)
+    settings: dict = field(default_factory=dict)  # course settings this method changes (learning_rate, quantization, ...)
+    starts_unchanged: bool = True  # the model is the base model until trained (LoRA's B = 0, IA3's ones, no adapter);
+    # False for prompt and prefix tuning, whose first tokens or keys change the output before any step
+
+
+def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, other_rank: int = 32) -> dict[str, Method]:
+    """The methods in `keys`, built from `cfg` (07 writes the same objects out and compares them).
+
+    `keys` is a list or a comma-separated string. `model_path` is the folder or Hub id
+    whose tokenizer starts prompt tuning from PROMPT_INIT_TEXT. `other_rank` is the second LoRA rank (alpha = 2 x rank, so the
+    update's scale alpha / r stays 2 as at r = 8).
+    """
+    from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
+
+    from .training import lora_config
+
+    keys = [k.strip() for k in keys.split(",")] if isinstance(keys, str) else list(keys)  # papermill -p methods a,b
+    unknown = [k for k in keys if k not in METHODS]
+    if unknown:
+        raise ParameterError(f"unknown method {unknown[0]!r}", f"use some of: {', '.join(METHODS)}")
+    # Weights in the compute dtype, AdamW, no checkpointing (prefix tuning cannot run with it), except QLoRA, which
+    # is the seed notebook's recipe (03): NF4, paged 8-bit AdamW, checkpointing. On a GPU the profile's own defaults
+    # are QLoRA's, so every method states its own. AdamW is torch's fused kernel: the same update, and for full
+    # fine-tuning's 268 M weights on a CPU ~5x faster than the default (measured: ~0.3 s against ~2 s per step).
+    plain = dict(quantization="none", optim="adamw_torch_fused", gradient_checkpointing=False)
+    qlora = dict(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)
+
+    def rate(kind: str, **extra) -> dict:
+        return {**plain, "learning_rate": LEARNING_RATES[kind], **extra}
+
+    wide = cfg.replace(lora_r=other_rank, lora_alpha=2 * other_rank)
+    every = {
+        "full": Method("full", "full fine-tuning", None, rate("full")),
+        "lora_r8": Method("lora_r8", f"LoRA r={cfg.lora.lora_r}", lora_config(cfg), rate("lora")),
+        "lora_r32": Method("lora_r32", f"LoRA r={other_rank}", lora_config(wide), rate("lora")),
+        "qlora": Method("qlora", f"QLoRA (NF4, r={cfg.lora.lora_r})", lora_config(cfg), rate("lora", **qlora)),
+        "prompt": Method("prompt", "prompt tuning", PromptTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS, prompt_tuning_init="TEXT",
+            prompt_tuning_init_text=PROMPT_INIT_TEXT, tokenizer_name_or_path=model_path), rate("prompt"), False),
+        "prefix": Method("prefix", "prefix tuning", PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS), rate("prefix"), False),
+        "ia3": Method("ia3", "IA3", IA3Config(
+            task_type="CAUSAL_LM", target_modules=list(IA3_TARGETS), feedforward_modules=["down_proj"]), rate("ia3")),
+    }
+    return {k: every[k] for k in keys}
+
+
+def full_finetuning_gib(n_params: int) -> float:
+    """Memory that full fine-tuning with AdamW needs before any activation, in GiB.
+
+    Per weight: the weight and its gradient (4 bytes each in fp32; under fp16 mixed
+    precision the trainer keeps fp32 weights too, as its grad scaler requires), and AdamW's
+    two fp32 moments (8 bytes): 16 bytes. google/gemma-2b (2.5 B weights): ~40 GiB.
+    """
+    return n_params * 16 / 2**30
+
+
+def check_full_finetuning(n_params: int, device: str) -> float:
+    """Raise HardwareError when full fine-tuning cannot fit this machine's memory; return the GiB it needs."""
+    import os
+
+    import torch
+
+    need = full_finetuning_gib(n_params)
+    if device == "cuda":
+        have, where = torch.cuda.get_device_properties(0).total_memory / 2**30, "this GPU"
+    else:
+        have, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, "this machine's RAM"
+    if need > 0.9 * have:
+        raise HardwareError(f"full fine-tuning of {n_params / 1e9:.1f} B weights needs ~{need:.0f} GiB for weights, "
+                            f"gradients and AdamW's moments; {where} has {have:.0f} GiB",
+                            "that is why LoRA and QLoRA exist; on a bigger GPU (or the embedded 270M model) it runs")
+    return need

@@ -1,0 +1,153 @@
+"""07's methods: the configs the library builds, the full fine-tuning memory check, and every method training for real
+on the tiny Gemma (plumbing) through the same train_arm as 03's side-by-side runs."""
+import types
+
+import pytest
+import torch
+
+from gemmate_lib.errors import HardwareError, ParameterError
+from gemmate_lib.experiments import train_arm
+from gemmate_lib.methods import (
+    DEFAULT_METHODS,
+    LEARNING_RATES,
+    METHODS,
+    build_methods,
+    check_full_finetuning,
+    full_finetuning_gib,
+)
+
+ROWS = [{"quote": q, "author": a, "text": f"Quote: {q}\nAuthor: {a}"}
+        for q, a in (("Be yourself; everyone else is taken.", "Oscar Wilde"), ("Stay hungry, stay foolish.", "Steve Jobs"),
+                     ("Imagination is more important than knowledge.", "Albert Einstein"), ("one two three four", "Nobody"))]
+
+
+def test_every_method_has_its_config_and_its_own_learning_rate(cpu_cfg):
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
+
+    cfg = cpu_cfg.replace(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)  # a GPU profile's
+    built = build_methods(cfg, "some/model", METHODS, other_rank=16)
+    assert list(built) == list(METHODS) and list(build_methods(cfg, "m")) == list(DEFAULT_METHODS)
+    kinds = {k: type(m.peft_config) for k, m in built.items()}
+    assert kinds == {"full": type(None), "lora_r8": LoraConfig, "lora_r32": LoraConfig, "qlora": LoraConfig,
+                     "prompt": PromptTuningConfig, "prefix": PrefixTuningConfig, "ia3": IA3Config}
+    assert (built["lora_r32"].peft_config.r, built["lora_r32"].peft_config.lora_alpha) == (16, 32)
+    assert built["qlora"].peft_config == built["lora_r8"].peft_config  # QLoRA is the same adapter on an NF4 base
+    assert built["prompt"].peft_config.tokenizer_name_or_path == "some/model"
+    for key, m in built.items():  # every method states its own weights and optimizer: the profile's are QLoRA's
+        arm = cfg.replace(**m.settings)
+        quantized = key == "qlora"
+        assert arm.model.quantization == ("nf4" if quantized else "none")
+        assert arm.train.optim == ("paged_adamw_8bit" if quantized else "adamw_torch_fused")
+        assert arm.train.gradient_checkpointing is quantized  # prefix tuning cannot train with checkpointing
+        assert arm.train.learning_rate == LEARNING_RATES[key if key in LEARNING_RATES else "lora"]
+    assert list(build_methods(cpu_cfg, "m", "prompt, ia3")) == ["prompt", "ia3"]  # papermill -p methods a,b
+
+
+def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg):
+    with pytest.raises(ParameterError, match=r"unknown method 'lora'\n  Fix: use some of: full"):
+        build_methods(cpu_cfg, "m", ["lora"])
+    with pytest.raises(ParameterError, match="lora_r"):
+        build_methods(cpu_cfg, "m", ["lora_r32"], other_rank="wide")
+
+
+def test_full_finetuning_memory_is_sixteen_bytes_a_weight_and_a_t4_says_no(monkeypatch):
+    assert full_finetuning_gib(2**30) == 16
+    assert 37 < full_finetuning_gib(2_506_172_416) < 38  # google/gemma-2b
+    assert check_full_finetuning(268_098_176, "cpu") == pytest.approx(4.0, abs=0.01)  # the embedded model fits here
+    # The boundary faked: a T4's 15 GiB (torch's answer), and the course's real check behind it.
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(total_memory=15 * 2**30))
+    with pytest.raises(HardwareError, match=r"needs ~37 GiB .* this GPU has 15 GiB") as err:
+        check_full_finetuning(2_506_172_416, "cuda")
+    assert "LoRA and QLoRA" in err.value.fix
+    assert check_full_finetuning(268_098_176, "cuda") == pytest.approx(4.0, abs=0.01)
+
+
+@pytest.mark.parametrize("key", METHODS)
+def test_every_method_trains_saves_and_measures_on_the_tiny_gemma(key, tiny_folder, tiny_tokenizer, cpu_cfg, tmp_path):
+    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1)
+    method = build_methods(cfg, str(tiny_folder), [key], other_rank=16)[key]
+    arm = train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS[:2], tmp_path / "trainer",
+                    format_check=True, adapter=method.peft_config, save_dir=tmp_path / "saved")
+    s = arm.summary
+    assert arm.log.loss.notna().sum() == 2 and s["seconds_per_step"] > 0
+    assert 0 < s["trainable"] <= s["trainable"] / s["trainable_share"] and 0 <= s["format_compliance"] <= 1
+    saved = sorted(p.name for p in (tmp_path / "saved").iterdir())
+    assert not [p for p in saved if p.endswith(".bin")]
+    if key == "full":
+        assert s["trainable_share"] == 1 and "model.safetensors" in saved
+    else:
+        assert s["trainable_share"] < 1 and "adapter_model.safetensors" in saved
+    assert s["saved_mib"] == pytest.approx(
+        sum(p.stat().st_size for p in (tmp_path / "saved").glob("*.safetensors")) / 2**20, abs=0.01)
+
+
+def test_prompt_tuning_learns_and_its_saved_vectors_reload(tiny_folder, tiny_tokenizer, cpu_cfg, tmp_path):
+    """The soft prompt really trains (the loss falls on the training rows) and reloads into a fresh base."""
+    from peft import PeftModel
+
+    from gemmate_lib.evaluation import held_out_loss
+    from gemmate_lib.models import load_model
+
+    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=12, batch_size=4, steps_freq=1, warmup_steps=0)
+    method = build_methods(cfg, str(tiny_folder), ["prompt"])["prompt"]
+    arm = train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS, tmp_path / "trainer",
+                    keep_model=True, adapter=method.peft_config, save_dir=tmp_path / "prompt")
+    before = held_out_loss(load_model(str(tiny_folder), cfg.precision), tiny_tokenizer, ROWS)
+    after = held_out_loss(arm.model, tiny_tokenizer, ROWS)
+    reloaded = PeftModel.from_pretrained(load_model(str(tiny_folder), cfg.precision), tmp_path / "prompt")
+    assert after < before - 0.1
+    assert held_out_loss(reloaded, tiny_tokenizer, ROWS) == pytest.approx(after, rel=1e-5)
+
+
+def test_prefix_tuning_with_gradient_checkpointing_is_one_clear_error_not_a_size_mismatch(tiny_folder, tiny_tokenizer,
+                                                                                           cpu_cfg, tmp_path):
+    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=1, batch_size=2)
+    method = build_methods(cfg, str(tiny_folder), ["prefix"])["prefix"]
+    with pytest.raises(ParameterError, match="prefix tuning cannot train with gradient_checkpointing=True"):
+        train_arm(method.name, cfg.replace(**{**method.settings, "gradient_checkpointing": True}), tiny_tokenizer, ROWS, ROWS,
+                  tmp_path, adapter=method.peft_config)
+
+
+def test_the_loss_before_training_is_measured_on_an_identically_seeded_copy(tiny_folder, tiny_tokenizer, cpu_cfg,
+                                                                            tmp_path):
+    """start_loss: prefix tuning's random keys and values change the output before any step; measured after training
+    on a second copy drawn from the same seed (a pass before training would hide memory from the peak)."""
+    from peft import get_peft_model
+
+    from gemmate_lib.evaluation import held_out_loss
+    from gemmate_lib.models import load_model
+
+    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=3, batch_size=4, steps_freq=1)
+    method = build_methods(cfg, str(tiny_folder), ["prefix"])["prefix"]
+    arm_cfg = cfg.replace(**method.settings)
+    arm = train_arm(method.name, arm_cfg, tiny_tokenizer, ROWS, ROWS, tmp_path, adapter=method.peft_config,
+                    start_loss=True)
+    torch.manual_seed(arm_cfg.train.seed)
+    untouched = get_peft_model(load_model(str(tiny_folder), cfg.precision), method.peft_config)
+    bare = held_out_loss(load_model(str(tiny_folder), cfg.precision), tiny_tokenizer, ROWS)
+    start = arm.summary["held_out_loss_start"]
+    assert start == pytest.approx(held_out_loss(untouched, tiny_tokenizer, ROWS), abs=1e-3)
+    assert abs(start - bare) > 1e-3 and abs(start - arm.summary["held_out_loss_text"]) > 1e-3
+
+
+def test_full_finetuning_that_does_not_fit_stops_clearly_and_frees_the_model(tiny_folder, tiny_tokenizer, cpu_cfg,
+                                                                              tmp_path, monkeypatch):
+    """07 keeps the error to show it; its traceback must not keep the loaded weights alive (on a T4, ~5 GB)."""
+    import gc
+    import os
+    import weakref
+
+    import gemmate_lib.models
+
+    real_sysconf, real_load, loaded = os.sysconf, gemmate_lib.models.load_model, []
+    # The boundary faked: the machine reports 1 MiB of RAM, so the course's real check refuses.
+    monkeypatch.setattr(os, "sysconf", lambda n: 256 if n == "SC_PHYS_PAGES" else real_sysconf(n))
+    monkeypatch.setattr(gemmate_lib.models, "load_model",
+                        lambda *a, **k: loaded.append(weakref.ref(m := real_load(*a, **k))) or m)
+    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=1, batch_size=2)
+    method = build_methods(cfg, str(tiny_folder), ["full"])["full"]
+    with pytest.raises(HardwareError, match="full fine-tuning of .* needs") as err:
+        train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS, tmp_path, adapter=None)
+    gc.collect()
+    assert err.value.__traceback__ is not None and len(loaded) == 1
+    assert loaded[0]() is None, "the kept error still holds the model"

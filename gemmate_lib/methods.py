@@ -30,7 +30,7 @@ IA3_TARGETS = ("k_proj", "v_proj", "down_proj")  # IA3 rescales keys, values and
 
 @dataclass
 class Method:
-    key: str  # short id: a folder name and the table's index, one of METHODS
+    key: str  # short id, one of METHODS, and the run folder's subfolder (lora_r32's is lora_r<other_rank>)
     name: str  # what the table and the plots show
     peft_config: object | None  # the PEFT config; None for full fine-tuning (no adapter: every weight trains)
     settings: dict = field(default_factory=dict)  # course settings this method changes (learning_rate, quantization, ...)
@@ -38,12 +38,14 @@ class Method:
     # False for prompt and prefix tuning, whose first tokens or keys change the output before any step
 
 
-def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, other_rank: int = 32) -> dict[str, Method]:
+def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, other_rank: int = 32,
+                  rates: dict | None = None) -> dict[str, Method]:
     """The methods in `keys`, built from `cfg` (07 writes the same objects out and compares them).
 
     `keys` is a list or a comma-separated string. `model_path` is the folder or Hub id
     whose tokenizer starts prompt tuning from PROMPT_INIT_TEXT. `other_rank` is the second LoRA rank (alpha = 2 x rank, so the
-    update's scale alpha / r stays 2 as at r = 8).
+    update's scale alpha / r stays 2 as at r = 8). `rates` changes some methods' learning
+    rates, e.g. {"prompt": 3e-3} (07's exercise 3); the others keep LEARNING_RATES.
     """
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
 
@@ -53,6 +55,11 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, othe
     unknown = [k for k in keys if k not in METHODS]
     if unknown:
         raise ParameterError(f"unknown method {unknown[0]!r}", f"use some of: {', '.join(METHODS)}")
+    rates = dict(rates or {})
+    for key, value in rates.items():
+        if key not in keys or isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ParameterError(f"rates[{key!r}] = {value!r}", "give a learning rate between 0 and 1 (e.g. 3e-3) for "
+                                 f"one of the methods that run: {', '.join(keys)}")
     # Weights in the compute dtype, AdamW, no checkpointing (prefix tuning cannot run with it), except QLoRA, which
     # is the seed notebook's recipe (03): NF4, paged 8-bit AdamW, checkpointing. On a GPU the profile's own defaults
     # are QLoRA's, so every method states its own. AdamW is torch's fused kernel: the same update, and for full
@@ -60,22 +67,22 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, othe
     plain = dict(quantization="none", optim="adamw_torch_fused", gradient_checkpointing=False)
     qlora = dict(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)
 
-    def rate(kind: str, **extra) -> dict:
-        return {**plain, "learning_rate": LEARNING_RATES[kind], **extra}
+    def rate(key: str, kind: str, **extra) -> dict:
+        return {**plain, "learning_rate": rates.get(key, LEARNING_RATES[kind]), **extra}
 
     wide = cfg.replace(lora_r=other_rank, lora_alpha=2 * other_rank)
     every = {
-        "full": Method("full", "full fine-tuning", None, rate("full")),
-        "lora_r8": Method("lora_r8", f"LoRA r={cfg.lora.lora_r}", lora_config(cfg), rate("lora")),
-        "lora_r32": Method("lora_r32", f"LoRA r={other_rank}", lora_config(wide), rate("lora")),
-        "qlora": Method("qlora", f"QLoRA (NF4, r={cfg.lora.lora_r})", lora_config(cfg), rate("lora", **qlora)),
+        "full": Method("full", "full fine-tuning", None, rate("full", "full")),
+        "lora_r8": Method("lora_r8", f"LoRA r={cfg.lora.lora_r}", lora_config(cfg), rate("lora_r8", "lora")),
+        "lora_r32": Method(f"lora_r{other_rank}", f"LoRA r={other_rank}", lora_config(wide), rate("lora_r32", "lora")),
+        "qlora": Method("qlora", f"QLoRA (NF4, r={cfg.lora.lora_r})", lora_config(cfg), rate("qlora", "lora", **qlora)),
         "prompt": Method("prompt", "prompt tuning", PromptTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS, prompt_tuning_init="TEXT",
-            prompt_tuning_init_text=PROMPT_INIT_TEXT, tokenizer_name_or_path=model_path), rate("prompt"), False),
+            prompt_tuning_init_text=PROMPT_INIT_TEXT, tokenizer_name_or_path=model_path), rate("prompt", "prompt"), False),
         "prefix": Method("prefix", "prefix tuning", PrefixTuningConfig(
-            task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS), rate("prefix"), False),
+            task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS), rate("prefix", "prefix"), False),
         "ia3": Method("ia3", "IA3", IA3Config(
-            task_type="CAUSAL_LM", target_modules=list(IA3_TARGETS), feedforward_modules=["down_proj"]), rate("ia3")),
+            task_type="CAUSAL_LM", target_modules=list(IA3_TARGETS), feedforward_modules=["down_proj"]), rate("ia3", "ia3")),
     }
     return {k: every[k] for k in keys}
 

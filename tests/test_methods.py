@@ -48,6 +48,16 @@ def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg):
         build_methods(cpu_cfg, "m", ["lora"])
     with pytest.raises(ParameterError, match="lora_r"):
         build_methods(cpu_cfg, "m", ["lora_r32"], other_rank="wide")
+    for bad in ({"ia3": 3e-3}, {"prompt": 3}, {"prompt": "fast"}, {"prompt": True}):  # ia3 is not among those that run
+        with pytest.raises(ParameterError, match=r"rates\[.*\n  Fix: give a learning rate between 0 and 1"):
+            build_methods(cpu_cfg, "m", ["prompt", "lora_r8"], rates=bad)
+
+
+def test_rates_change_only_the_methods_named_and_the_wide_rank_has_its_own_folder(cpu_cfg):
+    """07's exercises 2 and 3: another rank must not overwrite lora_r32's adapter; one method's rate, not the others'."""
+    chosen = build_methods(cpu_cfg, "m", ["lora_r8", "lora_r32", "prompt"], other_rank=2, rates={"prompt": 3e-3})
+    assert [m.key for m in chosen.values()] == ["lora_r8", "lora_r2", "prompt"]
+    assert [m.settings["learning_rate"] for m in chosen.values()] == [LEARNING_RATES["lora"], LEARNING_RATES["lora"], 3e-3]
 
 
 def test_full_finetuning_memory_is_sixteen_bytes_a_weight_and_a_t4_says_no(monkeypatch):

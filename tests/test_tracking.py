@@ -37,3 +37,24 @@ def test_notebooks_03_and_04_take_report_to_as_a_parameter_and_use_it():
         assert pm.inspect_notebook(str(path))["report_to"]["default"] == '"none"'  # off unless asked
         code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
         assert "report_to=report_to" in code and "report_to=t.report_to" in code  # into the config, then the trainer
+
+
+def test_07_passes_report_to_into_every_methods_trainer(tmp_path, tiny_folder, tiny_tokenizer, cpu_cfg):
+    import papermill as pm
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gemmate_lib.experiments import train_arm
+    from gemmate_lib.methods import build_methods
+
+    path = ROOT / "notebooks" / "07_compare_methods.ipynb"
+    assert pm.inspect_notebook(str(path))["report_to"]["default"] == '"none"'
+    code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+    assert "report_to=report_to" in code and "train_arm(" in code  # into the one config, which every arm uses
+    rows = [{"quote": "Be yourself.", "author": "Oscar Wilde", "text": "Quote: Be yourself.\nAuthor: Oscar Wilde"}] * 4
+    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1, report_to="tensorboard")
+    method = build_methods(cfg, str(tiny_folder), ["prefix"])["prefix"]
+    train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, rows, rows[:1], tmp_path / "prefix",
+              adapter=method.peft_config)
+    events = list((tmp_path / "prefix").rglob("events.out.tfevents.*"))
+    assert len(events) == 1
+    assert len(EventAccumulator(str(events[0].parent)).Reload().Scalars("train/loss")) == 2

@@ -2,8 +2,8 @@
 
 Full fine-tuning, LoRA at two ranks, QLoRA, prompt tuning, prefix tuning and IA3. A
 method is a PEFT config (none for full fine-tuning: every weight trains) plus the few
-course settings it changes, chiefly its learning rate: each trains at the rate its
-authors and PEFT's examples use, since one shared rate would suit one method and starve
+course settings it changes, chiefly its learning rate: each trains at a customary rate
+(LEARNING_RATES says whose), since one shared rate would suit one method and starve
 the others. 07 writes the same configs out and checks them against `build_methods`;
 `experiments.train_arm` trains and measures each one.
 """
@@ -55,6 +55,9 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, othe
     unknown = [k for k in keys if k not in METHODS]
     if unknown:
         raise ParameterError(f"unknown method {unknown[0]!r}", f"use some of: {', '.join(METHODS)}")
+    if {"lora_r8", "lora_r32"} <= set(keys) and other_rank == cfg.lora.lora_r:
+        raise ParameterError(f"other_rank = {other_rank} is the rank of LoRA r={cfg.lora.lora_r} already in methods",
+                             "choose another rank (e.g. 2 or 32), or drop lora_r32 from methods")
     rates = dict(rates or {})
     for key, value in rates.items():
         if key not in keys or isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:

@@ -48,6 +48,9 @@ def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg):
         build_methods(cpu_cfg, "m", ["lora"])
     with pytest.raises(ParameterError, match="lora_r"):
         build_methods(cpu_cfg, "m", ["lora_r32"], other_rank="wide")
+    with pytest.raises(ParameterError, match=r"other_rank = 8 is the rank of LoRA r=8"):  # one folder, one label: clash
+        build_methods(cpu_cfg, "m", ["lora_r8", "lora_r32"], other_rank=8)
+    assert list(build_methods(cpu_cfg, "m", ["lora_r32"], other_rank=8)) == ["lora_r32"]  # alone it is fine
     for bad in ({"ia3": 3e-3}, {"prompt": 3}, {"prompt": "fast"}, {"prompt": True}):  # ia3 is not among those that run
         with pytest.raises(ParameterError, match=r"rates\[.*\n  Fix: give a learning rate between 0 and 1"):
             build_methods(cpu_cfg, "m", ["prompt", "lora_r8"], rates=bad)

@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install embedded course test test-fast lint unit nbval gpu-check bench clean notebooks lab
+.PHONY: install embedded course test test-fast lint unit nbval gpu-check bench bench-head clean notebooks lab
 
 install: $(STAMP)
 
@@ -59,6 +59,9 @@ gpu-check: $(if $(DRY_RUN),install,embedded)
 
 bench: embedded
 	$(PY) benchmarks/sft_throughput.py
+
+bench-head: embedded
+	$(PY) benchmarks/lm_head.py
 
 clean:
 	rm -rf runs/nbval runs/interactive

@@ -10,8 +10,10 @@ LoRA step's FLOPs, and full logits for 1k tokens take ~1 GB in fp32. Three savin
    fine-tuning; LoRA and the prompt methods leave it frozen). Never more than one chunk of
    logits is in memory, and that chunk's buffer is reused and turned into the softmax in
    place: fresh 256 MiB tensors per chunk cost as much as the arithmetic on a CPU.
-3. The model's own forward runs with `logits_to_keep=1`, so its head computes one position
-   per row; the decoder's output is taken with a hook. Whatever the adapter does inside
+3. The model's own forward runs with `logits_to_keep` set to no position at all (an empty
+   index), so its head computes nothing; the decoder's output is taken with a hook. (With
+   `logits_to_keep=1` the head's one position per row still cost 0.2 s per step on a CPU:
+   a batched product that reads the 671 MB head once per row, 11% of a 04 training step.) Whatever the adapter does inside
    forward (LoRA, IA3, virtual tokens of prompt tuning, the cache of prefix tuning,
    GemmaTE's time) is therefore included, and the loss is the same for every method.
 """
@@ -25,24 +27,28 @@ CHUNK_TOKENS = 256  # tokens per chunk: 256 x 262144 fp32 logits = 256 MiB at a 
 def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, probs: bool):
     """Yield (start, rows, targets, per-token NLL, logits buffer) chunk by chunk, through one reused buffer.
 
-    With `probs` the buffer holds the chunk's softmax (computed in place) when yielded.
+    The buffer is laid out vocabulary-major, [vocab, rows]: `weight @ rows.T` runs 1.1-1.5x
+    faster than `rows @ weight.T` with MKL on a CPU (measured for 56-256 rows of Gemma's
+    262k x 640 head). With `probs` the buffer holds the chunk's softmax (computed in place,
+    over dim 0) when yielded.
     """
     acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 (or fp64)
-    rows = min(chunk, hidden.shape[0])
-    raw = hidden.new_empty((rows, weight.shape[0]), dtype=weight.dtype)  # one buffer for every chunk
+    rows, vocab = min(chunk, hidden.shape[0]), weight.shape[0]
+    raw = hidden.new_empty(vocab * rows, dtype=weight.dtype)  # one buffer for every chunk
     logits = raw if raw.dtype == acc else raw.new_empty(raw.shape, dtype=acc)
     for start in range(0, hidden.shape[0], chunk):
         h, t = hidden[start:start + chunk].to(weight.dtype), targets[start:start + chunk]
-        z = logits[:len(t)]
-        torch.mm(h, weight.t(), out=raw[:len(t)])
-        if z.data_ptr() != raw.data_ptr():
-            z.copy_(raw[:len(t)])
-        target_logit = z[torch.arange(len(t), device=t.device), t].clone()
-        top = z.amax(dim=1)
-        z.sub_(top[:, None]).exp_()
-        norm = z.sum(dim=1)
+        n = len(t)
+        out, z = raw[:vocab * n].view(vocab, n), logits[:vocab * n].view(vocab, n)  # contiguous, also the last chunk
+        torch.mm(weight, h.t(), out=out)
+        if z.data_ptr() != out.data_ptr():
+            z.copy_(out)
+        target_logit = z[t, torch.arange(n, device=t.device)].clone()
+        top = z.amax(dim=0)
+        z.sub_(top).exp_()
+        norm = z.sum(dim=0)
         if probs:
-            z.div_(norm[:, None])
+            z.div_(norm)
         yield start, h, t, top + norm.log() - target_logit, z
 
 
@@ -59,12 +65,12 @@ class LinearCrossEntropy(torch.autograd.Function):
         for start, h, t, nll, probs in _softmax_chunks(hidden, weight, targets, chunk, want_hidden or want_weight):
             total += nll.sum()
             if want_hidden or want_weight:
-                probs[torch.arange(len(t), device=t.device), t] -= 1.0  # softmax - one_hot = d loss / d logits
-                probs = probs if probs.dtype == weight.dtype else probs.to(weight.dtype)
+                probs[t, torch.arange(len(t), device=t.device)] -= 1.0  # softmax - one_hot = d loss / d logits
+                probs = probs if probs.dtype == weight.dtype else probs.to(weight.dtype)  # [vocab, rows]
                 if want_hidden:
-                    grad_hidden[start:start + len(t)] = (probs @ weight).to(hidden.dtype)
+                    grad_hidden[start:start + len(t)] = (weight.t() @ probs).t().to(hidden.dtype)
                 if want_weight:
-                    grad_weight.addmm_(probs.t().to(acc), h.to(acc))
+                    grad_weight.addmm_(probs.to(acc), h.to(acc))
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total
 
@@ -92,14 +98,15 @@ def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     """The decoder's last hidden states (after the final norm) for the real tokens, [batch, seq, hidden].
 
     Runs `model`'s own forward (PEFT wrapper, GemmaTE wrapper or a plain model), so every
-    adapter takes part; the LM head computes one position per row only. Virtual tokens of
+    adapter takes part; the LM head computes no position at all. Virtual tokens of
     prompt tuning come first in the decoder's output and are cut off here.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    no_position = torch.zeros(0, dtype=torch.long, device=input_ids.device)
     captured = []
     hook = base.get_decoder().register_forward_hook(lambda module, args, out: captured.append(out[0]))
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=no_position)
     finally:
         hook.remove()
     return captured[-1][:, -input_ids.shape[1]:]

@@ -9,23 +9,13 @@ training adds, the loss curve and the held-out losses.
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import CourseConfig
-
-
-def _release_freed_memory() -> None:
-    """Give memory that Python and torch freed back to the OS, so the process's RSS shows what is live (glibc)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows): RSS then over-counts a little
-        pass
+from .hardware import free_memory
 
 
 class PeakMemory:
@@ -38,7 +28,7 @@ class PeakMemory:
         import psutil
         import torch
 
-        _release_freed_memory()
+        free_memory()
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             self._start = torch.cuda.memory_allocated()
@@ -118,7 +108,6 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
     training (07: prompt and prefix tuning do not start from the base model; LoRA does).
     """
     from .errors import HardwareError
-    from .hardware import free_memory
     from .methods import check_full_finetuning
     from .models import count_parameters, footprint_mib, load_model
     from .training import attach_lora, loss_log, sft_trainer
@@ -152,8 +141,8 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
         summary["saved_mib"] = round(sum(p.stat().st_size for p in Path(save_dir).rglob("*.safetensors")) / 2**20, 2)
     arm = Arm(name, summary, loss_log(trainer), model if keep_model else None)
     del model, trainer
-    _release_freed_memory()
+    free_memory()
     if start_loss:  # on a second, identically seeded copy, after training: a pass before it would hide ~1 GB of the peak
         summary["held_out_loss_start"] = measure(fresh(), tokenizer, eval_rows, cfg.train.max_length)["held_out_loss_text"]
-        _release_freed_memory()
+        free_memory()
     return arm

@@ -94,6 +94,11 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
 
 
+def _base(model):
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The decoder's last hidden states (after the final norm) for the real tokens, [batch, seq, hidden].
 
@@ -101,7 +106,7 @@ def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     adapter takes part; the LM head computes no position at all. Virtual tokens of
     prompt tuning come first in the decoder's output and are cut off here.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     no_position = torch.zeros(0, dtype=torch.long, device=input_ids.device)
     captured = []
     hook = base.get_decoder().register_forward_hook(lambda module, args, out: captured.append(out[0]))
@@ -114,8 +119,7 @@ def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
 
 def output_weight(model) -> torch.Tensor:
     """The LM head's weight (tied to the input embeddings in Gemma)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_output_embeddings().weight
+    return _base(model).get_output_embeddings().weight
 
 
 def causal_lm_loss(model, input_ids, attention_mask, labels, num_items_in_batch=None):

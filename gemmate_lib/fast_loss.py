@@ -12,10 +12,11 @@ LoRA step's FLOPs, and full logits for 1k tokens take ~1 GB in fp32. Three savin
    place: fresh 256 MiB tensors per chunk cost as much as the arithmetic on a CPU.
 3. The model's own forward runs with `logits_to_keep` set to no position at all (an empty
    index), so its head computes nothing; the decoder's output is taken with a hook. (With
-   `logits_to_keep=1` the head's one position per row still cost 0.2 s per step on a CPU:
-   a batched product that reads the 671 MB head once per row, 11% of a 04 training step.) Whatever the adapter does inside
-   forward (LoRA, IA3, virtual tokens of prompt tuning, the cache of prefix tuning,
-   GemmaTE's time) is therefore included, and the loss is the same for every method.
+   `logits_to_keep=1` the head's one position per row still cost 0.1-0.2 s per step on a
+   CPU, a batched product reading the 671 MB head once per row: 11% of a 04 training step.)
+   Whatever the adapter does inside forward (LoRA, IA3, virtual tokens of prompt tuning,
+   the cache of prefix tuning, GemmaTE's time) is therefore included, and the loss is the
+   same for every method.
 """
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ CHUNK_TOKENS = 256  # tokens per chunk: 256 x 262144 fp32 logits = 256 MiB at a 
 def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, probs: bool):
     """Yield (start, rows, targets, per-token NLL, logits buffer) chunk by chunk, through one reused buffer.
 
-    The buffer is laid out vocabulary-major, [vocab, rows]: `weight @ rows.T` runs 1.1-1.5x
-    faster than `rows @ weight.T` with MKL on a CPU (measured for 56-256 rows of Gemma's
-    262k x 640 head). With `probs` the buffer holds the chunk's softmax (computed in place,
-    over dim 0) when yielded.
+    The buffer is laid out vocabulary-major, [vocab, rows]: with MKL on a 2-core CPU the
+    softmax and gradient of a chunk took 0.78-0.88x the time of the rows-major layout at
+    160-256 rows, the same at 56 (`make bench-head`). With `probs` the buffer holds the
+    chunk's softmax (computed in place, over dim 0) when yielded.
     """
     acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 (or fp64)
     rows, vocab = min(chunk, hidden.shape[0]), weight.shape[0]

@@ -7,13 +7,14 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# The offline profile: nothing here can reach the Hub, so fail fast instead of retrying for 30 s.
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
+# Targets that run only the embedded default go offline (OFFLINE): a stray Hub call then fails at once instead of
+# retrying for 30 s. `make course` decides per run (offline for the embedded profile only), so a learner with a token
+# on a GPU gets the Hub without setting anything. `make lab` stays online.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install embedded course test test-fast lint unit nbval gpu-check bench bench-head clean notebooks lab
+.PHONY: install embedded course test test-fast lint unit nbval smoke gpu-check bench bench-head clean notebooks lab sync
 
 install: $(STAMP)
 
@@ -28,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 embedded: install
-	$(PY) -m gemmate_lib.course --prepare-only
+	$(OFFLINE) $(PY) -m gemmate_lib.course --prepare-only
 
 # PARAMS=params/gpu.yaml passes those notebook parameters to every notebook that declares them.
 course: install
@@ -38,30 +39,40 @@ lint: install
 	$(PY) -m ruff check .
 
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow and not canary" tests
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not canary" tests
 
 unit: embedded
-	$(PY) -m pytest -q -m "not canary" tests
+	$(OFFLINE) $(PY) -m pytest -q -m "not canary" tests
 
 # nbval runs with a fake HF_TOKEN (tests/canary.py); the canary test then scans the run folder for it.
 nbval: embedded
 	rm -rf runs/nbval
-	HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q --nbval-lax \
+	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q --nbval-lax \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider notebooks
-	HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q -m canary tests/test_canary.py
+	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q -m canary tests/test_canary.py
 
 test: lint unit nbval
+
+# The learner's path in ~5 minutes: every notebook in the GPU profile in a Colab-like kernel (tests/learner_path.py).
+# `make unit` (and so `make test`) runs it too.
+smoke: embedded
+	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider tests/test_learner_path.py -k every_notebook -s
+
+# After changing colab.COURSE_REPO (a fork) or notebooks/course_timings.json: rewrite every notebook's badge,
+# install cell and runtime line, and the README's table.
+sync: install
+	$(PY) -m gemmate_lib.course --sync-runtimes
 
 # Maintainers with a CUDA GPU: the whole course headless on the GPU profile (time, peak GPU memory, pass/fail per
 # notebook). DRY_RUN=1 builds and checks every notebook's T4 and A100 config on any machine.
 gpu-check: $(if $(DRY_RUN),install,embedded)
-	$(PY) -m gemmate_lib.gpu_check $(if $(DRY_RUN),--dry-run)
+	$(OFFLINE) $(PY) -m gemmate_lib.gpu_check $(if $(DRY_RUN),--dry-run) $(if $(PRECISION),--precision $(PRECISION))
 
 bench: embedded
-	$(PY) benchmarks/sft_throughput.py
+	$(OFFLINE) $(PY) benchmarks/sft_throughput.py
 
 bench-head: embedded
-	$(PY) benchmarks/lm_head.py
+	$(OFFLINE) $(PY) benchmarks/lm_head.py
 
 clean:
 	rm -rf runs/nbval runs/interactive

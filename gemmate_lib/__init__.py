@@ -17,7 +17,6 @@ from .config import EMBEDDED, HUB_DATASET, HUB_MODEL, CourseConfig, config_summa
 from .errors import DataError, GemmateError, HardwareError, ModelLoadError, ParameterError, SaveError
 
 __version__ = "0.1.0"
-COURSE_REPO = "gemmate-course/gemmate"  # GitHub owner/name: Colab badges and install cells use it (a test checks)
 
 
 def quiet() -> None:
@@ -43,6 +42,26 @@ def quiet() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported ...
     if "datasets" in sys.modules:  # ... or already imported
         sys.modules["datasets"].disable_progress_bars()
+    _one_line_errors()
+
+
+def _one_line_errors() -> None:
+    """In a notebook, a course error shows as its one line (problem and fix), not a traceback through the library.
+
+    The cell still fails (papermill and nbval see the error); `%tb` shows the full traceback.
+    """
+    try:
+        shell = get_ipython()  # type: ignore[name-defined]  # noqa: F821 - defined inside IPython only
+    except NameError:
+        return
+
+    def show(shell, etype, value, tb, tb_offset=None):
+        stb = [f"{etype.__name__}: {' '.join(str(value).split())}"]
+        shell._showtraceback(etype, value, stb)  # IPython leaves the display of a custom exception to its handler
+        return stb
+
+    if shell is not None:
+        shell.set_custom_exc((GemmateError,), show)
 
 
 __all__ = ["EMBEDDED", "HUB_DATASET", "HUB_MODEL", "CourseConfig", "config_summary", "course_config", "quiet",

@@ -18,11 +18,50 @@ from pathlib import Path
 
 from .errors import ModelLoadError
 
+COURSE_REPO = "gemmate-course/gemmate"  # GitHub owner/name of the course: a fork changes it here, then `make sync`
+CLONE = "/content/gemmate"  # where the install cell clones the course in a Colab runtime
 DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders on Drive
 RESTART = ("Restart needed: packages that this runtime had already imported were upgraded. "
            "Choose Runtime > Restart session, then run this notebook from the top again "
            "(this cell will then skip the install).")
+
+
+def install_cell(repo: str | None = None) -> str:
+    """The first code cell of every notebook (written there by `make sync`): on Colab, clone, put on sys.path, install.
+
+    The course is not pip-installed on Colab: the kernel imports it from the clone through
+    `sys.path`, so a child process needs PYTHONPATH (`hf_token.subprocess_env`). A notebook
+    opened inside a checkout (papermill, the smoke run) uses that checkout instead of cloning.
+    A failed clone stops the cell with one line, instead of an import error in the next one.
+    """
+    repo = repo or COURSE_REPO
+    return f"""# Colab only: get the course and install what Colab lacks, never torch (Colab's own CUDA build matches its
+# driver). Safe to re-run: it skips what is there, and says once if the runtime must restart.
+# On your machine `make install` did all of this.
+import os
+import subprocess
+import sys
+
+COURSE = "https://github.com/{repo}"  # a fork: change COURSE_REPO in gemmate_lib/colab.py, then `make sync`
+if "google.colab" in sys.modules:
+    home = os.path.abspath("..") if os.path.isdir("../gemmate_lib") else "{CLONE}"  # a checkout, or the clone
+    if not os.path.isdir(home):
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", COURSE, home], capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise SystemExit(f"could not clone {{COURSE}} ({{clone.stderr.strip()[-200:]}}). Fix: check the address "
+                             "and that the repository is public, or clone it yourself into {CLONE}")
+    sys.path.insert(0, home)  # the course is imported from the clone, in this kernel (it is not pip-installed)
+    from gemmate_lib import colab
+    colab.install(home)
+    os.chdir(os.path.join(home, "notebooks"))"""
+
+
+def badge(notebook: str, repo: str | None = None) -> str:
+    """The "Open in Colab" badge of a notebook (file name), as the notebooks and the README show it."""
+    repo = repo or COURSE_REPO
+    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"(https://colab.research.google.com/github/{repo}/blob/main/notebooks/{notebook})")
 
 
 def in_colab() -> bool:
@@ -105,6 +144,24 @@ def default_run_dir(name: str = "interactive", mount=None) -> Path | None:
               "To keep 03's adapter for 05 and 06, set adapter_repo (a Hub repo to push it to) in 03's parameters.")
         return None
     return DRIVE_RUNS / name
+
+
+def flush_drive(flush=None) -> bool:
+    """On Colab with Google Drive mounted: write every pending file to Drive now (and unmount); True if it did.
+
+    Drive writes land later than the notebook says they are done; a runtime closed soon
+    after 03 saved its adapter could leave 05 and 06, in new runtimes, with no adapter or
+    half of one. Every notebook calls this in its last cell; the next notebook mounts Drive again.
+    """
+    if not in_colab() or not (DRIVE / "MyDrive").is_dir():
+        return False
+    if flush is None:
+        from google.colab import drive  # type: ignore[import-not-found]
+
+        flush = drive.flush_and_unmount
+    flush()
+    print("Google Drive flushed: this run folder is safe to open from a new runtime (the next notebook mounts it again)")
+    return True
 
 
 def find_adapter(run_dir: Path, adapter_repo: str | None = None, download=None) -> Path:

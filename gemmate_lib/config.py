@@ -17,12 +17,13 @@ then `validate`, before any model or data loads.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ParameterError
 from .fsio import read_yaml
-from .hardware import Precision, pick_precision
+from .hardware import DTYPES, Precision, pick_precision
 from .settings import (
     ALIASES,
     CHOICES,
@@ -88,6 +89,8 @@ class CourseConfig:
         if {"device", "dtype"} & set(values):
             precision = pick_precision(None if model.device == "auto" else model.device,
                                        None if model.dtype == "auto" else model.dtype)
+            if "dtype" not in values:  # the profile's choice; a dtype the caller names is kept
+                precision = gemma3_rule(precision, model.model_name)
         new = dataclasses.replace(self, **groups, precision=precision)
         validate(new.flat())
         return new
@@ -117,14 +120,23 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     if device not in CHOICES["device"]:
         fail("device", device, f"is not one of {', '.join(CHOICES['device'])}", "use device='auto', 'cpu' or 'cuda'")
     on_gpu = (precision or pick_precision(None if device == "auto" else device)).device == "cuda"
+    # GEMMATE_PROFILE: "gpu" runs the GPU profile on a CPU (the smoke run of the learner's path), "t4" a T4's on any
+    # GPU (make gpu-check --precision fp16); unset, the hardware decides.
+    forced = os.environ.get("GEMMATE_PROFILE", "auto")
+    if forced not in ("auto", "gpu", "t4"):
+        raise ParameterError(f"GEMMATE_PROFILE={forced!r} is not known", "unset it, or set it to 'gpu' or 't4'")
     values, profile = dict(CPU_PROFILE), "cpu-embedded"
-    if on_gpu:
+    if on_gpu or forced != "auto":
         from .hf_token import get_token
 
-        values, profile = dict(SEED_QLORA), "gpu-embedded"
+        values, profile = dict(SEED_QLORA), "gpu-embedded" if on_gpu else "gpu-on-cpu"
+        if not on_gpu:  # a 16-bit load and compute dtype, standing in for a T4's fp16 (bf16: this CPU has no fp16 AMP)
+            values["dtype"] = "bf16"
+        elif forced == "t4":
+            values["dtype"] = "fp16"
         if get_token():
             values.update(model_name=HUB_MODEL, dataset=HUB_DATASET)
-            profile = "gpu-hub"
+            profile = "gpu-hub" if on_gpu else profile
     values.update(TASK_DEFAULTS[task])
     values.update(given)
     groups = {group: cls() for group, cls in GROUPS.items()}
@@ -134,9 +146,40 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     if dtype not in CHOICES["dtype"]:
         fail("dtype", dtype, f"is not one of {', '.join(CHOICES['dtype'])}", "use dtype='auto', 'bf16', 'fp16' or 'fp32'")
     precision = precision or pick_precision(None if device == "auto" else device, None if dtype == "auto" else dtype)
+    if "dtype" not in given:  # the profile's choice; a dtype the caller names is kept
+        precision = gemma3_rule(precision, groups["model"].model_name)
     cfg = CourseConfig(**groups, precision=precision, profile=profile, task=task)
     validate(cfg.flat())
     return cfg
+
+
+def is_gemma3(model_name: str) -> bool:
+    """True for Gemma 3 models: the embedded default, a folder whose config says so, or a Hub id with gemma-3."""
+    if model_name == EMBEDDED:
+        return True
+    config = Path(model_name) / "config.json"
+    if config.is_file():
+        import json
+
+        try:
+            return str(json.loads(config.read_text()).get("model_type", "")).startswith("gemma3")
+        except ValueError:
+            return False
+    return "gemma-3" in model_name.lower()
+
+
+def gemma3_rule(precision: Precision, model_name: str) -> Precision:
+    """fp32 instead of fp16 for Gemma 3: its activations overflow fp16 (transformers issue 36822).
+
+    A T4 has no bf16, so Gemma 3 computes in fp32 there, as Unsloth does; Gemma 1 (gemma-2b)
+    keeps fp16 with loss scaling. bf16 has fp32's range and is kept. Applied to the
+    profile's choice only: an explicit `dtype="fp16"` is what the caller asked for.
+    """
+    if precision.name != "fp16" or not is_gemma3(model_name):
+        return precision
+    return Precision(precision.device, DTYPES["fp32"],
+                     f"{precision.reason}; but Gemma 3 overflows in fp16 (transformers issue 36822), so it computes "
+                     "in fp32 here")
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None, task: str = "quotes") -> CourseConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,6 @@ from .run import get_run_dir
 
 def execute_in_place(path: Path, run_dir: Path) -> None:
     """Run one notebook top to bottom and write it back with clean metadata (what gets committed)."""
-    import os
-
     import nbformat
     from nbclient import NotebookClient
 
@@ -56,6 +55,23 @@ def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[
         raise ParameterError(f"{params_file}: no notebook has a parameter named {', '.join(unknown)}",
                              f"valid names: {', '.join(sorted(valid))}")
     return {name: {k: v for k, v in values.items() if k in names} for name, names in declared.items()}
+
+
+def hub_environment(per_notebook: dict[str, dict]) -> dict[str, str]:
+    """The Hub variables for the notebooks' kernels: offline for the embedded profile only.
+
+    On a machine without a GPU or token every notebook runs the embedded default, which
+    needs no network: HF_HUB_OFFLINE=1 makes a stray Hub call fail at once instead of after
+    ~30 s of retries. A learner with a token on a GPU, or a params file that names a Hub
+    model or dataset, gets the Hub as usual, without setting anything.
+    """
+    from .config import EMBEDDED, course_config
+
+    for params in per_notebook.values():
+        cfg = course_config(**{k: params.get(k) for k in ("model_name", "dataset")})
+        if cfg.model.model_name != EMBEDDED or cfg.data.dataset != EMBEDDED:
+            return {}
+    return {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def record_timings(timings: dict[str, float]) -> None:
@@ -109,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         notebooks = [nb for nb in notebooks if nb.name.startswith(tuple(args.only))]
     per_notebook = notebook_parameters(notebooks, args.params)
+    offline = hub_environment(per_notebook)
+    for name, value in offline.items():
+        os.environ.setdefault(name, value)  # the kernels inherit them
+    print("Hub: " + ("offline (the embedded default needs no network)" if offline else "online (a Hub model or dataset)"))
     timings = {}
     for nb in notebooks:
         out = run_dir / nb.name

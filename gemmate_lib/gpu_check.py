@@ -1,25 +1,28 @@
 """`make gpu-check`: the whole course headless on a CUDA GPU with the GPU profile's real settings.
 
 For maintainers with a GPU (README, "GPU readiness check"). It runs every notebook with
-papermill on the embedded Gemma 3 270M, on CUDA, with what the GPU profile picks there:
-NF4, fp16 below compute capability 8.0 (a T4) or bf16 from 8.0, paged 8-bit AdamW and
-gradient checkpointing; and prints per notebook the time, the peak GPU memory and pass
-or fail. `--dry-run` runs anywhere: it builds every notebook's config and training
+papermill on the embedded Gemma 3 270M, offline, on CUDA, with what the GPU profile picks
+for this GPU's compute capability: NF4, paged 8-bit AdamW, gradient checkpointing, bf16
+from 8.0; below it (a T4) fp16, which Gemma 3 replaces by fp32 (config.gemma3_rule).
+`--precision fp16` runs a T4's profile on a bf16-capable GPU. It prints per notebook the
+time, the peak GPU memory and pass or fail; a failed self-check is a fail (it stops the
+notebook). `--dry-run` runs anywhere: it builds every notebook's config and training
 arguments for a T4 (7.5) and an A100 (8.0) and checks those settings, without a GPU.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-from .config import course_config
+from .config import course_config, gemma3_rule
 from .errors import HardwareError
 from .fsio import repo_root, save_json, show_path
-from .hardware import Precision
+from .hardware import DTYPES, Precision
 from .training import training_kwargs
 
 PARAMS = {"model_name": "embedded", "dataset": "embedded"}  # the embedded model on the GPU, with a token or without
@@ -31,9 +34,11 @@ def expected(cfg, capability: tuple[int, int]) -> dict[str, bool]:
     args = training_kwargs(cfg, repo_root() / "runs" / "gpu-check-dry", has_eval=True, save=False,
                            sft=cfg.task == "quotes")
     half = "fp16" if capability < (8, 0) else "bf16"
-    checkpointing = args["activation_checkpointing"]
-    return {"nf4": cfg.model.quantization == "nf4", half: args[half] and cfg.precision.name == half,
-            "paged_adamw_8bit": args["optim"] == "paged_adamw_8bit", "gradient checkpointing": checkpointing,
+    want = gemma3_rule(Precision("cuda", DTYPES[half], ""), cfg.model.model_name).name  # Gemma 3: fp32 for fp16
+    mixed = {name: args[name] == (want == name) for name in ("fp16", "bf16")}
+    return {"nf4": cfg.model.quantization == "nf4", f"compute {want}": cfg.precision.name == want and all(mixed.values()),
+            "paged_adamw_8bit": args["optim"] == "paged_adamw_8bit",
+            "gradient checkpointing": args["activation_checkpointing"],
             "on cuda": not args["use_cpu"] and cfg.precision.device == "cuda"}
 
 
@@ -70,11 +75,17 @@ def _watch_memory(stop: threading.Event, peak: list[int]) -> None:
         time.sleep(0.2)
 
 
-def run(notebooks: list[Path], run_dir: Path) -> int:
+def run(notebooks: list[Path], run_dir: Path, precision: str = "auto") -> int:
     """Run every notebook on the GPU; print time, peak GPU memory and pass/fail per notebook."""
     import papermill as pm
 
     torch.cuda.init()
+    # The kernels inherit these: offline (the embedded model needs no Hub), and a T4's profile if asked for.
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    if precision == "fp16":
+        os.environ["GEMMATE_PROFILE"] = "t4"
+    cfg = course_config(**PARAMS)
+    print(f"{torch.cuda.get_device_name(0)}: profile {cfg.profile}, compute {cfg.precision.name} ({cfg.precision.reason})")
     baseline = torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]
     rows, failed = {}, False
     for nb in notebooks:
@@ -104,6 +115,9 @@ def run(notebooks: list[Path], run_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="build and check every config; no GPU needed")
+    parser.add_argument("--precision", choices=("auto", "fp16"), default="auto",
+                        help="auto: this GPU's profile; fp16: a T4's profile (fp16 and its gradient scaler; Gemma 3 "
+                             "computes in fp32 by the course's dtype rule) on a bf16-capable GPU")
     args = parser.parse_args(argv)
     root = repo_root()
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -114,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                             "run it on a GPU machine (a Colab T4 works), or `make gpu-check DRY_RUN=1` here")
     run_dir = root / "runs" / time.strftime("gpu-check-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
-    return run(notebooks, run_dir)
+    return run(notebooks, run_dir, args.precision)
 
 
 if __name__ == "__main__":

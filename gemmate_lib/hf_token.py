@@ -112,12 +112,19 @@ def check_token(need_write: bool = False, api=None) -> str:
 
 
 def subprocess_env() -> dict[str, str]:
-    """os.environ plus HF_TOKEN when the token lives elsewhere (Colab secrets, a saved login).
+    """os.environ plus what a child process cannot find by itself: the token and the course.
 
-    A child process has no notebook kernel, so it cannot read Colab secrets itself.
+    A child has no notebook kernel, so it cannot read Colab secrets: HF_TOKEN goes through
+    its environment when the token lives elsewhere. On Colab the course is not installed,
+    only on the kernel's sys.path (the install cell): the folder that holds `gemmate_lib`
+    goes first on the child's PYTHONPATH, so it imports the same code as the kernel.
     """
+    from pathlib import Path
+
     env = os.environ.copy()
     token = get_token()
     if token and not env.get("HF_TOKEN"):
         env["HF_TOKEN"] = token
+    course = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([course] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env

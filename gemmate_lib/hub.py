@@ -80,11 +80,15 @@ def load_tuned(cfg):
     return model, tokenizer
 
 
-def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_new_tokens: int, dtype: str) -> list[str]:
+def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_new_tokens: int, precision,
+                       quantization: str = "none") -> list[str]:
     """Load base + adapter in a *fresh Python process* and return its greedy generations.
 
     A fresh process proves the saved files alone reproduce the model: nothing is
-    borrowed from the notebook's memory.
+    borrowed from the notebook's memory. The child loads the base exactly as the caller
+    did (device, dtype, quantization: NF4 on a GPU), so equal generations are expected;
+    it gets the token and the course's folder through its environment (on Colab the
+    course is only on the kernel's sys.path).
     """
     code = (
         "import json, sys\n"
@@ -94,18 +98,21 @@ def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_ne
         "from gemmate_lib.generation import generate\n"
         "a = json.loads(sys.argv[1])\n"
         "tok = load_tokenizer(a['model_name'])\n"
-        "model = load_adapter(load_model(a['model_name'], pick_precision(None, a['dtype'])), a['adapter'])\n"
-        "table = generate(model, tok, a['prompts'], a['max_new_tokens'])\n"
+        "base = load_model(a['model_name'], pick_precision(a['device'], a['dtype']), quantization=a['quantization'])\n"
+        "table = generate(load_adapter(base, a['adapter']), tok, a['prompts'], a['max_new_tokens'])\n"
         "print('RESULT' + json.dumps(table.completion.tolist()))\n"
     )
     args = json.dumps({"adapter": str(adapter_dir), "model_name": model_name, "prompts": list(prompts),
-                       "max_new_tokens": max_new_tokens, "dtype": dtype})
-    # The child has no notebook kernel, so it cannot read Colab secrets: the token goes through its environment.
+                       "max_new_tokens": max_new_tokens, "device": precision.device, "dtype": precision.name,
+                       "quantization": quantization})
     proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, env=subprocess_env())
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     if proc.returncode != 0 or not line:
-        raise ModelLoadError(f"reloading the adapter in a fresh process failed: {proc.stderr.strip()[-300:]}",
-                             "check the adapter folder; run 03_lora_sft again to recreate it")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelLoadError(f"reloading the adapter in a fresh process failed: {last[:300]}",
+                             "read the child's error above: a missing package or module is an installation "
+                             "problem (rerun the install cell); a missing or damaged file means saving the "
+                             "adapter again (03)")
     return json.loads(line[0][len("RESULT"):])
 
 
@@ -134,6 +141,22 @@ def merge_and_check(peft_model, tokenizer, prompts, tolerance: float | None = No
         raise ModelLoadError(f"merged logits differ from the adapter model by {diff:.2e} (> {tolerance:.0e})",
                              "merge in fp32 to check exactly (06 does on a CPU)")
     return merged, diff
+
+
+MERGED_LIMIT_GIB = 2.0  # 06 keeps a merged copy up to this size unless asked (a free Google Drive holds 15 GB)
+
+
+def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool = False) -> bool:
+    """06's `save_merged=None`: keep the merged model only when it is small, or asked for, or about to be pushed.
+
+    The embedded model merges to ~0.5-1 GiB; gemma-2b to ~5 GB in fp16, which on Colab
+    would go to the learner's Google Drive. Prints the decision with the size.
+    """
+    gib = sum(p.numel() for p in merged.parameters()) * dtype.itemsize / 2**30
+    keep = save_merged if save_merged is not None else (gib < MERGED_LIMIT_GIB or push)
+    print(f"merged model: {gib:.1f} GiB in {str(dtype).removeprefix('torch.')}; "
+          + ("saving it" if keep else "not saved (set save_merged=True to keep it; on Colab it goes to Google Drive)"))
+    return keep
 
 
 def save_merged(merged, tokenizer, folder: str | Path, dtype: torch.dtype) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from .fsio import repo_root, write_text
 
 RUNTIME = re.compile(r"^\*\*Runtime\*\*:.*$", re.M)
+BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 
 
 def timings_file() -> Path:
@@ -51,18 +52,33 @@ def readme_cells(data: dict, name: str) -> str:
     return f"| {duration(data['cpu_seconds'][name])} | {data['t4_estimate'][name]} |"
 
 
+def _set_source(cell: dict, text: str) -> bool:
+    lines = text.split("\n")
+    new = [line + "\n" for line in lines[:-1]] + [lines[-1]]
+    changed, cell["source"] = cell["source"] != new, new
+    return changed
+
+
 def sync(data: dict | None = None) -> list[str]:
-    """Rewrite every notebook's runtime line and the README table from `data` (default: the file); returns what changed."""
+    """Rewrite, from one source each, what every notebook repeats; returns what changed.
+
+    The runtime line and the README table from `data` (default: the timings file); the
+    Colab badge and the install cell from `colab.COURSE_REPO` (a fork changes it there).
+    """
+    from .colab import badge, install_cell
+
     data = data or load()
     root, changed = repo_root(), []
     for name in data["cpu_seconds"]:
         path = root / "notebooks" / f"{name}.ipynb"
         nb = json.loads(path.read_text())
         intro = "".join(nb["cells"][0]["source"])
-        new = RUNTIME.sub(runtime_line(data, name), intro)
-        if new != intro:
-            lines = new.split("\n")
-            nb["cells"][0]["source"] = [line + "\n" for line in lines[:-1]] + [lines[-1]]
+        intro = RUNTIME.sub(runtime_line(data, name), intro)
+        intro = BADGE.sub(badge(path.name).replace("\\", "\\\\"), intro)
+        edited = _set_source(nb["cells"][0], intro)
+        install = next(c for c in nb["cells"] if c["cell_type"] == "code")
+        edited |= _set_source(install, install_cell())
+        if edited:
             write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
             changed.append(path.name)
     readme = (root / "README.md").read_text()

@@ -38,6 +38,21 @@ def lora_config(cfg: CourseConfig):
                       task_type=cfg.lora.lora_task_type)
 
 
+def prepare_base(model, cfg: CourseConfig):
+    """What the QLoRA recipe does to a 4-bit base before LoRA: `prepare_model_for_kbit_training`.
+
+    It casts every weight that is not 4-bit (embedding, norms, head) to fp32 and turns on
+    input gradients. A reload check must load its base the same way (04 does), or it
+    compares an fp32 embedding with a 16-bit one. A 16-bit base is returned unchanged:
+    the model decides, not the profile.
+    """
+    from peft import prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    return model
+
+
 def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None):
     """Wrap `model` with a fresh LoRA adapter (or `peft_config`'s), or return it unchanged if it already has one.
 
@@ -46,7 +61,7 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None)
     `set_seed(cfg.train.seed)`: the training seed decides them. `peft_config` is another
     PEFT method's config (07: prompt tuning, prefix tuning, IA3); None means the course's LoRA.
     """
-    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model
     from transformers import set_seed
 
     if getattr(peft_config, "peft_type", None) == "PREFIX_TUNING" and cfg.train.gradient_checkpointing:
@@ -59,8 +74,7 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None)
         if not quiet:
             print("this model already has a LoRA adapter (this cell ran before): keeping it, not wrapping twice")
         return model
-    if getattr(model, "is_loaded_in_4bit", False):  # the model decides, not the profile: never upcast a 16-bit base
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    model = prepare_base(model, cfg)
     set_seed(cfg.train.seed)
     return get_peft_model(model, peft_config or lora_config(cfg))
 

@@ -34,16 +34,6 @@ def test_qlora_and_lora_arms_train_and_report_the_same_numbers(tiny_folder, tiny
     assert type(layer.base_layer).__name__ == "Linear4bit"  # NF4 weights under the LoRA adapter
 
 
-def test_self_check_says_pass_or_what_to_fix(capsys):
-    from gemmate_lib.selfcheck import self_check
-
-    assert self_check((True, "the loss went down", "train longer"), (1 > 0, "one is positive", "-"))
-    assert not self_check((True, "a", "-"), (False, "the adapter exists", "run 03 first"))
-    out = capsys.readouterr().out.splitlines()
-    assert out[:3] == ["PASS the loss went down", "PASS one is positive", "self-check: all 2 passed"]
-    assert out[4:] == ["FIX  the adapter exists: run 03 first", "self-check: 1 of 2 to fix"]
-
-
 def test_padding_share_by_hand():
     from gemmate_lib.experiments import padding_share
 

@@ -67,7 +67,7 @@ def test_round_trip_in_a_fresh_process_gives_identical_generations(tiny_folder, 
     model = _perturbed(load_model(str(tiny_folder), fp32), cpu_cfg)
     folder = save_adapter(model, tiny_tokenizer, tmp_path / "adapter", str(tiny_folder))
     here = generate(model, tiny_tokenizer, STANDARD_PROMPTS[:2], max_new_tokens=12).completion.tolist()
-    there = reload_generations(folder, str(tiny_folder), STANDARD_PROMPTS[:2], 12, "fp32")
+    there = reload_generations(folder, str(tiny_folder), STANDARD_PROMPTS[:2], 12, fp32)
     assert there == here
     plain = generate(load_model(str(tiny_folder), fp32), tiny_tokenizer, STANDARD_PROMPTS[:2],
                      max_new_tokens=12).completion.tolist()

@@ -1,0 +1,110 @@
+"""The learner's path, run here: every notebook headless, GPU profile, in a Colab-like kernel.
+
+What a Colab T4 learner runs, except the device and the model size:
+- the GPU profile's settings (GEMMATE_PROFILE=gpu): NF4 through bitsandbytes' CPU kernels,
+  `prepare_model_for_kbit_training`, paged 8-bit AdamW, gradient checkpointing, batch 1 x 4
+  accumulation, the fast loss off, and a 16-bit load and compute dtype (bf16 here, standing in for
+  a T4's fp16), so the dtype mix that k-bit preparation creates shows up as it does on a GPU;
+- a tiny random Gemma 1 (gemma-2b's architecture: one key/value head) with the real embedded
+  Gemma tokenizer, and a handful of steps;
+- a kernel that looks like Colab's at the module boundary (tests/colab_runtime): `google.colab`
+  imported at start, its shell class, the HF_TOKEN secret (a canary), and the course importable
+  only through `sys.path` after the install cell, in the kernel and in every child process.
+
+`python tests/learner_path.py [RUN_DIR]` runs it by hand; tests/test_learner_path.py runs it in `make test`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME = ROOT / "tests" / "colab_runtime"
+sys.path.insert(0, str(ROOT / "tests"))
+
+# Every notebook's parameters for the smoke run (each notebook gets the keys it declares): a few steps,
+# a few examples. The thresholds of the checks that judge learning are the notebooks' own smoke ones.
+SMOKE_PARAMS = {
+    "max_steps": 3, "compare_steps": 2, "steps": 2,  # 03, 03's side-by-side arms, 07
+    "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0, "num_epochs": 1.0,  # 04
+    "max_new_tokens": 8,  # 02
+    # 07: the methods whose GPU route differs from 03's (TRL's own loss head: full fine-tuning, prompt and prefix
+    # tuning with gemma-2b's one key/value head, IA3); LoRA and QLoRA train as in 03, which the smoke run runs too.
+    "methods": ["full", "prompt", "prefix", "ia3"],
+}
+
+
+def tiny_gemma(folder: Path) -> Path:
+    """A random 2-layer Gemma 1 (gemma-2b's architecture, one key/value head) with the embedded tokenizer."""
+    import torch
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from gemmate_lib.models import load_tokenizer
+
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = load_tokenizer("embedded")
+    config = GemmaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = GemmaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def colab_kernel(jupyter_dir: Path) -> str:
+    """A kernelspec whose kernel starts like Colab's: google.colab imported, Colab's shell class, no installed course."""
+    spec = jupyter_dir / "kernels" / "colab-like"
+    spec.mkdir(parents=True, exist_ok=True)
+    start = "import google.colab; from ipykernel.kernelapp import launch_new_instance; launch_new_instance()"
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-c", start, "--IPKernelApp.kernel_class=google.colab._kernel.Kernel",
+                 "-f", "{connection_file}"],
+        "display_name": "Colab-like (smoke run)", "language": "python",
+        "env": {"PYTHONPATH": str(RUNTIME)}}))
+    return "colab-like"
+
+
+def run(run_dir: Path, notebooks: list[Path] | None = None) -> dict[str, dict]:
+    """Run every notebook; {name: {"seconds", "status"}}. Stops at the first failure, like `make course`."""
+    import papermill as pm
+    from canary import CANARY
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = tiny_gemma(run_dir.parent / "tiny-gemma-1")
+    os.environ.update(JUPYTER_PATH=str(run_dir.parent / "jupyter"), GEMMATE_PROFILE="gpu", GEMMATE_SMOKE="1", HF_HUB_OFFLINE="1",
+                      HF_DATASETS_OFFLINE="1", COLAB_SIM_SECRET=CANARY, COLAB_SIM_LOG=str(run_dir / "colab.log"))
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMMATE_RUN_DIR"):
+        os.environ.pop(name, None)  # the token comes from the (fake) Colab secret only
+    kernel = colab_kernel(run_dir.parent / "jupyter")
+    rows = {}
+    for nb in notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        declared = set(pm.inspect_notebook(str(nb)))
+        params = {k: v for k, v in {**SMOKE_PARAMS, "model_name": str(model), "dataset": "embedded"}.items()
+                  if k in declared}
+        start, status = time.time(), "pass"
+        try:
+            pm.execute_notebook(str(nb), str(run_dir / nb.name), parameters={**params, "run_dir": str(run_dir)},
+                                cwd=str(nb.parent), kernel_name=kernel, progress_bar=False)
+        except pm.PapermillExecutionError as err:
+            status = f"FAIL at cell {err.exec_count}: {err.ename}: {' '.join(str(err.evalue).split())[:300]}"
+        rows[nb.stem] = {"seconds": round(time.time() - start, 1), "status": status}
+        print(f"{nb.stem:28} {rows[nb.stem]['seconds']:6.0f} s  {status}", flush=True)
+        if status != "pass":
+            break
+    return rows
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp()) / "run"
+    results = run(target)
+    print(f"{sum(r['seconds'] for r in results.values()):.0f} s in all; executed notebooks in {target}")
+    sys.exit(0 if all(r["status"] == "pass" for r in results.values()) and len(results) == 8 else 1)

@@ -1,0 +1,288 @@
+"""The learner's path (Colab, a T4, gemma-2b), tested where it breaks: each test failed before its fix.
+
+The last test runs every notebook end to end in the GPU profile, in a Colab-like kernel
+(tests/learner_path.py). Faked only at the outer boundary: `google.colab` (tests/colab_runtime),
+CUDA's capability, and the Hub (no network here).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gemmate_lib import course_config
+from gemmate_lib.hardware import Precision
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME = ROOT / "tests" / "colab_runtime"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def colab_child_env(**extra) -> dict:
+    """The environment of a process in a Colab-like runtime: the course is not installed, only on sys.path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "GEMMATE_PROFILE", "GEMMATE_SMOKE")}
+    return {**env, "PYTHONPATH": str(RUNTIME), **extra}
+
+
+def test_the_colab_runtime_really_hides_the_installed_course(tmp_path):
+    probe = subprocess.run([sys.executable, "-c", "import gemmate_lib"], cwd=tmp_path, env=colab_child_env(),
+                           capture_output=True, text=True)
+    assert "No module named 'gemmate_lib'" in probe.stderr  # else the tests below prove nothing
+
+
+def test_a_child_process_finds_the_course_that_the_kernel_has_only_on_sys_path(tmp_path):
+    """Item 1: 06's fresh-process reload died with ModuleNotFoundError in Colab."""
+    code = ("import os, subprocess, sys; sys.path.insert(0, sys.argv[1]); from gemmate_lib.hf_token import "
+            "subprocess_env; r = subprocess.run([sys.executable, '-c', 'import gemmate_lib'], env=subprocess_env(), "
+            "capture_output=True, text=True); print(r.returncode, r.stderr[-200:])")
+    kernel = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=tmp_path, env=colab_child_env(),
+                            capture_output=True, text=True)
+    assert kernel.stdout.startswith("0 "), kernel.stdout + kernel.stderr
+
+
+@pytest.mark.slow
+def test_the_fresh_process_reload_loads_the_base_as_the_parent_did(tiny_folder, tmp_path):
+    """Item 2: the child loaded the base unquantized while the parent generated with NF4."""
+    from gemmate_lib.generation import generate
+    from gemmate_lib.hub import load_adapter, reload_generations, save_adapter
+    from gemmate_lib.models import load_model, load_tokenizer
+    from gemmate_lib.training import attach_lora
+
+    bf16 = Precision("cpu", torch.bfloat16, "16-bit, as a T4's fp16")
+    cfg = course_config(device="cpu", dtype="bf16", quantization="nf4")
+    tokenizer = load_tokenizer(str(tiny_folder))
+    trained = attach_lora(load_model(str(tiny_folder), bf16, quantization="nf4"), cfg, quiet=True)
+    with torch.no_grad():  # a LoRA B that is not zero, so the adapter changes the generations
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    save_adapter(trained, tokenizer, tmp_path / "adapter", str(tiny_folder))
+    prompts = ["Quote: Be yourself", "Quote: Imagination is more"]
+    parent = load_adapter(load_model(str(tiny_folder), bf16, quantization="nf4"), tmp_path / "adapter")
+    here = generate(parent, tokenizer, prompts, max_new_tokens=12).completion.tolist()
+    child = reload_generations(tmp_path / "adapter", str(tiny_folder), prompts, 12, bf16, "nf4")
+    assert child == here
+    unquantized = load_adapter(load_model(str(tiny_folder), bf16), tmp_path / "adapter")  # what the old child loaded
+    assert generate(unquantized, tokenizer, prompts, max_new_tokens=12).completion.tolist() != here
+
+
+@pytest.mark.slow
+def test_a_gemmate_model_trained_in_nf4_reloads_with_identical_logits(tiny_folder, tmp_path):
+    """Item 3: 04's reload compared a k-bit-prepared trained model with a fresh 16-bit NF4 one."""
+    from gemmate_lib.models import load_model, load_tokenizer
+    from gemmate_lib.temporal import GemmaTEForCausalLM
+    from gemmate_lib.temporal_train import attach_temporal_lora
+    from gemmate_lib.training import prepare_base
+
+    cfg = course_config("temporal", device="cpu", dtype="bf16", quantization="nf4", gradient_checkpointing=True)
+    tokenizer = load_tokenizer(str(tiny_folder))
+    te = attach_temporal_lora(GemmaTEForCausalLM(load_model(str(tiny_folder), cfg.precision, "nf4")), cfg)
+    with torch.no_grad():
+        te.temporal_projection.weight.normal_(0, 0.1)
+    te.eval()
+    folder = te.save_pretrained(tmp_path / "te")
+    probe = tokenizer(["Written: May 2014"], return_tensors="pt")
+    stamp = [1_400_000_000_000]
+    with torch.no_grad():
+        before = te(**probe, timestamps=stamp).logits
+        like_trained = GemmaTEForCausalLM.from_pretrained(prepare_base(load_model(str(tiny_folder), cfg.precision,
+                                                                                  "nf4"), cfg), folder)
+        plain = GemmaTEForCausalLM.from_pretrained(load_model(str(tiny_folder), cfg.precision, "nf4"), folder)
+        assert torch.equal(before, like_trained(**probe, timestamps=stamp).logits)
+        assert not torch.equal(before, plain(**probe, timestamps=stamp).logits)  # what the old check compared
+
+
+def test_a_failed_self_check_stops_the_notebook_in_one_line(capsys):
+    """Item 4: a failed check only printed, so papermill, make course and make gpu-check passed the notebook."""
+    from gemmate_lib.selfcheck import SelfCheckError, self_check
+
+    assert self_check((True, "the loss went down", "train longer"))
+    with pytest.raises(SelfCheckError) as err:
+        self_check((True, "a", "-"), (False, "the adapter exists", "run 03 first"), (False, "b", "-"))
+    assert err.value.problem == "self-check failed: the adapter exists (and 1 more above)"
+    assert err.value.fix == "run 03 first"
+    assert "FAIL the adapter exists: run 03 first" in capsys.readouterr().out
+
+
+def test_a_failed_self_check_fails_the_papermill_run(tmp_path):
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import gemmate_lib\ngemmate_lib.quiet()"),
+        nbformat.v4.new_code_cell("from gemmate_lib.selfcheck import self_check\n"
+                                  "self_check((1 > 2, 'one is more than two', 'count again'))"),
+        nbformat.v4.new_code_cell("print('after the check')")])
+    nbformat.write(nb, tmp_path / "check.ipynb")
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(tmp_path / "check.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                            progress_bar=False, cwd=str(tmp_path))
+    assert err.value.ename == "SelfCheckError" and "one is more than two" in err.value.evalue
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    shown = [o for c in out.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert len(shown[0].traceback) == 1  # one line naming the check and its fix, no library traceback
+    assert "Fix: count again" in shown[0].traceback[0]
+
+
+def _fake_gpu(monkeypatch, capability):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a faked GPU")
+
+
+def test_gemma_3_never_computes_in_fp16_on_a_t4_and_gemma_1_does(monkeypatch, tiny_folder):
+    """Item 5: the no-token GPU fallback ran Gemma 3 270M in fp16, where its activations overflow."""
+    _fake_gpu(monkeypatch, (7, 5))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("gemmate_lib.hf_token.get_token", lambda: None)
+    fallback = course_config()
+    assert fallback.model.model_name == "embedded" and fallback.precision.dtype == torch.float32
+    assert "Gemma 3" in fallback.precision.reason
+    monkeypatch.setattr("gemmate_lib.hf_token.get_token", lambda: "a token")
+    assert course_config().model.model_name == "google/gemma-2b"
+    assert course_config().precision.dtype == torch.float16  # Gemma 1 keeps fp16 with loss scaling
+    assert course_config(model_name=str(tiny_folder)).precision.dtype == torch.float32  # a Gemma 3 folder
+    _fake_gpu(monkeypatch, (8, 0))
+    assert course_config(model_name="embedded").precision.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("params, online", [(None, False), ("params/gpu.yaml", True)])
+def test_make_course_is_offline_for_the_embedded_profile_only(tmp_path, params, online):
+    """Item 6: the Makefile exported HF_HUB_OFFLINE=1 for every run, so a GPU run failed at the first download."""
+    from gemmate_lib.course import hub_environment, notebook_parameters
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "MAKE"))}
+    spy = tmp_path / "spy.sh"
+    spy.write_text('#!/bin/sh\necho "HF_HUB_OFFLINE=${HF_HUB_OFFLINE-unset}"\n')
+    spy.chmod(0o755)
+    make = subprocess.run(["make", "-s", "-o", "install", "course", f"PY={spy}"] + ([f"PARAMS={params}"] if params else []),
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert make.stdout.strip() == "HF_HUB_OFFLINE=unset", make.stdout + make.stderr  # make leaves it to the course
+    per = notebook_parameters(NOTEBOOKS, str(ROOT / params) if params else None)
+    assert (hub_environment(per) == {}) == online
+
+
+def test_06_keeps_the_merged_model_only_when_it_is_small():
+    """Item 7: 06 wrote gemma-2b's ~5 GB merged copy into the learner's Google Drive by default."""
+    from gemmate_lib.hub import keep_merged
+
+    def model(n):
+        return torch.nn.Linear(1, n, bias=False, device="meta")
+
+    assert keep_merged(None, model(2_500_000_000), torch.float16) is False  # gemma-2b's size in fp16: ~4.7 GiB
+    assert keep_merged(None, model(268_000_000), torch.float32) is True  # the embedded model: ~1 GiB
+    assert keep_merged(True, model(2_500_000_000), torch.float16) is True  # asked for
+    assert keep_merged(None, model(2_500_000_000), torch.float16, push=True) is True  # push_merged needs the files
+
+
+def test_the_last_cell_flushes_google_drive(tmp_path, monkeypatch):
+    """Item 8: nothing flushed Drive, so 05 and 06 in new runtimes could find no adapter or half of one."""
+    from gemmate_lib import colab
+
+    monkeypatch.setitem(sys.modules, "google.colab", type(sys)("google.colab"))
+    flushed = []
+    monkeypatch.setattr(colab, "DRIVE", tmp_path / "drive")
+    assert colab.flush_drive(lambda: flushed.append(1)) is False  # Drive not mounted: nothing to do
+    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
+    assert colab.flush_drive(lambda: flushed.append(1)) is True and flushed == [1]
+
+
+def test_the_fp16_gradient_scaler_steps_with_the_trainers_fp32_lora_weights(tiny_folder, tiny_tokenizer, tmp_path):
+    """Item 10: accelerate turns fp16's autocast and scaler off on a CPU, so a trainer built here never used them.
+
+    torch's own CPU autocast and GradScaler do run here: one scaled step on the trainer's model, as a T4 takes it.
+    """
+    from gemmate_lib.models import load_model
+    from gemmate_lib.training import attach_lora, sft_trainer
+
+    cfg = course_config(device="cpu", dtype="fp16", quantization="nf4", max_steps=1, batch_size=2)
+    model = attach_lora(load_model(str(tiny_folder), cfg.precision, "nf4"), cfg)
+    trainer = sft_trainer(model, tiny_tokenizer, [{"text": "Quote: a b\nAuthor: c"}] * 4, [], cfg, tmp_path)
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    batch = tiny_tokenizer(["Quote: a b\nAuthor: c"], return_tensors="pt")
+    before = [p.detach().clone() for p in trainable]
+    for _ in range(30):  # the first steps overflow at the initial scale (65536) and are skipped, as on a T4
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = trainer.model(**batch, labels=batch["input_ids"]).loss
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # raises "Attempting to unscale FP16 gradients" on an fp16 trainable weight
+        scaler.step(optimizer)
+        scaler.update()
+        if any(not torch.equal(a, p) for a, p in zip(before, trainable)):
+            break
+    assert torch.isfinite(loss) and scaler.get_scale() < 65536.0
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainable))  # a scaled step was taken
+
+
+def _install_cell(notebook: Path) -> str:
+    return "".join(next(c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")["source"])
+
+
+def test_a_failed_clone_stops_the_install_cell_with_one_line(tmp_path):
+    """Item 13: a failed `git clone` printed an error, and the next line failed with ModuleNotFoundError."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    from gemmate_lib.colab import CLONE, COURSE_REPO
+
+    cell = _install_cell(NOTEBOOKS[0]).replace(f"https://github.com/{COURSE_REPO}", str(tmp_path / "no-such-repo"))
+    cell = cell.replace(CLONE, str(tmp_path / "clone"))
+    script = "import google.colab\nfrom IPython import get_ipython\n" + TransformerManager().transform_cell(cell)
+    (tmp_path / "cell.py").write_text(script)
+    run = subprocess.run([sys.executable, "-m", "IPython", "--quick", "--no-banner", str(tmp_path / "cell.py")],
+                         cwd=tmp_path, env=colab_child_env(), capture_output=True, text=True, timeout=120)
+    shown = run.stdout + run.stderr
+    assert "could not clone" in shown and "Fix:" in shown, shown
+    assert "ModuleNotFoundError" not in shown and not (tmp_path / "clone").exists()
+
+
+def test_a_fork_changes_the_course_repository_in_one_place(tmp_path, monkeypatch):
+    """Item 13: every badge and install cell named the course's repository separately."""
+    import shutil
+
+    from gemmate_lib import colab, fsio, timings
+
+    for path in NOTEBOOKS + [ROOT / "notebooks" / "course_timings.json"]:
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "notebooks").mkdir()
+    for path in tmp_path.glob("*.*"):
+        path.rename(tmp_path / "notebooks" / path.name)
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    monkeypatch.setattr(fsio, "repo_root", lambda: tmp_path)
+    monkeypatch.setattr(timings, "repo_root", lambda: tmp_path)
+    assert timings.sync() == []  # the committed notebooks are in sync with the one setting
+    monkeypatch.setattr(colab, "COURSE_REPO", "a-learner/my-fork")
+    assert len(timings.sync()) == len(NOTEBOOKS)
+    for path in sorted((tmp_path / "notebooks").glob("*.ipynb")):
+        text = path.read_text()
+        assert "gemmate-course/gemmate" not in text
+        assert f"github/a-learner/my-fork/blob/main/notebooks/{path.name}" in text
+        assert "https://github.com/a-learner/my-fork" in _install_cell(path)
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kernel(tmp_path):
+    """The learner's path, end to end: tests/learner_path.py (its docstring says what is real and what is not)."""
+    import time
+
+    from canary import CANARY
+    from learner_path import run
+
+    start = time.time()
+    rows = run(tmp_path / "run")
+    print(f"learner's path smoke run: {time.time() - start:.0f} s for {len(rows)} notebooks")
+    assert [name for name in rows] == [nb.stem for nb in NOTEBOOKS]
+    assert {name: row["status"] for name, row in rows.items()} == {nb.stem: "pass" for nb in NOTEBOOKS}
+    setup = json.loads((tmp_path / "run" / "00_setup.ipynb").read_text())
+    installed = "".join(o.get("text", "") for o in setup["cells"][1]["outputs"])
+    assert "the course's packages are installed" in installed  # the Colab branch of the install cell ran
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["06_save_and_push"]["reload_identical"] == "4/4"
+    assert manifest["00_setup"]["config"]["profile"] == "gpu-on-cpu"
+    leaks = [p.name for p in (tmp_path / "run").rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
+    assert leaks == []

@@ -2,7 +2,7 @@
 
 Run with `make bench-head` (or `python benchmarks/lm_head.py`). Gemma 3's head is
 262,144 x 640; `gemmate_lib/fast_loss.py` computes its logits and the gradient for the
-hidden states chunk by chunk. In one run on the same machine, for row counts like a 04
+hidden states chunk by chunk. In one run on the same machine, for row counts like a 07
 step (56 labelled date tokens), a 03 step (~160 tokens) and one full chunk (256), it times:
 
   a) rows-major, as before: logits = rows @ W.T ([rows, vocab]), grad = probs @ W;

@@ -7,9 +7,9 @@ hardware (precision), hf_token (HF_TOKEN), colab (install, Drive, finding 03's a
 models (Hub, NF4 and the embedded Gemma 3 270M), data (the one reader; quotes),
 generation (the one generate loop), fast_loss and training (LoRA SFT: the one builder
 of LoraConfig / SFTConfig, the trainer), experiments and methods (side-by-side runs, 03
-and 07), evaluation, plots, hub (save/load/merge/push),
+and 06), evaluation, plots, hub (save/load/merge/push),
 fsio (paths, atomic writes), run (the run folder and manifest), temporal,
-temporal_data and temporal_train (GemmaTE, 04), course (`make course`), gpu_check
+temporal_data and temporal_train (GemmaTE, 07), course (`make course`), gpu_check
 (`make gpu-check`), and the command line: cli, checkpoints, hpo. Importing it changes nothing global; notebooks
 call `quiet()`.
 """
@@ -27,7 +27,7 @@ def quiet() -> None:
     - peft's `prepare_model_for_kbit_training` calls `gradient_checkpointing_enable`, likewise deprecated;
     - bitsandbytes 0.50 logs that an optional CPU kernel package is missing; its fallback works (01 uses it);
     - datasets draws a progress bar for every instant `map` over a few hundred quotes (TRL's label building);
-    - peft says it ignores position ids under prompt tuning (07), which generate passes; ignoring them is right.
+    - peft says it ignores position ids under prompt tuning (06), which generate passes; ignoring them is right.
     """
     import logging
     import os

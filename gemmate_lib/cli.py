@@ -18,7 +18,7 @@ from .config import OWNER, CourseConfig, load_config
 
 COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
             "train-te": "GemmaTE (LoRA + temporal projection) on a JSONL of {text, timestamp}",
-            "evaluate": "05's metrics of the trained adapter on the held-out split -> output_dir/metrics.json",
+            "evaluate": "04's metrics of the trained adapter on the held-out split -> output_dir/metrics.json",
             "generate": "greedy completions of --prompts with the trained adapter",
             "hpo": "an Optuna search over learning rate, LoRA r / alpha / dropout and batch size",
             "serve": "the merged fine-tuned model of run folders behind transformers serve (OpenAI-compatible)"}

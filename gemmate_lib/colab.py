@@ -1,7 +1,7 @@
 """Colab: install what Colab lacks, keep the run folder on Google Drive, and find 03's adapter from any runtime.
 
 Taught in 00_setup; the first cell of every notebook calls `install` on Colab, and
-notebooks 05 and 06 call `find_adapter`. In Colab each notebook runs in its own
+notebooks 04 and 05 call `find_adapter`. In Colab each notebook runs in its own
 runtime, so files do not carry over between notebooks unless they live on Google
 Drive or the Hub: `default_run_dir` offers Drive, and `find_adapter` looks in the run
 folder, then on the Hub (the `adapter_repo` that 03 pushed), and otherwise says in one
@@ -136,12 +136,12 @@ def default_run_dir(name: str = "interactive", mount=None) -> Path | None:
         mount = drive.mount
     try:
         if not (DRIVE / "MyDrive").is_dir():
-            print("Colab asks to connect Google Drive, so that 03's adapter is still there when you open 05 or 06 "
+            print("Colab asks to connect Google Drive, so that 03's adapter is still there when you open 04 or 05 "
                   "(each notebook gets its own runtime).")
             mount(str(DRIVE))
     except Exception as err:  # noqa: BLE001 - a declined dialog raises; continue without Drive
         print(f"Google Drive not mounted ({type(err).__name__}): this run folder lives only as long as this runtime. "
-              "To keep 03's adapter for 05 and 06, set adapter_repo (a Hub repo to push it to) in 03's parameters.")
+              "To keep 03's adapter for 04 and 05, set adapter_repo (a Hub repo to push it to) in 03's parameters.")
         return None
     return DRIVE_RUNS / name
 
@@ -150,7 +150,7 @@ def flush_drive(flush=None) -> bool:
     """On Colab with Google Drive mounted: write every pending file to Drive now (and unmount); True if it did.
 
     Drive writes land later than the notebook says they are done; a runtime closed soon
-    after 03 saved its adapter could leave 05 and 06, in new runtimes, with no adapter or
+    after 03 saved its adapter could leave 04 and 05, in new runtimes, with no adapter or
     half of one. Every notebook calls this in its last cell; the next notebook mounts Drive again.
     """
     if not in_colab() or not (DRIVE / "MyDrive").is_dir():
@@ -165,7 +165,7 @@ def flush_drive(flush=None) -> bool:
 
 
 def find_adapter(run_dir: Path, adapter_repo: str | None = None, download=None) -> Path:
-    """The adapter of 03 for 05 and 06: run_dir/adapter, else a download of `adapter_repo`, else one clear error."""
+    """The adapter of 03 for 04 and 05: run_dir/adapter, else a download of `adapter_repo`, else one clear error."""
     folder = Path(run_dir) / "adapter"
     if (folder / "adapter_config.json").exists():
         return folder

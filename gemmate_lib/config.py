@@ -63,11 +63,11 @@ class CourseConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)  # the adapter
     train: TrainSettings = field(default_factory=TrainSettings)  # the training run
     checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)  # `gemmate train`: save and resume
-    temporal: TemporalSettings = field(default_factory=TemporalSettings)  # GemmaTE (04, `gemmate train-te`)
+    temporal: TemporalSettings = field(default_factory=TemporalSettings)  # GemmaTE (07, `gemmate train-te`)
     generate: GenerateSettings = field(default_factory=GenerateSettings)  # generation
     precision: Precision = field(default_factory=pick_precision)  # device and compute dtype, from model.device/dtype
     profile: str = "cpu-embedded"  # name of the profile that chose the defaults
-    task: str = "quotes"  # "quotes" (LoRA SFT), "temporal" (GemmaTE) or "methods" (07): which task's defaults apply
+    task: str = "quotes"  # "quotes" (LoRA SFT), "temporal" (GemmaTE) or "methods" (06): which task's defaults apply
 
     def flat(self) -> dict:
         """Every setting as one flat {name: value} dict (what YAML files and flags use)."""

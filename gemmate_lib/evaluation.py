@@ -1,6 +1,6 @@
 """Baseline against fine-tuned, on the held-out split only, with 95% intervals and paired differences.
 
-Taught in 05_evaluation. Four kinds of metric:
+Taught in 04_evaluation. Four kinds of metric:
 - perplexity of the formatted `Quote/Author` text (lower is better), and `perplexity_quote`:
   the same on the quote's own tokens only, without the `Quote:` / `Author:` template, which
   every fine-tuned model learns first;
@@ -255,7 +255,7 @@ def validate_metrics(doc: dict) -> None:
 
 
 def evaluate_from_config(cfg) -> dict:
-    """`gemmate evaluate`: 05's metrics of the trained adapter on the held-out split; writes output_dir/metrics.json."""
+    """`gemmate evaluate`: 04's metrics of the trained adapter on the held-out split; writes output_dir/metrics.json."""
     from pathlib import Path
 
     from .data import load_quotes

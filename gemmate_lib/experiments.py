@@ -1,8 +1,8 @@
-"""Short training runs side by side, on the same data and steps: taught in 03_lora_sft and 07_compare_methods.
+"""Short training runs side by side, on the same data and steps: taught in 03_lora_sft and 06_compare_methods.
 
 03 compares the fast CPU LoRA default with the real QLoRA setting (NF4 weights, paged
 8-bit AdamW, gradient checkpointing, k-bit preparation), and whole-text against
-completion-only loss; 07 compares fine-tuning methods (methods.py). Each arm loads a
+completion-only loss; 06 compares fine-tuning methods (methods.py). Each arm loads a
 fresh model, trains it with the course's one builder (training.sft_trainer), and reports
 the trainable weights, seconds per step, the memory its weights take, the peak memory that
 training adds, the loss curve and the held-out losses.
@@ -101,11 +101,11 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
               start_loss: bool = False) -> Arm:
     """Load a fresh model as `cfg` says, add the adapter, train `cfg.train.max_steps` steps, measure.
 
-    `adapter`: LORA (the course's LoRA from `cfg`: 03), any PEFT config (07: prompt
+    `adapter`: LORA (the course's LoRA from `cfg`: 03), any PEFT config (06: prompt
     tuning, prefix tuning, IA3, another rank), or None for full fine-tuning (every weight
     trains). `save_dir`: save what trained there as safetensors (the adapter, or the whole
     model) and report its size on disk. `start_loss`: also measure the held-out loss before
-    training (07: prompt and prefix tuning do not start from the base model; LoRA does).
+    training (06: prompt and prefix tuning do not start from the base model; LoRA does).
     """
     from .errors import HardwareError
     from .methods import check_full_finetuning

@@ -1,6 +1,6 @@
 """Cross-entropy through Gemma's 262k-token LM head, only where it counts.
 
-Taught in 03_lora_sft ("look inside" cell), used by every method of 07_compare_methods,
+Taught in 03_lora_sft ("look inside" cell), used by every method of 06_compare_methods,
 and measured in benchmarks/sft_throughput.py. The LM head of Gemma 3 270M is ~60% of a
 LoRA step's FLOPs, and full logits for 1k tokens take ~1 GB in fp32. Three savings, all exact:
 
@@ -13,7 +13,7 @@ LoRA step's FLOPs, and full logits for 1k tokens take ~1 GB in fp32. Three savin
 3. The model's own forward runs with `logits_to_keep` set to no position at all (an empty
    index), so its head computes nothing; the decoder's output is taken with a hook. (With
    `logits_to_keep=1` the head's one position per row still cost 0.1-0.2 s per step on a
-   CPU, a batched product reading the 671 MB head once per row: 11% of a 04 training step.)
+   CPU, a batched product reading the 671 MB head once per row: 11% of a 07 training step.)
    Whatever the adapter does inside forward (LoRA, IA3, virtual tokens of prompt tuning,
    the cache of prefix tuning, GemmaTE's time) is therefore included, and the loss is the
    same for every method.

@@ -1,6 +1,6 @@
 """Paths and writing files and folders all or nothing: the course never leaves half an adapter or half a JSON behind.
 
-Used by every notebook that saves (03 the adapter, 00 the embedded-model cache, 06 the
+Used by every notebook that saves (03 the adapter, 00 the embedded-model cache, 05 the
 merged model, all of them the run files). A folder is written under `<name>.partial`,
 then the old folder (if any) is renamed to `<name>.backup`, the new one renamed into
 place, and the backup deleted. A process that dies between two steps leaves either

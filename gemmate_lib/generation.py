@@ -52,7 +52,7 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
              batch_size: int = BATCH_SIZE, timestamps=None, **generate_kwargs):
     """Generate a continuation for each prompt; return a DataFrame (prompt, completion, author line, seconds).
 
-    The course's one generation loop: 02, 03, 05, 06 call it for plain models, and 04
+    The course's one generation loop: 02, 03, 04, 05 call it for plain models, and 07
     for GemmaTE with `timestamps` (one per prompt), which go to `model.generate` batch by batch.
     """
     import pandas as pd

@@ -51,7 +51,7 @@ def dry_run(notebooks: list[Path]) -> int:
     for nb in notebooks:
         declared = set(pm.inspect_notebook(str(nb)))
         params = {k: v for k, v in PARAMS.items() if k in declared}
-        task = {"04": "temporal", "07": "methods"}.get(nb.name[:2], "quotes")
+        task = {"07": "temporal", "06": "methods"}.get(nb.name[:2], "quotes")
         for card, capability in CARDS.items():
             dtype = torch.float16 if capability < (8, 0) else torch.bfloat16
             cfg = course_config(task, precision=Precision("cuda", dtype, f"{card}, dry run"), **params)

@@ -102,7 +102,7 @@ def describe_hardware() -> dict:
 def gpu_memory(label: str) -> str:
     """One line with the peak GPU memory since the last call (then reset), or "" without CUDA.
 
-    Printed by 03 after training, 05 after evaluation and 06 after merging, so a learner
+    Printed by 03 after training, 04 after evaluation and 05 after merging, so a learner
     sees how close a T4 (15 GB) is to its limit.
     """
     if not torch.cuda.is_available():
@@ -117,7 +117,7 @@ def free_memory() -> None:
     """Return freed memory to the system (and to CUDA's cache); call after `del model` before loading the next one.
 
     On a CPU with glibc, `malloc_trim` also hands freed heap pages back to the OS, so the
-    process's RSS (what 03 and 07 sample as peak memory) shows only what is live.
+    process's RSS (what 03 and 06 sample as peak memory) shows only what is live.
     """
     import ctypes
     import gc

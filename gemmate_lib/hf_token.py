@@ -70,7 +70,7 @@ def describe_token() -> str:
 def check_token(need_write: bool = False, api=None) -> str:
     """Ask the Hub who the token belongs to; one clear TokenError for an invalid, expired or read-only token.
 
-    Returns a safe description ("token of <user>, <role>"). Push (06) needs write access:
+    Returns a safe description ("token of <user>, <role>"). Push (05) needs write access:
     a classic write token, or a fine-grained one with write access to your repositories.
     """
     from huggingface_hub import HfApi

@@ -1,6 +1,6 @@
 """Save, reload, merge, describe and push LoRA adapters (safetensors, never a token on disk).
 
-Taught in 06_save_and_push; 03_lora_sft saves with it and 05_evaluation loads with it.
+Taught in 05_save_and_push; 03_lora_sft saves with it and 04_evaluation loads with it.
 Next to the adapter we write `gemmate.json`: which base model it was trained on, so
 loading it onto another base model fails with a clear message instead of a wall of
 size-mismatch errors. Saving is all or nothing: a temporary folder, renamed at the end.
@@ -139,15 +139,15 @@ def merge_and_check(peft_model, tokenizer, prompts, tolerance: float | None = No
     diff = (merged(**enc).logits.float() - reference).abs().max().item()
     if diff > tolerance:
         raise ModelLoadError(f"merged logits differ from the adapter model by {diff:.2e} (> {tolerance:.0e})",
-                             "merge in fp32 to check exactly (06 does on a CPU)")
+                             "merge in fp32 to check exactly (05 does on a CPU)")
     return merged, diff
 
 
-MERGED_LIMIT_GIB = 2.0  # 06 keeps a merged copy up to this size unless asked (a free Google Drive holds 15 GB)
+MERGED_LIMIT_GIB = 2.0  # 05 keeps a merged copy up to this size unless asked (a free Google Drive holds 15 GB)
 
 
 def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool = False) -> bool:
-    """06's `save_merged=None`: keep the merged model only when it is small, or asked for, or about to be pushed.
+    """05's `save_merged=None`: keep the merged model only when it is small, or asked for, or about to be pushed.
 
     The embedded model merges to ~0.5-1 GiB; gemma-2b to ~5 GB in fp16, which on Colab
     would go to the learner's Google Drive. Prints the decision with the size.
@@ -199,8 +199,8 @@ derivative and carries the same terms.
 ## Training settings
 {chr(10).join(lines)}
 
-## Evaluation (held-out split, notebook 05_evaluation)
-{chr(10).join(metric_lines) if metric_lines else "Not evaluated yet: run 05_evaluation in the same run folder."}
+## Evaluation (held-out split, notebook 04_evaluation)
+{chr(10).join(metric_lines) if metric_lines else "Not evaluated yet: run 04_evaluation in the same run folder."}
 
 ## Intended use and limits
 For learning and experiments with parameter-efficient fine-tuning. The model learns the

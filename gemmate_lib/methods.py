@@ -1,10 +1,10 @@
-"""Fine-tuning methods side by side: what 07_compare_methods trains, each on the same data, model and steps.
+"""Fine-tuning methods side by side: what 06_compare_methods trains, each on the same data, model and steps.
 
 Full fine-tuning, LoRA at two ranks, QLoRA, prompt tuning, prefix tuning and IA3. A
 method is a PEFT config (none for full fine-tuning: every weight trains) plus the few
 course settings it changes, chiefly its learning rate: each trains at a customary rate
 (LEARNING_RATES says whose), since one shared rate would suit one method and starve
-the others. 07 writes the same configs out and checks them against `build_methods`;
+the others. 06 writes the same configs out and checks them against `build_methods`;
 `experiments.train_arm` trains and measures each one.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from .config import CourseConfig
 from .errors import HardwareError, ParameterError
 
-METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 07 can train
-DEFAULT_METHODS = METHODS[:-1]  # what 07 trains unless told: IA3 is the optional seventh (~45 s more on a CPU)
+METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train
+DEFAULT_METHODS = METHODS[:-1]  # what 06 trains unless told: IA3 is the optional seventh (~45 s more on a CPU)
 LEARNING_RATES = {
     "full": 5e-5,  # every weight moves: transformers' default rate (TrainingArguments), ~10x below LoRA's
     "lora": 2e-4,  # LoRA and QLoRA: the course's rate (the QLoRA paper's for small models)
@@ -40,12 +40,12 @@ class Method:
 
 def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, other_rank: int = 32,
                   rates: dict | None = None) -> dict[str, Method]:
-    """The methods in `keys`, built from `cfg` (07 writes the same objects out and compares them).
+    """The methods in `keys`, built from `cfg` (06 writes the same objects out and compares them).
 
     `keys` is a list or a comma-separated string. `model_path` is the folder or Hub id
     whose tokenizer starts prompt tuning from PROMPT_INIT_TEXT. `other_rank` is the second LoRA rank (alpha = 2 x rank, so the
     update's scale alpha / r stays 2 as at r = 8). `rates` changes some methods' learning
-    rates, e.g. {"prompt": 3e-3} (07's exercise 3); the others keep LEARNING_RATES.
+    rates, e.g. {"prompt": 3e-3} (06's exercise 3); the others keep LEARNING_RATES.
     """
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
 

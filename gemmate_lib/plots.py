@@ -1,8 +1,8 @@
 """The course's plots, in one place: each draws one figure, saves it into the run folder and shows it (returns None).
 
-Called by 01_load_4bit (memory footprint), 03_lora_sft (loss curve), 04_temporal_encoding
-(the encoding, the timestamps, GemmaTE's loss and the ablation), 05_evaluation (metrics
-with intervals) and 07_compare_methods (the methods side by side). Each function takes
+Called by 01_load_4bit (memory footprint), 03_lora_sft (loss curve), 07_temporal_encoding
+(the encoding, the timestamps, GemmaTE's loss and the ablation), 04_evaluation (metrics
+with intervals) and 06_compare_methods (the methods side by side). Each function takes
 plain data (dicts, DataFrames, arrays) so a learner can call it on their own numbers.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ def footprint_bar(sizes: dict[str, float], title: str, path=None):
 
 
 def loss_curve(log, title: str, path=None, ylabel: str = "cross-entropy (nats/token)"):
-    """Training loss (and held-out loss when logged) against the optimizer step (03, 04)."""
+    """Training loss (and held-out loss when logged) against the optimizer step (03, 07)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.4))
@@ -50,7 +50,7 @@ def loss_curve(log, title: str, path=None, ylabel: str = "cross-entropy (nats/to
 
 
 def compare_curves(logs: dict, title: str, path=None, ylabel: str = "training loss (nats/token)"):
-    """Training-loss curves of several runs on one axis: the side-by-side runs of 03 and 07.
+    """Training-loss curves of several runs on one axis: the side-by-side runs of 03 and 06.
 
     Each point is the loss on that step's training batch, not the held-out loss.
     """
@@ -70,7 +70,7 @@ def compare_curves(logs: dict, title: str, path=None, ylabel: str = "training lo
 
 
 def temporal_features(years, x, feats, reference_year: float, task_years: tuple[int, int], tau: float, path=None):
-    """Left: the signed log transform over the years; right: every feature as a heat map (04)."""
+    """Left: the signed log transform over the years; right: every feature as a heat map (07)."""
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -90,7 +90,7 @@ def temporal_features(years, x, feats, reference_year: float, task_years: tuple[
 
 
 def year_histogram(years, title: str, path=None):
-    """How many examples fall in each year (04)."""
+    """How many examples fall in each year (07)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -103,7 +103,7 @@ def year_histogram(years, title: str, path=None):
 
 
 def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None = None):
-    """Left: year accuracy per condition; right: predicted against true year after training (04).
+    """Left: year accuracy per condition; right: predicted against true year after training (07).
 
     With `train_years`, the right panel shades the training years: points outside them are extrapolation.
     """
@@ -129,7 +129,7 @@ def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None
 
 def metric_bars(table, path=None, shares=("author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
                                          "format_compliance"), perplexities=("perplexity", "perplexity_quote")):
-    """Each model's metrics with their 95% intervals; perplexities on their own axis (05). Empty metrics are left out."""
+    """Each model's metrics with their 95% intervals; perplexities on their own axis (04). Empty metrics are left out."""
     import matplotlib.pyplot as plt
 
     table = table.astype({"value": float, "ci_low": float, "ci_high": float})
@@ -154,7 +154,7 @@ def metric_bars(table, path=None, shares=("author_accuracy", "author_accuracy_se
 
 
 def paired_differences(diffs: dict, title: str, path=None):
-    """Forest plot of paired differences (05): each metric's b - a with its paired-bootstrap 95% interval."""
+    """Forest plot of paired differences (04): each metric's b - a with its paired-bootstrap 95% interval."""
     import matplotlib.pyplot as plt
 
     groups = [[m for m in diffs if not m.startswith("perplexity")], [m for m in diffs if m.startswith("perplexity")]]
@@ -171,7 +171,7 @@ def paired_differences(diffs: dict, title: str, path=None):
 
 
 def python_timeline(table, releases, path=None):
-    """The newest Python 3 release over time: the truth as steps, the model's answers as points, wrong ones red (04)."""
+    """The newest Python 3 release over time: the truth as steps, the model's answers as points, wrong ones red (07)."""
     from datetime import datetime, timezone
 
     import matplotlib.pyplot as plt
@@ -196,7 +196,7 @@ def python_timeline(table, releases, path=None):
 
 
 def methods_overview(table, path=None, untrained_loss: float | None = None):
-    """07: one row per fine-tuning method: what trains, what it costs, what it learned.
+    """06: one row per fine-tuning method: what trains, what it costs, what it learned.
 
     `table` has one row per method (index: its name) with the columns trainable, saved_mib,
     training_peak_mib, seconds_per_step, held_out_loss_text, format_compliance and, for the

@@ -23,7 +23,7 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", 
 
 def get_run_dir(run_dir: str | os.PathLike | None = None) -> Path:
     """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else (on Colab) Google Drive,
-    else runs/interactive. On Colab each notebook has its own runtime: Drive is what lets 05 and 06 see 03's adapter."""
+    else runs/interactive. On Colab each notebook has its own runtime: Drive is what lets 04 and 05 see 03's adapter."""
     from .colab import default_run_dir
 
     chosen = (run_dir or os.environ.get("GEMMATE_RUN_DIR") or default_run_dir()

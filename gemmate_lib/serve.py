@@ -1,6 +1,6 @@
 """`gemmate serve RUN_DIR [RUN_DIR ...]`: fine-tuned models behind `transformers serve` (OpenAI-compatible).
 
-Taught in 06_save_and_push (section "Serve it"). The server is transformers' own
+Taught in 05_save_and_push (section "Serve it"). The server is transformers' own
 (`transformers serve`: /v1/completions, /v1/chat/completions, /health), installed with
 its serving extras from requirements.txt. This module finds or builds each run's merged
 model (safetensors), and adds the request checks that server lacks, measured here:
@@ -18,7 +18,7 @@ MAX_TOKENS_LIMIT = 512  # the largest `max_tokens` a request may ask for (a quot
 
 
 def served_model(run_dir: str | Path) -> Path:
-    """The merged model of a run folder: `merged/` (06 writes it), else `adapter/` merged now and saved there.
+    """The merged model of a run folder: `merged/` (05 writes it), else `adapter/` merged now and saved there.
 
     `gemmate train`'s output_dir has the same layout (`adapter/`), so it serves too.
     """

@@ -102,7 +102,7 @@ class TemporalSettings:
     projection_learning_rate: float = 3e-3  # peak learning rate of the temporal projection (it starts at zero)
     prompt_end: str | None = None  # train only on text after this marker, e.g. "\nWritten:" (None: whole text)
     timestamp_unit: str | None = None  # what bare numbers in the data's timestamps are: "s", "ms", "us", "ns" (None: ms)
-    temporal_task: str = "file"  # train-te's data: "file" (dataset, a JSONL), or 04's "dated_notes" / "python_releases",
+    temporal_task: str = "file"  # train-te's data: "file" (dataset, a JSONL), or 07's "dated_notes" / "python_releases",
     # built in and evaluated after training (held-out accuracy, extrapolation or constant timestamp, baselines)
 
 
@@ -121,14 +121,14 @@ CPU_PROFILE = dict(lora_dropout=0.0)  # measured: dropout's random masks took ~1
 SEED_QLORA = dict(quantization="nf4", max_steps=100, batch_size=1, gradient_accumulation_steps=4,
                   optim="paged_adamw_8bit", gradient_checkpointing=True, fast_loss=False, group_by_length=False,
                   steps_freq=10, val_steps_freq=25)  # the seed notebook's QLoRA settings: the GPU profile
-# Tasks: what differs for GemmaTE training (04 and `gemmate train-te`) and for the methods compared in 07 from quotes
+# Tasks: what differs for GemmaTE training (07 and `gemmate train-te`) and for the methods compared in 06 from quotes
 # SFT (03 and `gemmate train`).
 TASK_DEFAULTS = {
     "quotes": {},
     "temporal": dict(num_epochs=3.0, max_steps=-1, learning_rate=3e-4, warmup_steps=10, max_length=64,
                      steps_freq=10, val_steps_freq=0, save_strategy="no", lora_dropout=0.0, fast_loss=True,
                      group_by_length=False),
-    # 07 trains several methods one after another on the same small budget, every loss logged. No warm-up: with
+    # 06 trains several methods one after another on the same small budget, every loss logged. No warm-up: with
     # 4 steps, transformers' warm-up would spend the first steps at a rate near 0 (step 1 of a warm-up runs at 0).
     "methods": dict(max_steps=4, batch_size=4, gradient_accumulation_steps=1, warmup_steps=0, steps_freq=1),
 }

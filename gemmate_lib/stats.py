@@ -1,4 +1,4 @@
-"""Intervals and paired differences for small evaluation sets: the statistics of 05_evaluation.
+"""Intervals and paired differences for small evaluation sets: the statistics of 04_evaluation.
 
 - `wilson`: the 95% Wilson score interval of a proportion (k of n). Unlike a percentile
   bootstrap it is never degenerate: 0 of 30 gives [0, 0.114], not [0, 0].

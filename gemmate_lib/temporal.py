@@ -1,6 +1,6 @@
 """GemmaTE: a time signal for Gemma (timestamps in, a learned vector added to the token embeddings).
 
-Taught in 04_temporal_encoding. The encoding, step by step:
+Taught in 07_temporal_encoding. The encoding, step by step:
 
 1. A timestamp (ms since the Unix epoch, a `datetime`, or an ISO-8601 string) is taken
    relative to the reference 2006-05-23T00:00:00Z: positive after it, negative before.

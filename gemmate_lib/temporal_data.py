@@ -1,6 +1,6 @@
 """Timestamped text for GemmaTE: a Dataset, its collate_fn, JSONL files, and the dated-notes task.
 
-Taught in 04_temporal_encoding. `TextDataset(texts, tokenizer, timestamps=...)` and
+Taught in 07_temporal_encoding. `TextDataset(texts, tokenizer, timestamps=...)` and
 `collate_fn` follow the GemmaTE guide; `make_dated_notes` builds the course's
 time-dependent task: short notes whose last line says the month and year they were
 written. The note text is a quote, and the same quote appears with many dates, so the
@@ -118,7 +118,7 @@ def _ms(year: int, month: int = 1, day: int = 1) -> int:
 class DatedNotes:
     train_texts: list[str]  # full notes: "<quote>\nWritten: May 2014"
     train_timestamps: list[int]  # ms since the epoch, one per note
-    test_prompts: list[str]  # held-out notes cut after "Written:", evaluated once (04 section 6)
+    test_prompts: list[str]  # held-out notes cut after "Written:", evaluated once (07 section 6)
     test_timestamps: list[int]  # held-out timestamps inside the training years (none of them in the training set)
     test_dates: list[tuple[int, int]]  # the right (year, month) of each test prompt
     val_prompts: list[str] = field(default_factory=list)  # validation: like test, for design choices

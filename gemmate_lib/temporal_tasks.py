@@ -1,6 +1,6 @@
 """GemmaTE's harder tests: answers that change over time (the newest Python 3 release), and how to score them.
 
-Taught in 04_temporal_encoding (section 10); `gemmate train-te --temporal_task python_releases`
+Taught in 07_temporal_encoding (section 10); `gemmate train-te --temporal_task python_releases`
 runs the same. The question never changes, only its timestamp does, so the right answer
 can come from the time signal alone. The release dates are python.org's (first final
 release of each 3.x; data_cards/python_releases.md).

@@ -1,6 +1,6 @@
 """Train GemmaTE (LoRA + the temporal projection) with transformers' Trainer, and measure its use of time.
 
-Taught in 04_temporal_encoding; `gemmate train-te` (alias `gemmate-te`) runs the same from
+Taught in 07_temporal_encoding; `gemmate train-te` (alias `gemmate-te`) runs the same from
 a JSONL file. The settings are the course's one config with the "temporal" task's
 defaults (config.TASK_DEFAULTS); the TrainingArguments come from the one builder
 (training.training_args), with GemmaTE's extras only. The projection learns with its
@@ -30,7 +30,7 @@ def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEFo
 
 
 def two_rate_optimizer(te: GemmaTEForCausalLM, cfg: CourseConfig):
-    """AdamW with two groups: LoRA at learning_rate, the zero-started projection at projection_learning_rate (04)."""
+    """AdamW with two groups: LoRA at learning_rate, the zero-started projection at projection_learning_rate (07)."""
     proj = [te.temporal_projection.weight]
     rest = [p for n, p in te.named_parameters() if p.requires_grad and not n.startswith("temporal_projection")]
     return torch.optim.AdamW([{"params": rest, "lr": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay},
@@ -91,7 +91,7 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
 
 
 def baselines(notes, split: str = "test") -> dict:
-    """What needs no GemmaTE (04): chance, and the date of the nearest training timestamp, on a held-out split.
+    """What needs no GemmaTE (07): chance, and the date of the nearest training timestamp, on a held-out split.
 
     `split` is "test", "val" or "far" (extrapolation). The nearest-neighbour rule looks up
     the training note whose timestamp is closest to each held-out timestamp and answers
@@ -123,7 +123,7 @@ def baselines(notes, split: str = "test") -> dict:
 
 @dataclass
 class CourseTask:
-    """One of 04's tasks as `gemmate train-te --temporal_task NAME` runs it: training rows and an evaluation."""
+    """One of 07's tasks as `gemmate train-te --temporal_task NAME` runs it: training rows and an evaluation."""
 
     texts: list[str]  # training texts
     timestamps: list[int]  # one ms timestamp per text
@@ -132,7 +132,7 @@ class CourseTask:
 
 
 def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> CourseTask:
-    """04's "dated_notes" (train 2007-2020; test, then extrapolation to 2021-2026) or "python_releases"."""
+    """07's "dated_notes" (train 2007-2020; test, then extrapolation to 2021-2026) or "python_releases"."""
     from .temporal import to_milliseconds
     from .temporal_tasks import QUESTION, make_python_questions, python_accuracy, python_baselines
 
@@ -168,10 +168,10 @@ def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> 
 
 
 def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> dict:
-    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"}, or on one of 04's tasks (`temporal_task`).
+    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"}, or on one of 07's tasks (`temporal_task`).
 
     Saves output_dir/model and train_metrics.json; a built-in task's held-out evaluation goes
-    into its "evaluation" (04's numbers, from the command line).
+    into its "evaluation" (07's numbers, from the command line).
     """
     import dataclasses
 
@@ -192,7 +192,7 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
         source = cfg.data.dataset
     else:
         task = course_task(cfg.temporal.temporal_task, seed=cfg.train.seed)
-        texts, stamps, source = task.texts, task.timestamps, f"04's {cfg.temporal.temporal_task} task"
+        texts, stamps, source = task.texts, task.timestamps, f"07's {cfg.temporal.temporal_task} task"
         cfg = dataclasses.replace(cfg, temporal=dataclasses.replace(cfg.temporal, prompt_end=task.prompt_end))
     tokenizer = load_tokenizer(cfg.model.model_name)
     dataset = TextDataset(texts, tokenizer, stamps, max_length=cfg.train.max_length, prompt_end=cfg.temporal.prompt_end)

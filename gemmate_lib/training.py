@@ -4,7 +4,7 @@ Taught in 03_lora_sft; its CPU defaults are measured in benchmarks/sft_throughpu
 `lora_config` and `training_args` build the `LoraConfig` and the `SFTConfig` (or, for
 GemmaTE, the `TrainingArguments`) from the course's config, for every caller: the
 notebooks' library path, `gemmate train` / `train-te` / `hpo`, the benchmark and
-GemmaTE (04), which passes only its extras. `attach_lora` is safe to run twice;
+GemmaTE (07), which passes only its extras. `attach_lora` is safe to run twice;
 `train_lora` runs the trainer for a notebook; `train_from_config` is `gemmate train`.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def prepare_base(model, cfg: CourseConfig):
     """What the QLoRA recipe does to a 4-bit base before LoRA: `prepare_model_for_kbit_training`.
 
     It casts every weight that is not 4-bit (embedding, norms, head) to fp32 and turns on
-    input gradients. A reload check must load its base the same way (04 does), or it
+    input gradients. A reload check must load its base the same way (07 does), or it
     compares an fp32 embedding with a 16-bit one. A 16-bit base is returned unchanged:
     the model decides, not the profile.
     """
@@ -59,7 +59,7 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None)
     Quantized models first get `prepare_model_for_kbit_training` (norms to fp32, input
     gradients on), the QLoRA recipe. The LoRA A matrices are drawn here, after
     `set_seed(cfg.train.seed)`: the training seed decides them. `peft_config` is another
-    PEFT method's config (07: prompt tuning, prefix tuning, IA3); None means the course's LoRA.
+    PEFT method's config (06: prompt tuning, prefix tuning, IA3); None means the course's LoRA.
     """
     from peft import PeftModel, get_peft_model
     from transformers import set_seed
@@ -69,7 +69,7 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None)
 
         raise ParameterError("prefix tuning cannot train with gradient_checkpointing=True: its learned keys and values "
                              "live in the attention cache, which checkpointing switches off",
-                             "set gradient_checkpointing=False (07 does), or use prompt tuning or LoRA")
+                             "set gradient_checkpointing=False (06 does), or use prompt tuning or LoRA")
     if isinstance(model, PeftModel) or getattr(model, "peft_config", None):
         if not quiet:
             print("this model already has a LoRA adapter (this cell ran before): keeping it, not wrapping twice")

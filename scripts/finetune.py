@@ -2,8 +2,8 @@
 
     python scripts/finetune.py --output_dir ./fine_tuned_model --num_epochs 3 --batch_size 4 --learning_rate 5e-5
 
-Taught in 04_temporal_encoding (section 8). `--data_file` is a JSONL of {"text", "timestamp"} rows; without it the
-script trains on the course's dated notes (04's task) and says so in one line. Every other option keeps the guide's
+Taught in 07_temporal_encoding (section 8). `--data_file` is a JSONL of {"text", "timestamp"} rows; without it the
+script trains on the course's dated notes (07's task) and says so in one line. Every other option keeps the guide's
 name and maps to the course's one config; `--save_format pt` also writes `model.pt`, a PyTorch state dict with
 LoRA merged in (safetensors stay the default and are always written). The guide's imports work from the repository
 root: `from scripts.finetune import TextDataset, collate_fn`.
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_data(output_dir: str) -> Path:
-    """Write the course's dated notes (04's training set: 600 notes over 2007-2020) as JSONL; return the file."""
+    """Write the course's dated notes (07's training set: 600 notes over 2007-2020) as JSONL; return the file."""
     from gemmate_lib.data import load_quotes
     from gemmate_lib.temporal_data import make_dated_notes, save_jsonl
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_file is None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         args.data_file = str(default_data(output_dir))
-        print(f"no --data_file: training on the course's dated notes (notebook 04's task), written to {args.data_file}",
+        print(f"no --data_file: training on the course's dated notes (notebook 07's task), written to {args.data_file}",
               flush=True)
     forwarded = ["train-te", "--output_dir", output_dir, "--overwrite"]
     for option, key in GUIDE_OPTIONS.items():

@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 # Every notebook's parameters for the smoke run (each notebook gets the keys it declares): a few steps,
 # a few examples. The thresholds of the checks that judge learning are the notebooks' own smoke ones.
 SMOKE_PARAMS = {
-    "max_steps": 3, "compare_steps": 2, "steps": 2,  # 03, 03's side-by-side arms, 07
-    "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0, "num_epochs": 1.0,  # 04
+    "max_steps": 3, "compare_steps": 2, "steps": 2,  # 03, 03's side-by-side arms, 06
+    "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0, "num_epochs": 1.0,  # 07
     "max_new_tokens": 8,  # 02
-    # 07: the methods whose GPU route differs from 03's (TRL's own loss head: full fine-tuning, prompt and prefix
+    # 06: the methods whose GPU route differs from 03's (TRL's own loss head: full fine-tuning, prompt and prefix
     # tuning with gemma-2b's one key/value head, IA3); LoRA and QLoRA train as in 03, which the smoke run runs too.
     "methods": ["full", "prompt", "prefix", "ia3"],
 }

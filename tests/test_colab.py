@@ -246,7 +246,7 @@ def test_gpu_check_dry_run_builds_every_notebooks_t4_and_a100_config(capsys):
     out = capsys.readouterr().out
     notebooks = len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
     assert out.count("T4 (7.5)") == out.count("A100 (8.0)") == notebooks == 8 and " NO" not in out
-    assert "07_compare_methods" in out  # its QLoRA arm carries the GPU recipe (the other methods are checked in test_methods)
+    assert "06_compare_methods" in out  # its QLoRA arm carries the GPU recipe (the other methods are checked in test_methods)
     # a T4 computes the embedded Gemma 3 in fp32 (it overflows in fp16), an A100 in bf16
     assert "compute fp32 ok" in out and "compute bf16 ok" in out and "paged_adamw_8bit ok" in out
 
@@ -265,22 +265,22 @@ def _code(name):
 
 
 def test_05_and_06_take_the_adapter_from_find_adapter_and_03_can_push_it():
-    for name in ("03_lora_sft.ipynb", "05_evaluation.ipynb", "06_save_and_push.ipynb"):
+    for name in ("03_lora_sft.ipynb", "04_evaluation.ipynb", "05_save_and_push.ipynb"):
         assert "adapter_repo = None" in _code(name), name
     assert "push_adapter(adapter_dir, adapter_repo" in _code("03_lora_sft.ipynb")
-    for name in ("05_evaluation.ipynb", "06_save_and_push.ipynb"):
+    for name in ("04_evaluation.ipynb", "05_save_and_push.ipynb"):
         assert "find_adapter(out, adapter_repo)" in _code(name), name
 
 
 def test_05_merges_only_a_16_or_32_bit_base_and_00_converts_only_the_embedded_model():
-    code = _code("05_evaluation.ipynb")
+    code = _code("04_evaluation.ipynb")
     assert 'if cfg.model.quantization == "none":\n    tuned = tuned.merge_and_unload()' in code
     assert 'if cfg.model.model_name == "embedded":\n    start = time.time()\n    folder = prepare_embedded()' in \
         _code("00_setup.ipynb")
 
 
 def test_06_frees_the_model_before_merging_and_loads_the_second_base_as_03_trained():
-    code = _code("06_save_and_push.ipynb")
+    code = _code("05_save_and_push.ipynb")
     assert code.index("del model") < code.index("merge_and_check(")
     assert "load_model(cfg.model.model_name, cfg.precision, quantization=cfg.model.quantization)  # as 03" in code
 
@@ -312,6 +312,6 @@ def test_lora_on_an_unquantized_base_never_upcasts_it_even_under_the_nf4_profile
     from gemmate_lib.training import attach_lora
 
     base = make_tiny_gemma(tiny_tokenizer).to(torch.bfloat16)
-    cfg = course_config(device="cpu", dtype="bf16", quantization="nf4")  # 06's second adapter on a GPU profile
+    cfg = course_config(device="cpu", dtype="bf16", quantization="nf4")  # 05's second adapter on a GPU profile
     model = attach_lora(base, cfg)
     assert {p.dtype for n, p in model.named_parameters() if "lora" not in n} == {torch.bfloat16}

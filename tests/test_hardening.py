@@ -255,15 +255,15 @@ def test_a_seconds_timestamp_is_one_line_on_the_command_line_and_the_unit_flag_f
 
 @pytest.mark.slow
 def test_the_same_bad_files_through_papermill(tmp_path):
-    """05's eval_data: the drop report is printed in its first cells, before any model loads; Latin-1 is one line."""
+    """04's eval_data: the drop report is printed in its first cells, before any model loads; Latin-1 is one line."""
     import papermill as pm
 
     from gemmate_lib.fsio import repo_root
 
     notebooks = repo_root() / "notebooks"
-    out = tmp_path / "05.ipynb"
+    out = tmp_path / "04.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as err:  # this run folder has no adapter from 03
-        pm.execute_notebook(str(notebooks / "05_evaluation.ipynb"), str(out), cwd=str(notebooks),
+        pm.execute_notebook(str(notebooks / "04_evaluation.ipynb"), str(out), cwd=str(notebooks),
                             kernel_name="python3", progress_bar=False,
                             parameters={"eval_data": str(_bad_quotes(tmp_path)), "run_dir": str(tmp_path / "run")})
     assert err.value.ename == "ModelLoadError" and "no adapter from 03_lora_sft" in err.value.evalue
@@ -287,7 +287,7 @@ def test_a_seconds_timestamp_through_papermill_stops_04_in_its_config_cell(tmp_p
 
     notebooks = repo_root() / "notebooks"
     with pytest.raises(pm.PapermillExecutionError) as err:
-        pm.execute_notebook(str(notebooks / "04_temporal_encoding.ipynb"), str(tmp_path / "04.ipynb"),
+        pm.execute_notebook(str(notebooks / "07_temporal_encoding.ipynb"), str(tmp_path / "07.ipynb"),
                             cwd=str(notebooks), kernel_name="python3", progress_bar=False,
                             parameters={"constant_date": 1_633_046_400, "run_dir": str(tmp_path)})
     assert err.value.ename == "DataError" and "looks like seconds" in err.value.evalue

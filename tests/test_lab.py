@@ -41,7 +41,7 @@ def test_make_lab_serves_the_notebooks_with_the_course_kernel():
         assert Path(course["argv"][0]).parent == ROOT / ".venv" / "bin"  # the course's venv, not a system Python
         listing = json.loads(_get(f"{base}/api/contents", token)[1])
         names = {item["name"] for item in listing["content"]}
-        assert {"00_setup.ipynb", "03_lora_sft.ipynb", "04_temporal_encoding.ipynb"} <= names
+        assert {"00_setup.ipynb", "03_lora_sft.ipynb", "07_temporal_encoding.ipynb"} <= names
         status, page = _get(f"{base}/lab", token)
         assert status == 200 and b"JupyterLab" in page
         with pytest.raises(urllib.error.HTTPError) as refused:  # the token is required

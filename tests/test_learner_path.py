@@ -282,7 +282,7 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     installed = "".join(o.get("text", "") for o in setup["cells"][1]["outputs"])
     assert "the course's packages are installed" in installed  # the Colab branch of the install cell ran
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["06_save_and_push"]["reload_identical"] == "4/4"
+    assert manifest["05_save_and_push"]["reload_identical"] == "4/4"
     assert manifest["00_setup"]["config"]["profile"] == "gpu-on-cpu"
     leaks = [p.name for p in (tmp_path / "run").rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
     assert leaks == []

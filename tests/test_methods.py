@@ -1,4 +1,4 @@
-"""07's methods: the configs the library builds, the full fine-tuning memory check, and every method training for real
+"""06's methods: the configs the library builds, the full fine-tuning memory check, and every method training for real
 on the tiny Gemma (plumbing) through the same train_arm as 03's side-by-side runs."""
 import types
 
@@ -57,7 +57,7 @@ def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg):
 
 
 def test_rates_change_only_the_methods_named_and_the_wide_rank_has_its_own_folder(cpu_cfg):
-    """07's exercises 2 and 3: another rank must not overwrite lora_r32's adapter; one method's rate, not the others'."""
+    """06's exercises 2 and 3: another rank must not overwrite lora_r32's adapter; one method's rate, not the others'."""
     chosen = build_methods(cpu_cfg, "m", ["lora_r8", "lora_r32", "prompt"], other_rank=2, rates={"prompt": 3e-3})
     assert [m.key for m in chosen.values()] == ["lora_r8", "lora_r2", "prompt"]
     assert [m.settings["learning_rate"] for m in chosen.values()] == [LEARNING_RATES["lora"], LEARNING_RATES["lora"], 3e-3]
@@ -145,7 +145,7 @@ def test_the_loss_before_training_is_measured_on_an_identically_seeded_copy(tiny
 
 def test_full_finetuning_that_does_not_fit_stops_clearly_and_frees_the_model(tiny_folder, tiny_tokenizer, cpu_cfg,
                                                                               tmp_path, monkeypatch):
-    """07 keeps the error to show it; its traceback must not keep the loaded weights alive (on a T4, ~5 GB)."""
+    """06 keeps the error to show it; its traceback must not keep the loaded weights alive (on a T4, ~5 GB)."""
     import gc
     import os
     import weakref

@@ -7,8 +7,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-EXPECTED = ["00_setup", "01_load_4bit", "02_baseline_generation", "03_lora_sft", "04_temporal_encoding", "05_evaluation",
-            "06_save_and_push", "07_compare_methods"]
+EXPECTED = ["00_setup", "01_load_4bit", "02_baseline_generation", "03_lora_sft", "07_temporal_encoding", "04_evaluation",
+            "05_save_and_push", "06_compare_methods"]
 
 
 def test_the_course_notebooks_are_there_in_order():
@@ -66,7 +66,7 @@ def test_every_notebook_ends_with_a_checked_self_check_and_exercises(path):
     ("01_load_4bit", ["BitsAndBytesConfig(", "from_pretrained("]),
     ("03_lora_sft", ["LoraConfig(", "prepare_model_for_kbit_training(", "get_peft_model(", "SFTConfig(", "SFTTrainer",
                      "trainer.train()"]),
-    ("07_compare_methods", ["LoraConfig(", "PromptTuningConfig(", "PrefixTuningConfig(", "IA3Config("]),
+    ("06_compare_methods", ["LoraConfig(", "PromptTuningConfig(", "PrefixTuningConfig(", "IA3Config("]),
 ])
 def test_the_recipe_is_written_out_and_checked_against_the_library(name, calls):
     cells = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())["cells"]

@@ -1,8 +1,8 @@
-"""04's time-conditioned task (the newest Python 3 release on a date) and `gemmate train-te --temporal_task`.
+"""07's time-conditioned task (the newest Python 3 release on a date) and `gemmate train-te --temporal_task`.
 
 The truth, the splits and the baselines are checked by hand; the command runs on the tiny
 random Gemma (plumbing: its answers are noise). Whether GemmaTE learns the task is
-measured on the embedded model in 04 (nbval runs it; its self-check asks for >= 0.9).
+measured on the embedded model in 07 (nbval runs it; its self-check asks for >= 0.9).
 """
 from datetime import datetime, timezone
 

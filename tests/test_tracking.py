@@ -32,7 +32,7 @@ def test_the_command_logs_training_curves_to_tensorboard_in_the_run_folder(repor
 def test_notebooks_03_and_04_take_report_to_as_a_parameter_and_use_it():
     import papermill as pm
 
-    for name in ("03_lora_sft", "04_temporal_encoding"):
+    for name in ("03_lora_sft", "07_temporal_encoding"):
         path = ROOT / "notebooks" / f"{name}.ipynb"
         assert pm.inspect_notebook(str(path))["report_to"]["default"] == '"none"'  # off unless asked
         code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
@@ -46,7 +46,7 @@ def test_07_passes_report_to_into_every_methods_trainer(tmp_path, tiny_folder, t
     from gemmate_lib.experiments import train_arm
     from gemmate_lib.methods import build_methods
 
-    path = ROOT / "notebooks" / "07_compare_methods.ipynb"
+    path = ROOT / "notebooks" / "06_compare_methods.ipynb"
     assert pm.inspect_notebook(str(path))["report_to"]["default"] == '"none"'
     code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
     assert "report_to=report_to" in code and "train_arm(" in code  # into the one config, which every arm uses

@@ -24,7 +24,7 @@ def _batch(tokenizer, rows=ROWS):
 def test_linear_cross_entropy_matches_torch_in_value_and_gradient(weight_trains):
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=weight_trains)  # trains in full fine-tuning (07)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=weight_trains)  # trains in full fine-tuning (06)
     targets = torch.randint(0, 50, (37,))
     ours = LinearCrossEntropy.apply(hidden, weight, targets, 8)  # several chunks
     ours.backward(torch.tensor(0.5, dtype=torch.float64))

@@ -1,6 +1,6 @@
 """Checkpoint policy for `gemmate train`: keep the last N and the best N, and pick the one to resume from.
 
-Taught in the README ("Command line"). transformers' Trainer writes each checkpoint
+Taught in docs/command-line.md. transformers' Trainer writes each checkpoint
 (adapter as safetensors, optimizer, scheduler, RNG states, trainer_state.json, in that
 order) and stops early (`EarlyStoppingCallback`, used as it is). Two things it does
 not do, kept here for parity with the seed experiment's keys:

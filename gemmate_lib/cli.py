@@ -1,6 +1,6 @@
 """`gemmate train | train-te | evaluate | generate | hpo | serve` (also `python -m gemmate_lib ...`): the course as commands.
 
-Taught in the README ("Command line"). Every subcommand reads the course's one config:
+Taught in docs/command-line.md. Every subcommand reads the course's one config:
 a YAML file (`--config configs/cpu-quick.yaml`, keys in config.py) and `--key value`
 flags that override it. `train` keeps checkpoints by policy and resumes
 (checkpoints.py; run it under `accelerate launch` for DDP); `train-te` trains GemmaTE

@@ -1,7 +1,7 @@
 """The one config of the course: typed settings, the profile that picks defaults, and one validator.
 
 Taught in 00_setup (the profile) and 03_lora_sft (LoRA and training settings); the
-`gemmate` command reads the same settings from YAML and flags (README, "Command line").
+`gemmate` command reads the same settings from YAML and flags (docs/command-line.md).
 
 Every setting has one name, taken from the Gemma 1.1 LoRA experiment's config table
 where it has one (`model_name`, `lora_r`, `learning_rate`, `batch_size`,

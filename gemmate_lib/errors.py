@@ -101,11 +101,21 @@ def hub_errors(name: str, kind: str = "model"):
         raise hub_error(name, err, kind) from err
 
 
+TOKEN_SHAPED = r"hf_[A-Za-z0-9]{20,}"  # what a Hugging Face token looks like: never shown in a message
+
+
 def one_line(err: BaseException) -> str:
-    """An error as one line: a course error's problem and fix, anything else its type and (shortened) message."""
+    """An error as one line: a course error's problem and fix, anything else its type and (shortened) message.
+
+    Anything shaped like a Hugging Face token is replaced by <token>, so the line is safe to print and log.
+    """
+    import re
+
     if isinstance(err, GemmateError):
-        return f"{err.problem}; fix: {err.fix}"
-    return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        text = f"{err.problem}; fix: {err.fix}"
+    else:
+        text = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+    return re.sub(TOKEN_SHAPED, "<token>", text)
 
 
 def run_cli(main, argv: list[str] | None = None) -> int:

@@ -4,8 +4,9 @@
 8-bit AdamW, gradient checkpointing, k-bit preparation), and whole-text against
 completion-only loss; 06 compares fine-tuning methods (methods.py). Each arm loads a
 fresh model, trains it with the course's one builder (training.sft_trainer), and reports
-the trainable weights, seconds per step, the memory its weights take, the peak memory that
-training adds, the loss curve and the held-out losses.
+the trainable weights, seconds per step (StepTimer: the steps alone, not the start-up of
+`trainer.train()`), the memory its weights take, the peak memory that training adds, the
+loss curve and the held-out losses.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from .config import CourseConfig
 from .hardware import free_memory
@@ -57,6 +60,51 @@ class PeakMemory:
         return False
 
 
+class StepTimer(TrainerCallback):
+    """Wall-clock seconds of each optimizer step, from `on_step_begin` to `on_step_end`.
+
+    What is inside: the forward and backward passes of the step's batches, gradient
+    clipping, the optimizer's update and the scheduler's step, which is the work a
+    fine-tuning method changes. What is outside: everything `trainer.train()` does before
+    the first step and after the last (building the data loader and the optimizer, moving
+    weights, callbacks' `on_train_begin`, the final summary), fetching each batch, and
+    logging between steps. These are one-off or the same for every method,
+    so they would blur a comparison of methods, most of all in a run of a few steps.
+
+    `per_step()` is the mean over the steps after the first: the first step also pays
+    one-off costs (the optimizer's state allocated on its first update, kernels chosen or
+    compiled, caches filled). A run of a single step has only that step to report. On a
+    GPU the clock waits for queued kernels (`torch.cuda.synchronize`) at both ends, or it
+    would time only their launch.
+    """
+
+    clock = staticmethod(time.perf_counter)  # seconds; tests swap in a clock of their own
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._start = None
+
+    def _now(self) -> float:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return self.clock()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = self._now()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._start is not None:
+            self.seconds.append(self._now() - self._start)
+            self._start = None
+
+    def per_step(self) -> float:
+        """Mean seconds of a step, leaving out the first when there are others (NaN before any step)."""
+        timed = self.seconds[1:] or self.seconds
+        return sum(timed) / len(timed) if timed else float("nan")
+
+
 def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False) -> dict:
     """Held-out loss on the whole text and on the completion (data.char_spans), and optionally format compliance."""
     from .evaluation import example_nll_by_part, format_generations
@@ -98,7 +146,7 @@ LORA = "lora"  # train_arm's default adapter: the course's LoRA, built from the 
 
 def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], eval_rows: list[dict], output_dir,
               format_check: bool = False, keep_model: bool = False, adapter=LORA, save_dir=None,
-              start_loss: bool = False) -> Arm:
+              start_loss: bool = False, callbacks=None) -> Arm:
     """Load a fresh model as `cfg` says, add the adapter, train `cfg.train.max_steps` steps, measure.
 
     `adapter`: LORA (the course's LoRA from `cfg`: 03), any PEFT config (06: prompt
@@ -106,6 +154,8 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
     trains). `save_dir`: save what trained there as safetensors (the adapter, or the whole
     model) and report its size on disk. `start_loss`: also measure the held-out loss before
     training (06: prompt and prefix tuning do not start from the base model; LoRA does).
+    `callbacks`: more TrainerCallbacks for the trainer. Seconds per step come from a StepTimer
+    (the steps alone, without the first; see there), not from the whole `trainer.train()`.
     """
     from .errors import HardwareError
     from .methods import check_full_finetuning
@@ -126,15 +176,15 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
 
     model = fresh()
     trainable, total = count_parameters(model)
-    trainer = sft_trainer(model, tokenizer, train_rows, [], cfg, output_dir)
+    trainer = sft_trainer(model, tokenizer, train_rows, [], cfg, output_dir, callbacks=callbacks)
+    timer = StepTimer()
+    trainer.add_callback(timer)  # last: it starts after the others' on_step_begin and stops after their on_step_end
     with PeakMemory(cfg.precision.device) as memory:
-        start = time.time()
         trainer.train()
-        seconds = time.time() - start
     model = trainer.model
     summary = {"setting": name, "trainable": trainable, "trainable_share": trainable / total,
                "weights_mib": round(footprint_mib(model)), "training_peak_mib": round(memory.peak_mib),
-               "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 2),
+               "seconds_per_step": round(timer.per_step(), 3),
                **measure(model, tokenizer, eval_rows, cfg.train.max_length, format_check)}
     if save_dir is not None:
         model.save_pretrained(save_dir)  # safetensors: the adapter only, or every weight for full fine-tuning

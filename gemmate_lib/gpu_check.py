@@ -1,6 +1,6 @@
 """`make gpu-check`: the whole course headless on a CUDA GPU with the GPU profile's real settings.
 
-For maintainers with a GPU (README, "GPU readiness check"). It runs every notebook with
+For maintainers with a GPU (README, "What was verified where"). It runs every notebook with
 papermill on the embedded Gemma 3 270M, offline, on CUDA, with what the GPU profile picks
 for this GPU's compute capability: NF4, paged 8-bit AdamW, gradient checkpointing, bf16
 from 8.0; below it (a T4) fp16, which Gemma 3 replaces by fp32 (config.gemma3_rule).

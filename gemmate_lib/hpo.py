@@ -1,6 +1,6 @@
 """`gemmate hpo`: a small Optuna search over learning rate, LoRA r / alpha / dropout and batch size.
 
-Taught in the README ("Command line"). Each trial is a short `gemmate train` (no
+Taught in docs/command-line.md. Each trial is a short `gemmate train` (no
 checkpoints, training.train_from_config) in output_dir/trials/trial-<n>, scored by its
 final held-out loss. The search writes hpo_results.csv (one row per trial) and
 best_config.yaml, which `gemmate train --config best_config.yaml` takes as it is.

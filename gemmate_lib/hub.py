@@ -27,13 +27,23 @@ def base_fingerprint(model) -> dict:
     return {key: getattr(config, key, None) for key in FINGERPRINT}
 
 
+def write_base_info(model, folder: str | Path, model_name: str) -> Path:
+    """gemmate.json beside a saved adapter: the base model it was trained on, so `load_adapter` can check the base."""
+    path = Path(folder) / "gemmate.json"
+    path.write_text(json.dumps({"base_model": model_name, **base_fingerprint(model)}, indent=2))
+    return path
+
+
 def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrite: bool = False) -> Path:
-    """Save adapter weights (safetensors), tokenizer and gemmate.json; all or nothing (fsio.atomic_folder)."""
+    """Save adapter weights (safetensors), tokenizer and gemmate.json; all or nothing (fsio.atomic_folder).
+
+    03 writes the same calls out (`model.save_pretrained`, `tokenizer.save_pretrained`).
+    """
     folder = Path(folder)
     with atomic_folder(folder, overwrite=overwrite, what="adapter") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "gemmate.json").write_text(json.dumps({"base_model": model_name, **base_fingerprint(model)}, indent=2))
+        write_base_info(model, tmp, model_name)
     return folder
 
 
@@ -211,10 +221,11 @@ format reliably but often names the wrong author: do not use it for attribution 
     return card
 
 
-def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) -> str:
-    """Push a saved folder to the Hub when a token is present; otherwise skip with one line saying how.
+def push_problem(repo_id: str | None) -> str | None:
+    """Why a push to `repo_id` cannot happen, in one line (no repo_id, no token, a read-only token), or None.
 
-    Returns a one-line status for the notebook. Never prints or stores the token.
+    A malformed repo_id raises SaveError. 05 calls this before writing out
+    `HfApi().create_repo` and `upload_folder`; `push_adapter` uses it too.
     """
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -227,21 +238,32 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
     except HFValidationError as err:
         raise SaveError(f"repo_id={repo_id!r} is not a valid Hub repository id ({err})",
                         "use 'your-user-name/repo-name': letters, digits, '-', '_' and '.' only") from err
-    token = get_token()
-    if token is None:
+    if get_token() is None:
         return ("push skipped: no HF_TOKEN. To enable it, add a write token as the HF_TOKEN secret in Colab "
                 "(key icon) or the HF_TOKEN environment variable, then rerun this cell")
     try:
         check_token(need_write=True)
     except TokenError as err:
         return f"push failed: {err.problem}. Fix: {err.fix}"
+    return None
+
+
+def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) -> str:
+    """Push a saved folder to the Hub when a token is present; otherwise skip with one line saying how.
+
+    Returns a one-line status for the notebook. Never prints or stores the token.
+    """
+    from .errors import one_line
+
+    problem = push_problem(repo_id)
+    if problem:
+        return problem
     from huggingface_hub import HfApi
 
     try:
-        api = HfApi(token=token)
+        api = HfApi(token=get_token())
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload from the GemmaTE course")
     except Exception as err:  # noqa: BLE001 - one clear line instead of a Hub stack trace
-        text = " ".join(str(err).replace(token, "<token>").split())[:200].rstrip(".")
-        return f"push failed ({type(err).__name__}): {text}. Check the token has write access and the network"
+        return f"push failed ({one_line(err).rstrip('.')}). Check the token has write access and the network"
     return f"pushed {show_path(folder)} to https://huggingface.co/{repo_id} ({'private' if private else 'public'})"

@@ -1,6 +1,6 @@
 """Remote checkpoint storage through fsspec (`gemmate train`): the Gemma 1.1 table's storage keys.
 
-Taught in the README ("The Gemma 1.1 experiment"). `remote_path` is any fsspec URL:
+Taught in docs/gemma11-experiment.md. `remote_path` is any fsspec URL:
 s3://, gs://, hf:// (wherever s3fs, gcsfs or huggingface_hub's filesystem is installed),
 memory:// (the tests) or a plain folder. With `sync_to_storage` each checkpoint is
 uploaded right after it is saved, trainer_state.json last, so a remote checkpoint counts

@@ -1,7 +1,7 @@
 """The Gemma 1.1 LoRA experiment's two tasks: SST-2 sentiment and SQuAD v2 extractive QA (`gemmate train`).
 
-Taught by configs/gemma11-sst2.yaml and configs/gemma11-squadv2.yaml (README, "The Gemma 1.1
-experiment"). The task follows from the data's schema, so the same code reads the Hub
+Taught by configs/gemma11-sst2.yaml and configs/gemma11-squadv2.yaml (docs/gemma11-experiment.md).
+The task follows from the data's schema, so the same code reads the Hub
 datasets and the offline fixtures in tests/fixtures/ (the same columns):
 - SST-2 (`stanfordnlp/sst2`: sentence, label 0/1): `Sentence: ...\\nSentiment:` -> ` positive` / ` negative`;
   accuracy and F1 of the positive class.

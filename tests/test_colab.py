@@ -259,32 +259,6 @@ def test_gpu_check_without_a_gpu_is_one_clear_line(capsys):
     assert run_cli(main, []) == 2 and "needs a CUDA GPU" in capsys.readouterr().err
 
 
-def _code(name):
-    return "\n".join("".join(c["source"]) for c in json.loads((ROOT / "notebooks" / name).read_text())["cells"]
-                     if c["cell_type"] == "code")
-
-
-def test_05_and_06_take_the_adapter_from_find_adapter_and_03_can_push_it():
-    for name in ("03_lora_sft.ipynb", "04_evaluation.ipynb", "05_save_and_push.ipynb"):
-        assert "adapter_repo = None" in _code(name), name
-    assert "push_adapter(adapter_dir, adapter_repo" in _code("03_lora_sft.ipynb")
-    for name in ("04_evaluation.ipynb", "05_save_and_push.ipynb"):
-        assert "find_adapter(out, adapter_repo)" in _code(name), name
-
-
-def test_05_merges_only_a_16_or_32_bit_base_and_00_converts_only_the_embedded_model():
-    code = _code("04_evaluation.ipynb")
-    assert 'if cfg.model.quantization == "none":\n    tuned = tuned.merge_and_unload()' in code
-    assert 'if cfg.model.model_name == "embedded":\n    start = time.time()\n    folder = prepare_embedded()' in \
-        _code("00_setup.ipynb")
-
-
-def test_06_frees_the_model_before_merging_and_loads_the_second_base_as_03_trained():
-    code = _code("05_save_and_push.ipynb")
-    assert code.index("del model") < code.index("merge_and_check(")
-    assert "load_model(cfg.model.model_name, cfg.precision, quantization=cfg.model.quantization)  # as 03" in code
-
-
 def test_the_merge_check_moves_inputs_to_the_models_device_and_keeps_one_copy(tiny_model, tiny_tokenizer, cpu_cfg):
     from gemmate_lib.hub import merge_and_check
     from gemmate_lib.training import attach_lora

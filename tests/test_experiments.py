@@ -40,3 +40,44 @@ def test_padding_share_by_hand():
     assert padding_share([4, 4, 4, 4], 2, grouped=True) == 0
     assert padding_share([1, 3, 1, 3], 2, grouped=True) == 0  # sorted: (3, 3), (1, 1)
     assert padding_share([2, 4], 2, grouped=False) == 1 - 6 / 8
+
+
+def test_seconds_per_step_time_the_steps_not_the_start_up(tiny_folder, tiny_tokenizer, cpu_cfg, tmp_path, monkeypatch):
+    """Pauses injected by callbacks, on a clock that only they move (exact on a busy machine): one before training
+    (on_train_begin) does not count, one inside every step (before each optimizer update) counts once a step, and
+    one in the first step alone does not count (that step pays one-off costs); a run of one step reports that step."""
+    from transformers import TrainerCallback
+
+    from gemmate_lib.experiments import StepTimer
+
+    now = [0.0]
+    monkeypatch.setattr(StepTimer, "clock", staticmethod(lambda: now[0]))
+
+    class Pause(TrainerCallback):
+        def __init__(self, event: str, seconds: float, first_step_only: bool = False):
+            def pause(args, state, control, **kwargs):
+                if not first_step_only or state.global_step == 0:
+                    now[0] += seconds
+            setattr(self, event, pause)
+
+    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=3, batch_size=2, steps_freq=1)
+
+    def per_step(name, *callbacks, steps=3):
+        return train_arm(name, cfg.replace(max_steps=steps), tiny_tokenizer, ROWS, ROWS[:1], tmp_path / name,
+                         callbacks=list(callbacks)).summary["seconds_per_step"]
+
+    assert per_step("start_up", Pause("on_train_begin", 100.0)) == 0  # timed over the whole run: ~33 s a step
+    assert per_step("stepping", Pause("on_pre_optimizer_step", 0.5)) == 0.5
+    assert per_step("first", Pause("on_pre_optimizer_step", 7.0, first_step_only=True)) == 0
+    assert per_step("one_step", Pause("on_pre_optimizer_step", 7.0), steps=1) == 7.0
+
+
+def test_step_timer_leaves_out_the_first_step_when_there_are_others():
+    from gemmate_lib.experiments import StepTimer
+
+    timer = StepTimer()
+    assert timer.per_step() != timer.per_step()  # NaN before any step
+    timer.seconds = [5.0]
+    assert timer.per_step() == 5.0  # one step: all there is
+    timer.seconds = [5.0, 1.0, 2.0]
+    assert timer.per_step() == 1.5

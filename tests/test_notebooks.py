@@ -7,8 +7,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-EXPECTED = ["00_setup", "01_load_4bit", "02_baseline_generation", "03_lora_sft", "07_temporal_encoding", "04_evaluation",
-            "05_save_and_push", "06_compare_methods"]
+EXPECTED = ["00_setup", "01_load_4bit", "02_baseline_generation", "03_lora_sft", "04_evaluation", "05_save_and_push",
+            "06_compare_methods", "07_temporal_encoding"]  # the core path, then the two deeper dives
 
 
 def test_the_course_notebooks_are_there_in_order():

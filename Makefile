@@ -29,11 +29,11 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 embedded: install
-	$(OFFLINE) $(PY) -m gemmate_lib.course --prepare-only
+	$(OFFLINE) $(PY) -m tools.course --prepare-only
 
 # PARAMS=params/gpu.yaml passes those notebook parameters to every notebook that declares them.
 course: install
-	$(PY) -m gemmate_lib.course $(if $(PARAMS),--params $(PARAMS))
+	$(PY) -m tools.course $(if $(PARAMS),--params $(PARAMS))
 
 lint: install
 	$(PY) -m ruff check .
@@ -61,12 +61,12 @@ smoke: embedded
 # After changing colab.COURSE_REPO (a fork) or notebooks/course_timings.json: rewrite every notebook's badge,
 # install cell and runtime line, and the README's table.
 sync: install
-	$(PY) -m gemmate_lib.course --sync-runtimes
+	$(PY) -m tools.course --sync-runtimes
 
 # Maintainers with a CUDA GPU: the whole course headless on the GPU profile (time, peak GPU memory, pass/fail per
 # notebook). DRY_RUN=1 builds and checks every notebook's T4 and A100 config on any machine.
 gpu-check: $(if $(DRY_RUN),install,embedded)
-	$(OFFLINE) $(PY) -m gemmate_lib.gpu_check $(if $(DRY_RUN),--dry-run) $(if $(PRECISION),--precision $(PRECISION))
+	$(OFFLINE) $(PY) -m tools.gpu_check $(if $(DRY_RUN),--dry-run) $(if $(PRECISION),--precision $(PRECISION))
 
 bench: embedded
 	$(OFFLINE) $(PY) benchmarks/sft_throughput.py
@@ -86,4 +86,4 @@ lab: embedded
 
 # Maintainers: re-execute the notebooks in place to commit fresh outputs (nbval compares against them).
 notebooks: embedded
-	$(PY) -m gemmate_lib.course --in-place --run-dir runs/committed
+	$(PY) -m tools.course --in-place --run-dir runs/committed

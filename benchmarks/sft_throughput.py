@@ -62,7 +62,7 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from gemmate_lib import course_config
+    from gemmate_lib.config import course_config
     from gemmate_lib.data import load_quotes
     from gemmate_lib.evaluation import held_out_loss
     from gemmate_lib.models import load_model, load_tokenizer

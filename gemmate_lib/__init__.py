@@ -1,20 +1,19 @@
-"""gemmate_lib: the small library behind the GemmaTE course notebooks.
+"""gemmate_lib: the small library behind the GemmaTE course notebooks. Read it like a table of contents.
 
-One module per concern; each docstring names the notebook that teaches it:
-the one config family: settings (typed groups, one name per setting), validation (the
-one type checker and validator) and config (the profile `course_config`, YAML);
-hardware (precision), hf_token (HF_TOKEN), colab (install, Drive, finding 03's adapter),
-models (Hub, NF4 and the embedded Gemma 3 270M), data (the one reader; quotes),
-generation (the one generate loop), fast_loss and training (LoRA SFT: the one builder
-of LoraConfig / SFTConfig, the trainer), experiments and methods (side-by-side runs, 03
-and 06), evaluation, plots, hub (save/load/merge/push),
-fsio (paths, atomic writes), run (the run folder and manifest), temporal,
-temporal_data and temporal_train (GemmaTE, 07), course (`make course`), gpu_check
-(`make gpu-check`), and the command line: cli, checkpoints, hpo. Importing it changes nothing global; notebooks
-call `quiet()`.
+The lessons' core, one concern per module (each docstring names the notebook that teaches it):
+- set-up: config (every setting, its help text and the profiles), hardware (device and dtype),
+  hf_token (HF_TOKEN), colab (install, Drive), errors (one-line problems with their fix), selfcheck;
+- model and data: models (Hub, NF4 and the embedded Gemma 3 270M), data (quotes), generation;
+- training: training (LoRA SFT: the one builder of LoraConfig / SFTConfig), fast_loss,
+  experiments and methods (side-by-side runs, 03 and 06);
+- results: evaluation, stats, plots, adapters (save, load, merge, push), files (atomic writes),
+  run_folder (the run folder and its manifest);
+- temporal/: GemmaTE (07): timestamps, model, data, tasks, training;
+- cli/: the `gemmate` command and its CLI-only features (checkpoints, storage, SST-2/SQuAD v2 tasks, hpo, serve).
+Maintainer tooling (running and syncing notebooks, the GPU check) lives outside, in tools/.
+Importing it changes nothing global; notebooks call `quiet()`.
 """
-from .config import EMBEDDED, HUB_DATASET, HUB_MODEL, CourseConfig, config_summary, course_config
-from .errors import DataError, GemmateError, HardwareError, ModelLoadError, ParameterError, SaveError
+from gemmate_lib.errors import GemmateError
 
 __version__ = "0.1.0"
 
@@ -63,6 +62,3 @@ def _one_line_errors() -> None:
     if shell is not None:
         shell.set_custom_exc((GemmateError,), show)
 
-
-__all__ = ["EMBEDDED", "HUB_DATASET", "HUB_MODEL", "CourseConfig", "config_summary", "course_config", "quiet",
-           "DataError", "GemmateError", "HardwareError", "ModelLoadError", "ParameterError", "SaveError"]

@@ -16,7 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from .errors import ModelLoadError
+from gemmate_lib.errors import ModelLoadError
 
 COURSE_REPO = "gemmate-course/gemmate"  # GitHub owner/name of the course: a fork changes it here, then `make sync`
 CLONE = "/content/gemmate"  # where the install cell clones the course in a Colab runtime
@@ -170,8 +170,8 @@ def find_adapter(run_dir: Path, adapter_repo: str | None = None, download=None) 
     if (folder / "adapter_config.json").exists():
         return folder
     if adapter_repo:
-        from .errors import hub_error
-        from .hf_token import get_token
+        from gemmate_lib.errors import hub_error
+        from gemmate_lib.hf_token import get_token
 
         if download is None:
             from huggingface_hub import snapshot_download as download

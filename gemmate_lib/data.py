@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .config import EMBEDDED
-from .errors import DataError
+from gemmate_lib.config import EMBEDDED
+from gemmate_lib.errors import DataError
 
 REQUIRED = ("quote", "author")
 
@@ -162,7 +162,7 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
 def _read_hub(dataset_id: str) -> list[dict]:
     from datasets import load_dataset  # imported here: slow, and not needed offline
 
-    from .errors import hub_error  # shared mapping of Hub failures to clear errors
+    from gemmate_lib.errors import hub_error  # shared mapping of Hub failures to clear errors
 
     try:
         ds = load_dataset(dataset_id, split="train")

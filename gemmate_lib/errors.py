@@ -3,7 +3,7 @@
 Every notebook can hit these; 00_setup shows what one looks like. A learner should
 read one line and know what to change, so each error carries a `fix`. `hub_error`
 maps a failed Hub call to the course's error by huggingface_hub's typed exceptions;
-`run_cli` is what every command line (`gemmate`, `python -m gemmate_lib.course`) runs in.
+`run_cli` is what every command line (`gemmate`, `python -m tools.course`) runs in.
 """
 from __future__ import annotations
 

@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import char_spans, format_quote, normalize_author, quote_prompt, split_quote, token_mask
-from .errors import DataError
-from .fast_loss import final_hidden, output_weight, token_nll
-from .generation import BATCH_SIZE, generate, has_author_line
-from .stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
+from gemmate_lib.data import char_spans, format_quote, normalize_author, quote_prompt, split_quote, token_mask
+from gemmate_lib.errors import DataError
+from gemmate_lib.fast_loss import final_hidden, output_weight, token_nll
+from gemmate_lib.generation import BATCH_SIZE, generate, has_author_line
+from gemmate_lib.stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
 
 METRICS = ("perplexity", "perplexity_quote", "author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
            "format_compliance")
@@ -258,10 +258,10 @@ def evaluate_from_config(cfg) -> dict:
     """`gemmate evaluate`: 04's metrics of the trained adapter on the held-out split; writes output_dir/metrics.json."""
     from pathlib import Path
 
-    from .data import load_quotes
-    from .fsio import save_json
-    from .hub import load_tuned
-    from .models import load_tokenizer
+    from gemmate_lib.adapters import load_tuned
+    from gemmate_lib.data import load_quotes
+    from gemmate_lib.files import save_json
+    from gemmate_lib.models import load_tokenizer
 
     data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed,
                        load_tokenizer(cfg.model.model_name), cfg.train.max_length)
@@ -277,8 +277,8 @@ def evaluate_from_config(cfg) -> dict:
 
 def generate_from_config(cfg):
     """`gemmate generate`: greedy completions of cfg.generate.prompts (default: the four standard prompts)."""
-    from .generation import STANDARD_PROMPTS
-    from .hub import load_tuned
+    from gemmate_lib.adapters import load_tuned
+    from gemmate_lib.generation import STANDARD_PROMPTS
 
     model, tokenizer = load_tuned(cfg)
     return generate(model, tokenizer, cfg.generate.prompts or STANDARD_PROMPTS, max_new_tokens=cfg.generate.max_new_tokens)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .config import CourseConfig
-from .hardware import free_memory
+from gemmate_lib.config import CourseConfig
+from gemmate_lib.hardware import free_memory
 
 
 class PeakMemory:
@@ -107,7 +107,7 @@ class StepTimer(TrainerCallback):
 
 def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False) -> dict:
     """Held-out loss on the whole text and on the completion (data.char_spans), and optionally format compliance."""
-    from .evaluation import example_nll_by_part, format_generations
+    from gemmate_lib.evaluation import example_nll_by_part, format_generations
 
     model.eval()
     out = {}
@@ -157,10 +157,10 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
     `callbacks`: more TrainerCallbacks for the trainer. Seconds per step come from a StepTimer
     (the steps alone, without the first; see there), not from the whole `trainer.train()`.
     """
-    from .errors import HardwareError
-    from .methods import check_full_finetuning
-    from .models import count_parameters, footprint_mib, load_model
-    from .training import attach_lora, loss_log, sft_trainer
+    from gemmate_lib.errors import HardwareError
+    from gemmate_lib.methods import check_full_finetuning
+    from gemmate_lib.models import count_parameters, footprint_mib, load_model
+    from gemmate_lib.training import attach_lora, loss_log, sft_trainer
 
     def fresh():
         model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import HardwareError
+from gemmate_lib.errors import HardwareError
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def check_token(need_write: bool = False, api=None) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .errors import TokenError
+    from gemmate_lib.errors import TokenError
 
     token = get_token()
     if token is None:

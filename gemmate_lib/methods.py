@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import CourseConfig
-from .errors import HardwareError, ParameterError
+from gemmate_lib.config import CourseConfig
+from gemmate_lib.errors import HardwareError, ParameterError
 
 METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train
 DEFAULT_METHODS = METHODS[:-1]  # what 06 trains unless told: IA3 is the optional seventh (~45 s more on a CPU)
@@ -49,7 +49,7 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, othe
     """
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
 
-    from .training import lora_config
+    from gemmate_lib.training import lora_config
 
     keys = [k.strip() for k in keys.split(",")] if isinstance(keys, str) else list(keys)  # papermill -p methods a,b
     unknown = [k for k in keys if k not in METHODS]

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from .config import EMBEDDED
-from .errors import ModelLoadError, hub_error
-from .fsio import atomic_folder, recover
-from .hardware import Precision
-from .hf_token import COLAB_SECRET_HELP, colab_secret_problem, get_token
+from gemmate_lib.config import EMBEDDED
+from gemmate_lib.errors import ModelLoadError, hub_error
+from gemmate_lib.files import atomic_folder, recover
+from gemmate_lib.hardware import Precision
+from gemmate_lib.hf_token import COLAB_SECRET_HELP, colab_secret_problem, get_token
 
 GATED_PREFIXES = ("google/gemma", "google/codegemma", "google/recurrentgemma", "meta-llama/")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -117,7 +117,7 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
     """Load a causal LM in the compute dtype, NF4-quantized when quantization="nf4"."""
     from transformers import AutoModelForCausalLM
 
-    from .hardware import pick_precision
+    from gemmate_lib.hardware import pick_precision
 
     precision = precision or pick_precision()
     path, kwargs = resolve_model(model_name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import GemmateError
+from gemmate_lib.errors import GemmateError
 
 
 class SelfCheckError(GemmateError, AssertionError):

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from trl import SFTTrainer
 
-from .config import CourseConfig
-from .fast_loss import causal_lm_loss
+from gemmate_lib.config import CourseConfig
+from gemmate_lib.fast_loss import causal_lm_loss
 
 
 def world() -> tuple[int, int]:
@@ -35,7 +35,7 @@ def lora_config(cfg: CourseConfig):
     targets = targets if isinstance(targets, str) else list(targets)  # "all-linear": PEFT's shorthand, a string
     return LoraConfig(r=cfg.lora.lora_r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
                       target_modules=targets, bias="none",
-                      task_type=cfg.lora.lora_task_type)
+                      task_type="CAUSAL_LM")
 
 
 def prepare_base(model, cfg: CourseConfig):
@@ -65,7 +65,7 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None)
     from transformers import set_seed
 
     if getattr(peft_config, "peft_type", None) == "PREFIX_TUNING" and cfg.train.gradient_checkpointing:
-        from .errors import ParameterError  # otherwise: a tensor size mismatch deep inside attention, mid-training
+        from gemmate_lib.errors import ParameterError  # otherwise: a tensor size mismatch deep inside attention, mid-training
 
         raise ParameterError("prefix tuning cannot train with gradient_checkpointing=True: its learned keys and values "
                              "live in the attention cache, which checkpointing switches off",
@@ -175,7 +175,7 @@ def cpu_speedups(trainer_class, train_dataset, eval_dataset, tokenizer, enabled:
     """
     if not enabled:
         return trainer_class, train_dataset, eval_dataset
-    from .data import to_dataset
+    from gemmate_lib.data import to_dataset
 
     def tokenized(dataset):
         return None if dataset is None else to_dataset([{"text": t} for t in dataset["text"]], tokenizer)
@@ -185,11 +185,25 @@ def cpu_speedups(trainer_class, train_dataset, eval_dataset, tokenizer, enabled:
 
 @dataclass
 class TrainResult:
-    model: object  # the PEFT model after training
+    model: object  # the trained model (PEFT model, or GemmaTE's wrapper), in eval mode
     log: object  # pandas DataFrame: step, loss, eval_loss, learning_rate
-    seconds: float  # wall time of trainer.train()
-    samples_per_second: float  # training examples processed per second
-    trainer: object  # the trainer, for a look inside
+    seconds: float  # wall time of trainer.train(), start-up included
+    steps: int  # optimizer steps taken
+    trainer: object = None  # the trainer, for a look inside
+
+
+def run_trainer(trainer, resume_from_checkpoint: str | None = None) -> TrainResult:
+    """`trainer.train()`, timed; the model comes back unwrapped from mixed-precision autocast and in eval mode.
+
+    Unwrapping matters under fp16/bf16: accelerate wraps forward in an autocast, and a model
+    that keeps it computes differently from the same weights loaded from disk (05, 07 reload them).
+    """
+    start = time.time()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    seconds = time.time() - start
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    model.eval()
+    return TrainResult(model, loss_log(trainer), seconds, trainer.state.global_step, trainer)
 
 
 def loss_log(trainer):
@@ -209,7 +223,7 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
     import datasets
     from transformers import set_seed
 
-    from .data import to_dataset
+    from gemmate_lib.data import to_dataset
 
     datasets.disable_progress_bars()  # tokenizing a few hundred quotes is instant; keep the notebook readable
     t = cfg.train
@@ -224,17 +238,9 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
 
 def train_lora(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], cfg: CourseConfig,
                output_dir: str | Path, callbacks=None) -> TrainResult:
-    """Attach LoRA (once) and run SFTTrainer; returns the model, the loss log and the speed."""
+    """Attach LoRA (once) and run SFTTrainer; returns the model, the loss log and the time."""
     model = attach_lora(model, cfg, quiet=True)
-    trainer = sft_trainer(model, tokenizer, train_rows, eval_rows, cfg, output_dir, callbacks=callbacks)
-    start = time.time()
-    trainer.train()
-    seconds = time.time() - start
-    t = cfg.train
-    examples = trainer.state.global_step * t.batch_size * t.gradient_accumulation_steps
-    model.eval()
-    return TrainResult(model=trainer.model, log=loss_log(trainer), seconds=seconds,
-                       samples_per_second=examples / seconds, trainer=trainer)
+    return run_trainer(sft_trainer(model, tokenizer, train_rows, eval_rows, cfg, output_dir, callbacks=callbacks))
 
 
 def trainable_digest(model) -> str:
@@ -251,13 +257,13 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
     """`gemmate train`: LoRA on quotes, SST-2 or SQuAD v2 (tasks.py) under the checkpoint policy; writes train_metrics.json."""
     from transformers import EarlyStoppingCallback
 
-    from .checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint
-    from .data import load_quotes
-    from .fsio import save_json
-    from .hub import save_adapter
-    from .models import load_model, load_tokenizer
-    from .storage import StorageSync, download
-    from .tasks import evaluate_task, load_task, task_of
+    from gemmate_lib.adapters import save_adapter
+    from gemmate_lib.cli.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint
+    from gemmate_lib.cli.storage import StorageSync, download
+    from gemmate_lib.cli.tasks import evaluate_task, load_task, task_of
+    from gemmate_lib.data import load_quotes
+    from gemmate_lib.files import save_json
+    from gemmate_lib.models import load_model, load_tokenizer
 
     rank, world_size = world()
     c = cfg.checkpoints
@@ -283,10 +289,8 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=c.early_stopping_patience))
     trainer = sft_trainer(model, tokenizer, data.train, data.held_out, cfg, out,
                           save=None if save_checkpoints else False, callbacks=callbacks)
-    start = time.time()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.time() - start
-    log = loss_log(trainer)
+    result = run_trainer(trainer, str(resume) if resume else None)
+    seconds, log = result.seconds, result.log
     digest = trainable_digest(trainer.model)
     save_json(_mkdir(out / "ranks") / f"rank{rank}.json", {"rank": rank, "world_size": world_size, "digest": digest,
                                                            "step": trainer.state.global_step})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/finetune.py` from anywhere
 
-from gemmate_lib.temporal_data import TextDataset, collate_fn  # noqa: E402 - the guide imports these from here
+from gemmate_lib.temporal.data import TextDataset, collate_fn  # noqa: E402 - the guide imports these from here
 
 __all__ = ["TextDataset", "collate_fn", "main"]
 
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def default_data(output_dir: str) -> Path:
     """Write the course's dated notes (07's training set: 600 notes over 2007-2020) as JSONL; return the file."""
     from gemmate_lib.data import load_quotes
-    from gemmate_lib.temporal_data import make_dated_notes, save_jsonl
+    from gemmate_lib.temporal.data import make_dated_notes, save_jsonl
 
     quotes = load_quotes()
     notes = make_dated_notes([r["quote"] for r in quotes.train + quotes.held_out])
@@ -49,7 +49,7 @@ def default_data(output_dir: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gemmate_lib import cli
+    from gemmate_lib.cli import main as cli
 
     args = build_parser().parse_args(argv)
     output_dir = args.output_dir or "./fine_tuned_model"

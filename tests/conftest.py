@@ -84,7 +84,7 @@ def tiny_folder(tiny_tokenizer, tmp_path_factory):
 @pytest.fixture()
 def cpu_cfg():
     """The course's config on this CPU in fp32 (the dtype of the tiny model)."""
-    from gemmate_lib import course_config
+    from gemmate_lib.config import course_config
 
     return course_config(device="cpu", dtype="fp32")
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gemmate_lib.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint, select_kept
+from gemmate_lib.cli.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint, select_kept
 from gemmate_lib.errors import ParameterError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,12 +86,12 @@ def test_early_stopping_is_transformers_callback_wired_to_the_checkpoint_metric(
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert run_cli(__import__("gemmate_lib.cli", fromlist=["main"]).main,
+    assert run_cli(__import__("gemmate_lib.cli.main", fromlist=["main"]).main,
                    ["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err and err.count("\n") == 2  # problem + fix
     with pytest.raises(SystemExit) as stop:
-        run_cli(__import__("gemmate_lib.cli", fromlist=["main"]).main, ["train", "--lora_rank", "8"])
+        run_cli(__import__("gemmate_lib.cli.main", fromlist=["main"]).main, ["train", "--lora_rank", "8"])
     assert stop.value.code == 2 and "unrecognized arguments: --lora_rank" in capsys.readouterr().err
 
 
@@ -106,7 +106,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys):
 
 
 def test_gemmate_te_is_an_alias_of_train_te(monkeypatch, tmp_path, capsys):
-    from gemmate_lib import cli
+    from gemmate_lib.cli import main as cli
 
     monkeypatch.setattr(sys, "argv", ["gemmate-te", "--dataset", str(tmp_path / "none.jsonl"), "--batch_size", "0"])
     assert cli.run_te() == 2 and "batch_size=0 must be at least 1" in capsys.readouterr().err
@@ -149,8 +149,8 @@ def test_tiny_hpo_writes_a_table_and_a_best_config(tmp_path, tiny_folder):
     """Optuna's wiring (trials, table, best config) is plumbing: the tiny random Gemma."""
     import pandas as pd
 
+    from gemmate_lib.cli.hpo import search
     from gemmate_lib.config import load_config
-    from gemmate_lib.hpo import search
 
     out = tmp_path / "hpo"
     cfg = load_config(None, {k.lstrip("-"): v for k, v in zip(QUICK[::2], QUICK[1::2])} | {
@@ -201,7 +201,7 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path, tiny_folder):
 @pytest.mark.slow
 def test_train_keeps_the_policys_checkpoints_then_generate_and_evaluate_read_the_adapter(tmp_path, capsys):
     """One real `gemmate train` (in this process), then `generate` and `evaluate` on its output folder."""
-    from gemmate_lib.cli import main
+    from gemmate_lib.cli.main import main
 
     out = tmp_path / "run"
     assert run_cli(main, ["train", *QUICK, "--max_steps", "6", "--output_dir", str(out), "--keep_last_n", "1",

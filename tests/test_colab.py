@@ -207,7 +207,7 @@ def test_05_and_06_find_the_adapter_in_the_run_folder_on_the_hub_or_say_how(tmp_
 
 def test_under_fp16_every_trainable_weight_stays_fp32_on_a_4bit_model(tiny_folder, tiny_tokenizer, tmp_path):
     """TRL casts a quantized model's LoRA weights to bf16; fp16's grad scaler needs fp32 (a T4's case)."""
-    from gemmate_lib import course_config
+    from gemmate_lib.config import course_config
     from gemmate_lib.models import load_model
     from gemmate_lib.training import attach_lora, sft_trainer
 
@@ -240,7 +240,7 @@ def test_ddp_ranks_load_nf4_on_their_own_gpu(monkeypatch, fp32):
 
 
 def test_gpu_check_dry_run_builds_every_notebooks_t4_and_a100_config(capsys):
-    from gemmate_lib.gpu_check import main
+    from tools.gpu_check import main
 
     assert main(["--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -254,13 +254,13 @@ def test_gpu_check_dry_run_builds_every_notebooks_t4_and_a100_config(capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_gpu_check_without_a_gpu_is_one_clear_line(capsys):
     from gemmate_lib.errors import run_cli
-    from gemmate_lib.gpu_check import main
+    from tools.gpu_check import main
 
     assert run_cli(main, []) == 2 and "needs a CUDA GPU" in capsys.readouterr().err
 
 
 def test_the_merge_check_moves_inputs_to_the_models_device_and_keeps_one_copy(tiny_model, tiny_tokenizer, cpu_cfg):
-    from gemmate_lib.hub import merge_and_check
+    from gemmate_lib.adapters import merge_and_check
     from gemmate_lib.training import attach_lora
 
     moved = []
@@ -282,7 +282,7 @@ def test_the_merge_check_moves_inputs_to_the_models_device_and_keeps_one_copy(ti
 def test_lora_on_an_unquantized_base_never_upcasts_it_even_under_the_nf4_profile(tiny_tokenizer):
     from conftest import make_tiny_gemma
 
-    from gemmate_lib import course_config
+    from gemmate_lib.config import course_config
     from gemmate_lib.training import attach_lora
 
     base = make_tiny_gemma(tiny_tokenizer).to(torch.bfloat16)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemmate_lib import EMBEDDED, ParameterError, config_summary, course_config
-from gemmate_lib.config import SEED_TARGET_MODULES, VALID_KEYS, dump_config, load_config
+from gemmate_lib.config import EMBEDDED, OWNER, SEED_TARGET_MODULES, config_summary, course_config, dump_config, load_config
+from gemmate_lib.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def test_bad_config_file_names_the_key(values, message, tmp_path):
         load_config(path)
     assert info.value.fix
     if "unknown" in message:
-        assert all(key in info.value.fix for key in VALID_KEYS)
+        assert all(key in info.value.fix for key in OWNER)
 
 
 def test_flags_override_the_file_and_are_parsed_from_text(tmp_path):

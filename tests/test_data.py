@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from gemmate_lib import DataError
 from gemmate_lib.data import clean_rows, format_quote, load_quotes, normalize_quote, to_dataset, trim_author
+from gemmate_lib.errors import DataError
 
 
 def test_broken_author_fields_are_dropped_or_trimmed_and_counted():

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from gemmate_lib import DataError
 from gemmate_lib.data import load_quotes
+from gemmate_lib.errors import DataError
 from gemmate_lib.evaluation import (
     METRICS,
     bleu,

@@ -35,7 +35,7 @@ def test_the_guides_command_runs_as_written(tmp_path, tiny_folder):
 
     # The guide's load snippet: a fresh model, then load_state_dict(torch.load(...)).
     from gemmate_lib.models import load_model
-    from gemmate_lib.temporal import GemmaTEForCausalLM
+    from gemmate_lib.temporal.model import GemmaTEForCausalLM
 
     state = torch.load(folder / "model.pt", weights_only=True)
     fresh = GemmaTEForCausalLM(load_model(str(tiny_folder)))
@@ -53,9 +53,9 @@ def test_a_bad_guide_option_is_one_clear_line(tmp_path):
 def test_the_guides_manual_training_loop_runs_unchanged_on_the_embedded_model(tokenizer):
     from torch.utils.data import DataLoader
 
-    from gemmate_lib import course_config
+    from gemmate_lib.config import course_config
     from gemmate_lib.models import load_model
-    from gemmate_lib.temporal import GemmaTEForCausalLM
+    from gemmate_lib.temporal.model import GemmaTEForCausalLM
 
     cfg = course_config("temporal")
     from scripts.finetune import TextDataset, collate_fn  # noqa: I001 - the guide's import

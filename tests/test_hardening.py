@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gemmate_lib.errors import DataError, ModelLoadError
-from gemmate_lib.temporal import GemmaTEForCausalLM, to_milliseconds
+from gemmate_lib.temporal.model import GemmaTEForCausalLM
+from gemmate_lib.temporal.timestamps import to_milliseconds
 
 MS_2021 = 1_633_046_400_000  # 2021-10-01T00:00:00Z
 
@@ -99,7 +100,7 @@ def test_loading_checks_the_base_model_and_every_file(tiny_model, tiny_tokenizer
 
 
 def test_a_seconds_timestamp_in_a_jsonl_names_the_line_and_a_unit_field_fixes_it(tmp_path):
-    from gemmate_lib.temporal_data import load_jsonl
+    from gemmate_lib.temporal.data import load_jsonl
 
     path = tmp_path / "notes.jsonl"
     path.write_text(json.dumps({"text": "a", "timestamp": MS_2021}) + "\n"
@@ -125,8 +126,8 @@ sys.path.insert(0, {tests!r})
 from conftest import make_tiny_gemma
 import torch
 from transformers import PreTrainedTokenizerFast
-from gemmate_lib import course_config
-from gemmate_lib.hub import save_adapter
+from gemmate_lib.config import course_config
+from gemmate_lib.adapters import save_adapter
 from gemmate_lib.training import attach_lora
 
 tokenizer = PreTrainedTokenizerFast.from_pretrained({tok!r})
@@ -161,8 +162,8 @@ def test_a_save_killed_at_any_step_leaves_a_complete_adapter_old_or_new(step, ti
     from conftest import make_tiny_gemma
     from safetensors.torch import load_file
 
-    from gemmate_lib import course_config
-    from gemmate_lib.hub import load_adapter, save_adapter
+    from gemmate_lib.adapters import load_adapter, save_adapter
+    from gemmate_lib.config import course_config
     from gemmate_lib.training import attach_lora
 
     tests = str(Path(__file__).resolve().parent)
@@ -182,9 +183,9 @@ def test_a_save_killed_at_any_step_leaves_a_complete_adapter_old_or_new(step, ti
 
 def test_a_tokenizer_failing_mid_save_is_one_save_error_and_leaves_no_partial(tiny_model, tiny_tokenizer, tmp_path,
                                                                             monkeypatch):
-    from gemmate_lib import course_config
+    from gemmate_lib.adapters import save_adapter
+    from gemmate_lib.config import course_config
     from gemmate_lib.errors import SaveError
-    from gemmate_lib.hub import save_adapter
     from gemmate_lib.training import attach_lora
 
     model = attach_lora(tiny_model, course_config(device="cpu", dtype="fp32"))
@@ -216,7 +217,7 @@ EXPECTED_DROPS = ("dropped 1 row(s): duplicate quote (exact), e.g. line 5",
 
 
 def test_the_train_command_prints_the_drop_report_and_trains_on_the_rest(tmp_path, tiny_folder, capsys):
-    from gemmate_lib.cli import main
+    from gemmate_lib.cli.main import main
     from gemmate_lib.errors import run_cli
 
     code = run_cli(main, ["train", "--dataset", str(_bad_quotes(tmp_path)), "--model_name", str(tiny_folder),
@@ -228,7 +229,7 @@ def test_the_train_command_prints_the_drop_report_and_trains_on_the_rest(tmp_pat
 
 
 def test_a_latin1_file_is_one_line_on_the_command_line(tmp_path, tiny_folder, capsys):
-    from gemmate_lib.cli import main
+    from gemmate_lib.cli.main import main
     from gemmate_lib.errors import run_cli
 
     path = tmp_path / "latin1.csv"
@@ -240,7 +241,7 @@ def test_a_latin1_file_is_one_line_on_the_command_line(tmp_path, tiny_folder, ca
 
 
 def test_a_seconds_timestamp_is_one_line_on_the_command_line_and_the_unit_flag_fixes_it(tmp_path, tiny_folder, capsys):
-    from gemmate_lib.cli import main
+    from gemmate_lib.cli.main import main
     from gemmate_lib.errors import run_cli
 
     path = tmp_path / "notes.jsonl"
@@ -258,7 +259,7 @@ def test_the_same_bad_files_through_papermill(tmp_path):
     """04's eval_data: the drop report is printed in its first cells, before any model loads; Latin-1 is one line."""
     import papermill as pm
 
-    from gemmate_lib.fsio import repo_root
+    from gemmate_lib.files import repo_root
 
     notebooks = repo_root() / "notebooks"
     out = tmp_path / "04.ipynb"
@@ -283,7 +284,7 @@ def test_the_same_bad_files_through_papermill(tmp_path):
 def test_a_seconds_timestamp_through_papermill_stops_04_in_its_config_cell(tmp_path):
     import papermill as pm
 
-    from gemmate_lib.fsio import repo_root
+    from gemmate_lib.files import repo_root
 
     notebooks = repo_root() / "notebooks"
     with pytest.raises(pm.PapermillExecutionError) as err:
@@ -297,9 +298,9 @@ def test_a_seconds_timestamp_through_papermill_stops_04_in_its_config_cell(tmp_p
 def test_version_mismatches_reads_the_colab_pins(monkeypatch):
     from importlib import metadata
 
-    from gemmate_lib import run
+    from gemmate_lib import run_folder
 
-    assert run.version_mismatches() == []  # this environment is installed from the pins
+    assert run_folder.version_mismatches() == []  # this environment is installed from the pins
     real = metadata.version
-    monkeypatch.setattr(run.metadata, "version", lambda name: "0.0.1" if name == "trl" else real(name))
-    assert run.version_mismatches() == [f"trl: installed 0.0.1, pinned {real('trl')}"]
+    monkeypatch.setattr(run_folder.metadata, "version", lambda name: "0.0.1" if name == "trl" else real(name))
+    assert run_folder.version_mismatches() == [f"trl: installed 0.0.1, pinned {real('trl')}"]

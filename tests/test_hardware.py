@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from gemmate_lib import HardwareError, hardware
+from gemmate_lib import hardware
+from gemmate_lib.errors import HardwareError
 
 
 def test_cpu_precision_follows_native_bf16(monkeypatch):

@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemmate_lib import ModelLoadError
-from gemmate_lib.errors import SaveError
-from gemmate_lib.hub import load_adapter, save_adapter
+from gemmate_lib.adapters import load_adapter, save_adapter
+from gemmate_lib.errors import ModelLoadError, SaveError
 from gemmate_lib.training import attach_lora
 
 
@@ -37,9 +36,7 @@ def test_save_is_safetensors_refuses_overwrite_and_rejects_another_base(tiny_mod
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no .partial or .backup left
     with pytest.raises(SaveError, match="already exists"):
         save_adapter(model, tiny_tokenizer, folder, "tiny")
-    from gemmate_lib import hub
 
-    assert hub.SaveError is SaveError  # hub re-imports the one SaveError of gemmate_lib.errors
     meta = json.loads((folder / "gemmate.json").read_text())
     meta.update(base_model="google/gemma-2b", hidden_size=2048)
     (folder / "gemmate.json").write_text(json.dumps(meta))
@@ -60,8 +57,8 @@ def _perturbed(model, cfg):
 @pytest.mark.slow
 def test_round_trip_in_a_fresh_process_gives_identical_generations(tiny_folder, tiny_tokenizer, fp32, cpu_cfg,
                                                                     tmp_path):
+    from gemmate_lib.adapters import reload_generations
     from gemmate_lib.generation import STANDARD_PROMPTS, generate
-    from gemmate_lib.hub import reload_generations
     from gemmate_lib.models import load_model
 
     model = _perturbed(load_model(str(tiny_folder), fp32), cpu_cfg)
@@ -75,8 +72,8 @@ def test_round_trip_in_a_fresh_process_gives_identical_generations(tiny_folder, 
 
 
 def test_merge_matches_the_adapter_model_and_refuses_a_4bit_base(tiny_model, tiny_tokenizer, tiny_folder, cpu_cfg):
+    from gemmate_lib.adapters import merge_and_check
     from gemmate_lib.generation import STANDARD_PROMPTS
-    from gemmate_lib.hub import merge_and_check
     from gemmate_lib.models import load_model
 
     model = _perturbed(tiny_model, cpu_cfg)
@@ -90,7 +87,7 @@ def test_merge_matches_the_adapter_model_and_refuses_a_4bit_base(tiny_model, tin
 def test_the_merged_model_is_saved_in_the_training_dtype(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
     from safetensors import safe_open
 
-    from gemmate_lib.hub import save_merged
+    from gemmate_lib.adapters import save_merged
 
     folder = save_merged(tiny_model, tiny_tokenizer, tmp_path / "merged", torch.bfloat16)
     with safe_open(folder / "model.safetensors", "pt") as f:
@@ -100,7 +97,7 @@ def test_the_merged_model_is_saved_in_the_training_dtype(tiny_model, tiny_tokeni
 def test_push_without_token_or_repo_is_skipped_with_how_to(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    from gemmate_lib.hub import push_adapter
+    from gemmate_lib.adapters import push_adapter
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
@@ -113,16 +110,16 @@ def test_push_without_token_or_repo_is_skipped_with_how_to(monkeypatch, tmp_path
 def test_a_failed_push_is_one_line_without_the_token(stage, monkeypatch, tmp_path, capsys):
     from huggingface_hub import constants
 
-    from gemmate_lib import hub
+    from gemmate_lib import adapters
 
     fake = "hf_" + "CANARYcanary" * 3 + "0000"  # built at run time: no token-shaped literal in the repository
     monkeypatch.setenv("HF_TOKEN", fake)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # huggingface_hub reads the variable once, at import
     if stage == "upload":  # the token passes its check, then create_repo / upload_folder fail
-        monkeypatch.setattr(hub, "check_token", lambda need_write=False: "token of someone, role write")
+        monkeypatch.setattr(adapters, "check_token", lambda need_write=False: "token of someone, role write")
     (tmp_path / "adapter").mkdir()
-    status = hub.push_adapter(tmp_path / "adapter", "someone/canary-test")
+    status = adapters.push_adapter(tmp_path / "adapter", "someone/canary-test")
     printed = capsys.readouterr()
     assert status.startswith("push failed") and "\n" not in status
     assert ("cannot be reached" in status) == (stage == "token check")
@@ -132,7 +129,7 @@ def test_a_failed_push_is_one_line_without_the_token(stage, monkeypatch, tmp_pat
 
 @pytest.mark.parametrize("bad", ["no-namespace", "a/b/c", "some one/x", "x/y--z"])
 def test_invalid_repo_id_is_a_clear_error(bad, tmp_path):
-    from gemmate_lib.hub import push_adapter
+    from gemmate_lib.adapters import push_adapter
 
     with pytest.raises(SaveError, match="not a valid Hub repository id"):
         push_adapter(tmp_path, bad)

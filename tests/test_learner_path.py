@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemmate_lib import course_config
+from gemmate_lib.config import course_config
 from gemmate_lib.hardware import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +46,8 @@ def test_a_child_process_finds_the_course_that_the_kernel_has_only_on_sys_path(t
 @pytest.mark.slow
 def test_the_fresh_process_reload_loads_the_base_as_the_parent_did(tiny_folder, tmp_path):
     """Item 2: the child loaded the base unquantized while the parent generated with NF4."""
+    from gemmate_lib.adapters import load_adapter, reload_generations, save_adapter
     from gemmate_lib.generation import generate
-    from gemmate_lib.hub import load_adapter, reload_generations, save_adapter
     from gemmate_lib.models import load_model, load_tokenizer
     from gemmate_lib.training import attach_lora
 
@@ -73,8 +73,8 @@ def test_the_fresh_process_reload_loads_the_base_as_the_parent_did(tiny_folder, 
 def test_a_gemmate_model_trained_in_nf4_reloads_with_identical_logits(tiny_folder, tmp_path):
     """Item 3: 04's reload compared a k-bit-prepared trained model with a fresh 16-bit NF4 one."""
     from gemmate_lib.models import load_model, load_tokenizer
-    from gemmate_lib.temporal import GemmaTEForCausalLM
-    from gemmate_lib.temporal_train import attach_temporal_lora
+    from gemmate_lib.temporal.model import GemmaTEForCausalLM
+    from gemmate_lib.temporal.training import attach_temporal_lora
     from gemmate_lib.training import prepare_base
 
     cfg = course_config("temporal", device="cpu", dtype="bf16", quantization="nf4", gradient_checkpointing=True)
@@ -152,7 +152,7 @@ def test_gemma_3_never_computes_in_fp16_on_a_t4_and_gemma_1_does(monkeypatch, ti
 @pytest.mark.parametrize("params, online", [(None, False), ("params/gpu.yaml", True)])
 def test_make_course_is_offline_for_the_embedded_profile_only(tmp_path, params, online):
     """Item 6: the Makefile exported HF_HUB_OFFLINE=1 for every run, so a GPU run failed at the first download."""
-    from gemmate_lib.course import hub_environment, notebook_parameters
+    from tools.course import hub_environment, notebook_parameters
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "MAKE"))}
     spy = tmp_path / "spy.sh"
@@ -167,7 +167,7 @@ def test_make_course_is_offline_for_the_embedded_profile_only(tmp_path, params, 
 
 def test_06_keeps_the_merged_model_only_when_it_is_small():
     """Item 7: 06 wrote gemma-2b's ~5 GB merged copy into the learner's Google Drive by default."""
-    from gemmate_lib.hub import keep_merged
+    from gemmate_lib.adapters import keep_merged
 
     def model(n):
         return torch.nn.Linear(1, n, bias=False, device="meta")
@@ -245,7 +245,8 @@ def test_a_fork_changes_the_course_repository_in_one_place(tmp_path, monkeypatch
     """Item 13: every badge and install cell named the course's repository separately."""
     import shutil
 
-    from gemmate_lib import colab, fsio, timings
+    from gemmate_lib import colab, files
+    from tools import timings
 
     for path in NOTEBOOKS + [ROOT / "notebooks" / "course_timings.json"]:
         shutil.copy(path, tmp_path / path.name)
@@ -253,7 +254,7 @@ def test_a_fork_changes_the_course_repository_in_one_place(tmp_path, monkeypatch
     for path in tmp_path.glob("*.*"):
         path.rename(tmp_path / "notebooks" / path.name)
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
-    monkeypatch.setattr(fsio, "repo_root", lambda: tmp_path)
+    monkeypatch.setattr(files, "repo_root", lambda: tmp_path)
     monkeypatch.setattr(timings, "repo_root", lambda: tmp_path)
     assert timings.sync() == []  # the committed notebooks are in sync with the one setting
     monkeypatch.setattr(colab, "COURSE_REPO", "a-learner/my-fork")

@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from gemmate_lib import ModelLoadError
+from gemmate_lib.errors import ModelLoadError
 from gemmate_lib.models import count_parameters, footprint_mib, load_model, load_tokenizer, resolve_model
 
 

@@ -38,7 +38,7 @@ def test_notebook_hygiene(path):
 
 
 def test_runtimes_come_from_course_timings_json():
-    from gemmate_lib import timings
+    from tools import timings
 
     data = timings.load()
     assert sorted(data["cpu_seconds"]) == sorted(data["t4_estimate"]) == [p.stem for p in NOTEBOOKS]

@@ -30,8 +30,8 @@ def test_missing_data_file_names_the_path(tmp_path):
 
 
 def test_params_file_reaches_exactly_the_notebooks_that_declare_each_key(tmp_path):
-    from gemmate_lib.course import notebook_parameters
     from gemmate_lib.errors import ParameterError
+    from tools.course import notebook_parameters
 
     root = Path(__file__).resolve().parents[1]
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))

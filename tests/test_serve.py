@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bad_requests_are_refused_with_what_to_send(tmp_path):
     from fastapi import HTTPException
 
+    from gemmate_lib.cli.serve import check_request, served_model
     from gemmate_lib.errors import ParameterError
-    from gemmate_lib.serve import check_request, served_model
 
     check_request({"prompt": "Quote: x", "max_tokens": 40}, "prompt", ["m"])  # a good one passes
     for body, words in [({"prompt": " "}, "prompt is empty"), ({"messages": []}, "messages is empty"),
@@ -40,7 +40,7 @@ def test_gemmate_serve_answers_a_quote_with_an_author_over_http(tmp_path):
     import httpx
     from openai import BadRequestError, OpenAI
 
-    from gemmate_lib.cli import main
+    from gemmate_lib.cli.main import main
     from gemmate_lib.errors import run_cli
     from gemmate_lib.generation import STANDARD_PROMPTS
     from gemmate_lib.models import prepare_embedded

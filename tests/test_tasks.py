@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from gemmate_lib import ParameterError
+from gemmate_lib.cli.tasks import NO_ANSWER, load_task, squad_v2_scores, sst2_scores, task_of
 from gemmate_lib.config import load_config
-from gemmate_lib.tasks import NO_ANSWER, load_task, squad_v2_scores, sst2_scores, task_of
+from gemmate_lib.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
@@ -119,9 +119,11 @@ def test_use_wandb_says_how_to_install_it_and_maps_to_the_trainer(monkeypatch, t
     assert kwargs["report_to"] == "wandb" and kwargs["run_name"] == "r1" and kwargs["save_only_model"] is True
 
 
-def test_storage_needs_a_remote_path(tmp_path):
-    with pytest.raises(ParameterError, match="remote_path is not set"):
+def test_storage_is_switched_on_by_storage_backend_and_needs_a_remote_path(tmp_path):
+    with pytest.raises(ParameterError, match="storage_backend is 'none'"):
         load_config(None, {"sync_to_storage": "true", "output_dir": str(tmp_path)})
+    with pytest.raises(ParameterError, match="remote_path is not set"):
+        load_config(None, {"storage_backend": "fsspec", "sync_to_storage": "true", "output_dir": str(tmp_path)})
 
 
 @pytest.mark.parametrize("remote", ["memory://gemmate-test/run", "folder"])
@@ -130,8 +132,8 @@ def test_checkpoints_sync_to_fsspec_and_a_resume_loads_them_back(remote, tiny_fo
 
     import fsspec
 
-    from gemmate_lib.checkpoints import complete_checkpoints
-    from gemmate_lib.storage import remote_checkpoints
+    from gemmate_lib.cli.checkpoints import complete_checkpoints
+    from gemmate_lib.cli.storage import remote_checkpoints
     from gemmate_lib.training import train_from_config
 
     remote = str(tmp_path / "remote") if remote == "folder" else remote

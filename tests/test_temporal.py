@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from gemmate_lib.config import REFERENCE_MS, TemporalSettings
 from gemmate_lib.errors import DataError, ModelLoadError, ParameterError
-from gemmate_lib.temporal import (
-    REFERENCE_MS,
-    GemmaTEForCausalLM,
-    TemporalEncoder,
-    TemporalSettings,
-    signed_log_days,
-    to_milliseconds,
-)
+from gemmate_lib.temporal.model import GemmaTEForCausalLM, TemporalEncoder
+from gemmate_lib.temporal.timestamps import signed_log_days, to_milliseconds
 
 MS_2014 = 1_394_000_000_000  # 2014-03-05 06:13:20 UTC
 
@@ -77,7 +72,8 @@ def test_invalid_timestamps_raise_a_clear_error(bad, message):
 
 
 def test_bad_settings_are_rejected_by_the_encoder_and_the_config():
-    from gemmate_lib import config, course_config
+    from gemmate_lib import config
+    from gemmate_lib.config import course_config
 
     assert TemporalSettings is config.TemporalSettings  # temporal.py re-exports the config's settings
     cfg = course_config("temporal", device="cpu", dtype="fp32", temporal_scale=2.0, temporal_dim=32)
@@ -131,7 +127,7 @@ def test_per_token_timestamps_and_batch_mismatch(tiny_model, tiny_tokenizer):
 
 def test_fast_loss_forward_equals_the_models_own_loss(tiny_model, tiny_tokenizer):
     fresh_model, tokenizer = tiny_model, tiny_tokenizer
-    from gemmate_lib.temporal_data import PROMPT_END, TextDataset, collate_fn
+    from gemmate_lib.temporal.data import PROMPT_END, TextDataset, collate_fn
 
     te = _perturb(GemmaTEForCausalLM(fresh_model))
     ds = TextDataset(["Be kind.\nWritten: May 2014", "Hope is a thing with feathers\nWritten: June 2020"], tokenizer,
@@ -146,9 +142,9 @@ def test_fast_loss_forward_equals_the_models_own_loss(tiny_model, tiny_tokenizer
 
 
 def test_save_and_load_give_identical_logits_under_lora(tiny_folder, tiny_tokenizer, fp32, tmp_path):
-    from gemmate_lib import course_config
+    from gemmate_lib.config import course_config
     from gemmate_lib.models import load_model
-    from gemmate_lib.temporal_train import attach_temporal_lora
+    from gemmate_lib.temporal.training import attach_temporal_lora
 
     tokenizer = tiny_tokenizer
     cfg = course_config("temporal", device="cpu", dtype="fp32", temporal_scale=2.0, lora_dropout=0.05)
@@ -208,9 +204,9 @@ def test_generate_with_timestamps_in_nf4(tiny_folder, tiny_tokenizer, fp32):
 
 
 def test_trainer_trains_lora_and_the_projection(tiny_model, tiny_tokenizer, tmp_path):
-    from gemmate_lib import course_config
-    from gemmate_lib.temporal_data import PROMPT_END, TextDataset
-    from gemmate_lib.temporal_train import attach_temporal_lora, train_temporal
+    from gemmate_lib.config import course_config
+    from gemmate_lib.temporal.data import PROMPT_END, TextDataset
+    from gemmate_lib.temporal.training import attach_temporal_lora, train_temporal
 
     cfg = course_config("temporal", device="cpu", dtype="fp32", max_steps=3, batch_size=4, steps_freq=1)
     embeddings = tiny_model.get_input_embeddings().weight.detach().clone()
@@ -228,7 +224,7 @@ def test_trainer_trains_lora_and_the_projection(tiny_model, tiny_tokenizer, tmp_
 
 
 def test_data_files_and_dated_notes(tmp_path):
-    from gemmate_lib.temporal_data import load_jsonl, make_dated_notes, parse_date, save_jsonl
+    from gemmate_lib.temporal.data import load_jsonl, make_dated_notes, parse_date, save_jsonl
 
     notes = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=10)
     assert not set(notes.train_timestamps) & set(notes.test_timestamps)
@@ -258,7 +254,7 @@ def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder, fp32):
     import subprocess
     import sys
 
-    from gemmate_lib.temporal_data import save_jsonl
+    from gemmate_lib.temporal.data import save_jsonl
 
     data = save_jsonl(tmp_path / "notes.jsonl", [f"Note {i}\nWritten: May {2008 + i}" for i in range(12)],
                       [to_milliseconds(datetime(2008 + i, 5, 10)) for i in range(12)])
@@ -290,7 +286,7 @@ def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder, fp32):
     ([], "dataset='MISSING': no such file"),
 ])
 def test_command_bad_values_get_one_clear_line(argv, message, tmp_path, capsys):
-    from gemmate_lib.cli import main
+    from gemmate_lib.cli.main import main
     from gemmate_lib.errors import run_cli
 
     missing = str(tmp_path / "missing.jsonl")  # every case has it: the bad value must be reported before the file
@@ -304,8 +300,9 @@ def test_command_bad_values_get_one_clear_line(argv, message, tmp_path, capsys):
 
 
 def test_baselines_by_hand():
-    from gemmate_lib.temporal_data import DatedNotes, _ms
-    from gemmate_lib.temporal_train import baselines
+    from gemmate_lib.temporal.data import DatedNotes
+    from gemmate_lib.temporal.timestamps import date_ms as _ms
+    from gemmate_lib.temporal.training import baselines
 
     notes = DatedNotes(train_texts=["a", "b", "c"], train_timestamps=[_ms(2010, 3, 1), _ms(2012, 7, 1), _ms(2020, 1, 1)],
                        test_prompts=["x", "y"], test_timestamps=[_ms(2010, 3, 3), _ms(2019, 12, 30)],
@@ -317,7 +314,7 @@ def test_baselines_by_hand():
 
 
 def test_dated_notes_keep_validation_test_and_extrapolation_apart():
-    from gemmate_lib.temporal_data import PROMPT_END, date_of, make_dated_notes
+    from gemmate_lib.temporal.data import PROMPT_END, date_of, make_dated_notes
 
     notes = make_dated_notes([f"quote number {i} is here today" for i in range(60)], n_train=300, n_test=40, n_val=30,
                              n_far=24, seed=3)
@@ -335,8 +332,9 @@ def test_dated_notes_keep_validation_test_and_extrapolation_apart():
 
 
 def test_baselines_within_one_year_outside_the_training_years():
-    from gemmate_lib.temporal_data import DatedNotes, _ms
-    from gemmate_lib.temporal_train import baselines
+    from gemmate_lib.temporal.data import DatedNotes
+    from gemmate_lib.temporal.timestamps import date_ms as _ms
+    from gemmate_lib.temporal.training import baselines
 
     notes = DatedNotes(["a", "b"], [_ms(2019, 6, 1), _ms(2020, 11, 1)], [], [], [],
                        far_prompts=["x", "y", "z"], far_timestamps=[_ms(2021, 2, 1), _ms(2022, 5, 1), _ms(2025, 1, 1)],

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from gemmate_lib.temporal_tasks import (
+from gemmate_lib.temporal.tasks import (
     PYTHON_RELEASES,
     PythonQuestions,
     days_to_release,
@@ -69,7 +69,7 @@ def test_python_baselines_by_hand():
 def test_train_te_runs_04s_tasks_and_evaluates_them(task, keys, tmp_path, tiny_folder):
     import json
 
-    from gemmate_lib.cli import main
+    from gemmate_lib.cli.main import main
 
     out = tmp_path / task
     assert main(["train-te", "--temporal_task", task, "--output_dir", str(out), "--max_steps", "2",
@@ -88,7 +88,7 @@ def test_train_te_runs_04s_tasks_and_evaluates_them(task, keys, tmp_path, tiny_f
 
 
 def test_train_te_without_data_says_what_to_pass(tmp_path, capsys):
-    from gemmate_lib.cli import main
+    from gemmate_lib.cli.main import main
     from gemmate_lib.errors import run_cli
 
     assert run_cli(main, ["train-te", "--output_dir", str(tmp_path / "o")]) == 2

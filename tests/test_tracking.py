@@ -13,7 +13,7 @@ TRAIN = ["train", "--max_length", "48", "--batch_size", "4", "--steps_freq", "1"
 def test_the_command_logs_training_curves_to_tensorboard_in_the_run_folder(report_to, tmp_path, tiny_folder):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from gemmate_lib.cli import main
+    from gemmate_lib.cli.main import main
     from gemmate_lib.errors import run_cli
 
     out = tmp_path / "run"

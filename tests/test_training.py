@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from gemmate_lib import course_config
+from gemmate_lib.config import course_config
 from gemmate_lib.data import load_quotes
 from gemmate_lib.evaluation import held_out_loss
 from gemmate_lib.fast_loss import LinearCrossEntropy, causal_lm_loss

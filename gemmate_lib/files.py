@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import GemmateError, ParameterError, SaveError
+from gemmate_lib.errors import GemmateError, ParameterError, SaveError
 
 
 def repo_root(start: Path | None = None) -> Path:

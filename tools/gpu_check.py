@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from .config import course_config, gemma3_rule
-from .errors import HardwareError
-from .fsio import repo_root, save_json, show_path
-from .hardware import DTYPES, Precision
-from .training import training_kwargs
+from gemmate_lib.config import course_config, gemma3_rule
+from gemmate_lib.errors import HardwareError
+from gemmate_lib.files import repo_root, save_json, show_path
+from gemmate_lib.hardware import DTYPES, Precision
+from gemmate_lib.training import training_kwargs
 
 PARAMS = {"model_name": "embedded", "dataset": "embedded"}  # the embedded model on the GPU, with a token or without
 CARDS = {"T4 (7.5)": (7, 5), "A100 (8.0)": (8, 0)}
@@ -56,7 +56,7 @@ def dry_run(notebooks: list[Path]) -> int:
             dtype = torch.float16 if capability < (8, 0) else torch.bfloat16
             cfg = course_config(task, precision=Precision("cuda", dtype, f"{card}, dry run"), **params)
             if task == "methods":  # 07 trains several methods; its QLoRA arm is the one with the GPU profile's recipe
-                from .methods import build_methods
+                from gemmate_lib.methods import build_methods
 
                 cfg = cfg.replace(**build_methods(cfg, "dry-run", ["qlora"])["qlora"].settings)
             checks = expected(cfg, capability)
@@ -134,6 +134,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from .errors import run_cli
+    from gemmate_lib.errors import run_cli
 
     sys.exit(run_cli(main))

@@ -30,123 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import REFERENCE_MS, TemporalSettings
-from .errors import DataError, ModelLoadError, ParameterError
+from gemmate_lib.config import TemporalSettings
+from gemmate_lib.errors import DataError, ModelLoadError, ParameterError
+from gemmate_lib.temporal.timestamps import signed_log_days, to_milliseconds
 
-__all__ = ["REFERENCE_MS", "TemporalSettings", "TemporalEncoder", "GemmaTEForCausalLM", "to_milliseconds",
-           "signed_log_days"]
-DAY_MS = 86_400_000  # one day in ms: the unit inside the log
-MIN_MS = -2_208_988_800_000  # 1900-01-01T00:00:00Z: earliest accepted timestamp
-MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: latest accepted timestamp
 LOG_RANGE = 12.0  # |signed log-days| stays below ~10.6 in the accepted range; features divide by this
-
-
 FORMAT_VERSION = 2  # of gemmate_te.json: 2 adds the base model's fingerprint (checked on load)
 ENCODER_FIELDS = ("temporal_scale", "temporal_dim", "temporal_min_period", "temporal_max_period",
                   "temporal_reference_ms")  # the settings that define the features (saved with the model)
-
-
-UNITS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}  # timestamp units, as a factor to milliseconds
-PLAUSIBLE_MS = 1e11  # |ms| below this is 1966-10..1973-03: far more often seconds (or ms of a tiny number) by mistake
-
-
-def _one_to_ms(value, unit: str | None) -> tuple[float, bool]:
-    """(milliseconds, came from a bare number) for one timestamp."""
-    if value is None or isinstance(value, (bool, np.bool_)):
-        raise DataError(f"timestamp {value!r} is not a time",
-                        "give milliseconds since 1970-01-01 UTC, a datetime or an ISO-8601 string")
-    if isinstance(value, datetime):
-        if value.tzinfo is None:  # naive datetimes are read as UTC, the convention of the whole course
-            value = value.replace(tzinfo=timezone.utc)
-        return value.timestamp() * 1000.0, False
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lstrip("-").isdigit():  # "1633046400000": a number written as text
-            return _one_to_ms(int(text), unit)
-        try:
-            return _one_to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")), unit)
-        except ValueError:
-            raise DataError(f"timestamp {value!r} is not an ISO-8601 date",
-                            'write it like "2014-03-05" or "2014-03-05T12:00:00Z", or give milliseconds') from None
-    if isinstance(value, numbers.Real):
-        try:
-            return float(value) * UNITS[unit or "ms"], True
-        except OverflowError:
-            raise DataError(f"timestamp {str(value)[:30]}... is too large to be a time",
-                            "give milliseconds since 1970-01-01 UTC (13 digits for today's dates)") from None
-    kind = type(value).__name__
-    if isinstance(value, (list, tuple, dict, set, np.ndarray, torch.Tensor)):
-        problem = f"a timestamp must be one value, got a {kind}: {str(value)[:60]}"
-        fix = "give one timestamp per text (or a rectangular [batch, seq] array for per-token stamps)"
-    else:
-        problem = f"timestamp {value!r} has type {kind}"
-        fix = "give int/float milliseconds, a datetime, an ISO-8601 string, or a numpy/torch array of ms"
-    raise DataError(problem, fix)
-
-
-def _likely_unit(ms: float) -> str:
-    size = abs(ms)
-    if 1e8 <= size < PLAUSIBLE_MS:
-        return "seconds"
-    return {True: "nanoseconds", False: "microseconds"}[size >= 1e17] if size > MAX_MS else "an unknown unit"
-
-
-def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
-    """Timestamps as a float64 tensor of ms since the epoch, checked: no NaN, inf, None, bool, or out of range.
-
-    Accepts one value or a sequence / numpy array / torch tensor of them (any shape).
-    `unit` ("s", "ms", "us", "ns") says what bare numbers are; without it they are ms,
-    and numbers only plausible in another unit (|value| < 1e11, i.e. 1966-1973 in ms:
-    usually seconds) are refused with the likely unit and the fix.
-    """
-    if unit is not None and unit not in UNITS:
-        raise DataError(f"timestamp unit {unit!r} is not known", f"use one of: {', '.join(UNITS)}")
-    if isinstance(values, torch.Tensor):
-        if values.dtype == torch.bool:
-            raise DataError("timestamps are booleans", "give milliseconds since 1970-01-01 UTC")
-        if values.dtype in (torch.float16, torch.bfloat16):
-            raise DataError(f"timestamps are a {values.dtype} tensor: 16-bit floats round dates by ~99 days "
-                            "(bf16) or overflow (fp16)", "pass them as int64 or float64 (torch.tensor(ms, dtype=torch.float64))")
-        ms, numeric = values.detach().to("cpu", torch.float64) * UNITS[unit or "ms"], True
-    elif isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
-        ms, numeric = torch.from_numpy(values.astype(np.float64)) * UNITS[unit or "ms"], True
-    elif isinstance(values, (list, tuple, np.ndarray)):
-        try:
-            array = np.asarray(values, dtype=object)
-        except ValueError:
-            raise DataError("timestamps form a ragged nested list", "give one timestamp per text, or a rectangular "
-                            "[batch, seq] list for per-token stamps") from None
-        pairs = [_one_to_ms(v, unit) for v in array.ravel()]
-        ms = torch.tensor([m for m, _ in pairs], dtype=torch.float64).reshape(array.shape)
-        numeric = torch.tensor([n for _, n in pairs], dtype=torch.bool).reshape(array.shape)
-    else:
-        value, numeric = _one_to_ms(values, unit)
-        ms = torch.tensor(value, dtype=torch.float64)
-    bad = ~torch.isfinite(ms)
-    if bad.any():
-        raise DataError(f"{int(bad.sum())} timestamp(s) are NaN or infinite", "drop or fix those rows before encoding")
-    if unit is None:
-        implausible = (ms.abs() < PLAUSIBLE_MS) & torch.as_tensor(numeric)
-        if implausible.any():
-            first = float(ms[implausible].flatten()[0])
-            raise DataError(f"timestamp {first:.0f} looks like {_likely_unit(first)}, not milliseconds "
-                            f"(as ms it would be {datetime.fromtimestamp(first / 1000, timezone.utc):%Y-%m-%d})",
-                            'give milliseconds since 1970-01-01 UTC, or say the unit: unit="s" '
-                            '(the JSONL field "timestamp_unit", or --timestamp_unit s)')
-    out = (ms < MIN_MS) | (ms > MAX_MS)
-    if out.any():
-        first = float(ms[out].flatten()[0])
-        raise DataError(f"timestamp {first:.0f} ms is outside 1900-01-01..2100-01-01"
-                        + (f" (it looks like {_likely_unit(first)})" if unit is None else ""),
-                        "timestamps are milliseconds since 1970-01-01 UTC within 1900-2100; for another unit "
-                        'pass unit="s", "us" or "ns"')
-    return ms
-
-
-def signed_log_days(ms: torch.Tensor, reference_ms: int = REFERENCE_MS) -> torch.Tensor:
-    """x = sign(t - ref) * log1p(|t - ref| / 1 day): negative before the reference, positive after."""
-    rel = ms.to(torch.float64) - reference_ms
-    return torch.sign(rel) * torch.log1p(rel.abs() / DAY_MS)
 
 
 class TemporalEncoder(nn.Module):
@@ -284,7 +175,7 @@ class GemmaTEForCausalLM(nn.Module):
             if labels is not None and self.fast_loss and softcap is None and input_ids is not None:
                 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-                from .fast_loss import causal_lm_loss
+                from gemmate_lib.fast_loss import causal_lm_loss
 
                 if attention_mask is None:
                     attention_mask = torch.ones_like(input_ids)
@@ -325,8 +216,8 @@ class GemmaTEForCausalLM(nn.Module):
         """Adapter (if LoRA is attached) + temporal projection, both safetensors, + gemmate_te.json; all or nothing."""
         from safetensors.torch import save_file
 
-        from .fsio import atomic_folder
-        from .hub import base_fingerprint
+        from gemmate_lib.adapters import base_fingerprint
+        from gemmate_lib.files import atomic_folder
 
         weight = self.temporal_projection.weight.detach().to("cpu", torch.float32).contiguous()
         meta = {"format_version": FORMAT_VERSION, "base_model": getattr(self.config, "_name_or_path", None),
@@ -342,8 +233,8 @@ class GemmaTEForCausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, base_model, folder: str | Path, is_trainable: bool = False) -> "GemmaTEForCausalLM":
         """Rebuild a saved GemmaTE model on `base_model` (the same base it was trained on); one clear error otherwise."""
-        from .fsio import recover
-        from .hub import FINGERPRINT, base_fingerprint
+        from gemmate_lib.adapters import FINGERPRINT, base_fingerprint
+        from gemmate_lib.files import recover
 
         folder = recover(folder)
         meta_file = folder / "gemmate_te.json"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .errors import ParameterError
+from gemmate_lib.errors import ParameterError
 
 STEP = re.compile(r"^checkpoint-(\d+)$")
 

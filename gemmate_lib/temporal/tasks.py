@@ -11,7 +11,8 @@ import bisect
 import random
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+
+from gemmate_lib.temporal.timestamps import DAY_MS, date_ms, draw_minutes, nearest
 
 PYTHON_RELEASES = (  # (version, date of its first final release), from python.org/downloads and the release PEPs
     ("3.0", "2008-12-03"), ("3.1", "2009-06-27"), ("3.2", "2011-02-20"), ("3.3", "2012-09-29"),
@@ -21,12 +22,11 @@ PYTHON_RELEASES = (  # (version, date of its first final release), from python.o
 )
 PYTHON_END = "2026-10-01"  # 3.15 is scheduled for this day (PEP 790): later dates might have a newer answer
 QUESTION = "The newest Python 3 release is Python"  # the prompt; the model continues with " 3.12"
-DAY_MS = 86_400_000
 
 
 def _iso_ms(day: str) -> int:
-    """Midnight UTC of an ISO date, in ms."""
-    return int(datetime.fromisoformat(day).replace(tzinfo=timezone.utc).timestamp() * 1000)
+    """Midnight UTC of an ISO date like "2008-12-03", in ms."""
+    return date_ms(*(int(part) for part in day.split("-")))
 
 
 RELEASE_MS = [_iso_ms(day) for _, day in PYTHON_RELEASES]  # midnight UTC of each release day
@@ -59,17 +59,7 @@ def make_python_questions(n_train: int = 300, n_val: int = 100, n_test: int = 20
     rng = random.Random(seed)
     low, high = RELEASE_MS[0], _iso_ms(PYTHON_END)
     taken: set = set()
-
-    def draw(n: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < n:
-            ms = rng.randrange(low, high) // 60_000 * 60_000
-            if ms not in taken:
-                taken.add(ms)
-                out.append(ms)
-        return out
-
-    test, val, train = draw(n_test), draw(n_val), draw(n_train)
+    test, val, train = (draw_minutes(rng, low, high, n, taken) for n in (n_test, n_val, n_train))
     texts = [f"{QUESTION} {newest_python(ms)}" for ms in train]
     return PythonQuestions(texts, train, val, test)
 
@@ -89,7 +79,7 @@ def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked
     """
     import pandas as pd
 
-    from .generation import generate
+    from gemmate_lib.generation import generate
 
     stamps = list(timestamps)
     shown = stamps if asked_at is None else [asked_at] * len(stamps)
@@ -114,9 +104,7 @@ def python_baselines(questions: PythonQuestions, timestamps, near_days: float = 
     train = sorted(questions.train_timestamps)
     hits = near_hits = n_near = 0
     for ms, answer in zip(timestamps, truth):
-        i = bisect.bisect_left(train, ms)
-        j = min((k for k in (i - 1, i) if 0 <= k < len(train)), key=lambda k: abs(train[k] - ms))
-        ok = newest_python(train[j]) == answer
+        ok = newest_python(nearest(train, ms)) == answer
         hits += ok
         if days_to_release(ms) <= near_days:
             n_near += 1

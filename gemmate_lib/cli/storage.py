@@ -14,8 +14,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .checkpoints import STEP
-from .errors import ParameterError
+from gemmate_lib.cli.checkpoints import STEP
+from gemmate_lib.errors import ParameterError
 
 LAST = "trainer_state.json"  # written last by Trainer, uploaded last here
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ParameterError
+from gemmate_lib.errors import ParameterError
 
 MAX_TOKENS_LIMIT = 512  # the largest `max_tokens` a request may ask for (a quote and its author need ~60)
 
@@ -22,7 +22,7 @@ def served_model(run_dir: str | Path) -> Path:
 
     `gemmate train`'s output_dir has the same layout (`adapter/`), so it serves too.
     """
-    from .fsio import show_path
+    from gemmate_lib.files import show_path
 
     run_dir = Path(run_dir)
     merged, adapter = run_dir / "merged", run_dir / "adapter"
@@ -33,9 +33,9 @@ def served_model(run_dir: str | Path) -> Path:
                              "pass a run folder that 03 (or `gemmate train`'s output_dir) wrote, e.g. runs/committed")
     import json
 
-    from .hardware import pick_precision
-    from .hub import load_adapter, save_merged
-    from .models import load_model, load_tokenizer
+    from gemmate_lib.adapters import load_adapter, save_merged
+    from gemmate_lib.hardware import pick_precision
+    from gemmate_lib.models import load_model, load_tokenizer
 
     base = json.loads((adapter / "gemmate.json").read_text())["base_model"]
     precision = pick_precision()
@@ -67,7 +67,7 @@ def run_server(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, l
     from transformers.cli import serve as serve_cli
     from transformers.cli.serving import server
 
-    from .hardware import pick_precision
+    from gemmate_lib.hardware import pick_precision
 
     models = [str(f) for f in folders]
     original = server.build_server

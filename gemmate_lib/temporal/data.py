@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError
-from .temporal import to_milliseconds
+from gemmate_lib.errors import DataError
+from gemmate_lib.temporal.timestamps import date_ms, draw_minutes, to_milliseconds
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
@@ -84,7 +84,7 @@ def load_jsonl(path: str | Path, unit: str | None = None) -> tuple[list[str], li
 
     `unit` ("s", "ms", "us", "ns") says what bare numbers are; a row's own "timestamp_unit" field wins.
     """
-    from .data import read_records
+    from gemmate_lib.data import read_records
 
     texts, stamps = [], []
     name = Path(path).name
@@ -108,10 +108,6 @@ def save_jsonl(path: str | Path, texts, timestamps) -> Path:
         for text, ms in zip(texts, timestamps):
             f.write(json.dumps({"text": text, "timestamp": int(ms)}, ensure_ascii=False) + "\n")
     return path
-
-
-def _ms(year: int, month: int = 1, day: int = 1) -> int:
-    return int(datetime(year, month, day, tzinfo=timezone.utc).timestamp() * 1000)
 
 
 @dataclass
@@ -142,13 +138,8 @@ def date_of(ms: float) -> tuple[int, int]:
 
 def _even_stamps(rng: random.Random, years: list[int], n: int, taken: set) -> list[int]:
     """n whole-minute timestamps, the same number in every year, none in `taken` (which they join)."""
-    out: list[int] = []
-    while len(out) < n:
-        year = years[len(out) % len(years)]
-        ms = rng.randrange(_ms(year), _ms(year + 1)) // 60_000 * 60_000
-        if ms not in taken:
-            taken.add(ms)
-            out.append(ms)
+    out = [draw_minutes(rng, date_ms(year), date_ms(year + 1), 1, taken)[0]
+           for year in (years[i % len(years)] for i in range(n))]
     rng.shuffle(out)
     return out
 
@@ -182,12 +173,7 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, f
     test_ms = _even_stamps(rng, years, n_test, taken)
     val_ms = _even_stamps(rng, years, n_val, taken)
     far_ms = _even_stamps(rng, list(range(last_year + 1, extrapolate_to + 1)), n_far, taken) if extrapolate_to else []
-    train_ms: list[int] = []
-    while len(train_ms) < n_train:
-        ms = rng.randrange(_ms(first_year), _ms(last_year + 1)) // 60_000 * 60_000
-        if ms not in taken:
-            taken.add(ms)
-            train_ms.append(ms)
+    train_ms = draw_minutes(rng, date_ms(first_year), date_ms(last_year + 1), n_train, taken)
 
     def note(snippet: str, ms: int) -> str:
         year, month = date_of(ms)

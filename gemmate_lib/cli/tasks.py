@@ -19,7 +19,7 @@ import re
 import string
 from pathlib import Path
 
-from .errors import DataError
+from gemmate_lib.errors import DataError
 
 HUB_IDS = {"stanfordnlp/sst2": "sst2", "sst2": "sst2", "glue/sst2": "sst2", "rajpurkar/squad_v2": "squad_v2",
            "squad_v2": "squad_v2"}
@@ -35,7 +35,7 @@ def task_of(dataset: str) -> str:
         return HUB_IDS[dataset]
     path = Path(dataset)
     if path.suffix in (".jsonl", ".json", ".csv") and path.is_file():
-        from .data import read_records
+        from gemmate_lib.data import read_records
 
         columns = set(read_records(path)[0][1])
         for task, needed in SCHEMAS.items():
@@ -60,7 +60,7 @@ def prompt_and_answer(task: str, row: dict) -> tuple[str, str]:
 
 def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tokenizer=None, max_length: int | None = None):
     """Rows {prompt, answer, text, gold} split into train and held-out (data.QuoteData); bad or long rows counted."""
-    from .data import QuoteData, read_records
+    from gemmate_lib.data import QuoteData, read_records
 
     if Path(dataset).suffix in (".jsonl", ".json", ".csv"):
         records, name = read_records(dataset, SCHEMAS[task]), Path(dataset).name
@@ -95,7 +95,7 @@ def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tok
 def _hub_rows(dataset_id: str) -> list[dict]:
     from datasets import load_dataset
 
-    from .errors import hub_error
+    from gemmate_lib.errors import hub_error
 
     try:
         return load_dataset(dataset_id, split="train").to_list()
@@ -163,7 +163,7 @@ def sst2_scores(golds: list[str], predictions: list[str]) -> dict:
 
 def evaluate_task(model, tokenizer, task: str, rows: list[dict]) -> dict:
     """Greedy answers to the held-out prompts, scored by the task's metrics; with the first predictions."""
-    from .generation import generate
+    from gemmate_lib.generation import generate
 
     table = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=NEW_TOKENS[task])
     predictions = [c.strip().split("\n")[0].strip() for c in table.completion]

@@ -11,10 +11,11 @@ print one line (errors.run_cli).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from .config import OWNER, CourseConfig, load_config
+from gemmate_lib.config import GROUPS, OWNER, CourseConfig, load_config
 
 COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
             "train-te": "GemmaTE (LoRA + temporal projection) on a JSONL of {text, timestamp}",
@@ -29,9 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", help="YAML file of settings (see configs/ and gemmate_lib/config.py)")
-        for key in OWNER:
-            p.add_argument(f"--{key}", nargs="+" if key == "prompts" else None, default=None, help=argparse.SUPPRESS)
+        p.add_argument("--config", help="YAML file of settings (see configs/); flags override it")
+        for group, cls in GROUPS.items():
+            options = p.add_argument_group(f"{group} settings (a YAML key or a flag; default: the profile's)")
+            for f in dataclasses.fields(cls):
+                options.add_argument(f"--{f.name}", nargs="+" if f.name == "prompts" else None, default=None,
+                                     metavar=_metavar(f), help=_shown(f"{f.metadata['help']} [default: {_text(f.default)}]"))
         if name == "hpo":
             p.add_argument("--n_trials", type=int, default=8, help="number of trials")
             p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
@@ -46,12 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metavar(f) -> str:
+    choices = f.metadata["choices"] or ((True, False) if isinstance(f.default, bool) else None)
+    return "{" + ",".join(str(c).lower() for c in choices) + "}" if choices else f.name.split("_")[-1].upper()
+
+
+def _text(default) -> str:
+    """A default as a flag would spell it."""
+    return (",".join(default) if isinstance(default, tuple) else str(default)) or "none"
+
+
+def _shown(help_text: str) -> str:
+    return help_text.replace("%", "%%")  # argparse formats help text with %
+
+
 def config_from_args(args: argparse.Namespace) -> CourseConfig:
     """The config of a parsed command line: the YAML file, then the flags."""
     overrides = {key: getattr(args, key) for key in OWNER if getattr(args, key) is not None}
     if getattr(args, "fp16", False):
-        from .errors import HardwareError
-        from .hardware import pick_precision
+        from gemmate_lib.errors import HardwareError
+        from gemmate_lib.hardware import pick_precision
 
         if pick_precision().device != "cuda":
             raise HardwareError("--fp16 needs a CUDA GPU and none is visible", "drop --fp16 (the CPU picks bf16 or fp32)")
@@ -62,37 +80,37 @@ def config_from_args(args: argparse.Namespace) -> CourseConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run one command, print its result as JSON (rank 0 only under DDP)."""
-    from . import quiet
+    from gemmate_lib import quiet
 
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)  # every setting checked before the heavy imports and any model load
     quiet()  # before bitsandbytes is imported: its optional-kernel notice is noise
-    from .training import world
+    from gemmate_lib.training import world
     if args.command == "train":
-        from .training import train_from_config
+        from gemmate_lib.training import train_from_config
 
         result = {k: v for k, v in train_from_config(cfg).items() if k != "config"}
     elif args.command == "train-te":
-        from .temporal_train import train_temporal_from_config
+        from gemmate_lib.temporal.training import train_temporal_from_config
 
         result = {k: v for k, v in train_temporal_from_config(cfg, overwrite=args.overwrite).items() if k != "config"}
     elif args.command == "evaluate":
-        from .evaluation import evaluate_from_config
+        from gemmate_lib.evaluation import evaluate_from_config
 
         result = {m: round(v["value"], 4) for m, v in evaluate_from_config(cfg)["models"]["fine-tuned"].items()}
     elif args.command == "generate":
-        from .evaluation import generate_from_config
+        from gemmate_lib.evaluation import generate_from_config
 
         for row in generate_from_config(cfg).itertuples():
             print(f"--- {row.prompt}{row.completion}\n")
         return 0
     elif args.command == "serve":
-        from .serve import run_server, served_model
+        from gemmate_lib.cli.serve import run_server, served_model
 
         run_server([served_model(d) for d in args.run_dirs], args.host, args.port, args.max_tokens_limit)
         return 0
     else:
-        from .hpo import search
+        from gemmate_lib.cli.hpo import search
 
         result = search(cfg, args.n_trials, args.timeout)
     if world()[0] == 0:
@@ -102,14 +120,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> int:
     """Entry point of `gemmate`: main() inside the one error wrapper."""
-    from .errors import run_cli
+    from gemmate_lib.errors import run_cli
 
     return run_cli(main)
 
 
 def run_te() -> int:
     """Entry point of `gemmate-te`, the alias of `gemmate train-te`."""
-    from .errors import run_cli
+    from gemmate_lib.errors import run_cli
 
     return run_cli(main, ["train-te", *sys.argv[1:]])
 

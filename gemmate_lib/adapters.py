@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError, SaveError, TokenError
-from .fsio import atomic_folder, recover, show_path
-from .hf_token import check_token, get_token, subprocess_env
+from gemmate_lib.errors import ModelLoadError, SaveError, TokenError
+from gemmate_lib.files import atomic_folder, recover, show_path
+from gemmate_lib.hf_token import check_token, get_token, subprocess_env
 
 FINGERPRINT = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
 
@@ -78,7 +78,7 @@ def load_tuned(cfg):
     Unquantized, the adapter is merged (faster generation); on an NF4 base it stays
     unmerged, since merging into 4-bit weights re-quantizes them and can wash out the update.
     """
-    from .models import load_model, load_tokenizer
+    from gemmate_lib.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.model_name)
     model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
@@ -104,7 +104,7 @@ def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_ne
         "import json, sys\n"
         "from gemmate_lib.hardware import pick_precision\n"
         "from gemmate_lib.models import load_model, load_tokenizer\n"
-        "from gemmate_lib.hub import load_adapter\n"
+        "from gemmate_lib.adapters import load_adapter\n"
         "from gemmate_lib.generation import generate\n"
         "a = json.loads(sys.argv[1])\n"
         "tok = load_tokenizer(a['model_name'])\n"
@@ -253,7 +253,7 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
 
     Returns a one-line status for the notebook. Never prints or stores the token.
     """
-    from .errors import one_line
+    from gemmate_lib.errors import one_line
 
     problem = push_problem(repo_id)
     if problem:

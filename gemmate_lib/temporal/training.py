@@ -9,20 +9,20 @@ embeddings, while LoRA only nudges existing weights.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .config import CourseConfig
-from .temporal import GemmaTEForCausalLM
-from .temporal_data import TextDataset, collate_fn, parse_date
+from gemmate_lib.config import CourseConfig
+from gemmate_lib.temporal.data import TextDataset, collate_fn, parse_date
+from gemmate_lib.temporal.model import GemmaTEForCausalLM
+from gemmate_lib.training import TrainResult
 
 
 def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEForCausalLM:
     """LoRA on the wrapped model (once; the QLoRA recipe when quantized); the projection trains too."""
-    from .training import attach_lora
+    from gemmate_lib.training import attach_lora
 
     te.model = attach_lora(te.model, cfg, quiet=True)
     te.temporal_projection.weight.requires_grad_(True)
@@ -37,34 +37,19 @@ def two_rate_optimizer(te: GemmaTEForCausalLM, cfg: CourseConfig):
                               {"params": proj, "lr": cfg.temporal.projection_learning_rate, "weight_decay": 0.0}])
 
 
-@dataclass
-class TemporalTrainResult:
-    model: GemmaTEForCausalLM  # the trained wrapper (LoRA + projection)
-    log: object  # pandas DataFrame: step, loss, learning_rate
-    seconds: float  # wall time of trainer.train()
-    steps: int  # optimizer steps taken
-
-
 def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConfig, output_dir: str | Path,
-                   pad_token_id: int = 0) -> TemporalTrainResult:
+                   pad_token_id: int = 0) -> TrainResult:
     """Train with transformers.Trainer: timestamps flow from the dataset through collate_fn into forward."""
     from transformers import Trainer, set_seed
 
-    from .training import loss_log, training_args
+    from gemmate_lib.training import run_trainer, training_args
 
     set_seed(cfg.train.seed)
     te.fast_loss = cfg.train.fast_loss
     args = training_args(cfg, output_dir, has_eval=False, save=False, sft=False, remove_unused_columns=False)
     trainer = Trainer(model=te, args=args, train_dataset=dataset, data_collator=lambda b: collate_fn(b, pad_token_id),
                       optimizers=(two_rate_optimizer(te, cfg), None))
-    start = time.time()
-    trainer.train()
-    seconds = time.time() - start
-    # Trainer wrapped forward in a mixed-precision autocast; take it off so that the trained model
-    # computes exactly like one loaded from disk.
-    te = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    te.eval()
-    return TemporalTrainResult(te, loss_log(trainer), seconds, trainer.state.global_step)
+    return run_trainer(trainer)
 
 
 def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates, batch_size: int = 100,
@@ -75,7 +60,7 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
     """
     import pandas as pd
 
-    from .generation import generate
+    from gemmate_lib.generation import generate
 
     out = generate(te, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
                    timestamps=list(timestamps))
@@ -98,20 +83,19 @@ def baselines(notes, split: str = "test") -> dict:
     with that note's date: if it scores as well as the model, the task shows that the model
     reads time, not that it generalizes beyond it. Chance is one year of those in the split.
     """
-    import bisect
     import statistics
 
-    from .temporal_data import date_of
+    from gemmate_lib.temporal.data import date_of
+    from gemmate_lib.temporal.timestamps import DAY_MS, nearest
 
     _, timestamps, dates = notes.split(split)
     stamps = sorted(notes.train_timestamps)
     hits_year = hits_month = hits_near = 0
     gaps = []
     for ms, (year, month) in zip(timestamps, dates):
-        i = bisect.bisect_left(stamps, ms)
-        near = min((j for j in (i - 1, i) if 0 <= j < len(stamps)), key=lambda j: abs(stamps[j] - ms))
-        gaps.append(abs(stamps[near] - ms) / 86_400_000)
-        guess = date_of(stamps[near])
+        near = nearest(stamps, ms)
+        gaps.append(abs(near - ms) / DAY_MS)
+        guess = date_of(near)
         hits_year += guess[0] == year
         hits_near += abs(guess[0] - year) <= 1
         hits_month += guess == (year, month)
@@ -133,8 +117,8 @@ class CourseTask:
 
 def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> CourseTask:
     """07's "dated_notes" (train 2007-2020; test, then extrapolation to 2021-2026) or "python_releases"."""
-    from .temporal import to_milliseconds
-    from .temporal_tasks import QUESTION, make_python_questions, python_accuracy, python_baselines
+    from gemmate_lib.temporal.tasks import QUESTION, make_python_questions, python_accuracy, python_baselines
+    from gemmate_lib.temporal.timestamps import to_milliseconds
 
     if name == "python_releases":
         questions = make_python_questions(seed=seed)
@@ -148,8 +132,8 @@ def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> 
 
         return CourseTask(questions.train_texts, questions.train_timestamps, QUESTION, evaluate_python)
     if name == "dated_notes":
-        from .data import load_quotes
-        from .temporal_data import PROMPT_END, make_dated_notes
+        from gemmate_lib.data import load_quotes
+        from gemmate_lib.temporal.data import PROMPT_END, make_dated_notes
 
         quotes = load_quotes()
         notes = make_dated_notes([r["quote"] for r in quotes.train + quotes.held_out], seed=seed)
@@ -175,10 +159,10 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
     """
     import dataclasses
 
-    from .errors import ParameterError
-    from .fsio import save_json
-    from .models import load_model, load_tokenizer
-    from .temporal_data import load_jsonl
+    from gemmate_lib.errors import ParameterError
+    from gemmate_lib.files import save_json
+    from gemmate_lib.models import load_model, load_tokenizer
+    from gemmate_lib.temporal.data import load_jsonl
 
     out = Path(cfg.checkpoints.output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:

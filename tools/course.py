@@ -1,4 +1,4 @@
-"""`python -m gemmate_lib.course`: what `make course` runs.
+"""`python -m tools.course`: what `make course` runs.
 
 Prepares the embedded default, then runs every notebook in notebooks/ in order
 with papermill into one run folder runs/<timestamp>/, and writes the measured
@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from .fsio import repo_root, save_json, show_path
-from .run import get_run_dir
+from gemmate_lib.files import repo_root, save_json, show_path
+from gemmate_lib.run_folder import get_run_dir
 
 
 def execute_in_place(path: Path, run_dir: Path) -> None:
@@ -42,8 +42,8 @@ def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[
     """
     import papermill as pm
 
-    from .errors import ParameterError
-    from .fsio import read_yaml
+    from gemmate_lib.errors import ParameterError
+    from gemmate_lib.files import read_yaml
 
     if not params_file:
         return {nb.name: {} for nb in notebooks}
@@ -65,7 +65,7 @@ def hub_environment(per_notebook: dict[str, dict]) -> dict[str, str]:
     ~30 s of retries. A learner with a token on a GPU, or a params file that names a Hub
     model or dataset, gets the Hub as usual, without setting anything.
     """
-    from .config import EMBEDDED, course_config
+    from gemmate_lib.config import EMBEDDED, course_config
 
     for params in per_notebook.values():
         cfg = course_config(**{k: params.get(k) for k in ("model_name", "dataset")})
@@ -76,8 +76,8 @@ def hub_environment(per_notebook: dict[str, dict]) -> dict[str, str]:
 
 def record_timings(timings: dict[str, float]) -> None:
     """Store measured notebook times in notebooks/course_timings.json and write them into the notebooks and README."""
-    from .hardware import describe_hardware
-    from .timings import load, sync, timings_file
+    from gemmate_lib.hardware import describe_hardware
+    from tools.timings import load, sync, timings_file
 
     data = load()
     data["cpu_seconds"].update({name.removesuffix(".ipynb"): round(s) for name, s in timings.items()})
@@ -103,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="only rewrite the notebooks' runtime lines and the README table from course_timings.json")
     args = parser.parse_args(argv)
     if args.sync_runtimes:
-        from .timings import sync
+        from tools.timings import sync
 
         print("updated:", ", ".join(sync()) or "nothing (already in sync)")
         return 0
 
-    from .models import prepare_embedded
+    from gemmate_lib.models import prepare_embedded
 
     start = time.time()
     folder = prepare_embedded()
@@ -158,6 +158,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .errors import run_cli
+    from gemmate_lib.errors import run_cli
 
     sys.exit(run_cli(main))

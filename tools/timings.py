@@ -1,7 +1,7 @@
 """The course's runtimes from one source: notebooks/course_timings.json (`make notebooks` measures it).
 
 Each notebook's `**Runtime**` line (its first cell) and the README's notebook table are
-written from that file by `sync()`, which `python -m gemmate_lib.course --in-place`
+written from that file by `sync()`, which `python -m tools.course --in-place`
 (`make notebooks`) runs after measuring, and `--sync-runtimes` runs alone;
 tests/test_notebooks.py checks that they agree. CPU times are measured; T4 times are
 estimates kept by hand in the same file, because no GPU ran here.
@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from .fsio import repo_root, write_text
+from gemmate_lib.files import repo_root, write_text
 
 RUNTIME = re.compile(r"^\*\*Runtime\*\*:.*$", re.M)
 BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
@@ -65,7 +65,7 @@ def sync(data: dict | None = None) -> list[str]:
     The runtime line and the README table from `data` (default: the timings file); the
     Colab badge and the install cell from `colab.COURSE_REPO` (a fork changes it there).
     """
-    from .colab import badge, install_cell
+    from gemmate_lib.colab import badge, install_cell
 
     data = data or load()
     root, changed = repo_root(), []

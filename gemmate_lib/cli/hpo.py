@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import CourseConfig, dump_config
-from .errors import ParameterError
-from .training import train_from_config
+from gemmate_lib.config import CourseConfig, dump_config
+from gemmate_lib.errors import ParameterError
+from gemmate_lib.training import train_from_config
 
 SPACE = {  # what the search varies, and over which values
     "learning_rate": (5e-5, 1e-3),  # log-uniform

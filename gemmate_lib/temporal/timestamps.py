@@ -1,0 +1,149 @@
+"""Timestamps for GemmaTE: parse any timestamp into checked milliseconds, and the signed log-days.
+
+Taught in 07_temporal_encoding (sections 1-2). A timestamp is ms since the Unix epoch, a
+`datetime` (naive means UTC) or an ISO-8601 string; `to_milliseconds` turns one, a list or
+an array of them into a float64 tensor and refuses what cannot be a time (None, NaN, bool,
+out of 1900-2100, a number that is likely seconds) with the fix. `signed_log_days` is the
+first step of the encoding: negative before the reference day 2006-05-23, positive after.
+"""
+from __future__ import annotations
+
+import bisect
+import numbers
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from gemmate_lib.config import REFERENCE_MS
+from gemmate_lib.errors import DataError
+
+DAY_MS = 86_400_000  # one day in ms: the unit inside the log
+MIN_MS = -2_208_988_800_000  # 1900-01-01T00:00:00Z: earliest accepted timestamp
+MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: latest accepted timestamp
+
+
+UNITS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}  # timestamp units, as a factor to milliseconds
+PLAUSIBLE_MS = 1e11  # |ms| below this is 1966-10..1973-03: far more often seconds (or ms of a tiny number) by mistake
+
+
+def _one_to_ms(value, unit: str | None) -> tuple[float, bool]:
+    """(milliseconds, came from a bare number) for one timestamp."""
+    if value is None or isinstance(value, (bool, np.bool_)):
+        raise DataError(f"timestamp {value!r} is not a time",
+                        "give milliseconds since 1970-01-01 UTC, a datetime or an ISO-8601 string")
+    if isinstance(value, datetime):
+        if value.tzinfo is None:  # naive datetimes are read as UTC, the convention of the whole course
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp() * 1000.0, False
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():  # "1633046400000": a number written as text
+            return _one_to_ms(int(text), unit)
+        try:
+            return _one_to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")), unit)
+        except ValueError:
+            raise DataError(f"timestamp {value!r} is not an ISO-8601 date",
+                            'write it like "2014-03-05" or "2014-03-05T12:00:00Z", or give milliseconds') from None
+    if isinstance(value, numbers.Real):
+        try:
+            return float(value) * UNITS[unit or "ms"], True
+        except OverflowError:
+            raise DataError(f"timestamp {str(value)[:30]}... is too large to be a time",
+                            "give milliseconds since 1970-01-01 UTC (13 digits for today's dates)") from None
+    kind = type(value).__name__
+    if isinstance(value, (list, tuple, dict, set, np.ndarray, torch.Tensor)):
+        problem = f"a timestamp must be one value, got a {kind}: {str(value)[:60]}"
+        fix = "give one timestamp per text (or a rectangular [batch, seq] array for per-token stamps)"
+    else:
+        problem = f"timestamp {value!r} has type {kind}"
+        fix = "give int/float milliseconds, a datetime, an ISO-8601 string, or a numpy/torch array of ms"
+    raise DataError(problem, fix)
+
+
+def _likely_unit(ms: float) -> str:
+    size = abs(ms)
+    if 1e8 <= size < PLAUSIBLE_MS:
+        return "seconds"
+    return {True: "nanoseconds", False: "microseconds"}[size >= 1e17] if size > MAX_MS else "an unknown unit"
+
+
+def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
+    """Timestamps as a float64 tensor of ms since the epoch, checked: no NaN, inf, None, bool, or out of range.
+
+    Accepts one value or a sequence / numpy array / torch tensor of them (any shape).
+    `unit` ("s", "ms", "us", "ns") says what bare numbers are; without it they are ms,
+    and numbers only plausible in another unit (|value| < 1e11, i.e. 1966-1973 in ms:
+    usually seconds) are refused with the likely unit and the fix.
+    """
+    if unit is not None and unit not in UNITS:
+        raise DataError(f"timestamp unit {unit!r} is not known", f"use one of: {', '.join(UNITS)}")
+    if isinstance(values, torch.Tensor):
+        if values.dtype == torch.bool:
+            raise DataError("timestamps are booleans", "give milliseconds since 1970-01-01 UTC")
+        if values.dtype in (torch.float16, torch.bfloat16):
+            raise DataError(f"timestamps are a {values.dtype} tensor: 16-bit floats round dates by ~99 days "
+                            "(bf16) or overflow (fp16)", "pass them as int64 or float64 (torch.tensor(ms, dtype=torch.float64))")
+        ms, numeric = values.detach().to("cpu", torch.float64) * UNITS[unit or "ms"], True
+    elif isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        ms, numeric = torch.from_numpy(values.astype(np.float64)) * UNITS[unit or "ms"], True
+    elif isinstance(values, (list, tuple, np.ndarray)):
+        try:
+            array = np.asarray(values, dtype=object)
+        except ValueError:
+            raise DataError("timestamps form a ragged nested list", "give one timestamp per text, or a rectangular "
+                            "[batch, seq] list for per-token stamps") from None
+        pairs = [_one_to_ms(v, unit) for v in array.ravel()]
+        ms = torch.tensor([m for m, _ in pairs], dtype=torch.float64).reshape(array.shape)
+        numeric = torch.tensor([n for _, n in pairs], dtype=torch.bool).reshape(array.shape)
+    else:
+        value, numeric = _one_to_ms(values, unit)
+        ms = torch.tensor(value, dtype=torch.float64)
+    bad = ~torch.isfinite(ms)
+    if bad.any():
+        raise DataError(f"{int(bad.sum())} timestamp(s) are NaN or infinite", "drop or fix those rows before encoding")
+    if unit is None:
+        implausible = (ms.abs() < PLAUSIBLE_MS) & torch.as_tensor(numeric)
+        if implausible.any():
+            first = float(ms[implausible].flatten()[0])
+            raise DataError(f"timestamp {first:.0f} looks like {_likely_unit(first)}, not milliseconds "
+                            f"(as ms it would be {datetime.fromtimestamp(first / 1000, timezone.utc):%Y-%m-%d})",
+                            'give milliseconds since 1970-01-01 UTC, or say the unit: unit="s" '
+                            '(the JSONL field "timestamp_unit", or --timestamp_unit s)')
+    out = (ms < MIN_MS) | (ms > MAX_MS)
+    if out.any():
+        first = float(ms[out].flatten()[0])
+        raise DataError(f"timestamp {first:.0f} ms is outside 1900-01-01..2100-01-01"
+                        + (f" (it looks like {_likely_unit(first)})" if unit is None else ""),
+                        "timestamps are milliseconds since 1970-01-01 UTC within 1900-2100; for another unit "
+                        'pass unit="s", "us" or "ns"')
+    return ms
+
+
+def signed_log_days(ms: torch.Tensor, reference_ms: int = REFERENCE_MS) -> torch.Tensor:
+    """x = sign(t - ref) * log1p(|t - ref| / 1 day): negative before the reference, positive after."""
+    rel = ms.to(torch.float64) - reference_ms
+    return torch.sign(rel) * torch.log1p(rel.abs() / DAY_MS)
+
+
+def date_ms(year: int, month: int = 1, day: int = 1) -> int:
+    """Midnight UTC of a calendar day, in ms since the epoch (the unit of every GemmaTE timestamp)."""
+    return int(datetime(year, month, day, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def draw_minutes(rng, low: int, high: int, n: int, taken: set) -> list[int]:
+    """n whole-minute timestamps drawn uniformly in [low, high), none in `taken` (they join it): disjoint splits."""
+    out: list[int] = []
+    while len(out) < n:
+        ms = rng.randrange(low, high) // 60_000 * 60_000
+        if ms not in taken:
+            taken.add(ms)
+            out.append(ms)
+    return out
+
+
+def nearest(sorted_stamps: list[int], ms: float) -> int:
+    """The timestamp of `sorted_stamps` closest to `ms`: the lookup baseline of 07's tasks (ties go to the earlier)."""
+    i = bisect.bisect_left(sorted_stamps, ms)
+    return sorted_stamps[min((j for j in (i - 1, i) if 0 <= j < len(sorted_stamps)),
+                             key=lambda j: abs(sorted_stamps[j] - ms))]

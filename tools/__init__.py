@@ -1,0 +1,1 @@
+"""Maintainer tooling, outside the library: `make course` (course), `make sync` (timings), `make gpu-check`."""

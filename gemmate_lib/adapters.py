@@ -34,6 +34,22 @@ def write_base_info(model, folder: str | Path, model_name: str) -> Path:
     return path
 
 
+def read_base_info(folder: str | Path) -> dict | None:
+    """gemmate.json of a saved adapter (None when there is none); a damaged one is a ModelLoadError with the fix."""
+    path = Path(folder) / "gemmate.json"
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("base_model"), str):
+            raise ValueError("no base_model name in it")
+    except ValueError as err:
+        raise ModelLoadError(f"{show_path(path)} is damaged ({err})",
+                             "save the adapter again (03, or save_adapter), or delete gemmate.json to skip the "
+                             "base-model check") from None
+    return meta
+
+
 def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrite: bool = False) -> Path:
     """Save adapter weights (safetensors), tokenizer and gemmate.json; all or nothing (fsio.atomic_folder).
 
@@ -55,9 +71,8 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
     if not (folder / "adapter_config.json").exists():
         raise ModelLoadError(f"no adapter in {show_path(folder)}",
                              "run 03_lora_sft first with the same run_dir (it saves the adapter there)")
-    meta_file = folder / "gemmate.json"
-    if meta_file.exists():
-        meta = json.loads(meta_file.read_text())
+    meta = read_base_info(folder)
+    if meta is not None:
         here = base_fingerprint(base_model)
         differs = {k: (meta.get(k), here[k]) for k in FINGERPRINT if meta.get(k) != here[k]}
         if differs:

@@ -175,6 +175,7 @@ def _read_hub(dataset_id: str) -> list[dict]:
     return ds.to_list()
 
 
+MAX_CHARS = 1000  # without a tokenizer to count tokens: longer is a paragraph (or a broken row), not a quote
 MARKERS = ("Quote:", "Author:")  # the training template's markers: inside a field they would corrupt the format
 
 
@@ -228,9 +229,9 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
 
     `rows` are dicts or (line number, dict) pairs. Reasons: missing, wrong type, empty,
     a newline or template marker inside a field, a duplicate quote (exact, or after
-    normalize_quote), and, with a tokenizer, a formatted example longer than `max_length`
-    tokens (training would cut its `Author:` line off). Author fields holding a role after
-    the name ('Bill Gates, co-founder of Microsoft.') are trimmed to the name and counted in
+    normalize_quote), and a formatted example longer than `max_length` tokens (training
+    would cut its `Author:` line off) or, without a tokenizer, than MAX_CHARS characters.
+    Author fields holding a role after the name ('Bill Gates, co-founder of Microsoft.') are trimmed to the name and counted in
     the returned `repaired`.
     """
     kept, dropped, examples, seen, repaired = [], {}, {}, {}, {}
@@ -247,6 +248,8 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
             elif tokenizer is not None and max_length and \
                     len(tokenizer(text + (tokenizer.eos_token or ""))["input_ids"]) > max_length:
                 reason = f"too long (over max_length={max_length} tokens: the Author: line would be cut off)"
+            elif tokenizer is None and len(text) > MAX_CHARS:
+                reason = f"too long (over {MAX_CHARS} characters: a paragraph, not a quote)"
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1
             examples.setdefault(reason, f"line {where}: {repr(row)[:100]}")

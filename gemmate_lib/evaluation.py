@@ -81,7 +81,7 @@ def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int
     out: dict[str, list[tuple[float, int]]] = {part: [] for part in parts}
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
-        texts = [r["text"] + tokenizer.eos_token for r in batch]
+        texts = [r["text"] + (tokenizer.eos_token or "") for r in batch]
         enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
                         return_offsets_mapping=True)
         offsets = enc.pop("offset_mapping").tolist()

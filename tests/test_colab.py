@@ -280,7 +280,7 @@ def test_the_merge_check_moves_inputs_to_the_models_device_and_keeps_one_copy(ti
 
 
 def test_lora_on_an_unquantized_base_never_upcasts_it_even_under_the_nf4_profile(tiny_tokenizer):
-    from conftest import make_tiny_gemma
+    from tiny import make_tiny_gemma
 
     from gemmate_lib.config import course_config
     from gemmate_lib.training import attach_lora

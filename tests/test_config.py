@@ -56,7 +56,7 @@ def test_training_seed_and_data_seed_are_separate():
 
 
 def test_the_training_seed_decides_the_lora_initialization(tiny_tokenizer):
-    from conftest import make_tiny_gemma
+    from tiny import make_tiny_gemma
 
     from gemmate_lib.training import attach_lora
 

@@ -184,3 +184,13 @@ def test_a_folder_named_like_a_data_file_is_a_clear_error(tmp_path):
     (tmp_path / "x.jsonl").mkdir()
     with pytest.raises(DataError, match="is a folder, not a file"):
         load_quotes(str(tmp_path / "x.jsonl"))
+
+
+def test_a_quote_of_a_million_characters_is_dropped_even_without_a_tokenizer(tmp_path):
+    rows = [{"quote": "word " * 200_000, "author": "Someone"}]
+    rows += [{"quote": f"Quote number {i} is short.", "author": "Anon"} for i in range(5)]
+    path = tmp_path / "quotes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_quotes(str(path))  # no tokenizer: 07 reads quotes like this
+    assert len(data.train) + len(data.held_out) == 5
+    assert [n for reason, n in data.dropped.items() if "too long" in reason] == [1]

@@ -174,3 +174,17 @@ def test_several_parts_come_from_one_pass_and_prompt_tuning_counts(tiny_model, t
     with_prompt = example_nll(prompted, tiny_tokenizer, rows)
     assert [n for _, n in with_prompt] == [n for _, n in both["text"]]  # the same real tokens are scored ...
     assert with_prompt != pytest.approx(both["text"], rel=1e-3)  # ... after the virtual tokens (06's prompt tuning)
+
+
+def test_the_held_out_loss_works_with_a_tokenizer_that_has_no_eos(tiny_model, tiny_tokenizer):
+    import copy
+
+    from gemmate_lib.data import format_quote
+    from gemmate_lib.evaluation import example_nll_by_part
+
+    rows = [{"quote": "Be kind.", "text": format_quote("Be kind.", "Anon")}]
+    with_eos = example_nll_by_part(tiny_model, tiny_tokenizer, rows, ("text",), 64)["text"][0]
+    no_eos = copy.deepcopy(tiny_tokenizer)
+    no_eos.eos_token = None
+    without = example_nll_by_part(tiny_model, no_eos, rows, ("text",), 64)["text"][0]
+    assert without[1] == with_eos[1] - 1  # the same text, one predicted token fewer: no EOS to predict

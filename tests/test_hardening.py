@@ -74,7 +74,7 @@ def test_leaving_timestamps_at_now_warns_once(tiny_model, tiny_tokenizer):
 
 
 def test_loading_checks_the_base_model_and_every_file(tiny_model, tiny_tokenizer, tmp_path):
-    from conftest import make_tiny_gemma
+    from tiny import make_tiny_gemma
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     te = GemmaTEForCausalLM(tiny_model)
@@ -123,7 +123,7 @@ KILLER = """
 import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from conftest import make_tiny_gemma
+from tiny import make_tiny_gemma
 import torch
 from transformers import PreTrainedTokenizerFast
 from gemmate_lib.config import course_config
@@ -159,8 +159,8 @@ def test_a_save_killed_at_any_step_leaves_a_complete_adapter_old_or_new(step, ti
     import sys
     from pathlib import Path
 
-    from conftest import make_tiny_gemma
     from safetensors.torch import load_file
+    from tiny import make_tiny_gemma
 
     from gemmate_lib.adapters import load_adapter, save_adapter
     from gemmate_lib.config import course_config

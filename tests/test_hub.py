@@ -181,13 +181,13 @@ def test_a_failed_final_rename_keeps_the_old_adapter_complete(tiny_model, tiny_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no .partial, no .backup
     after = _weights(folder)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
-    from conftest import make_tiny_gemma
+    from tiny import make_tiny_gemma
 
     load_adapter(make_tiny_gemma(tiny_tokenizer), folder)
 
 
 def test_a_process_killed_between_the_renames_is_recovered_on_load(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
-    from conftest import make_tiny_gemma
+    from tiny import make_tiny_gemma
 
     folder = save_adapter(_perturbed(tiny_model, cpu_cfg), tiny_tokenizer, tmp_path / "adapter", "tiny")
     saved = _weights(folder)
@@ -197,3 +197,13 @@ def test_a_process_killed_between_the_renames_is_recovered_on_load(tiny_model, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
     assert all(torch.equal(_weights(folder)[k], saved[k]) for k in saved)
     assert any("lora" in n for n, _ in model.named_modules())
+
+
+def test_a_damaged_gemmate_json_is_one_clear_error(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+    from tiny import make_tiny_gemma
+
+    folder = save_adapter(attach_lora(tiny_model, cpu_cfg, quiet=True), tiny_tokenizer, tmp_path / "adapter", "tiny")
+    for damage in ('{"base_model": ', "[1, 2]"):
+        (folder / "gemmate.json").write_text(damage)
+        with pytest.raises(ModelLoadError, match="gemmate.json is damaged"):
+            load_adapter(make_tiny_gemma(tiny_tokenizer), folder)

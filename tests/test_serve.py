@@ -93,3 +93,34 @@ def test_gemmate_serve_answers_a_quote_with_an_author_over_http(tmp_path):
         assert again.choices[0].text == texts[1]  # still running, and still the same model
     finally:
         stop(proc)
+
+
+def test_a_run_folder_without_a_readable_gemmate_json_is_one_clear_error(tmp_path):
+    from gemmate_lib.cli.serve import served_model
+    from gemmate_lib.errors import ModelLoadError, ParameterError
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(ParameterError, match="no gemmate.json"):
+        served_model(tmp_path)
+    (adapter / "gemmate.json").write_text("[1, 2")
+    with pytest.raises(ModelLoadError, match="damaged"):
+        served_model(tmp_path)
+
+
+def test_the_request_checks_attach_to_the_pinned_transformers_and_a_changed_one_stops_the_server():
+    import types
+
+    from transformers.cli import serve as serve_cli
+    from transformers.cli.serving import server
+
+    from gemmate_lib.cli.serve import check_hook_point
+    from gemmate_lib.errors import HardwareError
+
+    check_hook_point(server, serve_cli)  # the pinned transformers: the checks attach where serve builds its app
+    renamed = types.SimpleNamespace(build_server=lambda manager, chat, completions: None)
+    with pytest.raises(HardwareError, match="cannot add its request checks"):
+        check_hook_point(renamed, serve_cli)
+    with pytest.raises(HardwareError, match="has no transformers.cli.serving.server.build_server"):
+        check_hook_point(types.SimpleNamespace(), serve_cli)

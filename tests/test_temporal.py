@@ -343,3 +343,35 @@ def test_baselines_within_one_year_outside_the_training_years():
     # every neighbour is 2020-11: never the right year, within one year only for 2021
     assert got["nearest_year"] == 0 and got["nearest_year_within_1"] == pytest.approx(1 / 3)
     assert got["chance_year"] == pytest.approx(1 / 3)
+
+
+def test_wrapping_the_same_model_again_keeps_one_time_hook(tiny_model, tiny_tokenizer):
+    enc = tiny_tokenizer(["one two three"], return_tensors="pt")
+    first = _perturb(GemmaTEForCausalLM(tiny_model))
+    with torch.no_grad():
+        once = first(**enc, timestamps=[MS_2014]).logits
+    for _ in range(3):  # a notebook cell run again
+        again = GemmaTEForCausalLM(tiny_model)
+        again.temporal_projection.load_state_dict(first.temporal_projection.state_dict())
+    assert len(tiny_model.get_input_embeddings()._forward_hooks) == 1
+    with torch.no_grad():
+        assert torch.equal(again(**enc, timestamps=[MS_2014]).logits, once)
+    first.unwrap()  # the old wrapper's unwrap leaves the newest one working
+    with torch.no_grad():
+        assert torch.equal(again(**enc, timestamps=[MS_2014]).logits, once)
+
+
+def test_the_fast_loss_never_drops_an_argument(tiny_model, tiny_tokenizer):
+    from gemmate_lib.temporal.data import TextDataset, collate_fn
+
+    te = _perturb(GemmaTEForCausalLM(tiny_model))
+    ds = TextDataset(["Be kind.\nWritten: May 2014", "Hope is a thing with feathers"], tiny_tokenizer,
+                     [MS_2014, "2020-06-10"])
+    batch = collate_fn([ds[0], ds[1]], tiny_tokenizer.pad_token_id)
+    same_place = torch.zeros_like(batch["input_ids"])  # every token at position 0: a different loss
+    with torch.no_grad():
+        reference = te(**batch, position_ids=same_place).loss
+        te.fast_loss = True
+        fast = te(**batch, position_ids=same_place).loss
+        plain = te(**batch).loss
+    assert torch.allclose(fast, reference, rtol=1e-6, atol=0) and not torch.allclose(fast, plain, rtol=1e-6, atol=0)

@@ -95,3 +95,18 @@ def test_train_te_without_data_says_what_to_pass(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dataset='embedded' is the quotes, which have no timestamps" in err and "--temporal_task dated_notes" in err
     assert "Traceback" not in err
+
+
+def test_metrics_with_no_date_near_a_release_are_none_and_valid_json(tiny_model, tiny_tokenizer):
+    import json
+
+    from gemmate_lib.temporal.model import GemmaTEForCausalLM
+    from gemmate_lib.temporal.tasks import python_accuracy
+
+    questions = make_python_questions(n_train=20, n_val=0, n_test=0)
+    far = [ms("2013-06-01T00:00:00"), ms("2017-06-01T00:00:00")]  # months from any release day
+    _, metrics = python_accuracy(GemmaTEForCausalLM(tiny_model), tiny_tokenizer, questions, far, near_days=5)
+    baselines = python_baselines(questions, far, near_days=5)
+    assert metrics["n_near_release"] == 0 and metrics["accuracy_near_release"] is None
+    assert baselines["nearest_near_release"] is None
+    json.dumps({"metrics": metrics, "baselines": baselines}, allow_nan=False)  # NaN would not be valid JSON

@@ -31,13 +31,15 @@ def served_model(run_dir: str | Path) -> Path:
     if not (adapter / "adapter_config.json").is_file():
         raise ParameterError(f"{show_path(run_dir)} has neither merged/ nor adapter/",
                              "pass a run folder that 03 (or `gemmate train`'s output_dir) wrote, e.g. runs/committed")
-    import json
-
-    from gemmate_lib.adapters import load_adapter, save_merged
+    from gemmate_lib.adapters import load_adapter, read_base_info, save_merged
     from gemmate_lib.hardware import pick_precision
     from gemmate_lib.models import load_model, load_tokenizer
 
-    base = json.loads((adapter / "gemmate.json").read_text())["base_model"]
+    meta = read_base_info(adapter)
+    if meta is None:
+        raise ParameterError(f"{show_path(adapter)} has no gemmate.json, so the base model to merge into is unknown",
+                             "save the adapter with save_adapter (03 does), or merge it yourself into merged/")
+    base = meta["base_model"]
     precision = pick_precision()
     model = load_adapter(load_model(base, precision), adapter).merge_and_unload()
     print(f"merged {show_path(adapter)} into {base} -> {show_path(merged)}", flush=True)
@@ -62,6 +64,43 @@ def check_request(body: dict, field: str, models: list[str], limit: int = MAX_TO
         raise HTTPException(400, detail=f"model {body.get('model')!r} is not served here; use one of: {', '.join(models)}")
 
 
+HOOK = ("model_manager", "chat_handler", "completion_handler")  # build_server's first parameters, in order
+
+
+def check_hook_point(server, serve_cli) -> None:
+    """The request checks attach where transformers serve builds its app; a changed transformers fails here, loudly.
+
+    `build_server` is transformers' internal builder of the FastAPI app (not a public API):
+    `Serve` imports it from its module when it starts, and the completion and chat handlers
+    have `handle_request`. If an upgrade changes any of that, the checks would silently
+    not run, so the server does not start.
+    """
+    import inspect
+
+    from gemmate_lib.errors import HardwareError
+
+    problem = None
+    build = getattr(server, "build_server", None)
+    if build is None:
+        problem = "has no transformers.cli.serving.server.build_server"
+    elif tuple(inspect.signature(build).parameters)[:3] != HOOK:
+        problem = f"build_server's parameters are {tuple(inspect.signature(build).parameters)[:3]}, not {HOOK}"
+    elif "from .serving.server import build_server" not in inspect.getsource(serve_cli.Serve):
+        problem = "Serve no longer imports build_server when it starts"
+    else:
+        from transformers.cli.serving import chat_completion, completion
+
+        if not (hasattr(completion.CompletionHandler, "handle_request")
+                and hasattr(chat_completion.ChatCompletionHandler, "handle_request")):
+            problem = "its completion or chat handler has no handle_request"
+    if problem:
+        import transformers
+
+        raise HardwareError(f"transformers {transformers.__version__} {problem}, so gemmate serve cannot add its "
+                            "request checks", "install the pinned transformers (make install), or run "
+                            "`transformers serve` yourself, without the checks")
+
+
 def run_server(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, limit: int = MAX_TOKENS_LIMIT) -> None:
     """Start transformers' server with the request checks; blocks until stopped (Ctrl-C)."""
     from transformers.cli import serve as serve_cli
@@ -69,6 +108,7 @@ def run_server(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, l
 
     from gemmate_lib.hardware import pick_precision
 
+    check_hook_point(server, serve_cli)
     models = [str(f) for f in folders]
     original = server.build_server
 

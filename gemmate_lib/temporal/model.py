@@ -95,7 +95,10 @@ class GemmaTEForCausalLM(nn.Module):
         self._warned_now = False  # the "no timestamps: now" warning is given once
         self.timestamp_unit = None  # what bare numbers in `timestamps` are ("s", "ms", "us", "ns"); None: ms
         self.fast_loss = False  # forward(labels=...) returns only the loss, LM head on labelled tokens (training)
-        self._hook = embeddings.register_forward_hook(self._add_time)
+        previous = getattr(embeddings, "_gemmate_te_hook", None)
+        if previous is not None:  # wrapped before: the newest wrapper owns the embedding, time is added once
+            previous.remove()
+        self._hook = embeddings._gemmate_te_hook = embeddings.register_forward_hook(self._add_time)
         self.train(model.training)  # follow the wrapped model: eval() after loading, so no dropout
 
     # --- plumbing that Trainer and PEFT look for -------------------------------------------
@@ -121,6 +124,9 @@ class GemmaTEForCausalLM(nn.Module):
     def unwrap(self):
         """Remove the embedding hook and return the wrapped model (time is no longer added)."""
         self._hook.remove()
+        embeddings = self.model.get_input_embeddings()
+        if getattr(embeddings, "_gemmate_te_hook", None) is self._hook:
+            embeddings._gemmate_te_hook = None
         return self.model
 
     # --- the time signal -------------------------------------------------------------------
@@ -172,7 +178,8 @@ class GemmaTEForCausalLM(nn.Module):
         num_items = kwargs.pop("num_items_in_batch", None)
         with self.use_timestamps(timestamps, batch):
             softcap = getattr(self.config, "final_logit_softcapping", None)
-            if labels is not None and self.fast_loss and softcap is None and input_ids is not None:
+            # The fast loss takes ids, mask and labels only; any other argument goes to the model's own forward.
+            if labels is not None and self.fast_loss and softcap is None and input_ids is not None and not kwargs:
                 from transformers.modeling_outputs import CausalLMOutputWithPast
 
                 from gemmate_lib.fast_loss import causal_lm_loss

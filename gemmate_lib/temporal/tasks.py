@@ -70,6 +70,11 @@ def parse_version(completion: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _share(hits) -> float | None:
+    """The share of True in `hits`; None for no rows (NaN would not be valid JSON in the metrics file)."""
+    return float(hits.mean()) if len(hits) else None
+
+
 def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked_at=None, near_days: float = 60.0,
                     batch_size: int = 100):
     """Greedy answers at `timestamps` (or all at one `asked_at` time); (table, metrics).
@@ -90,8 +95,8 @@ def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked
                           "days_to_release": [days_to_release(ms) for ms in stamps]})
     table["ok"] = table.answer == table.truth
     near = table.days_to_release <= near_days
-    metrics = {"accuracy": float(table.ok.mean()), "accuracy_near_release": float(table.ok[near].mean()),
-               "accuracy_far_from_release": float(table.ok[~near].mean()), "n_near_release": int(near.sum()),
+    metrics = {"accuracy": _share(table.ok), "accuracy_near_release": _share(table.ok[near]),
+               "accuracy_far_from_release": _share(table.ok[~near]), "n_near_release": int(near.sum()),
                "n": len(table)}
     return table, metrics
 
@@ -111,5 +116,5 @@ def python_baselines(questions: PythonQuestions, timestamps, near_days: float = 
             near_hits += ok
     majority, count = Counter(truth).most_common(1)[0]
     return {"chance": 1 / len(PYTHON_RELEASES), "majority_answer": majority, "majority_share": count / len(truth),
-            "nearest": hits / len(truth), "nearest_near_release": near_hits / max(n_near, 1)}
+            "nearest": hits / len(truth), "nearest_near_release": near_hits / n_near if n_near else None}
 

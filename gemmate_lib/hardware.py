@@ -29,10 +29,10 @@ class Precision:
         return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[self.dtype]
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has AVX512_BF16 or AMX instructions (fast bf16 matmuls)."""
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True when the CPU has AVX512_BF16 or AMX instructions (fast bf16 matmuls); False where it cannot tell."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = Path(cpuinfo).read_text()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

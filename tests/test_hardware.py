@@ -14,9 +14,13 @@ def test_cpu_precision_follows_native_bf16(monkeypatch):
     assert hardware.pick_precision("cpu").dtype == torch.bfloat16
 
 
-def test_native_bf16_detection_reads_cpu_flags():
-    flags = open("/proc/cpuinfo").read()
-    assert hardware.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
+                                           ("fpu amx_bf16 amx_tile", True), (None, False)])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    if flags is not None:  # None: no /proc/cpuinfo (macOS, Windows)
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert hardware.cpu_has_native_bf16(cpuinfo) is native
 
 
 def test_dtype_override_and_unknown_dtype():

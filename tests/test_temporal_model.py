@@ -17,6 +17,7 @@ from gemmate_lib.errors import DataError, ModelLoadError, ParameterError
 from gemmate_lib.temporal.model import GemmaTEForCausalLM, TemporalEncoder
 from gemmate_lib.temporal.timestamps import signed_log_days, to_milliseconds
 
+MS_2021 = 1_633_046_400_000  # 2021-10-01T00:00:00Z
 MS_2014 = 1_394_000_000_000  # 2014-03-05 06:13:20 UTC
 
 
@@ -72,10 +73,8 @@ def test_invalid_timestamps_raise_a_clear_error(bad, message):
 
 
 def test_bad_settings_are_rejected_by_the_encoder_and_the_config():
-    from gemmate_lib import config
     from gemmate_lib.config import course_config
 
-    assert TemporalSettings is config.TemporalSettings  # temporal.py re-exports the config's settings
     cfg = course_config("temporal", device="cpu", dtype="fp32", temporal_scale=2.0, temporal_dim=32)
     assert isinstance(cfg.temporal, TemporalSettings) and TemporalEncoder(cfg.temporal)(MS_2014).shape == (32,)
     with pytest.raises(ParameterError, match="even"):
@@ -375,3 +374,61 @@ def test_the_fast_loss_never_drops_an_argument(tiny_model, tiny_tokenizer):
         fast = te(**batch, position_ids=same_place).loss
         plain = te(**batch).loss
     assert torch.allclose(fast, reference, rtol=1e-6, atol=0) and not torch.allclose(fast, plain, rtol=1e-6, atol=0)
+
+
+# --- bad input and a wrong base: one clear line each, nothing lost --------------------------------
+def test_casting_the_wrapper_to_16_bits_keeps_the_encoder_in_float64(tiny_model):
+    te = GemmaTEForCausalLM(tiny_model)
+    before = te.encoder([MS_2021, MS_2021 + 86_400_000])
+    te.to(torch.bfloat16)
+    te.half()
+    after = te.encoder([MS_2021, MS_2021 + 86_400_000])
+    assert te.encoder.frequencies.dtype.name == "float64" and torch.equal(before, after)
+
+
+def test_per_token_timestamps_of_the_wrong_length_are_refused(tiny_model, tiny_tokenizer):
+    te = GemmaTEForCausalLM(tiny_model)
+    enc = tiny_tokenizer(["one two three four"], return_tensors="pt")
+    n = enc["input_ids"].shape[1]
+    with pytest.raises(DataError, match=f"per-token timestamps for {n - 1} positions, but the sequence has {n}"):
+        te(**enc, timestamps=[[MS_2021] * (n - 1)])
+    out = te.generate(**enc, timestamps=[[MS_2021] * n], max_new_tokens=3, do_sample=False)  # decoding steps: last stamp
+    assert out.shape[1] == n + 3
+
+
+def test_leaving_timestamps_at_now_warns_once(tiny_model, tiny_tokenizer):
+    te = GemmaTEForCausalLM(tiny_model)
+    enc = tiny_tokenizer(["one two"], return_tensors="pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        te(**enc)
+        te(**enc)
+    assert [str(w.message) for w in caught if "no timestamps" in str(w.message)] == [
+        "GemmaTE got no timestamps: using the current time for every sequence (pass timestamps=... to say when each "
+        "text was written)"]
+
+
+def test_loading_checks_the_base_model_and_every_file(tiny_model, tiny_tokenizer, tmp_path):
+    from tiny import make_tiny_gemma
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    te = GemmaTEForCausalLM(tiny_model)
+    folder = te.save_pretrained(tmp_path / "te")
+    meta = json.loads((folder / "gemmate_te.json").read_text())
+    assert meta["format_version"] == 2 and meta["vocab_size"] == len(tiny_tokenizer)
+    assert meta["settings"]["temporal_dim"] == 64
+    other = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=500, hidden_size=64, intermediate_size=128,
+                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                               head_dim=16))  # same hidden size, another base
+    with pytest.raises(ModelLoadError, match="vocab_size: saved .* vs 500"):
+        GemmaTEForCausalLM.from_pretrained(other, folder)
+    (folder / "gemmate_te.json").write_text(json.dumps({**meta, "settings": {**meta["settings"], "temporal_dim": 32}}))
+    with pytest.raises(ModelLoadError, match="holds a \\(64, 64\\) projection"):
+        GemmaTEForCausalLM.from_pretrained(make_tiny_gemma(tiny_tokenizer), folder)
+    (folder / "gemmate_te.json").write_text(json.dumps(meta))
+    (folder / "temporal.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="could not load the GemmaTE model"):
+        GemmaTEForCausalLM.from_pretrained(make_tiny_gemma(tiny_tokenizer), folder)
+    (folder / "gemmate_te.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="is damaged"):
+        GemmaTEForCausalLM.from_pretrained(make_tiny_gemma(tiny_tokenizer), folder)

@@ -9,7 +9,7 @@ The lessons' core, one concern per module (each docstring names the notebook tha
 - results: evaluation, stats, plots, adapters (save, load, merge, push), files (atomic writes),
   run_folder (the run folder and its manifest);
 - temporal/: GemmaTE (07): timestamps, model, data, tasks, training;
-- cli/: the `gemmate` command and its CLI-only features (checkpoints, storage, SST-2/SQuAD v2 tasks, hpo, serve).
+- cli/: the `gemmate` command and its CLI-only features (train, checkpoints, storage, SST-2/SQuAD v2 tasks, hpo, serve).
 Maintainer tooling (running and syncing notebooks, the GPU check) lives outside, in tools/.
 Importing it changes nothing global; notebooks call `quiet()`.
 """

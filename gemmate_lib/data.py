@@ -159,7 +159,8 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
     return rows
 
 
-def _read_hub(dataset_id: str) -> list[dict]:
+def read_hub(dataset_id: str, required: tuple[str, ...] = REQUIRED) -> list[dict]:
+    """The train split of a Hub dataset as rows; a Hub failure or a missing column is one clear error."""
     from datasets import load_dataset  # imported here: slow, and not needed offline
 
     from gemmate_lib.errors import hub_error  # shared mapping of Hub failures to clear errors
@@ -168,11 +169,19 @@ def _read_hub(dataset_id: str) -> list[dict]:
         ds = load_dataset(dataset_id, split="train")
     except Exception as err:  # noqa: BLE001 - mapped to one clear message below
         raise hub_error(dataset_id, err, kind="dataset") from err
-    missing = [c for c in REQUIRED if c not in ds.column_names]
+    missing = [c for c in required if c not in ds.column_names]
     if missing:
         raise DataError(f"dataset {dataset_id!r} has no column {', '.join(missing)} (it has {ds.column_names})",
-                        "use a dataset with `quote` and `author` columns, like Abirate/english_quotes")
+                        f"use a dataset with the columns {', '.join(required)}")
     return ds.to_list()
+
+
+def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held_out): a seeded shuffle, at least one row on each side, each side in the original order."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_held = min(max(1, round(len(rows) * eval_fraction)), len(rows) - 1)
+    return [rows[i] for i in sorted(order[n_held:])], [rows[i] for i in sorted(order[:n_held])]
 
 
 MAX_CHARS = 1000  # without a tokenizer to count tokens: longer is a paragraph (or a broken row), not a quote
@@ -275,17 +284,13 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
     elif dataset.endswith((".jsonl", ".csv", ".json")) or Path(dataset).exists():
         rows, name = read_records(dataset, REQUIRED), Path(dataset).name
     else:
-        rows, name = _read_hub(dataset), dataset
+        rows, name = read_hub(dataset), dataset
     kept, dropped, examples, repaired = clean_rows(rows, tokenizer, max_length)
     if len(kept) < 2:
         detail = "; ".join(f"{n} {reason} (e.g. {examples[reason]})" for reason, n in dropped.items())
         raise DataError(f"{name} has {len(kept)} usable row(s) after dropping {sum(dropped.values())}: {detail}",
                         "every row needs a distinct, one-line `quote` and an `author`; at least 2 rows are needed")
-    order = list(range(len(kept)))
-    random.Random(data_seed).shuffle(order)
-    n_held = min(max(1, round(len(kept) * eval_fraction)), len(kept) - 1)
-    held = [kept[i] for i in sorted(order[:n_held])]
-    train = [kept[i] for i in sorted(order[n_held:])]
+    train, held = split_rows(kept, eval_fraction, data_seed)
     return QuoteData(train=train, held_out=held, source=name, dropped=dropped, examples_dropped=examples, repaired=repaired)
 
 
@@ -294,7 +299,7 @@ def to_dataset(rows: list[dict], tokenizer=None, completion_only: bool = False):
 
     Tokenized here, as SFTTrainer would (text + EOS, the tokenizer's own BOS), because
     SFTTrainer's own tokenizing `map` makes `datasets` fingerprint the tokenizer by
-    pickling its 262k-entry vocabulary: measured 27 s of a 37 s two-step run on this CPU.
+    pickling its 262k-entry vocabulary, which dominates a short CPU run (benchmarks/sft_throughput.py).
     `completion_only` adds TRL's `completion_mask` column (1 on the tokens after
     quote_prompt), which SFTTrainer turns into labels when `completion_only_loss=True`.
     """

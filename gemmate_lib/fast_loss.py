@@ -1,7 +1,7 @@
 """Cross-entropy through Gemma's 262k-token LM head, only where it counts.
 
 Taught in 03_lora_sft ("look inside" cell), used by every method of 06_compare_methods,
-and measured in benchmarks/sft_throughput.py. The LM head of Gemma 3 270M is ~60% of a
+and measured in benchmarks/sft_throughput.py. The LM head of Gemma 3 270M is most of a
 LoRA step's FLOPs, and full logits for 1k tokens take ~1 GB in fp32. Three savings, all exact:
 
 1. Only positions with a label (not padding, not a masked prompt) go through the LM head.
@@ -9,11 +9,11 @@ LoRA step's FLOPs, and full logits for 1k tokens take ~1 GB in fp32. Three savin
    hidden states always, the one for the head weight only when it trains (full
    fine-tuning; LoRA and the prompt methods leave it frozen). Never more than one chunk of
    logits is in memory, and that chunk's buffer is reused and turned into the softmax in
-   place: fresh 256 MiB tensors per chunk cost as much as the arithmetic on a CPU.
+   place: on a CPU, allocating fresh logits for every chunk costs as much as the arithmetic.
 3. The model's own forward runs with `logits_to_keep` set to no position at all (an empty
    index), so its head computes nothing; the decoder's output is taken with a hook. (With
-   `logits_to_keep=1` the head's one position per row still cost 0.1-0.2 s per step on a
-   CPU, a batched product reading the 671 MB head once per row: 11% of a 07 training step.)
+   `logits_to_keep=1` the head would still run once per row, reading the whole head matrix
+   each time: `make bench-head` prints what that costs.)
    Whatever the adapter does inside forward (LoRA, IA3, virtual tokens of prompt tuning,
    the cache of prefix tuning, GemmaTE's time) is therefore included, and the loss is the
    same for every method.
@@ -28,9 +28,9 @@ CHUNK_TOKENS = 256  # tokens per chunk: 256 x 262144 fp32 logits = 256 MiB at a 
 def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, probs: bool):
     """Yield (start, rows, targets, per-token NLL, logits buffer) chunk by chunk, through one reused buffer.
 
-    The buffer is laid out vocabulary-major, [vocab, rows]: with MKL on a 2-core CPU the
-    softmax and gradient of a chunk took 0.78-0.88x the time of the rows-major layout at
-    160-256 rows, the same at 56 (`make bench-head`). With `probs` the buffer holds the
+    The buffer is laid out vocabulary-major, [vocab, rows]: the softmax and gradient then
+    read memory in the order MKL's CPU kernels write it, which is faster for chunks of a
+    few hundred rows (`make bench-head` compares both layouts). With `probs` the buffer holds the
     chunk's softmax (computed in place, over dim 0) when yielded.
     """
     acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 (or fp64)

@@ -95,7 +95,7 @@ def full_finetuning_gib(n_params: int) -> float:
 
     Per weight: the weight and its gradient (4 bytes each in fp32; under fp16 mixed
     precision the trainer keeps fp32 weights too, as its grad scaler requires), and AdamW's
-    two fp32 moments (8 bytes): 16 bytes. google/gemma-2b (2.5 B weights): ~40 GiB.
+    two fp32 moments (8 bytes): 16 bytes. google/gemma-2b (2.5 B weights): ~37 GiB.
     """
     return n_params * 16 / 2**30
 

@@ -5,7 +5,7 @@ Taught in 03_lora_sft; its CPU defaults are measured in benchmarks/sft_throughpu
 GemmaTE, the `TrainingArguments`) from the course's config, for every caller: the
 notebooks' library path, `gemmate train` / `train-te` / `hpo`, the benchmark and
 GemmaTE (07), which passes only its extras. `attach_lora` is safe to run twice;
-`train_lora` runs the trainer for a notebook; `train_from_config` is `gemmate train`.
+`train_lora` runs the trainer for a notebook; `gemmate train` is cli/train.py.
 """
 from __future__ import annotations
 
@@ -251,75 +251,3 @@ def trainable_digest(model) -> str:
             digest.update(name.encode())
             digest.update(p.detach().to("cpu").float().numpy().tobytes())
     return digest.hexdigest()
-
-
-def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
-    """`gemmate train`: LoRA on quotes, SST-2 or SQuAD v2 (tasks.py) under the checkpoint policy; writes train_metrics.json."""
-    from transformers import EarlyStoppingCallback
-
-    from gemmate_lib.adapters import save_adapter
-    from gemmate_lib.cli.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint
-    from gemmate_lib.cli.storage import StorageSync, download
-    from gemmate_lib.cli.tasks import evaluate_task, load_task, task_of
-    from gemmate_lib.data import load_quotes
-    from gemmate_lib.files import save_json
-    from gemmate_lib.models import load_model, load_tokenizer
-
-    rank, world_size = world()
-    c = cfg.checkpoints
-    out = Path(c.output_dir)
-    if c.resume_from_checkpoint and c.load_from_storage and rank == 0:
-        fetched = download(c.remote_path, out)
-        print(f"downloaded {len(fetched)} checkpoint(s) from {c.remote_path}", flush=True)
-    resume = resume_checkpoint(out, c.resume_option, c.checkpoint_path, c.checkpoint_metric,
-                               c.checkpoint_metric_mode) if c.resume_from_checkpoint else None
-    _wandb_environment(cfg)
-    tokenizer = load_tokenizer(cfg.model.model_name)
-    task = task_of(cfg.data.dataset)
-    load = load_quotes if task == "quotes" else lambda *a: load_task(task, *a)
-    data = load(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer, cfg.train.max_length)
-    if rank == 0:
-        print(data.report(), flush=True)
-    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
-    model = attach_lora(model, cfg)
-    callbacks = [CheckpointPolicy(out, c.keep_last_n, c.keep_best_n, c.checkpoint_metric, c.checkpoint_metric_mode)]
-    if c.sync_to_storage:
-        callbacks.append(StorageSync(out, c.remote_path))
-    if c.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=c.early_stopping_patience))
-    trainer = sft_trainer(model, tokenizer, data.train, data.held_out, cfg, out,
-                          save=None if save_checkpoints else False, callbacks=callbacks)
-    result = run_trainer(trainer, str(resume) if resume else None)
-    seconds, log = result.seconds, result.log
-    digest = trainable_digest(trainer.model)
-    save_json(_mkdir(out / "ranks") / f"rank{rank}.json", {"rank": rank, "world_size": world_size, "digest": digest,
-                                                           "step": trainer.state.global_step})
-    last = {col: float(log[col].dropna().iloc[-1]) if col in log and log[col].notna().any() else None
-            for col in ("loss", "eval_loss")}
-    metrics = {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "world_size": world_size,
-               "resumed_from": resume.name if resume else None, "trainable_digest": digest,
-               "final_loss": last["loss"], "final_eval_loss": last["eval_loss"],
-               "checkpoints_kept": [p.name for p in complete_checkpoints(out).values()], "config": cfg.flat()}
-    if task != "quotes":
-        metrics["task"] = task
-        metrics["task_metrics"] = evaluate_task(trainer.model, tokenizer, task, data.held_out)
-    if rank == 0:
-        save_adapter(trainer.model, tokenizer, out / "adapter", cfg.model.model_name, overwrite=True)
-        save_json(out / "train_metrics.json", metrics)
-    return metrics
-
-
-def _wandb_environment(cfg: CourseConfig) -> None:
-    """use_wandb: Weights & Biases logs offline into output_dir (`wandb sync` uploads later), with project and tags."""
-    t = cfg.train
-    if t.use_wandb:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ["WANDB_PROJECT"] = t.wandb_project
-        os.environ["WANDB_DIR"] = str(Path(cfg.checkpoints.output_dir).absolute())
-        if t.wandb_tags:
-            os.environ["WANDB_TAGS"] = ",".join(t.wandb_tags)
-
-
-def _mkdir(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

@@ -86,7 +86,7 @@ def test_a_malformed_task_row_is_counted_not_a_crash(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("task, max_length, held_out", [("sst2", 64, 4), ("squad_v2", 128, 3)])
 def test_a_cpu_run_of_each_task_on_the_embedded_model(task, max_length, held_out, tmp_path):
-    from gemmate_lib.training import train_from_config
+    from gemmate_lib.cli.train import train_from_config
 
     fixture = FIX / ("sst2.jsonl" if task == "sst2" else "squad_v2.jsonl")
     cfg = load_config(CONFIGS[task], {"dataset": str(fixture), "model_name": "embedded", "max_steps": "2",
@@ -134,7 +134,7 @@ def test_checkpoints_sync_to_fsspec_and_a_resume_loads_them_back(remote, tiny_fo
 
     from gemmate_lib.cli.checkpoints import complete_checkpoints
     from gemmate_lib.cli.storage import remote_checkpoints
-    from gemmate_lib.training import train_from_config
+    from gemmate_lib.cli.train import train_from_config
 
     remote = str(tmp_path / "remote") if remote == "folder" else remote
     out = tmp_path / "run"

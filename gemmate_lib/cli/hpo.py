@@ -1,7 +1,7 @@
 """`gemmate hpo`: a small Optuna search over learning rate, LoRA r / alpha / dropout and batch size.
 
 Taught in docs/command-line.md. Each trial is a short `gemmate train` (no
-checkpoints, training.train_from_config) in output_dir/trials/trial-<n>, scored by its
+checkpoints, cli.train.train_from_config) in output_dir/trials/trial-<n>, scored by its
 final held-out loss. The search writes hpo_results.csv (one row per trial) and
 best_config.yaml, which `gemmate train --config best_config.yaml` takes as it is.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from gemmate_lib.cli.train import train_from_config
 from gemmate_lib.config import CourseConfig, dump_config
 from gemmate_lib.errors import ParameterError
-from gemmate_lib.training import train_from_config
 
 SPACE = {  # what the search varies, and over which values
     "learning_rate": (5e-5, 1e-3),  # log-uniform

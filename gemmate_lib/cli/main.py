@@ -5,7 +5,7 @@ a YAML file (`--config configs/cpu-quick.yaml`, keys in config.py) and `--key va
 flags that override it. `train` keeps checkpoints by policy and resumes
 (checkpoints.py; run it under `accelerate launch` for DDP); `train-te` trains GemmaTE
 with the GemmaTE guide's options (`gemmate-te` is an alias). This module only parses
-arguments; the work is done by the library (training.train_from_config, ...). Errors
+arguments; the work is done by the library (cli.train.train_from_config, ...). Errors
 print one line (errors.run_cli).
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet()  # before bitsandbytes is imported: its optional-kernel notice is noise
     from gemmate_lib.training import world
     if args.command == "train":
-        from gemmate_lib.training import train_from_config
+        from gemmate_lib.cli.train import train_from_config
 
         result = {k: v for k, v in train_from_config(cfg).items() if k != "config"}
     elif args.command == "train-te":

@@ -14,7 +14,6 @@ Training uses the completion-only loss (the answer), like 03 section 5 explains.
 from __future__ import annotations
 
 import collections
-import random
 import re
 import string
 from pathlib import Path
@@ -60,12 +59,12 @@ def prompt_and_answer(task: str, row: dict) -> tuple[str, str]:
 
 def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tokenizer=None, max_length: int | None = None):
     """Rows {prompt, answer, text, gold} split into train and held-out (data.QuoteData); bad or long rows counted."""
-    from gemmate_lib.data import QuoteData, read_records
+    from gemmate_lib.data import QuoteData, read_hub, read_records, split_rows
 
     if Path(dataset).suffix in (".jsonl", ".json", ".csv"):
         records, name = read_records(dataset, SCHEMAS[task]), Path(dataset).name
     else:
-        records, name = list(enumerate(_hub_rows(dataset), 1)), dataset
+        records, name = list(enumerate(read_hub(dataset, SCHEMAS[task]), 1)), dataset
     kept, dropped, examples = [], collections.Counter(), {}
     eos = getattr(tokenizer, "eos_token", "") or ""
     for line, row in records:
@@ -85,22 +84,8 @@ def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tok
         kept.append({"prompt": prompt, "answer": answer, "text": f"{prompt} {answer}", "gold": gold})
     if len(kept) < 2:
         raise DataError(f"{name} has {len(kept)} usable {task} row(s)", f"check the columns: {', '.join(SCHEMAS[task])}")
-    order = list(range(len(kept)))
-    random.Random(data_seed).shuffle(order)
-    n_held = min(max(1, round(len(kept) * eval_fraction)), len(kept) - 1)
-    return QuoteData(train=[kept[i] for i in sorted(order[n_held:])], held_out=[kept[i] for i in sorted(order[:n_held])],
-                     source=name, dropped=dict(dropped), examples_dropped=examples)
-
-
-def _hub_rows(dataset_id: str) -> list[dict]:
-    from datasets import load_dataset
-
-    from gemmate_lib.errors import hub_error
-
-    try:
-        return load_dataset(dataset_id, split="train").to_list()
-    except Exception as err:  # noqa: BLE001 - mapped to one clear message
-        raise hub_error(dataset_id, err, kind="dataset") from err
+    train, held = split_rows(kept, eval_fraction, data_seed)
+    return QuoteData(train=train, held_out=held, source=name, dropped=dict(dropped), examples_dropped=examples)
 
 
 # --- the metrics ---------------------------------------------------------------------------------

@@ -229,3 +229,15 @@ def test_train_keeps_the_policys_checkpoints_then_generate_and_evaluate_read_the
     assert "usable rows from inspirational-quotes" in printed  # the drop report, before the model loads
     assert json.loads(printed[printed.index("{\n"):])["perplexity"] == pytest.approx(
         doc["models"]["fine-tuned"]["perplexity"]["value"], abs=1e-4)
+
+
+def test_help_lists_every_setting_with_its_help_text_and_default(capsys):
+    from gemmate_lib.cli.main import main
+    from gemmate_lib.config import FIELDS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for name, f in FIELDS.items():
+        assert f"--{name}" in shown and " ".join(f.metadata["help"].split()) in shown, name
+    assert "--lora_r R rank of the low-rank update" in shown and "[default: 8]" in shown

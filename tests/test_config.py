@@ -163,3 +163,12 @@ def test_a_non_utf8_or_malformed_yaml_is_one_clear_error(tmp_path):
     bad.write_text("lora_r: [unclosed\n")
     with pytest.raises(ParameterError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_a_seed_yaml_with_the_one_peft_task_type_loads_and_another_is_refused(tmp_path):
+    path = tmp_path / "seed.yaml"
+    path.write_text("lora_task_type: CAUSAL_LM\nlora_r: 4\n")
+    assert load_config(path).lora.lora_r == 4
+    path.write_text("lora_task_type: SEQ_CLS\n")
+    with pytest.raises(ParameterError, match="lora_task_type in seed.yaml can only be 'CAUSAL_LM'"):
+        load_config(path)

@@ -42,7 +42,7 @@ test-fast: lint
 	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not canary" tests
 
 unit: embedded
-	$(OFFLINE) $(PY) -m pytest -q -m "not canary" tests
+	$(OFFLINE) $(PY) -m pytest -q --durations=5 -m "not canary" tests
 
 # nbval runs with a fake HF_TOKEN (tests/canary.py); the canary test then scans the run folder for it.
 nbval: embedded

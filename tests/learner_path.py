@@ -73,6 +73,16 @@ def colab_kernel(jupyter_dir: Path) -> str:
 
 def run(run_dir: Path, notebooks: list[Path] | None = None) -> dict[str, dict]:
     """Run every notebook; {name: {"seconds", "status"}}. Stops at the first failure, like `make course`."""
+
+    saved = os.environ.copy()  # the GPU profile is for the notebooks' kernels only: restored at the end
+    try:
+        return _run(run_dir, notebooks)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run(run_dir: Path, notebooks: list[Path] | None) -> dict[str, dict]:
     import papermill as pm
     from canary import CANARY
 

@@ -280,10 +280,10 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     assert [name for name in rows] == [nb.stem for nb in NOTEBOOKS]
     assert {name: row["status"] for name, row in rows.items()} == {nb.stem: "pass" for nb in NOTEBOOKS}
     setup = json.loads((tmp_path / "run" / "00_setup.ipynb").read_text())
-    installed = "".join(o.get("text", "") for o in setup["cells"][1]["outputs"])
+    installed = "".join("".join(o.get("text", "")) for o in setup["cells"][1]["outputs"])
     assert "the course's packages are installed" in installed  # the Colab branch of the install cell ran
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["05_save_and_push"]["reload_identical"] == "4/4"
-    assert manifest["00_setup"]["config"]["profile"] == "gpu-on-cpu"
+    assert manifest["notebooks"]["05_save_and_push"]["reload_identical"] == "4/4"
+    assert manifest["notebooks"]["00_setup"]["config"]["profile"] == "gpu-on-cpu"
     leaks = [p.name for p in (tmp_path / "run").rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
     assert leaks == []

@@ -142,7 +142,8 @@ def metric_bars(table, path=None, shares=("author_accuracy", "author_accuracy_se
         for ax, names in ((ax1, list(shares)), (ax2, list(perplexities))):
             xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(names))]
             vals = part.loc[names, "value"]
-            err = [vals - part.loc[names, "ci_low"], part.loc[names, "ci_high"] - vals]
+            # clipped at 0: matplotlib refuses a negative error bar, e.g. from an interval a hair past its estimate
+            err = [(vals - part.loc[names, "ci_low"]).clip(lower=0), (part.loc[names, "ci_high"] - vals).clip(lower=0)]
             ax.bar(xs, vals, width, yerr=err, capsize=4, label=name)
     ax1.set_xticks(range(len(shares)), [m.replace("_", " ") for m in shares], fontsize=8)
     ax1.set_ylabel("share (higher is better)")
@@ -162,7 +163,8 @@ def paired_differences(diffs: dict, title: str, path=None):
     for ax, names, label in zip(axes, groups, ("difference in share", "difference in perplexity")):
         for i, m in enumerate(names):
             d, (lo, hi) = diffs[m]["difference"], diffs[m]["ci95"]
-            ax.errorbar(d, i, xerr=[[d - lo], [hi - d]], fmt="o", capsize=4, color="#27a" if lo > 0 or hi < 0 else "#888")
+            ax.errorbar(d, i, xerr=[[max(d - lo, 0)], [max(hi - d, 0)]], fmt="o", capsize=4,
+                        color="#27a" if lo > 0 or hi < 0 else "#888")
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(range(len(names)), [m.replace("_", " ") for m in names], fontsize=8)
         ax.set_xlabel(label)

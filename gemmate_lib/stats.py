@@ -25,7 +25,8 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact arithmetic keeps p inside; rounding does not (0 of 3 gave a low end of 5.6e-17)
+    return min(max(0.0, centre - half), p), max(min(1.0, centre + half), p)
 
 
 def _statistic(values, weights, idx, ratio_exp):

@@ -6,7 +6,7 @@ What a Colab T4 learner runs, except the device and the model size:
   accumulation, the fast loss off, and a 16-bit load and compute dtype (bf16 here, standing in for
   a T4's fp16), so the dtype mix that k-bit preparation creates shows up as it does on a GPU;
 - a tiny random Gemma 1 (gemma-2b's architecture: one key/value head) with the real embedded
-  Gemma tokenizer, and a handful of steps;
+  Gemma tokenizer, a handful of steps, and the first 100 embedded quotes as a .jsonl file (10 held out);
 - a kernel that looks like Colab's at the module boundary (tests/colab_runtime): `google.colab`
   imported at start, its shell class, the HF_TOKEN secret (a canary), and the course importable
   only through `sys.path` after the install cell, in the kernel and in every child process.
@@ -28,13 +28,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 # Every notebook's parameters for the smoke run (each notebook gets the keys it declares): a few steps,
 # a few examples. The thresholds of the checks that judge learning are the notebooks' own smoke ones.
 SMOKE_PARAMS = {
-    "max_steps": 3, "compare_steps": 2, "steps": 2,  # 03, 03's side-by-side arms, 06
+    "max_steps": 3, "compare_steps": 2, "steps": 2, "second_steps": 2,  # 03, its side-by-side arms, 06, 05
     "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0, "num_epochs": 1.0,  # 07
     "max_new_tokens": 8,  # 02
     # 06: the methods whose GPU route differs from 03's (TRL's own loss head: full fine-tuning, prompt and prefix
     # tuning with gemma-2b's one key/value head, IA3); LoRA and QLoRA train as in 03, which the smoke run runs too.
     "methods": ["full", "prompt", "prefix", "ia3"],
 }
+SMOKE_QUOTES = 100  # the smoke run's dataset: this many embedded quotes, so 10 are held out (eval_fraction 0.1)
 
 
 def tiny_gemma(folder: Path) -> Path:
@@ -56,6 +57,17 @@ def tiny_gemma(folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def smoke_quotes(path: Path, n: int = SMOKE_QUOTES) -> Path:
+    """The first `n` embedded quotes as a .jsonl file: every notebook's held-out evaluation stays a few rows."""
+    from gemmate_lib.data import load_quotes
+
+    if not path.exists():
+        data = load_quotes("embedded")
+        rows = (data.train + data.held_out)[:n]
+        path.write_text("".join(json.dumps({"quote": r["quote"], "author": r["author"]}) + "\n" for r in rows))
+    return path
 
 
 def colab_kernel(jupyter_dir: Path) -> str:
@@ -88,6 +100,7 @@ def _run(run_dir: Path, notebooks: list[Path] | None) -> dict[str, dict]:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     model = tiny_gemma(run_dir.parent / "tiny-gemma-1")
+    quotes = smoke_quotes(run_dir.parent / "smoke_quotes.jsonl")
     os.environ.update(JUPYTER_PATH=str(run_dir.parent / "jupyter"), GEMMATE_PROFILE="gpu", GEMMATE_SMOKE="1", HF_HUB_OFFLINE="1",
                       HF_DATASETS_OFFLINE="1", COLAB_SIM_SECRET=CANARY, COLAB_SIM_LOG=str(run_dir / "colab.log"))
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMMATE_RUN_DIR"):
@@ -96,7 +109,7 @@ def _run(run_dir: Path, notebooks: list[Path] | None) -> dict[str, dict]:
     rows = {}
     for nb in notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         declared = set(pm.inspect_notebook(str(nb)))
-        params = {k: v for k, v in {**SMOKE_PARAMS, "model_name": str(model), "dataset": "embedded"}.items()
+        params = {k: v for k, v in {**SMOKE_PARAMS, "model_name": str(model), "dataset": str(quotes)}.items()
                   if k in declared}
         start, status = time.time(), "pass"
         try:

@@ -53,7 +53,7 @@ nbval: embedded
 
 test: lint unit nbval
 
-# The learner's path in ~8 minutes: every notebook in the GPU profile in a Colab-like kernel (tests/learner_path.py).
+# The learner's path in ~5 minutes: every notebook in the GPU profile in a Colab-like kernel (tests/learner_path.py).
 # `make unit` (and so `make test`) runs it too.
 smoke: embedded
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider tests/test_learner_path.py -k every_notebook -s

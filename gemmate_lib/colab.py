@@ -1,4 +1,5 @@
-"""Colab: install what Colab lacks, keep the run folder on Google Drive, and find 03's adapter from any runtime.
+"""Colab: install what Colab lacks, keep the run folder
+on Google Drive, and find 03's adapter from any runtime.
 
 Taught in 00_setup; the first cell of every notebook calls `install` on Colab, and
 notebooks 04 and 05 call `find_adapter`. In Colab each notebook runs in its own
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from gemmate_lib.errors import ModelLoadError
 
-COURSE_REPO = "gemmate-course/gemmate"  # GitHub owner/name of the course: a fork changes it here, then `make sync`
+# GitHub owner/name of the course: a fork changes it here, then `make sync`
+COURSE_REPO = "gemmate-course/gemmate"
 CLONE = "/content/gemmate"  # where the install cell clones the course in a Colab runtime
 DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders on Drive
@@ -28,7 +30,8 @@ RESTART = ("Restart needed: packages that this runtime had already imported were
 
 
 def install_cell(repo: str | None = None) -> str:
-    """The first code cell of every notebook (written there by `make sync`): on Colab, clone, put on sys.path, install.
+    """The first code cell of every notebook (written there by
+    `make sync`): on Colab, clone, put on sys.path, install.
 
     The course is not pip-installed on Colab: the kernel imports it from the clone through
     `sys.path`, so a child process needs PYTHONPATH (`hf_token.subprocess_env`). A notebook
@@ -36,8 +39,8 @@ def install_cell(repo: str | None = None) -> str:
     A failed clone stops the cell with one line, instead of an import error in the next one.
     """
     repo = repo or COURSE_REPO
-    return f"""# Colab only: get the course and install what Colab lacks, never torch (Colab's own CUDA build matches its
-# driver). Safe to re-run: it skips what is there, and says once if the runtime must restart.
+    return f"""# Colab only: get the course and install what Colab lacks, never torch (Colab's own CUDA build
+# matches its driver). Safe to re-run: it skips what is there, and says once if the runtime must restart.
 # On your machine `make install` did all of this.
 import os
 import subprocess
@@ -47,11 +50,13 @@ COURSE = "https://github.com/{repo}"  # a fork: change COURSE_REPO in gemmate_li
 if "google.colab" in sys.modules:
     home = os.path.abspath("..") if os.path.isdir("../gemmate_lib") else "{CLONE}"  # a checkout, or the clone
     if not os.path.isdir(home):
-        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", COURSE, home], capture_output=True, text=True)
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", COURSE, home],
+                               capture_output=True, text=True)
         if clone.returncode != 0:
-            raise SystemExit(f"could not clone {{COURSE}} ({{clone.stderr.strip()[-200:]}}). Fix: check the address "
-                             "and that the repository is public, or clone it yourself into {CLONE}")
-    sys.path.insert(0, home)  # the course is imported from the clone, in this kernel (it is not pip-installed)
+            raise SystemExit(f"could not clone {{COURSE}} ({{clone.stderr.strip()[-200:]}}). "
+                             "Fix: check the address and that the repository is public, "
+                             "or clone it yourself into {CLONE}")
+    sys.path.insert(0, home)  # the course is imported from the clone in this kernel (not pip-installed)
     from gemmate_lib import colab
     colab.install(home)
     os.chdir(os.path.join(home, "notebooks"))"""
@@ -110,7 +115,8 @@ def install(repo_dir: str | Path, run=subprocess.run) -> str:
         print("the course's packages are installed (nothing to do)")
         return "ready"
     print(f"installing {len(missing)} package(s) Colab lacks: {', '.join(missing)} (about a minute)...")
-    proc = run([sys.executable, "-m", "pip", "install", "-q", "-r", str(requirements)], capture_output=True, text=True)
+    proc = run([sys.executable, "-m", "pip", "install", "-q", "-r", str(requirements)], capture_output=True,
+               text=True)
     if proc.returncode != 0:
         raise ModelLoadError(f"pip could not install the course's packages: {proc.stderr.strip()[-300:]}",
                              "check the runtime has internet access, then run this cell again")
@@ -136,18 +142,21 @@ def default_run_dir(name: str = "interactive", mount=None) -> Path | None:
         mount = drive.mount
     try:
         if not (DRIVE / "MyDrive").is_dir():
-            print("Colab asks to connect Google Drive, so that 03's adapter is still there when you open 04 or 05 "
-                  "(each notebook gets its own runtime).")
+            print("Colab asks to connect Google Drive, so that 03's adapter is still "
+                  "there when you open 04 or 05 (each notebook gets its own runtime).")
             mount(str(DRIVE))
     except Exception as err:  # noqa: BLE001 - a declined dialog raises; continue without Drive
-        print(f"Google Drive not mounted ({type(err).__name__}): this run folder lives only as long as this runtime. "
-              "To keep 03's adapter for 04 and 05, set adapter_repo (a Hub repo to push it to) in 03's parameters.")
+        print(f"Google Drive not mounted ({type(err).__name__}): "
+              "this run folder lives only as long as this runtime. "
+              "To keep 03's adapter for 04 and 05, set adapter_repo (a Hub repo to push it to) in 03's "
+              "parameters.")
         return None
     return DRIVE_RUNS / name
 
 
 def flush_drive(flush=None) -> bool:
-    """On Colab with Google Drive mounted: write every pending file to Drive now (and unmount); True if it did.
+    """On Colab with Google Drive mounted: write every
+    pending file to Drive now (and unmount); True if it did.
 
     Drive writes land later than the notebook says they are done; a runtime closed soon
     after 03 saved its adapter could leave 04 and 05, in new runtimes, with no adapter or
@@ -160,12 +169,14 @@ def flush_drive(flush=None) -> bool:
 
         flush = drive.flush_and_unmount
     flush()
-    print("Google Drive flushed: this run folder is safe to open from a new runtime (the next notebook mounts it again)")
+    print("Google Drive flushed: this run folder is safe to open "
+          "from a new runtime (the next notebook mounts it again)")
     return True
 
 
 def find_adapter(run_dir: Path, adapter_repo: str | None = None, download=None) -> Path:
-    """The adapter of 03 for 04 and 05: run_dir/adapter, else a download of `adapter_repo`, else one clear error."""
+    """The adapter of 03 for 04 and 05: run_dir/adapter, else
+    a download of `adapter_repo`, else one clear error."""
     folder = Path(run_dir) / "adapter"
     if (folder / "adapter_config.json").exists():
         return folder
@@ -181,6 +192,6 @@ def find_adapter(run_dir: Path, adapter_repo: str | None = None, download=None) 
             raise hub_error(adapter_repo, err) from err
     raise ModelLoadError(
         f"no adapter from 03_lora_sft in the run folder {run_dir}",
-        "run 03_lora_sft with the same run_dir first; in Colab, where each notebook has its own runtime, "
-        "keep the run folder on Google Drive (accept the Drive prompt in both notebooks), or set adapter_repo "
-        "to the Hub repo that 03 pushed the adapter to")
+        "run 03_lora_sft with the same run_dir first; in Colab, where each notebook has "
+        "its own runtime, keep the run folder on Google Drive (accept the Drive prompt in "
+        "both notebooks), or set adapter_repo to the Hub repo that 03 pushed the adapter to")

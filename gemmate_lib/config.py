@@ -39,7 +39,8 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bi
 
 
 def setting(default, help: str, choices: tuple | None = None):  # noqa: A002 - argparse's word
-    """A config field with its help text (shown by `gemmate <command> --help`) and, optionally, its choices."""
+    """A config field with its help text (shown by `gemmate
+    <command> --help`) and, optionally, its choices."""
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -105,8 +106,8 @@ class TrainSettings:
         "loss on what follows 'Quote: <first half>' only, not the whole text (03 compares)")
     log_level: str = setting("warning", "transformers log level",
                              ("debug", "info", "warning", "error", "critical"))
-    report_to: str = setting("none", "'tensorboard': event files in the trainer's folder of the run folder; "
-                             "'wandb' (optional)", ("none", "tensorboard", "wandb"))
+    report_to: str = setting("none", "'tensorboard': event files in the trainer's "
+                             "folder of the run folder; 'wandb' (optional)", ("none", "tensorboard", "wandb"))
     use_wandb: bool = setting(False,
         "the Gemma 1.1 table's switch: log to Weights & Biases, offline (WANDB_MODE=offline)")
     wandb_project: str = setting("gemmate", "with use_wandb: the project name")
@@ -120,8 +121,8 @@ class CheckpointSettings:
         "`gemmate` commands: checkpoints, adapter, metrics and logs go here")
     save_format: str = setting("safetensors", "train-te: 'pt' also writes model.pt, a merged PyTorch "
                                "state dict (the GemmaTE guide's)", ("safetensors", "pt"))
-    save_strategy: str = setting("step", "'step' (at every evaluation), 'epoch' or 'no'; notebooks save the "
-                                 "adapter themselves", ("step", "epoch", "no"))
+    save_strategy: str = setting("step", "'step' (at every evaluation), 'epoch' or "
+                                 "'no'; notebooks save the adapter themselves", ("step", "epoch", "no"))
     resume_from_checkpoint: bool = setting(False, "continue an interrupted run in output_dir")
     resume_option: str = setting("last",
         "'last', 'best' (by checkpoint_metric) or 'path' (checkpoint_path)", ("last", "best", "path"))
@@ -177,17 +178,20 @@ class GenerateSettings:
 GROUPS = {"model": ModelSettings, "data": DataSettings, "lora": LoraSettings, "train": TrainSettings,
           "checkpoints": CheckpointSettings, "temporal": TemporalSettings, "generate": GenerateSettings}
 FIELDS = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}  # setting -> its field
-OWNER = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}  # setting -> its group
+# setting -> its group
+OWNER = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}
 HINTS = {name: typing.get_type_hints(GROUPS[group])[name] for name, group in OWNER.items()}
 CHOICES = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata["choices"]}
 NULLABLE = {name for name, hint in HINTS.items() if type(None) in typing.get_args(hint)}
-ALIASES = {"dataset_id": "dataset"}  # names of the Gemma 1.1 experiment's table that the course spells differently
+# names of the Gemma 1.1 experiment's table that the course spells differently
+ALIASES = {"dataset_id": "dataset"}
 FIXED = {"lora_task_type": "CAUSAL_LM"}  # YAML keys with one possible value: accepted, and nothing to set
 
 # Profiles: what differs from the defaults above on each kind of machine.
 CPU_PROFILE = dict(lora_dropout=0.0)  # dropout's random masks cost a CPU step about a fifth (03 measures it)
 SEED_QLORA = dict(quantization="nf4", max_steps=100, batch_size=1, gradient_accumulation_steps=4,
-                  optim="paged_adamw_8bit", gradient_checkpointing=True, fast_loss=False, group_by_length=False,
+                  optim="paged_adamw_8bit", gradient_checkpointing=True, fast_loss=False,
+                  group_by_length=False,
                   steps_freq=10, val_steps_freq=25)  # the seed notebook's QLoRA settings: the GPU profile
 # Tasks: what differs for GemmaTE training (07 and `gemmate train-te`) and for the methods compared in 06 from
 # quotes SFT (03 and `gemmate train`).
@@ -196,8 +200,9 @@ TASK_DEFAULTS = {
     "temporal": dict(num_epochs=3.0, max_steps=-1, learning_rate=3e-4, warmup_steps=10, max_length=64,
                      steps_freq=10, val_steps_freq=0, save_strategy="no", lora_dropout=0.0, fast_loss=True,
                      group_by_length=False),
-    # 06 trains several methods one after another on the same small budget, every loss logged. No warm-up: with
-    # 4 steps, transformers' warm-up would spend the first steps at a rate near 0 (step 1 of a warm-up runs at 0).
+    # 06 trains several methods one after another on the same small budget,
+    # every loss logged. No warm-up: with 4 steps, transformers' warm-up would
+    # spend the first steps at a rate near 0 (step 1 of a warm-up runs at 0).
     "methods": dict(max_steps=4, batch_size=4, gradient_accumulation_steps=1, warmup_steps=0, steps_freq=1),
 }
 
@@ -224,7 +229,8 @@ def coerce(name: str, value, from_text: bool = False):
     hint = HINTS[name]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     union = origin in (typing.Union, types.UnionType)
-    if union and type(None) in args and (value is None or from_text and str(value).lower() in ("none", "null")):
+    if union and type(None) in args and (value is None or from_text and str(value).lower() in ("none",
+                                                                                               "null")):
         return _choice(name, None)
     for option in (a for a in args if a is not type(None)) if union else (hint,):
         try:
@@ -233,10 +239,10 @@ def coerce(name: str, value, from_text: bool = False):
             continue
         return _choice(name, typed)
     default = FIELDS[name].default
-    raise ParameterError(f"parameter {name}={value!r} has type {type(value).__name__}, but {name} must be "
-                         f"{_type_name(hint)}",
-                         f"pass a {_type_name(hint)}, e.g. {name}={default!r} (the default): papermill -p {name} "
-                         f"..., YAML `{name}: ...` or --{name} ...")
+    raise ParameterError(f"parameter {name}={value!r} has type {type(value).__name__}, "
+                         f"but {name} must be {_type_name(hint)}",
+                         f"pass a {_type_name(hint)}, e.g. {name}={default!r} (the default): "
+                         f"papermill -p {name} ..., YAML `{name}: ...` or --{name} ...")
 
 
 def _choice(name: str, value):
@@ -278,8 +284,10 @@ def fail(name: str, value, must: str, fix: str):
 
 
 def validate(flat: dict) -> None:
-    """Raise ParameterError, naming the setting and the fix, for any value of a flat config that cannot work."""
-    for name in ("max_length", "batch_size", "gradient_accumulation_steps", "steps_freq", "lora_r", "max_new_tokens",
+    """Raise ParameterError, naming the setting and the fix,
+    for any value of a flat config that cannot work."""
+    for name in ("max_length", "batch_size", "gradient_accumulation_steps", "steps_freq", "lora_r",
+                 "max_new_tokens",
                  "temporal_dim"):
         if flat[name] < 1:
             fail(name, flat[name], "must be at least 1", f"set {name} to a positive whole number")
@@ -288,21 +296,25 @@ def validate(flat: dict) -> None:
             fail(name, flat[name], "must not be negative", f"set {name} to 0 or more")
     for name in ("learning_rate", "projection_learning_rate"):
         if not (math.isfinite(flat[name]) and 0 < flat[name] < 1):
-            fail(name, flat[name], "must be a finite number in (0, 1)", f"typical values: 1e-4 to 3e-3 (e.g. {name}=2e-4)")
+            fail(name, flat[name], "must be a finite number in (0, 1)",
+                 f"typical values: 1e-4 to 3e-3 (e.g. {name}=2e-4)")
     for name in ("lora_alpha", "temporal_scale"):
         if not (math.isfinite(flat[name]) and flat[name] > 0):
             fail(name, flat[name], "must be a positive finite number", f"e.g. {name}={FIELDS[name].default}")
     if not 0 <= flat["lora_dropout"] < 1:
-        fail("lora_dropout", flat["lora_dropout"], "must lie in [0, 1)", "e.g. lora_dropout=0.05, or 0 for none")
+        fail("lora_dropout", flat["lora_dropout"], "must lie in [0, 1)",
+             "e.g. lora_dropout=0.05, or 0 for none")
     if not 0 < flat["eval_fraction"] < 1:
-        fail("eval_fraction", flat["eval_fraction"], "must lie between 0 and 1", "e.g. eval_fraction=0.1 (10% held out)")
+        fail("eval_fraction", flat["eval_fraction"], "must lie between 0 and 1",
+             "e.g. eval_fraction=0.1 (10% held out)")
     if not (math.isfinite(flat["weight_decay"]) and flat["weight_decay"] >= 0):
         fail("weight_decay", flat["weight_decay"], "must be a finite number >= 0", "e.g. weight_decay=0.0")
     for name in ("seed", "data_seed"):
         if not 0 <= flat[name] < 2**32:
             fail(name, flat[name], "must be a whole number in [0, 2**32)", f"e.g. {name}=42")
     if flat["max_steps"] == 0 or flat["max_steps"] < -1:
-        fail("max_steps", flat["max_steps"], "must be at least 1, or -1 (train num_epochs)", "e.g. max_steps=40")
+        fail("max_steps", flat["max_steps"], "must be at least 1, or -1 (train num_epochs)",
+             "e.g. max_steps=40")
     if not math.isfinite(flat["num_epochs"]) or (flat["max_steps"] < 1 and flat["num_epochs"] <= 0):
         fail("num_epochs", flat["num_epochs"], "trains nothing or never ends (with max_steps -1)",
               "set max_steps >= 1, or a finite num_epochs > 0 with max_steps -1")
@@ -318,10 +330,10 @@ def _check_paths(flat: dict) -> None:
 
     dataset = flat["dataset"]
     if dataset.endswith((".jsonl", ".csv", ".json")) and not Path(dataset).is_file():
-        raise ParameterError(f"parameter dataset={dataset!r}: no such file" + (" (it is a folder)" if Path(dataset).is_dir()
-                                                                                else ""),
-                             "check the path (relative paths start at the notebook's or command's folder), "
-                             "or use dataset='embedded'")
+        folder = " (it is a folder)" if Path(dataset).is_dir() else ""
+        raise ParameterError(f"parameter dataset={dataset!r}: no such file" + folder,
+                             "check the path (relative paths start at the notebook's "
+                             "or command's folder), or use dataset='embedded'")
     folder = Path(flat["output_dir"]).expanduser().absolute()
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
@@ -337,9 +349,11 @@ def _check_checkpoints(flat: dict) -> None:
     for key, used in needs_metric.items():
         if used and not flat["checkpoint_metric"]:
             raise ParameterError(f"{key} ranks checkpoints, but checkpoint_metric is not set",
-                                 "set checkpoint_metric: eval_loss (and val_steps_freq > 0), or keep_best_n: 0")
+                                 "set checkpoint_metric: eval_loss (and "
+                                 "val_steps_freq > 0), or keep_best_n: 0")
         if used and flat["val_steps_freq"] == 0:
-            raise ParameterError(f"{key} needs evaluations, but val_steps_freq is 0", "set val_steps_freq >= 1")
+            raise ParameterError(f"{key} needs evaluations, but val_steps_freq is 0",
+                                 "set val_steps_freq >= 1")
     if flat["resume_from_checkpoint"]:
         if flat["resume_option"] == "path":
             path = flat["checkpoint_path"]
@@ -363,14 +377,16 @@ def _check_checkpoints(flat: dict) -> None:
 
         if importlib.util.find_spec("wandb") is None:
             raise ParameterError("use_wandb is true, but the wandb package is not installed",
-                                 "pip install wandb (it logs offline here, WANDB_MODE=offline; `wandb sync` uploads "
-                                 "later), or use_wandb: false")
+                                 "pip install wandb (it logs offline here, WANDB_MODE=offline; "
+                                 "`wandb sync` uploads later), or use_wandb: false")
     if flat["report_to"] != "none":
         import importlib.util
 
         if importlib.util.find_spec(flat["report_to"]) is None:
-            raise ParameterError(f"parameter report_to={flat['report_to']!r}, but the package is not installed",
-                                 f"pip install {flat['report_to']} (make install pins tensorboard), or report_to: none")
+            raise ParameterError(f"parameter report_to={flat['report_to']!r}, "
+                                 f"but the package is not installed",
+                                 f"pip install {flat['report_to']} (make "
+                                 f"install pins tensorboard), or report_to: none")
 
 
 @dataclass
@@ -379,12 +395,15 @@ class CourseConfig:
     data: DataSettings = field(default_factory=DataSettings)  # the quotes (or your own file)
     lora: LoraSettings = field(default_factory=LoraSettings)  # the adapter
     train: TrainSettings = field(default_factory=TrainSettings)  # the training run
-    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)  # `gemmate train`: save and resume
+    # `gemmate train`: save and resume
+    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)
     temporal: TemporalSettings = field(default_factory=TemporalSettings)  # GemmaTE (07, `gemmate train-te`)
     generate: GenerateSettings = field(default_factory=GenerateSettings)  # generation
-    precision: Precision = field(default_factory=pick_precision)  # device and compute dtype, from model.device/dtype
+    # device and compute dtype, from model.device/dtype
+    precision: Precision = field(default_factory=pick_precision)
     profile: str = "cpu-embedded"  # name of the profile that chose the defaults
-    task: str = "quotes"  # "quotes" (LoRA SFT), "temporal" (GemmaTE) or "methods" (06): which task's defaults apply
+    # "quotes" (LoRA SFT), "temporal" (GemmaTE) or "methods" (06): which task's defaults apply
+    task: str = "quotes"
 
     def flat(self) -> dict:
         """Every setting as one flat {name: value} dict (what YAML files and flags use)."""
@@ -427,21 +446,24 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     if task not in TASK_DEFAULTS:
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
     check_names(params)
-    # None keeps the profile's value, except where None is itself a value (checkpoint_metric: null = no ranking).
+    # None keeps the profile's value, except where None is
+    # itself a value (checkpoint_metric: null = no ranking).
     given = {k: coerce(k, v, from_text) for k, v in params.items() if v is not None or k in NULLABLE}
     device = given.get("device", "auto")
     on_gpu = (precision or pick_precision(None if device == "auto" else device)).device == "cuda"
-    # GEMMATE_PROFILE: "gpu" runs the GPU profile on a CPU (the smoke run of the learner's path), "t4" a T4's on any
-    # GPU (make gpu-check --precision fp16); unset, the hardware decides.
+    # GEMMATE_PROFILE: "gpu" runs the GPU profile on a CPU (the smoke run of the learner's path), "t4" a T4's
+    # on any GPU (make gpu-check --precision fp16); unset, the hardware decides.
     forced = os.environ.get("GEMMATE_PROFILE", "auto")
     if forced not in ("auto", "gpu", "t4"):
-        raise ParameterError(f"GEMMATE_PROFILE={forced!r} is not known", "unset it, or set it to 'gpu' or 't4'")
+        raise ParameterError(f"GEMMATE_PROFILE={forced!r} is not known",
+                             "unset it, or set it to 'gpu' or 't4'")
     values, profile = dict(CPU_PROFILE), "cpu-embedded"
     if on_gpu or forced != "auto":
         from gemmate_lib.hf_token import get_token
 
         values, profile = dict(SEED_QLORA), "gpu-embedded" if on_gpu else "gpu-on-cpu"
-        if not on_gpu:  # a 16-bit load and compute dtype, standing in for a T4's fp16 (bf16: this CPU has no fp16 AMP)
+        # a 16-bit load and compute dtype, standing in for a T4's fp16 (bf16: this CPU has no fp16 AMP)
+        if not on_gpu:
             values["dtype"] = "bf16"
         elif forced == "t4":
             values["dtype"] = "fp16"
@@ -454,7 +476,8 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     for name, value in values.items():
         setattr(groups[OWNER[name]], name, coerce(name, value))
     dtype = groups["model"].dtype
-    precision = precision or pick_precision(None if device == "auto" else device, None if dtype == "auto" else dtype)
+    precision = precision or pick_precision(None if device == "auto" else device,
+                                            None if dtype == "auto" else dtype)
     if "dtype" not in given:  # the profile's choice; a dtype the caller names is kept
         precision = gemma3_rule(precision, groups["model"].model_name)
     cfg = CourseConfig(**groups, precision=precision, profile=profile, task=task)
@@ -463,7 +486,8 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
 
 
 def is_gemma3(model_name: str) -> bool:
-    """True for Gemma 3 models: the embedded default, a folder whose config says so, or a Hub id with gemma-3."""
+    """True for Gemma 3 models: the embedded default, a
+    folder whose config says so, or a Hub id with gemma-3."""
     if model_name == EMBEDDED:
         return True
     config = Path(model_name) / "config.json"
@@ -487,11 +511,12 @@ def gemma3_rule(precision: Precision, model_name: str) -> Precision:
     if precision.name != "fp16" or not is_gemma3(model_name):
         return precision
     return Precision(precision.device, DTYPES["fp32"],
-                     f"{precision.reason}; but Gemma 3 overflows in fp16 (transformers issue 36822), so it computes "
-                     "in fp32 here")
+                     f"{precision.reason}; but Gemma 3 overflows in fp16 (transformers issue 36822), "
+                     "so it computes in fp32 here")
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None, task: str = "quotes") -> CourseConfig:
+def load_config(path: str | Path | None = None, overrides: dict | None = None,
+                task: str = "quotes") -> CourseConfig:
     """A CourseConfig from a YAML file (optional), then `--key value` overrides (parsed from text)."""
     values: dict = {}
     if path is not None:
@@ -499,7 +524,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None, t
         values = {ALIASES.get(k, k): v for k, v in values.items()}  # e.g. the Gemma 1.1 table's dataset_id
         for key, only in FIXED.items():
             if values.pop(key, only) != only:
-                raise ParameterError(f"{key} in {Path(path).name} can only be {only!r}", f"delete the line {key}:")
+                raise ParameterError(f"{key} in {Path(path).name} can only be {only!r}",
+                                     f"delete the line {key}:")
         check_names(values, "config key", f" in {Path(path).name}")
     typed = {k: coerce(k, v) for k, v in values.items()}
     typed.update({k: coerce(k, v, from_text=True) if k in OWNER else v for k, v in (overrides or {}).items()})
@@ -519,7 +545,8 @@ def dump_config(cfg: CourseConfig, path: str | Path) -> Path:
 
 def config_summary(cfg: CourseConfig) -> dict:
     """A JSON-ready view of the config for printing and the manifest."""
-    out = {"profile": cfg.profile, "task": cfg.task, "device": cfg.precision.device, "dtype": cfg.precision.name}
+    out = {"profile": cfg.profile, "task": cfg.task, "device": cfg.precision.device,
+           "dtype": cfg.precision.name}
     for group in GROUPS:
         values = dataclasses.asdict(getattr(cfg, group))
         out[group] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}

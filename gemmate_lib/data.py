@@ -38,12 +38,14 @@ def split_quote(quote: str) -> tuple[str, str]:
 
 
 def quote_prompt(quote: str) -> str:
-    """`Quote: <first half of the words>`: the prompt of completion-only training (03) and of 04's completion test."""
+    """`Quote: <first half of the words>`: the prompt of
+    completion-only training (03) and of 04's completion test."""
     return f"Quote: {split_quote(quote)[0]}"
 
 
 def char_spans(row: dict, part: str) -> tuple[int, int | None]:
-    """Characters [start, end) of `row["text"]` (+ EOS) that a loss counts: the whole text, the quote, or the completion.
+    """Characters [start, end) of `row["text"]` (+ EOS) that a
+    loss counts: the whole text, the quote, or the completion.
 
     "completion" is what follows quote_prompt: the quote's second half, the `Author:` line
     and EOS. "quote" is the quote's own words, without `Quote: ` and the `Author:` line.
@@ -75,18 +77,24 @@ class QuoteData:
     held_out: list[dict]  # rows never trained on, for evaluation
     source: str  # where the rows came from
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> number of rows dropped
-    examples_dropped: dict[str, str] = field(default_factory=dict)  # reason -> one dropped row ("line N: {...}")
-    repaired: dict[str, int] = field(default_factory=dict)  # repair -> number of rows kept after repairing a field
+    # reason -> one dropped row ("line N: {...}")
+    examples_dropped: dict[str, str] = field(default_factory=dict)
+    # repair -> number of rows kept after repairing a field
+    repaired: dict[str, int] = field(default_factory=dict)
 
     def unseen_author_share(self) -> float:
-        """Share of held-out quotes whose author never appears in training: their author cannot be learned here."""
+        """Share of held-out quotes whose author never appears
+        in training: their author cannot be learned here."""
         seen = {normalize_author(r["author"]) for r in self.train}
-        return sum(normalize_author(r["author"]) not in seen for r in self.held_out) / max(1, len(self.held_out))
+        unseen = sum(normalize_author(r["author"]) not in seen for r in self.held_out)
+        return unseen / max(1, len(self.held_out))
 
     def report(self) -> str:
-        """One paragraph for the notebook and the commands: counts, and what was dropped, why, with an example."""
+        """One paragraph for the notebook and the commands:
+        counts, and what was dropped, why, with an example."""
         total = len(self.train) + len(self.held_out)
-        lines = [f"{total} usable rows from {self.source}: {len(self.train)} train, {len(self.held_out)} held out"]
+        lines = [f"{total} usable rows from {self.source}: "
+                 f"{len(self.train)} train, {len(self.held_out)} held out"]
         for reason, n in self.dropped.items():
             lines.append(f"dropped {n} row(s): {reason}, e.g. {self.examples_dropped[reason]}")
         for repair, n in self.repaired.items():
@@ -104,7 +112,8 @@ def _read_embedded() -> list[dict]:
 
 
 def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
-    """(line number, row) pairs from a .jsonl, .csv or .json (an array of objects) file: the course's one reader.
+    """(line number, row) pairs from a .jsonl, .csv or .json
+    (an array of objects) file: the course's one reader.
 
     Used for quotes (03, 04) and dated notes (07). UTF-8 with or without a BOM; any
     other encoding, a malformed line or a missing column is one DataError naming the
@@ -115,9 +124,11 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise DataError(f"data file {str(path)!r} {what}",
-                        "check the path (relative paths start at the notebook's folder) or use dataset='embedded'")
+                        "check the path (relative paths start at the "
+                        "notebook's folder) or use dataset='embedded'")
     if path.suffix not in (".jsonl", ".csv", ".json"):
-        raise DataError(f"data file {path.name!r} is neither .jsonl, .csv nor .json", "save it as .jsonl or .csv")
+        raise DataError(f"data file {path.name!r} is neither .jsonl, .csv nor .json",
+                        "save it as .jsonl or .csv")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
@@ -135,9 +146,11 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path.name} line {err.lineno} is not valid JSON ({err.msg})", "fix the JSON there") from None
+            raise DataError(f"{path.name} line {err.lineno} is not valid JSON ({err.msg})",
+                            "fix the JSON there") from None
         if not isinstance(data, list):
-            raise DataError(f"{path.name} is not a JSON array of objects", 'write [{"quote": "...", "author": "..."}, ...]')
+            raise DataError(f"{path.name} is not a JSON array of objects",
+                            'write [{"quote": "...", "author": "..."}, ...]')
         rows = [(i + 1, r if isinstance(r, dict) else {}) for i, r in enumerate(data)]
     else:
         rows = []
@@ -151,10 +164,12 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
                                 "fix that line: each line must be one JSON object") from None
             rows.append((n, row if isinstance(row, dict) else {}))
     if not rows:
-        raise DataError(f"data file {path.name!r} has no rows", "add rows (one JSON object per line, or CSV rows)")
+        raise DataError(f"data file {path.name!r} has no rows",
+                        "add rows (one JSON object per line, or CSV rows)")
     missing = [c for c in required if all(c not in r for _, r in rows)]
     if missing:
-        raise DataError(f"data file {path.name!r} has no column {', '.join(missing)} (it has {sorted(rows[0][1])})",
+        raise DataError(f"data file {path.name!r} has no column "
+                        f"{', '.join(missing)} (it has {sorted(rows[0][1])})",
                         f"rename the columns to {', '.join(required)}")
     return rows
 
@@ -171,7 +186,8 @@ def read_hub(dataset_id: str, required: tuple[str, ...] = REQUIRED) -> list[dict
         raise hub_error(dataset_id, err, kind="dataset") from err
     missing = [c for c in required if c not in ds.column_names]
     if missing:
-        raise DataError(f"dataset {dataset_id!r} has no column {', '.join(missing)} (it has {ds.column_names})",
+        raise DataError(f"dataset {dataset_id!r} has no column "
+                        f"{', '.join(missing)} (it has {ds.column_names})",
                         f"use a dataset with the columns {', '.join(required)}")
     return ds.to_list()
 
@@ -185,7 +201,8 @@ def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]
 
 
 MAX_CHARS = 1000  # without a tokenizer to count tokens: longer is a paragraph (or a broken row), not a quote
-MARKERS = ("Quote:", "Author:")  # the training template's markers: inside a field they would corrupt the format
+# the training template's markers: inside a field they would corrupt the format
+MARKERS = ("Quote:", "Author:")
 
 
 def _problem(row: dict, key: str) -> str | None:
@@ -214,7 +231,8 @@ def _author_fragment(author: str) -> bool:
 
 
 def trim_author(author: str) -> str:
-    """The name alone: 'Bill Gates, co-founder of Microsoft.' -> 'Bill Gates' (a role after a comma, a final period)."""
+    """The name alone: 'Bill Gates, co-founder of Microsoft.'
+    -> 'Bill Gates' (a role after a comma, a final period)."""
     name = author.split(",")[0].strip()
     return name[:-1] if name.endswith(".") and not name[-2:-1].isupper() else name
 
@@ -228,7 +246,8 @@ def normalize_author(name: str) -> str:
 
 
 def normalize_quote(text: str) -> str:
-    """Lowercase letters and digits only, with typographic quotes and dashes folded: finds near-duplicate quotes."""
+    """Lowercase letters and digits only, with typographic
+    quotes and dashes folded: finds near-duplicate quotes."""
     text = unicodedata.normalize("NFKD", text).casefold()
     return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
 
@@ -240,8 +259,8 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
     a newline or template marker inside a field, a duplicate quote (exact, or after
     normalize_quote), and a formatted example longer than `max_length` tokens (training
     would cut its `Author:` line off) or, without a tokenizer, than MAX_CHARS characters.
-    Author fields holding a role after the name ('Bill Gates, co-founder of Microsoft.') are trimmed to the name and counted in
-    the returned `repaired`.
+    Author fields holding a role after the name ('Bill Gates, co-founder of Microsoft.') are trimmed to the
+    name and counted in the returned `repaired`.
     """
     kept, dropped, examples, seen, repaired = [], {}, {}, {}, {}
     for i, item in enumerate(rows, 1):
@@ -252,8 +271,8 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
             text = format_quote(quote, author)
             key = normalize_quote(quote)
             if key in seen:
-                reason = ("duplicate quote (exact)" if seen[key] == quote else "duplicate quote (after normalizing "
-                          "case, punctuation and typographic quotes)")
+                reason = ("duplicate quote (exact)" if seen[key] == quote
+                          else "duplicate quote (after normalizing case, punctuation and typographic quotes)")
             elif tokenizer is not None and max_length and \
                     len(tokenizer(text + (tokenizer.eos_token or ""))["input_ids"]) > max_length:
                 reason = f"too long (over max_length={max_length} tokens: the Author: line would be cut off)"
@@ -268,7 +287,10 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
             fix = "author trimmed to the name (a role after a comma, or a final period, removed)"
             repaired[fix] = repaired.get(fix, 0) + 1
         tags = row.get("tags") or []
-        tags = [tags] if isinstance(tags, str) else [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+        if isinstance(tags, str):
+            tags = [tags]
+        else:
+            tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
         kept.append({"quote": quote, "author": author, "tags": tags, "text": text})
     return kept, dropped, examples, repaired
 
@@ -288,14 +310,18 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
     kept, dropped, examples, repaired = clean_rows(rows, tokenizer, max_length)
     if len(kept) < 2:
         detail = "; ".join(f"{n} {reason} (e.g. {examples[reason]})" for reason, n in dropped.items())
-        raise DataError(f"{name} has {len(kept)} usable row(s) after dropping {sum(dropped.values())}: {detail}",
-                        "every row needs a distinct, one-line `quote` and an `author`; at least 2 rows are needed")
+        raise DataError(f"{name} has {len(kept)} usable row(s) after "
+                        f"dropping {sum(dropped.values())}: {detail}",
+                        "every row needs a distinct, one-line `quote` "
+                        "and an `author`; at least 2 rows are needed")
     train, held = split_rows(kept, eval_fraction, data_seed)
-    return QuoteData(train=train, held_out=held, source=name, dropped=dropped, examples_dropped=examples, repaired=repaired)
+    return QuoteData(train=train, held_out=held, source=name, dropped=dropped, examples_dropped=examples,
+                     repaired=repaired)
 
 
 def to_dataset(rows: list[dict], tokenizer=None, completion_only: bool = False):
-    """A `datasets.Dataset` for SFTTrainer: the `text` column, or, with a tokenizer, `input_ids` of `text + EOS`.
+    """A `datasets.Dataset` for SFTTrainer: the `text` column,
+    or, with a tokenizer, `input_ids` of `text + EOS`.
 
     Tokenized here, as SFTTrainer would (text + EOS, the tokenizer's own BOS), because
     SFTTrainer's own tokenizing `map` makes `datasets` fingerprint the tokenizer by

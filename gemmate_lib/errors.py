@@ -70,17 +70,20 @@ def hub_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
                    if isinstance(e, HfHubHTTPError) and getattr(e, "response", None) is not None), None)
     if any(isinstance(e, GatedRepoError) for e in chain) or status == 403:
         return cls(f"{kind} {name!r} is gated and this token has no access to it",
-                   f"open https://huggingface.co/{name}, accept the licence with the account of your HF_TOKEN "
-                   "(a fine-grained token also needs 'read access to public gated repos'), then rerun")
+                   f"open https://huggingface.co/{name}, accept the licence with the account of "
+                   "your HF_TOKEN (a fine-grained token also needs 'read access to public gated repos'), "
+                   "then rerun")
     if any(isinstance(e, RepositoryNotFoundError) for e in chain) or status == 404:
         return cls(f"{kind} {name!r} was not found on the Hub (unknown id, or private without access)",
                    f"check the spelling of {name!r}; use 'embedded' for the offline default")
     if status == 401:
         return cls(f"the Hub refused the token for {kind} {name!r} (401: invalid or expired)",
-                   "create a new token at https://huggingface.co/settings/tokens and update the HF_TOKEN secret")
+                   "create a new token at https://huggingface.co/settings/tokens "
+                   "and update the HF_TOKEN secret")
     if any(isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError))
            for e in chain):
-        return cls(f"{kind} {name!r} is not cached here and the Hub cannot be reached (offline or HF_HUB_OFFLINE=1)",
+        return cls(f"{kind} {name!r} is not cached here and the Hub "
+                   f"cannot be reached (offline or HF_HUB_OFFLINE=1)",
                    "use 'embedded' (works offline), or run where the Hub is reachable")
     return cls(f"could not load {kind} {name!r}: {type(err).__name__}: {str(err)[:300]}",
                "check the id or path; see the message above")
@@ -88,7 +91,8 @@ def hub_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
 
 @contextlib.contextmanager
 def hub_errors(name: str, kind: str = "model"):
-    """`with hub_errors("google/gemma-2b"): AutoModel...from_pretrained(...)`: a Hub failure becomes hub_error's line.
+    """`with hub_errors("google/gemma-2b"): AutoModel...from_pretrained(...)`:
+    a Hub failure becomes hub_error's line.
 
     For the notebooks that write the `from_pretrained` call out (01): a gated model, a 403
     or no network gives one clear error with the fix, not a deep stack trace.

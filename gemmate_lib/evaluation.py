@@ -45,7 +45,8 @@ from gemmate_lib.stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
 METRICS = ("perplexity", "perplexity_quote", "author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
            "format_compliance")
 PROPORTIONS = ("author_accuracy", "author_accuracy_seen", "format_compliance")  # Wilson intervals
-TOKENS = {"author": 10, "completion": 40}  # max_new_tokens: author attribution; completion and format (one run)
+# max_new_tokens: author attribution; completion and format (one run)
+TOKENS = {"author": 10, "completion": 40}
 SCHEMA_VERSION = 2
 
 
@@ -53,7 +54,8 @@ def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F1 (rouge_score, with stemming)."""
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference, prediction)["rougeL"].fmeasure
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference,
+                                                                        prediction)["rougeL"].fmeasure
 
 
 def bleu(prediction: str, reference: str) -> float:
@@ -66,7 +68,8 @@ def bleu(prediction: str, reference: str) -> float:
 @torch.no_grad()
 def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int = 128,
                         batch_size: int = 16) -> dict[str, list[tuple[float, int]]]:
-    """Per part, per example: (summed next-token NLL, number of tokens) of `text + EOS`, from one forward pass.
+    """Per part, per example: (summed next-token NLL, number
+    of tokens) of `text + EOS`, from one forward pass.
 
     The course's one held-out loss. Each of `parts` picks the predicted tokens that count
     (data.char_spans): "text" all of them, "quote" the quote's own words, "completion"
@@ -91,7 +94,8 @@ def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int
         per_token = torch.zeros(real.shape, dtype=torch.float64, device=device)
         per_token[real] = token_nll(hidden[:, :-1][real], weight, enc["input_ids"][:, 1:][real]).double()
         for part in parts:
-            spans = torch.tensor([token_mask(o, *char_spans(r, part)) for r, o in zip(batch, offsets)]).to(device)
+            spans = torch.tensor([token_mask(o, *char_spans(r, part)) for r,
+                                  o in zip(batch, offsets)]).to(device)
             keep = real & spans[:, 1:].bool()
             out[part].extend(zip(per_token.where(keep, 0).sum(dim=1).tolist(), keep.sum(dim=1).tolist()))
     return out
@@ -114,7 +118,8 @@ class EvalResult:
     examples: object  # pandas DataFrame, one row per held-out example
     n_examples: int = 0  # rows evaluated
     settings: dict = field(default_factory=dict)  # token limits, bootstrap samples, seed
-    items: dict = field(default_factory=dict)  # metric -> (per-item values, per-item weights): for paired tests
+    # metric -> (per-item values, per-item weights): for paired tests
+    items: dict = field(default_factory=dict)
 
 
 def _metric(values, weights=None, *, proportion=False, perplexity=False, seed=0) -> dict:
@@ -129,7 +134,8 @@ def _metric(values, weights=None, *, proportion=False, perplexity=False, seed=0)
 
 
 def format_generations(model, tokenizer, rows: list[dict], batch_size: int = BATCH_SIZE):
-    """(prompts, generations, 1.0/0.0 per row): from `Quote: <first half>`, one `Author:` line, then end-of-text."""
+    """(prompts, generations, 1.0/0.0 per row): from `Quote:
+    <first half>`, one `Author:` line, then end-of-text."""
     prompts = [quote_prompt(r["quote"]) for r in rows]
     formats = generate(model, tokenizer, prompts, TOKENS["completion"], batch_size=batch_size)
     stopped = formats.new_tokens < TOKENS["completion"]
@@ -175,19 +181,23 @@ def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size
     for metric, column in (("author_accuracy", "author_correct"), ("rouge_l", "rouge_l"), ("bleu", "bleu"),
                            ("format_compliance", "format_ok")):
         items[metric] = (table[column].tolist(), None)
-    metrics = {m: _metric(*items[m], proportion=m in PROPORTIONS, perplexity=m.startswith("perplexity"), seed=seed)
+    metrics = {m: _metric(*items[m], proportion=m in PROPORTIONS, perplexity=m.startswith("perplexity"),
+                          seed=seed)
                for m in METRICS}
-    return EvalResult(metrics, table, len(rows), {"max_new_tokens": dict(TOKENS), "bootstrap_samples": BOOTSTRAP,
+    return EvalResult(metrics, table, len(rows),
+                      {"max_new_tokens": dict(TOKENS), "bootstrap_samples": BOOTSTRAP,
                                                   "seed": seed}, items)
 
 
 def paired_differences(a: EvalResult, b: EvalResult, seed: int = 0) -> dict:
-    """b minus a for every metric, on the same items, with paired-bootstrap 95% intervals (stats.paired_difference)."""
+    """b minus a for every metric, on the same items, with
+    paired-bootstrap 95% intervals (stats.paired_difference)."""
     out = {}
     for metric in METRICS:
         (va, wa), (vb, wb) = a.items[metric], b.items[metric]
         if va and len(va) == len(vb):
-            out[metric] = paired_difference(va, vb, wa, wb, ratio_exp=metric.startswith("perplexity"), seed=seed)
+            out[metric] = paired_difference(va, vb, wa, wb, ratio_exp=metric.startswith("perplexity"),
+                                            seed=seed)
     return out
 
 
@@ -201,11 +211,13 @@ def compare_models(results: dict[str, EvalResult]):
     return pd.DataFrame(rows)
 
 
-def metrics_document(results: dict[str, EvalResult], dataset: str, split: str, comparisons: dict | None = None,
+def metrics_document(results: dict[str, EvalResult], dataset: str, split: str,
+                     comparisons: dict | None = None,
                      unseen_author_share: float | None = None) -> dict:
     """The metrics.json content (schema in this module's docstring)."""
     first = next(iter(results.values()))
-    doc = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "split": split, "n_examples": first.n_examples,
+    doc = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "split": split,
+           "n_examples": first.n_examples,
            "unseen_author_share": unseen_author_share, "settings": first.settings,
            "models": {name: res.metrics for name, res in results.items()}, "comparisons": comparisons or {}}
     validate_metrics(doc)
@@ -219,7 +231,8 @@ def validate_metrics(doc: dict) -> None:
 
     if doc.get("schema_version") != SCHEMA_VERSION:
         fail(f"schema_version must be {SCHEMA_VERSION}")
-    for key, kind in (("dataset", str), ("split", str), ("n_examples", int), ("settings", dict), ("models", dict),
+    for key, kind in (("dataset", str), ("split", str), ("n_examples", int), ("settings", dict),
+                      ("models", dict),
                       ("comparisons", dict)):
         if not isinstance(doc.get(key), kind):
             fail(f"{key} must be a {kind.__name__}")
@@ -233,8 +246,9 @@ def validate_metrics(doc: dict) -> None:
             fail(f"model {name!r} must have exactly the metrics {METRICS}")
         for metric, m in metrics.items():
             value, ci, n = m.get("value"), m.get("ci95"), m.get("n")
-            if m.get("interval") != ("wilson" if metric in PROPORTIONS else "bootstrap"):
-                fail(f"{name}.{metric}: interval must be {'wilson' if metric in PROPORTIONS else 'bootstrap'}")
+            interval = "wilson" if metric in PROPORTIONS else "bootstrap"
+            if m.get("interval") != interval:
+                fail(f"{name}.{metric}: interval must be {interval}")
             if not isinstance(n, int) or n < 0:
                 fail(f"{name}.{metric}: n must be a count")
             if value is None and ci is None and n == 0 and metric == "author_accuracy_seen":
@@ -251,11 +265,13 @@ def validate_metrics(doc: dict) -> None:
             ci = d.get("ci95")
             if not (isinstance(d.get("difference"), (int, float)) and isinstance(ci, list) and len(ci) == 2
                     and ci[0] <= ci[1] and d.get("method") == "paired bootstrap"):
-                fail(f"comparison {pair!r}.{metric} needs a number `difference`, an ordered `ci95` and its method")
+                fail(f"comparison {pair!r}.{metric} needs a number "
+                     f"`difference`, an ordered `ci95` and its method")
 
 
 def evaluate_from_config(cfg) -> dict:
-    """`gemmate evaluate`: 04's metrics of the trained adapter on the held-out split; writes output_dir/metrics.json."""
+    """`gemmate evaluate`: 04's metrics of the trained adapter
+    on the held-out split; writes output_dir/metrics.json."""
     from pathlib import Path
 
     from gemmate_lib.adapters import load_tuned
@@ -281,4 +297,5 @@ def generate_from_config(cfg):
     from gemmate_lib.generation import STANDARD_PROMPTS
 
     model, tokenizer = load_tuned(cfg)
-    return generate(model, tokenizer, cfg.generate.prompts or STANDARD_PROMPTS, max_new_tokens=cfg.generate.max_new_tokens)
+    return generate(model, tokenizer, cfg.generate.prompts or STANDARD_PROMPTS,
+                    max_new_tokens=cfg.generate.max_new_tokens)

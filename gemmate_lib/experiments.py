@@ -106,7 +106,8 @@ class StepTimer(TrainerCallback):
 
 
 def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False) -> dict:
-    """Held-out loss on the whole text and on the completion (data.char_spans), and optionally format compliance."""
+    """Held-out loss on the whole text and on the completion
+    (data.char_spans), and optionally format compliance."""
     from gemmate_lib.evaluation import example_nll_by_part, format_generations
 
     model.eval()
@@ -144,7 +145,8 @@ class Arm:
 LORA = "lora"  # train_arm's default adapter: the course's LoRA, built from the config
 
 
-def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], eval_rows: list[dict], output_dir,
+def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], eval_rows: list[dict],
+              output_dir,
               format_check: bool = False, keep_model: bool = False, adapter=LORA, save_dir=None,
               start_loss: bool = False, callbacks=None) -> Arm:
     """Load a fresh model as `cfg` says, add the adapter, train `cfg.train.max_steps` steps, measure.
@@ -166,9 +168,11 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
         model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization)
         if adapter is None:
             try:
-                check_full_finetuning(count_parameters(model)[1], cfg.precision.device)  # a clear stop before OOM
+                # a clear stop before OOM
+                check_full_finetuning(count_parameters(model)[1], cfg.precision.device)
             except HardwareError:
-                del model  # the error's traceback keeps this frame alive: drop the weights (~5 GB on a T4) first
+                # the error's traceback keeps this frame alive: drop the weights (~5 GB on a T4) first
+                del model
                 free_memory()
                 raise
             return model
@@ -178,7 +182,8 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
     trainable, total = count_parameters(model)
     trainer = sft_trainer(model, tokenizer, train_rows, [], cfg, output_dir, callbacks=callbacks)
     timer = StepTimer()
-    trainer.add_callback(timer)  # last: it starts after the others' on_step_begin and stops after their on_step_end
+    # last: it starts after the others' on_step_begin and stops after their on_step_end
+    trainer.add_callback(timer)
     with PeakMemory(cfg.precision.device) as memory:
         trainer.train()
     model = trainer.model
@@ -188,11 +193,14 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
                **measure(model, tokenizer, eval_rows, cfg.train.max_length, format_check)}
     if save_dir is not None:
         model.save_pretrained(save_dir)  # safetensors: the adapter only, or every weight for full fine-tuning
-        summary["saved_mib"] = round(sum(p.stat().st_size for p in Path(save_dir).rglob("*.safetensors")) / 2**20, 2)
+        saved = sum(p.stat().st_size for p in Path(save_dir).rglob("*.safetensors"))
+        summary["saved_mib"] = round(saved / 2**20, 2)
     arm = Arm(name, summary, loss_log(trainer), model if keep_model else None)
     del model, trainer
     free_memory()
-    if start_loss:  # on a second, identically seeded copy, after training: a pass before it would hide ~1 GB of the peak
-        summary["held_out_loss_start"] = measure(fresh(), tokenizer, eval_rows, cfg.train.max_length)["held_out_loss_text"]
+    # on a second, identically seeded copy, after training: a pass before it would hide ~1 GB of the peak
+    if start_loss:
+        summary["held_out_loss_start"] = measure(fresh(), tokenizer, eval_rows,
+                                                 cfg.train.max_length)["held_out_loss_text"]
         free_memory()
     return arm

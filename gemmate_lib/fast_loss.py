@@ -25,7 +25,8 @@ import torch
 CHUNK_TOKENS = 256  # tokens per chunk: 256 x 262144 fp32 logits = 256 MiB at a time
 
 
-def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, probs: bool):
+def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                    probs: bool):
     """Yield (start, rows, targets, per-token NLL, logits buffer) chunk by chunk, through one reused buffer.
 
     The buffer is laid out vocabulary-major, [vocab, rows]: the softmax and gradient then
@@ -40,7 +41,8 @@ def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     for start in range(0, hidden.shape[0], chunk):
         h, t = hidden[start:start + chunk].to(weight.dtype), targets[start:start + chunk]
         n = len(t)
-        out, z = raw[:vocab * n].view(vocab, n), logits[:vocab * n].view(vocab, n)  # contiguous, also the last chunk
+        # contiguous, also the last chunk
+        out, z = raw[:vocab * n].view(vocab, n), logits[:vocab * n].view(vocab, n)
         torch.mm(weight, h.t(), out=out)
         if z.data_ptr() != out.data_ptr():
             z.copy_(out)
@@ -54,19 +56,23 @@ def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `hidden @ weight.T` against `targets`; gradients for `hidden` (and `weight` if it trains)."""
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`;
+    gradients for `hidden` (and `weight` if it trains)."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_TOKENS):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk: int = CHUNK_TOKENS):
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         acc = torch.promote_types(hidden.dtype, torch.float32)
         total = hidden.new_zeros((), dtype=acc)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=acc) if want_weight else None
-        for start, h, t, nll, probs in _softmax_chunks(hidden, weight, targets, chunk, want_hidden or want_weight):
+        for start, h, t, nll, probs in _softmax_chunks(hidden, weight, targets, chunk,
+                                                       want_hidden or want_weight):
             total += nll.sum()
             if want_hidden or want_weight:
-                probs[t, torch.arange(len(t), device=t.device)] -= 1.0  # softmax - one_hot = d loss / d logits
+                # softmax - one_hot = d loss / d logits
+                probs[t, torch.arange(len(t), device=t.device)] -= 1.0
                 probs = probs if probs.dtype == weight.dtype else probs.to(weight.dtype)  # [vocab, rows]
                 if want_hidden:
                     grad_hidden[start:start + len(t)] = (weight.t() @ probs).t().to(hidden.dtype)
@@ -92,7 +98,8 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     One call for a whole batch: the head's 262k x 640 weights are read once per chunk, not once per example.
     """
     out = [nll for _, _, _, nll, _ in _softmax_chunks(hidden, weight, targets, chunk, probs=False)]
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
+    return torch.cat(out) if out else hidden.new_zeros(0,
+                                                       dtype=torch.promote_types(hidden.dtype, torch.float32))
 
 
 def _base(model):

@@ -1,4 +1,5 @@
-"""Paths and writing files and folders all or nothing: the course never leaves half an adapter or half a JSON behind.
+"""Paths and writing files and folders all or nothing: the
+course never leaves half an adapter or half a JSON behind.
 
 Used by every notebook that saves (03 the adapter, 00 the embedded-model cache, 05 the
 merged model, all of them the run files). A folder is written under `<name>.partial`,
@@ -28,7 +29,8 @@ def repo_root(start: Path | None = None) -> Path:
 
 
 def show_path(path: str | os.PathLike) -> str:
-    """A path as a reader should see it: relative to the repository or to ~, never a machine's absolute path."""
+    """A path as a reader should see it: relative to the
+    repository or to ~, never a machine's absolute path."""
     path = Path(path).resolve()
     for base, label in ((repo_root(), ""), (Path.home().resolve(), "~/")):
         try:
@@ -82,7 +84,8 @@ def atomic_folder(target: str | os.PathLike, overwrite: bool = False, what: str 
     except (GemmateError, KeyboardInterrupt, SystemExit):
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    except Exception as err:  # noqa: BLE001 - OSError, and e.g. tokenizers' "No space left on device" Exception
+    # noqa: BLE001 - OSError, and e.g. tokenizers' "No space left on device" Exception
+    except Exception as err:
         shutil.rmtree(partial, ignore_errors=True)
         if backup.exists() and not target.exists():
             backup.rename(target)

@@ -18,13 +18,15 @@ STANDARD_PROMPTS = (
     "Quote: A Woman is like a tea bag;",
     "Quote: Outside of a dog, a book is man's",
 )  # the seed notebook's prompts
-BATCH_SIZE = 32  # prompts per model.generate call. Decoding on a CPU reads every weight once per new token, so a
-# bigger batch costs little more per step (measured, Gemma 3 270M fp32, 29 prompts x 40 tokens: 48 s in batches
-# of 8, 20 s in one batch of 29); on a GPU the batch's KV cache is a few MB.
+# prompts per model.generate call. Decoding on a CPU reads every weight once per new token, so a
+BATCH_SIZE = 32
+# bigger batch costs little more per step (measured, Gemma 3 270M fp32, 29 prompts x 40 tokens: 48 s in
+# batches of 8, 20 s in one batch of 29); on a GPU the batch's KV cache is a few MB.
 
 
 def has_author_line(text: str) -> bool:
-    """True when the text names an author on one `Author: <name>` line (not a loop of "Author: Author: ...")."""
+    """True when the text names an author on one `Author:
+    <name>` line (not a loop of "Author: Author: ...")."""
     names = [line[len("Author:"):].strip() for line in text.splitlines() if line.startswith("Author:")]
     return len(names) == 1 and bool(names[0]) and "Author:" not in names[0]
 
@@ -37,7 +39,8 @@ def unfrozen_for_cpu(model):
     `requires_grad_(False)`) takes a much slower path than with trainable ones; the outputs
     are the same. Generation runs under no_grad, so no graph is built.
     """
-    params = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point() and p.device.type == "cpu"]
+    params = [p for p in model.parameters()
+              if not p.requires_grad and p.is_floating_point() and p.device.type == "cpu"]
     for p in params:
         p.requires_grad_(True)
     try:
@@ -63,15 +66,18 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
     if timestamps is not None and len(timestamps) != len(prompts):
         from gemmate_lib.errors import DataError
 
-        raise DataError(f"{len(prompts)} prompts but {len(timestamps)} timestamps", "give one timestamp per prompt")
+        raise DataError(f"{len(prompts)} prompts but {len(timestamps)} timestamps",
+                        "give one timestamp per prompt")
     limit = _prompt_limit(model, tokenizer, prompts, max_new_tokens)
     old_side, old_truncation = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right end
-    tokenizer.truncation_side = "left"  # a prompt that is too long loses its start, never the end being continued
+    # a prompt that is too long loses its start, never the end being continued
+    tokenizer.truncation_side = "left"
     try:
         for i in range(0, len(prompts), batch_size):
             batch = list(prompts[i:i + batch_size])
-            enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=limit).to(device)
+            enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
+                            max_length=limit).to(device)
             extra = {} if timestamps is None else {"timestamps": list(timestamps[i:i + batch_size])}
             start = time.time()
             with unfrozen_for_cpu(model):
@@ -83,7 +89,8 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
                 completion = tokenizer.decode(ids, skip_special_tokens=True)
                 rows.append({"prompt": prompt, "completion": completion,
                              "author_line": has_author_line(prompt + completion),
-                             "new_tokens": int((ids != tokenizer.pad_token_id).sum()), "seconds": round(seconds, 2)})
+                             "new_tokens": int((ids != tokenizer.pad_token_id).sum()),
+                             "seconds": round(seconds, 2)})
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = old_side, old_truncation
     return pd.DataFrame(rows)
@@ -95,6 +102,6 @@ def _prompt_limit(model, tokenizer, prompts, max_new_tokens: int) -> int:
     limit = max(1, context - max_new_tokens)
     longest = max((len(ids) for ids in tokenizer(list(prompts))["input_ids"]), default=0)
     if longest > limit:
-        warnings.warn(f"a prompt of {longest} tokens was cut to its last {limit} (the model's context of {context} "
-                      f"minus max_new_tokens={max_new_tokens})", stacklevel=3)
+        warnings.warn(f"a prompt of {longest} tokens was cut to its last {limit} (the "
+                      f"model's context of {context} minus max_new_tokens={max_new_tokens})", stacklevel=3)
     return limit

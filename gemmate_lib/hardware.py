@@ -30,7 +30,8 @@ class Precision:
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True when the CPU has AVX512_BF16 or AMX instructions (fast bf16 matmuls); False where it cannot tell."""
+    """True when the CPU has AVX512_BF16 or AMX instructions
+    (fast bf16 matmuls); False where it cannot tell."""
     try:
         flags = Path(cpuinfo).read_text()
     except OSError:
@@ -49,15 +50,18 @@ def pick_precision(device: str | None = None, dtype: str | None = None) -> Preci
     """
     if dtype is not None:
         if dtype not in DTYPES:
-            raise HardwareError(f"unknown dtype {dtype!r}", 'use dtype="bf16", "fp16", "fp32" or None (automatic)')
+            raise HardwareError(f"unknown dtype {dtype!r}",
+                                'use dtype="bf16", "fp16", "fp32" or None (automatic)')
         chosen = pick_precision(device)
-        return Precision(chosen.device, DTYPES[dtype], f"{dtype} was asked for (automatic choice: {chosen.name})")
+        return Precision(chosen.device, DTYPES[dtype],
+                         f"{dtype} was asked for (automatic choice: {chosen.name})")
     if device not in (None, "cpu", "cuda"):
         raise HardwareError(f"unknown device {device!r}", 'use device="cpu", "cuda" or None (automatic)')
     if device == "cuda" and not torch.cuda.is_available():
         raise HardwareError(
             "device='cuda' was asked for, but no CUDA GPU is visible to PyTorch",
-            "in Colab choose Runtime > Change runtime type > T4 GPU; elsewhere pass device=None to run on the CPU",
+            "in Colab choose Runtime > Change runtime type > T4 "
+            "GPU; elsewhere pass device=None to run on the CPU",
         )
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,14 +71,18 @@ def pick_precision(device: str | None = None, dtype: str | None = None) -> Preci
         major, minor = torch.cuda.get_device_capability(0)
         if major >= 8:
             return Precision("cuda", torch.bfloat16,
-                             f"{name} (compute capability {major}.{minor}) has native bf16: fp32's range, half the memory")
-        return Precision("cuda", torch.float16, f"{name} (compute capability {major}.{minor}, before Ampere's 8.0, "
+                             f"{name} (compute capability {major}.{minor}) "
+                             f"has native bf16: fp32's range, half the memory")
+        return Precision("cuda", torch.float16,
+                         f"{name} (compute capability {major}.{minor}, before Ampere's 8.0, "
                          "e.g. a T4) has no native bf16: fp16 with loss scaling")
     if cpu_has_native_bf16():
         return Precision("cpu", torch.bfloat16,
-                         "this CPU has native bf16 matrix instructions (AVX512_BF16/AMX): bf16 matmuls run faster than fp32")
+                         "this CPU has native bf16 matrix instructions "
+                         "(AVX512_BF16/AMX): bf16 matmuls run faster than fp32")
     return Precision(
-        "cpu", torch.float32, "this CPU has no native bf16 instructions: bf16 would be emulated and 3-4x slower than fp32"
+        "cpu", torch.float32, "this CPU has no native bf16 instructions: bf16 "
+                              "would be emulated and 3-4x slower than fp32"
     )
 
 
@@ -114,7 +122,8 @@ def gpu_memory(label: str) -> str:
 
 
 def free_memory() -> None:
-    """Return freed memory to the system (and to CUDA's cache); call after `del model` before loading the next one.
+    """Return freed memory to the system (and to CUDA's cache);
+    call after `del model` before loading the next one.
 
     On a CPU with glibc, `malloc_trim` also hands freed heap pages back to the OS, so the
     process's RSS (what 03 and 06 sample as peak memory) shows only what is live.

@@ -30,16 +30,18 @@ def token_source() -> str | None:
 
 
 COLAB_SECRET_HELP = {
-    "declined": "this notebook was refused access to the HF_TOKEN secret: open the key icon on the left, switch on "
-                "'Notebook access' for HF_TOKEN, then Runtime > Restart session and run again",
-    "missing": "Colab has no secret named HF_TOKEN: open the key icon on the left, add HF_TOKEN with your token "
-               "(https://huggingface.co/settings/tokens) and switch on 'Notebook access'",
-    "error": "Colab could not read the HF_TOKEN secret: restart the session (Runtime > Restart session) and run again",
+    "declined": "this notebook was refused access to the HF_TOKEN secret: open the key icon on the left, "
+                "switch on 'Notebook access' for HF_TOKEN, then Runtime > Restart session and run again",
+    "missing": "Colab has no secret named HF_TOKEN: open the key icon on the left, add HF_TOKEN with "
+               "your token (https://huggingface.co/settings/tokens) and switch on 'Notebook access'",
+    "error": "Colab could not read the HF_TOKEN secret: restart "
+             "the session (Runtime > Restart session) and run again",
 }
 
 
 def colab_secret_problem() -> str | None:
-    """Why Colab's HF_TOKEN secret cannot be read: "declined", "missing", "error", or None (read, or not Colab)."""
+    """Why Colab's HF_TOKEN secret cannot be read: "declined",
+    "missing", "error", or None (read, or not Colab)."""
     try:
         from google.colab import userdata  # type: ignore[import-not-found]
     except ImportError:
@@ -90,8 +92,10 @@ def check_token(need_write: bool = False, api=None) -> str:
         status = getattr(getattr(err, "response", None), "status_code", None)
         if status == 401:
             raise TokenError("the Hub refused the token (401: invalid, revoked or expired)",
-                             "create a new token at https://huggingface.co/settings/tokens and update HF_TOKEN") from None
-        raise TokenError(f"the Hub could not check the token (HTTP {status})", "check the network and retry") from None
+                             "create a new token at https://huggingface.co/settings/tokens and update "
+                             "HF_TOKEN") from None
+        raise TokenError(f"the Hub could not check the token (HTTP {status})",
+                         "check the network and retry") from None
     except (OSError, ConnectionError) as err:
         raise TokenError(f"the Hub cannot be reached to check the token ({type(err).__name__})",
                          "run where huggingface.co is reachable (HF_HUB_OFFLINE unset)") from None
@@ -99,15 +103,16 @@ def check_token(need_write: bool = False, api=None) -> str:
     role = access.get("role", "unknown")
     if need_write and role == "read":
         raise TokenError("this token is read-only, so it cannot push",
-                         "create a token with the 'Write' role (or a fine-grained one with write access to your "
-                         "repositories) and set it as HF_TOKEN")
+                         "create a token with the 'Write' role (or a fine-grained one "
+                         "with write access to your repositories) and set it as HF_TOKEN")
     if need_write and role == "fineGrained":
-        scopes = {p for scope in access.get("fineGrained", {}).get("scoped", []) for p in scope.get("permissions", [])}
+        scopes = {p for scope in access.get("fineGrained", {}).get("scoped",
+                                                                   []) for p in scope.get("permissions", [])}
         global_scopes = set(access.get("fineGrained", {}).get("global", []))
         if "repo.write" not in scopes | global_scopes:
             raise TokenError("this fine-grained token has no write access to repositories, so it cannot push",
-                             "edit the token: under Repositories, allow 'Write access to contents/settings of all "
-                             "repos under your personal namespace'")
+                             "edit the token: under Repositories, allow 'Write access to "
+                             "contents/settings of all repos under your personal namespace'")
     return f"token of {info.get('name', '?')}, role {role} (value hidden)"
 
 
@@ -126,5 +131,6 @@ def subprocess_env() -> dict[str, str]:
     if token and not env.get("HF_TOKEN"):
         env["HF_TOKEN"] = token
     course = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([course] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join([course] + [p for p in env.get("PYTHONPATH",
+                                                                       "").split(os.pathsep) if p])
     return env

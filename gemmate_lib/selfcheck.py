@@ -24,7 +24,8 @@ def smoke_run() -> bool:
 
 
 def learned(course: bool, smoke: bool) -> bool:
-    """A check that judges how much training learned: the course's condition, or in the smoke run the smoke one.
+    """A check that judges how much training learned: the
+    course's condition, or in the smoke run the smoke one.
 
     A tiny random model trained for a handful of steps learns nothing measurable; its smoke
     condition checks that the numbers exist and are sane (finite, in range) instead.
@@ -40,8 +41,8 @@ def self_check(*checks: tuple[bool, str, str]) -> bool:
         if not ok:
             failed.append((what, fix))
     if smoke_run():
-        print("(smoke run: checks that judge learning only check that the numbers are sane: a tiny random model, "
-              "a few steps)")
+        print("(smoke run: checks that judge learning only check that "
+              "the numbers are sane: a tiny random model, a few steps)")
     if failed:
         what, fix = failed[0]
         more = f" (and {len(failed) - 1} more above)" if len(failed) > 1 else ""

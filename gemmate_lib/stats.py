@@ -50,14 +50,16 @@ def bootstrap_ci(values, weights=None, ratio_exp: bool = False, samples: int = B
 
 def paired_difference(a, b, weights_a=None, weights_b=None, ratio_exp: bool = False, samples: int = BOOTSTRAP,
                       seed: int = 0) -> dict:
-    """b minus a on the same items, with a paired-bootstrap 95% interval and the share of resamples with b > a.
+    """b minus a on the same items, with a paired-bootstrap
+    95% interval and the share of resamples with b > a.
 
     `a` and `b` hold one value per item, in the same item order (for perplexity: summed
     NLLs, with token counts as weights and ratio_exp=True).
     """
     n = len(a)
     if n != len(b) or n == 0:
-        raise ValueError(f"a paired difference needs the same non-zero number of items, got {len(a)} and {len(b)}")
+        raise ValueError(f"a paired difference needs the same non-zero "
+                         f"number of items, got {len(a)} and {len(b)}")
     weights_a, weights_b = weights_a or [1.0] * n, weights_b or [1.0] * n
     all_items = range(n)
     point = _statistic(b, weights_b, all_items, ratio_exp) - _statistic(a, weights_a, all_items, ratio_exp)

@@ -32,7 +32,8 @@ def lora_config(cfg: CourseConfig):
     from peft import LoraConfig
 
     targets = cfg.lora.lora_target_modules
-    targets = targets if isinstance(targets, str) else list(targets)  # "all-linear": PEFT's shorthand, a string
+    # "all-linear": PEFT's shorthand, a string
+    targets = targets if isinstance(targets, str) else list(targets)
     return LoraConfig(r=cfg.lora.lora_r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
                       target_modules=targets, bias="none",
                       task_type="CAUSAL_LM")
@@ -49,12 +50,14 @@ def prepare_base(model, cfg: CourseConfig):
     from peft import prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model,
+                                                use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     return model
 
 
 def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None):
-    """Wrap `model` with a fresh LoRA adapter (or `peft_config`'s), or return it unchanged if it already has one.
+    """Wrap `model` with a fresh LoRA adapter (or `peft_config`'s),
+    or return it unchanged if it already has one.
 
     Quantized models first get `prepare_model_for_kbit_training` (norms to fp32, input
     gradients on), the QLoRA recipe. The LoRA A matrices are drawn here, after
@@ -65,14 +68,16 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None)
     from transformers import set_seed
 
     if getattr(peft_config, "peft_type", None) == "PREFIX_TUNING" and cfg.train.gradient_checkpointing:
-        from gemmate_lib.errors import ParameterError  # otherwise: a tensor size mismatch deep inside attention, mid-training
+        # otherwise: a tensor size mismatch deep inside attention, mid-training
+        from gemmate_lib.errors import ParameterError
 
-        raise ParameterError("prefix tuning cannot train with gradient_checkpointing=True: its learned keys and values "
-                             "live in the attention cache, which checkpointing switches off",
+        raise ParameterError("prefix tuning cannot train with gradient_checkpointing=True: its learned "
+                             "keys and values live in the attention cache, which checkpointing switches off",
                              "set gradient_checkpointing=False (06 does), or use prompt tuning or LoRA")
     if isinstance(model, PeftModel) or getattr(model, "peft_config", None):
         if not quiet:
-            print("this model already has a LoRA adapter (this cell ran before): keeping it, not wrapping twice")
+            print("this model already has a LoRA adapter (this "
+                  "cell ran before): keeping it, not wrapping twice")
         return model
     model = prepare_base(model, cfg)
     set_seed(cfg.train.seed)
@@ -81,7 +86,8 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None)
 
 def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
                     sft: bool = True, **extras) -> dict:
-    """The keyword arguments of the SFTConfig (or, with sft=False, TrainingArguments) for `cfg`, plus `extras`.
+    """The keyword arguments of the SFTConfig (or, with
+    sft=False, TrainingArguments) for `cfg`, plus `extras`.
 
     The first block is the recipe that 03 writes out argument by argument (a checked cell
     compares the two objects); the plumbing after it (checkpoint policy, DDP, full
@@ -100,7 +106,8 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
         warmup_steps=t.warmup_steps, optim=t.optim,
         bf16=precision.name == "bf16", fp16=precision.name == "fp16", use_cpu=precision.device == "cpu",
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name of gradient_checkpointing
-        logging_steps=min(t.steps_freq, t.max_steps) if t.max_steps > 0 else t.steps_freq,  # at least one loss logged
+        # at least one loss logged
+        logging_steps=min(t.steps_freq, t.max_steps) if t.max_steps > 0 else t.steps_freq,
         eval_strategy=interval if evaluate else "no", eval_steps=t.val_steps_freq if evaluate else None,
         save_strategy={"step": "steps", "epoch": "epoch", "no": "no"}[strategy],
         report_to="wandb" if t.use_wandb else t.report_to, seed=t.seed, data_seed=t.seed, disable_tqdm=False,
@@ -108,16 +115,17 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
     if sft:
         kwargs.update(max_length=t.max_length, packing=False, completion_only_loss=t.completion_only_loss,
                       train_sampling_strategy="group_by_length" if t.group_by_length else "random")
+    best = evaluate and c.checkpoint_metric and strategy != "no"
     plumbing = dict(
         num_train_epochs=t.num_epochs if t.max_steps <= 0 else None, weight_decay=t.weight_decay or None,
         log_level=t.log_level if t.log_level != "warning" else None, full_determinism=t.deterministic or None,
         save_steps=t.val_steps_freq or t.steps_freq if strategy == "step" else None,
-        metric_for_best_model=c.checkpoint_metric if evaluate and c.checkpoint_metric and strategy != "no" else None,
-        greater_is_better=c.checkpoint_metric_mode == "max" if evaluate and c.checkpoint_metric and strategy != "no"
-        else None,
+        metric_for_best_model=c.checkpoint_metric if best else None,
+        greater_is_better=c.checkpoint_metric_mode == "max" if best else None,
         ddp_backend="gloo" if precision.device == "cpu" and world()[1] > 1 else None,
         ddp_find_unused_parameters=False if world()[1] > 1 else None,
-        save_only_model=True if not c.save_optim and strategy != "no" else None,  # the Gemma 1.1 table's save_optim
+        # the Gemma 1.1 table's save_optim
+        save_only_model=True if not c.save_optim and strategy != "no" else None,
         run_name=t.wandb_run_name if t.use_wandb else None,
     )
     kwargs.update({k: v for k, v in plumbing.items() if v is not None})
@@ -147,7 +155,8 @@ class CourseSFTTrainer(SFTTrainer):
 
     def __init__(self, *args, fast_loss: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.args.fp16:  # TRL casts a 4-bit model's LoRA weights to bf16; fp16's grad scaler needs fp32 ones
+        # TRL casts a 4-bit model's LoRA weights to bf16; fp16's grad scaler needs fp32 ones
+        if self.args.fp16:
             for param in self.model.parameters():
                 if param.requires_grad and param.dtype != torch.float32:
                     param.data = param.data.float()
@@ -158,14 +167,18 @@ class CourseSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.tokens_trained += int(inputs["attention_mask"].sum())
-        if not self.fast_loss or (return_outputs and self.compute_metrics is not None):  # metrics need the logits
+        # metrics need the logits
+        if not self.fast_loss or (return_outputs and self.compute_metrics is not None):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = causal_lm_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], num_items_in_batch)
-        return (loss, {"loss": loss}) if return_outputs else loss  # evaluation asks for outputs; it needs the loss only
+        loss = causal_lm_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                              num_items_in_batch)
+        # evaluation asks for outputs; it needs the loss only
+        return (loss, {"loss": loss}) if return_outputs else loss
 
 
 def cpu_speedups(trainer_class, train_dataset, eval_dataset, tokenizer, enabled: bool = True):
-    """03's one droppable line: on a CPU, pre-tokenized datasets and the fast-loss trainer; else all unchanged.
+    """03's one droppable line: on a CPU, pre-tokenized
+    datasets and the fast-loss trainer; else all unchanged.
 
     Both give the same loss as plain `SFTTrainer` on `text` rows, only faster on a CPU:
     pre-tokenizing (text + EOS, as SFTTrainer does) skips the fingerprint that `datasets`
@@ -193,7 +206,8 @@ class TrainResult:
 
 
 def run_trainer(trainer, resume_from_checkpoint: str | None = None) -> TrainResult:
-    """`trainer.train()`, timed; the model comes back unwrapped from mixed-precision autocast and in eval mode.
+    """`trainer.train()`, timed; the model comes back
+    unwrapped from mixed-precision autocast and in eval mode.
 
     Unwrapping matters under fp16/bf16: accelerate wraps forward in an autocast, and a model
     that keeps it computes differently from the same weights loaded from disk (05, 07 reload them).
@@ -240,7 +254,8 @@ def train_lora(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], 
                output_dir: str | Path, callbacks=None) -> TrainResult:
     """Attach LoRA (once) and run SFTTrainer; returns the model, the loss log and the time."""
     model = attach_lora(model, cfg, quiet=True)
-    return run_trainer(sft_trainer(model, tokenizer, train_rows, eval_rows, cfg, output_dir, callbacks=callbacks))
+    return run_trainer(sft_trainer(model, tokenizer, train_rows, eval_rows, cfg, output_dir,
+                                   callbacks=callbacks))
 
 
 def trainable_digest(model) -> str:

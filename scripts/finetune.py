@@ -1,11 +1,13 @@
 """The GemmaTE fine-tuning guide's script, with the guide's options: `gemmate train-te` underneath.
 
-    python scripts/finetune.py --output_dir ./fine_tuned_model --num_epochs 3 --batch_size 4 --learning_rate 5e-5
+    python scripts/finetune.py --output_dir ./fine_tuned_model
+    --num_epochs 3 --batch_size 4 --learning_rate 5e-5
 
-Taught in 07_temporal_encoding (section 8). `--data_file` is a JSONL of {"text", "timestamp"} rows; without it the
-script trains on the course's dated notes (07's task) and says so in one line. Every other option keeps the guide's
-name and maps to the course's one config; `--save_format pt` also writes `model.pt`, a PyTorch state dict with
-LoRA merged in (safetensors stay the default and are always written). The guide's imports work from the repository
+Taught in 07_temporal_encoding (section 8). `--data_file` is a JSONL of {"text", "timestamp"}
+rows; without it the script trains on the course's dated notes (07's task) and says so in one
+line. Every other option keeps the guide's name and maps to the course's one config;
+`--save_format pt` also writes `model.pt`, a PyTorch state dict with LoRA merged in (safetensors
+stay the default and are always written). The guide's imports work from the repository
 root: `from scripts.finetune import TextDataset, collate_fn`.
 """
 from __future__ import annotations
@@ -16,12 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/finetune.py` from anywhere
 
-from gemmate_lib.temporal.data import TextDataset, collate_fn  # noqa: E402 - the guide imports these from here
+# noqa: E402 - the guide imports these from here
+from gemmate_lib.temporal.data import TextDataset, collate_fn
 
 __all__ = ["TextDataset", "collate_fn", "main"]
 
 GUIDE_OPTIONS = {  # the guide's option -> the course's setting (the same name unless noted)
-    "data_file": "dataset", "output_dir": "output_dir", "model_name": "model_name", "num_epochs": "num_epochs",
+    "data_file": "dataset", "output_dir": "output_dir", "model_name": "model_name",
+    "num_epochs": "num_epochs",
     "batch_size": "batch_size", "learning_rate": "learning_rate", "weight_decay": "weight_decay",
     "warmup_steps": "warmup_steps", "max_length": "max_length", "seed": "seed",
     "gradient_accumulation_steps": "gradient_accumulation_steps", "temporal_encoding_scale": "temporal_scale",
@@ -39,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_data(output_dir: str) -> Path:
-    """Write the course's dated notes (07's training set: 600 notes over 2007-2020) as JSONL; return the file."""
+    """Write the course's dated notes (07's training set:
+    600 notes over 2007-2020) as JSONL; return the file."""
     from gemmate_lib.data import load_quotes
     from gemmate_lib.temporal.data import make_dated_notes, save_jsonl
 
@@ -56,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_file is None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         args.data_file = str(default_data(output_dir))
-        print(f"no --data_file: training on the course's dated notes (notebook 07's task), written to {args.data_file}",
+        print(f"no --data_file: training on the course's dated notes "
+              f"(notebook 07's task), written to {args.data_file}",
               flush=True)
     forwarded = ["train-te", "--output_dir", output_dir, "--overwrite"]
     for option, key in GUIDE_OPTIONS.items():

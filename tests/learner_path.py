@@ -29,13 +29,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 # a few examples. The thresholds of the checks that judge learning are the notebooks' own smoke ones.
 SMOKE_PARAMS = {
     "max_steps": 3, "compare_steps": 2, "steps": 2, "second_steps": 2,  # 03, its side-by-side arms, 06, 05
-    "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0, "num_epochs": 1.0,  # 07
+    "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0,
+    "num_epochs": 1.0,  # 07
     "max_new_tokens": 8,  # 02
-    # 06: the methods whose GPU route differs from 03's (TRL's own loss head: full fine-tuning, prompt and prefix
-    # tuning with gemma-2b's one key/value head, IA3); LoRA and QLoRA train as in 03, which the smoke run runs too.
+    # 06: the methods whose GPU route differs from 03's (TRL's own loss head:
+    # full fine-tuning, prompt and prefix tuning with gemma-2b's one key/value
+    # head, IA3); LoRA and QLoRA train as in 03, which the smoke run runs too.
     "methods": ["full", "prompt", "prefix", "ia3"],
 }
-SMOKE_QUOTES = 100  # the smoke run's dataset: this many embedded quotes, so 10 are held out (eval_fraction 0.1)
+# the smoke run's dataset: this many embedded quotes, so 10 are held out (eval_fraction 0.1)
+SMOKE_QUOTES = 100
 
 
 def tiny_gemma(folder: Path) -> Path:
@@ -48,8 +51,10 @@ def tiny_gemma(folder: Path) -> Path:
     if (folder / "config.json").exists():
         return folder
     tokenizer = load_tokenizer("embedded")
-    config = GemmaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+    config = GemmaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                         max_position_embeddings=512,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
@@ -60,18 +65,21 @@ def tiny_gemma(folder: Path) -> Path:
 
 
 def smoke_quotes(path: Path, n: int = SMOKE_QUOTES) -> Path:
-    """The first `n` embedded quotes as a .jsonl file: every notebook's held-out evaluation stays a few rows."""
+    """The first `n` embedded quotes as a .jsonl file: every
+    notebook's held-out evaluation stays a few rows."""
     from gemmate_lib.data import load_quotes
 
     if not path.exists():
         data = load_quotes("embedded")
         rows = (data.train + data.held_out)[:n]
-        path.write_text("".join(json.dumps({"quote": r["quote"], "author": r["author"]}) + "\n" for r in rows))
+        path.write_text("".join(json.dumps({"quote": r["quote"],
+                                            "author": r["author"]}) + "\n" for r in rows))
     return path
 
 
 def colab_kernel(jupyter_dir: Path) -> str:
-    """A kernelspec whose kernel starts like Colab's: google.colab imported, Colab's shell class, no installed course."""
+    """A kernelspec whose kernel starts like Colab's: google.colab
+    imported, Colab's shell class, no installed course."""
     spec = jupyter_dir / "kernels" / "colab-like"
     spec.mkdir(parents=True, exist_ok=True)
     start = "import google.colab; from ipykernel.kernelapp import launch_new_instance; launch_new_instance()"
@@ -101,8 +109,10 @@ def _run(run_dir: Path, notebooks: list[Path] | None) -> dict[str, dict]:
     run_dir.mkdir(parents=True, exist_ok=True)
     model = tiny_gemma(run_dir.parent / "tiny-gemma-1")
     quotes = smoke_quotes(run_dir.parent / "smoke_quotes.jsonl")
-    os.environ.update(JUPYTER_PATH=str(run_dir.parent / "jupyter"), GEMMATE_PROFILE="gpu", GEMMATE_SMOKE="1", HF_HUB_OFFLINE="1",
-                      HF_DATASETS_OFFLINE="1", COLAB_SIM_SECRET=CANARY, COLAB_SIM_LOG=str(run_dir / "colab.log"))
+    os.environ.update(JUPYTER_PATH=str(run_dir.parent / "jupyter"), GEMMATE_PROFILE="gpu", GEMMATE_SMOKE="1",
+                      HF_HUB_OFFLINE="1",
+                      HF_DATASETS_OFFLINE="1", COLAB_SIM_SECRET=CANARY,
+                      COLAB_SIM_LOG=str(run_dir / "colab.log"))
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMMATE_RUN_DIR"):
         os.environ.pop(name, None)  # the token comes from the (fake) Colab secret only
     kernel = colab_kernel(run_dir.parent / "jupyter")
@@ -113,7 +123,8 @@ def _run(run_dir: Path, notebooks: list[Path] | None) -> dict[str, dict]:
                   if k in declared}
         start, status = time.time(), "pass"
         try:
-            pm.execute_notebook(str(nb), str(run_dir / nb.name), parameters={**params, "run_dir": str(run_dir)},
+            pm.execute_notebook(str(nb), str(run_dir / nb.name),
+                                parameters={**params, "run_dir": str(run_dir)},
                                 cwd=str(nb.parent), kernel_name=kernel, progress_bar=False)
         except pm.PapermillExecutionError as err:
             status = f"FAIL at cell {err.exec_count}: {err.ename}: {' '.join(str(err.evalue).split())[:300]}"

@@ -1,4 +1,5 @@
-"""Helpers for tests that start a server process (`make lab`, `gemmate serve`): a free port, and a bounded stop."""
+"""Helpers for tests that start a server process (`make
+lab`, `gemmate serve`): a free port, and a bounded stop."""
 import os
 import signal
 import socket
@@ -13,7 +14,8 @@ def free_port() -> int:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group (started with start_new_session=True), SIGKILL after 30 s; returns once it is gone."""
+    """SIGTERM the process group (started with start_new_session=True),
+    SIGKILL after 30 s; returns once it is gone."""
     if proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGTERM)

@@ -13,7 +13,8 @@ from gemmate_lib.training import attach_lora
 
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
-    """One thread for the tiny model's 64-wide matrices: faster, most of all on a busy machine. A fresh process
+    """One thread for the tiny model's 64-wide matrices:
+    faster, most of all on a busy machine. A fresh process
     (reload_generations) inherits OMP_NUM_THREADS, so it computes with one thread as well."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()
@@ -27,7 +28,8 @@ def test_missing_adapter_folder_says_which_notebook_to_run(tiny_model, tmp_path)
         load_adapter(tiny_model, tmp_path / "adapter")
 
 
-def test_save_is_safetensors_refuses_overwrite_and_rejects_another_base(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+def test_save_is_safetensors_refuses_overwrite_and_rejects_another_base(tiny_model, tiny_tokenizer, cpu_cfg,
+                                                                        tmp_path):
     model = attach_lora(tiny_model, cpu_cfg)
     folder = save_adapter(model, tiny_tokenizer, tmp_path / "adapter", "tiny")
     assert (folder / "adapter_model.safetensors").exists() and not list(folder.glob("*.bin"))
@@ -56,7 +58,7 @@ def _perturbed(model, cfg):
 
 @pytest.mark.slow
 def test_round_trip_in_a_fresh_process_gives_identical_generations(tiny_folder, tiny_tokenizer, fp32, cpu_cfg,
-                                                                    tmp_path):
+                                                                   tmp_path):
     from gemmate_lib.adapters import reload_generations
     from gemmate_lib.generation import STANDARD_PROMPTS, generate
     from gemmate_lib.models import load_model
@@ -71,7 +73,8 @@ def test_round_trip_in_a_fresh_process_gives_identical_generations(tiny_folder, 
     assert here != plain  # the adapter changes something, so equality above means something
 
 
-def test_merge_matches_the_adapter_model_and_refuses_a_4bit_base(tiny_model, tiny_tokenizer, tiny_folder, cpu_cfg):
+def test_merge_matches_the_adapter_model_and_refuses_a_4bit_base(tiny_model, tiny_tokenizer, tiny_folder,
+                                                                 cpu_cfg):
     from gemmate_lib.adapters import merge_and_check
     from gemmate_lib.generation import STANDARD_PROMPTS
     from gemmate_lib.models import load_model
@@ -115,7 +118,8 @@ def test_a_failed_push_is_one_line_without_the_token(stage, monkeypatch, tmp_pat
     fake = "hf_" + "CANARYcanary" * 3 + "0000"  # built at run time: no token-shaped literal in the repository
     monkeypatch.setenv("HF_TOKEN", fake)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # huggingface_hub reads the variable once, at import
+    # huggingface_hub reads the variable once, at import
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     if stage == "upload":  # the token passes its check, then create_repo / upload_folder fail
         monkeypatch.setattr(adapters, "check_token", lambda need_write=False: "token of someone, role write")
     (tmp_path / "adapter").mkdir()
@@ -157,7 +161,7 @@ def _weights(folder):
 
 
 def test_a_failed_final_rename_keeps_the_old_adapter_complete(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path,
-                                                             monkeypatch):
+                                                              monkeypatch):
     old = _perturbed(tiny_model, cpu_cfg)
     folder = save_adapter(old, tiny_tokenizer, tmp_path / "adapter", "tiny")
     before = _weights(folder)
@@ -167,7 +171,8 @@ def test_a_failed_final_rename_keeps_the_old_adapter_complete(tiny_model, tiny_t
                 p.add_(1.0)
     real_rename, failed = Path.rename, []
 
-    def failing(self, target):  # only the last step, .partial -> adapter, fails (the old one is already .backup)
+    # only the last step, .partial -> adapter, fails (the old one is already .backup)
+    def failing(self, target):
         if self.name == "adapter.partial" and Path(target).name == "adapter":
             failed.append(self)
             raise OSError(28, "No space left on device")
@@ -186,7 +191,8 @@ def test_a_failed_final_rename_keeps_the_old_adapter_complete(tiny_model, tiny_t
     load_adapter(make_tiny_gemma(tiny_tokenizer), folder)
 
 
-def test_a_process_killed_between_the_renames_is_recovered_on_load(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+def test_a_process_killed_between_the_renames_is_recovered_on_load(tiny_model, tiny_tokenizer, cpu_cfg,
+                                                                   tmp_path):
     from tiny import make_tiny_gemma
 
     folder = save_adapter(_perturbed(tiny_model, cpu_cfg), tiny_tokenizer, tmp_path / "adapter", "tiny")
@@ -202,7 +208,8 @@ def test_a_process_killed_between_the_renames_is_recovered_on_load(tiny_model, t
 def test_a_damaged_gemmate_json_is_one_clear_error(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
     from tiny import make_tiny_gemma
 
-    folder = save_adapter(attach_lora(tiny_model, cpu_cfg, quiet=True), tiny_tokenizer, tmp_path / "adapter", "tiny")
+    folder = save_adapter(attach_lora(tiny_model, cpu_cfg, quiet=True), tiny_tokenizer, tmp_path / "adapter",
+                          "tiny")
     for damage in ('{"base_model": ', "[1, 2]"):
         (folder / "gemmate.json").write_text(damage)
         with pytest.raises(ModelLoadError, match="gemmate.json is damaged"):

@@ -18,7 +18,8 @@ def test_no_file_the_notebooks_wrote_contains_the_token():
     files = [p for p in run_dir.rglob("*") if p.is_file()]
     # the whole course ran there: manifest, adapter, metrics, the GemmaTE model and the merged model
     names = {p.name for p in files}
-    assert {"manifest.json", "adapter_model.safetensors", "metrics.json", "temporal.safetensors"} <= names, names
+    assert {"manifest.json", "adapter_model.safetensors", "metrics.json",
+            "temporal.safetensors"} <= names, names
     assert os.environ.get("HF_TOKEN") == CANARY, "run through `make nbval`, which sets the fake token"
     leaks = [str(p.relative_to(run_dir)) for p in files if CANARY.encode() in p.read_bytes()]
     assert leaks == []

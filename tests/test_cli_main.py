@@ -15,11 +15,13 @@ from gemmate_lib.errors import ParameterError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small and quick on the embedded default: short quotes, batch 4.
-QUICK = ["--max_length", "48", "--batch_size", "4", "--steps_freq", "2", "--val_steps_freq", "2", "--eval_fraction", "0.03"]
+QUICK = ["--max_length", "48", "--batch_size", "4", "--steps_freq", "2", "--val_steps_freq", "2",
+         "--eval_fraction", "0.03"]
 
 
 def gemmate(*args, check=True, **kwargs):
-    proc = subprocess.run([sys.executable, "-m", "gemmate_lib", *args], capture_output=True, text=True, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "gemmate_lib", *args], capture_output=True, text=True,
+                          cwd=ROOT,
                           timeout=900, **kwargs)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -28,7 +30,8 @@ def gemmate(*args, check=True, **kwargs):
 
 def _fake_checkpoint(folder: Path, step: int, loss: float | None):
     folder.mkdir(parents=True)
-    history = [{"step": step, "loss": 1.0}] + ([{"step": step, "eval_loss": loss}] if loss is not None else [])
+    history = [{"step": step,
+                "loss": 1.0}] + ([{"step": step, "eval_loss": loss}] if loss is not None else [])
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}))
 
 
@@ -62,7 +65,8 @@ def test_the_policy_deletes_what_it_does_not_keep_after_a_save(checkpoints):
 def test_resume_picks_the_last_complete_the_best_or_the_given_checkpoint(checkpoints):
     assert resume_checkpoint(checkpoints, "last").name == "checkpoint-12"  # not the half-written 14
     assert resume_checkpoint(checkpoints, "best", metric="eval_loss", mode="min").name == "checkpoint-8"
-    assert resume_checkpoint(checkpoints, "path", path=str(checkpoints / "checkpoint-4")).name == "checkpoint-4"
+    assert resume_checkpoint(checkpoints, "path",
+                             path=str(checkpoints / "checkpoint-4")).name == "checkpoint-4"
     with pytest.raises(ParameterError, match="not a complete checkpoint"):
         resume_checkpoint(checkpoints, "path", path=str(checkpoints / "checkpoint-14"))
     with pytest.raises(ParameterError, match="holds no complete checkpoint"):
@@ -108,14 +112,17 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys):
 def test_gemmate_te_is_an_alias_of_train_te(monkeypatch, tmp_path, capsys):
     from gemmate_lib.cli import main as cli
 
-    monkeypatch.setattr(sys, "argv", ["gemmate-te", "--dataset", str(tmp_path / "none.jsonl"), "--batch_size", "0"])
+    monkeypatch.setattr(sys, "argv",
+                        ["gemmate-te", "--dataset", str(tmp_path / "none.jsonl"), "--batch_size", "0"])
     assert cli.run_te() == 2 and "batch_size=0 must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_last_gives_the_same_adapter_bitwise(tmp_path, tiny_folder):
-    """Plumbing (checkpoints, RNG and data position), so the tiny random Gemma: 24 steps, a checkpoint every 2."""
-    args = [*QUICK, "--max_length", "128", "--model_name", str(tiny_folder), "--max_steps", "24", "--deterministic",
+    """Plumbing (checkpoints, RNG and data position), so the
+    tiny random Gemma: 24 steps, a checkpoint every 2."""
+    args = [*QUICK, "--max_length", "128", "--model_name", str(tiny_folder), "--max_steps", "24",
+            "--deterministic",
             "true", "--keep_last_n", "2", "--keep_best_n", "0"]
     gemmate("train", *args, "--output_dir", str(tmp_path / "straight"))
     straight = json.loads((tmp_path / "straight" / "train_metrics.json").read_text())
@@ -131,9 +138,11 @@ def test_sigkill_then_resume_last_gives_the_same_adapter_bitwise(tmp_path, tiny_
     assert proc.returncode == -signal.SIGKILL and not (out / "train_metrics.json").exists()
     last = max(complete_checkpoints(out))
     assert last < 24
-    gemmate("train", *args, "--output_dir", str(out), "--resume_from_checkpoint", "true", "--resume_option", "last")
+    gemmate("train", *args, "--output_dir", str(out), "--resume_from_checkpoint", "true", "--resume_option",
+            "last")
     resumed = json.loads((out / "train_metrics.json").read_text())
-    print(f"killed after checkpoint-{last} of 24 steps; resumed run digest {resumed['trainable_digest'][:12]}, "
+    print(f"killed after checkpoint-{last} of 24 steps; resumed run digest "
+          f"{resumed['trainable_digest'][:12]}, "
           f"uninterrupted {straight['trainable_digest'][:12]}")
     assert resumed["resumed_from"] == f"checkpoint-{last}" and resumed["steps"] == 24
     assert resumed["trainable_digest"] == straight["trainable_digest"]
@@ -154,27 +163,33 @@ def test_tiny_hpo_writes_a_table_and_a_best_config(tmp_path, tiny_folder):
 
     out = tmp_path / "hpo"
     cfg = load_config(None, {k.lstrip("-"): v for k, v in zip(QUICK[::2], QUICK[1::2])} | {
-        "max_steps": "2", "output_dir": str(out), "device": "cpu", "model_name": str(tiny_folder), "max_length": "128"})
+        "max_steps": "2", "output_dir": str(out), "device": "cpu", "model_name": str(tiny_folder),
+        "max_length": "128"})
     search(cfg, n_trials=2)
     table = pd.read_csv(out / "hpo_results.csv")
     assert len(table) == 2 and table.eval_loss.notna().all()
     best = load_config(out / "best_config.yaml")
-    assert best.train.learning_rate == pytest.approx(table.sort_values("eval_loss").iloc[0]["params_learning_rate"])
+    winner = table.sort_values("eval_loss").iloc[0]
+    assert best.train.learning_rate == pytest.approx(winner["params_learning_rate"])
 
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_matches_one_process(tmp_path, tiny_folder):
-    """accelerate launch, 2 processes, gloo: the ranks agree, and equal one process that accumulates 2 batches.
+    """accelerate launch, 2 processes, gloo: the ranks
+    agree, and equal one process that accumulates 2 batches.
 
-    Gradient synchronisation is plumbing, so the tiny random Gemma (as in `make test-fast`'s other plumbing tests).
+    Gradient synchronisation is plumbing, so the tiny random
+    Gemma (as in `make test-fast`'s other plumbing tests).
     """
     from safetensors.torch import load_file
 
-    common = [*QUICK, "--max_length", "128", "--model_name", str(tiny_folder), "--batch_size", "2", "--max_steps", "4",
+    common = [*QUICK, "--max_length", "128", "--model_name", str(tiny_folder), "--batch_size", "2",
+              "--max_steps", "4",
               "--dtype", "fp32", "--group_by_length", "false",
               "--fast_loss", "false", "--keep_best_n", "0", "--keep_last_n", "1"]
     ddp = tmp_path / "ddp"
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                           "--num_processes", "2",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                            "-m", "gemmate_lib", "train", *common, "--output_dir", str(ddp)],
                           capture_output=True, text=True, cwd=ROOT, timeout=900)
@@ -188,12 +203,14 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path, tiny_folder):
     import torch
 
     assert a.keys() == b.keys()
-    diff = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm() / torch.cat([b[k].flatten() for k in b]).norm()
+    diff = (torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
+            / torch.cat([b[k].flatten() for k in b]).norm())
     loss_ddp = json.loads((ddp / "train_metrics.json").read_text())["final_loss"]
     loss_one = json.loads((single / "train_metrics.json").read_text())["final_loss"]
     print(f"DDP vs one process: relative L2 difference of the adapters {float(diff):.2e}; "
           f"final loss {loss_ddp:.5f} vs {loss_one:.5f}")
-    # Only the summation order differs (gloo all-reduce vs accumulation): 0 on the tiny model, 3.7e-7 on the real one.
+    # Only the summation order differs (gloo all-reduce vs
+    # accumulation): 0 on the tiny model, 3.7e-7 on the real one.
     assert float(diff) < 1e-4 and loss_ddp == pytest.approx(loss_one, rel=1e-3)
     assert all(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # it trained: B starts at zero
 

@@ -1,4 +1,5 @@
-"""`gemmate serve`: a fine-tuned run behind transformers serve on 127.0.0.1, real HTTP requests, bad ones refused.
+"""`gemmate serve`: a fine-tuned run behind transformers
+serve on 127.0.0.1, real HTTP requests, bad ones refused.
 
 The model is really trained (10 steps on the embedded Gemma 3 270M, enough for the
 `Author:` line on the standard prompts to appear) and really served; every wait is bounded.
@@ -23,10 +24,13 @@ def test_bad_requests_are_refused_with_what_to_send(tmp_path):
 
     check_request({"prompt": "Quote: x", "max_tokens": 40}, "prompt", ["m"])  # a good one passes
     for body, words in [({"prompt": " "}, "prompt is empty"), ({"messages": []}, "messages is empty"),
-                        ({"prompt": "Q", "max_tokens": 10**8}, "max_tokens=100000000 must be a whole number from 1 to 512"),
-                        ({"prompt": "Q", "max_tokens": 0}, "from 1 to 512"), ({"prompt": "Q", "max_tokens": True}, "True"),
+                        ({"prompt": "Q", "max_tokens": 10**8},
+                         "max_tokens=100000000 must be a whole number from 1 to 512"),
+                        ({"prompt": "Q", "max_tokens": 0},
+                         "from 1 to 512"), ({"prompt": "Q", "max_tokens": True}, "True"),
                         ({"prompt": "Q", "max_completion_tokens": "9"}, "max_completion_tokens='9'"),
-                        ({"prompt": "Q", "model": "nope"}, "model 'nope' is not served here; use one of: a, b")]:
+                        ({"prompt": "Q", "model": "nope"},
+                         "model 'nope' is not served here; use one of: a, b")]:
         field = "messages" if "messages" in body else "prompt"
         with pytest.raises(HTTPException) as err:
             check_request(body, field, ["a", "b"] if "model" in body else ["a"])
@@ -46,18 +50,23 @@ def test_gemmate_serve_answers_a_quote_with_an_author_over_http(tmp_path):
     from gemmate_lib.models import prepare_embedded
 
     run = tmp_path / "run"
-    assert run_cli(main, ["train", "--max_length", "48", "--batch_size", "4", "--max_steps", "10", "--val_steps_freq", "0",
+    assert run_cli(main,
+                   ["train", "--max_length", "48", "--batch_size", "4", "--max_steps", "10",
+                    "--val_steps_freq", "0",
                           "--keep_best_n", "0", "--save_strategy", "no", "--eval_fraction", "0.03",
                           "--output_dir", str(run)]) == 0
     base = tmp_path / "base"
     base.mkdir()
     (base / "merged").symlink_to(prepare_embedded(verbose=False))  # the untrained model, as a second "run"
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gemmate_lib", "serve", str(run), str(base), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "gemmate_lib", "serve", str(run), str(base), "--port",
+                             str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300  # merging the adapter and loading: bounded to 5 minutes, one poll a second
+        # merging the adapter and loading: bounded to 5 minutes, one poll a second
+        deadline = time.time() + 300
         while True:
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             try:
@@ -79,17 +88,21 @@ def test_gemmate_serve_answers_a_quote_with_an_author_over_http(tmp_path):
         print(f"gemmate serve: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s "
               f"(greedy, 40 tokens per request, one request at a time)")
         assert sum("Author:" in t for t in texts) >= 1, texts  # the fine-tuned format, over HTTP
-        plain = client.completions.create(model=untrained, prompt=STANDARD_PROMPTS[1], max_tokens=40, temperature=0)
-        assert "Author:" not in plain.choices[0].text  # the second model, picked by name, is the untrained one
+        plain = client.completions.create(model=untrained, prompt=STANDARD_PROMPTS[1], max_tokens=40,
+                                          temperature=0)
+        # the second model, picked by name, is the untrained one
+        assert "Author:" not in plain.choices[0].text
         for bad, words in [(dict(model=tuned, prompt=""), "prompt is empty"),
                            (dict(model=tuned, prompt="Quote: x", max_tokens=10**8), "from 1 to 512"),
-                           (dict(model="google/gemma-2b", prompt="Quote: x", max_tokens=5), "is not served here")]:
+                           (dict(model="google/gemma-2b", prompt="Quote: x", max_tokens=5),
+                            "is not served here")]:
             with pytest.raises(BadRequestError) as err:
                 client.completions.create(**{"max_tokens": 5, **bad})
             assert words in json.dumps(err.value.body)
         chat = httpx.post(f"{url}/v1/chat/completions", json={"model": tuned, "messages": []}, timeout=30)
         assert chat.status_code == 400 and "messages is empty" in chat.text
-        again = client.completions.create(model=tuned, prompt=STANDARD_PROMPTS[1], max_tokens=40, temperature=0)
+        again = client.completions.create(model=tuned, prompt=STANDARD_PROMPTS[1], max_tokens=40,
+                                          temperature=0)
         assert again.choices[0].text == texts[1]  # still running, and still the same model
     finally:
         stop(proc)
@@ -118,7 +131,8 @@ def test_the_request_checks_attach_to_the_pinned_transformers_and_a_changed_one_
     from gemmate_lib.cli.serve import check_hook_point
     from gemmate_lib.errors import HardwareError
 
-    check_hook_point(server, serve_cli)  # the pinned transformers: the checks attach where serve builds its app
+    # the pinned transformers: the checks attach where serve builds its app
+    check_hook_point(server, serve_cli)
     renamed = types.SimpleNamespace(build_server=lambda manager, chat, completions: None)
     with pytest.raises(HardwareError, match="cannot add its request checks"):
         check_hook_point(renamed, serve_cli)

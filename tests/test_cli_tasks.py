@@ -1,4 +1,5 @@
-"""The Gemma 1.1 experiment: SST-2 and SQuAD v2 (configs, fixtures, official metrics, CPU runs), wandb and fsspec storage."""
+"""The Gemma 1.1 experiment: SST-2 and SQuAD v2 (configs, fixtures,
+official metrics, CPU runs), wandb and fsspec storage."""
 import json
 from pathlib import Path
 
@@ -10,16 +11,19 @@ from gemmate_lib.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
-CONFIGS = {"sst2": ROOT / "configs" / "gemma11-sst2.yaml", "squad_v2": ROOT / "configs" / "gemma11-squadv2.yaml"}
+CONFIGS = {"sst2": ROOT / "configs" / "gemma11-sst2.yaml",
+           "squad_v2": ROOT / "configs" / "gemma11-squadv2.yaml"}
 
 
 def test_both_gemma11_configs_load_with_the_tables_keys():
     sst2 = load_config(CONFIGS["sst2"], {"device": "cpu"})
-    assert (sst2.data.dataset, sst2.model.model_name) == ("stanfordnlp/sst2", "google/gemma-1.1-2b-it")  # dataset_id
+    # dataset_id
+    assert (sst2.data.dataset, sst2.model.model_name) == ("stanfordnlp/sst2", "google/gemma-1.1-2b-it")
     assert (sst2.train.max_length, sst2.train.learning_rate, sst2.train.batch_size) == (32, 6e-5, 4)
     assert (sst2.lora.lora_r, sst2.lora.lora_alpha, sst2.lora.lora_target_modules) == (4, 8, "all-linear")
     assert (sst2.train.seed, sst2.train.val_steps_freq, sst2.checkpoints.save_optim) == (23, 50, True)
-    assert sst2.train.wandb_tags == ("sst2", "lora", "gemma-1.1") and sst2.checkpoints.storage_backend == "none"
+    assert sst2.train.wandb_tags == ("sst2", "lora",
+                                     "gemma-1.1") and sst2.checkpoints.storage_backend == "none"
     squad = load_config(CONFIGS["squad_v2"], {"device": "cpu"})
     assert squad.data.dataset == "rajpurkar/squad_v2" and squad.train.completion_only_loss
 
@@ -47,7 +51,8 @@ def test_squad_v2_exact_match_and_f1_by_hand_on_the_fixture():
     assert scores["exact"] == 40.0 and scores["f1"] == 56.0
     assert scores["HasAns_exact"] == pytest.approx(33.33) and scores["HasAns_f1"] == 60.0
     assert scores["NoAns_exact"] == 50.0 and scores["NoAns_f1"] == 50.0 and scores["total"] == 5
-    assert squad_v2_scores([["1990", "in 1990"]], ["In 1990."])["exact"] == 100.0  # the best gold answer counts
+    # the best gold answer counts
+    assert squad_v2_scores([["1990", "in 1990"]], ["In 1990."])["exact"] == 100.0
     assert squad_v2_scores([[]], [""])["exact"] == 100.0  # an empty prediction is "no answer" too
 
 
@@ -64,7 +69,8 @@ def test_fixture_rows_become_prompts_with_the_answer_as_completion(tiny_tokenize
     data = load_task("squad_v2", str(FIX / "squad_v2.jsonl"), 0.25, 23)
     rows = data.train + data.held_out
     assert len(rows) == 12 and sum(r["answer"] == NO_ANSWER for r in rows) == 4
-    assert all(r["text"] == f"{r['prompt']} {r['answer']}" and r["prompt"].endswith("\nAnswer:") for r in rows)
+    assert all(r["text"] == f"{r['prompt']} {r['answer']}" for r in rows)
+    assert all(r["prompt"].endswith("\nAnswer:") for r in rows)
     ds = to_dataset(rows[:2], tiny_tokenizer, completion_only=True)
     for r, ids, mask in zip(rows, ds["input_ids"], ds["completion_mask"]):
         trained = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if m])
@@ -91,7 +97,8 @@ def test_a_cpu_run_of_each_task_on_the_embedded_model(task, max_length, held_out
     fixture = FIX / ("sst2.jsonl" if task == "sst2" else "squad_v2.jsonl")
     cfg = load_config(CONFIGS[task], {"dataset": str(fixture), "model_name": "embedded", "max_steps": "2",
                                       "val_steps_freq": "2", "steps_freq": "2", "max_length": str(max_length),
-                                      "eval_fraction": "0.25", "output_dir": str(tmp_path), "keep_best_n": "0",
+                                      "eval_fraction": "0.25", "output_dir": str(tmp_path),
+                                      "keep_best_n": "0",
                                       "device": "cpu"})
     metrics = train_from_config(cfg)
     scores = metrics["task_metrics"]
@@ -109,10 +116,12 @@ def test_use_wandb_says_how_to_install_it_and_maps_to_the_trainer(monkeypatch, t
     from gemmate_lib.training import training_kwargs
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ParameterError, match="pip install wandb"):
         load_config(None, {"use_wandb": "true", "output_dir": str(tmp_path)})
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "wandb" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: object() if name == "wandb" else real(name, *a))
     cfg = load_config(None, {"use_wandb": "true", "wandb_run_name": "r1", "save_optim": "false",
                              "output_dir": str(tmp_path)})
     kwargs = training_kwargs(cfg, tmp_path, has_eval=True)
@@ -123,7 +132,8 @@ def test_storage_is_switched_on_by_storage_backend_and_needs_a_remote_path(tmp_p
     with pytest.raises(ParameterError, match="storage_backend is 'none'"):
         load_config(None, {"sync_to_storage": "true", "output_dir": str(tmp_path)})
     with pytest.raises(ParameterError, match="remote_path is not set"):
-        load_config(None, {"storage_backend": "fsspec", "sync_to_storage": "true", "output_dir": str(tmp_path)})
+        load_config(None,
+                    {"storage_backend": "fsspec", "sync_to_storage": "true", "output_dir": str(tmp_path)})
 
 
 @pytest.mark.parametrize("remote", ["memory://gemmate-test/run", "folder"])
@@ -139,15 +149,18 @@ def test_checkpoints_sync_to_fsspec_and_a_resume_loads_them_back(remote, tiny_fo
     remote = str(tmp_path / "remote") if remote == "folder" else remote
     out = tmp_path / "run"
     common = {"model_name": str(tiny_folder), "max_length": "128", "max_steps": "6", "batch_size": "2",
-              "steps_freq": "2", "val_steps_freq": "2", "keep_last_n": "2", "keep_best_n": "0", "device": "cpu",
+              "steps_freq": "2", "val_steps_freq": "2", "keep_last_n": "2", "keep_best_n": "0",
+              "device": "cpu",
               "dtype": "fp32", "deterministic": "true", "storage_backend": "fsspec", "remote_path": remote,
               "output_dir": str(out), "eval_fraction": "0.05"}
     first = train_from_config(load_config(None, {**common, "sync_to_storage": "true"}))
-    assert remote_checkpoints(remote) == ["checkpoint-4", "checkpoint-6"]  # uploaded, and the policy's deletion mirrored
+    # uploaded, and the policy's deletion mirrored
+    assert remote_checkpoints(remote) == ["checkpoint-4", "checkpoint-6"]
     fs, root = fsspec.core.url_to_fs(remote)
     assert fs.exists(f"{root}/checkpoint-6/adapter_model.safetensors")
     shutil.rmtree(out)  # the local disk is gone (a new machine, a new Colab runtime)
-    resumed = train_from_config(load_config(None, {**common, "max_steps": "8", "resume_from_checkpoint": "true",
+    resumed = train_from_config(load_config(None,
+                                            {**common, "max_steps": "8", "resume_from_checkpoint": "true",
                                                    "load_from_storage": "true"}))
     assert resumed["resumed_from"] == "checkpoint-6" and resumed["steps"] == 8 and first["steps"] == 6
     assert 8 in complete_checkpoints(out)

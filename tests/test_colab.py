@@ -1,4 +1,5 @@
-"""The Colab path, simulated here: faked only at the outer boundary (google.colab, CUDA, the huggingface_hub API)."""
+"""The Colab path, simulated here: faked only at the outer
+boundary (google.colab, CUDA, the huggingface_hub API)."""
 import json
 import subprocess
 import sys
@@ -66,7 +67,8 @@ def test_the_colab_secret_is_the_token_and_reaches_a_subprocess(fake_colab):
 
 @pytest.mark.parametrize("secret, words", [(NotebookAccessError("declined"), "was refused access"),
                                            (None, "no secret named HF_TOKEN"),
-                                           (RuntimeError("vault broke"), "could not read the HF_TOKEN secret")])
+                                           (RuntimeError("vault broke"),
+                                            "could not read the HF_TOKEN secret")])
 def test_each_colab_secret_failure_has_its_own_message(fake_colab, secret, words):
     from gemmate_lib.models import resolve_model
 
@@ -94,7 +96,8 @@ def _whoami(role=None, status=None, scopes=()):
             import httpx2
             from huggingface_hub.errors import HfHubHTTPError
 
-            response = httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/whoami-v2"))
+            response = httpx2.Response(status,
+                                       request=httpx2.Request("GET", "https://huggingface.co/api/whoami-v2"))
             raise HfHubHTTPError(f"{status} Client Error", response=response)
         access = {"role": role}
         if role == "fineGrained":
@@ -122,7 +125,8 @@ def test_a_write_token_passes_the_check(fake_colab):
 
 def test_the_colab_requirements_never_touch_torch_jupyter_or_dev_tools():
     wanted = colab.pins(ROOT / "requirements-colab.txt")
-    forbidden = {"torch", "torchvision", "torchaudio", "jupyter", "jupyterlab", "ipykernel", "notebook", "papermill",
+    forbidden = {"torch", "torchvision", "torchaudio", "jupyter", "jupyterlab", "ipykernel", "notebook",
+                 "papermill",
                  "nbval", "nbformat", "pytest", "optuna", "ruff", "pandas", "protobuf"}
     assert not forbidden & set(wanted)
     course = colab.pins(ROOT / "requirements.txt")
@@ -131,13 +135,15 @@ def test_the_colab_requirements_never_touch_torch_jupyter_or_dev_tools():
 
 @pytest.mark.slow
 def test_pip_would_not_reinstall_torch_in_a_venv_that_has_it(tmp_path):
-    """A dry run of the Colab install into a fresh venv holding torch 2.13: torch stays, the course's pins come in."""
+    """A dry run of the Colab install into a fresh venv holding
+    torch 2.13: torch stays, the course's pins come in."""
     import torch as installed_torch
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = str(venv / "bin" / "python")
-    # The venv gets this machine's torch 2.13.0 (its files and dist-info, linked in: no multi-GB copy), as Colab has its own.
+    # The venv gets this machine's torch 2.13.0 (its files and
+    # dist-info, linked in: no multi-GB copy), as Colab has its own.
     target = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                  capture_output=True, text=True, check=True).stdout.strip())
     source = Path(installed_torch.__file__).resolve().parents[1]
@@ -152,13 +158,15 @@ def test_pip_would_not_reinstall_torch_in_a_venv_that_has_it(tmp_path):
     names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
     print(f"the Colab install would add {len(names)} distributions, none of them torch")
     assert "transformers" in names and "bitsandbytes" in names
-    assert not names & {"torch", "torchvision", "torchaudio"} and not any(n.startswith("nvidia-") for n in names)
+    assert not names & {"torch", "torchvision",
+                        "torchaudio"} and not any(n.startswith("nvidia-") for n in names)
 
 
 def test_install_is_harmless_to_rerun_and_says_when_to_restart(tmp_path, monkeypatch, capsys):
     (tmp_path / "requirements-colab.txt").write_text("peft==0.21.2\n")
     calls = []
-    assert colab.install(tmp_path, run=lambda *a, **k: calls.append(a)) == "ready" and calls == []  # already there
+    # already there
+    assert colab.install(tmp_path, run=lambda *a, **k: calls.append(a)) == "ready" and calls == []
     (tmp_path / "requirements-colab.txt").write_text("peft==9.9.9\n")
     import peft
 
@@ -168,7 +176,8 @@ def test_install_is_harmless_to_rerun_and_says_when_to_restart(tmp_path, monkeyp
     assert "Runtime > Restart session" in capsys.readouterr().out
 
 
-def test_drive_is_the_default_run_folder_on_colab_and_declining_it_is_explained(fake_colab, monkeypatch, capsys):
+def test_drive_is_the_default_run_folder_on_colab_and_declining_it_is_explained(fake_colab, monkeypatch,
+                                                                                capsys):
     assert colab.default_run_dir("03", mount=lambda path: None) == colab.DRIVE_RUNS / "03"
 
     def decline(path):
@@ -238,7 +247,8 @@ def test_gpu_check_dry_run_builds_every_notebooks_t4_and_a100_config(capsys):
     out = capsys.readouterr().out
     notebooks = len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
     assert out.count("T4 (7.5)") == out.count("A100 (8.0)") == notebooks == 8 and " NO" not in out
-    assert "06_compare_methods" in out  # its QLoRA arm carries the GPU recipe (the other methods are checked in test_methods)
+    # its QLoRA arm carries the GPU recipe (the other methods are checked in test_methods)
+    assert "06_compare_methods" in out
     # a T4 computes the embedded Gemma 3 in fp32 (it overflows in fp16), an A100 in bf16
     assert "compute fp32 ok" in out and "compute bf16 ok" in out and "paged_adamw_8bit ok" in out
 
@@ -251,7 +261,8 @@ def test_gpu_check_without_a_gpu_is_one_clear_line(capsys):
     assert run_cli(main, []) == 2 and "needs a CUDA GPU" in capsys.readouterr().err
 
 
-def test_the_merge_check_moves_inputs_to_the_models_device_and_keeps_one_copy(tiny_model, tiny_tokenizer, cpu_cfg):
+def test_the_merge_check_moves_inputs_to_the_models_device_and_keeps_one_copy(tiny_model, tiny_tokenizer,
+                                                                              cpu_cfg):
     from gemmate_lib.adapters import merge_and_check
     from gemmate_lib.training import attach_lora
 
@@ -268,7 +279,8 @@ def test_the_merge_check_moves_inputs_to_the_models_device_and_keeps_one_copy(ti
     base_layer = model.get_base_model()
     merged, _ = merge_and_check(model, Tokenizer(), ["Quote: a", "Quote: b c"])
     assert moved == [model.device]  # on a GPU, the prompts go to CUDA with the model
-    assert merged is base_layer  # merged in place: no deep copy of the base (two would not fit a T4 with gemma-2b)
+    # merged in place: no deep copy of the base (two would not fit a T4 with gemma-2b)
+    assert merged is base_layer
 
 
 def test_lora_on_an_unquantized_base_never_upcasts_it_even_under_the_nf4_profile(tiny_tokenizer):
@@ -278,6 +290,7 @@ def test_lora_on_an_unquantized_base_never_upcasts_it_even_under_the_nf4_profile
     from gemmate_lib.training import attach_lora
 
     base = make_tiny_gemma(tiny_tokenizer).to(torch.bfloat16)
-    cfg = course_config(device="cpu", dtype="bf16", quantization="nf4")  # 05's second adapter on a GPU profile
+    # 05's second adapter on a GPU profile
+    cfg = course_config(device="cpu", dtype="bf16", quantization="nf4")
     model = attach_lora(base, cfg)
     assert {p.dtype for n, p in model.named_parameters() if "lora" not in n} == {torch.bfloat16}

@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemmate_lib.config import EMBEDDED, OWNER, SEED_TARGET_MODULES, config_summary, course_config, dump_config, load_config
+from gemmate_lib.config import (
+    EMBEDDED,
+    OWNER,
+    SEED_TARGET_MODULES,
+    config_summary,
+    course_config,
+    dump_config,
+    load_config,
+)
 from gemmate_lib.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +69,8 @@ def test_the_training_seed_decides_the_lora_initialization(tiny_tokenizer):
     from gemmate_lib.training import attach_lora
 
     def lora_a(seed):
-        model = attach_lora(make_tiny_gemma(tiny_tokenizer), course_config(device="cpu", dtype="fp32", seed=seed))
+        model = attach_lora(make_tiny_gemma(tiny_tokenizer),
+                            course_config(device="cpu", dtype="fp32", seed=seed))
         return torch.cat([p.detach().flatten() for n, p in sorted(model.named_parameters()) if "lora_A" in n])
 
     assert torch.equal(lora_a(7), lora_a(7))
@@ -93,7 +102,8 @@ def test_unknown_parameter_lists_the_valid_ones():
                                     {"quantization": "int3"}, {"learning_rate": 0.0}, {"learning_rate": 5.0},
                                     {"learning_rate": float("nan")}, {"warmup_steps": -1}, {"steps_freq": 0},
                                     {"lora_alpha": 0}, {"lora_dropout": 1.0}, {"optim": "adamw_magic"},
-                                    {"seed": -1}, {"max_steps": -1, "num_epochs": float("inf")}, {"temporal_dim": 7}])
+                                    {"seed": -1}, {"max_steps": -1,
+                                                   "num_epochs": float("inf")}, {"temporal_dim": 7}])
 def test_values_that_cannot_work_are_rejected_before_anything_loads(params):
     with pytest.raises(ParameterError) as err:
         course_config(device="cpu", **params)
@@ -108,15 +118,18 @@ def test_summary_is_json_ready():
 
 def test_shipped_configs_load():
     assert load_config(ROOT / "configs" / "cpu-quick.yaml").train.max_steps == 40
-    assert load_config(ROOT / "configs" / "gpu-qlora.yaml", {"device": "cpu"}).lora.lora_target_modules == "all-linear"
+    assert load_config(ROOT / "configs" / "gpu-qlora.yaml",
+                       {"device": "cpu"}).lora.lora_target_modules == "all-linear"
 
 
 @pytest.mark.parametrize("values, message", [
     ({"learning_rat": 1e-4}, "unknown config key 'learning_rat'"),
     ({"batch_size": "eight"}, "batch_size='eight' has type str"),
     ({"deterministic": "maybe"}, "deterministic='maybe' has type str"),
-    ({"keep_best_n": 2, "checkpoint_metric": None}, "keep_best_n ranks checkpoints, but checkpoint_metric is not set"),
-    ({"resume_from_checkpoint": True, "resume_option": "path", "checkpoint_path": "runs/nowhere/checkpoint-4"},
+    ({"keep_best_n": 2, "checkpoint_metric": None},
+     "keep_best_n ranks checkpoints, but checkpoint_metric is not set"),
+    ({"resume_from_checkpoint": True, "resume_option": "path",
+      "checkpoint_path": "runs/nowhere/checkpoint-4"},
      "checkpoint_path='runs/nowhere/checkpoint-4' does not exist"),
     ({"save_strategy": "sometimes"}, "save_strategy='sometimes' is not one of"),
 ])
@@ -149,10 +162,12 @@ def test_a_dumped_config_loads_back_equal(tmp_path):
 def test_a_seed_style_yaml_with_the_experiment_names_loads(tmp_path):
     path = tmp_path / "seed.yaml"
     path.write_text("model_name: embedded\nmax_length: 32\nlearning_rate: 6.0e-5\nbatch_size: 4\nlora_r: 4\n"
-                    "lora_alpha: 8\nlora_target_modules: all-linear\nseed: 23\nval_steps_freq: 50\nsteps_freq: 10\n"
+                    "lora_alpha: 8\nlora_target_modules: all-linear\nseed: 23\nval_steps_freq: "
+                    "50\nsteps_freq: 10\n"
                     "keep_last_n: 2\nkeep_best_n: 1\ngradient_accumulation_steps: 1\n")
     cfg = load_config(path, {"device": "cpu"})
-    assert (cfg.train.max_length, cfg.lora.lora_alpha, cfg.train.seed, cfg.train.val_steps_freq) == (32, 8, 23, 50)
+    got = (cfg.train.max_length, cfg.lora.lora_alpha, cfg.train.seed, cfg.train.val_steps_freq)
+    assert got == (32, 8, 23, 50)
 
 
 def test_a_non_utf8_or_malformed_yaml_is_one_clear_error(tmp_path):

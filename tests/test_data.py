@@ -14,7 +14,8 @@ def test_broken_author_fields_are_dropped_or_trimmed_and_counted():
             {"quote": "Bounce.", "author": "General George Patton."},
             {"quote": "Ask not.", "author": "John F. Kennedy"}]
     kept, dropped, _, repaired = clean_rows(rows)
-    assert [r["author"] for r in kept] == ["bell hooks", "Guy Kawasaki", "General George Patton", "John F. Kennedy"]
+    assert [r["author"] for r in kept] == ["bell hooks", "Guy Kawasaki", "General George Patton",
+                                           "John F. Kennedy"]
     assert list(dropped.values()) == [2] and "fragment" in next(iter(dropped))
     assert list(repaired.values()) == [2]
     assert trim_author("J.K. Rowling, Harry Potter") == "J.K. Rowling" and trim_author("John F.") == "John F."
@@ -34,12 +35,14 @@ def test_completion_mask_covers_the_second_half_and_the_author(tiny_tokenizer):
 def test_embedded_quotes_load_and_split_deterministically():
     a = load_quotes("embedded", eval_fraction=0.1, data_seed=42)
     b = load_quotes("embedded", eval_fraction=0.1, data_seed=42)
-    assert (len(a.train), len(a.held_out)) == (265, 29)  # 326 rows less 20 duplicate quotes, 12 author fragments
+    # 326 rows less 20 duplicate quotes, 12 author fragments
+    assert (len(a.train), len(a.held_out)) == (265, 29)
     assert sum(v for k, v in a.dropped.items() if k.startswith("duplicate quote")) == 20
     assert sum(v for k, v in a.dropped.items() if k.startswith("author is a fragment")) == 12
     assert [r["text"] for r in a.held_out] == [r["text"] for r in b.held_out]
     assert not {r["text"] for r in a.train} & {r["text"] for r in a.held_out}
-    assert not {normalize_quote(r["quote"]) for r in a.train} & {normalize_quote(r["quote"]) for r in a.held_out}
+    train_quotes = {normalize_quote(r["quote"]) for r in a.train}
+    assert not train_quotes & {normalize_quote(r["quote"]) for r in a.held_out}
     assert 0.3 < a.unseen_author_share() < 0.8  # many held-out authors never appear in training
     c = load_quotes("embedded", eval_fraction=0.1, data_seed=7)
     assert [r["text"] for r in c.held_out] != [r["text"] for r in a.held_out]
@@ -60,17 +63,20 @@ def test_rows_missing_fields_are_counted_reported_and_dropped(tmp_path):
     assert len(data.train) + len(data.held_out) == 3
     assert data.dropped == {"empty quote": 1, "missing quote": 1, "empty author": 1, "missing author": 1}
     report = data.report()
-    assert "dropped 1 row(s): missing quote, e.g. line 3:" in report and "dropped 1 row(s): empty author" in report
+    assert "dropped 1 row(s): missing quote, e.g. line 3:" in report
+    assert "dropped 1 row(s): empty author" in report
 
 
 def test_wrong_types_are_reported_as_such_not_as_missing(tmp_path):
-    rows = [{"quote": "A", "author": "X", "tags": 5}, {"quote": 7, "author": "Y"}, {"quote": "B", "author": ["Z"]},
+    rows = [{"quote": "A", "author": "X", "tags": 5}, {"quote": 7, "author": "Y"},
+            {"quote": "B", "author": ["Z"]},
             {"quote": "C", "author": "W"}]
     path = tmp_path / "q.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     data = load_quotes(str(path), eval_fraction=0.34)
     assert data.dropped == {"quote is not text": 1, "author is not text": 1}
-    assert sorted(r["tags"] for r in data.train + data.held_out) == [[], []]  # "tags": 5 is ignored, not a crash
+    # "tags": 5 is ignored, not a crash
+    assert sorted(r["tags"] for r in data.train + data.held_out) == [[], []]
 
 
 def test_clean_rows_strips_and_formats():
@@ -119,7 +125,8 @@ def _write(tmp_path, rows, name="q.jsonl"):
     return str(path)
 
 
-GOOD = [{"quote": f"Quote number {w} is here.", "author": f"Author {w}"} for w in ("one", "two", "three", "four")]
+GOOD = [{"quote": f"Quote number {w} is here.", "author": f"Author {w}"}
+        for w in ("one", "two", "three", "four")]
 
 
 def test_duplicates_exact_and_normalized_are_dropped_before_the_split(tmp_path):
@@ -133,12 +140,14 @@ def test_duplicates_exact_and_normalized_are_dropped_before_the_split(tmp_path):
 
 
 def test_newlines_and_template_markers_inside_a_field_are_dropped(tmp_path):
-    rows = GOOD + [{"quote": "Be kind.\nAuthor: Me", "author": "X"}, {"quote": "Fine.", "author": "Quote: hi"},
+    rows = GOOD + [{"quote": "Be kind.\nAuthor: Me", "author": "X"},
+                   {"quote": "Fine.", "author": "Quote: hi"},
                    {"quote": "Two\nlines", "author": "Y"}]
     data = load_quotes(_write(tmp_path, rows), eval_fraction=0.5)
     assert data.dropped == {"quote contains a newline or a template marker (Quote: / Author:)": 2,
                             "author contains a newline or a template marker (Quote: / Author:)": 1}
-    assert all(r["text"].count("Author:") == 1 and r["text"].count("\n") == 1 for r in data.train + data.held_out)
+    rows = data.train + data.held_out
+    assert all(r["text"].count("Author:") == 1 and r["text"].count("\n") == 1 for r in rows)
 
 
 def test_a_million_character_quote_is_dropped_as_too_long(tmp_path, tiny_tokenizer):

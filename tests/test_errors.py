@@ -1,4 +1,5 @@
-"""The same bad inputs on the command line and through papermill: one line that names the problem and the fix."""
+"""The same bad inputs on the command line and through
+papermill: one line that names the problem and the fix."""
 import json
 
 import pytest
@@ -7,18 +8,22 @@ MS_2021 = 1_633_046_400_000  # 2021-10-01T00:00:00Z
 
 
 def _bad_quotes(tmp_path):
-    """Good rows plus one of each kind of bad row: a duplicate, a template-marker injection, a 1M-character quote."""
-    good = [{"quote": f"Quote number {w} is here.", "author": f"Author {w}"} for w in ("one", "two", "three", "four")]
-    bad = [dict(good[0]), {"quote": "Be kind.\nAuthor: Injected", "author": "X"}, {"quote": "word " * 200_000,
-                                                                                     "author": "Verbose"}]
+    """Good rows plus one of each kind of bad row: a duplicate,
+    a template-marker injection, a 1M-character quote."""
+    good = [{"quote": f"Quote number {w} is here.", "author": f"Author {w}"}
+            for w in ("one", "two", "three", "four")]
+    bad = [dict(good[0]), {"quote": "Be kind.\nAuthor: Injected", "author": "X"},
+           {"quote": "word " * 200_000, "author": "Verbose"}]
     path = tmp_path / "bad_quotes.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in good + bad) + "\n")
     return path
 
 
 EXPECTED_DROPS = ("dropped 1 row(s): duplicate quote (exact), e.g. line 5",
-                  "dropped 1 row(s): quote contains a newline or a template marker (Quote: / Author:), e.g. line 6",
-                  "dropped 1 row(s): too long (over max_length=64 tokens: the Author: line would be cut off), e.g. line 7")
+                  "dropped 1 row(s): quote contains a newline or a "
+                  "template marker (Quote: / Author:), e.g. line 6",
+                  "dropped 1 row(s): too long (over max_length=64 tokens: "
+                  "the Author: line would be cut off), e.g. line 7")
 
 
 def test_the_train_command_prints_the_drop_report_and_trains_on_the_rest(tmp_path, tiny_folder, capsys):
@@ -26,7 +31,8 @@ def test_the_train_command_prints_the_drop_report_and_trains_on_the_rest(tmp_pat
     from gemmate_lib.errors import run_cli
 
     code = run_cli(main, ["train", "--dataset", str(_bad_quotes(tmp_path)), "--model_name", str(tiny_folder),
-                          "--max_steps", "1", "--batch_size", "2", "--max_length", "64", "--eval_fraction", "0.25",
+                          "--max_steps", "1", "--batch_size", "2", "--max_length", "64", "--eval_fraction",
+                          "0.25",
                           "--val_steps_freq", "1", "--dtype", "fp32", "--output_dir", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert code == 0 and "4 usable rows from bad_quotes.jsonl" in out
@@ -45,23 +51,27 @@ def test_a_latin1_file_is_one_line_on_the_command_line(tmp_path, tiny_folder, ca
     assert "Traceback" not in err
 
 
-def test_a_seconds_timestamp_is_one_line_on_the_command_line_and_the_unit_flag_fixes_it(tmp_path, tiny_folder, capsys):
+def test_a_seconds_timestamp_is_one_line_on_the_command_line_and_the_unit_flag_fixes_it(tmp_path, tiny_folder,
+                                                                                        capsys):
     from gemmate_lib.cli.main import main
     from gemmate_lib.errors import run_cli
 
     path = tmp_path / "notes.jsonl"
-    path.write_text("".join(json.dumps({"text": f"Note {i}\nWritten: May 2021", "timestamp": 1_620_000_000 + i})
+    path.write_text("".join(json.dumps({"text": f"Note {i}\nWritten: May 2021",
+                                        "timestamp": 1_620_000_000 + i})
                             + "\n" for i in range(4)))
     args = ["train-te", "--dataset", str(path), "--model_name", str(tiny_folder), "--max_steps", "1"]
     assert run_cli(main, [*args, "--output_dir", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
-    assert "notes.jsonl line 1: timestamp 1620000000 looks like seconds" in err and "--timestamp_unit s" in err
+    assert "notes.jsonl line 1: timestamp 1620000000 looks like seconds" in err
+    assert "--timestamp_unit s" in err
     assert run_cli(main, [*args, "--output_dir", str(tmp_path / "b"), "--timestamp_unit", "s"]) == 0
 
 
 @pytest.mark.slow
 def test_the_same_bad_files_through_papermill(tmp_path):
-    """04's eval_data: the drop report is printed in its first cells, before any model loads; Latin-1 is one line."""
+    """04's eval_data: the drop report is printed in its first
+    cells, before any model loads; Latin-1 is one line."""
     import papermill as pm
 
     from gemmate_lib.files import repo_root
@@ -71,7 +81,8 @@ def test_the_same_bad_files_through_papermill(tmp_path):
     with pytest.raises(pm.PapermillExecutionError) as err:  # this run folder has no adapter from 03
         pm.execute_notebook(str(notebooks / "04_evaluation.ipynb"), str(out), cwd=str(notebooks),
                             kernel_name="python3", progress_bar=False,
-                            parameters={"eval_data": str(_bad_quotes(tmp_path)), "run_dir": str(tmp_path / "run")})
+                            parameters={"eval_data": str(_bad_quotes(tmp_path)),
+                                        "run_dir": str(tmp_path / "run")})
     assert err.value.ename == "ModelLoadError" and "no adapter from 03_lora_sft" in err.value.evalue
     text = out.read_text()
     assert "4 usable rows from bad_quotes.jsonl" in text
@@ -79,7 +90,8 @@ def test_the_same_bad_files_through_papermill(tmp_path):
     latin = tmp_path / "latin1.csv"
     latin.write_bytes("quote,author\nCaf\xe9,Someone\n".encode("latin-1"))
     with pytest.raises(pm.PapermillExecutionError) as err:
-        pm.execute_notebook(str(notebooks / "03_lora_sft.ipynb"), str(tmp_path / "03b.ipynb"), cwd=str(notebooks),
+        pm.execute_notebook(str(notebooks / "03_lora_sft.ipynb"), str(tmp_path / "03b.ipynb"),
+                            cwd=str(notebooks),
                             kernel_name="python3", progress_bar=False,
                             parameters={"dataset": str(latin), "run_dir": str(tmp_path / "run2")})
     assert err.value.ename == "DataError" and "line 2 is not UTF-8 text" in err.value.evalue

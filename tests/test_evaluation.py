@@ -46,7 +46,8 @@ def test_bootstrap_interval():
 def test_wilson_interval_is_never_degenerate_and_matches_hand_values():
     low, high = wilson(0, 30)
     assert low == 0 and high == pytest.approx(3.8415 / 33.8415, rel=1e-4)  # z^2 / (n + z^2): not [0, 0]
-    assert wilson(30, 30)[0] == pytest.approx(30 / 33.8415, rel=1e-4) and wilson(30, 30)[1] == pytest.approx(1)
+    assert wilson(30, 30)[0] == pytest.approx(30 / 33.8415, rel=1e-4)
+    assert wilson(30, 30)[1] == pytest.approx(1)
     low, high = wilson(15, 30)
     assert low == pytest.approx(0.3315, abs=1e-3) and high == pytest.approx(0.6685, abs=1e-3)
     with pytest.raises(ValueError):
@@ -79,9 +80,9 @@ def _doc(**change):
     metrics["perplexity_quote"] = {"value": 30.0, "ci95": [20.0, 45.0], "interval": "bootstrap", "n": 33}
     doc = {"schema_version": 2, "dataset": "embedded", "split": "held_out", "n_examples": 33,
            "unseen_author_share": 0.5, "settings": {}, "models": {"baseline": metrics},
-           "comparisons": {"fine-tuned - baseline": {"perplexity": {"difference": -3.0, "ci95": [-4.0, -2.0],
-                                                                     "share_positive": 0.0,
-                                                                     "method": "paired bootstrap"}}}}
+           "comparisons": {"fine-tuned - baseline": {"perplexity": {
+               "difference": -3.0, "ci95": [-4.0, -2.0], "share_positive": 0.0,
+               "method": "paired bootstrap"}}}}
     doc.update(change)
     return doc
 
@@ -89,7 +90,8 @@ def _doc(**change):
 def test_metrics_schema_accepts_good_and_rejects_bad_documents():
     validate_metrics(_doc())
     no_seen = _doc()
-    no_seen["models"]["baseline"]["author_accuracy_seen"] = {"value": None, "ci95": None, "interval": "wilson", "n": 0}
+    no_seen["models"]["baseline"]["author_accuracy_seen"] = {"value": None, "ci95": None,
+                                                             "interval": "wilson", "n": 0}
     validate_metrics(no_seen)
     with pytest.raises(ValueError, match="schema_version"):
         validate_metrics(_doc(schema_version=1))
@@ -121,7 +123,8 @@ def test_quote_only_and_completion_losses_count_their_own_tokens(tiny_model, tin
     for r, (_, n_text), (_, n_quote), (_, n_completion) in zip(rows, text, quote, completion):
         ids = tiny_tokenizer(r["quote"], add_special_tokens=False)["input_ids"]
         assert 0 < n_quote < n_text and 0 < n_completion < n_text
-        assert abs(n_quote - len(ids)) <= 1  # the quote's own tokens (a boundary token may merge with the space)
+        # the quote's own tokens (a boundary token may merge with the space)
+        assert abs(n_quote - len(ids)) <= 1
     one = example_nll(tiny_model, tiny_tokenizer, rows[:1], batch_size=1, part="quote")
     assert one[0] == pytest.approx(quote[0], rel=1e-4)  # padding in a batch changes nothing
 
@@ -165,15 +168,18 @@ def test_several_parts_come_from_one_pass_and_prompt_tuning_counts(tiny_model, t
     from gemmate_lib.evaluation import example_nll, example_nll_by_part
 
     rows = [{"quote": q, "author": a, "text": format_quote(q, a)}
-            for q, a in (("Be yourself, everyone else is taken.", "Oscar Wilde"), ("one two three four", "Me"))]
+            for q, a in (("Be yourself, everyone else is taken.", "Oscar Wilde"),
+                         ("one two three four", "Me"))]
     both = example_nll_by_part(tiny_model, tiny_tokenizer, rows, ("text", "quote"))
     assert both["text"] == pytest.approx(example_nll(tiny_model, tiny_tokenizer, rows), rel=1e-6)
-    assert both["quote"] == pytest.approx(example_nll(tiny_model, tiny_tokenizer, rows, part="quote"), rel=1e-6)
+    assert both["quote"] == pytest.approx(example_nll(tiny_model, tiny_tokenizer, rows, part="quote"),
+                                          rel=1e-6)
     torch.manual_seed(0)
     prompted = get_peft_model(tiny_model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     with_prompt = example_nll(prompted, tiny_tokenizer, rows)
     assert [n for _, n in with_prompt] == [n for _, n in both["text"]]  # the same real tokens are scored ...
-    assert with_prompt != pytest.approx(both["text"], rel=1e-3)  # ... after the virtual tokens (06's prompt tuning)
+    # ... after the virtual tokens (06's prompt tuning)
+    assert with_prompt != pytest.approx(both["text"], rel=1e-3)
 
 
 def test_the_held_out_loss_works_with_a_tokenizer_that_has_no_eos(tiny_model, tiny_tokenizer):

@@ -4,8 +4,10 @@ import math
 from gemmate_lib.experiments import PeakMemory, train_arm
 
 ROWS = [{"quote": q, "author": a, "text": f"Quote: {q}\nAuthor: {a}"}
-        for q, a in (("Be yourself; everyone else is taken.", "Oscar Wilde"), ("Stay hungry, stay foolish.", "Steve Jobs"),
-                     ("Imagination is more important than knowledge.", "Albert Einstein"), ("one two three four", "Nobody"))]
+        for q, a in (("Be yourself; everyone else is taken.", "Oscar Wilde"),
+                     ("Stay hungry, stay foolish.", "Steve Jobs"),
+                     ("Imagination is more important than knowledge.",
+                      "Albert Einstein"), ("one two three four", "Nobody"))]
 
 
 def test_peak_memory_sees_an_allocation_and_its_absence():
@@ -20,8 +22,10 @@ def test_peak_memory_sees_an_allocation_and_its_absence():
     assert busy.peak_mib > 200 and idle.peak_mib < 50
 
 
-def test_qlora_and_lora_arms_train_and_report_the_same_numbers(tiny_folder, tiny_tokenizer, cpu_cfg, tmp_path):
-    base = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1, learning_rate=1e-2)
+def test_qlora_and_lora_arms_train_and_report_the_same_numbers(tiny_folder, tiny_tokenizer, cpu_cfg,
+                                                               tmp_path):
+    base = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1,
+                           learning_rate=1e-2)
     lora = train_arm("LoRA", base, tiny_tokenizer, ROWS, ROWS[:2], tmp_path / "a", format_check=True)
     qlora_cfg = base.replace(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)
     qlora = train_arm("QLoRA", qlora_cfg, tiny_tokenizer, ROWS, ROWS[:2], tmp_path / "b", keep_model=True)
@@ -42,10 +46,13 @@ def test_padding_share_by_hand():
     assert padding_share([2, 4], 2, grouped=False) == 1 - 6 / 8
 
 
-def test_seconds_per_step_time_the_steps_not_the_start_up(tiny_folder, tiny_tokenizer, cpu_cfg, tmp_path, monkeypatch):
-    """Pauses injected by callbacks, on a clock that only they move (exact on a busy machine): one before training
-    (on_train_begin) does not count, one inside every step (before each optimizer update) counts once a step, and
-    one in the first step alone does not count (that step pays one-off costs); a run of one step reports that step."""
+def test_seconds_per_step_time_the_steps_not_the_start_up(tiny_folder, tiny_tokenizer, cpu_cfg, tmp_path,
+                                                          monkeypatch):
+    """Pauses injected by callbacks, on a clock that only
+    they move (exact on a busy machine): one before training
+    (on_train_begin) does not count, one inside every step (before each optimizer update) counts once a step,
+    and one in the first step alone does not count (that step pays
+    one-off costs); a run of one step reports that step."""
     from transformers import TrainerCallback
 
     from gemmate_lib.experiments import StepTimer

@@ -1,4 +1,5 @@
-"""Saves are all or nothing (files.atomic_folder): a kill or a failure at any step leaves a complete folder."""
+"""Saves are all or nothing (files.atomic_folder): a kill
+or a failure at any step leaves a complete folder."""
 
 import pytest
 import torch
@@ -41,7 +42,8 @@ os.kill(os.getpid(), signal.SIGKILL) if step >= 0 and {after} else None
 @pytest.mark.slow
 @pytest.mark.parametrize("step", [0, 1, 2])
 def test_a_save_killed_at_any_step_leaves_a_complete_adapter_old_or_new(step, tiny_tokenizer, tmp_path):
-    """SIGKILL the saving process before the 1st rename (old -> backup), the 2nd (new -> place), or after both."""
+    """SIGKILL the saving process before the 1st rename (old
+    -> backup), the 2nd (new -> place), or after both."""
     import subprocess
     import sys
     from pathlib import Path
@@ -55,9 +57,11 @@ def test_a_save_killed_at_any_step_leaves_a_complete_adapter_old_or_new(step, ti
 
     tests = str(Path(__file__).resolve().parent)
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
-    folder = save_adapter(attach_lora(make_tiny_gemma(tiny_tokenizer), course_config(device="cpu", dtype="fp32")),
+    folder = save_adapter(attach_lora(make_tiny_gemma(tiny_tokenizer),
+                                      course_config(device="cpu", dtype="fp32")),
                           tiny_tokenizer, tmp_path / "adapter", "tiny")  # the old adapter: lora_B all zero
-    code = KILLER.format(tests=tests, tok=str(tmp_path / "tok"), step=step, folder=str(folder), after=step == 2)
+    code = KILLER.format(tests=tests, tok=str(tmp_path / "tok"), step=step, folder=str(folder),
+                         after=step == 2)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     model = load_adapter(make_tiny_gemma(tiny_tokenizer), folder)  # recovers, then loads
@@ -68,8 +72,8 @@ def test_a_save_killed_at_any_step_leaves_a_complete_adapter_old_or_new(step, ti
     assert any("lora" in n for n, _ in model.named_modules())
 
 
-def test_a_tokenizer_failing_mid_save_is_one_save_error_and_leaves_no_partial(tiny_model, tiny_tokenizer, tmp_path,
-                                                                            monkeypatch):
+def test_a_tokenizer_failing_mid_save_is_one_save_error_and_leaves_no_partial(tiny_model, tiny_tokenizer,
+                                                                              tmp_path, monkeypatch):
     from gemmate_lib.adapters import save_adapter
     from gemmate_lib.config import course_config
     from gemmate_lib.errors import SaveError

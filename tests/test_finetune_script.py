@@ -1,4 +1,5 @@
-"""The GemmaTE fine-tuning guide's own snippets, as written: the command, the import, the manual loop, torch.save."""
+"""The GemmaTE fine-tuning guide's own snippets, as written:
+the command, the import, the manual loop, torch.save."""
 import subprocess
 import sys
 from pathlib import Path
@@ -7,12 +8,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-GUIDE_COMMAND = ["scripts/finetune.py", "--output_dir", "./fine_tuned_model", "--num_epochs", "3", "--batch_size", "4",
+GUIDE_COMMAND = ["scripts/finetune.py", "--output_dir", "./fine_tuned_model", "--num_epochs", "3",
+                 "--batch_size", "4",
                  "--learning_rate", "5e-5"]
 
 
 def test_the_guides_import_works_from_the_repository_root():
-    code = "from scripts.finetune import TextDataset, collate_fn; print(TextDataset.__name__, collate_fn.__name__)"
+    code = ("from scripts.finetune import TextDataset, collate_fn; "
+            "print(TextDataset.__name__, collate_fn.__name__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["TextDataset", "collate_fn"]
@@ -20,9 +23,11 @@ def test_the_guides_import_works_from_the_repository_root():
 
 @pytest.mark.slow
 def test_the_guides_command_runs_as_written(tmp_path, tiny_folder):
-    """The guide's flags exactly; only the model is swapped for the tiny random Gemma (450 steps would take minutes)."""
+    """The guide's flags exactly; only the model is swapped for
+    the tiny random Gemma (450 steps would take minutes)."""
     out = subprocess.run([sys.executable, str(ROOT / GUIDE_COMMAND[0]), *GUIDE_COMMAND[1:], "--model_name",
-                          str(tiny_folder), "--save_format", "pt"], cwd=tmp_path, capture_output=True, text=True,
+                          str(tiny_folder), "--save_format",
+                          "pt"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "no --data_file: training on the course's dated notes" in out.stdout
@@ -45,8 +50,10 @@ def test_the_guides_command_runs_as_written(tmp_path, tiny_folder):
 
 def test_a_bad_guide_option_is_one_clear_line(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / GUIDE_COMMAND[0]), "--batch_size", "0", "--data_file",
-                          str(tmp_path / "missing.jsonl")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2 and "batch_size=0 must be at least 1" in out.stderr and "Traceback" not in out.stderr
+                          str(tmp_path / "missing.jsonl")], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and "batch_size=0 must be at least 1" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ def test_a_prompt_longer_than_the_context_is_cut_with_a_warning(tiny_model, tiny
     import pytest
 
     tiny_model.config.max_position_embeddings = 64
-    with pytest.warns(UserWarning, match=r"cut to its last 56 \(the model's context of 64 minus max_new_tokens=8\)"):
+    with pytest.warns(UserWarning,
+                      match=r"cut to its last 56 \(the model's context of 64 minus max_new_tokens=8\)"):
         out = generate(tiny_model, tiny_tokenizer, ["word " * 500 + "Quote: end"], max_new_tokens=8)
     assert len(out) == 1 and out.new_tokens[0] > 0

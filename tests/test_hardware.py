@@ -47,7 +47,8 @@ def test_gpu_precision_follows_compute_capability_not_is_bf16_supported(monkeypa
     """A T4 (7.5) gets fp16 even though torch.cuda.is_bf16_supported() says True there (emulation)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4" if capability < (8, 0) else "A100")
+    monkeypatch.setattr(torch.cuda, "get_device_name",
+                        lambda *a: "Tesla T4" if capability < (8, 0) else "A100")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
     p = hardware.pick_precision()
     assert (p.device, p.dtype) == ("cuda", dtype)

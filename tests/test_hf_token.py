@@ -1,4 +1,5 @@
-"""The token comes from huggingface_hub.get_token(): environment, saved login or Colab secrets; never shown."""
+"""The token comes from huggingface_hub.get_token():
+environment, saved login or Colab secrets; never shown."""
 import sys
 import types
 

@@ -1,4 +1,5 @@
-"""`make lab`: JupyterLab starts on 127.0.0.1 with the notebooks and the course's kernel, answers, and stops."""
+"""`make lab`: JupyterLab starts on 127.0.0.1 with the
+notebooks and the course's kernel, answers, and stops."""
 import json
 import os
 import secrets
@@ -38,7 +39,8 @@ def test_make_lab_serves_the_notebooks_with_the_course_kernel():
         assert specs["default"] == "python3"
         course = specs["kernelspecs"]["python3"]["spec"]
         assert course["display_name"] == "GemmaTE course (.venv)"
-        assert Path(course["argv"][0]).parent == ROOT / ".venv" / "bin"  # the course's venv, not a system Python
+        # the course's venv, not a system Python
+        assert Path(course["argv"][0]).parent == ROOT / ".venv" / "bin"
         listing = json.loads(_get(f"{base}/api/contents", token)[1])
         names = {item["name"] for item in listing["content"]}
         assert {"00_setup.ipynb", "03_lora_sft.ipynb", "07_temporal_encoding.ipynb"} <= names

@@ -35,9 +35,9 @@ def test_the_colab_runtime_really_hides_the_installed_course(tmp_path):
 
 def test_a_child_process_finds_the_course_that_the_kernel_has_only_on_sys_path(tmp_path):
     """Item 1: 06's fresh-process reload died with ModuleNotFoundError in Colab."""
-    code = ("import os, subprocess, sys; sys.path.insert(0, sys.argv[1]); from gemmate_lib.hf_token import "
-            "subprocess_env; r = subprocess.run([sys.executable, '-c', 'import gemmate_lib'], env=subprocess_env(), "
-            "capture_output=True, text=True); print(r.returncode, r.stderr[-200:])")
+    code = ("import os, subprocess, sys; sys.path.insert(0, sys.argv[1]); from gemmate_lib.hf_token "
+            "import subprocess_env; r = subprocess.run([sys.executable, '-c', 'import gemmate_lib'], "
+            "env=subprocess_env(), capture_output=True, text=True); print(r.returncode, r.stderr[-200:])")
     kernel = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=tmp_path, env=colab_child_env(),
                             capture_output=True, text=True)
     assert kernel.stdout.startswith("0 "), kernel.stdout + kernel.stderr
@@ -65,7 +65,8 @@ def test_the_fresh_process_reload_loads_the_base_as_the_parent_did(tiny_folder, 
     here = generate(parent, tokenizer, prompts, max_new_tokens=12).completion.tolist()
     child = reload_generations(tmp_path / "adapter", str(tiny_folder), prompts, 12, bf16, "nf4")
     assert child == here
-    unquantized = load_adapter(load_model(str(tiny_folder), bf16), tmp_path / "adapter")  # what the old child loaded
+    # what the old child loaded
+    unquantized = load_adapter(load_model(str(tiny_folder), bf16), tmp_path / "adapter")
     assert generate(unquantized, tokenizer, prompts, max_new_tokens=12).completion.tolist() != here
 
 
@@ -77,7 +78,8 @@ def test_a_gemmate_model_trained_in_nf4_reloads_with_identical_logits(tiny_folde
     from gemmate_lib.temporal.training import attach_temporal_lora
     from gemmate_lib.training import prepare_base
 
-    cfg = course_config("temporal", device="cpu", dtype="bf16", quantization="nf4", gradient_checkpointing=True)
+    cfg = course_config("temporal", device="cpu", dtype="bf16", quantization="nf4",
+                        gradient_checkpointing=True)
     tokenizer = load_tokenizer(str(tiny_folder))
     te = attach_temporal_lora(GemmaTEForCausalLM(load_model(str(tiny_folder), cfg.precision, "nf4")), cfg)
     with torch.no_grad():
@@ -88,15 +90,16 @@ def test_a_gemmate_model_trained_in_nf4_reloads_with_identical_logits(tiny_folde
     stamp = [1_400_000_000_000]
     with torch.no_grad():
         before = te(**probe, timestamps=stamp).logits
-        like_trained = GemmaTEForCausalLM.from_pretrained(prepare_base(load_model(str(tiny_folder), cfg.precision,
-                                                                                  "nf4"), cfg), folder)
+        nf4 = load_model(str(tiny_folder), cfg.precision, "nf4")
+        like_trained = GemmaTEForCausalLM.from_pretrained(prepare_base(nf4, cfg), folder)
         plain = GemmaTEForCausalLM.from_pretrained(load_model(str(tiny_folder), cfg.precision, "nf4"), folder)
         assert torch.equal(before, like_trained(**probe, timestamps=stamp).logits)
         assert not torch.equal(before, plain(**probe, timestamps=stamp).logits)  # what the old check compared
 
 
 def test_a_failed_self_check_stops_the_notebook_in_one_line(capsys):
-    """Item 4: a failed check only printed, so papermill, make course and make gpu-check passed the notebook."""
+    """Item 4: a failed check only printed, so papermill,
+    make course and make gpu-check passed the notebook."""
     from gemmate_lib.selfcheck import SelfCheckError, self_check
 
     assert self_check((True, "the loss went down", "train longer"))
@@ -151,16 +154,20 @@ def test_gemma_3_never_computes_in_fp16_on_a_t4_and_gemma_1_does(monkeypatch, ti
 
 @pytest.mark.parametrize("params, online", [(None, False), ("params/gpu.yaml", True)])
 def test_make_course_is_offline_for_the_embedded_profile_only(tmp_path, params, online):
-    """Item 6: the Makefile exported HF_HUB_OFFLINE=1 for every run, so a GPU run failed at the first download."""
+    """Item 6: the Makefile exported HF_HUB_OFFLINE=1 for
+    every run, so a GPU run failed at the first download."""
     from tools.course import hub_environment, notebook_parameters
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "MAKE"))}
+    env = {k: v for k,
+           v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "MAKE"))}
     spy = tmp_path / "spy.sh"
     spy.write_text('#!/bin/sh\necho "HF_HUB_OFFLINE=${HF_HUB_OFFLINE-unset}"\n')
     spy.chmod(0o755)
-    make = subprocess.run(["make", "-s", "-o", "install", "course", f"PY={spy}"] + ([f"PARAMS={params}"] if params else []),
+    make = subprocess.run(["make", "-s", "-o", "install", "course",
+                           f"PY={spy}"] + ([f"PARAMS={params}"] if params else []),
                           cwd=ROOT, env=env, capture_output=True, text=True)
-    assert make.stdout.strip() == "HF_HUB_OFFLINE=unset", make.stdout + make.stderr  # make leaves it to the course
+    # make leaves it to the course
+    assert make.stdout.strip() == "HF_HUB_OFFLINE=unset", make.stdout + make.stderr
     per = notebook_parameters(NOTEBOOKS, str(ROOT / params) if params else None)
     assert (hub_environment(per) == {}) == online
 
@@ -172,10 +179,12 @@ def test_06_keeps_the_merged_model_only_when_it_is_small():
     def model(n):
         return torch.nn.Linear(1, n, bias=False, device="meta")
 
-    assert keep_merged(None, model(2_500_000_000), torch.float16) is False  # gemma-2b's size in fp16: ~4.7 GiB
+    # gemma-2b's size in fp16: ~4.7 GiB
+    assert keep_merged(None, model(2_500_000_000), torch.float16) is False
     assert keep_merged(None, model(268_000_000), torch.float32) is True  # the embedded model: ~1 GiB
     assert keep_merged(True, model(2_500_000_000), torch.float16) is True  # asked for
-    assert keep_merged(None, model(2_500_000_000), torch.float16, push=True) is True  # push_merged needs the files
+    # push_merged needs the files
+    assert keep_merged(None, model(2_500_000_000), torch.float16, push=True) is True
 
 
 def test_the_last_cell_flushes_google_drive(tmp_path, monkeypatch):
@@ -190,10 +199,13 @@ def test_the_last_cell_flushes_google_drive(tmp_path, monkeypatch):
     assert colab.flush_drive(lambda: flushed.append(1)) is True and flushed == [1]
 
 
-def test_the_fp16_gradient_scaler_steps_with_the_trainers_fp32_lora_weights(tiny_folder, tiny_tokenizer, tmp_path):
-    """Item 10: accelerate turns fp16's autocast and scaler off on a CPU, so a trainer built here never used them.
+def test_the_fp16_gradient_scaler_steps_with_the_trainers_fp32_lora_weights(tiny_folder, tiny_tokenizer,
+                                                                            tmp_path):
+    """Item 10: accelerate turns fp16's autocast and scaler
+    off on a CPU, so a trainer built here never used them.
 
-    torch's own CPU autocast and GradScaler do run here: one scaled step on the trainer's model, as a T4 takes it.
+    torch's own CPU autocast and GradScaler do run here: one
+    scaled step on the trainer's model, as a T4 takes it.
     """
     from gemmate_lib.models import load_model
     from gemmate_lib.training import attach_lora, sft_trainer
@@ -211,7 +223,8 @@ def test_the_fp16_gradient_scaler_steps_with_the_trainers_fp32_lora_weights(tiny
         with torch.autocast("cpu", dtype=torch.float16):
             loss = trainer.model(**batch, labels=batch["input_ids"]).loss
         scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # raises "Attempting to unscale FP16 gradients" on an fp16 trainable weight
+        # raises "Attempting to unscale FP16 gradients" on an fp16 trainable weight
+        scaler.unscale_(optimizer)
         scaler.step(optimizer)
         scaler.update()
         if any(not torch.equal(a, p) for a, p in zip(before, trainable)):
@@ -221,7 +234,8 @@ def test_the_fp16_gradient_scaler_steps_with_the_trainers_fp32_lora_weights(tiny
 
 
 def _install_cell(notebook: Path) -> str:
-    return "".join(next(c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")["source"])
+    cells = json.loads(notebook.read_text())["cells"]
+    return "".join(next(c for c in cells if c["cell_type"] == "code")["source"])
 
 
 def test_a_failed_clone_stops_the_install_cell_with_one_line(tmp_path):
@@ -230,11 +244,14 @@ def test_a_failed_clone_stops_the_install_cell_with_one_line(tmp_path):
 
     from gemmate_lib.colab import CLONE, COURSE_REPO
 
-    cell = _install_cell(NOTEBOOKS[0]).replace(f"https://github.com/{COURSE_REPO}", str(tmp_path / "no-such-repo"))
+    cell = _install_cell(NOTEBOOKS[0]).replace(f"https://github.com/{COURSE_REPO}",
+                                               str(tmp_path / "no-such-repo"))
     cell = cell.replace(CLONE, str(tmp_path / "clone"))
-    script = "import google.colab\nfrom IPython import get_ipython\n" + TransformerManager().transform_cell(cell)
+    header = "import google.colab\nfrom IPython import get_ipython\n"
+    script = header + TransformerManager().transform_cell(cell)
     (tmp_path / "cell.py").write_text(script)
-    run = subprocess.run([sys.executable, "-m", "IPython", "--quick", "--no-banner", str(tmp_path / "cell.py")],
+    run = subprocess.run([sys.executable, "-m", "IPython", "--quick", "--no-banner",
+                          str(tmp_path / "cell.py")],
                          cwd=tmp_path, env=colab_child_env(), capture_output=True, text=True, timeout=120)
     shown = run.stdout + run.stderr
     assert "could not clone" in shown and "Fix:" in shown, shown
@@ -268,7 +285,8 @@ def test_a_fork_changes_the_course_repository_in_one_place(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kernel(tmp_path):
-    """The learner's path, end to end: tests/learner_path.py (its docstring says what is real and what is not)."""
+    """The learner's path, end to end: tests/learner_path.py
+    (its docstring says what is real and what is not)."""
     import time
 
     from canary import CANARY
@@ -285,5 +303,6 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["notebooks"]["05_save_and_push"]["reload_identical"] == "4/4"
     assert manifest["notebooks"]["00_setup"]["config"]["profile"] == "gpu-on-cpu"
-    leaks = [p.name for p in (tmp_path / "run").rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
+    leaks = [p.name for p in (tmp_path / "run").rglob("*")
+             if p.is_file() and CANARY.encode() in p.read_bytes()]
     assert leaks == []

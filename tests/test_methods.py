@@ -1,4 +1,5 @@
-"""06's methods: the configs the library builds, the full fine-tuning memory check, and every method training for real
+"""06's methods: the configs the library builds, the full
+fine-tuning memory check, and every method training for real
 on the tiny Gemma (plumbing) through the same train_arm as 03's side-by-side runs."""
 import types
 
@@ -17,23 +18,28 @@ from gemmate_lib.methods import (
 )
 
 ROWS = [{"quote": q, "author": a, "text": f"Quote: {q}\nAuthor: {a}"}
-        for q, a in (("Be yourself; everyone else is taken.", "Oscar Wilde"), ("Stay hungry, stay foolish.", "Steve Jobs"),
-                     ("Imagination is more important than knowledge.", "Albert Einstein"), ("one two three four", "Nobody"))]
+        for q, a in (("Be yourself; everyone else is taken.", "Oscar Wilde"),
+                     ("Stay hungry, stay foolish.", "Steve Jobs"),
+                     ("Imagination is more important than knowledge.",
+                      "Albert Einstein"), ("one two three four", "Nobody"))]
 
 
 def test_every_method_has_its_config_and_its_own_learning_rate(cpu_cfg):
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
-    cfg = cpu_cfg.replace(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)  # a GPU profile's
+    # a GPU profile's
+    cfg = cpu_cfg.replace(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)
     built = build_methods(cfg, "some/model", METHODS, other_rank=16)
     assert list(built) == list(METHODS) and list(build_methods(cfg, "m")) == list(DEFAULT_METHODS)
     kinds = {k: type(m.peft_config) for k, m in built.items()}
     assert kinds == {"full": type(None), "lora_r8": LoraConfig, "lora_r32": LoraConfig, "qlora": LoraConfig,
                      "prompt": PromptTuningConfig, "prefix": PrefixTuningConfig, "ia3": IA3Config}
     assert (built["lora_r32"].peft_config.r, built["lora_r32"].peft_config.lora_alpha) == (16, 32)
-    assert built["qlora"].peft_config == built["lora_r8"].peft_config  # QLoRA is the same adapter on an NF4 base
+    # QLoRA is the same adapter on an NF4 base
+    assert built["qlora"].peft_config == built["lora_r8"].peft_config
     assert built["prompt"].peft_config.tokenizer_name_or_path == "some/model"
-    for key, m in built.items():  # every method states its own weights and optimizer: the profile's are QLoRA's
+    # every method states its own weights and optimizer: the profile's are QLoRA's
+    for key, m in built.items():
         arm = cfg.replace(**m.settings)
         quantized = key == "qlora"
         assert arm.model.quantization == ("nf4" if quantized else "none")
@@ -48,27 +54,34 @@ def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg):
         build_methods(cpu_cfg, "m", ["lora"])
     with pytest.raises(ParameterError, match="lora_r"):
         build_methods(cpu_cfg, "m", ["lora_r32"], other_rank="wide")
-    with pytest.raises(ParameterError, match=r"other_rank = 8 is the rank of LoRA r=8"):  # one folder, one label: clash
+    # one folder, one label: clash
+    with pytest.raises(ParameterError, match=r"other_rank = 8 is the rank of LoRA r=8"):
         build_methods(cpu_cfg, "m", ["lora_r8", "lora_r32"], other_rank=8)
     assert list(build_methods(cpu_cfg, "m", ["lora_r32"], other_rank=8)) == ["lora_r32"]  # alone it is fine
-    for bad in ({"ia3": 3e-3}, {"prompt": 3}, {"prompt": "fast"}, {"prompt": True}):  # ia3 is not among those that run
+    # ia3 is not among those that run
+    for bad in ({"ia3": 3e-3}, {"prompt": 3}, {"prompt": "fast"}, {"prompt": True}):
         with pytest.raises(ParameterError, match=r"rates\[.*\n  Fix: give a learning rate between 0 and 1"):
             build_methods(cpu_cfg, "m", ["prompt", "lora_r8"], rates=bad)
 
 
 def test_rates_change_only_the_methods_named_and_the_wide_rank_has_its_own_folder(cpu_cfg):
-    """06's exercises 2 and 3: another rank must not overwrite lora_r32's adapter; one method's rate, not the others'."""
-    chosen = build_methods(cpu_cfg, "m", ["lora_r8", "lora_r32", "prompt"], other_rank=2, rates={"prompt": 3e-3})
+    """06's exercises 2 and 3: another rank must not overwrite
+    lora_r32's adapter; one method's rate, not the others'."""
+    chosen = build_methods(cpu_cfg, "m", ["lora_r8", "lora_r32", "prompt"], other_rank=2,
+                           rates={"prompt": 3e-3})
     assert [m.key for m in chosen.values()] == ["lora_r8", "lora_r2", "prompt"]
-    assert [m.settings["learning_rate"] for m in chosen.values()] == [LEARNING_RATES["lora"], LEARNING_RATES["lora"], 3e-3]
+    assert [m.settings["learning_rate"] for m in chosen.values()] == [LEARNING_RATES["lora"],
+                                                                      LEARNING_RATES["lora"], 3e-3]
 
 
 def test_full_finetuning_memory_is_sixteen_bytes_a_weight_and_a_t4_says_no(monkeypatch):
     assert full_finetuning_gib(2**30) == 16
     assert 37 < full_finetuning_gib(2_506_172_416) < 38  # google/gemma-2b
-    assert check_full_finetuning(268_098_176, "cpu") == pytest.approx(4.0, abs=0.01)  # the embedded model fits here
+    # the embedded model fits here
+    assert check_full_finetuning(268_098_176, "cpu") == pytest.approx(4.0, abs=0.01)
     # The boundary faked: a T4's 15 GiB (torch's answer), and the course's real check behind it.
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(total_memory=15 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda *a: types.SimpleNamespace(total_memory=15 * 2**30))
     with pytest.raises(HardwareError, match=r"needs ~37 GiB .* this GPU has 15 GiB") as err:
         check_full_finetuning(2_506_172_416, "cuda")
     assert "LoRA and QLoRA" in err.value.fix
@@ -76,10 +89,12 @@ def test_full_finetuning_memory_is_sixteen_bytes_a_weight_and_a_t4_says_no(monke
 
 
 @pytest.mark.parametrize("key", METHODS)
-def test_every_method_trains_saves_and_measures_on_the_tiny_gemma(key, tiny_folder, tiny_tokenizer, cpu_cfg, tmp_path):
+def test_every_method_trains_saves_and_measures_on_the_tiny_gemma(key, tiny_folder, tiny_tokenizer, cpu_cfg,
+                                                                  tmp_path):
     cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1)
     method = build_methods(cfg, str(tiny_folder), [key], other_rank=16)[key]
-    arm = train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS[:2], tmp_path / "trainer",
+    arm = train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS[:2],
+                    tmp_path / "trainer",
                     format_check=True, adapter=method.peft_config, save_dir=tmp_path / "saved")
     s = arm.summary
     assert arm.log.loss.notna().sum() == 2 and s["seconds_per_step"] > 0
@@ -101,9 +116,11 @@ def test_prompt_tuning_learns_and_its_saved_vectors_reload(tiny_folder, tiny_tok
     from gemmate_lib.evaluation import held_out_loss
     from gemmate_lib.models import load_model
 
-    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=12, batch_size=4, steps_freq=1, warmup_steps=0)
+    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=12, batch_size=4, steps_freq=1,
+                          warmup_steps=0)
     method = build_methods(cfg, str(tiny_folder), ["prompt"])["prompt"]
-    arm = train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS, tmp_path / "trainer",
+    arm = train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS,
+                    tmp_path / "trainer",
                     keep_model=True, adapter=method.peft_config, save_dir=tmp_path / "prompt")
     before = held_out_loss(load_model(str(tiny_folder), cfg.precision), tiny_tokenizer, ROWS)
     after = held_out_loss(arm.model, tiny_tokenizer, ROWS)
@@ -112,18 +129,21 @@ def test_prompt_tuning_learns_and_its_saved_vectors_reload(tiny_folder, tiny_tok
     assert held_out_loss(reloaded, tiny_tokenizer, ROWS) == pytest.approx(after, rel=1e-5)
 
 
-def test_prefix_tuning_with_gradient_checkpointing_is_one_clear_error_not_a_size_mismatch(tiny_folder, tiny_tokenizer,
-                                                                                           cpu_cfg, tmp_path):
+def test_prefix_tuning_with_gradient_checkpointing_is_one_clear_error_not_a_size_mismatch(tiny_folder,
+                                                                                          tiny_tokenizer,
+                                                                                          cpu_cfg, tmp_path):
     cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=1, batch_size=2)
     method = build_methods(cfg, str(tiny_folder), ["prefix"])["prefix"]
     with pytest.raises(ParameterError, match="prefix tuning cannot train with gradient_checkpointing=True"):
-        train_arm(method.name, cfg.replace(**{**method.settings, "gradient_checkpointing": True}), tiny_tokenizer, ROWS, ROWS,
+        train_arm(method.name, cfg.replace(**{**method.settings, "gradient_checkpointing": True}),
+                  tiny_tokenizer, ROWS, ROWS,
                   tmp_path, adapter=method.peft_config)
 
 
-def test_the_loss_before_training_is_measured_on_an_identically_seeded_copy(tiny_folder, tiny_tokenizer, cpu_cfg,
-                                                                            tmp_path):
-    """start_loss: prefix tuning's random keys and values change the output before any step; measured after training
+def test_the_loss_before_training_is_measured_on_an_identically_seeded_copy(tiny_folder, tiny_tokenizer,
+                                                                            cpu_cfg, tmp_path):
+    """start_loss: prefix tuning's random keys and values
+    change the output before any step; measured after training
     on a second copy drawn from the same seed (a pass before training would hide memory from the peak)."""
     from peft import get_peft_model
 
@@ -143,9 +163,10 @@ def test_the_loss_before_training_is_measured_on_an_identically_seeded_copy(tiny
     assert abs(start - bare) > 1e-3 and abs(start - arm.summary["held_out_loss_text"]) > 1e-3
 
 
-def test_full_finetuning_that_does_not_fit_stops_clearly_and_frees_the_model(tiny_folder, tiny_tokenizer, cpu_cfg,
-                                                                              tmp_path, monkeypatch):
-    """06 keeps the error to show it; its traceback must not keep the loaded weights alive (on a T4, ~5 GB)."""
+def test_full_finetuning_that_does_not_fit_stops_clearly_and_frees_the_model(tiny_folder, tiny_tokenizer,
+                                                                             cpu_cfg, tmp_path, monkeypatch):
+    """06 keeps the error to show it; its traceback must
+    not keep the loaded weights alive (on a T4, ~5 GB)."""
     import gc
     import os
     import weakref
@@ -160,7 +181,8 @@ def test_full_finetuning_that_does_not_fit_stops_clearly_and_frees_the_model(tin
     cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=1, batch_size=2)
     method = build_methods(cfg, str(tiny_folder), ["full"])["full"]
     with pytest.raises(HardwareError, match="full fine-tuning of .* needs") as err:
-        train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS, tmp_path, adapter=None)
+        train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS, tmp_path,
+                  adapter=None)
     gc.collect()
     assert err.value.__traceback__ is not None and len(loaded) == 1
     assert loaded[0]() is None, "the kept error still holds the model"

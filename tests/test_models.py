@@ -17,7 +17,8 @@ def no_token(monkeypatch, tmp_path):
 
 
 def _hub_failure(cls, status):
-    """What transformers raises after a failed Hub request: an OSError raised from huggingface_hub's typed error."""
+    """What transformers raises after a failed Hub request:
+    an OSError raised from huggingface_hub's typed error."""
     import httpx2
 
     response = httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/x"))
@@ -54,7 +55,8 @@ def test_offline_is_recognised_by_type():
         raise OSError("We couldn't connect") from LocalEntryNotFoundError("no cache, offline")
     except OSError as err:
         assert "cannot be reached" in hub_error("someone/model", err).problem
-    plain = hub_error("someone/model", ValueError("403 resolve gated offline"))  # words alone no longer decide
+    # words alone no longer decide
+    plain = hub_error("someone/model", ValueError("403 resolve gated offline"))
     assert plain.problem.startswith("could not load model")
 
 

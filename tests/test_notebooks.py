@@ -7,7 +7,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-EXPECTED = ["00_setup", "01_load_4bit", "02_baseline_generation", "03_lora_sft", "04_evaluation", "05_save_and_push",
+EXPECTED = ["00_setup", "01_load_4bit", "02_baseline_generation", "03_lora_sft", "04_evaluation",
+            "05_save_and_push",
             "06_compare_methods", "07_temporal_encoding"]  # the core path, then the two deeper dives
 
 
@@ -45,7 +46,8 @@ def test_runtimes_come_from_course_timings_json():
     readme = (ROOT / "README.md").read_text()
     for path in NOTEBOOKS:
         intro = "".join(json.loads(path.read_text())["cells"][0]["source"])
-        assert timings.runtime_line(data, path.stem) in intro.splitlines(), f"{path.name}: run --sync-runtimes"
+        assert timings.runtime_line(data,
+                                    path.stem) in intro.splitlines(), f"{path.name}: run --sync-runtimes"
         assert f"| `{path.stem}` |" in readme and timings.readme_cells(data, path.stem) in readme
 
 

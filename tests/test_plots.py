@@ -15,7 +15,8 @@ def _table(value_outside: bool):
         for metric in METRICS:
             value = 30.0 if metric.startswith("perplexity") else 0.5
             low, high = value * 0.8, value * 1.2
-            if value_outside and metric == "perplexity":  # a percentile bootstrap over 10 rows can miss the estimate
+            # a percentile bootstrap over 10 rows can miss the estimate
+            if value_outside and metric == "perplexity":
                 low, high = value * 1.05, value * 1.5
             rows.append({"model": model, "metric": metric, "value": value, "ci_low": low, "ci_high": high,
                          "interval": "bootstrap", "n": 10})
@@ -23,7 +24,8 @@ def _table(value_outside: bool):
 
 
 def test_metric_bars_draws_an_interval_that_misses_its_estimate(tmp_path):
-    """04 on ten held-out rows: the bootstrap interval of perplexity lay above the estimate and the plot raised."""
+    """04 on ten held-out rows: the bootstrap interval of
+    perplexity lay above the estimate and the plot raised."""
     from gemmate_lib import plots
 
     for outside in (False, True):
@@ -35,7 +37,8 @@ def test_metric_bars_draws_an_interval_that_misses_its_estimate(tmp_path):
 def test_paired_differences_draws_an_interval_that_misses_its_estimate(tmp_path):
     from gemmate_lib import plots
 
-    diffs = {"rouge_l": {"difference": 0.1, "ci95": [0.12, 0.3]}, "perplexity": {"difference": -2.0, "ci95": [-5, -1]}}
+    diffs = {"rouge_l": {"difference": 0.1, "ci95": [0.12, 0.3]},
+             "perplexity": {"difference": -2.0, "ci95": [-5, -1]}}
     path = tmp_path / "diffs.png"
     plots.paired_differences(diffs, "fine-tuned - baseline", path)
     assert path.stat().st_size > 1000

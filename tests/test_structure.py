@@ -1,4 +1,5 @@
-"""The library's shape: one builder, no import cycles, no reaching into another module's privates, no import side
+"""The library's shape: one builder, no import cycles, no
+reaching into another module's privates, no import side
 effects, and one import path for everything (no re-export lists)."""
 import ast
 import re
@@ -8,12 +9,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "gemmate_lib"
-MODULES = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): ast.parse(p.read_text())
-           for p in LIB.rglob("*.py")}
+MODULES = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"):
+           ast.parse(p.read_text()) for p in LIB.rglob("*.py")}
 
 
 def _imports(tree):
-    """(module, names) for every `from gemmate_lib... import ...` anywhere in the module, also inside functions."""
+    """(module, names) for every `from gemmate_lib... import
+    ...` anywhere in the module, also inside functions."""
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gemmate_lib"):
             yield node.module, [a.name for a in node.names]
@@ -29,7 +31,8 @@ def test_the_library_imports_itself_absolutely_so_each_object_has_one_path():
 
 
 def test_no_import_cycles_even_through_function_level_imports():
-    graph = {name: {m for m, _ in _imports(tree) if m in MODULES and m != name} for name, tree in MODULES.items()}
+    graph = {name: {m for m, _ in _imports(tree) if m in MODULES and m != name} for name,
+             tree in MODULES.items()}
 
     def reach(start):
         seen, todo = set(), list(graph[start])
@@ -45,7 +48,8 @@ def test_no_import_cycles_even_through_function_level_imports():
 
 
 def test_no_module_imports_another_modules_private_names():
-    private = [(name, mod, n) for name, tree in MODULES.items() for mod, names in _imports(tree) for n in names
+    private = [(name, mod, n) for name, tree in MODULES.items() for mod,
+               names in _imports(tree) for n in names
                if n.startswith("_")]
     assert private == []
 
@@ -55,16 +59,19 @@ def test_one_builder_of_the_training_arguments_and_one_type_checker():
     for name, tree in MODULES.items():
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in (
-                    "SFTConfig", "TrainingArguments", "LoraConfig", "BitsAndBytesConfig", "PromptTuningConfig",
+                    "SFTConfig", "TrainingArguments", "LoraConfig", "BitsAndBytesConfig",
+                    "PromptTuningConfig",
                     "PrefixTuningConfig", "IA3Config"):
-                calls.setdefault(node.func.id if isinstance(node.func, ast.Name) else node.func.attr, []).append(name)
+                calls.setdefault(node.func.id if isinstance(node.func, ast.Name) else node.func.attr,
+                                 []).append(name)
     training, methods, models = "gemmate_lib.training", "gemmate_lib.methods", "gemmate_lib.models"
     assert calls == {"SFTConfig": [training], "TrainingArguments": [training], "LoraConfig": [training],
                      "BitsAndBytesConfig": [models], "PromptTuningConfig": [methods],
                      "PrefixTuningConfig": [methods], "IA3Config": [methods]}
     checkers = [name for name, tree in MODULES.items() for node in ast.walk(tree)
                 if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "get_type_hints"]
-    assert checkers == ["gemmate_lib.config"]  # the type hints are read once; config.coerce is the one checker
+    # the type hints are read once; config.coerce is the one checker
+    assert checkers == ["gemmate_lib.config"]
 
 
 def test_importing_the_library_changes_no_global_state():

@@ -23,7 +23,8 @@ MS_2014 = 1_394_000_000_000  # 2014-03-05 06:13:20 UTC
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """The tiny model's matrices are 64 wide: one thread beats several (no hand-offs), most of all on a busy machine."""
+    """The tiny model's matrices are 64 wide: one thread beats
+    several (no hand-offs), most of all on a busy machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -61,7 +62,8 @@ def test_every_accepted_form_gives_the_same_milliseconds():
 
 @pytest.mark.parametrize("bad, message", [
     (float("nan"), "NaN or infinite"), (float("inf"), "NaN or infinite"), (None, "is not a time"),
-    (True, "is not a time"), ("next tuesday", "not an ISO-8601"), (1_394_000_000_000_000, "looks like microseconds"),
+    (True, "is not a time"), ("next tuesday", "not an ISO-8601"),
+    (1_394_000_000_000_000, "looks like microseconds"),
     (1e16, "outside 1900-01-01..2100-01-01"), ([MS_2014, float("nan")], "1 timestamp"),
     (torch.tensor([True]), "booleans"),
     ({"t": 1}, "must be one value, got a dict"), (object(), "has type object"),
@@ -76,7 +78,8 @@ def test_bad_settings_are_rejected_by_the_encoder_and_the_config():
     from gemmate_lib.config import course_config
 
     cfg = course_config("temporal", device="cpu", dtype="fp32", temporal_scale=2.0, temporal_dim=32)
-    assert isinstance(cfg.temporal, TemporalSettings) and TemporalEncoder(cfg.temporal)(MS_2014).shape == (32,)
+    assert isinstance(cfg.temporal, TemporalSettings)
+    assert TemporalEncoder(cfg.temporal)(MS_2014).shape == (32,)
     with pytest.raises(ParameterError, match="even"):
         TemporalEncoder(TemporalSettings(temporal_dim=7))
     with pytest.raises(ParameterError, match="tau"):
@@ -89,7 +92,8 @@ def test_bad_settings_are_rejected_by_the_encoder_and_the_config():
 
 def test_zero_initialised_wrapper_equals_the_base_model_exactly(tiny_model, tiny_tokenizer):
     fresh_model, tokenizer = tiny_model, tiny_tokenizer
-    enc = tokenizer(["Life is short.\nWritten:", "Quote: Imagination is more"], return_tensors="pt", padding=True)
+    enc = tokenizer(["Life is short.\nWritten:", "Quote: Imagination is more"], return_tensors="pt",
+                    padding=True)
     with torch.no_grad():
         plain = fresh_model(**enc).logits
         te = GemmaTEForCausalLM(fresh_model)
@@ -129,7 +133,8 @@ def test_fast_loss_forward_equals_the_models_own_loss(tiny_model, tiny_tokenizer
     from gemmate_lib.temporal.data import PROMPT_END, TextDataset, collate_fn
 
     te = _perturb(GemmaTEForCausalLM(fresh_model))
-    ds = TextDataset(["Be kind.\nWritten: May 2014", "Hope is a thing with feathers\nWritten: June 2020"], tokenizer,
+    ds = TextDataset(["Be kind.\nWritten: May 2014", "Hope is a thing with feathers\nWritten: June 2020"],
+                     tokenizer,
                      [MS_2014, "2020-06-10"], prompt_end=PROMPT_END)
     batch = collate_fn([ds[0], ds[1]], tokenizer.pad_token_id)
     assert (batch["labels"][0, :ds.items[0][1]] == -100).all() and batch["timestamps"].dtype == torch.float64
@@ -147,7 +152,8 @@ def test_save_and_load_give_identical_logits_under_lora(tiny_folder, tiny_tokeni
 
     tokenizer = tiny_tokenizer
     cfg = course_config("temporal", device="cpu", dtype="fp32", temporal_scale=2.0, lora_dropout=0.05)
-    te = _perturb(attach_temporal_lora(GemmaTEForCausalLM(load_model(str(tiny_folder), fp32), cfg.temporal), cfg))
+    te = _perturb(attach_temporal_lora(GemmaTEForCausalLM(load_model(str(tiny_folder), fp32), cfg.temporal),
+                                       cfg))
     te.eval()  # LoRA dropout (0.05) is active in training mode
     folder = te.save_pretrained(tmp_path / "te")
     names = {p.name for p in folder.iterdir()}
@@ -170,7 +176,8 @@ def test_save_and_load_give_identical_logits_under_lora(tiny_folder, tiny_tokeni
 
 def _generate(te, tokenizer, stamps):
     enc = tokenizer(["Be kind.\nWritten:"] * (1 if stamps is None else len(stamps)), return_tensors="pt")
-    out = te.generate(**enc, timestamps=stamps, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    out = te.generate(**enc, timestamps=stamps, max_new_tokens=6, do_sample=False,
+                      pad_token_id=tokenizer.pad_token_id)
     return [tokenizer.decode(ids) for ids in out[:, enc["input_ids"].shape[1]:]]
 
 
@@ -230,11 +237,13 @@ def test_data_files_and_dated_notes(tmp_path):
     assert all(2007 <= y <= 2020 for y, _ in notes.test_dates)
     from collections import Counter
 
-    balanced = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=28, n_val=14,
+    balanced = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=28,
+                                n_val=14,
                                 n_far=12)
     assert set(Counter(y for y, _ in balanced.test_dates).values()) == {2}  # 2 per training year
     assert set(Counter(y for y, _ in balanced.val_dates).values()) == {1}
-    assert Counter(y for y, _ in balanced.far_dates) == {y: 2 for y in range(2021, 2027)}  # 2 per year after them
+    # 2 per year after them
+    assert Counter(y for y, _ in balanced.far_dates) == {y: 2 for y in range(2021, 2027)}
     assert parse_date(notes.train_texts[0].split("Written:")[1])[0] is not None
     path = save_jsonl(tmp_path / "notes.jsonl", notes.train_texts, notes.train_timestamps)
     texts, stamps = load_jsonl(path)
@@ -258,7 +267,8 @@ def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder, fp32):
     data = save_jsonl(tmp_path / "notes.jsonl", [f"Note {i}\nWritten: May {2008 + i}" for i in range(12)],
                       [to_milliseconds(datetime(2008 + i, 5, 10)) for i in range(12)])
     out = tmp_path / "te"
-    proc = subprocess.run([sys.executable, "-m", "gemmate_lib", "train-te", "--dataset", str(data), "--output_dir",
+    proc = subprocess.run([sys.executable, "-m", "gemmate_lib", "train-te", "--dataset", str(data),
+                           "--output_dir",
                            str(out), "--max_steps", "2", "--batch_size", "4", "--temporal_scale", "1.5",
                            "--prompt_end", "Written:", "--model_name", str(tiny_folder)],
                           capture_output=True, text=True, timeout=600,
@@ -281,14 +291,16 @@ def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder, fp32):
     (["--learning_rate", "fast"], "parameter learning_rate='fast' has type str"),
     (["--temporal_scale", "-1"], "temporal_scale=-1.0 must be a positive finite number"),
     pytest.param(["--fp16"], "--fp16 needs a CUDA GPU",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: --fp16 is allowed")),
+                 marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                          reason="a GPU is visible: --fp16 is allowed")),
     ([], "dataset='MISSING': no such file"),
 ])
 def test_command_bad_values_get_one_clear_line(argv, message, tmp_path, capsys):
     from gemmate_lib.cli.main import main
     from gemmate_lib.errors import run_cli
 
-    missing = str(tmp_path / "missing.jsonl")  # every case has it: the bad value must be reported before the file
+    # every case has it: the bad value must be reported before the file
+    missing = str(tmp_path / "missing.jsonl")
     code = run_cli(main, ["train-te", "--dataset", missing, "--output_dir", str(tmp_path / "o"), *argv])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "Traceback" not in "\n".join(lines)
@@ -303,7 +315,8 @@ def test_baselines_by_hand():
     from gemmate_lib.temporal.timestamps import date_ms as _ms
     from gemmate_lib.temporal.training import baselines
 
-    notes = DatedNotes(train_texts=["a", "b", "c"], train_timestamps=[_ms(2010, 3, 1), _ms(2012, 7, 1), _ms(2020, 1, 1)],
+    notes = DatedNotes(train_texts=["a", "b", "c"],
+                       train_timestamps=[_ms(2010, 3, 1), _ms(2012, 7, 1), _ms(2020, 1, 1)],
                        test_prompts=["x", "y"], test_timestamps=[_ms(2010, 3, 3), _ms(2019, 12, 30)],
                        test_dates=[(2010, 3), (2019, 12)])
     got = baselines(notes)
@@ -315,10 +328,13 @@ def test_baselines_by_hand():
 def test_dated_notes_keep_validation_test_and_extrapolation_apart():
     from gemmate_lib.temporal.data import PROMPT_END, date_of, make_dated_notes
 
-    notes = make_dated_notes([f"quote number {i} is here today" for i in range(60)], n_train=300, n_test=40, n_val=30,
+    notes = make_dated_notes([f"quote number {i} is here today" for i in range(60)], n_train=300, n_test=40,
+                             n_val=30,
                              n_far=24, seed=3)
-    splits = [set(notes.train_timestamps), set(notes.val_timestamps), set(notes.test_timestamps), set(notes.far_timestamps)]
-    assert sum(map(len, splits)) == len(set().union(*splits)) == 300 + 30 + 40 + 24  # no timestamp in two places
+    splits = [set(notes.train_timestamps), set(notes.val_timestamps), set(notes.test_timestamps),
+              set(notes.far_timestamps)]
+    # no timestamp in two places
+    assert sum(map(len, splits)) == len(set().union(*splits)) == 300 + 30 + 40 + 24
     assert {date_of(ms)[0] for ms in notes.train_timestamps} <= set(range(2007, 2021))
     assert {y for y, _ in notes.far_dates} == set(range(2021, 2027))  # no training target names these years
     assert not any(f" {y}" in t for t in notes.train_texts for y in range(2021, 2027))
@@ -336,7 +352,8 @@ def test_baselines_within_one_year_outside_the_training_years():
     from gemmate_lib.temporal.training import baselines
 
     notes = DatedNotes(["a", "b"], [_ms(2019, 6, 1), _ms(2020, 11, 1)], [], [], [],
-                       far_prompts=["x", "y", "z"], far_timestamps=[_ms(2021, 2, 1), _ms(2022, 5, 1), _ms(2025, 1, 1)],
+                       far_prompts=["x", "y", "z"],
+                       far_timestamps=[_ms(2021, 2, 1), _ms(2022, 5, 1), _ms(2025, 1, 1)],
                        far_dates=[(2021, 2), (2022, 5), (2025, 1)])
     got = baselines(notes, "far")
     # every neighbour is 2020-11: never the right year, within one year only for 2021
@@ -373,7 +390,8 @@ def test_the_fast_loss_never_drops_an_argument(tiny_model, tiny_tokenizer):
         te.fast_loss = True
         fast = te(**batch, position_ids=same_place).loss
         plain = te(**batch).loss
-    assert torch.allclose(fast, reference, rtol=1e-6, atol=0) and not torch.allclose(fast, plain, rtol=1e-6, atol=0)
+    assert torch.allclose(fast, reference, rtol=1e-6, atol=0)
+    assert not torch.allclose(fast, plain, rtol=1e-6, atol=0)
 
 
 # --- bad input and a wrong base: one clear line each, nothing lost --------------------------------
@@ -390,9 +408,11 @@ def test_per_token_timestamps_of_the_wrong_length_are_refused(tiny_model, tiny_t
     te = GemmaTEForCausalLM(tiny_model)
     enc = tiny_tokenizer(["one two three four"], return_tensors="pt")
     n = enc["input_ids"].shape[1]
-    with pytest.raises(DataError, match=f"per-token timestamps for {n - 1} positions, but the sequence has {n}"):
+    with pytest.raises(DataError,
+                       match=f"per-token timestamps for {n - 1} positions, but the sequence has {n}"):
         te(**enc, timestamps=[[MS_2021] * (n - 1)])
-    out = te.generate(**enc, timestamps=[[MS_2021] * n], max_new_tokens=3, do_sample=False)  # decoding steps: last stamp
+    # decoding steps: last stamp
+    out = te.generate(**enc, timestamps=[[MS_2021] * n], max_new_tokens=3, do_sample=False)
     assert out.shape[1] == n + 3
 
 
@@ -404,8 +424,8 @@ def test_leaving_timestamps_at_now_warns_once(tiny_model, tiny_tokenizer):
         te(**enc)
         te(**enc)
     assert [str(w.message) for w in caught if "no timestamps" in str(w.message)] == [
-        "GemmaTE got no timestamps: using the current time for every sequence (pass timestamps=... to say when each "
-        "text was written)"]
+        "GemmaTE got no timestamps: using the current time for every "
+        "sequence (pass timestamps=... to say when each text was written)"]
 
 
 def test_loading_checks_the_base_model_and_every_file(tiny_model, tiny_tokenizer, tmp_path):
@@ -418,11 +438,13 @@ def test_loading_checks_the_base_model_and_every_file(tiny_model, tiny_tokenizer
     assert meta["format_version"] == 2 and meta["vocab_size"] == len(tiny_tokenizer)
     assert meta["settings"]["temporal_dim"] == 64
     other = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=500, hidden_size=64, intermediate_size=128,
-                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                               num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=4,
                                                head_dim=16))  # same hidden size, another base
     with pytest.raises(ModelLoadError, match="vocab_size: saved .* vs 500"):
         GemmaTEForCausalLM.from_pretrained(other, folder)
-    (folder / "gemmate_te.json").write_text(json.dumps({**meta, "settings": {**meta["settings"], "temporal_dim": 32}}))
+    changed = {**meta, "settings": {**meta["settings"], "temporal_dim": 32}}
+    (folder / "gemmate_te.json").write_text(json.dumps(changed))
     with pytest.raises(ModelLoadError, match="holds a \\(64, 64\\) projection"):
         GemmaTEForCausalLM.from_pretrained(make_tiny_gemma(tiny_tokenizer), folder)
     (folder / "gemmate_te.json").write_text(json.dumps(meta))

@@ -35,13 +35,15 @@ def test_the_newest_release_changes_on_python_org_dates():
             newest_python(ms(outside))
     assert [v for v, _ in PYTHON_RELEASES] == [f"3.{i}" for i in range(15)]
     assert days_to_release(ms("2023-10-12T00:00:00")) == 10  # 3.12 came out on 2023-10-02
-    assert days_to_release(ms("2009-01-01T00:00:00")) == 177  # 3.0's own day is no boundary: the next is 2009-06-27
+    # 3.0's own day is no boundary: the next is 2009-06-27
+    assert days_to_release(ms("2009-01-01T00:00:00")) == 177
 
 
 def test_versions_are_read_from_completions():
     assert parse_version(" 3.12\nThe newest") == "3.12"
     assert parse_version(" 3.1, released") == "3.1"
-    assert parse_version("3.123") is None and parse_version(" three point one") is None and parse_version("") is None
+    assert parse_version("3.123") is None and parse_version(" three point one") is None
+    assert parse_version("") is None
 
 
 def test_questions_use_disjoint_times_and_say_the_truth():
@@ -93,7 +95,8 @@ def test_train_te_without_data_says_what_to_pass(tmp_path, capsys):
 
     assert run_cli(main, ["train-te", "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "dataset='embedded' is the quotes, which have no timestamps" in err and "--temporal_task dated_notes" in err
+    assert "dataset='embedded' is the quotes, which have no timestamps" in err
+    assert "--temporal_task dated_notes" in err
     assert "Traceback" not in err
 
 

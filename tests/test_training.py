@@ -24,7 +24,8 @@ def _batch(tokenizer, rows=ROWS):
 def test_linear_cross_entropy_matches_torch_in_value_and_gradient(weight_trains):
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=weight_trains)  # trains in full fine-tuning (06)
+    # trains in full fine-tuning (06)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=weight_trains)
     targets = torch.randint(0, 50, (37,))
     ours = LinearCrossEntropy.apply(hidden, weight, targets, 8)  # several chunks
     ours.backward(torch.tensor(0.5, dtype=torch.float64))
@@ -68,7 +69,8 @@ def test_fast_loss_equals_the_models_own_loss_for_every_method_of_07(tiny_model,
         assert not torch.allclose(bare, ours)
 
 
-def test_evaluation_uses_the_fast_loss_and_gets_the_models_own_value(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+def test_evaluation_uses_the_fast_loss_and_gets_the_models_own_value(tiny_model, tiny_tokenizer, cpu_cfg,
+                                                                     tmp_path):
     from gemmate_lib.training import sft_trainer
 
     model = attach_lora(tiny_model, cpu_cfg, quiet=True)
@@ -78,7 +80,8 @@ def test_evaluation_uses_the_fast_loss_and_gets_the_models_own_value(tiny_model,
         lambda module, args, out: head_positions.append(out.shape[1]))
     fast = trainer.evaluate()["eval_loss"]
     hook.remove()
-    assert head_positions and set(head_positions) == {0}  # the model's head computed nothing; the loss ran on labelled tokens
+    # the model's head computed nothing; the loss ran on labelled tokens
+    assert head_positions and set(head_positions) == {0}
     trainer.fast_loss = False
     assert abs(trainer.evaluate()["eval_loss"] - fast) < 1e-5
 
@@ -116,7 +119,8 @@ def test_attach_lora_twice_does_not_wrap_twice_and_counts_are_exact(tiny_model, 
     c = tiny_model.config
     q, kv, h, mlp = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.hidden_size, \
         c.intermediate_size
-    per_layer = (h + q) * 2 + (h + kv) * 2 + (h + mlp) * 3  # q,o + k,v + gate,up,down: r * (d_in + d_out) each
+    # q,o + k,v + gate,up,down: r * (d_in + d_out) each
+    per_layer = (h + q) * 2 + (h + kv) * 2 + (h + mlp) * 3
     assert trainable == cpu_cfg.lora.lora_r * per_layer * c.num_hidden_layers
 
 
@@ -147,7 +151,8 @@ def test_a_tiny_training_run_counts_its_tokens(tiny_model, tiny_tokenizer, cpu_c
     assert result.trainer.tokens_trained == 2 * per_epoch  # 4 steps of 2 = two passes over the 4 rows
 
 
-def test_completion_only_loss_trains_on_what_follows_the_prompt(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+def test_completion_only_loss_trains_on_what_follows_the_prompt(tiny_model, tiny_tokenizer, cpu_cfg,
+                                                                tmp_path):
     from gemmate_lib.training import sft_trainer
 
     model = attach_lora(tiny_model, cpu_cfg, quiet=True)
@@ -159,13 +164,15 @@ def test_completion_only_loss_trains_on_what_follows_the_prompt(tiny_model, tiny
         for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
             trained = tiny_tokenizer.decode(ids[labels != -100])
             if completion_only:
-                assert not trained.startswith("Quote:") and trained.endswith("<eos>") and "\nAuthor:" in trained
+                assert not trained.startswith("Quote:") and trained.endswith("<eos>")
+                assert "\nAuthor:" in trained
                 assert 0 < int((labels != -100).sum()) < int(mask.sum())
             else:
                 assert int((labels != -100).sum()) == int(mask.sum())  # every real token
 
 
-def test_a_short_training_run_lowers_the_held_out_loss_and_saves_safetensors(fresh_model, tokenizer, tmp_path):
+def test_a_short_training_run_lowers_the_held_out_loss_and_saves_safetensors(fresh_model, tokenizer,
+                                                                             tmp_path):
     cfg = course_config(device="cpu", dtype="fp32", max_steps=4, batch_size=4, learning_rate=1e-3,
                         steps_freq=1, val_steps_freq=2)
     data = load_quotes("embedded")

@@ -1,11 +1,13 @@
-"""Tracking that works offline: report_to="tensorboard" writes event files into the run's folder, off by default."""
+"""Tracking that works offline: report_to="tensorboard"
+writes event files into the run's folder, off by default."""
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--max_length", "48", "--batch_size", "4", "--steps_freq", "1", "--val_steps_freq", "0",
-         "--keep_best_n", "0", "--save_strategy", "no", "--eval_fraction", "0.03", "--max_steps", "3", "--dtype", "fp32"]
+         "--keep_best_n", "0", "--save_strategy", "no", "--eval_fraction", "0.03", "--max_steps", "3",
+         "--dtype", "fp32"]
 
 
 @pytest.mark.parametrize("report_to", ["none", "tensorboard"])
@@ -16,7 +18,9 @@ def test_the_command_logs_training_curves_to_tensorboard_in_the_run_folder(repor
     from gemmate_lib.errors import run_cli
 
     out = tmp_path / "run"
-    assert run_cli(main, [*TRAIN, "--model_name", str(tiny_folder), "--output_dir", str(out), "--report_to", report_to]) == 0
+    assert run_cli(main,
+                   [*TRAIN, "--model_name", str(tiny_folder), "--output_dir", str(out), "--report_to",
+                    report_to]) == 0
     events = list(out.rglob("events.out.tfevents.*"))
     if report_to == "none":
         assert events == []  # off by default: nothing written
@@ -45,10 +49,13 @@ def test_07_passes_report_to_into_every_methods_trainer(tmp_path, tiny_folder, t
 
     path = ROOT / "notebooks" / "06_compare_methods.ipynb"
     assert pm.inspect_notebook(str(path))["report_to"]["default"] == '"none"'
-    rows = [{"quote": "Be yourself.", "author": "Oscar Wilde", "text": "Quote: Be yourself.\nAuthor: Oscar Wilde"}] * 4
-    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1, report_to="tensorboard")
+    rows = [{"quote": "Be yourself.", "author": "Oscar Wilde",
+             "text": "Quote: Be yourself.\nAuthor: Oscar Wilde"}] * 4
+    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1,
+                          report_to="tensorboard")
     method = build_methods(cfg, str(tiny_folder), ["prefix"])["prefix"]
-    train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, rows, rows[:1], tmp_path / "prefix",
+    train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, rows, rows[:1],
+              tmp_path / "prefix",
               adapter=method.peft_config)
     events = list((tmp_path / "prefix").rglob("events.out.tfevents.*"))
     assert len(events) == 1

@@ -1,4 +1,5 @@
-"""The tiny random Gemma of the plumbing tests: a real Gemma 3 architecture at toy size, and a tokenizer for it.
+"""The tiny random Gemma of the plumbing tests: a real
+Gemma 3 architecture at toy size, and a tokenizer for it.
 
 Built from a config and trained in memory: no download, no conversion, milliseconds per forward pass.
 Tests use it through the fixtures in conftest.py; a subprocess of a test imports it directly.
@@ -7,7 +8,8 @@ import torch
 
 TINY_CORPUS = ["Quote: Be yourself; everyone else is already taken.\nAuthor: Oscar Wilde",
                "Quote: Imagination is more important than knowledge.\nAuthor: Albert Einstein",
-               "Stay hungry, stay foolish.\nWritten: May 2014", "one two three four five six seven eight nine ten"]
+               "Stay hungry, stay foolish.\nWritten: May 2014",
+               "one two three four five six seven eight nine ten"]
 
 
 def make_tiny_tokenizer():
@@ -29,8 +31,10 @@ def make_tiny_gemma(tokenizer, seed: int = 0):
     """
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                              num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+                              max_position_embeddings=512,
                               sliding_window=64, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
     torch.manual_seed(seed)

@@ -1,1 +1,2 @@
-"""Maintainer tooling, outside the library: `make course` (course), `make sync` (timings), `make gpu-check`."""
+"""Maintainer tooling, outside the library: `make course`
+(course), `make sync` (timings), `make gpu-check`."""

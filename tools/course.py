@@ -75,7 +75,8 @@ def hub_environment(per_notebook: dict[str, dict]) -> dict[str, str]:
 
 
 def record_timings(timings: dict[str, float]) -> None:
-    """Store measured notebook times in notebooks/course_timings.json and write them into the notebooks and README."""
+    """Store measured notebook times in notebooks/course_timings.json
+    and write them into the notebooks and README."""
     from gemmate_lib.hardware import describe_hardware
     from tools.timings import load, sync, timings_file
 
@@ -95,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
     parser.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 00 03")
     parser.add_argument("--prepare-only", action="store_true", help="only prepare the embedded model")
-    parser.add_argument("--params", help="YAML of notebook parameters passed to every notebook that declares them")
+    parser.add_argument("--params",
+                        help="YAML of notebook parameters passed to every notebook that declares them")
     parser.add_argument("--in-place", action="store_true",
-                        help="maintainers: execute the notebooks in notebooks/ and store their outputs there, "
-                             "record their times in notebooks/course_timings.json and write them into the docs")
+                        help="maintainers: execute the notebooks in notebooks/ and store their outputs "
+                             "there, record their times in notebooks/course_timings.json and write them "
+                             "into the docs")
     parser.add_argument("--sync-runtimes", action="store_true",
-                        help="only rewrite the notebooks' runtime lines and the README table from course_timings.json")
+                        help="only rewrite the notebooks' runtime lines "
+                             "and the README table from course_timings.json")
     args = parser.parse_args(argv)
     if args.sync_runtimes:
         from tools.timings import sync
@@ -128,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     offline = hub_environment(per_notebook)
     for name, value in offline.items():
         os.environ.setdefault(name, value)  # the kernels inherit them
-    print("Hub: " + ("offline (the embedded default needs no network)" if offline else "online (a Hub model or dataset)"))
+    print("Hub: " + ("offline (the embedded default needs no network)" if offline
+                     else "online (a Hub model or dataset)"))
     timings = {}
     for nb in notebooks:
         out = run_dir / nb.name
@@ -139,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             execute_in_place(nb, run_dir)
         else:
             try:
-                pm.execute_notebook(str(nb), str(out), parameters={**per_notebook[nb.name], "run_dir": str(run_dir)},
+                pm.execute_notebook(str(nb), str(out),
+                                    parameters={**per_notebook[nb.name], "run_dir": str(run_dir)},
                                     cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
             except pm.PapermillExecutionError as err:
                 print(f"FAILED: {nb.name} at cell {err.exec_count}: {err.ename}: {err.evalue}\n"

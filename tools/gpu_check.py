@@ -25,7 +25,8 @@ from gemmate_lib.files import repo_root, save_json, show_path
 from gemmate_lib.hardware import DTYPES, Precision
 from gemmate_lib.training import training_kwargs
 
-PARAMS = {"model_name": "embedded", "dataset": "embedded"}  # the embedded model on the GPU, with a token or without
+# the embedded model on the GPU, with a token or without
+PARAMS = {"model_name": "embedded", "dataset": "embedded"}
 CARDS = {"T4 (7.5)": (7, 5), "A100 (8.0)": (8, 0)}
 
 
@@ -34,9 +35,11 @@ def expected(cfg, capability: tuple[int, int]) -> dict[str, bool]:
     args = training_kwargs(cfg, repo_root() / "runs" / "gpu-check-dry", has_eval=True, save=False,
                            sft=cfg.task == "quotes")
     half = "fp16" if capability < (8, 0) else "bf16"
-    want = gemma3_rule(Precision("cuda", DTYPES[half], ""), cfg.model.model_name).name  # Gemma 3: fp32 for fp16
+    # Gemma 3: fp32 for fp16
+    want = gemma3_rule(Precision("cuda", DTYPES[half], ""), cfg.model.model_name).name
     mixed = {name: args[name] == (want == name) for name in ("fp16", "bf16")}
-    return {"nf4": cfg.model.quantization == "nf4", f"compute {want}": cfg.precision.name == want and all(mixed.values()),
+    return {"nf4": cfg.model.quantization == "nf4",
+            f"compute {want}": cfg.precision.name == want and all(mixed.values()),
             "paged_adamw_8bit": args["optim"] == "paged_adamw_8bit",
             "gradient checkpointing": args["activation_checkpointing"],
             "on cuda": not args["use_cpu"] and cfg.precision.device == "cuda"}
@@ -55,7 +58,8 @@ def dry_run(notebooks: list[Path]) -> int:
         for card, capability in CARDS.items():
             dtype = torch.float16 if capability < (8, 0) else torch.bfloat16
             cfg = course_config(task, precision=Precision("cuda", dtype, f"{card}, dry run"), **params)
-            if task == "methods":  # 07 trains several methods; its QLoRA arm is the one with the GPU profile's recipe
+            # 07 trains several methods; its QLoRA arm is the one with the GPU profile's recipe
+            if task == "methods":
                 from gemmate_lib.methods import build_methods
 
                 cfg = cfg.replace(**build_methods(cfg, "dry-run", ["qlora"])["qlora"].settings)
@@ -85,7 +89,8 @@ def run(notebooks: list[Path], run_dir: Path, precision: str = "auto") -> int:
     if precision == "fp16":
         os.environ["GEMMATE_PROFILE"] = "t4"
     cfg = course_config(**PARAMS)
-    print(f"{torch.cuda.get_device_name(0)}: profile {cfg.profile}, compute {cfg.precision.name} ({cfg.precision.reason})")
+    print(f"{torch.cuda.get_device_name(0)}: profile {cfg.profile}, "
+          f"compute {cfg.precision.name} ({cfg.precision.reason})")
     baseline = torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]
     rows, failed = {}, False
     for nb in notebooks:
@@ -96,15 +101,18 @@ def run(notebooks: list[Path], run_dir: Path, precision: str = "auto") -> int:
         watcher.start()
         start, status = time.time(), "pass"
         try:
-            pm.execute_notebook(str(nb), str(run_dir / nb.name), parameters={**params, "run_dir": str(run_dir)},
+            pm.execute_notebook(str(nb), str(run_dir / nb.name),
+                                parameters={**params, "run_dir": str(run_dir)},
                                 cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
         except pm.PapermillExecutionError as err:
             status, failed = f"FAIL at cell {err.exec_count}: {err.ename}: {str(err.evalue)[:120]}", True
         stop.set()
         watcher.join()
-        rows[nb.name] = {"seconds": round(time.time() - start, 1), "peak_gpu_mib": round((peak[0] - baseline) / 2**20),
+        rows[nb.name] = {"seconds": round(time.time() - start, 1),
+                         "peak_gpu_mib": round((peak[0] - baseline) / 2**20),
                          "status": status}
-        print(f"{nb.stem:28} {rows[nb.name]['seconds']:7.0f} s {rows[nb.name]['peak_gpu_mib']:7d} MiB  {status}",
+        print(f"{nb.stem:28} {rows[nb.name]['seconds']:7.0f} s "
+              f"{rows[nb.name]['peak_gpu_mib']:7d} MiB  {status}",
               flush=True)
     save_json(run_dir / "gpu_check.json", {"gpu": torch.cuda.get_device_name(0), "notebooks": rows})
     print(f"gpu check {'FAILED' if failed else 'passed'}: {torch.cuda.get_device_name(0)}, "
@@ -116,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="build and check every config; no GPU needed")
     parser.add_argument("--precision", choices=("auto", "fp16"), default="auto",
-                        help="auto: this GPU's profile; fp16: a T4's profile (fp16 and its gradient scaler; Gemma 3 "
-                             "computes in fp32 by the course's dtype rule) on a bf16-capable GPU")
+                        help="auto: this GPU's profile; fp16: a T4's profile (fp16 and its gradient scaler; "
+                             "Gemma 3 computes in fp32 by the course's dtype rule) on a bf16-capable GPU")
     args = parser.parse_args(argv)
     root = repo_root()
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))

@@ -43,7 +43,8 @@ def duration(seconds: float) -> str:
 def runtime_line(data: dict, name: str) -> str:
     """The `**Runtime**` line of notebook `name` (stem, e.g. 03_lora_sft)."""
     return (f"**Runtime**: CPU with the embedded default: {duration(data['cpu_seconds'][name])} (measured: "
-            f"{data['measured_on'][name]}). Colab T4 with `google/gemma-2b`: {data['t4_estimate'][name]} (estimate; not "
+            f"{data['measured_on'][name]}). Colab T4 with `google/gemma-2b`: {data['t4_estimate'][name]} "
+            f"(estimate; not "
             "run on a GPU).")
 
 
@@ -85,11 +86,13 @@ def sync(data: dict | None = None) -> list[str]:
     new = readme
     for name in data["cpu_seconds"]:
         cells = readme_cells(data, name)
-        new = re.sub(rf"^(\| `{name}` \|[^|\n]*)\|[^|\n]*\|[^|\n]*\|$", lambda m, cells=cells: m[1] + cells, new,
+        new = re.sub(rf"^(\| `{name}` \|[^|\n]*)\|[^|\n]*\|[^|\n]*\|$", lambda m, cells=cells: m[1] + cells,
+                     new,
                      flags=re.M)
     total = sum(data["cpu_seconds"].values())
     new = re.sub(r"^\| \*\*all of `make course`\*\* \|.*$",
-                 f"| **all of `make course`** | | **{duration(total)} for the {len(data['cpu_seconds'])} notebooks** | |",
+                 f"| **all of `make course`** | | **{duration(total)} "
+                 f"for the {len(data['cpu_seconds'])} notebooks** | |",
                  new, flags=re.M)
     if new != readme:
         write_text(root / "README.md", new)

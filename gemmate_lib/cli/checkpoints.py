@@ -64,7 +64,8 @@ def resume_checkpoint(output_dir: str | Path, option: str, path: str | None = No
     if option == "path":
         folder = Path(path or "")
         if not (folder / "trainer_state.json").is_file():
-            raise ParameterError(f"config key 'checkpoint_path' = {path!r} is not a complete checkpoint folder",
+            raise ParameterError(f"config key 'checkpoint_path' = {path!r} "
+                                 f"is not a complete checkpoint folder",
                                  "point it at a checkpoint-<step> folder that has trainer_state.json")
         return folder
     checkpoints = complete_checkpoints(output_dir)
@@ -76,7 +77,8 @@ def resume_checkpoint(output_dir: str | Path, option: str, path: str | None = No
     best = select_kept(checkpoints, 0, 1, metric, mode)
     if not best:
         raise ParameterError(f"no checkpoint in {output_dir} has a logged {metric!r}",
-                             "use resume_option: last, or evaluate at every save (val_steps_freq = steps_freq)")
+                             "use resume_option: last, or evaluate at "
+                             "every save (val_steps_freq = steps_freq)")
     return checkpoints[best.pop()]
 
 

@@ -30,7 +30,8 @@ def search(cfg: CourseConfig, n_trials: int = 8, timeout: float | None = None) -
     if n_trials < 1:
         raise ParameterError(f"n_trials={n_trials} must be at least 1", "pass --n_trials 8 (or more)")
     if cfg.train.val_steps_freq == 0:
-        raise ParameterError("hpo scores trials by held-out loss, but val_steps_freq is 0", "set val_steps_freq >= 1")
+        raise ParameterError("hpo scores trials by held-out loss, but val_steps_freq is 0",
+                             "set val_steps_freq >= 1")
     out = Path(cfg.checkpoints.output_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -47,7 +48,8 @@ def search(cfg: CourseConfig, n_trials: int = 8, timeout: float | None = None) -
         metrics = train_from_config(trial_cfg, save_checkpoints=False)
         trial.set_user_attr("seconds", round(time.time() - start, 1))
         if metrics["final_eval_loss"] is None:
-            raise ParameterError("a trial logged no held-out loss", "set max_steps to a multiple of val_steps_freq")
+            raise ParameterError("a trial logged no held-out loss",
+                                 "set max_steps to a multiple of val_steps_freq")
         return metrics["final_eval_loss"]
 
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))

@@ -1,4 +1,5 @@
-"""`gemmate train | train-te | evaluate | generate | hpo | serve` (also `python -m gemmate_lib ...`): the course as commands.
+"""`gemmate train | train-te | evaluate | generate | hpo | serve`
+(also `python -m gemmate_lib ...`): the course as commands.
 
 Taught in docs/command-line.md. Every subcommand reads the course's one config:
 a YAML file (`--config configs/cpu-quick.yaml`, keys in config.py) and `--key value`
@@ -19,10 +20,12 @@ from gemmate_lib.config import GROUPS, OWNER, CourseConfig, load_config
 
 COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
             "train-te": "GemmaTE (LoRA + temporal projection) on a JSONL of {text, timestamp}",
-            "evaluate": "04's metrics of the trained adapter on the held-out split -> output_dir/metrics.json",
+            "evaluate": "04's metrics of the trained adapter on the "
+                        "held-out split -> output_dir/metrics.json",
             "generate": "greedy completions of --prompts with the trained adapter",
             "hpo": "an Optuna search over learning rate, LoRA r / alpha / dropout and batch size",
-            "serve": "the merged fine-tuned model of run folders behind transformers serve (OpenAI-compatible)"}
+            "serve": "the merged fine-tuned model of run folders "
+                     "behind transformers serve (OpenAI-compatible)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,17 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
             options = p.add_argument_group(f"{group} settings (a YAML key or a flag; default: the profile's)")
             for f in dataclasses.fields(cls):
                 options.add_argument(f"--{f.name}", nargs="+" if f.name == "prompts" else None, default=None,
-                                     metavar=_metavar(f), help=_shown(f"{f.metadata['help']} [default: {_text(f.default)}]"))
+                                     metavar=_metavar(f),
+                                     help=_shown(f"{f.metadata['help']} [default: {_text(f.default)}]"))
         if name == "hpo":
             p.add_argument("--n_trials", type=int, default=8, help="number of trials")
-            p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+            p.add_argument("--timeout", type=float, default=None,
+                           help="stop starting trials after this many seconds")
         if name == "serve":
-            p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders with merged/ or adapter/")
+            p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                           help="run folders with merged/ or adapter/")
             p.add_argument("--host", default="127.0.0.1", help="listen address (default: this machine only)")
             p.add_argument("--port", type=int, default=8000, help="listen port")
-            p.add_argument("--max_tokens_limit", type=int, default=512, help="largest max_tokens a request may ask")
+            p.add_argument("--max_tokens_limit", type=int, default=512,
+                           help="largest max_tokens a request may ask")
         if name == "train-te":
-            p.add_argument("--fp16", action="store_true", help="fp16 mixed precision (the guide's flag; needs a GPU)")
+            p.add_argument("--fp16", action="store_true",
+                           help="fp16 mixed precision (the guide's flag; needs a GPU)")
             p.add_argument("--overwrite", action="store_true", help="write into a non-empty output_dir")
     return parser
 
@@ -72,7 +80,8 @@ def config_from_args(args: argparse.Namespace) -> CourseConfig:
         from gemmate_lib.hardware import pick_precision
 
         if pick_precision().device != "cuda":
-            raise HardwareError("--fp16 needs a CUDA GPU and none is visible", "drop --fp16 (the CPU picks bf16 or fp32)")
+            raise HardwareError("--fp16 needs a CUDA GPU and none is visible",
+                                "drop --fp16 (the CPU picks bf16 or fp32)")
         overrides["dtype"] = "fp16"
     task = "temporal" if args.command == "train-te" else "quotes"
     return load_config(args.config, overrides, task=task)
@@ -93,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "train-te":
         from gemmate_lib.temporal.training import train_temporal_from_config
 
-        result = {k: v for k, v in train_temporal_from_config(cfg, overwrite=args.overwrite).items() if k != "config"}
+        result = {k: v for k,
+                  v in train_temporal_from_config(cfg, overwrite=args.overwrite).items() if k != "config"}
     elif args.command == "evaluate":
         from gemmate_lib.evaluation import evaluate_from_config
 
-        result = {m: round(v["value"], 4) for m, v in evaluate_from_config(cfg)["models"]["fine-tuned"].items()}
+        result = {m: round(v["value"], 4) for m,
+                  v in evaluate_from_config(cfg)["models"]["fine-tuned"].items()}
     elif args.command == "generate":
         from gemmate_lib.evaluation import generate_from_config
 

@@ -30,15 +30,18 @@ def served_model(run_dir: str | Path) -> Path:
         return merged
     if not (adapter / "adapter_config.json").is_file():
         raise ParameterError(f"{show_path(run_dir)} has neither merged/ nor adapter/",
-                             "pass a run folder that 03 (or `gemmate train`'s output_dir) wrote, e.g. runs/committed")
+                             "pass a run folder that 03 (or `gemmate "
+                             "train`'s output_dir) wrote, e.g. runs/committed")
     from gemmate_lib.adapters import load_adapter, read_base_info, save_merged
     from gemmate_lib.hardware import pick_precision
     from gemmate_lib.models import load_model, load_tokenizer
 
     meta = read_base_info(adapter)
     if meta is None:
-        raise ParameterError(f"{show_path(adapter)} has no gemmate.json, so the base model to merge into is unknown",
-                             "save the adapter with save_adapter (03 does), or merge it yourself into merged/")
+        raise ParameterError(f"{show_path(adapter)} has no gemmate.json, "
+                             f"so the base model to merge into is unknown",
+                             "save the adapter with save_adapter (03 does), "
+                             "or merge it yourself into merged/")
     base = meta["base_model"]
     precision = pick_precision()
     model = load_adapter(load_model(base, precision), adapter).merge_and_unload()
@@ -51,24 +54,30 @@ def check_request(body: dict, field: str, models: list[str], limit: int = MAX_TO
     from fastapi import HTTPException
 
     value = body.get(field)
-    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
+    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value,
+                                                                                      list) and not value):
         example = ('"Quote: Imagination is more"' if field == "prompt" else
                    '[{"role": "user", "content": "Finish the quote: Imagination is more"}]')
-        raise HTTPException(400, detail=f"{field} is empty: send what the model should continue, e.g. {example}")
+        raise HTTPException(400,
+                            detail=f"{field} is empty: send what the model should continue, e.g. {example}")
     for key in ("max_tokens", "max_completion_tokens"):
         asked = body.get(key)
-        if asked is not None and (not isinstance(asked, int) or isinstance(asked, bool) or not 1 <= asked <= limit):
-            raise HTTPException(400, detail=f"{key}={asked!r} must be a whole number from 1 to {limit} on this server "
-                                           "(gemmate serve --max_tokens_limit raises the limit)")
+        whole = isinstance(asked, int) and not isinstance(asked, bool)
+        if asked is not None and (not whole or not 1 <= asked <= limit):
+            raise HTTPException(400, detail=f"{key}={asked!r} must be a whole number from 1 to {limit} "
+                                           "on this server (gemmate serve --max_tokens_limit raises "
+                                           "the limit)")
     if len(models) > 1 and body.get("model") not in models:
-        raise HTTPException(400, detail=f"model {body.get('model')!r} is not served here; use one of: {', '.join(models)}")
+        raise HTTPException(400, detail=f"model {body.get('model')!r} is not served "
+                                        f"here; use one of: {', '.join(models)}")
 
 
 HOOK = ("model_manager", "chat_handler", "completion_handler")  # build_server's first parameters, in order
 
 
 def check_hook_point(server, serve_cli) -> None:
-    """The request checks attach where transformers serve builds its app; a changed transformers fails here, loudly.
+    """The request checks attach where transformers serve
+    builds its app; a changed transformers fails here, loudly.
 
     `build_server` is transformers' internal builder of the FastAPI app (not a public API):
     `Serve` imports it from its module when it starts, and the completion and chat handlers
@@ -84,7 +93,8 @@ def check_hook_point(server, serve_cli) -> None:
     if build is None:
         problem = "has no transformers.cli.serving.server.build_server"
     elif tuple(inspect.signature(build).parameters)[:3] != HOOK:
-        problem = f"build_server's parameters are {tuple(inspect.signature(build).parameters)[:3]}, not {HOOK}"
+        first = tuple(inspect.signature(build).parameters)[:3]
+        problem = f"build_server's parameters are {first}, not {HOOK}"
     elif "from .serving.server import build_server" not in inspect.getsource(serve_cli.Serve):
         problem = "Serve no longer imports build_server when it starts"
     else:
@@ -96,12 +106,14 @@ def check_hook_point(server, serve_cli) -> None:
     if problem:
         import transformers
 
-        raise HardwareError(f"transformers {transformers.__version__} {problem}, so gemmate serve cannot add its "
-                            "request checks", "install the pinned transformers (make install), or run "
+        raise HardwareError(f"transformers {transformers.__version__} {problem}, "
+                            "so gemmate serve cannot add its request checks",
+                            "install the pinned transformers (make install), or run "
                             "`transformers serve` yourself, without the checks")
 
 
-def run_server(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, limit: int = MAX_TOKENS_LIMIT) -> None:
+def run_server(folders: list[Path], host: str = "127.0.0.1", port: int = 8000,
+               limit: int = MAX_TOKENS_LIMIT) -> None:
     """Start transformers' server with the request checks; blocks until stopped (Ctrl-C)."""
     from transformers.cli import serve as serve_cli
     from transformers.cli.serving import server
@@ -123,8 +135,9 @@ def run_server(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, l
     server.build_server = build_with_checks  # serve.py imports it from this module when the server starts
     precision = pick_precision()
     print(f"serving {', '.join(models)} on http://{host}:{port}/v1 (transformers serve, {precision.name}); "
-          f"try:\n  curl http://{host}:{port}/v1/completions -H 'Content-Type: application/json' "
-          f"-d '{{\"model\": \"{models[0]}\", \"prompt\": \"Quote: Imagination is more\", \"max_tokens\": 40}}'",
+          f"try:\n  curl http://{host}:{port}/v1/completions -H 'Content-Type: application/json' -d "
+          f"'{{\"model\": \"{models[0]}\", \"prompt\": \"Quote: Imagination is more\", \"max_tokens\": 40}}'",
           flush=True)
     serve_cli.Serve(force_model=models[0] if len(models) == 1 else None, host=host, port=port,
-                    dtype=str(precision.dtype).removeprefix("torch."), device=precision.device, log_level="warning")
+                    dtype=str(precision.dtype).removeprefix("torch."), device=precision.device,
+                    log_level="warning")

@@ -28,7 +28,8 @@ def remote_fs(remote_path: str):
         return fsspec.core.url_to_fs(remote_path)
     except (ImportError, ValueError) as err:
         raise ParameterError(f"remote_path={remote_path!r} cannot be opened: {err}",
-                             "install the filesystem's package (s3fs for s3://, gcsfs for gs://) or use a folder") from None
+                             "install the filesystem's package (s3fs for "
+                             "s3://, gcsfs for gs://) or use a folder") from None
 
 
 def upload(folder: Path, remote_path: str) -> None:
@@ -68,7 +69,8 @@ def download(remote_path: str, output_dir: str | Path) -> list[str]:
 
 
 class StorageSync(TrainerCallback):
-    """After each save (and after the keep-last/best policy ran): upload the new checkpoint, mirror deletions."""
+    """After each save (and after the keep-last/best policy
+    ran): upload the new checkpoint, mirror deletions."""
 
     def __init__(self, output_dir: str | Path, remote_path: str):
         self.output_dir, self.remote_path = Path(output_dir), remote_path

@@ -50,15 +50,18 @@ def prompt_and_answer(task: str, row: dict) -> tuple[str, str]:
             raise ValueError("needs a text sentence and a label 0 or 1")
         return f"Sentence: {row['sentence'].strip()}\nSentiment:", LABELS[row["label"]]
     answers = row.get("answers") or {}
-    if not isinstance(row.get("context"), str) or not isinstance(row.get("question"), str) or not isinstance(answers, dict):
+    if not isinstance(row.get("context"), str) or not isinstance(row.get("question"),
+                                                                 str) or not isinstance(answers, dict):
         raise ValueError("needs a text context and question, and answers {text: [...], answer_start: [...]}")
     texts = [t for t in answers.get("text", []) if isinstance(t, str) and t.strip()]
     prompt = f"Context: {row['context'].strip()}\nQuestion: {row['question'].strip()}\nAnswer:"
     return prompt, texts[0].strip() if texts else NO_ANSWER
 
 
-def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tokenizer=None, max_length: int | None = None):
-    """Rows {prompt, answer, text, gold} split into train and held-out (data.QuoteData); bad or long rows counted."""
+def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tokenizer=None,
+              max_length: int | None = None):
+    """Rows {prompt, answer, text, gold} split into train and
+    held-out (data.QuoteData); bad or long rows counted."""
     from gemmate_lib.data import QuoteData, read_hub, read_records, split_rows
 
     if Path(dataset).suffix in (".jsonl", ".json", ".csv"):
@@ -74,8 +77,10 @@ def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tok
             reason = f"malformed row ({err})"
         else:
             text = f"{prompt} {answer}"
-            too_long = tokenizer is not None and max_length and len(tokenizer(text + eos)["input_ids"]) > max_length
-            reason = f"too long (over max_length={max_length} tokens: the answer would be cut off)" if too_long else None
+            too_long = (tokenizer is not None and max_length
+                        and len(tokenizer(text + eos)["input_ids"]) > max_length)
+            reason = (f"too long (over max_length={max_length} tokens: the answer would be cut off)"
+                      if too_long else None)
         if reason:
             dropped[reason] += 1
             examples.setdefault(reason, f"line {line}: {repr(row)[:100]}")
@@ -83,14 +88,17 @@ def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tok
         gold = [t for t in (row.get("answers") or {}).get("text", [])] if task == "squad_v2" else [answer]
         kept.append({"prompt": prompt, "answer": answer, "text": f"{prompt} {answer}", "gold": gold})
     if len(kept) < 2:
-        raise DataError(f"{name} has {len(kept)} usable {task} row(s)", f"check the columns: {', '.join(SCHEMAS[task])}")
+        raise DataError(f"{name} has {len(kept)} usable {task} row(s)",
+                        f"check the columns: {', '.join(SCHEMAS[task])}")
     train, held = split_rows(kept, eval_fraction, data_seed)
-    return QuoteData(train=train, held_out=held, source=name, dropped=dict(dropped), examples_dropped=examples)
+    return QuoteData(train=train, held_out=held, source=name, dropped=dict(dropped),
+                     examples_dropped=examples)
 
 
 # --- the metrics ---------------------------------------------------------------------------------
 def normalize_answer(text: str) -> str:
-    """The official SQuAD normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."""
+    """The official SQuAD normalisation: lower case, no
+    punctuation, no articles (a, an, the), single spaces."""
     text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
@@ -136,14 +144,16 @@ def squad_v2_scores(golds: list[list[str]], predictions: list[str]) -> dict:
 
 
 def sst2_scores(golds: list[str], predictions: list[str]) -> dict:
-    """Accuracy and F1 of the positive class, in percent; a prediction that is neither label counts as wrong."""
+    """Accuracy and F1 of the positive class, in percent;
+    a prediction that is neither label counts as wrong."""
     words = [(p.strip().split() or [""])[0].strip(string.punctuation).lower() for p in predictions]
     tp = sum(g == w == "positive" for g, w in zip(golds, words))
     fp = sum(g != "positive" and w == "positive" for g, w in zip(golds, words))
     fn = sum(g == "positive" and w != "positive" for g, w in zip(golds, words))
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     return {"accuracy": round(100 * sum(g == w for g, w in zip(golds, words)) / len(golds), 2),
-            "f1": round(100 * f1, 2), "invalid": sum(w not in LABELS.values() for w in words), "total": len(golds)}
+            "f1": round(100 * f1,
+                        2), "invalid": sum(w not in LABELS.values() for w in words), "total": len(golds)}
 
 
 def evaluate_task(model, tokenizer, task: str, rows: list[dict]) -> dict:
@@ -156,4 +166,5 @@ def evaluate_task(model, tokenizer, task: str, rows: list[dict]) -> dict:
         scores = sst2_scores([r["answer"] for r in rows], predictions)
     else:
         scores = squad_v2_scores([r["gold"] for r in rows], predictions)
-    return {**scores, "examples": [{"answer": r["answer"], "prediction": p} for r, p in zip(rows[:5], predictions)]}
+    return {**scores,
+            "examples": [{"answer": r["answer"], "prediction": p} for r, p in zip(rows[:5], predictions)]}

@@ -1,4 +1,5 @@
-"""`gemmate train`: LoRA SFT from the config, under the checkpoint policy, with resume, W&B and remote storage.
+"""`gemmate train`: LoRA SFT from the config, under the
+checkpoint policy, with resume, W&B and remote storage.
 
 Taught in docs/command-line.md; the training itself is the notebooks' (training.sft_trainer,
 03_lora_sft). The data is quotes, or SST-2 / SQuAD v2 (cli/tasks.py) when the dataset says so.
@@ -14,7 +15,8 @@ from gemmate_lib.config import CourseConfig
 
 
 def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
-    """`gemmate train`: LoRA on quotes, SST-2 or SQuAD v2 (tasks.py) under the checkpoint policy; writes train_metrics.json."""
+    """`gemmate train`: LoRA on quotes, SST-2 or SQuAD v2 (tasks.py)
+    under the checkpoint policy; writes train_metrics.json."""
     from transformers import EarlyStoppingCallback
 
     from gemmate_lib.adapters import save_adapter
@@ -41,9 +43,11 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
     data = load(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer, cfg.train.max_length)
     if rank == 0:
         print(data.report(), flush=True)
-    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
+    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization,
+                       cfg.model.attn_implementation)
     model = attach_lora(model, cfg)
-    callbacks = [CheckpointPolicy(out, c.keep_last_n, c.keep_best_n, c.checkpoint_metric, c.checkpoint_metric_mode)]
+    callbacks = [CheckpointPolicy(out, c.keep_last_n, c.keep_best_n, c.checkpoint_metric,
+                                  c.checkpoint_metric_mode)]
     if c.sync_to_storage:
         callbacks.append(StorageSync(out, c.remote_path))
     if c.early_stopping_patience:
@@ -53,7 +57,8 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
     result = run_trainer(trainer, str(resume) if resume else None)
     seconds, log = result.seconds, result.log
     digest = trainable_digest(trainer.model)
-    save_json(_mkdir(out / "ranks") / f"rank{rank}.json", {"rank": rank, "world_size": world_size, "digest": digest,
+    save_json(_mkdir(out / "ranks") / f"rank{rank}.json",
+              {"rank": rank, "world_size": world_size, "digest": digest,
                                                            "step": trainer.state.global_step})
     last = {col: float(log[col].dropna().iloc[-1]) if col in log and log[col].notna().any() else None
             for col in ("loss", "eval_loss")}
@@ -71,7 +76,8 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
 
 
 def _wandb_environment(cfg: CourseConfig) -> None:
-    """use_wandb: Weights & Biases logs offline into output_dir (`wandb sync` uploads later), with project and tags."""
+    """use_wandb: Weights & Biases logs offline into output_dir
+    (`wandb sync` uploads later), with project and tags."""
     t = cfg.train
     if t.use_wandb:
         os.environ.setdefault("WANDB_MODE", "offline")

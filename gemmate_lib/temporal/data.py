@@ -33,17 +33,20 @@ class TextDataset(torch.utils.data.Dataset):
     the model learns the continuation only, and the LM head skips the rest (faster).
     """
 
-    def __init__(self, texts, tokenizer, timestamps=None, max_length: int = 128, prompt_end: str | None = None,
+    def __init__(self, texts, tokenizer, timestamps=None, max_length: int = 128,
+                 prompt_end: str | None = None,
                  unit: str | None = None):
         texts = list(texts)
         if timestamps is not None and len(timestamps) != len(texts):
-            raise DataError(f"{len(texts)} texts but {len(timestamps)} timestamps", "give one timestamp per text")
+            raise DataError(f"{len(texts)} texts but {len(timestamps)} timestamps",
+                            "give one timestamp per text")
         self.timestamps = None if timestamps is None else to_milliseconds(list(timestamps), unit)
         self.items = []
         eos = tokenizer.eos_token or ""
         for text in texts:
             if not isinstance(text, str) or not text.strip():
-                raise DataError(f"text {text!r} is empty or not a string", "drop empty rows before building the dataset")
+                raise DataError(f"text {text!r} is empty or not a string",
+                                "drop empty rows before building the dataset")
             ids = tokenizer(text + eos, truncation=True, max_length=max_length)["input_ids"]
             skip = 0
             if prompt_end and prompt_end in text:
@@ -80,7 +83,8 @@ def collate_fn(batch: list[dict], pad_token_id: int = 0) -> dict:
 
 
 def load_jsonl(path: str | Path, unit: str | None = None) -> tuple[list[str], list[float]]:
-    """Read `{"text": ..., "timestamp": ...}` rows (data.read_records); a bad row is an error with its line number.
+    """Read `{"text": ..., "timestamp": ...}` rows
+    (data.read_records); a bad row is an error with its line number.
 
     `unit` ("s", "ms", "us", "ns") says what bare numbers are; a row's own "timestamp_unit" field wins.
     """
@@ -115,19 +119,24 @@ class DatedNotes:
     train_texts: list[str]  # full notes: "<quote>\nWritten: May 2014"
     train_timestamps: list[int]  # ms since the epoch, one per note
     test_prompts: list[str]  # held-out notes cut after "Written:", evaluated once (07 section 6)
-    test_timestamps: list[int]  # held-out timestamps inside the training years (none of them in the training set)
+    # held-out timestamps inside the training years (none of them in the training set)
+    test_timestamps: list[int]
     test_dates: list[tuple[int, int]]  # the right (year, month) of each test prompt
     val_prompts: list[str] = field(default_factory=list)  # validation: like test, for design choices
-    val_timestamps: list[int] = field(default_factory=list)  # validation timestamps (disjoint from train and test)
+    # validation timestamps (disjoint from train and test)
+    val_timestamps: list[int] = field(default_factory=list)
     val_dates: list[tuple[int, int]] = field(default_factory=list)  # the right (year, month) of each
-    far_prompts: list[str] = field(default_factory=list)  # extrapolation: prompts dated after the training years
-    far_timestamps: list[int] = field(default_factory=list)  # in (last_year, extrapolate_to]: no target ever said them
+    # extrapolation: prompts dated after the training years
+    far_prompts: list[str] = field(default_factory=list)
+    # in (last_year, extrapolate_to]: no target ever said them
+    far_timestamps: list[int] = field(default_factory=list)
     far_dates: list[tuple[int, int]] = field(default_factory=list)  # the right (year, month) of each
 
     def split(self, name: str) -> tuple[list[str], list[int], list[tuple[int, int]]]:
         """(prompts, timestamps, dates) of "val", "test" or "far" (extrapolation)."""
         prefix = {"val": "val", "test": "test", "far": "far"}[name]
-        return getattr(self, f"{prefix}_prompts"), getattr(self, f"{prefix}_timestamps"), getattr(self, f"{prefix}_dates")
+        return (getattr(self, f"{prefix}_prompts"), getattr(self, f"{prefix}_timestamps"),
+                getattr(self, f"{prefix}_dates"))
 
 
 def date_of(ms: float) -> tuple[int, int]:
@@ -159,7 +168,8 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, f
     rng = random.Random(seed)
     snippets = sorted({" ".join(q.split()[:max_words]) for q in quotes if q.strip()})
     if len(snippets) < 10:
-        raise DataError(f"only {len(snippets)} distinct quotes", "give at least 10 quotes to build dated notes")
+        raise DataError(f"only {len(snippets)} distinct quotes",
+                        "give at least 10 quotes to build dated notes")
     if extrapolate_to is not None and extrapolate_to <= last_year:
         raise DataError(f"extrapolate_to={extrapolate_to} is not after last_year={last_year}",
                         "extrapolation years must follow the training years (or pass extrapolate_to=None)")
@@ -172,7 +182,8 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, f
     taken: set = set()
     test_ms = _even_stamps(rng, years, n_test, taken)
     val_ms = _even_stamps(rng, years, n_val, taken)
-    far_ms = _even_stamps(rng, list(range(last_year + 1, extrapolate_to + 1)), n_far, taken) if extrapolate_to else []
+    far_ms = _even_stamps(rng, list(range(last_year + 1, extrapolate_to + 1)), n_far,
+                          taken) if extrapolate_to else []
     train_ms = draw_minutes(rng, date_ms(first_year), date_ms(last_year + 1), n_train, taken)
 
     def note(snippet: str, ms: int) -> str:

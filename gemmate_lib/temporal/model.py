@@ -53,7 +53,8 @@ class TemporalEncoder(nn.Module):
         self.settings = settings
         k = (dim - 2) // 2
         periods = np.geomspace(settings.temporal_max_period, settings.temporal_min_period, k)
-        # A plain float64 array, not a buffer: `.half()` or `.to(torch.bfloat16)` on the model must not round it.
+        # A plain float64 array, not a buffer: `.half()` or
+        # `.to(torch.bfloat16)` on the model must not round it.
         self.frequencies = 2 * np.pi / periods
 
     def forward(self, timestamps, unit: str | None = None) -> torch.Tensor:
@@ -61,7 +62,8 @@ class TemporalEncoder(nn.Module):
         x = signed_log_days(ms, self.settings.temporal_reference_ms)
         s = self.settings.temporal_scale * x
         angles = s[..., None] * torch.from_numpy(self.frequencies)
-        feats = torch.cat([(s / (self.settings.temporal_scale * LOG_RANGE))[..., None], torch.sign(x)[..., None],
+        feats = torch.cat([(s / (self.settings.temporal_scale * LOG_RANGE))[..., None],
+                           torch.sign(x)[..., None],
                            torch.sin(angles), torch.cos(angles)], dim=-1)
         return feats.to(torch.float32)
 
@@ -94,7 +96,8 @@ class GemmaTEForCausalLM(nn.Module):
         self._time = None  # [batch, hidden] or [batch, seq, hidden] while a forward/generate runs
         self._warned_now = False  # the "no timestamps: now" warning is given once
         self.timestamp_unit = None  # what bare numbers in `timestamps` are ("s", "ms", "us", "ns"); None: ms
-        self.fast_loss = False  # forward(labels=...) returns only the loss, LM head on labelled tokens (training)
+        # forward(labels=...) returns only the loss, LM head on labelled tokens (training)
+        self.fast_loss = False
         previous = getattr(embeddings, "_gemmate_te_hook", None)
         if previous is not None:  # wrapped before: the newest wrapper owns the embedding, time is added once
             previous.remove()
@@ -108,7 +111,8 @@ class GemmaTEForCausalLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Where the wrapped model's weights are (the GemmaTE guide moves batches with `.to(model.device)`)."""
+        """Where the wrapped model's weights are (the GemmaTE
+        guide moves batches with `.to(model.device)`)."""
         return self.temporal_projection.weight.device
 
     @property
@@ -162,11 +166,13 @@ class GemmaTEForCausalLM(nn.Module):
             return output
         if output.shape[0] != vec.shape[0]:  # generate() expanded the batch (beams, num_return_sequences)
             vec = vec.repeat_interleave(output.shape[0] // vec.shape[0], dim=0)
-        if vec.dim() == 3:  # per-token: the stamps of these positions; a one-token decoding step takes the last
+        # per-token: the stamps of these positions; a one-token decoding step takes the last
+        if vec.dim() == 3:
             if vec.shape[1] != output.shape[1]:
                 if output.shape[1] != 1:
-                    raise DataError(f"got per-token timestamps for {vec.shape[1]} positions, but the sequence has "
-                                    f"{output.shape[1]} tokens", "give one timestamp per token (or one per sequence)")
+                    raise DataError(f"got per-token timestamps for {vec.shape[1]} positions, "
+                                    f"but the sequence has {output.shape[1]} tokens",
+                                    "give one timestamp per token (or one per sequence)")
                 vec = vec[:, -1:]
         else:
             vec = vec[:, None, :]
@@ -178,8 +184,10 @@ class GemmaTEForCausalLM(nn.Module):
         num_items = kwargs.pop("num_items_in_batch", None)
         with self.use_timestamps(timestamps, batch):
             softcap = getattr(self.config, "final_logit_softcapping", None)
-            # The fast loss takes ids, mask and labels only; any other argument goes to the model's own forward.
-            if labels is not None and self.fast_loss and softcap is None and input_ids is not None and not kwargs:
+            # The fast loss takes ids, mask and labels only; any
+            # other argument goes to the model's own forward.
+            if (labels is not None and self.fast_loss and softcap is None and input_ids is not None
+                    and not kwargs):
                 from transformers.modeling_outputs import CausalLMOutputWithPast
 
                 from gemmate_lib.fast_loss import causal_lm_loss
@@ -192,18 +200,22 @@ class GemmaTEForCausalLM(nn.Module):
                 kwargs["num_items_in_batch"] = num_items
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
-    def training_step(self, input_ids=None, attention_mask=None, timestamps=None, labels=None, **kwargs) -> dict:
-        """The GemmaTE guide's call: one forward pass with time, returned as a dict with "loss" (and "logits").
+    def training_step(self, input_ids=None, attention_mask=None, timestamps=None, labels=None,
+                      **kwargs) -> dict:
+        """The GemmaTE guide's call: one forward pass with
+        time, returned as a dict with "loss" (and "logits").
 
         For the guide's manual loop: `model.training_step(input_ids=..., attention_mask=..., timestamps=...,
         labels=...)["loss"].backward()`. With the fast loss (the default) "logits" is None: the LM head ran
         on labelled tokens only.
         """
-        out = self(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timestamps=timestamps, **kwargs)
+        out = self(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timestamps=timestamps,
+                   **kwargs)
         return {"loss": out.loss, "logits": getattr(out, "logits", None)}
 
     def merged_state_dict(self) -> dict:
-        """A plain PyTorch state dict with LoRA merged into the weights (--save_format pt; the guide's torch.save).
+        """A plain PyTorch state dict with LoRA merged into the
+        weights (--save_format pt; the guide's torch.save).
 
         It loads into `GemmaTEForCausalLM(base, settings).load_state_dict(...)` on a fresh base model.
         Merging changes this model in place, so call it last.
@@ -220,7 +232,8 @@ class GemmaTEForCausalLM(nn.Module):
 
     # --- save and load ---------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, overwrite: bool = True) -> Path:
-        """Adapter (if LoRA is attached) + temporal projection, both safetensors, + gemmate_te.json; all or nothing."""
+        """Adapter (if LoRA is attached) + temporal projection,
+        both safetensors, + gemmate_te.json; all or nothing."""
         from safetensors.torch import save_file
 
         from gemmate_lib.adapters import base_fingerprint
@@ -228,7 +241,8 @@ class GemmaTEForCausalLM(nn.Module):
 
         weight = self.temporal_projection.weight.detach().to("cpu", torch.float32).contiguous()
         meta = {"format_version": FORMAT_VERSION, "base_model": getattr(self.config, "_name_or_path", None),
-                **base_fingerprint(self.model), "settings": {k: getattr(self.settings, k) for k in ENCODER_FIELDS},
+                **base_fingerprint(self.model), "settings": {k: getattr(self.settings,
+                                                                        k) for k in ENCODER_FIELDS},
                 "lora": hasattr(self.model, "peft_config")}
         with atomic_folder(folder, overwrite=overwrite, what="GemmaTE model") as tmp:
             if meta["lora"]:
@@ -238,8 +252,10 @@ class GemmaTEForCausalLM(nn.Module):
         return Path(folder)
 
     @classmethod
-    def from_pretrained(cls, base_model, folder: str | Path, is_trainable: bool = False) -> "GemmaTEForCausalLM":
-        """Rebuild a saved GemmaTE model on `base_model` (the same base it was trained on); one clear error otherwise."""
+    def from_pretrained(cls, base_model, folder: str | Path,
+                        is_trainable: bool = False) -> "GemmaTEForCausalLM":
+        """Rebuild a saved GemmaTE model on `base_model` (the same
+        base it was trained on); one clear error otherwise."""
         from gemmate_lib.adapters import FINGERPRINT, base_fingerprint
         from gemmate_lib.files import recover
 
@@ -259,10 +275,12 @@ class GemmaTEForCausalLM(nn.Module):
             raise ModelLoadError(f"the saved projection is for hidden size {meta.get('hidden_size')}, "
                                  f"this base model has {here['hidden_size']}",
                                  "load the base model the GemmaTE model was trained on")
-        differs = [f"{k}: saved {meta[k]} vs {here[k]}" for k in FINGERPRINT if k in meta and meta[k] != here[k]]
+        differs = [f"{k}: saved {meta[k]} vs {here[k]}" for k in FINGERPRINT
+                   if k in meta and meta[k] != here[k]]
         if differs:
-            raise ModelLoadError(f"{folder.name} was trained on {meta.get('base_model')!r}, not on this base model "
-                                 f"({', '.join(differs)})", "load the base model it was trained on")
+            raise ModelLoadError(f"{folder.name} was trained on {meta.get('base_model')!r}, "
+                                 f"not on this base model ({', '.join(differs)})",
+                                 "load the base model it was trained on")
         model = base_model
         try:
             if meta.get("lora"):
@@ -273,13 +291,15 @@ class GemmaTEForCausalLM(nn.Module):
 
             state = load_file(folder / "temporal.safetensors")["temporal_projection.weight"]
         except (OSError, KeyError, ValueError, RuntimeError) as err:
-            raise ModelLoadError(f"could not load the GemmaTE model in {folder.name}: {type(err).__name__}: "
-                                 f"{str(err)[:200]}", "save it again, or check that every file is there") from None
+            raise ModelLoadError(f"could not load the GemmaTE model in {folder.name}: "
+                                 f"{type(err).__name__}: {str(err)[:200]}",
+                                 "save it again, or check that every file is there") from None
         wrapper = cls(model, settings)
         weight = wrapper.temporal_projection.weight
         if tuple(state.shape) != tuple(weight.shape):
-            raise ModelLoadError(f"temporal.safetensors holds a {tuple(state.shape)} projection, the settings "
-                                 f"(temporal_dim={settings.temporal_dim}) need {tuple(weight.shape)}",
+            raise ModelLoadError(f"temporal.safetensors holds a {tuple(state.shape)} projection, "
+                                 f"the settings (temporal_dim={settings.temporal_dim}) "
+                                 f"need {tuple(weight.shape)}",
                                  "save the model again; do not edit gemmate_te.json by hand")
         with torch.no_grad():
             weight.copy_(state.to(weight.device, weight.dtype))

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from gemmate_lib.temporal.timestamps import DAY_MS, date_ms, draw_minutes, nearest
 
-PYTHON_RELEASES = (  # (version, date of its first final release), from python.org/downloads and the release PEPs
+# (version, date of its first final release), from python.org/downloads and the release PEPs
+PYTHON_RELEASES = (
     ("3.0", "2008-12-03"), ("3.1", "2009-06-27"), ("3.2", "2011-02-20"), ("3.3", "2012-09-29"),
     ("3.4", "2014-03-16"), ("3.5", "2015-09-13"), ("3.6", "2016-12-23"), ("3.7", "2018-06-27"),
     ("3.8", "2019-10-14"), ("3.9", "2020-10-05"), ("3.10", "2021-10-04"), ("3.11", "2022-10-24"),
@@ -54,7 +55,8 @@ class PythonQuestions:
     prompt: str = QUESTION  # what every held-out timestamp is asked with
 
 
-def make_python_questions(n_train: int = 300, n_val: int = 100, n_test: int = 200, seed: int = 0) -> PythonQuestions:
+def make_python_questions(n_train: int = 300, n_val: int = 100, n_test: int = 200,
+                          seed: int = 0) -> PythonQuestions:
     """The same question at random whole-minute times; train, validation and test times are disjoint."""
     rng = random.Random(seed)
     low, high = RELEASE_MS[0], _iso_ms(PYTHON_END)
@@ -75,7 +77,8 @@ def _share(hits) -> float | None:
     return float(hits.mean()) if len(hits) else None
 
 
-def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked_at=None, near_days: float = 60.0,
+def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked_at=None,
+                    near_days: float = 60.0,
                     batch_size: int = 100):
     """Greedy answers at `timestamps` (or all at one `asked_at` time); (table, metrics).
 
@@ -102,7 +105,8 @@ def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked
 
 
 def python_baselines(questions: PythonQuestions, timestamps, near_days: float = 60.0) -> dict:
-    """Chance, the majority answer, and the answer of the nearest training timestamp, on these held-out times."""
+    """Chance, the majority answer, and the answer of the
+    nearest training timestamp, on these held-out times."""
     from collections import Counter
 
     truth = [newest_python(ms) for ms in timestamps]
@@ -115,6 +119,7 @@ def python_baselines(questions: PythonQuestions, timestamps, near_days: float = 
             n_near += 1
             near_hits += ok
     majority, count = Counter(truth).most_common(1)[0]
-    return {"chance": 1 / len(PYTHON_RELEASES), "majority_answer": majority, "majority_share": count / len(truth),
+    return {"chance": 1 / len(PYTHON_RELEASES), "majority_answer": majority,
+            "majority_share": count / len(truth),
             "nearest": hits / len(truth), "nearest_near_release": near_hits / n_near if n_near else None}
 

@@ -24,7 +24,8 @@ MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: latest accepted timestamp
 
 
 UNITS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}  # timestamp units, as a factor to milliseconds
-PLAUSIBLE_MS = 1e11  # |ms| below this is 1966-10..1973-03: far more often seconds (or ms of a tiny number) by mistake
+# |ms| below this is 1966-10..1973-03: far more often seconds (or ms of a tiny number) by mistake
+PLAUSIBLE_MS = 1e11
 
 
 def _one_to_ms(value, unit: str | None) -> tuple[float, bool]:
@@ -44,7 +45,8 @@ def _one_to_ms(value, unit: str | None) -> tuple[float, bool]:
             return _one_to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")), unit)
         except ValueError:
             raise DataError(f"timestamp {value!r} is not an ISO-8601 date",
-                            'write it like "2014-03-05" or "2014-03-05T12:00:00Z", or give milliseconds') from None
+                            'write it like "2014-03-05" or '
+                            '"2014-03-05T12:00:00Z", or give milliseconds') from None
     if isinstance(value, numbers.Real):
         try:
             return float(value) * UNITS[unit or "ms"], True
@@ -69,7 +71,8 @@ def _likely_unit(ms: float) -> str:
 
 
 def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
-    """Timestamps as a float64 tensor of ms since the epoch, checked: no NaN, inf, None, bool, or out of range.
+    """Timestamps as a float64 tensor of ms since the epoch,
+    checked: no NaN, inf, None, bool, or out of range.
 
     Accepts one value or a sequence / numpy array / torch tensor of them (any shape).
     `unit` ("s", "ms", "us", "ns") says what bare numbers are; without it they are ms,
@@ -83,7 +86,8 @@ def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
             raise DataError("timestamps are booleans", "give milliseconds since 1970-01-01 UTC")
         if values.dtype in (torch.float16, torch.bfloat16):
             raise DataError(f"timestamps are a {values.dtype} tensor: 16-bit floats round dates by ~99 days "
-                            "(bf16) or overflow (fp16)", "pass them as int64 or float64 (torch.tensor(ms, dtype=torch.float64))")
+                            "(bf16) or overflow (fp16)", "pass them as int64 or float64 "
+                                                         "(torch.tensor(ms, dtype=torch.float64))")
         ms, numeric = values.detach().to("cpu", torch.float64) * UNITS[unit or "ms"], True
     elif isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
         ms, numeric = torch.from_numpy(values.astype(np.float64)) * UNITS[unit or "ms"], True
@@ -91,7 +95,8 @@ def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
         try:
             array = np.asarray(values, dtype=object)
         except ValueError:
-            raise DataError("timestamps form a ragged nested list", "give one timestamp per text, or a rectangular "
+            raise DataError("timestamps form a ragged nested list",
+                            "give one timestamp per text, or a rectangular "
                             "[batch, seq] list for per-token stamps") from None
         pairs = [_one_to_ms(v, unit) for v in array.ravel()]
         ms = torch.tensor([m for m, _ in pairs], dtype=torch.float64).reshape(array.shape)
@@ -101,13 +106,14 @@ def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
         ms = torch.tensor(value, dtype=torch.float64)
     bad = ~torch.isfinite(ms)
     if bad.any():
-        raise DataError(f"{int(bad.sum())} timestamp(s) are NaN or infinite", "drop or fix those rows before encoding")
+        raise DataError(f"{int(bad.sum())} timestamp(s) are NaN or infinite",
+                        "drop or fix those rows before encoding")
     if unit is None:
         implausible = (ms.abs() < PLAUSIBLE_MS) & torch.as_tensor(numeric)
         if implausible.any():
             first = float(ms[implausible].flatten()[0])
-            raise DataError(f"timestamp {first:.0f} looks like {_likely_unit(first)}, not milliseconds "
-                            f"(as ms it would be {datetime.fromtimestamp(first / 1000, timezone.utc):%Y-%m-%d})",
+            raise DataError(f"timestamp {first:.0f} looks like {_likely_unit(first)}, not milliseconds (as "
+                            f"ms it would be {datetime.fromtimestamp(first / 1000, timezone.utc):%Y-%m-%d})",
                             'give milliseconds since 1970-01-01 UTC, or say the unit: unit="s" '
                             '(the JSONL field "timestamp_unit", or --timestamp_unit s)')
     out = (ms < MIN_MS) | (ms > MAX_MS)
@@ -132,7 +138,8 @@ def date_ms(year: int, month: int = 1, day: int = 1) -> int:
 
 
 def draw_minutes(rng, low: int, high: int, n: int, taken: set) -> list[int]:
-    """n whole-minute timestamps drawn uniformly in [low, high), none in `taken` (they join it): disjoint splits."""
+    """n whole-minute timestamps drawn uniformly in [low,
+    high), none in `taken` (they join it): disjoint splits."""
     out: list[int] = []
     while len(out) < n:
         ms = rng.randrange(low, high) // 60_000 * 60_000
@@ -143,7 +150,8 @@ def draw_minutes(rng, low: int, high: int, n: int, taken: set) -> list[int]:
 
 
 def nearest(sorted_stamps: list[int], ms: float) -> int:
-    """The timestamp of `sorted_stamps` closest to `ms`: the lookup baseline of 07's tasks (ties go to the earlier)."""
+    """The timestamp of `sorted_stamps` closest to `ms`: the
+    lookup baseline of 07's tasks (ties go to the earlier)."""
     i = bisect.bisect_left(sorted_stamps, ms)
     return sorted_stamps[min((j for j in (i - 1, i) if 0 <= j < len(sorted_stamps)),
                              key=lambda j: abs(sorted_stamps[j] - ms))]

@@ -30,11 +30,15 @@ def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEFo
 
 
 def two_rate_optimizer(te: GemmaTEForCausalLM, cfg: CourseConfig):
-    """AdamW with two groups: LoRA at learning_rate, the zero-started projection at projection_learning_rate (07)."""
+    """AdamW with two groups: LoRA at learning_rate, the
+    zero-started projection at projection_learning_rate (07)."""
     proj = [te.temporal_projection.weight]
-    rest = [p for n, p in te.named_parameters() if p.requires_grad and not n.startswith("temporal_projection")]
-    return torch.optim.AdamW([{"params": rest, "lr": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay},
-                              {"params": proj, "lr": cfg.temporal.projection_learning_rate, "weight_decay": 0.0}])
+    rest = [p for n,
+            p in te.named_parameters() if p.requires_grad and not n.startswith("temporal_projection")]
+    return torch.optim.AdamW([{"params": rest, "lr": cfg.train.learning_rate,
+                               "weight_decay": cfg.train.weight_decay},
+                              {"params": proj, "lr": cfg.temporal.projection_learning_rate,
+                               "weight_decay": 0.0}])
 
 
 def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConfig, output_dir: str | Path,
@@ -47,7 +51,8 @@ def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConf
     set_seed(cfg.train.seed)
     te.fast_loss = cfg.train.fast_loss
     args = training_args(cfg, output_dir, has_eval=False, save=False, sft=False, remove_unused_columns=False)
-    trainer = Trainer(model=te, args=args, train_dataset=dataset, data_collator=lambda b: collate_fn(b, pad_token_id),
+    trainer = Trainer(model=te, args=args, train_dataset=dataset,
+                      data_collator=lambda b: collate_fn(b, pad_token_id),
                       optimizers=(two_rate_optimizer(te, cfg), None))
     return run_trainer(trainer)
 
@@ -56,7 +61,8 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
                   max_new_tokens: int = 6):
     """Greedy completions of the dated-notes prompts; returns (DataFrame per prompt, exact-year accuracy).
 
-    The table also says whether each year is within one of the truth (`year_within_1`, the extrapolation goal).
+    The table also says whether each year is within one of
+    the truth (`year_within_1`, the extrapolation goal).
     """
     import pandas as pd
 
@@ -76,7 +82,8 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
 
 
 def baselines(notes, split: str = "test") -> dict:
-    """What needs no GemmaTE (07): chance, and the date of the nearest training timestamp, on a held-out split.
+    """What needs no GemmaTE (07): chance, and the date of
+    the nearest training timestamp, on a held-out split.
 
     `split` is "test", "val" or "far" (extrapolation). The nearest-neighbour rule looks up
     the training note whose timestamp is closest to each held-out timestamp and answers
@@ -107,7 +114,8 @@ def baselines(notes, split: str = "test") -> dict:
 
 @dataclass
 class CourseTask:
-    """One of 07's tasks as `gemmate train-te --temporal_task NAME` runs it: training rows and an evaluation."""
+    """One of 07's tasks as `gemmate train-te --temporal_task
+    NAME` runs it: training rows and an evaluation."""
 
     texts: list[str]  # training texts
     timestamps: list[int]  # one ms timestamp per text
@@ -152,7 +160,8 @@ def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> 
 
 
 def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> dict:
-    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"}, or on one of 07's tasks (`temporal_task`).
+    """`gemmate train-te`: GemmaTE on a JSONL of {"text",
+    "timestamp"}, or on one of 07's tasks (`temporal_task`).
 
     Saves output_dir/model and train_metrics.json; a built-in task's held-out evaluation goes
     into its "evaluation" (07's numbers, from the command line).
@@ -166,12 +175,15 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
 
     out = Path(cfg.checkpoints.output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ParameterError(f"output_dir {out} exists and is not empty", "pick a new folder or pass --overwrite")
+        raise ParameterError(f"output_dir {out} exists and is not empty",
+                             "pick a new folder or pass --overwrite")
     task = None
     if cfg.temporal.temporal_task == "file":
         if cfg.data.dataset == "embedded":
-            raise ParameterError("train-te needs data: dataset='embedded' is the quotes, which have no timestamps",
-                                 "pass --dataset notes.jsonl, or --temporal_task dated_notes (or python_releases)")
+            raise ParameterError("train-te needs data: dataset='embedded' "
+                                 "is the quotes, which have no timestamps",
+                                 "pass --dataset notes.jsonl, or --temporal_task "
+                                 "dated_notes (or python_releases)")
         texts, stamps = load_jsonl(cfg.data.dataset, cfg.temporal.timestamp_unit)
         source = cfg.data.dataset
     else:
@@ -179,17 +191,21 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
         texts, stamps, source = task.texts, task.timestamps, f"07's {cfg.temporal.temporal_task} task"
         cfg = dataclasses.replace(cfg, temporal=dataclasses.replace(cfg.temporal, prompt_end=task.prompt_end))
     tokenizer = load_tokenizer(cfg.model.model_name)
-    dataset = TextDataset(texts, tokenizer, stamps, max_length=cfg.train.max_length, prompt_end=cfg.temporal.prompt_end)
-    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization, cfg.model.attn_implementation)
+    dataset = TextDataset(texts, tokenizer, stamps, max_length=cfg.train.max_length,
+                          prompt_end=cfg.temporal.prompt_end)
+    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization,
+                       cfg.model.attn_implementation)
     te = attach_temporal_lora(GemmaTEForCausalLM(model, cfg.temporal), cfg)
-    print(f"training on {len(dataset)} rows from {source} ({cfg.precision.device}, {cfg.precision.name})", flush=True)
+    print(f"training on {len(dataset)} rows from {source} ({cfg.precision.device}, {cfg.precision.name})",
+          flush=True)
     result = train_temporal(te, dataset, cfg, out / "trainer", tokenizer.pad_token_id)
     result.model.save_pretrained(out / "model")  # safetensors, always
     metrics = {"rows": len(dataset), "steps": result.steps, "seconds": round(result.seconds, 1),
                "final_loss": float(result.log["loss"].iloc[-1]) if len(result.log) else None}
     if task is not None:
         metrics["evaluation"] = task.evaluate(result.model, tokenizer)
-    if cfg.checkpoints.save_format == "pt":  # the guide's torch.save(model.state_dict(), ...), LoRA merged in (last)
+    # the guide's torch.save(model.state_dict(), ...), LoRA merged in (last)
+    if cfg.checkpoints.save_format == "pt":
         torch.save(result.model.merged_state_dict(), out / "model.pt")
     metrics["config"] = cfg.flat()
     save_json(out / "train_metrics.json", metrics)

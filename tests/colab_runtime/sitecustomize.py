@@ -1,4 +1,5 @@
-"""Hide the venv's editable install of the course: `gemmate_lib` then imports only through sys.path (Colab)."""
+"""Hide the venv's editable install of the course:
+`gemmate_lib` then imports only through sys.path (Colab)."""
 import sys
 
 sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]

@@ -1,34 +1,19 @@
-"""gemmate_lib: the small library behind the GemmaTE course notebooks. Read it like a table of contents.
-
-The lessons' core, one concern per module (each docstring names the notebook that teaches it):
-- set-up: config (every setting, its help text and the profiles), hardware (device and dtype),
-  hf_token (HF_TOKEN), colab (install, Drive), errors (one-line problems with their fix), selfcheck;
-- model and data: models (Hub, NF4 and the embedded Gemma 3 270M), data (quotes), generation;
-- training: training (LoRA SFT: the one builder of LoraConfig / SFTConfig), fast_loss,
-  experiments and methods (side-by-side runs, 03 and 06);
-- results: evaluation, stats, plots, adapters (save, load, merge, push), files (atomic writes),
-  run_folder (the run folder and its manifest);
-- temporal/: GemmaTE (07): timestamps, model, data, tasks, training;
-- cli/: the `gemmate` command and its CLI-only features (train, checkpoints, storage, SST-2/SQuAD v2 tasks,
-hpo, serve). Maintainer tooling (running and syncing notebooks, the GPU check) lives outside, in tools/.
-Importing it changes nothing global; notebooks call `quiet()`.
-"""
+"""gemmate_lib: the small library behind the GemmaTE course notebooks, one concern per module (each
+docstring names the notebook that teaches it). Importing it changes nothing global; notebooks call `quiet()`.
+Set-up: config, hardware, hf_token, colab, errors, selfcheck. Model and data: models, data, generation.
+Training: training (LoRA SFT), fast_loss, experiments and methods (side-by-side runs, 03 and 06). Results:
+evaluation, stats, plots, adapters, files, run_folder. temporal/: GemmaTE (07). cli/: the `gemmate` command.
+Maintainer tooling lives outside, in tools/."""
 from gemmate_lib.errors import GemmateError
 
 __version__ = "0.1.0"
 
 
 def quiet() -> None:
-    """Silence the warnings and log lines that are noise for a learner (notebooks and commands call it once).
-
-    - tqdm.auto warns that ipywidgets is missing and falls back to text bars, which is what we want;
-    - peft 0.21 reads `is_gradient_checkpointing`, which transformers 5.x deprecates;
-    - peft's `prepare_model_for_kbit_training` calls `gradient_checkpointing_enable`, likewise deprecated;
-    - bitsandbytes 0.50 logs that an optional CPU kernel package is missing; its fallback works (01 uses it);
-    - datasets draws a progress bar for every instant `map` over a few hundred quotes (TRL's label building);
-    - peft says it ignores position ids under prompt tuning
-    (06), which generate passes; ignoring them is right.
-    """
+    """Silence the warnings and log lines that are noise for a learner (notebooks and commands call it once):
+    tqdm's missing-ipywidgets notice (text bars are what we want), peft's use of gradient-checkpointing
+    calls that transformers 5.x deprecates, bitsandbytes' missing optional CPU kernel (its fallback works),
+    datasets' bar for each instant `map`, and peft ignoring position ids under prompt tuning (06, rightly)."""
     import logging
     import os
     import sys
@@ -46,11 +31,8 @@ def quiet() -> None:
 
 
 def _one_line_errors() -> None:
-    """In a notebook, a course error shows as its one line
-    (problem and fix), not a traceback through the library.
-
-    The cell still fails (papermill and nbval see the error); `%tb` shows the full traceback.
-    """
+    """In a notebook, a course error shows as its one line (problem and fix), not a traceback through the
+    library. The cell still fails (papermill and nbval see the error); `%tb` shows the full traceback."""
     try:
         shell = get_ipython()  # type: ignore[name-defined]  # noqa: F821 - defined inside IPython only
     except NameError:

@@ -1,14 +1,6 @@
-"""Colab: install what Colab lacks, keep the run folder
-on Google Drive, and find 03's adapter from any runtime.
-
-Taught in 00_setup; the first cell of every notebook calls `install` on Colab, and
-notebooks 04 and 05 call `find_adapter`. In Colab each notebook runs in its own
-runtime, so files do not carry over between notebooks unless they live on Google
-Drive or the Hub: `default_run_dir` offers Drive, and `find_adapter` looks in the run
-folder, then on the Hub (the `adapter_repo` that 03 pushed), and otherwise says in one
-line what to do. Nothing here runs outside Colab except in tests, which fake
-`google.colab` at its boundary.
-"""
+"""Colab (taught in 00_setup): install what it lacks, keep the run folder on Google Drive, find 03's adapter.
+Each Colab notebook runs in its own runtime, so files carry over only on Drive or the Hub. Nothing here runs
+outside Colab except in tests, which fake `google.colab` at its boundary."""
 from __future__ import annotations
 
 import re
@@ -17,7 +9,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from gemmate_lib.errors import ModelLoadError
+from gemmate_lib.errors import ModelLoadError, hub_error
 
 # GitHub owner/name of the course: a fork changes it here, then `make sync`
 COURSE_REPO = "gemmate-course/gemmate"
@@ -27,39 +19,6 @@ DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders 
 RESTART = ("Restart needed: packages that this runtime had already imported were upgraded. "
            "Choose Runtime > Restart session, then run this notebook from the top again "
            "(this cell will then skip the install).")
-
-
-def install_cell(repo: str | None = None) -> str:
-    """The first code cell of every notebook (written there by
-    `make sync`): on Colab, clone, put on sys.path, install.
-
-    The course is not pip-installed on Colab: the kernel imports it from the clone through
-    `sys.path`, so a child process needs PYTHONPATH (`hf_token.subprocess_env`). A notebook
-    opened inside a checkout (papermill, the smoke run) uses that checkout instead of cloning.
-    A failed clone stops the cell with one line, instead of an import error in the next one.
-    """
-    repo = repo or COURSE_REPO
-    return f"""# Colab only: get the course and install what Colab lacks, never torch (Colab's own CUDA build
-# matches its driver). Safe to re-run: it skips what is there, and says once if the runtime must restart.
-# On your machine `make install` did all of this.
-import os
-import subprocess
-import sys
-
-COURSE = "https://github.com/{repo}"  # a fork: change COURSE_REPO in gemmate_lib/colab.py, then `make sync`
-if "google.colab" in sys.modules:
-    home = os.path.abspath("..") if os.path.isdir("../gemmate_lib") else "{CLONE}"  # a checkout, or the clone
-    if not os.path.isdir(home):
-        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", COURSE, home],
-                               capture_output=True, text=True)
-        if clone.returncode != 0:
-            raise SystemExit(f"could not clone {{COURSE}} ({{clone.stderr.strip()[-200:]}}). "
-                             "Fix: check the address and that the repository is public, "
-                             "or clone it yourself into {CLONE}")
-    sys.path.insert(0, home)  # the course is imported from the clone in this kernel (not pip-installed)
-    from gemmate_lib import colab
-    colab.install(home)
-    os.chdir(os.path.join(home, "notebooks"))"""
 
 
 def badge(notebook: str, repo: str | None = None) -> str:
@@ -104,13 +63,9 @@ def stale_imports(names) -> list[str]:
 
 def install(repo_dir: str | Path, run=subprocess.run) -> str:
     """Install requirements-colab.txt (never torch) unless every pin is already there; safe to re-run.
-
-    Returns "ready", or the restart instruction (also printed) when an upgraded package
-    was already imported in this kernel.
-    """
+    Returns "ready", or RESTART (also printed) when an upgraded package was already imported here."""
     requirements = Path(repo_dir) / "requirements-colab.txt"
-    wanted = pins(requirements)
-    missing = sorted(name for name, version in wanted.items() if _installed(name) != version)
+    missing = sorted(name for name, version in pins(requirements).items() if _installed(name) != version)
     if not missing:
         print("the course's packages are installed (nothing to do)")
         return "ready"
@@ -120,8 +75,7 @@ def install(repo_dir: str | Path, run=subprocess.run) -> str:
     if proc.returncode != 0:
         raise ModelLoadError(f"pip could not install the course's packages: {proc.stderr.strip()[-300:]}",
                              "check the runtime has internet access, then run this cell again")
-    stale = stale_imports(missing)
-    if stale:
+    if stale := stale_imports(missing):
         print(RESTART + f" ({'; '.join(stale)})")
         return RESTART
     print("installed; no restart needed")
@@ -129,11 +83,8 @@ def install(repo_dir: str | Path, run=subprocess.run) -> str:
 
 
 def default_run_dir(name: str = "interactive", mount=None) -> Path | None:
-    """On Colab, the run folder on Google Drive (mounted after the user agrees), else None.
-
-    A declined or failed mount returns None with one line saying what that means:
-    files written by this notebook vanish with the runtime.
-    """
+    """On Colab, the run folder on Google Drive (mounted after the user agrees), else None; a declined or
+    failed mount returns None and says that this notebook's files vanish with the runtime."""
     if not in_colab():
         return None
     if mount is None:
@@ -155,13 +106,9 @@ def default_run_dir(name: str = "interactive", mount=None) -> Path | None:
 
 
 def flush_drive(flush=None) -> bool:
-    """On Colab with Google Drive mounted: write every
-    pending file to Drive now (and unmount); True if it did.
-
-    Drive writes land later than the notebook says they are done; a runtime closed soon
-    after 03 saved its adapter could leave 04 and 05, in new runtimes, with no adapter or
-    half of one. Every notebook calls this in its last cell; the next notebook mounts Drive again.
-    """
+    """On Colab with Drive mounted: write every pending file to Drive now (and unmount); True if it did.
+    Drive writes land late: a runtime closed soon after 03 saved its adapter could leave 04 and 05 half of
+    one. Every notebook calls this in its last cell; the next one mounts Drive again."""
     if not in_colab() or not (DRIVE / "MyDrive").is_dir():
         return False
     if flush is None:
@@ -175,13 +122,11 @@ def flush_drive(flush=None) -> bool:
 
 
 def find_adapter(run_dir: Path, adapter_repo: str | None = None, download=None) -> Path:
-    """The adapter of 03 for 04 and 05: run_dir/adapter, else
-    a download of `adapter_repo`, else one clear error."""
+    """The adapter of 03 for 04 and 05: run_dir/adapter, else a download of `adapter_repo`, else one error."""
     folder = Path(run_dir) / "adapter"
     if (folder / "adapter_config.json").exists():
         return folder
     if adapter_repo:
-        from gemmate_lib.errors import hub_error
         from gemmate_lib.hf_token import get_token
 
         if download is None:

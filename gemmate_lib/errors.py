@@ -1,13 +1,9 @@
-"""Errors that name the problem and the fix, and the one wrapper that turns any error into one line.
-
-Every notebook can hit these; 00_setup shows what one looks like. A learner should
-read one line and know what to change, so each error carries a `fix`. `hub_error`
-maps a failed Hub call to the course's error by huggingface_hub's typed exceptions;
-`run_cli` is what every command line (`gemmate`, `python -m tools.course`) runs in.
-"""
+"""Errors that name the problem and the fix (00_setup shows one), and the one wrapper that turns any error
+into one line, which every command line (`gemmate`, tools.course) runs in."""
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import traceback
 
@@ -16,8 +12,7 @@ class GemmateError(Exception):
     """Base error of the course: `problem` says what is wrong, `fix` what to do."""
 
     def __init__(self, problem: str, fix: str):
-        self.problem = problem
-        self.fix = fix
+        self.problem, self.fix = problem, fix
         super().__init__(f"{problem}\n  Fix: {fix}")
 
 
@@ -56,32 +51,26 @@ def _causes(err: BaseException):
 
 def hub_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
     """One clear error for a failed Hub load of `name`, chosen by huggingface_hub's exception types."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub import errors as hub
 
     cls = ModelLoadError if kind == "model" else DataError
     chain = list(_causes(err))
     status = next((getattr(e.response, "status_code", None) for e in chain
-                   if isinstance(e, HfHubHTTPError) and getattr(e, "response", None) is not None), None)
-    if any(isinstance(e, GatedRepoError) for e in chain) or status == 403:
+                   if isinstance(e, hub.HfHubHTTPError) and getattr(e, "response", None) is not None), None)
+    if any(isinstance(e, hub.GatedRepoError) for e in chain) or status == 403:
         return cls(f"{kind} {name!r} is gated and this token has no access to it",
                    f"open https://huggingface.co/{name}, accept the licence with the account of "
                    "your HF_TOKEN (a fine-grained token also needs 'read access to public gated repos'), "
                    "then rerun")
-    if any(isinstance(e, RepositoryNotFoundError) for e in chain) or status == 404:
+    if any(isinstance(e, hub.RepositoryNotFoundError) for e in chain) or status == 404:
         return cls(f"{kind} {name!r} was not found on the Hub (unknown id, or private without access)",
                    f"check the spelling of {name!r}; use 'embedded' for the offline default")
     if status == 401:
         return cls(f"the Hub refused the token for {kind} {name!r} (401: invalid or expired)",
                    "create a new token at https://huggingface.co/settings/tokens "
                    "and update the HF_TOKEN secret")
-    if any(isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError))
-           for e in chain):
+    offline = (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled, ConnectionError, TimeoutError)
+    if any(isinstance(e, offline) for e in chain):
         return cls(f"{kind} {name!r} is not cached here and the Hub "
                    f"cannot be reached (offline or HF_HUB_OFFLINE=1)",
                    "use 'embedded' (works offline), or run where the Hub is reachable")
@@ -91,12 +80,8 @@ def hub_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
 
 @contextlib.contextmanager
 def hub_errors(name: str, kind: str = "model"):
-    """`with hub_errors("google/gemma-2b"): AutoModel...from_pretrained(...)`:
-    a Hub failure becomes hub_error's line.
-
-    For the notebooks that write the `from_pretrained` call out (01): a gated model, a 403
-    or no network gives one clear error with the fix, not a deep stack trace.
-    """
+    """`with hub_errors("google/gemma-2b"): AutoModel...from_pretrained(...)`: a Hub failure becomes one
+    clear error with the fix, not a deep stack trace (for 01, which writes the call out)."""
     try:
         yield
     except GemmateError:
@@ -109,12 +94,7 @@ TOKEN_SHAPED = r"hf_[A-Za-z0-9]{20,}"  # what a Hugging Face token looks like: n
 
 
 def one_line(err: BaseException) -> str:
-    """An error as one line: a course error's problem and fix, anything else its type and (shortened) message.
-
-    Anything shaped like a Hugging Face token is replaced by <token>, so the line is safe to print and log.
-    """
-    import re
-
+    """An error as one line, safe to print and log (anything shaped like a token becomes <token>)."""
     if isinstance(err, GemmateError):
         text = f"{err.problem}; fix: {err.fix}"
     else:
@@ -123,10 +103,8 @@ def one_line(err: BaseException) -> str:
 
 
 def run_cli(main, argv: list[str] | None = None) -> int:
-    """Run a command's `main(argv)`: a course error is one line and exit 2, anything else one line and exit 1.
-
-    `--debug` anywhere in argv shows the full traceback of an unexpected error instead.
-    """
+    """Run a command's `main(argv)`: a course error is one line and exit 2, anything else one line and exit 1
+    (`--debug` anywhere in argv shows its full traceback instead)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]

@@ -1,13 +1,6 @@
-"""Paths and writing files and folders all or nothing: the
-course never leaves half an adapter or half a JSON behind.
-
-Used by every notebook that saves (03 the adapter, 00 the embedded-model cache, 05 the
-merged model, all of them the run files). A folder is written under `<name>.partial`,
-then the old folder (if any) is renamed to `<name>.backup`, the new one renamed into
-place, and the backup deleted. A process that dies between two steps leaves either
-the old or the new folder complete; `recover` (called before every write and by
-loaders) puts things back in order.
-"""
+"""Paths, and writing files and folders all or nothing: never half an adapter or half a JSON (every notebook).
+A folder is written as `<name>.partial`, the old one renamed to `<name>.backup`, the new one into place, the
+backup deleted. A process that dies in between leaves the old or the new folder complete (see `recover`)."""
 from __future__ import annotations
 
 import contextlib
@@ -29,26 +22,17 @@ def repo_root(start: Path | None = None) -> Path:
 
 
 def show_path(path: str | os.PathLike) -> str:
-    """A path as a reader should see it: relative to the
-    repository or to ~, never a machine's absolute path."""
+    """A path as a reader should see it: relative to the repository or to ~, never a machine's own path."""
     path = Path(path).resolve()
     for base, label in ((repo_root(), ""), (Path.home().resolve(), "~/")):
-        try:
-            rel = path.relative_to(base)
-            return f"{label}{rel}" if label else str(rel)
-        except ValueError:
-            continue
+        if path.is_relative_to(base):
+            return f"{label}{path.relative_to(base)}"
     return path.name
 
 
 def recover(target: str | os.PathLike) -> Path:
-    """Finish or undo an interrupted atomic write of `target`; returns `target`.
-
-    A leftover backup with no target means the rename into place never happened:
-    the backup (the old, complete folder) is restored. A backup next to a target
-    means the new folder is in place: the backup is deleted. A `.partial` is never
-    complete, so it is deleted.
-    """
+    """Finish or undo an interrupted atomic write of `target` (returned): a backup without target is restored
+    (the new folder never got into place); a backup beside a target, and any `.partial`, are deleted."""
     target = Path(target)
     backup, partial = target.with_name(target.name + ".backup"), target.with_name(target.name + ".partial")
     if backup.exists():
@@ -63,11 +47,8 @@ def recover(target: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def atomic_folder(target: str | os.PathLike, overwrite: bool = False, what: str = "folder"):
-    """Yield a temporary folder to write into; on success it replaces `target` in one rename.
-
-    On any error the temporary folder is removed, `target` is left as it was, and an
-    OSError becomes one SaveError naming the folder.
-    """
+    """Yield a temporary folder to write into; on success it replaces `target` in one rename. On any error
+    the temporary folder is removed and `target` left as it was; an OSError becomes a SaveError."""
     target = recover(target)
     if target.exists() and not overwrite:
         raise SaveError(f"a {what} already exists in {show_path(target)}",
@@ -84,8 +65,7 @@ def atomic_folder(target: str | os.PathLike, overwrite: bool = False, what: str 
     except (GemmateError, KeyboardInterrupt, SystemExit):
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    # noqa: BLE001 - OSError, and e.g. tokenizers' "No space left on device" Exception
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - OSError, or e.g. tokenizers' "No space left on device"
         shutil.rmtree(partial, ignore_errors=True)
         if backup.exists() and not target.exists():
             backup.rename(target)

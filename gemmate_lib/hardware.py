@@ -1,12 +1,10 @@
-"""Hardware and precision: one function decides device and compute dtype.
-
-Taught in 00_setup (printed there) and used by every notebook that loads a model.
-Precision is a hardware decision: bf16 on GPUs of compute capability 8.0+ (Ampere and
-newer), fp16 on a T4 (7.5: no native bf16),
-fp32 on a CPU without native bf16 (on such a CPU bf16 is 3-4x slower than fp32).
-"""
+"""Hardware and precision (taught in 00_setup): one function decides device and compute dtype. bf16 where it
+is native (compute capability 8.0+, some CPUs), fp16 on a T4, fp32 on other CPUs (emulated bf16 is slow)."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import platform
 from dataclasses import dataclass
@@ -30,8 +28,7 @@ class Precision:
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True when the CPU has AVX512_BF16 or AMX instructions
-    (fast bf16 matmuls); False where it cannot tell."""
+    """True when the CPU has AVX512_BF16 or AMX (fast bf16 matmuls); False where it cannot tell."""
     try:
         flags = Path(cpuinfo).read_text()
     except OSError:
@@ -43,11 +40,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def pick_precision(device: str | None = None, dtype: str | None = None) -> Precision:
-    """Choose device and compute dtype for this machine (00_setup prints the result).
-
-    `device` forces "cpu" or "cuda"; None picks CUDA when a GPU is visible.
-    `dtype` forces "bf16", "fp16" or "fp32" (benchmarks compare them); None decides.
-    """
+    """Choose device and compute dtype for this machine; `device` or `dtype` given force that choice."""
     if dtype is not None:
         if dtype not in DTYPES:
             raise HardwareError(f"unknown dtype {dtype!r}",
@@ -58,11 +51,9 @@ def pick_precision(device: str | None = None, dtype: str | None = None) -> Preci
     if device not in (None, "cpu", "cuda"):
         raise HardwareError(f"unknown device {device!r}", 'use device="cpu", "cuda" or None (automatic)')
     if device == "cuda" and not torch.cuda.is_available():
-        raise HardwareError(
-            "device='cuda' was asked for, but no CUDA GPU is visible to PyTorch",
-            "in Colab choose Runtime > Change runtime type > T4 "
-            "GPU; elsewhere pass device=None to run on the CPU",
-        )
+        raise HardwareError("device='cuda' was asked for, but no CUDA GPU is visible to PyTorch",
+                            "in Colab choose Runtime > Change runtime type > T4 "
+                            "GPU; elsewhere pass device=None to run on the CPU")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
@@ -70,37 +61,26 @@ def pick_precision(device: str | None = None, dtype: str | None = None) -> Preci
         # Not torch.cuda.is_bf16_supported(): in torch 2.13 it is True on a T4 too, counting emulation.
         major, minor = torch.cuda.get_device_capability(0)
         if major >= 8:
-            return Precision("cuda", torch.bfloat16,
-                             f"{name} (compute capability {major}.{minor}) "
-                             f"has native bf16: fp32's range, half the memory")
+            return Precision("cuda", torch.bfloat16, f"{name} (compute capability {major}.{minor}) "
+                                                     f"has native bf16: fp32's range, half the memory")
         return Precision("cuda", torch.float16,
                          f"{name} (compute capability {major}.{minor}, before Ampere's 8.0, "
                          "e.g. a T4) has no native bf16: fp16 with loss scaling")
     if cpu_has_native_bf16():
-        return Precision("cpu", torch.bfloat16,
-                         "this CPU has native bf16 matrix instructions "
-                         "(AVX512_BF16/AMX): bf16 matmuls run faster than fp32")
-    return Precision(
-        "cpu", torch.float32, "this CPU has no native bf16 instructions: bf16 "
-                              "would be emulated and 3-4x slower than fp32"
-    )
+        return Precision("cpu", torch.bfloat16, "this CPU has native bf16 matrix instructions "
+                                                "(AVX512_BF16/AMX): bf16 matmuls run faster than fp32")
+    return Precision("cpu", torch.float32, "this CPU has no native bf16 instructions: bf16 "
+                                           "would be emulated and 3-4x slower than fp32")
 
 
 def describe_hardware() -> dict:
     """Facts about this machine for the run manifest and 00_setup's printout."""
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
-        "cuda": torch.cuda.is_available(),
-    }
-    try:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "cpu_native_bf16": cpu_has_native_bf16(),
+            "cuda": torch.cuda.is_available()}
+    with contextlib.suppress(ValueError, OSError, AttributeError):
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
@@ -108,11 +88,8 @@ def describe_hardware() -> dict:
 
 
 def gpu_memory(label: str) -> str:
-    """One line with the peak GPU memory since the last call (then reset), or "" without CUDA.
-
-    Printed by 03 after training, 04 after evaluation and 05 after merging, so a learner
-    sees how close a T4 (15 GB) is to its limit.
-    """
+    """One line with the peak GPU memory since the last call (then reset), or "" without CUDA: 03, 04 and 05
+    print it, so a learner sees how close a T4 (15 GB) is to its limit."""
     if not torch.cuda.is_available():
         return ""
     peak = torch.cuda.max_memory_allocated() / 2**30
@@ -122,19 +99,10 @@ def gpu_memory(label: str) -> str:
 
 
 def free_memory() -> None:
-    """Return freed memory to the system (and to CUDA's cache);
-    call after `del model` before loading the next one.
-
-    On a CPU with glibc, `malloc_trim` also hands freed heap pages back to the OS, so the
-    process's RSS (what 03 and 06 sample as peak memory) shows only what is live.
-    """
-    import ctypes
-    import gc
-
+    """Return freed memory to the system and CUDA's cache; call after `del model` before loading the next one.
+    glibc's `malloc_trim` hands freed heap pages back, so the RSS that 03 and 06 sample shows what is live."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, Windows): RSS over-counts a little
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows): RSS then over-counts a little
-        pass
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

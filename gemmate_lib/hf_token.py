@@ -1,14 +1,9 @@
-"""The Hugging Face token, resolved by huggingface_hub: never printed, logged or saved.
-
-Taught in 00_setup. `huggingface_hub.get_token()` already looks in the `HF_TOKEN`
-environment variable, the saved `hf auth login` file and Colab's secrets; this module
-only adds a description that says where the token came from (never its value), and
-the environment a subprocess needs to see the same token. (Named `hf_token`, not
-`token`, so that it never shadows the standard library's `token` module.)
-"""
+"""The Hugging Face token, resolved by huggingface_hub, never printed, logged or saved (taught in 00_setup).
+Named `hf_token` so that it never shadows the standard library's `token` module."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def get_token() -> str | None:
@@ -40,8 +35,7 @@ COLAB_SECRET_HELP = {
 
 
 def colab_secret_problem() -> str | None:
-    """Why Colab's HF_TOKEN secret cannot be read: "declined",
-    "missing", "error", or None (read, or not Colab)."""
+    """Why Colab's HF_TOKEN secret cannot be read ("declined", "missing", "error"), or None."""
     try:
         from google.colab import userdata  # type: ignore[import-not-found]
     except ImportError:
@@ -63,18 +57,14 @@ def describe_token() -> str:
              "colab": "Colab secrets (HF_TOKEN)"}
     if source:
         return f"Hugging Face token found in {where[source]} (value hidden)"
-    problem = colab_secret_problem()
-    if problem:
+    if problem := colab_secret_problem():
         return f"no HF_TOKEN: {COLAB_SECRET_HELP[problem]}"
     return "no HF_TOKEN: the gated google/gemma models are out of reach; the embedded default needs none"
 
 
 def check_token(need_write: bool = False, api=None) -> str:
     """Ask the Hub who the token belongs to; one clear TokenError for an invalid, expired or read-only token.
-
-    Returns a safe description ("token of <user>, <role>"). Push (05) needs write access:
-    a classic write token, or a fine-grained one with write access to your repositories.
-    """
+    Returns a safe description. `need_write` (05's push): a write token, or fine-grained with repo.write."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -106,9 +96,9 @@ def check_token(need_write: bool = False, api=None) -> str:
                          "create a token with the 'Write' role (or a fine-grained one "
                          "with write access to your repositories) and set it as HF_TOKEN")
     if need_write and role == "fineGrained":
-        scopes = {p for scope in access.get("fineGrained", {}).get("scoped",
-                                                                   []) for p in scope.get("permissions", [])}
-        global_scopes = set(access.get("fineGrained", {}).get("global", []))
+        fine = access.get("fineGrained", {})
+        scopes = {p for scope in fine.get("scoped", []) for p in scope.get("permissions", [])}
+        global_scopes = set(fine.get("global", []))
         if "repo.write" not in scopes | global_scopes:
             raise TokenError("this fine-grained token has no write access to repositories, so it cannot push",
                              "edit the token: under Repositories, allow 'Write access to "
@@ -117,20 +107,13 @@ def check_token(need_write: bool = False, api=None) -> str:
 
 
 def subprocess_env() -> dict[str, str]:
-    """os.environ plus what a child process cannot find by itself: the token and the course.
-
-    A child has no notebook kernel, so it cannot read Colab secrets: HF_TOKEN goes through
-    its environment when the token lives elsewhere. On Colab the course is not installed,
-    only on the kernel's sys.path (the install cell): the folder that holds `gemmate_lib`
-    goes first on the child's PYTHONPATH, so it imports the same code as the kernel.
-    """
-    from pathlib import Path
-
+    """os.environ plus what a child process cannot find by itself: HF_TOKEN (it cannot read Colab secrets),
+    and first on PYTHONPATH the course (on Colab it is only on the kernel's sys.path, not installed)."""
     env = os.environ.copy()
     token = get_token()
     if token and not env.get("HF_TOKEN"):
         env["HF_TOKEN"] = token
     course = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([course] + [p for p in env.get("PYTHONPATH",
-                                                                       "").split(os.pathsep) if p])
+    paths = env.get("PYTHONPATH", "").split(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([course] + [p for p in paths if p])
     return env

@@ -1,9 +1,5 @@
-"""The run folder: everything one course run produces, in one place.
-
-Taught in 00_setup (it creates the folder and the manifest); every later notebook
-writes its artifacts here. `make course` passes `runs/<timestamp>/` to each
-notebook; interactive runs use $GEMMATE_RUN_DIR or `runs/interactive/`.
-"""
+"""The run folder: everything one course run produces, and its manifest. Created in 00_setup; every later
+notebook writes its artifacts here. `make course` passes `runs/<timestamp>/`."""
 from __future__ import annotations
 
 import datetime as dt
@@ -13,6 +9,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from gemmate_lib.colab import default_run_dir, pins
 from gemmate_lib.files import repo_root, save_json
 from gemmate_lib.hardware import describe_hardware
 
@@ -22,10 +19,7 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", 
 
 def get_run_dir(run_dir: str | os.PathLike | None = None) -> Path:
     """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else (on Colab) Google Drive,
-    else runs/interactive. On Colab each notebook has its own
-    runtime: Drive is what lets 04 and 05 see 03's adapter."""
-    from gemmate_lib.colab import default_run_dir
-
+    which lets 04 and 05 see 03's adapter, else runs/interactive."""
     chosen = (run_dir or os.environ.get("GEMMATE_RUN_DIR") or default_run_dir()
               or repo_root() / "runs" / "interactive")
     path = Path(chosen).expanduser()
@@ -35,31 +29,23 @@ def get_run_dir(run_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages the course depends on (None when missing)."""
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {name: _version(name) for name in PACKAGES}
 
 
 def version_mismatches() -> list[str]:
-    """`name: installed X, pinned Y` for each requirements-colab.txt
-    pin that the environment does not match (00)."""
-    from gemmate_lib.colab import pins
-
-    problems = []
-    for name, pinned in pins(repo_root() / "requirements-colab.txt").items():
-        try:
-            installed = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            installed = None
-        if installed != pinned:
-            problems.append(f"{name}: installed {installed}, pinned {pinned}")
-    return problems
+    """`name: installed X, pinned Y` for each requirements-colab.txt pin this environment misses (00)."""
+    pinned = pins(repo_root() / "requirements-colab.txt")
+    return [f"{name}: installed {installed}, pinned {pin}" for name, pin in pinned.items()
+            if (installed := _version(name)) != pin]
 
 
 def git_revision() -> str:

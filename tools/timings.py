@@ -60,13 +60,48 @@ def _set_source(cell: dict, text: str) -> bool:
     return changed
 
 
+def install_cell(repo: str | None = None) -> str:
+    """The first code cell of every notebook (written there by
+    `make sync`): on Colab, clone, put on sys.path, install.
+
+    The course is not pip-installed on Colab: the kernel imports it from the clone through
+    `sys.path`, so a child process needs PYTHONPATH (`hf_token.subprocess_env`). A notebook
+    opened inside a checkout (papermill, the smoke run) uses that checkout instead of cloning.
+    A failed clone stops the cell with one line, instead of an import error in the next one.
+    """
+    from gemmate_lib.colab import CLONE, COURSE_REPO
+
+    repo = repo or COURSE_REPO
+    return f"""# Colab only: get the course and install what Colab lacks, never torch (Colab's own CUDA build
+# matches its driver). Safe to re-run: it skips what is there, and says once if the runtime must restart.
+# On your machine `make install` did all of this.
+import os
+import subprocess
+import sys
+
+COURSE = "https://github.com/{repo}"  # a fork: change COURSE_REPO in gemmate_lib/colab.py, then `make sync`
+if "google.colab" in sys.modules:
+    home = os.path.abspath("..") if os.path.isdir("../gemmate_lib") else "{CLONE}"  # a checkout, or the clone
+    if not os.path.isdir(home):
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", COURSE, home],
+                               capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise SystemExit(f"could not clone {{COURSE}} ({{clone.stderr.strip()[-200:]}}). "
+                             "Fix: check the address and that the repository is public, "
+                             "or clone it yourself into {CLONE}")
+    sys.path.insert(0, home)  # the course is imported from the clone in this kernel (not pip-installed)
+    from gemmate_lib import colab
+    colab.install(home)
+    os.chdir(os.path.join(home, "notebooks"))"""
+
+
 def sync(data: dict | None = None) -> list[str]:
     """Rewrite, from one source each, what every notebook repeats; returns what changed.
 
     The runtime line and the README table from `data` (default: the timings file); the
     Colab badge and the install cell from `colab.COURSE_REPO` (a fork changes it there).
     """
-    from gemmate_lib.colab import badge, install_cell
+    from gemmate_lib.colab import badge
 
     data = data or load()
     root, changed = repo_root(), []

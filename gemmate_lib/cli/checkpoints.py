@@ -1,14 +1,6 @@
-"""Checkpoint policy for `gemmate train`: keep the last N and the best N, and pick the one to resume from.
-
-Taught in docs/command-line.md. transformers' Trainer writes each checkpoint
-(adapter as safetensors, optimizer, scheduler, RNG states, trainer_state.json, in that
-order) and stops early (`EarlyStoppingCallback`, used as it is). Two things it does
-not do, kept here for parity with the seed experiment's keys:
-- `keep_best_n` > 1: `save_total_limit` keeps the last N plus at most *one* best checkpoint;
-- resume from the last *complete* checkpoint: `get_last_checkpoint` returns the newest
-  folder even when a kill cut its save short. A checkpoint counts as complete only when
-  its trainer_state.json (written last) parses, so such a run resumes from the one before.
-"""
+"""Checkpoint policy for `gemmate train` (docs/command-line.md): keep the last N and the best N, pick the one
+to resume from. Trainer's `save_total_limit` keeps one best at most, and `get_last_checkpoint` may pick a
+save cut short by a kill: a checkpoint is complete only when its trainer_state.json (written last) parses."""
 from __future__ import annotations
 
 import json
@@ -74,8 +66,7 @@ def resume_checkpoint(output_dir: str | Path, option: str, path: str | None = No
                              "set resume_from_checkpoint: false to start afresh, or fix output_dir")
     if option == "last":
         return checkpoints[max(checkpoints)]
-    best = select_kept(checkpoints, 0, 1, metric, mode)
-    if not best:
+    if not (best := select_kept(checkpoints, 0, 1, metric, mode)):
         raise ParameterError(f"no checkpoint in {output_dir} has a logged {metric!r}",
                              "use resume_option: last, or evaluate at "
                              "every save (val_steps_freq = steps_freq)")

@@ -1,10 +1,5 @@
-"""`gemmate hpo`: a small Optuna search over learning rate, LoRA r / alpha / dropout and batch size.
-
-Taught in docs/command-line.md. Each trial is a short `gemmate train` (no
-checkpoints, cli.train.train_from_config) in output_dir/trials/trial-<n>, scored by its
-final held-out loss. The search writes hpo_results.csv (one row per trial) and
-best_config.yaml, which `gemmate train --config best_config.yaml` takes as it is.
-"""
+"""`gemmate hpo`: a small Optuna search over learning rate, LoRA r / alpha / dropout and batch size
+(docs/command-line.md). Each trial is a short `gemmate train` without checkpoints, scored by held-out loss."""
 from __future__ import annotations
 
 import time
@@ -14,17 +9,13 @@ from gemmate_lib.cli.train import train_from_config
 from gemmate_lib.config import CourseConfig, dump_config
 from gemmate_lib.errors import ParameterError
 
-SPACE = {  # what the search varies, and over which values
-    "learning_rate": (5e-5, 1e-3),  # log-uniform
-    "lora_r": (4, 8, 16),
-    "lora_alpha": (8, 16, 32),
-    "lora_dropout": (0.0, 0.1),  # uniform
-    "batch_size": (4, 8),
-}
+# what the search varies, over which values: the learning rate log-uniform, dropout uniform, the rest a choice
+SPACE = {"learning_rate": (5e-5, 1e-3), "lora_r": (4, 8, 16), "lora_alpha": (8, 16, 32),
+         "lora_dropout": (0.0, 0.1), "batch_size": (4, 8)}
 
 
 def search(cfg: CourseConfig, n_trials: int = 8, timeout: float | None = None) -> dict:
-    """Run the study; returns the best trial's values and loss, and where the table and config are."""
+    """Run the study; writes hpo_results.csv and best_config.yaml (`gemmate train --config` takes it)."""
     import optuna
 
     if n_trials < 1:

@@ -1,13 +1,6 @@
 """`gemmate train | train-te | evaluate | generate | hpo | serve`
-(also `python -m gemmate_lib ...`): the course as commands.
-
-Taught in docs/command-line.md. Every subcommand reads the course's one config:
-a YAML file (`--config configs/cpu-quick.yaml`, keys in config.py) and `--key value`
-flags that override it. `train` keeps checkpoints by policy and resumes
-(checkpoints.py; run it under `accelerate launch` for DDP); `train-te` trains GemmaTE
-with the GemmaTE guide's options (`gemmate-te` is an alias). This module only parses
-arguments; the work is done by the library (cli.train.train_from_config, ...). Errors
-print one line (errors.run_cli).
+(also `python -m gemmate_lib ...`): the course as commands, taught in docs/command-line.md. Each reads one
+config: a YAML file (`--config`), then `--key value` flags. The library does the work; errors print one line.
 """
 from __future__ import annotations
 
@@ -17,6 +10,8 @@ import json
 import sys
 
 from gemmate_lib.config import GROUPS, OWNER, CourseConfig, load_config
+from gemmate_lib.errors import HardwareError, run_cli
+from gemmate_lib.hardware import pick_precision
 
 COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
             "train-te": "GemmaTE (LoRA + temporal projection) on a JSONL of {text, timestamp}",
@@ -76,9 +71,6 @@ def config_from_args(args: argparse.Namespace) -> CourseConfig:
     """The config of a parsed command line: the YAML file, then the flags."""
     overrides = {key: getattr(args, key) for key in OWNER if getattr(args, key) is not None}
     if getattr(args, "fp16", False):
-        from gemmate_lib.errors import HardwareError
-        from gemmate_lib.hardware import pick_precision
-
         if pick_precision().device != "cuda":
             raise HardwareError("--fp16 needs a CUDA GPU and none is visible",
                                 "drop --fp16 (the CPU picks bf16 or fp32)")
@@ -102,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "train-te":
         from gemmate_lib.temporal.training import train_temporal_from_config
 
-        result = {k: v for k,
-                  v in train_temporal_from_config(cfg, overwrite=args.overwrite).items() if k != "config"}
+        trained = train_temporal_from_config(cfg, overwrite=args.overwrite)
+        result = {k: v for k, v in trained.items() if k != "config"}
     elif args.command == "evaluate":
         from gemmate_lib.evaluation import evaluate_from_config
 
-        result = {m: round(v["value"], 4) for m,
-                  v in evaluate_from_config(cfg)["models"]["fine-tuned"].items()}
+        scores = evaluate_from_config(cfg)["models"]["fine-tuned"]
+        result = {m: round(v["value"], 4) for m, v in scores.items()}
     elif args.command == "generate":
         from gemmate_lib.evaluation import generate_from_config
 
@@ -131,15 +123,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> int:
     """Entry point of `gemmate`: main() inside the one error wrapper."""
-    from gemmate_lib.errors import run_cli
-
     return run_cli(main)
 
 
 def run_te() -> int:
     """Entry point of `gemmate-te`, the alias of `gemmate train-te`."""
-    from gemmate_lib.errors import run_cli
-
     return run_cli(main, ["train-te", *sys.argv[1:]])
 
 

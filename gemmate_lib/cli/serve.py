@@ -1,29 +1,20 @@
-"""`gemmate serve RUN_DIR [RUN_DIR ...]`: fine-tuned models behind `transformers serve` (OpenAI-compatible).
-
-Taught in 05_save_and_push (section "Serve it"). The server is transformers' own
-(`transformers serve`: /v1/completions, /v1/chat/completions, /health), installed with
-its serving extras from requirements.txt. This module finds or builds each run's merged
-model (safetensors), and adds the request checks that server lacks, measured here:
-without them an empty prompt silently generates from <bos>, and `max_tokens` 10^8 keeps
-the server generating for as long as the model does not stop. With one run folder the
-server is pinned to its model; with several, a request's `model` picks one by its folder.
-"""
+"""`gemmate serve RUN_DIR [RUN_DIR ...]`: fine-tuned models behind `transformers serve` (OpenAI-compatible),
+taught in 05_save_and_push, with the request checks that server lacks: without them an empty prompt generates
+from <bos>, and `max_tokens` 10^8 keeps it generating. With several run folders, a request's `model` picks."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
-from gemmate_lib.errors import ParameterError
+from gemmate_lib.errors import HardwareError, ParameterError
+from gemmate_lib.files import show_path
+from gemmate_lib.hardware import pick_precision
 
 MAX_TOKENS_LIMIT = 512  # the largest `max_tokens` a request may ask for (a quote and its author need ~60)
 
 
 def served_model(run_dir: str | Path) -> Path:
-    """The merged model of a run folder: `merged/` (05 writes it), else `adapter/` merged now and saved there.
-
-    `gemmate train`'s output_dir has the same layout (`adapter/`), so it serves too.
-    """
-    from gemmate_lib.files import show_path
-
+    """A run folder's merged model: `merged/`, else `adapter/` merged and saved there now."""
     run_dir = Path(run_dir)
     merged, adapter = run_dir / "merged", run_dir / "adapter"
     if (merged / "config.json").is_file():
@@ -33,7 +24,6 @@ def served_model(run_dir: str | Path) -> Path:
                              "pass a run folder that 03 (or `gemmate "
                              "train`'s output_dir) wrote, e.g. runs/committed")
     from gemmate_lib.adapters import load_adapter, read_base_info, save_merged
-    from gemmate_lib.hardware import pick_precision
     from gemmate_lib.models import load_model, load_tokenizer
 
     meta = read_base_info(adapter)
@@ -54,8 +44,8 @@ def check_request(body: dict, field: str, models: list[str], limit: int = MAX_TO
     from fastapi import HTTPException
 
     value = body.get(field)
-    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value,
-                                                                                      list) and not value):
+    empty = (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value)
+    if value is None or empty:
         example = ('"Quote: Imagination is more"' if field == "prompt" else
                    '[{"role": "user", "content": "Finish the quote: Imagination is more"}]')
         raise HTTPException(400,
@@ -76,24 +66,14 @@ HOOK = ("model_manager", "chat_handler", "completion_handler")  # build_server's
 
 
 def check_hook_point(server, serve_cli) -> None:
-    """The request checks attach where transformers serve
-    builds its app; a changed transformers fails here, loudly.
-
-    `build_server` is transformers' internal builder of the FastAPI app (not a public API):
-    `Serve` imports it from its module when it starts, and the completion and chat handlers
-    have `handle_request`. If an upgrade changes any of that, the checks would silently
-    not run, so the server does not start.
-    """
-    import inspect
-
-    from gemmate_lib.errors import HardwareError
-
+    """Refuse to start unless the request checks can attach where transformers serve builds its app:
+    `build_server` is internal (not a public API), and if an upgrade changed it, `Serve`'s import of it
+    or the handlers' `handle_request`, the checks would silently not run."""
     problem = None
     build = getattr(server, "build_server", None)
     if build is None:
         problem = "has no transformers.cli.serving.server.build_server"
-    elif tuple(inspect.signature(build).parameters)[:3] != HOOK:
-        first = tuple(inspect.signature(build).parameters)[:3]
+    elif (first := tuple(inspect.signature(build).parameters)[:3]) != HOOK:
         problem = f"build_server's parameters are {first}, not {HOOK}"
     elif "from .serving.server import build_server" not in inspect.getsource(serve_cli.Serve):
         problem = "Serve no longer imports build_server when it starts"
@@ -117,8 +97,6 @@ def run_server(folders: list[Path], host: str = "127.0.0.1", port: int = 8000,
     """Start transformers' server with the request checks; blocks until stopped (Ctrl-C)."""
     from transformers.cli import serve as serve_cli
     from transformers.cli.serving import server
-
-    from gemmate_lib.hardware import pick_precision
 
     check_hook_point(server, serve_cli)
     models = [str(f) for f in folders]

@@ -1,17 +1,10 @@
-"""Remote checkpoint storage through fsspec (`gemmate train`): the Gemma 1.1 table's storage keys.
-
-Taught in docs/gemma11-experiment.md. `remote_path` is any fsspec URL:
-s3://, gs://, hf:// (wherever s3fs, gcsfs or huggingface_hub's filesystem is installed),
-memory:// (the tests) or a plain folder. With `sync_to_storage` each checkpoint is
-uploaded right after it is saved, trainer_state.json last, so a remote checkpoint counts
-as complete by the same rule as a local one (checkpoints.complete_checkpoints); remote
-checkpoints that the keep-last/best policy deleted locally are deleted there too. With
-`load_from_storage` a resume first downloads the remote checkpoints missing locally.
-"""
+"""Remote checkpoint storage for `gemmate train` (docs/gemma11-experiment.md): `remote_path` is any fsspec URL
+(s3://, gs://, hf://, memory://) or a folder; trainer_state.json goes up last, so completeness rules match."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import fsspec
 from transformers import TrainerCallback
 
 from gemmate_lib.cli.checkpoints import STEP
@@ -22,8 +15,6 @@ LAST = "trainer_state.json"  # written last by Trainer, uploaded last here
 
 def remote_fs(remote_path: str):
     """(filesystem, root path) for an fsspec URL; one clear error when its package is missing."""
-    import fsspec
-
     try:
         return fsspec.core.url_to_fs(remote_path)
     except (ImportError, ValueError) as err:
@@ -69,8 +60,7 @@ def download(remote_path: str, output_dir: str | Path) -> list[str]:
 
 
 class StorageSync(TrainerCallback):
-    """After each save (and after the keep-last/best policy
-    ran): upload the new checkpoint, mirror deletions."""
+    """After each save (and the keep-last/best policy): upload the new checkpoint, mirror deletions."""
 
     def __init__(self, output_dir: str | Path, remote_path: str):
         self.output_dir, self.remote_path = Path(output_dir), remote_path

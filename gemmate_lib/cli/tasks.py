@@ -1,16 +1,6 @@
-"""The Gemma 1.1 LoRA experiment's two tasks: SST-2 sentiment and SQuAD v2 extractive QA (`gemmate train`).
-
-Taught by configs/gemma11-sst2.yaml and configs/gemma11-squadv2.yaml (docs/gemma11-experiment.md).
-The task follows from the data's schema, so the same code reads the Hub
-datasets and the offline fixtures in tests/fixtures/ (the same columns):
-- SST-2 (`stanfordnlp/sst2`: sentence, label 0/1): `Sentence: ...\\nSentiment:` -> ` positive` / ` negative`;
-  accuracy and F1 of the positive class.
-- SQuAD v2 (`rajpurkar/squad_v2`: context, question, answers {text, answer_start}):
-  `Context: ...\\nQuestion: ...\\nAnswer:` -> ` <span>`, or ` unanswerable` when answers is empty;
-  exact match and F1 by the official v2 script's rules (normalised answers, the best over
-  the gold answers, an empty gold answer for unanswerable questions).
-Training uses the completion-only loss (the answer), like 03 section 5 explains.
-"""
+"""The Gemma 1.1 experiment's tasks for `gemmate train` (configs/gemma11-*.yaml): SST-2 sentiment and SQuAD v2
+extractive QA, with their official metrics. The task follows from the data's columns, so the Hub datasets and
+the offline fixtures in tests/fixtures/ read alike."""
 from __future__ import annotations
 
 import collections
@@ -18,7 +8,9 @@ import re
 import string
 from pathlib import Path
 
+from gemmate_lib.data import QuoteData, read_hub, read_records, split_rows
 from gemmate_lib.errors import DataError
+from gemmate_lib.generation import generate
 
 HUB_IDS = {"stanfordnlp/sst2": "sst2", "sst2": "sst2", "glue/sst2": "sst2", "rajpurkar/squad_v2": "squad_v2",
            "squad_v2": "squad_v2"}
@@ -34,8 +26,6 @@ def task_of(dataset: str) -> str:
         return HUB_IDS[dataset]
     path = Path(dataset)
     if path.suffix in (".jsonl", ".json", ".csv") and path.is_file():
-        from gemmate_lib.data import read_records
-
         columns = set(read_records(path)[0][1])
         for task, needed in SCHEMAS.items():
             if set(needed) <= columns:
@@ -50,8 +40,8 @@ def prompt_and_answer(task: str, row: dict) -> tuple[str, str]:
             raise ValueError("needs a text sentence and a label 0 or 1")
         return f"Sentence: {row['sentence'].strip()}\nSentiment:", LABELS[row["label"]]
     answers = row.get("answers") or {}
-    if not isinstance(row.get("context"), str) or not isinstance(row.get("question"),
-                                                                 str) or not isinstance(answers, dict):
+    texts_ok = isinstance(row.get("context"), str) and isinstance(row.get("question"), str)
+    if not texts_ok or not isinstance(answers, dict):
         raise ValueError("needs a text context and question, and answers {text: [...], answer_start: [...]}")
     texts = [t for t in answers.get("text", []) if isinstance(t, str) and t.strip()]
     prompt = f"Context: {row['context'].strip()}\nQuestion: {row['question'].strip()}\nAnswer:"
@@ -60,10 +50,7 @@ def prompt_and_answer(task: str, row: dict) -> tuple[str, str]:
 
 def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tokenizer=None,
               max_length: int | None = None):
-    """Rows {prompt, answer, text, gold} split into train and
-    held-out (data.QuoteData); bad or long rows counted."""
-    from gemmate_lib.data import QuoteData, read_hub, read_records, split_rows
-
+    """Rows {prompt, answer, text, gold} split into train / held-out (QuoteData); bad or long rows counted."""
     if Path(dataset).suffix in (".jsonl", ".json", ".csv"):
         records, name = read_records(dataset, SCHEMAS[task]), Path(dataset).name
     else:
@@ -97,8 +84,7 @@ def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tok
 
 # --- the metrics ---------------------------------------------------------------------------------
 def normalize_answer(text: str) -> str:
-    """The official SQuAD normalisation: lower case, no
-    punctuation, no articles (a, an, the), single spaces."""
+    """The official SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
     text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
@@ -121,10 +107,7 @@ def squad_f1(gold: str, prediction: str) -> float:
 
 def squad_v2_scores(golds: list[list[str]], predictions: list[str]) -> dict:
     """Exact match and F1 in percent (official v2 rules), overall and split by answerable / unanswerable.
-
-    `golds[i]` are the gold answer texts (empty for an unanswerable question); a prediction of
-    NO_ANSWER (or an empty string) means "no answer".
-    """
+    `golds[i]` is empty for an unanswerable question; a prediction of NO_ANSWER or "" means "no answer"."""
     exact, f1, has = [], [], []
     for gold, pred in zip(golds, predictions):
         pred = "" if pred.strip().lower() == NO_ANSWER else pred
@@ -144,27 +127,22 @@ def squad_v2_scores(golds: list[list[str]], predictions: list[str]) -> dict:
 
 
 def sst2_scores(golds: list[str], predictions: list[str]) -> dict:
-    """Accuracy and F1 of the positive class, in percent;
-    a prediction that is neither label counts as wrong."""
+    """Accuracy and F1 of the positive class in percent; a prediction that is neither label is wrong."""
     words = [(p.strip().split() or [""])[0].strip(string.punctuation).lower() for p in predictions]
     tp = sum(g == w == "positive" for g, w in zip(golds, words))
     fp = sum(g != "positive" and w == "positive" for g, w in zip(golds, words))
     fn = sum(g == "positive" and w != "positive" for g, w in zip(golds, words))
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return {"accuracy": round(100 * sum(g == w for g, w in zip(golds, words)) / len(golds), 2),
-            "f1": round(100 * f1,
-                        2), "invalid": sum(w not in LABELS.values() for w in words), "total": len(golds)}
+    correct = sum(g == w for g, w in zip(golds, words))
+    return {"accuracy": round(100 * correct / len(golds), 2), "f1": round(100 * f1, 2),
+            "invalid": sum(w not in LABELS.values() for w in words), "total": len(golds)}
 
 
 def evaluate_task(model, tokenizer, task: str, rows: list[dict]) -> dict:
     """Greedy answers to the held-out prompts, scored by the task's metrics; with the first predictions."""
-    from gemmate_lib.generation import generate
-
     table = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=NEW_TOKENS[task])
     predictions = [c.strip().split("\n")[0].strip() for c in table.completion]
-    if task == "sst2":
-        scores = sst2_scores([r["answer"] for r in rows], predictions)
-    else:
-        scores = squad_v2_scores([r["gold"] for r in rows], predictions)
+    scores = (sst2_scores([r["answer"] for r in rows], predictions) if task == "sst2"
+              else squad_v2_scores([r["gold"] for r in rows], predictions))
     return {**scores,
             "examples": [{"answer": r["answer"], "prediction": p} for r, p in zip(rows[:5], predictions)]}

@@ -1,11 +1,5 @@
-"""`gemmate train`: LoRA SFT from the config, under the
-checkpoint policy, with resume, W&B and remote storage.
-
-Taught in docs/command-line.md; the training itself is the notebooks' (training.sft_trainer,
-03_lora_sft). The data is quotes, or SST-2 / SQuAD v2 (cli/tasks.py) when the dataset says so.
-Every rank writes its trainable weights' digest (DDP under `accelerate launch`); rank 0 saves
-the adapter and train_metrics.json.
-"""
+"""`gemmate train` (docs/command-line.md): 03's LoRA SFT from the config, with the checkpoint policy, resume,
+W&B and remote storage. Every rank writes its weights' digest (DDP); rank 0 saves the adapter and metrics."""
 from __future__ import annotations
 
 import os
@@ -15,8 +9,7 @@ from gemmate_lib.config import CourseConfig
 
 
 def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
-    """`gemmate train`: LoRA on quotes, SST-2 or SQuAD v2 (tasks.py)
-    under the checkpoint policy; writes train_metrics.json."""
+    """LoRA on quotes, SST-2 or SQuAD v2 (tasks.py) under the checkpoint policy; writes train_metrics.json."""
     from transformers import EarlyStoppingCallback
 
     from gemmate_lib.adapters import save_adapter
@@ -57,9 +50,9 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
     result = run_trainer(trainer, str(resume) if resume else None)
     seconds, log = result.seconds, result.log
     digest = trainable_digest(trainer.model)
-    save_json(_mkdir(out / "ranks") / f"rank{rank}.json",
-              {"rank": rank, "world_size": world_size, "digest": digest,
-                                                           "step": trainer.state.global_step})
+    (out / "ranks").mkdir(parents=True, exist_ok=True)
+    save_json(out / "ranks" / f"rank{rank}.json",
+              {"rank": rank, "world_size": world_size, "digest": digest, "step": trainer.state.global_step})
     last = {col: float(log[col].dropna().iloc[-1]) if col in log and log[col].notna().any() else None
             for col in ("loss", "eval_loss")}
     metrics = {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "world_size": world_size,
@@ -76,8 +69,7 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
 
 
 def _wandb_environment(cfg: CourseConfig) -> None:
-    """use_wandb: Weights & Biases logs offline into output_dir
-    (`wandb sync` uploads later), with project and tags."""
+    """use_wandb: Weights & Biases logs offline into output_dir (`wandb sync` uploads later)."""
     t = cfg.train
     if t.use_wandb:
         os.environ.setdefault("WANDB_MODE", "offline")
@@ -85,8 +77,3 @@ def _wandb_environment(cfg: CourseConfig) -> None:
         os.environ["WANDB_DIR"] = str(Path(cfg.checkpoints.output_dir).absolute())
         if t.wandb_tags:
             os.environ["WANDB_TAGS"] = ",".join(t.wandb_tags)
-
-
-def _mkdir(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

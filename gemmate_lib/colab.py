@@ -43,7 +43,8 @@ def pins(requirements: str | Path) -> dict[str, str]:
     return out
 
 
-def _installed(name: str) -> str | None:
+def installed_version(name: str) -> str | None:
+    """The installed version of a distribution, or None when it is not installed."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -56,8 +57,8 @@ def stale_imports(names) -> list[str]:
     for name in names:
         module = sys.modules.get(name.replace("-", "_"))
         loaded = getattr(module, "__version__", None)
-        if module is not None and loaded is not None and loaded != _installed(name):
-            stale.append(f"{name} {loaded} -> {_installed(name)}")
+        if module is not None and loaded is not None and loaded != installed_version(name):
+            stale.append(f"{name} {loaded} -> {installed_version(name)}")
     return stale
 
 
@@ -65,7 +66,7 @@ def install(repo_dir: str | Path, run=subprocess.run) -> str:
     """Install requirements-colab.txt (never torch) unless every pin is already there; safe to re-run.
     Returns "ready", or RESTART (also printed) when an upgraded package was already imported here."""
     requirements = Path(repo_dir) / "requirements-colab.txt"
-    missing = sorted(name for name, version in pins(requirements).items() if _installed(name) != version)
+    missing = sorted(name for name, pin in pins(requirements).items() if installed_version(name) != pin)
     if not missing:
         print("the course's packages are installed (nothing to do)")
         return "ready"

@@ -6,10 +6,9 @@ import datetime as dt
 import json
 import os
 import subprocess
-from importlib import metadata
 from pathlib import Path
 
-from gemmate_lib.colab import default_run_dir, pins
+from gemmate_lib.colab import default_run_dir, installed_version, pins
 from gemmate_lib.files import repo_root, save_json
 from gemmate_lib.hardware import describe_hardware
 
@@ -29,23 +28,16 @@ def get_run_dir(run_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages the course depends on (None when missing)."""
-    return {name: _version(name) for name in PACKAGES}
+    return {name: installed_version(name) for name in PACKAGES}
 
 
 def version_mismatches() -> list[str]:
     """`name: installed X, pinned Y` for each requirements-colab.txt pin this environment misses (00)."""
     pinned = pins(repo_root() / "requirements-colab.txt")
     return [f"{name}: installed {installed}, pinned {pin}" for name, pin in pinned.items()
-            if (installed := _version(name)) != pin]
+            if (installed := installed_version(name)) != pin]
 
 
 def git_revision() -> str:

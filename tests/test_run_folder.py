@@ -1,8 +1,6 @@
 """The run folder's facts: installed versions against the Colab pins."""
 
 
-MS_2021 = 1_633_046_400_000  # 2021-10-01T00:00:00Z
-
 
 def test_version_mismatches_reads_the_colab_pins(monkeypatch):
     from importlib import metadata
@@ -11,5 +9,5 @@ def test_version_mismatches_reads_the_colab_pins(monkeypatch):
 
     assert run_folder.version_mismatches() == []  # this environment is installed from the pins
     real = metadata.version
-    monkeypatch.setattr(run_folder.metadata, "version", lambda name: "0.0.1" if name == "trl" else real(name))
+    monkeypatch.setattr(metadata, "version", lambda name: "0.0.1" if name == "trl" else real(name))
     assert run_folder.version_mismatches() == [f"trl: installed 0.0.1, pinned {real('trl')}"]

@@ -1,7 +1,6 @@
 """The run folder's facts: installed versions against the Colab pins."""
 
 
-
 def test_version_mismatches_reads_the_colab_pins(monkeypatch):
     from importlib import metadata
 

@@ -1,9 +1,9 @@
-"""gemmate_lib: the small library behind the GemmaTE course notebooks, one concern per module (each
-docstring names the notebook that teaches it). Importing it changes nothing global; notebooks call `quiet()`.
-Set-up: config, hardware, hf_token, colab, errors, selfcheck. Model and data: models, data, generation.
-Training: training (LoRA SFT), fast_loss, experiments and methods (side-by-side runs, 03 and 06). Results:
-evaluation, stats, plots, adapters, files, run_folder. temporal/: GemmaTE (07). cli/: the `gemmate` command.
-Maintainer tooling lives outside, in tools/."""
+"""gemmate_lib: the small library behind the GemmaTE course notebooks, one concern per module (each docstring
+names the notebook that teaches it). Importing it changes nothing global; notebooks call `quiet()`. Set-up:
+config, hardware, hf_token, colab, errors, selfcheck. Model and data: models, data, generation. Training:
+training (LoRA SFT), fast_loss, experiments and methods (side-by-side runs, 03 and 06). Results: evaluation,
+stats, plots, adapters, files, run_folder. temporal/: GemmaTE (07). cli/: the `gemmate` command. Maintainer
+tooling lives outside, in tools/."""
 from gemmate_lib.errors import GemmateError
 
 __version__ = "0.1.0"
@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 
 def quiet() -> None:
     """Silence the warnings and log lines that are noise for a learner (notebooks and commands call it once):
-    tqdm's missing-ipywidgets notice (text bars are what we want), peft's use of gradient-checkpointing
-    calls that transformers 5.x deprecates, bitsandbytes' missing optional CPU kernel (its fallback works),
+    tqdm's missing-ipywidgets notice (text bars are what we want), peft's use of gradient-checkpointing calls
+    that transformers 5.x deprecates, bitsandbytes' missing optional CPU kernel (its fallback works),
     datasets' bar for each instant `map`, and peft ignoring position ids under prompt tuning (06, rightly)."""
     import logging
     import os

@@ -1,10 +1,8 @@
-"""Save, reload, merge, describe and push LoRA adapters (safetensors, never a token on disk).
-
-Taught in 05_save_and_push; 03_lora_sft saves with it and 04_evaluation loads with it.
-Next to the adapter we write `gemmate.json`: which base model it was trained on, so
-loading it onto another base model fails with a clear message instead of a wall of
-size-mismatch errors. Saving is all or nothing: a temporary folder, renamed at the end.
-"""
+"""Save, reload, merge, describe and push LoRA adapters (safetensors, never a token on disk). Taught in
+05_save_and_push; 03_lora_sft saves with it and 04_evaluation loads with it. Next to the adapter we write
+`gemmate.json`: which base model it was trained on, so loading it onto another base model fails with a clear
+message instead of a wall of size-mismatch errors. Saving is all or nothing: a temporary folder, renamed at
+the end."""
 from __future__ import annotations
 
 import json
@@ -28,16 +26,16 @@ def base_fingerprint(model) -> dict:
 
 
 def write_base_info(model, folder: str | Path, model_name: str) -> Path:
-    """gemmate.json beside a saved adapter: the base model it
-    was trained on, so `load_adapter` can check the base."""
+    """gemmate.json beside a saved adapter: the base model it was trained on, so `load_adapter` can check the
+    base."""
     path = Path(folder) / "gemmate.json"
     path.write_text(json.dumps({"base_model": model_name, **base_fingerprint(model)}, indent=2))
     return path
 
 
 def read_base_info(folder: str | Path) -> dict | None:
-    """gemmate.json of a saved adapter (None when there is
-    none); a damaged one is a ModelLoadError with the fix."""
+    """gemmate.json of a saved adapter (None when there is none); a damaged one is a ModelLoadError with the
+    fix."""
     path = Path(folder) / "gemmate.json"
     if not path.exists():
         return None
@@ -53,10 +51,8 @@ def read_base_info(folder: str | Path) -> dict | None:
 
 
 def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrite: bool = False) -> Path:
-    """Save adapter weights (safetensors), tokenizer and gemmate.json; all or nothing (fsio.atomic_folder).
-
-    03 writes the same calls out (`model.save_pretrained`, `tokenizer.save_pretrained`).
-    """
+    """Save adapter weights (safetensors), tokenizer and gemmate.json; all or nothing (fsio.atomic_folder). 03
+    writes the same calls out (`model.save_pretrained`, `tokenizer.save_pretrained`)."""
     folder = Path(folder)
     with atomic_folder(folder, overwrite=overwrite, what="adapter") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -66,8 +62,8 @@ def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrit
 
 
 def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
-    """Put the adapter saved in `folder` on `base_model`;
-    clear errors for a missing folder or another base."""
+    """Put the adapter saved in `folder` on `base_model`; clear errors for a missing folder or another base.
+    """
     from peft import PeftModel
 
     folder = recover(folder)
@@ -94,10 +90,8 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
 
 def load_tuned(cfg):
     """`gemmate evaluate / generate`: the base model of `cfg` with its trained adapter (output_dir/adapter).
-
-    Unquantized, the adapter is merged (faster generation); on an NF4 base it stays
-    unmerged, since merging into 4-bit weights re-quantizes them and can wash out the update.
-    """
+    Unquantized, the adapter is merged (faster generation); on an NF4 base it stays unmerged, since merging
+    into 4-bit weights re-quantizes them and can wash out the update."""
     from gemmate_lib.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.model_name)
@@ -113,14 +107,11 @@ def load_tuned(cfg):
 
 def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_new_tokens: int, precision,
                        quantization: str = "none") -> list[str]:
-    """Load base + adapter in a *fresh Python process* and return its greedy generations.
-
-    A fresh process proves the saved files alone reproduce the model: nothing is
-    borrowed from the notebook's memory. The child loads the base exactly as the caller
-    did (device, dtype, quantization: NF4 on a GPU), so equal generations are expected;
-    it gets the token and the course's folder through its environment (on Colab the
-    course is only on the kernel's sys.path).
-    """
+    """Load base + adapter in a *fresh Python process* and return its greedy generations. A fresh process
+    proves the saved files alone reproduce the model: nothing is borrowed from the notebook's memory. The
+    child loads the base exactly as the caller did (device, dtype, quantization: NF4 on a GPU), so equal
+    generations are expected; it gets the token and the course's folder through its environment (on Colab the
+    course is only on the kernel's sys.path)."""
     code = (
         "import json, sys\n"
         "from gemmate_lib.hardware import pick_precision\n"
@@ -151,13 +142,11 @@ def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_ne
 
 @torch.no_grad()
 def merge_and_check(peft_model, tokenizer, prompts, tolerance: float | None = None):
-    """Merge the adapter into the weights in place and compare logits with the unmerged model.
-
-    Returns (merged_model, max_abs_logit_difference). In place, so that only one copy of
-    the base model is in memory (a T4 has 15 GB). The tolerance follows the dtype: 5e-3
-    in fp32 (rounding only), 0.5 in fp16/bf16, whose rounding of W + BA moves logits of
-    magnitude ~20 by ~0.1. Merge into a 16- or 32-bit base, never a 4-bit one.
-    """
+    """Merge the adapter into the weights in place and compare logits with the unmerged model. Returns
+    (merged_model, max_abs_logit_difference). In place, so that only one copy of the base model is in memory
+    (a T4 has 15 GB). The tolerance follows the dtype: 5e-3 in fp32 (rounding only), 0.5 in fp16/bf16, whose
+    rounding of W + BA moves logits of magnitude ~20 by ~0.1. Merge into a 16- or 32-bit base, never a 4-bit
+    one."""
     if getattr(peft_model, "is_loaded_in_4bit", False) or any(
             type(m).__name__ == "Linear4bit" for m in peft_model.modules()):
         raise ModelLoadError("this adapter sits on a 4-bit base: merging would re-quantize the update",
@@ -182,12 +171,9 @@ MERGED_LIMIT_GIB = 2.0
 
 
 def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool = False) -> bool:
-    """05's `save_merged=None`: keep the merged model only
-    when it is small, or asked for, or about to be pushed.
-
-    The embedded model merges to ~0.5-1 GiB; gemma-2b to ~5 GB in fp16, which on Colab
-    would go to the learner's Google Drive. Prints the decision with the size.
-    """
+    """05's `save_merged=None`: keep the merged model only when it is small, or asked for, or about to be
+    pushed. The embedded model merges to ~0.5-1 GiB; gemma-2b to ~5 GB in fp16, which on Colab would go to the
+    learner's Google Drive. Prints the decision with the size."""
     gib = sum(p.numel() for p in merged.parameters()) * dtype.itemsize / 2**30
     keep = save_merged if save_merged is not None else (gib < MERGED_LIMIT_GIB or push)
     print(f"merged model: {gib:.1f} GiB in {str(dtype).removeprefix('torch.')}; "
@@ -197,8 +183,8 @@ def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool
 
 
 def save_merged(merged, tokenizer, folder: str | Path, dtype: torch.dtype) -> Path:
-    """Save a merged model in `dtype` (the training dtype:
-    bf16/fp16 halve fp32's size), safetensors, all or nothing."""
+    """Save a merged model in `dtype` (the training dtype: bf16/fp16 halve fp32's size), safetensors, all or
+    nothing."""
     with atomic_folder(folder, overwrite=True, what="merged model") as tmp:
         merged.to(dtype).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -207,8 +193,8 @@ def save_merged(merged, tokenizer, folder: str | Path, dtype: torch.dtype) -> Pa
 
 def model_card(adapter_dir: str | Path, model_name: str, dataset: str, settings: dict,
                metrics: dict | None = None):
-    """A huggingface_hub ModelCard for the adapter: base,
-    data and licence, settings, metrics, use and limits."""
+    """A huggingface_hub ModelCard for the adapter: base, data and licence, settings, metrics, use and limits.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     base = "google/gemma-3-270m" if model_name == "embedded" else model_name
@@ -255,10 +241,8 @@ format reliably but often names the wrong author: do not use it for attribution 
 
 def push_problem(repo_id: str | None) -> str | None:
     """Why a push to `repo_id` cannot happen, in one line (no repo_id, no token, a read-only token), or None.
-
-    A malformed repo_id raises SaveError. 05 calls this before writing out
-    `HfApi().create_repo` and `upload_folder`; `push_adapter` uses it too.
-    """
+    A malformed repo_id raises SaveError. 05 calls this before writing out `HfApi().create_repo` and
+    `upload_folder`; `push_adapter` uses it too."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not repo_id:
@@ -282,9 +266,7 @@ def push_problem(repo_id: str | None) -> str | None:
 
 def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) -> str:
     """Push a saved folder to the Hub when a token is present; otherwise skip with one line saying how.
-
-    Returns a one-line status for the notebook. Never prints or stores the token.
-    """
+    Returns a one-line status for the notebook. Never prints or stores the token."""
     from gemmate_lib.errors import one_line
 
     problem = push_problem(repo_id)

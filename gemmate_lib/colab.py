@@ -63,8 +63,8 @@ def stale_imports(names) -> list[str]:
 
 
 def install(repo_dir: str | Path, run=subprocess.run) -> str:
-    """Install requirements-colab.txt (never torch) unless every pin is already there; safe to re-run.
-    Returns "ready", or RESTART (also printed) when an upgraded package was already imported here."""
+    """Install requirements-colab.txt (never torch) unless every pin is already there; safe to re-run. Returns
+    "ready", or RESTART (also printed) when an upgraded package was already imported here."""
     requirements = Path(repo_dir) / "requirements-colab.txt"
     missing = sorted(name for name, pin in pins(requirements).items() if installed_version(name) != pin)
     if not missing:
@@ -107,9 +107,9 @@ def default_run_dir(name: str = "interactive", mount=None) -> Path | None:
 
 
 def flush_drive(flush=None) -> bool:
-    """On Colab with Drive mounted: write every pending file to Drive now (and unmount); True if it did.
-    Drive writes land late: a runtime closed soon after 03 saved its adapter could leave 04 and 05 half of
-    one. Every notebook calls this in its last cell; the next one mounts Drive again."""
+    """On Colab with Drive mounted: write every pending file to Drive now (and unmount); True if it did. Drive
+    writes land late: a runtime closed soon after 03 saved its adapter could leave 04 and 05 half of one.
+    Every notebook calls this in its last cell; the next one mounts Drive again."""
     if not in_colab() or not (DRIVE / "MyDrive").is_dir():
         return False
     if flush is None:

@@ -1,20 +1,14 @@
-"""The one config of the course: every setting with its help text, the profiles, and one validator.
-
-Taught in 00_setup (the profile) and 03_lora_sft (LoRA and training settings); the
-`gemmate` command reads the same settings from YAML and flags (`gemmate train --help`
-lists them all, from the help text here; docs/command-line.md).
-
-Every setting has one name, taken from the Gemma 1.1 LoRA experiment's config table
-where it has one (`model_name`, `lora_r`, `learning_rate`, `batch_size`, `seed`, ...), so a
-seed-style YAML file loads as it is. The settings live in a few groups (model, data, lora,
-train, checkpoints, temporal, generate); names are unique across groups, so a flat
-`name: value` (a notebook parameter, a YAML key or a `--flag`) always has one owner.
-
-`course_config(**params)` is the profile function: defaults for this machine, then the
-task's defaults, then the given values (None means "let the profile decide"); every value
-is type-checked and its choices checked (`coerce`), then the whole is validated
-(`validate`), before any model or data loads.
-"""
+"""The one config of the course: every setting with its help text, the profiles, and one validator. Taught in
+00_setup (the profile) and 03_lora_sft (LoRA and training settings); the `gemmate` command reads the same
+settings from YAML and flags (`gemmate train --help` lists them all, from the help text here;
+docs/command-line.md). Every setting has one name, taken from the Gemma 1.1 LoRA experiment's config table
+where it has one (`model_name`, `lora_r`, `learning_rate`, `batch_size`, `seed`, ...), so a seed-style YAML
+file loads as it is. The settings live in a few groups (model, data, lora, train, checkpoints, temporal,
+generate); names are unique across groups, so a flat `name: value` (a notebook parameter, a YAML key or a
+`--flag`) always has one owner. `course_config(**params)` is the profile function: defaults for this machine,
+then the task's defaults, then the given values (None means "let the profile decide"); every value is
+type-checked and its choices checked (`coerce`), then the whole is validated (`validate`), before any model or
+data loads."""
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +33,8 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bi
 
 
 def setting(default, help: str, choices: tuple | None = None):  # noqa: A002 - argparse's word
-    """A config field with its help text (shown by `gemmate
-    <command> --help`) and, optionally, its choices."""
+    """A config field with its help text (shown by `gemmate <command> --help`) and, optionally, its choices.
+    """
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -221,11 +215,9 @@ def check_names(names, where: str = "parameter", place: str = "") -> None:
 
 def coerce(name: str, value, from_text: bool = False):
     """`value` as the type of setting `name`, one of its choices, or a ParameterError naming it and the fix.
-
-    Values from notebooks and YAML must already have the right type (papermill's
-    `-p max_steps ten` arrives as the string "ten" and is refused); with `from_text`
-    (command-line flags) strings are parsed: "8" -> 8, "true" -> True, "a,b" -> ("a", "b").
-    """
+    Values from notebooks and YAML must already have the right type (papermill's `-p max_steps ten` arrives as
+    the string "ten" and is refused); with `from_text` (command-line flags) strings are parsed: "8" -> 8,
+    "true" -> True, "a,b" -> ("a", "b")."""
     hint = HINTS[name]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     union = origin in (typing.Union, types.UnionType)
@@ -284,8 +276,8 @@ def fail(name: str, value, must: str, fix: str):
 
 
 def validate(flat: dict) -> None:
-    """Raise ParameterError, naming the setting and the fix,
-    for any value of a flat config that cannot work."""
+    """Raise ParameterError, naming the setting and the fix, for any value of a flat config that cannot work.
+    """
     for name in ("max_length", "batch_size", "gradient_accumulation_steps", "steps_freq", "lora_r",
                  "max_new_tokens",
                  "temporal_dim"):
@@ -432,17 +424,13 @@ class CourseConfig:
 
 def course_config(task: str = "quotes", *, from_text: bool = False, precision: Precision | None = None,
                   **params) -> CourseConfig:
-    """The profile function: defaults for this machine, then the task's, then `params`.
-
-    No GPU: the embedded Gemma 3 270M, the offline quotes and CPU-tuned settings (no
-    NF4, micro-batches of 8, no gradient checkpointing, no LoRA dropout, the fast
-    loss; measured in benchmarks/sft_throughput.py). CUDA GPU: the seed notebook's
-    QLoRA settings (NF4, batch 1 x accumulation 4, paged 8-bit AdamW); with a token
-    also google/gemma-2b and Abirate/english_quotes. Unknown names are rejected with
-    the list of valid ones; every value is type-checked and validated. `precision`
-    replaces the hardware's own answer (`make gpu-check --dry-run` builds the T4 and A100
-    configs on any machine with it).
-    """
+    """The profile function: defaults for this machine, then the task's, then `params`. No GPU: the embedded
+    Gemma 3 270M, the offline quotes and CPU-tuned settings (no NF4, micro-batches of 8, no gradient
+    checkpointing, no LoRA dropout, the fast loss; measured in benchmarks/sft_throughput.py). CUDA GPU: the
+    seed notebook's QLoRA settings (NF4, batch 1 x accumulation 4, paged 8-bit AdamW); with a token also
+    google/gemma-2b and Abirate/english_quotes. Unknown names are rejected with the list of valid ones; every
+    value is type-checked and validated. `precision` replaces the hardware's own answer (`make gpu-check
+    --dry-run` builds the T4 and A100 configs on any machine with it)."""
     if task not in TASK_DEFAULTS:
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
     check_names(params)
@@ -486,8 +474,8 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
 
 
 def is_gemma3(model_name: str) -> bool:
-    """True for Gemma 3 models: the embedded default, a
-    folder whose config says so, or a Hub id with gemma-3."""
+    """True for Gemma 3 models: the embedded default, a folder whose config says so, or a Hub id with gemma-3.
+    """
     if model_name == EMBEDDED:
         return True
     config = Path(model_name) / "config.json"
@@ -502,12 +490,10 @@ def is_gemma3(model_name: str) -> bool:
 
 
 def gemma3_rule(precision: Precision, model_name: str) -> Precision:
-    """fp32 instead of fp16 for Gemma 3: its activations overflow fp16 (transformers issue 36822).
-
-    A T4 has no bf16, so Gemma 3 computes in fp32 there, as Unsloth does; Gemma 1 (gemma-2b)
-    keeps fp16 with loss scaling. bf16 has fp32's range and is kept. Applied to the
-    profile's choice only: an explicit `dtype="fp16"` is what the caller asked for.
-    """
+    """fp32 instead of fp16 for Gemma 3: its activations overflow fp16 (transformers issue 36822). A T4 has no
+    bf16, so Gemma 3 computes in fp32 there, as Unsloth does; Gemma 1 (gemma-2b) keeps fp16 with loss scaling.
+    bf16 has fp32's range and is kept. Applied to the profile's choice only: an explicit `dtype="fp16"` is
+    what the caller asked for."""
     if precision.name != "fp16" or not is_gemma3(model_name):
         return precision
     return Precision(precision.device, DTYPES["fp32"],

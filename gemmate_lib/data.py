@@ -38,19 +38,16 @@ def split_quote(quote: str) -> tuple[str, str]:
 
 
 def quote_prompt(quote: str) -> str:
-    """`Quote: <first half of the words>`: the prompt of
-    completion-only training (03) and of 04's completion test."""
+    """`Quote: <first half of the words>`: the prompt of completion-only training (03) and of 04's completion
+    test."""
     return f"Quote: {split_quote(quote)[0]}"
 
 
 def char_spans(row: dict, part: str) -> tuple[int, int | None]:
-    """Characters [start, end) of `row["text"]` (+ EOS) that a
-    loss counts: the whole text, the quote, or the completion.
-
-    "completion" is what follows quote_prompt: the quote's second half, the `Author:` line
-    and EOS. "quote" is the quote's own words, without `Quote: ` and the `Author:` line.
-    end None means to the end (EOS included).
-    """
+    """Characters [start, end) of `row["text"]` (+ EOS) that a loss counts: the whole text, the quote, or the
+    completion. "completion" is what follows quote_prompt: the quote's second half, the `Author:` line and
+    EOS. "quote" is the quote's own words, without `Quote: ` and the `Author:` line. end None means to the end
+    (EOS included)."""
     if part == "text":
         return 0, None
     if part == "quote":
@@ -63,11 +60,8 @@ def char_spans(row: dict, part: str) -> tuple[int, int | None]:
 
 def token_mask(offsets, start: int, end: int | None) -> list[int]:
     """1 for each token that overlaps characters [start, end), from a fast tokenizer's offset_mapping.
-
-    Overlap, not "starts inside": Gemma's tokens carry their leading space ('▁Failure'
-    starts at the space before the word). Special tokens with an empty span (BOS, padding)
-    never count.
-    """
+    Overlap, not "starts inside": Gemma's tokens carry their leading space ('▁Failure' starts at the space
+    before the word). Special tokens with an empty span (BOS, padding) never count."""
     return [int(b > a and b > start and (end is None or a < end)) for a, b in offsets]
 
 
@@ -83,15 +77,15 @@ class QuoteData:
     repaired: dict[str, int] = field(default_factory=dict)
 
     def unseen_author_share(self) -> float:
-        """Share of held-out quotes whose author never appears
-        in training: their author cannot be learned here."""
+        """Share of held-out quotes whose author never appears in training: their author cannot be learned
+        here."""
         seen = {normalize_author(r["author"]) for r in self.train}
         unseen = sum(normalize_author(r["author"]) not in seen for r in self.held_out)
         return unseen / max(1, len(self.held_out))
 
     def report(self) -> str:
-        """One paragraph for the notebook and the commands:
-        counts, and what was dropped, why, with an example."""
+        """One paragraph for the notebook and the commands: counts, and what was dropped, why, with an
+        example."""
         total = len(self.train) + len(self.held_out)
         lines = [f"{total} usable rows from {self.source}: "
                  f"{len(self.train)} train, {len(self.held_out)} held out"]
@@ -112,14 +106,10 @@ def _read_embedded() -> list[dict]:
 
 
 def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
-    """(line number, row) pairs from a .jsonl, .csv or .json
-    (an array of objects) file: the course's one reader.
-
-    Used for quotes (03, 04) and dated notes (07). UTF-8 with or without a BOM; any
-    other encoding, a malformed line or a missing column is one DataError naming the
-    file, the line and the fix. A line that is valid JSON but not an object is kept as
-    an empty row, so the cleaning step counts and reports it.
-    """
+    """(line number, row) pairs from a .jsonl, .csv or .json (an array of objects) file: the course's one
+    reader. Used for quotes (03, 04) and dated notes (07). UTF-8 with or without a BOM; any other encoding, a
+    malformed line or a missing column is one DataError naming the file, the line and the fix. A line that is
+    valid JSON but not an object is kept as an empty row, so the cleaning step counts and reports it."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
@@ -222,17 +212,15 @@ def _problem(row: dict, key: str) -> str | None:
 
 def _author_fragment(author: str) -> bool:
     """An author field that is really the end of the quote, cut off at a comma (e.g. 'it comes soon enough.').
-
-    Lowercase names such as 'bell hooks' stay: a fragment starts lowercase *and* is a
-    sentence (ends with . ! ?) or longer than three words, or ends with a closing quote.
-    """
+    Lowercase names such as 'bell hooks' stay: a fragment starts lowercase *and* is a sentence (ends with . !
+    ?) or longer than three words, or ends with a closing quote."""
     lower_sentence = author[:1].islower() and (author.endswith((".", "!", "?")) or len(author.split()) > 3)
     return lower_sentence or author.endswith(("\u201d", '"'))
 
 
 def trim_author(author: str) -> str:
-    """The name alone: 'Bill Gates, co-founder of Microsoft.'
-    -> 'Bill Gates' (a role after a comma, a final period)."""
+    """The name alone: 'Bill Gates, co-founder of Microsoft.' -> 'Bill Gates' (a role after a comma, a final
+    period)."""
     name = author.split(",")[0].strip()
     return name[:-1] if name.endswith(".") and not name[-2:-1].isupper() else name
 
@@ -246,22 +234,19 @@ def normalize_author(name: str) -> str:
 
 
 def normalize_quote(text: str) -> str:
-    """Lowercase letters and digits only, with typographic
-    quotes and dashes folded: finds near-duplicate quotes."""
+    """Lowercase letters and digits only, with typographic quotes and dashes folded: finds near-duplicate
+    quotes."""
     text = unicodedata.normalize("NFKD", text).casefold()
     return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
 
 
 def clean_rows(rows, tokenizer=None, max_length: int | None = None):
-    """Keep well-formed, distinct rows; count the rest by reason, with one example each.
-
-    `rows` are dicts or (line number, dict) pairs. Reasons: missing, wrong type, empty,
-    a newline or template marker inside a field, a duplicate quote (exact, or after
-    normalize_quote), and a formatted example longer than `max_length` tokens (training
-    would cut its `Author:` line off) or, without a tokenizer, than MAX_CHARS characters.
-    Author fields holding a role after the name ('Bill Gates, co-founder of Microsoft.') are trimmed to the
-    name and counted in the returned `repaired`.
-    """
+    """Keep well-formed, distinct rows; count the rest by reason, with one example each. `rows` are dicts or
+    (line number, dict) pairs. Reasons: missing, wrong type, empty, a newline or template marker inside a
+    field, a duplicate quote (exact, or after normalize_quote), and a formatted example longer than
+    `max_length` tokens (training would cut its `Author:` line off) or, without a tokenizer, than MAX_CHARS
+    characters. Author fields holding a role after the name ('Bill Gates, co-founder of Microsoft.') are
+    trimmed to the name and counted in the returned `repaired`."""
     kept, dropped, examples, seen, repaired = [], {}, {}, {}, {}
     for i, item in enumerate(rows, 1):
         where, row = item if isinstance(item, tuple) else (i, item)
@@ -298,9 +283,7 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
 def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: int = 42, tokenizer=None,
                 max_length: int | None = None) -> QuoteData:
     """Load, clean (clean_rows) and split quotes from "embedded", a Hub id or a .jsonl/.csv/.json path.
-
-    Duplicates are dropped before the split, so no held-out quote appears in training.
-    """
+    Duplicates are dropped before the split, so no held-out quote appears in training."""
     if dataset == EMBEDDED:
         rows, name = _read_embedded(), "inspirational-quotes (embedded, offline)"
     elif dataset.endswith((".jsonl", ".csv", ".json")) or Path(dataset).exists():
@@ -320,15 +303,12 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
 
 
 def to_dataset(rows: list[dict], tokenizer=None, completion_only: bool = False):
-    """A `datasets.Dataset` for SFTTrainer: the `text` column,
-    or, with a tokenizer, `input_ids` of `text + EOS`.
-
-    Tokenized here, as SFTTrainer would (text + EOS, the tokenizer's own BOS), because
-    SFTTrainer's own tokenizing `map` makes `datasets` fingerprint the tokenizer by
-    pickling its 262k-entry vocabulary, which dominates a short CPU run (benchmarks/sft_throughput.py).
-    `completion_only` adds TRL's `completion_mask` column (1 on the tokens after
-    quote_prompt), which SFTTrainer turns into labels when `completion_only_loss=True`.
-    """
+    """A `datasets.Dataset` for SFTTrainer: the `text` column, or, with a tokenizer, `input_ids` of `text +
+    EOS`. Tokenized here, as SFTTrainer would (text + EOS, the tokenizer's own BOS), because SFTTrainer's own
+    tokenizing `map` makes `datasets` fingerprint the tokenizer by pickling its 262k-entry vocabulary, which
+    dominates a short CPU run (benchmarks/sft_throughput.py). `completion_only` adds TRL's `completion_mask`
+    column (1 on the tokens after quote_prompt), which SFTTrainer turns into labels when
+    `completion_only_loss=True`."""
     from datasets import Dataset
 
     if tokenizer is None:

@@ -80,8 +80,8 @@ def hub_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
 
 @contextlib.contextmanager
 def hub_errors(name: str, kind: str = "model"):
-    """`with hub_errors("google/gemma-2b"): AutoModel...from_pretrained(...)`: a Hub failure becomes one
-    clear error with the fix, not a deep stack trace (for 01, which writes the call out)."""
+    """`with hub_errors("google/gemma-2b"): AutoModel...from_pretrained(...)`: a Hub failure becomes one clear
+    error with the fix, not a deep stack trace (for 01, which writes the call out)."""
     try:
         yield
     except GemmateError:

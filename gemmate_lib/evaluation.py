@@ -68,16 +68,12 @@ def bleu(prediction: str, reference: str) -> float:
 @torch.no_grad()
 def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int = 128,
                         batch_size: int = 16) -> dict[str, list[tuple[float, int]]]:
-    """Per part, per example: (summed next-token NLL, number
-    of tokens) of `text + EOS`, from one forward pass.
-
-    The course's one held-out loss. Each of `parts` picks the predicted tokens that count
-    (data.char_spans): "text" all of them, "quote" the quote's own words, "completion"
-    what follows `Quote: <first half>`. The forward pass is the model's own (every adapter
-    takes part, prompt tuning's virtual tokens included: fast_loss.final_hidden), and the
-    LM head runs once per batch on its real tokens only (fast_loss.token_nll), so padding
-    costs nothing, and asking for several parts costs one pass.
-    """
+    """Per part, per example: (summed next-token NLL, number of tokens) of `text + EOS`, from one forward
+    pass. The course's one held-out loss. Each of `parts` picks the predicted tokens that count
+    (data.char_spans): "text" all of them, "quote" the quote's own words, "completion" what follows `Quote:
+    <first half>`. The forward pass is the model's own (every adapter takes part, prompt tuning's virtual
+    tokens included: fast_loss.final_hidden), and the LM head runs once per batch on its real tokens only
+    (fast_loss.token_nll), so padding costs nothing, and asking for several parts costs one pass."""
     model.eval()
     weight = output_weight(model)
     device = weight.device
@@ -134,8 +130,8 @@ def _metric(values, weights=None, *, proportion=False, perplexity=False, seed=0)
 
 
 def format_generations(model, tokenizer, rows: list[dict], batch_size: int = BATCH_SIZE):
-    """(prompts, generations, 1.0/0.0 per row): from `Quote:
-    <first half>`, one `Author:` line, then end-of-text."""
+    """(prompts, generations, 1.0/0.0 per row): from `Quote: <first half>`, one `Author:` line, then
+    end-of-text."""
     prompts = [quote_prompt(r["quote"]) for r in rows]
     formats = generate(model, tokenizer, prompts, TOKENS["completion"], batch_size=batch_size)
     stopped = formats.new_tokens < TOKENS["completion"]
@@ -145,12 +141,10 @@ def format_generations(model, tokenizer, rows: list[dict], batch_size: int = BAT
 
 def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size: int = BATCH_SIZE,
                    train_authors=None) -> EvalResult:
-    """All metrics for one model on `rows` (dicts with quote, author, text).
-
-    Quote completion and format compliance read the same generation from `Quote: <first half>`:
-    the continuation is its first line, the format check looks at the whole of it.
-    `train_authors` (the training split's authors) selects the rows of author_accuracy_seen.
-    """
+    """All metrics for one model on `rows` (dicts with quote, author, text). Quote completion and format
+    compliance read the same generation from `Quote: <first half>`: the continuation is its first line, the
+    format check looks at the whole of it. `train_authors` (the training split's authors) selects the rows of
+    author_accuracy_seen."""
     import pandas as pd
 
     if not rows:
@@ -190,8 +184,8 @@ def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size
 
 
 def paired_differences(a: EvalResult, b: EvalResult, seed: int = 0) -> dict:
-    """b minus a for every metric, on the same items, with
-    paired-bootstrap 95% intervals (stats.paired_difference)."""
+    """b minus a for every metric, on the same items, with paired-bootstrap 95% intervals
+    (stats.paired_difference)."""
     out = {}
     for metric in METRICS:
         (va, wa), (vb, wb) = a.items[metric], b.items[metric]
@@ -270,8 +264,8 @@ def validate_metrics(doc: dict) -> None:
 
 
 def evaluate_from_config(cfg) -> dict:
-    """`gemmate evaluate`: 04's metrics of the trained adapter
-    on the held-out split; writes output_dir/metrics.json."""
+    """`gemmate evaluate`: 04's metrics of the trained adapter on the held-out split; writes
+    output_dir/metrics.json."""
     from pathlib import Path
 
     from gemmate_lib.adapters import load_tuned

@@ -1,13 +1,10 @@
 """Short training runs side by side, on the same data and steps: taught in 03_lora_sft and 06_compare_methods.
-
-03 compares the fast CPU LoRA default with the real QLoRA setting (NF4 weights, paged
-8-bit AdamW, gradient checkpointing, k-bit preparation), and whole-text against
-completion-only loss; 06 compares fine-tuning methods (methods.py). Each arm loads a
-fresh model, trains it with the course's one builder (training.sft_trainer), and reports
-the trainable weights, seconds per step (StepTimer: the steps alone, not the start-up of
-`trainer.train()`), the memory its weights take, the peak memory that training adds, the
-loss curve and the held-out losses.
-"""
+03 compares the fast CPU LoRA default with the real QLoRA setting (NF4 weights, paged 8-bit AdamW, gradient
+checkpointing, k-bit preparation), and whole-text against completion-only loss; 06 compares fine-tuning
+methods (methods.py). Each arm loads a fresh model, trains it with the course's one builder
+(training.sft_trainer), and reports the trainable weights, seconds per step (StepTimer: the steps alone, not
+the start-up of `trainer.train()`), the memory its weights take, the peak memory that training adds, the loss
+curve and the held-out losses."""
 from __future__ import annotations
 
 import threading
@@ -61,22 +58,16 @@ class PeakMemory:
 
 
 class StepTimer(TrainerCallback):
-    """Wall-clock seconds of each optimizer step, from `on_step_begin` to `on_step_end`.
-
-    What is inside: the forward and backward passes of the step's batches, gradient
-    clipping, the optimizer's update and the scheduler's step, which is the work a
-    fine-tuning method changes. What is outside: everything `trainer.train()` does before
-    the first step and after the last (building the data loader and the optimizer, moving
-    weights, callbacks' `on_train_begin`, the final summary), fetching each batch, and
-    logging between steps. These are one-off or the same for every method,
-    so they would blur a comparison of methods, most of all in a run of a few steps.
-
-    `per_step()` is the mean over the steps after the first: the first step also pays
-    one-off costs (the optimizer's state allocated on its first update, kernels chosen or
-    compiled, caches filled). A run of a single step has only that step to report. On a
-    GPU the clock waits for queued kernels (`torch.cuda.synchronize`) at both ends, or it
-    would time only their launch.
-    """
+    """Wall-clock seconds of each optimizer step, from `on_step_begin` to `on_step_end`. What is inside: the
+    forward and backward passes of the step's batches, gradient clipping, the optimizer's update and the
+    scheduler's step, which is the work a fine-tuning method changes. What is outside: everything
+    `trainer.train()` does before the first step and after the last (building the data loader and the
+    optimizer, moving weights, callbacks' `on_train_begin`, the final summary), fetching each batch, and
+    logging between steps. These are one-off or the same for every method, so they would blur a comparison of
+    methods, most of all in a run of a few steps. `per_step()` is the mean over the steps after the first: the
+    first step also pays one-off costs (the optimizer's state allocated on its first update, kernels chosen or
+    compiled, caches filled). A run of a single step has only that step to report. On a GPU the clock waits
+    for queued kernels (`torch.cuda.synchronize`) at both ends, or it would time only their launch."""
 
     clock = staticmethod(time.perf_counter)  # seconds; tests swap in a clock of their own
 
@@ -106,8 +97,8 @@ class StepTimer(TrainerCallback):
 
 
 def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False) -> dict:
-    """Held-out loss on the whole text and on the completion
-    (data.char_spans), and optionally format compliance."""
+    """Held-out loss on the whole text and on the completion (data.char_spans), and optionally format
+    compliance."""
     from gemmate_lib.evaluation import example_nll_by_part, format_generations
 
     model.eval()
@@ -121,11 +112,9 @@ def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_ch
 
 
 def padding_share(lengths: list[int], batch_size: int, grouped: bool, seed: int = 0) -> float:
-    """Share of a pass's tokens that are padding, in random batches or grouped by length.
-
-    Grouped means sorted by length, which is what transformers' length-grouped sampler
-    does when the data fits in one mega-batch of 50 batches (it does here).
-    """
+    """Share of a pass's tokens that are padding, in random batches or grouped by length. Grouped means sorted
+    by length, which is what transformers' length-grouped sampler does when the data fits in one mega-batch of
+    50 batches (it does here)."""
     import random
 
     order = sorted(lengths, reverse=True) if grouped else random.Random(seed).sample(lengths, len(lengths))
@@ -150,15 +139,12 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
               format_check: bool = False, keep_model: bool = False, adapter=LORA, save_dir=None,
               start_loss: bool = False, callbacks=None) -> Arm:
     """Load a fresh model as `cfg` says, add the adapter, train `cfg.train.max_steps` steps, measure.
-
-    `adapter`: LORA (the course's LoRA from `cfg`: 03), any PEFT config (06: prompt
-    tuning, prefix tuning, IA3, another rank), or None for full fine-tuning (every weight
-    trains). `save_dir`: save what trained there as safetensors (the adapter, or the whole
-    model) and report its size on disk. `start_loss`: also measure the held-out loss before
-    training (06: prompt and prefix tuning do not start from the base model; LoRA does).
-    `callbacks`: more TrainerCallbacks for the trainer. Seconds per step come from a StepTimer
-    (the steps alone, without the first; see there), not from the whole `trainer.train()`.
-    """
+    `adapter`: LORA (the course's LoRA from `cfg`: 03), any PEFT config (06: prompt tuning, prefix tuning,
+    IA3, another rank), or None for full fine-tuning (every weight trains). `save_dir`: save what trained
+    there as safetensors (the adapter, or the whole model) and report its size on disk. `start_loss`: also
+    measure the held-out loss before training (06: prompt and prefix tuning do not start from the base model;
+    LoRA does). `callbacks`: more TrainerCallbacks for the trainer. Seconds per step come from a StepTimer
+    (the steps alone, without the first; see there), not from the whole `trainer.train()`."""
     from gemmate_lib.errors import HardwareError
     from gemmate_lib.methods import check_full_finetuning
     from gemmate_lib.models import count_parameters, footprint_mib, load_model

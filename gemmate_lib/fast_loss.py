@@ -1,23 +1,18 @@
-"""Cross-entropy through Gemma's 262k-token LM head, only where it counts.
-
-Taught in 03_lora_sft ("look inside" cell), used by every method of 06_compare_methods,
-and measured in benchmarks/sft_throughput.py. The LM head of Gemma 3 270M is most of a
-LoRA step's FLOPs, and full logits for 1k tokens take ~1 GB in fp32. Three savings, all exact:
-
+"""Cross-entropy through Gemma's 262k-token LM head, only where it counts. Taught in 03_lora_sft ("look
+inside" cell), used by every method of 06_compare_methods, and measured in benchmarks/sft_throughput.py. The
+LM head of Gemma 3 270M is most of a LoRA step's FLOPs, and full logits for 1k tokens take ~1 GB in fp32.
+Three savings, all exact:
 1. Only positions with a label (not padding, not a masked prompt) go through the LM head.
-2. The gradients are computed during the forward pass, chunk by chunk: the one for the
-   hidden states always, the one for the head weight only when it trains (full
-   fine-tuning; LoRA and the prompt methods leave it frozen). Never more than one chunk of
-   logits is in memory, and that chunk's buffer is reused and turned into the softmax in
-   place: on a CPU, allocating fresh logits for every chunk costs as much as the arithmetic.
-3. The model's own forward runs with `logits_to_keep` set to no position at all (an empty
-   index), so its head computes nothing; the decoder's output is taken with a hook. (With
-   `logits_to_keep=1` the head would still run once per row, reading the whole head matrix
-   each time: `make bench-head` prints what that costs.)
-   Whatever the adapter does inside forward (LoRA, IA3, virtual tokens of prompt tuning,
-   the cache of prefix tuning, GemmaTE's time) is therefore included, and the loss is the
-   same for every method.
-"""
+2. The gradients are computed during the forward pass, chunk by chunk: the one for the hidden states always,
+   the one for the head weight only when it trains (full fine-tuning; LoRA and the prompt methods leave it
+   frozen). Never more than one chunk of logits is in memory, and that chunk's buffer is reused and turned
+   into the softmax in place: on a CPU, allocating fresh logits for every chunk costs as much as the
+   arithmetic.
+3. The model's own forward runs with `logits_to_keep` set to no position at all (an empty index), so its head
+   computes nothing; the decoder's output is taken with a hook. (With `logits_to_keep=1` the head would still
+   run once per row, reading the whole head matrix each time: `make bench-head` prints what that costs.)
+   Whatever the adapter does inside forward (LoRA, IA3, virtual tokens of prompt tuning, the cache of prefix
+   tuning, GemmaTE's time) is therefore included, and the loss is the same for every method."""
 from __future__ import annotations
 
 import torch
@@ -28,12 +23,10 @@ CHUNK_TOKENS = 256  # tokens per chunk: 256 x 262144 fp32 logits = 256 MiB at a 
 def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
                     probs: bool):
     """Yield (start, rows, targets, per-token NLL, logits buffer) chunk by chunk, through one reused buffer.
-
-    The buffer is laid out vocabulary-major, [vocab, rows]: the softmax and gradient then
-    read memory in the order MKL's CPU kernels write it, which is faster for chunks of a
-    few hundred rows (`make bench-head` compares both layouts). With `probs` the buffer holds the
-    chunk's softmax (computed in place, over dim 0) when yielded.
-    """
+    The buffer is laid out vocabulary-major, [vocab, rows]: the softmax and gradient then read memory in the
+    order MKL's CPU kernels write it, which is faster for chunks of a few hundred rows (`make bench-head`
+    compares both layouts). With `probs` the buffer holds the chunk's softmax (computed in place, over dim 0)
+    when yielded."""
     acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 (or fp64)
     rows, vocab = min(chunk, hidden.shape[0]), weight.shape[0]
     raw = hidden.new_empty(vocab * rows, dtype=weight.dtype)  # one buffer for every chunk
@@ -56,8 +49,8 @@ def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `hidden @ weight.T` against `targets`;
-    gradients for `hidden` (and `weight` if it trains)."""
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`; gradients for `hidden` (and `weight` if
+    it trains)."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -94,7 +87,6 @@ class LinearCrossEntropy(torch.autograd.Function):
 @torch.no_grad()
 def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_TOKENS):
     """Per-token cross-entropy of `hidden @ weight.T` against `targets`, without gradients (held-out losses).
-
     One call for a whole batch: the head's 262k x 640 weights are read once per chunk, not once per example.
     """
     out = [nll for _, _, _, nll, _ in _softmax_chunks(hidden, weight, targets, chunk, probs=False)]
@@ -108,12 +100,10 @@ def _base(model):
 
 
 def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The decoder's last hidden states (after the final norm) for the real tokens, [batch, seq, hidden].
-
-    Runs `model`'s own forward (PEFT wrapper, GemmaTE wrapper or a plain model), so every
-    adapter takes part; the LM head computes no position at all. Virtual tokens of
-    prompt tuning come first in the decoder's output and are cut off here.
-    """
+    """The decoder's last hidden states (after the final norm) for the real tokens, [batch, seq, hidden]. Runs
+    `model`'s own forward (PEFT wrapper, GemmaTE wrapper or a plain model), so every adapter takes part; the
+    LM head computes no position at all. Virtual tokens of prompt tuning come first in the decoder's output
+    and are cut off here."""
     base = _base(model)
     no_position = torch.zeros(0, dtype=torch.long, device=input_ids.device)
     captured = []
@@ -131,14 +121,11 @@ def output_weight(model) -> torch.Tensor:
 
 
 def causal_lm_loss(model, input_ids, attention_mask, labels, num_items_in_batch=None):
-    """Next-token loss of a (PEFT-wrapped) causal LM, with the LM head on labelled positions only.
-
-    Equals the model's own loss (mean over labelled tokens, or sum / num_items_in_batch
-    under gradient accumulation) up to float rounding; tests/test_training.py checks it.
-    One difference, on purpose: under prompt tuning the model's own loss also scores the
-    first real token (BOS) as predicted from the virtual tokens; here, as for every other
-    method, the first token is never a target.
-    """
+    """Next-token loss of a (PEFT-wrapped) causal LM, with the LM head on labelled positions only. Equals the
+    model's own loss (mean over labelled tokens, or sum / num_items_in_batch under gradient accumulation) up
+    to float rounding; tests/test_training.py checks it. One difference, on purpose: under prompt tuning the
+    model's own loss also scores the first real token (BOS) as predicted from the virtual tokens; here, as for
+    every other method, the first token is never a target."""
     hidden = final_hidden(model, input_ids, attention_mask)
     shift_labels = labels[:, 1:]
     mask = shift_labels != -100

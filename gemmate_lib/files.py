@@ -47,8 +47,8 @@ def recover(target: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def atomic_folder(target: str | os.PathLike, overwrite: bool = False, what: str = "folder"):
-    """Yield a temporary folder to write into; on success it replaces `target` in one rename. On any error
-    the temporary folder is removed and `target` left as it was; an OSError becomes a SaveError."""
+    """Yield a temporary folder to write into; on success it replaces `target` in one rename. On any error the
+    temporary folder is removed and `target` left as it was; an OSError becomes a SaveError."""
     target = recover(target)
     if target.exists() and not overwrite:
         raise SaveError(f"a {what} already exists in {show_path(target)}",

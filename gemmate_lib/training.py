@@ -1,12 +1,9 @@
 """LoRA supervised fine-tuning with TRL's SFTTrainer: the one builder of the Hugging Face training objects.
-
-Taught in 03_lora_sft; its CPU defaults are measured in benchmarks/sft_throughput.py.
-`lora_config` and `training_args` build the `LoraConfig` and the `SFTConfig` (or, for
-GemmaTE, the `TrainingArguments`) from the course's config, for every caller: the
-notebooks' library path, `gemmate train` / `train-te` / `hpo`, the benchmark and
-GemmaTE (07), which passes only its extras. `attach_lora` is safe to run twice;
-`train_lora` runs the trainer for a notebook; `gemmate train` is cli/train.py.
-"""
+Taught in 03_lora_sft; its CPU defaults are measured in benchmarks/sft_throughput.py. `lora_config` and
+`training_args` build the `LoraConfig` and the `SFTConfig` (or, for GemmaTE, the `TrainingArguments`) from the
+course's config, for every caller: the notebooks' library path, `gemmate train` / `train-te` / `hpo`, the
+benchmark and GemmaTE (07), which passes only its extras. `attach_lora` is safe to run twice; `train_lora`
+runs the trainer for a notebook; `gemmate train` is cli/train.py."""
 from __future__ import annotations
 
 import hashlib
@@ -40,13 +37,10 @@ def lora_config(cfg: CourseConfig):
 
 
 def prepare_base(model, cfg: CourseConfig):
-    """What the QLoRA recipe does to a 4-bit base before LoRA: `prepare_model_for_kbit_training`.
-
-    It casts every weight that is not 4-bit (embedding, norms, head) to fp32 and turns on
-    input gradients. A reload check must load its base the same way (07 does), or it
-    compares an fp32 embedding with a 16-bit one. A 16-bit base is returned unchanged:
-    the model decides, not the profile.
-    """
+    """What the QLoRA recipe does to a 4-bit base before LoRA: `prepare_model_for_kbit_training`. It casts
+    every weight that is not 4-bit (embedding, norms, head) to fp32 and turns on input gradients. A reload
+    check must load its base the same way (07 does), or it compares an fp32 embedding with a 16-bit one. A
+    16-bit base is returned unchanged: the model decides, not the profile."""
     from peft import prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False):
@@ -56,14 +50,11 @@ def prepare_base(model, cfg: CourseConfig):
 
 
 def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None):
-    """Wrap `model` with a fresh LoRA adapter (or `peft_config`'s),
-    or return it unchanged if it already has one.
-
-    Quantized models first get `prepare_model_for_kbit_training` (norms to fp32, input
-    gradients on), the QLoRA recipe. The LoRA A matrices are drawn here, after
-    `set_seed(cfg.train.seed)`: the training seed decides them. `peft_config` is another
-    PEFT method's config (06: prompt tuning, prefix tuning, IA3); None means the course's LoRA.
-    """
+    """Wrap `model` with a fresh LoRA adapter (or `peft_config`'s), or return it unchanged if it already has
+    one. Quantized models first get `prepare_model_for_kbit_training` (norms to fp32, input gradients on), the
+    QLoRA recipe. The LoRA A matrices are drawn here, after `set_seed(cfg.train.seed)`: the training seed
+    decides them. `peft_config` is another PEFT method's config (06: prompt tuning, prefix tuning, IA3); None
+    means the course's LoRA."""
     from peft import PeftModel, get_peft_model
     from transformers import set_seed
 
@@ -86,16 +77,12 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None)
 
 def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
                     sft: bool = True, **extras) -> dict:
-    """The keyword arguments of the SFTConfig (or, with
-    sft=False, TrainingArguments) for `cfg`, plus `extras`.
-
-    The first block is the recipe that 03 writes out argument by argument (a checked cell
-    compares the two objects); the plumbing after it (checkpoint policy, DDP, full
-    determinism, a non-default log level) is added only when it differs from the defaults.
-    `save`: None follows `cfg.checkpoints.save_strategy`; False never saves (the notebooks
-    save the adapter themselves). Checkpoints are saved at each evaluation, so every
-    checkpoint has the metric that ranks it.
-    """
+    """The keyword arguments of the SFTConfig (or, with sft=False, TrainingArguments) for `cfg`, plus
+    `extras`. The first block is the recipe that 03 writes out argument by argument (a checked cell compares
+    the two objects); the plumbing after it (checkpoint policy, DDP, full determinism, a non-default log
+    level) is added only when it differs from the defaults. `save`: None follows
+    `cfg.checkpoints.save_strategy`; False never saves (the notebooks save the adapter themselves).
+    Checkpoints are saved at each evaluation, so every checkpoint has the metric that ranks it."""
     t, c, precision = cfg.train, cfg.checkpoints, cfg.precision
     strategy = c.save_strategy if save is None else ("no" if not save else c.save_strategy)
     evaluate = has_eval and t.val_steps_freq > 0
@@ -146,11 +133,9 @@ def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, 
 
 
 class CourseSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss runs the LM head on labelled tokens only (see fast_loss.py).
-
-    `tokens_trained` counts the non-padding tokens of every training batch (the
-    benchmark reads it to report tokens per second). Under fp16 mixed precision (a T4)
-    the trainable weights stay fp32, as the grad scaler requires.
+    """SFTTrainer whose loss runs the LM head on labelled tokens only (see fast_loss.py). `tokens_trained`
+    counts the non-padding tokens of every training batch (the benchmark reads it to report tokens per
+    second). Under fp16 mixed precision (a T4) the trainable weights stay fp32, as the grad scaler requires.
     """
 
     def __init__(self, *args, fast_loss: bool = True, **kwargs):
@@ -177,15 +162,12 @@ class CourseSFTTrainer(SFTTrainer):
 
 
 def cpu_speedups(trainer_class, train_dataset, eval_dataset, tokenizer, enabled: bool = True):
-    """03's one droppable line: on a CPU, pre-tokenized
-    datasets and the fast-loss trainer; else all unchanged.
-
-    Both give the same loss as plain `SFTTrainer` on `text` rows, only faster on a CPU:
-    pre-tokenizing (text + EOS, as SFTTrainer does) skips the fingerprint that `datasets`
-    takes of Gemma's 262k-entry vocabulary in SFTTrainer's own tokenizing step, and
-    `CourseSFTTrainer` runs the output layer on labelled tokens only (fast_loss.py). The
-    GPU profile turns `fast_loss` off, and then this returns its inputs as they are.
-    """
+    """03's one droppable line: on a CPU, pre-tokenized datasets and the fast-loss trainer; else all
+    unchanged. Both give the same loss as plain `SFTTrainer` on `text` rows, only faster on a CPU:
+    pre-tokenizing (text + EOS, as SFTTrainer does) skips the fingerprint that `datasets` takes of Gemma's
+    262k-entry vocabulary in SFTTrainer's own tokenizing step, and `CourseSFTTrainer` runs the output layer on
+    labelled tokens only (fast_loss.py). The GPU profile turns `fast_loss` off, and then this returns its
+    inputs as they are."""
     if not enabled:
         return trainer_class, train_dataset, eval_dataset
     from gemmate_lib.data import to_dataset
@@ -206,12 +188,9 @@ class TrainResult:
 
 
 def run_trainer(trainer, resume_from_checkpoint: str | None = None) -> TrainResult:
-    """`trainer.train()`, timed; the model comes back
-    unwrapped from mixed-precision autocast and in eval mode.
-
-    Unwrapping matters under fp16/bf16: accelerate wraps forward in an autocast, and a model
-    that keeps it computes differently from the same weights loaded from disk (05, 07 reload them).
-    """
+    """`trainer.train()`, timed; the model comes back unwrapped from mixed-precision autocast and in eval
+    mode. Unwrapping matters under fp16/bf16: accelerate wraps forward in an autocast, and a model that keeps
+    it computes differently from the same weights loaded from disk (05, 07 reload them)."""
     start = time.time()
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     seconds = time.time() - start

@@ -1,6 +1,6 @@
 """Checkpoint policy for `gemmate train` (docs/command-line.md): keep the last N and the best N, pick the one
-to resume from. Trainer's `save_total_limit` keeps one best at most, and `get_last_checkpoint` may pick a
-save cut short by a kill: a checkpoint is complete only when its trainer_state.json (written last) parses."""
+to resume from. Trainer's `save_total_limit` keeps one best at most, and `get_last_checkpoint` may pick a save
+cut short by a kill: a checkpoint is complete only when its trainer_state.json (written last) parses."""
 from __future__ import annotations
 
 import json

@@ -1,7 +1,6 @@
-"""`gemmate train | train-te | evaluate | generate | hpo | serve`
-(also `python -m gemmate_lib ...`): the course as commands, taught in docs/command-line.md. Each reads one
-config: a YAML file (`--config`), then `--key value` flags. The library does the work; errors print one line.
-"""
+"""`gemmate train | train-te | evaluate | generate | hpo | serve` (also `python -m gemmate_lib ...`): the
+course as commands, taught in docs/command-line.md. Each reads one config: a YAML file (`--config`), then
+`--key value` flags. The library does the work; errors print one line."""
 from __future__ import annotations
 
 import argparse

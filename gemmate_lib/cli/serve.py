@@ -67,8 +67,8 @@ HOOK = ("model_manager", "chat_handler", "completion_handler")  # build_server's
 
 def check_hook_point(server, serve_cli) -> None:
     """Refuse to start unless the request checks can attach where transformers serve builds its app:
-    `build_server` is internal (not a public API), and if an upgrade changed it, `Serve`'s import of it
-    or the handlers' `handle_request`, the checks would silently not run."""
+    `build_server` is internal (not a public API), and if an upgrade changed it, `Serve`'s import of it or the
+    handlers' `handle_request`, the checks would silently not run."""
     problem = None
     build = getattr(server, "build_server", None)
     if build is None:

@@ -1,11 +1,8 @@
-"""Timestamped text for GemmaTE: a Dataset, its collate_fn, JSONL files, and the dated-notes task.
-
-Taught in 07_temporal_encoding. `TextDataset(texts, tokenizer, timestamps=...)` and
-`collate_fn` follow the GemmaTE guide; `make_dated_notes` builds the course's
-time-dependent task: short notes whose last line says the month and year they were
-written. The note text is a quote, and the same quote appears with many dates, so the
-only way to get the year right is to read the timestamp.
-"""
+"""Timestamped text for GemmaTE: a Dataset, its collate_fn, JSONL files, and the dated-notes task. Taught in
+07_temporal_encoding. `TextDataset(texts, tokenizer, timestamps=...)` and `collate_fn` follow the GemmaTE
+guide; `make_dated_notes` builds the course's time-dependent task: short notes whose last line says the month
+and year they were written. The note text is a quote, and the same quote appears with many dates, so the only
+way to get the year right is to read the timestamp."""
 from __future__ import annotations
 
 import json
@@ -27,11 +24,9 @@ DATE_LINE = re.compile(r"^\s*(" + "|".join(MONTHS) + r")\s+(\d{4})")
 
 
 class TextDataset(torch.utils.data.Dataset):
-    """Tokenized texts with one timestamp each (ms, datetime or ISO string; None = no time given).
-
-    With `prompt_end`, tokens up to and including that marker get no loss (labels -100):
-    the model learns the continuation only, and the LM head skips the rest (faster).
-    """
+    """Tokenized texts with one timestamp each (ms, datetime or ISO string; None = no time given). With
+    `prompt_end`, tokens up to and including that marker get no loss (labels -100): the model learns the
+    continuation only, and the LM head skips the rest (faster)."""
 
     def __init__(self, texts, tokenizer, timestamps=None, max_length: int = 128,
                  prompt_end: str | None = None,
@@ -83,11 +78,9 @@ def collate_fn(batch: list[dict], pad_token_id: int = 0) -> dict:
 
 
 def load_jsonl(path: str | Path, unit: str | None = None) -> tuple[list[str], list[float]]:
-    """Read `{"text": ..., "timestamp": ...}` rows
-    (data.read_records); a bad row is an error with its line number.
-
-    `unit` ("s", "ms", "us", "ns") says what bare numbers are; a row's own "timestamp_unit" field wins.
-    """
+    """Read `{"text": ..., "timestamp": ...}` rows (data.read_records); a bad row is an error with its line
+    number. `unit` ("s", "ms", "us", "ns") says what bare numbers are; a row's own "timestamp_unit" field
+    wins."""
     from gemmate_lib.data import read_records
 
     texts, stamps = [], []
@@ -157,14 +150,11 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, f
                      last_year: int = 2020, max_words: int = 8, seed: int = 0, n_val: int = 100,
                      extrapolate_to: int | None = 2026, n_far: int = 120) -> DatedNotes:
     """Notes that end with the month and year they were written, at random times in [first_year, last_year].
-
-    Three held-out sets, each spread evenly over its years: validation (for design choices)
-    and test (evaluated once) inside the training years, and extrapolation: years after
-    last_year up to extrapolate_to, which no training target ever names.
-
-    Training and held-out notes use disjoint quotes and disjoint timestamps. Each training
-    quote is reused with several dates, so the text alone says nothing about the year.
-    """
+    Three held-out sets, each spread evenly over its years: validation (for design choices) and test
+    (evaluated once) inside the training years, and extrapolation: years after last_year up to extrapolate_to,
+    which no training target ever names. Training and held-out notes use disjoint quotes and disjoint
+    timestamps. Each training quote is reused with several dates, so the text alone says nothing about the
+    year."""
     rng = random.Random(seed)
     snippets = sorted({" ".join(q.split()[:max_words]) for q in quotes if q.strip()})
     if len(snippets) < 10:

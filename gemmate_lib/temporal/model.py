@@ -1,21 +1,17 @@
-"""GemmaTE: a time signal for Gemma (timestamps in, a learned vector added to the token embeddings).
-
-Taught in 07_temporal_encoding. The encoding, step by step:
-
-1. A timestamp (ms since the Unix epoch, a `datetime`, or an ISO-8601 string) is taken
-   relative to the reference 2006-05-23T00:00:00Z: positive after it, negative before.
-2. Signed log transform, in days: x = sign(r) * log1p(|r| / 1 day). One day after the
-   reference is 0.69, one year 5.9, twenty years 8.9: the range is tamed and nearby
-   dates stay distinguishable.
+"""GemmaTE: a time signal for Gemma (timestamps in, a learned vector added to the token embeddings). Taught in
+07_temporal_encoding. The encoding, step by step:
+1. A timestamp (ms since the Unix epoch, a `datetime`, or an ISO-8601 string) is taken relative to the
+   reference 2006-05-23T00:00:00Z: positive after it, negative before.
+2. Signed log transform, in days: x = sign(r) * log1p(|r| / 1 day). One day after the reference is 0.69, one
+   year 5.9, twenty years 8.9: the range is tamed and nearby dates stay distinguishable.
 3. Scale by tau (`TemporalSettings.temporal_scale`): s = tau * x.
-4. Features: s / (tau * 12) (about -1..1 over the accepted range), the sign, and sin/cos of
-   s at `(dim - 2) / 2` geometric frequencies (like Transformer position encodings, but
-   over log time): coarse ones tell decades apart, fine ones neighbouring years.
-5. `GemmaTEForCausalLM` projects the features to the hidden size with a learned matrix that
-   starts at zero, and adds the result to every token embedding of that sequence, next to
-   the position information that rotary embeddings put into attention. At zero the
-   wrapped model equals plain Gemma exactly; training (with LoRA) teaches it to use time.
-"""
+4. Features: s / (tau * 12) (about -1..1 over the accepted range), the sign, and sin/cos of s at `(dim - 2) /
+   2` geometric frequencies (like Transformer position encodings, but over log time): coarse ones tell decades
+   apart, fine ones neighbouring years.
+5. `GemmaTEForCausalLM` projects the features to the hidden size with a learned matrix that starts at zero,
+   and adds the result to every token embedding of that sequence, next to the position information that rotary
+   embeddings put into attention. At zero the wrapped model equals plain Gemma exactly; training (with LoRA)
+   teaches it to use time."""
 from __future__ import annotations
 
 import contextlib
@@ -76,11 +72,9 @@ def _hidden_size(model) -> int:
 
 class GemmaTEForCausalLM(nn.Module):
     """Any transformers causal LM (Gemma 3 270M, gemma-2b, NF4 or not, with or without LoRA) plus time.
-
-    `forward(..., timestamps=...)` and `generate(..., timestamps=...)` take one timestamp per
-    sequence ([batch]) or one per token ([batch, seq]); None means "now". The only new
-    weights are `temporal_projection` (dim -> hidden, zero at start).
-    """
+    `forward(..., timestamps=...)` and `generate(..., timestamps=...)` take one timestamp per sequence
+    ([batch]) or one per token ([batch, seq]); None means "now". The only new weights are
+    `temporal_projection` (dim -> hidden, zero at start)."""
 
     main_input_name = "input_ids"
 
@@ -111,8 +105,8 @@ class GemmaTEForCausalLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Where the wrapped model's weights are (the GemmaTE
-        guide moves batches with `.to(model.device)`)."""
+        """Where the wrapped model's weights are (the GemmaTE guide moves batches with `.to(model.device)`).
+        """
         return self.temporal_projection.weight.device
 
     @property
@@ -202,24 +196,18 @@ class GemmaTEForCausalLM(nn.Module):
 
     def training_step(self, input_ids=None, attention_mask=None, timestamps=None, labels=None,
                       **kwargs) -> dict:
-        """The GemmaTE guide's call: one forward pass with
-        time, returned as a dict with "loss" (and "logits").
-
-        For the guide's manual loop: `model.training_step(input_ids=..., attention_mask=..., timestamps=...,
-        labels=...)["loss"].backward()`. With the fast loss (the default) "logits" is None: the LM head ran
-        on labelled tokens only.
-        """
+        """The GemmaTE guide's call: one forward pass with time, returned as a dict with "loss" (and
+        "logits"). For the guide's manual loop: `model.training_step(input_ids=..., attention_mask=...,
+        timestamps=..., labels=...)["loss"].backward()`. With the fast loss (the default) "logits" is None:
+        the LM head ran on labelled tokens only."""
         out = self(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timestamps=timestamps,
                    **kwargs)
         return {"loss": out.loss, "logits": getattr(out, "logits", None)}
 
     def merged_state_dict(self) -> dict:
-        """A plain PyTorch state dict with LoRA merged into the
-        weights (--save_format pt; the guide's torch.save).
-
-        It loads into `GemmaTEForCausalLM(base, settings).load_state_dict(...)` on a fresh base model.
-        Merging changes this model in place, so call it last.
-        """
+        """A plain PyTorch state dict with LoRA merged into the weights (--save_format pt; the guide's
+        torch.save). It loads into `GemmaTEForCausalLM(base, settings).load_state_dict(...)` on a fresh base
+        model. Merging changes this model in place, so call it last."""
         model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
         state = {f"model.{k}": v for k, v in model.state_dict().items()}
         state["temporal_projection.weight"] = self.temporal_projection.weight.detach()
@@ -232,8 +220,8 @@ class GemmaTEForCausalLM(nn.Module):
 
     # --- save and load ---------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, overwrite: bool = True) -> Path:
-        """Adapter (if LoRA is attached) + temporal projection,
-        both safetensors, + gemmate_te.json; all or nothing."""
+        """Adapter (if LoRA is attached) + temporal projection, both safetensors, + gemmate_te.json; all or
+        nothing."""
         from safetensors.torch import save_file
 
         from gemmate_lib.adapters import base_fingerprint
@@ -254,8 +242,8 @@ class GemmaTEForCausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, base_model, folder: str | Path,
                         is_trainable: bool = False) -> "GemmaTEForCausalLM":
-        """Rebuild a saved GemmaTE model on `base_model` (the same
-        base it was trained on); one clear error otherwise."""
+        """Rebuild a saved GemmaTE model on `base_model` (the same base it was trained on); one clear error
+        otherwise."""
         from gemmate_lib.adapters import FINGERPRINT, base_fingerprint
         from gemmate_lib.files import recover
 

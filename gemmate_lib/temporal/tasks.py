@@ -1,10 +1,7 @@
 """GemmaTE's harder tests: answers that change over time (the newest Python 3 release), and how to score them.
-
-Taught in 07_temporal_encoding (section 10); `gemmate train-te --temporal_task python_releases`
-runs the same. The question never changes, only its timestamp does, so the right answer
-can come from the time signal alone. The release dates are python.org's (first final
-release of each 3.x; data_cards/python_releases.md).
-"""
+Taught in 07_temporal_encoding (section 10); `gemmate train-te --temporal_task python_releases` runs the same.
+The question never changes, only its timestamp does, so the right answer can come from the time signal alone.
+The release dates are python.org's (first final release of each 3.x; data_cards/python_releases.md)."""
 from __future__ import annotations
 
 import bisect
@@ -80,11 +77,9 @@ def _share(hits) -> float | None:
 def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked_at=None,
                     near_days: float = 60.0,
                     batch_size: int = 100):
-    """Greedy answers at `timestamps` (or all at one `asked_at` time); (table, metrics).
-
-    The truth is always the release at `timestamps`. Metrics: accuracy overall, within
-    `near_days` of a release boundary, and farther away.
-    """
+    """Greedy answers at `timestamps` (or all at one `asked_at` time); (table, metrics). The truth is always
+    the release at `timestamps`. Metrics: accuracy overall, within `near_days` of a release boundary, and
+    farther away."""
     import pandas as pd
 
     from gemmate_lib.generation import generate
@@ -105,8 +100,8 @@ def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked
 
 
 def python_baselines(questions: PythonQuestions, timestamps, near_days: float = 60.0) -> dict:
-    """Chance, the majority answer, and the answer of the
-    nearest training timestamp, on these held-out times."""
+    """Chance, the majority answer, and the answer of the nearest training timestamp, on these held-out times.
+    """
     from collections import Counter
 
     truth = [newest_python(ms) for ms in timestamps]

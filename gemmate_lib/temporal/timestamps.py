@@ -1,11 +1,9 @@
-"""Timestamps for GemmaTE: parse any timestamp into checked milliseconds, and the signed log-days.
-
-Taught in 07_temporal_encoding (sections 1-2). A timestamp is ms since the Unix epoch, a
-`datetime` (naive means UTC) or an ISO-8601 string; `to_milliseconds` turns one, a list or
-an array of them into a float64 tensor and refuses what cannot be a time (None, NaN, bool,
-out of 1900-2100, a number that is likely seconds) with the fix. `signed_log_days` is the
-first step of the encoding: negative before the reference day 2006-05-23, positive after.
-"""
+"""Timestamps for GemmaTE: parse any timestamp into checked milliseconds, and the signed log-days. Taught in
+07_temporal_encoding (sections 1-2). A timestamp is ms since the Unix epoch, a `datetime` (naive means UTC) or
+an ISO-8601 string; `to_milliseconds` turns one, a list or an array of them into a float64 tensor and refuses
+what cannot be a time (None, NaN, bool, out of 1900-2100, a number that is likely seconds) with the fix.
+`signed_log_days` is the first step of the encoding: negative before the reference day 2006-05-23, positive
+after."""
 from __future__ import annotations
 
 import bisect
@@ -71,14 +69,11 @@ def _likely_unit(ms: float) -> str:
 
 
 def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
-    """Timestamps as a float64 tensor of ms since the epoch,
-    checked: no NaN, inf, None, bool, or out of range.
-
-    Accepts one value or a sequence / numpy array / torch tensor of them (any shape).
-    `unit` ("s", "ms", "us", "ns") says what bare numbers are; without it they are ms,
-    and numbers only plausible in another unit (|value| < 1e11, i.e. 1966-1973 in ms:
-    usually seconds) are refused with the likely unit and the fix.
-    """
+    """Timestamps as a float64 tensor of ms since the epoch, checked: no NaN, inf, None, bool, or out of
+    range. Accepts one value or a sequence / numpy array / torch tensor of them (any shape). `unit` ("s",
+    "ms", "us", "ns") says what bare numbers are; without it they are ms, and numbers only plausible in
+    another unit (|value| < 1e11, i.e. 1966-1973 in ms: usually seconds) are refused with the likely unit and
+    the fix."""
     if unit is not None and unit not in UNITS:
         raise DataError(f"timestamp unit {unit!r} is not known", f"use one of: {', '.join(UNITS)}")
     if isinstance(values, torch.Tensor):
@@ -138,8 +133,8 @@ def date_ms(year: int, month: int = 1, day: int = 1) -> int:
 
 
 def draw_minutes(rng, low: int, high: int, n: int, taken: set) -> list[int]:
-    """n whole-minute timestamps drawn uniformly in [low,
-    high), none in `taken` (they join it): disjoint splits."""
+    """n whole-minute timestamps drawn uniformly in [low, high), none in `taken` (they join it): disjoint
+    splits."""
     out: list[int] = []
     while len(out) < n:
         ms = rng.randrange(low, high) // 60_000 * 60_000
@@ -150,8 +145,8 @@ def draw_minutes(rng, low: int, high: int, n: int, taken: set) -> list[int]:
 
 
 def nearest(sorted_stamps: list[int], ms: float) -> int:
-    """The timestamp of `sorted_stamps` closest to `ms`: the
-    lookup baseline of 07's tasks (ties go to the earlier)."""
+    """The timestamp of `sorted_stamps` closest to `ms`: the lookup baseline of 07's tasks (ties go to the
+    earlier)."""
     i = bisect.bisect_left(sorted_stamps, ms)
     return sorted_stamps[min((j for j in (i - 1, i) if 0 <= j < len(sorted_stamps)),
                              key=lambda j: abs(sorted_stamps[j] - ms))]

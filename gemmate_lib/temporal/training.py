@@ -1,12 +1,9 @@
 """Train GemmaTE (LoRA + the temporal projection) with transformers' Trainer, and measure its use of time.
-
-Taught in 07_temporal_encoding; `gemmate train-te` (alias `gemmate-te`) runs the same from
-a JSONL file. The settings are the course's one config with the "temporal" task's
-defaults (config.TASK_DEFAULTS); the TrainingArguments come from the one builder
-(training.training_args), with GemmaTE's extras only. The projection learns with its
-own, larger learning rate: it starts at zero and has to grow to the size of the token
-embeddings, while LoRA only nudges existing weights.
-"""
+Taught in 07_temporal_encoding; `gemmate train-te` (alias `gemmate-te`) runs the same from a JSONL file. The
+settings are the course's one config with the "temporal" task's defaults (config.TASK_DEFAULTS); the
+TrainingArguments come from the one builder (training.training_args), with GemmaTE's extras only. The
+projection learns with its own, larger learning rate: it starts at zero and has to grow to the size of the
+token embeddings, while LoRA only nudges existing weights."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +27,8 @@ def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEFo
 
 
 def two_rate_optimizer(te: GemmaTEForCausalLM, cfg: CourseConfig):
-    """AdamW with two groups: LoRA at learning_rate, the
-    zero-started projection at projection_learning_rate (07)."""
+    """AdamW with two groups: LoRA at learning_rate, the zero-started projection at projection_learning_rate
+    (07)."""
     proj = [te.temporal_projection.weight]
     rest = [p for n,
             p in te.named_parameters() if p.requires_grad and not n.startswith("temporal_projection")]
@@ -59,11 +56,8 @@ def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConf
 
 def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates, batch_size: int = 100,
                   max_new_tokens: int = 6):
-    """Greedy completions of the dated-notes prompts; returns (DataFrame per prompt, exact-year accuracy).
-
-    The table also says whether each year is within one of
-    the truth (`year_within_1`, the extrapolation goal).
-    """
+    """Greedy completions of the dated-notes prompts; returns (DataFrame per prompt, exact-year accuracy). The
+    table also says whether each year is within one of the truth (`year_within_1`, the extrapolation goal)."""
     import pandas as pd
 
     from gemmate_lib.generation import generate
@@ -82,14 +76,11 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
 
 
 def baselines(notes, split: str = "test") -> dict:
-    """What needs no GemmaTE (07): chance, and the date of
-    the nearest training timestamp, on a held-out split.
-
-    `split` is "test", "val" or "far" (extrapolation). The nearest-neighbour rule looks up
-    the training note whose timestamp is closest to each held-out timestamp and answers
-    with that note's date: if it scores as well as the model, the task shows that the model
-    reads time, not that it generalizes beyond it. Chance is one year of those in the split.
-    """
+    """What needs no GemmaTE (07): chance, and the date of the nearest training timestamp, on a held-out
+    split. `split` is "test", "val" or "far" (extrapolation). The nearest-neighbour rule looks up the training
+    note whose timestamp is closest to each held-out timestamp and answers with that note's date: if it scores
+    as well as the model, the task shows that the model reads time, not that it generalizes beyond it. Chance
+    is one year of those in the split."""
     import statistics
 
     from gemmate_lib.temporal.data import date_of
@@ -114,8 +105,8 @@ def baselines(notes, split: str = "test") -> dict:
 
 @dataclass
 class CourseTask:
-    """One of 07's tasks as `gemmate train-te --temporal_task
-    NAME` runs it: training rows and an evaluation."""
+    """One of 07's tasks as `gemmate train-te --temporal_task NAME` runs it: training rows and an evaluation.
+    """
 
     texts: list[str]  # training texts
     timestamps: list[int]  # one ms timestamp per text
@@ -160,12 +151,9 @@ def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> 
 
 
 def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> dict:
-    """`gemmate train-te`: GemmaTE on a JSONL of {"text",
-    "timestamp"}, or on one of 07's tasks (`temporal_task`).
-
-    Saves output_dir/model and train_metrics.json; a built-in task's held-out evaluation goes
-    into its "evaluation" (07's numbers, from the command line).
-    """
+    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"}, or on one of 07's tasks
+    (`temporal_task`). Saves output_dir/model and train_metrics.json; a built-in task's held-out evaluation
+    goes into its "evaluation" (07's numbers, from the command line)."""
     import dataclasses
 
     from gemmate_lib.errors import ParameterError

@@ -1,8 +1,6 @@
-"""Save, reload, merge, describe and push LoRA adapters (safetensors, never a token on disk). Taught in
-05_save_and_push; 03_lora_sft saves with it and 04_evaluation loads with it. Next to the adapter we write
-`gemmate.json`: which base model it was trained on, so loading it onto another base model fails with a clear
-message instead of a wall of size-mismatch errors. Saving is all or nothing: a temporary folder, renamed at
-the end."""
+"""Save, reload, merge, describe and push LoRA adapters as safetensors (05_save_and_push; 03 saves, 04 loads).
+`gemmate.json` beside the adapter names its base model, so loading it onto another base is one clear error,
+not a wall of size mismatches. Saving is all or nothing (files.atomic_folder)."""
 from __future__ import annotations
 
 import json

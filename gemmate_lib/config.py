@@ -1,14 +1,7 @@
-"""The one config of the course: every setting with its help text, the profiles, and one validator. Taught in
-00_setup (the profile) and 03_lora_sft (LoRA and training settings); the `gemmate` command reads the same
-settings from YAML and flags (`gemmate train --help` lists them all, from the help text here;
-docs/command-line.md). Every setting has one name, taken from the Gemma 1.1 LoRA experiment's config table
-where it has one (`model_name`, `lora_r`, `learning_rate`, `batch_size`, `seed`, ...), so a seed-style YAML
-file loads as it is. The settings live in a few groups (model, data, lora, train, checkpoints, temporal,
-generate); names are unique across groups, so a flat `name: value` (a notebook parameter, a YAML key or a
-`--flag`) always has one owner. `course_config(**params)` is the profile function: defaults for this machine,
-then the task's defaults, then the given values (None means "let the profile decide"); every value is
-type-checked and its choices checked (`coerce`), then the whole is validated (`validate`), before any model or
-data loads."""
+"""The one config of the course (00_setup, 03_lora_sft, docs/command-line.md): every setting with its help
+text (`gemmate train --help` lists them), the profiles, and one validator. Names follow the Gemma 1.1 LoRA
+experiment's table, so its YAML loads as it is, and are unique across groups, so a flat `name: value` has one
+owner. `course_config` applies this machine's profile, the task's defaults, then the given values."""
 from __future__ import annotations
 
 import dataclasses
@@ -424,13 +417,11 @@ class CourseConfig:
 
 def course_config(task: str = "quotes", *, from_text: bool = False, precision: Precision | None = None,
                   **params) -> CourseConfig:
-    """The profile function: defaults for this machine, then the task's, then `params`. No GPU: the embedded
-    Gemma 3 270M, the offline quotes and CPU-tuned settings (no NF4, micro-batches of 8, no gradient
-    checkpointing, no LoRA dropout, the fast loss; measured in benchmarks/sft_throughput.py). CUDA GPU: the
-    seed notebook's QLoRA settings (NF4, batch 1 x accumulation 4, paged 8-bit AdamW); with a token also
-    google/gemma-2b and Abirate/english_quotes. Unknown names are rejected with the list of valid ones; every
-    value is type-checked and validated. `precision` replaces the hardware's own answer (`make gpu-check
-    --dry-run` builds the T4 and A100 configs on any machine with it)."""
+    """The profile function: defaults for this machine, then the task's, then `params` (unknown names refused,
+    every value type-checked and validated). No GPU: the embedded model and quotes with CPU-tuned settings.
+    CUDA GPU: the seed notebook's QLoRA settings; with a token also google/gemma-2b and
+    Abirate/english_quotes. `precision` replaces the hardware's answer (`make gpu-check --dry-run` builds T4
+    and A100 configs)."""
     if task not in TASK_DEFAULTS:
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
     check_names(params)

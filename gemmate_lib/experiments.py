@@ -1,10 +1,7 @@
-"""Short training runs side by side, on the same data and steps: taught in 03_lora_sft and 06_compare_methods.
-03 compares the fast CPU LoRA default with the real QLoRA setting (NF4 weights, paged 8-bit AdamW, gradient
-checkpointing, k-bit preparation), and whole-text against completion-only loss; 06 compares fine-tuning
-methods (methods.py). Each arm loads a fresh model, trains it with the course's one builder
-(training.sft_trainer), and reports the trainable weights, seconds per step (StepTimer: the steps alone, not
-the start-up of `trainer.train()`), the memory its weights take, the peak memory that training adds, the loss
-curve and the held-out losses."""
+"""Short training runs side by side on the same data and steps (03_lora_sft, 06_compare_methods): the CPU LoRA
+default against real QLoRA, whole-text against completion-only loss, and the methods of methods.py. Each arm
+loads a fresh model, trains with the one builder, and reports trainable weights, seconds per step (the steps
+alone), weight memory, the peak memory training adds, the loss curve and held-out losses."""
 from __future__ import annotations
 
 import threading
@@ -58,16 +55,11 @@ class PeakMemory:
 
 
 class StepTimer(TrainerCallback):
-    """Wall-clock seconds of each optimizer step, from `on_step_begin` to `on_step_end`. What is inside: the
-    forward and backward passes of the step's batches, gradient clipping, the optimizer's update and the
-    scheduler's step, which is the work a fine-tuning method changes. What is outside: everything
-    `trainer.train()` does before the first step and after the last (building the data loader and the
-    optimizer, moving weights, callbacks' `on_train_begin`, the final summary), fetching each batch, and
-    logging between steps. These are one-off or the same for every method, so they would blur a comparison of
-    methods, most of all in a run of a few steps. `per_step()` is the mean over the steps after the first: the
-    first step also pays one-off costs (the optimizer's state allocated on its first update, kernels chosen or
-    compiled, caches filled). A run of a single step has only that step to report. On a GPU the clock waits
-    for queued kernels (`torch.cuda.synchronize`) at both ends, or it would time only their launch."""
+    """Wall-clock seconds of each optimizer step (`on_step_begin` to `on_step_end`): the forward and backward
+    passes, clipping, the update, the work a method changes, without `trainer.train()`'s set-up, batch
+    fetching and logging, which would blur a comparison of a few steps. `per_step()` skips the first step,
+    which pays one-off costs (optimizer state, kernels, caches). On a GPU the clock waits for queued kernels.
+    """
 
     clock = staticmethod(time.perf_counter)  # seconds; tests swap in a clock of their own
 
@@ -139,12 +131,10 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
               format_check: bool = False, keep_model: bool = False, adapter=LORA, save_dir=None,
               start_loss: bool = False, callbacks=None) -> Arm:
     """Load a fresh model as `cfg` says, add the adapter, train `cfg.train.max_steps` steps, measure.
-    `adapter`: LORA (the course's LoRA from `cfg`: 03), any PEFT config (06: prompt tuning, prefix tuning,
-    IA3, another rank), or None for full fine-tuning (every weight trains). `save_dir`: save what trained
-    there as safetensors (the adapter, or the whole model) and report its size on disk. `start_loss`: also
-    measure the held-out loss before training (06: prompt and prefix tuning do not start from the base model;
-    LoRA does). `callbacks`: more TrainerCallbacks for the trainer. Seconds per step come from a StepTimer
-    (the steps alone, without the first; see there), not from the whole `trainer.train()`."""
+    `adapter`: LORA (the course's LoRA: 03), any PEFT config (06), or None for full fine-tuning. `save_dir`:
+    save what trained there as safetensors and report its size. `start_loss`: also measure the held-out loss
+    before training (06: prompt and prefix tuning do not start from the base model). Seconds per step come
+    from a StepTimer."""
     from gemmate_lib.errors import HardwareError
     from gemmate_lib.methods import check_full_finetuning
     from gemmate_lib.models import count_parameters, footprint_mib, load_model

@@ -1,18 +1,10 @@
-"""Cross-entropy through Gemma's 262k-token LM head, only where it counts. Taught in 03_lora_sft ("look
-inside" cell), used by every method of 06_compare_methods, and measured in benchmarks/sft_throughput.py. The
-LM head of Gemma 3 270M is most of a LoRA step's FLOPs, and full logits for 1k tokens take ~1 GB in fp32.
-Three savings, all exact:
-1. Only positions with a label (not padding, not a masked prompt) go through the LM head.
-2. The gradients are computed during the forward pass, chunk by chunk: the one for the hidden states always,
-   the one for the head weight only when it trains (full fine-tuning; LoRA and the prompt methods leave it
-   frozen). Never more than one chunk of logits is in memory, and that chunk's buffer is reused and turned
-   into the softmax in place: on a CPU, allocating fresh logits for every chunk costs as much as the
-   arithmetic.
-3. The model's own forward runs with `logits_to_keep` set to no position at all (an empty index), so its head
-   computes nothing; the decoder's output is taken with a hook. (With `logits_to_keep=1` the head would still
-   run once per row, reading the whole head matrix each time: `make bench-head` prints what that costs.)
-   Whatever the adapter does inside forward (LoRA, IA3, virtual tokens of prompt tuning, the cache of prefix
-   tuning, GemmaTE's time) is therefore included, and the loss is the same for every method."""
+"""Cross-entropy through Gemma's 262k-token LM head, only where it counts: the head is most of a LoRA step's
+FLOPs. Taught in 03_lora_sft ("look inside" cell), used by every method of 06_compare_methods. Three savings,
+all exact: (1) only labelled positions (not padding, not a masked prompt) go through the head; (2) gradients
+are computed in the forward pass chunk by chunk, for the head weight only when it trains, one reused buffer of
+logits turned into the softmax in place (fresh logits per chunk cost a CPU as much as the arithmetic); (3) the
+model's own forward keeps no logits (`logits_to_keep` an empty index) and its output is taken with a hook, so
+whatever the adapter does inside forward (LoRA, IA3, prompt or prefix tuning, GemmaTE) is included."""
 from __future__ import annotations
 
 import torch

@@ -1,9 +1,6 @@
-"""Fine-tuning methods side by side: what 06_compare_methods trains, each on the same data, model and steps.
-Full fine-tuning, LoRA at two ranks, QLoRA, prompt tuning, prefix tuning and IA3. A method is a PEFT config
-(none for full fine-tuning: every weight trains) plus the few course settings it changes, chiefly its learning
-rate: each trains at a customary rate (LEARNING_RATES says whose), since one shared rate would suit one method
-and starve the others. 06 writes the same configs out and checks them against `build_methods`;
-`experiments.train_arm` trains and measures each one."""
+"""Fine-tuning methods side by side (06_compare_methods): full fine-tuning, LoRA at two ranks, QLoRA, prompt,
+prefix tuning and IA3. A method is a PEFT config plus the settings it changes, chiefly its customary learning
+rate (LEARNING_RATES says whose): one shared rate would suit one method and starve the others."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

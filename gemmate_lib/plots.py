@@ -1,8 +1,5 @@
-"""The course's plots, in one place: each draws one figure, saves it into the run folder and shows it (returns
-None). Called by 01_load_4bit (memory footprint), 03_lora_sft (loss curve), 07_temporal_encoding (the
-encoding, the timestamps, GemmaTE's loss and the ablation), 04_evaluation (metrics with intervals) and
-06_compare_methods (the methods side by side). Each function takes plain data (dicts, DataFrames, arrays) so a
-learner can call it on their own numbers."""
+"""The plots of notebooks 01, 03, 04, 06 and 07: each draws one figure, saves it into the run folder and shows
+it. Each takes plain data (dicts, DataFrames, arrays), so a learner can call it on their own numbers."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,9 +1,7 @@
-"""The self-check cell at the end of every notebook: PASS, or the notebook stops. Each notebook passes a few
-(condition, what it checks, what to do if it fails) triples. A failed check raises `SelfCheckError`, one line
-naming the check and its fix, so that papermill, `make course`, nbval and `make gpu-check` all report the
-notebook as failed: a check that only printed would pass every headless run. Checks that judge how much a few
-training steps learned go through `learned`, which in the smoke run of the learner's path
-(tests/learner_path.py) checks only that the numbers are sane, and says so."""
+"""The self-check cell at the end of every notebook: PASS, or `SelfCheckError` with one line naming the check
+and its fix, so papermill, `make course`, nbval and `make gpu-check` report the notebook as failed. Checks of
+how much a few steps learned go through `learned`, which in the smoke run checks only that numbers are sane.
+"""
 from __future__ import annotations
 
 import os

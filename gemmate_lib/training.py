@@ -1,9 +1,6 @@
-"""LoRA supervised fine-tuning with TRL's SFTTrainer: the one builder of the Hugging Face training objects.
-Taught in 03_lora_sft; its CPU defaults are measured in benchmarks/sft_throughput.py. `lora_config` and
-`training_args` build the `LoraConfig` and the `SFTConfig` (or, for GemmaTE, the `TrainingArguments`) from the
-course's config, for every caller: the notebooks' library path, `gemmate train` / `train-te` / `hpo`, the
-benchmark and GemmaTE (07), which passes only its extras. `attach_lora` is safe to run twice; `train_lora`
-runs the trainer for a notebook; `gemmate train` is cli/train.py."""
+"""LoRA SFT with TRL's SFTTrainer (03_lora_sft): the one builder of the Hugging Face training objects.
+`lora_config` and `training_args` build the `LoraConfig` and `SFTConfig` (or GemmaTE's `TrainingArguments`)
+from the course's config for every caller: notebooks, `gemmate train` / `train-te` / `hpo`, the benchmark."""
 from __future__ import annotations
 
 import hashlib

@@ -1,8 +1,6 @@
-"""Timestamped text for GemmaTE: a Dataset, its collate_fn, JSONL files, and the dated-notes task. Taught in
-07_temporal_encoding. `TextDataset(texts, tokenizer, timestamps=...)` and `collate_fn` follow the GemmaTE
-guide; `make_dated_notes` builds the course's time-dependent task: short notes whose last line says the month
-and year they were written. The note text is a quote, and the same quote appears with many dates, so the only
-way to get the year right is to read the timestamp."""
+"""Timestamped text for GemmaTE (07_temporal_encoding): a Dataset and collate_fn as in the GemmaTE guide,
+JSONL files, and the dated-notes task, where the same quote appears with many dates and the last line says the
+month and year, so only the timestamp tells the year."""
 from __future__ import annotations
 
 import json

@@ -1,9 +1,6 @@
-"""Timestamps for GemmaTE: parse any timestamp into checked milliseconds, and the signed log-days. Taught in
-07_temporal_encoding (sections 1-2). A timestamp is ms since the Unix epoch, a `datetime` (naive means UTC) or
-an ISO-8601 string; `to_milliseconds` turns one, a list or an array of them into a float64 tensor and refuses
-what cannot be a time (None, NaN, bool, out of 1900-2100, a number that is likely seconds) with the fix.
-`signed_log_days` is the first step of the encoding: negative before the reference day 2006-05-23, positive
-after."""
+"""Timestamps for GemmaTE (07_temporal_encoding, sections 1-2): any timestamp (ms, `datetime`, ISO-8601) to
+checked milliseconds, refusing what cannot be a time with the fix, and the signed log-days around 2006-05-23.
+"""
 from __future__ import annotations
 
 import bisect

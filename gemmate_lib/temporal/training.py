@@ -1,9 +1,6 @@
-"""Train GemmaTE (LoRA + the temporal projection) with transformers' Trainer, and measure its use of time.
-Taught in 07_temporal_encoding; `gemmate train-te` (alias `gemmate-te`) runs the same from a JSONL file. The
-settings are the course's one config with the "temporal" task's defaults (config.TASK_DEFAULTS); the
-TrainingArguments come from the one builder (training.training_args), with GemmaTE's extras only. The
-projection learns with its own, larger learning rate: it starts at zero and has to grow to the size of the
-token embeddings, while LoRA only nudges existing weights."""
+"""Train GemmaTE (LoRA + the temporal projection) with transformers' Trainer and measure its use of time
+(07_temporal_encoding; `gemmate train-te` from a JSONL file). The projection has its own, larger learning
+rate: it starts at zero and must grow to the embeddings' size, while LoRA only nudges existing weights."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -100,6 +100,14 @@ def _read_embedded() -> list[dict]:
     return [{"quote": r.get("text"), "author": r.get("from"), "tags": []} for r in json.loads(text)]
 
 
+def _json(text: str, name: str, line: int, fix: str):
+    """`text` parsed as JSON, or a DataError naming the file and line (`line` 0: the error's own line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{name} line {line or err.lineno} is not valid JSON ({err.msg})", fix) from None
+
+
 def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """(line number, row) pairs from a .jsonl, .csv or .json (an array of objects) file: the course's one
     reader. Used for quotes (03, 04) and dated notes (07). UTF-8 with or without a BOM; any other encoding, a
@@ -128,11 +136,7 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
                                 "quote fields that contain commas, e.g. \"Be kind, always\"")
             rows.append((reader.line_num, row))
     elif path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path.name} line {err.lineno} is not valid JSON ({err.msg})",
-                            "fix the JSON there") from None
+        data = _json(text, path.name, 0, "fix the JSON there")
         if not isinstance(data, list):
             raise DataError(f"{path.name} is not a JSON array of objects",
                             'write [{"quote": "...", "author": "..."}, ...]')
@@ -142,11 +146,7 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path.name} line {n} is not valid JSON ({err.msg})",
-                                "fix that line: each line must be one JSON object") from None
+            row = _json(line, path.name, n, "fix that line: each line must be one JSON object")
             rows.append((n, row if isinstance(row, dict) else {}))
     if not rows:
         raise DataError(f"data file {path.name!r} has no rows",

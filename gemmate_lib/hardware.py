@@ -1,5 +1,6 @@
 """Hardware and precision (taught in 00_setup): one function decides device and compute dtype. bf16 where it
-is native (compute capability 8.0+, some CPUs), fp16 on a T4, fp32 on other CPUs (emulated bf16 is slow)."""
+is native (compute capability 8.0+, some CPUs), fp16 on a T4, fp32 on other CPUs (emulated bf16 is far slower;
+00 measures it)."""
 from __future__ import annotations
 
 import contextlib
@@ -70,7 +71,7 @@ def pick_precision(device: str | None = None, dtype: str | None = None) -> Preci
         return Precision("cpu", torch.bfloat16, "this CPU has native bf16 matrix instructions "
                                                 "(AVX512_BF16/AMX): bf16 matmuls run faster than fp32")
     return Precision("cpu", torch.float32, "this CPU has no native bf16 instructions: bf16 "
-                                           "would be emulated and 3-4x slower than fp32")
+                                           "would be emulated, many times slower than fp32")
 
 
 def describe_hardware() -> dict:

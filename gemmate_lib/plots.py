@@ -20,8 +20,7 @@ def footprint_bar(sizes: dict[str, float], title: str, path=None):
 
     fig, ax = plt.subplots(figsize=(6, 2.4))
     ax.barh(list(sizes), list(sizes.values()), color=["#888", "#2a7", "#27a", "#a72"][: len(sizes)])
-    ax.set_xlabel("memory footprint (MiB)")
-    ax.set_title(title)
+    ax.set(xlabel="memory footprint (MiB)", title=title)
     for i, v in enumerate(sizes.values()):
         ax.text(v, i, f" {v:.0f}", va="center")
     return _finish(fig, path)
@@ -37,9 +36,7 @@ def loss_curve(log, title: str, path=None, ylabel: str = "cross-entropy (nats/to
     if "eval_loss" in log:
         ev = log.dropna(subset=["eval_loss"])
         ax.plot(ev.step, ev.eval_loss, marker="o", label="held-out loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
     ax.legend()
     return _finish(fig, path)
 
@@ -55,9 +52,7 @@ def compare_curves(logs: dict, title: str, path=None, ylabel: str = "training lo
         train = log.dropna(subset=["loss"])
         ax.plot(train.step, train.loss, marker=".", label=name)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # outside: never over a curve
     return _finish(fig, path)
 
@@ -71,15 +66,12 @@ def temporal_features(years, x, feats, reference_year: float, task_years: tuple[
     ax1.plot(years, x)
     ax1.axvline(reference_year, color="red", ls="--", label="reference 2006-05-23")
     ax1.axvspan(task_years[0], task_years[1] + 1, color="grey", alpha=0.15, label="years of the task below")
-    ax1.set_xlabel("date (year)")
-    ax1.set_ylabel("x = sign(r) log(1 + |r| / 1 day)")
-    ax1.set_title(f"signed log transform, {years[0]:.0f}-{years[-1]:.0f}")
+    ax1.set(xlabel="date (year)", ylabel="x = sign(r) log(1 + |r| / 1 day)",
+            title=f"signed log transform, {years[0]:.0f}-{years[-1]:.0f}")
     ax1.legend(loc="lower right")
     ax2.imshow(feats.T, aspect="auto", cmap="coolwarm", extent=[years[0], years[-1], feats.shape[1], 0])
     ax2.axvline(reference_year, color="black", ls="--")
-    ax2.set_xlabel("date (year)")
-    ax2.set_ylabel("feature")
-    ax2.set_title(f"the {feats.shape[1]} features (tau = {tau})")
+    ax2.set(xlabel="date (year)", ylabel="feature", title=f"the {feats.shape[1]} features (tau = {tau})")
     return _finish(fig, path)
 
 
@@ -90,9 +82,7 @@ def year_histogram(years, title: str, path=None):
 
     fig, ax = plt.subplots(figsize=(7, 2.8))
     ax.hist(years, bins=np.arange(min(years) - 0.5, max(years) + 1.5), rwidth=0.85)
-    ax.set_xlabel("year written")
-    ax.set_ylabel("training notes")
-    ax.set_title(title)
+    ax.set(xlabel="year written", ylabel="training notes", title=title)
     return _finish(fig, path)
 
 
@@ -103,8 +93,7 @@ def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
     summary["year accuracy"].unstack().plot.bar(ax=ax1, rot=0, ylim=(0, 1.05))
-    ax1.set_ylabel("exact-year accuracy")
-    ax1.set_title("ablation on held-out timestamps")
+    ax1.set(ylabel="exact-year accuracy", title="ablation on held-out timestamps")
     ok = true_table.year_ok.astype(bool)
     ax2.scatter(true_table.true_year[ok], true_table.year[ok], s=18, label="right year")
     ax2.scatter(true_table.true_year[~ok], true_table.year[~ok], s=30, color="red", marker="x",
@@ -114,16 +103,14 @@ def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None
     if train_years:
         ax2.axvspan(train_years[0] - 0.5, train_years[1] + 0.5, color="grey", alpha=0.12,
                     label="training years")
-    ax2.set_xlabel("true year")
-    ax2.set_ylabel("year the model wrote")
-    ax2.set_title("after training, true timestamps")
+    ax2.set(xlabel="true year", ylabel="year the model wrote", title="after training, true timestamps")
     ax2.legend()
     return _finish(fig, path)
 
 
-def metric_bars(table, path=None, shares=("author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
-                                         "format_compliance"), perplexities=("perplexity",
-                                                                             "perplexity_quote")):
+def metric_bars(table, path=None,
+                shares=("author_accuracy", "author_accuracy_seen", "rouge_l", "bleu", "format_compliance"),
+                perplexities=("perplexity", "perplexity_quote")):
     """Each model's metrics with their 95% intervals; perplexities on their own axis (04). Empty metrics are
     left out."""
     import matplotlib.pyplot as plt
@@ -138,8 +125,7 @@ def metric_bars(table, path=None, shares=("author_accuracy", "author_accuracy_se
         for ax, names in ((ax1, list(shares)), (ax2, list(perplexities))):
             xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(names))]
             vals = part.loc[names, "value"]
-            # clipped at 0: matplotlib refuses a negative error
-            # bar, e.g. from an interval a hair past its estimate
+            # clipped at 0: matplotlib refuses a negative error bar (an interval a hair past its estimate)
             err = [(vals - part.loc[names, "ci_low"]).clip(lower=0),
                    (part.loc[names, "ci_high"] - vals).clip(lower=0)]
             ax.bar(xs, vals, width, yerr=err, capsize=4, label=name)
@@ -185,18 +171,15 @@ def python_timeline(table, releases, path=None):
     fig, ax = plt.subplots(figsize=(11, 3.8))
     steps = [datetime.fromisoformat(day).replace(tzinfo=timezone.utc) for _, day in releases]
     ax.step(steps + [max(when)], list(range(len(versions))) + [len(versions) - 1], where="post", color="grey",
-            lw=1,
-            label="truth (python.org release dates)")
+            lw=1, label="truth (python.org release dates)")
     ok = table.ok.astype(bool).tolist()
     answer = [rank.get(a, -1) for a in table.answer]
     ax.scatter([w for w, k in zip(when, ok) if k], [a for a, k in zip(answer, ok) if k], s=12,
                label="right answer")
     ax.scatter([w for w, k in zip(when, ok) if not k], [a for a, k in zip(answer, ok) if not k], s=40,
-               color="red",
-               marker="x", label="wrong answer (-1: no version)")
+               color="red", marker="x", label="wrong answer (-1: no version)")
     ax.set_yticks(range(len(versions)), versions)
-    ax.set_ylabel("newest Python 3 release")
-    ax.set_title("answers from the timestamp alone, on held-out dates")
+    ax.set(ylabel="newest Python 3 release", title="answers from the timestamp alone, on held-out dates")
     ax.legend(loc="upper left")
     return _finish(fig, path)
 
@@ -221,8 +204,8 @@ def methods_overview(table, path=None, untrained_loss: float | None = None):
         values = table[column].astype(float)
         if column == "held_out_loss_text":  # dots, not bars: a loss axis from 0 would hide the differences
             if "loss_start" in table:
-                known = [(y, a, b) for y,
-                         (a, b) in enumerate(zip(table.loss_start.astype(float), values)) if a == a]
+                pairs = enumerate(zip(table.loss_start.astype(float), values))
+                known = [(y, a, b) for y, (a, b) in pairs if a == a]  # a == a: not NaN
                 for y, a, b in known:
                     ax.plot([a, b], [y, y], color="#27a", lw=1, alpha=0.6)
                 ax.plot([a for _, a, _ in known], [y for y, _, _ in known], "o", mfc="white", color="#27a",

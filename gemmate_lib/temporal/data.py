@@ -23,12 +23,10 @@ DATE_LINE = re.compile(r"^\s*(" + "|".join(MONTHS) + r")\s+(\d{4})")
 
 class TextDataset(torch.utils.data.Dataset):
     """Tokenized texts with one timestamp each (ms, datetime or ISO string; None = no time given). With
-    `prompt_end`, tokens up to and including that marker get no loss (labels -100): the model learns the
-    continuation only, and the LM head skips the rest (faster)."""
+    `prompt_end`, tokens through that marker get no loss (-100): the model learns the continuation only."""
 
     def __init__(self, texts, tokenizer, timestamps=None, max_length: int = 128,
-                 prompt_end: str | None = None,
-                 unit: str | None = None):
+                 prompt_end: str | None = None, unit: str | None = None):
         texts = list(texts)
         if timestamps is not None and len(timestamps) != len(texts):
             raise DataError(f"{len(texts)} texts but {len(timestamps)} timestamps",
@@ -77,8 +75,7 @@ def collate_fn(batch: list[dict], pad_token_id: int = 0) -> dict:
 
 def load_jsonl(path: str | Path, unit: str | None = None) -> tuple[list[str], list[float]]:
     """Read `{"text": ..., "timestamp": ...}` rows (data.read_records); a bad row is an error with its line
-    number. `unit` ("s", "ms", "us", "ns") says what bare numbers are; a row's own "timestamp_unit" field
-    wins."""
+    number. `unit` ("s", "ms", "us", "ns") says what bare numbers are; a row's "timestamp_unit" wins."""
     from gemmate_lib.data import read_records
 
     texts, stamps = [], []
@@ -110,17 +107,13 @@ class DatedNotes:
     train_texts: list[str]  # full notes: "<quote>\nWritten: May 2014"
     train_timestamps: list[int]  # ms since the epoch, one per note
     test_prompts: list[str]  # held-out notes cut after "Written:", evaluated once (07 section 6)
-    # held-out timestamps inside the training years (none of them in the training set)
-    test_timestamps: list[int]
+    test_timestamps: list[int]  # inside the training years, none of them in the training set
     test_dates: list[tuple[int, int]]  # the right (year, month) of each test prompt
     val_prompts: list[str] = field(default_factory=list)  # validation: like test, for design choices
-    # validation timestamps (disjoint from train and test)
-    val_timestamps: list[int] = field(default_factory=list)
+    val_timestamps: list[int] = field(default_factory=list)  # disjoint from train and test
     val_dates: list[tuple[int, int]] = field(default_factory=list)  # the right (year, month) of each
-    # extrapolation: prompts dated after the training years
-    far_prompts: list[str] = field(default_factory=list)
-    # in (last_year, extrapolate_to]: no target ever said them
-    far_timestamps: list[int] = field(default_factory=list)
+    far_prompts: list[str] = field(default_factory=list)  # extrapolation: dated after the training years
+    far_timestamps: list[int] = field(default_factory=list)  # (last_year, extrapolate_to]: never a target
     far_dates: list[tuple[int, int]] = field(default_factory=list)  # the right (year, month) of each
 
     def split(self, name: str) -> tuple[list[str], list[int], list[tuple[int, int]]]:
@@ -148,11 +141,9 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, f
                      last_year: int = 2020, max_words: int = 8, seed: int = 0, n_val: int = 100,
                      extrapolate_to: int | None = 2026, n_far: int = 120) -> DatedNotes:
     """Notes that end with the month and year they were written, at random times in [first_year, last_year].
-    Three held-out sets, each spread evenly over its years: validation (for design choices) and test
-    (evaluated once) inside the training years, and extrapolation: years after last_year up to extrapolate_to,
-    which no training target ever names. Training and held-out notes use disjoint quotes and disjoint
-    timestamps. Each training quote is reused with several dates, so the text alone says nothing about the
-    year."""
+    Held out, spread evenly over their years: validation and test inside the training years, and
+    extrapolation after last_year up to extrapolate_to (years no training target names). Held-out notes use
+    other quotes and timestamps; each training quote comes with several dates, so only time tells the year."""
     rng = random.Random(seed)
     snippets = sorted({" ".join(q.split()[:max_words]) for q in quotes if q.strip()})
     if len(snippets) < 10:
@@ -189,8 +180,7 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, f
 
 def parse_date(completion: str) -> tuple[int | None, int | None]:
     """(year, month) from a completion like " May 2014..."; None where it does not say."""
-    match = DATE_LINE.match(completion)
-    if not match:
-        years = re.findall(r"\b(19\d\d|20\d\d)\b", completion[:20])
-        return (int(years[0]) if years else None), None
-    return int(match.group(2)), MONTHS.index(match.group(1)) + 1
+    if match := DATE_LINE.match(completion):
+        return int(match.group(2)), MONTHS.index(match.group(1)) + 1
+    years = re.findall(r"\b(19\d\d|20\d\d)\b", completion[:20])
+    return (int(years[0]) if years else None), None

@@ -1,17 +1,7 @@
-"""GemmaTE: a time signal for Gemma (timestamps in, a learned vector added to the token embeddings). Taught in
-07_temporal_encoding. The encoding, step by step:
-1. A timestamp (ms since the Unix epoch, a `datetime`, or an ISO-8601 string) is taken relative to the
-   reference 2006-05-23T00:00:00Z: positive after it, negative before.
-2. Signed log transform, in days: x = sign(r) * log1p(|r| / 1 day). One day after the reference is 0.69, one
-   year 5.9, twenty years 8.9: the range is tamed and nearby dates stay distinguishable.
-3. Scale by tau (`TemporalSettings.temporal_scale`): s = tau * x.
-4. Features: s / (tau * 12) (about -1..1 over the accepted range), the sign, and sin/cos of s at `(dim - 2) /
-   2` geometric frequencies (like Transformer position encodings, but over log time): coarse ones tell decades
-   apart, fine ones neighbouring years.
-5. `GemmaTEForCausalLM` projects the features to the hidden size with a learned matrix that starts at zero,
-   and adds the result to every token embedding of that sequence, next to the position information that rotary
-   embeddings put into attention. At zero the wrapped model equals plain Gemma exactly; training (with LoRA)
-   teaches it to use time."""
+"""GemmaTE: a time signal for Gemma, taught in 07_temporal_encoding (steps in docs/gemmate-temporal.md).
+A timestamp becomes signed log-days around 2006-05-23, scaled by tau, then fixed sin/cos features; a learned
+projection that starts at zero adds them to every token embedding, so the untrained wrapper equals plain
+Gemma exactly and training (with LoRA) teaches it to use time."""
 from __future__ import annotations
 
 import contextlib
@@ -47,10 +37,8 @@ class TemporalEncoder(nn.Module):
         if not (isinstance(scale, numbers.Real) and math.isfinite(scale) and scale > 0):
             raise ParameterError(f"temporal_scale (tau)={scale!r} must be a positive number", "use 1.0")
         self.settings = settings
-        k = (dim - 2) // 2
-        periods = np.geomspace(settings.temporal_max_period, settings.temporal_min_period, k)
-        # A plain float64 array, not a buffer: `.half()` or
-        # `.to(torch.bfloat16)` on the model must not round it.
+        periods = np.geomspace(settings.temporal_max_period, settings.temporal_min_period, (dim - 2) // 2)
+        # float64, not a buffer: the model's `.half()` or `.to(torch.bfloat16)` must not round it
         self.frequencies = 2 * np.pi / periods
 
     def forward(self, timestamps, unit: str | None = None) -> torch.Tensor:
@@ -59,22 +47,14 @@ class TemporalEncoder(nn.Module):
         s = self.settings.temporal_scale * x
         angles = s[..., None] * torch.from_numpy(self.frequencies)
         feats = torch.cat([(s / (self.settings.temporal_scale * LOG_RANGE))[..., None],
-                           torch.sign(x)[..., None],
-                           torch.sin(angles), torch.cos(angles)], dim=-1)
+                           torch.sign(x)[..., None], torch.sin(angles), torch.cos(angles)], dim=-1)
         return feats.to(torch.float32)
-
-
-def _hidden_size(model) -> int:
-    config = model.config
-    config = getattr(config, "text_config", None) or config
-    return int(config.hidden_size)
 
 
 class GemmaTEForCausalLM(nn.Module):
     """Any transformers causal LM (Gemma 3 270M, gemma-2b, NF4 or not, with or without LoRA) plus time.
-    `forward(..., timestamps=...)` and `generate(..., timestamps=...)` take one timestamp per sequence
-    ([batch]) or one per token ([batch, seq]); None means "now". The only new weights are
-    `temporal_projection` (dim -> hidden, zero at start)."""
+    `forward` and `generate` take `timestamps`: one per sequence ([batch]) or per token ([batch, seq]), None
+    for "now". The only new weights are `temporal_projection` (dim -> hidden, zero at start)."""
 
     main_input_name = "input_ids"
 
@@ -83,15 +63,15 @@ class GemmaTEForCausalLM(nn.Module):
         self.model = model
         self.settings = settings or TemporalSettings()
         self.encoder = TemporalEncoder(self.settings)
-        self.temporal_projection = nn.Linear(self.settings.temporal_dim, _hidden_size(model), bias=False)
+        config = getattr(model.config, "text_config", None) or model.config
+        self.temporal_projection = nn.Linear(self.settings.temporal_dim, int(config.hidden_size), bias=False)
         nn.init.zeros_(self.temporal_projection.weight)
         embeddings = model.get_input_embeddings()
         self.temporal_projection.to(embeddings.weight.device)
         self._time = None  # [batch, hidden] or [batch, seq, hidden] while a forward/generate runs
         self._warned_now = False  # the "no timestamps: now" warning is given once
         self.timestamp_unit = None  # what bare numbers in `timestamps` are ("s", "ms", "us", "ns"); None: ms
-        # forward(labels=...) returns only the loss, LM head on labelled tokens (training)
-        self.fast_loss = False
+        self.fast_loss = False  # forward(labels=...) returns only the loss, LM head on labelled tokens
         previous = getattr(embeddings, "_gemmate_te_hook", None)
         if previous is not None:  # wrapped before: the newest wrapper owns the embedding, time is added once
             previous.remove()
@@ -105,8 +85,7 @@ class GemmaTEForCausalLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Where the wrapped model's weights are (the GemmaTE guide moves batches with `.to(model.device)`).
-        """
+        """Where the weights are (the GemmaTE guide moves batches with `.to(model.device)`)."""
         return self.temporal_projection.weight.device
 
     @property
@@ -160,16 +139,14 @@ class GemmaTEForCausalLM(nn.Module):
             return output
         if output.shape[0] != vec.shape[0]:  # generate() expanded the batch (beams, num_return_sequences)
             vec = vec.repeat_interleave(output.shape[0] // vec.shape[0], dim=0)
-        # per-token: the stamps of these positions; a one-token decoding step takes the last
-        if vec.dim() == 3:
-            if vec.shape[1] != output.shape[1]:
-                if output.shape[1] != 1:
-                    raise DataError(f"got per-token timestamps for {vec.shape[1]} positions, "
-                                    f"but the sequence has {output.shape[1]} tokens",
-                                    "give one timestamp per token (or one per sequence)")
-                vec = vec[:, -1:]
-        else:
+        if vec.dim() == 2:
             vec = vec[:, None, :]
+        elif vec.shape[1] != output.shape[1]:  # per-token: a one-token decoding step takes the last stamp
+            if output.shape[1] != 1:
+                raise DataError(f"got per-token timestamps for {vec.shape[1]} positions, "
+                                f"but the sequence has {output.shape[1]} tokens",
+                                "give one timestamp per token (or one per sequence)")
+            vec = vec[:, -1:]
         return output + vec.to(output.device, output.dtype)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, timestamps=None, **kwargs):
@@ -178,17 +155,15 @@ class GemmaTEForCausalLM(nn.Module):
         num_items = kwargs.pop("num_items_in_batch", None)
         with self.use_timestamps(timestamps, batch):
             softcap = getattr(self.config, "final_logit_softcapping", None)
-            # The fast loss takes ids, mask and labels only; any
-            # other argument goes to the model's own forward.
+            # the fast loss takes ids, mask and labels only; other arguments need the model's own forward
             if (labels is not None and self.fast_loss and softcap is None and input_ids is not None
                     and not kwargs):
                 from transformers.modeling_outputs import CausalLMOutputWithPast
 
                 from gemmate_lib.fast_loss import causal_lm_loss
 
-                if attention_mask is None:
-                    attention_mask = torch.ones_like(input_ids)
-                loss = causal_lm_loss(self.model, input_ids, attention_mask, labels, num_items)
+                mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+                loss = causal_lm_loss(self.model, input_ids, mask, labels, num_items)
                 return CausalLMOutputWithPast(loss=loss)
             if num_items is not None:
                 kwargs["num_items_in_batch"] = num_items
@@ -196,18 +171,16 @@ class GemmaTEForCausalLM(nn.Module):
 
     def training_step(self, input_ids=None, attention_mask=None, timestamps=None, labels=None,
                       **kwargs) -> dict:
-        """The GemmaTE guide's call: one forward pass with time, returned as a dict with "loss" (and
-        "logits"). For the guide's manual loop: `model.training_step(input_ids=..., attention_mask=...,
-        timestamps=..., labels=...)["loss"].backward()`. With the fast loss (the default) "logits" is None:
-        the LM head ran on labelled tokens only."""
+        """The GemmaTE guide's call for its manual loop (`model.training_step(...)["loss"].backward()`): one
+        forward pass with time as {"loss", "logits"}; "logits" is None with the fast loss."""
         out = self(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timestamps=timestamps,
                    **kwargs)
         return {"loss": out.loss, "logits": getattr(out, "logits", None)}
 
     def merged_state_dict(self) -> dict:
-        """A plain PyTorch state dict with LoRA merged into the weights (--save_format pt; the guide's
-        torch.save). It loads into `GemmaTEForCausalLM(base, settings).load_state_dict(...)` on a fresh base
-        model. Merging changes this model in place, so call it last."""
+        """A plain state dict with LoRA merged in (--save_format pt; the guide's torch.save) for
+        `GemmaTEForCausalLM(base, settings).load_state_dict(...)` on a fresh base model. Call it last:
+        merging changes this model in place."""
         model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
         state = {f"model.{k}": v for k, v in model.state_dict().items()}
         state["temporal_projection.weight"] = self.temporal_projection.weight.detach()
@@ -220,8 +193,7 @@ class GemmaTEForCausalLM(nn.Module):
 
     # --- save and load ---------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, overwrite: bool = True) -> Path:
-        """Adapter (if LoRA is attached) + temporal projection, both safetensors, + gemmate_te.json; all or
-        nothing."""
+        """Adapter (if LoRA is attached) + the projection as safetensors + gemmate_te.json; all or nothing."""
         from safetensors.torch import save_file
 
         from gemmate_lib.adapters import base_fingerprint
@@ -229,8 +201,8 @@ class GemmaTEForCausalLM(nn.Module):
 
         weight = self.temporal_projection.weight.detach().to("cpu", torch.float32).contiguous()
         meta = {"format_version": FORMAT_VERSION, "base_model": getattr(self.config, "_name_or_path", None),
-                **base_fingerprint(self.model), "settings": {k: getattr(self.settings,
-                                                                        k) for k in ENCODER_FIELDS},
+                **base_fingerprint(self.model),
+                "settings": {k: getattr(self.settings, k) for k in ENCODER_FIELDS},
                 "lora": hasattr(self.model, "peft_config")}
         with atomic_folder(folder, overwrite=overwrite, what="GemmaTE model") as tmp:
             if meta["lora"]:
@@ -242,8 +214,9 @@ class GemmaTEForCausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, base_model, folder: str | Path,
                         is_trainable: bool = False) -> "GemmaTEForCausalLM":
-        """Rebuild a saved GemmaTE model on `base_model` (the same base it was trained on); one clear error
-        otherwise."""
+        """Rebuild a saved GemmaTE model on `base_model` (its training base); one clear error otherwise."""
+        from safetensors.torch import load_file
+
         from gemmate_lib.adapters import FINGERPRINT, base_fingerprint
         from gemmate_lib.files import recover
 
@@ -275,8 +248,6 @@ class GemmaTEForCausalLM(nn.Module):
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
-            from safetensors.torch import load_file
-
             state = load_file(folder / "temporal.safetensors")["temporal_projection.weight"]
         except (OSError, KeyError, ValueError, RuntimeError) as err:
             raise ModelLoadError(f"could not load the GemmaTE model in {folder.name}: "

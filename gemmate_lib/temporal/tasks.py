@@ -75,11 +75,9 @@ def _share(hits) -> float | None:
 
 
 def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked_at=None,
-                    near_days: float = 60.0,
-                    batch_size: int = 100):
-    """Greedy answers at `timestamps` (or all at one `asked_at` time); (table, metrics). The truth is always
-    the release at `timestamps`. Metrics: accuracy overall, within `near_days` of a release boundary, and
-    farther away."""
+                    near_days: float = 60.0, batch_size: int = 100):
+    """Greedy answers at `timestamps` (or all asked at one `asked_at` time), scored against the release at
+    `timestamps`; (table, metrics): accuracy overall, within `near_days` of a release, and farther away."""
     import pandas as pd
 
     from gemmate_lib.generation import generate
@@ -93,15 +91,13 @@ def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked
                           "days_to_release": [days_to_release(ms) for ms in stamps]})
     table["ok"] = table.answer == table.truth
     near = table.days_to_release <= near_days
-    metrics = {"accuracy": _share(table.ok), "accuracy_near_release": _share(table.ok[near]),
-               "accuracy_far_from_release": _share(table.ok[~near]), "n_near_release": int(near.sum()),
-               "n": len(table)}
-    return table, metrics
+    return table, {"accuracy": _share(table.ok), "accuracy_near_release": _share(table.ok[near]),
+                   "accuracy_far_from_release": _share(table.ok[~near]), "n_near_release": int(near.sum()),
+                   "n": len(table)}
 
 
 def python_baselines(questions: PythonQuestions, timestamps, near_days: float = 60.0) -> dict:
-    """Chance, the majority answer, and the answer of the nearest training timestamp, on these held-out times.
-    """
+    """Chance, the majority answer, and the nearest training timestamp's answer, on these held-out times."""
     from collections import Counter
 
     truth = [newest_python(ms) for ms in timestamps]
@@ -115,6 +111,6 @@ def python_baselines(questions: PythonQuestions, timestamps, near_days: float = 
             near_hits += ok
     majority, count = Counter(truth).most_common(1)[0]
     return {"chance": 1 / len(PYTHON_RELEASES), "majority_answer": majority,
-            "majority_share": count / len(truth),
-            "nearest": hits / len(truth), "nearest_near_release": near_hits / n_near if n_near else None}
+            "majority_share": count / len(truth), "nearest": hits / len(truth),
+            "nearest_near_release": near_hits / n_near if n_near else None}
 

@@ -1,6 +1,5 @@
-"""Timestamps for GemmaTE (07_temporal_encoding, sections 1-2): any timestamp (ms, `datetime`, ISO-8601) to
-checked milliseconds, refusing what cannot be a time with the fix, and the signed log-days around 2006-05-23.
-"""
+"""Timestamps for GemmaTE (07_temporal_encoding, sections 1-2): ms, `datetime` or ISO-8601 to checked
+milliseconds, refusing what cannot be a time with the fix, and the signed log-days around 2006-05-23."""
 from __future__ import annotations
 
 import bisect
@@ -16,11 +15,8 @@ from gemmate_lib.errors import DataError
 DAY_MS = 86_400_000  # one day in ms: the unit inside the log
 MIN_MS = -2_208_988_800_000  # 1900-01-01T00:00:00Z: earliest accepted timestamp
 MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: latest accepted timestamp
-
-
 UNITS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}  # timestamp units, as a factor to milliseconds
-# |ms| below this is 1966-10..1973-03: far more often seconds (or ms of a tiny number) by mistake
-PLAUSIBLE_MS = 1e11
+PLAUSIBLE_MS = 1e11  # |ms| below this (1966-10..1973-03) is far more often seconds by mistake
 
 
 def _one_to_ms(value, unit: str | None) -> tuple[float, bool]:
@@ -66,11 +62,9 @@ def _likely_unit(ms: float) -> str:
 
 
 def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
-    """Timestamps as a float64 tensor of ms since the epoch, checked: no NaN, inf, None, bool, or out of
-    range. Accepts one value or a sequence / numpy array / torch tensor of them (any shape). `unit` ("s",
-    "ms", "us", "ns") says what bare numbers are; without it they are ms, and numbers only plausible in
-    another unit (|value| < 1e11, i.e. 1966-1973 in ms: usually seconds) are refused with the likely unit and
-    the fix."""
+    """One timestamp or a sequence / numpy array / tensor of them (any shape) as float64 ms since the epoch,
+    checked: no NaN, inf, None, bool, or out of range. `unit` ("s", "ms", "us", "ns") says what bare numbers
+    are; without it they are ms, and |value| < 1e11 (usually seconds) is refused with the likely unit."""
     if unit is not None and unit not in UNITS:
         raise DataError(f"timestamp unit {unit!r} is not known", f"use one of: {', '.join(UNITS)}")
     if isinstance(values, torch.Tensor):
@@ -78,8 +72,8 @@ def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
             raise DataError("timestamps are booleans", "give milliseconds since 1970-01-01 UTC")
         if values.dtype in (torch.float16, torch.bfloat16):
             raise DataError(f"timestamps are a {values.dtype} tensor: 16-bit floats round dates by ~99 days "
-                            "(bf16) or overflow (fp16)", "pass them as int64 or float64 "
-                                                         "(torch.tensor(ms, dtype=torch.float64))")
+                            "(bf16) or overflow (fp16)",
+                            "pass them as int64 or float64 (torch.tensor(ms, dtype=torch.float64))")
         ms, numeric = values.detach().to("cpu", torch.float64) * UNITS[unit or "ms"], True
     elif isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
         ms, numeric = torch.from_numpy(values.astype(np.float64)) * UNITS[unit or "ms"], True
@@ -130,8 +124,7 @@ def date_ms(year: int, month: int = 1, day: int = 1) -> int:
 
 
 def draw_minutes(rng, low: int, high: int, n: int, taken: set) -> list[int]:
-    """n whole-minute timestamps drawn uniformly in [low, high), none in `taken` (they join it): disjoint
-    splits."""
+    """n whole-minute timestamps, uniform in [low, high), none in `taken` (they join it): disjoint splits."""
     out: list[int] = []
     while len(out) < n:
         ms = rng.randrange(low, high) // 60_000 * 60_000
@@ -142,8 +135,7 @@ def draw_minutes(rng, low: int, high: int, n: int, taken: set) -> list[int]:
 
 
 def nearest(sorted_stamps: list[int], ms: float) -> int:
-    """The timestamp of `sorted_stamps` closest to `ms`: the lookup baseline of 07's tasks (ties go to the
-    earlier)."""
+    """The timestamp in `sorted_stamps` closest to `ms` (ties: the earlier): 07's lookup baseline."""
     i = bisect.bisect_left(sorted_stamps, ms)
     return sorted_stamps[min((j for j in (i - 1, i) if 0 <= j < len(sorted_stamps)),
                              key=lambda j: abs(sorted_stamps[j] - ms))]

@@ -3,44 +3,44 @@
 rate: it starts at zero and must grow to the embeddings' size, while LoRA only nudges existing weights."""
 from __future__ import annotations
 
+import dataclasses
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from gemmate_lib.config import CourseConfig
-from gemmate_lib.temporal.data import TextDataset, collate_fn, parse_date
+from gemmate_lib.errors import ParameterError
+from gemmate_lib.files import save_json
+from gemmate_lib.temporal.data import TextDataset, collate_fn, date_of, load_jsonl, parse_date
 from gemmate_lib.temporal.model import GemmaTEForCausalLM
-from gemmate_lib.training import TrainResult
+from gemmate_lib.temporal.tasks import QUESTION, make_python_questions, python_accuracy, python_baselines
+from gemmate_lib.temporal.timestamps import DAY_MS, nearest, to_milliseconds
+from gemmate_lib.training import TrainResult, attach_lora, run_trainer, training_args
 
 
 def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEForCausalLM:
     """LoRA on the wrapped model (once; the QLoRA recipe when quantized); the projection trains too."""
-    from gemmate_lib.training import attach_lora
-
     te.model = attach_lora(te.model, cfg, quiet=True)
     te.temporal_projection.weight.requires_grad_(True)
     return te
 
 
 def two_rate_optimizer(te: GemmaTEForCausalLM, cfg: CourseConfig):
-    """AdamW with two groups: LoRA at learning_rate, the zero-started projection at projection_learning_rate
-    (07)."""
-    proj = [te.temporal_projection.weight]
-    rest = [p for n,
-            p in te.named_parameters() if p.requires_grad and not n.startswith("temporal_projection")]
-    return torch.optim.AdamW([{"params": rest, "lr": cfg.train.learning_rate,
-                               "weight_decay": cfg.train.weight_decay},
-                              {"params": proj, "lr": cfg.temporal.projection_learning_rate,
-                               "weight_decay": 0.0}])
+    """AdamW in two groups: LoRA at learning_rate, the zero-started projection at projection_learning_rate."""
+    rest = [p for n, p in te.named_parameters()
+            if p.requires_grad and not n.startswith("temporal_projection")]
+    return torch.optim.AdamW([
+        {"params": rest, "lr": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay},
+        {"params": [te.temporal_projection.weight], "lr": cfg.temporal.projection_learning_rate,
+         "weight_decay": 0.0}])
 
 
 def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConfig, output_dir: str | Path,
                    pad_token_id: int = 0) -> TrainResult:
     """Train with transformers.Trainer: timestamps flow from the dataset through collate_fn into forward."""
     from transformers import Trainer, set_seed
-
-    from gemmate_lib.training import run_trainer, training_args
 
     set_seed(cfg.train.seed)
     te.fast_loss = cfg.train.fast_loss
@@ -73,16 +73,9 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
 
 
 def baselines(notes, split: str = "test") -> dict:
-    """What needs no GemmaTE (07): chance, and the date of the nearest training timestamp, on a held-out
-    split. `split` is "test", "val" or "far" (extrapolation). The nearest-neighbour rule looks up the training
-    note whose timestamp is closest to each held-out timestamp and answers with that note's date: if it scores
-    as well as the model, the task shows that the model reads time, not that it generalizes beyond it. Chance
-    is one year of those in the split."""
-    import statistics
-
-    from gemmate_lib.temporal.data import date_of
-    from gemmate_lib.temporal.timestamps import DAY_MS, nearest
-
+    """What needs no GemmaTE (07) on the held-out `split` ("test", "val" or "far"): chance (one of the split's
+    years) and the date of the nearest training timestamp. If that lookup scores as well as the model, the
+    task shows that the model reads time, not that it generalizes beyond it."""
     _, timestamps, dates = notes.split(split)
     stamps = sorted(notes.train_timestamps)
     hits_year = hits_month = hits_near = 0
@@ -102,8 +95,7 @@ def baselines(notes, split: str = "test") -> dict:
 
 @dataclass
 class CourseTask:
-    """One of 07's tasks as `gemmate train-te --temporal_task NAME` runs it: training rows and an evaluation.
-    """
+    """One of 07's tasks for `gemmate train-te --temporal_task NAME`: training rows and an evaluation."""
 
     texts: list[str]  # training texts
     timestamps: list[int]  # one ms timestamp per text
@@ -113,9 +105,6 @@ class CourseTask:
 
 def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> CourseTask:
     """07's "dated_notes" (train 2007-2020; test, then extrapolation to 2021-2026) or "python_releases"."""
-    from gemmate_lib.temporal.tasks import QUESTION, make_python_questions, python_accuracy, python_baselines
-    from gemmate_lib.temporal.timestamps import to_milliseconds
-
     if name == "python_releases":
         questions = make_python_questions(seed=seed)
 
@@ -148,15 +137,9 @@ def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> 
 
 
 def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> dict:
-    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"}, or on one of 07's tasks
-    (`temporal_task`). Saves output_dir/model and train_metrics.json; a built-in task's held-out evaluation
-    goes into its "evaluation" (07's numbers, from the command line)."""
-    import dataclasses
-
-    from gemmate_lib.errors import ParameterError
-    from gemmate_lib.files import save_json
+    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"} or one of 07's tasks (`temporal_task`).
+    Saves output_dir/model and train_metrics.json, with a built-in task's held-out "evaluation"."""
     from gemmate_lib.models import load_model, load_tokenizer
-    from gemmate_lib.temporal.data import load_jsonl
 
     out = Path(cfg.checkpoints.output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:

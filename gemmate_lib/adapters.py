@@ -24,16 +24,14 @@ def base_fingerprint(model) -> dict:
 
 
 def write_base_info(model, folder: str | Path, model_name: str) -> Path:
-    """gemmate.json beside a saved adapter: the base model it was trained on, so `load_adapter` can check the
-    base."""
+    """gemmate.json beside a saved adapter: the base it was trained on, which `load_adapter` checks."""
     path = Path(folder) / "gemmate.json"
     path.write_text(json.dumps({"base_model": model_name, **base_fingerprint(model)}, indent=2))
     return path
 
 
 def read_base_info(folder: str | Path) -> dict | None:
-    """gemmate.json of a saved adapter (None when there is none); a damaged one is a ModelLoadError with the
-    fix."""
+    """gemmate.json of a saved adapter (None when there is none); a damaged one is a ModelLoadError."""
     path = Path(folder) / "gemmate.json"
     if not path.exists():
         return None
@@ -49,8 +47,7 @@ def read_base_info(folder: str | Path) -> dict | None:
 
 
 def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrite: bool = False) -> Path:
-    """Save adapter weights (safetensors), tokenizer and gemmate.json; all or nothing (fsio.atomic_folder). 03
-    writes the same calls out (`model.save_pretrained`, `tokenizer.save_pretrained`)."""
+    """Save adapter weights (safetensors), tokenizer and gemmate.json, all or nothing (03 writes it out)."""
     folder = Path(folder)
     with atomic_folder(folder, overwrite=overwrite, what="adapter") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -60,8 +57,7 @@ def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrit
 
 
 def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
-    """Put the adapter saved in `folder` on `base_model`; clear errors for a missing folder or another base.
-    """
+    """Put the adapter in `folder` on `base_model`; clear errors for a missing folder or another base."""
     from peft import PeftModel
 
     folder = recover(folder)
@@ -71,19 +67,17 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
     meta = read_base_info(folder)
     if meta is not None:
         here = base_fingerprint(base_model)
-        differs = {k: (meta.get(k), here[k]) for k in FINGERPRINT if meta.get(k) != here[k]}
-        if differs:
+        if differs := {k: (meta.get(k), here[k]) for k in FINGERPRINT if meta.get(k) != here[k]}:
             detail = ", ".join(f"{k}: adapter {a} vs model {b}" for k, (a, b) in differs.items())
-            raise ModelLoadError(f"the adapter in {show_path(folder)} was trained on "
-                                 f"{meta.get('base_model')!r}, not on this base model ({detail})",
-                                 f"load {meta.get('base_model')!r} as the base "
-                                 f"model, or train an adapter for this one")
+            base = meta.get("base_model")
+            raise ModelLoadError(f"the adapter in {show_path(folder)} was trained on {base!r}, "
+                                 f"not on this base model ({detail})",
+                                 f"load {base!r} as the base model, or train an adapter for this one")
     try:
         return PeftModel.from_pretrained(base_model, folder, adapter_name=adapter_name)
     except RuntimeError as err:  # size mismatch when gemmate.json is missing
-        raise ModelLoadError(f"the adapter in {show_path(folder)} does "
-                             f"not fit this base model: {str(err)[:200]}",
-                             "load the base model the adapter was trained on") from err
+        raise ModelLoadError(f"the adapter in {show_path(folder)} does not fit this base model: "
+                             f"{str(err)[:200]}", "load the base model the adapter was trained on") from err
 
 
 def load_tuned(cfg):
@@ -105,11 +99,9 @@ def load_tuned(cfg):
 
 def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_new_tokens: int, precision,
                        quantization: str = "none") -> list[str]:
-    """Load base + adapter in a *fresh Python process* and return its greedy generations. A fresh process
-    proves the saved files alone reproduce the model: nothing is borrowed from the notebook's memory. The
-    child loads the base exactly as the caller did (device, dtype, quantization: NF4 on a GPU), so equal
-    generations are expected; it gets the token and the course's folder through its environment (on Colab the
-    course is only on the kernel's sys.path)."""
+    """Greedy generations of base + adapter loaded in a *fresh Python process*: proof that the saved files
+    alone reproduce the model. The child loads the base as the caller did (device, dtype, quantization); its
+    environment brings the token and the course folder (on Colab the course is only on the kernel's path)."""
     code = (
         "import json, sys\n"
         "from gemmate_lib.hardware import pick_precision\n"
@@ -140,11 +132,9 @@ def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_ne
 
 @torch.no_grad()
 def merge_and_check(peft_model, tokenizer, prompts, tolerance: float | None = None):
-    """Merge the adapter into the weights in place and compare logits with the unmerged model. Returns
-    (merged_model, max_abs_logit_difference). In place, so that only one copy of the base model is in memory
-    (a T4 has 15 GB). The tolerance follows the dtype: 5e-3 in fp32 (rounding only), 0.5 in fp16/bf16, whose
-    rounding of W + BA moves logits of magnitude ~20 by ~0.1. Merge into a 16- or 32-bit base, never a 4-bit
-    one."""
+    """Merge the adapter in place (one copy of the base in memory) and compare logits with the unmerged model:
+    (merged_model, max_abs_logit_difference). The tolerance follows the dtype: 5e-3 in fp32 (rounding only),
+    0.5 in fp16/bf16, whose rounding of W + BA moves logits of ~20 by ~0.1. Never into a 4-bit base."""
     if getattr(peft_model, "is_loaded_in_4bit", False) or any(
             type(m).__name__ == "Linear4bit" for m in peft_model.modules()):
         raise ModelLoadError("this adapter sits on a 4-bit base: merging would re-quantize the update",
@@ -169,9 +159,8 @@ MERGED_LIMIT_GIB = 2.0
 
 
 def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool = False) -> bool:
-    """05's `save_merged=None`: keep the merged model only when it is small, or asked for, or about to be
-    pushed. The embedded model merges to ~0.5-1 GiB; gemma-2b to ~5 GB in fp16, which on Colab would go to the
-    learner's Google Drive. Prints the decision with the size."""
+    """05's `save_merged=None`: keep the merged model only when small, asked for or about to be pushed (on
+    Colab it goes to the learner's Google Drive; gemma-2b is ~5 GB in fp16). Prints the decision and size."""
     gib = sum(p.numel() for p in merged.parameters()) * dtype.itemsize / 2**30
     keep = save_merged if save_merged is not None else (gib < MERGED_LIMIT_GIB or push)
     print(f"merged model: {gib:.1f} GiB in {str(dtype).removeprefix('torch.')}; "
@@ -181,8 +170,7 @@ def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool
 
 
 def save_merged(merged, tokenizer, folder: str | Path, dtype: torch.dtype) -> Path:
-    """Save a merged model in `dtype` (the training dtype: bf16/fp16 halve fp32's size), safetensors, all or
-    nothing."""
+    """Save a merged model in `dtype` (the training dtype: bf16/fp16 halve fp32's size), all or nothing."""
     with atomic_folder(folder, overwrite=True, what="merged model") as tmp:
         merged.to(dtype).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -191,8 +179,7 @@ def save_merged(merged, tokenizer, folder: str | Path, dtype: torch.dtype) -> Pa
 
 def model_card(adapter_dir: str | Path, model_name: str, dataset: str, settings: dict,
                metrics: dict | None = None):
-    """A huggingface_hub ModelCard for the adapter: base, data and licence, settings, metrics, use and limits.
-    """
+    """A huggingface_hub ModelCard for the adapter: base, data, licence, settings, metrics, use and limits."""
     from huggingface_hub import ModelCard, ModelCardData
 
     base = "google/gemma-3-270m" if model_name == "embedded" else model_name
@@ -238,9 +225,8 @@ format reliably but often names the wrong author: do not use it for attribution 
 
 
 def push_problem(repo_id: str | None) -> str | None:
-    """Why a push to `repo_id` cannot happen, in one line (no repo_id, no token, a read-only token), or None.
-    A malformed repo_id raises SaveError. 05 calls this before writing out `HfApi().create_repo` and
-    `upload_folder`; `push_adapter` uses it too."""
+    """Why a push to `repo_id` cannot happen, in one line (no repo_id, no token, a read-only token), or None;
+    a malformed repo_id raises SaveError. 05 calls it before its own `create_repo` and `upload_folder`."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not repo_id:
@@ -267,8 +253,7 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
     Returns a one-line status for the notebook. Never prints or stores the token."""
     from gemmate_lib.errors import one_line
 
-    problem = push_problem(repo_id)
-    if problem:
+    if problem := push_problem(repo_id):
         return problem
     from huggingface_hub import HfApi
 

@@ -5,6 +5,8 @@ owner. `course_config` applies this machine's profile, the task's defaults, then
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import math
 import os
 import types
@@ -26,8 +28,7 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bi
 
 
 def setting(default, help: str, choices: tuple | None = None):  # noqa: A002 - argparse's word
-    """A config field with its help text (shown by `gemmate <command> --help`) and, optionally, its choices.
-    """
+    """A config field with its help text (shown by `gemmate <command> --help`) and optional choices."""
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -165,21 +166,19 @@ class GenerateSettings:
 GROUPS = {"model": ModelSettings, "data": DataSettings, "lora": LoraSettings, "train": TrainSettings,
           "checkpoints": CheckpointSettings, "temporal": TemporalSettings, "generate": GenerateSettings}
 FIELDS = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}  # setting -> its field
-# setting -> its group
-OWNER = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}
+OWNER = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}  # setting -> group
 HINTS = {name: typing.get_type_hints(GROUPS[group])[name] for name, group in OWNER.items()}
 CHOICES = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata["choices"]}
 NULLABLE = {name for name, hint in HINTS.items() if type(None) in typing.get_args(hint)}
-# names of the Gemma 1.1 experiment's table that the course spells differently
-ALIASES = {"dataset_id": "dataset"}
+ALIASES = {"dataset_id": "dataset"}  # names in the Gemma 1.1 table that the course spells differently
 FIXED = {"lora_task_type": "CAUSAL_LM"}  # YAML keys with one possible value: accepted, and nothing to set
 
-# Profiles: what differs from the defaults above on each kind of machine.
+# Profiles: what differs from the defaults above on each kind of machine. The GPU profile, SEED_QLORA, is the
+# seed notebook's QLoRA settings.
 CPU_PROFILE = dict(lora_dropout=0.0)  # dropout's random masks cost a CPU step about a fifth (03 measures it)
 SEED_QLORA = dict(quantization="nf4", max_steps=100, batch_size=1, gradient_accumulation_steps=4,
                   optim="paged_adamw_8bit", gradient_checkpointing=True, fast_loss=False,
-                  group_by_length=False,
-                  steps_freq=10, val_steps_freq=25)  # the seed notebook's QLoRA settings: the GPU profile
+                  group_by_length=False, steps_freq=10, val_steps_freq=25)
 # Tasks: what differs for GemmaTE training (07 and `gemmate train-te`) and for the methods compared in 06 from
 # quotes SFT (03 and `gemmate train`).
 TASK_DEFAULTS = {
@@ -187,9 +186,8 @@ TASK_DEFAULTS = {
     "temporal": dict(num_epochs=3.0, max_steps=-1, learning_rate=3e-4, warmup_steps=10, max_length=64,
                      steps_freq=10, val_steps_freq=0, save_strategy="no", lora_dropout=0.0, fast_loss=True,
                      group_by_length=False),
-    # 06 trains several methods one after another on the same small budget,
-    # every loss logged. No warm-up: with 4 steps, transformers' warm-up would
-    # spend the first steps at a rate near 0 (step 1 of a warm-up runs at 0).
+    # 06 trains several methods one after another on the same small budget, every loss logged. No warm-up:
+    # with 4 steps, transformers' warm-up would spend the first steps at a rate near 0 (step 1 runs at 0).
     "methods": dict(max_steps=4, batch_size=4, gradient_accumulation_steps=1, warmup_steps=0, steps_freq=1),
 }
 
@@ -269,11 +267,9 @@ def fail(name: str, value, must: str, fix: str):
 
 
 def validate(flat: dict) -> None:
-    """Raise ParameterError, naming the setting and the fix, for any value of a flat config that cannot work.
-    """
+    """Raise ParameterError, naming the setting and the fix, for any flat-config value that cannot work."""
     for name in ("max_length", "batch_size", "gradient_accumulation_steps", "steps_freq", "lora_r",
-                 "max_new_tokens",
-                 "temporal_dim"):
+                 "max_new_tokens", "temporal_dim"):
         if flat[name] < 1:
             fail(name, flat[name], "must be at least 1", f"set {name} to a positive whole number")
     for name in ("keep_last_n", "keep_best_n", "early_stopping_patience", "val_steps_freq", "warmup_steps"):
@@ -311,8 +307,6 @@ def validate(flat: dict) -> None:
 
 def _check_paths(flat: dict) -> None:
     """Files that must exist do; the output folder can be written."""
-    import os
-
     dataset = flat["dataset"]
     if dataset.endswith((".jsonl", ".csv", ".json")) and not Path(dataset).is_file():
         folder = " (it is a folder)" if Path(dataset).is_dir() else ""
@@ -334,8 +328,8 @@ def _check_checkpoints(flat: dict) -> None:
     for key, used in needs_metric.items():
         if used and not flat["checkpoint_metric"]:
             raise ParameterError(f"{key} ranks checkpoints, but checkpoint_metric is not set",
-                                 "set checkpoint_metric: eval_loss (and "
-                                 "val_steps_freq > 0), or keep_best_n: 0")
+                                 "set checkpoint_metric: eval_loss (and val_steps_freq > 0), "
+                                 "or keep_best_n: 0")
         if used and flat["val_steps_freq"] == 0:
             raise ParameterError(f"{key} needs evaluations, but val_steps_freq is 0",
                                  "set val_steps_freq >= 1")
@@ -357,21 +351,14 @@ def _check_checkpoints(flat: dict) -> None:
     if flat["storage_backend"] != "none" and not flat["remote_path"]:
         raise ParameterError(f"storage_backend is {flat['storage_backend']!r}, but remote_path is not set",
                              "set remote_path, e.g. s3://bucket/run or a folder")
-    if flat["use_wandb"]:
-        import importlib.util
-
-        if importlib.util.find_spec("wandb") is None:
-            raise ParameterError("use_wandb is true, but the wandb package is not installed",
-                                 "pip install wandb (it logs offline here, WANDB_MODE=offline; "
-                                 "`wandb sync` uploads later), or use_wandb: false")
-    if flat["report_to"] != "none":
-        import importlib.util
-
-        if importlib.util.find_spec(flat["report_to"]) is None:
-            raise ParameterError(f"parameter report_to={flat['report_to']!r}, "
-                                 f"but the package is not installed",
-                                 f"pip install {flat['report_to']} (make "
-                                 f"install pins tensorboard), or report_to: none")
+    if flat["use_wandb"] and importlib.util.find_spec("wandb") is None:
+        raise ParameterError("use_wandb is true, but the wandb package is not installed",
+                             "pip install wandb (it logs offline here, WANDB_MODE=offline; "
+                             "`wandb sync` uploads later), or use_wandb: false")
+    if flat["report_to"] != "none" and importlib.util.find_spec(flat["report_to"]) is None:
+        raise ParameterError(f"parameter report_to={flat['report_to']!r}, but the package is not installed",
+                             f"pip install {flat['report_to']} (make install pins tensorboard), "
+                             "or report_to: none")
 
 
 @dataclass
@@ -380,15 +367,12 @@ class CourseConfig:
     data: DataSettings = field(default_factory=DataSettings)  # the quotes (or your own file)
     lora: LoraSettings = field(default_factory=LoraSettings)  # the adapter
     train: TrainSettings = field(default_factory=TrainSettings)  # the training run
-    # `gemmate train`: save and resume
-    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)
+    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)  # save and resume
     temporal: TemporalSettings = field(default_factory=TemporalSettings)  # GemmaTE (07, `gemmate train-te`)
     generate: GenerateSettings = field(default_factory=GenerateSettings)  # generation
-    # device and compute dtype, from model.device/dtype
-    precision: Precision = field(default_factory=pick_precision)
+    precision: Precision = field(default_factory=pick_precision)  # device and dtype, from model.device/dtype
     profile: str = "cpu-embedded"  # name of the profile that chose the defaults
-    # "quotes" (LoRA SFT), "temporal" (GemmaTE) or "methods" (06): which task's defaults apply
-    task: str = "quotes"
+    task: str = "quotes"  # whose defaults apply: "quotes" (LoRA SFT), "temporal" (GemmaTE) or "methods" (06)
 
     def flat(self) -> dict:
         """Every setting as one flat {name: value} dict (what YAML files and flags use)."""
@@ -419,14 +403,12 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
                   **params) -> CourseConfig:
     """The profile function: defaults for this machine, then the task's, then `params` (unknown names refused,
     every value type-checked and validated). No GPU: the embedded model and quotes with CPU-tuned settings.
-    CUDA GPU: the seed notebook's QLoRA settings; with a token also google/gemma-2b and
-    Abirate/english_quotes. `precision` replaces the hardware's answer (`make gpu-check --dry-run` builds T4
-    and A100 configs)."""
+    CUDA GPU: the seed notebook's QLoRA settings, with a token on google/gemma-2b and Abirate/english_quotes.
+    `precision` replaces the hardware's answer (`make gpu-check --dry-run` builds T4 and A100 configs)."""
     if task not in TASK_DEFAULTS:
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
     check_names(params)
-    # None keeps the profile's value, except where None is
-    # itself a value (checkpoint_metric: null = no ranking).
+    # None keeps the profile's value, except where None is a value (checkpoint_metric: null = no ranking)
     given = {k: coerce(k, v, from_text) for k, v in params.items() if v is not None or k in NULLABLE}
     device = given.get("device", "auto")
     on_gpu = (precision or pick_precision(None if device == "auto" else device)).device == "cuda"
@@ -465,14 +447,11 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
 
 
 def is_gemma3(model_name: str) -> bool:
-    """True for Gemma 3 models: the embedded default, a folder whose config says so, or a Hub id with gemma-3.
-    """
+    """True for Gemma 3: the embedded default, a folder whose config says so, or a Hub id with gemma-3."""
     if model_name == EMBEDDED:
         return True
     config = Path(model_name) / "config.json"
     if config.is_file():
-        import json
-
         try:
             return str(json.loads(config.read_text()).get("model_type", "")).startswith("gemma3")
         except ValueError:
@@ -481,10 +460,9 @@ def is_gemma3(model_name: str) -> bool:
 
 
 def gemma3_rule(precision: Precision, model_name: str) -> Precision:
-    """fp32 instead of fp16 for Gemma 3: its activations overflow fp16 (transformers issue 36822). A T4 has no
-    bf16, so Gemma 3 computes in fp32 there, as Unsloth does; Gemma 1 (gemma-2b) keeps fp16 with loss scaling.
-    bf16 has fp32's range and is kept. Applied to the profile's choice only: an explicit `dtype="fp16"` is
-    what the caller asked for."""
+    """fp32 instead of fp16 for Gemma 3, whose activations overflow fp16 (transformers issue 36822): on a T4
+    (no bf16) it computes in fp32, as Unsloth does; Gemma 1 (gemma-2b) keeps fp16 with loss scaling. bf16 is
+    kept. For the profile's choice only: an explicit `dtype="fp16"` is what the caller asked for."""
     if precision.name != "fp16" or not is_gemma3(model_name):
         return precision
     return Precision(precision.device, DTYPES["fp32"],
@@ -497,8 +475,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
     """A CourseConfig from a YAML file (optional), then `--key value` overrides (parsed from text)."""
     values: dict = {}
     if path is not None:
-        values = read_yaml(path, "--config")
-        values = {ALIASES.get(k, k): v for k, v in values.items()}  # e.g. the Gemma 1.1 table's dataset_id
+        values = {ALIASES.get(k, k): v for k, v in read_yaml(path, "--config").items()}  # e.g. dataset_id
         for key, only in FIXED.items():
             if values.pop(key, only) != only:
                 raise ParameterError(f"{key} in {Path(path).name} can only be {only!r}",
@@ -515,16 +492,16 @@ def dump_config(cfg: CourseConfig, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    flat = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.flat().items()}
-    path.write_text(yaml.safe_dump(flat, sort_keys=False))
+    path.write_text(yaml.safe_dump(_plain(cfg.flat()), sort_keys=False))
     return path
+
+
+def _plain(values: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}  # YAML and JSON: lists
 
 
 def config_summary(cfg: CourseConfig) -> dict:
     """A JSON-ready view of the config for printing and the manifest."""
     out = {"profile": cfg.profile, "task": cfg.task, "device": cfg.precision.device,
            "dtype": cfg.precision.name}
-    for group in GROUPS:
-        values = dataclasses.asdict(getattr(cfg, group))
-        out[group] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-    return out
+    return out | {group: _plain(dataclasses.asdict(getattr(cfg, group))) for group in GROUPS}

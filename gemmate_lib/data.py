@@ -20,9 +20,7 @@ REQUIRED = ("quote", "author")
 
 def format_quote(quote: str, author: str | None = None) -> str:
     """The training format. Without `author` it is the prompt that asks for one."""
-    if author is None:
-        return f"Quote: {quote}\nAuthor:"
-    return f"Quote: {quote}\nAuthor: {author}"
+    return f"Quote: {quote}\nAuthor:" if author is None else f"Quote: {quote}\nAuthor: {author}"
 
 
 def split_quote(quote: str) -> tuple[str, str]:
@@ -33,16 +31,14 @@ def split_quote(quote: str) -> tuple[str, str]:
 
 
 def quote_prompt(quote: str) -> str:
-    """`Quote: <first half of the words>`: the prompt of completion-only training (03) and of 04's completion
-    test."""
+    """`Quote: <first half of the words>`: the prompt of 03's completion-only training and 04's test."""
     return f"Quote: {split_quote(quote)[0]}"
 
 
 def char_spans(row: dict, part: str) -> tuple[int, int | None]:
-    """Characters [start, end) of `row["text"]` (+ EOS) that a loss counts: the whole text, the quote, or the
-    completion. "completion" is what follows quote_prompt: the quote's second half, the `Author:` line and
-    EOS. "quote" is the quote's own words, without `Quote: ` and the `Author:` line. end None means to the end
-    (EOS included)."""
+    """Characters [start, end) of `row["text"]` (+ EOS) that a loss counts (end None: to the end, with EOS):
+    "text", "quote" (its own words, without `Quote: ` and the `Author:` line) or "completion" (what follows
+    quote_prompt: the quote's second half, the `Author:` line and EOS)."""
     if part == "text":
         return 0, None
     if part == "quote":
@@ -66,21 +62,17 @@ class QuoteData:
     held_out: list[dict]  # rows never trained on, for evaluation
     source: str  # where the rows came from
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> number of rows dropped
-    # reason -> one dropped row ("line N: {...}")
-    examples_dropped: dict[str, str] = field(default_factory=dict)
-    # repair -> number of rows kept after repairing a field
-    repaired: dict[str, int] = field(default_factory=dict)
+    examples_dropped: dict[str, str] = field(default_factory=dict)  # reason -> one row, "line N: {...}"
+    repaired: dict[str, int] = field(default_factory=dict)  # repair -> rows kept after repairing a field
 
     def unseen_author_share(self) -> float:
-        """Share of held-out quotes whose author never appears in training: their author cannot be learned
-        here."""
+        """Share of held-out quotes whose author never appears in training, so cannot be learned here."""
         seen = {normalize_author(r["author"]) for r in self.train}
         unseen = sum(normalize_author(r["author"]) not in seen for r in self.held_out)
         return unseen / max(1, len(self.held_out))
 
     def report(self) -> str:
-        """One paragraph for the notebook and the commands: counts, and what was dropped, why, with an
-        example."""
+        """One paragraph for the notebook and commands: counts, and what was dropped, why, with an example."""
         total = len(self.train) + len(self.held_out)
         lines = [f"{total} usable rows from {self.source}: "
                  f"{len(self.train)} train, {len(self.held_out)} held out"]
@@ -110,15 +102,14 @@ def _json(text: str, name: str, line: int, fix: str):
 
 def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """(line number, row) pairs from a .jsonl, .csv or .json (an array of objects) file: the course's one
-    reader. Used for quotes (03, 04) and dated notes (07). UTF-8 with or without a BOM; any other encoding, a
-    malformed line or a missing column is one DataError naming the file, the line and the fix. A line that is
-    valid JSON but not an object is kept as an empty row, so the cleaning step counts and reports it."""
+    reader, for quotes (03, 04) and dated notes (07). UTF-8 with or without a BOM; any other encoding, a
+    malformed line or a missing column is one DataError naming the file, the line and the fix."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise DataError(f"data file {str(path)!r} {what}",
-                        "check the path (relative paths start at the "
-                        "notebook's folder) or use dataset='embedded'")
+                        "check the path (relative paths start at the notebook's folder) "
+                        "or use dataset='embedded'")
     if path.suffix not in (".jsonl", ".csv", ".json"):
         raise DataError(f"data file {path.name!r} is neither .jsonl, .csv nor .json",
                         "save it as .jsonl or .csv")
@@ -136,18 +127,17 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
                                 "quote fields that contain commas, e.g. \"Be kind, always\"")
             rows.append((reader.line_num, row))
     elif path.suffix == ".json":
-        data = _json(text, path.name, 0, "fix the JSON there")
-        if not isinstance(data, list):
+        rows = _json(text, path.name, 0, "fix the JSON there")
+        if not isinstance(rows, list):
             raise DataError(f"{path.name} is not a JSON array of objects",
                             'write [{"quote": "...", "author": "..."}, ...]')
-        rows = [(i + 1, r if isinstance(r, dict) else {}) for i, r in enumerate(data)]
+        rows = list(enumerate(rows, 1))
     else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            row = _json(line, path.name, n, "fix that line: each line must be one JSON object")
-            rows.append((n, row if isinstance(row, dict) else {}))
+        fix = "fix that line: each line must be one JSON object"
+        rows = [(n, _json(line, path.name, n, fix))
+                for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    # valid JSON that is not an object: an empty row, which the cleaning step counts and reports
+    rows = [(n, row if isinstance(row, dict) else {}) for n, row in rows]
     if not rows:
         raise DataError(f"data file {path.name!r} has no rows",
                         "add rows (one JSON object per line, or CSV rows)")
@@ -186,8 +176,7 @@ def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]
 
 
 MAX_CHARS = 1000  # without a tokenizer to count tokens: longer is a paragraph (or a broken row), not a quote
-# the training template's markers: inside a field they would corrupt the format
-MARKERS = ("Quote:", "Author:")
+MARKERS = ("Quote:", "Author:")  # the training template's markers: inside a field they corrupt the format
 
 
 def _problem(row: dict, key: str) -> str | None:
@@ -214,8 +203,7 @@ def _author_fragment(author: str) -> bool:
 
 
 def trim_author(author: str) -> str:
-    """The name alone: 'Bill Gates, co-founder of Microsoft.' -> 'Bill Gates' (a role after a comma, a final
-    period)."""
+    """The name alone: 'Bill Gates, co-founder of Microsoft.' -> 'Bill Gates' (no role, no final period)."""
     name = author.split(",")[0].strip()
     return name[:-1] if name.endswith(".") and not name[-2:-1].isupper() else name
 
@@ -229,19 +217,17 @@ def normalize_author(name: str) -> str:
 
 
 def normalize_quote(text: str) -> str:
-    """Lowercase letters and digits only, with typographic quotes and dashes folded: finds near-duplicate
-    quotes."""
+    """Lowercase letters and digits only, typographic quotes and dashes folded: finds near-duplicates."""
     text = unicodedata.normalize("NFKD", text).casefold()
     return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
 
 
 def clean_rows(rows, tokenizer=None, max_length: int | None = None):
-    """Keep well-formed, distinct rows; count the rest by reason, with one example each. `rows` are dicts or
-    (line number, dict) pairs. Reasons: missing, wrong type, empty, a newline or template marker inside a
-    field, a duplicate quote (exact, or after normalize_quote), and a formatted example longer than
-    `max_length` tokens (training would cut its `Author:` line off) or, without a tokenizer, than MAX_CHARS
-    characters. Author fields holding a role after the name ('Bill Gates, co-founder of Microsoft.') are
-    trimmed to the name and counted in the returned `repaired`."""
+    """Keep well-formed, distinct rows (dicts or (line number, dict) pairs); count the rest by reason, with
+    one example each: a field missing, not text, empty or holding a newline or template marker, a duplicate
+    quote (exact, or after normalize_quote), or an example longer than `max_length` tokens (training would cut
+    its `Author:` line off; no tokenizer: MAX_CHARS characters). An author with a role after the name is
+    trimmed to the name and counted in `repaired`."""
     kept, dropped, examples, seen, repaired = [], {}, {}, {}, {}
     for i, item in enumerate(rows, 1):
         where, row = item if isinstance(item, tuple) else (i, item)
@@ -267,10 +253,8 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
             fix = "author trimmed to the name (a role after a comma, or a final period, removed)"
             repaired[fix] = repaired.get(fix, 0) + 1
         tags = row.get("tags") or []
-        if isinstance(tags, str):
-            tags = [tags]
-        else:
-            tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+        tags = [tags] if isinstance(tags, str) else tags if isinstance(tags, list) else []
+        tags = [t for t in tags if isinstance(t, str)]
         kept.append({"quote": quote, "author": author, "tags": tags, "text": text})
     return kept, dropped, examples, repaired
 
@@ -298,12 +282,10 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
 
 
 def to_dataset(rows: list[dict], tokenizer=None, completion_only: bool = False):
-    """A `datasets.Dataset` for SFTTrainer: the `text` column, or, with a tokenizer, `input_ids` of `text +
-    EOS`. Tokenized here, as SFTTrainer would (text + EOS, the tokenizer's own BOS), because SFTTrainer's own
-    tokenizing `map` makes `datasets` fingerprint the tokenizer by pickling its 262k-entry vocabulary, which
-    dominates a short CPU run (benchmarks/sft_throughput.py). `completion_only` adds TRL's `completion_mask`
-    column (1 on the tokens after quote_prompt), which SFTTrainer turns into labels when
-    `completion_only_loss=True`."""
+    """A `datasets.Dataset` for SFTTrainer: the `text` column, or, with a tokenizer, `input_ids` of text + EOS
+    (the tokenizer's own BOS), as SFTTrainer would: its tokenizing `map` makes `datasets` fingerprint the
+    tokenizer by pickling its 262k-entry vocabulary, which dominates a short CPU run. `completion_only` adds
+    TRL's `completion_mask` (1 on the tokens after quote_prompt), which `completion_only_loss=True` uses."""
     from datasets import Dataset
 
     if tokenizer is None:

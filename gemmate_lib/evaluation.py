@@ -18,8 +18,7 @@ from gemmate_lib.stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
 METRICS = ("perplexity", "perplexity_quote", "author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
            "format_compliance")
 PROPORTIONS = ("author_accuracy", "author_accuracy_seen", "format_compliance")  # Wilson intervals
-# max_new_tokens: author attribution; completion and format (one run)
-TOKENS = {"author": 10, "completion": 40}
+TOKENS = {"author": 10, "completion": 40}  # max_new_tokens: author; completion and format (one run)
 SCHEMA_VERSION = 2
 
 
@@ -27,8 +26,8 @@ def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F1 (rouge_score, with stemming)."""
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference,
-                                                                        prediction)["rougeL"].fmeasure
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return scorer.score(reference, prediction)["rougeL"].fmeasure
 
 
 def bleu(prediction: str, reference: str) -> float:
@@ -41,12 +40,10 @@ def bleu(prediction: str, reference: str) -> float:
 @torch.no_grad()
 def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int = 128,
                         batch_size: int = 16) -> dict[str, list[tuple[float, int]]]:
-    """Per part, per example: (summed next-token NLL, number of tokens) of `text + EOS`, from one forward
-    pass. The course's one held-out loss. Each of `parts` picks the predicted tokens that count
-    (data.char_spans): "text" all of them, "quote" the quote's own words, "completion" what follows `Quote:
-    <first half>`. The forward pass is the model's own (every adapter takes part, prompt tuning's virtual
-    tokens included: fast_loss.final_hidden), and the LM head runs once per batch on its real tokens only
-    (fast_loss.token_nll), so padding costs nothing, and asking for several parts costs one pass."""
+    """Per part, per example: (summed next-token NLL, number of tokens) of `text + EOS`: the course's one
+    held-out loss. Each of `parts` picks the tokens that count (data.char_spans): "text" all, "quote" the
+    quote's words, "completion" what follows `Quote: <first half>`. One forward pass of the model's own (every
+    adapter takes part: fast_loss.final_hidden); the LM head runs on real tokens only, so padding is free."""
     model.eval()
     weight = output_weight(model)
     device = weight.device
@@ -63,9 +60,8 @@ def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int
         per_token = torch.zeros(real.shape, dtype=torch.float64, device=device)
         per_token[real] = token_nll(hidden[:, :-1][real], weight, enc["input_ids"][:, 1:][real]).double()
         for part in parts:
-            spans = torch.tensor([token_mask(o, *char_spans(r, part)) for r,
-                                  o in zip(batch, offsets)]).to(device)
-            keep = real & spans[:, 1:].bool()
+            spans = torch.tensor([token_mask(o, *char_spans(r, part)) for r, o in zip(batch, offsets)])
+            keep = real & spans[:, 1:].to(device).bool()
             out[part].extend(zip(per_token.where(keep, 0).sum(dim=1).tolist(), keep.sum(dim=1).tolist()))
     return out
 
@@ -87,8 +83,7 @@ class EvalResult:
     examples: object  # pandas DataFrame, one row per held-out example
     n_examples: int = 0  # rows evaluated
     settings: dict = field(default_factory=dict)  # token limits, bootstrap samples, seed
-    # metric -> (per-item values, per-item weights): for paired tests
-    items: dict = field(default_factory=dict)
+    items: dict = field(default_factory=dict)  # metric -> (per-item values, weights): for paired tests
 
 
 def _metric(values, weights=None, *, proportion=False, perplexity=False, seed=0) -> dict:
@@ -103,8 +98,7 @@ def _metric(values, weights=None, *, proportion=False, perplexity=False, seed=0)
 
 
 def format_generations(model, tokenizer, rows: list[dict], batch_size: int = BATCH_SIZE):
-    """(prompts, generations, 1.0/0.0 per row): from `Quote: <first half>`, one `Author:` line, then
-    end-of-text."""
+    """(prompts, generations, 1.0/0.0 each): from `Quote: <first half>`, one `Author:` line, then the end."""
     prompts = [quote_prompt(r["quote"]) for r in rows]
     formats = generate(model, tokenizer, prompts, TOKENS["completion"], batch_size=batch_size)
     stopped = formats.new_tokens < TOKENS["completion"]
@@ -114,26 +108,23 @@ def format_generations(model, tokenizer, rows: list[dict], batch_size: int = BAT
 
 def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size: int = BATCH_SIZE,
                    train_authors=None) -> EvalResult:
-    """All metrics for one model on `rows` (dicts with quote, author, text). Quote completion and format
-    compliance read the same generation from `Quote: <first half>`: the continuation is its first line, the
-    format check looks at the whole of it. `train_authors` (the training split's authors) selects the rows of
-    author_accuracy_seen."""
+    """All metrics for one model on `rows` (dicts with quote, author, text). Completion and format compliance
+    read one generation from `Quote: <first half>`: the continuation is its first line, the format check all
+    of it. `train_authors` (the training split's authors) selects the rows of author_accuracy_seen."""
     import pandas as pd
 
     if not rows:
         raise DataError("the evaluation set is empty", "pass rows with `quote` and `author` (at least one)")
     parts = example_nll_by_part(model, tokenizer, rows, ("text", "quote"), batch_size=batch_size)
-    nll, nll_quote = parts["text"], parts["quote"]
     authors = generate(model, tokenizer, [format_quote(r["quote"]) for r in rows], TOKENS["author"],
                        batch_size=batch_size)
-    halves = [split_quote(r["quote"]) for r in rows]
     prompts, formats, format_ok = format_generations(model, tokenizer, rows, batch_size)
     seen = {normalize_author(a) for a in train_authors or ()}
     table = pd.DataFrame({
         "quote": [r["quote"] for r in rows], "author": [r["author"] for r in rows],
         "author_in_training": [normalize_author(r["author"]) in seen for r in rows],
         "predicted_author": [c.strip().split("\n")[0].strip() for c in authors.completion],
-        "prompt": prompts, "reference": [rest for _, rest in halves],
+        "prompt": prompts, "reference": [split_quote(r["quote"])[1] for r in rows],
         "continuation": [c.split("\n")[0].strip() for c in formats.completion],
         "generation": formats.completion,
     })
@@ -142,23 +133,20 @@ def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size
     table["rouge_l"] = [rouge_l(p, r) for p, r in zip(table.continuation, table.reference)]
     table["bleu"] = [bleu(p, r) for p, r in zip(table.continuation, table.reference)]
     table["format_ok"] = format_ok
-    items = {"perplexity": ([s for s, _ in nll], [float(c) for _, c in nll]),
-             "perplexity_quote": ([s for s, _ in nll_quote], [float(c) for _, c in nll_quote]),
-             "author_accuracy_seen": (table.author_correct[table.author_in_training].tolist(), None)}
+    items = {metric: ([s for s, _ in parts[part]], [float(c) for _, c in parts[part]])
+             for metric, part in (("perplexity", "text"), ("perplexity_quote", "quote"))}
+    items["author_accuracy_seen"] = (table.author_correct[table.author_in_training].tolist(), None)
     for metric, column in (("author_accuracy", "author_correct"), ("rouge_l", "rouge_l"), ("bleu", "bleu"),
                            ("format_compliance", "format_ok")):
         items[metric] = (table[column].tolist(), None)
     metrics = {m: _metric(*items[m], proportion=m in PROPORTIONS, perplexity=m.startswith("perplexity"),
-                          seed=seed)
-               for m in METRICS}
-    return EvalResult(metrics, table, len(rows),
-                      {"max_new_tokens": dict(TOKENS), "bootstrap_samples": BOOTSTRAP,
-                                                  "seed": seed}, items)
+                          seed=seed) for m in METRICS}
+    settings = {"max_new_tokens": dict(TOKENS), "bootstrap_samples": BOOTSTRAP, "seed": seed}
+    return EvalResult(metrics, table, len(rows), settings, items)
 
 
 def paired_differences(a: EvalResult, b: EvalResult, seed: int = 0) -> dict:
-    """b minus a for every metric, on the same items, with paired-bootstrap 95% intervals
-    (stats.paired_difference)."""
+    """b minus a per metric on the same items, with paired-bootstrap intervals (stats.paired_difference)."""
     out = {}
     for metric in METRICS:
         (va, wa), (vb, wb) = a.items[metric], b.items[metric]
@@ -179,14 +167,13 @@ def compare_models(results: dict[str, EvalResult]):
 
 
 def metrics_document(results: dict[str, EvalResult], dataset: str, split: str,
-                     comparisons: dict | None = None,
-                     unseen_author_share: float | None = None) -> dict:
+                     comparisons: dict | None = None, unseen_author_share: float | None = None) -> dict:
     """The metrics.json content (schema in this module's docstring)."""
     first = next(iter(results.values()))
     doc = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "split": split,
-           "n_examples": first.n_examples,
-           "unseen_author_share": unseen_author_share, "settings": first.settings,
-           "models": {name: res.metrics for name, res in results.items()}, "comparisons": comparisons or {}}
+           "n_examples": first.n_examples, "unseen_author_share": unseen_author_share,
+           "settings": first.settings, "models": {name: res.metrics for name, res in results.items()},
+           "comparisons": comparisons or {}}
     validate_metrics(doc)
     return doc
 
@@ -199,8 +186,7 @@ def validate_metrics(doc: dict) -> None:
     if doc.get("schema_version") != SCHEMA_VERSION:
         fail(f"schema_version must be {SCHEMA_VERSION}")
     for key, kind in (("dataset", str), ("split", str), ("n_examples", int), ("settings", dict),
-                      ("models", dict),
-                      ("comparisons", dict)):
+                      ("models", dict), ("comparisons", dict)):
         if not isinstance(doc.get(key), kind):
             fail(f"{key} must be a {kind.__name__}")
     share = doc.get("unseen_author_share", "missing")
@@ -232,13 +218,12 @@ def validate_metrics(doc: dict) -> None:
             ci = d.get("ci95")
             if not (isinstance(d.get("difference"), (int, float)) and isinstance(ci, list) and len(ci) == 2
                     and ci[0] <= ci[1] and d.get("method") == "paired bootstrap"):
-                fail(f"comparison {pair!r}.{metric} needs a number "
-                     f"`difference`, an ordered `ci95` and its method")
+                fail(f"comparison {pair!r}.{metric} needs a number `difference`, "
+                     "an ordered `ci95` and its method")
 
 
 def evaluate_from_config(cfg) -> dict:
-    """`gemmate evaluate`: 04's metrics of the trained adapter on the held-out split; writes
-    output_dir/metrics.json."""
+    """`gemmate evaluate`: 04's held-out metrics of the trained adapter, into output_dir/metrics.json."""
     from pathlib import Path
 
     from gemmate_lib.adapters import load_tuned

@@ -1,7 +1,6 @@
-"""Short training runs side by side on the same data and steps (03_lora_sft, 06_compare_methods): the CPU LoRA
-default against real QLoRA, whole-text against completion-only loss, and the methods of methods.py. Each arm
-loads a fresh model, trains with the one builder, and reports trainable weights, seconds per step (the steps
-alone), weight memory, the peak memory training adds, the loss curve and held-out losses."""
+"""Short training runs side by side on the same data and steps (03_lora_sft, 06_compare_methods): CPU LoRA
+against QLoRA, whole-text against completion-only loss, the methods of methods.py. Each arm trains a fresh
+model and reports trainable weights, seconds per step, memory, the loss curve and held-out losses."""
 from __future__ import annotations
 
 import threading
@@ -55,11 +54,9 @@ class PeakMemory:
 
 
 class StepTimer(TrainerCallback):
-    """Wall-clock seconds of each optimizer step (`on_step_begin` to `on_step_end`): the forward and backward
-    passes, clipping, the update, the work a method changes, without `trainer.train()`'s set-up, batch
-    fetching and logging, which would blur a comparison of a few steps. `per_step()` skips the first step,
-    which pays one-off costs (optimizer state, kernels, caches). On a GPU the clock waits for queued kernels.
-    """
+    """Wall-clock seconds of each optimizer step (`on_step_begin` to `on_step_end`): the work a method changes,
+    without the set-up, batch fetching and logging that would blur a comparison of a few steps. On a GPU the
+    clock waits for queued kernels."""
 
     clock = staticmethod(time.perf_counter)  # seconds; tests swap in a clock of their own
 
@@ -83,14 +80,13 @@ class StepTimer(TrainerCallback):
             self._start = None
 
     def per_step(self) -> float:
-        """Mean seconds of a step, leaving out the first when there are others (NaN before any step)."""
+        """Mean seconds of a step, leaving out the first (one-off costs) when there are others; NaN before any."""
         timed = self.seconds[1:] or self.seconds
         return sum(timed) / len(timed) if timed else float("nan")
 
 
 def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False) -> dict:
-    """Held-out loss on the whole text and on the completion (data.char_spans), and optionally format
-    compliance."""
+    """Held-out loss on the whole text and on the completion (data.char_spans); optionally format compliance."""
     from gemmate_lib.evaluation import example_nll_by_part, format_generations
 
     model.eval()
@@ -104,9 +100,8 @@ def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_ch
 
 
 def padding_share(lengths: list[int], batch_size: int, grouped: bool, seed: int = 0) -> float:
-    """Share of a pass's tokens that are padding, in random batches or grouped by length. Grouped means sorted
-    by length, which is what transformers' length-grouped sampler does when the data fits in one mega-batch of
-    50 batches (it does here)."""
+    """Share of a pass's tokens that are padding, in random batches or grouped (sorted) by length, as
+    transformers' length-grouped sampler does when the data fits in one mega-batch of 50 batches (it does here)."""
     import random
 
     order = sorted(lengths, reverse=True) if grouped else random.Random(seed).sample(lengths, len(lengths))
@@ -127,14 +122,11 @@ LORA = "lora"  # train_arm's default adapter: the course's LoRA, built from the 
 
 
 def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], eval_rows: list[dict],
-              output_dir,
-              format_check: bool = False, keep_model: bool = False, adapter=LORA, save_dir=None,
+              output_dir, format_check: bool = False, keep_model: bool = False, adapter=LORA, save_dir=None,
               start_loss: bool = False, callbacks=None) -> Arm:
-    """Load a fresh model as `cfg` says, add the adapter, train `cfg.train.max_steps` steps, measure.
-    `adapter`: LORA (the course's LoRA: 03), any PEFT config (06), or None for full fine-tuning. `save_dir`:
-    save what trained there as safetensors and report its size. `start_loss`: also measure the held-out loss
-    before training (06: prompt and prefix tuning do not start from the base model). Seconds per step come
-    from a StepTimer."""
+    """Load a fresh model as `cfg` says, add `adapter` (LORA: the course's, any PEFT config, or None for full
+    fine-tuning), train `cfg.train.max_steps` steps, measure. `save_dir`: save what trained and report its
+    size. `start_loss`: also the held-out loss before training (06: prompt and prefix tuning change it)."""
     from gemmate_lib.errors import HardwareError
     from gemmate_lib.methods import check_full_finetuning
     from gemmate_lib.models import count_parameters, footprint_mib, load_model
@@ -158,8 +150,7 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
     trainable, total = count_parameters(model)
     trainer = sft_trainer(model, tokenizer, train_rows, [], cfg, output_dir, callbacks=callbacks)
     timer = StepTimer()
-    # last: it starts after the others' on_step_begin and stops after their on_step_end
-    trainer.add_callback(timer)
+    trainer.add_callback(timer)  # last: it starts after the others' on_step_begin, stops after their on_step_end
     with PeakMemory(cfg.precision.device) as memory:
         trainer.train()
     model = trainer.model

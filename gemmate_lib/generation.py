@@ -15,24 +15,21 @@ STANDARD_PROMPTS = (
     "Quote: A Woman is like a tea bag;",
     "Quote: Outside of a dog, a book is man's",
 )  # the seed notebook's prompts
-# prompts per model.generate call. Decoding on a CPU reads every weight once per new token, so a
+# prompts per model.generate call: on a CPU, which reads every weight once per new token, a bigger batch costs
+# little more per step; on a GPU the batch's KV cache is a few MB
 BATCH_SIZE = 32
-# bigger batch costs little more per step (measured, Gemma 3 270M fp32, 29 prompts x 40 tokens: 48 s in
-# batches of 8, 20 s in one batch of 29); on a GPU the batch's KV cache is a few MB.
 
 
 def has_author_line(text: str) -> bool:
-    """True when the text names an author on one `Author: <name>` line (not a loop of "Author: Author: ...").
-    """
+    """True when the text names an author on one `Author: <name>` line (not "Author: Author: ...")."""
     names = [line[len("Author:"):].strip() for line in text.splitlines() if line.startswith("Author:")]
     return len(names) == 1 and bool(names[0]) and "Author:" not in names[0]
 
 
 @contextlib.contextmanager
 def unfrozen_for_cpu(model):
-    """Mark frozen float weights as requiring grad while generating on a CPU, then restore the flags. Why: on
-    a CPU, PyTorch's bf16 matmul with frozen weights (as after loading an adapter or `requires_grad_(False)`)
-    takes a much slower path than with trainable ones; the outputs are the same. Generation runs under
+    """Mark frozen float CPU weights as requiring grad while generating, then restore the flags: PyTorch's CPU
+    bf16 matmul takes a much slower path with frozen weights, for the same outputs. Generation runs under
     no_grad, so no graph is built."""
     params = [p for p in model.parameters()
               if not p.requires_grad and p.is_floating_point() and p.device.type == "cpu"]
@@ -63,9 +60,8 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
                         "give one timestamp per prompt")
     limit = _prompt_limit(model, tokenizer, prompts, max_new_tokens)
     old_side, old_truncation = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side = "left"  # decoder-only models continue from the right end
-    # a prompt that is too long loses its start, never the end being continued
-    tokenizer.truncation_side = "left"
+    # decoder-only models continue from the right end; a prompt too long loses its start, never that end
+    tokenizer.padding_side = tokenizer.truncation_side = "left"
     try:
         for i in range(0, len(prompts), batch_size):
             batch = list(prompts[i:i + batch_size])

@@ -9,20 +9,17 @@ from gemmate_lib.config import CourseConfig
 from gemmate_lib.errors import HardwareError, ParameterError
 
 METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train
-# what 06 trains unless told: IA3 is the optional seventh (~45 s more on a CPU)
-DEFAULT_METHODS = METHODS[:-1]
+DEFAULT_METHODS = METHODS[:-1]  # what 06 trains unless told: IA3 is the optional seventh
 LEARNING_RATES = {
     "full": 5e-5,  # every weight moves: transformers' default rate (TrainingArguments), ~10x below LoRA's
     "lora": 2e-4,  # LoRA and QLoRA: the course's rate (the QLoRA paper's for small models)
-    # prompt tuning: a few embedding vectors from scratch need big steps (PEFT's prompt-tuning example)
-    "prompt": 3e-2,
-    "prefix": 1e-2,  # prefix tuning: keys and values per layer (PEFT's prefix-tuning example)
+    "prompt": 3e-2,  # prompt tuning: embedding vectors from scratch need big steps (PEFT's example)
+    "prefix": 1e-2,  # prefix tuning: keys and values per layer (PEFT's example)
     "ia3": 3e-3,  # IA3: scaling vectors that start at 1 (the T-Few paper's rate)
 }
 NUM_VIRTUAL_TOKENS = 16  # prompt and prefix tuning: learned tokens in front of every input
-# prompt tuning's start
+# where prompt tuning starts; what IA3 rescales: keys, values and the MLP's input (its paper's choice)
 PROMPT_INIT_TEXT = "Finish the quote, then name its author on a line that starts with Author:"
-# IA3 rescales keys, values and the MLP's input (the paper's choice)
 IA3_TARGETS = ("k_proj", "v_proj", "down_proj")
 
 
@@ -31,20 +28,16 @@ class Method:
     key: str  # short id, one of METHODS, and the run folder's subfolder (lora_r32's is lora_r<other_rank>)
     name: str  # what the table and the plots show
     peft_config: object | None  # the PEFT config; None for full fine-tuning (no adapter: every weight trains)
-    # course settings this method changes (learning_rate, quantization, ...)
-    settings: dict = field(default_factory=dict)
-    # the model is the base model until trained (LoRA's B = 0, IA3's ones, no adapter);
+    settings: dict = field(default_factory=dict)  # course settings it changes (learning_rate, ...)
+    # the base model until trained (LoRA's B = 0, IA3's ones); not prompt and prefix tuning's virtual tokens
     starts_unchanged: bool = True
-    # False for prompt and prefix tuning, whose first tokens or keys change the output before any step
 
 
 def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, other_rank: int = 32,
                   rates: dict | None = None) -> dict[str, Method]:
-    """The methods in `keys`, built from `cfg` (06 writes the same objects out and compares them). `keys` is a
-    list or a comma-separated string. `model_path` is the folder or Hub id whose tokenizer starts prompt
-    tuning from PROMPT_INIT_TEXT. `other_rank` is the second LoRA rank (alpha = 2 x rank, so the update's
-    scale alpha / r stays 2 as at r = 8). `rates` changes some methods' learning rates, e.g. {"prompt": 3e-3}
-    (06's exercise 3); the others keep LEARNING_RATES."""
+    """The methods in `keys` (a list or a comma-separated string), built from `cfg`; 06 writes the same
+    objects out. `model_path`'s tokenizer starts prompt tuning. `other_rank`: the second LoRA rank (alpha =
+    2 x rank, so alpha / r stays 2). `rates`: some learning rates, e.g. {"prompt": 3e-3} (06's exercise 3)."""
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
 
     from gemmate_lib.training import lora_config
@@ -60,16 +53,14 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, othe
                              "choose another rank (e.g. 2 or 32), or drop lora_r32 from methods")
     rates = dict(rates or {})
     for key, value in rates.items():
-        if key not in keys or isinstance(value, bool) or not isinstance(value,
-                                                                        (int, float)) or not 0 < value < 1:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key not in keys or not number or not 0 < value < 1:
             raise ParameterError(f"rates[{key!r}] = {value!r}",
                                  "give a learning rate between 0 and 1 (e.g. 3e-3) for "
                                  f"one of the methods that run: {', '.join(keys)}")
-    # Weights in the compute dtype, AdamW, no checkpointing (prefix tuning cannot run with it), except QLoRA,
-    # which is the seed notebook's recipe (03): NF4, paged 8-bit AdamW, checkpointing. On a GPU the profile's
-    # own defaults are QLoRA's, so every method states its own. AdamW is torch's fused
-    # kernel: the same update, and for full fine-tuning's 268 M weights on a
-    # CPU ~5x faster than the default (measured: ~0.3 s against ~2 s per step).
+    # Each method states its own (the GPU profile's defaults are QLoRA's): compute-dtype weights, no
+    # checkpointing (prefix tuning cannot run with it), torch's fused AdamW (same update, faster on a CPU);
+    # QLoRA is the seed notebook's recipe (03).
     plain = dict(quantization="none", optim="adamw_torch_fused", gradient_checkpointing=False)
     qlora = dict(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)
 
@@ -98,10 +89,8 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=DEFAULT_METHODS, othe
 
 
 def full_finetuning_gib(n_params: int) -> float:
-    """Memory that full fine-tuning with AdamW needs before any activation, in GiB. Per weight: the weight and
-    its gradient (4 bytes each in fp32; under fp16 mixed precision the trainer keeps fp32 weights too, as its
-    grad scaler requires), and AdamW's two fp32 moments (8 bytes): 16 bytes. google/gemma-2b (2.5 B weights):
-    ~37 GiB."""
+    """GiB that full fine-tuning with AdamW needs before any activation: 16 bytes per weight, for the fp32
+    weight and gradient (fp16 mixed precision keeps fp32 weights too) and AdamW's two fp32 moments."""
     return n_params * 16 / 2**30
 
 

@@ -27,9 +27,8 @@ def cache_dir() -> Path:
 
 
 def prepare_embedded(verbose: bool = True) -> Path:
-    """Assemble the GGUF file, convert it once to a safetensors model folder, return that folder. Safe to call
-    again: a finished conversion is reused. The folder is written under a temporary name and renamed at the
-    end, so a crash leaves no half model."""
+    """Assemble the GGUF file, convert it once to a safetensors model folder (reused later), return the
+    folder. It is written under a temporary name and renamed at the end, so a crash leaves no half model."""
     target = recover(cache_dir() / "gemma-3-270m")
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
         return target
@@ -46,9 +45,8 @@ def prepare_embedded(verbose: bool = True) -> Path:
         print(f"GGUF file ready ({gguf.stat().st_size / 2**20:.0f} "
               f"MiB, sha256 checked); converting once (~2 min)...")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                 quantization_config=GgufConfig(dequantize=True))
     with atomic_folder(target, overwrite=True, what="embedded model cache") as tmp:
         model.save_pretrained(tmp)  # fp32: Q4_K_M dequantizes to values bf16 cannot hold exactly
         tokenizer.save_pretrained(tmp)
@@ -58,9 +56,8 @@ def prepare_embedded(verbose: bool = True) -> Path:
 
 
 def resolve_model(model_name: str) -> tuple[str, dict]:
-    """Map a model id to what from_pretrained takes, plus keyword arguments (token). Checks what can be
-    checked without the network first: the id's shape, a missing folder, a gated id without a token. So those
-    errors come at once."""
+    """Map a model id to what from_pretrained takes, plus keyword arguments (token). What needs no network
+    (the id's shape, a missing folder, a gated id without a token) is checked first, so it fails at once."""
     if not isinstance(model_name, str) or not model_name.strip():
         raise ModelLoadError(f"model_name={model_name!r} is empty",
                              f"use '{EMBEDDED}' or a Hub id like 'google/gemma-2b'")
@@ -69,8 +66,8 @@ def resolve_model(model_name: str) -> tuple[str, dict]:
     if Path(model_name).is_dir():
         return model_name, {}
     if model_name.startswith((".", "/", "~")) or not HUB_ID.match(model_name):
-        raise ModelLoadError(f"model_name={model_name!r} is neither an "
-                             f"existing folder nor a Hub id like 'owner/name'",
+        raise ModelLoadError(f"model_name={model_name!r} is neither an existing folder nor a Hub id "
+                             "like 'owner/name'",
                              f"check the path, or use '{EMBEDDED}' for the offline default")
     token = get_token()
     if token is None and model_name.startswith(GATED_PREFIXES):
@@ -99,8 +96,7 @@ def load_tokenizer(model_name: str = EMBEDDED):
 
 
 def bnb_config(precision: Precision):
-    """The QLoRA quantization (01 writes the same call out): 4-bit NormalFloat weights, double-quantized
-    scales."""
+    """The QLoRA quantization (01 writes the same call out): NF4 weights, double-quantized scales."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -116,11 +112,10 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
 
     precision = precision or pick_precision()
     path, kwargs = resolve_model(model_name)
+    gpu = int(os.environ.get("LOCAL_RANK", 0))  # under DDP each process loads onto its own GPU, not GPU 0
     if quantization == "nf4":
         kwargs["quantization_config"] = bnb_config(precision)
-        # Under DDP every process loads its own copy onto its own GPU (LOCAL_RANK), not all onto GPU 0.
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK",
-                                                       0)) if precision.device == "cuda" else "cpu"}
+        kwargs["device_map"] = {"": gpu if precision.device == "cuda" else "cpu"}
     elif quantization != "none":
         raise ModelLoadError(f"quantization={quantization!r} is not known", 'use "nf4" or "none"')
     try:
@@ -129,7 +124,7 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
     except Exception as err:  # noqa: BLE001 - mapped to a clear message
         raise hub_error(model_name, err) from err
     if quantization == "none" and precision.device == "cuda":
-        model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        model = model.to(f"cuda:{gpu}")
     return model
 
 

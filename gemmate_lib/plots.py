@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _subplots(*args, **kwargs):
+    """plt.subplots, with pyplot imported only when a plot is drawn."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
 def _finish(fig, path: str | Path | None) -> None:
     import matplotlib.pyplot as plt
 
@@ -16,9 +23,7 @@ def _finish(fig, path: str | Path | None) -> None:
 
 def footprint_bar(sizes: dict[str, float], title: str, path=None):
     """Horizontal bars of memory footprints in MiB (01)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 2.4))
+    fig, ax = _subplots(figsize=(6, 2.4))
     ax.barh(list(sizes), list(sizes.values()), color=["#888", "#2a7", "#27a", "#a72"][: len(sizes)])
     ax.set(xlabel="memory footprint (MiB)", title=title)
     for i, v in enumerate(sizes.values()):
@@ -28,9 +33,7 @@ def footprint_bar(sizes: dict[str, float], title: str, path=None):
 
 def loss_curve(log, title: str, path=None, ylabel: str = "cross-entropy (nats/token)"):
     """Training loss (and held-out loss when logged) against the optimizer step (03, 07)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = _subplots(figsize=(7, 3.4))
     train = log.dropna(subset=["loss"])
     ax.plot(train.step, train.loss, marker=".", label="training loss")
     if "eval_loss" in log:
@@ -44,10 +47,9 @@ def loss_curve(log, title: str, path=None, ylabel: str = "cross-entropy (nats/to
 def compare_curves(logs: dict, title: str, path=None, ylabel: str = "training loss (nats/token)"):
     """Training-loss curves of several runs on one axis: the side-by-side runs of 03 and 06. Each point is the
     loss on that step's training batch, not the held-out loss."""
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(8.5, 3.4))
+    fig, ax = _subplots(figsize=(8.5, 3.4))
     for name, log in logs.items():
         train = log.dropna(subset=["loss"])
         ax.plot(train.step, train.loss, marker=".", label=name)
@@ -60,9 +62,7 @@ def compare_curves(logs: dict, title: str, path=None, ylabel: str = "training lo
 def temporal_features(years, x, feats, reference_year: float, task_years: tuple[int, int], tau: float,
                       path=None):
     """Left: the signed log transform over the years; right: every feature as a heat map (07)."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    fig, (ax1, ax2) = _subplots(1, 2, figsize=(12, 3.8))
     ax1.plot(years, x)
     ax1.axvline(reference_year, color="red", ls="--", label="reference 2006-05-23")
     ax1.axvspan(task_years[0], task_years[1] + 1, color="grey", alpha=0.15, label="years of the task below")
@@ -77,10 +77,9 @@ def temporal_features(years, x, feats, reference_year: float, task_years: tuple[
 
 def year_histogram(years, title: str, path=None):
     """How many examples fall in each year (07)."""
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 2.8))
+    fig, ax = _subplots(figsize=(7, 2.8))
     ax.hist(years, bins=np.arange(min(years) - 0.5, max(years) + 1.5), rwidth=0.85)
     ax.set(xlabel="year written", ylabel="training notes", title=title)
     return _finish(fig, path)
@@ -89,9 +88,7 @@ def year_histogram(years, title: str, path=None):
 def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None = None):
     """Left: year accuracy per condition; right: predicted against true year after training (07). With
     `train_years`, the right panel shades the training years: points outside them are extrapolation."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    fig, (ax1, ax2) = _subplots(1, 2, figsize=(12, 3.8))
     summary["year accuracy"].unstack().plot.bar(ax=ax1, rot=0, ylim=(0, 1.05))
     ax1.set(ylabel="exact-year accuracy", title="ablation on held-out timestamps")
     ok = true_table.year_ok.astype(bool)
@@ -111,29 +108,26 @@ def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None
 def metric_bars(table, path=None,
                 shares=("author_accuracy", "author_accuracy_seen", "rouge_l", "bleu", "format_compliance"),
                 perplexities=("perplexity", "perplexity_quote")):
-    """Each model's metrics with their 95% intervals; perplexities on their own axis (04). Empty metrics are
-    left out."""
-    import matplotlib.pyplot as plt
-
+    """Each model's metrics with 95% intervals; perplexities on their own axis (04); empty ones left out."""
     table = table.astype({"value": float, "ci_low": float, "ci_high": float})
     shares = [m for m in shares if table[table.metric == m].value.notna().all()]
     models = list(dict.fromkeys(table.model))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 1.3]})
+    fig, (ax1, ax2) = _subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 1.3]})
     width = 0.8 / len(models)
+    panels = ((ax1, shares, "share (higher is better)"), (ax2, list(perplexities), "lower is better"))
     for k, name in enumerate(models):
         part = table[table.model == name].set_index("metric")
-        for ax, names in ((ax1, list(shares)), (ax2, list(perplexities))):
+        for ax, names, _ in panels:
             xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(names))]
             vals = part.loc[names, "value"]
             # clipped at 0: matplotlib refuses a negative error bar (an interval a hair past its estimate)
             err = [(vals - part.loc[names, "ci_low"]).clip(lower=0),
                    (part.loc[names, "ci_high"] - vals).clip(lower=0)]
             ax.bar(xs, vals, width, yerr=err, capsize=4, label=name)
-    ax1.set_xticks(range(len(shares)), [m.replace("_", " ") for m in shares], fontsize=8)
-    ax1.set_ylabel("share (higher is better)")
+    for ax, names, ylabel in panels:
+        ax.set_xticks(range(len(names)), [m.replace("_", " ") for m in names], fontsize=8)
+        ax.set_ylabel(ylabel)
     ax1.legend()
-    ax2.set_xticks(range(len(perplexities)), [m.replace("_", " ") for m in perplexities], fontsize=8)
-    ax2.set_ylabel("lower is better")
     fig.suptitle("held-out evaluation, 95% intervals "
                  "(Wilson for right/wrong answers, bootstrap for the rest)")
     return _finish(fig, path)
@@ -141,11 +135,9 @@ def metric_bars(table, path=None,
 
 def paired_differences(diffs: dict, title: str, path=None):
     """Forest plot of paired differences (04): each metric's b - a with its paired-bootstrap 95% interval."""
-    import matplotlib.pyplot as plt
-
     groups = [[m for m in diffs if not m.startswith("perplexity")],
               [m for m in diffs if m.startswith("perplexity")]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 1.3]})
+    fig, axes = _subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 1.3]})
     for ax, names, label in zip(axes, groups, ("difference in share", "difference in perplexity")):
         for i, m in enumerate(names):
             d, (lo, hi) = diffs[m]["difference"], diffs[m]["ci95"]
@@ -159,16 +151,13 @@ def paired_differences(diffs: dict, title: str, path=None):
 
 
 def python_timeline(table, releases, path=None):
-    """The newest Python 3 release over time: the truth as steps, the model's answers as points, wrong ones
-    red (07)."""
+    """The newest Python 3 release over time (07): the truth as steps, the model's answers as points."""
     from datetime import datetime, timezone
-
-    import matplotlib.pyplot as plt
 
     versions = [v for v, _ in releases]
     rank = {v: i for i, v in enumerate(versions)}
     when = [datetime.fromtimestamp(ms / 1000, tz=timezone.utc) for ms in table.timestamp]
-    fig, ax = plt.subplots(figsize=(11, 3.8))
+    fig, ax = _subplots(figsize=(11, 3.8))
     steps = [datetime.fromisoformat(day).replace(tzinfo=timezone.utc) for _, day in releases]
     ax.step(steps + [max(when)], list(range(len(versions))) + [len(versions) - 1], where="post", color="grey",
             lw=1, label="truth (python.org release dates)")
@@ -185,19 +174,15 @@ def python_timeline(table, releases, path=None):
 
 
 def methods_overview(table, path=None, untrained_loss: float | None = None):
-    """06: one row per fine-tuning method: what trains, what it costs, what it learned. `table` has one row
-    per method (index: its name) with the columns trainable, saved_mib, training_peak_mib, seconds_per_step,
-    held_out_loss_text, format_compliance and, for the interval, format_low / format_high; optionally
-    loss_start, the held-out loss before training (NaN where unknown), drawn as an open circle joined to the
-    loss after. Counts and sizes use a log scale: they span seven orders."""
-    import matplotlib.pyplot as plt
-
+    """06: one row per fine-tuning method (index: its name) with the columns of `panels`, optionally
+    format_low / format_high (the interval) and loss_start (held-out loss before training, NaN where unknown;
+    an open circle joined to the loss after). Counts and sizes use a log scale: they span seven orders."""
     panels = [("trainable", "trainable weights (log)", True), ("saved_mib", "saved on disk, MiB (log)", True),
               ("training_peak_mib", "peak memory added by training, MiB", False),
               ("seconds_per_step", "seconds per step", False),
               ("held_out_loss_text", "held-out loss, nats/token (lower is better)", False),
               ("format_compliance", "format compliance (higher is better)", False)]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.2), sharey=True)
+    fig, axes = _subplots(2, 3, figsize=(13, 6.2), sharey=True)
     names = list(table.index)
     rows = range(len(names))
     for ax, (column, label, log) in zip(axes.flat, panels):

@@ -1,7 +1,6 @@
 """The self-check cell at the end of every notebook: PASS, or `SelfCheckError` with one line naming the check
 and its fix, so papermill, `make course`, nbval and `make gpu-check` report the notebook as failed. Checks of
-how much a few steps learned go through `learned`, which in the smoke run checks only that numbers are sane.
-"""
+how much a few steps learned go through `learned`, which in the smoke run only checks the numbers are sane."""
 from __future__ import annotations
 
 import os
@@ -19,19 +18,16 @@ def smoke_run() -> bool:
 
 
 def learned(course: bool, smoke: bool) -> bool:
-    """A check that judges how much training learned: the course's condition, or in the smoke run the smoke
-    one. A tiny random model trained for a handful of steps learns nothing measurable; its smoke condition
-    checks that the numbers exist and are sane (finite, in range) instead."""
+    """The course's condition of a check that judges learning, or in the smoke run the smoke one: a tiny
+    random model learns nothing measurable in a few steps, so that one checks the numbers are sane instead."""
     return smoke if smoke_run() else course
 
 
 def self_check(*checks: tuple[bool, str, str]) -> bool:
     """Print `PASS <what>` or `FAIL <what>: <how>` per check; raise SelfCheckError if any failed."""
-    failed = []
     for ok, what, fix in checks:
         print(f"PASS {what}" if ok else f"FAIL {what}: {fix}")
-        if not ok:
-            failed.append((what, fix))
+    failed = [(what, fix) for ok, what, fix in checks if not ok]
     if smoke_run():
         print("(smoke run: checks that judge learning only check that "
               "the numbers are sane: a tiny random model, a few steps)")

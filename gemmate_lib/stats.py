@@ -1,11 +1,8 @@
-"""Intervals and paired differences for small evaluation sets: the statistics of 04_evaluation.
-- `wilson`: the 95% Wilson score interval of a proportion (k of n). Unlike a percentile bootstrap it is never
-  degenerate: 0 of 30 gives [0, 0.114], not [0, 0].
-- `bootstrap_ci`: the percentile 95% interval of a mean (or of a perplexity, the exp of a token-weighted mean)
-  for metrics that are not proportions (ROUGE-L, BLEU, perplexity).
-- `paired_difference`: fine-tuned minus baseline *on the same items*, with a paired bootstrap interval:
-  resample items once and score both models on that sample. Two models' separate intervals may overlap while
-  their paired difference is clearly non-zero, because item difficulty cancels out of a paired difference."""
+"""Intervals and paired differences for small evaluation sets: the statistics of 04_evaluation. Proportions
+get a Wilson interval (`wilson`), which unlike a percentile bootstrap is never degenerate (0 of 30 gives
+[0, 0.114]); ROUGE-L, BLEU and perplexity a percentile bootstrap (`bootstrap_ci`). `paired_difference`
+resamples items once for both models: item difficulty cancels, so overlapping intervals can hide a clear
+paired difference."""
 from __future__ import annotations
 
 import math
@@ -55,13 +52,11 @@ def paired_difference(a, b, weights_a=None, weights_b=None, ratio_exp: bool = Fa
         raise ValueError(f"a paired difference needs the same non-zero "
                          f"number of items, got {len(a)} and {len(b)}")
     weights_a, weights_b = weights_a or [1.0] * n, weights_b or [1.0] * n
-    all_items = range(n)
-    point = _statistic(b, weights_b, all_items, ratio_exp) - _statistic(a, weights_a, all_items, ratio_exp)
+
+    def difference(idx):
+        return _statistic(b, weights_b, idx, ratio_exp) - _statistic(a, weights_a, idx, ratio_exp)
+
     rng = random.Random(seed)
-    diffs = []
-    for _ in range(samples):
-        idx = [rng.randrange(n) for _ in range(n)]
-        diffs.append(_statistic(b, weights_b, idx, ratio_exp) - _statistic(a, weights_a, idx, ratio_exp))
-    low, high = _percentiles(diffs)
-    return {"difference": point, "ci95": [low, high], "share_positive": sum(d > 0 for d in diffs) / samples,
-            "method": "paired bootstrap"}
+    diffs = [difference([rng.randrange(n) for _ in range(n)]) for _ in range(samples)]
+    return {"difference": difference(range(n)), "ci95": list(_percentiles(diffs)),
+            "share_positive": sum(d > 0 for d in diffs) / samples, "method": "paired bootstrap"}

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from trl import SFTTrainer
+from transformers import TrainingArguments, set_seed
+from trl import SFTConfig, SFTTrainer
 
 from gemmate_lib.config import CourseConfig
 from gemmate_lib.fast_loss import causal_lm_loss
@@ -26,38 +27,30 @@ def lora_config(cfg: CourseConfig):
     from peft import LoraConfig
 
     targets = cfg.lora.lora_target_modules
-    # "all-linear": PEFT's shorthand, a string
-    targets = targets if isinstance(targets, str) else list(targets)
+    targets = targets if isinstance(targets, str) else list(targets)  # "all-linear" is PEFT's shorthand
     return LoraConfig(r=cfg.lora.lora_r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
-                      target_modules=targets, bias="none",
-                      task_type="CAUSAL_LM")
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
 
 
 def prepare_base(model, cfg: CourseConfig):
-    """What the QLoRA recipe does to a 4-bit base before LoRA: `prepare_model_for_kbit_training`. It casts
-    every weight that is not 4-bit (embedding, norms, head) to fp32 and turns on input gradients. A reload
-    check must load its base the same way (07 does), or it compares an fp32 embedding with a 16-bit one. A
-    16-bit base is returned unchanged: the model decides, not the profile."""
+    """The QLoRA recipe's `prepare_model_for_kbit_training` on a 4-bit base (non-4-bit weights to fp32,
+    input gradients on); a 16-bit base comes back unchanged. A reload check must load its base the same way
+    (07 does), or it compares an fp32 embedding with a 16-bit one."""
     from peft import prepare_model_for_kbit_training
 
-    if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model,
-                                                use_gradient_checkpointing=cfg.train.gradient_checkpointing)
-    return model
+    if not getattr(model, "is_loaded_in_4bit", False):
+        return model
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
 
 
 def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None):
-    """Wrap `model` with a fresh LoRA adapter (or `peft_config`'s), or return it unchanged if it already has
-    one. Quantized models first get `prepare_model_for_kbit_training` (norms to fp32, input gradients on), the
-    QLoRA recipe. The LoRA A matrices are drawn here, after `set_seed(cfg.train.seed)`: the training seed
-    decides them. `peft_config` is another PEFT method's config (06: prompt tuning, prefix tuning, IA3); None
-    means the course's LoRA."""
+    """Wrap `model` (after `prepare_base`) with the course's LoRA, or `peft_config`'s method (06: prompt,
+    prefix, IA3); a model that already has an adapter comes back unchanged. Seeded with `cfg.train.seed`
+    first, so the training seed decides the LoRA A matrices."""
     from peft import PeftModel, get_peft_model
-    from transformers import set_seed
 
     if getattr(peft_config, "peft_type", None) == "PREFIX_TUNING" and cfg.train.gradient_checkpointing:
-        # otherwise: a tensor size mismatch deep inside attention, mid-training
-        from gemmate_lib.errors import ParameterError
+        from gemmate_lib.errors import ParameterError  # else: a size mismatch deep in attention, mid-training
 
         raise ParameterError("prefix tuning cannot train with gradient_checkpointing=True: its learned "
                              "keys and values live in the attention cache, which checkpointing switches off",
@@ -74,11 +67,9 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None)
 
 def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
                     sft: bool = True, **extras) -> dict:
-    """The keyword arguments of the SFTConfig (or, with sft=False, TrainingArguments) for `cfg`, plus
-    `extras`. The first block is the recipe that 03 writes out argument by argument (a checked cell compares
-    the two objects); the plumbing after it (checkpoint policy, DDP, full determinism, a non-default log
-    level) is added only when it differs from the defaults. `save`: None follows
-    `cfg.checkpoints.save_strategy`; False never saves (the notebooks save the adapter themselves).
+    """SFTConfig (sft=False: TrainingArguments) keyword arguments for `cfg`, plus `extras`. The first block is
+    the recipe 03 writes out (a checked cell compares them); the plumbing is added only where it differs from
+    the defaults. `save`: None follows `cfg.checkpoints`, False never saves (the notebooks save the adapter).
     Checkpoints are saved at each evaluation, so every checkpoint has the metric that ranks it."""
     t, c, precision = cfg.train, cfg.checkpoints, cfg.precision
     strategy = c.save_strategy if save is None else ("no" if not save else c.save_strategy)
@@ -90,8 +81,7 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
         warmup_steps=t.warmup_steps, optim=t.optim,
         bf16=precision.name == "bf16", fp16=precision.name == "fp16", use_cpu=precision.device == "cpu",
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name of gradient_checkpointing
-        # at least one loss logged
-        logging_steps=min(t.steps_freq, t.max_steps) if t.max_steps > 0 else t.steps_freq,
+        logging_steps=min(t.steps_freq, t.max_steps) if t.max_steps > 0 else t.steps_freq,  # >= 1 loss logged
         eval_strategy=interval if evaluate else "no", eval_steps=t.val_steps_freq if evaluate else None,
         save_strategy={"step": "steps", "epoch": "epoch", "no": "no"}[strategy],
         report_to="wandb" if t.use_wandb else t.report_to, seed=t.seed, data_seed=t.seed, disable_tqdm=False,
@@ -108,8 +98,7 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
         greater_is_better=c.checkpoint_metric_mode == "max" if best else None,
         ddp_backend="gloo" if precision.device == "cpu" and world()[1] > 1 else None,
         ddp_find_unused_parameters=False if world()[1] > 1 else None,
-        # the Gemma 1.1 table's save_optim
-        save_only_model=True if not c.save_optim and strategy != "no" else None,
+        save_only_model=True if not c.save_optim and strategy != "no" else None,  # the Gemma 1.1 table's
         run_name=t.wandb_run_name if t.use_wandb else None,
     )
     kwargs.update({k: v for k, v in plumbing.items() if v is not None})
@@ -120,20 +109,13 @@ def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, 
                   sft: bool = True, **extras):
     """The SFTConfig (or, with sft=False, TrainingArguments) for `cfg`: the course's one builder of them."""
     kwargs = training_kwargs(cfg, output_dir, has_eval=has_eval, save=save, sft=sft, **extras)
-    if sft:
-        from trl import SFTConfig
-
-        return SFTConfig(**kwargs)
-    from transformers import TrainingArguments
-
-    return TrainingArguments(**kwargs)
+    return SFTConfig(**kwargs) if sft else TrainingArguments(**kwargs)
 
 
 class CourseSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss runs the LM head on labelled tokens only (see fast_loss.py). `tokens_trained`
-    counts the non-padding tokens of every training batch (the benchmark reads it to report tokens per
-    second). Under fp16 mixed precision (a T4) the trainable weights stay fp32, as the grad scaler requires.
-    """
+    """SFTTrainer whose loss runs the LM head on labelled tokens only (fast_loss.py). `tokens_trained` counts
+    the non-padding training tokens (the benchmark's tokens per second). Trainable weights stay fp32 under
+    fp16, as the grad scaler requires."""
 
     def __init__(self, *args, fast_loss: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -149,8 +131,7 @@ class CourseSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.tokens_trained += int(inputs["attention_mask"].sum())
-        # metrics need the logits
-        if not self.fast_loss or (return_outputs and self.compute_metrics is not None):
+        if not self.fast_loss or (return_outputs and self.compute_metrics is not None):  # metrics need logits
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = causal_lm_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
                               num_items_in_batch)
@@ -159,12 +140,9 @@ class CourseSFTTrainer(SFTTrainer):
 
 
 def cpu_speedups(trainer_class, train_dataset, eval_dataset, tokenizer, enabled: bool = True):
-    """03's one droppable line: on a CPU, pre-tokenized datasets and the fast-loss trainer; else all
-    unchanged. Both give the same loss as plain `SFTTrainer` on `text` rows, only faster on a CPU:
-    pre-tokenizing (text + EOS, as SFTTrainer does) skips the fingerprint that `datasets` takes of Gemma's
-    262k-entry vocabulary in SFTTrainer's own tokenizing step, and `CourseSFTTrainer` runs the output layer on
-    labelled tokens only (fast_loss.py). The GPU profile turns `fast_loss` off, and then this returns its
-    inputs as they are."""
+    """03's one droppable line: when `enabled` (the CPU profile), pre-tokenized datasets and CourseSFTTrainer;
+    else its inputs unchanged. The loss is the same, only faster: pre-tokenizing (text + EOS, as SFTTrainer
+    does) skips `datasets`' fingerprint of Gemma's 262k-entry vocabulary in SFTTrainer's own tokenizing."""
     if not enabled:
         return trainer_class, train_dataset, eval_dataset
     from gemmate_lib.data import to_dataset
@@ -185,9 +163,8 @@ class TrainResult:
 
 
 def run_trainer(trainer, resume_from_checkpoint: str | None = None) -> TrainResult:
-    """`trainer.train()`, timed; the model comes back unwrapped from mixed-precision autocast and in eval
-    mode. Unwrapping matters under fp16/bf16: accelerate wraps forward in an autocast, and a model that keeps
-    it computes differently from the same weights loaded from disk (05, 07 reload them)."""
+    """`trainer.train()`, timed; the model comes back in eval mode, unwrapped from accelerate's autocast,
+    which would make it compute differently from the same weights loaded from disk (05, 07 reload them)."""
     start = time.time()
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     seconds = time.time() - start
@@ -211,7 +188,6 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
                 output_dir: str | Path, save: bool | None = False, callbacks=None) -> CourseSFTTrainer:
     """The course's SFTTrainer on `model` (already wrapped with LoRA) and rows with a `text` field."""
     import datasets
-    from transformers import set_seed
 
     from gemmate_lib.data import to_dataset
 

@@ -54,9 +54,9 @@ class PeakMemory:
 
 
 class StepTimer(TrainerCallback):
-    """Wall-clock seconds of each optimizer step (`on_step_begin` to `on_step_end`): the work a method changes,
-    without the set-up, batch fetching and logging that would blur a comparison of a few steps. On a GPU the
-    clock waits for queued kernels."""
+    """Wall-clock seconds of each optimizer step (`on_step_begin` to `on_step_end`): the work a method
+    changes, without the set-up, batch fetching and logging that would blur a comparison of a few steps. On a
+    GPU the clock waits for queued kernels."""
 
     clock = staticmethod(time.perf_counter)  # seconds; tests swap in a clock of their own
 
@@ -80,13 +80,14 @@ class StepTimer(TrainerCallback):
             self._start = None
 
     def per_step(self) -> float:
-        """Mean seconds of a step, leaving out the first (one-off costs) when there are others; NaN before any."""
+        """Mean seconds of a step, without the first (one-off costs) if there are others; NaN before any."""
         timed = self.seconds[1:] or self.seconds
         return sum(timed) / len(timed) if timed else float("nan")
 
 
 def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False) -> dict:
-    """Held-out loss on the whole text and on the completion (data.char_spans); optionally format compliance."""
+    """Held-out loss on the whole text and on the completion (data.char_spans); optionally format compliance.
+    """
     from gemmate_lib.evaluation import example_nll_by_part, format_generations
 
     model.eval()
@@ -101,7 +102,7 @@ def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_ch
 
 def padding_share(lengths: list[int], batch_size: int, grouped: bool, seed: int = 0) -> float:
     """Share of a pass's tokens that are padding, in random batches or grouped (sorted) by length, as
-    transformers' length-grouped sampler does when the data fits in one mega-batch of 50 batches (it does here)."""
+    transformers' length-grouped sampler does when the data fits in one mega-batch of 50 batches (here)."""
     import random
 
     order = sorted(lengths, reverse=True) if grouped else random.Random(seed).sample(lengths, len(lengths))
@@ -150,7 +151,7 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
     trainable, total = count_parameters(model)
     trainer = sft_trainer(model, tokenizer, train_rows, [], cfg, output_dir, callbacks=callbacks)
     timer = StepTimer()
-    trainer.add_callback(timer)  # last: it starts after the others' on_step_begin, stops after their on_step_end
+    trainer.add_callback(timer)  # last: it starts after the others' step begins, stops after their step ends
     with PeakMemory(cfg.precision.device) as memory:
         trainer.train()
     model = trainer.model

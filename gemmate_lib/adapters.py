@@ -81,9 +81,8 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
 
 
 def load_tuned(cfg):
-    """`gemmate evaluate / generate`: the base model of `cfg` with its trained adapter (output_dir/adapter).
-    Unquantized, the adapter is merged (faster generation); on an NF4 base it stays unmerged, since merging
-    into 4-bit weights re-quantizes them and can wash out the update."""
+    """`gemmate evaluate / generate`: `cfg`'s base model with its adapter (output_dir/adapter), merged (faster
+    generation) unless the base is NF4: 4-bit merging re-quantizes the weights and can wash out the update."""
     from gemmate_lib.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.model_name)
@@ -154,8 +153,7 @@ def merge_and_check(peft_model, tokenizer, prompts, tolerance: float | None = No
     return merged, diff
 
 
-# 05 keeps a merged copy up to this size unless asked (a free Google Drive holds 15 GB)
-MERGED_LIMIT_GIB = 2.0
+MERGED_LIMIT_GIB = 2.0  # 05 keeps a merged copy up to this size unless asked (free Google Drive: 15 GB)
 
 
 def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool = False) -> bool:
@@ -212,8 +210,7 @@ derivative and carries the same terms.
 {chr(10).join(lines)}
 
 ## Evaluation (held-out split, notebook 04_evaluation)
-{chr(10).join(metric_lines) if metric_lines else "Not evaluated yet: run 04_evaluation in the same run "
-                                                 "folder."}
+{chr(10).join(metric_lines) or "Not evaluated yet: run 04_evaluation in the same run folder."}
 
 ## Intended use and limits
 For learning and experiments with parameter-efficient fine-tuning. The model learns the

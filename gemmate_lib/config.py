@@ -497,7 +497,8 @@ def dump_config(cfg: CourseConfig, path: str | Path) -> Path:
 
 
 def _plain(values: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}  # YAML and JSON: lists
+    """Tuples as lists, for YAML and JSON."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def config_summary(cfg: CourseConfig) -> dict:

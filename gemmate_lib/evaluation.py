@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -79,7 +80,7 @@ def held_out_loss(model, tokenizer, rows, max_length: int = 128, batch_size: int
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, dict]  # metric -> {"value", "ci95", "interval", "n"} (schema above)
+    metrics: dict[str, dict]  # metric -> {"value", "ci95", "interval", "n"}
     examples: object  # pandas DataFrame, one row per held-out example
     n_examples: int = 0  # rows evaluated
     settings: dict = field(default_factory=dict)  # token limits, bootstrap samples, seed
@@ -168,7 +169,7 @@ def compare_models(results: dict[str, EvalResult]):
 
 def metrics_document(results: dict[str, EvalResult], dataset: str, split: str,
                      comparisons: dict | None = None, unseen_author_share: float | None = None) -> dict:
-    """The metrics.json content (schema in this module's docstring)."""
+    """The metrics.json content (schema: docs/metrics-json.md)."""
     first = next(iter(results.values()))
     doc = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "split": split,
            "n_examples": first.n_examples, "unseen_author_share": unseen_author_share,
@@ -224,8 +225,6 @@ def validate_metrics(doc: dict) -> None:
 
 def evaluate_from_config(cfg) -> dict:
     """`gemmate evaluate`: 04's held-out metrics of the trained adapter, into output_dir/metrics.json."""
-    from pathlib import Path
-
     from gemmate_lib.adapters import load_tuned
     from gemmate_lib.data import load_quotes
     from gemmate_lib.files import save_json

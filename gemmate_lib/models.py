@@ -112,10 +112,11 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
 
     precision = precision or pick_precision()
     path, kwargs = resolve_model(model_name)
-    gpu = int(os.environ.get("LOCAL_RANK", 0))  # under DDP each process loads onto its own GPU, not GPU 0
+    # under DDP each process loads onto its own GPU (LOCAL_RANK), not all onto GPU 0
+    gpu = int(os.environ.get("LOCAL_RANK", 0)) if precision.device == "cuda" else "cpu"
     if quantization == "nf4":
         kwargs["quantization_config"] = bnb_config(precision)
-        kwargs["device_map"] = {"": gpu if precision.device == "cuda" else "cpu"}
+        kwargs["device_map"] = {"": gpu}
     elif quantization != "none":
         raise ModelLoadError(f"quantization={quantization!r} is not known", 'use "nf4" or "none"')
     try:

@@ -1,8 +1,7 @@
 """Intervals and paired differences for small evaluation sets: the statistics of 04_evaluation. Proportions
-get a Wilson interval (`wilson`), which unlike a percentile bootstrap is never degenerate (0 of 30 gives
-[0, 0.114]); ROUGE-L, BLEU and perplexity a percentile bootstrap (`bootstrap_ci`). `paired_difference`
-resamples items once for both models: item difficulty cancels, so overlapping intervals can hide a clear
-paired difference."""
+get a Wilson interval, never degenerate unlike a percentile bootstrap (0 of 30 gives [0, 0.114]); ROUGE-L,
+BLEU and perplexity a percentile bootstrap. `paired_difference` resamples items once for both models: item
+difficulty cancels, so overlapping intervals can hide a clear paired difference."""
 from __future__ import annotations
 
 import math

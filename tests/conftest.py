@@ -33,6 +33,16 @@ def fp32():
     return pick_precision("cpu", "fp32")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model's matrices are 64 wide: one thread beats several (no hand-offs), most of all on a busy
+    machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tiny_tokenizer()

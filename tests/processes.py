@@ -1,9 +1,25 @@
-"""Helpers for tests that start a server process (`make
-lab`, `gemmate serve`): a free port, and a bounded stop."""
+"""Helpers for tests that start a process: the `gemmate` command with quick settings, and for servers
+(`make lab`, `gemmate serve`) a free port and a bounded stop."""
 import os
 import signal
 import socket
 import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small and quick on the embedded default: short quotes, batch 4.
+QUICK = ["--max_length", "48", "--batch_size", "4", "--steps_freq", "2", "--val_steps_freq", "2",
+         "--eval_fraction", "0.03"]
+
+
+def gemmate(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m gemmate_lib ARGS` from the project's root; with `check`, a failure shows its stderr."""
+    proc = subprocess.run([sys.executable, "-m", "gemmate_lib", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=900, **kwargs)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def free_port() -> int:

@@ -1,5 +1,5 @@
-"""The Gemma 1.1 experiment: SST-2 and SQuAD v2 (configs, fixtures,
-official metrics, CPU runs), wandb and fsspec storage."""
+"""The Gemma 1.1 experiment's tasks (cli/tasks.py): SST-2 and SQuAD v2 configs, fixtures, official metrics
+and CPU runs."""
 import json
 from pathlib import Path
 
@@ -7,7 +7,6 @@ import pytest
 
 from gemmate_lib.cli.tasks import NO_ANSWER, load_task, squad_v2_scores, sst2_scores, task_of
 from gemmate_lib.config import load_config
-from gemmate_lib.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
@@ -108,61 +107,3 @@ def test_a_cpu_run_of_each_task_on_the_embedded_model(task, max_length, held_out
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     saved = json.loads((tmp_path / "train_metrics.json").read_text())
     assert saved["task_metrics"]["total"] == held_out
-
-
-def test_use_wandb_says_how_to_install_it_and_maps_to_the_trainer(monkeypatch, tmp_path):
-    import importlib.util
-
-    from gemmate_lib.training import training_kwargs
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
-                        *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(ParameterError, match="pip install wandb"):
-        load_config(None, {"use_wandb": "true", "output_dir": str(tmp_path)})
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
-                        *a: object() if name == "wandb" else real(name, *a))
-    cfg = load_config(None, {"use_wandb": "true", "wandb_run_name": "r1", "save_optim": "false",
-                             "output_dir": str(tmp_path)})
-    kwargs = training_kwargs(cfg, tmp_path, has_eval=True)
-    assert kwargs["report_to"] == "wandb" and kwargs["run_name"] == "r1" and kwargs["save_only_model"] is True
-
-
-def test_storage_is_switched_on_by_storage_backend_and_needs_a_remote_path(tmp_path):
-    with pytest.raises(ParameterError, match="storage_backend is 'none'"):
-        load_config(None, {"sync_to_storage": "true", "output_dir": str(tmp_path)})
-    with pytest.raises(ParameterError, match="remote_path is not set"):
-        load_config(None,
-                    {"storage_backend": "fsspec", "sync_to_storage": "true", "output_dir": str(tmp_path)})
-
-
-@pytest.mark.parametrize("remote", ["memory://gemmate-test/run", "folder"])
-def test_checkpoints_sync_to_fsspec_and_a_resume_loads_them_back(remote, tiny_folder, tmp_path):
-    import shutil
-
-    import fsspec
-
-    from gemmate_lib.cli.checkpoints import complete_checkpoints
-    from gemmate_lib.cli.storage import remote_checkpoints
-    from gemmate_lib.cli.train import train_from_config
-
-    remote = str(tmp_path / "remote") if remote == "folder" else remote
-    out = tmp_path / "run"
-    common = {"model_name": str(tiny_folder), "max_length": "128", "max_steps": "6", "batch_size": "2",
-              "steps_freq": "2", "val_steps_freq": "2", "keep_last_n": "2", "keep_best_n": "0",
-              "device": "cpu",
-              "dtype": "fp32", "deterministic": "true", "storage_backend": "fsspec", "remote_path": remote,
-              "output_dir": str(out), "eval_fraction": "0.05"}
-    first = train_from_config(load_config(None, {**common, "sync_to_storage": "true"}))
-    # uploaded, and the policy's deletion mirrored
-    assert remote_checkpoints(remote) == ["checkpoint-4", "checkpoint-6"]
-    fs, root = fsspec.core.url_to_fs(remote)
-    assert fs.exists(f"{root}/checkpoint-6/adapter_model.safetensors")
-    shutil.rmtree(out)  # the local disk is gone (a new machine, a new Colab runtime)
-    resumed = train_from_config(load_config(None,
-                                            {**common, "max_steps": "8", "resume_from_checkpoint": "true",
-                                                   "load_from_storage": "true"}))
-    assert resumed["resumed_from"] == "checkpoint-6" and resumed["steps"] == 8 and first["steps"] == 6
-    assert 8 in complete_checkpoints(out)
-    if remote.startswith("memory://"):
-        fs.rm(root, recursive=True)

@@ -1,34 +1,21 @@
-"""GemmaTE: the encoder, the zero-initialised wrapper, timestamps through forward/generate/Trainer, save/load.
-
-Everything runs on the tiny random Gemma 3 of conftest.py (hidden size 64), NF4 included;
-only the command-line run (a subprocess) is marked slow, and it too loads the tiny model.
-"""
+"""GemmaTE's model (temporal/model.py): the encoder, the zero-initialised wrapper, timestamps through forward
+and generate, save and load. Everything runs on the tiny random Gemma 3 (hidden size 64), NF4 included."""
 import json
-import os
 import warnings
-from datetime import datetime, timezone
+from datetime import datetime
 
-import numpy as np
 import pytest
 import torch
 
 from gemmate_lib.config import REFERENCE_MS, TemporalSettings
 from gemmate_lib.errors import DataError, ModelLoadError, ParameterError
 from gemmate_lib.temporal.model import GemmaTEForCausalLM, TemporalEncoder
-from gemmate_lib.temporal.timestamps import signed_log_days, to_milliseconds
 
 MS_2021 = 1_633_046_400_000  # 2021-10-01T00:00:00Z
 MS_2014 = 1_394_000_000_000  # 2014-03-05 06:13:20 UTC
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model's matrices are 64 wide: one thread beats
-    several (no hand-offs), most of all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturb(te, seed=0):
@@ -39,39 +26,6 @@ def _perturb(te, seed=0):
             if "temporal_projection" in name or "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     return te
-
-
-def test_reference_is_2006_05_23_and_the_sign_follows_it():
-    assert to_milliseconds("2006-05-23T00:00:00Z") == REFERENCE_MS
-    ms = to_milliseconds([REFERENCE_MS - 86_400_000, REFERENCE_MS, REFERENCE_MS + 86_400_000, "1995-01-01",
-                          "2024-06-01"])
-    x = signed_log_days(ms)
-    assert x[0] < 0 and x[1] == 0 and x[2] > 0 and x[3] < x[0] and x[4] > x[2]
-    assert torch.allclose(x[[0, 2]].abs(), torch.tensor([np.log(2.0)] * 2, dtype=torch.float64))
-    feats = TemporalEncoder(TemporalSettings())(ms)
-    assert feats.shape == (5, 64) and torch.equal(torch.sign(feats[:, 1]), torch.tensor([-1.0, 0, 1, -1, 1]))
-
-
-def test_every_accepted_form_gives_the_same_milliseconds():
-    when = datetime(2014, 3, 5, 6, 13, 20, tzinfo=timezone.utc)
-    forms = [MS_2014, float(MS_2014), np.int64(MS_2014), when, when.replace(tzinfo=None),
-             "2014-03-05T06:13:20Z", "2014-03-05T07:13:20+01:00", torch.tensor(MS_2014)]
-    assert all(float(to_milliseconds(f)) == MS_2014 for f in forms)
-    assert to_milliseconds(np.array([MS_2014, REFERENCE_MS])).tolist() == [MS_2014, REFERENCE_MS]
-
-
-@pytest.mark.parametrize("bad, message", [
-    (float("nan"), "NaN or infinite"), (float("inf"), "NaN or infinite"), (None, "is not a time"),
-    (True, "is not a time"), ("next tuesday", "not an ISO-8601"),
-    (1_394_000_000_000_000, "looks like microseconds"),
-    (1e16, "outside 1900-01-01..2100-01-01"), ([MS_2014, float("nan")], "1 timestamp"),
-    (torch.tensor([True]), "booleans"),
-    ({"t": 1}, "must be one value, got a dict"), (object(), "has type object"),
-])
-def test_invalid_timestamps_raise_a_clear_error(bad, message):
-    with pytest.raises(DataError, match=message) as info:
-        to_milliseconds(bad)
-    assert info.value.fix
 
 
 def test_bad_settings_are_rejected_by_the_encoder_and_the_config():
@@ -207,158 +161,6 @@ def test_generate_with_timestamps_in_nf4(tiny_folder, tiny_tokenizer, fp32):
         te.temporal_projection.weight.mul_(40)
     texts = _generate(te, tokenizer, [datetime(1950, 1, 1), datetime(2090, 1, 1)])
     assert len(texts) == 2 and texts[0] != texts[1]
-
-
-def test_trainer_trains_lora_and_the_projection(tiny_model, tiny_tokenizer, tmp_path):
-    from gemmate_lib.config import course_config
-    from gemmate_lib.temporal.data import PROMPT_END, TextDataset
-    from gemmate_lib.temporal.training import attach_temporal_lora, train_temporal
-
-    cfg = course_config("temporal", device="cpu", dtype="fp32", max_steps=3, batch_size=4, steps_freq=1)
-    embeddings = tiny_model.get_input_embeddings().weight.detach().clone()
-    te = attach_temporal_lora(GemmaTEForCausalLM(tiny_model, cfg.temporal), cfg)
-    assert attach_temporal_lora(te, cfg).model is te.model  # once: a second call keeps the adapter
-    texts = [f"Note {i}\nWritten: May {2008 + i}" for i in range(8)]
-    stamps = [datetime(2008 + i, 5, 10) for i in range(8)]
-    ds = TextDataset(texts, tiny_tokenizer, stamps, prompt_end=PROMPT_END)
-    result = train_temporal(te, ds, cfg, tmp_path, tiny_tokenizer.pad_token_id)
-    assert result.steps == 3 and len(result.log) == 3 and result.log["loss"].notna().all()
-    assert result.model is te and not te.training  # returned ready to generate
-    assert te.temporal_projection.weight.abs().sum() > 0
-    assert any(p.abs().sum() > 0 for n, p in te.named_parameters() if "lora_B" in n)
-    assert torch.equal(tiny_model.get_input_embeddings().weight, embeddings)  # the base stays frozen
-
-
-def test_data_files_and_dated_notes(tmp_path):
-    from gemmate_lib.temporal.data import load_jsonl, make_dated_notes, parse_date, save_jsonl
-
-    notes = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=10)
-    assert not set(notes.train_timestamps) & set(notes.test_timestamps)
-    assert all(2007 <= y <= 2020 for y, _ in notes.test_dates)
-    from collections import Counter
-
-    balanced = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=28,
-                                n_val=14,
-                                n_far=12)
-    assert set(Counter(y for y, _ in balanced.test_dates).values()) == {2}  # 2 per training year
-    assert set(Counter(y for y, _ in balanced.val_dates).values()) == {1}
-    # 2 per year after them
-    assert Counter(y for y, _ in balanced.far_dates) == {y: 2 for y in range(2021, 2027)}
-    assert parse_date(notes.train_texts[0].split("Written:")[1])[0] is not None
-    path = save_jsonl(tmp_path / "notes.jsonl", notes.train_texts, notes.train_timestamps)
-    texts, stamps = load_jsonl(path)
-    assert texts == notes.train_texts and stamps == [float(s) for s in notes.train_timestamps]
-    path.write_text(path.read_text() + '{"text": "late", "timestamp": "yesterday"}\n')
-    with pytest.raises(DataError, match="notes.jsonl line 51: timestamp 'yesterday'"):
-        load_jsonl(path)
-    path.write_text('{"text": "no time"}\n')
-    with pytest.raises(DataError, match="has no column timestamp"):
-        load_jsonl(path)
-    assert parse_date(" May 2014, a fine") == (2014, 5) and parse_date(" once upon") == (None, None)
-
-
-@pytest.mark.slow
-def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder, fp32):
-    import subprocess
-    import sys
-
-    from gemmate_lib.temporal.data import save_jsonl
-
-    data = save_jsonl(tmp_path / "notes.jsonl", [f"Note {i}\nWritten: May {2008 + i}" for i in range(12)],
-                      [to_milliseconds(datetime(2008 + i, 5, 10)) for i in range(12)])
-    out = tmp_path / "te"
-    proc = subprocess.run([sys.executable, "-m", "gemmate_lib", "train-te", "--dataset", str(data),
-                           "--output_dir",
-                           str(out), "--max_steps", "2", "--batch_size", "4", "--temporal_scale", "1.5",
-                           "--prompt_end", "Written:", "--model_name", str(tiny_folder)],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # a tiny model: one thread is fastest
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    metrics = json.loads((out / "train_metrics.json").read_text())
-    assert metrics["steps"] == 2 and metrics["rows"] == 12
-    model = out / "model"
-    assert json.loads((model / "gemmate_te.json").read_text())["settings"]["temporal_scale"] == 1.5
-    assert (model / "adapter_model.safetensors").exists() and (model / "temporal.safetensors").exists()
-    assert not list(out.glob("*.partial")) and not list(out.glob("*.backup"))
-    from gemmate_lib.models import load_model
-
-    loaded = GemmaTEForCausalLM.from_pretrained(load_model(str(tiny_folder), fp32), model)
-    assert loaded.settings.temporal_scale == 1.5 and loaded.temporal_projection.weight.abs().sum() > 0
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--batch_size", "0"], "parameter batch_size=0 must be at least 1"),
-    (["--learning_rate", "fast"], "parameter learning_rate='fast' has type str"),
-    (["--temporal_scale", "-1"], "temporal_scale=-1.0 must be a positive finite number"),
-    pytest.param(["--fp16"], "--fp16 needs a CUDA GPU",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(),
-                                          reason="a GPU is visible: --fp16 is allowed")),
-    ([], "dataset='MISSING': no such file"),
-])
-def test_command_bad_values_get_one_clear_line(argv, message, tmp_path, capsys):
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
-
-    # every case has it: the bad value must be reported before the file
-    missing = str(tmp_path / "missing.jsonl")
-    code = run_cli(main, ["train-te", "--dataset", missing, "--output_dir", str(tmp_path / "o"), *argv])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and "Traceback" not in "\n".join(lines)
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and message.replace("MISSING", missing) in errors[0]
-    assert lines[lines.index(errors[0]) + 1].startswith("  Fix: ")  # the line after says what to do
-    assert not (tmp_path / "o").exists()  # nothing was created before the check
-
-
-def test_baselines_by_hand():
-    from gemmate_lib.temporal.data import DatedNotes
-    from gemmate_lib.temporal.timestamps import date_ms as _ms
-    from gemmate_lib.temporal.training import baselines
-
-    notes = DatedNotes(train_texts=["a", "b", "c"],
-                       train_timestamps=[_ms(2010, 3, 1), _ms(2012, 7, 1), _ms(2020, 1, 1)],
-                       test_prompts=["x", "y"], test_timestamps=[_ms(2010, 3, 3), _ms(2019, 12, 30)],
-                       test_dates=[(2010, 3), (2019, 12)])
-    got = baselines(notes)
-    # the first test note's neighbour is 2010-03 (right year and month); the second's is 2020-01 (both wrong)
-    assert got["nearest_year"] == 0.5 and got["nearest_month_year"] == 0.5 and got["median_gap_days"] == 2
-    assert got["chance_year"] == 0.5 and got["chance_month_year"] == 1 / 24
-
-
-def test_dated_notes_keep_validation_test_and_extrapolation_apart():
-    from gemmate_lib.temporal.data import PROMPT_END, date_of, make_dated_notes
-
-    notes = make_dated_notes([f"quote number {i} is here today" for i in range(60)], n_train=300, n_test=40,
-                             n_val=30,
-                             n_far=24, seed=3)
-    splits = [set(notes.train_timestamps), set(notes.val_timestamps), set(notes.test_timestamps),
-              set(notes.far_timestamps)]
-    # no timestamp in two places
-    assert sum(map(len, splits)) == len(set().union(*splits)) == 300 + 30 + 40 + 24
-    assert {date_of(ms)[0] for ms in notes.train_timestamps} <= set(range(2007, 2021))
-    assert {y for y, _ in notes.far_dates} == set(range(2021, 2027))  # no training target names these years
-    assert not any(f" {y}" in t for t in notes.train_texts for y in range(2021, 2027))
-    trained = {t.split(PROMPT_END)[0] for t in notes.train_texts}
-    held = {p.removesuffix(PROMPT_END) for p in notes.val_prompts + notes.test_prompts + notes.far_prompts}
-    assert trained and held and not trained & held  # held-out quotes are never trained on
-    assert notes.split("far") == (notes.far_prompts, notes.far_timestamps, notes.far_dates)
-    with pytest.raises(DataError, match="extrapolate_to=2019 is not after last_year=2020"):
-        make_dated_notes([f"q {i} words" for i in range(20)], extrapolate_to=2019)
-
-
-def test_baselines_within_one_year_outside_the_training_years():
-    from gemmate_lib.temporal.data import DatedNotes
-    from gemmate_lib.temporal.timestamps import date_ms as _ms
-    from gemmate_lib.temporal.training import baselines
-
-    notes = DatedNotes(["a", "b"], [_ms(2019, 6, 1), _ms(2020, 11, 1)], [], [], [],
-                       far_prompts=["x", "y", "z"],
-                       far_timestamps=[_ms(2021, 2, 1), _ms(2022, 5, 1), _ms(2025, 1, 1)],
-                       far_dates=[(2021, 2), (2022, 5), (2025, 1)])
-    got = baselines(notes, "far")
-    # every neighbour is 2020-11: never the right year, within one year only for 2021
-    assert got["nearest_year"] == 0 and got["nearest_year_within_1"] == pytest.approx(1 / 3)
-    assert got["chance_year"] == pytest.approx(1 / 3)
 
 
 def test_wrapping_the_same_model_again_keeps_one_time_hook(tiny_model, tiny_tokenizer):

@@ -10,6 +10,11 @@ TINY_CORPUS = ["Quote: Be yourself; everyone else is already taken.\nAuthor: Osc
                "Quote: Imagination is more important than knowledge.\nAuthor: Albert Einstein",
                "Stay hungry, stay foolish.\nWritten: May 2014",
                "one two three four five six seven eight nine ten"]
+# Four short rows in the course's format, for loss and training plumbing.
+TEXTS = ("Quote: Be yourself.\nAuthor: Oscar Wilde", "Quote: Stay hungry.\nAuthor: Steve Jobs",
+         "Quote: Imagination is more important than knowledge.\nAuthor: Albert Einstein",
+         "Quote: one two three\nAuthor: Nobody")
+ROWS = [{"text": t, "quote": t.split("\n")[0][7:], "author": t.split("Author: ")[1]} for t in TEXTS]
 
 
 def make_tiny_tokenizer():

@@ -1,0 +1,113 @@
+"""`gemmate train`'s checkpoints (cli/checkpoints.py): the keep policy, resume, early stopping, and a killed
+run resumed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from processes import QUICK, ROOT, gemmate
+
+from gemmate_lib.cli.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint, select_kept
+from gemmate_lib.errors import ParameterError
+
+
+def _fake_checkpoint(folder: Path, step: int, loss: float | None):
+    folder.mkdir(parents=True)
+    history = [{"step": step,
+                "loss": 1.0}] + ([{"step": step, "eval_loss": loss}] if loss is not None else [])
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}))
+
+
+LOSSES = {2: 3.0, 4: 2.0, 6: 2.5, 8: 1.5, 10: 2.2, 12: 2.4}
+
+
+@pytest.fixture()
+def checkpoints(tmp_path):
+    for step, loss in LOSSES.items():
+        _fake_checkpoint(tmp_path / f"checkpoint-{step}", step, loss)
+    (tmp_path / "checkpoint-14").mkdir()  # killed mid-save: no trainer_state.json
+    return tmp_path
+
+
+def test_keep_last_and_best_select_exactly_the_right_checkpoints(checkpoints):
+    found = complete_checkpoints(checkpoints)
+    assert list(found) == [2, 4, 6, 8, 10, 12]
+    assert select_kept(found, 2, 2, "eval_loss", "min") == {10, 12, 8, 4}
+    assert select_kept(found, 1, 1, "eval_loss", "max") == {12, 2}
+    assert select_kept(found, 0, 3, "eval_loss", "min") == {8, 4, 10}
+
+
+def test_the_policy_deletes_what_it_does_not_keep_after_a_save(checkpoints):
+    policy = CheckpointPolicy(checkpoints, keep_last_n=2, keep_best_n=1, metric="eval_loss")
+    policy.on_save(None, SimpleNamespace(is_world_process_zero=True), None)
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-12",
+                                                                        "checkpoint-14", "checkpoint-8"]
+    policy.on_save(None, SimpleNamespace(is_world_process_zero=False), None)  # other DDP ranks never delete
+
+
+def test_resume_picks_the_last_complete_the_best_or_the_given_checkpoint(checkpoints):
+    assert resume_checkpoint(checkpoints, "last").name == "checkpoint-12"  # not the half-written 14
+    assert resume_checkpoint(checkpoints, "best", metric="eval_loss", mode="min").name == "checkpoint-8"
+    assert resume_checkpoint(checkpoints, "path",
+                             path=str(checkpoints / "checkpoint-4")).name == "checkpoint-4"
+    with pytest.raises(ParameterError, match="not a complete checkpoint"):
+        resume_checkpoint(checkpoints, "path", path=str(checkpoints / "checkpoint-14"))
+    with pytest.raises(ParameterError, match="holds no complete checkpoint"):
+        resume_checkpoint(checkpoints / "empty", "last")
+
+
+def test_early_stopping_is_transformers_callback_wired_to_the_checkpoint_metric(cpu_cfg, tmp_path):
+    from transformers import EarlyStoppingCallback, TrainerControl, TrainerState
+
+    from gemmate_lib.training import training_args
+
+    cfg = cpu_cfg.replace(early_stopping_patience=2, checkpoint_metric="eval_loss")
+    args = training_args(cfg, tmp_path, has_eval=True)
+    assert args.metric_for_best_model == "eval_loss" and args.greater_is_better is False
+    assert args.eval_strategy == "steps" and args.save_steps == args.eval_steps == cfg.train.val_steps_freq
+    stop, state, control = EarlyStoppingCallback(early_stopping_patience=2), TrainerState(), TrainerControl()
+    for loss in (2.0, 2.1, 2.2):  # the Trainer updates best_metric after each evaluation
+        stop.on_evaluate(args, state, control, metrics={"eval_loss": loss})
+        state.best_metric = min(loss, state.best_metric or loss)
+    assert control.should_training_stop
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_last_gives_the_same_adapter_bitwise(tmp_path, tiny_folder):
+    """Plumbing (checkpoints, RNG and data position), so the
+    tiny random Gemma: 24 steps, a checkpoint every 2."""
+    args = [*QUICK, "--max_length", "128", "--model_name", str(tiny_folder), "--max_steps", "24",
+            "--deterministic",
+            "true", "--keep_last_n", "2", "--keep_best_n", "0"]
+    gemmate("train", *args, "--output_dir", str(tmp_path / "straight"))
+    straight = json.loads((tmp_path / "straight" / "train_metrics.json").read_text())
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "gemmate_lib", "train", *args, "--output_dir", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not complete_checkpoints(out) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (out / "train_metrics.json").exists()
+    last = max(complete_checkpoints(out))
+    assert last < 24
+    gemmate("train", *args, "--output_dir", str(out), "--resume_from_checkpoint", "true", "--resume_option",
+            "last")
+    resumed = json.loads((out / "train_metrics.json").read_text())
+    print(f"killed after checkpoint-{last} of 24 steps; resumed run digest "
+          f"{resumed['trainable_digest'][:12]}, "
+          f"uninterrupted {straight['trainable_digest'][:12]}")
+    assert resumed["resumed_from"] == f"checkpoint-{last}" and resumed["steps"] == 24
+    assert resumed["trainable_digest"] == straight["trainable_digest"]
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
+    b = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)

@@ -1,0 +1,116 @@
+"""GemmaTE's training (temporal/training.py, 07 and `gemmate train-te`): LoRA and the projection train
+together, and the baselines every accuracy stands next to."""
+import json
+import os
+from datetime import datetime
+
+import pytest
+import torch
+
+from gemmate_lib.temporal.model import GemmaTEForCausalLM
+from gemmate_lib.temporal.timestamps import to_milliseconds
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_trainer_trains_lora_and_the_projection(tiny_model, tiny_tokenizer, tmp_path):
+    from gemmate_lib.config import course_config
+    from gemmate_lib.temporal.data import PROMPT_END, TextDataset
+    from gemmate_lib.temporal.training import attach_temporal_lora, train_temporal
+
+    cfg = course_config("temporal", device="cpu", dtype="fp32", max_steps=3, batch_size=4, steps_freq=1)
+    embeddings = tiny_model.get_input_embeddings().weight.detach().clone()
+    te = attach_temporal_lora(GemmaTEForCausalLM(tiny_model, cfg.temporal), cfg)
+    assert attach_temporal_lora(te, cfg).model is te.model  # once: a second call keeps the adapter
+    texts = [f"Note {i}\nWritten: May {2008 + i}" for i in range(8)]
+    stamps = [datetime(2008 + i, 5, 10) for i in range(8)]
+    ds = TextDataset(texts, tiny_tokenizer, stamps, prompt_end=PROMPT_END)
+    result = train_temporal(te, ds, cfg, tmp_path, tiny_tokenizer.pad_token_id)
+    assert result.steps == 3 and len(result.log) == 3 and result.log["loss"].notna().all()
+    assert result.model is te and not te.training  # returned ready to generate
+    assert te.temporal_projection.weight.abs().sum() > 0
+    assert any(p.abs().sum() > 0 for n, p in te.named_parameters() if "lora_B" in n)
+    assert torch.equal(tiny_model.get_input_embeddings().weight, embeddings)  # the base stays frozen
+
+
+@pytest.mark.slow
+def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder, fp32):
+    import subprocess
+    import sys
+
+    from gemmate_lib.temporal.data import save_jsonl
+
+    data = save_jsonl(tmp_path / "notes.jsonl", [f"Note {i}\nWritten: May {2008 + i}" for i in range(12)],
+                      [to_milliseconds(datetime(2008 + i, 5, 10)) for i in range(12)])
+    out = tmp_path / "te"
+    proc = subprocess.run([sys.executable, "-m", "gemmate_lib", "train-te", "--dataset", str(data),
+                           "--output_dir",
+                           str(out), "--max_steps", "2", "--batch_size", "4", "--temporal_scale", "1.5",
+                           "--prompt_end", "Written:", "--model_name", str(tiny_folder)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # a tiny model: one thread is fastest
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["rows"] == 12
+    model = out / "model"
+    assert json.loads((model / "gemmate_te.json").read_text())["settings"]["temporal_scale"] == 1.5
+    assert (model / "adapter_model.safetensors").exists() and (model / "temporal.safetensors").exists()
+    assert not list(out.glob("*.partial")) and not list(out.glob("*.backup"))
+    from gemmate_lib.models import load_model
+
+    loaded = GemmaTEForCausalLM.from_pretrained(load_model(str(tiny_folder), fp32), model)
+    assert loaded.settings.temporal_scale == 1.5 and loaded.temporal_projection.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch_size", "0"], "parameter batch_size=0 must be at least 1"),
+    (["--learning_rate", "fast"], "parameter learning_rate='fast' has type str"),
+    (["--temporal_scale", "-1"], "temporal_scale=-1.0 must be a positive finite number"),
+    pytest.param(["--fp16"], "--fp16 needs a CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                          reason="a GPU is visible: --fp16 is allowed")),
+    ([], "dataset='MISSING': no such file"),
+])
+def test_command_bad_values_get_one_clear_line(argv, message, tmp_path, capsys):
+    from gemmate_lib.cli.main import main
+    from gemmate_lib.errors import run_cli
+
+    # every case has it: the bad value must be reported before the file
+    missing = str(tmp_path / "missing.jsonl")
+    code = run_cli(main, ["train-te", "--dataset", missing, "--output_dir", str(tmp_path / "o"), *argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(lines)
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and message.replace("MISSING", missing) in errors[0]
+    assert lines[lines.index(errors[0]) + 1].startswith("  Fix: ")  # the line after says what to do
+    assert not (tmp_path / "o").exists()  # nothing was created before the check
+
+
+def test_baselines_by_hand():
+    from gemmate_lib.temporal.data import DatedNotes
+    from gemmate_lib.temporal.timestamps import date_ms as _ms
+    from gemmate_lib.temporal.training import baselines
+
+    notes = DatedNotes(train_texts=["a", "b", "c"],
+                       train_timestamps=[_ms(2010, 3, 1), _ms(2012, 7, 1), _ms(2020, 1, 1)],
+                       test_prompts=["x", "y"], test_timestamps=[_ms(2010, 3, 3), _ms(2019, 12, 30)],
+                       test_dates=[(2010, 3), (2019, 12)])
+    got = baselines(notes)
+    # the first test note's neighbour is 2010-03 (right year and month); the second's is 2020-01 (both wrong)
+    assert got["nearest_year"] == 0.5 and got["nearest_month_year"] == 0.5 and got["median_gap_days"] == 2
+    assert got["chance_year"] == 0.5 and got["chance_month_year"] == 1 / 24
+
+
+def test_baselines_within_one_year_outside_the_training_years():
+    from gemmate_lib.temporal.data import DatedNotes
+    from gemmate_lib.temporal.timestamps import date_ms as _ms
+    from gemmate_lib.temporal.training import baselines
+
+    notes = DatedNotes(["a", "b"], [_ms(2019, 6, 1), _ms(2020, 11, 1)], [], [], [],
+                       far_prompts=["x", "y", "z"],
+                       far_timestamps=[_ms(2021, 2, 1), _ms(2022, 5, 1), _ms(2025, 1, 1)],
+                       far_dates=[(2021, 2), (2022, 5), (2025, 1)])
+    got = baselines(notes, "far")
+    # every neighbour is 2020-11: never the right year, within one year only for 2021
+    assert got["nearest_year"] == 0 and got["nearest_year_within_1"] == pytest.approx(1 / 3)
+    assert got["chance_year"] == pytest.approx(1 / 3)

@@ -126,7 +126,19 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
         raise hub_error(model_name, err) from err
     if quantization == "none" and precision.device == "cuda":
         model = model.to(f"cuda:{gpu}")
+    if quantization == "nf4" and precision.device == "cpu":
+        keep_nf4_as_loaded(model)
     return model
+
+
+def keep_nf4_as_loaded(model) -> None:
+    """Turn off bitsandbytes' CPU repacking of NF4 weights (01 and 03 load NF4 on a CPU; a GPU never
+    repacks). On a CPU with AVX512_BF16 a no-grad forward in eval mode repacks them for its own kernel, and
+    every `state_dict()` (each save) unpacks them in place and re-quantizes their scales: the model in memory
+    drifts from the one trained and saved, and a reload check fails. Off, NF4 computes alike on every CPU."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def footprint_mib(model) -> float:

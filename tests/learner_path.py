@@ -42,7 +42,9 @@ SMOKE_QUOTES = 100
 
 
 def tiny_gemma(folder: Path) -> Path:
-    """A random 2-layer Gemma 1 (gemma-2b's architecture, one key/value head) with the embedded tokenizer."""
+    """A random 2-layer Gemma 1 (gemma-2b's architecture, one key/value head) with the embedded tokenizer.
+    Every linear layer is a multiple of 32 wide, as in the real models: on a CPU with AVX512_BF16,
+    bitsandbytes packs NF4 weights in blocks of 32 output rows (and asserts that they fit)."""
     import torch
     from transformers import GemmaConfig, GemmaForCausalLM
 
@@ -53,7 +55,7 @@ def tiny_gemma(folder: Path) -> Path:
     tokenizer = load_tokenizer("embedded")
     config = GemmaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=32,
                          max_position_embeddings=512,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id)

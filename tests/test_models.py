@@ -115,3 +115,17 @@ def test_the_written_out_from_pretrained_of_01_gets_the_same_clear_error():
             raise _hub_failure(hub_errors_module.GatedRepoError, 403)
     with hub_errors("google/gemma-2b"):
         pass  # nothing raised, nothing changed
+
+
+def test_an_nf4_model_on_a_cpu_computes_the_same_after_a_save(tiny_folder, fp32, monkeypatch):
+    """bitsandbytes repacks NF4 weights on a CPU with AVX512_BF16 and re-quantizes their scales on every
+    state_dict(): the model in memory drifted from the one saved, and 07's reload check failed there."""
+    import bitsandbytes.nn.modules
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)  # the CPU's flags
+    model = load_model(str(tiny_folder), fp32, "nf4").eval()
+    ids = torch.tensor([[2, 40, 41, 42, 43, 44]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        model.state_dict()  # what every save_pretrained does
+        assert torch.equal(model(input_ids=ids).logits, before)

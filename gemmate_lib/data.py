@@ -93,11 +93,17 @@ def _read_embedded() -> list[dict]:
 
 
 def _json(text: str, name: str, line: int, fix: str):
-    """`text` parsed as JSON, or a DataError naming the file and line (`line` 0: the error's own line)."""
+    """`text` parsed as JSON, or a DataError naming the file and line (`line` 0: the error's own line). JSON
+    nested deeper than Python's parser recurses (~1,000 levels; no quote file needs more than 2) is refused
+    by name rather than as a RecursionError from inside the json module."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{name} line {line or err.lineno} is not valid JSON ({err.msg})", fix) from None
+    except RecursionError:
+        where = f"{name} line {line}" if line else name
+        raise DataError(f"{where} nests JSON deeper than Python's parser can go (over ~1,000 levels)",
+                        'write flat rows: {"quote": "...", "author": "..."}') from None
 
 
 def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
@@ -179,13 +185,25 @@ MAX_CHARS = 1000  # without a tokenizer to count tokens: longer is a paragraph (
 MARKERS = ("Quote:", "Author:")  # the training template's markers: inside a field they corrupt the format
 
 
+# Characters that print as nothing: Unicode's format characters (zero-width space and joiners, word joiner,
+# BOM, soft hyphen, Mongolian vowel separator: category Cf), controls (Cc) and the blank fillers that are
+# letters by category. Text made only of these and whitespace reads as empty, so it counts as empty.
+_FILLERS = {"\u115f", "\u1160", "\u2800", "\u3164", "\uffa0"}
+
+
+def visible(text: str) -> str:
+    """`text` without whitespace and invisible characters: empty when nothing would print."""
+    return "".join(ch for ch in text if not (ch.isspace() or ch in _FILLERS
+                                             or unicodedata.category(ch) in ("Cf", "Cc")))
+
+
 def _problem(row: dict, key: str) -> str | None:
     value = row.get(key)
     if value is None:
         return f"missing {key}"
     if not isinstance(value, str):
         return f"{key} is not text"
-    if not value.strip():
+    if not visible(value):
         return f"empty {key}"
     if "\n" in value.strip() or "\r" in value or any(m in value for m in MARKERS):
         return f"{key} contains a newline or a template marker ({' / '.join(MARKERS)})"

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -203,3 +204,32 @@ def test_a_quote_of_a_million_characters_is_dropped_even_without_a_tokenizer(tmp
     data = load_quotes(str(path))  # no tokenizer: 07 reads quotes like this
     assert len(data.train) + len(data.held_out) == 5
     assert [n for reason, n in data.dropped.items() if "too long" in reason] == [1]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_a_pathologically_nested_json_file_is_refused_with_its_name_and_why(tmp_path, suffix):
+    path = tmp_path / f"deep{suffix}"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")  # valid JSON, nested deeper than Python recurses
+    where = "deep.json" if suffix == ".json" else "deep.jsonl line 1"
+    message = re.escape(f"{where} nests JSON deeper than Python's parser can go")
+    with pytest.raises(DataError, match=message) as err:
+        load_quotes(str(path))
+    assert "flat" in err.value.fix  # the fix says what shape to write
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200b\u200c\u200d", "\ufeff \u2060", "\u00ad\t\u180e"])
+def test_text_made_only_of_invisible_characters_counts_as_empty(tmp_path, invisible):
+    rows = [{"quote": invisible, "author": "Ada"}, {"quote": "Be brave.", "author": invisible},
+            {"quote": "Keep going.", "author": "Anon"}, {"quote": "Stay curious.", "author": "Anon"},
+            {"quote": "Rest well.", "author": "Ben"}]
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_quotes(str(path), eval_fraction=0.34)
+    assert len(data.train) + len(data.held_out) == 3
+    assert data.dropped == {"empty quote": 1, "empty author": 1}
+    assert "dropped 1 row(s): empty author, e.g. line 2:" in data.report()
+
+
+def test_invisible_characters_inside_real_text_keep_the_row():
+    kept, dropped, _, _ = clean_rows([{"quote": "Zero\u200bwidth inside.", "author": "Ada"}])
+    assert dropped == {} and kept[0]["quote"] == "Zero\u200bwidth inside."

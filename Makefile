@@ -14,7 +14,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install embedded course test test-fast lint unit nbval smoke gpu-check bench bench-head clean notebooks lab sync
+.PHONY: install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift bench bench-head clean notebooks lab sync
 
 install: $(STAMP)
 
@@ -67,6 +67,27 @@ sync: install
 # notebook). DRY_RUN=1 builds and checks every notebook's T4 and A100 config on any machine.
 gpu-check: $(if $(DRY_RUN),install,embedded)
 	$(OFFLINE) $(PY) -m tools.gpu_check $(if $(DRY_RUN),--dry-run) $(if $(PRECISION),--precision $(PRECISION))
+
+# Before raising a pin: the course against the newest transformers, trl, peft, accelerate, datasets, huggingface_hub,
+# bitsandbytes, tokenizers and safetensors, in a second environment (.venv-drift) beside .venv. Runs the fast tier,
+# the smoke run and the one-page notebook; prints the table and writes docs/compatibility.md. Not part of `make test`.
+drift: install
+	$(PY) -m tools.drift --python $(PYTHON)
+
+# The smoke run on a CUDA GPU, in the GPU's own precision and in a T4's fp16 (tools/gpu_smoke.py). On a bare GPU
+# machine with no registry, first run `make gpu-wheels` where the registry is reachable and bring .gpu-wheels/ along:
+# gpu-smoke then installs from it into .gpu-site/ with no network and runs the machine's own python3 (GPU_PY).
+GPU_PY ?= python3
+gpu-wheels: install
+	$(PY) -m tools.gpu_wheels
+
+gpu-smoke: $(if $(wildcard .gpu-wheels/*.whl),,embedded)
+ifneq ($(wildcard .gpu-wheels/*.whl),)
+	$(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --upgrade --target .gpu-site .gpu-wheels/*.whl
+	$(OFFLINE) PYTHONPATH=$(CURDIR)/.gpu-site $(GPU_PY) -m tools.gpu_smoke
+else
+	$(OFFLINE) $(PY) -m tools.gpu_smoke
+endif
 
 bench: embedded
 	$(OFFLINE) $(PY) benchmarks/sft_throughput.py

@@ -52,7 +52,8 @@ def tiny_gemma(folder: Path) -> Path:
 
     if (folder / "config.json").exists():
         return folder
-    tokenizer = load_tokenizer("embedded")
+    # make gpu-smoke, on a machine without the embedded model, brings its tokenizer (tools/gpu_wheels.py)
+    tokenizer = load_tokenizer(os.environ.get("GEMMATE_SMOKE_TOKENIZER", "embedded"))
     config = GemmaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=1, head_dim=32,
@@ -89,30 +90,33 @@ def colab_kernel(jupyter_dir: Path) -> str:
         "argv": [sys.executable, "-c", start, "--IPKernelApp.kernel_class=google.colab._kernel.Kernel",
                  "-f", "{connection_file}"],
         "display_name": "Colab-like (smoke run)", "language": "python",
-        "env": {"PYTHONPATH": str(RUNTIME)}}))
+        # a PYTHONPATH already set (make gpu-smoke's folder of carried packages) stays behind the runtime
+        "env": {"PYTHONPATH": os.pathsep.join(filter(None, [str(RUNTIME), os.environ.get("PYTHONPATH")]))}}))
     return "colab-like"
 
 
-def run(run_dir: Path, notebooks: list[Path] | None = None) -> dict[str, dict]:
-    """Run every notebook; {name: {"seconds", "status"}}. Stops at the first failure, like `make course`."""
+def run(run_dir: Path, notebooks: list[Path] | None = None, profile: str = "gpu") -> dict[str, dict]:
+    """Run every notebook; {name: {"seconds", "status"}}. Stops at the first failure, like `make course`.
+    `profile`: GEMMATE_PROFILE for the kernels: "gpu" (the GPU's own precision) or "t4" (fp16, make
+    gpu-smoke)."""
 
     saved = os.environ.copy()  # the GPU profile is for the notebooks' kernels only: restored at the end
     try:
-        return _run(run_dir, notebooks)
+        return _run(run_dir, notebooks, profile)
     finally:
         os.environ.clear()
         os.environ.update(saved)
 
 
-def _run(run_dir: Path, notebooks: list[Path] | None) -> dict[str, dict]:
+def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu") -> dict[str, dict]:
     import papermill as pm
     from canary import CANARY
 
     run_dir.mkdir(parents=True, exist_ok=True)
     model = tiny_gemma(run_dir.parent / "tiny-gemma-1")
     quotes = smoke_quotes(run_dir.parent / "smoke_quotes.jsonl")
-    os.environ.update(JUPYTER_PATH=str(run_dir.parent / "jupyter"), GEMMATE_PROFILE="gpu", GEMMATE_SMOKE="1",
-                      HF_HUB_OFFLINE="1",
+    os.environ.update(JUPYTER_PATH=str(run_dir.parent / "jupyter"), GEMMATE_PROFILE=profile,
+                      GEMMATE_SMOKE="1", HF_HUB_OFFLINE="1",
                       HF_DATASETS_OFFLINE="1", COLAB_SIM_SECRET=CANARY,
                       COLAB_SIM_LOG=str(run_dir / "colab.log"))
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMMATE_RUN_DIR"):

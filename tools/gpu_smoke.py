@@ -1,0 +1,88 @@
+"""`make gpu-smoke`: the learner's-path smoke run (tests/learner_path.py) on a CUDA GPU, in both precisions.
+
+The CPU smoke run stands in for the GPU paths but cannot exercise them. On a GPU this runs every notebook in
+the GPU profile, in the Colab-like kernel, on the smoke run's tiny random Gemma 1 (gemma-2b's architecture),
+twice: in the GPU's own precision (bf16 from compute capability 8.0, e.g. an H100) and in a T4's (fp16
+mixed precision with the gradient scaler and fp32 LoRA weights: GEMMATE_PROFILE=t4). Both use NF4 through
+bitsandbytes' CUDA kernels, paged 8-bit AdamW on CUDA and gradient checkpointing (the GPU profile). It prints
+per notebook what `make gpu-check` prints: time, peak GPU memory, pass or fail. On a bare GPU machine with no
+registry, `make gpu-wheels` (run beforehand where the registry is reachable) brings what it lacks.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRECISIONS = {"own": "gpu", "fp16": "t4"}  # name -> GEMMATE_PROFILE for the notebooks' kernels
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    import torch
+
+    from gemmate_lib.errors import HardwareError
+    from gemmate_lib.files import save_json
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS),
+                        help="own: the GPU's own 16-bit precision; fp16: a T4's (default: both)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise HardwareError("make gpu-smoke needs a CUDA GPU and none is visible",
+                            "run it on a GPU machine (CONTRIBUTING.md, 'On a GPU'); `make smoke` runs the "
+                            "same notebooks on this CPU")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from learner_path import run
+
+    from tools.gpu_check import _watch_memory
+
+    out = ROOT / "runs" / time.strftime("gpu-smoke-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    bundle = ROOT / ".gpu-wheels" / "embedded-tokenizer.tar.gz"
+    if bundle.exists():  # a bare GPU machine: no embedded model, the tokenizer came with the wheels
+        with tarfile.open(bundle) as tar:
+            tar.extractall(out / "tokenizer", filter="data")
+        os.environ["GEMMATE_SMOKE_TOKENIZER"] = str(out / "tokenizer")
+    capability = torch.cuda.get_device_capability()
+    print(f"{torch.cuda.get_device_name(0)} (compute capability {capability[0]}.{capability[1]}), "
+          f"torch {torch.__version__}", flush=True)
+    results, failed = {}, False
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    notebooks += sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if not p.name[:2].isdigit())
+    for name in args.precision:
+        profile = PRECISIONS[name]
+        print(f"--- precision: {name} (GEMMATE_PROFILE={profile})", flush=True)
+        baseline = torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]
+        rows = {}
+        for nb in notebooks:
+            peak, stop = [0], threading.Event()
+            watcher = threading.Thread(target=_watch_memory, args=(stop, peak), daemon=True)
+            watcher.start()
+            row = run(out / name, [nb], profile=profile)[nb.stem]  # prints its own line too
+            stop.set()
+            watcher.join()
+            row["peak_gpu_mib"] = round((peak[0] - baseline) / 2**20)
+            rows[nb.stem] = row
+            print(f"{nb.stem:28} {row['seconds']:7.0f} s {row['peak_gpu_mib']:7d} MiB  {row['status']}",
+                  flush=True)
+            if row["status"] != "pass":
+                failed = True
+                break
+        results[name] = rows
+    save_json(out / "gpu_smoke.json", {"gpu": torch.cuda.get_device_name(0), "capability": list(capability),
+                                       "torch": torch.__version__, "precisions": results})
+    print(f"gpu smoke {'FAILED' if failed else 'passed'}: {torch.cuda.get_device_name(0)}, "
+          f"{', '.join(results)}; details in {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    from gemmate_lib.errors import run_cli
+
+    sys.exit(run_cli(main))

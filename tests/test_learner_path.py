@@ -266,7 +266,8 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     assert {name: row["status"] for name, row in rows.items()} == {nb.stem: "pass" for nb in NOTEBOOKS}
     setup = json.loads((tmp_path / "run" / "00_setup.ipynb").read_text())
     installed = "".join("".join(o.get("text", "")) for o in setup["cells"][1]["outputs"])
-    assert "the course's packages are installed" in installed  # the Colab branch of the install cell ran
+    # the Colab branch of the install cell ran (under `make drift` it finds newer releases than its pins)
+    assert "the course's packages are installed" in installed or "package(s) Colab lacks" in installed
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["notebooks"]["05_save_and_push"]["reload_identical"] == "4/4"
     assert manifest["notebooks"]["00_setup"]["config"]["profile"] == "gpu-on-cpu"

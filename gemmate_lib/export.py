@@ -129,7 +129,10 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
     result = {"files": {}, "convert_s": None, "quantize_s": {}}
     with atomic_folder(target, overwrite=True, what="GGUF export") as tmp:
         hf = tmp / "hf-f16"
-        merged.save_pretrained(hf, state_dict={k: v.half() for k, v in merged.state_dict().items()})
+        weights = {k: v.half() for k, v in merged.state_dict().items()}
+        if merged.config.get_text_config().tie_word_embeddings:
+            weights.pop("lm_head.weight", None)  # tied to the embedding: else the file holds it twice
+        merged.save_pretrained(hf, state_dict=weights)
         tokenizer.save_pretrained(hf)
         f16 = tmp / "model-f16.gguf"
         result["convert_s"] = convert(hf, f16)
@@ -143,7 +146,7 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
     return result
 
 
-def _llama(path: Path, logits_all: bool = False):
+def _llama(path: Path, logits_all: bool = True):
     from llama_cpp import Llama
 
     try:
@@ -247,10 +250,15 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
                          "format": has_author_line(text) and stopped})
         ppl = perplexity(llm, heldout)
         base_ppl = base_ppl or ppl
-        result["files"][path.name] = {"size_mib": path.stat().st_size / 2**20,
-                                      "tokens_per_s": n_tok / seconds,
-                                      "perplexity": ppl, "relative_perplexity": ppl / base_ppl,
-                                      "all_keep_format": all(g["format"] for g in gens), "generations": gens}
+        ref = result["files"].get(f16.name, {}).get("generations", gens)
+        result["files"][path.name] = {
+            "size_mib": path.stat().st_size / 2**20, "tokens_per_s": n_tok / seconds,
+            "perplexity": ppl, "relative_perplexity": ppl / base_ppl,
+            "format_kept": sum(g["format"] for g in gens), "stops": sum(g["stopped"] for g in gens),
+            "all_keep_format": all(g["format"] for g in gens),
+            # wherever the 16-bit file writes an Author: line and stops, this file does too
+            "keeps_f16_format": all(g["format"] or not r["format"] for g, r in zip(gens, ref)),
+            "generations": gens}
     # a differing token is accepted as a near-tie when transformers' own gap between the two tokens is within
     # the largest logit difference measured on the shared prefix (the two runtimes' rounding, f16 weights)
     result["tolerance"] = 2 * worst_prefix
@@ -282,11 +290,13 @@ def export_and_verify(run_dir, cfg, quant_types=QUANT_TYPES) -> dict:
 
 def summary(result: dict) -> str:
     """The table 05 and `gemmate export` print."""
-    lines = [f"{'file':22s} {'MiB':>7s} {'tok/s':>7s} {'ppl/f16':>8s}  format+stop"]
+    lines = [f"{'file':22s} {'MiB':>7s} {'tok/s':>7s} {'ppl/f16':>8s}  Author:+stop  stops"]
     for name, f in result["files"].items():
         if isinstance(f, dict):
+            n = len(f["generations"])
             lines.append(f"{name:22s} {f['size_mib']:7.0f} {f['tokens_per_s']:7.1f} "
-                         f"{f['relative_perplexity']:8.3f}  {f['all_keep_format']}")
+                         f"{f['relative_perplexity']:8.3f}  {f['format_kept']} of {n}"
+                         f"{'':6s}{f['stops']} of {n}")
     same = sum(r["identical"] for r in result["token_match"])
     lines.append(f"16-bit GGUF vs transformers: {same} of {len(result['token_match'])} greedy generations "
                  f"identical token for token (largest logit difference {result['max_logit_diff_f16']:.3f})")

@@ -59,7 +59,7 @@ def test_a_file_llama_cpp_cannot_load_is_one_line(tmp_path):
 def test_a_converter_that_does_not_know_the_architecture_is_one_line(tmp_path):
     folder = tmp_path / "hf"
     folder.mkdir()
-    (folder / "config.json").write_text('{"architectures": ["NoSuchModelForCausalLM"], "model_type": "nosuch"}')
+    (folder / "config.json").write_text('{"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"}')
     with pytest.raises(ModelLoadError) as err:
         export.convert(folder, tmp_path / "out.gguf")
     line = one_line(err.value)
@@ -104,4 +104,5 @@ def test_the_embedded_fine_tune_exports_and_runs_in_llama_cpp_as_in_transformers
     assert result["all_match_or_near_tie"], result["token_match"]
     assert all(r["stops_llama"] == r["stops_transformers"] for r in result["token_match"])
     assert files["model-q8_0.gguf"]["relative_perplexity"] < 1.05
+    assert files["model-q8_0.gguf"]["keeps_f16_format"] and files["model-f16.gguf"]["stops"] > 0
     assert (tmp_path / "gguf" / "Modelfile").exists() and (tmp_path / "gguf" / "verification.json").exists()

@@ -56,10 +56,9 @@ def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrit
     return folder
 
 
-def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
-    """Put the adapter in `folder` on `base_model`; clear errors for a missing folder or another base."""
-    from peft import PeftModel
-
+def check_adapter(base_model, folder: str | Path) -> Path:
+    """The adapter folder, once it is known to hold an adapter trained on `base_model` (04 then calls
+    `PeftModel.from_pretrained` itself); one clear error for a missing folder or another base."""
     folder = recover(folder)
     if not (folder / "adapter_config.json").exists():
         raise ModelLoadError(f"no adapter in {show_path(folder)}",
@@ -73,6 +72,14 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
             raise ModelLoadError(f"the adapter in {show_path(folder)} was trained on {base!r}, "
                                  f"not on this base model ({detail})",
                                  f"load {base!r} as the base model, or train an adapter for this one")
+    return folder
+
+
+def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
+    """Put the adapter in `folder` on `base_model`; clear errors for a missing folder or another base."""
+    from peft import PeftModel
+
+    folder = check_adapter(base_model, folder)
     try:
         return PeftModel.from_pretrained(base_model, folder, adapter_name=adapter_name)
     except RuntimeError as err:  # size mismatch when gemmate.json is missing

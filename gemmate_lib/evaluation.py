@@ -146,14 +146,15 @@ def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size
     return EvalResult(metrics, table, len(rows), settings, items)
 
 
-def paired_differences(a: EvalResult, b: EvalResult, seed: int = 0) -> dict:
-    """b minus a per metric on the same items, with paired-bootstrap intervals (stats.paired_difference)."""
+def paired_differences(a: EvalResult, b: EvalResult, seed: int = 0, level: float = 0.95) -> dict:
+    """b minus a per metric on the same items, with paired-bootstrap intervals (stats.paired_difference;
+    `level` adds a "ci" at that level, e.g. Bonferroni's 1 - 0.05 / number of metrics)."""
     out = {}
     for metric in METRICS:
         (va, wa), (vb, wb) = a.items[metric], b.items[metric]
         if va and len(va) == len(vb):
             out[metric] = paired_difference(va, vb, wa, wb, ratio_exp=metric.startswith("perplexity"),
-                                            seed=seed)
+                                            seed=seed, level=level)
     return out
 
 

@@ -27,9 +27,9 @@ def _statistic(values, weights, idx, ratio_exp):
     return math.exp(total / count) if ratio_exp else total / count
 
 
-def _percentiles(stats: list[float]) -> tuple[float, float]:
-    stats = sorted(stats)
-    return stats[int(0.025 * len(stats))], stats[int(0.975 * len(stats)) - 1]
+def _percentiles(stats: list[float], level: float = 0.95) -> tuple[float, float]:
+    stats, tail = sorted(stats), (1 - level) / 2
+    return stats[int(tail * len(stats))], stats[int((1 - tail) * len(stats)) - 1]
 
 
 def bootstrap_ci(values, weights=None, ratio_exp: bool = False, samples: int = BOOTSTRAP, seed: int = 0):
@@ -42,10 +42,11 @@ def bootstrap_ci(values, weights=None, ratio_exp: bool = False, samples: int = B
 
 
 def paired_difference(a, b, weights_a=None, weights_b=None, ratio_exp: bool = False, samples: int = BOOTSTRAP,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, level: float = 0.95) -> dict:
     """b minus a on the same items, with a paired-bootstrap 95% interval and the share of resamples with b >
     a. `a` and `b` hold one value per item, in the same item order (for perplexity: summed NLLs, with token
-    counts as weights and ratio_exp=True)."""
+    counts as weights and ratio_exp=True). `level` adds "ci", the interval at that level from the same
+    resamples (a Bonferroni correction for k tests at once: level = 1 - 0.05 / k)."""
     n = len(a)
     if n != len(b) or n == 0:
         raise ValueError(f"a paired difference needs the same non-zero "
@@ -58,4 +59,5 @@ def paired_difference(a, b, weights_a=None, weights_b=None, ratio_exp: bool = Fa
     rng = random.Random(seed)
     diffs = [difference([rng.randrange(n) for _ in range(n)]) for _ in range(samples)]
     return {"difference": difference(range(n)), "ci95": list(_percentiles(diffs)),
+            "ci": list(_percentiles(diffs, level)), "level": level,
             "share_positive": sum(d > 0 for d in diffs) / samples, "method": "paired bootstrap"}

@@ -446,6 +446,12 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     return cfg
 
 
+def compare_default(cfg: CourseConfig) -> bool:
+    """03's `compare=None`: part 2's side-by-side runs are on under the CPU profile (the committed outputs
+    show them) and off under the GPU profiles, where they add about 15 minutes on a T4."""
+    return not cfg.profile.startswith("gpu")
+
+
 def is_gemma3(model_name: str) -> bool:
     """True for Gemma 3: the embedded default, a folder whose config says so, or a Hub id with gemma-3."""
     if model_name == EMBEDDED:

@@ -187,3 +187,12 @@ def test_a_seed_yaml_with_the_one_peft_task_type_loads_and_another_is_refused(tm
     path.write_text("lora_task_type: SEQ_CLS\n")
     with pytest.raises(ParameterError, match="lora_task_type in seed.yaml can only be 'CAUSAL_LM'"):
         load_config(path)
+
+
+def test_part_two_of_03_is_on_under_the_cpu_profile_and_off_under_the_gpu_profile(monkeypatch):
+    from gemmate_lib.config import compare_default
+
+    assert compare_default(course_config(device="cpu")) is True
+    monkeypatch.setenv("GEMMATE_PROFILE", "gpu")  # the GPU profile on this CPU, as the smoke run does
+    gpu = course_config()
+    assert gpu.profile.startswith("gpu") and compare_default(gpu) is False

@@ -46,3 +46,12 @@ def test_wilson_interval_holds_its_own_share_for_every_count():
         for k in range(n + 1):
             low, high = wilson(k, n)
             assert 0 <= low <= k / n <= high <= 1, (k, n, low, high)
+
+
+def test_bonferroni_level_widens_the_paired_interval_from_the_same_resamples():
+    a = [0.0, 1.0] * 20
+    b = [1.0, 1.0, 0.0, 1.0] * 10
+    d = paired_difference(a, b, level=1 - 0.05 / 7)
+    assert d["ci"][0] <= d["ci95"][0] <= d["ci95"][1] <= d["ci"][1]
+    assert d["ci"] != d["ci95"]
+    assert paired_difference(a, b)["ci95"] == d["ci95"]  # the 95% interval is unchanged by the extra level

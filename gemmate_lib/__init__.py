@@ -13,7 +13,8 @@ def quiet() -> None:
     """Silence the warnings and log lines that are noise for a learner (notebooks and commands call it once):
     tqdm's missing-ipywidgets notice (text bars are what we want), peft's use of gradient-checkpointing calls
     that transformers 5.x deprecates, bitsandbytes' missing optional CPU kernel (its fallback works),
-    datasets' bar for each instant `map`, and peft ignoring position ids under prompt tuning (06, rightly)."""
+    transformers' bar for each model load, datasets' bar for each instant `map`, and peft ignoring position
+    ids under prompt tuning (06, rightly)."""
     import logging
     import os
     import sys
@@ -24,10 +25,20 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    from transformers.utils.logging import set_tqdm_hook
+
+    set_tqdm_hook(_no_loading_bar)  # the bars of model loads and saves only: download and training bars stay
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported ...
     if "datasets" in sys.modules:  # ... or already imported
         sys.modules["datasets"].disable_progress_bars()
     _one_line_errors()
+
+
+def _no_loading_bar(factory, args, kwargs):
+    """transformers' tqdm hook: every bar as asked, except those of model loads and saves, which fill a
+    notebook's outputs with a bar for each of the course's many loads and say nothing a learner needs."""
+    quiet = kwargs.get("desc") in ("Loading weights", "Writing model shards")
+    return factory(*args, **(kwargs | {"disable": True} if quiet else kwargs))
 
 
 def _one_line_errors() -> None:

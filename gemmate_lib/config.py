@@ -403,7 +403,8 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
                   **params) -> CourseConfig:
     """The profile function: defaults for this machine, then the task's, then `params` (unknown names refused,
     every value type-checked and validated). No GPU: the embedded model and quotes with CPU-tuned settings.
-    CUDA GPU: the seed notebook's QLoRA settings, with a token on google/gemma-2b and Abirate/english_quotes.
+    CUDA GPU: the seed notebook's QLoRA settings, with a token on google/gemma-2b and Abirate/english_quotes;
+    without a token a ParameterError, unless `model_name` says which model (e.g. "embedded") on purpose.
     `precision` replaces the hardware's answer (`make gpu-check --dry-run` builds T4 and A100 configs)."""
     if task not in TASK_DEFAULTS:
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
@@ -431,6 +432,12 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
         if get_token():
             values.update(model_name=HUB_MODEL, dataset=HUB_DATASET)
             profile = "gpu-hub" if on_gpu else profile
+        elif on_gpu and "model_name" not in given:  # never fine-tune the small model by accident
+            raise ParameterError(
+                "a GPU is here but no Hugging Face token, so the course's model, google/gemma-2b (gated), is "
+                "out of reach", 'add the HF_TOKEN secret (Colab: key icon, switch on Notebook access; then '
+                'Runtime > Restart session, since the secret is read once), or set model_name="embedded" to '
+                'train the small offline Gemma 3 270M on purpose')
     values.update(TASK_DEFAULTS[task])
     values.update(given)
     groups = {group: cls() for group, cls in GROUPS.items()}

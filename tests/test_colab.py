@@ -294,3 +294,26 @@ def test_lora_on_an_unquantized_base_never_upcasts_it_even_under_the_nf4_profile
     cfg = course_config(device="cpu", dtype="bf16", quantization="nf4")
     model = attach_lora(base, cfg)
     assert {p.dtype for n, p in model.named_parameters() if "lora" not in n} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("capability", [(7, 5), (8, 0)])
+def test_a_gpu_without_a_token_stops_at_the_parameters_in_one_line_naming_both_fixes(fake_colab, monkeypatch,
+                                                                                    capability):
+    """Without the HF_TOKEN secret, the GPU profile used to fall back to Gemma 3 270M in silence."""
+    from gemmate_lib.config import course_config
+    from gemmate_lib.errors import ParameterError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a faked GPU")
+    fake_colab.secret = None  # the learner forgot the secret
+    with pytest.raises(ParameterError) as caught:
+        course_config(model_name=None, dataset=None, max_steps=None)  # what 03's parameters cell passes
+    problem, fix = str(caught.value).split("\n")
+    assert "no Hugging Face token" in problem and "google/gemma-2b" in problem
+    assert "HF_TOKEN" in fix and 'model_name="embedded"' in fix
+    chosen = course_config(model_name="embedded")  # the small model on purpose: the GPU profile on it
+    assert chosen.profile == "gpu-embedded" and chosen.model.quantization == "nf4"
+    fake_colab.secret = FAKE  # the secret added, and the session restarted (huggingface_hub reads it once)
+    monkeypatch.setattr("huggingface_hub.utils._auth._IS_GOOGLE_COLAB_CHECKED", False)
+    assert course_config().model.model_name == "google/gemma-2b"

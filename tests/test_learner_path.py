@@ -108,7 +108,7 @@ def test_gemma_3_never_computes_in_fp16_on_a_t4_and_gemma_1_does(monkeypatch, ti
     _fake_gpu(monkeypatch, (7, 5))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("gemmate_lib.hf_token.get_token", lambda: None)
-    fallback = course_config()
+    fallback = course_config(model_name="embedded")
     assert fallback.model.model_name == "embedded" and fallback.precision.dtype == torch.float32
     assert "Gemma 3" in fallback.precision.reason
     monkeypatch.setattr("gemmate_lib.hf_token.get_token", lambda: "a token")

@@ -76,6 +76,29 @@ def convert(hf_folder: Path, out_file: Path) -> float:
     return time.time() - start
 
 
+def sentencepiece_vocab(hf_folder: Path, base: str) -> None:
+    """Gemma 1's converter reads the base's sentencepiece `tokenizer.model`, which transformers 5 no longer
+    writes on save (its Gemma tokenizer saves tokenizer.json only): copied from the base's folder, or
+    downloaded from its Hub repository (google/gemma-2b ships it). ModelLoadError, before converting, if
+    neither has it."""
+    found = Path(base) / "tokenizer.model"
+    if not found.is_file() and not Path(base).exists():
+        from huggingface_hub import hf_hub_download
+
+        from gemmate_lib.hf_token import get_token
+
+        try:
+            found = Path(hf_hub_download(base, "tokenizer.model", token=get_token()))
+        except Exception:  # noqa: BLE001 - offline, gated or absent: the one line below says what to do
+            found = Path(base) / "tokenizer.model"
+    if not found.is_file():
+        raise ModelLoadError(f"llama.cpp's Gemma 1 converter needs the base model's sentencepiece "
+                             f"tokenizer.model, and {base} has none",
+                             "put the tokenizer.model of the base's Hub repository (e.g. google/gemma-2b) "
+                             "into the base model's folder, then export again")
+    shutil.copy(found, hf_folder / "tokenizer.model")
+
+
 def quantize(src: Path, dst: Path, name: str) -> float:
     """llama.cpp's quantizer (in a child process: it reports at length on stderr). Returns seconds."""
     code = ("import ctypes, sys, llama_cpp\n"
@@ -134,6 +157,8 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
             weights.pop("lm_head.weight", None)  # tied to the embedding: else the file holds it twice
         merged.save_pretrained(hf, state_dict=weights)
         tokenizer.save_pretrained(hf)
+        if merged.config.model_type == "gemma":
+            sentencepiece_vocab(hf, tokenizer.name_or_path)
         f16 = tmp / "model-f16.gguf"
         result["convert_s"] = convert(hf, f16)
         shutil.rmtree(hf)

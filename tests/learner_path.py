@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ SMOKE_PARAMS = {
     "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0,
     "num_epochs": 1.0,  # 07
     "max_new_tokens": 8,  # 02
+    "export_gguf": True,  # 05: off by default in Colab (llama-cpp-python builds there); the smoke run exports
     # 06: the methods whose GPU route differs from 03's (TRL's own loss head:
     # full fine-tuning, prompt and prefix tuning with gemma-2b's one key/value
     # head, IA3); LoRA and QLoRA train as in 03, which the smoke run runs too.
@@ -64,6 +66,9 @@ def tiny_gemma(folder: Path) -> Path:
     model = GemmaForCausalLM(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    vocab = Path(tokenizer.name_or_path) / "tokenizer.model"  # as google/gemma-2b's folder has (05's export)
+    if vocab.is_file():
+        shutil.copy(vocab, folder / "tokenizer.model")
     return folder
 
 

@@ -106,3 +106,21 @@ def test_the_embedded_fine_tune_exports_and_runs_in_llama_cpp_as_in_transformers
     assert files["model-q8_0.gguf"]["relative_perplexity"] < 1.05
     assert files["model-q8_0.gguf"]["keeps_f16_format"] and files["model-f16.gguf"]["stops"] > 0
     assert (tmp_path / "gguf" / "Modelfile").exists() and (tmp_path / "gguf" / "verification.json").exists()
+
+
+def test_gemma_1_gets_the_bases_sentencepiece_file_or_one_line_before_converting(tmp_path, monkeypatch):
+    """transformers 5 saves Gemma's tokenizer without tokenizer.model, which llama.cpp's Gemma 1 converter
+    reads: gemma-2b's export failed inside the converter with a FileNotFoundError."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base, hf = tmp_path / "base", tmp_path / "hf"
+    base.mkdir(), hf.mkdir()
+    (base / "tokenizer.model").write_bytes(b"sentencepiece")
+    export.sentencepiece_vocab(hf, str(base))
+    assert (hf / "tokenizer.model").read_bytes() == b"sentencepiece"
+    (hf / "tokenizer.model").unlink()
+    for nowhere in (str(tmp_path / "empty"), "google/gemma-2b"):  # a folder without it; the Hub, offline
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(ModelLoadError) as err:
+            export.sentencepiece_vocab(hf, nowhere)
+        assert "tokenizer.model" in one_line(err.value) and "\n" not in one_line(err.value)
+    assert not (hf / "tokenizer.model").exists()

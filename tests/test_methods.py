@@ -38,15 +38,33 @@ def test_every_method_has_its_config_and_its_own_learning_rate(cpu_cfg):
     # QLoRA is the same adapter on an NF4 base
     assert built["qlora"].peft_config == built["lora_r8"].peft_config
     assert built["prompt"].peft_config.tokenizer_name_or_path == "some/model"
-    # every method states its own weights and optimizer: the profile's are QLoRA's
+    # every method states its own weights and optimizer, whatever the profile's are; QLoRA differs from LoRA
+    # r=8 in the NF4 base alone: the same fused AdamW, no checkpointing (prefix tuning cannot train with it)
     for key, m in built.items():
         arm = cfg.replace(**m.settings)
-        quantized = key == "qlora"
-        assert arm.model.quantization == ("nf4" if quantized else "none")
-        assert arm.train.optim == ("paged_adamw_8bit" if quantized else "adamw_torch_fused")
-        assert arm.train.gradient_checkpointing is quantized  # prefix tuning cannot train with checkpointing
+        assert arm.model.quantization == ("nf4" if key == "qlora" else "none")
+        assert arm.train.optim == "adamw_torch_fused"
+        assert arm.train.gradient_checkpointing is False
         assert arm.train.learning_rate == LEARNING_RATES[key if key in LEARNING_RATES else "lora"]
+    assert {k: v for k, v in built["qlora"].settings.items() if built["lora_r8"].settings[k] != v} == {
+        "quantization": "nf4"}
     assert list(build_methods(cpu_cfg, "m", "prompt, ia3")) == ["prompt", "ia3"]  # papermill -p methods a,b
+
+
+def test_the_default_list_holds_full_finetuning_on_a_cpu_and_only_what_a_t4_runs_on_a_gpu(monkeypatch):
+    """06's methods=None: full fine-tuning of google/gemma-2b needs ~37 GiB, which the course refuses on a
+    T4, so the GPU profiles leave it out; the CPU default (the committed outputs) keeps all six."""
+    from gemmate_lib.config import course_config
+
+    cpu = course_config("methods", device="cpu")
+    assert list(build_methods(cpu, "m")) == list(DEFAULT_METHODS) and "full" in DEFAULT_METHODS
+    for profile in ("gpu", "t4"):  # the GPU profile on this CPU, and a T4's, as the smoke run does
+        monkeypatch.setenv("GEMMATE_PROFILE", profile)
+        gpu = course_config("methods")
+        assert gpu.profile.startswith("gpu")
+        chosen = build_methods(gpu, "m")
+        assert "full" not in chosen and list(chosen) == [k for k in DEFAULT_METHODS if k != "full"]
+        assert list(build_methods(gpu, "m", ["full", "lora_r8"])) == ["full", "lora_r8"]  # asked for: kept
 
 
 def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg):

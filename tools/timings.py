@@ -16,6 +16,7 @@ from gemmate_lib.files import repo_root, write_text
 
 RUNTIME = re.compile(r"^\*\*Runtime\*\*:.*$", re.M)
 BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
+BADGE_REPO = re.compile(r"colab\.research\.google\.com/github/([^/\s]+/[^/\s]+)/blob/")  # its owner/name
 
 
 def timings_file() -> Path:
@@ -61,37 +62,35 @@ def _set_source(cell: dict, text: str) -> bool:
 
 
 def install_cell(repo: str | None = None) -> str:
-    """The first code cell of every notebook (written there by
-    `make sync`): on Colab, clone, put on sys.path, install.
+    """The first code cell of every notebook (written there by `make sync`), for learners on Colab: clone the
+    course, put it on sys.path, install what Colab lacks (never torch). Elsewhere it does nothing.
 
     The course is not pip-installed on Colab: the kernel imports it from the clone through
     `sys.path`, so a child process needs PYTHONPATH (`hf_token.subprocess_env`). A notebook
     opened inside a checkout (papermill, the smoke run) uses that checkout instead of cloning.
     A failed clone stops the cell with one line, instead of an import error in the next one.
+    `colab.install` skips what is installed and says when the runtime must restart.
     """
     from gemmate_lib.colab import CLONE, COURSE_REPO
 
     repo = repo or COURSE_REPO
-    return f"""# Colab only: get the course and install what Colab lacks, never torch (Colab's own CUDA build
-# matches its driver). Safe to re-run: it skips what is there, and says once if the runtime must restart.
-# On your machine `make install` did all of this.
+    return f"""# Colab only (elsewhere it does nothing): get the course and install the packages Colab lacks.
+# It never installs torch (Colab's own build matches its GPU). Safe to re-run: it skips what is there.
 import os
 import subprocess
 import sys
-
-COURSE = "https://github.com/{repo}"  # a fork: change COURSE_REPO in gemmate_lib/colab.py, then `make sync`
+COURSE = "https://github.com/{repo}"  # or the address of your fork
 if "google.colab" in sys.modules:
-    home = os.path.abspath("..") if os.path.isdir("../gemmate_lib") else "{CLONE}"  # a checkout, or the clone
+    home = os.path.abspath("..") if os.path.isdir("../gemmate_lib") else "{CLONE}"
     if not os.path.isdir(home):
-        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", COURSE, home],
-                               capture_output=True, text=True)
-        if clone.returncode != 0:
-            raise SystemExit(f"could not clone {{COURSE}} ({{clone.stderr.strip()[-200:]}}). "
-                             "Fix: check the address and that the repository is public, "
-                             "or clone it yourself into {CLONE}")
-    sys.path.insert(0, home)  # the course is imported from the clone in this kernel (not pip-installed)
+        git = subprocess.run(["git", "clone", "-q", "--depth", "1", COURSE, home],
+                             capture_output=True, text=True)
+        if git.returncode != 0:
+            raise SystemExit(f"could not clone {{COURSE}}: {{git.stderr.strip()[-200:]}} "
+                             "Fix: check the address, or clone the course into {CLONE} yourself")
+    sys.path.insert(0, home)  # the course is imported from this folder
     from gemmate_lib import colab
-    colab.install(home)
+    colab.install(home)  # says so if the runtime must restart once (Runtime > Restart session)
     os.chdir(os.path.join(home, "notebooks"))"""
 
 
@@ -99,9 +98,10 @@ def sync(data: dict | None = None) -> list[str]:
     """Rewrite, from one source each, what every notebook repeats; returns what changed.
 
     The runtime line and the README table from `data` (default: the timings file); the
-    Colab badge and the install cell from `colab.COURSE_REPO` (a fork changes it there).
+    Colab badge, the install cell and the markdown's absolute links to the course's files on GitHub
+    (relative links do not open in Colab) from `colab.COURSE_REPO` (a fork changes it there).
     """
-    from gemmate_lib.colab import badge
+    from gemmate_lib.colab import COURSE_REPO, badge
 
     data = data or load()
     root, changed = repo_root(), []
@@ -109,9 +109,17 @@ def sync(data: dict | None = None) -> list[str]:
         path = root / "notebooks" / f"{name}.ipynb"
         nb = json.loads(path.read_text())
         intro = "".join(nb["cells"][0]["source"])
+        before = BADGE_REPO.search(intro)  # the repository the notebook names now
         intro = RUNTIME.sub(runtime_line(data, name), intro)
         intro = BADGE.sub(badge(path.name).replace("\\", "\\\\"), intro)
         edited = _set_source(nb["cells"][0], intro)
+        if before and before[1] != COURSE_REPO:  # a fork: links to its files and notebooks follow the badge
+            old = re.compile(rf"(github\.com/|colab\.research\.google\.com/github/)"
+                             rf"{re.escape(before[1])}/blob/")
+            for cell in nb["cells"]:
+                text = "".join(cell["source"])
+                if cell["cell_type"] == "markdown" and old.search(text):
+                    edited |= _set_source(cell, old.sub(lambda m: f"{m[1]}{COURSE_REPO}/blob/", text))
         install = next(c for c in nb["cells"] if c["cell_type"] == "code")
         edited |= _set_source(install, install_cell())
         if edited:

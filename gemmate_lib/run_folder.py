@@ -33,11 +33,24 @@ def package_versions() -> dict[str, str | None]:
     return {name: installed_version(name) for name in PACKAGES}
 
 
-def version_mismatches() -> list[str]:
-    """`name: installed X, pinned Y` for each requirements-colab.txt pin this environment misses (00)."""
+def version_mismatches(newer: bool = False) -> list[str]:
+    """`name: installed X, pinned Y` for each requirements-colab.txt pin this environment misses: not there,
+    older, or another major release (00's self-check). A newer release of the same major is what a
+    learner's own project often has, and `make drift` runs the course on the newest
+    (docs/compatibility.md): `newer=True` lists those instead."""
+    from packaging.version import InvalidVersion, Version
+
+    def misses(installed: str | None, pin: str) -> bool:
+        try:
+            have, want = Version(installed or "0"), Version(pin)
+        except InvalidVersion:
+            return installed != pin
+        same_major = have.major == want.major
+        return (have > want and same_major) if newer else (have < want or not same_major)
+
     pinned = pins(repo_root() / "requirements-colab.txt")
     return [f"{name}: installed {installed}, pinned {pin}" for name, pin in pinned.items()
-            if (installed := installed_version(name)) != pin]
+            if misses(installed := installed_version(name), pin)]
 
 
 def git_revision() -> str:

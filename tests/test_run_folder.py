@@ -14,3 +14,10 @@ def test_version_mismatches_reads_the_colab_pins(monkeypatch):
     # ... but for one package (not the real environment: `make drift` runs this on the newest releases)
     monkeypatch.setattr(metadata, "version", lambda name: "0.0.1" if name == "trl" else pinned[name])
     assert run_folder.version_mismatches() == [f"trl: installed 0.0.1, pinned {pinned['trl']}"]
+    assert run_folder.version_mismatches(newer=True) == []
+    # a newer release of the same major passes, and is listed as newer; another major does not pass
+    major = int(pinned["trl"].split(".")[0])
+    for version, breaks in ((f"{major}.999.0", False), (f"{major + 1}.0.0", True)):
+        monkeypatch.setattr(metadata, "version", lambda name, v=version: v if name == "trl" else pinned[name])
+        assert bool(run_folder.version_mismatches()) is breaks
+        assert bool(run_folder.version_mismatches(newer=True)) is not breaks

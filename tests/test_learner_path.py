@@ -19,6 +19,7 @@ from gemmate_lib.hardware import Precision
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "tests" / "colab_runtime"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+ONE_PAGE = ROOT / "notebooks" / "qlora_one_runtime.ipynb"  # the smoke run runs it last, without the course
 
 
 def colab_child_env(**extra) -> dict:
@@ -262,8 +263,14 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     start = time.time()
     rows = run(tmp_path / "run")
     print(f"learner's path smoke run: {time.time() - start:.0f} s for {len(rows)} notebooks")
-    assert [name for name in rows] == [nb.stem for nb in NOTEBOOKS]
-    assert {name: row["status"] for name, row in rows.items()} == {nb.stem: "pass" for nb in NOTEBOOKS}
+    every = [nb.stem for nb in NOTEBOOKS + [ONE_PAGE]]
+    assert [name for name in rows] == every
+    assert {name: row["status"] for name, row in rows.items()} == {name: "pass" for name in every}
+    # the one-page recipe ran without the course: the smoke run's last cell found
+    # gemmate_lib neither imported nor importable in that kernel
+    page = json.loads((tmp_path / "run" / ONE_PAGE.name).read_text())
+    probe = "".join("".join(o.get("text", "")) for o in page["cells"][-1]["outputs"])
+    assert "gemmate_lib importable in this kernel: False" in probe
     setup = json.loads((tmp_path / "run" / "00_setup.ipynb").read_text())
     installed = "".join("".join(o.get("text", "")) for o in setup["cells"][1]["outputs"])
     # the Colab branch of the install cell ran (under `make drift` it finds newer releases than its pins)

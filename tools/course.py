@@ -5,6 +5,10 @@ with papermill into one run folder runs/<timestamp>/, and writes the measured
 time of each notebook to course_timings.json there. `--params FILE` (make course
 PARAMS=FILE) passes a YAML of parameters to every notebook that declares them. Stops at the first failing
 notebook and says which one, and where its executed copy lies.
+
+After 00-07 it runs the one-page recipe (ONE_PAGE), which imports nothing of the course: offline on a CPU it
+gets the embedded model's folder, the embedded quotes as a .jsonl in `Abirate/english_quotes`' columns
+(written next to the model by `prepare_one_page_data`) and CPU-sized steps as papermill parameters.
 """
 from __future__ import annotations
 
@@ -17,6 +21,45 @@ from pathlib import Path
 
 from gemmate_lib.files import repo_root, save_json, show_path
 from gemmate_lib.run_folder import get_run_dir
+
+ONE_PAGE = "qlora_one_runtime.ipynb"  # the whole recipe on one page, sorted apart from 00-07
+# its CPU-sized steps offline (the page's own stand-in cell uses the same: tests/test_one_page.py)
+ONE_PAGE_CPU = dict(max_steps=6, batch_size=4, gradient_accumulation_steps=1, max_length=64, logging_steps=1,
+                    eval_steps=6, gradient_checkpointing=False, max_new_tokens=20)
+ONE_PAGE_QUOTES = "english_quotes_embedded.jsonl"  # in the model cache, beside gemma-3-270m
+
+
+def course_notebooks(root: Path) -> list[Path]:
+    """The ordered notebooks 00-07, then the one-page recipe (when there is one)."""
+    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    return notebooks + [p for p in [root / "notebooks" / ONE_PAGE] if p.exists()]
+
+
+def prepare_one_page_data() -> Path:
+    """The embedded quotes as a .jsonl with `Abirate/english_quotes`' columns (quote, author, tags), raw: the
+    one-page notebook cleans them itself. Written once into the model cache (`make embedded`)."""
+    import json
+    from importlib import resources
+
+    from gemmate_lib.files import write_text
+    from gemmate_lib.models import cache_dir
+
+    path = cache_dir() / ONE_PAGE_QUOTES
+    if not path.exists():
+        rows = json.loads(resources.files("inspirational_quotes").joinpath("quotes.json").read_text("utf-8"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, "".join(json.dumps({"quote": r.get("text"), "author": r.get("from"), "tags": []},
+                                            ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def one_page_parameters(model_folder: Path, run_dir: Path, offline: bool) -> dict:
+    """The one-page notebook's papermill parameters: its output folder in the run folder, and offline (the
+    embedded profile) the embedded model's folder, the .jsonl and CPU-sized steps."""
+    params = {"output_dir": str(run_dir / Path(ONE_PAGE).stem)}
+    if offline:
+        params.update(model_name=str(model_folder), dataset=str(prepare_one_page_data()), **ONE_PAGE_CPU)
+    return params
 
 
 def execute_in_place(path: Path, run_dir: Path) -> None:
@@ -117,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     folder = prepare_embedded()
     print(f"embedded model ready in {show_path(folder)} ({time.time() - start:.0f} s)")
+    print(f"the one-page notebook's quotes ready in {show_path(prepare_one_page_data())}")
     if args.prepare_only:
         return 0
 
@@ -125,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     root = repo_root()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = get_run_dir(args.run_dir or root / "runs" / stamp)
-    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = course_notebooks(root)
     if args.only:
         notebooks = [nb for nb in notebooks if nb.name.startswith(tuple(args.only))]
     per_notebook = notebook_parameters(notebooks, args.params)
@@ -137,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     timings = {}
     for nb in notebooks:
         out = run_dir / nb.name
+        params = {**per_notebook[nb.name], "run_dir": str(run_dir)}
+        if nb.name == ONE_PAGE:  # imports nothing of ours: no run_dir; its own parameters, a params file wins
+            params = {**one_page_parameters(folder, run_dir, bool(offline)), **per_notebook[nb.name]}
         print(f"--> {nb.name}" + (" (in place)" if args.in_place else "")
               + (f" with {per_notebook[nb.name]}" if per_notebook[nb.name] else ""), flush=True)
         t0 = time.time()
@@ -144,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             execute_in_place(nb, run_dir)
         else:
             try:
-                pm.execute_notebook(str(nb), str(out),
-                                    parameters={**per_notebook[nb.name], "run_dir": str(run_dir)},
+                pm.execute_notebook(str(nb), str(out), parameters=params,
                                     cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
             except pm.PapermillExecutionError as err:
                 print(f"FAILED: {nb.name} at cell {err.exec_count}: {err.ename}: {err.evalue}\n"
@@ -154,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         timings[nb.name] = round(time.time() - t0, 1)
         print(f"    {timings[nb.name]:.0f} s", flush=True)
     if args.in_place and not args.params:
-        record_timings(timings)
+        # the one-page notebook's runtime line is kept by hand (tools/timings.py syncs the ordered notebooks)
+        record_timings({name: s for name, s in timings.items() if name != ONE_PAGE})
     timings["total_notebooks_s"] = round(sum(timings.values()), 1)
     timings["params_file"] = args.params
     save_json(run_dir / "course_timings.json", timings)

@@ -151,9 +151,14 @@ def pytest_step(venv: Path, name: str, args: list[str], work: Path, log, env: di
             "failures": failures}
 
 
+def one_page_notebooks() -> list[Path]:
+    """The notebooks that sort apart from 00-07: the one-page recipe, notebooks/qlora_one_runtime.ipynb."""
+    return sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if not p.name[:2].isdigit())
+
+
 def one_page_step(venv: Path, work: Path, log, env: dict) -> dict | None:
     """The one-page recipe notebook on the course's CPU parameters (tools.course), if the course has one."""
-    pages = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if not p.name[:2].isdigit())
+    pages = one_page_notebooks()
     if not pages:
         return None
     start, failures = time.time(), []
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", default=str(ROOT / ".venv-drift"), help="the drift environment's folder")
     parser.add_argument("--python", default=sys.executable, help="the Python that creates it")
     parser.add_argument("--converter", required=True,
-                        help="llama.cpp's converter as pip names it (`make drift` passes the Makefile's CONVERTER)")
+                        help="llama.cpp's converter as pip names it (make drift: the Makefile's CONVERTER)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["fast", "smoke", "one-page"],
                         help="steps to leave out")
     parser.add_argument("--no-write", action="store_true", help="print the tables, leave docs/ alone")

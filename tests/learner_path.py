@@ -17,6 +17,7 @@ What a Colab T4 learner runs, except the device and the model size:
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -35,7 +36,9 @@ SMOKE_PARAMS = {
     "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0,
     "num_epochs": 1.0,  # 07
     "max_new_tokens": 8,  # 02
-    "export_gguf": True,  # 05: off by default in Colab (llama-cpp-python builds there); the smoke run exports
+    # 05's GGUF export (off by default in Colab, where llama-cpp-python must build first): wherever llama.cpp
+    # is installed, as `make install` does; a bare GPU machine (make gpu-smoke) has none
+    "export_gguf": importlib.util.find_spec("llama_cpp") is not None,
     # 06: the methods whose GPU route differs from 03's (TRL's own loss head:
     # full fine-tuning, prompt and prefix tuning with gemma-2b's one key/value
     # head, IA3); LoRA and QLoRA train as in 03, which the smoke run runs too.

@@ -277,6 +277,9 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     assert "the course's packages are installed" in installed or "package(s) Colab lacks" in installed
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["notebooks"]["05_save_and_push"]["reload_identical"] == "4/4"
+    # 05 exported the tiny Gemma 1 to GGUF and llama.cpp loaded every file (issue 34)
+    report = json.loads((tmp_path / "run" / "gguf" / "verification.json").read_text())
+    assert {"model-f16.gguf", "model-q8_0.gguf", "model-q4_k_m.gguf"} <= set(report["files"])
     assert manifest["notebooks"]["00_setup"]["config"]["profile"] == "gpu-on-cpu"
     leaks = [p.name for p in (tmp_path / "run").rglob("*")
              if p.is_file() and CANARY.encode() in p.read_bytes()]

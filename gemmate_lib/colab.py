@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -16,6 +17,8 @@ COURSE_REPO = "gemmate-course/gemmate"
 CLONE = "/content/gemmate"  # where the install cell clones the course in a Colab runtime
 DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders on Drive
+# Colab's CUDA builds, matched to its driver: pip may never replace them (GUIDE 7)
+HELD = ("torch", "torchvision", "torchaudio")
 RESTART = ("Restart needed: packages that this runtime had already imported were upgraded. "
            "Choose Runtime > Restart session, then run this notebook from the top again "
            "(this cell will then skip the install).")
@@ -63,19 +66,30 @@ def stale_imports(names) -> list[str]:
 
 
 def install(repo_dir: str | Path, run=subprocess.run) -> str:
-    """Install requirements-colab.txt (never torch) unless every pin is already there; safe to re-run. Returns
-    "ready", or RESTART (also printed) when an upgraded package was already imported here."""
+    """Install the pins of requirements-colab.txt that this runtime lacks or has at another version; safe to
+    re-run. Colab's torch (and torchvision, torchaudio) is held at its installed build through a constraints
+    file: pip may not replace it, and stops with a conflict if a pin ever needs another torch. Returns
+    "ready", or RESTART (also printed) when an upgraded package (torchao among them) was already imported."""
     requirements = Path(repo_dir) / "requirements-colab.txt"
-    missing = sorted(name for name, pin in pins(requirements).items() if installed_version(name) != pin)
+    wanted = pins(requirements)
+    missing = sorted(name for name, pin in wanted.items() if installed_version(name) != pin)
     if not missing:
         print("the course's packages are installed (nothing to do)")
         return "ready"
-    print(f"installing {len(missing)} package(s) Colab lacks: {', '.join(missing)} (about a minute)...")
-    proc = run([sys.executable, "-m", "pip", "install", "-q", "-r", str(requirements)], capture_output=True,
-               text=True)
+    print(f"installing {len(missing)} package(s) Colab lacks or has at another version: {', '.join(missing)} "
+          "(about a minute)...")
+    held = [f"{name}=={version}" for name in HELD if (version := installed_version(name))]
+    with tempfile.TemporaryDirectory() as tmp:
+        constraints = Path(tmp) / "colab-held.txt"
+        constraints.write_text("".join(line + "\n" for line in held))
+        proc = run([sys.executable, "-m", "pip", "install", "-q", "-c", str(constraints),
+                    *(f"{name}=={wanted[name]}" for name in missing)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ModelLoadError(f"pip could not install the course's packages: {proc.stderr.strip()[-300:]}",
-                             "check the runtime has internet access, then run this cell again")
+        raise ModelLoadError(f"pip could not install the course's packages beside this runtime's "
+                             f"{', '.join(held) or 'torch'}: {' '.join(proc.stderr.split())[-300:]}",
+                             "check the runtime has internet access, then run this cell again; if pip "
+                             "names a conflict with torch, a pin needs another torch than Colab's: never "
+                             "reinstall torch on Colab, report it to the course instead")
     if stale := stale_imports(missing):
         print(RESTART + f" ({'; '.join(stale)})")
         return RESTART

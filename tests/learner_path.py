@@ -38,7 +38,9 @@ SMOKE_PARAMS = {
     "max_new_tokens": 8,  # 02
     # 05's GGUF export (off by default in Colab, where llama-cpp-python must build first): wherever llama.cpp
     # is installed, as `make install` does; a bare GPU machine (make gpu-smoke) has none
-    "export_gguf": importlib.util.find_spec("llama_cpp") is not None,
+    # (make colab-replica turns it off with GEMMATE_SMOKE_EXPORT=0: Colab's kernel has no llama.cpp either)
+    "export_gguf": (importlib.util.find_spec("llama_cpp") is not None
+                    and os.environ.get("GEMMATE_SMOKE_EXPORT") != "0"),
     # 06: the methods whose GPU route differs from 03's (TRL's own loss head:
     # full fine-tuning, prompt and prefix tuning with gemma-2b's one key/value
     # head, IA3); LoRA and QLoRA train as in 03, which the smoke run runs too.
@@ -115,18 +117,43 @@ def smoke_quotes(path: Path, n: int = SMOKE_QUOTES) -> Path:
     return path
 
 
-def colab_kernel(jupyter_dir: Path) -> str:
-    """A kernelspec whose kernel starts like Colab's: google.colab
-    imported, Colab's shell class, no installed course."""
+def colab_dist_packages(folder: Path) -> dict[str, str]:
+    """Colab's preinstalled packages that break the course unless its install cells deal with them, put
+    where Colab keeps them: a folder behind the venv's own site-packages (tests/colab_runtime/sitecustomize.py
+    appends it to sys.path), into which pip in the kernel installs, as pip in Colab installs into
+    dist-packages. Today one: Colab's torchao (tools/colab_snapshot), which peft 0.21 refuses for every LoRA
+    layer on a 16-bit base. Its wheel, and the one the install cells upgrade to, come from `make install`
+    (.venv/colab-wheels): the package index is the faked boundary. Returns the kernel's environment."""
+    import subprocess
+
+    wheels = ROOT / ".venv" / "colab-wheels"
+    if not any(wheels.glob("torchao-*.whl")):
+        raise RuntimeError(f"no Colab wheels in {wheels}: run `make install`")
+    colab_torchao = next(line.split("==")[1] for line in
+                         (ROOT / "tools" / "colab_snapshot" / "pip-freeze.gpu.txt").read_text().splitlines()
+                         if line.startswith("torchao=="))
+    shutil.rmtree(folder, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--find-links",
+                    str(wheels), "--target", str(folder), f"torchao=={colab_torchao}"], check=True)
+    return {"COLAB_SIM_DIST_PACKAGES": str(folder), "PIP_TARGET": str(folder), "PIP_UPGRADE": "1",
+            "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+
+
+def colab_kernel(jupyter_dir: Path, env: dict[str, str] | None = None) -> str:
+    """A kernelspec whose kernel starts like Colab's: google.colab imported, Colab's shell class, no installed
+    course. Its Python is GEMMATE_KERNEL_PYTHON when set (make colab-replica: Colab's own packages), else
+    this one; `env` adds to its environment (colab_dist_packages)."""
     spec = jupyter_dir / "kernels" / "colab-like"
     spec.mkdir(parents=True, exist_ok=True)
     start = "import google.colab; from ipykernel.kernelapp import launch_new_instance; launch_new_instance()"
+    python = os.environ.get("GEMMATE_KERNEL_PYTHON", sys.executable)
     (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-c", start, "--IPKernelApp.kernel_class=google.colab._kernel.Kernel",
+        "argv": [python, "-c", start, "--IPKernelApp.kernel_class=google.colab._kernel.Kernel",
                  "-f", "{connection_file}"],
         "display_name": "Colab-like (smoke run)", "language": "python",
         # a PYTHONPATH already set (make gpu-smoke's folder of carried packages) stays behind the runtime
-        "env": {"PYTHONPATH": os.pathsep.join(filter(None, [str(RUNTIME), os.environ.get("PYTHONPATH")]))}}))
+        "env": {"PYTHONPATH": os.pathsep.join(filter(None, [str(RUNTIME), os.environ.get("PYTHONPATH")])),
+                **(env or {})}}))
     return "colab-like"
 
 
@@ -156,7 +183,11 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu") -> d
                       COLAB_SIM_LOG=str(run_dir / "colab.log"))
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMMATE_RUN_DIR"):
         os.environ.pop(name, None)  # the token comes from the (fake) Colab secret only
-    kernel = colab_kernel(run_dir.parent / "jupyter")
+    # Colab's preinstalled torchao, unless the kernel is Colab's own set already (make colab-replica) or a
+    # bare GPU machine runs it (make gpu-smoke carries no Colab wheels)
+    colab_site = ({} if "GEMMATE_KERNEL_PYTHON" in os.environ or os.environ.get("GEMMATE_GPU_SMOKE") else
+                  colab_dist_packages(run_dir.parent / "colab-dist-packages"))
+    kernel = colab_kernel(run_dir.parent / "jupyter", colab_site)
     rows = {}
     for nb in notebooks or notebooks_in_order():
         declared = set(pm.inspect_notebook(str(nb)))

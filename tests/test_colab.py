@@ -130,7 +130,54 @@ def test_the_colab_requirements_never_touch_torch_jupyter_or_dev_tools():
                  "nbval", "nbformat", "pytest", "optuna", "ruff", "pandas", "protobuf"}
     assert not forbidden & set(wanted)
     course = colab.pins(ROOT / "requirements.txt")
-    assert {name: course[name] for name in wanted} == wanted  # the same pins as the course
+    colab_only = {"torchao"}  # Colab preinstalls an old one that peft refuses; the course never needs it
+    assert {name: course[name] for name in set(wanted) - colab_only} == {
+        name: pin for name, pin in wanted.items() if name not in colab_only}  # the same pins as the course
+
+
+def test_install_brings_only_what_differs_and_holds_colabs_torch(tmp_path):
+    """Colab's torch is held at its build by a constraints file; only the pins that differ are installed, and
+    Colab's torchao (older than peft accepts) is one of them."""
+    (tmp_path / "requirements-colab.txt").write_text(f"peft=={colab.installed_version('peft')}\n"
+                                                     "torchao==0.17.0\n")
+    seen = {}
+
+    def pip(cmd, **kwargs):
+        seen["cmd"] = cmd
+        seen["held"] = Path(cmd[cmd.index("-c") + 1]).read_text() if "-c" in cmd else ""
+        return types.SimpleNamespace(returncode=0, stderr="")
+
+    colab.install(tmp_path, run=pip)
+    assert [arg for arg in seen["cmd"] if "==" in arg] == ["torchao==0.17.0"]
+    assert f"torch=={torch.__version__}" in seen["held"].split()
+
+
+@pytest.mark.slow
+def test_pip_stops_rather_than_replace_colabs_torch(tmp_path):
+    """A pin that needs another torch (torchvision 0.26 needs torch 2.11) ends in one line naming the
+    conflict; pip, run for real (a dry run) in a venv that has this machine's torch, never replaces it."""
+    py = _venv_with_this_torch(tmp_path / "venv")
+    (tmp_path / "requirements-colab.txt").write_text("torchvision==0.26.0\n")
+
+    def dry_run(cmd, **kwargs):
+        return subprocess.run([py, *cmd[1:4], "--dry-run", *cmd[4:]], **kwargs, timeout=900)
+
+    with pytest.raises(ModelLoadError) as err:
+        colab.install(tmp_path, run=dry_run)
+    assert f"torch=={torch.__version__}" in str(err.value) and "never reinstall torch" in str(err.value)
+
+
+def _venv_with_this_torch(venv: Path) -> str:
+    """A fresh venv that has this machine's torch (its files and dist-info linked in: no multi-GB copy), as
+    Colab has its own; returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = str(venv / "bin" / "python")
+    target = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 capture_output=True, text=True, check=True).stdout.strip())
+    source = Path(torch.__file__).resolve().parents[1]
+    for item in [source / "torch", *source.glob(f"torch-{torch.__version__}*.dist-info")]:
+        (target / item.name).symlink_to(item)
+    return py
 
 
 @pytest.mark.slow
@@ -139,18 +186,9 @@ def test_pip_would_not_reinstall_torch_in_a_venv_that_has_it(tmp_path):
     torch 2.13: torch stays, the course's pins come in."""
     import torch as installed_torch
 
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    py = str(venv / "bin" / "python")
-    # The venv gets this machine's torch 2.13.0 (its files and
-    # dist-info, linked in: no multi-GB copy), as Colab has its own.
-    target = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                 capture_output=True, text=True, check=True).stdout.strip())
-    source = Path(installed_torch.__file__).resolve().parents[1]
-    for item in [source / "torch", *source.glob("torch-2.13.0*.dist-info")]:
-        (target / item.name).symlink_to(item)
+    py = _venv_with_this_torch(tmp_path / "venv")
     check = subprocess.run([py, "-m", "pip", "show", "torch"], capture_output=True, text=True)
-    assert "Version: 2.13.0" in check.stdout
+    assert f"Version: {installed_torch.__version__}" in check.stdout
     report = tmp_path / "report.json"
     proc = subprocess.run([py, "-m", "pip", "install", "-q", "--dry-run", "--report", str(report), "-r",
                            str(ROOT / "requirements-colab.txt")], capture_output=True, text=True, timeout=900)

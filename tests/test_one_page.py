@@ -124,14 +124,15 @@ def test_no_line_of_the_page_imports_or_names_the_course():
                 assert (node.module or "").split(".")[0] != "gemmate_lib"
 
 
-def test_the_install_cell_pins_what_requirements_txt_pins_never_torch_and_runs_only_in_colab():
+def test_the_install_cell_pins_what_the_colab_requirements_pin_never_torch_and_runs_only_in_colab():
     from gemmate_lib.colab import pins
 
     install = "".join(code_cells()[0]["source"])
     page_pins = literals(install)["PINS"]
-    pinned = pins(ROOT / "requirements.txt")
+    pinned = pins(ROOT / "requirements-colab.txt")  # the course's Colab pins (torchao among them)
     assert {name: pinned[name.replace("_", "-")] for name in page_pins} == page_pins
-    needed = {"transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate", "huggingface_hub"}
+    needed = {"transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate", "huggingface_hub",
+              "torchao"}
     assert needed <= set(page_pins)
     assert "torch" not in page_pins and 'if "google.colab" in sys.modules:' in install
 
@@ -209,3 +210,27 @@ def test_the_pages_perplexity_lines_count_what_the_librarys_held_out_loss_counts
     texts = [row["text"] for row in ROWS]
     page = namespace["held_out_loss"](tiny_model, texts, batch_size=3)  # two batches, one of them padded
     assert page == pytest.approx(held_out_loss(tiny_model, tiny_tokenizer, ROWS), rel=1e-5)
+
+
+def test_the_install_cell_holds_colabs_torch_and_brings_what_differs(monkeypatch):
+    """In Colab the cell installs only the pins that differ (Colab's torchao among them) and holds torch at
+    the runtime's build with a constraints file, so pip can never replace it."""
+    import subprocess
+    import sys
+    import types
+
+    import torch
+
+    seen = {}
+
+    def pip(cmd, **kwargs):
+        seen["cmd"] = cmd
+        seen["held"] = Path(cmd[cmd.index("-c") + 1]).read_text() if "-c" in cmd else ""
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", pip)
+    exec("".join(code_cells()[0]["source"]), {})
+    installs = [arg for arg in seen["cmd"] if "==" in arg]
+    assert "torchao==0.17.0" in installs and not any(a.startswith("torch==") for a in installs)
+    assert f"torch=={torch.__version__}" in seen["held"].split()

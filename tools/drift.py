@@ -26,6 +26,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from tools.colab_replica import BEGIN, END
+
 ROOT = Path(__file__).resolve().parents[1]
 # the packages whose newest release the learner meets; torch stays at the course's pin (Colab brings its own)
 DRIFTING = ("transformers", "trl", "peft", "accelerate", "datasets", "huggingface_hub", "bitsandbytes",
@@ -265,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAIL {failure}")
     if not args.no_write:
         out = ROOT / "docs" / "compatibility.md"
-        out.write_text(report(versions, steps, date))
+        old = out.read_text() if out.exists() else ""
+        # make colab-replica's table lives in the same page: kept as it is
+        kept = old[old.index(BEGIN):old.index(END) + len(END)] if BEGIN in old and END in old else ""
+        out.write_text(report(versions, steps, date) + (f"\n{kept}\n" if kept else ""))
         print(f"wrote {out.relative_to(ROOT)}")
     print(f"make drift: {time.time() - started:.0f} s in all")
     return 0 if all(s["ok"] for s in steps) else 1

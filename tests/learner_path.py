@@ -117,14 +117,16 @@ def smoke_quotes(path: Path, n: int = SMOKE_QUOTES) -> Path:
     return path
 
 
-def colab_dist_packages(folder: Path) -> dict[str, str]:
-    """Colab's preinstalled packages that break the course unless its install cells deal with them, put
-    where Colab keeps them: a folder behind the venv's own site-packages (tests/colab_runtime/sitecustomize.py
-    appends it to sys.path), into which pip in the kernel installs, as pip in Colab installs into
-    dist-packages. Today one: Colab's torchao (tools/colab_snapshot), which peft 0.21 refuses for every LoRA
-    layer on a 16-bit base. Its wheel, and the one the install cells upgrade to, come from `make install`
-    (.venv/colab-wheels): the package index is the faked boundary. Returns the kernel's environment."""
+def colab_site(folder: Path) -> tuple[str, dict[str, str]]:
+    """A Python whose own site-packages stands for Colab's dist-packages: a venv at `folder`, layered on this
+    one (a .pth adds this venv's site-packages behind its own), holding Colab's preinstalled packages that
+    break the course unless its install cells deal with them. Today one: Colab's torchao (its version from
+    tools/colab_snapshot), which peft 0.21 refuses for every LoRA layer on a 16-bit base. pip in that Python
+    upgrades and uninstalls there as pip in Colab does in dist-packages, and leaves this venv as it is. The
+    wheels come from `make install` (.venv/colab-wheels): the package index is the faked boundary. Returns
+    the kernel's Python and its environment."""
     import subprocess
+    import sysconfig
 
     wheels = ROOT / ".venv" / "colab-wheels"
     if not any(wheels.glob("torchao-*.whl")):
@@ -133,20 +135,27 @@ def colab_dist_packages(folder: Path) -> dict[str, str]:
                          (ROOT / "tools" / "colab_snapshot" / "pip-freeze.gpu.txt").read_text().splitlines()
                          if line.startswith("torchao=="))
     shutil.rmtree(folder, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--find-links",
-                    str(wheels), "--target", str(folder), f"torchao=={colab_torchao}"], check=True)
-    return {"COLAB_SIM_DIST_PACKAGES": str(folder), "PIP_TARGET": str(folder), "PIP_UPGRADE": "1",
-            "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(folder)], check=True)
+    python = str(folder / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "colab-like-runtime.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", f"torchao=={colab_torchao}"],
+                   check=True, env={**os.environ, **env})
+    return python, env
 
 
-def colab_kernel(jupyter_dir: Path, env: dict[str, str] | None = None) -> str:
+def colab_kernel(jupyter_dir: Path, python: str | None = None, env: dict[str, str] | None = None) -> str:
     """A kernelspec whose kernel starts like Colab's: google.colab imported, Colab's shell class, no installed
-    course. Its Python is GEMMATE_KERNEL_PYTHON when set (make colab-replica: Colab's own packages), else
-    this one; `env` adds to its environment (colab_dist_packages)."""
+    course. Its Python is `python` (colab_site), else GEMMATE_KERNEL_PYTHON (make colab-replica: Colab's own
+    packages), else this one; `env` adds to its environment."""
     spec = jupyter_dir / "kernels" / "colab-like"
     spec.mkdir(parents=True, exist_ok=True)
     start = "import google.colab; from ipykernel.kernelapp import launch_new_instance; launch_new_instance()"
-    python = os.environ.get("GEMMATE_KERNEL_PYTHON", sys.executable)
+    python = python or os.environ.get("GEMMATE_KERNEL_PYTHON", sys.executable)
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [python, "-c", start, "--IPKernelApp.kernel_class=google.colab._kernel.Kernel",
                  "-f", "{connection_file}"],
@@ -185,9 +194,12 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu") -> d
         os.environ.pop(name, None)  # the token comes from the (fake) Colab secret only
     # Colab's preinstalled torchao, unless the kernel is Colab's own set already (make colab-replica) or a
     # bare GPU machine runs it (make gpu-smoke carries no Colab wheels)
-    colab_site = ({} if "GEMMATE_KERNEL_PYTHON" in os.environ or os.environ.get("GEMMATE_GPU_SMOKE") else
-                  colab_dist_packages(run_dir.parent / "colab-dist-packages"))
-    kernel = colab_kernel(run_dir.parent / "jupyter", colab_site)
+    # Colab's preinstalled torchao under the kernel, unless the kernel is Colab's own set already (make
+    # colab-replica), a bare GPU machine runs it (make gpu-smoke) or the install cells may not install (make
+    # drift): GEMMATE_SMOKE_COLAB_SITE=0
+    use_site = "GEMMATE_KERNEL_PYTHON" not in os.environ and os.environ.get("GEMMATE_SMOKE_COLAB_SITE") != "0"
+    python, env = colab_site(run_dir.parent / "colab-site") if use_site else (None, {})
+    kernel = colab_kernel(run_dir.parent / "jupyter", python, env)
     rows = {}
     for nb in notebooks or notebooks_in_order():
         declared = set(pm.inspect_notebook(str(nb)))

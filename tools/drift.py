@@ -35,7 +35,7 @@ DRIFTING = ("transformers", "trl", "peft", "accelerate", "datasets", "huggingfac
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 # The notebooks' install cells (the smoke run's Colab branch, the one-page notebook's pip line) would put the
 # pins back over the newest releases, as they do in Colab; a dry run lets them run without changing anything.
-NO_INSTALL = {"PIP_DRY_RUN": "1"}
+NO_INSTALL = {"PIP_DRY_RUN": "1", "GEMMATE_SMOKE_COLAB_SITE": "0"}
 
 
 def _key(name: str) -> str:

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                             "run it on a GPU machine (CONTRIBUTING.md, 'On a GPU'); `make smoke` runs the "
                             "same notebooks on this CPU")
     sys.path.insert(0, str(ROOT / "tests"))
-    os.environ["GEMMATE_GPU_SMOKE"] = "1"  # no Colab dist-packages stand-in: a bare GPU machine has no wheels
+    os.environ["GEMMATE_SMOKE_COLAB_SITE"] = "0"  # no Colab torchao stand-in: a bare GPU machine lacks wheels
     from learner_path import run
 
     from tools.gpu_check import _watch_memory

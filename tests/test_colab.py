@@ -81,6 +81,25 @@ def test_each_colab_secret_failure_has_its_own_message(fake_colab, secret, words
     assert words in err.value.fix
 
 
+def test_a_secret_added_after_the_first_hub_call_needs_a_restart_and_every_message_says_so(fake_colab):
+    """huggingface_hub reads Colab's secret once per process: the learner who adds HF_TOKEN after the message
+    still has no token until Runtime > Restart session, so the message must say to restart."""
+    from gemmate_lib.models import resolve_model
+
+    fake_colab.secret = None  # no secret yet
+    assert hf_token.get_token() is None
+    assert "Restart session" in hf_token.describe_token()
+    fake_colab.secret = FAKE  # the learner adds it, as the message says ...
+    assert hf_token.get_token() is None  # ... and this process still has none: the secret was read once
+    assert "Restart session" in hf_token.describe_token()
+    with pytest.raises(TokenError) as err:
+        hf_token.check_token()
+    assert "Restart session" in err.value.fix
+    with pytest.raises(ModelLoadError) as err:
+        resolve_model("google/gemma-2b")
+    assert "Restart session" in err.value.fix and FAKE not in str(err.value)
+
+
 class _nothing:
     def __enter__(self):
         return self

@@ -74,8 +74,8 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
     # Each method states its own (the GPU profile's defaults are the seed notebook's QLoRA recipe):
     # compute-dtype weights, no checkpointing (prefix tuning cannot run with it), torch's fused AdamW (same
     # update, faster on a CPU). QLoRA differs from LoRA r=8 in the NF4 base and what a 4-bit base brings
-    # (k-bit preparation; TRL's bf16 LoRA weights, fp32 under fp16), as in 03: the profile's paged 8-bit
-    # AdamW and checkpointing would be two more changes, and neither is NF4's.
+    # (k-bit preparation; TRL's bf16 LoRA weights, fp32 unless compute is bf16), as in 03: the profile's paged
+    # 8-bit AdamW and checkpointing would be two more changes, and neither is NF4's.
     plain = dict(quantization="none", optim="adamw_torch_fused", gradient_checkpointing=False)
     qlora = dict(quantization="nf4")
 

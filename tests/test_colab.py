@@ -225,18 +225,74 @@ def test_05_and_06_find_the_adapter_in_the_run_folder_on_the_hub_or_say_how(tmp_
     assert colab.find_adapter(tmp_path) == tmp_path / "adapter"  # now in the run folder: no second download
 
 
-def test_under_fp16_every_trainable_weight_stays_fp32_on_a_4bit_model(tiny_folder, tiny_tokenizer, tmp_path):
-    """TRL casts a quantized model's LoRA weights to bf16; fp16's grad scaler needs fp32 (a T4's case)."""
+@pytest.mark.parametrize("dtype, trained", [("fp16", torch.float32), ("fp32", torch.float32),
+                                             ("bf16", torch.bfloat16)])
+def test_trainable_weights_are_fp32_wherever_compute_is_not_bf16_on_a_4bit_model(tiny_folder, tiny_tokenizer,
+                                                                                 tmp_path, dtype, trained):
+    """TRL casts a quantized model's LoRA weights to bf16 whatever the compute dtype: fp16's grad scaler needs
+    fp32 ones (a T4 with gemma-2b), and fp32 compute (a T4 with Gemma 3) must not train bf16 weights; under
+    bf16 compute they stay TRL's bf16 (the QLoRA paper's choice)."""
     from gemmate_lib.config import course_config
     from gemmate_lib.models import load_model
     from gemmate_lib.training import attach_lora, sft_trainer
 
+    cfg = course_config(device="cpu", dtype=dtype, quantization="nf4", max_steps=1, batch_size=2)
+    model = attach_lora(load_model(str(tiny_folder), cfg.precision, "nf4"), cfg)
+    trainer = sft_trainer(model, tiny_tokenizer, [{"text": "Quote: a b\nAuthor: c"}] * 4, [], cfg, tmp_path)
+    assert (trainer.args.fp16, trainer.args.bf16) == (dtype == "fp16", dtype == "bf16")
+    dtypes = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert dtypes == {trained}
+
+
+def cuda_unscale_kernel(monkeypatch):
+    """torch's CPU kernel of the grad scaler's unscale accepts bf16 gradients; CUDA's dispatches on float,
+    double and half only and raises NotImplementedError for bf16 (trl issue 4901, a T4 on torch 2.11). This
+    gives the CPU kernel CUDA's refusal, so a scaled step here fails where it would fail on a T4."""
+    cpu_kernel = torch._amp_foreach_non_finite_check_and_unscale_
+
+    def unscale(grads, found_inf, inv_scale):
+        if any(grad.dtype == torch.bfloat16 for grad in grads):
+            raise NotImplementedError('"_amp_foreach_non_finite_check_and_unscale_cuda" not implemented '
+                                      "for 'BFloat16'")
+        return cpu_kernel(grads, found_inf, inv_scale)
+
+    monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", unscale)
+
+
+def test_the_emulated_cuda_unscale_kernel_refuses_bf16_gradients_as_cuda_does(monkeypatch):
+    def scaled_unscale():
+        weight = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
+        scaler = torch.amp.GradScaler("cpu")
+        scaler.scale((weight * 2).sum()).backward()
+        scaler.unscale_(torch.optim.SGD([weight], lr=0.1))
+
+    scaled_unscale()  # the CPU kernel: bf16 is fine here, so a CPU test cannot see the T4's failure
+    cuda_unscale_kernel(monkeypatch)
+    with pytest.raises(NotImplementedError):
+        scaled_unscale()
+
+
+def test_a_scaled_fp16_step_on_the_trainers_weights_passes_cudas_unscale_kernel(tiny_folder, tiny_tokenizer,
+                                                                                 tmp_path, monkeypatch):
+    """The fp16 path on a T4: autocast, the scaled loss, unscale (CUDA's kernel, emulated), step. Without the
+    trainer's fp32 cast of TRL's bf16 LoRA weights, the unscale raises as on a T4."""
+    from gemmate_lib.config import course_config
+    from gemmate_lib.models import load_model
+    from gemmate_lib.training import attach_lora, sft_trainer
+
+    cuda_unscale_kernel(monkeypatch)
     cfg = course_config(device="cpu", dtype="fp16", quantization="nf4", max_steps=1, batch_size=2)
     model = attach_lora(load_model(str(tiny_folder), cfg.precision, "nf4"), cfg)
     trainer = sft_trainer(model, tiny_tokenizer, [{"text": "Quote: a b\nAuthor: c"}] * 4, [], cfg, tmp_path)
-    assert trainer.args.fp16
-    dtypes = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
-    assert dtypes == {torch.float32}
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    batch = tiny_tokenizer(["Quote: a b\nAuthor: c"], return_tensors="pt")
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = trainer.model(**batch, labels=batch["input_ids"]).loss
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    assert {p.grad.dtype for p in trainable} == {torch.float32}
 
 
 def test_ddp_ranks_load_nf4_on_their_own_gpu(monkeypatch, fp32):

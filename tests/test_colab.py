@@ -81,6 +81,26 @@ def test_each_colab_secret_failure_has_its_own_message(fake_colab, secret, words
     assert words in err.value.fix
 
 
+def test_a_colab_runtime_without_a_gpu_stops_in_one_line_unless_the_cpu_is_chosen(fake_colab, monkeypatch):
+    """Every badge opened a CPU runtime, and the notebooks fell back in silence to the 270M model on two
+    vCPUs, even with HF_TOKEN set. Outside Colab the CPU profile stays the default."""
+    from gemmate_lib.config import course_config
+    from gemmate_lib.errors import HardwareError, one_line
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("GEMMATE_PROFILE", raising=False)
+    assert hf_token.get_token() == FAKE  # the learner did add the token
+    with pytest.raises(HardwareError) as err:
+        course_config(model_name=None, dataset=None)  # the notebooks' parameters as they open
+    line = one_line(err.value)
+    assert "Runtime > Change runtime type > T4 GPU" in line and 'model_name="embedded"' in line
+    assert "\n" not in line
+    assert course_config(model_name="embedded").profile == "cpu-embedded"  # the CPU on purpose
+    assert course_config("methods", device="cpu").precision.device == "cpu"
+    monkeypatch.delitem(sys.modules, "google.colab")
+    assert course_config().profile == "cpu-embedded"  # not Colab: the CPU profile, as on this machine
+
+
 def test_a_secret_added_after_the_first_hub_call_needs_a_restart_and_every_message_says_so(fake_colab):
     """huggingface_hub reads Colab's secret once per process: the learner who adds HF_TOKEN after the message
     still has no token until Runtime > Restart session, so the message must say to restart."""

@@ -16,6 +16,9 @@ COURSE_REPO = "gemmate-course/gemmate"
 CLONE = "/content/gemmate"  # where the install cell clones the course in a Colab runtime
 DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders on Drive
+# what Colab reads from a notebook's metadata to open it on a GPU runtime, a T4 (the free one): every badge of
+# the course opens such a runtime (`make sync` and `make notebooks` keep these keys)
+RUNTIME_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 RESTART = ("Restart needed: packages that this runtime had already imported were upgraded. "
            "Choose Runtime > Restart session, then run this notebook from the top again "
            "(this cell will then skip the install).")

@@ -348,6 +348,30 @@ def test_gpu_check_dry_run_builds_every_notebooks_t4_and_a100_config(capsys):
     assert "compute fp32 ok" in out and "compute bf16 ok" in out and "paged_adamw_8bit ok" in out
 
 
+def test_gpu_check_fp16_arm_really_computes_in_fp16(capsys, monkeypatch, tmp_path, tiny_folder):
+    """`make gpu-check PRECISION=fp16` ran the embedded Gemma 3, which the course computes in fp32 on a T4's
+    profile, so fp16 never ran. Its arm is a Gemma 1 now: the dry run's rows and the real run's config."""
+    from gemmate_lib.config import course_config
+    from gemmate_lib.training import training_kwargs
+    from tools.gpu_check import FP16_CARD, fp16_arm, main
+
+    assert main(["--dry-run"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if FP16_CARD in line]
+    assert len(rows) == 8 and all("compute fp16 ok" in row and " NO" not in row for row in rows)
+    # the real run's arm on a bf16 GPU (faked at torch.cuda), with the smoke run's tiny Gemma 1
+    monkeypatch.setenv("GEMMATE_SMOKE_TOKENIZER", str(tiny_folder))  # its tokenizer, not the embedded one
+    params, env = fp16_arm(None, tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "H100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    cfg = course_config(**params)
+    assert cfg.precision.dtype == torch.float16 and cfg.model.quantization == "nf4"
+    assert training_kwargs(cfg, tmp_path, has_eval=True)["fp16"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_gpu_check_without_a_gpu_is_one_clear_line(capsys):
     from gemmate_lib.errors import run_cli

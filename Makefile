@@ -82,7 +82,7 @@ sync: install
 # Maintainers with a CUDA GPU: the whole course headless on the GPU profile (time, peak GPU memory, pass/fail per
 # notebook). DRY_RUN=1 builds and checks every notebook's T4 and A100 config on any machine.
 gpu-check: $(if $(DRY_RUN),install,embedded)
-	$(OFFLINE) $(PY) -m tools.gpu_check $(if $(DRY_RUN),--dry-run) $(if $(PRECISION),--precision $(PRECISION))
+	$(OFFLINE) $(PY) -m tools.gpu_check $(if $(DRY_RUN),--dry-run) $(if $(PRECISION),--precision $(PRECISION)) $(if $(MODEL),--model $(MODEL))
 
 # Before raising a pin: the course against the newest transformers, trl, peft, accelerate, datasets, huggingface_hub,
 # bitsandbytes, tokenizers and safetensors, in a second environment (.venv-drift) beside .venv. Runs the fast tier,

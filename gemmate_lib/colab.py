@@ -19,6 +19,10 @@ DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders on Drive
 # Colab's CUDA builds, matched to its driver: pip may never replace them (GUIDE 7)
 HELD = ("torch", "torchvision", "torchaudio")
+RUNTIME_DISK = Path("/content")  # the runtime's own disk: large and fast, gone with the runtime
+# what Colab reads from a notebook's metadata to open it on a GPU runtime, a T4 (the free one): every badge of
+# the course opens such a runtime (`make sync` and `make notebooks` keep these keys)
+RUNTIME_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 RESTART = ("Restart needed: packages that this runtime had already imported were upgraded. "
            "Choose Runtime > Restart session, then run this notebook from the top again "
            "(this cell will then skip the install).")
@@ -34,6 +38,11 @@ def badge(notebook: str, repo: str | None = None) -> str:
 def in_colab() -> bool:
     """True inside a Colab runtime (its `google.colab` module is loaded)."""
     return "google.colab" in sys.modules
+
+
+def on_drive(path: str | Path) -> bool:
+    """True when `path` lies on the mounted Google Drive (a free one holds 15 GB, and writes land late)."""
+    return Path(path).absolute().is_relative_to(DRIVE)
 
 
 def pins(requirements: str | Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemmate_lib.errors import ParameterError
+from gemmate_lib.errors import HardwareError, ParameterError
 from gemmate_lib.files import read_yaml
 from gemmate_lib.hardware import DTYPES, Precision, pick_precision
 
@@ -419,6 +419,8 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     if forced not in ("auto", "gpu", "t4"):
         raise ParameterError(f"GEMMATE_PROFILE={forced!r} is not known",
                              "unset it, or set it to 'gpu' or 't4'")
+    if not on_gpu and forced == "auto" and not {"model_name", "device"} & set(given):
+        check_colab_gpu()
     values, profile = dict(CPU_PROFILE), "cpu-embedded"
     if on_gpu or forced != "auto":
         from gemmate_lib.hf_token import get_token
@@ -451,6 +453,19 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     cfg = CourseConfig(**groups, precision=precision, profile=profile, task=task)
     validate(cfg.flat())
     return cfg
+
+
+def check_colab_gpu() -> None:
+    """A Colab runtime without a GPU stops here in one line: the course is meant for a T4 there, and falling
+    back to the small offline model on two vCPUs (even with HF_TOKEN set) would hide the forgotten runtime
+    type. `model_name` or `device` given to course_config says the CPU is on purpose."""
+    from gemmate_lib.colab import in_colab
+
+    if in_colab():
+        raise HardwareError("this Colab runtime has no GPU, so the course would fall back to the small "
+                            "offline Gemma 3 270M on the CPU",
+                            "choose Runtime > Change runtime type > T4 GPU, then run the notebook from the "
+                            'top; or set model_name="embedded" (parameters cell) to use the CPU on purpose')
 
 
 def compare_default(cfg: CourseConfig) -> bool:

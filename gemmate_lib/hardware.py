@@ -40,6 +40,17 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def check_one_gpu() -> None:
+    """HardwareError when one process sees two or more CUDA GPUs: the model sits on GPU 0, but the Trainer
+    counts every visible GPU (TRL's SFTTrainer then stops with a ValueError, a plain Trainer wraps the model
+    in DataParallel). Processes that `accelerate launch` / torchrun start (WORLD_SIZE > 1) use a GPU each."""
+    count = torch.cuda.device_count()
+    if count >= 2 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        raise HardwareError(f"{count} CUDA GPUs are visible to this process, but the course trains on one",
+                            "start Jupyter or the command with CUDA_VISIBLE_DEVICES=0 (one GPU), or run one "
+                            "process per GPU with `accelerate launch` (docs/command-line.md)")
+
+
 def pick_precision(device: str | None = None, dtype: str | None = None) -> Precision:
     """Choose device and compute dtype for this machine; `device` or `dtype` given force that choice."""
     if dtype is not None:
@@ -58,6 +69,7 @@ def pick_precision(device: str | None = None, dtype: str | None = None) -> Preci
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
+        check_one_gpu()
         name = torch.cuda.get_device_name(0)
         # Not torch.cuda.is_bf16_supported(): in torch 2.13 it is True on a T4 too, counting emulation.
         major, minor = torch.cuda.get_device_capability(0)

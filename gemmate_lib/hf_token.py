@@ -24,24 +24,31 @@ def token_source() -> str | None:
     return "saved login" if os.path.exists(constants.HF_TOKEN_PATH) else "colab"
 
 
+# huggingface_hub reads Colab's secret once per process: a secret added or allowed later reaches it only after
+# Runtime > Restart session, so every fix below ends with the restart
 COLAB_SECRET_HELP = {
     "declined": "this notebook was refused access to the HF_TOKEN secret: open the key icon on the left, "
                 "switch on 'Notebook access' for HF_TOKEN, then Runtime > Restart session and run again",
     "missing": "Colab has no secret named HF_TOKEN: open the key icon on the left, add HF_TOKEN with "
-               "your token (https://huggingface.co/settings/tokens) and switch on 'Notebook access'",
+               "your token (https://huggingface.co/settings/tokens) and switch on 'Notebook access', then "
+               "Runtime > Restart session (the secret is read once per session) and run again",
     "error": "Colab could not read the HF_TOKEN secret: restart "
              "the session (Runtime > Restart session) and run again",
+    "restart": "the HF_TOKEN secret was added after this session read the secrets (once, at its first Hub "
+               "call): Runtime > Restart session, then run again",
 }
 
 
 def colab_secret_problem() -> str | None:
-    """Why Colab's HF_TOKEN secret cannot be read ("declined", "missing", "error"), or None."""
+    """Why Colab's HF_TOKEN secret cannot be read ("declined", "missing", "error"), or "restart" when the
+    secret is there now but huggingface_hub read the secrets before it was added; None outside Colab. Called
+    when `get_token()` found no token."""
     try:
         from google.colab import userdata  # type: ignore[import-not-found]
     except ImportError:
         return None
     try:
-        return None if userdata.get("HF_TOKEN") else "missing"
+        return "restart" if userdata.get("HF_TOKEN") else "missing"
     except userdata.NotebookAccessError:
         return "declined"
     except userdata.SecretNotFoundError:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from gemmate_lib.config import CourseConfig
 from gemmate_lib.errors import HardwareError, ParameterError
+from gemmate_lib.hardware import Precision
 
 METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train
 DEFAULT_METHODS = METHODS[:-1]  # what 06 trains unless told, on a CPU: IA3 is the optional seventh
@@ -74,8 +77,8 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
     # Each method states its own (the GPU profile's defaults are the seed notebook's QLoRA recipe):
     # compute-dtype weights, no checkpointing (prefix tuning cannot run with it), torch's fused AdamW (same
     # update, faster on a CPU). QLoRA differs from LoRA r=8 in the NF4 base and what a 4-bit base brings
-    # (k-bit preparation; TRL's bf16 LoRA weights, fp32 under fp16), as in 03: the profile's paged 8-bit
-    # AdamW and checkpointing would be two more changes, and neither is NF4's.
+    # (k-bit preparation; TRL's bf16 LoRA weights, fp32 unless compute is bf16), as in 03: the profile's paged
+    # 8-bit AdamW and checkpointing would be two more changes, and neither is NF4's.
     plain = dict(quantization="none", optim="adamw_torch_fused", gradient_checkpointing=False)
     qlora = dict(quantization="nf4")
 
@@ -103,17 +106,27 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
     return {k: every[k] for k in keys}
 
 
+def full_finetuning_precision(precision: Precision) -> Precision:
+    """Where full fine-tuning's weights live: fp32 master weights under 16-bit compute (mixed precision: the
+    Trainer's bf16/fp16 autocast computes in 16 bits, AdamW updates fp32 weights). In pure bf16 most updates
+    at full fine-tuning's rate (5e-5) are smaller than half a bf16 step of the weight and round away."""
+    if precision.dtype == torch.float32:
+        return precision
+    return Precision(precision.device, torch.float32,
+                     f"{precision.reason}; full fine-tuning keeps fp32 master weights "
+                     f"({precision.name} autocast)")
+
+
 def full_finetuning_gib(n_params: int) -> float:
     """GiB that full fine-tuning with AdamW needs before any activation: 16 bytes per weight, for the fp32
-    weight and gradient (fp16 mixed precision keeps fp32 weights too) and AdamW's two fp32 moments."""
+    weight and gradient (under 16-bit compute too: full_finetuning_precision keeps fp32 master weights) and
+    AdamW's two fp32 moments. Autocast adds a 16-bit copy of the weights (2 bytes) while a step runs."""
     return n_params * 16 / 2**30
 
 
 def check_full_finetuning(n_params: int, device: str) -> float:
     """Raise HardwareError when full fine-tuning cannot fit this machine's memory; return the GiB it needs."""
     import os
-
-    import torch
 
     need = full_finetuning_gib(n_params)
     if device == "cuda":

@@ -1,6 +1,7 @@
 """The self-check cell at the end of every notebook: PASS, or `SelfCheckError` with one line naming the check
 and its fix, so papermill, `make course`, nbval and `make gpu-check` report the notebook as failed. Checks of
-how much a few steps learned go through `learned`, which in the smoke run only checks the numbers are sane."""
+how much a few steps learned go through `learned`, which in the smoke run only checks the numbers are sane.
+A failed check flushes Google Drive first (in Colab), since the notebook's own flush after it never runs."""
 from __future__ import annotations
 
 import os
@@ -32,6 +33,13 @@ def self_check(*checks: tuple[bool, str, str]) -> bool:
         print("(smoke run: checks that judge learning only check that "
               "the numbers are sane: a tiny random model, a few steps)")
     if failed:
+        # the notebook stops here, before its own flush: Drive still gets what this runtime wrote (Colab only)
+        from gemmate_lib.colab import flush_drive
+
+        try:
+            flush_drive()
+        except Exception as err:  # noqa: BLE001 - the failed check is the error this cell must show
+            print(f"Google Drive could not be flushed ({type(err).__name__})")
         what, fix = failed[0]
         more = f" (and {len(failed) - 1} more above)" if len(failed) > 1 else ""
         raise SelfCheckError(f"self-check failed: {what}{more}", fix)

@@ -114,13 +114,15 @@ def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, 
 
 class CourseSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss runs the LM head on labelled tokens only (fast_loss.py). `tokens_trained` counts
-    the non-padding training tokens (the benchmark's tokens per second). Trainable weights stay fp32 under
-    fp16, as the grad scaler requires."""
+    the non-padding training tokens (the benchmark's tokens per second). Trainable weights are fp32 wherever
+    compute is not bf16: fp16's grad scaler refuses bf16 gradients on CUDA, and fp32 compute (Gemma 3 on a T4)
+    must not train bf16 weights."""
 
     def __init__(self, *args, fast_loss: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        # TRL casts a 4-bit model's LoRA weights to bf16; fp16's grad scaler needs fp32 ones
-        if self.args.fp16:
+        # TRL casts a 4-bit model's LoRA weights to bf16 (the QLoRA paper's choice for bf16 compute) whatever
+        # the compute dtype: back to fp32 under fp16 and fp32 compute (03's written-out cell does the same)
+        if not self.args.bf16:
             for param in self.model.parameters():
                 if param.requires_grad and param.dtype != torch.float32:
                     param.data = param.data.float()

@@ -81,6 +81,45 @@ def test_each_colab_secret_failure_has_its_own_message(fake_colab, secret, words
     assert words in err.value.fix
 
 
+def test_a_colab_runtime_without_a_gpu_stops_in_one_line_unless_the_cpu_is_chosen(fake_colab, monkeypatch):
+    """Every badge opened a CPU runtime, and the notebooks fell back in silence to the 270M model on two
+    vCPUs, even with HF_TOKEN set. Outside Colab the CPU profile stays the default."""
+    from gemmate_lib.config import course_config
+    from gemmate_lib.errors import HardwareError, one_line
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("GEMMATE_PROFILE", raising=False)
+    assert hf_token.get_token() == FAKE  # the learner did add the token
+    with pytest.raises(HardwareError) as err:
+        course_config(model_name=None, dataset=None)  # the notebooks' parameters as they open
+    line = one_line(err.value)
+    assert "Runtime > Change runtime type > T4 GPU" in line and 'model_name="embedded"' in line
+    assert "\n" not in line
+    assert course_config(model_name="embedded").profile == "cpu-embedded"  # the CPU on purpose
+    assert course_config("methods", device="cpu").precision.device == "cpu"
+    monkeypatch.delitem(sys.modules, "google.colab")
+    assert course_config().profile == "cpu-embedded"  # not Colab: the CPU profile, as on this machine
+
+
+def test_a_secret_added_after_the_first_hub_call_needs_a_restart_and_every_message_says_so(fake_colab):
+    """huggingface_hub reads Colab's secret once per process: the learner who adds HF_TOKEN after the message
+    still has no token until Runtime > Restart session, so the message must say to restart."""
+    from gemmate_lib.models import resolve_model
+
+    fake_colab.secret = None  # no secret yet
+    assert hf_token.get_token() is None
+    assert "Restart session" in hf_token.describe_token()
+    fake_colab.secret = FAKE  # the learner adds it, as the message says ...
+    assert hf_token.get_token() is None  # ... and this process still has none: the secret was read once
+    assert "Restart session" in hf_token.describe_token()
+    with pytest.raises(TokenError) as err:
+        hf_token.check_token()
+    assert "Restart session" in err.value.fix
+    with pytest.raises(ModelLoadError) as err:
+        resolve_model("google/gemma-2b")
+    assert "Restart session" in err.value.fix and FAKE not in str(err.value)
+
+
 class _nothing:
     def __enter__(self):
         return self
@@ -244,18 +283,74 @@ def test_05_and_06_find_the_adapter_in_the_run_folder_on_the_hub_or_say_how(tmp_
     assert colab.find_adapter(tmp_path) == tmp_path / "adapter"  # now in the run folder: no second download
 
 
-def test_under_fp16_every_trainable_weight_stays_fp32_on_a_4bit_model(tiny_folder, tiny_tokenizer, tmp_path):
-    """TRL casts a quantized model's LoRA weights to bf16; fp16's grad scaler needs fp32 (a T4's case)."""
+@pytest.mark.parametrize("dtype, trained", [("fp16", torch.float32), ("fp32", torch.float32),
+                                             ("bf16", torch.bfloat16)])
+def test_trainable_weights_are_fp32_wherever_compute_is_not_bf16_on_a_4bit_model(tiny_folder, tiny_tokenizer,
+                                                                                 tmp_path, dtype, trained):
+    """TRL casts a quantized model's LoRA weights to bf16 whatever the compute dtype: fp16's grad scaler needs
+    fp32 ones (a T4 with gemma-2b), and fp32 compute (a T4 with Gemma 3) must not train bf16 weights; under
+    bf16 compute they stay TRL's bf16 (the QLoRA paper's choice)."""
     from gemmate_lib.config import course_config
     from gemmate_lib.models import load_model
     from gemmate_lib.training import attach_lora, sft_trainer
 
+    cfg = course_config(device="cpu", dtype=dtype, quantization="nf4", max_steps=1, batch_size=2)
+    model = attach_lora(load_model(str(tiny_folder), cfg.precision, "nf4"), cfg)
+    trainer = sft_trainer(model, tiny_tokenizer, [{"text": "Quote: a b\nAuthor: c"}] * 4, [], cfg, tmp_path)
+    assert (trainer.args.fp16, trainer.args.bf16) == (dtype == "fp16", dtype == "bf16")
+    dtypes = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert dtypes == {trained}
+
+
+def cuda_unscale_kernel(monkeypatch):
+    """torch's CPU kernel of the grad scaler's unscale accepts bf16 gradients; CUDA's dispatches on float,
+    double and half only and raises NotImplementedError for bf16 (trl issue 4901, a T4 on torch 2.11). This
+    gives the CPU kernel CUDA's refusal, so a scaled step here fails where it would fail on a T4."""
+    cpu_kernel = torch._amp_foreach_non_finite_check_and_unscale_
+
+    def unscale(grads, found_inf, inv_scale):
+        if any(grad.dtype == torch.bfloat16 for grad in grads):
+            raise NotImplementedError('"_amp_foreach_non_finite_check_and_unscale_cuda" not implemented '
+                                      "for 'BFloat16'")
+        return cpu_kernel(grads, found_inf, inv_scale)
+
+    monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", unscale)
+
+
+def test_the_emulated_cuda_unscale_kernel_refuses_bf16_gradients_as_cuda_does(monkeypatch):
+    def scaled_unscale():
+        weight = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
+        scaler = torch.amp.GradScaler("cpu")
+        scaler.scale((weight * 2).sum()).backward()
+        scaler.unscale_(torch.optim.SGD([weight], lr=0.1))
+
+    scaled_unscale()  # the CPU kernel: bf16 is fine here, so a CPU test cannot see the T4's failure
+    cuda_unscale_kernel(monkeypatch)
+    with pytest.raises(NotImplementedError):
+        scaled_unscale()
+
+
+def test_a_scaled_fp16_step_on_the_trainers_weights_passes_cudas_unscale_kernel(tiny_folder, tiny_tokenizer,
+                                                                                 tmp_path, monkeypatch):
+    """The fp16 path on a T4: autocast, the scaled loss, unscale (CUDA's kernel, emulated), step. Without the
+    trainer's fp32 cast of TRL's bf16 LoRA weights, the unscale raises as on a T4."""
+    from gemmate_lib.config import course_config
+    from gemmate_lib.models import load_model
+    from gemmate_lib.training import attach_lora, sft_trainer
+
+    cuda_unscale_kernel(monkeypatch)
     cfg = course_config(device="cpu", dtype="fp16", quantization="nf4", max_steps=1, batch_size=2)
     model = attach_lora(load_model(str(tiny_folder), cfg.precision, "nf4"), cfg)
     trainer = sft_trainer(model, tiny_tokenizer, [{"text": "Quote: a b\nAuthor: c"}] * 4, [], cfg, tmp_path)
-    assert trainer.args.fp16
-    dtypes = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
-    assert dtypes == {torch.float32}
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    batch = tiny_tokenizer(["Quote: a b\nAuthor: c"], return_tensors="pt")
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = trainer.model(**batch, labels=batch["input_ids"]).loss
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    assert {p.grad.dtype for p in trainable} == {torch.float32}
 
 
 def test_ddp_ranks_load_nf4_on_their_own_gpu(monkeypatch, fp32):
@@ -289,6 +384,30 @@ def test_gpu_check_dry_run_builds_every_notebooks_t4_and_a100_config(capsys):
     assert "06_compare_methods" in out
     # a T4 computes the embedded Gemma 3 in fp32 (it overflows in fp16), an A100 in bf16
     assert "compute fp32 ok" in out and "compute bf16 ok" in out and "paged_adamw_8bit ok" in out
+
+
+def test_gpu_check_fp16_arm_really_computes_in_fp16(capsys, monkeypatch, tmp_path, tiny_folder):
+    """`make gpu-check PRECISION=fp16` ran the embedded Gemma 3, which the course computes in fp32 on a T4's
+    profile, so fp16 never ran. Its arm is a Gemma 1 now: the dry run's rows and the real run's config."""
+    from gemmate_lib.config import course_config
+    from gemmate_lib.training import training_kwargs
+    from tools.gpu_check import FP16_CARD, fp16_arm, main
+
+    assert main(["--dry-run"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if FP16_CARD in line]
+    assert len(rows) == 8 and all("compute fp16 ok" in row and " NO" not in row for row in rows)
+    # the real run's arm on a bf16 GPU (faked at torch.cuda), with the smoke run's tiny Gemma 1
+    monkeypatch.setenv("GEMMATE_SMOKE_TOKENIZER", str(tiny_folder))  # its tokenizer, not the embedded one
+    params, env = fp16_arm(None, tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "H100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    cfg = course_config(**params)
+    assert cfg.precision.dtype == torch.float16 and cfg.model.quantization == "nf4"
+    assert training_kwargs(cfg, tmp_path, has_eval=True)["fp16"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")

@@ -82,6 +82,60 @@ def test_a_failed_export_keeps_the_previous_one(tmp_path, tiny_model, tiny_token
     assert sorted(p.name for p in run.iterdir()) == ["adapter", "gguf"]
 
 
+def test_a_run_folder_on_google_drive_gets_only_the_kept_file_and_drive_is_asked_for_its_room(
+        tmp_path, tiny_model, tiny_tokenizer, monkeypatch):
+    """05 in Colab wrote every GGUF file into the run folder on Drive and asked Drive for the whole export's
+    room (~15 GiB for gemma-2b), which a free 15 GB Drive always refused. Now the files go to the runtime's
+    disk, the one file chosen is copied to Drive, and each disk is asked only for what it gets."""
+    from pathlib import Path
+
+    from gemmate_lib import colab
+
+    monkeypatch.setattr(colab, "DRIVE", tmp_path / "drive")
+    monkeypatch.setattr(colab, "RUNTIME_DISK", tmp_path / "content")
+    run = tmp_path / "drive" / "MyDrive" / "gemmate" / "runs" / "quotes"
+    run.mkdir(parents=True)
+    _run_with_adapter(run)
+    n = sum(p.numel() for p in tiny_model.parameters())
+    size = {"q8_0": 1.07, "q4_k_m": 0.65}
+    calls = []
+
+    def convert(hf, out):  # llama.cpp's converter and quantizer, at their boundary: files of realistic sizes
+        calls.append("convert")
+        out.write_bytes(b"\0" * (2 * n))
+        return 1.0
+
+    def quantize(src, dst, name):
+        dst.write_bytes(b"\0" * int(size[name] * n))
+        return 1.0
+
+    usage = collections.namedtuple("usage", "total used free")
+    # Drive has room for one quantized file, not for the whole export; the runtime's disk for everything
+    drive = tmp_path / "drive"
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: usage(10**12, 0, 2 * n if Path(path).is_relative_to(drive) else 10**12))
+    monkeypatch.setattr(export, "convert", convert)
+    monkeypatch.setattr(export, "quantize", quantize)
+    with pytest.raises(SaveError):  # the 16-bit file does not fit that Drive: refused before converting
+        export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0", "q4_k_m"], keep="f16")
+    assert calls == [] and not (run / "gguf").exists()
+    result = export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0", "q4_k_m"], keep="q8_0")
+    local = tmp_path / "content" / "gguf"
+    assert result["folder"] == str(local)
+    assert sorted(p.name for p in local.iterdir()) == ["Modelfile", "model-f16.gguf", "model-q4_k_m.gguf",
+                                                       "model-q8_0.gguf"]
+    assert sorted(p.name for p in (run / "gguf").iterdir()) == ["Modelfile", "model-q8_0.gguf"]
+    assert "FROM ./model-q8_0.gguf" in (run / "gguf" / "Modelfile").read_text()
+    with pytest.raises(ParameterError):
+        export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0"], keep="q4_k_m")  # not exported
+    (tmp_path / "local-run").mkdir()
+    local_run = _run_with_adapter(tmp_path / "local-run")  # a run folder on this disk keeps every file
+    assert export.export_gguf(local_run, tiny_model, tiny_tokenizer, ["q8_0"])["folder"] == str(
+        local_run / "gguf")
+    assert sorted(p.name for p in (local_run / "gguf").iterdir()) == ["Modelfile", "model-f16.gguf",
+                                                                     "model-q8_0.gguf"]
+
+
 def test_the_modelfile_has_the_prompt_format_and_stop_token():
     text = export.modelfile("model-q4_k_m.gguf", "<eos>", 40)
     assert "FROM ./model-q4_k_m.gguf" in text and 'PARAMETER stop "<eos>"' in text

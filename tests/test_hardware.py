@@ -53,3 +53,24 @@ def test_gpu_precision_follows_compute_capability_not_is_bf16_supported(monkeypa
     p = hardware.pick_precision()
     assert (p.device, p.dtype) == ("cuda", dtype)
     assert f"{capability[0]}.{capability[1]}" in p.reason
+
+
+def test_two_visible_gpus_stop_in_one_line_that_names_cuda_visible_devices(monkeypatch):
+    """The model sits on GPU 0, but the Trainer counts every visible GPU: TRL stops with a ValueError and a
+    plain Trainer wraps the model in DataParallel. One GPU, or one process per GPU (DDP), is fine."""
+    from gemmate_lib.errors import one_line
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "A100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(HardwareError) as err:
+        hardware.pick_precision()
+    assert "CUDA_VISIBLE_DEVICES=0" in one_line(err.value) and "\n" not in one_line(err.value)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # accelerate launch / torchrun: each process uses its own GPU
+    assert hardware.pick_precision().device == "cuda"
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert hardware.pick_precision().dtype == torch.bfloat16
+    assert hardware.pick_precision("cpu").device == "cpu"  # the CPU asked for: the GPUs do not matter

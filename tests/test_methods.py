@@ -204,3 +204,41 @@ def test_full_finetuning_that_does_not_fit_stops_clearly_and_frees_the_model(tin
     gc.collect()
     assert err.value.__traceback__ is not None and len(loaded) == 1
     assert loaded[0]() is None, "the kept error still holds the model"
+
+
+def test_full_finetuning_under_bf16_trains_fp32_master_weights_so_small_updates_land(tiny_folder,
+                                                                                     tiny_tokenizer, cpu_cfg,
+                                                                                     tmp_path):
+    """06's full fine-tuning on a bf16 GPU trained the weights in pure bf16: at lr 5e-5 an AdamW step is
+    smaller than half a bf16 step of most weights, so it rounded away. Mixed precision keeps fp32 weights,
+    gradients and moments and computes in bf16 (autocast); the model is measured and saved in bf16."""
+    from safetensors import safe_open
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Watch(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters() if "mlp" in n}
+
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+            params = [p for p in model.parameters() if p.requires_grad]
+            seen["weights"] = {p.dtype for p in params}
+            seen["moments"] = {s["exp_avg"].dtype for s in optimizer.state.values()}
+            moved = [(p != seen["before"][n]).float().mean()
+                     for n, p in model.named_parameters() if "mlp" in n]
+            seen["moved"] = float(sum(moved) / len(moved))
+            seen["autocast"] = args.bf16
+
+    cfg = cpu_cfg.replace(model_name=str(tiny_folder), dtype="bf16", max_steps=1, batch_size=2,
+                          warmup_steps=0)
+    method = build_methods(cfg, str(tiny_folder), ["full"])["full"]
+    arm_cfg = cfg.replace(**method.settings)
+    assert arm_cfg.train.learning_rate == 5e-5 and arm_cfg.precision.name == "bf16"
+    arm = train_arm(method.name, arm_cfg, tiny_tokenizer, ROWS, ROWS[:2], tmp_path / "trainer",
+                    keep_model=True, adapter=None, save_dir=tmp_path / "saved", callbacks=[Watch()])
+    assert seen["weights"] == seen["moments"] == {torch.float32} and seen["autocast"]
+    assert seen["moved"] > 0.95  # nearly every weight took the step (pure bf16: far fewer)
+    assert {p.dtype for p in arm.model.parameters()} == {torch.bfloat16}  # measured like the other methods
+    with safe_open(tmp_path / "saved" / "model.safetensors", framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}

@@ -67,3 +67,29 @@ def test_every_notebook_ends_with_a_checked_self_check_and_exercises(path):
     assert len(exercises) == 1
     numbered = re.findall(r"^\d\. \*\*", "".join(exercises[0]["source"]), re.M)
     assert 2 <= len(numbered) <= 3
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_every_notebook_opens_on_a_t4_gpu_runtime_in_colab(path):
+    """Colab reads the runtime from the metadata: without it every badge opened a CPU runtime."""
+    metadata = json.loads(path.read_text())["metadata"]
+    assert metadata.get("accelerator") == "GPU" and metadata.get("colab", {}).get("gpuType") == "T4"
+
+
+def test_re_executing_a_notebook_keeps_its_colab_runtime(tmp_path):
+    """`make notebooks` writes every notebook back with only the metadata worth committing: the T4 runtime
+    must survive it."""
+    import nbformat
+
+    from gemmate_lib.colab import RUNTIME_METADATA
+    from tools.course import execute_in_place
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1 + 1)")])
+    nb.metadata.update(RUNTIME_METADATA, papermill={"duration": 1.0},
+                       kernelspec={"name": "python3", "display_name": "Python 3", "language": "python"})
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    execute_in_place(tmp_path / "nb.ipynb", tmp_path / "run")
+    written = json.loads((tmp_path / "nb.ipynb").read_text())
+    assert "".join(written["cells"][0]["outputs"][0]["text"]) == "2\n"  # it ran
+    assert {k: written["metadata"].get(k) for k in RUNTIME_METADATA} == RUNTIME_METADATA
+    assert "papermill" not in written["metadata"]

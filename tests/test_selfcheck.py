@@ -33,3 +33,25 @@ def test_a_failed_self_check_fails_the_papermill_run(tmp_path):
     shown = [o for c in out.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert len(shown[0].traceback) == 1  # one line naming the check and its fix, no library traceback
     assert "Fix: count again" in shown[0].traceback[0]
+
+
+def test_a_failed_self_check_still_flushes_google_drive(tmp_path, monkeypatch, capsys):
+    """Every notebook's last cell flushes Drive after its self-check, so a failed check (which stops the
+    notebook) skipped the flush: what the runtime wrote could miss the next notebook's runtime."""
+    import sys
+    import types
+
+    from gemmate_lib import colab
+    from gemmate_lib.selfcheck import SelfCheckError, self_check
+
+    flushed = []
+    google_colab = types.ModuleType("google.colab")  # Colab's module at its boundary: drive.flush_and_unmount
+    google_colab.drive = types.SimpleNamespace(flush_and_unmount=lambda: flushed.append("flushed"))
+    monkeypatch.setitem(sys.modules, "google.colab", google_colab)
+    monkeypatch.setattr(colab, "DRIVE", tmp_path / "drive")
+    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
+    assert self_check((True, "the adapter exists", "-")) and flushed == []  # passed: the notebook flushes
+    with pytest.raises(SelfCheckError):
+        self_check((False, "the loss went down", "train longer"))
+    assert flushed == ["flushed"]
+    assert "Google Drive flushed" in capsys.readouterr().out

@@ -62,6 +62,11 @@ def one_page_parameters(model_folder: Path, run_dir: Path, offline: bool) -> dic
     return params
 
 
+# notebook metadata that survives re-execution: the kernel, and the T4 GPU runtime that Colab opens
+# (papermill's and nbclient's run records are dropped)
+KEPT_METADATA = ("kernelspec", "language_info", "accelerator", "colab")
+
+
 def execute_in_place(path: Path, run_dir: Path) -> None:
     """Run one notebook top to bottom and write it back with clean metadata (what gets committed)."""
     import nbformat
@@ -73,7 +78,7 @@ def execute_in_place(path: Path, run_dir: Path) -> None:
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
-    nb.metadata = {k: v for k, v in nb.metadata.items() if k in ("kernelspec", "language_info")}
+    nb.metadata = {k: v for k, v in nb.metadata.items() if k in KEPT_METADATA}
     nbformat.write(nb, path)
 
 

@@ -4,10 +4,15 @@ For maintainers with a GPU (README, "What was verified where"). It runs every no
 papermill on the embedded Gemma 3 270M, offline, on CUDA, with what the GPU profile picks
 for this GPU's compute capability: NF4, paged 8-bit AdamW, gradient checkpointing, bf16
 from 8.0; below it (a T4) fp16, which Gemma 3 replaces by fp32 (config.gemma3_rule).
-`--precision fp16` runs a T4's profile on a bf16-capable GPU. It prints per notebook the
-time, the peak GPU memory and pass or fail; a failed self-check is a fail (it stops the
-notebook). `--dry-run` runs anywhere: it builds every notebook's config and training
-arguments for a T4 (7.5) and an A100 (8.0) and checks those settings, without a GPU.
+`--precision fp16` runs a T4's profile on a bf16-capable GPU. Gemma 3 never computes in fp16,
+so that arm runs a Gemma 1 (gemma-2b's architecture) in fp16 with the gradient scaler:
+`--model` (a folder, or google/gemma-2b where the Hub and a token are there), else the smoke
+run's tiny random Gemma 1, whose self-checks then judge that the numbers are sane, not what a
+few steps learned (GEMMATE_SMOKE=1). It stops before the first notebook unless the arm really
+computes in fp16. It prints per notebook the time, the peak GPU memory and pass or fail; a
+failed self-check is a fail (it stops the notebook). `--dry-run` runs anywhere: it builds every
+notebook's config and training arguments for a T4 (7.5), an A100 (8.0) and the fp16 arm, and
+checks those settings, without a GPU.
 """
 from __future__ import annotations
 
@@ -28,6 +33,22 @@ from gemmate_lib.training import training_kwargs
 # the embedded model on the GPU, with a token or without
 PARAMS = {"model_name": "embedded", "dataset": "embedded"}
 CARDS = {"T4 (7.5)": (7, 5), "A100 (8.0)": (8, 0)}
+FP16_CARD = "T4 fp16 arm"  # --precision fp16: a T4's profile on a Gemma 1
+DRY_RUN_GEMMA_1 = "google/gemma-2b"  # the dry run's Gemma 1: a name, never loaded
+
+
+def fp16_arm(model: str | None, folder: Path) -> tuple[dict, dict]:
+    """(notebook parameters, kernel environment) of `--precision fp16`: a T4's profile (GEMMATE_PROFILE=t4) on
+    a Gemma 1, `model` or the smoke run's tiny random Gemma 1 built in `folder` (then GEMMATE_SMOKE=1)."""
+    env = {"GEMMATE_PROFILE": "t4"}
+    if model is None:
+        import sys
+
+        sys.path.insert(0, str(repo_root() / "tests"))
+        from learner_path import tiny_gemma
+
+        model, env["GEMMATE_SMOKE"] = str(tiny_gemma(folder / "tiny-gemma-1")), "1"
+    return {"model_name": model, "dataset": "embedded"}, env
 
 
 def expected(cfg, capability: tuple[int, int]) -> dict[str, bool]:
@@ -46,18 +67,22 @@ def expected(cfg, capability: tuple[int, int]) -> dict[str, bool]:
 
 
 def dry_run(notebooks: list[Path]) -> int:
-    """Build each notebook's GPU config for a T4 and an A100; print and check the settings."""
+    """Build each notebook's GPU config for a T4, an A100 and the fp16 arm; print and check the settings."""
     import papermill as pm
 
     failures = 0
-    print(f"{'notebook':28} {'card':11} {'profile':13} checks")
+    print(f"{'notebook':28} {'card':19} {'profile':13} checks")
     for nb in notebooks:
         declared = set(pm.inspect_notebook(str(nb)))
         params = {k: v for k, v in PARAMS.items() if k in declared}
         task = {"07": "temporal", "06": "methods"}.get(nb.name[:2], "quotes")
-        for card, capability in CARDS.items():
+        # the fp16 arm: a T4's precision on a Gemma 1 (what --precision fp16 runs; Gemma 3 would be fp32)
+        arms = [(card, capability, params) for card, capability in CARDS.items()]
+        fp16 = fp16_arm(DRY_RUN_GEMMA_1, repo_root())[0]
+        arms.append((FP16_CARD, CARDS["T4 (7.5)"], {k: v for k, v in fp16.items() if k in declared}))
+        for card, capability, values in arms:
             dtype = torch.float16 if capability < (8, 0) else torch.bfloat16
-            cfg = course_config(task, precision=Precision("cuda", dtype, f"{card}, dry run"), **params)
+            cfg = course_config(task, precision=Precision("cuda", dtype, f"{card}, dry run"), **values)
             checks = expected(cfg, capability)
             # 06 trains several methods, each with its own settings: its QLoRA arm is LoRA r=8 on the GPU
             # profile's NF4 and precision; its optimizer and checkpointing are every arm's (fused AdamW, none)
@@ -67,9 +92,11 @@ def dry_run(notebooks: list[Path]) -> int:
                 arm = cfg.replace(**build_methods(cfg, "dry-run", ["qlora"])["qlora"].settings)
                 checks = {k: v for k, v in expected(arm, capability).items()
                           if k not in ("paged_adamw_8bit", "gradient checkpointing")}
+            if card == FP16_CARD:
+                checks["fp16 arm in fp16"] = cfg.precision.name == "fp16"
             failures += not all(checks.values())
             marks = ", ".join(f"{k} {'ok' if v else 'NO'}" for k, v in checks.items())
-            print(f"{nb.stem:28} {card:11} {cfg.profile:13} {marks}")
+            print(f"{nb.stem:28} {card:19} {cfg.profile:13} {marks}")
     print(f"dry run: {'all configs as expected' if not failures else f'{failures} config(s) differ'}")
     return 1 if failures else 0
 
@@ -82,23 +109,27 @@ def _watch_memory(stop: threading.Event, peak: list[int]) -> None:
         time.sleep(0.2)
 
 
-def run(notebooks: list[Path], run_dir: Path, precision: str = "auto") -> int:
+def run(notebooks: list[Path], run_dir: Path, precision: str = "auto", model: str | None = None) -> int:
     """Run every notebook on the GPU; print time, peak GPU memory and pass/fail per notebook."""
     import papermill as pm
 
     torch.cuda.init()
-    # The kernels inherit these: offline (the embedded model needs no Hub), and a T4's profile if asked for.
-    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    if precision == "fp16":
-        os.environ["GEMMATE_PROFILE"] = "t4"
-    cfg = course_config(**PARAMS)
-    print(f"{torch.cuda.get_device_name(0)}: profile {cfg.profile}, "
+    arm, env = (PARAMS, {}) if precision != "fp16" else fp16_arm(model, run_dir)
+    # The kernels inherit these: offline (unless --model names a Hub model), and a T4's profile if asked for.
+    if not model or Path(model).exists():
+        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    os.environ.update(env)
+    cfg = course_config(**arm)
+    print(f"{torch.cuda.get_device_name(0)}: profile {cfg.profile}, model {cfg.model.model_name}, "
           f"compute {cfg.precision.name} ({cfg.precision.reason})")
+    if precision == "fp16" and cfg.precision.name != "fp16":
+        raise HardwareError(f"the fp16 arm would compute in {cfg.precision.name} ({cfg.precision.reason})",
+                            "pass --model a Gemma 1 (e.g. google/gemma-2b); Gemma 3 never computes in fp16")
     baseline = torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]
     rows, failed = {}, False
     for nb in notebooks:
         declared = set(pm.inspect_notebook(str(nb)))
-        params = {k: v for k, v in PARAMS.items() if k in declared}
+        params = {k: v for k, v in arm.items() if k in declared}
         peak, stop = [0], threading.Event()
         watcher = threading.Thread(target=_watch_memory, args=(stop, peak), daemon=True)
         watcher.start()
@@ -127,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="build and check every config; no GPU needed")
     parser.add_argument("--precision", choices=("auto", "fp16"), default="auto",
-                        help="auto: this GPU's profile; fp16: a T4's profile (fp16 and its gradient scaler; "
-                             "Gemma 3 computes in fp32 by the course's dtype rule) on a bf16-capable GPU")
+                        help="auto: this GPU's profile; fp16: a T4's profile (fp16 and its gradient scaler) "
+                             "on a Gemma 1, since Gemma 3 computes in fp32 by the course's dtype rule")
+    parser.add_argument("--model", default=None,
+                        help="with --precision fp16: the Gemma 1 to run (a folder, or google/gemma-2b with a "
+                             "token and the Hub); default: the smoke run's tiny random Gemma 1")
     args = parser.parse_args(argv)
     root = repo_root()
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -139,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                             "run it on a GPU machine (a Colab T4 works), or `make gpu-check DRY_RUN=1` here")
     run_dir = root / "runs" / time.strftime("gpu-check-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
-    return run(notebooks, run_dir, args.precision)
+    return run(notebooks, run_dir, args.precision, args.model)
 
 
 if __name__ == "__main__":

@@ -99,9 +99,10 @@ def sync(data: dict | None = None) -> list[str]:
 
     The runtime line and the README table from `data` (default: the timings file); the
     Colab badge, the install cell and the markdown's absolute links to the course's files on GitHub
-    (relative links do not open in Colab) from `colab.COURSE_REPO` (a fork changes it there).
+    (relative links do not open in Colab) from `colab.COURSE_REPO` (a fork changes it there); the T4 GPU
+    runtime that Colab opens, in the notebook's metadata, from `colab.RUNTIME_METADATA`.
     """
-    from gemmate_lib.colab import COURSE_REPO, badge
+    from gemmate_lib.colab import COURSE_REPO, RUNTIME_METADATA, badge
 
     data = data or load()
     root, changed = repo_root(), []
@@ -122,8 +123,12 @@ def sync(data: dict | None = None) -> list[str]:
                     edited |= _set_source(cell, old.sub(lambda m: f"{m[1]}{COURSE_REPO}/blob/", text))
         install = next(c for c in nb["cells"] if c["cell_type"] == "code")
         edited |= _set_source(install, install_cell())
+        if any(nb["metadata"].get(k) != v for k, v in RUNTIME_METADATA.items()):  # Colab opens a T4 runtime
+            nb["metadata"].update(RUNTIME_METADATA)
+            edited = True
         if edited:
-            write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            # sorted keys, as nbformat writes them
+            write_text(path, json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
             changed.append(path.name)
     readme = (root / "README.md").read_text()
     new = readme

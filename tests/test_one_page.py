@@ -369,3 +369,45 @@ def test_the_merged_model_agrees_with_the_unmerged_adapter_within_the_pages_tole
         wrong = log_probs(adapted(scale=2.0).merge_and_unload(), **batch)
     assert greatest_gap(unmerged[keep], merged[keep]) <= tolerance
     assert greatest_gap(unmerged[keep], wrong[keep]) > tolerance
+
+
+def _fake_colab(monkeypatch, drive_log=None):
+    import sys
+    import types
+
+    google, colab, drive = (types.ModuleType(n) for n in ("google", "google.colab", "google.colab.drive"))
+    drive.mount = lambda path, **_: (Path(path) / "MyDrive").mkdir(parents=True, exist_ok=True)
+    drive.flush_and_unmount = lambda **_: drive_log.append("flushed") if drive_log is not None else None
+    colab.drive, google.colab = drive, colab
+    for name, module in (("google", google), ("google.colab", colab), ("google.colab.drive", drive)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_a_colab_runtime_without_a_gpu_stops_in_one_line_that_names_the_fix(monkeypatch):
+    """Issue 39: the page started gemma-2b on a Colab CPU runtime."""
+    import sys
+
+    import torch
+
+    _fake_colab(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    with pytest.raises(SystemExit, match=r"no GPU\. Fix: Runtime > Change runtime type > T4 GPU"):
+        exec(_cell("get_token()"), {"sys": sys, "model_name": "google/gemma-2b"})
+
+
+def test_the_adapter_is_kept_on_drive_and_flushed_in_colab(monkeypatch, tmp_path, capsys):
+    """Issue 39: with push_repo_id None the adapter lived only on the runtime's disk."""
+    import sys
+
+    flushed = []
+    _fake_colab(monkeypatch, flushed)
+    adapter = tmp_path / "run" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    source = _cell("keep_on_drive and").replace("/content/drive", str(tmp_path / "drive"))
+    exec(source, {"sys": sys, "os": __import__("os"), "keep_on_drive": True,
+                  "output_dir": str(tmp_path / "run"), "adapter_dir": str(adapter)})
+    kept = tmp_path / "drive" / "MyDrive" / "run" / "adapter" / "adapter_model.safetensors"
+    assert kept.read_bytes() == b"weights" and flushed == ["flushed"]
+    assert str(kept.parent) in capsys.readouterr().out

@@ -476,9 +476,8 @@ def gemma3_rule(precision: Precision, model_name: str) -> Precision:
     """The generation's dtype rule (generations.py) on the profile's choice: fp32 instead of fp16 for Gemma 3,
     whose activations overflow fp16 (transformers issue 36822), and for Gemma 4, whose fp16 gradients overflow
     (unsloth-zoo PR 866): on a T4 (no bf16) they compute in fp32, as Unsloth does; Gemma 1 (gemma-2b) keeps
-    fp16
-    with loss scaling. bf16 is kept. For the profile's choice only: an explicit `dtype="fp16"` is what the
-    caller asked for."""
+    fp16 with loss scaling. bf16 is kept. For the profile's choice only: an explicit `dtype="fp16"` is what
+    the caller asked for."""
     from gemmate_lib.generations import generation_of
 
     generation = generation_of(model_name)

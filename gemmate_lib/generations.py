@@ -1,14 +1,12 @@
-"""What the course knows per Gemma generation (docs/gemma-generations.md; the one-page recipe's parameter cell
-names the three choices): Gemma 1 (`google/gemma-2b`, the course's default), Gemma 3 1B and Gemma 4 E2B.
-Keyed by
-the `model_type` of the model's config, so a local folder, a Hub id or a loaded model find their generation.
+"""What the course knows per Gemma generation (docs/gemma-generations.md; the one-page notebook's parameter
+cell names the three choices): Gemma 1 (`google/gemma-2b`, the course's default), Gemma 3 1B and Gemma 4
+E2B. Keyed by the `model_type` of the model's config, so a local folder, a Hub id or a loaded model find
+their generation.
 
 For each: the Hub ids and whether they are gated, the compute dtype on a T4 and on an A100/H100, the layers
-LoRA
-targets (the text model only: never Gemma 4's vision or audio towers), the chat turn markers and stop
-tokens, the
-converter support for GGUF, and an NF4 memory estimate from the config's parameter counts. The config, the
-trainer and the pre-flight check (preflight.py) branch on it here, nowhere else.
+LoRA targets (the text model only: never Gemma 4's vision or audio towers), the chat turn markers and stop
+tokens, the converter support for GGUF, and an NF4 memory estimate from the config's parameter counts. The
+config, the trainer and the pre-flight check (preflight.py) branch on it here, nowhere else.
 """
 
 from __future__ import annotations
@@ -47,7 +45,7 @@ class Generation:
         return ("<eos>", self.turn_end)
 
     def compute_dtype(self, native_bf16: bool) -> str:
-        """ "bf16" where the GPU has it natively (A100, H100), else this generation's T4 dtype."""
+        """"bf16" where the GPU has it natively (A100, H100), else this generation's T4 dtype."""
         return self.ampere_dtype if native_bf16 else self.t4_dtype
 
 
@@ -133,9 +131,8 @@ BY_MODEL_TYPE = {t: g for g in GENERATIONS.values() for t in g.model_types}
 
 
 def model_type_of(model) -> str:
-    """config.model_type of `model`: a loaded model, a config, a local folder, "embedded" (Gemma 3 270M) or
-    a Hub
-    id (read from its name, since the Hub may be out of reach); "" when it cannot tell."""
+    """config.model_type of `model`: a loaded model, a config, a local folder, "embedded" (Gemma 3 270M) or a
+    Hub id (read from its name, since the Hub may be out of reach); "" when it cannot tell."""
     if not isinstance(model, (str, Path)):
         config = getattr(model, "config", model)
         return str(getattr(config, "model_type", "") or "")
@@ -167,13 +164,10 @@ def generation_of(model) -> Generation | None:
 
 
 def lora_targets(model, targets=SEED_TARGETS):
-    """The `target_modules` for PEFT on `model`: the text model's layers only. Gemma 4 checkpoints load
-    with their
-    vision and audio towers, whose layers carry the same names (q_proj, ...) inside Gemma4ClippableLinear,
-    which
-    PEFT refuses; so for Gemma 4 the names become one regex that excludes the towers. "all-linear" means
-    the seed
-    recipe's seven projections there."""
+    """The `target_modules` for PEFT on `model`: the text model's layers only. Gemma 4 checkpoints load with
+    their vision and audio towers, whose layers carry the same names (q_proj, ...) inside
+    Gemma4ClippableLinear, which PEFT refuses; so for Gemma 4 the names become one regex that excludes the
+    towers. "all-linear" means the seed recipe's seven projections there."""
     generation = generation_of(model)
     if generation is None or generation.key != "gemma4":
         return targets
@@ -183,9 +177,8 @@ def lora_targets(model, targets=SEED_TARGETS):
 
 
 def stop_token_ids(tokenizer, generation: Generation | None = None) -> list[int]:
-    """Ids of the stop tokens the tokenizer has (`<eos>` and the turn end): `generate(eos_token_id=...)`
-    stops at
-    any of them, so a chat model stops at its turn end rather than running on."""
+    """Ids of the stop tokens the tokenizer has (`<eos>` and the turn end): `generate(eos_token_id=...)` stops
+    at any of them, so a chat model stops at its turn end rather than running on."""
     generation = generation or DEFAULT
     vocab = tokenizer.get_vocab()
     ids = [tokenizer.eos_token_id] + [vocab[t] for t in generation.stop_tokens if t in vocab]
@@ -216,10 +209,8 @@ def parameter_counts(arch: dict) -> dict[str, float]:
 
 def nf4_estimate_gib(arch: dict) -> float:
     """An ESTIMATE of the weights' memory under QLoRA on a T4: linear layers in NF4 (4 bits plus about 0.13
-    bit of
-    double-quantized scales), embeddings and towers in fp16. Activations, LoRA weights and optimizer state
-    come on
-    top (about 1-3 GB at the course's batch and length)."""
+    bit of double-quantized scales), embeddings and towers in fp16. Activations, LoRA weights and optimizer
+    state come on top (about 1-3 GB at the course's batch and length)."""
     counts = parameter_counts(arch)
     nbytes = counts["linear"] * 4.127 / 8 + (counts["embedding"] + counts["towers"]) * 2
     return round(nbytes / 2**30, 1)
@@ -227,10 +218,10 @@ def nf4_estimate_gib(arch: dict) -> float:
 
 def training_chat_template(generation: Generation) -> str:
     """The shipped chat template with `{% generation %}` around what the model writes (its content and the
-    turn
-    end), so `assistant_only_loss=True` masks the prompt and keeps the turn end in the loss: TRL's
-    gemma_training/gemma3_training for Gemma 1 and 3, and for Gemma 4 (TRL 1.16 has none) the shipped template
-    patched here. It renders every conversation exactly as the shipped one (tests/test_generations.py)."""
+    turn end), so `assistant_only_loss=True` masks the prompt and keeps the turn end in the loss: TRL's
+    gemma_training/gemma3_training for Gemma 1 and 3, and for Gemma 4 (TRL 1.16 has none) the shipped
+    template patched here. It renders every conversation exactly as the shipped one
+    (tests/test_generations.py)."""
     from trl import chat_template_utils
 
     folder = Path(chat_template_utils.__file__).parent / "chat_templates"

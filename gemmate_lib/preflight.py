@@ -1,17 +1,14 @@
-"""The pre-flight check before training step 1 (the one-page recipe and 03 write it out; `CourseSFTTrainer`
-runs it
-when `preflight: true`). One batch, four questions, a verdict table; a failed line stops the run with what
-it means
-and the fix (PreflightError):
+"""The pre-flight check before training step 1 (the one-page notebook and 03_lora_sft write it out;
+`CourseSFTTrainer` runs it when `preflight: true`). One batch, four questions, a verdict table; a failed
+line stops the run with what it means and the fix (PreflightError):
 
 - the logits agree with and without the KV cache, and with gradient checkpointing on (Gemma 4's first
-months had a
-  broken `use_cache=False` path that trained on garbage at a loss near 16: transformers issue 45242);
+  months had a broken `use_cache=False` path that trained on garbage at a loss near 16: transformers issue
+  45242);
 - the loss at initialisation is well below ln(vocabulary size): a pretrained base predicts text far better
-than
-  chance, so a loss near ln(V) means the weights, the dtype or the cache path are broken;
-- the label mask: the share of labelled tokens, the end token (`<eos>`, `<end_of_turn>`, Gemma 4's `<turn|>`)
-  inside the mask in every row, so the model learns to stop, and no row all masked.
+  than chance, so a loss near ln(V) means the weights, the dtype or the cache path are broken;
+- the label mask: the share of labelled tokens, the end token (`<eos>`, `<end_of_turn>`, Gemma 4's
+  `<turn|>`) inside the mask in every row, so the model learns to stop, and no row all masked.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def world() -> tuple[int, int]:
 def lora_config(cfg: CourseConfig, tokenizer=None):
     """peft.LoraConfig from the course's LoRA settings (03 writes the same call out). The targets are the text
     model's layers only: for Gemma 4 one regex that leaves the vision and audio towers out
-    (generations.py)."""
+    (generations.lora_targets)."""
     from peft import LoraConfig
 
     from gemmate_lib.generations import lora_targets

@@ -1,10 +1,8 @@
-"""Each Gemma generation proven offline on a tiny random model of its own architecture (tests/tiny.py):
-Gemma 1,
-Gemma 3 text, and Gemma 4 in the multimodal wrapper its Hub checkpoints load as, with per-layer inputs and KV
-sharing on. NF4 load on the CPU, k-bit preparation, LoRA on the text layers only, chat training with an
-assistant-only loss that goes down, save, merge, reload in a fresh process, greedy agreement, and a stop at
-the
-generation's turn end. `-m generations` selects them (make drift runs them; so can a Colab replica)."""
+"""Each Gemma generation proven offline on a tiny random model of its own architecture (tests/tiny.py): Gemma
+1, Gemma 3 text, and Gemma 4 in the multimodal wrapper its Hub checkpoints load as, with per-layer inputs
+and KV sharing on. NF4 load on the CPU, k-bit preparation, LoRA on the text layers only, chat training with
+an assistant-only loss that goes down, save, merge, reload in a fresh process, greedy agreement, and a stop
+at the generation's turn end. `-m generations` selects them (make drift runs them; so can a Colab replica)."""
 
 import json
 import math
@@ -123,8 +121,7 @@ def sample_chats(key):
 
 def test_training_template_renders_as_shipped(tiny_generation):
     """The training template (generation markers) renders every sample conversation exactly as the template
-    the
-    chat checkpoint ships; its assistant mask covers the answer and the turn end, not the prompt."""
+    the chat checkpoint ships; its assistant mask covers the answer and the turn end, not the prompt."""
     key, folder = tiny_generation
     from transformers import AutoTokenizer
 
@@ -212,8 +209,7 @@ print(json.dumps({"adapter": a, "merged": m}))
 @pytest.mark.slow  # about 1-2 minutes per generation on a 2-core CPU
 def test_chat_training_end_to_end(tiny_generation, tmp_path):
     """NF4 + k-bit + text-only LoRA; assistant-only chat loss finite and falling; save; merge into a fresh
-    32-bit
-    base; reload both in a fresh process; greedy tokens agree and stop at the generation's turn end."""
+    32-bit base; reload both in a fresh process; greedy tokens agree and stop at the generation's turn end."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,14 +1,15 @@
 """The one-page recipe (notebooks/qlora_one_runtime.ipynb) run end to end with a tiny model of each Gemma
 generation (tests/tiny.py) as its `model_name` and a small local .jsonl of quotes as its `dataset`, on the
-course's CPU-sized parameters (tools/course.py). The page imports nothing of the course: this proves that its
-own dtype rule, LoRA targets, pre-flight cell, training, merge and generation hold for Gemma 1, 3 and 4."""
+course's CPU-sized parameters (tools/course.py). The page imports nothing of the course: this proves that
+its own dtype rule, LoRA targets, pre-flight cell, training, merge and generation hold for Gemma 1, 3 and
+4."""
 import json
 from pathlib import Path
 
 import pytest
+from tiny import ROWS, make_generation_tokenizer, make_tiny_generation
 
 from gemmate_lib.generations import GENERATIONS
-from tiny import ROWS, make_generation_tokenizer, make_tiny_generation
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "notebooks" / "qlora_one_runtime.ipynb"

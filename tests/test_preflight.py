@@ -1,8 +1,6 @@
 """The pre-flight check (gemmate_lib/preflight.py) on the tiny models of each generation: a healthy model
-passes,
-and each injected fault fails its own line: a broken `use_cache=False` path, an end token outside the mask,
-a row
-all masked, a model at chance."""
+passes, and each injected fault fails its own line: a broken `use_cache=False` path, an end token outside
+the mask, a row all masked, a model at chance."""
 
 import pytest
 import torch

@@ -50,8 +50,8 @@ def make_tiny_gemma(tokenizer, seed: int = 0):
 
 # One tiny random model per Gemma generation (tests/test_generations.py): the real architecture classes at toy
 # size, every linear layer a multiple of 32 wide (bitsandbytes' CPU NF4 packs weights in blocks of 32
-# rows), and
-# a small tokenizer with the generation's own special tokens and the chat template its chat checkpoint ships.
+# rows), and a small tokenizer with the generation's own special tokens and the chat template its chat
+# checkpoint ships.
 GENERATION_SPECIALS = {"gemma": ["<start_of_turn>", "<end_of_turn>"],
                        "gemma3": ["<start_of_turn>", "<end_of_turn>"],
                        "gemma4": ["<|turn>", "<turn|>"]}
@@ -66,8 +66,7 @@ CHATS = [[{"role": "user", "content": "Who wrote: Be yourself?"},
 
 def make_generation_tokenizer(key: str):
     """A byte-level BPE tokenizer (352 entries) with `key`'s turn tokens as special tokens and the shipped
-    chat
-    template of that generation (TRL's copy), padding on the right like Gemma's."""
+    chat template of that generation (TRL's copy), padding on the right like Gemma's."""
     from pathlib import Path
 
     from tokenizers import ByteLevelBPETokenizer
@@ -88,10 +87,9 @@ def make_generation_tokenizer(key: str):
 
 
 def make_tiny_generation(key: str, tokenizer, seed: int = 0):
-    """A random model of generation `key` ("gemma", "gemma3", "gemma4"), float32, eval mode. Gemma 4 is
-    built as
-    the Hub's checkpoints load: Gemma4ForConditionalGeneration with vision and audio towers, per-layer inputs
-    and KV sharing on (the last 2 of 4 layers reuse the keys and values of earlier ones)."""
+    """A random model of generation `key` ("gemma", "gemma3", "gemma4"), float32, eval mode.
+    Gemma 4 is built as the Hub's checkpoints load: Gemma4ForConditionalGeneration with vision and audio
+    towers, per-layer inputs and KV sharing on (the last 2 of 4 layers reuse the keys and values of earlier ones)."""
     import transformers as tf
 
     # initializer_range 0.2: tied embeddings large enough that a LoRA can move the logits (0.02 caps them near

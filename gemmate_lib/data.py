@@ -4,6 +4,7 @@ Three sources share one schema (quote, author, tags): `Abirate/english_quotes`, 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import re
@@ -109,7 +110,8 @@ def _json(text: str, name: str, line: int, fix: str):
 def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """(line number, row) pairs from a .jsonl, .csv or .json (an array of objects) file: the course's one
     reader, for quotes (03, 04) and dated notes (07). UTF-8 with or without a BOM; any other encoding, a
-    malformed line or a missing column is one DataError naming the file, the line and the fix."""
+    malformed line or a missing column is one DataError naming the file, the line and the fix. Lines end at
+    \n (and \r\n) only: U+2028, U+2029 and U+0085, legal inside JSON strings, are text, not line ends."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
@@ -126,7 +128,7 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
         raise DataError(f"{path.name} line {line} is not UTF-8 text", "save the file as UTF-8") from None
     if path.suffix == ".csv":
         rows = []
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         for row in reader:
             if None in row:  # more fields than the header names
                 raise DataError(f"{path.name} line {reader.line_num} has more fields than the header",
@@ -141,7 +143,7 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
     else:
         fix = "fix that line: each line must be one JSON object"
         rows = [(n, _json(line, path.name, n, fix))
-                for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+                for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     # valid JSON that is not an object: an empty row, which the cleaning step counts and reports
     rows = [(n, row if isinstance(row, dict) else {}) for n, row in rows]
     if not rows:
@@ -187,14 +189,24 @@ MARKERS = ("Quote:", "Author:")  # the training template's markers: inside a fie
 
 # Characters that print as nothing: Unicode's format characters (zero-width space and joiners, word joiner,
 # BOM, soft hyphen, Mongolian vowel separator: category Cf), controls (Cc) and the blank fillers that are
-# letters by category. Text made only of these and whitespace reads as empty, so it counts as empty.
+# letters by category. Combining marks and variation selectors (category M) print only on a base character,
+# so alone they are not text either. Text made only of these and whitespace reads as empty, and counts so.
 _FILLERS = {"\u115f", "\u1160", "\u2800", "\u3164", "\uffa0"}
+# Controls that text may hold: tab, and the line ends (\n and \r are refused by the template rule below;
+# U+0085, NEL, is legal JSON text). Any other (NUL, bell, escape, DEL, C1) comes from a broken export.
+_TEXT_CONTROLS = {"\t", "\n", "\r", "\x85"}
 
 
 def visible(text: str) -> str:
-    """`text` without whitespace and invisible characters: empty when nothing would print."""
+    """`text` without whitespace, invisible characters and marks: empty when nothing would print alone."""
     return "".join(ch for ch in text if not (ch.isspace() or ch in _FILLERS
-                                             or unicodedata.category(ch) in ("Cf", "Cc")))
+                                             or unicodedata.category(ch) in ("Cf", "Cc")
+                                             or unicodedata.category(ch).startswith("M")))
+
+
+def _surrogate(text: str) -> bool:
+    """A lone UTF-16 surrogate (JSON's "\\ud800"): Python keeps it, but no UTF-8 file or tokenizer can."""
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def _problem(row: dict, key: str) -> str | None:
@@ -203,6 +215,10 @@ def _problem(row: dict, key: str) -> str | None:
         return f"missing {key}"
     if not isinstance(value, str):
         return f"{key} is not text"
+    if _surrogate(value):
+        return f"{key} is not valid Unicode (a lone UTF-16 surrogate)"
+    if any(unicodedata.category(ch) == "Cc" and ch not in _TEXT_CONTROLS for ch in value):
+        return f"{key} contains a control character (e.g. NUL)"
     if not visible(value):
         return f"empty {key}"
     if "\n" in value.strip() or "\r" in value or any(m in value for m in MARKERS):
@@ -242,7 +258,8 @@ def normalize_quote(text: str) -> str:
 
 def clean_rows(rows, tokenizer=None, max_length: int | None = None):
     """Keep well-formed, distinct rows (dicts or (line number, dict) pairs); count the rest by reason, with
-    one example each: a field missing, not text, empty or holding a newline or template marker, a duplicate
+    one example each: a field missing, not text, not valid Unicode, holding a control character, empty (or
+    only invisible characters and marks), or holding a newline or template marker, a duplicate
     quote (exact, or after normalize_quote), or an example longer than `max_length` tokens (training would cut
     its `Author:` line off; no tokenizer: MAX_CHARS characters). An author with a role after the name is
     trimmed to the name and counted in `repaired`."""
@@ -272,7 +289,7 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
             repaired[fix] = repaired.get(fix, 0) + 1
         tags = row.get("tags") or []
         tags = [tags] if isinstance(tags, str) else tags if isinstance(tags, list) else []
-        tags = [t for t in tags if isinstance(t, str)]
+        tags = [t for t in tags if isinstance(t, str) and not _surrogate(t)]
         kept.append({"quote": quote, "author": author, "tags": tags, "text": text})
     return kept, dropped, examples, repaired
 

@@ -142,8 +142,9 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
         rows = list(enumerate(rows, 1))
     else:
         fix = "fix that line: each line must be one JSON object"
-        rows = [(n, _json(line, path.name, n, fix))
-                for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+        # a BOM starting a later line comes from joined files (`cat a.jsonl b.jsonl`): not part of the row
+        lines = [line.removeprefix("\ufeff") for line in text.split("\n")]
+        rows = [(n, _json(line, path.name, n, fix)) for n, line in enumerate(lines, 1) if line.strip()]
     # valid JSON that is not an object: an empty row, which the cleaning step counts and reports
     rows = [(n, row if isinstance(row, dict) else {}) for n, row in rows]
     if not rows:

@@ -284,6 +284,20 @@ def test_every_source_drops_the_same_bad_text(monkeypatch, tmp_path):
     assert load_quotes("someone/quotes", eval_fraction=0.5).dropped == expected
     (tmp_path / "q.json").write_text(json.dumps(rows))
     assert load_quotes(str(tmp_path / "q.json"), eval_fraction=0.5).dropped == expected
+    # a CSV file (UTF-8 text: no surrogates) with a NUL and a quote of marks only
+    (tmp_path / "q.csv").write_text("quote,author\n" + "".join(f"{r['quote']},{r['author']}\n"
+                                                               for r in rows if "\ud800" not in r["quote"]))
+    expected.pop("quote is not valid Unicode (a lone UTF-16 surrogate)")
+    assert load_quotes(str(tmp_path / "q.csv"), eval_fraction=0.5).dropped == expected
+
+
+def test_files_joined_with_their_byte_order_marks_load_whole(tmp_path):
+    """`cat a.jsonl b.jsonl` keeps b's BOM at the start of a line in the middle: not a broken line."""
+    bom = "\ufeff"
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(bom + json.dumps(r) + "\n" for r in GOOD), encoding="utf-8")
+    data = load_quotes(str(path), eval_fraction=0.5)
+    assert len(data.train) + len(data.held_out) == 4 and data.dropped == {}
 
 
 @pytest.mark.parametrize("marks", ["\u0301", "\u0301\u0308\u0327", "\ufe0f", "\ufe0e\ufe0f", "\U000e0100",

@@ -60,37 +60,43 @@ DAMAGED_FIX = ("train it again (03_lora_sft, or `gemmate train`, with this run f
                "or download it again if it came from the Hub")
 
 
-def check_adapter_files(folder: str | Path) -> Path:
+def check_adapter_files(folder: str | Path, fix: str = DAMAGED_FIX) -> Path:
     """`folder`, once its adapter_config.json is a JSON object with a `peft_type` and its weights file is
-    whole (safetensors checks that the header's tensors cover the file exactly). A copy cut short or a failed
-    download is one ModelLoadError naming the file and the fix, not a SafetensorError from inside peft."""
-    from safetensors import SafetensorError, safe_open
-
+    whole. A copy cut short or a failed download is one ModelLoadError naming the file and `fix`, not a
+    JSONDecodeError or SafetensorError from inside peft."""
     folder = Path(folder)
     config, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     try:
         settings = json.loads(config.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise ModelLoadError(f"{show_path(config)} is damaged: not UTF-8 text", DAMAGED_FIX) from None
+        raise ModelLoadError(f"{show_path(config)} is damaged: not UTF-8 text", fix) from None
     except json.JSONDecodeError as err:
         raise ModelLoadError(f"{show_path(config)} is damaged: not valid JSON ({err.msg}, line {err.lineno})",
-                             DAMAGED_FIX) from None
+                             fix) from None
     if not isinstance(settings, dict) or "peft_type" not in settings:
         raise ModelLoadError(f"{show_path(config)} is damaged: it holds no adapter settings (no peft_type)",
-                             DAMAGED_FIX)
+                             fix)
     if not weights.is_file():
         if (folder / "adapter_model.bin").is_file():  # an older adapter, pickled: peft still reads it
             return folder
         raise ModelLoadError(f"{show_path(folder)} has an adapter_config.json "
-                             "but no adapter_model.safetensors", DAMAGED_FIX)
+                             "but no adapter_model.safetensors", fix)
+    check_safetensors(weights, fix)
+    return folder
+
+
+def check_safetensors(path: Path, fix: str = DAMAGED_FIX) -> Path:
+    """`path`, once safetensors has checked that its header's tensors cover the file exactly (reading the
+    header only); a file cut short or not safetensors at all is one ModelLoadError naming it and `fix`."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with safe_open(weights, framework="pt"):
+        with safe_open(path, framework="pt"):
             pass
     except SafetensorError as err:
         reason = str(err).removeprefix("Error while deserializing header: ")
-        raise ModelLoadError(f"{show_path(weights)} is cut short or damaged ({reason})",
-                             DAMAGED_FIX) from None
-    return folder
+        raise ModelLoadError(f"{show_path(path)} is cut short or damaged ({reason})", fix) from None
+    return path
 
 
 def check_adapter(base_model, folder: str | Path) -> Path:

@@ -152,9 +152,13 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
                         "add rows (one JSON object per line, or CSV rows)")
     missing = [c for c in required if all(c not in r for _, r in rows)]
     if missing:
+        header = [str(c) for c in rows[0][1]]
+        separator = next((s for s in (";", "\t", "|") if path.suffix == ".csv" and len(header) == 1
+                          and s in header[0]), None)  # a spreadsheet's "CSV" in a locale with decimal commas
+        fix = (f"the file separates its fields with {separator!r}: save it with commas (or as .jsonl)"
+               if separator else f"rename the columns to {', '.join(required)}")
         raise DataError(f"data file {path.name!r} has no column "
-                        f"{', '.join(missing)} (it has {sorted(rows[0][1])})",
-                        f"rename the columns to {', '.join(required)}")
+                        f"{', '.join(missing)} (it has {sorted(header)})", fix)
     return rows
 
 

@@ -181,6 +181,8 @@ def test_one_reader_for_jsonl_csv_and_json_arrays(tmp_path):
     ("latin1.jsonl", '{"quote": "caf\xe9", "author": "A"}\n'.encode("latin-1"), "line 1 is not UTF-8"),
     ("extra.csv", b"quote,author\nOne,A\nTwo,B,extra\n", "line 3 has more fields than the header"),
     ("obj.json", b'{"quote": "A"}', "not a JSON array"),
+    ("semicolons.csv", b"quote;author\nOne;A\nTwo;B\n", "(?s)no column quote, author.*separates its fields "
+                                                         "with ';': save it with commas"),
 ])
 def test_bad_files_name_the_line_and_the_fix(tmp_path, name, content, message):
     path = tmp_path / name

@@ -214,16 +214,25 @@ def _surrogate(text: str) -> bool:
     return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
+def broken_text(text: str) -> str | None:
+    """What makes `text` unusable as training text whatever its field (quotes here, 07's dated notes), or
+    None: a lone surrogate (no UTF-8 file or tokenizer takes it), or a control character from a broken
+    export (NUL, bell, escape, DEL, C1; tab and line ends are text)."""
+    if _surrogate(text):
+        return "is not valid Unicode (a lone UTF-16 surrogate)"
+    if any(unicodedata.category(ch) == "Cc" and ch not in _TEXT_CONTROLS for ch in text):
+        return "contains a control character (e.g. NUL)"
+    return None
+
+
 def _problem(row: dict, key: str) -> str | None:
     value = row.get(key)
     if value is None:
         return f"missing {key}"
     if not isinstance(value, str):
         return f"{key} is not text"
-    if _surrogate(value):
-        return f"{key} is not valid Unicode (a lone UTF-16 surrogate)"
-    if any(unicodedata.category(ch) == "Cc" and ch not in _TEXT_CONTROLS for ch in value):
-        return f"{key} contains a control character (e.g. NUL)"
+    if broken := broken_text(value):
+        return f"{key} {broken}"
     if not visible(value):
         return f"empty {key}"
     if "\n" in value.strip() or "\r" in value or any(m in value for m in MARKERS):

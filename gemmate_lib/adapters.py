@@ -56,7 +56,7 @@ def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrit
     return folder
 
 
-DAMAGED_FIX = ("train it again (03_lora_sft, or `gemmate train`, with this run folder saves it), "
+DAMAGED_FIX = ("save it again: run 03_lora_sft (or `gemmate train`) with this run folder; "
                "or download it again if it came from the Hub")
 
 

@@ -56,13 +56,58 @@ def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrit
     return folder
 
 
+DAMAGED_FIX = ("save it again: run 03_lora_sft (or `gemmate train`) with this run folder; "
+               "or download it again if it came from the Hub")
+
+
+def check_adapter_files(folder: str | Path, fix: str = DAMAGED_FIX) -> Path:
+    """`folder`, once its adapter_config.json is a JSON object with a `peft_type` and its weights file is
+    whole. A copy cut short or a failed download is one ModelLoadError naming the file and `fix`, not a
+    JSONDecodeError or SafetensorError from inside peft."""
+    folder = Path(folder)
+    config, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"{show_path(config)} is damaged: not UTF-8 text", fix) from None
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"{show_path(config)} is damaged: not valid JSON ({err.msg}, line {err.lineno})",
+                             fix) from None
+    if not isinstance(settings, dict) or "peft_type" not in settings:
+        raise ModelLoadError(f"{show_path(config)} is damaged: it holds no adapter settings (no peft_type)",
+                             fix)
+    if not weights.is_file():
+        if (folder / "adapter_model.bin").is_file():  # an older adapter, pickled: peft still reads it
+            return folder
+        raise ModelLoadError(f"{show_path(folder)} has an adapter_config.json "
+                             "but no adapter_model.safetensors", fix)
+    check_safetensors(weights, fix)
+    return folder
+
+
+def check_safetensors(path: Path, fix: str = DAMAGED_FIX) -> Path:
+    """`path`, once safetensors has checked that its header's tensors cover the file exactly (reading the
+    header only); a file cut short or not safetensors at all is one ModelLoadError naming it and `fix`."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except SafetensorError as err:
+        reason = str(err).removeprefix("Error while deserializing header: ")
+        raise ModelLoadError(f"{show_path(path)} is cut short or damaged ({reason})", fix) from None
+    return path
+
+
 def check_adapter(base_model, folder: str | Path) -> Path:
     """The adapter folder, once it is known to hold an adapter trained on `base_model` (04 then calls
-    `PeftModel.from_pretrained` itself); one clear error for a missing folder or another base."""
+    `PeftModel.from_pretrained` itself); one clear error for a missing folder, a damaged file (a copy cut
+    short, a failed download) or another base."""
     folder = recover(folder)
     if not (folder / "adapter_config.json").exists():
         raise ModelLoadError(f"no adapter in {show_path(folder)}",
                              "run 03_lora_sft first with the same run_dir (it saves the adapter there)")
+    check_adapter_files(folder)
     meta = read_base_info(folder)
     if meta is not None:
         here = base_fingerprint(base_model)

@@ -229,8 +229,12 @@ def coerce(name: str, value, from_text: bool = False):
     default = FIELDS[name].default
     raise ParameterError(f"parameter {name}={value!r} has type {type(value).__name__}, "
                          f"but {name} must be {_type_name(hint)}",
-                         f"pass a {_type_name(hint)}, e.g. {name}={default!r} (the default): "
+                         f"pass {_a(_type_name(hint))}, e.g. {name}={default!r} (the default): "
                          f"papermill -p {name} ..., YAML `{name}: ...` or --{name} ...")
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _choice(name: str, value):
@@ -306,6 +310,13 @@ def validate(flat: dict) -> None:
               "set max_steps >= 1, or a finite num_epochs > 0 with max_steps -1")
     if flat["temporal_dim"] < 4 or flat["temporal_dim"] % 2:
         fail("temporal_dim", flat["temporal_dim"], "must be even and at least 4", "use 32, 64 or 128")
+    for name in ("temporal_min_period", "temporal_max_period"):
+        if not (math.isfinite(flat[name]) and flat[name] > 0):
+            fail(name, flat[name], "must be a positive finite number", f"e.g. {name}={FIELDS[name].default}")
+    if flat["temporal_min_period"] >= flat["temporal_max_period"]:
+        fail("temporal_min_period", flat["temporal_min_period"],
+             f"must be shorter than temporal_max_period={flat['temporal_max_period']}",
+             "e.g. temporal_min_period=0.02 and temporal_max_period=50.0 (the defaults)")
     _check_paths(flat)
     _check_checkpoints(flat)
 
@@ -514,7 +525,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
                 raise ParameterError(f"{key} in {Path(path).name} can only be {only!r}",
                                      f"delete the line {key}:")
         check_names(values, "config key", f" in {Path(path).name}")
-    typed = {k: coerce(k, v) for k, v in values.items()}
+    # PyYAML reads a number without a dot, such as 1e-4, as a string: for a float setting it is a number
+    typed = {k: coerce(k, v, from_text=isinstance(v, str) and HINTS[k] is float) for k, v in values.items()}
     typed.update({k: coerce(k, v, from_text=True) if k in OWNER else v for k, v in (overrides or {}).items()})
     return course_config(task, **typed)
 

@@ -4,6 +4,7 @@ Three sources share one schema (quote, author, tags): `Abirate/english_quotes`, 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import re
@@ -109,7 +110,8 @@ def _json(text: str, name: str, line: int, fix: str):
 def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """(line number, row) pairs from a .jsonl, .csv or .json (an array of objects) file: the course's one
     reader, for quotes (03, 04) and dated notes (07). UTF-8 with or without a BOM; any other encoding, a
-    malformed line or a missing column is one DataError naming the file, the line and the fix."""
+    malformed line or a missing column is one DataError naming the file, the line and the fix. Lines end at
+    \n (and \r\n) only: U+2028, U+2029 and U+0085, legal inside JSON strings, are text, not line ends."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
@@ -126,7 +128,7 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
         raise DataError(f"{path.name} line {line} is not UTF-8 text", "save the file as UTF-8") from None
     if path.suffix == ".csv":
         rows = []
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         for row in reader:
             if None in row:  # more fields than the header names
                 raise DataError(f"{path.name} line {reader.line_num} has more fields than the header",
@@ -140,8 +142,9 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
         rows = list(enumerate(rows, 1))
     else:
         fix = "fix that line: each line must be one JSON object"
-        rows = [(n, _json(line, path.name, n, fix))
-                for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        # a BOM starting a later line comes from joined files (`cat a.jsonl b.jsonl`): not part of the row
+        lines = [line.removeprefix("\ufeff") for line in text.split("\n")]
+        rows = [(n, _json(line, path.name, n, fix)) for n, line in enumerate(lines, 1) if line.strip()]
     # valid JSON that is not an object: an empty row, which the cleaning step counts and reports
     rows = [(n, row if isinstance(row, dict) else {}) for n, row in rows]
     if not rows:
@@ -149,9 +152,13 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
                         "add rows (one JSON object per line, or CSV rows)")
     missing = [c for c in required if all(c not in r for _, r in rows)]
     if missing:
+        header = [str(c) for c in rows[0][1]]
+        separator = next((s for s in (";", "\t", "|") if path.suffix == ".csv" and len(header) == 1
+                          and s in header[0]), None)  # a spreadsheet's "CSV" in a locale with decimal commas
+        fix = (f"the file separates its fields with {separator!r}: save it with commas (or as .jsonl)"
+               if separator else f"rename the columns to {', '.join(required)}")
         raise DataError(f"data file {path.name!r} has no column "
-                        f"{', '.join(missing)} (it has {sorted(rows[0][1])})",
-                        f"rename the columns to {', '.join(required)}")
+                        f"{', '.join(missing)} (it has {sorted(header)})", fix)
     return rows
 
 
@@ -187,14 +194,35 @@ MARKERS = ("Quote:", "Author:")  # the training template's markers: inside a fie
 
 # Characters that print as nothing: Unicode's format characters (zero-width space and joiners, word joiner,
 # BOM, soft hyphen, Mongolian vowel separator: category Cf), controls (Cc) and the blank fillers that are
-# letters by category. Text made only of these and whitespace reads as empty, so it counts as empty.
+# letters by category. Combining marks and variation selectors (category M) print only on a base character,
+# so alone they are not text either. Text made only of these and whitespace reads as empty, and counts so.
 _FILLERS = {"\u115f", "\u1160", "\u2800", "\u3164", "\uffa0"}
+# Controls that text may hold: tab, and the line ends (\n and \r are refused by the template rule below;
+# U+0085, NEL, is legal JSON text). Any other (NUL, bell, escape, DEL, C1) comes from a broken export.
+_TEXT_CONTROLS = {"\t", "\n", "\r", "\x85"}
 
 
 def visible(text: str) -> str:
-    """`text` without whitespace and invisible characters: empty when nothing would print."""
+    """`text` without whitespace, invisible characters and marks: empty when nothing would print alone."""
     return "".join(ch for ch in text if not (ch.isspace() or ch in _FILLERS
-                                             or unicodedata.category(ch) in ("Cf", "Cc")))
+                                             or unicodedata.category(ch) in ("Cf", "Cc")
+                                             or unicodedata.category(ch).startswith("M")))
+
+
+def _surrogate(text: str) -> bool:
+    """A lone UTF-16 surrogate (JSON's "\\ud800"): Python keeps it, but no UTF-8 file or tokenizer can."""
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def broken_text(text: str) -> str | None:
+    """What makes `text` unusable as training text whatever its field (quotes here, 07's dated notes), or
+    None: a lone surrogate (no UTF-8 file or tokenizer takes it), or a control character from a broken
+    export (NUL, bell, escape, DEL, C1; tab and line ends are text)."""
+    if _surrogate(text):
+        return "is not valid Unicode (a lone UTF-16 surrogate)"
+    if any(unicodedata.category(ch) == "Cc" and ch not in _TEXT_CONTROLS for ch in text):
+        return "contains a control character (e.g. NUL)"
+    return None
 
 
 def _problem(row: dict, key: str) -> str | None:
@@ -203,6 +231,8 @@ def _problem(row: dict, key: str) -> str | None:
         return f"missing {key}"
     if not isinstance(value, str):
         return f"{key} is not text"
+    if broken := broken_text(value):
+        return f"{key} {broken}"
     if not visible(value):
         return f"empty {key}"
     if "\n" in value.strip() or "\r" in value or any(m in value for m in MARKERS):
@@ -242,7 +272,8 @@ def normalize_quote(text: str) -> str:
 
 def clean_rows(rows, tokenizer=None, max_length: int | None = None):
     """Keep well-formed, distinct rows (dicts or (line number, dict) pairs); count the rest by reason, with
-    one example each: a field missing, not text, empty or holding a newline or template marker, a duplicate
+    one example each: a field missing, not text, not valid Unicode, holding a control character, empty (or
+    only invisible characters and marks), or holding a newline or template marker, a duplicate
     quote (exact, or after normalize_quote), or an example longer than `max_length` tokens (training would cut
     its `Author:` line off; no tokenizer: MAX_CHARS characters). An author with a role after the name is
     trimmed to the name and counted in `repaired`."""
@@ -272,7 +303,7 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
             repaired[fix] = repaired.get(fix, 0) + 1
         tags = row.get("tags") or []
         tags = [tags] if isinstance(tags, str) else tags if isinstance(tags, list) else []
-        tags = [t for t in tags if isinstance(t, str)]
+        tags = [t for t in tags if isinstance(t, str) and not _surrogate(t)]
         kept.append({"quote": quote, "author": author, "tags": tags, "text": text})
     return kept, dropped, examples, repaired
 

@@ -132,10 +132,13 @@ def modelfile(gguf_name: str, eos: str, max_new_tokens: int) -> str:
 def check_export(run_dir, quant_types=QUANT_TYPES, keep: str | None = None) -> list[str]:
     """What can be checked before the model loads: an adapter in the run folder, known quantization names,
     and `keep` (the file kept in a run folder on Google Drive) among them or "f16"."""
+    from gemmate_lib.adapters import check_adapter_files
+
     run_dir = Path(run_dir)
     if not (recover(run_dir / "adapter") / "adapter_config.json").exists():
         raise ModelLoadError(f"no adapter in {show_path(run_dir / 'adapter')}",
                              "run 03_lora_sft (or `gemmate train`) with this run folder first")
+    check_adapter_files(run_dir / "adapter")
     quant_types = [str(q).lower() for q in quant_types]
     for q in quant_types:
         ftype(q)

@@ -22,6 +22,14 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def target_modules(value) -> list[str] | str:
+    """lora_target_modules as PEFT takes it: a list of layer names, or PEFT's shorthand "all-linear". A flag
+    gives ("all-linear",) and a YAML line one name as a string, which PEFT would read as a regular expression
+    over full module paths (so "q_proj" would match nothing)."""
+    names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)
+    return "all-linear" if names == ["all-linear"] else names
+
+
 def lora_config(cfg: CourseConfig, tokenizer=None):
     """peft.LoraConfig from the course's LoRA settings (03 writes the same call out). The targets are the text
     model's layers only: for Gemma 4 one regex that leaves the vision and audio towers out
@@ -30,8 +38,7 @@ def lora_config(cfg: CourseConfig, tokenizer=None):
 
     from gemmate_lib.generations import lora_targets
 
-    targets = lora_targets(cfg.model.model_name, cfg.lora.lora_target_modules)
-    targets = targets if isinstance(targets, str) else list(targets)  # "all-linear" is PEFT's shorthand
+    targets = lora_targets(cfg.model.model_name, target_modules(cfg.lora.lora_target_modules))
     return LoraConfig(r=cfg.lora.lora_r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM",
                       trainable_token_indices=token_indices(cfg.lora.lora_trainable_tokens, tokenizer))
@@ -53,6 +60,29 @@ def token_indices(tokens: tuple[str, ...], tokenizer) -> list[int] | None:
         raise ParameterError(f"lora_trainable_tokens: {', '.join(missing)} not in the tokenizer's vocabulary",
                              "name special tokens exactly as the tokenizer writes them, e.g. <end_of_turn>")
     return [vocab[t] for t in tokens]
+
+
+def linear_names(model) -> list[str]:
+    """The distinct names of `model`'s linear layers, in model order (q_proj, k_proj, ..., lm_head): what
+    lora_target_modules can name. A 4-bit layer (bitsandbytes' Linear4bit) is a torch Linear too."""
+    names = [name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear)]
+    return list(dict.fromkeys(names))
+
+
+def check_target_modules(model, targets) -> None:
+    """A ParameterError for a name in `targets` that no layer of `model` has, listing its linear layers.
+    PEFT raises only when no name matches, and then without the names it could have taken."""
+    if targets is None or isinstance(targets, str):  # "all-linear", or a regular expression on purpose
+        return
+    modules = [name for name, _ in model.named_modules()]
+    for target in sorted(targets):
+        if not any(name == target or name.endswith(f".{target}") for name in modules):
+            from gemmate_lib.errors import ParameterError
+
+            raise ParameterError(f"lora_target_modules names {target!r}, which this model does not have",
+                                 f"name some of its linear layers: {', '.join(linear_names(model))} "
+                                 "(or all-linear)")
 
 
 def prepare_base(model, cfg: CourseConfig):
@@ -83,9 +113,11 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None,
             print("this model already has a LoRA adapter (this "
                   "cell ran before): keeping it, not wrapping twice")
         return model
+    peft_config = peft_config or lora_config(cfg, tokenizer)
+    check_target_modules(model, getattr(peft_config, "target_modules", None))
     model = prepare_base(model, cfg)
     set_seed(cfg.train.seed)
-    return get_peft_model(model, peft_config or lora_config(cfg, tokenizer))
+    return get_peft_model(model, peft_config)
 
 
 def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,

@@ -214,3 +214,40 @@ def test_a_damaged_gemmate_json_is_one_clear_error(tiny_model, tiny_tokenizer, c
         (folder / "gemmate.json").write_text(damage)
         with pytest.raises(ModelLoadError, match="gemmate.json is damaged"):
             load_adapter(make_tiny_gemma(tiny_tokenizer), folder)
+
+
+WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
+DAMAGES = {  # name -> (file, how it is damaged, what the message must say)
+    "weights cut in half": (WEIGHTS, lambda b: b[:len(b) // 2], "cut short or damaged"),
+    "weights cut by one byte": (WEIGHTS, lambda b: b[:-1], "cut short or damaged"),
+    "weights empty": (WEIGHTS, lambda b: b"", "cut short or damaged"),
+    "weights missing": (WEIGHTS, None, "no adapter_model.safetensors"),
+    "config not JSON": (CONFIG, lambda b: b[:len(b) // 2], "not valid JSON"),
+    "config empty": (CONFIG, lambda b: b"", "not valid JSON"),
+    "config a list": (CONFIG, lambda b: b"[1, 2]", "no peft_type"),
+    "config not UTF-8": (CONFIG, lambda b: b'{"peft_type": "LORA", "x": "\xe9"}', "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_adapter_file_names_the_file_what_is_wrong_and_the_fix(tiny_model, tiny_tokenizer, cpu_cfg,
+                                                                        tmp_path, damage):
+    """A copy cut short, a failed download: one line, not a SafetensorError or JSONDecodeError from peft."""
+    from tiny import make_tiny_gemma
+
+    from gemmate_lib.adapters import check_adapter
+    from gemmate_lib.errors import one_line
+
+    folder = save_adapter(attach_lora(tiny_model, cpu_cfg, quiet=True), tiny_tokenizer, tmp_path / "adapter",
+                          "tiny")
+    name, how, what = DAMAGES[damage]
+    if how is None:
+        (folder / name).unlink()
+    else:
+        (folder / name).write_bytes(how((folder / name).read_bytes()))
+    for load in (load_adapter, check_adapter):  # check_adapter: 04 calls it before PeftModel.from_pretrained
+        with pytest.raises(ModelLoadError) as err:
+            load(make_tiny_gemma(tiny_tokenizer), folder)
+        line = one_line(err.value)
+        assert name in line and what in line, line
+        assert "03_lora_sft" in err.value.fix and "download it again" in err.value.fix

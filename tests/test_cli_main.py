@@ -44,3 +44,57 @@ def test_help_lists_every_setting_with_its_help_text_and_default(capsys):
     for name, f in FIELDS.items():
         assert f"--{name}" in shown and " ".join(f.metadata["help"].split()) in shown, name
     assert "--lora_r R rank of the low-rank update" in shown and "[default: 8]" in shown
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--learning_rate", "-1e-4"], "learning_rate=-0.0001 must be a finite number in (0, 1)"),
+    (["train", "--learning_rate", "-inf"], "learning_rate=-inf must be a finite number in (0, 1)"),
+    (["train-te", "--projection_learning_rate", "-3E-3"], "projection_learning_rate=-0.003 must be"),
+    (["train", "--weight_decay", "-1e-2"], "weight_decay=-0.01 must be a finite number >= 0"),
+    (["train", "--lora_dropout", "-5e-2"], "lora_dropout=-0.05 must lie in [0, 1)"),
+    (["train", "--batch_size", "-8"], "batch_size=-8 must be at least 1"),
+    (["train-te", "--temporal_min_period", "-2e-2"], "temporal_min_period=-0.02 must be a positive"),
+    (["train-te", "--temporal_max_period", "0"], "temporal_max_period=0.0 must be a positive"),
+    (["train-te", "--temporal_min_period", "60"], "temporal_min_period=60.0 must be shorter than"),
+    (["hpo", "--timeout", "-1e3"], "timeout=-1000.0 must be a positive number of seconds"),
+    (["serve", "runs/x", "--port", "-1"], "port=-1 must lie in 1-65535"),
+    (["serve", "runs/x", "--max_tokens_limit", "0"], "max_tokens_limit=0 must be at least 1"),
+])
+def test_a_negative_or_zero_number_to_a_numeric_option_is_one_line_naming_it_and_the_fix(tmp_path, capsys,
+                                                                                         argv, message):
+    """`--learning_rate -1e-4` printed argparse's whole usage (42 lines): argparse read -1e-4 as an option."""
+    from gemmate_lib.cli.main import main
+
+    assert run_cli(main, [*argv, "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage" not in err and err.count("\n") == 2, err  # problem + fix
+    assert err.splitlines()[1].startswith("  Fix: ")
+
+
+def test_a_yaml_config_gets_the_same_message_as_the_flag(tmp_path, capsys):
+    """PyYAML reads `1e-4` (no dot) as a string: a number in a YAML file is a number."""
+    from gemmate_lib.cli.main import main
+    from gemmate_lib.config import load_config
+
+    (tmp_path / "run.yaml").write_text("learning_rate: -1e-4\n")
+    assert run_cli(main, ["train", "--config", str(tmp_path / "run.yaml"),
+                          "--output_dir", str(tmp_path)]) == 2
+    assert "learning_rate=-0.0001 must be a finite number in (0, 1)" in capsys.readouterr().err
+    (tmp_path / "run.yaml").write_text("learning_rate: 1e-4\nlora_dropout: 5e-2\n")
+    cfg = load_config(tmp_path / "run.yaml", {"device": "cpu"})
+    assert (cfg.train.learning_rate, cfg.lora.lora_dropout) == (1e-4, 0.05)
+
+
+def test_any_other_usage_error_is_one_line_with_the_fix(capsys):
+    from gemmate_lib.cli.main import main
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main, ["train", "--learning_rate"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 2 and "usage" not in err
+    assert "--learning_rate: expected one argument" in err and "--help" in err
+    with pytest.raises(SystemExit):
+        run_cli(main, ["train", "--lora_rank", "8"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "unrecognized arguments: --lora_rank" in err
+    assert "did you mean --lora_r?" in err

@@ -83,3 +83,31 @@ def test_train_keeps_the_policys_checkpoints_then_generate_and_evaluate_read_the
     assert "usable rows from inspirational-quotes" in printed  # the drop report, before the model loads
     assert json.loads(printed[printed.index("{\n"):])["perplexity"] == pytest.approx(
         doc["models"]["fine-tuned"]["perplexity"]["value"], abs=1e-4)
+
+
+@pytest.mark.parametrize("targets", ["q_proj,qkv_proj", "attn"])
+def test_an_unknown_target_module_lists_the_models_linear_layers(tmp_path, tiny_folder, capsys, targets):
+    """peft said only "Target modules {'attn'} not found", and dropped a misspelt name beside a good one."""
+    from gemmate_lib.cli.main import main
+
+    assert run_cli(main, ["train", "--model_name", str(tiny_folder), "--dtype", "fp32", "--max_length", "48",
+                          "--lora_target_modules", targets, "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    unknown = targets.split(",")[-1]
+    assert f"lora_target_modules names {unknown!r}, which this model does not have" in err, err
+    assert "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head" in err
+    assert err.count("\n") == 2 and "unexpected error" not in err
+
+
+@pytest.mark.parametrize("given", [dict(lora_target_modules="all-linear", from_text=True),  # the flag
+                                   dict(lora_target_modules="v_proj")])  # YAML `lora_target_modules: v_proj`
+def test_all_linear_and_a_single_name_work_from_a_flag_or_yaml(tiny_model, given):
+    from gemmate_lib.config import course_config
+    from gemmate_lib.training import attach_lora
+
+    cfg = course_config(device="cpu", dtype="fp32", **given)
+    model = attach_lora(tiny_model, cfg, quiet=True)
+    adapted = {name.split(".")[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    expected = {"v_proj"} if given["lora_target_modules"] == "v_proj" else \
+        {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapted == expected

@@ -181,6 +181,8 @@ def test_one_reader_for_jsonl_csv_and_json_arrays(tmp_path):
     ("latin1.jsonl", '{"quote": "caf\xe9", "author": "A"}\n'.encode("latin-1"), "line 1 is not UTF-8"),
     ("extra.csv", b"quote,author\nOne,A\nTwo,B,extra\n", "line 3 has more fields than the header"),
     ("obj.json", b'{"quote": "A"}', "not a JSON array"),
+    ("semicolons.csv", b"quote;author\nOne;A\nTwo;B\n", "(?s)no column quote, author.*separates its fields "
+                                                         "with ';': save it with commas"),
 ])
 def test_bad_files_name_the_line_and_the_fix(tmp_path, name, content, message):
     path = tmp_path / name
@@ -233,3 +235,85 @@ def test_text_made_only_of_invisible_characters_counts_as_empty(tmp_path, invisi
 def test_invisible_characters_inside_real_text_keep_the_row():
     kept, dropped, _, _ = clean_rows([{"quote": "Zero\u200bwidth inside.", "author": "Ada"}])
     assert dropped == {} and kept[0]["quote"] == "Zero\u200bwidth inside."
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_a_jsonl_file_with_unicode_line_separators_inside_strings_loads_whole(tmp_path, separator):
+    """U+2028, U+2029 and U+0085 are legal, unescaped, inside JSON strings: the file is split on \\n only."""
+    rows = GOOD + [{"quote": f"Two parts{separator}of one quote.", "author": f"Ada{separator}Lovelace"}]
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    data = load_quotes(str(path), eval_fraction=0.4)
+    assert len(data.train) + len(data.held_out) == 5 and data.dropped == {}
+    (tmp_path / "q.csv").write_text("quote,author\n" + "".join(f"{r['quote']},{r['author']}\n" for r in rows),
+                                    encoding="utf-8")
+    data = load_quotes(str(tmp_path / "q.csv"), eval_fraction=0.4)
+    assert len(data.train) + len(data.held_out) == 5 and data.dropped == {}
+
+
+BAD_TEXT = [("Nul\x00inside.", "control character"), ("Bell\x07rings.", "control character"),
+            ("Broken \ud800 half.", "not valid Unicode"), ("\udfff", "not valid Unicode")]
+
+
+@pytest.mark.parametrize("bad, kind", BAD_TEXT)
+@pytest.mark.parametrize("field_name", ["quote", "author"])
+def test_control_characters_and_lone_surrogates_are_dropped_and_counted_by_kind(tmp_path, bad, kind,
+                                                                                 field_name):
+    row = {"quote": "A bad row.", "author": "Ada", field_name: bad}
+    path = tmp_path / "q.jsonl"
+    # json.dumps escapes both, as a JSON writer must: "\u0000", "\ud800"
+    path.write_text("".join(json.dumps(r) + "\n" for r in GOOD + [row]))
+    data = load_quotes(str(path), eval_fraction=0.5)
+    assert len(data.train) + len(data.held_out) == 4
+    assert list(data.dropped) == [f"{field_name} contains a {kind} (e.g. NUL)" if kind == "control character"
+                                  else f"{field_name} is {kind} (a lone UTF-16 surrogate)"]
+    assert "line 5" in data.report()
+    for r in data.train + data.held_out:  # what is kept can be written as UTF-8
+        r["text"].encode("utf-8")
+
+
+def test_every_source_drops_the_same_bad_text(monkeypatch, tmp_path):
+    """The embedded quotes, a Hub dataset (03 cleans its rows) and a .json file share one rule."""
+    import gemmate_lib.data as data_module
+
+    rows = GOOD + [{"quote": "Nul\x00inside.", "author": "A"}, {"quote": "Half \ud800.", "author": "B"},
+                   {"quote": "\u0301\ufe0f", "author": "C"}]
+    expected = {"quote contains a control character (e.g. NUL)": 1,
+                "quote is not valid Unicode (a lone UTF-16 surrogate)": 1, "empty quote": 1}
+    monkeypatch.setattr(data_module, "_read_embedded", lambda: [dict(r) for r in rows])
+    assert load_quotes("embedded", eval_fraction=0.5).dropped == expected
+    monkeypatch.setattr(data_module, "read_hub", lambda *a, **k: [dict(r) for r in rows])
+    assert load_quotes("someone/quotes", eval_fraction=0.5).dropped == expected
+    (tmp_path / "q.json").write_text(json.dumps(rows))
+    assert load_quotes(str(tmp_path / "q.json"), eval_fraction=0.5).dropped == expected
+    # a CSV file (UTF-8 text: no surrogates) with a NUL and a quote of marks only
+    (tmp_path / "q.csv").write_text("quote,author\n" + "".join(f"{r['quote']},{r['author']}\n"
+                                                               for r in rows if "\ud800" not in r["quote"]))
+    expected.pop("quote is not valid Unicode (a lone UTF-16 surrogate)")
+    assert load_quotes(str(tmp_path / "q.csv"), eval_fraction=0.5).dropped == expected
+
+
+def test_files_joined_with_their_byte_order_marks_load_whole(tmp_path):
+    """`cat a.jsonl b.jsonl` keeps b's BOM at the start of a line in the middle: not a broken line."""
+    bom = "\ufeff"
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(bom + json.dumps(r) + "\n" for r in GOOD), encoding="utf-8")
+    data = load_quotes(str(path), eval_fraction=0.5)
+    assert len(data.train) + len(data.held_out) == 4 and data.dropped == {}
+
+
+@pytest.mark.parametrize("marks", ["\u0301", "\u0301\u0308\u0327", "\ufe0f", "\ufe0e\ufe0f", "\U000e0100",
+                                   "\u20dd", " \u0301 \ufe0f "])
+def test_text_made_only_of_combining_marks_or_variation_selectors_counts_as_empty(tmp_path, marks):
+    rows = [{"quote": marks, "author": "Ada"}, {"quote": "Be brave.", "author": marks}, *GOOD]
+    data = load_quotes(_write(tmp_path, rows), eval_fraction=0.5)
+    assert len(data.train) + len(data.held_out) == 4
+    assert data.dropped == {"empty quote": 1, "empty author": 1}
+
+
+def test_real_text_with_combining_marks_and_variation_selectors_is_kept():
+    rows = [{"quote": "Cafe\u0301 au lait.", "author": "Zoe\u0308"},
+            {"quote": "I \u2764\ufe0f it.", "author": "Me"},
+            {"quote": "\u0915\u093f\u0924\u093e\u092c", "author": "\u092e\u0940\u0930\u093e"}]
+    kept, dropped, _, _ = clean_rows(rows)
+    assert dropped == {} and [r["quote"] for r in kept] == [r["quote"] for r in rows]

@@ -14,9 +14,32 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 
 def _run_with_adapter(tmp_path):
-    (tmp_path / "adapter").mkdir()
-    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    """A run folder whose adapter files are whole (what the checks before the model load look at)."""
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "adapter").mkdir(parents=True)
+    (tmp_path / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    save_file({"lora_A.weight": torch.zeros(2, 2)}, tmp_path / "adapter" / "adapter_model.safetensors")
     return tmp_path
+
+
+@pytest.mark.parametrize("name, damage, what", [
+    ("adapter_model.safetensors", lambda b: b[:len(b) // 2], "is cut short or damaged"),
+    ("adapter_config.json", lambda b: b[:len(b) // 2], "is damaged: not valid JSON"),
+])
+def test_export_of_a_damaged_adapter_names_the_file_and_the_fix_before_the_model_loads(
+        tmp_path, tiny_folder, capsys, name, damage, what):
+    from gemmate_lib.cli.main import main
+    from gemmate_lib.errors import run_cli
+
+    run = _run_with_adapter(tmp_path / "run")
+    path = run / "adapter" / name
+    path.write_bytes(damage(path.read_bytes()))
+    assert run_cli(main, ["export", str(run), "--model_name", str(tiny_folder),
+                          "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} {what}" in err and "download it again" in err and "unexpected error" not in err
 
 
 def test_a_run_folder_without_an_adapter_is_one_line(tmp_path):

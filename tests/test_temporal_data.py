@@ -52,3 +52,18 @@ def test_dated_notes_keep_validation_test_and_extrapolation_apart():
     assert notes.split("far") == (notes.far_prompts, notes.far_timestamps, notes.far_dates)
     with pytest.raises(DataError, match="extrapolate_to=2019 is not after last_year=2020"):
         make_dated_notes([f"q {i} words" for i in range(20)], extrapolate_to=2019)
+
+
+@pytest.mark.parametrize("text, why", [("Broken \ud800 half", "is not valid Unicode"),
+                                       ("Nul\x00inside", "contains a control character")])
+def test_a_dated_note_with_broken_text_names_its_line(tmp_path, text, why):
+    """The quotes' rule (data.broken_text): a lone surrogate failed later inside the tokenizer."""
+    import json
+
+    from gemmate_lib.temporal.data import load_jsonl
+
+    path = tmp_path / "notes.jsonl"
+    path.write_text(json.dumps({"text": "Fine.", "timestamp": 1400000000000}) + "\n"
+                    + json.dumps({"text": text, "timestamp": 1400000000000}) + "\n")
+    with pytest.raises(DataError, match=f"notes.jsonl line 2: its text {why}"):
+        load_jsonl(path)

@@ -256,3 +256,22 @@ def test_loading_checks_the_base_model_and_every_file(tiny_model, tiny_tokenizer
     (folder / "gemmate_te.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="is damaged"):
         GemmaTEForCausalLM.from_pretrained(make_tiny_gemma(tiny_tokenizer), folder)
+
+
+@pytest.mark.parametrize("name", ["adapter_model.safetensors", "temporal.safetensors"])
+def test_a_saved_gemmate_te_file_cut_short_names_the_file_and_the_fix(tiny_model, tiny_tokenizer, tmp_path,
+                                                                      name):
+    from tiny import make_tiny_gemma
+
+    from gemmate_lib.config import course_config
+    from gemmate_lib.errors import one_line
+    from gemmate_lib.temporal.training import attach_temporal_lora
+
+    cfg = course_config("temporal", device="cpu", dtype="fp32")
+    folder = attach_temporal_lora(GemmaTEForCausalLM(tiny_model, cfg.temporal), cfg).save_pretrained(
+        tmp_path / "te")
+    path = folder / name
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ModelLoadError) as err:
+        GemmaTEForCausalLM.from_pretrained(make_tiny_gemma(tiny_tokenizer), folder)
+    assert f"{name} is cut short or damaged" in one_line(err.value) and "again" in err.value.fix

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import math
 import sys
 
 from gemmate_lib.config import GROUPS, OWNER, CourseConfig, load_config
-from gemmate_lib.errors import HardwareError, run_cli
+from gemmate_lib.errors import HardwareError, ParameterError, run_cli
 from gemmate_lib.hardware import pick_precision
 
 COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
@@ -24,8 +26,24 @@ COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
                       "verified in llama.cpp -> RUN_DIR/gguf"}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line and its fix, like every other error: argparse's own answer is
+    the whole usage (42 lines for `gemmate train`) before the line that says what is wrong."""
+
+    def error(self, message):
+        fix = f"`{self.prog} --help` lists the options and their values"
+        if message.startswith("unrecognized arguments:"):  # the top parser's: the command is not known here
+            words = [w.split("=")[0][2:] for w in message.split(":", 1)[1].split() if w.startswith("--")]
+            close = [m for w in words for m in difflib.get_close_matches(w, [*OWNER, *COMMAND_OPTIONS], 1)]
+            fix = (f"did you mean --{close[0]}? " if close else "") + "`gemmate COMMAND --help` lists them"
+        self.exit(2, f"error: {self.prog}: {message}\n  Fix: {fix}\n")
+
+
+COMMAND_OPTIONS = ("n_trials", "timeout", "port", "max_tokens_limit")  # numeric options beside the settings
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gemmate", description=__doc__.splitlines()[0])
+    parser = Parser(prog="gemmate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -73,6 +91,43 @@ def _shown(help_text: str) -> str:
     return help_text.replace("%", "%%")  # argparse formats help text with %
 
 
+def join_negative_numbers(argv: list[str]) -> list[str]:
+    """`--learning_rate -1e-4` as `--learning_rate=-1e-4`: argparse takes a value that starts with "-" for an
+    option unless it looks like -3 or -.5, so -1e-4 or -inf never reached the config's validator."""
+    out: list[str] = []
+    for arg in argv:
+        option = out[-1][2:] if out and out[-1].startswith("--") and "=" not in out[-1] else None
+        if option in (*OWNER, *COMMAND_OPTIONS) and arg.startswith("-") and _is_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The numeric options of hpo and serve, which are not settings (config.validate checks those)."""
+    def fail(name, must, fix):
+        raise ParameterError(f"option --{name}={getattr(args, name)} {must}", fix)
+
+    if getattr(args, "n_trials", 1) < 1:
+        fail("n_trials", "must be at least 1", "pass --n_trials 8 (or more)")
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        fail("timeout", "must be a positive number of seconds", "pass e.g. --timeout 3600, or leave it out")
+    if not 1 <= getattr(args, "port", 1) <= 65535:
+        fail("port", "must lie in 1-65535", "pass e.g. --port 8000 (the default)")
+    if getattr(args, "max_tokens_limit", 1) < 1:
+        fail("max_tokens_limit", "must be at least 1", "pass e.g. --max_tokens_limit 512 (the default)")
+
+
 def config_from_args(args: argparse.Namespace) -> CourseConfig:
     """The config of a parsed command line: the YAML file, then the flags."""
     overrides = {key: getattr(args, key) for key in OWNER if getattr(args, key) is not None}
@@ -89,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, run one command, print its result as JSON (rank 0 only under DDP)."""
     from gemmate_lib import quiet
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_negative_numbers(list(sys.argv[1:] if argv is None else argv)))
+    check_options(args)
     cfg = config_from_args(args)  # every setting checked before the heavy imports and any model load
     quiet()  # before bitsandbytes is imported: its optional-kernel notice is noise
     from gemmate_lib.training import world

@@ -217,7 +217,7 @@ class GemmaTEForCausalLM(nn.Module):
         """Rebuild a saved GemmaTE model on `base_model` (its training base); one clear error otherwise."""
         from safetensors.torch import load_file
 
-        from gemmate_lib.adapters import FINGERPRINT, base_fingerprint
+        from gemmate_lib.adapters import FINGERPRINT, base_fingerprint, check_adapter_files, check_safetensors
         from gemmate_lib.files import recover
 
         folder = recover(folder)
@@ -242,6 +242,12 @@ class GemmaTEForCausalLM(nn.Module):
             raise ModelLoadError(f"{folder.name} was trained on {meta.get('base_model')!r}, "
                                  f"not on this base model ({', '.join(differs)})",
                                  "load the base model it was trained on")
+        fix = ("train it again (07_temporal_encoding, or `gemmate train-te`) and save it, "
+               "or download it again if it came from the Hub")
+        if meta.get("lora"):
+            check_adapter_files(folder, fix)
+        if (folder / "temporal.safetensors").is_file():
+            check_safetensors(folder / "temporal.safetensors", fix)
         model = base_model
         try:
             if meta.get("lora"):

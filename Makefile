@@ -52,10 +52,14 @@ unit: embedded
 	$(OFFLINE) $(PY) -m pytest -q --durations=5 -m "not canary" tests
 
 # nbval runs with a fake HF_TOKEN (tests/canary.py); the canary test then scans the run folder for it.
+# nbval cannot pass parameters: the one-page notebook runs as a copy in runs/nbval with its committed outputs and
+# papermill's injected cell of offline parameters (tools/course.py --nbval-copy).
 nbval: embedded
 	rm -rf runs/nbval
+	$(OFFLINE) $(PY) -m tools.course --nbval-copy runs/nbval
 	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q --nbval-lax \
-		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider notebooks
+		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider notebooks/[0-9][0-9]_*.ipynb \
+		runs/nbval/qlora_one_runtime.ipynb
 	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q -m canary tests/test_canary.py
 
 test: lint unit nbval

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import types
@@ -63,6 +62,9 @@ class LoraSettings:
         "dropout on the LoRA input during training (the CPU profile turns it off)")
     lora_target_modules: tuple[str, ...] | str = setting(SEED_TARGET_MODULES,
         "layers that get adapters, or 'all-linear'")
+    lora_trainable_tokens: tuple[str, ...] = setting((),
+        "special tokens whose input embeddings train too (peft's trainable_token_indices), e.g. "
+        "<end_of_turn> of a base model that never saw it")
 
 
 @dataclass
@@ -90,6 +92,9 @@ class TrainSettings:
         "LM head on labelled tokens only (fast_loss.py); DDP uses the model's own loss")
     group_by_length: bool = setting(True,
         "batch examples of similar length together (less padding); false: random order")
+    preflight: bool = setting(False,
+        "before step 1: check cache, checkpointing, initial loss and label mask on one batch (preflight.py); "
+        "a failed line stops the run. Off by default: tiny random test models sit at chance")
     completion_only_loss: bool = setting(False,
         "loss on what follows 'Quote: <first half>' only, not the whole text (03 compares)")
     log_level: str = setting("warning", "transformers log level",
@@ -460,26 +465,27 @@ def compare_default(cfg: CourseConfig) -> bool:
 
 def is_gemma3(model_name: str) -> bool:
     """True for Gemma 3: the embedded default, a folder whose config says so, or a Hub id with gemma-3."""
-    if model_name == EMBEDDED:
-        return True
-    config = Path(model_name) / "config.json"
-    if config.is_file():
-        try:
-            return str(json.loads(config.read_text()).get("model_type", "")).startswith("gemma3")
-        except ValueError:
-            return False
-    return "gemma-3" in model_name.lower()
+    from gemmate_lib.generations import generation_of
+
+    generation = generation_of(model_name)
+    return generation is not None and generation.key == "gemma3"
 
 
 def gemma3_rule(precision: Precision, model_name: str) -> Precision:
-    """fp32 instead of fp16 for Gemma 3, whose activations overflow fp16 (transformers issue 36822): on a T4
-    (no bf16) it computes in fp32, as Unsloth does; Gemma 1 (gemma-2b) keeps fp16 with loss scaling. bf16 is
-    kept. For the profile's choice only: an explicit `dtype="fp16"` is what the caller asked for."""
-    if precision.name != "fp16" or not is_gemma3(model_name):
+    """The generation's dtype rule (generations.py) on the profile's choice: fp32 instead of fp16 for Gemma 3,
+    whose activations overflow fp16 (transformers issue 36822), and for Gemma 4, whose fp16 gradients overflow
+    (unsloth-zoo PR 866): on a T4 (no bf16) they compute in fp32, as Unsloth does; Gemma 1 (gemma-2b) keeps
+    fp16
+    with loss scaling. bf16 is kept. For the profile's choice only: an explicit `dtype="fp16"` is what the
+    caller asked for."""
+    from gemmate_lib.generations import generation_of
+
+    generation = generation_of(model_name)
+    if precision.name != "fp16" or generation is None or generation.t4_dtype == "fp16":
         return precision
-    return Precision(precision.device, DTYPES["fp32"],
-                     f"{precision.reason}; but Gemma 3 overflows in fp16 (transformers issue 36822), "
-                     "so it computes in fp32 here")
+    return Precision(precision.device, DTYPES[generation.t4_dtype],
+                     f"{precision.reason}; but {generation.title.split(' (')[0]} "
+                     f"{generation.dtype_reason.split(':')[0]}, so it computes in fp32 here")
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None,

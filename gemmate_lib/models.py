@@ -98,7 +98,7 @@ def resolve_model(model_name: str) -> tuple[str, dict]:
                              "like 'owner/name'",
                              f"check the path, or use '{EMBEDDED}' for the offline default")
     token = get_token()
-    if token is None and model_name.startswith(GATED_PREFIXES):
+    if token is None and model_name.startswith(GATED_PREFIXES) and not ungated(model_name):
         problem = colab_secret_problem()
         raise ModelLoadError(
             f"{model_name!r} is a gated model and no HF_TOKEN was found",
@@ -107,6 +107,14 @@ def resolve_model(model_name: str) -> tuple[str, dict]:
             f"(key icon) or the HF_TOKEN environment variable; or use model_name='{EMBEDDED}'",
         )
     return model_name, ({"token": token} if token else {})
+
+
+def ungated(model_name: str) -> bool:
+    """True for a Google model the Hub serves without a licence click: Gemma 4 (Apache-2.0)."""
+    from gemmate_lib.generations import generation_of
+
+    generation = generation_of(model_name)
+    return generation is not None and not generation.gated
 
 
 def load_tokenizer(model_name: str = EMBEDDED):

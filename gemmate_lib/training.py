@@ -22,14 +22,37 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def lora_config(cfg: CourseConfig):
-    """peft.LoraConfig from the course's LoRA settings (03 writes the same call out)."""
+def lora_config(cfg: CourseConfig, tokenizer=None):
+    """peft.LoraConfig from the course's LoRA settings (03 writes the same call out). The targets are the text
+    model's layers only: for Gemma 4 one regex that leaves the vision and audio towers out
+    (generations.py)."""
     from peft import LoraConfig
 
-    targets = cfg.lora.lora_target_modules
+    from gemmate_lib.generations import lora_targets
+
+    targets = lora_targets(cfg.model.model_name, cfg.lora.lora_target_modules)
     targets = targets if isinstance(targets, str) else list(targets)  # "all-linear" is PEFT's shorthand
     return LoraConfig(r=cfg.lora.lora_r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                      trainable_token_indices=token_indices(cfg.lora.lora_trainable_tokens, tokenizer))
+
+
+def token_indices(tokens: tuple[str, ...], tokenizer) -> list[int] | None:
+    """The ids of `lora_trainable_tokens` (None when there are none): a base model's `<end_of_turn>` embedding
+    was never trained, so a chat fine-tune that does not train it learns to stop late or never."""
+    if not tokens:
+        return None
+    from gemmate_lib.errors import ParameterError
+
+    if tokenizer is None:
+        raise ParameterError("lora_trainable_tokens needs the tokenizer to find the tokens' ids",
+                             "pass tokenizer= to lora_config / attach_lora")
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        raise ParameterError(f"lora_trainable_tokens: {', '.join(missing)} not in the tokenizer's vocabulary",
+                             "name special tokens exactly as the tokenizer writes them, e.g. <end_of_turn>")
+    return [vocab[t] for t in tokens]
 
 
 def prepare_base(model, cfg: CourseConfig):
@@ -43,7 +66,7 @@ def prepare_base(model, cfg: CourseConfig):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
 
 
-def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None):
+def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None, tokenizer=None):
     """Wrap `model` (after `prepare_base`) with the course's LoRA, or `peft_config`'s method (06: prompt,
     prefix, IA3); a model that already has an adapter comes back unchanged. Seeded with `cfg.train.seed`
     first, so the training seed decides the LoRA A matrices."""
@@ -62,7 +85,7 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None)
         return model
     model = prepare_base(model, cfg)
     set_seed(cfg.train.seed)
-    return get_peft_model(model, peft_config or lora_config(cfg))
+    return get_peft_model(model, peft_config or lora_config(cfg, tokenizer))
 
 
 def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
@@ -117,8 +140,9 @@ class CourseSFTTrainer(SFTTrainer):
     the non-padding training tokens (the benchmark's tokens per second). Trainable weights stay fp32 under
     fp16, as the grad scaler requires."""
 
-    def __init__(self, *args, fast_loss: bool = True, **kwargs):
+    def __init__(self, *args, fast_loss: bool = True, preflight: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.preflight = preflight
         # TRL casts a 4-bit model's LoRA weights to bf16; fp16's grad scaler needs fp32 ones
         if self.args.fp16:
             for param in self.model.parameters():
@@ -127,6 +151,16 @@ class CourseSFTTrainer(SFTTrainer):
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self.fast_loss = fast_loss and softcap is None
         self.tokens_trained = 0
+
+    def train(self, *args, **kwargs):
+        """`preflight=True`: the pre-flight check (preflight.py) on the first batch, then training."""
+        if self.preflight:
+            from gemmate_lib.generations import generation_of, stop_token_ids
+            from gemmate_lib.preflight import preflight
+
+            batch = next(iter(self.get_train_dataloader()))
+            preflight(self.model, batch, stop_token_ids(self.processing_class, generation_of(self.model)))
+        return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
@@ -199,13 +233,14 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
         train_dataset=to_dataset(train_rows, tokenizer, t.completion_only_loss),
         eval_dataset=to_dataset(eval_rows, tokenizer, t.completion_only_loss) if eval_rows else None,
         processing_class=tokenizer, fast_loss=cfg.train.fast_loss and world()[1] == 1, callbacks=callbacks,
+        preflight=cfg.train.preflight,
     )
 
 
 def train_lora(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], cfg: CourseConfig,
                output_dir: str | Path, callbacks=None) -> TrainResult:
     """Attach LoRA (once) and run SFTTrainer; returns the model, the loss log and the time."""
-    model = attach_lora(model, cfg, quiet=True)
+    model = attach_lora(model, cfg, quiet=True, tokenizer=tokenizer)
     return run_trainer(sft_trainer(model, tokenizer, train_rows, eval_rows, cfg, output_dir,
                                    callbacks=callbacks))
 

@@ -166,6 +166,9 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu") -> d
         standalone = not nb.name[:2].isdigit()  # the one-page recipe: must run without the course
         if standalone:  # its self-check judges learning with no smoke exception: a tiny random model needs
             params.update(learning_rate=1e-2, warmup_steps=0)  # larger steps to learn measurably in a few
+            # a random model starts at a uniform guess, ln(vocabulary size), which the pre-flight refuses
+            # for a real base model; and Drive stays off here: the Colab-like runtime's mount writes /content
+            params.update(max_start_loss=1.2, keep_on_drive=False)
         start, status = time.time(), "pass"
         try:
             pm.execute_notebook(without_the_course(nb) if standalone else str(nb), str(run_dir / nb.name),

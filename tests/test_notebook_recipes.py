@@ -99,3 +99,29 @@ def test_03s_lora_and_sft_configs_equal_the_library_builders(profile, tiny_folde
     out = tmp_path / "run"
     ns = run_cell("03_lora_sft.ipynb", "c58cf3b2", cfg=cfg, out=out)
     assert ns["sft_config"] == training.training_args(cfg, out / "trainer", has_eval=True, save=False)
+
+
+@pytest.mark.parametrize("key", ["gemma", "gemma3", "gemma4"])
+def test_03s_chat_cell_masks_the_turn_end_on_each_generation(key, tmp_path):
+    """03's chat run on Gemma 1, 3 and 4: the cell picks the generation's training template, whose
+    `{% generation %}` block holds the model's answer and its turn end, so assistant-only loss trains the stop."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from gemmate_lib.generations import GENERATIONS
+    from tiny import ROWS, make_generation_tokenizer, make_tiny_generation
+
+    tokenizer = make_generation_tokenizer(key)
+    model = make_tiny_generation(key, tokenizer)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    ns = run_cell("03_lora_sft.ipynb", "8933b0bf", AutoTokenizer=AutoTokenizer, Dataset=Dataset, model=model,
+                  model_path=str(tmp_path), hub_kwargs={}, data=types.SimpleNamespace(train=ROWS))
+    end = GENERATIONS[key].turn_end
+    assert ns["END"] == end
+    chat = ns["chat_tokenizer"]
+    enc = chat.apply_chat_template(ns["chat_train"][0]["messages"], return_dict=True,
+                                   return_assistant_tokens_mask=True)
+    trained = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
+    assert chat.convert_tokens_to_ids(end) in trained  # the model learns to end its turn
+    assert ROWS[0]["author"] in chat.decode(trained) and ns["ASK"] not in chat.decode(trained)  # the answer only

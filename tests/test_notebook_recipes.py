@@ -104,12 +104,12 @@ def test_03s_lora_and_sft_configs_equal_the_library_builders(profile, tiny_folde
 @pytest.mark.parametrize("key", ["gemma", "gemma3", "gemma4"])
 def test_03s_chat_cell_masks_the_turn_end_on_each_generation(key, tmp_path):
     """03's chat run on Gemma 1, 3 and 4: the cell picks the generation's training template, whose
-    `{% generation %}` block holds the model's answer and its turn end, so assistant-only loss trains the stop."""
+    `{% generation %}` block holds the answer and its turn end: assistant-only loss trains the stop."""
     from datasets import Dataset
+    from tiny import ROWS, make_generation_tokenizer, make_tiny_generation
     from transformers import AutoTokenizer
 
     from gemmate_lib.generations import GENERATIONS
-    from tiny import ROWS, make_generation_tokenizer, make_tiny_generation
 
     tokenizer = make_generation_tokenizer(key)
     model = make_tiny_generation(key, tokenizer)
@@ -124,4 +124,5 @@ def test_03s_chat_cell_masks_the_turn_end_on_each_generation(key, tmp_path):
                                    return_assistant_tokens_mask=True)
     trained = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
     assert chat.convert_tokens_to_ids(end) in trained  # the model learns to end its turn
-    assert ROWS[0]["author"] in chat.decode(trained) and ns["ASK"] not in chat.decode(trained)  # the answer only
+    answer = chat.decode(trained)
+    assert ROWS[0]["author"] in answer and ns["ASK"] not in answer  # the model's answer, not the user's turn

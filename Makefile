@@ -131,6 +131,7 @@ lab: embedded
 	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(or $(LAB_PORT),8888) \
 		--MultiKernelManager.default_kernel_name=python3 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
-# Maintainers: re-execute the notebooks in place to commit fresh outputs (nbval compares against them).
+# Maintainers: re-execute the notebooks in place to commit fresh outputs (nbval compares against them). Into
+# runs/interactive, the folder a learner's own run uses, so the outputs print what a learner will see.
 notebooks: embedded
-	$(PY) -m tools.course --in-place --run-dir runs/committed
+	$(PY) -m tools.course --in-place --run-dir runs/interactive

@@ -229,8 +229,7 @@ def coerce(name: str, value, from_text: bool = False):
     default = FIELDS[name].default
     raise ParameterError(f"parameter {name}={value!r} has type {type(value).__name__}, "
                          f"but {name} must be {_type_name(hint)}",
-                         f"pass {_a(_type_name(hint))}, e.g. {name}={default!r} (the default): "
-                         f"papermill -p {name} ..., YAML `{name}: ...` or --{name} ...")
+                         f"use {_a(_type_name(hint))}, e.g. {name}={default!r} (the default)")
 
 
 def _a(noun: str) -> str:

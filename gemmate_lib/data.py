@@ -24,6 +24,27 @@ def format_quote(quote: str, author: str | None = None) -> str:
     return f"Quote: {quote}\nAuthor:" if author is None else f"Quote: {quote}\nAuthor: {author}"
 
 
+def unwrap_quote(quote: str) -> str:
+    """The quote without the curly quotation marks around it: `Abirate/english_quotes` writes "“Be ...”",
+    while the prompts (generation.STANDARD_PROMPTS, quote_prompt) start `Quote: ` with a plain word, so the
+    training texts must too (03 says so). Only marks that wrap the whole quote go: a properly nested pair,
+    or an opening (closing) mark with no partner in the text; marks inside the quote stay."""
+    text = quote.strip()
+    inner = text
+    if text.startswith("\u201c") and text.endswith("\u201d") and len(text) > 1:
+        depth = 0
+        for ch in text[1:-1]:
+            depth += (ch == "\u201c") - (ch == "\u201d")
+            if depth < 0:  # “A” and “B”: the first and last marks are not one pair
+                break
+        inner = text[1:-1] if depth == 0 else text
+    elif text.startswith("\u201c") and "\u201d" not in text:
+        inner = text[1:]
+    elif text.endswith("\u201d") and "\u201c" not in text:
+        inner = text[:-1]
+    return inner.strip() or text  # marks around nothing stay: the row is refused as it is
+
+
 def split_quote(quote: str) -> tuple[str, str]:
     """First half of the words (the prompt) and the rest (the reference)."""
     words = quote.split()
@@ -282,7 +303,7 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
         where, row = item if isinstance(item, tuple) else (i, item)
         reason = _problem(row, "quote") or _problem(row, "author")
         if not reason:
-            quote, author = row["quote"].strip(), trim_author(row["author"].strip())
+            quote, author = unwrap_quote(row["quote"]), trim_author(row["author"].strip())
             text = format_quote(quote, author)
             key = normalize_quote(quote)
             if key in seen:
@@ -298,6 +319,9 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
             examples.setdefault(reason, f"line {where}: {repr(row)[:100]}")
             continue
         seen[key] = quote
+        if quote != row["quote"].strip():
+            fix = "quotation marks around the quote removed (the prompts have none)"
+            repaired[fix] = repaired.get(fix, 0) + 1
         if author != row["author"].strip():
             fix = "author trimmed to the name (a role after a comma, or a final period, removed)"
             repaired[fix] = repaired.get(fix, 0) + 1

@@ -36,6 +36,9 @@ SMOKE_PARAMS = {
     "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0,
     "num_epochs": 1.0,  # 07
     "max_new_tokens": 8,  # 02
+    # 03's pre-flight: a random model starts at a uniform guess, ln(vocabulary size), which it refuses for a
+    # real base model (the one-page recipe gets the same below)
+    "max_start_loss": 1.2,
     # 05's GGUF export (off by default in Colab, where llama-cpp-python must build first): wherever llama.cpp
     # is installed, as `make install` does; a bare GPU machine (make gpu-smoke) has none
     # (make colab-replica turns it off with GEMMATE_SMOKE_EXPORT=0: Colab's kernel has no llama.cpp either)

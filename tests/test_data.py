@@ -80,6 +80,22 @@ def test_wrong_types_are_reported_as_such_not_as_missing(tmp_path):
     assert sorted(r["tags"] for r in data.train + data.held_out) == [[], []]
 
 
+@pytest.mark.parametrize("raw, quote", [
+    ("\u201cBe yourself; everyone else is taken.\u201d", "Be yourself; everyone else is taken."),
+    (" \u201cThe \u201cword\u201d stays.\u201d ", "The \u201cword\u201d stays."),  # inner marks stay
+    ("\u201cI think it is wrong.", "I think it is wrong."),  # an opening mark that never closes
+    ("\u201cA\u201d and \u201cB\u201d", "\u201cA\u201d and \u201cB\u201d"),  # two quoted parts, not one pair
+    ("He said \u201chi\u201d.", "He said \u201chi\u201d."),
+])
+def test_training_texts_start_like_the_prompts_without_curly_marks(raw, quote):
+    """Abirate/english_quotes wraps every quote in curly marks; the prompts (`Quote: Imagination is more`)
+    have none, so the texts that 03 trains on must not start `Quote: \u201c` either."""
+    kept, dropped, _, repaired = clean_rows([{"quote": raw, "author": "Ada"}])
+    assert dropped == {} and kept[0]["quote"] == quote
+    assert kept[0]["text"] == f"Quote: {quote}\nAuthor: Ada"
+    assert bool(repaired) == (quote != raw.strip())
+
+
 def test_clean_rows_strips_and_formats():
     kept, dropped, _, _ = clean_rows([{"quote": " Hi. ", "author": " Me ", "tags": "x"}])
     assert kept == [{"quote": "Hi.", "author": "Me", "tags": ["x"], "text": "Quote: Hi.\nAuthor: Me"}]
@@ -132,7 +148,7 @@ GOOD = [{"quote": f"Quote number {w} is here.", "author": f"Author {w}"}
 
 def test_duplicates_exact_and_normalized_are_dropped_before_the_split(tmp_path):
     rows = GOOD + [dict(GOOD[0]), {"quote": "QUOTE number one, is here!", "author": "Someone"},
-                   {"quote": "“Quote number two is here.”", "author": "X"}]
+                   {"quote": "Quote number “two” is here.", "author": "X"}]
     data = load_quotes(_write(tmp_path, rows), eval_fraction=0.5)
     assert len(data.train) + len(data.held_out) == 4
     assert data.dropped == {"duplicate quote (exact)": 1,

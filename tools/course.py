@@ -177,7 +177,7 @@ def record_timings(timings: dict[str, float]) -> None:
     data = load()
     data["cpu_seconds"].update({name.removesuffix(".ipynb"): round(s) for name, s in timings.items()})
     hw = describe_hardware()
-    machine = (f"`make notebooks` on {dt.date.today().isoformat()}, a {hw['cpu_count']}-core CPU "
+    machine = (f"on {dt.date.today().isoformat()}, a {hw['cpu_count']}-core CPU "
                f"{'with' if hw['cpu_native_bf16'] else 'without'} native bf16 "
                f"({'bf16' if hw['cpu_native_bf16'] else 'fp32'} compute), no GPU")
     data["measured_on"].update({name.removesuffix(".ipynb"): machine for name in timings})

@@ -43,7 +43,7 @@ def duration(seconds: float) -> str:
 
 def runtime_line(data: dict, name: str) -> str:
     """The `**Runtime**` line of notebook `name` (stem, e.g. 03_lora_sft)."""
-    return (f"**Runtime**: CPU with the embedded default: {duration(data['cpu_seconds'][name])} (measured: "
+    return (f"**Runtime**: CPU with the embedded default: {duration(data['cpu_seconds'][name])} (measured "
             f"{data['measured_on'][name]}). Colab T4 with `google/gemma-2b`: {data['t4_estimate'][name]} "
             f"(estimate; not "
             "run on a GPU).")

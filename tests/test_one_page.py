@@ -436,3 +436,23 @@ def test_the_install_cell_holds_colabs_torch_and_brings_what_differs(monkeypatch
     installs = [arg for arg in seen["cmd"] if "==" in arg]
     assert "torchao==0.17.0" in installs and not any(a.startswith("torch==") for a in installs)
     assert f"torch=={torch.__version__}" in seen["held"].split()
+
+
+@pytest.mark.parametrize("key", ["gemma", "gemma3", "gemma4"])
+@pytest.mark.parametrize("capability", [(7, 5), (8, 0)])
+def test_the_pages_dtype_rule_is_the_courses_for_each_generation(key, capability, tmp_path, monkeypatch):
+    """The compute-dtype cell on a T4 (7.5) and an A100 (8.0), faked at CUDA's boundary, for a model of each
+    Gemma generation: the dtype that gemmate_lib.generations gives (Gemma 3 and 4 overflow in fp16)."""
+    import torch
+    from tiny import make_generation_tokenizer, make_tiny_generation
+
+    from gemmate_lib.generations import GENERATIONS
+
+    make_tiny_generation(key, make_generation_tokenizer(key)).config.save_pretrained(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    namespace = {"model_name": str(tmp_path), "token": None, "torch": torch}
+    exec(_cell("compute_dtype, why"), namespace)
+    wanted = GENERATIONS[key].compute_dtype(native_bf16=capability[0] >= 8)
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    assert namespace["compute_dtype"] == dtypes[wanted]

@@ -19,6 +19,9 @@ DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders on Drive
 # Colab's CUDA builds, matched to its driver: pip may never replace them (GUIDE 7)
 HELD = ("torch", "torchvision", "torchaudio")
+# pins that matter only where the package is there: Colab preinstalls a torchao older than peft accepts, and
+# peft refuses it for LoRA on every 16-bit layer; a runtime without torchao needs none
+IF_PRESENT = ("torchao",)
 RUNTIME_DISK = Path("/content")  # the runtime's own disk: large and fast, gone with the runtime
 # what Colab reads from a notebook's metadata to open it on a GPU runtime, a T4 (the free one): every badge of
 # the course opens such a runtime (`make sync` and `make notebooks` keep these keys)
@@ -81,7 +84,8 @@ def install(repo_dir: str | Path, run=subprocess.run) -> str:
     "ready", or RESTART (also printed) when an upgraded package (torchao among them) was already imported."""
     requirements = Path(repo_dir) / "requirements-colab.txt"
     wanted = pins(requirements)
-    missing = sorted(name for name, pin in wanted.items() if installed_version(name) != pin)
+    missing = sorted(name for name, pin in wanted.items() if installed_version(name) != pin
+                     and (name not in IF_PRESENT or installed_version(name)))
     if not missing:
         print("the course's packages are installed (nothing to do)")
         return "ready"

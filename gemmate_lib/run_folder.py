@@ -53,9 +53,11 @@ def version_mismatches(newer: bool = False) -> list[str]:
         same_major = have.major == want.major
         return (have > want and same_major) if newer else (have < want or not same_major)
 
+    from gemmate_lib.colab import IF_PRESENT
+
     pinned = pins(repo_root() / "requirements-colab.txt")
     return [f"{name}: installed {installed}, pinned {pin}" for name, pin in pinned.items()
-            if misses(installed := installed_version(name), pin)]
+            if misses(installed := installed_version(name), pin) and (installed or name not in IF_PRESENT)]
 
 
 def git_revision() -> str:

@@ -174,11 +174,22 @@ def test_the_colab_requirements_never_touch_torch_jupyter_or_dev_tools():
         name: pin for name, pin in wanted.items() if name not in colab_only}  # the same pins as the course
 
 
-def test_install_brings_only_what_differs_and_holds_colabs_torch(tmp_path):
+def installed_package(folder: Path, name: str, version: str) -> Path:
+    """`folder` holding the metadata of `name` at `version`, as pip leaves an installed package: put on
+    sys.path, importlib.metadata finds it (a preinstalled package of Colab's, faked at its boundary)."""
+    info = folder / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return folder
+
+
+def test_install_brings_only_what_differs_and_holds_colabs_torch(tmp_path, monkeypatch):
     """Colab's torch is held at its build by a constraints file; only the pins that differ are installed, and
-    Colab's torchao (older than peft accepts) is one of them."""
+    Colab's torchao (older than peft accepts) is one of them; where torchao is absent, none is installed."""
     (tmp_path / "requirements-colab.txt").write_text(f"peft=={colab.installed_version('peft')}\n"
                                                      "torchao==0.17.0\n")
+    assert colab.install(tmp_path, run=lambda *a, **k: 1 / 0) == "ready"  # no torchao here: nothing to do
+    monkeypatch.syspath_prepend(str(installed_package(tmp_path / "site", "torchao", "0.10.0")))
     seen = {}
 
     def pip(cmd, **kwargs):

@@ -414,7 +414,7 @@ def test_the_adapter_is_kept_on_drive_and_flushed_in_colab(monkeypatch, tmp_path
     assert str(kept.parent) in capsys.readouterr().out
 
 
-def test_the_install_cell_holds_colabs_torch_and_brings_what_differs(monkeypatch):
+def test_the_install_cell_holds_colabs_torch_and_brings_what_differs(monkeypatch, tmp_path):
     """In Colab the cell installs only the pins that differ (Colab's torchao among them) and holds torch at
     the runtime's build with a constraints file, so pip can never replace it."""
     import subprocess
@@ -430,7 +430,10 @@ def test_the_install_cell_holds_colabs_torch_and_brings_what_differs(monkeypatch
         seen["held"] = Path(cmd[cmd.index("-c") + 1]).read_text() if "-c" in cmd else ""
         return types.SimpleNamespace(returncode=0)
 
+    from test_colab import installed_package
+
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.syspath_prepend(str(installed_package(Path(tmp_path), "torchao", "0.10.0")))  # Colab's
     monkeypatch.setattr(subprocess, "run", pip)
     exec("".join(code_cells()[0]["source"]), {})
     installs = [arg for arg in seen["cmd"] if "==" in arg]

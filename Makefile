@@ -14,7 +14,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench bench-head clean notebooks lab sync
+.PHONY: install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench profile bench-head clean notebooks lab sync
 
 install: $(STAMP)
 
@@ -116,7 +116,11 @@ else
 endif
 
 bench: embedded
-	$(OFFLINE) $(PY) benchmarks/sft_throughput.py
+	$(OFFLINE) $(PY) benchmarks/sft_throughput.py $(if $(ARMS),--arms $(ARMS))
+
+# One training step of the course default under torch.profiler: where the time goes, by operator group.
+profile: embedded
+	$(OFFLINE) $(PY) benchmarks/profile_step.py
 
 bench-head: embedded
 	$(OFFLINE) $(PY) benchmarks/lm_head.py

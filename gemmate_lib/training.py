@@ -253,8 +253,10 @@ def loss_log(trainer):
 
 
 def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], cfg: CourseConfig,
-                output_dir: str | Path, save: bool | None = False, callbacks=None) -> CourseSFTTrainer:
-    """The course's SFTTrainer on `model` (already wrapped with LoRA) and rows with a `text` field."""
+                output_dir: str | Path, save: bool | None = False, callbacks=None,
+                **extras) -> CourseSFTTrainer:
+    """The course's SFTTrainer on `model` (already wrapped with LoRA) and rows with a `text` field; `extras`
+    go to the SFTConfig (the benchmark's arms)."""
     import datasets
 
     from gemmate_lib.data import to_dataset
@@ -263,7 +265,7 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
     t = cfg.train
     set_seed(t.seed)
     return CourseSFTTrainer(
-        model=model, args=training_args(cfg, output_dir, has_eval=bool(eval_rows), save=save),
+        model=model, args=training_args(cfg, output_dir, has_eval=bool(eval_rows), save=save, **extras),
         train_dataset=to_dataset(train_rows, tokenizer, t.completion_only_loss),
         eval_dataset=to_dataset(eval_rows, tokenizer, t.completion_only_loss) if eval_rows else None,
         processing_class=tokenizer, fast_loss=cfg.train.fast_loss and world()[1] == 1, callbacks=callbacks,

@@ -2,7 +2,8 @@
 serve on 127.0.0.1, real HTTP requests, bad ones refused.
 
 The model is really trained (10 steps on the embedded Gemma 3 270M, enough for the
-`Author:` line on the standard prompts to appear) and really served; every wait is bounded.
+`Author:` line on the standard prompts to appear: the shared `quick_run`) and really served; every wait is
+bounded.
 """
 import json
 import subprocess
@@ -40,21 +41,18 @@ def test_bad_requests_are_refused_with_what_to_send(tmp_path):
 
 
 @pytest.mark.slow
-def test_gemmate_serve_answers_a_quote_with_an_author_over_http(tmp_path):
+def test_gemmate_serve_answers_a_quote_with_an_author_over_http(quick_run, tmp_path):
+    import shutil
+
     import httpx
     from openai import BadRequestError, OpenAI
 
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
     from gemmate_lib.generation import STANDARD_PROMPTS
     from gemmate_lib.models import prepare_embedded
 
     run = tmp_path / "run"
-    assert run_cli(main,
-                   ["train", "--max_length", "48", "--batch_size", "4", "--max_steps", "10",
-                    "--val_steps_freq", "0",
-                          "--keep_best_n", "0", "--save_strategy", "no", "--eval_fraction", "0.03",
-                          "--output_dir", str(run)]) == 0
+    # serve writes merged/ into the run folder: a copy of the shared one
+    shutil.copytree(quick_run, run, ignore=shutil.ignore_patterns("checkpoint-*"))
     base = tmp_path / "base"
     base.mkdir()
     (base / "merged").symlink_to(prepare_embedded(verbose=False))  # the untrained model, as a second "run"

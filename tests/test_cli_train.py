@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from processes import QUICK, ROOT, gemmate
+from processes import QUICK, ROOT
 
 from gemmate_lib.errors import run_cli
 
@@ -33,8 +33,11 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path, tiny_folder):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((ddp / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["digest"] == ranks[1]["digest"]
-    single = tmp_path / "single"
-    gemmate("train", *common, "--gradient_accumulation_steps", "2", "--output_dir", str(single))
+    single = tmp_path / "single"  # in this process: a third interpreter would only import the stack again
+    from gemmate_lib.cli.main import main
+
+    assert run_cli(main, ["train", *common, "--gradient_accumulation_steps", "2",
+                          "--output_dir", str(single)]) == 0
     a = load_file(ddp / "adapter" / "adapter_model.safetensors")
     b = load_file(single / "adapter" / "adapter_model.safetensors")
     import torch
@@ -53,18 +56,21 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path, tiny_folder):
 
 
 @pytest.mark.slow
-def test_train_keeps_the_policys_checkpoints_then_generate_and_evaluate_read_the_adapter(tmp_path, capsys):
-    """One real `gemmate train` (in this process), then `generate` and `evaluate` on its output folder."""
+def test_train_keeps_the_policys_checkpoints_then_generate_and_evaluate_read_the_adapter(quick_run, tmp_path,
+                                                                                         capsys):
+    """One real `gemmate train` (in this process: the shared `quick_run`, 10 steps, last and best kept), then
+    `generate` and `evaluate` on a copy of its output folder."""
+    import shutil
+
     from gemmate_lib.cli.main import main
 
     out = tmp_path / "run"
-    assert run_cli(main, ["train", *QUICK, "--max_steps", "6", "--output_dir", str(out), "--keep_last_n", "1",
-                          "--keep_best_n", "1"]) == 0
+    shutil.copytree(quick_run, out)
     metrics = json.loads((out / "train_metrics.json").read_text())
-    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    state = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())
     evals = {e["step"]: e["eval_loss"] for e in state["log_history"] if "eval_loss" in e}
-    assert sorted(evals) == [2, 4, 6]
-    expected = sorted({6, min(evals, key=evals.get)})
+    assert sorted(evals) == [2, 4, 6, 8, 10]
+    expected = sorted({10, min(evals, key=evals.get)})
     assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == expected
     assert metrics["checkpoints_kept"] == [f"checkpoint-{s}" for s in expected]
     assert (out / "adapter" / "adapter_model.safetensors").exists()

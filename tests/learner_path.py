@@ -151,22 +151,23 @@ def colab_site(folder: Path) -> tuple[str, dict[str, str]]:
     return python, env
 
 
-def colab_kernel(jupyter_dir: Path, python: str | None = None, env: dict[str, str] | None = None) -> str:
-    """A kernelspec whose kernel starts like Colab's: google.colab imported, Colab's shell class, no installed
-    course. Its Python is `python` (colab_site), else GEMMATE_KERNEL_PYTHON (make colab-replica: Colab's own
-    packages), else this one; `env` adds to its environment."""
-    spec = jupyter_dir / "kernels" / "colab-like"
+def colab_kernel(jupyter_dir: Path, python: str | None = None, env: dict[str, str] | None = None,
+                 name: str = "colab-like") -> str:
+    """A kernelspec `name` whose kernel starts like Colab's: google.colab imported, Colab's shell class, no
+    installed course. Its Python is `python` (colab_site), else GEMMATE_KERNEL_PYTHON (make colab-replica:
+    Colab's own packages), else this one; `env` adds to its environment."""
+    spec = jupyter_dir / "kernels" / name
     spec.mkdir(parents=True, exist_ok=True)
     start = "import google.colab; from ipykernel.kernelapp import launch_new_instance; launch_new_instance()"
     python = python or os.environ.get("GEMMATE_KERNEL_PYTHON", sys.executable)
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [python, "-c", start, "--IPKernelApp.kernel_class=google.colab._kernel.Kernel",
                  "-f", "{connection_file}"],
-        "display_name": "Colab-like (smoke run)", "language": "python",
+        "display_name": f"Colab-like ({name})", "language": "python",
         # a PYTHONPATH already set (make gpu-smoke's folder of carried packages) stays behind the runtime
         "env": {"PYTHONPATH": os.pathsep.join(filter(None, [str(RUNTIME), os.environ.get("PYTHONPATH")])),
                 **(env or {})}}))
-    return "colab-like"
+    return name
 
 
 def run(run_dir: Path, notebooks: list[Path] | None = None, profile: str = "gpu") -> dict[str, dict]:

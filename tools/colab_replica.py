@@ -13,7 +13,8 @@ Then it runs, as Colab does, each from Colab's state (the venv is reset to it be
 - the ordered notebooks' install cell (`gemmate_lib.colab.install`), with `google.colab` importable;
 - the one-page recipe's install cell;
 - the learner's-path smoke run (tests/learner_path.py) with `.venv-colab`'s Python as the Colab-like kernel;
-- the one-page recipe on the embedded default, in the same kernel.
+- the one-page recipe on the embedded default, in the same kernel;
+- the one-page recipe on a tiny random Gemma 1, 3 and 4 (the `generations` tests), in the same kernel.
 It prints a table (step, result, seconds) and what pip changed from Colab's set (upgrades, downgrades,
 additions, and `pip check`'s conflicts), and writes both, with the snapshot's date, into
 docs/compatibility.md beside `make drift`'s table. Not part of `make test`: it downloads several GB once.
@@ -277,6 +278,30 @@ def step_one_page(state: dict, log) -> tuple[bool, str]:
         os.environ.update(saved)
 
 
+def step_generations(state: dict, log) -> tuple[bool, str]:
+    """The one-page recipe on a tiny random Gemma 1, 3 and 4 (tests/test_generations_one_page.py, marker
+    `generations`), each in a Colab-like kernel on .venv-colab after the install cell (JUPYTER_PATH puts
+    that kernel under the name the test asks for)."""
+    reset(state, log)
+    ok, last = run_python(install_cell("00_setup.ipynb"), log)
+    if not ok:
+        return False, f"install cell: {last}"
+    sys.path.insert(0, str(ROOT / "tests"))
+    from learner_path import colab_kernel
+
+    jupyter = VENV / "jupyter-generations"
+    colab_kernel(jupyter, str(VENV / "bin" / "python"), name="python3")
+    log.write("\n$ pytest -m generations tests/test_generations_one_page.py (kernel: .venv-colab)\n")
+    log.flush()
+    test = str(ROOT / "tests" / "test_generations_one_page.py")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
+                           "generations", test], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **OFFLINE, "JUPYTER_PATH": str(jupyter)})
+    log.write(proc.stdout + proc.stderr)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    return proc.returncode == 0, " ".join((lines[-1:] or [""])[0].split())[:200]
+
+
 def write_doc(rows: list[tuple[str, str, float, str]], report: dict, state: dict) -> str:
     source = json.loads((SNAPSHOT / "SOURCE.json").read_text())
     lines = [BEGIN, "## Colab's published runtime (`make colab-replica`)", "",
@@ -336,7 +361,8 @@ def main(argv=None) -> int:
                   lambda: step_install("the one-page recipe's install cell",
                                        install_cell("qlora_one_runtime.ipynb"), state, log, report)),
                  ("learner's-path smoke run (tiny Gemma 1, every notebook)", lambda: step_smoke(state, log)),
-                 ("one-page recipe on the embedded default", lambda: step_one_page(state, log))]
+                 ("one-page recipe on the embedded default", lambda: step_one_page(state, log)),
+                 ("one-page recipe on tiny Gemma 1, 3 and 4", lambda: step_generations(state, log))]
         rows, report = [], {}
         for name, step in steps:
             start = time.time()

@@ -73,22 +73,25 @@ def checkpointing_agreement(model, batch: dict, tolerance: float = 1e-3) -> Verd
     """The training-mode loss equals itself with gradient checkpointing on (same seed and batch)."""
     base = getattr(model, "get_base_model", lambda: model)()
     was_on, was_training = getattr(base, "is_gradient_checkpointing", False), model.training
+    # transformers 5 names it activation checkpointing; gradient_checkpointing_* before (deprecated in 5)
+    enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
+    disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
     model.train()
     try:
         losses = []
         for on in (False, True):
             if on:
-                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                enable({"use_reentrant": False})  # the kwargs, positional under either name
             else:
-                base.gradient_checkpointing_disable()
+                disable()
             torch.manual_seed(0)
             with torch.enable_grad():
                 losses.append(float(_loss(model, batch).detach()))
     finally:
         if was_on:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable({"use_reentrant": False})  # the kwargs, positional under either name
         else:
-            base.gradient_checkpointing_disable()
+            disable()
         model.train(was_training)
     diff = abs(losses[0] - losses[1]) / max(abs(losses[0]), 1e-6)
     return Verdict(

@@ -17,6 +17,7 @@ What a Colab T4 learner runs, except the device and the model size:
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -177,10 +178,25 @@ def run(run_dir: Path, notebooks: list[Path] | None = None, profile: str = "gpu"
 
     saved = os.environ.copy()  # the GPU profile is for the notebooks' kernels only: restored at the end
     try:
-        return _run(run_dir, notebooks, profile)
+        with colab_content():
+            return _run(run_dir, notebooks, profile)
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def colab_content():
+    """Colab's /content, which the Colab-like kernel's Google Drive stand-in writes into (the course mounts
+    Drive at /content/drive): removed afterwards when it was not there before, so that a run leaves this
+    machine as it found it."""
+    content = Path("/content")
+    existed = content.exists()
+    try:
+        yield
+    finally:
+        if not existed:
+            shutil.rmtree(content, ignore_errors=True)
 
 
 def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu") -> dict[str, dict]:

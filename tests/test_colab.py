@@ -265,7 +265,10 @@ def test_install_is_harmless_to_rerun_and_says_when_to_restart(tmp_path, monkeyp
 
 
 def test_drive_is_the_default_run_folder_on_colab_and_declining_it_is_explained(fake_colab, monkeypatch,
-                                                                                capsys):
+                                                                                capsys, tmp_path):
+    # Colab's /content, here a fresh folder: this machine's own /content (if any) plays no part
+    monkeypatch.setattr(colab, "DRIVE", tmp_path / "drive")
+    monkeypatch.setattr(colab, "DRIVE_RUNS", tmp_path / "drive" / "MyDrive" / "gemmate" / "runs")
     assert colab.default_run_dir("03", mount=lambda path: None) == colab.DRIVE_RUNS / "03"
 
     def decline(path):

@@ -364,9 +364,13 @@ def main(argv=None) -> int:
                  ("one-page recipe on the embedded default", lambda: step_one_page(state, log)),
                  ("one-page recipe on tiny Gemma 1, 3 and 4", lambda: step_generations(state, log))]
         rows, report = [], {}
+        sys.path.insert(0, str(ROOT / "tests"))
+        from learner_path import colab_content
+
         for name, step in steps:
             start = time.time()
-            ok, why = step()
+            with colab_content():  # the Drive stand-in's /content goes again after each step
+                ok, why = step()
             rows.append((name, "pass" if ok else "fail", time.time() - start, why))
             print(f"{name:58} {'pass' if ok else 'FAIL: ' + why} ({time.time() - start:.0f} s)", flush=True)
         reset(state, log)

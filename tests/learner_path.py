@@ -146,7 +146,10 @@ def colab_site(folder: Path) -> tuple[str, dict[str, str]]:
                           capture_output=True, text=True, check=True).stdout.strip()
     (Path(site) / "colab-like-runtime.pth").write_text(
         f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
-    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+           # llama.cpp's converter stays where `make install` put it (gemmate_lib.export looks in sys.prefix,
+           # which is now this venv's): docs/export.md sets the same variable in Colab
+           "GEMMATE_CONVERTER": str(Path(sys.prefix) / "llama-convert")}
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", f"torchao=={colab_torchao}"],
                    check=True, env={**os.environ, **env})
     return python, env

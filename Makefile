@@ -58,7 +58,7 @@ test-fast: lint
 	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not canary" tests
 
 unit: embedded
-	$(OFFLINE) $(PY) -m pytest -q --durations=5 -m "not canary" tests
+	$(OFFLINE) $(PY) -m pytest -q --durations=5 -m "not canary and not long" tests
 
 # nbval runs with a fake HF_TOKEN (tests/canary.py); the canary test then scans the run folder for it.
 # nbval cannot pass parameters: the one-page notebook runs as a copy in runs/nbval with its committed outputs and

@@ -156,8 +156,9 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
     elif quantization != "none":
         raise ModelLoadError(f"quantization={quantization!r} is not known", 'use "nf4" or "none"')
     try:
+        attention = text_attention(attn_implementation)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.dtype,
-                                                     attn_implementation=attn_implementation, **kwargs)
+                                                     attn_implementation=attention, **kwargs)
     except Exception as err:  # noqa: BLE001 - mapped to a clear message
         raise hub_error(model_name, err) from err
     if quantization == "none" and precision.device == "cuda":
@@ -165,6 +166,15 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
     if quantization == "nf4" and precision.device == "cpu":
         keep_nf4_as_loaded(model)
     return model
+
+
+def text_attention(attn_implementation: str) -> dict:
+    """The attention kernel, set for the model and its text model only: a multimodal checkpoint (Gemma 4's
+    load as Gemma4ForConditionalGeneration, with vision and audio towers) then lets transformers pick each
+    tower's own kernel. Gemma 4's audio tower has no SDPA: asked for everywhere, its load stopped with
+    "Gemma4AudioModel does not support ... scaled_dot_product_attention". A text-only model has no
+    text_config and takes the first entry."""
+    return {"": attn_implementation, "text_config": attn_implementation}
 
 
 def keep_nf4_as_loaded(model) -> None:

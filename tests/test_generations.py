@@ -45,6 +45,18 @@ def test_each_folder_is_its_generation(tiny_generation):
     assert generation_of(str(folder)).key == key
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_the_courses_loader_loads_each_generation_with_the_chosen_kernel_on_its_text_model(
+        tiny_generation, fp32, attn):
+    """01, 03 and `gemmate train` load through load_model with attn_implementation="sdpa": Gemma 4's audio
+    tower has no SDPA, and asked for it everywhere, its load stopped."""
+    from gemmate_lib.models import load_model
+
+    key, folder = tiny_generation
+    model = load_model(str(folder), fp32, attn_implementation=attn)
+    assert model.config.get_text_config()._attn_implementation == attn
+
+
 @pytest.mark.parametrize(
     "model_name, key",
     [

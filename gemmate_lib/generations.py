@@ -102,7 +102,8 @@ GEMMA_4 = Generation(
     turn_start="<|turn>",
     turn_end="<turn|>",
     shipped_template="gemma4_v5.jinja",
-    gguf="supported (Gemma4Model: the text model; the towers go to a separate mmproj file)",
+    gguf=("supported (Gemma4Model: the text model; the towers go to a separate mmproj file; under "
+          "transformers 5.23 with converter_shim)"),
     arch=dict(
         vocab=262_144,
         hidden=1536,

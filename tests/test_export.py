@@ -201,3 +201,38 @@ def test_gemma_1_gets_the_bases_sentencepiece_file_or_one_line_before_converting
             export.sentencepiece_vocab(hf, nowhere)
         assert "tokenizer.model" in one_line(err.value) and "\n" not in one_line(err.value)
     assert not (hf / "tokenizer.model").exists()
+
+
+@pytest.mark.slow
+def test_a_gemma_4_saved_by_this_transformers_converts_and_generates_in_llama_cpp_as_transformers(tmp_path):
+    """A Gemma 4 (the multimodal wrapper the Hub's checkpoints load as, tiny and random, with the
+    embedded Gemma SentencePiece vocabulary) saved by the pinned transformers: the pinned converter read
+    `global_head_dim`, which that config no longer carries, and stopped with a KeyError. llama.cpp then
+    loads the 16-bit file and its greedy tokens are transformers' own."""
+    import torch
+    from tiny import make_tiny_generation
+
+    from gemmate_lib.models import load_tokenizer
+
+    tokenizer = load_tokenizer("embedded")
+    model = make_tiny_generation("gemma4", tokenizer)
+    folder = tmp_path / "tiny-gemma4"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    shutil.copy(f"{tokenizer.name_or_path}/tokenizer.model", folder / "tokenizer.model")
+    export.convert(folder, tmp_path / "model-f16.gguf")
+
+    prompt = "Quote: Imagination is more"
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        new = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    expected = new[0, ids.input_ids.shape[1]:].tolist()
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "model-f16.gguf"), n_ctx=64, verbose=False)
+    tokens = llm.tokenize(prompt.encode(), add_bos=True)
+    got = []
+    for token in llm.generate(tokens, top_k=1, temp=0.0):
+        got.append(token)
+        if len(got) == 4:
+            break
+    llm.close()
+    assert got == expected

@@ -70,12 +70,18 @@ def notebooks_in_order() -> list[Path]:
     return [p for p in every if p.name[:2].isdigit()] + [p for p in every if not p.name[:2].isdigit()]
 
 
-def without_the_course(nb: Path):
-    """`nb` with NO_COURSE_PROBE as its last cell, for a notebook that imports nothing of the course."""
+def with_cells(nb: Path, last: str | None = None, after: list[tuple[str, str]] = ()):
+    """`nb` with `last` appended as its last code cell (NO_COURSE_PROBE for a notebook that imports nothing of
+    the course) and each (marker, source) of `after` inserted right after the first code cell whose source
+    holds marker (make gpu-smoke's probes: after `trainer.train()`, before the notebook frees the trainer)."""
     import nbformat
 
     node = nbformat.read(nb, as_version=4)
-    node.cells.append(nbformat.v4.new_code_cell(NO_COURSE_PROBE))
+    for marker, source in after:
+        at = next(i for i, c in enumerate(node.cells) if c.cell_type == "code" and marker in c.source)
+        node.cells.insert(at + 1, nbformat.v4.new_code_cell(source))
+    if last:
+        node.cells.append(nbformat.v4.new_code_cell(last))
     return node
 
 
@@ -188,16 +194,17 @@ def colab_kernel(jupyter_dir: Path, python: str | None = None, env: dict[str, st
 
 
 def run(run_dir: Path, notebooks: list[Path] | None = None, profile: str = "gpu",
-        generation: str = "gemma") -> dict[str, dict]:
+        generation: str = "gemma", probes: dict[str, list] | None = None) -> dict[str, dict]:
     """Run every notebook; {name: {"seconds", "status"}}. Stops at the first failure, like `make course`.
     `profile`: GEMMATE_PROFILE for the kernels: "gpu" (the GPU's own precision) or "t4" (fp16, make
     gpu-smoke). `generation`: the tiny model's Gemma generation, "gemma" (Gemma 1 with the embedded
-    tokenizer), "gemma3" or "gemma4" (tiny_generation)."""
+    tokenizer), "gemma3" or "gemma4" (tiny_generation). `probes`: {notebook stem: [(marker, source)]}, cells
+    run in its kernel right after its first cell that holds marker (make gpu-smoke's checks, with_cells)."""
 
     saved = os.environ.copy()  # the GPU profile is for the notebooks' kernels only: restored at the end
     try:
         with colab_content():
-            return _run(run_dir, notebooks, profile, generation)
+            return _run(run_dir, notebooks, profile, generation, probes or {})
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -218,7 +225,7 @@ def colab_content():
 
 
 def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
-         generation: str = "gemma") -> dict[str, dict]:
+         generation: str = "gemma", probes: dict[str, list] | None = None) -> dict[str, dict]:
     import papermill as pm
     from canary import CANARY
 
@@ -263,7 +270,10 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
             params.update(max_start_loss=1.2, keep_on_drive=False)
         start, status = time.time(), "pass"
         try:
-            pm.execute_notebook(without_the_course(nb) if standalone else str(nb), str(run_dir / nb.name),
+            cells = {"last": NO_COURSE_PROBE if standalone else None,
+                     "after": (probes or {}).get(nb.stem, [])}
+            pm.execute_notebook(with_cells(nb, **cells) if any(cells.values()) else str(nb),
+                                str(run_dir / nb.name),
                                 parameters=params,
                                 cwd=str(nb.parent), kernel_name=kernel, progress_bar=False)
         except pm.PapermillExecutionError as err:

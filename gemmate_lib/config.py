@@ -322,12 +322,15 @@ def validate(flat: dict) -> None:
 
 def _check_paths(flat: dict) -> None:
     """Files that must exist do; the output folder can be written."""
-    dataset = flat["dataset"]
+    from gemmate_lib.colab import uploaded
+
+    dataset = uploaded(flat["dataset"])  # in Colab, a file uploaded with the file browser lands in /content
     if dataset.endswith((".jsonl", ".csv", ".json")) and not Path(dataset).is_file():
         folder = " (it is a folder)" if Path(dataset).is_dir() else ""
         raise ParameterError(f"parameter dataset={dataset!r}: no such file" + folder,
                              "check the path (relative paths start at the notebook's "
-                             "or command's folder), or use dataset='embedded'")
+                             "or command's folder; in Colab also /content, where the file browser puts an "
+                             "upload), or use dataset='embedded'")
     folder = Path(flat["output_dir"]).expanduser().absolute()
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):

@@ -106,6 +106,9 @@ class QuoteData:
 
 
 def _read_embedded() -> list[dict]:
+    from gemmate_lib.colab import install_embedded
+
+    install_embedded("inspirational_quotes")  # Colab, a GPU runtime: the install cell left it out
     try:
         text = resources.files("inspirational_quotes").joinpath("quotes.json").read_text(encoding="utf-8")
     except ModuleNotFoundError as err:
@@ -336,6 +339,9 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
                 max_length: int | None = None) -> QuoteData:
     """Load, clean (clean_rows) and split quotes from "embedded", a Hub id or a .jsonl/.csv/.json path.
     Duplicates are dropped before the split, so no held-out quote appears in training."""
+    from gemmate_lib.colab import uploaded
+
+    dataset = uploaded(dataset)  # in Colab, a file uploaded with the file browser lands in /content
     if dataset == EMBEDDED:
         rows, name = _read_embedded(), "inspirational-quotes (embedded, offline)"
     elif dataset.endswith((".jsonl", ".csv", ".json")) or Path(dataset).exists():

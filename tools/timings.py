@@ -69,7 +69,7 @@ def install_cell(repo: str | None = None) -> str:
     `sys.path`, so a child process needs PYTHONPATH (`hf_token.subprocess_env`). A notebook
     opened inside a checkout (papermill, the smoke run) uses that checkout instead of cloning.
     A failed clone stops the cell with one line, instead of an import error in the next one.
-    `colab.install` skips what is installed and says when the runtime must restart.
+    `colab.start` skips what is installed and stops the notebook when the runtime must restart.
     """
     from gemmate_lib.colab import CLONE, COURSE_REPO
 
@@ -90,7 +90,7 @@ if "google.colab" in sys.modules:
                              "Fix: check the address, or clone the course into {CLONE} yourself")
     sys.path.insert(0, home)  # the course is imported from this folder
     from gemmate_lib import colab
-    colab.install(home)  # says so if the runtime must restart once (Runtime > Restart session)
+    colab.start(home)  # stops here if the runtime must restart once (Runtime > Restart session)
     os.chdir(os.path.join(home, "notebooks"))"""
 
 

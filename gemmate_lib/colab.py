@@ -195,6 +195,7 @@ def remember_model(run_dir: str | Path, model_name: str | None) -> str:
     if not model_name:
         return ("no model chosen: each notebook's profile decides (set model_name in the parameters cell to "
                 "choose one for 01-07)")
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_json(path, {"model_name": model_name})
     return (f"01-07 will run {model_name} (kept in {show_path(path)}; a notebook's own model_name "
             "parameter overrides it; delete the file to let the profile decide again)")

@@ -1,0 +1,70 @@
+"""One place to choose the model: 00_setup keeps a model named in its parameters in the run folder (on Google
+Drive in Colab), 01-07 run it when their own `model_name` is None, and a notebook's own parameter wins (a
+papermill `-p model_name ...` included). Before, switching models meant editing eight parameter cells."""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from gemmate_lib import colab
+from gemmate_lib.errors import ParameterError
+
+ROOT = Path(__file__).resolve().parents[1]
+LATER = sorted((ROOT / "notebooks").glob("0[1-7]_*.ipynb"))
+
+
+@pytest.fixture()
+def lesson(tmp_path, monkeypatch):
+    """The lesson's run folder, as `make course` or a learner's session names it."""
+    folder = tmp_path / "runs" / "interactive"
+    folder.mkdir(parents=True)
+    monkeypatch.setenv("GEMMATE_RUN_DIR", str(folder))
+    return folder
+
+
+def test_the_model_named_in_00_is_run_by_later_notebooks_and_their_own_parameter_wins(lesson, tmp_path, capsys):
+    assert colab.chosen_model(None) is None  # nothing chosen: the profile decides
+    assert "profile decides" in colab.remember_model(lesson, None)
+    assert not (lesson / colab.MODEL_CHOICE).exists()  # None keeps nothing
+
+    colab.remember_model(lesson, "google/gemma-3-1b-pt")  # 00 with model_name = "google/gemma-3-1b-pt"
+    assert colab.chosen_model(None) == "google/gemma-3-1b-pt"
+    assert "chosen in 00_setup" in capsys.readouterr().out  # the notebook says where the model came from
+    assert colab.chosen_model("google/gemma-2b") == "google/gemma-2b"  # a notebook's own parameter wins
+
+    exercise = tmp_path / "runs" / "ex03_1"  # an exercise's own run folder: the lesson's choice
+    assert colab.chosen_model(None, exercise) == "google/gemma-3-1b-pt"
+    colab.remember_model(exercise, "embedded")  # a run folder's own choice comes first
+    assert colab.chosen_model(None, exercise) == "embedded"
+
+    (lesson / colab.MODEL_CHOICE).write_text("google/gemma-2b")  # hand-edited into something else
+    with pytest.raises(ParameterError, match="model choice"):
+        colab.chosen_model(None)
+
+
+def _setup_until_config(notebook: Path) -> tuple[str, str]:
+    """The parameters cell, and the notebook's setup code up to its first `cfg = course_config(...)`."""
+    cells = json.loads(notebook.read_text())["cells"]
+    params = next("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+    for cell in cells:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and "cfg = course_config(" in source:
+            kept = []
+            for node in ast.parse(source).body:
+                kept.append(node)
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "cfg" for t in node.targets):
+                    return params, ast.unparse(ast.Module(body=kept, type_ignores=[]))
+    raise AssertionError(f"{notebook.name} has no cfg = course_config(...)")
+
+
+@pytest.mark.parametrize("notebook", LATER, ids=lambda p: p.stem)
+def test_each_later_notebook_configures_the_model_chosen_in_00(notebook, lesson, tiny_folder, capsys):
+    colab.remember_model(lesson, str(tiny_folder))  # 00 with model_name = a local folder (the tiny Gemma)
+    params, setup = _setup_until_config(notebook)
+    for given, runs in ((None, str(tiny_folder)), ("embedded", "embedded")):  # None: 00's; a parameter wins
+        scope = {}
+        exec(params, scope)
+        scope["model_name"] = given
+        exec(setup, scope)
+        assert scope["cfg"].model.model_name == runs, (notebook.name, given)

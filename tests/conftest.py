@@ -8,6 +8,7 @@
   runs), run in `make test` only. A test that asks for a real fixture is marked slow here.
 """
 import os
+from pathlib import Path
 
 # Nothing here can reach the Hub: fail at once instead of retrying for ~30 s.
 # (Set before huggingface_hub is imported, which reads it once.)
@@ -50,16 +51,133 @@ def tiny_tokenizer():
 
 @pytest.fixture()
 def tiny_model(tiny_tokenizer):
+    """A fresh tiny Gemma 3 (seed 0) for a test that may change it."""
     return make_tiny_gemma(tiny_tokenizer)
 
 
 @pytest.fixture()
+def new_tiny_model(tiny_tokenizer):
+    """The one builder as a fixture, for a test that needs a second fresh base: `new_tiny_model(seed=0)`."""
+    return lambda seed=0: make_tiny_gemma(tiny_tokenizer, seed)
+
+
+@pytest.fixture(scope="session")
 def tiny_folder(tiny_tokenizer, tmp_path_factory):
-    """The tiny model and tokenizer saved as a model folder (what load_model / load_tokenizer take)."""
+    """The tiny model and tokenizer saved once as a model folder (what load_model / load_tokenizer take).
+    Session-wide and read only: a test that writes next to it uses its own tmp_path."""
     folder = tmp_path_factory.mktemp("tiny") / "tiny-gemma"
     make_tiny_gemma(tiny_tokenizer).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def generation_folder(tmp_path_factory):
+    """`generation_folder(key)`: a tiny random model of Gemma generation `key` ("gemma", "gemma3", "gemma4")
+    with its tokenizer, saved once per session (read only)."""
+    from tiny import make_generation_tokenizer, make_tiny_generation
+
+    saved = {}
+
+    def folder(key: str):
+        if key not in saved:
+            path = tmp_path_factory.mktemp(f"tiny-{key}") / key
+            tokenizer = make_generation_tokenizer(key)
+            make_tiny_generation(key, tokenizer).save_pretrained(path)
+            tokenizer.save_pretrained(path)
+            saved[key] = path
+        return saved[key]
+
+    return folder
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch):
+    """CUDA faked at torch's boundary: `fake_gpu((7, 5))` is one T4 (compute capability 7.5, 15 GiB,
+    is_bf16_supported() True as torch says on a T4), `fake_gpu((8, 0), count=2)` two A100s, `fake_gpu(None)`
+    a machine without a GPU. Only torch.cuda's answers are faked; the course's own checks run as they are."""
+    import types
+
+    def fake(capability=(7, 5), *, count: int = 1, name: str | None = None, memory_gib: float = 15):
+        if capability is None:
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+            monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+            return
+        name = name or ("Tesla T4" if tuple(capability) < (8, 0) else "NVIDIA A100")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: tuple(capability))
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(
+            name=name, major=capability[0], minor=capability[1], total_memory=int(memory_gib * 2**30)))
+
+    return fake
+
+
+class _NotebookAccessError(Exception):
+    pass
+
+
+class _SecretNotFoundError(Exception):
+    pass
+
+
+@pytest.fixture()
+def fake_colab(monkeypatch, tmp_path):
+    """A Colab runtime faked at its boundary, the `google.colab` module: `userdata.get` returns
+    `fake_colab.secret` (None: no such secret; an exception: raised), `drive.mount(path)` creates
+    path/MyDrive and records the path in `fake_colab.mounted`, `drive.flush_and_unmount()` appends to
+    `fake_colab.flushed`. No HF_TOKEN in the environment and no saved login, so the secret is the token.
+    `fake_colab.leave()` and `fake_colab.enter()` take a test out of the runtime and back in."""
+    import sys
+    import types
+
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _auth
+
+    state = types.SimpleNamespace(secret=None, mounted=[], flushed=[],
+                                  NotebookAccessError=_NotebookAccessError,
+                                  SecretNotFoundError=_SecretNotFoundError)
+
+    def get(name):
+        if isinstance(state.secret, Exception):
+            raise state.secret
+        if state.secret is None:
+            raise _SecretNotFoundError(name)
+        return state.secret
+
+    def mount(path, **kwargs):
+        state.mounted.append(str(path))
+        (Path(path) / "MyDrive").mkdir(parents=True, exist_ok=True)
+
+    google = types.ModuleType("google")
+    colab = types.ModuleType("google.colab")
+    userdata = types.ModuleType("google.colab.userdata")
+    userdata.get, userdata.NotebookAccessError, userdata.SecretNotFoundError = (get, _NotebookAccessError,
+                                                                                 _SecretNotFoundError)
+    drive = types.ModuleType("google.colab.drive")
+    drive.mount, drive.flush_and_unmount = mount, lambda **kwargs: state.flushed.append("flushed")
+    errors = types.ModuleType("google.colab.errors")
+    errors.Error = RuntimeError
+    google.colab, colab.userdata, colab.drive, colab.errors = colab, userdata, drive, errors
+
+    def enter():
+        for module in (google, colab, userdata, drive, errors):
+            monkeypatch.setitem(sys.modules, module.__name__, module)
+
+    def leave():
+        for module in (google, colab, userdata, drive, errors):
+            monkeypatch.delitem(sys.modules, module.__name__, raising=False)
+
+    state.enter, state.leave = enter, leave
+    enter()
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+    monkeypatch.setattr(_auth, "_IS_GOOGLE_COLAB_CHECKED", False)  # huggingface_hub reads the secret once
+    monkeypatch.setattr(_auth, "is_google_colab", lambda: True)
+    return state
 
 
 @pytest.fixture()

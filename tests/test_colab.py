@@ -16,47 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE = "hf_" + "COLABcolab" * 3 + "0000"  # built at run time: not a token-shaped literal in the repo
 
 
-class NotebookAccessError(Exception):
-    pass
-
-
-class SecretNotFoundError(Exception):
-    pass
-
-
 @pytest.fixture()
-def fake_colab(monkeypatch, tmp_path):
-    """A `google.colab` module whose userdata.get does what the test sets in `fake.secret`."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import _auth
-
-    state = types.SimpleNamespace(secret=FAKE, mounted=[])
-
-    def get(name):
-        if isinstance(state.secret, Exception):
-            raise state.secret
-        if state.secret is None:
-            raise SecretNotFoundError(name)
-        return state.secret
-
-    userdata = types.SimpleNamespace(get=get, NotebookAccessError=NotebookAccessError,
-                                     SecretNotFoundError=SecretNotFoundError)
-    google = types.ModuleType("google")
-    google_colab = types.ModuleType("google.colab")
-    google_colab.userdata = userdata
-    google.colab = google_colab
-    errors = types.ModuleType("google.colab.errors")
-    errors.Error = RuntimeError
-    monkeypatch.setitem(sys.modules, "google", google)
-    monkeypatch.setitem(sys.modules, "google.colab", google_colab)
-    monkeypatch.setitem(sys.modules, "google.colab.userdata", userdata)
-    monkeypatch.setitem(sys.modules, "google.colab.errors", errors)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
-    monkeypatch.setattr(_auth, "_IS_GOOGLE_COLAB_CHECKED", False)  # huggingface_hub reads the secret once
-    monkeypatch.setattr(_auth, "is_google_colab", lambda: True)
-    return state
+def fake_colab(fake_colab):
+    """conftest's Colab runtime, with the learner's HF_TOKEN secret added."""
+    fake_colab.secret = FAKE
+    return fake_colab
 
 
 def test_the_colab_secret_is_the_token_and_reaches_a_subprocess(fake_colab):
@@ -65,15 +29,16 @@ def test_the_colab_secret_is_the_token_and_reaches_a_subprocess(fake_colab):
     assert hf_token.subprocess_env()["HF_TOKEN"] == FAKE  # a child process has no kernel to ask Colab
 
 
-@pytest.mark.parametrize("secret, words", [(NotebookAccessError("declined"), "was refused access"),
+@pytest.mark.parametrize("secret, words", [("refused", "was refused access"),
                                            (None, "no secret named HF_TOKEN"),
-                                           (RuntimeError("vault broke"),
-                                            "could not read the HF_TOKEN secret")])
+                                           ("broken", "could not read the HF_TOKEN secret")])
 def test_each_colab_secret_failure_has_its_own_message(fake_colab, secret, words):
     from gemmate_lib.models import resolve_model
 
+    secret = {"refused": fake_colab.NotebookAccessError("declined"), "broken": RuntimeError("vault broke"),
+              None: None}[secret]
     fake_colab.secret = secret
-    with pytest.warns() if isinstance(secret, (NotebookAccessError, RuntimeError)) else _nothing():
+    with pytest.warns() if secret is not None else _nothing():
         assert hf_token.get_token() is None
     assert words in hf_token.describe_token()
     with pytest.raises(ModelLoadError) as err:
@@ -81,13 +46,14 @@ def test_each_colab_secret_failure_has_its_own_message(fake_colab, secret, words
     assert words in err.value.fix
 
 
-def test_a_colab_runtime_without_a_gpu_stops_in_one_line_unless_the_cpu_is_chosen(fake_colab, monkeypatch):
+def test_a_colab_runtime_without_a_gpu_stops_in_one_line_unless_the_cpu_is_chosen(fake_colab, fake_gpu,
+                                                                                    monkeypatch):
     """Every badge opened a CPU runtime, and the notebooks fell back in silence to the 270M model on two
     vCPUs, even with HF_TOKEN set. Outside Colab the CPU profile stays the default."""
     from gemmate_lib.config import course_config
     from gemmate_lib.errors import HardwareError, one_line
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fake_gpu(None)
     monkeypatch.delenv("GEMMATE_PROFILE", raising=False)
     assert hf_token.get_token() == FAKE  # the learner did add the token
     with pytest.raises(HardwareError) as err:
@@ -318,8 +284,9 @@ def test_trainable_weights_are_fp32_wherever_compute_is_not_bf16_on_a_4bit_model
 
 def cuda_unscale_kernel(monkeypatch):
     """torch's CPU kernel of the grad scaler's unscale accepts bf16 gradients; CUDA's dispatches on float,
-    double and half only and raises NotImplementedError for bf16 (trl issue 4901, a T4 on torch 2.11). This
-    gives the CPU kernel CUDA's refusal, so a scaled step here fails where it would fail on a T4."""
+    double and half only and raises NotImplementedError for bf16 (github.com/huggingface/trl/issues/4901, a T4
+    on torch 2.11). This gives the CPU kernel CUDA's refusal, so a scaled step here fails where it would fail
+    on a T4."""
     cpu_kernel = torch._amp_foreach_non_finite_check_and_unscale_
 
     def unscale(grads, found_inf, inv_scale):
@@ -400,7 +367,7 @@ def test_gpu_check_dry_run_builds_every_notebooks_t4_and_a100_config(capsys):
     assert "compute fp32 ok" in out and "compute bf16 ok" in out and "paged_adamw_8bit ok" in out
 
 
-def test_gpu_check_fp16_arm_really_computes_in_fp16(capsys, monkeypatch, tmp_path, tiny_folder):
+def test_gpu_check_fp16_arm_really_computes_in_fp16(capsys, monkeypatch, tmp_path, tiny_folder, fake_gpu):
     """`make gpu-check PRECISION=fp16` ran the embedded Gemma 3, which the course computes in fp32 on a T4's
     profile, so fp16 never ran. Its arm is a Gemma 1 now: the dry run's rows and the real run's config."""
     from gemmate_lib.config import course_config
@@ -415,20 +382,17 @@ def test_gpu_check_fp16_arm_really_computes_in_fp16(capsys, monkeypatch, tmp_pat
     params, env = fp16_arm(None, tmp_path)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "H100")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    fake_gpu((9, 0), name="H100")
     cfg = course_config(**params)
     assert cfg.precision.dtype == torch.float16 and cfg.model.quantization == "nf4"
     assert training_kwargs(cfg, tmp_path, has_eval=True)["fp16"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
-def test_gpu_check_without_a_gpu_is_one_clear_line(capsys):
+def test_gpu_check_without_a_gpu_is_one_clear_line(capsys, fake_gpu):
     from gemmate_lib.errors import run_cli
     from tools.gpu_check import main
 
+    fake_gpu(None)
     assert run_cli(main, []) == 2 and "needs a CUDA GPU" in capsys.readouterr().err
 
 
@@ -468,15 +432,13 @@ def test_lora_on_an_unquantized_base_never_upcasts_it_even_under_the_nf4_profile
 
 
 @pytest.mark.parametrize("capability", [(7, 5), (8, 0)])
-def test_a_gpu_without_a_token_stops_at_the_parameters_in_one_line_naming_both_fixes(fake_colab, monkeypatch,
-                                                                                    capability):
+def test_a_gpu_without_a_token_stops_at_the_parameters_in_one_line_naming_both_fixes(fake_colab, fake_gpu,
+                                                                                    monkeypatch, capability):
     """Without the HF_TOKEN secret, the GPU profile used to fall back to Gemma 3 270M in silence."""
     from gemmate_lib.config import course_config
     from gemmate_lib.errors import ParameterError
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a faked GPU")
+    fake_gpu(capability)
     fake_colab.secret = None  # the learner forgot the secret
     with pytest.raises(ParameterError) as caught:
         course_config(model_name=None, dataset=None, max_steps=None)  # what 03's parameters cell passes

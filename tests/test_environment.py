@@ -1,4 +1,4 @@
-"""environment.yml (conda users) must pin exactly what requirements.txt pins."""
+"""environment.yml (conda users) pins exactly what requirements.txt pins; `make install` the same torch."""
 import re
 from pathlib import Path
 
@@ -28,5 +28,18 @@ def test_environment_yml_matches_requirements():
     assert python.startswith("python=3.11")
 
 
-def test_torch_is_pinned_exactly():
-    assert _pins((ROOT / "requirements.txt").read_text().splitlines())["torch"] == "==2.13.0"
+def test_make_install_puts_torch_first_at_the_exact_pin_of_requirements_and_environment(makefile=None):
+    """torch goes in first and on its own, at requirements.txt's exact pin (a looser spec pulls a multi-GB
+    CUDA build): the Makefile's torch, requirements.txt's and environment.yml's are one version."""
+    from make_dry_run import make_commands, pip_installs
+
+    installs = pip_installs(make_commands("install", makefile))
+    torch_at = [i for i, args in enumerate(installs) if any(re.match(r"torch\b", a) for a in args)]
+    requirements = [i for i, args in enumerate(installs) if "requirements.txt" in args]
+    assert len(torch_at) == 1 and len(requirements) == 1 and torch_at[0] < requirements[0], installs
+    [spec] = [a for a in installs[torch_at[0]] if a.startswith("torch")]
+    pinned = _pins((ROOT / "requirements.txt").read_text().splitlines())["torch"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert re.fullmatch(r"==\d+(\.\d+)+", pinned), f"torch is not pinned exactly: {pinned!r}"
+    assert spec.replace(" ", "") == "torch" + pinned == "torch" + _pins(pip_section)["torch"]

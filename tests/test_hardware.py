@@ -29,41 +29,40 @@ def test_dtype_override_and_unknown_dtype():
         hardware.pick_precision("cpu", "fp8")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
-def test_asking_for_cuda_without_gpu_explains_the_fix():
+def test_asking_for_cuda_without_gpu_explains_the_fix(fake_gpu):
+    fake_gpu(None)
     with pytest.raises(HardwareError) as err:
         hardware.pick_precision("cuda")
     assert "no CUDA GPU" in str(err.value) and "T4" in str(err.value)
 
 
-def test_describe_hardware_has_the_manifest_facts():
+def test_describe_hardware_reports_the_gpu_it_sees_and_none_without_one(fake_gpu, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    fake_gpu((7, 5), name="Tesla T4", memory_gib=14.7)
     info = hardware.describe_hardware()
-    assert info["cpu_count"] >= 1 and info["cuda"] == torch.cuda.is_available()
+    assert (info["cuda"], info["gpu"], info["gpu_memory_gib"], info["cpu_native_bf16"]) == (True, "Tesla T4",
+                                                                                          14.7, True)
+    fake_gpu(None)
+    info = hardware.describe_hardware()
+    assert info["cuda"] is False and "gpu" not in info and "gpu_memory_gib" not in info
 
 
 @pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float16), ((8, 0), torch.bfloat16),
                                                ((9, 0), torch.bfloat16)])
-def test_gpu_precision_follows_compute_capability_not_is_bf16_supported(monkeypatch, capability, dtype):
+def test_gpu_precision_follows_compute_capability_not_is_bf16_supported(fake_gpu, capability, dtype):
     """A T4 (7.5) gets fp16 even though torch.cuda.is_bf16_supported() says True there (emulation)."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name",
-                        lambda *a: "Tesla T4" if capability < (8, 0) else "A100")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    fake_gpu(capability)  # is_bf16_supported() answers True, as on a T4
     p = hardware.pick_precision()
     assert (p.device, p.dtype) == ("cuda", dtype)
     assert f"{capability[0]}.{capability[1]}" in p.reason
 
 
-def test_two_visible_gpus_stop_in_one_line_that_names_cuda_visible_devices(monkeypatch):
+def test_two_visible_gpus_stop_in_one_line_that_names_cuda_visible_devices(monkeypatch, fake_gpu):
     """The model sits on GPU 0, but the Trainer counts every visible GPU: TRL stops with a ValueError and a
     plain Trainer wraps the model in DataParallel. One GPU, or one process per GPU (DDP), is fine."""
     from gemmate_lib.errors import one_line
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "A100")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    fake_gpu((8, 0), count=2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(HardwareError) as err:
         hardware.pick_precision()

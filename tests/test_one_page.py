@@ -196,11 +196,22 @@ def test_nbval_gets_a_copy_with_the_committed_outputs_and_the_offline_parameters
     assert [c.get("outputs") for c in rest] == [c.get("outputs") for c in committed]
 
 
-def test_the_makefile_runs_nbval_on_the_parameterized_copy_not_on_the_page():
-    make = (ROOT / "Makefile").read_text()
-    recipe = make[make.index("\nnbval:"):make.index("\ntest:")]
-    assert "tools.course --nbval-copy runs/nbval" in recipe
-    assert "runs/nbval/qlora_one_runtime.ipynb" in recipe and "notebooks/[0-9][0-9]_*.ipynb" in recipe
+def test_make_nbval_checks_every_notebook_once_and_the_page_as_its_parameterized_copy(makefile=None):
+    """What `make nbval` would run (make's dry run): the nbval command collects each course notebook exactly
+    once; the one-page notebook only as the copy that `tools.course --nbval-copy DIR` writes (its offline
+    parameters injected), never the committed page, which nbval would run on gemma-2b."""
+    from make_dry_run import make_commands
+
+    from tools.course import course_notebooks
+
+    commands = make_commands("nbval", makefile)
+    [copy_dir] = [Path(args[args.index("--nbval-copy") + 1]) for args in commands if "--nbval-copy" in args]
+    [nbval] = [args for args in commands if "--nbval-lax" in args or "--nbval" in args]
+    collected = [Path(p).resolve().relative_to(ROOT) for a in nbval if a.endswith(".ipynb")
+                 for p in (sorted(ROOT.glob(a)) if "*" in a or "[" in a else [ROOT / a])]
+    assert sorted(p.name for p in collected) == sorted(p.name for p in course_notebooks(ROOT))
+    assert PAGE.relative_to(ROOT) not in collected
+    assert (ROOT / copy_dir / PAGE.name).resolve().relative_to(ROOT) in collected
 
 
 def test_make_course_runs_the_page_last_with_cpu_parameters_offline(tmp_path):
@@ -372,37 +383,21 @@ def test_the_merged_model_agrees_with_the_unmerged_adapter_within_the_pages_tole
     assert greatest_gap(unmerged[keep], wrong[keep]) > tolerance
 
 
-def _fake_colab(monkeypatch, drive_log=None):
-    import sys
-    import types
-
-    google, colab, drive = (types.ModuleType(n) for n in ("google", "google.colab", "google.colab.drive"))
-    drive.mount = lambda path, **_: (Path(path) / "MyDrive").mkdir(parents=True, exist_ok=True)
-    drive.flush_and_unmount = lambda **_: drive_log.append("flushed") if drive_log is not None else None
-    colab.drive, google.colab = drive, colab
-    for name, module in (("google", google), ("google.colab", colab), ("google.colab.drive", drive)):
-        monkeypatch.setitem(sys.modules, name, module)
-
-
-def test_a_colab_runtime_without_a_gpu_stops_in_one_line_that_names_the_fix(monkeypatch):
-    """Issue 39: the page started gemma-2b on a Colab CPU runtime."""
+def test_a_colab_runtime_without_a_gpu_stops_in_one_line_that_names_the_fix(monkeypatch, fake_colab,
+                                                                            fake_gpu):
+    """Without the check, the page started gemma-2b on a Colab CPU runtime."""
     import sys
 
-    import torch
-
-    _fake_colab(monkeypatch)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fake_gpu(None)
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     with pytest.raises(SystemExit, match=r"no GPU\. Fix: Runtime > Change runtime type > T4 GPU"):
         exec(_cell("get_token()"), {"sys": sys, "model_name": "google/gemma-2b"})
 
 
-def test_the_adapter_is_kept_on_drive_and_flushed_in_colab(monkeypatch, tmp_path, capsys):
-    """Issue 39: with push_repo_id None the adapter lived only on the runtime's disk."""
+def test_the_adapter_is_kept_on_drive_and_flushed_in_colab(fake_colab, tmp_path, capsys):
+    """With push_repo_id None the adapter would live only on the runtime's disk, gone with the runtime."""
     import sys
 
-    flushed = []
-    _fake_colab(monkeypatch, flushed)
     adapter = tmp_path / "run" / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
@@ -410,7 +405,8 @@ def test_the_adapter_is_kept_on_drive_and_flushed_in_colab(monkeypatch, tmp_path
     exec(source, {"sys": sys, "os": __import__("os"), "keep_on_drive": True,
                   "output_dir": str(tmp_path / "run"), "adapter_dir": str(adapter)})
     kept = tmp_path / "drive" / "MyDrive" / "run" / "adapter" / "adapter_model.safetensors"
-    assert kept.read_bytes() == b"weights" and flushed == ["flushed"]
+    assert kept.read_bytes() == b"weights" and fake_colab.flushed == ["flushed"]
+    assert fake_colab.mounted == [str(tmp_path / "drive")]
     assert str(kept.parent) in capsys.readouterr().out
 
 
@@ -432,7 +428,7 @@ def test_the_install_cell_holds_colabs_torch_and_brings_what_differs(monkeypatch
 
     from test_colab import installed_package
 
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))  # Colab: installs
     monkeypatch.syspath_prepend(str(installed_package(Path(tmp_path), "torchao", "0.10.0")))  # Colab's
     monkeypatch.setattr(subprocess, "run", pip)
     exec("".join(code_cells()[0]["source"]), {})
@@ -443,7 +439,7 @@ def test_the_install_cell_holds_colabs_torch_and_brings_what_differs(monkeypatch
 
 @pytest.mark.parametrize("key", ["gemma", "gemma3", "gemma4"])
 @pytest.mark.parametrize("capability", [(7, 5), (8, 0)])
-def test_the_pages_dtype_rule_is_the_courses_for_each_generation(key, capability, tmp_path, monkeypatch):
+def test_the_pages_dtype_rule_is_the_courses_for_each_generation(key, capability, tmp_path, fake_gpu):
     """The compute-dtype cell on a T4 (7.5) and an A100 (8.0), faked at CUDA's boundary, for a model of each
     Gemma generation: the dtype that gemmate_lib.generations gives (Gemma 3 and 4 overflow in fp16)."""
     import torch
@@ -452,8 +448,7 @@ def test_the_pages_dtype_rule_is_the_courses_for_each_generation(key, capability
     from gemmate_lib.generations import GENERATIONS
 
     make_tiny_generation(key, make_generation_tokenizer(key)).config.save_pretrained(tmp_path)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    fake_gpu(capability)
     namespace = {"model_name": str(tmp_path), "token": None, "torch": torch}
     exec(_cell("compute_dtype, why"), namespace)
     wanted = GENERATIONS[key].compute_dtype(native_bf16=capability[0] >= 8)

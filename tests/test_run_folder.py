@@ -23,14 +23,13 @@ def test_version_mismatches_reads_the_colab_pins(monkeypatch):
         assert bool(run_folder.version_mismatches(newer=True)) is not breaks
 
 
-def test_an_exercise_run_folder_lies_on_drive_in_colab_and_in_the_course_elsewhere(monkeypatch, tmp_path):
-    import sys
-    import types
-
+def test_an_exercise_run_folder_lies_on_drive_in_colab_and_in_the_course_elsewhere(monkeypatch, tmp_path,
+                                                                                    fake_colab):
     from gemmate_lib import colab, run_folder
     from gemmate_lib.files import repo_root
 
     monkeypatch.delenv("GEMMATE_RUN_DIR", raising=False)
+    fake_colab.leave()
     assert not colab.in_colab()
     local = run_folder.get_run_dir("runs/ex_test_folder")
     assert local == repo_root() / "runs" / "ex_test_folder"
@@ -38,11 +37,10 @@ def test_an_exercise_run_folder_lies_on_drive_in_colab_and_in_the_course_elsewhe
     assert run_folder.get_run_dir("runs/ex_test_folder", create=False) == local and not local.exists()
     # Colab with Drive mounted: the same relative name lies in the course's folder on Drive, which the next
     # runtime sees, not on the runtime's own disk, which vanishes with it
-    fake = types.ModuleType("google.colab")
-    fake.drive = types.SimpleNamespace(mount=lambda path: None)  # already mounted: never called
-    monkeypatch.setitem(sys.modules, "google.colab", fake)
+    fake_colab.enter()
     monkeypatch.setattr(colab, "DRIVE", tmp_path)
     monkeypatch.setattr(colab, "DRIVE_RUNS", tmp_path / "MyDrive" / "gemmate" / "runs")
     (tmp_path / "MyDrive").mkdir()
     assert run_folder.get_run_dir("runs/ex04_1") == tmp_path / "MyDrive" / "gemmate" / "runs" / "ex04_1"
     assert (tmp_path / "MyDrive" / "gemmate" / "runs" / "ex04_1").is_dir()
+    assert fake_colab.mounted == []  # Drive was mounted already: not mounted again

@@ -3,8 +3,8 @@ import pytest
 
 
 def test_a_failed_self_check_stops_the_notebook_in_one_line(capsys):
-    """Item 4: a failed check only printed, so papermill,
-    make course and make gpu-check passed the notebook."""
+    """A failed check that only printed would let papermill, make course and make gpu-check pass the
+    notebook."""
     from gemmate_lib.selfcheck import SelfCheckError, self_check
 
     assert self_check((True, "the loss went down", "train longer"))
@@ -35,19 +35,13 @@ def test_a_failed_self_check_fails_the_papermill_run(tmp_path):
     assert "Fix: count again" in shown[0].traceback[0]
 
 
-def test_a_failed_self_check_still_flushes_google_drive(tmp_path, monkeypatch, capsys):
+def test_a_failed_self_check_still_flushes_google_drive(tmp_path, monkeypatch, capsys, fake_colab):
     """Every notebook's last cell flushes Drive after its self-check, so a failed check (which stops the
     notebook) skipped the flush: what the runtime wrote could miss the next notebook's runtime."""
-    import sys
-    import types
-
     from gemmate_lib import colab
     from gemmate_lib.selfcheck import SelfCheckError, self_check
 
-    flushed = []
-    google_colab = types.ModuleType("google.colab")  # Colab's module at its boundary: drive.flush_and_unmount
-    google_colab.drive = types.SimpleNamespace(flush_and_unmount=lambda: flushed.append("flushed"))
-    monkeypatch.setitem(sys.modules, "google.colab", google_colab)
+    flushed = fake_colab.flushed
     monkeypatch.setattr(colab, "DRIVE", tmp_path / "drive")
     (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
     assert self_check((True, "the adapter exists", "-")) and flushed == []  # passed: the notebook flushes

@@ -2,6 +2,7 @@
 reaching into another module's privates, no import side
 effects, and one import path for everything (no re-export lists)."""
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -21,7 +22,77 @@ def _imports(tree):
             yield node.module, [a.name for a in node.names]
 
 
-def test_the_library_imports_itself_absolutely_so_each_object_has_one_path():
+def _defined(tree) -> set[str]:
+    """The names a module defines at its top level: functions, classes and assigned names (not imports)."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return names
+
+
+def _imported(tree) -> set[str]:
+    return {a.asname or a.name.split(".")[0] for node in tree.body
+            if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names}
+
+
+def _sources():
+    """(where, syntax tree) of every file that imports the library: its own modules, the tests, tools,
+    benchmarks, and the code cells of every notebook."""
+    for folder in ("gemmate_lib", "tests", "tools", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            yield str(path.relative_to(ROOT)), ast.parse(path.read_text())
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                lines = "".join(cell["source"]).splitlines()
+                code = "\n".join(line for line in lines if not line.lstrip().startswith(("!", "%")))
+                yield f"{path.relative_to(ROOT)} cell {i}", ast.parse(code)
+
+
+def second_paths(modules: dict, sources) -> list[str]:
+    """Each object has one import path, its home: the module that defines it. A module may use another's
+    object (`from gemmate_lib.data import split_quote` inside evaluation.py), but nobody may then import it
+    from the user (`from gemmate_lib.evaluation import split_quote`), nor alias it at the top of a module
+    (`split = data.split_quote`). Returns every import or alias that breaks the rule."""
+    defined = {name: _defined(tree) for name, tree in modules.items()}
+    found = []
+    for where, tree in sources:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in defined:
+                found += [f"{where}: from {node.module} import {a.name}" for a in node.names
+                          if a.name not in defined[node.module] and f"{node.module}.{a.name}" not in modules]
+    for name, tree in modules.items():
+        imported = _imported(tree)
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Name, ast.Attribute)):
+                root = node.value
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if isinstance(root, ast.Name) and root.id in imported and (
+                        isinstance(node.value, ast.Name) or root.id in {"gemmate_lib", *defined}
+                        or any(m.endswith("." + root.id) for m in modules)):
+                    found.append(f"{name}: {ast.unparse(node)}")
+    return found
+
+
+def test_each_object_is_imported_from_the_module_that_defines_it_and_nowhere_else():
+    assert second_paths(MODULES, _sources()) == []
+    # the rule sees a second path: through a module that imports the object, and through a top-level alias
+    seeded = {**MODULES, "gemmate_lib.user": ast.parse("from gemmate_lib.data import split_quote\n"
+                                                       "from gemmate_lib import data\n"
+                                                       "halves = data.split_quote\n")}
+    reader = ("tests/reader.py", ast.parse("from gemmate_lib.user import split_quote, halves\n"
+                                           "from gemmate_lib.data import split_quote\n"))
+    assert second_paths(seeded, [reader, ("gemmate_lib/user.py", seeded["gemmate_lib.user"])]) == [
+        "tests/reader.py: from gemmate_lib.user import split_quote",
+        "gemmate_lib.user: halves = data.split_quote"]
+
+
+def test_the_library_imports_itself_absolutely_and_exports_no_lists():
     relative = [name for name, tree in MODULES.items() for node in ast.walk(tree)
                 if isinstance(node, ast.ImportFrom) and node.level > 0]
     assert relative == []

@@ -1,9 +1,9 @@
-"""Colab (taught in 00_setup): install what it lacks, keep the run folder on Google Drive, find 03's adapter and
-the model chosen in 00, find a file uploaded with Colab's file browser. Each Colab notebook runs in its own
-runtime, so files carry over only on Drive or the Hub. Drive is mounted once per runtime (by the first
+"""Colab (taught in 00_setup): install what it lacks, keep the run folder on Google Drive, find 03's adapter
+and the model chosen in 00, find a file uploaded with Colab's file browser. Each Colab notebook runs in its
+own runtime, so files carry over only on Drive or the Hub. Drive is mounted once per runtime (by the first
 `run_folder.get_run_dir`) and flushed in each notebook's last cell: anything that only looks up a run folder
-(`get_run_dir(..., create=False)`) finds Drive still mounted. Nothing here runs outside Colab except in tests,
-which fake `google.colab` at its boundary."""
+(`get_run_dir(..., create=False)`) finds Drive still mounted. Nothing here runs outside Colab except in
+tests, which fake `google.colab` at its boundary."""
 from __future__ import annotations
 
 import json
@@ -96,17 +96,18 @@ def gpu_runtime() -> bool:
 
 def install(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = None) -> str:
     """Install the pins of requirements-colab.txt that this runtime lacks or has at another version; safe to
-    re-run. The embedded default's packages (EMBEDDED) only when `embedded` (None: when the runtime has no GPU,
-    where the profile runs it). Colab's torch (and torchvision, torchaudio) is held at its installed build
-    through a constraints file: pip may not replace it, and stops with a conflict if a pin ever needs another
-    torch. Returns "ready", or RESTART (also printed) when an upgraded package (torchao among them) was
-    already imported; the install cell's `start` stops the notebook then."""
+    re-run. The embedded default's packages (EMBEDDED) only when `embedded` (None: when the runtime has no
+    GPU, where the profile runs it). Colab's torch (and torchvision, torchaudio) is held at its installed
+    build through a constraints file: pip may not replace it, and stops with a conflict if a pin ever needs
+    another torch. Returns "ready", or RESTART (also printed) when an upgraded package (torchao among them)
+    was already imported; the install cell's `start` stops the notebook then."""
     requirements = Path(repo_dir) / "requirements-colab.txt"
     wanted = pins(requirements)
     if embedded is None:
         embedded = not gpu_runtime()
+    wanted_here = set(EMBEDDED) if embedded else set()  # optional pins this runtime needs even when absent
     missing = sorted(name for name, pin in wanted.items() if installed_version(name) != pin
-                     and (name not in IF_PRESENT or installed_version(name) or (embedded and name in EMBEDDED)))
+                     and (name not in IF_PRESENT or installed_version(name) or name in wanted_here))
     if not missing:
         print("the course's packages are installed (nothing to do)")
         return "ready"
@@ -150,14 +151,15 @@ def install_embedded(module: str, repo_dir: str | Path | None = None, run=subpro
         return False
     from gemmate_lib.files import repo_root
 
-    install(repo_dir or repo_root(), run=run, embedded=True)  # new packages, never imported before: no restart
+    install(repo_dir or repo_root(), run=run, embedded=True)  # never imported before: no restart
     return True
 
 
 def uploaded(path: str) -> str:
     """A file path as a learner types it: as it is when it exists (relative paths start at the notebook's
     folder); in Colab, else the same name in /content, where Colab's file browser puts an upload."""
-    if in_colab() and not Path(path).is_absolute() and not Path(path).exists() and (RUNTIME_DISK / path).exists():
+    here = Path(path)
+    if in_colab() and not here.is_absolute() and not here.exists() and (RUNTIME_DISK / path).exists():
         return str(RUNTIME_DISK / path)
     return path
 

@@ -1,6 +1,6 @@
-"""What the Colab install cell and the Colab helpers do for a learner: a needed restart stops the notebook, a GPU
-runtime installs no package of the embedded default, Drive is mounted once and flushed in the last cell, and a
-file uploaded with Colab's file browser (to /content) is found."""
+"""What the Colab install cell and the Colab helpers do for a learner: a needed restart stops the notebook,
+a GPU runtime installs no package of the embedded default, Drive is mounted once and flushed in the last
+cell, and a file uploaded with Colab's file browser (to /content) is found."""
 import json
 import sys
 import types
@@ -18,7 +18,7 @@ def test_a_needed_restart_stops_the_install_cell_and_a_rerun_goes_on(tmp_path, m
     import peft
 
     (tmp_path / "requirements-colab.txt").write_text("peft==9.9.9\n")
-    monkeypatch.setattr(peft, "__version__", "0.1.0")  # this kernel imported an older peft than pip now installs
+    monkeypatch.setattr(peft, "__version__", "0.1.0")  # this kernel imported an older peft
     done = types.SimpleNamespace(returncode=0, stderr="")
     with pytest.raises(SystemExit, match="Restart needed.*Runtime > Restart session"):
         colab.start(tmp_path, run=lambda *a, **k: done, embedded=False)
@@ -50,14 +50,15 @@ def test_the_embedded_defaults_packages_are_installed_only_where_it_runs(tmp_pat
 
 def test_a_gpu_runtime_without_the_embedded_packages_passes_the_version_check(monkeypatch):
     real = run_folder.installed_version
-    monkeypatch.setattr(run_folder, "installed_version", lambda name: None if name in colab.EMBEDDED else real(name))
+    monkeypatch.setattr(run_folder, "installed_version",
+                        lambda name: None if name in colab.EMBEDDED else real(name))
     assert not any(line.split(":")[0] in colab.EMBEDDED for line in run_folder.version_mismatches())
 
 
 @pytest.mark.parametrize("notebook", ORDERED, ids=lambda p: p.stem)
 def test_drive_is_flushed_in_the_last_cell_only_so_a_run_all_mounts_it_once(notebook):
-    """`flush_drive` unmounts Drive; a cell after it that looks up a run folder (an exercise's check) would mount
-    it again, with a second Google Drive prompt in the middle of *Run all*."""
+    """`flush_drive` unmounts Drive; a cell after it that looks up a run folder (an exercise's check) would
+    mount it again, with a second Google Drive prompt in the middle of *Run all*."""
     code = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
     flushing = [i for i, c in enumerate(code) if "flush_drive()" in "".join(c["source"])]
     assert flushing == [len(code) - 1], notebook.name

@@ -23,7 +23,7 @@ def lesson(tmp_path, monkeypatch):
     return folder
 
 
-def test_the_model_named_in_00_is_run_by_later_notebooks_and_their_own_parameter_wins(lesson, tmp_path, capsys):
+def test_the_model_named_in_00_is_run_later_and_a_notebooks_own_parameter_wins(lesson, tmp_path, capsys):
     assert colab.chosen_model(None) is None  # nothing chosen: the profile decides
     assert "profile decides" in colab.remember_model(lesson, None)
     assert not (lesson / colab.MODEL_CHOICE).exists()  # None keeps nothing
@@ -53,7 +53,8 @@ def _setup_until_config(notebook: Path) -> tuple[str, str]:
             kept = []
             for node in ast.parse(source).body:
                 kept.append(node)
-                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "cfg" for t in node.targets):
+                targets = [getattr(t, "id", None) for t in getattr(node, "targets", [])]
+                if isinstance(node, ast.Assign) and "cfg" in targets:
                     return params, ast.unparse(ast.Module(body=kept, type_ignores=[]))
     raise AssertionError(f"{notebook.name} has no cfg = course_config(...)")
 

@@ -28,7 +28,7 @@ SAME_AS = {
     "max_new_tokens": ("max_new_tokens",),
 }
 # where the run goes and what the page alone does: nothing the profile sets
-PAGE_ONLY = {"output_dir", "push_repo_id", "keep_on_drive", "max_start_loss"}
+PAGE_ONLY = {"output_dir", "push_repo_id", "keep_on_drive", "max_start_loss", "save_merged"}
 
 
 def code_cells() -> list[dict]:
@@ -97,6 +97,7 @@ def test_every_value_of_the_page_has_a_course_setting_or_is_the_pages_own():
     assert set(page_parameters()) == set(SAME_AS) | PAGE_ONLY
     assert page_parameters()["push_repo_id"] is None  # no push unless asked for
     assert page_parameters()["keep_on_drive"] is True  # the adapter outlives the Colab runtime unless off
+    assert page_parameters()["save_merged"] is False  # the merged model: several GB, only when asked for
 
 
 def test_the_pages_t4_values_are_the_courses_gpu_profile(monkeypatch):
@@ -454,3 +455,75 @@ def test_the_pages_dtype_rule_is_the_courses_for_each_generation(key, capability
     wanted = GENERATIONS[key].compute_dtype(native_bf16=capability[0] >= 8)
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     assert namespace["compute_dtype"] == dtypes[wanted]
+
+
+def test_gemma_4_needs_no_token_and_a_gated_gemma_stops_without_one(monkeypatch, tmp_path, capsys):
+    """Gemma 4 is Apache-2.0 and ungated: the page asked for a token anyway."""
+    import sys
+
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+    cell = _cell("get_token()")
+    exec(cell, {"sys": sys, "model_name": "google/gemma-4-E2B"})
+    assert "Hugging Face token: none" in capsys.readouterr().out
+    for gated in ("google/gemma-2b", "google/gemma-3-1b-pt"):
+        with pytest.raises(SystemExit, match="is gated and no Hugging Face token was found"):
+            exec(cell, {"sys": sys, "model_name": gated})
+
+
+def _statements(marker: str, first: str, last_type: type) -> str:
+    """The page's statements of the cell holding `marker`, from the one that starts with `first` to the
+    first `last_type` statement after it."""
+    source = _cell(marker)
+    body = ast.parse(source).body
+    start = next(i for i, n in enumerate(body) if ast.get_source_segment(source, n).startswith(first))
+    end = next(i for i, n in enumerate(body) if i > start and isinstance(n, last_type))
+    return ast.unparse(ast.Module(body[start:end + 1], type_ignores=[]))
+
+
+def test_the_adapter_folder_gets_the_pages_model_card_instead_of_pefts_template(tiny_model, tmp_path):
+    """The pushed adapter carried PEFT's empty card; 05 writes a real one, and so does the page now."""
+    import math
+    import os
+    import types
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    adapter_dir = tmp_path / "adapter"
+    get_peft_model(tiny_model, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(adapter_dir)
+    assert "Model Card for Model ID" in (adapter_dir / "README.md").read_text()  # PEFT's template
+    scope = {"os": os, "math": math, "torch": torch, "adapter_dir": str(adapter_dir), **page_parameters(),
+             "model_name": "google/gemma-4-E2B", "compute_dtype": torch.float16,
+             "result": types.SimpleNamespace(global_step=100), "train_dataset": [0] * 9, "eval_dataset": [0],
+             "before": ["a quote", "x"], "after": ["\nAuthor: Albert Einstein", "\nAuthor: Groucho Marx"],
+             "PROMPTS": ["p1", "p2"], "loss_before": 3.5, "loss_after": 2.25}
+    exec(_statements("def has_author_line", "def has_author_line", ast.FunctionDef), scope)
+    exec(_statements("card = f", "n_before, n_after", ast.With), scope)
+    card = (adapter_dir / "README.md").read_text()
+    assert "Model Card for Model ID" not in card
+    for line in ("base_model: google/gemma-4-E2B", "license: apache-2.0", "100 steps of 4 quotes",
+                 "9 quotes trained on", "Loss 3.500 -> 2.250", "in 2 of 2 greedy generations (0 before"):
+        assert line in card, line
+
+
+def test_the_optional_merged_save_writes_a_folder_that_loads_without_peft(tiny_model, tiny_tokenizer,
+                                                                          tmp_path, capsys):
+    import os
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cell = _cell("if save_merged:")
+    scope = {"os": os, "merged": tiny_model, "tokenizer": tiny_tokenizer, "output_dir": str(tmp_path)}
+    exec(cell, {**scope, "save_merged": False})
+    assert not (tmp_path / "merged").exists() and "not written" in capsys.readouterr().out
+    exec(cell, {**scope, "save_merged": True})
+    assert "1 safetensors file(s)" in capsys.readouterr().out
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    ids = tiny_tokenizer(["Quote: Be yourself."], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(reloaded(**ids).logits, tiny_model(**ids).logits)

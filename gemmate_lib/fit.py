@@ -1,0 +1,153 @@
+"""Will it fit? Before any weight is downloaded, predict what the course's path needs for a model on the
+runtime at hand (00 and 01 print it; the one-page recipe writes the same arithmetic out): GPU memory, RAM,
+disk and time, each an ESTIMATE from the model's config (its shapes on the meta device, counted with
+transformers' own NF4 rules). The host-side figures (RAM, disk) are held within 15% of the full-shape
+rehearsal's measurements (docs/full-shape.md, tests/test_fit.py); the GPU figures have not been measured on a
+T4 yet.
+
+Where a phase will not fit, `check` stops with one line that names what is needed and the runtime that has it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gemmate_lib.errors import GemmateError
+
+GIB = 2**30
+# A free Colab runtime: one T4 (15 GB, of which ~14.6 GiB for tensors), 12.7 GB of RAM, and its disk.
+FREE_COLAB = {"gpu": "T4", "gpu_bytes": 14.6 * GIB, "ram_bytes": 12.7e9, "disk_bytes": 70e9}
+BIGGER = "an L4 (22.5 GB) or A100 (40 GB) Colab runtime"
+# Resident memory of the processes before their work (measured here): Python with torch and safetensors (a
+# load), with transformers and peft too (the merge), llama.cpp's converter, llama.cpp's quantizer. The
+# notebook's kernel holds more (the tokenizer, the data, the libraries): KERNEL_EXTRA is added for phases that
+# run inside it.
+TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.45e9, 0.05e9
+KERNEL_EXTRA = 1.5e9
+NF4_BYTES = 4.127 / 8  # 4 bits, plus double-quantized absmax scales (bitsandbytes, blocksize 64)
+CUDA_CONTEXT = 0.6 * GIB  # the CUDA context and cuBLAS workspaces that no tensor accounts for
+SEED_T4_STEP_S = 2.69  # the seed notebook: gemma-2b, NF4, fp16, batch 1 x 4, 100 steps in 268.9 s on a T4
+
+
+class FitError(GemmateError, RuntimeError):
+    """A phase of the course will not fit this runtime (problem says which, fix names a runtime that fits)."""
+
+
+@dataclass
+class Shape:
+    """What decides memory: parameter counts of a model, from its config on the meta device."""
+
+    parameters: int  # every weight once (a tied LM head counts once)
+    quantized: int  # weights NF4 stores in 4 bits (transformers' rule: Linear layers but the LM head)
+    text: int  # the text model's weights (what the GGUF file holds; Gemma 4's towers go elsewhere)
+    largest: int  # elements of the largest tensor
+    largest_adapted: int  # elements of the largest weight LoRA adapts
+
+
+def shape_of(config) -> Shape:
+    """The Shape of a transformers config, via the model class its checkpoint loads as, on the meta device."""
+    import torch
+    import transformers
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0], None)
+    with torch.device("meta"):
+        model = cls(config) if cls is not None else transformers.AutoModelForCausalLM.from_config(config)
+    skip = set(get_keys_to_not_convert(model))
+    params = dict(model.named_parameters())  # named_parameters lists a tied weight once
+    linear = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in skip}
+    adapted = [m.weight.numel() for n, m in linear.items()
+               if n.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                           "down_proj") and "vision" not in n and "audio" not in n]
+    return Shape(parameters=sum(p.numel() for p in params.values()),
+                 quantized=sum(m.weight.numel() for m in linear.values()),
+                 text=sum(p.numel() for n, p in params.items() if "vision" not in n and "audio" not in n),
+                 largest=max(p.numel() for p in params.values()), largest_adapted=max(adapted))
+
+
+def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8) -> dict[str, dict]:
+    """{phase: {"gpu", "ram", "disk", "seconds"}} in bytes and seconds (None where a phase does not use it).
+    `compute_bytes`: 2 for fp16/bf16, 4 for fp32 (Gemma 3 and 4 on a T4). RAM is one process's peak; disk
+    counts what the path has written so far (the downloaded checkpoint stays in the Hub cache)."""
+    n, q, text = shape.parameters, shape.quantized, shape.text
+    checkpoint = n * 2  # the Hub's weights are bf16
+    gguf_f16, gguf_q4 = text * 2, text * 0.65
+    # k-bit preparation casts every 16-bit weight that NF4 does not store to fp32
+    nf4_weights = q * NF4_BYTES + (n - q) * 4
+    lora = lora_r * (shape.largest_adapted ** 0.5) * 2 * 200  # adapter, gradients, 8-bit Adam: small
+    activations = 0.5 * GIB  # batch 1 x 128 tokens with checkpointing; TRL's fused head builds no logits
+    flop_scale = n / 2.5e9 * (4 if compute_bytes == 4 else 1)  # fp32 runs ~4x slower than fp16 on a T4
+    return {
+        # the loader converts one tensor at a time on the CPU (the bf16 source stays in the mapped file)
+        "load": {"gpu": n * compute_bytes + CUDA_CONTEXT, "disk": checkpoint, "seconds": checkpoint / 100e6,
+                 "ram": TORCH_BASELINE + shape.largest * compute_bytes},
+        "nf4": {"gpu": nf4_weights + lora + activations + CUDA_CONTEXT, "disk": checkpoint,
+                "seconds": steps * SEED_T4_STEP_S * flop_scale,
+                "ram": TORCH_BASELINE + shape.largest * compute_bytes},
+        # merge_shards: one adapted weight read, widened to fp32, rounded back and written; 64 MiB copy buffer
+        "merge": {"gpu": None, "disk": 2 * checkpoint, "seconds": checkpoint / 150e6,
+                  "ram": PEFT_BASELINE + shape.largest_adapted * 10 + 2**26},
+        # the converter widens a bf16 tensor to fp32 before writing it in f16: 6 bytes a value
+        "convert": {"gpu": None, "disk": 2 * checkpoint + gguf_f16, "seconds": text / 25e6,
+                    "ram": CONVERTER_BASELINE + shape.largest * 6},
+        # the quantizer reads an f16 tensor into a buffer and widens it to fp32: 6 bytes a value
+        "quantize": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": text / 20e6,
+                     "ram": LLAMA_BASELINE + shape.largest * 6},
+    }
+
+
+def report(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> str:
+    """The plan as a table against the runtime's limits, every figure marked as an estimate."""
+    rows = [f"{'phase':9s} {'GPU GiB':>8s} {'RAM GB':>7s} {'disk GB':>8s} {'time':>8s}   (estimates; "
+            f"{runtime['gpu']}: {runtime['gpu_bytes'] / GIB:.1f} GiB, "
+            f"RAM {runtime['ram_bytes'] / 1e9:.1f} GB)"]
+    for phase, need in plan.items():
+        gpu = "-" if need["gpu"] is None else f"{need['gpu'] / GIB:.1f}"
+        over = [w for w in problems({phase: need}, runtime)]
+        rows.append(f"{phase:9s} {gpu:>8s} {_need(phase, need, 'ram') / 1e9:7.1f} {need['disk'] / 1e9:8.1f} "
+                    f"{need['seconds'] / 60:6.0f} m   {'over: ' + ', '.join(over) if over else 'fits'}")
+    return "\n".join(rows)
+
+
+def _need(phase: str, need: dict, what: str):
+    """A phase's need against the runtime: the load and the 4-bit training run inside the notebook kernel."""
+    extra = KERNEL_EXTRA if what == "ram" and phase in ("load", "nf4") else 0
+    return None if need[what] is None else need[what] + extra
+
+
+def problems(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> list[str]:
+    """"<phase> GPU" etc. for every phase that needs more than the runtime has."""
+    out = []
+    for phase, need in plan.items():
+        for what, limit in (("gpu", "gpu_bytes"), ("ram", "ram_bytes"), ("disk", "disk_bytes")):
+            if _need(phase, need, what) is not None and _need(phase, need, what) > runtime[limit]:
+                out.append(f"{phase} {what.upper() if what != 'disk' else what}")
+    return out
+
+
+def check(plan: dict[str, dict], runtime: dict = FREE_COLAB, skip: tuple[str, ...] = ()) -> None:
+    """FitError naming the first phase that will not fit (phases in `skip` are not run, so not checked)."""
+    for phase, need in plan.items():
+        if phase in skip:
+            continue
+        for what, limit, unit in (("gpu", "gpu_bytes", "GiB of GPU memory"),
+                                  ("ram", "ram_bytes", "GB of RAM"), ("disk", "disk_bytes", "GB of disk")):
+            scale, value = (GIB if what == "gpu" else 1e9), _need(phase, need, what)
+            if value is not None and value > runtime[limit]:
+                raise FitError(f"the {phase} phase needs about {value / scale:.1f} {unit} (an estimate); "
+                               f"this runtime ({runtime['gpu']}) has {runtime[limit] / scale:.1f}",
+                               f"switch to {BIGGER}, or choose a smaller model (google/gemma-3-1b-pt)")
+
+
+def plan_for(model_name: str, compute_bytes: int | None = None, token=None, **kwargs) -> dict[str, dict]:
+    """The plan for a model id or folder: its config only is read (a few kB), never its weights."""
+    from transformers import AutoConfig
+
+    from gemmate_lib.generations import generation_of
+    from gemmate_lib.models import resolve_model
+
+    where, extra = resolve_model(model_name)
+    config = AutoConfig.from_pretrained(where, **({"token": token} if token else extra))
+    if compute_bytes is None:
+        generation = generation_of(config)
+        compute_bytes = 4 if generation is not None and generation.t4_dtype == "fp32" else 2
+    return predict(shape_of(config), compute_bytes, **kwargs)

@@ -1,0 +1,97 @@
+"""The full-shape rehearsal's parts, cheap: the streaming merge against PEFT's, the memory watcher under a
+cap, and the rehearsal's phases on a tiny model under a small cap (one made to exceed it). `make rehearse`
+runs the same code at the real shapes (docs/full-shape.md)."""
+import json
+import sys
+
+import pytest
+import torch
+
+from tools import rehearse
+
+
+@pytest.mark.parametrize("key", ["gemma", "gemma4"])
+def test_streaming_merge_equals_peft_merge(generation_folder, tmp_path, key):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from gemmate_lib.adapters import merge_shards
+    from gemmate_lib.generations import lora_targets
+
+    base = generation_folder(key)
+    auto = AutoModelForImageTextToText if key == "gemma4" else AutoModelForCausalLM
+    model = auto.from_pretrained(base, dtype=torch.float32)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=lora_targets(model)))
+    torch.manual_seed(0)
+    for name, param in peft.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)  # B starts at zero: give the update a size
+    peft.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "adapter" / "gemmate.json").write_text("{}")
+
+    merge_shards(base, tmp_path / "adapter", tmp_path / "merged")
+
+    expected = PeftModel.from_pretrained(auto.from_pretrained(base, dtype=torch.float32),
+                                         tmp_path / "adapter").merge_and_unload().state_dict()
+    got = auto.from_pretrained(tmp_path / "merged", dtype=torch.float32).state_dict()
+    plain = auto.from_pretrained(base, dtype=torch.float32).state_dict()
+    changed = [k for k in got if not torch.equal(got[k], plain[k])]
+    assert changed and all(any(t in k for t in ("q_proj", "v_proj", "down_proj", "up_proj", "gate_proj",
+                                                "k_proj", "o_proj")) for k in changed)
+    assert not any("vision" in k or "audio" in k for k in changed)  # Gemma 4's towers are never adapted
+    for k in got:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-5)
+
+
+def test_merge_refuses_an_adapter_of_another_base(generation_folder, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from gemmate_lib.adapters import merge_shards
+    from gemmate_lib.errors import ModelLoadError
+
+    other = AutoModelForCausalLM.from_pretrained(generation_folder("gemma3"))
+    get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    (tmp_path / "adapter" / "gemmate.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="LoRA layers but"):
+        merge_shards(generation_folder("gemma4"), tmp_path / "adapter", tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()  # nothing half-written is left
+
+
+def _allocate(mb: int) -> list[str]:
+    touch = "b[::4096] = b'x' * len(b[::4096])"  # every page resident
+    return [sys.executable, "-c", f"import time; b = bytearray({mb} * 2**20); {touch}; time.sleep(0.5)"]
+
+
+def test_the_watcher_measures_resident_memory_and_stops_a_process_over_its_cap():
+    fits = rehearse.watch(_allocate(60), limit=500e6)
+    assert fits["returncode"] == 0 and not fits["stopped"]
+    assert 60 * 2**20 <= fits["peak_ram"] < 500e6
+    over = rehearse.watch(_allocate(300), limit=150e6)
+    assert over["stopped"] and over["returncode"] != 0
+
+
+def test_the_watcher_counts_the_whole_process_tree():
+    # a child that starts a grandchild: the grandchild's memory counts (the GGUF converter runs as one)
+    cmd = [sys.executable, "-c", "import subprocess, sys; subprocess.run(" + repr(_allocate(120)) + ")"]
+    assert rehearse.watch(cmd, limit=2e9)["peak_ram"] >= 120 * 2**20
+
+
+def test_rehearsal_phases_at_a_small_shape_and_one_over_its_cap(generation_folder, tmp_path):
+    base = generation_folder("gemma3")
+    phases = ("load", "nf4", "merge")
+    rows = rehearse.rehearse(["tiny"], phases, limit=3e9, work_root=tmp_path, builder=lambda name: base)
+    assert [r["phase"] for r in rows] == list(phases) and all(r["fits"] for r in rows), rows
+    assert all(r["peak_disk"] >= r["checkpoint_bytes"] > 0 for r in rows)
+    assert rows[2]["peak_disk"] > rows[0]["peak_disk"]  # the merge wrote a second copy
+    over = rehearse.rehearse(["tiny"], phases, limit=20e6, work_root=tmp_path, builder=lambda name: base)
+    assert len(over) == 1 and over[0]["stopped"] and not over[0]["fits"]  # stopped, and nothing after it ran
+    assert "**no**" in rehearse.table(over)
+
+
+def test_the_committed_table_covers_every_offered_model_and_phase():
+    from tools.full_shape import CONFIGS
+
+    committed = json.loads((rehearse.DOCS / "full-shape.json").read_text())
+    seen = {(r["model"], r["phase"]) for r in committed["rows"]}
+    assert seen == {(m, p) for m in CONFIGS for p in rehearse.PHASES}

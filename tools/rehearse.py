@@ -1,0 +1,267 @@
+"""`make rehearse`: the host side of the learner's path at full shape, on a CPU, against a free Colab runtime's
+limits. For each model the course offers (tools/full_shape.py builds its checkpoint once, random weights at the
+real shapes), each phase that runs in Colab's RAM or on its disk runs in a child process; a watcher sums the
+resident anonymous memory (RssAnon) of the whole process tree every 20 ms and stops it above Colab's RAM.
+`prlimit`/`ulimit` would count the memory-mapped checkpoint as used and refuse loads Colab allows, so they are
+not used. Peak RAM, peak disk (the checkpoint plus everything written so far) and time go into
+docs/full-shape.json and the table in docs/full-shape.md; it exits 1 if a phase the course offers goes over.
+
+Phases (the host side of what the notebooks and the one-page recipe do on a T4):
+- load: the base loaded to the GPU in the T4's compute dtype (01's and 06's 16/32-bit loads, the one-page
+  recipe's reload before its merge). transformers 5.23 loads tensor by tensor and converts each to the load dtype
+  on the CPU before the copy to the GPU; the child does the same with the same calls and hands each tensor off.
+- nf4: the host side of the NF4 load (02-05, the one-page recipe): the layers bitsandbytes quantizes pass in
+  16 bits (quantized on the GPU), every other weight in the compute dtype.
+- merge: the adapter merged tensor by tensor from the shards into a 16-bit sharded copy
+  (gemmate_lib.adapters.merge_shards; 05's save_merged and the GGUF export at full size).
+- convert, quantize, verify: the GGUF export (llama.cpp's converter in its own process, its quantizer, then
+  llama.cpp loading the file and generating a few tokens).
+
+Random weights: the figures are memory, disk and time, never quality. No GPU here: the GPU columns stay empty.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+COLAB_RAM = 12.7e9  # a free Colab runtime's system RAM ("12.7 GB" in its resources panel), in bytes
+COLAB_DISK = 70e9   # what a free T4 runtime leaves free on /content, at least (an assumption, not measured here)
+PHASES = ("load", "nf4", "merge", "convert", "quantize", "verify")
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def rss_anon(pid: int) -> int:
+    """Resident anonymous memory of `pid` and all its descendants, in bytes (0 for processes gone)."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += next(int(line.split()[1]) * 1024 for line in status.splitlines()
+                          if line.startswith("RssAnon:"))
+            for task in Path(f"/proc/{p}/task").iterdir():
+                children = (task / "children").read_text().split()
+                stack.extend(int(c) for c in children)
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total
+
+
+def folder_bytes(*folders: Path) -> int:
+    total = 0
+    for folder in folders:
+        for root, _, files in os.walk(folder):
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(root, name)).st_size
+                except OSError:
+                    pass
+    return total
+
+
+def watch(cmd: list[str], limit: float, disk_folders=(), env=None, poll: float = 0.02) -> dict:
+    """Run `cmd`, sampling its tree's RssAnon every `poll` s; stop the tree above `limit` bytes.
+    {"peak_ram", "peak_disk", "seconds", "returncode", "stopped", "tail"}."""
+    start = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    peak_ram = peak_disk = 0
+    stopped, last_disk = False, 0.0
+    while proc.poll() is None:
+        peak_ram = max(peak_ram, rss_anon(proc.pid))
+        if peak_ram > limit and not stopped:
+            stopped = True
+            os.killpg(proc.pid, 9)
+        if disk_folders and time.time() - last_disk > 0.5:
+            peak_disk, last_disk = max(peak_disk, folder_bytes(*disk_folders)), time.time()
+        time.sleep(poll)
+    reader.join(timeout=5)
+    if disk_folders:
+        peak_disk = max(peak_disk, folder_bytes(*disk_folders))
+    return {"peak_ram": peak_ram, "peak_disk": peak_disk, "seconds": round(time.time() - start, 1),
+            "returncode": proc.returncode, "stopped": stopped, "tail": "".join(lines[-5:])[-600:]}
+
+
+# ---------------------------------------------------------------------------------------------- child phases
+
+
+def t4_dtype(folder: Path):
+    """The compute dtype the course picks on a T4 for this checkpoint's generation."""
+    import torch
+
+    from gemmate_lib.generations import generation_of
+
+    return {"fp16": torch.float16, "fp32": torch.float32}[generation_of(folder).t4_dtype]
+
+
+def quantized(key: str, shape) -> bool:
+    """True for the weights bitsandbytes' NF4 stores in 4 bits: 2-D linear weights, not embeddings or norms."""
+    return len(shape) == 2 and "embed" not in key and not key.endswith("lm_head.weight")
+
+
+def stream(folder: Path, dtype_of) -> int:
+    """Read every tensor as transformers 5.23's loader does (safe_open, one tensor at a time), convert it on the
+    CPU to `dtype_of(key, shape)` and hand it off, as the copy to the GPU does. Returns the tensors' bytes."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt", device="cpu", backend="mmap") as f:
+            for key in f.keys():
+                lazy = f.get_slice(key)  # transformers 5.23: get_slice, then tensor[...], then .to(device, dtype)
+                tensor = lazy[...]
+                converted = tensor.to(dtype_of(key, lazy.get_shape()))
+                total += converted.nbytes
+                del tensor, converted
+    return total
+
+
+def random_adapter(base: Path, out: Path, r: int = 8, alpha: int = 16) -> Path:
+    """A LoRA adapter at the base's full shape, as PEFT saves one after the one-page recipe's training (the seven
+    projections of the text model, r=8, fp32), with random A and B so the merge changes every target weight."""
+    import re
+
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    from tools.full_shape import meta_model
+
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    pattern = re.compile(rf"model\.(language_model\.)?layers\.\d+\..*\.({'|'.join(targets)})$")
+    model = meta_model(AutoConfig.from_pretrained(base))
+    generator, weights = torch.Generator().manual_seed(1), {}
+    for name, module in model.named_modules():
+        if pattern.match(name) and isinstance(module, torch.nn.Linear):
+            prefix = f"base_model.model.{name}"
+            weights[f"{prefix}.lora_A.weight"] = torch.randn(r, module.in_features, generator=generator) * 0.01
+            weights[f"{prefix}.lora_B.weight"] = torch.randn(module.out_features, r, generator=generator) * 0.01
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / "adapter_model.safetensors"))
+    LoraConfig(r=r, lora_alpha=alpha, target_modules=pattern.pattern, task_type="CAUSAL_LM",
+               base_model_name_or_path=str(base)).save_pretrained(out)
+    return out
+
+
+def child(phase: str, base: Path, work: Path) -> None:
+    import torch
+
+    if phase == "load":
+        dtype = t4_dtype(base)
+        print("bytes", stream(base, lambda key, shape: dtype))
+    elif phase == "nf4":
+        dtype = t4_dtype(base)
+        print("bytes", stream(base, lambda key, shape: torch.float16 if quantized(key, shape) else dtype))
+    elif phase == "merge":
+        from gemmate_lib.adapters import merge_shards
+
+        adapter = random_adapter(base, work / "adapter")
+        merge_shards(base, adapter, work / "merged")
+    elif phase == "convert":
+        from gemmate_lib import export
+
+        print("seconds", export.convert(work / "merged", work / "model-f16.gguf"))
+        shutil.rmtree(work / "merged")  # the export deletes its 16-bit copy once converted
+    elif phase == "quantize":
+        from gemmate_lib import export
+
+        print("seconds", export.quantize(work / "model-f16.gguf", work / "model-q4_k_m.gguf", "q4_k_m"))
+    elif phase == "verify":
+        from gemmate_lib import export
+
+        llm = export._llama(work / "model-q4_k_m.gguf", logits_all=False)
+        print("generated", repr(export.llama_greedy(llm, "Quote: Imagination is more", 8)))
+    else:
+        raise SystemExit(f"unknown phase {phase!r}")
+
+
+# ---------------------------------------------------------------------------------------------- the rehearsal
+
+
+def rehearse(names, phases=PHASES, limit: float = COLAB_RAM, work_root: Path | None = None,
+             builder=None) -> list[dict]:
+    """Every phase of every model in `names`, each in a watched child process. Returns one row per phase."""
+    from tools import full_shape
+
+    builder = builder or full_shape.build
+    rows = []
+    for name in names:
+        base = builder(name)
+        work = Path(work_root or full_shape.root() / "rehearsal") / name
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        checkpoint = folder_bytes(base)
+        for phase in phases:
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                               os.environ.get("PYTHONPATH", "")])}
+            result = watch([sys.executable, "-m", "tools.rehearse", "--child", phase, "--base", str(base),
+                            "--work", str(work)], limit, (base, work), env=env)
+            row = {"model": name, "phase": phase, "checkpoint_bytes": checkpoint, **result,
+                   "fits": result["returncode"] == 0 and not result["stopped"]
+                   and result["peak_disk"] <= COLAB_DISK}
+            rows.append(row)
+            print(f"{name:14s} {phase:9s} RAM {row['peak_ram'] / 1e9:6.2f} GB  disk {row['peak_disk'] / 1e9:6.2f} GB"
+                  f"  {row['seconds']:7.1f} s  {'fits' if row['fits'] else 'DOES NOT FIT'}"
+                  + ("" if row["returncode"] == 0 or row["stopped"] else f"  (failed: {row['tail'].strip()[-200:]})"),
+                  flush=True)
+            if not row["fits"]:
+                break  # the later phases need this one's output
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | phase | peak RAM (GB) | peak disk (GB) | time (s) | within a free Colab runtime |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['phase']} | {r['peak_ram'] / 1e9:.2f} | {r['peak_disk'] / 1e9:.1f} | "
+                     f"{r['seconds']:.0f} | {'yes' if r['fits'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def write_docs(rows: list[dict], cpu: str) -> None:
+    (DOCS / "full-shape.json").write_text(json.dumps(
+        {"colab_ram_bytes": COLAB_RAM, "colab_disk_bytes": COLAB_DISK, "cpu": cpu,
+         "rows": [{k: v for k, v in r.items() if k != "tail"} for r in rows]}, indent=1) + "\n")
+    page = DOCS / "full-shape.md"
+    text = page.read_text()
+    start, end = "<!-- rehearsal table -->", "<!-- end of rehearsal table -->"
+    head, rest = text.split(start, 1)
+    page.write_text(head + start + "\n" + table(rows) + "\n" + end + rest.split(end, 1)[1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*")
+    parser.add_argument("--child")
+    parser.add_argument("--base", type=Path)
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--phases", default=",".join(PHASES))
+    parser.add_argument("--no-docs", action="store_true", help="print the table, do not write docs/")
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.base, args.work)
+        return 0
+    from gemmate_lib.hardware import describe_hardware
+    from tools import full_shape
+
+    rows = rehearse(args.names or list(full_shape.CONFIGS), args.phases.split(","))
+    print(table(rows))
+    if not args.no_docs:
+        write_docs(rows, describe_hardware().get("cpu", "?"))
+    return 0 if all(r["fits"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -158,7 +158,7 @@ def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_ne
         "from gemmate_lib.hardware import pick_precision\n"
         "from gemmate_lib.models import load_model, load_tokenizer\n"
         "from gemmate_lib.adapters import load_adapter\n"
-        "from gemmate_lib.generation import generate\n"
+        "from gemmate_lib.text_generation import generate\n"
         "a = json.loads(sys.argv[1])\n"
         "tok = load_tokenizer(a['model_name'])\n"
         "base = load_model(a['model_name'], pick_precision(a['device'], a['dtype']), "
@@ -315,3 +315,58 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
         return f"push failed ({one_line(err).rstrip('.')}). Check the token has write access and the network"
     visibility = "private" if private else "public"
     return f"pushed {show_path(folder)} to https://huggingface.co/{repo_id} ({visibility})"
+
+
+
+def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Merge a LoRA adapter into a downloaded base checkpoint file by file, tensor by tensor, without loading
+    the model (05 and `gemmate export` at full size; docs/full-shape.md measures it). Each output shard is its
+    input shard with the adapted weights replaced by W + (alpha/r)·B·A (computed in fp32, rounded once to the
+    base's own dtype); every other weight is copied byte for byte. Peak memory is about one adapted weight in
+    fp32 (gemma-2b: ~130 MB), not the model: a whole-model merge of Gemma 4 E2B in fp32 needs about 19 GiB."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
+    config = json.loads((check_adapter_files(adapter_dir) / "adapter_config.json").read_text())
+    lora = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    pairs = {k.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight"): k
+             for k in lora if k.endswith(".lora_A.weight")}
+    files = sorted(base_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"no safetensors weights in {show_path(base_dir)}",
+                             "pass the folder of a downloaded base model (config.json and *.safetensors)")
+    dtypes = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+    merged = 0
+    with atomic_folder(out_dir, overwrite=True, what="merged model") as tmp:
+        for file in files:
+            with open(file, "rb") as src, open(tmp / file.name, "wb") as dst:
+                size = int.from_bytes(src.read(8), "little")
+                header = src.read(size)
+                dst.write(size.to_bytes(8, "little") + header)  # same names, dtypes, shapes and offsets
+                entries = sorted((v["data_offsets"], k, v) for k, v in json.loads(header).items()
+                                 if k != "__metadata__")
+                for (begin, end), key, info in entries:
+                    src.seek(8 + size + begin)
+                    if key in pairs:
+                        a_key = pairs[key]
+                        dtype = dtypes[info["dtype"]]
+                        raw = bytearray(src.read(end - begin))
+                        weight = torch.frombuffer(raw, dtype=dtype).view(info["shape"]).float()
+                        a, b = lora[a_key].float(), lora[a_key.replace("lora_A", "lora_B")].float()
+                        weight = weight.addmm_(b, a, alpha=config["lora_alpha"] / config["r"]).to(dtype)
+                        dst.write(weight.contiguous().view(torch.uint8).numpy().tobytes())
+                        merged += 1
+                    else:
+                        for _ in range(begin, end, 2**26):  # 64 MiB at a time
+                            dst.write(src.read(min(2**26, end - src.tell() + 8 + size)))
+        if merged != len(pairs):
+            raise ModelLoadError(f"the adapter in {show_path(adapter_dir)} has {len(pairs)} LoRA layers but "
+                                 f"{merged} matched weights in {show_path(base_dir)}",
+                                 "merge into the base model the adapter was trained on "
+                                 "(gemmate.json names it)")
+        for extra in base_dir.iterdir():
+            if extra.is_file() and extra.suffix in (".json", ".model", ".jinja"):
+                shutil.copy(extra, tmp / extra.name)
+    return Path(out_dir)

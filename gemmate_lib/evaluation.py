@@ -13,8 +13,8 @@ import torch
 from gemmate_lib.data import char_spans, format_quote, normalize_author, quote_prompt, split_quote, token_mask
 from gemmate_lib.errors import DataError
 from gemmate_lib.fast_loss import final_hidden, output_weight, token_nll
-from gemmate_lib.generation import BATCH_SIZE, generate, has_author_line
 from gemmate_lib.stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
+from gemmate_lib.text_generation import BATCH_SIZE, generate, has_author_line
 
 METRICS = ("perplexity", "perplexity_quote", "author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
            "format_compliance")
@@ -146,7 +146,7 @@ def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size
     return EvalResult(metrics, table, len(rows), settings, items)
 
 
-def paired_differences(a: EvalResult, b: EvalResult, seed: int = 0, level: float = 0.95) -> dict:
+def compare_paired(a: EvalResult, b: EvalResult, seed: int = 0, level: float = 0.95) -> dict:
     """b minus a per metric on the same items, with paired-bootstrap intervals (stats.paired_difference;
     `level` adds a "ci" at that level, e.g. Bonferroni's 1 - 0.05 / number of metrics)."""
     out = {}
@@ -156,6 +156,18 @@ def paired_differences(a: EvalResult, b: EvalResult, seed: int = 0, level: float
             out[metric] = paired_difference(va, vb, wa, wb, ratio_exp=metric.startswith("perplexity"),
                                             seed=seed, level=level)
     return out
+
+
+def paired_support(diff: dict) -> str:
+    """04's verdict on one paired difference, the same for its plot and its printed reading: "supported" when
+    the interval at compare_paired's `level` ("ci": Bonferroni's in 04) excludes 0, "suggestive" when only the
+    plain 95% one does, else "none"."""
+    def excludes_zero(interval):
+        return interval is not None and (interval[0] > 0 or interval[1] < 0)
+
+    if excludes_zero(diff.get("ci", diff["ci95"])):
+        return "supported"
+    return "suggestive" if excludes_zero(diff["ci95"]) else "none"
 
 
 def compare_models(results: dict[str, EvalResult]):
@@ -246,7 +258,7 @@ def evaluate_from_config(cfg) -> dict:
 def generate_from_config(cfg):
     """`gemmate generate`: greedy completions of cfg.generate.prompts (default: the four standard prompts)."""
     from gemmate_lib.adapters import load_tuned
-    from gemmate_lib.generation import STANDARD_PROMPTS
+    from gemmate_lib.text_generation import STANDARD_PROMPTS
 
     model, tokenizer = load_tuned(cfg)
     return generate(model, tokenizer, cfg.generate.prompts or STANDARD_PROMPTS,

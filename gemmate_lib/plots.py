@@ -134,19 +134,32 @@ def metric_bars(table, path=None,
 
 
 def paired_differences(diffs: dict, title: str, path=None):
-    """Forest plot of paired differences (04): each metric's b - a with its paired-bootstrap 95% interval."""
+    """Forest plot of paired differences (04): each metric's b - a with its paired-bootstrap 95% interval
+    (thick) and, where compare_paired was given a level, the wider one at that level (thin: Bonferroni's).
+    Coloured by evaluation.paired_support, the rule of 04's printed verdict."""
+    from gemmate_lib.evaluation import paired_support
+
+    colours = {"supported": "#27a", "suggestive": "#e80", "none": "#888"}
     groups = [[m for m in diffs if not m.startswith("perplexity")],
               [m for m in diffs if m.startswith("perplexity")]]
     fig, axes = _subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 1.3]})
     for ax, names, label in zip(axes, groups, ("difference in share", "difference in perplexity")):
         for i, m in enumerate(names):
             d, (lo, hi) = diffs[m]["difference"], diffs[m]["ci95"]
-            ax.errorbar(d, i, xerr=[[max(d - lo, 0)], [max(hi - d, 0)]], fmt="o", capsize=4,
-                        color="#27a" if lo > 0 or hi < 0 else "#888")
+            colour = colours[paired_support(diffs[m])]
+            if diffs[m].get("ci") is not None:
+                wide_lo, wide_hi = diffs[m]["ci"]
+                ax.errorbar(d, i, xerr=[[max(d - wide_lo, 0)], [max(wide_hi - d, 0)]], fmt="none", capsize=2,
+                            lw=0.8, color=colour)
+            ax.errorbar(d, i, xerr=[[max(d - lo, 0)], [max(hi - d, 0)]], fmt="o", capsize=4, lw=2,
+                        color=colour)
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(range(len(names)), [m.replace("_", " ") for m in names], fontsize=8)
         ax.set_xlabel(label)
-    fig.suptitle(title + " (blue: the interval excludes 0)")
+    wide = any(diff.get("ci") is not None for diff in diffs.values())
+    key = (" (thick: 95% interval, thin: Bonferroni's; blue: Bonferroni's excludes 0, "
+           "orange: only the 95% one does, suggestive)" if wide else " (blue: the interval excludes 0)")
+    fig.suptitle(title + key, fontsize=9)
     return _finish(fig, path)
 
 

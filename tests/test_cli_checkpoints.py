@@ -61,20 +61,34 @@ def test_resume_picks_the_last_complete_the_best_or_the_given_checkpoint(checkpo
         resume_checkpoint(checkpoints / "empty", "last")
 
 
-def test_early_stopping_is_transformers_callback_wired_to_the_checkpoint_metric(cpu_cfg, tmp_path):
-    from transformers import EarlyStoppingCallback, TrainerControl, TrainerState
+@pytest.mark.parametrize("mode, steps", [("min", 6), ("max", 12)])
+def test_early_stopping_stops_gemmate_train_when_the_checkpoint_metric_stops_improving(
+        mode, steps, tiny_folder, tmp_path, monkeypatch):
+    """`gemmate train --early_stopping_patience 2` on the tiny Gemma, an evaluation every 2 of 12 steps whose
+    eval_loss rises (2.0, 2.1, 2.2, ...; the evaluation loop faked, training real): ranked by eval_loss
+    'min', the third evaluation is the second without improvement and the run stops at step 6; ranked 'max',
+    every evaluation improves and the run goes on to step 12."""
+    from transformers import Trainer
+    from transformers.trainer_utils import EvalLoopOutput
 
-    from gemmate_lib.training import training_args
+    from gemmate_lib.cli.main import main
+    from gemmate_lib.errors import run_cli
 
-    cfg = cpu_cfg.replace(early_stopping_patience=2, checkpoint_metric="eval_loss")
-    args = training_args(cfg, tmp_path, has_eval=True)
-    assert args.metric_for_best_model == "eval_loss" and args.greater_is_better is False
-    assert args.eval_strategy == "steps" and args.save_steps == args.eval_steps == cfg.train.val_steps_freq
-    stop, state, control = EarlyStoppingCallback(early_stopping_patience=2), TrainerState(), TrainerControl()
-    for loss in (2.0, 2.1, 2.2):  # the Trainer updates best_metric after each evaluation
-        stop.on_evaluate(args, state, control, metrics={"eval_loss": loss})
-        state.best_metric = min(loss, state.best_metric or loss)
-    assert control.should_training_stop
+    losses = iter([2.0, 2.1, 2.2, 2.3, 2.4, 2.5])
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        return EvalLoopOutput(predictions=None, label_ids=None, num_samples=1,
+                              metrics={f"{metric_key_prefix}_loss": next(losses)})
+
+    monkeypatch.setattr(Trainer, "evaluation_loop", evaluation_loop)
+    out = tmp_path / "run"
+    assert run_cli(main, ["train", *QUICK, "--model_name", str(tiny_folder), "--max_steps", "12",
+                          "--early_stopping_patience", "2", "--checkpoint_metric", "eval_loss",
+                          "--checkpoint_metric_mode", mode, "--keep_last_n", "1", "--keep_best_n", "0",
+                          "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == steps and metrics["final_eval_loss"] == [2.2, 2.5][mode == "max"]
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """Side-by-side short runs (03): the memory meter, and the real QLoRA recipe training on a CPU."""
 import math
 
+import pytest
+
 from gemmate_lib.experiments import PeakMemory, train_arm
 
 ROWS = [{"quote": q, "author": a, "text": f"Quote: {q}\nAuthor: {a}"}
@@ -22,18 +24,33 @@ def test_peak_memory_sees_an_allocation_and_its_absence():
     assert busy.peak_mib > 200 and idle.peak_mib < 50
 
 
-def test_qlora_and_lora_arms_train_and_report_the_same_numbers(tiny_folder, tiny_tokenizer, cpu_cfg,
-                                                               tmp_path):
+def test_qlora_and_lora_arms_train_the_same_adapter_and_report_numbers_measured_the_same_way(
+        tiny_folder, tiny_tokenizer, cpu_cfg, tmp_path):
+    """03's side-by-side runs: QLoRA is LoRA on an NF4 base, so both arms train the same adapter (the same
+    trainable count and share, the adapter alone changes), their first loss is the same base's loss up to
+    NF4's rounding, and each held-out loss in the table is the one measured on the arm's own trained model."""
+    from weights import trains_only_the_trainable
+
+    from gemmate_lib.evaluation import held_out_loss
+
     base = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1,
-                           learning_rate=1e-2)
-    lora = train_arm("LoRA", base, tiny_tokenizer, ROWS, ROWS[:2], tmp_path / "a", format_check=True)
-    qlora_cfg = base.replace(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)
-    qlora = train_arm("QLoRA", qlora_cfg, tiny_tokenizer, ROWS, ROWS[:2], tmp_path / "b", keep_model=True)
+                           learning_rate=1e-2, warmup_steps=0)
+    with trains_only_the_trainable() as checked:
+        lora = train_arm("LoRA", base, tiny_tokenizer, ROWS, ROWS[:2], tmp_path / "a", format_check=True,
+                         keep_model=True)
+        qlora_cfg = base.replace(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)
+        qlora = train_arm("QLoRA", qlora_cfg, tiny_tokenizer, ROWS, ROWS[:2], tmp_path / "b", keep_model=True)
+    assert len(checked) == 2 and all(all("lora_" in n for n in c["changed"]) for c in checked)
     assert set(lora.summary) - {"format_compliance"} == set(qlora.summary)
-    assert 0 <= lora.summary["format_compliance"] <= 1
+    assert lora.summary["trainable"] == qlora.summary["trainable"] > 0
+    assert lora.summary["trainable_share"] == qlora.summary["trainable_share"]
+    first = [float(arm.log.loss.dropna().iloc[0]) for arm in (lora, qlora)]
+    assert first[0] == pytest.approx(first[1], rel=0.02) and all(math.isfinite(x) for x in first)
     for arm in (lora, qlora):
-        assert arm.log.loss.notna().sum() == 2 and all(math.isfinite(x) for x in arm.log.loss.dropna())
-        assert arm.summary["seconds_per_step"] > 0 and math.isfinite(arm.summary["held_out_loss_text"])
+        assert arm.log.loss.notna().sum() == 2 and arm.summary["seconds_per_step"] > 0
+        assert arm.summary["held_out_loss_text"] == pytest.approx(
+            held_out_loss(arm.model, tiny_tokenizer, ROWS[:2], base.train.max_length), abs=1e-3)
+    assert lora.summary["format_compliance"] in (0, 0.5, 1)  # two held-out rows
     layer = qlora.model.get_base_model().model.layers[0].self_attn.q_proj
     assert type(layer.base_layer).__name__ == "Linear4bit"  # NF4 weights under the LoRA adapter
 

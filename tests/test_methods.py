@@ -106,25 +106,62 @@ def test_full_finetuning_memory_is_sixteen_bytes_a_weight_and_a_t4_says_no(monke
     assert check_full_finetuning(268_098_176, "cuda") == pytest.approx(4.0, abs=0.01)
 
 
+def _expected_trainable(key: str, method, config, total_base: int) -> int:
+    """What `key` trains on the tiny Gemma, counted by hand from its config and the layer shapes."""
+    h, L = config.hidden_size, config.num_hidden_layers
+    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+              "gate_proj": (h, config.intermediate_size), "up_proj": (h, config.intermediate_size),
+              "down_proj": (config.intermediate_size, h)}  # (in, out)
+    peft = method.peft_config
+    if key == "full":
+        return total_base
+    if key in ("prompt", "prefix"):
+        # prefix tuning: a key and a value in every layer
+        return peft.num_virtual_tokens * h * (1 if key == "prompt" else 2 * L)
+    if key == "ia3":  # one scale per output feature, per input feature of the feed-forward layers
+        return L * sum(shapes[m][0 if m in peft.feedforward_modules else 1] for m in peft.target_modules)
+    return L * peft.r * sum(sum(shapes[m]) for m in peft.target_modules)  # LoRA: r * (in + out)
+
+
 @pytest.mark.parametrize("key", METHODS)
-def test_every_method_trains_saves_and_measures_on_the_tiny_gemma(key, tiny_folder, tiny_tokenizer, cpu_cfg,
-                                                                  tmp_path):
-    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1)
+def test_every_method_trains_what_it_says_saves_it_and_reports_exact_counts(key, tiny_folder, tiny_tokenizer,
+                                                                            cpu_cfg, tmp_path):
+    """Each method on the tiny Gemma (2 steps): the trainable weights changed and the frozen ones did not,
+    the table's trainable count and share are the ones counted by hand, and what was saved is what trained
+    (the adapter alone, or every weight for full fine-tuning), in safetensors, of the size reported."""
+    from safetensors import safe_open
+    from tiny import make_tiny_gemma
+    from weights import trains_only_the_trainable
+
+    cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1,
+                          warmup_steps=0)
     method = build_methods(cfg, str(tiny_folder), [key], other_rank=16)[key]
-    arm = train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS[:2],
-                    tmp_path / "trainer",
-                    format_check=True, adapter=method.peft_config, save_dir=tmp_path / "saved")
-    s = arm.summary
+    with trains_only_the_trainable():
+        arm = train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS[:2],
+                        tmp_path / "trainer", format_check=True, adapter=method.peft_config,
+                        save_dir=tmp_path / "saved")
+    s, base = arm.summary, make_tiny_gemma(tiny_tokenizer)
+    total_base = sum(p.numel() for p in base.parameters())
+    trainable = _expected_trainable(key, method, base.config, total_base)
+    total = total_base + (trainable if key != "full" else 0)
+    assert (s["trainable"], s["trainable_share"]) == (trainable, trainable / total)
     assert arm.log.loss.notna().sum() == 2 and s["seconds_per_step"] > 0
-    assert 0 < s["trainable"] <= s["trainable"] / s["trainable_share"] and 0 <= s["format_compliance"] <= 1
+    assert s["format_compliance"] in (0, 0.5, 1)  # two held-out rows
     saved = sorted(p.name for p in (tmp_path / "saved").iterdir())
     assert not [p for p in saved if p.endswith(".bin")]
-    if key == "full":
-        assert s["trainable_share"] == 1 and "model.safetensors" in saved
-    else:
-        assert s["trainable_share"] < 1 and "adapter_model.safetensors" in saved
+    weights = "model.safetensors" if key == "full" else "adapter_model.safetensors"
+    with safe_open(tmp_path / "saved" / weights, framework="pt") as f:
+        assert sum(_numel(f.get_slice(k).get_shape()) for k in f.keys()) == trainable  # what trained, no more
     assert s["saved_mib"] == pytest.approx(
         sum(p.stat().st_size for p in (tmp_path / "saved").glob("*.safetensors")) / 2**20, abs=0.01)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def test_prompt_tuning_learns_and_its_saved_vectors_reload(tiny_folder, tiny_tokenizer, cpu_cfg, tmp_path):

@@ -283,7 +283,7 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
     """llama.cpp loads every GGUF in `folder`; the 16-bit one is compared with the merged transformers model
     token for token, every file is checked for the format, perplexity, size and speed. Written to
     folder/verification.json."""
-    from gemmate_lib.generation import has_author_line
+    from gemmate_lib.text_generation import has_author_line
 
     folder = Path(folder)
     f16 = folder / "model-f16.gguf"
@@ -343,7 +343,7 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
 def export_and_verify(run_dir, cfg, quant_types=QUANT_TYPES) -> dict:
     """`gemmate export`: export_gguf, then verify_gguf on the standard prompts and the held-out quotes."""
     from gemmate_lib.data import load_quotes
-    from gemmate_lib.generation import STANDARD_PROMPTS
+    from gemmate_lib.text_generation import STANDARD_PROMPTS
 
     run_dir = Path(run_dir)
     quant_types = check_export(run_dir, quant_types)

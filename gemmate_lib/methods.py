@@ -1,16 +1,22 @@
-"""Fine-tuning methods side by side (06_compare_methods): full fine-tuning, LoRA at two ranks, QLoRA (LoRA
-r=8 on an NF4 base, the same optimizer), prompt, prefix tuning and IA3. A method is a PEFT config plus the
-settings it changes, chiefly its customary learning rate (LEARNING_RATES says whose): one shared rate would
-suit one method and starve the others. `default_methods` picks what 06 trains when `methods` is None."""
+"""Fine-tuning methods side by side (06_compare_methods; 03's short comparisons use the same `train_arm`):
+full fine-tuning, LoRA at two ranks, QLoRA (LoRA r=8 on an NF4 base, the same optimizer), prompt, prefix
+tuning and IA3. A method is a PEFT config plus the settings it changes, chiefly its customary learning rate
+(LEARNING_RATES says whose). Each arm trains a fresh model on the same data and steps and reports trainable
+weights, seconds per step, memory, the loss curve and held-out losses."""
 from __future__ import annotations
 
+import os
+import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from gemmate_lib.config import CourseConfig
 from gemmate_lib.errors import HardwareError, ParameterError
-from gemmate_lib.hardware import Precision
+from gemmate_lib.evaluation import example_nll_by_part, format_generations
+from gemmate_lib.hardware import Precision, free_memory
+from gemmate_lib.training import attach_lora, lora_config, train
 
 METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train
 DEFAULT_METHODS = METHODS[:-1]  # what 06 trains unless told, on a CPU: IA3 is the optional seventh
@@ -53,8 +59,6 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
     second LoRA rank (alpha = 2 x rank, so alpha / r stays 2). `rates`: some learning rates, e.g.
     {"prompt": 3e-3} (06's exercise 3)."""
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
-
-    from gemmate_lib.training import lora_config
 
     if keys is None:
         keys = default_methods(cfg)
@@ -126,8 +130,6 @@ def full_finetuning_gib(n_params: int) -> float:
 
 def check_full_finetuning(n_params: int, device: str) -> float:
     """Raise HardwareError when full fine-tuning cannot fit this machine's memory; return the GiB it needs."""
-    import os
-
     need = full_finetuning_gib(n_params)
     if device == "cuda":
         have, where = torch.cuda.get_device_properties(0).total_memory / 2**30, "this GPU"
@@ -139,3 +141,88 @@ def check_full_finetuning(n_params: int, device: str) -> float:
                             "that is why LoRA and QLoRA exist; on a bigger "
                             "GPU (or the embedded 270M model) it runs")
     return need
+
+
+def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False) -> dict:
+    """Held-out loss on the whole text and on the completion (data.char_spans); optionally format
+    compliance."""
+    model.eval()
+    out = {}
+    for part, nll in example_nll_by_part(model, tokenizer, rows, ("text", "completion"), max_length).items():
+        out[f"held_out_loss_{part}"] = round(sum(s for s, _ in nll) / sum(n for _, n in nll), 3)
+    if format_check:
+        ok = format_generations(model, tokenizer, rows)[2]
+        out["format_compliance"] = round(sum(ok) / len(ok), 3)
+    return out
+
+
+def padding_share(lengths: list[int], batch_size: int, grouped: bool, seed: int = 0) -> float:
+    """Share of a pass's tokens that are padding, in random batches or grouped (sorted) by length, as
+    transformers' length-grouped sampler does when the data fits in one mega-batch of 50 batches (here)."""
+    order = sorted(lengths, reverse=True) if grouped else random.Random(seed).sample(lengths, len(lengths))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    padded = sum(max(b) * len(b) for b in batches)
+    return 1 - sum(lengths) / padded
+
+
+@dataclass
+class Arm:
+    name: str  # what this arm trains, e.g. "QLoRA (NF4, paged 8-bit AdamW, checkpointing)"
+    summary: dict  # the numbers of the comparison table
+    log: object  # the trainer's loss log (pandas DataFrame)
+    model: object = None  # the trained model, when keep_model=True
+
+
+LORA = "lora"  # train_arm's default adapter: the course's LoRA, built from the config
+
+
+def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], eval_rows: list[dict],
+              output_dir, format_check: bool = False, keep_model: bool = False, adapter=LORA, save_dir=None,
+              start_loss: bool = False, callbacks=None) -> Arm:
+    """Load a fresh model as `cfg` says, add `adapter` (LORA: the course's, any PEFT config, or None for full
+    fine-tuning), train `cfg.train.max_steps` steps, measure. `save_dir`: save what trained and report its
+    size. `start_loss`: also the held-out loss before training (06: prompt and prefix tuning change it)."""
+    from gemmate_lib.models import count_parameters, footprint_mib, load_model  # looked up now: tests fake it
+
+    # full fine-tuning trains fp32 master weights under 16-bit autocast (the trainer's bf16/fp16 stays on)
+    precision = cfg.precision if adapter is not None else full_finetuning_precision(cfg.precision)
+
+    def fresh():
+        model = load_model(cfg.model.model_name, precision, cfg.model.quantization)
+        if adapter is None:
+            try:
+                # a clear stop before OOM
+                check_full_finetuning(count_parameters(model)[1], cfg.precision.device)
+            except HardwareError:
+                # the error's traceback keeps this frame alive: drop the weights (~5 GB on a T4) first
+                del model
+                free_memory()
+                raise
+            return model
+        return attach_lora(model, cfg, quiet=True, peft_config=None if adapter == LORA else adapter)  # seeded
+
+    model = fresh()
+    trainable, total = count_parameters(model)
+    result = train(model, tokenizer, train_rows, [], cfg, output_dir, callbacks=callbacks, measure_cost=True,
+                   unwrap=False)
+    model = result.model
+    weights_mib = round(footprint_mib(model))  # as trained: full fine-tuning's fp32 master weights
+    if precision is not cfg.precision:
+        model.to(cfg.precision.dtype)  # measured and saved in the compute dtype, as the other methods are
+    summary = {"setting": name, "trainable": trainable, "trainable_share": trainable / total,
+               "weights_mib": weights_mib, "training_peak_mib": round(result.peak_mib),
+               "seconds_per_step": round(result.seconds_per_step, 3),
+               **measure(model, tokenizer, eval_rows, cfg.train.max_length, format_check)}
+    if save_dir is not None:
+        model.save_pretrained(save_dir)  # safetensors: the adapter only, or every weight for full fine-tuning
+        saved = sum(p.stat().st_size for p in Path(save_dir).rglob("*.safetensors"))
+        summary["saved_mib"] = round(saved / 2**20, 2)
+    arm = Arm(name, summary, result.log, model if keep_model else None)
+    del model, result
+    free_memory()
+    # on a second, identically seeded copy, after training: a pass before it would hide ~1 GB of the peak
+    if start_loss:
+        summary["held_out_loss_start"] = measure(fresh(), tokenizer, eval_rows,
+                                                 cfg.train.max_length)["held_out_loss_text"]
+        free_memory()
+    return arm

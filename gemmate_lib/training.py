@@ -1,20 +1,23 @@
-"""LoRA SFT with TRL's SFTTrainer (03_lora_sft): the one builder of the Hugging Face training objects.
-`lora_config` and `training_args` build the `LoraConfig` and `SFTConfig` (or GemmaTE's `TrainingArguments`)
-from the course's config for every caller: notebooks, `gemmate train` / `train-te` / `hpo`, the benchmark."""
+"""Training (03_lora_sft, 06, 07, `gemmate train`): the one builder of the Hugging Face training objects
+(`lora_config`, `training_args`) and the one training path, `train`, that every way in calls."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from gemmate_lib.config import CourseConfig
 from gemmate_lib.fast_loss import causal_lm_loss
+from gemmate_lib.hardware import free_memory
 
 
 def world() -> tuple[int, int]:
@@ -228,17 +231,73 @@ class TrainResult:
     seconds: float  # wall time of trainer.train(), start-up included
     steps: int  # optimizer steps taken
     trainer: object = None  # the trainer, for a look inside
+    seconds_per_step: float | None = None  # with measure_cost: StepTimer's mean
+    peak_mib: float | None = None  # with measure_cost: memory training added at its peak (PeakMemory)
 
 
-def run_trainer(trainer, resume_from_checkpoint: str | None = None) -> TrainResult:
-    """`trainer.train()`, timed; the model comes back in eval mode, unwrapped from accelerate's autocast,
-    which would make it compute differently from the same weights loaded from disk (05, 07 reload them)."""
-    start = time.time()
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    seconds = time.time() - start
-    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    model.eval()
-    return TrainResult(model, loss_log(trainer), seconds, trainer.state.global_step, trainer)
+class PeakMemory:
+    """Peak memory added inside the `with` block: GPU allocator peak on CUDA, sampled process RSS on a CPU."""
+
+    def __init__(self, device: str = "cpu", interval: float = 0.02):
+        self.device, self.interval, self.peak_mib = device, interval, 0.0
+
+    def __enter__(self):
+        import psutil
+
+        free_memory()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+            return self
+        self._proc, self._stop = psutil.Process(), False
+        self._start = self._peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop:
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            self.peak_mib = (torch.cuda.max_memory_allocated() - self._start) / 2**20
+        else:
+            self._stop = True
+            self._thread.join()
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+            self.peak_mib = (self._peak - self._start) / 2**20
+        return False
+
+
+class StepTimer(TrainerCallback):
+    """Wall-clock seconds of each optimizer step (`on_step_begin` to `on_step_end`), without the set-up, batch
+    fetching and logging that would blur a comparison of a few steps. On a GPU the clock waits for kernels."""
+
+    clock = staticmethod(time.perf_counter)  # seconds; tests swap in a clock of their own
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._start = None
+
+    def _now(self) -> float:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return self.clock()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = self._now()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._start is not None:
+            self.seconds.append(self._now() - self._start)
+            self._start = None
+
+    def per_step(self) -> float:
+        """Mean seconds of a step, without the first (one-off costs) if there are others; NaN before any."""
+        timed = self.seconds[1:] or self.seconds
+        return sum(timed) / len(timed) if timed else float("nan")
 
 
 def loss_log(trainer):
@@ -273,12 +332,65 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
     )
 
 
+def two_rate_optimizer(te, cfg: CourseConfig):
+    """GemmaTE's AdamW in two groups: LoRA at learning_rate, the zero-started projection at
+    projection_learning_rate (it must grow to the embeddings' size; LoRA only nudges existing weights)."""
+    rest = [p for n, p in te.named_parameters()
+            if p.requires_grad and not n.startswith("temporal_projection")]
+    return torch.optim.AdamW([
+        {"params": rest, "lr": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay},
+        {"params": [te.temporal_projection.weight], "lr": cfg.temporal.projection_learning_rate,
+         "weight_decay": 0.0}])
+
+
+def train(model, tokenizer, train_data, eval_data, cfg: CourseConfig, output_dir: str | Path, *,
+          save: bool | None = False, callbacks=None, resume_from_checkpoint: str | None = None,
+          measure_cost: bool = False, unwrap: bool = True, pad_token_id: int | None = None,
+          **extras) -> TrainResult:
+    """The course's one training path; every other entry is a thin wrapper over it: train_lora (05),
+    methods.train_arm (03's and 06's side-by-side runs), cli/train.train_from_config (`gemmate train`, `hpo`)
+    and temporal/training.train_temporal (07, `gemmate train-te`). `model` already has its adapter
+    (attach_lora, attach_temporal_lora). Rows with a `text` field train with CourseSFTTrainer; GemmaTE trains
+    on a TextDataset with transformers' Trainer, the timestamps riding in the batches (padded with
+    `pad_token_id`, default the tokenizer's), with two learning rates. `save` and `extras` go to
+    training_args. `measure_cost` times every step and samples the memory training adds (06's table).
+    The model comes back in eval mode, unwrapped from accelerate's mixed-precision forward, which would make
+    it compute differently from the same weights loaded from disk; `unwrap=False` keeps it (the arms are
+    measured as they trained)."""
+    set_seed(cfg.train.seed)
+    if hasattr(model, "temporal_projection"):  # GemmaTE (07)
+        from gemmate_lib.temporal.data import collate_fn
+
+        model.fast_loss = cfg.train.fast_loss
+        pad = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
+        args = training_args(cfg, output_dir, has_eval=False, save=False, sft=False,
+                             remove_unused_columns=False)  # keep `timestamps`, which forward() does not name
+        trainer = Trainer(model=model, args=args, train_dataset=train_data, callbacks=callbacks,
+                          data_collator=partial(collate_fn, pad_token_id=pad),
+                          optimizers=(two_rate_optimizer(model, cfg), None))
+    else:
+        trainer = sft_trainer(model, tokenizer, train_data, eval_data, cfg, output_dir, save, callbacks,
+                              **extras)
+    timer = StepTimer()
+    if measure_cost:
+        trainer.add_callback(timer)  # last: starts after the others' step begins, stops after their step ends
+    with PeakMemory(cfg.precision.device) if measure_cost else contextlib.nullcontext() as memory:
+        start = time.time()
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        seconds = time.time() - start
+    model = trainer.model
+    if unwrap:
+        model = trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    model.eval()
+    return TrainResult(model, loss_log(trainer), seconds, trainer.state.global_step, trainer,
+                       timer.per_step() if measure_cost else None, memory.peak_mib if measure_cost else None)
+
+
 def train_lora(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], cfg: CourseConfig,
                output_dir: str | Path, callbacks=None) -> TrainResult:
-    """Attach LoRA (once) and run SFTTrainer; returns the model, the loss log and the time."""
+    """Attach LoRA (once), then `train` (05's second adapter)."""
     model = attach_lora(model, cfg, quiet=True, tokenizer=tokenizer)
-    return run_trainer(sft_trainer(model, tokenizer, train_rows, eval_rows, cfg, output_dir,
-                                   callbacks=callbacks))
+    return train(model, tokenizer, train_rows, eval_rows, cfg, output_dir, callbacks=callbacks)
 
 
 def trainable_digest(model) -> str:

@@ -60,8 +60,8 @@ def _perturbed(model, cfg):
 def test_round_trip_in_a_fresh_process_gives_identical_generations(tiny_folder, tiny_tokenizer, fp32, cpu_cfg,
                                                                    tmp_path):
     from gemmate_lib.adapters import reload_generations
-    from gemmate_lib.generation import STANDARD_PROMPTS, generate
     from gemmate_lib.models import load_model
+    from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 
     model = _perturbed(load_model(str(tiny_folder), fp32), cpu_cfg)
     folder = save_adapter(model, tiny_tokenizer, tmp_path / "adapter", str(tiny_folder))
@@ -76,8 +76,8 @@ def test_round_trip_in_a_fresh_process_gives_identical_generations(tiny_folder, 
 def test_merge_matches_the_adapter_model_and_refuses_a_4bit_base(tiny_model, tiny_tokenizer, tiny_folder,
                                                                  cpu_cfg):
     from gemmate_lib.adapters import merge_and_check
-    from gemmate_lib.generation import STANDARD_PROMPTS
     from gemmate_lib.models import load_model
+    from gemmate_lib.text_generation import STANDARD_PROMPTS
 
     model = _perturbed(tiny_model, cpu_cfg)
     merged, diff = merge_and_check(model, tiny_tokenizer, STANDARD_PROMPTS)

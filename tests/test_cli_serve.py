@@ -47,8 +47,8 @@ def test_gemmate_serve_answers_a_quote_with_an_author_over_http(quick_run, tmp_p
     import httpx
     from openai import BadRequestError, OpenAI
 
-    from gemmate_lib.generation import STANDARD_PROMPTS
     from gemmate_lib.models import prepare_embedded
+    from gemmate_lib.text_generation import STANDARD_PROMPTS
 
     run = tmp_path / "run"
     # serve writes merged/ into the run folder: a copy of the shared one

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from gemmate_lib.experiments import PeakMemory, train_arm
+from gemmate_lib.methods import train_arm
+from gemmate_lib.training import PeakMemory
 
 ROWS = [{"quote": q, "author": a, "text": f"Quote: {q}\nAuthor: {a}"}
         for q, a in (("Be yourself; everyone else is taken.", "Oscar Wilde"),
@@ -56,7 +57,7 @@ def test_qlora_and_lora_arms_train_the_same_adapter_and_report_numbers_measured_
 
 
 def test_padding_share_by_hand():
-    from gemmate_lib.experiments import padding_share
+    from gemmate_lib.methods import padding_share
 
     assert padding_share([4, 4, 4, 4], 2, grouped=True) == 0
     assert padding_share([1, 3, 1, 3], 2, grouped=True) == 0  # sorted: (3, 3), (1, 1)
@@ -72,7 +73,7 @@ def test_seconds_per_step_time_the_steps_not_the_start_up(tiny_folder, tiny_toke
     one-off costs); a run of one step reports that step."""
     from transformers import TrainerCallback
 
-    from gemmate_lib.experiments import StepTimer
+    from gemmate_lib.training import StepTimer
 
     now = [0.0]
     monkeypatch.setattr(StepTimer, "clock", staticmethod(lambda: now[0]))
@@ -97,7 +98,7 @@ def test_seconds_per_step_time_the_steps_not_the_start_up(tiny_folder, tiny_toke
 
 
 def test_step_timer_leaves_out_the_first_step_when_there_are_others():
-    from gemmate_lib.experiments import StepTimer
+    from gemmate_lib.training import StepTimer
 
     timer = StepTimer()
     assert timer.per_step() != timer.per_step()  # NaN before any step

@@ -1,4 +1,4 @@
-from gemmate_lib.generation import STANDARD_PROMPTS, generate, has_author_line
+from gemmate_lib.text_generation import STANDARD_PROMPTS, generate, has_author_line
 
 
 def test_author_line_detection():

@@ -48,8 +48,8 @@ def test_a_child_process_finds_the_course_that_the_kernel_has_only_on_sys_path(t
 def test_the_fresh_process_reload_loads_the_base_as_the_parent_did(tiny_folder, tmp_path):
     """Item 2: the child loaded the base unquantized while the parent generated with NF4."""
     from gemmate_lib.adapters import load_adapter, reload_generations, save_adapter
-    from gemmate_lib.generation import generate
     from gemmate_lib.models import load_model, load_tokenizer
+    from gemmate_lib.text_generation import generate
     from gemmate_lib.training import attach_lora
 
     bf16 = Precision("cpu", torch.bfloat16, "16-bit, as a T4's fp16")

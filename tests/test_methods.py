@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from gemmate_lib.errors import HardwareError, ParameterError
-from gemmate_lib.experiments import train_arm
 from gemmate_lib.methods import (
     DEFAULT_METHODS,
     LEARNING_RATES,
@@ -15,6 +14,7 @@ from gemmate_lib.methods import (
     build_methods,
     check_full_finetuning,
     full_finetuning_gib,
+    train_arm,
 )
 
 ROWS = [{"quote": q, "author": a, "text": f"Quote: {q}\nAuthor: {a}"}

@@ -42,7 +42,7 @@ def test_01s_bitsandbytes_config_equals_the_librarys(device, dtype):
 
 
 def test_02s_written_out_generate_equals_the_librarys(tiny_model, tiny_tokenizer):
-    from gemmate_lib.generation import STANDARD_PROMPTS, generate
+    from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 
     cfg = types.SimpleNamespace(generate=types.SimpleNamespace(max_new_tokens=12))
     ns = run_cell("02_baseline_generation.ipynb", "70b1d577", model=tiny_model, tokenizer=tiny_tokenizer,

@@ -46,8 +46,7 @@ def test_the_training_notebooks_take_report_to_as_a_papermill_parameter_off_by_d
 def test_06_passes_report_to_into_every_methods_trainer(tmp_path, tiny_folder, tiny_tokenizer, cpu_cfg):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from gemmate_lib.experiments import train_arm
-    from gemmate_lib.methods import build_methods
+    from gemmate_lib.methods import build_methods, train_arm
 
     rows = [{"quote": "Be yourself.", "author": "Oscar Wilde",
              "text": "Quote: Be yourself.\nAuthor: Oscar Wilde"}] * 4

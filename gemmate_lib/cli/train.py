@@ -19,7 +19,7 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
     from gemmate_lib.data import load_quotes
     from gemmate_lib.files import save_json
     from gemmate_lib.models import load_model, load_tokenizer
-    from gemmate_lib.training import attach_lora, run_trainer, sft_trainer, trainable_digest, world
+    from gemmate_lib.training import attach_lora, train, trainable_digest, world
 
     rank, world_size = world()
     c = cfg.checkpoints
@@ -45,25 +45,25 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
         callbacks.append(StorageSync(out, c.remote_path))
     if c.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=c.early_stopping_patience))
-    trainer = sft_trainer(model, tokenizer, data.train, data.held_out, cfg, out,
-                          save=None if save_checkpoints else False, callbacks=callbacks)
-    result = run_trainer(trainer, str(resume) if resume else None)
-    seconds, log = result.seconds, result.log
-    digest = trainable_digest(trainer.model)
+    result = train(model, tokenizer, data.train, data.held_out, cfg, out, callbacks=callbacks,
+                   save=None if save_checkpoints else False,
+                   resume_from_checkpoint=str(resume) if resume else None)
+    digest = trainable_digest(result.model)
     (out / "ranks").mkdir(parents=True, exist_ok=True)
     save_json(out / "ranks" / f"rank{rank}.json",
-              {"rank": rank, "world_size": world_size, "digest": digest, "step": trainer.state.global_step})
+              {"rank": rank, "world_size": world_size, "digest": digest, "step": result.steps})
+    log = result.log
     last = {col: float(log[col].dropna().iloc[-1]) if col in log and log[col].notna().any() else None
             for col in ("loss", "eval_loss")}
-    metrics = {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "world_size": world_size,
+    metrics = {"steps": result.steps, "seconds": round(result.seconds, 1), "world_size": world_size,
                "resumed_from": resume.name if resume else None, "trainable_digest": digest,
                "final_loss": last["loss"], "final_eval_loss": last["eval_loss"],
                "checkpoints_kept": [p.name for p in complete_checkpoints(out).values()], "config": cfg.flat()}
     if task != "quotes":
         metrics["task"] = task
-        metrics["task_metrics"] = evaluate_task(trainer.model, tokenizer, task, data.held_out)
+        metrics["task_metrics"] = evaluate_task(result.model, tokenizer, task, data.held_out)
     if rank == 0:
-        save_adapter(trainer.model, tokenizer, out / "adapter", cfg.model.model_name, overwrite=True)
+        save_adapter(result.model, tokenizer, out / "adapter", cfg.model.model_name, overwrite=True)
         save_json(out / "train_metrics.json", metrics)
     return metrics
 

@@ -80,7 +80,7 @@ def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked
     `timestamps`; (table, metrics): accuracy overall, within `near_days` of a release, and farther away."""
     import pandas as pd
 
-    from gemmate_lib.generation import generate
+    from gemmate_lib.text_generation import generate
 
     stamps = list(timestamps)
     shown = stamps if asked_at is None else [asked_at] * len(stamps)

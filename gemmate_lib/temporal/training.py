@@ -13,11 +13,11 @@ import torch
 from gemmate_lib.config import CourseConfig
 from gemmate_lib.errors import ParameterError
 from gemmate_lib.files import save_json
-from gemmate_lib.temporal.data import TextDataset, collate_fn, date_of, load_jsonl, parse_date
+from gemmate_lib.temporal.data import TextDataset, date_of, load_jsonl, parse_date
 from gemmate_lib.temporal.model import GemmaTEForCausalLM
 from gemmate_lib.temporal.tasks import QUESTION, make_python_questions, python_accuracy, python_baselines
 from gemmate_lib.temporal.timestamps import DAY_MS, nearest, to_milliseconds
-from gemmate_lib.training import TrainResult, attach_lora, run_trainer, training_args
+from gemmate_lib.training import TrainResult, attach_lora, train
 
 
 def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEForCausalLM:
@@ -27,28 +27,10 @@ def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEFo
     return te
 
 
-def two_rate_optimizer(te: GemmaTEForCausalLM, cfg: CourseConfig):
-    """AdamW in two groups: LoRA at learning_rate, the zero-started projection at projection_learning_rate."""
-    rest = [p for n, p in te.named_parameters()
-            if p.requires_grad and not n.startswith("temporal_projection")]
-    return torch.optim.AdamW([
-        {"params": rest, "lr": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay},
-        {"params": [te.temporal_projection.weight], "lr": cfg.temporal.projection_learning_rate,
-         "weight_decay": 0.0}])
-
-
 def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConfig, output_dir: str | Path,
                    pad_token_id: int = 0) -> TrainResult:
-    """Train with transformers.Trainer: timestamps flow from the dataset through collate_fn into forward."""
-    from transformers import Trainer, set_seed
-
-    set_seed(cfg.train.seed)
-    te.fast_loss = cfg.train.fast_loss
-    args = training_args(cfg, output_dir, has_eval=False, save=False, sft=False, remove_unused_columns=False)
-    trainer = Trainer(model=te, args=args, train_dataset=dataset,
-                      data_collator=lambda b: collate_fn(b, pad_token_id),
-                      optimizers=(two_rate_optimizer(te, cfg), None))
-    return run_trainer(trainer)
+    """`training.train` on GemmaTE: timestamps flow from the dataset through collate_fn into forward."""
+    return train(te, None, dataset, None, cfg, output_dir, pad_token_id=pad_token_id)
 
 
 def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates, batch_size: int = 100,
@@ -57,7 +39,7 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
     table also says whether each year is within one of the truth (`year_within_1`, the extrapolation goal)."""
     import pandas as pd
 
-    from gemmate_lib.generation import generate
+    from gemmate_lib.text_generation import generate
 
     out = generate(te, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
                    timestamps=list(timestamps))

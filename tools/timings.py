@@ -138,8 +138,8 @@ def sync(data: dict | None = None) -> list[str]:
                      new,
                      flags=re.M)
     total = sum(data["cpu_seconds"].values())
-    new = re.sub(r"^\| \*\*all of `make course`\*\* \|.*$",
-                 f"| **all of `make course`** | | **{duration(total)} "
+    new = re.sub(r"^\| \*\*every notebook, start to end\*\* \|.*$",
+                 f"| **every notebook, start to end** | | **{duration(total)} "
                  f"for the {len(data['cpu_seconds'])} notebooks** | |",
                  new, flags=re.M)
     if new != readme:

@@ -1,16 +1,6 @@
 """The pre-flight check before training step 1 (the one-page notebook and 03_lora_sft write it out;
-`CourseSFTTrainer` runs it when `preflight: true`). One batch, four questions, a verdict table; a failed
-line stops the run with what it means and the fix (PreflightError):
-
-- the logits agree with and without the KV cache, and with gradient checkpointing on (Gemma 4's first
-  months had a broken `use_cache=False` path that trained on garbage at a loss near 16: transformers issue
-  45242);
-- the loss at initialisation is well below ln(vocabulary size): a pretrained base predicts text far better
-  than chance, so a loss near ln(V) means the weights, the dtype or the cache path are broken;
-- the label mask: the share of labelled tokens, the end token (`<eos>`, `<end_of_turn>`, Gemma 4's
-  `<turn|>`) inside the mask in every row, so the model learns to stop, and no row all masked.
-"""
-
+`CourseSFTTrainer` runs it when `preflight: true`): one batch, the checks of docs/gemma-generations.md
+("Pre-flight check"), a verdict table; a failed line stops the run with what it means and the fix."""
 from __future__ import annotations
 
 import math
@@ -48,20 +38,13 @@ def cache_agreement(model, input_ids: torch.Tensor, tolerance: float = 2e-2) -> 
     with torch.no_grad():
         full = _logits(model, input_ids=ids, use_cache=False)[0, -1]
         prefix = model(input_ids=ids[:, :-1], use_cache=True)
-        step = _logits(model, input_ids=ids[:, -1:], past_key_values=prefix.past_key_values, use_cache=True)[
-            0, -1
-        ]
-    diff = float((full - step).abs().max() / full.abs().max().clamp_min(1e-6))
-    return Verdict(
-        "logits with and without the KV cache",
-        diff <= tolerance,
-        f"{diff:.2g}",
-        f"<= {tolerance:g}",
-        "the model computes differently with and without its cache: one of the two paths is broken "
-        "(Gemma 4's use_cache=False path was, transformers issue 45242), and training uses the "
-        "uncached one",
-        "upgrade transformers to the course's pin (requirements.txt) and rerun",
-    )
+        step = _logits(model, input_ids=ids[:, -1:], past_key_values=prefix.past_key_values, use_cache=True)
+    diff = float((full - step[0, -1]).abs().max() / full.abs().max().clamp_min(1e-6))
+    return Verdict("logits with and without the KV cache", diff <= tolerance, f"{diff:.2g}",
+                   f"<= {tolerance:g}", "the model computes differently with and without its cache: one of "
+                   "the two paths is broken (Gemma 4's use_cache=False path was, transformers issue 45242), "
+                   "and training uses the uncached one",
+                   "upgrade transformers to the course's pin (requirements.txt) and rerun")
 
 
 def _loss(model, batch: dict) -> torch.Tensor:
@@ -94,15 +77,10 @@ def checkpointing_agreement(model, batch: dict, tolerance: float = 1e-3) -> Verd
             disable()
         model.train(was_training)
     diff = abs(losses[0] - losses[1]) / max(abs(losses[0]), 1e-6)
-    return Verdict(
-        "loss with gradient checkpointing on",
-        diff <= tolerance,
-        f"{diff:.2g}",
-        f"<= {tolerance:g}",
-        "recomputing activations in the backward pass gives another loss: checkpointing would train "
-        "a different model than the one evaluated",
-        "set gradient_checkpointing=False and rerun",
-    )
+    return Verdict("loss with gradient checkpointing on", diff <= tolerance, f"{diff:.2g}",
+                   f"<= {tolerance:g}", "recomputing activations in the backward pass gives another loss: "
+                   "checkpointing would train a different model than the one evaluated",
+                   "set gradient_checkpointing=False and rerun")
 
 
 def initial_loss(model, batch: dict, max_share: float = 0.8) -> Verdict:
@@ -115,15 +93,11 @@ def initial_loss(model, batch: dict, max_share: float = 0.8) -> Verdict:
     vocab = model.get_output_embeddings().weight.shape[0]
     chance = math.log(vocab)
     ok = math.isfinite(loss) and loss <= max_share * chance
-    return Verdict(
-        "loss at initialisation",
-        ok,
-        f"{loss:.2f}",
-        f"<= {max_share:g} x ln({vocab}) = {max_share * chance:.2f}",
-        "the base predicts no better than chance: its weights, dtype or "
-        "attention path are broken (a loss of 13-16 is not normal, whatever a guide says)",
-        "check model_name and dtype (Gemma 3 and 4 need fp32 on a T4), and the transformers pin",
-    )
+    return Verdict("loss at initialisation", ok, f"{loss:.2f}",
+                   f"<= {max_share:g} x ln({vocab}) = {max_share * chance:.2f}",
+                   "the base predicts no better than chance: its weights, dtype or attention path are broken "
+                   "(a loss of 13-16 is not normal, whatever a guide says)",
+                   "check model_name and dtype (Gemma 3 and 4 need fp32 on a T4), and the transformers pin")
 
 
 def label_mask(batch: dict, end_ids: list[int], min_share: float = 0.05) -> list[Verdict]:
@@ -137,61 +111,37 @@ def label_mask(batch: dict, end_ids: list[int], min_share: float = 0.05) -> list
     without_end = int((ends.sum(dim=1) == 0).sum())
     rows = labels.shape[0]
     return [
-        Verdict(
-            "share of labelled tokens",
-            share >= min_share,
-            f"{share:.0%}",
-            f">= {min_share:.0%}",
-            "almost nothing is trained on",
-            "check the completion/assistant mask of the data",
-        ),
-        Verdict(
-            "end token inside the mask",
-            without_end == 0,
-            f"{rows - without_end} of {rows} rows",
-            f"all {rows} rows",
-            "rows whose end token (<eos>, <end_of_turn> or <turn|>) is not labelled: the "
-            "model never learns to stop and runs on at generation time",
-            "end each text with the tokenizer's EOS (the course does), and for chats use a training template "
-            "whose {% generation %} block holds the turn end (generations.training_chat_template)",
-        ),
-        Verdict(
-            "no row all masked",
-            empty == 0,
-            f"{empty} of {rows} rows",
-            "0",
-            "rows with no labelled token: truncation cut the answer off, or the mask is wrong",
-            "raise max_length, or check the assistant/completion mask",
-        ),
+        Verdict("share of labelled tokens", share >= min_share, f"{share:.0%}", f">= {min_share:.0%}",
+                "almost nothing is trained on", "check the completion/assistant mask of the data"),
+        Verdict("end token inside the mask", without_end == 0, f"{rows - without_end} of {rows} rows",
+                f"all {rows} rows", "rows whose end token (<eos>, <end_of_turn> or <turn|>) is not labelled: "
+                "the model never learns to stop and runs on at generation time",
+                "end each text with the tokenizer's EOS (the course does), and for chats use a training "
+                "template whose {% generation %} block holds the turn end "
+                "(generations.training_chat_template)"),
+        Verdict("no row all masked", empty == 0, f"{empty} of {rows} rows", "0",
+                "rows with no labelled token: truncation cut the answer off, or the mask is wrong",
+                "raise max_length, or check the assistant/completion mask"),
     ]
 
 
 def table(verdicts: list[Verdict]) -> str:
     """The verdicts as an aligned text table."""
-    rows = [("check", "value", "expected", "verdict")] + [
-        (v.check, v.value, v.expected, "ok" if v.ok else "FAIL") for v in verdicts
-    ]
+    rows = [("check", "value", "expected", "verdict")]
+    rows += [(v.check, v.value, v.expected, "ok" if v.ok else "FAIL") for v in verdicts]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def preflight(
-    model,
-    batch: dict,
-    end_ids: list[int],
-    *,
-    max_share: float = 0.8,
-    checkpointing: bool = True,
-    raise_on_fail: bool = True,
-    quiet: bool = False,
-) -> list[Verdict]:
+def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8, checkpointing: bool = True,
+              raise_on_fail: bool = True, quiet: bool = False) -> list[Verdict]:
     """All checks on one training batch (input_ids, attention_mask, labels); prints the table unless `quiet`,
     and raises a PreflightError naming the first failed line unless `raise_on_fail` is False."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     first = batch["input_ids"][:1]
     length = int(batch.get("attention_mask", torch.ones_like(first))[0].sum())
-    verdicts = [cache_agreement(model, first[:, : max(length, 2)])]
+    verdicts = [cache_agreement(model, first[:, :max(length, 2)])]
     if checkpointing:
         verdicts.append(checkpointing_agreement(model, batch))
     verdicts += [initial_loss(model, batch, max_share), *label_mask(batch, end_ids)]
@@ -200,7 +150,6 @@ def preflight(
     failed = [v for v in verdicts if not v.ok]
     if failed and raise_on_fail:
         v = failed[0]
-        raise PreflightError(
-            f"pre-flight check failed: {v.check} is {v.value} (expected {v.expected}): {v.problem}", v.fix
-        )
+        raise PreflightError(f"pre-flight check failed: {v.check} is {v.value} (expected {v.expected}): "
+                             f"{v.problem}", v.fix)
     return verdicts

@@ -16,6 +16,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from gemmate_lib.config import CourseConfig
+from gemmate_lib.errors import ParameterError
 from gemmate_lib.fast_loss import causal_lm_loss
 from gemmate_lib.hardware import free_memory
 
@@ -26,17 +27,15 @@ def world() -> tuple[int, int]:
 
 
 def target_modules(value) -> list[str] | str:
-    """lora_target_modules as PEFT takes it: a list of layer names, or PEFT's shorthand "all-linear". A flag
-    gives ("all-linear",) and a YAML line one name as a string, which PEFT would read as a regular expression
-    over full module paths (so "q_proj" would match nothing)."""
+    """lora_target_modules as PEFT takes it: a list of names, or "all-linear" (one name as a string would be a
+    regular expression over full module paths to PEFT, so "q_proj" would match nothing)."""
     names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)
     return "all-linear" if names == ["all-linear"] else names
 
 
 def lora_config(cfg: CourseConfig, tokenizer=None):
-    """peft.LoraConfig from the course's LoRA settings (03 writes the same call out). The targets are the text
-    model's layers only: for Gemma 4 one regex that leaves the vision and audio towers out
-    (generations.lora_targets)."""
+    """peft.LoraConfig from the course's LoRA settings (03 writes the same call out), on the text model's
+    layers only (generations.lora_targets)."""
     from peft import LoraConfig
 
     from gemmate_lib.generations import lora_targets
@@ -52,8 +51,6 @@ def token_indices(tokens: tuple[str, ...], tokenizer) -> list[int] | None:
     was never trained, so a chat fine-tune that does not train it learns to stop late or never."""
     if not tokens:
         return None
-    from gemmate_lib.errors import ParameterError
-
     if tokenizer is None:
         raise ParameterError("lora_trainable_tokens needs the tokenizer to find the tokens' ids",
                              "pass tokenizer= to lora_config / attach_lora")
@@ -81,17 +78,14 @@ def check_target_modules(model, targets) -> None:
     modules = [name for name, _ in model.named_modules()]
     for target in sorted(targets):
         if not any(name == target or name.endswith(f".{target}") for name in modules):
-            from gemmate_lib.errors import ParameterError
-
             raise ParameterError(f"lora_target_modules names {target!r}, which this model does not have",
                                  f"name some of its linear layers: {', '.join(linear_names(model))} "
                                  "(or all-linear)")
 
 
 def prepare_base(model, cfg: CourseConfig):
-    """The QLoRA recipe's `prepare_model_for_kbit_training` on a 4-bit base (non-4-bit weights to fp32,
-    input gradients on); a 16-bit base comes back unchanged. A reload check must load its base the same way
-    (07 does), or it compares an fp32 embedding with a 16-bit one."""
+    """The QLoRA recipe's `prepare_model_for_kbit_training` on a 4-bit base; a 16-bit one comes back as it
+    is. A reload check loads its base the same way (07), or compares an fp32 embedding with a 16-bit one."""
     from peft import prepare_model_for_kbit_training
 
     if not getattr(model, "is_loaded_in_4bit", False):
@@ -100,21 +94,19 @@ def prepare_base(model, cfg: CourseConfig):
 
 
 def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None, tokenizer=None):
-    """Wrap `model` (after `prepare_base`) with the course's LoRA, or `peft_config`'s method (06: prompt,
-    prefix, IA3); a model that already has an adapter comes back unchanged. Seeded with `cfg.train.seed`
-    first, so the training seed decides the LoRA A matrices."""
+    """Wrap `model` (after `prepare_base`) with the course's LoRA or `peft_config`'s method (06), seeded with
+    `cfg.train.seed`; a model that already has an adapter comes back unchanged."""
     from peft import PeftModel, get_peft_model
 
     if getattr(peft_config, "peft_type", None) == "PREFIX_TUNING" and cfg.train.gradient_checkpointing:
-        from gemmate_lib.errors import ParameterError  # else: a size mismatch deep in attention, mid-training
-
+        # said here: else a size mismatch deep in attention, mid-training
         raise ParameterError("prefix tuning cannot train with gradient_checkpointing=True: its learned "
                              "keys and values live in the attention cache, which checkpointing switches off",
                              "set gradient_checkpointing=False (06 does), or use prompt tuning or LoRA")
     if isinstance(model, PeftModel) or getattr(model, "peft_config", None):
         if not quiet:
-            print("this model already has a LoRA adapter (this "
-                  "cell ran before): keeping it, not wrapping twice")
+            print("this model already has a LoRA adapter (this cell ran before): keeping it, not wrapping "
+                  "twice")
         return model
     peft_config = peft_config or lora_config(cfg, tokenizer)
     check_target_modules(model, getattr(peft_config, "target_modules", None))
@@ -125,10 +117,10 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None,
 
 def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
                     sft: bool = True, **extras) -> dict:
-    """SFTConfig (sft=False: TrainingArguments) keyword arguments for `cfg`, plus `extras`. The first block is
-    the recipe 03 writes out (a checked cell compares them); the plumbing is added only where it differs from
-    the defaults. `save`: None follows `cfg.checkpoints`, False never saves (the notebooks save the adapter).
-    Checkpoints are saved at each evaluation, so every checkpoint has the metric that ranks it."""
+    """SFTConfig (sft=False: TrainingArguments) keyword arguments for `cfg`, plus `extras`: first the recipe
+    03 writes out, then the plumbing where it differs from the defaults. `save`: None follows
+    `cfg.checkpoints`, False never saves. A checkpoint comes at each evaluation, with the metric that ranks
+    it."""
     t, c, precision = cfg.train, cfg.checkpoints, cfg.precision
     strategy = c.save_strategy if save is None else ("no" if not save else c.save_strategy)
     evaluate = has_eval and t.val_steps_freq > 0
@@ -171,10 +163,9 @@ def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, 
 
 
 class CourseSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss runs the LM head on labelled tokens only (fast_loss.py). `tokens_trained` counts
-    the non-padding training tokens (the benchmark's tokens per second). Trainable weights are fp32 wherever
-    compute is not bf16: fp16's grad scaler refuses bf16 gradients on CUDA, and fp32 compute (Gemma 3 on a T4)
-    must not train bf16 weights."""
+    """SFTTrainer whose loss runs the LM head on labelled tokens only (fast_loss.py), counting the non-padding
+    tokens it trains (`tokens_trained`). Trainable weights are fp32 wherever compute is not bf16: fp16's grad
+    scaler refuses bf16 gradients, and fp32 compute (Gemma 3 on a T4) must not train bf16 weights."""
 
     def __init__(self, *args, fast_loss: bool = True, preflight: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -211,9 +202,8 @@ class CourseSFTTrainer(SFTTrainer):
 
 
 def cpu_speedups(trainer_class, train_dataset, eval_dataset, tokenizer, enabled: bool = True):
-    """03's one droppable line: when `enabled` (the CPU profile), pre-tokenized datasets and CourseSFTTrainer;
-    else its inputs unchanged. The loss is the same, only faster: pre-tokenizing (text + EOS, as SFTTrainer
-    does) skips `datasets`' fingerprint of Gemma's 262k-entry vocabulary in SFTTrainer's own tokenizing."""
+    """03's one droppable line: when `enabled` (the CPU profile), CourseSFTTrainer and datasets pre-tokenized
+    as SFTTrainer would (data.to_dataset); else its inputs unchanged. Same loss, only faster."""
     if not enabled:
         return trainer_class, train_dataset, eval_dataset
     from gemmate_lib.data import to_dataset
@@ -347,16 +337,13 @@ def train(model, tokenizer, train_data, eval_data, cfg: CourseConfig, output_dir
           save: bool | None = False, callbacks=None, resume_from_checkpoint: str | None = None,
           measure_cost: bool = False, unwrap: bool = True, pad_token_id: int | None = None,
           **extras) -> TrainResult:
-    """The course's one training path; every other entry is a thin wrapper over it: train_lora (05),
-    methods.train_arm (03's and 06's side-by-side runs), cli/train.train_from_config (`gemmate train`, `hpo`)
-    and temporal/training.train_temporal (07, `gemmate train-te`). `model` already has its adapter
-    (attach_lora, attach_temporal_lora). Rows with a `text` field train with CourseSFTTrainer; GemmaTE trains
-    on a TextDataset with transformers' Trainer, the timestamps riding in the batches (padded with
-    `pad_token_id`, default the tokenizer's), with two learning rates. `save` and `extras` go to
-    training_args. `measure_cost` times every step and samples the memory training adds (06's table).
-    The model comes back in eval mode, unwrapped from accelerate's mixed-precision forward, which would make
-    it compute differently from the same weights loaded from disk; `unwrap=False` keeps it (the arms are
-    measured as they trained)."""
+    """The course's one training path; train_lora (05), methods.train_arm (03, 06), `gemmate train` / `hpo`
+    (cli/train.py) and train_temporal (07, `gemmate train-te`) are thin wrappers over it. `model` has its
+    adapter already. Rows with a `text` field train with CourseSFTTrainer (`save`, `extras`: training_args);
+    GemmaTE's TextDataset with transformers' Trainer, timestamps in the batches (padded with `pad_token_id`,
+    default the tokenizer's), two learning rates. `measure_cost`: seconds per step and peak memory (06). The
+    model comes back in eval mode, without accelerate's mixed-precision forward (it would compute unlike the
+    same weights loaded from disk); `unwrap=False` keeps it: the arms are measured as they trained."""
     set_seed(cfg.train.seed)
     if hasattr(model, "temporal_projection"):  # GemmaTE (07)
         from gemmate_lib.temporal.data import collate_fn

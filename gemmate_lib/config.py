@@ -1,7 +1,6 @@
 """The one config of the course (00_setup, 03_lora_sft, docs/command-line.md): every setting with its help
-text (`gemmate train --help` lists them), the profiles, and one validator. Names follow the Gemma 1.1 LoRA
-experiment's table, so its YAML loads as it is, and are unique across groups, so a flat `name: value` has one
-owner. `course_config` applies this machine's profile, the task's defaults, then the given values."""
+text (`gemmate train --help`), the profiles, and one validator. Names follow the Gemma 1.1 experiment's table
+and are unique across groups, so a flat `name: value` has one owner."""
 from __future__ import annotations
 
 import dataclasses
@@ -211,14 +210,12 @@ def check_names(names, where: str = "parameter", place: str = "") -> None:
 
 def coerce(name: str, value, from_text: bool = False):
     """`value` as the type of setting `name`, one of its choices, or a ParameterError naming it and the fix.
-    Values from notebooks and YAML must already have the right type (papermill's `-p max_steps ten` arrives as
-    the string "ten" and is refused); with `from_text` (command-line flags) strings are parsed: "8" -> 8,
-    "true" -> True, "a,b" -> ("a", "b")."""
+    Notebook and YAML values must have the type already; `from_text` (flags) parses "8", "true", "a,b"."""
     hint = HINTS[name]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     union = origin in (typing.Union, types.UnionType)
-    if union and type(None) in args and (value is None or from_text and str(value).lower() in ("none",
-                                                                                               "null")):
+    none = value is None or from_text and str(value).lower() in ("none", "null")
+    if union and type(None) in args and none:
         return _choice(name, None)
     for option in (a for a in args if a is not type(None)) if union else (hint,):
         try:
@@ -287,7 +284,7 @@ def validate(flat: dict) -> None:
         if not (math.isfinite(flat[name]) and 0 < flat[name] < 1):
             fail(name, flat[name], "must be a finite number in (0, 1)",
                  f"typical values: 1e-4 to 3e-3 (e.g. {name}=2e-4)")
-    for name in ("lora_alpha", "temporal_scale"):
+    for name in ("lora_alpha", "temporal_scale", "temporal_min_period", "temporal_max_period"):
         if not (math.isfinite(flat[name]) and flat[name] > 0):
             fail(name, flat[name], "must be a positive finite number", f"e.g. {name}={FIELDS[name].default}")
     if not 0 <= flat["lora_dropout"] < 1:
@@ -309,9 +306,6 @@ def validate(flat: dict) -> None:
               "set max_steps >= 1, or a finite num_epochs > 0 with max_steps -1")
     if flat["temporal_dim"] < 4 or flat["temporal_dim"] % 2:
         fail("temporal_dim", flat["temporal_dim"], "must be even and at least 4", "use 32, 64 or 128")
-    for name in ("temporal_min_period", "temporal_max_period"):
-        if not (math.isfinite(flat[name]) and flat[name] > 0):
-            fail(name, flat[name], "must be a positive finite number", f"e.g. {name}={FIELDS[name].default}")
     if flat["temporal_min_period"] >= flat["temporal_max_period"]:
         fail("temporal_min_period", flat["temporal_min_period"],
              f"must be shorter than temporal_max_period={flat['temporal_max_period']}",
@@ -419,11 +413,9 @@ class CourseConfig:
 
 def course_config(task: str = "quotes", *, from_text: bool = False, precision: Precision | None = None,
                   **params) -> CourseConfig:
-    """The profile function: defaults for this machine, then the task's, then `params` (unknown names refused,
-    every value type-checked and validated). No GPU: the embedded model and quotes with CPU-tuned settings.
-    CUDA GPU: the seed notebook's QLoRA settings, with a token on google/gemma-2b and Abirate/english_quotes;
-    without a token a ParameterError, unless `model_name` says which model (e.g. "embedded") on purpose.
-    `precision` replaces the hardware's answer (`make gpu-check --dry-run` builds T4 and A100 configs)."""
+    """The profile function: defaults for this machine, then the task's, then `params` (checked). No GPU: the
+    embedded model and quotes, CPU-tuned. A GPU: the seed notebook's QLoRA settings on google/gemma-2b (no
+    token: an error, unless `model_name` is given). `precision` replaces the hardware's answer (gpu-check)."""
     if task not in TASK_DEFAULTS:
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
     check_names(params)
@@ -474,9 +466,8 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
 
 
 def check_colab_gpu() -> None:
-    """A Colab runtime without a GPU stops here in one line: the course is meant for a T4 there, and falling
-    back to the small offline model on two vCPUs (even with HF_TOKEN set) would hide the forgotten runtime
-    type. `model_name` or `device` given to course_config says the CPU is on purpose."""
+    """A Colab runtime without a GPU stops here: falling back to the small offline model on two vCPUs would
+    hide the forgotten runtime type. `model_name` or `device` given to course_config says: on purpose."""
     from gemmate_lib.colab import in_colab
 
     if in_colab():
@@ -492,20 +483,10 @@ def compare_default(cfg: CourseConfig) -> bool:
     return not cfg.profile.startswith("gpu")
 
 
-def is_gemma3(model_name: str) -> bool:
-    """True for Gemma 3: the embedded default, a folder whose config says so, or a Hub id with gemma-3."""
-    from gemmate_lib.generations import generation_of
-
-    generation = generation_of(model_name)
-    return generation is not None and generation.key == "gemma3"
-
-
 def gemma3_rule(precision: Precision, model_name: str) -> Precision:
-    """The generation's dtype rule (generations.py) on the profile's choice: fp32 instead of fp16 for Gemma 3,
-    whose activations overflow fp16 (transformers issue 36822), and for Gemma 4, whose fp16 gradients overflow
-    (unsloth-zoo PR 866): on a T4 (no bf16) they compute in fp32, as Unsloth does; Gemma 1 (gemma-2b) keeps
-    fp16 with loss scaling. bf16 is kept. For the profile's choice only: an explicit `dtype="fp16"` is what
-    the caller asked for."""
+    """The generation's dtype rule (generations.py, docs/gemma-generations.md) on the profile's choice: fp32
+    instead of fp16 for Gemma 3 and 4, which overflow fp16; Gemma 1 keeps fp16 with loss scaling, bf16 stays.
+    Not applied to a `dtype="fp16"` the caller asked for."""
     from gemmate_lib.generations import generation_of
 
     generation = generation_of(model_name)

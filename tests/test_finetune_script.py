@@ -56,24 +56,28 @@ def test_a_bad_guide_option_is_one_clear_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.slow
-def test_the_guides_manual_training_loop_runs_unchanged_on_the_embedded_model(tokenizer):
+def test_the_guides_manual_training_loop_runs_unchanged_and_trains_what_it_should(tiny_model, tiny_tokenizer):
+    """The guide's loop, as written, on the tiny Gemma (plumbing; 07 under nbval trains GemmaTE on the
+    embedded model):
+    it trains every weight, as the guide says, the temporal projection among them."""
     from torch.utils.data import DataLoader
+    from weights import assert_trained, snapshot
 
     from gemmate_lib.config import course_config
-    from gemmate_lib.models import load_model
     from gemmate_lib.temporal.model import GemmaTEForCausalLM
+
+    tokenizer = tiny_tokenizer
 
     cfg = course_config("temporal")
     from scripts.finetune import TextDataset, collate_fn  # noqa: I001 - the guide's import
 
     texts = ["Stay hungry, stay foolish.\nWritten: March 2011", "Be yourself.\nWritten: June 2019"] * 2
     timestamps = ["2011-03-05", "2019-06-20"] * 2
-    model = GemmaTEForCausalLM(load_model("embedded", cfg.precision), cfg.temporal)
+    model = GemmaTEForCausalLM(tiny_model, cfg.temporal)
     dataset = TextDataset(texts, tokenizer, timestamps, max_length=32)
     loader = DataLoader(dataset, batch_size=2, collate_fn=collate_fn)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
-    before = model.temporal_projection.weight.detach().clone()
+    before = snapshot(model)
     model.train()
     losses = []
     for batch in loader:  # the guide's loop, as written
@@ -86,4 +90,4 @@ def test_the_guides_manual_training_loop_runs_unchanged_on_the_embedded_model(to
         optimizer.zero_grad()
         losses.append(float(loss))
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
-    assert not torch.equal(before, model.temporal_projection.weight.detach())  # time is being learned
+    assert "temporal_projection.weight" in assert_trained(model, before)["changed"]  # time is being learned

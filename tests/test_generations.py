@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import CHATS, make_generation_tokenizer, make_tiny_generation
+from tiny import CHATS
+from weights import trains_only_the_trainable
 
 from gemmate_lib.generations import (
     GENERATIONS,
@@ -30,14 +31,9 @@ LR, STEPS = 3e-2, 30  # enough for a tiny model to learn the chats' format and a
 
 
 @pytest.fixture(scope="module", params=KEYS)
-def tiny_generation(request, tmp_path_factory):
+def tiny_generation(request, generation_folder):
     """(key, folder) of a saved tiny model of one generation, with its tokenizer and shipped chat template."""
-    key = request.param
-    folder = tmp_path_factory.mktemp(f"tiny-{key}")
-    tokenizer = make_generation_tokenizer(key)
-    make_tiny_generation(key, tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return key, folder
+    return request.param, generation_folder(request.param)
 
 
 def test_each_folder_is_its_generation(tiny_generation):
@@ -230,7 +226,8 @@ def test_chat_training_end_to_end(tiny_generation, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     cfg, model = nf4_lora(folder)
     trainer = chat_trainer(model, tokenizer, cfg, tmp_path / "trainer", steps=STEPS)
-    trainer.train()
+    with trains_only_the_trainable():
+        trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert all(math.isfinite(x) for x in losses)
     assert max(losses[-3:]) < 0.7 * losses[0], (
@@ -281,7 +278,8 @@ def test_trainable_tokens_train_the_turn_end(tiny_generation, tmp_path):
     cfg, model = nf4_lora(folder, tokenizer, lora_trainable_tokens=(turn_end,))
     ids = torch.tensor([[tokenizer.convert_tokens_to_ids(turn_end), tokenizer.eos_token_id]])
     before = model.get_input_embeddings()(ids).detach().clone()
-    chat_trainer(model, tokenizer, cfg, tmp_path, steps=2).train()
+    with trains_only_the_trainable():
+        chat_trainer(model, tokenizer, cfg, tmp_path, steps=2).train()
     after = model.get_input_embeddings()(ids).detach()
     assert not torch.allclose(before[0, 0], after[0, 0])  # the turn end learned
     assert torch.equal(before[0, 1], after[0, 1])  # <eos> did not

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny import ROWS, make_generation_tokenizer, make_tiny_generation
+from tiny import ROWS
 
 from gemmate_lib.generations import GENERATIONS
 
@@ -17,15 +17,12 @@ pytestmark = [pytest.mark.generations, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("key", list(GENERATIONS))
-def test_the_one_page_recipe_runs_on_each_generation(key, tmp_path):
+def test_the_one_page_recipe_runs_on_each_generation(key, tmp_path, generation_folder):
     import papermill as pm
 
     from tools.course import ONE_PAGE_CPU
 
-    folder = tmp_path / f"tiny-{key}"
-    tokenizer = make_generation_tokenizer(key)
-    make_tiny_generation(key, tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = generation_folder(key)
     quotes = tmp_path / "quotes.jsonl"
     quotes.write_text("".join(json.dumps({"quote": r["quote"], "author": r["author"]}) + "\n"
                               for r in ROWS * 6))

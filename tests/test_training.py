@@ -1,5 +1,8 @@
 """LoRA SFT (training.py): the one builder, the trainer's evaluation and counters, and a real short run."""
+import pytest
+import torch
 from tiny import ROWS
+from weights import assert_trained, snapshot, trains_only_the_trainable
 
 from gemmate_lib.config import course_config
 from gemmate_lib.data import load_quotes
@@ -55,9 +58,13 @@ def test_the_builder_maps_every_setting(tmp_path):
     assert (lora.r, lora.lora_alpha, lora.task_type) == (4, 8, "CAUSAL_LM")
 
 
-def test_a_tiny_training_run_counts_its_tokens(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
+def test_a_tiny_training_run_trains_the_adapter_only_and_counts_its_tokens(tiny_model, tiny_tokenizer,
+                                                                            cpu_cfg, tmp_path):
     cfg = cpu_cfg.replace(max_steps=4, batch_size=2, steps_freq=1, val_steps_freq=4, learning_rate=1e-2)
-    result = train_lora(tiny_model, tiny_tokenizer, ROWS, ROWS[:2], cfg, output_dir=tmp_path / "trainer")
+    with trains_only_the_trainable() as checked:
+        result = train_lora(tiny_model, tiny_tokenizer, ROWS, ROWS[:2], cfg, output_dir=tmp_path / "trainer")
+    # only the adapter trained: names end in lora_A.default.weight, lora_B.default.weight
+    assert {n.split(".")[-3] for n in checked[0]["changed"]} == {"lora_A", "lora_B"}
     assert result.trainer.state.global_step == 4 and result.log.loss.notna().sum() == 4
     assert result.log.eval_loss.notna().sum() == 1
     per_epoch = sum(len(ids) for ids in result.trainer.train_dataset["input_ids"])
@@ -98,3 +105,21 @@ def test_a_short_training_run_lowers_the_held_out_loss_and_saves_safetensors(fre
     result.model.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert not list((tmp_path / "adapter").glob("*.bin"))
+
+
+def test_the_after_training_check_fails_on_an_adapter_that_did_not_move_or_a_base_that_did():
+    """tests/weights.py, the check every training test relies on, seen failing on what it must catch."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    model[0].requires_grad_(False)  # the "base"; model[1] is the "adapter"
+    before = snapshot(model)
+    with torch.no_grad():
+        model[1].weight += 1  # the adapter's weight moved, its bias did not
+    with pytest.raises(AssertionError, match=r"1 of 2 trainable parameters did not change: \['1.bias'\]"):
+        assert_trained(model, before)
+    assert assert_trained(model, before, may_stay="bias")["frozen"] == ["0.weight", "0.bias"]
+    with torch.no_grad():
+        model[0].bias += 1  # the base moved
+    with pytest.raises(AssertionError, match=r"1 frozen parameters changed: \['0.bias'\]"):
+        assert_trained(model, before, may_stay="bias")
+    with pytest.raises(AssertionError, match="no Trainer.train"), trains_only_the_trainable():
+        pass

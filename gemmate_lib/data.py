@@ -25,10 +25,8 @@ def format_quote(quote: str, author: str | None = None) -> str:
 
 
 def unwrap_quote(quote: str) -> str:
-    """The quote without the curly quotation marks around it: `Abirate/english_quotes` writes "“Be ...”",
-    while the prompts (generation.STANDARD_PROMPTS, quote_prompt) start `Quote: ` with a plain word, so the
-    training texts must too (03 says so). Only marks that wrap the whole quote go: a properly nested pair,
-    or an opening (closing) mark with no partner in the text; marks inside the quote stay."""
+    """The quote without curly quotation marks around the whole of it (`Abirate/english_quotes` writes
+    "“Be ...”"; the prompts start with a plain word): a nested pair, or a mark with no partner in the text."""
     text = quote.strip()
     inner = text
     if text.startswith("\u201c") and text.endswith("\u201d") and len(text) > 1:
@@ -58,9 +56,8 @@ def quote_prompt(quote: str) -> str:
 
 
 def char_spans(row: dict, part: str) -> tuple[int, int | None]:
-    """Characters [start, end) of `row["text"]` (+ EOS) that a loss counts (end None: to the end, with EOS):
-    "text", "quote" (its own words, without `Quote: ` and the `Author:` line) or "completion" (what follows
-    quote_prompt: the quote's second half, the `Author:` line and EOS)."""
+    """Characters [start, end) of `row["text"]` that a loss counts (end None: to the end, with EOS): "text",
+    "quote" (its own words) or "completion" (what follows quote_prompt, the `Author:` line and EOS)."""
     if part == "text":
         return 0, None
     if part == "quote":
@@ -72,9 +69,8 @@ def char_spans(row: dict, part: str) -> tuple[int, int | None]:
 
 
 def token_mask(offsets, start: int, end: int | None) -> list[int]:
-    """1 for each token that overlaps characters [start, end), from a fast tokenizer's offset_mapping.
-    Overlap, not "starts inside": Gemma's tokens carry their leading space ('▁Failure' starts at the space
-    before the word). Special tokens with an empty span (BOS, padding) never count."""
+    """1 for each token that overlaps characters [start, end) (Gemma's tokens carry their leading space), from
+    a fast tokenizer's offset_mapping; special tokens with an empty span (BOS, padding) never count."""
     return [int(b > a and b > start and (end is None or a < end)) for a, b in offsets]
 
 
@@ -118,9 +114,8 @@ def _read_embedded() -> list[dict]:
 
 
 def _json(text: str, name: str, line: int, fix: str):
-    """`text` parsed as JSON, or a DataError naming the file and line (`line` 0: the error's own line). JSON
-    nested deeper than Python's parser recurses (~1,000 levels; no quote file needs more than 2) is refused
-    by name rather than as a RecursionError from inside the json module."""
+    """`text` parsed as JSON, or a DataError naming the file and line (`line` 0: the error's own line), also
+    for JSON nested deeper than Python's parser recurses (not a RecursionError from inside json)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -132,10 +127,9 @@ def _json(text: str, name: str, line: int, fix: str):
 
 
 def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
-    """(line number, row) pairs from a .jsonl, .csv or .json (an array of objects) file: the course's one
-    reader, for quotes (03, 04) and dated notes (07). UTF-8 with or without a BOM; any other encoding, a
-    malformed line or a missing column is one DataError naming the file, the line and the fix. Lines end at
-    \n (and \r\n) only: U+2028, U+2029 and U+0085, legal inside JSON strings, are text, not line ends."""
+    """(line number, row) pairs from a .jsonl, .csv or .json (an array of objects) file in UTF-8: the course's
+    one reader (03, 04, 07). A bad encoding, line or column is one DataError naming file, line and fix. Lines
+    end at \n only: U+2028, U+2029 and U+0085, legal inside JSON strings, are text."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
@@ -181,8 +175,8 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
                           and s in header[0]), None)  # a spreadsheet's "CSV" in a locale with decimal commas
         fix = (f"the file separates its fields with {separator!r}: save it with commas (or as .jsonl)"
                if separator else f"rename the columns to {', '.join(required)}")
-        raise DataError(f"data file {path.name!r} has no column "
-                        f"{', '.join(missing)} (it has {sorted(header)})", fix)
+        raise DataError(f"data file {path.name!r} has no column {', '.join(missing)} "
+                        f"(it has {sorted(header)})", fix)
     return rows
 
 
@@ -190,7 +184,7 @@ def read_hub(dataset_id: str, required: tuple[str, ...] = REQUIRED) -> list[dict
     """The train split of a Hub dataset as rows; a Hub failure or a missing column is one clear error."""
     from datasets import load_dataset  # imported here: slow, and not needed offline
 
-    from gemmate_lib.errors import hub_error  # shared mapping of Hub failures to clear errors
+    from gemmate_lib.errors import hub_error
 
     try:
         ds = load_dataset(dataset_id, split="train")
@@ -198,8 +192,8 @@ def read_hub(dataset_id: str, required: tuple[str, ...] = REQUIRED) -> list[dict
         raise hub_error(dataset_id, err, kind="dataset") from err
     missing = [c for c in required if c not in ds.column_names]
     if missing:
-        raise DataError(f"dataset {dataset_id!r} has no column "
-                        f"{', '.join(missing)} (it has {ds.column_names})",
+        raise DataError(f"dataset {dataset_id!r} has no column {', '.join(missing)} "
+                        f"(it has {ds.column_names})",
                         f"use a dataset with the columns {', '.join(required)}")
     return ds.to_list()
 
@@ -216,13 +210,10 @@ MAX_CHARS = 1000  # without a tokenizer to count tokens: longer is a paragraph (
 MARKERS = ("Quote:", "Author:")  # the training template's markers: inside a field they corrupt the format
 
 
-# Characters that print as nothing: Unicode's format characters (zero-width space and joiners, word joiner,
-# BOM, soft hyphen, Mongolian vowel separator: category Cf), controls (Cc) and the blank fillers that are
-# letters by category. Combining marks and variation selectors (category M) print only on a base character,
-# so alone they are not text either. Text made only of these and whitespace reads as empty, and counts so.
+# Text made only of whitespace and what prints as nothing reads as empty: format characters (Cf), controls
+# (Cc), marks alone (M), and these blank fillers, which are letters by category
 _FILLERS = {"\u115f", "\u1160", "\u2800", "\u3164", "\uffa0"}
-# Controls that text may hold: tab, and the line ends (\n and \r are refused by the template rule below;
-# U+0085, NEL, is legal JSON text). Any other (NUL, bell, escape, DEL, C1) comes from a broken export.
+# Controls that text may hold (line ends are refused by the template rule); any other is a broken export
 _TEXT_CONTROLS = {"\t", "\n", "\r", "\x85"}
 
 
@@ -239,9 +230,8 @@ def _surrogate(text: str) -> bool:
 
 
 def broken_text(text: str) -> str | None:
-    """What makes `text` unusable as training text whatever its field (quotes here, 07's dated notes), or
-    None: a lone surrogate (no UTF-8 file or tokenizer takes it), or a control character from a broken
-    export (NUL, bell, escape, DEL, C1; tab and line ends are text)."""
+    """What makes `text` unusable as training text in any field (quotes, 07's notes), or None: a lone
+    surrogate (no UTF-8 file or tokenizer takes it), or a control character from a broken export."""
     if _surrogate(text):
         return "is not valid Unicode (a lone UTF-16 surrogate)"
     if any(unicodedata.category(ch) == "Cc" and ch not in _TEXT_CONTROLS for ch in text):
@@ -267,9 +257,8 @@ def _problem(row: dict, key: str) -> str | None:
 
 
 def _author_fragment(author: str) -> bool:
-    """An author field that is really the end of the quote, cut off at a comma (e.g. 'it comes soon enough.').
-    Lowercase names such as 'bell hooks' stay: a fragment starts lowercase *and* is a sentence (ends with . !
-    ?) or longer than three words, or ends with a closing quote."""
+    """An author field that is really the end of the quote, cut off at a comma ('it comes soon enough.'):
+    lowercase and a sentence or over three words ('bell hooks' stays), or ending with a closing quote."""
     lower_sentence = author[:1].islower() and (author.endswith((".", "!", "?")) or len(author.split()) > 3)
     return lower_sentence or author.endswith(("\u201d", '"'))
 
@@ -296,11 +285,8 @@ def normalize_quote(text: str) -> str:
 
 def clean_rows(rows, tokenizer=None, max_length: int | None = None):
     """Keep well-formed, distinct rows (dicts or (line number, dict) pairs); count the rest by reason, with
-    one example each: a field missing, not text, not valid Unicode, holding a control character, empty (or
-    only invisible characters and marks), or holding a newline or template marker, a duplicate
-    quote (exact, or after normalize_quote), or an example longer than `max_length` tokens (training would cut
-    its `Author:` line off; no tokenizer: MAX_CHARS characters). An author with a role after the name is
-    trimmed to the name and counted in `repaired`."""
+    one example each (_problem; duplicates after normalize_quote; over `max_length` tokens, which would cut
+    the `Author:` line off, or MAX_CHARS characters). Repairs (unwrap_quote, trim_author) go in `repaired`."""
     kept, dropped, examples, seen, repaired = [], {}, {}, {}, {}
     for i, item in enumerate(rows, 1):
         where, row = item if isinstance(item, tuple) else (i, item)
@@ -361,10 +347,9 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
 
 
 def to_dataset(rows: list[dict], tokenizer=None, completion_only: bool = False):
-    """A `datasets.Dataset` for SFTTrainer: the `text` column, or, with a tokenizer, `input_ids` of text + EOS
-    (the tokenizer's own BOS), as SFTTrainer would: its tokenizing `map` makes `datasets` fingerprint the
-    tokenizer by pickling its 262k-entry vocabulary, which dominates a short CPU run. `completion_only` adds
-    TRL's `completion_mask` (1 on the tokens after quote_prompt), which `completion_only_loss=True` uses."""
+    """A `datasets.Dataset` for SFTTrainer: the `text` column, or with a tokenizer `input_ids` of text + EOS
+    as SFTTrainer makes them (without `datasets` fingerprinting a 262k vocabulary, which dominates a short CPU
+    run). `completion_only` adds TRL's `completion_mask` (1 after quote_prompt)."""
     from datasets import Dataset
 
     if tokenizer is None:

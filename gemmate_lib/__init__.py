@@ -1,20 +1,31 @@
-"""gemmate_lib: the small library behind the GemmaTE course notebooks, one concern per module (each docstring
-names the notebook that teaches it). Importing it changes nothing global; notebooks call `quiet()`. Set-up:
-config, hardware, hf_token, colab, errors, selfcheck. Model and data: models, data, generation. Training:
-training (LoRA SFT), fast_loss, experiments and methods (side-by-side runs, 03 and 06). Results: evaluation,
-stats, plots, adapters, files, run_folder. temporal/: GemmaTE (07). cli/: the `gemmate` command. Maintainer
-tooling lives outside, in tools/."""
+"""gemmate_lib: the library behind the course's notebooks and the `gemmate` command, one concern per module
+(each docstring names the notebook that teaches it). Importing it changes nothing global; notebooks call
+`quiet()`. Maintainer tooling lives in tools/. Which notebook uses which modules:
+
+  every notebook           config, models, run_folder, files, colab, selfcheck, exercises, and:
+  00_setup                 hardware, hf_token, errors, fit
+  01_load_4bit             data, evaluation, plots, errors, fit
+  02_baseline_generation   text_generation
+  03_lora_sft              data, training, preflight, generations, methods, text_generation, plots, adapters,
+                           hardware, errors
+  04_evaluation            data, evaluation (stats), plots, adapters, hardware
+  05_save_and_push         data, training, text_generation, adapters, export, hardware, errors
+  06_compare_methods       data, methods, evaluation, stats, plots, hardware, errors
+  07_temporal_encoding     temporal/ (timestamps, model, data, tasks, training), training, data, plots, errors
+  `gemmate` (cli/)         main; train (checkpoints, storage, tasks), hpo, serve; evaluation, export,
+                           temporal/training
+
+Every training run goes through training.train (methods.train_arm, training.train_lora, cli/train and
+temporal/training wrap it); fast_loss is its loss."""
 from gemmate_lib.errors import GemmateError
 
 __version__ = "0.1.0"
 
 
 def quiet() -> None:
-    """Silence the warnings and log lines that are noise for a learner (notebooks and commands call it once):
-    tqdm's missing-ipywidgets notice (text bars are what we want), peft's use of gradient-checkpointing calls
-    that transformers 5.x deprecates, bitsandbytes' missing optional CPU kernel (its fallback works),
-    transformers' bar for each model load, datasets' bar for each instant `map`, and peft ignoring position
-    ids under prompt tuning (06, rightly)."""
+    """Silence what is noise for a learner (notebooks and commands call it once): tqdm's ipywidgets notice,
+    deprecation warnings from peft's calls into transformers, bitsandbytes' optional CPU kernel, the bars of
+    model loads and instant `map`s, and peft ignoring position ids under prompt tuning (06, rightly)."""
     import logging
     import os
     import sys
@@ -35,15 +46,14 @@ def quiet() -> None:
 
 
 def _no_loading_bar(factory, args, kwargs):
-    """transformers' tqdm hook: every bar as asked, except those of model loads and saves, which fill a
-    notebook's outputs with a bar for each of the course's many loads and say nothing a learner needs."""
+    """transformers' tqdm hook: every bar as asked, except those of model loads and saves."""
     quiet = kwargs.get("desc") in ("Loading weights", "Writing model shards")
     return factory(*args, **(kwargs | {"disable": True} if quiet else kwargs))
 
 
 def _one_line_errors() -> None:
-    """In a notebook, a course error shows as its one line (problem and fix), not a traceback through the
-    library. The cell still fails (papermill and nbval see the error); `%tb` shows the full traceback."""
+    """In a notebook, a course error shows as its one line (problem and fix); the cell still fails, and `%tb`
+    shows the full traceback."""
     try:
         shell = get_ipython()  # type: ignore[name-defined]  # noqa: F821 - defined inside IPython only
     except NameError:

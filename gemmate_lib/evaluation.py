@@ -1,7 +1,5 @@
-"""Baseline against fine-tuned, on the held-out split only, with 95% intervals and paired differences.
-Taught in 04_evaluation: perplexity (whole text and quote only), author attribution (all, and authors seen in
-training), quote completion (ROUGE-L, BLEU) and format compliance; proportions get Wilson intervals, the rest
-percentile-bootstrap ones (stats.py). metrics.json's schema is docs/metrics-json.md."""
+"""Baseline against fine-tuned on the held-out split, with 95% intervals and paired differences: the metrics
+of 04_evaluation (metrics.json's schema is docs/metrics-json.md)."""
 from __future__ import annotations
 
 import math
@@ -41,10 +39,8 @@ def bleu(prediction: str, reference: str) -> float:
 @torch.no_grad()
 def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int = 128,
                         batch_size: int = 16) -> dict[str, list[tuple[float, int]]]:
-    """Per part, per example: (summed next-token NLL, number of tokens) of `text + EOS`: the course's one
-    held-out loss. Each of `parts` picks the tokens that count (data.char_spans): "text" all, "quote" the
-    quote's words, "completion" what follows `Quote: <first half>`. One forward pass of the model's own (every
-    adapter takes part: fast_loss.final_hidden); the LM head runs on real tokens only, so padding is free."""
+    """Per part (data.char_spans), per example: (summed next-token NLL, tokens) of `text + EOS`, the course's
+    one held-out loss: the model's own forward (fast_loss.final_hidden), the LM head on real tokens only."""
     model.eval()
     weight = output_weight(model)
     device = weight.device
@@ -109,9 +105,8 @@ def format_generations(model, tokenizer, rows: list[dict], batch_size: int = BAT
 
 def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size: int = BATCH_SIZE,
                    train_authors=None) -> EvalResult:
-    """All metrics for one model on `rows` (dicts with quote, author, text). Completion and format compliance
-    read one generation from `Quote: <first half>`: the continuation is its first line, the format check all
-    of it. `train_authors` (the training split's authors) selects the rows of author_accuracy_seen."""
+    """All metrics for one model on `rows` (quote, author, text). Completion (its first line) and format read
+    one generation from `Quote: <first half>`; `train_authors` picks the rows of author_accuracy_seen."""
     import pandas as pd
 
     if not rows:
@@ -159,9 +154,8 @@ def compare_paired(a: EvalResult, b: EvalResult, seed: int = 0, level: float = 0
 
 
 def paired_support(diff: dict) -> str:
-    """04's verdict on one paired difference, the same for its plot and its printed reading: "supported" when
-    the interval at compare_paired's `level` ("ci": Bonferroni's in 04) excludes 0, "suggestive" when only the
-    plain 95% one does, else "none"."""
+    """04's verdict on one paired difference, for its plot and its text: "supported" when the interval at
+    compare_paired's `level` ("ci") excludes 0, "suggestive" when only the plain 95% one does, else "none"."""
     def excludes_zero(interval):
         return interval is not None and (interval[0] > 0 or interval[1] < 0)
 

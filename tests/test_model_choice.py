@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gemmate_lib import colab
+from gemmate_lib import run_folder
 from gemmate_lib.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,23 +24,23 @@ def lesson(tmp_path, monkeypatch):
 
 
 def test_the_model_named_in_00_is_run_later_and_a_notebooks_own_parameter_wins(lesson, tmp_path, capsys):
-    assert colab.chosen_model(None) is None  # nothing chosen: the profile decides
-    assert "profile decides" in colab.remember_model(lesson, None)
-    assert not (lesson / colab.MODEL_CHOICE).exists()  # None keeps nothing
+    assert run_folder.chosen_model(None) is None  # nothing chosen: the profile decides
+    assert "profile decides" in run_folder.remember_model(lesson, None)
+    assert not (lesson / run_folder.MODEL_CHOICE).exists()  # None keeps nothing
 
-    colab.remember_model(lesson, "google/gemma-3-1b-pt")  # 00 with model_name = "google/gemma-3-1b-pt"
-    assert colab.chosen_model(None) == "google/gemma-3-1b-pt"
+    run_folder.remember_model(lesson, "google/gemma-3-1b-pt")  # 00 with model_name = "google/gemma-3-1b-pt"
+    assert run_folder.chosen_model(None) == "google/gemma-3-1b-pt"
     assert "chosen in 00_setup" in capsys.readouterr().out  # the notebook says where the model came from
-    assert colab.chosen_model("google/gemma-2b") == "google/gemma-2b"  # a notebook's own parameter wins
+    assert run_folder.chosen_model("google/gemma-2b") == "google/gemma-2b"  # a notebook's own parameter wins
 
     exercise = tmp_path / "runs" / "ex03_1"  # an exercise's own run folder: the lesson's choice
-    assert colab.chosen_model(None, exercise) == "google/gemma-3-1b-pt"
-    colab.remember_model(exercise, "embedded")  # a run folder's own choice comes first
-    assert colab.chosen_model(None, exercise) == "embedded"
+    assert run_folder.chosen_model(None, exercise) == "google/gemma-3-1b-pt"
+    run_folder.remember_model(exercise, "embedded")  # a run folder's own choice comes first
+    assert run_folder.chosen_model(None, exercise) == "embedded"
 
-    (lesson / colab.MODEL_CHOICE).write_text("google/gemma-2b")  # hand-edited into something else
+    (lesson / run_folder.MODEL_CHOICE).write_text("google/gemma-2b")  # hand-edited into something else
     with pytest.raises(ParameterError, match="model choice"):
-        colab.chosen_model(None)
+        run_folder.chosen_model(None)
 
 
 def _setup_until_config(notebook: Path) -> tuple[str, str]:
@@ -61,9 +61,10 @@ def _setup_until_config(notebook: Path) -> tuple[str, str]:
 
 @pytest.mark.parametrize("notebook", LATER, ids=lambda p: p.stem)
 def test_each_later_notebook_configures_the_model_chosen_in_00(notebook, lesson, tiny_folder, capsys):
-    colab.remember_model(lesson, str(tiny_folder))  # 00 with model_name = a local folder (the tiny Gemma)
+    run_folder.remember_model(lesson, str(tiny_folder))  # 00 with model_name = the tiny Gemma's folder
     params, setup = _setup_until_config(notebook)
-    for given, runs in ((None, str(tiny_folder)), ("embedded", "embedded")):  # None: 00's; a parameter wins
+    # each pair: the notebook's own model_name, the model its config then names (None: 00's; a parameter wins)
+    for given, runs in ((None, str(tiny_folder)), ("embedded", "embedded")):
         scope = {}
         exec(params, scope)
         scope["model_name"] = given

@@ -1,6 +1,5 @@
-"""Train GemmaTE (LoRA + the temporal projection) with transformers' Trainer and measure its use of time
-(07_temporal_encoding; `gemmate train-te` from a JSONL file). The projection has its own, larger learning
-rate: it starts at zero and must grow to the embeddings' size, while LoRA only nudges existing weights."""
+"""Train GemmaTE (LoRA + the temporal projection, through training.train) and measure its use of time against
+chance and a nearest-timestamp baseline (07_temporal_encoding; `gemmate train-te`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -132,8 +131,8 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
         if cfg.data.dataset == "embedded":
             raise ParameterError("train-te needs data: dataset='embedded' "
                                  "is the quotes, which have no timestamps",
-                                 "pass --dataset notes.jsonl, or --temporal_task "
-                                 "dated_notes (or python_releases)")
+                                 "pass --dataset notes.jsonl, or --temporal_task dated_notes "
+                                 "(or python_releases)")
         texts, stamps = load_jsonl(cfg.data.dataset, cfg.temporal.timestamp_unit)
         source = cfg.data.dataset
     else:
@@ -148,7 +147,7 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
     te = attach_temporal_lora(GemmaTEForCausalLM(model, cfg.temporal), cfg)
     print(f"training on {len(dataset)} rows from {source} ({cfg.precision.device}, {cfg.precision.name})",
           flush=True)
-    result = train_temporal(te, dataset, cfg, out / "trainer", tokenizer.pad_token_id)
+    result = train(te, tokenizer, dataset, None, cfg, out / "trainer")
     result.model.save_pretrained(out / "model")  # safetensors, always
     metrics = {"rows": len(dataset), "steps": result.steps, "seconds": round(result.seconds, 1),
                "final_loss": float(result.log["loss"].iloc[-1]) if len(result.log) else None}

@@ -27,8 +27,7 @@ COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with a usage error in one line and its fix, like every other error: argparse's own answer is
-    the whole usage (42 lines for `gemmate train`) before the line that says what is wrong."""
+    """argparse, with a usage error in one line and its fix (argparse's own is the whole usage first)."""
 
     def error(self, message):
         fix = f"`{self.prog} --help` lists the options and their values"
@@ -51,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         for group, cls in GROUPS.items():
             options = p.add_argument_group(f"{group} settings (a YAML key or a flag; default: the profile's)")
             for f in dataclasses.fields(cls):
+                shown = f"{f.metadata['help']} [default: {_text(f.default)}]".replace("%", "%%")
                 options.add_argument(f"--{f.name}", nargs="+" if f.name == "prompts" else None, default=None,
-                                     metavar=_metavar(f),
-                                     help=_shown(f"{f.metadata['help']} [default: {_text(f.default)}]"))
+                                     metavar=_metavar(f), help=shown)
         if name == "hpo":
             p.add_argument("--n_trials", type=int, default=8, help="number of trials")
             p.add_argument("--timeout", type=float, default=None,
@@ -87,13 +86,9 @@ def _text(default) -> str:
     return (",".join(default) if isinstance(default, tuple) else str(default)) or "none"
 
 
-def _shown(help_text: str) -> str:
-    return help_text.replace("%", "%%")  # argparse formats help text with %
-
-
 def join_negative_numbers(argv: list[str]) -> list[str]:
-    """`--learning_rate -1e-4` as `--learning_rate=-1e-4`: argparse takes a value that starts with "-" for an
-    option unless it looks like -3 or -.5, so -1e-4 or -inf never reached the config's validator."""
+    """`--learning_rate -1e-4` as `--learning_rate=-1e-4`: argparse reads -1e-4 or -inf as an option, so they
+    never reached the config's validator."""
     out: list[str] = []
     for arg in argv:
         option = out[-1][2:] if out and out[-1].startswith("--") and "=" not in out[-1] else None

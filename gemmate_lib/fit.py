@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from gemmate_lib.errors import GemmateError
 
 GIB = 2**30
-# A free Colab runtime: one T4 (15 GB, of which ~14.6 GiB for tensors), 12.7 GB of RAM, and its disk.
-FREE_COLAB = {"gpu": "T4", "gpu_bytes": 14.6 * GIB, "ram_bytes": 12.7e9, "disk_bytes": 70e9}
+# A free Colab runtime: one T4 (15 GB: 14.6 GiB for the process, less the CUDA context), 12.7 GB of RAM, and
+# its disk (70 GB free: an assumption, at least what a T4 runtime leaves on /content)
+CUDA_CONTEXT = 0.6 * GIB  # the CUDA context and cuBLAS workspaces that no tensor accounts for
+FREE_COLAB = {"gpu": "T4", "gpu_bytes": 14.6 * GIB - CUDA_CONTEXT, "ram_bytes": 12.7e9, "disk_bytes": 70e9}
 BIGGER = "an L4 (22.5 GB) or A100 (40 GB) Colab runtime"
 # Resident memory of the processes before their work (measured here): Python with torch and safetensors (a
 # load), with transformers and peft too (the merge), llama.cpp's converter, llama.cpp's quantizer. The
@@ -23,8 +25,8 @@ BIGGER = "an L4 (22.5 GB) or A100 (40 GB) Colab runtime"
 # run inside it.
 TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.45e9, 0.05e9
 KERNEL_EXTRA = 1.5e9
+VERIFY_CONTEXT = 0.26e9  # llama.cpp's context and compute buffers for a short prompt (measured)
 NF4_BYTES = 4.127 / 8  # 4 bits, plus double-quantized absmax scales (bitsandbytes, blocksize 64)
-CUDA_CONTEXT = 0.6 * GIB  # the CUDA context and cuBLAS workspaces that no tensor accounts for
 SEED_T4_STEP_S = 2.69  # the seed notebook: gemma-2b, NF4, fp16, batch 1 x 4, 100 steps in 268.9 s on a T4
 
 
@@ -64,6 +66,33 @@ def shape_of(config) -> Shape:
                  largest=max(p.numel() for p in params.values()), largest_adapted=max(adapted))
 
 
+def nf4_weights(parameters: float, quantized: float) -> float:
+    """Bytes of the weights under QLoRA: NF4 layers in 4 bits, every other weight in fp32, since
+    `prepare_model_for_kbit_training` casts the 16-bit weights NF4 does not store to fp32."""
+    return quantized * NF4_BYTES + (parameters - quantized) * 4
+
+
+def runtime_here() -> dict:
+    """This machine as a runtime: its GPU (None without CUDA), its RAM and the free disk where the Hub
+    caches."""
+    import os
+    import shutil
+
+    import torch
+
+    from gemmate_lib.models import cache_dir
+
+    folder = cache_dir()
+    while not folder.exists():
+        folder = folder.parent
+    here = {"gpu": None, "gpu_bytes": None, "disk_bytes": shutil.disk_usage(folder).free,
+            "ram_bytes": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        here |= {"gpu": torch.cuda.get_device_name(0), "gpu_bytes": props.total_memory - CUDA_CONTEXT}
+    return here
+
+
 def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8) -> dict[str, dict]:
     """{phase: {"gpu", "ram", "disk", "seconds"}} in bytes and seconds (None where a phase does not use it).
     `compute_bytes`: 2 for fp16/bf16, 4 for fp32 (Gemma 3 and 4 on a T4). RAM is one process's peak; disk
@@ -71,35 +100,39 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
     n, q, text = shape.parameters, shape.quantized, shape.text
     checkpoint = n * 2  # the Hub's weights are bf16
     gguf_f16, gguf_q4 = text * 2, text * 0.65
-    # k-bit preparation casts every 16-bit weight that NF4 does not store to fp32
-    nf4_weights = q * NF4_BYTES + (n - q) * 4
     lora = lora_r * (shape.largest_adapted ** 0.5) * 2 * 200  # adapter, gradients, 8-bit Adam: small
     activations = 0.5 * GIB  # batch 1 x 128 tokens with checkpointing; TRL's fused head builds no logits
     flop_scale = n / 2.5e9 * (4 if compute_bytes == 4 else 1)  # fp32 runs ~4x slower than fp16 on a T4
     return {
         # the loader converts one tensor at a time on the CPU (the bf16 source stays in the mapped file)
-        "load": {"gpu": n * compute_bytes + CUDA_CONTEXT, "disk": checkpoint, "seconds": checkpoint / 100e6,
+        "load": {"gpu": n * compute_bytes, "disk": checkpoint, "seconds": checkpoint / 100e6,
                  "ram": TORCH_BASELINE + shape.largest * compute_bytes},
-        "nf4": {"gpu": nf4_weights + lora + activations + CUDA_CONTEXT, "disk": checkpoint,
+        "nf4": {"gpu": nf4_weights(n, q) + lora + activations, "disk": checkpoint,
                 "seconds": steps * SEED_T4_STEP_S * flop_scale,
                 "ram": TORCH_BASELINE + shape.largest * compute_bytes},
         # merge_shards: one adapted weight read, widened to fp32, rounded back and written; 64 MiB copy buffer
         "merge": {"gpu": None, "disk": 2 * checkpoint, "seconds": checkpoint / 150e6,
                   "ram": PEFT_BASELINE + shape.largest_adapted * 10 + 2**26},
-        # the converter widens a bf16 tensor to fp32 before writing it in f16: 6 bytes a value
+        # the converter holds an f16 tensor twice (the merge writes f16: a bf16 one it would widen to fp32
+        # first)
         "convert": {"gpu": None, "disk": 2 * checkpoint + gguf_f16, "seconds": text / 25e6,
-                    "ram": CONVERTER_BASELINE + shape.largest * 6},
-        # the quantizer reads an f16 tensor into a buffer and widens it to fp32: 6 bytes a value
+                    "ram": CONVERTER_BASELINE + shape.largest * 4},
+        # the quantizer widens an f16 tensor to fp32 and writes its quantized copy: about 5.4 bytes a value
+        # (measured)
         "quantize": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": text / 20e6,
-                     "ram": LLAMA_BASELINE + shape.largest * 6},
+                     "ram": LLAMA_BASELINE + shape.largest * 5.4},
+        # llama.cpp maps the file (not counted) and holds a small context
+        "verify": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": 60.0,
+                   "ram": LLAMA_BASELINE + VERIFY_CONTEXT},
     }
 
 
 def report(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> str:
     """The plan as a table against the runtime's limits, every figure marked as an estimate."""
-    rows = [f"{'phase':9s} {'GPU GiB':>8s} {'RAM GB':>7s} {'disk GB':>8s} {'time':>8s}   (estimates; "
-            f"{runtime['gpu']}: {runtime['gpu_bytes'] / GIB:.1f} GiB, "
-            f"RAM {runtime['ram_bytes'] / 1e9:.1f} GB)"]
+    gpu = f"{runtime['gpu']}: {runtime['gpu_bytes'] / GIB:.1f} GiB" if runtime["gpu"] else "no GPU"
+    head = f"{'phase':9s} {'GPU GiB':>8s} {'RAM GB':>7s} {'disk GB':>8s} {'T4 time':>8s}"
+    rows = [f"{head}   (estimates; {gpu}, "
+            f"RAM {runtime['ram_bytes'] / 1e9:.1f} GB, disk {runtime['disk_bytes'] / 1e9:.0f} GB free)"]
     for phase, need in plan.items():
         gpu = "-" if need["gpu"] is None else f"{need['gpu'] / GIB:.1f}"
         over = [w for w in problems({phase: need}, runtime)]
@@ -119,7 +152,8 @@ def problems(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> list[str]:
     out = []
     for phase, need in plan.items():
         for what, limit in (("gpu", "gpu_bytes"), ("ram", "ram_bytes"), ("disk", "disk_bytes")):
-            if _need(phase, need, what) is not None and _need(phase, need, what) > runtime[limit]:
+            value = _need(phase, need, what)
+            if value is not None and runtime[limit] is not None and value > runtime[limit]:
                 out.append(f"{phase} {what.upper() if what != 'disk' else what}")
     return out
 
@@ -132,7 +166,7 @@ def check(plan: dict[str, dict], runtime: dict = FREE_COLAB, skip: tuple[str, ..
         for what, limit, unit in (("gpu", "gpu_bytes", "GiB of GPU memory"),
                                   ("ram", "ram_bytes", "GB of RAM"), ("disk", "disk_bytes", "GB of disk")):
             scale, value = (GIB if what == "gpu" else 1e9), _need(phase, need, what)
-            if value is not None and value > runtime[limit]:
+            if value is not None and runtime[limit] is not None and value > runtime[limit]:
                 raise FitError(f"the {phase} phase needs about {value / scale:.1f} {unit} (an estimate); "
                                f"this runtime ({runtime['gpu']}) has {runtime[limit] / scale:.1f}",
                                f"switch to {BIGGER}, or choose a smaller model (google/gemma-3-1b-pt)")

@@ -209,12 +209,14 @@ def parameter_counts(arch: dict) -> dict[str, float]:
 
 
 def nf4_estimate_gib(arch: dict) -> float:
-    """An ESTIMATE of the weights' memory under QLoRA on a T4: linear layers in NF4 (4 bits plus about 0.13
-    bit of double-quantized scales), embeddings and towers in fp16. Activations, LoRA weights and optimizer
-    state come on top (about 1-3 GB at the course's batch and length)."""
+    """An ESTIMATE of the weights' memory under QLoRA on a T4, by the planner's rule (fit.nf4_weights): the
+    linear layers of the text model and the towers in NF4, every other weight (the embeddings) in fp32 after
+    k-bit preparation. Activations, LoRA weights and optimizer state come on top (docs/full-shape.md)."""
+    from gemmate_lib.fit import nf4_weights
+
     counts = parameter_counts(arch)
-    nbytes = counts["linear"] * 4.127 / 8 + (counts["embedding"] + counts["towers"]) * 2
-    return round(nbytes / 2**30, 1)
+    quantized = counts["linear"] + counts["towers"]
+    return round(nf4_weights(quantized + counts["embedding"], quantized) / 2**30, 1)
 
 
 def training_chat_template(generation: Generation) -> str:

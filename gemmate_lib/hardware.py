@@ -102,13 +102,19 @@ def describe_hardware() -> dict:
 
 def gpu_memory(label: str) -> str:
     """One line with the peak GPU memory since the last call (then reset), or "" without CUDA: 03, 04 and 05
-    print it, so a learner sees how close a T4 (15 GB) is to its limit."""
+    print it, so a learner sees how close a T4 (15 GB) is to its limit. The figure is what the process holds at
+    its peak: what the allocator reserved (more than the tensors: it keeps freed blocks for reuse) plus what the
+    CUDA context and libraries hold outside it, read from the driver (torch.cuda.mem_get_info)."""
     if not torch.cuda.is_available():
         return ""
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    free, total = torch.cuda.mem_get_info()
+    outside = max(0, total - free - torch.cuda.memory_reserved())  # CUDA context, cuBLAS workspaces
+    tensors, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
     torch.cuda.reset_peak_memory_stats()
-    return f"peak GPU memory {label}: {peak:.1f} GiB of {total:.1f} GiB"
+    gib = 2**30
+    return (f"peak GPU memory {label}: {(reserved + outside) / gib:.1f} GiB of {total / gib:.1f} GiB "
+            f"(tensors {tensors / gib:.1f}, allocator's reserve {(reserved - tensors) / gib:.1f}, "
+            f"CUDA context {outside / gib:.1f})")
 
 
 def free_memory() -> None:

@@ -107,7 +107,24 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
             task_type="CAUSAL_LM", target_modules=list(IA3_TARGETS),
             feedforward_modules=["down_proj"]), rate("ia3", "ia3")),
     }
+    check_fits(cfg, model_path, keys)
     return {k: every[k] for k in keys}
+
+
+def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
+    """Before any weight loads (the config alone): full fine-tuning's weights, gradients and AdamW moments
+    must fit this machine, and on a GPU a 16/32-bit copy of the model must fit for the arms without NF4 (Gemma 4
+    E2B's is ~19 GiB in fp32, more than a T4 has). HardwareError / FitError, each one line with the fix."""
+    from transformers import AutoConfig
+
+    from gemmate_lib import fit
+
+    shape = fit.shape_of(AutoConfig.from_pretrained(model_path))
+    if "full" in keys:
+        check_full_finetuning(shape.parameters, cfg.precision.device)
+    if cfg.precision.device == "cuda" and set(keys) - {"qlora"}:
+        plan = fit.predict(shape, cfg.precision.dtype.itemsize)
+        fit.check({"load": plan["load"]}, fit.runtime_here())
 
 
 def full_finetuning_precision(precision: Precision) -> Precision:

@@ -68,7 +68,9 @@ def tiny_folder(tiny_tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny") / "tiny-gemma"
     make_tiny_gemma(tiny_tokenizer).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
-    return folder
+    saved = {p.name: p.read_bytes() for p in folder.iterdir()}
+    yield folder
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == saved, "a test wrote into the shared folder"
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,9 @@ def test_train_te_runs_04s_tasks_and_evaluates_them(task, keys, tmp_path, tiny_f
     assert metrics["steps"] == 2 and set(metrics["evaluation"]) == keys
     if task == "python_releases":
         assert metrics["rows"] == 300 and metrics["evaluation"]["test"]["n"] == 200
-        assert 0 <= metrics["evaluation"]["test"]["accuracy"] <= 1
+        test = metrics["evaluation"]["test"]
+        right = test["accuracy"] * test["n"]
+        assert right == pytest.approx(round(right))  # k of the n questions right, not some other ratio
         assert metrics["config"]["prompt_end"] == "The newest Python 3 release is Python"
     else:
         far = metrics["evaluation"]["extrapolation"]

@@ -1,8 +1,6 @@
-"""Cross-entropy through Gemma's 262k-token LM head (most of a LoRA step's FLOPs) only where it counts;
-taught in 03_lora_sft ("look inside"), used by every method of 06. Three exact savings: only labelled
-positions go through the head; gradients come in the forward pass, chunk by chunk, in one reused logits buffer
-softmaxed in place (fresh logits per chunk cost a CPU as much as the arithmetic); the model's forward keeps no
-logits and a hook takes its output, so whatever an adapter does inside forward, GemmaTE's included, counts."""
+"""Cross-entropy through Gemma's 262k-token LM head only where it counts (03_lora_sft's "look inside", every
+method of 06; docs/performance.md): labelled positions only, gradients in the forward pass, chunk by chunk in
+one reused logits buffer, from the decoder output of the model's own forward (adapters and GemmaTE count)."""
 from __future__ import annotations
 
 import torch
@@ -12,9 +10,8 @@ CHUNK_TOKENS = 256  # tokens per chunk: 256 x 262144 fp32 logits = 256 MiB at a 
 
 def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
                     probs: bool):
-    """Yield (start, rows, targets, per-token NLL, logits) per chunk, through one reused buffer, with `probs`
-    softmaxed in place. The buffer is [vocab, rows]: MKL's CPU kernels write that order, so the softmax and
-    gradient read it faster (`make bench-head` compares both layouts)."""
+    """Yield (start, rows, targets, per-token NLL, logits) per chunk through one reused [vocab, rows] buffer
+    (the order MKL writes fastest: `make bench-head`), with `probs` softmaxed in place."""
     acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 (or fp64)
     rows, vocab = min(chunk, hidden.shape[0]), weight.shape[0]
     raw = hidden.new_empty(vocab * rows, dtype=weight.dtype)  # one buffer for every chunk
@@ -72,8 +69,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 @torch.no_grad()
 def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_TOKENS):
-    """Per-token cross-entropy of `hidden @ weight.T` against `targets`, without gradients (held-out losses).
-    One call per batch: the head's weights are read once per chunk, not once per example."""
+    """Per-token cross-entropy of `hidden @ weight.T` against `targets`, no gradients (held-out losses)."""
     out = [nll for _, _, _, nll, _ in _softmax_chunks(hidden, weight, targets, chunk, probs=False)]
     acc = torch.promote_types(hidden.dtype, torch.float32)
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=acc)
@@ -86,8 +82,7 @@ def _base(model):
 
 def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The decoder's final-norm hidden states of the real tokens, [batch, seq, hidden], from `model`'s own
-    forward (so every adapter takes part) with the LM head on no position. Prompt tuning's virtual tokens,
-    first in the decoder's output, are cut off."""
+    forward with the LM head on no position (prompt tuning's virtual tokens cut off)."""
     no_position = torch.zeros(0, dtype=torch.long, device=input_ids.device)
     captured = []
     hook = _base(model).get_decoder().register_forward_hook(lambda module, args, out: captured.append(out[0]))
@@ -105,9 +100,8 @@ def output_weight(model) -> torch.Tensor:
 
 def causal_lm_loss(model, input_ids, attention_mask, labels, num_items_in_batch=None):
     """Next-token loss of a (PEFT-wrapped) causal LM, the LM head on labelled positions only: the model's own
-    loss (mean, or sum / num_items_in_batch) up to rounding, except that under prompt tuning, as for every
-    other method, the first real token is never a target (the model's own loss predicts it from the prompt).
-    """
+    loss (mean, or sum / num_items_in_batch) up to rounding; under prompt tuning the first real token is never
+    a target, as for every other method."""
     hidden = final_hidden(model, input_ids, attention_mask)
     shift_labels = labels[:, 1:]
     mask = shift_labels != -100

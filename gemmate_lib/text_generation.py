@@ -1,6 +1,5 @@
-"""Generate for a list of prompts and return a table. Taught in 02_baseline_generation (before training) and
-03_lora_sft (after). Greedy decoding by default, so the same model gives the same text every time and "before"
-and "after" can be compared line by line."""
+"""Text generation for a list of prompts, as a table (02_baseline_generation before training, 03 after):
+greedy by default, so "before" and "after" compare line by line."""
 from __future__ import annotations
 
 import contextlib
@@ -28,9 +27,8 @@ def has_author_line(text: str) -> bool:
 
 @contextlib.contextmanager
 def unfrozen_for_cpu(model):
-    """Mark frozen float CPU weights as requiring grad while generating, then restore the flags: PyTorch's CPU
-    bf16 matmul takes a much slower path with frozen weights, for the same outputs. Generation runs under
-    no_grad, so no graph is built."""
+    """Frozen float CPU weights marked as requiring grad while generating (under no_grad): PyTorch's CPU bf16
+    matmul takes a much slower path with frozen weights, for the same outputs."""
     params = [p for p in model.parameters()
               if not p.requires_grad and p.is_floating_point() and p.device.type == "cpu"]
     for p in params:
@@ -45,9 +43,8 @@ def unfrozen_for_cpu(model):
 @torch.no_grad()
 def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 40, greedy: bool = True,
              batch_size: int = BATCH_SIZE, timestamps=None, **generate_kwargs):
-    """Generate a continuation for each prompt; return a DataFrame (prompt, completion, author line, seconds).
-    The course's one generation loop: 02, 03, 04, 05 call it for plain models, and 07 for GemmaTE with
-    `timestamps` (one per prompt), which go to `model.generate` batch by batch."""
+    """A continuation for each prompt, as a DataFrame (prompt, completion, author line, seconds): the course's
+    one generation loop, for plain models and for GemmaTE with `timestamps` (one per prompt, 07)."""
     import pandas as pd
 
     model.eval()

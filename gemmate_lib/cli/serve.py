@@ -1,6 +1,5 @@
-"""`gemmate serve RUN_DIR [RUN_DIR ...]`: fine-tuned models behind `transformers serve` (OpenAI-compatible),
-taught in 05_save_and_push, with the request checks that server lacks: without them an empty prompt generates
-from <bos>, and `max_tokens` 10^8 keeps it generating. With several run folders, a request's `model` picks."""
+"""`gemmate serve RUN_DIR [RUN_DIR ...]` (05_save_and_push, docs/serving.md): fine-tuned models behind
+`transformers serve`, with the request checks it lacks (empty prompts, huge `max_tokens`, unknown models)."""
 from __future__ import annotations
 
 import inspect
@@ -66,9 +65,8 @@ HOOK = ("model_manager", "chat_handler", "completion_handler")  # build_server's
 
 
 def check_hook_point(server, serve_cli) -> None:
-    """Refuse to start unless the request checks can attach where transformers serve builds its app:
-    `build_server` is internal (not a public API), and if an upgrade changed it, `Serve`'s import of it or the
-    handlers' `handle_request`, the checks would silently not run."""
+    """Refuse to start unless the request checks can attach where transformers serve builds its app (internal
+    API: after an upgrade they could silently not run)."""
     problem = None
     build = getattr(server, "build_server", None)
     if build is None:

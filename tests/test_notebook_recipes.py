@@ -102,21 +102,19 @@ def test_03s_lora_and_sft_configs_equal_the_library_builders(profile, tiny_folde
 
 
 @pytest.mark.parametrize("key", ["gemma", "gemma3", "gemma4"])
-def test_03s_chat_cell_masks_the_turn_end_on_each_generation(key, tmp_path):
+def test_03s_chat_cell_masks_the_turn_end_on_each_generation(key, generation_folder):
     """03's chat run on Gemma 1, 3 and 4: the cell picks the generation's training template, whose
     `{% generation %}` block holds the answer and its turn end: assistant-only loss trains the stop."""
     from datasets import Dataset
-    from tiny import ROWS, make_generation_tokenizer, make_tiny_generation
-    from transformers import AutoTokenizer
+    from tiny import ROWS
+    from transformers import AutoConfig, AutoTokenizer
 
     from gemmate_lib.generations import GENERATIONS
 
-    tokenizer = make_generation_tokenizer(key)
-    model = make_tiny_generation(key, tokenizer)
-    model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    folder = generation_folder(key)
+    model = types.SimpleNamespace(config=AutoConfig.from_pretrained(folder))  # the cell reads its config
     ns = run_cell("03_lora_sft.ipynb", "8933b0bf", AutoTokenizer=AutoTokenizer, Dataset=Dataset, model=model,
-                  model_path=str(tmp_path), hub_kwargs={}, data=types.SimpleNamespace(train=ROWS))
+                  model_path=str(folder), hub_kwargs={}, data=types.SimpleNamespace(train=ROWS))
     end = GENERATIONS[key].turn_end
     assert ns["END"] == end
     chat = ns["chat_tokenizer"]

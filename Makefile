@@ -56,23 +56,41 @@ lint: install
 	$(PY) -m ruff check .
 
 test-fast: lint
-	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not canary" tests
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not canary and not after_nbval" tests
 
+# Every test's and every notebook cell's time, as JUnit XML in runs/test (unit.xml, nbval.xml, after_nbval.xml):
+# `python -m tools.timings --slowest runs/test/*.xml` prints the slowest of them and each step's total, the table
+# in CONTRIBUTING.md ("Test time").
+TEST_RUNS := runs/test
+
+# Tests marked after_nbval read the run folder that nbval's notebooks wrote (the canary test too): make nbval runs
+# them after the notebooks, so make unit leaves them out.
 unit: embedded
-	$(OFFLINE) $(PY) -m pytest -q --durations=5 -m "not canary and not long" tests
+	mkdir -p $(TEST_RUNS)
+	$(OFFLINE) $(PY) -m pytest -q --durations=0 --junitxml=$(TEST_RUNS)/unit.xml \
+		-m "not canary and not after_nbval and not long" tests
 
 # nbval runs with a fake HF_TOKEN (tests/canary.py); the canary test then scans the run folder for it.
-# nbval cannot pass parameters: the one-page notebook runs as a copy in runs/nbval with its committed outputs and
-# papermill's injected cell of offline parameters (tools/course.py --nbval-copy).
+# nbval cannot pass parameters: every notebook runs as a copy in runs/nbval with its committed outputs and
+# papermill's injected cell of the parameters it declares in params/nbval.yaml (03's part 2 in a few steps; no
+# checked output prints them) and, for the one-page notebook, its offline ones (tools/course.py --nbval-copy).
+# --durations=10 prints the ten slowest cells.
+NBVAL        := runs/nbval
+NBVAL_PARAMS := params/nbval.yaml
+NBVAL_COPIES := $(patsubst notebooks/%,$(NBVAL)/%,$(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) \
+                  notebooks/qlora_one_runtime.ipynb)
 nbval: embedded
-	rm -rf runs/nbval
-	$(OFFLINE) $(PY) -m tools.course --nbval-copy runs/nbval
-	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q --nbval-lax \
-		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider notebooks/[0-9][0-9]_*.ipynb \
-		runs/nbval/qlora_one_runtime.ipynb
-	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=runs/nbval $(PY) -m pytest -q -m canary tests/test_canary.py
+	rm -rf $(NBVAL)
+	mkdir -p $(TEST_RUNS)
+	$(OFFLINE) $(PY) -m tools.course --nbval-copy $(NBVAL) --params $(NBVAL_PARAMS)
+	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) $(PY) -m pytest -q --nbval-lax \
+		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider --durations=10 \
+		--junitxml=$(TEST_RUNS)/nbval.xml $(NBVAL_COPIES)
+	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) $(PY) -m pytest -q --durations=0 \
+		--junitxml=$(TEST_RUNS)/after_nbval.xml -m "canary or after_nbval" tests
 
 test: lint unit nbval
+	$(PY) -m tools.timings --slowest $(TEST_RUNS)/unit.xml $(TEST_RUNS)/nbval.xml $(TEST_RUNS)/after_nbval.xml
 
 # The learner's path in ~5 minutes: every notebook in the GPU profile in a Colab-like kernel (tests/learner_path.py).
 # `make unit` (and so `make test`) runs it too.
@@ -127,7 +145,7 @@ bench-head: embedded
 	$(OFFLINE) $(PY) benchmarks/lm_head.py
 
 clean:
-	rm -rf runs/nbval runs/interactive
+	rm -rf runs/nbval runs/interactive runs/test
 
 # Learners: JupyterLab on this machine, the notebooks open, the course's kernel ("GemmaTE course (.venv)") selected.
 # LAB_PORT=8899 picks another port, LAB_ARGS=--no-browser keeps the browser closed; it listens on 127.0.0.1 only.

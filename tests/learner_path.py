@@ -34,6 +34,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 # a few examples. The thresholds of the checks that judge learning are the notebooks' own smoke ones.
 SMOKE_PARAMS = {
     "max_steps": 3, "compare_steps": 2, "steps": 2, "second_steps": 2,  # 03, its side-by-side arms, 06, 05
+    # 03's chat run (section 8) in the GPU profile: NF4, k-bit preparation, assistant-only loss; part 2's
+    # other runs stay off there (compare=False, as on a T4); the chat cell says whether the loss counted only
+    # the model's turn (tests/test_learner_path.py reads it)
+    "chat_steps": 2,
     "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0,
     "num_epochs": 1.0,  # 07
     "max_new_tokens": 8,  # 02
@@ -61,6 +65,17 @@ import sys
 assert "gemmate_lib" not in sys.modules, "this notebook imported gemmate_lib"
 assert importlib.util.find_spec("gemmate_lib") is None, "gemmate_lib is importable in this kernel"
 print("gemmate_lib importable in this kernel: False")"""
+
+
+CHAT_LOSS = "the loss counts only the model's turn:"  # what 03's chat cell prints about its labels
+
+
+def printed(executed: Path, marker: str) -> str:
+    """Everything the first code cell of the executed notebook `executed` whose source holds `marker`
+    printed (its stream outputs)."""
+    cells = json.loads(executed.read_text())["cells"]
+    cell = next(c for c in cells if c["cell_type"] == "code" and marker in "".join(c["source"]))
+    return "".join("".join(o.get("text", "")) for o in cell.get("outputs", []))
 
 
 def notebooks_in_order() -> list[Path]:

@@ -1,9 +1,10 @@
 """`gemmate serve`: a fine-tuned run behind transformers
 serve on 127.0.0.1, real HTTP requests, bad ones refused.
 
-The model is really trained (10 steps on the embedded Gemma 3 270M, enough for the
-`Author:` line on the standard prompts to appear: the shared `quick_run`) and really served; every wait is
-bounded.
+The model is really trained and really served: 03's adapter from the run folder of `make nbval`'s
+notebooks (40 steps on the embedded Gemma 3 270M, enough for the `Author:` line on the standard prompts),
+which make nbval serves after the notebooks (marker after_nbval) instead of training a run of its own in make
+unit. Every wait is bounded.
 """
 import json
 import subprocess
@@ -41,18 +42,22 @@ def test_bad_requests_are_refused_with_what_to_send(tmp_path):
 
 
 @pytest.mark.slow
-def test_gemmate_serve_answers_a_quote_with_an_author_over_http(quick_run, tmp_path):
+@pytest.mark.after_nbval
+def test_gemmate_serve_answers_a_quote_with_an_author_over_http(request, tmp_path):
     import shutil
 
     import httpx
+    from nbval_run import nbval_run
     from openai import BadRequestError, OpenAI
 
     from gemmate_lib.models import prepare_embedded
     from gemmate_lib.text_generation import STANDARD_PROMPTS
 
+    nbval = nbval_run(request, "adapter/adapter_model.safetensors", "adapter/gemmate.json")
     run = tmp_path / "run"
-    # serve writes merged/ into the run folder: a copy of the shared one
-    shutil.copytree(quick_run, run, ignore=shutil.ignore_patterns("checkpoint-*"))
+    # serve merges adapter/ into merged/ in the run folder it serves: a folder here with nbval's adapter alone
+    # (05's merged/ stays out: serve must merge); nbval's own folder stays as the notebooks left it
+    shutil.copytree(nbval / "adapter", run / "adapter")
     base = tmp_path / "base"
     base.mkdir()
     (base / "merged").symlink_to(prepare_embedded(verbose=False))  # the untrained model, as a second "run"

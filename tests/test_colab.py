@@ -169,10 +169,10 @@ def test_install_brings_only_what_differs_and_holds_colabs_torch(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_pip_stops_rather_than_replace_colabs_torch(tmp_path):
+def test_pip_stops_rather_than_replace_colabs_torch(tmp_path, venv_with_this_torch):
     """A pin that needs another torch (torchvision 0.26 needs torch 2.11) ends in one line naming the
     conflict; pip, run for real (a dry run) in a venv that has this machine's torch, never replaces it."""
-    py = _venv_with_this_torch(tmp_path / "venv")
+    py = venv_with_this_torch
     (tmp_path / "requirements-colab.txt").write_text("torchvision==0.26.0\n")
 
     def dry_run(cmd, **kwargs):
@@ -183,9 +183,12 @@ def test_pip_stops_rather_than_replace_colabs_torch(tmp_path):
     assert f"torch=={torch.__version__}" in str(err.value) and "never reinstall torch" in str(err.value)
 
 
-def _venv_with_this_torch(venv: Path) -> str:
+@pytest.fixture(scope="module")
+def venv_with_this_torch(tmp_path_factory) -> str:
     """A fresh venv that has this machine's torch (its files and dist-info linked in: no multi-GB copy), as
-    Colab has its own; returns its python."""
+    Colab has its own; its python. One venv for the two pip tests of this module: both only dry-run pip in it
+    (--dry-run installs nothing), so neither sees the other's."""
+    venv = tmp_path_factory.mktemp("colab-like") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = str(venv / "bin" / "python")
     target = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -197,12 +200,12 @@ def _venv_with_this_torch(venv: Path) -> str:
 
 
 @pytest.mark.slow
-def test_pip_would_not_reinstall_torch_in_a_venv_that_has_it(tmp_path):
+def test_pip_would_not_reinstall_torch_in_a_venv_that_has_it(tmp_path, venv_with_this_torch):
     """A dry run of the Colab install into a fresh venv holding
     torch 2.13: torch stays, the course's pins come in."""
     import torch as installed_torch
 
-    py = _venv_with_this_torch(tmp_path / "venv")
+    py = venv_with_this_torch
     check = subprocess.run([py, "-m", "pip", "show", "torch"], capture_output=True, text=True)
     assert f"Version: {installed_torch.__version__}" in check.stdout
     report = tmp_path / "report.json"

@@ -277,7 +277,7 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     import time
 
     from canary import CANARY
-    from learner_path import run
+    from learner_path import CHAT_LOSS, printed, run
 
     start = time.time()
     rows = run(tmp_path / "run")
@@ -300,6 +300,8 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     report = json.loads((tmp_path / "run" / "gguf" / "verification.json").read_text())
     assert {"model-f16.gguf", "model-q8_0.gguf", "model-q4_k_m.gguf"} <= set(report["files"])
     assert manifest["notebooks"]["00_setup"]["config"]["profile"] == "gpu-on-cpu"
+    # 03's chat run ran in the GPU profile (NF4, k-bit preparation); its labels count only the model's turn
+    assert f"{CHAT_LOSS} True" in printed(tmp_path / "run" / "03_lora_sft.ipynb", "assistant_only_loss=True")
     leaks = [p.name for p in (tmp_path / "run").rglob("*")
              if p.is_file() and CANARY.encode() in p.read_bytes()]
     assert leaks == []
@@ -315,10 +317,12 @@ def test_the_learners_path_runs_on_a_tiny_gemma_of_each_newer_generation(key, tm
     training, 03's chat run with assistant-only loss, save, merge, reload in a fresh process) with a tiny
     Gemma 3 or Gemma 4 (in its multimodal wrapper) as the model: each notebook's self-check judges it.
     Gemma 1 is the main smoke run above."""
-    from learner_path import notebooks_in_order, run
+    from learner_path import CHAT_LOSS, notebooks_in_order, printed, run
 
     ordered = [nb for nb in notebooks_in_order() if nb.name[:2] in {"00", "01", "02", "03", "04", "05"}]
     rows = run(tmp_path / "run", ordered, generation=key)
     assert {name: row["status"] for name, row in rows.items()} == {nb.stem: "pass" for nb in ordered}
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["notebooks"]["05_save_and_push"]["reload_identical"] == "4/4"
+    # 03's chat run, in the generation's own turn markers, counts only the model's turn
+    assert f"{CHAT_LOSS} True" in printed(tmp_path / "run" / "03_lora_sft.ipynb", "assistant_only_loss=True")

@@ -12,7 +12,13 @@ gets the embedded model's folder, the embedded quotes as a .jsonl in `Abirate/en
 (`one_page_parameters`: the one place that holds them). The page itself holds only the learner's T4 values:
 `--in-place` (make notebooks) injects the offline ones, runs it and drops papermill's injected cell again
 before writing it back, and `--nbval-copy DIR` (make nbval, since nbval cannot pass parameters) writes a
-copy with the committed outputs and the injected cell for nbval to compare.
+copy with the committed outputs and the injected cell for nbval to compare. `--nbval-copy DIR --params
+FILE` writes such a copy of every notebook: each gets the values of FILE (params/nbval.yaml) that its
+`parameters` cell declares, so nbval runs 03's part 2 in a few steps while every checked output stays as
+committed.
+
+Each run prints the ten slowest cells (papermill's, or nbclient's, per-cell times) and keeps them in the run
+folder's course_timings.json.
 """
 from __future__ import annotations
 
@@ -97,21 +103,71 @@ def without_injected_parameters(nb):
     return nb
 
 
-def nbval_copy(folder: Path, model_folder: Path, run_dir: Path) -> Path:
-    """The one-page notebook with its committed outputs and the offline parameters injected, written into
-    `folder` for nbval, which runs a notebook as it is and cannot pass parameters."""
+def nbval_copy(folder: Path, model_folder: Path, run_dir: Path, notebook: Path | None = None,
+               parameters: dict | None = None) -> Path:
+    """`notebook` (default: the one-page recipe) with its committed outputs and `parameters` injected (the
+    one-page recipe: its offline ones, then `parameters`), written into `folder` for nbval, which runs a
+    notebook as it is and cannot pass parameters. A notebook that gets no parameters is copied as it is."""
     import nbformat
 
-    nb = nbformat.read(repo_root() / "notebooks" / ONE_PAGE, as_version=4)
-    out = Path(folder) / ONE_PAGE
+    notebook = Path(notebook or repo_root() / "notebooks" / ONE_PAGE)
+    nb = nbformat.read(notebook, as_version=4)
+    values = dict(parameters or {})
+    if notebook.name == ONE_PAGE:
+        values = {**one_page_parameters(model_folder, run_dir, offline=True), **values}
+    out = Path(folder) / notebook.name
     out.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(with_parameters(nb, one_page_parameters(model_folder, run_dir, offline=True)), out)
+    nbformat.write(with_parameters(nb, values) if values else nb, out)
     return out
 
 
-def execute_in_place(path: Path, run_dir: Path, parameters: dict | None = None) -> None:
-    """Run one notebook top to bottom and write it back with clean metadata (what gets committed).
-    `parameters` are injected for the run only: the notebook is written back without them."""
+def nbval_copies(folder: Path, model_folder: Path, params_file: str | None = None) -> list[Path]:
+    """Every notebook of the course (00-07 and the one-page recipe) as nbval runs it (make nbval): a copy in
+    `folder`, with the values of `params_file` that its `parameters` cell declares injected (nbval_copy).
+    `folder` is also the run folder (the one-page recipe's output goes there)."""
+    notebooks = course_notebooks(repo_root())
+    per_notebook = notebook_parameters(notebooks, params_file)
+    return [nbval_copy(folder, model_folder, folder, nb, per_notebook[nb.name]) for nb in notebooks]
+
+
+def cell_seconds(nb) -> list[tuple[float, int, str]]:
+    """(seconds, code cell number, first line) of every executed code cell of `nb`: papermill's duration in
+    each cell's metadata, else nbclient's timestamps (record_timing). The number counts code cells only, from
+    0, as nbval names them ("Cell 12")."""
+    rows = []
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for number, cell in enumerate(code):
+        seconds = (cell.metadata.get("papermill") or {}).get("duration")
+        stamps = cell.metadata.get("execution") or {}
+        if seconds is None and "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
+            begin, end = (dt.datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
+                          for k in ("iopub.execute_input", "shell.execute_reply"))
+            seconds = (end - begin).total_seconds()
+        if seconds is not None:
+            first = next((line for line in cell.source.splitlines() if line.strip()), "")
+            rows.append((float(seconds), number, first.strip()[:70]))
+    return rows
+
+
+def slowest_cells(cells: dict[str, list[tuple[float, int, str]]], n: int = 10) -> list[dict]:
+    """The `n` slowest cells over every notebook of a run: {notebook: cell_seconds(...)} -> rows, slowest
+    first."""
+    rows = [{"notebook": name, "cell": number, "seconds": round(seconds, 1), "source": first}
+            for name, found in cells.items() for seconds, number, first in found]
+    return sorted(rows, key=lambda r: -r["seconds"])[:n]
+
+
+def print_slowest(rows: list[dict]) -> None:
+    print(f"the {len(rows)} slowest cells (code cells counted from 0, as nbval names them):")
+    for r in rows:
+        print(f"  {r['seconds']:7.1f} s  {r['notebook']:28} Cell {r['cell']:<3} {r['source']}")
+
+
+def execute_in_place(path: Path, run_dir: Path,
+                     parameters: dict | None = None) -> list[tuple[float, int, str]]:
+    """Run one notebook top to bottom and write it back with clean metadata (what gets committed); returns its
+    cells' times (cell_seconds). `parameters` are injected for the run only: the notebook is written back
+    without them."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -119,13 +175,16 @@ def execute_in_place(path: Path, run_dir: Path, parameters: dict | None = None) 
     if parameters:
         nb = with_parameters(nb, parameters)
     os.environ["GEMMATE_RUN_DIR"] = str(run_dir)  # the kernel inherits it: artifacts go to the run folder
-    NotebookClient(nb, timeout=1800, kernel_name="python3", record_timing=False,
+    NotebookClient(nb, timeout=1800, kernel_name="python3", record_timing=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
+    without = [c for c in nb.cells if INJECTED not in c.metadata.get("tags", [])]  # numbered as committed
+    seconds = cell_seconds(nbformat.v4.new_notebook(cells=without))
     nb = without_injected_parameters(nb)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
     nb.metadata = {k: v for k, v in nb.metadata.items() if k in KEPT_METADATA}
     nbformat.write(nb, path)
+    return seconds
 
 
 def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[str, dict]:
@@ -198,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                              "into the docs")
     parser.add_argument("--nbval-copy", metavar="DIR",
                         help="maintainers (make nbval): only write the one-page notebook with its committed "
-                             "outputs and the offline parameters injected into DIR, for nbval to run")
+                             "outputs and the offline parameters injected into DIR, for nbval to run; with "
+                             "--params, a copy of every notebook, each with the values it declares")
     parser.add_argument("--sync-runtimes", action="store_true",
                         help="only rewrite the notebooks' runtime lines "
                              "and the README table from course_timings.json")
@@ -219,8 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.nbval_copy:
         target = Path(args.nbval_copy).resolve()  # nbval's kernel starts in the copy's folder
-        copy = nbval_copy(target, folder, target)
-        print(f"the one-page notebook with its offline parameters for nbval: {show_path(copy)}")
+        if args.params:
+            copies = nbval_copies(target, folder, args.params)
+            given = notebook_parameters(course_notebooks(repo_root()), args.params)
+            print(f"{len(copies)} notebooks for nbval in {show_path(target)}; parameters from {args.params}: "
+                  + ("; ".join(f"{name} {values}" for name, values in given.items() if values) or "none"))
+        else:
+            copy = nbval_copy(target, folder, target)
+            print(f"the one-page notebook with its offline parameters for nbval: {show_path(copy)}")
         return 0
 
     import papermill as pm
@@ -237,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(name, value)  # the kernels inherit them
     print("Hub: " + ("offline (the embedded default needs no network)" if offline
                      else "online (a Hub model or dataset)"))
-    timings = {}
+    timings, cells = {}, {}
     for nb in notebooks:
         out = run_dir / nb.name
         params = {**per_notebook[nb.name], "run_dir": str(run_dir)}
@@ -247,15 +313,16 @@ def main(argv: list[str] | None = None) -> int:
               + (f" with {per_notebook[nb.name]}" if per_notebook[nb.name] else ""), flush=True)
         t0 = time.time()
         if args.in_place:
-            execute_in_place(nb, run_dir, params if nb.name == ONE_PAGE else None)
+            cells[nb.stem] = execute_in_place(nb, run_dir, params if nb.name == ONE_PAGE else None)
         else:
             try:
-                pm.execute_notebook(str(nb), str(out), parameters=params,
-                                    cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
+                executed = pm.execute_notebook(str(nb), str(out), parameters=params,
+                                               cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
             except pm.PapermillExecutionError as err:
                 print(f"FAILED: {nb.name} at cell {err.exec_count}: {err.ename}: {err.evalue}\n"
                       f"  the executed copy with the error is {show_path(out)}", file=sys.stderr)
                 return 1
+            cells[nb.stem] = cell_seconds(executed)
         timings[nb.name] = round(time.time() - t0, 1)
         print(f"    {timings[nb.name]:.0f} s", flush=True)
     if args.in_place and not args.params:
@@ -263,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         record_timings({name: s for name, s in timings.items() if name != ONE_PAGE})
     timings["total_notebooks_s"] = round(sum(timings.values()), 1)
     timings["params_file"] = args.params
+    timings["slowest_cells"] = slowest_cells(cells)
     save_json(run_dir / "course_timings.json", timings)
+    print_slowest(timings["slowest_cells"])
     print(f"course done: {timings['total_notebooks_s']:.0f} s for {len(notebooks)} notebooks; "
           f"everything is in {show_path(run_dir)}")
     return 0

@@ -5,6 +5,11 @@ written from that file by `sync()`, which `python -m tools.course --in-place`
 (`make notebooks`) runs after measuring, and `--sync-runtimes` runs alone;
 tests/test_notebooks.py checks that they agree. CPU times are measured; T4 times are
 estimates kept by hand in the same file, because no GPU ran here.
+
+The test suite's times too: `make test` writes every test's and every nbval cell's time as JUnit XML into
+runs/test, and `python -m tools.timings --slowest runs/test/*.xml` prints each step's total and the slowest
+tests and cells as the table in CONTRIBUTING.md ("Test time"); `--empty` names a step that selected no test
+(pytest's exit code 5), which .ci/run reports.
 """
 from __future__ import annotations
 
@@ -146,3 +151,87 @@ def sync(data: dict | None = None) -> list[str]:
         write_text(root / "README.md", new)
         changed.append("README.md")
     return changed
+
+
+def junit_times(path: str | Path) -> tuple[dict, list[dict]]:
+    """A pytest --junitxml file's ({"step", "tests", "skipped", "seconds"}, [{"test", "seconds"}, ...]): the
+    step is the file's name (unit, nbval, after_nbval), its seconds the whole pytest session's. An nbval cell
+    is named as nbval names it (runs/nbval/03_lora_sft.ipynb::Cell 19) with its first line of code."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    total = {"step": Path(path).stem, "tests": sum(int(s.get("tests", 0)) for s in suites),
+             "skipped": sum(int(s.get("skipped", 0)) for s in suites),
+             "seconds": round(sum(float(s.get("time", 0)) for s in suites), 1)}
+    cases = []
+    for case in (c for s in suites for c in s.iter("testcase")):
+        classname, name = case.get("classname", ""), case.get("name", "")
+        if classname.endswith(".ipynb"):  # nbval: runs.nbval.03_lora_sft.ipynb, Cell 19
+            test = f"{classname.removesuffix('.ipynb').replace('.', '/')}.ipynb::{name}"
+            test += _first_line(test)
+        else:  # tests.test_export, test_...: tests/test_export.py::test_...
+            test = f"{classname.replace('.', '/')}.py::{name}"
+        cases.append({"test": test, "seconds": round(float(case.get("time", 0)), 1)})
+    return total, cases
+
+
+def _first_line(cell: str) -> str:
+    """' (its first line of code)' of an nbval item 'path.ipynb::Cell N' (N counts code cells), or ''."""
+    path, _, name = cell.partition("::")
+    try:
+        code = [c for c in json.loads((repo_root() / path).read_text())["cells"] if c["cell_type"] == "code"]
+        lines = "".join(code[int(name.split()[-1])]["source"]).splitlines()
+    except (OSError, ValueError, IndexError, KeyError):
+        return ""
+    first = next((line.strip() for line in lines if line.strip()), "")
+    return f" (`{first[:60]}`)" if first else ""
+
+
+def slowest(paths: list[str | Path], n: int = 15) -> str:
+    """Markdown: each step's tests and time, then the `n` slowest tests and cells over all of `paths`."""
+    steps, cases = [], []
+    for path in paths:
+        total, found = junit_times(path)
+        steps.append(total)
+        cases += [{**case, "step": total["step"]} for case in found]
+    lines = ["| step | tests | skipped | time |", "|---|---:|---:|---:|"]
+    lines += [f"| {t['step']} | {t['tests']} | {t['skipped']} | {duration(t['seconds'])} |" for t in steps]
+    lines += [f"| all | {sum(t['tests'] for t in steps)} | {sum(t['skipped'] for t in steps)} | "
+              f"{duration(sum(t['seconds'] for t in steps))} |", "",
+              "| seconds | step | test or cell |", "|---:|---|---|"]
+    lines += [f"| {c['seconds']:.0f} | {c['step']} | {c['test']} |"
+              for c in sorted(cases, key=lambda c: -c["seconds"])[:n]]
+    return "\n".join(lines)
+
+
+def empty_steps(paths: list[str | Path]) -> list[str]:
+    """The steps among `paths` (JUnit files) whose pytest selected no test (pytest's exit code 5)."""
+    return [str(path) for path in paths if Path(path).exists() and junit_times(path)[0]["tests"] == 0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the test suite's times, from pytest's JUnit files")
+    parser.add_argument("--slowest", nargs="+", metavar="XML", help="print each step's time and the slowest "
+                        "tests and cells (the table in CONTRIBUTING.md)")
+    parser.add_argument("-n", type=int, default=15, help="how many of the slowest (default 15)")
+    parser.add_argument("--empty", nargs="+", metavar="XML",
+                        help="exit 1, naming them, if any of these steps selected no test")
+    args = parser.parse_args(argv)
+    if args.slowest:
+        print(slowest([p for p in args.slowest if Path(p).exists()], args.n))
+    if args.empty:
+        empty = empty_steps(args.empty)
+        for path in empty:
+            print(f"{path}: pytest selected no test (exit code 5): the Makefile runs a tier that holds none; "
+                  "check its -m expression and the tests' markers")
+        return 1 if empty else 0
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

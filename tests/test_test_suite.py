@@ -1,0 +1,127 @@
+"""How `make test` runs and what it keeps: nbval's parameterized copies of the notebooks (params/nbval.yaml),
+the tests that read nbval's run folder afterwards (marker after_nbval), and the time of every test and cell
+(tools/timings.py, tools/course.py). None of these needs a model."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NBVAL_PARAMS = ROOT / "params" / "nbval.yaml"
+
+
+def _tagged(cells, tag):
+    return [c for c in cells if tag in c["metadata"].get("tags", [])]
+
+
+def test_nbval_runs_each_notebook_as_a_copy_with_the_values_it_declares_and_its_committed_outputs(tmp_path):
+    """make nbval runs copies (nbval cannot pass parameters): every notebook of the course once, each with the
+    values of params/nbval.yaml that it declares in an injected cell after its `parameters` cell, and every
+    committed cell, outputs included, as committed (what nbval compares against)."""
+    import yaml
+
+    from tools.course import INJECTED, course_notebooks, nbval_copies
+
+    values = yaml.safe_load(NBVAL_PARAMS.read_text())
+    copies = nbval_copies(tmp_path / "nbval", tmp_path / "model", str(NBVAL_PARAMS))
+    notebooks = course_notebooks(ROOT)
+    assert [c.name for c in copies] == [nb.name for nb in notebooks]
+    given = {}
+    for notebook, copy in zip(notebooks, copies):
+        committed = json.loads(notebook.read_text())["cells"]
+        cells = json.loads(copy.read_text())["cells"]
+        injected = [i for i, c in enumerate(cells) if INJECTED in c["metadata"].get("tags", [])]
+        rest = [c for c in cells if INJECTED not in c["metadata"].get("tags", [])]
+        assert [(c["source"], c.get("outputs")) for c in rest] == [(c["source"], c.get("outputs"))
+                                                                   for c in committed]
+        if injected:
+            assert injected == [committed.index(_tagged(committed, "parameters")[0]) + 1]
+            namespace = {}
+            exec("".join(cells[injected[0]]["source"]), namespace)
+            given[notebook.stem] = {k: v for k, v in namespace.items() if k in values}
+    assert given["03_lora_sft"] == values  # 03's part 2 in a few steps
+    assert [name for name in given if name != "03_lora_sft"] == ["qlora_one_runtime"]  # its offline values
+
+
+def test_no_checked_output_reads_a_value_that_nbval_shrinks():
+    """A value of params/nbval.yaml that a checked cell names would move that cell's output, and nbval would
+    fail on it (max_steps in 03's self-check hint, max_new_tokens in 02's prompts cell, n_train in 07's):
+    nbval.yaml may shrink only what no checked cell of a notebook that declares it names. (Indirect reads,
+    through a variable, still fail nbval itself.)"""
+    import papermill as pm
+    import yaml
+
+    from tools.course import course_notebooks
+
+    values = yaml.safe_load(NBVAL_PARAMS.read_text())
+    named = {(nb.stem, key) for nb in course_notebooks(ROOT)
+             for key in set(pm.inspect_notebook(str(nb))) & set(values)
+             for cell in _tagged(json.loads(nb.read_text())["cells"], "nbval-check-output")
+             if key in "".join(cell["source"])}
+    assert named == set()
+    assert values, "params/nbval.yaml shrinks nothing: then make nbval needs no --params"
+
+
+def test_the_timings_name_the_slowest_tests_and_an_empty_tier(tmp_path):
+    """`make test` keeps pytest's JUnit files in runs/test; tools.timings prints each step's time and the
+    slowest tests from them, and names a step whose pytest selected no test (its exit code 5, which make
+    reports as a plain failure: .ci/run says which tier was empty)."""
+    from tools import timings
+
+    (tmp_path / "test_two.py").write_text("import time\n\n\ndef test_quick():\n    pass\n\n\n"
+                                          "def test_slow():\n    time.sleep(0.3)\n")
+    def pytest(xml, *args):
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               f"--junitxml={xml}", "--rootdir", str(tmp_path), "-c", "/dev/null", *args,
+                               str(tmp_path / "test_two.py")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})  # a quick start
+
+    assert pytest(tmp_path / "unit.xml").returncode == 0
+    assert pytest(tmp_path / "after_nbval.xml", "-m", "after_nbval").returncode == 5
+    total, cases = timings.junit_times(tmp_path / "unit.xml")
+    assert (total["step"], total["tests"]) == ("unit", 2) and total["seconds"] >= 0.3
+    slowest = max(cases, key=lambda c: c["seconds"])
+    assert slowest["test"].endswith("test_two.py::test_slow") and slowest["seconds"] >= 0.3
+    table = timings.slowest([tmp_path / "unit.xml"], n=1).splitlines()
+    assert table[2].startswith("| unit | 2 | 0 |") and "test_two.py::test_slow" in table[-1]
+    assert timings.empty_steps([tmp_path / "unit.xml", tmp_path / "after_nbval.xml"]) == [
+        str(tmp_path / "after_nbval.xml")]
+
+
+def test_an_nbval_cell_is_named_as_nbval_names_it_with_its_first_line(tmp_path, monkeypatch):
+    """nbval's items are `NOTEBOOK::Cell N`, N counting code cells; the table adds the cell's first line."""
+    from tools import timings
+
+    monkeypatch.setattr(timings, "repo_root", lambda: tmp_path)
+    (tmp_path / "runs" / "nbval").mkdir(parents=True)
+    (tmp_path / "runs" / "nbval" / "03_lora_sft.ipynb").write_text(json.dumps({"cells": [
+        {"cell_type": "markdown", "source": ["# 03"]}, {"cell_type": "code", "source": ["x = 1\n"]},
+        {"cell_type": "code", "source": ["\n", "trainer.train()\n"]}]}))
+    (tmp_path / "nbval.xml").write_text(
+        '<testsuites><testsuite name="pytest" tests="1" skipped="0" time="12.5">'
+        '<testcase classname="runs.nbval.03_lora_sft.ipynb" name="Cell 1" time="11.0"/>'
+        '</testsuite></testsuites>')
+    total, [cell] = timings.junit_times(tmp_path / "nbval.xml")
+    assert cell == {"test": "runs/nbval/03_lora_sft.ipynb::Cell 1 (`trainer.train()`)", "seconds": 11.0}
+    assert total == {"step": "nbval", "tests": 1, "skipped": 0, "seconds": 12.5}
+
+
+def test_a_notebook_run_in_place_reports_each_cells_time(tmp_path):
+    """make notebooks (and make course, from papermill's metadata) prints the ten slowest cells."""
+    import nbformat
+
+    from tools.course import execute_in_place, slowest_cells
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# a"),
+                                         nbformat.v4.new_code_cell("x = 1"),
+                                         nbformat.v4.new_code_cell("import time\ntime.sleep(0.5)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    seconds = execute_in_place(tmp_path / "nb.ipynb", tmp_path / "run")
+    assert [(number, first) for _, number, first in seconds] == [(0, "x = 1"), (1, "import time")]
+    assert seconds[1][0] >= 0.5 > seconds[0][0]
+    [slowest] = slowest_cells({"nb": seconds}, n=1)
+    assert slowest["cell"] == 1 and slowest["seconds"] >= 0.5
+    assert "execution" not in json.loads((tmp_path / "nb.ipynb").read_text())["cells"][1]["metadata"]

@@ -517,12 +517,14 @@ def test_the_optional_merged_save_writes_a_folder_that_loads_without_peft(tiny_m
     import torch
     from transformers import AutoModelForCausalLM
 
-    cell = _cell("if save_merged:")
+    cell = _cell('merged.save_pretrained(merged_dir, max_shard_size="2GB")')
     scope = {"os": os, "merged": tiny_model, "tokenizer": tiny_tokenizer, "output_dir": str(tmp_path)}
     exec(cell, {**scope, "save_merged": False})
     assert not (tmp_path / "merged").exists() and "not written" in capsys.readouterr().out
     exec(cell, {**scope, "save_merged": True})
     assert "1 safetensors file(s)" in capsys.readouterr().out
+    exec(cell, {**scope, "save_merged": True, "merged": None})  # the merge was skipped: it would not fit
+    assert "skipped the merge" in capsys.readouterr().out
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     ids = tiny_tokenizer(["Quote: Be yourself."], return_tensors="pt")
     with torch.no_grad():

@@ -90,20 +90,29 @@ def test_a_malformed_task_row_is_counted_not_a_crash(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task, max_length, held_out", [("sst2", 64, 4), ("squad_v2", 128, 3)])
-def test_a_cpu_run_of_each_task_on_the_embedded_model(task, max_length, held_out, tmp_path):
-    from gemmate_lib.cli.train import train_from_config
+def test_gemmate_train_runs_each_task_and_scores_its_held_out_rows(task, max_length, held_out, tmp_path,
+                                                                   tiny_folder, capsys):
+    """`gemmate train --config configs/gemma11-*.yaml` on the task's fixture (plumbing: the tiny Gemma): it
+    trains the adapter only, and its scores are counts over the held-out rows, in percent."""
+    from weights import trains_only_the_trainable
+
+    from gemmate_lib.cli.main import main
+    from gemmate_lib.errors import run_cli
 
     fixture = FIX / ("sst2.jsonl" if task == "sst2" else "squad_v2.jsonl")
-    cfg = load_config(CONFIGS[task], {"dataset": str(fixture), "model_name": "embedded", "max_steps": "2",
-                                      "val_steps_freq": "2", "steps_freq": "2", "max_length": str(max_length),
-                                      "eval_fraction": "0.25", "output_dir": str(tmp_path),
-                                      "keep_best_n": "0",
-                                      "device": "cpu"})
-    metrics = train_from_config(cfg)
+    with trains_only_the_trainable():
+        assert run_cli(main, ["train", "--config", str(CONFIGS[task]), "--dataset", str(fixture),
+                              "--model_name", str(tiny_folder), "--max_steps", "2", "--val_steps_freq", "2",
+                              "--steps_freq", "2", "--max_length", str(max_length), "--eval_fraction", "0.25",
+                              "--warmup_steps", "0", "--output_dir", str(tmp_path), "--keep_best_n", "0",
+                              "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "train_metrics.json").read_text())
     scores = metrics["task_metrics"]
     assert metrics["task"] == task and metrics["steps"] == 2 and scores["total"] == held_out
     keys = ("accuracy", "f1") if task == "sst2" else ("exact", "f1", "HasAns_exact", "NoAns_exact")
-    assert all(scores[k] is None or 0 <= scores[k] <= 100 for k in keys)
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
-    saved = json.loads((tmp_path / "train_metrics.json").read_text())
-    assert saved["task_metrics"]["total"] == held_out
+    assert set(keys) <= set(scores)
+    for key in ("accuracy",) if task == "sst2" else ("exact",):  # k of the held-out rows right, in percent
+        right = scores[key] * held_out / 100
+        assert right == pytest.approx(round(right)), (key, scores[key])
+    saved = sorted(p.name for p in (tmp_path / "adapter").glob("*.safetensors"))
+    assert saved == ["adapter_model.safetensors"]

@@ -251,13 +251,15 @@ def test_make_drift_and_the_smoke_run_find_the_page_by_its_name():
     assert notebooks_in_order()[-1] == PAGE and len(notebooks_in_order()) == 9
 
 
-def test_the_page_stays_a_page():
+def test_the_page_stays_a_page_and_its_badge_opens_it_from_the_courses_repository():
+    from gemmate_lib.colab import badge
+
     cells = json.loads(PAGE.read_text())["cells"]
     text = " ".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     assert len(text.split()) < 1400
-    assert "**Runtime**:" in "".join(cells[0]["source"])
-    badge = "https://colab.research.google.com/github/gemmate-course/gemmate/blob/main/notebooks/" + PAGE.name
-    assert badge in "".join(cells[0]["source"])
+    intro = "".join(cells[0]["source"])
+    assert "**Runtime**:" in intro
+    assert badge(PAGE.name) in intro  # colab.COURSE_REPO's copy of this page (a fork's, once it sets its own)
 
 
 def test_the_pages_perplexity_lines_count_what_the_librarys_held_out_loss_counts(tiny_model, tiny_tokenizer):

@@ -47,17 +47,14 @@ class Method:
 
 
 def default_methods(cfg: CourseConfig) -> tuple[str, ...]:
-    """06's `methods=None`: the six of DEFAULT_METHODS under the CPU profile (the committed outputs show
-    them), and under the GPU profiles only what a T4 can run: no full fine-tuning (GPU_DEFAULT_METHODS)."""
+    """06's `methods=None`: DEFAULT_METHODS under the CPU profile, GPU_DEFAULT_METHODS under the GPU ones."""
     return GPU_DEFAULT_METHODS if cfg.profile.startswith("gpu") else DEFAULT_METHODS
 
 
 def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int = 32,
                   rates: dict | None = None) -> dict[str, Method]:
-    """The methods in `keys` (a list or a comma-separated string; None: `default_methods(cfg)`), built from
-    `cfg`; 06 writes the same objects out. `model_path`'s tokenizer starts prompt tuning. `other_rank`: the
-    second LoRA rank (alpha = 2 x rank, so alpha / r stays 2). `rates`: some learning rates, e.g.
-    {"prompt": 3e-3} (06's exercise 3)."""
+    """The methods in `keys` (a list or "a,b"; None: `default_methods(cfg)`), as 06 writes them out.
+    `other_rank`: the second LoRA rank (alpha = 2 x rank); `rates`: learning rates, e.g. {"prompt": 3e-3}."""
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
 
     if keys is None:
@@ -113,8 +110,8 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
 
 def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
     """Before any weight loads (the config alone): full fine-tuning's weights, gradients and AdamW moments
-    must fit this machine, and on a GPU a 16/32-bit copy of the model must fit for the arms without NF4 (Gemma 4
-    E2B's is ~19 GiB in fp32, more than a T4 has). HardwareError / FitError, each one line with the fix."""
+    must fit this machine, and on a GPU a 16/32-bit copy of the model must fit for the arms without NF4
+    (Gemma 4 E2B's is ~19 GiB in fp32, more than a T4 has). HardwareError or FitError, with the fix."""
     from transformers import AutoConfig
 
     from gemmate_lib import fit
@@ -128,9 +125,8 @@ def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
 
 
 def full_finetuning_precision(precision: Precision) -> Precision:
-    """Where full fine-tuning's weights live: fp32 master weights under 16-bit compute (mixed precision: the
-    Trainer's bf16/fp16 autocast computes in 16 bits, AdamW updates fp32 weights). In pure bf16 most updates
-    at full fine-tuning's rate (5e-5) are smaller than half a bf16 step of the weight and round away."""
+    """Full fine-tuning's weights: fp32 masters under 16-bit autocast; in pure bf16 most updates at its rate
+    (5e-5) are smaller than half a bf16 step of the weight and round away."""
     if precision.dtype == torch.float32:
         return precision
     return Precision(precision.device, torch.float32,
@@ -161,8 +157,7 @@ def check_full_finetuning(n_params: int, device: str) -> float:
 
 
 def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False) -> dict:
-    """Held-out loss on the whole text and on the completion (data.char_spans); optionally format
-    compliance."""
+    """Held-out loss on the whole text and the completion (data.char_spans); optionally format compliance."""
     model.eval()
     out = {}
     for part, nll in example_nll_by_part(model, tokenizer, rows, ("text", "completion"), max_length).items():

@@ -1,6 +1,5 @@
-"""Paths, and writing files and folders all or nothing: never half an adapter or half a JSON (every notebook).
-A folder is written as `<name>.partial`, the old one renamed to `<name>.backup`, the new one into place, the
-backup deleted. A process that dies in between leaves the old or the new folder complete (see `recover`)."""
+"""Paths, and files and folders written all or nothing (every notebook): `<name>.partial`, the old folder
+renamed to `<name>.backup`, the new one into place, the backup deleted; `recover` finishes a cut-off write."""
 from __future__ import annotations
 
 import contextlib

@@ -40,9 +40,8 @@ COLAB_SECRET_HELP = {
 
 
 def colab_secret_problem() -> str | None:
-    """Why Colab's HF_TOKEN secret cannot be read ("declined", "missing", "error"), or "restart" when the
-    secret is there now but huggingface_hub read the secrets before it was added; None outside Colab. Called
-    when `get_token()` found no token."""
+    """When `get_token()` found none: why Colab's HF_TOKEN secret cannot be read ("declined", "missing",
+    "error", or "restart": added after huggingface_hub read the secrets); None outside Colab."""
     try:
         from google.colab import userdata  # type: ignore[import-not-found]
     except ImportError:

@@ -1,6 +1,5 @@
-"""Checkpoint policy for `gemmate train` (docs/command-line.md): keep the last N and the best N, pick the one
-to resume from. Trainer's `save_total_limit` keeps one best at most, and `get_last_checkpoint` may pick a save
-cut short by a kill: a checkpoint is complete only when its trainer_state.json (written last) parses."""
+"""Checkpoint policy for `gemmate train` (docs/command-line.md): keep the last N and the best N, resume from a
+complete checkpoint (its trainer_state.json, written last, parses; Trainer's own may pick a cut-off one)."""
 from __future__ import annotations
 
 import json

@@ -1,6 +1,5 @@
-"""The Gemma 1.1 experiment's tasks for `gemmate train` (configs/gemma11-*.yaml): SST-2 sentiment and SQuAD v2
-extractive QA, with their official metrics. The task follows from the data's columns, so the Hub datasets and
-the offline fixtures in tests/fixtures/ read alike."""
+"""The Gemma 1.1 experiment's tasks for `gemmate train` (docs/gemma11-experiment.md): SST-2 and SQuAD v2 with
+their official metrics; the task follows from the data's columns (Hub datasets and files alike)."""
 from __future__ import annotations
 
 import collections

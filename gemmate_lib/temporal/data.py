@@ -1,6 +1,5 @@
 """Timestamped text for GemmaTE (07_temporal_encoding): a Dataset and collate_fn as in the GemmaTE guide,
-JSONL files, and the dated-notes task, where the same quote appears with many dates and the last line says the
-month and year, so only the timestamp tells the year."""
+JSONL files, and the dated-notes task (the same quote at many dates: only the timestamp tells the year)."""
 from __future__ import annotations
 
 import json

@@ -1,7 +1,5 @@
-"""GemmaTE: a time signal for Gemma, taught in 07_temporal_encoding (steps in docs/gemmate-temporal.md).
-A timestamp becomes signed log-days around 2006-05-23, scaled by tau, then fixed sin/cos features; a learned
-projection that starts at zero adds them to every token embedding, so the untrained wrapper equals plain
-Gemma exactly and training (with LoRA) teaches it to use time."""
+"""GemmaTE: a time signal for Gemma (07_temporal_encoding, docs/gemmate-temporal.md): fixed features of signed
+log-days, and a zero-started projection that adds them to every token embedding."""
 from __future__ import annotations
 
 import contextlib
@@ -178,9 +176,8 @@ class GemmaTEForCausalLM(nn.Module):
         return {"loss": out.loss, "logits": getattr(out, "logits", None)}
 
     def merged_state_dict(self) -> dict:
-        """A plain state dict with LoRA merged in (--save_format pt; the guide's torch.save) for
-        `GemmaTEForCausalLM(base, settings).load_state_dict(...)` on a fresh base model. Call it last:
-        merging changes this model in place."""
+        """A plain state dict with LoRA merged in (--save_format pt) for `load_state_dict` on a fresh wrapper.
+        Call it last: merging changes this model in place."""
         model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
         state = {f"model.{k}": v for k, v in model.state_dict().items()}
         state["temporal_projection.weight"] = self.temporal_projection.weight.detach()

@@ -1,7 +1,6 @@
-"""GemmaTE's harder tests: answers that change over time (the newest Python 3 release), and how to score them.
-Taught in 07_temporal_encoding (section 10); `gemmate train-te --temporal_task python_releases` runs the same.
-The question never changes, only its timestamp does, so the right answer can come from the time signal alone.
-The release dates are python.org's (first final release of each 3.x; data_cards/python_releases.md)."""
+"""GemmaTE's harder test (07_temporal_encoding, section 10; `gemmate train-te --temporal_task
+python_releases`): one question whose answer, the newest Python 3 release, changes with its timestamp alone;
+and its scoring. Release dates: data_cards/python_releases.md."""
 from __future__ import annotations
 
 import bisect

@@ -184,9 +184,8 @@ def write(runs: Path, name: str, variant: str | None = None):
             folder(runs, "ex01_2") / "held_out_loss.json", {"unquantized": 4.24, "NF4": 4.37, "FP4": fp4}
         )
     elif name == "01-3":
-        mlp = (
-            [390.0, 4.37] if v == "no skip" else [455.0, 4.30]
-        )  # forgetting llm_int8_skip_modules: NF4 everywhere
+        # forgetting llm_int8_skip_modules: NF4 everywhere; skipping every linear layer: the unquantized model
+        mlp = {"no skip": [390.0, 4.37], "skips all": [540.0, 4.24]}.get(v, [455.0, 4.30])
         files.save_json(
             folder(runs, "ex01_3") / "points.json",
             {"unquantized": [540.0, 4.24], "NF4 everywhere": [390.0, 4.37], "NF4 on the MLP only": mlp},
@@ -244,7 +243,8 @@ def write(runs: Path, name: str, variant: str | None = None):
         lesson03(lesson := folder(runs, "lesson"), steps=40)
         metrics(lesson, 120.0, 12.0, 0.0, 1.0)
         lesson03(ex := folder(runs, "ex04_1"), steps=40 if v == "lesson's steps" else 20)
-        metrics(ex, 120.0, 12.0 if v == "lesson's steps" else 19.0, 0.0, 0.97)
+        # a rerun at the lesson's steps lands near the lesson's perplexity, on a GPU a little above it
+        metrics(ex, 120.0, {"lesson's steps": 12.3, "ties the lesson": 12.0}.get(v, 19.0), 0.0, 0.97)
     elif name == "04-2":
         counts = {"True": [2, 5], "False": [1, 5]} if v != "seen worse" else {"True": [0, 5], "False": [2, 5]}
         files.save_json(folder(runs, "ex04_2") / "own_quotes.json", counts)
@@ -305,7 +305,8 @@ def write(runs: Path, name: str, variant: str | None = None):
     elif name == "07-1":
         temporal(folder(runs, "lesson"), 0.95, 0.30, 0.07)
         tau = 1.0 if v == "tau unchanged" else 0.25
-        temporal(folder(runs, "ex07_1"), 0.93, 0.30 if v == "tau unchanged" else 0.12, 0.08, tau=tau)
+        # tau left at 1.0: month+year accuracy as the lesson's, on a GPU a little lower or higher by chance
+        temporal(folder(runs, "ex07_1"), 0.93, 0.28 if v == "tau unchanged" else 0.12, 0.08, tau=tau)
     elif name == "07-2":
         temporal(folder(runs, "lesson"), 0.95, 0.30, 0.07)
         n = (600, 600) if v == "n_train unchanged" else (150, 300)
@@ -318,20 +319,20 @@ def write(runs: Path, name: str, variant: str | None = None):
         raise KeyError(name)
 
 
-SKIPPED = {  # exercise: the variant that skips its point (or does it wrong)
+SKIPPED = {  # exercise: the variants that skip its point (or do it wrong)
     "00-1": "no dtype",
     "00-2": "two",
     "00-3": "all cached",
     "01-1": "same",
     "01-2": "nf4 twice",
-    "01-3": "no skip",
+    "01-3": ("no skip", "skips all"),
     "02-1": "same limit",
     "02-2": "standard prompts",
     "02-3": "greedy",
     "03-1": "r unchanged",
     "03-2": "default data",
     "03-3": "steps unchanged",
-    "04-1": "lesson's steps",
+    "04-1": ("lesson's steps", "ties the lesson"),
     "04-2": "seen worse",
     "04-3": "one size",
     "05-1": "one dtype",
@@ -358,9 +359,24 @@ def test_the_solutions_files_pass(runs, name, capsys):
     assert line.startswith(f"exercise {name}: PASS"), line
 
 
+VARIANTS = [(name, v) for name, vs in SKIPPED.items() for v in ((vs,) if isinstance(vs, str) else vs)]
+
+
+@pytest.mark.parametrize("name, variant", VARIANTS)
+def test_skipping_the_point_fails(runs, name, variant):
+    write(runs, name, variant)
+    line = exercises.exercise_check(name)
+    assert line.startswith(f"exercise {name}: FAIL"), line
+    assert "could not be read" not in line  # judged on what the run shows, not stopped by its shape
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_skipping_the_point_fails(runs, name):
-    write(runs, name, SKIPPED[name])
+def test_results_in_another_shape_fail_and_never_stop_the_notebook(runs, name):
+    """05-1 stopped with a ValueError when one dtype was used twice: a check gives a verdict."""
+    write(runs, name)
+    for path in (runs / f for f in exercises.EXERCISES[name].folders):
+        for result in path.rglob("*.*"):
+            result.write_text("[]")  # valid JSON, and a CSV with one column named "[]"
     line = exercises.exercise_check(name)
     assert line.startswith(f"exercise {name}: FAIL"), line
 

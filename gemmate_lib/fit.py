@@ -1,17 +1,19 @@
 """Will it fit? Before any weight is downloaded, predict what the course's path needs for a model on the
-runtime at hand (00 and 01 print it; the one-page recipe writes the same arithmetic out): GPU memory, RAM,
-disk and time, each an ESTIMATE from the model's config (its shapes on the meta device, counted with
-transformers' own NF4 rules). The host-side figures (RAM, disk) are held within 15% of the full-shape
-rehearsal's measurements (docs/full-shape.md, tests/test_fit.py); the GPU figures have not been measured on a
-T4 yet.
+runtime at hand (00_setup and 01_load_4bit print it; the one-page recipe writes the same arithmetic out):
+GPU memory, RAM, disk and time, each an ESTIMATE from the model's config (its shapes on the meta device,
+counted with transformers' own NF4 rules). The host-side figures (RAM, disk) are held within 15% of the
+full-shape rehearsal's measurements (docs/full-shape.md, tests/test_fit.py); the GPU figures have not been
+measured on a T4 yet.
 
 Where a phase will not fit, `check` stops with one line that names what is needed and the runtime that has it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from gemmate_lib.errors import GemmateError
+from gemmate_lib.generations import nf4_weights
 
 GIB = 2**30
 # A free Colab runtime: one T4 (15 GB: 14.6 GiB for the process, less the CUDA context), 12.7 GB of RAM, and
@@ -23,10 +25,9 @@ BIGGER = "an L4 (22.5 GB) or A100 (40 GB) Colab runtime"
 # load), with transformers and peft too (the merge), llama.cpp's converter, llama.cpp's quantizer. The
 # notebook's kernel holds more (the tokenizer, the data, the libraries): KERNEL_EXTRA is added for phases that
 # run inside it.
-TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.45e9, 0.05e9
+TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.16e9, 0.05e9
 KERNEL_EXTRA = 1.5e9
 VERIFY_CONTEXT = 0.26e9  # llama.cpp's context and compute buffers for a short prompt (measured)
-NF4_BYTES = 4.127 / 8  # 4 bits, plus double-quantized absmax scales (bitsandbytes, blocksize 64)
 SEED_T4_STEP_S = 2.69  # the seed notebook: gemma-2b, NF4, fp16, batch 1 x 4, 100 steps in 268.9 s on a T4
 
 
@@ -66,23 +67,15 @@ def shape_of(config) -> Shape:
                  largest=max(p.numel() for p in params.values()), largest_adapted=max(adapted))
 
 
-def nf4_weights(parameters: float, quantized: float) -> float:
-    """Bytes of the weights under QLoRA: NF4 layers in 4 bits, every other weight in fp32, since
-    `prepare_model_for_kbit_training` casts the 16-bit weights NF4 does not store to fp32."""
-    return quantized * NF4_BYTES + (parameters - quantized) * 4
-
-
 def runtime_here() -> dict:
-    """This machine as a runtime: its GPU (None without CUDA), its RAM and the free disk where the Hub
-    caches."""
+    """This machine as a runtime: its GPU (None without CUDA), its RAM and the free disk for downloads."""
     import os
     import shutil
 
     import torch
+    from huggingface_hub.constants import HF_HUB_CACHE
 
-    from gemmate_lib.models import cache_dir
-
-    folder = cache_dir()
+    folder = Path(HF_HUB_CACHE)  # where the Hub's downloads go
     while not folder.exists():
         folder = folder.parent
     here = {"gpu": None, "gpu_bytes": None, "disk_bytes": shutil.disk_usage(folder).free,
@@ -110,13 +103,13 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
         "nf4": {"gpu": nf4_weights(n, q) + lora + activations, "disk": checkpoint,
                 "seconds": steps * SEED_T4_STEP_S * flop_scale,
                 "ram": TORCH_BASELINE + shape.largest * compute_bytes},
-        # merge_shards: one adapted weight read, widened to fp32, rounded back and written; 64 MiB copy buffer
+        # merge_shards into f16: one adapted weight read (2 bytes a value), widened to fp32 (4), rounded (2)
+        # and written (2); or the 64 MiB chunks that pass in f16 (read, converted, written: about four)
         "merge": {"gpu": None, "disk": 2 * checkpoint, "seconds": checkpoint / 150e6,
-                  "ram": PEFT_BASELINE + shape.largest_adapted * 10 + 2**26},
-        # the converter holds an f16 tensor twice (the merge writes f16: a bf16 one it would widen to fp32
-        # first)
+                  "ram": PEFT_BASELINE + max(shape.largest_adapted * 10, 4 * 2**26)},
+        # the converter holds about one f16 tensor (the merge writes f16; a bf16 one it widens to fp32 first)
         "convert": {"gpu": None, "disk": 2 * checkpoint + gguf_f16, "seconds": text / 25e6,
-                    "ram": CONVERTER_BASELINE + shape.largest * 4},
+                    "ram": CONVERTER_BASELINE + shape.largest * 2},
         # the quantizer widens an f16 tensor to fp32 and writes its quantized copy: about 5.4 bytes a value
         # (measured)
         "quantize": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": text / 20e6,
@@ -172,15 +165,14 @@ def check(plan: dict[str, dict], runtime: dict = FREE_COLAB, skip: tuple[str, ..
                                f"switch to {BIGGER}, or choose a smaller model (google/gemma-3-1b-pt)")
 
 
-def plan_for(model_name: str, compute_bytes: int | None = None, token=None, **kwargs) -> dict[str, dict]:
-    """The plan for a model id or folder: its config only is read (a few kB), never its weights."""
+def plan_for(model: str, compute_bytes: int | None = None, token=None, **kwargs) -> dict[str, dict]:
+    """The plan for a model folder or Hub id (`models.resolve_model` gives it): its config only is read (a few
+    kB), never its weights."""
     from transformers import AutoConfig
 
     from gemmate_lib.generations import generation_of
-    from gemmate_lib.models import resolve_model
 
-    where, extra = resolve_model(model_name)
-    config = AutoConfig.from_pretrained(where, **({"token": token} if token else extra))
+    config = AutoConfig.from_pretrained(model, **({"token": token} if token else {}))
     if compute_bytes is None:
         generation = generation_of(config)
         compute_bytes = 4 if generation is not None and generation.t4_dtype == "fp32" else 2

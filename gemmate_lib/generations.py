@@ -208,12 +208,20 @@ def parameter_counts(arch: dict) -> dict[str, float]:
     return {"linear": linear, "embedding": embedding, "towers": arch.get("vision", 0) + arch.get("audio", 0)}
 
 
+NF4_BYTES = 4.127 / 8  # bytes a weight in NF4: 4 bits, plus double-quantized absmax scales (blocksize 64)
+
+
+def nf4_weights(parameters: float, quantized: float) -> float:
+    """Bytes of the weights under QLoRA: NF4 layers in 4 bits, every other weight in fp32, since
+    `prepare_model_for_kbit_training` casts the 16-bit weights NF4 does not store to fp32 (fit.py plans with
+    it)."""
+    return quantized * NF4_BYTES + (parameters - quantized) * 4
+
+
 def nf4_estimate_gib(arch: dict) -> float:
-    """An ESTIMATE of the weights' memory under QLoRA on a T4, by the planner's rule (fit.nf4_weights): the
+    """An ESTIMATE of the weights' memory under QLoRA on a T4, by the planner's rule (nf4_weights): the
     linear layers of the text model and the towers in NF4, every other weight (the embeddings) in fp32 after
     k-bit preparation. Activations, LoRA weights and optimizer state come on top (docs/full-shape.md)."""
-    from gemmate_lib.fit import nf4_weights
-
     counts = parameter_counts(arch)
     quantized = counts["linear"] + counts["towers"]
     return round(nf4_weights(quantized + counts["embedding"], quantized) / 2**30, 1)

@@ -102,9 +102,9 @@ def describe_hardware() -> dict:
 
 def gpu_memory(label: str) -> str:
     """One line with the peak GPU memory since the last call (then reset), or "" without CUDA: 03, 04 and 05
-    print it, so a learner sees how close a T4 (15 GB) is to its limit. The figure is what the process holds at
-    its peak: what the allocator reserved (more than the tensors: it keeps freed blocks for reuse) plus what the
-    CUDA context and libraries hold outside it, read from the driver (torch.cuda.mem_get_info)."""
+    print it, so a learner sees how close a T4 (15 GB) is to its limit. The figure is what the process holds
+    at its peak: what the allocator reserved (more than the tensors: it keeps freed blocks for reuse) plus
+    what the CUDA context and libraries hold outside it, read from the driver (torch.cuda.mem_get_info)."""
     if not torch.cuda.is_available():
         return ""
     free, total = torch.cuda.mem_get_info()

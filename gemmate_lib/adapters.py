@@ -4,6 +4,7 @@ not a wall of size mismatches. Saving is all or nothing (files.atomic_folder).""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -318,12 +319,15 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
 
 
 
-def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,
+                 dtype: torch.dtype | None = None) -> Path:
     """Merge a LoRA adapter into a downloaded base checkpoint file by file, tensor by tensor, without loading
     the model (05 and `gemmate export` at full size; docs/full-shape.md measures it). Each output shard is its
-    input shard with the adapted weights replaced by W + (alpha/r)·B·A (computed in fp32, rounded once to the
-    base's own dtype); every other weight is copied byte for byte. Peak memory is about one adapted weight in
-    fp32 (gemma-2b: ~130 MB), not the model: a whole-model merge of Gemma 4 E2B in fp32 needs about 19 GiB."""
+    input shard with the adapted weights replaced by W + (alpha/r)·B·A (computed in fp32, rounded once), in
+    `dtype` (None: the base's own, every other weight copied byte for byte; torch.float16: what llama.cpp's
+    converter reads without widening to fp32). Other weights pass 64 MiB at a time, so the peak memory is
+    about one adapted weight in fp32 (gemma-2b: ~130 MB), not the model: a whole-model merge of Gemma 4 E2B in
+    fp32 needs about 19 GiB."""
     import shutil
 
     from safetensors.torch import load_file
@@ -337,30 +341,43 @@ def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | P
     if not files:
         raise ModelLoadError(f"no safetensors weights in {show_path(base_dir)}",
                              "pass the folder of a downloaded base model (config.json and *.safetensors)")
-    dtypes = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-    merged = 0
+    names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+    merged, chunk = 0, 2**26  # 64 MiB, a multiple of every dtype's size
     with atomic_folder(out_dir, overwrite=True, what="merged model") as tmp:
         for file in files:
             with open(file, "rb") as src, open(tmp / file.name, "wb") as dst:
                 size = int.from_bytes(src.read(8), "little")
-                header = src.read(size)
-                dst.write(size.to_bytes(8, "little") + header)  # same names, dtypes, shapes and offsets
-                entries = sorted((v["data_offsets"], k, v) for k, v in json.loads(header).items()
-                                 if k != "__metadata__")
-                for (begin, end), key, info in entries:
+                header = json.loads(src.read(size))
+                entries = sorted((v["data_offsets"], k) for k, v in header.items() if k != "__metadata__")
+                out_header, offset = {"__metadata__": header.get("__metadata__", {"format": "pt"})}, 0
+                for _, key in entries:  # the same tensors in the same order, in the output dtype
+                    info = header[key]
+                    to = dtype or names[info["dtype"]]
+                    nbytes = math.prod(info["shape"]) * to.itemsize
+                    name = next(n for n, t in names.items() if t == to)
+                    out_header[key] = {**info, "dtype": name, "data_offsets": [offset, offset + nbytes]}
+                    offset += nbytes
+                text = json.dumps(out_header).encode()
+                text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+                dst.write(len(text).to_bytes(8, "little") + text)
+                for (begin, end), key in entries:
                     src.seek(8 + size + begin)
+                    source, to = names[header[key]["dtype"]], dtype or names[header[key]["dtype"]]
                     if key in pairs:
                         a_key = pairs[key]
-                        dtype = dtypes[info["dtype"]]
-                        raw = bytearray(src.read(end - begin))
-                        weight = torch.frombuffer(raw, dtype=dtype).view(info["shape"]).float()
+                        weight = torch.frombuffer(bytearray(src.read(end - begin)), dtype=source).float()
                         a, b = lora[a_key].float(), lora[a_key.replace("lora_A", "lora_B")].float()
-                        weight = weight.addmm_(b, a, alpha=config["lora_alpha"] / config["r"]).to(dtype)
-                        dst.write(weight.contiguous().view(torch.uint8).numpy().tobytes())
+                        weight = weight.view(header[key]["shape"]).addmm_(
+                            b, a, alpha=config["lora_alpha"] / config["r"])
+                        dst.write(weight.to(to).contiguous().view(torch.uint8).numpy().tobytes())
                         merged += 1
-                    else:
-                        for _ in range(begin, end, 2**26):  # 64 MiB at a time
-                            dst.write(src.read(min(2**26, end - src.tell() + 8 + size)))
+                        continue
+                    for start in range(begin, end, chunk):
+                        raw = src.read(min(chunk, end - start))
+                        if to != source:
+                            raw = torch.frombuffer(bytearray(raw), dtype=source).to(to).view(torch.uint8)
+                            raw = raw.numpy().tobytes()
+                        dst.write(raw)
         if merged != len(pairs):
             raise ModelLoadError(f"the adapter in {show_path(adapter_dir)} has {len(pairs)} LoRA layers but "
                                  f"{merged} matched weights in {show_path(base_dir)}",
@@ -369,4 +386,9 @@ def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | P
         for extra in base_dir.iterdir():
             if extra.is_file() and extra.suffix in (".json", ".model", ".jinja"):
                 shutil.copy(extra, tmp / extra.name)
+        if dtype is not None:
+            cfg = json.loads((tmp / "config.json").read_text())
+            for field in {"dtype", "torch_dtype"} & set(cfg) or {"dtype"}:  # transformers 5 writes "dtype"
+                cfg[field] = str(dtype).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
     return Path(out_dir)

@@ -10,8 +10,8 @@ import torch
 from tools import rehearse
 
 
-@pytest.mark.parametrize("key", ["gemma", "gemma4"])
-def test_streaming_merge_equals_peft_merge(generation_folder, tmp_path, key):
+@pytest.mark.parametrize("key,dtype", [("gemma", None), ("gemma4", None), ("gemma3", torch.float16)])
+def test_streaming_merge_equals_peft_merge(generation_folder, tmp_path, key, dtype):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -29,18 +29,20 @@ def test_streaming_merge_equals_peft_merge(generation_folder, tmp_path, key):
     peft.save_pretrained(tmp_path / "adapter")
     (tmp_path / "adapter" / "gemmate.json").write_text("{}")
 
-    merge_shards(base, tmp_path / "adapter", tmp_path / "merged")
+    merge_shards(base, tmp_path / "adapter", tmp_path / "merged", dtype=dtype)
 
     expected = PeftModel.from_pretrained(auto.from_pretrained(base, dtype=torch.float32),
                                          tmp_path / "adapter").merge_and_unload().state_dict()
-    got = auto.from_pretrained(tmp_path / "merged", dtype=torch.float32).state_dict()
-    plain = auto.from_pretrained(base, dtype=torch.float32).state_dict()
+    got = auto.from_pretrained(tmp_path / "merged", dtype="auto").state_dict()
+    plain = auto.from_pretrained(base, dtype=got[next(iter(got))].dtype).state_dict()
+    assert {v.dtype for v in got.values()} == {dtype or torch.float32}
     changed = [k for k in got if not torch.equal(got[k], plain[k])]
     assert changed and all(any(t in k for t in ("q_proj", "v_proj", "down_proj", "up_proj", "gate_proj",
                                                 "k_proj", "o_proj")) for k in changed)
     assert not any("vision" in k or "audio" in k for k in changed)  # Gemma 4's towers are never adapted
     for k in got:
-        torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-5)
+        tolerance = {} if dtype else dict(rtol=1e-5, atol=1e-5)  # fp16: torch's fp16 tolerances
+        torch.testing.assert_close(got[k], expected[k].to(got[k].dtype), **tolerance)
 
 
 def test_merge_refuses_an_adapter_of_another_base(generation_folder, tmp_path):

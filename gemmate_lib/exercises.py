@@ -99,9 +99,8 @@ def _00_3(ex, lesson):
 
 def _01_1(ex, lesson):
     scales = read_json(ex[0], "scales_mib.json")  # {"True": MiB with double quantization, "False": without}
-    return scales["False"] > scales[
-        "True"
-    ], f"{_r(scales['True'])} MiB double-quantized, {_r(scales['False'])} without"
+    found = f"{_r(scales['True'])} MiB double-quantized, {_r(scales['False'])} without"
+    return scales["False"] > scales["True"], found
 
 
 def _01_2(ex, lesson):
@@ -213,9 +212,8 @@ def _04_1(ex, lesson):
         steps is not None
         and lesson_steps is not None
         and steps < lesson_steps
-        and full["fine-tuned"][ppl]["value"]
-        < short["fine-tuned"][ppl]["value"]
-        < full["baseline"][ppl]["value"]
+        and full["fine-tuned"][ppl]["value"] < short["fine-tuned"][ppl]["value"]  # strictly between
+        and short["fine-tuned"][ppl]["value"] < full["baseline"][ppl]["value"]
         and short["fine-tuned"][fmt]["value"] > full["baseline"][fmt]["value"]
     )
     return ok, (
@@ -227,9 +225,7 @@ def _04_1(ex, lesson):
 
 
 def _04_2(ex, lesson):
-    counts = read_json(
-        ex[0], "own_quotes.json"
-    )  # {"True": [right, rows], "False": [right, rows]}: in training?
+    counts = read_json(ex[0], "own_quotes.json")  # {"True": [right, rows], "False": ...}: author in training?
     right, rows = (sum(c[i] for c in counts.values()) for i in (0, 1))
     share = {seen: c[0] / c[1] for seen, c in counts.items() if c[1]}
     ok = rows > 0 and right < rows / 2 and share.get("True", 0) >= share.get("False", 0)

@@ -5,7 +5,6 @@ from tiny import ROWS
 from weights import assert_trained, snapshot, trains_only_the_trainable
 
 from gemmate_lib.config import course_config
-from gemmate_lib.data import load_quotes
 from gemmate_lib.evaluation import held_out_loss
 from gemmate_lib.training import attach_lora, lora_config, train_lora, training_args
 
@@ -91,20 +90,25 @@ def test_completion_only_loss_trains_on_what_follows_the_prompt(tiny_model, tiny
                 assert int((labels != -100).sum()) == int(mask.sum())  # every real token
 
 
-def test_a_short_training_run_lowers_the_held_out_loss_and_saves_safetensors(fresh_model, tokenizer,
-                                                                             tmp_path):
-    cfg = course_config(device="cpu", dtype="fp32", max_steps=4, batch_size=4, learning_rate=1e-3,
-                        steps_freq=1, val_steps_freq=2)
-    data = load_quotes("embedded")
-    held = data.held_out[:8]
-    before = held_out_loss(fresh_model, tokenizer, held)
-    result = train_lora(fresh_model, tokenizer, data.train[:32], held, cfg, output_dir=tmp_path / "trainer")
-    after = held_out_loss(result.model, tokenizer, held)
-    assert after < before
+def test_a_short_training_run_lowers_the_loss_and_saves_the_adapter_alone_as_safetensors(tiny_model,
+                                                                                         tiny_tokenizer,
+                                                                                         cpu_cfg, tmp_path):
+    """Plumbing on the tiny Gemma (03's self-check under nbval sees the embedded model's held-out loss
+    fall)."""
+    from safetensors import safe_open
+
+    cfg = cpu_cfg.replace(max_steps=4, batch_size=4, learning_rate=1e-2, warmup_steps=0, steps_freq=1,
+                          val_steps_freq=2)
+    before = held_out_loss(tiny_model, tiny_tokenizer, ROWS)
+    result = train_lora(tiny_model, tiny_tokenizer, ROWS, ROWS, cfg, output_dir=tmp_path / "trainer")
+    assert held_out_loss(result.model, tiny_tokenizer, ROWS) < before - 0.1
     assert result.log.loss.notna().sum() == 4 and result.log.eval_loss.notna().sum() == 2
     result.model.save_pretrained(tmp_path / "adapter")
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
-    assert not list((tmp_path / "adapter").glob("*.bin"))
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["README.md", "adapter_config.json",
+                                                                         "adapter_model.safetensors"]
+    trained = {n for n, p in result.model.named_parameters() if p.requires_grad}
+    with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", framework="pt") as f:
+        assert len(f.keys()) == len(trained) and all("lora_" in k for k in f.keys())
 
 
 def test_the_after_training_check_fails_on_an_adapter_that_did_not_move_or_a_base_that_did():

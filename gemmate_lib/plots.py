@@ -187,9 +187,8 @@ def python_timeline(table, releases, path=None):
 
 
 def methods_overview(table, path=None, untrained_loss: float | None = None):
-    """06: one row per fine-tuning method (index: its name) with the columns of `panels`, optionally
-    format_low / format_high (the interval) and loss_start (held-out loss before training, NaN where unknown;
-    an open circle joined to the loss after). Counts and sizes use a log scale: they span seven orders."""
+    """06: a row per method (index: its name) with the columns of `panels`, optionally format_low /
+    format_high and loss_start (held-out loss before training, NaN where unknown). Counts use a log scale."""
     panels = [("trainable", "trainable weights (log)", True), ("saved_mib", "saved on disk, MiB (log)", True),
               ("training_peak_mib", "peak memory added by training, MiB", False),
               ("seconds_per_step", "seconds per step", False),

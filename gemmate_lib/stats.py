@@ -1,7 +1,6 @@
-"""Intervals and paired differences for small evaluation sets: the statistics of 04_evaluation. Proportions
-get a Wilson interval, never degenerate unlike a percentile bootstrap (0 of 30 gives [0, 0.114]); ROUGE-L,
-BLEU and perplexity a percentile bootstrap. `paired_difference` resamples items once for both models: item
-difficulty cancels, so overlapping intervals can hide a clear paired difference."""
+"""Intervals and paired differences for small evaluation sets (04_evaluation): Wilson intervals for
+proportions (never degenerate: 0 of 30 gives [0, 0.114]), percentile bootstraps for the rest, and paired
+bootstraps, in which item difficulty cancels."""
 from __future__ import annotations
 
 import math
@@ -43,10 +42,9 @@ def bootstrap_ci(values, weights=None, ratio_exp: bool = False, samples: int = B
 
 def paired_difference(a, b, weights_a=None, weights_b=None, ratio_exp: bool = False, samples: int = BOOTSTRAP,
                       seed: int = 0, level: float = 0.95) -> dict:
-    """b minus a on the same items, with a paired-bootstrap 95% interval and the share of resamples with b >
-    a. `a` and `b` hold one value per item, in the same item order (for perplexity: summed NLLs, with token
-    counts as weights and ratio_exp=True). `level` adds "ci", the interval at that level from the same
-    resamples (a Bonferroni correction for k tests at once: level = 1 - 0.05 / k)."""
+    """b minus a on the same items (one value each, same order; perplexity: summed NLLs, token counts as
+    weights, ratio_exp=True), with a paired-bootstrap 95% interval, the share of resamples with b > a, and
+    "ci" at `level` from the same resamples (Bonferroni for k tests: level = 1 - 0.05 / k)."""
     n = len(a)
     if n != len(b) or n == 0:
         raise ValueError(f"a paired difference needs the same non-zero "

@@ -142,10 +142,9 @@ def _even_stamps(rng: random.Random, years: list[int], n: int, taken: set) -> li
 def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, first_year: int = 2007,
                      last_year: int = 2020, max_words: int = 8, seed: int = 0, n_val: int = 100,
                      extrapolate_to: int | None = 2026, n_far: int = 120) -> DatedNotes:
-    """Notes that end with the month and year they were written, at random times in [first_year, last_year].
-    Held out, spread evenly over their years: validation and test inside the training years, and
-    extrapolation after last_year up to extrapolate_to (years no training target names). Held-out notes use
-    other quotes and timestamps; each training quote comes with several dates, so only time tells the year."""
+    """Notes ending with the month and year they were written, at random times in [first_year, last_year];
+    held out, evenly over their years and with other quotes: validation and test inside the training years,
+    extrapolation after them up to extrapolate_to. Each training quote has several dates."""
     rng = random.Random(seed)
     snippets = sorted({" ".join(q.split()[:max_words]) for q in quotes if q.strip()})
     if len(snippets) < 10:

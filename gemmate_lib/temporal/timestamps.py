@@ -62,9 +62,8 @@ def _likely_unit(ms: float) -> str:
 
 
 def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
-    """One timestamp or a sequence / numpy array / tensor of them (any shape) as float64 ms since the epoch,
-    checked: no NaN, inf, None, bool, or out of range. `unit` ("s", "ms", "us", "ns") says what bare numbers
-    are; without it they are ms, and |value| < 1e11 (usually seconds) is refused with the likely unit."""
+    """Timestamps (one, or a sequence / array / tensor of any shape) as checked float64 ms since the epoch.
+    `unit` ("s", "ms", "us", "ns") says what bare numbers are; without it, |ms| < 1e11 is refused."""
     if unit is not None and unit not in UNITS:
         raise DataError(f"timestamp unit {unit!r} is not known", f"use one of: {', '.join(UNITS)}")
     if isinstance(values, torch.Tensor):

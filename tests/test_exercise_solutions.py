@@ -19,6 +19,7 @@ from test_exercise_checks import runs  # noqa: F401 - the fixture: a course fold
 from gemmate_lib import exercises, files, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model's 64-wide matrices: one thread is fastest
 
 
 def solution(name: str) -> str:

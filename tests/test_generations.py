@@ -115,9 +115,18 @@ def test_lora_goes_on_the_text_layers_only(tiny_generation):
     assert model.get_base_model().is_loaded_in_4bit
 
 
-def test_gemma4_targets_are_a_regex_for_any_names():
+def test_gemma4_targets_are_a_regex_that_takes_the_text_layers_and_leaves_the_towers():
+    """PEFT full-matches a string target against each module name: the text model's q/v projections match,
+    the towers' layers of the same names and the other projections do not."""
+    import re
+
     regex = lora_targets("google/gemma-4-E2B", ["q_proj", "v_proj"])
-    assert isinstance(regex, str) and "vision" in regex
+    wanted = {"model.language_model.layers.0.self_attn.q_proj": True,
+              "model.language_model.layers.11.self_attn.v_proj": True,
+              "model.language_model.layers.0.self_attn.k_proj": False,
+              "model.vision_tower.encoder.layers.0.self_attn.q_proj": False,
+              "model.audio_tower.layers.0.self_attn.v_proj": False}
+    assert {name: bool(re.fullmatch(regex, name)) for name in wanted} == wanted
     assert lora_targets("google/gemma-2b", ["q_proj"]) == ["q_proj"]
 
 

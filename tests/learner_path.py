@@ -37,7 +37,7 @@ SMOKE_PARAMS = {
     # 03's chat run (section 8) in the GPU profile: NF4, k-bit preparation, assistant-only loss; part 2's
     # other runs stay off there (compare=False, as on a T4); the chat cell says whether the loss counted only
     # the model's turn (tests/test_learner_path.py reads it)
-    "chat_steps": 2,
+    "chat_steps": 1,
     "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0,
     "num_epochs": 1.0,  # 07
     "max_new_tokens": 8,  # 02

@@ -82,19 +82,21 @@ def test_a_row_all_masked_fails(tiny):
     assert {v.check for v in verdicts if not v.ok} == {"end token inside the mask", "no row all masked"}
 
 
-def test_the_table_names_every_check(tiny, capsys):
+def test_the_table_prints_every_verdict_it_returns_one_line_each(tiny, capsys):
     key, tokenizer, model = tiny
-    preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE)
-    out = capsys.readouterr().out
-    for check in (
-        "KV cache",
-        "gradient checkpointing",
-        "initialisation",
-        "labelled",
-        "end token",
-        "all masked",
-    ):
-        assert check in out
+    verdicts = preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE)
+    names = ("KV cache", "gradient checkpointing", "initialisation", "labelled", "end token", "all masked")
+    assert len(verdicts) == len(names) and all(n in v.check for n, v in zip(names, verdicts))
+    header, *lines = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["check", "value", "expected", "verdict"] and len(lines) == len(verdicts)
+    for v, line in zip(verdicts, lines):  # a healthy tiny model: every line says ok, with its own value
+        assert line.startswith(v.check) and f" {v.value} " in line and line.split()[-1] == "ok" and v.ok
+    # a random model judged as a pretrained base would be: its initial-loss line, and that line only, fails
+    verdicts = preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=0.01,
+                         raise_on_fail=False)
+    lines = capsys.readouterr().out.strip().splitlines()[1:]
+    assert [line.split()[-1] for line in lines] == ["ok" if v.ok else "FAIL" for v in verdicts]
+    assert [v.ok for v in verdicts] == [True, True, False, True, True, True]
 
 
 def test_the_trainer_runs_it_before_step_1(tmp_path):

@@ -1,5 +1,6 @@
 """gemmate_lib.plots: the figures 04 draws from its own results."""
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
@@ -23,22 +24,56 @@ def _table(value_outside: bool):
     return pd.DataFrame(rows)
 
 
-def test_metric_bars_draws_an_interval_that_misses_its_estimate(tmp_path):
-    """04 on ten held-out rows: the bootstrap interval of
-    perplexity lay above the estimate and the plot raised."""
+def _drawn(monkeypatch):
+    """Keeps every figure a plot draws (plots._subplots' result), to read back what it drew."""
     from gemmate_lib import plots
 
+    figures, real = [], plots._subplots
+    monkeypatch.setattr(plots, "_subplots", lambda *a, **k: figures.append(made := real(*a, **k)) or made)
+    return figures
+
+
+def _error_bars(ax) -> list[tuple[float, float]]:
+    """(low, high) of every error bar drawn on `ax`, in drawing order (vertical or horizontal)."""
+    from matplotlib.container import ErrorbarContainer
+
+    spans = []
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            for segment in container.lines[2][0].get_segments():
+                (x0, y0), (x1, y1) = segment
+                spans.append((min(y0, y1), max(y0, y1)) if x0 == x1 else (min(x0, x1), max(x0, x1)))
+    return spans
+
+
+def test_metric_bars_draw_each_value_with_its_interval_even_one_that_misses_its_estimate(tmp_path,
+                                                                                      monkeypatch):
+    """04 on ten held-out rows: the bootstrap interval of perplexity lay above the estimate and the plot
+    raised. Each bar is the value; its error bar spans the interval, cut at the estimate where it misses."""
+    from gemmate_lib import plots
+
+    figures = _drawn(monkeypatch)
     for outside in (False, True):
         path = tmp_path / f"metrics_{outside}.png"
         plots.metric_bars(_table(outside), path)
         assert path.stat().st_size > 1000
+        shares, perplexities = figures[-1][1]
+        assert [b.get_height() for b in shares.patches] == [0.5] * 10  # 5 shares x 2 models
+        assert [b.get_height() for b in perplexities.patches] == [30.0] * 4
+        assert _error_bars(shares) == [pytest.approx((0.4, 0.6))] * 10
+        perplexity = (30.0, 45.0) if outside else (24.0, 36.0)  # 1.05x-1.5x: from the estimate up
+        assert _error_bars(perplexities) == [pytest.approx(perplexity), pytest.approx((24.0, 36.0))] * 2
 
 
-def test_paired_differences_draws_an_interval_that_misses_its_estimate(tmp_path):
+def test_paired_differences_draws_each_difference_with_its_interval(tmp_path, monkeypatch):
     from gemmate_lib import plots
 
+    figures = _drawn(monkeypatch)
     diffs = {"rouge_l": {"difference": 0.1, "ci95": [0.12, 0.3]},
              "perplexity": {"difference": -2.0, "ci95": [-5, -1]}}
     path = tmp_path / "diffs.png"
     plots.paired_differences(diffs, "fine-tuned - baseline", path)
     assert path.stat().st_size > 1000
+    shares, perplexities = figures[-1][1]
+    assert _error_bars(shares) == [pytest.approx((0.1, 0.3))]  # the interval misses 0.1: cut there
+    assert _error_bars(perplexities) == [pytest.approx((-5.0, -1.0))]

@@ -18,3 +18,11 @@ def test_results_are_found_only_when_every_file_is_there(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")
     assert has_results(tmp_path, "metrics.json")
     assert not has_results(tmp_path, "metrics.json", "adapter")
+
+
+def test_a_verdict_says_what_the_run_shows_and_results_it_cannot_read_fail():
+    """A learner reads why: the found part; a file in another shape is a FAIL, never an error in the cell."""
+    line = check("05-1", "two dtypes", ran=True, passed=lambda: (False, "['fp32']: two dtypes are needed"))
+    assert line == "exercise 05-1: FAIL, expected: two dtypes; found: ['fp32']: two dtypes are needed"
+    line = check("05-1", "two dtypes", ran=True, passed=lambda: {}["fp32"])
+    assert line.startswith("exercise 05-1: FAIL") and "could not be read (KeyError" in line

@@ -1,7 +1,6 @@
 """06's methods: the configs the library builds, the full
 fine-tuning memory check, and every method training for real
 on the tiny Gemma (plumbing) through the same train_arm as 03's side-by-side runs."""
-import types
 
 import pytest
 import torch
@@ -92,14 +91,13 @@ def test_rates_change_only_the_methods_named_and_the_wide_rank_has_its_own_folde
                                                                       LEARNING_RATES["lora"], 3e-3]
 
 
-def test_full_finetuning_memory_is_sixteen_bytes_a_weight_and_a_t4_says_no(monkeypatch):
+def test_full_finetuning_memory_is_sixteen_bytes_a_weight_and_a_t4_says_no(fake_gpu):
     assert full_finetuning_gib(2**30) == 16
     assert 37 < full_finetuning_gib(2_506_172_416) < 38  # google/gemma-2b
     # the embedded model fits here
     assert check_full_finetuning(268_098_176, "cpu") == pytest.approx(4.0, abs=0.01)
     # The boundary faked: a T4's 15 GiB (torch's answer), and the course's real check behind it.
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda *a: types.SimpleNamespace(total_memory=15 * 2**30))
+    fake_gpu((7, 5), memory_gib=15)
     with pytest.raises(HardwareError, match=r"needs ~37 GiB .* this GPU has 15 GiB") as err:
         check_full_finetuning(2_506_172_416, "cuda")
     assert "LoRA and QLoRA" in err.value.fix

@@ -413,11 +413,10 @@ def test_the_adapter_is_kept_on_drive_and_flushed_in_colab(fake_colab, tmp_path,
     assert str(kept.parent) in capsys.readouterr().out
 
 
-def test_the_install_cell_holds_colabs_torch_and_brings_what_differs(monkeypatch, tmp_path):
+def test_the_install_cell_holds_colabs_torch_and_brings_what_differs(monkeypatch, tmp_path, fake_colab):
     """In Colab the cell installs only the pins that differ (Colab's torchao among them) and holds torch at
     the runtime's build with a constraints file, so pip can never replace it."""
     import subprocess
-    import sys
     import types
 
     import torch
@@ -431,7 +430,6 @@ def test_the_install_cell_holds_colabs_torch_and_brings_what_differs(monkeypatch
 
     from test_colab import installed_package
 
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))  # Colab: installs
     monkeypatch.syspath_prepend(str(installed_package(Path(tmp_path), "torchao", "0.10.0")))  # Colab's
     monkeypatch.setattr(subprocess, "run", pip)
     exec("".join(code_cells()[0]["source"]), {})

@@ -45,7 +45,10 @@ def manifest(path: Path, notebook: str, **facts):
 
 
 def config03(max_steps=40, lora_r=8, dataset="embedded"):
-    return {"train": {"max_steps": max_steps}, "lora": {"lora_r": lora_r}, "data": {"dataset": dataset}}
+    """03's manifest entry `config`, as its save cell writes it: config_summary of the run's course_config."""
+    from gemmate_lib.config import config_summary, course_config
+
+    return config_summary(course_config(max_steps=max_steps, lora_r=lora_r, dataset=dataset))
 
 
 def adapter(path: Path, r: int):
@@ -228,12 +231,16 @@ def write(runs: Path, name: str, variant: str | None = None):
     elif name == "03-2":
         path = folder(runs, "ex03_2")
         own = v != "default data"
-        lesson03(
-            path,
-            dataset=str(path / "my_quotes.jsonl") if own else "embedded",
-            authored=0,
-            dropped={"empty author": 1} if own else {"duplicate quote (exact)": 4},
-        )
+        rows = [{"quote": f"Example quote number {n}.", "author": f"Author {n}"} for n in range(10)]
+        rows.append({"quote": "A quote nobody signed.", "author": ""})  # solution 2's file
+        (path / "my_quotes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        from tiny import make_tiny_tokenizer
+
+        from gemmate_lib.data import clean_rows
+
+        dropped = clean_rows(rows, make_tiny_tokenizer(), 128)[1]  # section 1's drop report on that file
+        lesson03(path, dataset=str(path / "my_quotes.jsonl") if own else "embedded", authored=0,
+                 dropped=dropped if own else {"duplicate quote (exact)": 4})
     elif name == "03-3":
         for x, steps, gap in (("a", 10, 0.4), ("b", 10 if v == "steps unchanged" else 30, 0.9)):
             path = folder(runs, f"ex03_3{x}")

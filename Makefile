@@ -14,7 +14,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench profile bench-head clean notebooks lab sync
+.PHONY: rehearse install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench profile bench-head clean notebooks lab sync
 
 install: $(STAMP)
 
@@ -133,6 +133,13 @@ ifneq ($(wildcard .gpu-wheels/*.whl),)
 else
 	$(OFFLINE) $(PY) -m tools.gpu_smoke
 endif
+
+# The learner's path at the real shapes of gemma-2b, Gemma 3 1B and Gemma 4 E2B (random weights, ~17 GB built once
+# under ~/.cache/gemmate/full-shape): each phase's peak RAM, disk and time against a free Colab runtime, written to
+# docs/full-shape.md; fails if a phase goes over. About 15 minutes on 2 cores (3 of them to build the checkpoints
+# once). Not part of `make test`.
+rehearse: embedded
+	$(OFFLINE) $(PY) -m tools.rehearse
 
 bench: embedded
 	$(OFFLINE) $(PY) benchmarks/sft_throughput.py $(if $(ARMS),--arms $(ARMS))

@@ -22,10 +22,10 @@ CUDA_CONTEXT = 0.6 * GIB  # the CUDA context and cuBLAS workspaces that no tenso
 FREE_COLAB = {"gpu": "T4", "gpu_bytes": 14.6 * GIB - CUDA_CONTEXT, "ram_bytes": 12.7e9, "disk_bytes": 70e9}
 BIGGER = "an L4 (22.5 GB) or A100 (40 GB) Colab runtime"
 # Resident memory of the processes before their work (measured here): Python with torch and safetensors (a
-# load), with transformers and peft too (the merge), llama.cpp's converter, llama.cpp's quantizer. The
-# notebook's kernel holds more (the tokenizer, the data, the libraries): KERNEL_EXTRA is added for phases that
-# run inside it.
-TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.16e9, 0.05e9
+# load), with transformers and peft too (the merge), llama.cpp's converter (with what it holds for the
+# vocabulary), llama.cpp's quantizer. The notebook's kernel holds more (the tokenizer, the data, the
+# libraries): KERNEL_EXTRA is added for the phases that run inside it.
+TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.75e9, 0.05e9
 KERNEL_EXTRA = 1.5e9
 VERIFY_CONTEXT = 0.26e9  # llama.cpp's context and compute buffers for a short prompt (measured)
 SEED_T4_STEP_S = 2.69  # the seed notebook: gemma-2b, NF4, fp16, batch 1 x 4, 100 steps in 268.9 s on a T4
@@ -44,6 +44,9 @@ class Shape:
     text: int  # the text model's weights (what the GGUF file holds; Gemma 4's towers go elsewhere)
     largest: int  # elements of the largest tensor
     largest_adapted: int  # elements of the largest weight LoRA adapts
+    per_layer: int = 0  # elements of a per-layer embedding table (Gemma 4), 0 without one
+    largest_but_table: int = 0  # elements of the largest tensor other than that table
+    repacked: int = 0  # 4-bit text weights llama.cpp's CPU backend repacks (where hidden size % 256 == 0)
 
 
 def shape_of(config) -> Shape:
@@ -58,13 +61,19 @@ def shape_of(config) -> Shape:
     skip = set(get_keys_to_not_convert(model))
     params = dict(model.named_parameters())  # named_parameters lists a tied weight once
     linear = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in skip}
-    adapted = [m.weight.numel() for n, m in linear.items()
+    text_linear = {n: m for n, m in linear.items() if "vision" not in n and "audio" not in n}
+    adapted = [m.weight.numel() for n, m in text_linear.items()
                if n.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                           "down_proj") and "vision" not in n and "audio" not in n]
+                                           "down_proj")]
+    table = {n for n in params if "per_layer" in n and "embed" in n}
+    aligned = config.get_text_config().hidden_size % 256 == 0
     return Shape(parameters=sum(p.numel() for p in params.values()),
                  quantized=sum(m.weight.numel() for m in linear.values()),
                  text=sum(p.numel() for n, p in params.items() if "vision" not in n and "audio" not in n),
-                 largest=max(p.numel() for p in params.values()), largest_adapted=max(adapted))
+                 largest=max(p.numel() for p in params.values()), largest_adapted=max(adapted),
+                 per_layer=sum(params[n].numel() for n in table),
+                 largest_but_table=max(p.numel() for n, p in params.items() if n not in table),
+                 repacked=sum(m.weight.numel() for m in text_linear.values()) if aligned else 0)
 
 
 def runtime_here() -> dict:
@@ -107,16 +116,20 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
         # and written (2); or the 64 MiB chunks that pass in f16 (read, converted, written: about four)
         "merge": {"gpu": None, "disk": 2 * checkpoint, "seconds": checkpoint / 150e6,
                   "ram": PEFT_BASELINE + max(shape.largest_adapted * 10, 4 * 2**26)},
-        # the converter holds about one f16 tensor (the merge writes f16; a bf16 one it widens to fp32 first)
+        # the converter streams an f16 checkpoint from its mapped files (the merge writes f16; bf16 tensors it
+        # would widen to fp32): its own memory, plus ~0.65 bytes a weight of the vision and audio towers that
+        # it writes to a separate file (measured on Gemma 4 E2B; a calibration, not a mechanism)
         "convert": {"gpu": None, "disk": 2 * checkpoint + gguf_f16, "seconds": text / 25e6,
-                    "ram": CONVERTER_BASELINE + shape.largest * 2},
-        # the quantizer widens an f16 tensor to fp32 and writes its quantized copy: about 5.4 bytes a value
-        # (measured)
+                    "ram": CONVERTER_BASELINE + (n - text) * 0.65},
+        # the quantizer widens an f16 tensor to fp32 and writes its quantized copy: about 5.4 bytes a value;
+        # Gemma 4's per-layer table takes about 2.7 (both measured)
         "quantize": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": text / 20e6,
-                     "ram": LLAMA_BASELINE + shape.largest * 5.4},
-        # llama.cpp maps the file (not counted) and holds a small context
+                     "ram": LLAMA_BASELINE + max(shape.largest_but_table * 5.4, shape.per_layer * 2.7)},
+        # llama.cpp maps the file (not counted), holds a small context and copies the 4-bit layers it repacks
+        # for the CPU: ~0.45 bytes a weight where the hidden size is a multiple of 256 (gemma-2b, Gemma 4 E2B;
+        # measured), none for Gemma 3 1B's 1152
         "verify": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": 60.0,
-                   "ram": LLAMA_BASELINE + VERIFY_CONTEXT},
+                   "ram": LLAMA_BASELINE + VERIFY_CONTEXT + shape.repacked * 0.45},
     }
 
 

@@ -97,3 +97,15 @@ def test_the_committed_table_covers_every_offered_model_and_phase():
     committed = json.loads((rehearse.DOCS / "full-shape.json").read_text())
     seen = {(r["model"], r["phase"]) for r in committed["rows"]}
     assert seen == {(m, p) for m in CONFIGS for p in rehearse.PHASES}
+
+
+def test_the_full_shape_tokenizer_keeps_every_id_inside_gemma_2bs_vocabulary():
+    """gemma-2b has 256,000 rows of embeddings; an id past them would crash the load, merge and export phases
+    (the embedded Gemma 3 tokenizer it is cut from has 262,144)."""
+    from tools.full_shape import tokenizer_for
+
+    tokenizer, _ = tokenizer_for(256_000)
+    text = "Quote: Imagination is more important than knowledge.\nAuthor: Albert Einstein (日本語, ∑, 🌍)"
+    ids = tokenizer(text)["input_ids"]
+    assert len(tokenizer) <= 256_000 and max(ids) < 256_000
+    assert tokenizer.decode(ids, skip_special_tokens=True).strip() == text

@@ -1,23 +1,24 @@
-"""`make rehearse`: the host side of the learner's path at full shape, on a CPU, against a free Colab runtime's
-limits. For each model the course offers (tools/full_shape.py builds its checkpoint once, random weights at the
-real shapes), each phase that runs in Colab's RAM or on its disk runs in a child process; a watcher sums the
-resident anonymous memory (RssAnon) of the whole process tree every 20 ms and stops it above Colab's RAM.
-`prlimit`/`ulimit` would count the memory-mapped checkpoint as used and refuse loads Colab allows, so they are
-not used. Peak RAM, peak disk (the checkpoint plus everything written so far) and time go into
-docs/full-shape.json and the table in docs/full-shape.md; it exits 1 if a phase the course offers goes over.
+"""`make rehearse`: the host side of the learner's path at full shape, on a CPU, against a free Colab
+runtime's limits. For each model the course offers (tools/full_shape.py builds its checkpoint once, random
+weights at the real shapes), each phase that runs in Colab's RAM or on its disk runs in a child process; a
+watcher sums the resident anonymous memory (RssAnon) of the whole process tree every 20 ms and stops it above
+Colab's RAM. `prlimit`/`ulimit` would count the memory-mapped checkpoint as used and refuse loads Colab
+allows, so they are not used. Peak RAM, peak disk (the checkpoint plus everything written so far) and time go
+into docs/full-shape.json and the table in docs/full-shape.md; it exits 1 if a phase the course offers goes
+over.
 
 Phases (the host side of what the notebooks and the one-page recipe do on a T4):
 - load: the base loaded to the GPU in the T4's compute dtype (01's and 06's 16/32-bit loads, the one-page
-  recipe's reload before its merge). transformers 5.23 loads tensor by tensor and converts each to the load dtype
-  on the CPU before the copy to the GPU; the child does the same with the same calls and hands each tensor off.
+  recipe's reload before its merge). transformers 5.23 loads tensor by tensor and converts each to the load
+  dtype on the CPU before the copy to the GPU; the child makes the same calls and hands each tensor off.
 - nf4: the host side of the NF4 load (02-05, the one-page recipe): the layers bitsandbytes quantizes pass in
   16 bits (quantized on the GPU), every other weight in the compute dtype.
-- merge: the adapter merged tensor by tensor from the shards into a 16-bit sharded copy
-  (gemmate_lib.adapters.merge_shards; 05's save_merged and the GGUF export at full size).
+- merge: the adapter merged tensor by tensor from the shards into an f16 sharded copy
+  (gemmate_lib.adapters.merge_shards).
 - convert, quantize, verify: the GGUF export (llama.cpp's converter in its own process, its quantizer, then
   llama.cpp loading the file and generating a few tokens).
 
-Random weights: the figures are memory, disk and time, never quality. No GPU here: the GPU columns stay empty.
+Random weights: the figures are memory, disk and time, never quality. No GPU here: no GPU columns.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 COLAB_RAM = 12.7e9  # a free Colab runtime's system RAM ("12.7 GB" in its resources panel), in bytes
-COLAB_DISK = 70e9   # what a free T4 runtime leaves free on /content, at least (an assumption, not measured here)
+COLAB_DISK = 70e9   # what a free T4 runtime leaves free on /content, at least (an assumption, not measured)
 PHASES = ("load", "nf4", "merge", "convert", "quantize", "verify")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -105,20 +106,20 @@ def t4_dtype(folder: Path):
 
 
 def quantized(key: str, shape) -> bool:
-    """True for the weights bitsandbytes' NF4 stores in 4 bits: 2-D linear weights, not embeddings or norms."""
+    """True for the weights NF4 stores in 4 bits: 2-D linear weights, not embeddings or norms."""
     return len(shape) == 2 and "embed" not in key and not key.endswith("lm_head.weight")
 
 
 def stream(folder: Path, dtype_of) -> int:
-    """Read every tensor as transformers 5.23's loader does (safe_open, one tensor at a time), convert it on the
-    CPU to `dtype_of(key, shape)` and hand it off, as the copy to the GPU does. Returns the tensors' bytes."""
+    """Read every tensor as transformers 5.23's loader does (safe_open, one tensor at a time), convert it on
+    the CPU to `dtype_of(key, shape)` and hand it off, as the copy to the GPU does. Returns their bytes."""
     from safetensors import safe_open
 
     total = 0
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="pt", device="cpu", backend="mmap") as f:
             for key in f.keys():
-                lazy = f.get_slice(key)  # transformers 5.23: get_slice, then tensor[...], then .to(device, dtype)
+                lazy = f.get_slice(key)  # as transformers 5.23: get_slice, tensor[...], .to(device, dtype)
                 tensor = lazy[...]
                 converted = tensor.to(dtype_of(key, lazy.get_shape()))
                 total += converted.nbytes
@@ -127,8 +128,8 @@ def stream(folder: Path, dtype_of) -> int:
 
 
 def random_adapter(base: Path, out: Path, r: int = 8, alpha: int = 16) -> Path:
-    """A LoRA adapter at the base's full shape, as PEFT saves one after the one-page recipe's training (the seven
-    projections of the text model, r=8, fp32), with random A and B so the merge changes every target weight."""
+    """A LoRA adapter at the base's full shape, as PEFT saves one after the one-page recipe's training (the
+    seven projections of the text model, r=8, fp32), with random A and B: the merge changes every target."""
     import re
 
     import torch
@@ -145,8 +146,9 @@ def random_adapter(base: Path, out: Path, r: int = 8, alpha: int = 16) -> Path:
     for name, module in model.named_modules():
         if pattern.match(name) and isinstance(module, torch.nn.Linear):
             prefix = f"base_model.model.{name}"
-            weights[f"{prefix}.lora_A.weight"] = torch.randn(r, module.in_features, generator=generator) * 0.01
-            weights[f"{prefix}.lora_B.weight"] = torch.randn(module.out_features, r, generator=generator) * 0.01
+            a = torch.randn(r, module.in_features, generator=generator)
+            b = torch.randn(module.out_features, r, generator=generator)
+            weights[f"{prefix}.lora_A.weight"], weights[f"{prefix}.lora_B.weight"] = a * 0.01, b * 0.01
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out / "adapter_model.safetensors"))
     LoraConfig(r=r, lora_alpha=alpha, target_modules=pattern.pattern, task_type="CAUSAL_LM",
@@ -167,7 +169,7 @@ def child(phase: str, base: Path, work: Path) -> None:
         from gemmate_lib.adapters import merge_shards
 
         adapter = random_adapter(base, work / "adapter")
-        merge_shards(base, adapter, work / "merged")
+        merge_shards(base, adapter, work / "merged", dtype=torch.float16)  # f16: the converter's own type
     elif phase == "convert":
         from gemmate_lib import export
 
@@ -211,10 +213,11 @@ def rehearse(names, phases=PHASES, limit: float = COLAB_RAM, work_root: Path | N
                    "fits": result["returncode"] == 0 and not result["stopped"]
                    and result["peak_disk"] <= COLAB_DISK}
             rows.append(row)
-            print(f"{name:14s} {phase:9s} RAM {row['peak_ram'] / 1e9:6.2f} GB  disk {row['peak_disk'] / 1e9:6.2f} GB"
-                  f"  {row['seconds']:7.1f} s  {'fits' if row['fits'] else 'DOES NOT FIT'}"
-                  + ("" if row["returncode"] == 0 or row["stopped"] else f"  (failed: {row['tail'].strip()[-200:]})"),
-                  flush=True)
+            ok = row["returncode"] == 0 or row["stopped"]
+            failed = "" if ok else f"  (failed: {row['tail'][-200:]})"
+            print(f"{name:14s} {phase:9s} RAM {row['peak_ram'] / 1e9:6.2f} GB  "
+                  f"disk {row['peak_disk'] / 1e9:6.2f} GB  {row['seconds']:7.1f} s  "
+                  f"{'fits' if row['fits'] else 'DOES NOT FIT'}{failed}", flush=True)
             if not row["fits"]:
                 break  # the later phases need this one's output
         shutil.rmtree(work, ignore_errors=True)
@@ -222,23 +225,57 @@ def rehearse(names, phases=PHASES, limit: float = COLAB_RAM, work_root: Path | N
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | phase | peak RAM (GB) | peak disk (GB) | time (s) | within a free Colab runtime |",
-             "|---|---|---|---|---|---|"]
+    """The rows as a Markdown table, with the planner's estimate (gemmate_lib.fit) beside each peak."""
+    from gemmate_lib import fit
+    from tools.full_shape import CONFIGS, config_of
+
+    lines = ["| model | phase | peak RAM (GB) | planner's estimate (GB) | peak disk (GB) | time (s) | "
+             "within a free Colab runtime |", "|---|---|---|---|---|---|---|"]
+    plans = {}
     for r in rows:
-        lines.append(f"| {r['model']} | {r['phase']} | {r['peak_ram'] / 1e9:.2f} | {r['peak_disk'] / 1e9:.1f} | "
-                     f"{r['seconds']:.0f} | {'yes' if r['fits'] else '**no**'} |")
+        if r["model"] in CONFIGS and r["model"] not in plans:
+            config = config_of(r["model"])
+            plans[r["model"]] = fit.predict(fit.shape_of(config), 2 if config.model_type == "gemma" else 4)
+        estimate = plans.get(r["model"], {}).get(r["phase"], {}).get("ram")
+        fits = "yes" if r["fits"] else "**no**"
+        lines.append(f"| {r['model']} | {r['phase']} | {r['peak_ram'] / 1e9:.2f} | "
+                     f"{'-' if estimate is None else f'{estimate / 1e9:.2f}'} | "
+                     f"{r['peak_disk'] / 1e9:.1f} | {r['seconds']:.0f} | {fits} |")
     return "\n".join(lines)
 
 
-def write_docs(rows: list[dict], cpu: str) -> None:
+def write_docs(rows: list[dict], cpu: str, update: bool = False) -> None:
+    """docs/full-shape.json and the table in docs/full-shape.md; `update` keeps the other models' rows."""
+    if update and (DOCS / "full-shape.json").exists():
+        fresh = {r["model"] for r in rows}
+        old = json.loads((DOCS / "full-shape.json").read_text())["rows"]
+        for r in old:
+            r.setdefault("cpu", "?")  # measured before rows named their CPU
+        rows = [r for r in old if r["model"] not in fresh] + rows
+        from tools.full_shape import CONFIGS
+
+        order = list(CONFIGS)
+        rows.sort(key=lambda r: (order.index(r["model"]) if r["model"] in order else 99,
+                                 PHASES.index(r["phase"])))
+    for r in rows:
+        r.setdefault("cpu", cpu)  # each row keeps the CPU it was measured on (an --update mixes runs)
     (DOCS / "full-shape.json").write_text(json.dumps(
-        {"colab_ram_bytes": COLAB_RAM, "colab_disk_bytes": COLAB_DISK, "cpu": cpu,
+        {"colab_ram_bytes": COLAB_RAM, "colab_disk_bytes": COLAB_DISK,
+         "cpus": sorted({r["cpu"] for r in rows if r["cpu"] != "?"}),
          "rows": [{k: v for k, v in r.items() if k != "tail"} for r in rows]}, indent=1) + "\n")
     page = DOCS / "full-shape.md"
     text = page.read_text()
     start, end = "<!-- rehearsal table -->", "<!-- end of rehearsal table -->"
     head, rest = text.split(start, 1)
     page.write_text(head + start + "\n" + table(rows) + "\n" + end + rest.split(end, 1)[1])
+
+
+def cpu_name() -> str:
+    """This machine's CPU as lscpu names it, its cores, and whether it has AMX (the times depend on it)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    name = names[0] if names else "?"
+    return f"{name}, {os.cpu_count()} cores{', AMX' if 'amx_bf16' in info else ''}"
 
 
 def main(argv=None) -> int:
@@ -249,17 +286,17 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path)
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--no-docs", action="store_true", help="print the table, do not write docs/")
+    parser.add_argument("--update", action="store_true", help="replace only these models' rows in docs/")
     args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.base, args.work)
         return 0
-    from gemmate_lib.hardware import describe_hardware
     from tools import full_shape
 
     rows = rehearse(args.names or list(full_shape.CONFIGS), args.phases.split(","))
     print(table(rows))
     if not args.no_docs:
-        write_docs(rows, describe_hardware().get("cpu", "?"))
+        write_docs(rows, cpu_name(), args.update)
     return 0 if all(r["fits"] for r in rows) else 1
 
 

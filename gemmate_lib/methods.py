@@ -116,12 +116,18 @@ def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
 
     from gemmate_lib import fit
 
+    copy_on_gpu = cfg.precision.device == "cuda" and set(keys) - {"qlora"}
+    if "full" not in keys and not copy_on_gpu:
+        return  # nothing to check: the config is not read
     shape = fit.shape_of(AutoConfig.from_pretrained(model_path))
     if "full" in keys:
         check_full_finetuning(shape.parameters, cfg.precision.device)
-    if cfg.precision.device == "cuda" and set(keys) - {"qlora"}:
+    if copy_on_gpu:
         plan = fit.predict(shape, cfg.precision.dtype.itemsize)
-        fit.check({"load": plan["load"]}, fit.runtime_here())
+        try:
+            fit.check({"load": plan["load"]}, fit.runtime_here())
+        except fit.FitError as err:
+            raise fit.FitError(err.problem, err.fix + ', or methods=["qlora"] alone (NF4 fits)') from None
 
 
 def full_finetuning_precision(precision: Precision) -> Precision:

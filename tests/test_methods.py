@@ -23,20 +23,26 @@ ROWS = [{"quote": q, "author": a, "text": f"Quote: {q}\nAuthor: {a}"}
                       "Albert Einstein"), ("one two three four", "Nobody"))]
 
 
-def test_every_method_has_its_config_and_its_own_learning_rate(cpu_cfg):
+@pytest.fixture()
+def model_dir(tiny_folder) -> str:
+    """A model folder: build_methods reads its config before any weight loads, to refuse what will not fit."""
+    return str(tiny_folder)
+
+
+def test_every_method_has_its_config_and_its_own_learning_rate(cpu_cfg, model_dir):
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
     # a GPU profile's
     cfg = cpu_cfg.replace(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)
-    built = build_methods(cfg, "some/model", METHODS, other_rank=16)
-    assert list(built) == list(METHODS) and list(build_methods(cfg, "m")) == list(DEFAULT_METHODS)
+    built = build_methods(cfg, model_dir, METHODS, other_rank=16)
+    assert list(built) == list(METHODS) and list(build_methods(cfg, model_dir)) == list(DEFAULT_METHODS)
     kinds = {k: type(m.peft_config) for k, m in built.items()}
     assert kinds == {"full": type(None), "lora_r8": LoraConfig, "lora_r32": LoraConfig, "qlora": LoraConfig,
                      "prompt": PromptTuningConfig, "prefix": PrefixTuningConfig, "ia3": IA3Config}
     assert (built["lora_r32"].peft_config.r, built["lora_r32"].peft_config.lora_alpha) == (16, 32)
     # QLoRA is the same adapter on an NF4 base
     assert built["qlora"].peft_config == built["lora_r8"].peft_config
-    assert built["prompt"].peft_config.tokenizer_name_or_path == "some/model"
+    assert built["prompt"].peft_config.tokenizer_name_or_path == model_dir
     # every method states its own weights and optimizer, whatever the profile's are; QLoRA differs from LoRA
     # r=8 in the NF4 base alone: the same fused AdamW, no checkpointing (prefix tuning cannot train with it)
     for key, m in built.items():
@@ -47,44 +53,44 @@ def test_every_method_has_its_config_and_its_own_learning_rate(cpu_cfg):
         assert arm.train.learning_rate == LEARNING_RATES[key if key in LEARNING_RATES else "lora"]
     assert {k: v for k, v in built["qlora"].settings.items() if built["lora_r8"].settings[k] != v} == {
         "quantization": "nf4"}
-    assert list(build_methods(cpu_cfg, "m", "prompt, ia3")) == ["prompt", "ia3"]  # papermill -p methods a,b
+    assert list(build_methods(cpu_cfg, model_dir, "prompt, ia3")) == ["prompt", "ia3"]  # papermill -p methods a,b
 
 
-def test_the_default_list_holds_full_finetuning_on_a_cpu_and_only_what_a_t4_runs_on_a_gpu(monkeypatch):
+def test_the_default_list_holds_full_finetuning_on_a_cpu_and_only_what_a_t4_runs_on_a_gpu(monkeypatch, model_dir):
     """06's methods=None: full fine-tuning of google/gemma-2b needs ~37 GiB, which the course refuses on a
     T4, so the GPU profiles leave it out; the CPU default (the committed outputs) keeps all six."""
     from gemmate_lib.config import course_config
 
     cpu = course_config("methods", device="cpu")
-    assert list(build_methods(cpu, "m")) == list(DEFAULT_METHODS) and "full" in DEFAULT_METHODS
+    assert list(build_methods(cpu, model_dir)) == list(DEFAULT_METHODS) and "full" in DEFAULT_METHODS
     for profile in ("gpu", "t4"):  # the GPU profile on this CPU, and a T4's, as the smoke run does
         monkeypatch.setenv("GEMMATE_PROFILE", profile)
         gpu = course_config("methods")
         assert gpu.profile.startswith("gpu")
-        chosen = build_methods(gpu, "m")
+        chosen = build_methods(gpu, model_dir)
         assert "full" not in chosen and list(chosen) == [k for k in DEFAULT_METHODS if k != "full"]
-        assert list(build_methods(gpu, "m", ["full", "lora_r8"])) == ["full", "lora_r8"]  # asked for: kept
+        assert list(build_methods(gpu, model_dir, ["full", "lora_r8"])) == ["full", "lora_r8"]  # asked for: kept
 
 
-def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg):
+def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg, model_dir):
     with pytest.raises(ParameterError, match=r"unknown method 'lora'\n  Fix: use some of: full"):
-        build_methods(cpu_cfg, "m", ["lora"])
+        build_methods(cpu_cfg, model_dir, ["lora"])
     with pytest.raises(ParameterError, match="lora_r"):
-        build_methods(cpu_cfg, "m", ["lora_r32"], other_rank="wide")
+        build_methods(cpu_cfg, model_dir, ["lora_r32"], other_rank="wide")
     # one folder, one label: clash
     with pytest.raises(ParameterError, match=r"other_rank = 8 is the rank of LoRA r=8"):
-        build_methods(cpu_cfg, "m", ["lora_r8", "lora_r32"], other_rank=8)
-    assert list(build_methods(cpu_cfg, "m", ["lora_r32"], other_rank=8)) == ["lora_r32"]  # alone it is fine
+        build_methods(cpu_cfg, model_dir, ["lora_r8", "lora_r32"], other_rank=8)
+    assert list(build_methods(cpu_cfg, model_dir, ["lora_r32"], other_rank=8)) == ["lora_r32"]  # alone it is fine
     # ia3 is not among those that run
     for bad in ({"ia3": 3e-3}, {"prompt": 3}, {"prompt": "fast"}, {"prompt": True}):
         with pytest.raises(ParameterError, match=r"rates\[.*\n  Fix: give a learning rate between 0 and 1"):
-            build_methods(cpu_cfg, "m", ["prompt", "lora_r8"], rates=bad)
+            build_methods(cpu_cfg, model_dir, ["prompt", "lora_r8"], rates=bad)
 
 
-def test_rates_change_only_the_methods_named_and_the_wide_rank_has_its_own_folder(cpu_cfg):
+def test_rates_change_only_the_methods_named_and_the_wide_rank_has_its_own_folder(cpu_cfg, model_dir):
     """06's exercises 2 and 3: another rank must not overwrite
     lora_r32's adapter; one method's rate, not the others'."""
-    chosen = build_methods(cpu_cfg, "m", ["lora_r8", "lora_r32", "prompt"], other_rank=2,
+    chosen = build_methods(cpu_cfg, model_dir, ["lora_r8", "lora_r32", "prompt"], other_rank=2,
                            rates={"prompt": 3e-3})
     assert [m.key for m in chosen.values()] == ["lora_r8", "lora_r2", "prompt"]
     assert [m.settings["learning_rate"] for m in chosen.values()] == [LEARNING_RATES["lora"],
@@ -227,12 +233,13 @@ def test_full_finetuning_that_does_not_fit_stops_clearly_and_frees_the_model(tin
     import gemmate_lib.models
 
     real_sysconf, real_load, loaded = os.sysconf, gemmate_lib.models.load_model, []
-    # The boundary faked: the machine reports 1 MiB of RAM, so the course's real check refuses.
-    monkeypatch.setattr(os, "sysconf", lambda n: 256 if n == "SC_PHYS_PAGES" else real_sysconf(n))
     monkeypatch.setattr(gemmate_lib.models, "load_model",
                         lambda *a, **k: loaded.append(weakref.ref(m := real_load(*a, **k))) or m)
     cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=1, batch_size=2)
     method = build_methods(cfg, str(tiny_folder), ["full"])["full"]
+    # The boundary faked after 06's check before the load: the machine now reports 1 MiB of RAM, so the
+    # course's real check at the load refuses.
+    monkeypatch.setattr(os, "sysconf", lambda n: 256 if n == "SC_PHYS_PAGES" else real_sysconf(n))
     with pytest.raises(HardwareError, match="full fine-tuning of .* needs") as err:
         train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS, tmp_path,
                   adapter=None)

@@ -529,3 +529,34 @@ def test_the_optional_merged_save_writes_a_folder_that_loads_without_peft(tiny_m
     ids = tiny_tokenizer(["Quote: Be yourself."], return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(reloaded(**ids).logits, tiny_model(**ids).logits)
+
+
+@pytest.mark.parametrize("name", ["gemma-2b", "gemma-3-1b-pt", "gemma-4-E2B"])
+def test_the_pages_will_it_fit_is_the_planners_arithmetic_and_skips_a_merge_a_t4_cannot_hold(
+        name, tmp_path, fake_gpu, monkeypatch, capsys):
+    """The page writes the plan out in a few lines; the library's planner (held to the full-shape rehearsal)
+    must agree with it, and on a T4 the page skips the merge exactly where a 16/32-bit copy will not fit."""
+    import os
+
+    import torch
+    from transformers import AutoConfig
+
+    from gemmate_lib import fit
+    from tools import full_shape
+
+    config = full_shape.config_of(name)
+    config.save_pretrained(tmp_path)  # the config alone: shapes on the meta device, no weights
+    fake_gpu((7, 5))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (int(14.6 * 2**30), int(14.6 * 2**30)))
+    dtype = torch.float16 if name == "gemma-2b" else torch.float32  # a T4: Gemma 3 and 4 compute in fp32
+    page = {"torch": torch, "os": os, "AutoConfig": AutoConfig, "model_name": str(tmp_path), "token": None,
+            "compute_dtype": dtype, "max_steps": 100}
+    exec(_cell("a 16/32-bit copy for the merge"), page)
+    plan = fit.predict(fit.shape_of(config), dtype.itemsize)
+    need = {k: v * 2**30 for k, v in page["gpu_need"].items()}
+    assert need["the 4-bit model while training"] == pytest.approx(plan["nf4"]["gpu"], rel=0.15)
+    assert need["a 16/32-bit copy for the merge"] == pytest.approx(plan["load"]["gpu"], rel=0.02)
+    assert page["merge_fits"] is (name != "gemma-4-E2B")  # E2B in fp32: ~19 GiB, more than a T4 has
+    assert page["merge_fits"] is ("load GPU" not in fit.problems(plan))
+    printed = capsys.readouterr().out
+    assert "training on a T4: ~" in printed and "GPU memory for the 4-bit model while training" in printed

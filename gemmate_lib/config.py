@@ -318,7 +318,7 @@ def _check_paths(flat: dict) -> None:
     """Files that must exist do; the output folder can be written."""
     from gemmate_lib.colab import uploaded
 
-    dataset = uploaded(flat["dataset"])  # in Colab, a file uploaded with the file browser lands in /content
+    dataset = uploaded(flat["dataset"])
     if dataset.endswith((".jsonl", ".csv", ".json")) and not Path(dataset).is_file():
         folder = " (it is a folder)" if Path(dataset).is_dir() else ""
         raise ParameterError(f"parameter dataset={dataset!r}: no such file" + folder,
@@ -452,6 +452,10 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
                 'train the small offline Gemma 3 270M on purpose')
     values.update(TASK_DEFAULTS[task])
     values.update(given)
+    from gemmate_lib.colab import uploaded
+
+    if "dataset" in values:  # in Colab, an upload from the file browser lands in /content
+        values["dataset"] = uploaded(values["dataset"])
     groups = {group: cls() for group, cls in GROUPS.items()}
     for name, value in values.items():
         setattr(groups[OWNER[name]], name, coerce(name, value))

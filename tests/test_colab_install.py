@@ -76,7 +76,10 @@ def test_a_file_uploaded_with_colabs_file_browser_is_found_in_content(tmp_path, 
     rows = [{"quote": f"Quote number {i}.", "author": f"Author {i}"} for i in range(6)]
     (content / "my_quotes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert len(load_quotes("my_quotes.jsonl", 0.5).train) == 3  # 04's exercise 2
-    assert course_config(model_name="embedded", dataset="my_quotes.jsonl").data.dataset == "my_quotes.jsonl"
+    # 03 reads the file by the config's path: the one in /content
+    cfg = course_config(model_name="embedded", dataset="my_quotes.jsonl")
+    assert Path(cfg.data.dataset) == content / "my_quotes.jsonl"
+    assert len(load_quotes(cfg.data.dataset, 0.5).train) == 3
     monkeypatch.delitem(sys.modules, "google.colab")  # outside Colab: relative to the folder only
     with pytest.raises(Exception, match="my_quotes.jsonl"):
         load_quotes("my_quotes.jsonl", 0.5)

@@ -9,8 +9,8 @@
   03_lora_sft              data, training, preflight, generations, methods, text_generation, plots, adapters,
                            hardware, errors
   04_evaluation            data, evaluation (stats), plots, adapters, hardware
-  05_save_and_push         data, training, text_generation, adapters, export, hardware, errors
-  06_compare_methods       data, methods, evaluation, stats, plots, hardware, errors
+  05_save_and_push         data, training, text_generation, adapters, export, hardware, errors, fit
+  06_compare_methods       data, methods, evaluation, stats, plots, hardware, errors, fit
   07_temporal_encoding     temporal/ (timestamps, model, data, tasks, training), training, data, plots, errors
   `gemmate` (cli/)         main; train (checkpoints, storage, tasks), hpo, serve; evaluation, export,
                            temporal/training

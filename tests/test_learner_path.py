@@ -35,7 +35,7 @@ def test_the_colab_runtime_really_hides_the_installed_course(tmp_path):
 
 
 def test_a_child_process_finds_the_course_that_the_kernel_has_only_on_sys_path(tmp_path):
-    """Item 1: 06's fresh-process reload died with ModuleNotFoundError in Colab."""
+    """06's fresh-process reload died with ModuleNotFoundError in Colab."""
     code = ("import os, subprocess, sys; sys.path.insert(0, sys.argv[1]); from gemmate_lib.hf_token "
             "import subprocess_env; r = subprocess.run([sys.executable, '-c', 'import gemmate_lib'], "
             "env=subprocess_env(), capture_output=True, text=True); print(r.returncode, r.stderr[-200:])")
@@ -46,7 +46,7 @@ def test_a_child_process_finds_the_course_that_the_kernel_has_only_on_sys_path(t
 
 @pytest.mark.slow
 def test_the_fresh_process_reload_loads_the_base_as_the_parent_did(tiny_folder, tmp_path):
-    """Item 2: the child loaded the base unquantized while the parent generated with NF4."""
+    """The child loaded the base unquantized while the parent generated with NF4."""
     from gemmate_lib.adapters import load_adapter, reload_generations, save_adapter
     from gemmate_lib.models import load_model, load_tokenizer
     from gemmate_lib.text_generation import generate
@@ -73,7 +73,7 @@ def test_the_fresh_process_reload_loads_the_base_as_the_parent_did(tiny_folder, 
 
 @pytest.mark.slow
 def test_a_gemmate_model_trained_in_nf4_reloads_with_identical_logits(tiny_folder, tmp_path):
-    """Item 3: 04's reload compared a k-bit-prepared trained model with a fresh 16-bit NF4 one."""
+    """04's reload compared a k-bit-prepared trained model with a fresh 16-bit NF4 one."""
     from gemmate_lib.models import load_model, load_tokenizer
     from gemmate_lib.temporal.model import GemmaTEForCausalLM
     from gemmate_lib.temporal.training import attach_temporal_lora
@@ -105,7 +105,7 @@ def _fake_gpu(monkeypatch, capability):
 
 
 def test_gemma_3_never_computes_in_fp16_on_a_t4_and_gemma_1_does(monkeypatch, tiny_folder):
-    """Item 5: the no-token GPU fallback ran Gemma 3 270M in fp16, where its activations overflow."""
+    """The no-token GPU fallback ran Gemma 3 270M in fp16, where its activations overflow."""
     _fake_gpu(monkeypatch, (7, 5))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("gemmate_lib.hf_token.get_token", lambda: None)
@@ -122,7 +122,7 @@ def test_gemma_3_never_computes_in_fp16_on_a_t4_and_gemma_1_does(monkeypatch, ti
 
 @pytest.mark.parametrize("params, online", [(None, False), ("params/gpu.yaml", True)])
 def test_make_course_is_offline_for_the_embedded_profile_only(tmp_path, params, online):
-    """Item 6: the Makefile exported HF_HUB_OFFLINE=1 for
+    """The Makefile exported HF_HUB_OFFLINE=1 for
     every run, so a GPU run failed at the first download."""
     from tools.course import hub_environment, notebook_parameters
 
@@ -141,7 +141,7 @@ def test_make_course_is_offline_for_the_embedded_profile_only(tmp_path, params, 
 
 
 def test_06_keeps_the_merged_model_only_when_it_is_small():
-    """Item 7: 06 wrote gemma-2b's ~5 GB merged copy into the learner's Google Drive by default."""
+    """06 wrote gemma-2b's ~5 GB merged copy into the learner's Google Drive by default."""
     from gemmate_lib.adapters import keep_merged
 
     def model(n):
@@ -156,7 +156,7 @@ def test_06_keeps_the_merged_model_only_when_it_is_small():
 
 
 def test_the_last_cell_flushes_google_drive(tmp_path, monkeypatch):
-    """Item 8: nothing flushed Drive, so 05 and 06 in new runtimes could find no adapter or half of one."""
+    """Nothing flushed Drive, so 05 and 06 in new runtimes could find no adapter or half of one."""
     from gemmate_lib import colab
 
     monkeypatch.setitem(sys.modules, "google.colab", type(sys)("google.colab"))
@@ -169,7 +169,7 @@ def test_the_last_cell_flushes_google_drive(tmp_path, monkeypatch):
 
 def test_the_fp16_gradient_scaler_steps_with_the_trainers_fp32_lora_weights(tiny_folder, tiny_tokenizer,
                                                                             tmp_path):
-    """Item 10: accelerate turns fp16's autocast and scaler
+    """accelerate turns fp16's autocast and scaler
     off on a CPU, so a trainer built here never used them.
 
     torch's own CPU autocast and GradScaler do run here: one
@@ -226,7 +226,7 @@ def _install_cell(notebook: Path) -> str:
 
 
 def test_a_failed_clone_stops_the_install_cell_with_one_line(tmp_path):
-    """Item 13: a failed `git clone` printed an error, and the next line failed with ModuleNotFoundError."""
+    """A failed `git clone` printed an error, and the next line failed with ModuleNotFoundError."""
     from IPython.core.inputtransformer2 import TransformerManager
 
     from gemmate_lib.colab import CLONE, COURSE_REPO
@@ -246,7 +246,7 @@ def test_a_failed_clone_stops_the_install_cell_with_one_line(tmp_path):
 
 
 def test_a_fork_changes_the_course_repository_in_one_place(tmp_path, monkeypatch):
-    """Item 13: every badge and install cell named the course's repository separately."""
+    """Every badge and install cell named the course's repository separately."""
     import shutil
 
     from gemmate_lib import colab, files
@@ -296,7 +296,7 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     assert "the course's packages are installed" in installed or "package(s) Colab lacks" in installed
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["notebooks"]["05_save_and_push"]["reload_identical"] == "4/4"
-    # 05 exported the tiny Gemma 1 to GGUF and llama.cpp loaded every file (issue 34)
+    # 05 exported the tiny Gemma 1 to GGUF and llama.cpp loaded every file
     report = json.loads((tmp_path / "run" / "gguf" / "verification.json").read_text())
     assert {"model-f16.gguf", "model-q8_0.gguf", "model-q4_k_m.gguf"} <= set(report["files"])
     assert manifest["notebooks"]["00_setup"]["config"]["profile"] == "gpu-on-cpu"

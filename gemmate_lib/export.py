@@ -184,7 +184,7 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
         weights = {k: v.half() for k, v in merged.state_dict().items()}
         if merged.config.get_text_config().tie_word_embeddings:
             weights.pop("lm_head.weight", None)  # tied to the embedding: else the file holds it twice
-        merged.save_pretrained(hf, state_dict=weights, max_shard_size="2GB")  # RAM holds one shard, not all
+        merged.save_pretrained(hf, state_dict=weights, max_shard_size="2GB")  # to the CPU a shard at a time
         tokenizer.save_pretrained(hf)
         if merged.config.model_type == "gemma":
             sentencepiece_vocab(hf, tokenizer.name_or_path)

@@ -127,6 +127,8 @@ def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
         try:
             fit.check({"load": plan["load"]}, fit.runtime_here())
         except fit.FitError as err:
+            if "GPU" not in err.problem or fit.problems({"nf4": plan["nf4"]}, fit.runtime_here()):
+                raise
             raise fit.FitError(err.problem, err.fix + ', or methods=["qlora"] alone (NF4 fits)') from None
 
 

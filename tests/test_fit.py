@@ -96,6 +96,7 @@ def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu
         build_methods(cfg, str(tmp_path / "gemma-2b"), ["full"])
     fake_gpu((7, 5))
     t4 = dataclasses.replace(cfg, precision=Precision("cuda", torch.float32, "a T4: fp32 for Gemma 4"))
-    with pytest.raises(fit.FitError, match="load phase needs about 19"):
+    with pytest.raises(fit.FitError, match="load phase needs about 19") as err:
         build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["lora_r8", "qlora"])
+    assert 'methods=["qlora"] alone' in err.value.fix  # the choice that fits, since NF4 training does
     assert list(build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["qlora"])) == ["qlora"]  # NF4 alone fits

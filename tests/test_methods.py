@@ -53,10 +53,12 @@ def test_every_method_has_its_config_and_its_own_learning_rate(cpu_cfg, model_di
         assert arm.train.learning_rate == LEARNING_RATES[key if key in LEARNING_RATES else "lora"]
     assert {k: v for k, v in built["qlora"].settings.items() if built["lora_r8"].settings[k] != v} == {
         "quantization": "nf4"}
-    assert list(build_methods(cpu_cfg, model_dir, "prompt, ia3")) == ["prompt", "ia3"]  # papermill -p methods a,b
+    # papermill -p methods a,b
+    assert list(build_methods(cpu_cfg, model_dir, "prompt, ia3")) == ["prompt", "ia3"]
 
 
-def test_the_default_list_holds_full_finetuning_on_a_cpu_and_only_what_a_t4_runs_on_a_gpu(monkeypatch, model_dir):
+def test_the_default_list_holds_full_finetuning_on_a_cpu_and_only_what_a_t4_runs_on_a_gpu(monkeypatch,
+                                                                                          model_dir):
     """06's methods=None: full fine-tuning of google/gemma-2b needs ~37 GiB, which the course refuses on a
     T4, so the GPU profiles leave it out; the CPU default (the committed outputs) keeps all six."""
     from gemmate_lib.config import course_config
@@ -69,7 +71,8 @@ def test_the_default_list_holds_full_finetuning_on_a_cpu_and_only_what_a_t4_runs
         assert gpu.profile.startswith("gpu")
         chosen = build_methods(gpu, model_dir)
         assert "full" not in chosen and list(chosen) == [k for k in DEFAULT_METHODS if k != "full"]
-        assert list(build_methods(gpu, model_dir, ["full", "lora_r8"])) == ["full", "lora_r8"]  # asked for: kept
+        # asked for: kept
+        assert list(build_methods(gpu, model_dir, ["full", "lora_r8"])) == ["full", "lora_r8"]
 
 
 def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg, model_dir):
@@ -80,7 +83,8 @@ def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg, model_dir):
     # one folder, one label: clash
     with pytest.raises(ParameterError, match=r"other_rank = 8 is the rank of LoRA r=8"):
         build_methods(cpu_cfg, model_dir, ["lora_r8", "lora_r32"], other_rank=8)
-    assert list(build_methods(cpu_cfg, model_dir, ["lora_r32"], other_rank=8)) == ["lora_r32"]  # alone it is fine
+    # alone it is fine
+    assert list(build_methods(cpu_cfg, model_dir, ["lora_r32"], other_rank=8)) == ["lora_r32"]
     # ia3 is not among those that run
     for bad in ({"ia3": 3e-3}, {"prompt": 3}, {"prompt": "fast"}, {"prompt": True}):
         with pytest.raises(ParameterError, match=r"rates\[.*\n  Fix: give a learning rate between 0 and 1"):

@@ -550,7 +550,7 @@ def test_the_pages_will_it_fit_is_the_planners_arithmetic_and_skips_a_merge_a_t4
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (int(14.6 * 2**30), int(14.6 * 2**30)))
     dtype = torch.float16 if name == "gemma-2b" else torch.float32  # a T4: Gemma 3 and 4 compute in fp32
     page = {"torch": torch, "os": os, "AutoConfig": AutoConfig, "model_name": str(tmp_path), "token": None,
-            "compute_dtype": dtype, "max_steps": 100}
+            "compute_dtype": dtype, "max_steps": 100, "model_type": config.model_type}
     exec(_cell("a 16/32-bit copy for the merge"), page)
     plan = fit.predict(fit.shape_of(config), dtype.itemsize)
     need = {k: v * 2**30 for k, v in page["gpu_need"].items()}

@@ -45,12 +45,9 @@ def learned(course: bool, smoke: bool) -> Learned:
     return Learned(smoke if smoke_run() else course)
 
 
-EXERCISE_FOLDER = re.compile(r"ex(\d\d)_(\d)[a-z]?")  # runs/ex03_2, runs/ex07_2a: an exercise's run folder
-
-
 def exercise_run(run_dir) -> str | None:
     """The exercise ("03-2") whose own run folder `run_dir` is (runs/ex03_2, runs/ex07_2a), else None."""
-    match = EXERCISE_FOLDER.fullmatch(Path(run_dir).name) if run_dir is not None else None
+    match = re.fullmatch(r"ex(\d\d)_(\d)[a-z]?", Path(run_dir).name) if run_dir is not None else None
     return f"{match[1]}-{match[2]}" if match else None
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gemmate_lib.errors import GemmateError
-from gemmate_lib.generations import nf4_weights
+from gemmate_lib.generations import SEED_TARGETS, TOWERS, generation_of, nf4_weights
 
 GIB = 2**30
 # A free Colab runtime: one T4 (15 GB: 14.6 GiB for the process, less the CUDA context), 12.7 GB of RAM, and
@@ -21,6 +21,7 @@ GIB = 2**30
 CUDA_CONTEXT = 0.6 * GIB  # the CUDA context and cuBLAS workspaces that no tensor accounts for
 FREE_COLAB = {"gpu": "T4", "gpu_bytes": 14.6 * GIB - CUDA_CONTEXT, "ram_bytes": 12.7e9, "disk_bytes": 70e9}
 BIGGER = "an L4 (22.5 GB) or A100 (40 GB) Colab runtime"
+UNITS = {"gpu": (GIB, "GiB of GPU memory"), "ram": (1e9, "GB of RAM"), "disk": (1e9, "GB of disk")}
 # Resident memory of the processes before their work (measured here): Python with torch and safetensors (a
 # load), with transformers and peft too (the merge), llama.cpp's converter (with what it holds for the
 # vocabulary), llama.cpp's quantizer. The notebook's kernel holds more (the tokenizer, the data, the
@@ -61,15 +62,14 @@ def shape_of(config) -> Shape:
     skip = set(get_keys_to_not_convert(model))
     params = dict(model.named_parameters())  # named_parameters lists a tied weight once
     linear = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in skip}
-    text_linear = {n: m for n, m in linear.items() if "vision" not in n and "audio" not in n}
-    adapted = [m.weight.numel() for n, m in text_linear.items()
-               if n.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                           "down_proj")]
+    in_text = lambda name: not any(tower in name for tower in TOWERS)
+    text_linear = {n: m for n, m in linear.items() if in_text(n)}
+    adapted = [m.weight.numel() for n, m in text_linear.items() if n.rsplit(".", 1)[-1] in SEED_TARGETS]
     table = {n for n in params if "per_layer" in n and "embed" in n}
     aligned = config.get_text_config().hidden_size % 256 == 0
     return Shape(parameters=sum(p.numel() for p in params.values()),
                  quantized=sum(m.weight.numel() for m in linear.values()),
-                 text=sum(p.numel() for n, p in params.items() if "vision" not in n and "audio" not in n),
+                 text=sum(p.numel() for n, p in params.items() if in_text(n)),
                  largest=max(p.numel() for p in params.values()), largest_adapted=max(adapted),
                  per_layer=sum(params[n].numel() for n in table),
                  largest_but_table=max(p.numel() for n, p in params.items() if n not in table),
@@ -141,7 +141,7 @@ def report(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> str:
             f"RAM {runtime['ram_bytes'] / 1e9:.1f} GB, disk {runtime['disk_bytes'] / 1e9:.0f} GB free)"]
     for phase, need in plan.items():
         gpu = "-" if need["gpu"] is None else f"{need['gpu'] / GIB:.1f}"
-        over = [w for w in problems({phase: need}, runtime)]
+        over = problems({phase: need}, runtime)
         rows.append(f"{phase:9s} {gpu:>8s} {_need(phase, need, 'ram') / 1e9:7.1f} {need['disk'] / 1e9:8.1f} "
                     f"{need['seconds'] / 60:6.0f} m   {'over: ' + ', '.join(over) if over else 'fits'}")
     return "\n".join(rows)
@@ -153,37 +153,33 @@ def _need(phase: str, need: dict, what: str):
     return None if need[what] is None else need[what] + extra
 
 
+def _over(plan: dict[str, dict], runtime: dict):
+    """(phase, "gpu" / "ram" / "disk", need) for every need above the runtime's limit, in the plan's order."""
+    for phase, need in plan.items():
+        for what in ("gpu", "ram", "disk"):
+            value, limit = _need(phase, need, what), runtime[f"{what}_bytes"]
+            if value is not None and limit is not None and value > limit:
+                yield phase, what, value
+
+
 def problems(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> list[str]:
     """"<phase> GPU" etc. for every phase that needs more than the runtime has."""
-    out = []
-    for phase, need in plan.items():
-        for what, limit in (("gpu", "gpu_bytes"), ("ram", "ram_bytes"), ("disk", "disk_bytes")):
-            value = _need(phase, need, what)
-            if value is not None and runtime[limit] is not None and value > runtime[limit]:
-                out.append(f"{phase} {what.upper() if what != 'disk' else what}")
-    return out
+    return [f"{phase} {what.upper() if what != 'disk' else what}" for phase, what, _ in _over(plan, runtime)]
 
 
-def check(plan: dict[str, dict], runtime: dict = FREE_COLAB, skip: tuple[str, ...] = ()) -> None:
-    """FitError naming the first phase that will not fit (phases in `skip` are not run, so not checked)."""
-    for phase, need in plan.items():
-        if phase in skip:
-            continue
-        for what, limit, unit in (("gpu", "gpu_bytes", "GiB of GPU memory"),
-                                  ("ram", "ram_bytes", "GB of RAM"), ("disk", "disk_bytes", "GB of disk")):
-            scale, value = (GIB if what == "gpu" else 1e9), _need(phase, need, what)
-            if value is not None and runtime[limit] is not None and value > runtime[limit]:
-                raise FitError(f"the {phase} phase needs about {value / scale:.1f} {unit} (an estimate); "
-                               f"this runtime ({runtime['gpu']}) has {runtime[limit] / scale:.1f}",
-                               f"switch to {BIGGER}, or choose a smaller model (google/gemma-3-1b-pt)")
+def check(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> None:
+    """FitError naming the first phase that will not fit."""
+    for phase, what, value in _over(plan, runtime):
+        scale, unit = UNITS[what]
+        raise FitError(f"the {phase} phase needs about {value / scale:.1f} {unit} (an estimate); "
+                       f"this runtime ({runtime['gpu']}) has {runtime[f'{what}_bytes'] / scale:.1f}",
+                       f"switch to {BIGGER}, or choose a smaller model (google/gemma-3-1b-pt)")
 
 
 def plan_for(model: str, compute_bytes: int | None = None, token=None, **kwargs) -> dict[str, dict]:
     """The plan for a model folder or Hub id (`models.resolve_model` gives it): its config only is read (a few
     kB), never its weights."""
     from transformers import AutoConfig
-
-    from gemmate_lib.generations import generation_of
 
     config = AutoConfig.from_pretrained(model, **({"token": token} if token else {}))
     if compute_bytes is None:

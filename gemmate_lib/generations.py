@@ -44,10 +44,6 @@ class Generation:
         """Tokens that end generation: `<eos>` and the chat turn's end."""
         return ("<eos>", self.turn_end)
 
-    def compute_dtype(self, native_bf16: bool) -> str:
-        """"bf16" where the GPU has it natively (A100, H100), else this generation's T4 dtype."""
-        return self.ampere_dtype if native_bf16 else self.t4_dtype
-
 
 GEMMA_1 = Generation(
     key="gemma",
@@ -104,22 +100,9 @@ GEMMA_4 = Generation(
     shipped_template="gemma4_v5.jinja",
     gguf=("supported (Gemma4Model: the text model; the towers go to a separate mmproj file; under "
           "transformers 5.23 with converter_shim)"),
-    arch=dict(
-        vocab=262_144,
-        hidden=1536,
-        layers=35,
-        heads=8,
-        kv_heads=1,
-        head_dim=256,
-        global_head_dim=512,
-        intermediate=6144,
-        kv_shared_layers=20,
-        double_wide_mlp=True,
-        per_layer_hidden=256,
-        full_every=5,
-        vision=150e6,
-        audio=300e6,
-    ),
+    arch=dict(vocab=262_144, hidden=1536, layers=35, heads=8, kv_heads=1, head_dim=256, global_head_dim=512,
+              intermediate=6144, kv_shared_layers=20, double_wide_mlp=True, per_layer_hidden=256,
+              full_every=5, vision=150e6, audio=300e6),
     sources=(
         "https://huggingface.co/google/gemma-4-E2B",
         "https://ai.google.dev/gemma/docs/core",
@@ -186,28 +169,6 @@ def stop_token_ids(tokenizer, generation: Generation | None = None) -> list[int]
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
-def parameter_counts(arch: dict) -> dict[str, float]:
-    """{"linear", "embedding", "towers"} parameter counts of the text model from published config numbers."""
-    hidden, layers, head = arch["hidden"], arch["layers"], arch["head_dim"]
-    linear = 0
-    shared_from = layers - arch.get("kv_shared_layers", 0)
-    for i in range(layers):
-        full = arch.get("full_every") and (i + 1) % arch["full_every"] == 0
-        head_dim = arch.get("global_head_dim", head) if full else head
-        q = o = hidden * arch["heads"] * head_dim
-        kv = 0 if i >= shared_from else 2 * hidden * arch["kv_heads"] * head_dim
-        inter = arch["intermediate"] * (2 if arch.get("double_wide_mlp") and i >= shared_from else 1)
-        linear += q + o + kv + 3 * hidden * inter
-        if arch.get("per_layer_hidden"):
-            linear += 2 * hidden * arch["per_layer_hidden"]
-    embedding = arch["vocab"] * hidden
-    if arch.get("per_layer_hidden"):
-        embedding += (
-            arch["vocab"] * layers * arch["per_layer_hidden"] + hidden * layers * arch["per_layer_hidden"]
-        )
-    return {"linear": linear, "embedding": embedding, "towers": arch.get("vision", 0) + arch.get("audio", 0)}
-
-
 NF4_BYTES = 4.127 / 8  # bytes a weight in NF4: 4 bits, plus double-quantized absmax scales (blocksize 64)
 
 
@@ -219,12 +180,22 @@ def nf4_weights(parameters: float, quantized: float) -> float:
 
 
 def nf4_estimate_gib(arch: dict) -> float:
-    """An ESTIMATE of the weights' memory under QLoRA on a T4, by the planner's rule (nf4_weights): the
-    linear layers of the text model and the towers in NF4, every other weight (the embeddings) in fp32 after
-    k-bit preparation. Activations, LoRA weights and optimizer state come on top (docs/full-shape.md)."""
-    counts = parameter_counts(arch)
-    quantized = counts["linear"] + counts["towers"]
-    return round(nf4_weights(quantized + counts["embedding"], quantized) / 2**30, 1)
+    """An ESTIMATE of the weights' memory under QLoRA on a T4, by the planner's rule (nf4_weights), from the
+    published config numbers: the linear layers of the text model and the towers in NF4, every other weight
+    (the embeddings) in fp32 after k-bit preparation. Activations, LoRA weights and optimizer state come on
+    top (docs/full-shape.md)."""
+    hidden, layers, per_layer = arch["hidden"], arch["layers"], arch.get("per_layer_hidden", 0)
+    shared_from = layers - arch.get("kv_shared_layers", 0)  # later layers reuse an earlier layer's K and V
+    linear = arch.get("vision", 0) + arch.get("audio", 0)
+    for i in range(layers):
+        full = arch.get("full_every") and (i + 1) % arch["full_every"] == 0
+        head_dim = arch.get("global_head_dim", arch["head_dim"]) if full else arch["head_dim"]
+        kv_heads = 0 if i >= shared_from else arch["kv_heads"]
+        wide = 2 if arch.get("double_wide_mlp") and i >= shared_from else 1
+        linear += 2 * hidden * (arch["heads"] + kv_heads) * head_dim  # q and o, k and v
+        linear += 3 * hidden * arch["intermediate"] * wide + 2 * hidden * per_layer
+    embedding = arch["vocab"] * hidden + (arch["vocab"] + hidden) * layers * per_layer
+    return round(nf4_weights(linear + embedding, linear) / 2**30, 1)
 
 
 def training_chat_template(generation: Generation) -> str:
@@ -253,9 +224,8 @@ def gemma4_training_template(shipped: str) -> str:
             "use the template TRL ships (trl/chat_templates/gemma4_v5.jinja)",
         )
     marked = "{%- if role == 'model' -%}{%- generation -%}X{%- endgeneration -%}{%- else -%}X{%- endif -%}"
-    head, tail = shipped.replace(content, marked.replace("X", content)).rsplit(
-        end, 1
-    )  # the loop's, not system's
+    # the last turn end is the loop's, not the system turn's
+    head, tail = shipped.replace(content, marked.replace("X", content)).rsplit(end, 1)
     return head + marked.replace("X", end) + tail
 
 
@@ -267,24 +237,16 @@ def table() -> str:
     ]
 
     def row(name, fn):
-        rows.append(
-            f"| {name} | " + " | ".join(fn(g).replace("|", "\\|") for g in GENERATIONS.values()) + " |"
-        )
+        cells = (fn(g).replace("|", "\\|") for g in GENERATIONS.values())
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
 
     row("base / chat id", lambda g: f"`{g.base_id}` / `{g.chat_id}`")
     row("gated (token needed)", lambda g: "yes" if g.gated else "no")
     row("licence", lambda g: g.licence)
     row("model_type", lambda g: ", ".join(f"`{t}`" for t in g.model_types))
     row("compute dtype T4 / A100, H100", lambda g: f"{g.t4_dtype} / {g.ampere_dtype}: {g.dtype_reason}")
-    row(
-        "LoRA targets",
-        lambda g: "q, k, v, o, gate, up, down projections"
-        + (
-            " of the language model only (a regex excluding the vision and audio towers)"
-            if g.key == "gemma4"
-            else ""
-        ),
-    )
+    text_only = {"gemma4": " of the language model only (a regex excluding the vision and audio towers)"}
+    row("LoRA targets", lambda g: "q, k, v, o, gate, up, down projections" + text_only.get(g.key, ""))
     row("chat turn", lambda g: f"`{g.turn_start}user` ... `{g.turn_end}`")
     row("stop tokens", lambda g: ", ".join(f"`{t}`" for t in g.stop_tokens))
     row("NF4 weights on a T4 (estimate)", lambda g: f"~{nf4_estimate_gib(g.arch)} GiB")

@@ -15,6 +15,8 @@ import torch
 
 from gemmate_lib.errors import HardwareError
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -25,7 +27,7 @@ class Precision:
     @property
     def name(self) -> str:
         """Short dtype name, "bf16" / "fp16" / "fp32", as TrainingArguments want it."""
-        return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[self.dtype]
+        return {dtype: name for name, dtype in DTYPES.items()}[self.dtype]
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -35,9 +37,6 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def check_one_gpu() -> None:

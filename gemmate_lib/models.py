@@ -13,7 +13,8 @@ import torch
 from gemmate_lib.config import EMBEDDED
 from gemmate_lib.errors import ModelLoadError, hub_error
 from gemmate_lib.files import atomic_folder, recover
-from gemmate_lib.hardware import Precision
+from gemmate_lib.generations import generation_of
+from gemmate_lib.hardware import Precision, pick_precision
 from gemmate_lib.hf_token import COLAB_SECRET_HELP, colab_secret_problem, get_token
 
 GATED_PREFIXES = ("google/gemma", "google/codegemma", "google/recurrentgemma", "meta-llama/")
@@ -71,8 +72,7 @@ def sentencepiece_file(gguf_path: Path, out: Path) -> Path:
     proto = spm.ModelProto()
     spec = proto.trainer_spec
     spec.model_type, spec.byte_fallback = spm.TrainerSpec.BPE, True
-    for name in ("unk", "bos", "eos", "pad"):
-        key = "unknown" if name == "unk" else "padding" if name == "pad" else name
+    for name, key in (("unk", "unknown"), ("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
         setattr(spec, f"{name}_id", int(fields[f"tokenizer.ggml.{key}_token_id"].contents()))
     proto.normalizer_spec.name, proto.normalizer_spec.add_dummy_prefix = "identity", False
     for piece, score, kind in zip(*(fields[f"tokenizer.ggml.{k}"].contents()
@@ -111,8 +111,6 @@ def resolve_model(model_name: str) -> tuple[str, dict]:
 
 def ungated(model_name: str) -> bool:
     """True for a Google model the Hub serves without a licence click: Gemma 4 (Apache-2.0)."""
-    from gemmate_lib.generations import generation_of
-
     generation = generation_of(model_name)
     return generation is not None and not generation.gated
 
@@ -144,8 +142,6 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
     """Load a causal LM in the compute dtype, NF4-quantized when quantization="nf4"."""
     from transformers import AutoModelForCausalLM
 
-    from gemmate_lib.hardware import pick_precision
-
     precision = precision or pick_precision()
     path, kwargs = resolve_model(model_name)
     # under DDP each process loads onto its own GPU (LOCAL_RANK), not all onto GPU 0
@@ -155,8 +151,10 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
         kwargs["device_map"] = {"": gpu}
     elif quantization != "none":
         raise ModelLoadError(f"quantization={quantization!r} is not known", 'use "nf4" or "none"')
+    # the kernel for the model and its text model only; transformers picks each tower's own (Gemma 4's audio
+    # tower has no SDPA: docs/gemma-generations.md). A text-only model takes the first entry.
+    attention = {"": attn_implementation, "text_config": attn_implementation}
     try:
-        attention = text_attention(attn_implementation)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.dtype,
                                                      attn_implementation=attention, **kwargs)
     except Exception as err:  # noqa: BLE001 - mapped to a clear message
@@ -166,12 +164,6 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
     if quantization == "nf4" and precision.device == "cpu":
         keep_nf4_as_loaded(model)
     return model
-
-
-def text_attention(attn_implementation: str) -> dict:
-    """The attention kernel for the model and its text model only; transformers picks each tower's own (Gemma
-    4's audio tower has no SDPA: docs/gemma-generations.md). A text-only model takes the first entry."""
-    return {"": attn_implementation, "text_config": attn_implementation}
 
 
 def keep_nf4_as_loaded(model) -> None:
@@ -189,9 +181,5 @@ def footprint_mib(model) -> float:
 
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts; 4-bit packed weights count as their logical size."""
-    trainable = total = 0
-    for p in model.parameters():
-        n = p.numel() * (2 if p.dtype == torch.uint8 else 1)
-        total += n
-        trainable += n if p.requires_grad else 0
-    return trainable, total
+    sizes = [(p.numel() * (2 if p.dtype == torch.uint8 else 1), p.requires_grad) for p in model.parameters()]
+    return sum(n for n, trained in sizes if trained), sum(n for n, _ in sizes)

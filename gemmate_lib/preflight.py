@@ -27,19 +27,15 @@ class Verdict:
     fix: str = ""  # when not ok: what to do
 
 
-def _logits(model, **inputs) -> torch.Tensor:
-    return model(**inputs).logits.float()
-
-
 def cache_agreement(model, input_ids: torch.Tensor, tolerance: float = 2e-2) -> Verdict:
     """The last position's logits from one pass without the cache equal those of a prefix pass plus one cached
     step (relative max difference)."""
     ids = input_ids[:1]
     with torch.no_grad():
-        full = _logits(model, input_ids=ids, use_cache=False)[0, -1]
+        full = model(input_ids=ids, use_cache=False).logits[0, -1].float()
         prefix = model(input_ids=ids[:, :-1], use_cache=True)
-        step = _logits(model, input_ids=ids[:, -1:], past_key_values=prefix.past_key_values, use_cache=True)
-    diff = float((full - step[0, -1]).abs().max() / full.abs().max().clamp_min(1e-6))
+        step = model(input_ids=ids[:, -1:], past_key_values=prefix.past_key_values, use_cache=True).logits
+    diff = float((full - step[0, -1].float()).abs().max() / full.abs().max().clamp_min(1e-6))
     return Verdict("logits with and without the KV cache", diff <= tolerance, f"{diff:.2g}",
                    f"<= {tolerance:g}", "the model computes differently with and without its cache: one of "
                    "the two paths is broken (Gemma 4's use_cache=False path was, transformers issue 45242), "
@@ -59,22 +55,18 @@ def checkpointing_agreement(model, batch: dict, tolerance: float = 1e-3) -> Verd
     # transformers 5 names it activation checkpointing; gradient_checkpointing_* before (deprecated in 5)
     enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
     disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
+    # the kwargs, positional under either name
+    switch = lambda on: enable({"use_reentrant": False}) if on else disable()
     model.train()
     try:
         losses = []
         for on in (False, True):
-            if on:
-                enable({"use_reentrant": False})  # the kwargs, positional under either name
-            else:
-                disable()
+            switch(on)
             torch.manual_seed(0)
             with torch.enable_grad():
                 losses.append(float(_loss(model, batch).detach()))
     finally:
-        if was_on:
-            enable({"use_reentrant": False})  # the kwargs, positional under either name
-        else:
-            disable()
+        switch(was_on)
         model.train(was_training)
     diff = abs(losses[0] - losses[1]) / max(abs(losses[0]), 1e-6)
     return Verdict("loss with gradient checkpointing on", diff <= tolerance, f"{diff:.2g}",

@@ -197,10 +197,6 @@ TASK_DEFAULTS = {
 
 
 # --- the one type checker and validator ------------------------------------------------------------
-def _type_name(hint) -> str:
-    return str(hint).replace("typing.", "") if typing.get_origin(hint) else hint.__name__
-
-
 def check_names(names, where: str = "parameter", place: str = "") -> None:
     """A ParameterError for the first name that is not a setting, with the list of valid ones."""
     unknown = sorted(set(names) - set(OWNER))
@@ -223,14 +219,10 @@ def coerce(name: str, value, from_text: bool = False):
         except (TypeError, ValueError):
             continue
         return _choice(name, typed)
-    default = FIELDS[name].default
-    raise ParameterError(f"parameter {name}={value!r} has type {type(value).__name__}, "
-                         f"but {name} must be {_type_name(hint)}",
-                         f"use {_a(_type_name(hint))}, e.g. {name}={default!r} (the default)")
-
-
-def _a(noun: str) -> str:
-    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+    kind = str(hint).replace("typing.", "") if origin else hint.__name__
+    fail(name, value, f"has type {type(value).__name__}, but {name} must be {kind}",
+         f"use {'an' if kind[:1] in 'aeiou' else 'a'} {kind}, e.g. {name}={FIELDS[name].default!r} "
+         "(the default)")
 
 
 def _choice(name: str, value):
@@ -400,12 +392,9 @@ class CourseConfig:
         groups = {group: getattr(self, group) for group in GROUPS}
         for name, value in values.items():
             groups[OWNER[name]] = dataclasses.replace(groups[OWNER[name]], **{name: coerce(name, value)})
-        model, precision = groups["model"], self.precision
+        precision = self.precision
         if {"device", "dtype"} & set(values):
-            precision = pick_precision(None if model.device == "auto" else model.device,
-                                       None if model.dtype == "auto" else model.dtype)
-            if "dtype" not in values:  # the profile's choice; a dtype the caller names is kept
-                precision = gemma3_rule(precision, model.model_name)
+            precision = _precision(groups["model"], values)
         new = dataclasses.replace(self, **groups, precision=precision)
         validate(new.flat())
         return new
@@ -429,8 +418,15 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     if forced not in ("auto", "gpu", "t4"):
         raise ParameterError(f"GEMMATE_PROFILE={forced!r} is not known",
                              "unset it, or set it to 'gpu' or 't4'")
-    if not on_gpu and forced == "auto" and not {"model_name", "device"} & set(given):
-        check_colab_gpu()
+    from gemmate_lib.colab import in_colab, uploaded
+
+    # A Colab runtime without a GPU stops here: falling back to the small offline model on two vCPUs would
+    # hide the forgotten runtime type. `model_name` or `device` given says: on purpose.
+    if not on_gpu and forced == "auto" and not {"model_name", "device"} & set(given) and in_colab():
+        raise HardwareError("this Colab runtime has no GPU, so the course would fall back to the small "
+                            "offline Gemma 3 270M on the CPU",
+                            "choose Runtime > Change runtime type > T4 GPU, then run the notebook from the "
+                            'top; or set model_name="embedded" (parameters cell) to use the CPU on purpose')
     values, profile = dict(CPU_PROFILE), "cpu-embedded"
     if on_gpu or forced != "auto":
         from gemmate_lib.hf_token import get_token
@@ -452,33 +448,23 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
                 'train the small offline Gemma 3 270M on purpose')
     values.update(TASK_DEFAULTS[task])
     values.update(given)
-    from gemmate_lib.colab import uploaded
-
     if "dataset" in values:  # in Colab, an upload from the file browser lands in /content
         values["dataset"] = uploaded(values["dataset"])
     groups = {group: cls() for group, cls in GROUPS.items()}
     for name, value in values.items():
         setattr(groups[OWNER[name]], name, coerce(name, value))
-    dtype = groups["model"].dtype
-    precision = precision or pick_precision(None if device == "auto" else device,
-                                            None if dtype == "auto" else dtype)
-    if "dtype" not in given:  # the profile's choice; a dtype the caller names is kept
-        precision = gemma3_rule(precision, groups["model"].model_name)
-    cfg = CourseConfig(**groups, precision=precision, profile=profile, task=task)
+    cfg = CourseConfig(**groups, precision=_precision(groups["model"], given, precision), profile=profile,
+                       task=task)
     validate(cfg.flat())
     return cfg
 
 
-def check_colab_gpu() -> None:
-    """A Colab runtime without a GPU stops here: falling back to the small offline model on two vCPUs would
-    hide the forgotten runtime type. `model_name` or `device` given to course_config says: on purpose."""
-    from gemmate_lib.colab import in_colab
-
-    if in_colab():
-        raise HardwareError("this Colab runtime has no GPU, so the course would fall back to the small "
-                            "offline Gemma 3 270M on the CPU",
-                            "choose Runtime > Change runtime type > T4 GPU, then run the notebook from the "
-                            'top; or set model_name="embedded" (parameters cell) to use the CPU on purpose')
+def _precision(model: ModelSettings, named: dict, precision: Precision | None = None) -> Precision:
+    """model.device / dtype as a Precision (or `precision`), with gemma3_rule on the profile's dtype; a dtype
+    the caller names (in `named`) is kept."""
+    if precision is None:
+        precision = pick_precision(*(None if v == "auto" else v for v in (model.device, model.dtype)))
+    return precision if "dtype" in named else gemma3_rule(precision, model.model_name)
 
 
 def compare_default(cfg: CourseConfig) -> bool:

@@ -12,6 +12,7 @@ from gemmate_lib.errors import ParameterError
 # what the search varies, over which values: the learning rate log-uniform, dropout uniform, the rest a choice
 SPACE = {"learning_rate": (5e-5, 1e-3), "lora_r": (4, 8, 16), "lora_alpha": (8, 16, 32),
          "lora_dropout": (0.0, 0.1), "batch_size": (4, 8)}
+FLOATS = ("learning_rate", "lora_dropout")  # ranges; the others are choices
 
 
 def search(cfg: CourseConfig, n_trials: int = 8, timeout: float | None = None) -> dict:
@@ -27,11 +28,8 @@ def search(cfg: CourseConfig, n_trials: int = 8, timeout: float | None = None) -
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def objective(trial):
-        values = {"learning_rate": trial.suggest_float("learning_rate", *SPACE["learning_rate"], log=True),
-                  "lora_r": trial.suggest_categorical("lora_r", SPACE["lora_r"]),
-                  "lora_alpha": trial.suggest_categorical("lora_alpha", SPACE["lora_alpha"]),
-                  "lora_dropout": trial.suggest_float("lora_dropout", *SPACE["lora_dropout"]),
-                  "batch_size": trial.suggest_categorical("batch_size", SPACE["batch_size"])}
+        values = {name: trial.suggest_float(name, *space, log=name == "learning_rate") if name in FLOATS
+                  else trial.suggest_categorical(name, space) for name, space in SPACE.items()}
         steps = cfg.train.max_steps if cfg.train.max_steps > 0 else 10
         trial_cfg = cfg.replace(**values, output_dir=str(out / "trials" / f"trial-{trial.number}"),
                                 val_steps_freq=steps, resume_from_checkpoint=False)

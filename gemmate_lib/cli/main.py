@@ -38,7 +38,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}\n  Fix: {fix}\n")
 
 
-COMMAND_OPTIONS = ("n_trials", "timeout", "port", "max_tokens_limit")  # numeric options beside the settings
+EXTRA = [  # each command's own arguments beside the settings: (command, name, argparse's keywords)
+    ("hpo", "--n_trials", dict(type=int, default=8, help="number of trials")),
+    ("hpo", "--timeout", dict(type=float, default=None, help="stop starting trials after this many seconds")),
+    ("serve", "run_dirs", dict(nargs="+", metavar="RUN_DIR", help="run folders with merged/ or adapter/")),
+    ("serve", "--host", dict(default="127.0.0.1", help="listen address (default: this machine only)")),
+    ("serve", "--port", dict(type=int, default=8000, help="listen port")),
+    ("serve", "--max_tokens_limit", dict(type=int, default=512, help="largest max_tokens a request may ask")),
+    ("export", "run_dir", dict(metavar="RUN_DIR", help="a run folder with adapter/ (03, `gemmate train`)")),
+    ("export", "--quantize", dict(nargs="*", default=["q8_0", "q4_k_m"], metavar="TYPE", help="llama.cpp "
+                                  "quantization types (default: q8_0 q4_k_m; none: only 16-bit)")),
+    ("train-te", "--fp16", dict(action="store_true",
+                                help="fp16 mixed precision (the guide's flag; needs a GPU)")),
+    ("train-te", "--overwrite", dict(action="store_true", help="write into a non-empty output_dir"))]
+COMMAND_OPTIONS = tuple(name[2:] for _, name, keywords in EXTRA
+                        if keywords.get("type") in (int, float))  # numeric options beside the settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,26 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                 shown = f"{f.metadata['help']} [default: {_text(f.default)}]".replace("%", "%%")
                 options.add_argument(f"--{f.name}", nargs="+" if f.name == "prompts" else None, default=None,
                                      metavar=_metavar(f), help=shown)
-        if name == "hpo":
-            p.add_argument("--n_trials", type=int, default=8, help="number of trials")
-            p.add_argument("--timeout", type=float, default=None,
-                           help="stop starting trials after this many seconds")
-        if name == "serve":
-            p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                           help="run folders with merged/ or adapter/")
-            p.add_argument("--host", default="127.0.0.1", help="listen address (default: this machine only)")
-            p.add_argument("--port", type=int, default=8000, help="listen port")
-            p.add_argument("--max_tokens_limit", type=int, default=512,
-                           help="largest max_tokens a request may ask")
-        if name == "export":
-            p.add_argument("run_dir", metavar="RUN_DIR",
-                           help="a run folder with adapter/ (03, `gemmate train`)")
-            p.add_argument("--quantize", nargs="*", default=["q8_0", "q4_k_m"], metavar="TYPE",
-                           help="llama.cpp quantization types (default: q8_0 q4_k_m; none: only 16-bit)")
-        if name == "train-te":
-            p.add_argument("--fp16", action="store_true",
-                           help="fp16 mixed precision (the guide's flag; needs a GPU)")
-            p.add_argument("--overwrite", action="store_true", help="write into a non-empty output_dir")
+        for option, keywords in ((o, k) for command, o, k in EXTRA if command == name):
+            p.add_argument(option, **keywords)
     return parser
 
 
@@ -147,12 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from gemmate_lib.cli.train import train_from_config
 
-        result = {k: v for k, v in train_from_config(cfg).items() if k != "config"}
+        result = train_from_config(cfg)
     elif args.command == "train-te":
         from gemmate_lib.temporal.training import train_temporal_from_config
 
-        trained = train_temporal_from_config(cfg, overwrite=args.overwrite)
-        result = {k: v for k, v in trained.items() if k != "config"}
+        result = train_temporal_from_config(cfg, overwrite=args.overwrite)
     elif args.command == "evaluate":
         from gemmate_lib.evaluation import evaluate_from_config
 
@@ -179,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
         result = search(cfg, args.n_trials, args.timeout)
     if world()[0] == 0:
-        print(json.dumps(result, indent=1, default=str))
+        print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1, default=str))
     return 0
 
 

@@ -62,17 +62,15 @@ def load_task(task: str, dataset: str, eval_fraction: float, data_seed: int, tok
         except ValueError as err:
             reason = f"malformed row ({err})"
         else:
-            text = f"{prompt} {answer}"
-            too_long = (tokenizer is not None and max_length
-                        and len(tokenizer(text + eos)["input_ids"]) > max_length)
-            reason = (f"too long (over max_length={max_length} tokens: the answer would be cut off)"
-                      if too_long else None)
+            text, reason = f"{prompt} {answer}", None
+            if tokenizer is not None and max_length and len(tokenizer(text + eos)["input_ids"]) > max_length:
+                reason = f"too long (over max_length={max_length} tokens: the answer would be cut off)"
         if reason:
             dropped[reason] += 1
             examples.setdefault(reason, f"line {line}: {repr(row)[:100]}")
             continue
-        gold = [t for t in (row.get("answers") or {}).get("text", [])] if task == "squad_v2" else [answer]
-        kept.append({"prompt": prompt, "answer": answer, "text": f"{prompt} {answer}", "gold": gold})
+        gold = list((row.get("answers") or {}).get("text", [])) if task == "squad_v2" else [answer]
+        kept.append({"prompt": prompt, "answer": answer, "text": text, "gold": gold})
     if len(kept) < 2:
         raise DataError(f"{name} has {len(kept)} usable {task} row(s)",
                         f"check the columns: {', '.join(SCHEMAS[task])}")
@@ -87,10 +85,6 @@ def normalize_answer(text: str) -> str:
     text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
-
-
-def squad_exact(gold: str, prediction: str) -> int:
-    return int(normalize_answer(gold) == normalize_answer(prediction))
 
 
 def squad_f1(gold: str, prediction: str) -> float:
@@ -111,18 +105,16 @@ def squad_v2_scores(golds: list[list[str]], predictions: list[str]) -> dict:
     for gold, pred in zip(golds, predictions):
         pred = "" if pred.strip().lower() == NO_ANSWER else pred
         answers = [g for g in gold if normalize_answer(g)] or [""]
-        exact.append(max(squad_exact(g, pred) for g in answers))
+        exact.append(max(int(normalize_answer(g) == normalize_answer(pred)) for g in answers))
         f1.append(max(squad_f1(g, pred) for g in answers))
         has.append(answers != [""])
 
-    def mean(values, keep):
-        chosen = [v for v, k in zip(values, keep) if k]
-        return round(100 * sum(chosen) / len(chosen), 2) if chosen else None
-
-    everything = [True] * len(exact)
-    return {"exact": mean(exact, everything), "f1": mean(f1, everything), "HasAns_exact": mean(exact, has),
-            "HasAns_f1": mean(f1, has), "NoAns_exact": mean(exact, [not h for h in has]),
-            "NoAns_f1": mean(f1, [not h for h in has]), "total": len(exact)}
+    scores = {}  # the means over all questions, the answerable ones and the unanswerable ones
+    for prefix, keep in (("", [True] * len(exact)), ("HasAns_", has), ("NoAns_", [not h for h in has])):
+        for key, values in (("exact", exact), ("f1", f1)):
+            chosen = [v for v, k in zip(values, keep) if k]
+            scores[prefix + key] = round(100 * sum(chosen) / len(chosen), 2) if chosen else None
+    return scores | {"total": len(exact)}
 
 
 def sst2_scores(golds: list[str], predictions: list[str]) -> dict:

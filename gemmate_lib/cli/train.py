@@ -29,7 +29,13 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
         print(f"downloaded {len(fetched)} checkpoint(s) from {c.remote_path}", flush=True)
     resume = resume_checkpoint(out, c.resume_option, c.checkpoint_path, c.checkpoint_metric,
                                c.checkpoint_metric_mode) if c.resume_from_checkpoint else None
-    _wandb_environment(cfg)
+    t = cfg.train
+    if t.use_wandb:  # Weights & Biases logs offline into output_dir (`wandb sync` uploads later)
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ["WANDB_PROJECT"] = t.wandb_project
+        os.environ["WANDB_DIR"] = str(out.absolute())
+        if t.wandb_tags:
+            os.environ["WANDB_TAGS"] = ",".join(t.wandb_tags)
     tokenizer = load_tokenizer(cfg.model.model_name)
     task = task_of(cfg.data.dataset)
     load = load_quotes if task == "quotes" else lambda *a: load_task(task, *a)
@@ -66,14 +72,3 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
         save_adapter(result.model, tokenizer, out / "adapter", cfg.model.model_name, overwrite=True)
         save_json(out / "train_metrics.json", metrics)
     return metrics
-
-
-def _wandb_environment(cfg: CourseConfig) -> None:
-    """use_wandb: Weights & Biases logs offline into output_dir (`wandb sync` uploads later)."""
-    t = cfg.train
-    if t.use_wandb:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ["WANDB_PROJECT"] = t.wandb_project
-        os.environ["WANDB_DIR"] = str(Path(cfg.checkpoints.output_dir).absolute())
-        if t.wandb_tags:
-            os.environ["WANDB_TAGS"] = ",".join(t.wandb_tags)

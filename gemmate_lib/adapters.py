@@ -133,20 +133,27 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
                              f"{str(err)[:200]}", "load the base model the adapter was trained on") from err
 
 
-def load_tuned(cfg):
-    """`gemmate evaluate / generate`: `cfg`'s base model with its adapter (output_dir/adapter), merged (faster
-    generation) unless the base is NF4: 4-bit merging re-quantizes the weights and can wash out the update."""
+def load_merged(model_name: str, precision, adapter: str | Path | None, quantization: str = "none",
+                attn_implementation: str = "sdpa"):
+    """(model, tokenizer): `model_name` with the adapter in folder `adapter` (None: none) on it, merged
+    (faster generation) unless the base is NF4: 4-bit merging re-quantizes the weights and can wash out the
+    update. `gemmate evaluate / generate / export / serve` all load a fine-tune this way."""
     from gemmate_lib.models import load_model, load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model.model_name)
-    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization,
-                       cfg.model.attn_implementation)
-    adapter = Path(cfg.generate.adapter or Path(cfg.checkpoints.output_dir) / "adapter")
-    if cfg.generate.adapter != "none":
+    tokenizer = load_tokenizer(model_name)
+    model = load_model(model_name, precision, quantization, attn_implementation)
+    if adapter is not None:
         model = load_adapter(model, adapter)
-        if cfg.model.quantization == "none":
+        if quantization == "none":
             model = model.merge_and_unload()
     return model, tokenizer
+
+
+def load_tuned(cfg):
+    """`gemmate evaluate / generate`: `cfg`'s model with its adapter (output_dir/adapter), by load_merged."""
+    adapter = cfg.generate.adapter or Path(cfg.checkpoints.output_dir) / "adapter"
+    return load_merged(cfg.model.model_name, cfg.precision, None if adapter == "none" else adapter,
+                       cfg.model.quantization, cfg.model.attn_implementation)
 
 
 def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_new_tokens: int, precision,
@@ -180,30 +187,6 @@ def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_ne
                              "is an installation problem (rerun the install cell); a "
                              "missing or damaged file means saving the adapter again (03)")
     return json.loads(line[0][len("RESULT"):])
-
-
-@torch.no_grad()
-def merge_and_check(peft_model, tokenizer, prompts, tolerance: float | None = None):
-    """Merge the adapter in place (one copy of the base in memory) and compare logits with the unmerged model:
-    (merged_model, max_abs_logit_difference). The tolerance follows the dtype: 5e-3 in fp32 (rounding only),
-    0.5 in fp16/bf16, whose rounding of W + BA moves logits of ~20 by ~0.1. Never into a 4-bit base."""
-    if getattr(peft_model, "is_loaded_in_4bit", False) or any(
-            type(m).__name__ == "Linear4bit" for m in peft_model.modules()):
-        raise ModelLoadError("this adapter sits on a 4-bit base: merging would re-quantize the update",
-                             "load the base in fp16/bf16 (quantization='none') "
-                             "and load the adapter on it to merge")
-    dtype = next(peft_model.parameters()).dtype
-    tolerance = tolerance if tolerance is not None else (5e-3 if dtype == torch.float32 else 0.5)
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True).to(peft_model.device)
-    peft_model.eval()
-    reference = peft_model(**enc).logits.float()
-    merged = peft_model.merge_and_unload()
-    merged.eval()
-    diff = (merged(**enc).logits.float() - reference).abs().max().item()
-    if diff > tolerance:
-        raise ModelLoadError(f"merged logits differ from the adapter model by {diff:.2e} (> {tolerance:.0e})",
-                             "merge in fp32 to check exactly (05 does on a CPU)")
-    return merged, diff
 
 
 MERGED_LIMIT_GIB = 2.0  # 05 keeps a merged copy up to this size unless asked (free Google Drive: 15 GB)
@@ -321,13 +304,11 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
 
 def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,
                  dtype: torch.dtype | None = None) -> Path:
-    """Merge a LoRA adapter into a downloaded base checkpoint file by file, tensor by tensor, without loading
-    the model (05 and `gemmate export` at full size; docs/full-shape.md measures it). Each output shard is its
-    input shard with the adapted weights replaced by W + (alpha/r)·B·A (computed in fp32, rounded once), in
-    `dtype` (None: the base's own, every other weight copied byte for byte; torch.float16: what llama.cpp's
-    converter reads without widening to fp32). Other weights pass 64 MiB at a time, so the peak memory is
-    about one adapted weight in fp32 (gemma-2b: ~130 MB), not the model: a whole-model merge of Gemma 4 E2B in
-    fp32 needs about 19 GiB."""
+    """Merge a LoRA adapter into a downloaded base checkpoint file by file, without loading the model
+    (docs/full-shape.md measures it at full size): each output shard is its input shard with the adapted
+    weights replaced by W + (alpha/r)·B·A (in fp32, rounded once), in `dtype` (None: the base's own, other
+    weights copied byte for byte; torch.float16: what llama.cpp's converter reads). Other weights pass 64 MiB
+    at a time: the peak memory is about one adapted weight in fp32, not the model (Gemma 4 E2B: ~19 GiB)."""
     import shutil
 
     from safetensors.torch import load_file
@@ -342,6 +323,7 @@ def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | P
         raise ModelLoadError(f"no safetensors weights in {show_path(base_dir)}",
                              "pass the folder of a downloaded base model (config.json and *.safetensors)")
     names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+    codes = {t: n for n, t in names.items()}
     merged, chunk = 0, 2**26  # 64 MiB, a multiple of every dtype's size
     with atomic_folder(out_dir, overwrite=True, what="merged model") as tmp:
         for file in files:
@@ -349,34 +331,33 @@ def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | P
                 size = int.from_bytes(src.read(8), "little")
                 header = json.loads(src.read(size))
                 entries = sorted((v["data_offsets"], k) for k, v in header.items() if k != "__metadata__")
+                source = {key: names[header[key]["dtype"]] for _, key in entries}
+                to = {key: dtype or source[key] for key in source}
                 out_header, offset = {"__metadata__": header.get("__metadata__", {"format": "pt"})}, 0
                 for _, key in entries:  # the same tensors in the same order, in the output dtype
-                    info = header[key]
-                    to = dtype or names[info["dtype"]]
-                    nbytes = math.prod(info["shape"]) * to.itemsize
-                    name = next(n for n, t in names.items() if t == to)
-                    out_header[key] = {**info, "dtype": name, "data_offsets": [offset, offset + nbytes]}
+                    nbytes = math.prod(header[key]["shape"]) * to[key].itemsize
+                    out_header[key] = {**header[key], "dtype": codes[to[key]],
+                                       "data_offsets": [offset, offset + nbytes]}
                     offset += nbytes
                 text = json.dumps(out_header).encode()
                 text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
                 dst.write(len(text).to_bytes(8, "little") + text)
                 for (begin, end), key in entries:
                     src.seek(8 + size + begin)
-                    source, to = names[header[key]["dtype"]], dtype or names[header[key]["dtype"]]
                     if key in pairs:
                         a_key = pairs[key]
-                        weight = torch.frombuffer(bytearray(src.read(end - begin)), dtype=source).float()
+                        weight = torch.frombuffer(bytearray(src.read(end - begin)), dtype=source[key]).float()
                         a, b = lora[a_key].float(), lora[a_key.replace("lora_A", "lora_B")].float()
                         weight = weight.view(header[key]["shape"]).addmm_(
                             b, a, alpha=config["lora_alpha"] / config["r"])
-                        dst.write(weight.to(to).contiguous().view(torch.uint8).numpy().tobytes())
+                        dst.write(weight.to(to[key]).contiguous().view(torch.uint8).numpy().tobytes())
                         merged += 1
                         continue
                     for start in range(begin, end, chunk):
                         raw = src.read(min(chunk, end - start))
-                        if to != source:
-                            raw = torch.frombuffer(bytearray(raw), dtype=source).to(to).view(torch.uint8)
-                            raw = raw.numpy().tobytes()
+                        if to[key] != source[key]:
+                            raw = torch.frombuffer(bytearray(raw), dtype=source[key]).to(to[key])
+                            raw = raw.view(torch.uint8).numpy().tobytes()
                         dst.write(raw)
         if merged != len(pairs):
             raise ModelLoadError(f"the adapter in {show_path(adapter_dir)} has {len(pairs)} LoRA layers but "

@@ -46,17 +46,6 @@ def check_disk(folder: Path, need_bytes: int) -> None:
                         "free some space, export fewer quantization types, or pass another run folder")
 
 
-def merge_for_export(run_dir: Path, model_name: str):
-    """(merged model, tokenizer): the run's adapter merged into a freshly loaded fp32 base, as 05 merges."""
-    from gemmate_lib.adapters import load_adapter
-    from gemmate_lib.hardware import pick_precision
-    from gemmate_lib.models import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(model_name)
-    base = load_model(model_name, pick_precision("cpu", "fp32"))  # 16/32-bit, never 4-bit
-    return load_adapter(base, run_dir / "adapter").merge_and_unload().eval(), tokenizer
-
-
 def convert(hf_folder: Path, out_file: Path) -> float:
     """llama.cpp's converter in a child process: HF folder -> 16-bit GGUF. Returns seconds."""
     if not (CONVERTER_DIR / "convert_hf_to_gguf.py").exists():
@@ -150,29 +139,22 @@ def check_export(run_dir, quant_types=QUANT_TYPES, keep: str | None = None) -> l
     return quant_types
 
 
-def export_folder(run_dir) -> Path:
-    """Where the GGUF files are written: run_dir/gguf, or the runtime's own disk (/content/gguf in Colab) when
-    the run folder is on Google Drive. gemma-2b's export needs ~15 GiB while it runs (a temporary 16-bit
-    copy, the 16-bit GGUF, the quantized ones), a free Drive holds 15 GB, and one file is worth keeping."""
-    from gemmate_lib.colab import RUNTIME_DISK, on_drive
-
-    run_dir = Path(run_dir)
-    return RUNTIME_DISK / "gguf" if on_drive(run_dir) else run_dir / "gguf"
-
-
 def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tokens: int = 40,
                 keep: str | None = None) -> dict:
     """model-f16.gguf, model-<q>.gguf per quantization and a Modelfile for `keep` (default: the last
-    quantization), all or nothing, in `export_folder(run_dir)` (returned as "folder"; verify_gguf reads it).
-    When that is not the run folder (a run folder on Google Drive), only the `keep` file and the Modelfile are
-    copied to run_dir/gguf; the rest stays on the runtime's disk. Free space is checked where each file goes.
-    `merged` is the fine-tune merged into a 16/32-bit base (05's merge, or merge_for_export); not changed."""
+    quantization), all or nothing, in run_dir/gguf (returned as "folder"; verify_gguf reads it). For a run
+    folder on Google Drive they go to the runtime's disk (/content/gguf in Colab: gemma-2b's export needs
+    ~15 GiB while it runs, a free Drive holds 15 GB) and only the `keep` file and the Modelfile are copied to
+    run_dir/gguf. Free space is checked where each file goes. `merged` (not changed) is the fine-tune merged
+    into a 16/32-bit base (05's merge, or load_merged's)."""
+    from gemmate_lib.colab import RUNTIME_DISK, on_drive
+
     run_dir = Path(run_dir)
     quant_types = check_export(run_dir, quant_types, keep)
     keep = str(keep).lower() if keep is not None else (quant_types[-1] if quant_types else F16)
     kept = f"model-{keep}.gguf"
     n_params = sum(p.numel() for p in merged.parameters())
-    target = export_folder(run_dir)
+    target = RUNTIME_DISK / "gguf" if on_drive(run_dir) else run_dir / "gguf"
     target.parent.mkdir(parents=True, exist_ok=True)
     # a 16-bit copy of the weights as safetensors for the converter, then the 16-bit GGUF, then the quantized
     check_disk(target.parent, int(n_params * 2 * 2.1 + n_params * 1.1 * len(quant_types)))
@@ -196,21 +178,15 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
         (tmp / "Modelfile").write_text(modelfile(kept, tokenizer.eos_token, max_new_tokens))
     for path in sorted(target.glob("*.gguf")):
         result["files"][path.name] = path.stat().st_size
-    if target != run_dir / "gguf":
-        keep_in_run_folder(target, run_dir, kept)
+    if target != run_dir / "gguf":  # Drive: the kept file and its Modelfile, once it has the room for them
+        size = (target / kept).stat().st_size
+        check_disk(run_dir, int(size * 1.05) + 2**16)
+        with atomic_folder(run_dir / "gguf", overwrite=True, what="GGUF file") as tmp:
+            shutil.copyfile(target / kept, tmp / kept)
+            shutil.copyfile(target / "Modelfile", tmp / "Modelfile")
+        print(f"{kept} ({size / 2**30:.2f} GiB) is kept in the run folder's gguf/ on Google Drive; the other "
+              f"GGUF files stay on this runtime's disk in {target} and go with the runtime")
     return result
-
-
-def keep_in_run_folder(folder: Path, run_dir: Path, kept: str) -> None:
-    """Copy the one GGUF file kept, and its Modelfile, from the runtime's disk to run_dir/gguf (on Drive), all
-    or nothing, once Drive has the room for that file alone."""
-    size = (folder / kept).stat().st_size
-    check_disk(run_dir, int(size * 1.05) + 2**16)
-    with atomic_folder(run_dir / "gguf", overwrite=True, what="GGUF file") as tmp:
-        shutil.copyfile(folder / kept, tmp / kept)
-        shutil.copyfile(folder / "Modelfile", tmp / "Modelfile")
-    print(f"{kept} ({size / 2**30:.2f} GiB) is kept in the run folder's gguf/ on Google Drive; the other "
-          f"GGUF files stay on this runtime's disk in {folder} and go with the runtime")
 
 
 def _llama(path: Path, logits_all: bool = True):
@@ -342,12 +318,15 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
 
 def export_and_verify(run_dir, cfg, quant_types=QUANT_TYPES) -> dict:
     """`gemmate export`: export_gguf, then verify_gguf on the standard prompts and the held-out quotes."""
+    from gemmate_lib.adapters import load_merged
     from gemmate_lib.data import load_quotes
+    from gemmate_lib.hardware import pick_precision
     from gemmate_lib.text_generation import STANDARD_PROMPTS
 
     run_dir = Path(run_dir)
     quant_types = check_export(run_dir, quant_types)
-    merged, tokenizer = merge_for_export(run_dir, cfg.model.model_name)
+    # the merge as 05 does it: into a freshly loaded fp32 base, never a 4-bit one
+    merged, tokenizer = load_merged(cfg.model.model_name, pick_precision("cpu", "fp32"), run_dir / "adapter")
     exported = export_gguf(run_dir, merged, tokenizer, quant_types, cfg.generate.max_new_tokens)
     data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer,
                        cfg.train.max_length)

@@ -73,20 +73,6 @@ def test_round_trip_in_a_fresh_process_gives_identical_generations(tiny_folder, 
     assert here != plain  # the adapter changes something, so equality above means something
 
 
-def test_merge_matches_the_adapter_model_and_refuses_a_4bit_base(tiny_model, tiny_tokenizer, tiny_folder,
-                                                                 cpu_cfg):
-    from gemmate_lib.adapters import merge_and_check
-    from gemmate_lib.models import load_model
-    from gemmate_lib.text_generation import STANDARD_PROMPTS
-
-    model = _perturbed(tiny_model, cpu_cfg)
-    merged, diff = merge_and_check(model, tiny_tokenizer, STANDARD_PROMPTS)
-    assert diff < 5e-3 and not any("lora" in n for n, _ in merged.named_modules())
-    nf4 = attach_lora(load_model(str(tiny_folder), cpu_cfg.precision, quantization="nf4"), cpu_cfg)
-    with pytest.raises(ModelLoadError, match="4-bit base"):
-        merge_and_check(nf4, tiny_tokenizer, STANDARD_PROMPTS)
-
-
 def test_the_merged_model_is_saved_in_the_training_dtype(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
     from safetensors import safe_open
 

@@ -399,28 +399,6 @@ def test_gpu_check_without_a_gpu_is_one_clear_line(capsys, fake_gpu):
     assert run_cli(main, []) == 2 and "needs a CUDA GPU" in capsys.readouterr().err
 
 
-def test_the_merge_check_moves_inputs_to_the_models_device_and_keeps_one_copy(tiny_model, tiny_tokenizer,
-                                                                              cpu_cfg):
-    from gemmate_lib.adapters import merge_and_check
-    from gemmate_lib.training import attach_lora
-
-    moved = []
-
-    class Tokenizer:
-        def __call__(self, *args, **kwargs):
-            enc = tiny_tokenizer(*args, **kwargs)
-            real_to = enc.to
-            enc.to = lambda device: moved.append(device) or real_to(device)
-            return enc
-
-    model = attach_lora(tiny_model, cpu_cfg)
-    base_layer = model.get_base_model()
-    merged, _ = merge_and_check(model, Tokenizer(), ["Quote: a", "Quote: b c"])
-    assert moved == [model.device]  # on a GPU, the prompts go to CUDA with the model
-    # merged in place: no deep copy of the base (two would not fit a T4 with gemma-2b)
-    assert merged is base_layer
-
-
 def test_lora_on_an_unquantized_base_never_upcasts_it_even_under_the_nf4_profile(tiny_tokenizer):
     from tiny import make_tiny_gemma
 

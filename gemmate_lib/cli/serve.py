@@ -22,8 +22,7 @@ def served_model(run_dir: str | Path) -> Path:
         raise ParameterError(f"{show_path(run_dir)} has neither merged/ nor adapter/",
                              "pass a run folder that 03 (or `gemmate "
                              "train`'s output_dir) wrote, e.g. runs/interactive")
-    from gemmate_lib.adapters import load_adapter, read_base_info, save_merged
-    from gemmate_lib.models import load_model, load_tokenizer
+    from gemmate_lib.adapters import load_merged, read_base_info, save_merged
 
     meta = read_base_info(adapter)
     if meta is None:
@@ -33,9 +32,9 @@ def served_model(run_dir: str | Path) -> Path:
                              "or merge it yourself into merged/")
     base = meta["base_model"]
     precision = pick_precision()
-    model = load_adapter(load_model(base, precision), adapter).merge_and_unload()
+    model, tokenizer = load_merged(base, precision, adapter)
     print(f"merged {show_path(adapter)} into {base} -> {show_path(merged)}", flush=True)
-    return save_merged(model, load_tokenizer(base), merged, precision.dtype)
+    return save_merged(model, tokenizer, merged, precision.dtype)
 
 
 def check_request(body: dict, field: str, models: list[str], limit: int = MAX_TOKENS_LIMIT) -> None:

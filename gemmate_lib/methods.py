@@ -1,8 +1,7 @@
 """Fine-tuning methods side by side (06_compare_methods; 03's short comparisons use the same `train_arm`):
-full fine-tuning, LoRA at two ranks, QLoRA (LoRA r=8 on an NF4 base, the same optimizer), prompt, prefix
-tuning and IA3. A method is a PEFT config plus the settings it changes, chiefly its customary learning rate
-(LEARNING_RATES says whose). Each arm trains a fresh model on the same data and steps and reports trainable
-weights, seconds per step, memory, the loss curve and held-out losses."""
+full fine-tuning, LoRA at two ranks, QLoRA, prompt and prefix tuning, IA3; each a PEFT config plus the
+settings it changes, chiefly its customary learning rate (LEARNING_RATES). Each arm trains a fresh model on
+the same data and steps and reports trainable weights, seconds per step, memory and losses."""
 from __future__ import annotations
 
 import os
@@ -57,10 +56,8 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
     `other_rank`: the second LoRA rank (alpha = 2 x rank); `rates`: learning rates, e.g. {"prompt": 3e-3}."""
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
 
-    if keys is None:
-        keys = default_methods(cfg)
-    # papermill -p methods a,b
-    keys = [k.strip() for k in keys.split(",")] if isinstance(keys, str) else list(keys)
+    keys = default_methods(cfg) if keys is None else keys
+    keys = [k.strip() for k in keys.split(",")] if isinstance(keys, str) else list(keys)  # papermill: a,b
     unknown = [k for k in keys if k not in METHODS]
     if unknown:
         raise ParameterError(f"unknown method {unknown[0]!r}", f"use some of: {', '.join(METHODS)}")
@@ -75,13 +72,10 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
             raise ParameterError(f"rates[{key!r}] = {value!r}",
                                  "give a learning rate between 0 and 1 (e.g. 3e-3) for "
                                  f"one of the methods that run: {', '.join(keys)}")
-    # Each method states its own (the GPU profile's defaults are the seed notebook's QLoRA recipe):
-    # compute-dtype weights, no checkpointing (prefix tuning cannot run with it), torch's fused AdamW (same
-    # update, faster on a CPU). QLoRA differs from LoRA r=8 in the NF4 base and what a 4-bit base brings
-    # (k-bit preparation; TRL's bf16 LoRA weights, fp32 unless compute is bf16), as in 03: the profile's paged
-    # 8-bit AdamW and checkpointing would be two more changes, and neither is NF4's.
+    # Each method states its own (not the GPU profile's QLoRA recipe): compute-dtype weights, no checkpointing
+    # (prefix tuning cannot run with it), torch's fused AdamW. QLoRA differs from LoRA r=8 in the NF4 base
+    # alone (and what a 4-bit base brings, as in 03): paged 8-bit AdamW and checkpointing are not NF4's.
     plain = dict(quantization="none", optim="adamw_torch_fused", gradient_checkpointing=False)
-    qlora = dict(quantization="nf4")
 
     def rate(key: str, kind: str, **extra) -> dict:
         return {**plain, "learning_rate": rates.get(key, LEARNING_RATES[kind]), **extra}
@@ -93,7 +87,7 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
         "lora_r32": Method(f"lora_r{other_rank}", f"LoRA r={other_rank}", lora_config(wide),
                            rate("lora_r32", "lora")),
         "qlora": Method("qlora", f"QLoRA (NF4, r={cfg.lora.lora_r})", lora_config(cfg),
-                        rate("qlora", "lora", **qlora)),
+                        rate("qlora", "lora", quantization="nf4")),
         "prompt": Method("prompt", "prompt tuning", PromptTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS, prompt_tuning_init="TEXT",
             prompt_tuning_init_text=PROMPT_INIT_TEXT, tokenizer_name_or_path=model_path), rate("prompt",
@@ -211,8 +205,7 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
         model = load_model(cfg.model.model_name, precision, cfg.model.quantization)
         if adapter is None:
             try:
-                # a clear stop before OOM
-                check_full_finetuning(count_parameters(model)[1], cfg.precision.device)
+                check_full_finetuning(count_parameters(model)[1], cfg.precision.device)  # stop before OOM
             except HardwareError:
                 # the error's traceback keeps this frame alive: drop the weights (~5 GB on a T4) first
                 del model

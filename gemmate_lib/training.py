@@ -62,25 +62,18 @@ def token_indices(tokens: tuple[str, ...], tokenizer) -> list[int] | None:
     return [vocab[t] for t in tokens]
 
 
-def linear_names(model) -> list[str]:
-    """The distinct names of `model`'s linear layers, in model order (q_proj, k_proj, ..., lm_head): what
-    lora_target_modules can name. A 4-bit layer (bitsandbytes' Linear4bit) is a torch Linear too."""
-    names = [name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear)]
-    return list(dict.fromkeys(names))
-
-
 def check_target_modules(model, targets) -> None:
-    """A ParameterError for a name in `targets` that no layer of `model` has, listing its linear layers.
-    PEFT raises only when no name matches, and then without the names it could have taken."""
+    """A ParameterError for a name in `targets` that no layer of `model` has, listing the names of its linear
+    layers in model order (a 4-bit Linear4bit is a torch Linear too). PEFT raises only when no name matches,
+    and then without the names it could have taken."""
     if targets is None or isinstance(targets, str):  # "all-linear", or a regular expression on purpose
         return
-    modules = [name for name, _ in model.named_modules()]
+    modules = dict(model.named_modules())
+    linear = dict.fromkeys(n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear))
     for target in sorted(targets):
         if not any(name == target or name.endswith(f".{target}") for name in modules):
             raise ParameterError(f"lora_target_modules names {target!r}, which this model does not have",
-                                 f"name some of its linear layers: {', '.join(linear_names(model))} "
-                                 "(or all-linear)")
+                                 f"name some of its linear layers: {', '.join(linear)} (or all-linear)")
 
 
 def prepare_base(model, cfg: CourseConfig):
@@ -117,12 +110,11 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None,
 
 def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
                     sft: bool = True, **extras) -> dict:
-    """SFTConfig (sft=False: TrainingArguments) keyword arguments for `cfg`, plus `extras`: first the recipe
-    03 writes out, then the plumbing where it differs from the defaults. `save`: None follows
-    `cfg.checkpoints`, False never saves. A checkpoint comes at each evaluation, with the metric that ranks
-    it."""
+    """SFTConfig (sft=False: TrainingArguments) kwargs for `cfg` plus `extras`: the recipe 03 writes
+    out, then the plumbing where it differs from the defaults. `save`: None follows `cfg.checkpoints`, False
+    never saves; a checkpoint comes at each evaluation, with the metric that ranks it."""
     t, c, precision = cfg.train, cfg.checkpoints, cfg.precision
-    strategy = c.save_strategy if save is None else ("no" if not save else c.save_strategy)
+    strategy = "no" if save is not None and not save else c.save_strategy
     evaluate = has_eval and t.val_steps_freq > 0
     interval = {"step": "steps", "epoch": "epoch", "no": "steps"}[c.save_strategy]
     kwargs = dict(
@@ -317,9 +309,8 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
         model=model, args=training_args(cfg, output_dir, has_eval=bool(eval_rows), save=save, **extras),
         train_dataset=to_dataset(train_rows, tokenizer, t.completion_only_loss),
         eval_dataset=to_dataset(eval_rows, tokenizer, t.completion_only_loss) if eval_rows else None,
-        processing_class=tokenizer, fast_loss=cfg.train.fast_loss and world()[1] == 1, callbacks=callbacks,
-        preflight=cfg.train.preflight,
-    )
+        processing_class=tokenizer, fast_loss=t.fast_loss and world()[1] == 1, callbacks=callbacks,
+        preflight=t.preflight)
 
 
 def two_rate_optimizer(te, cfg: CourseConfig):
@@ -337,13 +328,12 @@ def train(model, tokenizer, train_data, eval_data, cfg: CourseConfig, output_dir
           save: bool | None = False, callbacks=None, resume_from_checkpoint: str | None = None,
           measure_cost: bool = False, unwrap: bool = True, pad_token_id: int | None = None,
           **extras) -> TrainResult:
-    """The course's one training path; train_lora (05), methods.train_arm (03, 06), `gemmate train` / `hpo`
-    (cli/train.py) and train_temporal (07, `gemmate train-te`) are thin wrappers over it. `model` has its
-    adapter already. Rows with a `text` field train with CourseSFTTrainer (`save`, `extras`: training_args);
-    GemmaTE's TextDataset with transformers' Trainer, timestamps in the batches (padded with `pad_token_id`,
-    default the tokenizer's), two learning rates. `measure_cost`: seconds per step and peak memory (06). The
-    model comes back in eval mode, without accelerate's mixed-precision forward (it would compute unlike the
-    same weights loaded from disk); `unwrap=False` keeps it: the arms are measured as they trained."""
+    """The course's one training path (the wrappers: train_lora, methods.train_arm, cli/train.py,
+    temporal/training.py), on a `model` with its adapter. Rows with a `text` field train with CourseSFTTrainer
+    (`save`, `extras`: training_args); GemmaTE's TextDataset with transformers' Trainer, timestamps in the
+    batches (padded with `pad_token_id`, default the tokenizer's), two learning rates. `measure_cost`: seconds
+    per step and peak memory (06). The model comes back in eval mode, off accelerate's mixed-precision forward
+    (it computes unlike the same weights loaded from disk); `unwrap=False` keeps it, as the arms trained."""
     set_seed(cfg.train.seed)
     if hasattr(model, "temporal_projection"):  # GemmaTE (07)
         from gemmate_lib.temporal.data import collate_fn

@@ -105,12 +105,14 @@ class GemmaTEForCausalLM(nn.Module):
         return self.model
 
     # --- the time signal -------------------------------------------------------------------
-    def time_vectors(self, timestamps, batch: int) -> torch.Tensor:
-        """Projected time vectors: [batch, hidden] (or [batch, seq, hidden] for per-token stamps)."""
+    @contextlib.contextmanager
+    def use_timestamps(self, timestamps, batch: int):
+        """Inside this block, every embedding lookup of the wrapped model gets the projected time vectors
+        added: [batch, hidden], or [batch, seq, hidden] for per-token stamps."""
         if timestamps is None:
             if not self._warned_now:
                 warnings.warn("GemmaTE got no timestamps: using the current time for every sequence "
-                              "(pass timestamps=... to say when each text was written)", stacklevel=3)
+                              "(pass timestamps=... to say when each text was written)", stacklevel=2)
                 self._warned_now = True
             timestamps = [datetime.now(timezone.utc).timestamp() * 1000.0] * batch
         feats = self.encoder(timestamps, self.timestamp_unit)
@@ -120,12 +122,7 @@ class GemmaTEForCausalLM(nn.Module):
             raise DataError(f"got {feats.shape[0]} timestamps for a batch of {batch} sequences",
                             "pass one timestamp per sequence (or one per token, shape [batch, seq])")
         weight = self.temporal_projection.weight
-        return self.temporal_projection(feats.to(weight.device, weight.dtype))
-
-    @contextlib.contextmanager
-    def use_timestamps(self, timestamps, batch: int):
-        """Inside this block, every embedding lookup of the wrapped model gets the time vectors added."""
-        self._time = self.time_vectors(timestamps, batch)
+        self._time = self.temporal_projection(feats.to(weight.device, weight.dtype))
         try:
             yield
         finally:

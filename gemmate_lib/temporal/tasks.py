@@ -101,15 +101,10 @@ def python_baselines(questions: PythonQuestions, timestamps, near_days: float = 
 
     truth = [newest_python(ms) for ms in timestamps]
     train = sorted(questions.train_timestamps)
-    hits = near_hits = n_near = 0
-    for ms, answer in zip(timestamps, truth):
-        ok = newest_python(nearest(train, ms)) == answer
-        hits += ok
-        if days_to_release(ms) <= near_days:
-            n_near += 1
-            near_hits += ok
+    ok = [newest_python(nearest(train, ms)) == answer for ms, answer in zip(timestamps, truth)]
+    near = [hit for ms, hit in zip(timestamps, ok) if days_to_release(ms) <= near_days]
     majority, count = Counter(truth).most_common(1)[0]
     return {"chance": 1 / len(PYTHON_RELEASES), "majority_answer": majority,
-            "majority_share": count / len(truth), "nearest": hits / len(truth),
-            "nearest_near_release": near_hits / n_near if n_near else None}
+            "majority_share": count / len(truth), "nearest": sum(ok) / len(truth),
+            "nearest_near_release": sum(near) / len(near) if near else None}
 

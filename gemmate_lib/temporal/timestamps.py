@@ -58,7 +58,7 @@ def _likely_unit(ms: float) -> str:
     size = abs(ms)
     if 1e8 <= size < PLAUSIBLE_MS:
         return "seconds"
-    return {True: "nanoseconds", False: "microseconds"}[size >= 1e17] if size > MAX_MS else "an unknown unit"
+    return ("nanoseconds" if size >= 1e17 else "microseconds") if size > MAX_MS else "an unknown unit"
 
 
 def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:

@@ -2,7 +2,6 @@
 chance and a nearest-timestamp baseline (07_temporal_encoding; `gemmate train-te`)."""
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,19 +58,14 @@ def baselines(notes, split: str = "test") -> dict:
     task shows that the model reads time, not that it generalizes beyond it."""
     _, timestamps, dates = notes.split(split)
     stamps = sorted(notes.train_timestamps)
-    hits_year = hits_month = hits_near = 0
-    gaps = []
-    for ms, (year, month) in zip(timestamps, dates):
-        near = nearest(stamps, ms)
-        gaps.append(abs(near - ms) / DAY_MS)
-        guess = date_of(near)
-        hits_year += guess[0] == year
-        hits_near += abs(guess[0] - year) <= 1
-        hits_month += guess == (year, month)
+    near = [nearest(stamps, ms) for ms in timestamps]
+    pairs = [(date_of(guess), tuple(truth)) for guess, truth in zip(near, dates)]  # (year, month) each
     n, years = len(timestamps), len({y for y, _ in dates})
-    return {"chance_year": 1 / years, "chance_month_year": 1 / (12 * years), "nearest_year": hits_year / n,
-            "nearest_year_within_1": hits_near / n, "nearest_month_year": hits_month / n,
-            "median_gap_days": statistics.median(gaps)}
+    return {"chance_year": 1 / years, "chance_month_year": 1 / (12 * years),
+            "nearest_year": sum(guess[0] == truth[0] for guess, truth in pairs) / n,
+            "nearest_year_within_1": sum(abs(guess[0] - truth[0]) <= 1 for guess, truth in pairs) / n,
+            "nearest_month_year": sum(guess == truth for guess, truth in pairs) / n,
+            "median_gap_days": statistics.median(abs(a - ms) / DAY_MS for a, ms in zip(near, timestamps))}
 
 
 @dataclass
@@ -138,7 +132,7 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
     else:
         task = course_task(cfg.temporal.temporal_task, seed=cfg.train.seed)
         texts, stamps, source = task.texts, task.timestamps, f"07's {cfg.temporal.temporal_task} task"
-        cfg = dataclasses.replace(cfg, temporal=dataclasses.replace(cfg.temporal, prompt_end=task.prompt_end))
+        cfg = cfg.replace(prompt_end=task.prompt_end)
     tokenizer = load_tokenizer(cfg.model.model_name)
     dataset = TextDataset(texts, tokenizer, stamps, max_length=cfg.train.max_length,
                           prompt_end=cfg.temporal.prompt_end)

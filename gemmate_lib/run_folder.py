@@ -9,7 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from gemmate_lib.colab import default_run_dir, installed_version, pins
+from gemmate_lib.colab import IF_PRESENT, default_run_dir, installed_version, pins
 from gemmate_lib.errors import ParameterError
 from gemmate_lib.files import repo_root, save_json, show_path
 from gemmate_lib.hardware import describe_hardware
@@ -21,10 +21,9 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", 
 
 def get_run_dir(run_dir: str | os.PathLike | None = None, create: bool = True) -> Path:
     """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else (on Colab) Google Drive,
-    which lets 04 and 05 see 03's adapter, else runs/interactive. A relative path, such as an exercise's
-    "runs/ex04_1", lies in the course folder, and on Colab in the course's folder on Google Drive, so that the
-    next runtime (another notebook, or the same one tomorrow) still finds it. `create=False` only resolves
-    the path (an exercise's check cell, which must not leave empty folders behind)."""
+    which lets 04 and 05 see 03's adapter, else runs/interactive. A relative path (an exercise's runs/ex04_1)
+    lies in the course folder, on Colab in its folder on Drive, where the next runtime still finds it.
+    `create=False` only resolves the path (an exercise's check cell must leave no empty folders behind)."""
     chosen = (run_dir or os.environ.get("GEMMATE_RUN_DIR") or default_run_dir()
               or repo_root() / "runs" / "interactive")
     path = Path(chosen).expanduser()
@@ -43,9 +42,8 @@ def package_versions() -> dict[str, str | None]:
 
 def version_mismatches(newer: bool = False) -> list[str]:
     """`name: installed X, pinned Y` for each requirements-colab.txt pin this environment misses: not there,
-    older, or another major release (00's self-check). A newer release of the same major is what a
-    learner's own project often has, and `make drift` runs the course on the newest
-    (docs/compatibility.md): `newer=True` lists those instead."""
+    older, or another major release (00's self-check). `newer=True` lists newer releases of the same major
+    instead: a learner's own project often has them; `make drift` runs the newest (docs/compatibility.md)."""
     from packaging.version import InvalidVersion, Version
 
     def misses(installed: str | None, pin: str) -> bool:
@@ -55,8 +53,6 @@ def version_mismatches(newer: bool = False) -> list[str]:
             return installed != pin
         same_major = have.major == want.major
         return (have > want and same_major) if newer else (have < want or not same_major)
-
-    from gemmate_lib.colab import IF_PRESENT
 
     pinned = pins(repo_root() / "requirements-colab.txt")
     return [f"{name}: installed {installed}, pinned {pin}" for name, pin in pinned.items()

@@ -25,7 +25,9 @@ __version__ = "0.1.0"
 def quiet() -> None:
     """Silence what is noise for a learner (notebooks and commands call it once): tqdm's ipywidgets notice,
     deprecation warnings from peft's calls into transformers, bitsandbytes' optional CPU kernel, the bars of
-    model loads and instant `map`s, and peft ignoring position ids under prompt tuning (06, rightly)."""
+    model loads and instant `map`s, and peft ignoring position ids under prompt tuning (06, rightly). In a
+    notebook, a course error then shows as its one line (problem and fix); the cell still fails, and `%tb`
+    shows the full traceback."""
     import logging
     import os
     import sys
@@ -42,18 +44,6 @@ def quiet() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported ...
     if "datasets" in sys.modules:  # ... or already imported
         sys.modules["datasets"].disable_progress_bars()
-    _one_line_errors()
-
-
-def _no_loading_bar(factory, args, kwargs):
-    """transformers' tqdm hook: every bar as asked, except those of model loads and saves."""
-    quiet = kwargs.get("desc") in ("Loading weights", "Writing model shards")
-    return factory(*args, **(kwargs | {"disable": True} if quiet else kwargs))
-
-
-def _one_line_errors() -> None:
-    """In a notebook, a course error shows as its one line (problem and fix); the cell still fails, and `%tb`
-    shows the full traceback."""
     try:
         shell = get_ipython()  # type: ignore[name-defined]  # noqa: F821 - defined inside IPython only
     except NameError:
@@ -67,4 +57,10 @@ def _one_line_errors() -> None:
 
     if shell is not None:
         shell.set_custom_exc((GemmateError,), show)
+
+
+def _no_loading_bar(factory, args, kwargs):
+    """transformers' tqdm hook: every bar as asked, except those of model loads and saves."""
+    quiet = kwargs.get("desc") in ("Loading weights", "Writing model shards")
+    return factory(*args, **(kwargs | {"disable": True} if quiet else kwargs))
 

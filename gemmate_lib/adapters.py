@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from gemmate_lib.errors import ModelLoadError, SaveError, TokenError
+from gemmate_lib.errors import ModelLoadError, SaveError, TokenError, one_line
 from gemmate_lib.files import atomic_folder, recover, show_path
 from gemmate_lib.hf_token import check_token, get_token, subprocess_env
 
@@ -49,12 +50,11 @@ def read_base_info(folder: str | Path) -> dict | None:
 
 def save_adapter(model, tokenizer, folder: str | Path, model_name: str, overwrite: bool = False) -> Path:
     """Save adapter weights (safetensors), tokenizer and gemmate.json, all or nothing (03 writes it out)."""
-    folder = Path(folder)
     with atomic_folder(folder, overwrite=overwrite, what="adapter") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_base_info(model, tmp, model_name)
-    return folder
+    return Path(folder)
 
 
 DAMAGED_FIX = ("save it again: run 03_lora_sft (or `gemmate train`) with this run folder; "
@@ -77,12 +77,11 @@ def check_adapter_files(folder: str | Path, fix: str = DAMAGED_FIX) -> Path:
     if not isinstance(settings, dict) or "peft_type" not in settings:
         raise ModelLoadError(f"{show_path(config)} is damaged: it holds no adapter settings (no peft_type)",
                              fix)
-    if not weights.is_file():
-        if (folder / "adapter_model.bin").is_file():  # an older adapter, pickled: peft still reads it
-            return folder
+    if weights.is_file():
+        check_safetensors(weights, fix)
+    elif not (folder / "adapter_model.bin").is_file():  # an older adapter, pickled, which peft still reads
         raise ModelLoadError(f"{show_path(folder)} has an adapter_config.json "
                              "but no adapter_model.safetensors", fix)
-    check_safetensors(weights, fix)
     return folder
 
 
@@ -101,23 +100,21 @@ def check_safetensors(path: Path, fix: str = DAMAGED_FIX) -> Path:
 
 
 def check_adapter(base_model, folder: str | Path) -> Path:
-    """The adapter folder, once it is known to hold an adapter trained on `base_model` (04 then calls
-    `PeftModel.from_pretrained` itself); one clear error for a missing folder, a damaged file (a copy cut
-    short, a failed download) or another base."""
+    """The adapter folder, once it holds a whole adapter trained on `base_model` (for 04's own
+    `PeftModel.from_pretrained`); one clear error for a missing folder, a damaged file or another base."""
     folder = recover(folder)
     if not (folder / "adapter_config.json").exists():
         raise ModelLoadError(f"no adapter in {show_path(folder)}",
                              "run 03_lora_sft first with the same run_dir (it saves the adapter there)")
     check_adapter_files(folder)
     meta = read_base_info(folder)
-    if meta is not None:
-        here = base_fingerprint(base_model)
-        if differs := {k: (meta.get(k), here[k]) for k in FINGERPRINT if meta.get(k) != here[k]}:
-            detail = ", ".join(f"{k}: adapter {a} vs model {b}" for k, (a, b) in differs.items())
-            base = meta.get("base_model")
-            raise ModelLoadError(f"the adapter in {show_path(folder)} was trained on {base!r}, "
-                                 f"not on this base model ({detail})",
-                                 f"load {base!r} as the base model, or train an adapter for this one")
+    if meta and (differs := {k: (meta.get(k), v) for k, v in base_fingerprint(base_model).items()
+                             if meta.get(k) != v}):
+        detail = ", ".join(f"{k}: adapter {a} vs model {b}" for k, (a, b) in differs.items())
+        base = meta.get("base_model")
+        raise ModelLoadError(f"the adapter in {show_path(folder)} was trained on {base!r}, "
+                             f"not on this base model ({detail})",
+                             f"load {base!r} as the base model, or train an adapter for this one")
     return folder
 
 
@@ -161,19 +158,17 @@ def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_ne
     """Greedy generations of base + adapter loaded in a *fresh Python process*: proof that the saved files
     alone reproduce the model. The child loads the base as the caller did (device, dtype, quantization); its
     environment brings the token and the course folder (on Colab the course is only on the kernel's path)."""
-    code = (
-        "import json, sys\n"
-        "from gemmate_lib.hardware import pick_precision\n"
-        "from gemmate_lib.models import load_model, load_tokenizer\n"
-        "from gemmate_lib.adapters import load_adapter\n"
-        "from gemmate_lib.text_generation import generate\n"
-        "a = json.loads(sys.argv[1])\n"
-        "tok = load_tokenizer(a['model_name'])\n"
-        "base = load_model(a['model_name'], pick_precision(a['device'], a['dtype']), "
-        "quantization=a['quantization'])\n"
-        "table = generate(load_adapter(base, a['adapter']), tok, a['prompts'], a['max_new_tokens'])\n"
-        "print('RESULT' + json.dumps(table.completion.tolist()))\n"
-    )
+    code = """import json, sys
+from gemmate_lib.hardware import pick_precision
+from gemmate_lib.models import load_model, load_tokenizer
+from gemmate_lib.adapters import load_adapter
+from gemmate_lib.text_generation import generate
+a = json.loads(sys.argv[1])
+tok = load_tokenizer(a['model_name'])
+base = load_model(a['model_name'], pick_precision(a['device'], a['dtype']), quantization=a['quantization'])
+table = generate(load_adapter(base, a['adapter']), tok, a['prompts'], a['max_new_tokens'])
+print('RESULT' + json.dumps(table.completion.tolist()))
+"""
     args = json.dumps({"adapter": str(adapter_dir), "model_name": model_name, "prompts": list(prompts),
                        "max_new_tokens": max_new_tokens, "device": precision.device, "dtype": precision.name,
                        "quantization": quantization})
@@ -284,8 +279,6 @@ def push_problem(repo_id: str | None) -> str | None:
 def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) -> str:
     """Push a saved folder to the Hub when a token is present; otherwise skip with one line saying how.
     Returns a one-line status for the notebook. Never prints or stores the token."""
-    from gemmate_lib.errors import one_line
-
     if problem := push_problem(repo_id):
         return problem
     from huggingface_hub import HfApi
@@ -301,7 +294,6 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
     return f"pushed {show_path(folder)} to https://huggingface.co/{repo_id} ({visibility})"
 
 
-
 def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,
                  dtype: torch.dtype | None = None) -> Path:
     """Merge a LoRA adapter into a downloaded base checkpoint file by file, without loading the model
@@ -309,8 +301,6 @@ def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | P
     weights replaced by W + (alpha/r)·B·A (in fp32, rounded once), in `dtype` (None: the base's own, other
     weights copied byte for byte; torch.float16: what llama.cpp's converter reads). Other weights pass 64 MiB
     at a time: the peak memory is about one adapted weight in fp32, not the model (Gemma 4 E2B: ~19 GiB)."""
-    import shutil
-
     from safetensors.torch import load_file
 
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
@@ -345,9 +335,8 @@ def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | P
                 for (begin, end), key in entries:
                     src.seek(8 + size + begin)
                     if key in pairs:
-                        a_key = pairs[key]
                         weight = torch.frombuffer(bytearray(src.read(end - begin)), dtype=source[key]).float()
-                        a, b = lora[a_key].float(), lora[a_key.replace("lora_A", "lora_B")].float()
+                        a, b = lora[pairs[key]].float(), lora[pairs[key].replace("lora_A", "lora_B")].float()
                         weight = weight.view(header[key]["shape"]).addmm_(
                             b, a, alpha=config["lora_alpha"] / config["r"])
                         dst.write(weight.to(to[key]).contiguous().view(torch.uint8).numpy().tobytes())

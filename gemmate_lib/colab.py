@@ -36,11 +36,10 @@ RESTART = ("Restart needed: packages that this runtime had already imported were
            "(this cell will then skip the install).")
 
 
-def badge(notebook: str, repo: str | None = None) -> str:
+def badge(notebook: str) -> str:
     """The "Open in Colab" badge of a notebook (file name), as the notebooks and the README show it."""
-    repo = repo or COURSE_REPO
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"(https://colab.research.google.com/github/{repo}/blob/main/notebooks/{notebook})")
+            f"(https://colab.research.google.com/github/{COURSE_REPO}/blob/main/notebooks/{notebook})")
 
 
 def in_colab() -> bool:
@@ -66,13 +65,6 @@ def installed_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def stale_imports(names) -> list[str]:
-    """Distributions whose module this process imported at another version than the one now installed."""
-    loaded = {name: getattr(sys.modules.get(name.replace("-", "_")), "__version__", None) for name in names}
-    return [f"{name} {version} -> {installed_version(name)}" for name, version in loaded.items()
-            if version is not None and version != installed_version(name)]
 
 
 def gpu_runtime() -> bool:
@@ -110,7 +102,10 @@ def install(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = No
                              "check the runtime has internet access, then run this cell again; if pip "
                              "names a conflict with torch, a pin needs another torch than Colab's: never "
                              "reinstall torch on Colab, report it to the course instead")
-    if stale := stale_imports(missing):
+    # what this process imported at another version than the one now installed
+    loaded = {name: getattr(sys.modules.get(name.replace("-", "_")), "__version__", None) for name in missing}
+    if stale := [f"{name} {version} -> {installed_version(name)}" for name, version in loaded.items()
+                 if version is not None and version != installed_version(name)]:
         print(RESTART + f" ({'; '.join(stale)})")
         return RESTART
     print("installed; no restart needed")

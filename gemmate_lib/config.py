@@ -172,7 +172,6 @@ GROUPS = {"model": ModelSettings, "data": DataSettings, "lora": LoraSettings, "t
 FIELDS = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}  # setting -> its field
 OWNER = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}  # setting -> group
 HINTS = {name: typing.get_type_hints(GROUPS[group])[name] for name, group in OWNER.items()}
-CHOICES = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata["choices"]}
 NULLABLE = {name for name, hint in HINTS.items() if type(None) in typing.get_args(hint)}
 ALIASES = {"dataset_id": "dataset"}  # names in the Gemma 1.1 table that the course spells differently
 FIXED = {"lora_task_type": "CAUSAL_LM"}  # YAML keys with one possible value: accepted, and nothing to set
@@ -226,7 +225,7 @@ def coerce(name: str, value, from_text: bool = False):
 
 
 def _choice(name: str, value):
-    options = CHOICES.get(name)
+    options = FIELDS[name].metadata["choices"]
     if options is not None and value not in options:
         names = ", ".join(str(o) for o in options)
         fail(name, value, f"is not one of {names}", f"set {name} to one of: {names}")
@@ -234,25 +233,24 @@ def _choice(name: str, value):
 
 
 def _coerce_one(value, hint, from_text: bool):
+    text = from_text and isinstance(value, str)  # a flag's text, to parse
     if typing.get_origin(hint) is tuple:
-        if from_text and isinstance(value, str):
+        if text:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
     elif hint is bool:
         if isinstance(value, bool):
             return value
-        if from_text and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        if text and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if from_text and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if text and value.strip().lstrip("-").isdigit():
             return int(value)
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_text and isinstance(value, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) or text:
             return float(value)
     elif hint is str and isinstance(value, str):
         return value
@@ -265,35 +263,31 @@ def fail(name: str, value, must: str, fix: str):
 
 def validate(flat: dict) -> None:
     """Raise ParameterError, naming the setting and the fix, for any flat-config value that cannot work."""
-    for name in ("max_length", "batch_size", "gradient_accumulation_steps", "steps_freq", "lora_r",
-                 "max_new_tokens", "temporal_dim"):
-        if flat[name] < 1:
-            fail(name, flat[name], "must be at least 1", f"set {name} to a positive whole number")
-    for name in ("keep_last_n", "keep_best_n", "early_stopping_patience", "val_steps_freq", "warmup_steps"):
-        if flat[name] < 0:
-            fail(name, flat[name], "must not be negative", f"set {name} to 0 or more")
-    for name in ("learning_rate", "projection_learning_rate"):
-        if not (math.isfinite(flat[name]) and 0 < flat[name] < 1):
-            fail(name, flat[name], "must be a finite number in (0, 1)",
-                 f"typical values: 1e-4 to 3e-3 (e.g. {name}=2e-4)")
-    for name in ("lora_alpha", "temporal_scale", "temporal_min_period", "temporal_max_period"):
-        if not (math.isfinite(flat[name]) and flat[name] > 0):
-            fail(name, flat[name], "must be a positive finite number", f"e.g. {name}={FIELDS[name].default}")
-    if not 0 <= flat["lora_dropout"] < 1:
-        fail("lora_dropout", flat["lora_dropout"], "must lie in [0, 1)",
-             "e.g. lora_dropout=0.05, or 0 for none")
-    if not 0 < flat["eval_fraction"] < 1:
-        fail("eval_fraction", flat["eval_fraction"], "must lie between 0 and 1",
-             "e.g. eval_fraction=0.1 (10% held out)")
-    if not (math.isfinite(flat["weight_decay"]) and flat["weight_decay"] >= 0):
-        fail("weight_decay", flat["weight_decay"], "must be a finite number >= 0", "e.g. weight_decay=0.0")
-    for name in ("seed", "data_seed"):
-        if not 0 <= flat[name] < 2**32:
-            fail(name, flat[name], "must be a whole number in [0, 2**32)", f"e.g. {name}=42")
-    if flat["max_steps"] == 0 or flat["max_steps"] < -1:
-        fail("max_steps", flat["max_steps"], "must be at least 1, or -1 (train num_epochs)",
-             "e.g. max_steps=40")
-    if not math.isfinite(flat["num_epochs"]) or (flat["max_steps"] < 1 and flat["num_epochs"] <= 0):
+    finite = math.isfinite
+    rules = [  # (settings, the test a value fails, what it must be instead, the fix), in order
+        (("max_length", "batch_size", "gradient_accumulation_steps", "steps_freq", "lora_r", "max_new_tokens",
+          "temporal_dim"), lambda v: v < 1, "must be at least 1", "set {name} to a positive whole number"),
+        (("keep_last_n", "keep_best_n", "early_stopping_patience", "val_steps_freq", "warmup_steps"),
+         lambda v: v < 0, "must not be negative", "set {name} to 0 or more"),
+        (("learning_rate", "projection_learning_rate"), lambda v: not (finite(v) and 0 < v < 1),
+         "must be a finite number in (0, 1)", "typical values: 1e-4 to 3e-3 (e.g. {name}=2e-4)"),
+        (("lora_alpha", "temporal_scale", "temporal_min_period", "temporal_max_period"),
+         lambda v: not (finite(v) and v > 0), "must be a positive finite number", "e.g. {name}={default}"),
+        (("lora_dropout",), lambda v: not 0 <= v < 1, "must lie in [0, 1)",
+         "e.g. lora_dropout=0.05, or 0 for none"),
+        (("eval_fraction",), lambda v: not 0 < v < 1, "must lie between 0 and 1",
+         "e.g. eval_fraction=0.1 (10% held out)"),
+        (("weight_decay",), lambda v: not (finite(v) and v >= 0), "must be a finite number >= 0",
+         "e.g. weight_decay=0.0"),
+        (("seed", "data_seed"), lambda v: not 0 <= v < 2**32, "must be a whole number in [0, 2**32)",
+         "e.g. {name}=42"),
+        (("max_steps",), lambda v: v == 0 or v < -1, "must be at least 1, or -1 (train num_epochs)",
+         "e.g. max_steps=40")]
+    for names, fails, must, fix in rules:
+        for name in names:
+            if fails(flat[name]):
+                fail(name, flat[name], must, fix.format(name=name, default=FIELDS[name].default))
+    if not finite(flat["num_epochs"]) or (flat["max_steps"] < 1 and flat["num_epochs"] <= 0):
         fail("num_epochs", flat["num_epochs"], "trains nothing or never ends (with max_steps -1)",
               "set max_steps >= 1, or a finite num_epochs > 0 with max_steps -1")
     if flat["temporal_dim"] < 4 or flat["temporal_dim"] % 2:
@@ -392,9 +386,8 @@ class CourseConfig:
         groups = {group: getattr(self, group) for group in GROUPS}
         for name, value in values.items():
             groups[OWNER[name]] = dataclasses.replace(groups[OWNER[name]], **{name: coerce(name, value)})
-        precision = self.precision
-        if {"device", "dtype"} & set(values):
-            precision = _precision(groups["model"], values)
+        changed = {"device", "dtype"} & set(values)
+        precision = _precision(groups["model"], values) if changed else self.precision
         new = dataclasses.replace(self, **groups, precision=precision)
         validate(new.flat())
         return new
@@ -446,8 +439,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
                 "out of reach", 'add the HF_TOKEN secret (Colab: key icon, switch on Notebook access; then '
                 'Runtime > Restart session, since the secret is read once), or set model_name="embedded" to '
                 'train the small offline Gemma 3 270M on purpose')
-    values.update(TASK_DEFAULTS[task])
-    values.update(given)
+    values |= TASK_DEFAULTS[task] | given
     if "dataset" in values:  # in Colab, an upload from the file browser lands in /content
         values["dataset"] = uploaded(values["dataset"])
     groups = {group: cls() for group, cls in GROUPS.items()}

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from gemmate_lib.config import EMBEDDED
-from gemmate_lib.errors import DataError
+from gemmate_lib.errors import DataError, hub_error
 
 REQUIRED = ("quote", "author")
 
@@ -91,14 +91,11 @@ class QuoteData:
 
     def report(self) -> str:
         """One paragraph for the notebook and commands: counts, and what was dropped, why, with an example."""
-        total = len(self.train) + len(self.held_out)
-        lines = [f"{total} usable rows from {self.source}: "
-                 f"{len(self.train)} train, {len(self.held_out)} held out"]
-        for reason, n in self.dropped.items():
-            lines.append(f"dropped {n} row(s): {reason}, e.g. {self.examples_dropped[reason]}")
-        for repair, n in self.repaired.items():
-            lines.append(f"repaired {n} row(s): {repair}")
-        return "\n".join(lines)
+        return "\n".join([f"{len(self.train) + len(self.held_out)} usable rows from {self.source}: "
+                          f"{len(self.train)} train, {len(self.held_out)} held out",
+                          *(f"dropped {n} row(s): {reason}, e.g. {self.examples_dropped[reason]}"
+                            for reason, n in self.dropped.items()),
+                          *(f"repaired {n} row(s): {repair}" for repair, n in self.repaired.items())])
 
 
 def _read_embedded() -> list[dict]:
@@ -114,8 +111,7 @@ def _read_embedded() -> list[dict]:
 
 
 def _json(text: str, name: str, line: int, fix: str):
-    """`text` parsed as JSON, or a DataError naming the file and line (`line` 0: the error's own line), also
-    for JSON nested deeper than Python's parser recurses (not a RecursionError from inside json)."""
+    """`text` parsed as JSON, or a DataError naming the file and line (`line` 0: the error's own line)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -184,8 +180,6 @@ def read_hub(dataset_id: str, required: tuple[str, ...] = REQUIRED) -> list[dict
     """The train split of a Hub dataset as rows; a Hub failure or a missing column is one clear error."""
     from datasets import load_dataset  # imported here: slow, and not needed offline
 
-    from gemmate_lib.errors import hub_error
-
     try:
         ds = load_dataset(dataset_id, split="train")
     except Exception as err:  # noqa: BLE001 - mapped to one clear message below
@@ -230,8 +224,7 @@ def _surrogate(text: str) -> bool:
 
 
 def broken_text(text: str) -> str | None:
-    """What makes `text` unusable as training text in any field (quotes, 07's notes), or None: a lone
-    surrogate (no UTF-8 file or tokenizer takes it), or a control character from a broken export."""
+    """What makes `text` unusable as training text in any field (quotes, 07's notes), or None."""
     if _surrogate(text):
         return "is not valid Unicode (a lone UTF-16 surrogate)"
     if any(unicodedata.category(ch) == "Cc" and ch not in _TEXT_CONTROLS for ch in text):
@@ -251,16 +244,13 @@ def _problem(row: dict, key: str) -> str | None:
         return f"empty {key}"
     if "\n" in value.strip() or "\r" in value or any(m in value for m in MARKERS):
         return f"{key} contains a newline or a template marker ({' / '.join(MARKERS)})"
-    if key == "author" and _author_fragment(value.strip()):
+    # an author that is the end of the quote, cut off at a comma ('it comes soon enough.'): lowercase and a
+    # sentence or over three words ('bell hooks' stays), or ending with a closing quote
+    text = value.strip()
+    if key == "author" and (text[:1].islower() and (text.endswith((".", "!", "?")) or len(text.split()) > 3)
+                            or text.endswith(("\u201d", '"'))):
         return "author is a fragment of the quote (the source split the quote at a comma), not a name"
     return None
-
-
-def _author_fragment(author: str) -> bool:
-    """An author field that is really the end of the quote, cut off at a comma ('it comes soon enough.'):
-    lowercase and a sentence or over three words ('bell hooks' stays), or ending with a closing quote."""
-    lower_sentence = author[:1].islower() and (author.endswith((".", "!", "?")) or len(author.split()) > 3)
-    return lower_sentence or author.endswith(("\u201d", '"'))
 
 
 def trim_author(author: str) -> str:
@@ -341,9 +331,7 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
                         f"dropping {sum(dropped.values())}: {detail}",
                         "every row needs a distinct, one-line `quote` "
                         "and an `author`; at least 2 rows are needed")
-    train, held = split_rows(kept, eval_fraction, data_seed)
-    return QuoteData(train=train, held_out=held, source=name, dropped=dropped, examples_dropped=examples,
-                     repaired=repaired)
+    return QuoteData(*split_rows(kept, eval_fraction, data_seed), name, dropped, examples, repaired)
 
 
 def to_dataset(rows: list[dict], tokenizer=None, completion_only: bool = False):

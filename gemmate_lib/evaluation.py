@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
+from gemmate_lib.adapters import load_tuned
 from gemmate_lib.data import char_spans, format_quote, normalize_author, quote_prompt, split_quote, token_mask
 from gemmate_lib.errors import DataError
 from gemmate_lib.fast_loss import final_hidden, output_weight, token_nll
 from gemmate_lib.stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
-from gemmate_lib.text_generation import BATCH_SIZE, generate, has_author_line
+from gemmate_lib.text_generation import BATCH_SIZE, STANDARD_PROMPTS, generate, has_author_line
 
 METRICS = ("perplexity", "perplexity_quote", "author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
            "format_compliance")
@@ -187,51 +188,44 @@ def metrics_document(results: dict[str, EvalResult], dataset: str, split: str,
 
 def validate_metrics(doc: dict) -> None:
     """Raise ValueError when `doc` does not follow metrics.json schema version 2."""
-    def fail(msg):
-        raise ValueError(f"metrics.json: {msg}")
+    def require(ok, msg: str) -> None:
+        if not ok:
+            raise ValueError(f"metrics.json: {msg}")
 
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        fail(f"schema_version must be {SCHEMA_VERSION}")
+    require(doc.get("schema_version") == SCHEMA_VERSION, f"schema_version must be {SCHEMA_VERSION}")
     for key, kind in (("dataset", str), ("split", str), ("n_examples", int), ("settings", dict),
                       ("models", dict), ("comparisons", dict)):
-        if not isinstance(doc.get(key), kind):
-            fail(f"{key} must be a {kind.__name__}")
+        require(isinstance(doc.get(key), kind), f"{key} must be a {kind.__name__}")
     share = doc.get("unseen_author_share", "missing")
-    if share is not None and not (isinstance(share, (int, float)) and 0 <= share <= 1):
-        fail("unseen_author_share must be null or a share in [0, 1]")
-    if doc["n_examples"] < 1 or not doc["models"]:
-        fail("needs at least one example and one model")
+    require(share is None or (isinstance(share, (int, float)) and 0 <= share <= 1),
+            "unseen_author_share must be null or a share in [0, 1]")
+    require(doc["n_examples"] >= 1 and doc["models"], "needs at least one example and one model")
     for name, metrics in doc["models"].items():
-        if set(metrics) != set(METRICS):
-            fail(f"model {name!r} must have exactly the metrics {METRICS}")
+        require(set(metrics) == set(METRICS), f"model {name!r} must have exactly the metrics {METRICS}")
         for metric, m in metrics.items():
             value, ci, n = m.get("value"), m.get("ci95"), m.get("n")
             interval = "wilson" if metric in PROPORTIONS else "bootstrap"
-            if m.get("interval") != interval:
-                fail(f"{name}.{metric}: interval must be {interval}")
-            if not isinstance(n, int) or n < 0:
-                fail(f"{name}.{metric}: n must be a count")
+            require(m.get("interval") == interval, f"{name}.{metric}: interval must be {interval}")
+            require(isinstance(n, int) and n >= 0, f"{name}.{metric}: n must be a count")
             if value is None and ci is None and n == 0 and metric == "author_accuracy_seen":
                 continue
-            if not isinstance(value, (int, float)) or not (isinstance(ci, list) and len(ci) == 2) or n < 1:
-                fail(f"{name}.{metric} needs a number `value`, a two-number `ci95` and n >= 1")
+            require(isinstance(value, (int, float)) and isinstance(ci, list) and len(ci) == 2 and n >= 1,
+                    f"{name}.{metric} needs a number `value`, a two-number `ci95` and n >= 1")
             lo_bound, hi_bound = (1.0, math.inf) if metric.startswith("perplexity") else (0.0, 1.0)
-            if not (lo_bound - 1e-9 <= ci[0] <= value + 1e-9 and value - 1e-9 <= ci[1] <= hi_bound + 1e-9):
-                fail(f"{name}.{metric}: need {lo_bound} <= ci95[0] <= value <= ci95[1] <= {hi_bound}")
+            require(lo_bound - 1e-9 <= ci[0] <= value + 1e-9 and value - 1e-9 <= ci[1] <= hi_bound + 1e-9,
+                    f"{name}.{metric}: need {lo_bound} <= ci95[0] <= value <= ci95[1] <= {hi_bound}")
     for pair, diffs in doc["comparisons"].items():
         for metric, d in diffs.items():
-            if metric not in METRICS:
-                fail(f"comparison {pair!r}: unknown metric {metric!r}")
+            require(metric in METRICS, f"comparison {pair!r}: unknown metric {metric!r}")
             ci = d.get("ci95")
-            if not (isinstance(d.get("difference"), (int, float)) and isinstance(ci, list) and len(ci) == 2
-                    and ci[0] <= ci[1] and d.get("method") == "paired bootstrap"):
-                fail(f"comparison {pair!r}.{metric} needs a number `difference`, "
-                     "an ordered `ci95` and its method")
+            require(isinstance(d.get("difference"), (int, float)) and isinstance(ci, list) and len(ci) == 2
+                    and ci[0] <= ci[1] and d.get("method") == "paired bootstrap",
+                    f"comparison {pair!r}.{metric} needs a number `difference`, "
+                    "an ordered `ci95` and its method")
 
 
 def evaluate_from_config(cfg) -> dict:
     """`gemmate evaluate`: 04's held-out metrics of the trained adapter, into output_dir/metrics.json."""
-    from gemmate_lib.adapters import load_tuned
     from gemmate_lib.data import load_quotes
     from gemmate_lib.files import save_json
     from gemmate_lib.models import load_tokenizer
@@ -250,9 +244,6 @@ def evaluate_from_config(cfg) -> dict:
 
 def generate_from_config(cfg):
     """`gemmate generate`: greedy completions of cfg.generate.prompts (default: the four standard prompts)."""
-    from gemmate_lib.adapters import load_tuned
-    from gemmate_lib.text_generation import STANDARD_PROMPTS
-
     model, tokenizer = load_tuned(cfg)
     return generate(model, tokenizer, cfg.generate.prompts or STANDARD_PROMPTS,
                     max_new_tokens=cfg.generate.max_new_tokens)

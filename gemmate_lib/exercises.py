@@ -86,15 +86,19 @@ class Exercise:
 EXERCISES: dict[str, Exercise] = {}
 
 
-def exercise(name: str, results: tuple[str, ...], how_to_run: str, expectation: str,
+def exercise(name: str, results: tuple[str, ...] | str, how_to_run: str, expectation: str,
              folders: tuple[str, ...] = (), lesson: tuple[str, ...] = ()) -> Callable:
     """Register the function it decorates as exercise `name`'s `passed(ex, lesson)`: given the exercise's run
     folders (`folders` under runs/, by default the one of its name: ex03_2 for "03-2") in that order and the
-    lesson's run folder, it returns (ok, what it found)."""
+    lesson's run folder, it returns (ok, what it found). Where `results` is one JSON file, not a tuple, the
+    function is given that file's content instead."""
 
     def register(passed: Callable) -> Callable:
         own = folders or ("ex" + name.replace("-", "_"),)
-        EXERCISES[name] = Exercise(expectation, own, results, passed, how_to_run, lesson)
+        one = isinstance(results, str)
+        check = (lambda ex, _: passed(read_json(ex[0], results))) if one else passed
+        files = (results,) if one else results
+        EXERCISES[name] = Exercise(expectation, own, files, check, how_to_run, lesson)
         return passed
 
     return register
@@ -104,49 +108,44 @@ def _r(x: float) -> float:
     return round(float(x), 3)
 
 
-@exercise("00-1", ("changed.json",), "run solution 1 above",
+@exercise("00-1", "changed.json", "run solution 1 above",
           "only the dtype settings change: model.dtype, and the compute dtype unless it was fp32 already")
-def _00_1(ex, lesson):
-    changed = set(read_json(ex[0], "changed.json"))
+def _00_1(names):
+    changed = set(names)
     return {"model.dtype"} <= changed <= {"model.dtype", "dtype"}, f"changed {sorted(changed)}"
 
 
-@exercise("00-2", ("messages.json",), "run solution 2 above",
+@exercise("00-2", "messages.json", "run solution 2 above",
           "three ParameterErrors, each naming its parameter and a Fix:")
-def _00_2(ex, lesson):
-    messages = read_json(ex[0], "messages.json")
+def _00_2(messages):
     wanted = ("learning_rate", "batch_size", "dataset")
     ok = len(messages) == 3 and all(name in m and "Fix:" in m for name, m in zip(wanted, messages))
     return ok, f"{len(messages)} messages"
 
 
-@exercise("00-3", ("load_seconds.json",), "run solution 3 above",
+@exercise("00-3", "load_seconds.json", "run solution 3 above",
           "the first load is the slowest of the three")
-def _00_3(ex, lesson):
-    seconds = read_json(ex[0], "load_seconds.json")
+def _00_3(seconds):
     return len(seconds) == 3 and seconds[0] > max(seconds[1:]), f"loads of {[_r(s) for s in seconds]} s"
 
 
-@exercise("01-1", ("scales_mib.json",), "run solution 1 above",
+@exercise("01-1", "scales_mib.json", "run solution 1 above",
           "without double quantization the scales take more memory (about 3 bytes more per block of 64)")
-def _01_1(ex, lesson):
-    scales = read_json(ex[0], "scales_mib.json")  # {"True": MiB with double quantization, "False": without}
+def _01_1(scales):  # {"True": MiB with double quantization, "False": without}
     found = f"{_r(scales['True'])} MiB double-quantized, {_r(scales['False'])} without"
     return scales["False"] > scales["True"], found
 
 
-@exercise("01-2", ("held_out_loss.json",), "run solutions 1 and 2 above",
+@exercise("01-2", "held_out_loss.json", "run solutions 1 and 2 above",
           "NF4 keeps the held-out loss closer to the unquantized model's than FP4")
-def _01_2(ex, lesson):
-    loss = read_json(ex[0], "held_out_loss.json")
+def _01_2(loss):
     ok = abs(loss["NF4"] - loss["unquantized"]) < abs(loss["FP4"] - loss["unquantized"])
     return ok, ", ".join(f"{k} {_r(v)}" for k, v in loss.items())
 
 
-@exercise("01-3", ("points.json",), "run solutions 1 and 3 above",
+@exercise("01-3", "points.json", "run solutions 1 and 3 above",
           "the MLP-only model lies between the other two on both axes, strictly in memory")
-def _01_3(ex, lesson):
-    points = read_json(ex[0], "points.json")  # {variant: [MiB, held-out loss]}
+def _01_3(points):  # {variant: [MiB, held-out loss]}
     full, everywhere, mlp = points["unquantized"], points["NF4 everywhere"], points["NF4 on the MLP only"]
     # strictly between in memory: skipping no module (or every one) lands exactly on an end
     memory = min(full[0], everywhere[0]) < mlp[0] < max(full[0], everywhere[0])
@@ -154,20 +153,15 @@ def _01_3(ex, lesson):
     return memory and loss, "; ".join(f"{k}: {_r(v[0])} MiB, loss {_r(v[1])}" for k, v in points.items())
 
 
-@exercise("02-1", ("texts.json",), "run solution 1 above",
+@exercise("02-1", "texts.json", "run solution 1 above",
           "texts of at most 10 and of more new tokens, each 10-token text the start of the longer one")
-def _02_1(ex, lesson):
-    runs = read_json(ex[0], "texts.json")  # prompts, each limit's completions and new-token counts
+def _02_1(runs):  # prompts, each limit's completions and new-token counts
     short, long = runs["10"], runs["80"]
-    ok = (
-        len(short) == len(long) == len(runs["prompts"]) > 0
-        and max(runs["tokens_10"]) <= 10 < max(runs["tokens_80"])  # really 10 and 80 new tokens
-        and all(b.startswith(a) for a, b in zip(short, long))
-    )
-    return ok, (
-        f"at most {max(runs['tokens_10'])} and {max(runs['tokens_80'])} new tokens; "
-        f"{sum(b.startswith(a) for a, b in zip(short, long))} of {len(short)} short texts start the long one"
-    )
+    ten, eighty = max(runs["tokens_10"]), max(runs["tokens_80"])  # really 10 and 80 new tokens
+    starts = sum(b.startswith(a) for a, b in zip(short, long))
+    ok = len(short) == len(long) == len(runs["prompts"]) > 0 and ten <= 10 < eighty and starts == len(short)
+    return ok, (f"at most {ten} and {eighty} new tokens; "
+                f"{starts} of {len(short)} short texts start the long one")
 
 
 @exercise("02-2", ("generations.csv",), "run solution 2 above",
@@ -186,10 +180,9 @@ def _02_2(ex, lesson):
     )
 
 
-@exercise("02-3", ("sampling.json",), "run solution 3 above",
+@exercise("02-3", "sampling.json", "run solution 3 above",
           "4 or 5 distinct continuations per prompt, and fewer repeated phrases than greedy on most prompts")
-def _02_3(ex, lesson):
-    results = read_json(ex[0], "sampling.json")
+def _02_3(results):
     fewer_loops = sum(r["sampled"] < r["greedy"] for r in results)
     ok = bool(results) and all(r["distinct"] >= 4 for r in results) and fewer_loops > len(results) / 2
     return ok, (
@@ -275,20 +268,18 @@ def _04_1(ex, lesson):
     )
 
 
-@exercise("04-2", ("own_quotes.json",), "run solution 2 on a .jsonl of your quotes",
+@exercise("04-2", "own_quotes.json", "run solution 2 on a .jsonl of your quotes",
           "fewer than half of the authors right; authors seen in training named right at least as often")
-def _04_2(ex, lesson):
-    counts = read_json(ex[0], "own_quotes.json")  # {"True": [right, rows], "False": ...}: author in training?
+def _04_2(counts):  # {"True": [right, rows], "False": ...}: author in training?
     right, rows = (sum(c[i] for c in counts.values()) for i in (0, 1))
     share = {seen: c[0] / c[1] for seen, c in counts.items() if c[1]}
     ok = rows > 0 and right < rows / 2 and share.get("True", 0) >= share.get("False", 0)
     return ok, f"{right} of {rows} right; by author in training: {counts}"
 
 
-@exercise("04-3", ("widths.json",), "run solution 3",
+@exercise("04-3", "widths.json", "run solution 3",
           "ten times the quotes narrow the interval about threefold (one over the square root of the size)")
-def _04_3(ex, lesson):
-    widths = read_json(ex[0], "widths.json")
+def _04_3(widths):
     ratio = widths["30"] / widths["300"]
     return 2 <= ratio <= 5, f"widths {widths}, {_r(ratio)} times narrower"  # sqrt(10) = 3.2
 
@@ -296,10 +287,9 @@ def _04_3(ex, lesson):
 COARSE = {"fp32": 0, "fp16": 1, "bf16": 2}  # significant bits 24, 11, 8: coarser to the right
 
 
-@exercise("05-1", ("merge.json",), "run solution 1",
+@exercise("05-1", "merge.json", "run solution 1",
           "two dtypes: the coarser one's merge differs more; against fp32, past the fp32 tolerance")
-def _05_1(ex, lesson):
-    diffs = read_json(ex[0], "merge.json")  # {dtype: largest |logit difference|}
+def _05_1(diffs):  # {dtype: largest |logit difference|}
     if len(diffs) != 2 or not set(diffs) <= set(COARSE):
         return False, f"{sorted(diffs)}: two different dtypes of {sorted(COARSE)} are needed"
     coarse, fine = sorted(diffs, key=COARSE.get, reverse=True)
@@ -316,10 +306,9 @@ def _05_2(ex, lesson):
     )
 
 
-@exercise("05-3", ("timing.json",), "run solution 3",
+@exercise("05-3", "timing.json", "run solution 3",
           "the merged model (no LoRA layers left) generates faster than the adapter on its base")
-def _05_3(ex, lesson):
-    timing = read_json(ex[0], "timing.json")
+def _05_3(timing):
     # what was timed: the adapter's LoRA layers, then none once merged
     merged = timing["lora_layers_adapter"] > 0 and timing["lora_layers_merged"] == 0
     return merged and timing["merged"] < timing["adapter"], str(timing)
@@ -345,12 +334,8 @@ def _06_1(ex, lesson):
         and bool(both)
         and all(longer[k] < short[k] and 1 / 1.5 <= speed[k] <= 1.5 for k in both)
     )
-    return ok, (
-        f"{steps[0]} steps (the lesson {steps[1]}); "
-        + ", ".join(
-            f"{k}: loss {_r(short[k])} -> {_r(longer[k])}, {_r(speed[k])}x the time per step" for k in both
-        )
-    )
+    each = (f"{k}: loss {_r(short[k])} -> {_r(longer[k])}, {_r(speed[k])}x the time per step" for k in both)
+    return ok, f"{steps[0]} steps (the lesson {steps[1]}); " + ", ".join(each)
 
 
 @exercise("06-2", ("methods.csv",), 'other_rank = 2 into "runs/ex06_2a", then 128 into "runs/ex06_2b"',

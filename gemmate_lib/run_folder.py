@@ -64,13 +64,11 @@ def git_revision() -> str:
     try:
         root = repo_root()
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10)
-        if rev.returncode != 0:
-            return "unknown"
+                             timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return rev.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):  # no git, not a repository (exit status 128), too slow
         return "unknown"
 
 

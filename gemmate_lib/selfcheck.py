@@ -1,12 +1,8 @@
 """The self-check cell at the end of every notebook: PASS, or `SelfCheckError` with one line naming the check
-and its fix, so papermill, `make course`, nbval and `make gpu-check` report the notebook as failed. Checks of
-how much a few steps learned go through `learned`, which in the smoke run only checks the numbers are sane.
-A failed check flushes Google Drive first (in Colab), since the notebook's own flush after it never runs.
-
-An exercise reruns a notebook into its own run folder (runs/ex03_2), often with weaker settings on purpose
-(fewer steps, ten quotes, fewer notes): there a failed learning check is reported, not raised, so *Run all*
-reaches the exercise's own check (gemmate_lib.exercises), which judges that run. Every other check still stops
-it, and in the lesson's own run every check does."""
+and its fix, so papermill, `make course`, nbval and `make gpu-check` report the notebook as failed. An
+exercise reruns a notebook into its own run folder (runs/ex03_2), often with weaker settings on purpose: there
+a failed learning check (`learned`) is reported, not raised, so *Run all* reaches the exercise's own check
+(gemmate_lib.exercises), which judges that run."""
 from __future__ import annotations
 
 import os

@@ -55,7 +55,13 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
 
         raise DataError(f"{len(prompts)} prompts but {len(timestamps)} timestamps",
                         "give one timestamp per prompt")
-    limit = _prompt_limit(model, tokenizer, prompts, max_new_tokens)
+    # a prompt may have the model's context minus max_new_tokens tokens; warn when one is cut
+    context = getattr(model.config, "max_position_embeddings", None) or 8192
+    limit = max(1, context - max_new_tokens)
+    longest = max((len(ids) for ids in tokenizer(list(prompts))["input_ids"]), default=0)
+    if longest > limit:
+        warnings.warn(f"a prompt of {longest} tokens was cut to its last {limit} (the "
+                      f"model's context of {context} minus max_new_tokens={max_new_tokens})", stacklevel=2)
     old_side, old_truncation = tokenizer.padding_side, tokenizer.truncation_side
     # decoder-only models continue from the right end; a prompt too long loses its start, never that end
     tokenizer.padding_side = tokenizer.truncation_side = "left"
@@ -80,14 +86,3 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = old_side, old_truncation
     return pd.DataFrame(rows)
-
-
-def _prompt_limit(model, tokenizer, prompts, max_new_tokens: int) -> int:
-    """Tokens a prompt may have: the model's context minus max_new_tokens; warns when a prompt is cut."""
-    context = getattr(model.config, "max_position_embeddings", None) or 8192
-    limit = max(1, context - max_new_tokens)
-    longest = max((len(ids) for ids in tokenizer(list(prompts))["input_ids"]), default=0)
-    if longest > limit:
-        warnings.warn(f"a prompt of {longest} tokens was cut to its last {limit} (the "
-                      f"model's context of {context} minus max_new_tokens={max_new_tokens})", stacklevel=3)
-    return limit

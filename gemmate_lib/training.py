@@ -364,10 +364,10 @@ def train(model, tokenizer, train_data, eval_data, cfg: CourseConfig, output_dir
 
 
 def train_lora(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], cfg: CourseConfig,
-               output_dir: str | Path, callbacks=None) -> TrainResult:
+               output_dir: str | Path) -> TrainResult:
     """Attach LoRA (once), then `train` (05's second adapter)."""
     model = attach_lora(model, cfg, quiet=True, tokenizer=tokenizer)
-    return train(model, tokenizer, train_rows, eval_rows, cfg, output_dir, callbacks=callbacks)
+    return train(model, tokenizer, train_rows, eval_rows, cfg, output_dir)
 
 
 def trainable_digest(model) -> str:

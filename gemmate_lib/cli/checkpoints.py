@@ -19,13 +19,12 @@ def complete_checkpoints(output_dir: str | Path) -> dict[int, Path]:
     found = {}
     for folder in Path(output_dir).glob("checkpoint-*"):
         match = STEP.match(folder.name)
-        if not match or not folder.is_dir():
-            continue
         try:
-            json.loads((folder / "trainer_state.json").read_text())
+            if match and folder.is_dir():
+                json.loads((folder / "trainer_state.json").read_text())
+                found[int(match.group(1))] = folder
         except (OSError, ValueError):
-            continue
-        found[int(match.group(1))] = folder
+            pass
     return dict(sorted(found.items()))
 
 

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         for group, cls in GROUPS.items():
             options = p.add_argument_group(f"{group} settings (a YAML key or a flag; default: the profile's)")
             for f in dataclasses.fields(cls):
-                shown = f"{f.metadata['help']} [default: {_text(f.default)}]".replace("%", "%%")
+                default = ",".join(f.default) if isinstance(f.default, tuple) else str(f.default)
+                shown = f"{f.metadata['help']} [default: {default or 'none'}]".replace("%", "%%")
                 options.add_argument(f"--{f.name}", nargs="+" if f.name == "prompts" else None, default=None,
                                      metavar=_metavar(f), help=shown)
         for option, keywords in ((o, k) for command, o, k in EXTRA if command == name):
@@ -75,11 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _metavar(f) -> str:
     choices = f.metadata["choices"] or ((True, False) if isinstance(f.default, bool) else None)
     return "{" + ",".join(str(c).lower() for c in choices) + "}" if choices else f.name.split("_")[-1].upper()
-
-
-def _text(default) -> str:
-    """A default as a flag would spell it."""
-    return (",".join(default) if isinstance(default, tuple) else str(default)) or "none"
 
 
 def join_negative_numbers(argv: list[str]) -> list[str]:
@@ -105,18 +101,16 @@ def _is_number(text: str) -> bool:
 
 def check_options(args: argparse.Namespace) -> None:
     """The numeric options of hpo and serve, which are not settings (config.validate checks those)."""
-    def fail(name, must, fix):
-        raise ParameterError(f"option --{name}={getattr(args, name)} {must}", fix)
-
-    if getattr(args, "n_trials", 1) < 1:
-        fail("n_trials", "must be at least 1", "pass --n_trials 8 (or more)")
-    timeout = getattr(args, "timeout", None)
-    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        fail("timeout", "must be a positive number of seconds", "pass e.g. --timeout 3600, or leave it out")
-    if not 1 <= getattr(args, "port", 1) <= 65535:
-        fail("port", "must lie in 1-65535", "pass e.g. --port 8000 (the default)")
-    if getattr(args, "max_tokens_limit", 1) < 1:
-        fail("max_tokens_limit", "must be at least 1", "pass e.g. --max_tokens_limit 512 (the default)")
+    rules = [  # (option, the test its value passes, what a failing value must be, the fix), in order
+        ("n_trials", lambda v: v >= 1, "must be at least 1", "pass --n_trials 8 (or more)"),
+        ("timeout", lambda v: v is None or math.isfinite(v) and v > 0, "must be a positive number of seconds",
+         "pass e.g. --timeout 3600, or leave it out"),
+        ("port", lambda v: 1 <= v <= 65535, "must lie in 1-65535", "pass e.g. --port 8000 (the default)"),
+        ("max_tokens_limit", lambda v: v >= 1, "must be at least 1",
+         "pass e.g. --max_tokens_limit 512 (the default)")]
+    for name, passes, must, fix in rules:
+        if hasattr(args, name) and not passes(getattr(args, name)):
+            raise ParameterError(f"option --{name}={getattr(args, name)} {must}", fix)
 
 
 def config_from_args(args: argparse.Namespace) -> CourseConfig:
@@ -140,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)  # every setting checked before the heavy imports and any model load
     quiet()  # before bitsandbytes is imported: its optional-kernel notice is noise
     from gemmate_lib.training import world
+    result = None  # the commands that print as they go leave it None
     if args.command == "train":
         from gemmate_lib.cli.train import train_from_config
 
@@ -158,22 +153,19 @@ def main(argv: list[str] | None = None) -> int:
 
         for row in generate_from_config(cfg).itertuples():
             print(f"--- {row.prompt}{row.completion}\n")
-        return 0
     elif args.command == "serve":
         from gemmate_lib.cli.serve import run_server, served_model
 
         run_server([served_model(d) for d in args.run_dirs], args.host, args.port, args.max_tokens_limit)
-        return 0
     elif args.command == "export":
         from gemmate_lib.export import export_and_verify, summary
 
         print(summary(export_and_verify(args.run_dir, cfg, args.quantize)))
-        return 0
     else:
         from gemmate_lib.cli.hpo import search
 
         result = search(cfg, args.n_trials, args.timeout)
-    if world()[0] == 0:
+    if result is not None and world()[0] == 0:
         print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1, default=str))
     return 0
 

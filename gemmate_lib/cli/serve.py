@@ -89,8 +89,7 @@ def check_hook_point(server, serve_cli) -> None:
                             "`transformers serve` yourself, without the checks")
 
 
-def run_server(folders: list[Path], host: str = "127.0.0.1", port: int = 8000,
-               limit: int = MAX_TOKENS_LIMIT) -> None:
+def run_server(folders: list[Path], host: str, port: int, limit: int) -> None:
     """Start transformers' server with the request checks; blocks until stopped (Ctrl-C)."""
     from transformers.cli import serve as serve_cli
     from transformers.cli.serving import server

@@ -121,9 +121,8 @@ def sst2_scores(golds: list[str], predictions: list[str]) -> dict:
     """Accuracy and F1 of the positive class in percent; a prediction that is neither label is wrong."""
     words = [(p.strip().split() or [""])[0].strip(string.punctuation).lower() for p in predictions]
     tp = sum(g == w == "positive" for g, w in zip(golds, words))
-    fp = sum(g != "positive" and w == "positive" for g, w in zip(golds, words))
-    fn = sum(g == "positive" and w != "positive" for g, w in zip(golds, words))
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    positives = sum((g == "positive") + (w == "positive") for g, w in zip(golds, words))  # 2 tp + fp + fn
+    f1 = 2 * tp / positives if tp else 0.0
     correct = sum(g == w for g, w in zip(golds, words))
     return {"accuracy": round(100 * correct / len(golds), 2), "f1": round(100 * f1, 2),
             "invalid": sum(w not in LABELS.values() for w in words), "total": len(golds)}

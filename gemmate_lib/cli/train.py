@@ -32,8 +32,7 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
     t = cfg.train
     if t.use_wandb:  # Weights & Biases logs offline into output_dir (`wandb sync` uploads later)
         os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ["WANDB_PROJECT"] = t.wandb_project
-        os.environ["WANDB_DIR"] = str(out.absolute())
+        os.environ.update(WANDB_PROJECT=t.wandb_project, WANDB_DIR=str(out.absolute()))
         if t.wandb_tags:
             os.environ["WANDB_TAGS"] = ",".join(t.wandb_tags)
     tokenizer = load_tokenizer(cfg.model.model_name)
@@ -66,8 +65,7 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
                "final_loss": last["loss"], "final_eval_loss": last["eval_loss"],
                "checkpoints_kept": [p.name for p in complete_checkpoints(out).values()], "config": cfg.flat()}
     if task != "quotes":
-        metrics["task"] = task
-        metrics["task_metrics"] = evaluate_task(result.model, tokenizer, task, data.held_out)
+        metrics |= {"task": task, "task_metrics": evaluate_task(result.model, tokenizer, task, data.held_out)}
     if rank == 0:
         save_adapter(result.model, tokenizer, out / "adapter", cfg.model.model_name, overwrite=True)
         save_json(out / "train_metrics.json", metrics)

@@ -4,9 +4,8 @@ converter reads (else `KeyError: 'global_head_dim'`, docs/gemma-generations.md).
 try:
     from transformers.models.gemma4 import configuration_gemma4 as _gemma4
 except ImportError:  # a transformers without Gemma 4: nothing to mend
-    _gemma4 = None
-
-if _gemma4 is not None:
+    pass
+else:
     _to_dict = _gemma4.Gemma4TextConfig.to_dict
 
     def _with_global_head_dim(self):

@@ -25,12 +25,12 @@ class TextDataset(torch.utils.data.Dataset):
     `prompt_end`, tokens through that marker get no loss (-100): the model learns the continuation only."""
 
     def __init__(self, texts, tokenizer, timestamps=None, max_length: int = 128,
-                 prompt_end: str | None = None, unit: str | None = None):
+                 prompt_end: str | None = None):
         texts = list(texts)
         if timestamps is not None and len(timestamps) != len(texts):
             raise DataError(f"{len(texts)} texts but {len(timestamps)} timestamps",
                             "give one timestamp per text")
-        self.timestamps = None if timestamps is None else to_milliseconds(list(timestamps), unit)
+        self.timestamps = None if timestamps is None else to_milliseconds(list(timestamps))
         self.items = []
         eos = tokenizer.eos_token or ""
         for text in texts:
@@ -121,8 +121,7 @@ class DatedNotes:
     def split(self, name: str) -> tuple[list[str], list[int], list[tuple[int, int]]]:
         """(prompts, timestamps, dates) of "val", "test" or "far" (extrapolation)."""
         prefix = {"val": "val", "test": "test", "far": "far"}[name]
-        return (getattr(self, f"{prefix}_prompts"), getattr(self, f"{prefix}_timestamps"),
-                getattr(self, f"{prefix}_dates"))
+        return tuple(getattr(self, f"{prefix}_{part}") for part in ("prompts", "timestamps", "dates"))
 
 
 def date_of(ms: float) -> tuple[int, int]:

@@ -39,8 +39,8 @@ class TemporalEncoder(nn.Module):
         # float64, not a buffer: the model's `.half()` or `.to(torch.bfloat16)` must not round it
         self.frequencies = 2 * np.pi / periods
 
-    def forward(self, timestamps, unit: str | None = None) -> torch.Tensor:
-        ms = to_milliseconds(timestamps, unit)
+    def forward(self, timestamps) -> torch.Tensor:
+        ms = to_milliseconds(timestamps)
         x = signed_log_days(ms, self.settings.temporal_reference_ms)
         s = self.settings.temporal_scale * x
         angles = s[..., None] * torch.from_numpy(self.frequencies)
@@ -68,7 +68,6 @@ class GemmaTEForCausalLM(nn.Module):
         self.temporal_projection.to(embeddings.weight.device)
         self._time = None  # [batch, hidden] or [batch, seq, hidden] while a forward/generate runs
         self._warned_now = False  # the "no timestamps: now" warning is given once
-        self.timestamp_unit = None  # what bare numbers in `timestamps` are ("s", "ms", "us", "ns"); None: ms
         self.fast_loss = False  # forward(labels=...) returns only the loss, LM head on labelled tokens
         previous = getattr(embeddings, "_gemmate_te_hook", None)
         if previous is not None:  # wrapped before: the newest wrapper owns the embedding, time is added once
@@ -115,7 +114,7 @@ class GemmaTEForCausalLM(nn.Module):
                               "(pass timestamps=... to say when each text was written)", stacklevel=2)
                 self._warned_now = True
             timestamps = [datetime.now(timezone.utc).timestamp() * 1000.0] * batch
-        feats = self.encoder(timestamps, self.timestamp_unit)
+        feats = self.encoder(timestamps)
         if feats.dim() == 1:  # a single timestamp for the whole batch
             feats = feats.expand(batch, -1)
         if feats.shape[0] != batch:
@@ -206,8 +205,7 @@ class GemmaTEForCausalLM(nn.Module):
         return Path(folder)
 
     @classmethod
-    def from_pretrained(cls, base_model, folder: str | Path,
-                        is_trainable: bool = False) -> "GemmaTEForCausalLM":
+    def from_pretrained(cls, base_model, folder: str | Path) -> "GemmaTEForCausalLM":
         """Rebuild a saved GemmaTE model on `base_model` (its training base); one clear error otherwise."""
         from safetensors.torch import load_file
 
@@ -247,7 +245,7 @@ class GemmaTEForCausalLM(nn.Module):
             if meta.get("lora"):
                 from peft import PeftModel
 
-                model = PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
+                model = PeftModel.from_pretrained(base_model, folder)
             state = load_file(folder / "temporal.safetensors")["temporal_projection.weight"]
         except (OSError, KeyError, ValueError, RuntimeError) as err:
             raise ModelLoadError(f"could not load the GemmaTE model in {folder.name}: "
@@ -262,5 +260,5 @@ class GemmaTEForCausalLM(nn.Module):
                                  "save the model again; do not edit gemmate_te.json by hand")
         with torch.no_grad():
             weight.copy_(state.to(weight.device, weight.dtype))
-        weight.requires_grad_(is_trainable)
+        weight.requires_grad_(False)
         return wrapper

@@ -3,7 +3,6 @@ chance and a nearest-timestamp baseline (07_temporal_encoding; `gemmate train-te
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -68,18 +67,10 @@ def baselines(notes, split: str = "test") -> dict:
             "median_gap_days": statistics.median(abs(a - ms) / DAY_MS for a, ms in zip(near, timestamps))}
 
 
-@dataclass
-class CourseTask:
-    """One of 07's tasks for `gemmate train-te --temporal_task NAME`: training rows and an evaluation."""
-
-    texts: list[str]  # training texts
-    timestamps: list[int]  # one ms timestamp per text
-    prompt_end: str  # loss only after this marker
-    evaluate: object  # callable(te, tokenizer) -> dict of held-out metrics and baselines
-
-
-def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> CourseTask:
-    """07's "dated_notes" (train 2007-2020; test, then extrapolation to 2021-2026) or "python_releases"."""
+def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> tuple:
+    """07's "dated_notes" (train 2007-2020; test, then extrapolation to 2021-2026) or "python_releases" for
+    `gemmate train-te --temporal_task NAME`: (texts, ms timestamps, the prompt end that loss starts after,
+    evaluate(te, tokenizer) -> dict of held-out metrics and baselines)."""
     if name == "python_releases":
         questions = make_python_questions(seed=seed)
 
@@ -90,7 +81,7 @@ def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> 
             return {"test": test, "constant_timestamp": constant,
                     "baselines": python_baselines(questions, questions.test_timestamps)}
 
-        return CourseTask(questions.train_texts, questions.train_timestamps, QUESTION, evaluate_python)
+        return questions.train_texts, questions.train_timestamps, QUESTION, evaluate_python
     if name == "dated_notes":
         from gemmate_lib.data import load_quotes
         from gemmate_lib.temporal.data import PROMPT_END, make_dated_notes
@@ -107,7 +98,7 @@ def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> 
                               "baselines": baselines(notes, split)}
             return out
 
-        return CourseTask(notes.train_texts, notes.train_timestamps, PROMPT_END, evaluate_notes)
+        return notes.train_texts, notes.train_timestamps, PROMPT_END, evaluate_notes
     raise ValueError(f"no course task {name!r}")
 
 
@@ -120,7 +111,7 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ParameterError(f"output_dir {out} exists and is not empty",
                              "pick a new folder or pass --overwrite")
-    task = None
+    evaluate = None
     if cfg.temporal.temporal_task == "file":
         if cfg.data.dataset == "embedded":
             raise ParameterError("train-te needs data: dataset='embedded' "
@@ -130,9 +121,9 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
         texts, stamps = load_jsonl(cfg.data.dataset, cfg.temporal.timestamp_unit)
         source = cfg.data.dataset
     else:
-        task = course_task(cfg.temporal.temporal_task, seed=cfg.train.seed)
-        texts, stamps, source = task.texts, task.timestamps, f"07's {cfg.temporal.temporal_task} task"
-        cfg = cfg.replace(prompt_end=task.prompt_end)
+        texts, stamps, prompt_end, evaluate = course_task(cfg.temporal.temporal_task, seed=cfg.train.seed)
+        source = f"07's {cfg.temporal.temporal_task} task"
+        cfg = cfg.replace(prompt_end=prompt_end)
     tokenizer = load_tokenizer(cfg.model.model_name)
     dataset = TextDataset(texts, tokenizer, stamps, max_length=cfg.train.max_length,
                           prompt_end=cfg.temporal.prompt_end)
@@ -145,8 +136,8 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
     result.model.save_pretrained(out / "model")  # safetensors, always
     metrics = {"rows": len(dataset), "steps": result.steps, "seconds": round(result.seconds, 1),
                "final_loss": float(result.log["loss"].iloc[-1]) if len(result.log) else None}
-    if task is not None:
-        metrics["evaluation"] = task.evaluate(result.model, tokenizer)
+    if evaluate is not None:
+        metrics["evaluation"] = evaluate(result.model, tokenizer)
     # the guide's torch.save(model.state_dict(), ...), LoRA merged in (last)
     if cfg.checkpoints.save_format == "pt":
         torch.save(result.model.merged_state_dict(), out / "model.pt")

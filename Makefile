@@ -72,8 +72,9 @@ unit: embedded
 
 # nbval runs with a fake HF_TOKEN (tests/canary.py); the canary test then scans the run folder for it.
 # nbval cannot pass parameters: every notebook runs as a copy in runs/nbval with its committed outputs and
-# papermill's injected cell of the parameters it declares in params/nbval.yaml (03's part 2 in a few steps; no
-# checked output prints them) and, for the one-page notebook, its offline ones (tools/course.py --nbval-copy).
+# papermill's injected cell of the parameters it declares in params/nbval.yaml (03's part 2, 06's methods and the
+# one-page recipe in a few steps; no checked output names them) and, for the one-page notebook, its offline ones
+# (tools/course.py --nbval-copy).
 # --durations=10 prints the ten slowest cells.
 NBVAL        := runs/nbval
 NBVAL_PARAMS := params/nbval.yaml

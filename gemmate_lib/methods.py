@@ -158,12 +158,14 @@ def check_full_finetuning(n_params: int, device: str) -> float:
     return need
 
 
-def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False) -> dict:
-    """Held-out loss on the whole text and the completion (data.char_spans); optionally format compliance."""
+def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False,
+            nll: dict | None = None) -> dict:
+    """Held-out loss on the whole text and the completion (data.char_spans); optionally format compliance.
+    `nll`: example_nll_by_part's per-example losses of both parts on `rows`, when the caller keeps them."""
     model.eval()
-    out = {}
-    for part, nll in example_nll_by_part(model, tokenizer, rows, ("text", "completion"), max_length).items():
-        out[f"held_out_loss_{part}"] = round(sum(s for s, _ in nll) / sum(n for _, n in nll), 3)
+    nll = nll or example_nll_by_part(model, tokenizer, rows, ("text", "completion"), max_length)
+    out = {f"held_out_loss_{part}": round(sum(s for s, _ in v) / sum(n for _, n in v), 3)
+           for part, v in nll.items()}
     if format_check:
         ok = format_generations(model, tokenizer, rows)[2]
         out["format_compliance"] = round(sum(ok) / len(ok), 3)
@@ -185,6 +187,7 @@ class Arm:
     summary: dict  # the numbers of the comparison table
     log: object  # the trainer's loss log (pandas DataFrame)
     model: object = None  # the trained model, when keep_model=True
+    held_out_nll: list = None  # per held-out row: (summed NLL, tokens) of its text (06's paired intervals)
 
 
 LORA = "lora"  # train_arm's default adapter: the course's LoRA, built from the config
@@ -222,15 +225,16 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
     weights_mib = round(footprint_mib(model))  # as trained: full fine-tuning's fp32 master weights
     if precision is not cfg.precision:
         model.to(cfg.precision.dtype)  # measured and saved in the compute dtype, as the other methods are
+    nll = example_nll_by_part(model, tokenizer, eval_rows, ("text", "completion"), cfg.train.max_length)
     summary = {"setting": name, "trainable": trainable, "trainable_share": trainable / total,
                "weights_mib": weights_mib, "training_peak_mib": round(result.peak_mib),
                "seconds_per_step": round(result.seconds_per_step, 3),
-               **measure(model, tokenizer, eval_rows, cfg.train.max_length, format_check)}
+               **measure(model, tokenizer, eval_rows, cfg.train.max_length, format_check, nll)}
     if save_dir is not None:
         model.save_pretrained(save_dir)  # safetensors: the adapter only, or every weight for full fine-tuning
         saved = sum(p.stat().st_size for p in Path(save_dir).rglob("*.safetensors"))
         summary["saved_mib"] = round(saved / 2**20, 2)
-    arm = Arm(name, summary, result.log, model if keep_model else None)
+    arm = Arm(name, summary, result.log, model if keep_model else None, nll["text"])
     del model, result
     free_memory()
     # on a second, identically seeded copy, after training: a pass before it would hide ~1 GB of the peak

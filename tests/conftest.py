@@ -4,7 +4,7 @@
   with a tiny byte-level tokenizer trained in memory: no download, no conversion,
   milliseconds per forward pass. `make test-fast` runs only these.
 - Model-behaviour tests use the embedded Gemma 3 270M for real (fixtures `tokenizer`,
-  `base_model`, `fresh_model`, `quick_run`); they, and tests marked `slow` (subprocesses, training
+  `base_model`, `fresh_model`); they, and tests marked `slow` (subprocesses, training
   runs), run in `make test` only. A test that asks for a real fixture is marked slow here.
 """
 import os
@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from tiny import make_tiny_gemma, make_tiny_tokenizer  # noqa: E402
 
-REAL_FIXTURES = {"tokenizer", "base_model", "fresh_model", "quick_run"}
+REAL_FIXTURES = {"tokenizer", "base_model", "fresh_model"}
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
@@ -213,20 +213,3 @@ def fresh_model(fp32):
 
     torch.manual_seed(0)
     return load_model("embedded", fp32)
-
-
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory):
-    """One real `gemmate train` on the embedded model (10 steps of 4 short quotes, an evaluation and a
-    checkpoint every 2 steps, the last and the best checkpoint kept), trained once for every test that needs a
-    trained run folder: the checkpoint policy, `generate`, `evaluate`, `serve`. Session-wide: copy it before
-    writing to it."""
-    from processes import QUICK
-
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
-
-    out = tmp_path_factory.mktemp("quick") / "run"
-    assert run_cli(main, ["train", *QUICK, "--max_steps", "10", "--output_dir", str(out),
-                          "--keep_last_n", "1", "--keep_best_n", "1"]) == 0
-    return out

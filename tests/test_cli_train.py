@@ -56,16 +56,17 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path, tiny_folder):
 
 
 @pytest.mark.slow
-def test_train_keeps_the_policys_checkpoints_then_generate_and_evaluate_read_the_adapter(quick_run, tmp_path,
-                                                                                         capsys):
-    """One real `gemmate train` (in this process: the shared `quick_run`, 10 steps, last and best kept), then
-    `generate` and `evaluate` on a copy of its output folder."""
-    import shutil
-
+def test_train_keeps_the_policys_checkpoints_then_generate_and_evaluate_read_the_adapter(tiny_folder,
+                                                                                         tmp_path, capsys):
+    """One `gemmate train` (10 steps, an evaluation and a checkpoint every 2, the last and the best kept),
+    then `generate` and `evaluate` on its output folder. Plumbing, so the tiny random Gemma: the embedded
+    model's own evaluation is test_evaluation's and nbval's 04 (this test once trained the real model)."""
     from gemmate_lib.cli.main import main
 
     out = tmp_path / "run"
-    shutil.copytree(quick_run, out)
+    tiny = ["--model_name", str(tiny_folder), "--dtype", "fp32"]
+    assert run_cli(main, ["train", *QUICK, *tiny, "--max_steps", "10", "--output_dir", str(out),
+                          "--keep_last_n", "1", "--keep_best_n", "1"]) == 0
     metrics = json.loads((out / "train_metrics.json").read_text())
     state = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())
     evals = {e["step"]: e["eval_loss"] for e in state["log_history"] if "eval_loss" in e}
@@ -75,16 +76,16 @@ def test_train_keeps_the_policys_checkpoints_then_generate_and_evaluate_read_the
     assert metrics["checkpoints_kept"] == [f"checkpoint-{s}" for s in expected]
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     capsys.readouterr()
-    assert run_cli(main, ["generate", "--output_dir", str(out), "--prompts", "Quote: Imagination is more",
-                          "--max_new_tokens", "6"]) == 0
+    assert run_cli(main, ["generate", *tiny, "--output_dir", str(out), "--prompts",
+                          "Quote: Imagination is more", "--max_new_tokens", "6"]) == 0
     assert capsys.readouterr().out.startswith("--- Quote: Imagination is more")
-    assert run_cli(main, ["evaluate", *QUICK, "--output_dir", str(out)]) == 0
+    assert run_cli(main, ["evaluate", *QUICK, *tiny, "--output_dir", str(out)]) == 0
     printed = capsys.readouterr().out
     doc = json.loads((out / "metrics.json").read_text())
     from gemmate_lib.data import load_quotes
     from gemmate_lib.models import load_tokenizer
 
-    held = load_quotes("embedded", 0.03, 42, load_tokenizer("embedded"), 48).held_out
+    held = load_quotes("embedded", 0.03, 42, load_tokenizer(str(tiny_folder)), 48).held_out
     assert doc["n_examples"] == len(held) and doc["models"]["fine-tuned"]["perplexity"]["value"] > 1
     assert "usable rows from inspirational-quotes" in printed  # the drop report, before the model loads
     assert json.loads(printed[printed.index("{\n"):])["perplexity"] == pytest.approx(

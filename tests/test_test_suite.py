@@ -17,15 +17,14 @@ def _tagged(cells, tag):
 
 def test_nbval_runs_each_notebook_as_a_copy_with_the_values_it_declares_and_its_committed_outputs(tmp_path):
     """make nbval runs copies (nbval cannot pass parameters): every notebook of the course once, each with the
-    values of params/nbval.yaml that it declares in an injected cell after its `parameters` cell, and every
-    committed cell, outputs included, as committed (what nbval compares against)."""
-    import yaml
+    values of params/nbval.yaml meant for it (a key it declares, or its own section) in an injected cell after
+    its `parameters` cell, and every committed cell, outputs included, as committed (what nbval compares
+    against)."""
+    from tools.course import INJECTED, course_notebooks, nbval_copies, notebook_parameters
 
-    from tools.course import INJECTED, course_notebooks, nbval_copies
-
-    values = yaml.safe_load(NBVAL_PARAMS.read_text())
     copies = nbval_copies(tmp_path / "nbval", tmp_path / "model", str(NBVAL_PARAMS))
     notebooks = course_notebooks(ROOT)
+    meant = notebook_parameters(notebooks, str(NBVAL_PARAMS))
     assert [c.name for c in copies] == [nb.name for nb in notebooks]
     given = {}
     for notebook, copy in zip(notebooks, copies):
@@ -39,28 +38,51 @@ def test_nbval_runs_each_notebook_as_a_copy_with_the_values_it_declares_and_its_
             assert injected == [committed.index(_tagged(committed, "parameters")[0]) + 1]
             namespace = {}
             exec("".join(cells[injected[0]]["source"]), namespace)
-            given[notebook.stem] = {k: v for k, v in namespace.items() if k in values}
-    assert given["03_lora_sft"] == values  # 03's part 2 in a few steps
-    assert [name for name in given if name != "03_lora_sft"] == ["qlora_one_runtime"]  # its offline values
+            given[notebook.name] = {k: v for k, v in namespace.items() if k in meant[notebook.name]}
+    assert {k: v for k, v in given.items() if v} == {k: v for k, v in meant.items() if v}
+    assert meant["03_lora_sft.ipynb"]["chat_steps"] == 2  # 03's part 2 in a few steps
+    assert meant["06_compare_methods.ipynb"] == {"steps": 2}  # a key that one notebook declares
+    assert meant["qlora_one_runtime.ipynb"]["max_steps"] < 10  # its own section: not 03's max_steps
+    assert "max_steps" not in meant["03_lora_sft.ipynb"]
+
+
+def test_a_notebooks_own_section_goes_to_it_alone_and_a_wrong_name_stops_in_one_line(tmp_path):
+    import pytest
+
+    from gemmate_lib.errors import ParameterError
+    from tools.course import course_notebooks, notebook_parameters
+
+    notebooks = course_notebooks(ROOT)
+    params = tmp_path / "params.yaml"
+    params.write_text("qlora_one_runtime:\n  max_steps: 3\nmasking_steps: 1\n")
+    meant = notebook_parameters(notebooks, str(params))
+    assert meant["qlora_one_runtime.ipynb"] == {"max_steps": 3}
+    assert meant["03_lora_sft.ipynb"] == {"masking_steps": 1}
+    params.write_text("06_compare_methods:\n  max_stepz: 3\n")
+    with pytest.raises(ParameterError, match="06_compare_methods has no parameter named max_stepz"):
+        notebook_parameters(notebooks, str(params))
 
 
 def test_no_checked_output_reads_a_value_that_nbval_shrinks():
     """A value of params/nbval.yaml that a checked cell names would move that cell's output, and nbval would
     fail on it (max_steps in 03's self-check hint, max_new_tokens in 02's prompts cell, n_train in 07's):
-    nbval.yaml may shrink only what no checked cell of a notebook that declares it names. (Indirect reads,
-    through a variable, still fail nbval itself.)"""
-    import papermill as pm
-    import yaml
+    nbval.yaml may shrink only what no checked cell of the notebook it goes to names as a variable. (Indirect
+    reads, through another variable, still fail nbval itself.)"""
+    import io
+    import tokenize
 
-    from tools.course import course_notebooks
+    from tools.course import course_notebooks, notebook_parameters
 
-    values = yaml.safe_load(NBVAL_PARAMS.read_text())
-    named = {(nb.stem, key) for nb in course_notebooks(ROOT)
-             for key in set(pm.inspect_notebook(str(nb))) & set(values)
-             for cell in _tagged(json.loads(nb.read_text())["cells"], "nbval-check-output")
-             if key in "".join(cell["source"])}
+    notebooks = course_notebooks(ROOT)
+    meant = notebook_parameters(notebooks, str(NBVAL_PARAMS))
+    named = set()
+    for nb in notebooks:
+        for cell in _tagged(json.loads(nb.read_text())["cells"], "nbval-check-output"):
+            names = {t.string for t in tokenize.generate_tokens(io.StringIO("".join(cell["source"])).readline)
+                     if t.type == tokenize.NAME}
+            named |= {(nb.stem, key) for key in names & set(meant[nb.name])}
     assert named == set()
-    assert values, "params/nbval.yaml shrinks nothing: then make nbval needs no --params"
+    assert any(meant.values()), "params/nbval.yaml shrinks nothing: then make nbval needs no --params"
 
 
 def test_the_timings_name_the_slowest_tests_and_an_empty_tier(tmp_path):

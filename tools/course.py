@@ -188,7 +188,8 @@ def execute_in_place(path: Path, run_dir: Path,
 
 
 def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[str, dict]:
-    """{notebook name: the parameters from `params_file` that its `parameters` cell declares}.
+    """{notebook name: the parameters from `params_file` that its `parameters` cell declares}; a key that
+    names a notebook (`qlora_one_runtime: {max_steps: 4}`) holds values for that notebook alone.
 
     A key that no notebook declares is an error that lists the valid keys, so a typo in
     PARAMS=... stops the batch run before any notebook starts.
@@ -202,12 +203,21 @@ def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[
         return {nb.name: {} for nb in notebooks}
     values = read_yaml(params_file, "PARAMS")
     declared = {nb.name: set(pm.inspect_notebook(str(nb))) for nb in notebooks}
+    # a notebook's name (without .ipynb) as a key: a mapping of values for that notebook alone
+    own = {f"{k}.ipynb": values.pop(k) for k in list(values) if f"{k}.ipynb" in declared}
+    for name, mine in own.items():
+        unknown = sorted(set(mine) - declared[name]) if isinstance(mine, dict) else None
+        if unknown or unknown is None:
+            raise ParameterError(f"{params_file}: {name[:-6]} has no parameter named {', '.join(unknown)}"
+                                 if unknown else f"{params_file}: {name[:-6]} must map parameters to values",
+                                 f"valid names: {', '.join(sorted(declared[name]))}")
     valid = set().union(*declared.values()) - {"run_dir"}
     unknown = sorted(set(values) - valid)
     if unknown:
         raise ParameterError(f"{params_file}: no notebook has a parameter named {', '.join(unknown)}",
                              f"valid names: {', '.join(sorted(valid))}")
-    return {name: {k: v for k, v in values.items() if k in names} for name, names in declared.items()}
+    return {name: {**{k: v for k, v in values.items() if k in names}, **own.get(name, {})}
+            for name, names in declared.items()}
 
 
 def hub_environment(per_notebook: dict[str, dict]) -> dict[str, str]:

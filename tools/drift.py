@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             print("make drift: learner's-path smoke run ...", flush=True)
             steps.append(pytest_step(venv, "learner's-path smoke run (make smoke)",
                                      ["tests/test_learner_path.py", "-k", "every_notebook", "-s"],
-                                     work, log, env))
+                                     work, log, {**env, "GEMMATE_SMOKE_EXPORT": "1"}))  # 05 exports too
         if "one-page" not in args.skip and (step := one_page_step(venv, work, log, env)):
             steps.append(step)
         after = installed(venv)

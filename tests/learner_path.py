@@ -270,8 +270,9 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
                   if k in declared}
         if generation != "gemma" and "export_gguf" in params:
             # llama.cpp's converter reads a Gemma's SentencePiece vocabulary, which the tiny byte-level
-            # tokenizer of a newer generation does not have: 05's export runs on Gemma 1 (above) and on the
-            # embedded Gemma 3 (nbval); Gemma 4's conversion is tested with a Gemma vocabulary (test_export)
+            # tokenizer of a newer generation does not have: 05's export runs on Gemma 1 (above, make drift)
+            # and on the embedded Gemma 3 (nbval); Gemma 4's conversion is tested with a Gemma vocabulary
+            # (test_export)
             params["export_gguf"] = False
         if generation != "gemma" and "max_start_loss" in params:
             # tests/tiny.py's newer generations start with large random logits (initializer_range 0.2, so

@@ -86,3 +86,20 @@ def test_fast_loss_equals_the_real_models_own_loss(base_model, tokenizer):
         ref = base_model(**enc, labels=labels).loss
         ours = causal_lm_loss(base_model, enc["input_ids"], enc["attention_mask"], labels)
     assert torch.allclose(ours, ref, rtol=1e-4), (float(ours), float(ref))
+
+
+def test_a_bf16_head_on_a_cpu_without_native_bf16_multiplies_in_fp32(monkeypatch):
+    """token_nll of a bf16 head on a CPU without native bf16 (the smoke run's GPU profile here): the fp32
+    product of the same bf16 weights, ~5x faster there than the bf16 matmul; with native bf16, bf16."""
+    from gemmate_lib import fast_loss
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(40, 64).bfloat16(), torch.randn(1000, 64).bfloat16()
+    targets = torch.randint(0, 1000, (40,))
+    logits = hidden.float() @ weight.float().t()
+    reference = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    monkeypatch.setattr(fast_loss, "cpu_has_native_bf16", lambda: False)
+    assert torch.allclose(fast_loss.token_nll(hidden, weight, targets), reference, atol=1e-5)
+    monkeypatch.setattr(fast_loss, "cpu_has_native_bf16", lambda: True)
+    native = fast_loss.token_nll(hidden, weight, targets)  # logits rounded to bf16 before the softmax
+    assert not torch.allclose(native, reference, atol=1e-5) and torch.allclose(native, reference, atol=0.5)

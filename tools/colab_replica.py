@@ -235,7 +235,7 @@ def step_install(name: str, code: str, state: dict, log, report: dict) -> tuple[
 
 def step_smoke(state: dict, log) -> tuple[bool, str]:
     reset(state, log)
-    env = {**os.environ, "GEMMATE_KERNEL_PYTHON": str(VENV / "bin" / "python"), "GEMMATE_SMOKE_EXPORT": "0"}
+    env = {**os.environ, "GEMMATE_KERNEL_PYTHON": str(VENV / "bin" / "python")}  # no GGUF export: as in Colab
     run_dir = VENV / "smoke" / "run"
     shutil.rmtree(run_dir.parent, ignore_errors=True)
     log.write("\n$ python tests/learner_path.py (kernel: .venv-colab)\n")

@@ -14,8 +14,8 @@ gets the embedded model's folder, the embedded quotes as a .jsonl in `Abirate/en
 before writing it back, and `--nbval-copy DIR` (make nbval, since nbval cannot pass parameters) writes a
 copy with the committed outputs and the injected cell for nbval to compare. `--nbval-copy DIR --params
 FILE` writes such a copy of every notebook: each gets the values of FILE (params/nbval.yaml) that its
-`parameters` cell declares, so nbval runs 03's part 2 in a few steps while every checked output stays as
-committed.
+`parameters` cell declares or that its own section (its name as a key) holds, so nbval runs 03's part 2,
+06's methods and the one-page recipe in a few steps while every checked output stays as committed.
 
 Each run prints the ten slowest cells (papermill's, or nbclient's, per-cell times) and keeps them in the run
 folder's course_timings.json.

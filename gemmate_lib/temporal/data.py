@@ -25,12 +25,12 @@ class TextDataset(torch.utils.data.Dataset):
     `prompt_end`, tokens through that marker get no loss (-100): the model learns the continuation only."""
 
     def __init__(self, texts, tokenizer, timestamps=None, max_length: int = 128,
-                 prompt_end: str | None = None):
+                 prompt_end: str | None = None, unit: str | None = None):
         texts = list(texts)
         if timestamps is not None and len(timestamps) != len(texts):
             raise DataError(f"{len(texts)} texts but {len(timestamps)} timestamps",
                             "give one timestamp per text")
-        self.timestamps = None if timestamps is None else to_milliseconds(list(timestamps))
+        self.timestamps = None if timestamps is None else to_milliseconds(list(timestamps), unit)
         self.items = []
         eos = tokenizer.eos_token or ""
         for text in texts:

@@ -391,6 +391,25 @@ def test_gpu_check_fp16_arm_really_computes_in_fp16(capsys, monkeypatch, tmp_pat
     assert training_kwargs(cfg, tmp_path, has_eval=True)["fp16"]
 
 
+@pytest.mark.parametrize("model_type", ["gemma", "gemma3_text", "gemma4"])
+def test_gpu_check_t4_arm_gives_the_one_page_recipe_what_it_picks_on_a_t4(fake_gpu, model_type):
+    """A newer GPU cannot report a T4's compute capability to the one-page recipe's kernel, so `make gpu-check
+    --precision t4` inserts a cell after the page's dtype cell: it must pick what the page picks on a T4."""
+    import nbformat
+
+    from tools.gpu_check import T4_DTYPE
+
+    page = nbformat.read(ROOT / "notebooks" / "qlora_one_runtime.ipynb", as_version=4)
+    cell = next(c.source for c in page.cells if c.cell_type == "code" and "compute_dtype, why = " in c.source)
+    fake_gpu((7, 5))
+    on_t4, stand_in = {"torch": torch, "model_type": model_type}, {"torch": torch, "model_type": model_type}
+    # the page's rule, with model_type given instead of read from the model's config
+    rule = [line for line in cell.splitlines() if not line.startswith(("from ", "model_type ="))]
+    exec("\n".join(rule), on_t4)
+    exec(T4_DTYPE, stand_in)
+    assert stand_in["compute_dtype"] == on_t4["compute_dtype"]
+
+
 def test_gpu_check_without_a_gpu_is_one_clear_line(capsys, fake_gpu):
     from gemmate_lib.errors import run_cli
     from tools.gpu_check import main

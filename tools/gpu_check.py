@@ -1,23 +1,29 @@
 """`make gpu-check`: the whole course headless on a CUDA GPU with the GPU profile's real settings.
 
-For maintainers with a GPU (README, "What was verified where"). It runs every notebook with
-papermill on the embedded Gemma 3 270M, offline, on CUDA, with what the GPU profile picks
-for this GPU's compute capability: NF4, paged 8-bit AdamW, gradient checkpointing, bf16
-from 8.0; below it (a T4) fp16, which Gemma 3 replaces by fp32 (config.gemma3_rule).
-`--precision fp16` runs a T4's profile on a bf16-capable GPU. Gemma 3 never computes in fp16,
+For maintainers with a GPU (README, "What was verified"; CONTRIBUTING.md, "On a GPU"). It runs
+every notebook and the one-page recipe with papermill on the embedded Gemma 3 270M, offline, on
+CUDA, with what the GPU profile picks for this GPU's compute capability: NF4, paged 8-bit AdamW,
+gradient checkpointing, bf16 from 8.0; below it (a T4) fp16, which Gemma 3 replaces by fp32
+(config.gemma3_rule). `--precision t4` runs a T4's profile on a newer GPU: the embedded Gemma 3
+in fp32, each kernel's allocator capped at what a T4 leaves the process.
+`--precision fp16` runs a T4's fp16 on a bf16-capable GPU. Gemma 3 never computes in fp16,
 so that arm runs a Gemma 1 (gemma-2b's architecture) in fp16 with the gradient scaler:
 `--model` (a folder, or google/gemma-2b where the Hub and a token are there), else the smoke
 run's tiny random Gemma 1, whose self-checks then judge that the numbers are sane, not what a
 few steps learned (GEMMATE_SMOKE=1). It stops before the first notebook unless the arm really
-computes in fp16. It prints per notebook the time, the peak GPU memory and pass or fail; a
-failed self-check is a fail (it stops the notebook). `--dry-run` runs anywhere: it builds every
-notebook's config and training arguments for a T4 (7.5), an A100 (8.0) and the fp16 arm, and
-checks those settings, without a GPU.
+computes in fp16. It prints per notebook the time, each kernel's peak allocated and reserved GPU
+memory and pass or fail (a failed self-check stops the notebook, and the run), and keeps them with
+the lines on held-out loss, the warnings and the trainer probe in gpu_check.json. `--dry-run`
+runs anywhere: it builds every notebook's config and training arguments for a T4 (7.5), an A100
+(8.0) and the fp16 arm, and checks those settings, without a GPU.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +33,7 @@ import torch
 from gemmate_lib.config import course_config, gemma3_rule
 from gemmate_lib.errors import HardwareError
 from gemmate_lib.files import repo_root, save_json, show_path
+from gemmate_lib.fit import FREE_COLAB
 from gemmate_lib.hardware import DTYPES, Precision
 from gemmate_lib.training import training_kwargs
 
@@ -42,8 +49,6 @@ def fp16_arm(model: str | None, folder: Path) -> tuple[dict, dict]:
     a Gemma 1, `model` or the smoke run's tiny random Gemma 1 built in `folder` (then GEMMATE_SMOKE=1)."""
     env = {"GEMMATE_PROFILE": "t4"}
     if model is None:
-        import sys
-
         sys.path.insert(0, str(repo_root() / "tests"))
         from learner_path import tiny_gemma
 
@@ -101,6 +106,48 @@ def dry_run(notebooks: list[Path]) -> int:
     return 1 if failures else 0
 
 
+# Run at the start of each notebook's kernel (an IPython startup file): each kernel's own peak allocated and
+# reserved GPU memory, kept across the notebooks' own reset_peak_memory_stats calls (the one-page recipe's
+# memory lines, hardware.py), and under --precision t4 the allocator capped at what a T4 leaves the process.
+KERNEL_START = """import json as _gpu_json
+
+import torch as _gpu_torch
+
+_gpu_peak = {{"allocated_mib": 0, "reserved_mib": 0}}
+
+
+def _gpu_note():
+    if _gpu_torch.cuda.is_initialized():
+        for key, read in (("allocated_mib", _gpu_torch.cuda.max_memory_allocated),
+                          ("reserved_mib", _gpu_torch.cuda.max_memory_reserved)):
+            _gpu_peak[key] = max(_gpu_peak[key], read() >> 20)
+
+
+def _gpu_reset(*args, _reset=_gpu_torch.cuda.reset_peak_memory_stats, **kwargs):
+    _gpu_note()
+    return _reset(*args, **kwargs)
+
+
+_gpu_torch.cuda.reset_peak_memory_stats = _gpu_torch.cuda.memory.reset_peak_memory_stats = _gpu_reset
+if {cap}:
+    _total = _gpu_torch.cuda.get_device_properties(0).total_memory
+    _gpu_torch.cuda.set_per_process_memory_fraction({cap} / _total)
+    _gpu_peak["allocator_cap_gib"] = round({cap} / 2**30, 2)
+"""
+PEAK_CELL = '_gpu_note()\nprint("GPU_PEAK " + _gpu_json.dumps(_gpu_peak))'
+# The one-page recipe picks its dtype from the GPU's compute capability, which a newer GPU cannot fake for the
+# whole kernel (Triton then builds kernels for 7.5). Under --precision t4, right after its dtype cell: a T4's
+# choice, by the page's own rule.
+T4_DTYPE = """# make gpu-check --precision t4: what a T4 (compute capability 7.5) picks
+if model_type.startswith(("gemma3", "gemma4")):
+    compute_dtype, why = torch.float32, "a T4 (7.5): no bf16, and Gemma 3 and 4 overflow in fp16"
+else:
+    compute_dtype, why = torch.float16, "a T4 (7.5): fp16 with loss scaling"
+print(f"{model_type}: compute dtype {compute_dtype} ({why})")
+"""
+HELD_OUT = re.compile(r"held-out|perplexity|year accuracy", re.IGNORECASE)
+
+
 def _watch_memory(stop: threading.Event, peak: list[int]) -> None:
     """Device-wide used memory, sampled every 0.2 s (the notebook kernel is another process)."""
     while not stop.is_set():
@@ -109,46 +156,103 @@ def _watch_memory(stop: threading.Event, peak: list[int]) -> None:
         time.sleep(0.2)
 
 
-def run(notebooks: list[Path], run_dir: Path, precision: str = "auto", model: str | None = None) -> int:
-    """Run every notebook on the GPU; print time, peak GPU memory and pass/fail per notebook."""
+def notebook_params(nb: Path, arm: dict, run_dir: Path) -> dict:
+    """The parameters of one notebook on the GPU: the arm's model and data where it declares them; the
+    one-page recipe, which reads only Hub ids and folders, gets the embedded model's folder and quotes and
+    keeps its T4 values."""
     import papermill as pm
+
+    declared = set(pm.inspect_notebook(str(nb)))
+    if nb.name == "qlora_one_runtime.ipynb" and arm.get("model_name") == "embedded":
+        from gemmate_lib.models import prepare_embedded
+        from tools.course import prepare_one_page_data
+
+        return {"model_name": str(prepare_embedded(verbose=False)), "dataset": str(prepare_one_page_data()),
+                "output_dir": str(run_dir / "qlora_one_runtime"), "keep_on_drive": False}
+    # 05's GGUF export off, as in Colab: a bare GPU machine has no llama.cpp (make drift runs the export)
+    params = {k: v for k, v in {**arm, "export_gguf": False}.items() if k in declared}
+    return {**params, "run_dir": str(run_dir)}
+
+
+def read_record(executed: Path) -> dict:
+    """What an executed notebook printed that the GPU record keeps: its kernel's peak GPU memory (MiB), the
+    mixed-precision probe's report, its warnings, and its lines on held-out loss."""
+    import nbformat
+
+    from tools.gpu_smoke import read_back
+
+    report, warnings = read_back(executed)
+    record = {"mixed_precision": report, "warnings": warnings, "held_out": [], "peak": None}
+    for cell in nbformat.read(executed, as_version=4).cells if executed.exists() else []:
+        for output in cell.get("outputs", []):
+            for line in (output.get("text", "") if output.get("name") == "stdout" else "").splitlines():
+                if line.startswith("GPU_PEAK "):
+                    record["peak"] = json.loads(line.removeprefix("GPU_PEAK "))
+                elif HELD_OUT.search(line) and len(record["held_out"]) < 12:
+                    record["held_out"].append(line.strip()[:200])
+    return record
+
+
+def run(notebooks: list[Path], run_dir: Path, precision: str = "auto", model: str | None = None) -> int:
+    """Run every notebook on the GPU; print time, peak GPU memory and pass/fail per notebook, and keep them
+    with what read_record reads in run_dir/gpu_check.json (written after each notebook)."""
+    import papermill as pm
+
+    from tools.gpu_smoke import MIXED_PRECISION_PROBE
+
+    sys.path.insert(0, str(repo_root() / "tests"))
+    from learner_path import with_cells
 
     torch.cuda.init()
     arm, env = (PARAMS, {}) if precision != "fp16" else fp16_arm(model, run_dir)
+    if precision == "t4":
+        env["GEMMATE_PROFILE"] = "t4"
     # The kernels inherit these: offline (unless --model names a Hub model), and a T4's profile if asked for.
     if not model or Path(model).exists():
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    startup = run_dir / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    cap = FREE_COLAB["gpu_bytes"] if precision == "t4" else 0
+    (startup / "00-gpu-check.py").write_text(KERNEL_START.format(cap=cap))
+    env["IPYTHONDIR"] = str(run_dir / "ipython")
     os.environ.update(env)
     cfg = course_config(**arm)
     print(f"{torch.cuda.get_device_name(0)}: profile {cfg.profile}, model {cfg.model.model_name}, "
-          f"compute {cfg.precision.name} ({cfg.precision.reason})")
+          f"compute {cfg.precision.name} ({cfg.precision.reason})"
+          + (f", allocator capped at {cap / 2**30:.1f} GiB" if cap else ""), flush=True)
     if precision == "fp16" and cfg.precision.name != "fp16":
         raise HardwareError(f"the fp16 arm would compute in {cfg.precision.name} ({cfg.precision.reason})",
                             "pass --model a Gemma 1 (e.g. google/gemma-2b); Gemma 3 never computes in fp16")
     baseline = torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]
     rows, failed = {}, False
     for nb in notebooks:
-        declared = set(pm.inspect_notebook(str(nb)))
-        params = {k: v for k, v in arm.items() if k in declared}
         peak, stop = [0], threading.Event()
         watcher = threading.Thread(target=_watch_memory, args=(stop, peak), daemon=True)
         watcher.start()
+        probed = nb.stem in ("03_lora_sft", "qlora_one_runtime")  # make gpu-smoke's probe of the trainer
+        after = [("trainer.train()", MIXED_PRECISION_PROBE)] if probed else []
+        if precision == "t4" and nb.stem == "qlora_one_runtime":
+            after.insert(0, ("compute_dtype, why = ", T4_DTYPE))
         start, status = time.time(), "pass"
         try:
-            pm.execute_notebook(str(nb), str(run_dir / nb.name),
-                                parameters={**params, "run_dir": str(run_dir)},
+            pm.execute_notebook(with_cells(nb, last=PEAK_CELL, after=after), str(run_dir / nb.name),
+                                parameters=notebook_params(nb, arm, run_dir),
                                 cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
         except pm.PapermillExecutionError as err:
-            status, failed = f"FAIL at cell {err.exec_count}: {err.ename}: {str(err.evalue)[:120]}", True
+            status, failed = f"FAIL at cell {err.exec_count}: {err.ename}: {str(err.evalue)[:300]}", True
         stop.set()
         watcher.join()
         rows[nb.name] = {"seconds": round(time.time() - start, 1),
-                         "peak_gpu_mib": round((peak[0] - baseline) / 2**20),
-                         "status": status}
-        print(f"{nb.stem:28} {rows[nb.name]['seconds']:7.0f} s "
-              f"{rows[nb.name]['peak_gpu_mib']:7d} MiB  {status}",
-              flush=True)
-    save_json(run_dir / "gpu_check.json", {"gpu": torch.cuda.get_device_name(0), "notebooks": rows})
+                         "device_peak_mib": round((peak[0] - baseline) / 2**20),
+                         "status": status, **read_record(run_dir / nb.name)}
+        kernel = rows[nb.name]["peak"] or {}
+        print(f"{nb.stem:28} {rows[nb.name]['seconds']:7.0f} s  allocated {kernel.get('allocated_mib', '-')} "
+              f"reserved {kernel.get('reserved_mib', '-')} MiB (device {rows[nb.name]['device_peak_mib']})  "
+              f"{status}", flush=True)
+        save_json(run_dir / "gpu_check.json", {"gpu": torch.cuda.get_device_name(0), "precision": precision,
+                                               "torch": torch.__version__, "notebooks": rows})
+        if status != "pass":
+            break  # as make course: the next notebooks read what this one writes
     print(f"gpu check {'FAILED' if failed else 'passed'}: {torch.cuda.get_device_name(0)}, "
           f"{sum(r['seconds'] for r in rows.values()):.0f} s in all; details in {show_path(run_dir)}")
     return 1 if failed else 0
@@ -157,28 +261,32 @@ def run(notebooks: list[Path], run_dir: Path, precision: str = "auto", model: st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="build and check every config; no GPU needed")
-    parser.add_argument("--precision", choices=("auto", "fp16"), default="auto",
-                        help="auto: this GPU's profile; fp16: a T4's profile (fp16 and its gradient scaler) "
-                             "on a Gemma 1, since Gemma 3 computes in fp32 by the course's dtype rule")
+    parser.add_argument("--precision", choices=("auto", "t4", "fp16"), default="auto",
+                        help="auto: this GPU's profile; t4: a T4's profile on the course's model (the "
+                             "embedded Gemma 3 then computes in fp32), its allocator capped at a T4 size; "
+                             "fp16: a T4's profile on a Gemma 1 (Gemma 3 computes in fp32 by the dtype rule)")
     parser.add_argument("--model", default=None,
                         help="with --precision fp16: the Gemma 1 to run (a folder, or google/gemma-2b with a "
                              "token and the Hub); default: the smoke run's tiny random Gemma 1")
+    parser.add_argument("--only", nargs="+", metavar="PREFIX",
+                        help="the notebooks whose names start so (e.g. 00 06 qlora); default: all, in order")
+    parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/gpu-check-<time>")
     args = parser.parse_args(argv)
     root = repo_root()
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.dry_run:
         return dry_run(notebooks)
+    notebooks.append(root / "notebooks" / "qlora_one_runtime.ipynb")
+    notebooks = [nb for nb in notebooks if not args.only or nb.name.startswith(tuple(args.only))]
     if not torch.cuda.is_available():
         raise HardwareError("make gpu-check needs a CUDA GPU and none is visible",
                             "run it on a GPU machine (a Colab T4 works), or `make gpu-check DRY_RUN=1` here")
-    run_dir = root / "runs" / time.strftime("gpu-check-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True)
-    return run(notebooks, run_dir, args.precision, args.model)
+    run_dir = args.run_dir or root / "runs" / time.strftime("gpu-check-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run(notebooks, run_dir.resolve(), args.precision, args.model)
 
 
 if __name__ == "__main__":
-    import sys
-
     from gemmate_lib.errors import run_cli
 
     sys.exit(run_cli(main))

@@ -136,9 +136,9 @@ if {cap}:
 """
 PEAK_CELL = '_gpu_note()\nprint("GPU_PEAK " + _gpu_json.dumps(_gpu_peak))'
 # The one-page recipe picks its dtype from the GPU's compute capability, which a newer GPU cannot fake for the
-# whole kernel (Triton then builds kernels for 7.5). Under --precision t4, right after its dtype cell: a T4's
-# choice, by the page's own rule.
-T4_DTYPE = """# make gpu-check --precision t4: what a T4 (compute capability 7.5) picks
+# whole kernel (Triton then builds kernels for 7.5). Under --precision t4 or fp16, right after its dtype
+# cell: a T4's choice, by the page's own rule.
+T4_DTYPE = """# make gpu-check --precision t4 or fp16: what a T4 (compute capability 7.5) picks
 if model_type.startswith(("gemma3", "gemma4")):
     compute_dtype, why = torch.float32, "a T4 (7.5): no bf16, and Gemma 3 and 4 overflow in fp16"
 else:
@@ -158,17 +158,19 @@ def _watch_memory(stop: threading.Event, peak: list[int]) -> None:
 
 def notebook_params(nb: Path, arm: dict, run_dir: Path) -> dict:
     """The parameters of one notebook on the GPU: the arm's model and data where it declares them; the
-    one-page recipe, which reads only Hub ids and folders, gets the embedded model's folder and quotes and
-    keeps its T4 values."""
+    one-page recipe, which reads only Hub ids and folders, gets the arm's model as a folder (the embedded
+    model's converted one), the embedded quotes as a .jsonl, and keeps its T4 values."""
     import papermill as pm
 
-    declared = set(pm.inspect_notebook(str(nb)))
-    if nb.name == "qlora_one_runtime.ipynb" and arm.get("model_name") == "embedded":
+    if nb.name == "qlora_one_runtime.ipynb":
         from gemmate_lib.models import prepare_embedded
         from tools.course import prepare_one_page_data
 
-        return {"model_name": str(prepare_embedded(verbose=False)), "dataset": str(prepare_one_page_data()),
-                "output_dir": str(run_dir / "qlora_one_runtime"), "keep_on_drive": False}
+        model = arm["model_name"]
+        return {"model_name": str(prepare_embedded(verbose=False)) if model == "embedded" else model,
+                "dataset": str(prepare_one_page_data()), "output_dir": str(run_dir / "qlora_one_runtime"),
+                "keep_on_drive": False}
+    declared = set(pm.inspect_notebook(str(nb)))
     # 05's GGUF export off, as in Colab: a bare GPU machine has no llama.cpp (make drift runs the export)
     params = {k: v for k, v in {**arm, "export_gguf": False}.items() if k in declared}
     return {**params, "run_dir": str(run_dir)}
@@ -231,7 +233,7 @@ def run(notebooks: list[Path], run_dir: Path, precision: str = "auto", model: st
         watcher.start()
         probed = nb.stem in ("03_lora_sft", "qlora_one_runtime")  # make gpu-smoke's probe of the trainer
         after = [("trainer.train()", MIXED_PRECISION_PROBE)] if probed else []
-        if precision == "t4" and nb.stem == "qlora_one_runtime":
+        if precision in ("t4", "fp16") and nb.stem == "qlora_one_runtime":
             after.insert(0, ("compute_dtype, why = ", T4_DTYPE))
         start, status = time.time(), "pass"
         try:
@@ -276,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.dry_run:
         return dry_run(notebooks)
-    notebooks.append(root / "notebooks" / "qlora_one_runtime.ipynb")
+    if args.precision != "fp16" or args.model:  # a random model fails its pre-flight (gpu-smoke runs it)
+        notebooks.append(root / "notebooks" / "qlora_one_runtime.ipynb")
     notebooks = [nb for nb in notebooks if not args.only or nb.name.startswith(tuple(args.only))]
     if not torch.cuda.is_available():
         raise HardwareError("make gpu-check needs a CUDA GPU and none is visible",

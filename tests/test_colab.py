@@ -394,10 +394,11 @@ def test_gpu_check_fp16_arm_really_computes_in_fp16(capsys, monkeypatch, tmp_pat
 @pytest.mark.parametrize("model_type", ["gemma", "gemma3_text", "gemma4"])
 def test_gpu_check_t4_arm_gives_the_one_page_recipe_what_it_picks_on_a_t4(fake_gpu, model_type):
     """A newer GPU cannot report a T4's compute capability to the one-page recipe's kernel, so `make gpu-check
-    --precision t4` inserts a cell after the page's dtype cell: it must pick what the page picks on a T4."""
+    --precision t4` (and gpu-smoke's fp16 arm) inserts a cell after the page's dtype cell: it must pick what
+    the page picks on a T4."""
     import nbformat
 
-    from tools.gpu_check import T4_DTYPE
+    from tools.gpu_smoke import T4_DTYPE
 
     page = nbformat.read(ROOT / "notebooks" / "qlora_one_runtime.ipynb", as_version=4)
     cell = next(c.source for c in page.cells if c.cell_type == "code" and "compute_dtype, why = " in c.source)

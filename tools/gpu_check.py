@@ -135,16 +135,6 @@ if {cap}:
     _gpu_peak["allocator_cap_gib"] = round({cap} / 2**30, 2)
 """
 PEAK_CELL = '_gpu_note()\nprint("GPU_PEAK " + _gpu_json.dumps(_gpu_peak))'
-# The one-page recipe picks its dtype from the GPU's compute capability, which a newer GPU cannot fake for the
-# whole kernel (Triton then builds kernels for 7.5). Under --precision t4 or fp16, right after its dtype
-# cell: a T4's choice, by the page's own rule.
-T4_DTYPE = """# make gpu-check --precision t4 or fp16: what a T4 (compute capability 7.5) picks
-if model_type.startswith(("gemma3", "gemma4")):
-    compute_dtype, why = torch.float32, "a T4 (7.5): no bf16, and Gemma 3 and 4 overflow in fp16"
-else:
-    compute_dtype, why = torch.float16, "a T4 (7.5): fp16 with loss scaling"
-print(f"{model_type}: compute dtype {compute_dtype} ({why})")
-"""
 HELD_OUT = re.compile(r"held-out|perplexity|year accuracy", re.IGNORECASE)
 
 
@@ -200,7 +190,7 @@ def run(notebooks: list[Path], run_dir: Path, precision: str = "auto", model: st
     with what read_record reads in run_dir/gpu_check.json (written after each notebook)."""
     import papermill as pm
 
-    from tools.gpu_smoke import MIXED_PRECISION_PROBE
+    from tools.gpu_smoke import MIXED_PRECISION_PROBE, T4_DTYPE
 
     sys.path.insert(0, str(repo_root() / "tests"))
     from learner_path import with_cells

@@ -48,10 +48,15 @@ if trainer.args.fp16:
     assert report["lora_B_moved"], "the LoRA B matrices never moved: no optimizer step reached them"
 """
 PROBED = ("03_lora_sft", "qlora_one_runtime")
-# The one-page recipe reads no GEMMATE_PROFILE: it picks fp16 from a T4's compute capability (7.5), which a
-# newer GPU does not report (faking it for the whole kernel makes Triton build kernels for 7.5, which an H200
-# cannot run). In the fp16 arm this cell, right after its dtype cell, takes what that cell picks on a T4.
-T4_DTYPE = """compute_dtype, why = torch.float16, "make gpu-smoke's fp16 arm: a T4's choice for gemma-2b"
+# The one-page recipe reads no GEMMATE_PROFILE: it picks its dtype from the GPU's compute capability, which a
+# newer GPU does not report as a T4's 7.5 (faking it for the whole kernel makes Triton build kernels for 7.5,
+# which an H200 cannot run). In a T4 arm (this fp16 one, make gpu-check's t4 and fp16) this cell, right after
+# the page's dtype cell, takes what that cell picks on a T4, by its own rule.
+T4_DTYPE = """# a T4 arm of make gpu-smoke or gpu-check: what a T4 (compute capability 7.5) picks
+if model_type.startswith(("gemma3", "gemma4")):
+    compute_dtype, why = torch.float32, "a T4 (7.5): no bf16, and Gemma 3 and 4 overflow in fp16"
+else:
+    compute_dtype, why = torch.float16, "a T4 (7.5): fp16 with loss scaling"
 print(f"{model_type}: compute dtype {compute_dtype} ({why})")
 """
 

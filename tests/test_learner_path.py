@@ -201,7 +201,7 @@ def test_the_fp16_gradient_scaler_steps_with_the_trainers_fp32_lora_weights(tiny
     assert any(not torch.equal(a, p) for a, p in zip(before, trainable))  # a scaled step was taken
 
 
-def test_the_gpu_smoke_fp16_arm_runs_the_one_page_recipe_in_fp16(tiny_folder):
+def test_the_gpu_smoke_fp16_arm_runs_the_one_page_recipe_in_fp16(tmp_path):
     """make gpu-smoke on an H200: the fp16 arm ran the one-page recipe in bf16, since the page picks its dtype
     from the GPU's compute capability and reads no GEMMATE_PROFILE. The arm now inserts a T4's choice after
     the page's dtype cell, before any cell reads the dtype."""
@@ -213,7 +213,10 @@ def test_the_gpu_smoke_fp16_arm_runs_the_one_page_recipe_in_fp16(tiny_folder):
             if c.cell_type == "code"]
     picks = [i for i, source in enumerate(code) if "compute_dtype, why = " in source]
     reads = [i for i, source in enumerate(code) if "=compute_dtype" in source.replace(" ", "")]
-    namespace = {"torch": torch, "model_name": str(tiny_folder), "token": None}
+    from transformers import GemmaConfig
+
+    GemmaConfig().save_pretrained(tmp_path)  # the arm's model: a Gemma 1 (gemma-2b's architecture)
+    namespace = {"torch": torch, "model_name": str(tmp_path), "token": None}
     for i in picks:
         exec(code[i], namespace)
     assert namespace["compute_dtype"] == torch.float16

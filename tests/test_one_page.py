@@ -7,6 +7,7 @@ parameters (tools/course.py, tests/learner_path.py); the page itself holds only 
 """
 import ast
 import json
+import os
 import re
 from pathlib import Path
 
@@ -227,6 +228,10 @@ def test_make_course_runs_the_page_last_with_cpu_parameters_offline(tmp_path):
     assert set(offline) <= set(page_parameters())  # every offline value is one of the page's parameters
     assert one_page_parameters(tmp_path / "model", tmp_path / "run", offline=False) == {
         "output_dir": str(tmp_path / "run" / "qlora_one_runtime")}
+    # from the folder its kernel starts in: the page prints where it saved, and the committed outputs showed
+    # this machine's folder (/work/...) after make notebooks
+    started = one_page_parameters(tmp_path / "model", tmp_path / "run", offline=False, start=tmp_path / "nb")
+    assert started["output_dir"] == os.path.join("..", "run", "qlora_one_runtime")
     # a params file reaches the page by the same names as the ordered notebooks
     assert notebook_parameters(notebooks, str(ROOT / "params" / "gpu.yaml"))[PAGE.name] == {
         "model_name": "google/gemma-2b", "dataset": "Abirate/english_quotes", "max_steps": 100}

@@ -67,10 +67,12 @@ def prepare_one_page_data() -> Path:
     return path
 
 
-def one_page_parameters(model_folder: Path, run_dir: Path, offline: bool) -> dict:
-    """The one-page notebook's papermill parameters: its output folder in the run folder, and offline (the
-    embedded profile) the embedded model's folder, the .jsonl and CPU-sized steps."""
-    params = {"output_dir": str(run_dir / Path(ONE_PAGE).stem)}
+def one_page_parameters(model_folder: Path, run_dir: Path, offline: bool, start: Path | None = None) -> dict:
+    """The one-page notebook's papermill parameters: its output folder in the run folder (relative to `start`,
+    the folder its kernel starts in, when given: the page prints it, and a committed output shows no machine's
+    path), and offline (the embedded profile) the embedded model's folder, the .jsonl and CPU-sized steps."""
+    output = run_dir / Path(ONE_PAGE).stem
+    params = {"output_dir": os.path.relpath(output, start) if start else str(output)}
     if offline:
         params.update(model_name=str(model_folder), dataset=str(prepare_one_page_data()), **ONE_PAGE_CPU)
     return params
@@ -318,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         out = run_dir / nb.name
         params = {**per_notebook[nb.name], "run_dir": str(run_dir)}
         if nb.name == ONE_PAGE:  # imports nothing of ours: no run_dir; its own parameters, a params file wins
-            params = {**one_page_parameters(folder, run_dir, bool(offline)), **per_notebook[nb.name]}
+            params = {**one_page_parameters(folder, run_dir, bool(offline), start=nb.parent),
+                      **per_notebook[nb.name]}
         print(f"--> {nb.name}" + (" (in place)" if args.in_place else "")
               + (f" with {per_notebook[nb.name]}" if per_notebook[nb.name] else ""), flush=True)
         t0 = time.time()

@@ -109,10 +109,44 @@ def quantize(src: Path, dst: Path, name: str) -> float:
     return time.time() - start
 
 
-def modelfile(gguf_name: str, eos: str, max_new_tokens: int) -> str:
-    """An Ollama Modelfile: the raw prompt format the model was trained on, its stop token, greedy."""
-    return ("# Ollama: `ollama create quotes -f Modelfile`, then\n"
-            "#         `ollama run quotes \"Quote: Imagination is more\"`\n"
+OLLAMA_RAW_ISSUE = "https://github.com/ollama/ollama/issues/14560"
+# generations that Ollama 0.20+ renders with a built-in renderer chosen from the GGUF's architecture, ignoring
+# a Modelfile's TEMPLATE (OLLAMA_RAW_ISSUE): their prompts must go in raw mode to reach the model as written
+OLLAMA_RENDERED = ("gemma4",)
+EXAMPLE_PROMPT = "Quote: Imagination is more"
+
+
+def ollama_raw_mode(model) -> bool:
+    """True when Ollama wraps `model`'s prompts in a chat frame whatever the Modelfile says (Gemma 4): a
+    model, a config or anything generations.generation_of takes."""
+    from gemmate_lib.generations import generation_of
+
+    generation = generation_of(model)
+    return generation is not None and generation.key in OLLAMA_RENDERED
+
+
+def ollama_raw_request(model: str = "quotes", prompt: str = EXAMPLE_PROMPT) -> str:
+    """A curl line that sends `prompt` to Ollama's /api/generate in raw mode: no template, no chat frame."""
+    body = json.dumps({"model": model, "prompt": prompt, "raw": True, "stream": False})
+    return f"curl http://localhost:11434/api/generate -d '{body}'"
+
+
+def modelfile(gguf_name: str, eos: str, max_new_tokens: int, raw_mode: bool = False) -> str:
+    """An Ollama Modelfile: the raw prompt format the model was trained on, its stop token, greedy. Its
+    comments say how to run it: `ollama run` where the TEMPLATE below sends the prompt as written, raw mode
+    through /api/generate where Ollama ignores the TEMPLATE (`raw_mode`: Gemma 4, see ollama_raw_mode)."""
+    if raw_mode:
+        usage = ("# Ollama: `ollama create quotes -f Modelfile`, then send each prompt in raw mode "
+                 "(`ollama run` is not raw):\n"
+                 f"#   {ollama_raw_request()}\n"
+                 "# Why: Ollama 0.20 and later renders Gemma 4 with a built-in chat renderer and ignores the "
+                 "TEMPLATE below,\n"
+                 "# so a prompt sent any other way reaches the model inside a chat frame "
+                 f"({OLLAMA_RAW_ISSUE}).\n")
+    else:
+        usage = ("# Ollama: `ollama create quotes -f Modelfile`, then\n"
+                 f"#         `ollama run quotes \"{EXAMPLE_PROMPT}\"`\n")
+    return (usage +
             "# prompt format: Quote: <words>  ->  ends the quote, writes \"Author: <name>\", stops\n"
             f"FROM ./{gguf_name}\n"
             'TEMPLATE """{{ .Prompt }}"""\n'
@@ -174,7 +208,8 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
         result["convert_s"] = convert(hf, f16)
         shutil.rmtree(hf)
         result["quantize_s"] = {q: quantize(f16, tmp / f"model-{q}.gguf", q) for q in quant_types}
-        (tmp / "Modelfile").write_text(modelfile(kept, tokenizer.eos_token, max_new_tokens))
+        (tmp / "Modelfile").write_text(modelfile(kept, tokenizer.eos_token, max_new_tokens,
+                                                 raw_mode=ollama_raw_mode(merged)))
     result["files"] = {path.name: path.stat().st_size for path in sorted(target.glob("*.gguf"))}
     if target != run_dir / "gguf":  # Drive: the kept file and its Modelfile, once it has the room for them
         size = (target / kept).stat().st_size

@@ -166,6 +166,45 @@ def test_the_modelfile_has_the_prompt_format_and_stop_token():
     assert "PARAMETER temperature 0" in text and "{{ .Prompt }}" in text
 
 
+@pytest.mark.parametrize("key", ["gemma", "gemma3", "gemma4"])
+def test_the_modelfile_of_each_generation_sends_the_prompt_as_written(tmp_path, monkeypatch, key):
+    """Ollama 0.20+ renders Gemma 4 with a built-in chat renderer chosen from the GGUF's architecture and
+    ignores a Modelfile's TEMPLATE (ollama/ollama issue 14560): the Modelfile of a Gemma 4 export told the
+    learner to `ollama run` it, which wraps `Quote: ...` in a chat frame. A Gemma 4 export's Modelfile now
+    says to send the prompt in raw mode, with the issue; Gemma 1 and 3 keep `ollama run` and the TEMPLATE
+    that sends it as written."""
+    from tiny import make_generation_tokenizer, make_tiny_generation
+
+    def convert(hf, out):  # llama.cpp at its boundary: the Modelfile is what this test reads
+        out.write_bytes(b"GGUF")
+        return 0.0
+
+    def quantize(src, dst, name):
+        dst.write_bytes(b"GGUF")
+        return 0.0
+
+    monkeypatch.setattr(export, "convert", convert)
+    monkeypatch.setattr(export, "quantize", quantize)
+    monkeypatch.setattr(export, "sentencepiece_vocab", lambda hf, base: None)  # Gemma 1's, from the base
+    tokenizer = make_generation_tokenizer(key)
+    model = make_tiny_generation(key, tokenizer)
+    run = _run_with_adapter(tmp_path / "run")
+    export.export_gguf(run, model, tokenizer, ["q8_0"], max_new_tokens=40)
+    text = (run / "gguf" / "Modelfile").read_text()
+    assert "FROM ./model-q8_0.gguf" in text and 'TEMPLATE """{{ .Prompt }}"""' in text
+    assert 'PARAMETER stop "<eos>"' in text and "PARAMETER num_predict 40" in text
+    usage = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    if key == "gemma4":
+        assert "ollama run quotes" not in usage and "ollama create quotes -f Modelfile" in usage
+        request = next(line for line in usage.splitlines() if "curl " in line)
+        body = json.loads(request.split(" -d ", 1)[1].strip("'` "))
+        assert "/api/generate" in request and body["raw"] is True
+        assert body["prompt"] == "Quote: Imagination is more" and body["model"] == "quotes"
+        assert "https://github.com/ollama/ollama/issues/14560" in usage
+    else:
+        assert 'ollama run quotes "Quote: Imagination is more"' in usage and '"raw"' not in usage
+
+
 @pytest.mark.slow
 def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_adapter(tmp_path, capsys):
     """`gemmate export RUN_DIR` end to end (export_and_verify: the adapter merged into a fresh base,

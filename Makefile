@@ -14,7 +14,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: rehearse install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench profile bench-head clean notebooks lab sync
+.PHONY: rehearse install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench profile bench-head clean notebooks lab lab-check sync
 
 install: $(STAMP)
 
@@ -161,6 +161,17 @@ clean:
 lab: embedded
 	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(or $(LAB_PORT),8888) \
 		--MultiKernelManager.default_kernel_name=python3 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# `make lab` in a real headless browser (tools/lab_check.py): 00_setup and the one-page recipe, copied into
+# runs/lab-check, each opened in chromium and run with Run > Run All Cells as a learner with no Hugging Face token
+# runs them, offline; then PASS or FAIL per notebook from the saved file's self-check. Installs Debian's chromium
+# and chromium-driver (apt-get, as root) when missing and selenium (requirements-lab-check.txt) into the venv.
+# LAB_CHECK_ARGS="--only 00" runs one notebook. Not part of `make test`.
+lab-check: embedded
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || apt-get install -y chromium chromium-driver \
+		|| (apt-get update && apt-get install -y chromium chromium-driver)
+	$(PY) -m pip install -q -r requirements-lab-check.txt
+	$(PY) -m tools.lab_check $(LAB_CHECK_ARGS)
 
 # Maintainers: re-execute the notebooks in place to commit fresh outputs (nbval compares against them). Into
 # runs/interactive, the folder a learner's own run uses, so the outputs print what a learner will see.

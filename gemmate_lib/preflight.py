@@ -3,6 +3,7 @@
 ("Pre-flight check"), a verdict table; a failed line stops the run with what it means and the fix."""
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -27,6 +28,21 @@ class Verdict:
     fix: str = ""  # when not ok: what to do
 
 
+def cache_keyword(model, output) -> str:
+    """The name under which `model` takes its KV cache back and `output` (one of its forward's outputs) holds
+    it: `past_key_values` up to transformers 5.23, `cache` from 5.24 (the old name still works there, with a
+    deprecation warning, until 5.40). A wrong name fails quietly: 5.23's forward takes an unknown `cache=`
+    into its **kwargs and runs without the cache."""
+    # the base model's forward says which name it takes (peft's wrapper and the course's take **kwargs)
+    base = getattr(model, "get_base_model", lambda: model)()
+    takes = inspect.signature(base.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in takes:
+            return name
+    # a forward that names neither: the name of the output's field (5.24's outputs have `cache`)
+    return "cache" if hasattr(output, "cache") else "past_key_values"
+
+
 def cache_agreement(model, input_ids: torch.Tensor, tolerance: float | None = None) -> Verdict:
     """The last position's logits from one pass without the cache equal those of a prefix pass plus one cached
     step (relative max difference). The tolerance: 2e-2 where every weight and 4-bit layer computes in fp32,
@@ -40,7 +56,8 @@ def cache_agreement(model, input_ids: torch.Tensor, tolerance: float | None = No
     with torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits[0, -1].float()
         prefix = model(input_ids=ids[:, :-1], use_cache=True)
-        step = model(input_ids=ids[:, -1:], past_key_values=prefix.past_key_values, use_cache=True).logits
+        name = cache_keyword(model, prefix)
+        step = model(input_ids=ids[:, -1:], use_cache=True, **{name: getattr(prefix, name)}).logits
     diff = float((full - step[0, -1].float()).abs().max() / full.abs().max().clamp_min(1e-6))
     return Verdict("logits with and without the KV cache", diff <= tolerance, f"{diff:.2g}",
                    f"<= {tolerance:g}", "the model computes differently with and without its cache: one of "

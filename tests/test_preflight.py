@@ -1,12 +1,12 @@
 """The pre-flight check (gemmate_lib/preflight.py) on the tiny models of each generation: a healthy model
-passes, and each injected fault fails its own line: a broken `use_cache=False` path, an end token outside
-the mask, a row all masked, a model at chance."""
+passes, and each injected fault fails its own line: a broken `use_cache=False` path, a broken cached path
+(under either name of the cache), an end token outside the mask, a row all masked, a model at chance."""
 
 import copy
 
 import pytest
 import torch
-from tiny import make_generation_tokenizer, make_tiny_generation
+from tiny import CACHE_NAMES, cache_name_of, make_generation_tokenizer, make_tiny_generation, speaking_only
 
 from gemmate_lib.generations import GENERATIONS, stop_token_ids
 from gemmate_lib.preflight import IGNORE, PreflightError, cache_agreement, preflight
@@ -58,6 +58,20 @@ def test_a_broken_cache_path_fails(tiny, monkeypatch):
         return out
 
     monkeypatch.setattr(model, "forward", broken)
+    with pytest.raises(PreflightError, match="KV cache"):
+        preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
+
+
+@pytest.mark.parametrize("name", CACHE_NAMES)
+def test_the_cache_check_speaks_both_names_of_the_cache(tiny, monkeypatch, name):
+    """transformers 5.24 renamed the KV cache `past_key_values` to `cache`. On a model that knows only `name`,
+    a sound cached path passes and a broken one fails its line: a check that knew one name only fails one of
+    the two cases (it hands the cache back under a name the model does not take, or reads a missing field)."""
+    key, tokenizer, model = tiny
+    forward, installed = model.forward, cache_name_of(model)
+    monkeypatch.setattr(model, "forward", speaking_only(forward, name, installed))
+    assert cache_agreement(model, batch_of(tokenizer)["input_ids"]).ok
+    monkeypatch.setattr(model, "forward", speaking_only(forward, name, installed, cached_shift=5.0))
     with pytest.raises(PreflightError, match="KV cache"):
         preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
 

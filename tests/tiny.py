@@ -129,3 +129,45 @@ def make_tiny_generation(key: str, tokenizer, seed: int = 0):
         raise ValueError(f"unknown generation {key!r}")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval()
+
+
+# transformers 5.24 renamed the KV cache `past_key_values` to `cache`, as the forward's argument and as the
+# output's field (the old name works there, deprecated, until 5.40): a check that hands a cache back to the
+# model must use the name the model knows. The pre-flight tests run each check on a model that knows one name.
+CACHE_NAMES = ("past_key_values", "cache")
+
+
+def cache_name_of(model) -> str:
+    """The name the installed transformers gives `model`'s KV cache (an argument of its class's forward)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def speaking_only(forward, name: str, installed: str, cached_shift: float = 0.0):
+    """A causal LM's `forward` (whose cache the installed transformers names `installed`) as the forward of a
+    model that knows its KV cache as `name` only: it takes the cache under that name and returns loss, logits
+    and the cache under that name alone. The other name raises (a real forward takes it into **kwargs and
+    runs without the cache, quietly). `cached_shift` > 0 breaks the cached path (Gemma 4's early bug, in
+    kind): a step that reads a non-empty cache gets its logits shifted by up to that much."""
+    import inspect
+    from types import SimpleNamespace
+
+    other = {"cache": "past_key_values", "past_key_values": "cache"}[name]
+
+    def speaks(*args, **kwargs):
+        if other in kwargs:
+            raise TypeError(f"forward() got an unexpected keyword argument '{other}'")
+        cache = kwargs.pop(name, None)
+        out = forward(*args, **kwargs, **({installed: cache} if cache is not None else {}))
+        logits = out.logits
+        if cached_shift and cache is not None and cache.get_seq_length() > 0:
+            logits = logits + torch.linspace(0, cached_shift, logits.shape[-1], device=logits.device)
+        return SimpleNamespace(loss=out.loss, logits=logits, **{name: getattr(out, installed, None)})
+
+    # the signature a real forward shows: the cache's name among its keyword arguments
+    keyword = [inspect.Parameter(p, inspect.Parameter.KEYWORD_ONLY, default=None)
+               for p in ("input_ids", "attention_mask", name, "use_cache")]
+    rest = inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)
+    speaks.__signature__ = inspect.Signature([*keyword, rest])
+    return speaks

@@ -1,17 +1,24 @@
 """Will it fit? Before any weight is downloaded, predict what the course's path needs for a model on the
-runtime at hand (00_setup and 01_load_4bit print it; the one-page recipe writes the same arithmetic out):
-GPU memory, RAM, disk and time, each an ESTIMATE from the model's config (its shapes on the meta device,
-counted with transformers' own NF4 rules). The host-side figures (RAM, disk) are held within 15% of the
-full-shape rehearsal's measurements (docs/full-shape.md, tests/test_fit.py); the GPU figures have not been
-measured on a T4 yet. Where a phase will not fit, `check` stops with what is needed and a runtime that has it.
+runtime at hand (00_setup prints every phase; each notebook prints its own line before its download; the
+one-page recipe writes the same arithmetic out): GPU memory, RAM, disk and time, each an ESTIMATE from the
+model's config (its shapes on the meta device, counted with transformers' own NF4 rules).
+
+Two parts: the phases (`predict`: one load, one 4-bit training, the merge, the GGUF export), whose host-side
+figures are held within 15% of the full-shape rehearsal's measurements (docs/full-shape.md, tests/test_fit.py;
+the rows its constants were calibrated on are marked there), and the notebooks (`notebook_plan`): the model
+copies each notebook holds at once, measured while the course runs (tools/notebook_fit.py, the smoke run's
+ledger, NOTEBOOKS below), times each copy's footprint. The GPU figures have not been measured on a T4 yet.
+Where something will not fit, `check` / `notebook_line` say what is needed and a runtime that has it.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from gemmate_lib.errors import GemmateError
-from gemmate_lib.generations import SEED_TARGETS, TOWERS, generation_of, nf4_weights
+from gemmate_lib.generations import NF4_BYTES, SEED_TARGETS, TOWERS, generation_of
 
 GIB = 2**30
 # A free Colab runtime: one T4 (15 GB: 14.6 GiB for the process, less the CUDA context), 12.7 GB of RAM, and
@@ -22,12 +29,17 @@ BIGGER = "an L4 (22.5 GB) or A100 (40 GB) Colab runtime"
 UNITS = {"gpu": (GIB, "GiB of GPU memory"), "ram": (1e9, "GB of RAM"), "disk": (1e9, "GB of disk")}
 # Resident memory of the processes before their work (measured here): Python with torch and safetensors (a
 # load), with transformers and peft too (the merge), llama.cpp's converter (with what it holds for the
-# vocabulary), llama.cpp's quantizer. The notebook's kernel holds more (the tokenizer, the data, the
-# libraries): KERNEL_EXTRA is added for the phases that run inside it.
+# vocabulary), llama.cpp's quantizer. The notebook's kernel holds more (the libraries, the tokenizer, the
+# data): its figure is measured in the smoke run (NOTEBOOKS' "kernel_bytes", tools/notebook_fit.py) and used
+# for the phases that run inside it.
 TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.75e9, 0.05e9
-KERNEL_EXTRA = 1.5e9
 VERIFY_CONTEXT = 0.26e9  # llama.cpp's context and compute buffers for a short prompt (measured)
 SEED_T4_STEP_S = 2.69  # the seed notebook: gemma-2b, NF4, fp16, batch 1 x 4, 100 steps in 268.9 s on a T4
+# transformers 5.23 materializes a whole-model load's tensors through a pool of min(4, CPUs) threads, in name
+# order (core_model_loading.GLOBAL_WORKERS); a free Colab runtime has 2 CPUs
+LOAD_WORKERS = 2
+ACTIVATIONS = 0.5 * GIB  # batch 1 x 128 tokens with checkpointing; TRL's fused head builds no logits
+NOTEBOOKS = Path(__file__).with_name("notebook_copies.json")  # measured copies per notebook (notebook_fit.py)
 
 
 class FitError(GemmateError, RuntimeError):
@@ -40,18 +52,21 @@ class Shape:
 
     parameters: int  # every weight once (a tied LM head counts once)
     quantized: int  # weights NF4 stores in 4 bits (transformers' rule: Linear layers but the LM head)
-    text: int  # the text model's weights (what the GGUF file holds; Gemma 4's towers go elsewhere)
+    text: int  # the text model's weights (what the GGUF file holds; Gemma 4's towers go to another file)
     largest: int  # elements of the largest tensor
     largest_adapted: int  # elements of the largest weight LoRA adapts
-    per_layer: int = 0  # elements of a per-layer embedding table (Gemma 4), 0 without one
+    per_layer: int = 0  # elements of a per-layer embedding table (Gemma 4), 0 without one: kept on the CPU
     largest_but_table: int = 0  # elements of the largest tensor other than that table
     repacked: int = 0  # 4-bit text weights llama.cpp's CPU backend repacks (where hidden size % 256 == 0)
+    sizes: tuple[int, ...] = ()  # every tensor's elements in the order transformers loads them (by name)
+    checkpoint_bytes: int = 2  # bytes a value in the checkpoint (the Hub's Gemmas: bf16)
 
 
 def shape_of(config) -> Shape:
     """The Shape of a transformers config, via the model class its checkpoint loads as, on the meta device."""
     import torch
     import transformers
+    from transformers.core_model_loading import dot_natural_key
     from transformers.quantizers.base import get_keys_to_not_convert
 
     cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0], None)
@@ -65,13 +80,16 @@ def shape_of(config) -> Shape:
     adapted = [m.weight.numel() for n, m in text_linear.items() if n.rsplit(".", 1)[-1] in SEED_TARGETS]
     table = {n for n in params if "per_layer" in n and "embed" in n}
     aligned = config.get_text_config().hidden_size % 256 == 0
+    stored = str(getattr(config, "dtype", None) or "bfloat16").removeprefix("torch.")
     return Shape(parameters=sum(p.numel() for p in params.values()),
                  quantized=sum(m.weight.numel() for m in linear.values()),
                  text=sum(p.numel() for n, p in params.items() if in_text(n)),
                  largest=max(p.numel() for p in params.values()), largest_adapted=max(adapted),
                  per_layer=sum(params[n].numel() for n in table),
                  largest_but_table=max(p.numel() for n, p in params.items() if n not in table),
-                 repacked=sum(m.weight.numel() for m in text_linear.values()) if aligned else 0)
+                 repacked=sum(m.weight.numel() for m in text_linear.values()) if aligned else 0,
+                 sizes=tuple(params[n].numel() for n in sorted(params, key=dot_natural_key)),
+                 checkpoint_bytes=4 if stored == "float32" else 2)
 
 
 def runtime_here() -> dict:
@@ -93,23 +111,53 @@ def runtime_here() -> dict:
     return here
 
 
+def converted(shape: Shape, load_bytes: int, workers: int = 1) -> float:
+    """Host bytes a load holds at once while it converts tensors to the load dtype: each tensor is read from
+    the memory-mapped checkpoint (file pages, not counted) and, when the dtype changes, converted on the CPU
+    before its copy to the GPU (torch converts CPU->GPU copies on the CPU). `workers` tensors are converted at
+    once, in the load's name order: the largest sum of that many neighbours. 2 bytes means fp16 (a T4), which
+    a bf16 checkpoint converts to; only fp32 from an fp32 checkpoint loads unconverted."""
+    if load_bytes == 4 and shape.checkpoint_bytes == 4:
+        return 0.0
+    sizes = shape.sizes or (shape.largest,)
+    return max(sum(sizes[i:i + workers]) for i in range(len(sizes))) * load_bytes
+
+
+def copy_bytes(shape: Shape, kind: str, compute_bytes: int) -> dict[str, float]:
+    """One copy of the model as a notebook holds it, {"gpu", "host", "loading"} in bytes. `kind`: "nf4" (the
+    linear layers in 4 bits, every other weight in the compute dtype; after k-bit preparation in fp32:
+    "nf4-fp32") or "whole" (every weight in the compute dtype; "whole-fp32": fp32). A per-layer embedding
+    table (Gemma 4) moves to the CPU in 16 bits after the load (models.lookup_tables_to_cpu): "host"; until
+    then the load holds it on the GPU in the compute dtype: "loading", the copy's GPU peak while it loads."""
+    n, q, table = shape.parameters, shape.quantized, shape.per_layer
+    rest = 4 if kind.endswith("fp32") else compute_bytes
+    packed = q * NF4_BYTES if kind.startswith("nf4") else 0
+    unpacked = n - (q if kind.startswith("nf4") else 0)
+    gpu = packed + (unpacked - table) * rest
+    return {"gpu": gpu, "host": table * 2, "loading": packed + unpacked * compute_bytes}
+
+
 def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8) -> dict[str, dict]:
     """{phase: {"gpu", "ram", "disk", "seconds"}} in bytes and seconds (None where a phase does not use it).
-    `compute_bytes`: 2 for fp16/bf16, 4 for fp32 (Gemma 3 and 4 on a T4). RAM is one process's peak; disk
-    counts what the path has written so far (the downloaded checkpoint stays in the Hub cache)."""
-    n, q, text = shape.parameters, shape.quantized, shape.text
-    checkpoint = n * 2  # the Hub's weights are bf16
+    `compute_bytes`: 2 for fp16/bf16, 4 for fp32 (Gemma 3 and 4 on a T4). GPU: the phase's peak (a load holds
+    a per-layer table on the GPU until it moves to the CPU). RAM is one process's peak; disk counts what the
+    path has written so far (the downloaded checkpoint stays in the Hub cache)."""
+    n, text = shape.parameters, shape.text
+    checkpoint = n * shape.checkpoint_bytes
     gguf_f16, gguf_q4 = text * 2, text * 0.65
     lora = lora_r * (shape.largest_adapted ** 0.5) * 2 * 200  # adapter, gradients, 8-bit Adam: small
-    activations = 0.5 * GIB  # batch 1 x 128 tokens with checkpointing; TRL's fused head builds no logits
     flop_scale = n / 2.5e9 * (4 if compute_bytes == 4 else 1)  # fp32 runs ~4x slower than fp16 on a T4
+    whole, nf4 = copy_bytes(shape, "whole", compute_bytes), copy_bytes(shape, "nf4-fp32", compute_bytes)
     return {
-        # the loader converts one tensor at a time on the CPU (the bf16 source stays in the mapped file)
-        "load": {"gpu": n * compute_bytes, "disk": checkpoint, "seconds": checkpoint / 100e6,
-                 "ram": TORCH_BASELINE + shape.largest * compute_bytes},
-        "nf4": {"gpu": nf4_weights(n, q) + lora + activations, "disk": checkpoint,
+        # the whole model in the compute dtype (01's and 06's 16/32-bit copies, 05's merge): tensors converted
+        # on the CPU by the loader's threads, then the per-layer table, which stays on the CPU
+        "load": {"gpu": whole["loading"], "disk": checkpoint, "seconds": checkpoint / 100e6,
+                 "ram": TORCH_BASELINE + max(converted(shape, compute_bytes, LOAD_WORKERS), whole["host"])},
+        # NF4 loads one tensor at a time (quantizing on the fly turns the pool off); then k-bit preparation
+        # (fp32), LoRA and the activations of training
+        "nf4": {"gpu": max(nf4["loading"], nf4["gpu"] + lora + ACTIVATIONS), "disk": checkpoint,
                 "seconds": steps * SEED_T4_STEP_S * flop_scale,
-                "ram": TORCH_BASELINE + shape.largest * compute_bytes},
+                "ram": TORCH_BASELINE + max(converted(shape, compute_bytes), nf4["host"])},
         # merge_shards into f16: one adapted weight read (2 bytes a value), widened to fp32 (4), rounded (2)
         # and written (2); or the 64 MiB chunks that pass in f16 (read, converted, written: about four)
         "merge": {"gpu": None, "disk": 2 * checkpoint, "seconds": checkpoint / 150e6,
@@ -147,7 +195,7 @@ def report(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> str:
 
 def _need(phase: str, need: dict, what: str):
     """A phase's need against the runtime: the load and the 4-bit training run inside the notebook kernel."""
-    extra = KERNEL_EXTRA if what == "ram" and phase in ("load", "nf4") else 0
+    extra = kernel_extra() if what == "ram" and phase in ("load", "nf4") else 0
     return None if need[what] is None else need[what] + extra
 
 
@@ -184,3 +232,113 @@ def plan_for(model: str, compute_bytes: int | None = None, token=None, **kwargs)
         generation = generation_of(config)
         compute_bytes = 4 if generation is not None and generation.t4_dtype == "fp32" else 2
     return predict(shape_of(config), compute_bytes, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- per notebook
+
+
+@cache
+def measured() -> dict:
+    """The copies each notebook holds at once, measured (NOTEBOOKS, written by tools/notebook_fit.py)."""
+    return json.loads(NOTEBOOKS.read_text())
+
+
+def kernel_extra(data: dict | None = None) -> float:
+    """What a notebook's kernel holds before its first load (the libraries, the tokenizer, the data), beyond a
+    bare Python with torch: measured in the smoke run."""
+    return max((data or measured())["kernel_bytes"] - TORCH_BASELINE, 0.0)
+
+
+def moment_need(moment: dict, shape: Shape, compute_bytes: int, data: dict | None = None,
+                cpu: bool = False) -> dict[str, float]:
+    """{"gpu", "ram"} at one measured moment of a notebook: its copies' footprints (the one it is loading at
+    its load peak, with the load's conversion on the CPU), plus training's LoRA and activations when it
+    trains, plus the kernel's own memory. `cpu`: the CPU profile, where the copies are 16/32-bit ("whole", an
+    upper bound for the 4-bit ones that 01 loads on purpose) and live in RAM ("gpu" is then 0)."""
+    gpu, ram = 0.0, TORCH_BASELINE + kernel_extra(data)
+    for i, kind in enumerate(moment["copies"]):
+        copy = copy_bytes(shape, "whole" if cpu else kind, compute_bytes)
+        loading = i == moment.get("loading")
+        gpu += copy["loading"] if loading else copy["gpu"]
+        ram += copy["host"]
+        if loading:
+            workers = LOAD_WORKERS if kind.startswith("whole") else 1
+            ram += max(converted(shape, compute_bytes, workers) - copy["host"], 0)
+    if moment.get("training"):
+        gpu += 8 * (shape.largest_adapted ** 0.5) * 2 * 200 + ACTIVATIONS
+    return {"gpu": 0.0, "ram": ram + gpu} if cpu else {"gpu": gpu, "ram": ram}
+
+
+@dataclass
+class NotebookNeed:
+    copies: int  # most model copies alive at once
+    gpu: float  # peak GPU bytes (None-free: 0 where no model loads)
+    ram: float  # peak host RAM bytes
+    gpu_without_whole: float  # the same without the parts that hold a whole 16/32-bit copy
+    ram_without_whole: float
+    without_whole: str  # what the notebook leaves out when a whole copy does not fit ("" when it holds none)
+
+
+def notebook_need(notebook: str, shape: Shape, compute_bytes: int, data: dict | None = None,
+                  cpu: bool = False) -> NotebookNeed:
+    """What `notebook` needs at its peak for a model of `shape` computing in `compute_bytes`, from its
+    measured moments (`data`: the measured copies, NOTEBOOKS unless given; `cpu`: moment_need's)."""
+    data = data or measured()
+    entry, idle = data["notebooks"][notebook], {"gpu": 0.0, "ram": TORCH_BASELINE + kernel_extra(data)}
+    needs = [(moment_need(m, shape, compute_bytes, data, cpu),
+              any(k.startswith("whole") for k in m["copies"])) for m in entry["moments"]] or [(idle, False)]
+    without = [n for n, whole in needs if not whole] or [idle]
+    return NotebookNeed(copies=max((len(m["copies"]) for m in entry["moments"]), default=0),
+                        gpu=max(n["gpu"] for n, _ in needs), ram=max(n["ram"] for n, _ in needs),
+                        gpu_without_whole=max(n["gpu"] for n in without),
+                        ram_without_whole=max(n["ram"] for n in without),
+                        without_whole=entry.get("without_whole", ""))
+
+
+def verdict(need: NotebookNeed, runtime: dict = FREE_COLAB) -> str:
+    """"yes", "without <its 16/32-bit part>" or "no" for a notebook on `runtime` (GPU and RAM)."""
+    def fits(gpu, ram):
+        return (runtime["gpu_bytes"] is None or gpu <= runtime["gpu_bytes"]) and ram <= runtime["ram_bytes"]
+
+    if fits(need.gpu, need.ram):
+        return "yes"
+    if need.without_whole and fits(need.gpu_without_whole, need.ram_without_whole):
+        return f"without {need.without_whole}"
+    return "no"
+
+
+@dataclass
+class NotebookFit:
+    line: str  # what the notebook prints before its download
+    whole_copies: bool  # its parts that hold a whole 16/32-bit copy fit here
+
+
+def notebook_fit(notebook: str, cfg, runtime: dict | None = None) -> NotebookFit:
+    """Before any weight is downloaded: will `notebook` fit this runtime with cfg's model? Reads the model's
+    config only (a few kB), prints nothing; the notebook prints `.line`. Stops (FitError) when even its 4-bit
+    parts will not fit, naming a runtime that fits; `.whole_copies` is False when only its 16/32-bit parts
+    (01's comparison, 05's merge, 06's 16/32-bit arms) will not, and those parts then say so and skip."""
+    from transformers import AutoConfig
+
+    from gemmate_lib.models import resolve_model
+
+    runtime = runtime or runtime_here()
+    where, hub = resolve_model(cfg.model.model_name)
+    config = AutoConfig.from_pretrained(where, **({"token": hub["token"]} if hub.get("token") else {}))
+    cpu = cfg.precision.device == "cpu"  # the 16/32-bit profile: the copies live in RAM
+    if cpu:
+        runtime = {**runtime, "gpu_bytes": None}
+    need = notebook_need(notebook, shape_of(config), cfg.precision.dtype.itemsize, cpu=cpu)
+    answer = verdict(need, runtime)
+    where_to = (f"{runtime['gpu']} ({runtime['gpu_bytes'] / GIB:.1f} GiB)" if runtime["gpu_bytes"]
+                else "this CPU")
+    line = (f"{notebook} with {cfg.model.model_name} on {where_to}, RAM {runtime['ram_bytes'] / 1e9:.1f} GB: "
+            f"at most {need.copies} model cop{'y' if need.copies == 1 else 'ies'} at once, peak about "
+            + (f"{need.gpu / GIB:.1f} GiB of GPU memory and " if runtime["gpu_bytes"] else "")
+            + f"{need.ram / 1e9:.1f} GB of RAM (estimates): ")
+    if answer == "no":
+        raise FitError(line + "will not fit", f"switch to {BIGGER}, or choose a smaller model "
+                       "(google/gemma-3-1b-pt)")
+    if answer == "yes":
+        return NotebookFit(line + "fits", True)
+    return NotebookFit(line + f"fits {answer} (it needs {BIGGER})", False)

@@ -165,18 +165,12 @@ def stop_token_ids(tokenizer, generation: Generation | None = None) -> list[int]
 NF4_BYTES = 4.127 / 8  # bytes a weight in NF4: 4 bits, plus double-quantized absmax scales (blocksize 64)
 
 
-def nf4_weights(parameters: float, quantized: float) -> float:
-    """Bytes of the weights under QLoRA: NF4 layers in 4 bits, every other weight in fp32, since
-    `prepare_model_for_kbit_training` casts the 16-bit weights NF4 does not store to fp32 (fit.py plans with
-    it)."""
-    return quantized * NF4_BYTES + (parameters - quantized) * 4
-
-
 def nf4_estimate_gib(arch: dict) -> float:
-    """An ESTIMATE of the weights' memory under QLoRA on a T4, by the planner's rule (nf4_weights), from the
-    published config numbers: the linear layers of the text model and the towers in NF4, every other weight
-    (the embeddings) in fp32 after k-bit preparation. Activations, LoRA weights and optimizer state come on
-    top (docs/full-shape.md)."""
+    """An ESTIMATE of the weights' GPU memory under QLoRA on a T4, by the planner's rule (fit.copy_bytes),
+    from the published config numbers: the linear layers of the text model and the towers in NF4, every other
+    weight (the embeddings) in fp32 after k-bit preparation, but a per-layer embedding table, which stays on
+    the CPU (models.lookup_tables_to_cpu). Activations, LoRA weights and optimizer state come on top
+    (docs/full-shape.md)."""
     hidden, layers, per_layer = arch["hidden"], arch["layers"], arch.get("per_layer_hidden", 0)
     shared_from = layers - arch.get("kv_shared_layers", 0)  # later layers reuse an earlier layer's K and V
     linear = arch.get("vision", 0) + arch.get("audio", 0)
@@ -187,8 +181,8 @@ def nf4_estimate_gib(arch: dict) -> float:
         wide = 2 if arch.get("double_wide_mlp") and i >= shared_from else 1
         linear += 2 * hidden * (arch["heads"] + kv_heads) * head_dim  # q and o, k and v
         linear += 3 * hidden * arch["intermediate"] * wide + 2 * hidden * per_layer
-    embedding = arch["vocab"] * hidden + (arch["vocab"] + hidden) * layers * per_layer
-    return round(nf4_weights(linear + embedding, linear) / 2**30, 1)
+    embedding = arch["vocab"] * hidden + hidden * layers * per_layer  # the per-layer table: on the CPU
+    return round((linear * NF4_BYTES + embedding * 4) / 2**30, 1)
 
 
 def training_chat_template(generation: Generation) -> str:

@@ -100,12 +100,16 @@ def describe_hardware() -> dict:
 
 
 def gpu_memory(label: str) -> str:
-    """One line with the peak GPU memory since the last call (then reset), or "" without CUDA: 03, 04 and 05
-    print it, so a learner sees how close a T4 (15 GB) is to its limit. The figure is what the process holds
-    at its peak: what the allocator reserved (more than the tensors: it keeps freed blocks for reuse) plus
-    what the CUDA context and libraries hold outside it, read from the driver (torch.cuda.mem_get_info)."""
+    """One line with the peak GPU memory since the last call (then reset): 03, 04 and 05 print it, so a
+    learner sees how close a T4 (15 GB) is to its limit. The figure is what the process holds at its peak:
+    what the allocator reserved (more than the tensors: it keeps freed blocks for reuse) plus what the CUDA
+    context and libraries hold outside it, read from the driver (torch.cuda.mem_get_info). Without CUDA, the
+    process's peak resident memory so far, where the model lives on a CPU."""
     if not torch.cuda.is_available():
-        return ""
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kB
+        return f"no GPU: the model is in RAM; this process's resident peak {peak / 2**30:.1f} GiB so far"
     free, total = torch.cuda.mem_get_info()
     outside = max(0, total - free - torch.cuda.memory_reserved())  # CUDA context, cuBLAS workspaces
     tensors, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()

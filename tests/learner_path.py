@@ -262,8 +262,16 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
     use_site = "GEMMATE_KERNEL_PYTHON" not in os.environ and os.environ.get("GEMMATE_SMOKE_COLAB_SITE") != "0"
     python, env = colab_site(run_dir.parent / "colab-site") if use_site else (None, {})
     kernel = colab_kernel(run_dir.parent / "jupyter", python, env)
+    # every kernel keeps a ledger of the model copies it holds (tools/ledger.py):
+    # run_dir/ledger/<notebook>.jsonl
+    sys.path.insert(0, str(ROOT))
+    from tools.ledger import startup_dir
+
+    os.environ["IPYTHONDIR"] = startup_dir(run_dir.parent / "ipython")
+    (run_dir / "ledger").mkdir(exist_ok=True)
     rows = {}
     for nb in notebooks or notebooks_in_order():
+        os.environ["GEMMATE_LEDGER"] = str(run_dir / "ledger" / f"{nb.stem}.jsonl")
         declared = set(pm.inspect_notebook(str(nb)))
         params = {k: v for k, v in {**SMOKE_PARAMS, "model_name": str(model), "dataset": str(quotes),
                                     "run_dir": str(run_dir), "output_dir": str(run_dir / nb.stem)}.items()

@@ -91,12 +91,37 @@ def test_rehearsal_phases_at_a_small_shape_and_one_over_its_cap(generation_folde
     assert "**no**" in rehearse.table(over)
 
 
-def test_the_committed_table_covers_every_offered_model_and_phase():
-    from tools.full_shape import CONFIGS
+def test_the_copy_phase_counts_a_gemma_4_table_on_the_cpu_and_trains(tmp_path):
+    """make rehearse's "copy" phase on a tiny Gemma 4 whose per-layer table holds bf16 values (as the Hub's
+    checkpoints): the 4-bit copy's bytes on the GPU and the table's on the CPU, as fit.copy_bytes counts them,
+    and a few LoRA steps."""
+    from tiny import make_generation_tokenizer, make_tiny_generation
+    from transformers import AutoConfig
+
+    from gemmate_lib import fit
+
+    base, tokenizer = tmp_path / "gemma4", make_generation_tokenizer("gemma4")
+    model = make_tiny_generation("gemma4", tokenizer)
+    for name, module in model.named_modules():
+        if name.endswith("embed_tokens_per_layer"):
+            module.weight.data = module.weight.data.to(torch.bfloat16).float()
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    rows = rehearse.rehearse(["tiny"], ("copy",), limit=3e9, work_root=tmp_path, builder=lambda name: base)
+    copy = rows[0]["copy"]
+    need = fit.copy_bytes(fit.shape_of(AutoConfig.from_pretrained(base)), "nf4-fp32", 4)
+    assert copy["host"] == need["host"] > 0  # the per-layer table, bf16 on the CPU
+    # the tiny model's few hundred 4-bit values carry their scales' overhead: within 10% at this size
+    assert copy["gpu"] == pytest.approx(need["gpu"], rel=0.1)
+    assert len(copy["step_seconds"]) == 3 and copy["final_loss"] > 0
+
+
+def test_the_committed_table_covers_every_model_and_phase():
+    from tools.full_shape import MODELS
 
     committed = json.loads((rehearse.DOCS / "full-shape.json").read_text())
     seen = {(r["model"], r["phase"]) for r in committed["rows"]}
-    assert seen == {(m, p) for m in CONFIGS for p in rehearse.PHASES}
+    assert seen == {(m, p) for m in MODELS for p in rehearse.PHASES}
 
 
 def test_the_full_shape_tokenizer_keeps_every_id_inside_gemma_2bs_vocabulary():

@@ -73,3 +73,12 @@ def test_two_visible_gpus_stop_in_one_line_that_names_cuda_visible_devices(monke
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert hardware.pick_precision().dtype == torch.bfloat16
     assert hardware.pick_precision("cpu").device == "cpu"  # the CPU asked for: the GPUs do not matter
+
+
+def test_the_memory_line_says_something_on_a_cpu_too(fake_gpu):
+    """03, 04 and 05 print gpu_memory(...) where their prose promises a peak: on a CPU it is the process's."""
+    from gemmate_lib.hardware import gpu_memory
+
+    fake_gpu(None)
+    line = gpu_memory("while training")
+    assert line.startswith("no GPU") and "GiB so far" in line and float(line.split()[-4]) > 0

@@ -308,6 +308,12 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     leaks = [p.name for p in (tmp_path / "run").rglob("*")
              if p.is_file() and CANARY.encode() in p.read_bytes()]
     assert leaks == []
+    # the model copies each kernel held at once (tests/learner_path.py's ledgers): as committed, and no
+    # notebook holds more than the course says a free T4 runs (docs/full-shape.md, tools/notebook_fit.py)
+    from gemmate_lib import fit
+    from tools import notebook_fit
+
+    assert notebook_fit.compare(fit.measured(), notebook_fit.collect(tmp_path / "run")) == []
 
 
 @pytest.mark.slow

@@ -146,3 +146,93 @@ def test_quiet_hides_the_bar_of_each_model_load_but_no_other_bar(tiny_folder, qu
     assert out.returncode == 0, out.stderr[-2000:]
     assert ("Loading weights" in out.stderr) is not quiet
     assert "Training steps" in out.stderr
+
+
+def _tiny_generation(key):
+    """(tokenizer, model): a fresh tiny random model of Gemma generation `key`."""
+    from tiny import make_generation_tokenizer, make_tiny_generation
+
+    tokenizer = make_generation_tokenizer(key)
+    return tokenizer, make_tiny_generation(key, tokenizer)
+
+
+def _bf16_exact_table(model):
+    """The tiny Gemma 4's per-layer table as a Hub checkpoint holds it: fp32 values that came from bf16."""
+    table = next(m for n, m in model.named_modules() if n.endswith("embed_tokens_per_layer"))
+    table.weight.data = table.weight.data.to(torch.bfloat16).float()
+    return table
+
+
+def test_gemma4s_per_layer_table_on_the_cpu_computes_the_same_and_trains():
+    """lookup_tables_to_cpu: the same logits to the bit, the table a bf16 buffer under its own name that
+    `.to()`
+    and k-bit preparation leave alone, and a LoRA step that still trains."""
+    from peft import LoraConfig, get_peft_model
+
+    from gemmate_lib.generations import lora_targets
+    from gemmate_lib.models import host_bytes, lookup_tables_to_cpu
+
+    tokenizer, model = _tiny_generation("gemma4")
+    table = _bf16_exact_table(model)
+    ids = tokenizer(["Quote: time flies", "Quote: a"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        before = model(**ids).logits
+    keys = set(model.state_dict())
+    moved = lookup_tables_to_cpu(model)
+    assert moved == table.weight.numel() * 2 == host_bytes(model)  # bf16: 2 bytes a value
+    assert table.weight.dtype == torch.bfloat16 and "weight" not in dict(table.named_parameters())
+    assert set(model.state_dict()) == keys  # saves and merges see the same names
+    model.to(torch.float32)
+    assert table.weight.dtype == torch.bfloat16  # .to() leaves it where it is
+    with torch.no_grad():
+        assert torch.equal(model(**ids).logits, before)
+    assert lookup_tables_to_cpu(model) == 0  # once is enough
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=lora_targets(model), task_type="CAUSAL_LM"))
+    lora.train()
+    lora(**ids, labels=ids["input_ids"]).loss.backward()
+    grads = [p.grad for n, p in lora.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None for g in grads)
+
+
+def test_a_table_that_is_not_bf16_stays_in_its_dtype_on_the_cpu():
+    from gemmate_lib.models import lookup_tables_to_cpu
+
+    tokenizer, model = _tiny_generation("gemma4")  # random fp32 values: bf16 would round them
+    ids = tokenizer(["Quote: time flies"], return_tensors="pt")
+    with torch.no_grad():
+        before = model(**ids).logits
+    assert lookup_tables_to_cpu(model) > 0
+    table = next(m for n, m in model.named_modules() if n.endswith("embed_tokens_per_layer"))
+    assert table.weight.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(model(**ids).logits, before)
+
+
+def test_other_generations_have_no_table_to_move():
+    from gemmate_lib.models import lookup_tables_to_cpu
+
+    for key in ("gemma", "gemma3"):
+        assert lookup_tables_to_cpu(_tiny_generation(key)[1]) == 0
+
+
+def test_whole_model_loads_pass_device_map_as_nf4_loads_do(generation_folder, monkeypatch):
+    """01's, 05's and 06's 16/32-bit loads on a GPU go tensor by tensor to the device (device_map), not
+    through
+    host RAM as a whole model first: the call transformers gets, with CUDA faked at the boundary."""
+    import transformers
+
+    from gemmate_lib.hardware import Precision
+
+    calls = []
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(path, **kwargs):
+        calls.append(kwargs)
+        return real(path, **{**kwargs, "device_map": {"": "cpu"}})  # no CUDA here: load on the CPU instead
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    precision = Precision(device="cuda", dtype=torch.float32, reason="a faked GPU")
+    model = load_model(str(generation_folder("gemma")), precision, quantization="none")
+    assert calls[0]["device_map"] == {"": 0} and "quantization_config" not in calls[0]
+    assert next(model.parameters()).device.type == "cpu"

@@ -306,26 +306,21 @@ class _Trainer:  # what the pre-flight cell reads of TRL's SFTTrainer
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _preflight(tiny_tokenizer, seed=0, drop_end=False, broken_cache=False):
-    """Run the page's pre-flight cell on a tiny random Gemma 3 with a LoRA adapter, as the page runs it."""
+def _preflight(tiny_tokenizer, seed=0, drop_end=False, cache_name=None, broken_cache=False):
+    """Run the page's pre-flight cell on a tiny random Gemma 3 with a LoRA adapter, as the page runs it.
+    `cache_name`: the model knows its KV cache under that name only (transformers 5.24 renamed
+    `past_key_values` to `cache`); `broken_cache`: its cached attention path computes something else."""
     import math
 
     import torch
     from peft import LoraConfig, get_peft_model
-    from tiny import TEXTS, make_tiny_gemma
+    from tiny import TEXTS, cache_name_of, make_tiny_gemma, speaking_only
 
     model = get_peft_model(make_tiny_gemma(tiny_tokenizer, seed), LoraConfig(r=4, target_modules=["q_proj"]))
-    if broken_cache:  # a cached attention path that computes something else (Gemma 4's early bug, in kind)
+    if cache_name is not None:
         inner = model.base_model.model
-        forward = inner.forward
-
-        def cached_differs(*args, **kwargs):
-            out = forward(*args, **kwargs)
-            if kwargs.get("past_key_values") is not None and kwargs["past_key_values"].get_seq_length() > 0:
-                out.logits = out.logits + torch.linspace(0, 5, out.logits.shape[-1])
-            return out
-
-        inner.forward = cached_differs
+        inner.forward = speaking_only(inner.forward, cache_name, cache_name_of(inner),
+                                      cached_shift=5.0 if broken_cache else 0.0)
     namespace = {"torch": torch, "math": math, "tokenizer": tiny_tokenizer, "compute_dtype": torch.float32,
                  "eval_dataset": [{"text": t} for t in TEXTS], "max_start_loss": 1.2,
                  "loss_before": math.log(len(tiny_tokenizer)),  # a random model: a uniform guess
@@ -334,15 +329,18 @@ def _preflight(tiny_tokenizer, seed=0, drop_end=False, broken_cache=False):
     return namespace
 
 
-def test_the_pre_flight_passes_a_sound_model(tiny_tokenizer, capsys):
-    _preflight(tiny_tokenizer)
+@pytest.mark.parametrize("cache_name", [None, "past_key_values", "cache"])  # None: the installed model as is
+def test_the_pre_flight_passes_a_sound_model(tiny_tokenizer, capsys, cache_name):
+    """Under either name of the KV cache: a page that hands the cache back under one name only fails here."""
+    _preflight(tiny_tokenizer, cache_name=cache_name)
     table = capsys.readouterr().out
     assert table.count("pass") == 6 and "FAIL" not in table
 
 
 @pytest.mark.parametrize("fault, meaning", [
     (dict(drop_end=True), "the model never learns to stop"),
-    (dict(broken_cache=True), "the cached attention path computes another model"),
+    *[(dict(cache_name=name, broken_cache=True), "the cached attention path computes another model")
+      for name in ("past_key_values", "cache")],  # the injection fires under the name the page passes
 ])
 def test_the_pre_flight_stops_on_an_injected_fault_and_says_what_it_means(tiny_tokenizer, capsys, fault,
                                                                           meaning):
@@ -560,9 +558,48 @@ def test_the_pages_will_it_fit_is_the_planners_arithmetic_and_skips_a_merge_a_t4
     exec(_cell("a 16/32-bit copy for the merge"), page)
     plan = fit.predict(fit.shape_of(config), dtype.itemsize)
     need = {k: v * 2**30 for k, v in page["gpu_need"].items()}
-    assert need["the 4-bit model while training"] == pytest.approx(plan["nf4"]["gpu"], rel=0.15)
+    four_bit = max(need["the 4-bit model while loading"], need["the 4-bit model while training"])
+    assert four_bit == pytest.approx(plan["nf4"]["gpu"], rel=0.15)
     assert need["a 16/32-bit copy for the merge"] == pytest.approx(plan["load"]["gpu"], rel=0.02)
     assert page["merge_fits"] is (name != "gemma-4-E2B")  # E2B in fp32: ~19 GiB, more than a T4 has
     assert page["merge_fits"] is ("load GPU" not in fit.problems(plan))
     printed = capsys.readouterr().out
     assert "training on a T4: ~" in printed and "GPU memory for the 4-bit model while training" in printed
+
+
+def test_the_pages_per_layer_table_on_the_cpu_is_the_librarys():
+    """Section 6's per_layer_table_to_cpu, run from the page on a tiny Gemma 4 whose table holds bf16 values
+    (as
+    the Hub's checkpoints do), does what models.lookup_tables_to_cpu does: the same logits to the bit, a bf16
+    buffer on the CPU under the same name, and nothing else changed; on Gemma 1 it changes nothing."""
+    import torch
+    from tiny import make_generation_tokenizer, make_tiny_generation
+
+    from gemmate_lib.models import lookup_tables_to_cpu
+
+    scope = {"torch": torch}
+    exec(_cell("def per_layer_table_to_cpu(model):"), scope)
+    tokenizer = make_generation_tokenizer("gemma4")
+    ids = tokenizer(["Quote: time flies", "Quote: a"], return_tensors="pt", padding=True)
+    models = []
+    for move in (scope["per_layer_table_to_cpu"], lookup_tables_to_cpu):
+        model = make_tiny_generation("gemma4", tokenizer)
+        for name, module in model.named_modules():
+            if name.endswith("embed_tokens_per_layer"):
+                module.weight.data = module.weight.data.to(torch.bfloat16).float()
+        with torch.no_grad():
+            before = model(**ids).logits
+        move(model)
+        model.to(torch.float32)
+        with torch.no_grad():
+            assert torch.equal(model(**ids).logits, before)
+        models.append(model.state_dict())
+    page, library = models
+    assert page.keys() == library.keys()
+    assert all(torch.equal(page[k], library[k]) and page[k].dtype == library[k].dtype for k in page)
+    table = next(k for k in page if "embed_tokens_per_layer" in k)
+    assert page[table].dtype == torch.bfloat16 and page[table].device.type == "cpu"
+    gemma = make_tiny_generation("gemma", make_generation_tokenizer("gemma"))
+    keys = {k: v.clone() for k, v in gemma.state_dict().items()}
+    scope["per_layer_table_to_cpu"](gemma)
+    assert all(torch.equal(v, keys[k]) for k, v in gemma.state_dict().items())

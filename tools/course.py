@@ -315,9 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(name, value)  # the kernels inherit them
     print("Hub: " + ("offline (the embedded default needs no network)" if offline
                      else "online (a Hub model or dataset)"))
+    # every kernel keeps a ledger of the model copies it holds at once (tools/ledger.py): run_dir/ledger
+    from tools.ledger import startup_dir
+
+    os.environ["IPYTHONDIR"] = startup_dir(run_dir / "ledger" / "ipython")
     timings, cells = {}, {}
     for nb in notebooks:
         out = run_dir / nb.name
+        os.environ["GEMMATE_LEDGER"] = str(run_dir / "ledger" / f"{nb.stem}.jsonl")
         params = {**per_notebook[nb.name], "run_dir": str(run_dir)}
         if nb.name == ONE_PAGE:  # imports nothing of ours: no run_dir; its own parameters, a params file wins
             params = {**one_page_parameters(folder, run_dir, bool(offline), start=nb.parent),

@@ -1,24 +1,28 @@
-"""`make rehearse`: the host side of the learner's path at full shape, on a CPU, against a free Colab
-runtime's limits. For each model the course offers (tools/full_shape.py builds its checkpoint once, random
-weights at the real shapes), each phase that runs in Colab's RAM or on its disk runs in a child process; a
-watcher sums the resident anonymous memory (RssAnon) of the whole process tree every 20 ms and stops it above
-Colab's RAM. `prlimit`/`ulimit` would count the memory-mapped checkpoint as used and refuse loads Colab
-allows, so they are not used. Peak RAM, peak disk (the checkpoint plus everything written so far) and time go
-into docs/full-shape.json and the table in docs/full-shape.md; it exits 1 if a phase the course offers goes
-over.
+"""`make rehearse`: the learner's path at full shape, on a CPU, against a free Colab runtime's limits. For
+each model (tools/full_shape.py builds its checkpoint once, random weights at the real shapes; the embedded
+Gemma 3 270M is its real folder), each phase runs in a child process; a watcher sums the resident anonymous
+memory (RssAnon) of the whole process tree every 20 ms and stops it above Colab's RAM. `prlimit`/`ulimit`
+would count the memory-mapped checkpoint as used and refuse loads Colab allows, so they are not used. Peak
+RAM, peak disk (the checkpoint plus everything written so far) and time go into docs/full-shape.json and the
+tables in docs/full-shape.md; it exits 1 if a phase the course offers goes over.
 
 Phases (the host side of what the notebooks and the one-page recipe do on a T4):
-- load: the base loaded to the GPU in the T4's compute dtype (01's and 06's 16/32-bit loads, the one-page
-  recipe's reload before its merge). transformers 5.23 loads tensor by tensor and converts each to the load
-  dtype on the CPU before the copy to the GPU; the child makes the same calls and hands each tensor off.
-- nf4: the host side of the NF4 load (02-05, the one-page recipe): the layers bitsandbytes quantizes pass in
-  16 bits (quantized on the GPU), every other weight in the compute dtype.
+- load: a whole 16/32-bit copy (01's comparison, 05's merge base, 06's arms), through the library's own
+  `load_model`, with transformers' own loader and its thread pool; only the copy to the GPU is stood in for,
+  at the one boundary (`core_model_loading._materialize_copy`): the tensor is read and converted on the host
+  as torch does for a CPU->GPU copy with a dtype change, then handed off. The per-layer table that
+  `lookup_tables_to_cpu` brings back to the CPU (Gemma 4) is then read from the checkpoint, in bf16.
+- nf4: the host side of the NF4 load (02-05, the one-page recipe): an imitation, tensor by tensor as the
+  loader goes with quantization on (every tensor converted to the compute dtype on the host).
+- copy: one 4-bit copy as a notebook holds it, loaded with `load_model(..., "nf4")` on the CPU and prepared
+  for k-bit training: its bytes on the compute device and on the CPU (the bytes of a tensor do not depend on
+  the device); for Gemma 4 E2B also a few LoRA steps on short sequences, to show the path runs at that size.
 - merge: the adapter merged tensor by tensor from the shards into an f16 sharded copy
   (gemmate_lib.adapters.merge_shards).
 - convert, quantize, verify: the GGUF export (llama.cpp's converter in its own process, its quantizer, then
   llama.cpp loading the file and generating a few tokens).
 
-Random weights: the figures are memory, disk and time, never quality. No GPU here: no GPU columns.
+Random weights: the figures are memory, disk and time, never quality. No GPU here: no GPU measurements.
 """
 from __future__ import annotations
 
@@ -34,8 +38,13 @@ from pathlib import Path
 
 COLAB_RAM = 12.7e9  # a free Colab runtime's system RAM ("12.7 GB" in its resources panel), in bytes
 COLAB_DISK = 70e9   # what a free T4 runtime leaves free on /content, at least (an assumption, not measured)
-PHASES = ("load", "nf4", "merge", "convert", "quantize", "verify")
+FREE_T4_GPU = 14.0 * 2**30  # what a T4 leaves the process (gemmate_lib.fit.FREE_COLAB)
+PHASES = ("load", "nf4", "copy", "merge", "convert", "quantize", "verify")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def machine_ram() -> float:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def rss_anon(pid: int) -> int:
@@ -90,19 +99,46 @@ def watch(cmd: list[str], limit: float, disk_folders=(), env=None, poll: float =
     if disk_folders:
         peak_disk = max(peak_disk, folder_bytes(*disk_folders))
     return {"peak_ram": peak_ram, "peak_disk": peak_disk, "seconds": round(time.time() - start, 1),
-            "returncode": proc.returncode, "stopped": stopped, "tail": "".join(lines[-5:])[-600:]}
+            "returncode": proc.returncode, "stopped": stopped, "tail": "".join(lines[-10:])[-2000:]}
 
 
 # ---------------------------------------------------------------------------------------------- child phases
 
 
 def t4_dtype(folder: Path):
-    """The compute dtype the course picks on a T4 for this checkpoint's generation."""
+    """The compute dtype the course picks on a T4 for this checkpoint's generation (fp16 for one it lacks)."""
     import torch
 
     from gemmate_lib.generations import generation_of
 
-    return {"fp16": torch.float16, "fp32": torch.float32}[generation_of(folder).t4_dtype]
+    generation = generation_of(folder)
+    return {"fp16": torch.float16, "fp32": torch.float32}[generation.t4_dtype if generation else "fp16"]
+
+
+def on_the_gpu(tensor, device=None, dtype=None):
+    """Stands in for transformers' copy of one checkpoint tensor to the GPU: read from the mapped file,
+    converted
+    on the host when the dtype changes (torch converts a CPU->GPU copy there), then handed off."""
+    tensor = tensor[...]
+    if dtype is not None and tensor.dtype != dtype:
+        tensor = tensor.to(dtype=dtype)
+    return tensor.to("meta")
+
+
+def host_table(folder: Path):
+    """Gemma 4's per-layer embedding table as `lookup_tables_to_cpu` keeps it on the CPU: bf16; None
+    without."""
+    import torch
+    from safetensors import safe_open
+
+    index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"] \
+        if (folder / "model.safetensors.index.json").exists() else None
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if "embed_tokens_per_layer" in key and (index is None or index[key] == file.name):
+                    return f.get_tensor(key).to(torch.bfloat16)
+    return None
 
 
 def quantized(key: str, shape) -> bool:
@@ -125,6 +161,50 @@ def stream(folder: Path, dtype_of) -> int:
                 total += converted.nbytes
                 del tensor, converted
     return total
+
+
+def nf4_copy(base: Path, precision, steps: int = 0) -> dict:
+    """One 4-bit copy as 02-07 hold it: `load_model(..., "nf4")` and k-bit preparation, on the CPU. Its bytes
+    by
+    where they sit on a GPU runtime ("gpu": everything but the tables `lookup_tables_to_cpu` keeps on the CPU,
+    "host": those) and by kind; with `steps`, that many LoRA steps on 16-token sequences, timed."""
+    import time as clock
+
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from gemmate_lib.generations import lora_targets
+    from gemmate_lib.models import host_bytes, load_model
+
+    start = clock.time()
+    model = prepare_model_for_kbit_training(load_model(str(base), precision, "nf4"),
+                                            use_gradient_checkpointing=True)
+    seen, kinds = set(), {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.untyped_storage().data_ptr() in seen:
+            continue
+        seen.add(tensor.untyped_storage().data_ptr())
+        kind = "4bit" if type(tensor).__name__ == "Params4bit" else str(tensor.dtype).removeprefix("torch.")
+        kinds[kind] = kinds.get(kind, 0) + tensor.untyped_storage().nbytes()
+    host = host_bytes(model)
+    out = {"gpu": sum(kinds.values()) - host, "host": host, "kinds": kinds,
+           "load_seconds": round(clock.time() - start, 1), "step_seconds": []}
+    if steps:
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=lora_targets(model),
+                                                 task_type="CAUSAL_LM"))
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        vocab = model.config.get_text_config().vocab_size
+        ids = torch.randint(3, min(1000, vocab), (1, 16), generator=torch.Generator().manual_seed(0))
+        for _ in range(steps):
+            begin = clock.time()
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            out["step_seconds"].append(round(clock.time() - begin, 1))
+        out["final_loss"] = round(loss.item(), 3)
+    return out
 
 
 def random_adapter(base: Path, out: Path, r: int = 8, alpha: int = 16) -> Path:
@@ -159,12 +239,26 @@ def random_adapter(base: Path, out: Path, r: int = 8, alpha: int = 16) -> Path:
 def child(phase: str, base: Path, work: Path) -> None:
     import torch
 
+    from gemmate_lib.hardware import Precision
+
+    t4 = Precision("cpu", t4_dtype(base), "a T4's compute dtype")
     if phase == "load":
-        dtype = t4_dtype(base)
-        print("bytes", stream(base, lambda key, shape: dtype))
+        import transformers.core_model_loading as loading
+
+        from gemmate_lib.models import load_model
+
+        loading._materialize_copy = on_the_gpu  # the one boundary: the copy to the GPU
+        model = load_model(str(base), t4, "none")
+        table = host_table(base)
+        print("loaded", type(model).__name__, "host bytes", 0 if table is None else table.nbytes)
     elif phase == "nf4":
         dtype = t4_dtype(base)
-        print("bytes", stream(base, lambda key, shape: torch.float16 if quantized(key, shape) else dtype))
+        print("bytes", stream(base, lambda key, shape: dtype))
+    elif phase == "copy":
+        from gemmate_lib.generations import generation_of
+
+        gemma4 = getattr(generation_of(base), "key", "") == "gemma4"  # E2B: show that its 4-bit path trains
+        print("copy", json.dumps(nf4_copy(base, t4, steps=3 if gemma4 else 0)))
     elif phase == "merge":
         from gemmate_lib.adapters import merge_shards
 
@@ -207,11 +301,17 @@ def rehearse(names, phases=PHASES, limit: float = COLAB_RAM, work_root: Path | N
         for phase in phases:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                                os.environ.get("PYTHONPATH", "")])}
+            cap = machine_ram() if phase == "copy" else limit  # a copy lives on the GPU, not in Colab's RAM
             result = watch([sys.executable, "-m", "tools.rehearse", "--child", phase, "--base", str(base),
-                            "--work", str(work)], limit, (base, work), env=env)
+                            "--work", str(work)], cap, (base, work), env=env)
             row = {"model": name, "phase": phase, "checkpoint_bytes": checkpoint, **result,
                    "fits": result["returncode"] == 0 and not result["stopped"]
                    and result["peak_disk"] <= COLAB_DISK}
+            for line in result["tail"].splitlines():
+                if line.startswith("copy "):
+                    row["copy"] = json.loads(line.removeprefix("copy "))
+            if phase == "copy" and "copy" in row:
+                row["fits"] = row["fits"] and row["copy"]["gpu"] <= FREE_T4_GPU
             rows.append(row)
             ok = row["returncode"] == 0 or row["stopped"]
             failed = "" if ok else f"  (failed: {row['tail'][-200:]})"
@@ -224,23 +324,61 @@ def rehearse(names, phases=PHASES, limit: float = COLAB_RAM, work_root: Path | N
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    """The rows as a Markdown table, with the planner's estimate (gemmate_lib.fit) beside each peak."""
+def planned(name: str) -> dict:
+    """The planner's phases for `name` on a T4 (gemmate_lib.fit), from its config alone."""
     from gemmate_lib import fit
-    from tools.full_shape import CONFIGS, config_of
+    from gemmate_lib.generations import generation_of
+    from tools.full_shape import config_of
+
+    config = config_of(name)
+    generation = generation_of(config)
+    return fit.predict(fit.shape_of(config), 4 if generation and generation.t4_dtype == "fp32" else 2)
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a Markdown table, with the planner's estimate (gemmate_lib.fit) beside each peak; the rows
+    its
+    constants were calibrated on are marked."""
+    from tools.full_shape import CALIBRATION, MODELS
 
     lines = ["| model | phase | peak RAM (GB) | planner's estimate (GB) | peak disk (GB) | time (s) | "
              "within a free Colab runtime |", "|---|---|---|---|---|---|---|"]
     plans = {}
     for r in rows:
-        if r["model"] in CONFIGS and r["model"] not in plans:
-            config = config_of(r["model"])
-            plans[r["model"]] = fit.predict(fit.shape_of(config), 2 if config.model_type == "gemma" else 4)
+        if r["phase"] == "copy":
+            continue  # its own table (copy_table)
+        if r["model"] in MODELS and r["model"] not in plans:
+            plans[r["model"]] = planned(r["model"])
         estimate = plans.get(r["model"], {}).get(r["phase"], {}).get("ram")
         fits = "yes" if r["fits"] else "**no**"
-        lines.append(f"| {r['model']} | {r['phase']} | {r['peak_ram'] / 1e9:.2f} | "
+        mark = " (calibration)" if r["model"] in CALIBRATION else ""
+        lines.append(f"| {r['model']}{mark} | {r['phase']} | {r['peak_ram'] / 1e9:.2f} | "
                      f"{'-' if estimate is None else f'{estimate / 1e9:.2f}'} | "
                      f"{r['peak_disk'] / 1e9:.1f} | {r['seconds']:.0f} | {fits} |")
+    return "\n".join(lines)
+
+
+def copy_table(rows: list[dict]) -> str:
+    """The copy rows: one 4-bit copy after k-bit preparation, on the compute device and on the CPU, against
+    the planner's fit.copy_bytes; the LoRA steps where they ran."""
+    from gemmate_lib import fit
+    from gemmate_lib.generations import generation_of
+    from tools.full_shape import config_of
+
+    lines = ["| model | on the GPU (GiB) | planner (GiB) | on the CPU (GiB) | planner (GiB) | LoRA steps (s) "
+             "|",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["phase"] != "copy" or "copy" not in r:
+            continue
+        config = config_of(r["model"])
+        generation = generation_of(config)
+        need = fit.copy_bytes(fit.shape_of(config), "nf4-fp32",
+                              4 if generation and generation.t4_dtype == "fp32" else 2)
+        c, gib = r["copy"], 2**30
+        steps = ", ".join(f"{t:.0f}" for t in c["step_seconds"]) or "-"
+        lines.append(f"| {r['model']} | {c['gpu'] / gib:.2f} | {need['gpu'] / gib:.2f} | "
+                     f"{c['host'] / gib:.2f} | {need['host'] / gib:.2f} | {steps} |")
     return "\n".join(lines)
 
 
@@ -252,22 +390,26 @@ def write_docs(rows: list[dict], cpu: str, update: bool = False) -> None:
         for r in old:
             r.setdefault("cpu", "?")  # measured before rows named their CPU
         rows = [r for r in old if r["model"] not in fresh] + rows
-        from tools.full_shape import CONFIGS
+        from tools.full_shape import MODELS
 
-        order = list(CONFIGS)
+        order = list(MODELS)
         rows.sort(key=lambda r: (order.index(r["model"]) if r["model"] in order else 99,
                                  PHASES.index(r["phase"])))
+    from tools.full_shape import CALIBRATION
+
     for r in rows:
         r.setdefault("cpu", cpu)  # each row keeps the CPU it was measured on (an --update mixes runs)
+        r["calibrated"] = r["model"] in CALIBRATION  # the planner's constants were fitted on these rows
     (DOCS / "full-shape.json").write_text(json.dumps(
         {"colab_ram_bytes": COLAB_RAM, "colab_disk_bytes": COLAB_DISK,
          "cpus": sorted({r["cpu"] for r in rows if r["cpu"] != "?"}),
          "rows": [{k: v for k, v in r.items() if k != "tail"} for r in rows]}, indent=1) + "\n")
     page = DOCS / "full-shape.md"
     text = page.read_text()
-    start, end = "<!-- rehearsal table -->", "<!-- end of rehearsal table -->"
-    head, rest = text.split(start, 1)
-    page.write_text(head + start + "\n" + table(rows) + "\n" + end + rest.split(end, 1)[1])
+    from tools.notebook_fit import replace
+
+    text = replace(text, "rehearsal table", table(rows))
+    page.write_text(replace(text, "copy table", copy_table(rows)))
 
 
 def cpu_name() -> str:
@@ -293,7 +435,7 @@ def main(argv=None) -> int:
         return 0
     from tools import full_shape
 
-    rows = rehearse(args.names or list(full_shape.CONFIGS), args.phases.split(","))
+    rows = rehearse(args.names or list(full_shape.MODELS), args.phases.split(","))
     print(table(rows))
     if not args.no_docs:
         write_docs(rows, cpu_name(), args.update)

@@ -14,6 +14,7 @@ import torch
 
 from gemmate_lib.errors import ModelLoadError, SaveError, TokenError, one_line
 from gemmate_lib.files import atomic_folder, recover, show_path
+from gemmate_lib.hardware import freed_memory_returned
 from gemmate_lib.hf_token import check_token, get_token, subprocess_env
 
 FINGERPRINT = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
@@ -315,7 +316,7 @@ def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | P
     names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
     codes = {t: n for n, t in names.items()}
     merged, chunk = 0, 2**26  # 64 MiB, a multiple of every dtype's size
-    with atomic_folder(out_dir, overwrite=True, what="merged model") as tmp:
+    with atomic_folder(out_dir, overwrite=True, what="merged model") as tmp, freed_memory_returned():
         for file in files:
             with open(file, "rb") as src, open(tmp / file.name, "wb") as dst:
                 size = int.from_bytes(src.read(8), "little")

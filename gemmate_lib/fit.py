@@ -33,6 +33,9 @@ UNITS = {"gpu": (GIB, "GiB of GPU memory"), "ram": (1e9, "GB of RAM"), "disk": (
 # data): its figure is measured in the smoke run (NOTEBOOKS' "kernel_bytes", tools/notebook_fit.py) and used
 # for the phases that run inside it.
 TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.75e9, 0.05e9
+# a process that loads through the library's load_model with nothing to convert: Python, torch, transformers
+# and the loader's own bookkeeping (measured: make rehearse's load phase on a tiny random Gemma 1 and Gemma 3)
+LOAD_BASELINE = 0.27e9
 VERIFY_CONTEXT = 0.26e9  # llama.cpp's context and compute buffers for a short prompt (measured)
 SEED_T4_STEP_S = 2.69  # the seed notebook: gemma-2b, NF4, fp16, batch 1 x 4, 100 steps in 268.9 s on a T4
 # transformers 5.23 materializes a whole-model load's tensors through a pool of min(4, CPUs) threads, in name
@@ -112,15 +115,25 @@ def runtime_here() -> dict:
 
 
 def converted(shape: Shape, load_bytes: int, workers: int = 1) -> float:
-    """Host bytes a load holds at once while it converts tensors to the load dtype: each tensor is read from
-    the memory-mapped checkpoint (file pages, not counted) and, when the dtype changes, converted on the CPU
-    before its copy to the GPU (torch converts CPU->GPU copies on the CPU). `workers` tensors are converted at
-    once, in the load's name order: the largest sum of that many neighbours. 2 bytes means fp16 (a T4), which
-    a bf16 checkpoint converts to; only fp32 from an fp32 checkpoint loads unconverted."""
+    """Host bytes a load holds at once while it converts tensors to the load dtype. Each tensor is read from
+    the memory-mapped checkpoint (file pages, not counted), then, when the dtype changes, converted on the CPU
+    before its copy to the GPU (torch converts a CPU->GPU copy there): its converted buffer lives while it is
+    written and copied. `workers` threads take the tensors in the load's name order, each reading one (time
+    as its checkpoint bytes) and then holding its buffer (time as its converted bytes): the largest sum of
+    buffers held at one moment. 2 bytes means fp16 (a T4), which a bf16 checkpoint converts to; only fp32
+    from an fp32 checkpoint loads unconverted."""
     if load_bytes == 4 and shape.checkpoint_bytes == 4:
         return 0.0
     sizes = shape.sizes or (shape.largest,)
-    return max(sum(sizes[i:i + workers]) for i in range(len(sizes))) * load_bytes
+    free_at = [0.0] * workers  # when each thread takes its next tensor
+    held = []  # (from, until, bytes) of every converted buffer
+    for n in sizes:
+        k = min(range(workers), key=free_at.__getitem__)
+        start = free_at[k] + n * shape.checkpoint_bytes  # read from the mapped file first
+        free_at[k] = start + n * load_bytes
+        held.append((start, free_at[k], n * load_bytes))
+    starts = sorted(start for start, _, _ in held)
+    return max(sum(b for s, e, b in held if s <= t < e) for t in starts)
 
 
 def copy_bytes(shape: Shape, kind: str, compute_bytes: int) -> dict[str, float]:
@@ -144,6 +157,7 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
     path has written so far (the downloaded checkpoint stays in the Hub cache)."""
     n, text = shape.parameters, shape.text
     checkpoint = n * shape.checkpoint_bytes
+    merged = n * 2  # the merge writes f16, the converter's own type, whatever the checkpoint holds
     gguf_f16, gguf_q4 = text * 2, text * 0.65
     lora = lora_r * (shape.largest_adapted ** 0.5) * 2 * 200  # adapter, gradients, 8-bit Adam: small
     flop_scale = n / 2.5e9 * (4 if compute_bytes == 4 else 1)  # fp32 runs ~4x slower than fp16 on a T4
@@ -152,7 +166,7 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
         # the whole model in the compute dtype (01's and 06's 16/32-bit copies, 05's merge): tensors converted
         # on the CPU by the loader's threads, then the per-layer table, which stays on the CPU
         "load": {"gpu": whole["loading"], "disk": checkpoint, "seconds": checkpoint / 100e6,
-                 "ram": TORCH_BASELINE + max(converted(shape, compute_bytes, LOAD_WORKERS), whole["host"])},
+                 "ram": LOAD_BASELINE + max(converted(shape, compute_bytes, LOAD_WORKERS), whole["host"])},
         # NF4 loads one tensor at a time (quantizing on the fly turns the pool off); then k-bit preparation
         # (fp32), LoRA and the activations of training
         "nf4": {"gpu": max(nf4["loading"], nf4["gpu"] + lora + ACTIVATIONS), "disk": checkpoint,
@@ -160,13 +174,14 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
                 "ram": TORCH_BASELINE + max(converted(shape, compute_bytes), nf4["host"])},
         # merge_shards into f16: one adapted weight read (2 bytes a value), widened to fp32 (4), rounded (2)
         # and written (2); or the 64 MiB chunks that pass in f16 (read, converted, written: about four)
-        "merge": {"gpu": None, "disk": 2 * checkpoint, "seconds": checkpoint / 150e6,
+        "merge": {"gpu": None, "disk": checkpoint + merged, "seconds": checkpoint / 150e6,
                   "ram": PEFT_BASELINE + max(shape.largest_adapted * 10, 4 * 2**26)},
         # the converter streams an f16 checkpoint from its mapped files (the merge writes f16; bf16 tensors it
-        # would widen to fp32): its own memory, plus ~0.65 bytes a weight of the vision and audio towers that
-        # it writes to a separate file (measured on Gemma 4 E2B; a calibration, not a mechanism)
-        "convert": {"gpu": None, "disk": 2 * checkpoint + gguf_f16, "seconds": text / 25e6,
-                    "ram": CONVERTER_BASELINE + (n - text) * 0.65},
+        # would widen to fp32): its own memory, plus ~0.13 bytes a value of a per-layer embedding table (Gemma
+        # 4 E2B, its one row: a calibration, not understood further). Vision and audio towers cost nothing:
+        # its text converter skips them by name, unread (TextModel.filter_tensors; Gemma 3 4B measured so)
+        "convert": {"gpu": None, "disk": checkpoint + merged + gguf_f16, "seconds": text / 25e6,
+                    "ram": CONVERTER_BASELINE + shape.per_layer * 0.13},
         # the quantizer widens an f16 tensor to fp32 and writes its quantized copy: about 5.4 bytes a value;
         # Gemma 4's per-layer table takes about 2.7 (both measured)
         "quantize": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": text / 20e6,

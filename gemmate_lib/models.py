@@ -14,7 +14,7 @@ from gemmate_lib.config import EMBEDDED
 from gemmate_lib.errors import ModelLoadError, hub_error
 from gemmate_lib.files import atomic_folder, recover
 from gemmate_lib.generations import generation_of
-from gemmate_lib.hardware import Precision, pick_precision
+from gemmate_lib.hardware import Precision, freed_memory_returned, pick_precision
 from gemmate_lib.hf_token import COLAB_SECRET_HELP, colab_secret_problem, get_token
 
 GATED_PREFIXES = ("google/gemma", "google/codegemma", "google/recurrentgemma", "meta-llama/")
@@ -158,8 +158,9 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
     # tower has no SDPA: docs/gemma-generations.md). A text-only model takes the first entry.
     attention = {"": attn_implementation, "text_config": attn_implementation}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.dtype,
-                                                     attn_implementation=attention, **kwargs)
+        with freed_memory_returned():  # the tensors converted on the CPU leave no memory behind
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.dtype,
+                                                         attn_implementation=attention, **kwargs)
     except Exception as err:  # noqa: BLE001 - mapped to a clear message
         raise hub_error(model_name, err) from err
     if quantization == "nf4" and precision.device == "cpu":

@@ -383,13 +383,14 @@ def copy_table(rows: list[dict]) -> str:
 
 
 def write_docs(rows: list[dict], cpu: str, update: bool = False) -> None:
-    """docs/full-shape.json and the table in docs/full-shape.md; `update` keeps the other models' rows."""
+    """docs/full-shape.json and the tables in docs/full-shape.md; `update` keeps the rows of the other models
+    and phases."""
     if update and (DOCS / "full-shape.json").exists():
-        fresh = {r["model"] for r in rows}
+        fresh = {(r["model"], r["phase"]) for r in rows}
         old = json.loads((DOCS / "full-shape.json").read_text())["rows"]
         for r in old:
             r.setdefault("cpu", "?")  # measured before rows named their CPU
-        rows = [r for r in old if r["model"] not in fresh] + rows
+        rows = [r for r in old if (r["model"], r["phase"]) not in fresh] + rows
         from tools.full_shape import MODELS
 
         order = list(MODELS)
@@ -428,7 +429,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path)
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--no-docs", action="store_true", help="print the table, do not write docs/")
-    parser.add_argument("--update", action="store_true", help="replace only these models' rows in docs/")
+    parser.add_argument("--update", action="store_true",
+                        help="replace only these models' rows of these phases in docs/")
     args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.base, args.work)

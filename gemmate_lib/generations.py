@@ -50,7 +50,7 @@ GEMMA_1 = Generation(
     gated=True,
     licence="Gemma Terms of Use",
     t4_dtype="fp16",
-    dtype_reason="trains in fp16 with loss scaling on a T4, as the seed notebook did",
+    dtype_reason="trains in fp16 with loss scaling on a T4",
     turn_start="<start_of_turn>",
     turn_end="<end_of_turn>",
     shipped_template="gemma.jinja",
@@ -91,8 +91,9 @@ GEMMA_4 = Generation(
     turn_start="<|turn>",
     turn_end="<turn|>",
     shipped_template="gemma4_v5.jinja",
-    gguf=("supported (Gemma4Model: the text model; the towers go to a separate mmproj file; under "
-          "transformers 5.23 with converter_shim)"),
+    gguf=("supported (Gemma4Model: the text model; the vision and audio towers go to a separate file, "
+          "llama.cpp's multimodal projector or mmproj; under transformers 5.23 only with the course's "
+          "converter patch, `gemmate_lib/converter_shim`)"),
     arch=dict(vocab=262_144, hidden=1536, layers=35, heads=8, kv_heads=1, head_dim=256, global_head_dim=512,
               intermediate=6144, kv_shared_layers=20, double_wide_mlp=True, per_layer_hidden=256,
               full_every=5, vision=150e6, audio=300e6),

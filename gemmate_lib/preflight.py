@@ -46,8 +46,10 @@ def cache_keyword(model, output) -> str:
 def cache_agreement(model, input_ids: torch.Tensor, tolerance: float | None = None) -> Verdict:
     """The last position's logits from one pass without the cache equal those of a prefix pass plus one cached
     step (relative max difference). The tolerance: 2e-2 where every weight and 4-bit layer computes in fp32,
-    else 0.1, the one-page recipe's: bf16 keeps 8 bits of mantissa, and the two paths round differently (on an
-    H200 the embedded Gemma 3 in NF4 and bf16 measured 0.021); a broken path differs by far more."""
+    else 0.1: bf16 keeps 8 bits of mantissa, and the two paths round differently (on an H200 the embedded
+    Gemma 3 in NF4 and bf16 measured 0.021); a broken path differs by far more. The one-page recipe measures
+    another quantity, the change of the top token's log-probability (nats) at every position, so its limits
+    (1e-3 in fp32, 0.1 in 16 bits) are on another scale."""
     if tolerance is None:
         floats = {p.dtype for p in model.parameters() if p.is_floating_point()}
         floats |= {m.compute_dtype for m in model.modules() if getattr(m, "compute_dtype", None) is not None}
@@ -75,7 +77,7 @@ def checkpointing_agreement(model, batch: dict, tolerance: float = 1e-3) -> Verd
     """The training-mode loss equals itself with gradient checkpointing on (same seed and batch)."""
     base = getattr(model, "get_base_model", lambda: model)()
     was_on, was_training = getattr(base, "is_gradient_checkpointing", False), model.training
-    # transformers 5 names it activation checkpointing; gradient_checkpointing_* before (deprecated in 5)
+    # transformers 5.23 names it activation checkpointing; gradient_checkpointing_* before (deprecated since)
     enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
     disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
     # the kwargs, positional under either name

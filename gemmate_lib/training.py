@@ -122,7 +122,7 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
         warmup_steps=t.warmup_steps, optim=t.optim,
         bf16=precision.name == "bf16", fp16=precision.name == "fp16", use_cpu=precision.device == "cpu",
-        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name of gradient_checkpointing
+        activation_checkpointing=t.gradient_checkpointing,  # gradient_checkpointing before transformers 5.23
         logging_steps=min(t.steps_freq, t.max_steps) if t.max_steps > 0 else t.steps_freq,  # >= 1 loss logged
         eval_strategy=interval if evaluate else "no", eval_steps=t.val_steps_freq if evaluate else None,
         save_strategy={"step": "steps", "epoch": "epoch", "no": "no"}[strategy],

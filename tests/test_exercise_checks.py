@@ -1,15 +1,18 @@
 """Every exercise's check (00-07, 24 of them) held to what the learner does. For each: the files its printed
 solution writes (written here as the solution and the notebook write them: the same writers, names and
-shapes) make the check say PASS; a variant that skips the exercise's point (the setting left at the lesson's
-value, the module list forgotten, the same dtype twice, ...) makes it say FAIL; and the notebook's own check
-cell still gives its verdict after every name the notebook and the solutions bind has been rebound (the
-solution of 06-3 rebinds `losses`, 07-2's `val`). Hand-written files, no model: a second each."""
+shapes) make the check say PASS, every margin it prints at or above its threshold; a variant that skips the
+exercise's point (the setting left at the lesson's value, the module list forgotten, the same dtype twice,
+...) makes it say FAIL; results from another model never say PASS; and the notebook's own check cell still
+gives its verdict after every name the notebook and the solutions bind has been rebound (the solution of 06-3
+rebinds `losses`, 07-2's `val`). Hand-written files, no model: a second each."""
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,23 +20,27 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gemmate_lib import exercises, files, run_folder
+from gemmate_lib import config, exercises, files, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL, OTHER = "embedded", "google/gemma-3-1b-pt"  # the model the lesson runs; the one a learner switches to
 
 
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
-    """A course folder in tmp_path: exercises' folders under runs/, the lesson's run folder runs/lesson."""
-    monkeypatch.setattr(run_folder, "repo_root", lambda: tmp_path)
+    """A course folder in tmp_path ($GEMMATE_RUNS_ROOT): exercises' folders under runs/, the lesson's run
+    folder runs/lesson; this process runs MODEL, as a notebook's kernel does after its setup cell."""
+    monkeypatch.setenv(run_folder.RUNS_ROOT, str(tmp_path))
     monkeypatch.setattr(run_folder, "git_revision", lambda: "test")
     monkeypatch.setenv("GEMMATE_RUN_DIR", str(tmp_path / "runs" / "lesson"))
+    monkeypatch.setitem(config._KERNEL, "model_name", MODEL)
     return tmp_path / "runs"
 
 
 def folder(runs: Path, name: str) -> Path:
-    path = runs / name
-    path.mkdir(parents=True, exist_ok=True)
+    """The run folder `name` as a solution or a notebook makes it (an exercise's records its origin)."""
+    path = run_folder.get_run_dir(f"runs/{name}")
+    assert path == runs / name
     return path
 
 
@@ -105,13 +112,18 @@ def metrics(path: Path, ppl_base, ppl_tuned, fmt_base, fmt_tuned):
             },
         },
     )
+    manifest(path, "04_evaluation", n_examples=33, split="held_out")
 
 
-def methods(path: Path, rows: dict, steps=4, rates=None, other_rank=32):
+RATES = {"full": 5e-5, "prompt": 3e-2, "prefix": 1e-2, "ia3": 3e-3}  # 06's; LoRA and QLoRA 2e-4
+
+
+def methods(path: Path, rows: dict, steps=4, rates=None, other_rank=32, batch_size=4):
     """06's methods.csv and the manifest line its save cell writes; rows: {key: (trainable, loss, s/step)}."""
     pd.DataFrame(
         [
-            {"setting": k, "method": k, "trainable": t, "held_out_loss_text": loss, "seconds_per_step": s}
+            {"setting": k, "method": k, "trainable": t, "held_out_loss_text": loss, "seconds_per_step": s,
+             "format_compliance": 0.5, "saved_mib": t * 4 / 2**20, "training_peak_mib": 100 + t * 16 / 2**20}
             for k, (t, loss, s) in rows.items()
         ]
     ).set_index("setting").to_csv(path / "methods.csv")
@@ -120,9 +132,9 @@ def methods(path: Path, rows: dict, steps=4, rates=None, other_rank=32):
         "06_compare_methods",
         methods=list(rows),
         steps=steps,
-        batch_size=4,
+        batch_size=batch_size,
         other_rank=other_rank,
-        rates=rates or {"prompt": 3e-2, "lora_r8": 2e-4},
+        rates=rates or {k: RATES.get(k, 2e-4) for k in rows},
     )
 
 
@@ -144,7 +156,8 @@ def temporal(
             "year_within_1": [False] * len(years),
         }
     ).to_csv(path / "temporal_extrapolation.csv", index=False)
-    manifest(path, "07_temporal_encoding", seed=42, n_train=n_train, temporal_scale=tau)
+    manifest(path, "07_temporal_encoding", seed=42, n_train=n_train, n_test=200, temporal_scale=tau,
+             temporal_dim=64)
 
 
 STANDARD = [
@@ -156,7 +169,8 @@ STANDARD = [
 
 
 def write(runs: Path, name: str, variant: str | None = None):
-    """The files exercise `name`'s solution writes; `variant` names a way of skipping its point."""
+    """The files exercise `name`'s solution writes; `variant` names a way of skipping its point (or, in
+    PASSING, another honest outcome that must pass)."""
     v = variant
     if name == "00-1":
         files.save_json(
@@ -173,10 +187,14 @@ def write(runs: Path, name: str, variant: str | None = None):
         ]
         files.save_json(folder(runs, "ex00_2") / "messages.json", messages[:2] if v == "two" else messages)
     elif name == "00-3":
-        files.save_json(
-            folder(runs, "ex00_3") / "load_seconds.json",
-            [3.1, 3.2, 3.0] if v == "all cached" else [41.5, 3.2, 3.0],
-        )
+        loads = {  # (seconds, weights on disk before the load)
+            "all cached": [(3.6, True), (3.2, True), (3.0, True)],  # a rerun in the same runtime: passes
+            "two loads": [(41.5, False), (3.2, True)],
+            "later fetched": [(41.5, False), (40.2, False), (3.0, True)],
+            "wild later loads": [(41.5, False), (3.0, True), (9.0, True)],
+        }.get(v, [(41.5, False), (3.2, True), (3.0, True)])
+        files.save_json(folder(runs, "ex00_3") / "load_seconds.json",
+                        [{"seconds": s, "on_disk": disk} for s, disk in loads])
     elif name == "01-1":
         files.save_json(
             folder(runs, "ex01_1") / "scales_mib.json", {"True": 1.6, "False": 1.6 if v == "same" else 6.3}
@@ -204,30 +222,34 @@ def write(runs: Path, name: str, variant: str | None = None):
             {"prompts": STANDARD, "10": short, "80": long, "tokens_10": tokens[0], "tokens_80": tokens[1]},
         )
     elif name == "02-2":
-        prompts = (
-            STANDARD[:2]
-            if v == "standard prompts"
-            else ["Quote: The best way to predict the future is", "Quote: Be yourself, everyone"]
-        )
+        prompts = {"standard prompts": STANDARD[:2], "one prompt": ["Quote: Be yourself, everyone"]}.get(
+            v, ["Quote: The best way to predict the future is", "Quote: Be yourself, everyone"])
+        # "authored": the base model wrote an Author: line on both (it may): its behaviour is not judged
+        completions = ([" to create it.\nAuthor: Peter Drucker", " else is taken.\nAuthor: Oscar Wilde"]
+                       if v == "authored" else [" to create it. The best way", " else is taken"])
+        completions = completions[:len(prompts)]
         pd.DataFrame(
             {
                 "prompt": prompts,
-                "completion": [" to create it. The best way", " else is taken"],
-                "author_line": [False, False],
+                "completion": completions,
+                "author_line": [v == "authored"] * len(prompts),
+                "new_tokens": [12] * len(prompts),
             }
         ).to_csv(folder(runs, "ex02_2") / "generations.csv", index=False)
     elif name == "02-3":
         distinct = 1 if v == "greedy" else 5
+        greedy = 0.0 if v == "no loops" else 0.5  # "no loops": nothing to compare, which passes
+        sampled = {"greedy": 0.5, "more loops": 0.6}.get(v, 0.1)
         files.save_json(
             folder(runs, "ex02_3") / "sampling.json",
-            [
-                {"prompt": p, "distinct": distinct, "greedy": 0.5, "sampled": 0.5 if v == "greedy" else 0.1}
-                for p in STANDARD
-            ],
+            [{"prompt": p, "distinct": distinct, "samples": 5, "greedy": greedy, "sampled": sampled}
+             for p in STANDARD],
         )
     elif name == "03-1":
         lesson03(folder(runs, "lesson"))
-        lesson03(folder(runs, "ex03_1"), r=8 if v == "r unchanged" else 2, eval_loss=2.55)
+        r = 8 if v == "r unchanged" else 2
+        lesson03(folder(runs, "ex03_1"), r=r, eval_loss=3.0 if v == "loss far off" else 2.55,
+                 steps=60 if v == "steps changed too" else 40)
     elif name == "03-2":
         path = folder(runs, "ex03_2")
         own = v != "default data"
@@ -249,12 +271,19 @@ def write(runs: Path, name: str, variant: str | None = None):
     elif name == "04-1":
         lesson03(lesson := folder(runs, "lesson"), steps=40)
         metrics(lesson, 120.0, 12.0, 0.0, 1.0)
-        lesson03(ex := folder(runs, "ex04_1"), steps=40 if v == "lesson's steps" else 20)
+        lesson03(ex := folder(runs, "ex04_1"), steps=40 if v == "lesson's steps" else 20,
+                 r=4 if v == "rank changed too" else 8)
         # a rerun at the lesson's steps lands near the lesson's perplexity, on a GPU a little above it
-        metrics(ex, 120.0, {"lesson's steps": 12.3, "ties the lesson": 12.0}.get(v, 19.0), 0.0, 0.97)
+        tuned = {"lesson's steps": 12.3, "ties the lesson": 12.0}.get(v, 19.0)
+        metrics(ex, 120.0, tuned, 0.0, 0.0 if v == "no format" else 0.97)
     elif name == "04-2":
-        counts = {"True": [2, 5], "False": [1, 5]} if v != "seen worse" else {"True": [0, 5], "False": [2, 5]}
-        files.save_json(folder(runs, "ex04_2") / "own_quotes.json", counts)
+        mine = folder(runs, "ex04_2") / "my_quotes.jsonl"
+        counts = {"seen far worse": {"True": [0, 20], "False": [15, 20]},
+                  "all unseen": {"False": [3, 8]},  # no author of the file was in training: passes
+                  "three quotes": {"True": [1, 2], "False": [0, 1]}}.get(v, {"True": [2, 5], "False": [1, 5]})
+        files.save_json(mine.parent / "own_quotes.json",
+                        {"file": "embedded" if v == "course quotes" else str(mine),
+                         "rows": sum(c[1] for c in counts.values()), "by_author_in_training": counts})
     elif name == "04-3":
         files.save_json(
             folder(runs, "ex04_3") / "widths.json",
@@ -278,46 +307,47 @@ def write(runs: Path, name: str, variant: str | None = None):
             {"adapter": 9.1, "lora_layers_adapter": 182, "merged": 8.2, "lora_layers_merged": merged_layers},
         )
     elif name == "06-1":
-        methods(folder(runs, "lesson"), {"full": (268_000_000, 3.4, 2.0), "lora_r8": (1_400_000, 3.9, 1.0)})
-        if v == "steps unchanged":
-            methods(
-                folder(runs, "ex06_1"), {"full": (268_000_000, 3.39, 2.1), "lora_r8": (1_400_000, 3.89, 1.0)}
-            )
-        else:
-            methods(
-                folder(runs, "ex06_1"),
-                {"full": (268_000_000, 3.0, 2.1), "lora_r8": (1_400_000, 3.2, 1.1)},
-                steps=12,
-            )
+        methods(folder(runs, "lesson"), {"full": (268_000_000, 3.4, 2.0), "lora_r8": (1_400_000, 3.9, 1.0),
+                                         "qlora": (1_400_000, 4.0, 1.5)})
+        slower = 2.0 if v == "slower steps" else 1.0
+        steps = 4 if v == "steps unchanged" else 12
+        longer = {"lora_r8": (1_400_000, 3.89 if steps == 4 else 3.2, 1.1 * slower),
+                  "qlora": (1_400_000, 3.99 if steps == 4 else 3.3, 1.6)}
+        methods(folder(runs, "ex06_1"), longer, steps=steps, batch_size=8 if v == "batch changed" else 4)
     elif name == "06-2":
         high = 128 if v != "rank unchanged" else 32
         methods(
             folder(runs, "ex06_2a"),
             {"lora_r8": (1_400_000, 3.9, 1.0), "lora_r32": (350_000, 4.0, 1.0)},
-            other_rank=2,
+            other_rank=2, steps=12,
         )
         methods(
             folder(runs, "ex06_2b"),
-            {"lora_r8": (1_400_000, 3.9, 1.0), "lora_r32": (1_400_000 * high // 8, 3.6, 1.2)},
-            other_rank=high,
+            {"lora_r8": (1_400_000, 3.9, 1.0),
+             "lora_r32": (1_400_000 * high // 8, 4.1 if v == "loss reversed" else 3.6, 1.2)},
+            other_rank=high, steps=12,
         )
     elif name == "06-3":
         for x, times, loss in (("a", 0.1, 4.2), ("b", 1, 3.9), ("c", 10, 3.5)):
             times = 1 if v == "rates unchanged" else times
+            lora = 4.0 if v == "lora flat" else loss
+            prompt = loss + 1 if v != "prompt diverges" else {"a": 5.0, "b": 4.8, "c": 9.0}[x]  # still passes
             methods(
                 folder(runs, f"ex06_3{x}"),
-                {"prompt": (9_000, loss + 1, 1.0), "lora_r8": (1_400_000, loss, 1.0)},
+                {"prompt": (9_000, prompt, 1.0), "lora_r8": (1_400_000, lora, 1.0)},
                 rates={"prompt": 3e-2 * times, "lora_r8": 2e-4 * times},
             )
     elif name == "07-1":
         temporal(folder(runs, "lesson"), 0.95, 0.30, 0.07)
         tau = 1.0 if v == "tau unchanged" else 0.25
+        year = 0.7 if v == "year collapsed" else 0.93
         # tau left at 1.0: month+year accuracy as the lesson's, on a GPU a little lower or higher by chance
-        temporal(folder(runs, "ex07_1"), 0.93, 0.28 if v == "tau unchanged" else 0.12, 0.08, tau=tau)
+        temporal(folder(runs, "ex07_1"), year, 0.28 if v == "tau unchanged" else 0.12, 0.08, tau=tau,
+                 n_train=300 if v == "n_train changed too" else 600)
     elif name == "07-2":
         temporal(folder(runs, "lesson"), 0.95, 0.30, 0.07)
         n = (600, 600) if v == "n_train unchanged" else (150, 300)
-        temporal(folder(runs, "ex07_2a"), 0.60, 0.1, 0.07, n_train=n[0])
+        temporal(folder(runs, "ex07_2a"), 0.95 if v == "no drop" else 0.60, 0.1, 0.07, n_train=n[0])
         temporal(folder(runs, "ex07_2b"), 0.85, 0.2, 0.07, n_train=n[1])
     elif name == "07-3":
         first = 2021 if v == "last_year unchanged" else 2024
@@ -329,29 +359,34 @@ def write(runs: Path, name: str, variant: str | None = None):
 SKIPPED = {  # exercise: the variants that skip its point (or do it wrong)
     "00-1": "no dtype",
     "00-2": "two",
-    "00-3": "all cached",
+    "00-3": ("two loads", "later fetched", "wild later loads"),
     "01-1": "same",
     "01-2": "nf4 twice",
     "01-3": ("no skip", "skips all"),
     "02-1": "same limit",
-    "02-2": "standard prompts",
-    "02-3": "greedy",
-    "03-1": "r unchanged",
+    "02-2": ("standard prompts", "one prompt"),
+    "02-3": ("greedy", "more loops"),
+    "03-1": ("r unchanged", "steps changed too", "loss far off"),
     "03-2": "default data",
     "03-3": "steps unchanged",
-    "04-1": ("lesson's steps", "ties the lesson"),
-    "04-2": "seen worse",
+    "04-1": ("lesson's steps", "ties the lesson", "rank changed too", "no format"),
+    "04-2": ("seen far worse", "course quotes", "three quotes"),
     "04-3": "one size",
     "05-1": "one dtype",
     "05-2": "same adapter",
     "05-3": "not merged",
-    "06-1": "steps unchanged",
-    "06-2": "rank unchanged",
-    "06-3": "rates unchanged",
-    "07-1": "tau unchanged",
-    "07-2": "n_train unchanged",
+    "06-1": ("steps unchanged", "batch changed", "slower steps"),
+    "06-2": ("rank unchanged", "loss reversed"),
+    "06-3": ("rates unchanged", "lora flat"),
+    "07-1": ("tau unchanged", "n_train changed too", "year collapsed"),
+    "07-2": ("n_train unchanged", "no drop"),
     "07-3": "last_year unchanged",
 }
+# honest outcomes that the model, the cache or the data decide, not the learner: each must pass (the issue's
+# cases: 00-3 rerun in the same runtime, 02-2's base model writing Author: lines, 04-2 with no author seen in
+# training, 02-3 where greedy never loops, 06-3's soft prompt diverging at ten times its rate)
+PASSING = {"00-3": "all cached", "02-2": "authored", "02-3": "no loops", "04-2": "all unseen",
+           "06-3": "prompt diverges"}
 NAMES = sorted(exercises.EXERCISES)
 
 
@@ -362,6 +397,18 @@ def test_every_exercise_of_the_course_has_a_check_and_a_test():
 @pytest.mark.parametrize("name", NAMES)
 def test_the_solutions_files_pass(runs, name, capsys):
     write(runs, name)
+    line = exercises.exercise_check(name)
+    assert line.startswith(f"exercise {name}: PASS"), line
+    verdict = exercises.parse_verdict(line)
+    assert verdict["verdict"] == "PASS" and all(value >= 0 for value, _, _ in verdict["margins"]), line
+
+
+@pytest.mark.parametrize("name, variant", sorted(PASSING.items()))
+def test_an_outcome_the_model_or_the_cache_decides_still_passes(runs, name, variant):
+    """00-3 failed a rerun in the same runtime (the cache decided), 04-2 a file with no author seen in
+    training (the case its own text predicts), 02-2 a base model that writes Author: lines: the learner did
+    the work."""
+    write(runs, name, variant)
     line = exercises.exercise_check(name)
     assert line.startswith(f"exercise {name}: PASS"), line
 
@@ -383,7 +430,8 @@ def test_results_in_another_shape_fail_and_never_stop_the_notebook(runs, name):
     write(runs, name)
     for path in (runs / f for f in exercises.EXERCISES[name].folders):
         for result in path.rglob("*.*"):
-            result.write_text("[]")  # valid JSON, and a CSV with one column named "[]"
+            if result.name != run_folder.ORIGIN:
+                result.write_text("[]")  # valid JSON, and a CSV with one column named "[]"
     line = exercises.exercise_check(name)
     assert line.startswith(f"exercise {name}: FAIL"), line
 
@@ -391,6 +439,151 @@ def test_results_in_another_shape_fail_and_never_stop_the_notebook(runs, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_not_run_yet_before_the_exercise(runs, name):
     assert exercises.exercise_check(name).startswith(f"exercise {name}: NOT RUN YET")
+
+
+# ---- results of another model never pass ----
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_results_of_another_model_never_pass(runs, name, monkeypatch):
+    """Exercise folders persist on Drive: a course redone with another model showed PASS for last week's."""
+    write(runs, name)
+    monkeypatch.setitem(config._KERNEL, "model_name", OTHER)  # the lesson now runs another model
+    line = exercises.exercise_check(name)
+    assert line.startswith(f"exercise {name}: FROM ANOTHER MODEL (ran on {MODEL}, the lesson now runs "
+                           f"{OTHER}): run it again"), line
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_folder_opened_again_on_another_model_does_not_pass_on_the_old_results(runs, name, monkeypatch):
+    """A solution that reads an exercise's folder (get_run_dir) records the new model in it; the results in it
+    are still the old model's, and their times say so."""
+    write(runs, name)
+    past = time.time() - 600
+    for path in (runs / f for f in exercises.EXERCISES[name].folders):
+        for result in path.rglob("*"):
+            os.utime(result, (past, past))  # written last week, on MODEL
+    monkeypatch.setitem(config._KERNEL, "model_name", OTHER)
+    for f in exercises.EXERCISES[name].folders:
+        assert run_folder.stamp_origin(runs / f)["before"]["model"] == MODEL  # as get_run_dir(f) does
+    line = exercises.exercise_check(name)
+    assert line.startswith(f"exercise {name}: FROM ANOTHER MODEL"), line
+    assert f"on {MODEL}, not on {OTHER}" in line, line
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_results_without_a_record_of_their_model_do_not_pass(runs, name):
+    write(runs, name)
+    for f in exercises.EXERCISES[name].folders:
+        (runs / f / run_folder.ORIGIN).unlink()
+    line = exercises.exercise_check(name)
+    assert line.startswith(f"exercise {name}: MODEL UNKNOWN"), line
+
+
+def test_runs_of_one_exercise_on_two_models_do_not_pass(runs, monkeypatch):
+    """No model in this process and none kept by 00: the runs must still agree with each other."""
+    write(runs, "06-2")
+    monkeypatch.delitem(config._KERNEL, "model_name")
+    assert exercises.exercise_check("06-2").startswith("exercise 06-2: PASS")
+    origin = json.loads((runs / "ex06_2b" / run_folder.ORIGIN).read_text())
+    (runs / "ex06_2b" / run_folder.ORIGIN).write_text(json.dumps({**origin, "model": OTHER}))
+    line = exercises.exercise_check("06-2")
+    assert line.startswith(f"exercise 06-2: FROM ANOTHER MODEL (its runs ran on {MODEL} and {OTHER})"), line
+
+
+COMPARING = [name for name in NAMES if exercises.EXERCISES[name].lesson]
+
+
+def test_the_checks_that_compare_with_the_lesson_are_the_issues_five():
+    assert COMPARING == ["03-1", "04-1", "06-1", "07-1", "07-2"]
+
+
+@pytest.mark.parametrize("name", COMPARING)
+def test_a_comparison_with_a_lesson_run_on_another_model_does_not_pass(runs, name):
+    write(runs, name)
+    path = runs / "lesson" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for entry in manifest["notebooks"].values():
+        entry["model"] = OTHER
+    path.write_text(json.dumps(manifest))
+    line = exercises.exercise_check(name)
+    assert line.startswith(f"exercise {name}: FROM ANOTHER MODEL (ran on {MODEL}, the lesson's run of "
+                           f"{name[:2]} on {OTHER})"), line
+
+
+def test_without_a_model_in_this_process_the_check_reads_the_lesson_s_model_choice(runs, monkeypatch):
+    """A kernel that ran no course_config (a check cell run alone): 00's model_choice.json decides."""
+    write(runs, "02-1")
+    monkeypatch.delitem(config._KERNEL, "model_name")
+    assert exercises.exercise_check("02-1").startswith("exercise 02-1: PASS")
+    run_folder.remember_model(runs / "lesson", OTHER)
+    assert exercises.exercise_check("02-1").startswith("exercise 02-1: FROM ANOTHER MODEL")
+
+
+def test_an_exercise_folder_records_its_model_and_lesson_run(runs):
+    lesson = folder(runs, "lesson")
+    manifest(lesson, "00_setup", seed=42)
+    origin = json.loads((folder(runs, "ex02_1") / run_folder.ORIGIN).read_text())
+    assert origin["exercise"] == "02-1" and origin["model"] == MODEL
+    assert origin["lesson_run"] == {"folder": str(lesson), "created": json.loads(
+        (lesson / "manifest.json").read_text())["created"]}
+    assert not (lesson / run_folder.ORIGIN).exists()  # the lesson's folder is no exercise's
+    assert json.loads((lesson / "manifest.json").read_text())["notebooks"]["00_setup"]["model"] == MODEL
+
+
+# ---- what the texts name ----
+
+
+def exercise_texts(prefix: str) -> str:
+    """The markdown of notebook `prefix`'s exercises (from its "## Exercises" heading on)."""
+    cells = notebook_cells(prefix)
+    start = next(i for i, c in enumerate(cells) if "## Exercises" in "".join(c["source"]))
+    return "\n".join("".join(c["source"]) for c in cells[start:] if c["cell_type"] == "markdown")
+
+
+RERUNS = [name for name in NAMES if exercises.EXERCISES[name].parameters]
+
+
+@pytest.mark.parametrize("name", RERUNS)
+def test_a_rerun_exercises_text_names_its_parameters_and_the_sections_its_check_reads(name):
+    """07-1 said to stop at section 6, but its check reads the manifest that section 10 writes."""
+    spec, text = exercises.EXERCISES[name], exercise_texts(name[:2])
+    for stem, params in spec.parameters:
+        for key, value in params.items():
+            assert exercises.parameters_text({key: value}) in text, (name, stem, key)
+        assert (ROOT / "notebooks" / f"{stem}.ipynb").exists()
+    assert f"The check reads {spec.reads}" in text, name
+
+
+def parameters_cell_names(stem: str) -> set[str]:
+    """Every name the notebook's parameters cell assigns (`first_year, last_year = 2007, 2020` too, which
+    papermill's inspect_notebook leaves out; its injected cell sets them all the same)."""
+    cells = json.loads((ROOT / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+
+def test_a_rerun_exercises_parameters_are_its_notebooks_parameters():
+    for name in RERUNS:
+        for stem, params in exercises.EXERCISES[name].parameters:
+            declared = parameters_cell_names(stem)
+            assert set(params) <= declared, (name, set(params) - declared)
+            assert params["run_dir"].startswith("runs/ex" + name.replace("-", "_")), name
+
+
+def test_a_verdict_line_is_read_back_with_its_margins():
+    line = exercises.check("06-2", "the loss falls", True, lambda: (True, "3.9 / 3.6", [
+        exercises.more(0.31, 0, "nats", "rank 2's loss over rank 128's"),
+        exercises.less(1.2, 1.5, "x", "step time", strict=False)]))
+    assert exercises.parse_verdict(line) == {"name": "06-2", "verdict": "PASS", "margins": [
+        (0.31, "nats", "rank 2's loss over rank 128's 0.31, needs > 0"),
+        (0.3, "x", "step time 1.2, needs <= 1.5")]}
+    failed = exercises.check("06-2", "the loss falls", True, lambda: (True, "", [
+        exercises.more(-0.2, 0, "nats", "fall")]))
+    assert exercises.parse_verdict(failed)["verdict"] == "FAIL"  # a margin below its threshold fails
+    assert exercises.parse_verdict("exercise 03-1: NOT RUN YET (set lora_r)")["verdict"] == "NOT RUN YET"
+    assert exercises.parse_verdict("PASS the adapter is saved") == {}
 
 
 # ---- the notebook's check cells ----

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from gemmate_lib.selfcheck import SelfCheckError, exercise_run, learned, self_check
 
@@ -60,8 +59,8 @@ def cell(stem: str, cell_id: str) -> str:
 def namespace_03(out: Path) -> dict:
     (out / "adapter").mkdir(parents=True)
     (out / "adapter" / "adapter_model.safetensors").write_bytes(b"")
-    frozen = torch.nn.Linear(2, 2).requires_grad_(False)  # no LoRA layer: 0 trainable weights, 0 expected
-    return dict(model=frozen, cfg=types.SimpleNamespace(lora=types.SimpleNamespace(lora_r=2)),
+    # the adapter's count as part 2 recorded it (no LoRA layer: 0 trained, 0 expected)
+    return dict(trained_weights=0, expected=0, held_out_before=2.0,
                 first=2.0, last=2.4, eval_part=pd.DataFrame({"eval_loss": [2.0, 2.3]}),
                 after=pd.DataFrame({"author_line": [False] * 4}), adapter_dir=out / "adapter")
 

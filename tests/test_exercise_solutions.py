@@ -1,9 +1,16 @@
 """The printed solutions themselves, run on the tiny random Gemma (or, where a solution needs no model, on
-the course's config): the code a learner copies from the notebook's solution writes the files its check reads,
-in the shape the check reads them. A check and its solution that drifted apart would show NOT RUN YET or
-"could not be read" here. The tiny model learns and knows nothing, so where its numbers decide the verdict
-these tests ask for a verdict (PASS or FAIL) read from the files; where the point of the exercise decides it,
-for PASS."""
+the course's config, or on a rerun's hand-written results): the code a learner copies from the notebook's
+solution writes the files its check reads, in the shape the check reads them, or reads the files the reruns
+wrote by the paths the notebook writes them to. A check and its solution that drifted apart would show
+NOT RUN YET or "could not be read" here. The tiny model learns and knows nothing, so where its numbers decide
+the verdict these tests ask for a verdict (PASS or FAIL) read from the files; where the point of the exercise
+decides it, for PASS.
+
+Every one of the 24 printed solutions runs here, as far as it is cheap: the solution-type ones whole (00-1
+to 05-3, 03-2's file), the rerun ones' reading code on the files tests/test_exercise_checks.py writes as the
+reruns do. What is left to `make exercises` (tools/exercises.py): the reruns themselves (03-1, 03-2, 03-3,
+04-1, 06-1 to 06-3, 07-1 to 07-3 run whole notebooks again) and every solution on the embedded model, where
+the numbers are real."""
 from __future__ import annotations
 
 import json
@@ -14,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_exercise_checks import runs  # noqa: F401 - the fixture: a course folder in tmp_path
+from test_exercise_checks import runs, write  # noqa: F401 - the fixture: a course folder in tmp_path
 
-from gemmate_lib import exercises, files, run_folder
+from gemmate_lib import config, exercises, files, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model's 64-wide matrices: one thread is fastest
@@ -33,15 +40,24 @@ def solution(name: str) -> str:
     raise LookupError(name)
 
 
-def run_solution(name: str, namespace: dict, capsys) -> str:
+def run_solution(name: str, namespace: dict, capsys, *more: str) -> str:
+    """Exercise `name`'s solution (after the solutions `more` it builds on) in the lesson's namespace, then
+    its check."""
     lesson = {"run_folder": run_folder, "files": files, **namespace}  # the lesson's names the solution uses
-    exec(compile(solution(name), f"solution {name}", "exec"), lesson)
+    for other in (*more, name):
+        exec(compile(solution(other), f"solution {other}", "exec"), lesson)
     capsys.readouterr()
     return exercises.exercise_check(name)
 
 
 def judged(line: str, name: str) -> bool:
     return re.match(rf"exercise {name}: (PASS|FAIL)", line) is not None and "could not be read" not in line
+
+
+def tiny_cfg(tiny_folder, **settings):
+    from gemmate_lib.config import course_config
+
+    return course_config(model_name=str(tiny_folder), device="cpu", dtype="fp32", **settings)
 
 
 def test_00_1_and_00_2_the_config_solutions_pass(runs, capsys):  # noqa: F811
@@ -56,6 +72,17 @@ def test_00_1_and_00_2_the_config_solutions_pass(runs, capsys):  # noqa: F811
         assert line.startswith(f"exercise {name}: PASS"), line
 
 
+@pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
+def test_00_3_three_loads_of_the_tiny_model_each_say_where_its_weights_were(runs, capsys, tiny_folder):  # noqa: F811
+    import time
+
+    cfg = tiny_cfg(tiny_folder)
+    line = run_solution("00-3", dict(cfg=cfg, time=time, torch=torch), capsys)
+    assert judged(line, "00-3"), line  # tiny loads take milliseconds: their ratio is noise
+    loads = json.loads((runs / "ex00_3" / "load_seconds.json").read_text())
+    assert [load["on_disk"] for load in loads] == [True] * 3  # a model folder is on disk
+
+
 def test_01_1_counting_the_scales_on_the_tiny_model_passes(runs, capsys, tiny_folder):  # noqa: F811
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -66,6 +93,33 @@ def test_01_1_counting_the_scales_on_the_tiny_model_passes(runs, capsys, tiny_fo
                   torch=torch, cfg=cfg, path=str(tiny_folder), hub_kwargs={})
     line = run_solution("01-1", lesson, capsys)
     assert line.startswith("exercise 01-1: PASS"), line  # 8-bit scales against fp32 ones: the point itself
+
+
+@pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
+def test_01_2_and_01_3_the_4bit_variants_of_the_tiny_model_are_judged(runs, capsys, tiny_folder,  # noqa: F811
+                                                                      tiny_tokenizer):
+    """Solution 2 and 3 build on solution 1's `load_4bit` and on the lesson's `sizes` and `losses`."""
+    from tiny import ROWS
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from gemmate_lib.evaluation import held_out_loss
+    from gemmate_lib.hardware import pick_precision
+    from gemmate_lib.models import footprint_mib, load_model
+
+    precision = pick_precision("cpu", "fp32")
+    cfg = types.SimpleNamespace(precision=precision)
+    full = load_model(str(tiny_folder), precision)
+    nf4 = load_model(str(tiny_folder), precision, quantization="nf4")
+    sizes = {"fp32 (unquantized)": footprint_mib(full), "NF4 (4-bit)": footprint_mib(nf4)}
+    losses = {"unquantized": held_out_loss(full, tiny_tokenizer, ROWS),
+              "NF4": held_out_loss(nf4, tiny_tokenizer, ROWS)}
+    lesson = dict(AutoModelForCausalLM=AutoModelForCausalLM, BitsAndBytesConfig=BitsAndBytesConfig,
+                  torch=torch, cfg=cfg, path=str(tiny_folder), hub_kwargs={}, sizes=sizes, losses=losses,
+                  held_out_loss=held_out_loss, footprint_mib=footprint_mib, tokenizer=tiny_tokenizer,
+                  data=types.SimpleNamespace(held_out=ROWS))
+    for name in ("01-2", "01-3"):
+        line = run_solution(name, lesson, capsys, "01-1")
+        assert judged(line, name), line
 
 
 @pytest.fixture
@@ -87,6 +141,33 @@ def test_02_3_the_sampling_solution_is_judged(runs, capsys, generating):  # noqa
     greedy = generating["generate"](generating["model"], generating["tokenizer"], max_new_tokens=40)
     line = run_solution("02-3", {**generating, "baseline": greedy}, capsys)
     assert judged(line, "02-3"), line
+    assert all(r["samples"] == 5 for r in json.loads((runs / "ex02_3" / "sampling.json").read_text()))
+
+
+def test_03_2_the_solution_writes_the_file_the_rerun_reads(runs, capsys):  # noqa: F811
+    lesson = {"run_folder": run_folder, "files": files}
+    exec(compile(solution("03-2"), "solution 03-2", "exec"), lesson)
+    written = runs / "ex03_2" / "my_quotes.jsonl"
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert len(rows) == 11 and sum(not r["author"] for r in rows) == 1
+    assert f'dataset = "{written}"' in capsys.readouterr().out  # the path the parameters cell takes
+    assert exercises.EXERCISES["03-2"].parameters[0][1]["dataset"] == "ex03_2/my_quotes.jsonl"
+
+
+@pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
+def test_04_2_your_own_quotes_on_the_tiny_model_pass(runs, capsys, tiny_model, tiny_tokenizer,  # noqa: F811
+                                                     monkeypatch, tmp_path):
+    """No file of the learner's: the solution writes eight well-known quotes and evaluates them."""
+    from gemmate_lib.config import course_config
+    from gemmate_lib.data import load_quotes
+    from gemmate_lib.evaluation import evaluate_model
+
+    monkeypatch.chdir(tmp_path)  # the notebook's folder, where a file of the learner's would be
+    lesson = dict(load_quotes=load_quotes, evaluate_model=evaluate_model, tuned=tiny_model,
+                  tokenizer=tiny_tokenizer, cfg=course_config(),
+                  train_authors=["Albert Einstein", "Oscar Wilde"])
+    line = run_solution("04-2", lesson, capsys)
+    assert line.startswith("exercise 04-2: PASS"), line  # eight quotes, seen and unseen authors
 
 
 def test_04_3_the_resampling_solution_passes(runs, capsys):  # noqa: F811
@@ -99,8 +180,10 @@ def test_04_3_the_resampling_solution_passes(runs, capsys):  # noqa: F811
     assert line.startswith("exercise 04-3: PASS"), line  # ten times the quotes, about sqrt(10) narrower
 
 
-def test_05_3_the_timing_solution_records_what_it_timed(runs, capsys, tiny_folder, tiny_tokenizer,  # noqa: F811
-                                                        tmp_path):
+@pytest.fixture
+def merging(tiny_folder, tiny_tokenizer, tmp_path):
+    """05's names after its section 3, with a tiny adapter whose B is not zero (so that merging changes the
+    weights, as a trained one's does)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from gemmate_lib.hardware import free_memory, pick_precision
@@ -108,14 +191,74 @@ def test_05_3_the_timing_solution_records_what_it_timed(runs, capsys, tiny_folde
     from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 
     precision = pick_precision("cpu", "fp32")
-    lora = get_peft_model(load_model(str(tiny_folder), precision), LoraConfig(r=2, target_modules=["q_proj"]))
+    torch.manual_seed(0)
+    lora = get_peft_model(load_model(str(tiny_folder), precision),
+                          LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")
-    lesson = dict(PeftModel=PeftModel, load_model=load_model, generate=generate,
-                  STANDARD_PROMPTS=STANDARD_PROMPTS, free_memory=free_memory, tokenizer=tiny_tokenizer,
-                  merge_precision=precision,
-                  cfg=types.SimpleNamespace(model=types.SimpleNamespace(model_name=str(tiny_folder))),
-                  adapter_dir=tmp_path / "adapter")
-    line = run_solution("05-3", lesson, capsys)
+    enc = tiny_tokenizer(STANDARD_PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        reference = lora(**enc).logits.float()
+        diff = (lora.merge_and_unload()(**enc).logits.float() - reference).abs().max().item()
+    return dict(PeftModel=PeftModel, load_model=load_model, generate=generate,
+                STANDARD_PROMPTS=STANDARD_PROMPTS, free_memory=free_memory, tokenizer=tiny_tokenizer,
+                merge_precision=precision, pick_precision=pick_precision, enc=enc,
+                real=enc["attention_mask"].bool(), diff=diff, torch=torch,
+                cfg=types.SimpleNamespace(model=types.SimpleNamespace(model_name=str(tiny_folder))),
+                adapter_dir=tmp_path / "adapter")
+
+
+@pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
+def test_05_1_merging_in_another_dtype_is_judged(runs, capsys, merging):  # noqa: F811
+    line = run_solution("05-1", merging, capsys)
+    assert judged(line, "05-1"), line
+    assert set(json.loads((runs / "ex05_1" / "merge.json").read_text())) == {"fp32", "bf16"}
+
+
+@pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
+def test_05_2_a_third_adapter_on_the_tiny_model_is_judged(runs, capsys, merging, tiny_folder,  # noqa: F811
+                                                          tiny_tokenizer, tmp_path):
+    """Two tiny training steps: the third adapter joins the lesson's two on one base."""
+    from tiny import ROWS
+
+    from gemmate_lib.adapters import load_adapter, save_adapter
+    from gemmate_lib.training import train_lora
+
+    base = merging["load_model"](str(tiny_folder), merging["merge_precision"])
+    both = load_adapter(base, merging["adapter_dir"], adapter_name="quotes")
+    both.load_adapter(str(merging["adapter_dir"]), adapter_name="reverse")
+    short = tiny_cfg(tiny_folder, max_steps=2, batch_size=2, steps_freq=1)
+    lesson = {**merging, "cfg": tiny_cfg(tiny_folder), "data": types.SimpleNamespace(train=ROWS),
+              "short": short, "both": both, "train_lora": train_lora, "save_adapter": save_adapter}
+    line = run_solution("05-2", lesson, capsys)
+    assert judged(line, "05-2"), line
+    written = json.loads((runs / "ex05_2" / "generations.json").read_text())
+    assert sorted(written) == ["quotes", "reverse", "said"]
+
+
+def test_05_3_the_timing_solution_records_what_it_timed(runs, capsys, merging):  # noqa: F811
+    line = run_solution("05-3", merging, capsys)
     assert judged(line, "05-3"), line
     timing = json.loads((runs / "ex05_3" / "timing.json").read_text())
     assert timing["lora_layers_adapter"] == 2 and timing["lora_layers_merged"] == 0  # two layers' q_proj
+
+
+READING = ["04-1", "06-1", "06-2", "06-3", "07-1", "07-2", "07-3"]  # rerun exercises whose solutions read
+
+
+@pytest.mark.parametrize("name", READING)
+def test_a_rerun_exercises_solution_reads_what_the_reruns_wrote(runs, name, capsys, monkeypatch):  # noqa: F811
+    """Its reading code, on the files the reruns write (hand-written as in test_exercise_checks): it finds
+    them by the notebook's paths, and leaves the check's verdict as it was (create=False: it records nothing).
+    """
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    write(runs, name)
+    before = exercises.exercise_check(name)
+    line = run_solution(name, {"pd": pd, "json": json}, capsys)
+    assert line == before and line.startswith(f"exercise {name}: PASS"), line
+    monkeypatch.setitem(config._KERNEL, "model_name", "another/model")
+    names = {"run_folder": run_folder, "pd": pd, "json": json}
+    exec(compile(solution(name), f"solution {name}", "exec"), names)
+    assert not exercises.exercise_check(name).startswith(f"exercise {name}: PASS")  # reading stamps nothing

@@ -26,3 +26,20 @@ def test_a_verdict_says_what_the_run_shows_and_results_it_cannot_read_fail():
     assert line == "exercise 05-1: FAIL, expected: two dtypes; found: ['fp32']: two dtypes are needed"
     line = check("05-1", "two dtypes", ran=True, passed=lambda: {}["fp32"])
     assert line.startswith("exercise 05-1: FAIL") and "could not be read (KeyError" in line
+
+
+def test_a_margin_below_its_threshold_fails_and_every_margin_is_printed():
+    from gemmate_lib.exercises import Margin, less, more
+
+    margins = [more(0.3, 0, "nats", "fall"), less(2.0, 1.5, "x", "time")]
+    line = check("06-2", "rank 128 below rank 2", ran=True, passed=lambda: (True, "3.9 / 3.6", margins))
+    assert line.startswith("exercise 06-2: FAIL") and line.endswith(
+        "; margin: +0.3 nats (fall 0.3, needs > 0), -0.5 x (time 2.0, needs < 1.5)")
+    assert Margin(0.0, "share", "drop", strict=False).holds and not Margin(0.0, "share", "drop").holds
+
+
+def test_results_of_another_model_are_not_judged():
+    origin = "FROM ANOTHER MODEL (ran on google/gemma-2b, the lesson now runs google/gemma-3-1b-pt)"
+    line = check("03-1", "a quarter", ran=True, passed=lambda: 1 / 0, how_to_run="lora_r = 2", origin=origin)
+    assert line == ("exercise 03-1: FROM ANOTHER MODEL (ran on google/gemma-2b, the lesson now runs "
+                    "google/gemma-3-1b-pt): run it again (lora_r = 2)")

@@ -240,6 +240,7 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
                                                                "model-q8_0.gguf", "verification.json"]
     report = json.loads((run / "gguf" / "verification.json").read_text())
     assert set(report["files"]) == {"model-f16.gguf", "model-q8_0.gguf"}
+    assert all(f["keeps_eos"] for f in report["files"].values())  # each file stops at the tokenizer's <eos>
     assert report["all_match_or_near_tie"], report["token_match"]
     llm = export._llama(run / "gguf" / "model-f16.gguf", logits_all=True)
     base = load_model(str(folder), fp32)
@@ -269,6 +270,7 @@ def test_05s_export_of_the_embedded_fine_tune_keeps_llama_cpps_bounds(request):
     assert all(r["stops_llama"] == r["stops_transformers"] for r in result["token_match"])
     assert files["model-q8_0.gguf"]["relative_perplexity"] < 1.05
     assert files["model-q8_0.gguf"]["keeps_f16_format"] and files["model-f16.gguf"]["stops"] > 0
+    assert all(f["keeps_eos"] for f in files.values())  # Q4_K_M too, even where it lost the format
 
 
 def test_gemma_1_gets_the_bases_sentencepiece_file_or_one_line_before_converting(tmp_path, monkeypatch):

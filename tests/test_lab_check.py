@@ -27,17 +27,18 @@ def test_a_passed_self_check_is_pass():
 
 
 def test_a_stop_before_the_self_check_is_fail_with_its_message(tmp_path):
-    """The one-page recipe with no token and no GPU today: its third code cell raises SystemExit, Run All
-    stops there (the cells below keep no execution count), and the saved file says why."""
-    gated = new_code_cell("import os\nraise SystemExit(...)", execution_count=3, outputs=[new_output(
-        "error", ename="SystemExit", evalue="google/gemma-2b is gated and no Hugging Face token was found. "
-        "Fix: accept its licence\nsecond line", traceback=["\x1b[31mSystemExit\x1b[0m: ..."])])
+    """The one-page recipe with no token and no GPU: its third code cell raises the page's Stop (one line in
+    Jupyter: its traceback is that line), Run All stops there (the cells below keep no execution count), and
+    the saved file says why."""
+    gated = new_code_cell("import os\nraise Stop(...)", execution_count=3, outputs=[new_output(
+        "error", ename="Stop", evalue="google/gemma-2b is gated and no Hugging Face token was found. "
+        "Fix: accept its licence\nsecond line", traceback=["Stop: google/gemma-2b is gated ..."])])
     never = new_code_cell("checks = {}\nprint('self-check: all 5 passed')", execution_count=None)
     path = tmp_path / "qlora_one_runtime.ipynb"
     nbformat.write(_saved(_stdout("packages: ...\n", 1), _stdout("GPU: none\n", 2), gated, never), str(path))
     result = read_verdict(path)  # from the saved file, as the tool reads it
     assert not result.passed
-    assert result.detail == ("cell 4 (import os): SystemExit: google/gemma-2b is gated and no Hugging Face "
+    assert result.detail == ("cell 4 (import os): Stop: google/gemma-2b is gated and no Hugging Face "
                              "token was found. Fix: accept its licence")
     assert result.errors == [result.detail]
 

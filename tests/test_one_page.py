@@ -6,6 +6,7 @@ it imports the course. `make course`, `make notebooks`, nbval and the smoke run 
 parameters (tools/course.py, tests/learner_path.py); the page itself holds only the learner's values.
 """
 import ast
+import functools
 import json
 import os
 import re
@@ -141,16 +142,31 @@ def test_the_install_cell_pins_what_the_colab_requirements_pin_never_torch_and_r
     assert "torch" not in page_pins and 'if "google.colab" in sys.modules:' in install
 
 
-def test_the_page_holds_no_offline_swap_and_no_injected_parameters():
-    """The course's offline values reach the page as papermill parameters only (tools/course.py): the
-    committed page has no cell that swaps them in, and no injected-parameters cell that a learner in Colab
-    would run."""
+def test_the_pages_only_swap_is_the_offline_one_of_a_machine_without_gpu_or_token():
+    """The course's offline values reach the page as papermill parameters (tools/course.py); the committed
+    page has no injected-parameters cell that a learner in Colab would run, and no cell but the parameters
+    cell assigns a parameter, except the token cell's one switch: no GPU and no token for a gated model, on a
+    machine where the course's offline model and quotes lie (make lab). The course's paths are named there
+    only."""
     cells = json.loads(PAGE.read_text())["cells"]
     assert not [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+    names = set(page_parameters())
+    for cell in code_cells():
+        if "parameters" in cell["metadata"].get("tags", []):
+            continue
+        source = "".join(cell["source"])
+        tree = ast.parse(source)
+        stores = [n for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign))]
+        assigned = {t.id for node in stores
+                    for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    for t in ast.walk(target) if isinstance(t, ast.Name)}
+        allowed = {"model_name", "dataset"} if "get_token()" in source else set()
+        assert not (assigned & names) - allowed, (assigned & names, source[:200])
     source = "".join("".join(c["source"]) for c in cells)
-    for machinery in ("is_offline_mode", "GEMMATE_", "make embedded", "english_quotes_embedded",
-                      ".cache/gemmate"):
+    for machinery in ("is_offline_mode", "make embedded"):
         assert machinery not in source, machinery
+    for machinery in ("GEMMATE_", "english_quotes_embedded", ".cache/gemmate"):
+        assert source.count(machinery) == 1 and machinery in _cell("get_token()"), machinery
 
 
 def _parameters_notebook(path: Path) -> Path:
@@ -264,6 +280,9 @@ def test_the_page_stays_a_page_and_its_badge_opens_it_from_the_courses_repositor
     assert len(text.split()) < 1400
     intro = "".join(cells[0]["source"])
     assert "**Runtime**:" in intro
+    # kept by hand: no measured time, which the next run of the page would leave stale
+    runtime = next(line for line in intro.splitlines() if line.startswith("**Runtime**:"))
+    assert not re.search(r"\d+ min \d+ s|measured|\d{4}-\d\d-\d\d", runtime), runtime
     assert badge(PAGE.name) in intro  # colab.COURSE_REPO's copy of this page (a fork's, once it sets its own)
 
 
@@ -287,6 +306,101 @@ def test_the_pages_perplexity_lines_count_what_the_librarys_held_out_loss_counts
 
 def _cell(marker: str) -> str:
     return next("".join(c["source"]) for c in code_cells() if marker in "".join(c["source"]))
+
+
+@functools.cache
+def _stop_class():
+    """The page's Stop, defined in its install cell: every stop on the page raises it (one class per run, so
+    that `pytest.raises` catches what a cell raises)."""
+    source = "".join(code_cells()[0]["source"])
+    [stop] = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "Stop"]
+    namespace = {}
+    exec(compile(ast.Module([stop], type_ignores=[]), str(PAGE), "exec"), namespace)
+    return namespace["Stop"]
+
+
+def test_every_stop_on_the_page_is_one_line_in_jupyter_and_an_error_for_papermill_and_lab_check(tmp_path):
+    """A `raise SystemExit` in a cell added IPython's "To exit: use 'exit', 'quit', or Ctrl-D." under the
+    message, and a RuntimeError a traceback. The page's Stop shows one line (its `_render_traceback_`), and a
+    kernel still reports it as an error: papermill stops there and make lab-check reads it as FAIL."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    from tools.lab_check import verdict
+
+    for cell in code_cells():
+        source = "".join(cell["source"])
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Raise):  # every stop raises Stop(...)
+                assert ast.get_source_segment(source, node).startswith("raise Stop("), source[:200]
+    stop = _stop_class()
+    assert stop("what went wrong. Fix: this")._render_traceback_() == ["Stop: what went wrong. Fix: this"]
+
+    install = "".join(code_cells()[0]["source"])
+    [definition] = [n for n in ast.parse(install).body if isinstance(n, ast.ClassDef) and n.name == "Stop"]
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(ast.get_source_segment(install, definition)),
+        nbformat.v4.new_code_cell('raise Stop("google/gemma-2b is gated. Fix: add your token")'),
+        nbformat.v4.new_code_cell("print('self-check: all 1 passed')")])
+    with pytest.raises(CellExecutionError):
+        NotebookClient(nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}}
+                       ).execute()
+    [error] = nb.cells[1].outputs
+    assert error["output_type"] == "error" and error["ename"] == "Stop"
+    # one line: no traceback, no "To exit" warning
+    assert error["traceback"] == ["Stop: google/gemma-2b is gated. Fix: add your token"]
+    result = verdict(nb)
+    assert not result.passed
+    assert result.detail == "cell 2 (raise Stop(\"google/gemma-2b is gated. Fix: add your token\")): Stop: " \
+                            "google/gemma-2b is gated. Fix: add your token"
+
+
+TRICKY_ROWS = [  # what the page's filter must treat as 03's does (gemmate_lib.data.clean_rows)
+    {"quote": "\u201cBe yourself; everyone else is already taken.\u201d", "author": "Oscar Wilde"},
+    {"quote": "Be yourself; everyone else is already taken.", "author": "Oscar Wilde,"},  # exact repeat
+    {"quote": "BE YOURSELF - everyone else is already taken!", "author": "O. Wilde"},  # case and punctuation
+    {"quote": "Don\u2019t count the days, make the days count", "author": "Muhammad Ali, boxer"},
+    {"quote": "don't count the days; make the days count.", "author": "Ali"},  # a typographic apostrophe
+    {"quote": "I never think of the future", "author": "it comes soon enough."},  # the quote's end
+    {"quote": "Knowing is not enough", "author": "bell hooks"},  # a lowercase name stays
+    {"quote": "\u201cAn opening mark never closed", "author": "Anon."},
+    {"quote": "A closing mark never opened\u201d", "author": "J. R. R. Tolkien."},
+    {"quote": "Quote: a marker inside", "author": "X"},
+    {"quote": "two\nlines", "author": "Y"},
+    {"quote": "   ", "author": "Z"},
+    {"quote": "Stay hungry, stay foolish", "author": "Steve J."},  # an initial keeps its period
+    {"quote": "Simplicity is the ultimate sophistication", "author": ""},
+]
+
+
+@pytest.mark.parametrize("source", ["embedded", "tricky rows"])
+def test_the_pages_data_cell_keeps_and_splits_the_rows_that_03_keeps(source, tiny_folder, tmp_path,
+                                                                      monkeypatch):
+    """The page writes its filter out (no course import): on the embedded quotes as the page reads them (the
+    .jsonl in the Hub dataset's columns, tools/course.py) and on hand-written rows, it keeps the texts that
+    03's `load_quotes` keeps (repeats after folding case, punctuation and typographic quotes, and authors that
+    are the quote's end, dropped too) and holds out the same ones: seeded shuffle, eval_fraction."""
+    from gemmate_lib.data import load_quotes
+    from tools.course import prepare_one_page_data
+
+    monkeypatch.setenv("GEMMATE_CACHE", str(tmp_path))
+    if source == "embedded":
+        path, dataset = prepare_one_page_data(), "embedded"
+    else:
+        path = tmp_path / "quotes.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in TRICKY_ROWS),
+                        encoding="utf-8")
+        dataset = str(path)
+    page = page_parameters()
+    namespace = {"model_name": str(tiny_folder), "token": None, "dataset": str(path), "seed": page["seed"],
+                 "max_length": page["max_length"], "eval_fraction": page["eval_fraction"]}
+    exec(compile(_cell("AutoTokenizer.from_pretrained(model_name"), str(PAGE), "exec"), namespace)
+    data = load_quotes(dataset, page["eval_fraction"], page["seed"], namespace["tokenizer"],
+                       page["max_length"])
+    assert len(data.train) > (200 if source == "embedded" else 4)
+    assert namespace["train_dataset"]["text"] == [r["text"] for r in data.train]
+    assert namespace["eval_dataset"]["text"] == [r["text"] for r in data.held_out]
 
 
 class _Trainer:  # what the pre-flight cell reads of TRL's SFTTrainer
@@ -324,7 +438,7 @@ def _preflight(tiny_tokenizer, seed=0, drop_end=False, cache_name=None, broken_c
     namespace = {"torch": torch, "math": math, "tokenizer": tiny_tokenizer, "compute_dtype": torch.float32,
                  "eval_dataset": [{"text": t} for t in TEXTS], "max_start_loss": 1.2,
                  "loss_before": math.log(len(tiny_tokenizer)),  # a random model: a uniform guess
-                 "trainer": _Trainer(model, tiny_tokenizer, TEXTS, drop_end)}
+                 "trainer": _Trainer(model, tiny_tokenizer, TEXTS, drop_end), "Stop": _stop_class()}
     exec(compile(_cell("pre-flight failed"), str(PAGE), "exec"), namespace)
     return namespace
 
@@ -344,7 +458,7 @@ def test_the_pre_flight_passes_a_sound_model(tiny_tokenizer, capsys, cache_name)
 ])
 def test_the_pre_flight_stops_on_an_injected_fault_and_says_what_it_means(tiny_tokenizer, capsys, fault,
                                                                           meaning):
-    with pytest.raises(SystemExit, match=meaning):
+    with pytest.raises(_stop_class(), match=meaning):
         _preflight(tiny_tokenizer, **fault)
     assert "FAIL" in capsys.readouterr().out
 
@@ -396,8 +510,8 @@ def test_a_colab_runtime_without_a_gpu_stops_in_one_line_that_names_the_fix(monk
 
     fake_gpu(None)
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
-    with pytest.raises(SystemExit, match=r"no GPU\. Fix: Runtime > Change runtime type > T4 GPU"):
-        exec(_cell("get_token()"), {"sys": sys, "model_name": "google/gemma-2b"})
+    with pytest.raises(_stop_class(), match=r"no GPU\. Fix: Runtime > Change runtime type > T4 GPU"):
+        exec(_cell("get_token()"), {"sys": sys, "model_name": "google/gemma-2b", "Stop": _stop_class()})
 
 
 def test_the_adapter_is_kept_on_drive_and_flushed_in_colab(fake_colab, tmp_path, capsys):
@@ -470,12 +584,79 @@ def test_gemma_4_needs_no_token_and_a_gated_gemma_stops_without_one(monkeypatch,
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+    monkeypatch.setenv("GEMMATE_CACHE", str(tmp_path / "no-offline-copies"))  # else a CPU runs the course's
     cell = _cell("get_token()")
-    exec(cell, {"sys": sys, "model_name": "google/gemma-4-E2B"})
+    exec(cell, {"sys": sys, "model_name": "google/gemma-4-E2B", "Stop": _stop_class()})
     assert "Hugging Face token: none" in capsys.readouterr().out
     for gated in ("google/gemma-2b", "google/gemma-3-1b-pt"):
-        with pytest.raises(SystemExit, match="is gated and no Hugging Face token was found"):
-            exec(cell, {"sys": sys, "model_name": gated})
+        with pytest.raises(_stop_class(), match="is gated and no Hugging Face token was found"):
+            exec(cell, {"sys": sys, "model_name": gated, "Stop": _stop_class()})
+
+
+@pytest.mark.parametrize("gpu, copies, offline",
+                         [(None, True, True), ((7, 5), True, False), (None, False, False)])
+def test_a_gated_model_without_a_token_on_a_cpu_runs_on_the_courses_offline_copies(
+        monkeypatch, tmp_path, fake_gpu, capsys, gpu, copies, offline):
+    """`make lab` with no token and no GPU: the page stopped at its third cell. Where this machine has the
+    course's offline copies ($GEMMATE_CACHE, else ~/.cache/gemmate), it runs on them and says so in one line;
+    on a GPU, or without the copies, it stops in one line with the token's fix."""
+    import sys
+
+    from huggingface_hub import constants
+
+    from gemmate_lib.models import cache_dir
+    from tools.course import ONE_PAGE_QUOTES
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+    monkeypatch.setenv("GEMMATE_CACHE", str(tmp_path / "cache"))
+    model, quotes = cache_dir() / "gemma-3-270m", cache_dir() / ONE_PAGE_QUOTES  # where the course puts them
+    if copies:
+        model.mkdir(parents=True)
+        quotes.write_text("{}\n")
+    fake_gpu(gpu)
+    scope = {"sys": sys, "model_name": "google/gemma-2b", "dataset": "Abirate/english_quotes",
+             "Stop": _stop_class()}
+    if offline:
+        exec(_cell("get_token()"), scope)
+        assert (scope["model_name"], scope["dataset"]) == (str(model), str(quotes))
+        said = capsys.readouterr().out
+        assert "no GPU and no token: this run uses the course's offline model and quotes" in said
+        return
+    with pytest.raises(_stop_class()) as stop:
+        exec(_cell("get_token()"), scope)
+    message = str(stop.value)
+    assert "\n" not in message and "add your token as the HF_TOKEN secret" in message
+    assert scope["model_name"] == "google/gemma-2b"
+
+
+def test_the_pages_cpu_only_lines_run_only_without_cuda():
+    """bitsandbytes' AVX512_BF16 repacking and the warnings of pinned memory and paged optimizers concern a
+    CPU only: in a GPU recipe they sit under `if not torch.cuda.is_available():`, with a comment on why."""
+    for marker in ("support_avx512bf16_for_cpu", "Paged optimizers are not supported on CPU"):
+        source = _cell(marker)
+        guarded = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.If)
+                   and ast.get_source_segment(source, n.test) == "not torch.cuda.is_available()"
+                   and marker in ast.get_source_segment(source, n)]
+        block = ast.get_source_segment(source, guarded[0]) if guarded else ""
+        assert block.count(marker) == source.count(marker), marker
+        assert "#" in block.splitlines()[0], "say why, on the if"
+
+
+def test_the_version_table_names_what_the_page_calls():
+    """Section 8's table of renamed arguments: every newer name in it is one the page's code uses."""
+    cells = json.loads(PAGE.read_text())["cells"]
+    table = next("".join(c["source"]) for c in cells
+                 if c["cell_type"] == "markdown" and "| newer name | older name |" in "".join(c["source"]))
+    code = "\n".join("".join(c["source"]) for c in code_cells())
+    rows = [line.split("|")[1:4] for line in table.splitlines()[table.splitlines().index(
+        "| newer name | older name | renamed in |") + 2:] if line.startswith("|")]
+    assert len(rows) == 6
+    for newer, _older, since in rows:
+        name = re.search(r"`(?:\w+\()?(\w+)=?\)?`", newer).group(1)
+        assert re.search(rf"\b{name}\b", code), name
+        assert re.fullmatch(r" (TRL|transformers) \d+\.\d+ ", since), since
 
 
 def _statements(marker: str, first: str, last_type: type) -> str:
@@ -554,7 +735,8 @@ def test_the_pages_will_it_fit_is_the_planners_arithmetic_and_skips_a_merge_a_t4
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (int(14.6 * 2**30), int(14.6 * 2**30)))
     dtype = torch.float16 if name == "gemma-2b" else torch.float32  # a T4: Gemma 3 and 4 compute in fp32
     page = {"torch": torch, "os": os, "AutoConfig": AutoConfig, "model_name": str(tmp_path), "token": None,
-            "compute_dtype": dtype, "max_steps": 100, "model_type": config.model_type}
+            "compute_dtype": dtype, "max_steps": 100, "model_type": config.model_type, "batch_size": 1,
+            "gradient_accumulation_steps": 4}
     exec(_cell("a 16/32-bit copy for the merge"), page)
     plan = fit.predict(fit.shape_of(config), dtype.itemsize)
     need = {k: v * 2**30 for k, v in page["gpu_need"].items()}
@@ -565,6 +747,9 @@ def test_the_pages_will_it_fit_is_the_planners_arithmetic_and_skips_a_merge_a_t4
     assert page["merge_fits"] is ("load GPU" not in fit.problems(plan))
     printed = capsys.readouterr().out
     assert "training on a T4: ~" in printed and "GPU memory for the 4-bit model while training" in printed
+    # the T4 time of the page's own steps, as the planner counts it for 100 steps of 4 quotes
+    assert page["t4_seconds"] == pytest.approx(plan["nf4"]["seconds"], rel=0.02)
+    assert "for 100 steps of 4 quotes" in printed
 
 
 def test_the_pages_per_layer_table_on_the_cpu_is_the_librarys():

@@ -42,7 +42,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian'
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000"]
 # what both self-checks print when every check passed: gemmate_lib.selfcheck.self_check (00) and the one-page
-# recipe's own last cell; a failed check raises (SelfCheckError, RuntimeError), an error in the saved file
+# recipe's own last cell; a failed check raises (SelfCheckError, the page's Stop), an error in the saved file
 PASSED = re.compile(r"^self-check: all \d+ passed$")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # a learner with no account: none of these reaches JupyterLab or its kernels

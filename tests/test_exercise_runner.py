@@ -1,0 +1,72 @@
+"""`make exercises` (tools/exercises.py) without running a notebook: which exercises run how, the cell that
+runs a printed solution after *Run all*, the verdict read back from an executed notebook, and the table it
+writes into docs/exercises.md. The runner itself takes about two hours: `make exercises`, not `make test`."""
+import nbformat
+import pytest
+
+from gemmate_lib.exercises import EXERCISES
+from tools import exercises as runner
+
+
+def test_every_exercise_runs_either_after_the_lesson_or_as_reruns():
+    solutions = [n for n, e in EXERCISES.items() if not e.parameters]
+    reruns = [n for n, e in EXERCISES.items() if e.parameters]
+    assert len(solutions) + len(reruns) == 24
+    assert reruns == ["03-1", "03-2", "03-3", "04-1", "06-1", "06-2", "06-3", "07-1", "07-2", "07-3"]
+    assert [n for n in reruns if runner.prepares(n)] == ["03-2"]  # its solution writes the rerun's file
+    for name in reruns:  # the last run is the notebook whose check cell judges the exercise
+        assert EXERCISES[name].parameters[-1][0].startswith(name[:2])
+    assert runner.needed_lessons(["04-2"]) == ["00", "03", "04"]
+    assert runner.needed_lessons(["07-3"]) == ["00", "07"]
+
+
+def test_a_solution_that_raises_is_reported_and_the_check_still_runs(capsys):
+    namespace = {}
+    exec(runner.SOLUTION_CELL.format(name="05-1", code="x = 1\ndef f():\n    return x\ny = f()\n"), namespace)
+    assert namespace["y"] == 1  # bound in the kernel's namespace, as the learner's own cell binds them
+    exec(runner.SOLUTION_CELL.format(name="05-1", code="adapter_dir.read_text()\n"), {})
+    assert capsys.readouterr().out.startswith("exercise 05-1: SOLUTION RAISED NameError")
+
+
+def executed(tmp_path, check_output: str, solution_output: str = ""):
+    node = nbformat.v4.new_notebook()
+    node.cells = [nbformat.v4.new_code_cell(runner.SOLUTION_CELL.format(name="06-2", code="pass")),
+                  nbformat.v4.new_code_cell('verdict = exercise_check("06-2")')]
+    for cell, text, seconds in zip(node.cells, (solution_output, check_output), (30.0, 0.5)):
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)] if text else []
+        cell.metadata["papermill"] = {"duration": seconds}
+    path = tmp_path / "executed.ipynb"
+    nbformat.write(node, path)
+    return path
+
+
+def test_the_verdict_and_its_margins_are_read_from_the_executed_notebook(tmp_path):
+    line = ("exercise 06-2: PASS, expected: the loss falls; found: 3.9 / 3.6; margin: +0.4 nats "
+            "(rank 2's loss over rank 128's 4.0, needs > 0)\n")
+    row = runner.verdict_of(executed(tmp_path, line), "06-2")
+    assert row["verdict"] == "PASS" and row["seconds"] == pytest.approx(30.5)
+    assert row["margins"] == [(0.4, "nats", "rank 2's loss over rank 128's 4.0, needs > 0")]
+    error = "exercise 06-2: SOLUTION RAISED KeyError: 'x'\n"
+    raised = runner.verdict_of(executed(tmp_path, line, error), "06-2")
+    assert raised["verdict"] == "ERROR" and "SOLUTION RAISED" in raised["line"]
+    assert runner.verdict_of(executed(tmp_path, ""), "06-2")["verdict"] == "ERROR"
+
+
+def test_the_table_goes_between_the_markers_of_docs_exercises_md(tmp_path, monkeypatch):
+    doc = tmp_path / "exercises.md"
+    doc.write_text(f"# Exercises\n\nintro\n\n{runner.BEGIN}\nOLD TABLE\n{runner.END}\n\nafter\n")
+    monkeypatch.setattr(runner, "DOC", doc)
+    rows = [{"name": "00-1", "verdict": "PASS", "margins": [], "seconds": 6.0},
+            {"name": "06-2", "verdict": "FAIL", "margins": [(-0.1, "nats", "fall")], "seconds": 180.0,
+             "line": "exercise 06-2: FAIL, expected: ..."}]
+    runner.write_doc(rows, 186.0, only=True)
+    text = doc.read_text()
+    assert text.startswith("# Exercises\n\nintro\n\n") and text.endswith("\n\nafter\n")
+    assert "OLD TABLE" not in text
+    assert "| 00-1 | PASS | exact | 0.1 min |" in text and "| 06-2 | FAIL: exercise 06-2: FAIL" in text
+    assert "-0.1 nats (fall)" in text and "1 of 2 PASS" in text
+
+
+def test_docs_exercises_md_has_the_markers():
+    text = runner.DOC.read_text()
+    assert text.index(runner.BEGIN) < text.index(runner.END)

@@ -40,6 +40,13 @@ def unfrozen_for_cpu(model):
             p.requires_grad_(False)
 
 
+def soft_prompt(model) -> bool:
+    """True for a PEFT model whose active adapter is prompt tuning (06): a soft prompt before the input."""
+    config = getattr(model, "peft_config", None)
+    active = getattr(model, "active_adapter", None)
+    return bool(config) and active in config and config[active].peft_type == "PROMPT_TUNING"
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 40, greedy: bool = True,
              batch_size: int = BATCH_SIZE, timestamps=None, **generate_kwargs):
@@ -71,6 +78,12 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
             enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
                             max_length=limit).to(device)
             extra = {} if timestamps is None else {"timestamps": list(timestamps[i:i + batch_size])}
+            if soft_prompt(model):
+                # peft 0.21 finds generate's KV cache under `past_key_values` only; transformers 5.24 names it
+                # `cache`, and prompt tuning then prepends its soft prompt again at every step. Without the
+                # cache every step sees the whole text: the same tokens, slower. (Prefix tuning needs the
+                # cache: under 5.24 it loses its prefix, docs/compatibility.md.)
+                extra["use_cache"] = False
             start = time.time()
             with unfrozen_for_cpu(model):
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,

@@ -1,3 +1,7 @@
+import pytest
+import torch
+import transformers
+
 from gemmate_lib.text_generation import STANDARD_PROMPTS, generate, has_author_line
 
 
@@ -49,3 +53,38 @@ def test_a_prompt_longer_than_the_context_is_cut_with_a_warning(tiny_model, tiny
                       match=r"cut to its last 56 \(the model's context of 64 minus max_new_tokens=8\)"):
         out = generate(tiny_model, tiny_tokenizer, ["word " * 500 + "Quote: end"], max_new_tokens=8)
     assert len(out) == 1 and out.new_tokens[0] > 0
+
+
+NEWER_CACHE = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (5, 24)
+
+
+@pytest.mark.parametrize("method", ["prompt", pytest.param("prefix", marks=pytest.mark.xfail(
+    NEWER_CACHE, strict=True, reason="peft 0.21 passes the prefix as past_key_values, which transformers "
+    "5.24's generate overrides with its own cache: the prefix is lost (docs/compatibility.md)"))])
+def test_soft_prompts_generate_what_a_step_by_step_greedy_decoding_gives(tiny_tokenizer, method):
+    """06's prompt and prefix tuning through `generate`: token for token what a greedy decoding that runs the
+    whole text at every step gives. peft 0.21 with transformers 5.24 (which renames the cache to `cache`)
+    prepended the soft prompt at every step when generate used its KV cache, and loses the prefix."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+    from tiny import make_tiny_gemma
+
+    from gemmate_lib.text_generation import generate
+
+    torch.manual_seed(0)
+    config = (PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4) if method == "prompt"
+              else PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    model = get_peft_model(make_tiny_gemma(tiny_tokenizer), config).eval()
+    prompts = ["Quote: Be yourself", "Quote: Imagination"]
+    got = generate(model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=1).completion.tolist()
+    for prompt, text in zip(prompts, got):
+        ids = tiny_tokenizer(prompt, return_tensors="pt")["input_ids"]
+        new = []
+        for _ in range(6):
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+            token = logits[0, -1].argmax()
+            if token.item() == tiny_tokenizer.eos_token_id:
+                break
+            new.append(token.item())
+            ids = torch.cat([ids, token.view(1, 1)], dim=1)
+        assert text == tiny_tokenizer.decode(new, skip_special_tokens=True)

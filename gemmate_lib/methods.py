@@ -158,16 +158,18 @@ def check_full_finetuning(n_params: int, device: str) -> float:
     return need
 
 
-def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool = False,
+def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool | int = False,
             nll: dict | None = None) -> dict:
-    """Held-out loss on the whole text and the completion (data.char_spans); optionally format compliance.
+    """Held-out loss on the whole text and the completion (data.char_spans); optionally format compliance,
+    on every row (`format_check=True`) or the first `format_check` rows (a number: 06's `format_quotes`).
     `nll`: example_nll_by_part's per-example losses of both parts on `rows`, when the caller keeps them."""
     model.eval()
     nll = nll or example_nll_by_part(model, tokenizer, rows, ("text", "completion"), max_length)
     out = {f"held_out_loss_{part}": round(sum(s for s, _ in v) / sum(n for _, n in v), 3)
            for part, v in nll.items()}
     if format_check:
-        ok = format_generations(model, tokenizer, rows)[2]
+        checked = rows if format_check is True else rows[:format_check]
+        ok = format_generations(model, tokenizer, checked)[2]
         out["format_compliance"] = round(sum(ok) / len(ok), 3)
     return out
 
@@ -194,8 +196,8 @@ LORA = "lora"  # train_arm's default adapter: the course's LoRA, built from the 
 
 
 def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], eval_rows: list[dict],
-              output_dir, format_check: bool = False, keep_model: bool = False, adapter=LORA, save_dir=None,
-              start_loss: bool = False, callbacks=None) -> Arm:
+              output_dir, format_check: bool | int = False, keep_model: bool = False, adapter=LORA,
+              save_dir=None, start_loss: bool = False, callbacks=None) -> Arm:
     """Load a fresh model as `cfg` says, add `adapter` (LORA: the course's, any PEFT config, or None for full
     fine-tuning), train `cfg.train.max_steps` steps, measure. `save_dir`: save what trained and report its
     size. `start_loss`: also the held-out loss before training (06: prompt and prefix tuning change it)."""

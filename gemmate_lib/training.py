@@ -8,7 +8,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -326,24 +325,22 @@ def two_rate_optimizer(te, cfg: CourseConfig):
 
 def train(model, tokenizer, train_data, eval_data, cfg: CourseConfig, output_dir: str | Path, *,
           save: bool | None = False, callbacks=None, resume_from_checkpoint: str | None = None,
-          measure_cost: bool = False, unwrap: bool = True, pad_token_id: int | None = None,
+          measure_cost: bool = False, unwrap: bool = True, data_collator=None,
           **extras) -> TrainResult:
     """The course's one training path (the wrappers: train_lora, methods.train_arm, cli/train.py,
     temporal/training.py), on a `model` with its adapter. Rows with a `text` field train with CourseSFTTrainer
     (`save`, `extras`: training_args); GemmaTE's TextDataset with transformers' Trainer, timestamps in the
-    batches (padded with `pad_token_id`, default the tokenizer's), two learning rates. `measure_cost`: seconds
-    per step and peak memory (06). The model comes back in eval mode, off accelerate's mixed-precision forward
-    (it computes unlike the same weights loaded from disk); `unwrap=False` keeps it, as the arms trained."""
+    batches (`data_collator`: its wrapper's, temporal.training.train_temporal), two learning rates.
+    `measure_cost`: seconds per step and peak memory (06). The model comes back in eval mode, off accelerate's
+    mixed-precision forward (it computes unlike the same weights loaded from disk); `unwrap=False` keeps it,
+    as the arms trained."""
     set_seed(cfg.train.seed)
     if hasattr(model, "temporal_projection"):  # GemmaTE (07)
-        from gemmate_lib.temporal.data import collate_fn
-
         model.fast_loss = cfg.train.fast_loss
-        pad = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
         args = training_args(cfg, output_dir, has_eval=False, save=False, sft=False,
                              remove_unused_columns=False)  # keep `timestamps`, which forward() does not name
         trainer = Trainer(model=model, args=args, train_dataset=train_data, callbacks=callbacks,
-                          data_collator=partial(collate_fn, pad_token_id=pad),
+                          data_collator=data_collator,
                           optimizers=(two_rate_optimizer(model, cfg), None))
     else:
         trainer = sft_trainer(model, tokenizer, train_data, eval_data, cfg, output_dir, save, callbacks,

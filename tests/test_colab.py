@@ -398,7 +398,7 @@ def test_gpu_check_t4_arm_gives_the_one_page_recipe_what_it_picks_on_a_t4(fake_g
     the page picks on a T4."""
     import nbformat
 
-    from tools.gpu_smoke import T4_DTYPE
+    from tools.gpu_probes import T4_DTYPE
 
     page = nbformat.read(ROOT / "notebooks" / "qlora_one_runtime.ipynb", as_version=4)
     cell = next(c.source for c in page.cells if c.cell_type == "code" and "compute_dtype, why = " in c.source)

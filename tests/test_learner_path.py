@@ -207,7 +207,7 @@ def test_the_gpu_smoke_fp16_arm_runs_the_one_page_recipe_in_fp16(tmp_path):
     the page's dtype cell, before any cell reads the dtype."""
     from learner_path import with_cells
 
-    from tools.gpu_smoke import arm_probes
+    from tools.gpu_probes import arm_probes
 
     code = [c.source for c in with_cells(ONE_PAGE, after=arm_probes("fp16")[ONE_PAGE.stem]).cells
             if c.cell_type == "code"]

@@ -3,6 +3,7 @@ chance and a nearest-timestamp baseline (07_temporal_encoding; `gemmate train-te
 from __future__ import annotations
 
 import statistics
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from gemmate_lib.config import CourseConfig
 from gemmate_lib.errors import ParameterError
 from gemmate_lib.files import save_json
-from gemmate_lib.temporal.data import TextDataset, date_of, load_jsonl, parse_date
+from gemmate_lib.temporal.data import TextDataset, collate_fn, date_of, load_jsonl, parse_date
 from gemmate_lib.temporal.model import GemmaTEForCausalLM
 from gemmate_lib.temporal.tasks import QUESTION, make_python_questions, python_accuracy, python_baselines
 from gemmate_lib.temporal.timestamps import DAY_MS, nearest, to_milliseconds
@@ -27,7 +28,8 @@ def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEFo
 def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConfig, output_dir: str | Path,
                    pad_token_id: int = 0) -> TrainResult:
     """`training.train` on GemmaTE: timestamps flow from the dataset through collate_fn into forward."""
-    return train(te, None, dataset, None, cfg, output_dir, pad_token_id=pad_token_id)
+    return train(te, None, dataset, None, cfg, output_dir,
+                 data_collator=partial(collate_fn, pad_token_id=pad_token_id))
 
 
 def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates, batch_size: int = 100,
@@ -132,7 +134,7 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
     te = attach_temporal_lora(GemmaTEForCausalLM(model, cfg.temporal), cfg)
     print(f"training on {len(dataset)} rows from {source} ({cfg.precision.device}, {cfg.precision.name})",
           flush=True)
-    result = train(te, tokenizer, dataset, None, cfg, out / "trainer")
+    result = train_temporal(te, dataset, cfg, out / "trainer", tokenizer.pad_token_id)
     result.model.save_pretrained(out / "model")  # safetensors, always
     metrics = {"rows": len(dataset), "steps": result.steps, "seconds": round(result.seconds, 1),
                "final_loss": float(result.log["loss"].iloc[-1]) if len(result.log) else None}

@@ -66,6 +66,16 @@ def test_hub_ids_name_their_generation(model_name, key):
     assert generation_of(model_name).key == key
 
 
+def test_the_page_shows_the_generations_table():
+    """docs/gemma-generations.md's table is tools.generations_table's output, row for row (regenerate it with
+    `python -m tools.generations_table` when GENERATIONS or the planner's rule changes)."""
+    from tools.generations_table import markdown_table
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "gemma-generations.md").read_text()
+    start = page.index("| | ")
+    assert page[start:page.index("\n\n", start)] == markdown_table()
+
+
 def test_dtype_rule(tiny_generation):
     """A T4 (fp16 profile) computes Gemma 1 in fp16, Gemma 3 and 4 in fp32; an A100 (bf16) keeps bf16."""
     from gemmate_lib.config import gemma3_rule

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from gemmate_lib.config import EMBEDDED
-from gemmate_lib.errors import DataError, hub_error
+from gemmate_lib.errors import DataError, hub_load_error
 
 REQUIRED = ("quote", "author")
 
@@ -183,7 +183,7 @@ def read_hub(dataset_id: str, required: tuple[str, ...] = REQUIRED) -> list[dict
     try:
         ds = load_dataset(dataset_id, split="train")
     except Exception as err:  # noqa: BLE001 - mapped to one clear message below
-        raise hub_error(dataset_id, err, kind="dataset") from err
+        raise hub_load_error(dataset_id, err, kind="dataset") from err
     missing = [c for c in required if c not in ds.column_names]
     if missing:
         raise DataError(f"dataset {dataset_id!r} has no column {', '.join(missing)} "

@@ -49,7 +49,7 @@ def _causes(err: BaseException):
         err = err.__cause__ or err.__context__
 
 
-def hub_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
+def hub_load_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
     """One clear error for a failed Hub load of `name`, chosen by huggingface_hub's exception types."""
     from huggingface_hub import errors as hub
 
@@ -87,7 +87,7 @@ def hub_errors(name: str, kind: str = "model"):
     except GemmateError:
         raise
     except Exception as err:  # noqa: BLE001 - mapped to a clear message
-        raise hub_error(name, err, kind) from err
+        raise hub_load_error(name, err, kind) from err
 
 
 TOKEN_SHAPED = r"hf_[A-Za-z0-9]{20,}"  # what a Hugging Face token looks like: never shown in a message

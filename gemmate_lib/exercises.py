@@ -59,7 +59,7 @@ def less(value: float, threshold: float, unit: str, what: str, strict: bool = Tr
     return Margin(threshold - float(value), unit, f"{what} {_r(value)}, needs {sign} {threshold:g}", strict)
 
 
-def check(
+def exercise_verdict(
     name: str, expectation: str, ran: bool, passed: Callable[[], bool] | bool, how_to_run: str = "",
     origin: str | None = None,
 ) -> str:
@@ -93,7 +93,7 @@ def check(
 
 
 def parse_verdict(line: str) -> dict:
-    """A verdict line (`check`) as {"name", "verdict", "margins": [(value, unit, what), ...]}: what
+    """A verdict line (`exercise_verdict`) as {"name", "verdict", "margins": [(value, unit, what), ...]}: what
     `make exercises` reads from a notebook's output. {} when `line` is no verdict."""
     match = re.match(r"exercise (\d\d-\d): (" + "|".join(VERDICTS) + r")\b", line)
     if not match:
@@ -253,10 +253,10 @@ def exercise(name: str, results: tuple[str, ...] | str, how_to_run: str, expecta
     def register(passed: Callable) -> Callable:
         own = folders or ("ex" + name.replace("-", "_"),)
         one = isinstance(results, str)
-        check = (lambda ex, _: passed(read_json(ex[0], results))) if one else passed
+        judge = (lambda ex, _: passed(read_json(ex[0], results))) if one else passed
         files = (results,) if one else results
         how = _how_to_rerun(parameters, how_to_run) if parameters else how_to_run
-        EXERCISES[name] = Exercise(expectation, own, files, check, how, lesson, parameters,
+        EXERCISES[name] = Exercise(expectation, own, files, judge, how, lesson, parameters,
                                    how_to_run if parameters else "")
         return passed
 
@@ -761,4 +761,5 @@ def exercise_check(name: str) -> str:
             origin = origin_problem(name, ex, lesson)
         except Exception as err:  # noqa: BLE001 - a check gives a verdict, it never stops the notebook
             origin = f"MODEL UNKNOWN (its record could not be read: {type(err).__name__})"
-    return check(name, spec.expectation, ran, lambda: spec.passed(ex, lesson), spec.how_to_run, origin)
+    return exercise_verdict(name, spec.expectation, ran, lambda: spec.passed(ex, lesson), spec.how_to_run,
+                            origin)

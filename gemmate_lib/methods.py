@@ -119,7 +119,7 @@ def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
     if copy_on_gpu:
         plan = fit.predict(shape, cfg.precision.dtype.itemsize)
         try:
-            fit.check({"load": plan["load"]}, fit.runtime_here())
+            fit.require_fit({"load": plan["load"]}, fit.runtime_here())
         except fit.FitError as err:
             if "GPU" not in err.problem or fit.problems({"nf4": plan["nf4"]}, fit.runtime_here()):
                 raise

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from gemmate_lib.config import EMBEDDED
-from gemmate_lib.errors import ModelLoadError, hub_error
+from gemmate_lib.errors import ModelLoadError, hub_load_error
 from gemmate_lib.files import atomic_folder, recover
 from gemmate_lib.generations import generation_of
 from gemmate_lib.hardware import Precision, freed_memory_returned, pick_precision
@@ -123,7 +123,7 @@ def load_tokenizer(model_name: str = EMBEDDED):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except Exception as err:  # noqa: BLE001 - mapped to a clear message
-        raise hub_error(model_name, err) from err
+        raise hub_load_error(model_name, err) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -162,7 +162,7 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
             model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.dtype,
                                                          attn_implementation=attention, **kwargs)
     except Exception as err:  # noqa: BLE001 - mapped to a clear message
-        raise hub_error(model_name, err) from err
+        raise hub_load_error(model_name, err) from err
     if quantization == "nf4" and precision.device == "cpu":
         keep_nf4_as_loaded(model)
     lookup_tables_to_cpu(model)

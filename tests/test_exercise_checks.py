@@ -573,13 +573,13 @@ def test_a_rerun_exercises_parameters_are_its_notebooks_parameters():
 
 
 def test_a_verdict_line_is_read_back_with_its_margins():
-    line = exercises.check("06-2", "the loss falls", True, lambda: (True, "3.9 / 3.6", [
+    line = exercises.exercise_verdict("06-2", "the loss falls", True, lambda: (True, "3.9 / 3.6", [
         exercises.more(0.31, 0, "nats", "rank 2's loss over rank 128's"),
         exercises.less(1.2, 1.5, "x", "step time", strict=False)]))
     assert exercises.parse_verdict(line) == {"name": "06-2", "verdict": "PASS", "margins": [
         (0.31, "nats", "rank 2's loss over rank 128's 0.31, needs > 0"),
         (0.3, "x", "step time 1.2, needs <= 1.5")]}
-    failed = exercises.check("06-2", "the loss falls", True, lambda: (True, "", [
+    failed = exercises.exercise_verdict("06-2", "the loss falls", True, lambda: (True, "", [
         exercises.more(-0.2, 0, "nats", "fall")]))
     assert exercises.parse_verdict(failed)["verdict"] == "FAIL"  # a margin below its threshold fails
     assert exercises.parse_verdict("exercise 03-1: NOT RUN YET (set lora_r)")["verdict"] == "NOT RUN YET"

@@ -70,15 +70,15 @@ def test_every_committed_phase_fits_a_free_colab_runtime():
 def test_gemma_4_on_a_free_t4_stops_before_the_download_with_what_it_needs(shapes):
     plan = fit.predict(shapes["gemma-4-E2B"], 4)
     with pytest.raises(fit.FitError) as err:
-        fit.check(plan)
+        fit.require_fit(plan)
     assert "load" in err.value.problem and "GPU" in err.value.problem and "L4" in err.value.fix
     # 4-bit training fits a T4 by the estimate: the course offers it, and skips what does not fit
-    fit.check({"nf4": plan["nf4"]})
+    fit.require_fit({"nf4": plan["nf4"]})
     assert fit.problems(plan) == ["load GPU"]
 
 
 def test_gemma_2b_fits_a_free_t4_in_every_phase(shapes):
-    fit.check(fit.predict(shapes["gemma-2b"], 2))
+    fit.require_fit(fit.predict(shapes["gemma-2b"], 2))
 
 
 def test_a_cpu_runtime_checks_ram_and_disk_only(shapes):

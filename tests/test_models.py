@@ -42,23 +42,23 @@ def _hub_failure(cls, status):
 def test_hub_failures_are_recognised_by_type_not_by_text(cls_name, status, message):
     import huggingface_hub.errors as hub_errors
 
-    from gemmate_lib.errors import hub_error
+    from gemmate_lib.errors import hub_load_error
 
-    err = hub_error("google/gemma-2b", _hub_failure(getattr(hub_errors, cls_name), status))
+    err = hub_load_error("google/gemma-2b", _hub_failure(getattr(hub_errors, cls_name), status))
     assert isinstance(err, ModelLoadError) and message in err.problem and err.fix
 
 
 def test_offline_is_recognised_by_type():
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from gemmate_lib.errors import hub_error
+    from gemmate_lib.errors import hub_load_error
 
     try:
         raise OSError("We couldn't connect") from LocalEntryNotFoundError("no cache, offline")
     except OSError as err:
-        assert "cannot be reached" in hub_error("someone/model", err).problem
+        assert "cannot be reached" in hub_load_error("someone/model", err).problem
     # words alone no longer decide
-    plain = hub_error("someone/model", ValueError("403 resolve gated offline"))
+    plain = hub_load_error("someone/model", ValueError("403 resolve gated offline"))
     assert plain.problem.startswith("could not load model")
 
 

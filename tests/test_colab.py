@@ -412,7 +412,7 @@ def test_gpu_check_t4_arm_gives_the_one_page_recipe_what_it_picks_on_a_t4(fake_g
 
 
 def test_gpu_check_without_a_gpu_is_one_clear_line(capsys, fake_gpu):
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
     from tools.gpu_check import main
 
     fake_gpu(None)

@@ -149,7 +149,7 @@ def test_importing_the_library_changes_no_global_state():
     code = ("import logging, warnings\n"
             "before = (list(warnings.filters), logging.getLogger('bitsandbytes.backends.cpu.ops').level)\n"
             "import gemmate_lib, gemmate_lib.training, gemmate_lib.models, gemmate_lib.temporal.model\n"
-            "import gemmate_lib.cli.main, gemmate_lib.evaluation, gemmate_lib.adapters\n"
+            "import gemmate_cli.main, gemmate_lib.evaluation, gemmate_lib.adapters\n"
             "after = (list(warnings.filters), logging.getLogger('bitsandbytes.backends.cpu.ops').level)\n"
             "assert before[1] == after[1], 'logger level changed'\n"
             "ours = [f for f in after[0] if f not in before[0] and 'gemma' in repr(f).lower()]\n"

@@ -1,4 +1,5 @@
 """LoRA SFT (training.py): the one builder, the trainer's evaluation and counters, and a real short run."""
+
 import pytest
 import torch
 from tiny import ROWS
@@ -127,3 +128,17 @@ def test_the_after_training_check_fails_on_an_adapter_that_did_not_move_or_a_bas
         assert_trained(model, before, may_stay="bias")
     with pytest.raises(AssertionError, match="no Trainer.train"), trains_only_the_trainable():
         pass
+
+
+@pytest.mark.parametrize("given", [dict(lora_target_modules="all-linear", from_text=True),  # the flag
+                                   dict(lora_target_modules="v_proj")])  # YAML `lora_target_modules: v_proj`
+def test_all_linear_and_a_single_name_work_from_a_flag_or_yaml(tiny_model, given):
+    from gemmate_lib.config import course_config
+    from gemmate_lib.training import attach_lora
+
+    cfg = course_config(device="cpu", dtype="fp32", **given)
+    model = attach_lora(tiny_model, cfg, quiet=True)
+    adapted = {name.split(".")[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    expected = {"v_proj"} if given["lora_target_modules"] == "v_proj" else \
+        {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapted == expected

@@ -198,8 +198,8 @@ def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[
     """
     import papermill as pm
 
+    from gemmate_cli.settings import read_yaml
     from gemmate_lib.errors import ParameterError
-    from gemmate_lib.files import read_yaml
 
     if not params_file:
         return {nb.name: {} for nb in notebooks}
@@ -357,6 +357,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
 
     sys.exit(run_cli(main))

@@ -272,6 +272,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
 
     sys.exit(run_cli(main))

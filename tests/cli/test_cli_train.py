@@ -1,5 +1,6 @@
-"""`gemmate train` (cli/train.py): two DDP processes match one; the policy's checkpoints are kept, then
-`generate` and `evaluate` read the adapter."""
+"""`gemmate train` (gemmate_cli/train.py): two DDP processes match one; the policy's checkpoints are kept,
+then `generate` and `evaluate` read the adapter; report_to="tensorboard" writes event files into the run's
+folder, off by default; the Gemma 1.1 table's use_wandb maps to the trainer, or says how to install wandb."""
 import json
 import subprocess
 import sys
@@ -7,7 +8,13 @@ import sys
 import pytest
 from processes import QUICK, ROOT
 
-from gemmate_lib.errors import run_cli
+from gemmate_cli.errors import run_cli
+from gemmate_cli.settings import load_config
+from gemmate_lib.errors import ParameterError
+
+TRAIN = ["train", "--max_length", "48", "--batch_size", "4", "--steps_freq", "1", "--val_steps_freq", "0",
+         "--keep_best_n", "0", "--save_strategy", "no", "--eval_fraction", "0.03", "--max_steps", "3",
+         "--dtype", "fp32"]  # the tracking tests' short run
 
 
 @pytest.mark.slow
@@ -28,13 +35,13 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path, tiny_folder):
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                            "--num_processes", "2",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           "-m", "gemmate_lib", "train", *common, "--output_dir", str(ddp)],
+                           "-m", "gemmate_cli", "train", *common, "--output_dir", str(ddp)],
                           capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((ddp / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["digest"] == ranks[1]["digest"]
     single = tmp_path / "single"  # in this process: a third interpreter would only import the stack again
-    from gemmate_lib.cli.main import main
+    from gemmate_cli.main import main
 
     assert run_cli(main, ["train", *common, "--gradient_accumulation_steps", "2",
                           "--output_dir", str(single)]) == 0
@@ -61,7 +68,7 @@ def test_train_keeps_the_policys_checkpoints_then_generate_and_evaluate_read_the
     """One `gemmate train` (10 steps, an evaluation and a checkpoint every 2, the last and the best kept),
     then `generate` and `evaluate` on its output folder. Plumbing, so the tiny random Gemma: the embedded
     model's own evaluation is test_evaluation's and nbval's 04 (this test once trained the real model)."""
-    from gemmate_lib.cli.main import main
+    from gemmate_cli.main import main
 
     out = tmp_path / "run"
     tiny = ["--model_name", str(tiny_folder), "--dtype", "fp32"]
@@ -95,7 +102,7 @@ def test_train_keeps_the_policys_checkpoints_then_generate_and_evaluate_read_the
 @pytest.mark.parametrize("targets", ["q_proj,qkv_proj", "attn"])
 def test_an_unknown_target_module_lists_the_models_linear_layers(tmp_path, tiny_folder, capsys, targets):
     """peft said only "Target modules {'attn'} not found", and dropped a misspelt name beside a good one."""
-    from gemmate_lib.cli.main import main
+    from gemmate_cli.main import main
 
     assert run_cli(main, ["train", "--model_name", str(tiny_folder), "--dtype", "fp32", "--max_length", "48",
                           "--lora_target_modules", targets, "--output_dir", str(tmp_path)]) == 2
@@ -106,15 +113,42 @@ def test_an_unknown_target_module_lists_the_models_linear_layers(tmp_path, tiny_
     assert err.count("\n") == 2 and "unexpected error" not in err
 
 
-@pytest.mark.parametrize("given", [dict(lora_target_modules="all-linear", from_text=True),  # the flag
-                                   dict(lora_target_modules="v_proj")])  # YAML `lora_target_modules: v_proj`
-def test_all_linear_and_a_single_name_work_from_a_flag_or_yaml(tiny_model, given):
-    from gemmate_lib.config import course_config
-    from gemmate_lib.training import attach_lora
+@pytest.mark.parametrize("report_to", ["none", "tensorboard"])
+def test_the_command_logs_training_curves_to_tensorboard_in_the_run_folder(report_to, tmp_path, tiny_folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = course_config(device="cpu", dtype="fp32", **given)
-    model = attach_lora(tiny_model, cfg, quiet=True)
-    adapted = {name.split(".")[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
-    expected = {"v_proj"} if given["lora_target_modules"] == "v_proj" else \
-        {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert adapted == expected
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
+
+    out = tmp_path / "run"
+    assert run_cli(main,
+                   [*TRAIN, "--model_name", str(tiny_folder), "--output_dir", str(out), "--report_to",
+                    report_to]) == 0
+    events = list(out.rglob("events.out.tfevents.*"))
+    if report_to == "none":
+        assert events == []  # off by default: nothing written
+        return
+    assert len(events) == 1 and out in events[0].parents
+    curves = EventAccumulator(str(events[0].parent)).Reload()
+    losses = [e.value for e in curves.Scalars("train/loss")]
+    final = json.loads((out / "train_metrics.json").read_text())["final_loss"]
+    assert len(losses) == 3 and losses[-1] == pytest.approx(final, rel=1e-5)  # one a step, the trainer's own
+    assert "train/learning_rate" in curves.Tags()["scalars"]
+
+
+def test_use_wandb_says_how_to_install_it_and_maps_to_the_trainer(monkeypatch, tmp_path):
+    import importlib.util
+
+    from gemmate_lib.training import training_kwargs
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ParameterError, match="pip install wandb"):
+        load_config(None, {"use_wandb": "true", "output_dir": str(tmp_path)})
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: object() if name == "wandb" else real(name, *a))
+    cfg = load_config(None, {"use_wandb": "true", "wandb_run_name": "r1", "save_optim": "false",
+                             "output_dir": str(tmp_path)})
+    kwargs = training_kwargs(cfg, tmp_path, has_eval=True)
+    assert kwargs["report_to"] == "wandb" and kwargs["run_name"] == "r1" and kwargs["save_only_model"] is True

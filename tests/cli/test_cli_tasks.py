@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from gemmate_lib.cli.tasks import NO_ANSWER, load_task, squad_v2_scores, sst2_scores, task_of
-from gemmate_lib.config import load_config
+from gemmate_cli.settings import load_config
+from gemmate_cli.tasks import NO_ANSWER, load_task, squad_v2_scores, sst2_scores, task_of
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
 CONFIGS = {"sst2": ROOT / "configs" / "gemma11-sst2.yaml",
            "squad_v2": ROOT / "configs" / "gemma11-squadv2.yaml"}
@@ -96,8 +96,8 @@ def test_gemmate_train_runs_each_task_and_scores_its_held_out_rows(task, max_len
     trains the adapter only, and its scores are counts over the held-out rows, in percent."""
     from weights import trains_only_the_trainable
 
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
 
     fixture = FIX / ("sst2.jsonl" if task == "sst2" else "squad_v2.jsonl")
     with trains_only_the_trainable():

@@ -7,7 +7,7 @@ from pathlib import Path
 import fsspec
 from transformers import TrainerCallback
 
-from gemmate_lib.cli.checkpoints import STEP
+from gemmate_cli.checkpoints import STEP
 from gemmate_lib.errors import ParameterError
 
 LAST = "trainer_state.json"  # written last by Trainer, uploaded last here

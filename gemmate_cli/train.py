@@ -2,6 +2,7 @@
 W&B and remote storage. Every rank writes its weights' digest (DDP); rank 0 saves the adapter and metrics."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -12,14 +13,14 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
     """LoRA on quotes, SST-2 or SQuAD v2 (tasks.py) under the checkpoint policy; writes train_metrics.json."""
     from transformers import EarlyStoppingCallback
 
+    from gemmate_cli.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint
+    from gemmate_cli.storage import StorageSync, download
+    from gemmate_cli.tasks import evaluate_task, load_task, task_of
     from gemmate_lib.adapters import save_adapter
-    from gemmate_lib.cli.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint
-    from gemmate_lib.cli.storage import StorageSync, download
-    from gemmate_lib.cli.tasks import evaluate_task, load_task, task_of
     from gemmate_lib.data import load_quotes
     from gemmate_lib.files import save_json
     from gemmate_lib.models import load_model, load_tokenizer
-    from gemmate_lib.training import attach_lora, train, trainable_digest, world
+    from gemmate_lib.training import attach_lora, train, world
 
     rank, world_size = world()
     c = cfg.checkpoints
@@ -70,3 +71,13 @@ def train_from_config(cfg: CourseConfig, save_checkpoints: bool = True) -> dict:
         save_adapter(result.model, tokenizer, out / "adapter", cfg.model.model_name, overwrite=True)
         save_json(out / "train_metrics.json", metrics)
     return metrics
+
+
+def trainable_digest(model) -> str:
+    """sha256 of the trainable weights: equal across DDP ranks, equal across bitwise-identical runs."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            digest.update(name.encode())
+            digest.update(p.detach().to("cpu").float().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,4 +1,4 @@
-"""`gemmate train | train-te | evaluate | generate | hpo | serve | export` (also `python -m gemmate_lib
+"""`gemmate train | train-te | evaluate | generate | hpo | serve | export` (also `python -m gemmate_cli
 ...`): the course as commands, taught in docs/command-line.md. Each reads one config: a YAML file
 (`--config`), then `--key value` flags. The library does the work; errors print one line."""
 from __future__ import annotations
@@ -10,8 +10,10 @@ import json
 import math
 import sys
 
-from gemmate_lib.config import GROUPS, OWNER, CourseConfig, load_config
-from gemmate_lib.errors import HardwareError, ParameterError, run_cli
+from gemmate_cli.errors import run_cli
+from gemmate_cli.settings import load_config
+from gemmate_lib.config import GROUPS, OWNER, CourseConfig
+from gemmate_lib.errors import HardwareError, ParameterError
 from gemmate_lib.hardware import pick_precision
 
 COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
@@ -136,33 +138,34 @@ def main(argv: list[str] | None = None) -> int:
     from gemmate_lib.training import world
     result = None  # the commands that print as they go leave it None
     if args.command == "train":
-        from gemmate_lib.cli.train import train_from_config
+        from gemmate_cli.train import train_from_config
 
         result = train_from_config(cfg)
     elif args.command == "train-te":
-        from gemmate_lib.temporal.training import train_temporal_from_config
+        from gemmate_cli.train_te import train_temporal_from_config
 
         result = train_temporal_from_config(cfg, overwrite=args.overwrite)
     elif args.command == "evaluate":
-        from gemmate_lib.evaluation import evaluate_from_config
+        from gemmate_cli.commands import evaluate_from_config
 
         scores = evaluate_from_config(cfg)["models"]["fine-tuned"]
         result = {m: round(v["value"], 4) for m, v in scores.items()}
     elif args.command == "generate":
-        from gemmate_lib.evaluation import generate_from_config
+        from gemmate_cli.commands import generate_from_config
 
         for row in generate_from_config(cfg).itertuples():
             print(f"--- {row.prompt}{row.completion}\n")
     elif args.command == "serve":
-        from gemmate_lib.cli.serve import run_server, served_model
+        from gemmate_cli.serve import run_server, served_model
 
         run_server([served_model(d) for d in args.run_dirs], args.host, args.port, args.max_tokens_limit)
     elif args.command == "export":
-        from gemmate_lib.export import export_and_verify, summary
+        from gemmate_cli.commands import export_and_verify
+        from gemmate_lib.export import summary
 
         print(summary(export_and_verify(args.run_dir, cfg, args.quantize)))
     else:
-        from gemmate_lib.cli.hpo import search
+        from gemmate_cli.hpo import search
 
         result = search(cfg, args.n_trials, args.timeout)
     if result is not None and world()[0] == 0:

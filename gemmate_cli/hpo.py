@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from gemmate_lib.cli.train import train_from_config
-from gemmate_lib.config import CourseConfig, dump_config
+from gemmate_cli.settings import dump_config
+from gemmate_cli.train import train_from_config
+from gemmate_lib.config import CourseConfig
 from gemmate_lib.errors import ParameterError
 
 # what the search varies, over which values: the learning rate log-uniform, dropout uniform, the rest a choice

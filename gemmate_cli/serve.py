@@ -22,7 +22,8 @@ def served_model(run_dir: str | Path) -> Path:
         raise ParameterError(f"{show_path(run_dir)} has neither merged/ nor adapter/",
                              "pass a run folder that 03 (or `gemmate "
                              "train`'s output_dir) wrote, e.g. runs/interactive")
-    from gemmate_lib.adapters import load_merged, read_base_info, save_merged
+    from gemmate_cli.commands import load_merged
+    from gemmate_lib.adapters import read_base_info, save_merged
 
     meta = read_base_info(adapter)
     if meta is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gemmate_cli.settings import CommandConfig
 from gemmate_lib.adapters import load_adapter
 from gemmate_lib.evaluation import evaluate_model, metrics_document
 from gemmate_lib.export import QUANT_TYPES, check_export, export_gguf, verify_gguf
@@ -11,45 +12,45 @@ from gemmate_lib.files import save_json
 from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 
 
-def evaluate_from_config(cfg) -> dict:
+def evaluate_from_config(cfg: CommandConfig) -> dict:
     """`gemmate evaluate`: 04's held-out metrics of the trained adapter, into output_dir/metrics.json."""
     from gemmate_lib.data import load_quotes
     from gemmate_lib.models import load_tokenizer
 
-    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed,
-                       load_tokenizer(cfg.model.model_name), cfg.train.max_length)
+    c = cfg.course
+    data = load_quotes(c.data.dataset, c.data.eval_fraction, c.data.data_seed,
+                       load_tokenizer(c.model.model_name), c.train.max_length)
     print(data.report(), flush=True)  # before the model loads: bad data stops here
     model, tokenizer = load_tuned(cfg)
-    result = evaluate_model(model, tokenizer, data.held_out, seed=cfg.train.seed,
+    result = evaluate_model(model, tokenizer, data.held_out, seed=c.train.seed,
                             train_authors=[r["author"] for r in data.train])
-    doc = metrics_document({"fine-tuned": result}, cfg.data.dataset, "held_out",
+    doc = metrics_document({"fine-tuned": result}, c.data.dataset, "held_out",
                            unseen_author_share=data.unseen_author_share())
     save_json(Path(cfg.checkpoints.output_dir) / "metrics.json", doc)
     return doc
 
 
-def generate_from_config(cfg):
-    """`gemmate generate`: greedy completions of cfg.generate.prompts (default: the four standard prompts)."""
+def generate_from_config(cfg: CommandConfig):
+    """`gemmate generate`: greedy completions of `prompts` (default: the course's four standard prompts)."""
     model, tokenizer = load_tuned(cfg)
-    return generate(model, tokenizer, cfg.generate.prompts or STANDARD_PROMPTS,
-                    max_new_tokens=cfg.generate.max_new_tokens)
+    return generate(model, tokenizer, cfg.command.prompts or STANDARD_PROMPTS,
+                    max_new_tokens=cfg.course.generate.max_new_tokens)
 
 
-def export_and_verify(run_dir, cfg, quant_types=QUANT_TYPES) -> dict:
+def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES) -> dict:
     """`gemmate export`: export_gguf, then verify_gguf on the standard prompts and the held-out quotes."""
     from gemmate_lib.data import load_quotes
     from gemmate_lib.hardware import pick_precision
 
-    run_dir = Path(run_dir)
+    run_dir, c = Path(run_dir), cfg.course
     quant_types = check_export(run_dir, quant_types)
     # the merge as 05 does it: into a freshly loaded fp32 base, never a 4-bit one
-    merged, tokenizer = load_merged(cfg.model.model_name, pick_precision("cpu", "fp32"), run_dir / "adapter")
-    exported = export_gguf(run_dir, merged, tokenizer, quant_types, cfg.generate.max_new_tokens)
-    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer,
-                       cfg.train.max_length)
+    merged, tokenizer = load_merged(c.model.model_name, pick_precision("cpu", "fp32"), run_dir / "adapter")
+    exported = export_gguf(run_dir, merged, tokenizer, quant_types, c.generate.max_new_tokens)
+    data = load_quotes(c.data.dataset, c.data.eval_fraction, c.data.data_seed, tokenizer, c.train.max_length)
     heldout = [r["text"] + tokenizer.eos_token for r in data.held_out][:32]
     verified = verify_gguf(exported["folder"], merged, tokenizer, STANDARD_PROMPTS, heldout,
-                           cfg.generate.max_new_tokens)
+                           c.generate.max_new_tokens)
     result = {**exported, **verified}
     save_json(run_dir / "gguf" / "verification.json", result)
     return result
@@ -71,8 +72,9 @@ def load_merged(model_name: str, precision, adapter: str | Path | None, quantiza
     return model, tokenizer
 
 
-def load_tuned(cfg):
+def load_tuned(cfg: CommandConfig):
     """`gemmate evaluate / generate`: `cfg`'s model with its adapter (output_dir/adapter), by load_merged."""
-    adapter = cfg.generate.adapter or Path(cfg.checkpoints.output_dir) / "adapter"
-    return load_merged(cfg.model.model_name, cfg.precision, None if adapter == "none" else adapter,
-                       cfg.model.quantization, cfg.model.attn_implementation)
+    adapter = cfg.command.adapter or Path(cfg.checkpoints.output_dir) / "adapter"
+    model = cfg.course.model
+    return load_merged(model.model_name, cfg.course.precision, None if adapter == "none" else adapter,
+                       model.quantization, model.attn_implementation)

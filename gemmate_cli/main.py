@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import json
 import math
 import sys
 
 from gemmate_cli.errors import run_cli
-from gemmate_cli.settings import load_config
-from gemmate_lib.config import GROUPS, OWNER, CourseConfig
+from gemmate_cli.settings import FIELDS, ORDER, SECTIONS, CommandConfig, load_config
 from gemmate_lib.errors import HardwareError, ParameterError
 from gemmate_lib.hardware import pick_precision
 
@@ -35,7 +33,7 @@ class Parser(argparse.ArgumentParser):
         fix = f"`{self.prog} --help` lists the options and their values"
         if message.startswith("unrecognized arguments:"):  # the top parser's: the command is not known here
             words = [w.split("=")[0][2:] for w in message.split(":", 1)[1].split() if w.startswith("--")]
-            close = [m for w in words for m in difflib.get_close_matches(w, [*OWNER, *COMMAND_OPTIONS], 1)]
+            close = [m for w in words for m in difflib.get_close_matches(w, [*ORDER, *COMMAND_OPTIONS], 1)]
             fix = (f"did you mean --{close[0]}? " if close else "") + "`gemmate COMMAND --help` lists them"
         self.exit(2, f"error: {self.prog}: {message}\n  Fix: {fix}\n")
 
@@ -63,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", help="YAML file of settings (see configs/); flags override it")
-        for group, cls in GROUPS.items():
-            options = p.add_argument_group(f"{group} settings (a YAML key or a flag; default: the profile's)")
-            for f in dataclasses.fields(cls):
+        for section, names in SECTIONS.items():
+            title = f"{section} settings (a YAML key or a flag; default: the profile's)"
+            options = p.add_argument_group(title)
+            for f in (FIELDS[name] for name in names):
                 default = ",".join(f.default) if isinstance(f.default, tuple) else str(f.default)
                 shown = f"{f.metadata['help']} [default: {default or 'none'}]".replace("%", "%%")
                 options.add_argument(f"--{f.name}", nargs="+" if f.name == "prompts" else None, default=None,
@@ -86,7 +85,7 @@ def join_negative_numbers(argv: list[str]) -> list[str]:
     out: list[str] = []
     for arg in argv:
         option = out[-1][2:] if out and out[-1].startswith("--") and "=" not in out[-1] else None
-        if option in (*OWNER, *COMMAND_OPTIONS) and arg.startswith("-") and _is_number(arg):
+        if option in (*ORDER, *COMMAND_OPTIONS) and arg.startswith("-") and _is_number(arg):
             out[-1] = f"{out[-1]}={arg}"
         else:
             out.append(arg)
@@ -115,9 +114,9 @@ def check_options(args: argparse.Namespace) -> None:
             raise ParameterError(f"option --{name}={getattr(args, name)} {must}", fix)
 
 
-def config_from_args(args: argparse.Namespace) -> CourseConfig:
+def config_from_args(args: argparse.Namespace) -> CommandConfig:
     """The config of a parsed command line: the YAML file, then the flags."""
-    overrides = {key: getattr(args, key) for key in OWNER if getattr(args, key) is not None}
+    overrides = {key: getattr(args, key) for key in ORDER if getattr(args, key) is not None}
     if getattr(args, "fp16", False):
         if pick_precision().device != "cuda":
             raise HardwareError("--fp16 needs a CUDA GPU and none is visible",
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     check_options(args)
     cfg = config_from_args(args)  # every setting checked before the heavy imports and any model load
     quiet()  # before bitsandbytes is imported: its optional-kernel notice is noise
-    from gemmate_lib.training import world
+    from gemmate_cli.train import world
     result = None  # the commands that print as they go leave it None
     if args.command == "train":
         from gemmate_cli.train import train_from_config

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from gemmate_lib.config import CourseConfig
+from gemmate_cli.settings import CommandConfig
 from gemmate_lib.errors import DataError, ParameterError
 from gemmate_lib.files import save_json
 from gemmate_lib.temporal.data import TextDataset
@@ -51,7 +51,7 @@ def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> 
     raise ValueError(f"no course task {name!r}")
 
 
-def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> dict:
+def train_temporal_from_config(cfg: CommandConfig, overwrite: bool = False) -> dict:
     """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"} or one of 07's tasks (`temporal_task`).
     Saves output_dir/model and train_metrics.json, with a built-in task's held-out "evaluation"."""
     from gemmate_lib.models import load_model, load_tokenizer
@@ -61,27 +61,29 @@ def train_temporal_from_config(cfg: CourseConfig, overwrite: bool = False) -> di
         raise ParameterError(f"output_dir {out} exists and is not empty",
                              "pick a new folder or pass --overwrite")
     evaluate = None
-    if cfg.temporal.temporal_task == "file":
-        if cfg.data.dataset == "embedded":
+    course, task = cfg.course, cfg.command.temporal_task
+    if task == "file":
+        if course.data.dataset == "embedded":
             raise ParameterError("train-te needs data: dataset='embedded' "
                                  "is the quotes, which have no timestamps",
                                  "pass --dataset notes.jsonl, or --temporal_task dated_notes "
                                  "(or python_releases)")
-        texts, stamps = load_jsonl(cfg.data.dataset, cfg.temporal.timestamp_unit)
-        source = cfg.data.dataset
+        texts, stamps = load_jsonl(course.data.dataset, cfg.command.timestamp_unit)
+        source = course.data.dataset
     else:
-        texts, stamps, prompt_end, evaluate = course_task(cfg.temporal.temporal_task, seed=cfg.train.seed)
-        source = f"07's {cfg.temporal.temporal_task} task"
+        texts, stamps, prompt_end, evaluate = course_task(task, seed=course.train.seed)
+        source = f"07's {task} task"
         cfg = cfg.replace(prompt_end=prompt_end)
-    tokenizer = load_tokenizer(cfg.model.model_name)
-    dataset = TextDataset(texts, tokenizer, stamps, max_length=cfg.train.max_length,
-                          prompt_end=cfg.temporal.prompt_end)
-    model = load_model(cfg.model.model_name, cfg.precision, cfg.model.quantization,
-                       cfg.model.attn_implementation)
-    te = attach_temporal_lora(GemmaTEForCausalLM(model, cfg.temporal), cfg)
-    print(f"training on {len(dataset)} rows from {source} ({cfg.precision.device}, {cfg.precision.name})",
-          flush=True)
-    result = train_temporal(te, dataset, cfg, out / "trainer", tokenizer.pad_token_id)
+        course = cfg.course
+    tokenizer = load_tokenizer(course.model.model_name)
+    dataset = TextDataset(texts, tokenizer, stamps, max_length=course.train.max_length,
+                          prompt_end=course.temporal.prompt_end)
+    model = load_model(course.model.model_name, course.precision, course.model.quantization,
+                       course.model.attn_implementation)
+    te = attach_temporal_lora(GemmaTEForCausalLM(model, course.temporal), course)
+    precision = course.precision
+    print(f"training on {len(dataset)} rows from {source} ({precision.device}, {precision.name})", flush=True)
+    result = train_temporal(te, dataset, course, out / "trainer", tokenizer.pad_token_id)
     result.model.save_pretrained(out / "model")  # safetensors, always
     metrics = {"rows": len(dataset), "steps": result.steps, "seconds": round(result.seconds, 1),
                "final_loss": float(result.log["loss"].iloc[-1]) if len(result.log) else None}

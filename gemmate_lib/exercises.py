@@ -147,13 +147,14 @@ def notebook_model(folder: Path, prefix: str) -> str | None:
 
 def config_changes(folder: Path, lesson: Path) -> dict[str, tuple]:
     """The settings of 03's run in `folder` that differ from the lesson's 03 run: {setting: (this, lesson's)}
-    (the manifests' config summaries, flat names)."""
+    (the manifests' config summaries, flat names; a setting only one of them records, such as one a later
+    version of the course dropped, is no change)."""
     def flat(path):
         config = facts(path, "03_lora_sft").get("config", {})
         return {k: v for group in config.values() if isinstance(group, dict) for k, v in group.items()}
 
     mine, theirs = flat(folder), flat(lesson)
-    keys = sorted(set(mine) | set(theirs))
+    keys = sorted(set(mine) & set(theirs))
     return {k: (mine.get(k), theirs.get(k)) for k in keys if mine.get(k) != theirs.get(k)}
 
 

@@ -32,10 +32,13 @@ def test_paths_are_checked_before_anything_loads(tmp_path):
     (tmp_path / "x.jsonl").mkdir()
     with pytest.raises(ParameterError, match="it is a folder"):
         course_config(dataset=str(tmp_path / "x.jsonl"))
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    with pytest.raises(ParameterError, match="output_dir=.* cannot be written"):
-        course_config(output_dir=str(blocker / "run"))
+
+
+def test_the_notebooks_config_has_none_of_the_commands_own_settings():
+    """output_dir, the checkpoint policy, W&B, ...: gemmate_cli/settings.py (tests/cli/test_cli_settings)."""
+    with pytest.raises(ParameterError, match="unknown parameter 'output_dir'"):
+        course_config(output_dir="runs/x")
+    assert not {"output_dir", "use_wandb", "temporal_task", "prompts"} & set(course_config().flat())
 
 
 def test_the_temporal_task_has_its_own_defaults_from_the_same_family():

@@ -195,7 +195,6 @@ def chat_trainer(model, tokenizer, cfg, output_dir, steps):
         cfg,
         output_dir,
         has_eval=False,
-        save=False,
         assistant_only_loss=True,
         completion_only_loss=None,
         max_steps=steps,

@@ -98,7 +98,7 @@ def test_03s_lora_and_sft_configs_equal_the_library_builders(profile, tiny_folde
     assert ns["lora_config"] == library
     out = tmp_path / "run"
     ns = run_cell("03_lora_sft.ipynb", "c58cf3b2", cfg=cfg, out=out)
-    assert ns["sft_config"] == training.training_args(cfg, out / "trainer", has_eval=True, save=False)
+    assert ns["sft_config"] == training.training_args(cfg, out / "trainer", has_eval=True)
 
 
 @pytest.mark.parametrize("key", ["gemma", "gemma3", "gemma4"])

@@ -44,14 +44,14 @@ def test_the_builder_maps_every_setting(tmp_path):
     cfg = course_config(device="cpu", dtype="bf16", max_steps=7, batch_size=3, gradient_accumulation_steps=2,
                         learning_rate=1e-3, warmup_steps=1, steps_freq=3, val_steps_freq=6, seed=5,
                         gradient_checkpointing=True, group_by_length=False, lora_r=4, lora_alpha=8)
-    args = training_args(cfg, tmp_path, has_eval=True, save=False)
+    args = training_args(cfg, tmp_path, has_eval=True)
     assert type(args).__name__ == "SFTConfig"
     assert (args.max_steps, args.per_device_train_batch_size, args.gradient_accumulation_steps) == (7, 3, 2)
     assert (args.learning_rate, args.warmup_steps, args.logging_steps, args.eval_steps) == (1e-3, 1, 3, 6)
     assert (args.seed, args.data_seed, args.bf16, args.fp16, args.use_cpu) == (5, 5, True, False, True)
     assert args.activation_checkpointing and args.train_sampling_strategy == "random"
     assert args.save_strategy == "no" and args.max_length == cfg.train.max_length
-    te_args = training_args(cfg, tmp_path, has_eval=False, save=False, sft=False, remove_unused_columns=False)
+    te_args = training_args(cfg, tmp_path, has_eval=False, sft=False, remove_unused_columns=False)
     assert type(te_args).__name__ == "TrainingArguments" and te_args.remove_unused_columns is False
     assert te_args.eval_strategy == "no" and te_args.activation_checkpointing
     lora = lora_config(cfg)

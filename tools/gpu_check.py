@@ -58,7 +58,7 @@ def fp16_arm(model: str | None, folder: Path) -> tuple[dict, dict]:
 
 def expected(cfg, capability: tuple[int, int]) -> dict[str, bool]:
     """The GPU profile's promises for one config: {check: holds}."""
-    args = training_kwargs(cfg, repo_root() / "runs" / "gpu-check-dry", has_eval=True, save=False,
+    args = training_kwargs(cfg, repo_root() / "runs" / "gpu-check-dry", has_eval=True,
                            sft=cfg.task == "quotes")
     half = "fp16" if capability < (8, 0) else "bf16"
     # Gemma 3: fp32 for fp16

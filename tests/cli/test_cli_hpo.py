@@ -20,4 +20,4 @@ def test_tiny_hpo_writes_a_table_and_a_best_config(tmp_path, tiny_folder):
     assert len(table) == 2 and table.eval_loss.notna().all()
     best = load_config(out / "best_config.yaml")
     winner = table.sort_values("eval_loss").iloc[0]
-    assert best.train.learning_rate == pytest.approx(winner["params_learning_rate"])
+    assert best.course.train.learning_rate == pytest.approx(winner["params_learning_rate"])

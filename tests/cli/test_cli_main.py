@@ -81,7 +81,7 @@ def test_a_yaml_config_gets_the_same_message_as_the_flag(tmp_path, capsys):
                           "--output_dir", str(tmp_path)]) == 2
     assert "learning_rate=-0.0001 must be a finite number in (0, 1)" in capsys.readouterr().err
     (tmp_path / "run.yaml").write_text("learning_rate: 1e-4\nlora_dropout: 5e-2\n")
-    cfg = load_config(tmp_path / "run.yaml", {"device": "cpu"})
+    cfg = load_config(tmp_path / "run.yaml", {"device": "cpu"}).course
     assert (cfg.train.learning_rate, cfg.lora.lora_dropout) == (1e-4, 0.05)
 
 

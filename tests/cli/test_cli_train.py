@@ -139,6 +139,7 @@ def test_the_command_logs_training_curves_to_tensorboard_in_the_run_folder(repor
 def test_use_wandb_says_how_to_install_it_and_maps_to_the_trainer(monkeypatch, tmp_path):
     import importlib.util
 
+    from gemmate_cli.train import checkpoint_kwargs
     from gemmate_lib.training import training_kwargs
 
     real = importlib.util.find_spec
@@ -150,5 +151,5 @@ def test_use_wandb_says_how_to_install_it_and_maps_to_the_trainer(monkeypatch, t
                         *a: object() if name == "wandb" else real(name, *a))
     cfg = load_config(None, {"use_wandb": "true", "wandb_run_name": "r1", "save_optim": "false",
                              "output_dir": str(tmp_path)})
-    kwargs = training_kwargs(cfg, tmp_path, has_eval=True)
+    kwargs = training_kwargs(cfg.course, tmp_path, has_eval=True) | checkpoint_kwargs(cfg, has_eval=True)
     assert kwargs["report_to"] == "wandb" and kwargs["run_name"] == "r1" and kwargs["save_only_model"] is True

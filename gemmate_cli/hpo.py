@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from gemmate_cli.settings import CommandConfig, dump_config
-from gemmate_cli.train import train_from_config
+from gemmate_cli.train import check_output_dir, train_from_config
 from gemmate_lib.errors import ParameterError
 
 # what the search varies, over which values: the learning rate log-uniform, dropout uniform, the rest a choice
@@ -25,6 +25,7 @@ def search(cfg: CommandConfig, n_trials: int = 8, timeout: float | None = None) 
         raise ParameterError("hpo scores trials by held-out loss, but val_steps_freq is 0",
                              "set val_steps_freq >= 1")
     out = Path(cfg.checkpoints.output_dir)
+    check_output_dir(out, resuming=False)  # once, for the whole search: its trials are in its own folder
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def objective(trial):
@@ -34,7 +35,7 @@ def search(cfg: CommandConfig, n_trials: int = 8, timeout: float | None = None) 
         trial_cfg = cfg.replace(**values, output_dir=str(out / "trials" / f"trial-{trial.number}"),
                                 val_steps_freq=steps, resume_from_checkpoint=False)
         start = time.time()
-        metrics = train_from_config(trial_cfg, save_checkpoints=False)
+        metrics = train_from_config(trial_cfg, save_checkpoints=False, check_output=False)
         trial.set_user_attr("seconds", round(time.time() - start, 1))
         if metrics["final_eval_loss"] is None:
             raise ParameterError("a trial logged no held-out loss",

@@ -50,6 +50,8 @@ EXTRA = [  # each command's own arguments beside the settings: (command, name, a
                                   "quantization types (default: q8_0 q4_k_m; none: only 16-bit)")),
     ("train-te", "--fp16", dict(action="store_true",
                                 help="fp16 mixed precision (the guide's flag; needs a GPU)")),
+    # accepted as before, and changes nothing now: the training commands' one output_dir rule
+    # (train.check_output_dir) writes into a non-empty folder unless it holds a finished run
     ("train-te", "--overwrite", dict(action="store_true", help="write into a non-empty output_dir"))]
 COMMAND_OPTIONS = tuple(name[2:] for _, name, keywords in EXTRA
                         if keywords.get("type") in (int, float))  # numeric options beside the settings
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "train-te":
         from gemmate_cli.train_te import train_temporal_from_config
 
-        result = train_temporal_from_config(cfg, overwrite=args.overwrite)
+        result = train_temporal_from_config(cfg)
     elif args.command == "evaluate":
         from gemmate_cli.commands import evaluate_from_config
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from gemmate_cli.settings import CommandConfig
+from gemmate_cli.train import TrainingCommand
 from gemmate_lib.errors import DataError, ParameterError
-from gemmate_lib.files import save_json
 from gemmate_lib.temporal.data import TextDataset
 from gemmate_lib.temporal.model import GemmaTEForCausalLM
 from gemmate_lib.temporal.tasks import QUESTION, make_python_questions, python_accuracy, python_baselines
@@ -51,50 +51,50 @@ def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> 
     raise ValueError(f"no course task {name!r}")
 
 
-def train_temporal_from_config(cfg: CommandConfig, overwrite: bool = False) -> dict:
-    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"} or one of 07's tasks (`temporal_task`).
-    Saves output_dir/model and train_metrics.json, with a built-in task's held-out "evaluation"."""
-    from gemmate_lib.models import load_model, load_tokenizer
+class TemporalTraining(TrainingCommand):
+    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"} or one of 07's tasks (`temporal_task`);
+    saves output_dir/model (and model.pt with save_format pt), with a built-in task's "evaluation"."""
 
-    out = Path(cfg.checkpoints.output_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ParameterError(f"output_dir {out} exists and is not empty",
-                             "pick a new folder or pass --overwrite")
-    evaluate = None
-    course, task = cfg.course, cfg.command.temporal_task
-    if task == "file":
-        if course.data.dataset == "embedded":
-            raise ParameterError("train-te needs data: dataset='embedded' "
-                                 "is the quotes, which have no timestamps",
-                                 "pass --dataset notes.jsonl, or --temporal_task dated_notes "
-                                 "(or python_releases)")
-        texts, stamps = load_jsonl(course.data.dataset, cfg.command.timestamp_unit)
-        source = course.data.dataset
-    else:
-        texts, stamps, prompt_end, evaluate = course_task(task, seed=course.train.seed)
-        source = f"07's {task} task"
-        cfg = cfg.replace(prompt_end=prompt_end)
-        course = cfg.course
-    tokenizer = load_tokenizer(course.model.model_name)
-    dataset = TextDataset(texts, tokenizer, stamps, max_length=course.train.max_length,
-                          prompt_end=course.temporal.prompt_end)
-    model = load_model(course.model.model_name, course.precision, course.model.quantization,
-                       course.model.attn_implementation)
-    te = attach_temporal_lora(GemmaTEForCausalLM(model, course.temporal), course)
-    precision = course.precision
-    print(f"training on {len(dataset)} rows from {source} ({precision.device}, {precision.name})", flush=True)
-    result = train_temporal(te, dataset, course, out / "trainer", tokenizer.pad_token_id)
-    result.model.save_pretrained(out / "model")  # safetensors, always
-    metrics = {"rows": len(dataset), "steps": result.steps, "seconds": round(result.seconds, 1),
-               "final_loss": float(result.log["loss"].iloc[-1]) if len(result.log) else None}
-    if evaluate is not None:
-        metrics["evaluation"] = evaluate(result.model, tokenizer)
-    # the guide's torch.save(model.state_dict(), ...), LoRA merged in (last)
-    if cfg.checkpoints.save_format == "pt":
-        torch.save(result.model.merged_state_dict(), out / "model.pt")
-    metrics["config"] = cfg.flat()
-    save_json(out / "train_metrics.json", metrics)
-    return metrics
+    def prepare(self, tokenizer) -> None:
+        course, task = self.cfg.course, self.cfg.command.temporal_task
+        self.evaluate = None
+        if task == "file":
+            if course.data.dataset == "embedded":
+                raise ParameterError("train-te needs data: dataset='embedded' "
+                                     "is the quotes, which have no timestamps",
+                                     "pass --dataset notes.jsonl, or --temporal_task dated_notes "
+                                     "(or python_releases)")
+            texts, stamps = load_jsonl(course.data.dataset, self.cfg.command.timestamp_unit)
+            self.source = course.data.dataset
+        else:
+            texts, stamps, prompt_end, self.evaluate = course_task(task, seed=course.train.seed)
+            self.source = f"07's {task} task"
+            self.cfg = self.cfg.replace(prompt_end=prompt_end)
+        course = self.cfg.course
+        self.dataset = TextDataset(texts, tokenizer, stamps, max_length=course.train.max_length,
+                                   prompt_end=course.temporal.prompt_end)
+
+    def fit(self, model, tokenizer, out: Path):
+        course = self.cfg.course
+        te = attach_temporal_lora(GemmaTEForCausalLM(model, course.temporal), course)
+        print(f"training on {len(self.dataset)} rows from {self.source} ({course.precision.device}, "
+              f"{course.precision.name})", flush=True)
+        return train_temporal(te, self.dataset, course, out / "trainer", tokenizer.pad_token_id)
+
+    def finish(self, result, tokenizer, out: Path, common: dict) -> dict:
+        result.model.save_pretrained(out / "model")  # safetensors, always
+        metrics = {"rows": len(self.dataset), **common}
+        if self.evaluate is not None:
+            metrics["evaluation"] = self.evaluate(result.model, tokenizer)
+        # the guide's torch.save(model.state_dict(), ...), LoRA merged in (last)
+        if self.cfg.checkpoints.save_format == "pt":
+            torch.save(result.model.merged_state_dict(), out / "model.pt")
+        return metrics | {"config": self.cfg.flat()}
+
+
+def train_temporal_from_config(cfg: CommandConfig) -> dict:
+    """`gemmate train-te` (and scripts/finetune.py): writes train_metrics.json."""
+    return TemporalTraining(cfg).run()
 
 
 def load_jsonl(path: str | Path, unit: str | None = None) -> tuple[list[str], list[float]]:

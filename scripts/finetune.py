@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no --data_file: training on the course's dated notes "
               f"(notebook 07's task), written to {args.data_file}",
               flush=True)
-    forwarded = ["train-te", "--output_dir", output_dir, "--overwrite"]
+    forwarded = ["train-te", "--output_dir", output_dir]
     for option, key in GUIDE_OPTIONS.items():
         value = getattr(args, option)
         if value is not None and option != "output_dir":

@@ -10,7 +10,7 @@ TRAINERS = {"Trainer", "SFTTrainer", "CourseSFTTrainer", "sft_trainer"}
 WRAPPERS = {  # every way in to training, by file
     "gemmate_lib/training.py": ["train_lora"], "gemmate_lib/methods.py": ["train_arm"],
     "gemmate_lib/temporal/training.py": ["train_temporal"],
-    "gemmate_cli/train.py": ["train_from_config"], "gemmate_cli/train_te.py": ["train_temporal_from_config"]}
+    "gemmate_cli/train.py": ["LoraTraining.fit"], "gemmate_cli/train_te.py": ["TemporalTraining.fit"]}
 OVER_TRAIN = {"train", "train_temporal"}  # training.train, or 07's wrapper over it
 
 
@@ -47,7 +47,9 @@ def test_only_training_py_builds_or_runs_a_trainer():
 def test_every_way_in_is_a_wrapper_over_training_train():
     for module, names in WRAPPERS.items():
         tree = ast.parse((ROOT / module).read_text())
-        functions = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+        functions |= {f"{c.name}.{n.name}": n for c in tree.body if isinstance(c, ast.ClassDef)
+                      for n in c.body if isinstance(n, ast.FunctionDef)}  # the commands' `fit` steps
         for name in names:
             calls = {_called(c) for c in ast.walk(functions[name]) if isinstance(c, ast.Call)}
             assert calls & OVER_TRAIN, f"{module}:{name} does not call training.train"

@@ -153,3 +153,75 @@ def test_use_wandb_says_how_to_install_it_and_maps_to_the_trainer(monkeypatch, t
                              "output_dir": str(tmp_path)})
     kwargs = training_kwargs(cfg.course, tmp_path, has_eval=True) | checkpoint_kwargs(cfg, has_eval=True)
     assert kwargs["report_to"] == "wandb" and kwargs["run_name"] == "r1" and kwargs["save_only_model"] is True
+
+
+class _Loaded(Exception):
+    """Raised by a stand-in load_model: the command got past the output_dir rule."""
+
+
+@pytest.mark.parametrize("command", ["train", "train-te", "hpo"])
+def test_a_training_command_refuses_an_output_dir_with_a_finished_run_unless_resuming(
+        command, tmp_path, tiny_folder, capsys, monkeypatch):
+    """The one output_dir rule of train, train-te and hpo (train.check_output_dir), before any model loads: a
+    folder without a finished run is written into, one with a finished run is refused with the fix in one
+    line; only `gemmate train` resumes, and then it may (train-te's --overwrite changes nothing)."""
+    from gemmate_cli.main import main
+    from gemmate_lib import models
+
+    def loaded(*args, **kwargs):
+        raise _Loaded
+
+    monkeypatch.setattr(models, "load_model", loaded)
+    args = {"train": ["train"], "train-te": ["train-te", "--temporal_task", "python_releases"],
+            "hpo": ["hpo", "--n_trials", "1"]}[command]
+    args += ["--model_name", str(tiny_folder), "--dtype", "fp32", "--max_length", "48", "--output_dir"]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("a file of one's own")  # not empty, but no finished run: written into
+    with pytest.raises(_Loaded):
+        main([*args, str(out)])
+    capsys.readouterr()
+    marker = "hpo_results.csv" if command == "hpo" else "train_metrics.json"
+    (out / marker).write_text("{}")
+    extra = ["--overwrite"] if command == "train-te" else []
+    assert run_cli(main, [*args, str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"output_dir {out} already holds a finished run ({marker})" in err
+    assert "Fix: pick another output_dir, or delete this one" in err and err.count("\n") == 2
+    if command == "train":  # resuming from the finished run is allowed
+        (out / "checkpoint-2").mkdir()
+        (out / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2, "log_history": []}')
+        with pytest.raises(_Loaded):
+            main([*args, str(out), "--resume_from_checkpoint", "true"])
+
+
+def test_final_loss_is_the_last_logged_training_loss():
+    """One rule for final_loss (and final_eval_loss) in both commands: the last value logged in the column;
+    evaluation rows carry no training loss."""
+    import pandas as pd
+
+    from gemmate_cli.train import last_logged
+
+    log = pd.DataFrame({"step": [2, 4, 4], "loss": [2.5, 2.1, float("nan")],
+                        "eval_loss": [float("nan"), float("nan"), 2.3]})
+    assert last_logged(log, "loss") == 2.1 and last_logged(log, "eval_loss") == 2.3
+    assert last_logged(log.iloc[:0], "loss") is None and last_logged(log[["step"]], "eval_loss") is None
+
+
+def test_checkpoint_kwargs_add_the_policy_wandb_and_ddp(monkeypatch, tmp_path):
+    """What the command line adds on top of the library's SFTConfig keywords (which never save)."""
+    from gemmate_cli.train import checkpoint_kwargs
+
+    cfg = load_config(None, {"device": "cpu", "output_dir": str(tmp_path), "save_optim": "false"})
+    assert checkpoint_kwargs(cfg, has_eval=True) == {
+        "save_strategy": "steps", "save_steps": 10, "metric_for_best_model": "eval_loss",
+        "greater_is_better": False, "save_only_model": True}
+    assert checkpoint_kwargs(cfg, has_eval=True, save=False) == {"save_strategy": "no"}  # hpo's trials
+    epoch = cfg.replace(save_strategy="epoch", checkpoint_metric_mode="max")
+    assert checkpoint_kwargs(epoch, has_eval=True) == {
+        "save_strategy": "epoch", "eval_strategy": "epoch", "metric_for_best_model": "eval_loss",
+        "greater_is_better": True, "save_only_model": True}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert checkpoint_kwargs(cfg, has_eval=False) == {
+        "save_strategy": "steps", "save_steps": 10, "save_only_model": True,
+        "ddp_find_unused_parameters": False, "ddp_backend": "gloo"}

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gemmate_lib import run_folder
 from gemmate_lib.errors import HardwareError, ParameterError
 from gemmate_lib.hardware import DTYPES, Precision, pick_precision
 
@@ -371,19 +372,8 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     cfg = CourseConfig(**groups, precision=_precision(groups["model"], given, precision), profile=profile,
                        task=task)
     validate(cfg.flat())
-    _KERNEL["model_name"] = cfg.model.model_name  # the model this process's notebook runs (kernel_model)
+    run_folder.note_model(cfg.model.model_name)  # the model this process's notebook runs (exercise checks)
     return cfg
-
-
-_KERNEL: dict[str, str] = {}  # what course_config resolved last in this process: {"model_name": ...}
-
-
-def kernel_model() -> str | None:
-    """The model this process runs: the model_name of the last config `course_config` built here, else None.
-    Every notebook builds its own in its setup cell, so after it this is the notebook's model: an exercise's
-    run folder records it (run_folder.get_run_dir, origin.json) and the exercise's check compares with it
-    (gemmate_lib.exercises), so that no check passes on another model's results."""
-    return _KERNEL.get("model_name")
 
 
 def _precision(model: ModelSettings, named: dict, precision: Precision | None = None) -> Precision:

@@ -23,7 +23,7 @@ import pytest
 import torch
 from test_exercise_checks import runs, write  # noqa: F401 - the fixture: a course folder in tmp_path
 
-from gemmate_lib import config, exercises, files, run_folder
+from gemmate_lib import exercises, files, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model's 64-wide matrices: one thread is fastest
@@ -258,7 +258,7 @@ def test_a_rerun_exercises_solution_reads_what_the_reruns_wrote(runs, name, caps
     before = exercises.exercise_check(name)
     line = run_solution(name, {"pd": pd, "json": json}, capsys)
     assert line == before and line.startswith(f"exercise {name}: PASS"), line
-    monkeypatch.setitem(config._KERNEL, "model_name", "another/model")
+    monkeypatch.setitem(run_folder._KERNEL, "model_name", "another/model")
     names = {"run_folder": run_folder, "pd": pd, "json": json}
     exec(compile(solution(name), f"solution {name}", "exec"), names)
     assert not exercises.exercise_check(name).startswith(f"exercise {name}: PASS")  # reading stamps nothing

@@ -8,7 +8,7 @@ from gemmate_cli.settings import CommandConfig
 from gemmate_lib.adapters import load_adapter
 from gemmate_lib.evaluation import evaluate_model, metrics_document
 from gemmate_lib.export import QUANT_TYPES, check_export, export_gguf, verify_gguf
-from gemmate_lib.files import save_json
+from gemmate_lib.housekeeping.files import save_json
 from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 
 
@@ -40,7 +40,7 @@ def generate_from_config(cfg: CommandConfig):
 def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES) -> dict:
     """`gemmate export`: export_gguf, then verify_gguf on the standard prompts and the held-out quotes."""
     from gemmate_lib.data import load_quotes
-    from gemmate_lib.hardware import pick_precision
+    from gemmate_lib.housekeeping.hardware import pick_precision
 
     run_dir, c = Path(run_dir), cfg.course
     quant_types = check_export(run_dir, quant_types)

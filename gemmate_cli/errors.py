@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from gemmate_lib.errors import GemmateError, one_line
+from gemmate_lib.housekeeping.errors import GemmateError, one_line
 
 
 def run_cli(main, argv: list[str] | None = None) -> int:

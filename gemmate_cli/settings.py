@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gemmate_lib import config
 from gemmate_lib.config import CourseConfig, coerce_to, course_config, field_hints, plain_values, setting
-from gemmate_lib.errors import ParameterError
+from gemmate_lib.housekeeping.errors import ParameterError
 
 
 @dataclass

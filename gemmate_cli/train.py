@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from gemmate_cli.settings import CommandConfig
-from gemmate_lib.errors import ParameterError
+from gemmate_lib.housekeeping.errors import ParameterError
 
 FINISHED = ("train_metrics.json", "hpo_results.csv")  # what a training command that ran to its end leaves
 
@@ -91,7 +91,7 @@ class TrainingCommand:
     def run(self, check_output: bool = True) -> dict:
         """Train and return the metrics (also output_dir/train_metrics.json). `check_output=False`: output_dir
         is part of a run that checked its own (hpo's trials)."""
-        from gemmate_lib.files import save_json
+        from gemmate_lib.housekeeping.files import save_json
         from gemmate_lib.models import load_model, load_tokenizer
 
         out = Path(self.cfg.checkpoints.output_dir)
@@ -170,7 +170,7 @@ class LoraTraining(TrainingCommand):
         from gemmate_cli.checkpoints import complete_checkpoints
         from gemmate_cli.tasks import evaluate_task
         from gemmate_lib.adapters import save_adapter
-        from gemmate_lib.files import save_json
+        from gemmate_lib.housekeeping.files import save_json
 
         rank, world_size = world()
         digest = trainable_digest(result.model)

@@ -17,7 +17,7 @@
 
 Every training run goes through training.train (methods.train_arm, training.train_lora, cli/train and
 temporal/training wrap it); fast_loss is its loss."""
-from gemmate_lib.errors import GemmateError
+from gemmate_lib.housekeeping.errors import GemmateError
 
 __version__ = "0.1.0"
 

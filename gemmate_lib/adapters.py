@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from gemmate_lib.errors import ModelLoadError, SaveError, TokenError, one_line
-from gemmate_lib.files import atomic_folder, recover, show_path
-from gemmate_lib.hf_token import check_token, get_token, subprocess_env
+from gemmate_lib.housekeeping.errors import ModelLoadError, SaveError, TokenError, one_line
+from gemmate_lib.housekeeping.files import atomic_folder, recover, show_path
+from gemmate_lib.housekeeping.hf_token import check_token, get_token, subprocess_env
 
 FINGERPRINT = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
 
@@ -134,7 +134,7 @@ def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_ne
     alone reproduce the model. The child loads the base as the caller did (device, dtype, quantization); its
     environment brings the token and the course folder (on Colab the course is only on the kernel's path)."""
     code = """import json, sys
-from gemmate_lib.hardware import pick_precision
+from gemmate_lib.housekeeping.hardware import pick_precision
 from gemmate_lib.models import load_model, load_tokenizer
 from gemmate_lib.adapters import load_adapter
 from gemmate_lib.text_generation import generate

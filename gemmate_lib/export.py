@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gemmate_lib.errors import ModelLoadError, ParameterError, SaveError
-from gemmate_lib.files import atomic_folder, recover, save_json, show_path
+from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError, SaveError
+from gemmate_lib.housekeeping.files import atomic_folder, recover, save_json, show_path
 
 QUANT_TYPES = ("q8_0", "q4_k_m")  # names of llama.cpp's LLAMA_FTYPE_MOSTLY_* file types (any of them works)
 F16 = "f16"
@@ -80,7 +80,7 @@ def sentencepiece_vocab(hf_folder: Path, base: str) -> None:
     if not found.is_file() and not Path(base).exists():
         from huggingface_hub import hf_hub_download
 
-        from gemmate_lib.hf_token import get_token
+        from gemmate_lib.housekeeping.hf_token import get_token
 
         with contextlib.suppress(Exception):  # offline, gated or absent: the one line below says what to do
             found = Path(hf_hub_download(base, "tokenizer.model", token=get_token()))
@@ -181,7 +181,7 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
     they go to the runtime's disk (/content/gguf in Colab: gemma-2b's export needs ~15 GiB while it runs, a
     free Drive holds 15 GB) and only the `keep` file and the Modelfile are copied to run_dir/gguf. `merged`
     (not changed) is the fine-tune merged into a 16/32-bit base (05's merge, or `gemmate export`'s)."""
-    from gemmate_lib.colab import RUNTIME_DISK, on_drive
+    from gemmate_lib.housekeeping.colab import RUNTIME_DISK, on_drive
 
     run_dir = Path(run_dir)
     quant_types = check_export(run_dir, quant_types, keep)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from gemmate_lib.errors import GemmateError
 from gemmate_lib.generations import NF4_BYTES, SEED_TARGETS, TOWERS, generation_of
+from gemmate_lib.housekeeping.errors import GemmateError
 
 GIB = 2**30
 # A free Colab runtime: one T4 (15 GB: 14.6 GiB for the process, less the CUDA context), 12.7 GB of RAM, and

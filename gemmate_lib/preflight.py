@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gemmate_lib.errors import GemmateError
+from gemmate_lib.housekeeping.errors import GemmateError
 
 IGNORE = -100  # the label of a token that is not trained on
 

@@ -74,7 +74,7 @@ def test_the_same_bad_files_through_papermill(tmp_path):
     cells, before any model loads; Latin-1 is one line."""
     import papermill as pm
 
-    from gemmate_lib.files import repo_root
+    from gemmate_lib.housekeeping.files import repo_root
 
     notebooks = repo_root() / "notebooks"
     out = tmp_path / "04.ipynb"
@@ -101,7 +101,7 @@ def test_the_same_bad_files_through_papermill(tmp_path):
 def test_a_seconds_timestamp_through_papermill_stops_04_in_its_config_cell(tmp_path):
     import papermill as pm
 
-    from gemmate_lib.files import repo_root
+    from gemmate_lib.housekeeping.files import repo_root
 
     notebooks = repo_root() / "notebooks"
     with pytest.raises(pm.PapermillExecutionError) as err:

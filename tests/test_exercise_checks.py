@@ -20,7 +20,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gemmate_lib import exercise_checks, exercises, files, run_folder
+from gemmate_lib import exercises
+from gemmate_lib.housekeeping import exercise_checks, files, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, OTHER = "embedded", "google/gemma-3-1b-pt"  # the model the lesson runs; the one a learner switches to

@@ -97,7 +97,7 @@ def test_the_notebooks_plan_for_the_embedded_model_reads_its_config_only():
 
 
 def test_gpu_memory_reports_what_the_process_holds_not_only_the_tensors(fake_gpu, monkeypatch):
-    from gemmate_lib.hardware import gpu_memory
+    from gemmate_lib.housekeeping.hardware import gpu_memory
 
     fake_gpu((7, 5))
     gib = 2**30
@@ -115,8 +115,8 @@ def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu
     import dataclasses
 
     from gemmate_lib.config import course_config
-    from gemmate_lib.errors import HardwareError
-    from gemmate_lib.hardware import Precision
+    from gemmate_lib.housekeeping.errors import HardwareError
+    from gemmate_lib.housekeeping.hardware import Precision
     from gemmate_lib.methods import build_methods
 
     for name in ("gemma-2b", "gemma-4-E2B"):

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from gemmate_lib.adapters import check_adapter_files
-from gemmate_lib.errors import ModelLoadError
-from gemmate_lib.files import atomic_folder, show_path
-from gemmate_lib.hardware import freed_memory_returned
+from gemmate_lib.housekeeping.errors import ModelLoadError
+from gemmate_lib.housekeeping.files import atomic_folder, show_path
+from gemmate_lib.housekeeping.hardware import freed_memory_returned
 
 
 def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,

@@ -13,7 +13,7 @@ import pytest
 from processes import QUICK, ROOT, gemmate
 
 from gemmate_cli.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint, select_kept
-from gemmate_lib.errors import ParameterError
+from gemmate_lib.housekeeping.errors import ParameterError
 
 
 def _fake_checkpoint(folder: Path, step: int, loss: float | None):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from gemmate_cli.settings import ORDER, dump_config, load_config
-from gemmate_lib.errors import ParameterError
+from gemmate_lib.housekeeping.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[2]
 

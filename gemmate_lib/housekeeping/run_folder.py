@@ -11,10 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from gemmate_lib.colab import IF_PRESENT, default_run_dir, installed_version, pins
-from gemmate_lib.errors import ParameterError
-from gemmate_lib.files import repo_root, save_json, show_path
-from gemmate_lib.hardware import describe_hardware
+from gemmate_lib.housekeeping.colab import IF_PRESENT, default_run_dir, installed_version, pins
+from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
+from gemmate_lib.housekeeping.hardware import describe_hardware
 
 MODEL_CHOICE = "model_choice.json"  # in the run folder: the model chosen in 00_setup, for 01-07
 ORIGIN = "origin.json"  # in an exercise's run folder: the model and the lesson run its results come from
@@ -61,7 +61,7 @@ def get_run_dir(run_dir: str | os.PathLike | None = None, create: bool = True) -
         path = (on_drive.parent.parent if on_drive else runs_root()) / path
     if create:
         path.mkdir(parents=True, exist_ok=True)
-        from gemmate_lib.selfcheck import exercise_run
+        from gemmate_lib.housekeeping.selfcheck import exercise_run
 
         if exercise_run(path):
             stamp_origin(path)
@@ -106,7 +106,7 @@ def stamp_origin(folder: str | os.PathLike, model: str | None = None) -> dict:
         created = None
     record = {"exercise": None, "model": model, "since": old.get("since"),
               "lesson_run": {"folder": str(lesson), "created": created}}
-    from gemmate_lib.selfcheck import exercise_run
+    from gemmate_lib.housekeeping.selfcheck import exercise_run
 
     record["exercise"] = exercise_run(folder)
     if model is None or (old.get("model") == model and old.get("lesson_run") == record["lesson_run"]

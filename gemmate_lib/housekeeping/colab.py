@@ -14,7 +14,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from gemmate_lib.errors import ModelLoadError, hub_load_error
+from gemmate_lib.housekeeping.errors import ModelLoadError, hub_load_error
 
 # GitHub owner/name of the course: a fork changes it here, then `make sync`
 COURSE_REPO = "gemmate-course/gemmate"
@@ -130,7 +130,7 @@ def install_embedded(module: str, repo_dir: str | Path | None = None, run=subpro
 
     if not in_colab() or importlib.util.find_spec(module) is not None:
         return False
-    from gemmate_lib.files import repo_root
+    from gemmate_lib.housekeeping.files import repo_root
 
     install(repo_dir or repo_root(), run=run, embedded=True)  # never imported before: no restart
     return True
@@ -190,7 +190,7 @@ def find_adapter(run_dir: Path, adapter_repo: str | None = None, download=None) 
     if (folder / "adapter_config.json").exists():
         return folder
     if adapter_repo:
-        from gemmate_lib.hf_token import get_token
+        from gemmate_lib.housekeeping.hf_token import get_token
 
         if download is None:
             from huggingface_hub import snapshot_download as download

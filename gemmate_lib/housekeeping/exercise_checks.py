@@ -246,8 +246,8 @@ def origin_problem(name: str, spec: Exercise, ex: list[Path], lesson: Path) -> s
     holds results of and since when: a result written before that time is an earlier model's; the model must
     be the one this process runs (or 00 kept in the lesson's run folder); and where the check compares with
     the lesson, the lesson's run of the notebook must have run it too."""
-    from gemmate_lib import run_folder
-    from gemmate_lib.files import show_path
+    from gemmate_lib.housekeeping import run_folder
+    from gemmate_lib.housekeeping.files import show_path
 
     current = run_folder.current_model(lesson)
     model = None
@@ -283,7 +283,7 @@ def judge_exercise(name: str, spec: Exercise) -> str:
     """What exercise `name`'s check cell does (exercises.exercise_check): find its run folders (runs/ex03_2;
     on Drive in Colab) and the lesson's run folder, then print PASS, FAIL, NOT RUN YET, or why results from
     another model cannot be judged, with what the run shows."""
-    from gemmate_lib import run_folder
+    from gemmate_lib.housekeeping import run_folder
 
     ex = [run_folder.get_run_dir(f"runs/{folder}", create=False) for folder in spec.folders]
     lesson = run_folder.get_run_dir(create=False)  # the lesson's run folder (the default one)

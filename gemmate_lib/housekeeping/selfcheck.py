@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from gemmate_lib.errors import GemmateError
+from gemmate_lib.housekeeping.errors import GemmateError
 
 
 class SelfCheckError(GemmateError, AssertionError):
@@ -64,7 +64,7 @@ def self_check(*checks: tuple[bool, str, str], run_dir=None) -> bool:
         return False
     if failed:
         # the notebook stops here, before its own flush: Drive still gets what this runtime wrote (Colab only)
-        from gemmate_lib.colab import flush_drive
+        from gemmate_lib.housekeeping.colab import flush_drive
 
         try:
             flush_drive()

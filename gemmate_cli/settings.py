@@ -38,6 +38,8 @@ class CommandSettings:
 
 @dataclass
 class CheckpointSettings:
+    """Where the commands save, which checkpoints `gemmate train` keeps, and how it resumes."""
+
     output_dir: str = setting("runs/cli",
         "`gemmate` commands: checkpoints, adapter, metrics and logs go here")
     save_format: str = setting("safetensors", "train-te: 'pt' also writes model.pt, a merged PyTorch state "
@@ -98,6 +100,9 @@ def check_known(names, where: str = "parameter", place: str = "") -> None:
 
 @dataclass
 class CommandConfig:
+    """A command's config: the notebooks' CourseConfig and the commands' own settings; flat() lists every
+    setting in ORDER, as --help and YAML files do."""
+
     course: CourseConfig  # the notebooks' settings, built and checked by config.course_config
     command: CommandSettings = field(default_factory=CommandSettings)  # what only the commands read
     checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)  # save and resume

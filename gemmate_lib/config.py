@@ -325,7 +325,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     if task not in TASK_DEFAULTS:
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
     check_names(params)
-    # None keeps the profile's value, except where None is a value (checkpoint_metric: null = no ranking)
+    # None keeps the profile's value, except where None is a value (prompt_end: None = the whole text)
     given = {k: coerce(k, v, from_text) for k, v in params.items() if v is not None or k in NULLABLE}
     device = given.get("device", "auto")
     on_gpu = (precision or pick_precision(None if device == "auto" else device)).device == "cuda"

@@ -1,4 +1,5 @@
-"""The one config: profile, one name per setting, one type checker, one validator, YAML and flags."""
+"""The notebooks' config: profile, one name per setting, one type checker, one validator (the command
+line's YAML and flags: tests/cli/test_cli_settings.py)."""
 import json
 
 import pytest

@@ -1,23 +1,24 @@
-"""gemmate_lib: the library behind the course's notebooks and the `gemmate` command, one concern per module
-(each docstring names the notebook that teaches it). Importing it changes nothing global; notebooks call
-`quiet()`. Maintainer tooling lives in tools/. Which notebook uses which modules:
+"""gemmate_lib: what the course's notebooks import, one concern per module, listed here in the order the
+lessons bring them in (each module's docstring names the notebook that teaches it). Importing it changes
+nothing global; notebooks call `quiet()`.
 
-  every notebook           config, models, run_folder, files, colab, selfcheck, exercises, and:
-  00_setup                 hardware, hf_token, errors, fit
-  01_load_4bit             data, evaluation, plots, errors, fit
+  00_setup                 config (the profile and the one validator), models (loading), fit (will it fit)
+  01_load_4bit             data (the quotes), evaluation (held-out loss), plots
   02_baseline_generation   text_generation
-  03_lora_sft              data, training, preflight, generations, methods, text_generation, plots, adapters,
-                           hardware, errors
-  04_evaluation            data, evaluation (stats), plots, adapters, hardware
-  05_save_and_push         data, training, text_generation, adapters, export, hardware, errors, fit
-  06_compare_methods       data, methods, evaluation, stats, plots, hardware, errors, fit
-  07_temporal_encoding     temporal/ (timestamps, model, data, tasks, training), training, data, plots, errors
-  `gemmate` (cli/)         main; train (checkpoints, storage, tasks), hpo, serve; evaluation, export,
-                           temporal/training
+  03_lora_sft              generations (Gemma 1, 3, 4), training (the one training path), fast_loss,
+                           preflight, methods, adapters
+  04_evaluation            evaluation (metrics), stats, plots
+  05_save_and_push         adapters, export (GGUF; converter_shim/)
+  06_compare_methods       methods, stats
+  07_temporal_encoding     temporal/ (timestamps, model, data, tasks, training)
+  every notebook           exercises (its exercises and their check cells), and housekeeping/: the course's
+                           own machinery, which a reader can skip (errors, files, hardware, colab, hf_token,
+                           run_folder, selfcheck, exercise_checks)
 
-Every training run goes through training.train (methods.train_arm, training.train_lora, cli/train and
-temporal/training wrap it); fast_loss is its loss."""
-from gemmate_lib.errors import GemmateError
+Every training run goes through training.train (training.train_lora, methods.train_arm and
+temporal.training.train_temporal wrap it); fast_loss is its loss. The command line (gemmate_cli, the
+`gemmate` command) and the maintainer tooling (tools/) import this package; it imports neither."""
+from gemmate_lib.housekeeping.errors import GemmateError
 
 __version__ = "0.1.0"
 

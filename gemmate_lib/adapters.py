@@ -4,18 +4,15 @@ not a wall of size mismatches. Saving is all or nothing (files.atomic_folder).""
 from __future__ import annotations
 
 import json
-import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from gemmate_lib.errors import ModelLoadError, SaveError, TokenError, one_line
-from gemmate_lib.files import atomic_folder, recover, show_path
-from gemmate_lib.hardware import freed_memory_returned
-from gemmate_lib.hf_token import check_token, get_token, subprocess_env
+from gemmate_lib.housekeeping.errors import ModelLoadError, SaveError, TokenError, one_line
+from gemmate_lib.housekeeping.files import atomic_folder, recover, show_path
+from gemmate_lib.housekeeping.hf_token import check_token, get_token, subprocess_env
 
 FINGERPRINT = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
 
@@ -131,36 +128,13 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
                              f"{str(err)[:200]}", "load the base model the adapter was trained on") from err
 
 
-def load_merged(model_name: str, precision, adapter: str | Path | None, quantization: str = "none",
-                attn_implementation: str = "sdpa"):
-    """(model, tokenizer): `model_name` with the adapter in folder `adapter` (None: none) on it, merged
-    (faster generation) unless the base is NF4: 4-bit merging re-quantizes the weights and can wash out the
-    update. `gemmate evaluate / generate / export / serve` all load a fine-tune this way."""
-    from gemmate_lib.models import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(model_name)
-    model = load_model(model_name, precision, quantization, attn_implementation)
-    if adapter is not None:
-        model = load_adapter(model, adapter)
-        if quantization == "none":
-            model = model.merge_and_unload()
-    return model, tokenizer
-
-
-def load_tuned(cfg):
-    """`gemmate evaluate / generate`: `cfg`'s model with its adapter (output_dir/adapter), by load_merged."""
-    adapter = cfg.generate.adapter or Path(cfg.checkpoints.output_dir) / "adapter"
-    return load_merged(cfg.model.model_name, cfg.precision, None if adapter == "none" else adapter,
-                       cfg.model.quantization, cfg.model.attn_implementation)
-
-
 def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_new_tokens: int, precision,
                        quantization: str = "none") -> list[str]:
     """Greedy generations of base + adapter loaded in a *fresh Python process*: proof that the saved files
     alone reproduce the model. The child loads the base as the caller did (device, dtype, quantization); its
     environment brings the token and the course folder (on Colab the course is only on the kernel's path)."""
     code = """import json, sys
-from gemmate_lib.hardware import pick_precision
+from gemmate_lib.housekeeping.hardware import pick_precision
 from gemmate_lib.models import load_model, load_tokenizer
 from gemmate_lib.adapters import load_adapter
 from gemmate_lib.text_generation import generate
@@ -293,73 +267,3 @@ def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) 
         return f"push failed ({one_line(err).rstrip('.')}). Check the token has write access and the network"
     visibility = "private" if private else "public"
     return f"pushed {show_path(folder)} to https://huggingface.co/{repo_id} ({visibility})"
-
-
-def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,
-                 dtype: torch.dtype | None = None) -> Path:
-    """Merge a LoRA adapter into a downloaded base checkpoint file by file, without loading the model
-    (docs/full-shape.md measures it at full size): each output shard is its input shard with the adapted
-    weights replaced by W + (alpha/r)·B·A (in fp32, rounded once), in `dtype` (None: the base's own, other
-    weights copied byte for byte; torch.float16: what llama.cpp's converter reads). Other weights pass 64 MiB
-    at a time: the peak memory is about one adapted weight in fp32, not the model (Gemma 4 E2B: ~19 GiB)."""
-    from safetensors.torch import load_file
-
-    base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
-    config = json.loads((check_adapter_files(adapter_dir) / "adapter_config.json").read_text())
-    lora = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    pairs = {k.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight"): k
-             for k in lora if k.endswith(".lora_A.weight")}
-    files = sorted(base_dir.glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"no safetensors weights in {show_path(base_dir)}",
-                             "pass the folder of a downloaded base model (config.json and *.safetensors)")
-    names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-    codes = {t: n for n, t in names.items()}
-    merged, chunk = 0, 2**26  # 64 MiB, a multiple of every dtype's size
-    with atomic_folder(out_dir, overwrite=True, what="merged model") as tmp, freed_memory_returned():
-        for file in files:
-            with open(file, "rb") as src, open(tmp / file.name, "wb") as dst:
-                size = int.from_bytes(src.read(8), "little")
-                header = json.loads(src.read(size))
-                entries = sorted((v["data_offsets"], k) for k, v in header.items() if k != "__metadata__")
-                source = {key: names[header[key]["dtype"]] for _, key in entries}
-                to = {key: dtype or source[key] for key in source}
-                out_header, offset = {"__metadata__": header.get("__metadata__", {"format": "pt"})}, 0
-                for _, key in entries:  # the same tensors in the same order, in the output dtype
-                    nbytes = math.prod(header[key]["shape"]) * to[key].itemsize
-                    out_header[key] = {**header[key], "dtype": codes[to[key]],
-                                       "data_offsets": [offset, offset + nbytes]}
-                    offset += nbytes
-                text = json.dumps(out_header).encode()
-                text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-                dst.write(len(text).to_bytes(8, "little") + text)
-                for (begin, end), key in entries:
-                    src.seek(8 + size + begin)
-                    if key in pairs:
-                        weight = torch.frombuffer(bytearray(src.read(end - begin)), dtype=source[key]).float()
-                        a, b = lora[pairs[key]].float(), lora[pairs[key].replace("lora_A", "lora_B")].float()
-                        weight = weight.view(header[key]["shape"]).addmm_(
-                            b, a, alpha=config["lora_alpha"] / config["r"])
-                        dst.write(weight.to(to[key]).contiguous().view(torch.uint8).numpy().tobytes())
-                        merged += 1
-                        continue
-                    for start in range(begin, end, chunk):
-                        raw = src.read(min(chunk, end - start))
-                        if to[key] != source[key]:
-                            raw = torch.frombuffer(bytearray(raw), dtype=source[key]).to(to[key])
-                            raw = raw.view(torch.uint8).numpy().tobytes()
-                        dst.write(raw)
-        if merged != len(pairs):
-            raise ModelLoadError(f"the adapter in {show_path(adapter_dir)} has {len(pairs)} LoRA layers but "
-                                 f"{merged} matched weights in {show_path(base_dir)}",
-                                 "merge into the base model the adapter was trained on "
-                                 "(gemmate.json names it)")
-        for extra in base_dir.iterdir():
-            if extra.is_file() and extra.suffix in (".json", ".model", ".jinja"):
-                shutil.copy(extra, tmp / extra.name)
-        if dtype is not None:
-            cfg = json.loads((tmp / "config.json").read_text())
-            for field in {"dtype", "torch_dtype"} & set(cfg) or {"dtype"}:  # transformers 5 writes "dtype"
-                cfg[field] = str(dtype).removeprefix("torch.")
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
-    return Path(out_dir)

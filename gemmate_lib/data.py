@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from gemmate_lib.config import EMBEDDED
-from gemmate_lib.errors import DataError, hub_error
+from gemmate_lib.housekeeping.errors import DataError, hub_load_error
 
 REQUIRED = ("quote", "author")
 
@@ -99,7 +99,7 @@ class QuoteData:
 
 
 def _read_embedded() -> list[dict]:
-    from gemmate_lib.colab import install_embedded
+    from gemmate_lib.housekeeping.colab import install_embedded
 
     install_embedded("inspirational_quotes")  # Colab, a GPU runtime: the install cell left it out
     try:
@@ -183,7 +183,7 @@ def read_hub(dataset_id: str, required: tuple[str, ...] = REQUIRED) -> list[dict
     try:
         ds = load_dataset(dataset_id, split="train")
     except Exception as err:  # noqa: BLE001 - mapped to one clear message below
-        raise hub_error(dataset_id, err, kind="dataset") from err
+        raise hub_load_error(dataset_id, err, kind="dataset") from err
     missing = [c for c in required if c not in ds.column_names]
     if missing:
         raise DataError(f"dataset {dataset_id!r} has no column {', '.join(missing)} "
@@ -315,7 +315,7 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
                 max_length: int | None = None) -> QuoteData:
     """Load, clean (clean_rows) and split quotes from "embedded", a Hub id or a .jsonl/.csv/.json path.
     Duplicates are dropped before the split, so no held-out quote appears in training."""
-    from gemmate_lib.colab import uploaded
+    from gemmate_lib.housekeeping.colab import uploaded
 
     dataset = uploaded(dataset)  # in Colab, a file uploaded with the file browser lands in /content
     if dataset == EMBEDDED:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from gemmate_lib.adapters import load_tuned
 from gemmate_lib.data import char_spans, format_quote, normalize_author, quote_prompt, split_quote, token_mask
-from gemmate_lib.errors import DataError
 from gemmate_lib.fast_loss import final_hidden, output_weight, token_nll
+from gemmate_lib.housekeeping.errors import DataError
 from gemmate_lib.stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
-from gemmate_lib.text_generation import BATCH_SIZE, STANDARD_PROMPTS, generate, has_author_line
+from gemmate_lib.text_generation import BATCH_SIZE, generate, has_author_line
 
 METRICS = ("perplexity", "perplexity_quote", "author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
            "format_compliance")
@@ -222,28 +220,3 @@ def validate_metrics(doc: dict) -> None:
                     and ci[0] <= ci[1] and d.get("method") == "paired bootstrap",
                     f"comparison {pair!r}.{metric} needs a number `difference`, "
                     "an ordered `ci95` and its method")
-
-
-def evaluate_from_config(cfg) -> dict:
-    """`gemmate evaluate`: 04's held-out metrics of the trained adapter, into output_dir/metrics.json."""
-    from gemmate_lib.data import load_quotes
-    from gemmate_lib.files import save_json
-    from gemmate_lib.models import load_tokenizer
-
-    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed,
-                       load_tokenizer(cfg.model.model_name), cfg.train.max_length)
-    print(data.report(), flush=True)  # before the model loads: bad data stops here
-    model, tokenizer = load_tuned(cfg)
-    result = evaluate_model(model, tokenizer, data.held_out, seed=cfg.train.seed,
-                            train_authors=[r["author"] for r in data.train])
-    doc = metrics_document({"fine-tuned": result}, cfg.data.dataset, "held_out",
-                           unseen_author_share=data.unseen_author_share())
-    save_json(Path(cfg.checkpoints.output_dir) / "metrics.json", doc)
-    return doc
-
-
-def generate_from_config(cfg):
-    """`gemmate generate`: greedy completions of cfg.generate.prompts (default: the four standard prompts)."""
-    model, tokenizer = load_tuned(cfg)
-    return generate(model, tokenizer, cfg.generate.prompts or STANDARD_PROMPTS,
-                    max_new_tokens=cfg.generate.max_new_tokens)

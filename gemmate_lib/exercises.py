@@ -1,160 +1,48 @@
-"""The check cell that ends every exercise (00-07): it says PASS, FAIL or NOT RUN YET against the exercise's
-expectation, from the exercise's own run folder, so a learner knows whether what they did matched.
-
-A check reads only files: what the exercise's run wrote (its manifest, its tables) and, where it compares, the
-lesson's run folder. It reads no name from the notebook, so a solution that reuses a name (`losses`, `val`)
-cannot break it, and it judges what the learner did, not what the model does anyway: a rerun that leaves the
-exercise's setting at the lesson's value (the same steps, the same `n_train`, no skipped modules), or changes
-another one too, says FAIL. Where a verdict rests on a measurement, the check compares an effect that the
-exercise's settings make large (more steps, the extremes of a range, a paired comparison) with a threshold,
-and prints each such margin (`Margin`: positive passes by that much, in the check's own units), which
-`make exercises` collects (`parse_verdict`) into docs/exercises.md.
-
-A check judges only the model the lesson runs now: every exercise's run folder records the model and the
-lesson run its results come from (run_folder.ORIGIN, written when the folder is created); results of another
-model (a folder kept on Drive from a course done last week with gemma-2b) say FROM ANOTHER MODEL, results
-with no such record MODEL UNKNOWN, never PASS.
-
-A check never stops the notebook: the lesson runs top to bottom before any exercise is tried, and an exercise
-not tried yet is not a failure. The self-check (gemmate_lib.selfcheck) is the cell that stops a notebook."""
+"""The exercises of notebooks 00-07, 24 of them: what each one's run must show (its check, registered with
+gemmate_lib.housekeeping.exercise_checks's `exercise` decorator, which also says how a check judges), and
+`exercise_check`, the call of every exercise's check cell. Thresholds marked `# calibrate` are the margins
+`make exercises` reports (docs/exercises.md)."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-VERDICTS = ("PASS", "FAIL", "NOT RUN YET", "FROM ANOTHER MODEL", "MODEL UNKNOWN")
+from gemmate_lib.housekeeping.exercise_checks import (
+    Exercise,
+    InRuns,
+    config_changes,
+    exercise_spec,
+    facts,
+    judge_exercise,
+    less,
+    more,
+    read_csv,
+    read_json,
+    rounded,
+    trained_steps,
+)
+
+EXERCISES: dict[str, Exercise] = {}  # "03-2" -> its check, registered below by `exercise`
 
 
-@dataclass(frozen=True)
-class Margin:
-    """How far one measured criterion of a check lies from its threshold."""
+def exercise(name: str, results: tuple[str, ...] | str, how_to_run: str, expectation: str,
+             folders: tuple[str, ...] = (), lesson: tuple[str, ...] = (),
+             parameters: tuple[tuple[str, dict], ...] = ()) -> Callable:
+    """Register the function it decorates as exercise `name`'s `passed(ex, lesson)` (exercise_spec says what
+    it is given and returns)."""
 
-    value: float  # signed, in `unit`: above 0 the criterion holds by that much, below 0 it misses by so much
-    unit: str  # the check's own unit: "nats", "x" (a ratio), "share", "texts", ...
-    what: str  # the measurement and its threshold, e.g. "held-out loss fall 0.21, needs > 0"
-    strict: bool = True  # the criterion needs value > 0 (else value >= 0)
+    def register(passed: Callable) -> Callable:
+        EXERCISES[name] = exercise_spec(name, passed, results, how_to_run, expectation, folders, lesson,
+                                        parameters)
+        return passed
 
-    @property
-    def holds(self) -> bool:
-        return self.value > 0 if self.strict else self.value >= 0
-
-    def __str__(self) -> str:
-        return f"{self.value:+.3g} {self.unit} ({self.what})"
+    return register
 
 
-def more(value: float, threshold: float, unit: str, what: str, strict: bool = True) -> Margin:
-    """The margin of `value > threshold` (`>=` unless strict)."""
-    sign = ">" if strict else ">="
-    return Margin(float(value) - threshold, unit, f"{what} {_r(value)}, needs {sign} {threshold:g}", strict)
-
-
-def less(value: float, threshold: float, unit: str, what: str, strict: bool = True) -> Margin:
-    """The margin of `value < threshold` (`<=` unless strict)."""
-    sign = "<" if strict else "<="
-    return Margin(threshold - float(value), unit, f"{what} {_r(value)}, needs {sign} {threshold:g}", strict)
-
-
-def check(
-    name: str, expectation: str, ran: bool, passed: Callable[[], bool] | bool, how_to_run: str = "",
-    origin: str | None = None,
-) -> str:
-    """Print and return one verdict line for exercise `name`:
-    - "NOT RUN YET" when `ran` is False (e.g. its run folder has no results), with `how_to_run`;
-    - `origin` when the results cannot be judged here ("FROM ANOTHER MODEL (...)"), with `how_to_run`;
-    - else "PASS" or "FAIL" by `passed` (a bool, or a callable evaluated only once the exercise ran, so it may
-      read files the run writes), followed by the expectation it was judged against. The callable may return
-      `(ok, found)` or `(ok, found, margins)`: `found` (what the run shows) follows the verdict, and each
-      Margin must hold too; the margins end the line. A callable that raises (a file the learner wrote in
-      another shape) gives FAIL with the reason, never an error."""
-    margins: list[Margin] = []
-    if not ran:
-        line = f"exercise {name}: NOT RUN YET" + (f" ({how_to_run})" if how_to_run else "")
-    elif origin:
-        line = f"exercise {name}: {origin}: run it again" + (f" ({how_to_run})" if how_to_run else "")
-    else:
-        try:
-            result = passed() if callable(passed) else passed
-            result = result if isinstance(result, tuple) else (result, "")
-            ok, found, margins = (*result, [])[:3] if len(result) == 2 else result
-            margins = list(margins)
-            ok = bool(ok) and all(m.holds for m in margins)
-        except Exception as err:  # noqa: BLE001 - a check gives a verdict, it never stops the notebook
-            ok, found, margins = False, f"the results could not be read ({type(err).__name__}: {err})", []
-        line = f"exercise {name}: {'PASS' if ok else 'FAIL'}, expected: {expectation}"
-        line += f"; found: {found}" if found else ""
-        line += "; margin: " + ", ".join(map(str, margins)) if margins else ""
-    print(line)
-    return line
-
-
-def parse_verdict(line: str) -> dict:
-    """A verdict line (`check`) as {"name", "verdict", "margins": [(value, unit, what), ...]}: what
-    `make exercises` reads from a notebook's output. {} when `line` is no verdict."""
-    match = re.match(r"exercise (\d\d-\d): (" + "|".join(VERDICTS) + r")\b", line)
-    if not match:
-        return {}
-    tail = line.split("; margin: ", 1)[1] if "; margin: " in line else ""
-    found = re.findall(r"([+-][0-9.e+-]+) (\S+) \(([^()]*)\)", tail)
-    margins = [(float(value), unit, what) for value, unit, what in found]
-    return {"name": match[1], "verdict": match[2], "margins": margins}
-
-
-def has_results(run_dir: str | Path, *names: str) -> bool:
-    """True when every file `names` exists in `run_dir` (the exercise's run folder): the exercise ran."""
-    folder = Path(run_dir)
-    return folder.is_dir() and all((folder / name).exists() for name in names)
-
-
-# ---- reading a run folder ----
-
-
-def read_json(folder: Path, name: str):
-    return json.loads((Path(folder) / name).read_text())
-
-
-def read_csv(folder: Path, name: str, **kwargs):
-    import pandas as pd
-
-    return pd.read_csv(Path(folder) / name, **kwargs)
-
-
-def facts(folder: Path, notebook: str) -> dict:
-    """What `notebook` recorded in the folder's manifest.json (its parameters, results); {} if nothing."""
-    path = Path(folder) / "manifest.json"
-    return json.loads(path.read_text()).get("notebooks", {}).get(notebook, {}) if path.exists() else {}
-
-
-def trained_steps(folder: Path) -> int | None:
-    """03's max_steps for the run in `folder`, from its manifest."""
-    return facts(folder, "03_lora_sft").get("config", {}).get("train", {}).get("max_steps")
-
-
-def notebook_model(folder: Path, prefix: str) -> str | None:
-    """The model that notebook `prefix` ("03") ran for the run in `folder`, from its manifest entry (the model
-    it recorded, else its config's), None when the entry does not say."""
-    path = Path(folder) / "manifest.json"
-    notebooks = json.loads(path.read_text()).get("notebooks", {}) if path.exists() else {}
-    for stem, entry in notebooks.items():
-        if stem.startswith(prefix + "_"):
-            return entry.get("model") or entry.get("config", {}).get("model", {}).get("model_name")
-    return None
-
-
-def config_changes(folder: Path, lesson: Path) -> dict[str, tuple]:
-    """The settings of 03's run in `folder` that differ from the lesson's 03 run: {setting: (this, lesson's)}
-    (the manifests' config summaries, flat names)."""
-    def flat(path):
-        config = facts(path, "03_lora_sft").get("config", {})
-        return {k: v for group in config.values() if isinstance(group, dict) for k, v in group.items()}
-
-    mine, theirs = flat(folder), flat(lesson)
-    keys = sorted(set(mine) | set(theirs))
-    return {k: (mine.get(k), theirs.get(k)) for k in keys if mine.get(k) != theirs.get(k)}
+# ---- exercise 00-3's helper ----
 
 
 def model_on_disk(model_name: str) -> bool:
@@ -184,87 +72,6 @@ def model_on_disk(model_name: str) -> bool:
 
 
 # ---- the 24 exercises: what each run must show ----
-
-
-class InRuns(str):
-    """A notebook parameter naming a file that an exercise's solution writes in the course's runs folder
-    ("ex03_2/my_quotes.jsonl"): the learner pastes the path the solution prints, `make exercises` the path of
-    that file where the runner's kernel sees it."""
-
-    def text(self) -> str:
-        return f"the path solution {self.split('/')[0][-1]} prints"
-
-
-@dataclass(frozen=True)
-class Exercise:
-    expectation: str  # what the run must show, as the check prints it
-    folders: tuple[str, ...]  # the exercise's run folders, under runs/
-    results: tuple[str, ...]  # files each of them holds once the exercise ran
-    passed: Callable  # (exercise folders, lesson folder) -> (ok, what it found[, margins])
-    how_to_run: str
-    lesson: tuple[str, ...] = ()  # files the lesson's run folder must hold, when the check compares with it
-    # a rerun exercise's runs, in order: (notebook stem, {parameter: value}) each, the values the exercise's
-    # text names (tests/test_exercise_checks.py holds them to it) and `make exercises` passes to papermill
-    parameters: tuple[tuple[str, dict], ...] = ()
-    reads: str = ""  # a rerun exercise's: the sections whose output the check reads, as its text names them
-
-
-EXERCISES: dict[str, Exercise] = {}
-
-
-def literal(value) -> str:
-    """A parameter's value as the exercise's text writes it in the parameters cell: "runs/ex03_1" in double
-    quotes, 3e-3 rather than 0.003, lists and dicts in Python's syntax."""
-    if isinstance(value, InRuns):
-        return value.text()
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, float) and value and abs(value) < 0.01:
-        mantissa, exponent = f"{value:e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
-    return repr(value)
-
-
-def parameters_text(params: dict) -> str:
-    """`lora_r = 2`, `compare = False`, `run_dir = "runs/ex03_1"`: one run's parameters as its text names
-    them (`dataset` = the path solution 2 prints, for a file a solution writes)."""
-    return ", ".join(f"`{k}` = {v.text()}" if isinstance(v, InRuns) else f"`{k} = {literal(v)}`"
-                     for k, v in params.items())
-
-
-def _how_to_rerun(parameters, section: str) -> str:
-    runs = [f"{stem[:2]} with {parameters_text(params).replace('`', '')}" for stem, params in parameters]
-    return "set the parameters cell, then Run all: " + "; then ".join(runs) + f" (the check reads {section})"
-
-
-def exercise(name: str, results: tuple[str, ...] | str, how_to_run: str, expectation: str,
-             folders: tuple[str, ...] = (), lesson: tuple[str, ...] = (),
-             parameters: tuple[tuple[str, dict], ...] = ()) -> Callable:
-    """Register the function it decorates as exercise `name`'s `passed(ex, lesson)`: given the exercise's run
-    folders (`folders` under runs/, by default the one of its name: ex03_2 for "03-2") in that order and the
-    lesson's run folder, it returns (ok, what it found[, margins]). Where `results` is one JSON file, not a
-    tuple, the function is given that file's content instead. A rerun exercise gives its `parameters`, and
-    `how_to_run` names the section whose output the check reads; the line says how to run it."""
-
-    def register(passed: Callable) -> Callable:
-        own = folders or ("ex" + name.replace("-", "_"),)
-        one = isinstance(results, str)
-        check = (lambda ex, _: passed(read_json(ex[0], results))) if one else passed
-        files = (results,) if one else results
-        how = _how_to_rerun(parameters, how_to_run) if parameters else how_to_run
-        EXERCISES[name] = Exercise(expectation, own, files, check, how, lesson, parameters,
-                                   how_to_run if parameters else "")
-        return passed
-
-    return register
-
-
-def _r(x: float) -> float:
-    return round(float(x), 3)
 
 
 @exercise("00-1", "changed.json", "run solution 1 above",
@@ -309,7 +116,7 @@ def _00_3(loads):  # [{"seconds": s, "on_disk": bool}] per load
 @exercise("01-1", "scales_mib.json", "run solution 1 above",
           "without double quantization the scales take more memory (about 3 bytes more per block of 64)")
 def _01_1(scales):  # {"True": MiB with double quantization, "False": without}
-    found = f"{_r(scales['True'])} MiB double-quantized, {_r(scales['False'])} without"
+    found = f"{rounded(scales['True'])} MiB double-quantized, {rounded(scales['False'])} without"
     return True, found, [more(scales["False"] - scales["True"], 0, "MiB", "scales' growth")]
 
 
@@ -317,7 +124,7 @@ def _01_1(scales):  # {"True": MiB with double quantization, "False": without}
           "NF4 keeps the held-out loss closer to the unquantized model's than FP4")
 def _01_2(loss):
     gap = abs(loss["FP4"] - loss["unquantized"]) - abs(loss["NF4"] - loss["unquantized"])
-    return True, ", ".join(f"{k} {_r(v)}" for k, v in loss.items()), [
+    return True, ", ".join(f"{k} {rounded(v)}" for k, v in loss.items()), [
         more(gap, 0, "nats", "FP4's loss change less NF4's")]
 
 
@@ -328,7 +135,7 @@ def _01_3(points):  # {variant: [MiB, held-out loss]}
     # strictly between in memory: skipping no module (or every one) lands exactly on an end
     memory = min(mlp[0] - min(full[0], everywhere[0]), max(full[0], everywhere[0]) - mlp[0])
     loss = min(mlp[1] - min(full[1], everywhere[1]), max(full[1], everywhere[1]) - mlp[1])
-    return True, "; ".join(f"{k}: {_r(v[0])} MiB, loss {_r(v[1])}" for k, v in points.items()), [
+    return True, "; ".join(f"{k}: {rounded(v[0])} MiB, loss {rounded(v[1])}" for k, v in points.items()), [
         more(memory, 0, "MiB", "distance in memory to the nearer end"),
         more(loss, 0, "nats", "distance in loss to the nearer end", strict=False)]
 
@@ -379,7 +186,7 @@ def _02_3(results):  # per prompt: distinct continuations, samples, repeated sha
     if looping:
         greedy = sum(r["greedy"] for r in looping) / len(looping)
         sampled = sum(r["sampled"] for r in looping) / len(looping)
-        found += f": repeated share greedy {_r(greedy)}, sampled {_r(sampled)} on them"
+        found += f": repeated share greedy {rounded(greedy)}, sampled {rounded(sampled)} on them"
         margins.append(more(greedy - sampled, 0, "share", "fewer repeats than greedy where greedy loops"))
     else:
         found += " (no loop to compare within this limit)"
@@ -418,7 +225,7 @@ def _03_1(ex, lesson):
     ok = set(changed) == {"lora_r"} and 4 * mine == theirs
     return ok, (
         f"changed {changed or 'nothing'}; {mine:,} adapter weights (the lesson's {theirs:,}), held-out loss "
-        f"{_r(gap)} apart, Author: lines {authored[0]} (the lesson {authored[1]})"
+        f"{rounded(gap)} apart, Author: lines {authored[0]} (the lesson {authored[1]})"
     ), [less(gap, LOSS_LEVEL, "nats", "final held-out losses apart"),
         more(authored[0], authored[1] - 1, "prompts", "Author: lines", strict=False)]
 
@@ -449,7 +256,7 @@ def _03_3(ex, lesson):
     losses = [read_csv(f, "loss_masking.csv", index_col="setting").held_out_loss_text for f in ex]
     gaps = [loss.iloc[1] - loss.iloc[0] for loss in losses]  # completion only, less the whole text
     ok = None not in steps and steps[0] < steps[1]
-    return ok, f"steps {steps}, whole-text gaps {[_r(g) for g in gaps]}", [
+    return ok, f"steps {steps}, whole-text gaps {[rounded(g) for g in gaps]}", [
         more(gaps[1] - gaps[0], 0, "nats", "growth of the whole-text gap")]
 
 
@@ -472,8 +279,9 @@ def _04_1(ex, lesson):
     ok = None not in (steps, lesson_steps) and steps < lesson_steps and set(changed) == {"max_steps"}
     return ok, (
         f"03 trained {steps} steps (the lesson {lesson_steps}), changed {sorted(changed)}; perplexity "
-        f"baseline {_r(value(full, 'baseline'))}, this run {_r(value(short))}, lesson {_r(value(full))}; "
-        f"format {_r(value(short, metric=fmt))} against the baseline's {_r(value(full, 'baseline', fmt))}"
+        f"baseline {rounded(value(full, 'baseline'))}, this run {rounded(value(short))}, "
+        f"lesson {rounded(value(full))}; format {rounded(value(short, metric=fmt))} against the baseline's "
+        f"{rounded(value(full, 'baseline', fmt))}"
     ), [
         # log-perplexities: a held-out loss difference per token, in nats; the three thresholds: # calibrate
         more(math.log(value(short)) - math.log(value(full)), 0, "nats", "log-perplexity above the lesson's"),
@@ -511,7 +319,7 @@ def _04_2(run):  # {"file": its path, "rows": n, "by_author_in_training": {"True
           "ten times the quotes narrow the interval about threefold (one over the square root of the size)")
 def _04_3(widths):
     ratio = widths["30"] / widths["300"]
-    return True, f"widths {widths}, {_r(ratio)} times narrower", [  # sqrt(10) = 3.2
+    return True, f"widths {widths}, {rounded(ratio)} times narrower", [  # sqrt(10) = 3.2
         more(ratio, 2, "x", "narrowing", strict=False), less(ratio, 5, "x", "narrowing", strict=False)]
 
 
@@ -571,7 +379,8 @@ def _06_1(ex, lesson):
     same = (runs[0].get("batch_size") == runs[1].get("batch_size")
             and all(runs[0].get("rates", {}).get(k) == runs[1].get("rates", {}).get(k) for k in both))
     ok = None not in steps and steps[0] > steps[1] and len(both) == len(longer) > 0 and same
-    each = (f"{k}: loss {_r(short[k])} -> {_r(longer[k])}, {_r(speed[k])}x the time per step" for k in both)
+    each = (f"{k}: loss {rounded(short[k])} -> {rounded(longer[k])}, {rounded(speed[k])}x the time per step"
+            for k in both)
     return ok, f"{steps[0]} steps (the lesson {steps[1]}); " + ", ".join(each), [
         *(more(short[k] - longer[k], 0, "nats", f"{k}'s held-out loss fall") for k in both),  # calibrate
         *(less(max(speed[k], 1 / speed[k]), STEP_TIME, "x", f"{k}'s step time against the lesson's",
@@ -597,7 +406,7 @@ def _06_2(ex, lesson):
     return ok, (
         f"ranks {[r.get('other_rank') for r in runs]}, steps {[r.get('steps') for r in runs]}; trainable "
         f"{low['lora_r32']:,} / {low['lora_r8']:,} / {high['lora_r32']:,}; held-out loss "
-        f"{_r(loss_low['lora_r32'])} / {_r(loss_low['lora_r8'])} / {_r(loss_high['lora_r32'])}"
+        f"{rounded(loss_low['lora_r32'])} / {rounded(loss_low['lora_r8'])} / {rounded(loss_high['lora_r32'])}"
     ), [more(loss_low["lora_r32"] - loss_high["lora_r32"], 0, "nats",  # calibrate
              "rank 2's loss over rank 128's")]
 
@@ -618,7 +427,7 @@ def _06_3(ex, lesson):
     rising = all(k in r for r in rates for k in keys) and all(
         rates[0][k] < rates[1][k] < rates[2][k] for k in keys
     )
-    found = "; ".join(f"{k}: rates {[r.get(k) for r in rates]}, losses {[_r(b[k]) for b in by_rate]}"
+    found = "; ".join(f"{k}: rates {[r.get(k) for r in rates]}, losses {[rounded(b[k]) for b in by_rate]}"
                       for k in keys)
     return rising, found, [
         more(by_rate[0]["lora_r8"] - by_rate[2]["lora_r8"], 0, "nats",  # calibrate
@@ -654,9 +463,10 @@ def _07_1(ex, lesson):
     changed = _temporal_changes(ex[0], lesson, "temporal_scale")
     ok = None not in tau and tau[0] < tau[1] and not changed
     return ok, (
-        f"tau {tau[0]} (the lesson {tau[1]}), other changes {changed or 'none'}; year {_r(year[0])} (lesson "
-        f"{_r(year[1])}), month+year {_r(month[0])} (lesson {_r(month[1])}), "
-        f"constant {_r(_val(ex[0], CONSTANT))}"
+        f"tau {tau[0]} (the lesson {tau[1]}), other changes {changed or 'none'}; "
+        f"year {rounded(year[0])} (lesson {rounded(year[1])}), "
+        f"month+year {rounded(month[0])} (lesson {rounded(month[1])}), "
+        f"constant {rounded(_val(ex[0], CONSTANT))}"
     ), [more(year[0] - year[1], -YEAR_HOLDS, "share", "year accuracy change", strict=False),
         more(month[1] - month[0], 0, "share", "month+year accuracy drop"),  # calibrate
         less(_val(ex[0], CONSTANT), NEAR_CHANCE, "share", "constant timestamp's year accuracy", strict=False)]
@@ -675,7 +485,7 @@ def _07_2(ex, lesson):
     ok = None not in notes and notes[0] < notes[1] < notes[2] and not changed
     constant = max(_val(f, CONSTANT) for f in ex)
     return ok, (f"notes {notes}, other changes {changed or 'none'}; true-timestamp year accuracy "
-                f"{[_r(y) for y in year]}, constant at most {_r(constant)}"), [
+                f"{[rounded(y) for y in year]}, constant at most {rounded(constant)}"), [
         more(year[2] - year[0], 0, "share", "the lesson's year accuracy over 150 notes'"),  # calibrate
         less(constant, NEAR_CHANCE, "share", "constant timestamp's year accuracy", strict=False)]
 
@@ -687,78 +497,13 @@ def _07_3(ex, lesson):
     far = read_csv(ex[0], "temporal_extrapolation.csv")
     first = int(far.true_year.min())  # last_year + 1
     exact = far[far.true_year >= 2024].year_ok.mean()
-    found = f"extrapolation from {first} (last_year {first - 1}); 2024-2026 exact {_r(exact)}"
+    found = f"extrapolation from {first} (last_year {first - 1}); 2024-2026 exact {rounded(exact)}"
     exact_margin = less(exact, 0.1, "share", "exact years 2024-2026", strict=False)  # calibrate
     return first == 2024, found, [exact_margin]
-
-
-# ---- where the results come from ----
-
-
-def _written(path: Path) -> float:
-    """When `path` was written: a file's time, a folder's oldest file's."""
-    if path.is_dir():
-        times = [p.stat().st_mtime for p in path.rglob("*") if p.is_file()]
-        return min(times) if times else path.stat().st_mtime
-    return path.stat().st_mtime
-
-
-def origin_problem(name: str, ex: list[Path], lesson: Path) -> str | None:
-    """Why exercise `name`'s results in its run folders `ex` cannot be judged against the lesson that runs now
-    ("FROM ANOTHER MODEL (...)" or "MODEL UNKNOWN (...)"), or None. Each folder's ORIGIN says which model it
-    holds results of and since when: a result written before that time is an earlier model's; the model must
-    be the one this process runs (or 00 kept in the lesson's run folder); and where the check compares with
-    the lesson, the lesson's run of the notebook must have run it too."""
-    from gemmate_lib import run_folder
-    from gemmate_lib.files import show_path
-
-    spec = EXERCISES[name]
-    current = run_folder.current_model(lesson)
-    model = None
-    models = {run_folder.read_origin(folder).get("model") for folder in ex}
-    if len(models) > 1 and None not in models:  # runs a and b of one exercise on two models
-        return f"FROM ANOTHER MODEL (its runs ran on {' and '.join(sorted(models))})"
-    for folder in ex:
-        origin = run_folder.read_origin(folder)
-        model = origin.get("model")
-        if not model:
-            return (f"MODEL UNKNOWN ({show_path(folder)} does not record the model its results come from, "
-                    f"so they may be another model's)")
-        since = float(origin.get("since") or 0)
-        stale = [r for r in spec.results if _written(Path(folder) / r) < since - 2]  # 2 s: file times' grain
-        if stale:
-            before = (origin.get("before") or {}).get("model")
-            was = f"on {before}" if before else "before this folder recorded its model"
-            verdict = "FROM ANOTHER MODEL" if before else "MODEL UNKNOWN"
-            return f"{verdict} ({show_path(folder)}'s {stale[0]} was written {was}, not on {model})"
-        if current and model != current:
-            return f"FROM ANOTHER MODEL (ran on {model}, the lesson now runs {current})"
-    if spec.lesson:
-        theirs = notebook_model(lesson, name[:2])
-        if theirs is None:
-            return (f"MODEL UNKNOWN (the lesson's run folder does not record which model its {name[:2]} ran: "
-                    f"run the lesson's {name[:2]} again)")
-        if theirs != model:
-            return f"FROM ANOTHER MODEL (ran on {model}, the lesson's run of {name[:2]} on {theirs})"
-    return None
 
 
 def exercise_check(name: str) -> str:
     """The check cell of exercise `name` ("03-2"): find its run folders (runs/ex03_2; on Drive in Colab)
     and the lesson's run folder, then print PASS, FAIL, NOT RUN YET, or why results from another model cannot
-    be judged, with what the run shows."""
-    from gemmate_lib import run_folder
-
-    spec = EXERCISES[name]
-    ex = [run_folder.get_run_dir(f"runs/{folder}", create=False) for folder in spec.folders]
-    lesson = run_folder.get_run_dir(create=False)  # the lesson's run folder (the default one)
-    ran = all(has_results(f, *spec.results) for f in ex)
-    if spec.lesson:
-        ran = ran and lesson not in ex and has_results(lesson, *spec.lesson)
-    origin = None
-    if ran:
-        try:
-            origin = origin_problem(name, ex, lesson)
-        except Exception as err:  # noqa: BLE001 - a check gives a verdict, it never stops the notebook
-            origin = f"MODEL UNKNOWN (its record could not be read: {type(err).__name__})"
-    return check(name, spec.expectation, ran, lambda: spec.passed(ex, lesson), spec.how_to_run, origin)
+    be judged, with what the run shows (exercise_checks.judge_exercise)."""
+    return judge_exercise(name, EXERCISES[name])

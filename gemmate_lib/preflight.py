@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gemmate_lib.errors import GemmateError
+from gemmate_lib.housekeeping.errors import GemmateError
 
 IGNORE = -100  # the label of a token that is not trained on
 
@@ -142,7 +142,7 @@ def label_mask(batch: dict, end_ids: list[int], min_share: float = 0.05) -> list
     ]
 
 
-def table(verdicts: list[Verdict]) -> str:
+def verdict_table(verdicts: list[Verdict]) -> str:
     """The verdicts as an aligned text table."""
     rows = [("check", "value", "expected", "verdict")]
     rows += [(v.check, v.value, v.expected, "ok" if v.ok else "FAIL") for v in verdicts]
@@ -161,7 +161,7 @@ def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8,
     verdicts = [cache_agreement(model, first[:, :max(length, 2)]), checkpointing_agreement(model, batch),
                 initial_loss(model, batch, max_share), *label_mask(batch, end_ids)]
     if not quiet:
-        print(table(verdicts))
+        print(verdict_table(verdicts))
     failed = [v for v in verdicts if not v.ok]
     if failed and raise_on_fail:
         v = failed[0]

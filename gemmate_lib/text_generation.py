@@ -58,7 +58,7 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
     device = next(model.parameters()).device
     rows = []
     if timestamps is not None and len(timestamps) != len(prompts):
-        from gemmate_lib.errors import DataError
+        from gemmate_lib.housekeeping.errors import DataError
 
         raise DataError(f"{len(prompts)} prompts but {len(timestamps)} timestamps",
                         "give one timestamp per prompt")

@@ -1,14 +1,12 @@
-"""Training (03_lora_sft, 06, 07, `gemmate train`): the one builder of the Hugging Face training objects
-(`lora_config`, `training_args`) and the one training path, `train`, that every way in calls."""
+"""Training (03_lora_sft, 06, 07; `gemmate train` and `train-te` through it): the one builder of the Hugging
+Face training objects (`lora_config`, `training_args`) and the one training path, `train`, that every way in
+calls."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 import threading
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -16,14 +14,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from gemmate_lib.config import CourseConfig
-from gemmate_lib.errors import ParameterError
 from gemmate_lib.fast_loss import causal_lm_loss
-from gemmate_lib.hardware import free_memory
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) outside `accelerate launch` / torchrun."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.housekeeping.hardware import free_memory
 
 
 def target_modules(value) -> list[str] | str:
@@ -108,15 +101,13 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None,
     return get_peft_model(model, peft_config)
 
 
-def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
-                    sft: bool = True, **extras) -> dict:
+def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, sft: bool = True,
+                    **extras) -> dict:
     """SFTConfig (sft=False: TrainingArguments) kwargs for `cfg` plus `extras`: the recipe 03 writes
-    out, then the plumbing where it differs from the defaults. `save`: None follows `cfg.checkpoints`, False
-    never saves; a checkpoint comes at each evaluation, with the metric that ranks it."""
-    t, c, precision = cfg.train, cfg.checkpoints, cfg.precision
-    strategy = "no" if save is not None and not save else c.save_strategy
+    out, then the plumbing where it differs from the defaults. It never saves a checkpoint (a notebook saves
+    its adapter itself); `gemmate train` adds its checkpoint policy through `extras`."""
+    t, precision = cfg.train, cfg.precision
     evaluate = has_eval and t.val_steps_freq > 0
-    interval = {"step": "steps", "epoch": "epoch", "no": "steps"}[c.save_strategy]
     kwargs = dict(
         output_dir=str(output_dir), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
@@ -124,33 +115,23 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
         bf16=precision.name == "bf16", fp16=precision.name == "fp16", use_cpu=precision.device == "cpu",
         activation_checkpointing=t.gradient_checkpointing,  # gradient_checkpointing before transformers 5.23
         logging_steps=min(t.steps_freq, t.max_steps) if t.max_steps > 0 else t.steps_freq,  # >= 1 loss logged
-        eval_strategy=interval if evaluate else "no", eval_steps=t.val_steps_freq if evaluate else None,
-        save_strategy={"step": "steps", "epoch": "epoch", "no": "no"}[strategy],
-        report_to="wandb" if t.use_wandb else t.report_to, seed=t.seed, data_seed=t.seed, disable_tqdm=False,
+        eval_strategy="steps" if evaluate else "no", eval_steps=t.val_steps_freq if evaluate else None,
+        save_strategy="no", report_to=t.report_to, seed=t.seed, data_seed=t.seed, disable_tqdm=False,
     )
     if sft:
         kwargs.update(max_length=t.max_length, packing=False, completion_only_loss=t.completion_only_loss,
                       train_sampling_strategy="group_by_length" if t.group_by_length else "random")
-    best = evaluate and c.checkpoint_metric and strategy != "no"
     plumbing = dict(
         num_train_epochs=t.num_epochs if t.max_steps <= 0 else None, weight_decay=t.weight_decay or None,
         log_level=t.log_level if t.log_level != "warning" else None, full_determinism=t.deterministic or None,
-        save_steps=t.val_steps_freq or t.steps_freq if strategy == "step" else None,
-        metric_for_best_model=c.checkpoint_metric if best else None,
-        greater_is_better=c.checkpoint_metric_mode == "max" if best else None,
-        ddp_backend="gloo" if precision.device == "cpu" and world()[1] > 1 else None,
-        ddp_find_unused_parameters=False if world()[1] > 1 else None,
-        save_only_model=True if not c.save_optim and strategy != "no" else None,  # the Gemma 1.1 table's
-        run_name=t.wandb_run_name if t.use_wandb else None,
     )
     kwargs.update({k: v for k, v in plumbing.items() if v is not None})
     return {**kwargs, **extras}
 
 
-def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, save: bool | None = None,
-                  sft: bool = True, **extras):
+def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, sft: bool = True, **extras):
     """The SFTConfig (or, with sft=False, TrainingArguments) for `cfg`: the course's one builder of them."""
-    kwargs = training_kwargs(cfg, output_dir, has_eval=has_eval, save=save, sft=sft, **extras)
+    kwargs = training_kwargs(cfg, output_dir, has_eval=has_eval, sft=sft, **extras)
     return SFTConfig(**kwargs) if sft else TrainingArguments(**kwargs)
 
 
@@ -294,10 +275,9 @@ def loss_log(trainer):
 
 
 def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], cfg: CourseConfig,
-                output_dir: str | Path, save: bool | None = False, callbacks=None,
-                **extras) -> CourseSFTTrainer:
+                output_dir: str | Path, callbacks=None, **extras) -> CourseSFTTrainer:
     """The course's SFTTrainer on `model` (already wrapped with LoRA) and rows with a `text` field; `extras`
-    go to the SFTConfig (the benchmark's arms)."""
+    go to the SFTConfig (the benchmark's arms, `gemmate train`'s checkpoint policy)."""
     import datasets
 
     from gemmate_lib.data import to_dataset
@@ -306,10 +286,10 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
     t = cfg.train
     set_seed(t.seed)
     return CourseSFTTrainer(
-        model=model, args=training_args(cfg, output_dir, has_eval=bool(eval_rows), save=save, **extras),
+        model=model, args=training_args(cfg, output_dir, has_eval=bool(eval_rows), **extras),
         train_dataset=to_dataset(train_rows, tokenizer, t.completion_only_loss),
         eval_dataset=to_dataset(eval_rows, tokenizer, t.completion_only_loss) if eval_rows else None,
-        processing_class=tokenizer, fast_loss=t.fast_loss and world()[1] == 1, callbacks=callbacks,
+        processing_class=tokenizer, fast_loss=t.fast_loss, callbacks=callbacks,
         preflight=t.preflight)
 
 
@@ -325,29 +305,25 @@ def two_rate_optimizer(te, cfg: CourseConfig):
 
 
 def train(model, tokenizer, train_data, eval_data, cfg: CourseConfig, output_dir: str | Path, *,
-          save: bool | None = False, callbacks=None, resume_from_checkpoint: str | None = None,
-          measure_cost: bool = False, unwrap: bool = True, pad_token_id: int | None = None,
-          **extras) -> TrainResult:
-    """The course's one training path (the wrappers: train_lora, methods.train_arm, cli/train.py,
-    temporal/training.py), on a `model` with its adapter. Rows with a `text` field train with CourseSFTTrainer
-    (`save`, `extras`: training_args); GemmaTE's TextDataset with transformers' Trainer, timestamps in the
-    batches (padded with `pad_token_id`, default the tokenizer's), two learning rates. `measure_cost`: seconds
-    per step and peak memory (06). The model comes back in eval mode, off accelerate's mixed-precision forward
-    (it computes unlike the same weights loaded from disk); `unwrap=False` keeps it, as the arms trained."""
+          callbacks=None, resume_from_checkpoint: str | None = None, measure_cost: bool = False,
+          unwrap: bool = True, data_collator=None, **extras) -> TrainResult:
+    """The course's one training path, on a `model` with its adapter: train_lora, methods.train_arm and
+    temporal.training.train_temporal wrap it, and the command line's `gemmate train` calls it too (`gemmate
+    train-te` through train_temporal). Rows with a `text` field train with CourseSFTTrainer (`extras`:
+    training_args); GemmaTE's TextDataset with transformers' Trainer, timestamps in the batches
+    (`data_collator`: train_temporal's), two learning rates. `measure_cost`: seconds per step and peak memory
+    (06). The model comes back in eval mode, off accelerate's mixed-precision forward (it computes unlike the
+    same weights loaded from disk); `unwrap=False` keeps it, as the arms trained."""
     set_seed(cfg.train.seed)
     if hasattr(model, "temporal_projection"):  # GemmaTE (07)
-        from gemmate_lib.temporal.data import collate_fn
-
         model.fast_loss = cfg.train.fast_loss
-        pad = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
-        args = training_args(cfg, output_dir, has_eval=False, save=False, sft=False,
+        args = training_args(cfg, output_dir, has_eval=False, sft=False,
                              remove_unused_columns=False)  # keep `timestamps`, which forward() does not name
         trainer = Trainer(model=model, args=args, train_dataset=train_data, callbacks=callbacks,
-                          data_collator=partial(collate_fn, pad_token_id=pad),
+                          data_collator=data_collator,
                           optimizers=(two_rate_optimizer(model, cfg), None))
     else:
-        trainer = sft_trainer(model, tokenizer, train_data, eval_data, cfg, output_dir, save, callbacks,
-                              **extras)
+        trainer = sft_trainer(model, tokenizer, train_data, eval_data, cfg, output_dir, callbacks, **extras)
     timer = StepTimer()
     if measure_cost:
         trainer.add_callback(timer)  # last: starts after the others' step begins, stops after their step ends
@@ -368,13 +344,3 @@ def train_lora(model, tokenizer, train_rows: list[dict], eval_rows: list[dict], 
     """Attach LoRA (once), then `train` (05's second adapter)."""
     model = attach_lora(model, cfg, quiet=True, tokenizer=tokenizer)
     return train(model, tokenizer, train_rows, eval_rows, cfg, output_dir)
-
-
-def trainable_digest(model) -> str:
-    """sha256 of the trainable weights: equal across DDP ranks, equal across bitwise-identical runs."""
-    digest = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        if p.requires_grad:
-            digest.update(name.encode())
-            digest.update(p.detach().to("cpu").float().numpy().tobytes())
-    return digest.hexdigest()

@@ -54,7 +54,7 @@ def default_data(output_dir: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gemmate_lib.cli import main as cli
+    from gemmate_cli import main as cli
 
     args = build_parser().parse_args(argv)
     output_dir = args.output_dir or "./fine_tuned_model"
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no --data_file: training on the course's dated notes "
               f"(notebook 07's task), written to {args.data_file}",
               flush=True)
-    forwarded = ["train-te", "--output_dir", output_dir, "--overwrite"]
+    forwarded = ["train-te", "--output_dir", output_dir]
     for option, key in GUIDE_OPTIONS.items():
         value = getattr(args, option)
         if value is not None and option != "output_dir":
@@ -75,6 +75,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
 
     sys.exit(run_cli(main))

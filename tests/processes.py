@@ -14,8 +14,8 @@ QUICK = ["--max_length", "48", "--batch_size", "4", "--steps_freq", "2", "--val_
 
 
 def gemmate(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
-    """`python -m gemmate_lib ARGS` from the project's root; with `check`, a failure shows its stderr."""
-    proc = subprocess.run([sys.executable, "-m", "gemmate_lib", *args], capture_output=True, text=True,
+    """`python -m gemmate_cli ARGS` from the project's root; with `check`, a failure shows its stderr."""
+    proc = subprocess.run([sys.executable, "-m", "gemmate_cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=900, **kwargs)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]

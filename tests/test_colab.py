@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemmate_lib import colab, hf_token
-from gemmate_lib.errors import ModelLoadError, TokenError
+from gemmate_lib.housekeeping import colab, hf_token
+from gemmate_lib.housekeeping.errors import ModelLoadError, TokenError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = "hf_" + "COLABcolab" * 3 + "0000"  # built at run time: not a token-shaped literal in the repo
@@ -51,7 +51,7 @@ def test_a_colab_runtime_without_a_gpu_stops_in_one_line_unless_the_cpu_is_chose
     """Every badge opened a CPU runtime, and the notebooks fell back in silence to the 270M model on two
     vCPUs, even with HF_TOKEN set. Outside Colab the CPU profile stays the default."""
     from gemmate_lib.config import course_config
-    from gemmate_lib.errors import HardwareError, one_line
+    from gemmate_lib.housekeeping.errors import HardwareError, one_line
 
     fake_gpu(None)
     monkeypatch.delenv("GEMMATE_PROFILE", raising=False)
@@ -398,7 +398,7 @@ def test_gpu_check_t4_arm_gives_the_one_page_recipe_what_it_picks_on_a_t4(fake_g
     the page picks on a T4."""
     import nbformat
 
-    from tools.gpu_smoke import T4_DTYPE
+    from tools.gpu_probes import T4_DTYPE
 
     page = nbformat.read(ROOT / "notebooks" / "qlora_one_runtime.ipynb", as_version=4)
     cell = next(c.source for c in page.cells if c.cell_type == "code" and "compute_dtype, why = " in c.source)
@@ -412,7 +412,7 @@ def test_gpu_check_t4_arm_gives_the_one_page_recipe_what_it_picks_on_a_t4(fake_g
 
 
 def test_gpu_check_without_a_gpu_is_one_clear_line(capsys, fake_gpu):
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
     from tools.gpu_check import main
 
     fake_gpu(None)
@@ -437,7 +437,7 @@ def test_a_gpu_without_a_token_stops_at_the_parameters_in_one_line_naming_both_f
                                                                                     monkeypatch, capability):
     """Without the HF_TOKEN secret, the GPU profile used to fall back to Gemma 3 270M in silence."""
     from gemmate_lib.config import course_config
-    from gemmate_lib.errors import ParameterError
+    from gemmate_lib.housekeeping.errors import ParameterError
 
     fake_gpu(capability)
     fake_colab.secret = None  # the learner forgot the secret

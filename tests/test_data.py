@@ -4,7 +4,7 @@ import re
 import pytest
 
 from gemmate_lib.data import clean_rows, format_quote, load_quotes, normalize_quote, to_dataset, trim_author
-from gemmate_lib.errors import DataError
+from gemmate_lib.housekeeping.errors import DataError
 
 
 def test_broken_author_fields_are_dropped_or_trimmed_and_counted():

@@ -27,8 +27,8 @@ EXPECTED_DROPS = ("dropped 1 row(s): duplicate quote (exact), e.g. line 5",
 
 
 def test_the_train_command_prints_the_drop_report_and_trains_on_the_rest(tmp_path, tiny_folder, capsys):
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
 
     code = run_cli(main, ["train", "--dataset", str(_bad_quotes(tmp_path)), "--model_name", str(tiny_folder),
                           "--max_steps", "1", "--batch_size", "2", "--max_length", "64", "--eval_fraction",
@@ -40,8 +40,8 @@ def test_the_train_command_prints_the_drop_report_and_trains_on_the_rest(tmp_pat
 
 
 def test_a_latin1_file_is_one_line_on_the_command_line(tmp_path, tiny_folder, capsys):
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
 
     path = tmp_path / "latin1.csv"
     path.write_bytes("quote,author\nCaf\xe9 au lait,Someone\n".encode("latin-1"))
@@ -53,8 +53,8 @@ def test_a_latin1_file_is_one_line_on_the_command_line(tmp_path, tiny_folder, ca
 
 def test_a_seconds_timestamp_is_one_line_on_the_command_line_and_the_unit_flag_fixes_it(tmp_path, tiny_folder,
                                                                                         capsys):
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
 
     path = tmp_path / "notes.jsonl"
     path.write_text("".join(json.dumps({"text": f"Note {i}\nWritten: May 2021",
@@ -74,7 +74,7 @@ def test_the_same_bad_files_through_papermill(tmp_path):
     cells, before any model loads; Latin-1 is one line."""
     import papermill as pm
 
-    from gemmate_lib.files import repo_root
+    from gemmate_lib.housekeeping.files import repo_root
 
     notebooks = repo_root() / "notebooks"
     out = tmp_path / "04.ipynb"
@@ -101,7 +101,7 @@ def test_the_same_bad_files_through_papermill(tmp_path):
 def test_a_seconds_timestamp_through_papermill_stops_04_in_its_config_cell(tmp_path):
     import papermill as pm
 
-    from gemmate_lib.files import repo_root
+    from gemmate_lib.housekeeping.files import repo_root
 
     notebooks = repo_root() / "notebooks"
     with pytest.raises(pm.PapermillExecutionError) as err:

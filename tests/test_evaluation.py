@@ -5,8 +5,8 @@ import json
 import pytest
 
 from gemmate_lib.data import load_quotes, normalize_author, split_quote
-from gemmate_lib.errors import DataError
 from gemmate_lib.evaluation import METRICS, bleu, evaluate_model, metrics_document, rouge_l, validate_metrics
+from gemmate_lib.housekeeping.errors import DataError
 
 
 def test_author_normalisation():

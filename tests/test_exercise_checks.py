@@ -20,7 +20,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gemmate_lib import config, exercises, files, run_folder
+from gemmate_lib import exercises
+from gemmate_lib.housekeeping import exercise_checks, files, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, OTHER = "embedded", "google/gemma-3-1b-pt"  # the model the lesson runs; the one a learner switches to
@@ -33,7 +34,7 @@ def runs(tmp_path, monkeypatch):
     monkeypatch.setenv(run_folder.RUNS_ROOT, str(tmp_path))
     monkeypatch.setattr(run_folder, "git_revision", lambda: "test")
     monkeypatch.setenv("GEMMATE_RUN_DIR", str(tmp_path / "runs" / "lesson"))
-    monkeypatch.setitem(config._KERNEL, "model_name", MODEL)
+    monkeypatch.setitem(run_folder._KERNEL, "model_name", MODEL)
     return tmp_path / "runs"
 
 
@@ -399,7 +400,7 @@ def test_the_solutions_files_pass(runs, name, capsys):
     write(runs, name)
     line = exercises.exercise_check(name)
     assert line.startswith(f"exercise {name}: PASS"), line
-    verdict = exercises.parse_verdict(line)
+    verdict = exercise_checks.parse_verdict(line)
     assert verdict["verdict"] == "PASS" and all(value >= 0 for value, _, _ in verdict["margins"]), line
 
 
@@ -448,7 +449,7 @@ def test_not_run_yet_before_the_exercise(runs, name):
 def test_results_of_another_model_never_pass(runs, name, monkeypatch):
     """Exercise folders persist on Drive: a course redone with another model showed PASS for last week's."""
     write(runs, name)
-    monkeypatch.setitem(config._KERNEL, "model_name", OTHER)  # the lesson now runs another model
+    monkeypatch.setitem(run_folder._KERNEL, "model_name", OTHER)  # the lesson now runs another model
     line = exercises.exercise_check(name)
     assert line.startswith(f"exercise {name}: FROM ANOTHER MODEL (ran on {MODEL}, the lesson now runs "
                            f"{OTHER}): run it again"), line
@@ -463,7 +464,7 @@ def test_a_folder_opened_again_on_another_model_does_not_pass_on_the_old_results
     for path in (runs / f for f in exercises.EXERCISES[name].folders):
         for result in path.rglob("*"):
             os.utime(result, (past, past))  # written last week, on MODEL
-    monkeypatch.setitem(config._KERNEL, "model_name", OTHER)
+    monkeypatch.setitem(run_folder._KERNEL, "model_name", OTHER)
     for f in exercises.EXERCISES[name].folders:
         assert run_folder.stamp_origin(runs / f)["before"]["model"] == MODEL  # as get_run_dir(f) does
     line = exercises.exercise_check(name)
@@ -483,7 +484,7 @@ def test_results_without_a_record_of_their_model_do_not_pass(runs, name):
 def test_runs_of_one_exercise_on_two_models_do_not_pass(runs, monkeypatch):
     """No model in this process and none kept by 00: the runs must still agree with each other."""
     write(runs, "06-2")
-    monkeypatch.delitem(config._KERNEL, "model_name")
+    monkeypatch.delitem(run_folder._KERNEL, "model_name")
     assert exercises.exercise_check("06-2").startswith("exercise 06-2: PASS")
     origin = json.loads((runs / "ex06_2b" / run_folder.ORIGIN).read_text())
     (runs / "ex06_2b" / run_folder.ORIGIN).write_text(json.dumps({**origin, "model": OTHER}))
@@ -514,7 +515,7 @@ def test_a_comparison_with_a_lesson_run_on_another_model_does_not_pass(runs, nam
 def test_without_a_model_in_this_process_the_check_reads_the_lesson_s_model_choice(runs, monkeypatch):
     """A kernel that ran no course_config (a check cell run alone): 00's model_choice.json decides."""
     write(runs, "02-1")
-    monkeypatch.delitem(config._KERNEL, "model_name")
+    monkeypatch.delitem(run_folder._KERNEL, "model_name")
     assert exercises.exercise_check("02-1").startswith("exercise 02-1: PASS")
     run_folder.remember_model(runs / "lesson", OTHER)
     assert exercises.exercise_check("02-1").startswith("exercise 02-1: FROM ANOTHER MODEL")
@@ -550,7 +551,7 @@ def test_a_rerun_exercises_text_names_its_parameters_and_the_sections_its_check_
     spec, text = exercises.EXERCISES[name], exercise_texts(name[:2])
     for stem, params in spec.parameters:
         for key, value in params.items():
-            assert exercises.parameters_text({key: value}) in text, (name, stem, key)
+            assert exercise_checks.parameters_text({key: value}) in text, (name, stem, key)
         assert (ROOT / "notebooks" / f"{stem}.ipynb").exists()
     assert f"The check reads {spec.reads}" in text, name
 
@@ -573,17 +574,18 @@ def test_a_rerun_exercises_parameters_are_its_notebooks_parameters():
 
 
 def test_a_verdict_line_is_read_back_with_its_margins():
-    line = exercises.check("06-2", "the loss falls", True, lambda: (True, "3.9 / 3.6", [
-        exercises.more(0.31, 0, "nats", "rank 2's loss over rank 128's"),
-        exercises.less(1.2, 1.5, "x", "step time", strict=False)]))
-    assert exercises.parse_verdict(line) == {"name": "06-2", "verdict": "PASS", "margins": [
+    line = exercise_checks.exercise_verdict("06-2", "the loss falls", True, lambda: (True, "3.9 / 3.6", [
+        exercise_checks.more(0.31, 0, "nats", "rank 2's loss over rank 128's"),
+        exercise_checks.less(1.2, 1.5, "x", "step time", strict=False)]))
+    assert exercise_checks.parse_verdict(line) == {"name": "06-2", "verdict": "PASS", "margins": [
         (0.31, "nats", "rank 2's loss over rank 128's 0.31, needs > 0"),
         (0.3, "x", "step time 1.2, needs <= 1.5")]}
-    failed = exercises.check("06-2", "the loss falls", True, lambda: (True, "", [
-        exercises.more(-0.2, 0, "nats", "fall")]))
-    assert exercises.parse_verdict(failed)["verdict"] == "FAIL"  # a margin below its threshold fails
-    assert exercises.parse_verdict("exercise 03-1: NOT RUN YET (set lora_r)")["verdict"] == "NOT RUN YET"
-    assert exercises.parse_verdict("PASS the adapter is saved") == {}
+    failed = exercise_checks.exercise_verdict("06-2", "the loss falls", True, lambda: (True, "", [
+        exercise_checks.more(-0.2, 0, "nats", "fall")]))
+    assert exercise_checks.parse_verdict(failed)["verdict"] == "FAIL"  # a margin below its threshold fails
+    not_run = exercise_checks.parse_verdict("exercise 03-1: NOT RUN YET (set lora_r)")
+    assert not_run["verdict"] == "NOT RUN YET"
+    assert exercise_checks.parse_verdict("PASS the adapter is saved") == {}
 
 
 # ---- the notebook's check cells ----

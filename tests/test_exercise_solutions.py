@@ -23,7 +23,8 @@ import pytest
 import torch
 from test_exercise_checks import runs, write  # noqa: F401 - the fixture: a course folder in tmp_path
 
-from gemmate_lib import config, exercises, files, run_folder
+from gemmate_lib import exercises
+from gemmate_lib.housekeeping import files, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model's 64-wide matrices: one thread is fastest
@@ -62,8 +63,8 @@ def tiny_cfg(tiny_folder, **settings):
 
 def test_00_1_and_00_2_the_config_solutions_pass(runs, capsys):  # noqa: F811
     from gemmate_lib.config import config_summary, course_config
-    from gemmate_lib.errors import ParameterError
-    from gemmate_lib.hardware import pick_precision
+    from gemmate_lib.housekeeping.errors import ParameterError
+    from gemmate_lib.housekeeping.hardware import pick_precision
 
     lesson = dict(course_config=course_config, config_summary=config_summary, pick_precision=pick_precision,
                   ParameterError=ParameterError, model_name=None, dataset=None)
@@ -86,7 +87,7 @@ def test_00_3_three_loads_of_the_tiny_model_each_say_where_its_weights_were(runs
 def test_01_1_counting_the_scales_on_the_tiny_model_passes(runs, capsys, tiny_folder):  # noqa: F811
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from gemmate_lib.hardware import pick_precision
+    from gemmate_lib.housekeeping.hardware import pick_precision
 
     cfg = types.SimpleNamespace(precision=pick_precision("cpu", "fp32"))
     lesson = dict(AutoModelForCausalLM=AutoModelForCausalLM, BitsAndBytesConfig=BitsAndBytesConfig,
@@ -103,7 +104,7 @@ def test_01_2_and_01_3_the_4bit_variants_of_the_tiny_model_are_judged(runs, caps
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from gemmate_lib.evaluation import held_out_loss
-    from gemmate_lib.hardware import pick_precision
+    from gemmate_lib.housekeeping.hardware import pick_precision
     from gemmate_lib.models import footprint_mib, load_model
 
     precision = pick_precision("cpu", "fp32")
@@ -186,7 +187,7 @@ def merging(tiny_folder, tiny_tokenizer, tmp_path):
     weights, as a trained one's does)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from gemmate_lib.hardware import free_memory, pick_precision
+    from gemmate_lib.housekeeping.hardware import free_memory, pick_precision
     from gemmate_lib.models import load_model
     from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 
@@ -258,7 +259,7 @@ def test_a_rerun_exercises_solution_reads_what_the_reruns_wrote(runs, name, caps
     before = exercises.exercise_check(name)
     line = run_solution(name, {"pd": pd, "json": json}, capsys)
     assert line == before and line.startswith(f"exercise {name}: PASS"), line
-    monkeypatch.setitem(config._KERNEL, "model_name", "another/model")
+    monkeypatch.setitem(run_folder._KERNEL, "model_name", "another/model")
     names = {"run_folder": run_folder, "pd": pd, "json": json}
     exec(compile(solution(name), f"solution {name}", "exec"), names)
     assert not exercises.exercise_check(name).startswith(f"exercise {name}: PASS")  # reading stamps nothing

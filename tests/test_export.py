@@ -1,5 +1,6 @@
-"""`gemmate export` / gemmate_lib.export: GGUF files by llama.cpp's converter and quantizer, verified in
-llama.cpp. Bad inputs get one line each; a failed export leaves the previous one in place."""
+"""gemmate_lib.export (05; the command, `gemmate export`: tests/cli/test_cli_export.py): GGUF files by
+llama.cpp's converter and quantizer, verified in llama.cpp. Bad inputs get one line each; a failed export
+leaves the previous one in place."""
 from __future__ import annotations
 
 import collections
@@ -9,7 +10,7 @@ import shutil
 import pytest
 
 from gemmate_lib import export
-from gemmate_lib.errors import ModelLoadError, ParameterError, SaveError, one_line
+from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError, SaveError, one_line
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -23,24 +24,6 @@ def _run_with_adapter(tmp_path):
     (tmp_path / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     save_file({"lora_A.weight": torch.zeros(2, 2)}, tmp_path / "adapter" / "adapter_model.safetensors")
     return tmp_path
-
-
-@pytest.mark.parametrize("name, damage, what", [
-    ("adapter_model.safetensors", lambda b: b[:len(b) // 2], "is cut short or damaged"),
-    ("adapter_config.json", lambda b: b[:len(b) // 2], "is damaged: not valid JSON"),
-])
-def test_export_of_a_damaged_adapter_names_the_file_and_the_fix_before_the_model_loads(
-        tmp_path, tiny_folder, capsys, name, damage, what):
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
-
-    run = _run_with_adapter(tmp_path / "run")
-    path = run / "adapter" / name
-    path.write_bytes(damage(path.read_bytes()))
-    assert run_cli(main, ["export", str(run), "--model_name", str(tiny_folder),
-                          "--output_dir", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert f"{name} {what}" in err and "download it again" in err and "unexpected error" not in err
 
 
 def test_a_run_folder_without_an_adapter_is_one_line(tmp_path):
@@ -113,7 +96,7 @@ def test_a_run_folder_on_google_drive_gets_only_the_kept_file_and_drive_is_asked
     disk, the one file chosen is copied to Drive, and each disk is asked only for what it gets."""
     from pathlib import Path
 
-    from gemmate_lib import colab
+    from gemmate_lib.housekeeping import colab
 
     monkeypatch.setattr(colab, "DRIVE", tmp_path / "drive")
     monkeypatch.setattr(colab, "RUNTIME_DISK", tmp_path / "content")
@@ -203,52 +186,6 @@ def test_the_modelfile_of_each_generation_sends_the_prompt_as_written(tmp_path, 
         assert "https://github.com/ollama/ollama/issues/14560" in usage
     else:
         assert 'ollama run quotes "Quote: Imagination is more"' in usage and '"raw"' not in usage
-
-
-@pytest.mark.slow
-def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_adapter(tmp_path, capsys):
-    """`gemmate export RUN_DIR` end to end (export_and_verify: the adapter merged into a fresh base,
-    llama.cpp's converter and quantizer, verification.json) on a tiny random Gemma 1 with the embedded Gemma
-    vocabulary, in seconds: llama.cpp's 16-bit file generates as base + adapter does, not as the base. The
-    embedded fine-tune's export and its quality bounds are 05's, which nbval runs (the after_nbval test below
-    reads them); this test once trained the embedded model 15 steps and exported it a second time (~100 s)."""
-    import torch
-    from learner_path import tiny_gemma
-
-    from gemmate_lib.adapters import load_adapter, save_adapter
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.config import course_config
-    from gemmate_lib.errors import run_cli
-    from gemmate_lib.hardware import pick_precision
-    from gemmate_lib.models import load_model, load_tokenizer
-    from gemmate_lib.training import attach_lora
-
-    folder = tiny_gemma(tmp_path / "tiny-gemma-1")
-    tokenizer, fp32 = load_tokenizer(str(folder)), pick_precision("cpu", "fp32")
-    trained = attach_lora(load_model(str(folder), fp32), course_config(model_name=str(folder), device="cpu",
-                                                                        dtype="fp32"), quiet=True)
-    with torch.no_grad():  # a LoRA B that is not zero, so the adapter changes the generations
-        for name, param in trained.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    run = tmp_path / "run"
-    save_adapter(trained, tokenizer, run / "adapter", str(folder))
-    assert run_cli(main, ["export", str(run), "--model_name", str(folder), "--quantize", "q8_0",
-                          "--max_new_tokens", "8"]) == 0
-    assert "model-q8_0.gguf" in capsys.readouterr().out  # the summary table
-    assert sorted(p.name for p in (run / "gguf").iterdir()) == ["Modelfile", "model-f16.gguf",
-                                                               "model-q8_0.gguf", "verification.json"]
-    report = json.loads((run / "gguf" / "verification.json").read_text())
-    assert set(report["files"]) == {"model-f16.gguf", "model-q8_0.gguf"}
-    assert all(f["keeps_eos"] for f in report["files"].values())  # each file stops at the tokenizer's <eos>
-    assert report["all_match_or_near_tie"], report["token_match"]
-    llm = export._llama(run / "gguf" / "model-f16.gguf", logits_all=True)
-    base = load_model(str(folder), fp32)
-    prompt = "Quote: Imagination is more"
-    plain = export.hf_greedy(base, tokenizer, prompt, 8)[0]
-    adapted = export.hf_greedy(load_adapter(base, run / "adapter"), tokenizer, prompt, 8)[0]
-    assert export.llama_greedy(llm, prompt, 8)[0] == adapted != plain
-    llm.close()
 
 
 @pytest.mark.slow

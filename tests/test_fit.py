@@ -70,15 +70,15 @@ def test_every_committed_phase_fits_a_free_colab_runtime():
 def test_gemma_4_on_a_free_t4_stops_before_the_download_with_what_it_needs(shapes):
     plan = fit.predict(shapes["gemma-4-E2B"], 4)
     with pytest.raises(fit.FitError) as err:
-        fit.check(plan)
+        fit.require_fit(plan)
     assert "load" in err.value.problem and "GPU" in err.value.problem and "L4" in err.value.fix
     # 4-bit training fits a T4 by the estimate: the course offers it, and skips what does not fit
-    fit.check({"nf4": plan["nf4"]})
+    fit.require_fit({"nf4": plan["nf4"]})
     assert fit.problems(plan) == ["load GPU"]
 
 
 def test_gemma_2b_fits_a_free_t4_in_every_phase(shapes):
-    fit.check(fit.predict(shapes["gemma-2b"], 2))
+    fit.require_fit(fit.predict(shapes["gemma-2b"], 2))
 
 
 def test_a_cpu_runtime_checks_ram_and_disk_only(shapes):
@@ -97,7 +97,7 @@ def test_the_notebooks_plan_for_the_embedded_model_reads_its_config_only():
 
 
 def test_gpu_memory_reports_what_the_process_holds_not_only_the_tensors(fake_gpu, monkeypatch):
-    from gemmate_lib.hardware import gpu_memory
+    from gemmate_lib.housekeeping.hardware import gpu_memory
 
     fake_gpu((7, 5))
     gib = 2**30
@@ -115,8 +115,8 @@ def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu
     import dataclasses
 
     from gemmate_lib.config import course_config
-    from gemmate_lib.errors import HardwareError
-    from gemmate_lib.hardware import Precision
+    from gemmate_lib.housekeeping.errors import HardwareError
+    from gemmate_lib.housekeeping.hardware import Precision
     from gemmate_lib.methods import build_methods
 
     for name in ("gemma-2b", "gemma-4-E2B"):

@@ -15,8 +15,8 @@ def test_streaming_merge_equals_peft_merge(generation_folder, tmp_path, key, dty
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from gemmate_lib.adapters import merge_shards
     from gemmate_lib.generations import lora_targets
+    from tools.merge_shards import merge_shards
 
     base = generation_folder(key)
     auto = AutoModelForImageTextToText if key == "gemma4" else AutoModelForCausalLM
@@ -49,8 +49,8 @@ def test_merge_refuses_an_adapter_of_another_base(generation_folder, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from gemmate_lib.adapters import merge_shards
-    from gemmate_lib.errors import ModelLoadError
+    from gemmate_lib.housekeeping.errors import ModelLoadError
+    from tools.merge_shards import merge_shards
 
     other = AutoModelForCausalLM.from_pretrained(generation_folder("gemma3"))
     get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")

@@ -23,7 +23,7 @@ from gemmate_lib.generations import (
     stop_token_ids,
     training_chat_template,
 )
-from gemmate_lib.hardware import DTYPES, Precision
+from gemmate_lib.housekeeping.hardware import DTYPES, Precision
 
 pytestmark = pytest.mark.generations
 KEYS = list(GENERATIONS)
@@ -64,6 +64,16 @@ def test_the_courses_loader_loads_each_generation_with_the_chosen_kernel_on_its_
 )
 def test_hub_ids_name_their_generation(model_name, key):
     assert generation_of(model_name).key == key
+
+
+def test_the_page_shows_the_generations_table():
+    """docs/gemma-generations.md's table is tools.generations_table's output, row for row (regenerate it with
+    `python -m tools.generations_table` when GENERATIONS or the planner's rule changes)."""
+    from tools.generations_table import markdown_table
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "gemma-generations.md").read_text()
+    start = page.index("| | ")
+    assert page[start:page.index("\n\n", start)] == markdown_table()
 
 
 def test_dtype_rule(tiny_generation):
@@ -159,7 +169,7 @@ def test_training_template_renders_as_shipped(tiny_generation):
 
 
 def test_gemma4_training_template_refuses_an_unknown_template():
-    from gemmate_lib.errors import ParameterError
+    from gemmate_lib.housekeeping.errors import ParameterError
 
     with pytest.raises(ParameterError, match="Gemma 4 chat template"):
         gemma4_training_template("{{ messages }}")
@@ -185,7 +195,6 @@ def chat_trainer(model, tokenizer, cfg, output_dir, steps):
         cfg,
         output_dir,
         has_eval=False,
-        save=False,
         assistant_only_loss=True,
         completion_only_loss=None,
         max_steps=steps,
@@ -297,7 +306,7 @@ def test_trainable_tokens_train_the_turn_end(tiny_generation, tmp_path):
 def test_trainable_tokens_must_be_in_the_vocabulary(tiny_generation):
     from transformers import AutoTokenizer
 
-    from gemmate_lib.errors import ParameterError
+    from gemmate_lib.housekeeping.errors import ParameterError
 
     key, folder = tiny_generation
     with pytest.raises(ParameterError, match="<start_of_image>"):

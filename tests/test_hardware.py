@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from gemmate_lib import hardware
-from gemmate_lib.errors import HardwareError
+from gemmate_lib.housekeeping import hardware
+from gemmate_lib.housekeeping.errors import HardwareError
 
 
 def test_cpu_precision_follows_native_bf16(monkeypatch):
@@ -60,7 +60,7 @@ def test_gpu_precision_follows_compute_capability_not_is_bf16_supported(fake_gpu
 def test_two_visible_gpus_stop_in_one_line_that_names_cuda_visible_devices(monkeypatch, fake_gpu):
     """The model sits on GPU 0, but the Trainer counts every visible GPU: TRL stops with a ValueError and a
     plain Trainer wraps the model in DataParallel. One GPU, or one process per GPU (DDP), is fine."""
-    from gemmate_lib.errors import one_line
+    from gemmate_lib.housekeeping.errors import one_line
 
     fake_gpu((8, 0), count=2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -77,7 +77,7 @@ def test_two_visible_gpus_stop_in_one_line_that_names_cuda_visible_devices(monke
 
 def test_the_memory_line_says_something_on_a_cpu_too(fake_gpu):
     """03, 04 and 05 print gpu_memory(...) where their prose promises a peak: on a CPU it is the process's."""
-    from gemmate_lib.hardware import gpu_memory
+    from gemmate_lib.housekeeping.hardware import gpu_memory
 
     fake_gpu(None)
     line = gpu_memory("while training")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gemmate_lib import run_folder
-from gemmate_lib.errors import ParameterError
+from gemmate_lib.housekeeping import run_folder
+from gemmate_lib.housekeeping.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
 LATER = sorted((ROOT / "notebooks").glob("0[1-7]_*.ipynb"))

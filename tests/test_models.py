@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from gemmate_lib.errors import ModelLoadError
+from gemmate_lib.housekeeping.errors import ModelLoadError
 from gemmate_lib.models import count_parameters, footprint_mib, load_model, load_tokenizer, resolve_model
 
 
@@ -42,23 +42,23 @@ def _hub_failure(cls, status):
 def test_hub_failures_are_recognised_by_type_not_by_text(cls_name, status, message):
     import huggingface_hub.errors as hub_errors
 
-    from gemmate_lib.errors import hub_error
+    from gemmate_lib.housekeeping.errors import hub_load_error
 
-    err = hub_error("google/gemma-2b", _hub_failure(getattr(hub_errors, cls_name), status))
+    err = hub_load_error("google/gemma-2b", _hub_failure(getattr(hub_errors, cls_name), status))
     assert isinstance(err, ModelLoadError) and message in err.problem and err.fix
 
 
 def test_offline_is_recognised_by_type():
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from gemmate_lib.errors import hub_error
+    from gemmate_lib.housekeeping.errors import hub_load_error
 
     try:
         raise OSError("We couldn't connect") from LocalEntryNotFoundError("no cache, offline")
     except OSError as err:
-        assert "cannot be reached" in hub_error("someone/model", err).problem
+        assert "cannot be reached" in hub_load_error("someone/model", err).problem
     # words alone no longer decide
-    plain = hub_error("someone/model", ValueError("403 resolve gated offline"))
+    plain = hub_load_error("someone/model", ValueError("403 resolve gated offline"))
     assert plain.problem.startswith("could not load model")
 
 
@@ -110,7 +110,7 @@ def test_nf4_is_smaller_and_close_to_full_precision(tokenizer, base_model, fp32)
 def test_the_written_out_from_pretrained_of_01_gets_the_same_clear_error():
     import huggingface_hub.errors as hub_errors_module
 
-    from gemmate_lib.errors import hub_errors
+    from gemmate_lib.housekeeping.errors import hub_errors
 
     with pytest.raises(ModelLoadError, match="is gated and this token has no access"):
         with hub_errors("google/gemma-2b"):
@@ -221,7 +221,7 @@ def test_whole_model_loads_pass_device_map_as_nf4_loads_do(generation_folder, mo
     host RAM as a whole model first: the call transformers gets, with CUDA faked at the boundary."""
     import transformers
 
-    from gemmate_lib.hardware import Precision
+    from gemmate_lib.housekeeping.hardware import Precision
 
     calls = []
     real = transformers.AutoModelForCausalLM.from_pretrained

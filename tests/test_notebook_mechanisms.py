@@ -120,6 +120,6 @@ def test_07_written_out_training_arguments_equal_the_library_builder(tmp_path):
 
     cfg = course_config("temporal", prompt_end=PROMPT_END)
     ns = run(up_to(cell("07_temporal_encoding", "args = TrainingArguments("), "args"), cfg=cfg, out=tmp_path)
-    library = training_args(cfg, tmp_path / "temporal_trainer", has_eval=False, save=False, sft=False,
+    library = training_args(cfg, tmp_path / "temporal_trainer", has_eval=False, sft=False,
                             remove_unused_columns=False)  # what `gemmate train-te` builds
     assert ns["args"] == library

@@ -34,7 +34,7 @@ PRECISIONS = {"bf16 CPU": ("cpu", torch.bfloat16), "fp32 CPU": ("cpu", torch.flo
 @pytest.mark.parametrize("device, dtype", PRECISIONS.values(), ids=PRECISIONS)
 def test_01s_bitsandbytes_config_equals_the_librarys(device, dtype):
     from gemmate_lib import models
-    from gemmate_lib.hardware import Precision
+    from gemmate_lib.housekeeping.hardware import Precision
 
     precision = Precision(device, dtype, "test")
     ns = run_cell("01_load_4bit.ipynb", "ee3243c3", cfg=types.SimpleNamespace(precision=precision))
@@ -98,7 +98,7 @@ def test_03s_lora_and_sft_configs_equal_the_library_builders(profile, tiny_folde
     assert ns["lora_config"] == library
     out = tmp_path / "run"
     ns = run_cell("03_lora_sft.ipynb", "c58cf3b2", cfg=cfg, out=out)
-    assert ns["sft_config"] == training.training_args(cfg, out / "trainer", has_eval=True, save=False)
+    assert ns["sft_config"] == training.training_args(cfg, out / "trainer", has_eval=True)
 
 
 @pytest.mark.parametrize("key", ["gemma", "gemma3", "gemma4"])

@@ -85,7 +85,7 @@ def test_re_executing_a_notebook_keeps_its_colab_runtime(tmp_path):
     must survive it."""
     import nbformat
 
-    from gemmate_lib.colab import RUNTIME_METADATA
+    from gemmate_lib.housekeeping.colab import RUNTIME_METADATA
     from tools.course import execute_in_place
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1 + 1)")])

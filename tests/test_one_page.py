@@ -72,7 +72,7 @@ def gpu_profile(monkeypatch):
     from gemmate_lib.config import course_config
 
     monkeypatch.setenv("GEMMATE_PROFILE", "gpu")
-    monkeypatch.setattr("gemmate_lib.hf_token.get_token", lambda: "a token")
+    monkeypatch.setattr("gemmate_lib.housekeeping.hf_token.get_token", lambda: "a token")
     cfg = course_config()
     assert cfg.profile.startswith("gpu") and cfg.model.quantization == "nf4"  # the page's 4-bit base
     return cfg
@@ -130,7 +130,7 @@ def test_no_line_of_the_page_imports_or_names_the_course():
 
 
 def test_the_install_cell_pins_what_the_colab_requirements_pin_never_torch_and_runs_only_in_colab():
-    from gemmate_lib.colab import pins
+    from gemmate_lib.housekeeping.colab import pins
 
     install = "".join(code_cells()[0]["source"])
     page_pins = literals(install)["PINS"]
@@ -273,7 +273,7 @@ def test_make_drift_and_the_smoke_run_find_the_page_by_its_name():
 
 
 def test_the_page_stays_a_page_and_its_badge_opens_it_from_the_courses_repository():
-    from gemmate_lib.colab import badge
+    from gemmate_lib.housekeeping.colab import badge
 
     cells = json.loads(PAGE.read_text())["cells"]
     text = " ".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")

@@ -6,9 +6,9 @@ from pathlib import Path
 def test_version_mismatches_reads_the_colab_pins(monkeypatch):
     from importlib import metadata
 
-    from gemmate_lib import run_folder
-    from gemmate_lib.colab import pins
-    from gemmate_lib.files import repo_root
+    from gemmate_lib.housekeeping import run_folder
+    from gemmate_lib.housekeeping.colab import pins
+    from gemmate_lib.housekeeping.files import repo_root
 
     pinned = pins(repo_root() / "requirements-colab.txt")  # an environment installed from the pins...
     monkeypatch.setattr(metadata, "version", lambda name: pinned[name])
@@ -27,8 +27,8 @@ def test_version_mismatches_reads_the_colab_pins(monkeypatch):
 
 def test_an_exercise_run_folder_lies_on_drive_in_colab_and_in_the_course_elsewhere(monkeypatch, tmp_path,
                                                                                     fake_colab):
-    from gemmate_lib import colab, run_folder
-    from gemmate_lib.files import repo_root
+    from gemmate_lib.housekeeping import colab, run_folder
+    from gemmate_lib.housekeeping.files import repo_root
 
     monkeypatch.delenv("GEMMATE_RUN_DIR", raising=False)
     fake_colab.leave()
@@ -50,7 +50,7 @@ def test_an_exercise_run_folder_lies_on_drive_in_colab_and_in_the_course_elsewhe
 
 def test_relative_run_folders_lie_under_gemmate_runs_root_when_it_is_set(monkeypatch, tmp_path):
     """`make exercises` runs the lesson and every exercise in a scratch folder, not in the course's runs/."""
-    from gemmate_lib import run_folder
+    from gemmate_lib.housekeeping import run_folder
 
     monkeypatch.delenv("GEMMATE_RUN_DIR", raising=False)
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
@@ -67,7 +67,7 @@ def _colab_drive(monkeypatch, tmp_path, fake_colab):
     import importlib.util
     import sys
 
-    from gemmate_lib import colab
+    from gemmate_lib.housekeeping import colab
 
     spec = importlib.util.spec_from_file_location(
         "colab_sim_drive", Path(__file__).parent / "colab_runtime" / "google" / "colab" / "drive.py")
@@ -87,7 +87,7 @@ def _colab_drive(monkeypatch, tmp_path, fake_colab):
 def test_after_the_last_cell_unmounted_drive_a_solution_starting_with_get_run_dir_reads_it_again(
         monkeypatch, tmp_path, fake_colab):
     """05-1 and 05-3 read `adapter_dir` on Drive after Run all, whose last cell (flush_drive) unmounted it."""
-    from gemmate_lib import colab, run_folder
+    from gemmate_lib.housekeeping import colab, run_folder
 
     mounted = _colab_drive(monkeypatch, tmp_path, fake_colab)
     out = run_folder.get_run_dir()  # the lesson's run folder on Drive: mounts it

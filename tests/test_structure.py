@@ -1,24 +1,30 @@
-"""The library's shape: one builder, no import cycles, no
-reaching into another module's privates, no import side
-effects, and one import path for everything (no re-export lists)."""
+"""The shape of the two packages, the library (gemmate_lib: what the notebooks import) and the command line
+(gemmate_cli, which imports the library, never the reverse): one builder, no import circle at any folder level
+of the checkout, the course's machinery (gemmate_lib/housekeeping) importing no lesson module, no reaching
+into another module's privates, no import side effects, and one import path for everything (no re-export
+lists)."""
 import ast
 import json
 import re
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "gemmate_lib"
+PACKAGES = ("gemmate_lib", "gemmate_cli")  # the library and the command line
 MODULES = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"):
-           ast.parse(p.read_text()) for p in LIB.rglob("*.py")}
+           ast.parse(p.read_text()) for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+LIB_MODULES = sorted(n for n in MODULES if n.split(".")[0] == "gemmate_lib" and "converter_shim" not in n)
+CHECKOUT = ("gemmate_lib", "gemmate_cli", "tools", "scripts", "benchmarks")  # every folder of importable code
 
 
 def _imports(tree):
-    """(module, names) for every `from gemmate_lib... import
-    ...` anywhere in the module, also inside functions."""
+    """(module, names) for every `from gemmate_lib... import ...` or `from gemmate_cli... import ...` anywhere
+    in the module, also inside functions."""
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gemmate_lib"):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
             yield node.module, [a.name for a in node.names]
 
 
@@ -42,7 +48,7 @@ def _imported(tree) -> set[str]:
 def _sources():
     """(where, syntax tree) of every file that imports the library: its own modules, the tests, tools,
     benchmarks, and the code cells of every notebook."""
-    for folder in ("gemmate_lib", "tests", "tools", "benchmarks"):
+    for folder in ("gemmate_lib", "gemmate_cli", "tests", "tools", "benchmarks", "scripts"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             yield str(path.relative_to(ROOT)), ast.parse(path.read_text())
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
@@ -118,6 +124,117 @@ def test_no_import_cycles_even_through_function_level_imports():
     assert cycles == []
 
 
+def _edges(root: Path, folders=CHECKOUT) -> dict[str, set[str]]:
+    """module -> the modules it imports (any import, also inside a function; `from pkg import mod` imports
+    pkg.mod), over the importable code of the checkout under `root`."""
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+               for folder in folders if (root / folder).is_dir() for p in (root / folder).rglob("*.py")
+               if "__pycache__" not in p.parts}
+    graph = defaultdict(set)
+    for name, path in modules.items():
+        graph[name]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def _child(module: str, folder: tuple[str, ...]) -> str | None:
+    """The child of `folder` (its path parts) that holds `module`, or None."""
+    parts = module.split(".")
+    return parts[len(folder)] if tuple(parts[:len(folder)]) == folder and len(parts) > len(folder) else None
+
+
+def circles_at_every_level(graph: dict[str, set[str]]) -> list[str]:
+    """Import circles the way a reader sees folders: inside each folder, each child (a file, or a subfolder
+    taken whole) is one node, and a child imports another when a module under it imports one under the other.
+    A cycle among the children of any folder is a circle of files, or a subfolder and a sibling importing
+    each other (an import that runs back up). Returns each: "in FOLDER/: a <-> b (module -> module; ...)"."""
+    folders = {()} | {tuple(m.split(".")[:k]) for m in graph for k in range(1, len(m.split(".")))}
+    found = []
+    for folder in sorted(folders):
+        ties = defaultdict(list)
+        for a, targets in graph.items():
+            for b in targets:
+                ca, cb = _child(a, folder), _child(b, folder)
+                if ca and cb and ca != cb:
+                    ties[(ca, cb)].append(f"{a} -> {b}")
+        reach = defaultdict(set)  # child -> every child it reaches
+        for a, b in ties:
+            reach[a].add(b)
+        changed = True
+        while changed:
+            changed = False
+            for a in list(reach):
+                more = set().union(*(reach[b] for b in reach[a] if b in reach)) - reach[a]
+                if more:
+                    reach[a] |= more
+                    changed = True
+        seen = set()
+        for a in sorted(reach):
+            if a in reach[a] and a not in seen:
+                circle = sorted({a} | {b for b in reach[a] if a in reach.get(b, set())})
+                seen |= set(circle)
+                why = sorted(t for (x, y), ts in ties.items() if x in circle and y in circle for t in ts)
+                found.append(f"in {'/'.join(folder) or '.'}/: {' <-> '.join(circle)} ({'; '.join(why)})")
+    return found
+
+
+def test_no_import_circle_at_any_folder_level_of_the_checkout():
+    assert circles_at_every_level(_edges(ROOT)) == []
+    # the rule sees a circle of two files, and a subfolder and a sibling that import each other
+    seeded = {"tools.a": {"tools.b"}, "tools.b": {"tools.a"}, "lib.training": {"lib.temporal.data"},
+              "lib.temporal.data": set(), "lib.temporal.training": {"lib.training"}}
+    assert circles_at_every_level(seeded) == [
+        "in lib/: temporal <-> training (lib.temporal.training -> lib.training; lib.training -> "
+        "lib.temporal.data)", "in tools/: a <-> b (tools.a -> tools.b; tools.b -> tools.a)"]
+
+
+def test_the_library_knows_nothing_of_the_command_line():
+    """No module of gemmate_lib imports gemmate_cli (also inside a function), and importing every library
+    module loads none of it."""
+    def cli(node) -> bool:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [
+            node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        return any(n.split(".")[0] == "gemmate_cli" for n in names)
+
+    named = [f"{name}:{node.lineno}" for name in LIB_MODULES for node in ast.walk(MODULES[name]) if cli(node)]
+    assert named == []
+    code = ("import importlib, sys\n"
+            f"for m in {LIB_MODULES!r}:\n    importlib.import_module(m)\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] == 'gemmate_cli'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_courses_machinery_imports_no_lesson_module():
+    """gemmate_lib/housekeeping is what a reader of the lessons can skip: the lesson modules import it, it
+    imports none of them."""
+    inside = [n for n in MODULES if n.startswith("gemmate_lib.housekeeping")]
+    assert inside and [f"{n}: {m}" for n in inside for m, _ in _imports(MODULES[n])
+                       if not m.startswith("gemmate_lib.housekeeping")] == []
+
+
+def test_pyproject_installs_every_package_and_the_command():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    folders = sorted(".".join(p.parent.relative_to(ROOT).parts) for package in PACKAGES
+                     for p in (ROOT / package).rglob("__init__.py"))
+    assert sorted(project["tool"]["setuptools"]["packages"]) == folders
+    assert project["project"]["scripts"] == {"gemmate": "gemmate_cli.main:run",
+                                             "gemmate-te": "gemmate_cli.main:run_te"}
+
+
 def test_no_module_imports_another_modules_private_names():
     private = [(name, mod, n) for name, tree in MODULES.items() for mod,
                names in _imports(tree) for n in names
@@ -149,7 +266,7 @@ def test_importing_the_library_changes_no_global_state():
     code = ("import logging, warnings\n"
             "before = (list(warnings.filters), logging.getLogger('bitsandbytes.backends.cpu.ops').level)\n"
             "import gemmate_lib, gemmate_lib.training, gemmate_lib.models, gemmate_lib.temporal.model\n"
-            "import gemmate_lib.cli.main, gemmate_lib.evaluation, gemmate_lib.adapters\n"
+            "import gemmate_cli.main, gemmate_lib.evaluation, gemmate_lib.adapters\n"
             "after = (list(warnings.filters), logging.getLogger('bitsandbytes.backends.cpu.ops').level)\n"
             "assert before[1] == after[1], 'logger level changed'\n"
             "ours = [f for f in after[0] if f not in before[0] and 'gemma' in repr(f).lower()]\n"
@@ -163,6 +280,6 @@ def test_importing_the_library_changes_no_global_state():
 
 
 def test_docstrings_name_the_notebook_or_command_that_teaches_each_module():
-    for path in LIB.rglob("*.py"):
+    for path in (p for package in PACKAGES for p in (ROOT / package).rglob("*.py")):
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         assert re.search(r"\b0\d_|README|make |gemmate|notebook", doc), path.name

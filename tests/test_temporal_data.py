@@ -1,12 +1,12 @@
-"""GemmaTE's data (temporal/data.py, 07): timestamped JSONL files, and the dated-notes task's disjoint
-splits."""
+"""GemmaTE's data (temporal/data.py, 07): the dated-notes task's disjoint splits and dates (the JSONL files
+`gemmate train-te` reads: tests/cli/test_cli_train_te.py)."""
 import pytest
 
-from gemmate_lib.errors import DataError
+from gemmate_lib.housekeeping.errors import DataError
 
 
-def test_data_files_and_dated_notes(tmp_path):
-    from gemmate_lib.temporal.data import load_jsonl, make_dated_notes, parse_date, save_jsonl
+def test_dated_notes_and_their_dates():
+    from gemmate_lib.temporal.data import make_dated_notes, parse_date
 
     notes = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=10)
     assert not set(notes.train_timestamps) & set(notes.test_timestamps)
@@ -21,15 +21,6 @@ def test_data_files_and_dated_notes(tmp_path):
     # 2 per year after them
     assert Counter(y for y, _ in balanced.far_dates) == {y: 2 for y in range(2021, 2027)}
     assert parse_date(notes.train_texts[0].split("Written:")[1])[0] is not None
-    path = save_jsonl(tmp_path / "notes.jsonl", notes.train_texts, notes.train_timestamps)
-    texts, stamps = load_jsonl(path)
-    assert texts == notes.train_texts and stamps == [float(s) for s in notes.train_timestamps]
-    path.write_text(path.read_text() + '{"text": "late", "timestamp": "yesterday"}\n')
-    with pytest.raises(DataError, match="notes.jsonl line 51: timestamp 'yesterday'"):
-        load_jsonl(path)
-    path.write_text('{"text": "no time"}\n')
-    with pytest.raises(DataError, match="has no column timestamp"):
-        load_jsonl(path)
     assert parse_date(" May 2014, a fine") == (2014, 5) and parse_date(" once upon") == (None, None)
 
 
@@ -52,18 +43,3 @@ def test_dated_notes_keep_validation_test_and_extrapolation_apart():
     assert notes.split("far") == (notes.far_prompts, notes.far_timestamps, notes.far_dates)
     with pytest.raises(DataError, match="extrapolate_to=2019 is not after last_year=2020"):
         make_dated_notes([f"q {i} words" for i in range(20)], extrapolate_to=2019)
-
-
-@pytest.mark.parametrize("text, why", [("Broken \ud800 half", "is not valid Unicode"),
-                                       ("Nul\x00inside", "contains a control character")])
-def test_a_dated_note_with_broken_text_names_its_line(tmp_path, text, why):
-    """The quotes' rule (data.broken_text): a lone surrogate failed later inside the tokenizer."""
-    import json
-
-    from gemmate_lib.temporal.data import load_jsonl
-
-    path = tmp_path / "notes.jsonl"
-    path.write_text(json.dumps({"text": "Fine.", "timestamp": 1400000000000}) + "\n"
-                    + json.dumps({"text": text, "timestamp": 1400000000000}) + "\n")
-    with pytest.raises(DataError, match=f"notes.jsonl line 2: its text {why}"):
-        load_jsonl(path)

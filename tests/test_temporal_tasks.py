@@ -1,7 +1,7 @@
-"""07's time-conditioned task (the newest Python 3 release on a date) and `gemmate train-te --temporal_task`.
+"""07's time-conditioned task (the newest Python 3 release on a date; `gemmate train-te --temporal_task` runs
+it: tests/cli/test_cli_train_te.py).
 
-The truth, the splits and the baselines are checked by hand; the command runs on the tiny
-random Gemma (plumbing: its answers are noise). Whether GemmaTE learns the task is
+The truth, the splits and the baselines are checked by hand. Whether GemmaTE learns the task is
 measured on the embedded model in 07 (nbval runs it; its self-check asks for >= 0.9).
 """
 from datetime import datetime, timezone
@@ -64,42 +64,6 @@ def test_python_baselines_by_hand():
     assert got["nearest"] == pytest.approx(1 / 3) and got["nearest_near_release"] == pytest.approx(1 / 3)
     assert got["majority_answer"] == "3.9" and got["majority_share"] == pytest.approx(2 / 3)
     assert got["chance"] == pytest.approx(1 / 15)
-
-
-@pytest.mark.parametrize("task, keys", [("python_releases", {"test", "constant_timestamp", "baselines"}),
-                                        ("dated_notes", {"test", "extrapolation"})])
-def test_train_te_runs_04s_tasks_and_evaluates_them(task, keys, tmp_path, tiny_folder):
-    import json
-
-    from gemmate_lib.cli.main import main
-
-    out = tmp_path / task
-    assert main(["train-te", "--temporal_task", task, "--output_dir", str(out), "--max_steps", "2",
-                 "--model_name", str(tiny_folder), "--dtype", "fp32"]) == 0
-    metrics = json.loads((out / "train_metrics.json").read_text())
-    assert metrics["steps"] == 2 and set(metrics["evaluation"]) == keys
-    if task == "python_releases":
-        assert metrics["rows"] == 300 and metrics["evaluation"]["test"]["n"] == 200
-        test = metrics["evaluation"]["test"]
-        right = test["accuracy"] * test["n"]
-        assert right == pytest.approx(round(right))  # k of the n questions right, not some other ratio
-        assert metrics["config"]["prompt_end"] == "The newest Python 3 release is Python"
-    else:
-        far = metrics["evaluation"]["extrapolation"]
-        assert metrics["rows"] == 600 and far["n"] == 120 and far["baselines"]["nearest_year"] == 0
-        assert metrics["config"]["prompt_end"] == "\nWritten:"
-    assert (out / "model" / "temporal.safetensors").exists()
-
-
-def test_train_te_without_data_says_what_to_pass(tmp_path, capsys):
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
-
-    assert run_cli(main, ["train-te", "--output_dir", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert "dataset='embedded' is the quotes, which have no timestamps" in err
-    assert "--temporal_task dated_notes" in err
-    assert "Traceback" not in err
 
 
 def test_metrics_with_no_date_near_a_release_are_none_and_valid_json(tiny_model, tiny_tokenizer):

@@ -1,5 +1,4 @@
 """Timestamps as careless users send them (temporal.timestamps): one clear line each, or the same time."""
-import json
 from datetime import datetime, timezone
 
 import numpy as np
@@ -7,7 +6,7 @@ import pytest
 import torch
 
 from gemmate_lib.config import REFERENCE_MS, TemporalSettings
-from gemmate_lib.errors import DataError
+from gemmate_lib.housekeeping.errors import DataError
 from gemmate_lib.temporal.model import TemporalEncoder
 from gemmate_lib.temporal.timestamps import signed_log_days, to_milliseconds
 
@@ -40,20 +39,6 @@ def test_timestamps_in_the_wrong_unit_or_shape_are_one_clear_error(bad, message)
 def test_an_unknown_unit_is_refused():
     with pytest.raises(DataError, match="unit 'days' is not known"):
         to_milliseconds(1, unit="days")
-
-
-def test_a_seconds_timestamp_in_a_jsonl_names_the_line_and_a_unit_field_fixes_it(tmp_path):
-    from gemmate_lib.temporal.data import load_jsonl
-
-    path = tmp_path / "notes.jsonl"
-    path.write_text(json.dumps({"text": "a", "timestamp": MS_2021}) + "\n"
-                    + json.dumps({"text": "b", "timestamp": 1_633_046_400}) + "\n")
-    with pytest.raises(DataError, match="notes.jsonl line 2: timestamp 1633046400 looks like seconds"):
-        load_jsonl(path)
-    path.write_text(json.dumps({"text": "b", "timestamp": 1_633_046_400, "timestamp_unit": "s"}) + "\n")
-    assert load_jsonl(path)[1] == [float(MS_2021)]
-    path.write_text(json.dumps({"text": "b", "timestamp": 1_633_046_400}) + "\n")
-    assert load_jsonl(path, unit="s")[1] == [float(MS_2021)]  # --timestamp_unit s
 
 
 def test_dated_text_works_with_datetimes_too():

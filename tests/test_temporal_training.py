@@ -1,14 +1,11 @@
-"""GemmaTE's training (temporal/training.py, 07 and `gemmate train-te`): LoRA and the projection train
-together, and the baselines every accuracy stands next to."""
-import json
-import os
+"""GemmaTE's training (temporal/training.py, 07; the command, `gemmate train-te`:
+tests/cli/test_cli_train_te.py): LoRA and the projection train together, and the baselines every accuracy
+stands next to."""
 from datetime import datetime
 
 import pytest
-import torch
 
 from gemmate_lib.temporal.model import GemmaTEForCausalLM
-from gemmate_lib.temporal.timestamps import to_milliseconds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,59 +30,6 @@ def test_trainer_trains_lora_and_the_projection(tiny_model, tiny_tokenizer, tmp_
     assert trained == {"projection", "lora_A", "lora_B"}
     assert result.steps == 3 and len(result.log) == 3 and result.log["loss"].notna().all()
     assert result.model is te and not te.training  # returned ready to generate
-
-
-@pytest.mark.slow
-def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder, fp32):
-    import subprocess
-    import sys
-
-    from gemmate_lib.temporal.data import save_jsonl
-
-    data = save_jsonl(tmp_path / "notes.jsonl", [f"Note {i}\nWritten: May {2008 + i}" for i in range(12)],
-                      [to_milliseconds(datetime(2008 + i, 5, 10)) for i in range(12)])
-    out = tmp_path / "te"
-    proc = subprocess.run([sys.executable, "-m", "gemmate_lib", "train-te", "--dataset", str(data),
-                           "--output_dir",
-                           str(out), "--max_steps", "2", "--batch_size", "4", "--temporal_scale", "1.5",
-                           "--prompt_end", "Written:", "--model_name", str(tiny_folder)],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # a tiny model: one thread is fastest
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    metrics = json.loads((out / "train_metrics.json").read_text())
-    assert metrics["steps"] == 2 and metrics["rows"] == 12
-    model = out / "model"
-    assert json.loads((model / "gemmate_te.json").read_text())["settings"]["temporal_scale"] == 1.5
-    assert (model / "adapter_model.safetensors").exists() and (model / "temporal.safetensors").exists()
-    assert not list(out.glob("*.partial")) and not list(out.glob("*.backup"))
-    from gemmate_lib.models import load_model
-
-    loaded = GemmaTEForCausalLM.from_pretrained(load_model(str(tiny_folder), fp32), model)
-    assert loaded.settings.temporal_scale == 1.5 and loaded.temporal_projection.weight.abs().sum() > 0
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--batch_size", "0"], "parameter batch_size=0 must be at least 1"),
-    (["--learning_rate", "fast"], "parameter learning_rate='fast' has type str"),
-    (["--temporal_scale", "-1"], "temporal_scale=-1.0 must be a positive finite number"),
-    pytest.param(["--fp16"], "--fp16 needs a CUDA GPU",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(),
-                                          reason="a GPU is visible: --fp16 is allowed")),
-    ([], "dataset='MISSING': no such file"),
-])
-def test_command_bad_values_get_one_clear_line(argv, message, tmp_path, capsys):
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
-
-    # every case has it: the bad value must be reported before the file
-    missing = str(tmp_path / "missing.jsonl")
-    code = run_cli(main, ["train-te", "--dataset", missing, "--output_dir", str(tmp_path / "o"), *argv])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and "Traceback" not in "\n".join(lines)
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and message.replace("MISSING", missing) in errors[0]
-    assert lines[lines.index(errors[0]) + 1].startswith("  Fix: ")  # the line after says what to do
-    assert not (tmp_path / "o").exists()  # nothing was created before the check
 
 
 def test_baselines_by_hand():

@@ -1,4 +1,5 @@
 """LoRA SFT (training.py): the one builder, the trainer's evaluation and counters, and a real short run."""
+
 import pytest
 import torch
 from tiny import ROWS
@@ -43,14 +44,14 @@ def test_the_builder_maps_every_setting(tmp_path):
     cfg = course_config(device="cpu", dtype="bf16", max_steps=7, batch_size=3, gradient_accumulation_steps=2,
                         learning_rate=1e-3, warmup_steps=1, steps_freq=3, val_steps_freq=6, seed=5,
                         gradient_checkpointing=True, group_by_length=False, lora_r=4, lora_alpha=8)
-    args = training_args(cfg, tmp_path, has_eval=True, save=False)
+    args = training_args(cfg, tmp_path, has_eval=True)
     assert type(args).__name__ == "SFTConfig"
     assert (args.max_steps, args.per_device_train_batch_size, args.gradient_accumulation_steps) == (7, 3, 2)
     assert (args.learning_rate, args.warmup_steps, args.logging_steps, args.eval_steps) == (1e-3, 1, 3, 6)
     assert (args.seed, args.data_seed, args.bf16, args.fp16, args.use_cpu) == (5, 5, True, False, True)
     assert args.activation_checkpointing and args.train_sampling_strategy == "random"
     assert args.save_strategy == "no" and args.max_length == cfg.train.max_length
-    te_args = training_args(cfg, tmp_path, has_eval=False, save=False, sft=False, remove_unused_columns=False)
+    te_args = training_args(cfg, tmp_path, has_eval=False, sft=False, remove_unused_columns=False)
     assert type(te_args).__name__ == "TrainingArguments" and te_args.remove_unused_columns is False
     assert te_args.eval_strategy == "no" and te_args.activation_checkpointing
     lora = lora_config(cfg)
@@ -127,3 +128,17 @@ def test_the_after_training_check_fails_on_an_adapter_that_did_not_move_or_a_bas
         assert_trained(model, before, may_stay="bias")
     with pytest.raises(AssertionError, match="no Trainer.train"), trains_only_the_trainable():
         pass
+
+
+@pytest.mark.parametrize("given", [dict(lora_target_modules="all-linear", from_text=True),  # the flag
+                                   dict(lora_target_modules="v_proj")])  # YAML `lora_target_modules: v_proj`
+def test_all_linear_and_a_single_name_work_from_a_flag_or_yaml(tiny_model, given):
+    from gemmate_lib.config import course_config
+    from gemmate_lib.training import attach_lora
+
+    cfg = course_config(device="cpu", dtype="fp32", **given)
+    model = attach_lora(tiny_model, cfg, quiet=True)
+    adapted = {name.split(".")[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    expected = {"v_proj"} if given["lora_target_modules"] == "v_proj" else \
+        {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapted == expected

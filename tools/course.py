@@ -29,8 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from gemmate_lib.files import repo_root, save_json, show_path
-from gemmate_lib.run_folder import get_run_dir
+from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
+from gemmate_lib.housekeeping.run_folder import get_run_dir
 
 ONE_PAGE = "qlora_one_runtime.ipynb"  # the whole recipe on one page, sorted apart from 00-07
 # its CPU-sized steps offline, meant to let the committed "after" generations show the format learned (an
@@ -55,7 +55,7 @@ def prepare_one_page_data() -> Path:
     import json
     from importlib import resources
 
-    from gemmate_lib.files import write_text
+    from gemmate_lib.housekeeping.files import write_text
     from gemmate_lib.models import cache_dir
 
     path = cache_dir() / ONE_PAGE_QUOTES
@@ -198,8 +198,8 @@ def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[
     """
     import papermill as pm
 
-    from gemmate_lib.errors import ParameterError
-    from gemmate_lib.files import read_yaml
+    from gemmate_cli.settings import read_yaml
+    from gemmate_lib.housekeeping.errors import ParameterError
 
     if not params_file:
         return {nb.name: {} for nb in notebooks}
@@ -242,7 +242,7 @@ def hub_environment(per_notebook: dict[str, dict]) -> dict[str, str]:
 def record_timings(timings: dict[str, float]) -> None:
     """Store measured notebook times in notebooks/course_timings.json
     and write them into the notebooks and README."""
-    from gemmate_lib.hardware import describe_hardware
+    from gemmate_lib.housekeeping.hardware import describe_hardware
     from tools.timings import load, sync, timings_file
 
     data = load()
@@ -357,6 +357,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
 
     sys.exit(run_cli(main))

@@ -110,8 +110,8 @@ def blame(traceback: str) -> str:
     """The drifting package whose code raised last in `traceback`, else the course's own code."""
     hits = re.findall(r"site-packages/([A-Za-z0-9_]+)/", traceback)
     drifting = [h for h in hits if _key(h) in {_key(p) for p in DRIFTING}]
-    return drifting[-1] if drifting else ("the course" if "gemmate_lib" in traceback else
-                                          (hits[-1] if hits else "the course"))
+    ours = "gemmate_lib" in traceback or "gemmate_cli" in traceback
+    return drifting[-1] if drifting else ("the course" if ours else (hits[-1] if hits else "the course"))
 
 
 def first_error(text: str) -> str:

@@ -19,9 +19,9 @@ files in the scratch folder; `flush_and_unmount` in a notebook's last cell takes
    run has the exercise's reading solution (if any) right before its check cell, whose verdict counts.
 
 Each check's verdict line (PASS, FAIL, NOT RUN YET, FROM ANOTHER MODEL, MODEL UNKNOWN, or ERROR when a
-notebook or a solution raised) and its margins (gemmate_lib.exercises.parse_verdict) go into a table with each
-exercise's time: printed, and written into docs/exercises.md between its markers. Exit status 1 unless every
-exercise run is PASS.
+notebook or a solution raised) and its margins (housekeeping.exercise_checks.parse_verdict) go into a table
+with each exercise's time: printed, and written into docs/exercises.md between its markers. Exit status 1
+unless every exercise run is PASS.
 
 Time on a 2-core CPU without native bf16 (fp32), about 2 hours for all 24: the lesson ~30 min (03 ~11 min with
 part 2, 06 ~5, 07 ~8, the others 1-3 min each, 00 seconds); the solution-type exercises ~10 min together; the
@@ -81,7 +81,8 @@ def check_index(node, name: str) -> int:
 
 def prepares(name: str) -> bool:
     """A rerun exercise whose solution writes what its rerun reads (03-2's file): it runs after the lesson."""
-    from gemmate_lib.exercises import EXERCISES, InRuns
+    from gemmate_lib.exercises import EXERCISES
+    from gemmate_lib.housekeeping.exercise_checks import InRuns
 
     return any(isinstance(v, InRuns) for _, params in EXERCISES[name].parameters for v in params.values())
 
@@ -89,7 +90,7 @@ def prepares(name: str) -> bool:
 def verdict_of(executed: Path, name: str) -> dict:
     """Exercise `name`'s verdict from an executed notebook: its check cell's line, parsed, with a solution's
     error when it raised."""
-    from gemmate_lib.exercises import parse_verdict
+    from gemmate_lib.housekeeping.exercise_checks import parse_verdict
 
     cells = json.loads(executed.read_text())["cells"]
     printed = {i: "".join("".join(o.get("text", "")) for o in c.get("outputs", []))
@@ -114,7 +115,7 @@ class Runner:
     """Runs notebooks in the Colab-like kernel, all under `scratch`."""
 
     def __init__(self, scratch: Path, fresh: bool = False):
-        from gemmate_lib import colab
+        from gemmate_lib.housekeeping import colab
 
         self.scratch = scratch
         self.executed = scratch / "executed"
@@ -126,7 +127,7 @@ class Runner:
     def start(self) -> None:
         from learner_path import colab_kernel, colab_site
 
-        from gemmate_lib import colab
+        from gemmate_lib.housekeeping import colab
 
         left = colab.DRIVE / "MyDrive"
         if left.exists() and not left.is_symlink():  # a plain folder there would look mounted for good
@@ -198,7 +199,8 @@ class Runner:
         check cell, with the exercise's reading solution right before it."""
         import nbformat
 
-        from gemmate_lib.exercises import EXERCISES, InRuns
+        from gemmate_lib.exercises import EXERCISES
+        from gemmate_lib.housekeeping.exercise_checks import InRuns
 
         runs = EXERCISES[name].parameters
         total = 0.0

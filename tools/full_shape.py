@@ -171,7 +171,7 @@ def build(name: str, folder: Path | None = None, verbose: bool = True) -> Path:
     """Write `name`'s full-shape checkpoint once (config, shards, index, tokenizer); return its folder."""
     from safetensors.torch import save_file
 
-    from gemmate_lib.files import atomic_folder
+    from gemmate_lib.housekeeping.files import atomic_folder
 
     if name == EMBEDDED:  # real weights, already a model folder
         from gemmate_lib.models import prepare_embedded

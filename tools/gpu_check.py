@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from gemmate_lib.config import course_config, gemma3_rule
-from gemmate_lib.errors import HardwareError
-from gemmate_lib.files import repo_root, save_json, show_path
 from gemmate_lib.fit import FREE_COLAB
-from gemmate_lib.hardware import DTYPES, Precision
+from gemmate_lib.housekeeping.errors import HardwareError
+from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
+from gemmate_lib.housekeeping.hardware import DTYPES, Precision
 from gemmate_lib.training import training_kwargs
 
 # the embedded model on the GPU, with a token or without
@@ -58,7 +58,7 @@ def fp16_arm(model: str | None, folder: Path) -> tuple[dict, dict]:
 
 def expected(cfg, capability: tuple[int, int]) -> dict[str, bool]:
     """The GPU profile's promises for one config: {check: holds}."""
-    args = training_kwargs(cfg, repo_root() / "runs" / "gpu-check-dry", has_eval=True, save=False,
+    args = training_kwargs(cfg, repo_root() / "runs" / "gpu-check-dry", has_eval=True,
                            sft=cfg.task == "quotes")
     half = "fp16" if capability < (8, 0) else "bf16"
     # Gemma 3: fp32 for fp16
@@ -138,14 +138,6 @@ PEAK_CELL = '_gpu_note()\nprint("GPU_PEAK " + _gpu_json.dumps(_gpu_peak))'
 HELD_OUT = re.compile(r"held-out|perplexity|year accuracy", re.IGNORECASE)
 
 
-def _watch_memory(stop: threading.Event, peak: list[int]) -> None:
-    """Device-wide used memory, sampled every 0.2 s (the notebook kernel is another process)."""
-    while not stop.is_set():
-        free, total = torch.cuda.mem_get_info()
-        peak[0] = max(peak[0], total - free)
-        time.sleep(0.2)
-
-
 def notebook_params(nb: Path, arm: dict, run_dir: Path) -> dict:
     """The parameters of one notebook on the GPU: the arm's model and data where it declares them; the
     one-page recipe, which reads only Hub ids and folders, gets the arm's model as a folder (the embedded
@@ -171,7 +163,7 @@ def read_record(executed: Path) -> dict:
     mixed-precision probe's report, its warnings, and its lines on held-out loss."""
     import nbformat
 
-    from tools.gpu_smoke import read_back
+    from tools.gpu_probes import read_back
 
     report, warnings = read_back(executed)
     record = {"mixed_precision": report, "warnings": warnings, "held_out": [], "peak": None}
@@ -190,7 +182,7 @@ def run(notebooks: list[Path], run_dir: Path, precision: str = "auto", model: st
     with what read_record reads in run_dir/gpu_check.json (written after each notebook)."""
     import papermill as pm
 
-    from tools.gpu_smoke import MIXED_PRECISION_PROBE, T4_DTYPE
+    from tools.gpu_probes import MIXED_PRECISION_PROBE, T4_DTYPE, watch_memory
 
     sys.path.insert(0, str(repo_root() / "tests"))
     from learner_path import with_cells
@@ -219,7 +211,7 @@ def run(notebooks: list[Path], run_dir: Path, precision: str = "auto", model: st
     rows, failed = {}, False
     for nb in notebooks:
         peak, stop = [0], threading.Event()
-        watcher = threading.Thread(target=_watch_memory, args=(stop, peak), daemon=True)
+        watcher = threading.Thread(target=watch_memory, args=(stop, peak), daemon=True)
         watcher.start()
         probed = nb.stem in ("03_lora_sft", "qlora_one_runtime")  # make gpu-smoke's probe of the trainer
         after = [("trainer.train()", MIXED_PRECISION_PROBE)] if probed else []
@@ -280,6 +272,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
 
     sys.exit(run_cli(main))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tarfile
 import threading
@@ -26,79 +25,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"own": "gpu", "fp16": "t4"}  # name -> GEMMATE_PROFILE for the notebooks' kernels
-# run in the kernel of 03 and the one-page recipe right after their `trainer.train()`
-MIXED_PRECISION_PROBE = """import json
-import math
-
-scaler = getattr(trainer.accelerator, "scaler", None)
-trainable = sorted({str(p.dtype).removeprefix("torch.")
-                    for p in trainer.model.parameters() if p.requires_grad})
-lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
-report = {"compute": "fp16" if trainer.args.fp16 else "bf16" if trainer.args.bf16 else "fp32",
-          "trainable_dtypes": trainable, "optimizer_steps": trainer.state.global_step,
-          "lora_B_moved": bool(lora_b) and any(p.detach().abs().max().item() > 0 for p in lora_b),
-          "scaler": scaler is not None}
-if scaler is not None:  # no growth before growth_interval (2000) steps: every halving is one skipped step
-    report.update(scale=scaler.get_scale(), skipped=round(math.log2(scaler._init_scale / scaler.get_scale())))
-print("MIXED_PRECISION " + json.dumps(report))
-if trainer.args.fp16:
-    assert scaler is not None, "fp16 compute without a gradient scaler"
-    assert trainable == ["float32"], f"trainable weights in {trainable} under fp16: the scaler needs float32"
-    assert report["skipped"] < report["optimizer_steps"], "the gradient scaler skipped every optimizer step"
-    assert report["lora_B_moved"], "the LoRA B matrices never moved: no optimizer step reached them"
-"""
-PROBED = ("03_lora_sft", "qlora_one_runtime")
-# The one-page recipe reads no GEMMATE_PROFILE: it picks its dtype from the GPU's compute capability, which a
-# newer GPU does not report as a T4's 7.5 (faking it for the whole kernel makes Triton build kernels for 7.5,
-# which an H200 cannot run). In a T4 arm (this fp16 one, make gpu-check's t4 and fp16) this cell, right after
-# the page's dtype cell, takes what that cell picks on a T4, by its own rule.
-T4_DTYPE = """# a T4 arm of make gpu-smoke or gpu-check: what a T4 (compute capability 7.5) picks
-if model_type.startswith(("gemma3", "gemma4")):
-    compute_dtype, why = torch.float32, "a T4 (7.5): no bf16, and Gemma 3 and 4 overflow in fp16"
-else:
-    compute_dtype, why = torch.float16, "a T4 (7.5): fp16 with loss scaling"
-print(f"{model_type}: compute dtype {compute_dtype} ({why})")
-"""
-
-
-def arm_probes(name: str) -> dict[str, list[tuple[str, str]]]:
-    """The cells make gpu-smoke inserts in arm `name` ("own" or "fp16"): {notebook stem: [(marker, source)]}
-    for learner_path.run's probes."""
-    probes = {stem: [("trainer.train()", MIXED_PRECISION_PROBE)] for stem in PROBED}
-    if name == "fp16":
-        probes["qlora_one_runtime"].insert(0, ("compute_dtype, why = ", T4_DTYPE))
-    return probes
-
-
-# a warning line in a notebook's stderr (Python's warnings, the loggers' WARNING)
-WARNING = re.compile(r"\b\w*(Warning|WARNING|warn)\b")
-
-
-def read_back(executed) -> tuple[dict | None, list[str]]:
-    """(the probe's report or None, the distinct warning lines) of an executed notebook."""
-    import nbformat
-
-    report, warnings = None, []
-    for cell in nbformat.read(executed, as_version=4).cells if executed.exists() else []:
-        for output in cell.get("outputs", []):
-            text = output.get("text", "") if output.get("output_type") == "stream" else ""
-            for line in text.splitlines():
-                if line.startswith("MIXED_PRECISION "):
-                    report = json.loads(line.removeprefix("MIXED_PRECISION "))
-                elif output.get("name") == "stderr" and WARNING.search(line):
-                    line = re.sub(r"/\S+/(site-packages|dist-packages|\.gpu-site)/", "", line.strip())
-                    if line not in warnings:
-                        warnings.append(line)
-    return report, warnings
-
-
 def main(argv: list[str] | None = None) -> int:
     import os
 
     import torch
 
-    from gemmate_lib.errors import HardwareError
-    from gemmate_lib.files import save_json
+    from gemmate_lib.housekeeping.errors import HardwareError
+    from gemmate_lib.housekeeping.files import save_json
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS),
@@ -114,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["GEMMATE_SMOKE_COLAB_SITE"] = "0"  # no Colab torchao stand-in: a bare GPU machine lacks wheels
     from learner_path import run
 
-    from tools.gpu_check import _watch_memory
+    from tools.gpu_probes import arm_probes, read_back, watch_memory
 
     out = ROOT / "runs" / time.strftime("gpu-smoke-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
@@ -137,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = {}
         for nb in notebooks:
             peak, stop = [0], threading.Event()
-            watcher = threading.Thread(target=_watch_memory, args=(stop, peak), daemon=True)
+            watcher = threading.Thread(target=watch_memory, args=(stop, peak), daemon=True)
             watcher.start()
             row = run(out / name, [nb], profile=profile, probes=arm_probes(name))[nb.stem]  # prints its line
             stop.set()
@@ -161,6 +94,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
 
     sys.exit(run_cli(main))

@@ -18,7 +18,7 @@ Phases (the host side of what the notebooks and the one-page recipe do on a T4):
   for k-bit training: its bytes on the compute device and on the CPU (the bytes of a tensor do not depend on
   the device); for Gemma 4 E2B also a few LoRA steps on short sequences, to show the path runs at that size.
 - merge: the adapter merged tensor by tensor from the shards into an f16 sharded copy
-  (gemmate_lib.adapters.merge_shards).
+  (tools/merge_shards.py).
 - convert, quantize, verify: the GGUF export (llama.cpp's converter in its own process, its quantizer, then
   llama.cpp loading the file and generating a few tokens).
 
@@ -239,7 +239,7 @@ def random_adapter(base: Path, out: Path, r: int = 8, alpha: int = 16) -> Path:
 def child(phase: str, base: Path, work: Path) -> None:
     import torch
 
-    from gemmate_lib.hardware import Precision
+    from gemmate_lib.housekeeping.hardware import Precision
 
     t4 = Precision("cpu", t4_dtype(base), "a T4's compute dtype")
     if phase == "load":
@@ -260,7 +260,7 @@ def child(phase: str, base: Path, work: Path) -> None:
         gemma4 = getattr(generation_of(base), "key", "") == "gemma4"  # E2B: show that its 4-bit path trains
         print("copy", json.dumps(nf4_copy(base, t4, steps=3 if gemma4 else 0)))
     elif phase == "merge":
-        from gemmate_lib.adapters import merge_shards
+        from tools.merge_shards import merge_shards
 
         adapter = random_adapter(base, work / "adapter")
         merge_shards(base, adapter, work / "merged", dtype=torch.float16)  # f16: the converter's own type

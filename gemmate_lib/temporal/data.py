@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from gemmate_lib.errors import DataError
+from gemmate_lib.housekeeping.errors import DataError
 from gemmate_lib.temporal.timestamps import date_ms, draw_minutes, to_milliseconds
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -72,30 +72,8 @@ def collate_fn(batch: list[dict], pad_token_id: int = 0) -> dict:
     return out
 
 
-def load_jsonl(path: str | Path, unit: str | None = None) -> tuple[list[str], list[float]]:
-    """Read `{"text": ..., "timestamp": ...}` rows (data.read_records); a bad row is an error with its line
-    number. `unit` ("s", "ms", "us", "ns") says what bare numbers are; a row's "timestamp_unit" wins."""
-    from gemmate_lib.data import broken_text, read_records
-
-    texts, stamps = [], []
-    name = Path(path).name
-    for number, row in read_records(path, required=("text", "timestamp")):
-        if not isinstance(row.get("text"), str) or not row["text"].strip() or "timestamp" not in row:
-            raise DataError(f"{name} line {number} lacks a \"text\" or \"timestamp\" field",
-                            'each line must look like {"text": "...", "timestamp": 1400000000000}')
-        if broken := broken_text(row["text"]):
-            raise DataError(f"{name} line {number}: its text {broken}",
-                            "fix or delete that line (the file's exporter wrote broken text)")
-        try:
-            stamps.append(float(to_milliseconds(row["timestamp"], row.get("timestamp_unit", unit))))
-        except DataError as err:
-            raise DataError(f"{name} line {number}: {err.problem}", err.fix) from None
-        texts.append(row["text"])
-    return texts, stamps
-
-
 def save_jsonl(path: str | Path, texts, timestamps) -> Path:
-    """Write rows of {"text", "timestamp"} (ms), the format load_jsonl reads."""
+    """Write rows of {"text", "timestamp"} (ms), the format `gemmate train-te` reads."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:

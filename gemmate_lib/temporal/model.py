@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gemmate_lib.config import TemporalSettings
-from gemmate_lib.errors import DataError, ModelLoadError, ParameterError
+from gemmate_lib.housekeeping.errors import DataError, ModelLoadError, ParameterError
 from gemmate_lib.temporal.timestamps import signed_log_days, to_milliseconds
 
 LOG_RANGE = 12.0  # |signed log-days| stays below ~10.6 in the accepted range; features divide by this
@@ -190,7 +190,7 @@ class GemmaTEForCausalLM(nn.Module):
         from safetensors.torch import save_file
 
         from gemmate_lib.adapters import base_fingerprint
-        from gemmate_lib.files import atomic_folder
+        from gemmate_lib.housekeeping.files import atomic_folder
 
         weight = self.temporal_projection.weight.detach().to("cpu", torch.float32).contiguous()
         meta = {"format_version": FORMAT_VERSION, "base_model": getattr(self.config, "_name_or_path", None),
@@ -210,7 +210,7 @@ class GemmaTEForCausalLM(nn.Module):
         from safetensors.torch import load_file
 
         from gemmate_lib.adapters import FINGERPRINT, base_fingerprint, check_adapter_files, check_safetensors
-        from gemmate_lib.files import recover
+        from gemmate_lib.housekeeping.files import recover
 
         folder = recover(folder)
         meta_file = folder / "gemmate_te.json"

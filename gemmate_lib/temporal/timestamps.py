@@ -10,12 +10,12 @@ import numpy as np
 import torch
 
 from gemmate_lib.config import REFERENCE_MS
-from gemmate_lib.errors import DataError
+from gemmate_lib.housekeeping.errors import DataError
 
 DAY_MS = 86_400_000  # one day in ms: the unit inside the log
 MIN_MS = -2_208_988_800_000  # 1900-01-01T00:00:00Z: earliest accepted timestamp
 MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: latest accepted timestamp
-UNITS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}  # timestamp units, as a factor to milliseconds
+TIMESTAMP_UNITS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}  # each unit as a factor to milliseconds
 PLAUSIBLE_MS = 1e11  # |ms| below this (1966-10..1973-03) is far more often seconds by mistake
 
 
@@ -40,7 +40,7 @@ def _one_to_ms(value, unit: str | None) -> tuple[float, bool]:
                             '"2014-03-05T12:00:00Z", or give milliseconds') from None
     if isinstance(value, numbers.Real):
         try:
-            return float(value) * UNITS[unit or "ms"], True
+            return float(value) * TIMESTAMP_UNITS[unit or "ms"], True
         except OverflowError:
             raise DataError(f"timestamp {str(value)[:30]}... is too large to be a time",
                             "give milliseconds since 1970-01-01 UTC (13 digits for today's dates)") from None
@@ -64,8 +64,8 @@ def _likely_unit(ms: float) -> str:
 def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
     """Timestamps (one, or a sequence / array / tensor of any shape) as checked float64 ms since the epoch.
     `unit` ("s", "ms", "us", "ns") says what bare numbers are; without it, |ms| < 1e11 is refused."""
-    if unit is not None and unit not in UNITS:
-        raise DataError(f"timestamp unit {unit!r} is not known", f"use one of: {', '.join(UNITS)}")
+    if unit is not None and unit not in TIMESTAMP_UNITS:
+        raise DataError(f"timestamp unit {unit!r} is not known", f"use one of: {', '.join(TIMESTAMP_UNITS)}")
     if isinstance(values, torch.Tensor):
         if values.dtype == torch.bool:
             raise DataError("timestamps are booleans", "give milliseconds since 1970-01-01 UTC")
@@ -73,9 +73,9 @@ def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
             raise DataError(f"timestamps are a {values.dtype} tensor: 16-bit floats round dates by ~99 days "
                             "(bf16) or overflow (fp16)",
                             "pass them as int64 or float64 (torch.tensor(ms, dtype=torch.float64))")
-        ms, numeric = values.detach().to("cpu", torch.float64) * UNITS[unit or "ms"], True
+        ms, numeric = values.detach().to("cpu", torch.float64) * TIMESTAMP_UNITS[unit or "ms"], True
     elif isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
-        ms, numeric = torch.from_numpy(values.astype(np.float64)) * UNITS[unit or "ms"], True
+        ms, numeric = torch.from_numpy(values.astype(np.float64)) * TIMESTAMP_UNITS[unit or "ms"], True
     elif isinstance(values, (list, tuple, np.ndarray)):
         try:
             array = np.asarray(values, dtype=object)

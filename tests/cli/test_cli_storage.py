@@ -2,8 +2,8 @@
 resume through fsspec."""
 import pytest
 
-from gemmate_lib.config import load_config
-from gemmate_lib.errors import ParameterError
+from gemmate_cli.settings import load_config
+from gemmate_lib.housekeeping.errors import ParameterError
 
 
 def test_storage_is_switched_on_by_storage_backend_and_needs_a_remote_path(tmp_path):
@@ -20,9 +20,9 @@ def test_checkpoints_sync_to_fsspec_and_a_resume_loads_them_back(remote, tiny_fo
 
     import fsspec
 
-    from gemmate_lib.cli.checkpoints import complete_checkpoints
-    from gemmate_lib.cli.storage import remote_checkpoints
-    from gemmate_lib.cli.train import train_from_config
+    from gemmate_cli.checkpoints import complete_checkpoints
+    from gemmate_cli.storage import remote_checkpoints
+    from gemmate_cli.train import train_from_config
 
     remote = str(tmp_path / "remote") if remote == "folder" else remote
     out = tmp_path / "run"

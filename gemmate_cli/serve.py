@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from gemmate_lib.errors import HardwareError, ParameterError
-from gemmate_lib.files import show_path
-from gemmate_lib.hardware import pick_precision
+from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
+from gemmate_lib.housekeeping.files import show_path
+from gemmate_lib.housekeeping.hardware import pick_precision
 
 MAX_TOKENS_LIMIT = 512  # the largest `max_tokens` a request may ask for (a quote and its author need ~60)
 
@@ -22,7 +22,8 @@ def served_model(run_dir: str | Path) -> Path:
         raise ParameterError(f"{show_path(run_dir)} has neither merged/ nor adapter/",
                              "pass a run folder that 03 (or `gemmate "
                              "train`'s output_dir) wrote, e.g. runs/interactive")
-    from gemmate_lib.adapters import load_merged, read_base_info, save_merged
+    from gemmate_cli.commands import load_merged
+    from gemmate_lib.adapters import read_base_info, save_merged
 
     meta = read_base_info(adapter)
     if meta is None:

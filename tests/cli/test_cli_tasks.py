@@ -5,25 +5,26 @@ from pathlib import Path
 
 import pytest
 
-from gemmate_lib.cli.tasks import NO_ANSWER, load_task, squad_v2_scores, sst2_scores, task_of
-from gemmate_lib.config import load_config
+from gemmate_cli.settings import load_config
+from gemmate_cli.tasks import NO_ANSWER, load_task, squad_v2_scores, sst2_scores, task_of
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
 CONFIGS = {"sst2": ROOT / "configs" / "gemma11-sst2.yaml",
            "squad_v2": ROOT / "configs" / "gemma11-squadv2.yaml"}
 
 
 def test_both_gemma11_configs_load_with_the_tables_keys():
-    sst2 = load_config(CONFIGS["sst2"], {"device": "cpu"})
+    cfg = load_config(CONFIGS["sst2"], {"device": "cpu"})
+    sst2 = cfg.course
     # dataset_id
     assert (sst2.data.dataset, sst2.model.model_name) == ("stanfordnlp/sst2", "google/gemma-1.1-2b-it")
     assert (sst2.train.max_length, sst2.train.learning_rate, sst2.train.batch_size) == (32, 6e-5, 4)
     assert (sst2.lora.lora_r, sst2.lora.lora_alpha, sst2.lora.lora_target_modules) == (4, 8, "all-linear")
-    assert (sst2.train.seed, sst2.train.val_steps_freq, sst2.checkpoints.save_optim) == (23, 50, True)
-    assert sst2.train.wandb_tags == ("sst2", "lora",
-                                     "gemma-1.1") and sst2.checkpoints.storage_backend == "none"
-    squad = load_config(CONFIGS["squad_v2"], {"device": "cpu"})
+    assert (sst2.train.seed, sst2.train.val_steps_freq, cfg.checkpoints.save_optim) == (23, 50, True)
+    assert cfg.command.wandb_tags == ("sst2", "lora",
+                                      "gemma-1.1") and cfg.checkpoints.storage_backend == "none"
+    squad = load_config(CONFIGS["squad_v2"], {"device": "cpu"}).course
     assert squad.data.dataset == "rajpurkar/squad_v2" and squad.train.completion_only_loss
 
 
@@ -96,8 +97,8 @@ def test_gemmate_train_runs_each_task_and_scores_its_held_out_rows(task, max_len
     trains the adapter only, and its scores are counts over the held-out rows, in percent."""
     from weights import trains_only_the_trainable
 
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
 
     fixture = FIX / ("sst2.jsonl" if task == "sst2" else "squad_v2.jsonl")
     with trains_only_the_trainable():

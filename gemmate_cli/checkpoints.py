@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from gemmate_lib.errors import ParameterError
+from gemmate_lib.housekeeping.errors import ParameterError
 
 STEP = re.compile(r"^checkpoint-(\d+)$")
 

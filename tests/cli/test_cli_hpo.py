@@ -8,8 +8,8 @@ def test_tiny_hpo_writes_a_table_and_a_best_config(tmp_path, tiny_folder):
     """Optuna's wiring (trials, table, best config) is plumbing: the tiny random Gemma."""
     import pandas as pd
 
-    from gemmate_lib.cli.hpo import search
-    from gemmate_lib.config import load_config
+    from gemmate_cli.hpo import search
+    from gemmate_cli.settings import load_config
 
     out = tmp_path / "hpo"
     cfg = load_config(None, {k.lstrip("-"): v for k, v in zip(QUICK[::2], QUICK[1::2])} | {
@@ -20,4 +20,4 @@ def test_tiny_hpo_writes_a_table_and_a_best_config(tmp_path, tiny_folder):
     assert len(table) == 2 and table.eval_loss.notna().all()
     best = load_config(out / "best_config.yaml")
     winner = table.sort_values("eval_loss").iloc[0]
-    assert best.train.learning_rate == pytest.approx(winner["params_learning_rate"])
+    assert best.course.train.learning_rate == pytest.approx(winner["params_learning_rate"])

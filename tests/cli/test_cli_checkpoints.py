@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 from processes import QUICK, ROOT, gemmate
 
-from gemmate_lib.cli.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint, select_kept
-from gemmate_lib.errors import ParameterError
+from gemmate_cli.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint, select_kept
+from gemmate_lib.housekeeping.errors import ParameterError
 
 
 def _fake_checkpoint(folder: Path, step: int, loss: float | None):
@@ -71,8 +71,8 @@ def test_early_stopping_stops_gemmate_train_when_the_checkpoint_metric_stops_imp
     from transformers import Trainer
     from transformers.trainer_utils import EvalLoopOutput
 
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.errors import run_cli
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
 
     losses = iter([2.0, 2.1, 2.2, 2.3, 2.4, 2.5])
 
@@ -102,7 +102,7 @@ def test_sigkill_then_resume_last_gives_the_same_adapter_bitwise(tmp_path, tiny_
     straight = json.loads((tmp_path / "straight" / "train_metrics.json").read_text())
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "gemmate_lib", "train", *args, "--output_dir", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "gemmate_cli", "train", *args, "--output_dir", str(out)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while not complete_checkpoints(out) and time.time() < deadline and proc.poll() is None:

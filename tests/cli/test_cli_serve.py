@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from processes import free_port, stop
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bad_requests_are_refused_with_what_to_send(tmp_path):
     from fastapi import HTTPException
 
-    from gemmate_lib.cli.serve import check_request, served_model
-    from gemmate_lib.errors import ParameterError
+    from gemmate_cli.serve import check_request, served_model
+    from gemmate_lib.housekeeping.errors import ParameterError
 
     check_request({"prompt": "Quote: x", "max_tokens": 40}, "prompt", ["m"])  # a good one passes
     for body, words in [({"prompt": " "}, "prompt is empty"), ({"messages": []}, "messages is empty"),
@@ -62,7 +62,7 @@ def test_gemmate_serve_answers_a_quote_with_an_author_over_http(request, tmp_pat
     base.mkdir()
     (base / "merged").symlink_to(prepare_embedded(verbose=False))  # the untrained model, as a second "run"
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gemmate_lib", "serve", str(run), str(base), "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "gemmate_cli", "serve", str(run), str(base), "--port",
                              str(port)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -112,8 +112,8 @@ def test_gemmate_serve_answers_a_quote_with_an_author_over_http(request, tmp_pat
 
 
 def test_a_run_folder_without_a_readable_gemmate_json_is_one_clear_error(tmp_path):
-    from gemmate_lib.cli.serve import served_model
-    from gemmate_lib.errors import ModelLoadError, ParameterError
+    from gemmate_cli.serve import served_model
+    from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -131,8 +131,8 @@ def test_the_request_checks_attach_to_the_pinned_transformers_and_a_changed_one_
     from transformers.cli import serve as serve_cli
     from transformers.cli.serving import server
 
-    from gemmate_lib.cli.serve import check_hook_point
-    from gemmate_lib.errors import HardwareError
+    from gemmate_cli.serve import check_hook_point
+    from gemmate_lib.housekeeping.errors import HardwareError
 
     # the pinned transformers: the checks attach where serve builds its app
     check_hook_point(server, serve_cli)

@@ -74,7 +74,7 @@ def check_token(need_write: bool = False, api=None) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from gemmate_lib.errors import TokenError
+    from gemmate_lib.housekeeping.errors import TokenError
 
     token = get_token()
     if token is None:
@@ -118,7 +118,7 @@ def subprocess_env() -> dict[str, str]:
     token = get_token()
     if token and not env.get("HF_TOKEN"):
         env["HF_TOKEN"] = token
-    course = str(Path(__file__).resolve().parents[1])
+    course = str(Path(__file__).resolve().parents[2])  # gemmate_lib/housekeeping/ -> the course folder
     paths = env.get("PYTHONPATH", "").split(os.pathsep)
     env["PYTHONPATH"] = os.pathsep.join([course] + [p for p in paths if p])
     return env

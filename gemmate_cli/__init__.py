@@ -1,0 +1,3 @@
+"""The `gemmate` command (main, docs/command-line.md) and what only it uses: its settings, train and train-te,
+checkpoints, storage (s3://, gs://, hf://), tasks (SST-2, SQuAD v2), hpo (Optuna), serve (OpenAI-compatible),
+evaluate / generate / export (commands). It imports gemmate_lib; nothing in gemmate_lib imports it."""

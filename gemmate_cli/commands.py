@@ -1,0 +1,80 @@
+"""`gemmate evaluate | generate | export`: a run folder's fine-tune, loaded the commands' way
+(merged unless NF4), then 04's metrics, greedy completions or 05's GGUF export."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from gemmate_cli.settings import CommandConfig
+from gemmate_lib.adapters import load_adapter
+from gemmate_lib.evaluation import evaluate_model, metrics_document
+from gemmate_lib.export import QUANT_TYPES, check_export, export_gguf, verify_gguf
+from gemmate_lib.housekeeping.files import save_json
+from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
+
+
+def evaluate_from_config(cfg: CommandConfig) -> dict:
+    """`gemmate evaluate`: 04's held-out metrics of the trained adapter, into output_dir/metrics.json."""
+    from gemmate_lib.data import load_quotes
+    from gemmate_lib.models import load_tokenizer
+
+    c = cfg.course
+    data = load_quotes(c.data.dataset, c.data.eval_fraction, c.data.data_seed,
+                       load_tokenizer(c.model.model_name), c.train.max_length)
+    print(data.report(), flush=True)  # before the model loads: bad data stops here
+    model, tokenizer = load_tuned(cfg)
+    result = evaluate_model(model, tokenizer, data.held_out, seed=c.train.seed,
+                            train_authors=[r["author"] for r in data.train])
+    doc = metrics_document({"fine-tuned": result}, c.data.dataset, "held_out",
+                           unseen_author_share=data.unseen_author_share())
+    save_json(Path(cfg.checkpoints.output_dir) / "metrics.json", doc)
+    return doc
+
+
+def generate_from_config(cfg: CommandConfig):
+    """`gemmate generate`: greedy completions of `prompts` (default: the course's four standard prompts)."""
+    model, tokenizer = load_tuned(cfg)
+    return generate(model, tokenizer, cfg.command.prompts or STANDARD_PROMPTS,
+                    max_new_tokens=cfg.course.generate.max_new_tokens)
+
+
+def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES) -> dict:
+    """`gemmate export`: export_gguf, then verify_gguf on the standard prompts and the held-out quotes."""
+    from gemmate_lib.data import load_quotes
+    from gemmate_lib.housekeeping.hardware import pick_precision
+
+    run_dir, c = Path(run_dir), cfg.course
+    quant_types = check_export(run_dir, quant_types)
+    # the merge as 05 does it: into a freshly loaded fp32 base, never a 4-bit one
+    merged, tokenizer = load_merged(c.model.model_name, pick_precision("cpu", "fp32"), run_dir / "adapter")
+    exported = export_gguf(run_dir, merged, tokenizer, quant_types, c.generate.max_new_tokens)
+    data = load_quotes(c.data.dataset, c.data.eval_fraction, c.data.data_seed, tokenizer, c.train.max_length)
+    heldout = [r["text"] + tokenizer.eos_token for r in data.held_out][:32]
+    verified = verify_gguf(exported["folder"], merged, tokenizer, STANDARD_PROMPTS, heldout,
+                           c.generate.max_new_tokens)
+    result = {**exported, **verified}
+    save_json(run_dir / "gguf" / "verification.json", result)
+    return result
+
+
+def load_merged(model_name: str, precision, adapter: str | Path | None, quantization: str = "none",
+                attn_implementation: str = "sdpa"):
+    """(model, tokenizer): `model_name` with the adapter in folder `adapter` (None: none) on it, merged
+    (faster generation) unless the base is NF4: 4-bit merging re-quantizes the weights and can wash out the
+    update. `gemmate evaluate / generate / export / serve` all load a fine-tune this way."""
+    from gemmate_lib.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model_name)
+    model = load_model(model_name, precision, quantization, attn_implementation)
+    if adapter is not None:
+        model = load_adapter(model, adapter)
+        if quantization == "none":
+            model = model.merge_and_unload()
+    return model, tokenizer
+
+
+def load_tuned(cfg: CommandConfig):
+    """`gemmate evaluate / generate`: `cfg`'s model with its adapter (output_dir/adapter), by load_merged."""
+    adapter = cfg.command.adapter or Path(cfg.checkpoints.output_dir) / "adapter"
+    model = cfg.course.model
+    return load_merged(model.model_name, cfg.course.precision, None if adapter == "none" else adapter,
+                       model.quantization, model.attn_implementation)

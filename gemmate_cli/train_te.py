@@ -1,0 +1,119 @@
+"""`gemmate train-te` (docs/gemmate-temporal.md): GemmaTE on a JSONL of {text, timestamp} or one of
+07's tasks, through the one skeleton of train.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gemmate_cli.settings import CommandConfig
+from gemmate_cli.train import TrainingCommand
+from gemmate_lib.housekeeping.errors import DataError, ParameterError
+from gemmate_lib.temporal.data import TextDataset
+from gemmate_lib.temporal.model import GemmaTEForCausalLM
+from gemmate_lib.temporal.tasks import QUESTION, make_python_questions, python_accuracy, python_baselines
+from gemmate_lib.temporal.timestamps import to_milliseconds
+from gemmate_lib.temporal.training import attach_temporal_lora, baselines, date_accuracy, train_temporal
+
+
+def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> tuple:
+    """07's "dated_notes" (train 2007-2020; test, then extrapolation to 2021-2026) or "python_releases" for
+    `gemmate train-te --temporal_task NAME`: (texts, ms timestamps, the prompt end that loss starts after,
+    evaluate(te, tokenizer) -> dict of held-out metrics and baselines)."""
+    if name == "python_releases":
+        questions = make_python_questions(seed=seed)
+
+        def evaluate_python(te, tokenizer) -> dict:
+            _, test = python_accuracy(te, tokenizer, questions, questions.test_timestamps)
+            _, constant = python_accuracy(te, tokenizer, questions, questions.test_timestamps,
+                                          asked_at=float(to_milliseconds(constant_date)))
+            return {"test": test, "constant_timestamp": constant,
+                    "baselines": python_baselines(questions, questions.test_timestamps)}
+
+        return questions.train_texts, questions.train_timestamps, QUESTION, evaluate_python
+    if name == "dated_notes":
+        from gemmate_lib.data import load_quotes
+        from gemmate_lib.temporal.data import PROMPT_END, make_dated_notes
+
+        quotes = load_quotes()
+        notes = make_dated_notes([r["quote"] for r in quotes.train + quotes.held_out], seed=seed)
+
+        def evaluate_notes(te, tokenizer) -> dict:
+            out = {}
+            for split, label in (("test", "test"), ("far", "extrapolation")):
+                table, year = date_accuracy(te, tokenizer, *notes.split(split))
+                out[label] = {"year_accuracy": year, "year_within_1": float(table.year_within_1.mean()),
+                              "month_year_accuracy": float(table.month_ok.mean()), "n": len(table),
+                              "baselines": baselines(notes, split)}
+            return out
+
+        return notes.train_texts, notes.train_timestamps, PROMPT_END, evaluate_notes
+    raise ValueError(f"no course task {name!r}")
+
+
+class TemporalTraining(TrainingCommand):
+    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"} or one of 07's tasks (`temporal_task`);
+    saves output_dir/model (and model.pt with save_format pt), with a built-in task's "evaluation"."""
+
+    def prepare(self, tokenizer) -> None:
+        course, task = self.cfg.course, self.cfg.command.temporal_task
+        self.evaluate = None
+        if task == "file":
+            if course.data.dataset == "embedded":
+                raise ParameterError("train-te needs data: dataset='embedded' "
+                                     "is the quotes, which have no timestamps",
+                                     "pass --dataset notes.jsonl, or --temporal_task dated_notes "
+                                     "(or python_releases)")
+            texts, stamps = load_jsonl(course.data.dataset, self.cfg.command.timestamp_unit)
+            self.source = course.data.dataset
+        else:
+            texts, stamps, prompt_end, self.evaluate = course_task(task, seed=course.train.seed)
+            self.source = f"07's {task} task"
+            self.cfg = self.cfg.replace(prompt_end=prompt_end)
+        course = self.cfg.course
+        self.dataset = TextDataset(texts, tokenizer, stamps, max_length=course.train.max_length,
+                                   prompt_end=course.temporal.prompt_end)
+
+    def fit(self, model, tokenizer, out: Path):
+        course = self.cfg.course
+        te = attach_temporal_lora(GemmaTEForCausalLM(model, course.temporal), course)
+        print(f"training on {len(self.dataset)} rows from {self.source} ({course.precision.device}, "
+              f"{course.precision.name})", flush=True)
+        return train_temporal(te, self.dataset, course, out / "trainer", tokenizer.pad_token_id)
+
+    def finish(self, result, tokenizer, out: Path, common: dict) -> dict:
+        result.model.save_pretrained(out / "model")  # safetensors, always
+        metrics = {"rows": len(self.dataset), **common}
+        if self.evaluate is not None:
+            metrics["evaluation"] = self.evaluate(result.model, tokenizer)
+        # the guide's torch.save(model.state_dict(), ...), LoRA merged in (last)
+        if self.cfg.checkpoints.save_format == "pt":
+            torch.save(result.model.merged_state_dict(), out / "model.pt")
+        return metrics | {"config": self.cfg.flat()}
+
+
+def train_temporal_from_config(cfg: CommandConfig) -> dict:
+    """`gemmate train-te` (and scripts/finetune.py): writes train_metrics.json."""
+    return TemporalTraining(cfg).run()
+
+
+def load_jsonl(path: str | Path, unit: str | None = None) -> tuple[list[str], list[float]]:
+    """Read `{"text": ..., "timestamp": ...}` rows (data.read_records); a bad row is an error with its line
+    number. `unit` ("s", "ms", "us", "ns") says what bare numbers are; a row's "timestamp_unit" wins."""
+    from gemmate_lib.data import broken_text, read_records
+
+    texts, stamps = [], []
+    name = Path(path).name
+    for number, row in read_records(path, required=("text", "timestamp")):
+        if not isinstance(row.get("text"), str) or not row["text"].strip() or "timestamp" not in row:
+            raise DataError(f"{name} line {number} lacks a \"text\" or \"timestamp\" field",
+                            'each line must look like {"text": "...", "timestamp": 1400000000000}')
+        if broken := broken_text(row["text"]):
+            raise DataError(f"{name} line {number}: its text {broken}",
+                            "fix or delete that line (the file's exporter wrote broken text)")
+        try:
+            stamps.append(float(to_milliseconds(row["timestamp"], row.get("timestamp_unit", unit))))
+        except DataError as err:
+            raise DataError(f"{name} line {number}: {err.problem}", err.fix) from None
+        texts.append(row["text"])
+    return texts, stamps

@@ -1,0 +1,300 @@
+"""How the check cell that ends every exercise (00-07, gemmate_lib/exercises.py) judges: it says PASS, FAIL or
+NOT RUN YET against the exercise's expectation, from the exercise's own run folder, so a learner knows whether
+what they did matched.
+
+A check reads only files: what the exercise's run wrote (its manifest, its tables) and, where it compares, the
+lesson's run folder. It reads no name from the notebook, so a solution that reuses a name (`losses`, `val`)
+cannot break it, and it judges what the learner did, not what the model does anyway: a rerun that leaves the
+exercise's setting at the lesson's value (the same steps, the same `n_train`, no skipped modules), or changes
+another one too, says FAIL. Where a verdict rests on a measurement, the check compares an effect that the
+exercise's settings make large (more steps, the extremes of a range, a paired comparison) with a threshold,
+and prints each such margin (`Margin`: positive passes by that much, in the check's own units), which
+`make exercises` collects (`parse_verdict`) into docs/exercises.md.
+
+A check judges only the model the lesson runs now: every exercise's run folder records the model and the
+lesson run its results come from (run_folder.ORIGIN, written when the folder is created); results of another
+model (a folder kept on Drive from a course done last week with gemma-2b) say FROM ANOTHER MODEL, results
+with no such record MODEL UNKNOWN, never PASS.
+
+A check never stops the notebook: the lesson runs top to bottom before any exercise is tried, and an exercise
+not tried yet is not a failure. The self-check (gemmate_lib.selfcheck) is the cell that stops a notebook."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+VERDICTS = ("PASS", "FAIL", "NOT RUN YET", "FROM ANOTHER MODEL", "MODEL UNKNOWN")
+
+
+@dataclass(frozen=True)
+class Margin:
+    """How far one measured criterion of a check lies from its threshold."""
+
+    value: float  # signed, in `unit`: above 0 the criterion holds by that much, below 0 it misses by so much
+    unit: str  # the check's own unit: "nats", "x" (a ratio), "share", "texts", ...
+    what: str  # the measurement and its threshold, e.g. "held-out loss fall 0.21, needs > 0"
+    strict: bool = True  # the criterion needs value > 0 (else value >= 0)
+
+    @property
+    def holds(self) -> bool:
+        return self.value > 0 if self.strict else self.value >= 0
+
+    def __str__(self) -> str:
+        return f"{self.value:+.3g} {self.unit} ({self.what})"
+
+
+def more(value: float, threshold: float, unit: str, what: str, strict: bool = True) -> Margin:
+    """The margin of `value > threshold` (`>=` unless strict)."""
+    sign = ">" if strict else ">="
+    return Margin(float(value) - threshold, unit, f"{what} {rounded(value)}, needs {sign} {threshold:g}",
+                  strict)
+
+
+def less(value: float, threshold: float, unit: str, what: str, strict: bool = True) -> Margin:
+    """The margin of `value < threshold` (`<=` unless strict)."""
+    sign = "<" if strict else "<="
+    return Margin(threshold - float(value), unit, f"{what} {rounded(value)}, needs {sign} {threshold:g}",
+                  strict)
+
+
+def exercise_verdict(
+    name: str, expectation: str, ran: bool, passed: Callable[[], bool] | bool, how_to_run: str = "",
+    origin: str | None = None,
+) -> str:
+    """Print and return one verdict line for exercise `name`:
+    - "NOT RUN YET" when `ran` is False (e.g. its run folder has no results), with `how_to_run`;
+    - `origin` when the results cannot be judged here ("FROM ANOTHER MODEL (...)"), with `how_to_run`;
+    - else "PASS" or "FAIL" by `passed` (a bool, or a callable evaluated only once the exercise ran, so it may
+      read files the run writes), followed by the expectation it was judged against. The callable may return
+      `(ok, found)` or `(ok, found, margins)`: `found` (what the run shows) follows the verdict, and each
+      Margin must hold too; the margins end the line. A callable that raises (a file the learner wrote in
+      another shape) gives FAIL with the reason, never an error."""
+    margins: list[Margin] = []
+    if not ran:
+        line = f"exercise {name}: NOT RUN YET" + (f" ({how_to_run})" if how_to_run else "")
+    elif origin:
+        line = f"exercise {name}: {origin}: run it again" + (f" ({how_to_run})" if how_to_run else "")
+    else:
+        try:
+            result = passed() if callable(passed) else passed
+            result = result if isinstance(result, tuple) else (result, "")
+            ok, found, margins = (*result, [])[:3] if len(result) == 2 else result
+            margins = list(margins)
+            ok = bool(ok) and all(m.holds for m in margins)
+        except Exception as err:  # noqa: BLE001 - a check gives a verdict, it never stops the notebook
+            ok, found, margins = False, f"the results could not be read ({type(err).__name__}: {err})", []
+        line = f"exercise {name}: {'PASS' if ok else 'FAIL'}, expected: {expectation}"
+        line += f"; found: {found}" if found else ""
+        line += "; margin: " + ", ".join(map(str, margins)) if margins else ""
+    print(line)
+    return line
+
+
+def parse_verdict(line: str) -> dict:
+    """A verdict line (`exercise_verdict`) as {"name", "verdict", "margins": [(value, unit, what), ...]}: what
+    `make exercises` reads from a notebook's output. {} when `line` is no verdict."""
+    match = re.match(r"exercise (\d\d-\d): (" + "|".join(VERDICTS) + r")\b", line)
+    if not match:
+        return {}
+    tail = line.split("; margin: ", 1)[1] if "; margin: " in line else ""
+    found = re.findall(r"([+-][0-9.e+-]+) (\S+) \(([^()]*)\)", tail)
+    margins = [(float(value), unit, what) for value, unit, what in found]
+    return {"name": match[1], "verdict": match[2], "margins": margins}
+
+
+def has_results(run_dir: str | Path, *names: str) -> bool:
+    """True when every file `names` exists in `run_dir` (the exercise's run folder): the exercise ran."""
+    folder = Path(run_dir)
+    return folder.is_dir() and all((folder / name).exists() for name in names)
+
+
+def read_json(folder: Path, name: str):
+    return json.loads((Path(folder) / name).read_text())
+
+
+def read_csv(folder: Path, name: str, **kwargs):
+    import pandas as pd
+
+    return pd.read_csv(Path(folder) / name, **kwargs)
+
+
+def facts(folder: Path, notebook: str) -> dict:
+    """What `notebook` recorded in the folder's manifest.json (its parameters, results); {} if nothing."""
+    path = Path(folder) / "manifest.json"
+    return json.loads(path.read_text()).get("notebooks", {}).get(notebook, {}) if path.exists() else {}
+
+
+def trained_steps(folder: Path) -> int | None:
+    """03's max_steps for the run in `folder`, from its manifest."""
+    return facts(folder, "03_lora_sft").get("config", {}).get("train", {}).get("max_steps")
+
+
+def notebook_model(folder: Path, prefix: str) -> str | None:
+    """The model that notebook `prefix` ("03") ran for the run in `folder`, from its manifest entry (the model
+    it recorded, else its config's), None when the entry does not say."""
+    path = Path(folder) / "manifest.json"
+    notebooks = json.loads(path.read_text()).get("notebooks", {}) if path.exists() else {}
+    for stem, entry in notebooks.items():
+        if stem.startswith(prefix + "_"):
+            return entry.get("model") or entry.get("config", {}).get("model", {}).get("model_name")
+    return None
+
+
+def config_changes(folder: Path, lesson: Path) -> dict[str, tuple]:
+    """The settings of 03's run in `folder` that differ from the lesson's 03 run: {setting: (this, lesson's)}
+    (the manifests' config summaries, flat names; a setting only one of them records, such as one a later
+    version of the course dropped, is no change)."""
+    def flat(path):
+        config = facts(path, "03_lora_sft").get("config", {})
+        return {k: v for group in config.values() if isinstance(group, dict) for k, v in group.items()}
+
+    mine, theirs = flat(folder), flat(lesson)
+    keys = sorted(set(mine) & set(theirs))
+    return {k: (mine.get(k), theirs.get(k)) for k in keys if mine.get(k) != theirs.get(k)}
+
+
+class InRuns(str):
+    """A notebook parameter naming a file that an exercise's solution writes in the course's runs folder
+    ("ex03_2/my_quotes.jsonl"): the learner pastes the path the solution prints, `make exercises` the path of
+    that file where the runner's kernel sees it."""
+
+    def text(self) -> str:
+        return f"the path solution {self.split('/')[0][-1]} prints"
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise's check, as gemmate_lib.exercises registers it (exercise_spec builds it)."""
+
+    expectation: str  # what the run must show, as the check prints it
+    folders: tuple[str, ...]  # the exercise's run folders, under runs/
+    results: tuple[str, ...]  # files each of them holds once the exercise ran
+    passed: Callable  # (exercise folders, lesson folder) -> (ok, what it found[, margins])
+    how_to_run: str
+    lesson: tuple[str, ...] = ()  # files the lesson's run folder must hold, when the check compares with it
+    # a rerun exercise's runs, in order: (notebook stem, {parameter: value}) each, the values the exercise's
+    # text names (tests/test_exercise_checks.py holds them to it) and `make exercises` passes to papermill
+    parameters: tuple[tuple[str, dict], ...] = ()
+    reads: str = ""  # a rerun exercise's: the sections whose output the check reads, as its text names them
+
+
+def literal(value) -> str:
+    """A parameter's value as the exercise's text writes it in the parameters cell: "runs/ex03_1" in double
+    quotes, 3e-3 rather than 0.003, lists and dicts in Python's syntax."""
+    if isinstance(value, InRuns):
+        return value.text()
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, float) and value and abs(value) < 0.01:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def parameters_text(params: dict) -> str:
+    """`lora_r = 2`, `compare = False`, `run_dir = "runs/ex03_1"`: one run's parameters as its text names
+    them (`dataset` = the path solution 2 prints, for a file a solution writes)."""
+    return ", ".join(f"`{k}` = {v.text()}" if isinstance(v, InRuns) else f"`{k} = {literal(v)}`"
+                     for k, v in params.items())
+
+
+def _how_to_rerun(parameters, section: str) -> str:
+    runs = [f"{stem[:2]} with {parameters_text(params).replace('`', '')}" for stem, params in parameters]
+    return "set the parameters cell, then Run all: " + "; then ".join(runs) + f" (the check reads {section})"
+
+
+def exercise_spec(name: str, passed: Callable, results: tuple[str, ...] | str, how_to_run: str,
+                  expectation: str, folders: tuple[str, ...] = (), lesson: tuple[str, ...] = (),
+                  parameters: tuple[tuple[str, dict], ...] = ()) -> Exercise:
+    """Exercise `name`'s check around `passed(ex, lesson)`: given the exercise's run folders (`folders` under
+    runs/, by default the one of its name: ex03_2 for "03-2") in that order and the lesson's run folder, it
+    returns (ok, what it found[, margins]). Where `results` is one JSON file, not a tuple, `passed` is given
+    that file's content instead. A rerun exercise gives its `parameters`, and `how_to_run` names the section
+    whose output the check reads; the line says how to run it."""
+    own = folders or ("ex" + name.replace("-", "_"),)
+    one = isinstance(results, str)
+    judge = (lambda ex, _: passed(read_json(ex[0], results))) if one else passed
+    files = (results,) if one else results
+    how = _how_to_rerun(parameters, how_to_run) if parameters else how_to_run
+    return Exercise(expectation, own, files, judge, how, lesson, parameters, how_to_run if parameters else "")
+
+
+def rounded(x: float) -> float:
+    """A measured value as a verdict line shows it (3 decimals)."""
+    return round(float(x), 3)
+
+
+def _written(path: Path) -> float:
+    """When `path` was written: a file's time, a folder's oldest file's."""
+    if path.is_dir():
+        times = [p.stat().st_mtime for p in path.rglob("*") if p.is_file()]
+        return min(times) if times else path.stat().st_mtime
+    return path.stat().st_mtime
+
+
+def origin_problem(name: str, spec: Exercise, ex: list[Path], lesson: Path) -> str | None:
+    """Why exercise `name`'s results in its run folders `ex` cannot be judged against the lesson that runs now
+    ("FROM ANOTHER MODEL (...)" or "MODEL UNKNOWN (...)"), or None. Each folder's ORIGIN says which model it
+    holds results of and since when: a result written before that time is an earlier model's; the model must
+    be the one this process runs (or 00 kept in the lesson's run folder); and where the check compares with
+    the lesson, the lesson's run of the notebook must have run it too."""
+    from gemmate_lib.housekeeping import run_folder
+    from gemmate_lib.housekeeping.files import show_path
+
+    current = run_folder.current_model(lesson)
+    model = None
+    models = {run_folder.read_origin(folder).get("model") for folder in ex}
+    if len(models) > 1 and None not in models:  # runs a and b of one exercise on two models
+        return f"FROM ANOTHER MODEL (its runs ran on {' and '.join(sorted(models))})"
+    for folder in ex:
+        origin = run_folder.read_origin(folder)
+        model = origin.get("model")
+        if not model:
+            return (f"MODEL UNKNOWN ({show_path(folder)} does not record the model its results come from, "
+                    f"so they may be another model's)")
+        since = float(origin.get("since") or 0)
+        stale = [r for r in spec.results if _written(Path(folder) / r) < since - 2]  # 2 s: file times' grain
+        if stale:
+            before = (origin.get("before") or {}).get("model")
+            was = f"on {before}" if before else "before this folder recorded its model"
+            verdict = "FROM ANOTHER MODEL" if before else "MODEL UNKNOWN"
+            return f"{verdict} ({show_path(folder)}'s {stale[0]} was written {was}, not on {model})"
+        if current and model != current:
+            return f"FROM ANOTHER MODEL (ran on {model}, the lesson now runs {current})"
+    if spec.lesson:
+        theirs = notebook_model(lesson, name[:2])
+        if theirs is None:
+            return (f"MODEL UNKNOWN (the lesson's run folder does not record which model its {name[:2]} ran: "
+                    f"run the lesson's {name[:2]} again)")
+        if theirs != model:
+            return f"FROM ANOTHER MODEL (ran on {model}, the lesson's run of {name[:2]} on {theirs})"
+    return None
+
+
+def judge_exercise(name: str, spec: Exercise) -> str:
+    """What exercise `name`'s check cell does (exercises.exercise_check): find its run folders (runs/ex03_2;
+    on Drive in Colab) and the lesson's run folder, then print PASS, FAIL, NOT RUN YET, or why results from
+    another model cannot be judged, with what the run shows."""
+    from gemmate_lib.housekeeping import run_folder
+
+    ex = [run_folder.get_run_dir(f"runs/{folder}", create=False) for folder in spec.folders]
+    lesson = run_folder.get_run_dir(create=False)  # the lesson's run folder (the default one)
+    ran = all(has_results(f, *spec.results) for f in ex)
+    if spec.lesson:
+        ran = ran and lesson not in ex and has_results(lesson, *spec.lesson)
+    origin = None
+    if ran:
+        try:
+            origin = origin_problem(name, spec, ex, lesson)
+        except Exception as err:  # noqa: BLE001 - a check gives a verdict, it never stops the notebook
+            origin = f"MODEL UNKNOWN (its record could not be read: {type(err).__name__})"
+    return exercise_verdict(name, spec.expectation, ran, lambda: spec.passed(ex, lesson), spec.how_to_run,
+                            origin)

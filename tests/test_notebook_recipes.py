@@ -109,12 +109,14 @@ def test_03s_chat_cell_masks_the_turn_end_on_each_generation(key, generation_fol
     from tiny import ROWS
     from transformers import AutoConfig, AutoTokenizer
 
-    from gemmate_lib.generations import GENERATIONS
+    from gemmate_lib.generations import GENERATIONS, generation_of
 
     folder = generation_folder(key)
-    model = types.SimpleNamespace(config=AutoConfig.from_pretrained(folder))  # the cell reads its config
-    ns = run_cell("03_lora_sft.ipynb", "8933b0bf", AutoTokenizer=AutoTokenizer, Dataset=Dataset, model=model,
-                  model_path=str(folder), hub_kwargs={}, data=types.SimpleNamespace(train=ROWS))
+    # part 2's first cell kept the generation of the main run's model before freeing it
+    generation = generation_of(AutoConfig.from_pretrained(folder))
+    ns = run_cell("03_lora_sft.ipynb", "8933b0bf", AutoTokenizer=AutoTokenizer, Dataset=Dataset,
+                  generation=generation, model_path=str(folder), hub_kwargs={},
+                  data=types.SimpleNamespace(train=ROWS))
     end = GENERATIONS[key].turn_end
     assert ns["END"] == end
     chat = ns["chat_tokenizer"]

@@ -101,3 +101,18 @@ def test_after_the_last_cell_unmounted_drive_a_solution_starting_with_get_run_di
     assert ex == colab.DRIVE_RUNS / "ex05_1" and len(mounted) == 2
     assert (tmp_path / "google-drive" / "gemmate" / "runs" / "ex05_1").is_dir()  # kept on "Drive"
     assert run_folder.get_run_dir("runs/ex05_3") and len(mounted) == 2  # still mounted: not mounted again
+
+
+def test_a_run_folder_named_by_its_drive_path_mounts_drive_instead_of_making_a_plain_folder(
+        monkeypatch, tmp_path, fake_colab):
+    """An exercise rerun given run_dir as the Drive path a notebook printed, after the last cell unmounted
+    Drive: the folder was made where Drive mounts, and every later mount failed (make exercises' 06 and 07).
+    """
+    from gemmate_lib.housekeeping import colab, run_folder
+
+    mounted = _colab_drive(monkeypatch, tmp_path, fake_colab)
+    run_folder.get_run_dir()  # the lesson mounts Drive ...
+    colab.flush_drive()  # ... and its last cell unmounts it
+    ex = run_folder.get_run_dir(str(colab.DRIVE_RUNS / "ex04_1"))
+    assert (colab.DRIVE / "MyDrive").is_symlink() and len(mounted) == 2  # mounted again, not a plain folder
+    assert (tmp_path / "google-drive" / "gemmate" / "runs" / "ex04_1").is_dir() and ex.is_dir()

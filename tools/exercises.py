@@ -205,7 +205,9 @@ class Runner:
         runs = EXERCISES[name].parameters
         total = 0.0
         for i, (stem, params) in enumerate(runs, 1):
-            values = {k: str(self.drive_runs / v) if isinstance(v, InRuns) else v for k, v in params.items()}
+            # as a learner types them: run_dir relative (the notebook finds it on Drive), a file by its path
+            values = {k: (f"runs/{v}" if k == "run_dir" else str(self.drive_runs / v))
+                      if isinstance(v, InRuns) else v for k, v in params.items()}
             node = nbformat.read(ROOT / "notebooks" / f"{stem}.ipynb", as_version=4)
             code = solution_code(name)
             if i == len(runs) and code is not None and not prepares(name):

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from gemmate_lib.housekeeping import colab
 from gemmate_lib.housekeeping.colab import IF_PRESENT, default_run_dir, installed_version, pins
 from gemmate_lib.housekeeping.errors import ParameterError
 from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
@@ -59,6 +60,8 @@ def get_run_dir(run_dir: str | os.PathLike | None = None, create: bool = True) -
     if not path.is_absolute():
         on_drive = default_run_dir()  # None unless Colab with Drive mounted (it asks to mount it)
         path = (on_drive.parent.parent if on_drive else runs_root()) / path
+    elif colab.DRIVE in path.parents:  # a path on Drive that a notebook printed: mount Drive before using it,
+        default_run_dir()              # else mkdir would make a plain folder where Drive mounts
     if create:
         path.mkdir(parents=True, exist_ok=True)
         from gemmate_lib.housekeeping.selfcheck import exercise_run

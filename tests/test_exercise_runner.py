@@ -56,6 +56,7 @@ def test_the_table_goes_between_the_markers_of_docs_exercises_md(tmp_path, monke
     doc = tmp_path / "exercises.md"
     doc.write_text(f"# Exercises\n\nintro\n\n{runner.BEGIN}\nOLD TABLE\n{runner.END}\n\nafter\n")
     monkeypatch.setattr(runner, "DOC", doc)
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "exercises.json")
     rows = [{"name": "00-1", "verdict": "PASS", "margins": [], "seconds": 6.0},
             {"name": "06-2", "verdict": "FAIL", "margins": [(-0.1, "nats", "fall")], "seconds": 180.0,
              "line": "exercise 06-2: FAIL, expected: ..."}]
@@ -65,6 +66,12 @@ def test_the_table_goes_between_the_markers_of_docs_exercises_md(tmp_path, monke
     assert "OLD TABLE" not in text
     assert "| 00-1 | PASS | exact | 0.1 min |" in text and "| 06-2 | FAIL: exercise 06-2: FAIL" in text
     assert "-0.1 nats (fall)" in text and "1 of 2 PASS" in text
+    # a run of some exercises replaces their rows and keeps the others'
+    again = {"name": "06-2", "verdict": "PASS", "margins": [(0.2, "nats", "fall")], "seconds": 9.0}
+    runner.write_doc([again], 9.0, only=True)
+    text = doc.read_text()
+    assert "| 00-1 | PASS | exact | 0.1 min |" in text and "| 06-2 | PASS | +0.2 nats (fall) |" in text
+    assert "2 of 2 PASS" in text and "redid 06-2" in text
 
 
 def test_docs_exercises_md_has_the_markers():

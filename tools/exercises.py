@@ -47,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 DOC = ROOT / "docs" / "exercises.md"
+RESULTS = ROOT / "docs" / "exercises.json"  # the table's rows, each with the day it ran
 BEGIN, END = "<!-- exercises:begin -->", "<!-- exercises:end -->"
 LESSON_PARAMS = {"00_setup": {"model_name": "embedded"}}  # 01-07: None everywhere, 00's choice decides
 SOLUTION_CELL = '''# exercise {name}: its printed solution, as a learner runs it after Run all
@@ -258,18 +259,31 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}, {bf16}"
 
 
-def write_doc(rows: list[dict], seconds: float, only: bool) -> None:
-    passed = sum(r["verdict"] == "PASS" for r in rows)
-    section = (f"{BEGIN}\n## The last run (`make exercises`{', some of them' if only else ''})\n\n"
-               f"{passed} of {len(rows)} PASS on the embedded model (Gemma 3 270M), CPU profile, offline; "
-               f"{dt.date.today().isoformat()}, {machine()}; {seconds / 60:.0f} min in all.\n\n"
-               f"{table(rows)}\n{END}")
+def write_doc(rows: list[dict], seconds: float, only: bool) -> list[dict]:
+    """The table in docs/exercises.md (and its rows in docs/exercises.json). A run of some exercises (`only`)
+    replaces their rows and keeps the others' from the runs before, each row with the day it ran. Returns
+    every row of the table."""
+    day, where = dt.date.today().isoformat(), machine()
+    fresh = [{**r, "ran": day} for r in rows]
+    kept = json.loads(RESULTS.read_text())["rows"] if only and RESULTS.exists() else []
+    mine = {r["name"] for r in fresh}
+    every = sorted([r for r in kept if r["name"] not in mine] + fresh, key=lambda r: r["name"])
+    passed = sum(r["verdict"] == "PASS" for r in every)
+    days = sorted({r.get("ran", "?") for r in every})
+    section = (f"{BEGIN}\n## The last run (`make exercises`)\n\n"
+               f"{passed} of {len(every)} PASS on the embedded model (Gemma 3 270M), CPU profile, offline; "
+               f"{where}; run on {', '.join(days)}"
+               + (f" (the last run, {seconds / 60:.0f} min, redid {', '.join(sorted(mine))})" if only else
+                  f", {seconds / 60:.0f} min in all") + ".\n\n"
+               f"{table(every)}\n{END}")
     text = DOC.read_text() if DOC.exists() else ""
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     DOC.write_text(text)
+    RESULTS.write_text(json.dumps({"machine": where, "rows": every}, indent=1) + "\n")
+    return every
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,8 @@ model (a folder kept on Drive from a course done last week with gemma-2b) say FR
 with no such record MODEL UNKNOWN, never PASS.
 
 A check never stops the notebook: the lesson runs top to bottom before any exercise is tried, and an exercise
-not tried yet is not a failure. The self-check (gemmate_lib.selfcheck) is the cell that stops a notebook."""
+not tried yet is not a failure. The self-check (gemmate_lib.housekeeping.selfcheck) is the cell that stops a
+notebook."""
 
 from __future__ import annotations
 

@@ -549,7 +549,11 @@ def test_the_install_cell_holds_colabs_torch_and_brings_what_differs(monkeypatch
 
     monkeypatch.syspath_prepend(str(installed_package(Path(tmp_path), "torchao", "0.10.0")))  # Colab's
     monkeypatch.setattr(subprocess, "run", pip)
-    exec("".join(code_cells()[0]["source"]), {})
+    try:
+        exec("".join(code_cells()[0]["source"]), {})
+    except Exception as stop:  # the page's Stop: an installed pin that differs was imported already (make
+        if "Restart needed" not in str(stop):  # drift's newer transformers): the restart it asks for is right
+            raise
     installs = [arg for arg in seen["cmd"] if "==" in arg]
     assert "torchao==0.17.0" in installs and not any(a.startswith("torch==") for a in installs)
     assert f"torch=={torch.__version__}" in seen["held"].split()

@@ -52,6 +52,7 @@ def test_runtimes_come_from_course_timings_json():
         assert timings.runtime_line(data,
                                     path.stem) in intro.splitlines(), f"{path.name}: run --sync-runtimes"
         assert f"| `{path.stem}` |" in readme and timings.readme_cells(data, path.stem) in readme
+    assert timings.cpu_times_line(data) in readme.splitlines()  # which CPU measured them, fp32 or bf16
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -59,6 +59,16 @@ def readme_cells(data: dict, name: str) -> str:
     return f"| {duration(data['cpu_seconds'][name])} | {data['t4_estimate'][name]} |"
 
 
+def cpu_times_line(data: dict) -> str:
+    """The README line under the table: which CPU measured its times (a CPU without native bf16 trains in
+    fp32, about twice as long; one with it, in bf16)."""
+    places = sorted(set(data["measured_on"][name] for name in data["cpu_seconds"]))
+    where = places[0] if len(places) == 1 else "; ".join(f"{n} {data['measured_on'][n]}" for n in data["cpu_seconds"])
+    other = ("a CPU without it computes in fp32 and takes about twice as long" if "with native bf16" in where
+             else "a CPU with native bf16 takes about half as long")
+    return f"CPU times: measured {where}; {other}. Every notebook"
+
+
 def _set_source(cell: dict, text: str) -> bool:
     lines = text.split("\n")
     new = [line + "\n" for line in lines[:-1]] + [lines[-1]]
@@ -147,6 +157,7 @@ def sync(data: dict | None = None) -> list[str]:
                  f"| **every notebook, start to end** | | **{duration(total)} "
                  f"for the {len(data['cpu_seconds'])} notebooks** | |",
                  new, flags=re.M)
+    new = re.sub(r"^CPU times: .*$", cpu_times_line(data), new, flags=re.M)
     if new != readme:
         write_text(root / "README.md", new)
         changed.append("README.md")

@@ -72,15 +72,22 @@ def copy_bytes(model, seen: set) -> dict:
     return out
 
 
-def alive() -> list:
-    gc.collect()
+def alive(collect: bool = True) -> list:
+    """The copies still alive; with `collect`, after a full garbage collection (a copy that only a reference
+    cycle holds is gone then)."""
+    if collect:
+        gc.collect()
     models = [ref() for ref in _copies]
     return [m for m in models if m is not None]
 
 
 def write(event: str, **extra) -> None:
+    # A full collection costs about 0.25 s once transformers is imported, and every cell ends with a record:
+    # at a cell's end it runs only where it can change how many copies are at once (two or more still
+    # referenced); a load and a training start always collect first.
+    collect = event != "cell" or len(alive(collect=False)) >= 2
     seen: set = set()
-    copies = [{"class": type(m).__name__, "bytes": copy_bytes(m, seen)} for m in alive()]
+    copies = [{"class": type(m).__name__, "bytes": copy_bytes(m, seen)} for m in alive(collect)]
     record = {"event": event, "cell": _cell["n"], "source": _cell["source"], "time": round(time.time(), 2),
               "copies": copies, "rss_anon": rss_anon(), **extra}
     with open(PATH, "a") as f:

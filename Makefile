@@ -65,9 +65,14 @@ TEST_RUNS := runs/test
 
 # Tests marked after_nbval read the run folder that nbval's notebooks wrote (the canary test too): make nbval runs
 # them after the notebooks, so make unit leaves them out.
+# The unit tests on TEST_WORKERS processes (pytest-xdist), each computing with its share of the cores
+# (tests/conftest.py); the tests that use one machine-wide place (Colab's /content) share a worker
+# (xdist_group). TEST_WORKERS=0: one process, as before.
+TEST_WORKERS ?= 2
 unit: embedded
 	mkdir -p $(TEST_RUNS)
 	$(OFFLINE) $(PY) -m pytest -q --durations=0 --junitxml=$(TEST_RUNS)/unit.xml \
+		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) \
 		-m "not canary and not after_nbval and not long" tests
 
 # nbval runs with a fake HF_TOKEN (tests/canary.py); the canary test then scans the run folder for it.

@@ -15,9 +15,19 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# make unit runs the tests on several workers (pytest-xdist, TEST_WORKERS): each computes with its share of
+# the cores, and so do the processes it starts (notebook kernels, the command line), instead of every worker
+# running a thread per core and all of them fighting over the cores.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if WORKERS:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if WORKERS:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 from tiny import make_tiny_gemma, make_tiny_tokenizer  # noqa: E402
 
 REAL_FIXTURES = {"tokenizer", "base_model", "fresh_model"}

@@ -275,6 +275,7 @@ def test_a_fork_changes_the_course_repository_in_one_place(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("content")  # the Colab-like kernel's Drive writes /content: one at a time
 def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kernel(tmp_path):
     """The learner's path, end to end: tests/learner_path.py
     (its docstring says what is real and what is not)."""
@@ -319,6 +320,7 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
 
 @pytest.mark.slow
 @pytest.mark.generations
+@pytest.mark.xdist_group("content")
 # Gemma 3 is the embedded model's architecture, which nbval runs through every notebook: its tiny arm is make
 # drift's; Gemma 4's (about a minute) runs in make test too
 @pytest.mark.parametrize("key", [pytest.param("gemma3", marks=pytest.mark.long), "gemma4"])

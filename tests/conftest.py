@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # running a thread per core and all of them fighting over the cores.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if WORKERS:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // WORKERS))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -223,3 +223,15 @@ def fresh_model(fp32):
 
     torch.manual_seed(0)
     return load_model("embedded", fp32)
+
+
+@pytest.fixture(autouse=True)
+def _run_dir_variable_restored():
+    """A test that runs notebooks in place (tools.course) sets GEMMATE_RUN_DIR for their kernels: restored
+    after it, so that no later test on the same worker inherits that test's run folder."""
+    saved = os.environ.get("GEMMATE_RUN_DIR")
+    yield
+    if saved is None:
+        os.environ.pop("GEMMATE_RUN_DIR", None)
+    else:
+        os.environ["GEMMATE_RUN_DIR"] = saved

@@ -2,6 +2,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_version_mismatches_reads_the_colab_pins(monkeypatch):
     from importlib import metadata
@@ -84,6 +86,7 @@ def _colab_drive(monkeypatch, tmp_path, fake_colab):
     return mounted
 
 
+@pytest.mark.xdist_group("content")  # the Drive stand-in's unmount looks at /content
 def test_after_the_last_cell_unmounted_drive_a_solution_starting_with_get_run_dir_reads_it_again(
         monkeypatch, tmp_path, fake_colab):
     """05-1 and 05-3 read `adapter_dir` on Drive after Run all, whose last cell (flush_drive) unmounted it."""
@@ -103,6 +106,7 @@ def test_after_the_last_cell_unmounted_drive_a_solution_starting_with_get_run_di
     assert run_folder.get_run_dir("runs/ex05_3") and len(mounted) == 2  # still mounted: not mounted again
 
 
+@pytest.mark.xdist_group("content")  # the Drive stand-in's unmount looks at /content
 def test_a_run_folder_named_by_its_drive_path_mounts_drive_instead_of_making_a_plain_folder(
         monkeypatch, tmp_path, fake_colab):
     """An exercise rerun given run_dir as the Drive path a notebook printed, after the last cell unmounted

@@ -23,8 +23,9 @@ def _get(url: str, token: str) -> tuple[int, bytes]:
 @pytest.mark.slow
 def test_make_lab_serves_the_notebooks_with_the_course_kernel():
     port, token = free_port(), secrets.token_hex(16)  # a throwaway local token, never printed
-    proc = subprocess.Popen(["make", "-s", "-o", "install", "lab", f"LAB_PORT={port}",  # no reinstall beside
-                             "LAB_ARGS=--no-browser --ServerApp.port_retries=0"], cwd=ROOT,  # other tests
+    # -o install: no reinstall of .venv while other tests use it; port_retries=0: a taken port fails at once
+    proc = subprocess.Popen(["make", "-s", "-o", "install", "lab", f"LAB_PORT={port}",
+                             "LAB_ARGS=--no-browser --ServerApp.port_retries=0"], cwd=ROOT,
                             env={**os.environ, "JUPYTER_TOKEN": token}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from gemmate_lib.housekeeping.errors import GemmateError, one_line
+from gemmate_lib.housekeeping.errors import GemmateError, one_line, out_of_memory_error
 
 
 def run_cli(main, argv: list[str] | None = None) -> int:
@@ -23,6 +23,10 @@ def run_cli(main, argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - one line for anything unexpected, unless --debug
+        memory = out_of_memory_error("the command ran", err)
+        if memory is not None and not debug:  # which memory ran out, and the fixes
+            print(f"error: {memory}", file=sys.stderr)
+            return 2
         if debug:
             traceback.print_exc()
         else:

@@ -6,7 +6,8 @@ nothing global; notebooks call `quiet()`.
   01_load_4bit             data (the quotes), evaluation (held-out loss), plots
   02_baseline_generation   text_generation
   03_lora_sft              generations (Gemma 1, 3, 4), training (the one training path), fast_loss,
-                           preflight, methods, adapters
+                           preflight (and the gradient tripwire), methods, adapters, reference (is my run
+                           normal? bands measured from real runs; 04 and 07 print its line too)
   04_evaluation            evaluation (metrics), stats, plots
   05_save_and_push         adapters, export (GGUF; converter_shim/)
   06_compare_methods       methods, stats
@@ -18,7 +19,7 @@ nothing global; notebooks call `quiet()`.
 Every training run goes through training.train (training.train_lora, methods.train_arm and
 temporal.training.train_temporal wrap it); fast_loss is its loss. The command line (gemmate_cli, the
 `gemmate` command) and the maintainer tooling (tools/) import this package; it imports neither."""
-from gemmate_lib.housekeeping.errors import GemmateError
+from gemmate_lib.housekeeping.errors import GemmateError, out_of_memory_error
 
 __version__ = "0.1.0"
 
@@ -51,13 +52,18 @@ def quiet() -> None:
         return
 
     def show(shell, etype, value, tb, tb_offset=None):
+        if not isinstance(value, GemmateError):  # out of memory in a step: which memory, the estimate, fix
+            value = out_of_memory_error("this cell ran", value) or value
+            etype = type(value)
         stb = [f"{etype.__name__}: {' '.join(str(value).split())}"]
         # IPython leaves the display of a custom exception to its handler
         shell._showtraceback(etype, value, stb)
         return stb
 
     if shell is not None:
-        shell.set_custom_exc((GemmateError,), show)
+        import torch
+
+        shell.set_custom_exc((GemmateError, MemoryError, torch.OutOfMemoryError), show)
 
 
 def _no_loading_bar(factory, args, kwargs):

@@ -228,7 +228,7 @@ def _llama(path: Path, logits_all: bool = True):
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # llama.cpp's notices about its caches
             return Llama(model_path=str(path), n_ctx=512, logits_all=logits_all, verbose=False, seed=0,
-                         n_threads=max(1, min(4, os.cpu_count() or 1)))
+                         n_threads=max(1, min(4, len(os.sched_getaffinity(0)))))  # the cores it may use
     except (ValueError, RuntimeError, OSError) as err:
         raise ModelLoadError(f"llama.cpp cannot load {show_path(path)}: {err}",
                              "export it again (`gemmate export RUN_DIR`); a file another tool wrote may need "

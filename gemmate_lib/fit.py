@@ -5,10 +5,11 @@ model's config (its shapes on the meta device, counted with transformers' own NF
 
 Two parts: the phases (`predict`: one load, one 4-bit training, the merge, the GGUF export), whose host-side
 figures are held within 15% of the full-shape rehearsal's measurements (docs/full-shape.md, tests/test_fit.py;
-the rows its constants were calibrated on are marked there), and the notebooks (`notebook_plan`): the model
-copies each notebook holds at once, measured while the course runs (tools/notebook_fit.py, the smoke run's
+the rows its constants were calibrated on are marked there), and the notebooks (`notebook_need`): the model
+copies each notebook holds at once, on its default path and in each optional part (03's part 2, 05's GGUF
+export, an exercise's solution), measured while the course runs (tools/notebook_fit.py, the smoke run's
 ledger, NOTEBOOKS below), times each copy's footprint. The GPU figures have not been measured on a T4 yet.
-Where something will not fit, `require_fit` / `notebook_line` say what is needed and a runtime that has it.
+Where something will not fit, `require_fit` / `notebook_fit` say what is needed and a runtime that has it.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 from gemmate_lib.generations import NF4_BYTES, SEED_TARGETS, TOWERS, generation_of
-from gemmate_lib.housekeeping.errors import GemmateError
+from gemmate_lib.housekeeping.errors import LAST_FIT, GemmateError
 
 GIB = 2**30
 # A free Colab runtime: one T4 (15 GB: 14.6 GiB for the process, less the CUDA context), 12.7 GB of RAM, and
@@ -160,7 +161,9 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
     merged = n * 2  # the merge writes f16, the converter's own type, whatever the checkpoint holds
     gguf_f16, gguf_q4 = text * 2, text * 0.65
     lora = lora_r * (shape.largest_adapted ** 0.5) * 2 * 200  # adapter, gradients, 8-bit Adam: small
-    flop_scale = n / 2.5e9 * (4 if compute_bytes == 4 else 1)  # fp32 runs ~4x slower than fp16 on a T4
+    # a step's work follows the weights it multiplies: the text model's (gemma-2b's 2.5 B: the seed's step),
+    # not a per-layer table that is only looked up, nor towers a text run never calls; fp32 ~4x slower
+    flop_scale = (text - shape.per_layer) / 2.5e9 * (4 if compute_bytes == 4 else 1)
     whole, nf4 = copy_bytes(shape, "whole", compute_bytes), copy_bytes(shape, "nf4-fp32", compute_bytes)
     return {
         # the whole model in the compute dtype (01's and 06's 16/32-bit copies, 05's merge): tensors converted
@@ -251,6 +254,39 @@ def plan_for(model: str, compute_bytes: int | None = None, token=None, **kwargs)
 
 # ---------------------------------------------------------------------------------------------- per notebook
 
+# A notebook's optional parts: the moments measured in their cells (tools/notebook_fit.PARTS) count only when
+# the notebook's parameters run them. {part: (what the line calls it, does it run for these parameters?)}.
+# An exercise's solution is a part too ("exercise 05-2"): it runs after the lesson, in the lesson's kernel.
+PARTS = {
+    "compare": ("part 2 (compare=True)", lambda p: bool(p.get("compare"))),  # 03's sections 6 and 7
+    # 03's chat run (section 8): chat_steps, whose None means 40 when part 2 runs
+    "chat": ("the chat run (chat_steps)",
+             lambda p: bool(p["chat_steps"] if p.get("chat_steps") is not None else p.get("compare"))),
+    "export_gguf": ("the GGUF export (export_gguf=True)", lambda p: bool(p.get("export_gguf"))),  # 05
+}
+# Parts that run child processes whose memory the planner's phases measure (make rehearse): llama.cpp's
+# converter, quantizer and check run beside the kernel and its copies.
+CHILD_PHASES = {"export_gguf": ("convert", "quantize", "verify")}
+
+
+def parts_of(notebook: str, params: dict) -> frozenset[str]:
+    """The optional parts that `notebook` runs with `params` (its parameters cell's names; `exercise`: an
+    exercise's solution run after the lesson, "05-2")."""
+    found = {part for part, (_, runs) in PARTS.items() if runs(params)}
+    if params.get("exercise"):
+        found.add(f"exercise {params['exercise']}")
+    return frozenset(found)
+
+
+def part_label(part: str) -> str:
+    return PARTS[part][0] if part in PARTS else part
+
+
+def parts_text(parts) -> str:
+    """The parts as a line names them, in PARTS' order, then the exercises."""
+    return ", ".join(part_label(p) for p in sorted(parts, key=lambda p: (list(PARTS).index(p) if p in PARTS
+                                                                       else len(PARTS), p)))
+
 
 @cache
 def measured() -> dict:
@@ -268,8 +304,10 @@ def moment_need(moment: dict, shape: Shape, compute_bytes: int, data: dict | Non
                 cpu: bool = False) -> dict[str, float]:
     """{"gpu", "ram"} at one measured moment of a notebook: its copies' footprints (the one it is loading at
     its load peak, with the load's conversion on the CPU), plus training's LoRA and activations when it
-    trains, plus the kernel's own memory. `cpu`: the CPU profile, where the copies are 16/32-bit ("whole", an
-    upper bound for the 4-bit ones that 01 loads on purpose) and live in RAM ("gpu" is then 0)."""
+    trains, plus the kernel's own memory, plus a child process's: one that loads a copy of its own (05's
+    fresh-process reload: its Python and libraries, LOAD_BASELINE) or runs a planner's phase (CHILD_PHASES:
+    llama.cpp's converter). `cpu`: the CPU profile, where the copies are 16/32-bit ("whole", an upper bound
+    for the 4-bit ones that 01 loads on purpose) and live in RAM ("gpu" is then 0)."""
     gpu, ram = 0.0, TORCH_BASELINE + kernel_extra(data)
     for i, kind in enumerate(moment["copies"]):
         copy = copy_bytes(shape, "whole" if cpu else kind, compute_bytes)
@@ -279,6 +317,11 @@ def moment_need(moment: dict, shape: Shape, compute_bytes: int, data: dict | Non
         if loading:
             workers = LOAD_WORKERS if kind.startswith("whole") else 1
             ram += max(converted(shape, compute_bytes, workers) - copy["host"], 0)
+    if moment.get("child"):
+        ram += LOAD_BASELINE
+    if moment.get("part") in CHILD_PHASES:
+        plan = predict(shape, compute_bytes)
+        ram += max(plan[phase]["ram"] for phase in CHILD_PHASES[moment["part"]])
     if moment.get("training"):
         gpu += 8 * (shape.largest_adapted ** 0.5) * 2 * 200 + ACTIVATIONS
     return {"gpu": 0.0, "ram": ram + gpu} if cpu else {"gpu": gpu, "ram": ram}
@@ -295,19 +338,25 @@ class NotebookNeed:
 
 
 def notebook_need(notebook: str, shape: Shape, compute_bytes: int, data: dict | None = None,
-                  cpu: bool = False) -> NotebookNeed:
+                  cpu: bool = False, parts: frozenset[str] = frozenset()) -> NotebookNeed:
     """What `notebook` needs at its peak for a model of `shape` computing in `compute_bytes`, from its
-    measured moments (`data`: the measured copies, NOTEBOOKS unless given; `cpu`: moment_need's)."""
+    measured moments on its default path and in the optional `parts` it runs (`data`: the measured copies,
+    NOTEBOOKS unless given; `cpu`: moment_need's)."""
     data = data or measured()
     entry, idle = data["notebooks"][notebook], {"gpu": 0.0, "ram": TORCH_BASELINE + kernel_extra(data)}
+    moments = [m for m in entry["moments"] if m.get("part") is None or m["part"] in parts]
     needs = [(moment_need(m, shape, compute_bytes, data, cpu),
-              any(k.startswith("whole") for k in m["copies"])) for m in entry["moments"]] or [(idle, False)]
-    without = [n for n, whole in needs if not whole] or [idle]
-    return NotebookNeed(copies=max((len(m["copies"]) for m in entry["moments"]), default=0),
+              any(k.startswith("whole") for k in m["copies"])) for m in moments] or [(idle, False)]
+    without = [n for n, whole in needs if not whole]
+    holds_whole = any(whole for _, whole in needs)
+    # where every moment holds a whole copy, nothing is left to run without it: no "fits without" then
+    leaves_out = entry.get("without_whole", "") if holds_whole and without else ""
+    without = without or [idle]
+    return NotebookNeed(copies=max((len(m["copies"]) for m in moments), default=0),
                         gpu=max(n["gpu"] for n, _ in needs), ram=max(n["ram"] for n, _ in needs),
                         gpu_without_whole=max(n["gpu"] for n in without),
                         ram_without_whole=max(n["ram"] for n in without),
-                        without_whole=entry.get("without_whole", ""))
+                        without_whole=leaves_out)
 
 
 def verdict(need: NotebookNeed, runtime: dict = FREE_COLAB) -> str:
@@ -326,13 +375,19 @@ def verdict(need: NotebookNeed, runtime: dict = FREE_COLAB) -> str:
 class NotebookFit:
     line: str  # what the notebook prints before its download
     whole_copies: bool  # its parts that hold a whole 16/32-bit copy fit here
+    need: NotebookNeed | None = None  # the estimate the line states
+    runtime: dict | None = None  # the runtime it was judged against
 
 
-def notebook_fit(notebook: str, cfg, runtime: dict | None = None) -> NotebookFit:
-    """Before any weight is downloaded: will `notebook` fit this runtime with cfg's model? Reads the model's
-    config only (a few kB), prints nothing; the notebook prints `.line`. Stops (FitError) when even its 4-bit
-    parts will not fit, naming a runtime that fits; `.whole_copies` is False when only its 16/32-bit parts
-    (01's comparison, 05's merge, 06's 16/32-bit arms) will not, and those parts then say so and skip."""
+def notebook_fit(notebook: str, cfg, runtime: dict | None = None, **params) -> NotebookFit:
+    """Before any weight is downloaded: will `notebook` fit this runtime with cfg's model, on its default path
+    and in the optional parts that `params` (the notebook's parameters: compare, chat_steps, export_gguf;
+    `exercise`: an exercise's solution) run? Reads the model's config only (a few kB), prints nothing; the
+    notebook prints `.line`. Stops (FitError) when even its 4-bit parts will not fit, naming a runtime that
+    fits; `.whole_copies` is False when only its 16/32-bit parts (01's comparison, 03's section 7, 05's
+    merge, 06's 16/32-bit arms) will not, and those parts then say so and skip. The line names no property
+    of the machine beyond the GPU the verdict is for: what it prints does not change with this machine's
+    RAM or disk."""
     from transformers import AutoConfig
 
     from gemmate_lib.models import resolve_model
@@ -343,17 +398,27 @@ def notebook_fit(notebook: str, cfg, runtime: dict | None = None) -> NotebookFit
     cpu = cfg.precision.device == "cpu"  # the 16/32-bit profile: the copies live in RAM
     if cpu:
         runtime = {**runtime, "gpu_bytes": None}
-    need = notebook_need(notebook, shape_of(config), cfg.precision.dtype.itemsize, cpu=cpu)
+    parts = parts_of(notebook, params)
+    need = notebook_need(notebook, shape_of(config), cfg.precision.dtype.itemsize, cpu=cpu, parts=parts)
     answer = verdict(need, runtime)
     where_to = (f"{runtime['gpu']} ({runtime['gpu_bytes'] / GIB:.1f} GiB)" if runtime["gpu_bytes"]
                 else "this CPU")
-    line = (f"{notebook} with {cfg.model.model_name} on {where_to}, RAM {runtime['ram_bytes'] / 1e9:.1f} GB: "
-            f"at most {need.copies} model cop{'y' if need.copies == 1 else 'ies'} at once, peak about "
-            + (f"{need.gpu / GIB:.1f} GiB of GPU memory and " if runtime["gpu_bytes"] else "")
-            + f"{need.ram / 1e9:.1f} GB of RAM (estimates): ")
+    with_parts = parts_text(parts)
+
+    def peak(gpu, ram):
+        on_gpu = f"{gpu / GIB:.1f} GiB of GPU memory and " if runtime["gpu_bytes"] else ""
+        return on_gpu + f"{ram / 1e9:.1f} GB of RAM"
+
+    line = (f"{notebook}{' with ' + with_parts if with_parts else ''}, {cfg.model.model_name} on {where_to}: "
+            f"at most {need.copies} model cop{'y' if need.copies == 1 else 'ies'} at once")
+    LAST_FIT.update(notebook=notebook, line=f"{line}, peak about {peak(need.gpu, need.ram)} (estimates)")
     if answer == "no":
-        raise FitError(line + "will not fit", f"switch to {BIGGER}, or choose a smaller model "
-                       "(google/gemma-3-1b-pt)")
+        raise FitError(f"{line}, peak about {peak(need.gpu, need.ram)} (estimates): will not fit",
+                       f"switch to {BIGGER}, or choose a smaller model (google/gemma-3-1b-pt)")
     if answer == "yes":
-        return NotebookFit(line + "fits", True)
-    return NotebookFit(line + f"fits {answer} (it needs {BIGGER})", False)
+        return NotebookFit(f"{line}, peak about {peak(need.gpu, need.ram)} (estimates): fits", True, need,
+                           runtime)
+    return NotebookFit(f"{line}; {need.without_whole} would peak at about {peak(need.gpu, need.ram)}, more "
+                       f"than this runtime has: it fits without {need.without_whole}, peak about "
+                       f"{peak(need.gpu_without_whole, need.ram_without_whole)} (estimates); "
+                       f"{need.without_whole} needs {BIGGER}", False, need, runtime)

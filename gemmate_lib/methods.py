@@ -23,7 +23,7 @@ DEFAULT_METHODS = METHODS[:-1]  # what 06 trains unless told, on a CPU: IA3 is t
 # the course refuses it there (check_full_finetuning); on a bigger GPU add "full" to `methods`.
 GPU_DEFAULT_METHODS = tuple(k for k in DEFAULT_METHODS if k != "full")
 LEARNING_RATES = {
-    "full": 5e-5,  # every weight moves: transformers' default rate (TrainingArguments), ~10x below LoRA's
+    "full": 5e-5,  # every weight moves: transformers' default rate (TrainingArguments), a quarter of LoRA's
     "lora": 2e-4,  # LoRA and QLoRA: the course's rate (the QLoRA paper's for small models)
     "prompt": 3e-2,  # prompt tuning: embedding vectors from scratch need big steps (PEFT's example)
     "prefix": 1e-2,  # prefix tuning: keys and values per layer (PEFT's example)
@@ -56,7 +56,12 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
     `other_rank`: the second LoRA rank (alpha = 2 x rank); `rates`: learning rates, e.g. {"prompt": 3e-3}."""
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
 
-    keys = default_methods(cfg) if keys is None else keys
+    if keys is None:
+        keys = default_methods(cfg)
+        if cfg.precision.device == "cuda" and not whole_copy_fits(cfg, model_path):
+            keys = ["qlora"]  # the profile's list is what a T4 runs with gemma-2b; E2B's 16/32-bit copy isn't
+            print("methods=None: a 16/32-bit copy of this model does not fit this GPU (06's fit line above), "
+                  'so only QLoRA runs: methods=["qlora"]; the others need a bigger GPU (an L4 or A100)')
     keys = [k.strip() for k in keys.split(",")] if isinstance(keys, str) else list(keys)  # papermill: a,b
     unknown = [k for k in keys if k not in METHODS]
     if unknown:
@@ -100,6 +105,17 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
     }
     check_fits(cfg, model_path, keys)
     return {k: every[k] for k in keys}
+
+
+def whole_copy_fits(cfg: CourseConfig, model_path: str) -> bool:
+    """Whether a 16/32-bit copy of the model loads on this GPU (the config alone, before any weight)."""
+    from transformers import AutoConfig
+
+    from gemmate_lib import fit
+
+    shape = fit.shape_of(AutoConfig.from_pretrained(model_path))
+    load = fit.predict(shape, cfg.precision.dtype.itemsize)["load"]
+    return not fit.problems({"load": load}, fit.runtime_here())
 
 
 def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:

@@ -110,3 +110,84 @@ def test_a_seconds_timestamp_through_papermill_stops_04_in_its_config_cell(tmp_p
                             parameters={"constant_date": 1_633_046_400, "run_dir": str(tmp_path)})
     assert err.value.ename == "DataError" and "looks like seconds" in err.value.evalue
     assert err.value.exec_count <= 4  # before any model or data loads
+
+
+OOM = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 14.58 GiB"
+
+
+def test_a_cuda_out_of_memory_while_loading_says_which_memory_ran_out_with_the_estimate_and_the_fix(
+        tiny_folder, monkeypatch):
+    """torch.OutOfMemoryError raised at transformers' boundary (from_pretrained) during load_model is not
+    "check the id or path" (the fallback for an unknown load error): it names the GPU's memory, repeats the
+    estimate the notebook printed before its download, and the fixes."""
+    import transformers
+
+    from gemmate_lib.housekeeping.errors import LAST_FIT, OutOfMemory
+    from gemmate_lib.models import load_model
+
+    def run_out(*args, **kwargs):
+        try:
+            raise torch.OutOfMemoryError(OOM)
+        except torch.OutOfMemoryError as err:  # transformers raises from inside its own code
+            raise RuntimeError("while loading the weights") from err
+
+    import torch
+
+    monkeypatch.setitem(LAST_FIT, "line", "03_lora_sft, x on T4 (14.0 GiB): peak about 11.4 GiB (estimates)")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", run_out)
+    with pytest.raises(OutOfMemory) as err:
+        load_model(str(tiny_folder))
+    problem = err.value.problem
+    assert problem.startswith("the GPU's memory ran out while loading model")
+    assert "Tried to allocate 2.00" in problem
+    assert "peak about 11.4 GiB" in problem and "check the id" not in str(err.value)
+    assert "nf4" in err.value.fix and "gemma-3-1b-pt" in err.value.fix and "L4" in err.value.fix
+
+
+def test_the_hosts_ram_running_out_says_ram_and_another_load_error_keeps_its_own_message(tiny_folder,
+                                                                                          monkeypatch):
+    import transformers
+
+    from gemmate_lib.housekeeping.errors import ModelLoadError, OutOfMemory
+    from gemmate_lib.models import load_model
+
+    def no_ram(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_ram)
+    with pytest.raises(OutOfMemory, match="the host's RAM ran out while loading model"):
+        load_model(str(tiny_folder))
+
+    def broken(*args, **kwargs):
+        raise ValueError("a broken config")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", broken)
+    with pytest.raises(ModelLoadError) as err:
+        load_model(str(tiny_folder))
+    assert not isinstance(err.value, OutOfMemory) and "a broken config" in err.value.problem
+
+
+def test_out_of_memory_in_a_step_is_one_line_in_a_notebook_and_on_the_command_line(capsys):
+    """A step that runs out (trainer.train() written out in a notebook cell, or a command) shows one line:
+    which memory, and the fix; IPython's handler that quiet() installs and run_cli give the same."""
+    import torch
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from gemmate_cli.errors import run_cli
+
+    def step(argv):
+        raise torch.OutOfMemoryError(OOM)
+
+    assert run_cli(step, []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the GPU's memory ran out while the command ran") and "Fix:" in err
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_cell("import gemmate_lib\ngemmate_lib.quiet()")  # as each notebook's first cells do
+        result = shell.run_cell("import torch\nraise torch.OutOfMemoryError(" + repr(OOM) + ")")
+        shown = capsys.readouterr().out
+    finally:
+        shell.set_custom_exc((), None)
+        InteractiveShell.clear_instance()
+    assert not result.success
+    assert "OutOfMemory: the GPU's memory ran out while this cell ran" in shown and "Traceback" not in shown

@@ -288,3 +288,28 @@ def test_full_finetuning_under_bf16_trains_fp32_master_weights_so_small_updates_
     assert {p.dtype for p in arm.model.parameters()} == {torch.bfloat16}  # measured like the other methods
     with safe_open(tmp_path / "saved" / "model.safetensors", framework="pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+
+
+def test_06s_default_methods_on_a_t4_with_gemma_4_e2b_are_what_the_t4_holds(tmp_path, fake_gpu, capsys):
+    """methods=None on a GPU: the T4 list with gemma-2b; with Gemma 4 E2B, whose 16/32-bit copy (~19 GiB in
+    fp32) a T4 cannot hold, QLoRA alone, said in one line, instead of stopping with a FitError."""
+    import dataclasses
+
+    from gemmate_lib.config import course_config
+    from gemmate_lib.housekeeping.hardware import Precision
+    from gemmate_lib.methods import GPU_DEFAULT_METHODS, build_methods
+    from tools.full_shape import config_of
+
+    for name in ("gemma-2b", "gemma-4-E2B"):
+        config_of(name).save_pretrained(tmp_path / name)  # the config alone: no weights to load
+    cfg = course_config("methods")  # the CPU profile's settings; then a T4's precision below
+    fake_gpu((7, 5))
+    t4 = {"gemma-2b": Precision("cuda", torch.float16, "a T4"),
+          "gemma-4-E2B": Precision("cuda", torch.float32, "a T4")}
+    on_t4 = {name: dataclasses.replace(cfg, precision=precision, profile="gpu")
+             for name, precision in t4.items()}
+    small = build_methods(on_t4["gemma-2b"], str(tmp_path / "gemma-2b"), None)
+    assert tuple(small) == GPU_DEFAULT_METHODS
+    capsys.readouterr()
+    e2b = build_methods(on_t4["gemma-4-E2B"], str(tmp_path / "gemma-4-E2B"), None)
+    assert list(e2b) == ["qlora"] and 'methods=["qlora"]' in capsys.readouterr().out

@@ -4,6 +4,7 @@ docs/full-shape.md and the README, and the fit line every notebook prints before
 itself (tests/test_learner_path.py) measures the copies again and fails where they grew past what the table
 says."""
 import json
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,15 +46,15 @@ def test_each_notebooks_fit_line_says_what_the_table_says(model, tmp_path):
 
     config_of(model).save_pretrained(tmp_path)  # the config alone, as the notebook reads it before a download
     for row in (r for r in notebook_fit.rows() if r["model"] == model):
-        notebook = row["notebook"]
+        notebook, params = row["notebook"], row["params"]  # a row per optional part: its parameters
         if row["fits"] == "no":
             with pytest.raises(fit.FitError) as err:
-                fit.notebook_fit(notebook, _cfg(tmp_path, model), fit.FREE_COLAB)
+                fit.notebook_fit(notebook, _cfg(tmp_path, model), fit.FREE_COLAB, **params)
             assert "L4" in err.value.fix, notebook
             continue
-        answer = fit.notebook_fit(notebook, _cfg(tmp_path, model), fit.FREE_COLAB)
+        answer = fit.notebook_fit(notebook, _cfg(tmp_path, model), fit.FREE_COLAB, **params)
         assert answer.whole_copies == (row["fits"] == "yes"), notebook
-        expected = ": fits" if row["fits"] == "yes" else f": fits {row['fits']}"
+        expected = ": fits" if row["fits"] == "yes" else f"it fits {row['fits']}"
         assert expected in answer.line, answer.line
 
 
@@ -90,3 +91,127 @@ def test_a_notebook_that_holds_one_more_copy_is_caught(monkeypatch):
     problems = notebook_fit.compare(committed, grown)
     assert any("04_evaluation" in p for p in problems)
     assert notebook_fit.compare(committed, committed) == []
+
+
+def _moments(*moments):
+    """A measured-copies document (notebook_copies.json's shape): one notebook, "nb", holding `moments`."""
+    return {"kernel_bytes": int(0.6e9), "notebooks": {"nb": {"moments": list(moments),
+                                                            "without_whole": "its 16/32-bit part"}}}
+
+
+@pytest.fixture(scope="module")
+def e2b():
+    from tools.full_shape import config_of
+
+    return fit.shape_of(config_of("gemma-4-E2B"))
+
+
+def test_a_whole_e2b_copy_does_not_fit_a_free_t4_and_its_4_bit_path_does(e2b):
+    """The verdict itself, on a hand-made measurement (no committed doc): Gemma 4 E2B's 16/32-bit copy (about
+    19 GiB in fp32) does not fit a T4's 14 GiB, its 4-bit copy (about 11.4 GiB at its load peak) does; a
+    notebook holding both fits without the 16/32-bit part; holding only the whole copy, it does not."""
+    whole = {"copies": ["whole"], "loading": 0, "training": False}
+    nf4 = {"copies": ["nf4-fp32"], "loading": 0, "training": False}
+    trains = {"copies": ["nf4-fp32"], "loading": None, "training": True}
+    need = fit.notebook_need("nb", e2b, 4, _moments(whole, nf4, trains))
+    assert need.gpu > fit.FREE_COLAB["gpu_bytes"] > need.gpu_without_whole > 10 * fit.GIB
+    assert fit.verdict(need) == "without its 16/32-bit part"
+    assert fit.verdict(fit.notebook_need("nb", e2b, 4, _moments(nf4, trains))) == "yes"
+    assert fit.verdict(fit.notebook_need("nb", e2b, 4, _moments(whole))) == "no"
+    two = {"copies": ["nf4-fp32", "nf4-fp32"], "loading": 0, "training": False}  # a second 4-bit copy beside
+    assert fit.verdict(fit.notebook_need("nb", e2b, 4, _moments(two))) == "no"
+
+
+def test_the_verdict_turns_at_the_runtimes_limits():
+    """At the limit fits, a byte over does not: on the GPU and in RAM, each on its own."""
+    need = fit.NotebookNeed(copies=1, gpu=10.0, ram=5.0, gpu_without_whole=4.0, ram_without_whole=2.0,
+                            without_whole="")
+    runtime = {"gpu": "T4", "gpu_bytes": 10.0, "ram_bytes": 5.0, "disk_bytes": 1e12}
+    assert fit.verdict(need, runtime) == "yes"
+    assert fit.verdict(need, {**runtime, "gpu_bytes": 9.9}) == "no"
+    assert fit.verdict(need, {**runtime, "ram_bytes": 4.9}) == "no"
+    assert fit.verdict(need, {**runtime, "gpu_bytes": None}) == "yes"  # a CPU: RAM decides alone
+    partial = fit.NotebookNeed(1, 10.0, 5.0, 4.0, 2.0, "the merge")
+    assert fit.verdict(partial, {**runtime, "gpu_bytes": 9.9}) == "without the merge"
+    assert fit.verdict(partial, {**runtime, "gpu_bytes": 3.9}) == "no"
+    assert fit.verdict(partial, {**runtime, "gpu_bytes": 9.9, "ram_bytes": 1.9}) == "no"
+
+
+def test_an_optional_part_counts_only_when_the_parameters_run_it(e2b):
+    """03's part 2 holds a 16/32-bit arm: with compare=False the notebook fits E2B on a T4 whole; with
+    compare=True it fits without section 7. An exercise's solution counts only for that exercise."""
+    base = {"copies": ["nf4-fp32"], "loading": 0, "training": False}
+    arm = {"copies": ["whole"], "loading": 0, "training": False, "part": "compare"}
+    solution = {"copies": ["nf4-fp32", "nf4-fp32"], "loading": 0, "training": False, "part": "exercise 05-2"}
+    data = _moments(base, arm, solution)
+    assert fit.parts_of("03_lora_sft", {"compare": False, "chat_steps": None}) == frozenset()
+    assert fit.parts_of("03_lora_sft", {"compare": True}) == {"compare", "chat"}
+    assert fit.parts_of("03_lora_sft", {"compare": True, "chat_steps": 0}) == {"compare"}
+    assert fit.parts_of("05_save_and_push", {"export_gguf": True}) == {"export_gguf"}
+    assert fit.verdict(fit.notebook_need("nb", e2b, 4, data)) == "yes"
+    compare = fit.notebook_need("nb", e2b, 4, data, parts=frozenset({"compare"}))
+    assert fit.verdict(compare).startswith("without")
+    assert fit.verdict(fit.notebook_need("nb", e2b, 4, data, parts=frozenset({"exercise 05-2"}))) == "no"
+
+
+def test_a_moment_with_a_child_process_adds_the_childs_own_memory(e2b):
+    """05's reload in a fresh process: the child's Python and libraries are RAM on top of the copy."""
+    kernel = {"copies": ["nf4-fp32"], "loading": 0, "training": False}
+    child = {**kernel, "child": True}
+    alone = fit.moment_need(kernel, e2b, 4, _moments(kernel))
+    with_child = fit.moment_need(child, e2b, 4, _moments(child))
+    assert with_child["ram"] - alone["ram"] == pytest.approx(fit.LOAD_BASELINE)
+    assert with_child["gpu"] == alone["gpu"]
+
+
+def _nbval(notebook: Path, ipython_dir: Path | None) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    env = {**os.environ, "IPYTHONDIR": str(ipython_dir)} if ipython_dir else dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
+                           str(notebook)], capture_output=True, text=True, env=env, cwd=notebook.parent)
+
+
+def test_nbval_on_a_faked_machine_fails_a_checked_cell_that_prints_the_machines_ram(tmp_path):
+    """make nbval's kernels start on another machine (tests/fake_machine.py: RAM, free disk, cores): a checked
+    cell whose committed output holds this machine's RAM (as 06's fit line did) fails there, while a checked
+    cell whose output no machine changes passes; without the fake both pass on this machine."""
+    import fake_machine
+    import nbformat
+    from nbclient import NotebookClient
+
+    from tools.ledger import startup_dir
+
+    def checked(source):
+        cell = nbformat.v4.new_code_cell(source)
+        cell.metadata["tags"] = ["nbval-check-output"]
+        return cell
+
+    ram = "import os\nprint(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') // 10**9)"
+    cores = "import os\nprint(os.cpu_count())"
+    disk = "import shutil\nprint(shutil.disk_usage('.').free // 10**9)"
+    cases = (("ram", ram, True), ("cores", cores, True), ("disk", disk, True),
+             ("plain", "print(6 * 7)", False))
+    for name, source, fails in cases:
+        node = nbformat.v4.new_notebook(cells=[checked(source)])
+        NotebookClient(node, kernel_name="python3").execute()  # the committed output: this machine's
+        path = tmp_path / f"{name}.ipynb"
+        nbformat.write(node, path)
+        assert _nbval(path, None).returncode == 0
+        faked = _nbval(path, Path(fake_machine.startup_dir(startup_dir(tmp_path / f"ipython-{name}"))))
+        assert (faked.returncode != 0) == fails, faked.stdout[-2000:]
+
+
+@pytest.mark.after_nbval
+def test_nbval_ran_every_notebook_on_the_faked_machine_within_the_committed_copies():
+    """make nbval's run: each notebook's kernel had the faked machine (its mark beside the kernel's ledger),
+    and held no more model copies at once than the committed measurement says for the parts it ran."""
+    import os
+
+    run = Path(os.environ.get("GEMMATE_RUN_DIR", ROOT / "runs" / "nbval"))
+    found = notebook_fit.ledgers(run)
+    assert sorted(stem for stem, _ in found) == sorted(nb.stem for nb in NOTEBOOKS)
+    faked = {p.name.rsplit("-", 1)[1] for p in (run / "ledger").glob("fake-machine-*")}
+    assert {ledger.stem.rsplit("-", 1)[1] for _, ledger in found} <= faked
+    assert notebook_fit.check_run(run) == []

@@ -11,7 +11,6 @@ WRAPPERS = {  # every way in to training, by file
     "gemmate_lib/training.py": ["train_lora"], "gemmate_lib/methods.py": ["train_arm"],
     "gemmate_lib/temporal/training.py": ["train_temporal"],
     "gemmate_cli/train.py": ["LoraTraining.fit"], "gemmate_cli/train_te.py": ["TemporalTraining.fit"]}
-OVER_TRAIN = {"train", "train_temporal"}  # training.train, or 07's wrapper over it
 
 
 def _called(node) -> str | None:
@@ -44,12 +43,67 @@ def test_only_training_py_builds_or_runs_a_trainer():
                                     "gemmate_cli/train.py:2 trainer.train"]
 
 
+TARGETS = {"train": "gemmate_lib.training", "train_temporal": "gemmate_lib.temporal.training"}
+
+
+def imported(scopes) -> dict[str, str]:
+    """{name: module} of what `from M import name` brings into the given scopes (the module, the function),
+    and {alias: module} of `from gemmate_lib import training`-style imports of a module."""
+    names = {}
+    for scope in scopes:
+        for node in ast.walk(scope):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return names
+
+
+def training_calls(module: str, tree: ast.Module, function: ast.FunctionDef) -> list[str]:
+    """The calls in `function` that resolve to training.train (or 07's train_temporal, a wrapper over it):
+    a name imported from its module, `training.train` on that module imported, or, inside that module
+    itself, its own top-level function."""
+    names = imported([tree, function])
+    own = module.removesuffix(".py").replace("/", ".")
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    found = []
+    for call in (c for c in ast.walk(function) if isinstance(c, ast.Call)):
+        func = call.func
+        if isinstance(func, ast.Name) and func.id in TARGETS:
+            origin = names.get(func.id) or (f"{own}.{func.id}" if func.id in defined else "")
+            if origin == f"{TARGETS[func.id]}.{func.id}":
+                found.append(origin)
+        elif isinstance(func, ast.Attribute) and func.attr in TARGETS and isinstance(func.value, ast.Name):
+            if names.get(func.value.id) == TARGETS[func.attr]:
+                found.append(f"{TARGETS[func.attr]}.{func.attr}")
+    return found
+
+
+def functions_of(tree: ast.Module) -> dict[str, ast.FunctionDef]:
+    found = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    return found | {f"{c.name}.{n.name}": n for c in tree.body if isinstance(c, ast.ClassDef)
+                    for n in c.body if isinstance(n, ast.FunctionDef)}  # the commands' `fit` steps
+
+
 def test_every_way_in_is_a_wrapper_over_training_train():
     for module, names in WRAPPERS.items():
         tree = ast.parse((ROOT / module).read_text())
-        functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-        functions |= {f"{c.name}.{n.name}": n for c in tree.body if isinstance(c, ast.ClassDef)
-                      for n in c.body if isinstance(n, ast.FunctionDef)}  # the commands' `fit` steps
         for name in names:
-            calls = {_called(c) for c in ast.walk(functions[name]) if isinstance(c, ast.Call)}
-            assert calls & OVER_TRAIN, f"{module}:{name} does not call training.train"
+            assert training_calls(module, tree, functions_of(tree)[name]), \
+                f"{module}:{name} does not call gemmate_lib.training.train"
+
+
+def test_a_call_named_train_that_is_not_training_train_is_caught():
+    """The rule resolves what a call named `train` is: a trainer's own train(), a method, or a train imported
+    from elsewhere is not the one training path."""
+    for body in ("def fit(self, model):\n    return self.trainer.train()\n",
+                 "def fit(self, model):\n    from gemmate_lib.methods import train\n"
+                 "    return train(model)\n",
+                 "def fit(self, model):\n    train = print\n    return train(model)\n",
+                 "def fit(self, model):\n    from gemmate_lib import methods as training\n"
+                 "    return training.train(model)\n"):
+        tree = ast.parse(body)
+        assert training_calls("gemmate_cli/train.py", tree, functions_of(tree)["fit"]) == [], body
+    good = "def fit(self, model):\n    from gemmate_lib.training import train\n    return train(model)\n"
+    tree = ast.parse(good)
+    found = training_calls("gemmate_cli/train.py", tree, functions_of(tree)["fit"])
+    assert found == ["gemmate_lib.training.train"]

@@ -1,36 +1,59 @@
 """Which model copies a notebook holds at once, measured while it runs: an IPython startup file loads this
-module into each notebook's kernel (the smoke run, `make course`, nbval: `GEMMATE_LEDGER=<file>.jsonl`), and
-it writes one JSON line per event:
+module into each notebook's kernel (the smoke run, `make course`, nbval, `make exercises`:
+`GEMMATE_LEDGER=<file>.jsonl`, or a folder, where each kernel writes `kernel-<pid>.jsonl`), and it writes one
+JSON line per event:
 
 - "load": right after `from_pretrained` returns a model (transformers' `PreTrainedModel.from_pretrained`,
-which
-  every load of the course and of the one-page recipe goes through), with every copy then alive;
-- "train": when a `Trainer.train()` starts (training adds activations, gradients and optimizer state); -
-"cell": at the end of each cell, with the copies alive and the kernel's peak resident anonymous memory during
-  that cell (RssAnon, sampled every 50 ms: what a Colab runtime's RAM limit sees).
+  which every load of the course and of the one-page recipe goes through), with every copy then alive;
+- "train": when a `Trainer.train()` starts (training adds activations, gradients and optimizer state);
+- "cell": at the end of each cell, with the copies alive, and the largest resident memory any finished child
+  process reached so far (`children_peak`: llama.cpp's converter and quantizer, 05's fresh-process reload);
+- "spawn": when the kernel starts a child process, with the copies the kernel holds then;
+- "exit": when a child process that loaded a model ends.
+
+Child processes are followed: the kernel puts a folder on PYTHONPATH whose `sitecustomize.py` loads this
+module into every Python child it starts (05's reload in a fresh process loads a second copy while the kernel
+holds its own: on a GPU both are there at once). A child's events carry its `pid`; `cell` names the kernel's
+cell that started it. A `part` names an optional part of a notebook that is running (GEMMATE_FIT_PART, set by
+the code that runs it: an exercise's solution, one of 06's methods), so the fit table can answer for each.
 
 A copy is a model that `from_pretrained` returned and that is still alive after `gc.collect()`, held through
 weak references, so the ledger never keeps one alive. Each copy's bytes are counted once per tensor storage,
 by device and by kind: "4bit" (bitsandbytes' packed weights), or the dtype of a float tensor, with the tables
 that `lookup_tables_to_cpu` keeps on the CPU counted apart ("host"). tools/notebook_fit.py turns the ledgers
 into the per-notebook table (docs/full-shape.md). This module imports nothing of the course: the one-page
-recipe's kernel must never see `gemmate_lib`. """
+recipe's kernel must never see `gemmate_lib`."""
 from __future__ import annotations
 
+import atexit
 import gc
 import hashlib
 import importlib.abc
 import importlib.util
 import json
 import os
+import resource
 import sys
-import threading
 import time
 import weakref
+from pathlib import Path
 
-PATH = os.environ.get("GEMMATE_LEDGER")
+PART = "GEMMATE_FIT_PART"  # the optional part that runs now (an exercise's solution), set by what runs it
+CELL = "GEMMATE_LEDGER_CELL"  # the kernel's cell now running: a child process names it in its events
+FILE = "GEMMATE_LEDGER_FILE"  # the kernel's ledger file, which its child processes append to
 _copies: list[weakref.ref] = []
-_cell = {"n": 0, "source": "", "peak": 0}
+_state = {"n": 0, "source": "", "path": None, "child": False, "part": None}
+
+
+def ledger_file() -> str | None:
+    """Where this process writes: the kernel's file (a child inherits it), GEMMATE_LEDGER itself, or, when
+    GEMMATE_LEDGER is a folder, kernel-<pid>.jsonl in it (one pytest process runs every kernel of nbval)."""
+    if os.environ.get(FILE):
+        return os.environ[FILE]
+    path = os.environ.get("GEMMATE_LEDGER")
+    if not path:
+        return None
+    return str(Path(path) / f"kernel-{os.getpid()}.jsonl") if Path(path).is_dir() else path
 
 
 def rss_anon() -> int:
@@ -42,10 +65,9 @@ def rss_anon() -> int:
         return 0
 
 
-def _sample(poll: float = 0.05) -> None:
-    while True:
-        _cell["peak"] = max(_cell["peak"], rss_anon())
-        time.sleep(poll)
+def children_peak() -> int:
+    """The largest resident memory that any finished child process of this one reached, in bytes."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
 def copy_bytes(model, seen: set) -> dict:
@@ -87,10 +109,18 @@ def write(event: str, **extra) -> None:
     # referenced); a load and a training start always collect first.
     collect = event != "cell" or len(alive(collect=False)) >= 2
     seen: set = set()
-    copies = [{"class": type(m).__name__, "bytes": copy_bytes(m, seen)} for m in alive(collect)]
-    record = {"event": event, "cell": _cell["n"], "source": _cell["source"], "time": round(time.time(), 2),
-              "copies": copies, "rss_anon": rss_anon(), **extra}
-    with open(PATH, "a") as f:
+    models = [] if event == "exit" else alive(collect)  # a child's copies end with it
+    copies = [{"class": type(m).__name__, "bytes": copy_bytes(m, seen)} for m in models]
+    child = _state["child"]
+    part = os.environ.get(PART) or (_state["part"] if event == "cell" else None)
+    if part:
+        _state["part"] = part  # the cell's own end belongs to the part that ran in it
+    record = {"event": event, "cell": _state["n"],
+              "source": os.environ.get(CELL, "") if child else _state["source"],
+              "time": round(time.time(), 3), "copies": copies, "rss_anon": rss_anon(),
+              **({"pid": os.getpid()} if child else {}),
+              **({"part": part} if part else {}), **extra}
+    with open(_state["path"], "a") as f:  # one write per line: a child's lines never interleave a kernel's
         f.write(json.dumps(record) + "\n")
 
 
@@ -144,27 +174,83 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 
 def _pre_run_cell(info) -> None:
-    _cell["n"] += 1
-    source = info.raw_cell or ""
-    _cell["source"] = hashlib.sha1(source.strip().encode()).hexdigest()[:12]
-    _cell["peak"] = rss_anon()
+    _state["n"] += 1
+    _state["part"] = None
+    _state["source"] = cell_hash(info.raw_cell or "")
+    os.environ[CELL] = _state["source"]
 
 
 def _post_run_cell(result) -> None:
-    write("cell", peak_rss_anon=max(_cell["peak"], rss_anon()))
+    write("cell", children_peak=children_peak())
 
 
-def start(shell) -> None:
-    """Hook the ledger into an IPython shell (the startup file calls it)."""
-    if not PATH:
-        return
+def _hook() -> None:
     for name, patch in PATCHES.items():
         if name in sys.modules:
             patch(sys.modules[name])
     sys.meta_path.insert(0, _AfterImport())
+
+
+CHILD_SITE = '''"""Loads the notebook ledger (tools/ledger.py) into a child process of a measured kernel, then
+the sitecustomize this one hides, if any."""
+import importlib.util as _util
+import os as _os
+import sys as _sys
+
+_spec = _util.spec_from_file_location("_gemmate_ledger", {path!r})
+_ledger = _util.module_from_spec(_spec)
+_spec.loader.exec_module(_ledger)
+_ledger.start_child()
+_here = _os.path.dirname(_os.path.abspath(__file__))
+for _folder in _sys.path:
+    _other = _os.path.join(_folder or ".", "sitecustomize.py")
+    if _os.path.abspath(_folder or ".") != _here and _os.path.isfile(_other):
+        _code = compile(open(_other).read(), _other, "exec")
+        exec(_code, {{"__name__": "sitecustomize", "__file__": _other}})
+        break
+'''
+
+
+def _patch_spawn() -> None:
+    """A "spawn" line whenever the kernel starts a child process: what the kernel holds while its child
+    loads a copy of its own (05 frees its copy, then reloads in a fresh process, in one cell)."""
+    import subprocess
+
+    init = subprocess.Popen.__init__
+
+    def patched(self, *args, **kwargs):
+        if _copies:  # once a model was loaded: what the kernel holds now (maybe nothing), beside its child
+            write("spawn")
+        init(self, *args, **kwargs)
+
+    subprocess.Popen.__init__ = patched
+
+
+def start(shell) -> None:
+    """Hook the ledger into an IPython shell (the startup file calls it), and into its Python children."""
+    path = ledger_file()
+    if not path:
+        return
+    _state["path"] = path
+    os.environ[FILE] = path  # the kernel's children write here too
+    child_site = Path(path).parent / ".ledger-child"
+    child_site.mkdir(parents=True, exist_ok=True)
+    (child_site / "sitecustomize.py").write_text(CHILD_SITE.format(path=str(Path(__file__).resolve())))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(child_site), os.environ.get("PYTHONPATH")]))
+    _hook()
+    _patch_spawn()
     shell.events.register("pre_run_cell", _pre_run_cell)
     shell.events.register("post_run_cell", _post_run_cell)
-    threading.Thread(target=_sample, daemon=True).start()
+
+
+def start_child() -> None:
+    """In a child process of a measured kernel (CHILD_SITE): record its loads, and its end where it loaded."""
+    path = os.environ.get(FILE)
+    if not path:
+        return
+    _state.update(path=path, child=True)
+    _hook()
+    atexit.register(lambda: _copies and write("exit"))
 
 
 def cell_hash(source: str) -> str:
@@ -184,8 +270,6 @@ _ledger.start(get_ipython())
 def startup_dir(folder) -> str:
     """An IPYTHONDIR under `folder` whose startup file loads this module (without putting the course on
     sys.path); kernels started with IPYTHONDIR set to it write their ledger to $GEMMATE_LEDGER."""
-    from pathlib import Path
-
     startup = Path(folder) / "profile_default" / "startup"
     startup.mkdir(parents=True, exist_ok=True)
     (startup / "00-ledger.py").write_text(STARTUP.format(path=str(Path(__file__).resolve())))

@@ -38,6 +38,43 @@ class TokenError(GemmateError, PermissionError):
     """The Hugging Face token is missing, refused, expired, or lacks a needed permission."""
 
 
+# the last fit line this process computed (gemmate_lib.fit.notebook_fit writes it): an out-of-memory message
+# quotes the estimate the notebook printed before its download
+LAST_FIT: dict = {}
+
+
+class OutOfMemory(GemmateError, MemoryError):
+    """The GPU's memory or the host's RAM ran out while loading a model or running a step."""
+
+
+def _out_of_memory(chain) -> BaseException | None:
+    """The out-of-memory error in an exception chain: torch's on a GPU (torch.OutOfMemoryError, also
+    torch.cuda.OutOfMemoryError), Python's MemoryError on the host; None when there is none."""
+    import sys
+
+    torch = sys.modules.get("torch")  # an error raised by torch means torch is imported already
+    kinds = (MemoryError,) + ((torch.OutOfMemoryError,) if torch is not None else ())
+    return next((e for e in chain if isinstance(e, kinds) and not isinstance(e, GemmateError)), None)
+
+
+def out_of_memory_error(what: str, err: BaseException) -> OutOfMemory | None:
+    """One clear error when `err` (or what it was raised from) ran out of memory while `what` ran ("loading
+    model 'google/gemma-4-E2B'", "a training step"): which memory ran out, the course's estimate for this
+    notebook (the fit line it printed before its download), and the fixes. None for any other error."""
+    found = _out_of_memory(list(_causes(err)))
+    if found is None:
+        return None
+    gpu = not isinstance(found, MemoryError)
+    memory = "the GPU's memory" if gpu else "the host's RAM"
+    detail = " ".join(str(found).split())[:160]
+    said = f"; the course estimated: {LAST_FIT['line']}" if LAST_FIT.get("line") else ""
+    return OutOfMemory(f"{memory} ran out while {what}" + (f" ({detail})" if detail else "") + said,
+                       "free the copy an earlier cell holds (`del model`, then gc.collect() and "
+                       "torch.cuda.empty_cache()) and rerun; or take the 4-bit path (quantization=\"nf4\"), "
+                       "a smaller model (google/gemma-3-1b-pt), a smaller batch_size or max_length, or a "
+                       "bigger runtime (an L4 or A100); docs/troubleshooting.md, 'Out of memory'")
+
+
 def _causes(err: BaseException):
     """The error and the chain of errors it was raised from (transformers wraps Hub errors in OSError)."""
     seen = set()
@@ -53,6 +90,9 @@ def hub_load_error(name: str, err: Exception, kind: str = "model") -> GemmateErr
 
     cls = ModelLoadError if kind == "model" else DataError
     chain = list(_causes(err))
+    memory = out_of_memory_error(f"loading {kind} {name!r}", err)
+    if memory is not None:  # not the id's fault: the memory ran out
+        return memory
     status = next((getattr(e.response, "status_code", None) for e in chain
                    if isinstance(e, hub.HfHubHTTPError) and getattr(e, "response", None) is not None), None)
     if any(isinstance(e, hub.GatedRepoError) for e in chain) or status == 403:

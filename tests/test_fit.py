@@ -1,18 +1,29 @@
 """The planner's predictions against what was measured at the real shapes (docs/full-shape.json, written by
 `make rehearse`), its verdict on a free Colab T4, and the GPU memory line the notebooks print."""
 import json
+import shutil
+import subprocess
 
 import pytest
 import torch
 
 from gemmate_lib import fit
-from tools import full_shape, rehearse
+from tools import full_shape, holdout, rehearse
 
 COMMITTED = json.loads((rehearse.DOCS / "full-shape.json").read_text())
 # a T4's compute: fp16 for Gemma 1, fp32 for Gemma 3 and 4 (the embedded 270M and Gemma 3 4B too)
 T4_BYTES = {"gemma-2b": 2, "gemma-3-1b-pt": 4, "gemma-4-E2B": 4, "gemma-3-270m": 4, "gemma-3-4b-pt": 4}
 PHASE_ROWS = [r for r in COMMITTED["rows"] if r["phase"] != "copy"]
 COPY_ROWS = [r for r in COMMITTED["rows"] if r["phase"] == "copy"]
+RECORD = json.loads(holdout.RECORD.read_text())  # the planner's first predictions of the hold-out rows
+# The only rows whose RAM may miss by 0.1 GB instead of 15%, each with why: a figure that lies near a
+# process's own baseline, where a tenth of a GB is a large share of it and no runtime's limit. Others: 15%.
+NEAR_BASELINE = {
+    ("gemma-3-270m", "merge"): "the merge's floor, peft's process (0.31 GB) and four 64 MiB chunks: 0.58 GB "
+                               "planned, 0.50 measured; the 270M's adapted weights are smaller than a chunk",
+    ("gemma-3-270m", "verify"): "llama.cpp's process and context (0.31 GB planned, nothing repacked at "
+                                "hidden size 640): 0.24 GB measured",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +44,22 @@ def test_the_shapes_are_the_model_cards(shapes):
 def test_host_predictions_are_within_15_percent_of_the_rehearsal(shapes, row):
     plan = fit.predict(shapes[row["model"]], T4_BYTES[row["model"]])
     need = plan[row["phase"]]
-    # within 15%, or 0.1 GB where a figure lies near a process's own baseline (a tenth of a GB is a 40% error
-    # on the embedded model's 0.24 GB, and no runtime's limit)
-    assert need["ram"] == pytest.approx(row["peak_ram"], rel=0.15, abs=0.1e9), "RAM"
+    # within 15%; 0.1 GB only on the rows NEAR_BASELINE names
+    near = 0.1e9 if (row["model"], row["phase"]) in NEAR_BASELINE else 0
+    assert need["ram"] == pytest.approx(row["peak_ram"], rel=0.15, abs=near), "RAM"
     assert need["disk"] == pytest.approx(row["peak_disk"], rel=0.15), "disk"
+
+
+def test_the_0_1_gb_allowance_is_only_where_a_named_row_needs_it(shapes):
+    """Each NEAR_BASELINE row is a phase row with a reason, its RAM under 1 GB (where 0.1 GB is 10% or more),
+    and still outside 15% today: an allowance that is no longer needed is dropped, not kept for later."""
+    rows = {(r["model"], r["phase"]): r for r in PHASE_ROWS}
+    for (model, phase), reason in NEAR_BASELINE.items():
+        row = rows[model, phase]
+        assert reason and row["peak_ram"] < 1e9, f"{model} {phase}: no reason, or not near a baseline"
+        need = fit.predict(shapes[model], T4_BYTES[model])[phase]["ram"]
+        assert abs(need - row["peak_ram"]) > 0.15 * row["peak_ram"], (
+            f"{model} {phase}: within 15% now; drop its entry from NEAR_BASELINE")
 
 
 def test_the_planner_is_checked_on_rows_no_constant_was_fitted_on():
@@ -45,6 +68,61 @@ def test_the_planner_is_checked_on_rows_no_constant_was_fitted_on():
     assert {r["model"] for r in COMMITTED["rows"] if r["calibrated"]} == set(full_shape.CALIBRATION)
     held_out = [r for r in PHASE_ROWS if not r["calibrated"]]
     assert len(held_out) >= 2 and {"gemma-3-270m", "gemma-3-4b-pt"} <= {r["model"] for r in held_out}
+
+
+def test_every_hold_out_row_has_its_first_prediction_recorded():
+    """docs/planner-holdout.json keeps, for each hold-out row, the planner's first prediction of it (made
+    before the planner could be tuned on it) with that planner's commit; each entry's error and verdict are
+    its own figures' (within: rel=0.15, no allowance), and no entry is a calibration row."""
+    missing = [" ".join(holdout.key(r)) for r in holdout.missing(RECORD, COMMITTED["rows"])]
+    assert not missing, (
+        f"no first prediction recorded for the hold-out rows {', '.join(missing)}: record the current "
+        "planner's prediction once, before changing it for them (python -m tools.holdout --append, with "
+        "gemmate_lib/fit.py as committed), and commit the rows and the entries together")
+    for e in RECORD["entries"]:
+        row = {"model": e["model"], "phase": e["phase"], "peak_ram": e["measured"]["ram"],
+               "peak_disk": e["measured"]["disk"]}
+        assert holdout.entry(row, {e["phase"]: e["first_prediction"]}, e["planner_commit"],
+                             e["measured_commit"]) == e, " ".join(holdout.key(e))
+        assert e["model"] not in full_shape.CALIBRATION
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(holdout.ROOT), *args], capture_output=True, text=True)
+
+
+def test_the_hold_out_record_is_append_only():
+    """Every committed version of docs/planner-holdout.json (git log --follow) against the current file: an
+    entry changed or deleted fails, whatever the planner says now. Each first prediction came from a planner
+    committed before its measurement was (planner_commit an ancestor of measured_commit)."""
+    top = shutil.which("git") and _git("rev-parse", "--show-toplevel").stdout.strip()
+    if top != str(holdout.ROOT):
+        pytest.skip("no git history in this checkout: the record's committed versions cannot be read")
+    log = _git("log", "--follow", "--format=commit %H", "--name-only", "--",
+               str(holdout.RECORD.relative_to(holdout.ROOT))).stdout.split("commit ")[1:]
+    problems = []
+    for commit, path in (part.split() for part in log):
+        old = json.loads(_git("show", f"{commit}:{path}").stdout)
+        problems += [f"{line} since {commit[:7]}" for line in holdout.changed(old, RECORD)]
+    assert not problems, (
+        "docs/planner-holdout.json is append-only, its first predictions kept: " + "; ".join(problems)
+        + ". Restore the entries as committed (git show COMMIT:docs/planner-holdout.json)")
+    for e in RECORD["entries"]:
+        if e["measured_commit"]:  # null: the entry's own commit, which its planner_commit (HEAD) precedes
+            ancestor = _git("merge-base", "--is-ancestor", e["planner_commit"], e["measured_commit"])
+            assert ancestor.returncode in (0, 128) and e["planner_commit"] != e["measured_commit"], (
+                f"{' '.join(holdout.key(e))}: its planner {e['planner_commit'][:7]} does not precede its "
+                f"measurement {e['measured_commit'][:7]}")  # 128: a shallow clone without those commits
+
+
+def test_the_hold_out_table_is_the_records(shapes):
+    """docs/full-shape.md's hold-out table: the record's first predictions beside the planner now and the
+    measurement, as tools/holdout.py writes it (python -m tools.holdout rewrites the block)."""
+    models = {r["model"] for r in holdout.held_out(COMMITTED["rows"])}
+    plans = {name: fit.predict(shapes[name], T4_BYTES[name]) for name in models}
+    page = (rehearse.DOCS / "full-shape.md").read_text()
+    assert holdout.block(page) == holdout.table(RECORD, COMMITTED["rows"], plans), (
+        "docs/full-shape.md's hold-out table is not the record's and the planner's: python -m tools.holdout")
 
 
 @pytest.mark.parametrize("row", COPY_ROWS, ids=lambda r: r["model"])

@@ -3,29 +3,13 @@ complete checkpoint (its trainer_state.json, written last, parses; Trainer's own
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from gemmate_lib.housekeeping.errors import ParameterError
-
-STEP = re.compile(r"^checkpoint-(\d+)$")
-
-
-def complete_checkpoints(output_dir: str | Path) -> dict[int, Path]:
-    """{step: folder} of the checkpoints in output_dir that were written to the end."""
-    found = {}
-    for folder in Path(output_dir).glob("checkpoint-*"):
-        match = STEP.match(folder.name)
-        try:
-            if match and folder.is_dir():
-                json.loads((folder / "trainer_state.json").read_text())
-                found[int(match.group(1))] = folder
-        except (OSError, ValueError):
-            pass
-    return dict(sorted(found.items()))
+from gemmate_lib.resume import complete_checkpoints
 
 
 def checkpoint_metric(folder: Path, metric: str) -> float | None:

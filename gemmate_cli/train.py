@@ -20,12 +20,14 @@ def world() -> tuple[int, int]:
 
 
 def checkpoint_kwargs(cfg: CommandConfig, has_eval: bool, save: bool = True) -> dict:
-    """SFTConfig keywords of the command line's settings, on top of training.training_kwargs' (which never
-    saves): the checkpoint policy (`save=False`: none, hpo's trials), W&B, and DDP's."""
+    """SFTConfig keywords of the command line's settings, on top of training.training_kwargs': the checkpoint
+    policy (`save=False`: none, hpo's trials; CheckpointPolicy keeps what it keeps, not the notebooks' last
+    one only), W&B, and DDP's."""
     t, c = cfg.course.train, cfg.checkpoints
     strategy = c.save_strategy if save else "no"
     evaluate = has_eval and t.val_steps_freq > 0
-    out = {"save_strategy": {"step": "steps", "epoch": "epoch", "no": "no"}[strategy]}
+    out = {"save_strategy": {"step": "steps", "epoch": "epoch", "no": "no"}[strategy],
+           "save_total_limit": None}
     if evaluate and c.save_strategy == "epoch":
         out["eval_strategy"] = "epoch"
     if strategy == "step":
@@ -167,10 +169,10 @@ class LoraTraining(TrainingCommand):
                      **checkpoint_kwargs(self.cfg, bool(self.data.held_out), self.save_checkpoints))
 
     def finish(self, result, tokenizer, out: Path, common: dict) -> dict:
-        from gemmate_cli.checkpoints import complete_checkpoints
         from gemmate_cli.tasks import evaluate_task
         from gemmate_lib.adapters import save_adapter
         from gemmate_lib.housekeeping.files import save_json
+        from gemmate_lib.resume import complete_checkpoints
 
         rank, world_size = world()
         digest = trainable_digest(result.model)

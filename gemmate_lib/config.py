@@ -88,6 +88,9 @@ class TrainSettings:
     steps_freq: int = setting(2, "log the training loss every this many steps")
     val_steps_freq: int = setting(10,
         "evaluate on the held-out split (and save a checkpoint) every this many steps; 0: never")
+    save_steps: int = setting(0,
+        "checkpoint the adapter, optimizer and random state every this many steps (0: never), so a rerun "
+        "after a reclaimed runtime resumes (gemmate_lib.resume; 03 and 07 set it)")
     seed: int = setting(42, "training seed: LoRA initialization and data order")
     deterministic: bool = setting(False,
         "deterministic algorithms: bitwise-repeatable runs and resumes on a CPU")
@@ -148,13 +151,16 @@ SEED_QLORA = dict(quantization="nf4", max_steps=100, batch_size=1, gradient_accu
 # Tasks: what differs for GemmaTE training (07 and `gemmate train-te`) and for the methods compared in 06 from
 # quotes SFT (03 and `gemmate train`).
 TASK_DEFAULTS = {
-    "quotes": {},
+    # a checkpoint every 20 steps: half of 03's run on a CPU; on a T4 about a minute of gemma-2b, a few of
+    # Gemma 4 E2B (the planner's step times)
+    "quotes": dict(save_steps=20),
     "temporal": dict(num_epochs=3.0, max_steps=-1, learning_rate=3e-4, warmup_steps=10, max_length=64,
                      steps_freq=10, val_steps_freq=0, lora_dropout=0.0, fast_loss=True,
-                     group_by_length=False),
+                     group_by_length=False, save_steps=50),
     # 06 trains several methods one after another on the same small budget, every loss logged. No warm-up:
     # with 4 steps, transformers' warm-up would spend the first steps at a rate near 0 (step 1 runs at 0).
-    "methods": dict(max_steps=4, batch_size=4, gradient_accumulation_steps=1, warmup_steps=0, steps_freq=1),
+    "methods": dict(max_steps=4, batch_size=4, gradient_accumulation_steps=1, warmup_steps=0, steps_freq=1,
+                    save_steps=0),
 }
 
 
@@ -400,7 +406,7 @@ def gemma3_rule(precision: Precision, model_name: str) -> Precision:
     if precision.name != "fp16" or generation is None or generation.t4_dtype == "fp16":
         return precision
     return Precision(precision.device, DTYPES[generation.t4_dtype],
-                     f"{precision.reason}; but {generation.title.split(' (')[0]} "
+                     f"{precision.reason}; but {generation.name} "
                      f"{generation.dtype_reason.split(':')[0]}, so it computes in fp32 here")
 
 

@@ -60,3 +60,48 @@ def test_baselines_within_one_year_outside_the_training_years():
     # every neighbour is 2020-11: never the right year, within one year only for 2021
     assert got["nearest_year"] == 0 and got["nearest_year_within_1"] == pytest.approx(1 / 3)
     assert got["chance_year"] == pytest.approx(1 / 3)
+
+
+def test_gemmates_checkpoints_hold_what_trains_and_a_stopped_run_resumes_bitwise(tiny_model, tiny_tokenizer,
+                                                                                 tmp_path, capsys):
+    """07's training checkpoints (GemmaTETrainer): the adapter and the projection, never the frozen base; a
+    run stopped right after its checkpoint at step 2 (a reclaimed runtime) and run again resumes there and
+    ends where the uninterrupted run does, bitwise."""
+    import copy
+
+    import torch
+    from transformers import TrainerCallback
+
+    from gemmate_lib.config import course_config
+    from gemmate_lib.temporal.data import PROMPT_END, TextDataset
+    from gemmate_lib.temporal.training import attach_temporal_lora, train_temporal
+
+    class Reclaimed(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    cfg = course_config("temporal", device="cpu", dtype="fp32", max_steps=4, batch_size=2, steps_freq=1,
+                        save_steps=2)
+    texts = [f"Note {i}\nWritten: May {2008 + i}" for i in range(8)]
+    stamps = [datetime(2008 + i, 5, 10) for i in range(8)]
+    ds = TextDataset(texts, tiny_tokenizer, stamps, prompt_end=PROMPT_END)
+
+    def trained(folder, callbacks=None):
+        te = attach_temporal_lora(GemmaTEForCausalLM(copy.deepcopy(tiny_model), cfg.temporal), cfg)
+        result = train_temporal(te, ds, cfg, folder, tiny_tokenizer.pad_token_id, callbacks=callbacks)
+        return {n: p.detach().clone() for n, p in result.model.named_parameters() if p.requires_grad}
+
+    straight = trained(tmp_path / "straight")
+    try:
+        trained(tmp_path / "stopped", [Reclaimed()])
+    except KeyboardInterrupt:
+        pass
+    saved = sorted(p.name for p in (tmp_path / "stopped" / "checkpoint-2").iterdir())
+    assert {"adapter_model.safetensors", "temporal.safetensors", "optimizer.pt",
+            "trainer_state.json"} <= set(saved)
+    assert not [name for name in saved if name.startswith("model")]  # no copy of the base
+    capsys.readouterr()
+    resumed = trained(tmp_path / "stopped")
+    assert "resuming from step 2" in capsys.readouterr().out  # not a fresh run that happens to end alike
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)

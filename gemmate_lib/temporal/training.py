@@ -6,11 +6,38 @@ import statistics
 from functools import partial
 from pathlib import Path
 
+from transformers import Trainer
+
 from gemmate_lib.config import CourseConfig
 from gemmate_lib.temporal.data import TextDataset, collate_fn, date_of, parse_date
 from gemmate_lib.temporal.model import GemmaTEForCausalLM
 from gemmate_lib.temporal.timestamps import DAY_MS, nearest
 from gemmate_lib.training import TrainResult, attach_lora, train
+
+
+class GemmaTETrainer(Trainer):
+    """transformers' Trainer for GemmaTE (07 writes it out; training.train uses it), whose checkpoints hold
+    what trains and nothing else: the LoRA adapter and the projection (GemmaTEForCausalLM.save_pretrained, a
+    few MB), with the optimizer, scheduler and random state the Trainer adds, never the frozen base. A rerun
+    after a reclaimed runtime resumes from them (gemmate_lib.resume). `_save` and `_load_from_checkpoint` are
+    the Trainer's hooks for a model class it does not know (an nn.Module: it would save every weight),
+    private API of transformers 5.23, the course's pin (`make drift` runs them on the newest release)."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        self.model.save_pretrained(Path(output_dir or self.args.output_dir), overwrite=True)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        te, folder = model or self.model, Path(resume_from_checkpoint)
+        if (folder / "adapter_model.safetensors").is_file():  # copied into the weights: their own dtype
+            set_peft_model_state_dict(te.model, load_file(folder / "adapter_model.safetensors"))
+        weight = te.temporal_projection.weight
+        with torch.no_grad():
+            state = load_file(folder / "temporal.safetensors")["temporal_projection.weight"]
+            weight.copy_(state.to(weight.device, weight.dtype))
 
 
 def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEForCausalLM:
@@ -20,10 +47,35 @@ def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEFo
     return te
 
 
+def two_rate_optimizer(te, cfg: CourseConfig):
+    """GemmaTE's AdamW in two groups: LoRA at learning_rate, the zero-started projection at
+    projection_learning_rate (it must grow to the embeddings' size; LoRA only nudges existing weights)."""
+    import torch
+
+    rest = [p for n, p in te.named_parameters()
+            if p.requires_grad and not n.startswith("temporal_projection")]
+    return torch.optim.AdamW([
+        {"params": rest, "lr": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay},
+        {"params": [te.temporal_projection.weight], "lr": cfg.temporal.projection_learning_rate,
+         "weight_decay": 0.0}])
+
+
 def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConfig, output_dir: str | Path,
-                   pad_token_id: int = 0) -> TrainResult:
-    """`training.train` on GemmaTE: timestamps flow from the dataset through collate_fn into forward."""
-    return train(te, None, dataset, None, cfg, output_dir,
+                   pad_token_id: int = 0, callbacks=None) -> TrainResult:
+    """`training.train` on GemmaTE: timestamps flow from the dataset through collate_fn into forward. With
+    `save_steps`, it checkpoints, and a rerun of the same run resumes from its last checkpoint
+    (gemmate_lib.resume)."""
+    from gemmate_lib.resume import resume_point, run_settings
+    from gemmate_lib.training import training_kwargs
+
+    resume = None
+    if cfg.train.save_steps:
+        args = training_kwargs(cfg, output_dir, has_eval=False, sft=False)
+        name = getattr(getattr(te, "config", None), "_name_or_path", "")
+        resume = resume_point(output_dir, run_settings(args, name, [str(item) for item in dataset.items]))
+    te.fast_loss = cfg.train.fast_loss  # the LM head on the date tokens only
+    return train(te, None, dataset, None, cfg, output_dir, callbacks=callbacks, resume_from_checkpoint=resume,
+                 trainer_class=GemmaTETrainer, optimizer=two_rate_optimizer(te, cfg),
                  data_collator=partial(collate_fn, pad_token_id=pad_token_id))
 
 

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import pytest
 from processes import QUICK, ROOT, gemmate
 
-from gemmate_cli.checkpoints import CheckpointPolicy, complete_checkpoints, resume_checkpoint, select_kept
+from gemmate_cli.checkpoints import CheckpointPolicy, resume_checkpoint, select_kept
 from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.resume import complete_checkpoints
 
 
 def _fake_checkpoint(folder: Path, step: int, loss: float | None):

@@ -20,9 +20,9 @@ def test_checkpoints_sync_to_fsspec_and_a_resume_loads_them_back(remote, tiny_fo
 
     import fsspec
 
-    from gemmate_cli.checkpoints import complete_checkpoints
     from gemmate_cli.storage import remote_checkpoints
     from gemmate_cli.train import train_from_config
+    from gemmate_lib.resume import complete_checkpoints
 
     remote = str(tmp_path / "remote") if remote == "folder" else remote
     out = tmp_path / "run"

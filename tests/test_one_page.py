@@ -30,7 +30,8 @@ SAME_AS = {
     "max_new_tokens": ("max_new_tokens",),
 }
 # where the run goes and what the page alone does: nothing the profile sets
-PAGE_ONLY = {"output_dir", "push_repo_id", "keep_on_drive", "max_start_loss", "save_merged"}
+PAGE_ONLY = {"output_dir", "push_repo_id", "keep_on_drive", "max_start_loss", "save_merged", "save_steps",
+             "chat_steps"}
 
 
 def code_cells() -> list[dict]:
@@ -142,12 +143,12 @@ def test_the_install_cell_pins_what_the_colab_requirements_pin_never_torch_and_r
     assert "torch" not in page_pins and 'if "google.colab" in sys.modules:' in install
 
 
-def test_the_pages_only_swap_is_the_offline_one_of_a_machine_without_gpu_or_token():
-    """The course's offline values reach the page as papermill parameters (tools/course.py); the committed
-    page has no injected-parameters cell that a learner in Colab would run, and no cell but the parameters
-    cell assigns a parameter, except the token cell's one switch: no GPU and no token for a gated model, on a
-    machine where the course's offline model and quotes lie (make lab). The course's paths are named there
-    only."""
+def test_no_cell_but_the_parameters_cell_assigns_a_parameter_and_none_reads_the_courses_machine():
+    """The course's offline values reach the page as papermill parameters only (tools/course.py: make course,
+    make notebooks, nbval, make lab's and make lab-check's copy); the committed page has no
+    injected-parameters cell that a learner in Colab would run, no cell but the parameters cell assigns a
+    parameter, and no line reads the course's machine (its cache, its settings): the token cell used to switch
+    to the course's offline copies when $GEMMATE_CACHE held them."""
     cells = json.loads(PAGE.read_text())["cells"]
     assert not [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
     names = set(page_parameters())
@@ -160,13 +161,11 @@ def test_the_pages_only_swap_is_the_offline_one_of_a_machine_without_gpu_or_toke
         assigned = {t.id for node in stores
                     for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
                     for t in ast.walk(target) if isinstance(t, ast.Name)}
-        allowed = {"model_name", "dataset"} if "get_token()" in source else set()
-        assert not (assigned & names) - allowed, (assigned & names, source[:200])
+        assert not assigned & names, (assigned & names, source[:200])
     source = "".join("".join(c["source"]) for c in cells)
-    for machinery in ("is_offline_mode", "make embedded"):
+    for machinery in ("is_offline_mode", "make embedded", "make lab", "GEMMATE_", "english_quotes_embedded",
+                      ".cache/gemmate", "gemma-3-270m"):
         assert machinery not in source, machinery
-    for machinery in ("GEMMATE_", "english_quotes_embedded", ".cache/gemmate"):
-        assert source.count(machinery) == 1 and machinery in _cell("get_token()"), machinery
 
 
 def _parameters_notebook(path: Path) -> Path:
@@ -277,7 +276,7 @@ def test_the_page_stays_a_page_and_its_badge_opens_it_from_the_courses_repositor
 
     cells = json.loads(PAGE.read_text())["cells"]
     text = " ".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
-    assert len(text.split()) < 1400
+    assert len(text.split()) < 1650  # three sections more than the 1,400 it held before (own data, chat)
     intro = "".join(cells[0]["source"])
     assert "**Runtime**:" in intro
     # kept by hand: no measured time, which the next run of the page would leave stale
@@ -521,7 +520,7 @@ def test_the_adapter_is_kept_on_drive_and_flushed_in_colab(fake_colab, tmp_path,
     adapter = tmp_path / "run" / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
-    source = _cell("keep_on_drive and").replace("/content/drive", str(tmp_path / "drive"))
+    source = _cell("shutil.copytree(adapter_dir").replace("/content/drive", str(tmp_path / "drive"))
     exec(source, {"sys": sys, "os": __import__("os"), "keep_on_drive": True,
                   "output_dir": str(tmp_path / "run"), "adapter_dir": str(adapter)})
     kept = tmp_path / "drive" / "MyDrive" / "run" / "adapter" / "adapter_model.safetensors"
@@ -588,22 +587,21 @@ def test_gemma_4_needs_no_token_and_a_gated_gemma_stops_without_one(monkeypatch,
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
-    monkeypatch.setenv("GEMMATE_CACHE", str(tmp_path / "no-offline-copies"))  # else a CPU runs the course's
     cell = _cell("get_token()")
     exec(cell, {"sys": sys, "model_name": "google/gemma-4-E2B", "Stop": _stop_class()})
     assert "Hugging Face token: none" in capsys.readouterr().out
-    for gated in ("google/gemma-2b", "google/gemma-3-1b-pt"):
-        with pytest.raises(_stop_class(), match="is gated and no Hugging Face token was found"):
+    for gated in ("google/gemma-2b", "google/gemma-3-1b-pt"):  # on this CPU: the no-GPU line names the fix
+        with pytest.raises(_stop_class(), match=f"{gated} is gated"):
             exec(cell, {"sys": sys, "model_name": gated, "Stop": _stop_class()})
 
 
-@pytest.mark.parametrize("gpu, copies, offline",
-                         [(None, True, True), ((7, 5), True, False), (None, False, False)])
-def test_a_gated_model_without_a_token_on_a_cpu_runs_on_the_courses_offline_copies(
-        monkeypatch, tmp_path, fake_gpu, capsys, gpu, copies, offline):
-    """`make lab` with no token and no GPU: the page stopped at its third cell. Where this machine has the
-    course's offline copies ($GEMMATE_CACHE, else ~/.cache/gemmate), it runs on them and says so in one line;
-    on a GPU, or without the copies, it stops in one line with the token's fix."""
+@pytest.mark.parametrize("gpu", [None, (7, 5)])
+def test_a_gated_model_without_a_token_stops_in_one_line_that_names_the_fix_even_beside_offline_copies(
+        monkeypatch, tmp_path, fake_gpu, gpu):
+    """No token for a gated model: on a CPU (`make lab` with neither) the page switched to the course's
+    offline copies when this machine held them, by code that only the course's machine could run. Now it stops
+    in one line, there too: without a GPU the line names the parameters to give (a local model folder and a
+    .jsonl), with one the token's fix."""
     import sys
 
     from huggingface_hub import constants
@@ -615,24 +613,21 @@ def test_a_gated_model_without_a_token_on_a_cpu_runs_on_the_courses_offline_copi
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
     monkeypatch.setenv("GEMMATE_CACHE", str(tmp_path / "cache"))
-    model, quotes = cache_dir() / "gemma-3-270m", cache_dir() / ONE_PAGE_QUOTES  # where the course puts them
-    if copies:
-        model.mkdir(parents=True)
-        quotes.write_text("{}\n")
+    (cache_dir() / "gemma-3-270m").mkdir(parents=True)  # the course's offline copies, where it puts them
+    (cache_dir() / ONE_PAGE_QUOTES).write_text("{}\n")
     fake_gpu(gpu)
     scope = {"sys": sys, "model_name": "google/gemma-2b", "dataset": "Abirate/english_quotes",
              "Stop": _stop_class()}
-    if offline:
-        exec(_cell("get_token()"), scope)
-        assert (scope["model_name"], scope["dataset"]) == (str(model), str(quotes))
-        said = capsys.readouterr().out
-        assert "no GPU and no token: this run uses the course's offline model and quotes" in said
-        return
     with pytest.raises(_stop_class()) as stop:
         exec(_cell("get_token()"), scope)
     message = str(stop.value)
-    assert "\n" not in message and "add your token as the HF_TOKEN secret" in message
-    assert scope["model_name"] == "google/gemma-2b"
+    assert "\n" not in message and "HF_TOKEN" in message
+    if gpu is None:
+        assert message.startswith("no GPU and no Hugging Face token: google/gemma-2b is gated")
+        assert "set model_name to a local model folder and dataset to a local .jsonl in section 2" in message
+    else:
+        assert "is gated and no Hugging Face token was found" in message and "local .jsonl" not in message
+    assert (scope["model_name"], scope["dataset"]) == ("google/gemma-2b", "Abirate/english_quotes")
 
 
 def test_the_pages_cpu_only_lines_run_only_without_cuda():
@@ -689,13 +684,16 @@ def test_the_adapter_folder_gets_the_pages_model_card_instead_of_pefts_template(
              "model_name": "google/gemma-4-E2B", "compute_dtype": torch.float16,
              "result": types.SimpleNamespace(global_step=100), "train_dataset": [0] * 9, "eval_dataset": [0],
              "before": ["a quote", "x"], "after": ["\nAuthor: Albert Einstein", "\nAuthor: Groucho Marx"],
-             "PROMPTS": ["p1", "p2"], "loss_before": 3.5, "loss_after": 2.25}
+             "PROMPTS": ["p1", "p2"], "loss_before": 3.5, "loss_after": 2.25,
+             "before_held_out": ["x", "\nAuthor: A", "y"],
+             "after_held_out": ["\nAuthor: A", "\nAuthor: B", "z"]}
     exec(_statements("def has_author_line", "def has_author_line", ast.FunctionDef), scope)
     exec(_statements("card = f", "n_before, n_after", ast.With), scope)
     card = (adapter_dir / "README.md").read_text()
     assert "Model Card for Model ID" not in card
     for line in ("base_model: google/gemma-4-E2B", "license: apache-2.0", "100 steps of 4 quotes",
-                 "9 quotes trained on", "Loss 3.500 -> 2.250", "in 2 of 2 greedy generations (0 before"):
+                 "9 quotes trained on", "Loss 3.500 -> 2.250", "in 2 of 2 greedy generations (0 before",
+                 "first words of 2 of 3 held-out quotes (1 before)"):
         assert line in card, line
 
 
@@ -792,3 +790,434 @@ def test_the_pages_per_layer_table_on_the_cpu_is_the_librarys():
     keys = {k: v.clone() for k, v in gemma.state_dict().items()}
     scope["per_layer_table_to_cpu"](gemma)
     assert all(torch.equal(v, keys[k]) for k, v in gemma.state_dict().items())
+
+
+# ---- issue 63: the one-page recipe ready for the learner's own data
+
+
+def test_the_cell_under_the_parameters_prints_every_value_the_run_used(capsys, monkeypatch, tmp_path):
+    """The committed outputs were made with values papermill injected (max_length 64) under a parameters cell
+    that says 128, and nothing on the page showed which ran: the first code cell after the parameters cell
+    (after papermill's injected cell in a batch run) prints every parameter by name, with the home folder as
+    ~ (a committed output names no machine's folder)."""
+    cells = code_cells()
+    at = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
+    source = "".join(cells[at + 1]["source"])
+    for name in page_parameters():
+        assert f"{{{name} = }}" in source, name
+    monkeypatch.setenv("HOME", str(tmp_path))
+    values = {**page_parameters(), "max_length": 64, "model_name": str(tmp_path / "models" / "gemma")}
+    exec(source, dict(values))
+    printed = capsys.readouterr().out
+    assert "max_length = 64" in printed and "model_name = '~/models/gemma'" in printed
+    assert str(tmp_path) not in printed
+    assert len(printed.splitlines()) <= 10  # a few lines, not one per value
+
+
+TRICKY_AUTHOR_LINES = [
+    ".\nAuthor: Author: Author: Author:",  # the committed run's first "after" generation
+    "important than knowledge.\nAuthor: Albert Einstein",
+    "important than knowledge.\nAuthor: Albert Einstein\nQuote: another\nAuthor: Someone",  # two quotes
+    "x\nAuthor:", "x\nAuthor:   ", "x\nAuthor: \u200b", "x\n Author: Indented", "x\nauthor: lower case",
+    "x\nAuthor:Oscar Wilde", "x\nAuthor: Oscar Wilde\n", "x\nAuthor: Oscar Wilde, Author: of things",
+    "Author: At the start", "x\r\nAuthor: Windows line end", "x\nAuthors: Many", "", "\n\n",
+    "x\nAuthor: Oscar Wilde\nAuthor: Oscar Wilde",  # the same line twice
+]
+
+
+def test_the_pages_author_line_is_as_strict_as_the_librarys():
+    """The page counted "Author: Author: Author: ..." as the format learned (4 of 4 after training in the
+    committed run, one of them that); the library's rule does not. The page's has_author_line gives the
+    library's answer on every tricky text."""
+    from gemmate_lib.text_generation import has_author_line
+
+    scope = {}
+    exec(_statements("def has_author_line", "def has_author_line", ast.FunctionDef), scope)
+    page = scope["has_author_line"]
+    assert [page(t) for t in TRICKY_AUTHOR_LINES] == [has_author_line(t) for t in TRICKY_AUTHOR_LINES]
+    assert not page(TRICKY_AUTHOR_LINES[0]) and page(TRICKY_AUTHOR_LINES[1])
+
+
+def _before_training_functions() -> dict:
+    """Section 8's functions (has_author_line, first_words, wilson, author_share), run from the page."""
+    import math
+
+    source = _cell("def has_author_line")
+    wanted = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)
+              and n.name in ("has_author_line", "first_words", "wilson", "author_share")]
+    assert len(wanted) == 4
+    scope = {"math": math}
+    exec(compile(ast.Module(wanted, type_ignores=[]), str(PAGE), "exec"), scope)
+    return scope
+
+
+@pytest.mark.parametrize("k, n", [(0, 1), (1, 1), (0, 4), (4, 4), (3, 29), (0, 29), (29, 29), (120, 250),
+                                  (1, 2508)])
+def test_the_pages_wilson_interval_is_the_librarys(k, n):
+    """The held-out share's 95% interval, written out on the page (z = 1.96), against gemmate_lib.stats."""
+    from gemmate_lib.stats import wilson
+
+    low, high = _before_training_functions()["wilson"](k, n)
+    assert (low, high) == pytest.approx(wilson(k, n), abs=1e-4)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+
+
+def test_the_held_out_share_prompts_every_held_out_quote_with_its_first_words():
+    """Beside the four greedy prompts, one prompt per held-out quote (its first words, never the whole quote)
+    generated before (section 8) and after training (section 13), and the share with an Author: line printed
+    with its interval."""
+    from gemmate_lib.stats import wilson
+
+    scope = _before_training_functions()
+    texts = ["Quote: Be yourself; everyone else is already taken.\nAuthor: Oscar Wilde",
+             "Quote: Be.\nAuthor: Nobody", "Quote: Stay hungry.\nAuthor: Steve Jobs"]
+    prompts = [scope["first_words"](t) for t in texts]
+    assert prompts == ["Quote: Be yourself; everyone", "Quote: Be.", "Quote: Stay"]  # 3 of 7 words, 1 of 2
+    assert all(t.startswith(p) for p, t in zip(prompts, texts))
+    generations = ["\nAuthor: Oscar Wilde", "\nAuthor: Author: Author:", " and so on"]
+    low, high = wilson(1, 3)
+    assert scope["author_share"](generations) == f"1 of 3 (33%; 95% interval {low:.0%} to {high:.0%})"
+    before, after = _cell("before_held_out = generate(model, HELD_OUT_PROMPTS)"), _cell("after_held_out = ")
+    assert 'HELD_OUT_PROMPTS = [first_words(text) for text in eval_dataset["text"]]' in before
+    assert "author_share(before_held_out)" in before
+    assert "author_share(after_held_out)" in after and "author_share(before_held_out)" in after
+
+
+def _own_data(capsys, monkeypatch, train, held_out, token_counts, **values):
+    """Section 6's cell, run on hand-made rows with section 5's `folded` and section 4's time estimate;
+    returns what it printed, the figure it drew and its namespace."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from datasets import Dataset
+
+    figures = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: figures.append(plt.gcf()))
+    data = ast.parse(_cell("AutoTokenizer.from_pretrained(model_name"))
+    [folded] = [n for n in data.body if isinstance(n, ast.FunctionDef) and n.name == "folded"]
+    scope = {"unicodedata": __import__("unicodedata")}
+    exec(compile(ast.Module([folded], type_ignores=[]), str(PAGE), "exec"), scope)
+    scope.update(train_dataset=Dataset.from_dict({"text": train}), eval_dataset=Dataset.from_dict(
+        {"text": held_out}), token_counts=token_counts, max_length=64, max_steps=100, save_steps=50,
+        per_step=4, t4_seconds=269.0, took="4 min", **values)
+    exec(compile(_cell("suggested = 16 * math.ceil"), str(PAGE), "exec"), scope)
+    return capsys.readouterr().out, figures, scope
+
+
+def test_your_own_data_suggests_a_max_length_and_counts_planted_leaks(capsys, monkeypatch):
+    """Section 6, before the download: the token lengths' histogram with max_length and a suggestion (the 99th
+    percentile, nearest rank, rounded up to 16), held-out quotes that are also in training (folded, or one
+    inside another) and held-out authors who wrote training quotes, and how far max_steps goes, with the T4
+    time marked as an estimate."""
+    train = ["Quote: Be yourself; everyone else is already taken.\nAuthor: Oscar Wilde",
+             "Quote: Stay hungry, stay foolish.\nAuthor: Steve Jobs",
+             "Quote: Imagination is more important than knowledge.\nAuthor: Albert Einstein",
+             "Quote: Simplicity is the ultimate sophistication.\nAuthor: Leonardo da Vinci"]
+    held_out = ["Quote: BE YOURSELF - everyone else is already taken!\nAuthor: O. Wilde",  # folded: a leak
+                "Quote: Stay hungry\nAuthor: Anonymous",  # inside a training quote: a leak
+                "Quote: Stay hungry, stay foolish, stay humble.\nAuthor: Unknown",  # holds one: a leak
+                "Quote: Be yours\nAuthor: Nobody",  # a word cut ("yours" is not "yourself"): no leak
+                "Quote: Logic will get you from A to B.\nAuthor: Albert Einstein",  # an author seen
+                "Quote: Knowing is not enough.\nAuthor: albert einstein"]  # the same author, folded
+    counts = list(range(10, 110))  # 100 quotes of 10 ... 109 tokens: the 99th is 108 -> 112
+    printed, figures, scope = _own_data(capsys, monkeypatch, train, held_out, counts)
+    assert scope["p99"] == 108 and scope["suggested"] == 112
+    assert "99% of the 100 well-formed quotes have at most 108 tokens: max_length = 112 keeps 100; " \
+           "max_length = 64 kept 55" in printed
+    assert "held-out quotes also in training (folded, or one inside the other): 3 of 6" in printed
+    assert "held-out authors who also wrote training quotes: 1 of 5 (the authors of 2 of the 6 held-out " \
+           "quotes)" in printed
+    assert "max_steps = 100 steps of 4 quotes: 100.00 passes over the 4 training quotes; on a T4 ~4 min " \
+           "(section 4's estimate, not a measurement), a checkpoint every 50 steps (~2 min)" in printed
+    [figure] = figures
+    [axes] = figure.axes
+    assert sum(p.get_height() for p in axes.patches) == len(counts)  # every quote in a bar
+    assert sorted(line.get_xdata()[0] for line in axes.lines) == [64, 112]  # max_length and the suggestion
+
+
+def test_the_private_api_step_says_so_and_names_the_pinned_versions():
+    """Gemma 4's per-layer table helper replaces `_apply` and `forward` on a module instance: private API,
+    said on the page next to it, with the versions it was tested with, which are requirements.txt's pins (a
+    pin raised without the comment fails here), and that newer releases are checked."""
+    source = _cell("def per_layer_table_to_cpu(model):")
+    comment = " ".join(line.strip().lstrip("# ") for line in source.splitlines()
+                       if line.strip().startswith("#"))
+    pins = dict(line.split("#")[0].strip().split("==") for line in (ROOT / "requirements.txt").read_text()
+                .splitlines() if "==" in line and not line.startswith("#"))
+    assert "Private API" in comment and "_apply" in comment and "forward" in comment
+    for package in ("torch", "transformers", "peft"):
+        assert f"{package} {pins[package]}" in comment, package
+    assert "newest releases" in comment
+    assert source.index("Private API") < source.index("table._apply = ") < source.index("table.forward = ")
+
+
+def test_a_skipped_merge_says_what_the_learner_can_do(capsys):
+    """The skip pointed at a tensor-by-tensor merge "from the checkpoint's files", which the page cannot do:
+    it now says to keep the adapter (the result) or to merge on a runtime with more GPU memory."""
+    import torch
+
+    scope = {"torch": torch, "merge_fits": False, "compute_dtype": torch.float32,
+             "model_name": "google/gemma-4-E2B", "gpu_need": {"a 16/32-bit copy for the merge": 19.0},
+             "gpu_have": 14.0, "adapter_dir": "gemma-quotes-qlora/adapter",
+             **dict.fromkeys(["model", "peft_model", "trainer", "chat_model", "chat_trainer"])}
+    exec(_cell("merge skipped: "), scope)
+    printed = capsys.readouterr().out
+    assert printed.startswith("merge skipped: a float32 copy of google/gemma-4-E2B needs about 19.0 GiB")
+    for said in ("gemma-quotes-qlora/adapter is the result", "PeftModel.from_pretrained", "an L4 or A100"):
+        assert said in printed, said
+    assert "tensor by tensor" not in printed and "checkpoint" not in printed
+    assert scope["merged"] is None
+
+
+def test_the_trainer_writes_few_checkpoints_and_in_colab_on_google_drive(fake_colab, tmp_path):
+    """Section 9: a checkpoint every save_steps steps, only the newest kept, in <output_dir>/trainer; in Colab
+    with keep_on_drive, on Google Drive (mounted before training), so a reclaimed runtime keeps it."""
+    import os
+    import sys
+
+    import torch
+
+    source = _cell("trainer_dir = os.path.join(output_dir, ")
+    source = source.replace("/content/drive", str(tmp_path / "drive"))
+    page = page_parameters()
+    scope = {**page, "os": os, "sys": sys, "torch": torch, "compute_dtype": torch.float32,
+             "output_dir": str(tmp_path / "run")}
+    exec(source, scope)
+    config = scope["sft_config"]
+    assert (config.save_strategy, config.save_steps, config.save_total_limit) == ("steps", page["save_steps"],
+                                                                                  1)
+    assert config.output_dir == str(tmp_path / "drive" / "MyDrive" / "run" / "trainer")
+    assert fake_colab.mounted == [str(tmp_path / "drive")]
+    fake_colab.leave()  # elsewhere: in the output folder
+    outside = {**scope}
+    exec(source, outside)
+    assert outside["sft_config"].output_dir == os.path.join(str(tmp_path / "run"), "trainer")
+
+
+class _FakeTrainer:  # what section 12 reads of TRL's SFTTrainer: train(resume_from_checkpoint=...)
+    def __init__(self, steps):
+        self.steps, self.resumed_from, self.model = steps, "not called", object()
+
+    def train(self, resume_from_checkpoint=None):
+        import types
+
+        self.resumed_from = resume_from_checkpoint
+        return types.SimpleNamespace(global_step=self.steps, training_loss=1.5)
+
+
+def _checkpoint(folder, step, max_steps=6, batch_size=1, r=8, base="a-model"):
+    folder = folder / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": max_steps,
+                                                          "train_batch_size": batch_size}))
+    (folder / "adapter_config.json").write_text(json.dumps({"r": r, "base_model_name_or_path": base}))
+    return folder
+
+
+@pytest.mark.parametrize("earlier", ["none", "same run", "another run"])
+def test_training_goes_on_from_the_last_checkpoint_of_the_same_run_and_says_from_which_step(
+        earlier, tmp_path, capsys):
+    """Section 12: a rerun after a disconnect finds the last checkpoint in trainer_dir and passes it to
+    trainer.train(resume_from_checkpoint=...), saying so and from which step; another run's checkpoint (other
+    settings, which would not load or would train another schedule) is removed and training starts at step
+    0. make gpu-smoke's probe still finds this cell first by `trainer.train()`."""
+    import os
+    import shutil
+
+    cell = _cell("resume_from_checkpoint=")
+    assert next(c for c in code_cells() if "trainer.train()" in "".join(c["source"]))["id"] == next(
+        c for c in code_cells() if "resume_from_checkpoint=" in "".join(c["source"]))["id"]
+    trainer_dir = tmp_path / "trainer"
+    trainer_dir.mkdir()
+    if earlier == "same run":
+        _checkpoint(trainer_dir, 2)
+        last = _checkpoint(trainer_dir, 4)
+    elif earlier == "another run":
+        last = _checkpoint(trainer_dir, 4, r=16)
+    trainer = _FakeTrainer(6)
+    scope = {"os": os, "shutil": shutil, "trainer_dir": str(trainer_dir), "trainer": trainer, "max_steps": 6,
+             "batch_size": 1, "lora_r": 8, "model_name": "a-model", "gpu_memory": lambda when: None}
+    exec(cell, scope)
+    printed = capsys.readouterr().out
+    if earlier == "same run":
+        assert trainer.resumed_from == str(last)
+        assert f"resuming from {last}: step 4 of 6 done by an earlier run" in printed
+        assert "resumed at step 4: 2 steps trained now" in printed
+        assert "mean training loss over the 2 steps of this run: 1.500" in printed
+    else:
+        assert trainer.resumed_from is None and "resum" not in printed
+        assert "mean training loss over the 6 steps of this run" in printed
+    if earlier == "another run":
+        assert not last.exists() and f"removed {last}, another run's" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("content")  # the Colab-like kernel's Google Drive is mounted at /content/drive
+def test_a_run_killed_mid_training_resumes_from_its_checkpoint_on_drive_to_the_same_adapter_bitwise(
+        tmp_path, monkeypatch):
+    """A reclaimed Colab runtime, end to end: the page in the learner's Colab-like kernel
+    (tests/learner_path.py, a tiny random Gemma 1, Google Drive's stand-in keeping its files across runtimes),
+    killed with SIGKILL
+    right after its checkpoint of step 2 of 4; a fresh kernel runs the page again, which resumes from that
+    checkpoint on Drive and says so; its adapter equals an uninterrupted run's to the bit (dropout on, the
+    paged 8-bit optimizer, the data order: all restored)."""
+    import papermill as pm
+    from learner_path import colab_content, colab_kernel, printed, smoke_quotes, tiny_gemma, with_cells
+    from safetensors.torch import load_file
+
+    model, quotes = tiny_gemma(tmp_path / "tiny-gemma-1"), smoke_quotes(tmp_path / "quotes.jsonl", n=24)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "COLAB_SIM_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("COLAB_SIM_DRIVE", str(tmp_path / "google-drive"))  # the files Drive keeps
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    kernel = colab_kernel(tmp_path / "jupyter")
+    values = {"model_name": str(model), "dataset": str(quotes), "max_steps": 4, "save_steps": 2,
+              "eval_steps": 4, "logging_steps": 1, "max_new_tokens": 4, "chat_steps": 0,
+              "learning_rate": 1e-2, "warmup_steps": 0, "max_start_loss": 1.2, "keep_on_drive": True}
+    reclaimed = ("trainer.model.print_trainable_parameters()", """import os
+import signal
+
+from transformers import TrainerCallback
+
+
+class ReclaimedRuntime(TrainerCallback):  # Colab takes the runtime back right after the checkpoint of step 2
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+trainer.add_callback(ReclaimedRuntime())""")
+
+    mount = tmp_path / "content" / "drive"  # Colab's /content/drive; the machine's /content stays as is
+
+    def run(name, output_dir, after=()):
+        executed, page = tmp_path / f"{name}.ipynb", with_cells(PAGE, after=list(after))
+        for cell in page.cells:
+            cell.source = cell.source.replace("/content/drive", str(mount))
+        pm.execute_notebook(page, str(executed), kernel_name=kernel, cwd=str(tmp_path), progress_bar=False,
+                            parameters={**values, "output_dir": str(tmp_path / output_dir)})
+        return executed
+
+    drive = tmp_path / "google-drive"
+    with colab_content():  # the runtime's unmount looks at /content/drive too
+        with pytest.raises(Exception) as died:  # noqa: B017 - nbclient's DeadKernelError, whatever wraps it
+            run("killed", "run", after=[reclaimed])
+        assert "dead" in f"{type(died.value).__name__} {died.value}".lower(), died.value
+        assert [p.name for p in (drive / "run" / "trainer").glob("checkpoint-*")] == ["checkpoint-2"]
+        assert not (tmp_path / "run" / "adapter").exists()
+        resumed = run("resumed", "run")
+        run("straight", "straight")
+    said = printed(resumed, "resume_from_checkpoint=")
+    assert f"resuming from {mount}/MyDrive/run/trainer/checkpoint-2: step 2 of 4" in said
+    assert "resumed at step 2: 2 steps trained now" in said
+    assert [p.name for p in (drive / "run" / "trainer").glob("checkpoint-*")] == ["checkpoint-4"]  # one kept
+    a = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(torch_equal(a[k], b[k]) for k in a)
+    assert (drive / "run" / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.dtype == b.dtype and torch.equal(a, b)
+
+
+def _chat_run(folder, tmp_path, fault: str | None = None) -> dict:
+    """Section 15's two cells on a tiny random Gemma of a generation (its tokenizer has the turn tokens), as
+    the page runs them after section 14: a LoRA model whose adapter is unloaded, one step of the chat run."""
+    import os
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from tiny import ROWS
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    lora = LoraConfig(r=4, target_modules=r"model\.(language_model\.)?layers\.\d+\..*\.(q_proj|v_proj)")
+    scope = {**page_parameters(), "os": os, "torch": torch, "Dataset": Dataset,
+             "AutoTokenizer": AutoTokenizer, "SFTConfig": SFTConfig, "SFTTrainer": SFTTrainer,
+             "set_seed": set_seed, "Stop": _stop_class(),
+             "model_name": str(folder), "token": None, "compute_dtype": torch.float32, "lora_config": lora,
+             "peft_model": get_peft_model(AutoModelForCausalLM.from_pretrained(folder), lora),
+             "train_dataset": Dataset.from_dict({"text": [r["text"] for r in ROWS]}),
+             "output_dir": str(tmp_path), "chat_steps": 1, "batch_size": 2, "gradient_accumulation_steps": 1,
+             "max_length": 64, "max_new_tokens": 4, "optim": "adamw_torch", "gradient_checkpointing": False,
+             "warmup_steps": 0, "logging_steps": 1}
+    exec(compile(_cell("CHAT_TEMPLATE = "), str(PAGE), "exec"), scope)
+    train = _cell("assistant_only_loss=True")
+    exec(compile(train.replace(*fault) if fault else train, str(PAGE), "exec"), scope)
+    return scope
+
+
+@pytest.mark.parametrize("key", ["gemma", "gemma4"])
+def test_the_chat_run_counts_only_the_models_turn(key, generation_folder, tmp_path, capsys):
+    """Section 15, the recipe in the chat format: conversations (a user turn, the model's turn with the quote
+    and its author), the page's chat template with {% generation %} (Gemma 4: its own turn tokens), and
+    assistant_only_loss=True; its check reads the labels: the first counted token begins the model's turn,
+    and the turn's end is counted. It trains and answers."""
+    scope = _chat_run(generation_folder(key), tmp_path)
+    printed = capsys.readouterr().out
+    turn_start, turn_end = ("<|turn>", "<turn|>") if key == "gemma4" else ("<start_of_turn>", "<end_of_turn>")
+    assert f"<bos>{turn_start}user\nGive me a short quote and its author.{turn_end}\n{turn_start}model\n" \
+           f"Be yourself.\nAuthor: Oscar Wilde{turn_end}\n" in printed
+    assert printed.count(" pass") == 2 and "FAIL" not in printed
+    assert f"the tokens the loss counts: 'Be yourself.\\nAuthor: Oscar Wilde{turn_end}\\n'" in printed
+    assert "1 steps in the chat format" in printed and "the model ended its turn: before" in printed
+    assert scope["chat_trainer"].args.assistant_only_loss
+
+
+def test_the_chat_check_stops_the_page_when_the_loss_counts_the_question(generation_folder, tmp_path,
+                                                                         capsys):
+    """The fault it is there for, planted: without assistant_only_loss the loss counts the user's turn too,
+    and the check stops the page in one line with the fix."""
+    with pytest.raises(_stop_class(), match="chat check failed: the first counted token begins the model's "
+                                            "turn: the loss counts the question too"):
+        _chat_run(generation_folder("gemma"), tmp_path, fault=("assistant_only_loss=True",
+                                                                "assistant_only_loss=False"))
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_make_lab_and_lab_check_pass_the_page_this_machines_offline_values_as_parameters(tmp_path):
+    """The page no longer reads the course's machine: `make lab` writes an offline copy (its outputs cleared,
+    the embedded model's folder, the .jsonl and CPU steps in papermill's injected cell after the parameters
+    cell, where the learner sees them) into JupyterLab's folder, where git ignores it, before JupyterLab
+    starts; `make lab-check` opens the same copy."""
+    import os
+    import subprocess
+
+    from make_dry_run import make_commands
+
+    from tools.course import LAB_COPY, ONE_PAGE_CPU, lab_copy
+    from tools.lab_check import prepare
+
+    def offline_values(copy: Path, run_dir: Path) -> dict:
+        cells = json.loads(copy.read_text())["cells"]
+        tags = [c["metadata"].get("tags", []) for c in cells]
+        at = next(i for i, t in enumerate(tags) if "parameters" in t)
+        assert "injected-parameters" in tags[at + 1] and sum("injected-parameters" in t for t in tags) == 1
+        code = [c for c in cells if c["cell_type"] == "code"]
+        assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+        values = literals("".join(cells[at + 1]["source"]))
+        assert values["model_name"] == str(tmp_path / "model") and values["dataset"].endswith(".jsonl")
+        assert {k: values[k] for k in ONE_PAGE_CPU} == ONE_PAGE_CPU
+        assert os.path.normpath(copy.parent / values["output_dir"]) == str(run_dir / "qlora_one_runtime")
+        return values
+
+    folder = tmp_path / "repo" / LAB_COPY
+    offline_values(lab_copy(folder, tmp_path / "model", tmp_path / "repo" / "runs" / "interactive"),
+                   tmp_path / "repo" / "runs" / "interactive")
+    commands = make_commands("lab")
+    write = next(i for i, c in enumerate(commands) if "--lab-copy" in c)
+    lab = next(i for i, c in enumerate(commands) if "jupyter" in c and "lab" in c)
+    assert write < lab and Path(commands[write][commands[write].index("--lab-copy") + 1]) == LAB_COPY
+    assert "--notebook-dir=notebooks" in commands[lab] and LAB_COPY.parts[0] == "notebooks"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(LAB_COPY / PAGE.name)], cwd=ROOT)
+    assert ignored.returncode == 0, "make lab's copy would show up in git status"
+    prepare(tmp_path / "check", [PAGE.name], tmp_path / "model")
+    offline_values(tmp_path / "check" / "notebooks" / PAGE.name, tmp_path / "check" / "run")

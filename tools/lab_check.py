@@ -2,16 +2,18 @@
 
 It copies notebooks/00_setup.ipynb and notebooks/qlora_one_runtime.ipynb into runs/lab-check/notebooks with
 their outputs cleared (the committed notebooks are never run in place, and every output read back is this
-run's), and starts JupyterLab there as `make lab` does: the venv's `jupyter lab` on 127.0.0.1, a free port, a
-token of its own, --no-browser, --allow-root as root, the course kernel `python3` as the default. Its
+run's), the one-page recipe as `make lab`'s offline copy (tools/course.py lab_copy: this machine's offline
+model and quotes in papermill's injected cell after its parameters cell, since the page reads no course
+setting), and starts JupyterLab there as `make lab` does: the venv's `jupyter lab` on 127.0.0.1, a free port,
+a token of its own, --no-browser, --allow-root as root, the course kernel `python3` as the default. Its
 environment is a learner's with no Hugging Face account: no HF_TOKEN and no token file, HF_HUB_OFFLINE=1 and
-HF_DATASETS_OFFLINE=1, no GEMMATE_* setting but the model cache, and a fresh run folder (runs/lab-check/run)
-instead of the course's runs/interactive. Then, for each notebook, a fresh headless chromium (Debian's
-chromium and chromium-driver, driven by selenium) opens it, chooses Run > Run All Cells from the menu, waits
-until the kernel is idle and no cell is pending, chooses File > Save Notebook, and reads the SAVED file back
-with nbformat (JupyterLab renders only the cells in view, so no output is read from the page): the
-self-check's verdict ("self-check: all N passed") and every cell's error (ename: evalue). It prints one line
-per notebook (name, seconds, PASS or FAIL with the first error line) and exits non-zero unless every
+HF_DATASETS_OFFLINE=1, no GEMMATE_* setting but the model cache (00_setup's), and a fresh run folder
+(runs/lab-check/run) instead of the course's runs/interactive. Then, for each notebook, a fresh headless
+chromium (Debian's chromium and chromium-driver, driven by selenium) opens it, chooses Run > Run All Cells
+from the menu, waits until the kernel is idle and no cell is pending, chooses File > Save Notebook, and reads
+the SAVED file back with nbformat (JupyterLab renders only the cells in view, so no output is read from the
+page): the self-check's verdict ("self-check: all N passed") and every cell's error (ename: evalue). It prints
+one line per notebook (name, seconds, PASS or FAIL with the first error line) and exits non-zero unless every
 self-check passed. A notebook that runs past its time limit fails, naming the cell that was running. The saved
 notebooks stay in runs/lab-check/notebooks for a look. Not part of `make test` (CONTRIBUTING.md, "Make
 targets")."""
@@ -36,8 +38,9 @@ from pathlib import Path
 from gemmate_lib.housekeeping.errors import one_line
 
 ROOT = Path(__file__).resolve().parents[1]
-# the notebooks a learner opens first and the one-page recipe, each with its time limit on a CPU (seconds)
-NOTEBOOKS = {"00_setup.ipynb": 10 * 60, "qlora_one_runtime.ipynb": 20 * 60}
+# the notebooks a learner opens first and the one-page recipe, each with its time limit on a CPU (seconds):
+# the recipe took 17.5 min on a busy 2-core CPU without native bf16 (its own-data, held-out and chat parts)
+NOTEBOOKS = {"00_setup.ipynb": 10 * 60, "qlora_one_runtime.ipynb": 30 * 60}
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium, chromium-driver
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000"]
@@ -134,6 +137,18 @@ def copy_cleared(source: Path, target: Path) -> None:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     nbformat.write(nb, str(target))
+
+
+def prepare(folder: Path, names, model_folder: Path) -> None:
+    """The notebooks `names` as the learner opens them, in `folder`/notebooks: each a copy with its outputs
+    cleared; the one-page recipe as `make lab`'s offline copy (lab_copy), its output in `folder`/run."""
+    from tools.course import ONE_PAGE, lab_copy
+
+    for name in names:  # copies: the committed notebooks are never run in place
+        if name == ONE_PAGE:
+            lab_copy(folder / "notebooks", model_folder, folder / "run")
+        else:
+            copy_cleared(ROOT / "notebooks" / name, folder / "notebooks" / name)
 
 
 def learner_env(base: dict, folder: Path, token: str) -> dict:
@@ -347,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="PREFIX",
                         help="the notebooks whose names start so (00, qlora); default: both")
     parser.add_argument("--minutes", type=float, default=None,
-                        help="time limit per notebook; default: 10 for 00_setup, 20 for the one-page recipe")
+                        help="time limit per notebook; default: 10 for 00_setup, 30 for the one-page recipe")
     args = parser.parse_args(argv)
     chosen = {n: limit for n, limit in NOTEBOOKS.items() if not args.only or n.startswith(tuple(args.only))}
     for program, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
@@ -362,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     folder = ROOT / "runs" / "lab-check"
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "notebooks").mkdir(parents=True)
-    for name in chosen:  # copies: the committed notebooks are never run in place
-        copy_cleared(ROOT / "notebooks" / name, folder / "notebooks" / name)
+    from gemmate_lib.models import prepare_embedded
+
+    prepare(folder, chosen, prepare_embedded(verbose=False))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still closes the browser and server
     lab = Lab(folder / "notebooks", folder)
     results = {}

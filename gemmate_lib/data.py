@@ -273,6 +273,17 @@ def normalize_quote(text: str) -> str:
     return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
 
 
+def excerpt(text: str, limit: int = 100) -> str:
+    """`text` as a report shows it: whole up to `limit` characters, else cut at the last space within them
+    (not inside a word) with " ..." after it; where that space comes before half the limit (one long word),
+    at the limit."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    space = head.rfind(" ") if not text[limit].isspace() else limit
+    return (head[:space].rstrip() if space >= limit // 2 else head) + " ..."
+
+
 def clean_rows(rows, tokenizer=None, max_length: int | None = None):
     """Keep well-formed, distinct rows (dicts or (line number, dict) pairs); count the rest by reason, with
     one example each (_problem; duplicates after normalize_quote; over `max_length` tokens, which would cut
@@ -295,7 +306,7 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
                 reason = f"too long (over {MAX_CHARS} characters: a paragraph, not a quote)"
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1
-            examples.setdefault(reason, f"line {where}: {repr(row)[:100]}")
+            examples.setdefault(reason, f"line {where}: {excerpt(repr(row))}")
             continue
         seen[key] = quote
         if quote != row["quote"].strip():

@@ -19,7 +19,8 @@ TOWERS = ("vision", "audio")  # Gemma 4's encoders: LoRA never goes there (PEFT 
 @dataclass(frozen=True)
 class Generation:
     key: str  # short name: "gemma", "gemma3", "gemma4"
-    title: str  # what a learner calls it
+    title: str  # what a learner calls its model: the docs' table header, e.g. "Gemma 3 1B (2025)"
+    name: str  # the generation alone, e.g. "Gemma 3": true of every model of it (the embedded 270M too)
     model_types: tuple[str, ...]  # config.model_type values of this generation
     base_id: str  # the pretrained base the course fine-tunes
     chat_id: str  # the instruction-tuned sibling
@@ -44,6 +45,7 @@ class Generation:
 GEMMA_1 = Generation(
     key="gemma",
     title="Gemma 1 (gemma-2b, 2024)",
+    name="Gemma 1",
     model_types=("gemma",),
     base_id="google/gemma-2b",
     chat_id="google/gemma-2b-it",
@@ -61,6 +63,7 @@ GEMMA_1 = Generation(
 GEMMA_3 = Generation(
     key="gemma3",
     title="Gemma 3 1B (2025)",
+    name="Gemma 3",
     model_types=("gemma3_text", "gemma3"),
     base_id="google/gemma-3-1b-pt",
     chat_id="google/gemma-3-1b-it",
@@ -81,6 +84,7 @@ GEMMA_3 = Generation(
 GEMMA_4 = Generation(
     key="gemma4",
     title="Gemma 4 E2B (2026)",
+    name="Gemma 4",
     model_types=("gemma4", "gemma4_text"),
     base_id="google/gemma-4-E2B",
     chat_id="google/gemma-4-E2B-it",

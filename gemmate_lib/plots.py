@@ -24,6 +24,14 @@ def _finish(fig, path: str | Path | None) -> None:
     plt.show()
 
 
+def _whole_years(*axes) -> None:
+    """Ticks at whole years only on these axes (a tick at 2007.5 names no year), 1, 2, 5 or 10 years apart."""
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+
+
 def footprint_bar(sizes: dict[str, float], title: str, path=None):
     """Horizontal bars of memory footprints in MiB (01)."""
     fig, ax = _subplots(figsize=(6, 2.4))
@@ -72,9 +80,13 @@ def temporal_features(years, x, feats, reference_year: float, task_years: tuple[
     ax1.set(xlabel="date (year)", ylabel="x = sign(r) log(1 + |r| / 1 day)",
             title=f"signed log transform, {years[0]:.0f}-{years[-1]:.0f}")
     ax1.legend(loc="lower right")
-    ax2.imshow(feats.T, aspect="auto", cmap="coolwarm", extent=[years[0], years[-1], feats.shape[1], 0])
+    # nearest: each pixel shows one sampled value; the default smoothing blends a fast feature's red and blue
+    # into a purple that no date has
+    ax2.imshow(feats.T, aspect="auto", cmap="coolwarm", interpolation="nearest",
+               extent=[years[0], years[-1], feats.shape[1], 0])
     ax2.axvline(reference_year, color="black", ls="--")
     ax2.set(xlabel="date (year)", ylabel="feature", title=f"the {feats.shape[1]} features (tau = {tau})")
+    _whole_years(ax1.xaxis, ax2.xaxis)
     return _finish(fig, path)
 
 
@@ -83,6 +95,7 @@ def year_histogram(years, title: str, path=None):
     fig, ax = _subplots(figsize=(7, 2.8))
     ax.hist(years, bins=np.arange(min(years) - 0.5, max(years) + 1.5), rwidth=0.85)
     ax.set(xlabel="year written", ylabel="training notes", title=title)
+    _whole_years(ax.xaxis)
     return _finish(fig, path)
 
 
@@ -102,6 +115,7 @@ def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None
         ax2.axvspan(train_years[0] - 0.5, train_years[1] + 0.5, color="grey", alpha=0.12,
                     label="training years")
     ax2.set(xlabel="true year", ylabel="year the model wrote", title="after training, true timestamps")
+    _whole_years(ax2.xaxis, ax2.yaxis)
     ax2.legend()
     return _finish(fig, path)
 

@@ -3,7 +3,15 @@ import re
 
 import pytest
 
-from gemmate_lib.data import clean_rows, format_quote, load_quotes, normalize_quote, to_dataset, trim_author
+from gemmate_lib.data import (
+    clean_rows,
+    excerpt,
+    format_quote,
+    load_quotes,
+    normalize_quote,
+    to_dataset,
+    trim_author,
+)
 from gemmate_lib.housekeeping.errors import DataError
 
 
@@ -66,6 +74,19 @@ def test_rows_missing_fields_are_counted_reported_and_dropped(tmp_path):
     report = data.report()
     assert "dropped 1 row(s): missing quote, e.g. line 3:" in report
     assert "dropped 1 row(s): empty author" in report
+
+
+def test_a_drop_report_cuts_its_example_between_words_never_inside_one():
+    quote = "For all of the most important things, the timing always sucks. Waiting for a good time to quit"
+    rows = [{"quote": "A", "author": "X"}, {"quote": "B", "author": "Y"}, {"quote": quote, "author": ""}]
+    example = clean_rows(rows)[2]["empty author"]
+    shown = example.removeprefix("line 3: ").removesuffix(" ...")
+    assert example.endswith(" ...") and len(shown) <= 100
+    assert repr(rows[2]).startswith(shown) and repr(rows[2])[len(shown)] == " "  # the next character: a space
+    assert excerpt("short text") == "short text"
+    assert excerpt("one two three", limit=8) == "one two ..."  # "three" would be cut: left out whole
+    assert excerpt("one two three", limit=7) == "one two ..."  # the limit falls on a space: "two" is whole
+    assert excerpt("x" * 30, limit=10) == "x" * 10 + " ..."  # no space to cut at: one long word, at the limit
 
 
 def test_wrong_types_are_reported_as_such_not_as_missing(tmp_path):

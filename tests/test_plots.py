@@ -77,3 +77,37 @@ def test_paired_differences_draws_each_difference_with_its_interval(tmp_path, mo
     shares, perplexities = figures[-1][1]
     assert _error_bars(shares) == [pytest.approx((0.1, 0.3))]  # the interval misses 0.1: cut there
     assert _error_bars(perplexities) == [pytest.approx((-5.0, -1.0))]
+
+
+def _tick_values(axis) -> list[float]:
+    """The major ticks the axis shows (inside its view), after drawing."""
+    low, high = sorted(axis.get_view_interval())
+    return [t for t in axis.get_majorticklocs() if low <= t <= high]
+
+
+def test_07s_year_axes_tick_whole_years_only_and_its_heat_map_shows_samples_unblended(tmp_path, monkeypatch):
+    """07's plots: a year axis ticked at 2007.5 names no year; the heat map draws each sampled value
+    (nearest), not a blend of a fast feature's neighbours."""
+    import numpy as np
+    import pandas as pd
+
+    from gemmate_lib import plots
+
+    figures = _drawn(monkeypatch)
+    conditions = pd.MultiIndex.from_product([["after, test", "after, val"], ["constant", "true"]])
+    summary = pd.DataFrame({"year accuracy": [0.1, 0.9, 0.1, 0.9]}, index=conditions)
+    years = np.arange(2007, 2027)  # 20 years: matplotlib's own ticks land at 2007.5, 2010.0, 2012.5, ...
+    true_table = pd.DataFrame({"true_year": years, "year": years - (years > 2020) * 5,
+                               "year_ok": years <= 2020})
+    plots.ablation(summary, true_table, tmp_path / "ablation.png", train_years=(2007, 2020))
+    plots.year_histogram(list(years) * 3, "years", tmp_path / "years.png")
+    grid = np.linspace(1990, 2040, 201)
+    feats = np.sin(np.outer(grid, np.arange(1, 9)))
+    plots.temporal_features(grid, grid - 2006, feats, 2006.4, (2007, 2026), 1.0, tmp_path / "features.png")
+    ablation, histogram, features = (fig for fig, _ in figures)
+    axes = [ablation.axes[1].xaxis, ablation.axes[1].yaxis, histogram.axes[0].xaxis,
+            features.axes[0].xaxis, features.axes[1].xaxis]
+    for axis in axes:
+        ticks = _tick_values(axis)
+        assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks), ticks
+    assert features.axes[1].images[0].get_interpolation() == "nearest"

@@ -1,7 +1,8 @@
 """Where one training step of the course's CPU default spends its time, by operator group.
 
 Run with `make profile` (or `python benchmarks/profile_step.py`; `--dtype fp32` forces bf16 off,
-`--loss trl` uses TRL's own loss instead of the course's, `--threads 1` one thread). It trains the
+`--loss trl` uses TRL's own loss instead of the course's, `--loss torch_chunk256` (or another of
+gemmate_lib.fast_loss.TORCH_LOSSES) torch's F.linear_cross_entropy, `--threads 1` one thread). It trains the
 embedded Gemma 3 270M with the course default (course_config() on this CPU) for a few warm-up steps,
 then records one whole optimizer step with torch.profiler: fetching the batch, forward, backward,
 AdamW and zero_grad.
@@ -41,6 +42,13 @@ GEMMS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmm_"
 GROUPS = ("LM head: GEMMs", "LM head: softmax and loss", "attention SDPA", "attention GEMMs", "MLP GEMMs",
           "other GEMMs", "LoRA", "element-wise", "optimizer", "data", "other")
 LABEL = "gm::"  # prefix of the profiler ranges the module hooks open
+# the LM head's loss: the course's autograd function, TRL's, torch's F.linear_cross_entropy (its chunked op
+# and the range fast_loss opens around it)
+HEAD_NAMES = ("LinearCrossEntropy", "ChunkedLogProb", "linear_cross_entropy")
+
+
+def is_head(name: str) -> bool:
+    return any(h in name for h in HEAD_NAMES)
 
 
 def cpu_name() -> str:
@@ -119,7 +127,7 @@ def classify(events) -> tuple[dict[str, float], float, dict[tuple[str, str], flo
                     return "optimizer"
             if "DataLoader" in name or "_next_data" in name:
                 return "data"
-            if "LinearCrossEntropy" in name or "ChunkedLogProb" in name:
+            if is_head(name):
                 return "lm_head"
             if name.startswith("autograd::engine::evaluate_function"):
                 return ("bwd", event.sequence_nr, name)
@@ -140,8 +148,7 @@ def classify(events) -> tuple[dict[str, float], float, dict[tuple[str, str], flo
         lab = label_of(e)
         if isinstance(lab, tuple):  # a backward node: the range of its forward operator
             _, seq, name = lab
-            head = "LinearCrossEntropy" in name or "ChunkedLogProb" in name
-            lab = "lm_head" if head else forward.get(seq)
+            lab = "lm_head" if is_head(name) else forward.get(seq)
         op = e.name
         gemm = op in GEMMS
         if lab == "optimizer":
@@ -170,11 +177,14 @@ def classify(events) -> tuple[dict[str, float], float, dict[tuple[str, str], flo
 
 
 def main() -> int:
+    from gemmate_lib.fast_loss import TORCH_LOSSES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
                         help="compute dtype (auto: what pick_precision chooses on this CPU)")
-    parser.add_argument("--loss", choices=("course", "trl"), default="course",
-                        help="the course's fast loss, or TRL's own (loss_type='nll')")
+    parser.add_argument("--loss", choices=("course", "trl", *TORCH_LOSSES), default="course",
+                        help="the course's fast loss, TRL's own (loss_type='nll'), or torch's "
+                        "F.linear_cross_entropy in one of fast_loss.TORCH_LOSSES' settings")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps trained before the profiled one")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default, every core); on a machine that others "
@@ -189,11 +199,14 @@ def main() -> int:
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
+    from gemmate_lib import fast_loss
     from gemmate_lib.config import course_config
     from gemmate_lib.data import load_quotes
     from gemmate_lib.models import load_model, load_tokenizer
     from gemmate_lib.training import attach_lora, sft_trainer
 
+    if args.loss in TORCH_LOSSES:
+        fast_loss.LOSS_IMPL = args.loss
     overrides = {} if args.dtype == "auto" else {"dtype": args.dtype}
     if args.loss == "trl":
         overrides["fast_loss"] = False
@@ -236,8 +249,9 @@ def main() -> int:
     t = cfg.train
     print(f"\n{datetime.date.today().isoformat()}, {cpu_name()}, {torch.get_num_threads()} threads, "
           f"native bf16: {native}; torch {torch.__version__}")
+    loss = fast_loss.LOSS_IMPL if trainer.fast_loss else "TRL nll"
     print(f"one step of the course default: {cfg.precision.name}, batch {t.batch_size}x"
-          f"{t.gradient_accumulation_steps}, {t.optim}, loss {'course' if trainer.fast_loss else 'TRL nll'}, "
+          f"{t.gradient_accumulation_steps}, {t.optim}, loss {loss}, "
           f"{window['tokens']} tokens; step {window['seconds'] * 1e3:.0f} ms (profiled; the profiler adds a "
           f"little)")
     print(f"{'group':28} {'ms':>8} {'share':>7}")

@@ -1,8 +1,10 @@
 """LoRA SFT throughput: the seed notebook's settings against the course's tuned CPU settings, and the
-course default against variants of it (TRL's own loss, fp32, the changes docs/performance.md records).
+course default against variants of it (TRL's own loss, torch's own, fp32, the changes docs/performance.md
+records).
 
 Run with `make bench` (or `python benchmarks/sft_throughput.py`; `--arms` picks the arms, `make bench
-ARMS="b_tuned c_trl_loss"`). In one run, on the same machine, model (the embedded Gemma 3 270M) and data
+ARMS="b_tuned c_trl_loss"`, or a group of them: `make bench ARMS=loss`, which `make bench-loss` runs). In one
+run, on the same machine, model (the embedded Gemma 3 270M) and data
 (the offline quotes), it trains each arm in its own subprocess (so peak memory is its own) for the same
 number of examples, times the optimizer steps after a warm-up, and then measures the held-out loss (the
 same evaluation for every arm). It prints a table, each arm's samples/s and held-out loss against the
@@ -66,7 +68,27 @@ TRIED = {
     "d_batch16_fp32": dict(cfg=dict(dtype="fp32", batch_size=16)),
 }
 ARMS.update(TRIED)
+# torch 2.13's own head-and-loss, F.linear_cross_entropy, in place of the course's LinearCrossEntropy on the
+# same path (CourseSFTTrainer -> fast_loss.causal_lm_loss, labelled tokens only): `loss_impl` names one of
+# fast_loss.TORCH_LOSSES. torch's own CPU policy ("auto"), the course's chunk of 256 tokens with torch's
+# precision policy (fp32 products for a bf16 head on a CPU), the same with the product and softmax in bf16,
+# and torch's reference path (the whole logits). In fp32 the third is the second.
+TORCH_LOSS_ARMS = {
+    "g_torch_loss": dict(cfg=dict(), loss_impl="torch"),
+    "g_torch_loss_chunk256": dict(cfg=dict(), loss_impl="torch_chunk256"),
+    "g_torch_loss_chunk256_lowp": dict(cfg=dict(), loss_impl="torch_chunk256_lowp"),
+    "g_torch_loss_reference": dict(cfg=dict(), loss_impl="torch_reference"),
+    "g_torch_loss_fp32": dict(cfg=dict(dtype="fp32"), loss_impl="torch"),
+    "g_torch_loss_chunk256_fp32": dict(cfg=dict(dtype="fp32"), loss_impl="torch_chunk256"),
+    "g_torch_loss_reference_fp32": dict(cfg=dict(dtype="fp32"), loss_impl="torch_reference"),
+}
+ARMS.update(TORCH_LOSS_ARMS)
 DEFAULT_ARMS = ("a_seed", "b_tuned", "c_trl_loss", "b_tuned_fp32", "c_trl_loss_fp32")
+# Named groups `--arms` also takes: "loss", the course's loss against TRL's and torch's, bf16 then fp32.
+ARM_GROUPS = {
+    "loss": ("b_tuned", "c_trl_loss", *(n for n in TORCH_LOSS_ARMS if not n.endswith("_fp32")),
+             "b_tuned_fp32", "c_trl_loss_fp32", *(n for n in TORCH_LOSS_ARMS if n.endswith("_fp32"))),
+}
 
 
 def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 1.5) -> float:
@@ -88,6 +110,7 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
     import torch
     from transformers import TrainerCallback
 
+    from gemmate_lib import fast_loss
     from gemmate_lib.config import course_config
     from gemmate_lib.data import load_quotes
     from gemmate_lib.evaluation import held_out_loss
@@ -95,6 +118,7 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
     from gemmate_lib.training import attach_lora, sft_trainer
 
     arm = ARMS[name]
+    fast_loss.LOSS_IMPL = arm.get("loss_impl", "course")  # this arm's process only
     probe = course_config(device="cpu", **arm["cfg"])
     per_step = probe.train.batch_size * probe.train.gradient_accumulation_steps
     steps = examples // per_step
@@ -144,7 +168,7 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
                                      "lora_dtype": str(next(p.dtype for p in model.parameters()
                                                             if p.requires_grad)).replace("torch.", ""),
                                      "gradient_checkpointing": cfg.train.gradient_checkpointing,
-                                     "loss": "course" if trainer.fast_loss else
+                                     "loss": fast_loss.LOSS_IMPL if trainer.fast_loss else
                                      f"TRL {trainer.args.loss_type}",
                                      "group_by_length": cfg.train.group_by_length},
         "examples": steps * per_step, "steps": steps, "measured_steps": measured_steps,
@@ -168,13 +192,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=96, help="training examples per configuration")
     parser.add_argument("--warmup-steps", type=int, default=2, help="optimizer steps not timed")
-    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=DEFAULT_ARMS,
-                        help="arms to run, in this order (default: %(default)s)")
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS) + sorted(ARM_GROUPS), default=DEFAULT_ARMS,
+                        help="arms to run, in this order, or a group of them: "
+                        + "; ".join(f"{g}: {' '.join(a)}" for g, a in ARM_GROUPS.items())
+                        + " (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per arm (0: torch's default, every core); on a machine that "
                         "others share, 1 keeps the threads from waiting on each other at every operator")
     parser.add_argument("--one", choices=sorted(ARMS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.arms = list(dict.fromkeys(a for name in args.arms for a in ARM_GROUPS.get(name, (name,))))
     if args.threads:
         import torch
 
@@ -200,12 +227,12 @@ def main() -> int:
 
     print(f"\n{torch.get_num_threads()} threads; matmul peak (2048x2048, this run): "
           f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    print(f"{'arm':16} {'settings':100} {'samples/s':>9} {'fastest':>8} {'tokens/s':>8} {'GFLOP/s':>8} "
+    print(f"{'arm':28} {'settings':100} {'samples/s':>9} {'fastest':>8} {'tokens/s':>8} {'GFLOP/s':>8} "
           f"{'MFU fp32':>8} {'MFU bf16':>8} {'loss 0':>8} {'loss N':>8} {'peak GiB':>8}")
     for r in results.values():
         r["mfu_fp32_peak"] = r["achieved_gflops"] / peaks["fp32"]
         r["mfu_bf16_peak"] = r["achieved_gflops"] / peaks["bf16"]
-        print(f"{r['config']:16} {describe(r['settings']):100} {r['samples_per_s']:9.2f} "
+        print(f"{r['config']:28} {describe(r['settings']):100} {r['samples_per_s']:9.2f} "
               f"{r['samples_per_s_fastest_step']:8.2f} {r['tokens_per_s']:8.1f} "
               f"{r['achieved_gflops']:8.1f} {r['mfu_fp32_peak']:8.1%} {r['mfu_bf16_peak']:8.1%} "
               f"{r['held_out_loss_before']:8.4f} {r['held_out_loss']:8.4f} {r['peak_rss_gib']:8.2f}")

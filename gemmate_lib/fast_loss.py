@@ -1,6 +1,11 @@
 """Cross-entropy through Gemma's 262k-token LM head only where it counts (03_lora_sft's "look inside", every
 method of 06; docs/performance.md): labelled positions only, gradients in the forward pass, chunk by chunk in
-one reused logits buffer, from the decoder output of the model's own forward (adapters and GemmaTE count)."""
+one reused logits buffer, from the decoder output of the model's own forward (adapters and GemmaTE count).
+
+torch 2.13 ships the same idea as `torch.nn.functional.linear_cross_entropy` with `LinearCrossEntropyOptions`;
+`causal_lm_loss(..., impl=...)` (or the module's `LOSS_IMPL`) runs the head through it instead, so that the
+benchmarks compare the two on the one path training takes (docs/performance.md, "The course's loss against
+torch's")."""
 from __future__ import annotations
 
 import torch
@@ -8,15 +13,43 @@ import torch
 from gemmate_lib.housekeeping.hardware import cpu_has_native_bf16
 
 CHUNK_TOKENS = 256  # tokens per chunk: 256 x 262144 fp32 logits = 256 MiB at a time
+LOWP_SOFTMAX = True  # a bf16 head's training softmax on its bf16 product (_softmax_chunks_lowp); False: fp32
+
+# torch's `F.linear_cross_entropy` settings that `causal_lm_loss` can run instead of the course's own
+# LinearCrossEntropy ("course"): keyword arguments of LinearCrossEntropyOptions, None for torch's reference
+# path. On a CPU torch's own policy (`LinearCrossEntropyOptions()`, "auto") multiplies a bf16 head in fp32 (it
+# takes bf16 matrix products on a CPU for emulated) and sizes chunks so that a chunk's logits are as large as
+# the input: for Gemma's 262,144 x 640 head, one row per 410 tokens rounded up to a power of two, so 1-4 rows
+# a chunk at the course's batches (fp32: half that).
+TORCH_LOSSES: dict[str, dict | None] = {
+    "torch": {},  # torch's own policy: LinearCrossEntropyOptions(), chunk size and precision "auto"
+    "torch_chunk256": dict(batch_chunk_size=CHUNK_TOKENS),  # the course's chunk, torch's precision policy
+    # the course's chunk with the product and softmax in the input's dtype: bf16 matrix units on a bf16 CPU,
+    # and a bf16 softmax and loss sum (the course's loss keeps those in fp32); the same as the above in fp32
+    "torch_chunk256_lowp": dict(batch_chunk_size=CHUNK_TOKENS, acc_dtype="input"),
+    "torch_reference": None,  # options=None: cross_entropy(linear(...)), the whole [tokens, vocab] logits
+}
+LOSS_IMPLS = ("course", *TORCH_LOSSES)
+# The implementation `causal_lm_loss` uses when its caller names none: CourseSFTTrainer names none, so a
+# benchmark arm (one process per arm) switches training by setting this.
+LOSS_IMPL = "course"
 
 
 def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
-                    probs: bool):
-    """Yield (start, rows, targets, per-token NLL, logits) per chunk through one reused [vocab, rows] buffer
-    (the order MKL writes fastest: `make bench-head`), with `probs` softmaxed in place."""
+                    probs: bool, lowp: bool | None = None):
+    """Yield (start, rows, targets, per-token NLL, logits, one_hot_done) per chunk through one reused
+    [vocab, rows] buffer
+    (the order MKL writes fastest: `make bench-head`), with `probs` softmaxed in place. `lowp` (default: a
+    bf16 head, LOWP_SOFTMAX): the softmax runs on the bf16 product itself, with no fp32 copy of the logits,
+    the normalizer summed in fp32; each target's own probability, from which its gradient subtracts one, is
+    computed in fp32 (in bf16, 1 - p of a likely token would lose most of its digits), the loss too."""
     acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 (or fp64)
+    lowp = LOWP_SOFTMAX and weight.dtype == torch.bfloat16 if lowp is None else lowp
     rows, vocab = min(chunk, hidden.shape[0]), weight.shape[0]
     raw = hidden.new_empty(vocab * rows, dtype=weight.dtype)  # one buffer for every chunk
+    if lowp:
+        yield from _softmax_chunks_lowp(hidden, weight, targets, chunk, probs, raw)
+        return
     logits = raw if raw.dtype == acc else raw.new_empty(raw.shape, dtype=acc)
     for start in range(0, hidden.shape[0], chunk):
         h, t = hidden[start:start + chunk].to(weight.dtype), targets[start:start + chunk]
@@ -31,7 +64,30 @@ def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         norm = z.sum(dim=0)
         if probs:
             z.div_(norm)
-        yield start, h, t, top + norm.log() - target_logit, z
+        yield start, h, t, top + norm.log() - target_logit, z, False
+
+
+def _softmax_chunks_lowp(hidden, weight, targets, chunk: int, probs: bool, raw: torch.Tensor):
+    """_softmax_chunks on the bf16 product, laid out [rows, vocab] (a bf16 reduction along the contiguous
+    vocabulary is several times faster than across it: `make bench-head`): max, subtract and exp in place in
+    bf16, the normalizer summed in fp32; each target's probability (and so its gradient, p - 1) and the loss
+    from fp32 arithmetic. Yields the logits as [vocab, rows] views of that buffer, as _softmax_chunks does."""
+    vocab = weight.shape[0]
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start:start + chunk].to(weight.dtype), targets[start:start + chunk]
+        n = len(t)
+        z = raw[:vocab * n].view(n, vocab)
+        torch.mm(h, weight.t(), out=z)
+        at = (torch.arange(n, device=t.device), t)
+        target_logit = z[at].float()
+        top = z.amax(dim=1, keepdim=True)
+        z.sub_(top).exp_()
+        norm = z.sum(dim=1, dtype=torch.float32)
+        nll = top.squeeze(1).float() + norm.log() - target_logit
+        if probs:  # dloss/dlogits: softmax - one_hot, the target's entry from fp32 (p - 1, then rounded)
+            z.div_(norm.to(z.dtype).unsqueeze(1))
+            z[at] = torch.expm1(-nll).to(z.dtype)
+        yield start, h, t, nll, z.t(), True
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -46,14 +102,17 @@ class LinearCrossEntropy(torch.autograd.Function):
         total = hidden.new_zeros((), dtype=acc)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=acc) if want_weight else None
-        for start, h, t, nll, probs in _softmax_chunks(hidden, weight, targets, chunk,
-                                                       want_hidden or want_weight):
+        for start, h, t, nll, probs, done in _softmax_chunks(hidden, weight, targets, chunk,
+                                                             want_hidden or want_weight):
             total += nll.sum()
             if want_hidden or want_weight:
-                probs[t, torch.arange(len(t), device=t.device)] -= 1.0  # softmax - one_hot = dloss/dlogits
+                if not done:  # softmax - one_hot = dloss/dlogits
+                    probs[t, torch.arange(len(t), device=t.device)] -= 1.0
                 probs = probs if probs.dtype == weight.dtype else probs.to(weight.dtype)  # [vocab, rows]
                 if want_hidden:
-                    grad_hidden[start:start + len(t)] = (weight.t() @ probs).t().to(hidden.dtype)
+                    # [rows, hidden]; the bf16 path keeps its logits [rows, vocab]: multiplied as they lie
+                    product = probs.t() @ weight if done else (weight.t() @ probs).t()
+                    grad_hidden[start:start + len(t)] = product.to(hidden.dtype)
                 if want_weight:
                     grad_weight.addmm_(probs.to(acc), h.to(acc))
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -72,7 +131,9 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     there than its bf16 matmul, and the logits skip one rounding before the fp32 softmax."""
     if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and not cpu_has_native_bf16():
         weight = weight.float()
-    out = [nll for _, _, _, nll, _ in _softmax_chunks(hidden, weight, targets, chunk, probs=False)]
+    # held-out losses keep the fp32 softmax: no gradient to speed up, and every digit of the figure reported
+    chunks = _softmax_chunks(hidden, weight, targets, chunk, probs=False, lowp=False)
+    out = [nll for _, _, _, nll, _, _ in chunks]
     acc = torch.promote_types(hidden.dtype, torch.float32)
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=acc)
 
@@ -100,13 +161,46 @@ def output_weight(model) -> torch.Tensor:
     return _base(model).get_output_embeddings().weight
 
 
-def causal_lm_loss(model, input_ids, attention_mask, labels, num_items_in_batch=None):
+def torch_options(impl: str, dtype: torch.dtype):
+    """The LinearCrossEntropyOptions of one of TORCH_LOSSES for inputs of `dtype` (None: torch's reference
+    path)."""
+    from torch.nn import LinearCrossEntropyOptions
+
+    if impl not in TORCH_LOSSES:
+        raise ValueError(f"loss implementation {impl!r} is not known: use one of {', '.join(LOSS_IMPLS)}")
+    setting = TORCH_LOSSES[impl]
+    if setting is None:
+        return None
+    if setting.get("acc_dtype") == "input":
+        setting = {**setting, "acc_dtype": dtype}
+    return LinearCrossEntropyOptions(**setting)
+
+
+def summed_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         impl: str | None = None) -> torch.Tensor:
+    """Summed cross-entropy of `hidden @ weight.T` against `targets` by `impl` (LOSS_IMPLS; None: LOSS_IMPL),
+    with gradients for `hidden` and for `weight` where they require them. torch's chunked path, like ours,
+    computes the weight's gradient only when the weight requires grad. For bf16 inputs ours returns the loss
+    in fp32, torch's in bf16, summed chunk by chunk in bf16 (about 2% off with torch's one-row chunks); the
+    gradients do not depend on that sum."""
+    impl = impl or LOSS_IMPL
+    if impl == "course":
+        return LinearCrossEntropy.apply(hidden, weight, targets)
+    options = torch_options(impl, hidden.dtype)
+    with torch.profiler.record_function(f"linear_cross_entropy[{impl}]"):  # the profile's LM head group
+        return torch.nn.functional.linear_cross_entropy(hidden.to(weight.dtype), weight, targets,
+                                                        reduction="sum", options=options)
+
+
+def causal_lm_loss(model, input_ids, attention_mask, labels, num_items_in_batch=None,
+                   impl: str | None = None):
     """Next-token loss of a (PEFT-wrapped) causal LM, the LM head on labelled positions only: the model's own
     loss (mean, or sum / num_items_in_batch) up to rounding; under prompt tuning the first real token is never
-    a target, as for every other method."""
+    a target, as for every other method. `impl`: the head-and-loss implementation (LOSS_IMPLS; None:
+    LOSS_IMPL, the course's own unless a benchmark chose another)."""
     hidden = final_hidden(model, input_ids, attention_mask)
     shift_labels = labels[:, 1:]
     mask = shift_labels != -100
-    total = LinearCrossEntropy.apply(hidden[:, :-1][mask], output_weight(model), shift_labels[mask])
+    total = summed_cross_entropy(hidden[:, :-1][mask], output_weight(model), shift_labels[mask], impl)
     count = mask.sum() if num_items_in_batch is None else num_items_in_batch
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)

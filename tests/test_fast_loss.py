@@ -4,8 +4,22 @@ import torch
 from tiny import ROWS
 
 from gemmate_lib.data import load_quotes
-from gemmate_lib.fast_loss import LinearCrossEntropy, causal_lm_loss
+from gemmate_lib.fast_loss import (
+    LOSS_IMPLS,
+    TORCH_LOSSES,
+    LinearCrossEntropy,
+    causal_lm_loss,
+    summed_cross_entropy,
+    torch_options,
+)
 from gemmate_lib.training import attach_lora
+
+F = torch.nn.functional
+# Tolerances against a float64 reference computed from the same (rounded) values: fp32 rounds the products
+# and sums a little; bf16 rounds the logits (ours, torch's reference path), the probabilities fed to the
+# gradient's product, the gradient itself, and in torch's case the loss to 8 significant bits.
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=1e-2, atol=4e-2)}
+GEMMS = {"aten::mm", "aten::addmm", "aten::addmm_"}
 
 
 def _batch(tokenizer, rows=ROWS):
@@ -103,3 +117,169 @@ def test_a_bf16_head_on_a_cpu_without_native_bf16_multiplies_in_fp32(monkeypatch
     monkeypatch.setattr(fast_loss, "cpu_has_native_bf16", lambda: True)
     native = fast_loss.token_nll(hidden, weight, targets)  # logits rounded to bf16 before the softmax
     assert not torch.allclose(native, reference, atol=1e-5) and torch.allclose(native, reference, atol=0.5)
+
+
+def _head(dtype, rows=300, vocab=50, width=16, seed=0):
+    """Hand-made hidden states, head and targets, rounded to `dtype`: 300 rows are two of the course's chunks
+    and several of torch's own."""
+    torch.manual_seed(seed)
+    hidden = torch.randn(rows, width, dtype=torch.float64).to(dtype)
+    weight = torch.randn(vocab, width, dtype=torch.float64).to(dtype)
+    return hidden, weight, torch.randint(0, vocab, (rows,))
+
+
+def _loss_and_grad(fn, hidden, weight, targets, weight_trains=False):
+    hidden = hidden.clone().requires_grad_()
+    weight = weight.clone().requires_grad_(weight_trains)
+    loss = fn(hidden, weight, targets)
+    loss.backward()
+    return loss, hidden.grad, weight.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("impl", list(TORCH_LOSSES))
+def test_torchs_linear_cross_entropy_equals_ours_and_the_plain_loss(impl, dtype):
+    """Summed and mean loss and the input gradient of each torch setting equal the course's and
+    cross_entropy(linear(...)) computed in float64 from the same values."""
+    hidden, weight, targets = _head(dtype)
+    ref, ref_grad, _ = _loss_and_grad(lambda h, w, t: F.cross_entropy(h @ w.t(), t, reduction="sum"),
+                                      hidden.double(), weight.double(), targets)
+    ours, ours_grad, _ = _loss_and_grad(lambda h, w, t: summed_cross_entropy(h, w, t, "course"),
+                                        hidden, weight, targets)
+    theirs, theirs_grad, _ = _loss_and_grad(lambda h, w, t: summed_cross_entropy(h, w, t, impl),
+                                            hidden, weight, targets)
+    assert theirs_grad.dtype == ours_grad.dtype == dtype
+    for loss, grad in ((ours, ours_grad), (theirs, theirs_grad)):
+        torch.testing.assert_close(loss.double(), ref.detach(), **TOL[dtype])
+        torch.testing.assert_close(grad.double(), ref_grad, **TOL[dtype])
+    torch.testing.assert_close(theirs.double(), ours.double(), **TOL[dtype])
+    torch.testing.assert_close(theirs_grad.double(), ours_grad.double(), **TOL[dtype])
+    mean = lambda h, w, t: F.linear_cross_entropy(h, w, t, reduction="mean",  # noqa: E731
+                                                  options=torch_options(impl, dtype))
+    theirs_mean, theirs_mean_grad, _ = _loss_and_grad(mean, hidden, weight, targets)
+    torch.testing.assert_close(theirs_mean.double(), ref.detach() / len(targets), **TOL[dtype])
+    torch.testing.assert_close(theirs_mean_grad.double(), ref_grad / len(targets), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("impl", list(TORCH_LOSSES))
+def test_torchs_ignored_rows_contribute_nothing(impl, dtype):
+    """Rows whose target is ignore_index (-100, the masked labels) add nothing to torch's loss and get a zero
+    gradient: the loss over all rows equals the loss over the kept rows alone (torch still multiplies the
+    ignored rows through the head; causal_lm_loss drops them before)."""
+    hidden, weight, targets = _head(dtype)
+    ignored = torch.rand(len(targets), generator=torch.Generator().manual_seed(1)) < 0.3
+    masked = targets.masked_fill(ignored, -100)
+    options = torch_options(impl, dtype)
+    every, every_grad, _ = _loss_and_grad(
+        lambda h, w, t: F.linear_cross_entropy(h, w, t, reduction="sum", ignore_index=-100, options=options),
+        hidden, weight, masked)
+    kept, kept_grad, _ = _loss_and_grad(lambda h, w, t: summed_cross_entropy(h, w, t, impl),
+                                        hidden[~ignored], weight, targets[~ignored])
+    assert ignored.any() and (every_grad[ignored] == 0).all()
+    torch.testing.assert_close(every.double(), kept.double(), **TOL[dtype])
+    torch.testing.assert_close(every_grad[~ignored].double(), kept_grad.double(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("impl", LOSS_IMPLS)
+def test_a_batch_without_a_labelled_token_has_zero_loss_and_gradient(impl):
+    """A micro-batch whose labels are all -100 (causal_lm_loss then sends no row through the head) gives a
+    zero loss that still backpropagates, in every implementation."""
+    _, weight, _ = _head(torch.float32)
+    hidden = torch.randn(3, weight.shape[1], requires_grad=True)
+    loss = summed_cross_entropy(hidden[:0] * 2, weight, torch.zeros(0, dtype=torch.long), impl)
+    loss.backward()
+    assert loss.item() == 0.0 and (hidden.grad == 0).all()
+
+
+def _gemms(fn, *args) -> int:
+    """Matrix products that `fn(*args)` runs, forward and backward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(*args)
+    return sum(e.name in GEMMS for e in prof.events())
+
+
+@pytest.mark.parametrize("impl", LOSS_IMPLS)
+def test_a_frozen_head_gets_no_gradient_and_no_weight_gradient_product(impl):
+    """Our head is frozen under LoRA: each implementation computes the weight's gradient only when the weight
+    requires grad (torch's chunked op reads `linear_weight.requires_grad`). Frozen, it multiplies twice per
+    chunk (logits, input gradient); trainable, once more (the weight gradient), which then equals the plain
+    loss's (full fine-tuning in 06)."""
+    hidden, weight, targets = _head(torch.float32)
+    fn = lambda h, w, t: summed_cross_entropy(h, w, t, impl)  # noqa: E731
+    frozen = _gemms(_loss_and_grad, fn, hidden, weight, targets)
+    trainable = _gemms(_loss_and_grad, fn, hidden, weight, targets, True)
+    _, _, frozen_weight_grad = _loss_and_grad(fn, hidden, weight, targets)
+    assert frozen_weight_grad is None
+    assert frozen == 2 * (trainable - frozen) > 0, (frozen, trainable)
+    _, _, weight_grad = _loss_and_grad(fn, hidden, weight, targets, True)
+    _, _, ref = _loss_and_grad(lambda h, w, t: F.cross_entropy(h @ w.t(), t, reduction="sum"),
+                               hidden.double(), weight.double(), targets, True)
+    torch.testing.assert_close(weight_grad.double(), ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("impl", list(TORCH_LOSSES))
+def test_torchs_loss_on_the_tiny_gemma_equals_ours_and_the_models_own(tiny_model, tiny_tokenizer, cpu_cfg,
+                                                                      impl, dtype):
+    """causal_lm_loss through each torch setting, on the tiny Gemma with LoRA and padded (-100) labels: the
+    mean loss and the sum over num_items_in_batch equal the course's and the model's own, and so do the LoRA
+    gradients (the head is frozen: only the input gradient flows back)."""
+    enc, labels = _batch(tiny_tokenizer)
+    assert (labels == -100).any()
+    model = attach_lora(tiny_model.to(dtype), cpu_cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(loss_fn):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss.detach().double(), [p.grad.double() for p in params]
+
+    ref, ref_grads = run(lambda: model(**enc, labels=labels).loss)
+    count = int((labels[:, 1:] != -100).sum())
+    for items in (None, count):  # mean; sum / num_items_in_batch
+        ours, ours_grads = run(lambda items=items: causal_lm_loss(
+            model, enc["input_ids"], enc["attention_mask"], labels, items, impl="course"))
+        theirs, theirs_grads = run(lambda items=items: causal_lm_loss(
+            model, enc["input_ids"], enc["attention_mask"], labels, items, impl=impl))
+        torch.testing.assert_close(theirs, ours, **TOL[dtype])
+        torch.testing.assert_close(theirs, ref, **TOL[dtype])
+        for theirs_grad, ours_grad, ref_grad in zip(theirs_grads, ours_grads, ref_grads):
+            scale = ref_grad.abs().max().item()  # LoRA B starts at zero, A's gradient then too
+            torch.testing.assert_close(theirs_grad, ours_grad, rtol=TOL[dtype]["rtol"],
+                                       atol=TOL[dtype]["atol"] * max(scale, 1e-12))
+            torch.testing.assert_close(theirs_grad, ref_grad, rtol=TOL[dtype]["rtol"],
+                                       atol=TOL[dtype]["atol"] * max(scale, 1e-12))
+
+
+def test_an_unknown_loss_implementation_is_refused():
+    hidden, weight, targets = _head(torch.float32, rows=4)
+    with pytest.raises(ValueError, match="torch_chunk256"):
+        summed_cross_entropy(hidden, weight, targets, "torch_fastest")
+
+
+@pytest.mark.parametrize("lowp", [True, False])
+def test_a_likely_targets_gradient_keeps_its_digits_in_the_bf16_softmax(lowp, monkeypatch):
+    """The bf16 head's training softmax (LOWP_SOFTMAX) runs on the bf16 product, but each target's 1 - p
+    comes from fp32: for a target the model already gives p = 0.995, a bf16 p - 1 (p rounds to 0.99609)
+    would be 22% off, and that entry is most of the hidden state's gradient."""
+    import gemmate_lib.fast_loss as fast
+
+    monkeypatch.setattr(fast, "LOWP_SOFTMAX", lowp)
+    torch.manual_seed(0)
+    vocab, width, rows = 4096, 64, 8
+    weight = (torch.randn(vocab, width) * 0.02).to(torch.bfloat16)
+    targets = torch.randint(0, vocab, (rows,))
+    own = weight[targets].float()
+    hidden = (own * (16 / (own * own).sum(-1, keepdim=True))).to(torch.bfloat16)  # each target's logit: 16
+    reference = hidden.float().requires_grad_()
+    logits = reference @ weight.float().t()
+    assert (logits.softmax(-1)[torch.arange(rows), targets] > 0.99).all()
+    torch.nn.functional.cross_entropy(logits, targets, reduction="sum").backward()
+    mine = hidden.clone().requires_grad_()
+    fast.LinearCrossEntropy.apply(mine, weight, targets).backward()
+    error = (mine.grad.float() - reference.grad).norm() / reference.grad.norm()
+    assert error < 0.02, error

@@ -1,4 +1,4 @@
-"""The exercises of notebooks 00-07, 24 of them: what each one's run must show (its check, registered with
+"""The exercises of notebooks 00-07, 28 of them: what each one's run must show (its check, registered with
 gemmate_lib.housekeeping.exercise_checks's `exercise` decorator, which also says how a check judges), and
 `exercise_check`, the call of every exercise's check cell. Thresholds marked `# calibrate` are the margins
 `make exercises` reports (docs/exercises.md)."""
@@ -22,6 +22,7 @@ from gemmate_lib.housekeeping.exercise_checks import (
     read_csv,
     read_json,
     rounded,
+    shaped,
     trained_steps,
 )
 
@@ -71,7 +72,7 @@ def model_on_disk(model_name: str) -> bool:
     return cached("model.safetensors") is not None
 
 
-# ---- the 24 exercises: what each run must show ----
+# ---- the 28 exercises: what each run must show ----
 
 
 @exercise("00-1", "changed.json", "run solution 1 above",
@@ -90,24 +91,36 @@ def _00_2(messages):
 
 
 WARM_SPREAD = 2.0  # calibrate: the later two loads (files on disk, code imported) at most this ratio apart
+MODEL_CLASSES = ("ForCausalLM", "ForConditionalGeneration")  # what load_model returns; a tokenizer is none
 
 
 @exercise("00-3", "load_seconds.json", "run solution 3 above",
-          "three loads, each recorded with whether the weights were on disk before it; the later two (on "
-          "disk) close together; a load that had to fetch them (a fresh runtime's first) slower than both")
-def _00_3(loads):  # [{"seconds": s, "on_disk": bool}] per load
+          "three loads of the model (not its tokenizer), each recorded with whether the weights were on disk "
+          "before it; the later two (on disk) close together; a load that had to fetch them (a fresh "
+          "runtime's first) slower than both")
+def _00_3(loads):  # per load: {"seconds", "on_disk", "checked_at", "started_at", "loaded"}
     seconds = [float(load["seconds"]) for load in loads]
     on_disk = [bool(load["on_disk"]) for load in loads]
+    loaded = [str(load["loaded"]) for load in loads]  # the class of what was timed
+    # when the disk was looked at: after the load started, the answer says nothing about that load (it is on
+    # disk by then, always)
+    late = [i for i, load in enumerate(loads, 1) if float(load["checked_at"]) > float(load["started_at"])]
     fetched = [s for s, disk in zip(seconds, on_disk) if not disk]
     found = "; ".join(f"load {i}: {s:.1f} s ({'on disk' if d else 'fetched'})"
                       for i, (s, d) in enumerate(zip(seconds, on_disk), 1))
     if len(loads) != 3 or not all(on_disk[1:]):
         return False, found + " (three loads are needed, the later two with the files on disk)"
+    if not all(name.endswith(MODEL_CLASSES) for name in loaded):
+        return False, found + f" (timed {sorted(set(loaded))}: the model's load is the one to time)"
+    if late:
+        return False, found + (f" (load {late[0]}'s on-disk state was read after the load started: read it "
+                               "before, when it can still be False)")
     warm = seconds[1:]
     margins = [less(max(warm) / max(min(warm), 1e-9), WARM_SPREAD, "x", "later loads' times apart",
                     strict=False)]
     if fetched:
-        margins.append(more(fetched[0] / max(warm), 1.0, "x", "the fetching load over the slowest later one"))
+        margins.append(more(fetched[0] / max(max(warm), 1e-9), 1.0, "x",
+                            "the fetching load over the slowest later one"))
     else:
         found += " (the files were on disk already: the one-off cost was paid earlier in this runtime)"
     return True, found, margins
@@ -128,15 +141,22 @@ def _01_2(loss):
         more(gap, 0, "nats", "FP4's loss change less NF4's")]
 
 
+MOST_SAVED = 0.5  # calibrate: the MLP-only model keeps more than this share of NF4's memory saving
+
+
 @exercise("01-3", "points.json", "run solutions 1 and 3 above",
-          "the MLP-only model lies between the other two on both axes, strictly in memory")
+          "the MLP-only model lies between the other two on both axes, strictly in memory, and keeps most of "
+          "NF4's memory saving (the MLP holds most of the linear weights)")
 def _01_3(points):  # {variant: [MiB, held-out loss]}
     full, everywhere, mlp = points["unquantized"], points["NF4 everywhere"], points["NF4 on the MLP only"]
     # strictly between in memory: skipping no module (or every one) lands exactly on an end
     memory = min(mlp[0] - min(full[0], everywhere[0]), max(full[0], everywhere[0]) - mlp[0])
     loss = min(mlp[1] - min(full[1], everywhere[1]), max(full[1], everywhere[1]) - mlp[1])
+    # skipping the MLP instead (NF4 on attention only) also lies between, but keeps the smaller share
+    kept = (full[0] - mlp[0]) / max(full[0] - everywhere[0], 1e-9)
     return True, "; ".join(f"{k}: {rounded(v[0])} MiB, loss {rounded(v[1])}" for k, v in points.items()), [
         more(memory, 0, "MiB", "distance in memory to the nearer end"),
+        more(kept, MOST_SAVED, "share", "share of NF4's memory saving kept"),
         more(loss, 0, "nats", "distance in loss to the nearer end", strict=False)]
 
 
@@ -152,19 +172,22 @@ def _02_1(runs):  # prompts, each limit's completions and new-token counts
 
 
 @exercise("02-2", ("generations.csv",), "run solution 2 above",
-          "two or more prompts of your own in the Quote: format, generated as the lesson generates; the "
-          "Author: lines the base model writes are what it does, reported, not judged")
+          "two or more prompts of your own in the Quote: format, without an Author: line of their own, "
+          "generated as the lesson generates; the Author: lines the base model writes are what it does, "
+          "reported, not judged")
 def _02_2(ex, lesson):
     from gemmate_lib.text_generation import STANDARD_PROMPTS, has_author_line
 
     rows = read_csv(ex[0], "generations.csv", keep_default_na=False)
-    own = [p for p in rows.prompt if p.startswith("Quote:") and p not in STANDARD_PROMPTS]
-    authored = [has_author_line(p + c) for p, c in zip(rows.prompt, rows.completion)]
-    as_generated = [str(a) == str(b) for a, b in zip(authored, rows.author_line)]  # generate()'s own table
+    prompts, completions = rows["prompt"].astype(str), rows["completion"].astype(str)
+    # a prompt that ends in "Author:" already asks for the name: the model would only complete the line
+    own = [p for p in prompts if p.startswith("Quote:") and p not in STANDARD_PROMPTS and "Author:" not in p]
+    authored = [has_author_line(p + c) for p, c in zip(prompts, completions)]
+    as_generated = [str(a) == str(b) for a, b in zip(authored, rows["author_line"])]  # generate()'s own table
     ok = len(rows) >= 2 and len(own) == len(rows) and all(as_generated)
     return (
         ok,
-        f"{len(own)} of {len(rows)} prompts your own in the Quote: format; "
+        f"{len(own)} of {len(rows)} prompts your own in the Quote: format without an Author: line; "
         f"{sum(authored)} got an Author: line",
     )
 
@@ -204,7 +227,7 @@ def _authored(folder):
     from gemmate_lib.text_generation import has_author_line
 
     after = read_csv(folder, "generations_after.csv", keep_default_na=False)
-    return sum(has_author_line(p + c) for p, c in zip(after.prompt, after.completion))
+    return sum(has_author_line(str(p) + str(c)) for p, c in zip(after["prompt"], after["completion"]))
 
 
 LOSS_LEVEL = 0.15  # calibrate: r = 2's final held-out loss ends within this many nats of the lesson's r = 8
@@ -220,7 +243,7 @@ def _03_1(ex, lesson):
     changed = config_changes(ex[0], lesson)
     mine, theirs = _adapter_weights(ex[0]), _adapter_weights(lesson)
     logs = [read_csv(f, "loss_log.csv").dropna(subset=["eval_loss"]) for f in (ex[0], lesson)]
-    gap = abs(logs[0].eval_loss.iloc[-1] - logs[1].eval_loss.iloc[-1])  # the final held-out losses
+    gap = abs(logs[0]["eval_loss"].iloc[-1] - logs[1]["eval_loss"].iloc[-1])  # the final held-out losses
     authored = [_authored(f) for f in (ex[0], lesson)]
     ok = set(changed) == {"lora_r"} and 4 * mine == theirs
     return ok, (
@@ -253,11 +276,75 @@ def _03_2(ex, lesson):
                            for x, steps in (("a", 10), ("b", 30))))
 def _03_3(ex, lesson):
     steps = [trained_steps(f) for f in ex]
-    losses = [read_csv(f, "loss_masking.csv", index_col="setting").held_out_loss_text for f in ex]
+    losses = [read_csv(f, "loss_masking.csv", index_col="setting")["held_out_loss_text"] for f in ex]
     gaps = [loss.iloc[1] - loss.iloc[0] for loss in losses]  # completion only, less the whole text
     ok = None not in steps and steps[0] < steps[1]
     return ok, f"steps {steps}, whole-text gaps {[rounded(g) for g in gaps]}", [
         more(gaps[1] - gaps[0], 0, "nats", "growth of the whole-text gap")]
+
+
+# ---- break it on purpose (03-4 to 03-6, 05-4): a batch or a copy of the model broken the way real runs
+# break, and the course's check that must catch it. Each solution records the fault it made, measured on what
+# it broke (a wrong attempt, a batch left whole, shows there), and what the check said: for the pre-flight,
+# the line that stopped it (`PreflightError.verdict`), None where it passed ----
+
+LABEL_LINES = ("share of labelled tokens", "no row all masked")  # the pre-flight's lines on a mask's labels
+END_LINE = "end token inside the mask"
+CACHE_LINE = "logits with and without the KV cache"
+CACHE_FAULT = 0.1  # a broken cache: logits with and without it this share of their largest apart, or more
+# (the pre-flight's widest tolerance; a sound model's two passes agree to rounding)
+
+
+def _stopped(run: dict, lines: tuple[str, ...], fault: str) -> tuple[bool, str]:
+    """(whether the pre-flight stopped at one of `lines`, which names the fault, what it stopped at) from a
+    fault exercise's record: `stopped_by` is the line that stopped it, None where it passed the fault."""
+    stop = run["stopped_by"]
+    if stop is None:
+        return False, f"the pre-flight passed {fault}: not caught"
+    stop = shaped(stop, dict, "stopped_by")
+    said = f"the pre-flight stopped at {stop['check']!r}: {stop['value']} (expected {stop['expected']})"
+    if stop["check"] not in lines:
+        return False, said + f" (not a line that names this fault: {' or '.join(map(repr, lines))})"
+    return True, said
+
+
+@exercise("03-4", "fault.json", "run solution 4 above",
+          "a batch whose every label is -100 (no token labelled), stopped by the pre-flight at its share of "
+          "labelled tokens (or a row all masked), not at a loss line")
+def _03_4(run):  # {"labelled", "tokens", "rows", "stopped_by": the line that stopped the pre-flight, or None}
+    run = shaped(run, dict, "fault.json")
+    found = f"{run['labelled']} of {run['tokens']} tokens labelled in {run['rows']} rows"
+    if not (int(run["rows"]) > 0 and int(run["labelled"]) == 0):
+        return False, found + " (the fault: every label -100, none left)"
+    caught, said = _stopped(run, LABEL_LINES, "a batch that labels nothing")
+    return caught, f"{found}; {said}"
+
+
+@exercise("03-5", "fault.json", "run solution 5 above",
+          "a batch whose rows hold no end token (<eos>), their other tokens still labelled, stopped by the "
+          "pre-flight at its end-token line")
+def _03_5(run):  # {"rows", "rows_with_end", "labelled", "stopped_by"}
+    run = shaped(run, dict, "fault.json")
+    found = f"{run['rows_with_end']} of {run['rows']} rows hold <eos>, {run['labelled']} tokens labelled"
+    if not (int(run["rows"]) > 0 and int(run["rows_with_end"]) == 0):
+        return False, found + " (the fault: no row holds its end token)"
+    if int(run["labelled"]) == 0:  # nothing labelled at all: 03-4's fault, which other lines name
+        return False, found + " (every label is gone too: only the end token is to go)"
+    caught, said = _stopped(run, (END_LINE,), "rows without <eos>")
+    return caught, f"{found}; {said}"
+
+
+@exercise("03-6", "fault.json", "run solution 6 above",
+          "a copy of the model whose logits without the cache differ from those with it (by at least "
+          f"{CACHE_FAULT:g} of their largest), stopped by the pre-flight at its KV cache line")
+def _03_6(run):  # {"gap": relative, uncached against cached logits on one row, "stopped_by"}
+    run = shaped(run, dict, "fault.json")
+    gap = float(run["gap"])
+    found = f"logits with and without the cache {rounded(gap)} apart (a share of their largest)"
+    if not gap >= CACHE_FAULT:  # NaN too
+        return False, found + " (the fault: the two paths disagree; here they agree)"
+    caught, said = _stopped(run, (CACHE_LINE,), "a model whose two paths disagree")
+    return caught, f"{found}; {said}", [more(gap, CACHE_FAULT, "share", "the two paths apart", strict=False)]
 
 
 @exercise("04-1", ("manifest.json", "metrics.json"),
@@ -295,16 +382,20 @@ OWN_QUOTES = 5  # quotes of your own at least: fewer say nothing about naming au
 
 
 @exercise("04-2", "own_quotes.json", "run solution 2 on a .jsonl of your quotes",
-          f"at least {OWN_QUOTES} quotes of your own file evaluated with the fine-tuned model; where some "
-          "authors were in training and some not, the seen ones not named right significantly less often")
-def _04_2(run):  # {"file": its path, "rows": n, "by_author_in_training": {"True": [right, rows], ...}}
+          f"at least {OWN_QUOTES} quotes of your own file evaluated with the fine-tuned model (its "
+          "adapter on, not inside disable_adapter()); where some authors were in training and some not, the "
+          "seen ones not named right significantly less often")
+def _04_2(run):  # {"file", "rows", "adapter_on", "by_author_in_training": {"True": [right, rows], ...}}
     from gemmate_lib.config import EMBEDDED, HUB_DATASET
     from gemmate_lib.stats import wilson
 
-    counts = run["by_author_in_training"]
+    counts = shaped(run["by_author_in_training"], dict, "by_author_in_training")
     right, rows = (sum(c[i] for c in counts.values()) for i in (0, 1))
     own = str(run["file"]) not in (EMBEDDED, HUB_DATASET)  # a file of yours, not the course's quotes
+    tuned = run["adapter_on"] is True  # False inside `with tuned.disable_adapter():`: the base model answered
     found = f"{right} of {rows} right in {Path(str(run['file'])).name}; by author in training: {counts}"
+    if not tuned:
+        return False, found + " (evaluated with the adapter off: the base model, not the fine-tune)"
     if not own or rows != run["rows"] or rows < OWN_QUOTES:
         return False, found
     if not all(counts.get(k, [0, 0])[1] for k in ("True", "False")):
@@ -316,10 +407,18 @@ def _04_2(run):  # {"file": its path, "rows": n, "by_author_in_training": {"True
 
 
 @exercise("04-3", "widths.json", "run solution 3",
-          "ten times the quotes narrow the interval about threefold (one over the square root of the size)")
-def _04_3(widths):
-    ratio = widths["30"] / widths["300"]
-    return True, f"widths {widths}, {rounded(ratio)} times narrower", [  # sqrt(10) = 3.2
+          "both models resampled with the same quotes (paired); ten times the quotes narrow the interval "
+          "about threefold (one over the square root of the size)")
+def _04_3(widths):  # {size: {"width": w, "baseline": its picks, "fine-tuned": its picks}}
+    widths = shaped(widths, dict, "widths.json")
+    paired = all(len(w["baseline"]) == int(size) and list(w["baseline"]) == list(w["fine-tuned"])
+                 for size, w in widths.items())
+    width = {size: w["width"] for size, w in widths.items()}
+    ratio = width["30"] / max(width["300"], 1e-12)
+    found = f"widths {width}, {rounded(ratio)} times narrower"
+    if not paired:
+        found += " (each model resampled with its own picks: the pairs are broken)"
+    return paired, found, [  # sqrt(10) = 3.2
         more(ratio, 2, "x", "narrowing", strict=False), less(ratio, 5, "x", "narrowing", strict=False)]
 
 
@@ -329,6 +428,7 @@ COARSE = {"fp32": 0, "fp16": 1, "bf16": 2}  # significant bits 24, 11, 8: coarse
 @exercise("05-1", "merge.json", "run solution 1",
           "two dtypes: the coarser one's merge differs more; against fp32, past the fp32 tolerance")
 def _05_1(diffs):  # {dtype: largest |logit difference|}
+    diffs = shaped(diffs, dict, "merge.json")
     if len(diffs) != 2 or not set(diffs) <= set(COARSE):
         return False, f"{sorted(diffs)}: two different dtypes of {sorted(COARSE)} are needed"
     coarse, fine = sorted(diffs, key=COARSE.get, reverse=True)
@@ -338,23 +438,69 @@ def _05_1(diffs):  # {dtype: largest |logit difference|}
     return True, str(diffs), margins
 
 
-@exercise("05-2", ("adapter/adapter_config.json", "generations.json"), "run solution 2",
-          "three adapters on one base, three different continuations")
+def _adapter_trained(folder) -> bool:
+    """Whether the LoRA adapter in `folder`/adapter has moved from where LoRA starts, B = 0 (so that B·A adds
+    nothing to the base model until training changes it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / "adapter" / "adapter_model.safetensors"), "pt") as weights:
+        b = [name for name in weights.keys() if "lora_B" in name]
+        return bool(b) and any(bool(weights.get_tensor(name).any()) for name in b)
+
+
+@exercise("05-2", ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "generations.json"),
+          "run solution 2",
+          "a third adapter, trained (its LoRA B matrices no longer all zero), beside the lesson's two on one "
+          "base: three different continuations")
 def _05_2(ex, lesson):
-    written = read_json(ex[0], "generations.json")  # {adapter: its continuation}
+    written = shaped(read_json(ex[0], "generations.json"), dict, "generations.json")  # {adapter: its text}
+    trained = _adapter_trained(ex[0])
     return (
-        len(written) == 3 and len(set(written.values())) == 3,
-        f"{len(set(written.values()))} different continuations from adapters {sorted(written)}",
+        len(written) == 3 and len(set(written.values())) == 3 and trained,
+        f"{len(set(written.values()))} different continuations from adapters {sorted(written)}; the third "
+        + ("trained" if trained else "never trained (its B matrices are all zero, as LoRA starts)"),
     )
 
 
+SAME_WEIGHTS = 0.9  # the merged model's memory at least this share of the adapter model's: one precision
+
+
 @exercise("05-3", "timing.json", "run solution 3",
-          "the merged model (no LoRA layers left) generates faster than the adapter on its base")
+          "the merged model (no LoRA layers left, the adapter model's weights in the same precision) "
+          "generates faster than the adapter on its base")
 def _05_3(timing):
+    timing = shaped(timing, dict, "timing.json")
     # what was timed: the adapter's LoRA layers, then none once merged
     merged = timing["lora_layers_adapter"] > 0 and timing["lora_layers_merged"] == 0
-    speedup = more(timing["adapter"] / timing["merged"], 1, "x", "adapter's time over merged")
-    return merged, str(timing), [speedup]
+    # the same base weights in memory, less the LoRA matrices: a 4-bit base against a 16-bit merged copy
+    # (or 32 against 16 bits) times the precisions, not the merge
+    memory = timing["merged_mib"] / max(timing["adapter_mib"], 1e-9)
+    same = SAME_WEIGHTS <= memory <= 1
+    speedup = more(timing["adapter"] / max(timing["merged"], 1e-9), 1, "x", "adapter's time over merged")
+    found = str(timing) + ("" if same else f" (the merged model holds {rounded(memory)}x the adapter model's "
+                                           "memory: another precision, not the same weights merged)")
+    return merged and same, found, [speedup]
+
+
+MERGE_TOLERANCE = {"fp32": 5e-3, "fp16": 0.5, "bf16": 2.0}  # 05's section 3: the merge check's, per dtype
+
+
+@exercise("05-4", "fault.json", "run solution 4",
+          "the adapter merged into a 4-bit base, compared as section 3 compares (logits merged and not, in "
+          "the merge's dtype, against its tolerance): a difference at or past the tolerance, which fails "
+          "section 3's check")
+def _05_4(run):  # {"base_4bit": read from the model, "dtype", "diff", "tolerance"}
+    run = shaped(run, dict, "fault.json")
+    dtype, diff, tolerance = str(run["dtype"]), float(run["diff"]), float(run["tolerance"])
+    four_bit = run["base_4bit"] is True
+    found = (f"{'a 4-bit' if four_bit else 'a 16/32-bit'} base in {dtype}: largest |logit difference| "
+             f"{diff:.3g}, tolerance {tolerance:g}")
+    if not four_bit:
+        return False, found + " (the fault: a 4-bit base; this one is not)"
+    if tolerance != MERGE_TOLERANCE.get(dtype):
+        return False, found + f" (section 3's tolerance for {dtype} is {MERGE_TOLERANCE.get(dtype)})"
+    return True, found, [more(diff / tolerance, 1, "x", "the 4-bit merge's difference over the tolerance",
+                              strict=False)]
 
 
 def _method_table(folder, column="held_out_loss_text"):
@@ -443,11 +589,31 @@ def _val(folder, name, column="year_ok"):
     return read_csv(folder, name)[column].mean()
 
 
+PASSES_APART = 1.25  # fewer notes round each pass's steps apart; another num_epochs (3 for 2) moves them 1.5x
+
+
 def _temporal_changes(folder, lesson, *names) -> list[str]:
-    """The settings of 07's run in `folder` besides `names` that differ from the lesson's."""
+    """The settings of 07's run in `folder` besides `names` that differ from the lesson's: those its manifest
+    records; num_epochs (or the batch size), which it records as the training steps (with the lesson's notes
+    the same steps, with fewer notes about as many steps per note); n_val, the validation table's rows."""
     mine, theirs = (facts(f, "07_temporal_encoding") for f in (folder, lesson))
     keys = ("seed", "n_train", "n_test", "temporal_scale", "temporal_dim")
-    return [k for k in keys if k not in names and mine.get(k) != theirs.get(k)]
+    changed = [k for k in keys if k not in names and mine.get(k) != theirs.get(k)]
+    both = [shaped(facts_of.get("settings", {}), dict, "07's settings") for facts_of in (mine, theirs)]
+    # every setting both runs record (07's manifest keeps each parameter's value: learning rates, years, ...)
+    changed += [k for k in sorted(set(both[0]) & set(both[1]))
+                if k not in names and k not in changed and both[0][k] != both[1][k]]
+    steps, notes = (mine.get("steps"), theirs.get("steps")), (mine.get("n_train"), theirs.get("n_train"))
+    if None not in steps and None not in notes:  # both record them (a setting only one records is no change)
+        per_note = [float(s) / max(float(n), 1) for s, n in zip(steps, notes)]
+        ratio = per_note[0] / max(per_note[1], 1e-9)
+        apart = not 1 / PASSES_APART <= ratio <= PASSES_APART
+        passes = steps[0] != steps[1] if notes[0] == notes[1] else apart
+        changed += [f"num_epochs (training steps {steps[0]} for {notes[0]} notes, the lesson "
+                    f"{steps[1]} for {notes[1]})"] if passes else []
+    if "n_val" not in names and len(read_csv(folder, TRUE)) != len(read_csv(lesson, TRUE)):
+        changed.append("n_val")
+    return changed
 
 
 SECTIONS_07 = "section 6's validation tables and section 10's manifest"
@@ -495,8 +661,8 @@ def _07_2(ex, lesson):
           parameters=(("07_temporal_encoding", {"last_year": 2023, "run_dir": "runs/ex07_3"}),))
 def _07_3(ex, lesson):
     far = read_csv(ex[0], "temporal_extrapolation.csv")
-    first = int(far.true_year.min())  # last_year + 1
-    exact = far[far.true_year >= 2024].year_ok.mean()
+    first = int(far["true_year"].min())  # last_year + 1
+    exact = far[far["true_year"] >= 2024]["year_ok"].mean()
     found = f"extrapolation from {first} (last_year {first - 1}); 2024-2026 exact {rounded(exact)}"
     exact_margin = less(exact, 0.1, "share", "exact years 2024-2026", strict=False)  # calibrate
     return first == 2024, found, [exact_margin]
@@ -507,3 +673,89 @@ def exercise_check(name: str) -> str:
     and the lesson's run folder, then print PASS, FAIL, NOT RUN YET, or why results from another model cannot
     be judged, with what the run shows (exercise_checks.judge_exercise)."""
     return judge_exercise(name, EXERCISES[name])
+
+
+# ---- will an exercise fit this runtime? (the line each notebook prints before its exercises) ----
+
+# Exercises whose check reads a 16/32-bit copy of the model: where that copy does not fit (Gemma 4 E2B on a
+# free T4), no 4-bit variant answers them
+NEEDS_WHOLE_COPY = {
+    "05-1": "05's merge (a 16/32-bit copy)", "05-3": "05's merge (a 16/32-bit copy)",
+    "05-4": "05's merge (a 16/32-bit copy)",
+    "06-1": "LoRA r=8 on a 16/32-bit base beside QLoRA", "06-2": "two LoRA ranks on a 16/32-bit base",
+    "06-3": "LoRA r=8 on a 16/32-bit base beside prompt tuning",
+}
+
+
+def exercise_runs(name: str) -> list[tuple[str, dict]]:
+    """(notebook stem, parameters) of each run exercise `name` makes: a rerun exercise's runs, or its lesson
+    with the solution run after it (`exercise`: the part the smoke run's ledger measured it as)."""
+    from gemmate_lib.fit import measured
+
+    spec = EXERCISES[name]
+    if spec.parameters:
+        return [(stem, dict(params)) for stem, params in spec.parameters]
+    stem = next(nb for nb in measured()["notebooks"] if nb.startswith(name[:2] + "_"))
+    return [(stem, {"exercise": name})]
+
+
+def exercise_fit(name: str, shape, compute_bytes: int, runtime: dict, data: dict | None = None,
+                 cpu: bool = False) -> dict:
+    """Whether exercise `name` runs on `runtime` with a model of `shape`, from the measured copies of its
+    runs (gemmate_lib.fit.notebook_need): {"fits", "gpu", "ram", "why"}. A run that fits only without its
+    16/32-bit part counts as fitting unless the exercise reads that part (NEEDS_WHOLE_COPY, or a 16/32-bit
+    copy its own solution loads)."""
+    from gemmate_lib import fit
+
+    data = data or fit.measured()
+    gpu = ram = 0.0
+    for stem, params in exercise_runs(name):
+        parts = fit.parts_of(stem, params)
+        need = fit.notebook_need(stem, shape, compute_bytes, data, cpu, parts)
+        answer = fit.verdict(need, runtime)
+        own = [m for m in data["notebooks"][stem]["moments"] if m.get("part") == f"exercise {name}"]
+        needs_whole = name in NEEDS_WHOLE_COPY or any(k.startswith("whole") for m in own for k in m["copies"])
+        if answer == "no":
+            return {"fits": False, "gpu": need.gpu, "ram": need.ram,
+                    "why": f"{stem[:2]} itself needs about {need.gpu / fit.GIB:.1f} GiB"}
+        if answer != "yes" and needs_whole:
+            what = NEEDS_WHOLE_COPY.get(name, "a 16/32-bit copy of the model")
+            return {"fits": False, "gpu": need.gpu, "ram": need.ram,
+                    "why": f"it needs {what}: about {need.gpu / fit.GIB:.1f} GiB"}
+        whole = answer == "yes"
+        gpu, ram = max(gpu, need.gpu if whole else need.gpu_without_whole), max(
+            ram, need.ram if whole else need.ram_without_whole)
+    return {"fits": True, "gpu": gpu, "ram": ram, "why": ""}
+
+
+def fit_lines(prefix: str, cfg, runtime: dict | None = None) -> str:
+    """One line per exercise of notebook `prefix` ("05"): does it run on this runtime with cfg's model? From
+    the config alone (a few kB) and the measured copies, before any exercise runs; printed above the
+    exercises, so a learner skips what cannot run here instead of finding out mid-way."""
+    from transformers import AutoConfig
+
+    from gemmate_lib import fit
+    from gemmate_lib.models import resolve_model
+
+    runtime = runtime or fit.runtime_here()
+    where, hub = resolve_model(cfg.model.model_name)
+    shape = fit.shape_of(AutoConfig.from_pretrained(where, **({"token": hub["token"]} if hub.get("token")
+                                                                else {})))
+    cpu = cfg.precision.device == "cpu"
+    if cpu:
+        runtime = {**runtime, "gpu_bytes": None}
+    place = (f"{runtime['gpu']} ({runtime['gpu_bytes'] / fit.GIB:.1f} GiB)" if runtime["gpu_bytes"]
+             else "this CPU")
+    lines = []
+    for name in (n for n in EXERCISES if n.startswith(prefix + "-")):
+        answer = exercise_fit(name, shape, cfg.precision.dtype.itemsize, runtime, cpu=cpu)
+        memory = (f"{answer['gpu'] / fit.GIB:.1f} GiB of GPU memory, " if runtime["gpu_bytes"] else "") + (
+            f"{answer['ram'] / 1e9:.1f} GB of RAM")
+        if answer["fits"]:
+            lines.append(f"exercise {name}: fits {place} with {cfg.model.model_name} (peak about {memory}, "
+                         "estimates)")
+        else:
+            lines.append(f"exercise {name}: does not fit {place} with {cfg.model.model_name}: "
+                         f"{answer['why']} (an estimate). Skip it here, or do it with google/gemma-3-1b-pt "
+                         f"as the course's model (00), or on {fit.BIGGER}")
+    return "\n".join(lines)

@@ -9,7 +9,9 @@ rebinds `losses`, 07-2's `val`). Hand-written files, no model: a second each."""
 from __future__ import annotations
 
 import ast
+import io
 import json
+import math
 import os
 import re
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import safetensors
 import torch
 from safetensors.torch import save_file
 
@@ -59,10 +62,11 @@ def config03(max_steps=40, lora_r=8, dataset="embedded"):
     return config_summary(course_config(max_steps=max_steps, lora_r=lora_r, dataset=dataset))
 
 
-def adapter(path: Path, r: int):
+def adapter(path: Path, r: int, b: float = 0.0):
+    """An adapter's files; `b`: its B matrices' entries (0, as LoRA starts, until trained)."""
     (path / "adapter").mkdir(parents=True, exist_ok=True)
     save_file(
-        {"q.lora_A.weight": torch.zeros(r, 16), "q.lora_B.weight": torch.zeros(16, r)},
+        {"q.lora_A.weight": torch.zeros(r, 16), "q.lora_B.weight": torch.full((16, r), b)},
         str(path / "adapter" / "adapter_model.safetensors"),
     )
     (path / "adapter" / "adapter_config.json").write_text(json.dumps({"r": r}))
@@ -140,7 +144,8 @@ def methods(path: Path, rows: dict, steps=4, rates=None, other_rank=32, batch_si
 
 
 def temporal(
-    path: Path, year, month, constant, n_train=600, tau=1.0, far_years=(2021, 2027), far_ok=0.0
+    path: Path, year, month, constant, n_train=600, tau=1.0, far_years=(2021, 2027), far_ok=0.0, epochs=2.0,
+    learning_rate=3e-4,
 ):
     n = 100
     pd.DataFrame(
@@ -157,8 +162,27 @@ def temporal(
             "year_within_1": [False] * len(years),
         }
     ).to_csv(path / "temporal_extrapolation.csv", index=False)
+    steps = math.ceil(epochs * (n_train // 8))  # the Trainer's: passes times whole batches of 8 per pass
+    settings = {"n_train": n_train, "n_test": 200, "num_epochs": epochs, "learning_rate": learning_rate,
+                "projection_learning_rate": 3e-3, "temporal_scale": tau, "temporal_dim": 64, "seed": 42}
     manifest(path, "07_temporal_encoding", seed=42, n_train=n_train, n_test=200, temporal_scale=tau,
-             temporal_dim=64)
+             temporal_dim=64, steps=steps, settings=settings)
+
+
+def stopped(check: str, value: str, expected: str) -> dict:
+    """What a fault exercise's solution records of the pre-flight's line that stopped it: the first line of
+    the PreflightError and its `verdict`."""
+    from gemmate_lib.preflight import Verdict
+
+    line = Verdict(check, False, value, expected, "what it means", "what to do")
+    return {"line": f"pre-flight check failed: {check} is {value} (expected {expected}): what it means",
+            **vars(line)}
+
+
+SHARE = stopped("share of labelled tokens", "0%", ">= 5%")
+END = stopped("end token inside the mask", "0 of 8 rows", "all 8 rows")
+CACHE = stopped("logits with and without the KV cache", "1", "<= 0.1")
+NAN_LOSS = stopped("loss with gradient checkpointing on", "nan", "<= 0.001")
 
 
 STANDARD = [
@@ -188,14 +212,23 @@ def write(runs: Path, name: str, variant: str | None = None):
         ]
         files.save_json(folder(runs, "ex00_2") / "messages.json", messages[:2] if v == "two" else messages)
     elif name == "00-3":
-        loads = {  # (seconds, weights on disk before the load)
+        loads = {  # (seconds, weights on disk)
             "all cached": [(3.6, True), (3.2, True), (3.0, True)],  # a rerun in the same runtime: passes
             "two loads": [(41.5, False), (3.2, True)],
             "later fetched": [(41.5, False), (40.2, False), (3.0, True)],
             "wild later loads": [(41.5, False), (3.0, True), (9.0, True)],
+            # model_on_disk asked after each load: on disk every time, a fresh runtime's fetch included
+            "checked after": [(41.5, True), (3.2, True), (3.0, True)],
+            "tokenizer timed": [(0.4, False), (0.2, True), (0.2, True)],  # load_tokenizer three times
         }.get(v, [(41.5, False), (3.2, True), (3.0, True)])
-        files.save_json(folder(runs, "ex00_3") / "load_seconds.json",
-                        [{"seconds": s, "on_disk": disk} for s, disk in loads])
+        records, clock = [], 100.0  # time.perf_counter() as the solution reads it
+        for s, disk in loads:
+            checked = clock + s + 0.1 if v == "checked after" else clock  # before the load starts, or after
+            loaded = "GemmaTokenizerFast" if v == "tokenizer timed" else "Gemma3ForCausalLM"
+            records.append({"on_disk": disk, "checked_at": checked, "started_at": clock, "seconds": s,
+                            "loaded": loaded})
+            clock += s + 1
+        files.save_json(folder(runs, "ex00_3") / "load_seconds.json", records)
     elif name == "01-1":
         files.save_json(
             folder(runs, "ex01_1") / "scales_mib.json", {"True": 1.6, "False": 1.6 if v == "same" else 6.3}
@@ -206,8 +239,10 @@ def write(runs: Path, name: str, variant: str | None = None):
             folder(runs, "ex01_2") / "held_out_loss.json", {"unquantized": 4.24, "NF4": 4.37, "FP4": fp4}
         )
     elif name == "01-3":
-        # forgetting llm_int8_skip_modules: NF4 everywhere; skipping every linear layer: the unquantized model
-        mlp = {"no skip": [390.0, 4.37], "skips all": [540.0, 4.24]}.get(v, [455.0, 4.30])
+        # forgetting llm_int8_skip_modules: NF4 everywhere; skipping every linear layer: the unquantized
+        # model; skipping the MLP's names (gate, up, down) instead: NF4 on attention only, a third saved
+        mlp = {"no skip": [390.0, 4.37], "skips all": [540.0, 4.24], "skips the MLP": [495.0, 4.28]}.get(
+            v, [455.0, 4.30])
         files.save_json(
             folder(runs, "ex01_3") / "points.json",
             {"unquantized": [540.0, 4.24], "NF4 everywhere": [390.0, 4.37], "NF4 on the MLP only": mlp},
@@ -223,17 +258,22 @@ def write(runs: Path, name: str, variant: str | None = None):
             {"prompts": STANDARD, "10": short, "80": long, "tokens_10": tokens[0], "tokens_80": tokens[1]},
         )
     elif name == "02-2":
-        prompts = {"standard prompts": STANDARD[:2], "one prompt": ["Quote: Be yourself, everyone"]}.get(
+        asking = ["Quote: The best way to predict the future is to create it.\nAuthor:",  # the model only
+                  "Quote: Be yourself; everyone else is already taken.\nAuthor:"]  # adds the name
+        prompts = {"standard prompts": STANDARD[:2], "one prompt": ["Quote: Be yourself, everyone"],
+                   "author in the prompt": asking}.get(
             v, ["Quote: The best way to predict the future is", "Quote: Be yourself, everyone"])
         # "authored": the base model wrote an Author: line on both (it may): its behaviour is not judged
-        completions = ([" to create it.\nAuthor: Peter Drucker", " else is taken.\nAuthor: Oscar Wilde"]
-                       if v == "authored" else [" to create it. The best way", " else is taken"])
+        completions = {"authored": [" to create it.\nAuthor: Peter Drucker",
+                                    " else is taken.\nAuthor: Oscar Wilde"],
+                       "author in the prompt": [" Peter Drucker", " Oscar Wilde"]}.get(
+            v, [" to create it. The best way", " else is taken"])
         completions = completions[:len(prompts)]
         pd.DataFrame(
             {
                 "prompt": prompts,
                 "completion": completions,
-                "author_line": [v == "authored"] * len(prompts),
+                "author_line": [v in ("authored", "author in the prompt")] * len(prompts),
                 "new_tokens": [12] * len(prompts),
             }
         ).to_csv(folder(runs, "ex02_2") / "generations.csv", index=False)
@@ -269,6 +309,21 @@ def write(runs: Path, name: str, variant: str | None = None):
             path = folder(runs, f"ex03_3{x}")
             lesson03(path, steps=steps)
             masking(path, gap)
+    elif name == "03-4":  # every label -100; "labels kept": the batch left whole, which the pre-flight passes
+        stop = {"labels kept": None, "not caught": None, "loss line": NAN_LOSS,
+                "row all masked": stopped("no row all masked", "8 of 8 rows", "0")}.get(v, SHARE)
+        files.save_json(folder(runs, "ex03_4") / "fault.json",
+                        {"labelled": 170 if v == "labels kept" else 0, "tokens": 170, "rows": 8,
+                         "stopped_by": stop})
+    elif name == "03-5":  # each row's <eos> turned to padding, the rest labelled
+        stop = {"end kept": None, "not caught": None, "all masked": SHARE, "cache line": CACHE}.get(v, END)
+        files.save_json(folder(runs, "ex03_5") / "fault.json",
+                        {"rows": 8, "rows_with_end": 8 if v == "end kept" else 0,
+                         "labelled": 0 if v == "all masked" else 162, "stopped_by": stop})
+    elif name == "03-6":  # the uncached logits noised: a relative gap of about 5 (measured on the embedded)
+        stop = {"sound model": None, "not caught": None, "end line": END}.get(v, CACHE)
+        files.save_json(folder(runs, "ex03_6") / "fault.json",
+                        {"gap": 0.0 if v == "sound model" else 5.2, "stopped_by": stop})
     elif name == "04-1":
         lesson03(lesson := folder(runs, "lesson"), steps=40)
         metrics(lesson, 120.0, 12.0, 0.0, 1.0)
@@ -284,18 +339,24 @@ def write(runs: Path, name: str, variant: str | None = None):
                   "three quotes": {"True": [1, 2], "False": [0, 1]}}.get(v, {"True": [2, 5], "False": [1, 5]})
         files.save_json(mine.parent / "own_quotes.json",
                         {"file": "embedded" if v == "course quotes" else str(mine),
-                         "rows": sum(c[1] for c in counts.values()), "by_author_in_training": counts})
+                         "rows": sum(c[1] for c in counts.values()), "by_author_in_training": counts,
+                         "adapter_on": v != "adapter off"})  # "adapter off": inside tuned.disable_adapter()
     elif name == "04-3":
-        files.save_json(
-            folder(runs, "ex04_3") / "widths.json",
-            {"30": 0.2, "100": 0.2, "300": 0.2} if v == "one size" else {"30": 0.31, "100": 0.17, "300": 0.1},
-        )
+        widths = ({"30": 0.2, "100": 0.2, "300": 0.2} if v == "one size"
+                  else {"30": 0.31, "100": 0.17, "300": 0.1})
+        drawn = {}
+        for size, width in widths.items():
+            pick = [(7 * i) % 50 for i in range(int(size))]
+            # "separate picks": each model resampled with its own draw of quotes, so the pairs are broken
+            other = [(11 * i + 3) % 50 for i in range(int(size))] if v == "separate picks" else pick
+            drawn[size] = {"width": width, "baseline": pick, "fine-tuned": other}
+        files.save_json(folder(runs, "ex04_3") / "widths.json", drawn)
     elif name == "05-1":
         diffs = {"fp32": 2e-5, "bf16": 0.4}
         files.save_json(folder(runs, "ex05_1") / "merge.json", {"fp32": 2e-5} if v == "one dtype" else diffs)
     elif name == "05-2":
         path = folder(runs, "ex05_2")
-        adapter(path, 8)
+        adapter(path, 8, b=0.0 if v == "never trained" else 0.01)  # saved before a step: B as LoRA starts
         said = " Quote: Imagination is more" if v == "same adapter" else " Imagination is more important"
         files.save_json(
             path / "generations.json",
@@ -303,10 +364,21 @@ def write(runs: Path, name: str, variant: str | None = None):
         )
     elif name == "05-3":
         merged_layers = 182 if v == "not merged" else 0
+        # the adapter on the lesson's 4-bit base against a 16-bit merged copy; or the 32-bit adapter model
+        # against the 16-bit merged copy 05 saved
+        mib = {"4-bit against 16-bit": (390.0, 540.0), "32 against 16 bits": (1080.0, 540.0)}.get(
+            v, (545.5, 540.0))  # (the adapter model's MiB, the merged model's)
         files.save_json(
             folder(runs, "ex05_3") / "timing.json",
-            {"adapter": 9.1, "lora_layers_adapter": 182, "merged": 8.2, "lora_layers_merged": merged_layers},
+            {"adapter": 9.1, "lora_layers_adapter": 182, "adapter_mib": mib[0], "merged": 8.2,
+             "lora_layers_merged": merged_layers, "merged_mib": mib[1]},
         )
+    elif name == "05-4":  # measured on the embedded model after 03's 40 steps: 14.5 in NF4, 3.8e-5 in fp32
+        four_bit, diff = {"16-bit base": (False, 3.8e-5),  # the lesson's merge: no fault made
+                          "within tolerance": (True, 1e-3)}.get(v, (True, 14.5))  # made, not caught
+        files.save_json(folder(runs, "ex05_4") / "fault.json",
+                        {"base_4bit": four_bit, "dtype": "fp32", "diff": diff,
+                         "tolerance": 2.0 if v == "another tolerance" else 5e-3})
     elif name == "06-1":
         methods(folder(runs, "lesson"), {"full": (268_000_000, 3.4, 2.0), "lora_r8": (1_400_000, 3.9, 1.0),
                                          "qlora": (1_400_000, 4.0, 1.5)})
@@ -344,11 +416,15 @@ def write(runs: Path, name: str, variant: str | None = None):
         year = 0.7 if v == "year collapsed" else 0.93
         # tau left at 1.0: month+year accuracy as the lesson's, on a GPU a little lower or higher by chance
         temporal(folder(runs, "ex07_1"), year, 0.28 if v == "tau unchanged" else 0.12, 0.08, tau=tau,
-                 n_train=300 if v == "n_train changed too" else 600)
+                 n_train=300 if v == "n_train changed too" else 600,
+                 epochs=3.0 if v == "num_epochs too" else 2.0,
+                 learning_rate=1e-3 if v == "learning_rate too" else 3e-4)
     elif name == "07-2":
         temporal(folder(runs, "lesson"), 0.95, 0.30, 0.07)
         n = (600, 600) if v == "n_train unchanged" else (150, 300)
-        temporal(folder(runs, "ex07_2a"), 0.95 if v == "no drop" else 0.60, 0.1, 0.07, n_train=n[0])
+        temporal(folder(runs, "ex07_2a"), 0.95 if v == "no drop" else 0.60, 0.1, 0.07, n_train=n[0],
+                 epochs=3.0 if v == "num_epochs too" else 2.0,
+                 learning_rate=1e-3 if v == "learning_rate too" else 3e-4)
         temporal(folder(runs, "ex07_2b"), 0.85, 0.2, 0.07, n_train=n[1])
     elif name == "07-3":
         first = 2021 if v == "last_year unchanged" else 2024
@@ -360,39 +436,43 @@ def write(runs: Path, name: str, variant: str | None = None):
 SKIPPED = {  # exercise: the variants that skip its point (or do it wrong)
     "00-1": "no dtype",
     "00-2": "two",
-    "00-3": ("two loads", "later fetched", "wild later loads"),
+    "00-3": ("two loads", "later fetched", "wild later loads", "checked after", "tokenizer timed"),
     "01-1": "same",
     "01-2": "nf4 twice",
-    "01-3": ("no skip", "skips all"),
+    "01-3": ("no skip", "skips all", "skips the MLP"),
     "02-1": "same limit",
-    "02-2": ("standard prompts", "one prompt"),
+    "02-2": ("standard prompts", "one prompt", "author in the prompt"),
     "02-3": ("greedy", "more loops"),
     "03-1": ("r unchanged", "steps changed too", "loss far off"),
     "03-2": "default data",
     "03-3": "steps unchanged",
+    "03-4": ("labels kept", "not caught", "loss line"),
+    "03-5": ("end kept", "not caught", "all masked", "cache line"),
+    "03-6": ("sound model", "not caught", "end line"),
     "04-1": ("lesson's steps", "ties the lesson", "rank changed too", "no format"),
-    "04-2": ("seen far worse", "course quotes", "three quotes"),
-    "04-3": "one size",
+    "04-2": ("seen far worse", "course quotes", "three quotes", "adapter off"),
+    "04-3": ("one size", "separate picks"),
     "05-1": "one dtype",
-    "05-2": "same adapter",
-    "05-3": "not merged",
+    "05-2": ("same adapter", "never trained"),
+    "05-3": ("not merged", "4-bit against 16-bit", "32 against 16 bits"),
+    "05-4": ("16-bit base", "within tolerance", "another tolerance"),
     "06-1": ("steps unchanged", "batch changed", "slower steps"),
     "06-2": ("rank unchanged", "loss reversed"),
     "06-3": ("rates unchanged", "lora flat"),
-    "07-1": ("tau unchanged", "n_train changed too", "year collapsed"),
-    "07-2": ("n_train unchanged", "no drop"),
+    "07-1": ("tau unchanged", "n_train changed too", "num_epochs too", "learning_rate too", "year collapsed"),
+    "07-2": ("n_train unchanged", "num_epochs too", "learning_rate too", "no drop"),
     "07-3": "last_year unchanged",
 }
 # honest outcomes that the model, the cache or the data decide, not the learner: each must pass (the issue's
 # cases: 00-3 rerun in the same runtime, 02-2's base model writing Author: lines, 04-2 with no author seen in
 # training, 02-3 where greedy never loops, 06-3's soft prompt diverging at ten times its rate)
 PASSING = {"00-3": "all cached", "02-2": "authored", "02-3": "no loops", "04-2": "all unseen",
-           "06-3": "prompt diverges"}
+           "06-3": "prompt diverges", "03-4": "row all masked"}
 NAMES = sorted(exercises.EXERCISES)
 
 
 def test_every_exercise_of_the_course_has_a_check_and_a_test():
-    assert len(NAMES) == 24 and set(NAMES) == set(SKIPPED)
+    assert len(NAMES) == 28 and set(NAMES) == set(SKIPPED)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -425,16 +505,64 @@ def test_skipping_the_point_fails(runs, name, variant):
     assert "could not be read" not in line  # judged on what the run shows, not stopped by its shape
 
 
+# what a learner's files may hold instead: valid JSON of each kind (a CSV with one column of that name), and
+# text that is neither JSON nor a table pandas can read
+SHAPES = ["[]", "{}", "null", '"text"', "7", '[{"a": 1}]', "not json, \"broken"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("name", NAMES)
-def test_results_in_another_shape_fail_and_never_stop_the_notebook(runs, name):
-    """05-1 stopped with a ValueError when one dtype was used twice: a check gives a verdict."""
+def test_results_in_another_shape_fail_and_never_stop_the_notebook(runs, name, shape):
+    """05-1 stopped with a ValueError when one dtype was used twice: a check gives a verdict. Only a learner's
+    file in another shape gives it: the check's rule reads it without an error of its own."""
     write(runs, name)
     for path in (runs / f for f in exercises.EXERCISES[name].folders):
         for result in path.rglob("*.*"):
             if result.name != run_folder.ORIGIN:
-                result.write_text("[]")  # valid JSON, and a CSV with one column named "[]"
+                result.write_text(shape)
     line = exercises.exercise_check(name)
     assert line.startswith(f"exercise {name}: FAIL"), line
+
+
+LEARNERS = {  # errors a learner's file causes in a rule, by what the file holds
+    "no file": lambda: Path("/nowhere/metrics.json").read_text(),
+    "not JSON": lambda: json.loads("{'single': quotes}"),
+    "a key missing": lambda: {}["fp32"],
+    "an entry missing": lambda: [][0],
+    "another type": lambda: json.loads("[1, 2]")["fp32"],
+    "a bad value": lambda: float("n/a"),
+    "a broken table": lambda: pd.read_csv(io.StringIO('a,b\n"1,2\n')),  # a quote never closed
+    "a damaged safetensors file": lambda: safetensors.safe_open(__file__, "pt"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(LEARNERS))
+def test_what_a_learner_wrote_wrong_gives_fail_with_the_reason(what):
+    line = exercise_checks.exercise_verdict("05-1", "two dtypes", True, LEARNERS[what])
+    assert line.startswith("exercise 05-1: FAIL") and "the results could not be read (" in line, line
+
+
+RULE_BUGS = {  # errors of a check's own rule: the course's mistake, never the learner's FAIL
+    "a name the rule misspelt": (NameError, lambda: undefined_name),  # noqa: F821
+    "a method the value lacks": (AttributeError, lambda: (0.5).items()),
+    "its arithmetic": (ZeroDivisionError, lambda: 1 / 0),
+    "an import": (ImportError, lambda: __import__("gemmate_lib.no_such_module")),
+}
+
+
+@pytest.mark.parametrize("what", sorted(RULE_BUGS))
+def test_a_bug_in_a_checks_rule_raises_instead_of_failing_the_learner(what):
+    error, rule = RULE_BUGS[what]
+    with pytest.raises(error):
+        exercise_checks.exercise_verdict("05-1", "two dtypes", True, rule)
+
+
+def test_a_bug_in_a_registered_check_surfaces_from_its_check_cell(runs, monkeypatch):
+    """Through the notebook's own call: the learner's files are right, the rule breaks."""
+    write(runs, "04-3")
+    monkeypatch.setattr(exercises, "rounded", lambda x: x.round())  # a float has no .round(): the rule's bug
+    with pytest.raises(AttributeError):
+        exercises.exercise_check("04-3")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -656,3 +784,24 @@ def test_the_check_cell_gives_its_verdict_after_the_solutions_rebound_every_name
     assert {"losses", "val", "json", "pd", "run_folder"} & set(namespace)  # the names that broke checks
     exec(compile(check_cells()[name], f"check {name}", "exec"), namespace)
     assert capsys.readouterr().out.startswith(f"exercise {name}: PASS")
+
+
+# ---- the faults to break on purpose ----
+
+
+def test_05_4_judges_by_the_tolerances_of_05s_merge_check():
+    """05-4 holds a 4-bit merge's difference to the tolerance that section 3 uses for the merge's dtype: the
+    course's check, not one of the exercise's own."""
+    sources = ["".join(c["source"]) for c in notebook_cells("05") if c["cell_type"] == "code"]
+    found = [m for s in sources for m in re.findall(r"tolerance = (\{[^}]*\})\[merge_precision\.name\]", s)]
+    assert len(found) == 1 and ast.literal_eval(found[0]) == exercises.MERGE_TOLERANCE
+
+
+NOT_MADE = [("03-4", "labels kept"), ("03-5", "end kept"), ("03-6", "sound model"), ("05-4", "16-bit base")]
+
+
+@pytest.mark.parametrize("name, fault", NOT_MADE)
+def test_a_fault_not_made_fails_saying_so_whatever_the_check_said(runs, name, fault):
+    write(runs, name, fault)
+    line = exercises.exercise_check(name)
+    assert line.startswith(f"exercise {name}: FAIL") and "(the fault: " in line, line

@@ -11,13 +11,24 @@ from tools import exercises as runner
 def test_every_exercise_runs_either_after_the_lesson_or_as_reruns():
     solutions = [n for n, e in EXERCISES.items() if not e.parameters]
     reruns = [n for n, e in EXERCISES.items() if e.parameters]
-    assert len(solutions) + len(reruns) == 24
+    assert len(solutions) + len(reruns) == 28
     assert reruns == ["03-1", "03-2", "03-3", "04-1", "06-1", "06-2", "06-3", "07-1", "07-2", "07-3"]
     assert [n for n in reruns if runner.prepares(n)] == ["03-2"]  # its solution writes the rerun's file
     for name in reruns:  # the last run is the notebook whose check cell judges the exercise
         assert EXERCISES[name].parameters[-1][0].startswith(name[:2])
     assert runner.needed_lessons(["04-2"]) == ["00", "03", "04"]
     assert runner.needed_lessons(["07-3"]) == ["00", "07"]
+
+
+def test_the_faults_to_break_on_purpose_run_after_their_lesson_with_their_printed_solutions():
+    """03-4 to 03-6 and 05-4 sit under "## Break it on purpose", numbered on from the exercises: the runner
+    finds each one's solution by its number ("Solution to 4") and runs it after *Run all* of its notebook."""
+    faults = ["03-4", "03-5", "03-6", "05-4"]
+    assert all(not EXERCISES[n].parameters for n in faults)
+    codes = {n: runner.solution_code(n) for n in faults}
+    assert all(f'get_run_dir("runs/ex{n.replace("-", "_")}")' in code for n, code in codes.items())
+    assert len(set(codes.values())) == len(faults)  # each its own, none another exercise's
+    assert runner.needed_lessons(["03-5", "05-4"]) == ["00", "03", "05"]
 
 
 def test_a_solution_that_raises_is_reported_and_the_check_still_runs(capsys):
@@ -28,11 +39,16 @@ def test_a_solution_that_raises_is_reported_and_the_check_still_runs(capsys):
     assert capsys.readouterr().out.startswith("exercise 05-1: SOLUTION RAISED NameError")
 
 
-def executed(tmp_path, check_output: str, solution_output: str = ""):
+FIT = "exercise 06-2: fits this CPU with embedded (peak about 1.8 GB of RAM, estimates)\n"
+
+
+def executed(tmp_path, check_output: str, solution_output: str = "", fit_output: str = FIT):
     node = nbformat.v4.new_notebook()
-    node.cells = [nbformat.v4.new_code_cell(runner.SOLUTION_CELL.format(name="06-2", code="pass")),
+    node.cells = [nbformat.v4.new_code_cell('print(fit_lines("06", cfg))'),  # above the exercises
+                  nbformat.v4.new_code_cell(runner.SOLUTION_CELL.format(name="06-2", code="pass")),
                   nbformat.v4.new_code_cell('verdict = exercise_check("06-2")')]
-    for cell, text, seconds in zip(node.cells, (solution_output, check_output), (30.0, 0.5)):
+    outputs = (fit_output, solution_output, check_output)
+    for cell, text, seconds in zip(node.cells, outputs, (0.0, 30.0, 0.5)):
         cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)] if text else []
         cell.metadata["papermill"] = {"duration": seconds}
     path = tmp_path / "executed.ipynb"
@@ -50,6 +66,9 @@ def test_the_verdict_and_its_margins_are_read_from_the_executed_notebook(tmp_pat
     raised = runner.verdict_of(executed(tmp_path, line, error), "06-2")
     assert raised["verdict"] == "ERROR" and "SOLUTION RAISED" in raised["line"]
     assert runner.verdict_of(executed(tmp_path, ""), "06-2")["verdict"] == "ERROR"
+    assert row["fit"] == FIT.strip()  # the line the notebook printed before the exercise, kept with the verdict
+    unfit = runner.verdict_of(executed(tmp_path, line, fit_output=""), "06-2")  # no fit line: not a PASS
+    assert unfit["verdict"] == "ERROR" and "no fit line" in unfit["line"]
 
 
 def test_the_table_goes_between_the_markers_of_docs_exercises_md(tmp_path, monkeypatch):

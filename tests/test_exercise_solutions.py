@@ -6,11 +6,11 @@ NOT RUN YET or "could not be read" here. The tiny model learns and knows nothing
 the verdict these tests ask for a verdict (PASS or FAIL) read from the files; where the point of the exercise
 decides it, for PASS.
 
-Every one of the 24 printed solutions runs here, as far as it is cheap: the solution-type ones whole (00-1
-to 05-3, 03-2's file), the rerun ones' reading code on the files tests/test_exercise_checks.py writes as the
-reruns do. What is left to `make exercises` (tools/exercises.py): the reruns themselves (03-1, 03-2, 03-3,
-04-1, 06-1 to 06-3, 07-1 to 07-3 run whole notebooks again) and every solution on the embedded model, where
-the numbers are real."""
+Every one of the 28 printed solutions runs here, as far as it is cheap: the solution-type ones whole (00-1
+to 05-4, 03-2's file, the faults to break on purpose 03-4 to 03-6), the rerun ones' reading code on the files
+tests/test_exercise_checks.py writes as the reruns do. What is left to `make exercises` (tools/exercises.py):
+the reruns themselves (03-1, 03-2, 03-3, 04-1, 06-1 to 06-3, 07-1 to 07-3 run whole notebooks again) and
+every solution on the embedded model, where the numbers are real."""
 from __future__ import annotations
 
 import json
@@ -82,6 +82,8 @@ def test_00_3_three_loads_of_the_tiny_model_each_say_where_its_weights_were(runs
     assert judged(line, "00-3"), line  # tiny loads take milliseconds: their ratio is noise
     loads = json.loads((runs / "ex00_3" / "load_seconds.json").read_text())
     assert [load["on_disk"] for load in loads] == [True] * 3  # a model folder is on disk
+    assert all(load["checked_at"] <= load["started_at"] for load in loads)  # asked before each load
+    assert {load["loaded"] for load in loads} == {"Gemma3ForCausalLM"}  # the model was timed
 
 
 def test_01_1_counting_the_scales_on_the_tiny_model_passes(runs, capsys, tiny_folder):  # noqa: F811
@@ -158,17 +160,25 @@ def test_03_2_the_solution_writes_the_file_the_rerun_reads(runs, capsys):  # noq
 @pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
 def test_04_2_your_own_quotes_on_the_tiny_model_pass(runs, capsys, tiny_model, tiny_tokenizer,  # noqa: F811
                                                      monkeypatch, tmp_path):
-    """No file of the learner's: the solution writes eight well-known quotes and evaluates them."""
+    """No file of the learner's: the solution writes eight well-known quotes and evaluates them with 04's
+    `tuned` (base + adapter). Run inside `tuned.disable_adapter()`, as 04 evaluates the baseline, it evaluates
+    the base model: the check says FAIL."""
+    from peft import LoraConfig, get_peft_model
+
     from gemmate_lib.config import course_config
     from gemmate_lib.data import load_quotes
     from gemmate_lib.evaluation import evaluate_model
 
     monkeypatch.chdir(tmp_path)  # the notebook's folder, where a file of the learner's would be
-    lesson = dict(load_quotes=load_quotes, evaluate_model=evaluate_model, tuned=tiny_model,
+    tuned = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"]))
+    lesson = dict(load_quotes=load_quotes, evaluate_model=evaluate_model, tuned=tuned,
                   tokenizer=tiny_tokenizer, cfg=course_config(),
                   train_authors=["Albert Einstein", "Oscar Wilde"])
     line = run_solution("04-2", lesson, capsys)
     assert line.startswith("exercise 04-2: PASS"), line  # eight quotes, seen and unseen authors
+    with tuned.disable_adapter():  # the wrong attempt: the base model's answers
+        line = run_solution("04-2", lesson, capsys)
+    assert line.startswith("exercise 04-2: FAIL") and "adapter off" in line, line
 
 
 def test_04_3_the_resampling_solution_passes(runs, capsys):  # noqa: F811
@@ -179,6 +189,8 @@ def test_04_3_the_resampling_solution_passes(runs, capsys):  # noqa: F811
                   finetuned=types.SimpleNamespace(items={"rouge_l": (b, None)}))
     line = run_solution("04-3", lesson, capsys)
     assert line.startswith("exercise 04-3: PASS"), line  # ten times the quotes, about sqrt(10) narrower
+    widths = json.loads((runs / "ex04_3" / "widths.json").read_text())
+    assert all(w["baseline"] == w["fine-tuned"] and len(w["baseline"]) == int(n) for n, w in widths.items())
 
 
 @pytest.fixture
@@ -187,8 +199,9 @@ def merging(tiny_folder, tiny_tokenizer, tmp_path):
     weights, as a trained one's does)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    from gemmate_lib import fit
     from gemmate_lib.housekeeping.hardware import free_memory, pick_precision
-    from gemmate_lib.models import load_model
+    from gemmate_lib.models import footprint_mib, load_model
     from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 
     precision = pick_precision("cpu", "fp32")
@@ -203,7 +216,9 @@ def merging(tiny_folder, tiny_tokenizer, tmp_path):
     return dict(PeftModel=PeftModel, load_model=load_model, generate=generate,
                 STANDARD_PROMPTS=STANDARD_PROMPTS, free_memory=free_memory, tokenizer=tiny_tokenizer,
                 merge_precision=precision, pick_precision=pick_precision, enc=enc,
-                real=enc["attention_mask"].bool(), diff=diff, torch=torch,
+                real=enc["attention_mask"].bool(), diff=diff, torch=torch, fit=fit,
+                footprint_mib=footprint_mib,
+                fits=types.SimpleNamespace(whole_copies=True),  # 05's fit line: the merge fits here
                 cfg=types.SimpleNamespace(model=types.SimpleNamespace(model_name=str(tiny_folder))),
                 adapter_dir=tmp_path / "adapter")
 
@@ -218,20 +233,40 @@ def test_05_1_merging_in_another_dtype_is_judged(runs, capsys, merging):  # noqa
 @pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
 def test_05_2_a_third_adapter_on_the_tiny_model_is_judged(runs, capsys, merging, tiny_folder,  # noqa: F811
                                                           tiny_tokenizer, tmp_path):
-    """Two tiny training steps: the third adapter joins the lesson's two on one base."""
+    """Two tiny training steps: the third adapter joins the lesson's two (section 6's `both`) on one base. One
+    copy of the base at a time: section 6's is gone before the solution loads another (two NF4 copies of Gemma
+    4 E2B overflow a free Colab's RAM)."""
+    import gc
+    import shutil
+    import weakref
+
     from tiny import ROWS
 
     from gemmate_lib.adapters import load_adapter, save_adapter
     from gemmate_lib.training import train_lora
 
+    out = tmp_path / "lesson"  # the lesson's run folder: section 6's second adapter in it
+    shutil.copytree(merging["adapter_dir"], out / "adapter_reverse")
     base = merging["load_model"](str(tiny_folder), merging["merge_precision"])
     both = load_adapter(base, merging["adapter_dir"], adapter_name="quotes")
-    both.load_adapter(str(merging["adapter_dir"]), adapter_name="reverse")
+    both.load_adapter(out / "adapter_reverse", adapter_name="reverse")
     short = tiny_cfg(tiny_folder, max_steps=2, batch_size=2, steps_freq=1)
-    lesson = {**merging, "cfg": tiny_cfg(tiny_folder), "data": types.SimpleNamespace(train=ROWS),
-              "short": short, "both": both, "train_lora": train_lora, "save_adapter": save_adapter}
-    line = run_solution("05-2", lesson, capsys)
-    assert judged(line, "05-2"), line
+    held = weakref.ref(base)  # section 6's base, held by `both` alone
+
+    def load_model(*args, **kwargs):
+        gc.collect()
+        assert held() is None, "section 6's copy of the base is still held while the solution loads another"
+        return merging["load_model"](*args, **kwargs)
+
+    lesson = {**merging, "run_folder": run_folder, "files": files, "cfg": tiny_cfg(tiny_folder), "out": out,
+              "data": types.SimpleNamespace(train=ROWS), "short": short, "both": both,
+              "load_model": load_model, "train_lora": train_lora, "save_adapter": save_adapter,
+              "load_adapter": load_adapter}
+    del base, both  # the lesson's namespace holds the only reference, as in the notebook
+    exec(compile(solution("05-2"), "solution 05-2", "exec"), lesson)
+    capsys.readouterr()
+    line = exercises.exercise_check("05-2")
+    assert judged(line, "05-2") and "the third trained" in line, line  # two steps move B off zero
     written = json.loads((runs / "ex05_2" / "generations.json").read_text())
     assert sorted(written) == ["quotes", "reverse", "said"]
 
@@ -241,6 +276,83 @@ def test_05_3_the_timing_solution_records_what_it_timed(runs, capsys, merging): 
     assert judged(line, "05-3"), line
     timing = json.loads((runs / "ex05_3" / "timing.json").read_text())
     assert timing["lora_layers_adapter"] == 2 and timing["lora_layers_merged"] == 0  # two layers' q_proj
+    assert 0.9 < timing["merged_mib"] / timing["adapter_mib"] < 1  # one precision, less the LoRA matrices
+
+
+@pytest.mark.parametrize("name", ["05-1", "05-3", "05-4"])
+def test_a_solution_that_needs_the_skipped_merge_says_so_in_one_line(runs, capsys, name):  # noqa: F811
+    """Gemma 4 E2B on a free T4: section 3 skips the merge, so merge_precision, enc, real and diff were never
+    bound; the solution names what runs it instead of stopping with a NameError."""
+    from peft import PeftModel
+
+    from gemmate_lib import fit
+    from gemmate_lib.config import course_config
+    from gemmate_lib.housekeeping.hardware import free_memory, pick_precision
+    from gemmate_lib.models import load_model
+
+    # what 05 binds on that path: section 3's imports, and None for what its merge would have made
+    lesson = {"run_folder": run_folder, "files": files, "fit": fit, "torch": torch, "PeftModel": PeftModel,
+              "pick_precision": pick_precision, "free_memory": free_memory, "load_model": load_model,
+              "cfg": course_config(), "merged": None, "diff": None, "tolerance": None,
+              "fits": types.SimpleNamespace(whole_copies=False)}
+    exec(compile(solution(name), f"solution {name}", "exec"), lesson)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == [f"exercise {name} needs section 3's merge, which this runtime skipped: run it on "
+                       f"{fit.BIGGER}, or with google/gemma-3-1b-pt as the course's model (00)"]
+    assert exercises.exercise_check(name).startswith(f"exercise {name}: NOT RUN YET")
+
+
+# ---- break it on purpose: each solution breaks one batch or one copy, and the course's check catches it ----
+
+
+@pytest.fixture
+def preflighting(tiny_folder, tiny_tokenizer):
+    """03's names after *Run all* on the tiny model: section 4's first batch as the trainer's collator makes
+    it (text + <eos>, labels as the input ids, padding -100), the tokenizer, the config, and `max_start_loss`
+    at a level a random tiny model passes (it starts at chance, which a real base never does)."""
+    from tiny import ROWS
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from gemmate_lib.data import to_dataset
+
+    rows = to_dataset(ROWS, tiny_tokenizer)
+    batch = DataCollatorForLanguageModeling(pad_token_id=tiny_tokenizer.pad_token_id)(list(rows))
+    return dict(batch=batch, tokenizer=tiny_tokenizer, cfg=tiny_cfg(tiny_folder), max_start_loss=3.0)
+
+
+@pytest.mark.parametrize("name, stopped_at", [("03-4", "share of labelled tokens"),
+                                              ("03-5", "end token inside the mask"),
+                                              ("03-6", "logits with and without the KV cache")])
+def test_03s_faults_made_on_the_tiny_model_are_caught_by_the_preflight(runs, capsys, preflighting,  # noqa: F811
+                                                                       name, stopped_at):
+    """Each solution loads a fresh copy (the lesson freed section 4's), breaks the batch or the copy, and
+    the pre-flight stops at the line that names the fault, which the solution records with the fault."""
+    batch = {k: v.clone() for k, v in preflighting["batch"].items()}
+    line = run_solution(name, preflighting, capsys)
+    assert line.startswith(f"exercise {name}: PASS"), line
+    record = json.loads((runs / f"ex{name.replace('-', '_')}" / "fault.json").read_text())
+    assert record["stopped_by"]["check"] == stopped_at and record["stopped_by"]["line"].startswith(
+        f"pre-flight check failed: {stopped_at} is ")
+    assert all(torch.equal(batch[k], preflighting["batch"][k]) for k in batch)  # section 4's batch unchanged
+
+
+@pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
+def test_05_4_merging_into_the_4bit_base_is_caught_by_05s_merge_check(runs, capsys, merging):  # noqa: F811
+    """The tiny adapter merged into an NF4 copy of the tiny base: its logits move past section 3's fp32
+    tolerance, which the 16/32-bit merge (the fixture's `diff`) stays within."""
+    line = run_solution("05-4", {**merging, "tolerance": exercises.MERGE_TOLERANCE["fp32"]}, capsys)
+    assert line.startswith("exercise 05-4: PASS"), line
+    record = json.loads((runs / "ex05_4" / "fault.json").read_text())
+    assert record["base_4bit"] is True and record["diff"] > record["tolerance"] > merging["diff"]
+
+
+def test_the_fit_lines_answer_for_the_faults_too(tiny_folder):
+    """03 and 05 print a fit line for each exercise, those to break on purpose included (the lesson's copies:
+    each loads one copy after the lesson freed its own)."""
+    for prefix, names in (("03", ["03-4", "03-5", "03-6"]), ("05", ["05-4"])):
+        lines = exercises.fit_lines(prefix, tiny_cfg(tiny_folder)).splitlines()
+        assert [line.split(":")[0] for line in lines][-len(names):] == [f"exercise {n}" for n in names]
+        assert all(" fits this CPU with " in line for line in lines[-len(names):]), lines
 
 
 READING = ["04-1", "06-1", "06-2", "06-3", "07-1", "07-2", "07-3"]  # rerun exercises whose solutions read

@@ -67,11 +67,25 @@ def test_every_notebook_ends_with_a_checked_self_check_and_exercises(path):
     heading = [i for i, c in enumerate(cells)
                if c["cell_type"] == "markdown" and "## Exercises" in "".join(c["source"])]
     assert len(heading) == 1
-    section = cells[heading[0]:]
-    items = sum(len(re.findall(r"^\d\. \*\*", "".join(c["source"]), re.M))
-                for c in section if c["cell_type"] == "markdown")
-    checks = [c for c in section if c["cell_type"] == "code" and "check(" in "".join(c["source"])]
-    assert 2 <= items <= 3 and len(checks) == items  # every exercise has a check cell of its own
+    # after them, optionally, up to 3 faults to make on purpose, numbered on from the exercises
+    faults = [i for i, c in enumerate(cells)
+              if c["cell_type"] == "markdown" and "## Break it on purpose" in "".join(c["source"])]
+    assert len(faults) <= 1 and all(i > heading[0] for i in faults)
+    end, prefix = faults[0] if faults else len(cells), path.stem[:2]
+    numbers = []
+    for section, fewest, most in ((cells[heading[0]:end], 2, 3), (cells[end:], 0, 3)):
+        items = [int(k) for c in section if c["cell_type"] == "markdown"
+                 for k in re.findall(r"^(\d)\. \*\*", "".join(c["source"]), re.M)]
+        checks = [c for c in section if c["cell_type"] == "code" and "check(" in "".join(c["source"])]
+        named = [f"{prefix}-{k}" for k in items]
+        called = [n for c in checks for n in re.findall(r'check\("(\d\d-\d)"\)', "".join(c["source"]))]
+        assert fewest <= len(items) <= most and len(checks) == len(items)  # a check cell of its own each
+        assert called == named, (called, named)  # each below its own text, in the order of the texts
+        numbers += items
+    assert numbers == list(range(1, len(numbers) + 1))  # 03-4 follows 03-3
+    from gemmate_lib.exercises import EXERCISES
+
+    assert [n for n in EXERCISES if n.startswith(prefix + "-")] == [f"{prefix}-{k}" for k in numbers]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)

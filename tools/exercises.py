@@ -10,10 +10,10 @@ files in the scratch folder; `flush_and_unmount` in a notebook's last cell takes
 1. the lesson: each notebook 00-07 that the chosen exercises need, headless with papermill, into the default
    run folder (runs/interactive on the fake Drive); 00 with `model_name="embedded"` (a Colab runtime without a
    GPU refuses the profile's fallback otherwise), 01-07 with none: they read 00's choice;
-2. the solution-type exercises (00-1 to 02-3, 04-2, 04-3, 05-1 to 05-3): after the lesson's last cell (*Run
-   all* done, Drive unmounted), in the same kernel, each printed solution (the ```python block of its
-   `<details>`), then the notebook's own check cell. 03-2's solution (it writes the file the rerun reads) runs
-   there too, without its check;
+2. the solution-type exercises (00-1 to 02-3, 04-2, 04-3, 05-1 to 05-3, and the faults to break on purpose,
+   03-4 to 03-6 and 05-4): after the lesson's last cell (*Run all* done, Drive unmounted), in the same
+   kernel, each printed solution (the ```python block of its `<details>`), then the notebook's own check cell.
+   03-2's solution (it writes the file the rerun reads) runs there too, without its check;
 3. the rerun exercises (03-1 to 03-3, 04-1, 06-1 to 06-3, 07-1 to 07-3): each run of
    `gemmate_lib.exercises.EXERCISES[name].parameters` with papermill into the exercise's run folder; the last
    run has the exercise's reading solution (if any) right before its check cell, whose verdict counts.
@@ -23,7 +23,7 @@ notebook or a solution raised) and its margins (housekeeping.exercise_checks.par
 with each exercise's time: printed, and written into docs/exercises.md between its markers. Exit status 1
 unless every exercise run is PASS.
 
-Time on a 2-core CPU without native bf16 (fp32), about 2 hours for all 24: the lesson ~30 min (03 ~11 min with
+Time on a 2-core CPU without native bf16 (fp32), about 2 hours for all 28: the lesson ~30 min (03 ~11 min with
 part 2, 06 ~5, 07 ~8, the others 1-3 min each, 00 seconds); the solution-type exercises ~10 min together; the
 reruns ~75 min (03 ~5 min a run with compare=False, 03-3's two with part 2 ~8 each, 04-1 ~6, 06 ~3 a run:
 06-1 one, 06-2 two, 06-3 three; 07 ~4-8 a run: 07-1 one, 07-2 two, 07-3 one). `--only 03-1 04-2` runs some
@@ -51,11 +51,16 @@ RESULTS = ROOT / "docs" / "exercises.json"  # the table's rows, each with the da
 BEGIN, END = "<!-- exercises:begin -->", "<!-- exercises:end -->"
 LESSON_PARAMS = {"00_setup": {"model_name": "embedded"}}  # 01-07: None everywhere, 00's choice decides
 SOLUTION_CELL = '''# exercise {name}: its printed solution, as a learner runs it after Run all
+import os as __os
+
 __solution = {code!r}
+__os.environ["GEMMATE_FIT_PART"] = "exercise {name}"  # the ledger counts what it holds as the exercise's
 try:
     exec(compile(__solution, "solution {name}", "exec"), globals())
 except Exception as __error:  # noqa: BLE001 - the check below gives its verdict all the same
     print(f"exercise {name}: SOLUTION RAISED {{type(__error).__name__}}: {{__error}}")
+finally:
+    __os.environ.pop("GEMMATE_FIT_PART", None)
 '''
 
 
@@ -106,10 +111,17 @@ def verdict_of(executed: Path, name: str) -> dict:
     if not check:
         return {"name": name, "verdict": "ERROR", "margins": [], "line": "its check cell printed nothing",
                 "seconds": seconds}
+    # the line the notebook printed above its exercises: does this exercise fit the runtime, before it runs
+    fit = [line for text in printed.values() for line in text.splitlines()
+           if re.match(rf"exercise {name}: (fits|does not fit)\b", line)]
+    if not fit:
+        return {"name": name, "verdict": "ERROR", "margins": [], "seconds": seconds,
+                "line": f"the notebook printed no fit line for exercise {name} before its exercises"}
     verdict = parse_verdict(check[-1]) or {"name": name, "verdict": "ERROR", "margins": []}
     if raised:
         verdict = {**verdict, "verdict": "ERROR"}
-    return {**verdict, "line": (raised[0] + " | " if raised else "") + check[-1], "seconds": seconds}
+    return {**verdict, "line": (raised[0] + " | " if raised else "") + check[-1], "seconds": seconds,
+            "fit": fit[-1]}
 
 
 class Runner:
@@ -145,12 +157,19 @@ class Runner:
         use_site = "GEMMATE_KERNEL_PYTHON" not in os.environ
         python, env = colab_site(self.scratch / "colab-site") if use_site else (None, {})
         self.kernel = colab_kernel(self.scratch / "jupyter", python, env, name="colab-like-exercises")
+        # every kernel keeps a ledger of the model copies it holds (tools/ledger.py): scratch/ledger, held to
+        # the committed measurement at the end (tools/notebook_fit.check_run)
+        from tools.ledger import startup_dir
+
+        os.environ["IPYTHONDIR"] = startup_dir(self.scratch / "ipython")
+        (self.scratch / "ledger").mkdir(exist_ok=True)
 
     def execute(self, node_or_path, out: Path, params: dict) -> tuple[float, str]:
         """Run one notebook with papermill; (seconds, "pass" or the first error in one line)."""
         import papermill as pm
 
         start = time.time()
+        os.environ["GEMMATE_LEDGER"] = str(self.scratch / "ledger" / f"{out.stem}.jsonl")
         try:
             pm.execute_notebook(node_or_path, str(out), parameters=params, cwd=str(ROOT / "notebooks"),
                                 kernel_name=self.kernel, progress_bar=False)
@@ -338,7 +357,11 @@ def main(argv=None) -> int:
     passed = sum(r["verdict"] == "PASS" for r in ordered)
     print(f"{passed} of {len(ordered)} PASS in {seconds / 60:.0f} min; executed notebooks in "
           f"{scratch / 'executed'}")
-    return 0 if passed == len(ordered) else 1
+    from tools.notebook_fit import check_run
+
+    held = check_run(scratch)  # what each kernel held at once, against the fit lines' measurement
+    print("\n".join(held) or "model copies: no run held more at once than the fit lines count")
+    return 0 if passed == len(ordered) and not held else 1
 
 
 if __name__ == "__main__":

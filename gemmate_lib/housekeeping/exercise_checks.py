@@ -16,9 +16,12 @@ lesson run its results come from (run_folder.ORIGIN, written when the folder is 
 model (a folder kept on Drive from a course done last week with gemma-2b) say FROM ANOTHER MODEL, results
 with no such record MODEL UNKNOWN, never PASS.
 
-A check never stops the notebook: the lesson runs top to bottom before any exercise is tried, and an exercise
-not tried yet is not a failure. The self-check (gemmate_lib.housekeeping.selfcheck) is the cell that stops a
-notebook."""
+A check never stops the notebook over what the learner wrote: the lesson runs top to bottom before any
+exercise is tried, and an exercise not tried yet is not a failure; a file missing, cut short or in another
+shape says FAIL with the reason (learner_errors). A bug in a check's own rule (a NameError, an AttributeError,
+a division by zero in its arithmetic) stops the cell with its traceback instead: read as FAIL, it would blame
+the learner's work for the course's mistake. The self-check (gemmate_lib.housekeeping.selfcheck) is the cell
+that stops a notebook."""
 
 from __future__ import annotations
 
@@ -29,6 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VERDICTS = ("PASS", "FAIL", "NOT RUN YET", "FROM ANOTHER MODEL", "MODEL UNKNOWN")
+
+
+def learner_errors() -> tuple[type[Exception], ...]:
+    """The errors that a learner's files can cause in a check's rule, which give FAIL: a file missing or not
+    readable (OSError), not JSON or not text (ValueError: JSONDecodeError, UnicodeDecodeError), a table pandas
+    cannot parse (its ParserError and EmptyDataError are ValueErrors), a key, column or entry missing
+    (LookupError: KeyError, IndexError), a wrong type or value where the rule expects another (TypeError,
+    ValueError), a damaged safetensors file (SafetensorError). Every other error is the check's own bug."""
+    from safetensors import SafetensorError
+
+    return (OSError, LookupError, TypeError, ValueError, SafetensorError)
 
 
 @dataclass(frozen=True)
@@ -72,8 +86,9 @@ def exercise_verdict(
     - else "PASS" or "FAIL" by `passed` (a bool, or a callable evaluated only once the exercise ran, so it may
       read files the run writes), followed by the expectation it was judged against. The callable may return
       `(ok, found)` or `(ok, found, margins)`: `found` (what the run shows) follows the verdict, and each
-      Margin must hold too; the margins end the line. A callable that raises (a file the learner wrote in
-      another shape) gives FAIL with the reason, never an error."""
+      Margin must hold too; the margins end the line. A callable that raises one of `learner_errors()` (a file
+      the learner wrote in another shape) gives FAIL with the reason; any other error (a bug in the rule)
+      propagates, so that it is seen and fixed, not read as the learner's FAIL."""
     margins: list[Margin] = []
     if not ran:
         line = f"exercise {name}: NOT RUN YET" + (f" ({how_to_run})" if how_to_run else "")
@@ -86,7 +101,7 @@ def exercise_verdict(
             ok, found, margins = (*result, [])[:3] if len(result) == 2 else result
             margins = list(margins)
             ok = bool(ok) and all(m.holds for m in margins)
-        except Exception as err:  # noqa: BLE001 - a check gives a verdict, it never stops the notebook
+        except learner_errors() as err:  # what the learner wrote: a verdict, never a stopped notebook
             ok, found, margins = False, f"the results could not be read ({type(err).__name__}: {err})", []
         line = f"exercise {name}: {'PASS' if ok else 'FAIL'}, expected: {expectation}"
         line += f"; found: {found}" if found else ""
@@ -113,8 +128,18 @@ def has_results(run_dir: str | Path, *names: str) -> bool:
     return folder.is_dir() and all((folder / name).exists() for name in names)
 
 
-def read_json(folder: Path, name: str):
-    return json.loads((Path(folder) / name).read_text())
+def shaped(value, shape: type, what: str):
+    """`value`, once it is a `shape` (dict, list): a TypeError (the learner's file) otherwise, before a rule
+    calls that shape's methods on it (on another value: an AttributeError, read as the rule's own bug)."""
+    if not isinstance(value, shape):
+        raise TypeError(f"{what} is a {type(value).__name__}, not a {shape.__name__}")
+    return value
+
+
+def read_json(folder: Path, name: str, shape: type | None = None):
+    """The JSON file `name` in `folder` (with `shape`: checked to be one, `shaped`)."""
+    value = json.loads((Path(folder) / name).read_text())
+    return value if shape is None else shaped(value, shape, name)
 
 
 def read_csv(folder: Path, name: str, **kwargs):
@@ -125,8 +150,11 @@ def read_csv(folder: Path, name: str, **kwargs):
 
 def facts(folder: Path, notebook: str) -> dict:
     """What `notebook` recorded in the folder's manifest.json (its parameters, results); {} if nothing."""
-    path = Path(folder) / "manifest.json"
-    return json.loads(path.read_text()).get("notebooks", {}).get(notebook, {}) if path.exists() else {}
+    if not (Path(folder) / "manifest.json").exists():
+        return {}
+    notebooks = read_json(folder, "manifest.json", dict).get("notebooks", {})
+    return shaped(shaped(notebooks, dict, "manifest.json's notebooks").get(notebook, {}), dict,
+                  f"manifest.json's entry of {notebook}")
 
 
 def trained_steps(folder: Path) -> int | None:
@@ -150,7 +178,7 @@ def config_changes(folder: Path, lesson: Path) -> dict[str, tuple]:
     (the manifests' config summaries, flat names; a setting only one of them records, such as one a later
     version of the course dropped, is no change)."""
     def flat(path):
-        config = facts(path, "03_lora_sft").get("config", {})
+        config = shaped(facts(path, "03_lora_sft").get("config", {}), dict, "03's config in the manifest")
         return {k: v for group in config.values() if isinstance(group, dict) for k, v in group.items()}
 
     mine, theirs = flat(folder), flat(lesson)

@@ -1,4 +1,4 @@
-"""Every exercise's check (00-07, 24 of them) held to what the learner does. For each: the files its printed
+"""Every exercise's check (00-07, 28 of them) held to what the learner does. For each: the files its printed
 solution writes (written here as the solution and the notebook write them: the same writers, names and
 shapes) make the check say PASS, every margin it prints at or above its threshold; a variant that skips the
 exercise's point (the setting left at the lesson's value, the module list forgotten, the same dtype twice,

@@ -66,7 +66,7 @@ def test_the_verdict_and_its_margins_are_read_from_the_executed_notebook(tmp_pat
     raised = runner.verdict_of(executed(tmp_path, line, error), "06-2")
     assert raised["verdict"] == "ERROR" and "SOLUTION RAISED" in raised["line"]
     assert runner.verdict_of(executed(tmp_path, ""), "06-2")["verdict"] == "ERROR"
-    assert row["fit"] == FIT.strip()  # the line the notebook printed before the exercise, kept with the verdict
+    assert row["fit"] == FIT.strip()  # the fit line printed before it, kept
     unfit = runner.verdict_of(executed(tmp_path, line, fit_output=""), "06-2")  # no fit line: not a PASS
     assert unfit["verdict"] == "ERROR" and "no fit line" in unfit["line"]
 

@@ -1,6 +1,8 @@
 """The pre-flight check before training step 1 (the one-page notebook and 03_lora_sft write it out;
 `CourseSFTTrainer` runs it when `preflight: true`): one batch, the checks of docs/gemma-generations.md
-("Pre-flight check"), a verdict table; a failed line stops the run with what it means and the fix."""
+("Pre-flight check"), a verdict table; a failed line stops the run with what it means and the fix. Then the
+gradient tripwire after the first optimizer step (`GradientTripwire`, a TrainerCallback: 03 adds it, and
+`CourseSFTTrainer` wherever the pre-flight runs)."""
 from __future__ import annotations
 
 import inspect
@@ -8,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from transformers import TrainerCallback
 
 from gemmate_lib.housekeeping.errors import GemmateError
 
@@ -16,6 +19,8 @@ IGNORE = -100  # the label of a token that is not trained on
 
 class PreflightError(GemmateError, RuntimeError):
     """A pre-flight check failed: training would waste its steps (problem says which line, fix what to do)."""
+
+    verdict = None  # the pre-flight's line that stopped the run (a Verdict); None for the gradient tripwire's
 
 
 @dataclass
@@ -55,11 +60,16 @@ def cache_agreement(model, input_ids: torch.Tensor, tolerance: float | None = No
         floats |= {m.compute_dtype for m in model.modules() if getattr(m, "compute_dtype", None) is not None}
         tolerance = 2e-2 if floats <= {torch.float32} else 0.1
     ids = input_ids[:1]
+    # in eval mode: in training mode checkpointing switches the cache off and dropout differs between passes
+    # (a model that trained already, or a cell run again after training, would fail this line with no fault)
+    was_training = model.training
+    model.eval()
     with torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits[0, -1].float()
         prefix = model(input_ids=ids[:, :-1], use_cache=True)
         name = cache_keyword(model, prefix)
         step = model(input_ids=ids[:, -1:], use_cache=True, **{name: getattr(prefix, name)}).logits
+    model.train(was_training)
     diff = float((full - step[0, -1].float()).abs().max() / full.abs().max().clamp_min(1e-6))
     return Verdict("logits with and without the KV cache", diff <= tolerance, f"{diff:.2g}",
                    f"<= {tolerance:g}", "the model computes differently with and without its cache: one of "
@@ -76,8 +86,11 @@ def _loss(model, batch: dict) -> torch.Tensor:
 def checkpointing_agreement(model, batch: dict, tolerance: float = 1e-3) -> Verdict:
     """The training-mode loss equals itself with gradient checkpointing on (same seed and batch)."""
     base = getattr(model, "get_base_model", lambda: model)()
-    was_on, was_training = getattr(base, "is_gradient_checkpointing", False), model.training
-    # transformers 5.23 names it activation checkpointing; gradient_checkpointing_* before (deprecated since)
+    # transformers 5.23 names it activation checkpointing; gradient_checkpointing_* before (deprecated since,
+    # with a FutureWarning; gone in v6, where reading the old name would find nothing: checkpointing left off)
+    on_now = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"
+    was_on, was_training = getattr(base, on_now, False), model.training
     enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
     disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
     # the kwargs, positional under either name
@@ -153,7 +166,9 @@ def verdict_table(verdicts: list[Verdict]) -> str:
 def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8, raise_on_fail: bool = True,
               quiet: bool = False) -> list[Verdict]:
     """All checks on one training batch (input_ids, attention_mask, labels); prints the table unless `quiet`,
-    and raises a PreflightError naming the first failed line unless `raise_on_fail` is False."""
+    and raises a PreflightError naming the first failed line (its `verdict`) unless `raise_on_fail` is False.
+    A batch that labels no token is named by its label line: its loss is NaN (a mean over no token), which
+    fails the checkpointing and loss lines above it too, whose fixes would not help."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     first = batch["input_ids"][:1]
@@ -165,6 +180,145 @@ def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8,
     failed = [v for v in verdicts if not v.ok]
     if failed and raise_on_fail:
         v = failed[0]
-        raise PreflightError(f"pre-flight check failed: {v.check} is {v.value} (expected {v.expected}): "
-                             f"{v.problem}", v.fix)
+        if not bool((batch["labels"] != IGNORE).any()):  # every label -100: the cause of any NaN above
+            v = next((f for f in failed if f.check == "share of labelled tokens"), v)
+        error = PreflightError(f"pre-flight check failed: {v.check} is {v.value} (expected {v.expected}): "
+                               f"{v.problem}", v.fix)
+        error.verdict = v
+        raise error
     return verdicts
+
+
+MAX_SKIPPED = 10  # fp16: steps the gradient scaler may skip in a row before the run counts as overflowing
+
+
+class GradientTripwire(TrainerCallback):
+    """After the first optimizer step, every LoRA module got a finite gradient and every lora_B a non-zero one
+    (03_lora_sft adds it with `trainer.add_callback`; `CourseSFTTrainer` with `preflight: true` too). A run
+    can train "fine" and learn nothing: a mask that labels nothing, or gradients cut off before the adapter,
+    give zero gradients while the loss looks normal (unslothai/unsloth issue 5230). At step 1 lora_A's
+    gradient is zero by construction (B starts at zero, and A's gradient goes through B), so B's is checked. A
+    failed check stops the run in one line naming the modules. Under fp16 the gradient scaler's first steps
+    are normal misses: it starts at a scale of 65,536, finds inf/NaN gradients, skips the step and halves the
+    scale; the tripwire says so once and checks the first step the scaler takes (MAX_SKIPPED skipped steps in
+    a row: the run overflows, and it stops)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.skipped = 0  # steps the fp16 gradient scaler skipped before the check
+        self.passed: bool | None = None  # None until the check ran
+        self._seen: list[tuple[str, bool, bool]] | None = None
+        self._grads: dict[tuple[str, str], tuple[bool, bool]] = {}  # (module, weight): (finite, non-zero)
+        self._hooks: list = []
+        self._scale: float | None = None  # fp16's loss scale before the step
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """Watch each LoRA weight's gradient as backward leaves it, before clipping: the trainer clips by the
+        norm of all gradients together, which spreads one module's NaN over every module."""
+        if self.passed is None and model is not None and not self._hooks:
+            for module, weight, param in lora_weights(model):
+                self._hooks.append(param.register_post_accumulate_grad_hook(
+                    lambda p, key=(module, weight): self._grads.__setitem__(key, grad_state(p.grad))))
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        """Sum up the gradients this step collected (all its micro-batches), and fp16's loss scale."""
+        if self.passed is None and model is not None:
+            self._seen = lora_gradients(model, self._grads if self._hooks else None)
+            self._grads = {}
+            scaler = getattr(optimizer, "scaler", None)
+            self._scale = scaler.get_scale() if scaler is not None else None
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        """Judge the gradients read before this step, unless the fp16 scaler skipped it."""
+        if self.passed is not None or self._seen is None:
+            return
+        step, seen, self._seen = state.global_step + 1, self._seen, None
+        # fp16's scaler skipped the step: accelerate says so, except for an optimizer that skips inside its
+        # own step (fused AdamW, transformers' default), where only the scale it lowered shows it
+        scaler = getattr(optimizer, "scaler", None)
+        lowered = scaler is not None and self._scale is not None and scaler.get_scale() < self._scale
+        if getattr(optimizer, "step_was_skipped", False) or lowered:
+            self.skipped += 1
+            if self.skipped == 1 and not self.quiet:
+                print(f"gradient tripwire: step {step} skipped by fp16's gradient scaler (inf/NaN gradients "
+                      "at its starting scale, which it now lowers): normal in the first steps, while a run "
+                      "whose steps keep being skipped past the first few is overflowing; the check waits for "
+                      "the first step the scaler takes")
+            if self.skipped >= MAX_SKIPPED:
+                self._stop(False)
+                raise PreflightError(
+                    f"gradient tripwire: fp16's gradient scaler skipped the first {self.skipped} steps "
+                    "(inf/NaN gradients at every scale it tried): the run overflows fp16 and trains nothing",
+                    "Gemma 3 and 4 overflow fp16: compute in fp32 on a T4 (the course's dtype rule); for "
+                    "Gemma 1 lower the learning rate and check the data (the pre-flight's loss line)")
+            return
+        after = f"after step {step}" + (f" (the first fp16's scaler took; {self.skipped} skipped before it: "
+                                        "normal)" if self.skipped else "")
+        broken = [name for name, finite, _ in seen if not finite]
+        zero = [name for name, finite, moved in seen if finite and not moved]
+        self._stop(not broken and not zero)
+        if broken:
+            raise PreflightError(
+                f"gradient tripwire: {after}, {_count(broken, seen)} got no finite gradient "
+                f"({_names(broken)}): the loss or the forward overflowed, or a NaN reached the adapter",
+                "run the pre-flight check (its loss line), keep Gemma 3 and 4 out of fp16 (fp32 on a T4), "
+                "lower the learning rate, and look for a broken row in the data")
+        if zero:
+            raise PreflightError(
+                f"gradient tripwire: {after}, {_count(zero, seen)} got a zero (or no) lora_B gradient "
+                f"({_names(zero)}): the loss reaches no adapter weight, so the run would train nothing while "
+                "its loss looks normal: labels all -100 (a completion or assistant mask that labels "
+                "nothing), or gradients cut off before the adapter (checkpointing without input gradients)",
+                "check a batch's labels (the pre-flight's share of labelled tokens) and the completion or "
+                "assistant mask; with gradient checkpointing on a 4-bit base, call "
+                "prepare_model_for_kbit_training (or model.enable_input_require_grads())")
+        if seen and not self.quiet:
+            print(f"gradient tripwire: {after}, all {len(seen)} LoRA modules got finite gradients, and every "
+                  "lora_B a non-zero one")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._stop(self.passed)
+
+    def _stop(self, passed: bool | None) -> None:
+        self.passed = passed
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
+def lora_weights(model) -> list[tuple[str, str, torch.nn.Parameter]]:
+    """(module name, weight name, weight) of every trainable LoRA weight of `model` (peft's LoraLayer)."""
+    from peft.tuners.lora import LoraLayer
+
+    return [(name.removeprefix("base_model.model."), weight, param)
+            for name, module in model.named_modules() if isinstance(module, LoraLayer)
+            for weight, param in module.named_parameters() if "lora_" in weight and param.requires_grad]
+
+
+def grad_state(grad: torch.Tensor | None) -> tuple[bool, bool]:
+    """(finite, non-zero) of one gradient; (True, False) for none."""
+    if grad is None:
+        return True, False
+    return bool(torch.isfinite(grad).all()), bool(grad.ne(0).any())
+
+
+def lora_gradients(model, grads: dict | None = None) -> list[tuple[str, bool, bool]]:
+    """(module name, every LoRA gradient finite, some lora_B gradient non-zero) per LoRA module of `model`,
+    from `grads` ({(module, weight): grad_state}, as backward left them) or else the weights' `.grad`."""
+    modules: dict[str, list[bool]] = {}
+    for module, weight, param in lora_weights(model):
+        finite, moved = grads.get((module, weight), (True, False)) if grads is not None else \
+            grad_state(param.grad)
+        state = modules.setdefault(module, [True, False])
+        state[0] &= finite
+        state[1] |= moved and ("lora_B" in weight or "lora_embedding_B" in weight)
+    return [(module, finite, moved) for module, (finite, moved) in modules.items()]
+
+
+def _names(names: list[str], shown: int = 4) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def _count(names: list[str], seen: list) -> str:
+    return f"{len(names)} of {len(seen)} LoRA modules"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from gemmate_lib.config import CourseConfig
@@ -104,8 +104,9 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None,
 def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, sft: bool = True,
                     **extras) -> dict:
     """SFTConfig (sft=False: TrainingArguments) kwargs for `cfg` plus `extras`: the recipe 03 writes
-    out, then the plumbing where it differs from the defaults. It never saves a checkpoint (a notebook saves
-    its adapter itself); `gemmate train` adds its checkpoint policy through `extras`."""
+    out, then the plumbing where it differs from the defaults. It checkpoints every `save_steps` steps, the
+    last checkpoint only (gemmate_lib.resume: a rerun resumes), or never where save_steps is 0; `gemmate
+    train` adds its own checkpoint policy through `extras`."""
     t, precision = cfg.train, cfg.precision
     evaluate = has_eval and t.val_steps_freq > 0
     kwargs = dict(
@@ -116,8 +117,11 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
         activation_checkpointing=t.gradient_checkpointing,  # gradient_checkpointing before transformers 5.23
         logging_steps=min(t.steps_freq, t.max_steps) if t.max_steps > 0 else t.steps_freq,  # >= 1 loss logged
         eval_strategy="steps" if evaluate else "no", eval_steps=t.val_steps_freq if evaluate else None,
-        save_strategy="no", report_to=t.report_to, seed=t.seed, data_seed=t.seed, disable_tqdm=False,
+        save_strategy="steps" if t.save_steps else "no", save_steps=t.save_steps or None,
+        save_total_limit=1 if t.save_steps else None,
+        report_to=t.report_to, seed=t.seed, data_seed=t.seed, disable_tqdm=False,
     )
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "eval_steps"}
     if sft:
         kwargs.update(max_length=t.max_length, packing=False, completion_only_loss=t.completion_only_loss,
                       train_sampling_strategy="group_by_length" if t.group_by_length else "random")
@@ -154,13 +158,16 @@ class CourseSFTTrainer(SFTTrainer):
         self.tokens_trained = 0
 
     def train(self, *args, **kwargs):
-        """`preflight=True`: the pre-flight check (preflight.py) on the first batch, then training."""
+        """`preflight=True`: the pre-flight check (preflight.py) on the first batch, then training with the
+        gradient tripwire after its first optimizer step."""
         if self.preflight:
             from gemmate_lib.generations import generation_of, stop_token_ids
-            from gemmate_lib.preflight import preflight
+            from gemmate_lib.preflight import GradientTripwire, preflight
 
             batch = next(iter(self.get_train_dataloader()))
             preflight(self.model, batch, stop_token_ids(self.processing_class, generation_of(self.model)))
+            if not any(isinstance(c, GradientTripwire) for c in self.callback_handler.callbacks):
+                self.add_callback(GradientTripwire())
         return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -293,37 +300,30 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
         preflight=t.preflight)
 
 
-def two_rate_optimizer(te, cfg: CourseConfig):
-    """GemmaTE's AdamW in two groups: LoRA at learning_rate, the zero-started projection at
-    projection_learning_rate (it must grow to the embeddings' size; LoRA only nudges existing weights)."""
-    rest = [p for n, p in te.named_parameters()
-            if p.requires_grad and not n.startswith("temporal_projection")]
-    return torch.optim.AdamW([
-        {"params": rest, "lr": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay},
-        {"params": [te.temporal_projection.weight], "lr": cfg.temporal.projection_learning_rate,
-         "weight_decay": 0.0}])
-
-
 def train(model, tokenizer, train_data, eval_data, cfg: CourseConfig, output_dir: str | Path, *,
           callbacks=None, resume_from_checkpoint: str | None = None, measure_cost: bool = False,
-          unwrap: bool = True, data_collator=None, **extras) -> TrainResult:
+          unwrap: bool = True, data_collator=None, trainer_class=None, optimizer=None,
+          **extras) -> TrainResult:
     """The course's one training path, on a `model` with its adapter: train_lora, methods.train_arm and
     temporal.training.train_temporal wrap it, and the command line's `gemmate train` calls it too (`gemmate
     train-te` through train_temporal). Rows with a `text` field train with CourseSFTTrainer (`extras`:
-    training_args); GemmaTE's TextDataset with transformers' Trainer, timestamps in the batches
-    (`data_collator`: train_temporal's), two learning rates. `measure_cost`: seconds per step and peak memory
-    (06). The model comes back in eval mode, off accelerate's mixed-precision forward (it computes unlike the
-    same weights loaded from disk); `unwrap=False` keeps it, as the arms trained."""
+    training_args); a caller with data of its own kind hands its `trainer_class` (a transformers Trainer),
+    `data_collator` and `optimizer` (train_temporal: GemmaTE's notes with their timestamps, two learning
+    rates), and this path knows nothing of it. `measure_cost`: seconds per step and peak memory (06). The
+    model comes back in eval mode, off accelerate's mixed-precision forward (it computes unlike the same
+    weights loaded from disk); `unwrap=False` keeps it, as the arms trained."""
     set_seed(cfg.train.seed)
-    if hasattr(model, "temporal_projection"):  # GemmaTE (07)
-        model.fast_loss = cfg.train.fast_loss
+    if trainer_class is not None:  # the caller's Trainer on its own data (GemmaTE's)
         args = training_args(cfg, output_dir, has_eval=False, sft=False,
-                             remove_unused_columns=False)  # keep `timestamps`, which forward() does not name
-        trainer = Trainer(model=model, args=args, train_dataset=train_data, callbacks=callbacks,
-                          data_collator=data_collator,
-                          optimizers=(two_rate_optimizer(model, cfg), None))
+                             remove_unused_columns=False)  # keep the columns forward() does not name
+        trainer = trainer_class(model=model, args=args, train_dataset=train_data, callbacks=callbacks,
+                                data_collator=data_collator, optimizers=(optimizer, None))
     else:
         trainer = sft_trainer(model, tokenizer, train_data, eval_data, cfg, output_dir, callbacks, **extras)
+    if resume_from_checkpoint:  # the resumed run in the precision it was trained in (gemmate_lib.resume)
+        from gemmate_lib.resume import keep_trainable_dtypes
+
+        keep_trainable_dtypes(trainer)
     timer = StepTimer()
     if measure_cost:
         trainer.add_callback(timer)  # last: starts after the others' step begins, stops after their step ends

@@ -3,13 +3,15 @@ passes, and each injected fault fails its own line: a broken `use_cache=False` p
 (under either name of the cache), an end token outside the mask, a row all masked, a model at chance."""
 
 import copy
+import math
+import warnings
 
 import pytest
 import torch
 from tiny import CACHE_NAMES, cache_name_of, make_generation_tokenizer, make_tiny_generation, speaking_only
 
 from gemmate_lib.generations import GENERATIONS, stop_token_ids
-from gemmate_lib.preflight import IGNORE, PreflightError, cache_agreement, preflight
+from gemmate_lib.preflight import IGNORE, PreflightError, cache_agreement, initial_loss, label_mask, preflight
 
 pytestmark = pytest.mark.generations
 AT_CHANCE = (
@@ -34,6 +36,20 @@ def ends(key, tokenizer):
     return stop_token_ids(tokenizer, GENERATIONS[key])
 
 
+def scaled(forward, factor, *args, **kwargs):
+    """`forward` with the uncached path's logits (what training computes) `factor` times the cached path's."""
+    out = forward(*args, **kwargs)
+    if kwargs.get("use_cache") is False:
+        out.logits = out.logits * factor
+    return out
+
+
+def preflight_checkpointing(model, batch, **kwargs):
+    from gemmate_lib.preflight import checkpointing_agreement
+
+    return checkpointing_agreement(model, batch, **kwargs)
+
+
 def test_a_healthy_model_passes(tiny):
     key, tokenizer, model = tiny
     verdicts = preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
@@ -44,6 +60,7 @@ def test_a_model_at_chance_fails(tiny):
     key, tokenizer, model = tiny
     with pytest.raises(PreflightError, match="loss at initialisation"):
         preflight(model, batch_of(tokenizer), ends(key, tokenizer), quiet=True)
+    assert not initial_loss(model, batch_of(tokenizer)).ok  # alone too, it judges it as a pretrained base
 
 
 def test_a_broken_cache_path_fails(tiny, monkeypatch):
@@ -58,8 +75,55 @@ def test_a_broken_cache_path_fails(tiny, monkeypatch):
         return out
 
     monkeypatch.setattr(model, "forward", broken)
-    with pytest.raises(PreflightError, match="KV cache"):
+    line = r"^pre-flight check failed: logits with and without the KV cache is \S+ \(expected <= 0\.02\): "
+    with pytest.raises(PreflightError, match=line) as err:  # an fp32 model's tolerance
         preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
+    problem, fix = err.value.problem, err.value.fix  # why it matters, the known case, what to do
+    assert "training uses the uncached one" in problem and "use_cache=False" in problem and "45242" in problem
+    assert fix.startswith("upgrade transformers") and "requirements.txt" in fix
+
+
+@pytest.mark.parametrize("name", CACHE_NAMES)
+def test_behind_a_wrapper_the_check_reads_the_name_of_the_cache_from_the_output(tiny, monkeypatch, name):
+    """A forward that names neither (peft's wrapper and the course's take **kwargs): the check hands the cache
+    back under the name of the output's field, on a model that knows either name."""
+    key, tokenizer, model = tiny
+    speaks = speaking_only(model.forward, name, cache_name_of(model))
+    monkeypatch.setattr(model, "forward", lambda *args, **kwargs: speaks(*args, **kwargs))
+    assert cache_agreement(model, batch_of(tokenizer)["input_ids"]).ok
+
+
+def test_the_cache_gap_is_relative_to_the_logits_at_any_scale(tiny, monkeypatch):
+    """Logits all far below 1 (a small head): a 5% gap still reads 0.05 / 1.05 of the largest logit, a fault
+    in fp32."""
+    key, tokenizer, model = tiny
+    forward = model.forward
+
+    def small(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.logits = out.logits * (1.05e-4 if kwargs.get("use_cache") is False else 1e-4)
+        return out
+
+    monkeypatch.setattr(model, "forward", small)
+    line = cache_agreement(model, batch_of(tokenizer)["input_ids"])
+    assert (line.ok, line.value) == (False, f"{0.05 / 1.05:.2g}")
+
+
+def test_paths_that_agree_exactly_pass_with_no_tolerance_at_all(tiny, monkeypatch):
+    """A line passes while its gap is at most the tolerance, the bound included: checkpointing recomputes the
+    very same loss, and a model whose logits do not depend on the cache gives the same logits both ways."""
+    key, tokenizer, model = tiny
+    batch = batch_of(tokenizer)
+    assert preflight_checkpointing(model, batch, tolerance=0).ok
+    forward = model.forward
+
+    def constant(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.logits = torch.ones_like(out.logits)
+        return out
+
+    monkeypatch.setattr(model, "forward", constant)
+    assert cache_agreement(model, batch["input_ids"], tolerance=0).ok
 
 
 @pytest.mark.parametrize("name", CACHE_NAMES)
@@ -93,6 +157,9 @@ def test_a_rounding_sized_cache_gap_passes_in_16_bits_only(tiny, monkeypatch, dt
 
     monkeypatch.setattr(model, "forward", rounded)
     assert cache_agreement(model, batch_of(tokenizer)["input_ids"]).ok is passes
+    if dtype == torch.bfloat16:  # a third of the logits is no rounding, in 16 bits either
+        monkeypatch.setattr(model, "forward", lambda *args, **kwargs: scaled(forward, 1.5, *args, **kwargs))
+        assert not cache_agreement(model, batch_of(tokenizer)["input_ids"]).ok
     if dtype == torch.float32:  # QLoRA on a GPU: k-bit preparation leaves every float weight in fp32, and the
         # 4-bit layers compute in bf16 (bitsandbytes' Linear4bit.compute_dtype): that is 16-bit compute
         next(m for m in model.modules() if isinstance(m, torch.nn.Linear)).compute_dtype = torch.bfloat16
@@ -121,13 +188,38 @@ def test_a_row_all_masked_fails(tiny):
     assert {v.check for v in verdicts if not v.ok} == {"end token inside the mask", "no row all masked"}
 
 
+def test_a_batch_that_labels_nothing_stops_at_its_label_line_not_at_the_nan_loss_lines(tiny):
+    """Every label -100 (a completion or assistant mask that labels nothing, exercise 03-4): the loss is a
+    mean over no token, NaN, which fails the checkpointing and loss lines above the label lines too. The run
+    stopped at "loss with gradient checkpointing on is nan", whose fix (turn checkpointing off) does not help;
+    it stops at the share of labelled tokens, and the error carries that line."""
+    key, tokenizer, model = tiny
+    batch = batch_of(tokenizer)
+    batch["labels"] = torch.full_like(batch["labels"], IGNORE)
+    verdicts = preflight(model, batch, ends(key, tokenizer), max_share=AT_CHANCE, raise_on_fail=False,
+                         quiet=True)
+    assert [v.check for v in verdicts if not v.ok][:2] == ["loss with gradient checkpointing on",
+                                                           "loss at initialisation"]  # NaN, shown as it is
+    with pytest.raises(PreflightError, match=r"share of labelled tokens is 0% \(expected >= 5%\)") as err:
+        preflight(model, batch, ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
+    assert err.value.verdict.check == "share of labelled tokens" and "mask" in err.value.fix
+    # a batch that labels some tokens stops at its first failed line, as before, which the error carries too
+    batch = batch_of(tokenizer)
+    batch["labels"] = batch["labels"].masked_fill(batch["input_ids"] == tokenizer.eos_token_id, IGNORE)
+    with pytest.raises(PreflightError) as err:
+        preflight(model, batch, ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
+    assert (err.value.verdict.check, err.value.verdict.value) == ("end token inside the mask", "0 of 2 rows")
+
+
 def test_the_table_prints_every_verdict_it_returns_one_line_each(tiny, capsys):
     key, tokenizer, model = tiny
     verdicts = preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE)
-    names = ("KV cache", "gradient checkpointing", "initialisation", "labelled", "end token", "all masked")
-    assert len(verdicts) == len(names) and all(n in v.check for n, v in zip(names, verdicts))
+    assert [v.check for v in verdicts] == ["logits with and without the KV cache", "loss with gradient "
+                                           "checkpointing on", "loss at initialisation", "share of labelled "
+                                           "tokens", "end token inside the mask", "no row all masked"]
     header, *lines = capsys.readouterr().out.strip().splitlines()
     assert header.split() == ["check", "value", "expected", "verdict"] and len(lines) == len(verdicts)
+    assert all(line == line.rstrip() for line in lines)  # no trailing blanks in a notebook's committed output
     for v, line in zip(verdicts, lines):  # a healthy tiny model: every line says ok, with its own value
         assert line.startswith(v.check) and f" {v.value} " in line and line.split()[-1] == "ok" and v.ok
     # a random model judged as a pretrained base would be: its initial-loss line, and that line only, fails
@@ -136,6 +228,151 @@ def test_the_table_prints_every_verdict_it_returns_one_line_each(tiny, capsys):
     lines = capsys.readouterr().out.strip().splitlines()[1:]
     assert [line.split()[-1] for line in lines] == ["ok" if v.ok else "FAIL" for v in verdicts]
     assert [v.ok for v in verdicts] == [True, True, False, True, True, True]
+
+
+def test_a_loss_that_checkpointing_changes_fails_its_line_and_names_the_gap(tiny, monkeypatch):
+    """Recomputing activations in the backward pass gives another loss (here 10% more while checkpointing is
+    on): the line fails with the relative gap as its value, and the error says to turn checkpointing off."""
+    key, tokenizer, model = tiny
+    forward = model.forward
+
+    def drifting(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if model.is_activation_checkpointing and out.loss is not None:
+            out.loss = out.loss * 1.1
+        return out
+
+    monkeypatch.setattr(model, "forward", drifting)
+    verdicts = preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE,
+                         raise_on_fail=False, quiet=True)
+    failed = [(v.check, v.value) for v in verdicts if not v.ok]
+    assert failed == [("loss with gradient checkpointing on", "0.1")]
+    with pytest.raises(PreflightError, match=r"checkpointing on is 0\.1 \(expected <= 0\.001\)") as err:
+        preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
+    assert "gradient_checkpointing=False" in err.value.fix
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_the_check_leaves_checkpointing_and_the_mode_as_it_found_them(tiny, checkpointing, training):
+    """The trainer runs the check after k-bit preparation turned checkpointing on (a T4's memory needs it) and
+    trains right after: a check that left it off would train without it, one that left it on would slow a run
+    that never asked for it; the same for training and eval mode."""
+    key, tokenizer, model = tiny
+    if checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    model.train(training)
+    try:
+        preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
+        assert (model.is_activation_checkpointing, model.training) == (checkpointing, training)
+    finally:
+        model.activation_checkpointing_disable()
+        model.eval()
+
+
+def test_the_check_shows_its_table_and_warns_of_nothing(tiny, capfd):
+    """transformers 5.23 deprecated the gradient_checkpointing_* names (a FutureWarning each, gone in v6):
+    the check reads and switches checkpointing under the new ones and asks for no cache where it trains, so
+    the learner reads its table and nothing else."""
+    key, tokenizer, model = tiny
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        preflight(model, batch_of(tokenizer), ends(key, tokenizer), max_share=AT_CHANCE)
+    out, err = capfd.readouterr()
+    assert [str(w.message) for w in caught] == [] and err == ""
+    assert out.splitlines()[0].split() == ["check", "value", "expected", "verdict"]
+
+
+def test_the_initial_loss_is_the_models_loss_on_the_batch_with_its_mask(tiny):
+    """A left-padded batch: without its attention mask the model would read the padding, and the line would
+    show another loss than the one training starts from."""
+    key, tokenizer, model = tiny
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.padding_side = "left"
+    batch = batch_of(tokenizer)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}  # what training reads
+    with torch.no_grad():
+        expected = float(model.eval()(**inputs).loss)
+    line = preflight(model, batch, ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)[2]
+    assert line.check == "loss at initialisation" and line.value == f"{expected:.2f}"
+
+
+def test_the_initial_loss_line_flips_at_max_share_times_ln_of_the_vocabulary(tiny):
+    """Chance's loss is ln(vocabulary size): the line names that size and the threshold, passes just below the
+    threshold and fails just above it, and its error says what the loss means and what to check."""
+    key, tokenizer, model = tiny
+    batch = batch_of(tokenizer)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    with torch.no_grad():
+        share = float(model.eval()(**inputs).loss) / math.log(len(tokenizer))  # the loss, in units of chance
+    for factor, passes in ((1.001, True), (0.999, False)):
+        line = initial_loss(model, batch, share * factor)
+        assert line.ok is passes and f"x ln({len(tokenizer)}) = " in line.expected
+        assert line.expected.endswith(f" = {share * factor * math.log(len(tokenizer)):.2f}")
+    with pytest.raises(PreflightError, match=r"loss at initialisation is [\d.]+ \(expected <= ") as err:
+        preflight(model, batch, ends(key, tokenizer), max_share=share * 0.999, quiet=True)
+    assert "chance" in err.value.problem and "model_name" in err.value.fix and "fp32 on a T4" in err.value.fix
+
+
+EOS, EOT = 1, 2  # hand-written label rows: token ids, IGNORE where a token is not trained on
+
+
+def test_the_share_counts_labelled_tokens_among_the_real_ones():
+    """3 of the 5 real tokens of each row labelled, the padding neither labelled nor counted: 60%; a batch
+    without an attention mask counts every position; a one-token row, labelled, is all labelled."""
+    labels = torch.tensor([[IGNORE, IGNORE, 7, 8, EOS, IGNORE]] * 2)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0]] * 2)
+    share = label_mask({"labels": labels, "attention_mask": mask}, [EOS])[0]
+    assert (share.check, share.ok, share.value, share.expected) == ("share of labelled tokens", True, "60%",
+                                                                     ">= 5%")
+    assert label_mask({"labels": labels}, [EOS])[0].value == "50%"  # 6 of 12 positions
+    one = {"labels": torch.tensor([[EOS]]), "attention_mask": torch.tensor([[1]])}
+    assert label_mask(one, [EOS])[0].value == "100%"
+
+
+def test_the_share_line_passes_at_min_share_and_fails_below_it():
+    labels = torch.tensor([[IGNORE, IGNORE, IGNORE, EOS]])  # 1 of 4: 25%
+    assert label_mask({"labels": labels}, [EOS], min_share=0.25)[0].ok
+    assert not label_mask({"labels": labels}, [EOS], min_share=0.26)[0].ok
+
+
+def test_the_end_and_empty_lines_count_rows():
+    """Row 1 ends on a labelled <eos>, row 2 on a labelled turn end (either stops generation), row 3 on an
+    unlabelled end, row 4 has no labelled token at all: two of four rows end inside the mask, one is empty."""
+    labels = torch.tensor([[7, 8, EOS], [7, 8, EOT], [7, 8, IGNORE], [IGNORE, IGNORE, IGNORE]])
+    share, end, empty = label_mask({"labels": labels, "attention_mask": torch.ones_like(labels)}, [EOS, EOT])
+    assert (end.check, end.ok, end.value, end.expected) == ("end token inside the mask", False, "2 of 4 rows",
+                                                             "all 4 rows")
+    assert (empty.check, empty.ok, empty.value, empty.expected) == ("no row all masked", False, "1 of 4 rows",
+                                                                     "0")
+    share, end, empty = label_mask({"labels": labels[:2]}, [EOS, EOT])
+    assert (end.ok, end.value, empty.ok, empty.value) == (True, "2 of 2 rows", True, "0 of 2 rows")
+    assert not label_mask({"labels": labels[:2]}, [EOS])[1].ok  # the turn end is not an end for a text model
+
+
+def test_each_failed_label_line_says_what_it_means_and_what_to_change():
+    """A failed line reaches the learner as its problem and its fix: each names the tokens, the setting or the
+    function it is about (the stop tokens, max_length, the mask, the training chat template)."""
+    from gemmate_lib import generations
+
+    labels = torch.tensor([[IGNORE] * 39 + [7], [IGNORE] * 40])  # 1 of 80 labelled, no end, a row all masked
+    share, end, empty = label_mask({"labels": labels}, [EOS])
+    assert not (share.ok or end.ok or empty.ok)
+    assert "trained on" in share.problem and "completion/assistant mask" in share.fix
+    assert "<eos>, <end_of_turn> or <turn|>" in end.problem and "never learns to stop" in end.problem
+    assert "tokenizer's EOS" in end.fix and "{% generation %}" in end.fix
+    assert "(generations.training_chat_template)" in end.fix and callable(generations.training_chat_template)
+    assert "truncation cut the answer off" in empty.problem and "raise max_length" in empty.fix
+
+
+def test_a_batch_of_one_row_or_without_a_mask_is_checked(tiny):
+    """The GPU profile trains one row per step (batch 1 x 4): its first batch holds a single row; a batch
+    built by hand may carry no attention mask (every token real)."""
+    key, tokenizer, model = tiny
+    one = {k: v[:1] for k, v in batch_of(tokenizer).items()}  # the longer row: no padding
+    for batch in (one, {k: one[k] for k in ("input_ids", "labels")}):
+        verdicts = preflight(model, batch, ends(key, tokenizer), max_share=AT_CHANCE, quiet=True)
+        assert all(v.ok for v in verdicts) and verdicts[3].value == "100%"
 
 
 def test_the_trainer_runs_it_before_step_1(tmp_path):
@@ -153,3 +390,126 @@ def test_the_trainer_runs_it_before_step_1(tmp_path):
     with pytest.raises(PreflightError, match="loss at initialisation"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+# ---- the gradient tripwire: after the first optimizer step, every LoRA module got a gradient ----
+
+def tripwire_trainer(tmp_path, label_nothing=False, steps=2, optim="adamw_torch"):
+    """The course's trainer (CourseSFTTrainer, its fast loss) on a tiny Gemma 3 with LoRA on q_proj and
+    v_proj (2 layers: 4 LoRA modules), fp32 on the CPU, with a GradientTripwire; `label_nothing`: every label
+    of every batch -100, as a collator whose mask labels nothing makes them (TRL drops rows whose own
+    completion mask is all zeros, but not what a collator does)."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from tiny import TEXTS, make_tiny_gemma, make_tiny_tokenizer
+    from trl import SFTConfig
+
+    from gemmate_lib.preflight import GradientTripwire
+    from gemmate_lib.training import CourseSFTTrainer
+
+    tokenizer = make_tiny_tokenizer()
+    model = get_peft_model(make_tiny_gemma(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=[
+        "q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    ids = tokenizer([t + tokenizer.eos_token for t in TEXTS])["input_ids"]
+    data = Dataset.from_dict({"input_ids": ids})
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2,
+                     learning_rate=1e-3, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
+                     disable_tqdm=True, max_length=64, bf16=False, optim=optim)
+    trainer = CourseSFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    if label_nothing:
+        collate = trainer.data_collator
+        trainer.data_collator = lambda rows: {**(batch := collate(rows)),
+                                              "labels": torch.full_like(batch["labels"], IGNORE)}
+    tripwire = GradientTripwire()
+    trainer.add_callback(tripwire)
+    return trainer, tripwire
+
+
+def lora_b(trainer, index=0):
+    """The `index`-th LoRA module's name (as the tripwire names it) and its lora_B weight."""
+    from peft.tuners.lora import LoraLayer
+
+    name, module = [(n, m) for n, m in trainer.model.named_modules() if isinstance(m, LoraLayer)][index]
+    return name.removeprefix("base_model.model."), module.lora_B["default"].weight
+
+
+def test_the_tripwire_passes_a_normal_lora_run(tmp_path, capsys):
+    trainer, tripwire = tripwire_trainer(tmp_path)
+    trainer.train()
+    assert tripwire.passed is True and trainer.state.global_step == 2
+    assert ("gradient tripwire: after step 1, all 4 LoRA modules got finite gradients, and every lora_B a "
+            "non-zero one") in capsys.readouterr().out
+
+
+def test_a_mask_that_labels_nothing_stops_after_step_1_naming_the_modules(tmp_path):
+    """Every label -100: the loss is a calm 0 and every gradient zero; the run stops after its first step."""
+    trainer, tripwire = tripwire_trainer(tmp_path, label_nothing=True)
+    with pytest.raises(PreflightError, match=r"after step 1, 4 of 4 LoRA modules got a zero \(or no\) lora_B "
+                                             r"gradient \(model\.layers\.0\.self_attn\.q_proj, ") as err:
+        trainer.train()
+    assert "labels all -100" in err.value.problem and "completion or assistant mask" in err.value.fix
+    assert tripwire.passed is False and trainer.state.global_step == 0
+
+
+def test_a_planted_nan_stops_the_run_naming_the_one_module(tmp_path):
+    trainer, tripwire = tripwire_trainer(tmp_path)
+    name, weight = lora_b(trainer, 2)
+    weight.register_hook(lambda grad: torch.full_like(grad, math.nan))
+    with pytest.raises(PreflightError, match=rf"1 of 4 LoRA modules got no finite gradient \({name}\)"):
+        trainer.train()
+    assert tripwire.passed is False
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "adamw_torch_fused"])  # the fused one skips inside its step
+def test_fp16s_skipped_first_step_is_normal_and_the_first_step_taken_is_checked(tmp_path, capsys,
+                                                                                monkeypatch, optim):
+    """fp16's gradient scaler (a real torch GradScaler in accelerate's optimizer; a CPU has no fp16 autocast,
+    so an inf gradient stands in for an overflow at its starting scale): step 1 is skipped and reported as
+    normal, step 2 is checked and passes. A scaler that skips every step stops the run."""
+    trainer, tripwire = tripwire_trainer(tmp_path, steps=3, optim=optim)
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu")  # what fp16 on a GPU gives the optimizer
+    name, weight = lora_b(trainer)
+    calls = []
+    weight.register_hook(lambda grad: calls.append(1) or (grad * math.inf if len(calls) == 1 else grad))
+    trainer.train()
+    out = capsys.readouterr().out
+    assert "step 1 skipped by fp16's gradient scaler" in out and "normal in the first steps" in out
+    assert "keep being skipped past the first few is overflowing" in out
+    assert ("after step 2 (the first fp16's scaler took; 1 skipped before it: normal), all 4 LoRA modules "
+            "got finite gradients") in out
+    assert tripwire.passed is True and tripwire.skipped == 1
+
+    monkeypatch.setattr("gemmate_lib.preflight.MAX_SKIPPED", 3)
+    trainer, tripwire = tripwire_trainer(tmp_path, steps=5, optim=optim)
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu")
+    lora_b(trainer)[1].register_hook(lambda grad: grad * math.inf)  # every step overflows
+    with pytest.raises(PreflightError, match="skipped the first 3 steps"):
+        trainer.train()
+
+
+def test_the_librarys_training_path_adds_the_tripwire_where_the_preflight_runs(tmp_path, monkeypatch,
+                                                                               capsys):
+    """`preflight: true`: CourseSFTTrainer runs the pre-flight (stood in for: a random base is at chance),
+    then trains with the tripwire; without the pre-flight, no tripwire."""
+    from tiny import ROWS, make_tiny_gemma, make_tiny_tokenizer
+
+    from gemmate_lib import preflight as module
+    from gemmate_lib.config import course_config
+    from gemmate_lib.preflight import GradientTripwire
+    from gemmate_lib.training import attach_lora, sft_trainer
+
+    monkeypatch.setattr(module, "preflight", lambda *args, **kwargs: [])
+    tokenizer = make_tiny_tokenizer()
+    cfg = course_config(device="cpu", dtype="fp32", preflight=True, max_steps=1, batch_size=2, save_steps=0)
+    trainer = sft_trainer(attach_lora(make_tiny_gemma(tokenizer), cfg, quiet=True), tokenizer, ROWS, [], cfg,
+                          tmp_path)
+    trainer.train()
+    wires = [c for c in trainer.callback_handler.callbacks if isinstance(c, GradientTripwire)]
+    assert len(wires) == 1 and wires[0].passed is True
+    out = capsys.readouterr().out
+    assert "gradient tripwire: after step 1, all 14 LoRA modules got finite gradients" in out
+    off = cfg.replace(preflight=False)
+    plain = sft_trainer(attach_lora(make_tiny_gemma(tokenizer), off, quiet=True), tokenizer, ROWS, [], off,
+                        tmp_path / "off")
+    plain.train()
+    assert not any(isinstance(c, GradientTripwire) for c in plain.callback_handler.callbacks)

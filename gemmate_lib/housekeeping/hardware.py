@@ -39,6 +39,16 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_bf16_units(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's bf16 matrix units: "AMX", "AVX512_BF16", or "" (none, or cannot tell). Both count as native
+    bf16, but AMX multiplies several times faster: a timing measured on one is no reference for the other."""
+    try:
+        flags = Path(cpuinfo).read_text()
+    except OSError:
+        return ""
+    return "AMX" if "amx_bf16" in flags else "AVX512_BF16" if "avx512_bf16" in flags else ""
+
+
 def check_one_gpu() -> None:
     """HardwareError when one process sees two or more CUDA GPUs: the model sits on GPU 0, but the Trainer
     counts every visible GPU (TRL's SFTTrainer then stops with a ValueError, a plain Trainer wraps the model
@@ -99,6 +109,22 @@ def describe_hardware() -> dict:
     return info
 
 
+_GPU_PEAK = [0]  # bytes: the highest peak gpu_memory read before it reset torch's peak counters
+
+
+def peak_memory_gib() -> float:
+    """This process's peak memory so far, in GiB, as gpu_memory counts it: on CUDA what the process held at
+    its peak (the allocator's reserve plus the CUDA context), also across gpu_memory's resets; without CUDA
+    the resident peak (the model lives in RAM). Every notebook's manifest entry records it (run_folder)."""
+    if not torch.cuda.is_available():
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux reports kB
+    free, total = torch.cuda.mem_get_info()
+    outside = max(0, total - free - torch.cuda.memory_reserved())
+    return max(_GPU_PEAK[0], torch.cuda.max_memory_reserved() + outside) / 2**30
+
+
 def gpu_memory(label: str) -> str:
     """One line with the peak GPU memory since the last call (then reset): 03, 04 and 05 print it, so a
     learner sees how close a T4 (15 GB) is to its limit. The figure is what the process holds at its peak:
@@ -113,6 +139,7 @@ def gpu_memory(label: str) -> str:
     free, total = torch.cuda.mem_get_info()
     outside = max(0, total - free - torch.cuda.memory_reserved())  # CUDA context, cuBLAS workspaces
     tensors, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+    _GPU_PEAK[0] = max(_GPU_PEAK[0], reserved + outside)  # kept across the reset: peak_memory_gib reads it
     torch.cuda.reset_peak_memory_stats()
     gib = 2**30
     return (f"peak GPU memory {label}: {(reserved + outside) / gib:.1f} GiB of {total / gib:.1f} GiB "

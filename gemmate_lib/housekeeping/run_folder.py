@@ -15,7 +15,7 @@ from gemmate_lib.housekeeping import colab
 from gemmate_lib.housekeeping.colab import IF_PRESENT, default_run_dir, installed_version, pins
 from gemmate_lib.housekeeping.errors import ParameterError
 from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
-from gemmate_lib.housekeeping.hardware import describe_hardware
+from gemmate_lib.housekeeping.hardware import describe_hardware, peak_memory_gib
 
 MODEL_CHOICE = "model_choice.json"  # in the run folder: the model chosen in 00_setup, for 01-07
 ORIGIN = "origin.json"  # in an exercise's run folder: the model and the lesson run its results come from
@@ -164,14 +164,16 @@ def git_revision() -> str:
 
 def update_manifest(run_dir: Path, notebook: str, **facts) -> dict:
     """Add one notebook's facts (seed, config, timings) to run_dir/manifest.json, with the model this process
-    runs (kernel_model) unless `facts` name it; returns the manifest."""
+    runs (kernel_model) unless `facts` name it and this process's peak memory so far (`peak_memory_gib`, the
+    figure gemmate_lib.reference compares); returns the manifest."""
     path = Path(run_dir) / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.setdefault("created", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     manifest.update(git_revision=git_revision(), packages=package_versions(), hardware=describe_hardware())
     model = {"model": kernel_model()} if kernel_model() else {}  # the notebook's model (exercise checks)
     manifest.setdefault("notebooks", {})[notebook] = {
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **model, **facts}
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **model,
+        "peak_memory_gib": round(peak_memory_gib(), 3), **facts}
     save_json(path, manifest)
     return manifest
 

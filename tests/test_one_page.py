@@ -31,7 +31,7 @@ SAME_AS = {
 }
 # where the run goes and what the page alone does: nothing the profile sets
 PAGE_ONLY = {"output_dir", "push_repo_id", "keep_on_drive", "max_start_loss", "save_merged", "save_steps",
-             "chat_steps"}
+             "chat_steps", "share_prompts"}
 
 
 def code_cells() -> list[dict]:

@@ -50,7 +50,10 @@ def test_the_builder_maps_every_setting(tmp_path):
     assert (args.learning_rate, args.warmup_steps, args.logging_steps, args.eval_steps) == (1e-3, 1, 3, 6)
     assert (args.seed, args.data_seed, args.bf16, args.fp16, args.use_cpu) == (5, 5, True, False, True)
     assert args.activation_checkpointing and args.train_sampling_strategy == "random"
-    assert args.save_strategy == "no" and args.max_length == cfg.train.max_length
+    assert args.max_length == cfg.train.max_length
+    # 03's checkpoints (quotes: every 20 steps), the last one only, for a rerun to resume; none with 0
+    assert (args.save_strategy, args.save_steps, args.save_total_limit) == ("steps", 20, 1)
+    assert training_args(cfg.replace(save_steps=0), tmp_path, has_eval=True).save_strategy == "no"
     te_args = training_args(cfg, tmp_path, has_eval=False, sft=False, remove_unused_columns=False)
     assert type(te_args).__name__ == "TrainingArguments" and te_args.remove_unused_columns is False
     assert te_args.eval_strategy == "no" and te_args.activation_checkpointing

@@ -172,7 +172,9 @@ def items() -> list[Item]:
     if set(exercises) != set(EXERCISES):
         raise ValueError(f"the exercise texts name {sorted(set(exercises) ^ set(EXERCISES))}, which "
                          "gemmate_lib.exercises does not (or the reverse)")
-    loads = {stem: bool(entry["moments"]) for stem, entry in measured()["notebooks"].items()}
+    # the lesson's own path: moments of an optional part or an exercise's solution (00-3 loads, 00 does not) aside
+    loads = {stem: any(m.get("part") is None for m in entry["moments"])
+             for stem, entry in measured()["notebooks"].items()}
     found = []
     for stem, (minutes, parts) in lessons.items():
         found.append(Item(stem, stem, "lesson", minutes, trained_steps(stem), int(loads[stem]), loads[stem],

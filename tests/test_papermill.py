@@ -65,17 +65,17 @@ def test_missing_data_file_names_the_path(tmp_path):
 
 def test_params_file_reaches_exactly_the_notebooks_that_declare_each_key(tmp_path):
     from gemmate_lib.housekeeping.errors import ParameterError
-    from tools.course import notebook_parameters
+    from tools.course import course_notebooks, notebook_parameters
 
     root = Path(__file__).resolve().parents[1]
-    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = course_notebooks(root)  # 00-07 and the one-page recipe, as make course runs them
     declared = pm.inspect_notebook(str(root / "notebooks" / "03_lora_sft.ipynb"))
     assert {"seed", "data_seed"} <= set(declared)  # the training seed and the split seed, separately
     per = notebook_parameters(notebooks, str(root / "params" / "cpu-quick.yaml"))
-    assert per["03_lora_sft.ipynb"] == {"max_steps": 10}
-    assert per["06_compare_methods.ipynb"] == {"steps": 2}  # a key only 06 declares
-    assert per["07_temporal_encoding.ipynb"] == {}  # 07 runs at its own values there
-    assert per["00_setup.ipynb"] == {}
+    assert per["03_lora_sft.ipynb"] == {"max_steps": 10, "compare": False}  # its own section too
+    assert per["06_compare_methods.ipynb"]["steps"] == 2  # a key only 06 declares
+    assert per["07_temporal_encoding.ipynb"]["num_epochs"] == 1.0  # a section of 07's own
+    assert per["00_setup.ipynb"] == {}  # learning_checks is the runner's option, no notebook's parameter
     assert notebook_parameters(notebooks, str(root / "params" / "gpu.yaml"))["04_evaluation.ipynb"] == {
         "model_name": "google/gemma-2b", "dataset": "Abirate/english_quotes"}
     bad = tmp_path / "bad.yaml"

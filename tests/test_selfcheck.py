@@ -49,3 +49,24 @@ def test_a_failed_self_check_still_flushes_google_drive(tmp_path, monkeypatch, c
         self_check((False, "the loss went down", "train longer"))
     assert flushed == ["flushed"]
     assert "Google Drive flushed" in capsys.readouterr().out
+
+
+def test_a_quick_pass_reports_a_missed_learning_goal_and_still_stops_on_anything_else(monkeypatch, capsys):
+    """make course PARAMS=params/cpu-quick.yaml (learning_checks: report, via tools/course.py's run_options):
+    a learning goal its fewer steps miss is reported; a check that is not about learning still stops."""
+    import pytest
+
+    from gemmate_lib.housekeeping.selfcheck import SelfCheckError, learned, self_check
+    from tools.course import run_options
+
+    monkeypatch.delenv("GEMMATE_SMOKE", raising=False)
+    monkeypatch.setattr("os.environ", {**__import__("os").environ,
+                                       **run_options("params/cpu-quick.yaml")})
+    assert self_check((learned(False, True), "the loss went down", "train longer")) is False
+    assert "quick pass: 1 learning check(s) not met" in capsys.readouterr().out
+    with pytest.raises(SelfCheckError):
+        self_check((False, "the adapter is saved", "rerun the save cell"))
+    monkeypatch.setattr("os.environ", {k: v for k, v in __import__("os").environ.items()
+                                       if k != "GEMMATE_LEARNING_CHECKS"})
+    with pytest.raises(SelfCheckError):  # the full course: a missed learning goal stops
+        self_check((learned(False, True), "the loss went down", "train longer"))

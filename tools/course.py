@@ -10,12 +10,14 @@ After 00-07 it runs the one-page recipe (ONE_PAGE), which imports nothing of the
 gets the embedded model's folder, the embedded quotes as a .jsonl in `Abirate/english_quotes`' columns
 (written next to the model by `prepare_one_page_data`) and CPU-sized steps as papermill parameters
 (`one_page_parameters`: the one place that holds them). The page itself holds only the learner's T4 values:
-`--in-place` (make notebooks) injects the offline ones, runs it and drops papermill's injected cell again
-before writing it back, and `--nbval-copy DIR` (make nbval, since nbval cannot pass parameters) writes a
-copy with the committed outputs and the injected cell for nbval to compare. `--nbval-copy DIR --params
-FILE` writes such a copy of every notebook: each gets the values of FILE (params/nbval.yaml) that its
-`parameters` cell declares or that its own section (its name as a key) holds, so nbval runs 03's part 2,
-06's methods and the one-page recipe in a few steps while every checked output stays as committed.
+`--in-place` (make notebooks) injects the offline ones, runs it from step 0 (an earlier run's checkpoint
+removed) and drops papermill's injected cell again before writing it back, `--lab-copy DIR` (make lab) writes
+a copy with them injected and its outputs cleared for JupyterLab, and `--nbval-copy DIR` (make nbval, since
+nbval cannot pass parameters) writes a copy with the committed outputs and the injected cell for nbval to
+compare. `--nbval-copy DIR --params FILE` writes such a copy of every notebook: each gets the values of FILE
+(params/nbval.yaml) that its `parameters` cell declares or that its own section (its name as a key) holds, so
+nbval runs 03's part 2, 06's methods and the one-page recipe in a few steps while every checked output stays
+as committed.
 
 Each run prints the ten slowest cells (papermill's, or nbclient's, per-cell times) and keeps them in the run
 folder's course_timings.json.
@@ -35,10 +37,11 @@ from gemmate_lib.housekeeping.run_folder import get_run_dir
 ONE_PAGE = "qlora_one_runtime.ipynb"  # the whole recipe on one page, sorted apart from 00-07
 # its CPU-sized steps offline, meant to let the committed "after" generations show the format learned (an
 # Author: line) in about two minutes on a 2-core CPU: 80 quotes at a CPU-run learning rate, one evaluation at
-# the end (the page compares it with its own held-out loss); dropout off, as the course's CPU profile does
+# the end (the page compares it with its own held-out loss); dropout off, as the course's CPU profile does; a
+# checkpoint halfway (and one at the end), as a T4 run writes one every few minutes; a few chat-format steps
 ONE_PAGE_CPU = dict(max_steps=10, batch_size=8, gradient_accumulation_steps=1, max_length=64, logging_steps=2,
-                    eval_steps=10, gradient_checkpointing=False, max_new_tokens=20, lora_dropout=0.0,
-                    learning_rate=1e-3, warmup_steps=2)
+                    eval_steps=10, save_steps=5, gradient_checkpointing=False, max_new_tokens=20,
+                    lora_dropout=0.0, learning_rate=1e-3, warmup_steps=2, chat_steps=4)
 INJECTED = "injected-parameters"  # papermill's tag on the cell it inserts after the `parameters` cell
 ONE_PAGE_QUOTES = "english_quotes_embedded.jsonl"  # in the model cache, beside gemma-3-270m
 
@@ -123,6 +126,30 @@ def nbval_copy(folder: Path, model_folder: Path, run_dir: Path, notebook: Path |
     return out
 
 
+# `make lab`: where it writes the one-page recipe's offline copy (lab_copy), inside JupyterLab's folder
+# (notebooks/) and ignored by git (runs/)
+LAB_COPY = Path("notebooks") / "runs" / "offline"
+
+
+def lab_copy(folder: Path, model_folder: Path, run_dir: Path) -> Path:
+    """The one-page recipe as `make lab` and `make lab-check` open it on a machine without a GPU or a token:
+    its outputs cleared and its offline parameters (one_page_parameters: the embedded model's folder, the
+    quotes' .jsonl, CPU steps, its output in `run_dir`, relative to `folder`, where its kernel starts) in
+    papermill's injected cell after its parameters cell, where the learner sees them; written into `folder`.
+    The page itself reads no course setting: this cell is all that points it at this machine's files."""
+    import nbformat
+
+    folder = Path(folder).resolve()
+    nb = nbformat.read(repo_root() / "notebooks" / ONE_PAGE, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    values = one_page_parameters(model_folder, Path(run_dir).resolve(), offline=True, start=folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(with_parameters(nb, values), folder / ONE_PAGE)
+    return folder / ONE_PAGE
+
+
 def nbval_copies(folder: Path, model_folder: Path, params_file: str | None = None) -> list[Path]:
     """Every notebook of the course (00-07 and the one-page recipe) as nbval runs it (make nbval): a copy in
     `folder`, with the values of `params_file` that its `parameters` cell declares injected (nbval_copy).
@@ -189,6 +216,22 @@ def execute_in_place(path: Path, run_dir: Path,
     return seconds
 
 
+RUNNER_KEY = "learning_checks"  # a params file's runner option: "report" (a quick pass) or "stop" (default)
+
+
+def run_options(params_file: str | None) -> dict[str, str]:
+    """The environment a params file asks for the kernels: `learning_checks: report` makes each self-check
+    report a learning goal its few steps miss instead of stopping (selfcheck.reports_learning)."""
+    from gemmate_cli.settings import read_yaml
+
+    value = read_yaml(params_file, "PARAMS").get(RUNNER_KEY, "stop") if params_file else "stop"
+    if value not in ("stop", "report"):
+        from gemmate_lib.housekeeping.errors import ParameterError
+
+        raise ParameterError(f"{params_file}: {RUNNER_KEY} = {value!r}", 'use "report" or "stop"')
+    return {"GEMMATE_LEARNING_CHECKS": value} if value == "report" else {}
+
+
 def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[str, dict]:
     """{notebook name: the parameters from `params_file` that its `parameters` cell declares}; a key that
     names a notebook (`qlora_one_runtime: {max_steps: 4}`) holds values for that notebook alone.
@@ -204,6 +247,7 @@ def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[
     if not params_file:
         return {nb.name: {} for nb in notebooks}
     values = read_yaml(params_file, "PARAMS")
+    values.pop(RUNNER_KEY, None)  # the runner's own option (run_options), no notebook's parameter
     declared = {nb.name: set(pm.inspect_notebook(str(nb))) for nb in notebooks}
     # a notebook's name (without .ipynb) as a key: a mapping of values for that notebook alone
     own = {f"{k}.ipynb": values.pop(k) for k in list(values) if f"{k}.ipynb" in declared}
@@ -271,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="maintainers (make nbval): only write the one-page notebook with its committed "
                              "outputs and the offline parameters injected into DIR, for nbval to run; with "
                              "--params, a copy of every notebook, each with the values it declares")
+    parser.add_argument("--lab-copy", metavar="DIR",
+                        help="make lab: only write the one-page notebook with its outputs cleared and the "
+                             "offline parameters injected into DIR (its output in runs/interactive)")
     parser.add_argument("--sync-runtimes", action="store_true",
                         help="only rewrite the notebooks' runtime lines "
                              "and the README table from course_timings.json")
@@ -288,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"embedded model ready in {show_path(folder)} ({time.time() - start:.0f} s)")
     print(f"the one-page notebook's quotes ready in {show_path(prepare_one_page_data())}")
     if args.prepare_only:
+        return 0
+    if args.lab_copy:
+        copy = lab_copy(Path(args.lab_copy), folder, repo_root() / "runs" / "interactive")
+        print(f"the one-page recipe with this machine's offline model and quotes as its parameters, for a "
+              f"run without a GPU or a Hugging Face token: {show_path(copy)}")
         return 0
     if args.nbval_copy:
         target = Path(args.nbval_copy).resolve()  # nbval's kernel starts in the copy's folder
@@ -310,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         notebooks = [nb for nb in notebooks if nb.name.startswith(tuple(args.only))]
     per_notebook = notebook_parameters(notebooks, args.params)
+    os.environ.update(run_options(args.params))  # the kernels inherit it
     offline = hub_environment(per_notebook)
     for name, value in offline.items():
         os.environ.setdefault(name, value)  # the kernels inherit them
@@ -327,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
         if nb.name == ONE_PAGE:  # imports nothing of ours: no run_dir; its own parameters, a params file wins
             params = {**one_page_parameters(folder, run_dir, bool(offline), start=nb.parent),
                       **per_notebook[nb.name]}
+            if args.in_place:  # the committed outputs: a run from step 0, never one resumed from the
+                import shutil  # checkpoint that an earlier run left in runs/interactive
+
+                shutil.rmtree(run_dir / Path(ONE_PAGE).stem / "trainer", ignore_errors=True)
         print(f"--> {nb.name}" + (" (in place)" if args.in_place else "")
               + (f" with {per_notebook[nb.name]}" if per_notebook[nb.name] else ""), flush=True)
         t0 = time.time()
@@ -351,9 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     timings["slowest_cells"] = slowest_cells(cells)
     save_json(run_dir / "course_timings.json", timings)
     print_slowest(timings["slowest_cells"])
+    # what each kernel held at once, against what the fit lines say (gemmate_lib/notebook_copies.json)
+    from tools.notebook_fit import check_run
+
+    held = check_run(run_dir)
+    print("\n".join(held) or "model copies: no notebook held more at once than its fit line counts")
     print(f"course done: {timings['total_notebooks_s']:.0f} s for {len(notebooks)} notebooks; "
           f"everything is in {show_path(run_dir)}")
-    return 0
+    return 1 if held else 0
 
 
 if __name__ == "__main__":

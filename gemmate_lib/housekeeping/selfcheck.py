@@ -41,6 +41,12 @@ def learned(course: bool, smoke: bool) -> LearningOutcome:
     return LearningOutcome(smoke if smoke_run() else course)
 
 
+def reports_learning() -> bool:
+    """True in a quick pass over the course (`make course PARAMS=params/cpu-quick.yaml`, whose few steps miss
+    the learning goals on purpose): GEMMATE_LEARNING_CHECKS=report, set by tools/course.py."""
+    return os.environ.get("GEMMATE_LEARNING_CHECKS") == "report"
+
+
 def exercise_run(run_dir) -> str | None:
     """The exercise ("03-2") whose own run folder `run_dir` is (runs/ex03_2, runs/ex07_2a), else None."""
     match = re.fullmatch(r"ex(\d\d)_(\d)[a-z]?", Path(run_dir).name) if run_dir is not None else None
@@ -58,9 +64,14 @@ def self_check(*checks: tuple[bool, str, str], run_dir=None) -> bool:
         print("(smoke run: checks that judge learning only check that "
               "the numbers are sane: a tiny random model, a few steps)")
     exercise = exercise_run(run_dir)
-    if exercise and failed and all(isinstance(ok, LearningOutcome) for ok, _, _ in checks if not ok):
+    learning_only = failed and all(isinstance(ok, LearningOutcome) for ok, _, _ in checks if not ok)
+    if exercise and learning_only:
         print(f"exercise {exercise}'s run: {len(failed)} learning check(s) not met, as weaker settings can; "
               f"reported, not stopping: exercise {exercise}'s check below judges this run")
+        return False
+    if reports_learning() and learning_only:
+        print(f"quick pass: {len(failed)} learning check(s) not met with its fewer steps; reported, not "
+              "stopping (the full course holds them)")
         return False
     if failed:
         # the notebook stops here, before its own flush: Drive still gets what this runtime wrote (Colab only)

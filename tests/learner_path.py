@@ -34,10 +34,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 # a few examples. The thresholds of the checks that judge learning are the notebooks' own smoke ones.
 SMOKE_PARAMS = {
     "max_steps": 3, "compare_steps": 2, "steps": 2, "second_steps": 2,  # 03, its side-by-side arms, 06, 05
-    # 03's chat run (section 8) in the GPU profile: NF4, k-bit preparation, assistant-only loss; part 2's
-    # other runs stay off there (compare=False, as on a T4); the chat cell says whether the loss counted only
-    # the model's turn (tests/test_learner_path.py reads it)
-    "chat_steps": 1,
+    # 03's part 2 in the GPU profile (a T4's default leaves it off): the ledger measures what each of its
+    # sections holds (the masking arm, section 7's 16-bit LoRA arm beside the NF4 one, the chat run), so that
+    # 03's fit line answers for compare=True (tools/notebook_fit.py); the chat cell says whether the loss
+    # counted only the model's turn (tests/test_learner_path.py reads it)
+    "compare": True, "masking_steps": 2, "chat_steps": 1,
     "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0,
     "num_epochs": 1.0,  # 07
     "max_new_tokens": 8,  # 02
@@ -49,16 +50,31 @@ SMOKE_PARAMS = {
     # (GEMMATE_SMOKE_EXPORT=1) wherever llama.cpp is installed (a bare GPU machine, make gpu-smoke, has none)
     "export_gguf": (os.environ.get("GEMMATE_SMOKE_EXPORT") == "1"
                     and importlib.util.find_spec("llama_cpp") is not None),
-    # 06: the methods whose GPU route differs from 03's (TRL's own loss head:
-    # full fine-tuning, prompt and prefix tuning with gemma-2b's one key/value
-    # head, IA3); LoRA and QLoRA train as in 03, which the smoke run runs too.
-    "methods": ["full", "prompt", "prefix", "ia3"],
+    # 06: every method, each on its own copy: those whose GPU route differs from 03's (TRL's own loss head:
+    # full fine-tuning, prompt and prefix tuning with gemma-2b's one key/value head, IA3), and LoRA and QLoRA,
+    # whose copies (16-bit and NF4) the ledger measures for 06's fit line and a T4's default list
+    "methods": ["full", "lora_r8", "qlora", "prompt", "prefix", "ia3"],
 }
 # the smoke run's dataset: this many embedded quotes, so 10 are held out (eval_fraction 0.1)
 SMOKE_QUOTES = 100
 # The smoke run's last cell in a notebook that must run without the course (the one-page recipe): the course
 # was never imported, and the kernel cannot find it (no install cell put it on sys.path, and the runtime hides
 # the venv's editable install).
+# A Colab runtime reclaimed mid-training, as 03's kernel meets it: the process dies right after the trainer
+# wrote its checkpoint at step 2 (tests/test_learner_path.py runs 03 again, which resumes from it)
+KILL_AFTER_CHECKPOINT = """import os
+import signal
+
+from transformers import TrainerCallback
+
+
+class _Reclaimed(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+trainer.add_callback(_Reclaimed())"""
 NO_COURSE_PROBE = """import importlib.util
 import sys
 
@@ -68,6 +84,32 @@ print("gemmate_lib importable in this kernel: False")"""
 
 
 CHAT_LOSS = "the loss counts only the model's turn:"  # what 03's chat cell prints about its labels
+# Each exercise's printed solution, after the lesson's last cell in the same kernel, as a learner runs it on a
+# T4 after Run all: the ledger measures what it holds (its part, GEMMATE_FIT_PART), for the exercise's fit
+# line; a solution that raises (a name only one path defines) fails the smoke run
+SOLUTION = """# exercise {name}: its printed solution, after Run all, in the GPU profile
+import os as _os
+
+_os.environ["GEMMATE_FIT_PART"] = "exercise {name}"
+try:
+    exec(compile({code!r}, "solution {name}", "exec"), globals())
+finally:
+    _os.environ.pop("GEMMATE_FIT_PART", None)
+"""
+
+
+def solutions(nb: Path) -> list[str]:
+    """The cells that run each solution-type exercise of notebook `nb` (a rerun exercise reruns the notebook
+    with its parameters, which the smoke run measures as they are: gemmate_lib.fit.PARTS)."""
+    from gemmate_lib.exercises import EXERCISES
+    from tools.exercises import solution_code
+
+    found = []
+    for name, spec in EXERCISES.items():
+        code = solution_code(name) if name.startswith(nb.name[:2] + "-") and not spec.parameters else None
+        if code:
+            found.append(SOLUTION.format(name=name, code=code))
+    return found
 
 
 def printed(executed: Path, marker: str) -> str:
@@ -85,18 +127,19 @@ def notebooks_in_order() -> list[Path]:
     return [p for p in every if p.name[:2].isdigit()] + [p for p in every if not p.name[:2].isdigit()]
 
 
-def with_cells(nb: Path, last: str | None = None, after: list[tuple[str, str]] = ()):
-    """`nb` with `last` appended as its last code cell (NO_COURSE_PROBE for a notebook that imports nothing of
-    the course) and each (marker, source) of `after` inserted right after the first code cell whose source
-    holds marker (make gpu-smoke's probes: after `trainer.train()`, before the notebook frees the trainer)."""
+def with_cells(nb: Path, last: str | list[str] | None = None, after: list[tuple[str, str]] = ()):
+    """`nb` with `last` appended as its last code cell(s) (NO_COURSE_PROBE for a notebook that imports nothing
+    of the course; the exercises' solutions) and each (marker, source) of `after` inserted right after the
+    first code cell whose source holds marker (make gpu-smoke's probes: after `trainer.train()`, before the
+    notebook frees the trainer)."""
     import nbformat
 
     node = nbformat.read(nb, as_version=4)
     for marker, source in after:
         at = next(i for i, c in enumerate(node.cells) if c.cell_type == "code" and marker in c.source)
         node.cells.insert(at + 1, nbformat.v4.new_code_cell(source))
-    if last:
-        node.cells.append(nbformat.v4.new_code_cell(last))
+    for source in [last] if isinstance(last, str) else last or []:
+        node.cells.append(nbformat.v4.new_code_cell(source))
     return node
 
 
@@ -209,17 +252,19 @@ def colab_kernel(jupyter_dir: Path, python: str | None = None, env: dict[str, st
 
 
 def run(run_dir: Path, notebooks: list[Path] | None = None, profile: str = "gpu",
-        generation: str = "gemma", probes: dict[str, list] | None = None) -> dict[str, dict]:
+        generation: str = "gemma", probes: dict[str, list] | None = None,
+        params: dict | None = None) -> dict[str, dict]:
     """Run every notebook; {name: {"seconds", "status"}}. Stops at the first failure, like `make course`.
     `profile`: GEMMATE_PROFILE for the kernels: "gpu" (the GPU's own precision) or "t4" (fp16, make
     gpu-smoke). `generation`: the tiny model's Gemma generation, "gemma" (Gemma 1 with the embedded
     tokenizer), "gemma3" or "gemma4" (tiny_generation). `probes`: {notebook stem: [(marker, source)]}, cells
-    run in its kernel right after its first cell that holds marker (make gpu-smoke's checks, with_cells)."""
+    run in its kernel right after its first cell that holds marker (make gpu-smoke's checks, with_cells).
+    `params`: values over SMOKE_PARAMS (each notebook gets those it declares)."""
 
     saved = os.environ.copy()  # the GPU profile is for the notebooks' kernels only: restored at the end
     try:
         with colab_content():
-            return _run(run_dir, notebooks, profile, generation, probes or {})
+            return _run(run_dir, notebooks, profile, generation, probes or {}, params or {})
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -240,9 +285,11 @@ def colab_content():
 
 
 def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
-         generation: str = "gemma", probes: dict[str, list] | None = None) -> dict[str, dict]:
+         generation: str = "gemma", probes: dict[str, list] | None = None,
+         extra: dict | None = None) -> dict[str, dict]:
     import papermill as pm
     from canary import CANARY
+    from nbclient.exceptions import DeadKernelError
 
     run_dir.mkdir(parents=True, exist_ok=True)
     model = (tiny_gemma(run_dir.parent / "tiny-gemma-1") if generation == "gemma"
@@ -273,9 +320,9 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
     for nb in notebooks or notebooks_in_order():
         os.environ["GEMMATE_LEDGER"] = str(run_dir / "ledger" / f"{nb.stem}.jsonl")
         declared = set(pm.inspect_notebook(str(nb)))
-        params = {k: v for k, v in {**SMOKE_PARAMS, "model_name": str(model), "dataset": str(quotes),
-                                    "run_dir": str(run_dir), "output_dir": str(run_dir / nb.stem)}.items()
-                  if k in declared}
+        given = {**SMOKE_PARAMS, **(extra or {}), "model_name": str(model), "dataset": str(quotes),
+                 "run_dir": str(run_dir), "output_dir": str(run_dir / nb.stem)}
+        params = {k: v for k, v in given.items() if k in declared}
         if generation != "gemma" and "export_gguf" in params:
             # llama.cpp's converter reads a Gemma's SentencePiece vocabulary, which the tiny byte-level
             # tokenizer of a newer generation does not have: 05's export runs on Gemma 1 (above, make drift)
@@ -294,7 +341,8 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
             params.update(max_start_loss=1.2, keep_on_drive=False)
         start, status = time.time(), "pass"
         try:
-            cells = {"last": NO_COURSE_PROBE if standalone else None,
+            last = solutions(nb) if generation == "gemma" else None  # Gemma 1's run: every solution too
+            cells = {"last": NO_COURSE_PROBE if standalone else last,
                      "after": (probes or {}).get(nb.stem, [])}
             pm.execute_notebook(with_cells(nb, **cells) if any(cells.values()) else str(nb),
                                 str(run_dir / nb.name),
@@ -302,6 +350,8 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
                                 cwd=str(nb.parent), kernel_name=kernel, progress_bar=False)
         except pm.PapermillExecutionError as err:
             status = f"FAIL at cell {err.exec_count}: {err.ename}: {' '.join(str(err.evalue).split())[:300]}"
+        except DeadKernelError:  # the kernel died (a probe killed it, as a reclaimed runtime does)
+            status = "kernel died"
         rows[nb.stem] = {"seconds": round(time.time() - start, 1), "status": status}
         print(f"{nb.stem:28} {rows[nb.stem]['seconds']:6.0f} s  {status}", flush=True)
         if status != "pass":

@@ -316,6 +316,21 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     from tools import notebook_fit
 
     assert notebook_fit.compare(fit.measured(), notebook_fit.collect(tmp_path / "run")) == []
+    # a runtime reclaimed mid-training: 03's kernel dies right after its checkpoint at step 2; running 03
+    # again resumes there and ends with the uninterrupted run's adapter above, bitwise
+    from learner_path import KILL_AFTER_CHECKPOINT
+    from safetensors.torch import load_file
+
+    resumed, three = tmp_path / "resumed", [nb for nb in NOTEBOOKS if nb.stem == "03_lora_sft"]
+    quick = {"save_steps": 1, "compare": False, "chat_steps": 0}  # a checkpoint at every step, part 2 off
+    killed = run(resumed, three, probes={"03_lora_sft": [("trainer = SFTTrainer(", KILL_AFTER_CHECKPOINT)]},
+                 params=quick)
+    assert killed["03_lora_sft"]["status"] == "kernel died" and not (resumed / "adapter").exists()
+    assert run(resumed, three, params=quick)["03_lora_sft"]["status"] == "pass"
+    assert "resuming from step 2" in printed(resumed / "03_lora_sft.ipynb", "resume_point(")
+    mine, uninterrupted = (load_file(folder / "adapter" / "adapter_model.safetensors")
+                           for folder in (resumed, tmp_path / "run"))
+    assert mine.keys() == uninterrupted.keys() and all(mine[k].equal(uninterrupted[k]) for k in mine)
 
 
 @pytest.mark.slow

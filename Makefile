@@ -14,7 +14,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: exercises rehearse install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench profile bench-head clean notebooks lab lab-check sync
+.PHONY: exercises mutants rehearse install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench profile bench-head bench-loss clean notebooks lab lab-check sync
 
 install: $(STAMP)
 
@@ -85,11 +85,17 @@ NBVAL        := runs/nbval
 NBVAL_PARAMS := params/nbval.yaml
 NBVAL_COPIES := $(patsubst notebooks/%,$(NBVAL)/%,$(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) \
                   notebooks/qlora_one_runtime.ipynb)
+# Every kernel runs on another machine faked at its boundary (tests/fake_machine.py: RAM, free disk, cores), so a
+# checked cell that prints a property of the machine fails here, and keeps a ledger of its model copies
+# (tools/ledger.py) in $(NBVAL)/ledger, which a test after nbval holds to the committed measurement.
 nbval: embedded
 	rm -rf $(NBVAL)
 	mkdir -p $(TEST_RUNS)
 	$(OFFLINE) $(PY) -m tools.course --nbval-copy $(NBVAL) --params $(NBVAL_PARAMS)
-	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) $(PY) -m pytest -q --nbval-lax \
+	mkdir -p $(NBVAL)/ledger
+	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) \
+		IPYTHONDIR=$$($(PY) tests/fake_machine.py $(NBVAL)/ipython) GEMMATE_LEDGER=$(CURDIR)/$(NBVAL)/ledger \
+		$(PY) -m pytest -q --nbval-lax \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider --durations=10 \
 		--junitxml=$(TEST_RUNS)/nbval.xml $(NBVAL_COPIES)
 	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) $(PY) -m pytest -q --durations=0 \
@@ -134,6 +140,17 @@ colab-replica: embedded
 exercises: embedded
 	$(OFFLINE) $(PY) -m tools.exercises $(if $(ONLY),--only $(ONLY)) $(EXERCISES_ARGS)
 
+# Mutation testing (mutmut, tests/mutation.py): each module that decides what the learner is told, with faults
+# planted one at a time, against the tests that cover it (tests/mutation.py's COVERING), in
+# runs/mutants/<module>/. Prints per module the mutants, killed, survived, timeouts and suspicious, the share
+# not killed and the time, and writes them to runs/mutants/summary.txt, each survivor's diff to
+# runs/mutants/<module>/survivors.txt; fails when more than 10% of a module's mutants are not killed.
+# MODULES="gemmate_lib/stats.py" runs some; MUTANT_CHILDREN mutants run at once (one by default). Not part of
+# `make test`.
+MUTANT_CHILDREN ?= 1
+mutants: embedded
+	$(OFFLINE) MUTANT_CHILDREN=$(MUTANT_CHILDREN) $(PY) tests/mutation.py $(MODULES)
+
 # The smoke run on a CUDA GPU, in the GPU's own precision and in a T4's fp16 (tools/gpu_smoke.py). On a bare GPU
 # machine with no registry, first run `make gpu-wheels` where the registry is reachable and bring .gpu-wheels/ along:
 # gpu-smoke then installs from it into .gpu-site/ with no network and runs the machine's own python3 (GPU_PY).
@@ -166,20 +183,32 @@ profile: embedded
 bench-head: embedded
 	$(OFFLINE) $(PY) benchmarks/lm_head.py
 
+# The course's loss against torch's F.linear_cross_entropy (each setting of gemmate_lib/fast_loss.py's TORCH_LOSSES)
+# and TRL's: the LM head and loss alone (benchmarks/head_loss.py), then the same losses training (sft_throughput.py's
+# arms group "loss", 48 examples an arm). docs/performance.md, "The course's loss against torch's".
+bench-loss: embedded
+	$(OFFLINE) $(PY) benchmarks/head_loss.py
+	$(OFFLINE) $(PY) benchmarks/sft_throughput.py --arms loss --examples 48
+
 clean:
 	rm -rf runs/nbval runs/interactive runs/test
 
 # Learners: JupyterLab on this machine, the notebooks open, the course's kernel ("GemmaTE course (.venv)") selected.
 # LAB_PORT=8899 picks another port, LAB_ARGS=--no-browser keeps the browser closed; it listens on 127.0.0.1 only.
 # As root (containers, CI) it passes --allow-root, which JupyterLab otherwise refuses to start without.
+# Without a GPU or a Hugging Face token, the one-page recipe runs as the copy in runs/offline/ (in JupyterLab's
+# folder, ignored by git): its outputs cleared, this machine's offline model and quotes in papermill's injected
+# cell after its parameters cell (tools/course.py --lab-copy); the page itself reads no course setting.
 lab: embedded
+	$(OFFLINE) $(PY) -m tools.course --lab-copy notebooks/runs/offline
 	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(or $(LAB_PORT),8888) \
 		--MultiKernelManager.default_kernel_name=python3 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # `make lab` in a real headless browser (tools/lab_check.py): 00_setup and the one-page recipe, copied into
-# runs/lab-check, each opened in chromium and run with Run > Run All Cells as a learner with no Hugging Face token
-# runs them, offline; then PASS or FAIL per notebook from the saved file's self-check. Installs Debian's chromium
-# and chromium-driver (apt-get, as root) when missing and selenium (requirements-lab-check.txt) into the venv.
+# runs/lab-check (the recipe as make lab's offline copy), each opened in chromium and run with Run > Run All Cells
+# as a learner with no Hugging Face token runs them, offline; then PASS or FAIL per notebook from the saved file's
+# self-check. Installs Debian's chromium and chromium-driver (apt-get, as root) when missing and selenium
+# (requirements-lab-check.txt) into the venv.
 # LAB_CHECK_ARGS="--only 00" runs one notebook. Not part of `make test`.
 lab-check: embedded
 	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || apt-get install -y chromium chromium-driver \

@@ -172,7 +172,7 @@ def items() -> list[Item]:
     if set(exercises) != set(EXERCISES):
         raise ValueError(f"the exercise texts name {sorted(set(exercises) ^ set(EXERCISES))}, which "
                          "gemmate_lib.exercises does not (or the reverse)")
-    # the lesson's own path: moments of an optional part or an exercise's solution (00-3 loads, 00 does not) aside
+    # the lesson's own path, without an optional part's or an exercise's moments (00-3 loads, 00 does not)
     loads = {stem: any(m.get("part") is None for m in entry["moments"])
              for stem, entry in measured()["notebooks"].items()}
     found = []

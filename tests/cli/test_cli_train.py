@@ -209,15 +209,16 @@ def test_final_loss_is_the_last_logged_training_loss():
 
 
 def test_checkpoint_kwargs_add_the_policy_wandb_and_ddp(monkeypatch, tmp_path):
-    """What the command line adds on top of the library's SFTConfig keywords (which keep the last checkpoint only,
-    every save_steps: the command's policy keeps its own, so it lifts that limit)."""
+    """What the command line adds on top of the library's SFTConfig keywords (which keep the last checkpoint
+    only, every save_steps: the command's policy keeps its own, so it lifts that limit)."""
     from gemmate_cli.train import checkpoint_kwargs
 
     cfg = load_config(None, {"device": "cpu", "output_dir": str(tmp_path), "save_optim": "false"})
     assert checkpoint_kwargs(cfg, has_eval=True) == {
         "save_strategy": "steps", "save_steps": 10, "metric_for_best_model": "eval_loss",
         "greater_is_better": False, "save_only_model": True, "save_total_limit": None}
-    assert checkpoint_kwargs(cfg, has_eval=True, save=False) == {"save_strategy": "no", "save_total_limit": None}  # hpo's trials
+    no_save = {"save_strategy": "no", "save_total_limit": None}
+    assert checkpoint_kwargs(cfg, has_eval=True, save=False) == no_save  # hpo's trials
     epoch = cfg.replace(save_strategy="epoch", checkpoint_metric_mode="max")
     assert checkpoint_kwargs(epoch, has_eval=True) == {
         "save_strategy": "epoch", "eval_strategy": "epoch", "metric_for_best_model": "eval_loss",

@@ -88,13 +88,15 @@ NBVAL_COPIES := $(patsubst notebooks/%,$(NBVAL)/%,$(sort $(wildcard notebooks/[0
 # Every kernel runs on another machine faked at its boundary (tests/fake_machine.py: RAM, free disk, cores), so a
 # checked cell that prints a property of the machine fails here, and keeps a ledger of its model copies
 # (tools/ledger.py) in $(NBVAL)/ledger, which a test after nbval holds to the committed measurement.
+# IPYTHONDIR is absolute: each kernel starts in its notebook's folder, where IPython would not find a relative
+# one and would start with a temporary profile (no fake machine, no ledger: the test after nbval fails then).
 nbval: embedded
 	rm -rf $(NBVAL)
 	mkdir -p $(TEST_RUNS)
 	$(OFFLINE) $(PY) -m tools.course --nbval-copy $(NBVAL) --params $(NBVAL_PARAMS)
 	mkdir -p $(NBVAL)/ledger
 	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) \
-		IPYTHONDIR=$$($(PY) tests/fake_machine.py $(NBVAL)/ipython) GEMMATE_LEDGER=$(CURDIR)/$(NBVAL)/ledger \
+		IPYTHONDIR=$$($(PY) tests/fake_machine.py $(CURDIR)/$(NBVAL)/ipython) GEMMATE_LEDGER=$(CURDIR)/$(NBVAL)/ledger \
 		$(PY) -m pytest -q --nbval-lax \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider --durations=10 \
 		--junitxml=$(TEST_RUNS)/nbval.xml $(NBVAL_COPIES)

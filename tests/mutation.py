@@ -43,9 +43,8 @@ COVERING = {
                                  "tests/test_exercise_solutions.py"],
     "gemmate_lib/preflight.py": ["tests/test_preflight.py"],
     "gemmate_lib/stats.py": ["tests/test_stats.py"],
-    # the ledger runs inside the smoke run's notebook kernels, which mutmut does not see
-    "tools/ledger.py": ["tests/test_learner_path.py::"
-                        "test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kernel"],
+    # in this process, with a stand-in shell (the smoke run drives it through real kernels, minutes a mutant)
+    "tools/ledger.py": ["tests/test_ledger.py"],
     "tools/notebook_fit.py": ["tests/test_notebook_fit.py"],
 }
 # what a run folder never links: the runs themselves, the environments, git, and the pyproject.toml it writes

@@ -208,3 +208,98 @@ def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu
         build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["lora_r8", "qlora"])
     assert 'methods=["qlora"] alone' in err.value.fix  # the choice that fits, since NF4 training does
     assert list(build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["qlora"])) == ["qlora"]  # NF4 alone fits
+
+
+def test_the_plan_table_shows_each_phases_figures_under_its_heading_and_its_verdict(shapes):
+    plan = fit.predict(shapes["gemma-4-E2B"], 2)
+    runtime = {"gpu": "T4", "gpu_bytes": 6 * fit.GIB, "ram_bytes": 5.45e9, "disk_bytes": 21e9}
+    head, *rows = fit.report(plan, runtime).splitlines()
+    assert head.endswith("(estimates; T4: 6.0 GiB, RAM 5.5 GB, disk 21 GB free)")
+    ends = {name: head.index(name) + len(name) for name in ("GPU GiB", "RAM GB", "disk GB", "T4 time")}
+    assert head.startswith("phase ") and list(ends.values()) == sorted(ends.values())
+    verdicts = []
+    assert [row.split()[0] for row in rows] == list(plan)
+    for row, (phase, need) in zip(rows, plan.items()):
+        # each figure right-aligned under its heading, in the heading's unit
+        cell = {name: row[:end].split()[-1] for name, end in ends.items()}
+        assert cell["GPU GiB"] == ("-" if need["gpu"] is None else f"{need['gpu'] / fit.GIB:.1f}")
+        assert float(cell["RAM GB"]) == round(fit._need(phase, need, "ram") / 1e9, 1)
+        assert float(cell["disk GB"]) == round(need["disk"] / 1e9, 1)
+        assert row[:ends["T4 time"]].split()[-2:] == [f"{need['seconds'] / 60:.0f}", "m"]
+        verdicts.append(row[ends["T4 time"]:].strip())
+    over = {phase: fit.problems({phase: need}, runtime) for phase, need in plan.items()}
+    assert verdicts == ["over: " + ", ".join(o) if o else "fits" for o in over.values()]
+    assert "fits" in verdicts and "over: load GPU, load RAM" in verdicts  # this runtime is between the phases
+    assert fit.report(plan, {**runtime, "gpu": None, "gpu_bytes": None}).splitlines()[0].endswith(
+        "(estimates; no GPU, RAM 5.5 GB, disk 21 GB free)")
+
+
+@pytest.mark.parametrize("generation, compute_bytes", [("gemma", 2), ("gemma3", 4), ("gemma4", 4)])
+def test_a_plan_computes_in_the_dtype_a_t4_runs_the_generation_in(generation_folder, generation,
+                                                                   compute_bytes, monkeypatch):
+    from transformers import AutoConfig
+
+    folder = str(generation_folder(generation))
+    assert fit.plan_for(folder) == fit.plan_for(folder, compute_bytes)
+    assert fit.plan_for(folder) != fit.plan_for(folder, 6 - compute_bytes)
+    asked = []
+    read = AutoConfig.from_pretrained
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *a, **k: asked.append(k) or read(*a, **k))
+    fit.plan_for(folder, token="hf_not_a_real_token")  # a gated model's config needs the learner's token
+    fit.plan_for(folder)
+    assert asked == [{"token": "hf_not_a_real_token"}, {}]
+
+
+def test_the_kernels_own_memory_counts_only_in_the_phases_that_run_in_the_kernel(shapes):
+    """The load and the 4-bit training run in the notebook's kernel (its libraries, tokenizer and data on
+    top); the merge, the converter, the quantizer and llama.cpp's check run in processes of their own."""
+    plan, extra = fit.predict(shapes["gemma-2b"], 2), fit.kernel_extra()
+    assert extra > 0.1e9
+    roomy = {"gpu": "T4", "gpu_bytes": 1e15, "disk_bytes": 1e15}
+    for phase, need in plan.items():
+        inside = phase in ("load", "nf4")
+        just_enough = need["ram"] + (extra if inside else 0)
+        assert fit.problems({phase: need}, {**roomy, "ram_bytes": just_enough}) == [], phase  # equal fits
+        assert fit.problems({phase: need}, {**roomy, "ram_bytes": just_enough - 1}) == [f"{phase} RAM"]
+        if inside:  # without the kernel's share it would have looked as if it fitted
+            half = {**roomy, "ram_bytes": need["ram"] + extra / 2}
+            assert fit.problems({phase: need}, half) == [f"{phase} RAM"]
+    tight = {"gpu": "T4", "gpu_bytes": 1.0, "ram_bytes": 1e15, "disk_bytes": 1.0}
+    assert fit.problems({"convert": plan["convert"], "load": plan["load"]}, tight) == [
+        "convert disk", "load GPU", "load disk"]  # in the plan's order; GPU and RAM upper case, disk not
+
+
+def test_the_fit_error_states_the_need_and_what_the_runtime_has(shapes):
+    plan = fit.predict(shapes["gemma-2b"], 2)
+    small = {"gpu": "T4", "gpu_bytes": 4 * fit.GIB, "ram_bytes": 1e15, "disk_bytes": 1e15}
+    with pytest.raises(fit.FitError) as err:
+        fit.require_fit(plan, small)
+    need = plan["load"]["gpu"] / fit.GIB
+    assert str(err.value).startswith(f"the load phase needs about {need:.1f} GiB of GPU memory (an "
+                                     "estimate); this runtime (T4) has 4.0")
+    assert "L4" in err.value.fix and "gemma-3-1b-pt" in err.value.fix
+    fit.require_fit(plan, {**small, "gpu_bytes": 1e15})  # fits: no error
+
+
+def test_this_machine_as_a_runtime(fake_gpu):
+    import os
+
+    fake_gpu(None)
+    here = fit.runtime_here()
+    assert here["gpu"] is None and here["gpu_bytes"] is None
+    assert here["ram_bytes"] == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert here["disk_bytes"] > 0
+    fake_gpu((7, 5), memory_gib=15)
+    t4 = fit.runtime_here()
+    assert t4["gpu"] == "Tesla T4" and t4["gpu_bytes"] == 15 * 2**30 - fit.CUDA_CONTEXT  # less the context
+    assert t4["ram_bytes"] == here["ram_bytes"]
+
+
+def test_an_exercise_is_a_part_of_its_lesson_and_named_after_the_lessons_own_parts():
+    assert fit.parts_of("05_save_and_push", {"exercise": "05-2"}) == {"exercise 05-2"}
+    assert fit.parts_of("05_save_and_push", {"exercise": None, "export_gguf": True}) == {"export_gguf"}
+    assert fit.parts_of("03_lora_sft", {"compare": True, "chat_steps": None}) == {"compare", "chat"}
+    assert fit.parts_of("03_lora_sft", {"compare": False, "chat_steps": 0}) == frozenset()
+    assert fit.parts_text({"exercise 05-2", "export_gguf", "compare"}) == (
+        "part 2 (compare=True), the GGUF export (export_gguf=True), exercise 05-2")
+    assert fit.part_label("exercise 03-4") == "exercise 03-4"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from gemmate_cli.settings import CommandConfig
 from gemmate_lib.adapters import load_adapter
+from gemmate_lib.certificate import certify, held_out_prompts, known_losses
 from gemmate_lib.evaluation import evaluate_model, metrics_document
 from gemmate_lib.export import QUANT_TYPES, check_export, export_gguf, verify_gguf
 from gemmate_lib.housekeeping.files import save_json
@@ -53,6 +54,11 @@ def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES) -> d
                            c.generate.max_new_tokens)
     result = {**exported, **verified}
     save_json(run_dir / "gguf" / "verification.json", result)
+    # what each level cost, as 05 prints it
+    result["certificate"] = certify(exported["folder"], merged, tokenizer, held_out_prompts(data.held_out),
+                                    heldout, max_new_tokens=c.generate.max_new_tokens,
+                                    excused=known_losses(c.model.model_name))
+    save_json(run_dir / "gguf" / "certificate.json", result["certificate"])
     return result
 
 

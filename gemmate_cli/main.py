@@ -162,9 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         run_server([served_model(d) for d in args.run_dirs], args.host, args.port, args.max_tokens_limit)
     elif args.command == "export":
         from gemmate_cli.commands import export_and_verify
+        from gemmate_lib.certificate import table
         from gemmate_lib.export import summary
 
-        print(summary(export_and_verify(args.run_dir, cfg, args.quantize)))
+        exported = export_and_verify(args.run_dir, cfg, args.quantize)
+        print(summary(exported))
+        print(table(exported["certificate"]))
+        if not exported["certificate"]["passed"]:
+            print("a GGUF level is outside its bounds against the merged model (table above, "
+                  "gguf/certificate.json): export again, or keep a higher level (--quantize q8_0 q6_k)",
+                  file=sys.stderr)
+            return 1
     else:
         from gemmate_cli.hpo import search
 

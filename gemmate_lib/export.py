@@ -19,6 +19,7 @@ import numpy as np
 
 from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError, SaveError
 from gemmate_lib.housekeeping.files import atomic_folder, recover, save_json, show_path
+from gemmate_lib.llama_server import template_note
 
 QUANT_TYPES = ("q8_0", "q4_k_m")  # names of llama.cpp's LLAMA_FTYPE_MOSTLY_* file types (any of them works)
 F16 = "f16"
@@ -131,10 +132,12 @@ def ollama_raw_request(model: str = "quotes", prompt: str = EXAMPLE_PROMPT) -> s
     return f"curl http://localhost:11434/api/generate -d '{body}'"
 
 
-def modelfile(gguf_name: str, eos: str, max_new_tokens: int, raw_mode: bool = False) -> str:
+def modelfile(gguf_name: str, eos: str, max_new_tokens: int, raw_mode: bool = False,
+              note: str | None = None) -> str:
     """An Ollama Modelfile: the raw prompt format the model was trained on, its stop token, greedy. Its
     comments say how to run it: `ollama run` where the TEMPLATE below sends the prompt as written, raw mode
-    through /api/generate where Ollama ignores the TEMPLATE (`raw_mode`: Gemma 4, see ollama_raw_mode)."""
+    through /api/generate where Ollama ignores the TEMPLATE (`raw_mode`: Gemma 4, see ollama_raw_mode), and
+    `note` (llama_server.template_note: what the GGUF's own chat template makes Ollama do) on top."""
     if raw_mode:
         usage = ("# Ollama: `ollama create quotes -f Modelfile`, then send each prompt in raw mode "
                  "(`ollama run` is not raw):\n"
@@ -146,12 +149,15 @@ def modelfile(gguf_name: str, eos: str, max_new_tokens: int, raw_mode: bool = Fa
     else:
         usage = ("# Ollama: `ollama create quotes -f Modelfile`, then\n"
                  f"#         `ollama run quotes \"{EXAMPLE_PROMPT}\"`\n")
+    if note:
+        usage = f"# Note: {note}\n" + usage
     return (usage +
             "# prompt format: Quote: <words>  ->  ends the quote, writes \"Author: <name>\", stops\n"
             f"FROM ./{gguf_name}\n"
             'TEMPLATE """{{ .Prompt }}"""\n'
             f'PARAMETER stop "{eos}"\n'
             "PARAMETER temperature 0\n"
+            "PARAMETER repeat_penalty 1\n"  # Ollama's default, 1.1, changes greedy text where a word repeats
             f"PARAMETER num_predict {max_new_tokens}\n")
 
 
@@ -194,7 +200,8 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
     check_disk(target.parent, int(n_params * 2 * 2.1 + n_params * 1.1 * len(quant_types)))
     if target != run_dir / "gguf":  # Drive: room for the kept file, before the minutes of converting
         check_disk(run_dir, int(n_params * BYTES_PER_WEIGHT.get(keep, 2.0) * 1.05))
-    result = {"files": {}, "convert_s": None, "quantize_s": {}, "folder": str(target), "kept": kept}
+    result = {"files": {}, "convert_s": None, "quantize_s": {}, "folder": str(target), "kept": kept,
+              "ollama_note": None}
     with atomic_folder(target, overwrite=True, what="GGUF export") as tmp:
         hf = tmp / "hf-f16"
         weights = {k: v.half() for k, v in merged.state_dict().items()}
@@ -208,8 +215,14 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
         result["convert_s"] = convert(hf, f16)
         shutil.rmtree(hf)
         result["quantize_s"] = {q: quantize(f16, tmp / f"model-{q}.gguf", q) for q in quant_types}
-        (tmp / "Modelfile").write_text(modelfile(kept, tokenizer.eos_token, max_new_tokens,
-                                                 raw_mode=ollama_raw_mode(merged)))
+        # the file's own chat template decides whether Ollama uses the Modelfile's TEMPLATE at all
+        with contextlib.suppress(ModelLoadError):  # a file llama.cpp cannot read: verify_gguf says so next
+            note = None
+            note = template_note(tmp / kept)
+        raw = ollama_raw_mode(merged)
+        result["ollama_note"] = note
+        (tmp / "Modelfile").write_text(modelfile(kept, tokenizer.eos_token, max_new_tokens, raw_mode=raw,
+                                                 note=None if raw else note))  # raw mode says it already
     result["files"] = {path.name: path.stat().st_size for path in sorted(target.glob("*.gguf"))}
     if target != run_dir / "gguf":  # Drive: the kept file and its Modelfile, once it has the room for them
         size = (target / kept).stat().st_size

@@ -69,9 +69,10 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     save_adapter(trained, tokenizer, run / "adapter", str(folder))
     assert run_cli(main, ["export", str(run), "--model_name", str(folder), "--quantize", "q8_0",
                           "--max_new_tokens", "8"]) == 0
-    assert "model-q8_0.gguf" in capsys.readouterr().out  # the summary table
-    assert sorted(p.name for p in (run / "gguf").iterdir()) == ["Modelfile", "model-f16.gguf",
-                                                               "model-q8_0.gguf", "verification.json"]
+    out = capsys.readouterr().out
+    assert "model-q8_0.gguf" in out and "| q8_0 |" in out  # the summary and what each level cost
+    assert sorted(p.name for p in (run / "gguf").iterdir()) == [
+        "Modelfile", "certificate.json", "model-f16.gguf", "model-q8_0.gguf", "verification.json"]
     report = json.loads((run / "gguf" / "verification.json").read_text())
     assert set(report["files"]) == {"model-f16.gguf", "model-q8_0.gguf"}
     assert all(f["keeps_eos"] for f in report["files"].values())  # each file stops at the tokenizer's <eos>

@@ -1,0 +1,143 @@
+"""gemmate_lib.certificate (05 section 3, `gemmate export`): what each GGUF level cost against the merged
+model. The bounds and the table on figures given here; the certificate itself on the files 05 exported in
+make nbval, where a file with one wrong tensor must fail it and the file as exported must pass."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from gemmate_lib import certificate
+
+ROW = {"mean_gap": 0.01, "worst_gap": 0.2, "top1": 0.99, "top1_decisive": 0.995, "perplexity": 10.05,
+       "perplexity_ci95": [9.0, 11.0],
+       "author_share": 0.75, "author_share_ci95": [0.47, 0.91], "first_part": [None, 5, None, 0], "parted": 2,
+       "size_mib": 286.4}
+MERGED = {"perplexity": 10.0, "perplexity_ci95": [9.0, 11.0], "author_share": 0.75,
+          "author_share_ci95": [0.47, 0.91]}
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("mean_gap", 0.09, "mean gap 0.090 > 0.08"), ("worst_gap", 2.0, "worst gap 2.00 > 1.5"),
+    ("top1_decisive", 0.96, "top-1 agreement where the merged model was sure 96.0% < 97%"),
+    ("perplexity", 10.5, "perplexity 1.050x")])
+def test_a_level_fails_each_bound_it_leaves_and_only_those(field, value, says):
+    assert certificate.judge("q8_0", ROW, MERGED) == []
+    failed = certificate.judge("q8_0", {**ROW, field: value}, MERGED)
+    assert len(failed) == 1 and failed[0].startswith(says)
+    at_bound = certificate.BOUNDS["q8_0"].get(field.removesuffix("_decisive"), 10.29)  # perplexity: 1.029x
+    assert certificate.judge("q8_0", {**ROW, field: at_bound}, MERGED) == []
+    assert certificate.judge("q5_k_m", {**ROW, field: value}, MERGED) == []  # no bounds stated: not judged
+
+
+def test_where_the_merged_model_was_never_sure_top_1_is_not_judged():
+    # a random model's distribution is flat: every position a near-tie that rounding alone may flip
+    assert certificate.judge("f16", {**ROW, "top1": 0.5, "top1_decisive": None}, MERGED) == []
+
+
+def test_the_bounds_tighten_with_the_bits():
+    names = ["f16", "q8_0", "q4_k_m"]
+    for key in ("mean_gap", "worst_gap", "perplexity_ratio"):
+        bounds = [certificate.BOUNDS[n][key] for n in names]
+        assert bounds == sorted(bounds)
+    assert [certificate.BOUNDS[n]["top1"] for n in names] == sorted(
+        (certificate.BOUNDS[n]["top1"] for n in names), reverse=True)
+
+
+def test_the_table_gives_each_levels_figures_and_verdict():
+    result = {"merged": MERGED, "levels": {
+        "f16": {**ROW, "bounds": certificate.BOUNDS["f16"], "failed": [], "excused": None},
+        "q4_k_m": {**ROW, "top1": 0.5, "top1_decisive": 0.6, "bounds": certificate.BOUNDS["q4_k_m"],
+                   "failed": ["top-1 agreement 50.0% < 70%"], "excused": "the base arrived as Q4_K_M"},
+        "q8_0": {**ROW, "bounds": certificate.BOUNDS["q8_0"], "failed": ["mean gap 0.9 > 0.05"],
+                 "excused": None},
+        "q6_k": {**ROW, "top1_decisive": None, "bounds": None, "failed": [], "excused": None}}}
+    lines = certificate.table(result).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [c[0] for c in cells] == [certificate.MERGED, "f16", "q4_k_m", "q8_0", "q6_k"]
+    assert cells[0][6:] == ["10.00 (9.00-11.00)", "75% (47%-91%)", "reference"]
+    assert cells[1][1:6] == ["286", "0.010", "0.20", "99.0% (99.5%)", "token 0 (2 of 4)"]
+    assert cells[1][8] == "within bounds"
+    assert cells[2][8] == "outside bounds: top-1 agreement 50.0% < 70% (known: the base arrived as Q4_K_M)"
+    assert cells[3][8].endswith("FAIL") and "mean gap" in cells[3][8]
+    assert cells[4][8].startswith("not judged") and cells[4][4] == "99.0% (-)"
+    assert {len(c) for c in cells} == {9}
+
+
+def test_held_out_prompts_are_the_first_words_of_longer_quotes():
+    rows = [{"quote": "Be yourself."}, {"quote": "Imagination is more important than knowledge."},
+            {"quote": "Stay hungry, stay foolish, always and forever."}]
+    assert certificate.held_out_prompts(rows, n=5, words=4) == ["Quote: Imagination is more important",
+                                                                "Quote: Stay hungry, stay foolish,"]
+    assert certificate.held_out_prompts(rows, n=1, words=2) == ["Quote: Imagination is"]
+
+
+def test_only_the_embedded_bases_q4_k_m_loss_is_known():
+    assert set(certificate.known_losses("embedded")) == {"q4_k_m"}
+    assert certificate.known_losses("google/gemma-2b") == {}
+
+
+def swap_tensors(path, first: str, second: str) -> None:
+    """Write `first`'s data where `second`'s is and back, in place: a file with the wrong tensor in a slot."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path, "r+")
+    tensors = {t.name: t for t in reader.tensors}
+    a, b = tensors[first].data, tensors[second].data
+    assert a.shape == b.shape and a.dtype == b.dtype
+    saved = a.copy()
+    a[...] = b
+    b[...] = saved
+    reader.data.flush()
+
+
+@pytest.mark.slow
+@pytest.mark.after_nbval
+def test_05s_certificate_holds_and_a_file_with_a_wrong_tensor_fails_it(request, tmp_path):
+    """05 (make nbval) certified its export: the 16-bit and 8-bit files are within their bounds, Q4_K_M is
+    within them or its known loss is named. The 16-bit file with two layers' MLP output weights swapped, which
+    llama.cpp loads without a complaint, fails the certificate; the file as exported passes it."""
+    import torch
+    from nbval_run import nbval_run
+    from transformers import AutoModelForCausalLM
+
+    from gemmate_lib.config import course_config
+    from gemmate_lib.data import load_quotes
+    from gemmate_lib.models import load_tokenizer
+
+    run = nbval_run(request, "gguf/certificate.json", "gguf/model-f16.gguf", "merged")
+    cert = json.loads((run / "gguf" / "certificate.json").read_text())
+    assert cert["passed"] and {"f16", "q8_0", "q4_k_m"} <= set(cert["levels"])
+    for level in ("f16", "q8_0"):
+        assert cert["levels"][level]["failed"] == [], cert["levels"][level]
+    f16 = cert["levels"]["f16"]
+    assert f16["top1_decisive"] > 0.99 and f16["tokens"] >= 8 * len(cert["prompts"])
+
+    cfg = course_config()
+    tokenizer = load_tokenizer(cfg.model.model_name)
+    merged = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float32).eval()
+    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer,
+                       cfg.train.max_length)
+    prompts = certificate.held_out_prompts(data.held_out, n=3)
+    texts = [r["text"] + tokenizer.eos_token for r in data.held_out][:4]
+    good, bad = tmp_path / "good" / "model-f16.gguf", tmp_path / "bad" / "model-f16.gguf"
+    for path in (good, bad):
+        path.parent.mkdir()
+        shutil.copyfile(run / "gguf" / "model-f16.gguf", path)
+    swap_tensors(bad, "blk.3.ffn_down.weight", "blk.4.ffn_down.weight")
+
+    kept = certificate.certify(good.parent, merged, tokenizer, prompts, texts, n_tokens=24)
+    assert kept["passed"] and kept["levels"]["f16"]["failed"] == []
+    broken = certificate.certify(bad.parent, merged, tokenizer, prompts, texts, n_tokens=24)
+    assert not broken["passed"] and broken["levels"]["f16"]["failed"], broken["levels"]["f16"]
+    assert "FAIL" in certificate.table(broken)
+    assert json.loads((bad.parent / "certificate.json").read_text())["passed"] is False
+
+
+def test_the_export_page_shows_the_committed_certificate():
+    from tools.export_certificate import DOC, RECORD, section
+
+    cert = json.loads(RECORD.read_text())
+    assert section(cert) in DOC.read_text()
+    assert cert["passed"] and all(not cert["levels"][level]["failed"] for level in ("f16", "q8_0"))

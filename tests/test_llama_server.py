@@ -1,0 +1,102 @@
+"""gemmate_lib.llama_server: an exported GGUF behind llama.cpp's HTTP server, as Ollama serves it, answering
+the raw prompt as llama.cpp in process does; one line for a wrong file or a taken port; and what the file's
+own chat template makes Ollama do with a Modelfile's TEMPLATE."""
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+
+import numpy as np
+import pytest
+
+from gemmate_lib import llama_server
+from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError, one_line
+
+pytest.importorskip("llama_cpp")
+
+
+def write_gguf(path, arch: str = "gemma3", template: str | None = None):
+    """A small GGUF with one tensor and the metadata template_note reads."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), arch)
+    if template is not None:
+        writer.add_chat_template(template)
+    writer.add_tensor("token_embd.weight", np.ones((64, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("arch, template, says", [
+    ("gemma3", None, None),
+    ("gemma3", "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}", None),
+    ("gemma3", "{% if tools %}{{ tools | tojson }}{% endif %}{{ messages }}", "mentions tools"),
+    ("qwen3", "<think>\n{{ messages }}", "mentions <think>"),
+    ("gemma4", None, "raw mode"),
+])
+def test_the_note_says_when_ollama_would_ignore_the_modelfiles_template(tmp_path, arch, template, says):
+    note = llama_server.template_note(write_gguf(tmp_path / "m.gguf", arch, template))
+    if says is None:
+        assert note is None
+    else:
+        assert says in note and ("OLLAMA_GO_TEMPLATE" in note or arch == "gemma4")
+
+
+def test_a_wrong_file_is_one_line_before_llama_cpp_reads_it(tmp_path):
+    good = write_gguf(tmp_path / "good.gguf")
+    assert llama_server.check_gguf(good) == good
+    foreign = tmp_path / "model.safetensors"
+    foreign.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}" + b"\x00" * 64)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(good.read_bytes()[:-1024])
+    for path, says in ((tmp_path / "missing.gguf", "no GGUF file"), (foreign, "is not a GGUF file"),
+                       (cut, "cut short")):
+        with pytest.raises(ModelLoadError) as err:
+            llama_server.check_gguf(path)
+        assert says in one_line(err.value) and "\n" not in one_line(err.value), one_line(err.value)
+        with pytest.raises(ModelLoadError):
+            with llama_server.serve(path):
+                pass
+
+
+def test_a_port_in_use_is_one_line_before_the_server_starts(tmp_path):
+    with socket.socket() as taken:
+        taken.bind((llama_server.HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ParameterError) as err:
+            with llama_server.serve(write_gguf(tmp_path / "m.gguf"), port=port):
+                pass
+    assert f"port {port}" in one_line(err.value) and "another port" in err.value.fix
+
+
+@pytest.mark.slow
+@pytest.mark.after_nbval
+def test_05s_file_served_over_http_answers_as_llama_cpp_in_process(request):
+    """05's 8-bit export (make nbval) behind llama.cpp's server: the raw completion of each standard prompt,
+    greedy, is the text llama.cpp writes in process, and it stops where that one does."""
+    from nbval_run import nbval_run
+
+    from gemmate_lib import export
+    from gemmate_lib.text_generation import STANDARD_PROMPTS
+
+    run = nbval_run(request, "gguf/model-q8_0.gguf", "gguf/Modelfile")
+    path = run / "gguf" / "model-q8_0.gguf"
+    llm = export._llama(path, logits_all=True)
+    expected = []
+    for prompt in STANDARD_PROMPTS:
+        tokens, _, stopped = export.llama_greedy(llm, prompt, 24)
+        expected.append((llm.detokenize(tokens).decode(errors="replace"), "stop" if stopped else "length"))
+    llm.close()
+    with llama_server.serve(path) as url:
+        got = [tuple(llama_server.complete(url, prompt, 24).values()) for prompt in STANDARD_PROMPTS]
+        models = json.loads(urllib.request.urlopen(f"{url}/v1/models").read())
+    assert got == expected
+    assert any(reason == "stop" for _, reason in got)  # the fine-tune ends the quote and stops by itself
+    assert models["data"][0]["id"].endswith("model-q8_0.gguf")
+    with pytest.raises(OSError):  # stopped after the block
+        urllib.request.urlopen(f"{url}/v1/models", timeout=2)

@@ -1,0 +1,57 @@
+"""docs/export.md's table "What each level cost", from a run's gguf/certificate.json (05 or `gemmate
+export` writes it): `python -m tools.export_certificate RUN_DIR` copies the certificate to
+docs/export-certificate.json and rewrites the table between the markers from it, with the run's date and
+machine from its manifest. A test holds the page to the committed JSON (tests/test_certificate.py)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from gemmate_lib.certificate import table
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC, RECORD = ROOT / "docs" / "export.md", ROOT / "docs" / "export-certificate.json"
+BEGIN, END = "<!-- certificate:begin -->", "<!-- certificate:end -->"
+
+
+def section(cert: dict) -> str:
+    """The block between the markers: where the figures come from, then the table."""
+    where = cert.get("measured", {})
+    return (f"{BEGIN}\n"
+            f"The embedded fine-tune's export ({where.get('run', 'a run')}, {where.get('date', '')}, "
+            f"{where.get('cpu', 'CPU unknown')}): {len(cert['prompts'])} held-out prompts, continuations "
+            f"of up to {cert['n_tokens']} tokens, perplexity on {cert['held_out_texts']} held-out quotes.\n\n"
+            f"{table(cert)}\n{END}")
+
+
+def replace_between(text: str, block: str) -> str:
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{DOC} lacks the markers {BEGIN} ... {END}")
+    return text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m tools.export_certificate RUN_DIR  (a run folder whose gguf/ holds "
+              "certificate.json)")
+        return 2
+    run = Path(argv[0])
+    source = run / "gguf" / "certificate.json"
+    if not source.exists():
+        print(f"{source} is missing: run 05_save_and_push with export_gguf=True, or `gemmate export {run}`")
+        return 1
+    cert = json.loads(source.read_text())
+    manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {}
+    hw = manifest.get("hardware", {})
+    bf16 = " with native bf16" if hw.get("cpu_native_bf16") else ""
+    machine = f"a {hw.get('cpu_count', '?')}-core CPU{bf16}{', no GPU' if hw.get('cuda') is False else ''}"
+    cert["measured"] = {"run": run.name, "date": str(manifest.get("created", ""))[:10], "cpu": machine}
+    RECORD.write_text(json.dumps(cert, indent=1) + "\n")
+    DOC.write_text(replace_between(DOC.read_text(), section(cert)))
+    print(f"wrote {RECORD.relative_to(ROOT)} and the table in {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

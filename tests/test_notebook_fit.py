@@ -215,3 +215,59 @@ def test_nbval_ran_every_notebook_on_the_faked_machine_within_the_committed_copi
     faked = {p.name.rsplit("-", 1)[1] for p in (run / "ledger").glob("fake-machine-*")}
     assert {ledger.stem.rsplit("-", 1)[1] for _, ledger in found} <= faked
     assert notebook_fit.check_run(run) == []
+
+
+def test_the_whole_line_names_the_parts_the_runtime_and_the_peak(tmp_path):
+    from tools.full_shape import config_of
+
+    config_of("gemma-2b").save_pretrained(tmp_path)
+    cfg = _cfg(tmp_path, "gemma-2b")
+    need = fit.notebook_need("03_lora_sft", fit.shape_of(config_of("gemma-2b")), 2,
+                             parts=frozenset({"compare", "chat"}))
+    answer = fit.notebook_fit("03_lora_sft", cfg, fit.FREE_COLAB, compare=True, chat_steps=None)
+    copies = f"{need.copies} model cop{'y' if need.copies == 1 else 'ies'}"
+    start = (f"03_lora_sft with part 2 (compare=True), the chat run (chat_steps), {tmp_path} on T4 "
+             f"(14.0 GiB): at most {copies} at once")
+    if answer.whole_copies:
+        assert answer.line == (f"{start}, peak about {need.gpu / fit.GIB:.1f} GiB of GPU memory and "
+                               f"{need.ram / 1e9:.1f} GB of RAM (estimates): fits")
+    else:
+        assert answer.line.startswith(f"{start}; ") and f"fits without {need.without_whole}" in answer.line
+        assert f"peak about {need.gpu_without_whole / fit.GIB:.1f} GiB" in answer.line
+    assert answer.need == need and answer.runtime == fit.FREE_COLAB
+    plain = fit.notebook_fit("03_lora_sft", cfg, fit.FREE_COLAB, compare=False, chat_steps=0)
+    assert plain.line.startswith(f"03_lora_sft, {tmp_path} on T4 (14.0 GiB): at most 1 model copy at once")
+
+
+def test_on_a_cpu_the_copies_live_in_ram_and_the_line_names_no_gpu(tmp_path):
+    from tools.full_shape import config_of
+
+    config_of("gemma-3-1b-pt").save_pretrained(tmp_path)
+    cfg = SimpleNamespace(model=SimpleNamespace(model_name=str(tmp_path)),
+                          precision=Precision("cpu", torch.float32, "fp32 on this CPU"))
+    shape = fit.shape_of(config_of("gemma-3-1b-pt"))
+    need = fit.notebook_need("04_evaluation", shape, 4, cpu=True)
+    assert need.gpu == 0.0 and need.ram > fit.notebook_need("04_evaluation", shape, 4).ram
+    roomy = {"gpu": "T4", "gpu_bytes": 1.0, "ram_bytes": need.ram, "disk_bytes": 1e12}  # its GPU is not used
+    answer = fit.notebook_fit("04_evaluation", cfg, roomy)
+    assert answer.line == (f"04_evaluation, {tmp_path} on this CPU: at most {need.copies} model "
+                           f"cop{'y' if need.copies == 1 else 'ies'} at once, peak about "
+                           f"{need.ram / 1e9:.1f} GB of RAM (estimates): fits")
+    assert answer.runtime["gpu_bytes"] is None
+    with pytest.raises(fit.FitError):
+        fit.notebook_fit("04_evaluation", cfg, {**roomy, "ram_bytes": need.ram - 1})
+
+
+def test_a_gated_models_config_is_read_with_the_learners_token(tmp_path, monkeypatch):
+    from transformers import AutoConfig
+
+    from tools.full_shape import config_of
+
+    asked = []
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setattr(AutoConfig, "from_pretrained",
+                        lambda where, **kwargs: asked.append((where, kwargs)) or config_of("gemma-2b"))
+    cfg = SimpleNamespace(model=SimpleNamespace(model_name="google/gemma-2b"),
+                          precision=Precision("cuda", torch.float16, "a T4"))
+    fit.notebook_fit("04_evaluation", cfg, fit.FREE_COLAB)
+    assert asked == [("google/gemma-2b", {"token": "hf_not_a_real_token"})]

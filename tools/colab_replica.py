@@ -36,6 +36,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+from tools.markers import markers, replace
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = ROOT / "tools" / "colab_snapshot"
 VENV = ROOT / ".venv-colab"
@@ -54,7 +56,8 @@ KERNEL = ("ipykernel",)
 CUDA_LIBRARIES = ("nvidia-", "cuda-", "cupy-cuda", "jax-cuda")
 # the versions the table's heading names
 SHOWN = ("torch", "transformers", "peft", "accelerate", "datasets", "huggingface-hub", "torchao")
-BEGIN, END = "<!-- colab-replica:begin -->", "<!-- colab-replica:end -->"
+BLOCK = "colab replica"  # tools/markers.py: docs/compatibility.md's section, which make drift keeps
+BEGIN, END = markers(BLOCK)
 
 
 def key(name: str) -> str:
@@ -305,7 +308,7 @@ def step_generations(state: dict, log) -> tuple[bool, str]:
 
 def write_doc(rows: list[tuple[str, str, float, str]], report: dict, state: dict) -> str:
     source = json.loads((SNAPSHOT / "SOURCE.json").read_text())
-    lines = [BEGIN, "## Colab's published runtime (`make colab-replica`)", "",
+    lines = ["## Colab's published runtime (`make colab-replica`)", "",
              f"Run on {dt.date.today().isoformat()} against Colab's GPU runtime as published in "
              f"[{source['repository']}](https://github.com/{source['repository']}) "
              f"(commit `{source['commit'][:12]}`, {source['date']}: {source['subject']}): Python "
@@ -318,14 +321,9 @@ def write_doc(rows: list[tuple[str, str, float, str]], report: dict, state: dict
         lines += ["", f"What pip changed from Colab's set in *{name}*:", ""]
         lines += [f"- {c}" for c in found["changes"]] or ["- nothing"]
         lines += [f"- conflict reported by `pip check`: {c}" for c in found["conflicts"]]
-    lines.append(END)
     block = "\n".join(lines)
-    text = DOC.read_text() if DOC.exists() else "# Compatibility\n"
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    page = DOC.read_text() if DOC.exists() else "# Compatibility\n"
+    DOC.write_text(replace(page, BLOCK, block, append=True))
     return block
 
 

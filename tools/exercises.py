@@ -44,11 +44,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from tools.markers import markers, replace
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 DOC = ROOT / "docs" / "exercises.md"
 RESULTS = ROOT / "docs" / "exercises.json"  # the table's rows, each with the day it ran
-BEGIN, END = "<!-- exercises:begin -->", "<!-- exercises:end -->"
+BLOCK = "exercises run"  # tools/markers.py: docs/exercises.md's generated section
+BEGIN, END = markers(BLOCK)
 LESSON_PARAMS = {"00_setup": {"model_name": "embedded"}}  # 01-07: None everywhere, 00's choice decides
 SOLUTION_CELL = '''# exercise {name}: its printed solution, as a learner runs it after Run all
 import os as __os
@@ -289,18 +292,13 @@ def write_doc(rows: list[dict], seconds: float, only: bool) -> list[dict]:
     every = sorted([r for r in kept if r["name"] not in mine] + fresh, key=lambda r: r["name"])
     passed = sum(r["verdict"] == "PASS" for r in every)
     days = sorted({r.get("ran", "?") for r in every})
-    section = (f"{BEGIN}\n## The last run (`make exercises`)\n\n"
+    section = ("## The last run (`make exercises`)\n\n"
                f"{passed} of {len(every)} PASS on the embedded model (Gemma 3 270M), CPU profile, offline; "
                f"{where}; run on {', '.join(days)}"
                + (f" (the last run, {seconds / 60:.0f} min, redid {', '.join(sorted(mine))})" if only else
                   f", {seconds / 60:.0f} min in all") + ".\n\n"
-               f"{table(every)}\n{END}")
-    text = DOC.read_text() if DOC.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
+               f"{table(every)}")
+    DOC.write_text(replace(DOC.read_text() if DOC.exists() else "", BLOCK, section, append=True))
     RESULTS.write_text(json.dumps({"machine": where, "rows": every}, indent=1) + "\n")
     return every
 

@@ -9,26 +9,20 @@ import sys
 from pathlib import Path
 
 from gemmate_lib.certificate import table
+from tools.markers import replace
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC, RECORD = ROOT / "docs" / "export.md", ROOT / "docs" / "export-certificate.json"
-BEGIN, END = "<!-- certificate:begin -->", "<!-- certificate:end -->"
+BLOCK = "certificate table"  # tools/markers.py: between <!-- certificate table --> and its end
 
 
 def section(cert: dict) -> str:
     """The block between the markers: where the figures come from, then the table."""
     where = cert.get("measured", {})
-    return (f"{BEGIN}\n"
-            f"The embedded fine-tune's export ({where.get('run', 'a run')}, {where.get('date', '')}, "
+    return (f"The embedded fine-tune's export ({where.get('run', 'a run')}, {where.get('date', '')}, "
             f"{where.get('cpu', 'CPU unknown')}): {len(cert['prompts'])} held-out prompts, continuations "
             f"of up to {cert['n_tokens']} tokens, perplexity on {cert['held_out_texts']} held-out quotes.\n\n"
-            f"{table(cert)}\n{END}")
-
-
-def replace_between(text: str, block: str) -> str:
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOC} lacks the markers {BEGIN} ... {END}")
-    return text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+            f"{table(cert)}")
 
 
 def main(argv: list[str]) -> int:
@@ -48,7 +42,7 @@ def main(argv: list[str]) -> int:
     machine = f"a {hw.get('cpu_count', '?')}-core CPU{bf16}{', no GPU' if hw.get('cuda') is False else ''}"
     cert["measured"] = {"run": run.name, "date": str(manifest.get("created", ""))[:10], "cpu": machine}
     RECORD.write_text(json.dumps(cert, indent=1) + "\n")
-    DOC.write_text(replace_between(DOC.read_text(), section(cert)))
+    DOC.write_text(replace(DOC.read_text(), BLOCK, section(cert)))
     print(f"wrote {RECORD.relative_to(ROOT)} and the table in {DOC.relative_to(ROOT)}")
     return 0
 

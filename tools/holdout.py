@@ -113,7 +113,7 @@ def _git(*args: str) -> str:
 
 
 def main(argv=None) -> int:
-    from tools.notebook_fit import replace
+    from tools.markers import replace
     from tools.rehearse import planned
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -327,17 +327,9 @@ def check_run(run: Path, committed: dict | None = None) -> list[str]:
     return problems
 
 
-def replace(text: str, marker: str, body: str) -> str:
-    """`text` with what lies between <!-- marker --> and <!-- end of marker --> replaced by `body`."""
-    start, end = f"<!-- {marker} -->", f"<!-- end of {marker} -->"
-    if start not in text:
-        raise SystemExit(f"no {start} in the page")
-    head, rest = text.split(start, 1)
-    return head + start + "\n" + body + "\n" + end + rest.split(end, 1)[1]
-
-
 def write(data: dict) -> None:
     from gemmate_lib import fit
+    from tools.markers import replace
 
     fit.NOTEBOOKS.write_text(json.dumps(data, indent=1) + "\n")
     fit.measured.cache_clear()

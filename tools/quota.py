@@ -423,7 +423,7 @@ def readme_line(rows=None) -> str:
 
 
 def write() -> None:
-    from tools.notebook_fit import replace
+    from tools.markers import replace
 
     DOCS.write_text(replace(DOCS.read_text(), "quota plan", block()))
     README.write_text(replace(README.read_text(), "quota line", readme_line()))

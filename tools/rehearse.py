@@ -407,7 +407,7 @@ def write_docs(rows: list[dict], cpu: str, update: bool = False) -> None:
          "rows": [{k: v for k, v in r.items() if k != "tail"} for r in rows]}, indent=1) + "\n")
     page = DOCS / "full-shape.md"
     text = page.read_text()
-    from tools.notebook_fit import replace
+    from tools.markers import replace
 
     text = replace(text, "rehearsal table", table(rows))
     page.write_text(replace(text, "copy table", copy_table(rows)))

@@ -147,11 +147,11 @@ exercises: embedded
 # runs/mutants/<module>/. Prints per module the mutants, killed, survived, timeouts and suspicious, the share
 # not killed and the time, and writes them to runs/mutants/summary.txt, each survivor's diff to
 # runs/mutants/<module>/survivors.txt; fails when more than 10% of a module's mutants are not killed.
-# MODULES="gemmate_lib/stats.py" runs some; MUTANT_CHILDREN mutants run at once (one by default). Not part of
-# `make test`.
+# MODULES="gemmate_lib/stats.py" runs some; MUTANT_CHILDREN mutants run at once (one by default); RERUN=1 runs
+# only the survivors of each module's last run, against the tests as they are now. Not part of `make test`.
 MUTANT_CHILDREN ?= 1
 mutants: embedded
-	$(OFFLINE) MUTANT_CHILDREN=$(MUTANT_CHILDREN) $(PY) tests/mutation.py $(MODULES)
+	$(OFFLINE) MUTANT_CHILDREN=$(MUTANT_CHILDREN) $(PY) tests/mutation.py $(if $(RERUN),--rerun) $(MODULES)
 
 # The smoke run on a CUDA GPU, in the GPU's own precision and in a T4's fp16 (tools/gpu_smoke.py). On a bare GPU
 # machine with no registry, first run `make gpu-wheels` where the registry is reachable and bring .gpu-wheels/ along:

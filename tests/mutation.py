@@ -13,6 +13,9 @@ survivor's diff goes to runs/mutants/<module>/survivors.txt. It exits non-zero w
 than GOAL of a module's mutants are not killed.
 
     python tests/mutation.py [MODULE ...]    (make mutants MODULES="gemmate_lib/stats.py"); none: all of them
+    python tests/mutation.py --rerun MODULE  (make mutants RERUN=1 MODULES=...): the survivors of the module's
+                                             last run again, against the tests as they are now (after new
+                                             tests were written for them), keeping the killed ones' results
 """
 from __future__ import annotations
 
@@ -121,6 +124,26 @@ def run(module: str, children: int) -> dict:
     return row
 
 
+def rerun(module: str, children: int) -> dict:
+    """The mutants not killed in `module`'s last run, run again with the current tests (mutmut copies tests/
+    afresh on every run; its test-to-function map is collected again, so new tests count)."""
+    folder = folder_of(module)
+    if not (folder / "mutants" / "mutmut-stats.json").exists():
+        raise SystemExit(f"{module} has no finished run in {folder.relative_to(ROOT)}: "
+                         "run make mutants first")
+    (folder / "pyproject.toml").write_text(configuration(module))  # COVERING may have changed
+    names = write_survivors(folder)
+    (folder / "mutants" / "mutmut-stats.json").unlink()
+    start = time.monotonic()
+    with open(folder / "mutmut-rerun.log", "w") as log:
+        done = mutmut(folder, "run", "--max-children", str(children), *names, log=log) if names else None
+    row = {"module": module, "seconds": time.monotonic() - start, "code": done.returncode if done else 0,
+           "rerun": len(names)}
+    row.update(counts(folder))
+    row["survivors"] = write_survivors(folder)
+    return row
+
+
 def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
@@ -142,6 +165,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str]) -> int:
     children = int(os.environ.get("MUTANT_CHILDREN", "1"))
+    again = "--rerun" in argv
+    argv = [a for a in argv if a != "--rerun"]
     modules = argv or list(COVERING)
     unknown = [m for m in modules if m not in COVERING]
     if unknown:
@@ -150,8 +175,9 @@ def main(argv: list[str]) -> int:
         return 2
     rows = []
     for module in modules:
-        print(f"{module}: mutmut against {' '.join(COVERING[module])} ...", flush=True)
-        rows.append(run(module, children))
+        print(f"{module}: mutmut {'reruns its survivors ' if again else ''}against "
+              f"{' '.join(COVERING[module])} ...", flush=True)
+        rows.append(rerun(module, children) if again else run(module, children))
     summary = table(rows)
     problems = []
     for row in rows:

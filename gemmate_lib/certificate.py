@@ -81,20 +81,27 @@ def _token_logprobs(scores, tokens) -> tuple[np.ndarray, np.ndarray]:
 def reference(merged, tokenizer, prompts, n_tokens: int = N_TOKENS) -> list[dict]:
     """Per prompt: its token ids, the merged model's greedy continuation (up to `n_tokens`, its end token
     included when it stops), the merged model's log-probability of each continuation token, and whether its
-    token led the runner-up by DECISIVE nats or more there."""
+    token led the runner-up by DECISIVE nats or more there. The continuations are generated as one batch
+    (left-padded: on a CPU a step costs about the same for 12 prompts as for one); each is then scored on
+    its own, unpadded, as llama.cpp reads it."""
     import torch
 
-    out = []
-    for prompt in prompts:
-        enc = tokenizer(prompt, return_tensors="pt").to(merged.device)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True).to(merged.device)
         with torch.no_grad():
             new = merged.generate(**enc, do_sample=False, max_new_tokens=n_tokens,
-                                  pad_token_id=tokenizer.pad_token_id)[0, enc["input_ids"].shape[1]:]
-            full = torch.cat([enc["input_ids"][0], new]).unsqueeze(0)
-            logits = merged(input_ids=full).logits[0].float().cpu().numpy()
-        ids, cont = enc["input_ids"][0].tolist(), new.tolist()
-        lp = _log_softmax(logits[len(ids) - 1:len(ids) - 1 + len(cont)])
-        runner_up = np.sort(lp, axis=-1)[:, -2]
+                                  pad_token_id=tokenizer.pad_token_id)[:, enc["input_ids"].shape[1]:]
+    finally:
+        tokenizer.padding_side = side
+    out = []
+    for prompt, row in zip(prompts, new.tolist()):
+        ids = tokenizer(prompt)["input_ids"]
+        cont = row[:row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row
+        with torch.no_grad():
+            logits = merged(input_ids=torch.tensor([ids + cont], device=merged.device)).logits[0]
+        lp = _log_softmax(logits[len(ids) - 1:len(ids) - 1 + len(cont)].float().cpu().numpy())
+        runner_up = np.partition(lp, -2, axis=-1)[:, -2]
         out.append({"prompt": prompt, "ids": ids, "continuation": cont,
                     "logprobs": [float(lp[j, t]) for j, t in enumerate(cont)],
                     "decisive": [bool(lp[j, t] - runner_up[j] >= DECISIVE) for j, t in enumerate(cont)]})
@@ -110,7 +117,6 @@ def merged_row(merged, tokenizer, refs, texts, max_new_tokens: int) -> dict:
     """The merged model's own perplexity and Author-line share: the row every level is read against."""
     import torch
 
-    from gemmate_lib.export import hf_greedy
     from gemmate_lib.text_generation import has_author_line
 
     nll, counts = [], []
@@ -121,9 +127,11 @@ def merged_row(merged, tokenizer, refs, texts, max_new_tokens: int) -> dict:
         nll.append(_nll(logits, ids[0, 1:].tolist()))
         counts.append(ids.shape[1] - 1)
     kept = 0
-    for ref in refs:
-        new, _, stopped = hf_greedy(merged, tokenizer, ref["prompt"], max_new_tokens)
-        kept += stopped and has_author_line(tokenizer.decode(new))
+    for ref in refs:  # its greedy text is the reference continuation's start
+        new = ref["continuation"][:max_new_tokens]
+        stopped = tokenizer.eos_token_id in new
+        kept += stopped and has_author_line(tokenizer.decode(new[:new.index(tokenizer.eos_token_id)]
+                                                             if stopped else new))
     return _summary_row(nll, counts, kept, len(refs))
 
 

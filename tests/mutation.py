@@ -102,14 +102,20 @@ def counts(folder: Path) -> dict:
                 "check_was_interrupted_by_user"))}
 
 
+def not_killed(folder: Path) -> list[str]:
+    """The names of the folder's mutants not killed (`mutmut results`)."""
+    listed = mutmut(folder, "results").stdout
+    return [name for name, _ in re.findall(r"^\s+(\S+): (survived|no tests|suspicious|segfault|not checked)$",
+                                          listed, re.M)]
+
+
 def write_survivors(folder: Path) -> list[str]:
     """Every mutant not killed, with its diff (`mutmut show`), into survivors.txt; returns their names."""
-    listed = mutmut(folder, "results").stdout
-    names = re.findall(r"^\s+(\S+): (survived|no tests|suspicious|segfault|not checked)$", listed, re.M)
+    names = not_killed(folder)
     with open(folder / "survivors.txt", "w") as out:
-        for name, _ in names:
+        for name in names:
             out.write(mutmut(folder, "show", name).stdout + "\n")
-    return [name for name, _ in names]
+    return names
 
 
 def run(module: str, children: int) -> dict:
@@ -132,7 +138,7 @@ def rerun(module: str, children: int) -> dict:
         raise SystemExit(f"{module} has no finished run in {folder.relative_to(ROOT)}: "
                          "run make mutants first")
     (folder / "pyproject.toml").write_text(configuration(module))  # COVERING may have changed
-    names = write_survivors(folder)
+    names = not_killed(folder)
     (folder / "mutants" / "mutmut-stats.json").unlink()
     start = time.monotonic()
     with open(folder / "mutmut-rerun.log", "w") as log:

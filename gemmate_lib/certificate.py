@@ -201,7 +201,7 @@ def certify(folder, merged, tokenizer, prompts, texts, n_tokens: int = N_TOKENS,
     within its bounds, except the levels `excused` names with the reason their loss is known (known_losses);
     the table still shows them, with the reason."""
     excused = dict(excused or {})
-    from gemmate_lib.export import _llama
+    from gemmate_lib.export import load_llama
 
     folder = Path(folder)
     refs = reference(merged, tokenizer, prompts, n_tokens)
@@ -210,7 +210,7 @@ def certify(folder, merged, tokenizer, prompts, texts, n_tokens: int = N_TOKENS,
     paths = [Path(f) for f in files] if files else sorted(folder.glob("model-*.gguf"), key=_size,
                                                           reverse=True)
     for path in paths:
-        llm = _llama(path, logits_all=True)
+        llm = load_llama(path, logits_all=True)
         try:
             row = score_file(llm, refs, texts, max_new_tokens)
         finally:

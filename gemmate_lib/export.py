@@ -235,7 +235,9 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
     return result
 
 
-def _llama(path: Path, logits_all: bool = True):
+def load_llama(path: Path, logits_all: bool = True):
+    """llama.cpp (llama-cpp-python) on a GGUF file, with the logits of every position when `logits_all` (what
+    the checks and the certificate read); a file it cannot load is one ModelLoadError line."""
     from llama_cpp import Llama
 
     try:
@@ -300,7 +302,7 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
 
     folder = Path(folder)
     f16 = folder / "model-f16.gguf"
-    llm = _llama(f16, logits_all=True)
+    llm = load_llama(f16, logits_all=True)
     compare, worst_prefix = [], 0.0
     for prompt in prompts:
         ours, our_logits, our_stop = llama_greedy(llm, prompt, max_new_tokens)
@@ -321,7 +323,7 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
     result = {"max_logit_diff_f16": worst_prefix, "token_match": compare, "files": {}}
     base_ppl = None
     for path in [f16] + sorted(p for p in folder.glob("model-*.gguf") if p != f16):
-        llm = llm if path == f16 else _llama(path, logits_all=True)
+        llm = llm if path == f16 else load_llama(path, logits_all=True)
         gens, n_tok, seconds = [], 0, 0.0
         for prompt in prompts:
             start = time.time()

@@ -1,4 +1,4 @@
-"""An exported GGUF served over HTTP as Ollama serves it (docs/export.md, "Serve the file over HTTP"):
+"""An exported GGUF (05_save_and_push, `gemmate export`) served over HTTP as Ollama serves it:
 Ollama 0.30 and later runs every GGUF on llama.cpp's server, so the course starts the same kind of server on
 the file (llama-cpp-python's `python -m llama_cpp.server`, the pinned llama.cpp) and asks its completion
 endpoint for the raw prompt, as `ollama run` sends it with the Modelfile's TEMPLATE of the prompt alone (or

@@ -59,7 +59,7 @@ def test_a_file_llama_cpp_cannot_load_is_one_line(tmp_path):
     bad = tmp_path / "model-f16.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ModelLoadError) as err:
-        export._llama(bad)
+        export.load_llama(bad)
     assert "llama.cpp cannot load" in one_line(err.value)
 
 

@@ -86,7 +86,7 @@ def test_05s_file_served_over_http_answers_as_llama_cpp_in_process(request):
 
     run = nbval_run(request, "gguf/model-q8_0.gguf", "gguf/Modelfile")
     path = run / "gguf" / "model-q8_0.gguf"
-    llm = export._llama(path, logits_all=True)
+    llm = export.load_llama(path, logits_all=True)
     expected = []
     for prompt in STANDARD_PROMPTS:
         tokens, _, stopped = export.llama_greedy(llm, prompt, 24)

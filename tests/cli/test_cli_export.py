@@ -77,7 +77,7 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     assert set(report["files"]) == {"model-f16.gguf", "model-q8_0.gguf"}
     assert all(f["keeps_eos"] for f in report["files"].values())  # each file stops at the tokenizer's <eos>
     assert report["all_match_or_near_tie"], report["token_match"]
-    llm = export._llama(run / "gguf" / "model-f16.gguf", logits_all=True)
+    llm = export.load_llama(run / "gguf" / "model-f16.gguf", logits_all=True)
     base = load_model(str(folder), fp32)
     prompt = "Quote: Imagination is more"
     plain = export.hf_greedy(base, tokenizer, prompt, 8)[0]

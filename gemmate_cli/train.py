@@ -70,7 +70,8 @@ class TrainingCommand:
     """The skeleton of `gemmate train` and `gemmate train-te` (`run`): the tokenizer and the data first, so a
     bad data file is the first error; then the output_dir rule (check_output_dir), the model, training through
     training.train, the command's own saving, and train_metrics.json, rank 0's. A command fills in the three
-    steps: `prepare` the data, `fit` (wrap the model, train), `finish` (save; the metrics in its order)."""
+    steps: `prepare` the data, `train_model` (wrap the model, train), `finish` (save; the metrics in its
+    order)."""
 
     resumes = False  # whether the command can resume from its output_dir, which the rule then allows
 
@@ -81,7 +82,7 @@ class TrainingCommand:
         """Read or build the data and print its report (before the model loads); may replace self.cfg."""
         raise NotImplementedError
 
-    def fit(self, model, tokenizer, out: Path):
+    def train_model(self, model, tokenizer, out: Path):
         """Wrap `model` (LoRA, GemmaTE) and train it through training.train; returns its TrainResult."""
         raise NotImplementedError
 
@@ -104,7 +105,7 @@ class TrainingCommand:
         course = self.cfg.course
         model = load_model(course.model.model_name, course.precision, course.model.quantization,
                            course.model.attn_implementation)
-        result = self.fit(model, tokenizer, out)
+        result = self.train_model(model, tokenizer, out)
         common = {"steps": result.steps, "seconds": round(result.seconds, 1),
                   "final_loss": last_logged(result.log, "loss")}
         metrics = self.finish(result, tokenizer, out, common)
@@ -147,7 +148,7 @@ class LoraTraining(TrainingCommand):
         if world()[0] == 0:
             print(self.data.report(), flush=True)
 
-    def fit(self, model, tokenizer, out: Path):
+    def train_model(self, model, tokenizer, out: Path):
         from transformers import EarlyStoppingCallback
 
         from gemmate_cli.checkpoints import CheckpointPolicy

@@ -74,7 +74,7 @@ class TemporalTraining(TrainingCommand):
         self.dataset = TextDataset(texts, tokenizer, stamps, max_length=course.train.max_length,
                                    prompt_end=course.temporal.prompt_end)
 
-    def fit(self, model, tokenizer, out: Path):
+    def train_model(self, model, tokenizer, out: Path):
         course = self.cfg.course
         te = attach_temporal_lora(GemmaTEForCausalLM(model, course.temporal), course)
         print(f"training on {len(self.dataset)} rows from {self.source} ({course.precision.device}, "

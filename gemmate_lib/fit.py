@@ -8,7 +8,8 @@ figures are held within 15% of the full-shape rehearsal's measurements (docs/ful
 the rows its constants were calibrated on are marked there), and the notebooks (`notebook_need`): the model
 copies each notebook holds at once, on its default path and in each optional part (03's part 2, 05's GGUF
 export, an exercise's solution), measured while the course runs (tools/notebook_fit.py, the smoke run's
-ledger, NOTEBOOKS below), times each copy's footprint. The GPU figures have not been measured on a T4 yet.
+ledger, MEASURED_COPIES below), times each copy's footprint. The GPU figures have not been measured on a T4
+yet.
 Where something will not fit, `require_fit` / `notebook_fit` say what is needed and a runtime that has it.
 """
 from __future__ import annotations
@@ -31,8 +32,8 @@ RESOURCE_UNITS = {"gpu": (GIB, "GiB of GPU memory"), "ram": (1e9, "GB of RAM"), 
 # Resident memory of the processes before their work (measured here): Python with torch and safetensors (a
 # load), with transformers and peft too (the merge), llama.cpp's converter (with what it holds for the
 # vocabulary), llama.cpp's quantizer. The notebook's kernel holds more (the libraries, the tokenizer, the
-# data): its figure is measured in the smoke run (NOTEBOOKS' "kernel_bytes", tools/notebook_fit.py) and used
-# for the phases that run inside it.
+# data): its figure is measured in the smoke run (MEASURED_COPIES' "kernel_bytes", tools/notebook_fit.py)
+# and used for the phases that run inside it.
 TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.75e9, 0.05e9
 # a process that loads through the library's load_model with nothing to convert: Python, torch, transformers
 # and the loader's own bookkeeping (measured: make rehearse's load phase on a tiny random Gemma 1 and Gemma 3)
@@ -43,7 +44,8 @@ SEED_T4_STEP_S = 2.69  # the seed notebook: gemma-2b, NF4, fp16, batch 1 x 4, 10
 # order (core_model_loading.GLOBAL_WORKERS); a free Colab runtime has 2 CPUs
 LOAD_WORKERS = 2
 ACTIVATIONS = 0.5 * GIB  # batch 1 x 128 tokens with checkpointing; TRL's fused head builds no logits
-NOTEBOOKS = Path(__file__).with_name("notebook_copies.json")  # measured copies per notebook (notebook_fit.py)
+# the copies each notebook holds at once, measured (written by tools/notebook_fit.py)
+MEASURED_COPIES = Path(__file__).with_name("notebook_copies.json")
 
 
 class FitError(GemmateError, RuntimeError):
@@ -290,8 +292,8 @@ def parts_text(parts) -> str:
 
 @cache
 def measured() -> dict:
-    """The copies each notebook holds at once, measured (NOTEBOOKS, written by tools/notebook_fit.py)."""
-    return json.loads(NOTEBOOKS.read_text())
+    """The copies each notebook holds at once, measured (MEASURED_COPIES)."""
+    return json.loads(MEASURED_COPIES.read_text())
 
 
 def kernel_extra(data: dict | None = None) -> float:
@@ -341,7 +343,7 @@ def notebook_need(notebook: str, shape: Shape, compute_bytes: int, data: dict | 
                   cpu: bool = False, parts: frozenset[str] = frozenset()) -> NotebookNeed:
     """What `notebook` needs at its peak for a model of `shape` computing in `compute_bytes`, from its
     measured moments on its default path and in the optional `parts` it runs (`data`: the measured copies,
-    NOTEBOOKS unless given; `cpu`: moment_need's)."""
+    MEASURED_COPIES unless given; `cpu`: moment_need's)."""
     data = data or measured()
     entry, idle = data["notebooks"][notebook], {"gpu": 0.0, "ram": TORCH_BASELINE + kernel_extra(data)}
     moments = [m for m in entry["moments"] if m.get("part") is None or m["part"] in parts]

@@ -118,11 +118,19 @@ def fake_gpu(monkeypatch):
         name = name or ("Tesla T4" if tuple(capability) < (8, 0) else "NVIDIA A100")
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: tuple(capability))
+
+        def properties(device=None):  # as torch: None is the current device (0); another index must exist
+            index = 0 if device is None else getattr(device, "index", device) or 0
+            if not 0 <= index < count:
+                raise AssertionError("Invalid device id")
+            return types.SimpleNamespace(name=name, major=capability[0], minor=capability[1],
+                                         total_memory=int(memory_gib * 2**30))
+
+        monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: properties(device).name)
+        monkeypatch.setattr(torch.cuda, "get_device_capability",
+                            lambda device=None: (properties(device).major, properties(device).minor))
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(
-            name=name, major=capability[0], minor=capability[1], total_memory=int(memory_gib * 2**30)))
 
     return fake
 

@@ -1,5 +1,6 @@
 """The planner's predictions against what was measured at the real shapes (docs/full-shape.json, written by
 `make rehearse`), its verdict on a free Colab T4, and the GPU memory line the notebooks print."""
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -190,8 +191,6 @@ def test_gpu_memory_reports_what_the_process_holds_not_only_the_tensors(fake_gpu
 
 
 def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu):
-    import dataclasses
-
     from gemmate_lib.config import course_config
     from gemmate_lib.housekeeping.errors import HardwareError
     from gemmate_lib.housekeeping.hardware import Precision
@@ -214,6 +213,7 @@ def test_the_plan_table_shows_each_phases_figures_under_its_heading_and_its_verd
     plan = fit.predict(shapes["gemma-4-E2B"], 2)
     runtime = {"gpu": "T4", "gpu_bytes": 6 * fit.GIB, "ram_bytes": 5.45e9, "disk_bytes": 21e9}
     head, *rows = fit.report(plan, runtime).splitlines()
+    assert head.split()[:9] == ["phase", "GPU", "GiB", "RAM", "GB", "disk", "GB", "T4", "time"]
     assert head.endswith("(estimates; T4: 6.0 GiB, RAM 5.5 GB, disk 21 GB free)")
     ends = {name: head.index(name) + len(name) for name in ("GPU GiB", "RAM GB", "disk GB", "T4 time")}
     assert head.startswith("phase ") and list(ends.values()) == sorted(ends.values())
@@ -242,6 +242,8 @@ def test_a_plan_computes_in_the_dtype_a_t4_runs_the_generation_in(generation_fol
     folder = str(generation_folder(generation))
     assert fit.plan_for(folder) == fit.plan_for(folder, compute_bytes)
     assert fit.plan_for(folder) != fit.plan_for(folder, 6 - compute_bytes)
+    half = fit.plan_for(folder, steps=50)["nf4"]["seconds"]  # predict's settings pass through
+    assert half == pytest.approx(fit.plan_for(folder)["nf4"]["seconds"] / 2)
     asked = []
     read = AutoConfig.from_pretrained
     monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *a, **k: asked.append(k) or read(*a, **k))
@@ -303,3 +305,105 @@ def test_an_exercise_is_a_part_of_its_lesson_and_named_after_the_lessons_own_par
     assert fit.parts_text({"exercise 05-2", "export_gguf", "compare"}) == (
         "part 2 (compare=True), the GGUF export (export_gguf=True), exercise 05-2")
     assert fit.part_label("exercise 03-4") == "exercise 03-4"
+
+
+def test_what_a_shape_says_about_repacking_and_the_checkpoints_bytes():
+    """llama.cpp repacks 4-bit layers only where the hidden size is a multiple of 256 (gemma-2b's 2048, E2B's
+    1536), not Gemma 3 1B's 1152 or the 270M's 640; the Hub's checkpoints are bf16 (2 bytes a value), the
+    embedded converted folder fp32."""
+    shapes = {name: fit.shape_of(full_shape.config_of(name))  # here, not the fixture's: mutmut sees the calls
+              for name in ("gemma-2b", "gemma-4-E2B", "gemma-3-1b-pt", "gemma-3-270m")}
+    assert shapes["gemma-2b"].repacked == shapes["gemma-2b"].quantized > 0  # every text linear layer
+    assert 0 < shapes["gemma-4-E2B"].repacked <= shapes["gemma-4-E2B"].quantized
+    assert shapes["gemma-3-1b-pt"].repacked == shapes["gemma-3-270m"].repacked == 0
+    assert [shapes[m].checkpoint_bytes for m in ("gemma-2b", "gemma-3-1b-pt", "gemma-4-E2B")] == [2, 2, 2]
+
+
+def test_the_t4_time_is_the_seeds_step_scaled_by_the_text_weights_and_fp32():
+    """The plan's training time: gemma-2b in fp16 for 100 steps is the seed notebook's measured 100 steps on a
+    T4; fp32 (Gemma 3 and 4 on a T4) is 4x slower; a per-layer table, only looked up, adds no step time."""
+    base = fit.Shape(parameters=2_500_000_000, quantized=2_000_000_000, text=2_500_000_000, largest=1,
+                     largest_adapted=1)
+    assert fit.predict(base, 2)["nf4"]["seconds"] == pytest.approx(100 * fit.SEED_T4_STEP_S)
+    assert fit.predict(base, 4)["nf4"]["seconds"] == pytest.approx(4 * 100 * fit.SEED_T4_STEP_S)
+    assert fit.predict(base, 2, steps=50)["nf4"]["seconds"] == pytest.approx(50 * fit.SEED_T4_STEP_S)
+    table = dataclasses.replace(base, text=3_000_000_000, per_layer=500_000_000)
+    assert fit.predict(table, 2)["nf4"]["seconds"] == pytest.approx(100 * fit.SEED_T4_STEP_S)
+    for phase, need in fit.predict(base, 2).items():  # minutes, not hours, for a 2.5 B model on a T4
+        assert 10 < need["seconds"] < 3600, phase
+
+
+def test_the_plan_trains_at_the_courses_lora_rank_with_activations_on_top_of_the_4_bit_copy(shapes):
+    from gemmate_lib.config import course_config
+
+    shape = shapes["gemma-2b"]
+    assert fit.predict(shape, 2) == fit.predict(shape, 2, lora_r=course_config().lora.lora_r)
+    copy = fit.copy_bytes(shape, "nf4-fp32", 2)["gpu"]
+    trains = fit.predict(shape, 2)["nf4"]["gpu"]
+    assert copy + fit.ACTIVATIONS < trains < copy + fit.ACTIVATIONS + 0.1 * fit.GIB  # LoRA's share: small
+    assert fit.predict(shape, 2, lora_r=64)["nf4"]["gpu"] > trains  # a higher rank holds more
+
+
+def test_a_whole_16_bit_copy_is_two_bytes_a_weight_and_nf4_half_a_byte_a_quantized_one(shapes):
+    shape = shapes["gemma-2b"]
+    whole = fit.copy_bytes(shape, "whole", 2)
+    assert whole == {"gpu": 2 * shape.parameters, "host": 0, "loading": 2 * shape.parameters}
+    nf4 = fit.copy_bytes(shape, "nf4", 2)
+    assert nf4["loading"] == shape.quantized * fit.NF4_BYTES + 2 * (shape.parameters - shape.quantized)
+
+
+def test_the_conversion_buffers_two_threads_hold_at_once():
+    """converted() on hand-made sizes: an fp32 load of an fp32 checkpoint converts nothing; two threads hold
+    two buffers while their conversions overlap; a buffer freed as another is taken is not counted twice."""
+    def shape(*sizes, checkpoint=2):
+        return fit.Shape(parameters=sum(sizes), quantized=0, text=sum(sizes), largest=max(sizes),
+                         largest_adapted=1, sizes=sizes, checkpoint_bytes=checkpoint)
+
+    assert fit.converted(shape(10, 10, checkpoint=4), 4) == 0
+    assert fit.converted(shape(10, 10, checkpoint=4), 2) == 20  # fp32 -> fp16: one buffer at a time
+    # thread 1: the first tensor (read until 20, held until 60); thread 2: the second (read until 2, held
+    # until 6), then the third (read until 26, held until 66): both held at 26
+    assert fit.converted(shape(10, 1, 10), 4, workers=2) == 80
+    # thread 2's third tensor is taken at 60, when thread 1's first is freed: never both
+    assert fit.converted(shape(10, 5, 15), 4, workers=2) == 60
+    # a buffer is held while its bytes are converted (4 bytes a value here): thread 2 holds the second tensor
+    # (read until 4) until 12, and thread 1 reads the third from 6 to 10 and holds it: both at 10
+    assert fit.converted(shape(1, 2, 2), 4, workers=2) == 16
+
+
+def test_the_kernels_share_is_never_negative_and_a_notebook_that_loads_nothing_holds_no_gpu(shapes):
+    lean = {"kernel_bytes": fit.TORCH_BASELINE - 5, "notebooks": {"nb": {"moments": []}}}
+    assert fit.kernel_extra(lean) == 0
+    need = fit.notebook_need("nb", shapes["gemma-2b"], 2, lean)
+    assert (need.copies, need.gpu, need.ram, need.without_whole) == (0, 0, fit.TORCH_BASELINE, "")
+    idle = fit.moment_need({"copies": []}, shapes["gemma-2b"], 2, lean)
+    assert idle == {"gpu": 0, "ram": fit.TORCH_BASELINE}
+    lean["notebooks"]["idle"] = {"moments": [{"copies": []}]}  # a measured moment that holds no copy
+    assert fit.notebook_need("idle", shapes["gemma-2b"], 2, lean).ram == fit.TORCH_BASELINE
+
+
+def test_a_moments_copies_add_up_and_on_a_cpu_every_copy_is_whole(shapes):
+    shape, data = shapes["gemma-2b"], {"kernel_bytes": 0, "notebooks": {}}
+    one = fit.moment_need({"copies": ["nf4-fp32"]}, shape, 2, data)
+    assert one["gpu"] == fit.copy_bytes(shape, "nf4-fp32", 2)["gpu"] > 0  # the GPU profile unless told
+    two = fit.moment_need({"copies": ["nf4-fp32", "whole"]}, shape, 2, data)
+    assert two["gpu"] == one["gpu"] + fit.copy_bytes(shape, "whole", 2)["gpu"]
+    on_cpu = fit.moment_need({"copies": ["nf4-fp32"]}, shape, 4, data, cpu=True)
+    assert on_cpu == fit.moment_need({"copies": ["whole"]}, shape, 4, data, cpu=True)  # 16/32-bit there
+    assert on_cpu["ram"] == fit.TORCH_BASELINE + fit.copy_bytes(shape, "whole", 4)["gpu"]
+
+
+def test_a_per_layer_table_loading_on_the_cpu_is_counted_once(shapes):
+    """E2B's per-layer table is the largest tensor: while it loads, its converted buffer is the table's own
+    16-bit host copy, not a second one beside it."""
+    shape, data = shapes["gemma-4-E2B"], {"kernel_bytes": 0, "notebooks": {}}
+    loading = fit.moment_need({"copies": ["nf4-fp32"], "loading": 0}, shape, 2, data)
+    host = fit.copy_bytes(shape, "nf4-fp32", 2)["host"]
+    assert fit.converted(shape, 2) <= host
+    assert loading["ram"] == pytest.approx(fit.TORCH_BASELINE + host, abs=0.5)
+
+
+def test_the_t4_time_column_rounds_minutes():
+    plan = {"load": {"gpu": None, "ram": 1e9, "disk": 1e9, "seconds": 90}}
+    roomy = {"gpu": None, "gpu_bytes": None, "ram_bytes": 1e15, "disk_bytes": 1e15}
+    assert fit.report(plan, roomy).splitlines()[1].split()[4:6] == ["2", "m"]  # 1.5 minutes

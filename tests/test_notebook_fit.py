@@ -271,3 +271,34 @@ def test_a_gated_models_config_is_read_with_the_learners_token(tmp_path, monkeyp
                           precision=Precision("cuda", torch.float16, "a T4"))
     fit.notebook_fit("04_evaluation", cfg, fit.FREE_COLAB)
     assert asked == [("google/gemma-2b", {"token": "hf_not_a_real_token"})]
+
+
+def test_the_line_counts_copies_and_is_what_an_out_of_memory_message_quotes(tmp_path, monkeypatch, e2b):
+    """On a hand-made measurement of E2B on a free T4: two 4-bit copies at once stop the notebook with its
+    figures; a 16/32-bit part beside the 4-bit path is left out with the estimate it was judged on; and the
+    last line computed is the one an out-of-memory error quotes."""
+    from gemmate_lib.housekeeping.errors import LAST_FIT, out_of_memory_error
+    from tools.full_shape import config_of
+
+    config_of("gemma-4-E2B").save_pretrained(tmp_path)
+    cfg = _cfg(tmp_path, "gemma-4-E2B")
+    whole = {"copies": ["whole"], "loading": 0, "training": False}
+    nf4 = {"copies": ["nf4-fp32"], "loading": 0, "training": False}
+    two = {"copies": ["nf4-fp32", "nf4-fp32"], "loading": 0, "training": False}  # the load peak
+    data = _moments(whole, nf4)
+    data["notebooks"]["two"] = {"moments": [two]}
+    monkeypatch.setattr(fit, "measured", lambda: data)
+    try:
+        answer = fit.notebook_fit("nb", cfg, fit.FREE_COLAB)
+        assert not answer.whole_copies and "fits without its 16/32-bit part" in answer.line
+        assert answer.need == fit.notebook_need("nb", e2b, 4, data) and answer.runtime == fit.FREE_COLAB
+        with pytest.raises(fit.FitError) as err:
+            fit.notebook_fit("two", cfg, fit.FREE_COLAB)
+        assert "at most 2 model copies at once" in str(err.value) and "will not fit" in str(err.value)
+        roomy = {**fit.FREE_COLAB, "gpu_bytes": 1e15, "ram_bytes": 1e15}
+        line = fit.notebook_fit("two", cfg, roomy).line
+        assert line.endswith("(estimates): fits") and LAST_FIT["line"] == line.removesuffix(": fits")
+        said = out_of_memory_error("a training step", torch.OutOfMemoryError("CUDA out of memory"))
+        assert said.problem.endswith(f"the course estimated: {line.removesuffix(': fits')}")
+    finally:
+        LAST_FIT.clear()

@@ -10,7 +10,8 @@ TRAINERS = {"Trainer", "SFTTrainer", "CourseSFTTrainer", "sft_trainer"}
 WRAPPERS = {  # every way in to training, by file
     "gemmate_lib/training.py": ["train_lora"], "gemmate_lib/methods.py": ["train_arm"],
     "gemmate_lib/temporal/training.py": ["train_temporal"],
-    "gemmate_cli/train.py": ["LoraTraining.fit"], "gemmate_cli/train_te.py": ["TemporalTraining.fit"]}
+    "gemmate_cli/train.py": ["LoraTraining.train_model"],
+    "gemmate_cli/train_te.py": ["TemporalTraining.train_model"]}
 
 
 def _called(node) -> str | None:
@@ -81,7 +82,7 @@ def training_calls(module: str, tree: ast.Module, function: ast.FunctionDef) -> 
 def functions_of(tree: ast.Module) -> dict[str, ast.FunctionDef]:
     found = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     return found | {f"{c.name}.{n.name}": n for c in tree.body if isinstance(c, ast.ClassDef)
-                    for n in c.body if isinstance(n, ast.FunctionDef)}  # the commands' `fit` steps
+                    for n in c.body if isinstance(n, ast.FunctionDef)}  # the commands' `train_model` steps
 
 
 def test_every_way_in_is_a_wrapper_over_training_train():
@@ -95,15 +96,17 @@ def test_every_way_in_is_a_wrapper_over_training_train():
 def test_a_call_named_train_that_is_not_training_train_is_caught():
     """The rule resolves what a call named `train` is: a trainer's own train(), a method, or a train imported
     from elsewhere is not the one training path."""
-    for body in ("def fit(self, model):\n    return self.trainer.train()\n",
-                 "def fit(self, model):\n    from gemmate_lib.methods import train\n"
+    for body in ("def train_model(self, model):\n    return self.trainer.train()\n",
+                 "def train_model(self, model):\n    from gemmate_lib.methods import train\n"
                  "    return train(model)\n",
-                 "def fit(self, model):\n    train = print\n    return train(model)\n",
-                 "def fit(self, model):\n    from gemmate_lib import methods as training\n"
+                 "def train_model(self, model):\n    train = print\n    return train(model)\n",
+                 "def train_model(self, model):\n    from gemmate_lib import methods as training\n"
                  "    return training.train(model)\n"):
         tree = ast.parse(body)
-        assert training_calls("gemmate_cli/train.py", tree, functions_of(tree)["fit"]) == [], body
-    good = "def fit(self, model):\n    from gemmate_lib.training import train\n    return train(model)\n"
+        calls = training_calls("gemmate_cli/train.py", tree, functions_of(tree)["train_model"])
+        assert calls == [], body
+    good = ("def train_model(self, model):\n    from gemmate_lib.training import train\n"
+            "    return train(model)\n")
     tree = ast.parse(good)
-    found = training_calls("gemmate_cli/train.py", tree, functions_of(tree)["fit"])
+    found = training_calls("gemmate_cli/train.py", tree, functions_of(tree)["train_model"])
     assert found == ["gemmate_lib.training.train"]

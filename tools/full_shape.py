@@ -88,8 +88,8 @@ CONFIGS["gemma-3-4b-pt"] = {
     "torch_dtype": "bfloat16",
 }
 OFFERED = ("gemma-2b", "gemma-3-1b-pt", "gemma-4-E2B")  # the three the course offers (notebook 00)
-EMBEDDED = "gemma-3-270m"  # the embedded model at its real shape: its converted folder, real weights
-MODELS = (*OFFERED, EMBEDDED, "gemma-3-4b-pt")  # make rehearse's models, in its tables' order
+EMBEDDED_MODEL = "gemma-3-270m"  # the embedded model at its real shape: its converted folder, real weights
+MODELS = (*OFFERED, EMBEDDED_MODEL, "gemma-3-4b-pt")  # make rehearse's models, in its tables' order
 CALIBRATION = set(OFFERED)  # the rows the planner's constants were calibrated on; the others test it
 SHARD_BYTES = 2 * 2**30  # the shards this builder writes (the Hub's: up to ~5 GB; memory while writing ~2 GB)
 
@@ -101,10 +101,11 @@ def root() -> Path:
 
 
 def config_of(name: str):
-    """The transformers config object of `name` (one of CONFIGS, or EMBEDDED: its converted folder's)."""
+    """The transformers config object of `name` (one of CONFIGS, or EMBEDDED_MODEL: its converted
+    folder's)."""
     from transformers import AutoConfig
 
-    if name == EMBEDDED:
+    if name == EMBEDDED_MODEL:
         from gemmate_lib.models import prepare_embedded
 
         return AutoConfig.from_pretrained(prepare_embedded(verbose=False))
@@ -173,7 +174,7 @@ def build(name: str, folder: Path | None = None, verbose: bool = True) -> Path:
 
     from gemmate_lib.housekeeping.files import atomic_folder
 
-    if name == EMBEDDED:  # real weights, already a model folder
+    if name == EMBEDDED_MODEL:  # real weights, already a model folder
         from gemmate_lib.models import prepare_embedded
 
         return prepare_embedded(verbose=False)

@@ -331,7 +331,7 @@ def write(data: dict) -> None:
     from gemmate_lib import fit
     from tools.markers import replace
 
-    fit.NOTEBOOKS.write_text(json.dumps(data, indent=1) + "\n")
+    fit.MEASURED_COPIES.write_text(json.dumps(data, indent=1) + "\n")
     fit.measured.cache_clear()
     DOCS.write_text(replace(DOCS.read_text(), "notebook table", table(data)))
     README.write_text(replace(README.read_text(), "fit line", readme_line(data)))

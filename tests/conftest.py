@@ -120,7 +120,9 @@ def fake_gpu(monkeypatch):
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
 
         def properties(device=None):  # as torch: None is the current device (0); another index must exist
-            index = 0 if device is None else getattr(device, "index", device) or 0
+            if isinstance(device, (str, torch.device)):
+                device = torch.device(device).index
+            index = 0 if device is None else device
             if not 0 <= index < count:
                 raise AssertionError("Invalid device id")
             return types.SimpleNamespace(name=name, major=capability[0], minor=capability[1],

@@ -38,13 +38,22 @@ def generate_from_config(cfg: CommandConfig):
                     max_new_tokens=cfg.course.generate.max_new_tokens)
 
 
-def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES) -> dict:
-    """`gemmate export`: export_gguf, then verify_gguf on the standard prompts and the held-out quotes."""
+def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES, adapter: bool = False,
+                      base_gguf=None) -> dict:
+    """`gemmate export`: export_gguf, then verify_gguf on the standard prompts and the held-out quotes, then
+    the certificate of every level; `adapter`: also the adapter alone as GGUF (adapter_gguf.py) beside the
+    base's 16-bit GGUF (`base_gguf`, or converted once into gguf/), certified as the level "f16+lora"."""
     from gemmate_lib.data import load_quotes
     from gemmate_lib.housekeeping.hardware import pick_precision
 
     run_dir, c = Path(run_dir), cfg.course
     quant_types = check_export(run_dir, quant_types)
+    if adapter:  # what the adapter file needs, said before the minutes of merging and converting
+        from gemmate_lib.adapter_gguf import base_architecture, lora_pairs
+
+        lora_pairs(run_dir / "adapter")
+        if base_gguf is not None:
+            base_architecture(base_gguf)
     # the merge as 05 does it: into a freshly loaded fp32 base, never a 4-bit one
     merged, tokenizer = load_merged(c.model.model_name, pick_precision("cpu", "fp32"), run_dir / "adapter")
     exported = export_gguf(run_dir, merged, tokenizer, quant_types, c.generate.max_new_tokens)
@@ -53,11 +62,19 @@ def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES) -> d
     verified = verify_gguf(exported["folder"], merged, tokenizer, STANDARD_PROMPTS, heldout,
                            c.generate.max_new_tokens)
     result = {**exported, **verified}
+    pair = None
+    if adapter:
+        from gemmate_lib.adapter_gguf import ADAPTER_FILE, base_gguf_of, write_adapter_gguf
+
+        folder = Path(exported["folder"])
+        base = base_gguf_of(c.model.model_name, folder, base_gguf)
+        result["adapter_gguf"] = write_adapter_gguf(run_dir / "adapter", base, folder / ADAPTER_FILE)
+        pair = (base, folder / ADAPTER_FILE)
     save_json(run_dir / "gguf" / "verification.json", result)
     # what each level cost, as 05 prints it
     result["certificate"] = certify(exported["folder"], merged, tokenizer, held_out_prompts(data.held_out),
                                     heldout, max_new_tokens=c.generate.max_new_tokens,
-                                    excused=known_losses(c.model.model_name))
+                                    excused=known_losses(c.model.model_name), adapter=pair)
     save_json(run_dir / "gguf" / "certificate.json", result["certificate"])
     return result
 

@@ -48,6 +48,10 @@ EXTRA = [  # each command's own arguments beside the settings: (command, name, a
     ("export", "run_dir", dict(metavar="RUN_DIR", help="a run folder with adapter/ (03, `gemmate train`)")),
     ("export", "--quantize", dict(nargs="*", default=["q8_0", "q4_k_m"], metavar="TYPE", help="llama.cpp "
                                   "quantization types (default: q8_0 q4_k_m; none: only 16-bit)")),
+    ("export", "--adapter_gguf", dict(action="store_true", help="also the adapter alone as a llama.cpp LoRA "
+                                      "GGUF (a few MB), with the base model's 16-bit GGUF to apply it to")),
+    ("export", "--base_gguf", dict(default=None, metavar="PATH", help="with --adapter_gguf: the base model's "
+                                   "16-bit GGUF from an earlier export (default: convert the base once)")),
     ("train-te", "--fp16", dict(action="store_true",
                                 help="fp16 mixed precision (the guide's flag; needs a GPU)")),
     # accepted as before, and changes nothing now: the training commands' one output_dir rule
@@ -165,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         from gemmate_lib.certificate import table
         from gemmate_lib.export import summary
 
-        exported = export_and_verify(args.run_dir, cfg, args.quantize)
+        exported = export_and_verify(args.run_dir, cfg, args.quantize,
+                                     adapter=args.adapter_gguf or args.base_gguf is not None,
+                                     base_gguf=args.base_gguf)
         print(summary(exported))
         print(table(exported["certificate"]))
         if not exported["certificate"]["passed"]:

@@ -37,6 +37,9 @@ BOUNDS = {
     "q8_0": {"mean_gap": 0.08, "worst_gap": 1.5, "top1": 0.97, "perplexity_ratio": 1.03},
     "q4_k_m": {"mean_gap": 0.5, "worst_gap": 8.0, "top1": 0.85, "perplexity_ratio": 1.5},
 }
+# the base's 16-bit file with the adapter GGUF applied at run time (adapter_gguf.py): held to the merged
+# 16-bit file's bounds, since it should compute the same weights
+BOUNDS["f16+lora"] = BOUNDS["f16"]
 MERGED = "merged (transformers)"
 DECISIVE = 1.0  # nats between the merged model's token and its runner-up: a position where it was sure
 
@@ -195,11 +198,12 @@ def judge(level: str, row: dict, merged: dict) -> list[str]:
 
 
 def certify(folder, merged, tokenizer, prompts, texts, n_tokens: int = N_TOKENS, max_new_tokens: int = 40,
-            files=None, excused: dict[str, str] | None = None) -> dict:
+            files=None, excused: dict[str, str] | None = None, adapter: tuple | None = None) -> dict:
     """The certificate of every GGUF in `folder` (or `files`), written to folder/certificate.json: per level
     its figures, its bounds and what it failed ("failed": [] passes). "passed" is true when every level is
     within its bounds, except the levels `excused` names with the reason their loss is known (known_losses);
-    the table still shows them, with the reason."""
+    the table still shows them, with the reason. `adapter`: (the base's 16-bit GGUF, the adapter GGUF), scored
+    as the level "f16+lora", its size the adapter file's."""
     excused = dict(excused or {})
     from gemmate_lib.export import load_llama
 
@@ -209,14 +213,17 @@ def certify(folder, merged, tokenizer, prompts, texts, n_tokens: int = N_TOKENS,
               "merged": merged_row(merged, tokenizer, refs, texts, max_new_tokens), "levels": {}}
     paths = [Path(f) for f in files] if files else sorted(folder.glob("model-*.gguf"), key=_size,
                                                           reverse=True)
-    for path in paths:
-        llm = load_llama(path, logits_all=True)
+    runs = [(level_of(path), path, None) for path in paths]
+    if adapter:
+        runs.append(("f16+lora", Path(adapter[0]), Path(adapter[1])))
+    for level, path, lora in runs:
+        llm = load_llama(path, logits_all=True, lora_path=lora)
         try:
             row = score_file(llm, refs, texts, max_new_tokens)
         finally:
             llm.close()
-        level = level_of(path)
-        row.update(file=path.name, size_mib=path.stat().st_size / 2**20, bounds=BOUNDS.get(level),
+        row.update(file=f"{path.name} + {lora.name}" if lora else path.name,
+                   size_mib=(lora or path).stat().st_size / 2**20, bounds=BOUNDS.get(level),
                    failed=judge(level, row, result["merged"]), excused=excused.get(level))
         result["levels"][level] = row
     result["passed"] = all(not row["failed"] or row["excused"] for row in result["levels"].values())

@@ -235,16 +235,19 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
     return result
 
 
-def load_llama(path: Path, logits_all: bool = True):
+def load_llama(path: Path, logits_all: bool = True, lora_path: Path | None = None):
     """llama.cpp (llama-cpp-python) on a GGUF file, with the logits of every position when `logits_all` (what
-    the checks and the certificate read); a file it cannot load is one ModelLoadError line."""
+    the checks and the certificate read), and a LoRA adapter GGUF applied when `lora_path` (adapter_gguf.py);
+    a file it cannot load is one ModelLoadError line."""
     from llama_cpp import Llama
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # llama.cpp's notices about its caches
             return Llama(model_path=str(path), n_ctx=512, logits_all=logits_all, verbose=False, seed=0,
+                         lora_path=str(lora_path) if lora_path else None,
                          n_threads=max(1, min(4, len(os.sched_getaffinity(0)))))  # the cores it may use
     except (ValueError, RuntimeError, OSError) as err:
+        path = f"{path} with {lora_path}" if lora_path else path
         raise ModelLoadError(f"llama.cpp cannot load {show_path(path)}: {err}",
                              "export it again (`gemmate export RUN_DIR`); a file another tool wrote may need "
                              "a newer llama-cpp-python") from None

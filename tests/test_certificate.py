@@ -142,3 +142,41 @@ def test_the_export_page_shows_the_committed_certificate():
     cert = json.loads(RECORD.read_text())
     assert block(DOC.read_text(), BLOCK) == section(cert)  # regenerated from the record, the page is the same
     assert cert["passed"] and all(not cert["levels"][level]["failed"] for level in ("f16", "q8_0"))
+
+
+@pytest.mark.after_nbval
+def test_05s_adapter_as_gguf_on_its_base_is_within_the_16_bit_files_bounds(request, tmp_path):
+    """The real embedded fine-tune's adapter (make nbval's 03) as a llama.cpp LoRA GGUF, on the embedded
+    base's 16-bit GGUF, held to the merged model like the merged 16-bit file; the same adapter written with 8
+    times its alpha (a wrong scale, as a mismatched rsLoRA setting gives) fails the same certificate."""
+    import torch
+    from nbval_run import nbval_run
+    from transformers import AutoModelForCausalLM
+
+    from gemmate_lib import adapter_gguf
+    from gemmate_lib.config import course_config
+    from gemmate_lib.data import load_quotes
+    from gemmate_lib.models import load_tokenizer
+
+    run = nbval_run(request, "adapter/adapter_model.safetensors", "merged")
+    cfg = course_config()
+    tokenizer = load_tokenizer(cfg.model.model_name)
+    merged = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float32).eval()
+    data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer,
+                       cfg.train.max_length)
+    prompts = certificate.held_out_prompts(data.held_out, n=2)
+    texts = [r["text"] + tokenizer.eos_token for r in data.held_out][:2]
+    base = adapter_gguf.base_gguf_of(cfg.model.model_name, tmp_path)
+    wrong = tmp_path / "wrong-scale"
+    shutil.copytree(run / "adapter", wrong)
+    config = json.loads((wrong / "adapter_config.json").read_text())
+    (wrong / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 8 * config["lora_alpha"]}))
+    results = {}
+    for name, adapter in (("as trained", run / "adapter"), ("8x alpha", wrong)):
+        out = tmp_path / name / adapter_gguf.ADAPTER_FILE
+        info = adapter_gguf.write_adapter_gguf(adapter, base, out)
+        assert info["size_mib"] < 16 and info["pairs"] == 7 * 18  # 7 modules x 18 layers, a few MB
+        results[name] = certificate.certify(out.parent, merged, tokenizer, prompts, texts, n_tokens=16,
+                                            files=[], adapter=(base, out))["levels"]["f16+lora"]
+    assert results["as trained"]["failed"] == [], results["as trained"]
+    assert results["8x alpha"]["failed"], results["8x alpha"]

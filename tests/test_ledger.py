@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -117,7 +118,8 @@ def test_a_kernel_records_its_loads_cells_training_and_parts(fresh_ledger, tiny_
     path = fresh_ledger / "03.jsonl"
     monkeypatch.setenv("GEMMATE_LEDGER", str(path))
     started = []
-    monkeypatch.setattr(trainer.Trainer, "train", lambda self, *a, **k: started.append(self) or "trained")
+    monkeypatch.setattr(trainer.Trainer, "train",
+                        lambda self, *a, **k: started.append((self, a, k)) or "trained")
     reference = transformers.AutoModelForCausalLM.from_pretrained(tiny_folder)  # before the ledger starts
     expected = sum(ledger.copy_bytes(reference, set()).values())
     shell = Shell()
@@ -128,7 +130,9 @@ def test_a_kernel_records_its_loads_cells_training_and_parts(fresh_ledger, tiny_
     shell.run_cell(" model = load() \n", lambda: held.update(
         model=transformers.AutoModelForCausalLM.from_pretrained(tiny_folder)))
     monkeypatch.setenv(ledger.PART, "solution 03-4")
-    shell.run_cell("trainer.train()", lambda: held.update(out=trainer.Trainer.train(object())))
+    the_trainer = object()
+    shell.run_cell("trainer.train()", lambda: held.update(
+        out=trainer.Trainer.train(the_trainer, "checkpoint-2", trial=None)))
     monkeypatch.delenv(ledger.PART)
     shell.run_cell("second = load()", lambda: held.update(
         second=transformers.AutoModelForCausalLM.from_pretrained(tiny_folder, dtype=torch.bfloat16)))
@@ -138,7 +142,8 @@ def test_a_kernel_records_its_loads_cells_training_and_parts(fresh_ledger, tiny_
     assert [(e["event"], e["cell"]) for e in events] == [
         ("cell", 1), ("load", 2), ("cell", 2), ("train", 3), ("cell", 3), ("load", 4), ("cell", 4),
         ("cell", 5)]
-    assert held["out"] == "trained" and len(started) == 1  # the real train still runs
+    assert held["out"] == "trained"  # the real train still runs, on the same trainer and arguments
+    assert started == [(the_trainer, ("checkpoint-2",), {"trial": None})]
     load, second = events[1], events[5]
     assert load["model"] == "Gemma3ForCausalLM" and load["source"] == ledger.cell_hash("model = load()")
     assert load["copies"] == [{"class": "Gemma3ForCausalLM", "bytes": {"cpu:float32": expected}}]
@@ -149,8 +154,13 @@ def test_a_kernel_records_its_loads_cells_training_and_parts(fresh_ledger, tiny_
     assert [e.get("part") for e in events] == [None, None, None, "solution 03-4", "solution 03-4", None, None,
                                               None]
     assert all(e["rss_anon"] > 0 and "pid" not in e for e in events)
+    assert all(e["time"] == round(e["time"], 3) and abs(e["time"] - time.time()) < 60 for e in events)
+    assert [e["time"] for e in events] == sorted(e["time"] for e in events)
     assert all("children_peak" in e for e in events if e["event"] == "cell")
     assert ledger.ledger_file() == str(path)  # the kernel's children write here too
+    site = path.parent / ".ledger-child"
+    assert (site / "sitecustomize.py").is_file() and os.environ["PYTHONPATH"] == str(site)
+    assert isinstance(sys.meta_path[0], ledger._AfterImport)  # modules imported later get patched too
 
 
 def test_a_child_process_writes_its_loads_to_the_kernels_ledger(fresh_ledger, tiny_folder, monkeypatch):
@@ -199,10 +209,15 @@ def test_start_child_records_exit_only_where_the_child_loaded(fresh_ledger, monk
     assert ledger._state["child"] is True and len(exits) == 1
     exits[0]()
     assert not path.exists()  # it loaded nothing
-    ledger._copies.append(lambda: None)
+    held = torch.nn.Linear(2, 2)
+    ledger._copies.append(lambda: held)  # still alive at the exit: a child's copies end with it all the same
     exits[0]()
     (line,) = lines(path)
     assert line["event"] == "exit" and line["source"] == "abc" and line["copies"] == []
+    assert line["pid"] == os.getpid()  # a child's lines say whose they are
+    monkeypatch.delenv(ledger.CELL)  # a child started outside a cell
+    exits[0]()
+    assert lines(path)[-1]["source"] == ""
 
 
 def test_a_module_is_patched_right_after_its_first_import(fresh_ledger, monkeypatch):
@@ -263,3 +278,67 @@ def test_a_cell_end_leaves_out_a_copy_only_a_cycle_holds(fresh_ledger, tiny_mode
     assert len(lines(fresh_ledger / "c.jsonl")[-1]["copies"]) == 1
     del other
     assert ledger.alive() == []
+
+
+def test_a_part_set_and_cleared_inside_a_cell_owns_that_cells_end(fresh_ledger, monkeypatch):
+    """An exercise's runner sets GEMMATE_FIT_PART for its solution and clears it before the cell ends: the
+    cell's end still belongs to that part; the next cell's does not."""
+    path = fresh_ledger / "05.jsonl"
+    monkeypatch.setenv("GEMMATE_LEDGER", str(path))
+    shell = Shell()
+    ledger.start(shell)
+
+    def solution():
+        os.environ[ledger.PART] = "exercise 05-2"
+        ledger.write("train")
+        del os.environ[ledger.PART]
+
+    shell.run_cell("run_solution()", solution)
+    shell.run_cell("")  # an empty cell: its id is the empty source's
+    events = lines(path)
+    assert [(e["event"], e.get("part")) for e in events] == [
+        ("train", "exercise 05-2"), ("cell", "exercise 05-2"), ("cell", None)]
+    assert events[-1]["source"] == ledger.cell_hash("")
+
+
+def test_two_kernels_start_in_one_folder_and_keep_pythonpath(fresh_ledger, monkeypatch):
+    """nbval starts every notebook's kernel with the same ledger folder and startup folder."""
+    monkeypatch.setenv("GEMMATE_LEDGER", str(fresh_ledger))
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    ledger.start(Shell())
+    ledger.start(Shell())  # the second kernel: the child site exists already
+    site = str(fresh_ledger / ".ledger-child")
+    assert os.environ["PYTHONPATH"].split(os.pathsep)[-1] == "/elsewhere"
+    assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == site
+    ledger.startup_dir(fresh_ledger / "ipython")
+    ledger.startup_dir(fresh_ledger / "ipython")
+    (startup,) = (fresh_ledger / "ipython" / "profile_default" / "startup").iterdir()
+    assert startup.suffix == ".py" and startup.name < "50"  # IPython runs *.py startup files, sorted
+
+
+def test_loads_and_training_starts_collect_first(fresh_ledger, tiny_model, monkeypatch):
+    """A copy only a reference cycle holds is gone at a load or a training start, even when it is the only
+    one (a cell's end collects only from two copies on); alive() collects unless told not to."""
+    import weakref
+
+    monkeypatch.setattr(ledger, "_state", {**ledger._state, "path": str(fresh_ledger / "l.jsonl")})
+    held = transformers.Gemma3ForCausalLM(tiny_model.config)
+    cycle = {"model": held}
+    cycle["self"] = cycle
+    ledger._copies.append(weakref.ref(held))
+    del held, cycle
+    ledger.write("load")
+    assert lines(fresh_ledger / "l.jsonl")[-1]["copies"] == []
+    held = transformers.Gemma3ForCausalLM(tiny_model.config)
+    cycle = {"model": held}
+    cycle["self"] = cycle
+    ledger._copies.append(weakref.ref(held))
+    del held, cycle
+    assert ledger.alive() == []
+
+
+def test_a_tensor_on_the_meta_device_counts_nothing_and_the_rest_still_count():
+    model = torch.nn.Module()
+    model.a = torch.nn.Parameter(torch.empty(4, device="meta"))
+    model.b = torch.nn.Parameter(torch.zeros(8))
+    assert ledger.copy_bytes(model, set()) == {"cpu:float32": 32}

@@ -21,6 +21,26 @@ def _run_with_adapter(tmp_path):
     return tmp_path
 
 
+def test_an_adapter_export_with_a_missing_base_gguf_is_one_line_before_the_model_loads(tmp_path, tiny_folder,
+                                                                                      capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
+
+    run = _run_with_adapter(tmp_path / "run")
+    (run / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2, "lora_alpha": 4}')
+    module = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{module}.lora_A.weight": torch.zeros(2, 64), f"{module}.lora_B.weight": torch.zeros(64, 2)},
+              run / "adapter" / "adapter_model.safetensors")
+    assert run_cli(main, ["export", str(run), "--model_name", str(tiny_folder), "--adapter_gguf",
+                          "--base_gguf", str(tmp_path / "base-f16.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "no GGUF file at" in err and "base-f16.gguf" in err and "unexpected error" not in err
+    assert not (run / "gguf").exists()
+
+
 @pytest.mark.parametrize("name, damage, what", [
     ("adapter_model.safetensors", lambda b: b[:len(b) // 2], "is cut short or damaged"),
     ("adapter_config.json", lambda b: b[:len(b) // 2], "is damaged: not valid JSON"),
@@ -68,11 +88,13 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     run = tmp_path / "run"
     save_adapter(trained, tokenizer, run / "adapter", str(folder))
     assert run_cli(main, ["export", str(run), "--model_name", str(folder), "--quantize", "q8_0",
-                          "--max_new_tokens", "8"]) == 0
+                          "--max_new_tokens", "8", "--adapter_gguf"]) == 0
     out = capsys.readouterr().out
     assert "model-q8_0.gguf" in out and "| q8_0 |" in out  # the summary and what each level cost
+    assert "| f16+lora |" in out  # the base's 16-bit file with the adapter GGUF, certified like the others
     assert sorted(p.name for p in (run / "gguf").iterdir()) == [
-        "Modelfile", "certificate.json", "model-f16.gguf", "model-q8_0.gguf", "verification.json"]
+        "Modelfile", "adapter-lora.gguf", "base-f16.gguf", "certificate.json", "model-f16.gguf",
+        "model-q8_0.gguf", "verification.json"]
     report = json.loads((run / "gguf" / "verification.json").read_text())
     assert set(report["files"]) == {"model-f16.gguf", "model-q8_0.gguf"}
     assert all(f["keeps_eos"] for f in report["files"].values())  # each file stops at the tokenizer's <eos>
@@ -84,3 +106,8 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     adapted = export.hf_greedy(load_adapter(base, run / "adapter"), tokenizer, prompt, 8)[0]
     assert export.llama_greedy(llm, prompt, 8)[0] == adapted != plain
     llm.close()
+    pair = export.load_llama(run / "gguf" / "base-f16.gguf", lora_path=run / "gguf" / "adapter-lora.gguf")
+    assert export.llama_greedy(pair, prompt, 8)[0] == adapted  # llama.cpp applies the LoRA file as PEFT does
+    pair.close()
+    cert = json.loads((run / "gguf" / "certificate.json").read_text())
+    assert cert["levels"]["f16+lora"]["failed"] == [], cert["levels"]["f16+lora"]

@@ -54,6 +54,7 @@ def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES, adap
         lora_pairs(run_dir / "adapter")
         if base_gguf is not None:
             base_architecture(base_gguf)
+            check_base_outside_export(run_dir, base_gguf)
     # the merge as 05 does it: into a freshly loaded fp32 base, never a 4-bit one
     merged, tokenizer = load_merged(c.model.model_name, pick_precision("cpu", "fp32"), run_dir / "adapter")
     exported = export_gguf(run_dir, merged, tokenizer, quant_types, c.generate.max_new_tokens)
@@ -77,6 +78,22 @@ def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES, adap
                                     excused=known_losses(c.model.model_name), adapter=pair)
     save_json(run_dir / "gguf" / "certificate.json", result["certificate"])
     return result
+
+
+def check_base_outside_export(run_dir, base_gguf) -> None:
+    """--base_gguf must not lie in a folder the export replaces (run_dir/gguf, or the runtime's /content/gguf
+    for a run on Google Drive): the export would delete it before the adapter is written against it."""
+    from gemmate_lib.housekeeping.colab import RUNTIME_DISK, on_drive
+    from gemmate_lib.housekeeping.errors import ParameterError
+    from gemmate_lib.housekeeping.files import show_path
+
+    where = Path(base_gguf).resolve()
+    for replaced in [Path(run_dir) / "gguf"] + ([RUNTIME_DISK / "gguf"] if on_drive(run_dir) else []):
+        if replaced.resolve() in where.parents:
+            raise ParameterError(f"--base_gguf {show_path(where)} lies in {show_path(replaced)}, the folder "
+                                 "this export replaces (it would be deleted before the adapter is written)",
+                                 f"move it out first (mv {show_path(where)} ~/{where.name}) and pass the new "
+                                 "path")
 
 
 def load_merged(model_name: str, precision, adapter: str | Path | None, quantization: str = "none",

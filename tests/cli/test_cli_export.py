@@ -111,3 +111,35 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     pair.close()
     cert = json.loads((run / "gguf" / "certificate.json").read_text())
     assert cert["levels"]["f16+lora"]["failed"] == [], cert["levels"]["f16+lora"]
+
+
+def test_a_base_gguf_inside_the_folder_the_export_replaces_is_refused_and_kept(tmp_path, tiny_folder, capsys):
+    """A base GGUF left in the run's own gguf/ (a previous export's base-f16.gguf): the export replaces that
+    folder, so it stops with one line before any work, and the file is still there."""
+    import gguf
+    import torch
+    from safetensors.torch import save_file
+
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
+
+    run = _run_with_adapter(tmp_path / "run")
+    (run / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2, "lora_alpha": 4}')
+    module = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{module}.lora_A.weight": torch.zeros(2, 64), f"{module}.lora_B.weight": torch.zeros(64, 2)},
+              run / "adapter" / "adapter_model.safetensors")
+    (run / "gguf").mkdir()
+    base = run / "gguf" / "base-f16.gguf"
+    writer = gguf.GGUFWriter(str(base), "gemma3")
+    writer.add_block_count(2)
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file):
+        write()
+    writer.close()
+    before = base.read_bytes()
+    assert run_cli(main, ["export", str(run), "--model_name", str(tiny_folder), "--adapter_gguf",
+                          "--base_gguf", str(base)]) == 2
+    err = capsys.readouterr().err
+    assert "the folder this export replaces" in err and "move it out first" in err
+    assert "unexpected error" not in err
+    assert base.read_bytes() == before
+    assert sorted(p.name for p in (run / "gguf").iterdir()) == ["base-f16.gguf"]

@@ -48,7 +48,7 @@ COVERING = {
     "gemmate_lib/stats.py": ["tests/test_stats.py"],
     # in this process, with a stand-in shell (the smoke run drives it through real kernels, minutes a mutant)
     "tools/ledger.py": ["tests/test_ledger.py"],
-    "tools/notebook_fit.py": ["tests/test_notebook_fit.py"],
+    "tools/notebook_fit.py": ["tests/test_notebook_fit.py", "tests/test_notebook_fit_ledgers.py"],
 }
 # what a run folder never links: the runs themselves, the environments, git, and the pyproject.toml it writes
 UNLINKED = {"runs", "mutants", "pyproject.toml"}

@@ -24,6 +24,8 @@ def test_the_docs_and_the_readme_hold_the_table_of_the_committed_measurement():
     docs, readme = (ROOT / "docs" / "full-shape.md").read_text(), (ROOT / "README.md").read_text()
     assert notebook_fit.table() in docs
     assert notebook_fit.readme_line() in " ".join(readme.split())
+    exercises = (ROOT / "docs" / "exercises.md").read_text()
+    assert notebook_fit.exercise_table() in exercises  # the exercise x model table
 
 
 def test_every_notebook_was_measured():

@@ -54,6 +54,10 @@ NF4_WIDE = _copy(cpu__4bit=400, cpu__bfloat16=100, cuda__float32=60, cpu__float3
     (NF4_WIDE, "float32", "nf4"),  # an fp32 run's 4-bit copy is not widened
     (_copy(cpu__4bit=400, cpu__bfloat16=50, cpu__float16=50, cpu__float32=100), "bfloat16", "nf4"),  # a tie
     (_copy(cpu__4bit=0, cpu__float32=100), "bfloat16", "whole"),
+    (_copy(cpu__4bit=400), "bfloat16", "nf4"),  # nothing else: not widened
+    (_copy(cpu__4bit=400, cpu__bfloat16=300), "bfloat16", "nf4"),  # no fp32 at all
+    (_copy(cpu__4bit=400, cpu__float16=100, cpu__float32=101), "float16", "nf4-fp32"),  # no bf16, 1 byte over
+    (_copy(cpu__4bit=400, cpu__bfloat16=100, cpu__float32=101), "bfloat16", "nf4-fp32"),  # no fp16
 ])
 def test_a_copys_kind_comes_from_its_bytes(copy, compute, expected):
     assert notebook_fit.kind(copy, compute) == expected
@@ -76,8 +80,11 @@ def test_a_ledgers_events_become_the_notebooks_distinct_moments(tmp_path):
         _event("train", train_b, 7.0, [NF4_WIDE]),
         _event("cell", export, 8.0, [NF4_WIDE]),
         _event("cell", "0123456789ab", 9.0, [NF4_WIDE], part="exercise 05-2"),
+        _event("exit", train_b, 10.0, [], pid=8),  # a child that loaded nothing
+        _event("cell", train_b, 11.0, [NF4_WIDE]),  # the trained copy, held after training
     ]
-    ledger = _ledger(tmp_path / "05_save_and_push.jsonl", [events[i] for i in (3, 0, 5, 1, 8, 2, 7, 4, 6)])
+    ledger = _ledger(tmp_path / "05_save_and_push.jsonl",
+                     [events[i] for i in (3, 0, 5, 10, 1, 8, 2, 7, 4, 9, 6)])
     ids = notebook_fit.cell_ids(NB / "05_save_and_push.ipynb")
     found, kernel = notebook_fit.moments(ledger, NB / "05_save_and_push.ipynb", "bfloat16")
     assert kernel == 5000 - 1010  # the kernel's memory at its first load, less the copy it loads
@@ -96,7 +103,12 @@ def test_a_ledgers_events_become_the_notebooks_distinct_moments(tmp_path):
          "cells": [ids[export]]},
         {"copies": ["nf4-fp32"], "loading": None, "training": False, "part": "exercise 05-2", "child": False,
          "cells": ["added"]},  # a cell the notebook does not have (an exercise's solution)
+        {"copies": ["nf4-fp32"], "loading": None, "training": False, "part": None, "child": False,
+         "cells": [ids[train_b]]},
     ]
+    # an fp32 run's 4-bit copy is not counted as widened
+    fp32, _ = notebook_fit.moments(ledger, NB / "05_save_and_push.ipynb", "float32")
+    assert [m["copies"] for m in fp32][3:] == [["nf4"]] * 5
 
 
 def test_the_copy_being_loaded_comes_first_and_the_others_are_sorted(tmp_path):
@@ -124,6 +136,33 @@ def test_a_child_process_loading_before_the_kernel_does_not_set_the_kernels_memo
     found, kernel = notebook_fit.moments(ledger, NB / "05_save_and_push.ipynb", "bfloat16")
     assert kernel == 2000 - 800
     assert found[1]["copies"] == ["nf4", "whole"] and found[1]["child"]
+    # the same two copies, once one in a child process and once both in the kernel: two moments
+    ledger = _ledger(tmp_path / "two.jsonl", [
+        _event("load", cell, 1.0, [WHOLE], rss=99_000, pid=3),
+        _event("cell", cell, 2.0, [NF4]),
+        _event("exit", cell, 3.0, [], pid=3),
+        _event("cell", cell, 4.0, [NF4, WHOLE]),
+    ])
+    found, _ = notebook_fit.moments(ledger, NB / "05_save_and_push.ipynb", "bfloat16")
+    assert [(m["copies"], m["child"]) for m in found] == [
+        (["whole"], True), (["nf4", "whole"], True), (["nf4"], False), (["nf4", "whole"], False)]
+
+
+def test_cells_without_ids_are_named_by_their_place(tmp_path):
+    """An older notebook's cells carry no id: a ledger's cell is then named by its index among all cells."""
+    import nbformat
+
+    from tools.ledger import cell_hash
+
+    node = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# a"),
+                                           nbformat.v4.new_code_cell("x = 1"),
+                                           nbformat.v4.new_code_cell("y = 2\nprint(y)")])
+    path = tmp_path / "old.ipynb"
+    text = json.loads(nbformat.writes(node))
+    for c in text["cells"]:
+        c.pop("id", None)
+    path.write_text(json.dumps(text))
+    assert notebook_fit.cell_ids(path) == {cell_hash("x = 1"): "1", cell_hash("y = 2\nprint(y)"): "2"}
 
 
 def test_a_ledger_is_matched_to_its_notebook_by_name_or_by_most_of_its_cells(tmp_path):
@@ -160,6 +199,15 @@ def test_a_runs_ledgers_are_collected_per_notebook_with_the_largest_kernel(tmp_p
         (["nf4"], 0, None), (["nf4"], None, "export_gguf")]
     assert "without_whole" not in found["notebooks"]["04_evaluation"]
     assert "float16 compute" in found["measured"]
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert found["measured"].endswith(f"compute), {head.stdout.strip()}")  # the commit it measured
+    wide = _copy(cpu__4bit=400, cpu__float32=500)
+    _ledger(tmp_path / "ledger" / "04_evaluation.jsonl",
+            [_event("load", _hash("04_evaluation"), 1.0, [wide])])
+    fp32 = notebook_fit.collect(tmp_path, "float32")["notebooks"]["04_evaluation"]["moments"]
+    assert fp32[0]["copies"] == ["nf4"]
     assert notebook_fit.collect(tmp_path / "empty")["kernel_bytes"] == 0
 
 
@@ -220,13 +268,13 @@ def test_a_notebook_whose_verdict_got_worse_is_named_with_the_model(monkeypatch)
 
 def test_each_table_cell_says_the_verdict_copies_and_peaks():
     gib = fit.GIB
-    row = {"fits": "yes", "copies": 1, "gpu": 3 * gib, "ram": 4e9, "gpu_rest": 0, "ram_rest": 0}
-    assert notebook_fit.cell_text(row) == "**fits**: 1 at once, 3.0 GiB GPU, 4.0 GB RAM"
+    row = {"fits": "yes", "copies": 1, "gpu": 3 * gib, "ram": 1.05e9, "gpu_rest": 0, "ram_rest": 0}
+    assert notebook_fit.cell_text(row) == "**fits**: 1 at once, 3.0 GiB GPU, 1.1 GB RAM"
     assert notebook_fit.cell_text({**row, "fits": "no", "copies": 2}) == (
-        "**does not fit**: 2 at once, 3.0 GiB GPU, 4.0 GB RAM")
-    partial = {**row, "fits": "without the merge", "gpu": 20 * gib, "gpu_rest": 5.5 * gib, "ram_rest": 2e9}
+        "**does not fit**: 2 at once, 3.0 GiB GPU, 1.1 GB RAM")
+    partial = {**row, "fits": "without the merge", "gpu": 20 * gib, "gpu_rest": 5.5 * gib, "ram_rest": 1.05e9}
     assert notebook_fit.cell_text(partial) == (
-        "fits without the merge: 1 at once, 5.5 GiB GPU, 2.0 GB RAM (with it 20.0 GiB)")
+        "fits without the merge: 1 at once, 5.5 GiB GPU, 1.1 GB RAM (with it 20.0 GiB)")
 
 
 def test_the_exercise_table_has_a_row_per_exercise_and_says_why_one_does_not_fit(monkeypatch):
@@ -270,18 +318,19 @@ def test_writing_a_measurement_regenerates_the_json_and_the_three_tables(tmp_pat
         monkeypatch.setattr(notebook_fit, name, pages[name])
     monkeypatch.setattr(fit, "MEASURED_COPIES", tmp_path / "copies.json")
     monkeypatch.setattr(notebook_fit, "table", lambda data=None: f"TABLE {len(data['notebooks'])}")
-    monkeypatch.setattr(notebook_fit, "readme_line", lambda data=None: "README LINE")
-    monkeypatch.setattr(notebook_fit, "exercise_table", lambda data=None: "EXERCISES")
+    monkeypatch.setattr(notebook_fit, "readme_line", lambda data=None: f"README {len(data['notebooks'])}")
+    monkeypatch.setattr(notebook_fit, "exercise_table",
+                        lambda data=None: f"EXERCISES {len(data['notebooks'])}")
     data = {"kernel_bytes": 1, "notebooks": {"a": {"moments": []}}}
     try:
         notebook_fit.write(data)
-        assert json.loads((tmp_path / "copies.json").read_text()) == data
+        assert (tmp_path / "copies.json").read_text() == json.dumps(data, indent=1) + "\n"  # as committed
         assert fit.measured() == data  # the cached committed measurement is read again
     finally:
         fit.measured.cache_clear()
     assert "\nTABLE 1\n" in pages["DOCS"].read_text()
-    assert "\nREADME LINE\n" in pages["README"].read_text()
-    assert "\nEXERCISES\n" in pages["EXERCISE_DOCS"].read_text()
+    assert "\nREADME 1\n" in pages["README"].read_text()
+    assert "\nEXERCISES 1\n" in pages["EXERCISE_DOCS"].read_text()
 
 
 def test_the_command_checks_a_run_and_says_so(tmp_path, capsys, monkeypatch):
@@ -306,3 +355,114 @@ def test_the_command_writes_a_runs_measurement_or_prints_the_table(tmp_path, cap
     assert written == [notebook_fit.collect(tmp_path)]
     assert notebook_fit.main([]) == 0
     assert capsys.readouterr().out == "THE TABLE\n"
+
+
+def test_the_help_says_what_the_command_reads_and_checks(capsys):
+    with pytest.raises(SystemExit):
+        notebook_fit.main(["--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert " ".join(notebook_fit.__doc__.split("\n\n")[0].split()) in said
+    assert "a run folder with ledger/*.jsonl (the smoke run)" in said
+    assert "check RUN (nbval's, `make course`'s) against the committed measurement instead" in said
+
+
+def test_the_check_prints_one_line_per_problem(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(fit, "measured", lambda: {"kernel_bytes": 10**12, "notebooks": {}})
+    for stem in ("04_evaluation", "05_save_and_push"):
+        _ledger(tmp_path / "ledger" / f"{stem}.jsonl", [_event("load", _hash(stem), 1.0, [NF4], rss=5000)])
+    assert notebook_fit.main([str(tmp_path), "--check"]) == 1
+    assert [line.split(" held ")[0] for line in capsys.readouterr().out.splitlines()] == [
+        "04_evaluation", "05_save_and_push"]
+
+
+def _moment(copies=("nf4",), **more):
+    return {"copies": list(copies), "loading": None, "training": False, "part": None, "child": False, **more}
+
+
+def _rows_by_name(monkeypatch, verdicts):
+    """rows() of a hand-made measurement: verdicts[data["name"]] = {(notebook, part, model): verdict}."""
+    monkeypatch.setattr(notebook_fit, "rows", lambda data=None: [
+        {"notebook": nb, "part": part, "model": model, "fits": fits}
+        for (nb, part, model), fits in verdicts[data["name"]].items()])
+
+
+def test_a_verdict_is_worse_when_it_moves_from_fits_to_partly_or_from_partly_to_not(monkeypatch):
+    """Only a worse verdict is named (yes -> without a part -> no), a row with its part in its name; a better
+    verdict, an equal one and a row the committed table lacks are not."""
+    _rows_by_name(monkeypatch, {
+        "old": {("03_lora_sft", "", "gemma-2b"): "yes", ("03_lora_sft", "part 2", "gemma-4-E2B"): "without x",
+                ("04_evaluation", "", "gemma-2b"): "without x", ("05_save_and_push", "", "gemma-2b"): "no"},
+        "new": {("03_lora_sft", "", "gemma-2b"): "without x", ("03_lora_sft", "part 2", "gemma-4-E2B"): "no",
+                ("04_evaluation", "", "gemma-2b"): "yes", ("05_save_and_push", "", "gemma-2b"): "no",
+                ("06_compare_methods", "", "gemma-2b"): "no"}})
+    committed = {"name": "old", "kernel_bytes": 1e9, "notebooks": {"03_lora_sft": {"moments": [_moment()]}}}
+    found = {"name": "new", "kernel_bytes": 1e9,
+             "notebooks": {"03_lora_sft": {"moments": [_moment(), _moment(("nf4", "whole"))]}}}
+    assert notebook_fit.compare(committed, found) == [
+        "03_lora_sft: its measured copies differ from gemmate_lib/notebook_copies.json (now at most 2 at "
+        "once); run `python -m tools.notebook_fit <smoke run>`",
+        "03_lora_sft with gemma-2b no longer fits a free T4 as the course says (yes -> without x)",
+        "03_lora_sft with part 2 with gemma-4-E2B no longer fits a free T4 as the course says (without x -> "
+        "no)"]
+
+
+@pytest.mark.parametrize("change", [{"part": "export_gguf"}, {"child": True}])
+def test_a_moment_that_moved_into_a_part_or_a_child_process_is_a_change(monkeypatch, change):
+    _rows_by_name(monkeypatch, {"old": {}, "new": {}})
+    committed = {"name": "old", "kernel_bytes": 1e9,
+                 "notebooks": {"05_save_and_push": {"moments": [_moment()]}}}
+    found = {"name": "new", "kernel_bytes": 1e9,
+             "notebooks": {"05_save_and_push": {"moments": [_moment(**change)]}}}
+    assert [p.split(":")[0] for p in notebook_fit.compare(committed, found)] == ["05_save_and_push"]
+
+
+def test_a_notebook_measured_on_one_side_only_is_a_change(monkeypatch):
+    _rows_by_name(monkeypatch, {"old": {}, "new": {}})
+    committed = {"name": "old", "kernel_bytes": 1e9, "notebooks": {"04_evaluation": {"moments": [_moment()]}}}
+    found = {"name": "new", "kernel_bytes": 1e9, "notebooks": {"05_save_and_push": {"moments": [_moment()]}}}
+    problems = notebook_fit.compare(committed, found)
+    assert [p.split(":")[0] for p in problems] == ["04_evaluation", "05_save_and_push"]
+    assert "(now at most 0 at once)" in problems[0] and "(now at most 1 at once)" in problems[1]
+
+
+@pytest.mark.parametrize("was, now, stale", [(4e9, 5e9, False), (1.135e9, 0.805e9, True)])
+def test_the_kernels_line_gives_both_figures(monkeypatch, was, now, stale):
+    _rows_by_name(monkeypatch, {"old": {}, "new": {}})
+    problems = notebook_fit.compare({"name": "old", "kernel_bytes": was, "notebooks": {}},
+                                    {"name": "new", "kernel_bytes": now, "notebooks": {}})
+    assert problems == ([
+        "a notebook's kernel now holds 0.81 GB before its first load, 1.14 GB as committed (more than 25% "
+        "apart); run `python -m tools.notebook_fit <smoke run>`"] if stale else [])
+
+
+def test_a_notebook_the_committed_measurement_lacks_and_a_kernel_over_its_slack_are_named(tmp_path):
+    _ledger(tmp_path / "ledger" / "05_save_and_push.jsonl",
+            [_event("load", _hash("05_save_and_push"), 1.0, [NF4], rss=2.035e9 + 800)])
+    assert notebook_fit.check_run(tmp_path, {"kernel_bytes": 1.135e9, "notebooks": {}}) == [
+        "05_save_and_push held 1 model copies at once in 05_save_and_push.jsonl; the course says at most 0 "
+        "(gemmate_lib/notebook_copies.json)",
+        f"a kernel held 2.04 GB before its first load in {tmp_path.name}, more than the committed 1.14 GB "
+        "allows"]
+
+
+def test_the_tables_are_those_of_the_measurement_they_are_given():
+    """A measurement where 04 loads a whole copy beside its 4-bit one: the table and the README line say 04
+    does not fit Gemma 4 E2B on a free T4, where the committed measurement's say it does."""
+    grown = json.loads(json.dumps(fit.measured()))
+    grown["notebooks"]["04_evaluation"]["moments"].append(_moment(("whole", "nf4"), loading=0))
+    line = next(r for r in notebook_fit.table(grown).splitlines() if r.startswith("| `04_evaluation` |"))
+    assert line.rstrip(" |").rsplit("|", 1)[1].strip().startswith("**does not fit**")
+    committed = next(r for r in notebook_fit.table().splitlines() if r.startswith("| `04_evaluation` |"))
+    assert committed.rstrip(" |").rsplit("|", 1)[1].strip().startswith("**fits**")
+    e2b = notebook_fit.readme_line(grown).split("; ")[1]
+    assert "but 01, 04," in e2b and "04" not in notebook_fit.readme_line().split("; ")[1]
+
+
+def test_the_exercise_table_is_that_of_the_measurement_it_is_given(monkeypatch):
+    from gemmate_lib import exercises
+
+    monkeypatch.setattr(exercises, "exercise_fit", lambda name, shape, compute, runtime, data: (
+        {"fits": True, "gpu": fit.GIB, "ram": 1.05e9} if data.get("roomy") else {"fits": False, "why": "no"}))
+    roomy = notebook_fit.exercise_table({"roomy": True}).splitlines()[2]
+    assert roomy.endswith(" | fits: 1.0 GiB GPU, 1.1 GB RAM |")
+    assert notebook_fit.exercise_table({"roomy": False}).splitlines()[2].endswith(" | **does not fit**: no |")

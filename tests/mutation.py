@@ -44,7 +44,7 @@ COVERING = {
                                                     "tests/test_exercises.py",
                                                     "tests/test_exercise_check_machinery.py"],
     "gemmate_lib/exercises.py": ["tests/test_exercise_checks.py", "tests/test_exercise_runner.py",
-                                 "tests/test_exercise_solutions.py"],
+                                 "tests/test_exercise_solutions.py", "tests/test_exercise_fit.py"],
     "gemmate_lib/preflight.py": ["tests/test_preflight.py"],
     "gemmate_lib/stats.py": ["tests/test_stats.py"],
     # in this process, with a stand-in shell (the smoke run drives it through real kernels, minutes a mutant)

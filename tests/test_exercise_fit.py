@@ -1,0 +1,286 @@
+"""What gemmate_lib/exercises.py decides outside the 28 rules: whether an exercise fits the learner's runtime
+and model (its fit line, from the measured copies), whether a model's weights are on this machine already
+(00-3's record), what 07's reruns changed besides the exercise's setting, and a fault exercise's stop line.
+Hand-made measurements, manifests and files; the Hub's cache faked at huggingface_hub's function."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from gemmate_lib import exercises, fit
+from gemmate_lib.housekeeping.hardware import Precision
+
+
+@pytest.fixture(scope="module")
+def e2b():
+    from tools.full_shape import config_of
+
+    return fit.shape_of(config_of("gemma-4-E2B"))
+
+
+WHOLE = {"copies": ["whole"], "loading": 0, "training": False}
+NF4 = {"copies": ["nf4-fp32"], "loading": 0, "training": False}
+
+
+def _data(**notebooks) -> dict:
+    """A measured-copies document: {stem: [moments]}, each notebook leaving out its 16/32-bit part."""
+    return {"kernel_bytes": int(0.6e9), "notebooks": {
+        stem: {"moments": list(moments), "without_whole": "its 16/32-bit part"} for stem, moments in
+        notebooks.items()}}
+
+
+def _need(stem, shape, data, params):
+    return fit.notebook_need(stem, shape, 4, data, False, fit.parts_of(stem, params))
+
+
+def test_an_exercise_that_does_not_read_the_left_out_part_fits_without_it(e2b):
+    data = _data(**{"05_save_and_push": [WHOLE, NF4]})
+    need = _need("05_save_and_push", e2b, data, {"exercise": "05-2"})
+    assert fit.verdict(need) == "without its 16/32-bit part"
+    assert exercises.exercise_fit("05-2", e2b, 4, fit.FREE_COLAB, data) == {
+        "fits": True, "gpu": need.gpu_without_whole, "ram": need.ram_without_whole, "why": ""}
+
+
+def test_an_exercise_that_reads_the_left_out_part_does_not_fit_and_says_which(e2b):
+    data = _data(**{"05_save_and_push": [WHOLE, NF4]})
+    need = _need("05_save_and_push", e2b, data, {"exercise": "05-1"})
+    assert exercises.exercise_fit("05-1", e2b, 4, fit.FREE_COLAB, data) == {
+        "fits": False, "gpu": need.gpu, "ram": need.ram,
+        "why": f"it needs 05's merge (a 16/32-bit copy): about {need.gpu / fit.GIB:.1f} GiB"}
+
+
+def test_a_solution_that_loads_a_whole_copy_itself_needs_it(e2b):
+    own = {**WHOLE, "part": "exercise 05-2"}
+    data = _data(**{"05_save_and_push": [NF4, WHOLE, own]})
+    need = _need("05_save_and_push", e2b, data, {"exercise": "05-2"})
+    assert exercises.exercise_fit("05-2", e2b, 4, fit.FREE_COLAB, data) == {
+        "fits": False, "gpu": need.gpu, "ram": need.ram,
+        "why": f"it needs a 16/32-bit copy of the model: about {need.gpu / fit.GIB:.1f} GiB"}
+    # another exercise's whole copy is not this one's
+    other = _data(**{"04_evaluation": [NF4, WHOLE, {**WHOLE, "part": "exercise 04-3"}]})
+    assert exercises.exercise_fit("04-2", e2b, 4, fit.FREE_COLAB, other)["fits"] is True
+
+
+def test_an_exercise_whose_notebook_does_not_fit_says_so(e2b):
+    data = {"kernel_bytes": int(0.6e9), "notebooks": {"01_load_4bit": {"moments": [WHOLE]}}}
+    need = _need("01_load_4bit", e2b, data, {"exercise": "01-1"})
+    assert exercises.exercise_fit("01-1", e2b, 4, fit.FREE_COLAB, data) == {
+        "fits": False, "gpu": need.gpu, "ram": need.ram,
+        "why": f"01 itself needs about {need.gpu / fit.GIB:.1f} GiB"}
+
+
+def test_a_rerun_exercise_needs_the_most_of_its_runs():
+    """04-1 reruns 03, then 04; with copies that fit (Gemma 3 1B), its peak is the larger run's."""
+    from tools.full_shape import config_of
+
+    small = fit.shape_of(config_of("gemma-3-1b-pt"))
+    data = _data(**{"03_lora_sft": [NF4], "04_evaluation": [NF4, {**WHOLE, "copies": ["whole", "nf4-fp32"]}]})
+    needs = [_need(stem, small, data, params) for stem, params in exercises.exercise_runs("04-1")]
+    assert needs[1].gpu > needs[0].gpu and needs[1].ram > needs[0].ram
+    assert exercises.exercise_fit("04-1", small, 4, fit.FREE_COLAB, data) == {
+        "fits": True, "gpu": needs[1].gpu, "ram": needs[1].ram, "why": ""}
+
+
+def test_on_a_cpu_an_exercise_needs_ram_only(e2b):
+    data = _data(**{"04_evaluation": [NF4]})
+    answer = exercises.exercise_fit("04-2", e2b, 4, {**fit.FREE_COLAB, "gpu_bytes": None, "ram_bytes": 1e12},
+                                    data, cpu=True)
+    assert answer["fits"] and answer["gpu"] == 0.0 and answer["ram"] > 0
+
+
+def test_a_lesson_exercise_is_measured_as_its_solution_after_the_lesson():
+    assert exercises.exercise_runs("05-2") == [("05_save_and_push", {"exercise": "05-2"})]
+
+
+def test_registering_an_exercise_builds_its_spec(monkeypatch):
+    monkeypatch.setattr(exercises, "EXERCISES", {})
+
+    def rule(ex, lesson):
+        return True, ""
+
+    assert exercises.exercise("99-1", ("a.json",), "section 9", "it works", folders=("ex99_1a",),
+                              lesson=("b.json",), parameters=(("03_lora_sft", {"lora_r": 2}),))(rule) is rule
+    spec = exercises.EXERCISES["99-1"]
+    assert spec == exercises.exercise_spec("99-1", rule, ("a.json",), "section 9", "it works", ("ex99_1a",),
+                                           ("b.json",), (("03_lora_sft", {"lora_r": 2}),))
+
+
+# ---- the fit lines a notebook prints above its exercises ----
+
+def _cfg(name, device="cuda", dtype=torch.float16):
+    return SimpleNamespace(model=SimpleNamespace(model_name=name), precision=Precision(device, dtype, "x"))
+
+
+def test_each_exercise_gets_a_fit_line_on_a_gpu(tmp_path, e2b, monkeypatch):
+    from tools.full_shape import config_of
+
+    config_of("gemma-4-E2B").save_pretrained(tmp_path)
+    monkeypatch.setattr(fit, "measured", lambda: _data(**{"05_save_and_push": [WHOLE, NF4]}))
+    lines = exercises.fit_lines("05", _cfg(str(tmp_path), dtype=torch.float32), fit.FREE_COLAB).splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"exercise 05-{i}" for i in (1, 2, 3, 4)]
+    place = f"T4 ({fit.FREE_COLAB['gpu_bytes'] / fit.GIB:.1f} GiB)"
+    two = exercises.exercise_fit("05-2", e2b, 4, fit.FREE_COLAB, fit.measured())
+    assert lines[1] == (f"exercise 05-2: fits {place} with {tmp_path} (peak about {two['gpu'] / fit.GIB:.1f} "
+                        f"GiB of GPU memory, {two['ram'] / 1e9:.1f} GB of RAM, estimates)")
+    one = exercises.exercise_fit("05-1", e2b, 4, fit.FREE_COLAB, fit.measured())
+    assert lines[0] == (f"exercise 05-1: does not fit {place} with {tmp_path}: {one['why']} (an estimate). "
+                        f"Skip it here, or do it with google/gemma-3-1b-pt as the course's model (00), or on "
+                        f"{fit.BIGGER}")
+
+
+def test_on_a_cpu_the_fit_line_names_this_cpu_and_ram_only(tmp_path, monkeypatch):
+    from tools.full_shape import config_of
+
+    config_of("gemma-3-1b-pt").save_pretrained(tmp_path)
+    monkeypatch.setattr(fit, "measured", lambda: _data(**{"03_lora_sft": [NF4], "04_evaluation": [NF4]}))
+    roomy = {**fit.FREE_COLAB, "ram_bytes": 1e12}
+    line = exercises.fit_lines("04", _cfg(str(tmp_path), "cpu", torch.float32), roomy).splitlines()[1]
+    need = exercises.exercise_fit("04-2", fit.shape_of(config_of("gemma-3-1b-pt")), 4, roomy, cpu=True)
+    assert line == (f"exercise 04-2: fits this CPU with {tmp_path} (peak about {need['ram'] / 1e9:.1f} GB of "
+                    "RAM, estimates)")
+
+
+def test_a_gated_models_config_is_read_with_the_learners_token_for_the_exercises(monkeypatch):
+    from transformers import AutoConfig
+
+    from tools.full_shape import config_of
+
+    asked = []
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setattr(AutoConfig, "from_pretrained",
+                        lambda where, **kwargs: asked.append((where, kwargs)) or config_of("gemma-2b"))
+    exercises.fit_lines("04", _cfg("google/gemma-2b"), fit.FREE_COLAB)
+    assert asked == [("google/gemma-2b", {"token": "hf_not_a_real_token"})]
+
+
+# ---- 00-3: are the weights on this machine already? ----
+
+def test_the_embedded_model_is_on_disk_once_converted(tmp_path, monkeypatch):
+    from gemmate_lib import models
+    from gemmate_lib.config import EMBEDDED
+
+    monkeypatch.setattr(models, "cache_dir", lambda: tmp_path)
+    assert not exercises.model_on_disk(EMBEDDED)
+    (tmp_path / "gemma-3-270m").mkdir()
+    (tmp_path / "gemma-3-270m" / "model.safetensors").write_bytes(b"x")
+    assert exercises.model_on_disk(EMBEDDED)
+    assert exercises.model_on_disk(str(tmp_path))  # a local folder
+
+
+@pytest.mark.parametrize("cache, on_disk", [
+    ({}, False),
+    ({"model.safetensors": "blob"}, True),
+    ({"model.safetensors.index.json": {"a": "s1", "b": "s2"}, "s1": "blob", "s2": "blob"}, True),
+    ({"model.safetensors.index.json": {"a": "s1", "b": "s2"}, "s1": "blob"}, False),  # one shard not fetched
+    ({"model.safetensors.index.json": {}, "model.safetensors": "blob"}, False),  # an index with no shards
+    ({"model.safetensors": object()}, False),  # the cache's "known not to exist" marker
+])
+def test_a_hub_model_is_on_disk_when_every_weight_file_is_in_the_cache(tmp_path, monkeypatch, cache, on_disk):
+    import huggingface_hub
+
+    def try_to_load_from_cache(repo_id, filename):
+        assert repo_id == "google/gemma-2b"
+        value = cache.get(filename)
+        if isinstance(value, dict):
+            path = tmp_path / filename
+            path.write_text(json.dumps({"metadata": {}, "weight_map": value}))
+            return str(path)
+        return str(tmp_path / filename) if value == "blob" else value
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", try_to_load_from_cache)
+    assert exercises.model_on_disk("google/gemma-2b") is on_disk
+
+
+# ---- 07's reruns: what changed besides the exercise's setting ----
+
+def _run07(folder: Path, rows=4, steps=None, n_train=100, settings=None, **facts) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = {"seed": 0, "n_train": n_train, "n_test": 20, "temporal_scale": 1.0, "temporal_dim": 8,
+             "settings": {"lr": 1e-3, "years": [2006, 2010]} if settings is None else settings, **facts}
+    if steps is not None:
+        entry["steps"] = steps
+    (folder / "manifest.json").write_text(json.dumps({"notebooks": {"07_temporal_encoding": entry}}))
+    pd.DataFrame({"year_ok": [True] * rows}).to_csv(folder / exercises.TRUE, index=False)
+    return folder
+
+
+@pytest.mark.parametrize("key", ["seed", "n_train", "n_test", "temporal_scale", "temporal_dim"])
+def test_each_recorded_setting_of_07_that_changed_is_named_unless_it_is_the_exercises(tmp_path, key):
+    lesson = _run07(tmp_path / "lesson")
+    mine = _run07(tmp_path / "mine", **{key: 7})
+    assert exercises._temporal_changes(mine, lesson) == [key]
+    assert exercises._temporal_changes(mine, lesson, key) == []
+
+
+def test_a_setting_both_runs_record_is_compared_and_one_only_one_records_is_not(tmp_path):
+    lesson = _run07(tmp_path / "lesson", settings={"lr": 1e-3, "years": [2006, 2010]})
+    mine = _run07(tmp_path / "mine", settings={"lr": 2e-3, "years": [2006, 2010], "new": 1})
+    assert exercises._temporal_changes(mine, lesson) == ["lr"]
+    assert exercises._temporal_changes(mine, lesson, "lr") == []
+    assert exercises._temporal_changes(_run07(tmp_path / "bare", settings={}), lesson) == []
+    broken = _run07(tmp_path / "broken", settings=[1])
+    with pytest.raises(TypeError, match="^07's settings is a list, not a dict$"):
+        exercises._temporal_changes(broken, lesson)
+    no_settings = tmp_path / "none"
+    _run07(no_settings)
+    doc = json.loads((no_settings / "manifest.json").read_text())
+    del doc["notebooks"]["07_temporal_encoding"]["settings"]
+    (no_settings / "manifest.json").write_text(json.dumps(doc))
+    assert exercises._temporal_changes(no_settings, lesson) == []
+
+
+@pytest.mark.parametrize("mine, theirs, changed", [
+    ((60, 100), (40, 100), True),  # the same notes, more steps: another num_epochs
+    ((40, 100), (40, 100), False),
+    ((50, 100), (40, 100), True),  # the same notes: any other number of steps
+    ((25, 50), (40, 100), False),  # fewer notes: steps per note 1.25 apart, at the limit
+    ((2, 1), (8, 4), False),  # 2 steps per note both
+    ((50, 100), (40, 125.0), True),  # 1.56 apart
+    ((50, 80), (40, 80.0), True),
+    ((10, 20), (40, 64), False),  # steps per note 0.5 and 0.625: 0.8 apart, at the limit
+    ((25, 40), (40, 80), False),  # 0.625 and 0.5: 1.25 apart, at the limit
+    ((26, 40), (40, 80), True),
+    ((20, 40), (40, 40), True),  # fewer steps for the same notes
+])
+def test_num_epochs_is_named_when_the_steps_per_note_move(tmp_path, mine, theirs, changed):
+    lesson = _run07(tmp_path / "lesson", steps=theirs[0], n_train=theirs[1])
+    run = _run07(tmp_path / "mine", steps=mine[0], n_train=mine[1])
+    found = [c for c in exercises._temporal_changes(run, lesson, "n_train") if c.startswith("num_epochs")]
+    assert found == ([f"num_epochs (training steps {mine[0]} for {mine[1]} notes, the lesson {theirs[0]} for "
+                      f"{theirs[1]})"] if changed else [])
+
+
+def test_steps_recorded_by_one_run_only_are_no_change(tmp_path):
+    lesson = _run07(tmp_path / "lesson", steps=40)
+    assert exercises._temporal_changes(_run07(tmp_path / "mine"), lesson) == []
+    assert exercises._temporal_changes(_run07(tmp_path / "other", steps=80), _run07(tmp_path / "old")) == []
+
+
+def test_a_validation_table_of_another_size_is_n_val(tmp_path):
+    lesson = _run07(tmp_path / "lesson", rows=4)
+    mine = _run07(tmp_path / "mine", rows=6)
+    assert exercises._temporal_changes(mine, lesson) == ["n_val"]
+    assert exercises._temporal_changes(mine, lesson, "n_val") == []
+
+
+# ---- a fault exercise's stop, and 03's Author lines ----
+
+def test_a_stop_in_another_shape_or_at_another_line_is_named():
+    with pytest.raises(TypeError, match="^stopped_by is a list, not a dict$"):
+        exercises._stopped({"stopped_by": [1]}, ("a",), "the fault")
+    stop = {"check": "loss", "value": "9.1", "expected": "< 8"}
+    ok, said = exercises._stopped({"stopped_by": stop}, ("labels", "rows"), "the fault")
+    assert not ok and said == ("the pre-flight stopped at 'loss': 9.1 (expected < 8) (not a line that names "
+                               "this fault: 'labels' or 'rows')")
+
+
+def test_an_author_line_counts_from_the_prompt_and_completion_together(tmp_path):
+    pd.DataFrame({"prompt": ["Quote: a\nAuthor:", "Quote: b\n", "Quote: c\nAuthor:", "Quote: d\nAuthor:"],
+                  "completion": [" Oscar Wilde", "Author: Maya Angelou", "", "NA"]}).to_csv(
+        tmp_path / "generations_after.csv", index=False)
+    assert exercises._authored(tmp_path) == 3  # an empty completion names nobody; "NA" is a name as written

@@ -64,6 +64,11 @@ def test_a_solution_that_loads_a_whole_copy_itself_needs_it(e2b):
     # another exercise's whole copy is not this one's
     other = _data(**{"04_evaluation": [NF4, WHOLE, {**WHOLE, "part": "exercise 04-3"}]})
     assert exercises.exercise_fit("04-2", e2b, 4, fit.FREE_COLAB, other)["fits"] is True
+    # a solution that holds a second 4-bit copy beside the lesson's: E2B's two do not fit a T4
+    second = {**NF4, "copies": ["nf4-fp32", "nf4-fp32"], "part": "exercise 04-2"}
+    two = _data(**{"04_evaluation": [NF4, second]})
+    answer = exercises.exercise_fit("04-2", e2b, 4, fit.FREE_COLAB, two)
+    assert not answer["fits"] and answer["why"].startswith("04 itself needs about")
 
 
 def test_an_exercise_whose_notebook_does_not_fit_says_so(e2b):
@@ -108,6 +113,8 @@ def test_registering_an_exercise_builds_its_spec(monkeypatch):
     spec = exercises.EXERCISES["99-1"]
     assert spec == exercises.exercise_spec("99-1", rule, ("a.json",), "section 9", "it works", ("ex99_1a",),
                                            ("b.json",), (("03_lora_sft", {"lora_r": 2}),))
+    exercises.exercise("99-2", "c.json", "run solution 2", "it works too")(rule)
+    assert exercises.EXERCISES["99-2"].folders == ("ex99_2",)  # its own folder, by its name
 
 
 # ---- the fit lines a notebook prints above its exercises ----
@@ -178,6 +185,7 @@ def test_the_embedded_model_is_on_disk_once_converted(tmp_path, monkeypatch):
     ({"model.safetensors.index.json": {"a": "s1", "b": "s2"}, "s1": "blob", "s2": "blob"}, True),
     ({"model.safetensors.index.json": {"a": "s1", "b": "s2"}, "s1": "blob"}, False),  # one shard not fetched
     ({"model.safetensors.index.json": {}, "model.safetensors": "blob"}, False),  # an index with no shards
+    ({"model.safetensors.index.json": None, "model.safetensors": "blob"}, False),  # one with no weight map
     ({"model.safetensors": object()}, False),  # the cache's "known not to exist" marker
 ])
 def test_a_hub_model_is_on_disk_when_every_weight_file_is_in_the_cache(tmp_path, monkeypatch, cache, on_disk):
@@ -186,9 +194,10 @@ def test_a_hub_model_is_on_disk_when_every_weight_file_is_in_the_cache(tmp_path,
     def try_to_load_from_cache(repo_id, filename):
         assert repo_id == "google/gemma-2b"
         value = cache.get(filename)
-        if isinstance(value, dict):
+        if isinstance(value, dict) or (value is None and filename in cache):
             path = tmp_path / filename
-            path.write_text(json.dumps({"metadata": {}, "weight_map": value}))
+            mapped = {"weight_map": value} if value is not None else {}
+            path.write_text(json.dumps({"metadata": {}, **mapped}))
             return str(path)
         return str(tmp_path / filename) if value == "blob" else value
 
@@ -280,7 +289,8 @@ def test_a_stop_in_another_shape_or_at_another_line_is_named():
 
 
 def test_an_author_line_counts_from_the_prompt_and_completion_together(tmp_path):
-    pd.DataFrame({"prompt": ["Quote: a\nAuthor:", "Quote: b\n", "Quote: c\nAuthor:", "Quote: d\nAuthor:"],
-                  "completion": [" Oscar Wilde", "Author: Maya Angelou", "", "NA"]}).to_csv(
+    pd.DataFrame({"prompt": ["Quote: a\nAuthor:", "Quote: b\n", "Quote: b2\n", "Quote: c\nAuthor:",
+                             "Quote: d\nAuthor:"],
+                  "completion": [" Oscar Wilde", "Author: Maya Angelou", "Author: Rumi", "", "NA"]}).to_csv(
         tmp_path / "generations_after.csv", index=False)
-    assert exercises._authored(tmp_path) == 3  # an empty completion names nobody; "NA" is a name as written
+    assert exercises._authored(tmp_path) == 4  # an empty completion names nobody; "NA" is a name as written

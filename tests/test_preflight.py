@@ -513,3 +513,48 @@ def test_the_librarys_training_path_adds_the_tripwire_where_the_preflight_runs(t
                         tmp_path / "off")
     plain.train()
     assert not any(isinstance(c, GradientTripwire) for c in plain.callback_handler.callbacks)
+
+
+def test_a_loss_exactly_at_the_threshold_passes(tiny):
+    """The line's own words, `<= max_share x ln(V)`: a loss equal to the threshold passes."""
+    from gemmate_lib.preflight import _loss
+
+    key, tokenizer, model = tiny
+    batch = batch_of(tokenizer)
+    with torch.no_grad():
+        loss = float(_loss(model.eval(), batch))
+    chance = math.log(model.get_output_embeddings().weight.shape[0])
+    share = loss / chance
+    for _ in range(8):  # the float next to loss / chance whose product with chance is the loss itself
+        if share * chance == loss:
+            break
+        share = math.nextafter(share, math.inf if share * chance < loss else -math.inf)
+    assert share * chance == loss
+    assert initial_loss(model, batch, share).ok
+    assert not initial_loss(model, batch, math.nextafter(share, 0.0)).ok
+
+
+def test_with_tokens_labelled_the_error_names_the_first_failed_line(tiny):
+    """Only a batch that labels nothing is named by its label line; where some tokens are labelled (too few)
+    and the model is at chance as well, the error names the first line that failed, the loss."""
+    key, tokenizer, model = tiny
+    text = "Quote: " + "be yourself, everyone else is taken. " * 6 + "\nAuthor: Oscar Wilde"
+    enc = tokenizer([text + tokenizer.eos_token] * 2, return_tensors="pt", padding=True)
+    labels = torch.full_like(enc["input_ids"], IGNORE)
+    last = int(enc["attention_mask"][0].sum()) - 1  # row 0's <eos> (right padding): its only labelled token
+    labels[0, last] = enc["input_ids"][0, last]
+    batch = {**enc, "labels": labels}
+    verdicts = preflight(model, batch, ends(key, tokenizer), max_share=0.01, raise_on_fail=False, quiet=True)
+    failed = [v.check for v in verdicts if not v.ok]
+    assert failed[:2] == ["loss at initialisation", "share of labelled tokens"]
+    with pytest.raises(PreflightError) as err:
+        preflight(model, batch, ends(key, tokenizer), max_share=0.01, quiet=True)
+    assert err.value.verdict.check == "loss at initialisation"
+
+
+def test_a_list_of_modules_shows_four_and_counts_the_rest():
+    from gemmate_lib.preflight import _names
+
+    assert _names(["a", "b", "c", "d"]) == "a, b, c, d"
+    assert _names(["a", "b", "c", "d", "e"]) == "a, b, c, d and 1 more"
+    assert _names(["a", "b", "c", "d", "e", "f"], shown=2) == "a, b and 4 more"

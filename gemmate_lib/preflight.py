@@ -197,7 +197,8 @@ class GradientTripwire(TrainerCallback):
     (03_lora_sft adds it with `trainer.add_callback`; `CourseSFTTrainer` with `preflight: true` too). A run
     can train "fine" and learn nothing: a mask that labels nothing, or gradients cut off before the adapter,
     give zero gradients while the loss looks normal (unslothai/unsloth issue 5230). At step 1 lora_A's
-    gradient is zero by construction (B starts at zero, and A's gradient goes through B), so B's is checked. A
+    gradient is zero by construction (B starts at zero, and A's gradient goes through B), so B's is checked
+    (in an embedding peft swaps them: A starts at zero, and A's is checked). A
     failed check stops the run in one line naming the modules. Under fp16 the gradient scaler's first steps
     are normal misses: it starts at a scale of 65,536, finds inf/NaN gradients, skips the step and halves the
     scale; the tripwire says so once and checks the first step the scaler takes (MAX_SKIPPED skipped steps in
@@ -302,16 +303,22 @@ def grad_state(grad: torch.Tensor | None) -> tuple[bool, bool]:
     return bool(torch.isfinite(grad).all()), bool(grad.ne(0).any())
 
 
+ZERO_AT_START = ("lora_B", "lora_embedding_A")  # the LoRA weights peft initialises to zero
+
+
 def lora_gradients(model, grads: dict | None = None) -> list[tuple[str, bool, bool]]:
-    """(module name, every LoRA gradient finite, some lora_B gradient non-zero) per LoRA module of `model`,
-    from `grads` ({(module, weight): grad_state}, as backward left them) or else the weights' `.grad`."""
+    """(module name, every LoRA gradient finite, the zero-started weight's gradient non-zero) per LoRA module
+    of `model`, from `grads` ({(module, weight): grad_state}, as backward left them) or else the weights'
+    `.grad`.
+    The weight peft starts at zero is the one the first step's gradient reaches: lora_B in a linear layer,
+    but lora_embedding_A in an embedding (peft zeroes A there and draws B, so B's first gradient is zero)."""
     modules: dict[str, list[bool]] = {}
     for module, weight, param in lora_weights(model):
         finite, moved = grads.get((module, weight), (True, False)) if grads is not None else \
             grad_state(param.grad)
         state = modules.setdefault(module, [True, False])
         state[0] &= finite
-        state[1] |= moved and ("lora_B" in weight or "lora_embedding_B" in weight)
+        state[1] |= moved and weight.startswith(ZERO_AT_START)
     return [(module, finite, moved) for module, (finite, moved) in modules.items()]
 
 

@@ -558,3 +558,181 @@ def test_a_list_of_modules_shows_four_and_counts_the_rest():
     assert _names(["a", "b", "c", "d"]) == "a, b, c, d"
     assert _names(["a", "b", "c", "d", "e"]) == "a, b, c, d and 1 more"
     assert _names(["a", "b", "c", "d", "e", "f"], shown=2) == "a, b and 4 more"
+
+
+# ---- the tripwire's parts one at a time: which weights it watches, how it sums a module, its hooks ----
+
+def lora_model(targets=("q_proj", "v_proj"), **lora):
+    """A tiny Gemma 3 (2 layers) with LoRA on `targets`, fp32 on the CPU, and a batch of it."""
+    from peft import LoraConfig, get_peft_model
+    from tiny import TEXTS, make_tiny_gemma, make_tiny_tokenizer
+
+    tokenizer = make_tiny_tokenizer()
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), task_type="CAUSAL_LM", **lora)
+    model = get_peft_model(make_tiny_gemma(tokenizer), lora)
+    enc = tokenizer(TEXTS[:2], return_tensors="pt", padding=True)
+    return model, {**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE)}
+
+
+def backward(model, batch):
+    model.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+
+
+def test_a_gradient_is_finite_and_moved_or_not_and_no_gradient_is_a_finite_zero():
+    from gemmate_lib.preflight import grad_state
+
+    assert grad_state(None) == (True, False)
+    assert grad_state(torch.tensor([0.0, 0.0])) == (True, False)
+    assert grad_state(torch.tensor([0.0, 2.0])) == (True, True)
+    assert grad_state(torch.tensor([math.nan, 2.0])) == (False, True)
+    assert grad_state(torch.tensor([math.inf, 0.0])) == (False, True)
+
+
+def test_the_tripwire_watches_the_active_adapters_weights_only():
+    """A second adapter beside the one training (05 loads two) is frozen: its weights get no gradient, and
+    watching them would read as a module the loss never reaches."""
+    from peft import LoraConfig
+
+    from gemmate_lib.preflight import lora_weights
+
+    model, _ = lora_model()
+    model.add_adapter("other", LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    watched = lora_weights(model)
+    assert len(watched) == 8 and all(".default" in weight for _, weight, _ in watched)
+    assert {module for module, _, _ in watched} == {f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 1)
+                                                   for p in "qv"}
+
+
+def test_a_module_sums_its_weights_gradients_as_backward_left_them():
+    """From the hooks' record: a weight whose hook never fired got no gradient (finite, zero); one non-finite
+    weight makes its module non-finite, whichever comes first; only the zero-started weight's gradient
+    (lora_B) says the loss reached the module at step 1."""
+    from gemmate_lib.preflight import lora_gradients, lora_weights
+
+    model, _ = lora_model(targets=("q_proj",))
+    first = lora_weights(model)[0][0]
+    assert lora_gradients(model, {}) == [(first, True, False), (first.replace("0", "1"), True, False)]
+    cases = {((True, False), (True, True)): (True, True),    # step 1: A zero, B moved
+             ((False, True), (True, True)): (False, True),   # A broke, B after it did not
+             ((True, True), (False, True)): (False, True),
+             ((True, True), (True, False)): (True, False)}   # A moved, B did not: the loss reached no B
+    for (a, b), expected in cases.items():
+        grads = {(first, "lora_A.default.weight"): a, (first, "lora_B.default.weight"): b}
+        assert lora_gradients(model, grads)[0] == (first, *expected), (a, b)
+
+
+def test_without_hooks_the_module_is_read_from_each_weights_grad():
+    """A tripwire added after training began (no hooks) reads `.grad`: after one backward every module's
+    lora_B moved; before any, none did."""
+    from gemmate_lib.preflight import lora_gradients
+
+    model, batch = lora_model()
+    assert {(f, m) for _, f, m in lora_gradients(model)} == {(True, False)}
+    backward(model, batch)
+    assert {(f, m) for _, f, m in lora_gradients(model)} == {(True, True)}
+
+
+def test_lora_on_the_embedding_passes_the_tripwire(tmp_path):
+    """peft starts an embedding's LoRA the other way round (lora_embedding_A at zero, B drawn), so its first
+    gradient lands on A, and B's is zero: a healthy run with LoRA on embed_tokens must not be stopped."""
+    from gemmate_lib.preflight import GradientTripwire, lora_gradients
+
+    model, batch = lora_model(targets=("embed_tokens", "q_proj"), ensure_weight_tying=True)
+    backward(model, batch)
+    assert ("model.embed_tokens", True, True) in lora_gradients(model)
+    tripwire = GradientTripwire(quiet=True)
+    state = type("State", (), {"global_step": 0})()
+    tripwire.on_pre_optimizer_step(None, state, None, model=model)
+    tripwire.on_optimizer_step(None, state, None)
+    assert tripwire.passed is True
+
+
+def test_the_tripwire_hooks_once_judges_once_and_waits_for_a_step_to_judge(capsys):
+    """Called as the Trainer calls it, with no optimizer scaler (a CPU or bf16 run): hooks go on once however
+    often training begins; a step with nothing read before it is not judged; after the check it reads
+    nothing more and removes its hooks; quiet prints nothing."""
+    from gemmate_lib.preflight import GradientTripwire, lora_weights
+
+    model, batch = lora_model()
+    state = type("State", (), {"global_step": 0})()
+    tripwire = GradientTripwire(quiet=True)
+    tripwire.on_train_begin(None, state, None, model=None)  # no model: nothing to watch, no error
+    tripwire.on_optimizer_step(None, state, None)  # nothing read before it
+    assert tripwire.passed is None
+    tripwire.on_train_begin(None, state, None, model=model)
+    tripwire.on_train_begin(None, state, None, model=model)
+    assert len(tripwire._hooks) == len(lora_weights(model)) == 8
+    backward(model, batch)
+    tripwire.on_pre_optimizer_step(None, state, None, model=model, optimizer=None)
+    tripwire.on_optimizer_step(None, state, None, optimizer=object())
+    assert tripwire.passed is True and tripwire._hooks == []
+    tripwire.on_train_begin(None, state, None, model=model)
+    tripwire.on_pre_optimizer_step(None, state, None, model=model)
+    assert tripwire._hooks == [] and tripwire._seen is None
+    assert capsys.readouterr().out == ""
+    empty = GradientTripwire()  # a model with no LoRA module: nothing to judge, nothing to say
+    empty.on_pre_optimizer_step(None, state, None, model=torch.nn.Linear(2, 2))
+    empty.on_optimizer_step(None, state, None)
+    assert empty.passed is True and capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_step_accelerate_says_was_skipped_is_waited_past_then_overflow_stops_the_run(quiet, capsys,
+                                                                                      monkeypatch):
+    """accelerate's optimizer says `step_was_skipped` when fp16's scaler skipped (its scale need not show it
+    yet): the tripwire waits, says so once, and after MAX_SKIPPED in a row stops the run, failed, naming
+    fp16 overflow and the fix for each generation."""
+    from gemmate_lib.preflight import GradientTripwire
+
+    monkeypatch.setattr("gemmate_lib.preflight.MAX_SKIPPED", 3)
+    model, batch = lora_model()
+    backward(model, batch)
+    tripwire = GradientTripwire(quiet=quiet)
+    skipped = type("Optimizer", (), {"step_was_skipped": True})()
+    for step in range(2):
+        state = type("State", (), {"global_step": step})()
+        tripwire.on_pre_optimizer_step(None, state, None, model=model, optimizer=skipped)
+        tripwire.on_optimizer_step(None, state, None, optimizer=skipped)
+    assert tripwire.passed is None and tripwire.skipped == 2
+    out = capsys.readouterr().out
+    assert out.count("skipped by fp16's gradient scaler") == (0 if quiet else 1)
+    assert quiet or ("step 1 skipped by fp16's gradient scaler (inf/NaN gradients at its starting scale, "
+                     "which it now lowers): normal in the first steps, while a run whose steps keep being "
+                     "skipped past the first few is overflowing; the check waits for the first step the "
+                     "scaler takes") in out
+    tripwire.on_train_begin(None, state, None, model=model)
+    tripwire.on_pre_optimizer_step(None, state, None, model=model, optimizer=skipped)
+    with pytest.raises(PreflightError) as err:
+        tripwire.on_optimizer_step(None, state, None, optimizer=skipped)
+    assert tripwire.passed is False and tripwire._hooks == []
+    assert ("skipped the first 3 steps (inf/NaN gradients at every scale it tried): the run overflows fp16 "
+            "and trains nothing") in err.value.problem
+    assert ("Gemma 3 and 4 overflow fp16: compute in fp32 on a T4 (the course's dtype rule); for Gemma 1 "
+            "lower the learning rate and check the data (the pre-flight's loss line)") == err.value.fix
+
+
+def test_a_planted_nan_and_a_mask_that_labels_nothing_say_what_to_do():
+    """The two failures' fixes, as the learner reads them: the NaN's names the loss line, fp32 for Gemma 3
+    and 4, the learning rate and the data; the zero gradient's names the mask and the 4-bit checkpointing
+    call."""
+    from gemmate_lib.preflight import GradientTripwire, lora_weights
+
+    model, batch = lora_model()
+    state = type("State", (), {"global_step": 0})()
+    nan_fix = ("run the pre-flight check (its loss line), keep Gemma 3 and 4 out of fp16 (fp32 on a T4), "
+               "lower the learning rate, and look for a broken row in the data")
+    zero_cause = ("labels all -100 (a completion or assistant mask that labels nothing), or gradients cut "
+                  "off before the adapter (checkpointing without input gradients)")
+    zero_fix = ("with gradient checkpointing on a 4-bit base, call prepare_model_for_kbit_training (or "
+                "model.enable_input_require_grads())")
+    for plant, words in [(math.nan, [nan_fix]), (0.0, [zero_cause, zero_fix])]:
+        backward(model, batch)
+        for _, _, param in lora_weights(model):
+            param.grad.fill_(plant)
+        tripwire = GradientTripwire(quiet=True)
+        tripwire.on_pre_optimizer_step(None, state, None, model=model)
+        with pytest.raises(PreflightError) as err:
+            tripwire.on_optimizer_step(None, state, None)
+        text = f"{err.value.problem} {err.value.fix}"
+        assert all(w in text for w in words), text

@@ -53,7 +53,8 @@ COVERING = {
 }
 # what a run folder never links: the runs themselves, the environments, git, and the pyproject.toml it writes
 UNLINKED = {"runs", "mutants", "pyproject.toml"}
-COLUMNS = ("mutants", "killed", "survived", "no tests", "timeout", "suspicious", "not killed", "time")
+COLUMNS = ("mutants", "killed", "survived", "no tests", "not checked", "timeout", "suspicious", "not killed",
+           "time")
 
 
 def folder_of(module: str) -> Path:
@@ -151,6 +152,11 @@ def rerun(module: str, children: int) -> dict:
     return row
 
 
+def alive(row: dict) -> int:
+    """Mutants not killed: survived, with no test, or not checked (their function changed since they ran)."""
+    return row["survived"] + row["no tests"] + row.get("not checked", 0)
+
+
 def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
@@ -162,8 +168,8 @@ def table(rows: list[dict]) -> str:
         if "mutants" not in row:
             lines.append((row["module"], "mutmut stopped: see its mutmut.log") + ("",) * 7)
             continue
-        share = (row["survived"] + row["no tests"]) / max(row["mutants"], 1)
-        lines.append((row["module"], *(str(row[c]) for c in COLUMNS[:6]), f"{share:.1%}",
+        share = alive(row) / max(row["mutants"], 1)
+        lines.append((row["module"], *(str(row.get(c, 0)) for c in COLUMNS[:7]), f"{share:.1%}",
                       minutes(row["seconds"])))
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
@@ -192,7 +198,7 @@ def main(argv: list[str]) -> int:
         if row["code"] or "mutants" not in row:
             problems.append(f"{row['module']}: mutmut stopped (exit code {row['code']}): "
                             f"read {folder}/mutmut.log")
-        elif (row["survived"] + row["no tests"]) > GOAL * row["mutants"]:
+        elif alive(row) > GOAL * row["mutants"]:
             problems.append(f"{row['module']}: more than {GOAL:.0%} of its mutants survive: read "
                             f"{folder}/survivors.txt and add tests that notice them")
     text = f"{time.strftime('%Y-%m-%d %H:%M')}, mutmut on {children} child process(es)\n{summary}\n"

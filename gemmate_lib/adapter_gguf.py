@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gemmate_lib.housekeeping.errors import ModelLoadError, SaveError
 from gemmate_lib.housekeeping.files import show_path
-from gemmate_lib.llama_server import check_gguf
+from gemmate_lib.llama_server import gguf_fields
 
 ADAPTER_FILE = "adapter-lora.gguf"
 LEVEL = "f16+lora"  # the certificate's name for the base's 16-bit file with the adapter applied
@@ -27,17 +27,7 @@ UNSUPPORTED = {"use_dora": "DoRA's magnitude vectors", "rank_pattern": "a rank p
 def base_architecture(base_gguf) -> tuple[str, int]:
     """(general.architecture, block count) of a base model's GGUF: a missing, foreign or cut-short file is one
     ModelLoadError line (llama_server.check_gguf), and so is an adapter GGUF passed as the base."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(check_gguf(base_gguf)).fields
-
-    def value(key):
-        field = fields.get(key)
-        if field is None:
-            return None
-        part = field.parts[field.data[0]]
-        return bytes(part).decode() if field.types and field.types[0].name == "STRING" else part[0]
-
+    value = gguf_fields(base_gguf).get
     arch, kind = value("general.architecture"), value("general.type")
     if arch is None or kind == "adapter" or value(f"{arch}.block_count") is None:
         raise ModelLoadError(f"{show_path(base_gguf)} is not a base model's GGUF (architecture {arch}, "

@@ -39,7 +39,8 @@ GOAL = 0.10  # the largest share of a module's mutants left alive (CONTRIBUTING.
 # tests among them that called the function it changed). mutmut sees calls made in the pytest process only:
 # code that runs in a child process (a notebook kernel, the command line) counts as "no tests".
 COVERING = {
-    "gemmate_lib/fit.py": ["tests/test_fit.py", "tests/test_notebook_fit.py"],
+    "gemmate_lib/fit.py": ["tests/test_fit.py", "tests/test_notebook_fit.py",
+                           "tests/test_generated_blocks.py"],
     "gemmate_lib/housekeeping/exercise_checks.py": ["tests/test_exercise_checks.py",
                                                     "tests/test_exercises.py",
                                                     "tests/test_exercise_check_machinery.py"],
@@ -49,7 +50,8 @@ COVERING = {
     "gemmate_lib/stats.py": ["tests/test_stats.py"],
     # in this process, with a stand-in shell (the smoke run drives it through real kernels, minutes a mutant)
     "tools/ledger.py": ["tests/test_ledger.py"],
-    "tools/notebook_fit.py": ["tests/test_notebook_fit.py", "tests/test_notebook_fit_ledgers.py"],
+    "tools/notebook_fit.py": ["tests/test_notebook_fit.py", "tests/test_notebook_fit_ledgers.py",
+                              "tests/test_generated_blocks.py"],
 }
 # what a run folder never links: the runs themselves, the environments, git, and the pyproject.toml it writes
 UNLINKED = {"runs", "mutants", "pyproject.toml"}

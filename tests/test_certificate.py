@@ -135,12 +135,11 @@ def test_05s_certificate_holds_and_a_file_with_a_wrong_tensor_fails_it(request, 
     assert json.loads((bad.parent / "certificate.json").read_text())["passed"] is False
 
 
-def test_the_export_page_shows_the_committed_certificate():
-    from tools.export_certificate import BLOCK, DOC, RECORD, section
-    from tools.markers import block
+def test_the_committed_certificate_passed_at_every_level():
+    """docs/export.md shows it (tests/test_generated_blocks.py holds the page to the record)."""
+    from tools.export_certificate import RECORD
 
     cert = json.loads(RECORD.read_text())
-    assert block(DOC.read_text(), BLOCK) == section(cert)  # regenerated from the record, the page is the same
     assert cert["passed"] and all(not cert["levels"][level]["failed"] for level in ("f16", "q8_0"))
 
 

@@ -116,26 +116,6 @@ def test_the_hold_out_record_is_append_only():
                 f"measurement {e['measured_commit'][:7]}")  # 128: a shallow clone without those commits
 
 
-def test_the_hold_out_table_is_the_records(shapes):
-    """docs/full-shape.md's hold-out table: the record's first predictions beside the planner now and the
-    measurement, as tools/holdout.py writes it (python -m tools.holdout rewrites the block)."""
-    models = {r["model"] for r in holdout.held_out(COMMITTED["rows"])}
-    plans = {name: fit.predict(shapes[name], T4_BYTES[name]) for name in models}
-    page = (rehearse.DOCS / "full-shape.md").read_text()
-    assert holdout.block(page) == holdout.table(RECORD, COMMITTED["rows"], plans), (
-        "docs/full-shape.md's hold-out table is not the record's and the planner's: python -m tools.holdout")
-
-
-def test_the_rehearsal_and_copy_tables_are_the_committed_rows():
-    """docs/full-shape.md's rehearsal and copy tables as tools/rehearse.py writes them from
-    docs/full-shape.json (`make rehearse` rewrites both): a row edited in one and not the other fails."""
-    from tools.markers import block
-
-    page = (rehearse.DOCS / "full-shape.md").read_text()
-    assert block(page, "rehearsal table").strip() == rehearse.table(COMMITTED["rows"])
-    assert block(page, "copy table").strip() == rehearse.copy_table(COMMITTED["rows"])
-
-
 @pytest.mark.parametrize("row", COPY_ROWS, ids=lambda r: r["model"])
 def test_one_4_bit_copy_measured_at_the_real_shape_is_the_planners(shapes, row):
     """The per-copy footprint the notebook table multiplies (fit.copy_bytes) against a 4-bit copy loaded with

@@ -19,12 +19,6 @@ def between(text: str, marker: str) -> str:
     return text.split(f"<!-- {marker} -->\n", 1)[1].split(f"\n<!-- end of {marker} -->", 1)[0]
 
 
-def test_the_docs_and_the_readme_hold_the_generated_plan():
-    """Regenerate and compare: `python -m tools.quota --write` rewrites both."""
-    assert between((ROOT / "docs" / "colab.md").read_text(), "quota plan") == quota.block()
-    assert between((ROOT / "README.md").read_text(), "quota line") == quota.readme_line()
-
-
 # ---- the projection ----
 
 BASE = {"step_s": 3.0, "download_s": 60.0}  # a base model: 3 s a step, a one-minute download

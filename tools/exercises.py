@@ -282,25 +282,34 @@ def machine() -> str:
 
 
 def write_doc(rows: list[dict], seconds: float, only: bool) -> list[dict]:
-    """The table in docs/exercises.md (and its rows in docs/exercises.json). A run of some exercises (`only`)
-    replaces their rows and keeps the others' from the runs before, each row with the day it ran. Returns
-    every row of the table."""
-    day, where = dt.date.today().isoformat(), machine()
+    """The table in docs/exercises.md, from its rows in docs/exercises.json. A run of some exercises (`only`)
+    replaces their rows and keeps the others' from the runs before, each row with the day it ran; the record
+    keeps what the section says of the last run too, so the section is regenerated from it (`section`).
+    Returns every row of the table."""
+    day = dt.date.today().isoformat()
     fresh = [{**r, "ran": day} for r in rows]
     kept = json.loads(RESULTS.read_text())["rows"] if only and RESULTS.exists() else []
     mine = {r["name"] for r in fresh}
     every = sorted([r for r in kept if r["name"] not in mine] + fresh, key=lambda r: r["name"])
+    last = {"seconds": round(seconds), "redid": sorted(mine) if only else None}
+    record = {"machine": machine(), "last": last, "rows": every}
+    DOC.write_text(replace(DOC.read_text() if DOC.exists() else "", BLOCK, section(record), append=True))
+    RESULTS.write_text(json.dumps(record, indent=1) + "\n")
+    return every
+
+
+def section(record: dict) -> str:
+    """docs/exercises.md's "last run" section from its record (docs/exercises.json)."""
+    every, last = record["rows"], record["last"]
     passed = sum(r["verdict"] == "PASS" for r in every)
     days = sorted({r.get("ran", "?") for r in every})
-    section = ("## The last run (`make exercises`)\n\n"
-               f"{passed} of {len(every)} PASS on the embedded model (Gemma 3 270M), CPU profile, offline; "
-               f"{where}; run on {', '.join(days)}"
-               + (f" (the last run, {seconds / 60:.0f} min, redid {', '.join(sorted(mine))})" if only else
-                  f", {seconds / 60:.0f} min in all") + ".\n\n"
-               f"{table(every)}")
-    DOC.write_text(replace(DOC.read_text() if DOC.exists() else "", BLOCK, section, append=True))
-    RESULTS.write_text(json.dumps({"machine": where, "rows": every}, indent=1) + "\n")
-    return every
+    minutes = f"{last['seconds'] / 60:.0f} min"
+    return ("## The last run (`make exercises`)\n\n"
+            f"{passed} of {len(every)} PASS on the embedded model (Gemma 3 270M), CPU profile, offline; "
+            f"{record['machine']}; run on {', '.join(days)}"
+            + (f" (the last run, {minutes}, redid {', '.join(last['redid'])})" if last["redid"] else
+               f", {minutes} in all") + ".\n\n"
+            f"{table(every)}")
 
 
 def main(argv=None) -> int:

@@ -1,11 +1,14 @@
 """`make exercises` (tools/exercises.py) without running a notebook: which exercises run how, the cell that
 runs a printed solution after *Run all*, the verdict read back from an executed notebook, and the table it
 writes into docs/exercises.md. The runner itself takes about two hours: `make exercises`, not `make test`."""
+import json
+
 import nbformat
 import pytest
 
 from gemmate_lib.exercises import EXERCISES
 from tools import exercises as runner
+from tools.markers import block
 
 
 def test_every_exercise_runs_either_after_the_lesson_or_as_reruns():
@@ -91,6 +94,7 @@ def test_the_table_goes_between_the_markers_of_docs_exercises_md(tmp_path, monke
     text = doc.read_text()
     assert "| 00-1 | PASS | exact | 0.1 min |" in text and "| 06-2 | PASS | +0.2 nats (fall) |" in text
     assert "2 of 2 PASS" in text and "redid 06-2" in text
+    assert block(text, runner.BLOCK) == runner.section(json.loads(runner.RESULTS.read_text()))  # regenerable
 
 
 def test_docs_exercises_md_has_the_markers():

@@ -47,6 +47,12 @@ def _certificate(_):
     return export_certificate.section(json.loads(export_certificate.RECORD.read_text()))
 
 
+def _colab_replica(_):
+    from tools import colab_replica
+
+    return colab_replica.section(json.loads(colab_replica.RECORD.read_text()))
+
+
 def _exercises(_):
     from tools import exercises
 
@@ -66,10 +72,8 @@ GENERATED = {
     ("README.md", "quota line"): (_quota, "python -m tools.quota --write"),
     ("docs/export.md", "certificate table"): (_certificate, "python -m tools.export_certificate RUN_DIR"),
     ("docs/exercises.md", "exercises run"): (_exercises, "make exercises"),
+    ("docs/compatibility.md", "colab replica"): (_colab_replica, "make colab-replica"),
 }
-# A record of a run in another environment, whose inputs are not kept in the repository (Colab's published
-# runtime replicated in .venv-colab: pip's changes, each step's seconds): `make colab-replica` rewrites it.
-RUN_RECORDS = {("docs/compatibility.md", "colab replica")}
 
 
 def blocks_in_pages() -> set[tuple[str, str]]:
@@ -83,7 +87,7 @@ def blocks_in_pages() -> set[tuple[str, str]]:
 
 
 def test_every_generated_block_has_its_generator_here():
-    assert blocks_in_pages() == set(GENERATED) | RUN_RECORDS
+    assert blocks_in_pages() == set(GENERATED)
 
 
 @pytest.mark.parametrize("page, name", sorted(GENERATED), ids=[n for _, n in sorted(GENERATED)])
@@ -92,3 +96,18 @@ def test_the_block_is_what_its_generator_writes_from_the_committed_data(page, na
     written = block((ROOT / page).read_text(), name)
     assert written is not None, f"{page} lost its <!-- {name} --> block"
     assert written.strip() == generate(name).strip(), f"{page}'s {name} is stale or edited by hand: {command}"
+
+
+def test_make_colab_replica_writes_the_record_its_section_comes_back_from(tmp_path, monkeypatch):
+    from tools import colab_replica
+
+    monkeypatch.setattr(colab_replica, "DOC", tmp_path / "compatibility.md")
+    monkeypatch.setattr(colab_replica, "RECORD", tmp_path / "colab-replica.json")
+    rows = [("install cell", "pass", 21.6, ""), ("smoke run", "fail", 3.2, "1 failed")]
+    report = {"the install cell": {"changes": ["added trl 1.16.0"], "conflicts": []}}
+    written = colab_replica.write_doc(rows, report, {"torch": "2.11.0", "trl": "1.16.0"})
+    assert "| smoke run | FAIL: 1 failed | 3 |" in written and "- added trl 1.16.0" in written
+    record = json.loads(colab_replica.RECORD.read_text())
+    assert record["held"] == 2 and record["shown"]["torch"] == "2.11.0"
+    page = colab_replica.DOC.read_text()
+    assert block(page, colab_replica.BLOCK) == colab_replica.section(record) == written

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = ROOT / "tools" / "colab_snapshot"
 VENV = ROOT / ".venv-colab"
 DOC = ROOT / "docs" / "compatibility.md"
+RECORD = ROOT / "docs" / "colab-replica.json"  # the last run's figures, from which the section is written
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 # the libraries whose optional-package probes decide what of Colab's list can change their behaviour
 PROBERS = ("transformers", "peft", "trl", "accelerate", "datasets")
@@ -307,24 +308,36 @@ def step_generations(state: dict, log) -> tuple[bool, str]:
 
 
 def write_doc(rows: list[tuple[str, str, float, str]], report: dict, state: dict) -> str:
+    """docs/compatibility.md's section for this run, and its record (docs/colab-replica.json), from which
+    `section` writes the section again (tests/test_generated_blocks.py)."""
     source = json.loads((SNAPSHOT / "SOURCE.json").read_text())
-    lines = ["## Colab's published runtime (`make colab-replica`)", "",
-             f"Run on {dt.date.today().isoformat()} against Colab's GPU runtime as published in "
-             f"[{source['repository']}](https://github.com/{source['repository']}) "
-             f"(commit `{source['commit'][:12]}`, {source['date']}: {source['subject']}): Python "
-             f"{colab_python()} ({len(colab_packages())} packages). `.venv-colab` holds {len(state)} of "
-             "them, " + ", ".join(f"{n} {state.get(n)}" for n in SHOWN) + ", on a CPU.", "",
-             "| step | result | seconds |", "|---|---|---|"]
-    lines += [f"| {name} | {'pass' if ok == 'pass' else 'FAIL: ' + why} | {secs:.0f} |"
-              for name, ok, secs, why in rows]
-    for name, found in report.items():
-        lines += ["", f"What pip changed from Colab's set in *{name}*:", ""]
-        lines += [f"- {c}" for c in found["changes"]] or ["- nothing"]
-        lines += [f"- conflict reported by `pip check`: {c}" for c in found["conflicts"]]
-    block = "\n".join(lines)
+    record = {"date": dt.date.today().isoformat(), "source": source,
+              "python": colab_python(), "packages": len(colab_packages()), "held": len(state),
+              "shown": {n: state.get(n) for n in SHOWN}, "rows": [list(r) for r in rows], "report": report}
+    RECORD.write_text(json.dumps(record, indent=1) + "\n")
+    block = section(record)
     page = DOC.read_text() if DOC.exists() else "# Compatibility\n"
     DOC.write_text(replace(page, BLOCK, block, append=True))
     return block
+
+
+def section(record: dict) -> str:
+    """The section of docs/compatibility.md that a run's record writes."""
+    source = record["source"]
+    lines = ["## Colab's published runtime (`make colab-replica`)", "",
+             f"Run on {record['date']} against Colab's GPU runtime as published in "
+             f"[{source['repository']}](https://github.com/{source['repository']}) "
+             f"(commit `{source['commit'][:12]}`, {source['date']}: {source['subject']}): Python "
+             f"{record['python']} ({record['packages']} packages). `.venv-colab` holds {record['held']} of "
+             "them, " + ", ".join(f"{n} {v}" for n, v in record["shown"].items()) + ", on a CPU.", "",
+             "| step | result | seconds |", "|---|---|---|"]
+    lines += [f"| {name} | {'pass' if ok == 'pass' else 'FAIL: ' + why} | {secs:.0f} |"
+              for name, ok, secs, why in record["rows"]]
+    for name, found in record["report"].items():
+        lines += ["", f"What pip changed from Colab's set in *{name}*:", ""]
+        lines += [f"- {c}" for c in found["changes"]] or ["- nothing"]
+        lines += [f"- conflict reported by `pip check`: {c}" for c in found["conflicts"]]
+    return "\n".join(lines)
 
 
 def refresh(path: Path) -> None:

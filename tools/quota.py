@@ -16,8 +16,8 @@ exercise's "(CPU / T4 min)" in its notebook's "## Exercises" text). Each is spli
 A model's projection swaps in its own checkpoint and step time (`project`). Where a notebook or an exercise
 does not fit a free T4 (tools/notebook_fit.rows, gemmate_lib.exercises.exercise_fit) it says so instead of a
 time. `python -m tools.quota` prints the plan; `--write` writes docs/colab.md's block (between
-`<!-- quota plan -->` markers) and the README's line (`<!-- quota line -->`); tests/test_quota.py holds both
-to it.
+`<!-- quota plan -->` markers) and the README's line (`<!-- quota line -->`);
+tests/test_generated_blocks.py holds both to it.
 """
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ def converted(shape: Shape, load_bytes: int, workers: int = 1) -> float:
     return max(sum(b for s, e, b in held if s <= t < e) for t in starts)
 
 
-def copy_bytes(shape: Shape, kind: str, compute_bytes: int) -> dict[str, float]:
+def predicted_copy_bytes(shape: Shape, kind: str, compute_bytes: int) -> dict[str, float]:
     """One copy of the model as a notebook holds it, {"gpu", "host", "loading"} in bytes. `kind`: "nf4" (the
     linear layers in 4 bits, every other weight in the compute dtype; after k-bit preparation in fp32:
     "nf4-fp32") or "whole" (every weight in the compute dtype; "whole-fp32": fp32). A per-layer embedding
@@ -166,7 +166,8 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
     # a step's work follows the weights it multiplies: the text model's (gemma-2b's 2.5 B: the seed's step),
     # not a per-layer table that is only looked up, nor towers a text run never calls; fp32 ~4x slower
     flop_scale = (text - shape.per_layer) / 2.5e9 * (4 if compute_bytes == 4 else 1)
-    whole, nf4 = copy_bytes(shape, "whole", compute_bytes), copy_bytes(shape, "nf4-fp32", compute_bytes)
+    whole = predicted_copy_bytes(shape, "whole", compute_bytes)
+    nf4 = predicted_copy_bytes(shape, "nf4-fp32", compute_bytes)
     return {
         # the whole model in the compute dtype (01's and 06's 16/32-bit copies, 05's merge): tensors converted
         # on the CPU by the loader's threads, then the per-layer table, which stays on the CPU
@@ -312,7 +313,7 @@ def moment_need(moment: dict, shape: Shape, compute_bytes: int, data: dict | Non
     for the 4-bit ones that 01 loads on purpose) and live in RAM ("gpu" is then 0)."""
     gpu, ram = 0.0, TORCH_BASELINE + kernel_extra(data)
     for i, kind in enumerate(moment["copies"]):
-        copy = copy_bytes(shape, "whole" if cpu else kind, compute_bytes)
+        copy = predicted_copy_bytes(shape, "whole" if cpu else kind, compute_bytes)
         loading = i == moment.get("loading")
         gpu += copy["loading"] if loading else copy["gpu"]
         ram += copy["host"]

@@ -171,11 +171,11 @@ NF4_BYTES = 4.127 / 8  # bytes a weight in NF4: 4 bits, plus double-quantized ab
 
 
 def nf4_estimate_gib(arch: dict) -> float:
-    """An ESTIMATE of the weights' GPU memory under QLoRA on a T4, by the planner's rule (fit.copy_bytes),
-    from the published config numbers: the linear layers of the text model and the towers in NF4, every other
-    weight (the embeddings) in fp32 after k-bit preparation, but a per-layer embedding table, which stays on
-    the CPU (models.lookup_tables_to_cpu). Activations, LoRA weights and optimizer state come on top
-    (docs/full-shape.md)."""
+    """An ESTIMATE of the weights' GPU memory under QLoRA on a T4, by the planner's rule
+    (fit.predicted_copy_bytes), from the published config numbers: the linear layers of the text model and
+    the towers in NF4, every other weight (the embeddings) in fp32 after k-bit preparation, but a per-layer
+    embedding table, which stays on the CPU (models.lookup_tables_to_cpu). Activations, LoRA weights and
+    optimizer state come on top (docs/full-shape.md)."""
     hidden, layers, per_layer = arch["hidden"], arch["layers"], arch.get("per_layer_hidden", 0)
     shared_from = layers - arch.get("kv_shared_layers", 0)  # later layers reuse an earlier layer's K and V
     linear = arch.get("vision", 0) + arch.get("audio", 0)

@@ -118,9 +118,9 @@ def test_the_hold_out_record_is_append_only():
 
 @pytest.mark.parametrize("row", COPY_ROWS, ids=lambda r: r["model"])
 def test_one_4_bit_copy_measured_at_the_real_shape_is_the_planners(shapes, row):
-    """The per-copy footprint the notebook table multiplies (fit.copy_bytes) against a 4-bit copy loaded with
-    load_model and prepared for k-bit training at the real shape: on the GPU and on the CPU."""
-    need = fit.copy_bytes(shapes[row["model"]], "nf4-fp32", T4_BYTES[row["model"]])
+    """The per-copy footprint the notebook table multiplies (fit.predicted_copy_bytes) against a 4-bit copy
+    loaded with load_model and prepared for k-bit training at the real shape: on the GPU and on the CPU."""
+    need = fit.predicted_copy_bytes(shapes[row["model"]], "nf4-fp32", T4_BYTES[row["model"]])
     assert need["gpu"] == pytest.approx(row["copy"]["gpu"], rel=0.05)
     assert need["host"] == pytest.approx(row["copy"]["host"], rel=0.05, abs=2**20)
 
@@ -328,7 +328,7 @@ def test_the_plan_trains_at_the_courses_lora_rank_with_activations_on_top_of_the
 
     shape = shapes["gemma-2b"]
     assert fit.predict(shape, 2) == fit.predict(shape, 2, lora_r=course_config().lora.lora_r)
-    copy = fit.copy_bytes(shape, "nf4-fp32", 2)["gpu"]
+    copy = fit.predicted_copy_bytes(shape, "nf4-fp32", 2)["gpu"]
     trains = fit.predict(shape, 2)["nf4"]["gpu"]
     assert copy + fit.ACTIVATIONS < trains < copy + fit.ACTIVATIONS + 0.1 * fit.GIB  # LoRA's share: small
     assert fit.predict(shape, 2, lora_r=64)["nf4"]["gpu"] > trains  # a higher rank holds more
@@ -336,9 +336,9 @@ def test_the_plan_trains_at_the_courses_lora_rank_with_activations_on_top_of_the
 
 def test_a_whole_16_bit_copy_is_two_bytes_a_weight_and_nf4_half_a_byte_a_quantized_one(shapes):
     shape = shapes["gemma-2b"]
-    whole = fit.copy_bytes(shape, "whole", 2)
+    whole = fit.predicted_copy_bytes(shape, "whole", 2)
     assert whole == {"gpu": 2 * shape.parameters, "host": 0, "loading": 2 * shape.parameters}
-    nf4 = fit.copy_bytes(shape, "nf4", 2)
+    nf4 = fit.predicted_copy_bytes(shape, "nf4", 2)
     assert nf4["loading"] == shape.quantized * fit.NF4_BYTES + 2 * (shape.parameters - shape.quantized)
 
 
@@ -375,12 +375,13 @@ def test_the_kernels_share_is_never_negative_and_a_notebook_that_loads_nothing_h
 def test_a_moments_copies_add_up_and_on_a_cpu_every_copy_is_whole(shapes):
     shape, data = shapes["gemma-2b"], {"kernel_bytes": 0, "notebooks": {}}
     one = fit.moment_need({"copies": ["nf4-fp32"]}, shape, 2, data)
-    assert one["gpu"] == fit.copy_bytes(shape, "nf4-fp32", 2)["gpu"] > 0  # the GPU profile unless told
+    # the GPU profile unless told
+    assert one["gpu"] == fit.predicted_copy_bytes(shape, "nf4-fp32", 2)["gpu"] > 0
     two = fit.moment_need({"copies": ["nf4-fp32", "whole"]}, shape, 2, data)
-    assert two["gpu"] == one["gpu"] + fit.copy_bytes(shape, "whole", 2)["gpu"]
+    assert two["gpu"] == one["gpu"] + fit.predicted_copy_bytes(shape, "whole", 2)["gpu"]
     on_cpu = fit.moment_need({"copies": ["nf4-fp32"]}, shape, 4, data, cpu=True)
     assert on_cpu == fit.moment_need({"copies": ["whole"]}, shape, 4, data, cpu=True)  # 16/32-bit there
-    assert on_cpu["ram"] == fit.TORCH_BASELINE + fit.copy_bytes(shape, "whole", 4)["gpu"]
+    assert on_cpu["ram"] == fit.TORCH_BASELINE + fit.predicted_copy_bytes(shape, "whole", 4)["gpu"]
 
 
 def test_a_per_layer_table_loading_on_the_cpu_is_counted_once(shapes):
@@ -388,7 +389,7 @@ def test_a_per_layer_table_loading_on_the_cpu_is_counted_once(shapes):
     16-bit host copy, not a second one beside it."""
     shape, data = shapes["gemma-4-E2B"], {"kernel_bytes": 0, "notebooks": {}}
     loading = fit.moment_need({"copies": ["nf4-fp32"], "loading": 0}, shape, 2, data)
-    host = fit.copy_bytes(shape, "nf4-fp32", 2)["host"]
+    host = fit.predicted_copy_bytes(shape, "nf4-fp32", 2)["host"]
     assert fit.converted(shape, 2) <= host
     assert loading["ram"] == pytest.approx(fit.TORCH_BASELINE + host, abs=0.5)
 

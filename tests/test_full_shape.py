@@ -93,8 +93,8 @@ def test_rehearsal_phases_at_a_small_shape_and_one_over_its_cap(generation_folde
 
 def test_the_copy_phase_counts_a_gemma_4_table_on_the_cpu_and_trains(tmp_path):
     """make rehearse's "copy" phase on a tiny Gemma 4 whose per-layer table holds bf16 values (as the Hub's
-    checkpoints): the 4-bit copy's bytes on the GPU and the table's on the CPU, as fit.copy_bytes counts them,
-    and a few LoRA steps."""
+    checkpoints): the 4-bit copy's bytes on the GPU and the table's on the CPU, as fit.predicted_copy_bytes
+    counts them, and a few LoRA steps."""
     from tiny import make_generation_tokenizer, make_tiny_generation
     from transformers import AutoConfig
 
@@ -109,7 +109,7 @@ def test_the_copy_phase_counts_a_gemma_4_table_on_the_cpu_and_trains(tmp_path):
     tokenizer.save_pretrained(base)
     rows = rehearse.rehearse(["tiny"], ("copy",), limit=3e9, work_root=tmp_path, builder=lambda name: base)
     copy = rows[0]["copy"]
-    need = fit.copy_bytes(fit.shape_of(AutoConfig.from_pretrained(base)), "nf4-fp32", 4)
+    need = fit.predicted_copy_bytes(fit.shape_of(AutoConfig.from_pretrained(base)), "nf4-fp32", 4)
     assert copy["host"] == need["host"] > 0  # the per-layer table, bf16 on the CPU
     # the tiny model's few hundred 4-bit values carry their scales' overhead: within 10% at this size
     assert copy["gpu"] == pytest.approx(need["gpu"], rel=0.1)

@@ -91,12 +91,12 @@ def test_each_storage_counts_once_by_device_and_kind(tiny_model):
                                                      for p in tiny_model.parameters()}.values())
     buffers = sum(b.untyped_storage().nbytes() for b in tiny_model.buffers())
     seen: set = set()
-    first = ledger.copy_bytes(tiny_model, seen)
+    first = ledger.measured_copy_bytes(tiny_model, seen)
     assert first == {"cpu:float32": fp32 + buffers}  # the tied embedding and head once
-    assert ledger.copy_bytes(tiny_model, seen) == {}  # the same storages seen again: a view, not a copy
-    assert ledger.copy_bytes(tiny_model, set()) == first
+    assert ledger.measured_copy_bytes(tiny_model, seen) == {}  # the same storages again: a view, not a copy
+    assert ledger.measured_copy_bytes(tiny_model, set()) == first
 
-    half = ledger.copy_bytes(tiny_model.to(torch.bfloat16), set())
+    half = ledger.measured_copy_bytes(tiny_model.to(torch.bfloat16), set())
     assert half["cpu:bfloat16"] == pytest.approx(fp32 / 2 + sum(
         b.untyped_storage().nbytes() for b in tiny_model.buffers() if b.dtype == torch.bfloat16))
 
@@ -104,14 +104,14 @@ def test_each_storage_counts_once_by_device_and_kind(tiny_model):
     layer.weight = torch.nn.Parameter(torch.zeros(layer.weight.shape, dtype=torch.uint8), requires_grad=False)
     host = tiny_model.model.layers[1].mlp.up_proj
     host.on_cpu = True  # lookup_tables_to_cpu's tables stay on the host
-    packed = ledger.copy_bytes(tiny_model, set())
+    packed = ledger.measured_copy_bytes(tiny_model, set())
     assert packed["cpu:4bit"] == layer.weight.numel()
     assert packed["cpu:host"] == host.weight.untyped_storage().nbytes()
-    assert sum(packed.values()) == sum(ledger.copy_bytes(tiny_model, set()).values())
+    assert sum(packed.values()) == sum(ledger.measured_copy_bytes(tiny_model, set()).values())
 
     with torch.device("meta"):
         empty = type(tiny_model)(tiny_model.config)
-    assert ledger.copy_bytes(empty, set()) == {}  # not yet loaded: no bytes anywhere
+    assert ledger.measured_copy_bytes(empty, set()) == {}  # not yet loaded: no bytes anywhere
 
 
 def test_a_kernel_records_its_loads_cells_training_and_parts(fresh_ledger, tiny_folder, monkeypatch):
@@ -121,7 +121,7 @@ def test_a_kernel_records_its_loads_cells_training_and_parts(fresh_ledger, tiny_
     monkeypatch.setattr(trainer.Trainer, "train",
                         lambda self, *a, **k: started.append((self, a, k)) or "trained")
     reference = transformers.AutoModelForCausalLM.from_pretrained(tiny_folder)  # before the ledger starts
-    expected = sum(ledger.copy_bytes(reference, set()).values())
+    expected = sum(ledger.measured_copy_bytes(reference, set()).values())
     shell = Shell()
     ledger.start(shell)
     held = {}
@@ -342,4 +342,4 @@ def test_a_tensor_on_the_meta_device_counts_nothing_and_the_rest_still_count():
     model = torch.nn.Module()
     model.a = torch.nn.Parameter(torch.empty(4, device="meta"))
     model.b = torch.nn.Parameter(torch.zeros(8))
-    assert ledger.copy_bytes(model, set()) == {"cpu:float32": 32}
+    assert ledger.measured_copy_bytes(model, set()) == {"cpu:float32": 32}

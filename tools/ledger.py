@@ -70,7 +70,7 @@ def children_peak() -> int:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
-def copy_bytes(model, seen: set) -> dict:
+def measured_copy_bytes(model, seen: set) -> dict:
     """{"device:kind": bytes} of `model`'s parameters and buffers, each storage once across copies
     (`seen`)."""
     out: dict[str, int] = {}
@@ -110,7 +110,7 @@ def write(event: str, **extra) -> None:
     collect = event != "cell" or len(alive(collect=False)) >= 2
     seen: set = set()
     models = [] if event == "exit" else alive(collect)  # a child's copies end with it
-    copies = [{"class": type(m).__name__, "bytes": copy_bytes(m, seen)} for m in models]
+    copies = [{"class": type(m).__name__, "bytes": measured_copy_bytes(m, seen)} for m in models]
     child = _state["child"]
     part = os.environ.get(PART) or (_state["part"] if event == "cell" else None)
     if part:

@@ -17,8 +17,8 @@ exercises`') to the committed measurement: no notebook held more copies at once 
 
 A copy's kind comes from its measured bytes: "nf4" (4-bit layers) or "whole", and "-fp32" when most of its
 other weights are fp32 while the run computed in 16 bits (k-bit preparation widens them). Its footprint at a
-real shape is gemmate_lib.fit.copy_bytes, held against the copies measured at the real shapes (make rehearse's
-"copy" rows). """
+real shape is gemmate_lib.fit.predicted_copy_bytes, held against the copies measured at the real shapes (make
+rehearse's "copy" rows). """
 from __future__ import annotations
 
 import argparse

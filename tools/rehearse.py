@@ -360,7 +360,7 @@ def table(rows: list[dict]) -> str:
 
 def copy_table(rows: list[dict]) -> str:
     """The copy rows: one 4-bit copy after k-bit preparation, on the compute device and on the CPU, against
-    the planner's fit.copy_bytes; the LoRA steps where they ran."""
+    the planner's fit.predicted_copy_bytes; the LoRA steps where they ran."""
     from gemmate_lib import fit
     from gemmate_lib.generations import generation_of
     from tools.full_shape import config_of
@@ -373,7 +373,7 @@ def copy_table(rows: list[dict]) -> str:
             continue
         config = config_of(r["model"])
         generation = generation_of(config)
-        need = fit.copy_bytes(fit.shape_of(config), "nf4-fp32",
+        need = fit.predicted_copy_bytes(fit.shape_of(config), "nf4-fp32",
                               4 if generation and generation.t4_dtype == "fp32" else 2)
         c, gib = r["copy"], 2**30
         steps = ", ".join(f"{t:.0f}" for t in c["step_seconds"]) or "-"

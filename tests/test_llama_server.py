@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import urllib.request
 
 import numpy as np
@@ -111,6 +112,15 @@ def test_the_header_reader_reads_what_ggufs_own_reader_reads_and_where_the_tenso
     body = tmp_path / "body.gguf"
     body.write_bytes(path.read_bytes()[:-100])
     assert llama_server.read_gguf_header(body)[1] > body.stat().st_size
+    odd = tmp_path / "odd.gguf"  # one field: an array of a value type GGUF does not define
+    odd.write_bytes(struct.pack("<4sIQQ", b"GGUF", 3, 0, 1) + struct.pack("<Q", 1) + b"a"
+                    + struct.pack("<IIQ", 9, 99, 1) + b"\0" * 8)
+    with pytest.raises(ValueError, match="unknown type 99"):
+        llama_server.read_gguf_header(odd)
+    old = tmp_path / "v1.gguf"
+    old.write_bytes(struct.pack("<4sIQQ", b"GGUF", 1, 0, 0))
+    with pytest.raises(ValueError, match="version 1"):
+        llama_server.read_gguf_header(old)
 
 
 def test_a_port_in_use_is_one_line_before_the_server_starts(tmp_path):

@@ -137,6 +137,35 @@ def fake_gpu(monkeypatch):
     return fake
 
 
+@pytest.fixture()
+def fake_host(monkeypatch):
+    """The host's RAM and free disk faked where the course reads them (`os.sysconf("SC_PHYS_PAGES")`,
+    `shutil.disk_usage`): `fake_host()` is a free Colab runtime's (fit.FREE_COLAB: 12.7 GB of RAM, 70 GB
+    free), so a test of what fits reads the runtime it names, not the machine it runs on."""
+    import shutil
+
+    from gemmate_lib import fit
+
+    sysconf, disk_usage = os.sysconf, shutil.disk_usage
+
+    def fake(ram_bytes: float = fit.FREE_COLAB["ram_bytes"],
+             disk_bytes: float = fit.FREE_COLAB["disk_bytes"]):
+        page = sysconf("SC_PAGE_SIZE")
+
+        def fake_sysconf(name):
+            asked = name in ("SC_PHYS_PAGES", os.sysconf_names.get("SC_PHYS_PAGES"))
+            return int(ram_bytes) // page if asked else sysconf(name)
+
+        def fake_disk_usage(path):
+            real = disk_usage(path)
+            return type(real)(real.used + int(disk_bytes), real.used, int(disk_bytes))
+
+        monkeypatch.setattr(os, "sysconf", fake_sysconf)
+        monkeypatch.setattr(shutil, "disk_usage", fake_disk_usage)
+
+    return fake
+
+
 class _NotebookAccessError(Exception):
     pass
 

@@ -180,7 +180,7 @@ def test_gpu_memory_reports_what_the_process_holds_not_only_the_tensors(fake_gpu
     assert "tensors 8.0" in line and "CUDA context 1.0" in line
 
 
-def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu):
+def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu, fake_host):
     from gemmate_lib.config import course_config
     from gemmate_lib.housekeeping.errors import HardwareError
     from gemmate_lib.housekeeping.hardware import Precision
@@ -189,6 +189,7 @@ def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu
     for name in ("gemma-2b", "gemma-4-E2B"):
         full_shape.config_of(name).save_pretrained(tmp_path / name)  # the config alone: no weights to load
     cfg = course_config("methods")
+    fake_host()  # a free Colab runtime's RAM and disk: what fits is read from the runtime, not this machine
     with pytest.raises(HardwareError, match="full fine-tuning of 2.5 B weights"):
         build_methods(cfg, str(tmp_path / "gemma-2b"), ["full"])
     fake_gpu((7, 5))
@@ -197,6 +198,10 @@ def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu
         build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["lora_r8", "qlora"])
     assert 'methods=["qlora"] alone' in err.value.fix  # the choice that fits, since NF4 training does
     assert list(build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["qlora"])) == ["qlora"]  # NF4 alone fits
+    fake_host(disk_bytes=9e9)  # too little disk for E2B's 10 GB download: NF4 alone does not fit either
+    with pytest.raises(fit.FitError, match="load phase needs about 19") as err:
+        build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["lora_r8", "qlora"])
+    assert "L4" in err.value.fix and "qlora" not in err.value.fix
 
 
 def test_the_plan_table_shows_each_phases_figures_under_its_heading_and_its_verdict(shapes):

@@ -290,7 +290,8 @@ def test_full_finetuning_under_bf16_trains_fp32_master_weights_so_small_updates_
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
 
 
-def test_06s_default_methods_on_a_t4_with_gemma_4_e2b_are_what_the_t4_holds(tmp_path, fake_gpu, capsys):
+def test_06s_default_methods_on_a_t4_with_gemma_4_e2b_are_what_the_t4_holds(tmp_path, fake_gpu, fake_host,
+                                                                             capsys):
     """methods=None on a GPU: the T4 list with gemma-2b; with Gemma 4 E2B, whose 16/32-bit copy (~19 GiB in
     fp32) a T4 cannot hold, QLoRA alone, said in one line, instead of stopping with a FitError."""
     import dataclasses
@@ -304,6 +305,7 @@ def test_06s_default_methods_on_a_t4_with_gemma_4_e2b_are_what_the_t4_holds(tmp_
         config_of(name).save_pretrained(tmp_path / name)  # the config alone: no weights to load
     cfg = course_config("methods")  # the CPU profile's settings; then a T4's precision below
     fake_gpu((7, 5))
+    fake_host()  # and a free Colab runtime's RAM and disk, whatever this machine has
     t4 = {"gemma-2b": Precision("cuda", torch.float16, "a T4"),
           "gemma-4-E2B": Precision("cuda", torch.float32, "a T4")}
     on_t4 = {name: dataclasses.replace(cfg, precision=precision, profile="gpu")

@@ -44,7 +44,7 @@ def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES, adap
     the certificate of every level; `adapter`: also the adapter alone as GGUF (adapter_gguf.py) beside the
     base's 16-bit GGUF (`base_gguf`, or converted once into gguf/), certified as the level "f16+lora"."""
     from gemmate_lib.data import load_quotes
-    from gemmate_lib.housekeeping.hardware import pick_precision
+    from gemmate_lib.hardware import pick_precision
 
     run_dir, c = Path(run_dir), cfg.course
     quant_types = check_export(run_dir, quant_types)

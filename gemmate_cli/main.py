@@ -11,8 +11,8 @@ import sys
 
 from gemmate_cli.errors import run_cli
 from gemmate_cli.settings import FIELDS, ORDER, SECTIONS, CommandConfig, load_config
+from gemmate_lib.hardware import pick_precision
 from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
-from gemmate_lib.housekeeping.hardware import pick_precision
 
 COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
             "train-te": "GemmaTE (LoRA + temporal projection) on a JSONL of {text, timestamp}",

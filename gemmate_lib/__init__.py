@@ -2,7 +2,8 @@
 lessons bring them in (each module's docstring names the notebook that teaches it). Importing it changes
 nothing global; notebooks call `quiet()`.
 
-  00_setup                 config (the profile and the one validator), models (loading), fit (will it fit)
+  00_setup                 hardware (device and precision), config (the profile and the one validator),
+                           models (loading), fit (will it fit)
   01_load_4bit             data (the quotes), evaluation (held-out loss), plots
   02_baseline_generation   text_generation
   03_lora_sft              generations (Gemma 1, 3, 4), training (the one training path), fast_loss,
@@ -13,7 +14,7 @@ nothing global; notebooks call `quiet()`.
   06_compare_methods       methods, stats
   07_temporal_encoding     temporal/ (timestamps, model, data, tasks, training)
   every notebook           exercises (its exercises and their check cells), and housekeeping/: the course's
-                           own machinery, which a reader can skip (errors, files, hardware, colab, hf_token,
+                           own machinery, which a reader can skip (errors, files, machine, colab, hf_token,
                            run_folder, selfcheck, exercise_checks)
 
 Every training run goes through training.train (training.train_lora, methods.train_arm and

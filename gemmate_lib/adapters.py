@@ -134,7 +134,7 @@ def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_ne
     alone reproduce the model. The child loads the base as the caller did (device, dtype, quantization); its
     environment brings the token and the course folder (on Colab the course is only on the kernel's path)."""
     code = """import json, sys
-from gemmate_lib.housekeeping.hardware import pick_precision
+from gemmate_lib.hardware import pick_precision
 from gemmate_lib.models import load_model, load_tokenizer
 from gemmate_lib.adapters import load_adapter
 from gemmate_lib.text_generation import generate

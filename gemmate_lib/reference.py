@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gemmate_lib.housekeeping.files import save_json
-from gemmate_lib.housekeeping.hardware import cpu_bf16_units
+from gemmate_lib.housekeeping.machine import cpu_bf16_units
 
 BANDS = Path(__file__).with_name("reference_bands.json")  # measured bands (tools/reference_runs.py writes it)
 RECORD = "reference"  # key in a notebook's manifest entry: what normal_line compared (the tool reads it)

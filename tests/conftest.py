@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def fp32():
-    from gemmate_lib.housekeeping.hardware import pick_precision
+    from gemmate_lib.hardware import pick_precision
 
     return pick_precision("cpu", "fp32")
 

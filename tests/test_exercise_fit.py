@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gemmate_lib import exercises, fit
-from gemmate_lib.housekeeping.hardware import Precision
+from gemmate_lib.hardware import Precision
 
 
 @pytest.fixture(scope="module")

@@ -63,8 +63,8 @@ def tiny_cfg(tiny_folder, **settings):
 
 def test_00_1_and_00_2_the_config_solutions_pass(runs, capsys):  # noqa: F811
     from gemmate_lib.config import config_summary, course_config
+    from gemmate_lib.hardware import pick_precision
     from gemmate_lib.housekeeping.errors import ParameterError
-    from gemmate_lib.housekeeping.hardware import pick_precision
 
     lesson = dict(course_config=course_config, config_summary=config_summary, pick_precision=pick_precision,
                   ParameterError=ParameterError, model_name=None, dataset=None)
@@ -89,7 +89,7 @@ def test_00_3_three_loads_of_the_tiny_model_each_say_where_its_weights_were(runs
 def test_01_1_counting_the_scales_on_the_tiny_model_passes(runs, capsys, tiny_folder):  # noqa: F811
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from gemmate_lib.housekeeping.hardware import pick_precision
+    from gemmate_lib.hardware import pick_precision
 
     cfg = types.SimpleNamespace(precision=pick_precision("cpu", "fp32"))
     lesson = dict(AutoModelForCausalLM=AutoModelForCausalLM, BitsAndBytesConfig=BitsAndBytesConfig,
@@ -106,7 +106,7 @@ def test_01_2_and_01_3_the_4bit_variants_of_the_tiny_model_are_judged(runs, caps
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from gemmate_lib.evaluation import held_out_loss
-    from gemmate_lib.housekeeping.hardware import pick_precision
+    from gemmate_lib.hardware import pick_precision
     from gemmate_lib.models import footprint_mib, load_model
 
     precision = pick_precision("cpu", "fp32")
@@ -200,7 +200,8 @@ def merging(tiny_folder, tiny_tokenizer, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from gemmate_lib import fit
-    from gemmate_lib.housekeeping.hardware import free_memory, pick_precision
+    from gemmate_lib.hardware import pick_precision
+    from gemmate_lib.housekeeping.machine import free_memory
     from gemmate_lib.models import footprint_mib, load_model
     from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 
@@ -287,7 +288,8 @@ def test_a_solution_that_needs_the_skipped_merge_says_so_in_one_line(runs, capsy
 
     from gemmate_lib import fit
     from gemmate_lib.config import course_config
-    from gemmate_lib.housekeeping.hardware import free_memory, pick_precision
+    from gemmate_lib.hardware import pick_precision
+    from gemmate_lib.housekeeping.machine import free_memory
     from gemmate_lib.models import load_model
 
     # what 05 binds on that path: section 3's imports, and None for what its merge would have made

@@ -160,13 +160,13 @@ def test_the_notebooks_plan_for_the_embedded_model_reads_its_config_only():
     from gemmate_lib.models import prepare_embedded
 
     plan = fit.plan_for(str(prepare_embedded(verbose=False)), 4)
-    assert set(plan) == {"load", "nf4", "merge", "convert", "quantize", "verify"}
+    assert set(plan) == {"load", "nf4", "convert", "quantize", "verify"}  # merge_shards' merge: no notebook's
     assert 1.0e9 < plan["load"]["disk"] < 1.15e9  # 268 M weights in fp32: the converted folder
     assert "fits" in fit.report(plan, fit.runtime_here())
 
 
 def test_gpu_memory_reports_what_the_process_holds_not_only_the_tensors(fake_gpu, monkeypatch):
-    from gemmate_lib.housekeeping.hardware import gpu_memory
+    from gemmate_lib.housekeeping.machine import gpu_memory
 
     fake_gpu((7, 5))
     gib = 2**30
@@ -182,8 +182,8 @@ def test_gpu_memory_reports_what_the_process_holds_not_only_the_tensors(fake_gpu
 
 def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu, fake_host):
     from gemmate_lib.config import course_config
+    from gemmate_lib.hardware import Precision
     from gemmate_lib.housekeeping.errors import HardwareError
-    from gemmate_lib.housekeeping.hardware import Precision
     from gemmate_lib.methods import build_methods
 
     for name in ("gemma-2b", "gemma-4-E2B"):

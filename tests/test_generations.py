@@ -23,7 +23,7 @@ from gemmate_lib.generations import (
     stop_token_ids,
     training_chat_template,
 )
-from gemmate_lib.housekeeping.hardware import DTYPES, Precision
+from gemmate_lib.hardware import DTYPES, Precision
 
 pytestmark = pytest.mark.generations
 KEYS = list(GENERATIONS)

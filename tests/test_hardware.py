@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from gemmate_lib.housekeeping import hardware
+from gemmate_lib import hardware
+from gemmate_lib.housekeeping import machine
 from gemmate_lib.housekeeping.errors import HardwareError
 
 
@@ -20,7 +21,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
     cpuinfo = tmp_path / "cpuinfo"
     if flags is not None:  # None: no /proc/cpuinfo (macOS, Windows)
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    assert hardware.cpu_has_native_bf16(cpuinfo) is native
+    assert machine.cpu_has_native_bf16(cpuinfo) is native
 
 
 def test_dtype_override_and_unknown_dtype():
@@ -37,13 +38,13 @@ def test_asking_for_cuda_without_gpu_explains_the_fix(fake_gpu):
 
 
 def test_describe_hardware_reports_the_gpu_it_sees_and_none_without_one(fake_gpu, monkeypatch):
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(machine, "cpu_has_native_bf16", lambda: True)
     fake_gpu((7, 5), name="Tesla T4", memory_gib=14.7)
-    info = hardware.describe_hardware()
+    info = machine.describe_hardware()
     assert (info["cuda"], info["gpu"], info["gpu_memory_gib"], info["cpu_native_bf16"]) == (True, "Tesla T4",
                                                                                           14.7, True)
     fake_gpu(None)
-    info = hardware.describe_hardware()
+    info = machine.describe_hardware()
     assert info["cuda"] is False and "gpu" not in info and "gpu_memory_gib" not in info
 
 
@@ -77,7 +78,7 @@ def test_two_visible_gpus_stop_in_one_line_that_names_cuda_visible_devices(monke
 
 def test_the_memory_line_says_something_on_a_cpu_too(fake_gpu):
     """03, 04 and 05 print gpu_memory(...) where their prose promises a peak: on a CPU it is the process's."""
-    from gemmate_lib.housekeeping.hardware import gpu_memory
+    from gemmate_lib.housekeeping.machine import gpu_memory
 
     fake_gpu(None)
     line = gpu_memory("while training")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gemmate_lib.config import course_config
-from gemmate_lib.housekeeping.hardware import Precision
+from gemmate_lib.hardware import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "tests" / "colab_runtime"

@@ -297,7 +297,7 @@ def test_06s_default_methods_on_a_t4_with_gemma_4_e2b_are_what_the_t4_holds(tmp_
     import dataclasses
 
     from gemmate_lib.config import course_config
-    from gemmate_lib.housekeeping.hardware import Precision
+    from gemmate_lib.hardware import Precision
     from gemmate_lib.methods import GPU_DEFAULT_METHODS, build_methods
     from tools.full_shape import config_of
 

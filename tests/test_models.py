@@ -221,7 +221,7 @@ def test_whole_model_loads_pass_device_map_as_nf4_loads_do(generation_folder, mo
     host RAM as a whole model first: the call transformers gets, with CUDA faked at the boundary."""
     import transformers
 
-    from gemmate_lib.housekeeping.hardware import Precision
+    from gemmate_lib.hardware import Precision
 
     calls = []
     real = transformers.AutoModelForCausalLM.from_pretrained

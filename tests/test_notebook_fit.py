@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gemmate_lib import fit
-from gemmate_lib.housekeeping.hardware import Precision
+from gemmate_lib.hardware import Precision
 from tools import notebook_fit
 
 ROOT = Path(__file__).resolve().parents[1]

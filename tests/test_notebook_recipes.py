@@ -34,7 +34,7 @@ PRECISIONS = {"bf16 CPU": ("cpu", torch.bfloat16), "fp32 CPU": ("cpu", torch.flo
 @pytest.mark.parametrize("device, dtype", PRECISIONS.values(), ids=PRECISIONS)
 def test_01s_bitsandbytes_config_equals_the_librarys(device, dtype):
     from gemmate_lib import models
-    from gemmate_lib.housekeeping.hardware import Precision
+    from gemmate_lib.hardware import Precision
 
     precision = Precision(device, dtype, "test")
     ns = run_cell("01_load_4bit.ipynb", "ee3243c3", cfg=types.SimpleNamespace(precision=precision))

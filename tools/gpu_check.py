@@ -32,9 +32,9 @@ import torch
 
 from gemmate_lib.config import course_config, gemma3_rule
 from gemmate_lib.fit import FREE_COLAB
+from gemmate_lib.hardware import DTYPES, Precision
 from gemmate_lib.housekeeping.errors import HardwareError
 from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
-from gemmate_lib.housekeeping.hardware import DTYPES, Precision
 from gemmate_lib.training import training_kwargs
 
 # the embedded model on the GPU, with a token or without
@@ -108,7 +108,8 @@ def dry_run(notebooks: list[Path]) -> int:
 
 # Run at the start of each notebook's kernel (an IPython startup file): each kernel's own peak allocated and
 # reserved GPU memory, kept across the notebooks' own reset_peak_memory_stats calls (the one-page recipe's
-# memory lines, hardware.py), and under --precision t4 the allocator capped at what a T4 leaves the process.
+# memory lines, housekeeping/machine.py), and under --precision t4 the allocator capped at what a T4 leaves
+# the process.
 KERNEL_START = """import json as _gpu_json
 
 import torch as _gpu_torch

@@ -12,7 +12,7 @@ import torch
 from gemmate_lib.adapters import check_adapter_files
 from gemmate_lib.housekeeping.errors import ModelLoadError
 from gemmate_lib.housekeeping.files import atomic_folder, show_path
-from gemmate_lib.housekeeping.hardware import freed_memory_returned
+from gemmate_lib.housekeeping.machine import freed_memory_returned
 
 
 def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,

@@ -239,7 +239,7 @@ def random_adapter(base: Path, out: Path, r: int = 8, alpha: int = 16) -> Path:
 def child(phase: str, base: Path, work: Path) -> None:
     import torch
 
-    from gemmate_lib.housekeeping.hardware import Precision
+    from gemmate_lib.hardware import Precision
 
     t4 = Precision("cpu", t4_dtype(base), "a T4's compute dtype")
     if phase == "load":

@@ -15,7 +15,7 @@ from gemmate_lib.housekeeping import colab
 from gemmate_lib.housekeeping.colab import IF_PRESENT, default_run_dir, installed_version, pins
 from gemmate_lib.housekeeping.errors import ParameterError
 from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
-from gemmate_lib.housekeeping.hardware import describe_hardware, peak_memory_gib
+from gemmate_lib.housekeeping.machine import describe_hardware, peak_memory_gib
 
 MODEL_CHOICE = "model_choice.json"  # in the run folder: the model chosen in 00_setup, for 01-07
 ORIGIN = "origin.json"  # in an exercise's run folder: the model and the lesson run its results come from

@@ -73,7 +73,7 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     from gemmate_cli.main import main
     from gemmate_lib.adapters import load_adapter, save_adapter
     from gemmate_lib.config import course_config
-    from gemmate_lib.housekeeping.hardware import pick_precision
+    from gemmate_lib.hardware import pick_precision
     from gemmate_lib.models import load_model, load_tokenizer
     from gemmate_lib.training import attach_lora
 

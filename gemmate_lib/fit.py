@@ -3,14 +3,14 @@ runtime at hand (00_setup prints every phase; each notebook prints its own line 
 one-page recipe writes the same arithmetic out): GPU memory, RAM, disk and time, each an ESTIMATE from the
 model's config (its shapes on the meta device, counted with transformers' own NF4 rules).
 
-Two parts: the phases (`predict`: one load, one 4-bit training, the GGUF export; and `tools/merge_shards.py`'s
-merge, a tool's phase that no notebook runs, which 00's table (`plan_for`) leaves out), whose host-side
-figures are held within 15% of the full-shape rehearsal's measurements (docs/full-shape.md, tests/test_fit.py;
-the rows its constants were calibrated on are marked there), and the notebooks (`notebook_need`): the model
-copies each notebook holds at once, on its default path and in each optional part (03's part 2, 05's GGUF
-export, an exercise's solution), measured while the course runs (tools/notebook_fit.py, the smoke run's
-ledger, MEASURED_COPIES below), times each copy's footprint. The GPU figures have not been measured on a T4
-yet.
+Two parts: the phases (`predict`: one load, one 4-bit training, the GGUF export; and
+`tools/fit/merge_shards.py`'s merge, a tool's phase that no notebook runs, which 00's table (`plan_for`)
+leaves out), whose host-side figures are held within 15% of the full-shape rehearsal's measurements
+(docs/full-shape.md, tests/test_fit.py; the rows its constants were calibrated on are marked there), and the
+notebooks (`notebook_need`): the model copies each notebook holds at once, on its default path and in each
+optional part (03's part 2, 05's GGUF export, an exercise's solution), measured while the course runs
+(tools/fit/notebook_fit.py, the smoke run's ledger, MEASURED_COPIES below), times each copy's footprint. The
+GPU figures have not been measured on a T4 yet.
 Where something will not fit, `require_fit` / `notebook_fit` say what is needed and a runtime that has it.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ RESOURCE_UNITS = {"gpu": (GIB, "GiB of GPU memory"), "ram": (1e9, "GB of RAM"), 
 # Resident memory of the processes before their work (measured here): Python with torch and safetensors (a
 # load), with transformers and peft too (the merge), llama.cpp's converter (with what it holds for the
 # vocabulary), llama.cpp's quantizer. The notebook's kernel holds more (the libraries, the tokenizer, the
-# data): its figure is measured in the smoke run (MEASURED_COPIES' "kernel_bytes", tools/notebook_fit.py)
+# data): its figure is measured in the smoke run (MEASURED_COPIES' "kernel_bytes", tools/fit/notebook_fit.py)
 # and used for the phases that run inside it.
 TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.75e9, 0.05e9
 # a process that loads through the library's load_model with nothing to convert: Python, torch, transformers
@@ -45,7 +45,7 @@ SEED_T4_STEP_S = 2.69  # the seed notebook: gemma-2b, NF4, fp16, batch 1 x 4, 10
 # order (core_model_loading.GLOBAL_WORKERS); a free Colab runtime has 2 CPUs
 LOAD_WORKERS = 2
 ACTIVATIONS = 0.5 * GIB  # batch 1 x 128 tokens with checkpointing; TRL's fused head builds no logits
-# the copies each notebook holds at once, measured (written by tools/notebook_fit.py)
+# the copies each notebook holds at once, measured (written by tools/fit/notebook_fit.py)
 MEASURED_COPIES = Path(__file__).with_name("notebook_copies.json")
 
 
@@ -264,9 +264,10 @@ def plan_for(model: str, compute_bytes: int | None = None, token=None, **kwargs)
 
 # ---------------------------------------------------------------------------------------------- per notebook
 
-# A notebook's optional parts: the moments measured in their cells (tools/notebook_fit.PARTS) count only when
-# the notebook's parameters run them. {part: (what the line calls it, does it run for these parameters?)}.
-# An exercise's solution is a part too ("exercise 05-2"): it runs after the lesson, in the lesson's kernel.
+# A notebook's optional parts: the moments measured in their cells (tools/fit/notebook_fit.PARTS) count only
+# when the notebook's parameters run them. {part: (what the line calls it, does it run for these
+# parameters?)}. An exercise's solution is a part too ("exercise 05-2"): it runs after the lesson, in the
+# lesson's kernel.
 PARTS = {
     "compare": ("part 2 (compare=True)", lambda p: bool(p.get("compare"))),  # 03's sections 6 and 7
     # 03's chat run (section 8): chat_steps, whose None means 40 when part 2 runs

@@ -1,7 +1,7 @@
 """Is my run normal? (03_lora_sft, 04_evaluation and 07_temporal_encoding print `normal_line` near their end.)
 A learner's held-out loss, Author-line share or seconds per step mean little alone: this module compares them
 with bands measured from real runs (reference_bands.json beside it: the lowest and highest figure over
-several seeds, widened by MARGINS; `python -m tools.reference_runs` measures them). A band is kept per
+several seeds, widened by MARGINS; `python -m tools.runners.reference_runs` measures them). A band is kept per
 notebook, model, runtime (device and compute dtype) and the settings that decide the figures (SETTINGS);
 runs that differ in any of them are never compared, and where no run was measured the line says so. Seconds
 and memory also need the same machine (a CPU's core count and bf16 units, or the GPU). For a figure outside
@@ -18,7 +18,8 @@ from pathlib import Path
 from gemmate_lib.housekeeping.files import save_json
 from gemmate_lib.housekeeping.machine import cpu_bf16_units
 
-BANDS = Path(__file__).with_name("reference_bands.json")  # measured bands (tools/reference_runs.py writes it)
+# measured bands (tools/runners/reference_runs.py writes it)
+BANDS = Path(__file__).with_name("reference_bands.json")
 RECORD = "reference"  # key in a notebook's manifest entry: what normal_line compared (the tool reads it)
 NOTEBOOKS = ("03_lora_sft", "04_evaluation", "07_temporal_encoding")
 
@@ -166,7 +167,8 @@ def run_record(notebook: str, run_dir: str | os.PathLike, cfg) -> dict | str:
 
 
 def keep_record(run_dir: str | os.PathLike, record: dict) -> None:
-    """Keep `record` under its notebook's manifest entry (RECORD), where tools/reference_runs.py reads it."""
+    """Keep `record` under its notebook's manifest entry (RECORD), where tools/runners/reference_runs.py reads
+    it."""
     path = Path(run_dir) / "manifest.json"
     manifest = _manifest(Path(run_dir))
     manifest.setdefault("notebooks", {}).setdefault(record["notebook"], {})[RECORD] = record
@@ -219,7 +221,8 @@ def judge(record: dict, bands: list[dict]) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             parts.append(f"{figure.label}: not recorded")
             continue
-        if name not in band["figures"]:  # measured, but left out of the band (tools/reference_runs.py)
+        # measured, but left out of the band (tools/runners/reference_runs.py)
+        if name not in band["figures"]:
             parts.append(f"{figure.label} {figure_text(value, figure)}: no band "
                          f"({band.get('left_out', {}).get(name, 'not measured')})")
             continue

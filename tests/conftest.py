@@ -266,8 +266,8 @@ def fresh_model(fp32):
 
 @pytest.fixture(autouse=True)
 def _run_dir_variable_restored():
-    """A test that runs notebooks in place (tools.course) sets GEMMATE_RUN_DIR for their kernels: restored
-    after it, so that no later test on the same worker inherits that test's run folder."""
+    """A test that runs notebooks in place (tools.runners.course) sets GEMMATE_RUN_DIR for their kernels:
+    restored after it, so that no later test on the same worker inherits that test's run folder."""
     saved = os.environ.get("GEMMATE_RUN_DIR")
     yield
     if saved is None:

@@ -50,7 +50,7 @@ _fake.install()
 
 
 def startup_dir(folder) -> str:
-    """Add this module's startup file to the IPYTHONDIR `folder` (tools/ledger.startup_dir makes it)."""
+    """Add this module's startup file to the IPYTHONDIR `folder` (tools/fit/ledger.startup_dir makes it)."""
     startup = Path(folder) / "profile_default" / "startup"
     startup.mkdir(parents=True, exist_ok=True)
     (startup / "01-fake-machine.py").write_text(STARTUP.format(path=str(Path(__file__).resolve())))
@@ -61,6 +61,6 @@ if __name__ == "__main__":  # make nbval: python tests/fake_machine.py FOLDER ->
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tools.ledger import startup_dir as ledger_dir
+    from tools.fit.ledger import startup_dir as ledger_dir
 
     print(startup_dir(ledger_dir(sys.argv[1])))

@@ -36,7 +36,7 @@ SMOKE_PARAMS = {
     "max_steps": 3, "compare_steps": 2, "steps": 2, "second_steps": 2,  # 03, its side-by-side arms, 06, 05
     # 03's part 2 in the GPU profile (a T4's default leaves it off): the ledger measures what each of its
     # sections holds (the masking arm, section 7's 16-bit LoRA arm beside the NF4 one, the chat run), so that
-    # 03's fit line answers for compare=True (tools/notebook_fit.py); the chat cell says whether the loss
+    # 03's fit line answers for compare=True (tools/fit/notebook_fit.py); the chat cell says whether the loss
     # counted only the model's turn (tests/test_learner_path.py reads it)
     "compare": True, "masking_steps": 2, "chat_steps": 1,
     "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0,
@@ -102,7 +102,7 @@ def solutions(nb: Path) -> list[str]:
     """The cells that run each solution-type exercise of notebook `nb` (a rerun exercise reruns the notebook
     with its parameters, which the smoke run measures as they are: gemmate_lib.fit.PARTS)."""
     from gemmate_lib.exercises import EXERCISES
-    from tools.exercises import solution_code
+    from tools.runners.exercises import solution_code
 
     found = []
     for name, spec in EXERCISES.items():
@@ -154,7 +154,7 @@ def tiny_gemma(folder: Path) -> Path:
 
     if (folder / "config.json").exists():
         return folder
-    # make gpu-smoke, on a machine without the embedded model, brings its tokenizer (tools/gpu_wheels.py)
+    # make gpu-smoke, on a machine without the embedded model, brings its tokenizer (tools/gpu/gpu_wheels.py)
     tokenizer = load_tokenizer(os.environ.get("GEMMATE_SMOKE_TOKENIZER", "embedded"))
     config = GemmaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2,
@@ -202,18 +202,18 @@ def colab_site(folder: Path) -> tuple[str, dict[str, str]]:
     """A Python whose own site-packages stands for Colab's dist-packages: a venv at `folder`, layered on this
     one (a .pth adds this venv's site-packages behind its own), holding Colab's preinstalled packages that
     break the course unless its install cells deal with them. Today one: Colab's torchao (its version from
-    tools/colab_snapshot), which peft 0.21 refuses for every LoRA layer on a 16-bit base. pip in that Python
-    upgrades and uninstalls there as pip in Colab does in dist-packages, and leaves this venv as it is. The
-    wheels come from `make install` (.venv/colab-wheels): the package index is the faked boundary. Returns
-    the kernel's Python and its environment."""
+    tools/environments/colab_snapshot), which peft 0.21 refuses for every LoRA layer on a 16-bit base. pip in
+    that Python upgrades and uninstalls there as pip in Colab does in dist-packages, and leaves this venv as
+    it is. The wheels come from `make install` (.venv/colab-wheels): the package index is the faked boundary.
+    Returns the kernel's Python and its environment."""
     import subprocess
     import sysconfig
 
     wheels = ROOT / ".venv" / "colab-wheels"
     if not any(wheels.glob("torchao-*.whl")):
         raise RuntimeError(f"no Colab wheels in {wheels}: run `make install`")
-    colab_torchao = next(line.split("==")[1] for line in
-                         (ROOT / "tools" / "colab_snapshot" / "pip-freeze.gpu.txt").read_text().splitlines()
+    freeze = ROOT / "tools" / "environments" / "colab_snapshot" / "pip-freeze.gpu.txt"
+    colab_torchao = next(line.split("==")[1] for line in freeze.read_text().splitlines()
                          if line.startswith("torchao=="))
     shutil.rmtree(folder, ignore_errors=True)
     base = getattr(sys, "_base_executable", sys.executable)
@@ -309,10 +309,10 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
     use_site = "GEMMATE_KERNEL_PYTHON" not in os.environ and os.environ.get("GEMMATE_SMOKE_COLAB_SITE") != "0"
     python, env = colab_site(run_dir.parent / "colab-site") if use_site else (None, {})
     kernel = colab_kernel(run_dir.parent / "jupyter", python, env)
-    # every kernel keeps a ledger of the model copies it holds (tools/ledger.py):
+    # every kernel keeps a ledger of the model copies it holds (tools/fit/ledger.py):
     # run_dir/ledger/<notebook>.jsonl
     sys.path.insert(0, str(ROOT))
-    from tools.ledger import startup_dir
+    from tools.fit.ledger import startup_dir
 
     os.environ["IPYTHONDIR"] = startup_dir(run_dir.parent / "ipython")
     (run_dir / "ledger").mkdir(exist_ok=True)

@@ -49,8 +49,8 @@ COVERING = {
     "gemmate_lib/preflight.py": ["tests/test_preflight.py"],
     "gemmate_lib/stats.py": ["tests/test_stats.py"],
     # in this process, with a stand-in shell (the smoke run drives it through real kernels, minutes a mutant)
-    "tools/ledger.py": ["tests/test_ledger.py"],
-    "tools/notebook_fit.py": ["tests/test_notebook_fit.py", "tests/test_notebook_fit_ledgers.py",
+    "tools/fit/ledger.py": ["tests/test_ledger.py"],
+    "tools/fit/notebook_fit.py": ["tests/test_notebook_fit.py", "tests/test_notebook_fit_ledgers.py",
                               "tests/test_generated_blocks.py"],
 }
 # what a run folder never links: the runs themselves, the environments, git, and the pyproject.toml it writes

@@ -137,7 +137,7 @@ def test_05s_certificate_holds_and_a_file_with_a_wrong_tensor_fails_it(request, 
 
 def test_the_committed_certificate_passed_at_every_level():
     """docs/export.md shows it (tests/test_generated_blocks.py holds the page to the record)."""
-    from tools.export_certificate import RECORD
+    from tools.runners.export_certificate import RECORD
 
     cert = json.loads(RECORD.read_text())
     assert cert["passed"] and all(not cert["levels"][level]["failed"] for level in ("f16", "q8_0"))

@@ -358,7 +358,7 @@ def test_ddp_ranks_load_nf4_on_their_own_gpu(monkeypatch, fp32):
 
 
 def test_gpu_check_dry_run_builds_every_notebooks_t4_and_a100_config(capsys):
-    from tools.gpu_check import main
+    from tools.gpu.gpu_check import main
 
     assert main(["--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -375,7 +375,7 @@ def test_gpu_check_fp16_arm_really_computes_in_fp16(capsys, monkeypatch, tmp_pat
     profile, so fp16 never ran. Its arm is a Gemma 1 now: the dry run's rows and the real run's config."""
     from gemmate_lib.config import course_config
     from gemmate_lib.training import training_kwargs
-    from tools.gpu_check import FP16_CARD, fp16_arm, main
+    from tools.gpu.gpu_check import FP16_CARD, fp16_arm, main
 
     assert main(["--dry-run"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if FP16_CARD in line]
@@ -398,7 +398,7 @@ def test_gpu_check_t4_arm_gives_the_one_page_recipe_what_it_picks_on_a_t4(fake_g
     the page picks on a T4."""
     import nbformat
 
-    from tools.gpu_probes import T4_DTYPE
+    from tools.gpu.gpu_probes import T4_DTYPE
 
     page = nbformat.read(ROOT / "notebooks" / "qlora_one_runtime.ipynb", as_version=4)
     cell = next(c.source for c in page.cells if c.cell_type == "code" and "compute_dtype, why = " in c.source)
@@ -413,7 +413,7 @@ def test_gpu_check_t4_arm_gives_the_one_page_recipe_what_it_picks_on_a_t4(fake_g
 
 def test_gpu_check_without_a_gpu_is_one_clear_line(capsys, fake_gpu):
     from gemmate_cli.errors import run_cli
-    from tools.gpu_check import main
+    from tools.gpu.gpu_check import main
 
     fake_gpu(None)
     assert run_cli(main, []) == 2 and "needs a CUDA GPU" in capsys.readouterr().err

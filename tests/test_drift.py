@@ -1,5 +1,13 @@
-"""make drift (tools/drift.py): what it installs, and how it names a failure."""
-from tools.drift import DRIFTING, blame, drift_requirements, first_error, junit_results, pins, report
+"""make drift (tools/environments/drift.py): what it installs, and how it names a failure."""
+from tools.environments.drift import (
+    DRIFTING,
+    blame,
+    drift_requirements,
+    first_error,
+    junit_results,
+    pins,
+    report,
+)
 
 
 def test_only_the_hugging_face_stack_drifts_and_torch_is_left_to_its_own_install():

@@ -18,7 +18,7 @@ from gemmate_lib.hardware import Precision
 
 @pytest.fixture(scope="module")
 def e2b():
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     return fit.shape_of(config_of("gemma-4-E2B"))
 
@@ -81,7 +81,7 @@ def test_an_exercise_whose_notebook_does_not_fit_says_so(e2b):
 
 def test_a_rerun_exercise_needs_the_most_of_its_runs():
     """04-1 reruns 03, then 04; with copies that fit (Gemma 3 1B), its peak is the larger run's."""
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     small = fit.shape_of(config_of("gemma-3-1b-pt"))
     data = _data(**{"03_lora_sft": [NF4], "04_evaluation": [NF4, {**WHOLE, "copies": ["whole", "nf4-fp32"]}]})
@@ -124,7 +124,7 @@ def _cfg(name, device="cuda", dtype=torch.float16):
 
 
 def test_each_exercise_gets_a_fit_line_on_a_gpu(tmp_path, e2b, monkeypatch):
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     config_of("gemma-4-E2B").save_pretrained(tmp_path)
     monkeypatch.setattr(fit, "measured", lambda: _data(**{"05_save_and_push": [WHOLE, NF4]}))
@@ -141,7 +141,7 @@ def test_each_exercise_gets_a_fit_line_on_a_gpu(tmp_path, e2b, monkeypatch):
 
 
 def test_on_a_cpu_the_fit_line_names_this_cpu_and_ram_only(tmp_path, monkeypatch):
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     config_of("gemma-3-1b-pt").save_pretrained(tmp_path)
     monkeypatch.setattr(fit, "measured", lambda: _data(**{"03_lora_sft": [NF4], "04_evaluation": [NF4]}))
@@ -155,7 +155,7 @@ def test_on_a_cpu_the_fit_line_names_this_cpu_and_ram_only(tmp_path, monkeypatch
 def test_a_gated_models_config_is_read_with_the_learners_token_for_the_exercises(monkeypatch):
     from transformers import AutoConfig
 
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     asked = []
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")

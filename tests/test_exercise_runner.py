@@ -1,14 +1,15 @@
-"""`make exercises` (tools/exercises.py) without running a notebook: which exercises run how, the cell that
-runs a printed solution after *Run all*, the verdict read back from an executed notebook, and the table it
-writes into docs/exercises.md. The runner itself takes about two hours: `make exercises`, not `make test`."""
+"""`make exercises` (tools/runners/exercises.py) without running a notebook: which exercises run how, the cell
+that runs a printed solution after *Run all*, the verdict read back from an executed notebook, and the table
+it writes into docs/exercises.md. The runner itself takes about two hours: `make exercises`, not `make
+test`."""
 import json
 
 import nbformat
 import pytest
 
 from gemmate_lib.exercises import EXERCISES
-from tools import exercises as runner
 from tools.markers import block
+from tools.runners import exercises as runner
 
 
 def test_every_exercise_runs_either_after_the_lesson_or_as_reruns():

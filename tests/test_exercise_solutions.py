@@ -8,9 +8,9 @@ decides it, for PASS.
 
 Every one of the 28 printed solutions runs here, as far as it is cheap: the solution-type ones whole (00-1
 to 05-4, 03-2's file, the faults to break on purpose 03-4 to 03-6), the rerun ones' reading code on the files
-tests/test_exercise_checks.py writes as the reruns do. What is left to `make exercises` (tools/exercises.py):
-the reruns themselves (03-1, 03-2, 03-3, 04-1, 06-1 to 06-3, 07-1 to 07-3 run whole notebooks again) and
-every solution on the embedded model, where the numbers are real."""
+tests/test_exercise_checks.py writes as the reruns do. What is left to `make exercises`
+(tools/runners/exercises.py): the reruns themselves (03-1, 03-2, 03-3, 04-1, 06-1 to 06-3, 07-1 to 07-3 run
+whole notebooks again) and every solution on the embedded model, where the numbers are real."""
 from __future__ import annotations
 
 import json

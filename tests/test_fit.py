@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gemmate_lib import fit
-from tools import full_shape, holdout, rehearse
+from tools.fit import full_shape, holdout, rehearse
 
 COMMITTED = json.loads((rehearse.DOCS / "full-shape.json").read_text())
 # a T4's compute: fp16 for Gemma 1, fp32 for Gemma 3 and 4 (the embedded 270M and Gemma 3 4B too)
@@ -78,7 +78,7 @@ def test_every_hold_out_row_has_its_first_prediction_recorded():
     missing = [" ".join(holdout.key(r)) for r in holdout.missing(RECORD, COMMITTED["rows"])]
     assert not missing, (
         f"no first prediction recorded for the hold-out rows {', '.join(missing)}: record the current "
-        "planner's prediction once, before changing it for them (python -m tools.holdout --append, with "
+        "planner's prediction once, before changing it for them (python -m tools.fit.holdout --append, with "
         "gemmate_lib/fit.py as committed), and commit the rows and the entries together")
     for e in RECORD["entries"]:
         row = {"model": e["model"], "phase": e["phase"], "peak_ram": e["measured"]["ram"],

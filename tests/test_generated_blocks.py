@@ -14,21 +14,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _notebook_fit(kind):
-    from tools import notebook_fit
+    from tools.fit import notebook_fit
 
     return {"notebook table": notebook_fit.table, "fit line": notebook_fit.readme_line,
             "exercise fit table": notebook_fit.exercise_table}[kind]()
 
 
 def _rehearse(kind):
-    from tools import rehearse
+    from tools.fit import rehearse
 
     rows = json.loads((rehearse.DOCS / "full-shape.json").read_text())["rows"]
     return {"rehearsal table": rehearse.table, "copy table": rehearse.copy_table}[kind](rows)
 
 
 def _holdout(_):
-    from tools import holdout, rehearse
+    from tools.fit import holdout, rehearse
 
     rows = json.loads((rehearse.DOCS / "full-shape.json").read_text())["rows"]
     plans = {name: rehearse.planned(name) for name in {r["model"] for r in holdout.held_out(rows)}}
@@ -36,30 +36,30 @@ def _holdout(_):
 
 
 def _quota(kind):
-    from tools import quota
+    from tools.runners import quota
 
     return {"quota plan": quota.block, "quota line": quota.readme_line}[kind]()
 
 
 def _certificate(_):
-    from tools import export_certificate
+    from tools.runners import export_certificate
 
     return export_certificate.section(json.loads(export_certificate.RECORD.read_text()))
 
 
 def _colab_replica(_):
-    from tools import colab_replica
+    from tools.environments import colab_replica
 
     return colab_replica.section(json.loads(colab_replica.RECORD.read_text()))
 
 
 def _exercises(_):
-    from tools import exercises
+    from tools.runners import exercises
 
     return exercises.section(json.loads(exercises.RESULTS.read_text()))
 
 
-NOTEBOOK_FIT = "python -m tools.notebook_fit RUN (a smoke run with its ledgers)"
+NOTEBOOK_FIT = "python -m tools.fit.notebook_fit RUN (a smoke run with its ledgers)"
 # (page, block name): (its generator, the command that rewrites it)
 GENERATED = {
     ("docs/full-shape.md", "notebook table"): (_notebook_fit, NOTEBOOK_FIT),
@@ -67,10 +67,11 @@ GENERATED = {
     ("docs/exercises.md", "exercise fit table"): (_notebook_fit, NOTEBOOK_FIT),
     ("docs/full-shape.md", "rehearsal table"): (_rehearse, "make rehearse"),
     ("docs/full-shape.md", "copy table"): (_rehearse, "make rehearse"),
-    ("docs/full-shape.md", "hold-out table"): (_holdout, "python -m tools.holdout"),
-    ("docs/colab.md", "quota plan"): (_quota, "python -m tools.quota --write"),
-    ("README.md", "quota line"): (_quota, "python -m tools.quota --write"),
-    ("docs/export.md", "certificate table"): (_certificate, "python -m tools.export_certificate RUN_DIR"),
+    ("docs/full-shape.md", "hold-out table"): (_holdout, "python -m tools.fit.holdout"),
+    ("docs/colab.md", "quota plan"): (_quota, "python -m tools.runners.quota --write"),
+    ("README.md", "quota line"): (_quota, "python -m tools.runners.quota --write"),
+    ("docs/export.md", "certificate table"): (_certificate,
+                                              "python -m tools.runners.export_certificate RUN_DIR"),
     ("docs/exercises.md", "exercises run"): (_exercises, "make exercises"),
     ("docs/compatibility.md", "colab replica"): (_colab_replica, "make colab-replica"),
 }
@@ -99,7 +100,7 @@ def test_the_block_is_what_its_generator_writes_from_the_committed_data(page, na
 
 
 def test_make_colab_replica_writes_the_record_its_section_comes_back_from(tmp_path, monkeypatch):
-    from tools import colab_replica
+    from tools.environments import colab_replica
 
     monkeypatch.setattr(colab_replica, "DOC", tmp_path / "compatibility.md")
     monkeypatch.setattr(colab_replica, "RECORD", tmp_path / "colab-replica.json")

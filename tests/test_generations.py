@@ -67,9 +67,9 @@ def test_hub_ids_name_their_generation(model_name, key):
 
 
 def test_the_page_shows_the_generations_table():
-    """docs/gemma-generations.md's table is tools.generations_table's output, row for row (regenerate it with
-    `python -m tools.generations_table` when GENERATIONS or the planner's rule changes)."""
-    from tools.generations_table import markdown_table
+    """docs/gemma-generations.md's table is tools.fit.generations_table's output, row for row (regenerate it
+    with `python -m tools.fit.generations_table` when GENERATIONS or the planner's rule changes)."""
+    from tools.fit.generations_table import markdown_table
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "gemma-generations.md").read_text()
     start = page.index("| | ")

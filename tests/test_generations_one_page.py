@@ -1,7 +1,7 @@
 """The one-page recipe (notebooks/qlora_one_runtime.ipynb) run end to end with a tiny model of each Gemma
 generation (tests/tiny.py) as its `model_name` and a small local .jsonl of quotes as its `dataset`, on the
-course's CPU-sized parameters (tools/course.py). The page imports nothing of the course: this proves that
-its own dtype rule, LoRA targets, pre-flight cell, training, merge and generation hold for Gemma 1, 3 and
+course's CPU-sized parameters (tools/runners/course.py). The page imports nothing of the course: this proves
+that its own dtype rule, LoRA targets, pre-flight cell, training, merge and generation hold for Gemma 1, 3 and
 4."""
 import json
 from pathlib import Path
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.generations, pytest.mark.slow]
 def test_the_one_page_recipe_runs_on_each_generation(key, tmp_path, generation_folder):
     import papermill as pm
 
-    from tools.course import ONE_PAGE_CPU
+    from tools.runners.course import ONE_PAGE_CPU
 
     folder = generation_folder(key)
     quotes = tmp_path / "quotes.jsonl"

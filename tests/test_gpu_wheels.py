@@ -1,7 +1,7 @@
-"""make gpu-wheels (tools/gpu_wheels.py): what goes to a bare GPU machine, and how it stays small."""
+"""make gpu-wheels (tools/gpu/gpu_wheels.py): what goes to a bare GPU machine, and how it stays small."""
 import zipfile
 
-import tools.gpu_wheels as gw
+import tools.gpu.gpu_wheels as gw
 
 
 def test_the_bundle_carries_the_course_pins_the_machine_lacks_and_not_what_it_has():

@@ -1,11 +1,11 @@
-"""`make lab-check` (tools/lab_check.py): the pure parts, with no browser and no JupyterLab. A saved
-notebook's verdict (the self-check's line, every cell's error, the cell a time limit stopped), the cleared
-copy, the learner's environment, and selenium kept out of requirements.txt."""
+"""`make lab-check` (tools/environments/lab_check.py): the pure parts, with no browser and no JupyterLab. A
+saved notebook's verdict (the self-check's line, every cell's error, the cell a time limit stopped), the
+cleared copy, the learner's environment, and selenium kept out of requirements.txt."""
 import nbformat
 from make_dry_run import make_commands, pip_installs
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from tools.lab_check import ROOT, copy_cleared, learner_env, read_verdict, running_cell, verdict
+from tools.environments.lab_check import ROOT, copy_cleared, learner_env, read_verdict, running_cell, verdict
 
 
 def _stdout(text, count):

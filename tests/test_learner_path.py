@@ -125,7 +125,7 @@ def test_gemma_3_never_computes_in_fp16_on_a_t4_and_gemma_1_does(monkeypatch, ti
 def test_make_course_is_offline_for_the_embedded_profile_only(tmp_path, params, online):
     """The Makefile exported HF_HUB_OFFLINE=1 for
     every run, so a GPU run failed at the first download."""
-    from tools.course import hub_environment, notebook_parameters
+    from tools.runners.course import hub_environment, notebook_parameters
 
     env = {k: v for k,
            v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "MAKE"))}
@@ -208,7 +208,7 @@ def test_the_gpu_smoke_fp16_arm_runs_the_one_page_recipe_in_fp16(tmp_path):
     the page's dtype cell, before any cell reads the dtype."""
     from learner_path import with_cells
 
-    from tools.gpu_probes import arm_probes
+    from tools.gpu.gpu_probes import arm_probes
 
     code = [c.source for c in with_cells(ONE_PAGE, after=arm_probes("fp16")[ONE_PAGE.stem]).cells
             if c.cell_type == "code"]
@@ -254,7 +254,7 @@ def test_a_fork_changes_the_course_repository_in_one_place(tmp_path, monkeypatch
     import shutil
 
     from gemmate_lib.housekeeping import colab, files
-    from tools import timings
+    from tools.runners import timings
 
     for path in NOTEBOOKS + [ROOT / "notebooks" / "course_timings.json"]:
         shutil.copy(path, tmp_path / path.name)
@@ -311,9 +311,9 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
              if p.is_file() and CANARY.encode() in p.read_bytes()]
     assert leaks == []
     # the model copies each kernel held at once (tests/learner_path.py's ledgers): as committed, and no
-    # notebook holds more than the course says a free T4 runs (docs/full-shape.md, tools/notebook_fit.py)
+    # notebook holds more than the course says a free T4 runs (docs/full-shape.md, tools/fit/notebook_fit.py)
     from gemmate_lib import fit
-    from tools import notebook_fit
+    from tools.fit import notebook_fit
 
     assert notebook_fit.compare(fit.measured(), notebook_fit.collect(tmp_path / "run")) == []
     # a runtime reclaimed mid-training: 03's kernel dies right after its checkpoint at step 2; running 03

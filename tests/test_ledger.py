@@ -1,8 +1,8 @@
-"""tools/ledger.py in this process: what each event line records (the copies alive, their bytes by device and
-kind, the cell, the part, the child processes), read back as notebook_fit reads it. The smoke run drives the
-ledger through real notebook kernels (tests/test_learner_path.py); these tests drive the same functions with
-a stand-in IPython shell and the tiny Gemma, in seconds, so `make mutants` can plant faults in the ledger and
-see them fail here."""
+"""tools/fit/ledger.py in this process: what each event line records (the copies alive, their bytes by device
+and kind, the cell, the part, the child processes), read back as notebook_fit reads it. The smoke run drives
+the ledger through real notebook kernels (tests/test_learner_path.py); these tests drive the same functions
+with a stand-in IPython shell and the tiny Gemma, in seconds, so `make mutants` can plant faults in the ledger
+and see them fail here."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ import torch
 import transformers
 from transformers import modeling_utils, trainer
 
-from tools import ledger
+from tools.fit import ledger
 
 
 class Shell:

@@ -299,7 +299,7 @@ def test_06s_default_methods_on_a_t4_with_gemma_4_e2b_are_what_the_t4_holds(tmp_
     from gemmate_lib.config import course_config
     from gemmate_lib.hardware import Precision
     from gemmate_lib.methods import GPU_DEFAULT_METHODS, build_methods
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     for name in ("gemma-2b", "gemma-4-E2B"):
         config_of(name).save_pretrained(tmp_path / name)  # the config alone: no weights to load

@@ -13,7 +13,7 @@ import torch
 
 from gemmate_lib import fit
 from gemmate_lib.hardware import Precision
-from tools import notebook_fit
+from tools.fit import notebook_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -36,7 +36,7 @@ def _cfg(folder, name):
 def test_each_notebooks_fit_line_says_what_the_table_says(model, tmp_path):
     """The line a notebook prints before its download, for each offered model at its real shape on a free T4,
     agrees with the generated table: fits, fits without its 16/32-bit part, or stops with the fix."""
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     config_of(model).save_pretrained(tmp_path)  # the config alone, as the notebook reads it before a download
     for row in (r for r in notebook_fit.rows() if r["model"] == model):
@@ -95,7 +95,7 @@ def _moments(*moments):
 
 @pytest.fixture(scope="module")
 def e2b():
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     return fit.shape_of(config_of("gemma-4-E2B"))
 
@@ -175,7 +175,7 @@ def test_nbval_on_a_faked_machine_fails_a_checked_cell_that_prints_the_machines_
     import nbformat
     from nbclient import NotebookClient
 
-    from tools.ledger import startup_dir
+    from tools.fit.ledger import startup_dir
 
     def checked(source):
         cell = nbformat.v4.new_code_cell(source)
@@ -212,7 +212,7 @@ def test_nbval_ran_every_notebook_on_the_faked_machine_within_the_committed_copi
 
 
 def test_the_whole_line_names_the_parts_the_runtime_and_the_peak(tmp_path):
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     config_of("gemma-2b").save_pretrained(tmp_path)
     cfg = _cfg(tmp_path, "gemma-2b")
@@ -234,7 +234,7 @@ def test_the_whole_line_names_the_parts_the_runtime_and_the_peak(tmp_path):
 
 
 def test_on_a_cpu_the_copies_live_in_ram_and_the_line_names_no_gpu(tmp_path):
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     config_of("gemma-3-1b-pt").save_pretrained(tmp_path)
     cfg = SimpleNamespace(model=SimpleNamespace(model_name=str(tmp_path)),
@@ -255,7 +255,7 @@ def test_on_a_cpu_the_copies_live_in_ram_and_the_line_names_no_gpu(tmp_path):
 def test_a_gated_models_config_is_read_with_the_learners_token(tmp_path, monkeypatch):
     from transformers import AutoConfig
 
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     asked = []
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
@@ -272,7 +272,7 @@ def test_the_line_counts_copies_and_is_what_an_out_of_memory_message_quotes(tmp_
     figures; a 16/32-bit part beside the 4-bit path is left out with the estimate it was judged on; and the
     last line computed is the one an out-of-memory error quotes."""
     from gemmate_lib.housekeeping.errors import LAST_FIT, out_of_memory_error
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     config_of("gemma-4-E2B").save_pretrained(tmp_path)
     cfg = _cfg(tmp_path, "gemma-4-E2B")

@@ -1,6 +1,6 @@
-"""How a run's ledgers become the measured copies (tools/notebook_fit.py): each kernel's events turned into
-the distinct moments a notebook holds (its child processes' copies counted beside the kernel's), the kind of
-each copy from its bytes, which notebook a ledger ran, and the check that holds nbval's and `make course`'s
+"""How a run's ledgers become the measured copies (tools/fit/notebook_fit.py): each kernel's events turned
+into the distinct moments a notebook holds (its child processes' copies counted beside the kernel's), the kind
+of each copy from its bytes, which notebook a ledger ran, and the check that holds nbval's and `make course`'s
 runs to the committed measurement. Hand-made ledgers over the real notebooks' cells, so a mistake here would
 put a wrong row into docs/full-shape.md's table or let a notebook that grew pass unnoticed."""
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gemmate_lib import fit
-from tools import notebook_fit
+from tools.fit import notebook_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
@@ -152,7 +152,7 @@ def test_cells_without_ids_are_named_by_their_place(tmp_path):
     """An older notebook's cells carry no id: a ledger's cell is then named by its index among all cells."""
     import nbformat
 
-    from tools.ledger import cell_hash
+    from tools.fit.ledger import cell_hash
 
     node = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# a"),
                                            nbformat.v4.new_code_cell("x = 1"),
@@ -400,7 +400,7 @@ def test_a_verdict_is_worse_when_it_moves_from_fits_to_partly_or_from_partly_to_
              "notebooks": {"03_lora_sft": {"moments": [_moment(), _moment(("nf4", "whole"))]}}}
     assert notebook_fit.compare(committed, found) == [
         "03_lora_sft: its measured copies differ from gemmate_lib/notebook_copies.json (now at most 2 at "
-        "once); run `python -m tools.notebook_fit <smoke run>`",
+        "once); run `python -m tools.fit.notebook_fit <smoke run>`",
         "03_lora_sft with gemma-2b no longer fits a free T4 as the course says (yes -> without x)",
         "03_lora_sft with part 2 with gemma-4-E2B no longer fits a free T4 as the course says (without x -> "
         "no)"]
@@ -432,7 +432,7 @@ def test_the_kernels_line_gives_both_figures(monkeypatch, was, now, stale):
                                     {"name": "new", "kernel_bytes": now, "notebooks": {}})
     assert problems == ([
         "a notebook's kernel now holds 0.81 GB before its first load, 1.14 GB as committed (more than 25% "
-        "apart); run `python -m tools.notebook_fit <smoke run>`"] if stale else [])
+        "apart); run `python -m tools.fit.notebook_fit <smoke run>`"] if stale else [])
 
 
 def test_a_notebook_the_committed_measurement_lacks_and_a_kernel_over_its_slack_are_named(tmp_path):

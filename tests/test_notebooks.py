@@ -42,7 +42,7 @@ def test_notebook_hygiene(path):
 
 
 def test_runtimes_come_from_course_timings_json():
-    from tools import timings
+    from tools.runners import timings
 
     data = timings.load()
     assert sorted(data["cpu_seconds"]) == sorted(data["t4_estimate"]) == [p.stem for p in NOTEBOOKS]
@@ -101,7 +101,7 @@ def test_re_executing_a_notebook_keeps_its_colab_runtime(tmp_path):
     import nbformat
 
     from gemmate_lib.housekeeping.colab import RUNTIME_METADATA
-    from tools.course import execute_in_place
+    from tools.runners.course import execute_in_place
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1 + 1)")])
     nb.metadata.update(RUNTIME_METADATA, papermill={"duration": 1.0},

@@ -3,7 +3,7 @@
 Its T4 values are the course's GPU profile (gemmate_lib.config: SEED_QLORA over the settings' defaults),
 read from its `parameters` cell, so the two cannot drift apart; its pins are requirements.txt's; no line of
 it imports the course. `make course`, `make notebooks`, nbval and the smoke run execute it with papermill
-parameters (tools/course.py, tests/learner_path.py); the page itself holds only the learner's values.
+parameters (tools/runners/course.py, tests/learner_path.py); the page itself holds only the learner's values.
 """
 import ast
 import functools
@@ -144,8 +144,8 @@ def test_the_install_cell_pins_what_the_colab_requirements_pin_never_torch_and_r
 
 
 def test_no_cell_but_the_parameters_cell_assigns_a_parameter_and_none_reads_the_courses_machine():
-    """The course's offline values reach the page as papermill parameters only (tools/course.py: make course,
-    make notebooks, nbval, make lab's and make lab-check's copy); the committed page has no
+    """The course's offline values reach the page as papermill parameters only (tools/runners/course.py: make
+    course, make notebooks, nbval, make lab's and make lab-check's copy); the committed page has no
     injected-parameters cell that a learner in Colab would run, no cell but the parameters cell assigns a
     parameter, and no line reads the course's machine (its cache, its settings): the token cell used to switch
     to the course's offline copies when $GEMMATE_CACHE held them."""
@@ -185,7 +185,7 @@ def test_make_notebooks_runs_the_page_with_the_parameters_and_commits_it_without
     """`make notebooks` (execute_in_place) runs a page with the offline parameters, keeps the outputs of
     that run, and writes it back without papermill's injected cell: its parameters cell keeps the learner's
     value."""
-    from tools.course import execute_in_place
+    from tools.runners.course import execute_in_place
 
     path = _parameters_notebook(tmp_path / "page.ipynb")
     execute_in_place(path, tmp_path / "run", {"steps": 3})
@@ -197,7 +197,7 @@ def test_make_notebooks_runs_the_page_with_the_parameters_and_commits_it_without
 
 def test_nbval_gets_a_copy_with_the_committed_outputs_and_the_offline_parameters(tmp_path):
     """nbval cannot pass parameters: make nbval runs a copy that carries them, with the outputs to compare."""
-    from tools.course import ONE_PAGE_CPU, nbval_copy
+    from tools.runners.course import ONE_PAGE_CPU, nbval_copy
 
     copy = json.loads(nbval_copy(tmp_path / "nbval", tmp_path / "model", tmp_path / "nbval").read_text())
     committed = json.loads(PAGE.read_text())["cells"]
@@ -215,11 +215,11 @@ def test_nbval_gets_a_copy_with_the_committed_outputs_and_the_offline_parameters
 
 def test_make_nbval_checks_every_notebook_once_and_the_page_as_its_parameterized_copy(makefile=None):
     """What `make nbval` would run (make's dry run): the nbval command collects each course notebook exactly
-    once; the one-page notebook only as the copy that `tools.course --nbval-copy DIR` writes (its offline
-    parameters injected), never the committed page, which nbval would run on gemma-2b."""
+    once; the one-page notebook only as the copy that `tools.runners.course --nbval-copy DIR` writes (its
+    offline parameters injected), never the committed page, which nbval would run on gemma-2b."""
     from make_dry_run import make_commands
 
-    from tools.course import course_notebooks
+    from tools.runners.course import course_notebooks
 
     commands = make_commands("nbval", makefile)
     [copy_dir] = [Path(args[args.index("--nbval-copy") + 1]) for args in commands if "--nbval-copy" in args]
@@ -232,7 +232,7 @@ def test_make_nbval_checks_every_notebook_once_and_the_page_as_its_parameterized
 
 
 def test_make_course_runs_the_page_last_with_cpu_parameters_offline(tmp_path):
-    from tools.course import ONE_PAGE_CPU, course_notebooks, notebook_parameters, one_page_parameters
+    from tools.runners.course import ONE_PAGE_CPU, course_notebooks, notebook_parameters, one_page_parameters
 
     notebooks = course_notebooks(ROOT)
     assert notebooks[-1] == PAGE and [p.name[:2] for p in notebooks[:-1]] == [f"0{i}" for i in range(8)]
@@ -254,7 +254,7 @@ def test_make_course_runs_the_page_last_with_cpu_parameters_offline(tmp_path):
 
 
 def test_the_quotes_file_has_the_hub_datasets_columns(tmp_path, monkeypatch):
-    from tools.course import prepare_one_page_data
+    from tools.runners.course import prepare_one_page_data
 
     monkeypatch.setenv("GEMMATE_CACHE", str(tmp_path))
     rows = [json.loads(line) for line in prepare_one_page_data().read_text().splitlines()]
@@ -264,7 +264,7 @@ def test_the_quotes_file_has_the_hub_datasets_columns(tmp_path, monkeypatch):
 def test_make_drift_and_the_smoke_run_find_the_page_by_its_name():
     from learner_path import notebooks_in_order
 
-    from tools.drift import one_page_notebooks
+    from tools.environments.drift import one_page_notebooks
 
     assert one_page_notebooks() == [PAGE]
 
@@ -326,7 +326,7 @@ def test_every_stop_on_the_page_is_one_line_in_jupyter_and_an_error_for_papermil
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    from tools.lab_check import verdict
+    from tools.environments.lab_check import verdict
 
     for cell in code_cells():
         source = "".join(cell["source"])
@@ -377,11 +377,11 @@ TRICKY_ROWS = [  # what the page's filter must treat as 03's does (gemmate_lib.d
 def test_the_pages_data_cell_keeps_and_splits_the_rows_that_03_keeps(source, tiny_folder, tmp_path,
                                                                       monkeypatch):
     """The page writes its filter out (no course import): on the embedded quotes as the page reads them (the
-    .jsonl in the Hub dataset's columns, tools/course.py) and on hand-written rows, it keeps the texts that
-    03's `load_quotes` keeps (repeats after folding case, punctuation and typographic quotes, and authors that
-    are the quote's end, dropped too) and holds out the same ones: seeded shuffle, eval_fraction."""
+    .jsonl in the Hub dataset's columns, tools/runners/course.py) and on hand-written rows, it keeps the texts
+    that 03's `load_quotes` keeps (repeats after folding case, punctuation and typographic quotes, and authors
+    that are the quote's end, dropped too) and holds out the same ones: seeded shuffle, eval_fraction."""
     from gemmate_lib.data import load_quotes
-    from tools.course import prepare_one_page_data
+    from tools.runners.course import prepare_one_page_data
 
     monkeypatch.setenv("GEMMATE_CACHE", str(tmp_path))
     if source == "embedded":
@@ -607,7 +607,7 @@ def test_a_gated_model_without_a_token_stops_in_one_line_that_names_the_fix_even
     from huggingface_hub import constants
 
     from gemmate_lib.models import cache_dir
-    from tools.course import ONE_PAGE_QUOTES
+    from tools.runners.course import ONE_PAGE_QUOTES
 
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(name, raising=False)
@@ -729,7 +729,7 @@ def test_the_pages_will_it_fit_is_the_planners_arithmetic_and_skips_a_merge_a_t4
     from transformers import AutoConfig
 
     from gemmate_lib import fit
-    from tools import full_shape
+    from tools.fit import full_shape
 
     config = full_shape.config_of(name)
     config.save_pretrained(tmp_path)  # the config alone: shapes on the meta device, no weights
@@ -1193,8 +1193,8 @@ def test_make_lab_and_lab_check_pass_the_page_this_machines_offline_values_as_pa
 
     from make_dry_run import make_commands
 
-    from tools.course import LAB_COPY, ONE_PAGE_CPU, lab_copy
-    from tools.lab_check import prepare
+    from tools.environments.lab_check import prepare
+    from tools.runners.course import LAB_COPY, ONE_PAGE_CPU, lab_copy
 
     def offline_values(copy: Path, run_dir: Path) -> dict:
         cells = json.loads(copy.read_text())["cells"]

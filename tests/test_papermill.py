@@ -65,7 +65,7 @@ def test_missing_data_file_names_the_path(tmp_path):
 
 def test_params_file_reaches_exactly_the_notebooks_that_declare_each_key(tmp_path):
     from gemmate_lib.housekeeping.errors import ParameterError
-    from tools.course import course_notebooks, notebook_parameters
+    from tools.runners.course import course_notebooks, notebook_parameters
 
     root = Path(__file__).resolve().parents[1]
     notebooks = course_notebooks(root)  # 00-07 and the one-page recipe, as make course runs them

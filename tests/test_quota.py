@@ -1,6 +1,6 @@
-"""The quota plan (tools/quota.py): docs/colab.md's block and the README's line are the generator's output,
-the projection's arithmetic on hand-made cases, what it reads from the course (the estimates, the exercise
-texts, the steps each run trains), and the day plan's packing."""
+"""The quota plan (tools/runners/quota.py): docs/colab.md's block and the README's line are the generator's
+output, the projection's arithmetic on hand-made cases, what it reads from the course (the estimates, the
+exercise texts, the steps each run trains), and the day plan's packing."""
 import re
 from pathlib import Path
 
@@ -9,8 +9,8 @@ import pytest
 from gemmate_lib.config import SEED_QLORA, TASK_DEFAULTS
 from gemmate_lib.exercises import EXERCISES
 from gemmate_lib.methods import GPU_DEFAULT_METHODS
-from tools import quota
-from tools.timings import load
+from tools.runners import quota
+from tools.runners.timings import load
 
 ROOT = Path(__file__).resolve().parents[1]
 

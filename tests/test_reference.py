@@ -1,6 +1,7 @@
-"""Is my run normal? (gemmate_lib/reference.py, tools/reference_runs.py): a run inside its bands reads normal,
-each figure outside its band is named with what to check, another model, runtime or settings gets no verdict,
-the figures come from the run's own files, and the committed bands were measured for the three notebooks."""
+"""Is my run normal? (gemmate_lib/reference.py, tools/runners/reference_runs.py): a run inside its bands reads
+normal, each figure outside its band is named with what to check, another model, runtime or settings gets no
+verdict, the figures come from the run's own files, and the committed bands were measured for the three
+notebooks."""
 import json
 
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 from gemmate_lib import reference
 from gemmate_lib.config import config_summary, course_config
 from gemmate_lib.housekeeping import run_folder
-from tools.reference_runs import band_of, merge
+from tools.runners.reference_runs import band_of, merge
 
 MACHINE = "2-core CPU with AVX512_BF16"
 FIGURES = {"03_lora_sft": {"held_out_loss": 2.48, "seconds_per_step": 1.6, "peak_memory_gib": 3.9},

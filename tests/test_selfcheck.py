@@ -52,12 +52,13 @@ def test_a_failed_self_check_still_flushes_google_drive(tmp_path, monkeypatch, c
 
 
 def test_a_quick_pass_reports_a_missed_learning_goal_and_still_stops_on_anything_else(monkeypatch, capsys):
-    """make course PARAMS=params/cpu-quick.yaml (learning_checks: report, via tools/course.py's run_options):
-    a learning goal its fewer steps miss is reported; a check that is not about learning still stops."""
+    """make course PARAMS=params/cpu-quick.yaml (learning_checks: report, via tools/runners/course.py's
+    run_options): a learning goal its fewer steps miss is reported; a check that is not about learning still
+    stops."""
     import pytest
 
     from gemmate_lib.housekeeping.selfcheck import SelfCheckError, learned, self_check
-    from tools.course import run_options
+    from tools.runners.course import run_options
 
     monkeypatch.delenv("GEMMATE_SMOKE", raising=False)
     monkeypatch.setattr("os.environ", {**__import__("os").environ,

@@ -1,6 +1,6 @@
 """How `make test` runs and what it keeps: nbval's parameterized copies of the notebooks (params/nbval.yaml),
 the tests that read nbval's run folder afterwards (marker after_nbval), and the time of every test and cell
-(tools/timings.py, tools/course.py). None of these needs a model."""
+(tools/runners/timings.py, tools/runners/course.py). None of these needs a model."""
 import json
 import os
 import subprocess
@@ -20,7 +20,7 @@ def test_nbval_runs_each_notebook_as_a_copy_with_the_values_it_declares_and_its_
     values of params/nbval.yaml meant for it (a key it declares, or its own section) in an injected cell after
     its `parameters` cell, and every committed cell, outputs included, as committed (what nbval compares
     against)."""
-    from tools.course import (
+    from tools.runners.course import (
         INJECTED,
         ONE_PAGE,
         course_notebooks,
@@ -59,7 +59,7 @@ def test_a_notebooks_own_section_goes_to_it_alone_and_a_wrong_name_stops_in_one_
     import pytest
 
     from gemmate_lib.housekeeping.errors import ParameterError
-    from tools.course import course_notebooks, notebook_parameters
+    from tools.runners.course import course_notebooks, notebook_parameters
 
     notebooks = course_notebooks(ROOT)
     params = tmp_path / "params.yaml"
@@ -79,7 +79,7 @@ def test_no_checked_output_reads_a_value_that_nbval_shrinks():
     reads, through another variable, still fail nbval itself.)"""
     import ast
 
-    from tools.course import course_notebooks, notebook_parameters
+    from tools.runners.course import course_notebooks, notebook_parameters
 
     notebooks = course_notebooks(ROOT)
     meant = notebook_parameters(notebooks, str(NBVAL_PARAMS))
@@ -95,10 +95,10 @@ def test_no_checked_output_reads_a_value_that_nbval_shrinks():
 
 
 def test_the_timings_name_the_slowest_tests_and_an_empty_tier(tmp_path):
-    """`make test` keeps pytest's JUnit files in runs/test; tools.timings prints each step's time and the
-    slowest tests from them, and names a step whose pytest selected no test (its exit code 5, which make
+    """`make test` keeps pytest's JUnit files in runs/test; tools.runners.timings prints each step's time and
+    the slowest tests from them, and names a step whose pytest selected no test (its exit code 5, which make
     reports as a plain failure: .ci/run says which tier was empty)."""
-    from tools import timings
+    from tools.runners import timings
 
     (tmp_path / "test_two.py").write_text("import time\n\n\ndef test_quick():\n    pass\n\n\n"
                                           "def test_slow():\n    time.sleep(0.3)\n")
@@ -123,7 +123,7 @@ def test_the_timings_name_the_slowest_tests_and_an_empty_tier(tmp_path):
 
 def test_an_nbval_cell_is_named_as_nbval_names_it_with_its_first_line(tmp_path, monkeypatch):
     """nbval's items are `NOTEBOOK::Cell N`, N counting code cells; the table adds the cell's first line."""
-    from tools import timings
+    from tools.runners import timings
 
     monkeypatch.setattr(timings, "repo_root", lambda: tmp_path)
     (tmp_path / "runs" / "nbval").mkdir(parents=True)
@@ -143,7 +143,7 @@ def test_a_notebook_run_in_place_reports_each_cells_time(tmp_path):
     """make notebooks (and make course, from papermill's metadata) prints the ten slowest cells."""
     import nbformat
 
-    from tools.course import execute_in_place, slowest_cells
+    from tools.runners.course import execute_in_place, slowest_cells
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# a"),
                                          nbformat.v4.new_code_cell("x = 1"),

@@ -1,2 +1,3 @@
-"""Maintainer tooling, outside the library: `make course`
-(course), `make sync` (timings), `make gpu-check`."""
+"""Maintainer tooling, outside the library, in folders by what it serves (tools/README.md): fit/ (will it
+fit: the evidence), gpu/ (the GPU runs), environments/ (other Pythons and runtimes), runners/ (the course's
+own runs and records); markers.py is the one way a tool writes a generated block into a page."""

@@ -1,6 +1,6 @@
 """The one way the tools write generated text into a committed page: between `<!-- NAME -->` and
-`<!-- end of NAME -->` (tools/notebook_fit.py's tables, tools/rehearse.py's, make exercises' last run, make
-colab-replica's section, the export certificate). The text outside the markers is the authors'; a run
+`<!-- end of NAME -->` (tools/fit/notebook_fit.py's tables, tools/fit/rehearse.py's, make exercises' last run,
+make colab-replica's section, the export certificate). The text outside the markers is the authors'; a run
 rewrites only what lies between them, so regenerating a page from its committed data changes nothing.
 tests/test_generated_blocks.py holds every block of docs/ and the README to its generator."""
 from __future__ import annotations

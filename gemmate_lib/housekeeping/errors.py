@@ -1,5 +1,5 @@
 """Errors that name the problem and the fix (00_setup shows one), and the one wrapper that turns any error
-into one line, which every command line (`gemmate`, tools.course) runs in."""
+into one line, which every command line (`gemmate`, tools.runners.course) runs in."""
 from __future__ import annotations
 
 import contextlib

@@ -43,7 +43,7 @@ def learned(course: bool, smoke: bool) -> LearningOutcome:
 
 def reports_learning() -> bool:
     """True in a quick pass over the course (`make course PARAMS=params/cpu-quick.yaml`, whose few steps miss
-    the learning goals on purpose): GEMMATE_LEARNING_CHECKS=report, set by tools/course.py."""
+    the learning goals on purpose): GEMMATE_LEARNING_CHECKS=report, set by tools/runners/course.py."""
     return os.environ.get("GEMMATE_LEARNING_CHECKS") == "report"
 
 

@@ -147,7 +147,7 @@ def notebook_params(nb: Path, arm: dict, run_dir: Path) -> dict:
 
     if nb.name == "qlora_one_runtime.ipynb":
         from gemmate_lib.models import prepare_embedded
-        from tools.course import prepare_one_page_data
+        from tools.runners.course import prepare_one_page_data
 
         model = arm["model_name"]
         return {"model_name": str(prepare_embedded(verbose=False)) if model == "embedded" else model,
@@ -164,7 +164,7 @@ def read_record(executed: Path) -> dict:
     mixed-precision probe's report, its warnings, and its lines on held-out loss."""
     import nbformat
 
-    from tools.gpu_probes import read_back
+    from tools.gpu.gpu_probes import read_back
 
     report, warnings = read_back(executed)
     record = {"mixed_precision": report, "warnings": warnings, "held_out": [], "peak": None}
@@ -183,7 +183,7 @@ def run(notebooks: list[Path], run_dir: Path, precision: str = "auto", model: st
     with what read_record reads in run_dir/gpu_check.json (written after each notebook)."""
     import papermill as pm
 
-    from tools.gpu_probes import MIXED_PRECISION_PROBE, T4_DTYPE, watch_memory
+    from tools.gpu.gpu_probes import MIXED_PRECISION_PROBE, T4_DTYPE, watch_memory
 
     sys.path.insert(0, str(repo_root() / "tests"))
     from learner_path import with_cells

@@ -20,9 +20,9 @@ the code that runs it: an exercise's solution, one of 06's methods), so the fit 
 A copy is a model that `from_pretrained` returned and that is still alive after `gc.collect()`, held through
 weak references, so the ledger never keeps one alive. Each copy's bytes are counted once per tensor storage,
 by device and by kind: "4bit" (bitsandbytes' packed weights), or the dtype of a float tensor, with the tables
-that `lookup_tables_to_cpu` keeps on the CPU counted apart ("host"). tools/notebook_fit.py turns the ledgers
-into the per-notebook table (docs/full-shape.md). This module imports nothing of the course: the one-page
-recipe's kernel must never see `gemmate_lib`."""
+that `lookup_tables_to_cpu` keeps on the CPU counted apart ("host"). tools/fit/notebook_fit.py turns the
+ledgers into the per-notebook table (docs/full-shape.md). This module imports nothing of the course: the
+one-page recipe's kernel must never see `gemmate_lib`."""
 from __future__ import annotations
 
 import atexit
@@ -72,7 +72,8 @@ def children_peak() -> int:
 
 def measured_copy_bytes(model, seen: set) -> dict:
     """{"device:kind": bytes} of `model`'s parameters and buffers, each storage once across copies
-    (`seen`)."""
+    (`seen`); kind "host" is the lookup tables kept on the CPU. The one count of a live copy's bytes: the
+    ledger's, and the rehearsal's copy phase (rehearse.nf4_copy)."""
     out: dict[str, int] = {}
     tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
     host = {name for name, module in model.named_modules() if getattr(module, "on_cpu", False)}
@@ -191,8 +192,8 @@ def _hook() -> None:
     sys.meta_path.insert(0, _AfterImport())
 
 
-CHILD_SITE = '''"""Loads the notebook ledger (tools/ledger.py) into a child process of a measured kernel, then
-the sitecustomize this one hides, if any."""
+CHILD_SITE = '''"""Loads the notebook ledger (tools/fit/ledger.py) into a child process of a measured kernel,
+then the sitecustomize this one hides, if any."""
 import importlib.util as _util
 import os as _os
 import sys as _sys

@@ -1,5 +1,5 @@
 """Merge a LoRA adapter into a downloaded base checkpoint file by file, without loading the model
-(tools/rehearse.py, docs/full-shape.md)."""
+(tools/fit/rehearse.py, docs/full-shape.md)."""
 from __future__ import annotations
 
 import json

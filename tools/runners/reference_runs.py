@@ -1,11 +1,11 @@
-"""`python -m tools.reference_runs --seeds 42 1 2`: measure the bands that gemmate_lib.reference compares a
-learner's run with ("is my run normal?", printed near the end of 03, 04 and 07). For each seed, in a scratch
-run folder of its own (`--scratch`, default runs/reference/seed-<seed>), it runs with papermill, in the CPU
-profile on the embedded model, offline: 03_lora_sft with part 2 off (compare=False, chat_steps=0) and its
-`seed`, then 04_evaluation on that adapter, and 07_temporal_encoding with its `seed`. Each notebook's "Is this
-run normal?" cell keeps what it compares (model, runtime, machine, settings, figures, read from the run's own
-files) in the run folder's manifest.json; the tool reads those records, checks that every seed ran with the
-same model, runtime, machine and settings, and writes one band per notebook into
+"""`python -m tools.runners.reference_runs --seeds 42 1 2`: measure the bands that gemmate_lib.reference
+compares a learner's run with ("is my run normal?", printed near the end of 03, 04 and 07). For each seed, in
+a scratch run folder of its own (`--scratch`, default runs/reference/seed-<seed>), it runs with papermill, in
+the CPU profile on the embedded model, offline: 03_lora_sft with part 2 off (compare=False, chat_steps=0) and
+its `seed`, then 04_evaluation on that adapter, and 07_temporal_encoding with its `seed`. Each notebook's "Is
+this run normal?" cell keeps what it compares (model, runtime, machine, settings, figures, read from the run's
+own files) in the run folder's manifest.json; the tool reads those records, checks that every seed ran with
+the same model, runtime, machine and settings, and writes one band per notebook into
 gemmate_lib/reference_bands.json: the lowest and highest figure over the seeds, widened by the figure's margin
 (gemmate_lib.reference.FIGURES, written into the file), with the seeds, the CPU, the date and the commit. A
 band with the same key is replaced; others are kept. A second run with the same scratch folder reuses the
@@ -97,7 +97,8 @@ def merge(path: Path, bands: list[dict]) -> dict:
         doc = {}
     keep = [b for b in doc.get("bands", []) if not any(all(b[k] == n[k] for k in KEY) for n in bands)]
     return {"about": "Bands of gemmate_lib.reference ('is my run normal?'), measured from real runs only by "
-                     "`python -m tools.reference_runs`: per figure the runs over the seeds, their min and "
+                     "`python -m tools.runners.reference_runs`: per figure the runs over the seeds, "
+                     "their min and "
                      "max, and low/high = min/max widened by the margin below. Different settings are "
                      "never compared.",
             "margins": {name: margin_words(name) for name in FIGURES},

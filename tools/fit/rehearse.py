@@ -1,10 +1,10 @@
 """`make rehearse`: the learner's path at full shape, on a CPU, against a free Colab runtime's limits. For
-each model (tools/full_shape.py builds its checkpoint once, random weights at the real shapes; the embedded
-Gemma 3 270M is its real folder), each phase runs in a child process; a watcher sums the resident anonymous
-memory (RssAnon) of the whole process tree every 20 ms and stops it above Colab's RAM. `prlimit`/`ulimit`
-would count the memory-mapped checkpoint as used and refuse loads Colab allows, so they are not used. Peak
-RAM, peak disk (the checkpoint plus everything written so far) and time go into docs/full-shape.json and the
-tables in docs/full-shape.md; it exits 1 if a phase the course offers goes over.
+each model (tools/fit/full_shape.py builds its checkpoint once, random weights at the real shapes; the
+embedded Gemma 3 270M is its real folder), each phase runs in a child process; a watcher sums the resident
+anonymous memory (RssAnon) of the whole process tree every 20 ms and stops it above Colab's RAM.
+`prlimit`/`ulimit` would count the memory-mapped checkpoint as used and refuse loads Colab allows, so they are
+not used. Peak RAM, peak disk (the checkpoint plus everything written so far) and time go into
+docs/full-shape.json and the tables in docs/full-shape.md; it exits 1 if a phase the course offers goes over.
 
 Phases (the host side of what the notebooks and the one-page recipe do on a T4):
 - load: a whole 16/32-bit copy (01's comparison, 05's merge base, 06's arms), through the library's own
@@ -18,7 +18,7 @@ Phases (the host side of what the notebooks and the one-page recipe do on a T4):
   for k-bit training: its bytes on the compute device and on the CPU (the bytes of a tensor do not depend on
   the device); for Gemma 4 E2B also a few LoRA steps on short sequences, to show the path runs at that size.
 - merge: the adapter merged tensor by tensor from the shards into an f16 sharded copy
-  (tools/merge_shards.py).
+  (tools/fit/merge_shards.py).
 - convert, quantize, verify: the GGUF export (llama.cpp's converter in its own process, its quantizer, then
   llama.cpp loading the file and generating a few tokens).
 
@@ -40,7 +40,7 @@ COLAB_RAM = 12.7e9  # a free Colab runtime's system RAM ("12.7 GB" in its resour
 COLAB_DISK = 70e9   # what a free T4 runtime leaves free on /content, at least (an assumption, not measured)
 FREE_T4_GPU = 14.0 * 2**30  # what a T4 leaves the process (gemmate_lib.fit.FREE_COLAB)
 PHASES = ("load", "nf4", "copy", "merge", "convert", "quantize", "verify")
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def machine_ram() -> float:
@@ -165,28 +165,24 @@ def stream(folder: Path, dtype_of) -> int:
 
 def nf4_copy(base: Path, precision, steps: int = 0) -> dict:
     """One 4-bit copy as 02-07 hold it: `load_model(..., "nf4")` and k-bit preparation, on the CPU. Its bytes
-    by
-    where they sit on a GPU runtime ("gpu": everything but the tables `lookup_tables_to_cpu` keeps on the CPU,
-    "host": those) and by kind; with `steps`, that many LoRA steps on 16-token sequences, timed."""
+    as the notebooks' ledger counts a live copy (ledger.measured_copy_bytes), by where they sit on a GPU
+    runtime ("gpu": everything but the tables `lookup_tables_to_cpu` keeps on the CPU, "host": those) and by
+    kind; with `steps`, that many LoRA steps on 16-token sequences, timed."""
     import time as clock
 
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from gemmate_lib.generations import lora_targets
-    from gemmate_lib.models import host_bytes, load_model
+    from gemmate_lib.models import load_model
+    from tools.fit.ledger import measured_copy_bytes
 
     start = clock.time()
     model = prepare_model_for_kbit_training(load_model(str(base), precision, "nf4"),
                                             use_gradient_checkpointing=True)
-    seen, kinds = set(), {}
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.untyped_storage().data_ptr() in seen:
-            continue
-        seen.add(tensor.untyped_storage().data_ptr())
-        kind = "4bit" if type(tensor).__name__ == "Params4bit" else str(tensor.dtype).removeprefix("torch.")
-        kinds[kind] = kinds.get(kind, 0) + tensor.untyped_storage().nbytes()
-    host = host_bytes(model)
+    # {"cpu:4bit", "cpu:float32", ..., "cpu:host"}: on this CPU every slot is "cpu"; "host" is the tables
+    kinds = {slot.split(":", 1)[1]: n for slot, n in measured_copy_bytes(model, set()).items()}
+    host = kinds.get("host", 0)
     out = {"gpu": sum(kinds.values()) - host, "host": host, "kinds": kinds,
            "load_seconds": round(clock.time() - start, 1), "step_seconds": []}
     if steps:
@@ -217,7 +213,7 @@ def random_adapter(base: Path, out: Path, r: int = 8, alpha: int = 16) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoConfig
 
-    from tools.full_shape import meta_model
+    from tools.fit.full_shape import meta_model
 
     targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     pattern = re.compile(rf"model\.(language_model\.)?layers\.\d+\..*\.({'|'.join(targets)})$")
@@ -260,7 +256,7 @@ def child(phase: str, base: Path, work: Path) -> None:
         gemma4 = getattr(generation_of(base), "key", "") == "gemma4"  # E2B: show that its 4-bit path trains
         print("copy", json.dumps(nf4_copy(base, t4, steps=3 if gemma4 else 0)))
     elif phase == "merge":
-        from tools.merge_shards import merge_shards
+        from tools.fit.merge_shards import merge_shards
 
         adapter = random_adapter(base, work / "adapter")
         merge_shards(base, adapter, work / "merged", dtype=torch.float16)  # f16: the converter's own type
@@ -288,7 +284,7 @@ def child(phase: str, base: Path, work: Path) -> None:
 def rehearse(names, phases=PHASES, limit: float = COLAB_RAM, work_root: Path | None = None,
              builder=None) -> list[dict]:
     """Every phase of every model in `names`, each in a watched child process. Returns one row per phase."""
-    from tools import full_shape
+    from tools.fit import full_shape
 
     builder = builder or full_shape.build
     rows = []
@@ -299,10 +295,10 @@ def rehearse(names, phases=PHASES, limit: float = COLAB_RAM, work_root: Path | N
         work.mkdir(parents=True)
         checkpoint = folder_bytes(base)
         for phase in phases:
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                                os.environ.get("PYTHONPATH", "")])}
             cap = machine_ram() if phase == "copy" else limit  # a copy lives on the GPU, not in Colab's RAM
-            result = watch([sys.executable, "-m", "tools.rehearse", "--child", phase, "--base", str(base),
+            result = watch([sys.executable, "-m", "tools.fit.rehearse", "--child", phase, "--base", str(base),
                             "--work", str(work)], cap, (base, work), env=env)
             row = {"model": name, "phase": phase, "checkpoint_bytes": checkpoint, **result,
                    "fits": result["returncode"] == 0 and not result["stopped"]
@@ -328,7 +324,7 @@ def planned(name: str) -> dict:
     """The planner's phases for `name` on a T4 (gemmate_lib.fit), from its config alone."""
     from gemmate_lib import fit
     from gemmate_lib.generations import generation_of
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     config = config_of(name)
     generation = generation_of(config)
@@ -339,7 +335,7 @@ def table(rows: list[dict]) -> str:
     """The rows as a Markdown table, with the planner's estimate (gemmate_lib.fit) beside each peak; the rows
     its
     constants were calibrated on are marked."""
-    from tools.full_shape import CALIBRATION, MODELS
+    from tools.fit.full_shape import CALIBRATION, MODELS
 
     lines = ["| model | phase | peak RAM (GB) | planner's estimate (GB) | peak disk (GB) | time (s) | "
              "within a free Colab runtime |", "|---|---|---|---|---|---|---|"]
@@ -363,7 +359,7 @@ def copy_table(rows: list[dict]) -> str:
     the planner's fit.predicted_copy_bytes; the LoRA steps where they ran."""
     from gemmate_lib import fit
     from gemmate_lib.generations import generation_of
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     lines = ["| model | on the GPU (GiB) | planner (GiB) | on the CPU (GiB) | planner (GiB) | LoRA steps (s) "
              "|",
@@ -391,12 +387,12 @@ def write_docs(rows: list[dict], cpu: str, update: bool = False) -> None:
         for r in old:
             r.setdefault("cpu", "?")  # measured before rows named their CPU
         rows = [r for r in old if (r["model"], r["phase"]) not in fresh] + rows
-        from tools.full_shape import MODELS
+        from tools.fit.full_shape import MODELS
 
         order = list(MODELS)
         rows.sort(key=lambda r: (order.index(r["model"]) if r["model"] in order else 99,
                                  PHASES.index(r["phase"])))
-    from tools.full_shape import CALIBRATION
+    from tools.fit.full_shape import CALIBRATION
 
     for r in rows:
         r.setdefault("cpu", cpu)  # each row keeps the CPU it was measured on (an --update mixes runs)
@@ -435,7 +431,7 @@ def main(argv=None) -> int:
     if args.child:
         child(args.child, args.base, args.work)
         return 0
-    from tools import full_shape
+    from tools.fit import full_shape
 
     rows = rehearse(args.names or list(full_shape.MODELS), args.phases.split(","))
     print(table(rows))

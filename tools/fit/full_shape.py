@@ -3,14 +3,14 @@ offers (`google/gemma-2b`, `google/gemma-3-1b-pt`, `google/gemma-4-E2B`), writte
 safetensors shards the size of the Hub's, each with a tokenizer whose ids stay inside the model's vocabulary.
 
 The weights are random: these folders prove memory, disk and the code paths (`make rehearse`,
-tools/rehearse.py), never quality. Built once into ~/.cache/gemmate/full-shape/<name> (GEMMATE_CACHE moves
+tools/fit/rehearse.py), never quality. Built once into ~/.cache/gemmate/full-shape/<name> (GEMMATE_CACHE moves
 it).
 
 The configs are literal copies of the shape-bearing fields of each model card's config.json (SOURCES). Gemma
 4's vision and audio towers use transformers 5.23's Gemma4VisionConfig / Gemma4AudioConfig defaults, which are
 E2B's:
-`python -m tools.full_shape --count` prints the parameter counts to hold against the model cards' (GUIDE.md
-section 9: 2,506 M / 1,000 M / 5,104 M).
+`python -m tools.fit.full_shape --count` prints the parameter counts to hold against the model cards'
+(GUIDE.md section 9: 2,506 M / 1,000 M / 5,104 M).
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / ".gpu-wheels"
 LIMIT_MB = 60
 # what the smoke run needs beyond the Colab install cell's pins: the notebook runner and its kernel

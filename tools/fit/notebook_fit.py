@@ -1,7 +1,7 @@
-"""The per-notebook fit table, from what the notebooks were measured to hold: `python -m tools.notebook_fit
-RUN` reads the ledgers that a run's kernels wrote (RUN/ledger/*.jsonl, tools/ledger.py; the smoke run,
-tests/learner_path.py, writes them in the GPU profile: NF4, k-bit preparation, what a T4 runs, with 03's
-part 2, every method of 06 and the exercises' solutions), and writes
+"""The per-notebook fit table, from what the notebooks were measured to hold: `python -m
+tools.fit.notebook_fit RUN` reads the ledgers that a run's kernels wrote (RUN/ledger/*.jsonl,
+tools/fit/ledger.py; the smoke run, tests/learner_path.py, writes them in the GPU profile: NF4, k-bit
+preparation, what a T4 runs, with 03's part 2, every method of 06 and the exercises' solutions), and writes
 
 - gemmate_lib/notebook_copies.json: per notebook, each distinct moment's model copies (kinds, the one being
   loaded, training or not, held by a child process or not), the optional part it belongs to (PARTS: 03's
@@ -12,7 +12,7 @@ part 2, every method of 06 and the exercises' solutions), and writes
   their own), the model line of the README's prerequisites, and the exercise x model table of
   docs/exercises.md: each at every offered model's real shape on a free Colab T4, generated, never typed.
 
-`python -m tools.notebook_fit RUN --check` holds a run of another profile (nbval's, `make course`'s, `make
+`python -m tools.fit.notebook_fit RUN --check` holds a run of another profile (nbval's, `make course`'s, `make
 exercises`') to the committed measurement: no notebook held more copies at once than it says.
 
 A copy's kind comes from its measured bytes: "nf4" (4-bit layers) or "whole", and "-fp32" when most of its
@@ -26,7 +26,7 @@ import json
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "full-shape.md"
 README = ROOT / "README.md"
 EXERCISE_DOCS = ROOT / "docs" / "exercises.md"  # its exercise x model table
@@ -49,7 +49,7 @@ KERNEL_SLACK = 0.25  # a kernel's own memory may move this much between runs bef
 
 def cell_ids(notebook: Path) -> dict[str, str]:
     """{ledger hash: cell id} for the code cells of `notebook`."""
-    from tools.ledger import cell_hash
+    from tools.fit.ledger import cell_hash
 
     cells = json.loads(notebook.read_text())["cells"]
     return {cell_hash("".join(c["source"])): c.get("id", str(i)) for i, c in enumerate(cells)
@@ -165,7 +165,7 @@ def model_shapes() -> dict[str, tuple]:
     """{offered model: (its Shape at the real size, a T4's compute bytes for it)}."""
     from gemmate_lib import fit
     from gemmate_lib.generations import generation_of
-    from tools.full_shape import config_of
+    from tools.fit.full_shape import config_of
 
     found = {}
     for model in MODELS:
@@ -284,12 +284,13 @@ def compare(committed: dict, found: dict) -> list[str]:
         if old != new:
             most = max((len(k[0]) for k in new), default=0)
             problems.append(f"{notebook}: its measured copies differ from gemmate_lib/notebook_copies.json "
-                            f"(now at most {most} at once); run `python -m tools.notebook_fit <smoke run>`")
+                            f"(now at most {most} at once); run "
+                            "`python -m tools.fit.notebook_fit <smoke run>`")
     was, now = committed["kernel_bytes"], found["kernel_bytes"]
     if abs(now / was - 1) > KERNEL_SLACK:
         problems.append(f"a notebook's kernel now holds {now / 1e9:.2f} GB before its first load, "
                         f"{was / 1e9:.2f} GB as committed (more than {KERNEL_SLACK:.0%} apart); run "
-                        "`python -m tools.notebook_fit <smoke run>`")
+                        "`python -m tools.fit.notebook_fit <smoke run>`")
     if problems:
         said = {(r["notebook"], r["part"], r["model"]): r["fits"] for r in rows(committed)}
         rank = lambda verdict: 0 if verdict == "yes" else 2 if verdict == "no" else 1  # noqa: E731

@@ -2,8 +2,8 @@
 
 Learners run the course in a Colab GPU runtime with hundreds of preinstalled packages that `.venv` never
 has. Google publishes that runtime's package list and OS line in the public repository
-googlecolab/backend-info; tools/colab_snapshot/ holds a copy (SOURCE.json: repository, commit, date).
-This builds `.venv-colab` beside `.venv`:
+googlecolab/backend-info; tools/environments/colab_snapshot/ holds a copy (SOURCE.json: repository, commit,
+date). This builds `.venv-colab` beside `.venv`:
 - with the Python that Colab reports (same major.minor; COLAB_PYTHON names the interpreter);
 - with Colab's version of every package the course imports and Colab has, of every package in Colab's list
   that transformers, peft, trl, accelerate or datasets probe for when present (`find_spec`,
@@ -20,7 +20,8 @@ It prints a table (step, result, seconds) and what pip changed from Colab's set 
 additions, and `pip check`'s conflicts), and writes both, with the snapshot's date, into
 docs/compatibility.md beside `make drift`'s table. Not part of `make test`: it downloads several GB once.
 
-`python -m tools.colab_replica --refresh PATH` copies a new snapshot from a clone of googlecolab/backend-info.
+`python -m tools.environments.colab_replica --refresh PATH` copies a new snapshot from a clone of
+googlecolab/backend-info.
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ from pathlib import Path
 
 from tools.markers import markers, replace
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAPSHOT = ROOT / "tools" / "colab_snapshot"
+ROOT = Path(__file__).resolve().parents[2]
+SNAPSHOT = Path(__file__).with_name("colab_snapshot")
 VENV = ROOT / ".venv-colab"
 DOC = ROOT / "docs" / "compatibility.md"
 RECORD = ROOT / "docs" / "colab-replica.json"  # the last run's figures, from which the section is written
@@ -261,7 +262,7 @@ def step_one_page(state: dict, log) -> tuple[bool, str]:
     from learner_path import colab_kernel
 
     from gemmate_lib.models import cache_dir
-    from tools.course import one_page_parameters
+    from tools.runners.course import one_page_parameters
 
     jupyter = VENV / "jupyter"
     saved = os.environ.copy()

@@ -14,8 +14,8 @@ exercise's "(CPU / T4 min)" in its notebook's "## Exercises" text). Each is spli
 - the rest (install, Drive, loading from disk, generation, evaluation), kept as it is for gemma-2b.
 
 A model's projection swaps in its own checkpoint and step time (`project`). Where a notebook or an exercise
-does not fit a free T4 (tools/notebook_fit.rows, gemmate_lib.exercises.exercise_fit) it says so instead of a
-time. `python -m tools.quota` prints the plan; `--write` writes docs/colab.md's block (between
+does not fit a free T4 (tools/fit/notebook_fit.rows, gemmate_lib.exercises.exercise_fit) it says so instead of
+a time. `python -m tools.runners.quota` prints the plan; `--write` writes docs/colab.md's block (between
 `<!-- quota plan -->` markers) and the README's line (`<!-- quota line -->`);
 tests/test_generated_blocks.py holds both to it.
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "colab.md"
 README = ROOT / "README.md"
 ANCHOR = "docs/colab.md#a-quota-plan"  # the docs' "## A quota plan" heading
@@ -80,7 +80,7 @@ def minutes_of(text: str, where: str = "", lesson: float | None = None) -> float
 def lesson_estimates(data: dict | None = None) -> dict[str, tuple[float, dict[str, float]]]:
     """{notebook: (T4 minutes of its default path, {part's parameter: minutes it adds})} from the hand-kept
     `t4_estimate` texts ("~15 min (+15 with compare=True)")."""
-    from tools.timings import load
+    from tools.runners.timings import load
 
     found = {}
     for stem, text in (data or load())["t4_estimate"].items():
@@ -200,7 +200,7 @@ def models() -> dict[str, dict]:
     """{model: {"shape", "compute", "step_s" (the planner's seconds for one 4-bit training step on a T4),
     "download_s" (its seconds for the checkpoint), "bytes" (the checkpoint's)}}."""
     from gemmate_lib import fit
-    from tools.notebook_fit import model_shapes
+    from tools.fit.notebook_fit import model_shapes
 
     found = {}
     for model, (shape, compute) in model_shapes().items():
@@ -222,12 +222,12 @@ def project(item: Item, base: dict, model: dict) -> float:
 @cache
 def verdicts() -> dict[tuple[str, str], str]:
     """{(item key, model): "yes", "without <what it leaves out>" or "no"} on a free Colab T4: the notebooks'
-    from tools/notebook_fit.rows (its default path and each optional part), the exercises' from
+    from tools/fit/notebook_fit.rows (its default path and each optional part), the exercises' from
     gemmate_lib.exercises.exercise_fit. Computed once a process (each model's shape is built on the meta
     device)."""
     from gemmate_lib import fit
     from gemmate_lib.exercises import exercise_fit
-    from tools.notebook_fit import rows
+    from tools.fit.notebook_fit import rows
 
     found = {}
     for r in rows():

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRECISIONS = {"own": "gpu", "fp16": "t4"}  # name -> GEMMATE_PROFILE for the notebooks' kernels
 def main(argv: list[str] | None = None) -> int:
     import os
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["GEMMATE_SMOKE_COLAB_SITE"] = "0"  # no Colab torchao stand-in: a bare GPU machine lacks wheels
     from learner_path import run
 
-    from tools.gpu_probes import arm_probes, read_back, watch_memory
+    from tools.gpu.gpu_probes import arm_probes, read_back, watch_memory
 
     out = ROOT / "runs" / time.strftime("gpu-smoke-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)

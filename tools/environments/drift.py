@@ -27,9 +27,9 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from tools.colab_replica import BEGIN, END
+from tools.environments.colab_replica import BEGIN, END
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # the packages whose newest release the learner meets; torch stays at the course's pin (Colab brings its own)
 DRIFTING = ("transformers", "trl", "peft", "accelerate", "datasets", "huggingface_hub", "bitsandbytes",
             "tokenizers", "safetensors")
@@ -163,13 +163,14 @@ def one_page_notebooks() -> list[Path]:
 
 
 def one_page_step(venv: Path, work: Path, log, env: dict) -> dict | None:
-    """The one-page recipe notebook on the course's CPU parameters (tools.course), if the course has one."""
+    """The one-page recipe notebook on the course's CPU parameters (tools.runners.course), if the course has
+    one."""
     pages = one_page_notebooks()
     if not pages:
         return None
     start, failures = time.time(), []
     for page in pages:
-        code = run([str(venv / "bin" / "python"), "-m", "tools.course", "--only", page.name,
+        code = run([str(venv / "bin" / "python"), "-m", "tools.runners.course", "--only", page.name,
                     "--run-dir", str(work / "one-page")], log, env)
         if code != 0:
             failures.append(f"{page.name}: exited {code}; {last_error(log.name)}")
@@ -219,7 +220,8 @@ def report(versions: list[list[str]], steps: list[dict], date: str) -> str:
     lines = [
         "# Compatibility with the newest releases",
         "",
-        f"Written by `make drift` on {date} (tools/drift.py). It installs the newest release of each",
+        f"Written by `make drift` on {date} (tools/environments/drift.py). "
+        "It installs the newest release of each",
         "package below beside the course's other pins and its torch, converts the embedded model again with",
         "the newest transformers, and runs the fast tier, the tests of each Gemma generation (1, 3 and 4 on",
         "tiny models), the learner's-path smoke run and the one-page notebook. It is not part of",

@@ -1,15 +1,15 @@
 """The course's runtimes from one source: notebooks/course_timings.json (`make notebooks` measures it).
 
 Each notebook's `**Runtime**` line (its first cell) and the README's notebook table are
-written from that file by `sync()`, which `python -m tools.course --in-place`
+written from that file by `sync()`, which `python -m tools.runners.course --in-place`
 (`make notebooks`) runs after measuring, and `--sync-runtimes` runs alone;
 tests/test_notebooks.py checks that they agree. CPU times are measured; T4 times are
 estimates kept by hand in the same file, because no GPU ran here.
 
 The test suite's times too: `make test` writes every test's and every nbval cell's time as JUnit XML into
-runs/test, and `python -m tools.timings --slowest runs/test/*.xml` prints each step's total and the slowest
-tests and cells as the table in CONTRIBUTING.md ("Test time"); `--empty` names a step that selected no test
-(pytest's exit code 5), which .ci/run reports.
+runs/test, and `python -m tools.runners.timings --slowest runs/test/*.xml` prints each step's total and the
+slowest tests and cells as the table in CONTRIBUTING.md ("Test time"); `--empty` names a step that selected no
+test (pytest's exit code 5), which .ci/run reports.
 """
 from __future__ import annotations
 

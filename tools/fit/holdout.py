@@ -7,9 +7,9 @@ seen, so the record keeps it.
 The record is append-only: an entry, once committed, is never changed or deleted (tests/test_fit.py compares
 every committed version of the file with the current one); later planner changes are judged against it in
 the hold-out table of docs/full-shape.md (first prediction, the planner now, measured), which
-`python -m tools.holdout` writes.
+`python -m tools.fit.holdout` writes.
 
-`python -m tools.holdout --append` records the entries the record lacks: the current planner's prediction,
+`python -m tools.fit.holdout --append` records the entries the record lacks: the current planner's prediction,
 once, with gemmate_lib/fit.py as committed (planner_commit: HEAD). Run it when `make rehearse` has measured a
 new hold-out row and before the planner changes for it; commit the row and its entry together
 (measured_commit null: the commit that adds the entry).
@@ -20,7 +20,7 @@ import argparse
 import json
 import subprocess
 
-from tools.rehearse import DOCS
+from tools.fit.rehearse import DOCS
 
 RECORD = DOCS / "planner-holdout.json"
 PAGE = DOCS / "full-shape.md"
@@ -113,8 +113,8 @@ def _git(*args: str) -> str:
 
 
 def main(argv=None) -> int:
+    from tools.fit.rehearse import planned
     from tools.markers import replace
-    from tools.rehearse import planned
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--append", action="store_true",
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         RECORD.write_text(json.dumps(record, indent=1) + "\n")
     elif new:
         raise SystemExit(f"no entry for {', '.join(' '.join(key(r)) for r in new)}: "
-                         "python -m tools.holdout --append")
+                         "python -m tools.fit.holdout --append")
     plans = {name: planned(name) for name in {r["model"] for r in held_out(rows)}}
     PAGE.write_text(replace(PAGE.read_text(), "hold-out table", table(record, rows, plans)))
     return 0

@@ -1,5 +1,5 @@
 """docs/export.md's table "What each level cost", from a run's gguf/certificate.json (05 or `gemmate
-export` writes it): `python -m tools.export_certificate RUN_DIR` copies the certificate to
+export` writes it): `python -m tools.runners.export_certificate RUN_DIR` copies the certificate to
 docs/export-certificate.json and rewrites the table between the markers from it, with the run's date and
 machine from its manifest. A test holds the page to the committed JSON (tests/test_certificate.py)."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from gemmate_lib.certificate import table
 from tools.markers import replace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC, RECORD = ROOT / "docs" / "export.md", ROOT / "docs" / "export-certificate.json"
 BLOCK = "certificate table"  # tools/markers.py: between <!-- certificate table --> and its end
 
@@ -27,7 +27,7 @@ def section(cert: dict) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m tools.export_certificate RUN_DIR  (a run folder whose gguf/ holds "
+        print("usage: python -m tools.runners.export_certificate RUN_DIR  (a run folder whose gguf/ holds "
               "certificate.json)")
         return 2
     run = Path(argv[0])

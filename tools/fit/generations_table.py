@@ -1,4 +1,4 @@
-"""`python -m tools.generations_table`: the Gemma generations as the Markdown table of
+"""`python -m tools.fit.generations_table`: the Gemma generations as the Markdown table of
 docs/gemma-generations.md (tests/test_generations.py holds the page equal to it)."""
 from __future__ import annotations
 

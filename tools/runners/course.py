@@ -1,4 +1,4 @@
-"""`python -m tools.course`: what `make course` runs.
+"""`python -m tools.runners.course`: what `make course` runs.
 
 Prepares the embedded default, then runs every notebook in notebooks/ in order
 with papermill into one run folder runs/<timestamp>/, and writes the measured
@@ -287,7 +287,7 @@ def record_timings(timings: dict[str, float]) -> None:
     """Store measured notebook times in notebooks/course_timings.json
     and write them into the notebooks and README."""
     from gemmate_lib.housekeeping.machine import describe_hardware
-    from tools.timings import load, sync, timings_file
+    from tools.runners.timings import load, sync, timings_file
 
     data = load()
     data["cpu_seconds"].update({name.removesuffix(".ipynb"): round(s) for name, s in timings.items()})
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                              "and the README table from course_timings.json")
     args = parser.parse_args(argv)
     if args.sync_runtimes:
-        from tools.timings import sync
+        from tools.runners.timings import sync
 
         print("updated:", ", ".join(sync()) or "nothing (already in sync)")
         return 0
@@ -368,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(name, value)  # the kernels inherit them
     print("Hub: " + ("offline (the embedded default needs no network)" if offline
                      else "online (a Hub model or dataset)"))
-    # every kernel keeps a ledger of the model copies it holds at once (tools/ledger.py): run_dir/ledger
-    from tools.ledger import startup_dir
+    # every kernel keeps a ledger of the model copies it holds at once (tools/fit/ledger.py): run_dir/ledger
+    from tools.fit.ledger import startup_dir
 
     os.environ["IPYTHONDIR"] = startup_dir(run_dir / "ledger" / "ipython")
     timings, cells = {}, {}
@@ -401,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         timings[nb.name] = round(time.time() - t0, 1)
         print(f"    {timings[nb.name]:.0f} s", flush=True)
     if args.in_place and not args.params:
-        # the one-page notebook's runtime line is kept by hand (tools/timings.py syncs the ordered notebooks)
+        # the one-page notebook's runtime line is kept by hand (tools/runners/timings.py syncs the ordered
+        # notebooks)
         record_timings({name: s for name, s in timings.items() if name != ONE_PAGE})
     timings["total_notebooks_s"] = round(sum(timings.values()), 1)
     timings["params_file"] = args.params
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     save_json(run_dir / "course_timings.json", timings)
     print_slowest(timings["slowest_cells"])
     # what each kernel held at once, against what the fit lines say (gemmate_lib/notebook_copies.json)
-    from tools.notebook_fit import check_run
+    from tools.fit.notebook_fit import check_run
 
     held = check_run(run_dir)
     print("\n".join(held) or "model copies: no notebook held more at once than its fit line counts")

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from tools.markers import markers, replace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 DOC = ROOT / "docs" / "exercises.md"
 RESULTS = ROOT / "docs" / "exercises.json"  # the table's rows, each with the day it ran
@@ -160,9 +160,9 @@ class Runner:
         use_site = "GEMMATE_KERNEL_PYTHON" not in os.environ
         python, env = colab_site(self.scratch / "colab-site") if use_site else (None, {})
         self.kernel = colab_kernel(self.scratch / "jupyter", python, env, name="colab-like-exercises")
-        # every kernel keeps a ledger of the model copies it holds (tools/ledger.py): scratch/ledger, held to
-        # the committed measurement at the end (tools/notebook_fit.check_run)
-        from tools.ledger import startup_dir
+        # every kernel keeps a ledger of the model copies it holds (tools/fit/ledger.py): scratch/ledger, held
+        # to the committed measurement at the end (tools/fit/notebook_fit.check_run)
+        from tools.fit.ledger import startup_dir
 
         os.environ["IPYTHONDIR"] = startup_dir(self.scratch / "ipython")
         (self.scratch / "ledger").mkdir(exist_ok=True)
@@ -364,7 +364,7 @@ def main(argv=None) -> int:
     passed = sum(r["verdict"] == "PASS" for r in ordered)
     print(f"{passed} of {len(ordered)} PASS in {seconds / 60:.0f} min; executed notebooks in "
           f"{scratch / 'executed'}")
-    from tools.notebook_fit import check_run
+    from tools.fit.notebook_fit import check_run
 
     held = check_run(scratch)  # what each kernel held at once, against the fit lines' measurement
     print("\n".join(held) or "model copies: no run held more at once than the fit lines count")

@@ -2,10 +2,10 @@
 
 It copies notebooks/00_setup.ipynb and notebooks/qlora_one_runtime.ipynb into runs/lab-check/notebooks with
 their outputs cleared (the committed notebooks are never run in place, and every output read back is this
-run's), the one-page recipe as `make lab`'s offline copy (tools/course.py lab_copy: this machine's offline
-model and quotes in papermill's injected cell after its parameters cell, since the page reads no course
-setting), and starts JupyterLab there as `make lab` does: the venv's `jupyter lab` on 127.0.0.1, a free port,
-a token of its own, --no-browser, --allow-root as root, the course kernel `python3` as the default. Its
+run's), the one-page recipe as `make lab`'s offline copy (tools/runners/course.py lab_copy: this machine's
+offline model and quotes in papermill's injected cell after its parameters cell, since the page reads no
+course setting), and starts JupyterLab there as `make lab` does: the venv's `jupyter lab` on 127.0.0.1, a free
+port, a token of its own, --no-browser, --allow-root as root, the course kernel `python3` as the default. Its
 environment is a learner's with no Hugging Face account: no HF_TOKEN and no token file, HF_HUB_OFFLINE=1 and
 HF_DATASETS_OFFLINE=1, no GEMMATE_* setting but the model cache (00_setup's), and a fresh run folder
 (runs/lab-check/run) instead of the course's runs/interactive. Then, for each notebook, a fresh headless
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from gemmate_lib.housekeeping.errors import one_line
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # the notebooks a learner opens first and the one-page recipe, each with its time limit on a CPU (seconds):
 # the recipe took 17.5 min on a busy 2-core CPU without native bf16 (its own-data, held-out and chat parts)
 NOTEBOOKS = {"00_setup.ipynb": 10 * 60, "qlora_one_runtime.ipynb": 30 * 60}
@@ -142,7 +142,7 @@ def copy_cleared(source: Path, target: Path) -> None:
 def prepare(folder: Path, names, model_folder: Path) -> None:
     """The notebooks `names` as the learner opens them, in `folder`/notebooks: each a copy with its outputs
     cleared; the one-page recipe as `make lab`'s offline copy (lab_copy), its output in `folder`/run."""
-    from tools.course import ONE_PAGE, lab_copy
+    from tools.runners.course import ONE_PAGE, lab_copy
 
     for name in names:  # copies: the committed notebooks are never run in place
         if name == ONE_PAGE:

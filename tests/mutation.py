@@ -41,10 +41,10 @@ GOAL = 0.10  # the largest share of a module's mutants left alive (CONTRIBUTING.
 COVERING = {
     "gemmate_lib/fit.py": ["tests/test_fit.py", "tests/test_notebook_fit.py",
                            "tests/test_generated_blocks.py"],
-    "gemmate_lib/housekeeping/exercise_checks.py": ["tests/test_exercise_checks.py",
+    "gemmate_lib/exercises/judging.py": ["tests/test_exercise_checks.py",
                                                     "tests/test_exercises.py",
                                                     "tests/test_exercise_check_machinery.py"],
-    "gemmate_lib/exercises.py": ["tests/test_exercise_checks.py", "tests/test_exercise_runner.py",
+    "gemmate_lib/exercises/__init__.py": ["tests/test_exercise_checks.py", "tests/test_exercise_runner.py",
                                  "tests/test_exercise_solutions.py", "tests/test_exercise_fit.py"],
     "gemmate_lib/preflight.py": ["tests/test_preflight.py"],
     "gemmate_lib/stats.py": ["tests/test_stats.py"],

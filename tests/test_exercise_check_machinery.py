@@ -1,4 +1,4 @@
-"""The machinery of an exercise's check cell (gemmate_lib/housekeeping/exercise_checks.py), on hand-made
+"""The machinery of an exercise's check cell (gemmate_lib/exercises/judging.py), on hand-made
 specs and files: the verdict line a learner reads (its expectation, what was found, the margins, how to run an
 exercise not run yet), the line read back by `make exercises`, the readers of a run's manifest and their
 one-line reasons for a file in another shape, the text of a rerun exercise's parameters, and when results
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gemmate_lib.housekeeping import exercise_checks as ec
+from gemmate_lib.exercises import judging as ec
 from gemmate_lib.housekeeping import run_folder
 from gemmate_lib.housekeeping.files import show_path
 

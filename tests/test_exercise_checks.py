@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import save_file
 
 from gemmate_lib import exercises
-from gemmate_lib.housekeeping import exercise_checks, files, run_folder
+from gemmate_lib.exercises import judging
+from gemmate_lib.housekeeping import files, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, OTHER = "embedded", "google/gemma-3-1b-pt"  # the model the lesson runs; the one a learner switches to
@@ -172,9 +173,9 @@ def temporal(
 def stopped(check: str, value: str, expected: str) -> dict:
     """What a fault exercise's solution records of the pre-flight's line that stopped it: the first line of
     the PreflightError and its `verdict`."""
-    from gemmate_lib.preflight import Verdict
+    from gemmate_lib.preflight import PreflightLine
 
-    line = Verdict(check, False, value, expected, "what it means", "what to do")
+    line = PreflightLine(check, False, value, expected, "what it means", "what to do")
     return {"line": f"pre-flight check failed: {check} is {value} (expected {expected}): what it means",
             **vars(line)}
 
@@ -480,7 +481,7 @@ def test_the_solutions_files_pass(runs, name, capsys):
     write(runs, name)
     line = exercises.exercise_check(name)
     assert line.startswith(f"exercise {name}: PASS"), line
-    verdict = exercise_checks.parse_verdict(line)
+    verdict = judging.parse_verdict(line)
     assert verdict["verdict"] == "PASS" and all(value >= 0 for value, _, _ in verdict["margins"]), line
 
 
@@ -538,7 +539,7 @@ LEARNERS = {  # errors a learner's file causes in a rule, by what the file holds
 
 @pytest.mark.parametrize("what", sorted(LEARNERS))
 def test_what_a_learner_wrote_wrong_gives_fail_with_the_reason(what):
-    line = exercise_checks.exercise_verdict("05-1", "two dtypes", True, LEARNERS[what])
+    line = judging.exercise_verdict("05-1", "two dtypes", True, LEARNERS[what])
     assert line.startswith("exercise 05-1: FAIL") and "the results could not be read (" in line, line
 
 
@@ -554,7 +555,7 @@ RULE_BUGS = {  # errors of a check's own rule: the course's mistake, never the l
 def test_a_bug_in_a_checks_rule_raises_instead_of_failing_the_learner(what):
     error, rule = RULE_BUGS[what]
     with pytest.raises(error):
-        exercise_checks.exercise_verdict("05-1", "two dtypes", True, rule)
+        judging.exercise_verdict("05-1", "two dtypes", True, rule)
 
 
 def test_a_bug_in_a_registered_check_surfaces_from_its_check_cell(runs, monkeypatch):
@@ -679,7 +680,7 @@ def test_a_rerun_exercises_text_names_its_parameters_and_the_sections_its_check_
     spec, text = exercises.EXERCISES[name], exercise_texts(name[:2])
     for stem, params in spec.parameters:
         for key, value in params.items():
-            assert exercise_checks.parameters_text({key: value}) in text, (name, stem, key)
+            assert judging.parameters_text({key: value}) in text, (name, stem, key)
         assert (ROOT / "notebooks" / f"{stem}.ipynb").exists()
     assert f"The check reads {spec.reads}" in text, name
 
@@ -702,18 +703,18 @@ def test_a_rerun_exercises_parameters_are_its_notebooks_parameters():
 
 
 def test_a_verdict_line_is_read_back_with_its_margins():
-    line = exercise_checks.exercise_verdict("06-2", "the loss falls", True, lambda: (True, "3.9 / 3.6", [
-        exercise_checks.more(0.31, 0, "nats", "rank 2's loss over rank 128's"),
-        exercise_checks.less(1.2, 1.5, "x", "step time", strict=False)]))
-    assert exercise_checks.parse_verdict(line) == {"name": "06-2", "verdict": "PASS", "margins": [
+    line = judging.exercise_verdict("06-2", "the loss falls", True, lambda: (True, "3.9 / 3.6", [
+        judging.more(0.31, 0, "nats", "rank 2's loss over rank 128's"),
+        judging.less(1.2, 1.5, "x", "step time", strict=False)]))
+    assert judging.parse_verdict(line) == {"name": "06-2", "verdict": "PASS", "margins": [
         (0.31, "nats", "rank 2's loss over rank 128's 0.31, needs > 0"),
         (0.3, "x", "step time 1.2, needs <= 1.5")]}
-    failed = exercise_checks.exercise_verdict("06-2", "the loss falls", True, lambda: (True, "", [
-        exercise_checks.more(-0.2, 0, "nats", "fall")]))
-    assert exercise_checks.parse_verdict(failed)["verdict"] == "FAIL"  # a margin below its threshold fails
-    not_run = exercise_checks.parse_verdict("exercise 03-1: NOT RUN YET (set lora_r)")
+    failed = judging.exercise_verdict("06-2", "the loss falls", True, lambda: (True, "", [
+        judging.more(-0.2, 0, "nats", "fall")]))
+    assert judging.parse_verdict(failed)["verdict"] == "FAIL"  # a margin below its threshold fails
+    not_run = judging.parse_verdict("exercise 03-1: NOT RUN YET (set lora_r)")
     assert not_run["verdict"] == "NOT RUN YET"
-    assert exercise_checks.parse_verdict("PASS the adapter is saved") == {}
+    assert judging.parse_verdict("PASS the adapter is saved") == {}
 
 
 # ---- the notebook's check cells ----

@@ -1,7 +1,7 @@
-"""What gemmate_lib/exercises.py decides outside the 28 rules: whether an exercise fits the learner's runtime
-and model (its fit line, from the measured copies), whether a model's weights are on this machine already
-(00-3's record), what 07's reruns changed besides the exercise's setting, and a fault exercise's stop line.
-Hand-made measurements, manifests and files; the Hub's cache faked at huggingface_hub's function."""
+"""What gemmate_lib/exercises/__init__.py decides outside the 28 rules: whether an exercise fits the learner's
+runtime and model (its fit line, from the measured copies), whether a model's weights are on this machine
+already (00-3's record), what 07's reruns changed besides the exercise's setting, and a fault exercise's stop
+line. Hand-made measurements, manifests and files; the Hub's cache faked at huggingface_hub's function."""
 from __future__ import annotations
 
 import json
@@ -41,7 +41,7 @@ def _need(stem, shape, data, params):
 def test_an_exercise_that_does_not_read_the_left_out_part_fits_without_it(e2b):
     data = _data(**{"05_save_and_push": [WHOLE, NF4]})
     need = _need("05_save_and_push", e2b, data, {"exercise": "05-2"})
-    assert fit.verdict(need) == "without its 16/32-bit part"
+    assert fit.fit_answer(need) == "without its 16/32-bit part"
     assert exercises.exercise_fit("05-2", e2b, 4, fit.FREE_COLAB, data) == {
         "fits": True, "gpu": need.gpu_without_whole, "ram": need.ram_without_whole, "why": ""}
 

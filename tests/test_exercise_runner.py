@@ -63,15 +63,15 @@ def executed(tmp_path, check_output: str, solution_output: str = "", fit_output:
 def test_the_verdict_and_its_margins_are_read_from_the_executed_notebook(tmp_path):
     line = ("exercise 06-2: PASS, expected: the loss falls; found: 3.9 / 3.6; margin: +0.4 nats "
             "(rank 2's loss over rank 128's 4.0, needs > 0)\n")
-    row = runner.verdict_of(executed(tmp_path, line), "06-2")
+    row = runner.row_of(executed(tmp_path, line), "06-2")
     assert row["verdict"] == "PASS" and row["seconds"] == pytest.approx(30.5)
     assert row["margins"] == [(0.4, "nats", "rank 2's loss over rank 128's 4.0, needs > 0")]
     error = "exercise 06-2: SOLUTION RAISED KeyError: 'x'\n"
-    raised = runner.verdict_of(executed(tmp_path, line, error), "06-2")
+    raised = runner.row_of(executed(tmp_path, line, error), "06-2")
     assert raised["verdict"] == "ERROR" and "SOLUTION RAISED" in raised["line"]
-    assert runner.verdict_of(executed(tmp_path, ""), "06-2")["verdict"] == "ERROR"
+    assert runner.row_of(executed(tmp_path, ""), "06-2")["verdict"] == "ERROR"
     assert row["fit"] == FIT.strip()  # the fit line printed before it, kept
-    unfit = runner.verdict_of(executed(tmp_path, line, fit_output=""), "06-2")  # no fit line: not a PASS
+    unfit = runner.row_of(executed(tmp_path, line, fit_output=""), "06-2")  # no fit line: not a PASS
     assert unfit["verdict"] == "ERROR" and "no fit line" in unfit["line"]
 
 

@@ -1,5 +1,5 @@
 """The exercises' check cells: NOT RUN YET before a run, then PASS or FAIL against the expectation."""
-from gemmate_lib.housekeeping.exercise_checks import exercise_verdict, has_results
+from gemmate_lib.exercises.judging import exercise_verdict, has_results
 
 
 def test_an_exercise_not_run_yet_says_so_and_how(capsys):
@@ -30,7 +30,7 @@ def test_a_verdict_says_what_the_run_shows_and_results_it_cannot_read_fail():
 
 
 def test_a_margin_below_its_threshold_fails_and_every_margin_is_printed():
-    from gemmate_lib.housekeeping.exercise_checks import Margin, less, more
+    from gemmate_lib.exercises.judging import Margin, less, more
 
     margins = [more(0.3, 0, "nats", "fall"), less(2.0, 1.5, "x", "time")]
     line = exercise_verdict("06-2", "rank 128 below rank 2", ran=True,

@@ -5,7 +5,14 @@ import nbformat
 from make_dry_run import make_commands, pip_installs
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from tools.environments.lab_check import ROOT, copy_cleared, learner_env, read_verdict, running_cell, verdict
+from tools.environments.lab_check import (
+    ROOT,
+    copy_cleared,
+    learner_env,
+    outcome_of,
+    read_verdict,
+    running_cell,
+)
 
 
 def _stdout(text, count):
@@ -22,7 +29,7 @@ def test_a_passed_self_check_is_pass():
                 _stdout("PASS the model is ready to load\nPASS the run folder has its manifest\n"
                         "self-check: all 2 passed\n", 2),
                 _stdout("exercise 00-1: NOT RUN YET (run solution 1 above)\n", 3))
-    result = verdict(nb)
+    result = outcome_of(nb)
     assert result.passed and result.detail == "self-check: all 2 passed" and result.errors == []
 
 
@@ -48,7 +55,7 @@ def test_a_failed_self_check_and_every_error_are_reported():
         new_output("stream", name="stdout", text="FAIL the held-out loss went down: train longer\n"),
         new_output("error", ename="SelfCheckError", evalue="\x1b[0mself-check failed: the held-out loss went "
                    "down\n  Fix: train longer", traceback=[])])
-    result = verdict(_saved(_stdout("self-check: all 3 passed\n", 1), failed))
+    result = outcome_of(_saved(_stdout("self-check: all 3 passed\n", 1), failed))
     assert not result.passed  # a passed line does not hide an error elsewhere
     assert result.detail == "cell 3 (passed = self_check(...)): SelfCheckError: self-check failed: the " \
                             "held-out loss went down"
@@ -58,12 +65,12 @@ def test_no_verdict_names_the_cell_that_never_finished():
     nb = _saved(_stdout("ready\n", 1), new_code_cell("", execution_count=None),
                 new_code_cell("trainer.train()", execution_count=None), new_code_cell("self_check()"))
     assert running_cell(nb) == "cell 4 (trainer.train())"  # an empty cell is never run, so never counts
-    result = verdict(nb)
+    result = outcome_of(nb)
     assert not result.passed
     assert result.detail == ("no self-check verdict in the saved notebook: cell 4 (trainer.train()) "
                              "never finished")
     nb.cells[3].execution_count, nb.cells[4].execution_count = 2, 3
-    assert running_cell(nb) is None and verdict(nb).detail == "no self-check verdict in the saved notebook"
+    assert running_cell(nb) is None and outcome_of(nb).detail == "no self-check verdict in the saved notebook"
 
 
 def test_the_copy_is_cleared_and_the_committed_notebook_untouched(tmp_path):
@@ -74,7 +81,7 @@ def test_the_copy_is_cleared_and_the_committed_notebook_untouched(tmp_path):
     copy_cleared(source, target)
     copy = nbformat.read(str(target), as_version=4)
     assert [(c.outputs, c.execution_count) for c in copy.cells if c.cell_type == "code"] == [([], None)]
-    assert not verdict(copy).passed and source.read_bytes() == before
+    assert not outcome_of(copy).passed and source.read_bytes() == before
 
 
 def test_the_learner_has_no_token_and_no_course_setting(tmp_path):

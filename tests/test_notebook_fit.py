@@ -109,11 +109,11 @@ def test_a_whole_e2b_copy_does_not_fit_a_free_t4_and_its_4_bit_path_does(e2b):
     trains = {"copies": ["nf4-fp32"], "loading": None, "training": True}
     need = fit.notebook_need("nb", e2b, 4, _moments(whole, nf4, trains))
     assert need.gpu > fit.FREE_COLAB["gpu_bytes"] > need.gpu_without_whole > 10 * fit.GIB
-    assert fit.verdict(need) == "without its 16/32-bit part"
-    assert fit.verdict(fit.notebook_need("nb", e2b, 4, _moments(nf4, trains))) == "yes"
-    assert fit.verdict(fit.notebook_need("nb", e2b, 4, _moments(whole))) == "no"
+    assert fit.fit_answer(need) == "without its 16/32-bit part"
+    assert fit.fit_answer(fit.notebook_need("nb", e2b, 4, _moments(nf4, trains))) == "yes"
+    assert fit.fit_answer(fit.notebook_need("nb", e2b, 4, _moments(whole))) == "no"
     two = {"copies": ["nf4-fp32", "nf4-fp32"], "loading": 0, "training": False}  # a second 4-bit copy beside
-    assert fit.verdict(fit.notebook_need("nb", e2b, 4, _moments(two))) == "no"
+    assert fit.fit_answer(fit.notebook_need("nb", e2b, 4, _moments(two))) == "no"
 
 
 def test_the_verdict_turns_at_the_runtimes_limits():
@@ -121,14 +121,14 @@ def test_the_verdict_turns_at_the_runtimes_limits():
     need = fit.NotebookNeed(copies=1, gpu=10.0, ram=5.0, gpu_without_whole=4.0, ram_without_whole=2.0,
                             without_whole="")
     runtime = {"gpu": "T4", "gpu_bytes": 10.0, "ram_bytes": 5.0, "disk_bytes": 1e12}
-    assert fit.verdict(need, runtime) == "yes"
-    assert fit.verdict(need, {**runtime, "gpu_bytes": 9.9}) == "no"
-    assert fit.verdict(need, {**runtime, "ram_bytes": 4.9}) == "no"
-    assert fit.verdict(need, {**runtime, "gpu_bytes": None}) == "yes"  # a CPU: RAM decides alone
+    assert fit.fit_answer(need, runtime) == "yes"
+    assert fit.fit_answer(need, {**runtime, "gpu_bytes": 9.9}) == "no"
+    assert fit.fit_answer(need, {**runtime, "ram_bytes": 4.9}) == "no"
+    assert fit.fit_answer(need, {**runtime, "gpu_bytes": None}) == "yes"  # a CPU: RAM decides alone
     partial = fit.NotebookNeed(1, 10.0, 5.0, 4.0, 2.0, "the merge")
-    assert fit.verdict(partial, {**runtime, "gpu_bytes": 9.9}) == "without the merge"
-    assert fit.verdict(partial, {**runtime, "gpu_bytes": 3.9}) == "no"
-    assert fit.verdict(partial, {**runtime, "gpu_bytes": 9.9, "ram_bytes": 1.9}) == "no"
+    assert fit.fit_answer(partial, {**runtime, "gpu_bytes": 9.9}) == "without the merge"
+    assert fit.fit_answer(partial, {**runtime, "gpu_bytes": 3.9}) == "no"
+    assert fit.fit_answer(partial, {**runtime, "gpu_bytes": 9.9, "ram_bytes": 1.9}) == "no"
 
 
 def test_an_optional_part_counts_only_when_the_parameters_run_it(e2b):
@@ -142,10 +142,10 @@ def test_an_optional_part_counts_only_when_the_parameters_run_it(e2b):
     assert fit.parts_of("03_lora_sft", {"compare": True}) == {"compare", "chat"}
     assert fit.parts_of("03_lora_sft", {"compare": True, "chat_steps": 0}) == {"compare"}
     assert fit.parts_of("05_save_and_push", {"export_gguf": True}) == {"export_gguf"}
-    assert fit.verdict(fit.notebook_need("nb", e2b, 4, data)) == "yes"
+    assert fit.fit_answer(fit.notebook_need("nb", e2b, 4, data)) == "yes"
     compare = fit.notebook_need("nb", e2b, 4, data, parts=frozenset({"compare"}))
-    assert fit.verdict(compare).startswith("without")
-    assert fit.verdict(fit.notebook_need("nb", e2b, 4, data, parts=frozenset({"exercise 05-2"}))) == "no"
+    assert fit.fit_answer(compare).startswith("without")
+    assert fit.fit_answer(fit.notebook_need("nb", e2b, 4, data, parts=frozenset({"exercise 05-2"}))) == "no"
 
 
 def test_a_moment_with_a_child_process_adds_the_childs_own_memory(e2b):

@@ -326,7 +326,7 @@ def test_every_stop_on_the_page_is_one_line_in_jupyter_and_an_error_for_papermil
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    from tools.environments.lab_check import verdict
+    from tools.environments.lab_check import outcome_of
 
     for cell in code_cells():
         source = "".join(cell["source"])
@@ -349,7 +349,7 @@ def test_every_stop_on_the_page_is_one_line_in_jupyter_and_an_error_for_papermil
     assert error["output_type"] == "error" and error["ename"] == "Stop"
     # one line: no traceback, no "To exit" warning
     assert error["traceback"] == ["Stop: google/gemma-2b is gated. Fix: add your token"]
-    result = verdict(nb)
+    result = outcome_of(nb)
     assert not result.passed
     assert result.detail == "cell 2 (raise Stop(\"google/gemma-2b is gated. Fix: add your token\")): Stop: " \
                             "google/gemma-2b is gated. Fix: add your token"

@@ -55,7 +55,7 @@ IDLE_S = 3  # the kernel idle for this many one-second polls in a row, no prompt
 
 
 @dataclass
-class Verdict:
+class NotebookOutcome:
     passed: bool
     detail: str  # the self-check's line, else the first error line (or why there is none)
     errors: list[str] = field(default_factory=list)  # "cell N: Ename: first line of evalue", in order
@@ -107,24 +107,24 @@ def running_cell(nb) -> str | None:
     return None
 
 
-def verdict(nb) -> Verdict:
+def outcome_of(nb) -> NotebookOutcome:
     """PASS: the self-check printed that all its checks passed and no cell has an error. Else FAIL with the
     first error line, or with why there is no verdict."""
     errors, line = cell_errors(nb), self_check_line(nb)
     if errors:
-        return Verdict(False, errors[0], errors)
+        return NotebookOutcome(False, errors[0], errors)
     if line is None:
         stopped = running_cell(nb)
-        return Verdict(False, "no self-check verdict in the saved notebook"
+        return NotebookOutcome(False, "no self-check verdict in the saved notebook"
                        + (f": {stopped} never finished" if stopped else ""), errors)
-    return Verdict(True, line, errors)
+    return NotebookOutcome(True, line, errors)
 
 
-def read_verdict(path: Path) -> Verdict:
+def read_verdict(path: Path) -> NotebookOutcome:
     """The verdict of a saved notebook file."""
     import nbformat
 
-    return verdict(nbformat.read(str(path), as_version=4))
+    return outcome_of(nbformat.read(str(path), as_version=4))
 
 
 def copy_cleared(source: Path, target: Path) -> None:
@@ -309,7 +309,7 @@ def save(driver, path: Path, seconds: int = 60) -> None:
     time.sleep(1)  # the write is done by the server in one go; a moment for a slow disk
 
 
-def run_notebook(lab: Lab, folder: Path, name: str, limit: int) -> tuple[float, Verdict]:
+def run_notebook(lab: Lab, folder: Path, name: str, limit: int) -> tuple[float, NotebookOutcome]:
     """Open `name` in a fresh browser, Run All Cells, wait, save, and judge the saved file."""
     path = folder / "notebooks" / name
     driver = browser(folder / f"browser-{path.stem}")
@@ -350,7 +350,7 @@ def run_notebook(lab: Lab, folder: Path, name: str, limit: int) -> tuple[float, 
             import nbformat
 
             cell = running_cell(nbformat.read(str(path), as_version=4)) or "a cell"
-            result = Verdict(False, f"{stopped} while {cell} was running", result.errors)
+            result = NotebookOutcome(False, f"{stopped} while {cell} was running", result.errors)
         return seconds, result
     finally:
         driver.quit()
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds, result = run_notebook(lab, folder, name, limit)
             except Exception as err:  # noqa: BLE001 - one notebook's failure is its line; the next one still runs
                 seconds = time.monotonic() - start
-                result = Verdict(False, f"the check itself failed: {one_line(err)}")
+                result = NotebookOutcome(False, f"the check itself failed: {one_line(err)}")
             results[name] = result
             print(f"{name:26s} {seconds:6.0f} s  {'PASS' if result.passed else 'FAIL'}  {result.detail}",
                   flush=True)

@@ -190,7 +190,7 @@ def rows(data: dict | None = None) -> list[dict]:
                 out.append({"notebook": notebook, "part": label, "params": params, "model": model,
                             "copies": need.copies, "gpu": need.gpu, "ram": need.ram,
                             "gpu_rest": need.gpu_without_whole, "ram_rest": need.ram_without_whole,
-                            "fits": fit.verdict(need)})
+                            "fits": fit.fit_answer(need)})
     return out
 
 

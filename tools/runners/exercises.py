@@ -19,7 +19,7 @@ files in the scratch folder; `flush_and_unmount` in a notebook's last cell takes
    run has the exercise's reading solution (if any) right before its check cell, whose verdict counts.
 
 Each check's verdict line (PASS, FAIL, NOT RUN YET, FROM ANOTHER MODEL, MODEL UNKNOWN, or ERROR when a
-notebook or a solution raised) and its margins (housekeeping.exercise_checks.parse_verdict) go into a table
+notebook or a solution raised) and its margins (exercises.judging.parse_verdict) go into a table
 with each exercise's time: printed, and written into docs/exercises.md between its markers. Exit status 1
 unless every exercise run is PASS.
 
@@ -91,15 +91,15 @@ def check_index(node, name: str) -> int:
 def prepares(name: str) -> bool:
     """A rerun exercise whose solution writes what its rerun reads (03-2's file): it runs after the lesson."""
     from gemmate_lib.exercises import EXERCISES
-    from gemmate_lib.housekeeping.exercise_checks import InRuns
+    from gemmate_lib.exercises.judging import InRuns
 
     return any(isinstance(v, InRuns) for _, params in EXERCISES[name].parameters for v in params.values())
 
 
-def verdict_of(executed: Path, name: str) -> dict:
+def row_of(executed: Path, name: str) -> dict:
     """Exercise `name`'s verdict from an executed notebook: its check cell's line, parsed, with a solution's
     error when it raised."""
-    from gemmate_lib.housekeeping.exercise_checks import parse_verdict
+    from gemmate_lib.exercises.judging import parse_verdict
 
     cells = json.loads(executed.read_text())["cells"]
     printed = {i: "".join("".join(o.get("text", "")) for o in c.get("outputs", []))
@@ -211,7 +211,7 @@ class Runner:
             if EXERCISES[name].parameters:
                 continue  # 03-2: its verdict comes from its rerun
             if out.exists():
-                rows[name] = verdict_of(out, name)
+                rows[name] = row_of(out, name)
             if status != "pass" and (name not in rows or rows[name]["verdict"] != "PASS"):
                 rows[name] = {"name": name, "verdict": "ERROR", "margins": [], "seconds": 0.0,
                               "line": f"the lesson {status}"}
@@ -223,7 +223,7 @@ class Runner:
         import nbformat
 
         from gemmate_lib.exercises import EXERCISES
-        from gemmate_lib.housekeeping.exercise_checks import InRuns
+        from gemmate_lib.exercises.judging import InRuns
 
         runs = EXERCISES[name].parameters
         total = 0.0
@@ -243,7 +243,7 @@ class Runner:
             if status != "pass":
                 return {"name": name, "verdict": "ERROR", "margins": [], "seconds": total,
                         "line": f"run {i} ({stem}) {status}"}
-        return {**verdict_of(out, name), "seconds": total}
+        return {**row_of(out, name), "seconds": total}
 
 
 def needed_lessons(names: list[str]) -> list[str]:

@@ -1,5 +1,5 @@
 """The exercises of notebooks 00-07, 28 of them: what each one's run must show (its check, registered with
-gemmate_lib.housekeeping.exercise_checks's `exercise` decorator, which also says how a check judges), and
+gemmate_lib.exercises.judging's `exercise` decorator, which also says how a check judges), and
 `exercise_check`, the call of every exercise's check cell. Thresholds marked `# calibrate` are the margins
 `make exercises` reports (docs/exercises.md)."""
 
@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from gemmate_lib.housekeeping.exercise_checks import (
+from gemmate_lib.exercises.judging import (
     Exercise,
     InRuns,
     config_changes,
@@ -671,7 +671,7 @@ def _07_3(ex, lesson):
 def exercise_check(name: str) -> str:
     """The check cell of exercise `name` ("03-2"): find its run folders (runs/ex03_2; on Drive in Colab)
     and the lesson's run folder, then print PASS, FAIL, NOT RUN YET, or why results from another model cannot
-    be judged, with what the run shows (exercise_checks.judge_exercise)."""
+    be judged, with what the run shows (judging.judge_exercise)."""
     return judge_exercise(name, EXERCISES[name])
 
 
@@ -712,7 +712,7 @@ def exercise_fit(name: str, shape, compute_bytes: int, runtime: dict, data: dict
     for stem, params in exercise_runs(name):
         parts = fit.parts_of(stem, params)
         need = fit.notebook_need(stem, shape, compute_bytes, data, cpu, parts)
-        answer = fit.verdict(need, runtime)
+        answer = fit.fit_answer(need, runtime)
         own = [m for m in data["notebooks"][stem]["moments"] if m.get("part") == f"exercise {name}"]
         needs_whole = name in NEEDS_WHOLE_COPY or any(k.startswith("whole") for m in own for k in m["copies"])
         if answer == "no":

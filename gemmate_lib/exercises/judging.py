@@ -1,6 +1,6 @@
-"""How the check cell that ends every exercise (00-07, gemmate_lib/exercises.py) judges: it says PASS, FAIL or
-NOT RUN YET against the exercise's expectation, from the exercise's own run folder, so a learner knows whether
-what they did matched.
+"""How the check cell that ends every exercise (00-07, gemmate_lib/exercises/__init__.py) judges: it says
+PASS, FAIL or NOT RUN YET against the exercise's expectation, from the exercise's own run folder, so a learner
+knows whether what they did matched.
 
 A check reads only files: what the exercise's run wrote (its manifest, its tables) and, where it compares, the
 lesson's run folder. It reads no name from the notebook, so a solution that reuses a name (`losses`, `val`)

@@ -141,6 +141,18 @@ def converted(shape: Shape, load_bytes: int, workers: int = 1) -> float:
     return max(sum(b for s, e, b in held if s <= t < e) for t in starts)
 
 
+COPY_KINDS = ("nf4", "nf4-fp32", "whole", "whole-fp32")  # a model copy's kinds (notebook_copies.json)
+
+
+def copy_kind(kind: str) -> tuple[bool, bool]:
+    """(linear layers in 4 bits?, the other weights in fp32?) of a copy's kind, one of COPY_KINDS; a
+    ValueError for any other name (a hand-edited notebook_copies.json), which would otherwise count as some
+    copy."""
+    if kind not in COPY_KINDS:
+        raise ValueError(f"unknown model-copy kind {kind!r}: use one of {', '.join(COPY_KINDS)}")
+    return kind.startswith("nf4"), kind.endswith("fp32")
+
+
 def predicted_copy_bytes(shape: Shape, kind: str, compute_bytes: int) -> dict[str, float]:
     """One copy of the model as a notebook holds it, {"gpu", "host", "loading"} in bytes. `kind`: "nf4" (the
     linear layers in 4 bits, every other weight in the compute dtype; after k-bit preparation in fp32:
@@ -148,9 +160,10 @@ def predicted_copy_bytes(shape: Shape, kind: str, compute_bytes: int) -> dict[st
     table (Gemma 4) moves to the CPU in 16 bits after the load (models.lookup_tables_to_cpu): "host"; until
     then the load holds it on the GPU in the compute dtype: "loading", the copy's GPU peak while it loads."""
     n, q, table = shape.parameters, shape.quantized, shape.per_layer
-    rest = 4 if kind.endswith("fp32") else compute_bytes
-    packed = q * NF4_BYTES if kind.startswith("nf4") else 0
-    unpacked = n - (q if kind.startswith("nf4") else 0)
+    four_bit, fp32 = copy_kind(kind)
+    rest = 4 if fp32 else compute_bytes
+    packed = q * NF4_BYTES if four_bit else 0
+    unpacked = n - (q if four_bit else 0)
     gpu = packed + (unpacked - table) * rest
     return {"gpu": gpu, "host": table * 2, "loading": packed + unpacked * compute_bytes}
 
@@ -327,7 +340,7 @@ def moment_need(moment: dict, shape: Shape, compute_bytes: int, data: dict | Non
         gpu += copy["loading"] if loading else copy["gpu"]
         ram += copy["host"]
         if loading:
-            workers = LOAD_WORKERS if kind.startswith("whole") else 1
+            workers = 1 if copy_kind(kind)[0] else LOAD_WORKERS  # NF4 loads one tensor at a time
             ram += max(converted(shape, compute_bytes, workers) - copy["host"], 0)
     if moment.get("child"):
         ram += LOAD_BASELINE
@@ -358,7 +371,7 @@ def notebook_need(notebook: str, shape: Shape, compute_bytes: int, data: dict | 
     entry, idle = data["notebooks"][notebook], {"gpu": 0.0, "ram": TORCH_BASELINE + kernel_extra(data)}
     moments = [m for m in entry["moments"] if m.get("part") is None or m["part"] in parts]
     needs = [(moment_need(m, shape, compute_bytes, data, cpu),
-              any(k.startswith("whole") for k in m["copies"])) for m in moments] or [(idle, False)]
+              any(not copy_kind(k)[0] for k in m["copies"])) for m in moments] or [(idle, False)]
     without = [n for n, whole in needs if not whole]
     holds_whole = any(whole for _, whole in needs)
     # where every moment holds a whole copy, nothing is left to run without it: no "fits without" then

@@ -347,6 +347,20 @@ def test_a_whole_16_bit_copy_is_two_bytes_a_weight_and_nf4_half_a_byte_a_quantiz
     assert nf4["loading"] == shape.quantized * fit.NF4_BYTES + 2 * (shape.parameters - shape.quantized)
 
 
+def test_a_copy_kind_the_planner_does_not_know_is_an_error_not_some_copy(shapes):
+    """notebook_copies.json names each copy's kind; a name outside COPY_KINDS (a typo, a hand edit) used to
+    count silently: "whle" as a copy with nothing in 4 bits, "nf4-fp16" as an NF4 copy in the compute
+    dtype."""
+    shape = shapes["gemma-2b"]
+    assert [fit.copy_kind(k) for k in fit.COPY_KINDS] == [(True, False), (True, True), (False, False),
+                                                          (False, True)]
+    for wrong in ("whle", "nf4-fp16", "NF4", ""):
+        with pytest.raises(ValueError, match=f"unknown model-copy kind {wrong!r}"):
+            fit.predicted_copy_bytes(shape, wrong, 2)
+        with pytest.raises(ValueError, match="use one of nf4, nf4-fp32, whole, whole-fp32"):
+            fit.moment_need({"copies": [wrong]}, shape, 2, {"kernel_bytes": 0, "notebooks": {}})
+
+
 def test_the_conversion_buffers_two_threads_hold_at_once():
     """converted() on hand-made sizes: an fp32 load of an fp32 checkpoint converts nothing; two threads hold
     two buffers while their conversions overlap; a buffer freed as another is taken is not counted twice."""

@@ -714,7 +714,8 @@ def exercise_fit(name: str, shape, compute_bytes: int, runtime: dict, data: dict
         need = fit.notebook_need(stem, shape, compute_bytes, data, cpu, parts)
         answer = fit.fit_answer(need, runtime)
         own = [m for m in data["notebooks"][stem]["moments"] if m.get("part") == f"exercise {name}"]
-        needs_whole = name in NEEDS_WHOLE_COPY or any(k.startswith("whole") for m in own for k in m["copies"])
+        whole_copies = (not fit.copy_kind(k)[0] for m in own for k in m["copies"])
+        needs_whole = name in NEEDS_WHOLE_COPY or any(whole_copies)
         if answer == "no":
             return {"fits": False, "gpu": need.gpu, "ram": need.ram,
                     "why": f"{stem[:2]} itself needs about {need.gpu / fit.GIB:.1f} GiB"}

@@ -14,7 +14,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: exercises mutants rehearse install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-wheels drift colab-replica bench profile bench-head bench-loss clean notebooks lab lab-check sync
+.PHONY: exercises mutants rehearse install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-record gpu-wheels drift colab-replica bench profile bench-head bench-loss clean notebooks lab lab-check sync
 
 install: $(STAMP)
 
@@ -166,6 +166,16 @@ ifneq ($(wildcard .gpu-wheels/*.whl),)
 	$(OFFLINE) PYTHONPATH=$(CURDIR)/.gpu-site $(GPU_PY) -m tools.gpu.gpu_smoke
 else
 	$(OFFLINE) $(PY) -m tools.gpu.gpu_smoke
+endif
+
+# Issue 66's GPU measurements in priority order, each part with its own time limit (tools/gpu/gpu_record.py): on a
+# bare GPU machine bring .gpu-wheels/ along, as for gpu-smoke. DRY_RUN=1 rehearses part 1's code on this CPU.
+gpu-record: $(if $(wildcard .gpu-wheels/*.whl),,embedded)
+ifneq ($(wildcard .gpu-wheels/*.whl),)
+	$(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --upgrade --target .gpu-site .gpu-wheels/*.whl
+	$(OFFLINE) PYTHONPATH=$(CURDIR)/.gpu-site $(GPU_PY) -m tools.gpu.gpu_record $(if $(DRY_RUN),--dry-run)
+else
+	$(OFFLINE) $(PY) -m tools.gpu.gpu_record $(if $(DRY_RUN),--dry-run)
 endif
 
 # The learner's path at the real shapes of gemma-2b, Gemma 3 1B and Gemma 4 E2B (random weights, ~17 GB built once

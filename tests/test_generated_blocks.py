@@ -59,6 +59,12 @@ def _exercises(_):
     return exercises.section(json.loads(exercises.RESULTS.read_text()))
 
 
+def _gpu_record(_):
+    from tools.gpu import gpu_record
+
+    return gpu_record.table(json.loads(gpu_record.RECORD.read_text()))
+
+
 NOTEBOOK_FIT = "python -m tools.fit.notebook_fit RUN (a smoke run with its ledgers)"
 # (page, block name): (its generator, the command that rewrites it)
 GENERATED = {
@@ -74,6 +80,7 @@ GENERATED = {
                                               "python -m tools.runners.export_certificate RUN_DIR"),
     ("docs/exercises.md", "exercises run"): (_exercises, "make exercises"),
     ("docs/compatibility.md", "colab replica"): (_colab_replica, "make colab-replica"),
+    ("docs/full-shape.md", "gpu table"): (_gpu_record, "python -m tools.gpu.gpu_record --write"),
 }
 
 

@@ -129,15 +129,16 @@ def shapes(config) -> dict[str, tuple[torch.Size, bool]]:
     return {n: (p.shape, not (tied and n.endswith("lm_head.weight"))) for n, p in model.state_dict().items()}
 
 
-def tokenizer_for(vocab_size: int):
-    """A tokenizer whose ids stay below `vocab_size`: the embedded Gemma 3 270M's (262,144 entries), cut to
-    the first `vocab_size` entries for gemma-2b's 256,000 (the cut ones are Gemma 3's image and unused
-    tokens)."""
+def tokenizer_for(vocab_size: int, source: Path | None = None):
+    """A tokenizer whose ids stay below `vocab_size`: the embedded Gemma 3 270M's (262,144 entries; `source`:
+    a folder holding its tokenizer files, as make gpu-wheels packs them), cut to the first `vocab_size`
+    entries for gemma-2b's 256,000 (the cut ones are Gemma 3's image and unused tokens)."""
     from transformers import AutoTokenizer
 
-    from gemmate_lib.models import prepare_embedded
+    if source is None:
+        from gemmate_lib.models import prepare_embedded
 
-    source = prepare_embedded(verbose=False)
+        source = prepare_embedded(verbose=False)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if len(tokenizer) > vocab_size:
         data = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -168,8 +169,11 @@ def write_sentencepiece(source: Path, out: Path, vocab_size: int) -> None:
     out.write_bytes(proto.SerializeToString())
 
 
-def build(name: str, folder: Path | None = None, verbose: bool = True) -> Path:
-    """Write `name`'s full-shape checkpoint once (config, shards, index, tokenizer); return its folder."""
+def build(name: str, folder: Path | None = None, verbose: bool = True, tokenizer_source: Path | None = None,
+          device: str = "cpu") -> Path:
+    """Write `name`'s full-shape checkpoint once (config, shards, index, tokenizer); return its folder.
+    `tokenizer_source`: tokenizer_for's (a bare GPU machine has no embedded model, only its tokenizer);
+    `device`: where the random values are drawn ("cuda": seconds instead of minutes, other values)."""
     from safetensors.torch import save_file
 
     from gemmate_lib.housekeeping.files import atomic_folder
@@ -182,7 +186,7 @@ def build(name: str, folder: Path | None = None, verbose: bool = True) -> Path:
     if (folder / "model.safetensors.index.json").exists():
         return folder
     config = config_of(name)
-    start, generator = time.time(), torch.Generator().manual_seed(0)
+    start, generator = time.time(), torch.Generator(device).manual_seed(0)
     with atomic_folder(folder, overwrite=True, what="full-shape checkpoint") as tmp:
         config.save_pretrained(tmp)
         weight_map, shard, shard_bytes, files, total = {}, {}, 0, [], 0
@@ -199,8 +203,8 @@ def build(name: str, folder: Path | None = None, verbose: bool = True) -> Path:
         for key, (shape, saved) in shapes(config).items():
             if not saved:
                 continue
-            tensor = torch.empty(shape, dtype=torch.bfloat16)
-            tensor.normal_(0.0, 0.02, generator=generator)  # small, like an initialised model: no overflow
+            tensor = torch.empty(shape, dtype=torch.bfloat16, device=device)
+            tensor = tensor.normal_(0.0, 0.02, generator=generator).cpu()  # small as a new model: no overflow
             nbytes = tensor.numel() * 2
             if shard_bytes + nbytes > SHARD_BYTES:
                 flush()
@@ -214,7 +218,7 @@ def build(name: str, folder: Path | None = None, verbose: bool = True) -> Path:
             {"metadata": {"total_size": total}, "weight_map": {k: renamed[f] for k, f in weight_map.items()}},
             indent=1))
         vocab = config.get_text_config().vocab_size
-        tokenizer, spm_file = tokenizer_for(vocab)
+        tokenizer, spm_file = tokenizer_for(vocab, tokenizer_source)
         tokenizer.save_pretrained(tmp)
         write_sentencepiece(spm_file, tmp / "tokenizer.model", vocab)
         (tmp / "FULL_SHAPE.json").write_text(json.dumps(

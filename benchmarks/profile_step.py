@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -36,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from gemmate_lib.housekeeping.machine import cpu_name  # noqa: E402
 
 GEMMS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmm_", "aten::mm_out",
          "mkldnn::_linear_pointwise", "aten::mkldnn_linear", "aten::_addmm_activation"}
@@ -49,16 +50,6 @@ HEAD_NAMES = ("LinearCrossEntropy", "ChunkedLogProb", "linear_cross_entropy")
 
 def is_head(name: str) -> bool:
     return any(h in name for h in HEAD_NAMES)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str]:

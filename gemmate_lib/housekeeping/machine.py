@@ -32,6 +32,17 @@ def cpu_bf16_units(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     return "AMX" if "amx_bf16" in flags else "AVX512_BF16" if "avx512_bf16" in flags else ""
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the platform's word for it: a timing names its CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe_hardware() -> dict:
     """Facts about this machine for the run manifest and 00_setup's printout."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),

@@ -410,11 +410,11 @@ def write_docs(rows: list[dict], cpu: str, update: bool = False) -> None:
 
 
 def cpu_name() -> str:
-    """This machine's CPU as lscpu names it, its cores, and whether it has AMX (the times depend on it)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
-    name = names[0] if names else "?"
-    return f"{name}, {os.cpu_count()} cores{', AMX' if 'amx_bf16' in info else ''}"
+    """This machine's CPU, its cores, and whether it has AMX (the times depend on it)."""
+    from gemmate_lib.housekeeping.machine import cpu_bf16_units
+    from gemmate_lib.housekeeping.machine import cpu_name as model_name
+
+    return f"{model_name()}, {os.cpu_count()} cores{', AMX' if cpu_bf16_units() == 'AMX' else ''}"
 
 
 def main(argv=None) -> int:

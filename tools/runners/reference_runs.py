@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
+from gemmate_lib.housekeeping.machine import cpu_name
 from gemmate_lib.reference import BANDS, FIGURES, NOTEBOOKS, RECORD
 
 RUNS = {  # each notebook's papermill parameters beside run_dir (the seed goes to those that take one)
@@ -36,19 +37,6 @@ TRAINERS = {"03_lora_sft": ("trainer",), "07_temporal_encoding": ("temporal_trai
 KEY = ("notebook", "model", "runtime", "machine", "settings")
 RUN_FILE = "reference_run.json"  # in a seed's run folder: each notebook run's seconds and load average
 TIMED = ("seconds_per_step",)  # figures that another job on the cores distorts
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), or the platform's word for it."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def margin_words(name: str) -> str:

@@ -10,7 +10,7 @@ import math
 import sys
 
 from gemmate_cli.errors import run_cli
-from gemmate_cli.settings import FIELDS, ORDER, SECTIONS, CommandConfig, load_config
+from gemmate_cli.settings import ORDER, SETTINGS, CommandConfig, load_config
 from gemmate_lib.hardware import pick_precision
 from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
 
@@ -62,26 +62,36 @@ COMMAND_OPTIONS = tuple(name[2:] for _, name, keywords in EXTRA
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """One subcommand per COMMANDS entry, each with --config, every setting (transformers' HfArgumentParser
+    builds them from the settings dataclasses, their help and groups) and its own EXTRA arguments."""
     parser = Parser(prog="gemmate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    settings = settings_options()
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[settings])
         p.add_argument("--config", help="YAML file of settings (see configs/); flags override it")
-        for section, names in SECTIONS.items():
-            title = f"{section} settings (a YAML key or a flag; default: the profile's)"
-            options = p.add_argument_group(title)
-            for f in (FIELDS[name] for name in names):
-                default = ",".join(f.default) if isinstance(f.default, tuple) else str(f.default)
-                shown = f"{f.metadata['help']} [default: {default or 'none'}]".replace("%", "%%")
-                options.add_argument(f"--{f.name}", nargs="+" if f.name == "prompts" else None, default=None,
-                                     metavar=_metavar(f), help=shown)
         for option, keywords in ((o, k) for command, o, k in EXTRA if command == name):
             p.add_argument(option, **keywords)
     return parser
 
 
-def _metavar(f) -> str:
-    choices = f.metadata["choices"] or ((True, False) if isinstance(f.default, bool) else None)
+def settings_options() -> argparse.ArgumentParser:
+    """The settings' options, for the subcommands to inherit. Each keeps its text: the settings' one parser
+    (config.Settings.coerce) types and checks it with the YAML file's values, so a bad flag gets the same one
+    line as the same bad YAML key. The help shows each default; choices show as the value's name."""
+    options = SETTINGS.parser(add_help=False)
+    for action in options._actions:
+        if action.dest in SETTINGS.fields and action.option_strings[0] == f"--{action.dest}":
+            f = SETTINGS.fields[action.dest]
+            default = SETTINGS.default(f.name)
+            shown = ",".join(default) if isinstance(default, list) else str(default)
+            action.help = f"{f.metadata['help']} [default: {shown or 'none'}]".replace("%", "%%")
+            action.type, action.choices, action.metavar = None, None, _metavar(f, default)
+    return options
+
+
+def _metavar(f, default) -> str:
+    choices = f.metadata.get("choices") or ((True, False) if isinstance(default, bool) else None)
     return "{" + ",".join(str(c).lower() for c in choices) + "}" if choices else f.name.split("_")[-1].upper()
 
 

@@ -1,30 +1,30 @@
 """The command line's config (docs/command-line.md): the notebooks' settings (gemmate_lib.config) plus the
 ones only the commands read (checkpoints, W&B, train-te's data, evaluate / generate), one flat `name: value`
-set of them in YAML (`--config`, `gemmate hpo`'s best_config.yaml) and flags, checked in one place."""
+set of them in YAML (`--config`, `gemmate hpo`'s best_config.yaml) and flags, in the notebooks' one
+registry (config.Settings: HfArgumentParser's options and types, one check)."""
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemmate_lib import config
-from gemmate_lib.config import CourseConfig, coerce_to, course_config, field_hints, plain_values, setting
+from gemmate_lib.config import CourseConfig, Settings, course_config, plain_values, setting
 from gemmate_lib.housekeeping.errors import ParameterError
 
 
 @dataclass
 class CommandSettings:
-    """The settings of the notebooks' groups that only the commands read; --help shows each in its group
-    (SECTIONS), after the notebooks' own."""
+    """The settings that only the commands read (W&B, train-te's data, evaluate / generate); --help shows them
+    after the notebooks' groups."""
     use_wandb: bool = setting(False,
         "log to Weights & Biases, offline (WANDB_MODE=offline): the switch of the Gemma 1.1 experiment "
         "(docs/gemma11-experiment.md)")
     wandb_project: str = setting("gemmate", "with use_wandb: the project name")
     wandb_run_name: str | None = setting(None, "with use_wandb: the run's name (None: wandb picks one)")
-    wandb_tags: tuple[str, ...] = setting((), "with use_wandb: tags of the run")
+    wandb_tags: list[str] = setting((), "with use_wandb: tags of the run")
     timestamp_unit: str | None = setting(None, "what bare numbers in the data's timestamps are (None: ms)",
                                          (None, "s", "ms", "us", "ns"))
     temporal_task: str = setting("file", "train-te's data: 'file' (dataset, a JSONL), or 07's tasks, "
@@ -32,7 +32,7 @@ class CommandSettings:
                                  ("file", "dated_notes", "python_releases"))
     adapter: str | None = setting(None,
         "`gemmate evaluate / generate`: the adapter folder (default: output_dir/adapter)")
-    prompts: tuple[str, ...] = setting((),
+    prompts: list[str] = setting((),
         "`gemmate generate`: prompts (default: the course's four standard prompts)")
 
 
@@ -69,33 +69,16 @@ class CheckpointSettings:
         "an fsspec URL or folder for the checkpoints, e.g. s3://bucket/gemma-sst2")
 
 
-# the commands' own settings in --help's groups, each after the notebooks' settings of that group
-OWN = {"model": [], "data": [], "lora": [],
-       "train": ["use_wandb", "wandb_project", "wandb_run_name", "wandb_tags"],
-       "checkpoints": [f.name for f in dataclasses.fields(CheckpointSettings)],
-       "temporal": ["timestamp_unit", "temporal_task"], "generate": ["adapter", "prompts"]}
-SECTIONS = {section: [*(f.name for f in dataclasses.fields(config.GROUPS[section])), *names]
-            if section in config.GROUPS else names for section, names in OWN.items()}  # --help's groups
-ORDER = [name for names in SECTIONS.values() for name in names]  # --help's, YAML's, train_metrics.json's
-FIELDS = {**config.FIELDS, **{f.name: f for cls in (CommandSettings, CheckpointSettings)
-                              for f in dataclasses.fields(cls)}}  # every setting -> its field
-HINTS = {**config.HINTS, **field_hints(CommandSettings), **field_hints(CheckpointSettings)}
-NULLABLE = {name for name, hint in HINTS.items() if type(None) in typing.get_args(hint)}
+GROUP_NAMES = {**{group: group for group in config.GROUPS}, "command": "the commands' own",
+               "checkpoints": "checkpoint"}
+SETTINGS = Settings({**config.GROUPS, "command": CommandSettings, "checkpoints": CheckpointSettings},
+                    free_text=("prompts",))
+for _group, _cls in SETTINGS.groups.items():  # --help's group titles (HfArgumentParser reads this name)
+    _cls._argument_group_name = f"{GROUP_NAMES[_group]} settings (a YAML key or a flag; default: the profile)"
+ORDER = list(SETTINGS.owner)  # every setting: --help's, YAML's and train_metrics.json's order
 CLI_TASK_DEFAULTS = {"temporal": {"save_strategy": "no"}}  # train-te saves no checkpoints
 ALIASES = {"dataset_id": "dataset"}  # docs/gemma11-experiment.md's names that the course spells differently
 FIXED = {"lora_task_type": "CAUSAL_LM"}  # YAML keys with one possible value: accepted, and nothing to set
-
-
-def coerce_setting(name: str, value, from_text: bool = False):
-    """config.coerce for every setting, the commands' own included."""
-    return coerce_to(FIELDS[name], HINTS[name], value, from_text)
-
-
-def check_known(names, where: str = "parameter", place: str = "") -> None:
-    """A ParameterError for the first name that is not a setting, with the list of valid ones."""
-    unknown = sorted(set(names) - set(ORDER))
-    if unknown:
-        raise ParameterError(f"unknown {where} {unknown[0]!r}{place}", f"use one of: {', '.join(ORDER)}")
 
 
 @dataclass
@@ -113,16 +96,16 @@ class CommandConfig:
 
     def get(self, name: str):
         """The value of one setting by its flat name."""
-        if name in config.OWNER:
+        if name in config.SETTINGS.owner:
             return self.course.get(name)
-        return getattr(self.checkpoints if name in OWN["checkpoints"] else self.command, name)
+        return getattr(self.checkpoints if SETTINGS.owner[name] == "checkpoints" else self.command, name)
 
     def replace(self, **values) -> CommandConfig:
         """A copy with some settings changed (flat names), type-checked and validated."""
-        check_known(values)
-        notebooks = {k: v for k, v in values.items() if k in config.OWNER}
+        SETTINGS.check_names(values)
+        notebooks = {k: v for k, v in values.items() if k in config.SETTINGS.owner}
         course = self.course.replace(**notebooks) if notebooks else self.course
-        own = {k: coerce_setting(k, v) for k, v in values.items() if k not in config.OWNER}
+        own = {k: SETTINGS.coerce(k, v) for k, v in values.items() if k not in config.SETTINGS.owner}
         new = CommandConfig(course, *split_own(own, self.command, self.checkpoints))
         check_command_settings(new.flat())
         return new
@@ -130,7 +113,7 @@ class CommandConfig:
 
 def split_own(values: dict, command: CommandSettings, checkpoints: CheckpointSettings) -> tuple:
     """(command, checkpoints) with `values` (the commands' own settings, typed) set in them."""
-    mine = set(OWN["checkpoints"])
+    mine = {name for name, group in SETTINGS.owner.items() if group == "checkpoints"}
     return (dataclasses.replace(command, **{k: v for k, v in values.items() if k not in mine}),
             dataclasses.replace(checkpoints, **{k: v for k, v in values.items() if k in mine}))
 
@@ -138,10 +121,10 @@ def split_own(values: dict, command: CommandSettings, checkpoints: CheckpointSet
 def command_config(task: str = "quotes", **params) -> CommandConfig:
     """config.course_config for the notebooks' settings in `params` (typed already), the commands' defaults
     (for `task`) and values for the others; every one checked, the library's rules first."""
-    check_known(params)
-    course = course_config(task, **{k: v for k, v in params.items() if k in config.OWNER})
-    given = {k: coerce_setting(k, v) for k, v in params.items()
-             if k not in config.OWNER and (v is not None or k in NULLABLE)}
+    SETTINGS.check_names(params)
+    course = course_config(task, **{k: v for k, v in params.items() if k in config.SETTINGS.owner})
+    given = {k: SETTINGS.coerce(k, v) for k, v in params.items()
+             if k not in config.SETTINGS.owner and (v is not None or k in SETTINGS.nullable)}
     own = CLI_TASK_DEFAULTS.get(task, {}) | given
     cfg = CommandConfig(course, *split_own(own, CommandSettings(), CheckpointSettings()))
     check_command_settings(cfg.flat())
@@ -205,11 +188,11 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
             if values.pop(key, only) != only:
                 raise ParameterError(f"{key} in {Path(path).name} can only be {only!r}",
                                      f"delete the line {key}:")
-        check_known(values, "config key", f" in {Path(path).name}")
+        SETTINGS.check_names(values, "config key", f" in {Path(path).name}")
     # PyYAML reads a number without a dot, such as 1e-4, as a string: for a float setting it is a number
-    typed = {k: coerce_setting(k, v, from_text=isinstance(v, str) and HINTS[k] is float)
+    typed = {k: SETTINGS.coerce(k, v, from_text=isinstance(v, str) and SETTINGS.hints[k] is float)
              for k, v in values.items()}
-    typed.update({k: coerce_setting(k, v, from_text=True) if k in FIELDS else v
+    typed.update({k: SETTINGS.coerce(k, v, from_text=True) if k in SETTINGS.fields else v
                   for k, v in (overrides or {}).items()})
     return command_config(task, **typed)
 

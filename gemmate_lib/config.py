@@ -29,8 +29,12 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bi
 
 
 def setting(default, help: str, choices: tuple | None = None):  # noqa: A002 - argparse's word
-    """A config field with its help text (shown by `gemmate <command> --help`) and optional choices."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+    """A config field with its help text and optional choices: transformers' HfArgumentParser makes them the
+    option's help (`gemmate <command> --help`) and choices. A list default is copied for each config."""
+    metadata = {"help": help, **({"choices": choices} if choices else {})}  # argparse's keywords only
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -62,9 +66,9 @@ class LoraSettings:
     lora_alpha: int = setting(16, "scaling: the update is multiplied by lora_alpha / lora_r")
     lora_dropout: float = setting(0.05,
         "dropout on the LoRA input during training (the CPU profile turns it off)")
-    lora_target_modules: tuple[str, ...] | str = setting(SEED_TARGET_MODULES,
+    lora_target_modules: list[str] | str = setting(SEED_TARGET_MODULES,
         "layers that get adapters, or 'all-linear'")
-    lora_trainable_tokens: tuple[str, ...] = setting((),
+    lora_trainable_tokens: list[str] = setting((),
         "special tokens whose embeddings train too (peft's trainable_token_indices), e.g. <end_of_turn> of a "
         "base model that never saw it; needs fast_loss (the CPU profile): with fast_loss false, TRL 1.16's "
         "own loss reads the output layer's weight directly and fails where it is the embedding's (Gemma's)")
@@ -130,17 +134,103 @@ class GenerateSettings:
     max_new_tokens: int = setting(40, "generation limit for the standard prompts")
 
 
-def field_hints(cls) -> dict:
-    """{field name: its type} of a settings dataclass (the one place that resolves the annotations)."""
-    return typing.get_type_hints(cls)
+class Settings:
+    """The one registry of settings dataclasses (the notebooks' here; gemmate_cli.settings adds the
+    commands' own): each flat name's group, field and type. Text (a flag, `--key value` overrides, PyYAML's
+    `1e-4`) is parsed by transformers' HfArgumentParser built from the same dataclasses (the parser under
+    TRL's `trl sft`); a value that has a type already (a notebook's parameter, a YAML number) is checked
+    against the field's. Either way a bad value or name is one ParameterError naming it and the fix."""
+
+    def __init__(self, groups: dict[str, type], free_text: tuple[str, ...] = ()):
+        self.groups, self.free_text = groups, free_text  # free text: list settings whose words keep commas
+        self.fields = {f.name: f for cls in groups.values() for f in dataclasses.fields(cls)}
+        self.owner = {f.name: group for group, cls in groups.items() for f in dataclasses.fields(cls)}
+        self.hints = {name: typing.get_type_hints(groups[group])[name] for name, group in self.owner.items()}
+        self.nullable = {name for name, hint in self.hints.items() if type(None) in typing.get_args(hint)}
+        self._parser = None
+
+    def parser(self, parser_class=None, **kwargs):
+        """An HfArgumentParser (or its subclass `parser_class`) over every group, each option's default None:
+        a flag not given leaves the choice to the profile. `kwargs` go to it (prog, description)."""
+        from transformers import HfArgumentParser
+
+        parser = (parser_class or HfArgumentParser)(list(self.groups.values()), **kwargs)
+        parser.set_defaults(**dict.fromkeys(self.fields))
+        return parser
+
+    def default(self, name: str):
+        """Setting `name`'s default, as its dataclass gives it."""
+        f = self.fields[name]
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+    def check_names(self, names, where: str = "parameter", place: str = "") -> None:
+        """A ParameterError for the first name that is not a setting, with the list of valid ones."""
+        unknown = sorted(set(names) - set(self.owner))
+        if unknown:
+            raise ParameterError(f"unknown {where} {unknown[0]!r}{place}",
+                                 f"use one of: {', '.join(self.owner)}")
+
+    def coerce(self, name: str, value, from_text: bool = False):
+        """`value` as setting `name`'s type and one of its choices. `from_text`: a string (or strings) parsed
+        by the HfArgumentParser; else the value must have the type already ("8" is no int)."""
+        if from_text and isinstance(value, (str, list, tuple)):
+            value = self._parse(name, value)
+        return self._choice(name, self._typed(name, value))
+
+    def _parse(self, name: str, text):
+        hint = self.hints[name]
+        if name in self.nullable and isinstance(text, str) and text.lower() in ("none", "null"):
+            return None
+        listed = any(typing.get_origin(a) is list for a in (hint, *typing.get_args(hint)))
+        words = [text] if isinstance(text, str) else list(text)
+        if listed and name not in self.free_text:  # the flag's `a,b` form
+            words = [w.strip() for word in words for w in word.split(",") if w.strip()]
+            if not words:
+                return []
+        if self._parser is None:
+            from transformers import HfArgumentParser
+
+            class Quiet(HfArgumentParser):
+                def error(self, message):  # argparse's own prints the usage and exits
+                    raise ValueError(message)
+
+            self._parser = self.parser(parser_class=Quiet)
+        # `--name=value`: argparse would read a negative number after a space as an option
+        args = [f"--{name}", *words] if listed else [f"--{name}={words[0]}"]
+        try:
+            return getattr(self._parser.parse_args(args), name)
+        except ValueError:
+            return text  # not of the type: _typed names the value and the fix
+
+    def _typed(self, name: str, value):
+        hint = self.hints[name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = typing.get_args(hint) if union else (hint,)
+        for option in options:
+            if option is type(None) and value is None or option is str and isinstance(value, str):
+                return value
+            if typing.get_origin(option) is list and isinstance(value, (list, tuple)) \
+                    and all(isinstance(v, str) for v in value):
+                return list(value)
+            if type(value) is option in (int, float, bool) or option is float and type(value) is int:
+                return option(value)
+        kinds = ["None" if o is type(None) else "list of str" if typing.get_origin(o) is list else o.__name__
+                 for o in options]
+        fail(name, value, f"has type {type(value).__name__}, but {name} must be {' or '.join(kinds)}",
+             f"use {' or '.join(k if k == 'None' else ('an ' if k == 'int' else 'a ') + k for k in kinds)}, "
+             f"e.g. {name}={self.default(name)!r} (the default)")
+
+    def _choice(self, name: str, value):
+        options = self.fields[name].metadata.get("choices")
+        if options is not None and value not in options:
+            names = ", ".join(str(o) for o in options)
+            fail(name, value, f"is not one of {names}", f"set {name} to one of: {names}")
+        return value
 
 
 GROUPS = {"model": ModelSettings, "data": DataSettings, "lora": LoraSettings, "train": TrainSettings,
           "temporal": TemporalSettings, "generate": GenerateSettings}
-FIELDS = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}  # setting -> its field
-OWNER = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}  # setting -> group
-HINTS = {name: field_hints(GROUPS[group])[name] for name, group in OWNER.items()}
-NULLABLE = {name for name, hint in HINTS.items() if type(None) in typing.get_args(hint)}
+SETTINGS = Settings(GROUPS)  # the notebooks' settings
 
 # Profiles: what differs from the defaults above on each kind of machine. The GPU profile, SEED_QLORA, is the
 # seed notebook's QLoRA settings.
@@ -164,73 +254,7 @@ TASK_DEFAULTS = {
 }
 
 
-# --- the one type checker and validator ------------------------------------------------------------
-def check_names(names, where: str = "parameter", place: str = "") -> None:
-    """A ParameterError for the first name that is not a setting, with the list of valid ones."""
-    unknown = sorted(set(names) - set(OWNER))
-    if unknown:
-        raise ParameterError(f"unknown {where} {unknown[0]!r}{place}", f"use one of: {', '.join(OWNER)}")
-
-
-def coerce(name: str, value, from_text: bool = False):
-    """`value` as the type of setting `name`, one of its choices, or a ParameterError naming it and the fix.
-    Notebook and YAML values must have the type already; `from_text` (flags) parses "8", "true", "a,b"."""
-    return coerce_to(FIELDS[name], HINTS[name], value, from_text)
-
-
-def coerce_to(setting_field: dataclasses.Field, hint, value, from_text: bool = False):
-    """`coerce` for any setting's field and type (the command line's own settings use it too)."""
-    name = setting_field.name
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    union = origin in (typing.Union, types.UnionType)
-    none = value is None or from_text and str(value).lower() in ("none", "null")
-    if union and type(None) in args and none:
-        return _choice(setting_field, None)
-    for option in (a for a in args if a is not type(None)) if union else (hint,):
-        try:
-            typed = _coerce_one(value, option, from_text)
-        except (TypeError, ValueError):
-            continue
-        return _choice(setting_field, typed)
-    kind = str(hint).replace("typing.", "") if origin else hint.__name__
-    fail(name, value, f"has type {type(value).__name__}, but {name} must be {kind}",
-         f"use {'an' if kind[:1] in 'aeiou' else 'a'} {kind}, e.g. {name}={setting_field.default!r} "
-         "(the default)")
-
-
-def _choice(setting_field: dataclasses.Field, value):
-    options, name = setting_field.metadata["choices"], setting_field.name
-    if options is not None and value not in options:
-        names = ", ".join(str(o) for o in options)
-        fail(name, value, f"is not one of {names}", f"set {name} to one of: {names}")
-    return value
-
-
-def _coerce_one(value, hint, from_text: bool):
-    text = from_text and isinstance(value, str)  # a flag's text, to parse
-    if typing.get_origin(hint) is tuple:
-        if text:
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-    elif hint is bool:
-        if isinstance(value, bool):
-            return value
-        if text and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if text and value.strip().lstrip("-").isdigit():
-            return int(value)
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) or text:
-            return float(value)
-    elif hint is str and isinstance(value, str):
-        return value
-    raise TypeError(value)
-
-
+# --- the one validator ------------------------------------------------------------------------------
 def fail(name: str, value, must: str, fix: str):
     raise ParameterError(f"parameter {name}={value!r} {must}", fix)
 
@@ -260,7 +284,7 @@ def validate(flat: dict) -> None:
     for names, fails, must, fix in rules:
         for name in names:
             if fails(flat[name]):
-                fail(name, flat[name], must, fix.format(name=name, default=FIELDS[name].default))
+                fail(name, flat[name], must, fix.format(name=name, default=SETTINGS.default(name)))
     if not finite(flat["num_epochs"]) or (flat["max_steps"] < 1 and flat["num_epochs"] <= 0):
         fail("num_epochs", flat["num_epochs"], "trains nothing or never ends (with max_steps -1)",
               "set max_steps >= 1, or a finite num_epochs > 0 with max_steps -1")
@@ -308,14 +332,15 @@ class CourseConfig:
 
     def get(self, name: str):
         """The value of one setting by its flat name."""
-        return getattr(getattr(self, OWNER[name]), name)
+        return getattr(getattr(self, SETTINGS.owner[name]), name)
 
     def replace(self, **values) -> CourseConfig:
         """A copy with some settings changed (flat names), type-checked and validated."""
-        check_names(values)
+        SETTINGS.check_names(values)
         groups = {group: getattr(self, group) for group in GROUPS}
         for name, value in values.items():
-            groups[OWNER[name]] = dataclasses.replace(groups[OWNER[name]], **{name: coerce(name, value)})
+            owner = SETTINGS.owner[name]
+            groups[owner] = dataclasses.replace(groups[owner], **{name: SETTINGS.coerce(name, value)})
         changed = {"device", "dtype"} & set(values)
         precision = _precision(groups["model"], values) if changed else self.precision
         new = dataclasses.replace(self, **groups, precision=precision)
@@ -330,9 +355,10 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     token: an error, unless `model_name` is given). `precision` replaces the hardware's answer (gpu-check)."""
     if task not in TASK_DEFAULTS:
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
-    check_names(params)
+    SETTINGS.check_names(params)
     # None keeps the profile's value, except where None is a value (prompt_end: None = the whole text)
-    given = {k: coerce(k, v, from_text) for k, v in params.items() if v is not None or k in NULLABLE}
+    given = {k: SETTINGS.coerce(k, v, from_text) for k, v in params.items()
+             if v is not None or k in SETTINGS.nullable}
     device = given.get("device", "auto")
     on_gpu = (precision or pick_precision(None if device == "auto" else device)).device == "cuda"
     # GEMMATE_PROFILE: "gpu" runs the GPU profile on a CPU (the smoke run of the learner's path), "t4" a T4's
@@ -374,7 +400,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
         values["dataset"] = uploaded(values["dataset"])
     groups = {group: cls() for group, cls in GROUPS.items()}
     for name, value in values.items():
-        setattr(groups[OWNER[name]], name, coerce(name, value))
+        setattr(groups[SETTINGS.owner[name]], name, SETTINGS.coerce(name, value))
     cfg = CourseConfig(**groups, precision=_precision(groups["model"], given, precision), profile=profile,
                        task=task)
     validate(cfg.flat())

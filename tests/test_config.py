@@ -16,7 +16,7 @@ def test_cpu_profile_uses_embedded_default_and_tuned_settings():
     assert cfg.model.quantization == "none" and cfg.lora.lora_dropout == 0.0
     assert cfg.train.gradient_accumulation_steps == 1 and cfg.train.batch_size == 8
     assert cfg.train.gradient_checkpointing is False and cfg.train.fast_loss is True
-    assert cfg.lora.lora_r == 8 and cfg.lora.lora_target_modules == SEED_TARGET_MODULES
+    assert cfg.lora.lora_r == 8 and cfg.lora.lora_target_modules == list(SEED_TARGET_MODULES)
 
 
 def test_parameters_override_the_profile_and_none_keeps_it(tmp_path):

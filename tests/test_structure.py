@@ -258,7 +258,7 @@ def test_one_builder_of_the_training_arguments_and_one_type_checker():
                      "PrefixTuningConfig": [methods], "IA3Config": [methods]}
     checkers = [name for name, tree in MODULES.items() for node in ast.walk(tree)
                 if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "get_type_hints"]
-    # the type hints are read once; config.coerce is the one checker
+    # the type hints are read once; config.Settings is the one checker
     assert checkers == ["gemmate_lib.config"]
 
 

@@ -36,14 +36,15 @@ def test_gemmate_te_is_an_alias_of_train_te(monkeypatch, tmp_path, capsys):
 
 def test_help_lists_every_setting_with_its_help_text_and_default(capsys):
     from gemmate_cli.main import main
-    from gemmate_lib.config import FIELDS
+    from gemmate_cli.settings import SETTINGS
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    for name, f in FIELDS.items():
+    for name, f in SETTINGS.fields.items():  # the notebooks' settings and the commands' own
         assert f"--{name}" in shown and " ".join(f.metadata["help"].split()) in shown, name
-    assert "--lora_r R rank of the low-rank update" in shown and "[default: 8]" in shown
+    assert "--lora_r R, --lora-r R rank of the low-rank update" in shown and "[default: 8]" in shown
+    assert "--fast_loss [{true,false}]" in shown and "--no_fast_loss" in shown  # HfArgumentParser's switch
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -92,7 +93,7 @@ def test_any_other_usage_error_is_one_line_with_the_fix(capsys):
         run_cli(main, ["train", "--learning_rate"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 2 and "usage" not in err
-    assert "--learning_rate: expected one argument" in err and "--help" in err
+    assert "--learning_rate/--learning-rate: expected one argument" in err and "--help" in err
     with pytest.raises(SystemExit):
         run_cli(main, ["train", "--lora_rank", "8"])
     err = capsys.readouterr().err

@@ -45,7 +45,7 @@ def test_flags_override_the_file_and_are_parsed_from_text(tmp_path):
     cfg = load_config(path, {"lora_r": "16", "deterministic": "true", "lora_target_modules": "q_proj,v_proj"})
     cfg = cfg.course
     assert (cfg.train.learning_rate, cfg.lora.lora_r, cfg.train.deterministic) == (1e-4, 16, True)
-    assert cfg.lora.lora_target_modules == ("q_proj", "v_proj")
+    assert cfg.lora.lora_target_modules == ["q_proj", "v_proj"]
 
 
 def test_a_dumped_config_loads_back_equal(tmp_path):
@@ -90,3 +90,36 @@ def test_an_output_dir_that_cannot_be_written_is_refused_before_anything_loads(t
     blocker.write_text("")
     with pytest.raises(ParameterError, match="output_dir=.* cannot be written"):
         load_config(None, {"output_dir": str(blocker / "run")})
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_with_the_values_it_writes(path, tmp_path):
+    import yaml
+
+    from gemmate_cli.settings import ALIASES, FIXED, SETTINGS
+
+    cfg = load_config(path, {"device": "cpu", "output_dir": str(tmp_path / "run")})
+    for key, value in yaml.safe_load(path.read_text()).items():
+        name = ALIASES.get(key, key)
+        if key in FIXED or name in ("device", "output_dir"):
+            continue
+        text = isinstance(value, str) and SETTINGS.hints[name] is float  # PyYAML's 1e-4
+        expected = SETTINGS.coerce(name, value, from_text=text)
+        assert cfg.get(name) == expected, (path.name, name)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_params_file_gives_each_setting_a_value_of_its_type(path):
+    """A params file's keys are notebook parameters; those that are settings reach course_config, which
+    takes them as typed (a string "10" for max_steps would stop the notebook)."""
+    import yaml
+
+    from gemmate_lib.config import SETTINGS
+
+    values = yaml.safe_load(path.read_text())
+    flat = [(k, v) for k, v in values.items() if not isinstance(v, dict)]
+    flat += [(k, v) for section in values.values() if isinstance(section, dict) for k, v in section.items()]
+    settings = [(k, v) for k, v in flat if k in SETTINGS.fields]
+    assert settings
+    for name, value in settings:
+        SETTINGS.coerce(name, value)  # raises ParameterError naming it

@@ -22,8 +22,8 @@ def test_both_gemma11_configs_load_with_the_tables_keys():
     assert (sst2.train.max_length, sst2.train.learning_rate, sst2.train.batch_size) == (32, 6e-5, 4)
     assert (sst2.lora.lora_r, sst2.lora.lora_alpha, sst2.lora.lora_target_modules) == (4, 8, "all-linear")
     assert (sst2.train.seed, sst2.train.val_steps_freq, cfg.checkpoints.save_optim) == (23, 50, True)
-    assert cfg.command.wandb_tags == ("sst2", "lora",
-                                      "gemma-1.1") and cfg.checkpoints.storage_backend == "none"
+    assert cfg.command.wandb_tags == ["sst2", "lora",
+                                      "gemma-1.1"] and cfg.checkpoints.storage_backend == "none"
     squad = load_config(CONFIGS["squad_v2"], {"device": "cpu"}).course
     assert squad.data.dataset == "rajpurkar/squad_v2" and squad.train.completion_only_loss
 

@@ -87,6 +87,8 @@ def settings_options() -> argparse.ArgumentParser:
             shown = ",".join(default) if isinstance(default, list) else str(default)
             action.help = f"{f.metadata['help']} [default: {shown or 'none'}]".replace("%", "%%")
             action.type, action.choices, action.metavar = None, None, _metavar(f, default)
+            if action.nargs == "+" and f.name not in SETTINGS.free_text:
+                action.nargs = None  # one word, a,b for several: a list flag never swallows RUN_DIR
     return options
 
 
@@ -100,7 +102,8 @@ def join_negative_numbers(argv: list[str]) -> list[str]:
     never reached the config's validator."""
     out: list[str] = []
     for arg in argv:
-        option = out[-1][2:] if out and out[-1].startswith("--") and "=" not in out[-1] else None
+        option = out[-1][2:].replace("-", "_") if out and out[-1].startswith("--") and "=" not in out[-1] \
+            else None  # --learning-rate too, HfArgumentParser's other spelling
         if option in (*ORDER, *COMMAND_OPTIONS) and arg.startswith("-") and _is_number(arg):
             out[-1] = f"{out[-1]}={arg}"
         else:

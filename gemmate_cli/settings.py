@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemmate_lib import config
-from gemmate_lib.config import CourseConfig, Settings, course_config, plain_values, setting
+from gemmate_lib.config import GROUP_TITLE, CourseConfig, Settings, course_config, plain_values, setting
 from gemmate_lib.housekeeping.errors import ParameterError
 
 
@@ -19,6 +19,7 @@ from gemmate_lib.housekeeping.errors import ParameterError
 class CommandSettings:
     """The settings that only the commands read (W&B, train-te's data, evaluate / generate); --help shows them
     after the notebooks' groups."""
+    _argument_group_name = GROUP_TITLE.format("the commands' own")
     use_wandb: bool = setting(False,
         "log to Weights & Biases, offline (WANDB_MODE=offline): the switch of the Gemma 1.1 experiment "
         "(docs/gemma11-experiment.md)")
@@ -39,6 +40,7 @@ class CommandSettings:
 @dataclass
 class CheckpointSettings:
     """Where the commands save, which checkpoints `gemmate train` keeps, and how it resumes."""
+    _argument_group_name = GROUP_TITLE.format("checkpoint")
 
     output_dir: str = setting("runs/cli",
         "`gemmate` commands: checkpoints, adapter, metrics and logs go here")
@@ -69,12 +71,8 @@ class CheckpointSettings:
         "an fsspec URL or folder for the checkpoints, e.g. s3://bucket/gemma-sst2")
 
 
-GROUP_NAMES = {**{group: group for group in config.GROUPS}, "command": "the commands' own",
-               "checkpoints": "checkpoint"}
 SETTINGS = Settings({**config.GROUPS, "command": CommandSettings, "checkpoints": CheckpointSettings},
                     free_text=("prompts",))
-for _group, _cls in SETTINGS.groups.items():  # --help's group titles (HfArgumentParser reads this name)
-    _cls._argument_group_name = f"{GROUP_NAMES[_group]} settings (a YAML key or a flag; default: the profile)"
 ORDER = list(SETTINGS.owner)  # every setting: --help's, YAML's and train_metrics.json's order
 CLI_TASK_DEFAULTS = {"temporal": {"save_strategy": "no"}}  # train-te saves no checkpoints
 ALIASES = {"dataset_id": "dataset"}  # docs/gemma11-experiment.md's names that the course spells differently

@@ -37,8 +37,12 @@ def setting(default, help: str, choices: tuple | None = None):  # noqa: A002 - a
     return field(default=default, metadata=metadata)
 
 
+GROUP_TITLE = "{} settings (a YAML key or a flag; default: the profile's)"  # `gemmate --help`'s group titles
+
+
 @dataclass
 class ModelSettings:
+    _argument_group_name = GROUP_TITLE.format("model")  # HfArgumentParser's group title (not a field)
     model_name: str = setting(EMBEDDED,
         "'embedded', a Hub id like 'google/gemma-2b', or a local model folder")
     quantization: str = setting("none",
@@ -53,6 +57,7 @@ class ModelSettings:
 
 @dataclass
 class DataSettings:
+    _argument_group_name = GROUP_TITLE.format("data")
     dataset: str = setting(EMBEDDED,
         "'embedded' (inspirational-quotes), a Hub dataset id, or a .jsonl/.csv path")
     eval_fraction: float = setting(0.1, "share of rows held out for evaluation, never trained on")
@@ -61,6 +66,7 @@ class DataSettings:
 
 @dataclass
 class LoraSettings:
+    _argument_group_name = GROUP_TITLE.format("lora")
     lora_r: int = setting(8,
         "rank of the low-rank update: each adapted matrix gets r*(d_in+d_out) new weights")
     lora_alpha: int = setting(16, "scaling: the update is multiplied by lora_alpha / lora_r")
@@ -76,6 +82,7 @@ class LoraSettings:
 
 @dataclass
 class TrainSettings:
+    _argument_group_name = GROUP_TITLE.format("train")
     max_length: int = setting(128, "tokens per example after truncation")
     learning_rate: float = setting(2e-4, "peak learning rate of the LoRA weights")
     batch_size: int = setting(8, "examples per micro-batch, per process")
@@ -115,6 +122,7 @@ class TrainSettings:
 
 @dataclass
 class TemporalSettings:
+    _argument_group_name = GROUP_TITLE.format("temporal")
     temporal_scale: float = setting(1.0,
         "tau, `temporal_encoding_scale`: stretches log time before the sinusoids")
     temporal_dim: int = setting(64,
@@ -131,6 +139,7 @@ class TemporalSettings:
 
 @dataclass
 class GenerateSettings:
+    _argument_group_name = GROUP_TITLE.format("generate")
     max_new_tokens: int = setting(40, "generation limit for the standard prompts")
 
 
@@ -212,7 +221,9 @@ class Settings:
             if typing.get_origin(option) is list and isinstance(value, (list, tuple)) \
                     and all(isinstance(v, str) for v in value):
                 return list(value)
-            if type(value) is option in (int, float, bool) or option is float and type(value) is int:
+            if option in (int, float) and isinstance(value, option) and not isinstance(value, bool) \
+                    or option is float and isinstance(value, int) and not isinstance(value, bool) \
+                    or option is bool and isinstance(value, bool):
                 return option(value)
         kinds = ["None" if o is type(None) else "list of str" if typing.get_origin(o) is list else o.__name__
                  for o in options]

@@ -116,3 +116,12 @@ def test_part_two_of_03_is_on_under_the_cpu_profile_and_off_under_the_gpu_profil
     monkeypatch.setenv("GEMMATE_PROFILE", "gpu")  # the GPU profile on this CPU, as the smoke run does
     gpu = course_config()
     assert gpu.profile.startswith("gpu") and compare_default(gpu) is False
+
+
+def test_a_numpy_float_is_a_float_setting():
+    """An optimizer's sampled learning rate is often a numpy float (a float subclass): it stays accepted."""
+    import numpy as np
+
+    assert course_config(device="cpu", learning_rate=np.float64(1e-4)).train.learning_rate == 1e-4
+    with pytest.raises(ParameterError, match="batch_size=True has type bool"):
+        course_config(device="cpu", batch_size=True)

@@ -50,6 +50,7 @@ def test_help_lists_every_setting_with_its_help_text_and_default(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--learning_rate", "-1e-4"], "learning_rate=-0.0001 must be a finite number in (0, 1)"),
     (["train", "--learning_rate", "-inf"], "learning_rate=-inf must be a finite number in (0, 1)"),
+    (["train", "--learning-rate", "-1e-4"], "learning_rate=-0.0001 must be a finite number in (0, 1)"),
     (["train-te", "--projection_learning_rate", "-3E-3"], "projection_learning_rate=-0.003 must be"),
     (["train", "--weight_decay", "-1e-2"], "weight_decay=-0.01 must be a finite number >= 0"),
     (["train", "--lora_dropout", "-5e-2"], "lora_dropout=-0.05 must lie in [0, 1)"),
@@ -109,3 +110,13 @@ def test_the_old_module_command_says_where_the_command_line_went():
     command = [sys.executable, "-m", "gemmate_lib", "train", "--config", "configs/cpu-quick.yaml"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "python -m gemmate_cli" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_list_flag_takes_one_word_and_leaves_the_run_folder_to_the_command():
+    """HfArgumentParser gives a list setting nargs="+": `--wandb_tags a runs/x` swallowed RUN_DIR."""
+    from gemmate_cli.main import build_parser, config_from_args
+
+    args = build_parser().parse_args(["export", "--device", "cpu", "--wandb_tags", "a,b", "runs/x"])
+    assert args.run_dir == "runs/x" and config_from_args(args).command.wandb_tags == ["a", "b"]
+    args = build_parser().parse_args(["generate", "--device", "cpu", "--prompts", "Quote: A, b", "Quote: C"])
+    assert config_from_args(args).command.prompts == ["Quote: A, b", "Quote: C"]  # each word one prompt

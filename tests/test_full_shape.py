@@ -79,13 +79,22 @@ def test_the_watcher_counts_the_whole_process_tree():
     assert rehearse.watch(cmd, limit=2e9)["peak_ram"] >= 120 * 2**20
 
 
-def test_rehearsal_phases_at_a_small_shape_and_one_over_its_cap(generation_folder, tmp_path):
-    base = generation_folder("gemma3")
-    phases = ("load", "nf4", "merge")
+def test_the_rehearsal_phases_at_a_small_shape_and_one_over_its_cap(tmp_path):
+    """make rehearse's phases but the copy (the next test's) on a tiny Gemma 1 with the embedded vocabulary
+    (llama.cpp's converter reads its sentencepiece model), each in its child: all fit, the merge writes a
+    second copy, and the last phase generates from the 4-bit GGUF with llama.cpp's logits (its export
+    phases run nowhere else between two `make rehearse` runs: one called an export function by a name it no
+    longer had). Under a cap below the model, the first phase is stopped and nothing after it runs."""
+    from learner_path import tiny_gemma
+
+    base = tiny_gemma(tmp_path / "tiny-gemma-1")
+    phases = ("load", "nf4", "merge", "convert", "quantize", "verify")
     rows = rehearse.rehearse(["tiny"], phases, limit=3e9, work_root=tmp_path, builder=lambda name: base)
-    assert [r["phase"] for r in rows] == list(phases) and all(r["fits"] for r in rows), rows
+    assert [r["phase"] for r in rows] == list(phases) and all(r["fits"] for r in rows), rows[-1]["tail"]
     assert all(r["peak_disk"] >= r["checkpoint_bytes"] > 0 for r in rows)
     assert rows[2]["peak_disk"] > rows[0]["peak_disk"]  # the merge wrote a second copy
+    generated = json.loads(rows[-1]["tail"].split("generated ", 1)[1].splitlines()[0])
+    assert 0 < len(generated["tokens"]) <= 8 and generated["logit_range"] > 0  # llama.cpp's logits, not zeros
     over = rehearse.rehearse(["tiny"], phases, limit=20e6, work_root=tmp_path, builder=lambda name: base)
     assert len(over) == 1 and over[0]["stopped"] and not over[0]["fits"]  # stopped, and nothing after it ran
     assert "**no**" in rehearse.table(over)

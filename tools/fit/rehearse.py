@@ -272,8 +272,12 @@ def child(phase: str, base: Path, work: Path) -> None:
     elif phase == "verify":
         from gemmate_lib import export
 
-        llm = export._llama(work / "model-q4_k_m.gguf", logits_all=False)
-        print("generated", repr(export.llama_greedy(llm, "Quote: Imagination is more", 8)))
+        # as 05's verification loads a file: the logits of every position (llama-cpp-python keeps none
+        # without them, and greedy decoding would read zeros)
+        llm = export.load_llama(work / "model-q4_k_m.gguf")
+        tokens, logits, _ = export.llama_greedy(llm, "Quote: Imagination is more", 8)
+        spread = float(logits[0].max() - logits[0].min())
+        print("generated", json.dumps({"tokens": tokens, "logit_range": spread}))
     else:
         raise SystemExit(f"unknown phase {phase!r}")
 

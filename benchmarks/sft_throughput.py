@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gemmate_lib.config import SEED_QLORA  # noqa: E402
+from gemmate_lib.generations import text_setting  # noqa: E402
 
 # Each arm: `cfg`, overrides of course_config(device="cpu"); `args`, extra SFTConfig fields.
 ARMS = {
@@ -134,7 +135,7 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
                 p.data = p.data.to(cfg.precision.dtype)
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base = model.get_base_model()
-    hidden, vocab = base.config.hidden_size, base.config.vocab_size
+    hidden, vocab = text_setting(base, "hidden_size"), text_setting(base, "vocab_size")
     frozen_matmul = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1)
                         for n, p in model.named_parameters() if not p.requires_grad and p.dim() == 2
                         and "embed" not in n) + vocab * hidden

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gemmate_lib.data import char_spans, format_quote, normalize_author, quote_prompt, split_quote, token_mask
-from gemmate_lib.fast_loss import final_hidden, output_weight, token_nll
+from gemmate_lib.fast_loss import final_hidden, logit_softcap, output_weight, token_nll
 from gemmate_lib.housekeeping.errors import DataError
 from gemmate_lib.stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
 from gemmate_lib.text_generation import BATCH_SIZE, generate, has_author_line
@@ -41,7 +41,7 @@ def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int
     """Per part (data.char_spans), per example: (summed next-token NLL, tokens) of `text + EOS`, the course's
     one held-out loss: the model's own forward (fast_loss.final_hidden), the LM head on real tokens only."""
     model.eval()
-    weight = output_weight(model)
+    weight, softcap = output_weight(model), logit_softcap(model)
     device = weight.device
     out: dict[str, list[tuple[float, int]]] = {part: [] for part in parts}
     for i in range(0, len(rows), batch_size):
@@ -54,7 +54,8 @@ def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int
         hidden = final_hidden(model, enc["input_ids"], enc["attention_mask"])
         real = enc["attention_mask"][:, 1:].bool()  # position i predicts token i + 1
         per_token = torch.zeros(real.shape, dtype=torch.float64, device=device)
-        per_token[real] = token_nll(hidden[:, :-1][real], weight, enc["input_ids"][:, 1:][real]).double()
+        per_token[real] = token_nll(hidden[:, :-1][real], weight, enc["input_ids"][:, 1:][real],
+                                   softcap=softcap).double()
         for part in parts:
             spans = torch.tensor([token_mask(o, *char_spans(r, part)) for r, o in zip(batch, offsets)])
             keep = real & spans[:, 1:].to(device).bool()

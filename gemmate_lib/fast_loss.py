@@ -36,7 +36,7 @@ LOSS_IMPL = "course"
 
 
 def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
-                    probs: bool, lowp: bool | None = None):
+                    probs: bool, lowp: bool | None = None, softcap: float | None = None):
     """Yield (start, rows, targets, per-token NLL, logits, one_hot_done) per chunk through one reused
     [vocab, rows] buffer
     (the order MKL writes fastest: `make bench-head`), with `probs` softmaxed in place. `lowp` (default: a
@@ -45,6 +45,9 @@ def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     computed in fp32 (in bf16, 1 - p of a likely token would lose most of its digits), the loss too."""
     acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 (or fp64)
     lowp = LOWP_SOFTMAX and weight.dtype == torch.bfloat16 if lowp is None else lowp
+    if softcap is not None and (probs or lowp):
+        raise ValueError("a logit cap is applied to held-out losses only (training with one uses the model's "
+                         "own logits: causal_lm_loss)")
     rows, vocab = min(chunk, hidden.shape[0]), weight.shape[0]
     raw = hidden.new_empty(vocab * rows, dtype=weight.dtype)  # one buffer for every chunk
     if lowp:
@@ -58,6 +61,8 @@ def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         torch.mm(weight, h.t(), out=out)
         if z.data_ptr() != out.data_ptr():
             z.copy_(out)
+        if softcap is not None:  # the model's own cap: cap * tanh(logits / cap)
+            z.div_(softcap).tanh_().mul_(softcap)
         target_logit = z[t, torch.arange(n, device=t.device)].clone()
         top = z.amax(dim=0)
         z.sub_(top).exp_()
@@ -125,14 +130,16 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 @torch.no_grad()
-def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_TOKENS):
-    """Per-token cross-entropy of `hidden @ weight.T` against `targets`, no gradients (held-out losses). A
+def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_TOKENS,
+              softcap: float | None = None):
+    """Per-token cross-entropy of `hidden @ weight.T` (capped at `softcap` as the model caps them: Gemma 4's
+    30) against `targets`, no gradients (held-out losses). A
     bf16 head on a CPU without native bf16 (the smoke run's GPU profile) multiplies in fp32: about 5x faster
     there than its bf16 matmul, and the logits skip one rounding before the fp32 softmax."""
     if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and not cpu_has_native_bf16():
         weight = weight.float()
     # held-out losses keep the fp32 softmax: no gradient to speed up, and every digit of the figure reported
-    chunks = _softmax_chunks(hidden, weight, targets, chunk, probs=False, lowp=False)
+    chunks = _softmax_chunks(hidden, weight, targets, chunk, probs=False, lowp=False, softcap=softcap)
     out = [nll for _, _, _, nll, _, _ in chunks]
     acc = torch.promote_types(hidden.dtype, torch.float32)
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=acc)
@@ -154,6 +161,14 @@ def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     finally:
         hook.remove()
     return captured[-1][:, -input_ids.shape[1]:]
+
+
+def logit_softcap(model) -> float | None:
+    """The cap the model puts on its logits (`cap * tanh(logits / cap)`; Gemma 4: 30.0 in its text config,
+    Gemma 1 and 3: none), read through the text config so that a composite model's is found."""
+    from gemmate_lib.generations import text_setting
+
+    return text_setting(_base(model), "final_logit_softcapping")
 
 
 def output_weight(model) -> torch.Tensor:
@@ -195,12 +210,19 @@ def summed_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 def causal_lm_loss(model, input_ids, attention_mask, labels, num_items_in_batch=None,
                    impl: str | None = None):
     """Next-token loss of a (PEFT-wrapped) causal LM, the LM head on labelled positions only: the model's own
-    loss (mean, or sum / num_items_in_batch) up to rounding; under prompt tuning the first real token is never
+    loss (mean, or sum / num_items_in_batch) up to rounding; a model that caps its logits (Gemma 4) goes
+    through its own logits, cap included (the fused head has no cap); under prompt tuning the first real token
+    is never
     a target, as for every other method. `impl`: the head-and-loss implementation (LOSS_IMPLS; None:
     LOSS_IMPL, the course's own unless a benchmark chose another)."""
-    hidden = final_hidden(model, input_ids, attention_mask)
     shift_labels = labels[:, 1:]
     mask = shift_labels != -100
-    total = summed_cross_entropy(hidden[:, :-1][mask], output_weight(model), shift_labels[mask], impl)
+    if logit_softcap(model) is None:
+        hidden = final_hidden(model, input_ids, attention_mask)
+        total = summed_cross_entropy(hidden[:, :-1][mask], output_weight(model), shift_labels[mask], impl)
+    else:  # a capped model (Gemma 4): its own logits carry the cap, which the fused head would skip
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = logits[:, -input_ids.shape[1]:][:, :-1][mask]  # prompt tuning's virtual tokens cut off
+        total = torch.nn.functional.cross_entropy(logits.float(), shift_labels[mask], reduction="sum")
     count = mask.sum() if num_items_in_batch is None else num_items_in_batch
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)

@@ -106,6 +106,16 @@ DEFAULT = GEMMA_1  # the model of the notebook this course grew from
 BY_MODEL_TYPE = {t: g for g in GENERATIONS.values() for t in g.model_types}
 
 
+def text_setting(model, name: str, default=None):
+    """A setting of `model`'s language model (a model, PEFT model, GemmaTE wrapper or config): Gemma 3 and 4
+    load as composite models that keep most of their settings (`final_logit_softcapping`, `hidden_size`,
+    `max_position_embeddings`) in `text_config`, where a top-level `getattr` finds nothing. Every such read in
+    the course goes through here (03 trains on Gemma 4's capped logits because of it)."""
+    config = getattr(model, "config", model)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, name, default)
+
+
 def model_type_of(model) -> str:
     """config.model_type of `model`: a loaded model, a config, a local folder, "embedded" (Gemma 3 270M) or a
     Hub id (read from its name, since the Hub may be out of reach); "" when it cannot tell."""

@@ -63,7 +63,9 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
         raise DataError(f"{len(prompts)} prompts but {len(timestamps)} timestamps",
                         "give one timestamp per prompt")
     # a prompt may have the model's context minus max_new_tokens tokens; warn when one is cut
-    context = getattr(model.config, "max_position_embeddings", None) or 8192
+    from gemmate_lib.generations import text_setting
+
+    context = text_setting(model, "max_position_embeddings") or 8192
     limit = max(1, context - max_new_tokens)
     longest = max((len(ids) for ids in tokenizer(list(prompts))["input_ids"]), default=0)
     if longest > limit:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from gemmate_lib.config import TemporalSettings
+from gemmate_lib.generations import text_setting
 from gemmate_lib.housekeeping.errors import DataError, ModelLoadError, ParameterError
 from gemmate_lib.temporal.timestamps import signed_log_days, to_milliseconds
 
@@ -61,8 +62,8 @@ class GemmaTEForCausalLM(nn.Module):
         self.model = model
         self.settings = settings or TemporalSettings()
         self.encoder = TemporalEncoder(self.settings)
-        config = getattr(model.config, "text_config", None) or model.config
-        self.temporal_projection = nn.Linear(self.settings.temporal_dim, int(config.hidden_size), bias=False)
+        hidden = int(text_setting(model, "hidden_size"))
+        self.temporal_projection = nn.Linear(self.settings.temporal_dim, hidden, bias=False)
         nn.init.zeros_(self.temporal_projection.weight)
         embeddings = model.get_input_embeddings()
         self.temporal_projection.to(embeddings.weight.device)
@@ -148,9 +149,8 @@ class GemmaTEForCausalLM(nn.Module):
         batch = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[0]
         num_items = kwargs.pop("num_items_in_batch", None)
         with self.use_timestamps(timestamps, batch):
-            softcap = getattr(self.config, "final_logit_softcapping", None)
             # the fast loss takes ids, mask and labels only; other arguments need the model's own forward
-            if (labels is not None and self.fast_loss and softcap is None and input_ids is not None
+            if (labels is not None and self.fast_loss and input_ids is not None
                     and not kwargs):
                 from transformers.modeling_outputs import CausalLMOutputWithPast
 

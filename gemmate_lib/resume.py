@@ -5,22 +5,29 @@ in Colab), and running the notebook again resumes from the last complete checkpo
 exactly as it would have gone on: the same batches, the same random draws (the learner's-path test holds a
 resumed adapter to an uninterrupted run's, bitwise).
 
-A checkpoint resumes only the run that wrote it: the run's settings (model, training arguments, data) are kept
-beside its checkpoints (RUN_FILE), and a rerun with other settings starts over, saying so, instead of resuming
-a run it is not (a naive resume changes the loss: unslothai/unsloth issue 5037)."""
+A checkpoint resumes only the run that wrote it: the run's settings (model, quantization, LoRA, training
+arguments, data, GemmaTE's) are kept beside its checkpoints (RUN_FILE), and a rerun with any other setting
+starts over, naming it, instead of resuming a run it is not (a naive resume changes the loss:
+unslothai/unsloth issue 5037). A finished run is never resumed: a rerun trains again. Old checkpoints are
+moved aside, never deleted."""
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-import shutil
+import time
 from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 STEP = re.compile(r"^checkpoint-(\d+)$")
 RUN_FILE = "run_settings.json"  # beside the checkpoints: the settings of the run that wrote them
 # TrainingArguments that name where things go, not how the run trains
 WHERE = {"output_dir", "logging_dir", "run_name", "hub_token", "disable_tqdm", "report_to", "logging_steps",
          "save_steps", "save_total_limit", "save_strategy", "eval_steps", "eval_strategy", "push_to_hub"}
+# PEFT config fields that name the base or the library, not how the adapter trains
+ADAPTER_WHERE = {"base_model_name_or_path", "revision", "inference_mode", "peft_version"}
 
 
 def complete_checkpoints(output_dir: str | Path) -> dict[int, Path]:
@@ -38,23 +45,115 @@ def complete_checkpoints(output_dir: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def run_settings(args, model_name: str, texts) -> dict:
-    """What makes a run the same run: the model, the training arguments that decide how it trains (not where
-    it writes), and the training texts (their hash)."""
+def _plain(value):
+    """A setting as JSON keeps it and compares it: sets sorted, everything else that is not a number, string,
+    bool or None as its str."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(str, value))
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+
+
+def _adapter_and_quantization(model) -> dict:
+    """What a loaded model says of how it trains: its PEFT configs (every LoRA setting) and the base's
+    quantization (NF4 or none). GemmaTE's wrapper holds the PEFT model at `.model`."""
+    inner = getattr(model, "model", None)
+    peft = getattr(model, "peft_config", None) or getattr(inner, "peft_config", None) or {}
+    adapter = {name: {k: v for k, v in c.to_dict().items() if k not in ADAPTER_WHERE}
+               for name, c in peft.items()}
+    config = getattr(model, "config", None)
+    quant = getattr(config, "quantization_config", None)
+    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
+    return {"adapter": _plain(adapter), "quantization": _plain(quant or "none")}
+
+
+def run_settings(args, model_name: str, texts, model=None, **extra) -> dict:
+    """What makes a run the same run, the one definition 03, 07 and the one-page recipe use: the model, every
+    training argument that decides how it trains (not where it writes), the training texts (their hash), and,
+    given the `model`, its LoRA settings and quantization; `extra` adds settings of a caller's own (GemmaTE's
+    temporal settings). Any change among these makes another run."""
     given = args.to_dict() if hasattr(args, "to_dict") else dict(args)
     digest = hashlib.sha1("\n\x00".join(map(str, texts)).encode()).hexdigest()[:16]
-    return {"model": model_name, "data": digest,
-            "args": {k: str(v) for k, v in sorted(given.items()) if k not in WHERE}}
+    settings = {"model": model_name, "data": digest,
+                "args": {k: str(v) for k, v in sorted(given.items()) if k not in WHERE}}
+    if model is not None:
+        settings.update(_adapter_and_quantization(model))
+    if extra:
+        settings["extra"] = _plain(extra)
+    return settings
+
+
+def changed_settings(before: dict | None, settings: dict) -> list[str]:
+    """The names of the settings that differ between two runs' `run_settings` ("the data", "the model", a
+    training argument's, a LoRA setting's, "quantization", a GemmaTE setting's), in that order."""
+    if before is None:
+        return ["unknown settings"]
+
+    def flat(value, prefix=""):
+        if isinstance(value, dict):
+            return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): value}
+
+    old, new = flat(before), flat(settings)
+    names = []
+    for key in sorted(set(old) | set(new), key=lambda k: (not k.startswith(("data", "model")), k)):
+        if old.get(key) != new.get(key):
+            part = key.split(".")
+            name = {"data": "the data", "model": "the model"}.get(part[0]) or (
+                "quantization" if part[0] == "quantization" else part[-1])
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def _move_aside(folder: Path) -> Path:
-    """Every checkpoint in `folder` into folder/previous-run/ (emptied first): not resumed, not lost."""
-    aside = folder / "previous-run"
-    shutil.rmtree(aside, ignore_errors=True)
+    """Every checkpoint in `folder` into a new folder/previous-run[-N]/: not resumed, and never deleted (an
+    earlier run's moved checkpoints stay where they were moved)."""
+    aside, n = folder / "previous-run", 1
+    while aside.exists():
+        n += 1
+        aside = folder / f"previous-run-{n}"
     aside.mkdir()
     for path in sorted(folder.glob("checkpoint-*")):
         path.rename(aside / path.name)
     return aside
+
+
+class TrainingClock(TrainerCallback, ExportableState):
+    """Seconds of training over every stretch of a run: the Trainer writes the seconds so far into each
+    checkpoint's trainer_state.json (this is an ExportableState, saved with the step it belongs to), a resumed
+    run starts its count there, and `seconds` is the whole run's at the end (the "is this run normal?" line
+    divides it by every step)."""
+
+    def __init__(self):
+        self.start, self.before, self.seconds = None, 0.0, None
+
+    def now(self) -> float:
+        return self.before + (time.time() - self.start if self.start is not None else 0.0)
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"seconds": round(self.now(), 3)}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.time()
+        stored = state.stateful_callbacks.get(type(self).__name__) if state.global_step else None
+        stored = stored[-1] if isinstance(stored, list) and stored else stored
+        self.before = float(((stored or {}).get("attributes") or {}).get("seconds", 0.0))
+        # a checkpoint written without a clock (an older run) has no entry, which the Trainer's save expects
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.seconds = self.now()
+
+
+def train_seconds(trainer, seconds: float) -> float:
+    """The run's training seconds over every stretch (TrainingClock, which resume_point attached), or this
+    stretch's `seconds` where no clock ran."""
+    clock = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TrainingClock)), None)
+    return clock.seconds if clock is not None and clock.seconds is not None else seconds
 
 
 def keep_trainable_dtypes(trainer) -> None:
@@ -78,22 +177,22 @@ def keep_trainable_dtypes(trainer) -> None:
 
 def resume_point(output_dir: str | Path, settings: dict, trainer=None) -> str | None:
     """The checkpoint to resume from (None: start afresh), printing what it decided. A checkpoint of this very
-    run (RUN_FILE holds the same settings) that it left before its last step resumes; checkpoints of another
-    run (other settings: a changed parameter), or of one that finished (running the notebook again trains
-    again), are moved aside to `previous-run/`, so they are neither resumed nor lost; then RUN_FILE records
-    this run's settings. With `trainer`, a resume keeps its trainable weights' dtypes
-    (keep_trainable_dtypes)."""
+    run (RUN_FILE holds the same settings: run_settings) that it left before its last step resumes;
+    checkpoints of another run (a changed setting, named), or of one that finished (running the notebook
+    again trains again), are moved aside to a new `previous-run[-N]/`, neither resumed nor deleted; then
+    RUN_FILE records this run's settings. With `trainer`, a resume keeps its trainable weights' dtypes
+    (keep_trainable_dtypes) and a TrainingClock counts the seconds of every stretch (train_seconds)."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     found = complete_checkpoints(folder)
     saved = folder / RUN_FILE
-    before = json.loads(saved.read_text()) if saved.is_file() else None
+    try:
+        before = json.loads(saved.read_text()) if saved.is_file() else None
+    except ValueError:
+        before = None
     last = json.loads((found[max(found)] / "trainer_state.json").read_text()) if found else {}
     if any(folder.glob("checkpoint-*")) and before != settings:
-        old = (before or {}).get("args", {})
-        changed = sorted(k for k in settings["args"] if old.get(k) != settings["args"][k])
-        other = "the model" if (before or {}).get("model") != settings["model"] else "the data"
-        what = (", ".join(changed[:4]) or other) if before else "unknown settings"
+        what = ", ".join(changed_settings(before, settings)[:4])
         aside = _move_aside(folder)
         print(f"checkpoints of another run ({what} differ) moved to {aside.name}/: this run starts at step 0")
         found = {}
@@ -103,6 +202,10 @@ def resume_point(output_dir: str | Path, settings: dict, trainer=None) -> str | 
               "again from step 0")
         found = {}
     saved.write_text(json.dumps(settings, indent=1))
+    clocks = [c for c in getattr(getattr(trainer, "callback_handler", None), "callbacks", [])
+              if isinstance(c, TrainingClock)]
+    if trainer is not None and not clocks:
+        trainer.add_callback(TrainingClock())
     if not found:
         return None
     step = max(found)

@@ -153,8 +153,7 @@ class CourseSFTTrainer(SFTTrainer):
             for param in self.model.parameters():
                 if param.requires_grad and param.dtype != torch.float32:
                     param.data = param.data.float()
-        softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        self.fast_loss = fast_loss and softcap is None
+        self.fast_loss = fast_loss  # a capped model (Gemma 4) takes its own logits there (causal_lm_loss)
         self.tokens_trained = 0
 
     def train(self, *args, **kwargs):
@@ -198,7 +197,7 @@ def cpu_speedups(trainer_class, train_dataset, eval_dataset, tokenizer, enabled:
 class TrainResult:
     model: object  # the trained model (PEFT model, or GemmaTE's wrapper), in eval mode
     log: object  # pandas DataFrame: step, loss, eval_loss, learning_rate
-    seconds: float  # wall time of trainer.train(), start-up included
+    seconds: float  # wall time of trainer.train(), start-up included; a resumed run's over every stretch
     steps: int  # optimizer steps taken
     trainer: object = None  # the trainer, for a look inside
     seconds_per_step: float | None = None  # with measure_cost: StepTimer's mean
@@ -320,17 +319,18 @@ def train(model, tokenizer, train_data, eval_data, cfg: CourseConfig, output_dir
                                 data_collator=data_collator, optimizers=(optimizer, None))
     else:
         trainer = sft_trainer(model, tokenizer, train_data, eval_data, cfg, output_dir, callbacks, **extras)
-    if resume_from_checkpoint:  # the resumed run in the precision it was trained in (gemmate_lib.resume)
-        from gemmate_lib.resume import keep_trainable_dtypes
+    from gemmate_lib.resume import TrainingClock, keep_trainable_dtypes, train_seconds
 
+    if resume_from_checkpoint:  # the resumed run in the precision it was trained in (gemmate_lib.resume)
         keep_trainable_dtypes(trainer)
+    trainer.add_callback(TrainingClock())  # a resumed run's seconds count every stretch
     timer = StepTimer()
     if measure_cost:
         trainer.add_callback(timer)  # last: starts after the others' step begins, stops after their step ends
     with PeakMemory(cfg.precision.device) if measure_cost else contextlib.nullcontext() as memory:
         start = time.time()
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-        seconds = time.time() - start
+        seconds = train_seconds(trainer, time.time() - start)
     model = trainer.model
     if unwrap:
         model = trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)

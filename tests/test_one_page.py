@@ -996,60 +996,116 @@ def test_the_trainer_writes_few_checkpoints_and_in_colab_on_google_drive(fake_co
 
 
 class _FakeTrainer:  # what section 12 reads of TRL's SFTTrainer: train(resume_from_checkpoint=...)
-    def __init__(self, steps):
-        self.steps, self.resumed_from, self.model = steps, "not called", object()
+    """Writes a checkpoint every 2 steps into `trainer_dir` as the real one does; killed (KeyboardInterrupt)
+    after the checkpoint of step `killed_at`, if given."""
+
+    def __init__(self, trainer_dir, max_steps=6, killed_at=None):
+        self.dir, self.max_steps, self.killed_at = trainer_dir, max_steps, killed_at
+        self.resumed_from, self.model = "not called", object()
 
     def train(self, resume_from_checkpoint=None):
         import types
 
         self.resumed_from = resume_from_checkpoint
-        return types.SimpleNamespace(global_step=self.steps, training_loss=1.5)
+        start = int(resume_from_checkpoint.rsplit("-", 1)[1]) if resume_from_checkpoint else 0
+        for step in range(start + 2, self.max_steps + 1, 2):
+            folder = self.dir / f"checkpoint-{step}"
+            folder.mkdir()
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step,
+                                                                  "max_steps": self.max_steps}))
+            if step == self.killed_at:
+                raise KeyboardInterrupt  # the runtime was reclaimed
+        return types.SimpleNamespace(global_step=self.max_steps, training_loss=1.5)
 
 
-def _checkpoint(folder, step, max_steps=6, batch_size=1, r=8, base="a-model"):
-    folder = folder / f"checkpoint-{step}"
-    folder.mkdir(parents=True)
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": max_steps,
-                                                          "train_batch_size": batch_size}))
-    (folder / "adapter_config.json").write_text(json.dumps({"r": r, "base_model_name_or_path": base}))
-    return folder
+PAGE_RUN = dict(model_name="a-model", texts=("Quote: a\nAuthor: b", "Quote: c\nAuthor: d"),
+                learning_rate=2e-4, seed=42, max_length=64, max_steps=6, batch_size=1, lora_r=8,
+                lora_alpha=16, lora_dropout=0.05, double_quant=True)
 
 
-@pytest.mark.parametrize("earlier", ["none", "same run", "another run"])
-def test_training_goes_on_from_the_last_checkpoint_of_the_same_run_and_says_from_which_step(
-        earlier, tmp_path, capsys):
-    """Section 12: a rerun after a disconnect finds the last checkpoint in trainer_dir and passes it to
-    trainer.train(resume_from_checkpoint=...), saying so and from which step; another run's checkpoint (other
-    settings, which would not load or would train another schedule) is removed and training starts at step
-    0. make gpu-smoke's probe still finds this cell first by `trainer.train()`."""
+def _run_page_training(trainer_dir, killed_at=None, **change):
+    """Section 12's cell with the page's own objects built from PAGE_RUN's values, one of them `change`d;
+    returns (the fake trainer, what the cell printed)."""
+    import contextlib
+    import io
     import os
-    import shutil
 
-    cell = _cell("resume_from_checkpoint=")
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+    from trl import SFTConfig
+
+    v = {**PAGE_RUN, **change}
+    trainer = _FakeTrainer(trainer_dir, v["max_steps"], killed_at)
+    scope = {
+        "os": os, "trainer_dir": str(trainer_dir), "trainer": trainer, "max_steps": v["max_steps"],
+        "model_name": v["model_name"], "gpu_memory": lambda when: None,
+        "train_dataset": {"text": list(v["texts"])},
+        "bnb_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                         bnb_4bit_use_double_quant=v["double_quant"]),
+        "lora_config": LoraConfig(r=v["lora_r"], lora_alpha=v["lora_alpha"], lora_dropout=v["lora_dropout"],
+                                  target_modules=r"model\.layers\.\d+\..*\.(q_proj|v_proj)",
+                                  task_type="CAUSAL_LM"),
+        "sft_config": SFTConfig(output_dir=str(trainer_dir), max_steps=v["max_steps"], use_cpu=True,
+                                per_device_train_batch_size=v["batch_size"], learning_rate=v["learning_rate"],
+                                seed=v["seed"], data_seed=v["seed"], max_length=v["max_length"],
+                                report_to="none",
+                                save_strategy="steps", save_steps=2, save_total_limit=1)}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            exec(_cell("resume_from_checkpoint="), scope)
+        except KeyboardInterrupt:
+            pass
+    return trainer, out.getvalue()
+
+
+def test_a_rerun_of_the_same_settings_resumes_where_the_killed_run_stopped(tmp_path):
+    """Section 12 after a disconnect: the same settings resume from the last checkpoint, saying from which
+    step.
+    make gpu-smoke's probe still finds this cell first by `trainer.train()`."""
     assert next(c for c in code_cells() if "trainer.train()" in "".join(c["source"]))["id"] == next(
         c for c in code_cells() if "resume_from_checkpoint=" in "".join(c["source"]))["id"]
-    trainer_dir = tmp_path / "trainer"
-    trainer_dir.mkdir()
-    if earlier == "same run":
-        _checkpoint(trainer_dir, 2)
-        last = _checkpoint(trainer_dir, 4)
-    elif earlier == "another run":
-        last = _checkpoint(trainer_dir, 4, r=16)
-    trainer = _FakeTrainer(6)
-    scope = {"os": os, "shutil": shutil, "trainer_dir": str(trainer_dir), "trainer": trainer, "max_steps": 6,
-             "batch_size": 1, "lora_r": 8, "model_name": "a-model", "gpu_memory": lambda when: None}
-    exec(cell, scope)
-    printed = capsys.readouterr().out
-    if earlier == "same run":
-        assert trainer.resumed_from == str(last)
-        assert f"resuming from {last}: step 4 of 6 done by an earlier run" in printed
-        assert "resumed at step 4: 2 steps trained now" in printed
-        assert "mean training loss over the 2 steps of this run: 1.500" in printed
-    else:
-        assert trainer.resumed_from is None and "resum" not in printed
-        assert "mean training loss over the 6 steps of this run" in printed
-    if earlier == "another run":
-        assert not last.exists() and f"removed {last}, another run's" in printed
+    trainer, printed = _run_page_training(tmp_path, killed_at=4)
+    assert trainer.resumed_from is None and "resum" not in printed
+    trainer, printed = _run_page_training(tmp_path)
+    last = tmp_path / "checkpoint-4"
+    assert trainer.resumed_from == str(last)
+    assert f"resuming from {last}: step 4 of 6 done by an earlier run" in printed
+    assert "resumed at step 4: 2 steps trained now" in printed
+    assert "mean training loss over the 2 steps of this run: 1.500" in printed
+
+
+PAGE_CHANGES = {  # a setting the page's parameters or data change -> the name the page gives it
+    "model_name": ("other-model", "model"), "texts": (("Quote: e\nAuthor: f",), "data"),
+    "learning_rate": (1e-4, "learning_rate"), "seed": (1, "seed"), "max_length": (128, "max_length"),
+    "max_steps": (8, "max_steps"), "batch_size": (2, "per_device_train_batch_size"),
+    "lora_r": (16, "lora r"), "lora_alpha": (32, "lora lora_alpha"),
+    "lora_dropout": (0.0, "lora lora_dropout"),
+    "double_quant": (False, "quantization"),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(PAGE_CHANGES))
+def test_a_rerun_with_one_setting_changed_starts_at_step_0_names_it_and_keeps_the_old_run(setting, tmp_path):
+    """The page's "your own data" rerun, or any other changed setting, never resumes (or, for a finished run,
+    re-saves) the earlier run: it trains from step 0 and says which setting differs; the earlier checkpoints
+    are moved aside, not deleted."""
+    value, name = PAGE_CHANGES[setting]
+    _run_page_training(tmp_path, killed_at=4)
+    trainer, printed = _run_page_training(tmp_path, **{setting: value})
+    assert trainer.resumed_from is None, printed
+    assert name in re.search(r"another run \(([^)]*) differ\)", printed).group(1).split(", "), printed
+    assert (tmp_path / "previous-run-1" / "checkpoint-4" / "trainer_state.json").is_file()
+
+
+def test_a_finished_run_trains_again_on_a_rerun(tmp_path):
+    """Run all twice with the same settings: the second run trains every step again, it does not save the
+    first run's adapter as its own; the first run's checkpoint is kept aside."""
+    _run_page_training(tmp_path)
+    trainer, printed = _run_page_training(tmp_path)
+    assert trainer.resumed_from is None and "checkpoints of a finished run" in printed
+    assert "mean training loss over the 6 steps of this run" in printed
+    assert (tmp_path / "previous-run-1" / "checkpoint-6").is_dir()
 
 
 @pytest.mark.slow

@@ -2,6 +2,9 @@
 checkpoint folders. The learner's-path test kills 03's kernel mid-training and holds the resumed adapter to an
 uninterrupted run's, bitwise (tests/test_learner_path.py)."""
 import json
+import re
+
+import pytest
 
 from gemmate_lib.resume import RUN_FILE, complete_checkpoints, resume_point, run_settings
 
@@ -48,3 +51,85 @@ def test_a_finished_run_trains_again_and_a_folder_without_its_settings_is_not_re
     (tmp_path / RUN_FILE).unlink()  # checkpoints of a run that recorded nothing: unknown, not resumed
     _checkpoint(tmp_path, 20)
     assert resume_point(tmp_path, SETTINGS) is None and "unknown settings" in capsys.readouterr().out
+
+
+# --- "the same run" on a real adapter: every setting that changes the result -------------------------------
+
+def _peft(model, r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj")):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                            target_modules=list(targets)))
+
+
+BASE = dict(learning_rate=2e-4, seed=42, max_length=64, max_steps=6)
+
+
+def _settings(model, *, texts=("Quote: x\nAuthor: y",), name="embedded", temporal=None, **args):
+    from trl import SFTConfig
+
+    config = SFTConfig(output_dir="unused", use_cpu=True, report_to="none", **{**BASE, **args})
+    extra = {"temporal": temporal} if temporal else {}
+    return run_settings(config, name, list(texts), model=model, **extra)
+
+
+CHANGES = {  # setting -> (how the rerun differs, the name its message must give)
+    "model": (dict(name="google/gemma-2b"), "the model"),
+    "data": (dict(texts=("Quote: z\nAuthor: y",)), "the data"),
+    "learning_rate": (dict(learning_rate=1e-4), "learning_rate"),
+    "seed": (dict(seed=1), "seed"),
+    "max_length": (dict(max_length=128), "max_length"),
+    "max_steps": (dict(max_steps=8), "max_steps"),
+    "lora_r": (dict(peft=dict(r=8)), "r"),
+    "lora_alpha": (dict(peft=dict(alpha=16)), "lora_alpha"),
+    "lora_dropout": (dict(peft=dict(dropout=0.05)), "lora_dropout"),
+    "target_modules": (dict(peft=dict(targets=("q_proj", "k_proj", "v_proj"))), "target_modules"),
+    "temporal": (dict(temporal={"temporal_scale": 2.0}), "temporal_scale"),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(CHANGES))
+def test_a_killed_run_rerun_with_one_setting_changed_starts_at_step_0_and_names_it(setting, tiny_model,
+                                                                                    tmp_path, capsys):
+    import copy
+
+    change, name = CHANGES[setting]
+    change = dict(change)
+    first = _settings(_peft(copy.deepcopy(tiny_model)), temporal={"temporal_scale": 1.0})
+    assert resume_point(tmp_path, first) is None
+    killed = _checkpoint(tmp_path, 2, max_steps=6)  # killed after its checkpoint of step 2
+    peft = change.pop("peft", {})
+    temporal = change.pop("temporal", {"temporal_scale": 1.0})
+    rerun = _settings(_peft(copy.deepcopy(tiny_model), **peft), temporal=temporal, **change)
+    capsys.readouterr()
+    assert resume_point(tmp_path, rerun) is None
+    said = capsys.readouterr().out
+    assert name in re.search(r"another run \(([^)]*) differ\)", said).group(1).split(", "), said
+    assert (tmp_path / "previous-run" / killed.name / "trainer_state.json").is_file()  # moved, not deleted
+    # the unchanged settings resume
+    assert resume_point(tmp_path, rerun) is None  # nothing left to resume: its checkpoints were moved
+    _checkpoint(tmp_path, 2)
+    assert resume_point(tmp_path, rerun) == str(tmp_path / "checkpoint-2")
+
+
+def test_quantization_makes_another_run(tiny_folder, cpu_cfg, tmp_path, capsys):
+    """The same model, adapter and arguments on an NF4 base against a 16/32-bit one: another run."""
+    from gemmate_lib.models import load_model
+
+    plain = _settings(_peft(load_model(str(tiny_folder), cpu_cfg.precision, quantization="none")))
+    nf4 = _settings(_peft(load_model(str(tiny_folder), cpu_cfg.precision, quantization="nf4")))
+    resume_point(tmp_path, plain)
+    _checkpoint(tmp_path, 2)
+    assert resume_point(tmp_path, nf4) is None
+    assert "(quantization differ)" in capsys.readouterr().out
+
+
+def test_runs_moved_aside_are_never_deleted(tmp_path, capsys):
+    """Three runs in a row that each leave a checkpoint: every earlier one is kept in its own folder."""
+    for n, lr in enumerate((1e-4, 2e-4, 3e-4)):
+        resume_point(tmp_path, run_settings({"learning_rate": lr}, "embedded", ["x"]))
+        _checkpoint(tmp_path, 10 + n)
+    resume_point(tmp_path, run_settings({"learning_rate": 4e-4}, "embedded", ["x"]))
+    kept = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("previous-run*/checkpoint-*"))
+    assert kept == ["previous-run-2/checkpoint-11", "previous-run-3/checkpoint-12",
+                    "previous-run/checkpoint-10"]

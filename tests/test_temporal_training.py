@@ -1,6 +1,8 @@
 """GemmaTE's training (temporal/training.py, 07; the command, `gemmate train-te`:
 tests/cli/test_cli_train_te.py): LoRA and the projection train together, and the baselines every accuracy
 stands next to."""
+import json
+import time
 from datetime import datetime
 
 import pytest
@@ -77,6 +79,10 @@ def test_gemmates_checkpoints_hold_what_trains_and_a_stopped_run_resumes_bitwise
     from gemmate_lib.temporal.training import attach_temporal_lora, train_temporal
 
     class Reclaimed(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # a slow first stretch: its seconds must count
+            if state.global_step == 1:
+                time.sleep(0.5)
+
         def on_save(self, args, state, control, **kwargs):
             if state.global_step == 2:
                 raise KeyboardInterrupt
@@ -90,18 +96,28 @@ def test_gemmates_checkpoints_hold_what_trains_and_a_stopped_run_resumes_bitwise
     def trained(folder, callbacks=None):
         te = attach_temporal_lora(GemmaTEForCausalLM(copy.deepcopy(tiny_model), cfg.temporal), cfg)
         result = train_temporal(te, ds, cfg, folder, tiny_tokenizer.pad_token_id, callbacks=callbacks)
+        trained.seconds = result.seconds
         return {n: p.detach().clone() for n, p in result.model.named_parameters() if p.requires_grad}
 
     straight = trained(tmp_path / "straight")
+    start = time.time()
     try:
         trained(tmp_path / "stopped", [Reclaimed()])
     except KeyboardInterrupt:
         pass
+    first_stretch = time.time() - start
+    state = json.loads((tmp_path / "stopped" / "checkpoint-2" / "trainer_state.json").read_text())
+    clock = state["stateful_callbacks"]["TrainingClock"]["attributes"]["seconds"]
     saved = sorted(p.name for p in (tmp_path / "stopped" / "checkpoint-2").iterdir())
     assert {"adapter_model.safetensors", "temporal.safetensors", "optimizer.pt",
             "trainer_state.json"} <= set(saved)
     assert not [name for name in saved if name.startswith("model")]  # no copy of the base
     capsys.readouterr()
+    start = time.time()
     resumed = trained(tmp_path / "stopped")
+    second_stretch = time.time() - start
     assert "resuming from step 2" in capsys.readouterr().out  # not a fresh run that happens to end alike
+    # the run's seconds count both stretches: the first up to its checkpoint, then the resumed one
+    assert 0.5 < clock <= first_stretch
+    assert clock < trained.seconds <= clock + second_stretch
     assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)

@@ -65,6 +65,8 @@ def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConf
     """`training.train` on GemmaTE: timestamps flow from the dataset through collate_fn into forward. With
     `save_steps`, it checkpoints, and a rerun of the same run resumes from its last checkpoint
     (gemmate_lib.resume)."""
+    from dataclasses import asdict
+
     from gemmate_lib.resume import resume_point, run_settings
     from gemmate_lib.training import training_kwargs
 
@@ -72,7 +74,9 @@ def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConf
     if cfg.train.save_steps:
         args = training_kwargs(cfg, output_dir, has_eval=False, sft=False)
         name = getattr(getattr(te, "config", None), "_name_or_path", "")
-        resume = resume_point(output_dir, run_settings(args, name, [str(item) for item in dataset.items]))
+        settings = run_settings(args, name, [str(item) for item in dataset.items], model=te,
+                                temporal=asdict(cfg.temporal))
+        resume = resume_point(output_dir, settings)
     te.fast_loss = cfg.train.fast_loss  # the LM head on the date tokens only
     return train(te, None, dataset, None, cfg, output_dir, callbacks=callbacks, resume_from_checkpoint=resume,
                  trainer_class=GemmaTETrainer, optimizer=two_rate_optimizer(te, cfg),

@@ -79,8 +79,11 @@ def test_a_file_in_another_shape_is_named_with_the_shape_it_has(tmp_path):
     with pytest.raises(TypeError, match=r"^manifest\.json's entry of 03_lora_sft is a str, not a dict$"):
         ec.facts(_manifest(tmp_path / "b", {"notebooks": {"03_lora_sft": "x"}}), "03_lora_sft")
     bad_config = {"notebooks": {"03_lora_sft": {"config": [1]}}}
-    with pytest.raises(TypeError, match=r"^03's config in the manifest is a list, not a dict$"):
-        ec.config_changes(_manifest(tmp_path / "c", bad_config), _manifest(tmp_path / "d", bad_config))
+    with pytest.raises(TypeError, match=r"^03_lora_sft's config in the manifest is a list, not a dict$"):
+        ec.recorded_settings(_manifest(tmp_path / "c", bad_config), "03_lora_sft")
+    bad_settings = {"notebooks": {"07_temporal_encoding": {"settings": [1]}}}
+    with pytest.raises(TypeError, match=r"^07_temporal_encoding's settings in the manifest is a list"):
+        ec.recorded_settings(_manifest(tmp_path / "d", bad_settings), "07_temporal_encoding")
 
 
 def test_a_manifest_without_the_notebook_or_its_config_gives_nothing(tmp_path):
@@ -88,15 +91,31 @@ def test_a_manifest_without_the_notebook_or_its_config_gives_nothing(tmp_path):
     assert ec.facts(_manifest(tmp_path / "a", {"created": 1}), "03_lora_sft") == {}
     assert ec.facts(_manifest(tmp_path / "b", {"notebooks": {"04_evaluation": {}}}), "03_lora_sft") == {}
     no_config = _manifest(tmp_path / "c", {"notebooks": {"03_lora_sft": {"model": "m"}}})
-    assert ec.config_changes(no_config, no_config) == {}
+    assert ec.recorded_settings(no_config, "03_lora_sft") == {}
 
 
-def test_the_changed_settings_are_those_both_runs_record_with_both_values(tmp_path):
-    mine = _manifest(tmp_path / "a", {"notebooks": {"03_lora_sft": {"config": {
-        "train": {"max_steps": 80, "lr": 2e-4, "only_mine": 1}, "lora": {"r": 8}, "note": "x"}}}})
-    lesson = _manifest(tmp_path / "b", {"notebooks": {"03_lora_sft": {"config": {
-        "train": {"max_steps": 40, "lr": 2e-4, "only_theirs": 2}, "lora": {"r": 8}}}}})
-    assert ec.config_changes(mine, lesson) == {"max_steps": (80, 40)}
+def _rerun(*runs):
+    """A rerun exercise's spec whose runs set `runs` ({parameter: value} each, with its run_dir)."""
+    return ec.exercise_spec("03-9", lambda ex, lesson: True, ("manifest.json",), "section 5",
+                            "the rerun", parameters=tuple(("03_lora_sft", params) for params in runs))
+
+
+def test_a_rerun_names_every_recorded_setting_that_changed_besides_its_parameters(tmp_path):
+    """rerun_changes: config fields and settings both runs record, with both values; the exercise's own
+    parameters (of any of its runs) and a setting only one run records are no change."""
+    mine = _manifest(tmp_path / "ex03_9", {"notebooks": {"03_lora_sft": {
+        "config": {"train": {"max_steps": 80, "lr": 1e-4, "only_mine": 1}, "lora": {"r": 8}, "note": "x"},
+        "settings": {"compare_steps": 2, "chat_steps": 0}}}})
+    lesson = _manifest(tmp_path / "lesson", {"notebooks": {"03_lora_sft": {
+        "config": {"train": {"max_steps": 40, "lr": 2e-4, "only_theirs": 2}, "lora": {"r": 8}},
+        "settings": {"compare_steps": 6, "chat_steps": None}}}})
+    spec = _rerun({"max_steps": 80, "run_dir": "runs/ex03_9"}, {"chat_steps": 0, "run_dir": "runs/ex03_9b"})
+    assert "manifest.json" in spec.lesson  # a rerun needs the lesson's record to compare with
+    assert ec.rerun_changes(spec, [mine], lesson) == ["compare_steps (2, the lesson's 6)",
+                                                      "lr (0.0001, the lesson's 0.0002)"]
+    same = _rerun({"max_steps": 80, "lr": 1e-4, "compare_steps": 2, "chat_steps": 0,
+                   "run_dir": "runs/ex03_9"})
+    assert ec.rerun_changes(same, [mine], lesson) == []
 
 
 def test_the_model_a_notebook_ran_is_its_record_else_its_config(tmp_path):

@@ -124,8 +124,9 @@ def metrics(path: Path, ppl_base, ppl_tuned, fmt_base, fmt_tuned):
 RATES = {"full": 5e-5, "prompt": 3e-2, "prefix": 1e-2, "ia3": 3e-3}  # 06's; LoRA and QLoRA 2e-4
 
 
-def methods(path: Path, rows: dict, steps=4, rates=None, other_rank=32, batch_size=4):
-    """06's methods.csv and the manifest line its save cell writes; rows: {key: (trainable, loss, s/step)}."""
+def methods(path: Path, rows: dict, steps=4, rates=None, other_rank=32, batch_size=4, given=None):
+    """06's methods.csv and the manifest line its save cell writes; rows: {key: (trainable, loss, s/step)};
+    `given`: the parameters cell's values that differ from the lesson's (None each there)."""
     pd.DataFrame(
         [
             {"setting": k, "method": k, "trainable": t, "held_out_loss_text": loss, "seconds_per_step": s,
@@ -141,6 +142,9 @@ def methods(path: Path, rows: dict, steps=4, rates=None, other_rank=32, batch_si
         batch_size=batch_size,
         other_rank=other_rank,
         rates=rates or {k: RATES.get(k, 2e-4) for k in rows},
+        settings={"dataset": None, "methods": None, "steps": None, "batch_size": None, "other_rank": 32,
+                  "rates": None, "seed": None, "data_seed": None, "format_quotes": None, "start_losses": True,
+                  **(given or {})},
     )
 
 
@@ -293,6 +297,7 @@ def write(runs: Path, name: str, variant: str | None = None):
         lesson03(folder(runs, "ex03_1"), r=r, eval_loss=3.0 if v == "loss far off" else 2.55,
                  steps=60 if v == "steps changed too" else 40)
     elif name == "03-2":
+        lesson03(folder(runs, "lesson"))
         path = folder(runs, "ex03_2")
         own = v != "default data"
         rows = [{"quote": f"Example quote number {n}.", "author": f"Author {n}"} for n in range(10)]
@@ -306,9 +311,10 @@ def write(runs: Path, name: str, variant: str | None = None):
         lesson03(path, dataset=str(path / "my_quotes.jsonl") if own else "embedded", authored=0,
                  dropped=dropped if own else {"duplicate quote (exact)": 4})
     elif name == "03-3":
+        lesson03(folder(runs, "lesson"))
         for x, steps, gap in (("a", 10, 0.4), ("b", 10 if v == "steps unchanged" else 30, 0.9)):
             path = folder(runs, f"ex03_3{x}")
-            lesson03(path, steps=steps)
+            lesson03(path, steps=steps, r=2 if v == "lora_r left from 03-1" and x == "b" else 8)
             masking(path, gap)
     elif name == "03-4":  # every label -100; "labels kept": the batch left whole, which the pre-flight passes
         stop = {"labels kept": None, "not caught": None, "loss line": NAN_LOSS,
@@ -389,19 +395,23 @@ def write(runs: Path, name: str, variant: str | None = None):
                   "qlora": (1_400_000, 3.99 if steps == 4 else 3.3, 1.6)}
         methods(folder(runs, "ex06_1"), longer, steps=steps, batch_size=8 if v == "batch changed" else 4)
     elif name == "06-2":
+        methods(folder(runs, "lesson"), {"lora_r8": (1_400_000, 3.9, 1.0)})
         high = 128 if v != "rank unchanged" else 32
         methods(
             folder(runs, "ex06_2a"),
             {"lora_r8": (1_400_000, 3.9, 1.0), "lora_r32": (350_000, 4.0, 1.0)},
-            other_rank=2, steps=12,
+            other_rank=2, steps=12, given={"other_rank": 2, "steps": 12, "methods": ["lora_r8", "lora_r32"],
+                                           "seed": 1 if v == "seed changed too" else None},
         )
         methods(
             folder(runs, "ex06_2b"),
             {"lora_r8": (1_400_000, 3.9, 1.0),
              "lora_r32": (1_400_000 * high // 8, 4.1 if v == "loss reversed" else 3.6, 1.2)},
             other_rank=high, steps=12,
+            given={"other_rank": high, "steps": 12, "methods": ["lora_r8", "lora_r32"]},
         )
     elif name == "06-3":
+        methods(folder(runs, "lesson"), {"lora_r8": (1_400_000, 3.9, 1.0)})
         for x, times, loss in (("a", 0.1, 4.2), ("b", 1, 3.9), ("c", 10, 3.5)):
             times = 1 if v == "rates unchanged" else times
             lora = 4.0 if v == "lora flat" else loss
@@ -410,6 +420,9 @@ def write(runs: Path, name: str, variant: str | None = None):
                 folder(runs, f"ex06_3{x}"),
                 {"prompt": (9_000, prompt, 1.0), "lora_r8": (1_400_000, lora, 1.0)},
                 rates={"prompt": 3e-2 * times, "lora_r8": 2e-4 * times},
+                given={"methods": ["prompt", "lora_r8"],
+                       "rates": {"prompt": 3e-2 * times, "lora_r8": 2e-4 * times},
+                       **({"steps": 12} if v == "steps left from 06-2" else {})},
             )
     elif name == "07-1":
         temporal(folder(runs, "lesson"), 0.95, 0.30, 0.07)
@@ -428,8 +441,10 @@ def write(runs: Path, name: str, variant: str | None = None):
                  learning_rate=1e-3 if v == "learning_rate too" else 3e-4)
         temporal(folder(runs, "ex07_2b"), 0.85, 0.2, 0.07, n_train=n[1])
     elif name == "07-3":
+        temporal(folder(runs, "lesson"), 0.95, 0.30, 0.07)
         first = 2021 if v == "last_year unchanged" else 2024
-        temporal(folder(runs, "ex07_3"), 0.95, 0.3, 0.07, far_years=(first, 2027), far_ok=0.0)
+        temporal(folder(runs, "ex07_3"), 0.95, 0.3, 0.07, far_years=(first, 2027), far_ok=0.0,
+                 n_train=300 if v == "n_train left from 07-2" else 600)
     else:
         raise KeyError(name)
 
@@ -446,7 +461,7 @@ SKIPPED = {  # exercise: the variants that skip its point (or do it wrong)
     "02-3": ("greedy", "more loops"),
     "03-1": ("r unchanged", "steps changed too", "loss far off"),
     "03-2": "default data",
-    "03-3": "steps unchanged",
+    "03-3": ("steps unchanged", "lora_r left from 03-1"),
     "03-4": ("labels kept", "not caught", "loss line"),
     "03-5": ("end kept", "not caught", "all masked", "cache line"),
     "03-6": ("sound model", "not caught", "end line"),
@@ -458,11 +473,11 @@ SKIPPED = {  # exercise: the variants that skip its point (or do it wrong)
     "05-3": ("not merged", "4-bit against 16-bit", "32 against 16 bits"),
     "05-4": ("16-bit base", "within tolerance", "another tolerance"),
     "06-1": ("steps unchanged", "batch changed", "slower steps"),
-    "06-2": ("rank unchanged", "loss reversed"),
-    "06-3": ("rates unchanged", "lora flat"),
+    "06-2": ("rank unchanged", "loss reversed", "seed changed too"),
+    "06-3": ("rates unchanged", "lora flat", "steps left from 06-2"),
     "07-1": ("tau unchanged", "n_train changed too", "num_epochs too", "learning_rate too", "year collapsed"),
     "07-2": ("n_train unchanged", "num_epochs too", "learning_rate too", "no drop"),
-    "07-3": "last_year unchanged",
+    "07-3": ("last_year unchanged", "n_train left from 07-2"),
 }
 # honest outcomes that the model, the cache or the data decide, not the learner: each must pass (the issue's
 # cases: 00-3 rerun in the same runtime, 02-2's base model writing Author: lines, 04-2 with no author seen in
@@ -624,8 +639,21 @@ def test_runs_of_one_exercise_on_two_models_do_not_pass(runs, monkeypatch):
 COMPARING = [name for name in NAMES if exercises.EXERCISES[name].lesson]
 
 
-def test_the_checks_that_compare_with_the_lesson_are_the_issues_five():
-    assert COMPARING == ["03-1", "04-1", "06-1", "07-1", "07-2"]
+def test_every_rerun_exercise_compares_its_settings_with_the_lesson():
+    reruns = [name for name in NAMES if exercises.EXERCISES[name].parameters]
+    assert COMPARING == reruns == ["03-1", "03-2", "03-3", "04-1", "06-1", "06-2", "06-3", "07-1", "07-2",
+                                   "07-3"]
+
+
+@pytest.mark.parametrize("name, variant", [("03-3", "lora_r left from 03-1"),
+                                           ("06-3", "steps left from 06-2"),
+                                           ("07-3", "n_train left from 07-2"), ("06-2", "seed changed too")])
+def test_a_setting_left_from_an_earlier_exercise_fails_naming_it(runs, name, variant):
+    """The issue's wrong attempts: a setting an earlier exercise changed, never set back."""
+    write(runs, name, variant)
+    line = exercises.exercise_check(name)
+    key = {"03-3": "lora_r", "06-3": "steps", "07-3": "n_train", "06-2": "seed"}[name]
+    assert line.startswith(f"exercise {name}: FAIL") and f"also changed {key} (" in line, line
 
 
 @pytest.mark.parametrize("name", COMPARING)

@@ -5,7 +5,6 @@ line. Hand-made measurements, manifests and files; the Hub's cache faked at hugg
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -203,78 +202,6 @@ def test_a_hub_model_is_on_disk_when_every_weight_file_is_in_the_cache(tmp_path,
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", try_to_load_from_cache)
     assert exercises.model_on_disk("google/gemma-2b") is on_disk
-
-
-# ---- 07's reruns: what changed besides the exercise's setting ----
-
-def _run07(folder: Path, rows=4, steps=None, n_train=100, settings=None, **facts) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    entry = {"seed": 0, "n_train": n_train, "n_test": 20, "temporal_scale": 1.0, "temporal_dim": 8,
-             "settings": {"lr": 1e-3, "years": [2006, 2010]} if settings is None else settings, **facts}
-    if steps is not None:
-        entry["steps"] = steps
-    (folder / "manifest.json").write_text(json.dumps({"notebooks": {"07_temporal_encoding": entry}}))
-    pd.DataFrame({"year_ok": [True] * rows}).to_csv(folder / exercises.TRUE, index=False)
-    return folder
-
-
-@pytest.mark.parametrize("key", ["seed", "n_train", "n_test", "temporal_scale", "temporal_dim"])
-def test_each_recorded_setting_of_07_that_changed_is_named_unless_it_is_the_exercises(tmp_path, key):
-    lesson = _run07(tmp_path / "lesson")
-    mine = _run07(tmp_path / "mine", **{key: 7})
-    assert exercises._temporal_changes(mine, lesson) == [key]
-    assert exercises._temporal_changes(mine, lesson, key) == []
-
-
-def test_a_setting_both_runs_record_is_compared_and_one_only_one_records_is_not(tmp_path):
-    lesson = _run07(tmp_path / "lesson", settings={"lr": 1e-3, "years": [2006, 2010]})
-    mine = _run07(tmp_path / "mine", settings={"lr": 2e-3, "years": [2006, 2010], "new": 1})
-    assert exercises._temporal_changes(mine, lesson) == ["lr"]
-    assert exercises._temporal_changes(mine, lesson, "lr") == []
-    assert exercises._temporal_changes(_run07(tmp_path / "bare", settings={}), lesson) == []
-    broken = _run07(tmp_path / "broken", settings=[1])
-    with pytest.raises(TypeError, match="^07's settings is a list, not a dict$"):
-        exercises._temporal_changes(broken, lesson)
-    no_settings = tmp_path / "none"
-    _run07(no_settings)
-    doc = json.loads((no_settings / "manifest.json").read_text())
-    del doc["notebooks"]["07_temporal_encoding"]["settings"]
-    (no_settings / "manifest.json").write_text(json.dumps(doc))
-    assert exercises._temporal_changes(no_settings, lesson) == []
-
-
-@pytest.mark.parametrize("mine, theirs, changed", [
-    ((60, 100), (40, 100), True),  # the same notes, more steps: another num_epochs
-    ((40, 100), (40, 100), False),
-    ((50, 100), (40, 100), True),  # the same notes: any other number of steps
-    ((25, 50), (40, 100), False),  # fewer notes: steps per note 1.25 apart, at the limit
-    ((2, 1), (8, 4), False),  # 2 steps per note both
-    ((50, 100), (40, 125.0), True),  # 1.56 apart
-    ((50, 80), (40, 80.0), True),
-    ((10, 20), (40, 64), False),  # steps per note 0.5 and 0.625: 0.8 apart, at the limit
-    ((25, 40), (40, 80), False),  # 0.625 and 0.5: 1.25 apart, at the limit
-    ((26, 40), (40, 80), True),
-    ((20, 40), (40, 40), True),  # fewer steps for the same notes
-])
-def test_num_epochs_is_named_when_the_steps_per_note_move(tmp_path, mine, theirs, changed):
-    lesson = _run07(tmp_path / "lesson", steps=theirs[0], n_train=theirs[1])
-    run = _run07(tmp_path / "mine", steps=mine[0], n_train=mine[1])
-    found = [c for c in exercises._temporal_changes(run, lesson, "n_train") if c.startswith("num_epochs")]
-    assert found == ([f"num_epochs (training steps {mine[0]} for {mine[1]} notes, the lesson {theirs[0]} for "
-                      f"{theirs[1]})"] if changed else [])
-
-
-def test_steps_recorded_by_one_run_only_are_no_change(tmp_path):
-    lesson = _run07(tmp_path / "lesson", steps=40)
-    assert exercises._temporal_changes(_run07(tmp_path / "mine"), lesson) == []
-    assert exercises._temporal_changes(_run07(tmp_path / "other", steps=80), _run07(tmp_path / "old")) == []
-
-
-def test_a_validation_table_of_another_size_is_n_val(tmp_path):
-    lesson = _run07(tmp_path / "lesson", rows=4)
-    mine = _run07(tmp_path / "mine", rows=6)
-    assert exercises._temporal_changes(mine, lesson) == ["n_val"]
-    assert exercises._temporal_changes(mine, lesson, "n_val") == []
 
 
 # ---- a fault exercise's stop, and 03's Author lines ----

@@ -13,7 +13,6 @@ from pathlib import Path
 from gemmate_lib.exercises.judging import (
     Exercise,
     InRuns,
-    config_changes,
     exercise_spec,
     facts,
     judge_exercise,
@@ -240,14 +239,13 @@ LOSS_LEVEL = 0.15  # calibrate: r = 2's final held-out loss ends within this man
           "fewer", lesson=("adapter/adapter_model.safetensors", "loss_log.csv", "generations_after.csv"),
           parameters=(("03_lora_sft", {"lora_r": 2, "compare": False, "run_dir": "runs/ex03_1"}),))
 def _03_1(ex, lesson):
-    changed = config_changes(ex[0], lesson)
     mine, theirs = _adapter_weights(ex[0]), _adapter_weights(lesson)
     logs = [read_csv(f, "loss_log.csv").dropna(subset=["eval_loss"]) for f in (ex[0], lesson)]
     gap = abs(logs[0]["eval_loss"].iloc[-1] - logs[1]["eval_loss"].iloc[-1])  # the final held-out losses
     authored = [_authored(f) for f in (ex[0], lesson)]
-    ok = set(changed) == {"lora_r"} and 4 * mine == theirs
+    ok = 4 * mine == theirs
     return ok, (
-        f"changed {changed or 'nothing'}; {mine:,} adapter weights (the lesson's {theirs:,}), held-out loss "
+        f"{mine:,} adapter weights (the lesson's {theirs:,}), held-out loss "
         f"{rounded(gap)} apart, Author: lines {authored[0]} (the lesson {authored[1]})"
     ), [less(gap, LOSS_LEVEL, "nats", "final held-out losses apart"),
         more(authored[0], authored[1] - 1, "prompts", "Author: lines", strict=False)]
@@ -357,15 +355,14 @@ def _03_6(run):  # {"gap": relative, uncached against cached logits on one row, 
 def _04_1(ex, lesson):
     short, full = (read_json(f, "metrics.json")["models"] for f in (ex[0], lesson))
     steps, lesson_steps = trained_steps(ex[0]), trained_steps(lesson)
-    changed = config_changes(ex[0], lesson)
 
     def value(models, model="fine-tuned", metric="perplexity"):
         return models[model][metric]["value"]
 
     fmt = "format_compliance"
-    ok = None not in (steps, lesson_steps) and steps < lesson_steps and set(changed) == {"max_steps"}
+    ok = None not in (steps, lesson_steps) and steps < lesson_steps
     return ok, (
-        f"03 trained {steps} steps (the lesson {lesson_steps}), changed {sorted(changed)}; perplexity "
+        f"03 trained {steps} steps (the lesson {lesson_steps}); perplexity "
         f"baseline {rounded(value(full, 'baseline'))}, this run {rounded(value(short))}, "
         f"lesson {rounded(value(full))}; format {rounded(value(short, metric=fmt))} against the baseline's "
         f"{rounded(value(full, 'baseline', fmt))}"
@@ -589,33 +586,6 @@ def _val(folder, name, column="year_ok"):
     return read_csv(folder, name)[column].mean()
 
 
-PASSES_APART = 1.25  # fewer notes round each pass's steps apart; another num_epochs (3 for 2) moves them 1.5x
-
-
-def _temporal_changes(folder, lesson, *names) -> list[str]:
-    """The settings of 07's run in `folder` besides `names` that differ from the lesson's: those its manifest
-    records; num_epochs (or the batch size), which it records as the training steps (with the lesson's notes
-    the same steps, with fewer notes about as many steps per note); n_val, the validation table's rows."""
-    mine, theirs = (facts(f, "07_temporal_encoding") for f in (folder, lesson))
-    keys = ("seed", "n_train", "n_test", "temporal_scale", "temporal_dim")
-    changed = [k for k in keys if k not in names and mine.get(k) != theirs.get(k)]
-    both = [shaped(facts_of.get("settings", {}), dict, "07's settings") for facts_of in (mine, theirs)]
-    # every setting both runs record (07's manifest keeps each parameter's value: learning rates, years, ...)
-    changed += [k for k in sorted(set(both[0]) & set(both[1]))
-                if k not in names and k not in changed and both[0][k] != both[1][k]]
-    steps, notes = (mine.get("steps"), theirs.get("steps")), (mine.get("n_train"), theirs.get("n_train"))
-    if None not in steps and None not in notes:  # both record them (a setting only one records is no change)
-        per_note = [float(s) / max(float(n), 1) for s, n in zip(steps, notes)]
-        ratio = per_note[0] / max(per_note[1], 1e-9)
-        apart = not 1 / PASSES_APART <= ratio <= PASSES_APART
-        passes = steps[0] != steps[1] if notes[0] == notes[1] else apart
-        changed += [f"num_epochs (training steps {steps[0]} for {notes[0]} notes, the lesson "
-                    f"{steps[1]} for {notes[1]})"] if passes else []
-    if "n_val" not in names and len(read_csv(folder, TRUE)) != len(read_csv(lesson, TRUE)):
-        changed.append("n_val")
-    return changed
-
-
 SECTIONS_07 = "section 6's validation tables and section 10's manifest"
 
 
@@ -626,10 +596,9 @@ SECTIONS_07 = "section 6's validation tables and section 10's manifest"
 def _07_1(ex, lesson):
     tau = [facts(f, "07_temporal_encoding").get("temporal_scale") for f in (ex[0], lesson)]
     year, month = ([_val(f, TRUE, column) for f in (ex[0], lesson)] for column in ("year_ok", "month_ok"))
-    changed = _temporal_changes(ex[0], lesson, "temporal_scale")
-    ok = None not in tau and tau[0] < tau[1] and not changed
+    ok = None not in tau and tau[0] < tau[1]
     return ok, (
-        f"tau {tau[0]} (the lesson {tau[1]}), other changes {changed or 'none'}; "
+        f"tau {tau[0]} (the lesson {tau[1]}); "
         f"year {rounded(year[0])} (lesson {rounded(year[1])}), "
         f"month+year {rounded(month[0])} (lesson {rounded(month[1])}), "
         f"constant {rounded(_val(ex[0], CONSTANT))}"
@@ -647,16 +616,16 @@ def _07_1(ex, lesson):
 def _07_2(ex, lesson):
     notes = [facts(f, "07_temporal_encoding").get("n_train") for f in (*ex, lesson)]
     year = [_val(f, TRUE) for f in (*ex, lesson)]  # 150, 300, then the lesson's notes
-    changed = sorted({k for f in ex for k in _temporal_changes(f, lesson, "n_train")})
-    ok = None not in notes and notes[0] < notes[1] < notes[2] and not changed
+    ok = None not in notes and notes[0] < notes[1] < notes[2]
     constant = max(_val(f, CONSTANT) for f in ex)
-    return ok, (f"notes {notes}, other changes {changed or 'none'}; true-timestamp year accuracy "
+    return ok, (f"notes {notes}; true-timestamp year accuracy "
                 f"{[rounded(y) for y in year]}, constant at most {rounded(constant)}"), [
         more(year[2] - year[0], 0, "share", "the lesson's year accuracy over 150 notes'"),  # calibrate
         less(constant, NEAR_CHANCE, "share", "constant timestamp's year accuracy", strict=False)]
 
 
-@exercise("07-3", ("temporal_extrapolation.csv",), "section 7's temporal_extrapolation.csv",
+@exercise("07-3", ("manifest.json", "temporal_extrapolation.csv"),
+          "section 7's temporal_extrapolation.csv and section 10's manifest",
           "extrapolation from 2024 (last_year = 2023), and exact years 2024 to 2026 at most 0.1 right",
           parameters=(("07_temporal_encoding", {"last_year": 2023, "run_dir": "runs/ex07_3"}),))
 def _07_3(ex, lesson):

@@ -6,10 +6,11 @@ A check reads only files: what the exercise's run wrote (its manifest, its table
 lesson's run folder. It reads no name from the notebook, so a solution that reuses a name (`losses`, `val`)
 cannot break it, and it judges what the learner did, not what the model does anyway: a rerun that leaves the
 exercise's setting at the lesson's value (the same steps, the same `n_train`, no skipped modules), or changes
-another one too, says FAIL. Where a verdict rests on a measurement, the check compares an effect that the
-exercise's settings make large (more steps, the extremes of a range, a paired comparison) with a threshold,
-and prints each such margin (`Margin`: positive passes by that much, in the check's own units), which
-`make exercises` collects (`parse_verdict`) into docs/exercises.md.
+another one too, says FAIL: every rerun check compares the settings each run recorded with the lesson's
+(rerun_changes), and a FAIL names what else changed. Where a verdict rests on a measurement, the check
+compares an effect that the exercise's settings make large (more steps, the extremes of a range, a paired
+comparison) with a threshold, and prints each such margin (`Margin`: positive passes by that much, in the
+check's own units), which `make exercises` collects (`parse_verdict`) into docs/exercises.md.
 
 A check judges only the model the lesson runs now: every exercise's run folder records the model and the
 lesson run its results come from (run_folder.ORIGIN, written when the folder is created); results of another
@@ -173,17 +174,34 @@ def notebook_model(folder: Path, prefix: str) -> str | None:
     return None
 
 
-def config_changes(folder: Path, lesson: Path) -> dict[str, tuple]:
-    """The settings of 03's run in `folder` that differ from the lesson's 03 run: {setting: (this, lesson's)}
-    (the manifests' config summaries, flat names; a setting only one of them records, such as one a later
-    version of the course dropped, is no change)."""
-    def flat(path):
-        config = shaped(facts(path, "03_lora_sft").get("config", {}), dict, "03's config in the manifest")
-        return {k: v for group in config.values() if isinstance(group, dict) for k, v in group.items()}
+def recorded_settings(folder: Path, notebook: str) -> dict:
+    """Every setting `notebook` recorded for the run in `folder`, by name: 03's config (flat, its groups'
+    fields) and each notebook's `settings` (the values its parameters cell gave: 03's part 2, 06, 07)."""
+    entry = facts(folder, notebook)
+    config = shaped(entry.get("config", {}), dict, f"{notebook}'s config in the manifest")
+    flat = {k: v for group in config.values() if isinstance(group, dict) for k, v in group.items()}
+    return flat | shaped(entry.get("settings", {}), dict, f"{notebook}'s settings in the manifest")
 
-    mine, theirs = flat(folder), flat(lesson)
-    keys = sorted(set(mine) & set(theirs))
-    return {k: (mine.get(k), theirs.get(k)) for k in keys if mine.get(k) != theirs.get(k)}
+
+def rerun_changes(spec: "Exercise", ex: list[Path], lesson: Path) -> list[str]:
+    """What a rerun exercise's runs changed besides the parameters its text names: for each run (its folder,
+    in the order of `spec.parameters`), every setting its notebook recorded that differs from the lesson's
+    run of that notebook, as "name (this run's value, the lesson's value)". A setting only one of them
+    records (one a later version of the course added) is no change. The one rule behind every rerun check's
+    "nothing else changed"."""
+    allowed = {"run_dir"} | {k for _, params in spec.parameters for k in params}
+    by_folder = {Path(f).name: f for f in ex}
+    changed = []
+    for stem, params in spec.parameters:
+        folder = by_folder.get(Path(str(params.get("run_dir", ""))).name)
+        if folder is None:
+            continue
+        mine, theirs = recorded_settings(folder, stem), recorded_settings(lesson, stem)
+        for key in sorted(set(mine) & set(theirs) - allowed):
+            if mine[key] != theirs[key]:
+                line = f"{key} ({mine[key]!r}, the lesson's {theirs[key]!r})"
+                changed += [line] if line not in changed else []
+    return changed
 
 
 class InRuns(str):
@@ -249,6 +267,8 @@ def exercise_spec(name: str, passed: Callable, results: tuple[str, ...] | str, h
     that file's content instead. A rerun exercise gives its `parameters`, and `how_to_run` names the section
     whose output the check reads; the line says how to run it."""
     own = folders or ("ex" + name.replace("-", "_"),)
+    if parameters and "manifest.json" not in lesson:  # a rerun compares its settings with the lesson's
+        lesson = (*lesson, "manifest.json")
     one = isinstance(results, str)
     judge = (lambda ex, _: passed(read_json(ex[0], results))) if one else passed
     files = (results,) if one else results
@@ -325,5 +345,15 @@ def judge_exercise(name: str, spec: Exercise) -> str:
             origin = origin_problem(name, spec, ex, lesson)
         except Exception as err:  # noqa: BLE001 - a check gives a verdict, it never stops the notebook
             origin = f"MODEL UNKNOWN (its record could not be read: {type(err).__name__})"
-    return exercise_verdict(name, spec.expectation, ran, lambda: spec.passed(ex, lesson), spec.how_to_run,
-                            origin)
+
+    def passed():
+        result = spec.passed(ex, lesson)
+        changed = rerun_changes(spec, ex, lesson) if spec.parameters else []
+        if not changed:
+            return result
+        ok, found, *margins = result if isinstance(result, tuple) else (result, "")
+        also = (f"also changed {'; '.join(changed)}: set it back to the lesson's value, the exercise changes "
+                "only the parameters it names")
+        return (False, f"{also}; {found}" if found else also, *margins)
+
+    return exercise_verdict(name, spec.expectation, ran, passed, spec.how_to_run, origin)

@@ -329,8 +329,11 @@ def write(runs: Path, name: str, variant: str | None = None):
                          "labelled": 0 if v == "all masked" else 162, "stopped_by": stop})
     elif name == "03-6":  # the uncached logits noised: a relative gap of about 5 (measured on the embedded)
         stop = {"sound model": None, "not caught": None, "end line": END}.get(v, CACHE)
+        # "every pass noised": the noise on the cached path too, which the pre-flight's line sees the same
+        cached_gap = 4.9 if v == "every pass noised" else 0.0  # the cached logits against the sound copy's
         files.save_json(folder(runs, "ex03_6") / "fault.json",
-                        {"gap": 0.0 if v == "sound model" else 5.2, "stopped_by": stop})
+                        {"gap": 0.0 if v == "sound model" else 5.2, "cached_gap": cached_gap,
+                         "stopped_by": stop})
     elif name == "04-1":
         lesson03(lesson := folder(runs, "lesson"), steps=40)
         metrics(lesson, 120.0, 12.0, 0.0, 1.0)
@@ -344,10 +347,14 @@ def write(runs: Path, name: str, variant: str | None = None):
         counts = {"seen far worse": {"True": [0, 20], "False": [15, 20]},
                   "all unseen": {"False": [3, 8]},  # no author of the file was in training: passes
                   "three quotes": {"True": [1, 2], "False": [0, 1]}}.get(v, {"True": [2, 5], "False": [1, 5]})
+        seen = counts.get("True", [0, 0])[1]  # the rows whose author is in train_authors
+        if v == "no train_authors":  # evaluate_model(tuned, tokenizer, rows): every author counted unseen
+            counts = {"False": [sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())]}
         files.save_json(mine.parent / "own_quotes.json",
                         {"file": "embedded" if v == "course quotes" else str(mine),
                          "rows": sum(c[1] for c in counts.values()), "by_author_in_training": counts,
-                         "adapter_on": v != "adapter off"})  # "adapter off": inside tuned.disable_adapter()
+                         "adapter_on": v != "adapter off",  # "adapter off": inside tuned.disable_adapter()
+                         "rows_seen_in_training": seen})
     elif name == "04-3":
         widths = ({"30": 0.2, "100": 0.2, "300": 0.2} if v == "one size"
                   else {"30": 0.31, "100": 0.17, "300": 0.1})
@@ -359,8 +366,12 @@ def write(runs: Path, name: str, variant: str | None = None):
             drawn[size] = {"width": width, "baseline": pick, "fine-tuned": other}
         files.save_json(folder(runs, "ex04_3") / "widths.json", drawn)
     elif name == "05-1":
-        diffs = {"fp32": 2e-5, "bf16": 0.4}
-        files.save_json(folder(runs, "ex05_1") / "merge.json", {"fp32": 2e-5} if v == "one dtype" else diffs)
+        diffs = {"fp32": 2e-5} if v == "one dtype" else {"fp32": 2e-5, "bf16": 0.4}
+        # "section 3's logits": the bf16 merge compared with section 3's fp32 `reference`, not with its own
+        # unmerged model in bf16: the difference holds bf16's rounding of the whole model
+        apart = 0.0 if v == "section 3's logits" else 0.35
+        files.save_json(folder(runs, "ex05_1") / "merge.json",
+                        {"diffs": diffs, "reference_vs_section_3": apart})
     elif name == "05-2":
         path = folder(runs, "ex05_2")
         adapter(path, 8, b=0.0 if v == "never trained" else 0.01)  # saved before a step: B as LoRA starts
@@ -369,23 +380,34 @@ def write(runs: Path, name: str, variant: str | None = None):
             path / "generations.json",
             {"quotes": " Quote: Imagination is more", "reverse": " Einstein", "said": said},
         )
+        texts = {k: [{"text": f"{k} {n}"} for n in range(3)] for k in ("quotes", "reverse", "said")}
+        if v == "lesson's texts":  # the third adapter trained on the lesson's own rows, their texts unchanged
+            texts["said"] = texts["quotes"]
+        files.save_json(path / "trained_on.json", {k: exercises.texts_digest(t) for k, t in texts.items()})
     elif name == "05-3":
         merged_layers = 182 if v == "not merged" else 0
         # the adapter on the lesson's 4-bit base against a 16-bit merged copy; or the 32-bit adapter model
         # against the 16-bit merged copy 05 saved
         mib = {"4-bit against 16-bit": (390.0, 540.0), "32 against 16 bits": (1080.0, 540.0)}.get(
             v, (545.5, 540.0))  # (the adapter model's MiB, the merged model's)
+        # "one cold timing": each model timed once, without a warm-up
+        runs_each, warm = (1, False) if v == "one cold timing" else (2, True)
         files.save_json(
             folder(runs, "ex05_3") / "timing.json",
             {"adapter": 9.1, "lora_layers_adapter": 182, "adapter_mib": mib[0], "merged": 8.2,
-             "lora_layers_merged": merged_layers, "merged_mib": mib[1]},
+             "lora_layers_merged": merged_layers, "merged_mib": mib[1], "timed_runs_adapter": runs_each,
+             "warm_up_adapter": warm, "timed_runs_merged": runs_each, "warm_up_merged": warm},
         )
     elif name == "05-4":  # measured on the embedded model after 03's 40 steps: 14.5 in NF4, 3.8e-5 in fp32
         four_bit, diff = {"16-bit base": (False, 3.8e-5),  # the lesson's merge: no fault made
                           "within tolerance": (True, 1e-3)}.get(v, (True, 14.5))  # made, not caught
+        # "section 3's logits": the 4-bit merge compared with section 3's 16/32-bit `reference`, not with the
+        # 4-bit model before merging: it measures the base's rounding to 4 bits as well as the merge
+        apart = 0.0 if v == "section 3's logits" else 12.0
         files.save_json(folder(runs, "ex05_4") / "fault.json",
                         {"base_4bit": four_bit, "dtype": "fp32", "diff": diff,
-                         "tolerance": 2.0 if v == "another tolerance" else 5e-3})
+                         "tolerance": 2.0 if v == "another tolerance" else 5e-3,
+                         "reference_vs_section_3": apart})
     elif name == "06-1":
         methods(folder(runs, "lesson"), {"full": (268_000_000, 3.4, 2.0), "lora_r8": (1_400_000, 3.9, 1.0),
                                          "qlora": (1_400_000, 4.0, 1.5)})
@@ -464,14 +486,14 @@ SKIPPED = {  # exercise: the variants that skip its point (or do it wrong)
     "03-3": ("steps unchanged", "lora_r left from 03-1"),
     "03-4": ("labels kept", "not caught", "loss line"),
     "03-5": ("end kept", "not caught", "all masked", "cache line"),
-    "03-6": ("sound model", "not caught", "end line"),
+    "03-6": ("sound model", "not caught", "end line", "every pass noised"),
     "04-1": ("lesson's steps", "ties the lesson", "rank changed too", "no format"),
-    "04-2": ("seen far worse", "course quotes", "three quotes", "adapter off"),
+    "04-2": ("seen far worse", "course quotes", "three quotes", "adapter off", "no train_authors"),
     "04-3": ("one size", "separate picks"),
-    "05-1": "one dtype",
-    "05-2": ("same adapter", "never trained"),
-    "05-3": ("not merged", "4-bit against 16-bit", "32 against 16 bits"),
-    "05-4": ("16-bit base", "within tolerance", "another tolerance"),
+    "05-1": ("one dtype", "section 3's logits"),
+    "05-2": ("same adapter", "never trained", "lesson's texts"),
+    "05-3": ("not merged", "4-bit against 16-bit", "32 against 16 bits", "one cold timing"),
+    "05-4": ("16-bit base", "within tolerance", "another tolerance", "section 3's logits"),
     "06-1": ("steps unchanged", "batch changed", "slower steps"),
     "06-2": ("rank unchanged", "loss reversed", "seed changed too"),
     "06-3": ("rates unchanged", "lora flat", "steps left from 06-2"),

@@ -51,6 +51,17 @@ def run_solution(name: str, namespace: dict, capsys, *more: str) -> str:
     return exercises.exercise_check(name)
 
 
+def run_wrong(name: str, old: str, new: str, namespace: dict, capsys) -> str:
+    """A wrong attempt at exercise `name`: its solution with `old` replaced by `new`, in the lesson's
+    namespace, then its check."""
+    wrong = solution(name).replace(old, new)
+    assert wrong != solution(name), old
+    lesson = {"run_folder": run_folder, "files": files, **namespace}
+    exec(compile(wrong, f"wrong solution {name}", "exec"), lesson)
+    capsys.readouterr()
+    return exercises.exercise_check(name)
+
+
 def judged(line: str, name: str) -> bool:
     return re.match(rf"exercise {name}: (PASS|FAIL)", line) is not None and "could not be read" not in line
 
@@ -180,6 +191,12 @@ def test_04_2_your_own_quotes_on_the_tiny_model_pass(runs, capsys, tiny_model, t
         line = run_solution("04-2", lesson, capsys)
     assert line.startswith("exercise 04-2: FAIL") and "adapter off" in line, line
 
+    def without_train_authors(*args, train_authors=None, **kwargs):  # the other: no split by author
+        return evaluate_model(*args, **kwargs)
+
+    line = run_solution("04-2", {**lesson, "evaluate_model": without_train_authors}, capsys)
+    assert line.startswith("exercise 04-2: FAIL") and "pass train_authors" in line, line
+
 
 def test_04_3_the_resampling_solution_passes(runs, capsys):  # noqa: F811
     rng = random.Random(1)
@@ -217,7 +234,7 @@ def merging(tiny_folder, tiny_tokenizer, tmp_path):
     return dict(PeftModel=PeftModel, load_model=load_model, generate=generate,
                 STANDARD_PROMPTS=STANDARD_PROMPTS, free_memory=free_memory, tokenizer=tiny_tokenizer,
                 merge_precision=precision, pick_precision=pick_precision, enc=enc,
-                real=enc["attention_mask"].bool(), diff=diff, torch=torch, fit=fit,
+                real=enc["attention_mask"].bool(), diff=diff, reference=reference, torch=torch, fit=fit,
                 footprint_mib=footprint_mib,
                 fits=types.SimpleNamespace(whole_copies=True),  # 05's fit line: the merge fits here
                 cfg=types.SimpleNamespace(model=types.SimpleNamespace(model_name=str(tiny_folder))),
@@ -228,7 +245,18 @@ def merging(tiny_folder, tiny_tokenizer, tmp_path):
 def test_05_1_merging_in_another_dtype_is_judged(runs, capsys, merging):  # noqa: F811
     line = run_solution("05-1", merging, capsys)
     assert judged(line, "05-1"), line
-    assert set(json.loads((runs / "ex05_1" / "merge.json").read_text())) == {"fp32", "bf16"}
+    record = json.loads((runs / "ex05_1" / "merge.json").read_text())
+    assert set(record["diffs"]) == {"fp32", "bf16"} and record["reference_vs_section_3"] > 0
+
+
+@pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
+@pytest.mark.parametrize("name", ["05-1", "05-4"])
+def test_a_merge_measured_against_section_3s_logits_fails(runs, capsys, merging, name):  # noqa: F811
+    """The wrong attempt: the merge compared with section 3's 16/32-bit `reference`, not with the same model
+    before merging in the merge's dtype (bf16; the 4-bit base)."""
+    line = run_wrong(name, "before = unmerged(**enc).logits.float()", "before = reference",
+                     {**merging, "tolerance": exercises.MERGE_TOLERANCE["fp32"]}, capsys)
+    assert line.startswith(f"exercise {name}: FAIL") and "compared with section 3's logits" in line, line
 
 
 @pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
@@ -259,8 +287,9 @@ def test_05_2_a_third_adapter_on_the_tiny_model_is_judged(runs, capsys, merging,
         assert held() is None, "section 6's copy of the base is still held while the solution loads another"
         return merging["load_model"](*args, **kwargs)
 
+    reverse = [{**r, "text": f"Author: {r['author']}\nQuote: {r['quote']}"} for r in ROWS]  # section 6's
     lesson = {**merging, "run_folder": run_folder, "files": files, "cfg": tiny_cfg(tiny_folder), "out": out,
-              "data": types.SimpleNamespace(train=ROWS), "short": short, "both": both,
+              "data": types.SimpleNamespace(train=ROWS), "reverse": reverse, "short": short, "both": both,
               "load_model": load_model, "train_lora": train_lora, "save_adapter": save_adapter,
               "load_adapter": load_adapter}
     del base, both  # the lesson's namespace holds the only reference, as in the notebook
@@ -270,6 +299,8 @@ def test_05_2_a_third_adapter_on_the_tiny_model_is_judged(runs, capsys, merging,
     assert judged(line, "05-2") and "the third trained" in line, line  # two steps move B off zero
     written = json.loads((runs / "ex05_2" / "generations.json").read_text())
     assert sorted(written) == ["quotes", "reverse", "said"]
+    trained_on = json.loads((runs / "ex05_2" / "trained_on.json").read_text())
+    assert sorted(trained_on) == sorted(written) and len(set(trained_on.values())) == 3
 
 
 def test_05_3_the_timing_solution_records_what_it_timed(runs, capsys, merging):  # noqa: F811
@@ -278,6 +309,14 @@ def test_05_3_the_timing_solution_records_what_it_timed(runs, capsys, merging): 
     timing = json.loads((runs / "ex05_3" / "timing.json").read_text())
     assert timing["lora_layers_adapter"] == 2 and timing["lora_layers_merged"] == 0  # two layers' q_proj
     assert 0.9 < timing["merged_mib"] / timing["adapter_mib"] < 1  # one precision, less the LoRA matrices
+    assert [timing[f"{key}_{m}"] for m in ("adapter", "merged") for key in ("timed_runs", "warm_up")] == [
+        2, True, 2, True]  # each after a warm-up, the faster of two timed runs
+
+
+def test_05_3_one_timing_each_fails(runs, capsys, merging):  # noqa: F811
+    """The wrong attempt: each model timed once (a single timing, its set-up included)."""
+    line = run_wrong("05-3", "runs=2", "runs=1", merging, capsys)
+    assert line.startswith("exercise 05-3: FAIL") and "timed 1 time(s)" in line, line
 
 
 @pytest.mark.parametrize("name", ["05-1", "05-3", "05-4"])
@@ -336,6 +375,15 @@ def test_03s_faults_made_on_the_tiny_model_are_caught_by_the_preflight(runs, cap
     assert record["stopped_by"]["check"] == stopped_at and record["stopped_by"]["line"].startswith(
         f"pre-flight check failed: {stopped_at} is ")
     assert all(torch.equal(batch[k], preflighting["batch"][k]) for k in batch)  # section 4's batch unchanged
+    if name == "03-6":  # only the uncached path broken: the cached one gives the sound copy's logits
+        assert record["cached_gap"] < exercises.CACHE_FAULT <= record["gap"]
+
+
+def test_03_6_noise_on_every_pass_fails(runs, capsys, preflighting):  # noqa: F811
+    """The wrong attempt: the wrap noises every forward pass, the cached one too, which the pre-flight's KV
+    cache line sees the same (the two paths disagree); only the record of the cached path tells it."""
+    line = run_wrong("03-6", 'if kwargs.get("use_cache") is False:', "if True:", preflighting, capsys)
+    assert line.startswith("exercise 03-6: FAIL") and "the cached one is broken too" in line, line
 
 
 @pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
@@ -346,6 +394,7 @@ def test_05_4_merging_into_the_4bit_base_is_caught_by_05s_merge_check(runs, caps
     assert line.startswith("exercise 05-4: PASS"), line
     record = json.loads((runs / "ex05_4" / "fault.json").read_text())
     assert record["base_4bit"] is True and record["diff"] > record["tolerance"] > merging["diff"]
+    assert record["reference_vs_section_3"] > 0  # compared with the 4-bit model before merging
 
 
 def test_the_fit_lines_answer_for_the_faults_too(tiny_folder):

@@ -289,7 +289,7 @@ def _03_3(ex, lesson):
 LABEL_LINES = ("share of labelled tokens", "no row all masked")  # the pre-flight's lines on a mask's labels
 END_LINE = "end token inside the mask"
 CACHE_LINE = "logits with and without the KV cache"
-CACHE_FAULT = 0.1  # a broken cache: logits with and without it this share of their largest apart, or more
+CACHE_FAULT = 0.1  # a broken path: its logits this share of their largest away from a sound one's, or more
 # (the pre-flight's widest tolerance; a sound model's two passes agree to rounding)
 
 
@@ -334,15 +334,23 @@ def _03_5(run):  # {"rows", "rows_with_end", "labelled", "stopped_by"}
 
 @exercise("03-6", "fault.json", "run solution 6 above",
           "a copy of the model whose logits without the cache differ from those with it (by at least "
-          f"{CACHE_FAULT:g} of their largest), stopped by the pre-flight at its KV cache line")
-def _03_6(run):  # {"gap": relative, uncached against cached logits on one row, "stopped_by"}
+          f"{CACHE_FAULT:g} of their largest) while those with the cache stay the sound copy's (less than "
+          f"{CACHE_FAULT:g} from them): only the uncached path broken, stopped by the pre-flight at its KV "
+          "cache line")
+def _03_6(run):  # {"gap": relative, uncached against cached logits on one row, "cached_gap": relative, the
+    # cached logits against the same copy's before the fault, "stopped_by"}
     run = shaped(run, dict, "fault.json")
-    gap = float(run["gap"])
-    found = f"logits with and without the cache {rounded(gap)} apart (a share of their largest)"
+    gap, cached_gap = float(run["gap"]), float(run["cached_gap"])
+    found = (f"logits with and without the cache {rounded(gap)} apart, with the cache {rounded(cached_gap)} "
+             "from the sound copy's (shares of their largest)")
     if not gap >= CACHE_FAULT:  # NaN too
         return False, found + " (the fault: the two paths disagree; here they agree)"
+    if not cached_gap < CACHE_FAULT:  # noise on every pass breaks both paths: not the fault of a broken cache
+        return False, found + " (the fault: only the uncached path broken; here the cached one is broken too)"
     caught, said = _stopped(run, (CACHE_LINE,), "a model whose two paths disagree")
-    return caught, f"{found}; {said}", [more(gap, CACHE_FAULT, "share", "the two paths apart", strict=False)]
+    return caught, f"{found}; {said}", [
+        more(gap, CACHE_FAULT, "share", "the two paths apart", strict=False),
+        less(cached_gap, CACHE_FAULT, "share", "the cached path from the sound copy's")]
 
 
 @exercise("04-1", ("manifest.json", "metrics.json"),
@@ -380,9 +388,11 @@ OWN_QUOTES = 5  # quotes of your own at least: fewer say nothing about naming au
 
 @exercise("04-2", "own_quotes.json", "run solution 2 on a .jsonl of your quotes",
           f"at least {OWN_QUOTES} quotes of your own file evaluated with the fine-tuned model (its "
-          "adapter on, not inside disable_adapter()); where some authors were in training and some not, the "
-          "seen ones not named right significantly less often")
-def _04_2(run):  # {"file", "rows", "adapter_on", "by_author_in_training": {"True": [right, rows], ...}}
+          "adapter on, not inside disable_adapter()) and split by author in training (train_authors given: "
+          "every row whose author 03 trained on counted as seen); where some authors were in training and "
+          "some not, the seen ones not named right significantly less often")
+def _04_2(run):  # {"file", "rows", "adapter_on", "by_author_in_training": {"True": [right, rows], ...},
+    # "rows_seen_in_training": the rows whose author is in train_authors, counted apart from evaluate_model}
     from gemmate_lib.config import EMBEDDED, HUB_DATASET
     from gemmate_lib.stats import wilson
 
@@ -395,6 +405,10 @@ def _04_2(run):  # {"file", "rows", "adapter_on", "by_author_in_training": {"Tru
         return False, found + " (evaluated with the adapter off: the base model, not the fine-tune)"
     if not own or rows != run["rows"] or rows < OWN_QUOTES:
         return False, found
+    seen, split = int(run["rows_seen_in_training"]), counts.get("True", [0, 0])[1]
+    if split != seen:  # evaluate_model without train_authors counts every author as unseen
+        return False, found + (f" ({seen} of your rows have an author 03 trained on, the evaluation counted "
+                               f"{split}: pass train_authors to evaluate_model)")
     if not all(counts.get(k, [0, 0])[1] for k in ("True", "False")):
         return True, found + " (only one kind of author: nothing to compare)"
     seen_high = wilson(*counts["True"])[1]
@@ -420,19 +434,34 @@ def _04_3(widths):  # {size: {"width": w, "baseline": its picks, "fine-tuned": i
 
 
 COARSE = {"fp32": 0, "fp16": 1, "bf16": 2}  # significant bits 24, 11, 8: coarser to the right
+MERGE_TOLERANCE = {"fp32": 5e-3, "fp16": 0.5, "bf16": 2.0}  # 05's section 3: the merge check's, per dtype
+# what a merge exercise (05-1, 05-4) compared its merged model with, recorded as "reference_vs_section_3": the
+# largest |logit difference| between that unmerged model's logits and section 3's (`reference`, the 16/32-bit
+# model in section 3's dtype); 0 when it compared with section 3's logits, which measures the other dtype or
+# the 4-bit base as well as the merge
+SECTION_3S_LOGITS = ("compared with section 3's logits (the unmerged model in section 3's dtype), not with "
+                     "the same model before merging: that measures the other precision as well as the merge")
 
 
 @exercise("05-1", "merge.json", "run solution 1",
-          "two dtypes: the coarser one's merge differs more; against fp32, past the fp32 tolerance")
-def _05_1(diffs):  # {dtype: largest |logit difference|}
-    diffs = shaped(diffs, dict, "merge.json")
+          "two dtypes, each merge compared with its own unmerged model in its dtype (not with section 3's "
+          "logits): the coarser one's merge differs more; where one of the two is fp32, the other past the "
+          "fp32 tolerance")
+def _05_1(run):  # {"diffs": {dtype: largest |logit difference|}, "reference_vs_section_3": see above}
+    run = shaped(run, dict, "merge.json")
+    diffs = shaped(run["diffs"], dict, "merge.json's diffs")
     if len(diffs) != 2 or not set(diffs) <= set(COARSE):
         return False, f"{sorted(diffs)}: two different dtypes of {sorted(COARSE)} are needed"
+    apart = float(run["reference_vs_section_3"])
+    found = f"{diffs}; its reference {apart:.3g} from section 3's logits"
+    if not apart > 0:  # NaN too
+        return False, f"{found} ({SECTION_3S_LOGITS})"
     coarse, fine = sorted(diffs, key=COARSE.get, reverse=True)
     margins = [more(diffs[coarse] / max(diffs[fine], 1e-12), 1, "x", f"{coarse}'s difference over {fine}'s")]
     if fine == "fp32":
-        margins.append(more(diffs[coarse], 5e-3, "logits", f"{coarse}'s difference, the fp32 tolerance"))
-    return True, str(diffs), margins
+        margins.append(more(diffs[coarse], MERGE_TOLERANCE["fp32"], "logits",
+                            f"{coarse}'s difference, the fp32 tolerance"))
+    return True, found, margins
 
 
 def _adapter_trained(folder) -> bool:
@@ -445,28 +474,61 @@ def _adapter_trained(folder) -> bool:
         return bool(b) and any(bool(weights.get_tensor(name).any()) for name in b)
 
 
-@exercise("05-2", ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "generations.json"),
+LESSON_ADAPTERS = ("quotes", "reverse")  # 05's section 6: 03's adapter and the reverse format's
+
+
+def texts_digest(rows: list[dict]) -> str:
+    """Exercise 05-2's helper: one fingerprint (SHA-256) of the texts `rows` train on (each row's "text", in
+    order), which the solution records for each adapter, so that the check tells a third adapter trained on
+    texts of its own from one trained on the lesson's."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(str(r["text"]) for r in rows).encode("utf-8")).hexdigest()
+
+
+@exercise("05-2", ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "generations.json",
+                   "trained_on.json"),
           "run solution 2",
-          "a third adapter, trained (its LoRA B matrices no longer all zero), beside the lesson's two on one "
-          "base: three different continuations")
+          "a third adapter, trained (its LoRA B matrices no longer all zero) on texts of its own, not the "
+          "lesson's (03's quotes, section 6's reverse format), beside the lesson's two on one base: three "
+          "different continuations")
 def _05_2(ex, lesson):
     written = shaped(read_json(ex[0], "generations.json"), dict, "generations.json")  # {adapter: its text}
+    # {adapter: texts_digest of what it trained on}: the lesson's two and the third
+    trained_on = shaped(read_json(ex[0], "trained_on.json"), dict, "trained_on.json")
     trained = _adapter_trained(ex[0])
-    return (
-        len(written) == 3 and len(set(written.values())) == 3 and trained,
-        f"{len(set(written.values()))} different continuations from adapters {sorted(written)}; the third "
-        + ("trained" if trained else "never trained (its B matrices are all zero, as LoRA starts)"),
-    )
+    state = "trained" if trained else "never trained (its B matrices are all zero, as LoRA starts)"
+    found = (f"{len(set(written.values()))} different continuations from adapters {sorted(written)}; the "
+             f"third {state}")
+    third = [name for name in trained_on if name not in LESSON_ADAPTERS]
+    if len(third) != 1 or not set(LESSON_ADAPTERS) <= set(trained_on):
+        return False, f"{found}; trained_on.json names {sorted(trained_on)}: the lesson's two and a third"
+    repeats = [name for name in LESSON_ADAPTERS if trained_on[name] == trained_on[third[0]]]
+    if repeats:
+        found += (f"; the third trained on the texts of the lesson's {repeats[0]!r} adapter (train it on "
+                  "texts in a format of its own)")
+    return len(written) == 3 and len(set(written.values())) == 3 and trained and not repeats, found
 
 
 SAME_WEIGHTS = 0.9  # the merged model's memory at least this share of the adapter model's: one precision
+TIMED_RUNS = 2  # timed runs per model at least, after a warm-up: one cold timing also times the first call's
+# set-up (kernels, caches, memory), and a CPU's times wobble
 
 
 @exercise("05-3", "timing.json", "run solution 3",
           "the merged model (no LoRA layers left, the adapter model's weights in the same precision) "
-          "generates faster than the adapter on its base")
+          "generates faster than the adapter on its base, each timed after a warm-up, the fastest of "
+          f"{TIMED_RUNS} or more timed runs")
 def _05_3(timing):
     timing = shaped(timing, dict, "timing.json")
+    # how each was timed: {"adapter": timed runs, "merged": ...}, {"adapter": a warm-up ran first, ...}
+    runs = {k: int(timing[f"timed_runs_{k}"]) for k in ("adapter", "merged")}
+    warm = {k: timing[f"warm_up_{k}"] is True for k in ("adapter", "merged")}
+    cold = [k for k in runs if runs[k] < TIMED_RUNS or not warm[k]]
+    if cold:
+        after = "after" if warm[cold[0]] else "without"
+        return False, str(timing) + (f" (the {cold[0]} timed {runs[cold[0]]} time(s), {after} a warm-up: "
+                                     f"time each after a warm-up, the fastest of {TIMED_RUNS} or more runs)")
     # what was timed: the adapter's LoRA layers, then none once merged
     merged = timing["lora_layers_adapter"] > 0 and timing["lora_layers_merged"] == 0
     # the same base weights in memory, less the LoRA matrices: a 4-bit base against a 16-bit merged copy
@@ -479,21 +541,21 @@ def _05_3(timing):
     return merged and same, found, [speedup]
 
 
-MERGE_TOLERANCE = {"fp32": 5e-3, "fp16": 0.5, "bf16": 2.0}  # 05's section 3: the merge check's, per dtype
-
-
 @exercise("05-4", "fault.json", "run solution 4",
           "the adapter merged into a 4-bit base, compared as section 3 compares (logits merged and not, in "
-          "the merge's dtype, against its tolerance): a difference at or past the tolerance, which fails "
-          "section 3's check")
-def _05_4(run):  # {"base_4bit": read from the model, "dtype", "diff", "tolerance"}
+          "the merge's dtype, against its tolerance; the 4-bit model before merging, not section 3's "
+          "logits): a difference at or past the tolerance, which fails section 3's check")
+def _05_4(run):  # {"base_4bit": read from the model, "dtype", "diff", "tolerance", "reference_vs_section_3"}
     run = shaped(run, dict, "fault.json")
     dtype, diff, tolerance = str(run["dtype"]), float(run["diff"]), float(run["tolerance"])
     four_bit = run["base_4bit"] is True
+    apart = float(run["reference_vs_section_3"])
     found = (f"{'a 4-bit' if four_bit else 'a 16/32-bit'} base in {dtype}: largest |logit difference| "
-             f"{diff:.3g}, tolerance {tolerance:g}")
+             f"{diff:.3g}, tolerance {tolerance:g}; its reference {apart:.3g} from section 3's logits")
     if not four_bit:
         return False, found + " (the fault: a 4-bit base; this one is not)"
+    if not apart > 0:  # NaN too
+        return False, f"{found} ({SECTION_3S_LOGITS})"
     if tolerance != MERGE_TOLERANCE.get(dtype):
         return False, found + f" (section 3's tolerance for {dtype} is {MERGE_TOLERANCE.get(dtype)})"
     return True, found, [more(diff / tolerance, 1, "x", "the 4-bit merge's difference over the tolerance",

@@ -316,29 +316,40 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     from tools.fit import notebook_fit
 
     assert notebook_fit.compare(fit.measured(), notebook_fit.collect(tmp_path / "run")) == []
-    # a runtime reclaimed mid-training: 03's kernel dies right after its checkpoint at step 2; running 03
-    # again resumes there and ends with the uninterrupted run's adapter above, bitwise
-    from learner_path import KILL_AFTER_CHECKPOINT
+
+
+@pytest.mark.slow
+# make rehearse-learner; in make test, tests/test_temporal_training.py's stopped run resumes bitwise
+# in-process and tests/cli's SIGKILL test kills a real process
+@pytest.mark.long
+@pytest.mark.xdist_group("content")
+def test_03_killed_mid_training_resumes_to_the_uninterrupted_adapter_bitwise(tmp_path):
+    """A runtime reclaimed mid-training: 03's kernel (GPU profile, Colab-like) dies right after its checkpoint
+    at step 2; running 03 again resumes there and ends with an uninterrupted run's adapter, bitwise."""
+    from learner_path import KILL_AFTER_CHECKPOINT, printed, run
     from safetensors.torch import load_file
 
-    resumed, three = tmp_path / "resumed", [nb for nb in NOTEBOOKS if nb.stem == "03_lora_sft"]
+    three = [nb for nb in NOTEBOOKS if nb.stem == "03_lora_sft"]
     quick = {"save_steps": 1, "compare": False, "chat_steps": 0}  # a checkpoint at every step, part 2 off
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    assert run(straight, three, params=quick)["03_lora_sft"]["status"] == "pass"
     killed = run(resumed, three, probes={"03_lora_sft": [("trainer = SFTTrainer(", KILL_AFTER_CHECKPOINT)]},
                  params=quick)
     assert killed["03_lora_sft"]["status"] == "kernel died" and not (resumed / "adapter").exists()
     assert run(resumed, three, params=quick)["03_lora_sft"]["status"] == "pass"
     assert "resuming from step 2" in printed(resumed / "03_lora_sft.ipynb", "resume_point(")
     mine, uninterrupted = (load_file(folder / "adapter" / "adapter_model.safetensors")
-                           for folder in (resumed, tmp_path / "run"))
+                           for folder in (resumed, straight))
     assert mine.keys() == uninterrupted.keys() and all(mine[k].equal(uninterrupted[k]) for k in mine)
 
 
 @pytest.mark.slow
 @pytest.mark.generations
 @pytest.mark.xdist_group("content")
-# Gemma 3 is the embedded model's architecture, which nbval runs through every notebook: its tiny arm is make
-# drift's; Gemma 4's (about a minute) runs in make test too
-@pytest.mark.parametrize("key", [pytest.param("gemma3", marks=pytest.mark.long), "gemma4"])
+# make rehearse-learner and make drift; in make test, tests/test_logit_cap.py and tests/test_generations.py
+# train each tiny generation in-process (the loss, chat training, NF4 on the text layers)
+@pytest.mark.long
+@pytest.mark.parametrize("key", ["gemma3", "gemma4"])
 def test_the_learners_path_runs_on_a_tiny_gemma_of_each_newer_generation(key, tmp_path):
     """00-05 of the learner's path (NF4 load, k-bit preparation, LoRA on the text layers, the pre-flight,
     training, 03's chat run with assistant-only loss, save, merge, reload in a fresh process) with a tiny

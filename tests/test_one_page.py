@@ -1109,6 +1109,7 @@ def test_a_finished_run_trains_again_on_a_rerun(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # make rehearse-learner; in make test, the section-12 tests above hold its resume rule
 @pytest.mark.xdist_group("content")  # the Colab-like kernel's Google Drive is mounted at /content/drive
 def test_a_run_killed_mid_training_resumes_from_its_checkpoint_on_drive_to_the_same_adapter_bitwise(
         tmp_path, monkeypatch):

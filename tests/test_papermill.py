@@ -113,6 +113,7 @@ def test_the_batch_run_commands_in_the_docs_make_their_folder_and_land_where_the
 
 
 @pytest.mark.slow
+@pytest.mark.long  # make rehearse-learner; in make test, the test above holds the docs' commands
 def test_the_documented_batch_run_runs_as_written_in_a_fresh_copy_of_the_course(tmp_path):
     """docs/batch-runs.md's first command block, run by bash in a copy of the course (its files without
     runs/, this .venv linked in) as a learner types it, with 2 steps, part 2 off and the smoke run's learning

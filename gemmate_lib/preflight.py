@@ -2,11 +2,12 @@
 `CourseSFTTrainer` runs it when `preflight: true`): one batch, the checks of docs/gemma-generations.md
 ("Pre-flight check"), a verdict table; a failed line stops the run with what it means and the fix. Then the
 gradient tripwire after the first optimizer step (`GradientTripwire`, a TrainerCallback: 03 adds it, and
-`CourseSFTTrainer` wherever the pre-flight runs)."""
+`CourseSFTTrainer` wherever the pre-flight runs), which then watches the logged gradient norm for a spike."""
 from __future__ import annotations
 
 import inspect
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -190,6 +191,14 @@ def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8,
 
 
 MAX_SKIPPED = 10  # fp16: steps the gradient scaler may skip in a row before the run counts as overflowing
+# a logged gradient norm over SPIKE_FACTOR x the median of the norms logged before it is a spike, judged
+# once SPIKE_HISTORY norms are in: a healthy run's norm falls several times over its first steps and wanders
+# within a few times its median after; the spikes reported on Gemma 4 LoRA (transformers issue 45676,
+# unslothai/unsloth issue 5207: 92 and 11,140 among norms of 5 to 15) are ten to over a thousand times it
+SPIKE_FACTOR = 10.0
+SPIKE_HISTORY = 5
+SPIKE_FIX = ("lower the learning rate and clip gradients (max_grad_norm=1.0); Gemma 4 LoRA shows such spikes "
+             "(transformers issue 45676)")
 
 
 class GradientTripwire(TrainerCallback):
@@ -202,7 +211,15 @@ class GradientTripwire(TrainerCallback):
     failed check stops the run in one line naming the modules. Under fp16 the gradient scaler's first steps
     are normal misses: it starts at a scale of 65,536, finds inf/NaN gradients, skips the step and halves the
     scale; the tripwire says so once and checks the first step the scaler takes (MAX_SKIPPED skipped steps in
-    a row: the run overflows, and it stops)."""
+    a row: the run overflows, and it stops).
+
+    Then, for the whole run, it reads the gradient norm the Trainer logs (`grad_norm`, the norm of all
+    gradients before clipping, every `logging_steps`) and names the first spike (SPIKE_FACTOR times the
+    median logged so far) once: step, norm, median and the fix. A spike warns and training goes on: with no
+    NaN the weights stay finite, the Trainer's clipping (max_grad_norm, 1.0 by default) already bounded the
+    step it came with, and the loss can stay healthy through it (unsloth issue 5207), so a stop would throw
+    away a run that may be fine. A norm between two logged steps is not seen. `spike` holds (step, norm,
+    median), or None."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
@@ -212,6 +229,8 @@ class GradientTripwire(TrainerCallback):
         self._grads: dict[tuple[str, str], tuple[bool, bool]] = {}  # (module, weight): (finite, non-zero)
         self._hooks: list = []
         self._scale: float | None = None  # fp16's loss scale before the step
+        self.spike: tuple[int, float, float] | None = None  # the first spike: (step, norm, median so far)
+        self._norms: list[float] = []  # the finite gradient norms logged so far
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         """Watch each LoRA weight's gradient as backward leaves it, before clipping: the trainer clips by the
@@ -276,6 +295,28 @@ class GradientTripwire(TrainerCallback):
         if seen and not self.quiet:
             print(f"gradient tripwire: {after}, all {len(seen)} LoRA modules got finite gradients, and every "
                   "lora_B a non-zero one")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Judge the gradient norm the Trainer logged for this step against the median of those before it.
+        A log without one (an evaluation's) or with a non-finite one (a step fp16's scaler skips; a NaN is
+        the first-step check's and the loss's business) is left out."""
+        norm = (logs or {}).get("grad_norm")
+        if norm is None or not math.isfinite(norm := float(norm)):
+            return
+        if self.spike is None and len(self._norms) >= SPIKE_HISTORY:
+            median = statistics.median(self._norms)
+            if median > 0 and norm > SPIKE_FACTOR * median:
+                self.spike = (state.global_step, norm, median)
+                clip, clipped = getattr(args, "max_grad_norm", None), ""
+                if clip is not None and clip > 0:
+                    clipped = f" (the Trainer clipped this step to max_grad_norm={clip:g})"
+                elif clip is not None:
+                    clipped = f" (and unclipped: max_grad_norm={clip:g} turns clipping off)"
+                if not self.quiet:
+                    print(f"gradient tripwire: step {state.global_step}'s gradient norm {norm:.3g} is "
+                          f"{norm / median:.0f} times the run's median so far ({median:.3g}): a spike with "
+                          f"no NaN, so training goes on{clipped}; the fix: {SPIKE_FIX}")
+        self._norms.append(norm)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._stop(self.passed)

@@ -736,3 +736,80 @@ def test_a_planted_nan_and_a_mask_that_labels_nothing_say_what_to_do():
             tripwire.on_optimizer_step(None, state, None)
         text = f"{err.value.problem} {err.value.fix}"
         assert all(w in text for w in words), text
+
+
+# ---- the tripwire's gradient-norm spike: named once, training goes on ----
+
+def log_norms(tripwire, norms, max_grad_norm=1.0):
+    """`norms` handed to the tripwire's on_log as the Trainer logs them (logging_steps=1), steps 1, 2, ..."""
+    args = type("Args", (), {"max_grad_norm": max_grad_norm})()
+    for step, norm in enumerate(norms, 1):
+        state = type("State", (), {"global_step": step})()
+        tripwire.on_log(args, state, None, logs={"loss": 1.0, "grad_norm": norm, "learning_rate": 2e-4})
+
+
+SPIKE_FIX = ("lower the learning rate and clip gradients (max_grad_norm=1.0); Gemma 4 LoRA shows such spikes "
+             "(transformers issue 45676)")
+
+
+def test_a_gradient_norm_spike_is_named_once_with_its_step_norm_and_median(capsys):
+    """Step 7's norm is 11 times the median of the six before it (1.15): one line names the step, the norm,
+    the median and the fix, and training goes on; step 8's larger spike says nothing more."""
+    from gemmate_lib.preflight import GradientTripwire
+
+    tripwire = GradientTripwire()
+    log_norms(tripwire, [2.0, 1.6, 1.2, 1.0, 0.9, 1.1, 12.5, 40.0, 1.0])
+    out = capsys.readouterr().out
+    assert out.count("gradient tripwire:") == 1, out
+    assert ("gradient tripwire: step 7's gradient norm 12.5 is 11 times the run's median so far (1.15): a "
+            "spike with no NaN, so training goes on (the Trainer clipped this step to max_grad_norm=1); the "
+            "fix: ") in out
+    assert SPIKE_FIX in out
+    assert tripwire.spike == (7, 12.5, 1.15) and tripwire.passed is None
+    unclipped = GradientTripwire(quiet=True)  # quiet: nothing printed, the spike still recorded
+    log_norms(unclipped, [1.0] * 5 + [20.0], max_grad_norm=0.0)
+    assert unclipped.spike == (6, 20.0, 1.0) and capsys.readouterr().out == ""
+    loud = GradientTripwire()
+    log_norms(loud, [1.0] * 5 + [20.0], max_grad_norm=0.0)
+    assert "(and unclipped: max_grad_norm=0 turns clipping off)" in capsys.readouterr().out
+
+
+def test_a_steady_run_says_nothing_about_spikes(capsys):
+    """A falling curve, a jump before the median has its history (step 2: 27 times step 1), logs without a
+    norm (an evaluation's), and non-finite norms (fp16's skipped steps) are no spike."""
+    from gemmate_lib.preflight import GradientTripwire
+
+    tripwire = GradientTripwire()
+    log_norms(tripwire, [0.3, 8.0, 6.0, math.nan, 4.0, 3.0, 2.0, math.inf, 1.5, 1.2, 1.0, 0.9, 5.0])
+    state = type("State", (), {"global_step": 13})()
+    tripwire.on_log(None, state, None, logs={"eval_loss": 2.0})
+    tripwire.on_log(None, state, None, logs=None)
+    assert tripwire.spike is None and capsys.readouterr().out == ""
+
+
+def test_a_planted_spike_in_a_real_run_is_named_from_the_trainers_logged_norm(tmp_path, capsys):
+    """The course's trainer, 8 steps: step 7's lora_B gradient planted 10,000 times larger; the Trainer's
+    logged (pre-clip) grad_norm shows it, the tripwire names it, and the run finishes."""
+    trainer, tripwire = tripwire_trainer(tmp_path, steps=8)
+    calls = []
+
+    def plant(grad):  # step 7's backward: 10,000 times the gradient
+        calls.append(1)
+        return grad * 1e4 if len(calls) == 7 else grad
+
+    lora_b(trainer)[1].register_hook(plant)
+    trainer.train()
+    out = capsys.readouterr().out
+    assert trainer.state.global_step == 8 and tripwire.passed is True
+    assert tripwire.spike is not None and tripwire.spike[0] == 7, out
+    assert "gradient tripwire: step 7's gradient norm " in out and SPIKE_FIX in out
+
+
+def test_a_planted_nan_still_stops_the_run_and_is_no_spike(tmp_path, capsys):
+    """A NaN stops the run after its first step as before (a PreflightError); the spike line stays silent."""
+    trainer, tripwire = tripwire_trainer(tmp_path)
+    lora_b(trainer, 2)[1].register_hook(lambda grad: torch.full_like(grad, math.nan))
+    with pytest.raises(PreflightError, match="got no finite gradient"):
+        trainer.train()
+    assert tripwire.passed is False and tripwire.spike is None
+    assert "spike" not in capsys.readouterr().out

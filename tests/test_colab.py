@@ -31,11 +31,13 @@ def test_the_colab_secret_is_the_token_and_reaches_a_subprocess(fake_colab):
 
 @pytest.mark.parametrize("secret, words", [("refused", "was refused access"),
                                            (None, "no secret named HF_TOKEN"),
-                                           ("broken", "could not read the HF_TOKEN secret")])
+                                           ("broken", "could not read the HF_TOKEN secret"),
+                                           ("vs code", "outside the Colab web page")])
 def test_each_colab_secret_failure_has_its_own_message(fake_colab, secret, words):
     from gemmate_lib.models import resolve_model
 
     secret = {"refused": fake_colab.NotebookAccessError("declined"), "broken": RuntimeError("vault broke"),
+              "vs code": RuntimeError("Secrets can only be fetched when running from the Colab UI."),
               None: None}[secret]
     fake_colab.secret = secret
     with pytest.warns() if secret is not None else _nothing():

@@ -34,6 +34,10 @@ COLAB_SECRET_HELP = {
                "Runtime > Restart session (the secret is read once per session) and run again",
     "error": "Colab could not read the HF_TOKEN secret: restart "
              "the session (Runtime > Restart session) and run again",
+    "elsewhere": "this Colab runtime runs outside the Colab web page (its VS Code extension or command "
+                 "line), where notebook secrets cannot be read: run `from huggingface_hub import login; "
+                 "login()` in a cell (it asks for the token and shows none of it) or `hf auth login` in a "
+                 "terminal, or start the runtime with HF_TOKEN in its environment, then run again",
     "restart": "the HF_TOKEN secret was added after this session read the secrets (once, at its first Hub "
                "call): Runtime > Restart session, then run again",
 }
@@ -41,7 +45,8 @@ COLAB_SECRET_HELP = {
 
 def colab_secret_problem() -> str | None:
     """When `get_token()` found none: why Colab's HF_TOKEN secret cannot be read ("declined", "missing",
-    "error", or "restart": added after huggingface_hub read the secrets); None outside Colab."""
+    "error", "elsewhere": not the Colab web page, or "restart": added after huggingface_hub read the secrets);
+    None outside Colab."""
     try:
         from google.colab import userdata  # type: ignore[import-not-found]
     except ImportError:
@@ -52,8 +57,10 @@ def colab_secret_problem() -> str | None:
         return "declined"
     except userdata.SecretNotFoundError:
         return "missing"
-    except Exception:  # noqa: BLE001 - any other Colab failure
-        return "error"
+    except Exception as err:  # noqa: BLE001 - any other Colab failure
+        # Colab's VS Code extension and command line: "Secrets can only be fetched when running from the
+        # Colab UI"
+        return "elsewhere" if "Colab UI" in str(err) else "error"
 
 
 def describe_token() -> str:

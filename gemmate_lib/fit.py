@@ -1,16 +1,14 @@
 """Will it fit? Before any weight is downloaded, predict what the course's path needs for a model on the
-runtime at hand (00_setup prints every phase; each notebook prints its own line before its download; the
-one-page recipe writes the same arithmetic out): GPU memory, RAM, disk and time, each an ESTIMATE from the
-model's config (its shapes on the meta device, counted with transformers' own NF4 rules).
+runtime at hand: GPU memory, RAM, disk and time, each an ESTIMATE from the model's config (its shapes on the
+meta device, counted with transformers' own NF4 rules). 00_setup prints every phase, each notebook its own
+line before its download; the one-page recipe writes the same arithmetic out.
 
-Two parts: the phases (`predict`: one load, one 4-bit training, the GGUF export; and
-`tools/fit/merge_shards.py`'s merge, a tool's phase that no notebook runs, which 00's table (`plan_for`)
-leaves out), whose host-side figures are held within 15% of the full-shape rehearsal's measurements
-(docs/full-shape.md, tests/test_fit.py; the rows its constants were calibrated on are marked there), and the
-notebooks (`notebook_need`): the model copies each notebook holds at once, on its default path and in each
-optional part (03's part 2, 05's GGUF export, an exercise's solution), measured while the course runs
-(tools/fit/notebook_fit.py, the smoke run's ledger, MEASURED_COPIES below), times each copy's footprint. The
-GPU figures have not been measured on a T4 yet.
+Two parts: the phases (`predict`: a load, a 4-bit training, the GGUF export, and tools/fit/merge_shards.py's
+merge, which no notebook runs and 00's table (`plan_for`) leaves out), their host figures held within 15% of
+the full-shape rehearsal's measurements (docs/full-shape.md, tests/test_fit.py; calibration rows marked); and
+the notebooks (`notebook_need`): the model copies each holds at once, on its default path and in each optional
+part (03's part 2, 05's GGUF export, an exercise's solution), measured in the smoke run (MEASURED_COPIES),
+times each copy's footprint, plus training's adapter (`lora_bytes`). GPU figures are not measured on a T4 yet.
 Where something will not fit, `require_fit` / `notebook_fit` say what is needed and a runtime that has it.
 """
 from __future__ import annotations
@@ -33,19 +31,17 @@ BIGGER = "an L4 (22.5 GB) or A100 (40 GB) Colab runtime"
 RESOURCE_UNITS = {"gpu": (GIB, "GiB of GPU memory"), "ram": (1e9, "GB of RAM"), "disk": (1e9, "GB of disk")}
 # Resident memory of the processes before their work (measured here): Python with torch and safetensors (a
 # load), with transformers and peft too (the merge), llama.cpp's converter (with what it holds for the
-# vocabulary), llama.cpp's quantizer. The notebook's kernel holds more (the libraries, the tokenizer, the
-# data): its figure is measured in the smoke run (MEASURED_COPIES' "kernel_bytes", tools/fit/notebook_fit.py)
-# and used for the phases that run inside it.
+# vocabulary), llama.cpp's quantizer. A notebook's kernel holds more (libraries, tokenizer, data), measured in
+# the smoke run (MEASURED_COPIES' "kernel_bytes") and used for the phases that run inside it.
 TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.75e9, 0.05e9
 # a process that loads through the library's load_model with nothing to convert: Python, torch, transformers
 # and the loader's own bookkeeping (measured: make rehearse's load phase on a tiny random Gemma 1 and Gemma 3)
 LOAD_BASELINE = 0.27e9
 VERIFY_CONTEXT = 0.26e9  # llama.cpp's context and compute buffers for a short prompt (measured)
 SEED_T4_STEP_S = 2.69  # the seed notebook: gemma-2b, NF4, fp16, batch 1 x 4, 100 steps in 268.9 s on a T4
-# transformers 5.23 materializes a whole-model load's tensors through a pool of min(4, CPUs) threads, in name
-# order (core_model_loading.GLOBAL_WORKERS); a free Colab runtime has 2 CPUs
-LOAD_WORKERS = 2
+LOAD_WORKERS = 2  # transformers 5.23's whole-model load: min(4, CPUs) threads (GLOBAL_WORKERS); Colab has 2
 ACTIVATIONS = 0.5 * GIB  # batch 1 x 128 tokens with checkpointing; TRL's fused head builds no logits
+TRAINED_BYTES = 4 + 4 + 2 * 4  # a weight LoRA trains, under fp32 AdamW (06): weight, gradient, two moments
 # the copies each notebook holds at once, measured (written by tools/fit/notebook_fit.py)
 MEASURED_COPIES = Path(__file__).with_name("notebook_copies.json")
 
@@ -63,6 +59,7 @@ class Shape:
     text: int  # the text model's weights (what the GGUF file holds; Gemma 4's towers go to another file)
     largest: int  # elements of the largest tensor
     largest_adapted: int  # elements of the largest weight LoRA adapts
+    adapted_sides: int = 0  # in + out features summed over the layers LoRA adapts: x the rank = its weights
     per_layer: int = 0  # elements of a per-layer embedding table (Gemma 4), 0 without one: kept on the CPU
     largest_but_table: int = 0  # elements of the largest tensor other than that table
     repacked: int = 0  # 4-bit text weights llama.cpp's CPU backend repacks (where hidden size % 256 == 0)
@@ -85,14 +82,15 @@ def shape_of(config) -> Shape:
     linear = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in skip}
     in_text = lambda name: not any(tower in name for tower in TOWERS)
     text_linear = {n: m for n, m in linear.items() if in_text(n)}
-    adapted = [m.weight.numel() for n, m in text_linear.items() if n.rsplit(".", 1)[-1] in SEED_TARGETS]
+    adapted = [m.weight.shape for n, m in text_linear.items() if n.rsplit(".", 1)[-1] in SEED_TARGETS]
     table = {n for n in params if "per_layer" in n and "embed" in n}
     aligned = config.get_text_config().hidden_size % 256 == 0
     stored = str(getattr(config, "dtype", None) or "bfloat16").removeprefix("torch.")
     return Shape(parameters=sum(p.numel() for p in params.values()),
                  quantized=sum(m.weight.numel() for m in linear.values()),
                  text=sum(p.numel() for n, p in params.items() if in_text(n)),
-                 largest=max(p.numel() for p in params.values()), largest_adapted=max(adapted),
+                 largest=max(p.numel() for p in params.values()),
+                 largest_adapted=max(o * i for o, i in adapted), adapted_sides=sum(o + i for o, i in adapted),
                  per_layer=sum(params[n].numel() for n in table),
                  largest_but_table=max(p.numel() for n, p in params.items() if n not in table),
                  repacked=sum(m.weight.numel() for m in text_linear.values()) if aligned else 0,
@@ -122,11 +120,10 @@ def runtime_here() -> dict:
 def converted(shape: Shape, load_bytes: int, workers: int = 1) -> float:
     """Host bytes a load holds at once while it converts tensors to the load dtype. Each tensor is read from
     the memory-mapped checkpoint (file pages, not counted), then, when the dtype changes, converted on the CPU
-    before its copy to the GPU (torch converts a CPU->GPU copy there): its converted buffer lives while it is
-    written and copied. `workers` threads take the tensors in the load's name order, each reading one (time
-    as its checkpoint bytes) and then holding its buffer (time as its converted bytes): the largest sum of
-    buffers held at one moment. 2 bytes means fp16 (a T4), which a bf16 checkpoint converts to; only fp32
-    from an fp32 checkpoint loads unconverted."""
+    before its copy to the GPU (torch converts a CPU->GPU copy there), its buffer living while written and
+    copied. `workers` threads take the tensors in name order, each reading one (time as its checkpoint bytes)
+    then holding its buffer (time as its converted bytes): the largest sum of buffers held at one moment.
+    2 bytes means fp16 (a T4; a bf16 checkpoint converts); only fp32 from fp32 checkpoints is unconverted."""
     if load_bytes == 4 and shape.checkpoint_bytes == 4:
         return 0.0
     sizes = shape.sizes or (shape.largest,)
@@ -145,9 +142,8 @@ COPY_KINDS = ("nf4", "nf4-fp32", "whole", "whole-fp32")  # a model copy's kinds 
 
 
 def copy_kind(kind: str) -> tuple[bool, bool]:
-    """(linear layers in 4 bits?, the other weights in fp32?) of a copy's kind, one of COPY_KINDS; a
-    ValueError for any other name (a hand-edited notebook_copies.json), which would otherwise count as some
-    copy."""
+    """(linear layers in 4 bits?, the other weights in fp32?) of a copy's kind (COPY_KINDS); a ValueError for
+    any other name (a hand-edited notebook_copies.json), which would otherwise count as some copy."""
     if kind not in COPY_KINDS:
         raise ValueError(f"unknown model-copy kind {kind!r}: use one of {', '.join(COPY_KINDS)}")
     return kind.startswith("nf4"), kind.endswith("fp32")
@@ -161,16 +157,21 @@ def predicted_copy_bytes(shape: Shape, kind: str, compute_bytes: int) -> dict[st
     then the load holds it on the GPU in the compute dtype: "loading", the copy's GPU peak while it loads."""
     n, q, table = shape.parameters, shape.quantized, shape.per_layer
     four_bit, fp32 = copy_kind(kind)
-    rest = 4 if fp32 else compute_bytes
     packed = q * NF4_BYTES if four_bit else 0
     unpacked = n - (q if four_bit else 0)
-    gpu = packed + (unpacked - table) * rest
+    gpu = packed + (unpacked - table) * (4 if fp32 else compute_bytes)
     return {"gpu": gpu, "host": table * 2, "loading": packed + unpacked * compute_bytes}
 
 
 # Phases of the course's tools, not of a notebook: predicted (held to the rehearsal), not in 00's table.
 # 05 merges in memory (merge_and_unload on a whole copy: the load phase); merge_shards merges from the files.
 TOOL_PHASES = ("merge",)
+
+
+def lora_bytes(shape: Shape, lora_r: int = 8) -> float:
+    """What training a rank-`lora_r` LoRA adds to its copy (whose frozen weights predicted_copy_bytes counts):
+    A (r x in) and B (out x r) on each adapted layer, TRAINED_BYTES a weight (paged 8-bit AdamW: less)."""
+    return lora_r * shape.adapted_sides * TRAINED_BYTES
 
 
 def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8) -> dict[str, dict]:
@@ -182,7 +183,6 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
     checkpoint = n * shape.checkpoint_bytes
     merged = n * 2  # the merge writes f16, the converter's own type, whatever the checkpoint holds
     gguf_f16, gguf_q4 = text * 2, text * 0.65
-    lora = lora_r * (shape.largest_adapted ** 0.5) * 2 * 200  # adapter, gradients, 8-bit Adam: small
     # a step's work follows the weights it multiplies: the text model's (gemma-2b's 2.5 B: the seed's step),
     # not a per-layer table that is only looked up, nor towers a text run never calls; fp32 ~4x slower
     flop_scale = (text - shape.per_layer) / 2.5e9 * (4 if compute_bytes == 4 else 1)
@@ -194,18 +194,17 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
         "load": {"gpu": whole["loading"], "disk": checkpoint, "seconds": checkpoint / 100e6,
                  "ram": LOAD_BASELINE + max(converted(shape, compute_bytes, LOAD_WORKERS), whole["host"])},
         # NF4 loads one tensor at a time (quantizing on the fly turns the pool off); then k-bit preparation
-        # (fp32), LoRA and the activations of training
-        "nf4": {"gpu": max(nf4["loading"], nf4["gpu"] + lora + ACTIVATIONS), "disk": checkpoint,
-                "seconds": steps * SEED_T4_STEP_S * flop_scale,
+        # (fp32), LoRA with its gradients and optimizer state, and the activations of training
+        "nf4": {"gpu": max(nf4["loading"], nf4["gpu"] + lora_bytes(shape, lora_r) + ACTIVATIONS),
+                "disk": checkpoint, "seconds": steps * SEED_T4_STEP_S * flop_scale,
                 "ram": TORCH_BASELINE + max(converted(shape, compute_bytes), nf4["host"])},
         # merge_shards into f16: one adapted weight read (2 bytes a value), widened to fp32 (4), rounded (2)
         # and written (2); or the 64 MiB chunks that pass in f16 (read, converted, written: about four)
         "merge": {"gpu": None, "disk": checkpoint + merged, "seconds": checkpoint / 150e6,
                   "ram": PEFT_BASELINE + max(shape.largest_adapted * 10, 4 * 2**26)},
-        # the converter streams an f16 checkpoint from its mapped files (the merge writes f16; bf16 tensors it
-        # would widen to fp32): its own memory, plus ~0.13 bytes a value of a per-layer embedding table (Gemma
-        # 4 E2B, its one row: a calibration, not understood further). Vision and audio towers cost nothing:
-        # its text converter skips them by name, unread (TextModel.filter_tensors; Gemma 3 4B measured so)
+        # the converter streams an f16 checkpoint from its mapped files (the merge writes f16; bf16 it would
+        # widen): its own memory, plus ~0.13 bytes a value of a per-layer table (E2B's one row: a calibration,
+        # not understood further); towers cost nothing, skipped unread (TextModel.filter_tensors; Gemma 3 4B)
         "convert": {"gpu": None, "disk": checkpoint + merged + gguf_f16, "seconds": text / 25e6,
                     "ram": CONVERTER_BASELINE + shape.per_layer * 0.13},
         # the quantizer widens an f16 tensor to fp32 and writes its quantized copy: about 5.4 bytes a value;
@@ -213,8 +212,7 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
         "quantize": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": text / 20e6,
                      "ram": LLAMA_BASELINE + max(shape.largest_but_table * 5.4, shape.per_layer * 2.7)},
         # llama.cpp maps the file (not counted), holds a small context and copies the 4-bit layers it repacks
-        # for the CPU: ~0.45 bytes a weight where the hidden size is a multiple of 256 (gemma-2b, Gemma 4 E2B;
-        # measured), none for Gemma 3 1B's 1152
+        # for the CPU: ~0.45 bytes a weight at hidden sizes % 256 == 0 (gemma-2b, E2B; measured), none at 1152
         "verify": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": 60.0,
                    "ram": LLAMA_BASELINE + VERIFY_CONTEXT + shape.repacked * 0.45},
     }
@@ -279,9 +277,8 @@ def plan_for(model: str, compute_bytes: int | None = None, token=None, **kwargs)
 # ---------------------------------------------------------------------------------------------- per notebook
 
 # A notebook's optional parts: the moments measured in their cells (tools/fit/notebook_fit.PARTS) count only
-# when the notebook's parameters run them. {part: (what the line calls it, does it run for these
-# parameters?)}. An exercise's solution is a part too ("exercise 05-2"): it runs after the lesson, in the
-# lesson's kernel.
+# when the notebook's parameters run them. {part: (what the line calls it, runs it with these parameters?)}
+# An exercise's solution is a part too ("exercise 05-2"): it runs after the lesson, in the lesson's kernel.
 PARTS = {
     "compare": ("part 2 (compare=True)", lambda p: bool(p.get("compare"))),  # 03's sections 6 and 7
     # 03's chat run (section 8): chat_steps, whose None means 40 when part 2 runs
@@ -303,6 +300,11 @@ def parts_of(notebook: str, params: dict) -> frozenset[str]:
     return frozenset(found)
 
 
+def trained_rank(params: dict) -> int:
+    """The highest LoRA rank a notebook's parameters train: `lora_r` (8 unless given), 06's `other_rank`."""
+    return max(params.get("lora_r") or 8, params.get("other_rank") or 0)
+
+
 def part_label(part: str) -> str:
     return PARTS[part][0] if part in PARTS else part
 
@@ -320,19 +322,17 @@ def measured() -> dict:
 
 
 def kernel_extra(data: dict | None = None) -> float:
-    """What a notebook's kernel holds before its first load (the libraries, the tokenizer, the data), beyond a
-    bare Python with torch: measured in the smoke run."""
+    """What a notebook's kernel holds before its first load (libraries, tokenizer, data) beyond torch's."""
     return max((data or measured())["kernel_bytes"] - TORCH_BASELINE, 0.0)
 
 
 def moment_need(moment: dict, shape: Shape, compute_bytes: int, data: dict | None = None,
-                cpu: bool = False) -> dict[str, float]:
+                cpu: bool = False, lora_r: int = 8) -> dict[str, float]:
     """{"gpu", "ram"} at one measured moment of a notebook: its copies' footprints (the one it is loading at
-    its load peak, with the load's conversion on the CPU), plus training's LoRA and activations when it
+    its load peak, with the load's conversion on the CPU), plus lora_bytes at `lora_r` and activations when it
     trains, plus the kernel's own memory, plus a child process's: one that loads a copy of its own (05's
-    fresh-process reload: its Python and libraries, LOAD_BASELINE) or runs a planner's phase (CHILD_PHASES:
-    llama.cpp's converter). `cpu`: the CPU profile, where the copies are 16/32-bit ("whole", an upper bound
-    for the 4-bit ones that 01 loads on purpose) and live in RAM ("gpu" is then 0)."""
+    fresh reload: LOAD_BASELINE) or runs a planner's phase (CHILD_PHASES: llama.cpp's converter). `cpu`: the
+    CPU profile, where copies are 16/32-bit ("whole", an upper bound for 01's 4-bit ones) and live in RAM."""
     gpu, ram = 0.0, TORCH_BASELINE + kernel_extra(data)
     for i, kind in enumerate(moment["copies"]):
         copy = predicted_copy_bytes(shape, "whole" if cpu else kind, compute_bytes)
@@ -348,7 +348,7 @@ def moment_need(moment: dict, shape: Shape, compute_bytes: int, data: dict | Non
         plan = predict(shape, compute_bytes)
         ram += max(plan[phase]["ram"] for phase in CHILD_PHASES[moment["part"]])
     if moment.get("training"):
-        gpu += 8 * (shape.largest_adapted ** 0.5) * 2 * 200 + ACTIVATIONS
+        gpu += lora_bytes(shape, lora_r) + ACTIVATIONS
     return {"gpu": 0.0, "ram": ram + gpu} if cpu else {"gpu": gpu, "ram": ram}
 
 
@@ -363,14 +363,14 @@ class NotebookNeed:
 
 
 def notebook_need(notebook: str, shape: Shape, compute_bytes: int, data: dict | None = None,
-                  cpu: bool = False, parts: frozenset[str] = frozenset()) -> NotebookNeed:
+                  cpu: bool = False, parts: frozenset[str] = frozenset(), lora_r: int = 8) -> NotebookNeed:
     """What `notebook` needs at its peak for a model of `shape` computing in `compute_bytes`, from its
     measured moments on its default path and in the optional `parts` it runs (`data`: the measured copies,
-    MEASURED_COPIES unless given; `cpu`: moment_need's)."""
+    MEASURED_COPIES unless given; `cpu`, `lora_r`: moment_need's)."""
     data = data or measured()
     entry, idle = data["notebooks"][notebook], {"gpu": 0.0, "ram": TORCH_BASELINE + kernel_extra(data)}
     moments = [m for m in entry["moments"] if m.get("part") is None or m["part"] in parts]
-    needs = [(moment_need(m, shape, compute_bytes, data, cpu),
+    needs = [(moment_need(m, shape, compute_bytes, data, cpu, lora_r),
               any(not copy_kind(k)[0] for k in m["copies"])) for m in moments] or [(idle, False)]
     without = [n for n, whole in needs if not whole]
     holds_whole = any(whole for _, whole in needs)
@@ -407,12 +407,11 @@ class NotebookFit:
 def notebook_fit(notebook: str, cfg, runtime: dict | None = None, **params) -> NotebookFit:
     """Before any weight is downloaded: will `notebook` fit this runtime with cfg's model, on its default path
     and in the optional parts that `params` (the notebook's parameters: compare, chat_steps, export_gguf;
-    `exercise`: an exercise's solution) run? Reads the model's config only (a few kB), prints nothing; the
-    notebook prints `.line`. Stops (FitError) when even its 4-bit parts will not fit, naming a runtime that
-    fits; `.whole_copies` is False when only its 16/32-bit parts (01's comparison, 03's section 7, 05's
-    merge, 06's 16/32-bit arms) will not, and those parts then say so and skip. The line names no property
-    of the machine beyond the GPU the verdict is for: what it prints does not change with this machine's
-    RAM or disk."""
+    `exercise`: an exercise's solution; lora_r, other_rank: trained_rank) run? Reads the model's config only
+    (a few kB), prints nothing; the notebook prints `.line`. Stops (FitError) when even its 4-bit parts will
+    not fit, naming a runtime that fits; `.whole_copies` is False when only its 16/32-bit parts (01's
+    comparison, 03's section 7, 05's merge, 06's 16/32-bit arms) will not, and those parts then say so and
+    skip. The line names no property of the machine beyond the GPU its verdict is for (not RAM, not disk)."""
     from transformers import AutoConfig
 
     from gemmate_lib.models import resolve_model
@@ -424,7 +423,8 @@ def notebook_fit(notebook: str, cfg, runtime: dict | None = None, **params) -> N
     if cpu:
         runtime = {**runtime, "gpu_bytes": None}
     parts = parts_of(notebook, params)
-    need = notebook_need(notebook, shape_of(config), cfg.precision.dtype.itemsize, cpu=cpu, parts=parts)
+    need = notebook_need(notebook, shape_of(config), cfg.precision.dtype.itemsize, cpu=cpu, parts=parts,
+                         lora_r=trained_rank(params))
     answer = fit_answer(need, runtime)
     where_to = (f"{runtime['gpu']} ({runtime['gpu_bytes'] / GIB:.1f} GiB)" if runtime["gpu_bytes"]
                 else "this CPU")

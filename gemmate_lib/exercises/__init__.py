@@ -742,7 +742,8 @@ def exercise_fit(name: str, shape, compute_bytes: int, runtime: dict, data: dict
     gpu = ram = 0.0
     for stem, params in exercise_runs(name):
         parts = fit.parts_of(stem, params)
-        need = fit.notebook_need(stem, shape, compute_bytes, data, cpu, parts)
+        need = fit.notebook_need(stem, shape, compute_bytes, data, cpu, parts,
+                                 lora_r=fit.trained_rank(params))
         answer = fit.fit_answer(need, runtime)
         own = [m for m in data["notebooks"][stem]["moments"] if m.get("part") == f"exercise {name}"]
         whole_copies = (not fit.copy_kind(k)[0] for m in own for k in m["copies"])

@@ -46,28 +46,22 @@ def complete_checkpoints(output_dir: str | Path) -> dict[int, Path]:
 
 
 def _plain(value):
-    """A setting as JSON keeps it and compares it: sets sorted, everything else that is not a number, string,
-    bool or None as its str."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (set, frozenset)):
-        return sorted(map(str, value))
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+    """A setting as JSON keeps it and compares it: a set as its sorted items, anything JSON lacks as its
+    str."""
+    def unknown(v):
+        return sorted(map(str, v)) if isinstance(v, (set, frozenset)) else str(v)
+
+    return json.loads(json.dumps(value, default=unknown))
 
 
 def _adapter_and_quantization(model) -> dict:
     """What a loaded model says of how it trains: its PEFT configs (every LoRA setting) and the base's
     quantization (NF4 or none). GemmaTE's wrapper holds the PEFT model at `.model`."""
-    inner = getattr(model, "model", None)
-    peft = getattr(model, "peft_config", None) or getattr(inner, "peft_config", None) or {}
+    peft = getattr(model, "peft_config", None) or getattr(model.model, "peft_config", {})  # {}: no adapter
     adapter = {name: {k: v for k, v in c.to_dict().items() if k not in ADAPTER_WHERE}
                for name, c in peft.items()}
-    config = getattr(model, "config", None)
-    quant = getattr(config, "quantization_config", None)
-    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
-    return {"adapter": _plain(adapter), "quantization": _plain(quant or "none")}
+    quant = getattr(model.config, "quantization_config", None)
+    return {"adapter": _plain(adapter), "quantization": _plain(quant.to_dict() if quant else "none")}
 
 
 def run_settings(args, model_name: str, texts, model=None, **extra) -> dict:
@@ -76,7 +70,7 @@ def run_settings(args, model_name: str, texts, model=None, **extra) -> dict:
     given the `model`, its LoRA settings and quantization; `extra` adds settings of a caller's own (GemmaTE's
     temporal settings). Any change among these makes another run."""
     given = args.to_dict() if hasattr(args, "to_dict") else dict(args)
-    digest = hashlib.sha1("\n\x00".join(map(str, texts)).encode()).hexdigest()[:16]
+    digest = hashlib.sha1("\n\x00".join(map(str, texts)).encode()).hexdigest()
     settings = {"model": model_name, "data": digest,
                 "args": {k: str(v) for k, v in sorted(given.items()) if k not in WHERE}}
     if model is not None:
@@ -139,11 +133,10 @@ class TrainingClock(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.time()
-        stored = state.stateful_callbacks.get(type(self).__name__) if state.global_step else None
-        stored = stored[-1] if isinstance(stored, list) and stored else stored
-        self.before = float(((stored or {}).get("attributes") or {}).get("seconds", 0.0))
-        # a checkpoint written without a clock (an older run) has no entry, which the Trainer's save expects
-        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+        # a resumed run's seconds so far; a checkpoint written without a clock (an older run) has none, and
+        # no entry, which the Trainer's save expects: it gets one
+        stored = state.stateful_callbacks.setdefault("TrainingClock", self.state())
+        self.before = float(stored["attributes"]["seconds"]) if state.global_step else 0.0
 
     def on_train_end(self, args, state, control, **kwargs):
         self.seconds = self.now()
@@ -201,7 +194,7 @@ def resume_point(output_dir: str | Path, settings: dict, trainer=None) -> str | 
         print(f"the last run of these settings finished (its checkpoints moved to {aside.name}/): training "
               "again from step 0")
         found = {}
-    saved.write_text(json.dumps(settings, indent=1))
+    saved.write_text(json.dumps(settings))
     clocks = [c for c in getattr(getattr(trainer, "callback_handler", None), "callbacks", [])
               if isinstance(c, TrainingClock)]
     if trainer is not None and not clocks:

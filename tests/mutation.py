@@ -48,6 +48,14 @@ COVERING = {
                                  "tests/test_exercise_solutions.py", "tests/test_exercise_fit.py"],
     "gemmate_lib/preflight.py": ["tests/test_preflight.py"],
     "gemmate_lib/stats.py": ["tests/test_stats.py"],
+    # what decides the loss, a resume, the dtype and the data trained on (issue 77)
+    "gemmate_lib/resume.py": ["tests/test_resume.py", "tests/test_temporal_training.py"],
+    "gemmate_lib/fast_loss.py": ["tests/test_fast_loss.py", "tests/test_logit_cap.py"],
+    "gemmate_lib/generations.py": ["tests/test_generations.py", "tests/test_logit_cap.py"],
+    "gemmate_lib/hardware.py": ["tests/test_hardware.py"],
+    "gemmate_lib/data.py": ["tests/test_data.py"],
+    "gemmate_lib/reference.py": ["tests/test_reference.py"],
+    "gemmate_lib/certificate.py": ["tests/test_certificate.py"],
     # in this process, with a stand-in shell (the smoke run drives it through real kernels, minutes a mutant)
     "tools/fit/ledger.py": ["tests/test_ledger.py"],
     "tools/fit/notebook_fit.py": ["tests/test_notebook_fit.py", "tests/test_notebook_fit_ledgers.py",

@@ -133,3 +133,96 @@ def test_runs_moved_aside_are_never_deleted(tmp_path, capsys):
     kept = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("previous-run*/checkpoint-*"))
     assert kept == ["previous-run-2/checkpoint-11", "previous-run-3/checkpoint-12",
                     "previous-run/checkpoint-10"]
+
+
+def test_the_settings_record_the_adapter_the_quantization_and_a_callers_own(tiny_model, tiny_folder, cpu_cfg):
+    """What run_settings keeps, read back: every LoRA setting (not where the base lies), "none" or the NF4
+    config, the data's SHA-1, and GemmaTE's settings; a GemmaTE wrapper's adapter is found inside it."""
+    import hashlib
+
+    from gemmate_lib.models import load_model
+    from gemmate_lib.temporal.model import GemmaTEForCausalLM
+
+    settings = run_settings({"seed": 1}, "embedded", ["a", "b"], model=_peft(tiny_model, r=4),
+                            temporal={"temporal_scale": 0.5})
+    assert settings["data"] == hashlib.sha1(b"a\n\x00b").hexdigest()
+    assert settings["adapter"]["default"]["r"] == 4 and settings["adapter"]["default"]["lora_alpha"] == 8
+    assert sorted(settings["adapter"]["default"]["target_modules"]) == ["q_proj", "v_proj"]
+    assert "base_model_name_or_path" not in settings["adapter"]["default"]
+    assert settings["quantization"] == "none" and settings["extra"] == {"temporal": {"temporal_scale": 0.5}}
+    assert settings["args"] == {"seed": "1"}
+    nf4 = run_settings({}, "x", [], model=_peft(load_model(str(tiny_folder), cpu_cfg.precision,
+                                                           quantization="nf4")))
+    assert nf4["quantization"]["bnb_4bit_quant_type"] == "nf4" and nf4["quantization"]["load_in_4bit"]
+    wrapped = run_settings({}, "x", [], model=GemmaTEForCausalLM(_peft(copy_of(tiny_model), r=2)))
+    assert wrapped["adapter"]["default"]["r"] == 2
+    assert "adapter" not in run_settings({}, "x", [])
+
+
+def copy_of(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_the_message_names_the_data_and_the_model_first(tmp_path, capsys):
+    resume_point(tmp_path, run_settings({"a_rate": 1, "z": 1}, "m1", ["x"]))
+    _checkpoint(tmp_path, 2)
+    resume_point(tmp_path, run_settings({"a_rate": 2, "z": 2}, "m2", ["y"]))
+    assert "(the data, the model, a_rate, z differ)" in capsys.readouterr().out
+
+
+def test_a_trainer_given_to_resume_point_gets_one_clock_and_keeps_its_weights_dtypes(tiny_model, tmp_path):
+    """03 hands its trainer to resume_point: a TrainingClock is added once (a second call adds none), and a
+    resume puts back each trainable weight's dtype after the checkpoint's load widened it (peft's
+    load_adapter widens bf16 to fp32)."""
+    import types
+
+    import torch
+
+    from gemmate_lib.resume import TrainingClock
+
+    model = _peft(tiny_model)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+
+    def widen(*args, **kwargs):  # what peft's load_adapter does to a bf16 adapter
+        assert kwargs == {"strict": False}
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+
+    handler = types.SimpleNamespace(callbacks=[])
+    trainer = types.SimpleNamespace(model=model, callback_handler=handler, _load_from_checkpoint=widen,
+                                    add_callback=handler.callbacks.append)
+    assert resume_point(tmp_path / "a" / "b", SETTINGS, trainer) is None  # a new, nested folder
+    assert [type(c) for c in handler.callbacks] == [TrainingClock]
+    _checkpoint(tmp_path / "a" / "b", 2)
+    assert resume_point(tmp_path / "a" / "b", SETTINGS, trainer).endswith("checkpoint-2")
+    assert len(handler.callbacks) == 1
+    trainer._load_from_checkpoint("checkpoint-2", strict=False)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.float32}
+
+
+def test_the_clock_counts_a_resumed_runs_earlier_seconds_and_takes_an_older_checkpoint_without_one():
+    from transformers import TrainerState
+
+    from gemmate_lib.resume import TrainingClock
+
+    resumed = TrainerState(global_step=2, stateful_callbacks={
+        "TrainingClock": {"args": {}, "attributes": {"seconds": 7.5}}})
+    clock = TrainingClock()
+    clock.on_train_begin(None, resumed, None)
+    assert clock.before == 7.5 and 7.5 <= clock.state()["attributes"]["seconds"] < 8.5
+    clock.on_train_end(None, resumed, None)
+    assert 7.5 <= clock.seconds < 8.5
+    older = TrainerState(global_step=2)  # written before the clock existed
+    clock = TrainingClock()
+    clock.on_train_begin(None, older, None)
+    assert clock.before == 0.0 and older.stateful_callbacks["TrainingClock"]["attributes"]["seconds"] < 1
+    fresh = TrainerState(global_step=0, stateful_callbacks={
+        "TrainingClock": {"args": {}, "attributes": {"seconds": 3.0}}})
+    clock.on_train_begin(None, fresh, None)
+    assert clock.before == 0.0  # a run from step 0 counts from zero

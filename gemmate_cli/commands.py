@@ -49,7 +49,7 @@ def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES, adap
     run_dir, c = Path(run_dir), cfg.course
     quant_types = check_export(run_dir, quant_types)
     if adapter:  # what the adapter file needs, said before the minutes of merging and converting
-        from gemmate_lib.adapter_gguf import base_architecture, lora_pairs
+        from gemmate_cli.adapter_gguf import base_architecture, lora_pairs
 
         lora_pairs(run_dir / "adapter")
         if base_gguf is not None:
@@ -65,7 +65,7 @@ def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES, adap
     result = {**exported, **verified}
     pair = None
     if adapter:
-        from gemmate_lib.adapter_gguf import ADAPTER_FILE, base_gguf_of, write_adapter_gguf
+        from gemmate_cli.adapter_gguf import ADAPTER_FILE, base_gguf_of, write_adapter_gguf
 
         folder = Path(exported["folder"])
         base = base_gguf_of(c.model.model_name, folder, base_gguf)

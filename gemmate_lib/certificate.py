@@ -37,8 +37,8 @@ BOUNDS = {
     "q8_0": {"mean_gap": 0.08, "worst_gap": 1.5, "top1": 0.97, "perplexity_ratio": 1.03},
     "q4_k_m": {"mean_gap": 0.5, "worst_gap": 8.0, "top1": 0.85, "perplexity_ratio": 1.5},
 }
-# the base's 16-bit file with the adapter GGUF applied at run time (adapter_gguf.py): held to the merged
-# 16-bit file's bounds, since it should compute the same weights
+# the base's 16-bit file with the adapter GGUF applied at run time (gemmate_cli/adapter_gguf.py): held to the
+# merged 16-bit file's bounds, since it should compute the same weights
 BOUNDS["f16+lora"] = BOUNDS["f16"]
 MERGED = "merged (transformers)"
 DECISIVE = 1.0  # nats between the merged model's token and its runner-up: a position where it was sure

@@ -237,8 +237,8 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
 
 def load_llama(path: Path, logits_all: bool = True, lora_path: Path | None = None):
     """llama.cpp (llama-cpp-python) on a GGUF file, with the logits of every position when `logits_all` (what
-    the checks and the certificate read), and a LoRA adapter GGUF applied when `lora_path` (adapter_gguf.py);
-    a file it cannot load is one ModelLoadError line."""
+    the checks and the certificate read), and a LoRA adapter GGUF applied when `lora_path`
+    (gemmate_cli/adapter_gguf.py); a file it cannot load is one ModelLoadError line."""
     from llama_cpp import Llama
 
     try:

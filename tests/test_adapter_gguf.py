@@ -1,4 +1,4 @@
-"""The adapter alone as a llama.cpp LoRA GGUF (gemmate_lib/adapter_gguf.py): what it writes, and one line for
+"""The adapter alone as a llama.cpp LoRA GGUF (gemmate_cli/adapter_gguf.py): what it writes, and one line for
 each input it cannot use. Its behaviour on the real embedded fine-tune (base + adapter held to the merged
 model's certificate) is tests/test_certificate.py's, after nbval; llama.cpp applying a tiny one is the CLI
 export test's (tests/cli/test_cli_export.py)."""
@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from gemmate_lib import adapter_gguf
+from gemmate_cli import adapter_gguf
 from gemmate_lib.housekeeping.errors import ModelLoadError, SaveError
 
 

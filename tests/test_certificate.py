@@ -205,7 +205,7 @@ def test_05s_adapter_as_gguf_on_its_base_is_within_the_16_bit_files_bounds(reque
     from nbval_run import nbval_run
     from transformers import AutoModelForCausalLM
 
-    from gemmate_lib import adapter_gguf
+    from gemmate_cli import adapter_gguf
     from gemmate_lib.config import course_config
     from gemmate_lib.data import load_quotes
     from gemmate_lib.models import load_tokenizer

@@ -1,10 +1,13 @@
 """The fast loss (fast_loss.py): the LM head on labelled tokens only, equal to the model's own loss."""
+import re
+
 import pytest
 import torch
 from tiny import ROWS
 
 from gemmate_lib.data import load_quotes
 from gemmate_lib.fast_loss import (
+    CHUNK_TOKENS,
     LOSS_IMPLS,
     TORCH_LOSSES,
     LinearCrossEntropy,
@@ -257,7 +260,8 @@ def test_torchs_loss_on_the_tiny_gemma_equals_ours_and_the_models_own(tiny_model
 
 def test_an_unknown_loss_implementation_is_refused():
     hidden, weight, targets = _head(torch.float32, rows=4)
-    with pytest.raises(ValueError, match="torch_chunk256"):
+    with pytest.raises(ValueError, match=re.escape("'torch_fastest' is not known: use one of course, torch, "
+                                                   "torch_chunk256, torch_chunk256_lowp, torch_reference")):
         summed_cross_entropy(hidden, weight, targets, "torch_fastest")
 
 
@@ -283,3 +287,206 @@ def test_a_likely_targets_gradient_keeps_its_digits_in_the_bf16_softmax(lowp, mo
     fast.LinearCrossEntropy.apply(mine, weight, targets).backward()
     error = (mine.grad.float() - reference.grad).norm() / reference.grad.norm()
     assert error < 0.02, error
+
+
+# What the learner's loss and gradients depend on, each part on its own: the precision each dtype computes
+# in, rows of very different scales in one chunk, odd head shapes, the dtypes returned, the memory kept, and
+# what causal_lm_loss passes on (the implementation, the token count, the head on no position, no cache).
+
+def _reference(hidden, weight, targets):
+    """The float64 loss, per-token losses and gradients (hidden, weight) of the same (rounded) values."""
+    hidden = hidden.detach().double().requires_grad_()
+    weight = weight.detach().double().requires_grad_()
+    per_token = F.cross_entropy(hidden @ weight.t(), targets, reduction="none")
+    per_token.sum().backward()
+    return per_token.sum().detach(), per_token.detach(), hidden.grad, weight.grad
+
+
+def _loud_row(dtype, rows=6, vocab=50, width=16):
+    """A chunk whose first row's logits run to the hundreds and the others' to a few units: a softmax
+    shifted by the chunk's maximum instead of each row's own would underflow every quiet row to exp() = 0."""
+    hidden, weight, targets = _head(torch.float64, rows, vocab, width)
+    hidden[0] *= 60
+    return hidden.to(dtype), weight.to(dtype), targets
+
+
+HEADS = {  # name: (hidden, weight, targets) when called, chunk, tolerance
+    # float64 in, float64 throughout: no step through float32 (its normalizer alone would be 1e-7 off)
+    "fp64_several_chunks": (lambda: _head(torch.float64, rows=37), 8, dict(rtol=1e-10, atol=1e-10)),
+    "fp32_loud_row": (lambda: _loud_row(torch.float32), CHUNK_TOKENS, TOL[torch.float32]),
+    "bf16_loud_row": (lambda: _loud_row(torch.bfloat16), CHUNK_TOKENS, TOL[torch.bfloat16]),
+    # a head wider than its vocabulary (vocab 12 < width 32): each buffer sized by the vocabulary
+    "bf16_wider_than_its_vocab": (lambda: _head(torch.bfloat16, rows=5, vocab=12, width=32), CHUNK_TOKENS,
+                                  TOL[torch.bfloat16]),
+    "fp32_short_last_chunk": (lambda: _head(torch.float32, rows=11, vocab=12, width=32), 4,
+                              TOL[torch.float32]),
+}
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_loss_gradients_and_held_out_losses_equal_float64_cross_entropy(name):
+    """Training loss, both gradients (a trainable head: 06's full fine-tuning) and the held-out per-token
+    losses equal cross_entropy computed in float64 from the same values, to the dtype's digits."""
+    from gemmate_lib.fast_loss import token_nll
+
+    make, chunk, tol = HEADS[name]
+    hidden, weight, targets = make()
+    ref, ref_per_token, ref_hidden_grad, ref_weight_grad = _reference(hidden, weight, targets)
+    assert torch.isfinite(ref)
+    mine_hidden, mine_weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = LinearCrossEntropy.apply(mine_hidden, mine_weight, targets, chunk)
+    loss.backward()
+    torch.testing.assert_close(loss.double(), ref, **tol)
+    torch.testing.assert_close(mine_hidden.grad.double(), ref_hidden_grad, **tol)
+    torch.testing.assert_close(mine_weight.grad.double(), ref_weight_grad, **tol)
+    torch.testing.assert_close(token_nll(hidden, weight, targets, chunk).double(), ref_per_token, **tol)
+
+
+def test_a_bf16_head_trains_on_the_bf16_softmax_and_scores_held_out_losses_in_fp32(monkeypatch):
+    """A bf16 head's training softmax runs in bf16 (LOWP_SOFTMAX; False: in fp32), its held-out losses in
+    fp32 on the bf16 product, with and without Gemma 4's cap, as a CPU with native bf16 computes them."""
+    from gemmate_lib import fast_loss
+
+    hidden, weight, targets = _head(torch.bfloat16, rows=40)
+    _, _, ref_grad, _ = _reference(hidden, weight, targets)
+    grads = {}
+    for lowp in (True, False):
+        monkeypatch.setattr(fast_loss, "LOWP_SOFTMAX", lowp)
+        _, grads[lowp], _ = _loss_and_grad(lambda h, w, t: LinearCrossEntropy.apply(h, w, t), hidden, weight,
+                                           targets)
+        torch.testing.assert_close(grads[lowp].double(), ref_grad, **TOL[torch.bfloat16])
+    assert not torch.equal(grads[True], grads[False])  # the two softmaxes are two paths
+    monkeypatch.setattr(fast_loss, "LOWP_SOFTMAX", True)
+    monkeypatch.setattr(fast_loss, "cpu_has_native_bf16", lambda: True)  # the head stays bf16
+    logits = torch.mm(weight, hidden.t()).t().float()  # the bf16 product, as the loss multiplies it
+    for cap in (None, 30.0):
+        capped = logits if cap is None else cap * torch.tanh(logits / cap)
+        expected = F.cross_entropy(capped, targets, reduction="none")
+        torch.testing.assert_close(fast_loss.token_nll(hidden, weight, targets, softcap=cap), expected,
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("probs, lowp", [(True, False), (False, True), (True, True)],
+                         ids=["gradient", "bf16_softmax", "both"])
+def test_a_logit_cap_is_refused_where_the_loss_would_skip_it(probs, lowp):
+    """The cap is applied to held-out losses only: a training softmax (its gradient) or the bf16 softmax
+    with a cap is refused, naming where a capped model's training loss comes from."""
+    from gemmate_lib.fast_loss import _softmax_chunks
+
+    hidden, weight, targets = _head(torch.float32, rows=4)
+    message = ("a logit cap is applied to held-out losses only (training with one uses the model's own "
+               "logits: causal_lm_loss)")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        next(_softmax_chunks(hidden, weight, targets, 8, probs=probs, lowp=lowp, softcap=30.0))
+
+
+@pytest.mark.parametrize("impl", LOSS_IMPLS)
+def test_each_implementation_returns_its_dtypes_and_takes_fp32_hidden_states_into_a_bf16_head(impl):
+    """A bf16 head: the course's loss comes back in fp32 (summed in fp32), torch's in bf16; the gradient
+    in the hidden states' dtype. fp32 hidden states into a bf16 head are multiplied as bf16 (the course's:
+    the very same loss and gradient), the gradient returned in fp32."""
+    hidden, weight, targets = _head(torch.bfloat16, rows=40)
+    fn = lambda h, w, t: summed_cross_entropy(h, w, t, impl)  # noqa: E731
+    loss, grad, _ = _loss_and_grad(fn, hidden, weight, targets)
+    assert (loss.dtype, grad.dtype) == (torch.float32 if impl == "course" else torch.bfloat16, torch.bfloat16)
+    if impl == "course":  # summed in fp32: as close to the float64 sum as its bf16 logits allow
+        torch.testing.assert_close(loss.double(), _reference(hidden, weight, targets)[0], rtol=2e-3, atol=0)
+    mixed_loss, mixed_grad, _ = _loss_and_grad(fn, hidden.float(), weight, targets)
+    assert mixed_grad.dtype == torch.float32
+    torch.testing.assert_close(mixed_loss.double(), loss.double(), **TOL[torch.bfloat16])
+    torch.testing.assert_close(mixed_grad.double(), grad.double(), **TOL[torch.bfloat16])
+    if impl == "course":
+        assert torch.equal(mixed_loss, loss) and torch.equal(mixed_grad, grad.float())
+
+
+# Each torch setting of TORCH_LOSSES, written out: what summed_cross_entropy must hand torch's op
+TORCH_OPTIONS = {"torch": lambda dtype: dict(),
+                 "torch_chunk256": lambda dtype: dict(batch_chunk_size=256),
+                 "torch_chunk256_lowp": lambda dtype: dict(batch_chunk_size=256, acc_dtype=dtype),
+                 "torch_reference": None}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("impl", list(TORCH_LOSSES))
+def test_each_torch_setting_runs_torchs_op_with_exactly_its_options(impl, dtype):
+    """summed_cross_entropy(..., impl) is torch's linear_cross_entropy with that setting's options, bit for
+    bit in loss and gradient (the settings differ in their bits: torch's own chunks against 256 rows, fp32
+    against bf16 softmax, chunked against the whole logits)."""
+    from torch.nn import LinearCrossEntropyOptions
+
+    assert set(TORCH_OPTIONS) == set(TORCH_LOSSES)
+    setting = TORCH_OPTIONS[impl]
+    options = None if setting is None else LinearCrossEntropyOptions(**setting(dtype))
+    hidden, weight, targets = _head(dtype)
+    theirs = _loss_and_grad(lambda h, w, t: F.linear_cross_entropy(h, w, t, reduction="sum", options=options),
+                            hidden, weight, targets)
+    ours = _loss_and_grad(lambda h, w, t: summed_cross_entropy(h, w, t, impl), hidden, weight, targets)
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("trains", ["hidden", "head", "both"])
+def test_the_loss_keeps_one_logits_buffer_and_no_gradient_nobody_asked_for(trains, dtype):
+    """Memory, Gemma's head being 262,144 x 640: the forward keeps for backward the gradient of what trains
+    and nothing else (a frozen head's fp32 gradient alone would be 640 MiB), and an fp32 head's chunks all
+    go through one [vocab, chunk] buffer, the softmax in place (a bf16 head's fp32 normalizer takes an fp32
+    copy of each chunk on a CPU: torch's sum(dtype=float32))."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rows, vocab, width = 16, 4096, 8
+    hidden, weight, targets = _head(dtype, rows, vocab, width)
+    hidden.requires_grad_(trains != "head")
+    weight.requires_grad_(trains != "hidden")
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append((tuple(x.shape), x.dtype)) or x,
+                                                  lambda x: x):
+        LinearCrossEntropy.apply(hidden, weight, targets)
+    expected = {"hidden": [((rows, width), dtype)], "head": [((vocab, width), torch.float32)]}
+    expected["both"] = expected["hidden"] + expected["head"]
+    assert saved == expected[trains]
+    if trains == "hidden" and dtype == torch.float32:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            LinearCrossEntropy.apply(hidden, weight, targets)
+        allocated = sum(max(e.self_cpu_memory_usage, 0) for e in prof.events() if e.name.startswith("aten::"))
+        buffer = vocab * rows * weight.element_size()
+        assert buffer <= allocated < 1.25 * buffer, (allocated, buffer)
+
+
+def test_causal_lm_loss_runs_the_head_on_no_position_and_keeps_no_cache(tiny_model, tiny_tokenizer):
+    """The model's own forward runs with its LM head on no position (the fast loss multiplies the labelled
+    rows itself) and builds no KV cache, in training mode as the trainer calls it."""
+    enc, labels = _batch(tiny_tokenizer)
+    head_rows, caches = [], []
+    tiny_model.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: head_rows.append(args[0].shape[:-1].numel()))
+    tiny_model.get_decoder().register_forward_hook(
+        lambda module, args, out: caches.append(out.past_key_values))
+    causal_lm_loss(tiny_model.train(), enc["input_ids"], enc["attention_mask"], labels)
+    assert head_rows == [0] and caches == [None]
+
+
+def test_causal_lm_loss_divides_by_the_count_it_is_given(tiny_model, tiny_tokenizer):
+    """Mean over the labelled tokens, or the sum over num_items_in_batch (gradient accumulation: the
+    labelled tokens of every micro-batch of the step); a single labelled token's loss is its own."""
+    enc, labels = _batch(tiny_tokenizer)
+    count = int((labels[:, 1:] != -100).sum())
+    with torch.no_grad():
+        mean = causal_lm_loss(tiny_model, enc["input_ids"], enc["attention_mask"], labels)
+        accumulated = causal_lm_loss(tiny_model, enc["input_ids"], enc["attention_mask"], labels, 3 * count)
+        torch.testing.assert_close(accumulated, mean / 3)
+        one = torch.full_like(labels, -100)
+        one[0, 3] = labels[0, 3]
+        own = tiny_model(**enc, labels=one).loss
+        mine = causal_lm_loss(tiny_model, enc["input_ids"], enc["attention_mask"], one)
+        torch.testing.assert_close(mine, own)
+
+
+@pytest.mark.parametrize("impl", LOSS_IMPLS)
+def test_causal_lm_loss_runs_the_implementation_it_is_named(tiny_model, tiny_tokenizer, impl):
+    """causal_lm_loss(..., impl=...) runs that implementation, not LOSS_IMPL: on a bf16 model the course's
+    loss is an fp32 figure, torch's a bf16 one."""
+    enc, labels = _batch(tiny_tokenizer)
+    with torch.no_grad():
+        loss = causal_lm_loss(tiny_model.to(torch.bfloat16), enc["input_ids"], enc["attention_mask"], labels,
+                              impl=impl)
+    assert loss.dtype == (torch.float32 if impl == "course" else torch.bfloat16)

@@ -136,3 +136,23 @@ def test_the_look_finds_the_reads_that_made_gemma_4_train_uncapped():
               'hidden = model.config.hidden_size\n'
               'fine = model.config.get_text_config().hidden_size\n')
     assert [line for line, _ in top_level_reads(before, names)] == [1, 2]
+
+
+@pytest.mark.parametrize("key", ["gemma3", "gemma4"])
+def test_the_course_loss_masks_left_padding_and_keeps_no_cache(key):
+    """On a left-padded batch (the pads first: a real token could attend to them) the course's loss is the
+    model's own, the attention mask passed on, on Gemma 4's capped path (the model's own logits) as on the
+    fused head; and neither path builds a KV cache during training."""
+    from gemmate_lib.fast_loss import causal_lm_loss
+
+    model, tokenizer = loud(key, torch.float32)
+    enc = dict(tokenizer(list(TEXTS), return_tensors="pt", padding=True, padding_side="left"))
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    assert (enc["attention_mask"][:, 0] == 0).any()
+    caches = []
+    model.get_decoder().register_forward_hook(lambda module, args, out: caches.append(out.past_key_values))
+    with torch.no_grad():
+        course = causal_lm_loss(model.train(), enc["input_ids"], enc["attention_mask"], labels)
+        assert caches == [None]
+        own = model(**enc, labels=labels).loss
+    assert float(course) == pytest.approx(float(own), rel=1e-4)

@@ -56,7 +56,8 @@ lint: install
 	$(PY) -m ruff check .
 
 test-fast: lint
-	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not canary and not after_nbval" tests
+	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) \
+		-m "not slow and not canary and not after_nbval and not long" tests
 
 # Every test's and every notebook cell's time, as JUnit XML in runs/test (unit.xml, nbval.xml, after_nbval.xml):
 # `python -m tools.runners.timings --slowest runs/test/*.xml` prints the slowest of them and each step's total, the table

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gemmate_lib.housekeeping.machine import cpu_name  # noqa: E402
+from tools.machine import cpu_name  # noqa: E402
 
 GEMMS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmm_", "aten::mm_out",
          "mkldnn::_linear_pointwise", "aten::mkldnn_linear", "aten::_addmm_activation"}

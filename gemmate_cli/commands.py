@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gemmate_cli.certificate import certify, held_out_prompts, known_losses
 from gemmate_cli.settings import CommandConfig
 from gemmate_lib.adapters import load_adapter
-from gemmate_lib.certificate import certify, held_out_prompts, known_losses
 from gemmate_lib.evaluation import evaluate_model, metrics_document
 from gemmate_lib.export import QUANT_TYPES, check_export, export_gguf, verify_gguf
 from gemmate_lib.housekeeping.files import save_json
@@ -72,7 +72,7 @@ def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES, adap
         result["adapter_gguf"] = write_adapter_gguf(run_dir / "adapter", base, folder / ADAPTER_FILE)
         pair = (base, folder / ADAPTER_FILE)
     save_json(run_dir / "gguf" / "verification.json", result)
-    # what each level cost, as 05 prints it
+    # what each level cost (certificate.py), as docs/export.md shows it
     result["certificate"] = certify(exported["folder"], merged, tokenizer, held_out_prompts(data.held_out),
                                     heldout, max_new_tokens=c.generate.max_new_tokens,
                                     excused=known_losses(c.model.model_name), adapter=pair)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gemmate_lib.hardware import pick_precision
 from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
-from gemmate_lib.housekeeping.files import show_path
+from gemmate_lib.housekeeping.files import atomic_folder, show_path
 
 MAX_TOKENS_LIMIT = 512  # the largest `max_tokens` a request may ask for (a quote and its author need ~60)
 
@@ -23,7 +23,7 @@ def served_model(run_dir: str | Path) -> Path:
                              "pass a run folder that 03 (or `gemmate "
                              "train`'s output_dir) wrote, e.g. runs/interactive")
     from gemmate_cli.commands import load_merged
-    from gemmate_lib.adapters import read_base_info, save_merged
+    from gemmate_lib.adapters import read_base_info
 
     meta = read_base_info(adapter)
     if meta is None:
@@ -36,6 +36,15 @@ def served_model(run_dir: str | Path) -> Path:
     model, tokenizer = load_merged(base, precision, adapter)
     print(f"merged {show_path(adapter)} into {base} -> {show_path(merged)}", flush=True)
     return save_merged(model, tokenizer, merged, precision.dtype)
+
+
+def save_merged(merged, tokenizer, folder: str | Path, dtype) -> Path:
+    """Save a merged model in `dtype` (the training dtype: bf16/fp16 halve fp32's size), all or nothing, as
+    05 writes it out."""
+    with atomic_folder(folder, overwrite=True, what="merged model") as tmp:
+        merged.to(dtype).save_pretrained(tmp, max_shard_size="2GB")  # safetensors; RAM holds one shard
+        tokenizer.save_pretrained(tmp)
+    return Path(folder)
 
 
 def check_request(body: dict, field: str, models: list[str], limit: int = MAX_TOKENS_LIMIT) -> None:

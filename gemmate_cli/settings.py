@@ -1,7 +1,7 @@
 """The command line's config (docs/command-line.md): the notebooks' settings (gemmate_lib.config) plus the
 ones only the commands read (checkpoints, W&B, train-te's data, evaluate / generate), one flat `name: value`
 set of them in YAML (`--config`, `gemmate hpo`'s best_config.yaml) and flags, in the notebooks' one
-registry (config.Settings: HfArgumentParser's options and types, one check)."""
+registry (config.Settings: the fields, their types and one check); parser.py parses flags and YAML into it."""
 from __future__ import annotations
 
 import dataclasses
@@ -71,8 +71,7 @@ class CheckpointSettings:
         "an fsspec URL or folder for the checkpoints, e.g. s3://bucket/gemma-sst2")
 
 
-SETTINGS = Settings({**config.GROUPS, "command": CommandSettings, "checkpoints": CheckpointSettings},
-                    free_text=("prompts",))
+SETTINGS = Settings({**config.GROUPS, "command": CommandSettings, "checkpoints": CheckpointSettings})
 ORDER = list(SETTINGS.owner)  # every setting: --help's, YAML's and train_metrics.json's order
 CLI_TASK_DEFAULTS = {"temporal": {"save_strategy": "no"}}  # train-te saves no checkpoints
 ALIASES = {"dataset_id": "dataset"}  # docs/gemma11-experiment.md's names that the course spells differently
@@ -176,27 +175,20 @@ def check_command_settings(flat: dict) -> None:
                              "`wandb sync` uploads later), or use_wandb: false")
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None,
-                task: str = "quotes") -> CommandConfig:
-    """A CommandConfig from a YAML file (optional), then `--key value` overrides (parsed from text)."""
-    values: dict = {}
-    if path is not None:
-        values = {ALIASES.get(k, k): v for k, v in read_yaml(path, "--config").items()}  # e.g. dataset_id
-        for key, only in FIXED.items():
-            if values.pop(key, only) != only:
-                raise ParameterError(f"{key} in {Path(path).name} can only be {only!r}",
-                                     f"delete the line {key}:")
-        SETTINGS.check_names(values, "config key", f" in {Path(path).name}")
-    # PyYAML reads a number without a dot, such as 1e-4, as a string: for a float setting it is a number
-    typed = {k: SETTINGS.coerce(k, v, from_text=isinstance(v, str) and SETTINGS.hints[k] is float)
-             for k, v in values.items()}
-    typed.update({k: SETTINGS.coerce(k, v, from_text=True) if k in SETTINGS.fields else v
-                  for k, v in (overrides or {}).items()})
-    return command_config(task, **typed)
+def read_config(path: str | Path) -> dict:
+    """The `name: value` settings of the YAML file given to --config, every key checked: the experiment's
+    names as the course's (ALIASES), FIXED keys dropped, an unknown key one ParameterError."""
+    values = {ALIASES.get(k, k): v for k, v in read_yaml(path, "--config").items()}  # e.g. dataset_id
+    for key, only in FIXED.items():
+        if values.pop(key, only) != only:
+            raise ParameterError(f"{key} in {Path(path).name} can only be {only!r}",
+                                 f"delete the line {key}:")
+    SETTINGS.check_names(values, "config key", f" in {Path(path).name}")
+    return values
 
 
 def dump_config(cfg: CommandConfig, path: str | Path) -> Path:
-    """Write every setting as flat YAML, which `load_config` reads back (what `gemmate hpo` writes)."""
+    """Write every setting as flat YAML, which `--config` reads back (what `gemmate hpo` writes)."""
     import yaml
 
     path = Path(path)

@@ -1,5 +1,6 @@
 """`gemmate train-te` (docs/gemmate-temporal.md): GemmaTE on a JSONL of {text, timestamp} or one of
-07's tasks, through the one skeleton of train.py."""
+07's tasks, read top to bottom in train_temporal_from_config: the steps of `gemmate train` (train.py), with
+GemmaTE's data, model and saving."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +8,62 @@ from pathlib import Path
 import torch
 
 from gemmate_cli.settings import CommandConfig
-from gemmate_cli.train import TrainingCommand
+from gemmate_cli.train import check_output_dir, last_logged, load_base, save_metrics
 from gemmate_lib.housekeeping.errors import DataError, ParameterError
 from gemmate_lib.temporal.data import TextDataset
 from gemmate_lib.temporal.model import GemmaTEForCausalLM
 from gemmate_lib.temporal.tasks import QUESTION, make_python_questions, python_accuracy, python_baselines
 from gemmate_lib.temporal.timestamps import to_milliseconds
 from gemmate_lib.temporal.training import attach_temporal_lora, baselines, date_accuracy, train_temporal
+
+
+def train_temporal_from_config(cfg: CommandConfig) -> dict:
+    """`gemmate train-te` (and scripts/finetune.py): saves output_dir/model (and model.pt with save_format
+    pt); returns the metrics, with a built-in task's "evaluation", also output_dir/train_metrics.json."""
+    from gemmate_lib.models import load_tokenizer
+
+    out = Path(cfg.checkpoints.output_dir)
+    tokenizer = load_tokenizer(cfg.course.model.model_name)
+    cfg, dataset, source, evaluate = temporal_data(cfg, tokenizer)  # before the model: bad data stops here
+    check_output_dir(out, resuming=False)
+    course = cfg.course
+    te = attach_temporal_lora(GemmaTEForCausalLM(load_base(cfg), course.temporal), course)
+    print(f"training on {len(dataset)} rows from {source} ({course.precision.device}, "
+          f"{course.precision.name})", flush=True)
+    result = train_temporal(te, dataset, course, out / "trainer", tokenizer.pad_token_id)
+    result.model.save_pretrained(out / "model")  # safetensors, always
+    metrics = {"rows": len(dataset), "steps": result.steps, "seconds": round(result.seconds, 1),
+               "final_loss": last_logged(result.log, "loss")}
+    if evaluate is not None:
+        metrics["evaluation"] = evaluate(result.model, tokenizer)
+    # the guide's torch.save(model.state_dict(), ...), LoRA merged in (last)
+    if cfg.checkpoints.save_format == "pt":
+        torch.save(result.model.merged_state_dict(), out / "model.pt")
+    return save_metrics(out, metrics | {"config": cfg.flat()})
+
+
+
+def temporal_data(cfg: CommandConfig, tokenizer) -> tuple:
+    """(cfg, the TextDataset, where its rows come from, the task's evaluate or None): the JSONL of `dataset`
+    (temporal_task "file"), or one of 07's tasks, whose prompt end the returned cfg takes."""
+    course, task = cfg.course, cfg.command.temporal_task
+    evaluate = None
+    if task == "file":
+        if course.data.dataset == "embedded":
+            raise ParameterError("train-te needs data: dataset='embedded' "
+                                 "is the quotes, which have no timestamps",
+                                 "pass --dataset notes.jsonl, or --temporal_task dated_notes "
+                                 "(or python_releases)")
+        texts, stamps = load_jsonl(course.data.dataset, cfg.command.timestamp_unit)
+        source = course.data.dataset
+    else:
+        texts, stamps, prompt_end, evaluate = course_task(task, seed=course.train.seed)
+        source = f"07's {task} task"
+        cfg = cfg.replace(prompt_end=prompt_end)
+    dataset = TextDataset(texts, tokenizer, stamps, max_length=cfg.course.train.max_length,
+                          prompt_end=cfg.course.temporal.prompt_end)
+    return cfg, dataset, source, evaluate
+
 
 
 def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> tuple:
@@ -50,51 +100,6 @@ def course_task(name: str, seed: int = 0, constant_date: str = "2017-01-01") -> 
         return notes.train_texts, notes.train_timestamps, PROMPT_END, evaluate_notes
     raise ValueError(f"no course task {name!r}")
 
-
-class TemporalTraining(TrainingCommand):
-    """`gemmate train-te`: GemmaTE on a JSONL of {"text", "timestamp"} or one of 07's tasks (`temporal_task`);
-    saves output_dir/model (and model.pt with save_format pt), with a built-in task's "evaluation"."""
-
-    def prepare(self, tokenizer) -> None:
-        course, task = self.cfg.course, self.cfg.command.temporal_task
-        self.evaluate = None
-        if task == "file":
-            if course.data.dataset == "embedded":
-                raise ParameterError("train-te needs data: dataset='embedded' "
-                                     "is the quotes, which have no timestamps",
-                                     "pass --dataset notes.jsonl, or --temporal_task dated_notes "
-                                     "(or python_releases)")
-            texts, stamps = load_jsonl(course.data.dataset, self.cfg.command.timestamp_unit)
-            self.source = course.data.dataset
-        else:
-            texts, stamps, prompt_end, self.evaluate = course_task(task, seed=course.train.seed)
-            self.source = f"07's {task} task"
-            self.cfg = self.cfg.replace(prompt_end=prompt_end)
-        course = self.cfg.course
-        self.dataset = TextDataset(texts, tokenizer, stamps, max_length=course.train.max_length,
-                                   prompt_end=course.temporal.prompt_end)
-
-    def train_model(self, model, tokenizer, out: Path):
-        course = self.cfg.course
-        te = attach_temporal_lora(GemmaTEForCausalLM(model, course.temporal), course)
-        print(f"training on {len(self.dataset)} rows from {self.source} ({course.precision.device}, "
-              f"{course.precision.name})", flush=True)
-        return train_temporal(te, self.dataset, course, out / "trainer", tokenizer.pad_token_id)
-
-    def finish(self, result, tokenizer, out: Path, common: dict) -> dict:
-        result.model.save_pretrained(out / "model")  # safetensors, always
-        metrics = {"rows": len(self.dataset), **common}
-        if self.evaluate is not None:
-            metrics["evaluation"] = self.evaluate(result.model, tokenizer)
-        # the guide's torch.save(model.state_dict(), ...), LoRA merged in (last)
-        if self.cfg.checkpoints.save_format == "pt":
-            torch.save(result.model.merged_state_dict(), out / "model.pt")
-        return metrics | {"config": self.cfg.flat()}
-
-
-def train_temporal_from_config(cfg: CommandConfig) -> dict:
-    """`gemmate train-te` (and scripts/finetune.py): writes train_metrics.json."""
-    return TemporalTraining(cfg).run()
 
 
 def load_jsonl(path: str | Path, unit: str | None = None) -> tuple[list[str], list[float]]:

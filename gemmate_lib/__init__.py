@@ -2,20 +2,22 @@
 lessons bring them in (each module's docstring names the notebook that teaches it). Importing it changes
 nothing global; notebooks call `quiet()`.
 
-  00_setup                 hardware (device and precision), config (the profile and the one validator),
+  00_setup                 hardware (device, precision, memory), config (the profile and the one validator),
                            models (loading), fit (will it fit)
   01_load_4bit             data (the quotes), evaluation (held-out loss), plots
   02_baseline_generation   text_generation
-  03_lora_sft              generations (Gemma 1, 3, 4), training (the one training path), fast_loss,
-                           preflight (and the gradient tripwire), methods, adapters, reference (is my run
-                           normal? bands measured from real runs; 04 and 07 print its line too)
+  03_lora_sft              generations (Gemma 1, 3, 4), training (the one training path), fast_loss, resume
+                           (the same run), preflight (and the gradient tripwire), methods, adapters,
+                           reference (is my run normal? bands measured from real runs; 04 and 07 print its
+                           line too)
   04_evaluation            evaluation (metrics), stats, plots
-  05_save_and_push         adapters, export (GGUF; converter_shim/)
+  05_save_and_push         adapters, export (GGUF; converter_shim/, gguf_file: a GGUF's header)
   06_compare_methods       methods, stats
   07_temporal_encoding     temporal/ (timestamps, model, data, tasks, training)
-  every notebook           exercises/ (its exercises, their checks, and judging: how a check judges), and
+  every notebook           exercises/ (exercise_check and the fit line; the checks in checks_00_03 and
+                           checks_04_07; judging: the registry and how a check judges), and
                            housekeeping/: the course's own machinery, which a reader can skip (errors,
-                           files, machine, colab, hf_token, run_folder, selfcheck)
+                           files, colab, hf_token, run_folder, selfcheck)
 
 Every training run goes through training.train (training.train_lora, methods.train_arm and
 temporal.training.train_temporal wrap it); fast_loss is its loss. The command line (gemmate_cli, the

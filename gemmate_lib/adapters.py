@@ -173,14 +173,6 @@ def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool
     return keep
 
 
-def save_merged(merged, tokenizer, folder: str | Path, dtype: torch.dtype) -> Path:
-    """Save a merged model in `dtype` (the training dtype: bf16/fp16 halve fp32's size), all or nothing."""
-    with atomic_folder(folder, overwrite=True, what="merged model") as tmp:
-        merged.to(dtype).save_pretrained(tmp, max_shard_size="2GB")  # safetensors; RAM holds one shard
-        tokenizer.save_pretrained(tmp)
-    return Path(folder)
-
-
 def model_card(adapter_dir: str | Path, model_name: str, dataset: str, settings: dict,
                metrics: dict | None = None):
     """A huggingface_hub ModelCard for the adapter: base, data, licence, settings, metrics, use and limits."""

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemmate_lib.hardware import DTYPES, Precision, pick_precision
+from gemmate_lib.hardware import DTYPES, Precision, describe_hardware, peak_memory_gib, pick_precision
 from gemmate_lib.housekeeping import run_folder
 from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
 
@@ -145,27 +145,17 @@ class GenerateSettings:
 
 class Settings:
     """The one registry of settings dataclasses (the notebooks' here; gemmate_cli.settings adds the
-    commands' own): each flat name's group, field and type. Text (a flag, `--key value` overrides, PyYAML's
-    `1e-4`) is parsed by transformers' HfArgumentParser built from the same dataclasses (the parser under
-    TRL's `trl sft`); a value that has a type already (a notebook's parameter, a YAML number) is checked
-    against the field's. Either way a bad value or name is one ParameterError naming it and the fix."""
+    commands' own): each flat name's group, field and type, and the one type check. A value arrives typed: a
+    notebook's parameter, a YAML number, or a flag's text that the command line's HfArgumentParser typed
+    (gemmate_cli/parser.py, the parser under TRL's `trl sft`). A bad value or name is one ParameterError
+    naming it and the fix."""
 
-    def __init__(self, groups: dict[str, type], free_text: tuple[str, ...] = ()):
-        self.groups, self.free_text = groups, free_text  # free text: list settings whose words keep commas
+    def __init__(self, groups: dict[str, type]):
+        self.groups = groups
         self.fields = {f.name: f for cls in groups.values() for f in dataclasses.fields(cls)}
         self.owner = {f.name: group for group, cls in groups.items() for f in dataclasses.fields(cls)}
         self.hints = {name: typing.get_type_hints(groups[group])[name] for name, group in self.owner.items()}
         self.nullable = {name for name, hint in self.hints.items() if type(None) in typing.get_args(hint)}
-        self._parser = None
-
-    def parser(self, parser_class=None, **kwargs):
-        """An HfArgumentParser (or its subclass `parser_class`) over every group, each option's default None:
-        a flag not given leaves the choice to the profile. `kwargs` go to it (prog, description)."""
-        from transformers import HfArgumentParser
-
-        parser = (parser_class or HfArgumentParser)(list(self.groups.values()), **kwargs)
-        parser.set_defaults(**dict.fromkeys(self.fields))
-        return parser
 
     def default(self, name: str):
         """Setting `name`'s default, as its dataclass gives it."""
@@ -179,37 +169,10 @@ class Settings:
             raise ParameterError(f"unknown {where} {unknown[0]!r}{place}",
                                  f"use one of: {', '.join(self.owner)}")
 
-    def coerce(self, name: str, value, from_text: bool = False):
-        """`value` as setting `name`'s type and one of its choices. `from_text`: a string (or strings) parsed
-        by the HfArgumentParser; else the value must have the type already ("8" is no int)."""
-        if from_text and isinstance(value, (str, list, tuple)):
-            value = self._parse(name, value)
+    def coerce(self, name: str, value):
+        """`value` as setting `name`'s type and one of its choices; it must have the type already ("8" is no
+        int; an int is a float)."""
         return self._choice(name, self._typed(name, value))
-
-    def _parse(self, name: str, text):
-        hint = self.hints[name]
-        if name in self.nullable and isinstance(text, str) and text.lower() in ("none", "null"):
-            return None
-        listed = any(typing.get_origin(a) is list for a in (hint, *typing.get_args(hint)))
-        words = [text] if isinstance(text, str) else list(text)
-        if listed and name not in self.free_text:  # the flag's `a,b` form
-            words = [w.strip() for word in words for w in word.split(",") if w.strip()]
-            if not words:
-                return []
-        if self._parser is None:
-            from transformers import HfArgumentParser
-
-            class Quiet(HfArgumentParser):
-                def error(self, message):  # argparse's own prints the usage and exits
-                    raise ValueError(message)
-
-            self._parser = self.parser(parser_class=Quiet)
-        # `--name=value`: argparse would read a negative number after a space as an option
-        args = [f"--{name}", *words] if listed else [f"--{name}={words[0]}"]
-        try:
-            return getattr(self._parser.parse_args(args), name)
-        except ValueError:
-            return text  # not of the type: _typed names the value and the fix
 
     def _typed(self, name: str, value):
         hint = self.hints[name]
@@ -359,8 +322,7 @@ class CourseConfig:
         return new
 
 
-def course_config(task: str = "quotes", *, from_text: bool = False, precision: Precision | None = None,
-                  **params) -> CourseConfig:
+def course_config(task: str = "quotes", *, precision: Precision | None = None, **params) -> CourseConfig:
     """The profile function: defaults for this machine, then the task's, then `params` (checked). No GPU: the
     embedded model and quotes, CPU-tuned. A GPU: the seed notebook's QLoRA settings on google/gemma-2b (no
     token: an error, unless `model_name` is given). `precision` replaces the hardware's answer (gpu-check)."""
@@ -368,7 +330,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
     SETTINGS.check_names(params)
     # None keeps the profile's value, except where None is a value (prompt_end: None = the whole text)
-    given = {k: SETTINGS.coerce(k, v, from_text) for k, v in params.items()
+    given = {k: SETTINGS.coerce(k, v) for k, v in params.items()
              if v is not None or k in SETTINGS.nullable}
     device = given.get("device", "auto")
     on_gpu = (precision or pick_precision(None if device == "auto" else device)).device == "cuda"
@@ -415,7 +377,7 @@ def course_config(task: str = "quotes", *, from_text: bool = False, precision: P
     cfg = CourseConfig(**groups, precision=_precision(groups["model"], given, precision), profile=profile,
                        task=task)
     validate(cfg.flat())
-    run_folder.note_model(cfg.model.model_name)  # the model this process's notebook runs (exercise checks)
+    run_folder.note_model(cfg.model.model_name, describe_hardware, peak_memory_gib)  # its model and machine
     return cfg
 
 

@@ -1,5 +1,6 @@
 """Baseline against fine-tuned on the held-out split, with 95% intervals and paired differences: the metrics
-of 04_evaluation (metrics.json's schema is docs/metrics-json.md)."""
+of 04_evaluation (metrics.json's schema is docs/metrics-json.md). 04 writes out the perplexity, the generation
+loop and ROUGE-L before its table; tests/test_notebook_recipes_0406.py holds them equal to evaluate_model."""
 from __future__ import annotations
 
 import math

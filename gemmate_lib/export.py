@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gemmate_lib.gguf_file import template_note
 from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError, SaveError
 from gemmate_lib.housekeeping.files import atomic_folder, recover, save_json, show_path
-from gemmate_lib.llama_server import template_note
 
 QUANT_TYPES = ("q8_0", "q4_k_m")  # names of llama.cpp's LLAMA_FTYPE_MOSTLY_* file types (any of them works)
 F16 = "f16"
@@ -137,7 +137,7 @@ def modelfile(gguf_name: str, eos: str, max_new_tokens: int, raw_mode: bool = Fa
     """An Ollama Modelfile: the raw prompt format the model was trained on, its stop token, greedy. Its
     comments say how to run it: `ollama run` where the TEMPLATE below sends the prompt as written, raw mode
     through /api/generate where Ollama ignores the TEMPLATE (`raw_mode`: Gemma 4, see ollama_raw_mode), and
-    `note` (llama_server.template_note: what the GGUF's own chat template makes Ollama do) on top."""
+    `note` (gguf_file.template_note: what the GGUF's own chat template makes Ollama do) on top."""
     if raw_mode:
         usage = ("# Ollama: `ollama create quotes -f Modelfile`, then send each prompt in raw mode "
                  "(`ollama run` is not raw):\n"
@@ -237,7 +237,7 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
 
 def load_llama(path: Path, logits_all: bool = True, lora_path: Path | None = None):
     """llama.cpp (llama-cpp-python) on a GGUF file, with the logits of every position when `logits_all` (what
-    the checks and the certificate read), and a LoRA adapter GGUF applied when `lora_path`
+    verify_gguf and `gemmate export`'s certificate read), and a LoRA adapter GGUF applied when `lora_path`
     (gemmate_cli/adapter_gguf.py); a file it cannot load is one ModelLoadError line."""
     from llama_cpp import Llama
 

@@ -1,15 +1,11 @@
-"""Will it fit? Before any weight is downloaded, predict what the course's path needs for a model on the
-runtime at hand: GPU memory, RAM, disk and time, each an ESTIMATE from the model's config (its shapes on the
-meta device, counted with transformers' own NF4 rules). 00_setup prints every phase, each notebook its own
-line before its download; the one-page recipe writes the same arithmetic out.
-
-Two parts: the phases (`predict`: a load, a 4-bit training, the GGUF export, and tools/fit/merge_shards.py's
-merge, which no notebook runs and 00's table (`plan_for`) leaves out), their host figures held within 15% of
-the full-shape rehearsal's measurements (docs/full-shape.md, tests/test_fit.py; calibration rows marked); and
-the notebooks (`notebook_need`): the model copies each holds at once, on its default path and in each optional
-part (03's part 2, 05's GGUF export, an exercise's solution), measured in the smoke run (MEASURED_COPIES),
-times each copy's footprint, plus training's adapter (`lora_bytes`). GPU figures are not measured on a T4 yet.
-Where something will not fit, `require_fit` / `notebook_fit` say what is needed and a runtime that has it.
+"""Will it fit? Before any weight is downloaded, estimate what the course's path needs for the learner's model
+on the runtime at hand, from the model's config alone (its shapes on the meta device, counted with
+transformers' own NF4 rules). 00_setup prints its phases (`plan_for`, `report`, `require_fit`: a load, a 4-bit
+training, the GGUF export); each notebook prints its line before its download (`notebook_fit`): the model
+copies it holds at once, read from what the smoke run measured (MEASURED_COPIES, written by
+tools/fit/notebook_fit.py), times each copy's footprint at this model's shape. Where something will not fit,
+FitError says what is needed and a runtime that has it. tools/fit/ measures what these rest on and holds them
+to it (docs/full-shape.md); the one-page recipe writes the same arithmetic out.
 """
 from __future__ import annotations
 
@@ -30,10 +26,10 @@ FREE_COLAB = {"gpu": "T4", "gpu_bytes": 14.6 * GIB - CUDA_CONTEXT, "ram_bytes": 
 BIGGER = "an L4 (22.5 GB) or A100 (40 GB) Colab runtime"
 RESOURCE_UNITS = {"gpu": (GIB, "GiB of GPU memory"), "ram": (1e9, "GB of RAM"), "disk": (1e9, "GB of disk")}
 # Resident memory of the processes before their work (measured here): Python with torch and safetensors (a
-# load), with transformers and peft too (the merge), llama.cpp's converter (with what it holds for the
-# vocabulary), llama.cpp's quantizer. A notebook's kernel holds more (libraries, tokenizer, data), measured in
-# the smoke run (MEASURED_COPIES' "kernel_bytes") and used for the phases that run inside it.
-TORCH_BASELINE, PEFT_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.31e9, 0.75e9, 0.05e9
+# load), llama.cpp's converter (with what it holds for the vocabulary), llama.cpp's quantizer. A notebook's
+# kernel holds more (libraries, tokenizer, data), measured in the smoke run (MEASURED_COPIES' "kernel_bytes")
+# and used for the phases that run inside it.
+TORCH_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.75e9, 0.05e9
 # a process that loads through the library's load_model with nothing to convert: Python, torch, transformers
 # and the loader's own bookkeeping (measured: make rehearse's load phase on a tiny random Gemma 1 and Gemma 3)
 LOAD_BASELINE = 0.27e9
@@ -138,34 +134,19 @@ def converted(shape: Shape, load_bytes: int, workers: int = 1) -> float:
     return max(sum(b for s, e, b in held if s <= t < e) for t in starts)
 
 
-COPY_KINDS = ("nf4", "nf4-fp32", "whole", "whole-fp32")  # a model copy's kinds (notebook_copies.json)
-
-
-def copy_kind(kind: str) -> tuple[bool, bool]:
-    """(linear layers in 4 bits?, the other weights in fp32?) of a copy's kind (COPY_KINDS); a ValueError for
-    any other name (a hand-edited notebook_copies.json), which would otherwise count as some copy."""
-    if kind not in COPY_KINDS:
-        raise ValueError(f"unknown model-copy kind {kind!r}: use one of {', '.join(COPY_KINDS)}")
-    return kind.startswith("nf4"), kind.endswith("fp32")
-
-
 def predicted_copy_bytes(shape: Shape, kind: str, compute_bytes: int) -> dict[str, float]:
     """One copy of the model as a notebook holds it, {"gpu", "host", "loading"} in bytes. `kind`: "nf4" (the
     linear layers in 4 bits, every other weight in the compute dtype; after k-bit preparation in fp32:
     "nf4-fp32") or "whole" (every weight in the compute dtype; "whole-fp32": fp32). A per-layer embedding
     table (Gemma 4) moves to the CPU in 16 bits after the load (models.lookup_tables_to_cpu): "host"; until
-    then the load holds it on the GPU in the compute dtype: "loading", the copy's GPU peak while it loads."""
+    then the load holds it on the GPU in the compute dtype: "loading", the copy's GPU peak while it loads.
+    (tools/fit/notebook_fit.py writes only these four kinds into MEASURED_COPIES, and checks them.)"""
     n, q, table = shape.parameters, shape.quantized, shape.per_layer
-    four_bit, fp32 = copy_kind(kind)
+    four_bit, fp32 = kind.startswith("nf4"), kind.endswith("fp32")
     packed = q * NF4_BYTES if four_bit else 0
     unpacked = n - (q if four_bit else 0)
     gpu = packed + (unpacked - table) * (4 if fp32 else compute_bytes)
     return {"gpu": gpu, "host": table * 2, "loading": packed + unpacked * compute_bytes}
-
-
-# Phases of the course's tools, not of a notebook: predicted (held to the rehearsal), not in 00's table.
-# 05 merges in memory (merge_and_unload on a whole copy: the load phase); merge_shards merges from the files.
-TOOL_PHASES = ("merge",)
 
 
 def lora_bytes(shape: Shape, lora_r: int = 8) -> float:
@@ -198,10 +179,6 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
         "nf4": {"gpu": max(nf4["loading"], nf4["gpu"] + lora_bytes(shape, lora_r) + ACTIVATIONS),
                 "disk": checkpoint, "seconds": steps * SEED_T4_STEP_S * flop_scale,
                 "ram": TORCH_BASELINE + max(converted(shape, compute_bytes), nf4["host"])},
-        # merge_shards into f16: one adapted weight read (2 bytes a value), widened to fp32 (4), rounded (2)
-        # and written (2); or the 64 MiB chunks that pass in f16 (read, converted, written: about four)
-        "merge": {"gpu": None, "disk": checkpoint + merged, "seconds": checkpoint / 150e6,
-                  "ram": PEFT_BASELINE + max(shape.largest_adapted * 10, 4 * 2**26)},
         # the converter streams an f16 checkpoint from its mapped files (the merge writes f16; bf16 it would
         # widen): its own memory, plus ~0.13 bytes a value of a per-layer table (E2B's one row: a calibration,
         # not understood further); towers cost nothing, skipped unread (TextModel.filter_tensors; Gemma 3 4B)
@@ -263,15 +240,14 @@ def require_fit(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> None:
 
 def plan_for(model: str, compute_bytes: int | None = None, token=None, **kwargs) -> dict[str, dict]:
     """The plan for a model folder or Hub id (`models.resolve_model` gives it), as 00_setup prints it: the
-    phases a learner's path runs (not TOOL_PHASES). Its config only is read (a few kB), never its weights."""
+    phases a learner's path runs. Its config only is read (a few kB), never its weights."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model, **({"token": token} if token else {}))
     if compute_bytes is None:
         generation = generation_of(config)
         compute_bytes = 4 if generation is not None and generation.t4_dtype == "fp32" else 2
-    plan = predict(shape_of(config), compute_bytes, **kwargs)
-    return {phase: need for phase, need in plan.items() if phase not in TOOL_PHASES}
+    return predict(shape_of(config), compute_bytes, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- per notebook
@@ -286,9 +262,6 @@ PARTS = {
              lambda p: bool(p["chat_steps"] if p.get("chat_steps") is not None else p.get("compare"))),
     "export_gguf": ("the GGUF export (export_gguf=True)", lambda p: bool(p.get("export_gguf"))),  # 05
 }
-# Parts that run child processes whose memory the planner's phases measure (make rehearse): llama.cpp's
-# converter, quantizer and check run beside the kernel and its copies.
-CHILD_PHASES = {"export_gguf": ("convert", "quantize", "verify")}
 
 
 def parts_of(notebook: str, params: dict) -> frozenset[str]:
@@ -305,14 +278,10 @@ def trained_rank(params: dict) -> int:
     return max(params.get("lora_r") or 8, params.get("other_rank") or 0)
 
 
-def part_label(part: str) -> str:
-    return PARTS[part][0] if part in PARTS else part
-
-
 def parts_text(parts) -> str:
     """The parts as a line names them, in PARTS' order, then the exercises."""
-    return ", ".join(part_label(p) for p in sorted(parts, key=lambda p: (list(PARTS).index(p) if p in PARTS
-                                                                       else len(PARTS), p)))
+    order = sorted(parts, key=lambda p: (list(PARTS).index(p) if p in PARTS else len(PARTS), p))
+    return ", ".join(PARTS[p][0] if p in PARTS else p for p in order)
 
 
 @cache
@@ -331,8 +300,10 @@ def moment_need(moment: dict, shape: Shape, compute_bytes: int, data: dict | Non
     """{"gpu", "ram"} at one measured moment of a notebook: its copies' footprints (the one it is loading at
     its load peak, with the load's conversion on the CPU), plus lora_bytes at `lora_r` and activations when it
     trains, plus the kernel's own memory, plus a child process's: one that loads a copy of its own (05's
-    fresh reload: LOAD_BASELINE) or runs a planner's phase (CHILD_PHASES: llama.cpp's converter). `cpu`: the
-    CPU profile, where copies are 16/32-bit ("whole", an upper bound for 01's 4-bit ones) and live in RAM."""
+    fresh reload: LOAD_BASELINE) or runs a planner's phase (the data's "child_phases" per part: llama.cpp's
+    converter in 05's export). `cpu`: the CPU profile, where copies are 16/32-bit ("whole", an upper bound
+    for 01's 4-bit ones) and live in RAM."""
+    data = data or measured()
     gpu, ram = 0.0, TORCH_BASELINE + kernel_extra(data)
     for i, kind in enumerate(moment["copies"]):
         copy = predicted_copy_bytes(shape, "whole" if cpu else kind, compute_bytes)
@@ -340,13 +311,14 @@ def moment_need(moment: dict, shape: Shape, compute_bytes: int, data: dict | Non
         gpu += copy["loading"] if loading else copy["gpu"]
         ram += copy["host"]
         if loading:
-            workers = 1 if copy_kind(kind)[0] else LOAD_WORKERS  # NF4 loads one tensor at a time
+            workers = 1 if kind.startswith("nf4") else LOAD_WORKERS  # NF4 loads one tensor at a time
             ram += max(converted(shape, compute_bytes, workers) - copy["host"], 0)
     if moment.get("child"):
         ram += LOAD_BASELINE
-    if moment.get("part") in CHILD_PHASES:
+    phases = data.get("child_phases", {}).get(moment.get("part"))
+    if phases:
         plan = predict(shape, compute_bytes)
-        ram += max(plan[phase]["ram"] for phase in CHILD_PHASES[moment["part"]])
+        ram += max(plan[phase]["ram"] for phase in phases)
     if moment.get("training"):
         gpu += lora_bytes(shape, lora_r) + ACTIVATIONS
     return {"gpu": 0.0, "ram": ram + gpu} if cpu else {"gpu": gpu, "ram": ram}
@@ -371,7 +343,7 @@ def notebook_need(notebook: str, shape: Shape, compute_bytes: int, data: dict | 
     entry, idle = data["notebooks"][notebook], {"gpu": 0.0, "ram": TORCH_BASELINE + kernel_extra(data)}
     moments = [m for m in entry["moments"] if m.get("part") is None or m["part"] in parts]
     needs = [(moment_need(m, shape, compute_bytes, data, cpu, lora_r),
-              any(not copy_kind(k)[0] for k in m["copies"])) for m in moments] or [(idle, False)]
+              any(not k.startswith("nf4") for k in m["copies"])) for m in moments] or [(idle, False)]
     without = [n for n, whole in needs if not whole]
     holds_whole = any(whole for _, whole in needs)
     # where every moment holds a whole copy, nothing is left to run without it: no "fits without" then

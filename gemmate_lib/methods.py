@@ -1,7 +1,9 @@
 """Fine-tuning methods side by side (06_compare_methods; 03's short comparisons use the same `train_arm`):
 full fine-tuning, LoRA at two ranks, QLoRA, prompt and prefix tuning, IA3; each a PEFT config plus the
 settings it changes, chiefly its customary learning rate (LEARNING_RATES). Each arm trains a fresh model on
-the same data and steps and reports trainable weights, seconds per step, memory and losses."""
+the same data and steps and reports trainable weights, seconds per step, memory and losses. 06 writes out
+every PEFT config and the QLoRA arm's SFTConfig and SFTTrainer; tests/test_notebook_recipes_0406.py holds them
+equal to build_methods and train_arm."""
 from __future__ import annotations
 
 import os
@@ -13,9 +15,8 @@ import torch
 
 from gemmate_lib.config import CourseConfig
 from gemmate_lib.evaluation import example_nll_by_part, format_generations
-from gemmate_lib.hardware import Precision
+from gemmate_lib.hardware import Precision, free_memory
 from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
-from gemmate_lib.housekeeping.machine import free_memory
 from gemmate_lib.training import attach_lora, lora_config, train
 
 METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train

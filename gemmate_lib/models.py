@@ -12,11 +12,10 @@ import torch
 
 from gemmate_lib.config import EMBEDDED
 from gemmate_lib.generations import generation_of
-from gemmate_lib.hardware import Precision, pick_precision
+from gemmate_lib.hardware import Precision, freed_memory_returned, pick_precision
 from gemmate_lib.housekeeping.errors import ModelLoadError, hub_load_error
 from gemmate_lib.housekeeping.files import atomic_folder, recover
 from gemmate_lib.housekeeping.hf_token import COLAB_SECRET_HELP, colab_secret_problem, get_token
-from gemmate_lib.housekeeping.machine import freed_memory_returned
 
 GATED_PREFIXES = ("google/gemma", "google/codegemma", "google/recurrentgemma", "meta-llama/")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -5,6 +5,7 @@ gradient tripwire after the first optimizer step (`GradientTripwire`, a TrainerC
 `CourseSFTTrainer` wherever the pre-flight runs), which then watches the logged gradient norm for a spike."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import statistics
@@ -34,28 +35,38 @@ class PreflightLine:
     fix: str = ""  # when not ok: what to do
 
 
+def _base(model):
+    """The model under peft's wrapper (whose forward takes **kwargs), or the model itself."""
+    return getattr(model, "get_base_model", lambda: model)()
+
+
+@contextlib.contextmanager
+def _mode(model, training: bool):
+    """`model` in training or eval mode inside the block, its own mode again after it."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def cache_keyword(model, output) -> str:
-    """The name under which `model` takes its KV cache back and `output` (one of its forward's outputs) holds
-    it: `past_key_values` up to transformers 5.23, `cache` from 5.24 (the old name still works there, with a
-    deprecation warning, until 5.40). A wrong name fails quietly: 5.23's forward takes an unknown `cache=`
-    into its **kwargs and runs without the cache."""
-    # the base model's forward says which name it takes (peft's wrapper and the course's take **kwargs)
-    base = getattr(model, "get_base_model", lambda: model)()
-    takes = inspect.signature(base.forward).parameters
-    for name in ("cache", "past_key_values"):
-        if name in takes:
-            return name
-    # a forward that names neither: the name of the output's field (5.24's outputs have `cache`)
-    return "cache" if hasattr(output, "cache") else "past_key_values"
+    """The name under which `model` takes its KV cache back and `output` holds it: `past_key_values` up to
+    transformers 5.23, `cache` from 5.24 (the old name works there, deprecated, until 5.40). A wrong name
+    fails quietly: 5.23's forward takes an unknown `cache=` into its **kwargs and runs without the cache.
+    The base model's forward says which it takes; one that names neither, the output's field."""
+    takes = inspect.signature(_base(model).forward).parameters
+    fallback = "cache" if hasattr(output, "cache") else "past_key_values"
+    return next((name for name in ("cache", "past_key_values") if name in takes), fallback)
 
 
 def cache_agreement(model, input_ids: torch.Tensor, tolerance: float | None = None) -> PreflightLine:
     """The last position's logits from one pass without the cache equal those of a prefix pass plus one cached
     step (relative max difference). The tolerance: 2e-2 where every weight and 4-bit layer computes in fp32,
-    else 0.1: bf16 keeps 8 bits of mantissa, and the two paths round differently (on an H200 the embedded
-    Gemma 3 in NF4 and bf16 measured 0.021); a broken path differs by far more. The one-page recipe measures
-    another quantity, the change of the top token's log-probability (nats) at every position, so its limits
-    (1e-3 in fp32, 0.1 in 16 bits) are on another scale."""
+    else 0.1: bf16 keeps 8 bits of mantissa and the two paths round differently (the embedded Gemma 3 in NF4
+    and bf16 measured 0.021 on an H200); a broken path differs by far more. (The one-page recipe's limits
+    are on another scale: the change of the top token's log-probability.)"""
     if tolerance is None:
         floats = {p.dtype for p in model.parameters() if p.is_floating_point()}
         floats |= {m.compute_dtype for m in model.modules() if getattr(m, "compute_dtype", None) is not None}
@@ -63,14 +74,11 @@ def cache_agreement(model, input_ids: torch.Tensor, tolerance: float | None = No
     ids = input_ids[:1]
     # in eval mode: in training mode checkpointing switches the cache off and dropout differs between passes
     # (a model that trained already, or a cell run again after training, would fail this line with no fault)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with _mode(model, False), torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits[0, -1].float()
         prefix = model(input_ids=ids[:, :-1], use_cache=True)
         name = cache_keyword(model, prefix)
         step = model(input_ids=ids[:, -1:], use_cache=True, **{name: getattr(prefix, name)}).logits
-    model.train(was_training)
     diff = float((full - step[0, -1].float()).abs().max() / full.abs().max().clamp_min(1e-6))
     return PreflightLine("logits with and without the KV cache", diff <= tolerance, f"{diff:.2g}",
                    f"<= {tolerance:g}", "the model computes differently with and without its cache: one of "
@@ -86,27 +94,24 @@ def _loss(model, batch: dict) -> torch.Tensor:
 
 def checkpointing_agreement(model, batch: dict, tolerance: float = 1e-3) -> PreflightLine:
     """The training-mode loss equals itself with gradient checkpointing on (same seed and batch)."""
-    base = getattr(model, "get_base_model", lambda: model)()
+    base = _base(model)
     # transformers 5.23 names it activation checkpointing; gradient_checkpointing_* before (deprecated since,
     # with a FutureWarning; gone in v6, where reading the old name would find nothing: checkpointing left off)
-    on_now = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") else \
-        "is_gradient_checkpointing"
-    was_on, was_training = getattr(base, on_now, False), model.training
+    new = hasattr(base, "is_activation_checkpointing")
+    was_on = getattr(base, "is_activation_checkpointing" if new else "is_gradient_checkpointing", False)
     enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
     disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
-    # the kwargs, positional under either name
-    switch = lambda on: enable({"use_reentrant": False}) if on else disable()
-    model.train()
-    try:
-        losses = []
-        for on in (False, True):
-            switch(on)
-            torch.manual_seed(0)
-            with torch.enable_grad():
-                losses.append(float(_loss(model, batch).detach()))
-    finally:
-        switch(was_on)
-        model.train(was_training)
+    switch = lambda on: enable({"use_reentrant": False}) if on else disable()  # the kwargs, positional
+    losses = []
+    with _mode(model, True):
+        try:
+            for on in (False, True):
+                switch(on)
+                torch.manual_seed(0)
+                with torch.enable_grad():
+                    losses.append(float(_loss(model, batch).detach()))
+        finally:
+            switch(was_on)
     diff = abs(losses[0] - losses[1]) / max(abs(losses[0]), 1e-6)
     return PreflightLine("loss with gradient checkpointing on", diff <= tolerance, f"{diff:.2g}",
                    f"<= {tolerance:g}", "recomputing activations in the backward pass gives another loss: "
@@ -116,11 +121,8 @@ def checkpointing_agreement(model, batch: dict, tolerance: float = 1e-3) -> Pref
 
 def initial_loss(model, batch: dict, max_share: float = 0.8) -> PreflightLine:
     """The loss before training is below `max_share` x ln(vocabulary size), chance's loss."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with _mode(model, False), torch.no_grad():
         loss = float(_loss(model, batch))
-    model.train(was_training)
     vocab = model.get_output_embeddings().weight.shape[0]
     chance = math.log(vocab)
     ok = math.isfinite(loss) and loss <= max_share * chance
@@ -203,23 +205,18 @@ SPIKE_FIX = ("lower the learning rate and clip gradients (max_grad_norm=1.0); Ge
 
 class GradientTripwire(TrainerCallback):
     """After the first optimizer step, every LoRA module got a finite gradient and every lora_B a non-zero one
-    (03_lora_sft adds it with `trainer.add_callback`; `CourseSFTTrainer` with `preflight: true` too). A run
-    can train "fine" and learn nothing: a mask that labels nothing, or gradients cut off before the adapter,
-    give zero gradients while the loss looks normal (unslothai/unsloth issue 5230). At step 1 lora_A's
-    gradient is zero by construction (B starts at zero, and A's gradient goes through B), so B's is checked
-    (in an embedding peft swaps them: A starts at zero, and A's is checked). A
-    failed check stops the run in one line naming the modules. Under fp16 the gradient scaler's first steps
-    are normal misses: it starts at a scale of 65,536, finds inf/NaN gradients, skips the step and halves the
-    scale; the tripwire says so once and checks the first step the scaler takes (MAX_SKIPPED skipped steps in
-    a row: the run overflows, and it stops).
+    (03_lora_sft adds it; `CourseSFTTrainer` with `preflight: true` too); else the run stops in one line
+    naming the modules. A run can train "fine" and learn nothing: a mask that labels nothing, or gradients cut
+    off before the adapter, give zero gradients while the loss looks normal (unslothai/unsloth issue 5230).
+    lora_B is checked because it starts at zero (A's first gradient goes through B: zero); in an embedding
+    peft swaps them. Under fp16 the gradient scaler's first steps are normal misses (it starts at a scale of
+    65,536, finds inf/NaN, skips the step and halves the scale): said once, and the first step it takes is
+    checked; MAX_SKIPPED skipped in a row is an overflowing run, and it stops.
 
-    Then, for the whole run, it reads the gradient norm the Trainer logs (`grad_norm`, the norm of all
-    gradients before clipping, every `logging_steps`) and names the first spike (SPIKE_FACTOR times the
-    median logged so far) once: step, norm, median and the fix. A spike warns and training goes on: with no
-    NaN the weights stay finite, the Trainer's clipping (max_grad_norm, 1.0 by default) already bounded the
-    step it came with, and the loss can stay healthy through it (unsloth issue 5207), so a stop would throw
-    away a run that may be fine. A norm between two logged steps is not seen. `spike` holds (step, norm,
-    median), or None."""
+    Then it reads the gradient norm the Trainer logs (`grad_norm`, before clipping, every `logging_steps`)
+    and names the first spike (SPIKE_FACTOR times the median so far) once, in `spike` (step, norm, median).
+    A spike warns and training goes on: with no NaN the weights stay finite, clipping (max_grad_norm) bounded
+    the step, and the loss can stay healthy through it (unsloth issue 5207)."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
@@ -233,8 +230,8 @@ class GradientTripwire(TrainerCallback):
         self._norms: list[float] = []  # the finite gradient norms logged so far
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        """Watch each LoRA weight's gradient as backward leaves it, before clipping: the trainer clips by the
-        norm of all gradients together, which spreads one module's NaN over every module."""
+        """Watch each LoRA weight's gradient as backward leaves it, before clipping (which spreads one
+        module's NaN over every module)."""
         if self.passed is None and model is not None and not self._hooks:
             for module, weight, param in lora_weights(model):
                 self._hooks.append(param.register_post_accumulate_grad_hook(
@@ -297,9 +294,8 @@ class GradientTripwire(TrainerCallback):
                   "lora_B a non-zero one")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        """Judge the gradient norm the Trainer logged for this step against the median of those before it.
-        A log without one (an evaluation's) or with a non-finite one (a step fp16's scaler skips; a NaN is
-        the first-step check's and the loss's business) is left out."""
+        """Judge the logged gradient norm against the median of those before it; a log without one (an
+        evaluation's) or with a non-finite one (a step fp16's scaler skipped) is left out."""
         norm = (logs or {}).get("grad_norm")
         if norm is None or not math.isfinite(norm := float(norm)):
             return
@@ -349,10 +345,8 @@ ZERO_AT_START = ("lora_B", "lora_embedding_A")  # the LoRA weights peft initiali
 
 def lora_gradients(model, grads: dict | None = None) -> list[tuple[str, bool, bool]]:
     """(module name, every LoRA gradient finite, the zero-started weight's gradient non-zero) per LoRA module
-    of `model`, from `grads` ({(module, weight): grad_state}, as backward left them) or else the weights'
-    `.grad`.
-    The weight peft starts at zero is the one the first step's gradient reaches: lora_B in a linear layer,
-    but lora_embedding_A in an embedding (peft zeroes A there and draws B, so B's first gradient is zero)."""
+    of `model`, from `grads` ({(module, weight): grad_state}, as backward left them) or else the `.grad`s.
+    The zero-started weight (ZERO_AT_START) is lora_B in a linear layer, lora_embedding_A in an embedding."""
     modules: dict[str, list[bool]] = {}
     for module, weight, param in lora_weights(model):
         finite, moved = grads.get((module, weight), (True, False)) if grads is not None else \

@@ -1,12 +1,12 @@
 """Is my run normal? (03_lora_sft, 04_evaluation and 07_temporal_encoding print `normal_line` near their end.)
-A learner's held-out loss, Author-line share or seconds per step mean little alone: this module compares them
-with bands measured from real runs (reference_bands.json beside it: the lowest and highest figure over
-several seeds, widened by MARGINS; `python -m tools.runners.reference_runs` measures them). A band is kept per
-notebook, model, runtime (device and compute dtype) and the settings that decide the figures (SETTINGS);
-runs that differ in any of them are never compared, and where no run was measured the line says so. Seconds
-and memory also need the same machine (a CPU's core count and bf16 units, or the GPU). For a figure outside
-its band the line says what to check: a run that "trained but learned nothing" (a mask that labels nothing,
-the learning rate, the cache) shows as a held-out loss far above its band."""
+A learner's held-out loss, Author-line share or seconds per step mean little alone: this module compares them,
+read from the run's own files, with the bands in reference_bands.json beside it (measured from real runs
+over several seeds by `python -m tools.runners.reference_runs`). A band is kept per notebook, model, runtime
+(device and compute dtype) and the settings that decide the figures (SETTINGS): runs that differ in any of
+them are never compared, and where no run was measured the line says so. Seconds and memory also need the
+same machine. For a figure outside its band the line says what to check: a run that "trained but learned
+nothing" (a mask that labels nothing, the learning rate, the cache) shows as a held-out loss far above its
+band."""
 from __future__ import annotations
 
 import json
@@ -15,21 +15,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemmate_lib.housekeeping.files import save_json
-from gemmate_lib.housekeeping.machine import cpu_bf16_units
+from gemmate_lib.hardware import cpu_bf16_units
 
-# measured bands (tools/runners/reference_runs.py writes it)
-BANDS = Path(__file__).with_name("reference_bands.json")
-RECORD = "reference"  # key in a notebook's manifest entry: what normal_line compared (the tool reads it)
-NOTEBOOKS = ("03_lora_sft", "04_evaluation", "07_temporal_encoding")
+BANDS = Path(__file__).with_name("reference_bands.json")  # measured by tools/runners/reference_runs.py
 
 
 @dataclass(frozen=True)
 class Figure:
     label: str  # the words the line uses
     digits: int  # decimals shown
-    margin: float  # how far a band reaches past the measured runs: a share of the figure, or absolute
-    relative: bool  # margin is a share (low = min x (1 - margin), high = max x (1 + margin)), else absolute
     machine: bool  # seconds and memory: compared on the same machine only
     above: str  # what to check when the figure is above its band ("fine: ..." where that is no fault)
     below: str  # ... and below it
@@ -47,22 +41,21 @@ MEMORY = ("a second copy of the model held (a cell run twice, a model not freed:
 FINE = "fine: a faster or quieter machine"
 TIME = ("timestamps not reaching the model (the collator's timestamps, remove_unused_columns=False), the "
         "projection's learning rate, too few epochs")
+NOT_THIS_03 = "a 03 run that learned little (its held-out loss line)"
 FIGURES = {
-    "held_out_loss": Figure("held-out loss", 3, 0.05, True, False, LOSS_HIGH, LEAK),
-    "perplexity": Figure("held-out perplexity", 2, 0.15, True, False,
-                         "an adapter that is not this run's 03 (the run folder's, or adapter_repo's), or a "
-                         "03 run that learned little (its held-out loss line)", LEAK),
-    "format_share": Figure("Author-line share", 3, 0.1, False, False, "fine: more learned than measured",
-                           "an adapter that is not loaded or not this run's, or a 03 run that learned little "
-                           "(its held-out loss line)"),
-    "year_accuracy": Figure("exact-year accuracy", 3, 0.05, False, False,
+    "held_out_loss": Figure("held-out loss", 3, False, LOSS_HIGH, LEAK),
+    "perplexity": Figure("held-out perplexity", 2, False, "an adapter that is not this run's 03 (the run "
+                         f"folder's, or adapter_repo's), or {NOT_THIS_03}", LEAK),
+    "format_share": Figure("Author-line share", 3, False, "fine: more learned than measured",
+                           f"an adapter that is not loaded or not this run's, or {NOT_THIS_03}"),
+    "year_accuracy": Figure("exact-year accuracy", 3, False,
                             "the note text giving the year away (see the constant-timestamp figure)", TIME),
-    "year_accuracy_constant": Figure("exact-year accuracy with a constant timestamp", 3, 0.05, False, False,
+    "year_accuracy_constant": Figure("exact-year accuracy with a constant timestamp", 3, False,
                                      "the note text giving the year away", "fine: closer to chance"),
-    "python_accuracy": Figure("Python-release accuracy", 3, 0.05, False, False, "fine: more learned",
+    "python_accuracy": Figure("Python-release accuracy", 3, False, "fine: more learned",
                               TIME + " (python_epochs)"),
-    "seconds_per_step": Figure("seconds per step", 2, 0.4, True, True, SLOW, FINE),
-    "peak_memory_gib": Figure("peak memory", 2, 0.1, True, True, MEMORY, FINE, " GiB"),
+    "seconds_per_step": Figure("seconds per step", 2, True, SLOW, FINE),
+    "peak_memory_gib": Figure("peak memory", 2, True, MEMORY, FINE, " GiB"),
 }
 PER_NOTEBOOK = {"03_lora_sft": ("held_out_loss", "seconds_per_step", "peak_memory_gib"),
                 "04_evaluation": ("format_share", "perplexity", "peak_memory_gib"),
@@ -82,10 +75,6 @@ TEMPORAL_SETTINGS = (("temporal", "temporal_min_period"), ("temporal", "temporal
 NOT_SETTINGS = ("seed",)  # 07's settings record the seed: bands span seeds
 
 
-def model_words(model: str) -> str:
-    return "the embedded Gemma 3 270M" if model == "embedded" else model
-
-
 def machine(device: str) -> str:
     """This machine as the bands name it: the GPU's name, or the CPU's cores and bf16 units."""
     if device == "cuda":
@@ -100,49 +89,44 @@ def _settings(config: dict, keys=SETTINGS) -> dict:
     return {name: config.get(group, {}).get(name) for group, name in keys}
 
 
-def _manifest(run_dir: Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _figures(notebook: str, run_dir: Path, manifest: dict) -> tuple[dict, dict] | str:
+def _figures(notebook: str, run_dir: Path) -> tuple[dict, dict] | str:
     """(settings from the run's files, figures) of `notebook`'s run in `run_dir`, or why there are none."""
-    entries = manifest.get("notebooks", {})
+    try:
+        entries = json.loads((run_dir / "manifest.json").read_text()).get("notebooks", {})
+    except (OSError, ValueError):
+        entries = {}
     entry = entries.get(notebook)
     if entry is None:
         return f"this run folder's manifest has no {notebook} entry yet (its save cell writes it)"
     peak = entry.get("peak_memory_gib")
-    if notebook in ("03_lora_sft", "04_evaluation"):
-        trained = entries.get("03_lora_sft", {}).get("config")
-        if not trained:
-            return "this run folder does not say how 03_lora_sft trained the adapter (run 03 into it)"
-        settings = _settings(trained)
-    if notebook == "03_lora_sft":
-        import pandas as pd
-
-        try:
-            log = pd.read_csv(Path(run_dir) / "loss_log.csv")
-        except OSError:
-            return "no loss_log.csv in this run folder (section 4 writes it)"
-        evals = log.dropna(subset=["eval_loss"])
-        if not len(evals):
-            return "the trainer logged no held-out loss (eval_strategy)"
-        steps = trained["train"]["max_steps"] if trained["train"]["max_steps"] > 0 else int(log.step.max())
-        return settings, {"held_out_loss": float(evals.eval_loss.iloc[-1]),
-                          "seconds_per_step": entry["train_seconds"] / max(steps, 1), "peak_memory_gib": peak}
+    if notebook == "07_temporal_encoding":
+        settings = {k: v for k, v in entry.get("settings", {}).items() if k not in NOT_SETTINGS}
+        return settings, {"year_accuracy": entry["year_accuracy_true"],
+                          "year_accuracy_constant": entry["year_accuracy_constant"],
+                          "python_accuracy": entry["python_releases"]["test"]["accuracy"],
+                          "seconds_per_step": entry["train_seconds"] / max(entry["steps"], 1),
+                          "peak_memory_gib": peak}
+    trained = entries.get("03_lora_sft", {}).get("config")
+    if not trained:
+        return "this run folder does not say how 03_lora_sft trained the adapter (run 03 into it)"
     if notebook == "04_evaluation":
         tuned = entry["metrics"]["fine-tuned"]
-        settings |= {"split": entry.get("split"), "n_examples": entry.get("n_examples")}
+        settings = _settings(trained) | {"split": entry.get("split"), "n_examples": entry.get("n_examples")}
         return settings, {"format_share": tuned["format_compliance"], "perplexity": tuned["perplexity"],
                           "peak_memory_gib": peak}
-    settings = {k: v for k, v in entry.get("settings", {}).items() if k not in NOT_SETTINGS}
-    return settings, {"year_accuracy": entry["year_accuracy_true"],
-                      "year_accuracy_constant": entry["year_accuracy_constant"],
-                      "python_accuracy": entry["python_releases"]["test"]["accuracy"],
-                      "seconds_per_step": entry["train_seconds"] / max(entry["steps"], 1),
-                      "peak_memory_gib": peak}
+    import pandas as pd
+
+    try:
+        log = pd.read_csv(run_dir / "loss_log.csv")
+    except OSError:
+        return "no loss_log.csv in this run folder (section 4 writes it)"
+    evals = log.dropna(subset=["eval_loss"])
+    if not len(evals):
+        return "the trainer logged no held-out loss (eval_strategy)"
+    steps = trained["train"]["max_steps"] if trained["train"]["max_steps"] > 0 else int(log.step.max())
+    return _settings(trained), {"held_out_loss": float(evals.eval_loss.iloc[-1]),
+                                "seconds_per_step": entry["train_seconds"] / max(steps, 1),
+                                "peak_memory_gib": peak}
 
 
 def run_record(notebook: str, run_dir: str | os.PathLike, cfg) -> dict | str:
@@ -150,29 +134,19 @@ def run_record(notebook: str, run_dir: str | os.PathLike, cfg) -> dict | str:
     from the run's files (manifest.json, loss_log.csv); or why there is nothing to compare yet."""
     if notebook not in PER_NOTEBOOK:
         raise ValueError(f"no reference figures for {notebook}: one of {', '.join(PER_NOTEBOOK)}")
-    read = _figures(notebook, Path(run_dir), _manifest(Path(run_dir)))
+    read = _figures(notebook, Path(run_dir))
     if isinstance(read, str):
         return read
     settings, figures = read
     if notebook == "07_temporal_encoding":  # the temporal config's own training settings (its cfg)
         from gemmate_lib.config import config_summary
 
-        summary = config_summary(cfg)
-        settings = _settings(summary, SETTINGS + TEMPORAL_SETTINGS) | settings
+        settings = _settings(config_summary(cfg), SETTINGS + TEMPORAL_SETTINGS) | settings
     precision = cfg.precision
     return {"notebook": notebook, "model": cfg.model.model_name,
             "runtime": {"device": precision.device, "dtype": precision.name},
             "machine": machine(precision.device), "settings": settings,
             "figures": {k: figures[k] for k in PER_NOTEBOOK[notebook]}}
-
-
-def keep_record(run_dir: str | os.PathLike, record: dict) -> None:
-    """Keep `record` under its notebook's manifest entry (RECORD), where tools/runners/reference_runs.py reads
-    it."""
-    path = Path(run_dir) / "manifest.json"
-    manifest = _manifest(Path(run_dir))
-    manifest.setdefault("notebooks", {}).setdefault(record["notebook"], {})[RECORD] = record
-    save_json(path, manifest)
 
 
 def load_bands(path: str | os.PathLike = BANDS) -> list[dict]:
@@ -190,9 +164,22 @@ def _differing(mine: dict, theirs: dict) -> list[str]:
     return [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
 
 
-def _differences(mine: dict, theirs: dict, shown: int = 3) -> str:
-    diff = [f"{k} {mine.get(k)!r} (measured: {theirs.get(k)!r})" for k in _differing(mine, theirs)]
-    return ", ".join(diff[:shown]) + (f" and {len(diff) - shown} more" if len(diff) > shown else "")
+def _figure_line(name: str, value, band: dict) -> tuple[str, bool]:
+    """One figure's words against its band, and whether it is outside on the side that needs a check."""
+    figure = FIGURES[name]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{figure.label}: not recorded", False
+    shown = f"{figure.label} {figure_text(value, figure)}"
+    if name not in band["figures"]:  # measured, but left out of the band (tools/runners/reference_runs.py)
+        return f"{shown}: no band ({band.get('left_out', {}).get(name, 'not measured')})", False
+    low, high = band["figures"][name]["low"], band["figures"][name]["high"]
+    span = f"{low:.{figure.digits}f}-{figure_text(high, figure)}"
+    if low <= value <= high:
+        return f"{shown} inside {span}", False
+    side, check = ("ABOVE", figure.above) if value > high else ("BELOW", figure.below)
+    if check.startswith("fine"):
+        return f"{shown} {side} {span} ({check})", False
+    return f"{shown} {side} {span} (check: {check})", True
 
 
 def judge(record: dict, bands: list[dict]) -> str:
@@ -200,46 +187,30 @@ def judge(record: dict, bands: list[dict]) -> str:
     measured run matches this model, runtime and settings."""
     nb, runtime = record["notebook"], record["runtime"]
     where = f"{runtime['dtype']} on a {record['machine']}"
-    model = model_words(record["model"])
+    model = "the embedded Gemma 3 270M" if record["model"] == "embedded" else record["model"]
     same_runtime = [b for b in bands if b["notebook"] == nb and b["model"] == record["model"]
                     and b["runtime"] == runtime]
     if not same_runtime:
         return f"{nb}: no reference for {model} in {where} yet: bands come from measured runs only"
     matched = [b for b in same_runtime if b["settings"] == record["settings"]]
     if not matched:
-        closest = min(same_runtime, key=lambda b: len(_differing(record["settings"], b["settings"])))
-        differ = _differences(record["settings"], closest["settings"])
+        mine = record["settings"]
+        theirs = min(same_runtime, key=lambda b: len(_differing(mine, b["settings"])))["settings"]
+        diff = [f"{k} {mine.get(k)!r} (measured: {theirs.get(k)!r})" for k in _differing(mine, theirs)]
+        differ = ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
         return (f"{nb}: no reference for {model} in {where} with these settings ({differ}): bands come from "
                 "measured runs only, and runs with other settings are never compared")
     band = next((b for b in matched if b["machine"] == record["machine"]), matched[0])
-    parts, outside, other_machine = [], 0, []
-    for name, value in record["figures"].items():
-        figure = FIGURES[name]
-        if figure.machine and band["machine"] != record["machine"]:
-            other_machine.append(figure.label)
-            continue
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            parts.append(f"{figure.label}: not recorded")
-            continue
-        # measured, but left out of the band (tools/runners/reference_runs.py)
-        if name not in band["figures"]:
-            parts.append(f"{figure.label} {figure_text(value, figure)}: no band "
-                         f"({band.get('left_out', {}).get(name, 'not measured')})")
-            continue
-        low, high = band["figures"][name]["low"], band["figures"][name]["high"]
-        span = f"{low:.{figure.digits}f}-{figure_text(high, figure)}"
-        if low <= value <= high:
-            parts.append(f"{figure.label} {figure_text(value, figure)} inside {span}")
-        else:
-            side, check = ("ABOVE", figure.above) if value > high else ("BELOW", figure.below)
-            outside += not check.startswith("fine")
-            check = check if check.startswith("fine") else f"check: {check}"
-            parts.append(f"{figure.label} {figure_text(value, figure)} {side} {span} ({check})")
-    if other_machine:
-        parts.append(f"{' and '.join(other_machine)}: no reference for a {record['machine']} (measured on a "
+    other_machine = band["machine"] != record["machine"]
+    lines = [_figure_line(name, value, band) for name, value in record["figures"].items()
+             if not (FIGURES[name].machine and other_machine)]
+    parts, outside = [text for text, _ in lines], sum(bad for _, bad in lines)
+    skipped = [FIGURES[name].label for name in record["figures"] if FIGURES[name].machine and other_machine]
+    if skipped:
+        parts.append(f"{' and '.join(skipped)}: no reference for a {record['machine']} (measured on a "
                      f"{band['machine']})")
-    seeds = ", ".join(str(s) for s in band.get("seeds", []))
-    runs = f"{len(band.get('seeds', []))} measured runs (seeds {seeds}, {band.get('date', 'undated')})"
+    seeds = band.get("seeds", [])
+    runs = f"{len(seeds)} measured runs (seeds {', '.join(map(str, seeds))}, {band.get('date', 'undated')})"
     verdict = (f"against the bands of {runs}: normal" if not outside else
                f"{outside} outside the bands of {runs}: not normal")
     return f"{nb} ({model}, {where}): " + "; ".join(parts) + f"; {verdict}"
@@ -247,9 +218,8 @@ def judge(record: dict, bands: list[dict]) -> str:
 
 def normal_line(notebook: str, run_dir: str | os.PathLike, cfg, bands: str | os.PathLike = BANDS) -> str:
     """The notebook's line: this run's figures (its own files) against the bands measured for the same model,
-    runtime and settings. It also keeps what it compared in the run folder's manifest (RECORD)."""
+    runtime and settings."""
     record = run_record(notebook, run_dir, cfg)
     if isinstance(record, str):
         return f"{notebook}: nothing to compare yet: {record}"
-    keep_record(run_dir, record)
     return judge(record, load_bands(bands))

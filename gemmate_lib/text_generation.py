@@ -51,7 +51,8 @@ def soft_prompt(model) -> bool:
 def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 40, greedy: bool = True,
              batch_size: int = BATCH_SIZE, timestamps=None, **generate_kwargs):
     """A continuation for each prompt, as a DataFrame (prompt, completion, author line, seconds): the course's
-    one generation loop, for plain models and for GemmaTE with `timestamps` (one per prompt, 07)."""
+    one generation loop, for plain models and for GemmaTE with `timestamps` (one per prompt, 07). 02 writes
+    out one call of it, 04 the loop (tests/test_notebook_recipes*.py hold them equal)."""
     import pandas as pd
 
     model.eval()

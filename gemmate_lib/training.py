@@ -15,8 +15,8 @@ from trl import SFTConfig, SFTTrainer
 
 from gemmate_lib.config import CourseConfig
 from gemmate_lib.fast_loss import causal_lm_loss
+from gemmate_lib.hardware import free_memory
 from gemmate_lib.housekeeping.errors import ParameterError
-from gemmate_lib.housekeeping.machine import free_memory
 
 
 def target_modules(value) -> list[str] | str:

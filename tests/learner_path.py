@@ -34,11 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 # a few examples. The thresholds of the checks that judge learning are the notebooks' own smoke ones.
 SMOKE_PARAMS = {
     "max_steps": 3, "compare_steps": 2, "steps": 2, "second_steps": 2,  # 03, its side-by-side arms, 06, 05
-    # 03's part 2 in the GPU profile (a T4's default leaves it off): the ledger measures what each of its
-    # sections holds (the masking arm, section 7's 16-bit LoRA arm beside the NF4 one, the chat run), so that
-    # 03's fit line answers for compare=True (tools/fit/notebook_fit.py); the chat cell says whether the loss
-    # counted only the model's turn (tests/test_learner_path.py reads it)
-    "compare": True, "masking_steps": 2, "chat_steps": 1,
+    "chat_steps": 1,  # 03's chat run: its cell says whether the loss counted only the model's turn
     "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0,
     "num_epochs": 1.0,  # 07
     "max_new_tokens": 8,  # 02
@@ -50,6 +46,15 @@ SMOKE_PARAMS = {
     # (GEMMATE_SMOKE_EXPORT=1) wherever llama.cpp is installed (a bare GPU machine, make gpu-smoke, has none)
     "export_gguf": (os.environ.get("GEMMATE_SMOKE_EXPORT") == "1"
                     and importlib.util.find_spec("llama_cpp") is not None),
+}
+# The branches a T4's defaults leave off, which the every-branch run (make rehearse-learner, and the
+# ledger's regeneration: python -m tools.fit.notebook_fit) takes so that the ledger measures what each
+# part holds; with each notebook's printed exercise solutions after it. make test's smoke run takes the
+# defaults and checks that no notebook held more copies than the committed ledger says (check_run).
+EVERY_BRANCH = {
+    # 03's part 2 (the masking arm, section 7's 16-bit LoRA arm beside the NF4 one), so that 03's fit
+    # line answers for compare=True (tools/fit/notebook_fit.py)
+    "compare": True, "masking_steps": 2,
     # 06: every method, each on its own copy: those whose GPU route differs from 03's (TRL's own loss head:
     # full fine-tuning, prompt and prefix tuning with gemma-2b's one key/value head, IA3), and LoRA and QLoRA,
     # whose copies (16-bit and NF4) the ledger measures for 06's fit line and a T4's default list
@@ -101,7 +106,7 @@ finally:
 def solutions(nb: Path) -> list[str]:
     """The cells that run each solution-type exercise of notebook `nb` (a rerun exercise reruns the notebook
     with its parameters, which the smoke run measures as they are: gemmate_lib.fit.PARTS)."""
-    from gemmate_lib.exercises import EXERCISES
+    from gemmate_lib.exercises.judging import EXERCISES
     from tools.runners.exercises import solution_code
 
     found = []
@@ -253,18 +258,19 @@ def colab_kernel(jupyter_dir: Path, python: str | None = None, env: dict[str, st
 
 def run(run_dir: Path, notebooks: list[Path] | None = None, profile: str = "gpu",
         generation: str = "gemma", probes: dict[str, list] | None = None,
-        params: dict | None = None) -> dict[str, dict]:
+        params: dict | None = None, every_branch: bool = True) -> dict[str, dict]:
     """Run every notebook; {name: {"seconds", "status"}}. Stops at the first failure, like `make course`.
     `profile`: GEMMATE_PROFILE for the kernels: "gpu" (the GPU's own precision) or "t4" (fp16, make
     gpu-smoke). `generation`: the tiny model's Gemma generation, "gemma" (Gemma 1 with the embedded
     tokenizer), "gemma3" or "gemma4" (tiny_generation). `probes`: {notebook stem: [(marker, source)]}, cells
     run in its kernel right after its first cell that holds marker (make gpu-smoke's checks, with_cells).
-    `params`: values over SMOKE_PARAMS (each notebook gets those it declares)."""
+    `params`: values over SMOKE_PARAMS (each notebook gets those it declares). `every_branch`: also
+    EVERY_BRANCH's parts and each exercise's printed solution (what the ledger measures)."""
 
     saved = os.environ.copy()  # the GPU profile is for the notebooks' kernels only: restored at the end
     try:
         with colab_content():
-            return _run(run_dir, notebooks, profile, generation, probes or {}, params or {})
+            return _run(run_dir, notebooks, profile, generation, probes or {}, params or {}, every_branch)
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -286,7 +292,7 @@ def colab_content():
 
 def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
          generation: str = "gemma", probes: dict[str, list] | None = None,
-         extra: dict | None = None) -> dict[str, dict]:
+         extra: dict | None = None, every_branch: bool = True) -> dict[str, dict]:
     import papermill as pm
     from canary import CANARY
     from nbclient.exceptions import DeadKernelError
@@ -320,8 +326,9 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
     for nb in notebooks or notebooks_in_order():
         os.environ["GEMMATE_LEDGER"] = str(run_dir / "ledger" / f"{nb.stem}.jsonl")
         declared = set(pm.inspect_notebook(str(nb)))
-        given = {**SMOKE_PARAMS, **(extra or {}), "model_name": str(model), "dataset": str(quotes),
-                 "run_dir": str(run_dir), "output_dir": str(run_dir / nb.stem)}
+        given = {**SMOKE_PARAMS, **(EVERY_BRANCH if every_branch else {}), **(extra or {}),
+                 "model_name": str(model), "dataset": str(quotes), "run_dir": str(run_dir),
+                 "output_dir": str(run_dir / nb.stem)}
         params = {k: v for k, v in given.items() if k in declared}
         if generation != "gemma" and "export_gguf" in params:
             # llama.cpp's converter reads a Gemma's SentencePiece vocabulary, which the tiny byte-level
@@ -341,7 +348,8 @@ def _run(run_dir: Path, notebooks: list[Path] | None, profile: str = "gpu",
             params.update(max_start_loss=1.2, keep_on_drive=False)
         start, status = time.time(), "pass"
         try:
-            last = solutions(nb) if generation == "gemma" else None  # Gemma 1's run: every solution too
+            # Gemma 1's every-branch run: every solution too
+            last = solutions(nb) if generation == "gemma" and every_branch else None
             cells = {"last": NO_COURSE_PROBE if standalone else last,
                      "after": (probes or {}).get(nb.stem, [])}
             pm.execute_notebook(with_cells(nb, **cells) if any(cells.values()) else str(nb),

@@ -41,25 +41,31 @@ GOAL = 0.10  # the largest share of a module's mutants left alive (CONTRIBUTING.
 COVERING = {
     "gemmate_lib/fit.py": ["tests/test_fit.py", "tests/test_notebook_fit.py",
                            "tests/test_generated_blocks.py"],
-    "gemmate_lib/exercises/judging.py": ["tests/test_exercise_checks.py",
-                                                    "tests/test_exercises.py",
-                                                    "tests/test_exercise_check_machinery.py"],
-    "gemmate_lib/exercises/__init__.py": ["tests/test_exercise_checks.py", "tests/test_exercise_runner.py",
-                                 "tests/test_exercise_solutions.py", "tests/test_exercise_fit.py"],
+    "gemmate_lib/exercises/judging.py": [
+        "tests/test_exercise_checks.py", "tests/test_exercises.py", "tests/test_exercise_check_machinery.py",
+        "tests/test_exercise_fit.py"],
+    "gemmate_lib/exercises/__init__.py": [
+        "tests/test_exercise_checks.py", "tests/test_exercise_runner.py", "tests/test_exercise_solutions.py",
+        "tests/test_exercise_fit.py"],
+    "gemmate_lib/exercises/checks_00_03.py": [
+        "tests/test_exercise_checks.py", "tests/test_exercise_solutions.py", "tests/test_exercise_fit.py"],
+    "gemmate_lib/exercises/checks_04_07.py": [
+        "tests/test_exercise_checks.py", "tests/test_exercise_solutions.py"],
     "gemmate_lib/preflight.py": ["tests/test_preflight.py"],
     "gemmate_lib/stats.py": ["tests/test_stats.py"],
     # what decides the loss, a resume, the dtype and the data trained on (issue 77)
     "gemmate_lib/resume.py": ["tests/test_resume.py", "tests/test_temporal_training.py"],
     "gemmate_lib/fast_loss.py": ["tests/test_fast_loss.py", "tests/test_logit_cap.py"],
     "gemmate_lib/generations.py": ["tests/test_generations.py", "tests/test_logit_cap.py"],
-    "gemmate_lib/hardware.py": ["tests/test_hardware.py"],
+    "gemmate_lib/hardware.py": ["tests/test_hardware.py", "tests/test_fit.py"],  # test_fit: the memory line
     "gemmate_lib/data.py": ["tests/test_data.py"],
     "gemmate_lib/reference.py": ["tests/test_reference.py"],
-    "gemmate_lib/certificate.py": ["tests/test_certificate.py"],
+    "gemmate_cli/certificate.py": ["tests/test_certificate.py"],
     # in this process, with a stand-in shell (the smoke run drives it through real kernels, minutes a mutant)
     "tools/fit/ledger.py": ["tests/test_ledger.py"],
     "tools/fit/notebook_fit.py": ["tests/test_notebook_fit.py", "tests/test_notebook_fit_ledgers.py",
                               "tests/test_generated_blocks.py"],
+    "tools/fit/exercise_fit.py": ["tests/test_exercise_fit.py", "tests/test_notebook_fit_ledgers.py"],
 }
 # what a run folder never links: the runs themselves, the environments, git, and the pyproject.toml it writes
 UNLINKED = {"runs", "mutants", "pyproject.toml"}

@@ -1,6 +1,6 @@
 """The adapter alone as a llama.cpp LoRA GGUF (gemmate_cli/adapter_gguf.py): what it writes, and one line for
 each input it cannot use. Its behaviour on the real embedded fine-tune (base + adapter held to the merged
-model's certificate) is tests/test_certificate.py's, after nbval; llama.cpp applying a tiny one is the CLI
+model's certificate) is tests/test_certificate.py's (long); llama.cpp applying a tiny one is the CLI
 export test's (tests/cli/test_cli_export.py)."""
 from __future__ import annotations
 

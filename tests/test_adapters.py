@@ -76,7 +76,7 @@ def test_round_trip_in_a_fresh_process_gives_identical_generations(tiny_folder, 
 def test_the_merged_model_is_saved_in_the_training_dtype(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
     from safetensors import safe_open
 
-    from gemmate_lib.adapters import save_merged
+    from gemmate_cli.serve import save_merged
 
     folder = save_merged(tiny_model, tiny_tokenizer, tmp_path / "merged", torch.bfloat16)
     with safe_open(folder / "model.safetensors", "pt") as f:

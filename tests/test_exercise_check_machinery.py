@@ -15,6 +15,7 @@ import pytest
 from gemmate_lib.exercises import judging as ec
 from gemmate_lib.housekeeping import run_folder
 from gemmate_lib.housekeeping.files import show_path
+from tools.runners.exercises import parse_verdict
 
 # ---- margins and the verdict line ----
 
@@ -57,7 +58,7 @@ def test_margins_are_read_back_from_after_the_margin_mark_only():
     """A found text that looks like a margin is not one; a margin in e-notation is read whole."""
     line = ec.exercise_verdict("03-1", "e", True, lambda: (True, "+9 nats (a decoy)", [
         ec.more(1.5e-05, 0, "x", "tiny")]))
-    assert ec.parse_verdict(line) == {"name": "03-1", "verdict": "PASS",
+    assert parse_verdict(line) == {"name": "03-1", "verdict": "PASS",
                                       "margins": [(1.5e-05, "x", "tiny 0.0, needs > 0")]}
 
 

@@ -24,8 +24,9 @@ import torch
 from safetensors.torch import save_file
 
 from gemmate_lib import exercises
-from gemmate_lib.exercises import judging
+from gemmate_lib.exercises import checks_04_07, judging
 from gemmate_lib.housekeeping import files, run_folder
+from tools.runners.exercises import parse_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, OTHER = "embedded", "google/gemma-3-1b-pt"  # the model the lesson runs; the one a learner switches to
@@ -506,7 +507,7 @@ SKIPPED = {  # exercise: the variants that skip its point (or do it wrong)
 # training, 02-3 where greedy never loops, 06-3's soft prompt diverging at ten times its rate)
 PASSING = {"00-3": "all cached", "02-2": "authored", "02-3": "no loops", "04-2": "all unseen",
            "06-3": "prompt diverges", "03-4": "row all masked"}
-NAMES = sorted(exercises.EXERCISES)
+NAMES = sorted(judging.EXERCISES)
 
 
 def test_every_exercise_of_the_course_has_a_check_and_a_test():
@@ -518,7 +519,7 @@ def test_the_solutions_files_pass(runs, name, capsys):
     write(runs, name)
     line = exercises.exercise_check(name)
     assert line.startswith(f"exercise {name}: PASS"), line
-    verdict = judging.parse_verdict(line)
+    verdict = parse_verdict(line)
     assert verdict["verdict"] == "PASS" and all(value >= 0 for value, _, _ in verdict["margins"]), line
 
 
@@ -554,7 +555,7 @@ def test_results_in_another_shape_fail_and_never_stop_the_notebook(runs, name, s
     """05-1 stopped with a ValueError when one dtype was used twice: a check gives a verdict. Only a learner's
     file in another shape gives it: the check's rule reads it without an error of its own."""
     write(runs, name)
-    for path in (runs / f for f in exercises.EXERCISES[name].folders):
+    for path in (runs / f for f in judging.EXERCISES[name].folders):
         for result in path.rglob("*.*"):
             if result.name != run_folder.ORIGIN:
                 result.write_text(shape)
@@ -598,7 +599,7 @@ def test_a_bug_in_a_checks_rule_raises_instead_of_failing_the_learner(what):
 def test_a_bug_in_a_registered_check_surfaces_from_its_check_cell(runs, monkeypatch):
     """Through the notebook's own call: the learner's files are right, the rule breaks."""
     write(runs, "04-3")
-    monkeypatch.setattr(exercises, "rounded", lambda x: x.round())  # a float has no .round(): the rule's bug
+    monkeypatch.setattr(checks_04_07, "rounded", lambda x: x.round())  # no float.round(): a bug
     with pytest.raises(AttributeError):
         exercises.exercise_check("04-3")
 
@@ -627,11 +628,11 @@ def test_a_folder_opened_again_on_another_model_does_not_pass_on_the_old_results
     are still the old model's, and their times say so."""
     write(runs, name)
     past = time.time() - 600
-    for path in (runs / f for f in exercises.EXERCISES[name].folders):
+    for path in (runs / f for f in judging.EXERCISES[name].folders):
         for result in path.rglob("*"):
             os.utime(result, (past, past))  # written last week, on MODEL
     monkeypatch.setitem(run_folder._KERNEL, "model_name", OTHER)
-    for f in exercises.EXERCISES[name].folders:
+    for f in judging.EXERCISES[name].folders:
         assert run_folder.stamp_origin(runs / f)["before"]["model"] == MODEL  # as get_run_dir(f) does
     line = exercises.exercise_check(name)
     assert line.startswith(f"exercise {name}: FROM ANOTHER MODEL"), line
@@ -641,7 +642,7 @@ def test_a_folder_opened_again_on_another_model_does_not_pass_on_the_old_results
 @pytest.mark.parametrize("name", NAMES)
 def test_results_without_a_record_of_their_model_do_not_pass(runs, name):
     write(runs, name)
-    for f in exercises.EXERCISES[name].folders:
+    for f in judging.EXERCISES[name].folders:
         (runs / f / run_folder.ORIGIN).unlink()
     line = exercises.exercise_check(name)
     assert line.startswith(f"exercise {name}: MODEL UNKNOWN"), line
@@ -658,11 +659,11 @@ def test_runs_of_one_exercise_on_two_models_do_not_pass(runs, monkeypatch):
     assert line.startswith(f"exercise 06-2: FROM ANOTHER MODEL (its runs ran on {MODEL} and {OTHER})"), line
 
 
-COMPARING = [name for name in NAMES if exercises.EXERCISES[name].lesson]
+COMPARING = [name for name in NAMES if judging.EXERCISES[name].lesson]
 
 
 def test_every_rerun_exercise_compares_its_settings_with_the_lesson():
-    reruns = [name for name in NAMES if exercises.EXERCISES[name].parameters]
+    reruns = [name for name in NAMES if judging.EXERCISES[name].parameters]
     assert COMPARING == reruns == ["03-1", "03-2", "03-3", "04-1", "06-1", "06-2", "06-3", "07-1", "07-2",
                                    "07-3"]
 
@@ -721,13 +722,13 @@ def exercise_texts(prefix: str) -> str:
     return "\n".join("".join(c["source"]) for c in cells[start:] if c["cell_type"] == "markdown")
 
 
-RERUNS = [name for name in NAMES if exercises.EXERCISES[name].parameters]
+RERUNS = [name for name in NAMES if judging.EXERCISES[name].parameters]
 
 
 @pytest.mark.parametrize("name", RERUNS)
 def test_a_rerun_exercises_text_names_its_parameters_and_the_sections_its_check_reads(name):
     """07-1 said to stop at section 6, but its check reads the manifest that section 10 writes."""
-    spec, text = exercises.EXERCISES[name], exercise_texts(name[:2])
+    spec, text = judging.EXERCISES[name], exercise_texts(name[:2])
     for stem, params in spec.parameters:
         for key, value in params.items():
             assert judging.parameters_text({key: value}) in text, (name, stem, key)
@@ -746,7 +747,7 @@ def parameters_cell_names(stem: str) -> set[str]:
 
 def test_a_rerun_exercises_parameters_are_its_notebooks_parameters():
     for name in RERUNS:
-        for stem, params in exercises.EXERCISES[name].parameters:
+        for stem, params in judging.EXERCISES[name].parameters:
             declared = parameters_cell_names(stem)
             assert set(params) <= declared, (name, set(params) - declared)
             assert params["run_dir"].startswith("runs/ex" + name.replace("-", "_")), name
@@ -756,15 +757,15 @@ def test_a_verdict_line_is_read_back_with_its_margins():
     line = judging.exercise_verdict("06-2", "the loss falls", True, lambda: (True, "3.9 / 3.6", [
         judging.more(0.31, 0, "nats", "rank 2's loss over rank 128's"),
         judging.less(1.2, 1.5, "x", "step time", strict=False)]))
-    assert judging.parse_verdict(line) == {"name": "06-2", "verdict": "PASS", "margins": [
+    assert parse_verdict(line) == {"name": "06-2", "verdict": "PASS", "margins": [
         (0.31, "nats", "rank 2's loss over rank 128's 0.31, needs > 0"),
         (0.3, "x", "step time 1.2, needs <= 1.5")]}
     failed = judging.exercise_verdict("06-2", "the loss falls", True, lambda: (True, "", [
         judging.more(-0.2, 0, "nats", "fall")]))
-    assert judging.parse_verdict(failed)["verdict"] == "FAIL"  # a margin below its threshold fails
-    not_run = judging.parse_verdict("exercise 03-1: NOT RUN YET (set lora_r)")
+    assert parse_verdict(failed)["verdict"] == "FAIL"  # a margin below its threshold fails
+    not_run = parse_verdict("exercise 03-1: NOT RUN YET (set lora_r)")
     assert not_run["verdict"] == "NOT RUN YET"
-    assert judging.parse_verdict("PASS the adapter is saved") == {}
+    assert parse_verdict("PASS the adapter is saved") == {}
 
 
 # ---- the notebook's check cells ----
@@ -845,7 +846,7 @@ def test_05_4_judges_by_the_tolerances_of_05s_merge_check():
     course's check, not one of the exercise's own."""
     sources = ["".join(c["source"]) for c in notebook_cells("05") if c["cell_type"] == "code"]
     found = [m for s in sources for m in re.findall(r"tolerance = (\{[^}]*\})\[merge_precision\.name\]", s)]
-    assert len(found) == 1 and ast.literal_eval(found[0]) == exercises.MERGE_TOLERANCE
+    assert len(found) == 1 and ast.literal_eval(found[0]) == checks_04_07.MERGE_TOLERANCE
 
 
 NOT_MADE = [("03-4", "labels kept"), ("03-5", "end kept"), ("03-6", "sound model"), ("05-4", "16-bit base")]

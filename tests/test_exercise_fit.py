@@ -1,7 +1,7 @@
-"""What gemmate_lib/exercises/__init__.py decides outside the 28 rules: whether an exercise fits the learner's
-runtime and model (its fit line, from the measured copies), whether a model's weights are on this machine
-already (00-3's record), what 07's reruns changed besides the exercise's setting, and a fault exercise's stop
-line. Hand-made measurements, manifests and files; the Hub's cache faked at huggingface_hub's function."""
+"""What gemmate_lib/exercises decides outside the 28 rules: whether an exercise fits the learner's runtime and
+model (its fit line, from the fit table tools/fit/exercise_fit.py commits and the measured copies), whether a
+model's weights are on this machine already (00-3's record), and a fault exercise's stop line. Hand-made
+measurements, manifests and files; the Hub's cache faked at huggingface_hub's function."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from gemmate_lib import exercises, fit
+from gemmate_lib.exercises import checks_00_03, judging
 from gemmate_lib.hardware import Precision
+from tools.fit import exercise_fit
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +39,32 @@ def _need(stem, shape, data, params):
     return fit.notebook_need(stem, shape, 4, data, False, fit.parts_of(stem, params))
 
 
+def _fit(name, shape, runtime, data, cpu=False):
+    """exercise_fit with the fit table's row that tools/fit/exercise_fit.py computes from `data`."""
+    row = {name: exercise_fit.entry(name, data)}
+    return exercises.exercise_fit(name, shape, 4, runtime, data, cpu=cpu, table=row)
+
+
+def test_the_committed_fit_table_is_what_the_tool_computes_now():
+    """gemmate_lib/exercises/fit_table.json cannot drift from the exercises' registry and the committed
+    copies: `python -m tools.fit.exercise_fit` regenerates it."""
+    assert exercises.fit_table() == exercise_fit.table()
+    assert exercise_fit.main(["--check"]) == 0
+    assert list(exercises.fit_table()) == list(judging.EXERCISES)  # every exercise, in the course's order
+
+
 def test_an_exercise_that_does_not_read_the_left_out_part_fits_without_it(e2b):
     data = _data(**{"05_save_and_push": [WHOLE, NF4]})
     need = _need("05_save_and_push", e2b, data, {"exercise": "05-2"})
     assert fit.fit_answer(need) == "without its 16/32-bit part"
-    assert exercises.exercise_fit("05-2", e2b, 4, fit.FREE_COLAB, data) == {
+    assert _fit("05-2", e2b, fit.FREE_COLAB, data) == {
         "fits": True, "gpu": need.gpu_without_whole, "ram": need.ram_without_whole, "why": ""}
 
 
 def test_an_exercise_that_reads_the_left_out_part_does_not_fit_and_says_which(e2b):
     data = _data(**{"05_save_and_push": [WHOLE, NF4]})
     need = _need("05_save_and_push", e2b, data, {"exercise": "05-1"})
-    assert exercises.exercise_fit("05-1", e2b, 4, fit.FREE_COLAB, data) == {
+    assert _fit("05-1", e2b, fit.FREE_COLAB, data) == {
         "fits": False, "gpu": need.gpu, "ram": need.ram,
         "why": f"it needs 05's merge (a 16/32-bit copy): about {need.gpu / fit.GIB:.1f} GiB"}
 
@@ -57,23 +73,23 @@ def test_a_solution_that_loads_a_whole_copy_itself_needs_it(e2b):
     own = {**WHOLE, "part": "exercise 05-2"}
     data = _data(**{"05_save_and_push": [NF4, WHOLE, own]})
     need = _need("05_save_and_push", e2b, data, {"exercise": "05-2"})
-    assert exercises.exercise_fit("05-2", e2b, 4, fit.FREE_COLAB, data) == {
+    assert _fit("05-2", e2b, fit.FREE_COLAB, data) == {
         "fits": False, "gpu": need.gpu, "ram": need.ram,
         "why": f"it needs a 16/32-bit copy of the model: about {need.gpu / fit.GIB:.1f} GiB"}
     # another exercise's whole copy is not this one's
     other = _data(**{"04_evaluation": [NF4, WHOLE, {**WHOLE, "part": "exercise 04-3"}]})
-    assert exercises.exercise_fit("04-2", e2b, 4, fit.FREE_COLAB, other)["fits"] is True
+    assert _fit("04-2", e2b, fit.FREE_COLAB, other)["fits"] is True
     # a solution that holds a second 4-bit copy beside the lesson's: E2B's two do not fit a T4
     second = {**NF4, "copies": ["nf4-fp32", "nf4-fp32"], "part": "exercise 04-2"}
     two = _data(**{"04_evaluation": [NF4, second]})
-    answer = exercises.exercise_fit("04-2", e2b, 4, fit.FREE_COLAB, two)
+    answer = _fit("04-2", e2b, fit.FREE_COLAB, two)
     assert not answer["fits"] and answer["why"].startswith("04 itself needs about")
 
 
 def test_an_exercise_whose_notebook_does_not_fit_says_so(e2b):
     data = {"kernel_bytes": int(0.6e9), "notebooks": {"01_load_4bit": {"moments": [WHOLE]}}}
     need = _need("01_load_4bit", e2b, data, {"exercise": "01-1"})
-    assert exercises.exercise_fit("01-1", e2b, 4, fit.FREE_COLAB, data) == {
+    assert _fit("01-1", e2b, fit.FREE_COLAB, data) == {
         "fits": False, "gpu": need.gpu, "ram": need.ram,
         "why": f"01 itself needs about {need.gpu / fit.GIB:.1f} GiB"}
 
@@ -84,36 +100,44 @@ def test_a_rerun_exercise_needs_the_most_of_its_runs():
 
     small = fit.shape_of(config_of("gemma-3-1b-pt"))
     data = _data(**{"03_lora_sft": [NF4], "04_evaluation": [NF4, {**WHOLE, "copies": ["whole", "nf4-fp32"]}]})
-    needs = [_need(stem, small, data, params) for stem, params in exercises.exercise_runs("04-1")]
+    needs = [_need(stem, small, data, params) for stem, params in exercise_fit.exercise_runs("04-1")]
     assert needs[1].gpu > needs[0].gpu and needs[1].ram > needs[0].ram
-    assert exercises.exercise_fit("04-1", small, 4, fit.FREE_COLAB, data) == {
+    assert _fit("04-1", small, fit.FREE_COLAB, data) == {
         "fits": True, "gpu": needs[1].gpu, "ram": needs[1].ram, "why": ""}
 
 
 def test_on_a_cpu_an_exercise_needs_ram_only(e2b):
     data = _data(**{"04_evaluation": [NF4]})
-    answer = exercises.exercise_fit("04-2", e2b, 4, {**fit.FREE_COLAB, "gpu_bytes": None, "ram_bytes": 1e12},
-                                    data, cpu=True)
+    answer = _fit("04-2", e2b, {**fit.FREE_COLAB, "gpu_bytes": None, "ram_bytes": 1e12}, data, cpu=True)
     assert answer["fits"] and answer["gpu"] == 0.0 and answer["ram"] > 0
 
 
 def test_a_lesson_exercise_is_measured_as_its_solution_after_the_lesson():
-    assert exercises.exercise_runs("05-2") == [("05_save_and_push", {"exercise": "05-2"})]
+    assert exercise_fit.exercise_runs("05-2") == [("05_save_and_push", {"exercise": "05-2"})]
+    assert exercise_fit.entry("05-2") == {"runs": [["05_save_and_push", ["exercise 05-2"], 8]], "needs": ""}
+    # a rerun exercise's runs: its parameters' parts and LoRA rank, each run
+    runs = exercise_fit.entry("06-2")["runs"]
+    assert runs == [["06_compare_methods", [], 8], ["06_compare_methods", [], 128]]
 
 
 def test_registering_an_exercise_builds_its_spec(monkeypatch):
-    monkeypatch.setattr(exercises, "EXERCISES", {})
+    monkeypatch.setattr(judging, "EXERCISES", {})
 
     def rule(ex, lesson):
         return True, ""
 
-    assert exercises.exercise("99-1", ("a.json",), "section 9", "it works", folders=("ex99_1a",),
-                              lesson=("b.json",), parameters=(("03_lora_sft", {"lora_r": 2}),))(rule) is rule
-    spec = exercises.EXERCISES["99-1"]
-    assert spec == exercises.exercise_spec("99-1", rule, ("a.json",), "section 9", "it works", ("ex99_1a",),
-                                           ("b.json",), (("03_lora_sft", {"lora_r": 2}),))
-    exercises.exercise("99-2", "c.json", "run solution 2", "it works too")(rule)
-    assert exercises.EXERCISES["99-2"].folders == ("ex99_2",)  # its own folder, by its name
+    assert judging.exercise("99-1", ("a.json",), "section 9", "it works", folders=("ex99_1a",),
+                            lesson=("b.json",), parameters=(("03_lora_sft", {"lora_r": 2}),))(rule) is rule
+    spec = judging.EXERCISES["99-1"]
+    assert spec == judging.exercise_spec("99-1", rule, ("a.json",), "section 9", "it works", ("ex99_1a",),
+                                         ("b.json",), (("03_lora_sft", {"lora_r": 2}),))
+    judging.exercise("99-2", "c.json", "run solution 2", "it works too")(rule)
+    assert judging.EXERCISES["99-2"].folders == ("ex99_2",)  # its own folder, by its name
+
+
+def test_the_28_checks_register_in_the_courses_order():
+    names = list(judging.EXERCISES)
+    assert len(names) == 28 and names == sorted(names) and names[0] == "00-1" and names[-1] == "07-3"
 
 
 # ---- the fit lines a notebook prints above its exercises ----
@@ -208,9 +232,9 @@ def test_a_hub_model_is_on_disk_when_every_weight_file_is_in_the_cache(tmp_path,
 
 def test_a_stop_in_another_shape_or_at_another_line_is_named():
     with pytest.raises(TypeError, match="^stopped_by is a list, not a dict$"):
-        exercises._stopped({"stopped_by": [1]}, ("a",), "the fault")
+        checks_00_03._stopped({"stopped_by": [1]}, ("a",), "the fault")
     stop = {"check": "loss", "value": "9.1", "expected": "< 8"}
-    ok, said = exercises._stopped({"stopped_by": stop}, ("labels", "rows"), "the fault")
+    ok, said = checks_00_03._stopped({"stopped_by": stop}, ("labels", "rows"), "the fault")
     assert not ok and said == ("the pre-flight stopped at 'loss': 9.1 (expected < 8) (not a line that names "
                                "this fault: 'labels' or 'rows')")
 
@@ -220,4 +244,5 @@ def test_an_author_line_counts_from_the_prompt_and_completion_together(tmp_path)
                              "Quote: d\nAuthor:"],
                   "completion": [" Oscar Wilde", "Author: Maya Angelou", "Author: Rumi", "", "NA"]}).to_csv(
         tmp_path / "generations_after.csv", index=False)
-    assert exercises._authored(tmp_path) == 4  # an empty completion names nobody; "NA" is a name as written
+    # an empty completion names nobody; "NA" is a name as written
+    assert checks_00_03._authored(tmp_path) == 4

@@ -7,7 +7,7 @@ import json
 import nbformat
 import pytest
 
-from gemmate_lib.exercises import EXERCISES
+from gemmate_lib.exercises.judging import EXERCISES
 from tools.markers import block
 from tools.runners import exercises as runner
 

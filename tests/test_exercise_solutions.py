@@ -24,6 +24,7 @@ import torch
 from test_exercise_checks import runs, write  # noqa: F401 - the fixture: a course folder in tmp_path
 
 from gemmate_lib import exercises
+from gemmate_lib.exercises import checks_00_03, checks_04_07, judging
 from gemmate_lib.housekeeping import files, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +166,7 @@ def test_03_2_the_solution_writes_the_file_the_rerun_reads(runs, capsys):  # noq
     rows = [json.loads(line) for line in written.read_text().splitlines()]
     assert len(rows) == 11 and sum(not r["author"] for r in rows) == 1
     assert f'dataset = "{written}"' in capsys.readouterr().out  # the path the parameters cell takes
-    assert exercises.EXERCISES["03-2"].parameters[0][1]["dataset"] == "ex03_2/my_quotes.jsonl"
+    assert judging.EXERCISES["03-2"].parameters[0][1]["dataset"] == "ex03_2/my_quotes.jsonl"
 
 
 @pytest.mark.slow  # a few seconds: loads, NF4 copies, evaluation or training of the tiny model
@@ -217,8 +218,7 @@ def merging(tiny_folder, tiny_tokenizer, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from gemmate_lib import fit
-    from gemmate_lib.hardware import pick_precision
-    from gemmate_lib.housekeeping.machine import free_memory
+    from gemmate_lib.hardware import free_memory, pick_precision
     from gemmate_lib.models import footprint_mib, load_model
     from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 
@@ -255,7 +255,7 @@ def test_a_merge_measured_against_section_3s_logits_fails(runs, capsys, merging,
     """The wrong attempt: the merge compared with section 3's 16/32-bit `reference`, not with the same model
     before merging in the merge's dtype (bf16; the 4-bit base)."""
     line = run_wrong(name, "before = unmerged(**enc).logits.float()", "before = reference",
-                     {**merging, "tolerance": exercises.MERGE_TOLERANCE["fp32"]}, capsys)
+                     {**merging, "tolerance": checks_04_07.MERGE_TOLERANCE["fp32"]}, capsys)
     assert line.startswith(f"exercise {name}: FAIL") and "compared with section 3's logits" in line, line
 
 
@@ -327,8 +327,7 @@ def test_a_solution_that_needs_the_skipped_merge_says_so_in_one_line(runs, capsy
 
     from gemmate_lib import fit
     from gemmate_lib.config import course_config
-    from gemmate_lib.hardware import pick_precision
-    from gemmate_lib.housekeeping.machine import free_memory
+    from gemmate_lib.hardware import free_memory, pick_precision
     from gemmate_lib.models import load_model
 
     # what 05 binds on that path: section 3's imports, and None for what its merge would have made
@@ -376,7 +375,7 @@ def test_03s_faults_made_on_the_tiny_model_are_caught_by_the_preflight(runs, cap
         f"pre-flight check failed: {stopped_at} is ")
     assert all(torch.equal(batch[k], preflighting["batch"][k]) for k in batch)  # section 4's batch unchanged
     if name == "03-6":  # only the uncached path broken: the cached one gives the sound copy's logits
-        assert record["cached_gap"] < exercises.CACHE_FAULT <= record["gap"]
+        assert record["cached_gap"] < checks_00_03.CACHE_FAULT <= record["gap"]
 
 
 def test_03_6_noise_on_every_pass_fails(runs, capsys, preflighting):  # noqa: F811
@@ -390,7 +389,7 @@ def test_03_6_noise_on_every_pass_fails(runs, capsys, preflighting):  # noqa: F8
 def test_05_4_merging_into_the_4bit_base_is_caught_by_05s_merge_check(runs, capsys, merging):  # noqa: F811
     """The tiny adapter merged into an NF4 copy of the tiny base: its logits move past section 3's fp32
     tolerance, which the 16/32-bit merge (the fixture's `diff`) stays within."""
-    line = run_solution("05-4", {**merging, "tolerance": exercises.MERGE_TOLERANCE["fp32"]}, capsys)
+    line = run_solution("05-4", {**merging, "tolerance": checks_04_07.MERGE_TOLERANCE["fp32"]}, capsys)
     assert line.startswith("exercise 05-4: PASS"), line
     record = json.loads((runs / "ex05_4" / "fault.json").read_text())
     assert record["base_4bit"] is True and record["diff"] > record["tolerance"] > merging["diff"]

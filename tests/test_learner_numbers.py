@@ -233,7 +233,7 @@ def committed_bands() -> list[dict]:
     from gemmate_lib import reference
 
     bands = reference.load_bands()
-    assert {b["notebook"] for b in bands} >= set(reference.NOTEBOOKS)
+    assert {b["notebook"] for b in bands} >= set(reference.PER_NOTEBOOK)
     return bands
 
 

@@ -277,15 +277,16 @@ def test_a_fork_changes_the_course_repository_in_one_place(tmp_path, monkeypatch
 @pytest.mark.slow
 @pytest.mark.xdist_group("content")  # the Colab-like kernel's Drive writes /content: one at a time
 def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kernel(tmp_path):
-    """The learner's path, end to end: tests/learner_path.py
-    (its docstring says what is real and what is not)."""
+    """The learner's path, end to end, with a T4's defaults: tests/learner_path.py (its docstring says what is
+    real and what is not). No notebook holds more model copies at once than the committed ledger says for the
+    parts that ran (the every-branch run below measures each part; make rehearse-learner)."""
     import time
 
     from canary import CANARY
     from learner_path import CHAT_LOSS, SMOKE_PARAMS, printed, run
 
     start = time.time()
-    rows = run(tmp_path / "run")
+    rows = run(tmp_path / "run", every_branch=False)
     print(f"learner's path smoke run: {time.time() - start:.0f} s for {len(rows)} notebooks")
     every = [nb.stem for nb in NOTEBOOKS + [ONE_PAGE]]
     assert [name for name in rows] == every
@@ -310,11 +311,26 @@ def test_every_notebook_runs_to_the_end_in_the_gpu_profile_in_a_colab_like_kerne
     leaks = [p.name for p in (tmp_path / "run").rglob("*")
              if p.is_file() and CANARY.encode() in p.read_bytes()]
     assert leaks == []
-    # the model copies each kernel held at once (tests/learner_path.py's ledgers): as committed, and no
-    # notebook holds more than the course says a free T4 runs (docs/full-shape.md, tools/fit/notebook_fit.py)
+    from tools.fit import notebook_fit
+
+    assert notebook_fit.check_run(tmp_path / "run") == []
+
+
+@pytest.mark.slow
+@pytest.mark.long  # make rehearse-learner; make test's smoke run above checks the copies of the parts it ran
+@pytest.mark.xdist_group("content")
+def test_every_branch_and_solution_holds_the_committed_model_copies(tmp_path):
+    """Every part a T4's defaults leave off (03's part 2, all six of 06's methods) and each exercise's printed
+    solution, in the GPU profile: the model copies each kernel held at once (tests/learner_path.py's ledgers)
+    are as committed, and no notebook holds more than the course says a free T4 runs (docs/full-shape.md,
+    tools/fit/notebook_fit.py). A changed ledger: regenerate it from this run (tools.fit.notebook_fit)."""
+    from learner_path import run
+
     from gemmate_lib import fit
     from tools.fit import notebook_fit
 
+    rows = run(tmp_path / "run")
+    assert {name: row["status"] for name, row in rows.items()} == {name: "pass" for name in rows}
     assert notebook_fit.compare(fit.measured(), notebook_fit.collect(tmp_path / "run")) == []
 
 

@@ -1,6 +1,6 @@
-"""gemmate_lib.llama_server: an exported GGUF behind llama.cpp's HTTP server, as Ollama serves it, answering
-the raw prompt as llama.cpp in process does; one line for a wrong file or a taken port; and what the file's
-own chat template makes Ollama do with a Modelfile's TEMPLATE."""
+"""gemmate_cli.llama_server: an exported GGUF behind llama.cpp's HTTP server, as Ollama serves it, answering
+the raw prompt as llama.cpp in process does; one line for a wrong file or a taken port. gemmate_lib.gguf_file:
+the file's header, and what its own chat template makes Ollama do with a Modelfile's TEMPLATE."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from gemmate_lib import llama_server
+from gemmate_cli import llama_server
+from gemmate_lib import gguf_file
 from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError, one_line
 
 pytest.importorskip("llama_cpp")
@@ -40,7 +41,7 @@ def write_gguf(path, arch: str = "gemma3", template: str | None = None):
     ("gemma4", None, "raw mode"),
 ])
 def test_the_note_says_when_ollama_would_ignore_the_modelfiles_template(tmp_path, arch, template, says):
-    note = llama_server.template_note(write_gguf(tmp_path / "m.gguf", arch, template))
+    note = gguf_file.template_note(write_gguf(tmp_path / "m.gguf", arch, template))
     if says is None:
         assert note is None
     else:
@@ -49,7 +50,7 @@ def test_the_note_says_when_ollama_would_ignore_the_modelfiles_template(tmp_path
 
 def test_a_wrong_file_is_one_line_before_llama_cpp_reads_it(tmp_path):
     good = write_gguf(tmp_path / "good.gguf")
-    assert llama_server.check_gguf(good) == good
+    assert gguf_file.gguf_fields(good)["general.architecture"] == "gemma3"
     foreign = tmp_path / "model.safetensors"
     foreign.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}" + b"\x00" * 64)
     cut = tmp_path / "cut.gguf"
@@ -57,7 +58,7 @@ def test_a_wrong_file_is_one_line_before_llama_cpp_reads_it(tmp_path):
     for path, says in ((tmp_path / "missing.gguf", "no GGUF file"), (foreign, "is not a GGUF file"),
                        (cut, "cut short")):
         with pytest.raises(ModelLoadError) as err:
-            llama_server.check_gguf(path)
+            gguf_file.gguf_fields(path)
         assert says in one_line(err.value) and "\n" not in one_line(err.value), one_line(err.value)
         with pytest.raises(ModelLoadError):
             with llama_server.serve(path):
@@ -92,7 +93,7 @@ def test_the_header_reader_reads_what_ggufs_own_reader_reads_and_where_the_tenso
     writer.write_tensors_to_file()
     writer.close()
 
-    fields, end = llama_server.read_gguf_header(path)
+    fields, end = gguf_file.read_gguf_header(path)
     reader = GGUFReader(path)
     expected = {}
     for key, field in reader.fields.items():
@@ -108,19 +109,19 @@ def test_the_header_reader_reads_what_ggufs_own_reader_reads_and_where_the_tenso
     head = tmp_path / "head.gguf"
     head.write_bytes(path.read_bytes()[:20000])  # inside the token list
     with pytest.raises(ValueError, match="cut short"):
-        llama_server.read_gguf_header(head)
+        gguf_file.read_gguf_header(head)
     body = tmp_path / "body.gguf"
     body.write_bytes(path.read_bytes()[:-100])
-    assert llama_server.read_gguf_header(body)[1] > body.stat().st_size
+    assert gguf_file.read_gguf_header(body)[1] > body.stat().st_size
     odd = tmp_path / "odd.gguf"  # one field: an array of a value type GGUF does not define
     odd.write_bytes(struct.pack("<4sIQQ", b"GGUF", 3, 0, 1) + struct.pack("<Q", 1) + b"a"
                     + struct.pack("<IIQ", 9, 99, 1) + b"\0" * 8)
     with pytest.raises(ValueError, match="unknown type 99"):
-        llama_server.read_gguf_header(odd)
+        gguf_file.read_gguf_header(odd)
     old = tmp_path / "v1.gguf"
     old.write_bytes(struct.pack("<4sIQQ", b"GGUF", 1, 0, 0))
     with pytest.raises(ValueError, match="version 1"):
-        llama_server.read_gguf_header(old)
+        gguf_file.read_gguf_header(old)
 
 
 def test_a_port_in_use_is_one_line_before_the_server_starts(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gemmate_lib import fit
-from tools.fit import notebook_fit
+from gemmate_lib import exercises, fit
+from tools.fit import exercise_fit, notebook_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
@@ -193,6 +193,7 @@ def test_a_runs_ledgers_are_collected_per_notebook_with_the_largest_kernel(tmp_p
     _two_kernels_of_05(tmp_path)
     found = notebook_fit.collect(tmp_path, "float16")
     assert found["kernel_bytes"] == 7000 - 800
+    assert found["child_phases"] == {"export_gguf": ["convert", "quantize", "verify"]}  # 05's export
     five = found["notebooks"]["05_save_and_push"]
     assert five["without_whole"] == notebook_fit.WITHOUT_WHOLE["05_save_and_push"]
     assert [(m["copies"], m["loading"], m["part"]) for m in five["moments"]] == [
@@ -279,18 +280,19 @@ def test_each_table_cell_says_the_verdict_copies_and_peaks():
 
 def test_the_exercise_table_has_a_row_per_exercise_and_says_why_one_does_not_fit(monkeypatch):
     from gemmate_lib import exercises
+    from gemmate_lib.exercises.judging import EXERCISES
 
-    def fake_fit(name, shape, compute, runtime, data):
+    def fake_fit(name, shape, compute, runtime, data, table):
         return ({"fits": True, "gpu": 2 * fit.GIB, "ram": 3e9} if name.startswith("00")
                 else {"fits": False, "why": f"{name} needs two copies"})
 
     monkeypatch.setattr(exercises, "exercise_fit", fake_fit)
     lines = notebook_fit.exercise_table().splitlines()
     assert lines[0] == "| exercise | google/gemma-2b | Gemma 3 1B | Gemma 4 E2B |"
-    assert len(lines) == 2 + len(exercises.EXERCISES)
+    assert len(lines) == 2 + len(EXERCISES)
     first, last = lines[2], lines[-1]
-    assert first.startswith(f"| {next(iter(exercises.EXERCISES))} | fits: 2.0 GiB GPU, 3.0 GB RAM | ")
-    name = list(exercises.EXERCISES)[-1]
+    assert first.startswith(f"| {next(iter(EXERCISES))} | fits: 2.0 GiB GPU, 3.0 GB RAM | ")
+    name = list(EXERCISES)[-1]
     assert last == f"| {name} | " + " | ".join([f"**does not fit**: {name} needs two copies"] * 3) + " |"
 
 
@@ -321,13 +323,23 @@ def test_writing_a_measurement_regenerates_the_json_and_the_three_tables(tmp_pat
     monkeypatch.setattr(notebook_fit, "readme_line", lambda data=None: f"README {len(data['notebooks'])}")
     monkeypatch.setattr(notebook_fit, "exercise_table",
                         lambda data=None: f"EXERCISES {len(data['notebooks'])}")
-    data = {"kernel_bytes": 1, "notebooks": {"a": {"moments": []}}}
+    # the exercises' fit table follows the copies (tools/fit/exercise_fit.py): written beside them
+    monkeypatch.setattr(exercises, "FIT_TABLE", tmp_path / "fit_table.json")
+    written = {"99-1": {"runs": [["a", [], 8]], "needs": ""}}
+    monkeypatch.setattr(exercise_fit, "table", lambda data=None: written)
+    data = {"kernel_bytes": 1, "notebooks": {"a": {"moments": [{"copies": ["nf4"]}]}}}
     try:
         notebook_fit.write(data)
         assert (tmp_path / "copies.json").read_text() == json.dumps(data, indent=1) + "\n"  # as committed
         assert fit.measured() == data  # the cached committed measurement is read again
+        assert exercises.fit_table() == written
     finally:
         fit.measured.cache_clear()
+        exercises.fit_table.cache_clear()
+    bad = {"kernel_bytes": 1, "notebooks": {"a": {"moments": [{"copies": ["whle"]}]}}}
+    with pytest.raises(ValueError, match="unknown model-copy kind 'whle'"):
+        notebook_fit.write(bad)  # a kind the planner does not know is never written
+    assert fit.MEASURED_COPIES.read_text() == json.dumps(data, indent=1) + "\n"
     assert "\nTABLE 1\n" in pages["DOCS"].read_text()
     assert "\nREADME 1\n" in pages["README"].read_text()
     assert "\nEXERCISES 1\n" in pages["EXERCISE_DOCS"].read_text()
@@ -461,8 +473,9 @@ def test_the_tables_are_those_of_the_measurement_they_are_given():
 def test_the_exercise_table_is_that_of_the_measurement_it_is_given(monkeypatch):
     from gemmate_lib import exercises
 
-    monkeypatch.setattr(exercises, "exercise_fit", lambda name, shape, compute, runtime, data: (
+    monkeypatch.setattr(exercises, "exercise_fit", lambda name, shape, compute, runtime, data, table: (
         {"fits": True, "gpu": fit.GIB, "ram": 1.05e9} if data.get("roomy") else {"fits": False, "why": "no"}))
-    roomy = notebook_fit.exercise_table({"roomy": True}).splitlines()[2]
+    roomy = notebook_fit.exercise_table({**fit.measured(), "roomy": True}).splitlines()[2]
     assert roomy.endswith(" | fits: 1.0 GiB GPU, 1.1 GB RAM |")
-    assert notebook_fit.exercise_table({"roomy": False}).splitlines()[2].endswith(" | **does not fit**: no |")
+    tight = notebook_fit.exercise_table({**fit.measured(), "roomy": False}).splitlines()[2]
+    assert tight.endswith(" | **does not fit**: no |")

@@ -83,7 +83,7 @@ def test_every_notebook_ends_with_a_checked_self_check_and_exercises(path):
         assert called == named, (called, named)  # each below its own text, in the order of the texts
         numbers += items
     assert numbers == list(range(1, len(numbers) + 1))  # 03-4 follows 03-3
-    from gemmate_lib.exercises import EXERCISES
+    from gemmate_lib.exercises.judging import EXERCISES
 
     assert [n for n in EXERCISES if n.startswith(prefix + "-")] == [f"{prefix}-{k}" for k in numbers]
 

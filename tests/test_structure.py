@@ -319,3 +319,15 @@ def test_docstrings_name_the_notebook_or_command_that_teaches_each_module():
     for path in (p for package in PACKAGES for p in (ROOT / package).rglob("*.py")):
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         assert re.search(r"\b0\d_|README|make |gemmate|notebook", doc), path.name
+
+
+def test_every_module_of_the_library_is_in_its_table_of_contents():
+    """gemmate_lib's docstring is the map a reader starts from: each module, in sub-packages too, is in it."""
+    import re
+
+    import gemmate_lib
+
+    words = set(re.findall(r"[a-z_0-9]+", gemmate_lib.__doc__))
+    missing = sorted(str(p.relative_to(LIB)) for p in LIB.rglob("*.py")
+                     if p.stem not in ("__init__", "__main__", "sitecustomize") and p.stem not in words)
+    assert missing == [], f"add these to gemmate_lib/__init__.py's table: {missing}"

@@ -133,7 +133,8 @@ def test_the_after_training_check_fails_on_an_adapter_that_did_not_move_or_a_bas
         pass
 
 
-@pytest.mark.parametrize("given", [dict(lora_target_modules="all-linear", from_text=True),  # the flag
+@pytest.mark.parametrize("given", [dict(lora_target_modules=["all-linear"]),  # YAML `[all-linear]`
+                                   dict(lora_target_modules="all-linear"),  # the flag, or YAML `all-linear`
                                    dict(lora_target_modules="v_proj")])  # YAML `lora_target_modules: v_proj`
 def test_all_linear_and_a_single_name_work_from_a_flag_or_yaml(tiny_model, given):
     from gemmate_lib.config import course_config

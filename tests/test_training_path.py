@@ -10,8 +10,8 @@ TRAINERS = {"Trainer", "SFTTrainer", "CourseSFTTrainer", "sft_trainer"}
 WRAPPERS = {  # every way in to training, by file
     "gemmate_lib/training.py": ["train_lora"], "gemmate_lib/methods.py": ["train_arm"],
     "gemmate_lib/temporal/training.py": ["train_temporal"],
-    "gemmate_cli/train.py": ["LoraTraining.train_model"],
-    "gemmate_cli/train_te.py": ["TemporalTraining.train_model"]}
+    "gemmate_cli/train.py": ["train_lora"],
+    "gemmate_cli/train_te.py": ["train_temporal_from_config"]}
 
 
 def _called(node) -> str | None:
@@ -82,7 +82,7 @@ def training_calls(module: str, tree: ast.Module, function: ast.FunctionDef) -> 
 def functions_of(tree: ast.Module) -> dict[str, ast.FunctionDef]:
     found = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     return found | {f"{c.name}.{n.name}": n for c in tree.body if isinstance(c, ast.ClassDef)
-                    for n in c.body if isinstance(n, ast.FunctionDef)}  # the commands' `train_model` steps
+                    for n in c.body if isinstance(n, ast.FunctionDef)}
 
 
 def test_every_way_in_is_a_wrapper_over_training_train():

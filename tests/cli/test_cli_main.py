@@ -76,7 +76,7 @@ def test_a_negative_or_zero_number_to_a_numeric_option_is_one_line_naming_it_and
 def test_a_yaml_config_gets_the_same_message_as_the_flag(tmp_path, capsys):
     """PyYAML reads `1e-4` (no dot) as a string: a number in a YAML file is a number."""
     from gemmate_cli.main import main
-    from gemmate_cli.settings import load_config
+    from gemmate_cli.parser import load_config
 
     (tmp_path / "run.yaml").write_text("learning_rate: -1e-4\n")
     assert run_cli(main, ["train", "--config", str(tmp_path / "run.yaml"),
@@ -114,7 +114,7 @@ def test_the_old_module_command_says_where_the_command_line_went():
 
 def test_a_list_flag_takes_one_word_and_leaves_the_run_folder_to_the_command():
     """HfArgumentParser gives a list setting nargs="+": `--wandb_tags a runs/x` swallowed RUN_DIR."""
-    from gemmate_cli.main import build_parser, config_from_args
+    from gemmate_cli.parser import build_parser, config_from_args
 
     args = build_parser().parse_args(["export", "--device", "cpu", "--wandb_tags", "a,b", "runs/x"])
     assert args.run_dir == "runs/x" and config_from_args(args).command.wandb_tags == ["a", "b"]

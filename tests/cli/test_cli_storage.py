@@ -2,7 +2,7 @@
 resume through fsspec."""
 import pytest
 
-from gemmate_cli.settings import load_config
+from gemmate_cli.parser import load_config
 from gemmate_lib.housekeeping.errors import ParameterError
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gemmate_cli.settings import load_config
+from gemmate_cli.parser import load_config
 from gemmate_cli.tasks import NO_ANSWER, load_task, squad_v2_scores, sst2_scores, task_of
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import pytest
 from processes import QUICK, ROOT
 
 from gemmate_cli.errors import run_cli
-from gemmate_cli.settings import load_config
+from gemmate_cli.parser import load_config
 from gemmate_lib.housekeeping.errors import ParameterError
 
 TRAIN = ["train", "--max_length", "48", "--batch_size", "4", "--steps_freq", "1", "--val_steps_freq", "0",

@@ -1,5 +1,6 @@
 """Merge a LoRA adapter into a downloaded base checkpoint file by file, without loading the model
-(tools/fit/rehearse.py, docs/full-shape.md)."""
+(tools/fit/rehearse.py, docs/full-shape.md), and the planner's estimate of that merge: a phase of this tool,
+not of a notebook (05 merges in memory, the planner's load phase), so 00's table leaves it out."""
 from __future__ import annotations
 
 import json
@@ -10,9 +11,31 @@ from pathlib import Path
 import torch
 
 from gemmate_lib.adapters import check_adapter_files
+from gemmate_lib.hardware import freed_memory_returned
 from gemmate_lib.housekeeping.errors import ModelLoadError
 from gemmate_lib.housekeeping.files import atomic_folder, show_path
-from gemmate_lib.housekeeping.machine import freed_memory_returned
+
+PEFT_BASELINE = 0.31e9  # Python with torch, transformers and peft, before its work (measured)
+
+
+def merge_need(shape) -> dict:
+    """The merge phase of a model of `shape` (a gemmate_lib.fit.Shape), as fit.predict gives the others:
+    merge_shards into f16 reads one adapted weight (2 bytes a value), widens it to fp32 (4), rounds (2) and
+    writes it (2); or the 64 MiB chunks that pass in f16 (read, converted, written: about four)."""
+    checkpoint = shape.parameters * shape.checkpoint_bytes
+    return {"gpu": None, "disk": checkpoint + shape.parameters * 2, "seconds": checkpoint / 150e6,
+            "ram": PEFT_BASELINE + max(shape.largest_adapted * 10, 4 * 2**26)}
+
+
+def phases(shape, compute_bytes: int) -> dict[str, dict]:
+    """Every phase the rehearsal measures: the planner's (fit.predict), with this tool's merge after the
+    4-bit training."""
+    from gemmate_lib.fit import predict
+
+    plan = predict(shape, compute_bytes)
+    order = ("load", "nf4", "merge")
+    return {"load": plan["load"], "nf4": plan["nf4"], "merge": merge_need(shape)} | {
+        phase: need for phase, need in plan.items() if phase not in order}
 
 
 def merge_shards(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,

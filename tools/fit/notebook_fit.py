@@ -6,8 +6,10 @@ preparation, what a T4 runs, with 03's part 2, every method of 06 and the exerci
 - gemmate_lib/notebook_copies.json: per notebook, each distinct moment's model copies (kinds, the one being
   loaded, training or not, held by a child process or not), the optional part it belongs to (PARTS: 03's
   part 2, 05's GGUF export, an exercise's solution) and the cells where it happens, plus the kernel's own
-  memory before its first load; the notebooks' fit lines (gemmate_lib.fit.notebook_fit) and the exercises'
-  (gemmate_lib.exercises.fit_lines) read it;
+  memory before its first load, and which planner's phases a part's child processes run (CHILD_PHASES);
+  the notebooks' fit lines (gemmate_lib.fit.notebook_fit) and the exercises' (gemmate_lib.exercises.fit_lines)
+  read it;
+- gemmate_lib/exercises/fit_table.json: the runs each exercise makes (tools/fit/exercise_fit.py);
 - the table "What a free T4 runs" in docs/full-shape.md (each notebook, and its optional parts as rows of
   their own), the model line of the README's prerequisites, and the exercise x model table of
   docs/exercises.md: each at every offered model's real shape on a free Colab T4, generated, never typed.
@@ -43,6 +45,10 @@ PARTS = {
     "03_lora_sft": {"compare": ("70a09624", "badcee92"), "chat": ("c3baca86",)},
     "05_save_and_push": {"export_gguf": ("d7c65ecd",)},
 }
+# Parts that run child processes whose memory the planner's phases measure (make rehearse): llama.cpp's
+# converter, quantizer and check run beside the kernel and its copies (the file's "child_phases")
+CHILD_PHASES = {"export_gguf": ["convert", "quantize", "verify"]}
+COPY_KINDS = ("nf4", "nf4-fp32", "whole", "whole-fp32")  # a model copy's kinds (fit.predicted_copy_bytes)
 MODELS = {"gemma-2b": "google/gemma-2b", "gemma-3-1b-pt": "Gemma 3 1B", "gemma-4-E2B": "Gemma 4 E2B"}
 KERNEL_SLACK = 0.25  # a kernel's own memory may move this much between runs before the table is stale
 
@@ -154,7 +160,16 @@ def collect(run: Path, compute: str = "bfloat16") -> dict:
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True).stdout.strip()
     return {"measured": f"the smoke run (tests/learner_path.py, GPU profile, {compute} compute), {revision}",
-            "kernel_bytes": max(kernels, default=0), "notebooks": notebooks}
+            "kernel_bytes": max(kernels, default=0), "child_phases": CHILD_PHASES, "notebooks": notebooks}
+
+
+def check_kinds(data: dict) -> None:
+    """A ValueError for a copy whose kind is not one of COPY_KINDS (a hand edit, a typo), which the library
+    would otherwise count as some copy: "whle" as one with nothing in 4 bits, "nf4-fp16" as an NF4 one."""
+    for entry in data["notebooks"].values():
+        for kind in (k for m in entry["moments"] for k in m["copies"]):
+            if kind not in COPY_KINDS:
+                raise ValueError(f"unknown model-copy kind {kind!r}: use one of {', '.join(COPY_KINDS)}")
 
 
 # The optional parts that get their own row in the table: (notebook, its parameters that run them)
@@ -240,13 +255,15 @@ def readme_line(data: dict | None = None) -> str:
 def exercise_rows(data: dict | None = None) -> list[dict]:
     """Each exercise x each offered model on a free Colab T4 (gemmate_lib.exercises.exercise_fit)."""
     from gemmate_lib import fit
-    from gemmate_lib.exercises import EXERCISES, exercise_fit
+    from gemmate_lib.exercises import exercise_fit
+    from tools.fit.exercise_fit import table as runs_table
 
     data = data or fit.measured()
+    runs = runs_table(data)
     out = []
     for model, (shape, compute) in model_shapes().items():
-        for name in EXERCISES:
-            answer = exercise_fit(name, shape, compute, fit.FREE_COLAB, data)
+        for name in runs:
+            answer = exercise_fit(name, shape, compute, fit.FREE_COLAB, data, table=runs)
             out.append({"exercise": name, "model": model, **answer})
     return out
 
@@ -330,12 +347,15 @@ def check_run(run: Path, committed: dict | None = None) -> list[str]:
 
 def write(data: dict) -> None:
     from gemmate_lib import fit
+    from tools.fit import exercise_fit
     from tools.markers import replace
 
+    check_kinds(data)
     fit.MEASURED_COPIES.write_text(json.dumps(data, indent=1) + "\n")
     fit.measured.cache_clear()
     DOCS.write_text(replace(DOCS.read_text(), "notebook table", table(data)))
     README.write_text(replace(README.read_text(), "fit line", readme_line(data)))
+    exercise_fit.write(exercise_fit.table(data))
     EXERCISE_DOCS.write_text(replace(EXERCISE_DOCS.read_text(), "exercise fit table", exercise_table(data)))
 
 

@@ -325,14 +325,16 @@ def rehearse(names, phases=PHASES, limit: float = COLAB_RAM, work_root: Path | N
 
 
 def planned(name: str) -> dict:
-    """The planner's phases for `name` on a T4 (gemmate_lib.fit), from its config alone."""
+    """The planner's phases for `name` on a T4 (gemmate_lib.fit, and merge_shards' merge), from its config
+    alone."""
     from gemmate_lib import fit
     from gemmate_lib.generations import generation_of
     from tools.fit.full_shape import config_of
+    from tools.fit.merge_shards import phases
 
     config = config_of(name)
     generation = generation_of(config)
-    return fit.predict(fit.shape_of(config), 4 if generation and generation.t4_dtype == "fp32" else 2)
+    return phases(fit.shape_of(config), 4 if generation and generation.t4_dtype == "fp32" else 2)
 
 
 def table(rows: list[dict]) -> str:
@@ -415,8 +417,8 @@ def write_docs(rows: list[dict], cpu: str, update: bool = False) -> None:
 
 def cpu_name() -> str:
     """This machine's CPU, its cores, and whether it has AMX (the times depend on it)."""
-    from gemmate_lib.housekeeping.machine import cpu_bf16_units
-    from gemmate_lib.housekeeping.machine import cpu_name as model_name
+    from gemmate_lib.hardware import cpu_bf16_units
+    from tools.machine import cpu_name as model_name
 
     return f"{model_name()}, {os.cpu_count()} cores{', AMX' if cpu_bf16_units() == 'AMX' else ''}"
 

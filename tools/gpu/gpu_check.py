@@ -108,7 +108,7 @@ def dry_run(notebooks: list[Path]) -> int:
 
 # Run at the start of each notebook's kernel (an IPython startup file): each kernel's own peak allocated and
 # reserved GPU memory, kept across the notebooks' own reset_peak_memory_stats calls (the one-page recipe's
-# memory lines, housekeeping/machine.py), and under --precision t4 the allocator capped at what a T4 leaves
+# memory lines, gemmate_lib/hardware.py), and under --precision t4 the allocator capped at what a T4 leaves
 # the process.
 KERNEL_START = """import json as _gpu_json
 

@@ -286,7 +286,7 @@ def hub_environment(per_notebook: dict[str, dict]) -> dict[str, str]:
 def record_timings(timings: dict[str, float]) -> None:
     """Store measured notebook times in notebooks/course_timings.json
     and write them into the notebooks and README."""
-    from gemmate_lib.housekeeping.machine import describe_hardware
+    from gemmate_lib.hardware import describe_hardware
     from tools.runners.timings import load, sync, timings_file
 
     data = load()

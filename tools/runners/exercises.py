@@ -15,11 +15,12 @@ files in the scratch folder; `flush_and_unmount` in a notebook's last cell takes
    kernel, each printed solution (the ```python block of its `<details>`), then the notebook's own check cell.
    03-2's solution (it writes the file the rerun reads) runs there too, without its check;
 3. the rerun exercises (03-1 to 03-3, 04-1, 06-1 to 06-3, 07-1 to 07-3): each run of
-   `gemmate_lib.exercises.EXERCISES[name].parameters` with papermill into the exercise's run folder; the last
-   run has the exercise's reading solution (if any) right before its check cell, whose verdict counts.
+   `gemmate_lib.exercises.judging.EXERCISES[name].parameters` with papermill into the exercise's run folder;
+   the last run has the exercise's reading solution (if any) right before its check cell, whose verdict
+   counts.
 
 Each check's verdict line (PASS, FAIL, NOT RUN YET, FROM ANOTHER MODEL, MODEL UNKNOWN, or ERROR when a
-notebook or a solution raised) and its margins (exercises.judging.parse_verdict) go into a table
+notebook or a solution raised) and its margins (`parse_verdict`) go into a table
 with each exercise's time: printed, and written into docs/exercises.md between its markers. Exit status 1
 unless every exercise run is PASS.
 
@@ -90,17 +91,30 @@ def check_index(node, name: str) -> int:
 
 def prepares(name: str) -> bool:
     """A rerun exercise whose solution writes what its rerun reads (03-2's file): it runs after the lesson."""
-    from gemmate_lib.exercises import EXERCISES
-    from gemmate_lib.exercises.judging import InRuns
+    from gemmate_lib.exercises.judging import EXERCISES, InRuns
 
     return any(isinstance(v, InRuns) for _, params in EXERCISES[name].parameters for v in params.values())
+
+
+# what a check cell can say (gemmate_lib.exercises.judging.exercise_verdict)
+VERDICTS = ("PASS", "FAIL", "NOT RUN YET", "FROM ANOTHER MODEL", "MODEL UNKNOWN")
+
+
+def parse_verdict(line: str) -> dict:
+    """A verdict line (judging.exercise_verdict) as {"name", "verdict", "margins": [(value, unit, what),
+    ...]}: what `make exercises` reads from a notebook's output. {} when `line` is no verdict."""
+    match = re.match(r"exercise (\d\d-\d): (" + "|".join(VERDICTS) + r")\b", line)
+    if not match:
+        return {}
+    tail = line.split("; margin: ", 1)[1] if "; margin: " in line else ""
+    found = re.findall(r"([+-][0-9.e+-]+) (\S+) \(([^()]*)\)", tail)
+    margins = [(float(value), unit, what) for value, unit, what in found]
+    return {"name": match[1], "verdict": match[2], "margins": margins}
 
 
 def row_of(executed: Path, name: str) -> dict:
     """Exercise `name`'s verdict from an executed notebook: its check cell's line, parsed, with a solution's
     error when it raised."""
-    from gemmate_lib.exercises.judging import parse_verdict
-
     cells = json.loads(executed.read_text())["cells"]
     printed = {i: "".join("".join(o.get("text", "")) for o in c.get("outputs", []))
                for i, c in enumerate(cells) if c["cell_type"] == "code"}
@@ -187,7 +201,7 @@ class Runner:
         preparing solution); their verdicts, and the lesson's own outcome under "lesson"."""
         import nbformat
 
-        from gemmate_lib.exercises import EXERCISES
+        from gemmate_lib.exercises.judging import EXERCISES
 
         path = notebook_path(prefix)
         out = self.executed / f"lesson-{path.name}"
@@ -222,8 +236,7 @@ class Runner:
         check cell, with the exercise's reading solution right before it."""
         import nbformat
 
-        from gemmate_lib.exercises import EXERCISES
-        from gemmate_lib.exercises.judging import InRuns
+        from gemmate_lib.exercises.judging import EXERCISES, InRuns
 
         runs = EXERCISES[name].parameters
         total = 0.0
@@ -313,7 +326,7 @@ def section(record: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from gemmate_lib.exercises import EXERCISES
+    from gemmate_lib.exercises.judging import EXERCISES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", metavar="NN-K", help="these exercises (e.g. 03-1 04-2)")

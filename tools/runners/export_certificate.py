@@ -1,5 +1,5 @@
-"""docs/export.md's table "What each level cost", from a run's gguf/certificate.json (05 or `gemmate
-export` writes it): `python -m tools.runners.export_certificate RUN_DIR` copies the certificate to
+"""docs/export.md's table "What each level cost", from a run's gguf/certificate.json (`gemmate export RUN_DIR
+--adapter_gguf` writes it): `python -m tools.runners.export_certificate RUN_DIR` copies the certificate to
 docs/export-certificate.json and rewrites the table between the markers from it, with the run's date and
 machine from its manifest. A test holds the page to the committed JSON (tests/test_certificate.py)."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from gemmate_lib.certificate import table
+from gemmate_cli.certificate import table
 from tools.markers import replace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     run = Path(argv[0])
     source = run / "gguf" / "certificate.json"
     if not source.exists():
-        print(f"{source} is missing: run 05_save_and_push with export_gguf=True, or `gemmate export {run}`")
+        print(f"{source} is missing: run `gemmate export {run} --adapter_gguf` first")
         return 1
     cert = json.loads(source.read_text())
     manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {}

@@ -133,7 +133,8 @@ def trained_steps(stem: str, params: dict | None = None) -> int:
     """Optimizer steps of four examples (the seed recipe's batch 1 x 4 accumulation, whose step time the
     planner knows) that a T4 run of notebook `stem` trains in the GPU profile, with `params` over its
     parameters cell: 03's run and, with compare=True, its part 2 (the other loss masking, section 7's two
-    arms, the chat run); 05's second adapter; 06's methods; 07's two GemmaTE runs."""
+    arms, the chat run); 05's second adapter; 06's methods and its written-out QLoRA arm (section 3);
+    07's two GemmaTE runs."""
     from gemmate_lib.config import SEED_QLORA, TASK_DEFAULTS
     from gemmate_lib.methods import GPU_DEFAULT_METHODS
 
@@ -150,7 +151,8 @@ def trained_steps(stem: str, params: dict | None = None) -> int:
     if stem.startswith("06_"):
         methods = TASK_DEFAULTS["methods"]
         steps, batch = p.get("steps") or methods["max_steps"], p.get("batch_size") or methods["batch_size"]
-        return math.ceil(len(p.get("methods") or GPU_DEFAULT_METHODS) * steps * batch / per_step)
+        arms = len(p.get("methods") or GPU_DEFAULT_METHODS) + 1  # + section 3's QLoRA arm by hand
+        return math.ceil(arms * steps * batch / per_step)
     if stem.startswith("07_"):
         return (math.ceil(p["n_train"] * p["num_epochs"] / per_step)
                 + math.ceil(p["n_python"] * p["python_epochs"] / per_step))
@@ -164,8 +166,9 @@ SOLUTION_STEPS = {"05-2": lambda p: p["second_steps"]}  # a third adapter at sec
 def items() -> list[Item]:
     """Every row of the plan in course order: each notebook's default path, its optional parts, its
     exercises."""
-    from gemmate_lib.exercises import EXERCISES, exercise_runs
+    from gemmate_lib.exercises.judging import EXERCISES
     from gemmate_lib.fit import measured
+    from tools.fit.exercise_fit import exercise_runs
 
     lessons = lesson_estimates()
     exercises = exercise_estimates(lessons)
@@ -308,7 +311,7 @@ def label(item: Item) -> str:
     if item.kind == "lesson":
         return f"`{item.notebook}`"
     if item.kind == "part":
-        return f"`{item.notebook}`, " + ", ".join(fit.part_label(n) for n, _ in item.params) + ": added"
+        return f"`{item.notebook}`, " + ", ".join(fit.parts_text([n]) for n, _ in item.params) + ": added"
     return f"exercise {item.key}"
 
 

@@ -2,16 +2,17 @@
 compares a learner's run with ("is my run normal?", printed near the end of 03, 04 and 07). For each seed, in
 a scratch run folder of its own (`--scratch`, default runs/reference/seed-<seed>), it runs with papermill, in
 the CPU profile on the embedded model, offline: 03_lora_sft with part 2 off (compare=False, chat_steps=0) and
-its `seed`, then 04_evaluation on that adapter, and 07_temporal_encoding with its `seed`. Each notebook's "Is
-this run normal?" cell keeps what it compares (model, runtime, machine, settings, figures, read from the run's
-own files) in the run folder's manifest.json; the tool reads those records, checks that every seed ran with
-the same model, runtime, machine and settings, and writes one band per notebook into
-gemmate_lib/reference_bands.json: the lowest and highest figure over the seeds, widened by the figure's margin
-(gemmate_lib.reference.FIGURES, written into the file), with the seeds, the CPU, the date and the commit. A
-band with the same key is replaced; others are kept. A second run with the same scratch folder reuses the
-notebooks that finished there (`--fresh` reruns them). `--pause-while FILE` waits before each notebook while
-FILE exists (a shared machine's quiet flag). About 7 minutes a seed on a 2-core CPU with native bf16 (03 about
-2, 04 about 1, 07 about 4); run nothing else CPU-heavy beside it: seconds per step are among the figures."""
+its `seed`, then 04_evaluation on that adapter, and 07_temporal_encoding with its `seed`. Each notebook runs
+with one cell added after its "Is this run normal?" cell (RECORD_CELL): it keeps what that line compared
+(gemmate_lib.reference.run_record: model, runtime, machine, settings, figures, read from the run's own files)
+in the run folder (RECORD). The tool reads those records, checks that every seed ran with the same model,
+runtime, machine and settings, and writes one band per notebook into gemmate_lib/reference_bands.json: the
+lowest and highest figure over the seeds, widened by the figure's margin (MARGINS, written into the file),
+with the seeds, the CPU, the date and the commit. A band with the same key is replaced; others are kept. A
+second run with the same scratch folder reuses the notebooks that finished there (`--fresh` reruns them).
+`--pause-while FILE` waits before each notebook while FILE exists (a shared machine's quiet flag). About 7
+minutes a seed on a 2-core CPU with native bf16 (03 about 2, 04 about 1, 07 about 4); run nothing else
+CPU-heavy beside it: seconds per step are among the figures."""
 from __future__ import annotations
 
 import argparse
@@ -24,25 +25,37 @@ import time
 from pathlib import Path
 
 from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
-from gemmate_lib.housekeeping.machine import cpu_name
-from gemmate_lib.reference import BANDS, FIGURES, NOTEBOOKS, RECORD
+from gemmate_lib.reference import BANDS
+from tools.machine import cpu_name
 
 RUNS = {  # each notebook's papermill parameters beside run_dir (the seed goes to those that take one)
     "03_lora_sft": {"model_name": "embedded", "compare": False, "chat_steps": 0},
     "04_evaluation": {"model_name": "embedded"},
     "07_temporal_encoding": {"model_name": "embedded"},
 }
+NOTEBOOKS = tuple(RUNS)
 SEEDED = ("03_lora_sft", "07_temporal_encoding")
 TRAINERS = {"03_lora_sft": ("trainer",), "07_temporal_encoding": ("temporal_trainer", "python_trainer")}
 KEY = ("notebook", "model", "runtime", "machine", "settings")
 RUN_FILE = "reference_run.json"  # in a seed's run folder: each notebook run's seconds and load average
 TIMED = ("seconds_per_step",)  # figures that another job on the cores distorts
+# how far a band reaches past the measured runs: (margin, relative): a share of the figure (low = min x
+# (1 - margin), high = max x (1 + margin)), else absolute (the shares, kept within 0 and 1)
+MARGINS = {"held_out_loss": (0.05, True), "perplexity": (0.15, True), "format_share": (0.1, False),
+           "year_accuracy": (0.05, False), "year_accuracy_constant": (0.05, False),
+           "python_accuracy": (0.05, False), "seconds_per_step": (0.4, True), "peak_memory_gib": (0.1, True)}
+RECORD = "reference_record-{notebook}.json"  # in a seed's run folder: what the normal line compared
+NORMAL_CELL = "is-normal"  # the id of the cell that prints gemmate_lib.reference.normal_line
+RECORD_CELL = ("# added by tools/runners/reference_runs.py: what this run's normal line compared\n"
+               "from gemmate_lib.housekeeping.files import save_json\n"
+               "from gemmate_lib.reference import run_record\n\n"
+               "save_json(out / {file!r}, run_record({notebook!r}, out, cfg))")
 
 
 def margin_words(name: str) -> str:
-    figure = FIGURES[name]
-    return (f"{figure.margin:.0%} of the figure beyond the lowest and highest run" if figure.relative else
-            f"{figure.margin:g} beyond the lowest and highest run")
+    margin, relative = MARGINS[name]
+    return (f"{margin:.0%} of the figure beyond the lowest and highest run" if relative else
+            f"{margin:g} beyond the lowest and highest run")
 
 
 def band_of(records: list[dict], seeds: list[int], runs: list[dict | None]) -> dict:
@@ -62,12 +75,11 @@ def band_of(records: list[dict], seeds: list[int], runs: list[dict | None]) -> d
             left_out[name] = why
             continue
         runs = [r["figures"][name] for r in records]
-        figure, low, high = FIGURES[name], min(runs), max(runs)
-        if figure.relative:
-            low, high = low * (1 - figure.margin), high * (1 + figure.margin)
+        (margin, relative), low, high = MARGINS[name], min(runs), max(runs)
+        if relative:
+            low, high = low * (1 - margin), high * (1 + margin)
         else:
-            low, high = low - figure.margin, high + figure.margin
-            low, high = max(low, 0.0), min(high, 1.0)  # the absolute ones are shares
+            low, high = max(low - margin, 0.0), min(high + margin, 1.0)  # the absolute ones are shares
         figures[name] = {"low": round(low, 4), "high": round(high, 4), "min": min(runs), "max": max(runs),
                          "runs": runs}
     from gemmate_lib.housekeeping.run_folder import git_revision
@@ -89,16 +101,32 @@ def merge(path: Path, bands: list[dict]) -> dict:
                      "their min and "
                      "max, and low/high = min/max widened by the margin below. Different settings are "
                      "never compared.",
-            "margins": {name: margin_words(name) for name in FIGURES},
+            "margins": {name: margin_words(name) for name in MARGINS},
             "bands": keep + bands}
 
 
+def with_record_cell(notebook: str):
+    """`notebook` as committed, with RECORD_CELL after its "Is this run normal?" cell (id NORMAL_CELL):
+    papermill runs this copy."""
+    import nbformat
+
+    nb = nbformat.read(repo_root() / "notebooks" / f"{notebook}.ipynb", as_version=4)
+    source = RECORD_CELL.format(file=RECORD.format(notebook=notebook), notebook=notebook)
+    at = next(i for i, cell in enumerate(nb.cells) if cell.get("id") == NORMAL_CELL) + 1
+    nb.cells.insert(at, nbformat.v4.new_code_cell(source))
+    return nb
+
+
 def record_of(run_dir: Path, notebook: str) -> dict | None:
+    """The record RECORD_CELL kept in `run_dir`; None before it ran. A run with nothing to compare (run_record
+    says why) stops the tool."""
     try:
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        record = json.loads((run_dir / RECORD.format(notebook=notebook)).read_text())
     except (OSError, ValueError):
         return None
-    return manifest.get("notebooks", {}).get(notebook, {}).get(RECORD)
+    if isinstance(record, str):
+        raise SystemExit(f"{notebook} in {show_path(run_dir)} has nothing to compare: {record}")
+    return record
 
 
 def wait_while(flag: str | None) -> None:
@@ -141,9 +169,8 @@ def run_notebook(notebook: str, run_dir: Path, seed: int, flag: str | None) -> d
     sampler.start()
     start = time.time()
     try:
-        notebooks = repo_root() / "notebooks"
-        pm.execute_notebook(str(notebooks / f"{notebook}.ipynb"), str(run_dir / f"{notebook}.ipynb"),
-                            parameters=params, cwd=str(notebooks), kernel_name="python3", progress_bar=False)
+        pm.execute_notebook(with_record_cell(notebook), str(run_dir / f"{notebook}.ipynb"), parameters=params,
+                            cwd=str(repo_root() / "notebooks"), kernel_name="python3", progress_bar=False)
     except pm.PapermillExecutionError as err:
         done.set()
         copy = show_path(run_dir / f"{notebook}.ipynb")

@@ -1,5 +1,7 @@
-"""What each GGUF level cost (05 section 3, `gemmate export`, docs/export.md): every file of an export, scored
-against the merged transformers model it came from, on held-out prompts the fine-tune never trained on.
+"""What each GGUF level cost (`gemmate export`, docs/export.md): every file of an export, scored against the
+merged transformers model it came from, on held-out prompts the fine-tune never trained on. 05 checks its
+own export in a few lines (export.verify_gguf); this certificate is the command's, and docs/export.md's table
+is one (tools/runners/export_certificate.py).
 
 A dozen greedy tokens can agree while a file's distribution has drifted (a Q4_K_M that writes word salad while
 the merged safetensors are coherent is a known export failure), and a greedy split alone does not say whether
@@ -15,7 +17,7 @@ that the merged model wrote greedily (fed to both, teacher-forced, so every posi
   quote with one `Author:` line and stop, with a Wilson 95% interval.
 
 Each level is held to BOUNDS (a level llama.cpp names that BOUNDS lacks is reported, not judged): a file
-outside its bounds fails the certificate, which is what 05's self-check reads."""
+outside its bounds fails the certificate, and `gemmate export` then exits non-zero."""
 from __future__ import annotations
 
 import math
@@ -31,7 +33,8 @@ N_PROMPTS = 12  # held-out prompts
 PROMPT_WORDS = 4  # "Quote: " and the first words of a held-out quote
 # What each level may cost against the merged model, per file: mean and worst log-probability gap (nats) of
 # the merged model's token, top-1 agreement, perplexity over the merged model's. Measured on the embedded
-# fine-tune (05, 12 held-out prompts x 64 tokens) and set with room above it; docs/export.md says why.
+# fine-tune (`gemmate export` on 05's run folder, 12 held-out prompts x 64 tokens) and set with room above
+# it; docs/export.md says why.
 BOUNDS = {
     "f16": {"mean_gap": 0.02, "worst_gap": 0.5, "top1": 0.99, "perplexity_ratio": 1.01},
     "q8_0": {"mean_gap": 0.08, "worst_gap": 1.5, "top1": 0.97, "perplexity_ratio": 1.03},
@@ -236,8 +239,8 @@ def _size(path: Path) -> int:
 
 
 def table(result: dict) -> str:
-    """"What each level cost": one row per level under the merged model's, as 05 prints it and docs/export.md
-    shows it (markdown)."""
+    """"What each level cost": one row per level under the merged model's, as `gemmate export` prints it and
+    docs/export.md shows it (markdown)."""
     m = result["merged"]
     head = ("| level | MiB | mean gap | worst gap | top-1 (where sure) | first split (prompts parted) "
             "| perplexity (95% CI) | Author: + stop (95% CI) | verdict |")

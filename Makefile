@@ -238,5 +238,8 @@ lab-check: embedded
 
 # Maintainers: re-execute the notebooks in place to commit fresh outputs (nbval compares against them). Into
 # runs/interactive, the folder a learner's own run uses, so the outputs print what a learner will see.
+# The committed outputs are a first run's: an earlier runs/interactive is moved aside (never deleted), or 03 and 07
+# would print that they found a finished run of the same settings.
 notebooks: embedded
+	if [ -d runs/interactive ]; then mv runs/interactive runs/interactive-before-$$(date +%Y%m%d-%H%M%S); fi
 	$(PY) -m tools.runners.course --in-place --run-dir runs/interactive

@@ -33,7 +33,8 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "mutants"
 MUTMUT = Path(sys.executable).with_name("mutmut")
-GOAL = 0.10  # the largest share of a module's mutants left alive (CONTRIBUTING.md has the table; docs/maintaining.md lists each one left)
+GOAL = 0.10  # the largest share of a module's mutants left alive
+# (CONTRIBUTING.md has the table; docs/maintaining.md lists each one left)
 
 # module -> the tests that cover it: only these run for its mutants (mutmut then runs, for each mutant, the
 # tests among them that called the function it changed). mutmut sees calls made in the pytest process only:

@@ -1,9 +1,7 @@
 """The one config of the course (00_setup, 03_lora_sft): every setting the notebooks set or the library
-reads on their path, with its help text (`gemmate train --help` shows it too), the profiles, and one
-validator. Names follow the hyperparameter table of the Gemma 1.1 LoRA experiment
-(docs/gemma11-experiment.md) and are unique across groups, so a flat `name: value` has one owner. The
-command line's own settings (checkpoints, W&B, train-te's data, evaluate / generate) live with it, in
-gemmate_cli/settings.py, and are checked there."""
+reads, with its help text (`gemmate train --help` shows it too), the profiles, and one validator. Names follow
+the Gemma 1.1 LoRA experiment's table (docs/gemma11-experiment.md), unique across groups, so a flat
+`name: value` has one owner; the command line's own settings live in gemmate_cli/settings.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -29,9 +27,9 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bi
 
 
 def setting(default, help: str, choices: tuple | None = None):  # noqa: A002 - argparse's word
-    """A config field with its help text and optional choices: transformers' HfArgumentParser makes them the
-    option's help (`gemmate <command> --help`) and choices. A list default is copied for each config."""
-    metadata = {"help": help, **({"choices": choices} if choices else {})}  # argparse's keywords only
+    """A field with the help and choices HfArgumentParser gives its option (`gemmate <command> --help`); a
+    list default is copied for each config."""
+    metadata = {"help": help, **({"choices": choices} if choices else {})}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -144,11 +142,8 @@ class GenerateSettings:
 
 
 class Settings:
-    """The one registry of settings dataclasses (the notebooks' here; gemmate_cli.settings adds the
-    commands' own): each flat name's group, field and type, and the one type check. A value arrives typed: a
-    notebook's parameter, a YAML number, or a flag's text that the command line's HfArgumentParser typed
-    (gemmate_cli/parser.py, the parser under TRL's `trl sft`). A bad value or name is one ParameterError
-    naming it and the fix."""
+    """A registry of settings dataclasses (gemmate_cli.settings adds the commands' own): each flat name's
+    group, field and type, and the one type check; a bad value or name is one ParameterError with the fix."""
 
     def __init__(self, groups: dict[str, type]):
         self.groups = groups
@@ -172,21 +167,24 @@ class Settings:
     def coerce(self, name: str, value):
         """`value` as setting `name`'s type and one of its choices; it must have the type already ("8" is no
         int; an int is a float)."""
-        return self._choice(name, self._typed(name, value))
+        value = self._typed(name, value)
+        options = self.fields[name].metadata.get("choices")
+        if options is not None and value not in options:
+            names = ", ".join(str(o) for o in options)
+            fail(name, value, f"is not one of {names}", f"set {name} to one of: {names}")
+        return value
 
     def _typed(self, name: str, value):
         hint = self.hints[name]
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        options = typing.get_args(hint) if union else (hint,)
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
         for option in options:
             if option is type(None) and value is None or option is str and isinstance(value, str):
                 return value
             if typing.get_origin(option) is list and isinstance(value, (list, tuple)) \
                     and all(isinstance(v, str) for v in value):
                 return list(value)
-            if option in (int, float) and isinstance(value, option) and not isinstance(value, bool) \
-                    or option is float and isinstance(value, int) and not isinstance(value, bool) \
-                    or option is bool and isinstance(value, bool):
+            if option in (int, float, bool) and (option is bool) == isinstance(value, bool) \
+                    and isinstance(value, (int, float) if option is float else option):
                 return option(value)
         kinds = ["None" if o is type(None) else "list of str" if typing.get_origin(o) is list else o.__name__
                  for o in options]
@@ -194,41 +192,28 @@ class Settings:
              f"use {' or '.join(k if k == 'None' else ('an ' if k == 'int' else 'a ') + k for k in kinds)}, "
              f"e.g. {name}={self.default(name)!r} (the default)")
 
-    def _choice(self, name: str, value):
-        options = self.fields[name].metadata.get("choices")
-        if options is not None and value not in options:
-            names = ", ".join(str(o) for o in options)
-            fail(name, value, f"is not one of {names}", f"set {name} to one of: {names}")
-        return value
-
 
 GROUPS = {"model": ModelSettings, "data": DataSettings, "lora": LoraSettings, "train": TrainSettings,
           "temporal": TemporalSettings, "generate": GenerateSettings}
 SETTINGS = Settings(GROUPS)  # the notebooks' settings
 
-# Profiles: what differs from the defaults above on each kind of machine. The GPU profile, SEED_QLORA, is the
-# seed notebook's QLoRA settings.
+# Profiles: what differs from the defaults on each kind of machine; SEED_QLORA is the seed notebook's (GPUs).
 CPU_PROFILE = dict(lora_dropout=0.0)  # dropout's random masks cost a CPU step about a fifth (03 measures it)
 SEED_QLORA = dict(quantization="nf4", max_steps=100, batch_size=1, gradient_accumulation_steps=4,
                   optim="paged_adamw_8bit", gradient_checkpointing=True, fast_loss=False,
                   group_by_length=False, steps_freq=10, val_steps_freq=25)
-# Tasks: what differs for GemmaTE training (07 and `gemmate train-te`) and for the methods compared in 06 from
-# quotes SFT (03 and `gemmate train`).
+# Tasks: what differs from quotes SFT (03, `gemmate train`) for GemmaTE (07, `train-te`) and 06's methods.
 TASK_DEFAULTS = {
-    # a checkpoint every 20 steps: half of 03's run on a CPU; on a T4 about a minute of gemma-2b, a few of
-    # Gemma 4 E2B (the planner's step times)
-    "quotes": dict(save_steps=20),
+    "quotes": dict(save_steps=20),  # a checkpoint every 20 steps: half of 03's run on a CPU
     "temporal": dict(num_epochs=3.0, max_steps=-1, learning_rate=3e-4, warmup_steps=10, max_length=64,
                      steps_freq=10, val_steps_freq=0, lora_dropout=0.0, fast_loss=True,
                      group_by_length=False, save_steps=50),
-    # 06 trains several methods one after another on the same small budget, every loss logged. No warm-up:
-    # with 4 steps, transformers' warm-up would spend the first steps at a rate near 0 (step 1 runs at 0).
+    # 06's small budget, every loss logged; no warm-up: transformers' would run step 1 at a rate of 0
     "methods": dict(max_steps=4, batch_size=4, gradient_accumulation_steps=1, warmup_steps=0, steps_freq=1,
                     save_steps=0),
 }
 
 
-# --- the one validator ------------------------------------------------------------------------------
 def fail(name: str, value, must: str, fix: str):
     raise ParameterError(f"parameter {name}={value!r} {must}", fix)
 
@@ -268,24 +253,19 @@ def validate(flat: dict) -> None:
         fail("temporal_min_period", flat["temporal_min_period"],
              f"must be shorter than temporal_max_period={flat['temporal_max_period']}",
              "e.g. temporal_min_period=0.02 and temporal_max_period=50.0 (the defaults)")
-    _check_dataset(flat)
+    from gemmate_lib.housekeeping.colab import uploaded
+
+    dataset = uploaded(flat["dataset"])  # a dataset file must exist
+    if dataset.endswith((".jsonl", ".csv", ".json")) and not Path(dataset).is_file():
+        raise ParameterError(f"parameter dataset={dataset!r}: no such file"
+                             + (" (it is a folder)" if Path(dataset).is_dir() else ""),
+                             "check the path (relative paths start at the notebook's "
+                             "or command's folder; in Colab also /content, where the file browser puts an "
+                             "upload), or use dataset='embedded'")
     if flat["report_to"] != "none" and importlib.util.find_spec(flat["report_to"]) is None:
         raise ParameterError(f"parameter report_to={flat['report_to']!r}, but the package is not installed",
                              f"pip install {flat['report_to']} (make install pins tensorboard), "
                              "or report_to: none")
-
-
-def _check_dataset(flat: dict) -> None:
-    """A dataset file must exist."""
-    from gemmate_lib.housekeeping.colab import uploaded
-
-    dataset = uploaded(flat["dataset"])
-    if dataset.endswith((".jsonl", ".csv", ".json")) and not Path(dataset).is_file():
-        folder = " (it is a folder)" if Path(dataset).is_dir() else ""
-        raise ParameterError(f"parameter dataset={dataset!r}: no such file" + folder,
-                             "check the path (relative paths start at the notebook's "
-                             "or command's folder; in Colab also /content, where the file browser puts an "
-                             "upload), or use dataset='embedded'")
 
 
 @dataclass
@@ -315,9 +295,8 @@ class CourseConfig:
         for name, value in values.items():
             owner = SETTINGS.owner[name]
             groups[owner] = dataclasses.replace(groups[owner], **{name: SETTINGS.coerce(name, value)})
-        changed = {"device", "dtype"} & set(values)
-        precision = _precision(groups["model"], values) if changed else self.precision
-        new = dataclasses.replace(self, **groups, precision=precision)
+        new = dataclasses.replace(self, **groups, precision=_precision(groups["model"], values)
+                                  if {"device", "dtype"} & set(values) else self.precision)
         validate(new.flat())
         return new
 
@@ -342,8 +321,7 @@ def course_config(task: str = "quotes", *, precision: Precision | None = None, *
                              "unset it, or set it to 'gpu' or 't4'")
     from gemmate_lib.housekeeping.colab import in_colab, uploaded
 
-    # A Colab runtime without a GPU stops here: falling back to the small offline model on two vCPUs would
-    # hide the forgotten runtime type. `model_name` or `device` given says: on purpose.
+    # a Colab runtime without a GPU (a forgotten runtime type) stops here, unless model_name or device says so
     if not on_gpu and forced == "auto" and not {"model_name", "device"} & set(given) and in_colab():
         raise HardwareError("this Colab runtime has no GPU, so the course would fall back to the small "
                             "offline Gemma 3 270M on the CPU",
@@ -354,11 +332,8 @@ def course_config(task: str = "quotes", *, precision: Precision | None = None, *
         from gemmate_lib.housekeeping.hf_token import get_token
 
         values, profile = dict(SEED_QLORA), "gpu-embedded" if on_gpu else "gpu-on-cpu"
-        # a 16-bit load and compute dtype, standing in for a T4's fp16 (bf16: this CPU has no fp16 AMP)
-        if not on_gpu:
-            values["dtype"] = "bf16"
-        elif forced == "t4":
-            values["dtype"] = "fp16"
+        if not on_gpu or forced == "t4":  # a T4's 16-bit dtype (bf16 stands in: a CPU has no fp16 AMP)
+            values["dtype"] = "fp16" if on_gpu else "bf16"
         if get_token():
             values.update(model_name=HUB_MODEL, dataset=HUB_DATASET)
             profile = "gpu-hub" if on_gpu else profile

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -140,22 +141,20 @@ def bnb_config(precision: Precision):
 def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, quantization: str = "none",
                attn_implementation: str = "sdpa"):
     """Load a causal LM in the compute dtype, NF4-quantized when quantization="nf4", straight onto the compute
-    device: `device_map` makes transformers copy tensor by tensor (host RAM: the tensors in flight, as the
-    one-page recipe's reload), where a load without it would build the whole model in host RAM first. Gemma
-    4's per-layer embedding table then moves to the CPU in 16 bits (`lookup_tables_to_cpu`)."""
+    device: with `device_map` transformers copies tensor by tensor instead of building the whole model in
+    host RAM first. Gemma 4's per-layer embedding table then moves to the CPU (`lookup_tables_to_cpu`)."""
     from transformers import AutoModelForCausalLM
 
     precision = precision or pick_precision()
     path, kwargs = resolve_model(model_name)
     # under DDP each process loads onto its own GPU (LOCAL_RANK), not all onto GPU 0
-    gpu = int(os.environ.get("LOCAL_RANK", 0)) if precision.device == "cuda" else "cpu"
-    kwargs["device_map"] = {"": gpu}
+    kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0)) if precision.device == "cuda" else "cpu"}
     if quantization == "nf4":
         kwargs["quantization_config"] = bnb_config(precision)
     elif quantization != "none":
         raise ModelLoadError(f"quantization={quantization!r} is not known", 'use "nf4" or "none"')
-    # the kernel for the model and its text model only; transformers picks each tower's own (Gemma 4's audio
-    # tower has no SDPA: docs/gemma-generations.md). A text-only model takes the first entry.
+    # the kernel for the model and its text model only: Gemma 4's audio tower has no SDPA, so transformers
+    # picks each other tower's own (docs/gemma-generations.md); a text-only model takes the first entry
     attention = {"": attn_implementation, "text_config": attn_implementation}
     try:
         with freed_memory_returned():  # the tensors converted on the CPU leave no memory behind
@@ -170,16 +169,11 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
 
 
 def lookup_tables_to_cpu(model, chunk_rows: int = 8192) -> int:
-    """Gemma 4's per-layer embedding table (`embed_tokens_per_layer`: 2,349 M values in E2B, 9.4 GB in fp32)
-    is only indexed, never multiplied. Keep it on the CPU in its checkpoint's 16 bits and send the looked-up
-    rows to the model's device in the compute dtype: the same numbers (each fp32 value came from a bf16 one;
-    checked here, else the table keeps its dtype), about 9 GB less GPU memory, a few kB copied per step. 03
-    and the one-page recipe write the same steps out. The module and its name stay: the state dict, saves,
-    merges and the GGUF export see `...embed_tokens_per_layer.weight` as before, now a buffer that no
-    training, k-bit preparation or `.to()` moves. Returns the bytes now on the CPU (0 for a model without such
-    a table)."""
-    import types
-
+    """Gemma 4's per-layer embedding table (`embed_tokens_per_layer`, 9.4 GB in fp32 in E2B) is only indexed,
+    never multiplied: keep it on the CPU in its checkpoint's bf16 (checked, else it keeps its dtype) and send
+    the looked-up rows to the model's device in the compute dtype (03 and the one-page recipe write this out).
+    The name stays, so saves, merges and the GGUF export see `...embed_tokens_per_layer.weight`, now a buffer
+    that no `.to()` moves. Returns the bytes now on the CPU (0 for a model without such a table)."""
     moved = 0
     for name, module in model.named_modules():
         if not name.endswith("embed_tokens_per_layer") or getattr(module, "on_cpu", False):
@@ -194,10 +188,9 @@ def lookup_tables_to_cpu(model, chunk_rows: int = 8192) -> int:
                 table = weight.to("cpu")  # not bf16 values: the table keeps its own dtype, still on the CPU
                 break
             table[start:start + chunk_rows].copy_(rows)
-        compute_dtype = weight.dtype
         del module.weight  # the parameter goes; a buffer of the same name takes its place
         module.register_buffer("weight", table)
-        module.on_cpu, module.compute_dtype = True, compute_dtype
+        module.on_cpu, module.compute_dtype = True, weight.dtype
         module._apply = types.MethodType(lambda self, fn, recurse=True: self, module)  # .to(), .cuda(): stays
         module.forward = types.MethodType(_cpu_lookup, module)
         moved += table.numel() * table.element_size()
@@ -206,8 +199,7 @@ def lookup_tables_to_cpu(model, chunk_rows: int = 8192) -> int:
 
 def _cpu_lookup(self, input_ids):
     """Gemma4TextScaledWordEmbedding's forward with the table on the CPU: look the ids up there, scale the
-    rows
-    in the compute dtype on the ids' device (the same arithmetic as the table in that dtype)."""
+    rows in the compute dtype on the ids' device."""
     rows = torch.nn.functional.embedding(input_ids.to(self.weight.device), self.weight, self.padding_idx)
     rows = rows.to(input_ids.device, self.compute_dtype)
     return rows * self.embed_scale.to(input_ids.device, self.compute_dtype)

@@ -8,15 +8,16 @@ import warnings
 
 import torch
 
+from gemmate_lib.generations import text_setting
+from gemmate_lib.housekeeping.errors import DataError
+
 STANDARD_PROMPTS = (
     "Quote: I am not talented, but I'm good at not giving up",
     "Quote: Imagination is more",
     "Quote: A Woman is like a tea bag;",
     "Quote: Outside of a dog, a book is man's",
 )  # the seed notebook's prompts
-# prompts per model.generate call: on a CPU, which reads every weight once per new token, a bigger batch costs
-# little more per step; on a GPU the batch's KV cache is a few MB
-BATCH_SIZE = 32
+BATCH_SIZE = 32  # prompts per model.generate call: on a CPU a bigger batch costs little more per step
 
 
 def has_author_line(text: str) -> bool:
@@ -40,13 +41,6 @@ def unfrozen_for_cpu(model):
             p.requires_grad_(False)
 
 
-def soft_prompt(model) -> bool:
-    """True for a PEFT model whose active adapter is prompt tuning (06): a soft prompt before the input."""
-    config = getattr(model, "peft_config", None)
-    active = getattr(model, "active_adapter", None)
-    return bool(config) and active in config and config[active].peft_type == "PROMPT_TUNING"
-
-
 @torch.no_grad()
 def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 40, greedy: bool = True,
              batch_size: int = BATCH_SIZE, timestamps=None, **generate_kwargs):
@@ -59,13 +53,14 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
     device = next(model.parameters()).device
     rows = []
     if timestamps is not None and len(timestamps) != len(prompts):
-        from gemmate_lib.housekeeping.errors import DataError
-
         raise DataError(f"{len(prompts)} prompts but {len(timestamps)} timestamps",
                         "give one timestamp per prompt")
+    # peft 0.21 finds generate's KV cache under `past_key_values` only; transformers 5.24 names it `cache`,
+    # and prompt tuning (06) then prepends its soft prompt again at every step: without the cache, the same
+    # tokens, slower. (Prefix tuning needs the cache: under 5.24 it loses its prefix, docs/compatibility.md.)
+    peft, active = getattr(model, "peft_config", None), getattr(model, "active_adapter", None)
+    no_cache = bool(peft) and active in peft and peft[active].peft_type == "PROMPT_TUNING"
     # a prompt may have the model's context minus max_new_tokens tokens; warn when one is cut
-    from gemmate_lib.generations import text_setting
-
     context = text_setting(model, "max_position_embeddings") or 8192
     limit = max(1, context - max_new_tokens)
     longest = max((len(ids) for ids in tokenizer(list(prompts))["input_ids"]), default=0)
@@ -81,19 +76,14 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
             enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
                             max_length=limit).to(device)
             extra = {} if timestamps is None else {"timestamps": list(timestamps[i:i + batch_size])}
-            if soft_prompt(model):
-                # peft 0.21 finds generate's KV cache under `past_key_values` only; transformers 5.24 names it
-                # `cache`, and prompt tuning then prepends its soft prompt again at every step. Without the
-                # cache every step sees the whole text: the same tokens, slower. (Prefix tuning needs the
-                # cache: under 5.24 it loses its prefix, docs/compatibility.md.)
+            if no_cache:
                 extra["use_cache"] = False
             start = time.time()
             with unfrozen_for_cpu(model):
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
                                      pad_token_id=tokenizer.pad_token_id, **extra, **generate_kwargs)
             seconds = (time.time() - start) / len(batch)
-            new = out[:, enc["input_ids"].shape[1]:]
-            for prompt, ids in zip(batch, new):
+            for prompt, ids in zip(batch, out[:, enc["input_ids"].shape[1]:]):
                 completion = tokenizer.decode(ids, skip_special_tokens=True)
                 rows.append({"prompt": prompt, "completion": completion,
                              "author_line": has_author_line(prompt + completion),

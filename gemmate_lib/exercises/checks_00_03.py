@@ -1,7 +1,6 @@
-"""The checks of the exercises of notebooks 00_setup to 03_lora_sft (16 of them): what each one's run must
-show, registered with gemmate_lib.exercises.judging's `exercise` decorator (which also says how a check
-judges); gemmate_lib.exercises.exercise_check runs them. Thresholds marked `# calibrate` are the margins
-`make exercises` reports (docs/exercises.md)."""
+"""The checks of the 16 exercises of notebooks 00_setup to 03_lora_sft: what each one's run must show,
+registered with judging's `exercise` decorator. Thresholds marked `# calibrate` are the margins `make
+exercises` reports (docs/exercises.md)."""
 
 from __future__ import annotations
 
@@ -48,8 +47,7 @@ def _00_3(loads):  # per load: {"seconds", "on_disk", "checked_at", "started_at"
     seconds = [float(load["seconds"]) for load in loads]
     on_disk = [bool(load["on_disk"]) for load in loads]
     loaded = [str(load["loaded"]) for load in loads]  # the class of what was timed
-    # when the disk was looked at: after the load started, the answer says nothing about that load (it is on
-    # disk by then, always)
+    # the disk looked at after the load started says nothing about that load (it is on disk by then)
     late = [i for i, load in enumerate(loads, 1) if float(load["checked_at"]) > float(load["started_at"])]
     fetched = [s for s, disk in zip(seconds, on_disk) if not disk]
     found = "; ".join(f"load {i}: {s:.1f} s ({'on disk' if d else 'fetched'})"
@@ -131,11 +129,8 @@ def _02_2(ex, lesson):
     authored = [has_author_line(p + c) for p, c in zip(prompts, completions)]
     as_generated = [str(a) == str(b) for a, b in zip(authored, rows["author_line"])]  # generate()'s own table
     ok = len(rows) >= 2 and len(own) == len(rows) and all(as_generated)
-    return (
-        ok,
-        f"{len(own)} of {len(rows)} prompts your own in the Quote: format without an Author: line; "
-        f"{sum(authored)} got an Author: line",
-    )
+    return ok, (f"{len(own)} of {len(rows)} prompts your own in the Quote: format without an Author: line; "
+                f"{sum(authored)} got an Author: line")
 
 
 LOOPING = 0.2  # calibrate: a greedy text with this share of its 4-word runs repeated counts as looping
@@ -190,11 +185,10 @@ def _03_1(ex, lesson):
     logs = [read_csv(f, "loss_log.csv").dropna(subset=["eval_loss"]) for f in (ex[0], lesson)]
     gap = abs(logs[0]["eval_loss"].iloc[-1] - logs[1]["eval_loss"].iloc[-1])  # the final held-out losses
     authored = [_authored(f) for f in (ex[0], lesson)]
-    ok = 4 * mine == theirs
-    return ok, (
-        f"{mine:,} adapter weights (the lesson's {theirs:,}), held-out loss "
-        f"{rounded(gap)} apart, Author: lines {authored[0]} (the lesson {authored[1]})"
-    ), [less(gap, LOSS_LEVEL, "nats", "final held-out losses apart"),
+    found = (f"{mine:,} adapter weights (the lesson's {theirs:,}), held-out loss {rounded(gap)} apart, "
+             f"Author: lines {authored[0]} (the lesson {authored[1]})")
+    return 4 * mine == theirs, found, [
+        less(gap, LOSS_LEVEL, "nats", "final held-out losses apart"),
         more(authored[0], authored[1] - 1, "prompts", "Author: lines", strict=False)]
 
 
@@ -228,21 +222,18 @@ def _03_3(ex, lesson):
         more(gaps[1] - gaps[0], 0, "nats", "growth of the whole-text gap")]
 
 
-# ---- break it on purpose (03-4 to 03-6, 05-4): a batch or a copy of the model broken the way real runs
-# break, and the course's check that must catch it. Each solution records the fault it made, measured on what
-# it broke (a wrong attempt, a batch left whole, shows there), and what the check said: for the pre-flight,
-# the line that stopped it (`PreflightError.verdict`), None where it passed ----
+# ---- break it on purpose (03-4 to 03-6, 05-4): each solution records the fault it made, measured on what it
+# broke, and the pre-flight line that stopped it (`PreflightError.verdict`), None where it passed ----
 
 LABEL_LINES = ("share of labelled tokens", "no row all masked")  # the pre-flight's lines on a mask's labels
 END_LINE = "end token inside the mask"
 CACHE_LINE = "logits with and without the KV cache"
-CACHE_FAULT = 0.1  # a broken path: its logits this share of their largest away from a sound one's, or more
-# (the pre-flight's widest tolerance; a sound model's two passes agree to rounding)
+CACHE_FAULT = 0.1  # a broken path's logits this share of their largest from a sound one's (widest tolerance)
 
 
 def _stopped(run: dict, lines: tuple[str, ...], fault: str) -> tuple[bool, str]:
-    """(whether the pre-flight stopped at one of `lines`, which names the fault, what it stopped at) from a
-    fault exercise's record: `stopped_by` is the line that stopped it, None where it passed the fault."""
+    """(whether the pre-flight stopped at one of `lines`, which name the fault, what it stopped at) from a
+    fault exercise's record."""
     stop = run["stopped_by"]
     if stop is None:
         return False, f"the pre-flight passed {fault}: not caught"
@@ -255,9 +246,8 @@ def _stopped(run: dict, lines: tuple[str, ...], fault: str) -> tuple[bool, str]:
 
 @exercise("03-4", "fault.json", "run solution 4 above",
           "a batch whose every label is -100 (no token labelled), stopped by the pre-flight at its share of "
-          "labelled tokens (or a row all masked), not at a loss line")
+          "labelled tokens (or a row all masked), not at a loss line", shape=dict)
 def _03_4(run):  # {"labelled", "tokens", "rows", "stopped_by": the line that stopped the pre-flight, or None}
-    run = shaped(run, dict, "fault.json")
     found = f"{run['labelled']} of {run['tokens']} tokens labelled in {run['rows']} rows"
     if not (int(run["rows"]) > 0 and int(run["labelled"]) == 0):
         return False, found + " (the fault: every label -100, none left)"
@@ -267,9 +257,8 @@ def _03_4(run):  # {"labelled", "tokens", "rows", "stopped_by": the line that st
 
 @exercise("03-5", "fault.json", "run solution 5 above",
           "a batch whose rows hold no end token (<eos>), their other tokens still labelled, stopped by the "
-          "pre-flight at its end-token line")
+          "pre-flight at its end-token line", shape=dict)
 def _03_5(run):  # {"rows", "rows_with_end", "labelled", "stopped_by"}
-    run = shaped(run, dict, "fault.json")
     found = f"{run['rows_with_end']} of {run['rows']} rows hold <eos>, {run['labelled']} tokens labelled"
     if not (int(run["rows"]) > 0 and int(run["rows_with_end"]) == 0):
         return False, found + " (the fault: no row holds its end token)"
@@ -283,10 +272,9 @@ def _03_5(run):  # {"rows", "rows_with_end", "labelled", "stopped_by"}
           "a copy of the model whose logits without the cache differ from those with it (by at least "
           f"{CACHE_FAULT:g} of their largest) while those with the cache stay the sound copy's (less than "
           f"{CACHE_FAULT:g} from them): only the uncached path broken, stopped by the pre-flight at its KV "
-          "cache line")
-def _03_6(run):  # {"gap": relative, uncached against cached logits on one row, "cached_gap": relative, the
-    # cached logits against the same copy's before the fault, "stopped_by"}
-    run = shaped(run, dict, "fault.json")
+          "cache line", shape=dict)
+def _03_6(run):  # {"gap": uncached against cached logits, "cached_gap": cached against the sound copy's (both
+    # relative), "stopped_by"}
     gap, cached_gap = float(run["gap"]), float(run["cached_gap"])
     found = (f"logits with and without the cache {rounded(gap)} apart, with the cache {rounded(cached_gap)} "
              "from the sound copy's (shares of their largest)")

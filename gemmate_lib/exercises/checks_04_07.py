@@ -1,7 +1,6 @@
-"""The checks of the exercises of notebooks 04_evaluation to 07_temporal_encoding (12 of them): what each
-one's run must show, registered with gemmate_lib.exercises.judging's `exercise` decorator (which also says
-how a check judges); gemmate_lib.exercises.exercise_check runs them. Thresholds marked `# calibrate` are the
-margins `make exercises` reports (docs/exercises.md)."""
+"""The checks of the 12 exercises of notebooks 04_evaluation to 07_temporal_encoding: what each one's run must
+show, registered with judging's `exercise` decorator. Thresholds marked `# calibrate` are the margins `make
+exercises` reports (docs/exercises.md)."""
 
 from __future__ import annotations
 
@@ -36,19 +35,16 @@ def _04_1(ex, lesson):
         return models[model][metric]["value"]
 
     fmt = "format_compliance"
-    ok = None not in (steps, lesson_steps) and steps < lesson_steps
-    return ok, (
+    return None not in (steps, lesson_steps) and steps < lesson_steps, (
         f"03 trained {steps} steps (the lesson {lesson_steps}); perplexity "
         f"baseline {rounded(value(full, 'baseline'))}, this run {rounded(value(short))}, "
         f"lesson {rounded(value(full))}; format {rounded(value(short, metric=fmt))} against the baseline's "
-        f"{rounded(value(full, 'baseline', fmt))}"
-    ), [
+        f"{rounded(value(full, 'baseline', fmt))}"), [
         # log-perplexities: a held-out loss difference per token, in nats; the three thresholds: # calibrate
         more(math.log(value(short)) - math.log(value(full)), 0, "nats", "log-perplexity above the lesson's"),
         more(math.log(value(full, "baseline")) - math.log(value(short)), 0, "nats",
              "log-perplexity below the baseline's"),
-        more(value(short, metric=fmt) - value(full, "baseline", fmt), 0, "share", "format gain"),
-    ]
+        more(value(short, metric=fmt) - value(full, "baseline", fmt), 0, "share", "format gain")]
 
 
 OWN_QUOTES = 5  # quotes of your own at least: fewer say nothing about naming authors
@@ -66,30 +62,26 @@ def _04_2(run):  # {"file", "rows", "adapter_on", "by_author_in_training": {"Tru
 
     counts = shaped(run["by_author_in_training"], dict, "by_author_in_training")
     right, rows = (sum(c[i] for c in counts.values()) for i in (0, 1))
-    own = str(run["file"]) not in (EMBEDDED, HUB_DATASET)  # a file of yours, not the course's quotes
-    tuned = run["adapter_on"] is True  # False inside `with tuned.disable_adapter():`: the base model answered
     found = f"{right} of {rows} right in {Path(str(run['file'])).name}; by author in training: {counts}"
-    if not tuned:
+    if run["adapter_on"] is not True:  # inside `with tuned.disable_adapter():` the base model answered
         return False, found + " (evaluated with the adapter off: the base model, not the fine-tune)"
-    if not own or rows != run["rows"] or rows < OWN_QUOTES:
-        return False, found
+    if str(run["file"]) in (EMBEDDED, HUB_DATASET) or rows != run["rows"] or rows < OWN_QUOTES:
+        return False, found  # the course's quotes, not a file of yours, or too few
     seen, split = int(run["rows_seen_in_training"]), counts.get("True", [0, 0])[1]
     if split != seen:  # evaluate_model without train_authors counts every author as unseen
         return False, found + (f" ({seen} of your rows have an author 03 trained on, the evaluation counted "
                                f"{split}: pass train_authors to evaluate_model)")
     if not all(counts.get(k, [0, 0])[1] for k in ("True", "False")):
         return True, found + " (only one kind of author: nothing to compare)"
-    seen_high = wilson(*counts["True"])[1]
-    unseen_low = wilson(*counts["False"])[0]  # the seen share's 95% upper end reaches the unseen's lower end
-    return True, found, [more(seen_high - unseen_low, 0, "share", "seen authors' upper 95% end over the "
-                                                                   "unseen ones' lower end", strict=False)]
+    gap = wilson(*counts["True"])[1] - wilson(*counts["False"])[0]  # seen's upper 95% end, unseen's lower
+    return True, found, [more(gap, 0, "share", "seen authors' upper 95% end over the unseen ones' lower end",
+                              strict=False)]
 
 
 @exercise("04-3", "widths.json", "run solution 3",
           "both models resampled with the same quotes (paired); ten times the quotes narrow the interval "
-          "about threefold (one over the square root of the size)")
+          "about threefold (one over the square root of the size)", shape=dict)
 def _04_3(widths):  # {size: {"width": w, "baseline": its picks, "fine-tuned": its picks}}
-    widths = shaped(widths, dict, "widths.json")
     paired = all(len(w["baseline"]) == int(size) and list(w["baseline"]) == list(w["fine-tuned"])
                  for size, w in widths.items())
     width = {size: w["width"] for size, w in widths.items()}
@@ -103,10 +95,8 @@ def _04_3(widths):  # {size: {"width": w, "baseline": its picks, "fine-tuned": i
 
 COARSE = {"fp32": 0, "fp16": 1, "bf16": 2}  # significant bits 24, 11, 8: coarser to the right
 MERGE_TOLERANCE = {"fp32": 5e-3, "fp16": 0.5, "bf16": 2.0}  # 05's section 3: the merge check's, per dtype
-# what a merge exercise (05-1, 05-4) compared its merged model with, recorded as "reference_vs_section_3": the
-# largest |logit difference| between that unmerged model's logits and section 3's (`reference`, the 16/32-bit
-# model in section 3's dtype); 0 when it compared with section 3's logits, which measures the other dtype or
-# the 4-bit base as well as the merge
+# a merge exercise's (05-1, 05-4) "reference_vs_section_3": the largest |logit difference| between the
+# unmerged model it compared with and section 3's `reference`; 0 when it compared with section 3's logits
 SECTION_3S_LOGITS = ("compared with section 3's logits (the unmerged model in section 3's dtype), not with "
                      "the same model before merging: that measures the other precision as well as the merge")
 
@@ -114,9 +104,8 @@ SECTION_3S_LOGITS = ("compared with section 3's logits (the unmerged model in se
 @exercise("05-1", "merge.json", "run solution 1",
           "two dtypes, each merge compared with its own unmerged model in its dtype (not with section 3's "
           "logits): the coarser one's merge differs more; where one of the two is fp32, the other past the "
-          "fp32 tolerance")
+          "fp32 tolerance", shape=dict)
 def _05_1(run):  # {"diffs": {dtype: largest |logit difference|}, "reference_vs_section_3": see above}
-    run = shaped(run, dict, "merge.json")
     diffs = shaped(run["diffs"], dict, "merge.json's diffs")
     if len(diffs) != 2 or not set(diffs) <= set(COARSE):
         return False, f"{sorted(diffs)}: two different dtypes of {sorted(COARSE)} are needed"
@@ -152,9 +141,8 @@ LESSON_ADAPTERS = ("quotes", "reverse")  # 05's section 6: 03's adapter and the 
           "lesson's (03's quotes, section 6's reverse format), beside the lesson's two on one base: three "
           "different continuations")
 def _05_2(ex, lesson):
-    written = shaped(read_json(ex[0], "generations.json"), dict, "generations.json")  # {adapter: its text}
-    # {adapter: texts_digest of what it trained on}: the lesson's two and the third
-    trained_on = shaped(read_json(ex[0], "trained_on.json"), dict, "trained_on.json")
+    written = read_json(ex[0], "generations.json", dict)  # {adapter: its text}
+    trained_on = read_json(ex[0], "trained_on.json", dict)  # {adapter: texts_digest of what it trained on}
     trained = _adapter_trained(ex[0])
     state = "trained" if trained else "never trained (its B matrices are all zero, as LoRA starts)"
     found = (f"{len(set(written.values()))} different continuations from adapters {sorted(written)}; the "
@@ -170,16 +158,14 @@ def _05_2(ex, lesson):
 
 
 SAME_WEIGHTS = 0.9  # the merged model's memory at least this share of the adapter model's: one precision
-TIMED_RUNS = 2  # timed runs per model at least, after a warm-up: one cold timing also times the first call's
-# set-up (kernels, caches, memory), and a CPU's times wobble
+TIMED_RUNS = 2  # timed runs per model at least, after a warm-up (a cold one times the first call's set-up)
 
 
 @exercise("05-3", "timing.json", "run solution 3",
           "the merged model (no LoRA layers left, the adapter model's weights in the same precision) "
           "generates faster than the adapter on its base, each timed after a warm-up, the fastest of "
-          f"{TIMED_RUNS} or more timed runs")
+          f"{TIMED_RUNS} or more timed runs", shape=dict)
 def _05_3(timing):
-    timing = shaped(timing, dict, "timing.json")
     # how each was timed: {"adapter": timed runs, "merged": ...}, {"adapter": a warm-up ran first, ...}
     runs = {k: int(timing[f"timed_runs_{k}"]) for k in ("adapter", "merged")}
     warm = {k: timing[f"warm_up_{k}"] is True for k in ("adapter", "merged")}
@@ -190,22 +176,20 @@ def _05_3(timing):
                                      f"time each after a warm-up, the fastest of {TIMED_RUNS} or more runs)")
     # what was timed: the adapter's LoRA layers, then none once merged
     merged = timing["lora_layers_adapter"] > 0 and timing["lora_layers_merged"] == 0
-    # the same base weights in memory, less the LoRA matrices: a 4-bit base against a 16-bit merged copy
-    # (or 32 against 16 bits) times the precisions, not the merge
+    # the same weights: a 4-bit base against a 16-bit merged copy times the precisions, not the merge
     memory = timing["merged_mib"] / max(timing["adapter_mib"], 1e-9)
     same = SAME_WEIGHTS <= memory <= 1
-    speedup = more(timing["adapter"] / max(timing["merged"], 1e-9), 1, "x", "adapter's time over merged")
     found = str(timing) + ("" if same else f" (the merged model holds {rounded(memory)}x the adapter model's "
                                            "memory: another precision, not the same weights merged)")
-    return merged and same, found, [speedup]
+    return merged and same, found, [
+        more(timing["adapter"] / max(timing["merged"], 1e-9), 1, "x", "adapter's time over merged")]
 
 
 @exercise("05-4", "fault.json", "run solution 4",
           "the adapter merged into a 4-bit base, compared as section 3 compares (logits merged and not, in "
           "the merge's dtype, against its tolerance; the 4-bit model before merging, not section 3's "
-          "logits): a difference at or past the tolerance, which fails section 3's check")
+          "logits): a difference at or past the tolerance, which fails section 3's check", shape=dict)
 def _05_4(run):  # {"base_4bit": read from the model, "dtype", "diff", "tolerance", "reference_vs_section_3"}
-    run = shaped(run, dict, "fault.json")
     dtype, diff, tolerance = str(run["dtype"]), float(run["diff"]), float(run["tolerance"])
     four_bit = run["base_4bit"] is True
     apart = float(run["reference_vs_section_3"])
@@ -261,12 +245,8 @@ def _06_2(ex, lesson):
     low, high = (_method_table(f, "trainable") for f in ex)  # "lora_r32" is the other rank: 2, then 128
     loss_low, loss_high = _method_table(ex[0]), _method_table(ex[1])
     runs = [facts(f, "06_compare_methods") for f in ex]
-    ok = (
-        [r.get("other_rank") for r in runs] == [2, 128]
-        and runs[0].get("steps") == runs[1].get("steps")
-        and low["lora_r32"] * 4 == low["lora_r8"]
-        and high["lora_r32"] == 16 * high["lora_r8"]
-    )
+    ok = ([r.get("other_rank") for r in runs] == [2, 128] and runs[0].get("steps") == runs[1].get("steps")
+          and low["lora_r32"] * 4 == low["lora_r8"] and high["lora_r32"] == 16 * high["lora_r8"])
     return ok, (
         f"ranks {[r.get('other_rank') for r in runs]}, steps {[r.get('steps') for r in runs]}; trainable "
         f"{low['lora_r32']:,} / {low['lora_r8']:,} / {high['lora_r32']:,}; held-out loss "
@@ -288,9 +268,8 @@ def _06_3(ex, lesson):
     rates = [facts(f, "06_compare_methods").get("rates", {}) for f in ex]
     by_rate = [_method_table(f) for f in ex]
     keys = ("prompt", "lora_r8")
-    rising = all(k in r for r in rates for k in keys) and all(
-        rates[0][k] < rates[1][k] < rates[2][k] for k in keys
-    )
+    rising = (all(k in r for r in rates for k in keys)
+              and all(rates[0][k] < rates[1][k] < rates[2][k] for k in keys))
     found = "; ".join(f"{k}: rates {[r.get(k) for r in rates]}, losses {[rounded(b[k]) for b in by_rate]}"
                       for k in keys)
     return rising, found, [
@@ -317,13 +296,11 @@ SECTIONS_07 = "section 6's validation tables and section 10's manifest"
 def _07_1(ex, lesson):
     tau = [facts(f, "07_temporal_encoding").get("temporal_scale") for f in (ex[0], lesson)]
     year, month = ([_val(f, TRUE, column) for f in (ex[0], lesson)] for column in ("year_ok", "month_ok"))
-    ok = None not in tau and tau[0] < tau[1]
-    return ok, (
-        f"tau {tau[0]} (the lesson {tau[1]}); "
-        f"year {rounded(year[0])} (lesson {rounded(year[1])}), "
+    return None not in tau and tau[0] < tau[1], (
+        f"tau {tau[0]} (the lesson {tau[1]}); year {rounded(year[0])} (lesson {rounded(year[1])}), "
         f"month+year {rounded(month[0])} (lesson {rounded(month[1])}), "
-        f"constant {rounded(_val(ex[0], CONSTANT))}"
-    ), [more(year[0] - year[1], -YEAR_HOLDS, "share", "year accuracy change", strict=False),
+        f"constant {rounded(_val(ex[0], CONSTANT))}"), [
+        more(year[0] - year[1], -YEAR_HOLDS, "share", "year accuracy change", strict=False),
         more(month[1] - month[0], 0, "share", "month+year accuracy drop"),  # calibrate
         less(_val(ex[0], CONSTANT), NEAR_CHANCE, "share", "constant timestamp's year accuracy", strict=False)]
 
@@ -352,7 +329,6 @@ def _07_2(ex, lesson):
 def _07_3(ex, lesson):
     far = read_csv(ex[0], "temporal_extrapolation.csv")
     first = int(far["true_year"].min())  # last_year + 1
-    exact = far[far["true_year"] >= 2024]["year_ok"].mean()
+    exact = far[far["true_year"] >= 2024]["year_ok"].mean()  # calibrate: at most 0.1
     found = f"extrapolation from {first} (last_year {first - 1}); 2024-2026 exact {rounded(exact)}"
-    exact_margin = less(exact, 0.1, "share", "exact years 2024-2026", strict=False)  # calibrate
-    return first == 2024, found, [exact_margin]
+    return first == 2024, found, [less(exact, 0.1, "share", "exact years 2024-2026", strict=False)]

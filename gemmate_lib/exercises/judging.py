@@ -1,28 +1,10 @@
-"""How the check cell that ends every exercise (00-07, gemmate_lib/exercises/__init__.py) judges: it says
-PASS, FAIL or NOT RUN YET against the exercise's expectation, from the exercise's own run folder, so a learner
-knows whether what they did matched.
-
-A check reads only files: what the exercise's run wrote (its manifest, its tables) and, where it compares, the
-lesson's run folder. It reads no name from the notebook, so a solution that reuses a name (`losses`, `val`)
-cannot break it, and it judges what the learner did, not what the model does anyway: a rerun that leaves the
-exercise's setting at the lesson's value (the same steps, the same `n_train`, no skipped modules), or changes
-another one too, says FAIL: every rerun check compares the settings each run recorded with the lesson's
-(rerun_changes), and a FAIL names what else changed. Where a verdict rests on a measurement, the check
-compares an effect that the exercise's settings make large (more steps, the extremes of a range, a paired
-comparison) with a threshold, and prints each such margin (`Margin`: positive passes by that much, in the
-check's own units), which `make exercises` collects (tools/runners/exercises.py) into docs/exercises.md.
-
-A check judges only the model the lesson runs now: every exercise's run folder records the model and the
-lesson run its results come from (run_folder.ORIGIN, written when the folder is created); results of another
-model (a folder kept on Drive from a course done last week with gemma-2b) say FROM ANOTHER MODEL, results
-with no such record MODEL UNKNOWN, never PASS.
-
-A check never stops the notebook over what the learner wrote: the lesson runs top to bottom before any
-exercise is tried, and an exercise not tried yet is not a failure; a file missing, cut short or in another
-shape says FAIL with the reason (learner_errors). A bug in a check's own rule (a NameError, an AttributeError,
-a division by zero in its arithmetic) stops the cell with its traceback instead: read as FAIL, it would blame
-the learner's work for the course's mistake. The self-check (gemmate_lib.housekeeping.selfcheck) is the cell
-that stops a notebook."""
+"""How an exercise's check cell (00-07, gemmate_lib/exercises/__init__.py) judges: PASS, FAIL or NOT RUN YET
+against the exercise's expectation, read from files only (the exercise's run folders, the lesson's where it
+compares), never from names a solution may rebind. A rerun that also changes a setting its text does not
+name fails (rerun_changes); each measured criterion prints its `Margin`, which `make exercises` collects into
+docs/exercises.md. Results of another model say FROM ANOTHER MODEL or MODEL UNKNOWN, never PASS. A learner's
+file missing or in another shape says FAIL with the reason (learner_errors); a bug in a check's own rule
+stops the cell, so that it is not read as the learner's FAIL."""
 
 from __future__ import annotations
 
@@ -33,11 +15,9 @@ from pathlib import Path
 
 
 def learner_errors() -> tuple[type[Exception], ...]:
-    """The errors that a learner's files can cause in a check's rule, which give FAIL: a file missing or not
-    readable (OSError), not JSON or not text (ValueError: JSONDecodeError, UnicodeDecodeError), a table pandas
-    cannot parse (its ParserError and EmptyDataError are ValueErrors), a key, column or entry missing
-    (LookupError: KeyError, IndexError), a wrong type or value where the rule expects another (TypeError,
-    ValueError), a damaged safetensors file (SafetensorError). Every other error is the check's own bug."""
+    """The errors a learner's files cause in a check's rule, which give FAIL: a file missing (OSError), not
+    JSON, text or a table (ValueError), a key or entry missing (LookupError), a wrong type or value
+    (TypeError, ValueError), a damaged safetensors file. Every other error is the check's own bug."""
     from safetensors import SafetensorError
 
     return (OSError, LookupError, TypeError, ValueError, SafetensorError)
@@ -62,42 +42,34 @@ class Margin:
 
 def more(value: float, threshold: float, unit: str, what: str, strict: bool = True) -> Margin:
     """The margin of `value > threshold` (`>=` unless strict)."""
-    sign = ">" if strict else ">="
-    return Margin(float(value) - threshold, unit, f"{what} {rounded(value)}, needs {sign} {threshold:g}",
-                  strict)
+    return Margin(float(value) - threshold, unit,
+                  f"{what} {rounded(value)}, needs {'>' if strict else '>='} {threshold:g}", strict)
 
 
 def less(value: float, threshold: float, unit: str, what: str, strict: bool = True) -> Margin:
     """The margin of `value < threshold` (`<=` unless strict)."""
-    sign = "<" if strict else "<="
-    return Margin(threshold - float(value), unit, f"{what} {rounded(value)}, needs {sign} {threshold:g}",
-                  strict)
+    return Margin(threshold - float(value), unit,
+                  f"{what} {rounded(value)}, needs {'<' if strict else '<='} {threshold:g}", strict)
 
 
 def exercise_verdict(
     name: str, expectation: str, ran: bool, passed: Callable[[], bool] | bool, how_to_run: str = "",
     origin: str | None = None,
 ) -> str:
-    """Print and return one verdict line for exercise `name`:
-    - "NOT RUN YET" when `ran` is False (e.g. its run folder has no results), with `how_to_run`;
-    - `origin` when the results cannot be judged here ("FROM ANOTHER MODEL (...)"), with `how_to_run`;
-    - else "PASS" or "FAIL" by `passed` (a bool, or a callable evaluated only once the exercise ran, so it may
-      read files the run writes), followed by the expectation it was judged against. The callable may return
-      `(ok, found)` or `(ok, found, margins)`: `found` (what the run shows) follows the verdict, and each
-      Margin must hold too; the margins end the line. A callable that raises one of `learner_errors()` (a file
-      the learner wrote in another shape) gives FAIL with the reason; any other error (a bug in the rule)
-      propagates, so that it is seen and fixed, not read as the learner's FAIL."""
-    margins: list[Margin] = []
+    """Print and return exercise `name`'s verdict line: NOT RUN YET unless `ran`, `origin` (results that
+    cannot be judged here), else PASS or FAIL by `passed` (a bool, or a callable called only once the exercise
+    ran), then the expectation. `passed` may give `(ok, found[, margins])`: what the run shows follows the
+    verdict, each Margin must hold too and ends the line. One of `learner_errors()` gives FAIL with the
+    reason; any other error (a bug in the rule) propagates."""
+    how = f" ({how_to_run})" if how_to_run else ""
     if not ran:
-        line = f"exercise {name}: NOT RUN YET" + (f" ({how_to_run})" if how_to_run else "")
+        line = f"exercise {name}: NOT RUN YET{how}"
     elif origin:
-        line = f"exercise {name}: {origin}: run it again" + (f" ({how_to_run})" if how_to_run else "")
+        line = f"exercise {name}: {origin}: run it again{how}"
     else:
         try:
             result = passed() if callable(passed) else passed
-            result = result if isinstance(result, tuple) else (result, "")
-            ok, found, margins = (*result, [])[:3] if len(result) == 2 else result
-            margins = list(margins)
+            ok, found, margins = (*result, [])[:3] if isinstance(result, tuple) else (result, "", [])
             ok = bool(ok) and all(m.holds for m in margins)
         except learner_errors() as err:  # what the learner wrote: a verdict, never a stopped notebook
             ok, found, margins = False, f"the results could not be read ({type(err).__name__}: {err})", []
@@ -115,8 +87,8 @@ def has_results(run_dir: str | Path, *names: str) -> bool:
 
 
 def shaped(value, shape: type, what: str):
-    """`value`, once it is a `shape` (dict, list): a TypeError (the learner's file) otherwise, before a rule
-    calls that shape's methods on it (on another value: an AttributeError, read as the rule's own bug)."""
+    """`value`, once it is a `shape` (dict, list), else a TypeError (the learner's file), before a rule calls
+    that shape's methods on it (on another value: an AttributeError, read as the rule's own bug)."""
     if not isinstance(value, shape):
         raise TypeError(f"{what} is a {type(value).__name__}, not a {shape.__name__}")
     return value
@@ -149,8 +121,8 @@ def trained_steps(folder: Path) -> int | None:
 
 
 def notebook_model(folder: Path, prefix: str) -> str | None:
-    """The model that notebook `prefix` ("03") ran for the run in `folder`, from its manifest entry (the model
-    it recorded, else its config's), None when the entry does not say."""
+    """The model that notebook `prefix` ("03") ran for the run in `folder`: its manifest entry's model, else
+    its config's, None when the entry does not say."""
     path = Path(folder) / "manifest.json"
     notebooks = json.loads(path.read_text()).get("notebooks", {}) if path.exists() else {}
     for stem, entry in notebooks.items():
@@ -169,11 +141,9 @@ def recorded_settings(folder: Path, notebook: str) -> dict:
 
 
 def rerun_changes(spec: "Exercise", ex: list[Path], lesson: Path) -> list[str]:
-    """What a rerun exercise's runs changed besides the parameters its text names: for each run (its folder,
-    in the order of `spec.parameters`), every setting its notebook recorded that differs from the lesson's
-    run of that notebook, as "name (this run's value, the lesson's value)". A setting only one of them
-    records (one a later version of the course added) is no change. The one rule behind every rerun check's
-    "nothing else changed"."""
+    """Every setting a rerun exercise's runs `ex` recorded that differs from the lesson's run of its notebook,
+    besides the parameters the exercise names, as "name (this run's value, the lesson's value)". A setting
+    only one of them records (one a later course added) is no change."""
     allowed = {"run_dir"} | {k for _, params in spec.parameters for k in params}
     by_folder = {Path(f).name: f for f in ex}
     changed = []
@@ -182,17 +152,14 @@ def rerun_changes(spec: "Exercise", ex: list[Path], lesson: Path) -> list[str]:
         if folder is None:
             continue
         mine, theirs = recorded_settings(folder, stem), recorded_settings(lesson, stem)
-        for key in sorted(set(mine) & set(theirs) - allowed):
-            if mine[key] != theirs[key]:
-                line = f"{key} ({mine[key]!r}, the lesson's {theirs[key]!r})"
-                changed += [line] if line not in changed else []
-    return changed
+        changed += [f"{key} ({mine[key]!r}, the lesson's {theirs[key]!r})"
+                    for key in sorted(set(mine) & set(theirs) - allowed) if mine[key] != theirs[key]]
+    return list(dict.fromkeys(changed))  # once each, in order
 
 
 class InRuns(str):
-    """A notebook parameter naming a file that an exercise's solution writes in the course's runs folder
-    ("ex03_2/my_quotes.jsonl"): the learner pastes the path the solution prints, `make exercises` the path of
-    that file where the runner's kernel sees it."""
+    """A parameter naming a file a solution writes in the runs folder ("ex03_2/my_quotes.jsonl"): the learner
+    pastes the path the solution prints, `make exercises` the path where the runner's kernel sees it."""
 
     def text(self) -> str:
         return f"the path solution {self.split('/')[0][-1]} prints"
@@ -208,8 +175,7 @@ class Exercise:
     passed: Callable  # (exercise folders, lesson folder) -> (ok, what it found[, margins])
     how_to_run: str
     lesson: tuple[str, ...] = ()  # files the lesson's run folder must hold, when the check compares with it
-    # a rerun exercise's runs, in order: (notebook stem, {parameter: value}) each, the values the exercise's
-    # text names (tests/test_exercise_checks.py holds them to it) and `make exercises` passes to papermill
+    # a rerun exercise's runs, in order: (notebook stem, {parameter: value}) each, as its text names them
     parameters: tuple[tuple[str, dict], ...] = ()
     reads: str = ""  # a rerun exercise's: the sections whose output the check reads, as its text names them
 
@@ -217,8 +183,6 @@ class Exercise:
 def literal(value) -> str:
     """A parameter's value as the exercise's text writes it in the parameters cell: "runs/ex03_1" in double
     quotes, 3e-3 rather than 0.003, lists and dicts in Python's syntax."""
-    if isinstance(value, InRuns):
-        return value.text()
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, float) and value and abs(value) < 0.01:
@@ -232,47 +196,39 @@ def literal(value) -> str:
 
 
 def parameters_text(params: dict) -> str:
-    """`lora_r = 2`, `compare = False`, `run_dir = "runs/ex03_1"`: one run's parameters as its text names
-    them (`dataset` = the path solution 2 prints, for a file a solution writes)."""
+    """`lora_r = 2`, `run_dir = "runs/ex03_1"`: one run's parameters as its text names them (`dataset` = the
+    path solution 2 prints, for a file a solution writes)."""
     return ", ".join(f"`{k}` = {v.text()}" if isinstance(v, InRuns) else f"`{k} = {literal(v)}`"
                      for k, v in params.items())
 
 
-def _how_to_rerun(parameters, section: str) -> str:
-    runs = [f"{stem[:2]} with {parameters_text(params).replace('`', '')}" for stem, params in parameters]
-    return "set the parameters cell, then Run all: " + "; then ".join(runs) + f" (the check reads {section})"
-
-
 def exercise_spec(name: str, passed: Callable, results: tuple[str, ...] | str, how_to_run: str,
                   expectation: str, folders: tuple[str, ...] = (), lesson: tuple[str, ...] = (),
-                  parameters: tuple[tuple[str, dict], ...] = ()) -> Exercise:
-    """Exercise `name`'s check around `passed(ex, lesson)`: given the exercise's run folders (`folders` under
-    runs/, by default the one of its name: ex03_2 for "03-2") in that order and the lesson's run folder, it
-    returns (ok, what it found[, margins]). Where `results` is one JSON file, not a tuple, `passed` is given
-    that file's content instead. A rerun exercise gives its `parameters`, and `how_to_run` names the section
-    whose output the check reads; the line says how to run it."""
-    own = folders or ("ex" + name.replace("-", "_"),)
+                  parameters: tuple[tuple[str, dict], ...] = (), shape: type | None = None) -> Exercise:
+    """Exercise `name`'s check around `passed(ex, lesson)`, given its run folders (`folders` under runs/, by
+    default ex03_2 for "03-2") and the lesson's run folder. Where `results` is one JSON file, not a tuple,
+    `passed` is given that file's content instead (checked to be a `shape`). A rerun exercise gives its
+    `parameters`, and `how_to_run` names the section whose output the check reads."""
     if parameters and "manifest.json" not in lesson:  # a rerun compares its settings with the lesson's
         lesson = (*lesson, "manifest.json")
     one = isinstance(results, str)
-    judge = (lambda ex, _: passed(read_json(ex[0], results))) if one else passed
-    files = (results,) if one else results
-    how = _how_to_rerun(parameters, how_to_run) if parameters else how_to_run
-    return Exercise(expectation, own, files, judge, how, lesson, parameters, how_to_run if parameters else "")
+    judge = (lambda ex, _: passed(read_json(ex[0], results, shape))) if one else passed
+    runs = "; then ".join(f"{stem[:2]} with {parameters_text(params).replace('`', '')}"
+                          for stem, params in parameters)
+    how = f"set the parameters cell, then Run all: {runs} (the check reads {how_to_run})"
+    return Exercise(expectation, folders or ("ex" + name.replace("-", "_"),), (results,) if one else results,
+                    judge, how if parameters else how_to_run, lesson, parameters,
+                    how_to_run if parameters else "")
 
 
 EXERCISES: dict[str, Exercise] = {}  # "03-2" -> its check (checks_00_03, checks_04_07 register them)
 
 
-def exercise(name: str, results: tuple[str, ...] | str, how_to_run: str, expectation: str,
-             folders: tuple[str, ...] = (), lesson: tuple[str, ...] = (),
-             parameters: tuple[tuple[str, dict], ...] = ()) -> Callable:
-    """Register the function it decorates as exercise `name`'s `passed(ex, lesson)` in EXERCISES
-    (exercise_spec says what it is given and returns)."""
+def exercise(name: str, *args, **kwargs) -> Callable:
+    """Register the decorated function as exercise `name`'s check in EXERCISES (exercise_spec's arguments)."""
 
     def register(passed: Callable) -> Callable:
-        EXERCISES[name] = exercise_spec(name, passed, results, how_to_run, expectation, folders, lesson,
-                                        parameters)
+        EXERCISES[name] = exercise_spec(name, passed, *args, **kwargs)
         return passed
 
     return register
@@ -292,20 +248,18 @@ def _written(path: Path) -> float:
 
 
 def origin_problem(name: str, spec: Exercise, ex: list[Path], lesson: Path) -> str | None:
-    """Why exercise `name`'s results in its run folders `ex` cannot be judged against the lesson that runs now
-    ("FROM ANOTHER MODEL (...)" or "MODEL UNKNOWN (...)"), or None. Each folder's ORIGIN says which model it
-    holds results of and since when: a result written before that time is an earlier model's; the model must
-    be the one this process runs (or 00 kept in the lesson's run folder); and where the check compares with
-    the lesson, the lesson's run of the notebook must have run it too."""
+    """Why exercise `name`'s results in `ex` cannot be judged against the lesson that runs now ("FROM ANOTHER
+    MODEL (...)", "MODEL UNKNOWN (...)"), or None: each folder's ORIGIN names its model and since when it
+    holds that model's results; the model must be the one this process runs (or 00 kept), and the one the
+    lesson's run of the notebook ran where the check compares with it."""
     from gemmate_lib.housekeeping import run_folder
     from gemmate_lib.housekeeping.files import show_path
 
     current = run_folder.current_model(lesson)
-    model = None
     models = {run_folder.read_origin(folder).get("model") for folder in ex}
     if len(models) > 1 and None not in models:  # runs a and b of one exercise on two models
         return f"FROM ANOTHER MODEL (its runs ran on {' and '.join(sorted(models))})"
-    for folder in ex:
+    for folder in ex:  # every exercise has a folder: the loop sets `model`
         origin = run_folder.read_origin(folder)
         model = origin.get("model")
         if not model:
@@ -331,9 +285,8 @@ def origin_problem(name: str, spec: Exercise, ex: list[Path], lesson: Path) -> s
 
 
 def judge_exercise(name: str, spec: Exercise) -> str:
-    """What exercise `name`'s check cell does (exercises.exercise_check): find its run folders (runs/ex03_2;
-    on Drive in Colab) and the lesson's run folder, then print PASS, FAIL, NOT RUN YET, or why results from
-    another model cannot be judged, with what the run shows."""
+    """What exercise `name`'s check cell does (exercises.exercise_check): find its run folders and the
+    lesson's, then print its verdict (exercise_verdict), FAIL when a rerun changed another setting too."""
     from gemmate_lib.housekeeping import run_folder
 
     ex = [run_folder.get_run_dir(f"runs/{folder}", create=False) for folder in spec.folders]

@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from gemmate_lib.gguf_file import gguf_fields
+from gemmate_cli.llama_server import gguf_fields
 from gemmate_lib.housekeeping.errors import ModelLoadError, SaveError
 from gemmate_lib.housekeeping.files import show_path
 
@@ -26,7 +26,7 @@ UNSUPPORTED = {"use_dora": "DoRA's magnitude vectors", "rank_pattern": "a rank p
 
 def base_architecture(base_gguf) -> tuple[str, int]:
     """(general.architecture, block count) of a base model's GGUF: a missing, foreign or cut-short file is one
-    ModelLoadError line (gguf_file.gguf_fields), and so is an adapter GGUF passed as the base."""
+    ModelLoadError line (llama_server.gguf_fields), and so is an adapter GGUF passed as the base."""
     value = gguf_fields(base_gguf).get
     arch, kind = value("general.architecture"), value("general.type")
     if arch is None or kind == "adapter" or value(f"{arch}.block_count") is None:

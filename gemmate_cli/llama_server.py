@@ -16,10 +16,35 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gemmate_lib.gguf_file import gguf_fields
+from gemmate_lib.gguf_file import read_gguf_header
 from gemmate_lib.housekeeping.errors import GemmateError, ModelLoadError, ParameterError
+from gemmate_lib.housekeeping.files import show_path
 
 HOST = "127.0.0.1"
+
+
+def gguf_fields(path) -> dict:
+    """The metadata of the GGUF at `path` ({key: value}, arrays left out: gguf_file.read_gguf_header).
+    ModelLoadError when `path` is missing, is not a GGUF file, or was cut short (shorter than its header
+    says), in one line, before llama.cpp reads it (`serve` here, adapter_gguf.py's base model)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"no GGUF file at {show_path(path)}",
+                             "export it first (05 section 3, or `gemmate export RUN_DIR`)")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{show_path(path)} is not a GGUF file (it starts with {magic!r}, not b'GGUF')",
+                             "pass the .gguf file that 05 or `gemmate export` wrote")
+    try:
+        fields, end = read_gguf_header(path)
+    except (ValueError, OSError) as err:
+        raise ModelLoadError(f"{show_path(path)} is cut short or damaged ({err})",
+                             "export it again (an interrupted copy or download cuts a file short)") from None
+    if end > path.stat().st_size:
+        raise ModelLoadError(f"{show_path(path)} is cut short: its tensors end at byte {end:,}, the file at "
+                             f"{path.stat().st_size:,}", "export it again (an interrupted copy or download)")
+    return fields
 
 
 def free_port(host: str = HOST) -> int:

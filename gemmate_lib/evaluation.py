@@ -43,7 +43,6 @@ def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int
     one held-out loss: the model's own forward (fast_loss.final_hidden), the LM head on real tokens only."""
     model.eval()
     weight, softcap = output_weight(model), logit_softcap(model)
-    device = weight.device
     out: dict[str, list[tuple[float, int]]] = {part: [] for part in parts}
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
@@ -51,27 +50,22 @@ def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int
         enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
                         return_offsets_mapping=True)
         offsets = enc.pop("offset_mapping").tolist()
-        enc = enc.to(device)
+        enc = enc.to(weight.device)
         hidden = final_hidden(model, enc["input_ids"], enc["attention_mask"])
         real = enc["attention_mask"][:, 1:].bool()  # position i predicts token i + 1
-        per_token = torch.zeros(real.shape, dtype=torch.float64, device=device)
+        per_token = torch.zeros(real.shape, dtype=torch.float64, device=weight.device)
         per_token[real] = token_nll(hidden[:, :-1][real], weight, enc["input_ids"][:, 1:][real],
                                    softcap=softcap).double()
         for part in parts:
             spans = torch.tensor([token_mask(o, *char_spans(r, part)) for r, o in zip(batch, offsets)])
-            keep = real & spans[:, 1:].to(device).bool()
+            keep = real & spans[:, 1:].to(weight.device).bool()
             out[part].extend(zip(per_token.where(keep, 0).sum(dim=1).tolist(), keep.sum(dim=1).tolist()))
     return out
 
 
-def example_nll(model, tokenizer, rows, max_length: int = 128, batch_size: int = 16, part: str = "text"):
-    """Per example: (summed next-token NLL, number of tokens) for one part (see example_nll_by_part)."""
-    return example_nll_by_part(model, tokenizer, rows, (part,), max_length, batch_size)[part]
-
-
 def held_out_loss(model, tokenizer, rows, max_length: int = 128, batch_size: int = 16) -> float:
-    """Mean next-token loss (nats per token) over `rows`, from example_nll."""
-    nll = example_nll(model, tokenizer, rows, max_length, batch_size)
+    """Mean next-token loss (nats per token) over `rows`' texts (01 compares NF4 with the 16-bit model)."""
+    nll = example_nll_by_part(model, tokenizer, rows, ("text",), max_length, batch_size)["text"]
     return sum(s for s, _ in nll) / sum(n for _, n in nll)
 
 

@@ -1,9 +1,7 @@
 """Fine-tuning methods side by side (06_compare_methods; 03's short comparisons use the same `train_arm`):
-full fine-tuning, LoRA at two ranks, QLoRA, prompt and prefix tuning, IA3; each a PEFT config plus the
-settings it changes, chiefly its customary learning rate (LEARNING_RATES). Each arm trains a fresh model on
-the same data and steps and reports trainable weights, seconds per step, memory and losses. 06 writes out
-every PEFT config and the QLoRA arm's SFTConfig and SFTTrainer; tests/test_notebook_recipes_0406.py holds them
-equal to build_methods and train_arm."""
+full fine-tuning, LoRA at two ranks, QLoRA, prompt and prefix tuning, IA3, each a PEFT config plus the
+settings it changes, chiefly its learning rate. 06 writes out every PEFT config and one QLoRA arm by hand
+(tests/test_notebook_recipes_0406.py holds them equal to build_methods and train_arm)."""
 from __future__ import annotations
 
 import os
@@ -21,8 +19,7 @@ from gemmate_lib.training import attach_lora, lora_config, train
 
 METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train
 DEFAULT_METHODS = METHODS[:-1]  # what 06 trains unless told, on a CPU: IA3 is the optional seventh
-# under the GPU profiles: what a T4 runs. Full fine-tuning of google/gemma-2b needs ~37 GiB (a T4 has 15), so
-# the course refuses it there (check_full_finetuning); on a bigger GPU add "full" to `methods`.
+# on a GPU, what a T4 runs: full fine-tuning of gemma-2b needs ~37 GiB (a T4 has 15; bigger GPU: add "full")
 GPU_DEFAULT_METHODS = tuple(k for k in DEFAULT_METHODS if k != "full")
 LEARNING_RATES = {
     "full": 5e-5,  # every weight moves: transformers' default rate (TrainingArguments), a quarter of LoRA's
@@ -32,9 +29,8 @@ LEARNING_RATES = {
     "ia3": 3e-3,  # IA3: scaling vectors that start at 1 (the T-Few paper's rate)
 }
 NUM_VIRTUAL_TOKENS = 16  # prompt and prefix tuning: learned tokens in front of every input
-# where prompt tuning starts; what IA3 rescales: keys, values and the MLP's input (its paper's choice)
 PROMPT_INIT_TEXT = "Finish the quote, then name its author on a line that starts with Author:"
-IA3_TARGETS = ("k_proj", "v_proj", "down_proj")
+IA3_TARGETS = ("k_proj", "v_proj", "down_proj")  # what IA3 rescales: keys, values, the MLP's input
 
 
 @dataclass
@@ -58,10 +54,15 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
     `other_rank`: the second LoRA rank (alpha = 2 x rank); `rates`: learning rates, e.g. {"prompt": 3e-3}."""
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
 
+    from gemmate_lib.fit import FitError
+
     if keys is None:
         keys = default_methods(cfg)
-        if cfg.precision.device == "cuda" and not whole_copy_fits(cfg, model_path):
-            keys = ["qlora"]  # the profile's list is what a T4 runs with gemma-2b; E2B's 16/32-bit copy isn't
+        try:
+            if cfg.precision.device == "cuda":
+                check_fits(cfg, model_path, keys)
+        except FitError:  # the profile's list is what a T4 runs with gemma-2b; E2B's 16/32-bit copy isn't
+            keys = ["qlora"]
             print("methods=None: a 16/32-bit copy of this model does not fit this GPU (06's fit line above), "
                   'so only QLoRA runs: methods=["qlora"]; the others need a bigger GPU (an L4 or A100)')
     keys = [k.strip() for k in keys.split(",")] if isinstance(keys, str) else list(keys)  # papermill: a,b
@@ -79,9 +80,8 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
             raise ParameterError(f"rates[{key!r}] = {value!r}",
                                  "give a learning rate between 0 and 1 (e.g. 3e-3) for "
                                  f"one of the methods that run: {', '.join(keys)}")
-    # Each method states its own (not the GPU profile's QLoRA recipe): compute-dtype weights, no checkpointing
-    # (prefix tuning cannot run with it), torch's fused AdamW. QLoRA differs from LoRA r=8 in the NF4 base
-    # alone (and what a 4-bit base brings, as in 03): paged 8-bit AdamW and checkpointing are not NF4's.
+    # Each method states its own settings, not the GPU profile's QLoRA recipe: compute-dtype weights, fused
+    # AdamW, no checkpointing (prefix tuning cannot run with it). QLoRA differs from LoRA r=8 in NF4 alone.
     plain = dict(quantization="none", optim="adamw_torch_fused", gradient_checkpointing=False)
 
     def rate(key: str, kind: str, **extra) -> dict:
@@ -109,28 +109,17 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
     return {k: every[k] for k in keys}
 
 
-def whole_copy_fits(cfg: CourseConfig, model_path: str) -> bool:
-    """Whether a 16/32-bit copy of the model loads on this GPU (the config alone, before any weight)."""
-    from transformers import AutoConfig
-
-    from gemmate_lib import fit
-
-    shape = fit.shape_of(AutoConfig.from_pretrained(model_path))
-    load = fit.predict(shape, cfg.precision.dtype.itemsize)["load"]
-    return not fit.problems({"load": load}, fit.runtime_here())
-
-
 def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
-    """Before any weight loads (the config alone): full fine-tuning's weights, gradients and AdamW moments
-    must fit this machine, and on a GPU a 16/32-bit copy of the model must fit for the arms without NF4
-    (Gemma 4 E2B's is ~19 GiB in fp32, more than a T4 has). HardwareError or FitError, with the fix."""
+    """From the model's config alone, before any weight loads: full fine-tuning must fit this machine, and on
+    a GPU a 16/32-bit copy of the model must fit for the arms without NF4 (Gemma 4 E2B's is ~19 GiB in
+    fp32, more than a T4 has). HardwareError or FitError, with the fix."""
     from transformers import AutoConfig
 
     from gemmate_lib import fit
 
     copy_on_gpu = cfg.precision.device == "cuda" and set(keys) - {"qlora"}
     if "full" not in keys and not copy_on_gpu:
-        return  # nothing to check: the config is not read
+        return
     shape = fit.shape_of(AutoConfig.from_pretrained(model_path))
     if "full" in keys:
         check_full_finetuning(shape.parameters, cfg.precision.device)
@@ -155,9 +144,8 @@ def full_finetuning_precision(precision: Precision) -> Precision:
 
 
 def full_finetuning_gib(n_params: int) -> float:
-    """GiB that full fine-tuning with AdamW needs before any activation: 16 bytes per weight, for the fp32
-    weight and gradient (under 16-bit compute too: full_finetuning_precision keeps fp32 master weights) and
-    AdamW's two fp32 moments. Autocast adds a 16-bit copy of the weights (2 bytes) while a step runs."""
+    """GiB that full fine-tuning with AdamW needs before any activation: 16 bytes per weight (fp32 weight,
+    gradient and AdamW's two moments; autocast adds a 16-bit copy of the weights while a step runs)."""
     return n_params * 16 / 2**30
 
 
@@ -178,26 +166,23 @@ def check_full_finetuning(n_params: int, device: str) -> float:
 
 def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_check: bool | int = False,
             nll: dict | None = None) -> dict:
-    """Held-out loss on the whole text and the completion (data.char_spans); optionally format compliance,
-    on every row (`format_check=True`) or the first `format_check` rows (a number: 06's `format_quotes`).
-    `nll`: example_nll_by_part's per-example losses of both parts on `rows`, when the caller keeps them."""
+    """Held-out loss on the whole text and the completion; optionally format compliance on every row
+    (`format_check=True`) or the first `format_check` rows. `nll`: example_nll_by_part's, if already had."""
     model.eval()
     nll = nll or example_nll_by_part(model, tokenizer, rows, ("text", "completion"), max_length)
     out = {f"held_out_loss_{part}": round(sum(s for s, _ in v) / sum(n for _, n in v), 3)
            for part, v in nll.items()}
     if format_check:
-        checked = rows if format_check is True else rows[:format_check]
-        ok = format_generations(model, tokenizer, checked)[2]
+        ok = format_generations(model, tokenizer, rows if format_check is True else rows[:format_check])[2]
         out["format_compliance"] = round(sum(ok) / len(ok), 3)
     return out
 
 
 def padding_share(lengths: list[int], batch_size: int, grouped: bool, seed: int = 0) -> float:
     """Share of a pass's tokens that are padding, in random batches or grouped (sorted) by length, as
-    transformers' length-grouped sampler does when the data fits in one mega-batch of 50 batches (here)."""
+    transformers' length-grouped sampler does when the data fits in one mega-batch of 50 batches (03)."""
     order = sorted(lengths, reverse=True) if grouped else random.Random(seed).sample(lengths, len(lengths))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    padded = sum(max(b) * len(b) for b in batches)
+    padded = sum(max(b) * len(b) for b in (order[i:i + batch_size] for i in range(0, len(order), batch_size)))
     return 1 - sum(lengths) / padded
 
 
@@ -210,13 +195,10 @@ class Arm:
     held_out_nll: list = None  # per held-out row: (summed NLL, tokens) of its text (06's paired intervals)
 
 
-LORA = "lora"  # train_arm's default adapter: the course's LoRA, built from the config
-
-
 def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], eval_rows: list[dict],
-              output_dir, format_check: bool | int = False, keep_model: bool = False, adapter=LORA,
+              output_dir, format_check: bool | int = False, keep_model: bool = False, adapter="lora",
               save_dir=None, start_loss: bool = False, callbacks=None) -> Arm:
-    """Load a fresh model as `cfg` says, add `adapter` (LORA: the course's, any PEFT config, or None for full
+    """Load a fresh model as `cfg` says, add `adapter` ("lora": the course's; a PEFT config; None: full
     fine-tuning), train `cfg.train.max_steps` steps, measure. `save_dir`: save what trained and report its
     size. `start_loss`: also the held-out loss before training (06: prompt and prefix tuning change it)."""
     from gemmate_lib.models import count_parameters, footprint_mib, load_model  # looked up now: tests fake it
@@ -230,12 +212,11 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
             try:
                 check_full_finetuning(count_parameters(model)[1], cfg.precision.device)  # stop before OOM
             except HardwareError:
-                # the error's traceback keeps this frame alive: drop the weights (~5 GB on a T4) first
-                del model
+                del model  # the error's traceback keeps this frame alive: drop the weights (~5 GB) first
                 free_memory()
                 raise
             return model
-        return attach_lora(model, cfg, quiet=True, peft_config=None if adapter == LORA else adapter)  # seeded
+        return attach_lora(model, cfg, quiet=True, peft_config=None if adapter == "lora" else adapter)
 
     model = fresh()
     trainable, total = count_parameters(model)

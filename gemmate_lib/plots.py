@@ -80,8 +80,7 @@ def temporal_features(years, x, feats, reference_year: float, task_years: tuple[
     ax1.set(xlabel="date (year)", ylabel="x = sign(r) log(1 + |r| / 1 day)",
             title=f"signed log transform, {years[0]:.0f}-{years[-1]:.0f}")
     ax1.legend(loc="lower right")
-    # nearest: each pixel shows one sampled value; the default smoothing blends a fast feature's red and blue
-    # into a purple that no date has
+    # nearest: each pixel one sampled value (smoothing blends a fast feature's red and blue into purple)
     ax2.imshow(feats.T, aspect="auto", cmap="coolwarm", interpolation="nearest",
                extent=[years[0], years[-1], feats.shape[1], 0])
     ax2.axvline(reference_year, color="black", ls="--")
@@ -179,17 +178,14 @@ def python_timeline(table, releases, path=None):
     """The newest Python 3 release over time (07): the truth as steps, the model's answers as points."""
     versions = [v for v, _ in releases]
     rank = {v: i for i, v in enumerate(versions)}
-    when = [datetime.fromtimestamp(ms / 1000, tz=timezone.utc) for ms in table.timestamp]
+    when = np.array([datetime.fromtimestamp(ms / 1000, tz=timezone.utc) for ms in table.timestamp])
     fig, ax = _subplots(figsize=(11, 3.8))
     steps = [datetime.fromisoformat(day).replace(tzinfo=timezone.utc) for _, day in releases]
     ax.step(steps + [max(when)], list(range(len(versions))) + [len(versions) - 1], where="post", color="grey",
             lw=1, label="truth (python.org release dates)")
-    ok = table.ok.astype(bool).tolist()
-    answer = [rank.get(a, -1) for a in table.answer]
-    ax.scatter([w for w, k in zip(when, ok) if k], [a for a, k in zip(answer, ok) if k], s=12,
-               label="right answer")
-    ax.scatter([w for w, k in zip(when, ok) if not k], [a for a, k in zip(answer, ok) if not k], s=40,
-               color="red", marker="x", label="wrong answer (-1: no version)")
+    ok, answer = table.ok.astype(bool).to_numpy(), np.array([rank.get(a, -1) for a in table.answer])
+    ax.scatter(when[ok], answer[ok], s=12, label="right answer")
+    ax.scatter(when[~ok], answer[~ok], s=40, color="red", marker="x", label="wrong answer (-1: no version)")
     ax.set_yticks(range(len(versions)), versions)
     ax.set(ylabel="newest Python 3 release", title="answers from the timestamp alone, on held-out dates")
     ax.legend(loc="upper left")
@@ -205,18 +201,16 @@ def methods_overview(table, path=None, untrained_loss: float | None = None):
               ("held_out_loss_text", "held-out loss, nats/token (lower is better)", False),
               ("format_compliance", "format compliance (higher is better)", False)]
     fig, axes = _subplots(2, 3, figsize=(13, 6.2), sharey=True)
-    names = list(table.index)
-    rows = range(len(names))
+    rows = range(len(table))
     for ax, (column, label, log) in zip(axes.flat, panels):
         values = table[column].astype(float)
         if column == "held_out_loss_text":  # dots, not bars: a loss axis from 0 would hide the differences
             if "loss_start" in table:
-                pairs = enumerate(zip(table.loss_start.astype(float), values))
-                known = [(y, a, b) for y, (a, b) in pairs if a == a]  # a == a: not NaN
-                for y, a, b in known:
-                    ax.plot([a, b], [y, y], color="#27a", lw=1, alpha=0.6)
-                ax.plot([a for _, a, _ in known], [y for y, _, _ in known], "o", mfc="white", color="#27a",
-                        label="before training")
+                start = table.loss_start.astype(float).to_numpy()
+                known = [y for y in rows if start[y] == start[y]]  # x == x: not NaN
+                for y in known:
+                    ax.plot([start[y], values.iloc[y]], [y, y], color="#27a", lw=1, alpha=0.6)
+                ax.plot(start[known], known, "o", mfc="white", color="#27a", label="before training")
             ax.plot(values, rows, "o", color="#27a", label="after training")
             if untrained_loss is not None:
                 ax.axvline(untrained_loss, color="red", ls="--", lw=1, label="untrained model")
@@ -228,7 +222,7 @@ def methods_overview(table, path=None, untrained_loss: float | None = None):
             ax.barh(rows, values, xerr=err, capsize=3, color="#27a")
         if log:
             ax.set_xscale("log")
-        ax.set_yticks(rows, names)
+        ax.set_yticks(rows, list(table.index))
         ax.set_xlabel(label, fontsize=9)
     axes[0, 0].invert_yaxis()  # shared y: once for all panels
     fig.suptitle("the same data, model and steps for every method")

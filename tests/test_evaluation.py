@@ -70,19 +70,20 @@ def test_metrics_schema_accepts_good_and_rejects_bad_documents():
 
 def test_quote_only_and_completion_losses_count_their_own_tokens(tiny_model, tiny_tokenizer):
     from gemmate_lib.data import format_quote
-    from gemmate_lib.evaluation import example_nll
+    from gemmate_lib.evaluation import example_nll_by_part
 
     rows = [{"quote": q, "author": "Oscar Wilde", "text": format_quote(q, "Oscar Wilde")}
             for q in ("Be yourself; everyone else is taken.", "one two three four")]
-    text = example_nll(tiny_model, tiny_tokenizer, rows, batch_size=2)
-    quote = example_nll(tiny_model, tiny_tokenizer, rows, batch_size=2, part="quote")
-    completion = example_nll(tiny_model, tiny_tokenizer, rows, batch_size=2, part="completion")
+    text = example_nll_by_part(tiny_model, tiny_tokenizer, rows, batch_size=2)["text"]
+    quote = example_nll_by_part(tiny_model, tiny_tokenizer, rows, ("quote",), batch_size=2)["quote"]
+    completion = example_nll_by_part(tiny_model, tiny_tokenizer, rows, ("completion",),
+                                     batch_size=2)["completion"]
     for r, (_, n_text), (_, n_quote), (_, n_completion) in zip(rows, text, quote, completion):
         ids = tiny_tokenizer(r["quote"], add_special_tokens=False)["input_ids"]
         assert 0 < n_quote < n_text and 0 < n_completion < n_text
         # the quote's own tokens (a boundary token may merge with the space)
         assert abs(n_quote - len(ids)) <= 1
-    one = example_nll(tiny_model, tiny_tokenizer, rows[:1], batch_size=1, part="quote")
+    one = example_nll_by_part(tiny_model, tiny_tokenizer, rows[:1], ("quote",), batch_size=1)["quote"]
     assert one[0] == pytest.approx(quote[0], rel=1e-4)  # padding in a batch changes nothing
 
 
@@ -94,11 +95,11 @@ def test_empty_evaluation_set_is_a_clear_error(tiny_model, tiny_tokenizer):
 def test_one_held_out_nll_gives_both_per_example_sums_and_the_mean(tiny_model, tiny_tokenizer):
     import torch
 
-    from gemmate_lib.evaluation import example_nll, held_out_loss
+    from gemmate_lib.evaluation import example_nll_by_part, held_out_loss
     from gemmate_lib.fast_loss import causal_lm_loss
 
     rows = [{"text": "Quote: Be yourself.\nAuthor: Oscar Wilde"}, {"text": "Quote: one two\nAuthor: Me"}]
-    per = example_nll(tiny_model, tiny_tokenizer, rows, batch_size=1)
+    per = example_nll_by_part(tiny_model, tiny_tokenizer, rows, batch_size=1)["text"]
     assert [n for _, n in per] == [len(tiny_tokenizer(r["text"] + "<eos>")["input_ids"]) - 1 for r in rows]
     enc = tiny_tokenizer([r["text"] + "<eos>" for r in rows], return_tensors="pt", padding=True)
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
@@ -122,18 +123,19 @@ def test_several_parts_come_from_one_pass_and_prompt_tuning_counts(tiny_model, t
     from peft import PromptTuningConfig, get_peft_model
 
     from gemmate_lib.data import format_quote
-    from gemmate_lib.evaluation import example_nll, example_nll_by_part
+    from gemmate_lib.evaluation import example_nll_by_part
 
     rows = [{"quote": q, "author": a, "text": format_quote(q, a)}
             for q, a in (("Be yourself, everyone else is taken.", "Oscar Wilde"),
                          ("one two three four", "Me"))]
     both = example_nll_by_part(tiny_model, tiny_tokenizer, rows, ("text", "quote"))
-    assert both["text"] == pytest.approx(example_nll(tiny_model, tiny_tokenizer, rows), rel=1e-6)
-    assert both["quote"] == pytest.approx(example_nll(tiny_model, tiny_tokenizer, rows, part="quote"),
-                                          rel=1e-6)
+    assert both["text"] == pytest.approx(example_nll_by_part(tiny_model, tiny_tokenizer, rows)["text"],
+                                         rel=1e-6)
+    assert both["quote"] == pytest.approx(
+        example_nll_by_part(tiny_model, tiny_tokenizer, rows, ("quote",))["quote"], rel=1e-6)
     torch.manual_seed(0)
     prompted = get_peft_model(tiny_model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
-    with_prompt = example_nll(prompted, tiny_tokenizer, rows)
+    with_prompt = example_nll_by_part(prompted, tiny_tokenizer, rows)["text"]
     assert [n for _, n in with_prompt] == [n for _, n in both["text"]]  # the same real tokens are scored ...
     # ... after the virtual tokens (06's prompt tuning)
     assert with_prompt != pytest.approx(both["text"], rel=1e-3)

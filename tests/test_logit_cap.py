@@ -4,8 +4,8 @@ Gemma 4 caps its logits (`30 * tanh(logits / 30)`) and keeps the cap in `text_co
 composite config finds nothing. These tests push the tiny models' logits far past the cap (weights x4), so an
 uncapped loss is far off (88.6 against 31.5 on the tiny Gemma 4), and hold the course's training loss
 (`fast_loss.causal_lm_loss`, what CourseSFTTrainer and GemmaTE train on) and its held-out loss
-(`evaluation.example_nll`, 04's perplexity) to the model's own, for the plain model, a PEFT-wrapped one and a
-GemmaTE-wrapped one, in fp32 and bf16."""
+(`evaluation.example_nll_by_part`, 04's perplexity) to the model's own, for the plain model, a PEFT-wrapped
+one and a GemmaTE-wrapped one, in fp32 and bf16."""
 import ast
 import re
 from pathlib import Path
@@ -82,12 +82,12 @@ def test_the_course_loss_is_the_models_own_loss_past_the_cap(key, how, dtype):
 
 @pytest.mark.parametrize("key", ["gemma", "gemma4"])
 def test_the_held_out_loss_is_the_models_own_past_the_cap(key):
-    from gemmate_lib.evaluation import example_nll
+    from gemmate_lib.evaluation import example_nll_by_part
 
     model, tokenizer = loud(key, torch.float32)
     rows = [{"text": t} for t in TEXTS]
-    summed = sum(nll for nll, _ in example_nll(model, tokenizer, rows))
-    count = sum(n for _, n in example_nll(model, tokenizer, rows))
+    summed = sum(nll for nll, _ in example_nll_by_part(model, tokenizer, rows)["text"])
+    count = sum(n for _, n in example_nll_by_part(model, tokenizer, rows)["text"])
     enc = tokenizer([t + tokenizer.eos_token for t in TEXTS], return_tensors="pt", padding=True)
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
     own = model(**enc, labels=labels).loss

@@ -1,8 +1,6 @@
-"""The exercises of notebooks 00-07, 28 of them, as every notebook's exercise cells call them:
-`exercise_check`, the call of every exercise's check cell (the checks: checks_00_03 and checks_04_07, each
-registered with judging's `exercise` decorator; judging: how a check judges); `fit_lines`, the line each
-notebook prints above its exercises (does each one run on this runtime with the learner's model?); and the
-helpers that the solutions of 00-3 and 05-2 call."""
+"""The 28 exercises of notebooks 00-07, as their cells call them: `exercise_check`, every check cell (the
+checks: checks_00_03, checks_04_07; judging: how they judge); `fit_lines`, the line each notebook prints above
+its exercises; and the helpers the solutions of 00-3 and 05-2 call."""
 
 from __future__ import annotations
 
@@ -18,9 +16,8 @@ FIT_TABLE = Path(__file__).with_name("fit_table.json")
 
 
 def exercise_check(name: str) -> str:
-    """The check cell of exercise `name` ("03-2"): find its run folders (runs/ex03_2; on Drive in Colab)
-    and the lesson's run folder, then print PASS, FAIL, NOT RUN YET, or why results from another model cannot
-    be judged, with what the run shows (judging.judge_exercise)."""
+    """The check cell of exercise `name` ("03-2"): PASS, FAIL, NOT RUN YET, or why results from another model
+    cannot be judged, with what its run folders (runs/ex03_2) show (judging.judge_exercise)."""
     return judge_exercise(name, EXERCISES[name])
 
 
@@ -28,10 +25,8 @@ def exercise_check(name: str) -> str:
 
 
 def model_on_disk(model_name: str) -> bool:
-    """True when `model_name`'s weights are on this machine already, so a load reads them from disk instead of
-    fetching them: a local folder; the embedded model once converted (00, section 5); a Hub model whose weight
-    files are all in the Hugging Face cache (a fresh Colab runtime has none: its first load downloads them).
-    Exercise 00-3 records it beside each load's time."""
+    """Exercise 00-3's helper: are `model_name`'s weights here already (a local folder, the embedded model
+    once converted, a Hub model whose weight files are all in the Hugging Face cache)?"""
     from gemmate_lib.config import EMBEDDED
 
     if model_name == EMBEDDED:
@@ -54,9 +49,8 @@ def model_on_disk(model_name: str) -> bool:
 
 
 def texts_digest(rows: list[dict]) -> str:
-    """Exercise 05-2's helper: one fingerprint (SHA-256) of the texts `rows` train on (each row's "text", in
-    order), which the solution records for each adapter, so that the check tells a third adapter trained on
-    texts of its own from one trained on the lesson's."""
+    """Exercise 05-2's helper: a SHA-256 of the texts `rows` train on, so that the check tells an adapter
+    trained on texts of its own from one trained on the lesson's."""
     import hashlib
 
     return hashlib.sha256("\n".join(str(r["text"]) for r in rows).encode("utf-8")).hexdigest()
@@ -67,17 +61,16 @@ def texts_digest(rows: list[dict]) -> str:
 
 @cache
 def fit_table() -> dict:
-    """{exercise: {"runs": [[notebook stem, its optional parts, its LoRA rank], ...], "needs": the 16/32-bit
-    copy its check reads, "" for none}} (FIT_TABLE)."""
+    """{exercise: {"runs": [[notebook stem, its parts, its LoRA rank], ...], "needs": the 16/32-bit copy its
+    check reads, "" for none}} (FIT_TABLE)."""
     return json.loads(FIT_TABLE.read_text())
 
 
 def exercise_fit(name: str, shape, compute_bytes: int, runtime: dict, data: dict | None = None,
                  cpu: bool = False, table: dict | None = None) -> dict:
-    """Whether exercise `name` runs on `runtime` with a model of `shape`: each of its runs (the fit table's,
-    `table` unless given) sized from the measured copies (gemmate_lib.fit.notebook_need; `data` unless
-    given): {"fits", "gpu", "ram", "why"}. A run that fits only without its 16/32-bit part counts as fitting
-    unless the exercise's check reads that part (the table's "needs")."""
+    """Does exercise `name` run on `runtime` with a model of `shape`? Each of its runs (`table`: the fit
+    table unless given) sized by fit.notebook_need: {"fits", "gpu", "ram", "why"}. A run that fits only
+    without its 16/32-bit part fits unless the exercise's check reads that part (the table's "needs")."""
     from gemmate_lib import fit
 
     entry = (table or fit_table())[name]
@@ -85,46 +78,31 @@ def exercise_fit(name: str, shape, compute_bytes: int, runtime: dict, data: dict
     for stem, parts, lora_r in entry["runs"]:
         need = fit.notebook_need(stem, shape, compute_bytes, data, cpu, frozenset(parts), lora_r=lora_r)
         answer = fit.fit_answer(need, runtime)
-        if answer == "no":
+        if answer == "no" or (answer != "yes" and entry["needs"]):
+            why = f"{stem[:2]} itself needs" if answer == "no" else f"it needs {entry['needs']}:"
             return {"fits": False, "gpu": need.gpu, "ram": need.ram,
-                    "why": f"{stem[:2]} itself needs about {need.gpu / fit.GIB:.1f} GiB"}
-        if answer != "yes" and entry["needs"]:
-            return {"fits": False, "gpu": need.gpu, "ram": need.ram,
-                    "why": f"it needs {entry['needs']}: about {need.gpu / fit.GIB:.1f} GiB"}
+                    "why": f"{why} about {need.gpu / fit.GIB:.1f} GiB"}
         whole = answer == "yes"
-        gpu, ram = max(gpu, need.gpu if whole else need.gpu_without_whole), max(
-            ram, need.ram if whole else need.ram_without_whole)
+        gpu = max(gpu, need.gpu if whole else need.gpu_without_whole)
+        ram = max(ram, need.ram if whole else need.ram_without_whole)
     return {"fits": True, "gpu": gpu, "ram": ram, "why": ""}
 
 
 def fit_lines(prefix: str, cfg, runtime: dict | None = None) -> str:
     """One line per exercise of notebook `prefix` ("05"): does it run on this runtime with cfg's model? From
-    the config alone (a few kB) and the measured copies, before any exercise runs; printed above the
-    exercises, so a learner skips what cannot run here instead of finding out mid-way."""
-    from transformers import AutoConfig
-
+    the config alone, before any exercise runs, so that a learner skips what cannot run here."""
     from gemmate_lib import fit
-    from gemmate_lib.models import resolve_model
 
-    runtime = runtime or fit.runtime_here()
-    where, hub = resolve_model(cfg.model.model_name)
-    shape = fit.shape_of(AutoConfig.from_pretrained(where, **({"token": hub["token"]} if hub.get("token")
-                                                                else {})))
-    cpu = cfg.precision.device == "cpu"
-    if cpu:
-        runtime = {**runtime, "gpu_bytes": None}
-    place = (f"{runtime['gpu']} ({runtime['gpu_bytes'] / fit.GIB:.1f} GiB)" if runtime["gpu_bytes"]
-             else "this CPU")
-    lines = []
+    shape, runtime, place = fit.learner_shape(cfg, runtime)
+    model, lines = cfg.model.model_name, []
     for name in (n for n in EXERCISES if n.startswith(prefix + "-")):
-        answer = exercise_fit(name, shape, cfg.precision.dtype.itemsize, runtime, cpu=cpu)
-        memory = (f"{answer['gpu'] / fit.GIB:.1f} GiB of GPU memory, " if runtime["gpu_bytes"] else "") + (
-            f"{answer['ram'] / 1e9:.1f} GB of RAM")
+        answer = exercise_fit(name, shape, cfg.precision.dtype.itemsize, runtime,
+                              cpu=cfg.precision.device == "cpu")
         if answer["fits"]:
-            lines.append(f"exercise {name}: fits {place} with {cfg.model.model_name} (peak about {memory}, "
-                         "estimates)")
+            lines.append(f"exercise {name}: fits {place} with {model} (peak about "
+                         f"{fit.peak_text(answer['gpu'], answer['ram'], runtime, ',')}, estimates)")
         else:
-            lines.append(f"exercise {name}: does not fit {place} with {cfg.model.model_name}: "
-                         f"{answer['why']} (an estimate). Skip it here, or do it with google/gemma-3-1b-pt "
-                         f"as the course's model (00), or on {fit.BIGGER}")
+            lines.append(f"exercise {name}: does not fit {place} with {model}: {answer['why']} (an "
+                         "estimate). Skip it here, or do it with google/gemma-3-1b-pt as the course's model "
+                         f"(00), or on {fit.BIGGER}")
     return "\n".join(lines)

@@ -233,7 +233,8 @@ def test_a_failed_clone_stops_the_install_cell_with_one_line(tmp_path):
     """A failed `git clone` printed an error, and the next line failed with ModuleNotFoundError."""
     from IPython.core.inputtransformer2 import TransformerManager
 
-    from gemmate_lib.housekeeping.colab import CLONE, COURSE_REPO
+    from gemmate_lib.housekeeping.colab import COURSE_REPO
+    from tools.runners.timings import CLONE
 
     cell = _install_cell(NOTEBOOKS[0]).replace(f"https://github.com/{COURSE_REPO}",
                                                str(tmp_path / "no-such-repo"))

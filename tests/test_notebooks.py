@@ -100,8 +100,8 @@ def test_re_executing_a_notebook_keeps_its_colab_runtime(tmp_path):
     must survive it."""
     import nbformat
 
-    from gemmate_lib.housekeeping.colab import RUNTIME_METADATA
     from tools.runners.course import execute_in_place
+    from tools.runners.timings import RUNTIME_METADATA
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1 + 1)")])
     nb.metadata.update(RUNTIME_METADATA, papermill={"duration": 1.0},

@@ -272,7 +272,7 @@ def test_make_drift_and_the_smoke_run_find_the_page_by_its_name():
 
 
 def test_the_page_stays_a_page_and_its_badge_opens_it_from_the_courses_repository():
-    from gemmate_lib.housekeeping.colab import badge
+    from tools.runners.timings import badge
 
     cells = json.loads(PAGE.read_text())["cells"]
     text = " ".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")

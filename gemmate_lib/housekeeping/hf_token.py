@@ -24,8 +24,7 @@ def token_source() -> str | None:
     return "saved login" if os.path.exists(constants.HF_TOKEN_PATH) else "colab"
 
 
-# huggingface_hub reads Colab's secret once per process: a secret added or allowed later reaches it only after
-# Runtime > Restart session, so every fix below ends with the restart
+# huggingface_hub reads Colab's secret once per process: one added or allowed later needs a restart
 COLAB_SECRET_HELP = {
     "declined": "this notebook was refused access to the HF_TOKEN secret: open the key icon on the left, "
                 "switch on 'Notebook access' for HF_TOKEN, then Runtime > Restart session and run again",
@@ -44,8 +43,7 @@ COLAB_SECRET_HELP = {
 
 
 def colab_secret_problem() -> str | None:
-    """When `get_token()` found none: why Colab's HF_TOKEN secret cannot be read ("declined", "missing",
-    "error", "elsewhere": not the Colab web page, or "restart": added after huggingface_hub read the secrets);
+    """When `get_token()` found none: why Colab's HF_TOKEN secret cannot be read (a key of COLAB_SECRET_HELP);
     None outside Colab."""
     try:
         from google.colab import userdata  # type: ignore[import-not-found]
@@ -57,18 +55,15 @@ def colab_secret_problem() -> str | None:
         return "declined"
     except userdata.SecretNotFoundError:
         return "missing"
-    except Exception as err:  # noqa: BLE001 - any other Colab failure
-        # Colab's VS Code extension and command line: "Secrets can only be fetched when running from the
-        # Colab UI"
+    except Exception as err:  # noqa: BLE001 - any other; its VS Code extension: "... from the Colab UI"
         return "elsewhere" if "Colab UI" in str(err) else "error"
 
 
 def describe_token() -> str:
     """A safe one-line description for notebooks: where the token comes from, never its value."""
-    source = token_source()
     where = {"env": "the HF_TOKEN environment variable", "saved login": "the saved `hf auth login`",
              "colab": "Colab secrets (HF_TOKEN)"}
-    if source:
+    if source := token_source():
         return f"Hugging Face token found in {where[source]} (value hidden)"
     if problem := colab_secret_problem():
         return f"no HF_TOKEN: {COLAB_SECRET_HELP[problem]}"
@@ -83,8 +78,7 @@ def check_token(need_write: bool = False, api=None) -> str:
 
     from gemmate_lib.housekeeping.errors import TokenError
 
-    token = get_token()
-    if token is None:
+    if (token := get_token()) is None:
         problem = colab_secret_problem()
         raise TokenError("no Hugging Face token was found",
                          COLAB_SECRET_HELP[problem] if problem else
@@ -99,7 +93,7 @@ def check_token(need_write: bool = False, api=None) -> str:
                              "HF_TOKEN") from None
         raise TokenError(f"the Hub could not check the token (HTTP {status})",
                          "check the network and retry") from None
-    except (OSError, ConnectionError) as err:
+    except OSError as err:  # ConnectionError too
         raise TokenError(f"the Hub cannot be reached to check the token ({type(err).__name__})",
                          "run where huggingface.co is reachable (HF_HUB_OFFLINE unset)") from None
     access = (info.get("auth") or {}).get("accessToken") or {}
@@ -122,8 +116,7 @@ def subprocess_env() -> dict[str, str]:
     """os.environ plus what a child process cannot find by itself: HF_TOKEN (it cannot read Colab secrets),
     and first on PYTHONPATH the course (on Colab it is only on the kernel's sys.path, not installed)."""
     env = os.environ.copy()
-    token = get_token()
-    if token and not env.get("HF_TOKEN"):
+    if (token := get_token()) and not env.get("HF_TOKEN"):
         env["HF_TOKEN"] = token
     course = str(Path(__file__).resolve().parents[2])  # gemmate_lib/housekeeping/ -> the course folder
     paths = env.get("PYTHONPATH", "").split(os.pathsep)

@@ -1,7 +1,6 @@
-"""The run folder: everything one course run produces, its manifest, and the model chosen in 00_setup.
-Created in 00_setup; every later notebook writes its artifacts here. `make course` passes
-`runs/<timestamp>/`. An exercise's own run folder (runs/ex03_1) also records where its results come from
-(ORIGIN: the model and the lesson's run folder), so that its check never judges another model's results."""
+"""The run folder (created in 00_setup): everything one course run produces, its manifest, and the model
+chosen in 00_setup. An exercise's own run folder (runs/ex03_1) also records the model and lesson run its
+results come from (ORIGIN), so that its check never judges another model's results."""
 from __future__ import annotations
 
 import datetime as dt
@@ -15,6 +14,7 @@ from gemmate_lib.housekeeping import colab
 from gemmate_lib.housekeeping.colab import IF_PRESENT, default_run_dir, installed_version, pins
 from gemmate_lib.housekeeping.errors import ParameterError
 from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
+from gemmate_lib.housekeeping.selfcheck import exercise_run
 
 MODEL_CHOICE = "model_choice.json"  # in the run folder: the model chosen in 00_setup, for 01-07
 ORIGIN = "origin.json"  # in an exercise's run folder: the model and the lesson run its results come from
@@ -25,58 +25,36 @@ _KERNEL: dict = {}  # what course_config noted last in this process: the model, 
 
 
 def note_model(model_name: str, facts=None, peak=None) -> None:
-    """Record the model this process runs and how to read its machine: `facts` and `peak` are
-    hardware.describe_hardware and peak_memory_gib, which update_manifest records (the course's machinery
-    imports no lesson module). config.course_config calls it with what it resolved."""
+    """config.course_config: the model this process runs, and hardware.describe_hardware and peak_memory_gib
+    (`facts`, `peak`) for update_manifest, as housekeeping imports no lesson module."""
     _KERNEL.update(model_name=model_name, facts=facts, peak=peak)
-
-
-def kernel_model() -> str | None:
-    """The model this process runs: the model_name of the last config `course_config` built here, else None.
-    Every notebook builds its own in its setup cell, so after it this is the notebook's model: an exercise's
-    run folder records it (get_run_dir, origin.json) and the exercise's check compares with it
-    (gemmate_lib.exercises), so that no check passes on another model's results."""
-    return _KERNEL.get("model_name")
-
-
-def runs_root() -> Path:
-    """The folder in which a relative run folder (an exercise's runs/ex03_1, the default runs/interactive)
-    lies outside Colab's Drive: $GEMMATE_RUNS_ROOT when set (a scratch folder: `make exercises`, tests), else
-    the course folder."""
-    root = os.environ.get(RUNS_ROOT)
-    return Path(root).expanduser().absolute() if root else repo_root()
 
 
 def get_run_dir(run_dir: str | os.PathLike | None = None, create: bool = True) -> Path:
     """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else (on Colab) Google Drive,
-    which lets 04 and 05 see 03's adapter, else runs/interactive. A relative path (an exercise's runs/ex04_1)
-    lies in the course folder (or $GEMMATE_RUNS_ROOT), on Colab in its folder on Drive, where the next runtime
-    still finds it. On Colab it mounts Drive whenever Drive is not mounted, also after a notebook's last cell
-    unmounted it (`colab.flush_drive`): an exercise's solution that starts with it finds Drive's files again.
-    `create=False` only resolves the path (an exercise's check cell must leave no empty folders behind);
-    creating an exercise's run folder records where its results come from (`stamp_origin`)."""
-    chosen = (run_dir or os.environ.get("GEMMATE_RUN_DIR") or default_run_dir()
-              or runs_root() / "runs" / "interactive")
-    path = Path(chosen).expanduser()
+    which lets 04 and 05 see 03's adapter, else runs/interactive. A relative path (runs/ex04_1) lies in the
+    course folder (or $GEMMATE_RUNS_ROOT), on Colab in the course's folder on Drive, mounted if it is not.
+    `create=False` only resolves it; creating an exercise's run folder stamps its origin (`stamp_origin`)."""
+    root = Path(os.environ[RUNS_ROOT]).expanduser().absolute() if os.environ.get(RUNS_ROOT) else repo_root()
+    path = Path(run_dir or os.environ.get("GEMMATE_RUN_DIR") or default_run_dir()
+                or root / "runs" / "interactive").expanduser()
     if not path.is_absolute():
         on_drive = default_run_dir()  # None unless Colab with Drive mounted (it asks to mount it)
-        path = (on_drive.parent.parent if on_drive else runs_root()) / path
+        path = (on_drive.parent.parent if on_drive else root) / path
     elif colab.DRIVE in path.parents:  # a path on Drive that a notebook printed: mount Drive before using it,
         default_run_dir()              # else mkdir would make a plain folder where Drive mounts
     if create:
         path.mkdir(parents=True, exist_ok=True)
-        from gemmate_lib.housekeeping.selfcheck import exercise_run
-
         if exercise_run(path):
             stamp_origin(path)
     return path
 
 
 def current_model(lesson: str | os.PathLike | None = None) -> str | None:
-    """The model this process runs (kernel_model: what its notebook's course_config resolved), else the one
-    00_setup kept in the lesson's run folder (MODEL_CHOICE), else None: nothing says."""
-    if kernel_model():
-        return kernel_model()
+    """The model this process runs (what its notebook's course_config resolved), else the one 00_setup kept in
+    the lesson's run folder (MODEL_CHOICE), else None: nothing says."""
+    if _KERNEL.get("model_name"):
+        return _KERNEL["model_name"]
     path = Path(lesson if lesson is not None else get_run_dir(None, create=False)) / MODEL_CHOICE
     try:
         return json.loads(path.read_text())["model_name"]
@@ -95,26 +73,17 @@ def read_origin(folder: str | os.PathLike) -> dict:
 
 def stamp_origin(folder: str | os.PathLike, model: str | None = None) -> dict:
     """Record in an exercise's run folder (ORIGIN) the model whose results it now holds (`model`, else
-    `current_model()`) and the lesson's run folder it is compared with, and return the record. `since` is when
-    the folder started to hold this model's results: a switch of model (a course redone with another model,
-    the old folder still on Drive) moves it to now and keeps the old model under `before`, so a check can tell
-    the files written before it (the other model's) from the new ones by their times. A model not known here
-    (None) changes nothing; the same model keeps `since`."""
-    folder = Path(folder)
-    model = model or current_model()
-    old = read_origin(folder)
-    lesson = get_run_dir(None, create=False)
+    `current_model()`) and the lesson run it is compared with; returns the record. Another model moves
+    `since` to now and keeps the old one under `before` (a check tells their files apart by their times)."""
+    folder, model = Path(folder), model or current_model()
+    old, lesson = read_origin(folder), get_run_dir(None, create=False)
     try:
         created = json.loads((lesson / "manifest.json").read_text()).get("created")
     except (OSError, ValueError, AttributeError):
         created = None
-    record = {"exercise": None, "model": model, "since": old.get("since"),
+    record = {"exercise": exercise_run(folder), "model": model, "since": old.get("since"),
               "lesson_run": {"folder": str(lesson), "created": created}}
-    from gemmate_lib.housekeeping.selfcheck import exercise_run
-
-    record["exercise"] = exercise_run(folder)
-    if model is None or (old.get("model") == model and old.get("lesson_run") == record["lesson_run"]
-                         and old.get("exercise") == record["exercise"]):
+    if model is None or all(old.get(key) == record[key] for key in ("model", "lesson_run", "exercise")):
         return old  # nothing new to record
     if old.get("model") != model or record["since"] is None:
         record["since"] = time.time()
@@ -165,16 +134,14 @@ def git_revision() -> str:
 
 def update_manifest(run_dir: Path, notebook: str, **facts) -> dict:
     """Add one notebook's facts (seed, config, timings) to run_dir/manifest.json, with the model this process
-    runs (kernel_model) unless `facts` name it, the machine's facts and this process's peak memory so far
-    (`peak_memory_gib`, the figure gemmate_lib.reference compares; both read as course_config noted,
-    note_model); returns the manifest."""
+    runs, the machine and the peak memory so far (gemmate_lib.reference compares it); returns the manifest."""
     path = Path(run_dir) / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.setdefault("created", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     manifest.update(git_revision=git_revision(), packages=package_versions())
     entry = {"finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    if kernel_model():
-        entry["model"] = kernel_model()  # the notebook's model (exercise checks)
+    if _KERNEL.get("model_name"):
+        entry["model"] = _KERNEL["model_name"]  # the notebook's model (exercise checks)
     if _KERNEL.get("facts"):
         manifest["hardware"] = _KERNEL["facts"]()
         entry["peak_memory_gib"] = round(_KERNEL["peak"](), 3)
@@ -185,8 +152,7 @@ def update_manifest(run_dir: Path, notebook: str, **facts) -> dict:
 
 def chosen_model(model_name: str | None, run_dir: str | Path | None = None) -> str | None:
     """The model a notebook runs: its own `model_name` parameter when set, else the one chosen in 00_setup
-    (MODEL_CHOICE in this run folder, else in the lesson's run folder, where an exercise's run finds it; on
-    Google Drive in Colab, so every runtime finds it), else None: the profile decides."""
+    (MODEL_CHOICE in this run folder, else in the lesson's), else None: the profile decides."""
     if model_name:
         return model_name
     for folder in dict.fromkeys((get_run_dir(run_dir, create=False), get_run_dir(None, create=False))):
@@ -207,10 +173,10 @@ def chosen_model(model_name: str | None, run_dir: str | Path | None = None) -> s
 def remember_model(run_dir: str | Path, model_name: str | None) -> str:
     """00_setup: keep a model named in its parameters for 01-07 (MODEL_CHOICE in the run folder); returns the
     sentence 00 prints. None keeps nothing: each notebook's profile decides."""
-    path = Path(run_dir) / MODEL_CHOICE
     if not model_name:
         return ("no model chosen: each notebook's profile decides (set model_name in the parameters cell to "
                 "choose one for 01-07)")
+    path = Path(run_dir) / MODEL_CHOICE
     path.parent.mkdir(parents=True, exist_ok=True)
     save_json(path, {"model_name": model_name})
     return (f"01-07 will run {model_name} (kept in {show_path(path)}; a notebook's own model_name "

@@ -1,14 +1,12 @@
 """The self-check cell at the end of every notebook: PASS, or `SelfCheckError` with one line naming the check
-and its fix, so papermill, `make course`, nbval and `make gpu-check` report the notebook as failed. An
-exercise reruns a notebook into its own run folder (runs/ex03_2), often with weaker settings on purpose: there
-a failed learning check (`learned`) is reported, not raised, so *Run all* reaches the exercise's own check
-(gemmate_lib.exercises), which judges that run."""
+and its fix, so papermill, `make course`, nbval and `make gpu-check` report the notebook as failed."""
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
 
+from gemmate_lib.housekeeping.colab import flush_drive
 from gemmate_lib.housekeeping.errors import GemmateError
 
 
@@ -21,24 +19,15 @@ def smoke_run() -> bool:
     return os.environ.get("GEMMATE_SMOKE") == "1"
 
 
-class LearningOutcome:
+class LearningOutcome(int):
     """The outcome of a check that judges learning (`learned` makes it): true or false like a bool, and known
     to `self_check` as one that an exercise's run reports instead of stopping on."""
-
-    def __init__(self, ok: bool):
-        self.ok = bool(ok)
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def __repr__(self) -> str:
-        return f"LearningOutcome({self.ok})"
 
 
 def learned(course: bool, smoke: bool) -> LearningOutcome:
     """The course's condition of a check that judges learning, or in the smoke run the smoke one: a tiny
     random model learns nothing measurable in a few steps, so that one checks the numbers are sane instead."""
-    return LearningOutcome(smoke if smoke_run() else course)
+    return LearningOutcome(bool(smoke if smoke_run() else course))
 
 
 def reports_learning() -> bool:
@@ -74,10 +63,7 @@ def self_check(*checks: tuple[bool, str, str], run_dir=None) -> bool:
               "stopping (the full course holds them)")
         return False
     if failed:
-        # the notebook stops here, before its own flush: Drive still gets what this runtime wrote (Colab only)
-        from gemmate_lib.housekeeping.colab import flush_drive
-
-        try:
+        try:  # the notebook stops here, before its own flush: Drive still gets what this runtime wrote
             flush_drive()
         except Exception as err:  # noqa: BLE001 - the failed check is the error this cell must show
             print(f"Google Drive could not be flushed ({type(err).__name__})")

@@ -22,6 +22,10 @@ from gemmate_lib.housekeeping.files import repo_root, write_text
 RUNTIME = re.compile(r"^\*\*Runtime\*\*:.*$", re.M)
 BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 BADGE_REPO = re.compile(r"colab\.research\.google\.com/github/([^/\s]+/[^/\s]+)/blob/")  # its owner/name
+CLONE = "/content/gemmate"  # where the install cell clones the course in a Colab runtime
+# what Colab reads from a notebook's metadata to open it on a GPU runtime, a T4 (the free one): every badge of
+# the course opens such a runtime (`make sync` and `make notebooks` keep these keys)
+RUNTIME_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 
 
 def timings_file() -> Path:
@@ -70,6 +74,14 @@ def cpu_times_line(data: dict) -> str:
     return f"CPU times: measured {where}; {other}. Every notebook"
 
 
+def badge(notebook: str) -> str:
+    """The "Open in Colab" badge of a notebook (file name), as the notebooks and the README show it."""
+    from gemmate_lib.housekeeping.colab import COURSE_REPO
+
+    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"(https://colab.research.google.com/github/{COURSE_REPO}/blob/main/notebooks/{notebook})")
+
+
 def _set_source(cell: dict, text: str) -> bool:
     lines = text.split("\n")
     new = [line + "\n" for line in lines[:-1]] + [lines[-1]]
@@ -87,7 +99,7 @@ def install_cell(repo: str | None = None) -> str:
     A failed clone stops the cell with one line, instead of an import error in the next one.
     `colab.start` skips what is installed and stops the notebook when the runtime must restart.
     """
-    from gemmate_lib.housekeeping.colab import CLONE, COURSE_REPO
+    from gemmate_lib.housekeeping.colab import COURSE_REPO
 
     repo = repo or COURSE_REPO
     return f"""# Colab only (elsewhere it does nothing): get the course and install the packages Colab lacks.
@@ -116,9 +128,9 @@ def sync(data: dict | None = None) -> list[str]:
     The runtime line and the README table from `data` (default: the timings file); the
     Colab badge, the install cell and the markdown's absolute links to the course's files on GitHub
     (relative links do not open in Colab) from `colab.COURSE_REPO` (a fork changes it there); the T4 GPU
-    runtime that Colab opens, in the notebook's metadata, from `colab.RUNTIME_METADATA`.
+    runtime that Colab opens, in the notebook's metadata, from RUNTIME_METADATA.
     """
-    from gemmate_lib.housekeeping.colab import COURSE_REPO, RUNTIME_METADATA, badge
+    from gemmate_lib.housekeeping.colab import COURSE_REPO
 
     data = data or load()
     root, changed = repo_root(), []

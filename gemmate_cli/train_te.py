@@ -38,8 +38,18 @@ def train_temporal_from_config(cfg: CommandConfig) -> dict:
         metrics["evaluation"] = evaluate(result.model, tokenizer)
     # the guide's torch.save(model.state_dict(), ...), LoRA merged in (last)
     if cfg.checkpoints.save_format == "pt":
-        torch.save(result.model.merged_state_dict(), out / "model.pt")
+        torch.save(merged_state_dict(result.model), out / "model.pt")
     return save_metrics(out, metrics | {"config": cfg.flat()})
+
+
+
+def merged_state_dict(te: GemmaTEForCausalLM) -> dict:
+    """A plain state dict with LoRA merged in (--save_format pt) for `load_state_dict` on a fresh
+    GemmaTEForCausalLM. Call it last: merging changes the model in place."""
+    model = te.model.merge_and_unload() if hasattr(te.model, "merge_and_unload") else te.model
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state["temporal_projection.weight"] = te.temporal_projection.weight.detach()
+    return state
 
 
 

@@ -63,9 +63,9 @@ def test_zero_initialised_wrapper_equals_the_base_model_exactly(tiny_model, tiny
         moved = te(**enc, timestamps=[MS_2014, "1990-01-01"]).logits
         other = te(**enc, timestamps=["2025-01-01", "2025-01-01"]).logits
     assert not torch.equal(plain, moved) and not torch.equal(moved, other)
-    te.unwrap()
+    te._hook.remove()
     with torch.no_grad():
-        assert torch.equal(fresh_model(**enc).logits, plain)  # unwrap removes the hook
+        assert torch.equal(fresh_model(**enc).logits, plain)  # without the hook: the plain base model
 
 
 def test_per_token_timestamps_and_batch_mismatch(tiny_model, tiny_tokenizer):
@@ -174,7 +174,7 @@ def test_wrapping_the_same_model_again_keeps_one_time_hook(tiny_model, tiny_toke
     assert len(tiny_model.get_input_embeddings()._forward_hooks) == 1
     with torch.no_grad():
         assert torch.equal(again(**enc, timestamps=[MS_2014]).logits, once)
-    first.unwrap()  # the old wrapper's unwrap leaves the newest one working
+    first._hook.remove()  # removing the old wrapper's hook leaves the newest one working
     with torch.no_grad():
         assert torch.equal(again(**enc, timestamps=[MS_2014]).logits, once)
 

@@ -24,13 +24,12 @@ class TextDataset(torch.utils.data.Dataset):
     """Tokenized texts with one timestamp each (ms, datetime or ISO string; None = no time given). With
     `prompt_end`, tokens through that marker get no loss (-100): the model learns the continuation only."""
 
-    def __init__(self, texts, tokenizer, timestamps=None, max_length: int = 128,
-                 prompt_end: str | None = None, unit: str | None = None):
+    def __init__(self, texts, tokenizer, timestamps=None, max_length=128, prompt_end: str | None = None):
         texts = list(texts)
         if timestamps is not None and len(timestamps) != len(texts):
             raise DataError(f"{len(texts)} texts but {len(timestamps)} timestamps",
                             "give one timestamp per text")
-        self.timestamps = None if timestamps is None else to_milliseconds(list(timestamps), unit)
+        self.timestamps = None if timestamps is None else to_milliseconds(list(timestamps))
         self.items = []
         eos = tokenizer.eos_token or ""
         for text in texts:
@@ -38,10 +37,8 @@ class TextDataset(torch.utils.data.Dataset):
                 raise DataError(f"text {text!r} is empty or not a string",
                                 "drop empty rows before building the dataset")
             ids = tokenizer(text + eos, truncation=True, max_length=max_length)["input_ids"]
-            skip = 0
-            if prompt_end and prompt_end in text:
-                head = text[:text.index(prompt_end) + len(prompt_end)]
-                skip = len(tokenizer(head, truncation=True, max_length=max_length)["input_ids"])
+            head = text.partition(prompt_end)[0] + prompt_end if prompt_end and prompt_end in text else ""
+            skip = len(tokenizer(head, truncation=True, max_length=max_length)["input_ids"]) if head else 0
             self.items.append((ids, skip))
 
     def __len__(self) -> int:
@@ -76,9 +73,8 @@ def save_jsonl(path: str | Path, texts, timestamps) -> Path:
     """Write rows of {"text", "timestamp"} (ms), the format `gemmate train-te` reads."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for text, ms in zip(texts, timestamps):
-            f.write(json.dumps({"text": text, "timestamp": int(ms)}, ensure_ascii=False) + "\n")
+    path.write_text("".join(json.dumps({"text": text, "timestamp": int(ms)}, ensure_ascii=False) + "\n"
+                            for text, ms in zip(texts, timestamps)), encoding="utf-8")
     return path
 
 
@@ -98,8 +94,7 @@ class DatedNotes:
 
     def split(self, name: str) -> tuple[list[str], list[int], list[tuple[int, int]]]:
         """(prompts, timestamps, dates) of "val", "test" or "far" (extrapolation)."""
-        prefix = {"val": "val", "test": "test", "far": "far"}[name]
-        return tuple(getattr(self, f"{prefix}_{part}") for part in ("prompts", "timestamps", "dates"))
+        return tuple(getattr(self, f"{name}_{part}") for part in ("prompts", "timestamps", "dates"))
 
 
 def date_of(ms: float) -> tuple[int, int]:
@@ -120,8 +115,9 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, f
                      last_year: int = 2020, max_words: int = 8, seed: int = 0, n_val: int = 100,
                      extrapolate_to: int | None = 2026, n_far: int = 120) -> DatedNotes:
     """Notes ending with the month and year they were written, at random times in [first_year, last_year];
-    held out, evenly over their years and with other quotes: validation and test inside the training years,
-    extrapolation after them up to extrapolate_to. Each training quote has several dates."""
+    held out, evenly over their years (ignoring time scores ~1/years) and with other quotes: validation and
+    test inside the training years, extrapolation after them up to extrapolate_to. Whole minutes, none used
+    twice; each training quote has several dates."""
     rng = random.Random(seed)
     snippets = sorted({" ".join(q.split()[:max_words]) for q in quotes if q.strip()})
     if len(snippets) < 10:
@@ -134,8 +130,6 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, f
     cut = max(2, len(snippets) // 5)
     test_pool, train_pool = snippets[:cut], snippets[cut:]
     years = list(range(first_year, last_year + 1))
-    # Held-out timestamps: the same number in every year (a model that ignores time scores ~1/len(years));
-    # training timestamps: uniform over the whole range. Whole minutes; no timestamp used twice.
     taken: set = set()
     test_ms = _even_stamps(rng, years, n_test, taken)
     val_ms = _even_stamps(rng, years, n_val, taken)
@@ -143,14 +137,11 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, f
                           taken) if extrapolate_to else []
     train_ms = draw_minutes(rng, date_ms(first_year), date_ms(last_year + 1), n_train, taken)
 
-    def note(snippet: str, ms: int) -> str:
-        year, month = date_of(ms)
-        return f"{snippet}{PROMPT_END} {MONTHS[month - 1]} {year}"
-
     def prompts(n: int, offset: int) -> list[str]:
         return [test_pool[(offset + i) % len(test_pool)] + PROMPT_END for i in range(n)]
 
-    train = [note(train_pool[i % len(train_pool)], ms) for i, ms in enumerate(train_ms)]
+    train = [f"{train_pool[i % len(train_pool)]}{PROMPT_END} {MONTHS[month - 1]} {year}"
+             for i, (year, month) in enumerate(map(date_of, train_ms))]
     return DatedNotes(train, train_ms, prompts(n_test, 0), test_ms, [date_of(ms) for ms in test_ms],
                       prompts(n_val, 7), val_ms, [date_of(ms) for ms in val_ms],
                       prompts(n_far, 13), far_ms, [date_of(ms) for ms in far_ms])

@@ -12,11 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from gemmate_lib.adapters import base_fingerprint, check_adapter_files, check_safetensors
 from gemmate_lib.config import TemporalSettings
+from gemmate_lib.fast_loss import causal_lm_loss
 from gemmate_lib.generations import text_setting
 from gemmate_lib.housekeeping.errors import DataError, ModelLoadError, ParameterError
+from gemmate_lib.housekeeping.files import atomic_folder, recover
 from gemmate_lib.temporal.timestamps import signed_log_days, to_milliseconds
 
 LOG_RANGE = 12.0  # |signed log-days| stays below ~10.6 in the accepted range; features divide by this
@@ -41,21 +47,18 @@ class TemporalEncoder(nn.Module):
         self.frequencies = 2 * np.pi / periods
 
     def forward(self, timestamps) -> torch.Tensor:
-        ms = to_milliseconds(timestamps)
-        x = signed_log_days(ms, self.settings.temporal_reference_ms)
-        s = self.settings.temporal_scale * x
+        tau = self.settings.temporal_scale
+        x = signed_log_days(to_milliseconds(timestamps), self.settings.temporal_reference_ms)
+        s = tau * x
         angles = s[..., None] * torch.from_numpy(self.frequencies)
-        feats = torch.cat([(s / (self.settings.temporal_scale * LOG_RANGE))[..., None],
-                           torch.sign(x)[..., None], torch.sin(angles), torch.cos(angles)], dim=-1)
-        return feats.to(torch.float32)
+        return torch.cat([(s / (tau * LOG_RANGE))[..., None], torch.sign(x)[..., None], torch.sin(angles),
+                          torch.cos(angles)], dim=-1).to(torch.float32)
 
 
 class GemmaTEForCausalLM(nn.Module):
     """Any transformers causal LM (Gemma 3 270M, gemma-2b, NF4 or not, with or without LoRA) plus time.
     `forward` and `generate` take `timestamps`: one per sequence ([batch]) or per token ([batch, seq]), None
     for "now". The only new weights are `temporal_projection` (dim -> hidden, zero at start)."""
-
-    main_input_name = "input_ids"
 
     def __init__(self, model, settings: TemporalSettings | None = None):
         super().__init__()
@@ -64,21 +67,18 @@ class GemmaTEForCausalLM(nn.Module):
         self.encoder = TemporalEncoder(self.settings)
         hidden = int(text_setting(model, "hidden_size"))
         self.temporal_projection = nn.Linear(self.settings.temporal_dim, hidden, bias=False)
-        nn.init.zeros_(self.temporal_projection.weight)
         embeddings = model.get_input_embeddings()
-        self.temporal_projection.to(embeddings.weight.device)
+        nn.init.zeros_(self.temporal_projection.to(embeddings.weight.device).weight)
         self._time = None  # [batch, hidden] or [batch, seq, hidden] while a forward/generate runs
         self._warned_now = False  # the "no timestamps: now" warning is given once
         self.fast_loss = False  # forward(labels=...) returns only the loss, LM head on labelled tokens
-        previous = getattr(embeddings, "_gemmate_te_hook", None)
-        if previous is not None:  # wrapped before: the newest wrapper owns the embedding, time is added once
-            previous.remove()
+        if (previous := getattr(embeddings, "_gemmate_te_hook", None)) is not None:
+            previous.remove()  # wrapped before: the newest wrapper owns the embedding, time is added once
         self._hook = embeddings._gemmate_te_hook = embeddings.register_forward_hook(self._add_time)
         self.train(model.training)  # follow the wrapped model: eval() after loading, so no dropout
 
-    # --- plumbing that Trainer and PEFT look for -------------------------------------------
     @property
-    def config(self):
+    def config(self):  # config ... gradient_checkpointing_enable: what Trainer and PEFT look for
         return self.model.config
 
     @property
@@ -96,19 +96,9 @@ class GemmaTEForCausalLM(nn.Module):
     def gradient_checkpointing_enable(self, **kwargs):
         self.model.gradient_checkpointing_enable(**kwargs)
 
-    def unwrap(self):
-        """Remove the embedding hook and return the wrapped model (time is no longer added)."""
-        self._hook.remove()
-        embeddings = self.model.get_input_embeddings()
-        if getattr(embeddings, "_gemmate_te_hook", None) is self._hook:
-            embeddings._gemmate_te_hook = None
-        return self.model
-
-    # --- the time signal -------------------------------------------------------------------
     @contextlib.contextmanager
     def use_timestamps(self, timestamps, batch: int):
-        """Inside this block, every embedding lookup of the wrapped model gets the projected time vectors
-        added: [batch, hidden], or [batch, seq, hidden] for per-token stamps."""
+        """Inside this block the wrapped model's embeddings get the projected time vectors added."""
         if timestamps is None:
             if not self._warned_now:
                 warnings.warn("GemmaTE got no timestamps: using the current time for every sequence "
@@ -121,8 +111,7 @@ class GemmaTEForCausalLM(nn.Module):
         if feats.shape[0] != batch:
             raise DataError(f"got {feats.shape[0]} timestamps for a batch of {batch} sequences",
                             "pass one timestamp per sequence (or one per token, shape [batch, seq])")
-        weight = self.temporal_projection.weight
-        self._time = self.temporal_projection(feats.to(weight.device, weight.dtype))
+        self._time = self.temporal_projection(feats.to(self.device, self.temporal_projection.weight.dtype))
         try:
             yield
         finally:
@@ -145,17 +134,12 @@ class GemmaTEForCausalLM(nn.Module):
         return output + vec.to(output.device, output.dtype)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, timestamps=None, **kwargs):
-        """The wrapped model's forward with time added; with labels and `fast_loss`, only the loss."""
+        """The wrapped model's forward with time added; with labels and `fast_loss`, only the loss (the fast
+        loss takes ids, mask and labels only: other arguments need the model's own forward)."""
         batch = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[0]
         num_items = kwargs.pop("num_items_in_batch", None)
         with self.use_timestamps(timestamps, batch):
-            # the fast loss takes ids, mask and labels only; other arguments need the model's own forward
-            if (labels is not None and self.fast_loss and input_ids is not None
-                    and not kwargs):
-                from transformers.modeling_outputs import CausalLMOutputWithPast
-
-                from gemmate_lib.fast_loss import causal_lm_loss
-
+            if labels is not None and self.fast_loss and input_ids is not None and not kwargs:
                 mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
                 loss = causal_lm_loss(self.model, input_ids, mask, labels, num_items)
                 return CausalLMOutputWithPast(loss=loss)
@@ -171,27 +155,13 @@ class GemmaTEForCausalLM(nn.Module):
                    **kwargs)
         return {"loss": out.loss, "logits": getattr(out, "logits", None)}
 
-    def merged_state_dict(self) -> dict:
-        """A plain state dict with LoRA merged in (--save_format pt) for `load_state_dict` on a fresh wrapper.
-        Call it last: merging changes this model in place."""
-        model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
-        state = {f"model.{k}": v for k, v in model.state_dict().items()}
-        state["temporal_projection.weight"] = self.temporal_projection.weight.detach()
-        return state
-
     @torch.no_grad()
     def generate(self, input_ids=None, attention_mask=None, timestamps=None, **kwargs):
         with self.use_timestamps(timestamps, input_ids.shape[0]):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
-    # --- save and load ---------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, overwrite: bool = True) -> Path:
         """Adapter (if LoRA is attached) + the projection as safetensors + gemmate_te.json; all or nothing."""
-        from safetensors.torch import save_file
-
-        from gemmate_lib.adapters import base_fingerprint
-        from gemmate_lib.housekeeping.files import atomic_folder
-
         weight = self.temporal_projection.weight.detach().to("cpu", torch.float32).contiguous()
         meta = {"format_version": FORMAT_VERSION, "base_model": getattr(self.config, "_name_or_path", None),
                 **base_fingerprint(self.model),
@@ -207,11 +177,6 @@ class GemmaTEForCausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, base_model, folder: str | Path) -> "GemmaTEForCausalLM":
         """Rebuild a saved GemmaTE model on `base_model` (its training base); one clear error otherwise."""
-        from safetensors.torch import load_file
-
-        from gemmate_lib.adapters import FINGERPRINT, base_fingerprint, check_adapter_files, check_safetensors
-        from gemmate_lib.housekeeping.files import recover
-
         folder = recover(folder)
         meta_file = folder / "gemmate_te.json"
         if not meta_file.exists():
@@ -228,8 +193,7 @@ class GemmaTEForCausalLM(nn.Module):
             raise ModelLoadError(f"the saved projection is for hidden size {meta.get('hidden_size')}, "
                                  f"this base model has {here['hidden_size']}",
                                  "load the base model the GemmaTE model was trained on")
-        differs = [f"{k}: saved {meta[k]} vs {here[k]}" for k in FINGERPRINT
-                   if k in meta and meta[k] != here[k]]
+        differs = [f"{k}: saved {meta[k]} vs {v}" for k, v in here.items() if meta.get(k, v) != v]
         if differs:
             raise ModelLoadError(f"{folder.name} was trained on {meta.get('base_model')!r}, "
                                  f"not on this base model ({', '.join(differs)})",
@@ -240,12 +204,8 @@ class GemmaTEForCausalLM(nn.Module):
             check_adapter_files(folder, fix)
         if (folder / "temporal.safetensors").is_file():
             check_safetensors(folder / "temporal.safetensors", fix)
-        model = base_model
         try:
-            if meta.get("lora"):
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(base_model, folder)
+            model = PeftModel.from_pretrained(base_model, folder) if meta.get("lora") else base_model
             state = load_file(folder / "temporal.safetensors")["temporal_projection.weight"]
         except (OSError, KeyError, ValueError, RuntimeError) as err:
             raise ModelLoadError(f"could not load the GemmaTE model in {folder.name}: "

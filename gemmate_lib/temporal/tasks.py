@@ -1,14 +1,17 @@
-"""GemmaTE's harder test (07_temporal_encoding, section 10; `gemmate train-te --temporal_task
-python_releases`): one question whose answer, the newest Python 3 release, changes with its timestamp alone;
-and its scoring. Release dates: data_cards/python_releases.md."""
+"""GemmaTE's harder test (07_temporal_encoding, section 10): one question whose answer, the newest Python 3
+release, changes with its timestamp alone, and its scoring. Release dates: data_cards/python_releases.md."""
 from __future__ import annotations
 
 import bisect
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 
+import pandas as pd
+
 from gemmate_lib.temporal.timestamps import DAY_MS, date_ms, draw_minutes, nearest
+from gemmate_lib.text_generation import generate
 
 # (version, date of its first final release), from python.org/downloads and the release PEPs
 PYTHON_RELEASES = (
@@ -19,20 +22,14 @@ PYTHON_RELEASES = (
 )
 PYTHON_END = "2026-10-01"  # 3.15 is scheduled for this day (PEP 790): later dates might have a newer answer
 QUESTION = "The newest Python 3 release is Python"  # the prompt; the model continues with " 3.12"
-
-
-def _iso_ms(day: str) -> int:
-    """Midnight UTC of an ISO date like "2008-12-03", in ms."""
-    return date_ms(*(int(part) for part in day.split("-")))
-
-
-RELEASE_MS = [_iso_ms(day) for _, day in PYTHON_RELEASES]  # midnight UTC of each release day
+RELEASE_MS = [date_ms(*map(int, day.split("-"))) for _, day in PYTHON_RELEASES]  # midnight UTC, in ms
+END_MS = date_ms(*map(int, PYTHON_END.split("-")))
 
 
 def newest_python(ms: float) -> str:
     """The newest Python 3 release on this timestamp (a release counts from midnight UTC of its day)."""
     i = bisect.bisect_right(RELEASE_MS, ms) - 1
-    if i < 0 or ms >= _iso_ms(PYTHON_END):
+    if i < 0 or ms >= END_MS:
         raise ValueError(f"timestamp {ms} is outside {PYTHON_RELEASES[0][1]}..{PYTHON_END}")
     return PYTHON_RELEASES[i][0]
 
@@ -54,12 +51,9 @@ class PythonQuestions:
 def make_python_questions(n_train: int = 300, n_val: int = 100, n_test: int = 200,
                           seed: int = 0) -> PythonQuestions:
     """The same question at random whole-minute times; train, validation and test times are disjoint."""
-    rng = random.Random(seed)
-    low, high = RELEASE_MS[0], _iso_ms(PYTHON_END)
-    taken: set = set()
-    test, val, train = (draw_minutes(rng, low, high, n, taken) for n in (n_test, n_val, n_train))
-    texts = [f"{QUESTION} {newest_python(ms)}" for ms in train]
-    return PythonQuestions(texts, train, val, test)
+    rng, taken = random.Random(seed), set()
+    test, val, train = (draw_minutes(rng, RELEASE_MS[0], END_MS, n, taken) for n in (n_test, n_val, n_train))
+    return PythonQuestions([f"{QUESTION} {newest_python(ms)}" for ms in train], train, val, test)
 
 
 def parse_version(completion: str) -> str | None:
@@ -77,14 +71,9 @@ def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked
                     near_days: float = 60.0, batch_size: int = 100):
     """Greedy answers at `timestamps` (or all asked at one `asked_at` time), scored against the release at
     `timestamps`; (table, metrics): accuracy overall, within `near_days` of a release, and farther away."""
-    import pandas as pd
-
-    from gemmate_lib.text_generation import generate
-
     stamps = list(timestamps)
-    shown = stamps if asked_at is None else [asked_at] * len(stamps)
     out = generate(te, tokenizer, [questions.prompt] * len(stamps), max_new_tokens=5, batch_size=batch_size,
-                   timestamps=shown)
+                   timestamps=stamps if asked_at is None else [asked_at] * len(stamps))
     table = pd.DataFrame({"timestamp": stamps, "answer": [parse_version(c) for c in out.completion],
                           "truth": [newest_python(ms) for ms in stamps],
                           "days_to_release": [days_to_release(ms) for ms in stamps]})
@@ -97,8 +86,6 @@ def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked
 
 def python_baselines(questions: PythonQuestions, timestamps, near_days: float = 60.0) -> dict:
     """Chance, the majority answer, and the nearest training timestamp's answer, on these held-out times."""
-    from collections import Counter
-
     truth = [newest_python(ms) for ms in timestamps]
     train = sorted(questions.train_timestamps)
     ok = [newest_python(nearest(train, ms)) == answer for ms, answer in zip(timestamps, truth)]

@@ -24,10 +24,8 @@ def _one_to_ms(value, unit: str | None) -> tuple[float, bool]:
     if value is None or isinstance(value, (bool, np.bool_)):
         raise DataError(f"timestamp {value!r} is not a time",
                         "give milliseconds since 1970-01-01 UTC, a datetime or an ISO-8601 string")
-    if isinstance(value, datetime):
-        if value.tzinfo is None:  # naive datetimes are read as UTC, the convention of the whole course
-            value = value.replace(tzinfo=timezone.utc)
-        return value.timestamp() * 1000.0, False
+    if isinstance(value, datetime):  # a naive datetime is UTC, the convention of the whole course
+        return value.replace(tzinfo=value.tzinfo or timezone.utc).timestamp() * 1000.0, False
     if isinstance(value, str):
         text = value.strip()
         if text.lstrip("-").isdigit():  # "1633046400000": a number written as text
@@ -35,8 +33,7 @@ def _one_to_ms(value, unit: str | None) -> tuple[float, bool]:
         try:
             return _one_to_ms(datetime.fromisoformat(text.replace("Z", "+00:00")), unit)
         except ValueError:
-            raise DataError(f"timestamp {value!r} is not an ISO-8601 date",
-                            'write it like "2014-03-05" or '
+            raise DataError(f"timestamp {value!r} is not an ISO-8601 date", 'write it like "2014-03-05" or '
                             '"2014-03-05T12:00:00Z", or give milliseconds') from None
     if isinstance(value, numbers.Real):
         try:
@@ -46,12 +43,10 @@ def _one_to_ms(value, unit: str | None) -> tuple[float, bool]:
                             "give milliseconds since 1970-01-01 UTC (13 digits for today's dates)") from None
     kind = type(value).__name__
     if isinstance(value, (list, tuple, dict, set, np.ndarray, torch.Tensor)):
-        problem = f"a timestamp must be one value, got a {kind}: {str(value)[:60]}"
-        fix = "give one timestamp per text (or a rectangular [batch, seq] array for per-token stamps)"
-    else:
-        problem = f"timestamp {value!r} has type {kind}"
-        fix = "give int/float milliseconds, a datetime, an ISO-8601 string, or a numpy/torch array of ms"
-    raise DataError(problem, fix)
+        raise DataError(f"a timestamp must be one value, got a {kind}: {str(value)[:60]}", "give one "
+                        "timestamp per text (or a rectangular [batch, seq] array for per-token stamps)")
+    raise DataError(f"timestamp {value!r} has type {kind}", "give int/float milliseconds, a datetime, "
+                    "an ISO-8601 string, or a numpy/torch array of ms")
 
 
 def _likely_unit(ms: float) -> str:
@@ -80,9 +75,8 @@ def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
         try:
             array = np.asarray(values, dtype=object)
         except ValueError:
-            raise DataError("timestamps form a ragged nested list",
-                            "give one timestamp per text, or a rectangular "
-                            "[batch, seq] list for per-token stamps") from None
+            raise DataError("timestamps form a ragged nested list", "give one timestamp per text, or a "
+                            "rectangular [batch, seq] list for per-token stamps") from None
         pairs = [_one_to_ms(v, unit) for v in array.ravel()]
         ms = torch.tensor([m for m, _ in pairs], dtype=torch.float64).reshape(array.shape)
         numeric = torch.tensor([n for _, n in pairs], dtype=torch.bool).reshape(array.shape)
@@ -136,5 +130,4 @@ def draw_minutes(rng, low: int, high: int, n: int, taken: set) -> list[int]:
 def nearest(sorted_stamps: list[int], ms: float) -> int:
     """The timestamp in `sorted_stamps` closest to `ms` (ties: the earlier): 07's lookup baseline."""
     i = bisect.bisect_left(sorted_stamps, ms)
-    return sorted_stamps[min((j for j in (i - 1, i) if 0 <= j < len(sorted_stamps)),
-                             key=lambda j: abs(sorted_stamps[j] - ms))]
+    return min(sorted_stamps[max(i - 1, 0):i + 1], key=lambda stamp: abs(stamp - ms))

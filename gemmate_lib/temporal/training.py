@@ -3,34 +3,36 @@ chance and a nearest-timestamp baseline (07_temporal_encoding; `gemmate train-te
 from __future__ import annotations
 
 import statistics
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
+import pandas as pd
+import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
 from transformers import Trainer
 
 from gemmate_lib.config import CourseConfig
+from gemmate_lib.resume import resume_point, run_settings
 from gemmate_lib.temporal.data import TextDataset, collate_fn, date_of, parse_date
 from gemmate_lib.temporal.model import GemmaTEForCausalLM
 from gemmate_lib.temporal.timestamps import DAY_MS, nearest
-from gemmate_lib.training import TrainResult, attach_lora, train
+from gemmate_lib.text_generation import generate
+from gemmate_lib.training import TrainResult, attach_lora, train, training_kwargs
 
 
 class GemmaTETrainer(Trainer):
     """transformers' Trainer for GemmaTE (07 writes it out; training.train uses it), whose checkpoints hold
-    what trains and nothing else: the LoRA adapter and the projection (GemmaTEForCausalLM.save_pretrained, a
-    few MB), with the optimizer, scheduler and random state the Trainer adds, never the frozen base. A rerun
-    after a reclaimed runtime resumes from them (gemmate_lib.resume). `_save` and `_load_from_checkpoint` are
-    the Trainer's hooks for a model class it does not know (an nn.Module: it would save every weight),
+    only what trains: the LoRA adapter and the projection (a few MB), with the optimizer's and Trainer's
+    state, never the frozen base; a rerun resumes from them (gemmate_lib.resume). `_save` and
+    `_load_from_checkpoint` are the Trainer's hooks for a model it does not know (it would save every weight),
     private API of transformers 5.23, the course's pin (`make drift` runs them on the newest release)."""
 
     def _save(self, output_dir=None, state_dict=None):
         self.model.save_pretrained(Path(output_dir or self.args.output_dir), overwrite=True)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        import torch
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
         te, folder = model or self.model, Path(resume_from_checkpoint)
         if (folder / "adapter_model.safetensors").is_file():  # copied into the weights: their own dtype
             set_peft_model_state_dict(te.model, load_file(folder / "adapter_model.safetensors"))
@@ -50,10 +52,7 @@ def attach_temporal_lora(te: GemmaTEForCausalLM, cfg: CourseConfig) -> GemmaTEFo
 def two_rate_optimizer(te, cfg: CourseConfig):
     """GemmaTE's AdamW in two groups: LoRA at learning_rate, the zero-started projection at
     projection_learning_rate (it must grow to the embeddings' size; LoRA only nudges existing weights)."""
-    import torch
-
-    rest = [p for n, p in te.named_parameters()
-            if p.requires_grad and not n.startswith("temporal_projection")]
+    rest = [p for n, p in te.named_parameters() if p.requires_grad and n != "temporal_projection.weight"]
     return torch.optim.AdamW([
         {"params": rest, "lr": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay},
         {"params": [te.temporal_projection.weight], "lr": cfg.temporal.projection_learning_rate,
@@ -63,19 +62,12 @@ def two_rate_optimizer(te, cfg: CourseConfig):
 def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConfig, output_dir: str | Path,
                    pad_token_id: int = 0, callbacks=None) -> TrainResult:
     """`training.train` on GemmaTE: timestamps flow from the dataset through collate_fn into forward. With
-    `save_steps`, it checkpoints, and a rerun of the same run resumes from its last checkpoint
-    (gemmate_lib.resume)."""
-    from dataclasses import asdict
-
-    from gemmate_lib.resume import resume_point, run_settings
-    from gemmate_lib.training import training_kwargs
-
+    `save_steps`, it checkpoints, and a rerun of the same run resumes from its last checkpoint."""
     resume = None
     if cfg.train.save_steps:
         args = training_kwargs(cfg, output_dir, has_eval=False, sft=False)
-        name = getattr(getattr(te, "config", None), "_name_or_path", "")
-        settings = run_settings(args, name, [str(item) for item in dataset.items], model=te,
-                                temporal=asdict(cfg.temporal))
+        settings = run_settings(args, getattr(te.config, "_name_or_path", ""),
+                                [str(i) for i in dataset.items], model=te, temporal=asdict(cfg.temporal))
         resume = resume_point(output_dir, settings)
     te.fast_loss = cfg.train.fast_loss  # the LM head on the date tokens only
     return train(te, None, dataset, None, cfg, output_dir, callbacks=callbacks, resume_from_checkpoint=resume,
@@ -87,10 +79,6 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
                   max_new_tokens: int = 6):
     """Greedy completions of the dated-notes prompts; returns (DataFrame per prompt, exact-year accuracy). The
     table also says whether each year is within one of the truth (`year_within_1`, the extrapolation goal)."""
-    import pandas as pd
-
-    from gemmate_lib.text_generation import generate
-
     out = generate(te, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
                    timestamps=list(timestamps))
     rows = []
@@ -106,8 +94,7 @@ def date_accuracy(te: GemmaTEForCausalLM, tokenizer, prompts, timestamps, dates,
 
 def baselines(notes, split: str = "test") -> dict:
     """What needs no GemmaTE (07) on the held-out `split` ("test", "val" or "far"): chance (one of the split's
-    years) and the date of the nearest training timestamp. If that lookup scores as well as the model, the
-    task shows that the model reads time, not that it generalizes beyond it."""
+    years) and the date of the nearest training timestamp (docs/gemmate-temporal.md says what it shows)."""
     _, timestamps, dates = notes.split(split)
     stamps = sorted(notes.train_timestamps)
     near = [nearest(stamps, ms) for ms in timestamps]

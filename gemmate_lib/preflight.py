@@ -1,8 +1,7 @@
-"""The pre-flight check before training step 1 (the one-page notebook and 03_lora_sft write it out;
-`CourseSFTTrainer` runs it when `preflight: true`): one batch, the checks of docs/gemma-generations.md
-("Pre-flight check"), a verdict table; a failed line stops the run with what it means and the fix. Then the
-gradient tripwire after the first optimizer step (`GradientTripwire`, a TrainerCallback: 03 adds it, and
-`CourseSFTTrainer` wherever the pre-flight runs), which then watches the logged gradient norm for a spike."""
+"""The pre-flight check before training step 1 (03_lora_sft and the one-page notebook write it out;
+`CourseSFTTrainer` runs it when `preflight: true`): the checks of docs/gemma-generations.md on one batch, as
+a verdict table; a failed line stops the run with what it means and the fix. Then `GradientTripwire` checks
+the first optimizer step's gradients and watches the logged gradient norm for a spike."""
 from __future__ import annotations
 
 import contextlib
@@ -35,11 +34,6 @@ class PreflightLine:
     fix: str = ""  # when not ok: what to do
 
 
-def _base(model):
-    """The model under peft's wrapper (whose forward takes **kwargs), or the model itself."""
-    return getattr(model, "get_base_model", lambda: model)()
-
-
 @contextlib.contextmanager
 def _mode(model, training: bool):
     """`model` in training or eval mode inside the block, its own mode again after it."""
@@ -51,33 +45,25 @@ def _mode(model, training: bool):
         model.train(was_training)
 
 
-def cache_keyword(model, output) -> str:
-    """The name under which `model` takes its KV cache back and `output` holds it: `past_key_values` up to
-    transformers 5.23, `cache` from 5.24 (the old name works there, deprecated, until 5.40). A wrong name
-    fails quietly: 5.23's forward takes an unknown `cache=` into its **kwargs and runs without the cache.
-    The base model's forward says which it takes; one that names neither, the output's field."""
-    takes = inspect.signature(_base(model).forward).parameters
-    fallback = "cache" if hasattr(output, "cache") else "past_key_values"
-    return next((name for name in ("cache", "past_key_values") if name in takes), fallback)
-
-
 def cache_agreement(model, input_ids: torch.Tensor, tolerance: float | None = None) -> PreflightLine:
     """The last position's logits from one pass without the cache equal those of a prefix pass plus one cached
-    step (relative max difference). The tolerance: 2e-2 where every weight and 4-bit layer computes in fp32,
-    else 0.1: bf16 keeps 8 bits of mantissa and the two paths round differently (the embedded Gemma 3 in NF4
-    and bf16 measured 0.021 on an H200); a broken path differs by far more. (The one-page recipe's limits
-    are on another scale: the change of the top token's log-probability.)"""
+    step (relative max difference). Tolerance: 2e-2 where every weight and 4-bit layer computes in fp32, else
+    0.1 (bf16's 8-bit mantissa rounds the two paths differently; a broken path differs by far more)."""
     if tolerance is None:
         floats = {p.dtype for p in model.parameters() if p.is_floating_point()}
         floats |= {m.compute_dtype for m in model.modules() if getattr(m, "compute_dtype", None) is not None}
         tolerance = 2e-2 if floats <= {torch.float32} else 0.1
     ids = input_ids[:1]
-    # in eval mode: in training mode checkpointing switches the cache off and dropout differs between passes
-    # (a model that trained already, or a cell run again after training, would fail this line with no fault)
+    # eval mode: in training mode checkpointing switches the cache off and dropout differs between passes
     with _mode(model, False), torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits[0, -1].float()
         prefix = model(input_ids=ids[:, :-1], use_cache=True)
-        name = cache_keyword(model, prefix)
+        # the cache's keyword: `past_key_values` up to transformers 5.23, `cache` from 5.24 (the old one
+        # deprecated until 5.40). A wrong one fails quietly: 5.23 takes `cache=` into **kwargs, uncached. The
+        # base model's forward says which it takes; one that names neither (peft's), the output's field.
+        takes = inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters
+        name = next((n for n in ("cache", "past_key_values") if n in takes),
+                    "cache" if hasattr(prefix, "cache") else "past_key_values")
         step = model(input_ids=ids[:, -1:], use_cache=True, **{name: getattr(prefix, name)}).logits
     diff = float((full - step[0, -1].float()).abs().max() / full.abs().max().clamp_min(1e-6))
     return PreflightLine("logits with and without the KV cache", diff <= tolerance, f"{diff:.2g}",
@@ -94,14 +80,10 @@ def _loss(model, batch: dict) -> torch.Tensor:
 
 def checkpointing_agreement(model, batch: dict, tolerance: float = 1e-3) -> PreflightLine:
     """The training-mode loss equals itself with gradient checkpointing on (same seed and batch)."""
-    base = _base(model)
-    # transformers 5.23 names it activation checkpointing; gradient_checkpointing_* before (deprecated since,
-    # with a FutureWarning; gone in v6, where reading the old name would find nothing: checkpointing left off)
-    new = hasattr(base, "is_activation_checkpointing")
-    was_on = getattr(base, "is_activation_checkpointing" if new else "is_gradient_checkpointing", False)
-    enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
-    disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
-    switch = lambda on: enable({"use_reentrant": False}) if on else disable()  # the kwargs, positional
+    base = getattr(model, "get_base_model", lambda: model)()
+    was_on = base.is_activation_checkpointing  # transformers 5.23's names (gradient_checkpointing_* before)
+    switch = lambda on: base.activation_checkpointing_enable({"use_reentrant": False}) if on else \
+        base.activation_checkpointing_disable()  # the kwargs, positional
     losses = []
     with _mode(model, True):
         try:
@@ -125,9 +107,8 @@ def initial_loss(model, batch: dict, max_share: float = 0.8) -> PreflightLine:
         loss = float(_loss(model, batch))
     vocab = model.get_output_embeddings().weight.shape[0]
     chance = math.log(vocab)
-    ok = math.isfinite(loss) and loss <= max_share * chance
-    return PreflightLine("loss at initialisation", ok, f"{loss:.2f}",
-                   f"<= {max_share:g} x ln({vocab}) = {max_share * chance:.2f}",
+    return PreflightLine("loss at initialisation", math.isfinite(loss) and loss <= max_share * chance,
+                   f"{loss:.2f}", f"<= {max_share:g} x ln({vocab}) = {max_share * chance:.2f}",
                    "the base predicts no better than chance: its weights, dtype or attention path are broken "
                    "(a loss of 13-16 is not normal, whatever a guide says)",
                    "check model_name and dtype (Gemma 3 and 4 need fp32 on a T4), and the transformers pin")
@@ -158,20 +139,11 @@ def label_mask(batch: dict, end_ids: list[int], min_share: float = 0.05) -> list
     ]
 
 
-def preflight_table(verdicts: list[PreflightLine]) -> str:
-    """The verdicts as an aligned text table."""
-    rows = [("check", "value", "expected", "verdict")]
-    rows += [(v.check, v.value, v.expected, "ok" if v.ok else "FAIL") for v in verdicts]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
 def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8, raise_on_fail: bool = True,
               quiet: bool = False) -> list[PreflightLine]:
     """All checks on one training batch (input_ids, attention_mask, labels); prints the table unless `quiet`,
     and raises a PreflightError naming the first failed line (its `verdict`) unless `raise_on_fail` is False.
-    A batch that labels no token is named by its label line: its loss is NaN (a mean over no token), which
-    fails the checkpointing and loss lines above it too, whose fixes would not help."""
+    A batch that labels no token is named by its label line: its loss is NaN, which fails the lines above."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     first = batch["input_ids"][:1]
@@ -179,7 +151,10 @@ def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8,
     verdicts = [cache_agreement(model, first[:, :max(length, 2)]), checkpointing_agreement(model, batch),
                 initial_loss(model, batch, max_share), *label_mask(batch, end_ids)]
     if not quiet:
-        print(preflight_table(verdicts))
+        rows = [("check", "value", "expected", "verdict")]
+        rows += [(v.check, v.value, v.expected, "ok" if v.ok else "FAIL") for v in verdicts]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
     failed = [v for v in verdicts if not v.ok]
     if failed and raise_on_fail:
         v = failed[0]
@@ -193,10 +168,8 @@ def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8,
 
 
 MAX_SKIPPED = 10  # fp16: steps the gradient scaler may skip in a row before the run counts as overflowing
-# a logged gradient norm over SPIKE_FACTOR x the median of the norms logged before it is a spike, judged
-# once SPIKE_HISTORY norms are in: a healthy run's norm falls several times over its first steps and wanders
-# within a few times its median after; the spikes reported on Gemma 4 LoRA (transformers issue 45676,
-# unslothai/unsloth issue 5207: 92 and 11,140 among norms of 5 to 15) are ten to over a thousand times it
+# a logged gradient norm over SPIKE_FACTOR x the median of the norms logged before it is a spike, judged once
+# SPIKE_HISTORY norms are in (Gemma 4 LoRA's reported spikes, transformers issue 45676, are 10-1000x it)
 SPIKE_FACTOR = 10.0
 SPIKE_HISTORY = 5
 SPIKE_FIX = ("lower the learning rate and clip gradients (max_grad_norm=1.0); Gemma 4 LoRA shows such spikes "
@@ -204,19 +177,11 @@ SPIKE_FIX = ("lower the learning rate and clip gradients (max_grad_norm=1.0); Ge
 
 
 class GradientTripwire(TrainerCallback):
-    """After the first optimizer step, every LoRA module got a finite gradient and every lora_B a non-zero one
-    (03_lora_sft adds it; `CourseSFTTrainer` with `preflight: true` too); else the run stops in one line
-    naming the modules. A run can train "fine" and learn nothing: a mask that labels nothing, or gradients cut
-    off before the adapter, give zero gradients while the loss looks normal (unslothai/unsloth issue 5230).
-    lora_B is checked because it starts at zero (A's first gradient goes through B: zero); in an embedding
-    peft swaps them. Under fp16 the gradient scaler's first steps are normal misses (it starts at a scale of
-    65,536, finds inf/NaN, skips the step and halves the scale): said once, and the first step it takes is
-    checked; MAX_SKIPPED skipped in a row is an overflowing run, and it stops.
-
-    Then it reads the gradient norm the Trainer logs (`grad_norm`, before clipping, every `logging_steps`)
-    and names the first spike (SPIKE_FACTOR times the median so far) once, in `spike` (step, norm, median).
-    A spike warns and training goes on: with no NaN the weights stay finite, clipping (max_grad_norm) bounded
-    the step, and the loss can stay healthy through it (unsloth issue 5207)."""
+    """After the first optimizer step, every LoRA module got a finite gradient and every lora_B (zero at
+    start) a non-zero one, else the run stops naming the modules (03_lora_sft adds it; `CourseSFTTrainer`
+    with `preflight: true` too): a mask that labels nothing, or gradients cut off before the adapter, train
+    nothing while the loss looks normal. fp16's scaler may skip the first steps: the first step it takes is
+    checked. Then the first spike of the logged gradient norm is named once, in `spike`; training goes on."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
@@ -273,16 +238,17 @@ class GradientTripwire(TrainerCallback):
                                         "normal)" if self.skipped else "")
         broken = [name for name, finite, _ in seen if not finite]
         zero = [name for name, finite, moved in seen if finite and not moved]
+        out_of = f"of {len(seen)} LoRA modules"
         self._stop(not broken and not zero)
         if broken:
             raise PreflightError(
-                f"gradient tripwire: {after}, {_count(broken, seen)} got no finite gradient "
+                f"gradient tripwire: {after}, {len(broken)} {out_of} got no finite gradient "
                 f"({_names(broken)}): the loss or the forward overflowed, or a NaN reached the adapter",
                 "run the pre-flight check (its loss line), keep Gemma 3 and 4 out of fp16 (fp32 on a T4), "
                 "lower the learning rate, and look for a broken row in the data")
         if zero:
             raise PreflightError(
-                f"gradient tripwire: {after}, {_count(zero, seen)} got a zero (or no) lora_B gradient "
+                f"gradient tripwire: {after}, {len(zero)} {out_of} got a zero (or no) lora_B gradient "
                 f"({_names(zero)}): the loss reaches no adapter weight, so the run would train nothing while "
                 "its loss looks normal: labels all -100 (a completion or assistant mask that labels "
                 "nothing), or gradients cut off before the adapter (checkpointing without input gradients)",
@@ -294,8 +260,8 @@ class GradientTripwire(TrainerCallback):
                   "lora_B a non-zero one")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        """Judge the logged gradient norm against the median of those before it; a log without one (an
-        evaluation's) or with a non-finite one (a step fp16's scaler skipped) is left out."""
+        """Judge the logged gradient norm (before clipping) against the median of those before it; a log
+        without one (an evaluation's) or with a non-finite one (a step fp16's scaler skipped) is left out."""
         norm = (logs or {}).get("grad_norm")
         if norm is None or not math.isfinite(norm := float(norm)):
             return
@@ -340,27 +306,19 @@ def grad_state(grad: torch.Tensor | None) -> tuple[bool, bool]:
     return bool(torch.isfinite(grad).all()), bool(grad.ne(0).any())
 
 
-ZERO_AT_START = ("lora_B", "lora_embedding_A")  # the LoRA weights peft initialises to zero
-
-
 def lora_gradients(model, grads: dict | None = None) -> list[tuple[str, bool, bool]]:
     """(module name, every LoRA gradient finite, the zero-started weight's gradient non-zero) per LoRA module
-    of `model`, from `grads` ({(module, weight): grad_state}, as backward left them) or else the `.grad`s.
-    The zero-started weight (ZERO_AT_START) is lora_B in a linear layer, lora_embedding_A in an embedding."""
+    of `model`, from `grads` ({(module, weight): grad_state}, as backward left them) or else the `.grad`s."""
     modules: dict[str, list[bool]] = {}
     for module, weight, param in lora_weights(model):
         finite, moved = grads.get((module, weight), (True, False)) if grads is not None else \
             grad_state(param.grad)
         state = modules.setdefault(module, [True, False])
         state[0] &= finite
-        state[1] |= moved and weight.startswith(ZERO_AT_START)
+        state[1] |= moved and weight.startswith(("lora_B", "lora_embedding_A"))  # the ones peft starts at 0
     return [(module, finite, moved) for module, (finite, moved) in modules.items()]
 
 
 def _names(names: list[str], shown: int = 4) -> str:
     more = len(names) - shown
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
-
-
-def _count(names: list[str], seen: list) -> str:
-    return f"{len(names)} of {len(seen)} LoRA modules"

@@ -9,71 +9,50 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+import pandas as pd
+import psutil
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import TrainerCallback, TrainingArguments, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from gemmate_lib.config import CourseConfig
+from gemmate_lib.data import to_dataset
 from gemmate_lib.fast_loss import causal_lm_loss
+from gemmate_lib.generations import generation_of, lora_targets, stop_token_ids
 from gemmate_lib.hardware import free_memory
 from gemmate_lib.housekeeping.errors import ParameterError
-
-
-def target_modules(value) -> list[str] | str:
-    """lora_target_modules as PEFT takes it: a list of names, or "all-linear" (one name as a string would be a
-    regular expression over full module paths to PEFT, so "q_proj" would match nothing)."""
-    names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)
-    return "all-linear" if names == ["all-linear"] else names
+from gemmate_lib.resume import TrainingClock, keep_trainable_dtypes, train_seconds
 
 
 def lora_config(cfg: CourseConfig, tokenizer=None):
     """peft.LoraConfig from the course's LoRA settings (03 writes the same call out), on the text model's
-    layers only (generations.lora_targets)."""
-    from peft import LoraConfig
-
-    from gemmate_lib.generations import lora_targets
-
-    targets = lora_targets(cfg.model.model_name, target_modules(cfg.lora.lora_target_modules))
+    layers only (generations.lora_targets). `lora_trainable_tokens` train their embeddings too: a base model's
+    `<end_of_turn>` was never trained, so a chat fine-tune that leaves it learns to stop late or never."""
+    value = cfg.lora.lora_target_modules  # PEFT reads one string as a regular expression over module paths
+    names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)
+    targets = lora_targets(cfg.model.model_name, "all-linear" if names == ["all-linear"] else names)
+    tokens, indices = cfg.lora.lora_trainable_tokens, None
+    if tokens:
+        if tokenizer is None:
+            raise ParameterError("lora_trainable_tokens needs the tokenizer to find the tokens' ids",
+                                 "pass tokenizer= to lora_config / attach_lora")
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in tokens if t not in vocab]
+        if missing:
+            raise ParameterError(f"lora_trainable_tokens: {', '.join(missing)} not in the tokenizer's "
+                                 "vocabulary", "name special tokens exactly as the tokenizer writes them, "
+                                 "e.g. <end_of_turn>")
+        indices = [vocab[t] for t in tokens]
     return LoraConfig(r=cfg.lora.lora_r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM",
-                      trainable_token_indices=token_indices(cfg.lora.lora_trainable_tokens, tokenizer))
-
-
-def token_indices(tokens: tuple[str, ...], tokenizer) -> list[int] | None:
-    """The ids of `lora_trainable_tokens` (None when there are none): a base model's `<end_of_turn>` embedding
-    was never trained, so a chat fine-tune that does not train it learns to stop late or never."""
-    if not tokens:
-        return None
-    if tokenizer is None:
-        raise ParameterError("lora_trainable_tokens needs the tokenizer to find the tokens' ids",
-                             "pass tokenizer= to lora_config / attach_lora")
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in tokens if t not in vocab]
-    if missing:
-        raise ParameterError(f"lora_trainable_tokens: {', '.join(missing)} not in the tokenizer's vocabulary",
-                             "name special tokens exactly as the tokenizer writes them, e.g. <end_of_turn>")
-    return [vocab[t] for t in tokens]
-
-
-def check_target_modules(model, targets) -> None:
-    """A ParameterError for a name in `targets` that no layer of `model` has, listing the names of its linear
-    layers in model order (a 4-bit Linear4bit is a torch Linear too). PEFT raises only when no name matches,
-    and then without the names it could have taken."""
-    if targets is None or isinstance(targets, str):  # "all-linear", or a regular expression on purpose
-        return
-    modules = dict(model.named_modules())
-    linear = dict.fromkeys(n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear))
-    for target in sorted(targets):
-        if not any(name == target or name.endswith(f".{target}") for name in modules):
-            raise ParameterError(f"lora_target_modules names {target!r}, which this model does not have",
-                                 f"name some of its linear layers: {', '.join(linear)} (or all-linear)")
+                      trainable_token_indices=indices)
 
 
 def prepare_base(model, cfg: CourseConfig):
     """The QLoRA recipe's `prepare_model_for_kbit_training` on a 4-bit base; a 16-bit one comes back as it
     is. A reload check loads its base the same way (07), or compares an fp32 embedding with a 16-bit one."""
-    from peft import prepare_model_for_kbit_training
-
     if not getattr(model, "is_loaded_in_4bit", False):
         return model
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
@@ -82,8 +61,6 @@ def prepare_base(model, cfg: CourseConfig):
 def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None, tokenizer=None):
     """Wrap `model` (after `prepare_base`) with the course's LoRA or `peft_config`'s method (06), seeded with
     `cfg.train.seed`; a model that already has an adapter comes back unchanged."""
-    from peft import PeftModel, get_peft_model
-
     if getattr(peft_config, "peft_type", None) == "PREFIX_TUNING" and cfg.train.gradient_checkpointing:
         # said here: else a size mismatch deep in attention, mid-training
         raise ParameterError("prefix tuning cannot train with gradient_checkpointing=True: its learned "
@@ -95,7 +72,16 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None,
                   "twice")
         return model
     peft_config = peft_config or lora_config(cfg, tokenizer)
-    check_target_modules(model, getattr(peft_config, "target_modules", None))
+    targets = getattr(peft_config, "target_modules", None)
+    # a name no layer has: PEFT raises only when no name matches, and without the names it could have taken
+    if targets is not None and not isinstance(targets, str):  # a string: "all-linear", or a regex on purpose
+        modules = dict(model.named_modules())  # a 4-bit Linear4bit is a torch Linear too
+        linear = dict.fromkeys(n.rsplit(".", 1)[-1] for n, m in modules.items()
+                               if isinstance(m, torch.nn.Linear))
+        for target in sorted(targets):
+            if not any(name == target or name.endswith(f".{target}") for name in modules):
+                raise ParameterError(f"lora_target_modules names {target!r}, which this model does not have",
+                                     f"name some of its linear layers: {', '.join(linear)} (or all-linear)")
     model = prepare_base(model, cfg)
     set_seed(cfg.train.seed)
     return get_peft_model(model, peft_config)
@@ -103,10 +89,9 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None,
 
 def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, sft: bool = True,
                     **extras) -> dict:
-    """SFTConfig (sft=False: TrainingArguments) kwargs for `cfg` plus `extras`: the recipe 03 writes
-    out, then the plumbing where it differs from the defaults. It checkpoints every `save_steps` steps, the
-    last checkpoint only (gemmate_lib.resume: a rerun resumes), or never where save_steps is 0; `gemmate
-    train` adds its own checkpoint policy through `extras`."""
+    """SFTConfig (sft=False: TrainingArguments) kwargs for `cfg` plus `extras`: the recipe 03 writes out, then
+    the settings that differ from the defaults. It keeps the last checkpoint only, every `save_steps` steps
+    (gemmate_lib.resume: a rerun resumes), none where save_steps is 0."""
     t, precision = cfg.train, cfg.precision
     evaluate = has_eval and t.val_steps_freq > 0
     kwargs = dict(
@@ -117,20 +102,18 @@ def training_kwargs(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool
         activation_checkpointing=t.gradient_checkpointing,  # gradient_checkpointing before transformers 5.23
         logging_steps=min(t.steps_freq, t.max_steps) if t.max_steps > 0 else t.steps_freq,  # >= 1 loss logged
         eval_strategy="steps" if evaluate else "no", eval_steps=t.val_steps_freq if evaluate else None,
-        save_strategy="steps" if t.save_steps else "no", save_steps=t.save_steps or None,
-        save_total_limit=1 if t.save_steps else None,
+        save_strategy="steps" if t.save_steps else "no",
         report_to=t.report_to, seed=t.seed, data_seed=t.seed, disable_tqdm=False,
     )
-    kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "eval_steps"}
     if sft:
         kwargs.update(max_length=t.max_length, packing=False, completion_only_loss=t.completion_only_loss,
                       train_sampling_strategy="group_by_length" if t.group_by_length else "random")
-    plumbing = dict(
+    optional = dict(
+        save_steps=t.save_steps or None, save_total_limit=1 if t.save_steps else None,
         num_train_epochs=t.num_epochs if t.max_steps <= 0 else None, weight_decay=t.weight_decay or None,
         log_level=t.log_level if t.log_level != "warning" else None, full_determinism=t.deterministic or None,
     )
-    kwargs.update({k: v for k, v in plumbing.items() if v is not None})
-    return {**kwargs, **extras}
+    return {**kwargs, **{k: v for k, v in optional.items() if v is not None}, **extras}
 
 
 def training_args(cfg: CourseConfig, output_dir: str | Path, *, has_eval: bool, sft: bool = True, **extras):
@@ -147,8 +130,8 @@ class CourseSFTTrainer(SFTTrainer):
     def __init__(self, *args, fast_loss: bool = True, preflight: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.preflight = preflight
-        # TRL casts a 4-bit model's LoRA weights to bf16 (the QLoRA paper's choice for bf16 compute) whatever
-        # the compute dtype: back to fp32 under fp16 and fp32 compute (03's written-out cell does the same)
+        # TRL casts a 4-bit model's LoRA weights to bf16 whatever the compute dtype: back to fp32 under fp16
+        # and fp32 compute (03's written-out cell does the same)
         if not self.args.bf16:
             for param in self.model.parameters():
                 if param.requires_grad and param.dtype != torch.float32:
@@ -160,7 +143,6 @@ class CourseSFTTrainer(SFTTrainer):
         """`preflight=True`: the pre-flight check (preflight.py) on the first batch, then training with the
         gradient tripwire after its first optimizer step."""
         if self.preflight:
-            from gemmate_lib.generations import generation_of, stop_token_ids
             from gemmate_lib.preflight import GradientTripwire, preflight
 
             batch = next(iter(self.get_train_dataloader()))
@@ -185,12 +167,9 @@ def cpu_speedups(trainer_class, train_dataset, eval_dataset, tokenizer, enabled:
     as SFTTrainer would (data.to_dataset); else its inputs unchanged. Same loss, only faster."""
     if not enabled:
         return trainer_class, train_dataset, eval_dataset
-    from gemmate_lib.data import to_dataset
-
-    def tokenized(dataset):
-        return None if dataset is None else to_dataset([{"text": t} for t in dataset["text"]], tokenizer)
-
-    return CourseSFTTrainer, tokenized(train_dataset), tokenized(eval_dataset)
+    train_dataset, eval_dataset = (to_dataset([{"text": t} for t in d["text"]], tokenizer) if d is not None
+                                   else None for d in (train_dataset, eval_dataset))
+    return CourseSFTTrainer, train_dataset, eval_dataset
 
 
 @dataclass
@@ -211,8 +190,6 @@ class PeakMemory:
         self.device, self.interval, self.peak_mib = device, interval, 0.0
 
     def __enter__(self):
-        import psutil
-
         free_memory()
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -232,12 +209,11 @@ class PeakMemory:
     def __exit__(self, *exc):
         if self.device == "cuda":
             self.peak_mib = (torch.cuda.max_memory_allocated() - self._start) / 2**20
-        else:
-            self._stop = True
-            self._thread.join()
-            self._peak = max(self._peak, self._proc.memory_info().rss)
-            self.peak_mib = (self._peak - self._start) / 2**20
-        return False
+            return
+        self._stop = True
+        self._thread.join()
+        self._peak = max(self._peak, self._proc.memory_info().rss)
+        self.peak_mib = (self._peak - self._start) / 2**20
 
 
 class StepTimer(TrainerCallback):
@@ -271,8 +247,6 @@ class StepTimer(TrainerCallback):
 
 def loss_log(trainer):
     """The trainer's log history as a DataFrame with one row per logged step."""
-    import pandas as pd
-
     columns = ["step", "loss", "eval_loss", "learning_rate"]
     rows = [{k: v for k, v in entry.items() if k in columns}
             for entry in trainer.state.log_history if "loss" in entry or "eval_loss" in entry]
@@ -284,10 +258,6 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
                 output_dir: str | Path, callbacks=None, **extras) -> CourseSFTTrainer:
     """The course's SFTTrainer on `model` (already wrapped with LoRA) and rows with a `text` field; `extras`
     go to the SFTConfig (the benchmark's arms, `gemmate train`'s checkpoint policy)."""
-    import datasets
-
-    from gemmate_lib.data import to_dataset
-
     datasets.disable_progress_bars()  # tokenizing a few hundred quotes is instant; keep the notebook readable
     t = cfg.train
     set_seed(t.seed)
@@ -295,32 +265,27 @@ def sft_trainer(model, tokenizer, train_rows: list[dict], eval_rows: list[dict],
         model=model, args=training_args(cfg, output_dir, has_eval=bool(eval_rows), **extras),
         train_dataset=to_dataset(train_rows, tokenizer, t.completion_only_loss),
         eval_dataset=to_dataset(eval_rows, tokenizer, t.completion_only_loss) if eval_rows else None,
-        processing_class=tokenizer, fast_loss=t.fast_loss, callbacks=callbacks,
-        preflight=t.preflight)
+        processing_class=tokenizer, fast_loss=t.fast_loss, callbacks=callbacks, preflight=t.preflight)
 
 
 def train(model, tokenizer, train_data, eval_data, cfg: CourseConfig, output_dir: str | Path, *,
           callbacks=None, resume_from_checkpoint: str | None = None, measure_cost: bool = False,
           unwrap: bool = True, data_collator=None, trainer_class=None, optimizer=None,
           **extras) -> TrainResult:
-    """The course's one training path, on a `model` with its adapter: train_lora, methods.train_arm and
-    temporal.training.train_temporal wrap it, and the command line's `gemmate train` calls it too (`gemmate
-    train-te` through train_temporal). Rows with a `text` field train with CourseSFTTrainer (`extras`:
-    training_args); a caller with data of its own kind hands its `trainer_class` (a transformers Trainer),
-    `data_collator` and `optimizer` (train_temporal: GemmaTE's notes with their timestamps, two learning
-    rates), and this path knows nothing of it. `measure_cost`: seconds per step and peak memory (06). The
-    model comes back in eval mode, off accelerate's mixed-precision forward (it computes unlike the same
+    """The course's one training path, on a `model` with its adapter (train_lora, methods.train_arm,
+    temporal.training.train_temporal and `gemmate train` call it). Rows with a `text` field train with
+    CourseSFTTrainer (`extras`: training_args); a caller with data of its own kind (GemmaTE's) hands its
+    `trainer_class`, `data_collator` and `optimizer`. `measure_cost`: seconds per step and peak memory (06).
+    The model comes back in eval mode, off accelerate's mixed-precision forward (it computes unlike the same
     weights loaded from disk); `unwrap=False` keeps it, as the arms trained."""
     set_seed(cfg.train.seed)
-    if trainer_class is not None:  # the caller's Trainer on its own data (GemmaTE's)
+    if trainer_class is not None:
         args = training_args(cfg, output_dir, has_eval=False, sft=False,
                              remove_unused_columns=False)  # keep the columns forward() does not name
         trainer = trainer_class(model=model, args=args, train_dataset=train_data, callbacks=callbacks,
                                 data_collator=data_collator, optimizers=(optimizer, None))
     else:
         trainer = sft_trainer(model, tokenizer, train_data, eval_data, cfg, output_dir, callbacks, **extras)
-    from gemmate_lib.resume import TrainingClock, keep_trainable_dtypes, train_seconds
-
     if resume_from_checkpoint:  # the resumed run in the precision it was trained in (gemmate_lib.resume)
         keep_trainable_dtypes(trainer)
     trainer.add_callback(TrainingClock())  # a resumed run's seconds count every stretch

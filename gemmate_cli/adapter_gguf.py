@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 
 from gemmate_cli.llama_server import gguf_fields
-from gemmate_lib.housekeeping.errors import ModelLoadError, SaveError
-from gemmate_lib.housekeeping.files import show_path
+from gemmate_lib.guard_rails.errors import ModelLoadError, SaveError
+from gemmate_lib.guard_rails.files import show_path
 
 ADAPTER_FILE = "adapter-lora.gguf"
 LEVEL = "f16+lora"  # the certificate's name for the base's 16-bit file with the adapter applied

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gemmate_lib.housekeeping.files import save_json
+from gemmate_lib.guard_rails.files import save_json
 from gemmate_lib.stats import bootstrap_ci, wilson
 
 N_TOKENS = 64  # the teacher-forced continuation per prompt

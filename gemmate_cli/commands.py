@@ -9,7 +9,7 @@ from gemmate_cli.settings import CommandConfig
 from gemmate_lib.adapters import load_adapter
 from gemmate_lib.evaluation import evaluate_model, metrics_document
 from gemmate_lib.export import QUANT_TYPES, check_export, export_gguf, verify_gguf
-from gemmate_lib.housekeeping.files import save_json
+from gemmate_lib.guard_rails.files import save_json
 from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 
 
@@ -83,9 +83,9 @@ def export_and_verify(run_dir, cfg: CommandConfig, quant_types=QUANT_TYPES, adap
 def check_base_outside_export(run_dir, base_gguf) -> None:
     """--base_gguf must not lie in a folder the export replaces (run_dir/gguf, or the runtime's /content/gguf
     for a run on Google Drive): the export would delete it before the adapter is written against it."""
-    from gemmate_lib.housekeeping.colab import RUNTIME_DISK, on_drive
-    from gemmate_lib.housekeeping.errors import ParameterError
-    from gemmate_lib.housekeeping.files import show_path
+    from gemmate_lib.guard_rails.colab import RUNTIME_DISK, on_drive
+    from gemmate_lib.guard_rails.errors import ParameterError
+    from gemmate_lib.guard_rails.files import show_path
 
     where = Path(base_gguf).resolve()
     for replaced in [Path(run_dir) / "gguf"] + ([RUNTIME_DISK / "gguf"] if on_drive(run_dir) else []):

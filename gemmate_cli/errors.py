@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from gemmate_lib.housekeeping.errors import GemmateError, one_line, out_of_memory_error
+from gemmate_lib.guard_rails.errors import GemmateError, one_line, out_of_memory_error
 
 
 def run_cli(main, argv: list[str] | None = None) -> int:

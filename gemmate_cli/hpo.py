@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gemmate_cli.settings import CommandConfig, dump_config
 from gemmate_cli.train import check_output_dir, train_from_config
-from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.guard_rails.errors import ParameterError
 
 # what the search varies, over which values: the learning rate log-uniform, dropout uniform, the rest a choice
 SPACE = {"learning_rate": (5e-5, 1e-3), "lora_r": (4, 8, 16), "lora_alpha": (8, 16, 32),

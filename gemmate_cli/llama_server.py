@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 
 from gemmate_lib.gguf_file import read_gguf_header
-from gemmate_lib.housekeeping.errors import GemmateError, ModelLoadError, ParameterError
-from gemmate_lib.housekeeping.files import show_path
+from gemmate_lib.guard_rails.errors import GemmateError, ModelLoadError, ParameterError
+from gemmate_lib.guard_rails.files import show_path
 
 HOST = "127.0.0.1"
 

@@ -13,8 +13,8 @@ import typing
 from transformers import HfArgumentParser
 
 from gemmate_cli.settings import ORDER, SETTINGS, CommandConfig, command_config, read_config
+from gemmate_lib.guard_rails.errors import HardwareError, ParameterError
 from gemmate_lib.hardware import pick_precision
-from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
 
 COMMANDS = {"train": "LoRA SFT on the quotes, with checkpoints and resume",
             "train-te": "GemmaTE (LoRA + temporal projection) on a JSONL of {text, timestamp}",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+from gemmate_lib.guard_rails.errors import HardwareError, ParameterError
+from gemmate_lib.guard_rails.files import atomic_folder, show_path
 from gemmate_lib.hardware import pick_precision
-from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
-from gemmate_lib.housekeeping.files import atomic_folder, show_path
 
 MAX_TOKENS_LIMIT = 512  # the largest `max_tokens` a request may ask for (a quote and its author need ~60)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gemmate_lib import config
 from gemmate_lib.config import GROUP_TITLE, CourseConfig, Settings, course_config, plain_values, setting
-from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.guard_rails.errors import ParameterError
 
 
 @dataclass

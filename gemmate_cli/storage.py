@@ -7,7 +7,7 @@ from pathlib import Path
 import fsspec
 from transformers import TrainerCallback
 
-from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.guard_rails.errors import ParameterError
 from gemmate_lib.resume import STEP
 
 LAST = "trainer_state.json"  # written last by Trainer, uploaded last here

@@ -8,7 +8,7 @@ import string
 from pathlib import Path
 
 from gemmate_lib.data import QuoteData, read_hub, read_records, split_rows
-from gemmate_lib.housekeeping.errors import DataError
+from gemmate_lib.guard_rails.errors import DataError
 from gemmate_lib.text_generation import generate
 
 HUB_IDS = {"stanfordnlp/sst2": "sst2", "sst2": "sst2", "glue/sst2": "sst2", "rajpurkar/squad_v2": "squad_v2",

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from gemmate_cli.settings import CommandConfig
-from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.guard_rails.errors import ParameterError
 
 FINISHED = ("train_metrics.json", "hpo_results.csv")  # what a training command that ran to its end leaves
 
@@ -157,7 +157,7 @@ def checkpoint_kwargs(cfg: CommandConfig, has_eval: bool, save: bool = True) -> 
 def lora_metrics(cfg: CommandConfig, result, out: Path, resume: Path | None) -> dict:
     """`gemmate train`'s metrics, after each rank wrote its weights' digest to ranks/rank<N>.json (the DDP
     ranks agree when the digests do)."""
-    from gemmate_lib.housekeeping.files import save_json
+    from gemmate_lib.guard_rails.files import save_json
     from gemmate_lib.resume import complete_checkpoints
 
     rank, world_size = world()
@@ -193,7 +193,7 @@ def last_logged(log, column: str) -> float | None:
 def save_metrics(out: Path, metrics: dict) -> dict:
     """output_dir/train_metrics.json, rank 0's (a finished run: check_output_dir's FINISHED); returns
     `metrics`."""
-    from gemmate_lib.housekeeping.files import save_json
+    from gemmate_lib.guard_rails.files import save_json
 
     if world()[0] == 0:
         save_json(out / "train_metrics.json", metrics)

@@ -9,7 +9,7 @@ import torch
 
 from gemmate_cli.settings import CommandConfig
 from gemmate_cli.train import check_output_dir, last_logged, load_base, save_metrics
-from gemmate_lib.housekeeping.errors import DataError, ParameterError
+from gemmate_lib.guard_rails.errors import DataError, ParameterError
 from gemmate_lib.temporal.data import TextDataset
 from gemmate_lib.temporal.model import GemmaTEForCausalLM
 from gemmate_lib.temporal.tasks import QUESTION, make_python_questions, python_accuracy, python_baselines

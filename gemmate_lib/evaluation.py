@@ -10,7 +10,7 @@ import torch
 
 from gemmate_lib.data import char_spans, format_quote, normalize_author, quote_prompt, split_quote, token_mask
 from gemmate_lib.fast_loss import final_hidden, logit_softcap, output_weight, token_nll
-from gemmate_lib.housekeeping.errors import DataError
+from gemmate_lib.guard_rails.errors import DataError
 from gemmate_lib.stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
 from gemmate_lib.text_generation import BATCH_SIZE, generate, has_author_line
 

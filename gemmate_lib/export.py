@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from gemmate_lib.gguf_file import template_note
-from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError, SaveError
-from gemmate_lib.housekeeping.files import atomic_folder, recover, save_json, show_path
-from gemmate_lib.housekeeping.hf_token import get_token
+from gemmate_lib.guard_rails.errors import ModelLoadError, ParameterError, SaveError
+from gemmate_lib.guard_rails.files import atomic_folder, recover, save_json, show_path
+from gemmate_lib.guard_rails.hf_token import get_token
 
 QUANT_TYPES = ("q8_0", "q4_k_m")  # names of llama.cpp's LLAMA_FTYPE_MOSTLY_* file types (any of them works)
 F16 = "f16"
@@ -162,7 +162,7 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
     holds 15 GB) and only the `keep` file and the Modelfile are copied to run_dir/gguf. `merged` (not
     changed) is the fine-tune merged into a 16/32-bit base."""
     from gemmate_lib.generations import generation_of
-    from gemmate_lib.housekeeping.colab import RUNTIME_DISK, on_drive
+    from gemmate_lib.guard_rails.colab import RUNTIME_DISK, on_drive
 
     run_dir = Path(run_dir)
     quant_types = check_export(run_dir, quant_types, keep)

@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 
 from gemmate_lib.generations import SEED_TARGETS, TOWERS, generation_of
-from gemmate_lib.housekeeping.errors import LAST_FIT, GemmateError
+from gemmate_lib.guard_rails.errors import LAST_FIT, GemmateError
 
 GIB = 2**30
 NF4_BYTES = 4.127 / 8  # bytes a weight in NF4: 4 bits, plus double-quantized absmax scales (blocksize 64)

@@ -190,7 +190,7 @@ def gemma4_training_template(shipped: str) -> str:
     content = "{{- captured_content -}}"
     end = "{{- '<turn|>\\n' -}}"
     if shipped.count(content) != 1 or end not in shipped:
-        from gemmate_lib.housekeeping.errors import ParameterError
+        from gemmate_lib.guard_rails.errors import ParameterError
 
         raise ParameterError(
             "this Gemma 4 chat template is not the one the course knows how to mark",

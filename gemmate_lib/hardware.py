@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gemmate_lib.housekeeping.errors import HardwareError
+from gemmate_lib.guard_rails.errors import HardwareError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GIB = 2**30

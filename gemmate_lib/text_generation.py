@@ -9,7 +9,7 @@ import warnings
 import torch
 
 from gemmate_lib.generations import text_setting
-from gemmate_lib.housekeeping.errors import DataError
+from gemmate_lib.guard_rails.errors import DataError
 
 STANDARD_PROMPTS = (
     "Quote: I am not talented, but I'm good at not giving up",

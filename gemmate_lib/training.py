@@ -21,8 +21,8 @@ from gemmate_lib.config import CourseConfig
 from gemmate_lib.data import to_dataset
 from gemmate_lib.fast_loss import causal_lm_loss
 from gemmate_lib.generations import generation_of, lora_targets, stop_token_ids
+from gemmate_lib.guard_rails.errors import ParameterError
 from gemmate_lib.hardware import free_memory
-from gemmate_lib.housekeeping.errors import ParameterError
 from gemmate_lib.resume import TrainingClock, keep_trainable_dtypes, train_seconds
 
 

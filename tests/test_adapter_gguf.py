@@ -10,7 +10,7 @@ import math
 import pytest
 
 from gemmate_cli import adapter_gguf
-from gemmate_lib.housekeeping.errors import ModelLoadError, SaveError
+from gemmate_lib.guard_rails.errors import ModelLoadError, SaveError
 
 
 def _base_gguf(path, arch="gemma3", blocks=2, kind=None):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gemmate_lib.adapters import load_adapter, save_adapter
-from gemmate_lib.housekeeping.errors import ModelLoadError, SaveError
+from gemmate_lib.guard_rails.errors import ModelLoadError, SaveError
 from gemmate_lib.training import attach_lora
 
 
@@ -222,7 +222,7 @@ def test_a_damaged_adapter_file_names_the_file_what_is_wrong_and_the_fix(tiny_mo
     from tiny import make_tiny_gemma
 
     from gemmate_lib.adapters import check_adapter
-    from gemmate_lib.housekeeping.errors import one_line
+    from gemmate_lib.guard_rails.errors import one_line
 
     folder = save_adapter(attach_lora(tiny_model, cpu_cfg, quiet=True), tiny_tokenizer, tmp_path / "adapter",
                           "tiny")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemmate_lib.housekeeping import colab, hf_token
-from gemmate_lib.housekeeping.errors import ModelLoadError, TokenError
+from gemmate_lib.guard_rails import colab, hf_token
+from gemmate_lib.guard_rails.errors import ModelLoadError, TokenError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = "hf_" + "COLABcolab" * 3 + "0000"  # built at run time: not a token-shaped literal in the repo
@@ -53,7 +53,7 @@ def test_a_colab_runtime_without_a_gpu_stops_in_one_line_unless_the_cpu_is_chose
     """Every badge opened a CPU runtime, and the notebooks fell back in silence to the 270M model on two
     vCPUs, even with HF_TOKEN set. Outside Colab the CPU profile stays the default."""
     from gemmate_lib.config import course_config
-    from gemmate_lib.housekeeping.errors import HardwareError, one_line
+    from gemmate_lib.guard_rails.errors import HardwareError, one_line
 
     fake_gpu(None)
     monkeypatch.delenv("GEMMATE_PROFILE", raising=False)
@@ -439,7 +439,7 @@ def test_a_gpu_without_a_token_stops_at_the_parameters_in_one_line_naming_both_f
                                                                                     monkeypatch, capability):
     """Without the HF_TOKEN secret, the GPU profile used to fall back to Gemma 3 270M in silence."""
     from gemmate_lib.config import course_config
-    from gemmate_lib.housekeeping.errors import ParameterError
+    from gemmate_lib.guard_rails.errors import ParameterError
 
     fake_gpu(capability)
     fake_colab.secret = None  # the learner forgot the secret

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gemmate_lib.housekeeping import colab, run_folder
+from gemmate_lib.guard_rails import colab, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDERED = sorted((ROOT / "notebooks").glob("0[0-7]_*.ipynb"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gemmate_lib.config import EMBEDDED, SEED_TARGET_MODULES, config_summary, course_config
-from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.guard_rails.errors import ParameterError
 
 
 def test_cpu_profile_uses_embedded_default_and_tuned_settings():

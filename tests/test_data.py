@@ -26,7 +26,7 @@ from gemmate_lib.data import (
     trim_author,
     visible,
 )
-from gemmate_lib.housekeeping.errors import DataError
+from gemmate_lib.guard_rails.errors import DataError
 
 
 def test_broken_author_fields_are_dropped_or_trimmed_and_counted():
@@ -447,7 +447,7 @@ def test_the_report_gives_the_counts_then_one_line_per_reason_dropped_and_repair
 
 def test_the_embedded_quotes_come_in_the_shared_schema_and_colab_is_asked_to_install_them(monkeypatch):
     import gemmate_lib.data as data_module
-    import gemmate_lib.housekeeping.colab as colab
+    import gemmate_lib.guard_rails.colab as colab
 
     asked = []
     monkeypatch.setattr(colab, "install_embedded", lambda module: asked.append(module) or False)

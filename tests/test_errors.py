@@ -74,7 +74,7 @@ def test_the_same_bad_files_through_papermill(tmp_path):
     cells, before any model loads; Latin-1 is one line."""
     import papermill as pm
 
-    from gemmate_lib.housekeeping.files import repo_root
+    from gemmate_lib.guard_rails.files import repo_root
 
     notebooks = repo_root() / "notebooks"
     out = tmp_path / "04.ipynb"
@@ -101,7 +101,7 @@ def test_the_same_bad_files_through_papermill(tmp_path):
 def test_a_seconds_timestamp_through_papermill_stops_04_in_its_config_cell(tmp_path):
     import papermill as pm
 
-    from gemmate_lib.housekeeping.files import repo_root
+    from gemmate_lib.guard_rails.files import repo_root
 
     notebooks = repo_root() / "notebooks"
     with pytest.raises(pm.PapermillExecutionError) as err:
@@ -122,7 +122,7 @@ def test_a_cuda_out_of_memory_while_loading_says_which_memory_ran_out_with_the_e
     estimate the notebook printed before its download, and the fixes."""
     import transformers
 
-    from gemmate_lib.housekeeping.errors import LAST_FIT, OutOfMemory
+    from gemmate_lib.guard_rails.errors import LAST_FIT, OutOfMemory
     from gemmate_lib.models import load_model
 
     def run_out(*args, **kwargs):
@@ -148,7 +148,7 @@ def test_the_hosts_ram_running_out_says_ram_and_another_load_error_keeps_its_own
                                                                                           monkeypatch):
     import transformers
 
-    from gemmate_lib.housekeeping.errors import ModelLoadError, OutOfMemory
+    from gemmate_lib.guard_rails.errors import ModelLoadError, OutOfMemory
     from gemmate_lib.models import load_model
 
     def no_ram(*args, **kwargs):

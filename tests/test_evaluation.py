@@ -6,7 +6,7 @@ import pytest
 
 from gemmate_lib.data import load_quotes, normalize_author, split_quote
 from gemmate_lib.evaluation import METRICS, bleu, evaluate_model, metrics_document, rouge_l, validate_metrics
-from gemmate_lib.housekeeping.errors import DataError
+from gemmate_lib.guard_rails.errors import DataError
 
 
 def test_author_normalisation():

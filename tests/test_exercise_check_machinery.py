@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gemmate_lib.exercises import judging as ec
-from gemmate_lib.housekeeping import run_folder
-from gemmate_lib.housekeeping.files import show_path
+from gemmate_lib.guard_rails import run_folder
+from gemmate_lib.guard_rails.files import show_path
 from tools.runners.exercises import parse_verdict
 
 # ---- margins and the verdict line ----

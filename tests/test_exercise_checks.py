@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from gemmate_lib import exercises
 from gemmate_lib.exercises import checks_04_07, judging
-from gemmate_lib.housekeeping import files, run_folder
+from gemmate_lib.guard_rails import files, run_folder
 from tools.runners.exercises import parse_verdict
 
 ROOT = Path(__file__).resolve().parents[1]

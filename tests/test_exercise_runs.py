@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gemmate_lib.housekeeping.selfcheck import SelfCheckError, exercise_run, learned, self_check
+from gemmate_lib.guard_rails.selfcheck import SelfCheckError, exercise_run, learned, self_check
 
 ROOT = Path(__file__).resolve().parents[1]
 

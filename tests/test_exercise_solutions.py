@@ -25,7 +25,7 @@ from test_exercise_checks import runs, write  # noqa: F401 - the fixture: a cour
 
 from gemmate_lib import exercises
 from gemmate_lib.exercises import checks_00_03, checks_04_07, judging
-from gemmate_lib.housekeeping import files, run_folder
+from gemmate_lib.guard_rails import files, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model's 64-wide matrices: one thread is fastest
@@ -75,8 +75,8 @@ def tiny_cfg(tiny_folder, **settings):
 
 def test_00_1_and_00_2_the_config_solutions_pass(runs, capsys):  # noqa: F811
     from gemmate_lib.config import config_summary, course_config
+    from gemmate_lib.guard_rails.errors import ParameterError
     from gemmate_lib.hardware import pick_precision
-    from gemmate_lib.housekeeping.errors import ParameterError
 
     lesson = dict(course_config=course_config, config_summary=config_summary, pick_precision=pick_precision,
                   ParameterError=ParameterError, model_name=None, dataset=None)

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from gemmate_lib import export
-from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError, SaveError, one_line
+from gemmate_lib.guard_rails.errors import ModelLoadError, ParameterError, SaveError, one_line
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -96,7 +96,7 @@ def test_a_run_folder_on_google_drive_gets_only_the_kept_file_and_drive_is_asked
     disk, the one file chosen is copied to Drive, and each disk is asked only for what it gets."""
     from pathlib import Path
 
-    from gemmate_lib.housekeeping import colab
+    from gemmate_lib.guard_rails import colab
 
     monkeypatch.setattr(colab, "DRIVE", tmp_path / "drive")
     monkeypatch.setattr(colab, "RUNTIME_DISK", tmp_path / "content")

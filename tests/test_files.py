@@ -76,7 +76,7 @@ def test_a_tokenizer_failing_mid_save_is_one_save_error_and_leaves_no_partial(ti
                                                                               tmp_path, monkeypatch):
     from gemmate_lib.adapters import save_adapter
     from gemmate_lib.config import course_config
-    from gemmate_lib.housekeeping.errors import SaveError
+    from gemmate_lib.guard_rails.errors import SaveError
     from gemmate_lib.training import attach_lora
 
     model = attach_lora(tiny_model, course_config(device="cpu", dtype="fp32"))

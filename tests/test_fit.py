@@ -182,8 +182,8 @@ def test_gpu_memory_reports_what_the_process_holds_not_only_the_tensors(fake_gpu
 
 def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu, fake_host):
     from gemmate_lib.config import course_config
+    from gemmate_lib.guard_rails.errors import HardwareError
     from gemmate_lib.hardware import Precision
-    from gemmate_lib.housekeeping.errors import HardwareError
     from gemmate_lib.methods import build_methods
 
     for name in ("gemma-2b", "gemma-4-E2B"):

@@ -49,7 +49,7 @@ def test_merge_refuses_an_adapter_of_another_base(generation_folder, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from gemmate_lib.housekeeping.errors import ModelLoadError
+    from gemmate_lib.guard_rails.errors import ModelLoadError
     from tools.fit.merge_shards import merge_shards
 
     other = AutoModelForCausalLM.from_pretrained(generation_folder("gemma3"))

@@ -169,7 +169,7 @@ def test_training_template_renders_as_shipped(tiny_generation):
 
 
 def test_gemma4_training_template_refuses_an_unknown_template():
-    from gemmate_lib.housekeeping.errors import ParameterError
+    from gemmate_lib.guard_rails.errors import ParameterError
 
     with pytest.raises(ParameterError, match="Gemma 4 chat template"):
         gemma4_training_template("{{ messages }}")
@@ -306,7 +306,7 @@ def test_trainable_tokens_train_the_turn_end(tiny_generation, tmp_path):
 def test_trainable_tokens_must_be_in_the_vocabulary(tiny_generation):
     from transformers import AutoTokenizer
 
-    from gemmate_lib.housekeeping.errors import ParameterError
+    from gemmate_lib.guard_rails.errors import ParameterError
 
     key, folder = tiny_generation
     with pytest.raises(ParameterError, match="<start_of_image>"):

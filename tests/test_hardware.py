@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from gemmate_lib import hardware
-from gemmate_lib.housekeeping.errors import HardwareError
+from gemmate_lib.guard_rails.errors import HardwareError
 
 GIB = 2**30
 BF16_CPU = ("this CPU has native bf16 matrix instructions (AVX512_BF16/AMX): bf16 matmuls run faster than "
@@ -190,7 +190,7 @@ def test_gpu_precision_follows_compute_capability_not_is_bf16_supported(fake_gpu
 def test_two_visible_gpus_stop_in_one_line_that_names_cuda_visible_devices(monkeypatch, fake_gpu):
     """The model sits on GPU 0, but the Trainer counts every visible GPU: TRL stops with a ValueError and a
     plain Trainer wraps the model in DataParallel. One GPU, or one process per GPU (DDP), is fine."""
-    from gemmate_lib.housekeeping.errors import one_line
+    from gemmate_lib.guard_rails.errors import one_line
 
     fake_gpu((8, 0), count=2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -335,10 +335,10 @@ def test_free_memory_hands_the_heap_back_where_glibc_can(fake_gpu, fake_libc, mo
 
 
 def test_the_manifest_records_the_machine_as_course_config_noted_it(tmp_path, monkeypatch):
-    """The run folder (housekeeping, which imports no lesson module) records the machine's facts and this
+    """The run folder (a guard rail, which imports no lesson module) records the machine's facts and this
     process's peak memory through the readers course_config hands it."""
     from gemmate_lib.config import course_config
-    from gemmate_lib.housekeeping import run_folder
+    from gemmate_lib.guard_rails import run_folder
 
     monkeypatch.setattr(run_folder, "_KERNEL", {})
     assert "hardware" not in run_folder.update_manifest(tmp_path, "00_setup")

@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from gemmate_lib.housekeeping import hf_token
+from gemmate_lib.guard_rails import hf_token
 
 FAKE = "hf_" + "FAKEfake" * 4 + "1234"  # built at run time: not a token-shaped literal in the repo
 

@@ -37,7 +37,7 @@ def test_the_colab_runtime_really_hides_the_installed_course(tmp_path):
 def test_a_child_process_finds_the_course_that_the_kernel_has_only_on_sys_path(tmp_path):
     """06's fresh-process reload died with ModuleNotFoundError in Colab."""
     code = ("import os, subprocess, sys; sys.path.insert(0, sys.argv[1]); "
-            "from gemmate_lib.housekeeping.hf_token import subprocess_env; "
+            "from gemmate_lib.guard_rails.hf_token import subprocess_env; "
             "r = subprocess.run([sys.executable, '-c', 'import gemmate_lib'], "
             "env=subprocess_env(), capture_output=True, text=True); print(r.returncode, r.stderr[-200:])")
     kernel = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=tmp_path, env=colab_child_env(),
@@ -109,11 +109,11 @@ def test_gemma_3_never_computes_in_fp16_on_a_t4_and_gemma_1_does(monkeypatch, ti
     """The no-token GPU fallback ran Gemma 3 270M in fp16, where its activations overflow."""
     _fake_gpu(monkeypatch, (7, 5))
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr("gemmate_lib.housekeeping.hf_token.get_token", lambda: None)
+    monkeypatch.setattr("gemmate_lib.guard_rails.hf_token.get_token", lambda: None)
     fallback = course_config(model_name="embedded")
     assert fallback.model.model_name == "embedded" and fallback.precision.dtype == torch.float32
     assert "Gemma 3" in fallback.precision.reason
-    monkeypatch.setattr("gemmate_lib.housekeeping.hf_token.get_token", lambda: "a token")
+    monkeypatch.setattr("gemmate_lib.guard_rails.hf_token.get_token", lambda: "a token")
     assert course_config().model.model_name == "google/gemma-2b"
     assert course_config().precision.dtype == torch.float16  # Gemma 1 keeps fp16 with loss scaling
     assert course_config(model_name=str(tiny_folder)).precision.dtype == torch.float32  # a Gemma 3 folder
@@ -158,7 +158,7 @@ def test_06_keeps_the_merged_model_only_when_it_is_small():
 
 def test_the_last_cell_flushes_google_drive(tmp_path, monkeypatch):
     """Nothing flushed Drive, so 05 and 06 in new runtimes could find no adapter or half of one."""
-    from gemmate_lib.housekeeping import colab
+    from gemmate_lib.guard_rails import colab
 
     monkeypatch.setitem(sys.modules, "google.colab", type(sys)("google.colab"))
     flushed = []
@@ -233,7 +233,7 @@ def test_a_failed_clone_stops_the_install_cell_with_one_line(tmp_path):
     """A failed `git clone` printed an error, and the next line failed with ModuleNotFoundError."""
     from IPython.core.inputtransformer2 import TransformerManager
 
-    from gemmate_lib.housekeeping.colab import COURSE_REPO
+    from gemmate_lib.guard_rails.colab import COURSE_REPO
     from tools.runners.timings import CLONE
 
     cell = _install_cell(NOTEBOOKS[0]).replace(f"https://github.com/{COURSE_REPO}",
@@ -254,7 +254,7 @@ def test_a_fork_changes_the_course_repository_in_one_place(tmp_path, monkeypatch
     """Every badge and install cell named the course's repository separately."""
     import shutil
 
-    from gemmate_lib.housekeeping import colab, files
+    from gemmate_lib.guard_rails import colab, files
     from tools.runners import timings
 
     for path in NOTEBOOKS + [ROOT / "notebooks" / "course_timings.json"]:

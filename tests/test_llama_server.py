@@ -13,7 +13,7 @@ import pytest
 
 from gemmate_cli import llama_server
 from gemmate_lib import gguf_file
-from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError, one_line
+from gemmate_lib.guard_rails.errors import ModelLoadError, ParameterError, one_line
 
 pytest.importorskip("llama_cpp")
 

@@ -5,7 +5,7 @@ on the tiny Gemma (plumbing) through the same train_arm as 03's side-by-side run
 import pytest
 import torch
 
-from gemmate_lib.housekeeping.errors import HardwareError, ParameterError
+from gemmate_lib.guard_rails.errors import HardwareError, ParameterError
 from gemmate_lib.methods import (
     DEFAULT_METHODS,
     LEARNING_RATES,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gemmate_lib.housekeeping import run_folder
-from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.guard_rails import run_folder
+from gemmate_lib.guard_rails.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
 LATER = sorted((ROOT / "notebooks").glob("0[1-7]_*.ipynb"))

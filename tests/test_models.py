@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from gemmate_lib.housekeeping.errors import ModelLoadError
+from gemmate_lib.guard_rails.errors import ModelLoadError
 from gemmate_lib.models import count_parameters, footprint_mib, load_model, load_tokenizer, resolve_model
 
 
@@ -42,7 +42,7 @@ def _hub_failure(cls, status):
 def test_hub_failures_are_recognised_by_type_not_by_text(cls_name, status, message):
     import huggingface_hub.errors as hub_errors
 
-    from gemmate_lib.housekeeping.errors import hub_load_error
+    from gemmate_lib.guard_rails.errors import hub_load_error
 
     err = hub_load_error("google/gemma-2b", _hub_failure(getattr(hub_errors, cls_name), status))
     assert isinstance(err, ModelLoadError) and message in err.problem and err.fix
@@ -51,7 +51,7 @@ def test_hub_failures_are_recognised_by_type_not_by_text(cls_name, status, messa
 def test_offline_is_recognised_by_type():
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from gemmate_lib.housekeeping.errors import hub_load_error
+    from gemmate_lib.guard_rails.errors import hub_load_error
 
     try:
         raise OSError("We couldn't connect") from LocalEntryNotFoundError("no cache, offline")
@@ -110,7 +110,7 @@ def test_nf4_is_smaller_and_close_to_full_precision(tokenizer, base_model, fp32)
 def test_the_written_out_from_pretrained_of_01_gets_the_same_clear_error():
     import huggingface_hub.errors as hub_errors_module
 
-    from gemmate_lib.housekeeping.errors import hub_errors
+    from gemmate_lib.guard_rails.errors import hub_errors
 
     with pytest.raises(ModelLoadError, match="is gated and this token has no access"):
         with hub_errors("google/gemma-2b"):

@@ -271,7 +271,7 @@ def test_the_line_counts_copies_and_is_what_an_out_of_memory_message_quotes(tmp_
     """On a hand-made measurement of E2B on a free T4: two 4-bit copies at once stop the notebook with its
     figures; a 16/32-bit part beside the 4-bit path is left out with the estimate it was judged on; and the
     last line computed is the one an out-of-memory error quotes."""
-    from gemmate_lib.housekeeping.errors import LAST_FIT, out_of_memory_error
+    from gemmate_lib.guard_rails.errors import LAST_FIT, out_of_memory_error
     from tools.fit.full_shape import config_of
 
     config_of("gemma-4-E2B").save_pretrained(tmp_path)

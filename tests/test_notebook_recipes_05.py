@@ -94,7 +94,7 @@ def test_05s_written_out_reload_and_merge_equal_the_commands_merge(tiny_folder, 
 
 def test_05s_written_out_merged_save_writes_what_save_merged_writes(tiny_folder, tmp_path, capsys):
     from gemmate_cli.serve import save_merged
-    from gemmate_lib.housekeeping import files
+    from gemmate_lib.guard_rails import files
     from gemmate_lib.models import load_tokenizer
 
     cfg, model, _ = _adapter(tiny_folder, tmp_path)

@@ -73,7 +73,7 @@ def gpu_profile(monkeypatch):
     from gemmate_lib.config import course_config
 
     monkeypatch.setenv("GEMMATE_PROFILE", "gpu")
-    monkeypatch.setattr("gemmate_lib.housekeeping.hf_token.get_token", lambda: "a token")
+    monkeypatch.setattr("gemmate_lib.guard_rails.hf_token.get_token", lambda: "a token")
     cfg = course_config()
     assert cfg.profile.startswith("gpu") and cfg.model.quantization == "nf4"  # the page's 4-bit base
     return cfg
@@ -131,7 +131,7 @@ def test_no_line_of_the_page_imports_or_names_the_course():
 
 
 def test_the_install_cell_pins_what_the_colab_requirements_pin_never_torch_and_runs_only_in_colab():
-    from gemmate_lib.housekeeping.colab import pins
+    from gemmate_lib.guard_rails.colab import pins
 
     install = "".join(code_cells()[0]["source"])
     page_pins = literals(install)["PINS"]

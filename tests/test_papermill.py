@@ -64,7 +64,7 @@ def test_missing_data_file_names_the_path(tmp_path):
 
 
 def test_params_file_reaches_exactly_the_notebooks_that_declare_each_key(tmp_path):
-    from gemmate_lib.housekeeping.errors import ParameterError
+    from gemmate_lib.guard_rails.errors import ParameterError
     from tools.runners.course import course_notebooks, notebook_parameters
 
     root = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_the_batch_run_commands_in_the_docs_make_their_folder_and_land_where_the
     the folder of the executed notebook ("output folder runs/my-run doesn't exist"). Each block now makes it
     first; every parameter is one the notebook declares; and the run folder (a relative `run_dir` lies in the
     course folder, whatever `--cwd` says) is the folder the executed notebook goes to."""
-    from gemmate_lib.housekeeping.run_folder import get_run_dir
+    from gemmate_lib.guard_rails.run_folder import get_run_dir
 
     monkeypatch.delenv("GEMMATE_RUN_DIR", raising=False)
     blocks = [block for block in _bash_blocks(BATCH_RUNS) if any("papermill" in c for c in block)]

@@ -10,7 +10,7 @@ import pytest
 
 from gemmate_lib import reference
 from gemmate_lib.config import config_summary, course_config
-from gemmate_lib.housekeeping import run_folder
+from gemmate_lib.guard_rails import run_folder
 from tools.runners.reference_runs import band_of, merge, record_of, with_record_cell
 
 MACHINE = "2-core CPU with AVX512_BF16"

@@ -8,9 +8,9 @@ import pytest
 def test_version_mismatches_reads_the_colab_pins(monkeypatch):
     from importlib import metadata
 
-    from gemmate_lib.housekeeping import run_folder
-    from gemmate_lib.housekeeping.colab import pins
-    from gemmate_lib.housekeeping.files import repo_root
+    from gemmate_lib.guard_rails import run_folder
+    from gemmate_lib.guard_rails.colab import pins
+    from gemmate_lib.guard_rails.files import repo_root
 
     pinned = pins(repo_root() / "requirements-colab.txt")  # an environment installed from the pins...
     monkeypatch.setattr(metadata, "version", lambda name: pinned[name])
@@ -29,8 +29,8 @@ def test_version_mismatches_reads_the_colab_pins(monkeypatch):
 
 def test_an_exercise_run_folder_lies_on_drive_in_colab_and_in_the_course_elsewhere(monkeypatch, tmp_path,
                                                                                     fake_colab):
-    from gemmate_lib.housekeeping import colab, run_folder
-    from gemmate_lib.housekeeping.files import repo_root
+    from gemmate_lib.guard_rails import colab, run_folder
+    from gemmate_lib.guard_rails.files import repo_root
 
     monkeypatch.delenv("GEMMATE_RUN_DIR", raising=False)
     fake_colab.leave()
@@ -52,7 +52,7 @@ def test_an_exercise_run_folder_lies_on_drive_in_colab_and_in_the_course_elsewhe
 
 def test_relative_run_folders_lie_under_gemmate_runs_root_when_it_is_set(monkeypatch, tmp_path):
     """`make exercises` runs the lesson and every exercise in a scratch folder, not in the course's runs/."""
-    from gemmate_lib.housekeeping import run_folder
+    from gemmate_lib.guard_rails import run_folder
 
     monkeypatch.delenv("GEMMATE_RUN_DIR", raising=False)
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
@@ -69,7 +69,7 @@ def _colab_drive(monkeypatch, tmp_path, fake_colab):
     import importlib.util
     import sys
 
-    from gemmate_lib.housekeeping import colab
+    from gemmate_lib.guard_rails import colab
 
     spec = importlib.util.spec_from_file_location(
         "colab_sim_drive", Path(__file__).parent / "colab_runtime" / "google" / "colab" / "drive.py")
@@ -90,7 +90,7 @@ def _colab_drive(monkeypatch, tmp_path, fake_colab):
 def test_after_the_last_cell_unmounted_drive_a_solution_starting_with_get_run_dir_reads_it_again(
         monkeypatch, tmp_path, fake_colab):
     """05-1 and 05-3 read `adapter_dir` on Drive after Run all, whose last cell (flush_drive) unmounted it."""
-    from gemmate_lib.housekeeping import colab, run_folder
+    from gemmate_lib.guard_rails import colab, run_folder
 
     mounted = _colab_drive(monkeypatch, tmp_path, fake_colab)
     out = run_folder.get_run_dir()  # the lesson's run folder on Drive: mounts it
@@ -112,7 +112,7 @@ def test_a_run_folder_named_by_its_drive_path_mounts_drive_instead_of_making_a_p
     """An exercise rerun given run_dir as the Drive path a notebook printed, after the last cell unmounted
     Drive: the folder was made where Drive mounts, and every later mount failed (make exercises' 06 and 07).
     """
-    from gemmate_lib.housekeeping import colab, run_folder
+    from gemmate_lib.guard_rails import colab, run_folder
 
     mounted = _colab_drive(monkeypatch, tmp_path, fake_colab)
     run_folder.get_run_dir()  # the lesson mounts Drive ...

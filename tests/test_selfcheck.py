@@ -5,7 +5,7 @@ import pytest
 def test_a_failed_self_check_stops_the_notebook_in_one_line(capsys):
     """A failed check that only printed would let papermill, make course and make gpu-check pass the
     notebook."""
-    from gemmate_lib.housekeeping.selfcheck import SelfCheckError, self_check
+    from gemmate_lib.guard_rails.selfcheck import SelfCheckError, self_check
 
     assert self_check((True, "the loss went down", "train longer"))
     with pytest.raises(SelfCheckError) as err:
@@ -21,7 +21,7 @@ def test_a_failed_self_check_fails_the_papermill_run(tmp_path):
 
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("import gemmate_lib\ngemmate_lib.quiet()"),
-        nbformat.v4.new_code_cell("from gemmate_lib.housekeeping.selfcheck import self_check\n"
+        nbformat.v4.new_code_cell("from gemmate_lib.guard_rails.selfcheck import self_check\n"
                                   "self_check((1 > 2, 'one is more than two', 'count again'))"),
         nbformat.v4.new_code_cell("print('after the check')")])
     nbformat.write(nb, tmp_path / "check.ipynb")
@@ -38,8 +38,8 @@ def test_a_failed_self_check_fails_the_papermill_run(tmp_path):
 def test_a_failed_self_check_still_flushes_google_drive(tmp_path, monkeypatch, capsys, fake_colab):
     """Every notebook's last cell flushes Drive after its self-check, so a failed check (which stops the
     notebook) skipped the flush: what the runtime wrote could miss the next notebook's runtime."""
-    from gemmate_lib.housekeeping import colab
-    from gemmate_lib.housekeeping.selfcheck import SelfCheckError, self_check
+    from gemmate_lib.guard_rails import colab
+    from gemmate_lib.guard_rails.selfcheck import SelfCheckError, self_check
 
     flushed = fake_colab.flushed
     monkeypatch.setattr(colab, "DRIVE", tmp_path / "drive")
@@ -57,7 +57,7 @@ def test_a_quick_pass_reports_a_missed_learning_goal_and_still_stops_on_anything
     stops."""
     import pytest
 
-    from gemmate_lib.housekeeping.selfcheck import SelfCheckError, learned, self_check
+    from gemmate_lib.guard_rails.selfcheck import SelfCheckError, learned, self_check
     from tools.runners.course import run_options
 
     monkeypatch.delenv("GEMMATE_SMOKE", raising=False)

@@ -1,8 +1,7 @@
 """The shape of the two packages, the library (gemmate_lib: what the notebooks import) and the command line
 (gemmate_cli, which imports the library, never the reverse): one builder, no import circle at any folder level
-of the checkout, the course's machinery (gemmate_lib/housekeeping) importing no lesson module, no reaching
-into another module's privates, no import side effects, and one import path for everything (no re-export
-lists)."""
+of the checkout, the guard rails (gemmate_lib/guard_rails) importing no lesson module, no reaching into
+another module's privates, no import side effects, and one import path for everything (no re-export lists)."""
 import ast
 import json
 import re
@@ -252,12 +251,12 @@ def test_the_library_knows_nothing_of_the_command_line():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_the_courses_machinery_imports_no_lesson_module():
-    """gemmate_lib/housekeeping is what a reader of the lessons can skip: the lesson modules import it, it
-    imports none of them."""
-    inside = [n for n in MODULES if n.startswith("gemmate_lib.housekeeping")]
+def test_the_guard_rails_import_no_lesson_module():
+    """gemmate_lib/guard_rails lies under every lesson module: the lesson modules import it, it imports none
+    of them."""
+    inside = [n for n in MODULES if n.startswith("gemmate_lib.guard_rails")]
     assert inside and [f"{n}: {m}" for n in inside for m, _ in _imports(MODULES[n])
-                       if not m.startswith("gemmate_lib.housekeeping")] == []
+                       if not m.startswith("gemmate_lib.guard_rails")] == []
 
 
 def test_pyproject_installs_every_package_and_the_command():

@@ -2,7 +2,7 @@
 `gemmate train-te` reads: tests/cli/test_cli_train_te.py)."""
 import pytest
 
-from gemmate_lib.housekeeping.errors import DataError
+from gemmate_lib.guard_rails.errors import DataError
 
 
 def test_dated_notes_and_their_dates():

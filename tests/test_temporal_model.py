@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gemmate_lib.config import REFERENCE_MS, TemporalSettings
-from gemmate_lib.housekeeping.errors import DataError, ModelLoadError, ParameterError
+from gemmate_lib.guard_rails.errors import DataError, ModelLoadError, ParameterError
 from gemmate_lib.temporal.model import GemmaTEForCausalLM, TemporalEncoder
 
 MS_2021 = 1_633_046_400_000  # 2021-10-01T00:00:00Z
@@ -264,7 +264,7 @@ def test_a_saved_gemmate_te_file_cut_short_names_the_file_and_the_fix(tiny_model
     from tiny import make_tiny_gemma
 
     from gemmate_lib.config import course_config
-    from gemmate_lib.housekeeping.errors import one_line
+    from gemmate_lib.guard_rails.errors import one_line
     from gemmate_lib.temporal.training import attach_temporal_lora
 
     cfg = course_config("temporal", device="cpu", dtype="fp32")

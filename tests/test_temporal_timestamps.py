@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gemmate_lib.config import REFERENCE_MS, TemporalSettings
-from gemmate_lib.housekeeping.errors import DataError
+from gemmate_lib.guard_rails.errors import DataError
 from gemmate_lib.temporal.model import TemporalEncoder
 from gemmate_lib.temporal.timestamps import signed_log_days, to_milliseconds
 

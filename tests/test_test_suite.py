@@ -58,7 +58,7 @@ def test_nbval_runs_each_notebook_as_a_copy_with_the_values_it_declares_and_its_
 def test_a_notebooks_own_section_goes_to_it_alone_and_a_wrong_name_stops_in_one_line(tmp_path):
     import pytest
 
-    from gemmate_lib.housekeeping.errors import ParameterError
+    from gemmate_lib.guard_rails.errors import ParameterError
     from tools.runners.course import course_notebooks, notebook_parameters
 
     notebooks = course_notebooks(ROOT)

@@ -252,8 +252,8 @@ def origin_problem(name: str, spec: Exercise, ex: list[Path], lesson: Path) -> s
     MODEL (...)", "MODEL UNKNOWN (...)"), or None: each folder's ORIGIN names its model and since when it
     holds that model's results; the model must be the one this process runs (or 00 kept), and the one the
     lesson's run of the notebook ran where the check compares with it."""
-    from gemmate_lib.housekeeping import run_folder
-    from gemmate_lib.housekeeping.files import show_path
+    from gemmate_lib.guard_rails import run_folder
+    from gemmate_lib.guard_rails.files import show_path
 
     current = run_folder.current_model(lesson)
     models = {run_folder.read_origin(folder).get("model") for folder in ex}
@@ -287,7 +287,7 @@ def origin_problem(name: str, spec: Exercise, ex: list[Path], lesson: Path) -> s
 def judge_exercise(name: str, spec: Exercise) -> str:
     """What exercise `name`'s check cell does (exercises.exercise_check): find its run folders and the
     lesson's, then print its verdict (exercise_verdict), FAIL when a rerun changed another setting too."""
-    from gemmate_lib.housekeeping import run_folder
+    from gemmate_lib.guard_rails import run_folder
 
     ex = [run_folder.get_run_dir(f"runs/{folder}", create=False) for folder in spec.folders]
     lesson = run_folder.get_run_dir(create=False)  # the lesson's run folder (the default one)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from gemmate_lib.housekeeping.errors import DataError
+from gemmate_lib.guard_rails.errors import DataError
 from gemmate_lib.temporal.timestamps import date_ms, draw_minutes, to_milliseconds
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",

@@ -21,8 +21,8 @@ from gemmate_lib.adapters import base_fingerprint, check_adapter_files, check_sa
 from gemmate_lib.config import TemporalSettings
 from gemmate_lib.fast_loss import causal_lm_loss
 from gemmate_lib.generations import text_setting
-from gemmate_lib.housekeeping.errors import DataError, ModelLoadError, ParameterError
-from gemmate_lib.housekeeping.files import atomic_folder, recover
+from gemmate_lib.guard_rails.errors import DataError, ModelLoadError, ParameterError
+from gemmate_lib.guard_rails.files import atomic_folder, recover
 from gemmate_lib.temporal.timestamps import signed_log_days, to_milliseconds
 
 LOG_RANGE = 12.0  # |signed log-days| stays below ~10.6 in the accepted range; features divide by this

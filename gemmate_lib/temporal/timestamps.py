@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from gemmate_lib.config import REFERENCE_MS
-from gemmate_lib.housekeeping.errors import DataError
+from gemmate_lib.guard_rails.errors import DataError
 
 DAY_MS = 86_400_000  # one day in ms: the unit inside the log
 MIN_MS = -2_208_988_800_000  # 1900-01-01T00:00:00Z: earliest accepted timestamp

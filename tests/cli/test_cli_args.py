@@ -7,7 +7,7 @@ import pytest
 
 from gemmate_cli.errors import run_cli
 from gemmate_cli.parser import load_config
-from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.guard_rails.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ import pytest
 from processes import QUICK, ROOT, gemmate
 
 from gemmate_cli.checkpoints import CheckpointPolicy, resume_checkpoint, select_kept
-from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.guard_rails.errors import ParameterError
 from gemmate_lib.resume import complete_checkpoints
 
 

@@ -22,7 +22,7 @@ def test_bad_requests_are_refused_with_what_to_send(tmp_path):
     from fastapi import HTTPException
 
     from gemmate_cli.serve import check_request, served_model
-    from gemmate_lib.housekeeping.errors import ParameterError
+    from gemmate_lib.guard_rails.errors import ParameterError
 
     check_request({"prompt": "Quote: x", "max_tokens": 40}, "prompt", ["m"])  # a good one passes
     for body, words in [({"prompt": " "}, "prompt is empty"), ({"messages": []}, "messages is empty"),
@@ -113,7 +113,7 @@ def test_gemmate_serve_answers_a_quote_with_an_author_over_http(request, tmp_pat
 
 def test_a_run_folder_without_a_readable_gemmate_json_is_one_clear_error(tmp_path):
     from gemmate_cli.serve import served_model
-    from gemmate_lib.housekeeping.errors import ModelLoadError, ParameterError
+    from gemmate_lib.guard_rails.errors import ModelLoadError, ParameterError
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -132,7 +132,7 @@ def test_the_request_checks_attach_to_the_pinned_transformers_and_a_changed_one_
     from transformers.cli.serving import server
 
     from gemmate_cli.serve import check_hook_point
-    from gemmate_lib.housekeeping.errors import HardwareError
+    from gemmate_lib.guard_rails.errors import HardwareError
 
     # the pinned transformers: the checks attach where serve builds its app
     check_hook_point(server, serve_cli)

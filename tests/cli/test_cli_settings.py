@@ -6,7 +6,7 @@ import pytest
 
 from gemmate_cli.parser import load_config
 from gemmate_cli.settings import ORDER, dump_config
-from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.guard_rails.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[2]
 

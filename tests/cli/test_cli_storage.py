@@ -3,7 +3,7 @@ resume through fsspec."""
 import pytest
 
 from gemmate_cli.parser import load_config
-from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.guard_rails.errors import ParameterError
 
 
 def test_storage_is_switched_on_by_storage_backend_and_needs_a_remote_path(tmp_path):

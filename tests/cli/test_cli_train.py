@@ -10,7 +10,7 @@ from processes import QUICK, ROOT
 
 from gemmate_cli.errors import run_cli
 from gemmate_cli.parser import load_config
-from gemmate_lib.housekeeping.errors import ParameterError
+from gemmate_lib.guard_rails.errors import ParameterError
 
 TRAIN = ["train", "--max_length", "48", "--batch_size", "4", "--steps_freq", "1", "--val_steps_freq", "0",
          "--keep_best_n", "0", "--save_strategy", "no", "--eval_fraction", "0.03", "--max_steps", "3",

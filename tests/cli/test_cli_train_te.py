@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 import torch
 
-from gemmate_lib.housekeeping.errors import DataError
+from gemmate_lib.guard_rails.errors import DataError
 from gemmate_lib.temporal.model import GemmaTEForCausalLM
 from gemmate_lib.temporal.timestamps import to_milliseconds
 

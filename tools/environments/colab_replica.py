@@ -10,7 +10,7 @@ date). This builds `.venv-colab` beside `.venv`:
   `_is_package_available`: torchao is one), and of their dependencies (Colab's whole list is the
   constraints file); torch at Colab's version from the registry, whose CUDA build runs on a CPU.
 Then it runs, as Colab does, each from Colab's state (the venv is reset to it before each step):
-- the ordered notebooks' install cell (`gemmate_lib.housekeeping.colab.install`), with `google.colab`
+- the ordered notebooks' install cell (`gemmate_lib.guard_rails.colab.install`), with `google.colab`
   importable;
 - the one-page recipe's install cell;
 - the learner's-path smoke run (tests/learner_path.py) with `.venv-colab`'s Python as the Colab-like kernel;
@@ -367,7 +367,7 @@ def main(argv=None) -> int:
     log_path.parent.mkdir(exist_ok=True)
     with open(log_path, "w") as log:
         state = build(args.python, log)
-        steps = [("install cell of 00-07 (gemmate_lib.housekeeping.colab.install)",
+        steps = [("install cell of 00-07 (gemmate_lib.guard_rails.colab.install)",
                   lambda: step_install("the install cell of 00-07", install_cell("00_setup.ipynb"), state,
                                        log, report)),
                  ("install cell of the one-page recipe",

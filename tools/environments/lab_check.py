@@ -35,7 +35,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemmate_lib.housekeeping.errors import one_line
+from gemmate_lib.guard_rails.errors import one_line
 
 ROOT = Path(__file__).resolve().parents[2]
 # the notebooks a learner opens first and the one-page recipe, each with its time limit on a CPU (seconds):
@@ -44,7 +44,7 @@ NOTEBOOKS = {"00_setup.ipynb": 10 * 60, "qlora_one_runtime.ipynb": 30 * 60}
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium, chromium-driver
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000"]
-# what both self-checks print when every check passed: gemmate_lib.housekeeping.selfcheck.self_check (00) and
+# what both self-checks print when every check passed: gemmate_lib.guard_rails.selfcheck.self_check (00) and
 # the one-page recipe's own last cell; a failed check raises (SelfCheckError, the page's Stop), an error in
 # the saved file
 PASSED = re.compile(r"^self-check: all \d+ passed$")

@@ -176,7 +176,7 @@ def build(name: str, folder: Path | None = None, verbose: bool = True, tokenizer
     `device`: where the random values are drawn ("cuda": seconds instead of minutes, other values)."""
     from safetensors.torch import save_file
 
-    from gemmate_lib.housekeeping.files import atomic_folder
+    from gemmate_lib.guard_rails.files import atomic_folder
 
     if name == EMBEDDED_MODEL:  # real weights, already a model folder
         from gemmate_lib.models import prepare_embedded

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from gemmate_lib.adapters import check_adapter_files
+from gemmate_lib.guard_rails.errors import ModelLoadError
+from gemmate_lib.guard_rails.files import atomic_folder, show_path
 from gemmate_lib.hardware import freed_memory_returned
-from gemmate_lib.housekeeping.errors import ModelLoadError
-from gemmate_lib.housekeeping.files import atomic_folder, show_path
 
 PEFT_BASELINE = 0.31e9  # Python with torch, transformers and peft, before its work (measured)
 

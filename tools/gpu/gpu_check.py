@@ -32,9 +32,9 @@ import torch
 
 from gemmate_lib.config import course_config, gemma3_rule
 from gemmate_lib.fit import FREE_COLAB
+from gemmate_lib.guard_rails.errors import HardwareError
+from gemmate_lib.guard_rails.files import repo_root, save_json, show_path
 from gemmate_lib.hardware import DTYPES, Precision
-from gemmate_lib.housekeeping.errors import HardwareError
-from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
 from gemmate_lib.training import training_kwargs
 
 # the embedded model on the GPU, with a token or without

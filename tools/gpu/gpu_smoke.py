@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from gemmate_lib.housekeeping.errors import HardwareError
-    from gemmate_lib.housekeeping.files import save_json
+    from gemmate_lib.guard_rails.errors import HardwareError
+    from gemmate_lib.guard_rails.files import save_json
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS),

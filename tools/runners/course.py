@@ -31,8 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
-from gemmate_lib.housekeeping.run_folder import get_run_dir
+from gemmate_lib.guard_rails.files import repo_root, save_json, show_path
+from gemmate_lib.guard_rails.run_folder import get_run_dir
 
 ONE_PAGE = "qlora_one_runtime.ipynb"  # the whole recipe on one page, sorted apart from 00-07
 # its CPU-sized steps offline, meant to let the committed "after" generations show the format learned (an
@@ -58,7 +58,7 @@ def prepare_one_page_data() -> Path:
     import json
     from importlib import resources
 
-    from gemmate_lib.housekeeping.files import write_text
+    from gemmate_lib.guard_rails.files import write_text
     from gemmate_lib.models import cache_dir
 
     path = cache_dir() / ONE_PAGE_QUOTES
@@ -226,7 +226,7 @@ def run_options(params_file: str | None) -> dict[str, str]:
 
     value = read_yaml(params_file, "PARAMS").get(RUNNER_KEY, "stop") if params_file else "stop"
     if value not in ("stop", "report"):
-        from gemmate_lib.housekeeping.errors import ParameterError
+        from gemmate_lib.guard_rails.errors import ParameterError
 
         raise ParameterError(f"{params_file}: {RUNNER_KEY} = {value!r}", 'use "report" or "stop"')
     return {"GEMMATE_LEARNING_CHECKS": value} if value == "report" else {}
@@ -242,7 +242,7 @@ def notebook_parameters(notebooks: list[Path], params_file: str | None) -> dict[
     import papermill as pm
 
     from gemmate_cli.settings import read_yaml
-    from gemmate_lib.housekeeping.errors import ParameterError
+    from gemmate_lib.guard_rails.errors import ParameterError
 
     if not params_file:
         return {nb.name: {} for nb in notebooks}

@@ -145,7 +145,7 @@ class Runner:
     """Runs notebooks in the Colab-like kernel, all under `scratch`."""
 
     def __init__(self, scratch: Path, fresh: bool = False):
-        from gemmate_lib.housekeeping import colab
+        from gemmate_lib.guard_rails import colab
 
         self.scratch = scratch
         self.executed = scratch / "executed"
@@ -157,7 +157,7 @@ class Runner:
     def start(self) -> None:
         from learner_path import colab_kernel, colab_site
 
-        from gemmate_lib.housekeeping import colab
+        from gemmate_lib.guard_rails import colab
 
         left = colab.DRIVE / "MyDrive"
         if left.exists() and not left.is_symlink():  # a plain folder there would look mounted for good

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
+from gemmate_lib.guard_rails.files import repo_root, save_json, show_path
 from gemmate_lib.reference import BANDS
 from tools.machine import cpu_name
 
@@ -47,7 +47,7 @@ MARGINS = {"held_out_loss": (0.05, True), "perplexity": (0.15, True), "format_sh
 RECORD = "reference_record-{notebook}.json"  # in a seed's run folder: what the normal line compared
 NORMAL_CELL = "is-normal"  # the id of the cell that prints gemmate_lib.reference.normal_line
 RECORD_CELL = ("# added by tools/runners/reference_runs.py: what this run's normal line compared\n"
-               "from gemmate_lib.housekeeping.files import save_json\n"
+               "from gemmate_lib.guard_rails.files import save_json\n"
                "from gemmate_lib.reference import run_record\n\n"
                "save_json(out / {file!r}, run_record({notebook!r}, out, cfg))")
 
@@ -82,7 +82,7 @@ def band_of(records: list[dict], seeds: list[int], runs: list[dict | None]) -> d
             low, high = max(low - margin, 0.0), min(high + margin, 1.0)  # the absolute ones are shares
         figures[name] = {"low": round(low, 4), "high": round(high, 4), "min": min(runs), "max": max(runs),
                          "runs": runs}
-    from gemmate_lib.housekeeping.run_folder import git_revision
+    from gemmate_lib.guard_rails.run_folder import git_revision
 
     return {**{k: first[k] for k in KEY}, "figures": figures, "left_out": left_out, "seeds": seeds,
             "cpu": cpu_name(), "date": dt.date.today().isoformat(), "git_revision": git_revision(),

@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from gemmate_lib.housekeeping.files import repo_root, write_text
+from gemmate_lib.guard_rails.files import repo_root, write_text
 
 RUNTIME = re.compile(r"^\*\*Runtime\*\*:.*$", re.M)
 BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
@@ -76,7 +76,7 @@ def cpu_times_line(data: dict) -> str:
 
 def badge(notebook: str) -> str:
     """The "Open in Colab" badge of a notebook (file name), as the notebooks and the README show it."""
-    from gemmate_lib.housekeeping.colab import COURSE_REPO
+    from gemmate_lib.guard_rails.colab import COURSE_REPO
 
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
             f"(https://colab.research.google.com/github/{COURSE_REPO}/blob/main/notebooks/{notebook})")
@@ -99,7 +99,7 @@ def install_cell(repo: str | None = None) -> str:
     A failed clone stops the cell with one line, instead of an import error in the next one.
     `colab.start` skips what is installed and stops the notebook when the runtime must restart.
     """
-    from gemmate_lib.housekeeping.colab import COURSE_REPO
+    from gemmate_lib.guard_rails.colab import COURSE_REPO
 
     repo = repo or COURSE_REPO
     return f"""# Colab only (elsewhere it does nothing): get the course and install the packages Colab lacks.
@@ -117,7 +117,7 @@ if "google.colab" in sys.modules:
             raise SystemExit(f"could not clone {{COURSE}}: {{git.stderr.strip()[-200:]}} "
                              "Fix: check the address, or clone the course into {CLONE} yourself")
     sys.path.insert(0, home)  # the course is imported from this folder
-    from gemmate_lib.housekeeping import colab
+    from gemmate_lib.guard_rails import colab
     colab.start(home)  # stops here if the runtime must restart once (Runtime > Restart session)
     os.chdir(os.path.join(home, "notebooks"))"""
 
@@ -130,7 +130,7 @@ def sync(data: dict | None = None) -> list[str]:
     (relative links do not open in Colab) from `colab.COURSE_REPO` (a fork changes it there); the T4 GPU
     runtime that Colab opens, in the notebook's metadata, from RUNTIME_METADATA.
     """
-    from gemmate_lib.housekeeping.colab import COURSE_REPO
+    from gemmate_lib.guard_rails.colab import COURSE_REPO
 
     data = data or load()
     root, changed = repo_root(), []

@@ -10,11 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from gemmate_lib.housekeeping import colab
-from gemmate_lib.housekeeping.colab import IF_PRESENT, default_run_dir, installed_version, pins
-from gemmate_lib.housekeeping.errors import ParameterError
-from gemmate_lib.housekeeping.files import repo_root, save_json, show_path
-from gemmate_lib.housekeeping.selfcheck import exercise_run
+from gemmate_lib.guard_rails import colab
+from gemmate_lib.guard_rails.colab import IF_PRESENT, default_run_dir, installed_version, pins
+from gemmate_lib.guard_rails.errors import ParameterError
+from gemmate_lib.guard_rails.files import repo_root, save_json, show_path
+from gemmate_lib.guard_rails.selfcheck import exercise_run
 
 MODEL_CHOICE = "model_choice.json"  # in the run folder: the model chosen in 00_setup, for 01-07
 ORIGIN = "origin.json"  # in an exercise's run folder: the model and the lesson run its results come from
@@ -26,7 +26,7 @@ _KERNEL: dict = {}  # what course_config noted last in this process: the model, 
 
 def note_model(model_name: str, facts=None, peak=None) -> None:
     """config.course_config: the model this process runs, and hardware.describe_hardware and peak_memory_gib
-    (`facts`, `peak`) for update_manifest, as housekeeping imports no lesson module."""
+    (`facts`, `peak`) for update_manifest, as the guard rails import no lesson module."""
     _KERNEL.update(model_name=model_name, facts=facts, peak=peak)
 
 

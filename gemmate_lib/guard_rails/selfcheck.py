@@ -6,8 +6,8 @@ import os
 import re
 from pathlib import Path
 
-from gemmate_lib.housekeeping.colab import flush_drive
-from gemmate_lib.housekeeping.errors import GemmateError
+from gemmate_lib.guard_rails.colab import flush_drive
+from gemmate_lib.guard_rails.errors import GemmateError
 
 
 class SelfCheckError(GemmateError, AssertionError):

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from gemmate_lib.housekeeping.errors import GemmateError, SaveError
+from gemmate_lib.guard_rails.errors import GemmateError, SaveError
 
 
 def repo_root(start: Path | None = None) -> Path:

@@ -76,7 +76,7 @@ def check_token(need_write: bool = False, api=None) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from gemmate_lib.housekeeping.errors import TokenError
+    from gemmate_lib.guard_rails.errors import TokenError
 
     if (token := get_token()) is None:
         problem = colab_secret_problem()
@@ -118,7 +118,7 @@ def subprocess_env() -> dict[str, str]:
     env = os.environ.copy()
     if (token := get_token()) and not env.get("HF_TOKEN"):
         env["HF_TOKEN"] = token
-    course = str(Path(__file__).resolve().parents[2])  # gemmate_lib/housekeeping/ -> the course folder
+    course = str(Path(__file__).resolve().parents[2])  # gemmate_lib/guard_rails/ -> the course folder
     paths = env.get("PYTHONPATH", "").split(os.pathsep)
     env["PYTHONPATH"] = os.pathsep.join([course] + [p for p in paths if p])
     return env

@@ -12,8 +12,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from gemmate_lib.housekeeping.errors import ModelLoadError, hub_load_error
-from gemmate_lib.housekeeping.files import repo_root
+from gemmate_lib.guard_rails.errors import ModelLoadError, hub_load_error
+from gemmate_lib.guard_rails.files import repo_root
 
 # GitHub owner/name of the course: a fork changes it here, then `make sync`
 COURSE_REPO = "gemmate-course/gemmate"
@@ -162,7 +162,7 @@ def find_adapter(run_dir: Path, adapter_repo: str | None = None, download=None) 
     if (folder / "adapter_config.json").exists():
         return folder
     if adapter_repo:
-        from gemmate_lib.housekeeping.hf_token import get_token
+        from gemmate_lib.guard_rails.hf_token import get_token
 
         if download is None:
             from huggingface_hub import snapshot_download as download

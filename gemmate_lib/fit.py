@@ -224,7 +224,7 @@ def plan_for(model: str, compute_bytes: int | None = None, token=None, **kwargs)
 
 # A notebook's optional parts: {part: (what the line calls it, do these parameters run it?)}; an exercise's
 # solution is a part too ("exercise 05-2")
-PARTS = {
+PART_PARAMETERS = {
     "compare": ("part 2 (compare=True)", lambda p: bool(p.get("compare"))),  # 03's sections 6 and 7
     # 03's chat run (section 8): chat_steps, whose None means 40 when part 2 runs
     "chat": ("the chat run (chat_steps)",
@@ -235,7 +235,7 @@ PARTS = {
 
 def parts_of(notebook: str, params: dict) -> frozenset[str]:
     """The optional parts that `notebook` runs with `params` (its parameters; `exercise`: "05-2")."""
-    found = {part for part, (_, runs) in PARTS.items() if runs(params)}
+    found = {part for part, (_, runs) in PART_PARAMETERS.items() if runs(params)}
     return frozenset(found | ({f"exercise {params['exercise']}"} if params.get("exercise") else set()))
 
 
@@ -245,9 +245,10 @@ def trained_rank(params: dict) -> int:
 
 
 def parts_text(parts) -> str:
-    """The parts as a line names them, in PARTS' order, then the exercises."""
-    order = sorted(parts, key=lambda p: (list(PARTS).index(p) if p in PARTS else len(PARTS), p))
-    return ", ".join(PARTS[p][0] if p in PARTS else p for p in order)
+    """The parts as a line names them, in PART_PARAMETERS' order, then the exercises."""
+    known = list(PART_PARAMETERS)
+    order = sorted(parts, key=lambda p: (known.index(p) if p in known else len(known), p))
+    return ", ".join(PART_PARAMETERS[p][0] if p in PART_PARAMETERS else p for p in order)
 
 
 @cache

@@ -2,9 +2,9 @@
 A learner's held-out loss, Author-line share or seconds per step mean little alone: this module compares them,
 read from the run's own files, with the bands in reference_bands.json beside it (measured from real runs
 over several seeds by `python -m tools.runners.reference_runs`). A band is kept per notebook, model, runtime
-(device and compute dtype) and the settings that decide the figures (SETTINGS): runs that differ in any of
-them are never compared, and where no run was measured the line says so. Seconds and memory also need the
-same machine. For a figure outside its band the line says what to check: a run that "trained but learned
+(device and compute dtype) and the settings that decide the figures (COMPARED_SETTINGS): runs that differ in
+any of them are never compared, and where no run was measured the line says so. Seconds and memory also need
+the same machine. For a figure outside its band the line says what to check: a run that "trained but learned
 nothing" (a mask that labels nothing, the learning rate, the cache) shows as a held-out loss far above its
 band."""
 from __future__ import annotations
@@ -62,7 +62,7 @@ PER_NOTEBOOK = {"03_lora_sft": ("held_out_loss", "seconds_per_step", "peak_memor
                 "07_temporal_encoding": ("year_accuracy", "year_accuracy_constant", "python_accuracy",
                                          "seconds_per_step", "peak_memory_gib")}
 # the settings that decide the figures (config group, name): a run that differs in one is never compared
-SETTINGS = (("model", "quantization"), ("model", "attn_implementation"), ("data", "dataset"),
+COMPARED_SETTINGS = (("model", "quantization"), ("model", "attn_implementation"), ("data", "dataset"),
             ("data", "eval_fraction"), ("data", "data_seed"), ("lora", "lora_r"), ("lora", "lora_alpha"),
             ("lora", "lora_dropout"), ("lora", "lora_target_modules"), ("lora", "lora_trainable_tokens"),
             ("train", "max_length"), ("train", "learning_rate"), ("train", "batch_size"),
@@ -85,7 +85,7 @@ def machine(device: str) -> str:
     return f"{os.cpu_count()}-core CPU " + (f"with {units}" if units else "without native bf16")
 
 
-def _settings(config: dict, keys=SETTINGS) -> dict:
+def _settings(config: dict, keys=COMPARED_SETTINGS) -> dict:
     return {name: config.get(group, {}).get(name) for group, name in keys}
 
 
@@ -141,7 +141,7 @@ def run_record(notebook: str, run_dir: str | os.PathLike, cfg) -> dict | str:
     if notebook == "07_temporal_encoding":  # the temporal config's own training settings (its cfg)
         from gemmate_lib.config import config_summary
 
-        settings = _settings(config_summary(cfg), SETTINGS + TEMPORAL_SETTINGS) | settings
+        settings = _settings(config_summary(cfg), COMPARED_SETTINGS + TEMPORAL_SETTINGS) | settings
     precision = cfg.precision
     return {"notebook": notebook, "model": cfg.model.model_name,
             "runtime": {"device": precision.device, "dtype": precision.name},
@@ -182,7 +182,7 @@ def _figure_line(name: str, value, band: dict) -> tuple[str, bool]:
     return f"{shown} {side} {span} (check: {check})", True
 
 
-def judge(record: dict, bands: list[dict]) -> str:
+def judge_run(record: dict, bands: list[dict]) -> str:
     """One line: each figure of `record` inside or outside its band, what to check for one outside, or that no
     measured run matches this model, runtime and settings."""
     nb, runtime = record["notebook"], record["runtime"]
@@ -222,4 +222,4 @@ def normal_line(notebook: str, run_dir: str | os.PathLike, cfg, bands: str | os.
     record = run_record(notebook, run_dir, cfg)
     if isinstance(record, str):
         return f"{notebook}: nothing to compare yet: {record}"
-    return judge(record, load_bands(bands))
+    return judge_run(record, load_bands(bands))

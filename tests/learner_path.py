@@ -105,7 +105,7 @@ finally:
 
 def solutions(nb: Path) -> list[str]:
     """The cells that run each solution-type exercise of notebook `nb` (a rerun exercise reruns the notebook
-    with its parameters, which the smoke run measures as they are: gemmate_lib.fit.PARTS)."""
+    with its parameters, which the smoke run measures as they are: gemmate_lib.fit.PART_PARAMETERS)."""
     from gemmate_lib.exercises.judging import EXERCISES
     from tools.runners.exercises import solution_code
 

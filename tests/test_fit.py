@@ -16,7 +16,7 @@ COMMITTED = json.loads((rehearse.DOCS / "full-shape.json").read_text())
 T4_BYTES = {"gemma-2b": 2, "gemma-3-1b-pt": 4, "gemma-4-E2B": 4, "gemma-3-270m": 4, "gemma-3-4b-pt": 4}
 PHASE_ROWS = [r for r in COMMITTED["rows"] if r["phase"] != "copy"]
 COPY_ROWS = [r for r in COMMITTED["rows"] if r["phase"] == "copy"]
-RECORD = json.loads(holdout.RECORD.read_text())  # the planner's first predictions of the hold-out rows
+RECORD = json.loads(holdout.HOLDOUT_RECORD.read_text())  # the planner's first predictions of hold-out rows
 # The only rows whose RAM may miss by 0.1 GB instead of 15%, each with why: a figure that lies near a
 # process's own baseline, where a tenth of a GB is a large share of it and no runtime's limit. Others: 15%.
 NEAR_BASELINE = {
@@ -100,7 +100,7 @@ def test_the_hold_out_record_is_append_only():
     if top != str(holdout.ROOT):
         pytest.skip("no git history in this checkout: the record's committed versions cannot be read")
     log = _git("log", "--follow", "--format=commit %H", "--name-only", "--",
-               str(holdout.RECORD.relative_to(holdout.ROOT))).stdout.split("commit ")[1:]
+               str(holdout.HOLDOUT_RECORD.relative_to(holdout.ROOT))).stdout.split("commit ")[1:]
     problems = []
     for commit, path in (part.split() for part in log):
         old = json.loads(_git("show", f"{commit}:{path}").stdout)

@@ -32,7 +32,7 @@ def _holdout(_):
 
     rows = json.loads((rehearse.DOCS / "full-shape.json").read_text())["rows"]
     plans = {name: rehearse.planned(name) for name in {r["model"] for r in holdout.held_out(rows)}}
-    return holdout.table(json.loads(holdout.RECORD.read_text()), rows, plans)
+    return holdout.table(json.loads(holdout.HOLDOUT_RECORD.read_text()), rows, plans)
 
 
 def _quota(kind):
@@ -50,7 +50,7 @@ def _certificate(_):
 def _colab_replica(_):
     from tools.environments import colab_replica
 
-    return colab_replica.section(json.loads(colab_replica.RECORD.read_text()))
+    return colab_replica.section(json.loads(colab_replica.REPLICA_RECORD.read_text()))
 
 
 def _exercises(_):
@@ -62,7 +62,7 @@ def _exercises(_):
 def _gpu_record(_):
     from tools.gpu import gpu_record
 
-    return gpu_record.table(json.loads(gpu_record.RECORD.read_text()))
+    return gpu_record.table(json.loads(gpu_record.GPU_RECORDS.read_text()))
 
 
 NOTEBOOK_FIT = "python -m tools.fit.notebook_fit RUN (a smoke run with its ledgers)"
@@ -110,12 +110,12 @@ def test_make_colab_replica_writes_the_record_its_section_comes_back_from(tmp_pa
     from tools.environments import colab_replica
 
     monkeypatch.setattr(colab_replica, "DOC", tmp_path / "compatibility.md")
-    monkeypatch.setattr(colab_replica, "RECORD", tmp_path / "colab-replica.json")
+    monkeypatch.setattr(colab_replica, "REPLICA_RECORD", tmp_path / "colab-replica.json")
     rows = [("install cell", "pass", 21.6, ""), ("smoke run", "fail", 3.2, "1 failed")]
     report = {"the install cell": {"changes": ["added trl 1.16.0"], "conflicts": []}}
     written = colab_replica.write_doc(rows, report, {"torch": "2.11.0", "trl": "1.16.0"})
     assert "| smoke run | FAIL: 1 failed | 3 |" in written and "- added trl 1.16.0" in written
-    record = json.loads(colab_replica.RECORD.read_text())
+    record = json.loads(colab_replica.REPLICA_RECORD.read_text())
     assert record["held"] == 2 and record["shown"]["torch"] == "2.11.0"
     page = colab_replica.DOC.read_text()
     assert block(page, colab_replica.BLOCK) == colab_replica.section(record) == written

@@ -26,7 +26,7 @@ def test_the_dry_run_records_every_phase_of_part_1(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_part_past_its_limit_is_recorded_and_the_next_part_still_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_record, "PARTS", {"full-shape/gemma-2b": 0.5, "embedded/t4": 60})
+    monkeypatch.setattr(gpu_record, "PART_SECONDS", {"full-shape/gemma-2b": 0.5, "embedded/t4": 60})
     code = gpu_record.main(["--dry-run", "--only", "full-shape/gemma-2b", "embedded/t4",
                             "--out", str(tmp_path / "out"), "--work", str(tmp_path)])
     results = json.loads((tmp_path / "out" / "gpu_record.json").read_text())
@@ -36,7 +36,7 @@ def test_a_part_past_its_limit_is_recorded_and_the_next_part_still_runs(tmp_path
 
 
 def test_the_gpu_table_takes_each_model_from_its_last_record_where_every_phase_ran():
-    doc = json.loads(gpu_record.RECORD.read_text())
+    doc = json.loads(gpu_record.GPU_RECORDS.read_text())
     table = gpu_record.table(doc)
     models = {r["model"] for run in doc["records"] for r in run["parts"].values() if "model" in r}
     assert {m for m in models if f"| {m} (" in table} == models  # every model with a complete record

@@ -218,7 +218,7 @@ def todays_settings(notebook: str, dtype: str) -> dict:
         return reference._settings(summary) | {"split": split, "n_examples": len(held_out)}
     exec(the_statement(notebook, "settings", ast.Dict), namespace)  # noqa: S102 - its manifest record
     recorded = {k: v for k, v in namespace["settings"].items() if k not in reference.NOT_SETTINGS}
-    return reference._settings(summary, reference.SETTINGS + reference.TEMPORAL_SETTINGS) | recorded
+    return reference._settings(summary, reference.COMPARED_SETTINGS + reference.TEMPORAL_SETTINGS) | recorded
 
 
 def band_drift(band: dict) -> dict:

@@ -98,23 +98,23 @@ def test_the_lessons_are_the_readmes_t4_column_and_every_exercise_has_a_time():
 
 def test_the_steps_each_run_trains_follow_the_gpu_profile():
     main = SEED_QLORA["max_steps"]
-    assert quota.trained_steps("03_lora_sft") == main
+    assert quota.t4_steps("03_lora_sft") == main
     # part 2: the other loss masking, section 7's two arms, the chat run
     compare_steps = quota.parameters("03_lora_sft")["compare_steps"]
     part_2 = main + 2 * compare_steps + quota.CHAT_STEPS
-    assert quota.trained_steps("03_lora_sft", {"compare": True}) == main + part_2
-    assert quota.trained_steps("03_lora_sft", {"max_steps": 10, "compare": True, "compare_steps": 2,
+    assert quota.t4_steps("03_lora_sft", {"compare": True}) == main + part_2
+    assert quota.t4_steps("03_lora_sft", {"max_steps": 10, "compare": True, "compare_steps": 2,
                                                "chat_steps": 0}) == 10 + 10 + 4
-    assert quota.trained_steps("05_save_and_push") == quota.parameters("05_save_and_push")["second_steps"]
+    assert quota.t4_steps("05_save_and_push") == quota.parameters("05_save_and_push")["second_steps"]
     methods = TASK_DEFAULTS["methods"]
     per_step = SEED_QLORA["batch_size"] * SEED_QLORA["gradient_accumulation_steps"]
     # every arm of section 2, and section 3's QLoRA arm written out by hand
-    assert quota.trained_steps("06_compare_methods") == ((len(GPU_DEFAULT_METHODS) + 1) * methods["max_steps"]
+    assert quota.t4_steps("06_compare_methods") == ((len(GPU_DEFAULT_METHODS) + 1) * methods["max_steps"]
                                                          * methods["batch_size"] // per_step)
     p = quota.parameters("07_temporal_encoding")
-    assert quota.trained_steps("07_temporal_encoding", {"n_train": 100, "num_epochs": 2.0, "n_python": 40,
+    assert quota.t4_steps("07_temporal_encoding", {"n_train": 100, "num_epochs": 2.0, "n_python": 40,
                                                         "python_epochs": 1.0}) == 50 + 10
-    assert p["n_train"] > 0 and quota.trained_steps("02_baseline_generation") == 0
+    assert p["n_train"] > 0 and quota.t4_steps("02_baseline_generation") == 0
 
 
 def test_each_notebook_that_loads_the_model_downloads_it_once_and_an_exercise_in_another_runtime_again():

@@ -36,7 +36,7 @@ def bands_for(notebook, **key):
 
 
 def test_a_run_inside_its_bands_is_normal():
-    line = reference.judge(record("03_lora_sft"), bands_for("03_lora_sft"))
+    line = reference.judge_run(record("03_lora_sft"), bands_for("03_lora_sft"))
     assert line.startswith("03_lora_sft (the embedded Gemma 3 270M, bf16 on a 2-core CPU with AVX512_BF16): ")
     for label in ("held-out loss 2.480 inside", "seconds per step 1.60 inside",
                   "peak memory 3.90 GiB inside"):
@@ -65,7 +65,7 @@ OUTSIDE = [  # (notebook, figure, value, side, what the line tells to check)
 @pytest.mark.parametrize("notebook,name,value,side,check", OUTSIDE,
                          ids=[f"{n[:2]}-{f}-{s}" for n, f, _, s, _ in OUTSIDE])
 def test_each_figure_outside_its_band_is_named_with_what_to_check(notebook, name, value, side, check):
-    line = reference.judge(record(notebook, {name: value}), bands_for(notebook))
+    line = reference.judge_run(record(notebook, {name: value}), bands_for(notebook))
     label = reference.FIGURES[name].label
     shown = reference.figure_text(value, reference.FIGURES[name])
     assert f"{label} {shown} {side} " in line and "(check: " in line and check in line
@@ -76,31 +76,31 @@ def test_each_figure_outside_its_band_is_named_with_what_to_check(notebook, name
 
 
 def test_a_figure_outside_on_its_harmless_side_is_said_but_keeps_the_run_normal():
-    line = reference.judge(record("03_lora_sft", {"seconds_per_step": 0.5}), bands_for("03_lora_sft"))
+    line = reference.judge_run(record("03_lora_sft", {"seconds_per_step": 0.5}), bands_for("03_lora_sft"))
     assert "seconds per step 0.50 BELOW 0.95-2.26 (fine: a faster or quieter machine)" in line
     assert line.endswith(": normal")
 
 
 def test_another_model_or_runtime_or_settings_gets_no_reference():
     bands = bands_for("03_lora_sft")
-    t4 = reference.judge(record("03_lora_sft", model="google/gemma-2b", machine="Tesla T4",
+    t4 = reference.judge_run(record("03_lora_sft", model="google/gemma-2b", machine="Tesla T4",
                                 runtime={"device": "cuda", "dtype": "fp16"}), bands)
     assert t4 == ("03_lora_sft: no reference for google/gemma-2b in fp16 on a Tesla T4 yet: bands come from "
                   "measured runs only")
-    other_steps = reference.judge(record("03_lora_sft", max_steps=100, batch_size=1), bands)
+    other_steps = reference.judge_run(record("03_lora_sft", max_steps=100, batch_size=1), bands)
     assert other_steps.startswith("03_lora_sft: no reference for the embedded Gemma 3 270M in bf16 on a "
                                   f"{MACHINE} with these settings (batch_size 1 (measured: 8), max_steps 100 "
                                   "(measured: 40)): bands come from measured runs only")
     assert "inside" not in other_steps and "ABOVE" not in other_steps
-    fp32 = reference.judge(record("03_lora_sft", runtime={"device": "cpu", "dtype": "fp32"}), bands)
+    fp32 = reference.judge_run(record("03_lora_sft", runtime={"device": "cpu", "dtype": "fp32"}), bands)
     assert fp32.startswith("03_lora_sft: no reference for the embedded Gemma 3 270M in fp32")
 
 
 def test_on_another_machine_only_the_quality_figures_are_compared():
     """Seconds and memory depend on the machine: an 8-core CPU's are not judged by a 2-core one's band, while
     its held-out loss is (same model, dtype and settings)."""
-    line = reference.judge(record("03_lora_sft", {"seconds_per_step": 0.3}, machine="8-core CPU with AMX"),
-                           bands_for("03_lora_sft"))
+    faster = record("03_lora_sft", {"seconds_per_step": 0.3}, machine="8-core CPU with AMX")
+    line = reference.judge_run(faster, bands_for("03_lora_sft"))
     assert "held-out loss 2.480 inside" in line
     assert ("seconds per step and peak memory: no reference for a 8-core CPU with AMX (measured on a "
             f"{MACHINE})" in line) and "BELOW" not in line
@@ -205,7 +205,7 @@ def test_seconds_measured_beside_other_jobs_make_no_band_and_the_line_says_why(m
     assert "seconds_per_step" in band_of(runs, [42, 1], [QUIET, QUIET])["figures"]
     assert band_of(runs, [42, 1], [QUIET, None])["left_out"] == {"seconds_per_step": "a run's load was not "
                                                                                      "recorded"}
-    line = reference.judge(record("03_lora_sft"), [band])
+    line = reference.judge_run(record("03_lora_sft"), [band])
     assert ("seconds per step 1.60: no band (the runs shared the cores with other jobs (mean load average up "
             "to 4.5 on 2 cores))") in line and "held-out loss 2.480 inside" in line
     assert line.endswith(": normal")
@@ -245,12 +245,12 @@ RUNS = f"3 measured runs (seeds 42, 1, 2, {DATE})"
 
 
 def test_the_whole_line_of_a_normal_and_of_an_abnormal_run():
-    assert reference.judge(record("03_lora_sft"), [band()]) == (
+    assert reference.judge_run(record("03_lora_sft"), [band()]) == (
         HEAD + "held-out loss 2.480 inside 2.350-2.600; seconds per step 1.60 inside 0.95-2.26; "
         f"peak memory 3.90 GiB inside 3.50-4.30 GiB; against the bands of {RUNS}: normal")
     learned_nothing = record("03_lora_sft", {"held_out_loss": 4.2, "seconds_per_step": 0.5,
                                              "peak_memory_gib": 5.123})
-    assert reference.judge(learned_nothing, [band()]) == (
+    assert reference.judge_run(learned_nothing, [band()]) == (
         HEAD + "held-out loss 4.200 ABOVE 2.350-2.600 (check: a run that trained but learned little: a mask "
         "that labels nothing (the gradient tripwire's line), the learning rate, the KV cache path (the "
         "pre-flight's first line), or other data than the settings say); seconds per step 0.50 BELOW "
@@ -262,7 +262,7 @@ def test_the_whole_line_of_a_normal_and_of_an_abnormal_run():
 
 @pytest.mark.parametrize("loss, words", [(2.35, "inside"), (2.6, "inside"), (2.34, "BELOW"), (2.61, "ABOVE")])
 def test_a_band_holds_its_own_edges(loss, words):
-    line = reference.judge(record("03_lora_sft", {"held_out_loss": loss}), [band()])
+    line = reference.judge_run(record("03_lora_sft", {"held_out_loss": loss}), [band()])
     assert f"held-out loss {loss:.3f} {words} 2.350-2.600" in line
     assert line.endswith(": normal" if words == "inside" else ": not normal")
 
@@ -272,7 +272,7 @@ def test_a_figure_the_run_did_not_record_is_said_and_keeps_the_run_normal(value)
     """A manifest entry written before course_config noted the machine has no peak memory; a trainer that
     logged a NaN loss has no loss to judge."""
     unrecorded = record("03_lora_sft", {"held_out_loss": value, "peak_memory_gib": value})
-    assert reference.judge(unrecorded, [band()]) == (
+    assert reference.judge_run(unrecorded, [band()]) == (
         HEAD + "held-out loss: not recorded; seconds per step 1.60 inside 0.95-2.26; peak memory: not "
         f"recorded; against the bands of {RUNS}: normal")
 
@@ -285,7 +285,7 @@ def test_a_figure_left_out_of_its_band_says_why(left_out, why):
     kept = band(figures=spans, left_out=left_out)
     if left_out is None:
         del kept["left_out"]
-    line = reference.judge(record("03_lora_sft", {"seconds_per_step": 9.9}), [kept])
+    line = reference.judge_run(record("03_lora_sft", {"seconds_per_step": 9.9}), [kept])
     assert f"; seconds per step 9.90: no band ({why}); peak memory " in line and line.endswith(": normal")
 
 
@@ -293,16 +293,16 @@ def test_a_band_without_its_seeds_or_date_still_reads():
     """A band written by hand or by an older tool: the line says what it does not know."""
     undated = band()
     del undated["date"]
-    assert reference.judge(record("03_lora_sft"), [undated]).endswith(
+    assert reference.judge_run(record("03_lora_sft"), [undated]).endswith(
         "against the bands of 3 measured runs (seeds 42, 1, 2, undated): normal")
     del undated["seeds"]
-    assert reference.judge(record("03_lora_sft"), [undated]).endswith(
+    assert reference.judge_run(record("03_lora_sft"), [undated]).endswith(
         "against the bands of 0 measured runs (seeds , undated): normal")
 
 
 def test_another_notebooks_bands_are_no_reference():
     """04's band has the same model, runtime and settings: it is still no band of 03's figures."""
-    assert reference.judge(record("03_lora_sft"), [band("04_evaluation")]) == (
+    assert reference.judge_run(record("03_lora_sft"), [band("04_evaluation")]) == (
         f"03_lora_sft: no reference for the embedded Gemma 3 270M in bf16 on a {MACHINE} yet: bands come "
         "from measured runs only")
 
@@ -324,7 +324,7 @@ DIFFER = [  # (the band's settings, the line's words): three named, sorted, the 
 
 @pytest.mark.parametrize("theirs, differ", DIFFER, ids=["one", "three", "four", "five", "a-newer-setting"])
 def test_the_settings_that_differ_are_named_with_the_measured_values(theirs, differ):
-    line = reference.judge(record("03_lora_sft"), [band(settings=theirs)])
+    line = reference.judge_run(record("03_lora_sft"), [band(settings=theirs)])
     assert line == NO_SETTINGS.format(machine=MACHINE, differ=differ)
 
 
@@ -332,7 +332,7 @@ def test_the_settings_named_are_those_of_the_closest_band():
     far = band(settings={**SETTINGS, **STEPS_BATCH_RATE})
     close = band(settings={**SETTINGS, "lora_r": 16})
     for bands in ([far, close], [close, far]):
-        assert reference.judge(record("03_lora_sft"), bands) == NO_SETTINGS.format(
+        assert reference.judge_run(record("03_lora_sft"), bands) == NO_SETTINGS.format(
             machine=MACHINE, differ="lora_r 8 (measured: 16)")
 
 
@@ -341,9 +341,10 @@ def test_of_two_bands_with_the_same_settings_the_one_of_this_machine_judges():
     are judged by its own machine's band; a run on a third machine by the first band's quality figures."""
     fast = band(figures={"held_out_loss": (2.35, 2.6), "seconds_per_step": (0.3, 0.7),
                          "peak_memory_gib": (3.5, 4.3)}, machine="8-core CPU with AMX", seeds=[7, 8])
-    line = reference.judge(record("03_lora_sft"), [fast, band()])
+    line = reference.judge_run(record("03_lora_sft"), [fast, band()])
     assert "seconds per step 1.60 inside 0.95-2.26" in line and line.endswith(f"{RUNS}: normal")
-    other = reference.judge(record("03_lora_sft", machine="4-core CPU without native bf16"), [fast, band()])
+    slower = record("03_lora_sft", machine="4-core CPU without native bf16")
+    other = reference.judge_run(slower, [fast, band()])
     assert other.endswith("; seconds per step and peak memory: no reference for a 4-core CPU without native "
                           "bf16 (measured on a 8-core CPU with AMX); against the bands of 2 measured runs "
                           f"(seeds 7, 8, {DATE}): normal")
@@ -394,7 +395,7 @@ def log_of(steps, eval_loss):
                          "eval_loss": evals + [eval_loss], "learning_rate": [2e-4] * (n - 1) + [None]})
 
 
-def settings_of(cfg, keys=reference.SETTINGS) -> dict:
+def settings_of(cfg, keys=reference.COMPARED_SETTINGS) -> dict:
     summary = config_summary(cfg)
     return {name: summary[group][name] for group, name in keys}
 
@@ -452,7 +453,8 @@ def test_07s_record_takes_its_configs_settings_and_those_it_recorded_but_the_see
     assert reference.run_record("07_temporal_encoding", tmp_path, cfg) == {
         "notebook": "07_temporal_encoding", "model": "embedded",
         "runtime": {"device": "cpu", "dtype": "fp32"}, "machine": "2-core CPU without native bf16",
-        "settings": settings_of(cfg, reference.SETTINGS + reference.TEMPORAL_SETTINGS) | (settings or {}),
+        "settings": settings_of(cfg, reference.COMPARED_SETTINGS + reference.TEMPORAL_SETTINGS)
+                    | (settings or {}),
         "figures": {"year_accuracy": 0.91, "year_accuracy_constant": 0.07, "python_accuracy": 0.98,
                     "seconds_per_step": per_step, "peak_memory_gib": 4.1}}
 

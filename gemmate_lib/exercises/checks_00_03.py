@@ -12,11 +12,11 @@ from gemmate_lib.exercises.judging import (
     exercise,
     facts,
     less,
+    manifest_max_steps,
     more,
     read_csv,
     rounded,
     shaped,
-    trained_steps,
 )
 
 
@@ -214,7 +214,7 @@ def _03_2(ex, lesson):
                                             "chat_steps": 0, "run_dir": f"runs/ex03_3{x}"})
                            for x, steps in (("a", 10), ("b", 30))))
 def _03_3(ex, lesson):
-    steps = [trained_steps(f) for f in ex]
+    steps = [manifest_max_steps(f) for f in ex]
     losses = [read_csv(f, "loss_masking.csv", index_col="setting")["held_out_loss_text"] for f in ex]
     gaps = [loss.iloc[1] - loss.iloc[0] for loss in losses]  # completion only, less the whole text
     ok = None not in steps and steps[0] < steps[1]

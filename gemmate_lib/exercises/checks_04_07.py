@@ -11,12 +11,12 @@ from gemmate_lib.exercises.judging import (
     exercise,
     facts,
     less,
+    manifest_max_steps,
     more,
     read_csv,
     read_json,
     rounded,
     shaped,
-    trained_steps,
 )
 
 
@@ -29,7 +29,7 @@ from gemmate_lib.exercises.judging import (
                       ("04_evaluation", {"run_dir": "runs/ex04_1"})))
 def _04_1(ex, lesson):
     short, full = (read_json(f, "metrics.json")["models"] for f in (ex[0], lesson))
-    steps, lesson_steps = trained_steps(ex[0]), trained_steps(lesson)
+    steps, lesson_steps = manifest_max_steps(ex[0]), manifest_max_steps(lesson)
 
     def value(models, model="fine-tuned", metric="perplexity"):
         return models[model][metric]["value"]

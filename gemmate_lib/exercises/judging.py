@@ -115,7 +115,7 @@ def facts(folder: Path, notebook: str) -> dict:
                   f"manifest.json's entry of {notebook}")
 
 
-def trained_steps(folder: Path) -> int | None:
+def manifest_max_steps(folder: Path) -> int | None:
     """03's max_steps for the run in `folder`, from its manifest."""
     return facts(folder, "03_lora_sft").get("config", {}).get("train", {}).get("max_steps")
 
@@ -212,12 +212,12 @@ def exercise_spec(name: str, passed: Callable, results: tuple[str, ...] | str, h
     if parameters and "manifest.json" not in lesson:  # a rerun compares its settings with the lesson's
         lesson = (*lesson, "manifest.json")
     one = isinstance(results, str)
-    judge = (lambda ex, _: passed(read_json(ex[0], results, shape))) if one else passed
+    passes = (lambda ex, _: passed(read_json(ex[0], results, shape))) if one else passed
     runs = "; then ".join(f"{stem[:2]} with {parameters_text(params).replace('`', '')}"
                           for stem, params in parameters)
     how = f"set the parameters cell, then Run all: {runs} (the check reads {how_to_run})"
     return Exercise(expectation, folders or ("ex" + name.replace("-", "_"),), (results,) if one else results,
-                    judge, how if parameters else how_to_run, lesson, parameters,
+                    passes, how if parameters else how_to_run, lesson, parameters,
                     how_to_run if parameters else "")
 
 

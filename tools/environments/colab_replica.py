@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(__file__).with_name("colab_snapshot")
 VENV = ROOT / ".venv-colab"
 DOC = ROOT / "docs" / "compatibility.md"
-RECORD = ROOT / "docs" / "colab-replica.json"  # the last run's figures, from which the section is written
+REPLICA_RECORD = ROOT / "docs" / "colab-replica.json"  # the last run's figures, which the section shows
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 # the libraries whose optional-package probes decide what of Colab's list can change their behaviour
 PROBERS = ("transformers", "peft", "trl", "accelerate", "datasets")
@@ -315,7 +315,7 @@ def write_doc(rows: list[tuple[str, str, float, str]], report: dict, state: dict
     record = {"date": dt.date.today().isoformat(), "source": source,
               "python": colab_python(), "packages": len(colab_packages()), "held": len(state),
               "shown": {n: state.get(n) for n in SHOWN}, "rows": [list(r) for r in rows], "report": report}
-    RECORD.write_text(json.dumps(record, indent=1) + "\n")
+    REPLICA_RECORD.write_text(json.dumps(record, indent=1) + "\n")
     block = section(record)
     page = DOC.read_text() if DOC.exists() else "# Compatibility\n"
     DOC.write_text(replace(page, BLOCK, block, append=True))

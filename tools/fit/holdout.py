@@ -22,7 +22,7 @@ import subprocess
 
 from tools.fit.rehearse import DOCS
 
-RECORD = DOCS / "planner-holdout.json"
+HOLDOUT_RECORD = DOCS / "planner-holdout.json"
 PAGE = DOCS / "full-shape.md"
 ROOT = DOCS.parent
 LIMIT = 0.15  # the planner's allowance on every row (tests/test_fit.py)
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
                         help="record the current planner's prediction of every hold-out row the record lacks")
     args = parser.parse_args(argv)
     rows = json.loads((DOCS / "full-shape.json").read_text())["rows"]
-    record = json.loads(RECORD.read_text())
+    record = json.loads(HOLDOUT_RECORD.read_text())
     new = missing(record, rows)
     if args.append and new:
         if _git("status", "--porcelain", "--", *PLANNER).strip():
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         for r in new:
             record["entries"].append(entry(r, planned(r["model"]), head, None))
             print(f"recorded {' '.join(key(r))}: the planner of {head[:7]}")
-        RECORD.write_text(json.dumps(record, indent=1) + "\n")
+        HOLDOUT_RECORD.write_text(json.dumps(record, indent=1) + "\n")
     elif new:
         raise SystemExit(f"no entry for {', '.join(' '.join(key(r)) for r in new)}: "
                          "python -m tools.fit.holdout --append")

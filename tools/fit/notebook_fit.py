@@ -4,7 +4,7 @@ tools/fit/ledger.py; the smoke run, tests/learner_path.py, writes them in the GP
 preparation, what a T4 runs, with 03's part 2, every method of 06 and the exercises' solutions), and writes
 
 - gemmate_lib/notebook_copies.json: per notebook, each distinct moment's model copies (kinds, the one being
-  loaded, training or not, held by a child process or not), the optional part it belongs to (PARTS: 03's
+  loaded, training or not, held by a child process or not), the optional part it belongs to (PART_CELLS: 03's
   part 2, 05's GGUF export, an exercise's solution) and the cells where it happens, plus the kernel's own
   memory before its first load, and which planner's phases a part's child processes run (CHILD_PHASES);
   the notebooks' fit lines (gemmate_lib.fit.notebook_fit) and the exercises' (gemmate_lib.exercises.fit_lines)
@@ -39,9 +39,9 @@ WITHOUT_WHOLE = {
     "06_compare_methods": 'its 16/32-bit methods (methods=["qlora"] runs)',
     "qlora_one_runtime": "the merge",
 }
-# A notebook's optional parts, by the ids of the cells that run them (gemmate_lib.fit.PARTS says which
-# parameters run each); an exercise's solution is labelled by the cell that runs it (GEMMATE_FIT_PART)
-PARTS = {
+# A notebook's optional parts, by the ids of the cells that run them (gemmate_lib.fit.PART_PARAMETERS says
+# which parameters run each); an exercise's solution is labelled by the cell that runs it (GEMMATE_FIT_PART)
+PART_CELLS = {
     "03_lora_sft": {"compare": ("70a09624", "badcee92"), "chat": ("c3baca86",)},
     "05_save_and_push": {"export_gguf": ("d7c65ecd",)},
 }
@@ -88,7 +88,7 @@ def moments(ledger: Path, notebook: Path, compute: str) -> tuple[list[dict], int
     at the same time), each with the optional part it belongs to, and the kernel's resident memory at its
     first load less that copy (its libraries, tokenizer and data)."""
     ids = cell_ids(notebook)
-    by_cell = {cell: part for part, cells in PARTS.get(notebook.stem, {}).items() for cell in cells}
+    by_cell = {cell: part for part, cells in PART_CELLS.get(notebook.stem, {}).items() for cell in cells}
     found: dict[tuple, dict] = {}
     kernel, held, children = 0, [], {}
     for event in events(ledger):

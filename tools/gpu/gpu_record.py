@@ -32,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # (part, seconds allowed): the order is the priority; the whole fits one 10-minute device call
-PARTS = {"full-shape/gemma-4-E2B": 280, "full-shape/gemma-2b": 180, "embedded/t4": 240, "embedded/bf16": 240}
+PART_SECONDS = {"full-shape/gemma-4-E2B": 280, "full-shape/gemma-2b": 180, "embedded/t4": 240,
+                "embedded/bf16": 240}
 STEPS = 3  # LoRA steps per full-shape model: enough for the optimizer's state and a step's activations
 EVAL_ROWS = 16
 T4_CAPABILITY = (7, 5)
@@ -174,7 +175,7 @@ def child(part: str, work: Path, out: Path, dry_run: bool) -> int:
     return 0
 
 
-RECORD = ROOT / "docs" / "gpu-record.json"  # the committed records, each run's gpu_record.json with a note
+GPU_RECORDS = ROOT / "docs" / "gpu-record.json"  # the committed records: each run's gpu_record.json, noted
 PAGE = ROOT / "docs" / "full-shape.md"
 
 
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true",
                         help="part 1's code on this CPU with a tiny random Gemma; the other parts skipped")
-    parser.add_argument("--only", nargs="+", choices=list(PARTS), help="these parts (default: all, in order)")
+    parser.add_argument("--only", nargs="+", choices=list(PART_SECONDS),
+                        help="these parts (default: all, in order)")
     parser.add_argument("--out", type=Path, default=None, help="default: $OUT, else runs/gpu-record-<time>")
     parser.add_argument("--work", type=Path, default=None, help="checkpoints and outputs (default: /tmp)")
     parser.add_argument("--write", action="store_true",
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         from tools.markers import replace
 
-        PAGE.write_text(replace(PAGE.read_text(), "gpu table", table(json.loads(RECORD.read_text()))))
+        PAGE.write_text(replace(PAGE.read_text(), "gpu table", table(json.loads(GPU_RECORDS.read_text()))))
         return 0
     out = args.out or Path(os.environ.get("OUT") or ROOT / "runs" / time.strftime("gpu-record-%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["GEMMATE_SMOKE_TOKENIZER"] = str(work / "tokenizer")
     if args.child:
         return child(args.child, work, out, args.dry_run)
-    parts = args.only or (["full-shape/gemma-2b"] if args.dry_run else list(PARTS))
+    parts = args.only or (["full-shape/gemma-2b"] if args.dry_run else list(PART_SECONDS))
     results = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "dry_run": args.dry_run,
                "parts": {}}
     try:
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - recorded, the parts say the rest
         results["gpu"] = f"torch failed: {err}"
     for part in parts:
-        began, limit = time.time(), PARTS[part]
+        began, limit = time.time(), PART_SECONDS[part]
         print(f"--- {part} (at most {limit} s)", flush=True)
         cmd = [sys.executable, "-m", "tools.gpu.gpu_record", "--child", part, "--out", str(out),
                "--work", str(work), *(["--dry-run"] if args.dry_run else [])]

@@ -8,7 +8,7 @@ exercise's "(CPU / T4 min)" in its notebook's "## Exercises" text). Each is spli
 
 - its checkpoint downloads: every Colab notebook runs in a fresh runtime, so each one that loads the model
   downloads it again; the planner's load time (`fit.predict`'s "load" seconds: checkpoint bytes at its rate);
-- its training: the optimizer steps it runs (of four examples, the seed recipe's batch 1 x 4; `trained_steps`
+- its training: the optimizer steps it runs (of four examples, the seed recipe's batch 1 x 4; `t4_steps`
   counts them from the notebooks' parameters and the GPU profile) at the planner's step time for the model
   (`fit.predict`'s "nf4" seconds for one step, from the model's config: `fit.shape_of`);
 - the rest (install, Drive, loading from disk, generation, evaluation), kept as it is for gemma-2b.
@@ -129,7 +129,7 @@ def parameters(stem: str) -> dict:
     return found
 
 
-def trained_steps(stem: str, params: dict | None = None) -> int:
+def t4_steps(stem: str, params: dict | None = None) -> int:
     """Optimizer steps of four examples (the seed recipe's batch 1 x 4 accumulation, whose step time the
     planner knows) that a T4 run of notebook `stem` trains in the GPU profile, with `params` over its
     parameters cell: 03's run and, with compare=True, its part 2 (the other loss masking, section 7's two
@@ -180,14 +180,14 @@ def items() -> list[Item]:
              for stem, entry in measured()["notebooks"].items()}
     found = []
     for stem, (minutes, parts) in lessons.items():
-        found.append(Item(stem, stem, "lesson", minutes, trained_steps(stem), int(loads[stem]), loads[stem],
+        found.append(Item(stem, stem, "lesson", minutes, t4_steps(stem), int(loads[stem]), loads[stem],
                           loads[stem]))
         for name, added in parts.items():
-            steps = trained_steps(stem, {name: True}) - trained_steps(stem)
+            steps = t4_steps(stem, {name: True}) - t4_steps(stem)
             found.append(Item(f"{stem}+{name}", stem, "part", added, steps, params=((name, True),)))
         for name in (n for n in exercises if n.startswith(stem[:2] + "-")):
             runs = exercise_runs(name)
-            steps = sum(trained_steps(s, p) for s, p in runs if "exercise" not in p)
+            steps = sum(t4_steps(s, p) for s, p in runs if "exercise" not in p)
             steps += SOLUTION_STEPS[name](parameters(stem)) if name in SOLUTION_STEPS else 0
             # a run of another notebook opens a runtime of its own (04-1 runs 03 there): one more download
             downloads = sum(s != stem for s, _ in runs) + (name in LOADS_ALONE)

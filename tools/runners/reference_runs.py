@@ -5,7 +5,7 @@ the CPU profile on the embedded model, offline: 03_lora_sft with part 2 off (com
 its `seed`, then 04_evaluation on that adapter, and 07_temporal_encoding with its `seed`. Each notebook runs
 with one cell added after its "Is this run normal?" cell (RECORD_CELL): it keeps what that line compared
 (gemmate_lib.reference.run_record: model, runtime, machine, settings, figures, read from the run's own files)
-in the run folder (RECORD). The tool reads those records, checks that every seed ran with the same model,
+in the run folder (SEED_RECORD). The tool reads those records, checks that every seed ran with the same model,
 runtime, machine and settings, and writes one band per notebook into gemmate_lib/reference_bands.json: the
 lowest and highest figure over the seeds, widened by the figure's margin (MARGINS, written into the file),
 with the seeds, the CPU, the date and the commit. A band with the same key is replaced; others are kept. A
@@ -44,7 +44,7 @@ TIMED = ("seconds_per_step",)  # figures that another job on the cores distorts
 MARGINS = {"held_out_loss": (0.05, True), "perplexity": (0.15, True), "format_share": (0.1, False),
            "year_accuracy": (0.05, False), "year_accuracy_constant": (0.05, False),
            "python_accuracy": (0.05, False), "seconds_per_step": (0.4, True), "peak_memory_gib": (0.1, True)}
-RECORD = "reference_record-{notebook}.json"  # in a seed's run folder: what the normal line compared
+SEED_RECORD = "reference_record-{notebook}.json"  # in a seed's run folder: what the normal line compared
 NORMAL_CELL = "is-normal"  # the id of the cell that prints gemmate_lib.reference.normal_line
 RECORD_CELL = ("# added by tools/runners/reference_runs.py: what this run's normal line compared\n"
                "from gemmate_lib.guard_rails.files import save_json\n"
@@ -111,7 +111,7 @@ def with_record_cell(notebook: str):
     import nbformat
 
     nb = nbformat.read(repo_root() / "notebooks" / f"{notebook}.ipynb", as_version=4)
-    source = RECORD_CELL.format(file=RECORD.format(notebook=notebook), notebook=notebook)
+    source = RECORD_CELL.format(file=SEED_RECORD.format(notebook=notebook), notebook=notebook)
     at = next(i for i, cell in enumerate(nb.cells) if cell.get("id") == NORMAL_CELL) + 1
     nb.cells.insert(at, nbformat.v4.new_code_cell(source))
     return nb
@@ -121,7 +121,7 @@ def record_of(run_dir: Path, notebook: str) -> dict | None:
     """The record RECORD_CELL kept in `run_dir`; None before it ran. A run with nothing to compare (run_record
     says why) stops the tool."""
     try:
-        record = json.loads((run_dir / RECORD.format(notebook=notebook)).read_text())
+        record = json.loads((run_dir / SEED_RECORD.format(notebook=notebook)).read_text())
     except (OSError, ValueError):
         return None
     if isinstance(record, str):

@@ -456,6 +456,23 @@ def test_the_embedded_quotes_come_in_the_shared_schema_and_colab_is_asked_to_ins
     assert len(rows) == 326 and all(set(r) == {"quote", "author", "tags"} and r["tags"] == [] for r in rows)
 
 
+def test_the_embedded_quotes_load_the_same_where_the_locale_is_not_utf8():
+    """The quotes package's file is UTF-8, with typographic quotes and dashes: a machine whose locale encodes
+    otherwise (Windows' cp1252, a C locale) loads the same rows, not a UnicodeDecodeError or mojibake. (Under
+    Python's UTF-8 mode the locale decides no file's encoding, and this test cannot tell.)"""
+    import locale
+
+    expected = load_quotes("embedded")
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # ASCII: a byte over 127 read in the locale's encoding fails
+    try:
+        data = load_quotes("embedded")
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert data == expected
+    assert any("\u2019" in row["quote"] for row in data.train)  # the typographic marks came through
+
+
 def test_without_the_offline_quotes_package_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "inspirational_quotes", None)  # imports as if it were not installed
     with pytest.raises(DataError) as err:

@@ -1,7 +1,7 @@
 # GemmaTE course. Two commands do all the set-up on a fresh machine:
 #   make course      run every notebook headless (papermill) on the embedded default
 #   make test        lint + every unit test + nbval regression tests of the committed notebooks (what CI runs)
-#   make test-fast   lint + the plumbing tests on a tiny random Gemma (under 2 minutes; no model conversion)
+#   make test-fast   lint + the plumbing tests on a tiny random Gemma (under 2 minutes; one tiny GGUF export, cached)
 #   make lab         JupyterLab on 127.0.0.1 with the notebooks and the course's kernel
 PYTHON ?= python3
 VENV   := .venv

@@ -15,6 +15,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads sleep when they wait instead of spinning: llama.cpp's (the export and certificate tests) spun
+# against the other worker's torch, one llama.cpp step 68 ms against 0.15 ms on two busy cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # make unit runs the tests on several workers (pytest-xdist, TEST_WORKERS): each computes with its share of
 # the cores, and so do the processes it starts (notebook kernels, the command line), instead of every worker
 # running a thread per core and all of them fighting over the cores.

@@ -29,6 +29,33 @@ def make_tiny_tokenizer():
                                    pad_token="<pad>")
 
 
+def make_sentencepiece_tokenizer(folder, corpus, vocab_size: int = 400):
+    """A Gemma tokenizer on a SentencePiece BPE model (~400 pieces) trained in memory on `corpus`, saved to
+    `folder` (tokenizer.model beside the tokenizer files) and loaded from there: llama.cpp's converter reads a
+    Gemma's SentencePiece vocabulary, which make_tiny_tokenizer's byte-level one is not, so a tiny model
+    meant for a GGUF export takes this one. As Gemma's: <pad> <eos> <bos> at ids 0 1 2, byte fallback, no
+    space prefix; llama.cpp then splits text into the same ids as transformers."""
+    import io
+    import json
+    from pathlib import Path
+
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(corpus) * 20), model_writer=model, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>",
+        eos_piece="<eos>", bos_piece="<bos>", add_dummy_prefix=False, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, user_defined_symbols=["\n"], hard_vocab_limit=False, minloglevel=2)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    settings = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "padding_side": "right"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def make_tiny_gemma(tokenizer, seed: int = 0):
     """A random Gemma 3 text model with the real architecture at toy size (float32, eval mode).
 

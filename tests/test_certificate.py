@@ -317,7 +317,7 @@ def _export_key() -> str:
         "torch", "transformers", "peft", "sentencepiece", "llama_cpp_python", "safetensors")]).encode())
     for builder in (_build_tiny_export, tiny.make_sentencepiece_tokenizer):
         digest.update(inspect.getsource(builder).encode())
-    code = Path(export.__file__)
+    code = Path(inspect.getfile(export))
     for path in [code, code.parent / "converter_shim" / "sitecustomize.py",
                  *sorted(export.CONVERTER_DIR.rglob("*.py"))]:
         digest.update(path.read_bytes())

@@ -118,28 +118,22 @@ def text_setting(model, name: str, default=None):
 
 def model_type_of(model) -> str:
     """config.model_type of `model`: a loaded model, a config, a local folder, "embedded" (Gemma 3 270M) or a
-    Hub id (read from its name, since the Hub may be out of reach); "" when it cannot tell."""
+    Hub id (read from its name, since the Hub may be out of reach; Gemma 3n is not Gemma 3); "" when it
+    cannot tell."""
     if not isinstance(model, (str, Path)):
-        config = getattr(model, "config", model)
-        return str(getattr(config, "model_type", "") or "")
+        return str(getattr(getattr(model, "config", model), "model_type", "") or "")
     name = str(model)
     if name == "embedded":
         return "gemma3_text"
     config = Path(name) / "config.json"
     if config.is_file():
         try:
-            return str(json.loads(config.read_text()).get("model_type", ""))
+            return str(json.loads(config.read_text()).get("model_type") or "")
         except ValueError:
             return ""
-    lower = name.lower()
-    for pattern, model_type in (
-        (r"gemma-4", "gemma4"),
-        (r"gemma-3n", "gemma3n"),
-        (r"gemma-3", "gemma3_text"),
-        (r"gemma-2-|gemma2", "gemma2"),
-        (r"gemma-(1\.1-)?[27]b", "gemma"),
-    ):
-        if re.search(pattern, lower):
+    for pattern, model_type in ((r"gemma-4", "gemma4"), (r"gemma-3(?!n)", "gemma3_text"),
+                                (r"gemma-(1\.1-)?[27]b", "gemma")):
+        if re.search(pattern, name.lower()):
             return model_type
     return ""
 

@@ -60,10 +60,51 @@ def test_the_courses_loader_loads_each_generation_with_the_chosen_kernel_on_its_
         ("google/gemma-3-1b-pt", "gemma3"),
         ("google/gemma-4-E2B-it", "gemma4"),
         ("embedded", "gemma3"),
+        ("Google/Gemma-1.1-7B-it", "gemma"),  # Hub ids are read case-blind
+        ("google/gemma-3n-E2B", None),  # Gemma 3n is not Gemma 3: the course has no recipe for it
+        ("google/gemma-2-2b", None),
+        ("meta-llama/Llama-3.2-1B", None),
     ],
 )
 def test_hub_ids_name_their_generation(model_name, key):
-    assert generation_of(model_name).key == key
+    generation = generation_of(model_name)
+    assert (generation and generation.key) == key
+
+
+def test_a_model_a_config_and_a_folder_name_their_generation(tmp_path):
+    """A loaded model and its bare config say their model_type; a folder's config.json does, and a folder
+    whose config.json has none, or is not JSON, belongs to no generation (never to a guessed one)."""
+    from types import SimpleNamespace
+
+    from transformers import Gemma3TextConfig
+
+    from gemmate_lib.generations import model_type_of
+
+    config = Gemma3TextConfig()
+    assert model_type_of(config) == model_type_of(SimpleNamespace(config=config)) == "gemma3_text"
+    assert model_type_of(SimpleNamespace()) == model_type_of(SimpleNamespace(model_type=None)) == ""
+    for text, expected in (('{"model_type": "gemma4"}', "gemma4"), ('{"model_type": null}', ""), ("{}", ""),
+                           ("not json", "")):
+        (tmp_path / "config.json").write_text(text)
+        assert model_type_of(tmp_path) == expected, text
+    assert generation_of(tmp_path) is None
+
+
+def test_text_setting_reads_the_text_config_of_a_model_or_a_config():
+    """Gemma 4's cap sits in text_config: text_setting finds it from the config itself, from a model holding
+    it, and from a plain object without get_text_config; a missing setting gives the default asked for."""
+    from types import SimpleNamespace
+
+    from transformers import Gemma4Config
+
+    from gemmate_lib.generations import text_setting
+
+    config = Gemma4Config(text_config={"final_logit_softcapping": 30.0})
+    assert getattr(config, "final_logit_softcapping", None) is None  # not at the top level
+    assert text_setting(config, "final_logit_softcapping") == 30.0
+    assert text_setting(SimpleNamespace(config=config), "final_logit_softcapping") == 30.0
+    assert text_setting(SimpleNamespace(hidden_size=64), "hidden_size") == 64
+    assert text_setting(config, "no_such_setting", 7) == 7
 
 
 def test_the_page_shows_the_generations_table():
@@ -138,6 +179,13 @@ def test_gemma4_targets_are_a_regex_that_takes_the_text_layers_and_leaves_the_to
               "model.audio_tower.layers.0.self_attn.v_proj": False}
     assert {name: bool(re.fullmatch(regex, name)) for name in wanted} == wanted
     assert lora_targets("google/gemma-2b", ["q_proj"]) == ["q_proj"]
+    one = lora_targets("google/gemma-4-E2B", "q_proj")  # one name as a string
+    assert re.fullmatch(one, "model.language_model.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(one, "model.language_model.layers.0.self_attn.v_proj")
+    every = lora_targets("google/gemma-4-E2B", "all-linear")  # PEFT's "all-linear": the seven projections
+    mlp = "model.language_model.layers.3.mlp."
+    assert all(re.fullmatch(every, mlp + name) for name in ("gate_proj", "down_proj"))
+    assert not re.fullmatch(every, "model.audio_tower.layers.0.mlp.down_proj")
 
 
 def sample_chats(key):
@@ -171,8 +219,12 @@ def test_training_template_renders_as_shipped(tiny_generation):
 def test_gemma4_training_template_refuses_an_unknown_template():
     from gemmate_lib.guard_rails.errors import ParameterError
 
-    with pytest.raises(ParameterError, match="Gemma 4 chat template"):
-        gemma4_training_template("{{ messages }}")
+    content, end = "{{- captured_content -}}", "{{- '<turn|>\\n' -}}"
+    for template in ("{{ messages }}", content, end, content + content + end):  # each lacks what it marks
+        with pytest.raises(ParameterError) as error:
+            gemma4_training_template(template)
+        assert "this Gemma 4 chat template is not the one the course knows how to mark" in str(error.value)
+        assert "use the template TRL ships (trl/chat_templates/gemma4_v5.jinja)" in str(error.value)
 
 
 def test_stop_tokens(tiny_generation):

@@ -88,6 +88,7 @@ def test_a_model_a_config_and_a_folder_name_their_generation(tmp_path):
         (tmp_path / "config.json").write_text(text)
         assert model_type_of(tmp_path) == expected, text
     assert generation_of(tmp_path) is None
+    assert model_type_of("meta-llama/Llama-3.2-1B") == ""  # a Hub id of no Gemma: no type, not a guess
 
 
 def test_text_setting_reads_the_text_config_of_a_model_or_a_config():

@@ -64,16 +64,20 @@ def test_the_table_gives_each_levels_figures_and_verdict():
                    "failed": ["top-1 agreement 50.0% < 70%"], "excused": "the base arrived as Q4_K_M"},
         "q8_0": {**ROW, "bounds": certificate.BOUNDS["q8_0"], "failed": ["mean gap 0.9 > 0.05"],
                  "excused": None},
-        "q6_k": {**ROW, "top1_decisive": None, "bounds": None, "failed": [], "excused": None}}}
+        "q6_k": {**ROW, "top1_decisive": None, "bounds": None, "failed": [], "excused": None},
+        "q5_k_m": {**ROW, "first_part": [None] * 4, "parted": 0, "bounds": None, "failed": [],
+                   "excused": None}}}
     lines = certificate.table(result).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    assert [c[0] for c in cells] == [certificate.MERGED, "f16", "q4_k_m", "q8_0", "q6_k"]
+    assert [len(line.strip("|").split("|")) for line in lines[:2]] == [9, 9]  # a markdown table: 9 columns
+    assert [c[0] for c in cells] == [certificate.MERGED, "f16", "q4_k_m", "q8_0", "q6_k", "q5_k_m"]
     assert cells[0][6:] == ["10.00 (9.00-11.00)", "75% (47%-91%)", "reference"]
     assert cells[1][1:6] == ["286", "0.010", "0.20", "99.0% (99.5%)", "token 0 (2 of 4)"]
     assert cells[1][8] == "within bounds"
     assert cells[2][8] == "outside bounds: top-1 agreement 50.0% < 70% (known: the base arrived as Q4_K_M)"
     assert cells[3][8].endswith("FAIL") and "mean gap" in cells[3][8]
     assert cells[4][8].startswith("not judged") and cells[4][4] == "99.0% (-)"
+    assert cells[5][5] == "- (0 of 4)"  # no prompt parted from the merged model's text
     assert {len(c) for c in cells} == {9}
 
 

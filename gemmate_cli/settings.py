@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemmate_lib import config
-from gemmate_lib.config import GROUP_TITLE, CourseConfig, Settings, course_config, plain_values, setting
+from gemmate_lib.config import GROUP_TITLE, CourseConfig, Settings, course_config, setting
 from gemmate_lib.guard_rails.errors import ParameterError
 
 
@@ -193,7 +193,8 @@ def dump_config(cfg: CommandConfig, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(plain_values(cfg.flat()), sort_keys=False))
+    flat = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.flat().items()}  # YAML: no tuples
+    path.write_text(yaml.safe_dump(flat, sort_keys=False))
     return path
 
 

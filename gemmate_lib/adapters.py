@@ -60,9 +60,8 @@ DAMAGED_FIX = ("save it again: run 03_lora_sft (or `gemmate train`) with this ru
 
 
 def check_adapter_files(folder: str | Path, fix: str = DAMAGED_FIX) -> Path:
-    """`folder`, once its adapter_config.json is a JSON object with a `peft_type` and its weights file is
-    whole. A copy cut short or a failed download is one ModelLoadError naming the file and `fix`, not a
-    JSONDecodeError or SafetensorError from inside peft."""
+    """`folder`, once its adapter_config.json holds a `peft_type` and its weights file is whole; a copy cut
+    short or a failed download is one ModelLoadError naming the file and `fix`, not an error inside peft."""
     folder = Path(folder)
     config, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     try:
@@ -106,9 +105,8 @@ def check_adapter(base_model, folder: str | Path) -> Path:
                              "run 03_lora_sft first with the same run_dir (it saves the adapter there)")
     check_adapter_files(folder)
     meta = read_base_info(folder)
-    if meta and (differs := {k: (meta.get(k), v) for k, v in base_fingerprint(base_model).items()
-                             if meta.get(k) != v}):
-        detail = ", ".join(f"{k}: adapter {a} vs model {b}" for k, (a, b) in differs.items())
+    if meta and (detail := ", ".join(f"{k}: adapter {meta.get(k)} vs model {v}"
+                                     for k, v in base_fingerprint(base_model).items() if meta.get(k) != v)):
         base = meta.get("base_model")
         raise ModelLoadError(f"the adapter in {show_path(folder)} was trained on {base!r}, "
                              f"not on this base model ({detail})",

@@ -1,7 +1,6 @@
 """The one config of the course (00_setup, 03_lora_sft): every setting the notebooks set or the library
-reads, with its help text (`gemmate train --help` shows it too), the profiles, and one validator. Names follow
-the Gemma 1.1 LoRA experiment's table (docs/gemma11-experiment.md), unique across groups, so a flat
-`name: value` has one owner; the command line's own settings live in gemmate_cli/settings.py."""
+reads, with its help text (`gemmate train --help` shows it too), the profiles, and one validator. A name has
+one group, so a flat `name: value` has one owner; the command line's own settings: gemmate_cli/settings.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +12,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemmate_lib.guard_rails import run_folder
+from gemmate_lib.generations import generation_of
+from gemmate_lib.guard_rails import hf_token, run_folder
+from gemmate_lib.guard_rails.colab import in_colab, uploaded
 from gemmate_lib.guard_rails.errors import HardwareError, ParameterError
 from gemmate_lib.hardware import DTYPES, Precision, describe_hardware, peak_memory_gib, pick_precision
 
@@ -27,8 +28,7 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bi
 
 
 def setting(default, help: str, choices: tuple | None = None):  # noqa: A002 - argparse's word
-    """A field with the help and choices HfArgumentParser gives its option (`gemmate <command> --help`); a
-    list default is copied for each config."""
+    """A field with the help and choices of its option in `gemmate <command> --help`; a list is copied."""
     metadata = {"help": help, **({"choices": choices} if choices else {})}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -165,8 +165,7 @@ class Settings:
                                  f"use one of: {', '.join(self.owner)}")
 
     def coerce(self, name: str, value):
-        """`value` as setting `name`'s type and one of its choices; it must have the type already ("8" is no
-        int; an int is a float)."""
+        """`value` as setting `name`'s type ("8" is no int; an int is a float) and one of its choices."""
         value = self._typed(name, value)
         options = self.fields[name].metadata.get("choices")
         if options is not None and value not in options:
@@ -253,8 +252,6 @@ def validate(flat: dict) -> None:
         fail("temporal_min_period", flat["temporal_min_period"],
              f"must be shorter than temporal_max_period={flat['temporal_max_period']}",
              "e.g. temporal_min_period=0.02 and temporal_max_period=50.0 (the defaults)")
-    from gemmate_lib.guard_rails.colab import uploaded
-
     dataset = uploaded(flat["dataset"])  # a dataset file must exist
     if dataset.endswith((".jsonl", ".csv", ".json")) and not Path(dataset).is_file():
         raise ParameterError(f"parameter dataset={dataset!r}: no such file"
@@ -309,8 +306,7 @@ def course_config(task: str = "quotes", *, precision: Precision | None = None, *
         raise ParameterError(f"task={task!r} is not known", f"use one of: {', '.join(TASK_DEFAULTS)}")
     SETTINGS.check_names(params)
     # None keeps the profile's value, except where None is a value (prompt_end: None = the whole text)
-    given = {k: SETTINGS.coerce(k, v) for k, v in params.items()
-             if v is not None or k in SETTINGS.nullable}
+    given = {k: SETTINGS.coerce(k, v) for k, v in params.items() if v is not None or k in SETTINGS.nullable}
     device = given.get("device", "auto")
     on_gpu = (precision or pick_precision(None if device == "auto" else device)).device == "cuda"
     # GEMMATE_PROFILE: "gpu" runs the GPU profile on a CPU (the smoke run of the learner's path), "t4" a T4's
@@ -319,8 +315,6 @@ def course_config(task: str = "quotes", *, precision: Precision | None = None, *
     if forced not in ("auto", "gpu", "t4"):
         raise ParameterError(f"GEMMATE_PROFILE={forced!r} is not known",
                              "unset it, or set it to 'gpu' or 't4'")
-    from gemmate_lib.guard_rails.colab import in_colab, uploaded
-
     # a Colab runtime without a GPU (a forgotten runtime type) stops here, unless model_name or device says so
     if not on_gpu and forced == "auto" and not {"model_name", "device"} & set(given) and in_colab():
         raise HardwareError("this Colab runtime has no GPU, so the course would fall back to the small "
@@ -329,12 +323,10 @@ def course_config(task: str = "quotes", *, precision: Precision | None = None, *
                             'top; or set model_name="embedded" (parameters cell) to use the CPU on purpose')
     values, profile = dict(CPU_PROFILE), "cpu-embedded"
     if on_gpu or forced != "auto":
-        from gemmate_lib.guard_rails.hf_token import get_token
-
         values, profile = dict(SEED_QLORA), "gpu-embedded" if on_gpu else "gpu-on-cpu"
         if not on_gpu or forced == "t4":  # a T4's 16-bit dtype (bf16 stands in: a CPU has no fp16 AMP)
             values["dtype"] = "fp16" if on_gpu else "bf16"
-        if get_token():
+        if hf_token.get_token():
             values.update(model_name=HUB_MODEL, dataset=HUB_DATASET)
             profile = "gpu-hub" if on_gpu else profile
         elif on_gpu and "model_name" not in given:  # never fine-tune the small model by accident
@@ -372,10 +364,7 @@ def compare_default(cfg: CourseConfig) -> bool:
 
 def gemma3_rule(precision: Precision, model_name: str) -> Precision:
     """The generation's dtype rule (generations.py, docs/gemma-generations.md) on the profile's choice: fp32
-    instead of fp16 for Gemma 3 and 4, which overflow fp16; Gemma 1 keeps fp16 with loss scaling, bf16 stays.
-    Not applied to a `dtype="fp16"` the caller asked for."""
-    from gemmate_lib.generations import generation_of
-
+    instead of fp16 for Gemma 3 and 4, which overflow it; Gemma 1 keeps fp16 with loss scaling; bf16 stays."""
     generation = generation_of(model_name)
     if precision.name != "fp16" or generation is None or generation.t4_dtype == "fp16":
         return precision
@@ -384,13 +373,8 @@ def gemma3_rule(precision: Precision, model_name: str) -> Precision:
                      f"{generation.dtype_reason.split(':')[0]}, so it computes in fp32 here")
 
 
-def plain_values(values: dict) -> dict:
-    """Tuples as lists, for YAML and JSON."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
-
 def config_summary(cfg: CourseConfig) -> dict:
     """A JSON-ready view of the config for printing and the manifest."""
     out = {"profile": cfg.profile, "task": cfg.task, "device": cfg.precision.device,
            "dtype": cfg.precision.name}
-    return out | {group: plain_values(dataclasses.asdict(getattr(cfg, group))) for group in GROUPS}
+    return out | {group: dataclasses.asdict(getattr(cfg, group)) for group in GROUPS}

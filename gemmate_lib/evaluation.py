@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 
 from gemmate_lib.data import char_spans, format_quote, normalize_author, quote_prompt, split_quote, token_mask
@@ -101,8 +102,6 @@ def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size
                    train_authors=None) -> EvalResult:
     """All metrics for one model on `rows` (quote, author, text). Completion (its first line) and format read
     one generation from `Quote: <first half>`; `train_authors` picks the rows of author_accuracy_seen."""
-    import pandas as pd
-
     if not rows:
         raise DataError("the evaluation set is empty", "pass rows with `quote` and `author` (at least one)")
     parts = example_nll_by_part(model, tokenizer, rows, ("text", "quote"), batch_size=batch_size)
@@ -160,8 +159,6 @@ def paired_support(diff: dict) -> str:
 
 def compare_models(results: dict[str, EvalResult]):
     """One table: a row per (model, metric) with value, 95% interval and how it was computed."""
-    import pandas as pd
-
     rows = [{"model": name, "metric": metric, "value": m["value"], "ci_low": (m["ci95"] or [None])[0],
              "ci_high": (m["ci95"] or [None, None])[1], "interval": m["interval"], "n": m["n"]}
             for name, res in results.items() for metric, m in res.metrics.items()]

@@ -111,10 +111,9 @@ EXAMPLE_PROMPT = "Quote: Imagination is more"
 
 def modelfile(gguf_name: str, eos: str, max_new_tokens: int, raw_mode: bool = False,
               note: str | None = None) -> str:
-    """An Ollama Modelfile: the raw prompt format the model was trained on, its stop token, greedy. Its
-    comments say how to run it: `ollama run`, or raw mode through /api/generate where Ollama 0.20+ ignores
-    the TEMPLATE (`raw_mode`: Gemma 4, whose built-in renderer wraps the prompt in a chat frame), and `note`
-    (gguf_file.template_note) on top."""
+    """An Ollama Modelfile: the raw prompt format the model was trained on, its stop token, greedy; its
+    comments say how to run it (`raw_mode`: through /api/generate, for Gemma 4, which Ollama 0.20+ renders
+    in a chat frame whatever the TEMPLATE), with `note` (gguf_file.template_note) on top."""
     usage = "# Ollama: `ollama create quotes -f Modelfile`, then"
     if raw_mode:
         body = json.dumps({"model": "quotes", "prompt": EXAMPLE_PROMPT, "raw": True, "stream": False})
@@ -157,10 +156,9 @@ def check_export(run_dir, quant_types=QUANT_TYPES, keep: str | None = None) -> l
 def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tokens: int = 40,
                 keep: str | None = None) -> dict:
     """model-f16.gguf, model-<q>.gguf per quantization and a Modelfile for `keep` (default: the last
-    quantization), all or nothing, in run_dir/gguf (returned as "folder"). For a run folder on Google Drive
-    they go to the runtime's disk (/content/gguf: gemma-2b's export needs ~15 GiB while it runs, a free Drive
-    holds 15 GB) and only the `keep` file and the Modelfile are copied to run_dir/gguf. `merged` (not
-    changed) is the fine-tune merged into a 16/32-bit base."""
+    quantization), all or nothing, in run_dir/gguf (returned as "folder") of `merged`, the fine-tune merged
+    into a 16/32-bit base. A run folder on Google Drive gets only the `keep` file and the Modelfile: the rest
+    stays on the runtime's disk (/content/gguf; gemma-2b's export needs ~15 GiB, a free Drive holds 15 GB)."""
     from gemmate_lib.generations import generation_of
     from gemmate_lib.guard_rails.colab import RUNTIME_DISK, on_drive
 
@@ -190,7 +188,6 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
         result["convert_s"] = convert(hf, f16)
         shutil.rmtree(hf)
         result["quantize_s"] = {q: quantize(f16, tmp / f"model-{q}.gguf", q) for q in quant_types}
-        # the file's own chat template decides whether Ollama uses the Modelfile's TEMPLATE at all
         with contextlib.suppress(ValueError, OSError):  # a file llama.cpp cannot read: verify_gguf says so
             result["ollama_note"] = template_note(tmp / kept)
         raw = getattr(generation_of(merged), "key", None) == "gemma4"  # Ollama ignores its TEMPLATE
@@ -317,8 +314,7 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
             # wherever the 16-bit file writes an Author: line and stops, this file does too
             "keeps_f16_format": all(g["format"] or not r["format"]
                                     for g, r in zip(gens, base["generations"])),
-            # it ends generation at the tokenizer's end-of-sequence token (a lost or wrong one is the classic
-            # export bug: the model then never stops), whatever its weights learned
+            # its end token is the tokenizer's (a lost or wrong one, the classic export bug: it never stops)
             "keeps_eos": llm.token_eos() == tokenizer.eos_token_id,
             "generations": gens}
     # a differing token is accepted as a near-tie when transformers' own gap between the two tokens is within

@@ -1,8 +1,7 @@
 """Will it fit? Before any weight is downloaded, estimate what the course needs on this runtime from the
 model's config alone (its shapes on the meta device). 00_setup prints the phases (`plan_for`, `report`); each
 notebook prints its line (`notebook_fit`): the model copies it holds at once, as measured (MEASURED_COPIES),
-at this model's size. FitError names a runtime that fits. tools/fit/ measures them (docs/full-shape.md).
-"""
+at this model's size. FitError names a runtime that fits. tools/fit/ measures them (docs/full-shape.md)."""
 from __future__ import annotations
 
 import json
@@ -98,15 +97,14 @@ def runtime_here() -> dict:
     here = {"gpu": None, "gpu_bytes": None, "disk_bytes": shutil.disk_usage(folder).free,
             "ram_bytes": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")}
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        here |= {"gpu": torch.cuda.get_device_name(0), "gpu_bytes": props.total_memory - CUDA_CONTEXT}
+        here |= {"gpu": torch.cuda.get_device_name(0),
+                 "gpu_bytes": torch.cuda.get_device_properties(0).total_memory - CUDA_CONTEXT}
     return here
 
 
 def converted(shape: Shape, load_bytes: int, workers: int = 1) -> float:
-    """Host bytes a load holds at once while torch converts tensors to the load dtype on the CPU: `workers`
-    threads take the tensors in name order, each reading one (time: its checkpoint bytes), then holding its
-    converted buffer (time: its converted bytes). An fp32 load of an fp32 checkpoint converts nothing."""
+    """Peak host bytes while torch converts tensors to the load dtype on the CPU: `workers` threads take them
+    in name order, each reading one (time: its checkpoint bytes), then holding it converted (its new size)."""
     if load_bytes == 4 and shape.checkpoint_bytes == 4:
         return 0.0
     free_at = [0.0] * workers  # when each thread takes its next tensor
@@ -123,12 +121,11 @@ def predicted_copy_bytes(shape: Shape, kind: str, compute_bytes: int) -> dict[st
     """One copy of the model, {"gpu", "host", "loading"} in bytes. `kind`: "nf4" (linear layers in 4 bits) or
     "whole"; "-fp32": the other weights in fp32 (k-bit preparation). A per-layer table (Gemma 4) moves to the
     CPU in 16 bits after the load ("host", models.lookup_tables_to_cpu); "loading": the GPU peak before."""
-    n, q, table = shape.parameters, shape.quantized, shape.per_layer
-    four_bit, fp32 = kind.startswith("nf4"), kind.endswith("fp32")
-    packed = q * NF4_BYTES if four_bit else 0
-    unpacked = n - (q if four_bit else 0)
-    gpu = packed + (unpacked - table) * (4 if fp32 else compute_bytes)
-    return {"gpu": gpu, "host": table * 2, "loading": packed + unpacked * compute_bytes}
+    four_bit = kind.startswith("nf4")
+    packed = shape.quantized * NF4_BYTES if four_bit else 0
+    unpacked = shape.parameters - (shape.quantized if four_bit else 0)
+    gpu = packed + (unpacked - shape.per_layer) * (4 if kind.endswith("fp32") else compute_bytes)
+    return {"gpu": gpu, "host": shape.per_layer * 2, "loading": packed + unpacked * compute_bytes}
 
 
 def lora_bytes(shape: Shape, lora_r: int = 8) -> float:
@@ -139,9 +136,7 @@ def lora_bytes(shape: Shape, lora_r: int = 8) -> float:
 def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8) -> dict[str, dict]:
     """{phase: {"gpu", "ram", "disk", "seconds"}} (None where a phase does not use it); `compute_bytes`: 2, or
     4 (fp32: Gemma 3 and 4 on a T4). Disk counts what the path has written so far, the download included."""
-    n, text = shape.parameters, shape.text
-    checkpoint = n * shape.checkpoint_bytes
-    merged = n * 2  # the merge writes f16, the converter's own type, whatever the checkpoint holds
+    checkpoint, text = shape.parameters * shape.checkpoint_bytes, shape.text
     gguf_f16, gguf_q4 = text * 2, text * 0.65
     # a step's work follows the text weights (gemma-2b's 2.5 B), not a looked-up table; fp32 is ~4x slower
     flop_scale = (text - shape.per_layer) / 2.5e9 * (4 if compute_bytes == 4 else 1)
@@ -155,10 +150,10 @@ def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8)
         "nf4": {"gpu": max(nf4["loading"], nf4["gpu"] + lora_bytes(shape, lora_r) + ACTIVATIONS),
                 "disk": checkpoint, "seconds": steps * SEED_T4_STEP_S * flop_scale,
                 "ram": TORCH_BASELINE + max(converted(shape, compute_bytes), nf4["host"])},
-        # the converter streams the merged f16 files, towers skipped unread (TextModel.filter_tensors); a
-        # per-layer table's 0.13 bytes a value is calibrated on one row (E2B)
-        "convert": {"gpu": None, "disk": checkpoint + merged + gguf_f16, "seconds": text / 25e6,
-                    "ram": CONVERTER_BASELINE + shape.per_layer * 0.13},
+        # the converter streams the merged files (f16, whatever the checkpoint holds), towers skipped unread
+        # (TextModel.filter_tensors); a per-layer table's 0.13 bytes a value is calibrated on one row (E2B)
+        "convert": {"gpu": None, "disk": checkpoint + 2 * shape.parameters + gguf_f16,
+                    "seconds": text / 25e6, "ram": CONVERTER_BASELINE + shape.per_layer * 0.13},
         # the quantizer widens a tensor to fp32 and writes its quantized copy (measured bytes a value)
         "quantize": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": text / 20e6,
                      "ram": LLAMA_BASELINE + max(shape.largest_but_table * 5.4, shape.per_layer * 2.7)},
@@ -220,8 +215,6 @@ def plan_for(model: str, compute_bytes: int | None = None, token=None, **kwargs)
     return predict(shape_of(config), compute_bytes, **kwargs)
 
 
-# ---------------------------------------------------------------------------------------------- per notebook
-
 # A notebook's optional parts: {part: (what the line calls it, do these parameters run it?)}; an exercise's
 # solution is a part too ("exercise 05-2")
 PART_PARAMETERS = {
@@ -246,8 +239,7 @@ def trained_rank(params: dict) -> int:
 
 def parts_text(parts) -> str:
     """The parts as a line names them, in PART_PARAMETERS' order, then the exercises."""
-    known = list(PART_PARAMETERS)
-    order = sorted(parts, key=lambda p: (known.index(p) if p in known else len(known), p))
+    order = [p for p in PART_PARAMETERS if p in parts] + sorted(p for p in parts if p not in PART_PARAMETERS)
     return ", ".join(PART_PARAMETERS[p][0] if p in PART_PARAMETERS else p for p in order)
 
 
@@ -264,9 +256,8 @@ def kernel_extra(data: dict | None = None) -> float:
 
 def moment_need(moment: dict, shape: Shape, compute_bytes: int, data: dict | None = None,
                 cpu: bool = False, lora_r: int = 8) -> dict[str, float]:
-    """{"gpu", "ram"} at one measured moment of a notebook: its copies (the loading one at its peak), LoRA
-    when it trains, the kernel, and a child process (05's reload; "child_phases": 05's export). `cpu`: the
-    CPU profile, where every copy is whole and lives in RAM."""
+    """{"gpu", "ram"} at a notebook's measured moment: its copies (the loading one at its peak), LoRA when it
+    trains, the kernel, a child (05's reload; "child_phases": 05's export); `cpu`: each copy whole, in RAM."""
     data = data or measured()
     gpu, ram = 0.0, TORCH_BASELINE + kernel_extra(data)
     for i, kind in enumerate(moment["copies"]):

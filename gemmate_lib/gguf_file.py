@@ -1,8 +1,6 @@
 """What an exported GGUF file says about itself, read from its header without loading it (05_save_and_push,
-docs/export.md). `template_note` reads the file's own chat template: where Ollama would ignore a Modelfile
-TEMPLATE (a template with tools, tool calls or thinking markers, which Ollama's server/images.go lets
-override the Modelfile unless OLLAMA_GO_TEMPLATE is set; or Gemma 4, whose built-in renderer wins over all
-but raw mode, ollama/ollama issue 14560), it says so and what to do: export_gguf puts it in the Modelfile."""
+docs/export.md): `template_note` says when Ollama would ignore a Modelfile's TEMPLATE (the file's own chat
+template, or Gemma 4's renderer; docs/export.md says why) and what to do, for export_gguf's Modelfile."""
 from __future__ import annotations
 
 import math
@@ -18,9 +16,8 @@ STRING, ARRAY = 8, 9
 
 def read_gguf_header(path) -> tuple[dict, int]:
     """({key: value} of a GGUF file's metadata, arrays left out; the byte where its last tensor's data ends),
-    from the header alone (gguf's own GGUFReader builds every field, a Gemma vocabulary's 262,144 strings
-    included: seconds). ValueError when the file is not GGUF (versions 2 and 3), holds a value type GGUF does
-    not define, or is cut short inside its header."""
+    from the header alone (gguf's GGUFReader takes seconds to build a Gemma vocabulary's 262,144 strings).
+    ValueError when the file is not GGUF 2 or 3, holds a value type GGUF does not define, or is cut short."""
     from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:

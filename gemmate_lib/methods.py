@@ -1,7 +1,6 @@
 """Fine-tuning methods side by side (06_compare_methods; 03's short comparisons use the same `train_arm`):
 full fine-tuning, LoRA at two ranks, QLoRA, prompt and prefix tuning, IA3, each a PEFT config plus the
-settings it changes, chiefly its learning rate. 06 writes out every PEFT config and one QLoRA arm by hand
-(tests/test_notebook_recipes_0406.py holds them equal to build_methods and train_arm)."""
+settings it changes, chiefly its learning rate. 06 writes out every PEFT config and one QLoRA arm by hand."""
 from __future__ import annotations
 
 import os
@@ -19,8 +18,7 @@ from gemmate_lib.training import attach_lora, lora_config, train
 
 METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train
 DEFAULT_METHODS = METHODS[:-1]  # what 06 trains unless told, on a CPU: IA3 is the optional seventh
-# on a GPU, what a T4 runs: full fine-tuning of gemma-2b needs ~37 GiB (a T4 has 15; bigger GPU: add "full")
-GPU_DEFAULT_METHODS = tuple(k for k in DEFAULT_METHODS if k != "full")
+GPU_DEFAULT_METHODS = tuple(k for k in DEFAULT_METHODS if k != "full")  # a T4's: no full fine-tuning
 LEARNING_RATES = {
     "full": 5e-5,  # every weight moves: transformers' default rate (TrainingArguments), a quarter of LoRA's
     "lora": 2e-4,  # LoRA and QLoRA: the course's rate (the QLoRA paper's for small models)
@@ -39,8 +37,7 @@ class Method:
     name: str  # what the table and the plots show
     peft_config: object | None  # the PEFT config; None for full fine-tuning (no adapter: every weight trains)
     settings: dict = field(default_factory=dict)  # course settings it changes (learning_rate, ...)
-    # the base model until trained (LoRA's B = 0, IA3's ones); not prompt and prefix tuning's virtual tokens
-    starts_unchanged: bool = True
+    starts_unchanged: bool = True  # the base model until trained (LoRA's B = 0); not prompt/prefix tuning
 
 
 def default_methods(cfg: CourseConfig) -> tuple[str, ...]:
@@ -80,8 +77,7 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
             raise ParameterError(f"rates[{key!r}] = {value!r}",
                                  "give a learning rate between 0 and 1 (e.g. 3e-3) for "
                                  f"one of the methods that run: {', '.join(keys)}")
-    # Each method states its own settings, not the GPU profile's QLoRA recipe: compute-dtype weights, fused
-    # AdamW, no checkpointing (prefix tuning cannot run with it). QLoRA differs from LoRA r=8 in NF4 alone.
+    # each method's own settings, not the GPU profile's QLoRA recipe (prefix tuning cannot run checkpointed)
     plain = dict(quantization="none", optim="adamw_torch_fused", gradient_checkpointing=False)
 
     def rate(key: str, kind: str, **extra) -> dict:
@@ -110,9 +106,8 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
 
 
 def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
-    """From the model's config alone, before any weight loads: full fine-tuning must fit this machine, and on
-    a GPU a 16/32-bit copy of the model must fit for the arms without NF4 (Gemma 4 E2B's is ~19 GiB in
-    fp32, more than a T4 has). HardwareError or FitError, with the fix."""
+    """From the model's config alone: full fine-tuning must fit this machine, and on a GPU the arms without
+    NF4 need a 16/32-bit copy to fit (Gemma 4 E2B's is ~19 GiB in fp32); else HardwareError or FitError."""
     from transformers import AutoConfig
 
     from gemmate_lib import fit
@@ -134,8 +129,7 @@ def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
 
 
 def full_finetuning_precision(precision: Precision) -> Precision:
-    """Full fine-tuning's weights: fp32 masters under 16-bit autocast; in pure bf16 most updates at its rate
-    (5e-5) are smaller than half a bf16 step of the weight and round away."""
+    """Full fine-tuning's weights: fp32 masters under 16-bit autocast (pure bf16 rounds its updates away)."""
     if precision.dtype == torch.float32:
         return precision
     return Precision(precision.device, torch.float32,
@@ -203,7 +197,6 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
     size. `start_loss`: also the held-out loss before training (06: prompt and prefix tuning change it)."""
     from gemmate_lib.models import count_parameters, footprint_mib, load_model  # looked up now: tests fake it
 
-    # full fine-tuning trains fp32 master weights under 16-bit autocast (the trainer's bf16/fp16 stays on)
     precision = cfg.precision if adapter is not None else full_finetuning_precision(cfg.precision)
 
     def fresh():

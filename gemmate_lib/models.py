@@ -101,12 +101,11 @@ def resolve_model(model_name: str) -> tuple[str, dict]:
     token = get_token()
     if token is None and model_name.startswith(GATED_PREFIXES) and not ungated(model_name):
         problem = colab_secret_problem()
-        raise ModelLoadError(
-            f"{model_name!r} is a gated model and no HF_TOKEN was found",
-            COLAB_SECRET_HELP[problem] if problem else
-            "accept the licence on its Hub page, create a token, and add it as the HF_TOKEN secret in Colab "
-            f"(key icon) or the HF_TOKEN environment variable; or use model_name='{EMBEDDED}'",
-        )
+        raise ModelLoadError(f"{model_name!r} is a gated model and no HF_TOKEN was found",
+                             COLAB_SECRET_HELP[problem] if problem else
+                             "accept the licence on its Hub page, create a token, and add it as the HF_TOKEN "
+                             "secret in Colab (key icon) or the HF_TOKEN environment variable; or use "
+                             f"model_name='{EMBEDDED}'")
     return model_name, ({"token": token} if token else {})
 
 
@@ -169,11 +168,10 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
 
 
 def lookup_tables_to_cpu(model, chunk_rows: int = 8192) -> int:
-    """Gemma 4's per-layer embedding table (`embed_tokens_per_layer`, 9.4 GB in fp32 in E2B) is only indexed,
-    never multiplied: keep it on the CPU in its checkpoint's bf16 (checked, else it keeps its dtype) and send
-    the looked-up rows to the model's device in the compute dtype (03 and the one-page recipe write this out).
-    The name stays, so saves, merges and the GGUF export see `...embed_tokens_per_layer.weight`, now a buffer
-    that no `.to()` moves. Returns the bytes now on the CPU (0 for a model without such a table)."""
+    """Gemma 4's per-layer embedding table (`embed_tokens_per_layer`, 9.4 GB in fp32 in E2B) is only indexed:
+    keep it on the CPU in bf16 (when its values fit, else in its own dtype) as a buffer no `.to()` moves,
+    under its own name (saves, merges, the GGUF export), and send the rows looked up to the model's device in
+    the compute dtype (03 and the one-page recipe write this out). Returns the bytes moved (0: no table)."""
     moved = 0
     for name, module in model.named_modules():
         if not name.endswith("embed_tokens_per_layer") or getattr(module, "on_cpu", False):

@@ -24,12 +24,12 @@ def _finish(fig, path: str | Path | None) -> None:
     plt.show()
 
 
-def _whole_years(*axes) -> None:
-    """Ticks at whole years only on these axes (a tick at 2007.5 names no year), 1, 2, 5 or 10 years apart."""
+def _whole_ticks(*axes, steps=(1, 2, 5, 10)) -> None:
+    """Ticks at whole numbers only on these axes (a tick at 2007.5 names no year), `steps` apart."""
     from matplotlib.ticker import MaxNLocator
 
     for axis in axes:
-        axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+        axis.set_major_locator(MaxNLocator(integer=True, steps=steps))
 
 
 def footprint_bar(sizes: dict[str, float], title: str, path=None):
@@ -58,13 +58,11 @@ def loss_curve(log, title: str, path=None, ylabel: str = "cross-entropy (nats/to
 def compare_curves(logs: dict, title: str, path=None, ylabel: str = "training loss (nats/token)"):
     """Training-loss curves of several runs on one axis: the side-by-side runs of 03 and 06. Each point is the
     loss on that step's training batch, not the held-out loss."""
-    from matplotlib.ticker import MaxNLocator
-
     fig, ax = _subplots(figsize=(8.5, 3.4))
     for name, log in logs.items():
         train = log.dropna(subset=["loss"])
         ax.plot(train.step, train.loss, marker=".", label=name)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    _whole_ticks(ax.xaxis, steps=None)  # optimizer steps are whole numbers (None: matplotlib's spacing)
     ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # outside: never over a curve
     return _finish(fig, path)
@@ -85,7 +83,7 @@ def temporal_features(years, x, feats, reference_year: float, task_years: tuple[
                extent=[years[0], years[-1], feats.shape[1], 0])
     ax2.axvline(reference_year, color="black", ls="--")
     ax2.set(xlabel="date (year)", ylabel="feature", title=f"the {feats.shape[1]} features (tau = {tau})")
-    _whole_years(ax1.xaxis, ax2.xaxis)
+    _whole_ticks(ax1.xaxis, ax2.xaxis)
     return _finish(fig, path)
 
 
@@ -94,7 +92,7 @@ def year_histogram(years, title: str, path=None):
     fig, ax = _subplots(figsize=(7, 2.8))
     ax.hist(years, bins=np.arange(min(years) - 0.5, max(years) + 1.5), rwidth=0.85)
     ax.set(xlabel="year written", ylabel="training notes", title=title)
-    _whole_years(ax.xaxis)
+    _whole_ticks(ax.xaxis)
     return _finish(fig, path)
 
 
@@ -114,7 +112,7 @@ def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None
         ax2.axvspan(train_years[0] - 0.5, train_years[1] + 0.5, color="grey", alpha=0.12,
                     label="training years")
     ax2.set(xlabel="true year", ylabel="year the model wrote", title="after training, true timestamps")
-    _whole_years(ax2.xaxis, ax2.yaxis)
+    _whole_ticks(ax2.xaxis, ax2.yaxis)
     ax2.legend()
     return _finish(fig, path)
 

@@ -6,6 +6,7 @@ import contextlib
 import time
 import warnings
 
+import pandas as pd
 import torch
 
 from gemmate_lib.generations import text_setting
@@ -47,8 +48,6 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
     """A continuation for each prompt, as a DataFrame (prompt, completion, author line, seconds): the course's
     one generation loop, for plain models and for GemmaTE with `timestamps` (one per prompt, 07). 02 writes
     out one call of it, 04 the loop (tests/test_notebook_recipes*.py hold them equal)."""
-    import pandas as pd
-
     model.eval()
     device = next(model.parameters()).device
     rows = []
@@ -56,10 +55,10 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
         raise DataError(f"{len(prompts)} prompts but {len(timestamps)} timestamps",
                         "give one timestamp per prompt")
     # peft 0.21 finds generate's KV cache under `past_key_values` only; transformers 5.24 names it `cache`,
-    # and prompt tuning (06) then prepends its soft prompt again at every step: without the cache, the same
-    # tokens, slower. (Prefix tuning needs the cache: under 5.24 it loses its prefix, docs/compatibility.md.)
+    # and prompt tuning (06) then prepends its soft prompt at every step: no cache (docs/compatibility.md)
     peft, active = getattr(model, "peft_config", None), getattr(model, "active_adapter", None)
     no_cache = bool(peft) and active in peft and peft[active].peft_type == "PROMPT_TUNING"
+    cache = {"use_cache": False} if no_cache else {}
     # a prompt may have the model's context minus max_new_tokens tokens; warn when one is cut
     context = text_setting(model, "max_position_embeddings") or 8192
     limit = max(1, context - max_new_tokens)
@@ -76,12 +75,10 @@ def generate(model, tokenizer, prompts=STANDARD_PROMPTS, max_new_tokens: int = 4
             enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
                             max_length=limit).to(device)
             extra = {} if timestamps is None else {"timestamps": list(timestamps[i:i + batch_size])}
-            if no_cache:
-                extra["use_cache"] = False
             start = time.time()
             with unfrozen_for_cpu(model):
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
-                                     pad_token_id=tokenizer.pad_token_id, **extra, **generate_kwargs)
+                                     pad_token_id=tokenizer.pad_token_id, **extra, **cache, **generate_kwargs)
             seconds = (time.time() - start) / len(batch)
             for prompt, ids in zip(batch, out[:, enc["input_ids"].shape[1]:]):
                 completion = tokenizer.decode(ids, skip_special_tokens=True)

@@ -33,21 +33,18 @@ def lora_config(cfg: CourseConfig, tokenizer=None):
     value = cfg.lora.lora_target_modules  # PEFT reads one string as a regular expression over module paths
     names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)
     targets = lora_targets(cfg.model.model_name, "all-linear" if names == ["all-linear"] else names)
-    tokens, indices = cfg.lora.lora_trainable_tokens, None
-    if tokens:
-        if tokenizer is None:
-            raise ParameterError("lora_trainable_tokens needs the tokenizer to find the tokens' ids",
-                                 "pass tokenizer= to lora_config / attach_lora")
-        vocab = tokenizer.get_vocab()
-        missing = [t for t in tokens if t not in vocab]
-        if missing:
-            raise ParameterError(f"lora_trainable_tokens: {', '.join(missing)} not in the tokenizer's "
-                                 "vocabulary", "name special tokens exactly as the tokenizer writes them, "
-                                 "e.g. <end_of_turn>")
-        indices = [vocab[t] for t in tokens]
+    tokens = cfg.lora.lora_trainable_tokens
+    if tokens and tokenizer is None:
+        raise ParameterError("lora_trainable_tokens needs the tokenizer to find the tokens' ids",
+                             "pass tokenizer= to lora_config / attach_lora")
+    vocab = tokenizer.get_vocab() if tokens else {}
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        raise ParameterError(f"lora_trainable_tokens: {', '.join(missing)} not in the tokenizer's vocabulary",
+                             "name special tokens exactly as the tokenizer writes them, e.g. <end_of_turn>")
     return LoraConfig(r=cfg.lora.lora_r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM",
-                      trainable_token_indices=indices)
+                      trainable_token_indices=[vocab[t] for t in tokens] or None)
 
 
 def prepare_base(model, cfg: CourseConfig):
@@ -130,8 +127,7 @@ class CourseSFTTrainer(SFTTrainer):
     def __init__(self, *args, fast_loss: bool = True, preflight: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.preflight = preflight
-        # TRL casts a 4-bit model's LoRA weights to bf16 whatever the compute dtype: back to fp32 under fp16
-        # and fp32 compute (03's written-out cell does the same)
+        # TRL casts a 4-bit model's LoRA weights to bf16 whatever the compute dtype (03's cell undoes it too)
         if not self.args.bf16:
             for param in self.model.parameters():
                 if param.requires_grad and param.dtype != torch.float32:
@@ -272,9 +268,8 @@ def train(model, tokenizer, train_data, eval_data, cfg: CourseConfig, output_dir
           callbacks=None, resume_from_checkpoint: str | None = None, measure_cost: bool = False,
           unwrap: bool = True, data_collator=None, trainer_class=None, optimizer=None,
           **extras) -> TrainResult:
-    """The course's one training path, on a `model` with its adapter (train_lora, methods.train_arm,
-    temporal.training.train_temporal and `gemmate train` call it). Rows with a `text` field train with
-    CourseSFTTrainer (`extras`: training_args); a caller with data of its own kind (GemmaTE's) hands its
+    """The course's one training path (03, 05, 06, 07, `gemmate train`), on a `model` with its adapter. Rows
+    with a `text` field train with CourseSFTTrainer (`extras`: training_args); GemmaTE's data comes with its
     `trainer_class`, `data_collator` and `optimizer`. `measure_cost`: seconds per step and peak memory (06).
     The model comes back in eval mode, off accelerate's mixed-precision forward (it computes unlike the same
     weights loaded from disk); `unwrap=False` keeps it, as the arms trained."""
@@ -296,9 +291,8 @@ def train(model, tokenizer, train_data, eval_data, cfg: CourseConfig, output_dir
         start = time.time()
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         seconds = train_seconds(trainer, time.time() - start)
-    model = trainer.model
-    if unwrap:
-        model = trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    model = (trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False) if unwrap
+             else trainer.model)
     model.eval()
     return TrainResult(model, loss_log(trainer), seconds, trainer.state.global_step, trainer,
                        timer.per_step() if measure_cost else None, memory.peak_mib if measure_cost else None)

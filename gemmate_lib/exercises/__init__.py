@@ -4,6 +4,7 @@ its exercises; and the helpers the solutions of 00-3 and 05-2 call."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cache
 from pathlib import Path
@@ -11,7 +12,6 @@ from pathlib import Path
 from gemmate_lib.exercises import checks_00_03, checks_04_07  # noqa: F401 - registers the 28 checks
 from gemmate_lib.exercises.judging import EXERCISES, judge_exercise
 
-# each exercise's runs and the 16/32-bit copy its check reads (written by tools/fit/exercise_fit.py)
 FIT_TABLE = Path(__file__).with_name("fit_table.json")
 
 
@@ -19,9 +19,6 @@ def exercise_check(name: str) -> str:
     """The check cell of exercise `name` ("03-2"): PASS, FAIL, NOT RUN YET, or why results from another model
     cannot be judged, with what its run folders (runs/ex03_2) show (judging.judge_exercise)."""
     return judge_exercise(name, EXERCISES[name])
-
-
-# ---- the helpers of the solutions of 00-3 and 05-2 ----
 
 
 def model_on_disk(model_name: str) -> bool:
@@ -51,18 +48,13 @@ def model_on_disk(model_name: str) -> bool:
 def texts_digest(rows: list[dict]) -> str:
     """Exercise 05-2's helper: a SHA-256 of the texts `rows` train on, so that the check tells an adapter
     trained on texts of its own from one trained on the lesson's."""
-    import hashlib
-
     return hashlib.sha256("\n".join(str(r["text"]) for r in rows).encode("utf-8")).hexdigest()
-
-
-# ---- will an exercise fit this runtime? (the line each notebook prints before its exercises) ----
 
 
 @cache
 def fit_table() -> dict:
     """{exercise: {"runs": [[notebook stem, its parts, its LoRA rank], ...], "needs": the 16/32-bit copy its
-    check reads, "" for none}} (FIT_TABLE)."""
+    check reads, "" for none}} (FIT_TABLE, written by tools/fit/exercise_fit.py)."""
     return json.loads(FIT_TABLE.read_text())
 
 
@@ -82,9 +74,8 @@ def exercise_fit(name: str, shape, compute_bytes: int, runtime: dict, data: dict
             why = f"{stem[:2]} itself needs" if answer == "no" else f"it needs {entry['needs']}:"
             return {"fits": False, "gpu": need.gpu, "ram": need.ram,
                     "why": f"{why} about {need.gpu / fit.GIB:.1f} GiB"}
-        whole = answer == "yes"
-        gpu = max(gpu, need.gpu if whole else need.gpu_without_whole)
-        ram = max(ram, need.ram if whole else need.ram_without_whole)
+        gpu = max(gpu, need.gpu if answer == "yes" else need.gpu_without_whole)
+        ram = max(ram, need.ram if answer == "yes" else need.ram_without_whole)
     return {"fits": True, "gpu": gpu, "ram": ram, "why": ""}
 
 

@@ -1,23 +1,12 @@
-"""The checks of the 16 exercises of notebooks 00_setup to 03_lora_sft: what each one's run must show,
-registered with judging's `exercise` decorator. Thresholds marked `# calibrate` are the margins `make
-exercises` reports (docs/exercises.md)."""
+"""The checks of the 16 exercises of notebooks 00_setup to 03_lora_sft, registered with judging's `exercise`:
+thresholds marked `# calibrate` are the margins `make exercises` reports (docs/exercises.md)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from gemmate_lib.exercises.judging import (
-    InRuns,
-    exercise,
-    facts,
-    less,
-    manifest_max_steps,
-    more,
-    read_csv,
-    rounded,
-    shaped,
-)
+from gemmate_lib.exercises.judging import InRuns, exercise, facts, less, more, read_csv, rounded, shaped
 
 
 @exercise("00-1", "changed.json", "run solution 1 above",
@@ -148,8 +137,7 @@ def _02_3(results):  # per prompt: distinct continuations, samples, repeated sha
         return False, found + " (five samples per prompt are needed)"
     margins = [more(min(distinct), 1, "texts", "fewest different continuations of a prompt")]
     if looping:
-        greedy = sum(r["greedy"] for r in looping) / len(looping)
-        sampled = sum(r["sampled"] for r in looping) / len(looping)
+        greedy, sampled = (sum(r[k] for r in looping) / len(looping) for k in ("greedy", "sampled"))
         found += f": repeated share greedy {rounded(greedy)}, sampled {rounded(sampled)} on them"
         margins.append(more(greedy - sampled, 0, "share", "fewer repeats than greedy where greedy loops"))
     else:
@@ -214,7 +202,7 @@ def _03_2(ex, lesson):
                                             "chat_steps": 0, "run_dir": f"runs/ex03_3{x}"})
                            for x, steps in (("a", 10), ("b", 30))))
 def _03_3(ex, lesson):
-    steps = [manifest_max_steps(f) for f in ex]
+    steps = [facts(f, "03_lora_sft").get("config", {}).get("train", {}).get("max_steps") for f in ex]
     losses = [read_csv(f, "loss_masking.csv", index_col="setting")["held_out_loss_text"] for f in ex]
     gaps = [loss.iloc[1] - loss.iloc[0] for loss in losses]  # completion only, less the whole text
     ok = None not in steps and steps[0] < steps[1]
@@ -234,10 +222,9 @@ CACHE_FAULT = 0.1  # a broken path's logits this share of their largest from a s
 def _stopped(run: dict, lines: tuple[str, ...], fault: str) -> tuple[bool, str]:
     """(whether the pre-flight stopped at one of `lines`, which name the fault, what it stopped at) from a
     fault exercise's record."""
-    stop = run["stopped_by"]
-    if stop is None:
+    if run["stopped_by"] is None:
         return False, f"the pre-flight passed {fault}: not caught"
-    stop = shaped(stop, dict, "stopped_by")
+    stop = shaped(run["stopped_by"], dict, "stopped_by")
     said = f"the pre-flight stopped at {stop['check']!r}: {stop['value']} (expected {stop['expected']})"
     if stop["check"] not in lines:
         return False, said + f" (not a line that names this fault: {' or '.join(map(repr, lines))})"
@@ -273,8 +260,7 @@ def _03_5(run):  # {"rows", "rows_with_end", "labelled", "stopped_by"}
           f"{CACHE_FAULT:g} of their largest) while those with the cache stay the sound copy's (less than "
           f"{CACHE_FAULT:g} from them): only the uncached path broken, stopped by the pre-flight at its KV "
           "cache line", shape=dict)
-def _03_6(run):  # {"gap": uncached against cached logits, "cached_gap": cached against the sound copy's (both
-    # relative), "stopped_by"}
+def _03_6(run):  # {"gap": uncached vs cached logits, "cached_gap": cached vs the sound copy's, "stopped_by"}
     gap, cached_gap = float(run["gap"]), float(run["cached_gap"])
     found = (f"logits with and without the cache {rounded(gap)} apart, with the cache {rounded(cached_gap)} "
              "from the sound copy's (shares of their largest)")

@@ -1,23 +1,12 @@
-"""The checks of the 12 exercises of notebooks 04_evaluation to 07_temporal_encoding: what each one's run must
-show, registered with judging's `exercise` decorator. Thresholds marked `# calibrate` are the margins `make
-exercises` reports (docs/exercises.md)."""
+"""The checks of the 12 exercises of notebooks 04_evaluation to 07_temporal_encoding, registered with
+judging's `exercise`. `# calibrate` marks the margins `make exercises` reports (docs/exercises.md)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from gemmate_lib.exercises.judging import (
-    exercise,
-    facts,
-    less,
-    manifest_max_steps,
-    more,
-    read_csv,
-    read_json,
-    rounded,
-    shaped,
-)
+from gemmate_lib.exercises.judging import exercise, facts, less, more, read_csv, read_json, rounded, shaped
 
 
 @exercise("04-1", ("manifest.json", "metrics.json"),
@@ -29,7 +18,8 @@ from gemmate_lib.exercises.judging import (
                       ("04_evaluation", {"run_dir": "runs/ex04_1"})))
 def _04_1(ex, lesson):
     short, full = (read_json(f, "metrics.json")["models"] for f in (ex[0], lesson))
-    steps, lesson_steps = manifest_max_steps(ex[0]), manifest_max_steps(lesson)
+    steps, lesson_steps = (facts(f, "03_lora_sft").get("config", {}).get("train", {}).get("max_steps")
+                           for f in (ex[0], lesson))
 
     def value(models, model="fine-tuned", metric="perplexity"):
         return models[model][metric]["value"]
@@ -99,6 +89,9 @@ MERGE_TOLERANCE = {"fp32": 5e-3, "fp16": 0.5, "bf16": 2.0}  # 05's section 3: th
 # unmerged model it compared with and section 3's `reference`; 0 when it compared with section 3's logits
 SECTION_3S_LOGITS = ("compared with section 3's logits (the unmerged model in section 3's dtype), not with "
                      "the same model before merging: that measures the other precision as well as the merge")
+LESSON_ADAPTERS = ("quotes", "reverse")  # 05's section 6: 03's adapter and the reverse format's
+SAME_WEIGHTS = 0.9  # the merged model's memory at least this share of the adapter model's: one precision
+TIMED_RUNS = 2  # timed runs per model at least, after a warm-up (a cold one times the first call's set-up)
 
 
 @exercise("05-1", "merge.json", "run solution 1",
@@ -121,29 +114,20 @@ def _05_1(run):  # {"diffs": {dtype: largest |logit difference|}, "reference_vs_
     return True, found, margins
 
 
-def _adapter_trained(folder) -> bool:
-    """Whether the LoRA adapter in `folder`/adapter has moved from where LoRA starts, B = 0 (so that B·A adds
-    nothing to the base model until training changes it)."""
-    from safetensors import safe_open
-
-    with safe_open(str(Path(folder) / "adapter" / "adapter_model.safetensors"), "pt") as weights:
-        b = [name for name in weights.keys() if "lora_B" in name]
-        return bool(b) and any(bool(weights.get_tensor(name).any()) for name in b)
-
-
-LESSON_ADAPTERS = ("quotes", "reverse")  # 05's section 6: 03's adapter and the reverse format's
-
-
 @exercise("05-2", ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "generations.json",
-                   "trained_on.json"),
-          "run solution 2",
+                   "trained_on.json"), "run solution 2",
           "a third adapter, trained (its LoRA B matrices no longer all zero) on texts of its own, not the "
           "lesson's (03's quotes, section 6's reverse format), beside the lesson's two on one base: three "
           "different continuations")
 def _05_2(ex, lesson):
+    from safetensors import safe_open
+
     written = read_json(ex[0], "generations.json", dict)  # {adapter: its text}
     trained_on = read_json(ex[0], "trained_on.json", dict)  # {adapter: texts_digest of what it trained on}
-    trained = _adapter_trained(ex[0])
+    # LoRA starts at B = 0 (B·A adds nothing to the base model): trained once a B matrix has moved from there
+    with safe_open(str(Path(ex[0]) / "adapter" / "adapter_model.safetensors"), "pt") as weights:
+        b = [name for name in weights.keys() if "lora_B" in name]
+        trained = bool(b) and any(bool(weights.get_tensor(name).any()) for name in b)
     state = "trained" if trained else "never trained (its B matrices are all zero, as LoRA starts)"
     found = (f"{len(set(written.values()))} different continuations from adapters {sorted(written)}; the "
              f"third {state}")
@@ -155,10 +139,6 @@ def _05_2(ex, lesson):
         found += (f"; the third trained on the texts of the lesson's {repeats[0]!r} adapter (train it on "
                   "texts in a format of its own)")
     return len(written) == 3 and len(set(written.values())) == 3 and trained and not repeats, found
-
-
-SAME_WEIGHTS = 0.9  # the merged model's memory at least this share of the adapter model's: one precision
-TIMED_RUNS = 2  # timed runs per model at least, after a warm-up (a cold one times the first call's set-up)
 
 
 @exercise("05-3", "timing.json", "run solution 3",
@@ -191,8 +171,7 @@ def _05_3(timing):
           "logits): a difference at or past the tolerance, which fails section 3's check", shape=dict)
 def _05_4(run):  # {"base_4bit": read from the model, "dtype", "diff", "tolerance", "reference_vs_section_3"}
     dtype, diff, tolerance = str(run["dtype"]), float(run["diff"]), float(run["tolerance"])
-    four_bit = run["base_4bit"] is True
-    apart = float(run["reference_vs_section_3"])
+    four_bit, apart = run["base_4bit"] is True, float(run["reference_vs_section_3"])
     found = (f"{'a 4-bit' if four_bit else 'a 16/32-bit'} base in {dtype}: largest |logit difference| "
              f"{diff:.3g}, tolerance {tolerance:g}; its reference {apart:.3g} from section 3's logits")
     if not four_bit:
@@ -258,8 +237,7 @@ def _06_2(ex, lesson):
 @exercise("06-3", ("manifest.json", "methods.csv"), "section 3's methods.csv",
           "rates rising from run a to c for both methods; LoRA's held-out loss lower at ten times its "
           "default rate than at a tenth of it (prompt tuning's is reported: its good rates lie in a narrower "
-          "band)",
-          folders=("ex06_3a", "ex06_3b", "ex06_3c"),
+          "band)", folders=("ex06_3a", "ex06_3b", "ex06_3c"),
           parameters=tuple(("06_compare_methods", {"methods": ["prompt", "lora_r8"], "rates": rates,
                                                    "run_dir": f"runs/ex06_3{x}"})
                            for x, rates in (("a", {"prompt": 3e-3, "lora_r8": 2e-5}), ("b", None),
@@ -280,13 +258,11 @@ def _06_3(ex, lesson):
 TRUE, CONSTANT = "temporal_after_val_true.csv", "temporal_after_val_constant.csv"
 YEAR_HOLDS = 0.1  # calibrate: year accuracy at tau 0.25 at most this much below the lesson's
 NEAR_CHANCE = 0.15  # calibrate: the constant timestamp's year accuracy at most this (chance: 1/14 years)
+SECTIONS_07 = "section 6's validation tables and section 10's manifest"
 
 
 def _val(folder, name, column="year_ok"):
     return read_csv(folder, name)[column].mean()
-
-
-SECTIONS_07 = "section 6's validation tables and section 10's manifest"
 
 
 @exercise("07-1", ("manifest.json", TRUE, CONSTANT), SECTIONS_07,

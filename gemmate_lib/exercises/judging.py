@@ -1,10 +1,7 @@
-"""How an exercise's check cell (00-07, gemmate_lib/exercises/__init__.py) judges: PASS, FAIL or NOT RUN YET
-against the exercise's expectation, read from files only (the exercise's run folders, the lesson's where it
-compares), never from names a solution may rebind. A rerun that also changes a setting its text does not
-name fails (rerun_changes); each measured criterion prints its `Margin`, which `make exercises` collects into
-docs/exercises.md. Results of another model say FROM ANOTHER MODEL or MODEL UNKNOWN, never PASS. A learner's
-file missing or in another shape says FAIL with the reason (learner_errors); a bug in a check's own rule
-stops the cell, so that it is not read as the learner's FAIL."""
+"""How an exercise's check cell (00-07, gemmate_lib/exercises/__init__.py) judges: PASS, FAIL or NOT RUN YET,
+read from files only (the exercise's run folders, the lesson's where it compares), never from names a solution
+may rebind. A rerun that also changes a setting its text does not name fails; results of another model never
+pass; each measured criterion prints its `Margin`, which `make exercises` collects into docs/exercises.md."""
 
 from __future__ import annotations
 
@@ -12,15 +9,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-
-def learner_errors() -> tuple[type[Exception], ...]:
-    """The errors a learner's files cause in a check's rule, which give FAIL: a file missing (OSError), not
-    JSON, text or a table (ValueError), a key or entry missing (LookupError), a wrong type or value
-    (TypeError, ValueError), a damaged safetensors file. Every other error is the check's own bug."""
-    from safetensors import SafetensorError
-
-    return (OSError, LookupError, TypeError, ValueError, SafetensorError)
 
 
 @dataclass(frozen=True)
@@ -52,15 +40,15 @@ def less(value: float, threshold: float, unit: str, what: str, strict: bool = Tr
                   f"{what} {rounded(value)}, needs {'<' if strict else '<='} {threshold:g}", strict)
 
 
-def exercise_verdict(
-    name: str, expectation: str, ran: bool, passed: Callable[[], bool] | bool, how_to_run: str = "",
-    origin: str | None = None,
-) -> str:
+def exercise_verdict(name: str, expectation: str, ran: bool, passed: Callable[[], bool] | bool,
+                     how_to_run: str = "", origin: str | None = None) -> str:
     """Print and return exercise `name`'s verdict line: NOT RUN YET unless `ran`, `origin` (results that
-    cannot be judged here), else PASS or FAIL by `passed` (a bool, or a callable called only once the exercise
-    ran), then the expectation. `passed` may give `(ok, found[, margins])`: what the run shows follows the
-    verdict, each Margin must hold too and ends the line. One of `learner_errors()` gives FAIL with the
-    reason; any other error (a bug in the rule) propagates."""
+    cannot be judged here), else PASS or FAIL by `passed` (a bool, or a callable called once the exercise ran,
+    giving `ok` or `(ok, found[, margins])`; each Margin must hold too) and the expectation. An error of the
+    learner's files (missing, not JSON or a table, a key missing, a wrong type or value, damaged safetensors)
+    gives FAIL with the reason; any other (a bug in the rule) propagates, never read as the learner's FAIL."""
+    from safetensors import SafetensorError
+
     how = f" ({how_to_run})" if how_to_run else ""
     if not ran:
         line = f"exercise {name}: NOT RUN YET{how}"
@@ -71,7 +59,7 @@ def exercise_verdict(
             result = passed() if callable(passed) else passed
             ok, found, margins = (*result, [])[:3] if isinstance(result, tuple) else (result, "", [])
             ok = bool(ok) and all(m.holds for m in margins)
-        except learner_errors() as err:  # what the learner wrote: a verdict, never a stopped notebook
+        except (OSError, LookupError, TypeError, ValueError, SafetensorError) as err:  # the learner's files
             ok, found, margins = False, f"the results could not be read ({type(err).__name__}: {err})", []
         line = f"exercise {name}: {'PASS' if ok else 'FAIL'}, expected: {expectation}"
         line += f"; found: {found}" if found else ""
@@ -82,8 +70,7 @@ def exercise_verdict(
 
 def has_results(run_dir: str | Path, *names: str) -> bool:
     """True when every file `names` exists in `run_dir` (the exercise's run folder): the exercise ran."""
-    folder = Path(run_dir)
-    return folder.is_dir() and all((folder / name).exists() for name in names)
+    return Path(run_dir).is_dir() and all((Path(run_dir) / name).exists() for name in names)
 
 
 def shaped(value, shape: type, what: str):
@@ -115,20 +102,13 @@ def facts(folder: Path, notebook: str) -> dict:
                   f"manifest.json's entry of {notebook}")
 
 
-def manifest_max_steps(folder: Path) -> int | None:
-    """03's max_steps for the run in `folder`, from its manifest."""
-    return facts(folder, "03_lora_sft").get("config", {}).get("train", {}).get("max_steps")
-
-
 def notebook_model(folder: Path, prefix: str) -> str | None:
     """The model that notebook `prefix` ("03") ran for the run in `folder`: its manifest entry's model, else
     its config's, None when the entry does not say."""
     path = Path(folder) / "manifest.json"
     notebooks = json.loads(path.read_text()).get("notebooks", {}) if path.exists() else {}
-    for stem, entry in notebooks.items():
-        if stem.startswith(prefix + "_"):
-            return entry.get("model") or entry.get("config", {}).get("model", {}).get("model_name")
-    return None
+    return next((entry.get("model") or entry.get("config", {}).get("model", {}).get("model_name")
+                 for stem, entry in notebooks.items() if stem.startswith(prefix + "_")), None)
 
 
 def recorded_settings(folder: Path, notebook: str) -> dict:
@@ -141,9 +121,8 @@ def recorded_settings(folder: Path, notebook: str) -> dict:
 
 
 def rerun_changes(spec: "Exercise", ex: list[Path], lesson: Path) -> list[str]:
-    """Every setting a rerun exercise's runs `ex` recorded that differs from the lesson's run of its notebook,
-    besides the parameters the exercise names, as "name (this run's value, the lesson's value)". A setting
-    only one of them records (one a later course added) is no change."""
+    """Each setting that a rerun's runs `ex` and the lesson's run of its notebook both recorded, with another
+    value, besides the parameters it names: "name (this run's value, the lesson's value)"."""
     allowed = {"run_dir"} | {k for _, params in spec.parameters for k in params}
     by_folder = {Path(f).name: f for f in ex}
     changed = []
@@ -160,9 +139,6 @@ def rerun_changes(spec: "Exercise", ex: list[Path], lesson: Path) -> list[str]:
 class InRuns(str):
     """A parameter naming a file a solution writes in the runs folder ("ex03_2/my_quotes.jsonl"): the learner
     pastes the path the solution prints, `make exercises` the path where the runner's kernel sees it."""
-
-    def text(self) -> str:
-        return f"the path solution {self.split('/')[0][-1]} prints"
 
 
 @dataclass(frozen=True)
@@ -198,17 +174,16 @@ def literal(value) -> str:
 def parameters_text(params: dict) -> str:
     """`lora_r = 2`, `run_dir = "runs/ex03_1"`: one run's parameters as its text names them (`dataset` = the
     path solution 2 prints, for a file a solution writes)."""
-    return ", ".join(f"`{k}` = {v.text()}" if isinstance(v, InRuns) else f"`{k} = {literal(v)}`"
-                     for k, v in params.items())
+    return ", ".join(f"`{k}` = the path solution {v.split('/')[0][-1]} prints" if isinstance(v, InRuns)
+                     else f"`{k} = {literal(v)}`" for k, v in params.items())
 
 
 def exercise_spec(name: str, passed: Callable, results: tuple[str, ...] | str, how_to_run: str,
                   expectation: str, folders: tuple[str, ...] = (), lesson: tuple[str, ...] = (),
                   parameters: tuple[tuple[str, dict], ...] = (), shape: type | None = None) -> Exercise:
-    """Exercise `name`'s check around `passed(ex, lesson)`, given its run folders (`folders` under runs/, by
-    default ex03_2 for "03-2") and the lesson's run folder. Where `results` is one JSON file, not a tuple,
-    `passed` is given that file's content instead (checked to be a `shape`). A rerun exercise gives its
-    `parameters`, and `how_to_run` names the section whose output the check reads."""
+    """Exercise `name`'s check around `passed(ex, lesson)`: its run folders (`folders` under runs/, by default
+    ex03_2 for "03-2") and the lesson's. Where `results` is one JSON file, `passed` gets its content (checked
+    to be a `shape`). A rerun gives its `parameters`; its `how_to_run` names the section the check reads."""
     if parameters and "manifest.json" not in lesson:  # a rerun compares its settings with the lesson's
         lesson = (*lesson, "manifest.json")
     one = isinstance(results, str)
@@ -241,17 +216,14 @@ def rounded(x: float) -> float:
 
 def _written(path: Path) -> float:
     """When `path` was written: a file's time, a folder's oldest file's."""
-    if path.is_dir():
-        times = [p.stat().st_mtime for p in path.rglob("*") if p.is_file()]
-        return min(times) if times else path.stat().st_mtime
-    return path.stat().st_mtime
+    times = [p.stat().st_mtime for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+    return min(times, default=path.stat().st_mtime)
 
 
 def origin_problem(name: str, spec: Exercise, ex: list[Path], lesson: Path) -> str | None:
     """Why exercise `name`'s results in `ex` cannot be judged against the lesson that runs now ("FROM ANOTHER
     MODEL (...)", "MODEL UNKNOWN (...)"), or None: each folder's ORIGIN names its model and since when it
-    holds that model's results; the model must be the one this process runs (or 00 kept), and the one the
-    lesson's run of the notebook ran where the check compares with it."""
+    holds its results; that model must be this process's (or 00's), and the lesson's where it compares."""
     from gemmate_lib.guard_rails import run_folder
     from gemmate_lib.guard_rails.files import show_path
 

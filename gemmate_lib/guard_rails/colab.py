@@ -63,9 +63,8 @@ def gpu_runtime() -> bool:
 
 
 def install(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = None) -> str:
-    """Install the pins of requirements-colab.txt that this runtime lacks or has at another version; safe to
-    re-run. EMBEDDED_PACKAGES only when `embedded` (None: when there is no GPU); HELD stays at Colab's build
-    (a constraints file). Returns "ready", or RESTART (also printed) when an upgraded package was imported."""
+    """Install the requirements-colab.txt pins this runtime lacks (EMBEDDED_PACKAGES when `embedded`, None: no
+    GPU), HELD at Colab's build; "ready", or RESTART (also printed) when an upgraded package was imported."""
     wanted = pins(Path(repo_dir) / "requirements-colab.txt")
     if embedded is None:
         embedded = not gpu_runtime()
@@ -89,7 +88,6 @@ def install(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = No
                              "check the runtime has internet access, then run this cell again; if pip "
                              "names a conflict with torch, a pin needs another torch than Colab's: never "
                              "reinstall torch on Colab, report it to the course instead")
-    # what this process imported at another version than the one now installed
     loaded = {name: getattr(sys.modules.get(name.replace("-", "_")), "__version__", None) for name in missing}
     if stale := [f"{name} {version} -> {installed_version(name)}" for name, version in loaded.items()
                  if version is not None and version != installed_version(name)]:
@@ -100,16 +98,14 @@ def install(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = No
 
 
 def start(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = None) -> None:
-    """The install cell's call: `install`, stopping the notebook when the runtime must restart (a *Run all*
-    goes no further with the old packages imported); after the restart the cell finds them and goes on."""
+    """The install cell's call: `install`, stopping a *Run all* when the runtime must restart."""
     if install(repo_dir, run=run, embedded=embedded) == RESTART:
         raise SystemExit("Restart needed (see the line above). Fix: Runtime > Restart session, then run this "
                          "notebook from the top (this cell then skips the install)")
 
 
 def install_embedded(module: str) -> bool:
-    """In Colab, install EMBEDDED_PACKAGES when a notebook imports one of them (`module`) on a GPU runtime,
-    where the install cell left them out (model_name="embedded" on purpose). True if it installed them."""
+    """In Colab, install the EMBEDDED_PACKAGES a GPU runtime's install cell left out, when `module` is one."""
     if not in_colab() or importlib.util.find_spec(module) is not None:
         return False
     install(repo_root(), embedded=True)  # never imported before: no restart
@@ -126,8 +122,7 @@ def uploaded(path: str) -> str:
 
 
 def default_run_dir(name: str = "interactive", mount=None) -> Path | None:
-    """On Colab, the run folder on Google Drive (mounted after the user agrees), else None; a declined or
-    failed mount returns None and says that this notebook's files vanish with the runtime."""
+    """On Colab, the run folder on Google Drive (mounted if the user agrees), else None (said if declined)."""
     if not in_colab():
         return None
     mount = mount or importlib.import_module("google.colab.drive").mount
@@ -137,10 +132,9 @@ def default_run_dir(name: str = "interactive", mount=None) -> Path | None:
                   "there when you open 04 or 05 (each notebook gets its own runtime).")
             mount(str(DRIVE))
     except Exception as err:  # noqa: BLE001 - a declined dialog raises; continue without Drive
-        print(f"Google Drive not mounted ({type(err).__name__}): "
-              "this run folder lives only as long as this runtime. "
-              "To keep 03's adapter for 04 and 05, set adapter_repo (a Hub repo to push it to) in 03's "
-              "parameters.")
+        print(f"Google Drive not mounted ({type(err).__name__}): this run folder lives only as long as this "
+              "runtime. To keep 03's adapter for 04 and 05, set adapter_repo (a Hub repo to push it to) in "
+              "03's parameters.")
         return None
     return DRIVE_RUNS / name
 

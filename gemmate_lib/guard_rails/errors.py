@@ -56,8 +56,7 @@ def _causes(err: BaseException):
 
 
 def out_of_memory_error(what: str, err: BaseException) -> OutOfMemory | None:
-    """One clear error when `err` or a cause of it ran out of memory (torch.OutOfMemoryError, MemoryError)
-    while `what` ran: which memory, the fit line the notebook printed, and the fixes; else None."""
+    """OutOfMemory (which memory, the fit line printed, the fixes) if `err` or a cause ran out; else None."""
     torch = sys.modules.get("torch")  # an error raised by torch means torch is imported already
     kinds = (MemoryError,) + ((torch.OutOfMemoryError,) if torch is not None else ())
     found = next((e for e in _causes(err) if isinstance(e, kinds) and not isinstance(e, GemmateError)), None)
@@ -105,8 +104,7 @@ def hub_load_error(name: str, err: Exception, kind: str = "model") -> GemmateErr
 
 @contextlib.contextmanager
 def hub_errors(name: str, kind: str = "model"):
-    """`with hub_errors("google/gemma-2b"): AutoModel...from_pretrained(...)`: a Hub failure becomes one clear
-    error with the fix, not a deep stack trace (for 01 and 03, which write the call out)."""
+    """A Hub failure in the block as one clear error with the fix (01 and 03 write the load call out)."""
     try:
         yield
     except GemmateError:

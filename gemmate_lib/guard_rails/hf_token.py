@@ -43,8 +43,7 @@ COLAB_SECRET_HELP = {
 
 
 def colab_secret_problem() -> str | None:
-    """When `get_token()` found none: why Colab's HF_TOKEN secret cannot be read (a key of COLAB_SECRET_HELP);
-    None outside Colab."""
+    """Why Colab's HF_TOKEN secret cannot be read (a key of COLAB_SECRET_HELP); None outside Colab."""
     try:
         from google.colab import userdata  # type: ignore[import-not-found]
     except ImportError:

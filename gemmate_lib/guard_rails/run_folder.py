@@ -31,10 +31,9 @@ def note_model(model_name: str, facts=None, peak=None) -> None:
 
 
 def get_run_dir(run_dir: str | os.PathLike | None = None, create: bool = True) -> Path:
-    """Resolve and create the run folder: the argument, else $GEMMATE_RUN_DIR, else (on Colab) Google Drive,
-    which lets 04 and 05 see 03's adapter, else runs/interactive. A relative path (runs/ex04_1) lies in the
-    course folder (or $GEMMATE_RUNS_ROOT), on Colab in the course's folder on Drive, mounted if it is not.
-    `create=False` only resolves it; creating an exercise's run folder stamps its origin (`stamp_origin`)."""
+    """The run folder, created unless `create=False`: the argument, else $GEMMATE_RUN_DIR, else (on Colab)
+    Google Drive, else runs/interactive. A relative path (runs/ex04_1) lies in the course folder (or
+    $GEMMATE_RUNS_ROOT), on Colab in the course's folder on Drive; an exercise's gets its ORIGIN stamped."""
     root = Path(os.environ[RUNS_ROOT]).expanduser().absolute() if os.environ.get(RUNS_ROOT) else repo_root()
     path = Path(run_dir or os.environ.get("GEMMATE_RUN_DIR") or default_run_dir()
                 or root / "runs" / "interactive").expanduser()
@@ -51,8 +50,7 @@ def get_run_dir(run_dir: str | os.PathLike | None = None, create: bool = True) -
 
 
 def current_model(lesson: str | os.PathLike | None = None) -> str | None:
-    """The model this process runs (what its notebook's course_config resolved), else the one 00_setup kept in
-    the lesson's run folder (MODEL_CHOICE), else None: nothing says."""
+    """This process's model (its course_config's), else 00_setup's in the lesson's run folder, else None."""
     if _KERNEL.get("model_name"):
         return _KERNEL["model_name"]
     path = Path(lesson if lesson is not None else get_run_dir(None, create=False)) / MODEL_CHOICE
@@ -72,9 +70,8 @@ def read_origin(folder: str | os.PathLike) -> dict:
 
 
 def stamp_origin(folder: str | os.PathLike, model: str | None = None) -> dict:
-    """Record in an exercise's run folder (ORIGIN) the model whose results it now holds (`model`, else
-    `current_model()`) and the lesson run it is compared with; returns the record. Another model moves
-    `since` to now and keeps the old one under `before` (a check tells their files apart by their times)."""
+    """Record in an exercise's run folder (ORIGIN) the model whose results it holds and the lesson run it is
+    compared with. Another model moves `since` to now, the old one under `before` (checks compare times)."""
     folder, model = Path(folder), model or current_model()
     old, lesson = read_origin(folder), get_run_dir(None, create=False)
     try:
@@ -102,8 +99,7 @@ def package_versions() -> dict[str, str | None]:
 
 def version_mismatches(newer: bool = False) -> list[str]:
     """`name: installed X, pinned Y` for each requirements-colab.txt pin this environment misses: not there,
-    older, or another major release (00's self-check). `newer=True` lists newer releases of the same major
-    instead: a learner's own project often has them; `make drift` runs the newest (docs/compatibility.md)."""
+    older, or another major release (00's self-check); `newer=True`: newer ones of the same major instead."""
     from packaging.version import InvalidVersion, Version
 
     def misses(installed: str | None, pin: str) -> bool:
@@ -133,8 +129,7 @@ def git_revision() -> str:
 
 
 def update_manifest(run_dir: Path, notebook: str, **facts) -> dict:
-    """Add one notebook's facts (seed, config, timings) to run_dir/manifest.json, with the model this process
-    runs, the machine and the peak memory so far (gemmate_lib.reference compares it); returns the manifest."""
+    """Add a notebook's facts, model, the machine and peak memory to run_dir/manifest.json (`reference`)."""
     path = Path(run_dir) / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.setdefault("created", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
@@ -171,8 +166,7 @@ def chosen_model(model_name: str | None, run_dir: str | Path | None = None) -> s
 
 
 def remember_model(run_dir: str | Path, model_name: str | None) -> str:
-    """00_setup: keep a model named in its parameters for 01-07 (MODEL_CHOICE in the run folder); returns the
-    sentence 00 prints. None keeps nothing: each notebook's profile decides."""
+    """00_setup: keep `model_name` for 01-07 (MODEL_CHOICE in the run folder; None: none); what 00 prints."""
     if not model_name:
         return ("no model chosen: each notebook's profile decides (set model_name in the parameters cell to "
                 "choose one for 01-07)")

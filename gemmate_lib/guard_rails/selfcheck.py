@@ -20,8 +20,7 @@ def smoke_run() -> bool:
 
 
 class LearningOutcome(int):
-    """The outcome of a check that judges learning (`learned` makes it): true or false like a bool, and known
-    to `self_check` as one that an exercise's run reports instead of stopping on."""
+    """A learning check's outcome (`learned`): a bool that `self_check` lets an exercise's run report."""
 
 
 def learned(course: bool, smoke: bool) -> LearningOutcome:
@@ -31,8 +30,7 @@ def learned(course: bool, smoke: bool) -> LearningOutcome:
 
 
 def reports_learning() -> bool:
-    """True in a quick pass over the course (`make course PARAMS=params/cpu-quick.yaml`, whose few steps miss
-    the learning goals on purpose): GEMMATE_LEARNING_CHECKS=report, set by tools/runners/course.py."""
+    """True in `make course`'s quick pass (GEMMATE_LEARNING_CHECKS=report), whose few steps miss the goals."""
     return os.environ.get("GEMMATE_LEARNING_CHECKS") == "report"
 
 
@@ -43,9 +41,8 @@ def exercise_run(run_dir) -> str | None:
 
 
 def self_check(*checks: tuple[bool, str, str], run_dir=None) -> bool:
-    """Print `PASS <what>` or `FAIL <what>: <how>` per check; raise SelfCheckError if any failed. `run_dir`:
-    the notebook's run folder; when it is an exercise's (runs/ex03_2), failed learning checks (`learned`) are
-    reported and the notebook goes on to the exercise's check (returns False); any other failure raises."""
+    """Print `PASS <what>` or `FAIL <what>: <how>` per check; SelfCheckError if any failed, but for learning
+    checks (`learned`) in an exercise's run folder (runs/ex03_2): reported, False (its check judges)."""
     for ok, what, fix in checks:
         print(f"PASS {what}" if ok else f"FAIL {what}: {fix}")
     failed = [(what, fix) for ok, what, fix in checks if not ok]

@@ -114,10 +114,9 @@ def _even_stamps(rng: random.Random, years: list[int], n: int, taken: set) -> li
 def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, first_year: int = 2007,
                      last_year: int = 2020, max_words: int = 8, seed: int = 0, n_val: int = 100,
                      extrapolate_to: int | None = 2026, n_far: int = 120) -> DatedNotes:
-    """Notes ending with the month and year they were written, at random times in [first_year, last_year];
-    held out, evenly over their years (ignoring time scores ~1/years) and with other quotes: validation and
-    test inside the training years, extrapolation after them up to extrapolate_to. Whole minutes, none used
-    twice; each training quote has several dates."""
+    """Notes ending with the month and year they were written, at distinct whole minutes in [first_year,
+    last_year]; held out evenly over their years (ignoring time scores ~1/years) and with other quotes: val
+    and test in the training years, extrapolation after them to extrapolate_to; train quotes: many dates."""
     rng = random.Random(seed)
     snippets = sorted({" ".join(q.split()[:max_words]) for q in quotes if q.strip()})
     if len(snippets) < 10:
@@ -131,8 +130,7 @@ def make_dated_notes(quotes: list[str], n_train: int = 600, n_test: int = 200, f
     test_pool, train_pool = snippets[:cut], snippets[cut:]
     years = list(range(first_year, last_year + 1))
     taken: set = set()
-    test_ms = _even_stamps(rng, years, n_test, taken)
-    val_ms = _even_stamps(rng, years, n_val, taken)
+    test_ms, val_ms = (_even_stamps(rng, years, n, taken) for n in (n_test, n_val))
     far_ms = _even_stamps(rng, list(range(last_year + 1, extrapolate_to + 1)), n_far,
                           taken) if extrapolate_to else []
     train_ms = draw_minutes(rng, date_ms(first_year), date_ms(last_year + 1), n_train, taken)

@@ -118,8 +118,7 @@ class GemmaTEForCausalLM(nn.Module):
             self._time = None
 
     def _add_time(self, module, args, output):
-        vec = self._time
-        if vec is None:
+        if (vec := self._time) is None:
             return output
         if output.shape[0] != vec.shape[0]:  # generate() expanded the batch (beams, num_return_sequences)
             vec = vec.repeat_interleave(output.shape[0] // vec.shape[0], dim=0)
@@ -193,8 +192,7 @@ class GemmaTEForCausalLM(nn.Module):
             raise ModelLoadError(f"the saved projection is for hidden size {meta.get('hidden_size')}, "
                                  f"this base model has {here['hidden_size']}",
                                  "load the base model the GemmaTE model was trained on")
-        differs = [f"{k}: saved {meta[k]} vs {v}" for k, v in here.items() if meta.get(k, v) != v]
-        if differs:
+        if differs := [f"{k}: saved {meta[k]} vs {v}" for k, v in here.items() if meta.get(k, v) != v]:
             raise ModelLoadError(f"{folder.name} was trained on {meta.get('base_model')!r}, "
                                  f"not on this base model ({', '.join(differs)})",
                                  "load the base model it was trained on")

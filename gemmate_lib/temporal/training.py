@@ -23,11 +23,10 @@ from gemmate_lib.training import TrainResult, attach_lora, train, training_kwarg
 
 
 class GemmaTETrainer(Trainer):
-    """transformers' Trainer for GemmaTE (07 writes it out; training.train uses it), whose checkpoints hold
-    only what trains: the LoRA adapter and the projection (a few MB), with the optimizer's and Trainer's
-    state, never the frozen base; a rerun resumes from them (gemmate_lib.resume). `_save` and
-    `_load_from_checkpoint` are the Trainer's hooks for a model it does not know (it would save every weight),
-    private API of transformers 5.23, the course's pin (`make drift` runs them on the newest release)."""
+    """transformers' Trainer for GemmaTE (07 writes it out; training.train uses it): checkpoints hold only
+    what trains (LoRA and the projection, a few MB, and the optimizer's and Trainer's state), not the base.
+    `_save` and `_load_from_checkpoint` are the Trainer's hooks for a model it does not know: private API of
+    transformers 5.23, the course's pin (`make drift` runs them on the newest release)."""
 
     def _save(self, output_dir=None, state_dict=None):
         self.model.save_pretrained(Path(output_dir or self.args.output_dir), overwrite=True)

@@ -63,6 +63,7 @@ def test_a_file_llama_cpp_cannot_load_is_one_line(tmp_path):
     assert "llama.cpp cannot load" in one_line(err.value)
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 def test_a_converter_that_does_not_know_the_architecture_is_one_line(tmp_path):
     folder = tmp_path / "hf"
     folder.mkdir()

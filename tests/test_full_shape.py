@@ -79,6 +79,7 @@ def test_the_watcher_counts_the_whole_process_tree():
     assert rehearse.watch(cmd, limit=2e9)["peak_ram"] >= 120 * 2**20
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 def test_the_rehearsal_phases_at_a_small_shape_and_one_over_its_cap(tmp_path):
     """make rehearse's phases but the copy (the next test's) on a tiny Gemma 1 with the embedded vocabulary
     (llama.cpp's converter reads its sentencepiece model), each in its child: all fit, the merge writes a
@@ -100,6 +101,7 @@ def test_the_rehearsal_phases_at_a_small_shape_and_one_over_its_cap(tmp_path):
     assert "**no**" in rehearse.table(over)
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 def test_the_copy_phase_counts_a_gemma_4_table_on_the_cpu_and_trains(tmp_path):
     """make rehearse's "copy" phase on a tiny Gemma 4 whose per-layer table holds bf16 values (as the Hub's
     checkpoints): the 4-bit copy's bytes on the GPU and the table's on the CPU, as fit.predicted_copy_bytes
@@ -135,6 +137,7 @@ def test_the_committed_table_covers_every_model_and_phase():
     assert seen == {(m, p) for m in MODELS for p in rehearse.PHASES}
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 def test_the_full_shape_tokenizer_keeps_every_id_inside_gemma_2bs_vocabulary():
     """gemma-2b has 256,000 rows of embeddings; an id past them would crash the load, merge and export phases
     (the embedded Gemma 3 tokenizer it is cut from has 262,144)."""

@@ -135,6 +135,7 @@ def test_04s_perplexity_and_its_interval(tiny_model, tiny_tokenizer):
             "ci95": [round(x) for x in got["ci95"]]} == PERPLEXITY
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 def test_06s_arms_first_loss_and_held_out_loss_after_two_steps(tiny_folder, tiny_tokenizer, tmp_path):
     got = arm_numbers(methods_cfg(tiny_folder), tiny_tokenizer, tmp_path)
     assert {key: tuple(rounded(pair)) for key, pair in got.items()} == ARMS

@@ -164,6 +164,7 @@ def test_a_kernel_records_its_loads_cells_training_and_parts(fresh_ledger, tiny_
     assert isinstance(sys.meta_path[0], ledger._AfterImport)  # modules imported later get patched too
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 def test_a_child_process_writes_its_loads_to_the_kernels_ledger(fresh_ledger, tiny_folder, monkeypatch):
     path = fresh_ledger / "05.jsonl"
     monkeypatch.setenv("GEMMATE_LEDGER", str(path))

@@ -64,6 +64,7 @@ def test_padding_share_by_hand():
     assert padding_share([2, 4], 2, grouped=False) == 1 - 6 / 8
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 def test_seconds_per_step_time_the_steps_not_the_start_up(tiny_folder, tiny_tokenizer, cpu_cfg, tmp_path,
                                                           monkeypatch):
     """Pauses injected by callbacks, on a clock that only

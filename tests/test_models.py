@@ -133,6 +133,7 @@ def test_an_nf4_model_on_a_cpu_computes_the_same_after_a_save(tiny_folder, fp32,
         assert torch.equal(model(input_ids=ids).logits, before)
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 @pytest.mark.parametrize("quiet", [False, True])
 def test_quiet_hides_the_bar_of_each_model_load_but_no_other_bar(tiny_folder, quiet):
     """The committed notebooks held a "Loading weights" bar for every one of the course's model loads."""

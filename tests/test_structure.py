@@ -10,6 +10,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "gemmate_lib"
 PACKAGES = ("gemmate_lib", "gemmate_cli")  # the library and the command line
@@ -233,6 +235,7 @@ def test_no_import_circle_at_any_folder_level_of_the_checkout():
         "lib.temporal.data)", "in tools/: a <-> b (tools.a -> tools.b; tools.b -> tools.a)"]
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 def test_the_library_knows_nothing_of_the_command_line():
     """No module of gemmate_lib imports gemmate_cli (also inside a function), and importing every library
     module loads none of it."""
@@ -297,6 +300,7 @@ def test_one_builder_of_the_training_arguments_and_one_type_checker():
     assert checkers == ["gemmate_lib.config"]
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 def test_importing_the_library_changes_no_global_state():
     code = ("import logging, warnings\n"
             "before = (list(warnings.filters), logging.getLogger('bitsandbytes.backends.cpu.ops').level)\n"

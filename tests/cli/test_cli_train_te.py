@@ -37,6 +37,7 @@ def test_train_te_runs_04s_tasks_and_evaluates_them(task, keys, tmp_path, tiny_f
     assert (out / "model" / "temporal.safetensors").exists()
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 def test_train_te_without_data_says_what_to_pass(tmp_path, capsys):
     from gemmate_cli.errors import run_cli
     from gemmate_cli.main import main

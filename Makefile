@@ -98,7 +98,7 @@ nbval: embedded
 	mkdir -p $(NBVAL)/ledger
 	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) \
 		IPYTHONDIR=$$($(PY) tests/fake_machine.py $(CURDIR)/$(NBVAL)/ipython) GEMMATE_LEDGER=$(CURDIR)/$(NBVAL)/ledger \
-		$(PY) -m pytest -q --nbval-lax \
+		OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --nbval-lax -n 2 --dist loadgroup -p tests.nbval_groups \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider --durations=10 \
 		--junitxml=$(TEST_RUNS)/nbval.xml $(NBVAL_COPIES)
 	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) $(PY) -m pytest -q --durations=0 \

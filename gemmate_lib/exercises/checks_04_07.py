@@ -256,7 +256,7 @@ def _06_3(ex, lesson):
 
 
 TRUE, CONSTANT = "temporal_after_val_true.csv", "temporal_after_val_constant.csv"
-YEAR_HOLDS = 0.1  # calibrate: year accuracy at tau 0.25 at most this much below the lesson's
+YEAR_HOLDS = 0.15  # year accuracy at tau 0.1 at most this below the lesson's (seeds 42, 1, 2: -0.11..+0.04)
 NEAR_CHANCE = 0.15  # calibrate: the constant timestamp's year accuracy at most this (chance: 1/14 years)
 SECTIONS_07 = "section 6's validation tables and section 10's manifest"
 
@@ -268,7 +268,7 @@ def _val(folder, name, column="year_ok"):
 @exercise("07-1", ("manifest.json", TRUE, CONSTANT), SECTIONS_07,
           "a smaller tau than the lesson's, nothing else changed; year accuracy held, month+year accuracy "
           "lower, the constant timestamp near chance", lesson=("manifest.json", TRUE),
-          parameters=(("07_temporal_encoding", {"temporal_scale": 0.25, "run_dir": "runs/ex07_1"}),))
+          parameters=(("07_temporal_encoding", {"temporal_scale": 0.1, "run_dir": "runs/ex07_1"}),))
 def _07_1(ex, lesson):
     tau = [facts(f, "07_temporal_encoding").get("temporal_scale") for f in (ex[0], lesson)]
     year, month = ([_val(f, TRUE, column) for f in (ex[0], lesson)] for column in ("year_ok", "month_ok"))

@@ -24,10 +24,9 @@ SCHEMA_VERSION = 2
 
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F1 (rouge_score, with stemming)."""
-    from rouge_score import rouge_scorer
+    from rouge_score.rouge_scorer import RougeScorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return scorer.score(reference, prediction)["rougeL"].fmeasure
+    return RougeScorer(["rougeL"], use_stemmer=True).score(reference, prediction)["rougeL"].fmeasure
 
 
 def bleu(prediction: str, reference: str) -> float:

@@ -162,7 +162,6 @@ def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_ch
             nll: dict | None = None) -> dict:
     """Held-out loss on the whole text and the completion; optionally format compliance on every row
     (`format_check=True`) or the first `format_check` rows. `nll`: example_nll_by_part's, if already had."""
-    model.eval()
     nll = nll or example_nll_by_part(model, tokenizer, rows, ("text", "completion"), max_length)
     out = {f"held_out_loss_{part}": round(sum(s for s, _ in v) / sum(n for _, n in v), 3)
            for part, v in nll.items()}

@@ -168,10 +168,8 @@ def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8,
 
 
 MAX_SKIPPED = 10  # fp16: steps the gradient scaler may skip in a row before the run counts as overflowing
-# a logged gradient norm over SPIKE_FACTOR x the median of the norms logged before it is a spike, judged once
-# SPIKE_HISTORY norms are in (Gemma 4 LoRA's reported spikes, transformers issue 45676, are 10-1000x it)
-SPIKE_FACTOR = 10.0
-SPIKE_HISTORY = 5
+SPIKE_FACTOR = 10.0  # a logged gradient norm over this x the median of those before it is a spike
+SPIKE_HISTORY = 5  # judged once this many are in; Gemma 4 LoRA's spikes (transformers 45676) are 10-1000x
 SPIKE_FIX = ("lower the learning rate and clip gradients (max_grad_norm=1.0); Gemma 4 LoRA shows such spikes "
              "(transformers issue 45676)")
 
@@ -301,9 +299,7 @@ def lora_weights(model) -> list[tuple[str, str, torch.nn.Parameter]]:
 
 def grad_state(grad: torch.Tensor | None) -> tuple[bool, bool]:
     """(finite, non-zero) of one gradient; (True, False) for none."""
-    if grad is None:
-        return True, False
-    return bool(torch.isfinite(grad).all()), bool(grad.ne(0).any())
+    return (True, False) if grad is None else (bool(torch.isfinite(grad).all()), bool(grad.ne(0).any()))
 
 
 def lora_gradients(model, grads: dict | None = None) -> list[tuple[str, bool, bool]]:

@@ -102,6 +102,7 @@ nbval: embedded
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider --durations=10 \
 		--junitxml=$(TEST_RUNS)/nbval.xml $(NBVAL_COPIES)
 	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) $(PY) -m pytest -q --durations=0 \
+		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) \
 		--junitxml=$(TEST_RUNS)/after_nbval.xml -m "canary or after_nbval" tests
 
 test: lint unit nbval

@@ -40,21 +40,17 @@ class Method:
     starts_unchanged: bool = True  # the base model until trained (LoRA's B = 0); not prompt/prefix tuning
 
 
-def default_methods(cfg: CourseConfig) -> tuple[str, ...]:
-    """06's `methods=None`: DEFAULT_METHODS under the CPU profile, GPU_DEFAULT_METHODS under the GPU ones."""
-    return GPU_DEFAULT_METHODS if cfg.profile.startswith("gpu") else DEFAULT_METHODS
-
-
 def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int = 32,
                   rates: dict | None = None) -> dict[str, Method]:
-    """The methods in `keys` (a list or "a,b"; None: `default_methods(cfg)`), as 06 writes them out.
+    """The methods in `keys` (a list or "a,b"; None: DEFAULT_METHODS under the CPU profile,
+    GPU_DEFAULT_METHODS under the GPU ones), as 06 writes them out.
     `other_rank`: the second LoRA rank (alpha = 2 x rank); `rates`: learning rates, e.g. {"prompt": 3e-3}."""
     from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
 
     from gemmate_lib.fit import FitError
 
     if keys is None:
-        keys = default_methods(cfg)
+        keys = GPU_DEFAULT_METHODS if cfg.profile.startswith("gpu") else DEFAULT_METHODS
         try:
             if cfg.precision.device == "cuda":
                 check_fits(cfg, model_path, keys)

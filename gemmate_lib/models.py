@@ -98,8 +98,9 @@ def resolve_model(model_name: str) -> tuple[str, dict]:
         raise ModelLoadError(f"model_name={model_name!r} is neither an existing folder nor a Hub id "
                              "like 'owner/name'",
                              f"check the path, or use '{EMBEDDED}' for the offline default")
-    token = get_token()
-    if token is None and model_name.startswith(GATED_PREFIXES) and not ungated(model_name):
+    token, generation = get_token(), generation_of(model_name)
+    # Gemma 4 (Apache-2.0) is a Google model the Hub serves without a licence click
+    if token is None and model_name.startswith(GATED_PREFIXES) and (generation is None or generation.gated):
         problem = colab_secret_problem()
         raise ModelLoadError(f"{model_name!r} is a gated model and no HF_TOKEN was found",
                              COLAB_SECRET_HELP[problem] if problem else
@@ -107,12 +108,6 @@ def resolve_model(model_name: str) -> tuple[str, dict]:
                              "secret in Colab (key icon) or the HF_TOKEN environment variable; or use "
                              f"model_name='{EMBEDDED}'")
     return model_name, ({"token": token} if token else {})
-
-
-def ungated(model_name: str) -> bool:
-    """True for a Google model the Hub serves without a licence click: Gemma 4 (Apache-2.0)."""
-    generation = generation_of(model_name)
-    return generation is not None and not generation.gated
 
 
 def load_tokenizer(model_name: str = EMBEDDED):
@@ -162,7 +157,11 @@ def load_model(model_name: str = EMBEDDED, precision: Precision | None = None, q
     except Exception as err:  # noqa: BLE001 - mapped to a clear message
         raise hub_load_error(model_name, err) from err
     if quantization == "nf4" and precision.device == "cpu":
-        keep_nf4_as_loaded(model)
+        # bitsandbytes' CPU repacking of NF4 weights off: with AVX512_BF16 an eval forward repacks them and
+        # every save re-quantizes their scales, so the model in memory drifts from the one saved
+        for module in model.modules():
+            if getattr(module, "support_avx512bf16_for_cpu", False):
+                module.support_avx512bf16_for_cpu = False
     lookup_tables_to_cpu(model)
     return model
 
@@ -201,14 +200,6 @@ def _cpu_lookup(self, input_ids):
     rows = torch.nn.functional.embedding(input_ids.to(self.weight.device), self.weight, self.padding_idx)
     rows = rows.to(input_ids.device, self.compute_dtype)
     return rows * self.embed_scale.to(input_ids.device, self.compute_dtype)
-
-
-def keep_nf4_as_loaded(model) -> None:
-    """Turn off bitsandbytes' CPU repacking of NF4 weights: on a CPU with AVX512_BF16 an eval forward repacks
-    them and every save re-quantizes their scales, so the model in memory drifts from the one saved."""
-    for module in model.modules():
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
 
 
 def footprint_mib(model) -> float:

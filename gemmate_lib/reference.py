@@ -35,7 +35,8 @@ LOSS_HIGH = ("a run that trained but learned little: a mask that labels nothing 
              "the settings say")
 LEAK = "held-out rows in the training data (another data_seed, or a dataset with duplicates)"
 SLOW = ("another job on the cores (a second notebook or a test run), bf16 on a CPU without native bf16 "
-        "(emulated: use fp32), or the GPU not used (the model on the CPU)")
+        "(emulated: use fp32), the GPU not used (the model on the CPU), or a shared machine slower today "
+        "(00's matmul time against the committed 00's)")
 MEMORY = ("a second copy of the model held (a cell run twice, a model not freed: del it, gc.collect(), "
           "torch.cuda.empty_cache()), or a larger batch than the settings say")
 FINE = "fine: a faster or quieter machine"

@@ -1,5 +1,6 @@
 """The LM head and its loss alone, forward and backward: the course's fast loss, torch's own
-`F.linear_cross_entropy` in each setting of `gemmate_lib.fast_loss.TORCH_LOSSES`, and TRL's fused head.
+`F.linear_cross_entropy` in each setting of `torch_loss.TORCH_LOSSES` (beside this file), and TRL's fused
+head.
 
 Run with `make bench-loss` (this, then the training arms of sft_throughput.py that use the same losses) or
 `python benchmarks/head_loss.py`. On the embedded Gemma 3 270M's real head (262,144 x 640, tied to the
@@ -40,8 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from profile_step import cpu_flags, cpu_name  # noqa: E402
-
-from gemmate_lib.fast_loss import TORCH_LOSSES, summed_cross_entropy, torch_options  # noqa: E402
+from torch_loss import TORCH_LOSSES, summed_cross_entropy, torch_options  # noqa: E402
 
 IMPLS = ("course", *TORCH_LOSSES, "trl")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

@@ -2,7 +2,7 @@
 
 Run with `make profile` (or `python benchmarks/profile_step.py`; `--dtype fp32` forces bf16 off,
 `--loss trl` uses TRL's own loss instead of the course's, `--loss torch_chunk256` (or another of
-gemmate_lib.fast_loss.TORCH_LOSSES) torch's F.linear_cross_entropy, `--threads 1` one thread). It trains the
+torch_loss.py's TORCH_LOSSES) torch's F.linear_cross_entropy, `--threads 1` one thread). It trains the
 embedded Gemma 3 270M with the course default (course_config() on this CPU) for a few warm-up steps,
 then records one whole optimizer step with torch.profiler: fetching the batch, forward, backward,
 AdamW and zero_grad.
@@ -168,14 +168,14 @@ def classify(events) -> tuple[dict[str, float], float, dict[tuple[str, str], flo
 
 
 def main() -> int:
-    from gemmate_lib.fast_loss import TORCH_LOSSES
+    from torch_loss import TORCH_LOSSES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
                         help="compute dtype (auto: what pick_precision chooses on this CPU)")
     parser.add_argument("--loss", choices=("course", "trl", *TORCH_LOSSES), default="course",
                         help="the course's fast loss, TRL's own (loss_type='nll'), or torch's "
-                        "F.linear_cross_entropy in one of fast_loss.TORCH_LOSSES' settings")
+                        "F.linear_cross_entropy in one of torch_loss.TORCH_LOSSES' settings")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps trained before the profiled one")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default, every core); on a machine that others "
@@ -190,14 +190,15 @@ def main() -> int:
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
-    from gemmate_lib import fast_loss
     from gemmate_lib.config import course_config
     from gemmate_lib.data import load_quotes
     from gemmate_lib.models import load_model, load_tokenizer
     from gemmate_lib.training import attach_lora, sft_trainer
 
     if args.loss in TORCH_LOSSES:
-        fast_loss.LOSS_IMPL = args.loss
+        import torch_loss
+
+        torch_loss.use(args.loss)
     overrides = {} if args.dtype == "auto" else {"dtype": args.dtype}
     if args.loss == "trl":
         overrides["fast_loss"] = False
@@ -240,7 +241,7 @@ def main() -> int:
     t = cfg.train
     print(f"\n{datetime.date.today().isoformat()}, {cpu_name()}, {torch.get_num_threads()} threads, "
           f"native bf16: {native}; torch {torch.__version__}")
-    loss = fast_loss.LOSS_IMPL if trainer.fast_loss else "TRL nll"
+    loss = args.loss if trainer.fast_loss else "TRL nll"
     print(f"one step of the course default: {cfg.precision.name}, batch {t.batch_size}x"
           f"{t.gradient_accumulation_steps}, {t.optim}, loss {loss}, "
           f"{window['tokens']} tokens; step {window['seconds'] * 1e3:.0f} ms (profiled; the profiler adds a "

@@ -71,7 +71,7 @@ TRIED = {
 ARMS.update(TRIED)
 # torch 2.13's own head-and-loss, F.linear_cross_entropy, in place of the course's LinearCrossEntropy on the
 # same path (CourseSFTTrainer -> fast_loss.causal_lm_loss, labelled tokens only): `loss_impl` names one of
-# fast_loss.TORCH_LOSSES. torch's own CPU policy ("auto"), the course's chunk of 256 tokens with torch's
+# torch_loss.TORCH_LOSSES. torch's own CPU policy ("auto"), the course's chunk of 256 tokens with torch's
 # precision policy (fp32 products for a bf16 head on a CPU), the same with the product and softmax in bf16,
 # and torch's reference path (the whole logits). In fp32 the third is the second.
 TORCH_LOSS_ARMS = {
@@ -109,9 +109,9 @@ def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 1.5) -> float:
 def run_one(name: str, examples: int, warmup_steps: int) -> dict:
     """Train one configuration for `examples` examples; return its measurements."""
     import torch
+    import torch_loss
     from transformers import TrainerCallback
 
-    from gemmate_lib import fast_loss
     from gemmate_lib.config import course_config
     from gemmate_lib.data import load_quotes
     from gemmate_lib.evaluation import held_out_loss
@@ -119,7 +119,7 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
     from gemmate_lib.training import attach_lora, sft_trainer
 
     arm = ARMS[name]
-    fast_loss.LOSS_IMPL = arm.get("loss_impl", "course")  # this arm's process only
+    torch_loss.use(arm.get("loss_impl", "course"))  # this arm's process only
     probe = course_config(device="cpu", **arm["cfg"])
     per_step = probe.train.batch_size * probe.train.gradient_accumulation_steps
     steps = examples // per_step
@@ -169,7 +169,7 @@ def run_one(name: str, examples: int, warmup_steps: int) -> dict:
                                      "lora_dtype": str(next(p.dtype for p in model.parameters()
                                                             if p.requires_grad)).replace("torch.", ""),
                                      "gradient_checkpointing": cfg.train.gradient_checkpointing,
-                                     "loss": fast_loss.LOSS_IMPL if trainer.fast_loss else
+                                     "loss": arm.get("loss_impl", "course") if trainer.fast_loss else
                                      f"TRL {trainer.args.loss_type}",
                                      "group_by_length": cfg.train.group_by_length},
         "examples": steps * per_step, "steps": steps, "measured_steps": measured_steps,

@@ -2,10 +2,8 @@
 method of 06; docs/performance.md): labelled positions only, gradients in the forward pass, chunk by chunk in
 one reused logits buffer, from the decoder output of the model's own forward (adapters and GemmaTE count).
 
-torch 2.13 ships the same idea as `torch.nn.functional.linear_cross_entropy` with `LinearCrossEntropyOptions`;
-`causal_lm_loss(..., impl=...)` (or the module's `LOSS_IMPL`) runs the head through it instead, so that the
-benchmarks compare the two on the one path training takes (docs/performance.md, "The course's loss against
-torch's")."""
+torch 2.13 ships the same idea as `torch.nn.functional.linear_cross_entropy`; benchmarks/torch_loss.py runs
+training through it instead, to compare the two (docs/performance.md, "The course's loss against torch's")."""
 from __future__ import annotations
 
 import torch
@@ -14,25 +12,6 @@ from gemmate_lib.hardware import cpu_has_native_bf16
 
 CHUNK_TOKENS = 256  # tokens per chunk: 256 x 262144 fp32 logits = 256 MiB at a time
 LOWP_SOFTMAX = True  # a bf16 head's training softmax on its bf16 product (_softmax_chunks_lowp); False: fp32
-
-# torch's `F.linear_cross_entropy` settings that `causal_lm_loss` can run instead of the course's own
-# LinearCrossEntropy ("course"): keyword arguments of LinearCrossEntropyOptions, None for torch's reference
-# path. On a CPU torch's own policy (`LinearCrossEntropyOptions()`, "auto") multiplies a bf16 head in fp32 (it
-# takes bf16 matrix products on a CPU for emulated) and sizes chunks so that a chunk's logits are as large as
-# the input: for Gemma's 262,144 x 640 head, one row per 410 tokens rounded up to a power of two, so 1-4 rows
-# a chunk at the course's batches (fp32: half that).
-TORCH_LOSSES: dict[str, dict | None] = {
-    "torch": {},  # torch's own policy: LinearCrossEntropyOptions(), chunk size and precision "auto"
-    "torch_chunk256": dict(batch_chunk_size=CHUNK_TOKENS),  # the course's chunk, torch's precision policy
-    # the course's chunk with the product and softmax in the input's dtype: bf16 matrix units on a bf16 CPU,
-    # and a bf16 softmax and loss sum (the course's loss keeps those in fp32); the same as the above in fp32
-    "torch_chunk256_lowp": dict(batch_chunk_size=CHUNK_TOKENS, acc_dtype="input"),
-    "torch_reference": None,  # options=None: cross_entropy(linear(...)), the whole [tokens, vocab] logits
-}
-LOSS_IMPLS = ("course", *TORCH_LOSSES)
-# The implementation `causal_lm_loss` uses when its caller names none: CourseSFTTrainer names none, so a
-# benchmark arm (one process per arm) switches training by setting this.
-LOSS_IMPL = "course"
 
 
 def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
@@ -176,50 +155,22 @@ def output_weight(model) -> torch.Tensor:
     return _base(model).get_output_embeddings().weight
 
 
-def torch_options(impl: str, dtype: torch.dtype):
-    """The LinearCrossEntropyOptions of one of TORCH_LOSSES for inputs of `dtype` (None: torch's reference
-    path)."""
-    from torch.nn import LinearCrossEntropyOptions
-
-    if impl not in TORCH_LOSSES:
-        raise ValueError(f"loss implementation {impl!r} is not known: use one of {', '.join(LOSS_IMPLS)}")
-    setting = TORCH_LOSSES[impl]
-    if setting is None:
-        return None
-    if setting.get("acc_dtype") == "input":
-        setting = {**setting, "acc_dtype": dtype}
-    return LinearCrossEntropyOptions(**setting)
+def summed_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`, with gradients for `hidden` and for
+    `weight` where they require them (benchmarks/torch_loss.py swaps in torch's own for a benchmark arm)."""
+    return LinearCrossEntropy.apply(hidden, weight, targets)
 
 
-def summed_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         impl: str | None = None) -> torch.Tensor:
-    """Summed cross-entropy of `hidden @ weight.T` against `targets` by `impl` (LOSS_IMPLS; None: LOSS_IMPL),
-    with gradients for `hidden` and for `weight` where they require them. torch's chunked path, like ours,
-    computes the weight's gradient only when the weight requires grad. For bf16 inputs ours returns the loss
-    in fp32, torch's in bf16, summed chunk by chunk in bf16 (about 2% off with torch's one-row chunks); the
-    gradients do not depend on that sum."""
-    impl = impl or LOSS_IMPL
-    if impl == "course":
-        return LinearCrossEntropy.apply(hidden, weight, targets)
-    options = torch_options(impl, hidden.dtype)
-    with torch.profiler.record_function(f"linear_cross_entropy[{impl}]"):  # the profile's LM head group
-        return torch.nn.functional.linear_cross_entropy(hidden.to(weight.dtype), weight, targets,
-                                                        reduction="sum", options=options)
-
-
-def causal_lm_loss(model, input_ids, attention_mask, labels, num_items_in_batch=None,
-                   impl: str | None = None):
+def causal_lm_loss(model, input_ids, attention_mask, labels, num_items_in_batch=None):
     """Next-token loss of a (PEFT-wrapped) causal LM, the LM head on labelled positions only: the model's own
     loss (mean, or sum / num_items_in_batch) up to rounding; a model that caps its logits (Gemma 4) goes
     through its own logits, cap included (the fused head has no cap); under prompt tuning the first real token
-    is never
-    a target, as for every other method. `impl`: the head-and-loss implementation (LOSS_IMPLS; None:
-    LOSS_IMPL, the course's own unless a benchmark chose another)."""
+    is never a target, as for every other method."""
     shift_labels = labels[:, 1:]
     mask = shift_labels != -100
     if logit_softcap(model) is None:
         hidden = final_hidden(model, input_ids, attention_mask)
-        total = summed_cross_entropy(hidden[:, :-1][mask], output_weight(model), shift_labels[mask], impl)
+        total = summed_cross_entropy(hidden[:, :-1][mask], output_weight(model), shift_labels[mask])
     else:  # a capped model (Gemma 4): its own logits carry the cap, which the fused head would skip
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         logits = logits[:, -input_ids.shape[1]:][:, :-1][mask]  # prompt tuning's virtual tokens cut off

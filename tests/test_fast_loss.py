@@ -5,16 +5,10 @@ import pytest
 import torch
 from tiny import ROWS
 
+from benchmarks.torch_loss import LOSS_IMPLS, TORCH_LOSSES, summed_cross_entropy, torch_options, use
+from gemmate_lib import fast_loss
 from gemmate_lib.data import load_quotes
-from gemmate_lib.fast_loss import (
-    CHUNK_TOKENS,
-    LOSS_IMPLS,
-    TORCH_LOSSES,
-    LinearCrossEntropy,
-    causal_lm_loss,
-    summed_cross_entropy,
-    torch_options,
-)
+from gemmate_lib.fast_loss import CHUNK_TOKENS, LinearCrossEntropy, causal_lm_loss
 from gemmate_lib.training import attach_lora
 
 F = torch.nn.functional
@@ -226,7 +220,7 @@ def test_a_frozen_head_gets_no_gradient_and_no_weight_gradient_product(impl):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("impl", list(TORCH_LOSSES))
 def test_torchs_loss_on_the_tiny_gemma_equals_ours_and_the_models_own(tiny_model, tiny_tokenizer, cpu_cfg,
-                                                                      impl, dtype):
+                                                                      impl, dtype, monkeypatch):
     """causal_lm_loss through each torch setting, on the tiny Gemma with LoRA and padded (-100) labels: the
     mean loss and the sum over num_items_in_batch equal the course's and the model's own, and so do the LoRA
     gradients (the head is frozen: only the input gradient flows back)."""
@@ -235,7 +229,10 @@ def test_torchs_loss_on_the_tiny_gemma_equals_ours_and_the_models_own(tiny_model
     model = attach_lora(tiny_model.to(dtype), cpu_cfg)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def run(loss_fn):
+    monkeypatch.setattr(fast_loss, "summed_cross_entropy", fast_loss.summed_cross_entropy)  # restored after
+
+    def run(loss_fn, impl="course"):
+        use(impl)  # the benchmark's switch: this implementation under causal_lm_loss
         model.zero_grad()
         loss = loss_fn()
         loss.backward()
@@ -245,9 +242,9 @@ def test_torchs_loss_on_the_tiny_gemma_equals_ours_and_the_models_own(tiny_model
     count = int((labels[:, 1:] != -100).sum())
     for items in (None, count):  # mean; sum / num_items_in_batch
         ours, ours_grads = run(lambda items=items: causal_lm_loss(
-            model, enc["input_ids"], enc["attention_mask"], labels, items, impl="course"))
+            model, enc["input_ids"], enc["attention_mask"], labels, items))
         theirs, theirs_grads = run(lambda items=items: causal_lm_loss(
-            model, enc["input_ids"], enc["attention_mask"], labels, items, impl=impl))
+            model, enc["input_ids"], enc["attention_mask"], labels, items), impl)
         torch.testing.assert_close(theirs, ours, **TOL[dtype])
         torch.testing.assert_close(theirs, ref, **TOL[dtype])
         for theirs_grad, ours_grad, ref_grad in zip(theirs_grads, ours_grads, ref_grads):
@@ -482,11 +479,13 @@ def test_causal_lm_loss_divides_by_the_count_it_is_given(tiny_model, tiny_tokeni
 
 
 @pytest.mark.parametrize("impl", LOSS_IMPLS)
-def test_causal_lm_loss_runs_the_implementation_it_is_named(tiny_model, tiny_tokenizer, impl):
-    """causal_lm_loss(..., impl=...) runs that implementation, not LOSS_IMPL: on a bf16 model the course's
-    loss is an fp32 figure, torch's a bf16 one."""
+def test_a_benchmark_arm_trains_through_the_implementation_it_names(tiny_model, tiny_tokenizer, impl,
+                                                                    monkeypatch):
+    """benchmarks/torch_loss.py's `use(impl)` puts that implementation under causal_lm_loss, the one path
+    training takes: on a bf16 model the course's loss is an fp32 figure, torch's a bf16 one."""
+    monkeypatch.setattr(fast_loss, "summed_cross_entropy", fast_loss.summed_cross_entropy)  # restored after
+    use(impl)
     enc, labels = _batch(tiny_tokenizer)
     with torch.no_grad():
-        loss = causal_lm_loss(tiny_model.to(torch.bfloat16), enc["input_ids"], enc["attention_mask"], labels,
-                              impl=impl)
+        loss = causal_lm_loss(tiny_model.to(torch.bfloat16), enc["input_ids"], enc["attention_mask"], labels)
     assert loss.dtype == (torch.float32 if impl == "course" else torch.bfloat16)

@@ -14,7 +14,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: exercises mutants rehearse rehearse-learner install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-record gpu-wheels drift colab-replica bench profile bench-head bench-loss clean notebooks lab lab-check sync
+.PHONY: exercises mutants rehearse rehearse-learner test-tools install embedded course test test-fast lint unit nbval smoke gpu-check gpu-smoke gpu-record gpu-wheels drift colab-replica bench profile bench-head bench-loss clean notebooks lab lab-check sync
 
 install: $(STAMP)
 
@@ -57,7 +57,7 @@ lint: install
 
 test-fast: lint
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) \
-		-m "not slow and not canary and not after_nbval and not long" tests
+		-m "not slow and not canary and not after_nbval and not long and not maintainer" tests
 
 # Every test's and every notebook cell's time, as JUnit XML in runs/test (unit.xml, nbval.xml, after_nbval.xml):
 # `python -m tools.runners.timings --slowest runs/test/*.xml` prints the slowest of them and each step's total, the table
@@ -74,7 +74,7 @@ unit: embedded
 	mkdir -p $(TEST_RUNS)
 	$(OFFLINE) $(PY) -m pytest -q --durations=0 --junitxml=$(TEST_RUNS)/unit.xml \
 		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) \
-		-m "not canary and not after_nbval and not long" tests
+		-m "not canary and not after_nbval and not long and not maintainer" tests
 
 # nbval runs with a fake HF_TOKEN (tests/canary.py); the canary test then scans the run folder for it.
 # nbval cannot pass parameters: every notebook runs as a copy in runs/nbval with its committed outputs and
@@ -114,6 +114,12 @@ test: lint unit nbval
 # after changing resume, the notebooks' training cells or the install cell. About 5 minutes.
 rehearse-learner: embedded
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -m long tests
+
+# The tests of the course's own measuring tools that make test leaves out (marker maintainer): gpu-record's whole
+# dry run, make rehearse's phases on a tiny model, nbval failing on a faked machine. make test keeps a cheaper
+# test of each (CONTRIBUTING.md). Run it after changing tools/gpu, tools/fit or tests/fake_machine.py. About 2 min.
+test-tools: embedded
+	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -m maintainer tests
 
 # The learner's path in ~5 minutes: every notebook in the GPU profile in a Colab-like kernel (tests/learner_path.py).
 # `make unit` (and so `make test`) runs it too.

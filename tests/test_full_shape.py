@@ -79,7 +79,8 @@ def test_the_watcher_counts_the_whole_process_tree():
     assert rehearse.watch(cmd, limit=2e9)["peak_ram"] >= 120 * 2**20
 
 
-@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
+@pytest.mark.slow
+@pytest.mark.maintainer  # make test-tools; make test keeps a cheaper test of it (CONTRIBUTING.md)
 def test_the_rehearsal_phases_at_a_small_shape_and_one_over_its_cap(tmp_path):
     """make rehearse's phases but the copy (the next test's) on a tiny Gemma 1 with the embedded vocabulary
     (llama.cpp's converter reads its sentencepiece model), each in its child: all fit, the merge writes a

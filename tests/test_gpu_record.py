@@ -10,6 +10,7 @@ from tools.gpu import gpu_record
 
 
 @pytest.mark.slow
+@pytest.mark.maintainer  # make test-tools; make test keeps a cheaper test of it (CONTRIBUTING.md)
 def test_the_dry_run_records_every_phase_of_part_1(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -167,7 +167,8 @@ def _nbval(notebook: Path, ipython_dir: Path | None) -> subprocess.CompletedProc
                            str(notebook)], capture_output=True, text=True, env=env, cwd=notebook.parent)
 
 
-@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
+@pytest.mark.slow
+@pytest.mark.maintainer  # make test-tools; make test keeps a cheaper test of it (CONTRIBUTING.md)
 def test_nbval_on_a_faked_machine_fails_a_checked_cell_that_prints_the_machines_ram(tmp_path):
     """make nbval's kernels start on another machine (tests/fake_machine.py: RAM, free disk, cores): a checked
     cell whose committed output holds this machine's RAM (as 06's fit line did) fails there, while a checked

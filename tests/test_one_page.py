@@ -573,7 +573,7 @@ def test_the_pages_dtype_rule_is_the_courses_for_each_generation(key, capability
     namespace = {"model_name": str(tmp_path), "token": None, "torch": torch}
     exec(_cell("compute_dtype, why"), namespace)
     generation = GENERATIONS[key]
-    wanted = generation.ampere_dtype if capability[0] >= 8 else generation.t4_dtype  # bf16 where native
+    wanted = "bf16" if capability[0] >= 8 else generation.t4_dtype  # bf16 where native
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     assert namespace["compute_dtype"] == dtypes[wanted]
 

@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemmate_lib import config
-from gemmate_lib.config import GROUP_TITLE, CourseConfig, Settings, course_config, setting
+from gemmate_lib.config import CourseConfig, Settings, course_config, setting
 from gemmate_lib.guard_rails.errors import ParameterError
+
+GROUP_TITLE = "{} settings (a YAML key or a flag; default: the profile's)"  # `gemmate --help`'s group titles
+for _name, _group in config.GROUPS.items():  # HfArgumentParser's title of each of the notebooks' groups
+    _group._argument_group_name = GROUP_TITLE.format(_name)
 
 
 @dataclass

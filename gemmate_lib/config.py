@@ -35,12 +35,8 @@ def setting(default, help: str, choices: tuple | None = None):  # noqa: A002 - a
     return field(default=default, metadata=metadata)
 
 
-GROUP_TITLE = "{} settings (a YAML key or a flag; default: the profile's)"  # `gemmate --help`'s group titles
-
-
 @dataclass
 class ModelSettings:
-    _argument_group_name = GROUP_TITLE.format("model")  # HfArgumentParser's group title (not a field)
     model_name: str = setting(EMBEDDED,
         "'embedded', a Hub id like 'google/gemma-2b', or a local model folder")
     quantization: str = setting("none",
@@ -55,7 +51,6 @@ class ModelSettings:
 
 @dataclass
 class DataSettings:
-    _argument_group_name = GROUP_TITLE.format("data")
     dataset: str = setting(EMBEDDED,
         "'embedded' (inspirational-quotes), a Hub dataset id, or a .jsonl/.csv path")
     eval_fraction: float = setting(0.1, "share of rows held out for evaluation, never trained on")
@@ -64,7 +59,6 @@ class DataSettings:
 
 @dataclass
 class LoraSettings:
-    _argument_group_name = GROUP_TITLE.format("lora")
     lora_r: int = setting(8,
         "rank of the low-rank update: each adapted matrix gets r*(d_in+d_out) new weights")
     lora_alpha: int = setting(16, "scaling: the update is multiplied by lora_alpha / lora_r")
@@ -80,7 +74,6 @@ class LoraSettings:
 
 @dataclass
 class TrainSettings:
-    _argument_group_name = GROUP_TITLE.format("train")
     max_length: int = setting(128, "tokens per example after truncation")
     learning_rate: float = setting(2e-4, "peak learning rate of the LoRA weights")
     batch_size: int = setting(8, "examples per micro-batch, per process")
@@ -120,7 +113,6 @@ class TrainSettings:
 
 @dataclass
 class TemporalSettings:
-    _argument_group_name = GROUP_TITLE.format("temporal")
     temporal_scale: float = setting(1.0,
         "tau, `temporal_encoding_scale`: stretches log time before the sinusoids")
     temporal_dim: int = setting(64,
@@ -137,7 +129,6 @@ class TemporalSettings:
 
 @dataclass
 class GenerateSettings:
-    _argument_group_name = GROUP_TITLE.format("generate")
     max_new_tokens: int = setting(40, "generation limit for the standard prompts")
 
 

@@ -100,6 +100,22 @@ def load_base(cfg: CommandConfig):
     return load_model(model.model_name, cfg.course.precision, model.quantization, model.attn_implementation)
 
 
+def check_targets(model, targets) -> None:
+    """A YAML or flag `lora_target_modules` that names a layer the model lacks, as one line with the names it
+    could take: PEFT raises only when no name matches, and without them. A string is "all-linear" or a
+    regular expression on purpose (Gemma 4's text layers): not checked."""
+    import torch
+
+    if targets is None or isinstance(targets, str):
+        return
+    modules = dict(model.named_modules())  # a 4-bit Linear4bit is a torch Linear too
+    linear = dict.fromkeys(n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear))
+    for target in sorted(targets):
+        if not any(name == target or name.endswith(f".{target}") for name in modules):
+            raise ParameterError(f"lora_target_modules names {target!r}, which this model does not have",
+                                 f"name some of its linear layers: {', '.join(linear)} (or all-linear)")
+
+
 def train_lora(cfg: CommandConfig, model, tokenizer, data, out: Path, resume: Path | None,
                save_checkpoints: bool = True):
     """LoRA on `model`, trained by training.train under the checkpoint policy (early stopping and remote
@@ -108,12 +124,14 @@ def train_lora(cfg: CommandConfig, model, tokenizer, data, out: Path, resume: Pa
 
     from gemmate_cli.checkpoints import CheckpointPolicy
     from gemmate_cli.storage import StorageSync
-    from gemmate_lib.training import attach_lora, train
+    from gemmate_lib.training import attach_lora, lora_config, train
 
     c, course = cfg.checkpoints, cfg.course
     if world()[1] > 1:  # DDP: the model's own loss (fast_loss's help says so); the config keeps its value
         course = course.replace(fast_loss=False)
-    model = attach_lora(model, course, tokenizer=tokenizer)
+    peft_config = lora_config(course, tokenizer)
+    check_targets(model, peft_config.target_modules)
+    model = attach_lora(model, course, peft_config=peft_config)
     callbacks = [CheckpointPolicy(out, c.keep_last_n, c.keep_best_n, c.checkpoint_metric,
                                   c.checkpoint_metric_mode)]
     if c.sync_to_storage:

@@ -69,16 +69,6 @@ def attach_lora(model, cfg: CourseConfig, quiet: bool = False, peft_config=None,
                   "twice")
         return model
     peft_config = peft_config or lora_config(cfg, tokenizer)
-    targets = getattr(peft_config, "target_modules", None)
-    # a name no layer has: PEFT raises only when no name matches, and without the names it could have taken
-    if targets is not None and not isinstance(targets, str):  # a string: "all-linear", or a regex on purpose
-        modules = dict(model.named_modules())  # a 4-bit Linear4bit is a torch Linear too
-        linear = dict.fromkeys(n.rsplit(".", 1)[-1] for n, m in modules.items()
-                               if isinstance(m, torch.nn.Linear))
-        for target in sorted(targets):
-            if not any(name == target or name.endswith(f".{target}") for name in modules):
-                raise ParameterError(f"lora_target_modules names {target!r}, which this model does not have",
-                                     f"name some of its linear layers: {', '.join(linear)} (or all-linear)")
     model = prepare_base(model, cfg)
     set_seed(cfg.train.seed)
     return get_peft_model(model, peft_config)

@@ -13,17 +13,6 @@ def get_token() -> str | None:
     return hub_get_token()
 
 
-def token_source() -> str | None:
-    """Where the token comes from: "env", "saved login", "colab" or None (no token)."""
-    from huggingface_hub import constants
-
-    if not get_token():
-        return None
-    if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
-        return "env"
-    return "saved login" if os.path.exists(constants.HF_TOKEN_PATH) else "colab"
-
-
 # huggingface_hub reads Colab's secret once per process: one added or allowed later needs a restart
 COLAB_SECRET_HELP = {
     "declined": "this notebook was refused access to the HF_TOKEN secret: open the key icon on the left, "
@@ -60,10 +49,13 @@ def colab_secret_problem() -> str | None:
 
 def describe_token() -> str:
     """A safe one-line description for notebooks: where the token comes from, never its value."""
-    where = {"env": "the HF_TOKEN environment variable", "saved login": "the saved `hf auth login`",
-             "colab": "Colab secrets (HF_TOKEN)"}
-    if source := token_source():
-        return f"Hugging Face token found in {where[source]} (value hidden)"
+    from huggingface_hub import constants
+
+    if get_token():
+        where = ("the HF_TOKEN environment variable" if os.environ.get("HF_TOKEN")
+                 or os.environ.get("HUGGING_FACE_HUB_TOKEN") else "the saved `hf auth login`"
+                 if os.path.exists(constants.HF_TOKEN_PATH) else "Colab secrets (HF_TOKEN)")
+        return f"Hugging Face token found in {where} (value hidden)"
     if problem := colab_secret_problem():
         return f"no HF_TOKEN: {COLAB_SECRET_HELP[problem]}"
     return "no HF_TOKEN: the gated google/gemma models are out of reach; the embedded default needs none"

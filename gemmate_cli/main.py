@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "export":
         from gemmate_cli.certificate import table
         from gemmate_cli.commands import export_and_verify
-        from gemmate_lib.export import summary
+        from gemmate_cli.gguf_verify import summary
 
         exported = export_and_verify(args.run_dir, cfg, args.quantize,
                                      adapter=args.adapter_gguf or args.base_gguf is not None,

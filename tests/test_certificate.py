@@ -363,7 +363,7 @@ def tiny_export(one_thread):
 
 def _expected_merged_row(merged, tokenizer) -> dict:
     """merged_row recomputed here: torch's cross-entropy over TINY_TEXTS, transformers' own greedy text."""
-    from gemmate_lib.export import hf_greedy
+    from gemmate_cli.gguf_verify import hf_greedy
     from gemmate_lib.stats import bootstrap_ci, wilson
     from gemmate_lib.text_generation import has_author_line
 
@@ -387,7 +387,8 @@ def _expected_merged_row(merged, tokenizer) -> dict:
 def _llama_figures(path, refs, lora=None) -> dict:
     """score_file's figures of one file recomputed here: torch's log-softmax of llama.cpp's logits, its
     perplexity (export.perplexity) and its greedy text's Author: line."""
-    from gemmate_lib.export import llama_greedy, load_llama, perplexity
+    from gemmate_cli.gguf_verify import llama_greedy, perplexity
+    from gemmate_lib.export import load_llama
     from gemmate_lib.text_generation import has_author_line
 
     llm = load_llama(path, logits_all=True, lora_path=lora)
@@ -432,7 +433,7 @@ def test_the_reference_is_the_merged_models_greedy_text_and_its_log_probabilitie
     """reference(): per prompt, transformers' greedy continuation (one at a time here, not as a left-padded
     batch), its end token kept when it stops, each token's log-probability and whether the merged model led
     its runner-up there by DECISIVE nats or more."""
-    from gemmate_lib.export import hf_greedy
+    from gemmate_cli.gguf_verify import hf_greedy
 
     merged, tokenizer = tiny_export.merged, tiny_export.tokenizer
     side = tokenizer.padding_side

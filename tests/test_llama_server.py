@@ -11,7 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from gemmate_cli import llama_server
+from gemmate_cli import gguf_verify, llama_server
 from gemmate_lib import gguf_file
 from gemmate_lib.guard_rails.errors import ModelLoadError, ParameterError, one_line
 
@@ -150,7 +150,7 @@ def test_05s_file_served_over_http_answers_as_llama_cpp_in_process(request):
     llm = export.load_llama(path, logits_all=True)
     expected = []
     for prompt in STANDARD_PROMPTS:
-        tokens, _, stopped = export.llama_greedy(llm, prompt, 24)
+        tokens, _, stopped = gguf_verify.llama_greedy(llm, prompt, 24)
         expected.append((llm.detokenize(tokens).decode(errors="replace"), "stop" if stopped else "length"))
     llm.close()
     with llama_server.serve(path) as url:

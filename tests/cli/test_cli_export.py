@@ -84,14 +84,17 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     import torch
     from learner_path import tiny_gemma
     from test_certificate import swap_tensors
+    from test_notebook_recipes import run_cell
 
-    from gemmate_cli import adapter_gguf, certificate
+    from gemmate_cli import adapter_gguf, certificate, gguf_verify
     from gemmate_cli.errors import run_cli
     from gemmate_cli.main import main
     from gemmate_lib.adapters import load_adapter, save_adapter
     from gemmate_lib.config import course_config
+    from gemmate_lib.guard_rails import files
     from gemmate_lib.hardware import pick_precision
     from gemmate_lib.models import load_model, load_tokenizer
+    from gemmate_lib.text_generation import STANDARD_PROMPTS
     from gemmate_lib.training import attach_lora
 
     folder = tiny_gemma(tmp_path / "tiny-gemma-1")
@@ -104,9 +107,9 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
                 param.normal_(0, 0.5)
     run = tmp_path / "run"
     save_adapter(trained, tokenizer, run / "adapter", str(folder))
+    quotes = few_quotes(tmp_path / "quotes.jsonl")
     assert run_cli(main, ["export", str(run), "--model_name", str(folder), "--quantize", "q8_0",
-                          "--max_new_tokens", "8", "--adapter_gguf",
-                          "--dataset", str(few_quotes(tmp_path / "quotes.jsonl"))]) == 0
+                          "--max_new_tokens", "8", "--adapter_gguf", "--dataset", str(quotes)]) == 0
     out = capsys.readouterr().out
     assert "model-q8_0.gguf" in out and "| q8_0 |" in out  # the summary and what each level cost
     assert "| f16+lora |" in out  # the base's 16-bit file with the adapter GGUF, certified like the others
@@ -120,20 +123,30 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     llm = export.load_llama(run / "gguf" / "model-f16.gguf", logits_all=True)
     base = load_model(str(folder), fp32)
     prompt = "Quote: Imagination is more"
-    plain = export.hf_greedy(base, tokenizer, prompt, 8)[0]
+    plain = gguf_verify.hf_greedy(base, tokenizer, prompt, 8)[0]
     adapted_model = load_adapter(base, run / "adapter")
-    adapted = export.hf_greedy(adapted_model, tokenizer, prompt, 8)[0]
-    assert export.llama_greedy(llm, prompt, 8)[0] == adapted != plain
+    adapted = gguf_verify.hf_greedy(adapted_model, tokenizer, prompt, 8)[0]
+    assert gguf_verify.llama_greedy(llm, prompt, 8)[0] == adapted != plain
     llm.close()
     pair = export.load_llama(run / "gguf" / "base-f16.gguf", lora_path=run / "gguf" / "adapter-lora.gguf")
-    assert export.llama_greedy(pair, prompt, 8)[0] == adapted  # llama.cpp applies the LoRA file as PEFT does
+    assert gguf_verify.llama_greedy(pair, prompt, 8)[0] == adapted  # llama.cpp applies the LoRA as PEFT does
     pair.close()
     cert = json.loads((run / "gguf" / "certificate.json").read_text())
     assert cert["passed"] and len(cert["prompts"]) == 2 and set(cert["levels"]) == {"f16", "q8_0", "f16+lora"}
     assert cert["levels"]["f16+lora"]["failed"] == [], cert["levels"]["f16+lora"]
 
-    # the faults greedy tokens on four prompts can miss, each failing the certificate that the export passed
     merged = adapted_model.merge_and_unload().eval()
+    # 05's check written out, on the same files and merged model: what the command wrote to verification.json
+    cfg = course_config(model_name=str(folder), dataset=str(quotes), max_new_tokens=8)
+    (tmp_path / "nb" / "gguf").mkdir(parents=True)  # where 05's export wrote its files
+    written_out = run_cell("05_save_and_push.ipynb", "gguf-check", exported={"folder": str(run / "gguf")},
+                           merged=merged, tokenizer=tokenizer, cfg=cfg, STANDARD_PROMPTS=STANDARD_PROMPTS,
+                           export=export, files=files, out=tmp_path / "nb")["gguf_report"]
+    for file in (*report["files"].values(), *written_out["files"].values()):
+        file.pop("tokens_per_s")  # timed
+    checked = ("max_logit_diff_f16", "token_match", "files", "tolerance", "all_match_or_near_tie")
+    assert {k: v for k, v in written_out.items() if k != "folder"} == {k: report[k] for k in checked}
+    # the faults greedy tokens on four prompts can miss, each failing the certificate that the export passed
     prompts, texts = cert["prompts"], ["Quote: A little courage each day is worth more than gold.\nAuthor: X"]
     bad = tmp_path / "swapped" / "model-f16.gguf"
     bad.parent.mkdir()

@@ -43,7 +43,7 @@ WITHOUT_WHOLE = {
 # which parameters run each); an exercise's solution is labelled by the cell that runs it (GEMMATE_FIT_PART)
 PART_CELLS = {
     "03_lora_sft": {"compare": ("70a09624", "badcee92"), "chat": ("c3baca86",)},
-    "05_save_and_push": {"export_gguf": ("d7c65ecd",)},
+    "05_save_and_push": {"export_gguf": ("d7c65ecd", "gguf-check", "gguf-table")},
 }
 # Parts that run child processes whose memory the planner's phases measure (make rehearse): llama.cpp's
 # converter, quantizer and check run beside the kernel and its copies (the file's "child_phases")

@@ -270,12 +270,13 @@ def child(phase: str, base: Path, work: Path) -> None:
 
         print("seconds", export.quantize(work / "model-f16.gguf", work / "model-q4_k_m.gguf", "q4_k_m"))
     elif phase == "verify":
+        from gemmate_cli.gguf_verify import llama_greedy
         from gemmate_lib import export
 
         # as 05's verification loads a file: the logits of every position (llama-cpp-python keeps none
         # without them, and greedy decoding would read zeros)
         llm = export.load_llama(work / "model-q4_k_m.gguf")
-        tokens, logits, _ = export.llama_greedy(llm, "Quote: Imagination is more", 8)
+        tokens, logits, _ = llama_greedy(llm, "Quote: Imagination is more", 8)
         spread = float(logits[0].max() - logits[0].min())
         print("generated", json.dumps({"tokens": tokens, "logit_range": spread}))
     else:

@@ -66,9 +66,11 @@ def readme_cells(data: dict, name: str) -> str:
 def cpu_times_line(data: dict) -> str:
     """The README line under the table: which CPU measured its times (a CPU without native bf16 trains in
     fp32, about twice as long; one with it, in bf16)."""
-    places = sorted(set(data["measured_on"][name] for name in data["cpu_seconds"]))
-    where = (places[0] if len(places) == 1
-             else "; ".join(f"{n} {data['measured_on'][n]}" for n in data["cpu_seconds"]))
+    groups = {}  # each text with its notebooks, the most common first; the others name their notebooks
+    for name in data["cpu_seconds"]:
+        groups.setdefault(data["measured_on"][name], []).append(name)
+    first, *others = sorted(groups, key=lambda text: -len(groups[text]))
+    where = "; ".join([first] + [f"{', '.join(groups[text])} {text}" for text in others])
     other = ("a CPU without it computes in fp32 and takes about twice as long" if "with native bf16" in where
              else "a CPU with native bf16 takes about half as long")
     return f"CPU times: measured {where}; {other}. Every notebook"

@@ -3,9 +3,10 @@ and the metrics.json schema."""
 import json
 
 import pytest
+from metrics_schema import validate_metrics
 
 from gemmate_lib.data import load_quotes, normalize_author, split_quote
-from gemmate_lib.evaluation import METRICS, bleu, evaluate_model, metrics_document, rouge_l, validate_metrics
+from gemmate_lib.evaluation import METRICS, bleu, evaluate_model, metrics_document, rouge_l
 from gemmate_lib.guard_rails.errors import DataError
 
 
@@ -115,7 +116,18 @@ def test_evaluate_model_for_real_gives_a_valid_document(base_model, tokenizer):
     assert result.metrics["perplexity"]["value"] > 1
     assert result.metrics["perplexity_quote"]["value"] > 1
     doc = metrics_document({"baseline": result}, "embedded", "held_out")
+    validate_metrics(json.loads(json.dumps(doc)))
     assert json.loads(json.dumps(doc))["n_examples"] == 3
+
+
+@pytest.mark.after_nbval
+def test_04s_metrics_json_follows_the_schema(request):
+    """The file 04 wrote under nbval (the fine-tuned model against the baseline, with their comparison)."""
+    from nbval_run import nbval_run
+
+    doc = json.loads((nbval_run(request, "metrics.json") / "metrics.json").read_text())
+    validate_metrics(doc)
+    assert set(doc["models"]) == {"baseline", "fine-tuned"} and doc["comparisons"]
 
 
 def test_several_parts_come_from_one_pass_and_prompt_tuning_counts(tiny_model, tiny_tokenizer):

@@ -116,7 +116,7 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
 
 
 def summary(result: dict) -> str:
-    """The table 05 and `gemmate export` print."""
+    """The table `gemmate export` prints (05's `gguf-table` cell prints the same)."""
     lines = [f"{'file':22s} {'MiB':>7s} {'tok/s':>7s} {'ppl/f16':>8s}  Author:+stop  stops"]
     for name, f in result["files"].items():
         n = len(f["generations"])

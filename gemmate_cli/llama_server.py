@@ -87,7 +87,8 @@ def serve(path, port: int | None = None, n_ctx: int = 512, timeout: float = 120.
             if server.poll() is not None:
                 last = (server.stdout.read() or "").strip().splitlines()[-1:] or ["(no output)"]
                 raise ModelLoadError(f"llama.cpp's server stopped before answering: {last[0]}",
-                                     "check the file with 05's export cell, or export it again")
+                                     "check the file with 05's llama.cpp check after its export, or "
+                                     "export it again")
             try:
                 with urllib.request.urlopen(f"{url}/v1/models", timeout=2):
                     break

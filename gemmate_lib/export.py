@@ -100,7 +100,8 @@ def quantize(src: Path, dst: Path, name: str) -> float:
     if proc.returncode != 0 or not dst.exists():
         last = ([ln for ln in proc.stderr.splitlines() if ln.strip()] or ["no output"])[-1]
         raise ModelLoadError(f"llama.cpp could not quantize {src.name} to {name}: {last[:300]}",
-                             "check the 16-bit file loads in llama.cpp (verify_gguf), then retry")
+                             "check that the 16-bit file loads in llama.cpp (05's check after the export), "
+                             "then retry")
     return time.time() - start
 
 
@@ -186,7 +187,7 @@ def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tok
         result["convert_s"] = convert(hf, f16)
         shutil.rmtree(hf)
         result["quantize_s"] = {q: quantize(f16, tmp / f"model-{q}.gguf", q) for q in quant_types}
-        with contextlib.suppress(ValueError, OSError):  # a file llama.cpp cannot read: verify_gguf says so
+        with contextlib.suppress(ValueError, OSError):  # a file llama.cpp cannot read: the check says so
             result["ollama_note"] = template_note(tmp / kept)
         raw = getattr(generation_of(merged), "key", None) == "gemma4"  # Ollama ignores its TEMPLATE
         (tmp / "Modelfile").write_text(modelfile(kept, tokenizer.eos_token, max_new_tokens, raw_mode=raw,

@@ -1,6 +1,6 @@
 """metrics.json's schema, version 2 (docs/metrics-json.md): what 04, `gemmate evaluate` and the exercises
 write through evaluation.metrics_document, checked by tests/test_evaluation.py (on 04's own file after
-nbval too)."""
+nbval too) and tests/cli/test_cli_train.py (`gemmate evaluate`'s)."""
 import math
 
 from gemmate_lib.evaluation import METRICS, PROPORTIONS, SCHEMA_VERSION

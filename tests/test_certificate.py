@@ -386,7 +386,7 @@ def _expected_merged_row(merged, tokenizer) -> dict:
 
 def _llama_figures(path, refs, lora=None) -> dict:
     """score_file's figures of one file recomputed here: torch's log-softmax of llama.cpp's logits, its
-    perplexity (export.perplexity) and its greedy text's Author: line."""
+    perplexity (gguf_verify.perplexity) and its greedy text's Author: line."""
     from gemmate_cli.gguf_verify import llama_greedy, perplexity
     from gemmate_lib.export import load_llama
     from gemmate_lib.text_generation import has_author_line

@@ -78,7 +78,9 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     base + adapter does, not as the base, and every level passes the certificate. The certificate catches
     what greedy tokens can miss: the 16-bit file with two layers' MLP weights swapped, and the adapter GGUF
     written with 8 times its alpha (a wrong scale), fail it. The same certificate on the embedded fine-tune
-    is make rehearse-learner's (tests/test_certificate.py, marker long); docs/export.md's table its record."""
+    is make rehearse-learner's (tests/test_certificate.py, marker long); docs/export.md's table its record.
+    05's written-out llama.cpp check (its cell gguf-check), run on the same files and merged model, reports
+    what the command wrote to verification.json."""
     import shutil
 
     import torch

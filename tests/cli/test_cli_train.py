@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from metrics_schema import validate_metrics
 from processes import QUICK, ROOT
 
 from gemmate_cli.errors import run_cli
@@ -89,6 +90,7 @@ def test_train_keeps_the_policys_checkpoints_then_generate_and_evaluate_read_the
     assert run_cli(main, ["evaluate", *QUICK, *tiny, "--output_dir", str(out)]) == 0
     printed = capsys.readouterr().out
     doc = json.loads((out / "metrics.json").read_text())
+    validate_metrics(doc)
     from gemmate_lib.data import load_quotes
     from gemmate_lib.models import load_tokenizer
 

@@ -70,7 +70,11 @@ def cpu_times_line(data: dict) -> str:
     for name in data["cpu_seconds"]:
         groups.setdefault(data["measured_on"][name], []).append(name)
     first, *others = sorted(groups, key=lambda text: -len(groups[text]))
-    where = "; ".join([first] + [f"{', '.join(groups[text])} {text}" for text in others])
+    # "on <date>, <machine>": another date on the same machine names its date only
+    def short(text):
+        return text.split(", ", 1)[0] if text.split(", ", 1)[1:] == first.split(", ", 1)[1:] else text
+
+    where = "; ".join([first] + [f"{', '.join(groups[text])} {short(text)}" for text in others])
     other = ("a CPU without it computes in fp32 and takes about twice as long" if "with native bf16" in where
              else "a CPU with native bf16 takes about half as long")
     return f"CPU times: measured {where}; {other}. Every notebook"

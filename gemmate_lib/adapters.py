@@ -14,13 +14,12 @@ from gemmate_lib.guard_rails.errors import ModelLoadError, SaveError, TokenError
 from gemmate_lib.guard_rails.files import atomic_folder, recover, show_path
 from gemmate_lib.guard_rails.hf_token import check_token, get_token, subprocess_env
 
-FINGERPRINT = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
-
 
 def base_fingerprint(model) -> dict:
     """The base model facts an adapter depends on."""
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    return {key: getattr(config, key, None) for key in FINGERPRINT}
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
+    return {key: getattr(config, key, None) for key in keys}
 
 
 def write_base_info(model, folder: str | Path, model_name: str) -> Path:
@@ -157,14 +156,11 @@ print('RESULT' + json.dumps(table.completion.tolist()))
     return json.loads(line[0][len("RESULT"):])
 
 
-MERGED_LIMIT_GIB = 2.0  # 05 keeps a merged copy up to this size unless asked (free Google Drive: 15 GB)
-
-
 def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool = False) -> bool:
-    """05's `save_merged=None`: keep the merged model only when small, asked for or about to be pushed (on
-    Colab it goes to the learner's Google Drive; gemma-2b is ~5 GB in fp16). Prints the decision and size."""
+    """05's `save_merged=None`: keep the merged model when under 2 GiB, asked for or about to be pushed (on
+    Colab it goes to the learner's Google Drive, 15 GB free; gemma-2b is ~5 GB in fp16). Prints why."""
     gib = sum(p.numel() for p in merged.parameters()) * dtype.itemsize / 2**30
-    keep = save_merged if save_merged is not None else (gib < MERGED_LIMIT_GIB or push)
+    keep = save_merged if save_merged is not None else (gib < 2.0 or push)
     print(f"merged model: {gib:.1f} GiB in {str(dtype).removeprefix('torch.')}; "
           + ("saving it" if keep else "not saved (set save_merged=True to keep "
                                       "it; on Colab it goes to Google Drive)"))

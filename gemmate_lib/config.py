@@ -150,8 +150,7 @@ class Settings:
 
     def check_names(self, names, where: str = "parameter", place: str = "") -> None:
         """A ParameterError for the first name that is not a setting, with the list of valid ones."""
-        unknown = sorted(set(names) - set(self.owner))
-        if unknown:
+        if unknown := sorted(set(names) - set(self.owner)):
             raise ParameterError(f"unknown {where} {unknown[0]!r}{place}",
                                  f"use one of: {', '.join(self.owner)}")
 
@@ -279,10 +278,9 @@ class CourseConfig:
     def replace(self, **values) -> CourseConfig:
         """A copy with some settings changed (flat names), type-checked and validated."""
         SETTINGS.check_names(values)
-        groups = {group: getattr(self, group) for group in GROUPS}
+        groups = {group: dataclasses.replace(getattr(self, group)) for group in GROUPS}  # copies: self stays
         for name, value in values.items():
-            owner = SETTINGS.owner[name]
-            groups[owner] = dataclasses.replace(groups[owner], **{name: SETTINGS.coerce(name, value)})
+            setattr(groups[SETTINGS.owner[name]], name, SETTINGS.coerce(name, value))
         new = dataclasses.replace(self, **groups, precision=_precision(groups["model"], values)
                                   if {"device", "dtype"} & set(values) else self.precision)
         validate(new.flat())
@@ -340,8 +338,7 @@ def course_config(task: str = "quotes", *, precision: Precision | None = None, *
 
 
 def _precision(model: ModelSettings, named: dict, precision: Precision | None = None) -> Precision:
-    """model.device / dtype as a Precision (or `precision`), with gemma3_rule on the profile's dtype; a dtype
-    the caller names (in `named`) is kept."""
+    """model.device / dtype as a Precision (or `precision`), with gemma3_rule unless `named` names a dtype."""
     if precision is None:
         precision = pick_precision(*(None if v == "auto" else v for v in (model.device, model.dtype)))
     return precision if "dtype" in named else gemma3_rule(precision, model.model_name)

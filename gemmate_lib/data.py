@@ -9,11 +9,14 @@ import json
 import random
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import accumulate
 from pathlib import Path
 
 from gemmate_lib.config import EMBEDDED
+from gemmate_lib.guard_rails import colab
 from gemmate_lib.guard_rails.errors import DataError, hub_load_error
 
 REQUIRED = ("quote", "author")
@@ -29,17 +32,12 @@ def unwrap_quote(quote: str) -> str:
     "“Be ...”"; the prompts start with a plain word): a nested pair, or a mark with no partner in the text."""
     text = quote.strip()
     inner = text
-    if text.startswith("\u201c") and text.endswith("\u201d") and len(text) > 1:
-        depth = 0
-        for ch in text[1:-1]:
-            depth += (ch == "\u201c") - (ch == "\u201d")
-            if depth < 0:  # “A” and “B”: the first and last marks are not one pair
-                break
-        inner = text[1:-1] if depth == 0 else text
-    elif text.startswith("\u201c") and "\u201d" not in text:
-        inner = text[1:]
-    elif text.endswith("\u201d") and "\u201c" not in text:
-        inner = text[:-1]
+    if text.startswith("\u201c") and text.endswith("\u201d"):
+        depths = list(accumulate(((ch == "\u201c") - (ch == "\u201d") for ch in text[1:-1]), initial=0))
+        if min(depths) == 0 == depths[-1]:  # one pair: not “A” and “B”, where the depth drops below 0
+            inner = text[1:-1]
+    elif "\u201c" not in text or "\u201d" not in text:  # a mark with no partner
+        inner = text.removeprefix("\u201c").removesuffix("\u201d")
     return inner.strip() or text  # marks around nothing stay: the row is refused as it is
 
 
@@ -61,8 +59,7 @@ def char_spans(row: dict, part: str) -> tuple[int, int | None]:
     if part == "text":
         return 0, None
     if part == "quote":
-        start = len("Quote: ")
-        return start, start + len(row["quote"])
+        return len("Quote: "), len("Quote: " + row["quote"])
     if part == "completion":  # rows with their own prompt (the Gemma 1.1 tasks, tasks.py) say where it ends
         return len(row["prompt"]) if "prompt" in row else len(quote_prompt(row["quote"])), None
     raise ValueError(f"part must be text, quote or completion, not {part!r}")
@@ -99,9 +96,7 @@ class QuoteData:
 
 
 def _read_embedded() -> list[dict]:
-    from gemmate_lib.guard_rails.colab import install_embedded
-
-    install_embedded("inspirational_quotes")  # Colab, a GPU runtime: the install cell left it out
+    colab.install_embedded("inspirational_quotes")  # Colab, a GPU runtime: the install cell left it out
     try:
         text = resources.files("inspirational_quotes").joinpath("quotes.json").read_text(encoding="utf-8")
     except ModuleNotFoundError as err:
@@ -164,8 +159,7 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple
     if not rows:
         raise DataError(f"data file {path.name!r} has no rows",
                         "add rows (one JSON object per line, or CSV rows)")
-    missing = [c for c in required if all(c not in r for _, r in rows)]
-    if missing:
+    if missing := [c for c in required if all(c not in r for _, r in rows)]:
         header = [str(c) for c in rows[0][1]]
         separator = next((s for s in (";", "\t", "|") if path.suffix == ".csv" and len(header) == 1
                           and s in header[0]), None)  # a spreadsheet's "CSV" in a locale with decimal commas
@@ -184,8 +178,7 @@ def read_hub(dataset_id: str, required: tuple[str, ...] = REQUIRED) -> list[dict
         ds = load_dataset(dataset_id, split="train")
     except Exception as err:  # noqa: BLE001 - mapped to one clear message below
         raise hub_load_error(dataset_id, err, kind="dataset") from err
-    missing = [c for c in required if c not in ds.column_names]
-    if missing:
+    if missing := [c for c in required if c not in ds.column_names]:
         raise DataError(f"dataset {dataset_id!r} has no column {', '.join(missing)} "
                         f"(it has {ds.column_names})",
                         f"use a dataset with the columns {', '.join(required)}")
@@ -209,23 +202,19 @@ MARKERS = ("Quote:", "Author:")  # the training template's markers: inside a fie
 _FILLERS = {"\u115f", "\u1160", "\u2800", "\u3164", "\uffa0"}
 # Controls that text may hold (line ends are refused by the template rule); any other is a broken export
 _TEXT_CONTROLS = {"\t", "\n", "\r", "\x85"}
+# A lone UTF-16 surrogate (JSON's "\ud800"): Python keeps it, but no UTF-8 file or tokenizer can
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def visible(text: str) -> str:
     """`text` without whitespace, invisible characters and marks: empty when nothing would print alone."""
     return "".join(ch for ch in text if not (ch.isspace() or ch in _FILLERS
-                                             or unicodedata.category(ch) in ("Cf", "Cc")
-                                             or unicodedata.category(ch).startswith("M")))
-
-
-def _surrogate(text: str) -> bool:
-    """A lone UTF-16 surrogate (JSON's "\\ud800"): Python keeps it, but no UTF-8 file or tokenizer can."""
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+                                             or unicodedata.category(ch) in ("Cf", "Cc", "Mn", "Mc", "Me")))
 
 
 def broken_text(text: str) -> str | None:
     """What makes `text` unusable as training text in any field (quotes, 07's notes), or None."""
-    if _surrogate(text):
+    if _SURROGATE.search(text):
         return "is not valid Unicode (a lone UTF-16 surrogate)"
     if any(unicodedata.category(ch) == "Cc" and ch not in _TEXT_CONTROLS for ch in text):
         return "contains a control character (e.g. NUL)"
@@ -262,9 +251,7 @@ def trim_author(author: str) -> str:
 def normalize_author(name: str) -> str:
     """Lowercase, no accents, no punctuation, single spaces; drop a trailing ", source"."""
     name = unicodedata.normalize("NFKD", name or "").encode("ascii", "ignore").decode()
-    name = name.split(",")[0].lower()
-    name = re.sub(r"[^a-z0-9 ]+", " ", name)
-    return " ".join(name.split())
+    return " ".join(re.findall(r"[a-z0-9]+", name.split(",")[0].lower()))
 
 
 def normalize_quote(text: str) -> str:
@@ -275,8 +262,7 @@ def normalize_quote(text: str) -> str:
 
 def excerpt(text: str, limit: int = 100) -> str:
     """`text` as a report shows it: whole up to `limit` characters, else cut at the last space within them
-    (not inside a word) with " ..." after it; where that space comes before half the limit (one long word),
-    at the limit."""
+    (at the limit where that space comes before half of it: one long word), with " ..." after it."""
     if len(text) <= limit:
         return text
     head = text[:limit]
@@ -288,7 +274,7 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
     """Keep well-formed, distinct rows (dicts or (line number, dict) pairs); count the rest by reason, with
     one example each (_problem; duplicates after normalize_quote; over `max_length` tokens, which would cut
     the `Author:` line off, or MAX_CHARS characters). Repairs (unwrap_quote, trim_author) go in `repaired`."""
-    kept, dropped, examples, seen, repaired = [], {}, {}, {}, {}
+    kept, dropped, examples, seen, repaired = [], Counter(), {}, {}, Counter()
     for i, item in enumerate(rows, 1):
         where, row = item if isinstance(item, tuple) else (i, item)
         reason = _problem(row, "quote") or _problem(row, "author")
@@ -305,30 +291,26 @@ def clean_rows(rows, tokenizer=None, max_length: int | None = None):
             elif tokenizer is None and len(text) > MAX_CHARS:
                 reason = f"too long (over {MAX_CHARS} characters: a paragraph, not a quote)"
         if reason:
-            dropped[reason] = dropped.get(reason, 0) + 1
+            dropped[reason] += 1
             examples.setdefault(reason, f"line {where}: {excerpt(repr(row))}")
             continue
         seen[key] = quote
         if quote != row["quote"].strip():
-            fix = "quotation marks around the quote removed (the prompts have none)"
-            repaired[fix] = repaired.get(fix, 0) + 1
+            repaired["quotation marks around the quote removed (the prompts have none)"] += 1
         if author != row["author"].strip():
-            fix = "author trimmed to the name (a role after a comma, or a final period, removed)"
-            repaired[fix] = repaired.get(fix, 0) + 1
+            repaired["author trimmed to the name (a role after a comma, or a final period, removed)"] += 1
         tags = row.get("tags") or []
         tags = [tags] if isinstance(tags, str) else tags if isinstance(tags, list) else []
-        tags = [t for t in tags if isinstance(t, str) and not _surrogate(t)]
+        tags = [t for t in tags if isinstance(t, str) and not _SURROGATE.search(t)]
         kept.append({"quote": quote, "author": author, "tags": tags, "text": text})
-    return kept, dropped, examples, repaired
+    return kept, dict(dropped), examples, dict(repaired)  # plain dicts: 03 prints them
 
 
 def load_quotes(dataset: str = EMBEDDED, eval_fraction: float = 0.1, data_seed: int = 42, tokenizer=None,
                 max_length: int | None = None) -> QuoteData:
     """Load, clean (clean_rows) and split quotes from "embedded", a Hub id or a .jsonl/.csv/.json path.
     Duplicates are dropped before the split, so no held-out quote appears in training."""
-    from gemmate_lib.guard_rails.colab import uploaded
-
-    dataset = uploaded(dataset)  # in Colab, a file uploaded with the file browser lands in /content
+    dataset = colab.uploaded(dataset)  # in Colab, a file uploaded with the file browser lands in /content
     if dataset == EMBEDDED:
         rows, name = _read_embedded(), "inspirational-quotes (embedded, offline)"
     elif dataset.endswith((".jsonl", ".csv", ".json")) or Path(dataset).exists():

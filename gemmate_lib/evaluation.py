@@ -168,8 +168,7 @@ def metrics_document(results: dict[str, EvalResult], dataset: str, split: str,
                      comparisons: dict | None = None, unseen_author_share: float | None = None) -> dict:
     """The metrics.json content (schema: docs/metrics-json.md; tests/metrics_schema.py checks it)."""
     first = next(iter(results.values()))
-    doc = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "split": split,
-           "n_examples": first.n_examples, "unseen_author_share": unseen_author_share,
-           "settings": first.settings, "models": {name: res.metrics for name, res in results.items()},
-           "comparisons": comparisons or {}}
-    return doc
+    return {"schema_version": SCHEMA_VERSION, "dataset": dataset, "split": split,
+            "n_examples": first.n_examples, "unseen_author_share": unseen_author_share,
+            "settings": first.settings, "models": {name: res.metrics for name, res in results.items()},
+            "comparisons": comparisons or {}}

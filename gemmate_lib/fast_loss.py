@@ -16,12 +16,11 @@ LOWP_SOFTMAX = True  # a bf16 head's training softmax on its bf16 product (_soft
 
 def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
                     probs: bool, lowp: bool | None = None, softcap: float | None = None):
-    """Yield (start, rows, targets, per-token NLL, logits, one_hot_done) per chunk through one reused
-    [vocab, rows] buffer
-    (the order MKL writes fastest: `make bench-head`), with `probs` softmaxed in place. `lowp` (default: a
-    bf16 head, LOWP_SOFTMAX): the softmax runs on the bf16 product itself, with no fp32 copy of the logits,
-    the normalizer summed in fp32; each target's own probability, from which its gradient subtracts one, is
-    computed in fp32 (in bf16, 1 - p of a likely token would lose most of its digits), the loss too."""
+    """Yield (start, rows, targets, per-token NLL, logits as [vocab, rows], one_hot_done) per chunk through
+    one reused buffer (MKL writes [vocab, rows] fastest: `make bench-head`), with `probs` softmaxed in place.
+    `lowp` (default: a bf16 head, LOWP_SOFTMAX): the softmax runs on the bf16 product itself, no fp32 copy of
+    the logits, the normalizer summed in fp32; each target's own probability, from which its gradient
+    subtracts one, and the loss in fp32 (in bf16, 1 - p of a likely token would lose most of its digits)."""
     acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 (or fp64)
     lowp = LOWP_SOFTMAX and weight.dtype == torch.bfloat16 if lowp is None else lowp
     if softcap is not None and (probs or lowp):
@@ -29,13 +28,26 @@ def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
                          "own logits: causal_lm_loss)")
     rows, vocab = min(chunk, hidden.shape[0]), weight.shape[0]
     raw = hidden.new_empty(vocab * rows, dtype=weight.dtype)  # one buffer for every chunk
-    if lowp:
-        yield from _softmax_chunks_lowp(hidden, weight, targets, chunk, probs, raw)
-        return
-    logits = raw if raw.dtype == acc else raw.new_empty(raw.shape, dtype=acc)
+    # lowp: the bf16 product laid out [rows, vocab] (a bf16 reduction along the contiguous vocabulary is
+    # several times faster than across it: `make bench-head`), yielded as [vocab, rows] views of it
+    logits = raw if raw.dtype == acc or lowp else raw.new_empty(raw.shape, dtype=acc)
     for start in range(0, hidden.shape[0], chunk):
         h, t = hidden[start:start + chunk].to(weight.dtype), targets[start:start + chunk]
         n = len(t)
+        if lowp:
+            z = raw[:vocab * n].view(n, vocab)
+            torch.mm(h, weight.t(), out=z)
+            at = (torch.arange(n, device=t.device), t)
+            target_logit = z[at].float()
+            top = z.amax(dim=1, keepdim=True)
+            z.sub_(top).exp_()
+            norm = z.sum(dim=1, dtype=torch.float32)
+            nll = top.squeeze(1).float() + norm.log() - target_logit
+            if probs:  # dloss/dlogits: softmax - one_hot, the target's entry from fp32 (p - 1, then rounded)
+                z.div_(norm.to(z.dtype).unsqueeze(1))
+                z[at] = torch.expm1(-nll).to(z.dtype)
+            yield start, h, t, nll, z.t(), True
+            continue
         out, z = raw[:vocab * n].view(vocab, n), logits[:vocab * n].view(vocab, n)  # contiguous chunks
         torch.mm(weight, h.t(), out=out)
         if z.data_ptr() != out.data_ptr():
@@ -49,29 +61,6 @@ def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         if probs:
             z.div_(norm)
         yield start, h, t, top + norm.log() - target_logit, z, False
-
-
-def _softmax_chunks_lowp(hidden, weight, targets, chunk: int, probs: bool, raw: torch.Tensor):
-    """_softmax_chunks on the bf16 product, laid out [rows, vocab] (a bf16 reduction along the contiguous
-    vocabulary is several times faster than across it: `make bench-head`): max, subtract and exp in place in
-    bf16, the normalizer summed in fp32; each target's probability (and so its gradient, p - 1) and the loss
-    from fp32 arithmetic. Yields the logits as [vocab, rows] views of that buffer, as _softmax_chunks does."""
-    vocab = weight.shape[0]
-    for start in range(0, hidden.shape[0], chunk):
-        h, t = hidden[start:start + chunk].to(weight.dtype), targets[start:start + chunk]
-        n = len(t)
-        z = raw[:vocab * n].view(n, vocab)
-        torch.mm(h, weight.t(), out=z)
-        at = (torch.arange(n, device=t.device), t)
-        target_logit = z[at].float()
-        top = z.amax(dim=1, keepdim=True)
-        z.sub_(top).exp_()
-        norm = z.sum(dim=1, dtype=torch.float32)
-        nll = top.squeeze(1).float() + norm.log() - target_logit
-        if probs:  # dloss/dlogits: softmax - one_hot, the target's entry from fp32 (p - 1, then rounded)
-            z.div_(norm.to(z.dtype).unsqueeze(1))
-            z[at] = torch.expm1(-nll).to(z.dtype)
-        yield start, h, t, nll, z.t(), True
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -112,9 +101,9 @@ class LinearCrossEntropy(torch.autograd.Function):
 def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_TOKENS,
               softcap: float | None = None):
     """Per-token cross-entropy of `hidden @ weight.T` (capped at `softcap` as the model caps them: Gemma 4's
-    30) against `targets`, no gradients (held-out losses). A
-    bf16 head on a CPU without native bf16 (the smoke run's GPU profile) multiplies in fp32: about 5x faster
-    there than its bf16 matmul, and the logits skip one rounding before the fp32 softmax."""
+    30) against `targets`, no gradients (held-out losses). A bf16 head on a CPU without native bf16 (the smoke
+    run's GPU profile) multiplies in fp32: about 5x faster there than its bf16 matmul, and the logits skip one
+    rounding before the fp32 softmax."""
     if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and not cpu_has_native_bf16():
         weight = weight.float()
     # held-out losses keep the fp32 softmax: no gradient to speed up, and every digit of the figure reported
@@ -156,16 +145,14 @@ def output_weight(model) -> torch.Tensor:
 
 
 def summed_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of `hidden @ weight.T` against `targets`, with gradients for `hidden` and for
-    `weight` where they require them (benchmarks/torch_loss.py swaps in torch's own for a benchmark arm)."""
+    """LinearCrossEntropy in one call: where benchmarks/torch_loss.py swaps in torch's own for an arm."""
     return LinearCrossEntropy.apply(hidden, weight, targets)
 
 
 def causal_lm_loss(model, input_ids, attention_mask, labels, num_items_in_batch=None):
     """Next-token loss of a (PEFT-wrapped) causal LM, the LM head on labelled positions only: the model's own
-    loss (mean, or sum / num_items_in_batch) up to rounding; a model that caps its logits (Gemma 4) goes
-    through its own logits, cap included (the fused head has no cap); under prompt tuning the first real token
-    is never a target, as for every other method."""
+    loss (mean, or sum / num_items_in_batch) up to rounding; under prompt tuning the first real token is never
+    a target, as for every other method."""
     shift_labels = labels[:, 1:]
     mask = shift_labels != -100
     if logit_softcap(model) is None:

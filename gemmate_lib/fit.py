@@ -91,9 +91,8 @@ def runtime_here() -> dict:
     import torch
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    folder = Path(HF_HUB_CACHE)  # where the Hub's downloads go
-    while not folder.exists():
-        folder = folder.parent
+    downloads = Path(HF_HUB_CACHE)  # where the Hub's downloads go: its nearest folder that exists
+    folder = next(p for p in (downloads, *downloads.parents) if p.exists())
     here = {"gpu": None, "gpu_bytes": None, "disk_bytes": shutil.disk_usage(folder).free,
             "ram_bytes": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")}
     if torch.cuda.is_available():

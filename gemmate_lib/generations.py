@@ -2,15 +2,15 @@
 cell names the three choices): Gemma 1 (`google/gemma-2b`, the course's default), Gemma 3 1B and Gemma 4
 E2B. Keyed by the `model_type` of the model's config, so a local folder, a Hub id or a loaded model find
 their generation. The config, the trainer and the pre-flight check (preflight.py) branch on it here, nowhere
-else.
-"""
-
+else."""
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from gemmate_lib.guard_rails.errors import ParameterError
 
 SEED_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TOWERS = ("vision", "audio")  # Gemma 4's encoders: LoRA never goes there (PEFT refuses Gemma4ClippableLinear)
@@ -35,38 +35,17 @@ class Generation:
 
 
 GEMMA_1 = Generation(
-    key="gemma",
-    name="Gemma 1",
-    model_types=("gemma",),
-    gated=True,
-    t4_dtype="fp16",
+    key="gemma", name="Gemma 1", model_types=("gemma",), gated=True, t4_dtype="fp16",
     dtype_reason="trains in fp16 with loss scaling on a T4",
-    turn_start="<start_of_turn>",
-    turn_end="<end_of_turn>",
-    shipped_template="gemma.jinja",
-)
+    turn_start="<start_of_turn>", turn_end="<end_of_turn>", shipped_template="gemma.jinja")
 GEMMA_3 = Generation(
-    key="gemma3",
-    name="Gemma 3",
-    model_types=("gemma3_text", "gemma3"),
-    gated=True,
-    t4_dtype="fp32",
+    key="gemma3", name="Gemma 3", model_types=("gemma3_text", "gemma3"), gated=True, t4_dtype="fp32",
     dtype_reason="overflows in fp16 (transformers issue 36822): fp32 compute on a T4, as Unsloth does",
-    turn_start="<start_of_turn>",
-    turn_end="<end_of_turn>",
-    shipped_template="gemma3.jinja",
-)
+    turn_start="<start_of_turn>", turn_end="<end_of_turn>", shipped_template="gemma3.jinja")
 GEMMA_4 = Generation(
-    key="gemma4",
-    name="Gemma 4",
-    model_types=("gemma4", "gemma4_text"),
-    gated=False,
-    t4_dtype="fp32",
+    key="gemma4", name="Gemma 4", model_types=("gemma4", "gemma4_text"), gated=False, t4_dtype="fp32",
     dtype_reason="fp16 gradients overflow in the residual stream (unsloth-zoo PR 866): fp32 compute on a T4",
-    turn_start="<|turn>",
-    turn_end="<turn|>",
-    shipped_template="gemma4_v5.jinja",
-)
+    turn_start="<|turn>", turn_end="<turn|>", shipped_template="gemma4_v5.jinja")
 GENERATIONS = {g.key: g for g in (GEMMA_1, GEMMA_3, GEMMA_4)}
 DEFAULT = GEMMA_1  # the model of the notebook this course grew from
 BY_MODEL_TYPE = {t: g for g in GENERATIONS.values() for t in g.model_types}
@@ -118,16 +97,14 @@ def lora_targets(model, targets=SEED_TARGETS):
     if generation is None or generation.key != "gemma4":
         return targets
     names = SEED_TARGETS if targets == "all-linear" else (targets,) if isinstance(targets, str) else targets
-    towers = "|".join(TOWERS)
-    return rf"^(?!.*(?:{towers})).*\.(?:{'|'.join(map(re.escape, names))})$"
+    return rf"^(?!.*(?:{'|'.join(TOWERS)})).*\.(?:{'|'.join(map(re.escape, names))})$"
 
 
 def stop_token_ids(tokenizer, generation: Generation | None = None) -> list[int]:
     """Ids of the stop tokens the tokenizer has (`<eos>` and the turn end): `generate(eos_token_id=...)` stops
     at any of them, so a chat model stops at its turn end rather than running on."""
-    generation = generation or DEFAULT
     vocab = tokenizer.get_vocab()
-    ids = [tokenizer.eos_token_id] + [vocab[t] for t in generation.stop_tokens if t in vocab]
+    ids = [tokenizer.eos_token_id] + [vocab[t] for t in (generation or DEFAULT).stop_tokens if t in vocab]
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
@@ -150,12 +127,8 @@ def gemma4_training_template(shipped: str) -> str:
     content = "{{- captured_content -}}"
     end = "{{- '<turn|>\\n' -}}"
     if shipped.count(content) != 1 or end not in shipped:
-        from gemmate_lib.guard_rails.errors import ParameterError
-
-        raise ParameterError(
-            "this Gemma 4 chat template is not the one the course knows how to mark",
-            "use the template TRL ships (trl/chat_templates/gemma4_v5.jinja)",
-        )
+        raise ParameterError("this Gemma 4 chat template is not the one the course knows how to mark",
+                             "use the template TRL ships (trl/chat_templates/gemma4_v5.jinja)")
     marked = "{%- if role == 'model' -%}{%- generation -%}X{%- endgeneration -%}{%- else -%}X{%- endif -%}"
     # the last turn end is the loop's, not the system turn's
     head, tail = shipped.replace(content, marked.replace("X", content)).rsplit(end, 1)

@@ -8,10 +8,9 @@ import mmap
 import struct
 
 OVERRIDING = ("tools", "tool_call", "<think>")  # in a GGUF's template: Ollama uses it over a Modelfile's
-# GGUF's value types (gguf.GGUFValueType): struct format of each scalar; 8 is a string, 9 an array
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
-           12: "<d"}
-STRING, ARRAY = 8, 9
+           12: "<d"}  # GGUF's value types (gguf.GGUFValueType): the struct format of each scalar
+STRING, ARRAY = 8, 9  # the two value types that are not scalars
 
 
 def read_gguf_header(path) -> tuple[dict, int]:

@@ -59,8 +59,7 @@ def pick_precision(device: str | None = None, dtype: str | None = None) -> Preci
         raise HardwareError("device='cuda' was asked for, but no CUDA GPU is visible to PyTorch",
                             "in Colab choose Runtime > Change runtime type > T4 "
                             "GPU; elsewhere pass device=None to run on the CPU")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda":
         check_one_gpu()
         name = torch.cuda.get_device_name(0)
@@ -126,9 +125,8 @@ def _outside_allocator() -> tuple[int, int]:
 
 
 def peak_memory_gib() -> float:
-    """This process's peak memory so far, in GiB, as gpu_memory counts it: on CUDA what the process held at
-    its peak (the allocator's reserve plus the CUDA context), also across gpu_memory's resets; without CUDA
-    the resident peak (the model lives in RAM). Every notebook's manifest entry records it (run_folder)."""
+    """This process's peak memory so far, in GiB, as gpu_memory counts it, also across gpu_memory's resets.
+    Every notebook's manifest entry records it (run_folder)."""
     if not torch.cuda.is_available():
         return _resident_peak() / GIB
     outside, _ = _outside_allocator()
@@ -136,11 +134,10 @@ def peak_memory_gib() -> float:
 
 
 def gpu_memory(label: str) -> str:
-    """One line with the peak GPU memory since the last call (then reset): 03, 04 and 05 print it, so a
-    learner sees how close a T4 (15 GB) is to its limit. The figure is what the process holds at its peak:
-    what the allocator reserved (more than the tensors: it keeps freed blocks for reuse) plus what the CUDA
-    context and libraries hold outside it. Without CUDA, the process's peak resident memory so far, where the
-    model lives on a CPU."""
+    """One line with the peak GPU memory since the last call (then reset), so a learner sees how close a T4
+    (15 GB) is to its limit: what the process held at its peak, the allocator's reserve (more than the
+    tensors: it keeps freed blocks for reuse) plus what the CUDA context and libraries hold outside it.
+    Without CUDA, the process's peak resident memory so far, where the model lives on a CPU."""
     if not torch.cuda.is_available():
         peak = _resident_peak() / GIB
         return f"no GPU: the model is in RAM; this process's resident peak {peak:.1f} GiB so far"

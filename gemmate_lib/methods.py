@@ -28,7 +28,6 @@ LEARNING_RATES = {
 }
 NUM_VIRTUAL_TOKENS = 16  # prompt and prefix tuning: learned tokens in front of every input
 PROMPT_INIT_TEXT = "Finish the quote, then name its author on a line that starts with Author:"
-IA3_TARGETS = ("k_proj", "v_proj", "down_proj")  # what IA3 rescales: keys, values, the MLP's input
 
 
 @dataclass
@@ -93,8 +92,8 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
             "prompt"), False),
         "prefix": Method("prefix", "prefix tuning", PrefixTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS), rate("prefix", "prefix"), False),
-        "ia3": Method("ia3", "IA3", IA3Config(
-            task_type="CAUSAL_LM", target_modules=list(IA3_TARGETS),
+        "ia3": Method("ia3", "IA3", IA3Config(  # it rescales the keys, the values and the MLP's input
+            task_type="CAUSAL_LM", target_modules=["k_proj", "v_proj", "down_proj"],
             feedforward_modules=["down_proj"]), rate("ia3", "ia3")),
     }
     check_fits(cfg, model_path, keys)
@@ -122,15 +121,6 @@ def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
             if "GPU" not in err.problem or fit.problems({"nf4": plan["nf4"]}, fit.runtime_here()):
                 raise
             raise fit.FitError(err.problem, err.fix + ', or methods=["qlora"] alone (NF4 fits)') from None
-
-
-def full_finetuning_precision(precision: Precision) -> Precision:
-    """Full fine-tuning's weights: fp32 masters under 16-bit autocast (pure bf16 rounds its updates away)."""
-    if precision.dtype == torch.float32:
-        return precision
-    return Precision(precision.device, torch.float32,
-                     f"{precision.reason}; full fine-tuning keeps fp32 master weights "
-                     f"({precision.name} autocast)")
 
 
 def full_finetuning_gib(n_params: int) -> float:
@@ -192,7 +182,10 @@ def train_arm(name: str, cfg: CourseConfig, tokenizer, train_rows: list[dict], e
     size. `start_loss`: also the held-out loss before training (06: prompt and prefix tuning change it)."""
     from gemmate_lib.models import count_parameters, footprint_mib, load_model  # looked up now: tests fake it
 
-    precision = cfg.precision if adapter is not None else full_finetuning_precision(cfg.precision)
+    precision = cfg.precision  # full fine-tuning: fp32 master weights (pure bf16 rounds its updates away)
+    if adapter is None and precision.dtype != torch.float32:
+        precision = Precision(precision.device, torch.float32, f"{precision.reason}; full fine-tuning "
+                              f"keeps fp32 master weights ({precision.name} autocast)")
 
     def fresh():
         model = load_model(cfg.model.model_name, precision, cfg.model.quantization)

@@ -175,11 +175,10 @@ SPIKE_FIX = ("lower the learning rate and clip gradients (max_grad_norm=1.0); Ge
 
 
 class GradientTripwire(TrainerCallback):
-    """After the first optimizer step, every LoRA module got a finite gradient and every lora_B (zero at
-    start) a non-zero one, else the run stops naming the modules (03_lora_sft adds it; `CourseSFTTrainer`
-    with `preflight: true` too): a mask that labels nothing, or gradients cut off before the adapter, train
-    nothing while the loss looks normal. fp16's scaler may skip the first steps: the first step it takes is
-    checked. Then the first spike of the logged gradient norm is named once, in `spike`; training goes on."""
+    """After the first optimizer step (the first that fp16's scaler takes), every LoRA module got a finite
+    gradient and every lora_B (zero at start) a non-zero one, else the run stops naming the modules: a mask
+    that labels nothing, or gradients cut off before the adapter, train nothing while the loss looks normal.
+    Then the first spike of the logged gradient norm is named once, in `spike`; training goes on."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet

@@ -4,9 +4,8 @@ read from the run's own files, with the bands in reference_bands.json beside it 
 over several seeds by `python -m tools.runners.reference_runs`). A band is kept per notebook, model, runtime
 (device and compute dtype) and the settings that decide the figures (COMPARED_SETTINGS): runs that differ in
 any of them are never compared, and where no run was measured the line says so. Seconds and memory also need
-the same machine. For a figure outside its band the line says what to check: a run that "trained but learned
-nothing" (a mask that labels nothing, the learning rate, the cache) shows as a held-out loss far above its
-band."""
+the same machine. For a figure outside its band the line says what to check (FIGURES): a run that "trained
+but learned nothing" shows as a held-out loss far above its band."""
 from __future__ import annotations
 
 import json
@@ -62,16 +61,13 @@ PER_NOTEBOOK = {"03_lora_sft": ("held_out_loss", "seconds_per_step", "peak_memor
                 "04_evaluation": ("format_share", "perplexity", "peak_memory_gib"),
                 "07_temporal_encoding": ("year_accuracy", "year_accuracy_constant", "python_accuracy",
                                          "seconds_per_step", "peak_memory_gib")}
-# the settings that decide the figures (config group, name): a run that differs in one is never compared
-COMPARED_SETTINGS = (("model", "quantization"), ("model", "attn_implementation"), ("data", "dataset"),
-            ("data", "eval_fraction"), ("data", "data_seed"), ("lora", "lora_r"), ("lora", "lora_alpha"),
-            ("lora", "lora_dropout"), ("lora", "lora_target_modules"), ("lora", "lora_trainable_tokens"),
-            ("train", "max_length"), ("train", "learning_rate"), ("train", "batch_size"),
-            ("train", "gradient_accumulation_steps"), ("train", "gradient_checkpointing"),
-            ("train", "num_epochs"), ("train", "max_steps"), ("train", "warmup_steps"),
-            ("train", "weight_decay"), ("train", "optim"), ("train", "val_steps_freq"),
-            ("train", "deterministic"), ("train", "fast_loss"), ("train", "group_by_length"),
-            ("train", "completion_only_loss"))
+COMPARED_SETTINGS = tuple((group, name) for group, names in (
+    ("model", ("quantization", "attn_implementation")), ("data", ("dataset", "eval_fraction", "data_seed")),
+    ("lora", ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_trainable_tokens")),
+    ("train", ("max_length", "learning_rate", "batch_size", "gradient_accumulation_steps",
+               "gradient_checkpointing", "num_epochs", "max_steps", "warmup_steps", "weight_decay", "optim",
+               "val_steps_freq", "deterministic", "fast_loss", "group_by_length", "completion_only_loss")),
+) for name in names)
 TEMPORAL_SETTINGS = (("temporal", "temporal_min_period"), ("temporal", "temporal_max_period"))
 NOT_SETTINGS = ("seed",)  # 07's settings record the seed: bands span seeds
 
@@ -90,59 +86,50 @@ def _settings(config: dict, keys=COMPARED_SETTINGS) -> dict:
     return {name: config.get(group, {}).get(name) for group, name in keys}
 
 
-def _figures(notebook: str, run_dir: Path) -> tuple[dict, dict] | str:
-    """(settings from the run's files, figures) of `notebook`'s run in `run_dir`, or why there are none."""
+def run_record(notebook: str, run_dir: str | os.PathLike, cfg) -> dict | str:
+    """What `notebook`'s run in `run_dir` is compared by: model, runtime, machine, settings and figures, read
+    from the run's files (manifest.json, loss_log.csv; 07's training settings also from its `cfg`); or why
+    there is nothing to compare yet."""
+    if notebook not in PER_NOTEBOOK:
+        raise ValueError(f"no reference figures for {notebook}: one of {', '.join(PER_NOTEBOOK)}")
     try:
-        entries = json.loads((run_dir / "manifest.json").read_text()).get("notebooks", {})
+        entries = json.loads((Path(run_dir) / "manifest.json").read_text()).get("notebooks", {})
     except (OSError, ValueError):
         entries = {}
     entry = entries.get(notebook)
     if entry is None:
         return f"this run folder's manifest has no {notebook} entry yet (its save cell writes it)"
-    peak = entry.get("peak_memory_gib")
-    if notebook == "07_temporal_encoding":
-        settings = {k: v for k, v in entry.get("settings", {}).items() if k not in NOT_SETTINGS}
-        return settings, {"year_accuracy": entry["year_accuracy_true"],
-                          "year_accuracy_constant": entry["year_accuracy_constant"],
-                          "python_accuracy": entry["python_releases"]["test"]["accuracy"],
-                          "seconds_per_step": entry["train_seconds"] / max(entry["steps"], 1),
-                          "peak_memory_gib": peak}
     trained = entries.get("03_lora_sft", {}).get("config")
-    if not trained:
-        return "this run folder does not say how 03_lora_sft trained the adapter (run 03 into it)"
-    if notebook == "04_evaluation":
-        tuned = entry["metrics"]["fine-tuned"]
-        settings = _settings(trained) | {"split": entry.get("split"), "n_examples": entry.get("n_examples")}
-        return settings, {"format_share": tuned["format_compliance"], "perplexity": tuned["perplexity"],
-                          "peak_memory_gib": peak}
-    import pandas as pd
-
-    try:
-        log = pd.read_csv(run_dir / "loss_log.csv")
-    except OSError:
-        return "no loss_log.csv in this run folder (section 4 writes it)"
-    evals = log.dropna(subset=["eval_loss"])
-    if not len(evals):
-        return "the trainer logged no held-out loss (eval_strategy)"
-    steps = trained["train"]["max_steps"] if trained["train"]["max_steps"] > 0 else int(log.step.max())
-    return _settings(trained), {"held_out_loss": float(evals.eval_loss.iloc[-1]),
-                                "seconds_per_step": entry["train_seconds"] / max(steps, 1),
-                                "peak_memory_gib": peak}
-
-
-def run_record(notebook: str, run_dir: str | os.PathLike, cfg) -> dict | str:
-    """What `notebook`'s run in `run_dir` is compared by: model, runtime, machine, settings and figures, read
-    from the run's files (manifest.json, loss_log.csv); or why there is nothing to compare yet."""
-    if notebook not in PER_NOTEBOOK:
-        raise ValueError(f"no reference figures for {notebook}: one of {', '.join(PER_NOTEBOOK)}")
-    read = _figures(notebook, Path(run_dir))
-    if isinstance(read, str):
-        return read
-    settings, figures = read
-    if notebook == "07_temporal_encoding":  # the temporal config's own training settings (its cfg)
+    if notebook == "07_temporal_encoding":  # its config's training settings, then those the run recorded
         from gemmate_lib.config import config_summary
 
-        settings = _settings(config_summary(cfg), COMPARED_SETTINGS + TEMPORAL_SETTINGS) | settings
+        settings = _settings(config_summary(cfg), COMPARED_SETTINGS + TEMPORAL_SETTINGS)
+        settings |= {k: v for k, v in entry.get("settings", {}).items() if k not in NOT_SETTINGS}
+        figures = {"year_accuracy": entry["year_accuracy_true"],
+                   "year_accuracy_constant": entry["year_accuracy_constant"],
+                   "python_accuracy": entry["python_releases"]["test"]["accuracy"],
+                   "seconds_per_step": entry["train_seconds"] / max(entry["steps"], 1)}
+    elif not trained:
+        return "this run folder does not say how 03_lora_sft trained the adapter (run 03 into it)"
+    elif notebook == "04_evaluation":
+        tuned = entry["metrics"]["fine-tuned"]
+        settings = _settings(trained) | {"split": entry.get("split"), "n_examples": entry.get("n_examples")}
+        figures = {"format_share": tuned["format_compliance"], "perplexity": tuned["perplexity"]}
+    else:
+        import pandas as pd
+
+        try:
+            log = pd.read_csv(Path(run_dir) / "loss_log.csv")
+        except OSError:
+            return "no loss_log.csv in this run folder (section 4 writes it)"
+        evals = log.dropna(subset=["eval_loss"])
+        if not len(evals):
+            return "the trainer logged no held-out loss (eval_strategy)"
+        steps = trained["train"]["max_steps"] if trained["train"]["max_steps"] > 0 else int(log.step.max())
+        settings = _settings(trained)
+        figures = {"held_out_loss": float(evals.eval_loss.iloc[-1]),
+                   "seconds_per_step": entry["train_seconds"] / max(steps, 1)}
+    figures["peak_memory_gib"] = entry.get("peak_memory_gib")
     precision = cfg.precision
     return {"notebook": notebook, "model": cfg.model.model_name,
             "runtime": {"device": precision.device, "dtype": precision.name},

@@ -12,6 +12,7 @@ unslothai/unsloth issue 5037). A finished run is never resumed: a rerun trains a
 moved aside, never deleted."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -36,45 +37,33 @@ def complete_checkpoints(output_dir: str | Path) -> dict[int, Path]:
     found = {}
     for folder in Path(output_dir).glob("checkpoint-*"):
         match = STEP.match(folder.name)
-        try:
+        with contextlib.suppress(OSError, ValueError):
             if match and folder.is_dir():
                 json.loads((folder / "trainer_state.json").read_text())
                 found[int(match.group(1))] = folder
-        except (OSError, ValueError):
-            pass
     return dict(sorted(found.items()))
 
 
 def _plain(value):
-    """A setting as JSON keeps it and compares it: a set as its sorted items, anything JSON lacks as its
-    str."""
-    def unknown(v):
-        return sorted(map(str, v)) if isinstance(v, (set, frozenset)) else str(v)
-
-    return json.loads(json.dumps(value, default=unknown))
-
-
-def _adapter_and_quantization(model) -> dict:
-    """What a loaded model says of how it trains: its PEFT configs (every LoRA setting) and the base's
-    quantization (NF4 or none). GemmaTE's wrapper holds the PEFT model at `.model`."""
-    peft = getattr(model, "peft_config", None) or getattr(model.model, "peft_config", {})  # {}: no adapter
-    adapter = {name: {k: v for k, v in c.to_dict().items() if k not in ADAPTER_WHERE}
-               for name, c in peft.items()}
-    quant = getattr(model.config, "quantization_config", None)
-    return {"adapter": _plain(adapter), "quantization": _plain(quant.to_dict() if quant else "none")}
+    """A setting as JSON keeps and compares it: a set as its sorted items, anything JSON lacks as its str."""
+    return json.loads(json.dumps(
+        value, default=lambda v: sorted(map(str, v)) if isinstance(v, (set, frozenset)) else str(v)))
 
 
 def run_settings(args, model_name: str, texts, model=None, **extra) -> dict:
-    """What makes a run the same run, the one definition 03, 07 and the one-page recipe use: the model, every
-    training argument that decides how it trains (not where it writes), the training texts (their hash), and,
-    given the `model`, its LoRA settings and quantization; `extra` adds settings of a caller's own (GemmaTE's
-    temporal settings). Any change among these makes another run."""
+    """What makes a run the same run (03, 07 and the one-page recipe): the model, every training argument
+    that decides how it trains (not where it writes), the training texts' hash, given the `model` its LoRA
+    settings and quantization, and `extra` settings of a caller's own (GemmaTE's temporal settings)."""
     given = args.to_dict() if hasattr(args, "to_dict") else dict(args)
     digest = hashlib.sha1("\n\x00".join(map(str, texts)).encode()).hexdigest()
     settings = {"model": model_name, "data": digest,
                 "args": {k: str(v) for k, v in sorted(given.items()) if k not in WHERE}}
-    if model is not None:
-        settings.update(_adapter_and_quantization(model))
+    if model is not None:  # its PEFT configs and quantization (GemmaTE's wrapper: the PEFT model at .model)
+        peft = getattr(model, "peft_config", None) or getattr(model.model, "peft_config", {})  # {}: none
+        adapter = {name: {k: v for k, v in c.to_dict().items() if k not in ADAPTER_WHERE}
+                   for name, c in peft.items()}
+        quant = getattr(model.config, "quantization_config", None)
+        settings.update(adapter=_plain(adapter), quantization=_plain(quant.to_dict() if quant else "none"))
     if extra:
         settings["extra"] = _plain(extra)
     return settings
@@ -92,15 +81,10 @@ def changed_settings(before: dict | None, settings: dict) -> list[str]:
         return {prefix.rstrip("."): value}
 
     old, new = flat(before), flat(settings)
-    names = []
-    for key in sorted(set(old) | set(new), key=lambda k: (not k.startswith(("data", "model")), k)):
-        if old.get(key) != new.get(key):
-            part = key.split(".")
-            name = {"data": "the data", "model": "the model"}.get(part[0]) or (
-                "quantization" if part[0] == "quantization" else part[-1])
-            if name not in names:
-                names.append(name)
-    return names
+    differ = sorted((k for k in set(old) | set(new) if old.get(k) != new.get(k)),
+                    key=lambda k: (not k.startswith(("data", "model")), k))
+    whole = {"data": "the data", "model": "the model", "quantization": "quantization"}  # else the last part
+    return list(dict.fromkeys(whole.get(k.split(".")[0], k.split(".")[-1]) for k in differ))
 
 
 def _move_aside(folder: Path) -> Path:
@@ -169,20 +153,17 @@ def keep_trainable_dtypes(trainer) -> None:
 
 
 def resume_point(output_dir: str | Path, settings: dict, trainer=None) -> str | None:
-    """The checkpoint to resume from (None: start afresh), printing what it decided. A checkpoint of this very
-    run (RUN_FILE holds the same settings: run_settings) that it left before its last step resumes;
-    checkpoints of another run (a changed setting, named), or of one that finished (running the notebook
-    again trains again), are moved aside to a new `previous-run[-N]/`, neither resumed nor deleted; then
-    RUN_FILE records this run's settings. With `trainer`, a resume keeps its trainable weights' dtypes
-    (keep_trainable_dtypes) and a TrainingClock counts the seconds of every stretch (train_seconds)."""
+    """The checkpoint to resume from (None: start afresh), printing what it decided: this very run's (RUN_FILE
+    holds the same run_settings) if it stopped before its last step; another run's or a finished one's are
+    moved aside (_move_aside); then RUN_FILE records this run's settings. With `trainer`, a resume keeps its
+    trainable dtypes (keep_trainable_dtypes), and a TrainingClock times every stretch (train_seconds)."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     found = complete_checkpoints(folder)
     saved = folder / RUN_FILE
-    try:
+    before = None
+    with contextlib.suppress(ValueError):
         before = json.loads(saved.read_text()) if saved.is_file() else None
-    except ValueError:
-        before = None
     last = json.loads((found[max(found)] / "trainer_state.json").read_text()) if found else {}
     if any(folder.glob("checkpoint-*")) and before != settings:
         what = ", ".join(changed_settings(before, settings)[:4])
@@ -195,9 +176,8 @@ def resume_point(output_dir: str | Path, settings: dict, trainer=None) -> str | 
               "again from step 0")
         found = {}
     saved.write_text(json.dumps(settings))
-    clocks = [c for c in getattr(getattr(trainer, "callback_handler", None), "callbacks", [])
-              if isinstance(c, TrainingClock)]
-    if trainer is not None and not clocks:
+    if trainer is not None and not any(isinstance(c, TrainingClock)
+                                       for c in trainer.callback_handler.callbacks):
         trainer.add_callback(TrainingClock())
     if not found:
         return None

@@ -232,11 +232,11 @@ def test_a_hub_model_is_on_disk_when_every_weight_file_is_in_the_cache(tmp_path,
 
 def test_a_stop_in_another_shape_or_at_another_line_is_named():
     with pytest.raises(TypeError, match="^stopped_by is a list, not a dict$"):
-        checks_00_03._stopped({"stopped_by": [1]}, ("a",), "the fault")
+        checks_00_03._stopped({"stopped_by": [1]}, ("a",), "the fault", "made")
     stop = {"check": "loss", "value": "9.1", "expected": "< 8"}
-    ok, said = checks_00_03._stopped({"stopped_by": stop}, ("labels", "rows"), "the fault")
-    assert not ok and said == ("the pre-flight stopped at 'loss': 9.1 (expected < 8) (not a line that names "
-                               "this fault: 'labels' or 'rows')")
+    ok, said = checks_00_03._stopped({"stopped_by": stop}, ("labels", "rows"), "the fault", "made")
+    assert not ok and said == ("made; the pre-flight stopped at 'loss': 9.1 (expected < 8) (not a line that "
+                               "names this fault: 'labels' or 'rows')")
 
 
 def test_an_author_line_counts_from_the_prompt_and_completion_together(tmp_path):

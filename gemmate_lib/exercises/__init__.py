@@ -9,6 +9,7 @@ import json
 from functools import cache
 from pathlib import Path
 
+from gemmate_lib import fit
 from gemmate_lib.exercises import checks_00_03, checks_04_07  # noqa: F401 - registers the 28 checks
 from gemmate_lib.exercises.judging import EXERCISES, judge_exercise
 
@@ -38,8 +39,7 @@ def model_on_disk(model_name: str) -> bool:
         found = try_to_load_from_cache(model_name, filename)
         return found if isinstance(found, str) else None
 
-    index = cached("model.safetensors.index.json")
-    if index:
+    if index := cached("model.safetensors.index.json"):
         shards = set(json.loads(Path(index).read_text()).get("weight_map", {}).values())
         return bool(shards) and all(cached(shard) for shard in shards)
     return cached("model.safetensors") is not None
@@ -63,8 +63,6 @@ def exercise_fit(name: str, shape, compute_bytes: int, runtime: dict, data: dict
     """Does exercise `name` run on `runtime` with a model of `shape`? Each of its runs (`table`: the fit
     table unless given) sized by fit.notebook_need: {"fits", "gpu", "ram", "why"}. A run that fits only
     without its 16/32-bit part fits unless the exercise's check reads that part (the table's "needs")."""
-    from gemmate_lib import fit
-
     entry = (table or fit_table())[name]
     gpu = ram = 0.0
     for stem, parts, lora_r in entry["runs"]:
@@ -82,8 +80,6 @@ def exercise_fit(name: str, shape, compute_bytes: int, runtime: dict, data: dict
 def fit_lines(prefix: str, cfg, runtime: dict | None = None) -> str:
     """One line per exercise of notebook `prefix` ("05"): does it run on this runtime with cfg's model? From
     the config alone, before any exercise runs, so that a learner skips what cannot run here."""
-    from gemmate_lib import fit
-
     shape, runtime, place = fit.learner_shape(cfg, runtime)
     model, lines = cfg.model.model_name, []
     for name in (n for n in EXERCISES if n.startswith(prefix + "-")):

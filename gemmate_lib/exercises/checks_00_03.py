@@ -219,16 +219,16 @@ CACHE_LINE = "logits with and without the KV cache"
 CACHE_FAULT = 0.1  # a broken path's logits this share of their largest from a sound one's (widest tolerance)
 
 
-def _stopped(run: dict, lines: tuple[str, ...], fault: str) -> tuple[bool, str]:
-    """(whether the pre-flight stopped at one of `lines`, which name the fault, what it stopped at) from a
-    fault exercise's record."""
+def _stopped(run: dict, lines: tuple[str, ...], fault: str, found: str) -> tuple[bool, str]:
+    """A fault exercise's verdict once it made the fault (`found`): whether the pre-flight stopped at one of
+    `lines`, which name the fault, and `found` with what it stopped at."""
     if run["stopped_by"] is None:
-        return False, f"the pre-flight passed {fault}: not caught"
+        return False, f"{found}; the pre-flight passed {fault}: not caught"
     stop = shaped(run["stopped_by"], dict, "stopped_by")
     said = f"the pre-flight stopped at {stop['check']!r}: {stop['value']} (expected {stop['expected']})"
     if stop["check"] not in lines:
-        return False, said + f" (not a line that names this fault: {' or '.join(map(repr, lines))})"
-    return True, said
+        return False, f"{found}; {said} (not a line that names this fault: {' or '.join(map(repr, lines))})"
+    return True, f"{found}; {said}"
 
 
 @exercise("03-4", "fault.json", "run solution 4 above",
@@ -238,8 +238,7 @@ def _03_4(run):  # {"labelled", "tokens", "rows", "stopped_by": the line that st
     found = f"{run['labelled']} of {run['tokens']} tokens labelled in {run['rows']} rows"
     if not (int(run["rows"]) > 0 and int(run["labelled"]) == 0):
         return False, found + " (the fault: every label -100, none left)"
-    caught, said = _stopped(run, LABEL_LINES, "a batch that labels nothing")
-    return caught, f"{found}; {said}"
+    return _stopped(run, LABEL_LINES, "a batch that labels nothing", found)
 
 
 @exercise("03-5", "fault.json", "run solution 5 above",
@@ -251,8 +250,7 @@ def _03_5(run):  # {"rows", "rows_with_end", "labelled", "stopped_by"}
         return False, found + " (the fault: no row holds its end token)"
     if int(run["labelled"]) == 0:  # nothing labelled at all: 03-4's fault, which other lines name
         return False, found + " (every label is gone too: only the end token is to go)"
-    caught, said = _stopped(run, (END_LINE,), "rows without <eos>")
-    return caught, f"{found}; {said}"
+    return _stopped(run, (END_LINE,), "rows without <eos>", found)
 
 
 @exercise("03-6", "fault.json", "run solution 6 above",
@@ -268,7 +266,7 @@ def _03_6(run):  # {"gap": uncached vs cached logits, "cached_gap": cached vs th
         return False, found + " (the fault: the two paths disagree; here they agree)"
     if not cached_gap < CACHE_FAULT:  # noise on every pass breaks both paths: not the fault of a broken cache
         return False, found + " (the fault: only the uncached path broken; here the cached one is broken too)"
-    caught, said = _stopped(run, (CACHE_LINE,), "a model whose two paths disagree")
-    return caught, f"{found}; {said}", [
+    caught, found = _stopped(run, (CACHE_LINE,), "a model whose two paths disagree", found)
+    return caught, found, [
         more(gap, CACHE_FAULT, "share", "the two paths apart", strict=False),
         less(cached_gap, CACHE_FAULT, "share", "the cached path from the sound copy's")]

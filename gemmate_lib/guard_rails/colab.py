@@ -12,11 +12,11 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from gemmate_lib.guard_rails import hf_token
 from gemmate_lib.guard_rails.errors import ModelLoadError, hub_load_error
 from gemmate_lib.guard_rails.files import repo_root
 
-# GitHub owner/name of the course: a fork changes it here, then `make sync`
-COURSE_REPO = "gemmate-course/gemmate"
+COURSE_REPO = "gemmate-course/gemmate"  # the course on GitHub: a fork changes it here, then `make sync`
 DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_RUNS = DRIVE / "MyDrive" / "gemmate" / "runs"  # the course's run folders on Drive
 RUNTIME_DISK = Path("/content")  # the runtime's own disk: large and fast, gone with the runtime
@@ -42,9 +42,8 @@ def on_drive(path: str | Path) -> bool:
 
 def pins(requirements: str | Path) -> dict[str, str]:
     """{distribution name: pinned version} from a requirements file of `name==version` lines."""
-    lines = Path(requirements).read_text().splitlines()
-    matches = (re.match(r"^\s*([A-Za-z0-9_.\-]+)==([^\s#]+)", line) for line in lines)
-    return {m.group(1).lower().replace("_", "-"): m.group(2) for m in matches if m}
+    found = re.findall(r"^[ \t]*([A-Za-z0-9_.\-]+)==([^\s#]+)", Path(requirements).read_text(), re.MULTILINE)
+    return {name.lower().replace("_", "-"): version for name, version in found}
 
 
 def installed_version(name: str) -> str | None:
@@ -156,12 +155,10 @@ def find_adapter(run_dir: Path, adapter_repo: str | None = None, download=None) 
     if (folder / "adapter_config.json").exists():
         return folder
     if adapter_repo:
-        from gemmate_lib.guard_rails.hf_token import get_token
-
         if download is None:
             from huggingface_hub import snapshot_download as download
         try:
-            return Path(download(repo_id=adapter_repo, local_dir=str(folder), token=get_token()))
+            return Path(download(repo_id=adapter_repo, local_dir=str(folder), token=hf_token.get_token()))
         except Exception as err:  # noqa: BLE001 - one line, by the Hub's exception types
             raise hub_load_error(adapter_repo, err) from err
     raise ModelLoadError(

@@ -11,9 +11,9 @@ from pathlib import Path
 from gemmate_lib.guard_rails.errors import GemmateError, SaveError
 
 
-def repo_root(start: Path | None = None) -> Path:
+def repo_root() -> Path:
     """The course repository (the folder with pyproject.toml and gemmate_lib/), else the current folder."""
-    here = (start or Path.cwd()).resolve()
+    here = Path.cwd().resolve()
     for folder in (here, *here.parents):
         if (folder / "pyproject.toml").exists() and (folder / "gemmate_lib").is_dir():
             return folder

@@ -69,10 +69,10 @@ def read_origin(folder: str | os.PathLike) -> dict:
     return origin if isinstance(origin, dict) else {}
 
 
-def stamp_origin(folder: str | os.PathLike, model: str | None = None) -> dict:
+def stamp_origin(folder: str | os.PathLike) -> dict:
     """Record in an exercise's run folder (ORIGIN) the model whose results it holds and the lesson run it is
     compared with. Another model moves `since` to now, the old one under `before` (checks compare times)."""
-    folder, model = Path(folder), model or current_model()
+    folder, model = Path(folder), current_model()
     old, lesson = read_origin(folder), get_run_dir(None, create=False)
     try:
         created = json.loads((lesson / "manifest.json").read_text()).get("created")

@@ -86,13 +86,12 @@ def to_milliseconds(values, unit: str | None = None) -> torch.Tensor:
     if (bad := ~torch.isfinite(ms)).any():
         raise DataError(f"{int(bad.sum())} timestamp(s) are NaN or infinite",
                         "drop or fix those rows before encoding")
-    if unit is None:
-        if (implausible := (ms.abs() < PLAUSIBLE_MS) & torch.as_tensor(numeric)).any():
-            first = float(ms[implausible].flatten()[0])
-            raise DataError(f"timestamp {first:.0f} looks like {_likely_unit(first)}, not milliseconds (as "
-                            f"ms it would be {datetime.fromtimestamp(first / 1000, timezone.utc):%Y-%m-%d})",
-                            'give milliseconds since 1970-01-01 UTC, or say the unit: unit="s" '
-                            '(the JSONL field "timestamp_unit", or --timestamp_unit s)')
+    if unit is None and (implausible := (ms.abs() < PLAUSIBLE_MS) & torch.as_tensor(numeric)).any():
+        first = float(ms[implausible].flatten()[0])
+        raise DataError(f"timestamp {first:.0f} looks like {_likely_unit(first)}, not milliseconds (as "
+                        f"ms it would be {datetime.fromtimestamp(first / 1000, timezone.utc):%Y-%m-%d})",
+                        'give milliseconds since 1970-01-01 UTC, or say the unit: unit="s" '
+                        '(the JSONL field "timestamp_unit", or --timestamp_unit s)')
     if (out := (ms < MIN_MS) | (ms > MAX_MS)).any():
         first = float(ms[out].flatten()[0])
         raise DataError(f"timestamp {first:.0f} ms is outside 1900-01-01..2100-01-01"

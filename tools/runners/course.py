@@ -221,7 +221,7 @@ RUNNER_KEY = "learning_checks"  # a params file's runner option: "report" (a qui
 
 def run_options(params_file: str | None) -> dict[str, str]:
     """The environment a params file asks for the kernels: `learning_checks: report` makes each self-check
-    report a learning goal its few steps miss instead of stopping (selfcheck.reports_learning)."""
+    report a learning goal its few steps miss instead of stopping (selfcheck.self_check)."""
     from gemmate_cli.settings import read_yaml
 
     value = read_yaml(params_file, "PARAMS").get(RUNNER_KEY, "stop") if params_file else "stop"

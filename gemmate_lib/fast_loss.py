@@ -11,7 +11,7 @@ import torch
 from gemmate_lib.hardware import cpu_has_native_bf16
 
 CHUNK_TOKENS = 256  # tokens per chunk: 256 x 262144 fp32 logits = 256 MiB at a time
-LOWP_SOFTMAX = True  # a bf16 head's training softmax on its bf16 product (_softmax_chunks_lowp); False: fp32
+LOWP_SOFTMAX = True  # a bf16 head's training softmax on its bf16 product (in _softmax_chunks); False: fp32
 
 
 def _softmax_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,

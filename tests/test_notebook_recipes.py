@@ -126,3 +126,32 @@ def test_03s_chat_cell_masks_the_turn_end_on_each_generation(key, generation_fol
     assert chat.convert_tokens_to_ids(end) in trained  # the model learns to end its turn
     answer = chat.decode(trained)
     assert ROWS[0]["author"] in answer and ns["ASK"] not in answer  # the model's answer, not the user's turn
+
+
+@pytest.mark.parametrize("fast_loss", [True, False], ids=["cpu_speedups", "plain SFTTrainer"])
+def test_03s_completion_only_loss_counts_only_what_follows_the_prompt(fast_loss, tiny_folder, tiny_tokenizer,
+                                                                      tmp_path, monkeypatch):
+    """03 with completion_only_loss=True, through its written-out cells up to the trainer: TRL masks the prompt
+    only in prompt/completion data, so on 03's text column it trained every token, silently, on both paths
+    (cpu_speedups, and the plain SFTTrainer of the GPU profile). The labels now count what follows
+    quote_prompt, the Author: line and EOS, and nothing of the prompt."""
+    from tiny import make_tiny_gemma
+
+    from gemmate_lib import models
+    from gemmate_lib.config import course_config
+    from gemmate_lib.data import load_quotes, quote_prompt
+
+    cfg = course_config(model_name=str(tiny_folder), quantization="none", completion_only_loss=True,
+                        fast_loss=fast_loss)
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: make_tiny_gemma(tiny_tokenizer))
+    ns = run_cell("03_lora_sft.ipynb", "25385bc3", cfg=cfg)
+    ns = run_cell("03_lora_sft.ipynb", "a0422e79", **ns)
+    ns = run_cell("03_lora_sft.ipynb", "c58cf3b2", **ns, out=tmp_path / "run")
+    ns = run_cell("03_lora_sft.ipynb", "2fcd6458", **ns)
+    tokenizer, trained = ns["tokenizer"], ns["trainer"].train_dataset
+    rows = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, tokenizer,
+                       cfg.train.max_length).train
+    assert len(trained) == len(rows)
+    for row, example in zip(rows, trained):
+        counted = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
+        assert tokenizer.decode(counted) == row["text"][len(quote_prompt(row["quote"])):] + tokenizer.eos_token

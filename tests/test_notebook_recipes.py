@@ -131,9 +131,9 @@ def test_03s_chat_cell_masks_the_turn_end_on_each_generation(key, generation_fol
 @pytest.mark.parametrize("fast_loss", [True, False], ids=["cpu_speedups", "plain SFTTrainer"])
 def test_03s_completion_only_loss_counts_only_what_follows_the_prompt(fast_loss, tiny_folder, tiny_tokenizer,
                                                                       tmp_path, monkeypatch):
-    """03 with completion_only_loss=True, through its written-out cells up to the trainer: TRL masks the prompt
-    only in prompt/completion data, so on 03's text column it trained every token, silently, on both paths
-    (cpu_speedups, and the plain SFTTrainer of the GPU profile). The labels now count what follows
+    """03 with completion_only_loss=True, through its written-out cells up to the trainer: TRL masks the
+    prompt only in prompt/completion data, so on 03's text column it trained every token, silently, on both
+    paths (cpu_speedups, and the plain SFTTrainer of the GPU profile). The labels now count what follows
     quote_prompt, the Author: line and EOS, and nothing of the prompt."""
     from tiny import make_tiny_gemma
 
@@ -154,4 +154,5 @@ def test_03s_completion_only_loss_counts_only_what_follows_the_prompt(fast_loss,
     assert len(trained) == len(rows)
     for row, example in zip(rows, trained):
         counted = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
-        assert tokenizer.decode(counted) == row["text"][len(quote_prompt(row["quote"])):] + tokenizer.eos_token
+        completion = row["text"][len(quote_prompt(row["quote"])):]
+        assert tokenizer.decode(counted) == completion + tokenizer.eos_token

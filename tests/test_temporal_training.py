@@ -121,3 +121,35 @@ def test_gemmates_checkpoints_hold_what_trains_and_a_stopped_run_resumes_bitwise
     assert 0.5 < clock <= first_stretch
     assert clock < trained.seconds <= clock + second_stretch
     assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_a_rerun_with_other_timestamps_is_another_run_and_starts_over(tiny_model, tiny_tokenizer, tmp_path):
+    """The same notes with corrected timestamps (a learner's own file, rerun after fixing its times): the
+    run's identity hashed the notes' tokens only, so the rerun resumed the checkpoint trained on the old times
+    as "a checkpoint of this same run". The times are part of the run now: it starts over."""
+    import copy
+
+    from transformers import TrainerCallback
+
+    from gemmate_lib.config import course_config
+    from gemmate_lib.temporal.data import PROMPT_END, TextDataset
+    from gemmate_lib.temporal.training import attach_temporal_lora, train_temporal
+
+    cfg = course_config("temporal", device="cpu", dtype="fp32", max_steps=4, batch_size=2, steps_freq=1,
+                        save_steps=2)
+    texts = [f"Note {i}\nWritten: May {2008 + i}" for i in range(8)]
+
+    class Reclaimed(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt  # the runtime goes, right after its first checkpoint
+
+    def run(stamps, callbacks=None):
+        te = attach_temporal_lora(GemmaTEForCausalLM(copy.deepcopy(tiny_model), cfg.temporal), cfg)
+        return train_temporal(te, TextDataset(texts, tiny_tokenizer, stamps, prompt_end=PROMPT_END), cfg,
+                              tmp_path / "run", tiny_tokenizer.pad_token_id, callbacks=callbacks)
+
+    with pytest.raises(KeyboardInterrupt):
+        run([datetime(1990 + i, 1, 1) for i in range(8)], [Reclaimed()])
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+    result = run([datetime(2008 + i, 5, 10) for i in range(8)])
+    assert result.steps == 4 and (tmp_path / "run" / "previous-run" / "checkpoint-2").is_dir()

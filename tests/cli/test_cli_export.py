@@ -130,9 +130,10 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     adapted = gguf_verify.hf_greedy(adapted_model, tokenizer, prompt, 8)[0]
     assert gguf_verify.llama_greedy(llm, prompt, 8)[0] == adapted != plain
     llm.close()
-    # the check against another model: a fresh base's transformers logits against the fine-tune's 16-bit file, whose
-    # tokens differ (above). A differing token passes as a near-tie only within the rounding measured where the
-    # two runtimes agree, never within the difference at that very token (which always covers its own gap).
+    # the check against another model: a fresh base's transformers logits against the fine-tune's 16-bit
+    # file, whose tokens differ (above). A differing token passes as a near-tie only within the rounding
+    # measured where the two runtimes agree, never within the difference at that very token (which always
+    # covers its own gap).
     other = tmp_path / "other-model"
     other.mkdir()
     (other / "model-f16.gguf").symlink_to(run / "gguf" / "model-f16.gguf")

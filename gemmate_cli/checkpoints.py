@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from gemmate_lib.guard_rails.errors import ParameterError
-from gemmate_lib.resume import complete_checkpoints
+from gemmate_lib.resume import RUN_FILE, complete_checkpoints
 
 
 def checkpoint_metric(folder: Path, metric: str) -> float | None:
@@ -53,6 +53,20 @@ def resume_checkpoint(output_dir: str | Path, option: str, path: str | None = No
                              "use resume_option: last, or evaluate at "
                              "every save (val_steps_freq = steps_freq)")
     return checkpoints[best.pop()]
+
+
+class RecordSettings(TrainerCallback):
+    """After every save, before the policy and the upload: the run's settings (train.run_settings) into the
+    checkpoint, so that a resume from it, from any folder or remote storage, knows the run it continues."""
+
+    def __init__(self, settings: dict):
+        self.settings = settings
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            (folder / RUN_FILE).write_text(json.dumps(self.settings))
+        return control
 
 
 class CheckpointPolicy(TrainerCallback):

@@ -27,6 +27,7 @@ def train_from_config(cfg: CommandConfig, save_checkpoints: bool = True, check_o
     task, data = load_data(cfg, tokenizer)  # before the model loads: a bad data file is the first error
     if check_output:
         check_output_dir(out, resuming=cfg.checkpoints.resume_from_checkpoint)
+        same_run(cfg, out, run_settings(cfg, data), resume)
     model = load_base(cfg)
     result = train_lora(cfg, model, tokenizer, data, out, resume, save_checkpoints)
     metrics = lora_metrics(cfg, result, out, resume)
@@ -92,6 +93,52 @@ def check_output_dir(out: Path, resuming: bool) -> None:
                              "pick another output_dir, or delete this one")
 
 
+def run_settings(cfg: CommandConfig, data) -> dict:
+    """What makes a `gemmate train` run the same run, kept in each of its checkpoints (RecordSettings):
+    every setting of the course's config but where it reports and how long it trains, and the texts' hash."""
+    import json
+
+    from gemmate_lib.config import config_summary
+
+    summary = config_summary(cfg.course)
+    summary["train"] = {k: v for k, v in summary["train"].items()
+                        if k not in ("report_to", "log_level", "max_steps", "num_epochs")}
+    texts = "\n\x00".join(row["text"] for row in data.train)
+    return json.loads(json.dumps({"model": cfg.course.model.model_name, "args": summary,
+                                  "data": hashlib.sha1(texts.encode()).hexdigest()}))
+
+
+def same_run(cfg: CommandConfig, out: Path, settings: dict, resume: Path | None) -> None:
+    """A checkpoint continues only the run that wrote it: resuming one whose run had other settings (recorded
+    in it) is refused, naming what differs, since the Trainer would train on with the checkpoint's optimizer
+    and schedule (its learning rate) and save that run's adapter as this one's; so is one past this run's
+    max_steps (it would train nothing and save more steps as fewer), and a fresh run beside an earlier run's
+    checkpoints, which it would rank and keep with its own. A longer max_steps continues the run."""
+    import json
+
+    from gemmate_lib.resume import RUN_FILE, changed_settings
+
+    if resume is None:
+        if earlier := ", ".join(sorted(p.name for p in out.glob("checkpoint-*"))):
+            raise ParameterError(f"output_dir {out} holds checkpoints of an earlier run ({earlier}): a new "
+                                 "run would keep and rank them with its own; a later resume could pick one",
+                                 "resume that run (resume_from_checkpoint: true), or pick another output_dir")
+        return
+    recorded = Path(resume) / RUN_FILE
+    if not recorded.is_file():
+        print(f"{resume} does not record its run's settings (an older course's checkpoint): resumed as given")
+    elif (before := json.loads(recorded.read_text())) != settings:
+        raise ParameterError(f"{resume} is a checkpoint of a run of other settings "
+                             f"({', '.join(changed_settings(before, settings)[:4])} differ): resuming it "
+                             "would train on with its optimizer and schedule, and save its adapter as yours",
+                             "resume with that run's settings, or train this one in another output_dir")
+    step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
+    if 0 < cfg.course.train.max_steps < step:
+        raise ParameterError(f"{resume} is past this run's end (step {step}, max_steps "
+                             f"{cfg.course.train.max_steps}): resuming it would train nothing",
+                             f"resume with max_steps {step} or more, or train this one in another output_dir")
+
+
 def load_base(cfg: CommandConfig):
     """The base model as the config loads it (both training commands)."""
     from gemmate_lib.models import load_model
@@ -122,7 +169,7 @@ def train_lora(cfg: CommandConfig, model, tokenizer, data, out: Path, resume: Pa
     storage when asked), from `resume` if given; returns its TrainResult."""
     from transformers import EarlyStoppingCallback
 
-    from gemmate_cli.checkpoints import CheckpointPolicy
+    from gemmate_cli.checkpoints import CheckpointPolicy, RecordSettings
     from gemmate_cli.storage import StorageSync
     from gemmate_lib.training import attach_lora, lora_config, train
 
@@ -132,7 +179,8 @@ def train_lora(cfg: CommandConfig, model, tokenizer, data, out: Path, resume: Pa
     peft_config = lora_config(course, tokenizer)
     check_targets(model, peft_config.target_modules)
     model = attach_lora(model, course, peft_config=peft_config)
-    callbacks = [CheckpointPolicy(out, c.keep_last_n, c.keep_best_n, c.checkpoint_metric,
+    callbacks = [RecordSettings(run_settings(cfg, data)),
+                 CheckpointPolicy(out, c.keep_last_n, c.keep_best_n, c.checkpoint_metric,
                                   c.checkpoint_metric_mode)]
     if c.sync_to_storage:
         callbacks.append(StorageSync(out, c.remote_path))

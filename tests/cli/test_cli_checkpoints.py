@@ -126,3 +126,31 @@ def test_sigkill_then_resume_last_gives_the_same_adapter_bitwise(tmp_path, tiny_
     a = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
     b = load_file(out / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_a_resume_continues_only_the_run_that_wrote_the_checkpoint(tiny_folder, tmp_path):
+    """`gemmate train` with resume_from_checkpoint resumed any checkpoint: with another learning rate it
+    trained on at the checkpoint's (its optimizer and schedule) and recorded the new one; with a smaller
+    max_steps it trained nothing and saved the longer run's adapter as the shorter one's; a fresh run beside a
+    killed run's checkpoints kept and ranked them, and a later resume took the other run's. Each is refused
+    now, naming what differs, before any model loads; a longer max_steps still continues the run."""
+    from gemmate_cli.parser import load_config
+    from gemmate_cli.train import train_from_config
+
+    out = tmp_path / "run"
+    common = {"model_name": str(tiny_folder), "max_length": "128", "max_steps": "4", "batch_size": "2",
+              "steps_freq": "2", "val_steps_freq": "2", "keep_last_n": "2", "keep_best_n": "0",
+              "device": "cpu", "dtype": "fp32", "output_dir": str(out), "eval_fraction": "0.05"}
+    train_from_config(load_config(None, common))
+    resume = {**common, "resume_from_checkpoint": "true"}
+    with pytest.raises(ParameterError, match="other settings .learning_rate differ"):
+        train_from_config(load_config(None, {**resume, "learning_rate": "0.1"}))
+    with pytest.raises(ParameterError, match=r"past this run's end \(step 4, max_steps 2\)"):
+        train_from_config(load_config(None, {**resume, "max_steps": "2"}))
+    longer = train_from_config(load_config(None, {**resume, "max_steps": "6"}))
+    assert longer["resumed_from"] == "checkpoint-4" and longer["steps"] == 6
+    killed = tmp_path / "killed"  # a run that left checkpoints and no train_metrics.json
+    killed.mkdir()
+    (out / "checkpoint-6").rename(killed / "checkpoint-6")
+    with pytest.raises(ParameterError, match="holds checkpoints of an earlier run .checkpoint-6."):
+        train_from_config(load_config(None, {**common, "output_dir": str(killed), "learning_rate": "0.1"}))

@@ -1010,7 +1010,7 @@ class _FakeTrainer:  # what section 12 reads of TRL's SFTTrainer: train(resume_f
         start = int(resume_from_checkpoint.rsplit("-", 1)[1]) if resume_from_checkpoint else 0
         for step in range(start + 2, self.max_steps + 1, 2):
             folder = self.dir / f"checkpoint-{step}"
-            folder.mkdir()
+            folder.mkdir(exist_ok=True)  # a save cut short left it: the Trainer writes into it
             (folder / "trainer_state.json").write_text(json.dumps({"global_step": step,
                                                                   "max_steps": self.max_steps}))
             if step == self.killed_at:
@@ -1073,6 +1073,19 @@ def test_a_rerun_of_the_same_settings_resumes_where_the_killed_run_stopped(tmp_p
     assert f"resuming from {last}: step 4 of 6 done by an earlier run" in printed
     assert "resumed at step 4: 2 steps trained now" in printed
     assert "mean training loss over the 2 steps of this run: 1.500" in printed
+
+
+def test_a_checkpoint_cut_short_by_a_disconnect_is_passed_over_for_the_one_before(tmp_path):
+    """A runtime reclaimed during a save (slow on Google Drive) leaves a newest checkpoint-<step> without its
+    trainer_state.json, which the Trainer writes last: the rerun took it (get_last_checkpoint takes the newest
+    folder) and stopped with FileNotFoundError. It resumes from the last complete checkpoint now."""
+    _run_page_training(tmp_path, killed_at=4)
+    cut = tmp_path / "checkpoint-6"
+    cut.mkdir()
+    (cut / "adapter_model.safetensors").write_bytes(b"partial")
+    trainer, printed = _run_page_training(tmp_path)
+    assert trainer.resumed_from == str(tmp_path / "checkpoint-4"), printed
+    assert "step 4 of 6 done by an earlier run" in printed
 
 
 PAGE_CHANGES = {  # a setting the page's parameters or data change -> the name the page gives it

@@ -47,8 +47,10 @@ def example_nll_by_part(model, tokenizer, rows, parts=("text",), max_length: int
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
         texts = [r["text"] + (tokenizer.eos_token or "") for r in batch]
+        # padded on the right, as TRL pads in training: on the left (the Gemma tokenizers' side) the padding
+        # would sit between a soft prompt (06's prompt and prefix tuning) and the text, and move its loss
         enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
-                        return_offsets_mapping=True)
+                        return_offsets_mapping=True, padding_side="right")
         offsets = enc.pop("offset_mapping").tolist()
         enc = enc.to(weight.device)
         hidden = final_hidden(model, enc["input_ids"], enc["attention_mask"])

@@ -163,3 +163,31 @@ def test_the_held_out_loss_works_with_a_tokenizer_that_has_no_eos(tiny_model, ti
     no_eos.eos_token = None
     without = example_nll_by_part(tiny_model, no_eos, rows, ("text",), 64)["text"][0]
     assert without[1] == with_eos[1] - 1  # the same text, one predicted token fewer: no EOS to predict
+
+
+@pytest.mark.parametrize("peft_type", ["prompt", "prefix"])
+def test_a_soft_prompts_held_out_loss_does_not_depend_on_the_padding_in_its_batch(peft_type, tiny_model,
+                                                                                  tiny_tokenizer):
+    """06's prompt and prefix tuning: the embedded Gemma tokenizer pads on the left, which put the padding
+    between the virtual tokens and the quote, at another distance from it than in training (TRL pads on the
+    right), so a quote's held-out loss moved with the lengths of the quotes batched with it. Each quote's loss
+    now equals its loss measured alone, as it does for the other methods."""
+    import copy
+
+    import torch
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    from gemmate_lib.data import format_quote
+    from gemmate_lib.evaluation import example_nll_by_part
+
+    quotes = ("Go.", "Stay hungry, stay foolish.", "Whatever you are, be a good one, said the old man.")
+    rows = [{"quote": q, "author": "Someone", "text": format_quote(q, "Someone")} for q in quotes]
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.padding_side = "left"  # as the embedded model's tokenizer
+    config = {"prompt": PromptTuningConfig, "prefix": PrefixTuningConfig}[peft_type]
+    torch.manual_seed(0)
+    model = get_peft_model(copy.deepcopy(tiny_model), config(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    alone = example_nll_by_part(model, tokenizer, rows, batch_size=1)["text"]
+    batched = example_nll_by_part(model, tokenizer, rows, batch_size=3)["text"]
+    assert [n for _, n in batched] == [n for _, n in alone]
+    assert [s for s, _ in batched] == pytest.approx([s for s, _ in alone], rel=1e-5)

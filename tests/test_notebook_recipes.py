@@ -156,3 +156,24 @@ def test_03s_completion_only_loss_counts_only_what_follows_the_prompt(fast_loss,
         counted = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
         completion = row["text"][len(quote_prompt(row["quote"])):]
         assert tokenizer.decode(counted) == completion + tokenizer.eos_token
+
+
+def test_05s_model_card_states_the_settings_03_trained_with(tmp_path):
+    """05's card cell filled the pushed card's training settings from 05's own profile: an adapter 03 trained
+    with r=16, 120 steps, learning rate 1e-4 and seed 7 was described as the profile's r=8, 40 steps, 2e-4,
+    seed 42. It reads the adapter's own config and what 03 recorded in the run folder's manifest now."""
+    from gemmate_lib.config import config_summary, course_config
+
+    cfg = course_config()
+    out, adapter_dir = tmp_path / "run", tmp_path / "run" / "adapter"
+    adapter_dir.mkdir(parents=True)
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(
+        {"r": 16, "lora_alpha": 32, "target_modules": ["v_proj", "q_proj"]}))
+    trained = config_summary(cfg.replace(max_steps=120, learning_rate=1e-4, seed=7))
+    (out / "manifest.json").write_text(json.dumps({"notebooks": {"03_lora_sft": {"config": trained}}}))
+    ns = run_cell("05_save_and_push.ipynb", "a7f75d30", out=out, adapter_dir=adapter_dir, cfg=cfg)
+    card = str(ns["card"])
+    examples = trained["train"]["batch_size"] * trained["train"]["gradient_accumulation_steps"]
+    for line in ("**LoRA**: r=16, alpha=32, on q_proj, v_proj", f"**steps x examples**: 120 x {examples}",
+                 "**learning rate**: 0.0001", "**seed**: 7"):
+        assert line in card, card

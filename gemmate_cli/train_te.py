@@ -26,6 +26,13 @@ def train_temporal_from_config(cfg: CommandConfig) -> dict:
     tokenizer = load_tokenizer(cfg.course.model.model_name)
     cfg, dataset, source, evaluate = temporal_data(cfg, tokenizer)  # before the model: bad data stops here
     check_output_dir(out, resuming=False)
+    if cfg.checkpoints.save_format == "pt" and (quantization := cfg.course.model.quantization) != "none":
+        raise ParameterError(f"save_format pt merges LoRA into the base's weights, and a {quantization} base "
+                             "would hold packed 4-bit weights that the guide's load_state_dict cannot read",
+                             "pass --quantization none for model.pt, or keep output_dir/model (safetensors), "
+                             "which GemmaTEForCausalLM.from_pretrained reloads")
+    if cfg.checkpoints.save_strategy == "no":  # no checkpoints, as asked (07's task settings save every 50)
+        cfg = cfg.replace(save_steps=0)
     course = cfg.course
     te = attach_temporal_lora(GemmaTEForCausalLM(load_base(cfg), course.temporal), course)
     print(f"training on {len(dataset)} rows from {source} ({course.precision.device}, "

@@ -143,3 +143,22 @@ def test_a_seconds_timestamp_in_a_jsonl_names_the_line_and_a_unit_field_fixes_it
     assert load_jsonl(path)[1] == [float(MS_2021)]
     path.write_text(json.dumps({"text": "b", "timestamp": 1_633_046_400}) + "\n")
     assert load_jsonl(path, unit="s")[1] == [float(MS_2021)]  # --timestamp_unit s
+
+
+def test_train_te_does_as_its_checkpoint_and_save_format_settings_say(tmp_path, tiny_folder, capsys):
+    """train-te's save_strategy is "no" (its default), yet 07's task settings checkpointed every 50 steps and
+    a rerun resumed from them; it saves none now. `--save_format pt` on a 4-bit base merged LoRA into packed
+    4-bit weights that the guide's load_state_dict cannot read: refused before the model loads, naming the
+    fix."""
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
+
+    out, task = tmp_path / "notes", ["--temporal_task", "python_releases", "--model_name", str(tiny_folder)]
+    assert main(["train-te", *task, "--output_dir", str(out), "--max_steps", "50", "--batch_size", "2",
+                 "--dtype", "fp32"]) == 0
+    assert not list((out / "trainer").glob("checkpoint-*"))
+    capsys.readouterr()
+    assert run_cli(main, ["train-te", *task, "--output_dir", str(tmp_path / "pt"), "--save_format", "pt",
+                          "--quantization", "nf4"]) == 2
+    err = capsys.readouterr().err
+    assert "save_format pt merges LoRA" in err and "--quantization none" in err and "Traceback" not in err

@@ -85,13 +85,15 @@ def python_accuracy(te, tokenizer, questions: PythonQuestions, timestamps, asked
 
 
 def python_baselines(questions: PythonQuestions, timestamps, near_days: float = 60.0) -> dict:
-    """Chance, the majority answer, and the nearest training timestamp's answer, on these held-out times."""
+    """Chance, the training questions' majority answer, and the nearest training timestamp's answer, each
+    scored on these held-out times: what a model that ignores time, or only looks up its training times, gets
+    (the majority of the held-out answers themselves would be a baseline no model could know)."""
     truth = [newest_python(ms) for ms in timestamps]
     train = sorted(questions.train_timestamps)
     ok = [newest_python(nearest(train, ms)) == answer for ms, answer in zip(timestamps, truth)]
     near = [hit for ms, hit in zip(timestamps, ok) if days_to_release(ms) <= near_days]
-    majority, count = Counter(truth).most_common(1)[0]
+    majority = Counter(newest_python(ms) for ms in train).most_common(1)[0][0]
     return {"chance": 1 / len(PYTHON_RELEASES), "majority_answer": majority,
-            "majority_share": count / len(truth), "nearest": sum(ok) / len(truth),
+            "majority_share": truth.count(majority) / len(truth), "nearest": sum(ok) / len(truth),
             "nearest_near_release": sum(near) / len(near) if near else None}
 

@@ -31,6 +31,14 @@ def train_temporal_from_config(cfg: CommandConfig) -> dict:
                              "would hold packed 4-bit weights that the guide's load_state_dict cannot read",
                              "pass --quantization none for model.pt, or keep output_dir/model (safetensors), "
                              "which GemmaTEForCausalLM.from_pretrained reloads")
+    c = cfg.checkpoints
+    if unused := [name for name, given in (("use_wandb", cfg.command.use_wandb),
+                                           ("resume_from_checkpoint", c.resume_from_checkpoint),
+                                           ("early_stopping_patience", c.early_stopping_patience),
+                                           ("sync_to_storage", c.sync_to_storage),
+                                           ("load_from_storage", c.load_from_storage)) if given]:
+        raise ParameterError(f"train-te does not use {', '.join(unused)}: only gemmate train does",
+                             "leave it out of train-te's flags and config, or train with gemmate train")
     if cfg.checkpoints.save_strategy == "no":  # no checkpoints, as asked (07's task settings save every 50)
         cfg = cfg.replace(save_steps=0)
     course = cfg.course

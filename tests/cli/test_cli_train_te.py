@@ -147,9 +147,9 @@ def test_a_seconds_timestamp_in_a_jsonl_names_the_line_and_a_unit_field_fixes_it
 
 def test_train_te_does_as_its_checkpoint_and_save_format_settings_say(tmp_path, tiny_folder, capsys):
     """train-te's save_strategy is "no" (its default), yet 07's task settings checkpointed every 50 steps and
-    a rerun resumed from them; it saves none now. `--save_format pt` on a 4-bit base merged LoRA into packed
-    4-bit weights that the guide's load_state_dict cannot read: refused before the model loads, naming the
-    fix."""
+    a rerun resumed from them; it saves none now, and refuses the settings only gemmate train uses.
+    `--save_format pt` on a 4-bit base merged LoRA into packed 4-bit weights that the guide's
+    load_state_dict cannot read: refused before the model loads, naming the fix."""
     from gemmate_cli.errors import run_cli
     from gemmate_cli.main import main
 
@@ -162,3 +162,8 @@ def test_train_te_does_as_its_checkpoint_and_save_format_settings_say(tmp_path, 
                           "--quantization", "nf4"]) == 2
     err = capsys.readouterr().err
     assert "save_format pt merges LoRA" in err and "--quantization none" in err and "Traceback" not in err
+    # settings only gemmate train uses, which train-te accepted and then ignored
+    for flag, value in (("resume_from_checkpoint", "true"),):
+        argv = ["train-te", *task, "--output_dir", str(tmp_path / "w"), f"--{flag}", value]
+        assert run_cli(main, argv) == 2
+        assert f"train-te does not use {flag}" in capsys.readouterr().err

@@ -93,18 +93,27 @@ def check_output_dir(out: Path, resuming: bool) -> None:
                              "pick another output_dir, or delete this one")
 
 
+# what decides the weights a run trains: a resume with another value of any of them is another run (how
+# often it logs, evaluates or saves, the device, dtype and attention kernel, the fast loss and checkpointing,
+# which compute the same loss, and max_steps or num_epochs, which a resume may extend, are not)
+DECIDES = {"model": ("model_name", "quantization"), "data": ("dataset", "eval_fraction", "data_seed"),
+           "lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_trainable_tokens"),
+           "train": ("max_length", "learning_rate", "batch_size", "gradient_accumulation_steps",
+                     "warmup_steps", "weight_decay", "optim", "seed", "group_by_length",
+                     "completion_only_loss")}
+
+
 def run_settings(cfg: CommandConfig, data) -> dict:
-    """What makes a `gemmate train` run the same run, kept in each of its checkpoints (RecordSettings):
-    every setting of the course's config but where it reports and how long it trains, and the texts' hash."""
+    """What makes a `gemmate train` run the same run, kept in each of its checkpoints (RecordSettings): the
+    settings that decide what it trains (DECIDES) and the training texts' hash."""
     import json
 
     from gemmate_lib.config import config_summary
 
     summary = config_summary(cfg.course)
-    summary["train"] = {k: v for k, v in summary["train"].items()
-                        if k not in ("report_to", "log_level", "max_steps", "num_epochs")}
     texts = "\n\x00".join(row["text"] for row in data.train)
-    return json.loads(json.dumps({"model": cfg.course.model.model_name, "args": summary,
+    return json.loads(json.dumps({"args": {group: {k: summary[group][k] for k in keys}
+                                           for group, keys in DECIDES.items()},
                                   "data": hashlib.sha1(texts.encode()).hexdigest()}))
 
 
@@ -116,10 +125,10 @@ def same_run(cfg: CommandConfig, out: Path, settings: dict, resume: Path | None)
     checkpoints, which it would rank and keep with its own. A longer max_steps continues the run."""
     import json
 
-    from gemmate_lib.resume import RUN_FILE, changed_settings
+    from gemmate_lib.resume import RUN_FILE, changed_settings, complete_checkpoints
 
     if resume is None:
-        if earlier := ", ".join(sorted(p.name for p in out.glob("checkpoint-*"))):
+        if earlier := ", ".join(path.name for path in complete_checkpoints(out).values()):
             raise ParameterError(f"output_dir {out} holds checkpoints of an earlier run ({earlier}): a new "
                                  "run would keep and rank them with its own; a later resume could pick one",
                                  "resume that run (resume_from_checkpoint: true), or pick another output_dir")

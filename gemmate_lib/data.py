@@ -42,10 +42,14 @@ def unwrap_quote(quote: str) -> str:
 
 
 def split_quote(quote: str) -> tuple[str, str]:
-    """First half of the words (the prompt) and the rest (the reference)."""
-    words = quote.split()
-    cut = max(1, len(words) // 2)
-    return " ".join(words[:cut]), " ".join(words[cut:])
+    """First half of the words (the prompt) and the rest (the reference), cut in the quote as written: the
+    first half is a prefix of the quote, whatever spaces it holds (a double space, a tab), so
+    `quote_prompt` is a prefix of the training text."""
+    words = list(re.finditer(r"\S+", quote))
+    if len(words) < 2:
+        return quote.strip(), ""
+    cut = len(words) // 2
+    return quote[:words[cut - 1].end()], quote[words[cut].start():].rstrip()
 
 
 def quote_prompt(quote: str) -> str:

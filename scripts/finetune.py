@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, option)
         if value is not None and option != "output_dir":
             forwarded += [f"--{key}", str(value)]
+    if args.save_format == "pt":  # the guide's model.pt: LoRA merged into a 16/32-bit base, not a 4-bit one
+        forwarded += ["--quantization", "none"]
     if args.fp16:
         forwarded.append("--fp16")
     return cli.main(forwarded)

@@ -30,6 +30,19 @@ def test_split_quote():
     assert split_quote("single") == ("single", "")
 
 
+def test_the_prompt_is_a_prefix_of_the_training_text_whatever_spaces_the_quote_holds():
+    """03's completion-only data cuts each text after quote_prompt (and char_spans counts from there): the
+    first half was the words rejoined with single spaces, so a quote with a double space or a tab (scraped
+    Hub data, a learner's file) gave a prompt that is not the text's start, and prompt + completion garbled
+    the text. The cut is made in the quote as written now."""
+    from gemmate_lib.data import format_quote, quote_prompt
+
+    for quote in ("Be  yourself; everyone else is taken.", "One\ttwo three  four", "Go\u00a0on, go now."):
+        text = format_quote(quote, "Someone")
+        assert text.startswith(quote_prompt(quote)) and len(quote_prompt(quote)) > len("Quote: ")
+    assert split_quote("one  two\tthree four") == ("one  two", "three four")
+
+
 def _doc(**change):
     metrics = {m: {"value": 0.5, "ci95": [0.4, 0.6], "interval": "bootstrap", "n": 33} for m in METRICS}
     for m in ("author_accuracy", "author_accuracy_seen", "format_compliance"):

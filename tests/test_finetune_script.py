@@ -91,3 +91,23 @@ def test_the_guides_manual_training_loop_runs_unchanged_and_trains_what_it_shoul
         losses.append(float(loss))
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert "temporal_projection.weight" in assert_trained(model, before)["changed"]  # time is being learned
+
+
+def test_the_guides_save_format_pt_runs_in_the_gpu_profile(tmp_path, monkeypatch):
+    """The guide's `--save_format pt` on a GPU: the GPU profile loads the base in 4 bits, which train-te
+    refuses for model.pt (the merge would land in packed 4-bit weights), so the guide's command stopped there.
+    The script loads the base in 16/32 bits for it: the configuration train-te gets says so, and passes."""
+    from gemmate_cli import main as cli
+    from gemmate_cli.parser import load_config
+    from gemmate_lib.temporal.data import save_jsonl
+    from scripts import finetune
+
+    monkeypatch.setenv("GEMMATE_PROFILE", "gpu")
+    data = save_jsonl(tmp_path / "notes.jsonl", ["Note\nWritten: May 2008"], [1_210_377_600_000])
+    forwarded = []
+    monkeypatch.setattr(cli, "main", lambda argv: forwarded.extend(argv) or 0)
+    argv = ["--save_format", "pt", "--data_file", str(data), "--output_dir", str(tmp_path)]
+    assert finetune.main(argv) == 0
+    settings = dict(zip(forwarded[1::2], forwarded[2::2]))
+    cfg = load_config(None, {k.removeprefix("--"): v for k, v in settings.items()}, task="temporal")
+    assert cfg.course.model.quantization == "none" and cfg.checkpoints.save_format == "pt"

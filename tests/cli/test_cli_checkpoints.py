@@ -147,10 +147,12 @@ def test_a_resume_continues_only_the_run_that_wrote_the_checkpoint(tiny_folder, 
         train_from_config(load_config(None, {**resume, "learning_rate": "0.1"}))
     with pytest.raises(ParameterError, match=r"past this run's end \(step 4, max_steps 2\)"):
         train_from_config(load_config(None, {**resume, "max_steps": "2"}))
-    longer = train_from_config(load_config(None, {**resume, "max_steps": "6"}))
-    assert longer["resumed_from"] == "checkpoint-4" and longer["steps"] == 6
+    longer = train_from_config(load_config(None, {**resume, "max_steps": "6", "steps_freq": "1"}))
+    assert longer["resumed_from"] == "checkpoint-4" and longer["steps"] == 6  # logged more often: same run
     killed = tmp_path / "killed"  # a run that left checkpoints and no train_metrics.json
     killed.mkdir()
     (out / "checkpoint-6").rename(killed / "checkpoint-6")
     with pytest.raises(ParameterError, match="holds checkpoints of an earlier run .checkpoint-6."):
         train_from_config(load_config(None, {**common, "output_dir": str(killed), "learning_rate": "0.1"}))
+    (killed / "checkpoint-6" / "trainer_state.json").unlink()  # only a save cut short: nothing to resume
+    assert train_from_config(load_config(None, {**common, "output_dir": str(killed)}))["steps"] == 4

@@ -65,9 +65,9 @@ def train_temporal(te: GemmaTEForCausalLM, dataset: TextDataset, cfg: CourseConf
     resume = None
     if cfg.train.save_steps:
         args = training_kwargs(cfg, output_dir, has_eval=False, sft=False)
-        settings = run_settings(args, getattr(te.config, "_name_or_path", ""),  # the notes and their times
-                                [*map(str, dataset.items), str(dataset.timestamps)], model=te,
-                                temporal=asdict(cfg.temporal))
+        times = None if dataset.timestamps is None else dataset.timestamps.tolist()  # every one, to the ms
+        settings = run_settings(args, getattr(te.config, "_name_or_path", ""), [*map(str, dataset.items),
+                                str(times)], model=te, temporal=asdict(cfg.temporal))
         resume = resume_point(output_dir, settings)
     te.fast_loss = cfg.train.fast_loss  # the LM head on the date tokens only
     return train(te, None, dataset, None, cfg, output_dir, callbacks=callbacks, resume_from_checkpoint=resume,

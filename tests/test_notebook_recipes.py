@@ -177,3 +177,7 @@ def test_05s_model_card_states_the_settings_03_trained_with(tmp_path):
     for line in ("**LoRA**: r=16, alpha=32, on q_proj, v_proj", f"**steps x examples**: 120 x {examples}",
                  "**learning rate**: 0.0001", "**seed**: 7"):
         assert line in card, card
+    (out / "manifest.json").unlink()  # an adapter fetched from the Hub into a new run folder: no record of 03
+    ns = run_cell("05_save_and_push.ipynb", "a7f75d30", out=out, adapter_dir=adapter_dir, cfg=cfg)
+    card = str(ns["card"])
+    assert "**training**: not recorded" in card and "learning rate" not in card

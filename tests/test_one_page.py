@@ -1083,6 +1083,8 @@ def test_a_checkpoint_cut_short_by_a_disconnect_is_passed_over_for_the_one_befor
     cut = tmp_path / "checkpoint-6"
     cut.mkdir()
     (cut / "adapter_model.safetensors").write_bytes(b"partial")
+    (cut / "trainer_state.json").write_text('{"global_step": 6, "max_')  # cut short while written
+    (tmp_path / "checkpoint-4 (1)").mkdir()  # Google Drive's copy of a folder written twice
     trainer, printed = _run_page_training(tmp_path)
     assert trainer.resumed_from == str(tmp_path / "checkpoint-4"), printed
     assert "step 4 of 6 done by an earlier run" in printed

@@ -59,13 +59,13 @@ test-fast: lint
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) \
 		-m "not slow and not canary and not after_nbval and not long and not maintainer" tests
 
-# Every test's and every notebook cell's time, as JUnit XML in runs/test (unit.xml, nbval.xml, after_nbval.xml):
+# Every test's and every notebook cell's time, as JUnit XML in runs/test (unit.xml, nbval.xml):
 # `python -m tools.runners.timings --slowest runs/test/*.xml` prints the slowest of them and each step's total, the table
 # in CONTRIBUTING.md ("Test time").
 TEST_RUNS := runs/test
 
 # Tests marked after_nbval read the run folder that nbval's notebooks wrote (the canary test too): make nbval runs
-# them after the notebooks, so make unit leaves them out.
+# them in the notebooks' session, so make unit leaves them out.
 # The unit tests on TEST_WORKERS processes (pytest-xdist), each computing with its share of the cores
 # (tests/conftest.py); the tests that use one machine-wide place (Colab's /content) share a worker
 # (xdist_group). TEST_WORKERS=0: one process, as before.
@@ -84,6 +84,12 @@ unit: embedded
 # --durations=10 prints the ten slowest cells.
 NBVAL        := runs/nbval
 NBVAL_PARAMS := params/nbval.yaml
+# The tests that read nbval's run folder (markers canary and after_nbval): nbval's session runs them on its second
+# process after 07, in this order, each once the notebooks it reads have ended (tests/nbval_groups.py,
+# tests/nbval_run.py): those that read 03-05 first, while the first process runs the page; those that read
+# every notebook last.
+NBVAL_READERS := tests/cli/test_cli_serve.py tests/test_llama_server.py tests/test_export.py tests/test_evaluation.py \
+                 tests/test_canary.py tests/test_notebook_fit.py
 NBVAL_COPIES := $(patsubst notebooks/%,$(NBVAL)/%,$(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) \
                   notebooks/qlora_one_runtime.ipynb)
 # Every kernel runs on another machine faked at its boundary (tests/fake_machine.py: RAM, free disk, cores), so a
@@ -96,17 +102,14 @@ nbval: embedded
 	mkdir -p $(TEST_RUNS)
 	$(OFFLINE) $(PY) -m tools.runners.course --nbval-copy $(NBVAL) --params $(NBVAL_PARAMS)
 	mkdir -p $(NBVAL)/ledger
-	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) \
+	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) GEMMATE_NBVAL_DONE=$(CURDIR)/$(NBVAL)/ended \
 		IPYTHONDIR=$$($(PY) tests/fake_machine.py $(CURDIR)/$(NBVAL)/ipython) GEMMATE_LEDGER=$(CURDIR)/$(NBVAL)/ledger \
 		OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --nbval-lax -n 2 --dist loadgroup -p tests.nbval_groups \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider --durations=10 \
-		--junitxml=$(TEST_RUNS)/nbval.xml $(NBVAL_COPIES)
-	$(OFFLINE) HF_TOKEN=$$($(PY) tests/canary.py) GEMMATE_RUN_DIR=$(NBVAL) $(PY) -m pytest -q --durations=0 \
-		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) \
-		--junitxml=$(TEST_RUNS)/after_nbval.xml -m "canary or after_nbval" tests
+		--junitxml=$(TEST_RUNS)/nbval.xml -m "nbval or canary or after_nbval" $(NBVAL_COPIES) $(NBVAL_READERS)
 
 test: lint unit nbval
-	$(PY) -m tools.runners.timings --slowest $(TEST_RUNS)/unit.xml $(TEST_RUNS)/nbval.xml $(TEST_RUNS)/after_nbval.xml
+	$(PY) -m tools.runners.timings --slowest $(TEST_RUNS)/unit.xml $(TEST_RUNS)/nbval.xml
 
 # The notebook runs that make test leaves out (tests marked long): 03 killed mid-training and resumed bitwise in a
 # Colab-like kernel, the one-page recipe killed and resumed on Drive, the learner's path on tiny Gemma 3 and 4, the

@@ -1,6 +1,6 @@
 """Canary: `make test` runs nbval with HF_TOKEN set to a fake value; nothing nbval's run wrote may contain it.
 
-Run after nbval (the Makefile's nbval target does), on its run folder runs/nbval;
+Run after the notebooks (the Makefile's nbval target runs it in their session), on runs/nbval;
 tests/canary.py prints the value the Makefile puts in HF_TOKEN.
 """
 import os
@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.canary
 def test_no_file_the_notebooks_wrote_contains_the_token():
-    run_dir = ROOT / os.environ.get("GEMMATE_RUN_DIR", "runs/nbval")
+    from nbval_run import run_folder, wait_for
+
+    wait_for()  # in make nbval's session: every notebook has ended
+    run_dir = run_folder()
     files = [p for p in run_dir.rglob("*") if p.is_file()]
     # the whole course ran there: manifest, adapter, metrics, the GemmaTE model and the merged model
     names = {p.name for p in files}

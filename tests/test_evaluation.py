@@ -130,7 +130,7 @@ def test_04s_metrics_json_follows_the_schema(request):
 
     from nbval_run import nbval_run
 
-    run = nbval_run(request, "metrics.json", "eval_examples_baseline.csv")
+    run = nbval_run(request, "metrics.json", "eval_examples_baseline.csv", after=("04_evaluation",))
     doc = json.loads((run / "metrics.json").read_text())
     validate_metrics(doc)
     assert set(doc["models"]) == {"baseline", "fine-tuned"} and doc["comparisons"]

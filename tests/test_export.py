@@ -198,7 +198,7 @@ def test_05s_export_of_the_embedded_fine_tune_keeps_llama_cpps_bounds(request):
     Q4_K_M is well under the 16-bit size. 05's self-check holds the first two; this test holds the bounds."""
     from nbval_run import nbval_run
 
-    run = nbval_run(request, "gguf/verification.json", "gguf/Modelfile")
+    run = nbval_run(request, "gguf/verification.json", "gguf/Modelfile", after=("05_save_and_push",))
     result = json.loads((run / "gguf" / "verification.json").read_text())
     files = result["files"]
     assert {"model-f16.gguf", "model-q8_0.gguf", "model-q4_k_m.gguf"} <= set(files)

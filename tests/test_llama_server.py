@@ -145,7 +145,7 @@ def test_05s_file_served_over_http_answers_as_llama_cpp_in_process(request):
     from gemmate_lib import export
     from gemmate_lib.text_generation import STANDARD_PROMPTS
 
-    run = nbval_run(request, "gguf/model-q8_0.gguf", "gguf/Modelfile")
+    run = nbval_run(request, "gguf/model-q8_0.gguf", "gguf/Modelfile", after=("05_save_and_push",))
     path = run / "gguf" / "model-q8_0.gguf"
     llm = export.load_llama(path, logits_all=True)
     expected = []

@@ -203,9 +203,10 @@ def test_nbval_on_a_faked_machine_fails_a_checked_cell_that_prints_the_machines_
 def test_nbval_ran_every_notebook_on_the_faked_machine_within_the_committed_copies():
     """make nbval's run: each notebook's kernel had the faked machine (its mark beside the kernel's ledger),
     and held no more model copies at once than the committed measurement says for the parts it ran."""
-    import os
+    from nbval_run import run_folder, wait_for
 
-    run = Path(os.environ.get("GEMMATE_RUN_DIR", ROOT / "runs" / "nbval"))
+    wait_for()  # in make nbval's session: every notebook has ended
+    run = run_folder()
     found = notebook_fit.ledgers(run)
     assert sorted(stem for stem, _ in found) == sorted(nb.stem for nb in NOTEBOOKS)
     faked = {p.name.rsplit("-", 1)[1] for p in (run / "ledger").glob("fake-machine-*")}

@@ -1,6 +1,7 @@
 """How `make test` runs and what it keeps: nbval's parameterized copies of the notebooks (params/nbval.yaml),
-the tests that read nbval's run folder afterwards (marker after_nbval), and the time of every test and cell
-(tools/runners/timings.py, tools/runners/course.py). None of these needs a model."""
+the tests that read nbval's run folder in its session (marker after_nbval), and the time of every test and
+cell (tools/runners/timings.py, tools/runners/course.py). None of these needs a model."""
+import contextlib
 import json
 import os
 import subprocess
@@ -50,7 +51,7 @@ def test_nbval_runs_each_notebook_as_a_copy_with_the_values_it_declares_and_its_
     expected = {name: {**(offline if name == ONE_PAGE else {}), **values} for name, values in meant.items()}
     assert given == {name: values for name, values in expected.items() if values}
     assert meant["03_lora_sft.ipynb"] == {"compare": False, "chat_steps": 0}  # part 2: the smoke run's
-    assert meant["06_compare_methods.ipynb"] == {"steps": 2, "format_quotes": 8, "start_losses": False}
+    assert meant["06_compare_methods.ipynb"] == {"steps": 2, "format_quotes": 4, "start_losses": False}
     assert meant["qlora_one_runtime.ipynb"]["max_steps"] < 10  # its own section: not 03's max_steps
     assert "max_steps" not in meant["03_lora_sft.ipynb"]
 
@@ -92,6 +93,45 @@ def test_no_checked_output_reads_a_value_that_nbval_shrinks():
             named |= {(nb.stem, key) for key in names & set(meant[nb.name])}
     assert named == set()
     assert any(meant.values()), "params/nbval.yaml shrinks nothing: then make nbval needs no --params"
+
+
+def test_a_reader_of_nbvals_run_waits_for_the_notebooks_it_reads_to_end(tmp_path, monkeypatch):
+    """In nbval's session the tests that read its run folder run beside the notebooks (tests/nbval_groups.py):
+    a notebook is marked ended only after its last cell, once its file's teardown (the kernel's shutdown) is
+    done, and a reader waits for the notebooks it names (none named: every copy in the run folder)."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import nbval_groups
+    import nbval_run
+
+    done, run = tmp_path / "ended", tmp_path / "run"
+    run.mkdir()
+    for stem in ("03_lora_sft", "07_temporal_encoding"):
+        (run / f"{stem}.ipynb").write_text("{}")
+    monkeypatch.setenv("GEMMATE_NBVAL_DONE", str(done))
+    monkeypatch.setenv("GEMMATE_RUN_DIR", str(run))
+    cell = lambda nb, n: SimpleNamespace(path=run / f"{nb}.ipynb", name=f"Cell {n}")  # noqa: E731
+    steps = []
+    for item, nextitem in [(cell("03_lora_sft", 0), cell("03_lora_sft", 1)),
+                           (cell("03_lora_sft", 1), cell("07_temporal_encoding", 0))]:
+        hook = nbval_groups.pytest_runtest_teardown(item, nextitem)
+        next(hook)  # the teardown itself runs here: not ended yet
+        steps.append(sorted(p.name for p in done.glob("*")) if done.exists() else [])
+        with contextlib.suppress(StopIteration):
+            hook.send(None)
+        steps.append(sorted(p.name for p in done.glob("*")))
+    assert steps == [[], [], [], ["03_lora_sft"]]  # after 03's last cell's teardown, and only then
+    nbval_run.wait_for("03_lora_sft")  # at once
+    threading.Timer(1.5, lambda: (done / "07_temporal_encoding").touch()).start()
+    start = time.time()
+    nbval_run.wait_for()  # every copy in the run folder: 07 too
+    assert time.time() - start >= 1.4
+    monkeypatch.delenv("GEMMATE_NBVAL_DONE")
+    start = time.time()
+    nbval_run.wait_for("never_run")  # outside nbval's session: nothing to wait for
+    assert time.time() - start < 0.5
 
 
 def test_the_timings_name_the_slowest_tests_and_an_empty_tier(tmp_path):

@@ -53,7 +53,8 @@ def test_gemmate_serve_answers_a_quote_with_an_author_over_http(request, tmp_pat
     from gemmate_lib.models import prepare_embedded
     from gemmate_lib.text_generation import STANDARD_PROMPTS
 
-    nbval = nbval_run(request, "adapter/adapter_model.safetensors", "adapter/gemmate.json")
+    nbval = nbval_run(request, "adapter/adapter_model.safetensors", "adapter/gemmate.json",
+                      after=("03_lora_sft",))
     run = tmp_path / "run"
     # serve merges adapter/ into merged/ in the run folder it serves: a folder here with nbval's adapter alone
     # (05's merged/ stays out: serve must merge); nbval's own folder stays as the notebooks left it

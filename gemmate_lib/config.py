@@ -338,10 +338,11 @@ def course_config(task: str = "quotes", *, precision: Precision | None = None, *
 
 
 def _precision(model: ModelSettings, named: dict, precision: Precision | None = None) -> Precision:
-    """model.device / dtype as a Precision (or `precision`), with gemma3_rule unless `named` names a dtype."""
+    """model.device / dtype as a Precision (or `precision`), with gemma3_rule unless `named` names a dtype
+    ("auto", as configs/ and `gemmate hpo`'s best_config.yaml write it, names none)."""
     if precision is None:
         precision = pick_precision(*(None if v == "auto" else v for v in (model.device, model.dtype)))
-    return precision if "dtype" in named else gemma3_rule(precision, model.model_name)
+    return precision if named.get("dtype", "auto") != "auto" else gemma3_rule(precision, model.model_name)
 
 
 def compare_default(cfg: CourseConfig) -> bool:

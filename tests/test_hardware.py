@@ -346,3 +346,16 @@ def test_the_manifest_records_the_machine_as_course_config_noted_it(tmp_path, mo
     manifest = run_folder.update_manifest(tmp_path, "00_setup")
     assert manifest["hardware"] == hardware.describe_hardware()
     assert manifest["notebooks"]["00_setup"]["peak_memory_gib"] > 0
+
+
+@pytest.mark.parametrize("dtype, expected", [(None, "fp32"), ("auto", "fp32"), ("fp16", "fp16")])
+def test_a_gemma_3_on_a_t4_computes_in_fp32_unless_a_dtype_is_named(fake_gpu, one_process, tiny_folder,
+                                                                     dtype, expected):
+    """Gemma 3 and 4 overflow fp16 (docs/gemma-generations.md): on a T4 the course computes them in fp32. A
+    config that says `dtype: auto` (configs/gpu-qlora.yaml, `gemmate hpo`'s best_config.yaml) names no dtype:
+    it trained Gemma 3 in fp16 on a T4."""
+    from gemmate_lib.config import course_config
+
+    fake_gpu((7, 5))
+    cfg = course_config(model_name=str(tiny_folder), **({"dtype": dtype} if dtype else {}))
+    assert (cfg.precision.device, cfg.precision.name) == ("cuda", expected)

@@ -70,3 +70,32 @@ def test_each_later_notebook_configures_the_model_chosen_in_00(notebook, lesson,
         scope["model_name"] = given
         exec(setup, scope)
         assert scope["cfg"].model.model_name == runs, (notebook.name, given)
+
+
+@pytest.mark.parametrize("notebook", ["04_evaluation", "05_save_and_push"])
+def test_04_and_05_evaluate_on_the_split_and_base_that_03_trained_with(notebook, lesson, tiny_folder):
+    """04 and 05 take 03's recorded dataset, split and quantization (its manifest entry) when theirs are None:
+    with the profile's data_seed after 03 trained with data_seed=7, 26 of 04's 29 "held-out" quotes were
+    quotes the adapter trained on. Another seed or fraction on 03's dataset stops with the fix."""
+    from gemmate_lib.config import config_summary, course_config
+
+    trained = course_config(model_name=str(tiny_folder), data_seed=7, eval_fraction=0.2, quantization="nf4",
+                            max_length=96)
+    run_folder.update_manifest(lesson, "03_lora_sft", config=config_summary(trained))
+    params, setup = _setup_until_config(ROOT / "notebooks" / f"{notebook}.ipynb")
+    scope = {}
+    exec(params, scope)
+    scope["model_name"] = str(tiny_folder)
+    exec(setup, scope)
+    cfg = scope["cfg"]
+    assert (cfg.data.data_seed, cfg.data.eval_fraction, cfg.model.quantization, cfg.train.max_length) == (
+        7, 0.2, "nf4", 96)
+    scope["data_seed"] = 42  # the profile's seed, given on purpose
+    with pytest.raises(ParameterError, match="03 trained with data_seed=7"):
+        exec(setup, scope)
+    other = lesson.parent / "mine.jsonl"
+    other.write_text('{"quote": "Be kind.", "author": "Me"}\n{"quote": "Be brave.", "author": "You"}\n')
+    scope |= {"data_seed": 42, "dataset": str(other)}
+    exec(setup, scope)  # another dataset: its own rows, split with the seed given
+    assert (scope["cfg"].data.dataset, scope["cfg"].data.data_seed, scope["cfg"].model.quantization) == (
+        str(other), 42, "nf4")

@@ -165,6 +165,35 @@ def chosen_model(model_name: str | None, run_dir: str | Path | None = None) -> s
     return None
 
 
+# What decides 03's split of the quotes and the base its adapter sits on: 04 and 05 evaluate as 03 trained
+TRAINED = {"dataset": "data", "eval_fraction": "data", "data_seed": "data", "max_length": "train",
+           "quantization": "model"}
+
+
+def as_trained(run_dir: str | Path | None = None, **given) -> dict:
+    """The settings of TRAINED as 03 recorded them (manifest.json of this run folder, else the lesson's), for
+    04 and 05: a `given` one that is None takes 03's. Another data_seed or eval_fraction on 03's dataset is a
+    ParameterError: its held-out rows would hold quotes the adapter trained on. Without a recorded 03 run,
+    `given` alone (the profile decides the rest)."""
+    given = {name: value for name, value in given.items() if value is not None}
+    for folder in dict.fromkeys((get_run_dir(run_dir, create=False), get_run_dir(None, create=False))):
+        try:
+            config = json.loads((folder / "manifest.json").read_text())["notebooks"]["03_lora_sft"]["config"]
+            trained = {name: config[group][name] for name, group in TRAINED.items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for name in ("data_seed", "eval_fraction"):
+            if given.get("dataset", trained["dataset"]) == trained["dataset"] and \
+                    given.get(name, trained[name]) != trained[name]:
+                raise ParameterError(f"parameter {name}={given[name]!r}, but 03 trained with {name}="
+                                     f"{trained[name]!r}: those held-out rows would hold quotes the adapter "
+                                     "trained on", f"leave {name}=None (03's), or train 03 again with it")
+        taken = ", ".join(f"{name}={value!r}" for name, value in trained.items() if name not in given)
+        print(f"as 03 trained ({show_path(folder / 'manifest.json')}): {taken}")
+        return trained | given
+    return given
+
+
 def remember_model(run_dir: str | Path, model_name: str | None) -> str:
     """00_setup: keep `model_name` for 01-07 (MODEL_CHOICE in the run folder; None: none); what 00 prints."""
     if not model_name:

@@ -61,12 +61,25 @@ def quotes_file(tmp_path):
     return str(path)
 
 
-@pytest.mark.parametrize("source", ["embedded", "file"])
-def test_03s_data_cell_gives_the_texts_of_load_quotes(source, tiny_folder, quotes_file):
+@pytest.fixture()
+def quotes_csv(tmp_path):
+    """A spreadsheet's CSV: authors that pandas reads as missing ("N/A", "None") or as a number ("1984")."""
+    rows = [f"Quote number {n} is here.,Author {n}" for n in range(10)]
+    rows += ["Nobody knows who said this.,N/A", "Nor this one.,None", "Big Brother is watching you.,1984"]
+    path = tmp_path / "mine.csv"
+    path.write_text("quote,author\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("source", ["embedded", "file", "csv"])
+def test_03s_data_cell_gives_the_texts_of_load_quotes(source, tiny_folder, quotes_file, quotes_csv):
+    """03's written-out loading and split hold the same rows as load_quotes, which 04-06 read: with a CSV
+    read by load_dataset (pandas), "N/A" and "None" authors were dropped there and kept here, and 04 evaluated
+    2 or 3 quotes that 03 had trained on as held out."""
     from gemmate_lib.config import course_config
     from gemmate_lib.data import load_quotes
 
-    dataset = "embedded" if source == "embedded" else quotes_file
+    dataset = {"embedded": "embedded", "file": quotes_file, "csv": quotes_csv}[source]
     cfg = course_config(model_name=str(tiny_folder), dataset=dataset)
     ns = run_cell("03_lora_sft.ipynb", "25385bc3", cfg=cfg)
     data = load_quotes(cfg.data.dataset, cfg.data.eval_fraction, cfg.data.data_seed, ns["tokenizer"],

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         from gemmate_cli.commands import evaluate_from_config
 
         scores = evaluate_from_config(cfg)["models"]["fine-tuned"]
-        result = {m: round(v["value"], 4) for m, v in scores.items()}
+        # None: a metric with nothing to count (no held-out author also in training)
+        result = {m: None if v["value"] is None else round(v["value"], 4) for m, v in scores.items()}
     elif args.command == "generate":
         from gemmate_cli.commands import generate_from_config
 

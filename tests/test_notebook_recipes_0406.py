@@ -131,3 +131,24 @@ def test_06s_qlora_arm_by_hand_trains_as_train_arm(profile, dtype, tiny_folder, 
     library = arm.log.loss.dropna().tolist()
     assert len(library) == cfg.train.max_steps and len(set(library)) > 1  # every step logged, and it moved
     assert ns["hand_losses"] == pytest.approx(library, rel=1e-7)
+
+
+def test_04s_save_cell_records_a_metric_with_nothing_to_count(tmp_path):
+    """04 with eval_data of authors 03 never trained on: the seen-author accuracy has no quote to count
+    (None), and the save cell stopped with a TypeError after metrics.json, before the manifest."""
+    import json
+
+    import pandas as pd
+
+    from gemmate_lib.guard_rails import files, run_folder
+
+    scores = {"perplexity": {"value": 12.345678}, "author_accuracy_seen": {"value": None}}
+    result = types.SimpleNamespace(metrics=scores, n_examples=1, settings={},
+                                   examples=pd.DataFrame({"quote": ["q"]}))
+    results = {"baseline": result, "fine-tuned": result}
+    run_cell("04_evaluation.ipynb", "2c33591a", results=results, finetuned=result, baseline=result,
+             out=tmp_path, eval_data=None, split="held_out",
+             cfg=types.SimpleNamespace(data=types.SimpleNamespace(dataset="embedded")), diffs={},
+             unseen_share=1.0, rows=["q"], files=files, run_folder=run_folder)
+    metrics = json.loads((tmp_path / "manifest.json").read_text())["notebooks"]["04_evaluation"]["metrics"]
+    assert metrics["fine-tuned"] == {"perplexity": 12.3457, "author_accuracy_seen": None}

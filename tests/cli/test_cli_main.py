@@ -1,4 +1,5 @@
 """`gemmate` (cli/main.py): one command with subcommands, errors in one line, every setting in --help."""
+import json
 import sys
 
 import pytest
@@ -120,3 +121,16 @@ def test_a_list_flag_takes_one_word_and_leaves_the_run_folder_to_the_command():
     assert args.run_dir == "runs/x" and config_from_args(args).command.wandb_tags == ["a", "b"]
     args = build_parser().parse_args(["generate", "--device", "cpu", "--prompts", "Quote: A, b", "Quote: C"])
     assert config_from_args(args).command.prompts == ["Quote: A, b", "Quote: C"]  # each word one prompt
+
+
+def test_evaluate_reports_a_metric_with_nothing_to_count_as_none(monkeypatch, capsys):
+    """`gemmate evaluate` on data whose held-out authors never appear in training: the seen-author accuracy
+    has no quote to count (its value None), which stopped the command with a TypeError after evaluating."""
+    from gemmate_cli import commands
+    from gemmate_cli.main import main
+
+    scores = {"perplexity": {"value": 12.345678}, "author_accuracy_seen": {"value": None}}
+    monkeypatch.setattr(commands, "evaluate_from_config", lambda cfg: {"models": {"fine-tuned": scores}})
+    assert run_cli(main, ["evaluate"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out) == {"perplexity": 12.3457, "author_accuracy_seen": None}

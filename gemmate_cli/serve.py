@@ -7,9 +7,20 @@ from pathlib import Path
 
 from gemmate_lib.guard_rails.errors import HardwareError, ParameterError
 from gemmate_lib.guard_rails.files import atomic_folder, show_path
-from gemmate_lib.hardware import pick_precision
+from gemmate_lib.hardware import Precision, pick_precision
 
 MAX_TOKENS_LIMIT = 512  # the largest `max_tokens` a request may ask for (a quote and its author need ~60)
+
+
+def serving_precision(models: list[str | Path]) -> Precision:
+    """This machine's precision for merging and serving `models` (Hub ids or folders), with the generations'
+    rule (config.gemma3_rule): on a T4, fp32 where one of them is a Gemma 3 or 4, which overflow fp16."""
+    from gemmate_lib.config import gemma3_rule
+
+    precision = pick_precision()
+    for model in models:
+        precision = gemma3_rule(precision, str(model))
+    return precision
 
 
 def served_model(run_dir: str | Path) -> Path:
@@ -32,7 +43,7 @@ def served_model(run_dir: str | Path) -> Path:
                              "save the adapter with save_adapter (03 does), "
                              "or merge it yourself into merged/")
     base = meta["base_model"]
-    precision = pick_precision()
+    precision = serving_precision([base])
     model, tokenizer = load_merged(base, precision, adapter)
     print(f"merged {show_path(adapter)} into {base} -> {show_path(merged)}", flush=True)
     return save_merged(model, tokenizer, merged, precision.dtype)
@@ -117,7 +128,7 @@ def run_server(folders: list[Path], host: str, port: int, limit: int) -> None:
         return original(model_manager, chat_handler, completion_handler, *args, **kwargs)
 
     server.build_server = build_with_checks  # serve.py imports it from this module when the server starts
-    precision = pick_precision()
+    precision = serving_precision(folders)
     print(f"serving {', '.join(models)} on http://{host}:{port}/v1 (transformers serve, {precision.name}); "
           f"try:\n  curl http://{host}:{port}/v1/completions -H 'Content-Type: application/json' -d "
           f"'{{\"model\": \"{models[0]}\", \"prompt\": \"Quote: Imagination is more\", \"max_tokens\": 40}}'",

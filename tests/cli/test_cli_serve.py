@@ -142,3 +142,15 @@ def test_the_request_checks_attach_to_the_pinned_transformers_and_a_changed_one_
         check_hook_point(renamed, serve_cli)
     with pytest.raises(HardwareError, match="has no transformers.cli.serving.server.build_server"):
         check_hook_point(types.SimpleNamespace(), serve_cli)
+
+
+def test_a_gemma_3_is_merged_and_served_in_fp32_on_a_t4(fake_gpu, tiny_folder, monkeypatch):
+    """`gemmate serve` picked the machine's precision without the generations' rule: on a T4 it merged a
+    Gemma 3 adapter into an fp16 base, saved it so and served it in fp16, which Gemma 3 and 4 overflow."""
+    from gemmate_cli.serve import serving_precision
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    fake_gpu((7, 5))
+    assert serving_precision([tiny_folder]).name == "fp32"
+    fake_gpu((8, 0))
+    assert serving_precision([tiny_folder]).name == "bf16"  # an A100 keeps bf16

@@ -35,9 +35,11 @@ def task_of(dataset: str) -> str:
 def prompt_and_answer(task: str, row: dict) -> tuple[str, str]:
     """The prompt and the answer text of one row (the answer is what the loss and the metrics see)."""
     if task == "sst2":
-        if row.get("label") not in LABELS or not isinstance(row.get("sentence"), str):
+        label = row.get("label")  # a CSV's is text: "0" or "1"
+        label = int(label) if isinstance(label, str) and label.strip() in ("0", "1") else label
+        if label not in LABELS or not isinstance(row.get("sentence"), str):
             raise ValueError("needs a text sentence and a label 0 or 1")
-        return f"Sentence: {row['sentence'].strip()}\nSentiment:", LABELS[row["label"]]
+        return f"Sentence: {row['sentence'].strip()}\nSentiment:", LABELS[label]
     answers = row.get("answers") or {}
     texts_ok = isinstance(row.get("context"), str) and isinstance(row.get("question"), str)
     if not texts_ok or not isinstance(answers, dict):

@@ -89,6 +89,17 @@ def test_a_malformed_task_row_is_counted_not_a_crash(tmp_path):
     assert "malformed row" in data.report()
 
 
+def test_an_sst2_csv_keeps_its_labels(tmp_path):
+    """A CSV holds every field as text: its labels "0" and "1" were not the numbers 0 and 1, so every row was
+    dropped and the command said to check the columns."""
+    path = tmp_path / "sst2.csv"
+    path.write_text('idx,sentence,label\n0,good,1\n1,bad,0\n2,"fine, really",1\n3,odd,7\n')
+    data = load_task("sst2", str(path), 0.5, 0)
+    rows = data.train + data.held_out
+    assert sorted(r["answer"] for r in rows) == ["negative", "positive", "positive"]
+    assert sum(data.dropped.values()) == 1  # the label 7
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task, max_length, held_out", [("sst2", 64, 4), ("squad_v2", 128, 3)])
 def test_gemmate_train_runs_each_task_and_scores_its_held_out_rows(task, max_length, held_out, tmp_path,

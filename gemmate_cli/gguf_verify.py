@@ -13,7 +13,7 @@ import numpy as np
 
 from gemmate_lib.export import load_llama
 from gemmate_lib.guard_rails.files import save_json
-from gemmate_lib.text_generation import has_author_line
+from gemmate_lib.text_generation import follows_the_format
 
 
 def llama_greedy(llm, prompt: str, max_new_tokens: int):
@@ -95,7 +95,7 @@ def verify_gguf(folder, merged, tokenizer, prompts, heldout, max_new_tokens: int
             n_tok += len(toks) + stopped
             text = llm.detokenize(toks).decode(errors="replace")
             gens.append({"prompt": prompt, "completion": text, "stopped": stopped,
-                         "format": has_author_line(text) and stopped})
+                         "format": follows_the_format(text, stopped)})
         ppl = perplexity(llm, heldout)
         base = result["files"].get(f16.name, {"perplexity": ppl, "generations": gens})  # the 16-bit file's
         result["files"][path.name] = {

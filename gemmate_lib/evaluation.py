@@ -13,7 +13,7 @@ from gemmate_lib.data import char_spans, format_quote, normalize_author, quote_p
 from gemmate_lib.fast_loss import final_hidden, logit_softcap, output_weight, token_nll
 from gemmate_lib.guard_rails.errors import DataError
 from gemmate_lib.stats import BOOTSTRAP, bootstrap_ci, paired_difference, wilson
-from gemmate_lib.text_generation import BATCH_SIZE, generate, has_author_line
+from gemmate_lib.text_generation import BATCH_SIZE, follows_the_format, generate
 
 METRICS = ("perplexity", "perplexity_quote", "author_accuracy", "author_accuracy_seen", "rouge_l", "bleu",
            "format_compliance")
@@ -95,7 +95,7 @@ def format_generations(model, tokenizer, rows: list[dict], batch_size: int = BAT
     prompts = [quote_prompt(r["quote"]) for r in rows]
     formats = generate(model, tokenizer, prompts, TOKENS["completion"], batch_size=batch_size)
     stopped = formats.new_tokens < TOKENS["completion"]
-    return prompts, formats, [float(has_author_line(p + g) and bool(s))
+    return prompts, formats, [float(follows_the_format(p + g, bool(s)))
                               for p, g, s in zip(prompts, formats.completion, stopped)]
 
 

@@ -27,6 +27,13 @@ def has_author_line(text: str) -> bool:
     return len(names) == 1 and bool(names[0]) and "Author:" not in names[0]
 
 
+def follows_the_format(text: str, stopped: bool) -> bool:
+    """The learned format (04's and 06's format check, 05's GGUF files): one `Author: <name>` line, nothing
+    written after it, and the end token (`stopped`)."""
+    lines = text.rstrip().splitlines()
+    return stopped and has_author_line(text) and lines[-1].startswith("Author:")
+
+
 @contextlib.contextmanager
 def unfrozen_for_cpu(model):
     """Frozen float CPU weights marked as requiring grad while generating (under no_grad): PyTorch's CPU bf16

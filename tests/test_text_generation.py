@@ -88,3 +88,24 @@ def test_soft_prompts_generate_what_a_step_by_step_greedy_decoding_gives(tiny_to
             new.append(token.item())
             ids = torch.cat([ids, token.view(1, 1)], dim=1)
         assert text == tiny_tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_the_format_is_one_author_line_then_the_end(monkeypatch, tiny_model, tiny_tokenizer):
+    """04's and 06's format check (evaluation.format_generations): a generation that went on after its
+    `Author:` line ("... Author: John Wooden\nQuote: Be kind.") and then stopped counted as following the
+    format, which 04 defines as one Author: line and the end."""
+    import pandas as pd
+
+    from gemmate_lib import evaluation
+    from gemmate_lib.text_generation import follows_the_format
+
+    assert follows_the_format("Quote: Be.\nAuthor: John Wooden\n", True)
+    assert not follows_the_format("Quote: Be.\nAuthor: John Wooden\nQuote: Be kind.", True)
+    assert not follows_the_format("Quote: Be.\nAuthor: John Wooden", False)  # no end token
+    assert not follows_the_format("Quote: Be.", True)
+    completions = [" here.\nAuthor: John Wooden", " here.\nAuthor: John Wooden\nQuote: Be kind.",
+                   " here.\nAuthor: Me"]
+    monkeypatch.setattr(evaluation, "generate", lambda *args, **kwargs: pd.DataFrame(
+        {"completion": completions, "new_tokens": [6, 12, evaluation.TOKENS["completion"]]}))
+    rows = [{"quote": "Be here now.", "author": "A"}] * 3
+    assert evaluation.format_generations(tiny_model, tiny_tokenizer, rows)[2] == [1.0, 0.0, 0.0]

@@ -152,3 +152,28 @@ def test_04s_save_cell_records_a_metric_with_nothing_to_count(tmp_path):
              unseen_share=1.0, rows=["q"], files=files, run_folder=run_folder)
     metrics = json.loads((tmp_path / "manifest.json").read_text())["notebooks"]["04_evaluation"]["metrics"]
     assert metrics["fine-tuned"] == {"perplexity": 12.3457, "author_accuracy_seen": None}
+
+
+def test_04s_own_quotes_leave_out_those_03_trained_on(tmp_path, tiny_folder, monkeypatch, capsys):
+    """04's eval_data: a quote of the learner's file that 03 trained on (exercise 04-2's starter file holds
+    one of the embedded training quotes) was evaluated as the learner's own, its author named from memory."""
+    import json
+
+    from gemmate_lib.guard_rails.errors import DataError
+
+    monkeypatch.setenv("GEMMATE_RUN_DIR", str(tmp_path / "run"))
+    params = dict(model_name=str(tiny_folder), run_dir=None, dataset=None, data_seed=None, eval_data=None,
+                  adapter_repo=None)
+    first, second = run_cell("04_evaluation.ipynb", "0246571c", **params)["course"].train[:2]
+    mine = tmp_path / "mine.jsonl"
+    rows = [{"quote": first["quote"], "author": first["author"]},
+            {"quote": "My own words, never trained on.", "author": "Me"},
+            {"quote": "And another of mine.", "author": "You"}]
+    mine.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ns = run_cell("04_evaluation.ipynb", "0246571c", **{**params, "eval_data": str(mine)})
+    assert sorted(r["author"] for r in ns["rows"]) == ["Me", "You"] and ns["split"] == "all"
+    assert "left out 1 of your quotes: 03 trained on them" in capsys.readouterr().out
+    both = [rows[0], {"quote": second["quote"], "author": second["author"]}]
+    mine.write_text("".join(json.dumps(r) + "\n" for r in both))
+    with pytest.raises(DataError, match="03 trained on"):  # nothing of the learner's own left
+        run_cell("04_evaluation.ipynb", "0246571c", **{**params, "eval_data": str(mine)})

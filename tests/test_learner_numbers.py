@@ -20,6 +20,7 @@ import ast
 import json
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -200,6 +201,7 @@ def todays_settings(notebook: str, dtype: str) -> dict:
     from gemmate_lib import reference
     from gemmate_lib.config import config_summary
     from gemmate_lib.data import load_quotes
+    from gemmate_lib.guard_rails import run_folder
     from gemmate_lib.temporal.data import PROMPT_END
 
     trainer = "07_temporal_encoding" if notebook == "07_temporal_encoding" else "03_lora_sft"
@@ -210,6 +212,10 @@ def todays_settings(notebook: str, dtype: str) -> dict:
         return reference._settings(summary)
     if notebook == "04_evaluation":  # 03's config, and 04's own split of its own config's data
         ns = notebook_namespace("04_evaluation", dtype)
+        # run_folder.as_trained, as 04 calls it after this 03 run: 03's recorded values under 04's own
+        trained = {name: summary[group][name] for name, group in run_folder.TRAINED.items()}
+        ns["run_folder"] = SimpleNamespace(
+            as_trained=lambda run_dir, **given: trained | {k: v for k, v in given.items() if v is not None})
         exec(the_statement("04_evaluation", "cfg", ast.Call), ns)  # noqa: S102
         data = ns["cfg"].data
         # without a tokenizer (no real model in unit tests), clean_rows drops the over-long rows by their

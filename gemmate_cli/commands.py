@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from gemmate_cli.certificate import certify, held_out_prompts, known_losses
+from gemmate_cli.gguf_export import QUANT_TYPES, check_export, export_gguf
 from gemmate_cli.gguf_verify import verify_gguf
 from gemmate_cli.settings import CommandConfig
 from gemmate_lib.adapters import load_adapter
 from gemmate_lib.evaluation import evaluate_model, metrics_document
-from gemmate_lib.export import QUANT_TYPES, check_export, export_gguf
 from gemmate_lib.guard_rails.files import save_json
 from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gemmate_lib.gguf_file import read_gguf_header
+from gemmate_cli.gguf_file import read_gguf_header
 from gemmate_lib.guard_rails.errors import GemmateError, ModelLoadError, ParameterError
 from gemmate_lib.guard_rails.files import show_path
 

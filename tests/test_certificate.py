@@ -20,7 +20,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GemmaForCausalLM  # here: mutmut's fork server imports it once (2 s)
 
-from gemmate_cli import certificate
+from gemmate_cli import certificate, gguf_export
 
 ROW = {"mean_gap": 0.01, "worst_gap": 0.2, "top1": 0.99, "top1_decisive": 0.995, "perplexity": 10.05,
        "perplexity_ci95": [9.0, 11.0],
@@ -302,14 +302,15 @@ def _build_tiny_export(folder: Path) -> None:
                 param.normal_(0, 0.05)
     tuned.save_pretrained(folder / "run" / "adapter")
     merged = tuned.merge_and_unload().eval()
-    export.export_gguf(folder / "run", merged, tokenizer, ["q8_0", "q4_0"], keep="f16")
+    gguf_export.export_gguf(folder / "run", merged, tokenizer, ["q8_0", "q4_0"], keep="f16")
     merged.save_pretrained(folder / "merged")
     tokenizer.save_pretrained(folder / "merged")
 
 
 def _export_key() -> str:
     """What decides the tiny export's files: its recipe (the builders' source), the libraries that train,
-    save, convert and quantize it, llama.cpp's converter and gemmate_lib/export.py."""
+    save, convert and quantize it, llama.cpp's converter, gemmate_lib/export.py and
+    gemmate_cli/gguf_export.py."""
     import inspect
     from importlib.metadata import version
 
@@ -322,8 +323,8 @@ def _export_key() -> str:
     for builder in (_build_tiny_export, tiny.make_sentencepiece_tokenizer):
         digest.update(inspect.getsource(builder).encode())
     code = Path(inspect.getfile(export))
-    for path in [code, code.parent / "converter_shim" / "sitecustomize.py",
-                 *sorted(export.CONVERTER_DIR.rglob("*.py"))]:
+    shim = code.parent / "converter_shim" / "sitecustomize.py"
+    for path in [code, Path(inspect.getfile(gguf_export)), shim, *sorted(export.CONVERTER_DIR.rglob("*.py"))]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -1,6 +1,7 @@
-"""gemmate_lib.export (05; the command, `gemmate export`: tests/cli/test_cli_export.py): GGUF files by
-llama.cpp's converter and quantizer, verified in llama.cpp. Bad inputs get one line each; a failed export
-leaves the previous one in place."""
+"""gemmate_lib.export (llama.cpp's tools, as 05 writes out its export) and gemmate_cli.gguf_export
+(`gemmate export`'s files; the command end to end: tests/cli/test_cli_export.py): GGUF files by llama.cpp's
+converter and quantizer, verified in llama.cpp. Bad inputs get one line each; a failed export leaves the
+previous one in place."""
 from __future__ import annotations
 
 import collections
@@ -9,6 +10,7 @@ import shutil
 
 import pytest
 
+from gemmate_cli import gguf_export
 from gemmate_lib import export
 from gemmate_lib.guard_rails.errors import ModelLoadError, ParameterError, SaveError, one_line
 
@@ -28,13 +30,13 @@ def _run_with_adapter(tmp_path):
 
 def test_a_run_folder_without_an_adapter_is_one_line(tmp_path):
     with pytest.raises(ModelLoadError) as err:
-        export.check_export(tmp_path, ["q8_0"])
+        gguf_export.check_export(tmp_path, ["q8_0"])
     assert "no adapter in" in one_line(err.value) and "\n" not in one_line(err.value)
 
 
 def test_an_unknown_quantization_type_names_the_known_ones(tmp_path):
     with pytest.raises(ParameterError) as err:
-        export.check_export(_run_with_adapter(tmp_path), ["q8_0", "q3_q"])
+        gguf_export.check_export(_run_with_adapter(tmp_path), ["q8_0", "q3_q"])
     line = one_line(err.value)
     assert "'q3_q'" in line and "q4_k_m" in line and "\n" not in line
 
@@ -85,7 +87,7 @@ def test_a_failed_export_keeps_the_previous_one(tmp_path, tiny_model, tiny_token
         raise ModelLoadError("llama.cpp's converter failed", "fix")
     monkeypatch.setattr(export, "convert", broken)
     with pytest.raises(ModelLoadError):
-        export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0"])
+        gguf_export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0"])
     assert (run / "gguf" / "model-f16.gguf").read_bytes() == b"the good one"
     assert sorted(p.name for p in run.iterdir()) == ["adapter", "gguf"]
 
@@ -125,9 +127,9 @@ def test_a_run_folder_on_google_drive_gets_only_the_kept_file_and_drive_is_asked
     monkeypatch.setattr(export, "convert", convert)
     monkeypatch.setattr(export, "quantize", quantize)
     with pytest.raises(SaveError):  # the 16-bit file does not fit that Drive: refused before converting
-        export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0", "q4_k_m"], keep="f16")
+        gguf_export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0", "q4_k_m"], keep="f16")
     assert calls == [] and not (run / "gguf").exists()
-    result = export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0", "q4_k_m"], keep="q8_0")
+    result = gguf_export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0", "q4_k_m"], keep="q8_0")
     local = tmp_path / "content" / "gguf"
     assert result["folder"] == str(local)
     assert sorted(p.name for p in local.iterdir()) == ["Modelfile", "model-f16.gguf", "model-q4_k_m.gguf",
@@ -135,17 +137,17 @@ def test_a_run_folder_on_google_drive_gets_only_the_kept_file_and_drive_is_asked
     assert sorted(p.name for p in (run / "gguf").iterdir()) == ["Modelfile", "model-q8_0.gguf"]
     assert "FROM ./model-q8_0.gguf" in (run / "gguf" / "Modelfile").read_text()
     with pytest.raises(ParameterError):
-        export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0"], keep="q4_k_m")  # not exported
+        gguf_export.export_gguf(run, tiny_model, tiny_tokenizer, ["q8_0"], keep="q4_k_m")  # not exported
     (tmp_path / "local-run").mkdir()
     local_run = _run_with_adapter(tmp_path / "local-run")  # a run folder on this disk keeps every file
-    assert export.export_gguf(local_run, tiny_model, tiny_tokenizer, ["q8_0"])["folder"] == str(
+    assert gguf_export.export_gguf(local_run, tiny_model, tiny_tokenizer, ["q8_0"])["folder"] == str(
         local_run / "gguf")
     assert sorted(p.name for p in (local_run / "gguf").iterdir()) == ["Modelfile", "model-f16.gguf",
                                                                      "model-q8_0.gguf"]
 
 
 def test_the_modelfile_has_the_prompt_format_and_stop_token():
-    text = export.modelfile("model-q4_k_m.gguf", "<eos>", 40)
+    text = gguf_export.modelfile("model-q4_k_m.gguf", "<eos>", 40)
     assert "FROM ./model-q4_k_m.gguf" in text and 'PARAMETER stop "<eos>"' in text
     assert "PARAMETER temperature 0" in text and "{{ .Prompt }}" in text
 
@@ -173,7 +175,7 @@ def test_the_modelfile_of_each_generation_sends_the_prompt_as_written(tmp_path, 
     tokenizer = make_generation_tokenizer(key)
     model = make_tiny_generation(key, tokenizer)
     run = _run_with_adapter(tmp_path / "run")
-    export.export_gguf(run, model, tokenizer, ["q8_0"], max_new_tokens=40)
+    gguf_export.export_gguf(run, model, tokenizer, ["q8_0"], max_new_tokens=40)
     text = (run / "gguf" / "Modelfile").read_text()
     assert "FROM ./model-q8_0.gguf" in text and 'TEMPLATE """{{ .Prompt }}"""' in text
     assert 'PARAMETER stop "<eos>"' in text and "PARAMETER num_predict 40" in text

@@ -1,5 +1,5 @@
 """gemmate_cli.llama_server: an exported GGUF behind llama.cpp's HTTP server, as Ollama serves it, answering
-the raw prompt as llama.cpp in process does; one line for a wrong file or a taken port. gemmate_lib.gguf_file:
+the raw prompt as llama.cpp in process does; one line for a wrong file or a taken port. gemmate_cli.gguf_file:
 the file's header, and what its own chat template makes Ollama do with a Modelfile's TEMPLATE."""
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from gemmate_cli import gguf_verify, llama_server
-from gemmate_lib import gguf_file
+from gemmate_cli import gguf_file, gguf_verify, llama_server
 from gemmate_lib.guard_rails.errors import ModelLoadError, ParameterError, one_line
 
 pytest.importorskip("llama_cpp")

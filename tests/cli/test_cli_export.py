@@ -1,6 +1,7 @@
-"""`gemmate export RUN_DIR` (gemmate_cli/commands.py, over gemmate_lib.export): a damaged adapter is one line
-before the model loads; the whole export of a tiny fine-tune generates in llama.cpp as base + adapter, and its
-certificate (gemmate_cli/certificate.py) passes the files as exported and fails a damaged file or scale."""
+"""`gemmate export RUN_DIR` (gemmate_cli/commands.py, gguf_export.py over gemmate_lib.export): a damaged
+adapter is one line before the model loads; the whole export of a tiny fine-tune generates in llama.cpp as
+base + adapter, and its certificate (gemmate_cli/certificate.py) passes the files as exported and fails a
+damaged file or scale."""
 from __future__ import annotations
 
 import json
@@ -79,8 +80,9 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     what greedy tokens can miss: the 16-bit file with two layers' MLP weights swapped, and the adapter GGUF
     written with 8 times its alpha (a wrong scale), fail it. The same certificate on the embedded fine-tune
     is make rehearse-learner's (tests/test_certificate.py, marker long); docs/export.md's table its record.
-    05's written-out llama.cpp check (its cell gguf-check), run on the same files and merged model, reports
-    what the command wrote to verification.json."""
+    05's written-out export (its cell d7c65ecd), run on the same merged model, writes the command's files byte
+    for byte, and its written-out llama.cpp check (its cell gguf-check) reports on them what the command wrote
+    to verification.json."""
     import shutil
 
     import torch
@@ -147,16 +149,25 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     assert cert["levels"]["f16+lora"]["failed"] == [], cert["levels"]["f16+lora"]
 
     merged = adapted_model.merge_and_unload().eval()
-    # 05's check written out, on the same files and merged model: what the command wrote to verification.json
+    # 05's export written out, on the same merged model: the command's files, byte for byte, and its Modelfile
     cfg = course_config(model_name=str(folder), dataset=str(quotes), max_new_tokens=8)
-    (tmp_path / "nb" / "gguf").mkdir(parents=True)  # where 05's export wrote its files
-    written_out = run_cell("05_save_and_push.ipynb", "gguf-check", exported={"folder": str(run / "gguf")},
-                           merged=merged, tokenizer=tokenizer, cfg=cfg, STANDARD_PROMPTS=STANDARD_PROMPTS,
-                           export=export, files=files, out=tmp_path / "nb")["gguf_report"]
+    exported = run_cell("05_save_and_push.ipynb", "d7c65ecd", export_gguf=True, merged=merged,
+                        tokenizer=tokenizer, cfg=cfg, out=tmp_path / "nb", gguf_types=["Q8_0"],
+                        gguf_keep=None)["exported"]
+    ours = tmp_path / "nb" / "gguf"
+    assert exported["folder"] == str(ours) and exported["kept"] == "model-q8_0.gguf"
+    for name in ("model-f16.gguf", "model-q8_0.gguf"):
+        assert (ours / name).read_bytes() == (run / "gguf" / name).read_bytes(), name
+    commands = [ln for ln in (run / "gguf" / "Modelfile").read_text().splitlines() if not ln.startswith("#")]
+    assert (ours / "Modelfile").read_text().splitlines() == commands  # the command's adds how to run it
+    # 05's check written out, on those files and the merged model: what the command wrote to verification.json
+    written_out = run_cell("05_save_and_push.ipynb", "gguf-check", exported=exported, merged=merged,
+                           tokenizer=tokenizer, cfg=cfg, STANDARD_PROMPTS=STANDARD_PROMPTS, export=export,
+                           files=files, out=tmp_path / "nb")["gguf_report"]
     for file in (*report["files"].values(), *written_out["files"].values()):
         file.pop("tokens_per_s")  # timed
     checked = ("max_logit_diff_f16", "token_match", "files", "tolerance", "all_match_or_near_tie")
-    assert {k: v for k, v in written_out.items() if k != "folder"} == {k: report[k] for k in checked}
+    assert {k: written_out[k] for k in checked} == {k: report[k] for k in checked}
     # the faults greedy tokens on four prompts can miss, each failing the certificate that the export passed
     prompts, texts = cert["prompts"], ["Quote: A little courage each day is worth more than gold.\nAuthor: X"]
     bad = tmp_path / "swapped" / "model-f16.gguf"

@@ -1,6 +1,7 @@
-"""What an exported GGUF file says about itself, read from its header without loading it (05_save_and_push,
-docs/export.md): `template_note` says when Ollama would ignore a Modelfile's TEMPLATE (the file's own chat
-template, or Gemma 4's renderer; docs/export.md says why) and what to do, for export_gguf's Modelfile."""
+"""What an exported GGUF file says about itself, read from its header without loading it (`gemmate export`,
+llama_server, docs/export.md): `template_note` says when Ollama would ignore a Modelfile's TEMPLATE (the
+file's own chat template, or Gemma 4's renderer; docs/export.md says why) and what to do, for the Modelfile of
+gguf_export.export_gguf."""
 from __future__ import annotations
 
 import math

@@ -3,7 +3,7 @@ lessons bring them in (each module's docstring names the notebook that teaches i
 nothing global; notebooks call `quiet()`.
 
   00_setup                 hardware (device, precision, memory), config (the profile and the one validator),
-                           models (loading), fit (will it fit: 00's table, each notebook's fit line)
+                           models (loading), fit (will it fit: each notebook's line, 00 all of them)
   01_load_4bit             data (the quotes), evaluation (held-out loss), plots
   02_baseline_generation   text_generation
   03_lora_sft              generations (Gemma 1, 3, 4), training (the one training path), fast_loss, resume

@@ -1,7 +1,8 @@
-"""Will it fit? Before any weight is downloaded, estimate what the course needs on this runtime from the
-model's config alone (its shapes on the meta device). 00_setup prints the phases (`plan_for`, `report`); each
-notebook prints its line (`notebook_fit`): the model copies it holds at once, as measured (MEASURED_COPIES),
-at this model's size. FitError names a runtime that fits. tools/fit/ measures them (docs/full-shape.md)."""
+"""Will it fit? Before any weight is downloaded, estimate what a notebook needs on this runtime from the
+model's config alone (its shapes on the meta device): each notebook prints its line (`notebook_fit`), 00_setup
+every notebook's: the model copies it holds at once, as measured (MEASURED_COPIES), at this model's size.
+FitError names a runtime that fits. tools/fit/ measures them (docs/full-shape.md); its planner (planner.py)
+sizes each phase for the maintainers' records."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from gemmate_lib.generations import SEED_TARGETS, TOWERS, generation_of
+from gemmate_lib.generations import SEED_TARGETS, TOWERS
 from gemmate_lib.guard_rails.errors import LAST_FIT, GemmateError
 
 GIB = 2**30
@@ -19,12 +20,10 @@ CUDA_CONTEXT = 0.6 * GIB  # the CUDA context and cuBLAS workspaces that no tenso
 FREE_COLAB = {"gpu": "T4", "gpu_bytes": 14.6 * GIB - CUDA_CONTEXT, "ram_bytes": 12.7e9, "disk_bytes": 70e9}
 BIGGER = "an L4 (22.5 GB) or A100 (40 GB) Colab runtime"
 FIX = f"switch to {BIGGER}, or choose a smaller model (google/gemma-3-1b-pt)"  # a FitError's
-RESOURCE_UNITS = {"gpu": (GIB, "GiB of GPU memory"), "ram": (1e9, "GB of RAM"), "disk": (1e9, "GB of disk")}
 # A process's memory before its work (measured): Python with torch, llama.cpp's converter, its quantizer
 TORCH_BASELINE, CONVERTER_BASELINE, LLAMA_BASELINE = 0.15e9, 0.75e9, 0.05e9
 LOAD_BASELINE = 0.27e9  # a process that loads through models.load_model: torch, transformers, the loader
 VERIFY_CONTEXT = 0.26e9  # llama.cpp's context and compute buffers for a short prompt (measured)
-SEED_T4_STEP_S = 2.69  # the seed notebook: gemma-2b, NF4, fp16, batch 1 x 4, 100 steps in 268.9 s on a T4
 LOAD_WORKERS = 2  # transformers 5.23's whole-model load: min(4, CPUs) threads (GLOBAL_WORKERS); Colab has 2
 ACTIVATIONS = 0.5 * GIB  # batch 1 x 128 tokens with checkpointing; TRL's fused head builds no logits
 TRAINED_BYTES = 4 + 4 + 2 * 4  # a weight LoRA trains, under fp32 AdamW (06): weight, gradient, two moments
@@ -132,86 +131,14 @@ def lora_bytes(shape: Shape, lora_r: int = 8) -> float:
     return lora_r * shape.adapted_sides * TRAINED_BYTES
 
 
-def predict(shape: Shape, compute_bytes: int, steps: int = 100, lora_r: int = 8) -> dict[str, dict]:
-    """{phase: {"gpu", "ram", "disk", "seconds"}} (None where a phase does not use it); `compute_bytes`: 2, or
-    4 (fp32: Gemma 3 and 4 on a T4). Disk counts what the path has written so far, the download included."""
-    checkpoint, text = shape.parameters * shape.checkpoint_bytes, shape.text
-    gguf_f16, gguf_q4 = text * 2, text * 0.65
-    # a step's work follows the text weights (gemma-2b's 2.5 B), not a looked-up table; fp32 is ~4x slower
-    flop_scale = (text - shape.per_layer) / 2.5e9 * (4 if compute_bytes == 4 else 1)
-    whole = predicted_copy_bytes(shape, "whole", compute_bytes)
-    nf4 = predicted_copy_bytes(shape, "nf4-fp32", compute_bytes)
-    return {
-        # the whole model in the compute dtype (01, 05's merge, 06)
-        "load": {"gpu": whole["loading"], "disk": checkpoint, "seconds": checkpoint / 100e6,
-                 "ram": LOAD_BASELINE + max(converted(shape, compute_bytes, LOAD_WORKERS), whole["host"])},
-        # NF4 loads one tensor at a time (quantizing on the fly turns the thread pool off), then trains
-        "nf4": {"gpu": max(nf4["loading"], nf4["gpu"] + lora_bytes(shape, lora_r) + ACTIVATIONS),
-                "disk": checkpoint, "seconds": steps * SEED_T4_STEP_S * flop_scale,
-                "ram": TORCH_BASELINE + max(converted(shape, compute_bytes), nf4["host"])},
-        # the converter streams the merged files (f16, whatever the checkpoint holds), towers skipped unread
-        # (TextModel.filter_tensors); a per-layer table's 0.13 bytes a value is calibrated on one row (E2B)
-        "convert": {"gpu": None, "disk": checkpoint + 2 * shape.parameters + gguf_f16,
-                    "seconds": text / 25e6, "ram": CONVERTER_BASELINE + shape.per_layer * 0.13},
-        # the quantizer widens a tensor to fp32 and writes its quantized copy (measured bytes a value)
-        "quantize": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": text / 20e6,
-                     "ram": LLAMA_BASELINE + max(shape.largest_but_table * 5.4, shape.per_layer * 2.7)},
-        # llama.cpp maps the file and copies the 4-bit layers it repacks for the CPU (measured)
-        "verify": {"gpu": None, "disk": checkpoint + gguf_f16 + gguf_q4, "seconds": 60.0,
-                   "ram": LLAMA_BASELINE + VERIFY_CONTEXT + shape.repacked * 0.45},
-    }
-
-
-def report(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> str:
-    """The plan as a table against the runtime's limits, every figure marked as an estimate."""
-    gpu = f"{runtime['gpu']}: {runtime['gpu_bytes'] / GIB:.1f} GiB" if runtime["gpu"] else "no GPU"
-    head = f"{'phase':9s} {'GPU GiB':>8s} {'RAM GB':>7s} {'disk GB':>8s} {'T4 time':>8s}"
-    rows = [f"{head}   (estimates; {gpu}, "
-            f"RAM {runtime['ram_bytes'] / 1e9:.1f} GB, disk {runtime['disk_bytes'] / 1e9:.0f} GB free)"]
-    for phase, need in plan.items():
-        gpu = "-" if need["gpu"] is None else f"{need['gpu'] / GIB:.1f}"
-        over = problems({phase: need}, runtime)
-        rows.append(f"{phase:9s} {gpu:>8s} {_need(phase, need, 'ram') / 1e9:7.1f} {need['disk'] / 1e9:8.1f} "
-                    f"{need['seconds'] / 60:6.0f} m   {'over: ' + ', '.join(over) if over else 'fits'}")
-    return "\n".join(rows)
-
-
-def _need(phase: str, need: dict, what: str):
-    """A phase's need against the runtime: the load and the 4-bit training run inside the notebook kernel."""
-    extra = kernel_extra() if what == "ram" and phase in ("load", "nf4") else 0
-    return None if need[what] is None else need[what] + extra
-
-
-def _over(plan: dict[str, dict], runtime: dict):
-    """(phase, "gpu" / "ram" / "disk", need) for every need above the runtime's limit, in the plan's order."""
-    for phase, need in plan.items():
-        for what in ("gpu", "ram", "disk"):
-            value, limit = _need(phase, need, what), runtime[f"{what}_bytes"]
-            if value is not None and limit is not None and value > limit:
-                yield phase, what, value
-
-
-def problems(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> list[str]:
-    """"<phase> GPU" etc. for every phase that needs more than the runtime has."""
-    return [f"{phase} {what.upper() if what != 'disk' else what}" for phase, what, _ in _over(plan, runtime)]
-
-
-def require_fit(plan: dict[str, dict], runtime: dict = FREE_COLAB) -> None:
-    """FitError naming the first phase that will not fit."""
-    for phase, what, value in _over(plan, runtime):
-        scale, unit = RESOURCE_UNITS[what]
-        raise FitError(f"the {phase} phase needs about {value / scale:.1f} {unit} (an estimate); "
-                       f"this runtime ({runtime['gpu']}) has {runtime[f'{what}_bytes'] / scale:.1f}", FIX)
-
-
-def plan_for(model: str, compute_bytes: int | None = None, token=None, **kwargs) -> dict[str, dict]:
-    """The plan for a model folder or Hub id, from its config only (a few kB)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model, **({"token": token} if token else {}))
-    if compute_bytes is None:
-        compute_bytes = 4 if getattr(generation_of(config), "t4_dtype", None) == "fp32" else 2
-    return predict(shape_of(config), compute_bytes, **kwargs)
+def export_ram(shape: Shape) -> dict[str, float]:
+    """Host bytes of each process of 05's GGUF export, beside the kernel: llama.cpp's converter streams the
+    merged files (a per-layer table's 0.13 bytes a value calibrated on one row, E2B), its quantizer widens a
+    tensor to fp32 and writes its quantized copy, and its check maps the file and copies the 4-bit layers it
+    repacks for the CPU (each measured: docs/full-shape.md)."""
+    return {"convert": CONVERTER_BASELINE + shape.per_layer * 0.13,
+            "quantize": LLAMA_BASELINE + max(shape.largest_but_table * 5.4, shape.per_layer * 2.7),
+            "verify": LLAMA_BASELINE + VERIFY_CONTEXT + shape.repacked * 0.45}
 
 
 # A notebook's optional parts: {part: (what the line calls it, do these parameters run it?)}; an exercise's
@@ -270,7 +197,7 @@ def moment_need(moment: dict, shape: Shape, compute_bytes: int, data: dict | Non
     if moment.get("child"):
         ram += LOAD_BASELINE
     if phases := data.get("child_phases", {}).get(moment.get("part")):  # run beside the kernel
-        ram += max(need["ram"] for phase, need in predict(shape, compute_bytes).items() if phase in phases)
+        ram += max(need for phase, need in export_ram(shape).items() if phase in phases)
     if moment.get("training"):
         gpu += lora_bytes(shape, lora_r) + ACTIVATIONS
     return {"gpu": 0.0, "ram": ram + gpu} if cpu else {"gpu": gpu, "ram": ram}

@@ -52,7 +52,7 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
         keys = GPU_DEFAULT_METHODS if cfg.profile.startswith("gpu") else DEFAULT_METHODS
         try:
             if cfg.precision.device == "cuda":
-                check_fits(cfg, model_path, keys)
+                check_fits(cfg, model_path, keys, other_rank)
         except FitError:  # the profile's list is what a T4 runs with gemma-2b; E2B's 16/32-bit copy isn't
             keys = ["qlora"]
             print("methods=None: a 16/32-bit copy of this model does not fit this GPU (06's fit line above), "
@@ -96,31 +96,26 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
             task_type="CAUSAL_LM", target_modules=["k_proj", "v_proj", "down_proj"],
             feedforward_modules=["down_proj"]), rate("ia3", "ia3")),
     }
-    check_fits(cfg, model_path, keys)
+    check_fits(cfg, model_path, keys, other_rank)
     return {k: every[k] for k in keys}
 
 
-def check_fits(cfg: CourseConfig, model_path: str, keys) -> None:
+def check_fits(cfg: CourseConfig, model_path: str, keys, other_rank: int = 32) -> None:
     """From the model's config alone: full fine-tuning must fit this machine, and on a GPU the arms without
-    NF4 need a 16/32-bit copy to fit (Gemma 4 E2B's is ~19 GiB in fp32); else HardwareError or FitError."""
+    NF4 need a 16/32-bit copy to fit (06's fit line: Gemma 4 E2B's is ~19 GiB in fp32); else HardwareError or
+    FitError, whose fix names QLoRA alone where its 4-bit copy fits."""
     from transformers import AutoConfig
 
     from gemmate_lib import fit
 
-    copy_on_gpu = cfg.precision.device == "cuda" and set(keys) - {"qlora"}
-    if "full" not in keys and not copy_on_gpu:
-        return
-    shape = fit.shape_of(AutoConfig.from_pretrained(model_path))
     if "full" in keys:
-        check_full_finetuning(shape.parameters, cfg.precision.device)
-    if copy_on_gpu:
-        plan = fit.predict(shape, cfg.precision.dtype.itemsize)
-        try:
-            fit.require_fit({"load": plan["load"]}, fit.runtime_here())
-        except fit.FitError as err:
-            if "GPU" not in err.problem or fit.problems({"nf4": plan["nf4"]}, fit.runtime_here()):
-                raise
-            raise fit.FitError(err.problem, err.fix + ', or methods=["qlora"] alone (NF4 fits)') from None
+        check_full_finetuning(fit.shape_of(AutoConfig.from_pretrained(model_path)).parameters,
+                              cfg.precision.device)
+    if cfg.precision.device == "cuda" and set(keys) - {"qlora"}:
+        model = cfg.replace(model_name=model_path)  # the model the arms load (06: cfg's, resolved)
+        fits = fit.notebook_fit("06_compare_methods", model, other_rank=other_rank)  # FitError: not even NF4
+        if not fits.whole_copies:
+            raise fit.FitError(fits.line, fit.FIX + ', or methods=["qlora"] alone (NF4 fits)')
 
 
 def full_finetuning_gib(n_params: int) -> float:

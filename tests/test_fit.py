@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gemmate_lib import fit
-from tools.fit import full_shape, holdout, merge_shards, notebook_fit, rehearse
+from tools.fit import full_shape, holdout, merge_shards, notebook_fit, planner, rehearse
 
 COMMITTED = json.loads((rehearse.DOCS / "full-shape.json").read_text())
 # a T4's compute: fp16 for Gemma 1, fp32 for Gemma 3 and 4 (the embedded 270M and Gemma 3 4B too)
@@ -137,32 +137,33 @@ def test_every_committed_phase_fits_a_free_colab_runtime():
 
 
 def test_gemma_4_on_a_free_t4_stops_before_the_download_with_what_it_needs(shapes):
-    plan = fit.predict(shapes["gemma-4-E2B"], 4)
+    plan = planner.predict(shapes["gemma-4-E2B"], 4)
     with pytest.raises(fit.FitError) as err:
-        fit.require_fit(plan)
+        planner.require_fit(plan)
     assert "load" in err.value.problem and "GPU" in err.value.problem and "L4" in err.value.fix
     # 4-bit training fits a T4 by the estimate: the course offers it, and skips what does not fit
-    fit.require_fit({"nf4": plan["nf4"]})
-    assert fit.problems(plan) == ["load GPU"]
+    planner.require_fit({"nf4": plan["nf4"]})
+    assert planner.problems(plan) == ["load GPU"]
 
 
 def test_gemma_2b_fits_a_free_t4_in_every_phase(shapes):
-    fit.require_fit(fit.predict(shapes["gemma-2b"], 2))
+    planner.require_fit(planner.predict(shapes["gemma-2b"], 2))
 
 
 def test_a_cpu_runtime_checks_ram_and_disk_only(shapes):
     small = {"gpu": None, "gpu_bytes": None, "ram_bytes": 2e9, "disk_bytes": 1e12}
-    plan = fit.predict(shapes["gemma-2b"], 4)
-    assert "GPU" not in " ".join(fit.problems(plan, small)) and "load RAM" in fit.problems(plan, small)
+    plan = planner.predict(shapes["gemma-2b"], 4)
+    over = planner.problems(plan, small)
+    assert "GPU" not in " ".join(over) and "load RAM" in over
 
 
 def test_the_notebooks_plan_for_the_embedded_model_reads_its_config_only():
     from gemmate_lib.models import prepare_embedded
 
-    plan = fit.plan_for(str(prepare_embedded(verbose=False)), 4)
+    plan = planner.plan_for(str(prepare_embedded(verbose=False)), 4)
     assert set(plan) == {"load", "nf4", "convert", "quantize", "verify"}  # merge_shards' merge: no notebook's
     assert 1.0e9 < plan["load"]["disk"] < 1.15e9  # 268 M weights in fp32: the converted folder
-    assert "fits" in fit.report(plan, fit.runtime_here())
+    assert "fits" in planner.report(plan, fit.runtime_here())
 
 
 def test_gpu_memory_reports_what_the_process_holds_not_only_the_tensors(fake_gpu, monkeypatch):
@@ -193,22 +194,23 @@ def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu
     with pytest.raises(HardwareError, match="full fine-tuning of 2.5 B weights"):
         build_methods(cfg, str(tmp_path / "gemma-2b"), ["full"])
     fake_gpu((7, 5))
-    t4 = dataclasses.replace(cfg, precision=Precision("cuda", torch.float32, "a T4: fp32 for Gemma 4"))
-    with pytest.raises(fit.FitError, match="load phase needs about 19") as err:
+    e2b = course_config("methods", model_name=str(tmp_path / "gemma-4-E2B"))  # 06's fit line reads its config
+    t4 = dataclasses.replace(e2b, precision=Precision("cuda", torch.float32, "a T4: fp32 for Gemma 4"))
+    with pytest.raises(fit.FitError, match="would peak at about 19") as err:
         build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["lora_r8", "qlora"])
     assert 'methods=["qlora"] alone' in err.value.fix  # the choice that fits, since NF4 training does
     assert list(build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["qlora"])) == ["qlora"]  # NF4 alone fits
-    fake_host(disk_bytes=9e9)  # too little disk for E2B's 10 GB download: NF4 alone does not fit either
-    with pytest.raises(fit.FitError, match="load phase needs about 19") as err:
+    fake_gpu((7, 5), memory_gib=4)  # a GPU too small for E2B's 4-bit copy: NF4 alone does not fit either
+    with pytest.raises(fit.FitError, match="will not fit") as err:
         build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["lora_r8", "qlora"])
     assert "L4" in err.value.fix and "qlora" not in err.value.fix
 
 
 def test_the_plan_table_shows_each_phases_figures_under_its_heading_and_its_verdict(shapes):
-    plan = fit.predict(shapes["gemma-4-E2B"], 2)
+    plan = planner.predict(shapes["gemma-4-E2B"], 2)
     # between the phases: the load and the 4-bit training over, the converter and llama.cpp's check within
     runtime = {"gpu": "T4", "gpu_bytes": 6 * fit.GIB, "ram_bytes": 5.45e9, "disk_bytes": 31e9}
-    head, *rows = fit.report(plan, runtime).splitlines()
+    head, *rows = planner.report(plan, runtime).splitlines()
     assert head.split()[:9] == ["phase", "GPU", "GiB", "RAM", "GB", "disk", "GB", "T4", "time"]
     assert head.endswith("(estimates; T4: 6.0 GiB, RAM 5.5 GB, disk 31 GB free)")
     ends = {name: head.index(name) + len(name) for name in ("GPU GiB", "RAM GB", "disk GB", "T4 time")}
@@ -219,14 +221,14 @@ def test_the_plan_table_shows_each_phases_figures_under_its_heading_and_its_verd
         # each figure right-aligned under its heading, in the heading's unit
         cell = {name: row[:end].split()[-1] for name, end in ends.items()}
         assert cell["GPU GiB"] == ("-" if need["gpu"] is None else f"{need['gpu'] / fit.GIB:.1f}")
-        assert float(cell["RAM GB"]) == round(fit._need(phase, need, "ram") / 1e9, 1)
+        assert float(cell["RAM GB"]) == round(planner._need(phase, need, "ram") / 1e9, 1)
         assert float(cell["disk GB"]) == round(need["disk"] / 1e9, 1)
         assert row[:ends["T4 time"]].split()[-2:] == [f"{need['seconds'] / 60:.0f}", "m"]
         verdicts.append(row[ends["T4 time"]:].strip())
-    over = {phase: fit.problems({phase: need}, runtime) for phase, need in plan.items()}
+    over = {phase: planner.problems({phase: need}, runtime) for phase, need in plan.items()}
     assert verdicts == ["over: " + ", ".join(o) if o else "fits" for o in over.values()]
     assert "fits" in verdicts and "over: load GPU, load RAM" in verdicts  # this runtime is between the phases
-    assert fit.report(plan, {**runtime, "gpu": None, "gpu_bytes": None}).splitlines()[0].endswith(
+    assert planner.report(plan, {**runtime, "gpu": None, "gpu_bytes": None}).splitlines()[0].endswith(
         "(estimates; no GPU, RAM 5.5 GB, disk 31 GB free)")
 
 
@@ -236,47 +238,47 @@ def test_a_plan_computes_in_the_dtype_a_t4_runs_the_generation_in(generation_fol
     from transformers import AutoConfig
 
     folder = str(generation_folder(generation))
-    assert fit.plan_for(folder) == fit.plan_for(folder, compute_bytes)
-    assert fit.plan_for(folder) != fit.plan_for(folder, 6 - compute_bytes)
-    half = fit.plan_for(folder, steps=50)["nf4"]["seconds"]  # predict's settings pass through
-    assert half == pytest.approx(fit.plan_for(folder)["nf4"]["seconds"] / 2)
+    assert planner.plan_for(folder) == planner.plan_for(folder, compute_bytes)
+    assert planner.plan_for(folder) != planner.plan_for(folder, 6 - compute_bytes)
+    half = planner.plan_for(folder, steps=50)["nf4"]["seconds"]  # predict's settings pass through
+    assert half == pytest.approx(planner.plan_for(folder)["nf4"]["seconds"] / 2)
     asked = []
     read = AutoConfig.from_pretrained
     monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *a, **k: asked.append(k) or read(*a, **k))
-    fit.plan_for(folder, token="hf_not_a_real_token")  # a gated model's config needs the learner's token
-    fit.plan_for(folder)
+    planner.plan_for(folder, token="hf_not_a_real_token")  # a gated model's config needs the learner's token
+    planner.plan_for(folder)
     assert asked == [{"token": "hf_not_a_real_token"}, {}]
 
 
 def test_the_kernels_own_memory_counts_only_in_the_phases_that_run_in_the_kernel(shapes):
     """The load and the 4-bit training run in the notebook's kernel (its libraries, tokenizer and data on
     top); the merge, the converter, the quantizer and llama.cpp's check run in processes of their own."""
-    plan, extra = fit.predict(shapes["gemma-2b"], 2), fit.kernel_extra()
+    plan, extra = planner.predict(shapes["gemma-2b"], 2), fit.kernel_extra()
     assert extra > 0.1e9
     roomy = {"gpu": "T4", "gpu_bytes": 1e15, "disk_bytes": 1e15}
     for phase, need in plan.items():
         inside = phase in ("load", "nf4")
         just_enough = need["ram"] + (extra if inside else 0)
-        assert fit.problems({phase: need}, {**roomy, "ram_bytes": just_enough}) == [], phase  # equal fits
-        assert fit.problems({phase: need}, {**roomy, "ram_bytes": just_enough - 1}) == [f"{phase} RAM"]
+        assert planner.problems({phase: need}, {**roomy, "ram_bytes": just_enough}) == [], phase  # equal fits
+        assert planner.problems({phase: need}, {**roomy, "ram_bytes": just_enough - 1}) == [f"{phase} RAM"]
         if inside:  # without the kernel's share it would have looked as if it fitted
             half = {**roomy, "ram_bytes": need["ram"] + extra / 2}
-            assert fit.problems({phase: need}, half) == [f"{phase} RAM"]
+            assert planner.problems({phase: need}, half) == [f"{phase} RAM"]
     tight = {"gpu": "T4", "gpu_bytes": 1.0, "ram_bytes": 1e15, "disk_bytes": 1.0}
-    assert fit.problems({"convert": plan["convert"], "load": plan["load"]}, tight) == [
+    assert planner.problems({"convert": plan["convert"], "load": plan["load"]}, tight) == [
         "convert disk", "load GPU", "load disk"]  # in the plan's order; GPU and RAM upper case, disk not
 
 
 def test_the_fit_error_states_the_need_and_what_the_runtime_has(shapes):
-    plan = fit.predict(shapes["gemma-2b"], 2)
+    plan = planner.predict(shapes["gemma-2b"], 2)
     small = {"gpu": "T4", "gpu_bytes": 4 * fit.GIB, "ram_bytes": 1e15, "disk_bytes": 1e15}
     with pytest.raises(fit.FitError) as err:
-        fit.require_fit(plan, small)
+        planner.require_fit(plan, small)
     need = plan["load"]["gpu"] / fit.GIB
     assert str(err.value).startswith(f"the load phase needs about {need:.1f} GiB of GPU memory (an "
                                      "estimate); this runtime (T4) has 4.0")
     assert "L4" in err.value.fix and "gemma-3-1b-pt" in err.value.fix
-    fit.require_fit(plan, {**small, "gpu_bytes": 1e15})  # fits: no error
+    planner.require_fit(plan, {**small, "gpu_bytes": 1e15})  # fits: no error
 
 
 def test_this_machine_as_a_runtime(fake_gpu):
@@ -320,12 +322,12 @@ def test_the_t4_time_is_the_seeds_step_scaled_by_the_text_weights_and_fp32():
     T4; fp32 (Gemma 3 and 4 on a T4) is 4x slower; a per-layer table, only looked up, adds no step time."""
     base = fit.Shape(parameters=2_500_000_000, quantized=2_000_000_000, text=2_500_000_000, largest=1,
                      largest_adapted=1)
-    assert fit.predict(base, 2)["nf4"]["seconds"] == pytest.approx(100 * fit.SEED_T4_STEP_S)
-    assert fit.predict(base, 4)["nf4"]["seconds"] == pytest.approx(4 * 100 * fit.SEED_T4_STEP_S)
-    assert fit.predict(base, 2, steps=50)["nf4"]["seconds"] == pytest.approx(50 * fit.SEED_T4_STEP_S)
+    assert planner.predict(base, 2)["nf4"]["seconds"] == pytest.approx(100 * planner.SEED_T4_STEP_S)
+    assert planner.predict(base, 4)["nf4"]["seconds"] == pytest.approx(4 * 100 * planner.SEED_T4_STEP_S)
+    assert planner.predict(base, 2, steps=50)["nf4"]["seconds"] == pytest.approx(50 * planner.SEED_T4_STEP_S)
     table = dataclasses.replace(base, text=3_000_000_000, per_layer=500_000_000)
-    assert fit.predict(table, 2)["nf4"]["seconds"] == pytest.approx(100 * fit.SEED_T4_STEP_S)
-    for phase, need in fit.predict(base, 2).items():  # minutes, not hours, for a 2.5 B model on a T4
+    assert planner.predict(table, 2)["nf4"]["seconds"] == pytest.approx(100 * planner.SEED_T4_STEP_S)
+    for phase, need in planner.predict(base, 2).items():  # minutes, not hours, for a 2.5 B model on a T4
         assert 10 < need["seconds"] < 3600, phase
 
 
@@ -333,11 +335,11 @@ def test_the_plan_trains_at_the_courses_lora_rank_with_activations_on_top_of_the
     from gemmate_lib.config import course_config
 
     shape = shapes["gemma-2b"]
-    assert fit.predict(shape, 2) == fit.predict(shape, 2, lora_r=course_config().lora.lora_r)
+    assert planner.predict(shape, 2) == planner.predict(shape, 2, lora_r=course_config().lora.lora_r)
     copy = fit.predicted_copy_bytes(shape, "nf4-fp32", 2)["gpu"]
-    trains = fit.predict(shape, 2)["nf4"]["gpu"]
+    trains = planner.predict(shape, 2)["nf4"]["gpu"]
     assert copy + fit.ACTIVATIONS < trains < copy + fit.ACTIVATIONS + 0.2 * fit.GIB  # LoRA's share: small
-    assert fit.predict(shape, 2, lora_r=64)["nf4"]["gpu"] > trains  # a higher rank holds more
+    assert planner.predict(shape, 2, lora_r=64)["nf4"]["gpu"] > trains  # a higher rank holds more
 
 
 def test_a_higher_rank_holds_its_adapters_weights_and_their_fp32_adamw_state(shapes):
@@ -349,10 +351,11 @@ def test_a_higher_rank_holds_its_adapters_weights_and_their_fp32_adamw_state(sha
     # per layer and unit of rank: q_proj and o_proj, k_proj and v_proj, the MLP's gate, up and down
     per_rank = c.num_hidden_layers * (2 * (h + q) + 2 * (h + kv) + 3 * (h + c.intermediate_size))
     shape = shapes["gemma-2b"]
-    gap = fit.predict(shape, 2, lora_r=128)["nf4"]["gpu"] - fit.predict(shape, 2)["nf4"]["gpu"]
+    gap = planner.predict(shape, 2, lora_r=128)["nf4"]["gpu"] - planner.predict(shape, 2)["nf4"]["gpu"]
     assert gap == pytest.approx((128 - 8) * per_rank * 16) and 2.3e9 < gap < 2.4e9
     copy = fit.predicted_copy_bytes(shape, "nf4-fp32", 2)["gpu"]
-    assert fit.predict(shape, 2)["nf4"]["gpu"] == pytest.approx(copy + fit.ACTIVATIONS + 8 * per_rank * 16)
+    expected = copy + fit.ACTIVATIONS + 8 * per_rank * 16
+    assert planner.predict(shape, 2)["nf4"]["gpu"] == pytest.approx(expected)
     # a notebook's line: 06's second LoRA arm trains at other_rank, 03's adapter at lora_r (8 unless given)
     ranks = [{}, {"other_rank": 128}, {"other_rank": 2}, {"lora_r": 2}, {"lora_r": 16, "other_rank": 4}]
     assert [fit.trained_rank(params) for params in ranks] == [8, 128, 8, 2, 16]
@@ -389,7 +392,7 @@ def test_a_part_that_runs_llama_cpp_adds_the_largest_of_its_phases_ram(shapes):
     largest of their RAM on top of the kernel's copies."""
     shape, data = shapes["gemma-2b"], fit.measured()
     assert data["child_phases"] == notebook_fit.CHILD_PHASES
-    plan = fit.predict(shape, 2)
+    plan = planner.predict(shape, 2)
     bare = fit.moment_need({"copies": ["nf4"]}, shape, 2, data)
     export = fit.moment_need({"copies": ["nf4"], "part": "export_gguf"}, shape, 2, data)
     assert export["gpu"] == bare["gpu"]
@@ -453,4 +456,4 @@ def test_a_per_layer_table_loading_on_the_cpu_is_counted_once(shapes):
 def test_the_t4_time_column_rounds_minutes():
     plan = {"load": {"gpu": None, "ram": 1e9, "disk": 1e9, "seconds": 90}}
     roomy = {"gpu": None, "gpu_bytes": None, "ram_bytes": 1e15, "disk_bytes": 1e15}
-    assert fit.report(plan, roomy).splitlines()[1].split()[4:6] == ["2", "m"]  # 1.5 minutes
+    assert planner.report(plan, roomy).splitlines()[1].split()[4:6] == ["2", "m"]  # 1.5 minutes

@@ -60,11 +60,11 @@ def test_gemma_4_e2b_runs_every_notebooks_4_bit_path_on_a_free_t4():
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_each_notebook_says_whether_it_fits_before_its_first_load(nb):
-    """00 plans every phase (fit.report); the others print their own line (fit.notebook_fit), or, in the
+    """Each notebook prints its own line (fit.notebook_fit; 00 every notebook's), or, in the
     library-free page, its own arithmetic (gpu_need), in a cell before the first that loads weights."""
     cells = [("".join(c["source"]), c.get("id")) for c in json.loads(nb.read_text())["cells"]
              if c["cell_type"] == "code"]
-    marker = {"00_setup": "fit.report(", "qlora_one_runtime": "gpu_need"}.get(nb.stem, "fit.notebook_fit(")
+    marker = "gpu_need" if nb.stem == "qlora_one_runtime" else "fit.notebook_fit("
     said = next((i for i, (source, _) in enumerate(cells) if marker in source), None)
     loads = [i for i, (source, cid) in enumerate(cells) if any(load in source for load in LOADS)
              and not (cid or "").startswith("ex")]

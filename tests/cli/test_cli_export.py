@@ -151,9 +151,10 @@ def test_gemmate_export_merges_the_adapter_and_llama_cpp_generates_as_base_plus_
     merged = adapted_model.merge_and_unload().eval()
     # 05's export written out, on the same merged model: the command's files, byte for byte, and its Modelfile
     cfg = course_config(model_name=str(folder), dataset=str(quotes), max_new_tokens=8)
-    exported = run_cell("05_save_and_push.ipynb", "d7c65ecd", export_gguf=True, merged=merged,
-                        tokenizer=tokenizer, cfg=cfg, out=tmp_path / "nb", gguf_types=["Q8_0"],
-                        gguf_keep=None)["exported"]
+    ns = run_cell("05_save_and_push.ipynb", "d7c65ecd", export_gguf=True, merged=merged, tokenizer=tokenizer,
+                  cfg=cfg, out=tmp_path / "nb", gguf_types=["Q8_0"], gguf_keep=None)
+    exported = ns["exported"]
+    assert "half" not in ns  # the 16-bit copy of the weights (on a T4: the merged weights) is not kept alive
     ours = tmp_path / "nb" / "gguf"
     assert exported["folder"] == str(ours) and exported["kept"] == "model-q8_0.gguf"
     for name in ("model-f16.gguf", "model-q8_0.gguf"):

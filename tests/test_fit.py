@@ -157,13 +157,16 @@ def test_a_cpu_runtime_checks_ram_and_disk_only(shapes):
     assert "GPU" not in " ".join(over) and "load RAM" in over
 
 
-def test_the_notebooks_plan_for_the_embedded_model_reads_its_config_only():
+def test_the_notebooks_plan_for_the_embedded_model_reads_its_config_only(fake_host):
     from gemmate_lib.models import prepare_embedded
 
     plan = planner.plan_for(str(prepare_embedded(verbose=False)), 4)
     assert set(plan) == {"load", "nf4", "convert", "quantize", "verify"}  # merge_shards' merge: no notebook's
     assert 1.0e9 < plan["load"]["disk"] < 1.15e9  # 268 M weights in fp32: the converted folder
+    fake_host()  # a free Colab runtime, not this machine's free disk (CI once ran with 0.6 GB free)
     assert "fits" in planner.report(plan, fit.runtime_here())
+    fake_host(disk_bytes=0.6e9)  # the same plan on a full disk says where it runs out
+    assert "over: quantize disk" in planner.report(plan, fit.runtime_here())
 
 
 def test_gpu_memory_reports_what_the_process_holds_not_only_the_tensors(fake_gpu, monkeypatch):

@@ -22,7 +22,6 @@ EMBEDDED = "embedded"  # model_name / dataset of the offline default shipped by 
 HUB_MODEL = "google/gemma-2b"  # the course's real target model (gated: needs HF_TOKEN)
 HUB_DATASET = "Abirate/english_quotes"  # the course's real dataset
 REFERENCE_MS = 1_148_342_400_000  # GemmaTE's zero of time: 2006-05-23T00:00:00Z in ms since the Unix epoch
-SEED_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
               "adafactor", "sgd")  # optimizers the course supports (names as TrainingArguments knows them)
 
@@ -64,8 +63,8 @@ class LoraSettings:
     lora_alpha: int = setting(16, "scaling: the update is multiplied by lora_alpha / lora_r")
     lora_dropout: float = setting(0.05,
         "dropout on the LoRA input during training (the CPU profile turns it off)")
-    lora_target_modules: list[str] | str = setting(SEED_TARGET_MODULES,
-        "layers that get adapters, or 'all-linear'")
+    lora_target_modules: list[str] | str = setting(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+        "up_proj", "down_proj"), "layers that get adapters, or 'all-linear'")
     lora_trainable_tokens: list[str] = setting((),
         "special tokens whose embeddings train too (peft's trainable_token_indices), e.g. <end_of_turn> of a "
         "base model that never saw it; needs fast_loss (the CPU profile): with fast_loss false, TRL 1.16's "

@@ -139,10 +139,9 @@ def label_mask(batch: dict, end_ids: list[int], min_share: float = 0.05) -> list
     ]
 
 
-def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8, raise_on_fail: bool = True,
-              quiet: bool = False) -> list[PreflightLine]:
-    """All checks on one training batch (input_ids, attention_mask, labels); prints the table unless `quiet`,
-    and raises a PreflightError naming the first failed line (its `verdict`) unless `raise_on_fail` is False.
+def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8) -> list[PreflightLine]:
+    """All checks on one training batch (input_ids, attention_mask, labels); prints the table, and raises a
+    PreflightError naming the first failed line (its `verdict`), else returns the lines.
     A batch that labels no token is named by its label line: its loss is NaN, which fails the lines above."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -150,13 +149,12 @@ def preflight(model, batch: dict, end_ids: list[int], *, max_share: float = 0.8,
     length = int(batch.get("attention_mask", torch.ones_like(first))[0].sum())
     verdicts = [cache_agreement(model, first[:, :max(length, 2)]), checkpointing_agreement(model, batch),
                 initial_loss(model, batch, max_share), *label_mask(batch, end_ids)]
-    if not quiet:
-        rows = [("check", "value", "expected", "verdict")]
-        rows += [(v.check, v.value, v.expected, "ok" if v.ok else "FAIL") for v in verdicts]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
+    rows = [("check", "value", "expected", "verdict")]
+    rows += [(v.check, v.value, v.expected, "ok" if v.ok else "FAIL") for v in verdicts]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
     failed = [v for v in verdicts if not v.ok]
-    if failed and raise_on_fail:
+    if failed:
         v = failed[0]
         if not bool((batch["labels"] != IGNORE).any()):  # every label -100: the cause of any NaN above
             v = next((f for f in failed if f.check == "share of labelled tokens"), v)
@@ -180,8 +178,7 @@ class GradientTripwire(TrainerCallback):
     that labels nothing, or gradients cut off before the adapter, train nothing while the loss looks normal.
     Then the first spike of the logged gradient norm is named once, in `spike`; training goes on."""
 
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
+    def __init__(self):
         self.skipped = 0  # steps the fp16 gradient scaler skipped before the check
         self.passed: bool | None = None  # None until the check ran
         self._seen: list[tuple[str, bool, bool]] | None = None
@@ -218,7 +215,7 @@ class GradientTripwire(TrainerCallback):
         lowered = scaler is not None and self._scale is not None and scaler.get_scale() < self._scale
         if getattr(optimizer, "step_was_skipped", False) or lowered:
             self.skipped += 1
-            if self.skipped == 1 and not self.quiet:
+            if self.skipped == 1:
                 print(f"gradient tripwire: step {step} skipped by fp16's gradient scaler (inf/NaN gradients "
                       "at its starting scale, which it now lowers): normal in the first steps, while a run "
                       "whose steps keep being skipped past the first few is overflowing; the check waits for "
@@ -252,7 +249,7 @@ class GradientTripwire(TrainerCallback):
                 "check a batch's labels (the pre-flight's share of labelled tokens) and the completion or "
                 "assistant mask; with gradient checkpointing on a 4-bit base, call "
                 "prepare_model_for_kbit_training (or model.enable_input_require_grads())")
-        if seen and not self.quiet:
+        if seen:
             print(f"gradient tripwire: {after}, all {len(seen)} LoRA modules got finite gradients, and every "
                   "lora_B a non-zero one")
 
@@ -271,10 +268,9 @@ class GradientTripwire(TrainerCallback):
                     clipped = f" (the Trainer clipped this step to max_grad_norm={clip:g})"
                 elif clip is not None:
                     clipped = f" (and unclipped: max_grad_norm={clip:g} turns clipping off)"
-                if not self.quiet:
-                    print(f"gradient tripwire: step {state.global_step}'s gradient norm {norm:.3g} is "
-                          f"{norm / median:.0f} times the run's median so far ({median:.3g}): a spike with "
-                          f"no NaN, so training goes on{clipped}; the fix: {SPIKE_FIX}")
+                print(f"gradient tripwire: step {state.global_step}'s gradient norm {norm:.3g} is "
+                      f"{norm / median:.0f} times the run's median so far ({median:.3g}): a spike with no "
+                      f"NaN, so training goes on{clipped}; the fix: {SPIKE_FIX}")
         self._norms.append(norm)
 
     def on_train_end(self, args, state, control, **kwargs):

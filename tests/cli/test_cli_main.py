@@ -103,16 +103,6 @@ def test_any_other_usage_error_is_one_line_with_the_fix(capsys):
     assert "did you mean --lora_r?" in err
 
 
-def test_the_old_module_command_says_where_the_command_line_went():
-    """`python -m gemmate_lib train`, as the docs wrote it before the split, names the new command, not
-    Python's "No module named gemmate_lib.__main__"."""
-    import subprocess
-
-    command = [sys.executable, "-m", "gemmate_lib", "train", "--config", "configs/cpu-quick.yaml"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "python -m gemmate_cli" in done.stderr and "Traceback" not in done.stderr
-
-
 def test_a_list_flag_takes_one_word_and_leaves_the_run_folder_to_the_command():
     """HfArgumentParser gives a list setting nargs="+": `--wandb_tags a runs/x` swallowed RUN_DIR."""
     from gemmate_cli.parser import build_parser, config_from_args

@@ -4,15 +4,11 @@ not a wall of size mismatches. Saving is all or nothing (files.atomic_folder).""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-import torch
-
-from gemmate_lib.guard_rails.errors import ModelLoadError, SaveError, TokenError, one_line
+from gemmate_lib.guard_rails.errors import ModelLoadError, SaveError, TokenError
 from gemmate_lib.guard_rails.files import atomic_folder, recover, show_path
-from gemmate_lib.guard_rails.hf_token import check_token, get_token, subprocess_env
+from gemmate_lib.guard_rails.hf_token import check_token, get_token
 
 
 def base_fingerprint(model) -> dict:
@@ -125,48 +121,6 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
                              f"{str(err)[:200]}", "load the base model the adapter was trained on") from err
 
 
-def reload_generations(adapter_dir: str | Path, model_name: str, prompts, max_new_tokens: int, precision,
-                       quantization: str = "none") -> list[str]:
-    """Greedy generations of base + adapter loaded in a *fresh Python process*: proof that the saved files
-    alone reproduce the model. The child loads the base as the caller did (device, dtype, quantization); its
-    environment brings the token and the course folder (on Colab the course is only on the kernel's path)."""
-    code = """import json, sys
-from gemmate_lib.hardware import pick_precision
-from gemmate_lib.models import load_model, load_tokenizer
-from gemmate_lib.adapters import load_adapter
-from gemmate_lib.text_generation import generate
-a = json.loads(sys.argv[1])
-tok = load_tokenizer(a['model_name'])
-base = load_model(a['model_name'], pick_precision(a['device'], a['dtype']), quantization=a['quantization'])
-table = generate(load_adapter(base, a['adapter']), tok, a['prompts'], a['max_new_tokens'])
-print('RESULT' + json.dumps(table.completion.tolist()))
-"""
-    args = json.dumps({"adapter": str(adapter_dir), "model_name": model_name, "prompts": list(prompts),
-                       "max_new_tokens": max_new_tokens, "device": precision.device, "dtype": precision.name,
-                       "quantization": quantization})
-    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
-                          env=subprocess_env())
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    if proc.returncode != 0 or not line:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ModelLoadError(f"reloading the adapter in a fresh process failed: {last[:300]}",
-                             "read the child's error above: a missing package or module "
-                             "is an installation problem (rerun the install cell); a "
-                             "missing or damaged file means saving the adapter again (03)")
-    return json.loads(line[0][len("RESULT"):])
-
-
-def keep_merged(save_merged: bool | None, merged, dtype: torch.dtype, push: bool = False) -> bool:
-    """05's `save_merged=None`: keep the merged model when under 2 GiB, asked for or about to be pushed (on
-    Colab it goes to the learner's Google Drive, 15 GB free; gemma-2b is ~5 GB in fp16). Prints why."""
-    gib = sum(p.numel() for p in merged.parameters()) * dtype.itemsize / 2**30
-    keep = save_merged if save_merged is not None else (gib < 2.0 or push)
-    print(f"merged model: {gib:.1f} GiB in {str(dtype).removeprefix('torch.')}; "
-          + ("saving it" if keep else "not saved (set save_merged=True to keep "
-                                      "it; on Colab it goes to Google Drive)"))
-    return keep
-
-
 def push_problem(repo_id: str | None) -> str | None:
     """Why a push to `repo_id` cannot happen, in one line (no repo_id, no token, a read-only token), or None;
     a malformed repo_id raises SaveError. 05 calls it before its own `create_repo` and `upload_folder`."""
@@ -189,21 +143,3 @@ def push_problem(repo_id: str | None) -> str | None:
     except TokenError as err:
         return f"push failed: {err.problem}. Fix: {err.fix}"
     return None
-
-
-def push_adapter(folder: str | Path, repo_id: str | None, private: bool = True) -> str:
-    """Push a saved folder to the Hub when a token is present; otherwise skip with one line saying how.
-    Returns a one-line status for the notebook. Never prints or stores the token."""
-    if problem := push_problem(repo_id):
-        return problem
-    from huggingface_hub import HfApi
-
-    try:
-        api = HfApi(token=get_token())
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id,
-                          commit_message="Upload from the GemmaTE course")
-    except Exception as err:  # noqa: BLE001 - one clear line instead of a Hub stack trace
-        return f"push failed ({one_line(err).rstrip('.')}). Check the token has write access and the network"
-    visibility = "private" if private else "public"
-    return f"pushed {show_path(folder)} to https://huggingface.co/{repo_id} ({visibility})"

@@ -158,14 +158,6 @@ def paired_support(diff: dict) -> str:
     return "suggestive" if excludes_zero(diff["ci95"]) else "none"
 
 
-def compare_models(results: dict[str, EvalResult]):
-    """One table: a row per (model, metric) with value, 95% interval and how it was computed."""
-    rows = [{"model": name, "metric": metric, "value": m["value"], "ci_low": (m["ci95"] or [None])[0],
-             "ci_high": (m["ci95"] or [None, None])[1], "interval": m["interval"], "n": m["n"]}
-            for name, res in results.items() for metric, m in res.metrics.items()]
-    return pd.DataFrame(rows)
-
-
 def metrics_document(results: dict[str, EvalResult], dataset: str, split: str,
                      comparisons: dict | None = None, unseen_author_share: float | None = None) -> dict:
     """The metrics.json content (schema: docs/metrics-json.md; tests/metrics_schema.py checks it)."""

@@ -1,10 +1,10 @@
 """Fine-tuning methods side by side (06_compare_methods; 03's short comparisons use the same `train_arm`):
 full fine-tuning, LoRA at two ranks, QLoRA, prompt and prefix tuning, IA3, each a PEFT config plus the
-settings it changes, chiefly its learning rate. 06 writes out every PEFT config and one QLoRA arm by hand."""
+settings it changes, chiefly its learning rate. 06 writes out every PEFT config and learning rate
+(`build_methods` takes them) and one QLoRA arm by hand."""
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,20 +14,13 @@ from gemmate_lib.config import CourseConfig
 from gemmate_lib.evaluation import example_nll_by_part, format_generations
 from gemmate_lib.guard_rails.errors import HardwareError, ParameterError
 from gemmate_lib.hardware import Precision, free_memory
-from gemmate_lib.training import attach_lora, lora_config, train
+from gemmate_lib.training import attach_lora, train
 
 METHODS = ("full", "lora_r8", "lora_r32", "qlora", "prompt", "prefix", "ia3")  # every method 06 can train
 DEFAULT_METHODS = METHODS[:-1]  # what 06 trains unless told, on a CPU: IA3 is the optional seventh
 GPU_DEFAULT_METHODS = tuple(k for k in DEFAULT_METHODS if k != "full")  # a T4's: no full fine-tuning
-LEARNING_RATES = {
-    "full": 5e-5,  # every weight moves: transformers' default rate (TrainingArguments), a quarter of LoRA's
-    "lora": 2e-4,  # LoRA and QLoRA: the course's rate (the QLoRA paper's for small models)
-    "prompt": 3e-2,  # prompt tuning: embedding vectors from scratch need big steps (PEFT's example)
-    "prefix": 1e-2,  # prefix tuning: keys and values per layer (PEFT's example)
-    "ia3": 3e-3,  # IA3: scaling vectors that start at 1 (the T-Few paper's rate)
-}
-NUM_VIRTUAL_TOKENS = 16  # prompt and prefix tuning: learned tokens in front of every input
-PROMPT_INIT_TEXT = "Finish the quote, then name its author on a line that starts with Author:"
+NAMES = {"full": "full fine-tuning", "lora_r8": "LoRA r={r}", "lora_r32": "LoRA r={wide}",  # the table's
+         "qlora": "QLoRA (NF4, r={r})", "prompt": "prompt tuning", "prefix": "prefix tuning", "ia3": "IA3"}
 
 
 @dataclass
@@ -39,13 +32,11 @@ class Method:
     starts_unchanged: bool = True  # the base model until trained (LoRA's B = 0); not prompt/prefix tuning
 
 
-def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int = 32,
-                  rates: dict | None = None) -> dict[str, Method]:
+def build_methods(cfg: CourseConfig, model_path: str, configs: dict, learning_rates: dict, keys=None,
+                  other_rank: int = 32, rates: dict | None = None) -> dict[str, Method]:
     """The methods in `keys` (a list or "a,b"; None: DEFAULT_METHODS under the CPU profile,
-    GPU_DEFAULT_METHODS under the GPU ones), as 06 writes them out.
-    `other_rank`: the second LoRA rank (alpha = 2 x rank); `rates`: learning rates, e.g. {"prompt": 3e-3}."""
-    from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
-
+    GPU_DEFAULT_METHODS under the GPU ones) from 06's written-out PEFT `configs` and `learning_rates` (section
+    2), each with the settings it changes. `other_rank`: lora_r32's rank; `rates`: e.g. {"prompt": 3e-3}."""
     from gemmate_lib.fit import FitError
 
     if keys is None:
@@ -74,30 +65,12 @@ def build_methods(cfg: CourseConfig, model_path: str, keys=None, other_rank: int
                                  f"one of the methods that run: {', '.join(keys)}")
     # each method's own settings, not the GPU profile's QLoRA recipe (prefix tuning cannot run checkpointed)
     plain = dict(quantization="none", optim="adamw_torch_fused", gradient_checkpointing=False)
-
-    def rate(key: str, kind: str, **extra) -> dict:
-        return {**plain, "learning_rate": rates.get(key, LEARNING_RATES[kind]), **extra}
-
-    wide = cfg.replace(lora_r=other_rank, lora_alpha=2 * other_rank)
-    every = {
-        "full": Method("full", "full fine-tuning", None, rate("full", "full")),
-        "lora_r8": Method("lora_r8", f"LoRA r={cfg.lora.lora_r}", lora_config(cfg), rate("lora_r8", "lora")),
-        "lora_r32": Method(f"lora_r{other_rank}", f"LoRA r={other_rank}", lora_config(wide),
-                           rate("lora_r32", "lora")),
-        "qlora": Method("qlora", f"QLoRA (NF4, r={cfg.lora.lora_r})", lora_config(cfg),
-                        rate("qlora", "lora", quantization="nf4")),
-        "prompt": Method("prompt", "prompt tuning", PromptTuningConfig(
-            task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS, prompt_tuning_init="TEXT",
-            prompt_tuning_init_text=PROMPT_INIT_TEXT, tokenizer_name_or_path=model_path), rate("prompt",
-            "prompt"), False),
-        "prefix": Method("prefix", "prefix tuning", PrefixTuningConfig(
-            task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL_TOKENS), rate("prefix", "prefix"), False),
-        "ia3": Method("ia3", "IA3", IA3Config(  # it rescales the keys, the values and the MLP's input
-            task_type="CAUSAL_LM", target_modules=["k_proj", "v_proj", "down_proj"],
-            feedforward_modules=["down_proj"]), rate("ia3", "ia3")),
-    }
     check_fits(cfg, model_path, keys, other_rank)
-    return {k: every[k] for k in keys}
+    return {k: Method(f"lora_r{other_rank}" if k == "lora_r32" else k,
+                      NAMES[k].format(r=cfg.lora.lora_r, wide=other_rank), configs[k],
+                      {**plain, "learning_rate": rates.get(k, learning_rates[k]),
+                       **({"quantization": "nf4"} if k == "qlora" else {})},
+                      starts_unchanged=k not in ("prompt", "prefix")) for k in keys}
 
 
 def check_fits(cfg: CourseConfig, model_path: str, keys, other_rank: int = 32) -> None:
@@ -150,14 +123,6 @@ def measure(model, tokenizer, rows: list[dict], max_length: int = 128, format_ch
         ok = format_generations(model, tokenizer, rows if format_check is True else rows[:format_check])[2]
         out["format_compliance"] = round(sum(ok) / len(ok), 3)
     return out
-
-
-def padding_share(lengths: list[int], batch_size: int, grouped: bool, seed: int = 0) -> float:
-    """Share of a pass's tokens that are padding, in random batches or grouped (sorted) by length, as
-    transformers' length-grouped sampler does when the data fits in one mega-batch of 50 batches (03)."""
-    order = sorted(lengths, reverse=True) if grouped else random.Random(seed).sample(lengths, len(lengths))
-    padded = sum(max(b) * len(b) for b in (order[i:i + batch_size] for i in range(0, len(order), batch_size)))
-    return 1 - sum(lengths) / padded
 
 
 @dataclass

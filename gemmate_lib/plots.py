@@ -1,4 +1,4 @@
-"""The plots of notebooks 01, 03, 04, 06 and 07: each draws one figure, saves it into the run folder and shows
+"""The plots of notebooks 03, 04, 06 and 07: each draws one figure, saves it into the run folder and shows
 it. Each takes plain data (dicts, DataFrames, arrays), so a learner can call it on their own numbers."""
 from __future__ import annotations
 
@@ -30,16 +30,6 @@ def _whole_ticks(*axes, steps=(1, 2, 5, 10)) -> None:
 
     for axis in axes:
         axis.set_major_locator(MaxNLocator(integer=True, steps=steps))
-
-
-def footprint_bar(sizes: dict[str, float], title: str, path=None):
-    """Horizontal bars of memory footprints in MiB (01)."""
-    fig, ax = _subplots(figsize=(6, 2.4))
-    ax.barh(list(sizes), list(sizes.values()), color=["#888", "#2a7", "#27a", "#a72"][: len(sizes)])
-    ax.set(xlabel="memory footprint (MiB)", title=title)
-    for i, v in enumerate(sizes.values()):
-        ax.text(v, i, f" {v:.0f}", va="center")
-    return _finish(fig, path)
 
 
 def loss_curve(log, title: str, path=None, ylabel: str = "cross-entropy (nats/token)"):
@@ -114,34 +104,6 @@ def ablation(summary, true_table, path=None, train_years: tuple[int, int] | None
     ax2.set(xlabel="true year", ylabel="year the model wrote", title="after training, true timestamps")
     _whole_ticks(ax2.xaxis, ax2.yaxis)
     ax2.legend()
-    return _finish(fig, path)
-
-
-def metric_bars(table, path=None,
-                shares=("author_accuracy", "author_accuracy_seen", "rouge_l", "bleu", "format_compliance"),
-                perplexities=("perplexity", "perplexity_quote")):
-    """Each model's metrics with 95% intervals; perplexities on their own axis (04); empty ones left out."""
-    table = table.astype({"value": float, "ci_low": float, "ci_high": float})
-    shares = [m for m in shares if table[table.metric == m].value.notna().all()]
-    models = list(dict.fromkeys(table.model))
-    fig, (ax1, ax2) = _subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 1.3]})
-    width = 0.8 / len(models)
-    panels = ((ax1, shares, "share (higher is better)"), (ax2, list(perplexities), "lower is better"))
-    for k, name in enumerate(models):
-        part = table[table.model == name].set_index("metric")
-        for ax, names, _ in panels:
-            xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(names))]
-            vals = part.loc[names, "value"]
-            # clipped at 0: matplotlib refuses a negative error bar (an interval a hair past its estimate)
-            err = [(vals - part.loc[names, "ci_low"]).clip(lower=0),
-                   (part.loc[names, "ci_high"] - vals).clip(lower=0)]
-            ax.bar(xs, vals, width, yerr=err, capsize=4, label=name)
-    for ax, names, ylabel in panels:
-        ax.set_xticks(range(len(names)), [m.replace("_", " ") for m in names], fontsize=8)
-        ax.set_ylabel(ylabel)
-    ax1.legend()
-    fig.suptitle("held-out evaluation, 95% intervals "
-                 "(Wilson for right/wrong answers, bootstrap for the rest)")
     return _finish(fig, path)
 
 

@@ -13,6 +13,7 @@ root: `from scripts.finetune import TextDataset, collate_fn`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -42,11 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def save_jsonl(path: str | Path, texts, timestamps) -> Path:
+    """Write rows of {"text", "timestamp"} (ms), the format `gemmate train-te` reads (07 writes it too)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": text, "timestamp": int(ms)}, ensure_ascii=False) + "\n"
+                            for text, ms in zip(texts, timestamps)), encoding="utf-8")
+    return path
+
+
 def default_data(output_dir: str) -> Path:
     """Write the course's dated notes (07's training set:
     600 notes over 2007-2020) as JSONL; return the file."""
     from gemmate_lib.data import load_quotes
-    from gemmate_lib.temporal.data import make_dated_notes, save_jsonl
+    from gemmate_lib.temporal.data import make_dated_notes
 
     quotes = load_quotes()
     notes = make_dated_notes([r["quote"] for r in quotes.train + quotes.held_out])

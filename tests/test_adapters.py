@@ -15,7 +15,7 @@ from gemmate_lib.training import attach_lora
 def _one_thread(monkeypatch):
     """One thread for the tiny model's 64-wide matrices:
     faster, most of all on a busy machine. A fresh process
-    (reload_generations) inherits OMP_NUM_THREADS, so it computes with one thread as well."""
+    (05's reload) inherits OMP_NUM_THREADS, so it computes with one thread as well."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -59,18 +59,28 @@ def _perturbed(model, cfg):
 @pytest.mark.slow
 def test_round_trip_in_a_fresh_process_gives_identical_generations(tiny_folder, tiny_tokenizer, fp32, cpu_cfg,
                                                                    tmp_path):
-    from gemmate_lib.adapters import reload_generations
+    from test_notebook_recipes import reload_in_05
+
     from gemmate_lib.models import load_model
     from gemmate_lib.text_generation import STANDARD_PROMPTS, generate
 
     model = _perturbed(load_model(str(tiny_folder), fp32), cpu_cfg)
     folder = save_adapter(model, tiny_tokenizer, tmp_path / "adapter", str(tiny_folder))
     here = generate(model, tiny_tokenizer, STANDARD_PROMPTS[:2], max_new_tokens=12).completion.tolist()
-    there = reload_generations(folder, str(tiny_folder), STANDARD_PROMPTS[:2], 12, fp32)
+    there = reload_in_05(folder, str(tiny_folder), STANDARD_PROMPTS[:2], 12, fp32)  # 05's cell
     assert there == here
     plain = generate(load_model(str(tiny_folder), fp32), tiny_tokenizer, STANDARD_PROMPTS[:2],
                      max_new_tokens=12).completion.tolist()
     assert here != plain  # the adapter changes something, so equality above means something
+
+
+@pytest.mark.slow
+def test_05s_reload_of_a_folder_without_an_adapter_is_one_clear_error(tiny_folder, fp32, tmp_path):
+    from test_notebook_recipes import reload_in_05
+
+    with pytest.raises(ModelLoadError, match="^reloading the adapter in a fresh process failed: .+") as err:
+        reload_in_05(tmp_path, str(tiny_folder), ["Quote: Be yourself"], 4, fp32)
+    assert "\n" not in err.value.problem and "saving the adapter again (03)" in err.value.fix
 
 
 def test_the_merged_model_is_saved_in_the_training_dtype(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):
@@ -86,18 +96,19 @@ def test_the_merged_model_is_saved_in_the_training_dtype(tiny_model, tiny_tokeni
 def test_push_without_token_or_repo_is_skipped_with_how_to(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    from gemmate_lib.adapters import push_adapter
+    from gemmate_lib.adapters import push_problem
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "none"))
-    assert "set the parameter repo_id" in push_adapter(tmp_path, None)
-    assert "no HF_TOKEN" in push_adapter(tmp_path, "someone/quotes-lora")
+    assert "set the parameter repo_id" in push_problem(None)
+    assert "no HF_TOKEN" in push_problem("someone/quotes-lora")
 
 
 @pytest.mark.parametrize("stage", ["token check", "upload"])
-def test_a_failed_push_is_one_line_without_the_token(stage, monkeypatch, tmp_path, capsys):
+def test_03s_failed_push_is_one_line_without_the_token(stage, monkeypatch, tmp_path, capsys):
     from huggingface_hub import constants
+    from test_notebook_recipes import run_cell
 
     from gemmate_lib import adapters
 
@@ -109,8 +120,10 @@ def test_a_failed_push_is_one_line_without_the_token(stage, monkeypatch, tmp_pat
     if stage == "upload":  # the token passes its check, then create_repo / upload_folder fail
         monkeypatch.setattr(adapters, "check_token", lambda need_write=False: "token of someone, role write")
     (tmp_path / "adapter").mkdir()
-    status = adapters.push_adapter(tmp_path / "adapter", "someone/canary-test")
+    run_cell("03_lora_sft.ipynb", "7e1c0a52", adapter_repo="someone/canary-test",
+             adapter_dir=tmp_path / "adapter")
     printed = capsys.readouterr()
+    status = printed.out.strip()
     assert status.startswith("push failed") and "\n" not in status
     assert ("cannot be reached" in status) == (stage == "token check")
     assert fake not in status and "CANARY" not in status
@@ -119,10 +132,10 @@ def test_a_failed_push_is_one_line_without_the_token(stage, monkeypatch, tmp_pat
 
 @pytest.mark.parametrize("bad", ["no-namespace", "a/b/c", "some one/x", "x/y--z"])
 def test_invalid_repo_id_is_a_clear_error(bad, tmp_path):
-    from gemmate_lib.adapters import push_adapter
+    from gemmate_lib.adapters import push_problem
 
     with pytest.raises(SaveError, match="not a valid Hub repository id"):
-        push_adapter(tmp_path, bad)
+        push_problem(bad)
 
 
 def test_unwritable_output_folder_leaves_nothing_half_written(tiny_model, tiny_tokenizer, cpu_cfg, tmp_path):

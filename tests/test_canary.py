@@ -29,8 +29,8 @@ def test_no_file_the_notebooks_wrote_contains_the_token():
 
 
 def test_a_failed_push_with_a_token_reports_one_line_without_it(monkeypatch, tmp_path):
-    from gemmate_lib.adapters import push_adapter
+    from gemmate_lib.adapters import push_problem
 
     monkeypatch.setenv("HF_TOKEN", CANARY)
-    status = push_adapter(tmp_path, "someone/canary-test")  # offline: the Hub call fails
+    status = push_problem("someone/canary-test")  # offline: the token's check fails
     assert status.startswith("push failed") and CANARY not in status and "\n" not in status

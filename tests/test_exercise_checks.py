@@ -9,6 +9,7 @@ rebinds `losses`, 07-2's `val`). Hand-written files, no model: a second each."""
 from __future__ import annotations
 
 import ast
+import hashlib
 import io
 import json
 import math
@@ -384,7 +385,9 @@ def write(runs: Path, name: str, variant: str | None = None):
         texts = {k: [{"text": f"{k} {n}"} for n in range(3)] for k in ("quotes", "reverse", "said")}
         if v == "lesson's texts":  # the third adapter trained on the lesson's own rows, their texts unchanged
             texts["said"] = texts["quotes"]
-        files.save_json(path / "trained_on.json", {k: exercises.texts_digest(t) for k, t in texts.items()})
+        digest = {k: hashlib.sha256("\n".join(r["text"] for r in t).encode()).hexdigest()
+                  for k, t in texts.items()}
+        files.save_json(path / "trained_on.json", digest)  # as solution 2 writes it
     elif name == "05-3":
         merged_layers = 182 if v == "not merged" else 0
         # the adapter on the lesson's 4-bit base against a 16-bit merged copy; or the 32-bit adapter model

@@ -190,16 +190,25 @@ def test_a_gated_models_config_is_read_with_the_learners_token_for_the_exercises
 
 # ---- 00-3: are the weights on this machine already? ----
 
+def model_on_disk(name: str) -> bool:
+    """00-3's solution's own `model_on_disk` (the code before its loads), as the learner copies it."""
+    from test_exercise_solutions import solution
+
+    scope = {}
+    exec(compile(solution("00-3").split("\nex = ")[0], "solution 00-3", "exec"), scope)  # noqa: S102
+    return scope["model_on_disk"](name)
+
+
 def test_the_embedded_model_is_on_disk_once_converted(tmp_path, monkeypatch):
     from gemmate_lib import models
     from gemmate_lib.config import EMBEDDED
 
     monkeypatch.setattr(models, "cache_dir", lambda: tmp_path)
-    assert not exercises.model_on_disk(EMBEDDED)
+    assert not model_on_disk(EMBEDDED)
     (tmp_path / "gemma-3-270m").mkdir()
     (tmp_path / "gemma-3-270m" / "model.safetensors").write_bytes(b"x")
-    assert exercises.model_on_disk(EMBEDDED)
-    assert exercises.model_on_disk(str(tmp_path))  # a local folder
+    assert model_on_disk(EMBEDDED)
+    assert model_on_disk(str(tmp_path))  # a local folder
 
 
 @pytest.mark.parametrize("cache, on_disk", [
@@ -225,7 +234,7 @@ def test_a_hub_model_is_on_disk_when_every_weight_file_is_in_the_cache(tmp_path,
         return str(tmp_path / filename) if value == "blob" else value
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", try_to_load_from_cache)
-    assert exercises.model_on_disk("google/gemma-2b") is on_disk
+    assert model_on_disk("google/gemma-2b") is on_disk
 
 
 # ---- a fault exercise's stop, and 03's Author lines ----

@@ -99,11 +99,10 @@ def test_the_guides_save_format_pt_runs_in_the_gpu_profile(tmp_path, monkeypatch
     The script loads the base in 16/32 bits for it: the configuration train-te gets says so, and passes."""
     from gemmate_cli import main as cli
     from gemmate_cli.parser import load_config
-    from gemmate_lib.temporal.data import save_jsonl
     from scripts import finetune
 
     monkeypatch.setenv("GEMMATE_PROFILE", "gpu")
-    data = save_jsonl(tmp_path / "notes.jsonl", ["Note\nWritten: May 2008"], [1_210_377_600_000])
+    data = finetune.save_jsonl(tmp_path / "notes.jsonl", ["Note\nWritten: May 2008"], [1_210_377_600_000])
     forwarded = []
     monkeypatch.setattr(cli, "main", lambda argv: forwarded.extend(argv) or 0)
     argv = ["--save_format", "pt", "--data_file", str(data), "--output_dir", str(tmp_path)]

@@ -185,27 +185,29 @@ def test_gpu_memory_reports_what_the_process_holds_not_only_the_tensors(fake_gpu
 
 
 def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu, fake_host):
+    from test_notebook_recipes import build_06
+
     from gemmate_lib.config import course_config
     from gemmate_lib.guard_rails.errors import HardwareError
     from gemmate_lib.hardware import Precision
-    from gemmate_lib.methods import build_methods
+
 
     for name in ("gemma-2b", "gemma-4-E2B"):
         full_shape.config_of(name).save_pretrained(tmp_path / name)  # the config alone: no weights to load
     cfg = course_config("methods")
     fake_host()  # a free Colab runtime's RAM and disk: what fits is read from the runtime, not this machine
     with pytest.raises(HardwareError, match="full fine-tuning of 2.5 B weights"):
-        build_methods(cfg, str(tmp_path / "gemma-2b"), ["full"])
+        build_06(cfg, str(tmp_path / "gemma-2b"), ["full"])
     fake_gpu((7, 5))
     e2b = course_config("methods", model_name=str(tmp_path / "gemma-4-E2B"))  # 06's fit line reads its config
     t4 = dataclasses.replace(e2b, precision=Precision("cuda", torch.float32, "a T4: fp32 for Gemma 4"))
     with pytest.raises(fit.FitError, match="would peak at about 19") as err:
-        build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["lora_r8", "qlora"])
+        build_06(t4, str(tmp_path / "gemma-4-E2B"), ["lora_r8", "qlora"])
     assert 'methods=["qlora"] alone' in err.value.fix  # the choice that fits, since NF4 training does
-    assert list(build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["qlora"])) == ["qlora"]  # NF4 alone fits
+    assert list(build_06(t4, str(tmp_path / "gemma-4-E2B"), ["qlora"])) == ["qlora"]  # NF4 alone fits
     fake_gpu((7, 5), memory_gib=4)  # a GPU too small for E2B's 4-bit copy: NF4 alone does not fit either
     with pytest.raises(fit.FitError, match="will not fit") as err:
-        build_methods(t4, str(tmp_path / "gemma-4-E2B"), ["lora_r8", "qlora"])
+        build_06(t4, str(tmp_path / "gemma-4-E2B"), ["lora_r8", "qlora"])
     assert "L4" in err.value.fix and "qlora" not in err.value.fix
 
 

@@ -45,9 +45,9 @@ PERPLEXITY = {"perplexity": 322, "perplexity_quote": 317, "ci95": [318, 325]}
 # held_out_loss_text after the 2 steps, measured here on the same 4 rows: the tiny run has no others). The
 # first loss is the base model's for the methods that start unchanged (LoRA's B = 0, IA3's ones, full
 # fine-tuning); prompt and prefix tuning start elsewhere; QLoRA's base is NF4. Planted faults, each moving
-# its arms only: LEARNING_RATES x2 (full 5.679, LoRA r8 / r32 / QLoRA 5.732 / 5.628 / 5.734, prompt 5.653,
+# its arms only: the rates x2 (full 5.679, LoRA r8 / r32 / QLoRA 5.732 / 5.628 / 5.734, prompt 5.653,
 # prefix 5.753, IA3 5.768); lora_alpha x2 (r8 5.732, QLoRA 5.734); the second rank's alpha = rank, not 2 x
-# rank (5.728); NUM_VIRTUAL_TOKENS 8 (prompt 5.778 / 5.661, prefix 5.76 / 5.741); IA3 without
+# rank (5.728); num_virtual_tokens 8 (prompt 5.778 / 5.661, prefix 5.76 / 5.741); IA3 without
 # feedforward_modules (5.771).
 ARMS = {"full": (5.773, 5.723), "lora_r8": (5.773, 5.752), "lora_r32": (5.773, 5.689),
         "qlora": (5.774, 5.753), "prompt": (5.779, 5.65), "prefix": (5.808, 5.78), "ia3": (5.773, 5.77)}
@@ -95,10 +95,12 @@ def methods_cfg(model_folder):
 
 def arm_numbers(cfg, tokenizer, folder) -> dict[str, tuple[float, float]]:
     """Every method of 06 as 06 trains it (its settings over the config, its PEFT config as the adapter)."""
-    from gemmate_lib.methods import METHODS, build_methods, train_arm
+    from test_notebook_recipes import build_06
+
+    from gemmate_lib.methods import METHODS, train_arm
 
     out = {}
-    for key, method in build_methods(cfg, cfg.model.model_name, list(METHODS)).items():
+    for key, method in build_06(cfg, cfg.model.model_name, list(METHODS)).items():
         arm = train_arm(method.name, cfg.replace(**method.settings), tokenizer, ROWS, ROWS, folder / key,
                         adapter=method.peft_config)
         out[key] = (float(arm.log.loss.dropna().iloc[0]), arm.summary["held_out_loss_text"])

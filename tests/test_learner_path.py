@@ -48,7 +48,9 @@ def test_a_child_process_finds_the_course_that_the_kernel_has_only_on_sys_path(t
 @pytest.mark.slow
 def test_the_fresh_process_reload_loads_the_base_as_the_parent_did(tiny_folder, tmp_path):
     """The child loaded the base unquantized while the parent generated with NF4."""
-    from gemmate_lib.adapters import load_adapter, reload_generations, save_adapter
+    from test_notebook_recipes import reload_in_05
+
+    from gemmate_lib.adapters import load_adapter, save_adapter
     from gemmate_lib.models import load_model, load_tokenizer
     from gemmate_lib.text_generation import generate
     from gemmate_lib.training import attach_lora
@@ -65,7 +67,7 @@ def test_the_fresh_process_reload_loads_the_base_as_the_parent_did(tiny_folder, 
     prompts = ["Quote: Be yourself", "Quote: Imagination is more"]
     parent = load_adapter(load_model(str(tiny_folder), bf16, quantization="nf4"), tmp_path / "adapter")
     here = generate(parent, tokenizer, prompts, max_new_tokens=12).completion.tolist()
-    child = reload_generations(tmp_path / "adapter", str(tiny_folder), prompts, 12, bf16, "nf4")
+    child = reload_in_05(tmp_path / "adapter", str(tiny_folder), prompts, 12, bf16, "nf4")
     assert child == here
     # what the old child loaded
     unquantized = load_adapter(load_model(str(tiny_folder), bf16), tmp_path / "adapter")
@@ -141,19 +143,24 @@ def test_make_course_is_offline_for_the_embedded_profile_only(tmp_path, params, 
     assert (hub_environment(per) == {}) == online
 
 
-def test_06_keeps_the_merged_model_only_when_it_is_small():
+def test_05_keeps_the_merged_model_only_when_it_is_small(capsys):
     """06 wrote gemma-2b's ~5 GB merged copy into the learner's Google Drive by default."""
-    from gemmate_lib.adapters import keep_merged
+    import types
 
-    def model(n):
-        return torch.nn.Linear(1, n, bias=False, device="meta")
+    from test_notebook_recipes import run_cell
+
+    def keeps(n, dtype, save_merged=None, push_merged=False):
+        cfg = types.SimpleNamespace(precision=types.SimpleNamespace(dtype=dtype))
+        merged = torch.nn.Linear(1, n, bias=False, device="meta")
+        return run_cell("05_save_and_push.ipynb", "5d1e2f30", merged=merged, cfg=cfg, save_merged=save_merged,
+                        push_merged=push_merged, repo_id="someone/quotes")["save_merged"]
 
     # gemma-2b's size in fp16: ~4.7 GiB
-    assert keep_merged(None, model(2_500_000_000), torch.float16) is False
-    assert keep_merged(None, model(268_000_000), torch.float32) is True  # the embedded model: ~1 GiB
-    assert keep_merged(True, model(2_500_000_000), torch.float16) is True  # asked for
-    # push_merged needs the files
-    assert keep_merged(None, model(2_500_000_000), torch.float16, push=True) is True
+    assert keeps(2_500_000_000, torch.float16) is False
+    assert "4.7 GiB in float16; not saved (set save_merged=True" in capsys.readouterr().out
+    assert keeps(268_000_000, torch.float32) is True  # the embedded model: ~1 GiB
+    assert keeps(2_500_000_000, torch.float16, save_merged=True) is True  # asked for
+    assert keeps(2_500_000_000, torch.float16, push_merged=True) is True  # push_merged needs the files
 
 
 def test_the_last_cell_flushes_google_drive(tmp_path, monkeypatch):

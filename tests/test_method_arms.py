@@ -56,12 +56,23 @@ def test_qlora_and_lora_arms_train_the_same_adapter_and_report_numbers_measured_
     assert type(layer.base_layer).__name__ == "Linear4bit"  # NF4 weights under the LoRA adapter
 
 
-def test_padding_share_by_hand():
-    from gemmate_lib.methods import padding_share
+def test_03s_padding_share_by_hand(capsys):
+    import types
 
-    assert padding_share([4, 4, 4, 4], 2, grouped=True) == 0
-    assert padding_share([1, 3, 1, 3], 2, grouped=True) == 0  # sorted: (3, 3), (1, 1)
-    assert padding_share([2, 4], 2, grouped=False) == 1 - 6 / 8
+    from test_notebook_recipes import run_cell
+
+    def share(lengths, batch_size):  # 03's cell on texts of these lengths, a token a character
+        tokenizer = type("T", (), {"eos_token": "", "__call__": lambda _, text: {"input_ids": list(text)}})()
+        data = types.SimpleNamespace(train=[{"text": "x" * n} for n in lengths])
+        run_cell("03_lora_sft.ipynb", "1429bd50", tokenizer=tokenizer, data=data,
+                 t=types.SimpleNamespace(batch_size=batch_size, seed=0))
+        printed = capsys.readouterr().out.splitlines()[1:]  # random order, then grouped
+        return [line.rsplit(": ", 1)[1] for line in printed]
+
+    assert share([4, 4, 4, 4], 2) == ["0% of the tokens"] * 2
+    assert share([1, 3, 1, 3], 4)[1] == "33% of the tokens"  # one batch of 4: (3, 3, 1, 1) pads 4 of 12
+    assert share([1, 3, 1, 3], 2)[1] == "0% of the tokens"  # sorted: (3, 3), (1, 1)
+    assert share([2, 4], 2) == ["25% of the tokens"] * 2  # 6 tokens in a batch of 2 x 4
 
 
 @pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
@@ -74,10 +85,9 @@ def test_seconds_per_step_time_the_steps_not_the_start_up(tiny_folder, tiny_toke
     one-off costs); a run of one step reports that step."""
     from transformers import TrainerCallback
 
-    from gemmate_lib.training import StepTimer
 
     now = [0.0]
-    monkeypatch.setattr(StepTimer, "clock", staticmethod(lambda: now[0]))
+    monkeypatch.setattr("gemmate_lib.training.perf_counter", lambda: now[0])  # StepTimer's clock alone
 
     class Pause(TrainerCallback):
         def __init__(self, event: str, seconds: float, first_step_only: bool = False):

@@ -4,13 +4,12 @@ on the tiny Gemma (plumbing) through the same train_arm as 03's side-by-side run
 
 import pytest
 import torch
+from test_notebook_recipes import build_06, written_out_06
 
 from gemmate_lib.guard_rails.errors import HardwareError, ParameterError
 from gemmate_lib.methods import (
     DEFAULT_METHODS,
-    LEARNING_RATES,
     METHODS,
-    build_methods,
     check_full_finetuning,
     full_finetuning_gib,
     train_arm,
@@ -34,8 +33,10 @@ def test_every_method_has_its_config_and_its_own_learning_rate(cpu_cfg, model_di
 
     # a GPU profile's
     cfg = cpu_cfg.replace(quantization="nf4", optim="paged_adamw_8bit", gradient_checkpointing=True)
-    built = build_methods(cfg, model_dir, METHODS, other_rank=16)
-    assert list(built) == list(METHODS) and list(build_methods(cfg, model_dir)) == list(DEFAULT_METHODS)
+    built = build_06(cfg, model_dir, METHODS, other_rank=16)
+    configs, rates = written_out_06(cfg, model_dir, other_rank=16)
+    assert {k: m.peft_config for k, m in built.items()} == configs  # 06's own configs, trained as written
+    assert list(built) == list(METHODS) and list(build_06(cfg, model_dir)) == list(DEFAULT_METHODS)
     kinds = {k: type(m.peft_config) for k, m in built.items()}
     assert kinds == {"full": type(None), "lora_r8": LoraConfig, "lora_r32": LoraConfig, "qlora": LoraConfig,
                      "prompt": PromptTuningConfig, "prefix": PrefixTuningConfig, "ia3": IA3Config}
@@ -50,11 +51,11 @@ def test_every_method_has_its_config_and_its_own_learning_rate(cpu_cfg, model_di
         assert arm.model.quantization == ("nf4" if key == "qlora" else "none")
         assert arm.train.optim == "adamw_torch_fused"
         assert arm.train.gradient_checkpointing is False
-        assert arm.train.learning_rate == LEARNING_RATES[key if key in LEARNING_RATES else "lora"]
+        assert arm.train.learning_rate == rates[key]  # 06's written-out rate
     assert {k: v for k, v in built["qlora"].settings.items() if built["lora_r8"].settings[k] != v} == {
         "quantization": "nf4"}
     # papermill -p methods a,b
-    assert list(build_methods(cpu_cfg, model_dir, "prompt, ia3")) == ["prompt", "ia3"]
+    assert list(build_06(cpu_cfg, model_dir, "prompt, ia3")) == ["prompt", "ia3"]
 
 
 def test_the_default_list_holds_full_finetuning_on_a_cpu_and_only_what_a_t4_runs_on_a_gpu(monkeypatch,
@@ -64,41 +65,40 @@ def test_the_default_list_holds_full_finetuning_on_a_cpu_and_only_what_a_t4_runs
     from gemmate_lib.config import course_config
 
     cpu = course_config("methods", device="cpu")
-    assert list(build_methods(cpu, model_dir)) == list(DEFAULT_METHODS) and "full" in DEFAULT_METHODS
+    assert list(build_06(cpu, model_dir)) == list(DEFAULT_METHODS) and "full" in DEFAULT_METHODS
     for profile in ("gpu", "t4"):  # the GPU profile on this CPU, and a T4's, as the smoke run does
         monkeypatch.setenv("GEMMATE_PROFILE", profile)
         gpu = course_config("methods")
         assert gpu.profile.startswith("gpu")
-        chosen = build_methods(gpu, model_dir)
+        chosen = build_06(gpu, model_dir)
         assert "full" not in chosen and list(chosen) == [k for k in DEFAULT_METHODS if k != "full"]
         # asked for: kept
-        assert list(build_methods(gpu, model_dir, ["full", "lora_r8"])) == ["full", "lora_r8"]
+        assert list(build_06(gpu, model_dir, ["full", "lora_r8"])) == ["full", "lora_r8"]
 
 
 def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg, model_dir):
     with pytest.raises(ParameterError, match=r"unknown method 'lora'\n  Fix: use some of: full"):
-        build_methods(cpu_cfg, model_dir, ["lora"])
-    with pytest.raises(ParameterError, match="lora_r"):
-        build_methods(cpu_cfg, model_dir, ["lora_r32"], other_rank="wide")
+        build_06(cpu_cfg, model_dir, ["lora"])
     # one folder, one label: clash
     with pytest.raises(ParameterError, match=r"other_rank = 8 is the rank of LoRA r=8"):
-        build_methods(cpu_cfg, model_dir, ["lora_r8", "lora_r32"], other_rank=8)
+        build_06(cpu_cfg, model_dir, ["lora_r8", "lora_r32"], other_rank=8)
     # alone it is fine
-    assert list(build_methods(cpu_cfg, model_dir, ["lora_r32"], other_rank=8)) == ["lora_r32"]
+    assert list(build_06(cpu_cfg, model_dir, ["lora_r32"], other_rank=8)) == ["lora_r32"]
     # ia3 is not among those that run
     for bad in ({"ia3": 3e-3}, {"prompt": 3}, {"prompt": "fast"}, {"prompt": True}):
         with pytest.raises(ParameterError, match=r"rates\[.*\n  Fix: give a learning rate between 0 and 1"):
-            build_methods(cpu_cfg, model_dir, ["prompt", "lora_r8"], rates=bad)
+            build_06(cpu_cfg, model_dir, ["prompt", "lora_r8"], rates=bad)
 
 
 def test_rates_change_only_the_methods_named_and_the_wide_rank_has_its_own_folder(cpu_cfg, model_dir):
     """06's exercises 2 and 3: another rank must not overwrite
     lora_r32's adapter; one method's rate, not the others'."""
-    chosen = build_methods(cpu_cfg, model_dir, ["lora_r8", "lora_r32", "prompt"], other_rank=2,
+    chosen = build_06(cpu_cfg, model_dir, ["lora_r8", "lora_r32", "prompt"], other_rank=2,
                            rates={"prompt": 3e-3})
     assert [m.key for m in chosen.values()] == ["lora_r8", "lora_r2", "prompt"]
-    assert [m.settings["learning_rate"] for m in chosen.values()] == [LEARNING_RATES["lora"],
-                                                                      LEARNING_RATES["lora"], 3e-3]
+    rates = written_out_06(cpu_cfg, model_dir, other_rank=2)[1]
+    learned = [m.settings["learning_rate"] for m in chosen.values()]
+    assert learned == [rates["lora_r8"], rates["lora_r32"], 3e-3]
 
 
 def test_full_finetuning_memory_is_sixteen_bytes_a_weight_and_a_t4_says_no(fake_gpu):
@@ -144,7 +144,7 @@ def test_every_method_trains_what_it_says_saves_it_and_reports_exact_counts(key,
 
     cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1,
                           warmup_steps=0)
-    method = build_methods(cfg, str(tiny_folder), [key], other_rank=16)[key]
+    method = build_06(cfg, str(tiny_folder), [key], other_rank=16)[key]
     with trains_only_the_trainable():
         arm = train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS[:2],
                         tmp_path / "trainer", format_check=True, adapter=method.peft_config,
@@ -181,7 +181,7 @@ def test_prompt_tuning_learns_and_its_saved_vectors_reload(tiny_folder, tiny_tok
 
     cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=12, batch_size=4, steps_freq=1,
                           warmup_steps=0)
-    method = build_methods(cfg, str(tiny_folder), ["prompt"])["prompt"]
+    method = build_06(cfg, str(tiny_folder), ["prompt"])["prompt"]
     arm = train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, ROWS, ROWS,
                     tmp_path / "trainer",
                     keep_model=True, adapter=method.peft_config, save_dir=tmp_path / "prompt")
@@ -196,7 +196,7 @@ def test_prefix_tuning_with_gradient_checkpointing_is_one_clear_error_not_a_size
                                                                                           tiny_tokenizer,
                                                                                           cpu_cfg, tmp_path):
     cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=1, batch_size=2)
-    method = build_methods(cfg, str(tiny_folder), ["prefix"])["prefix"]
+    method = build_06(cfg, str(tiny_folder), ["prefix"])["prefix"]
     with pytest.raises(ParameterError, match="prefix tuning cannot train with gradient_checkpointing=True"):
         train_arm(method.name, cfg.replace(**{**method.settings, "gradient_checkpointing": True}),
                   tiny_tokenizer, ROWS, ROWS,
@@ -214,7 +214,7 @@ def test_the_loss_before_training_is_measured_on_an_identically_seeded_copy(tiny
     from gemmate_lib.models import load_model
 
     cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=3, batch_size=4, steps_freq=1)
-    method = build_methods(cfg, str(tiny_folder), ["prefix"])["prefix"]
+    method = build_06(cfg, str(tiny_folder), ["prefix"])["prefix"]
     arm_cfg = cfg.replace(**method.settings)
     arm = train_arm(method.name, arm_cfg, tiny_tokenizer, ROWS, ROWS, tmp_path, adapter=method.peft_config,
                     start_loss=True)
@@ -240,7 +240,7 @@ def test_full_finetuning_that_does_not_fit_stops_clearly_and_frees_the_model(tin
     monkeypatch.setattr(gemmate_lib.models, "load_model",
                         lambda *a, **k: loaded.append(weakref.ref(m := real_load(*a, **k))) or m)
     cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=1, batch_size=2)
-    method = build_methods(cfg, str(tiny_folder), ["full"])["full"]
+    method = build_06(cfg, str(tiny_folder), ["full"])["full"]
     # The boundary faked after 06's check before the load: the machine now reports 1 MiB of RAM, so the
     # course's real check at the load refuses.
     monkeypatch.setattr(os, "sysconf", lambda n: 256 if n == "SC_PHYS_PAGES" else real_sysconf(n))
@@ -278,7 +278,7 @@ def test_full_finetuning_under_bf16_trains_fp32_master_weights_so_small_updates_
 
     cfg = cpu_cfg.replace(model_name=str(tiny_folder), dtype="bf16", max_steps=1, batch_size=2,
                           warmup_steps=0)
-    method = build_methods(cfg, str(tiny_folder), ["full"])["full"]
+    method = build_06(cfg, str(tiny_folder), ["full"])["full"]
     arm_cfg = cfg.replace(**method.settings)
     assert arm_cfg.train.learning_rate == 5e-5 and arm_cfg.precision.name == "bf16"
     arm = train_arm(method.name, arm_cfg, tiny_tokenizer, ROWS, ROWS[:2], tmp_path / "trainer",
@@ -298,7 +298,7 @@ def test_06s_default_methods_on_a_t4_with_gemma_4_e2b_are_what_the_t4_holds(tmp_
 
     from gemmate_lib.config import course_config
     from gemmate_lib.hardware import Precision
-    from gemmate_lib.methods import GPU_DEFAULT_METHODS, build_methods
+    from gemmate_lib.methods import GPU_DEFAULT_METHODS
     from tools.fit.full_shape import config_of
 
     for name in ("gemma-2b", "gemma-4-E2B"):
@@ -310,8 +310,8 @@ def test_06s_default_methods_on_a_t4_with_gemma_4_e2b_are_what_the_t4_holds(tmp_
           "gemma-4-E2B": Precision("cuda", torch.float32, "a T4")}
     on_t4 = {name: dataclasses.replace(cfg, precision=precision, profile="gpu")
              for name, precision in t4.items()}
-    small = build_methods(on_t4["gemma-2b"], str(tmp_path / "gemma-2b"), None)
+    small = build_06(on_t4["gemma-2b"], str(tmp_path / "gemma-2b"), None)
     assert tuple(small) == GPU_DEFAULT_METHODS
     capsys.readouterr()
-    e2b = build_methods(on_t4["gemma-4-E2B"], str(tmp_path / "gemma-4-E2B"), None)
+    e2b = build_06(on_t4["gemma-4-E2B"], str(tmp_path / "gemma-4-E2B"), None)
     assert list(e2b) == ["qlora"] and 'methods=["qlora"]' in capsys.readouterr().out

@@ -55,24 +55,6 @@ def test_04_perplexity_in_a_few_lines_equals_held_out_loss(tiny_model, tiny_toke
     assert mine == pytest.approx(library, rel=1e-4)  # batching aside: the same tokens, the same mean
 
 
-def test_06_written_out_peft_configs_and_learning_rates_equal_build_methods(monkeypatch, tiny_folder):
-    from gemmate_lib import models
-    from gemmate_lib.config import course_config
-    from gemmate_lib.methods import build_methods
-
-    # the tiny model's folder: build_methods reads its config (no weights) to refuse what will not fit
-    monkeypatch.setattr(models, "resolve_model", lambda name: (str(tiny_folder), None))
-    cfg = course_config("methods")
-    other_rank = 16
-    ns = run(cell("06_compare_methods", "lora_r8 = LoraConfig("), cfg=cfg, other_rank=other_rank)
-    written_out, learning_rates = ns["written_out"], ns["learning_rates"]
-    chosen = build_methods(cfg, ns["model_path"], list(written_out), other_rank)
-    assert set(chosen) == set(written_out)
-    for key, method in chosen.items():
-        assert written_out[key] == method.peft_config, key
-        assert learning_rates[key] == method.settings["learning_rate"], key
-
-
 def test_07_encoder_in_plain_torch_equals_temporal_encoder():
     from gemmate_lib.config import course_config
     from gemmate_lib.temporal.model import TemporalEncoder

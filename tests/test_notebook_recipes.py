@@ -27,6 +27,33 @@ def run_cell(notebook: str, cell_id: str, **namespace) -> dict:
     return namespace
 
 
+def reload_in_05(adapter_dir, model_name: str, prompts, max_new_tokens: int, precision,
+                 quantization: str = "none") -> list[str]:
+    """05's fresh-process reload (its cell as written): the child's greedy generations of base + adapter."""
+    from pathlib import Path
+
+    cfg = types.SimpleNamespace(model=types.SimpleNamespace(model_name=model_name, quantization=quantization),
+                                generate=types.SimpleNamespace(max_new_tokens=max_new_tokens),
+                                precision=precision)
+    return run_cell("05_save_and_push.ipynb", "01c05dcf", model=None, adapter_dir=Path(adapter_dir), cfg=cfg,
+                    STANDARD_PROMPTS=prompts, before=types.SimpleNamespace(completion=[]))["reloaded"]
+
+
+def written_out_06(cfg, model_path, other_rank: int = 32) -> tuple[dict, dict]:
+    """06's written-out PEFT configs and learning rates (its cell 9a9c655e) for the model at `model_path`."""
+    lesson = types.SimpleNamespace(model=types.SimpleNamespace(model_name=str(model_path)), lora=cfg.lora)
+    ns = run_cell("06_compare_methods.ipynb", "9a9c655e", cfg=lesson, other_rank=other_rank)
+    return ns["written_out"], ns["learning_rates"]
+
+
+def build_06(cfg, model_path, keys=None, other_rank: int = 32, rates=None) -> dict:
+    """methods.build_methods on 06's written-out configs and rates, as 06 calls it."""
+    from gemmate_lib.methods import build_methods
+
+    configs, learning_rates = written_out_06(cfg, model_path, other_rank)
+    return build_methods(cfg, str(model_path), configs, learning_rates, keys, other_rank, rates)
+
+
 PRECISIONS = {"bf16 CPU": ("cpu", torch.bfloat16), "fp32 CPU": ("cpu", torch.float32),
               "T4 fp16": ("cuda", torch.float16), "A100 bf16": ("cuda", torch.bfloat16)}
 

@@ -81,9 +81,9 @@ def test_04s_written_out_generation_loop_and_rouge_l_equal_evaluate_models(tuned
 
 
 @pytest.mark.parametrize("generation", ["gemma3", "gemma4"])
-def test_06s_written_out_peft_configs_and_rates_equal_build_methods(generation, generation_folder):
-    """Every method 06 can train: its PEFT config and learning rate as section 2 writes them out, on Gemma 3
-    (the seven layer names) and Gemma 4 (a pattern that leaves the vision and audio towers out)."""
+def test_06s_written_out_configs_are_what_every_arm_trains(generation, generation_folder):
+    """Every method 06 can train: build_methods trains its PEFT config and learning rate as section 2 writes
+    them out, on Gemma 3 (the seven layer names) and Gemma 4 (a pattern that leaves the towers out)."""
     from gemmate_lib.config import course_config
     from gemmate_lib.methods import METHODS, build_methods
 
@@ -92,11 +92,12 @@ def test_06s_written_out_peft_configs_and_rates_equal_build_methods(generation, 
     ns = run_cell("06_compare_methods.ipynb", "9a9c655e", cfg=cfg, other_rank=other_rank)
     written_out, learning_rates = ns["written_out"], ns["learning_rates"]
     assert isinstance(ns["targets"], str) == (generation == "gemma4")
-    chosen = build_methods(cfg, ns["model_path"], list(METHODS), other_rank)
+    chosen = build_methods(cfg, ns["model_path"], written_out, learning_rates, list(METHODS), other_rank)
     assert set(chosen) == set(written_out) == set(learning_rates) == set(METHODS)
     for key, method in chosen.items():
-        assert written_out[key] == method.peft_config, key
-        assert learning_rates[key] == method.settings["learning_rate"], key
+        assert method.peft_config is written_out[key], key
+        assert method.settings["learning_rate"] == learning_rates[key], key
+    assert chosen["lora_r32"].key == "lora_r16" and chosen["lora_r32"].peft_config.r == 16
 
 
 # the CPU profile in bf16 (CourseSFTTrainer on pre-tokenized quotes: cpu_speedups) and the GPU profile on
@@ -123,7 +124,7 @@ def test_06s_qlora_arm_by_hand_trains_as_train_arm(profile, dtype, tiny_folder, 
     ns = run_cell("06_compare_methods.ipynb", "6eda3720", cfg=cfg, out=out, tokenizer=tiny_tokenizer,
                   data=types.SimpleNamespace(train=ROWS), written_out=ns["written_out"],
                   learning_rates=ns["learning_rates"])
-    qlora = build_methods(cfg, str(tiny_folder), ["qlora"])["qlora"]
+    qlora = build_methods(cfg, str(tiny_folder), ns["written_out"], ns["learning_rates"], ["qlora"])["qlora"]
     arm_cfg = cfg.replace(**qlora.settings)
     assert ns["qlora_config"] == training_args(arm_cfg, out / "methods" / "by_hand", has_eval=False)
     arm = train_arm(qlora.name, arm_cfg, tiny_tokenizer, ROWS, ROWS[:2], tmp_path / "arm",

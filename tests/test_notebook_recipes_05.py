@@ -2,7 +2,7 @@
 `save_pretrained`, reload it on a fresh base with `PeftModel.from_pretrained`, `merge_and_unload`, save the
 merged model, push with `HfApi`) do what the library does for 03, `gemmate train`, `gemmate export` and
 `gemmate serve` (adapters.save_adapter, gemmate_cli.commands.load_merged, gemmate_cli.serve.save_merged,
-adapters.push_adapter), so the page and the library cannot drift apart. Each test runs 05's own cell, found
+03's written-out push), so the page and the library cannot drift apart. Each test runs 05's own cell, found
 by its cell id, on the tiny model (tests/test_notebook_recipes.py's pattern)."""
 import json
 import types
@@ -124,11 +124,10 @@ class Hub:
         Hub.calls.append(("create_repo", args, kwargs))
 
     def upload_folder(self, **kwargs):
-        kwargs.pop("commit_message", None)  # the library's own message; the page keeps the Hub's default
         Hub.calls.append(("upload_folder", (), kwargs))
 
 
-def test_05s_written_out_push_makes_the_calls_push_adapter_makes(monkeypatch, tmp_path, capsys):
+def test_05s_written_out_push_makes_the_calls_03s_push_makes(monkeypatch, tmp_path, capsys):
     import huggingface_hub
 
     from gemmate_lib import adapters
@@ -141,10 +140,10 @@ def test_05s_written_out_push_makes_the_calls_push_adapter_makes(monkeypatch, tm
     scope = dict(adapter_dir=folder, merged_dir=tmp_path / "merged", push_merged=False, save_merged=False)
     run_cell(NOTEBOOK, "83a0faac", repo_id="someone/quotes-lora", private=True, **scope)
     page, Hub.calls = Hub.calls, []
-    assert adapters.push_adapter(folder, "someone/quotes-lora", private=True).startswith("pushed")
+    run_cell("03_lora_sft.ipynb", "7e1c0a52", adapter_repo="someone/quotes-lora", adapter_dir=folder)
     assert page == Hub.calls and [c[0] for c in page] == ["create_repo", "upload_folder"]
     assert page[0][2]["private"] is True
-    assert "pushed adapter to https://huggingface.co/someone/quotes-lora" in capsys.readouterr().out
+    assert capsys.readouterr().out.count("pushed adapter to https://huggingface.co/someone/quotes-lora") == 2
 
 
 def test_05s_push_cell_without_a_repo_id_or_token_pushes_nothing_and_says_what_to_set(monkeypatch, tmp_path,

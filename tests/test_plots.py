@@ -1,4 +1,4 @@
-"""gemmate_lib.plots: the figures 04 draws from its own results."""
+"""The figures 04 and 07 draw from their own results (gemmate_lib.plots, and 04's written-out bars)."""
 import matplotlib
 import pytest
 
@@ -46,23 +46,25 @@ def _error_bars(ax) -> list[tuple[float, float]]:
     return spans
 
 
-def test_metric_bars_draw_each_value_with_its_interval_even_one_that_misses_its_estimate(tmp_path,
-                                                                                      monkeypatch):
+def test_04s_metric_bars_draw_each_value_with_its_interval_even_one_that_misses_its_estimate(tmp_path,
+                                                                                          monkeypatch):
     """04 on ten held-out rows: the bootstrap interval of perplexity lay above the estimate and the plot
     raised. Each bar is the value; its error bar spans the interval, cut at the estimate where it misses."""
-    from gemmate_lib import plots
+    import matplotlib.pyplot as plt
+    from test_notebook_recipes import run_cell
 
-    figures = _drawn(monkeypatch)
+    figures, real = [], plt.subplots  # every figure 04's cell draws, to read back what it drew
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: figures.append(made := real(*a, **k)) or made)
     for outside in (False, True):
-        path = tmp_path / f"metrics_{outside}.png"
-        plots.metric_bars(_table(outside), path)
-        assert path.stat().st_size > 1000
+        run_cell("04_evaluation.ipynb", "abccb0c2", table=_table(outside), out=tmp_path)
+        assert (tmp_path / "metrics.png").stat().st_size > 1000
         shares, perplexities = figures[-1][1]
         assert [b.get_height() for b in shares.patches] == [0.5] * 10  # 5 shares x 2 models
         assert [b.get_height() for b in perplexities.patches] == [30.0] * 4
         assert _error_bars(shares) == [pytest.approx((0.4, 0.6))] * 10
         perplexity = (30.0, 45.0) if outside else (24.0, 36.0)  # 1.05x-1.5x: from the estimate up
         assert _error_bars(perplexities) == [pytest.approx(perplexity), pytest.approx((24.0, 36.0))] * 2
+        (tmp_path / "metrics.png").unlink()
 
 
 def test_paired_differences_draws_each_difference_with_its_interval(tmp_path, monkeypatch):

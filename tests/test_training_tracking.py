@@ -15,14 +15,15 @@ def test_the_training_notebooks_take_report_to_as_a_papermill_parameter_off_by_d
 
 def test_06_passes_report_to_into_every_methods_trainer(tmp_path, tiny_folder, tiny_tokenizer, cpu_cfg):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_notebook_recipes import build_06
 
-    from gemmate_lib.methods import build_methods, train_arm
+    from gemmate_lib.methods import train_arm
 
     rows = [{"quote": "Be yourself.", "author": "Oscar Wilde",
              "text": "Quote: Be yourself.\nAuthor: Oscar Wilde"}] * 4
     cfg = cpu_cfg.replace(model_name=str(tiny_folder), max_steps=2, batch_size=2, steps_freq=1,
                           report_to="tensorboard")
-    method = build_methods(cfg, str(tiny_folder), ["prefix"])["prefix"]
+    method = build_06(cfg, str(tiny_folder), ["prefix"])["prefix"]
     train_arm(method.name, cfg.replace(**method.settings), tiny_tokenizer, rows, rows[:1],
               tmp_path / "prefix",
               adapter=method.peft_config)

@@ -1,10 +1,9 @@
 """The 28 exercises of notebooks 00-07, as their cells call them: `exercise_check`, every check cell (the
 checks: checks_00_03, checks_04_07; judging: how they judge); `fit_lines`, the line each notebook prints above
-its exercises; and the helpers the solutions of 00-3 and 05-2 call."""
+its exercises."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import cache
 from pathlib import Path
@@ -20,35 +19,6 @@ def exercise_check(name: str) -> str:
     """The check cell of exercise `name` ("03-2"): PASS, FAIL, NOT RUN YET, or why results from another model
     cannot be judged, with what its run folders (runs/ex03_2) show (judging.judge_exercise)."""
     return judge_exercise(name, EXERCISES[name])
-
-
-def model_on_disk(model_name: str) -> bool:
-    """Exercise 00-3's helper: are `model_name`'s weights here already (a local folder, the embedded model
-    once converted, a Hub model whose weight files are all in the Hugging Face cache)?"""
-    from gemmate_lib.config import EMBEDDED
-
-    if model_name == EMBEDDED:
-        from gemmate_lib.models import cache_dir
-
-        return (cache_dir() / "gemma-3-270m" / "model.safetensors").is_file()
-    if Path(model_name).is_dir():
-        return True
-    from huggingface_hub import try_to_load_from_cache
-
-    def cached(filename):
-        found = try_to_load_from_cache(model_name, filename)
-        return found if isinstance(found, str) else None
-
-    if index := cached("model.safetensors.index.json"):
-        shards = set(json.loads(Path(index).read_text()).get("weight_map", {}).values())
-        return bool(shards) and all(cached(shard) for shard in shards)
-    return cached("model.safetensors") is not None
-
-
-def texts_digest(rows: list[dict]) -> str:
-    """Exercise 05-2's helper: a SHA-256 of the texts `rows` train on, so that the check tells an adapter
-    trained on texts of its own from one trained on the lesson's."""
-    return hashlib.sha256("\n".join(str(r["text"]) for r in rows).encode("utf-8")).hexdigest()
 
 
 @cache

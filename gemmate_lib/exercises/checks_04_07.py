@@ -123,7 +123,7 @@ def _05_2(ex, lesson):
     from safetensors import safe_open
 
     written = read_json(ex[0], "generations.json", dict)  # {adapter: its text}
-    trained_on = read_json(ex[0], "trained_on.json", dict)  # {adapter: texts_digest of what it trained on}
+    trained_on = read_json(ex[0], "trained_on.json", dict)  # {adapter: SHA-256 of the texts it trained on}
     # LoRA starts at B = 0 (B·A adds nothing to the base model): trained once a B matrix has moved from there
     with safe_open(str(Path(ex[0]) / "adapter" / "adapter_model.safetensors"), "pt") as weights:
         b = [name for name in weights.keys() if "lora_B" in name]

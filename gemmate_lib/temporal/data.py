@@ -2,12 +2,10 @@
 JSONL files, and the dated-notes task (the same quote at many dates: only the timestamp tells the year)."""
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
@@ -67,15 +65,6 @@ def collate_fn(batch: list[dict], pad_token_id: int = 0) -> dict:
     if "timestamps" in batch[0]:
         out["timestamps"] = torch.stack([b["timestamps"] for b in batch])
     return out
-
-
-def save_jsonl(path: str | Path, texts, timestamps) -> Path:
-    """Write rows of {"text", "timestamp"} (ms), the format `gemmate train-te` reads."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"text": text, "timestamp": int(ms)}, ensure_ascii=False) + "\n"
-                            for text, ms in zip(texts, timestamps)), encoding="utf-8")
-    return path
 
 
 @dataclass

@@ -54,7 +54,7 @@ def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder, fp32):
     import subprocess
     import sys
 
-    from gemmate_lib.temporal.data import save_jsonl
+    from scripts.finetune import save_jsonl
 
     data = save_jsonl(tmp_path / "notes.jsonl", [f"Note {i}\nWritten: May {2008 + i}" for i in range(12)],
                       [to_milliseconds(datetime(2008 + i, 5, 10)) for i in range(12)])
@@ -104,7 +104,8 @@ def test_command_bad_values_get_one_clear_line(argv, message, tmp_path, capsys):
 
 def test_a_saved_jsonl_loads_back_and_a_bad_row_names_its_line(tmp_path):
     from gemmate_cli.train_te import load_jsonl
-    from gemmate_lib.temporal.data import make_dated_notes, save_jsonl
+    from gemmate_lib.temporal.data import make_dated_notes
+    from scripts.finetune import save_jsonl
 
     notes = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=10)
     path = save_jsonl(tmp_path / "notes.jsonl", notes.train_texts, notes.train_timestamps)

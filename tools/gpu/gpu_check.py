@@ -94,7 +94,9 @@ def dry_run(notebooks: list[Path]) -> int:
             if task == "methods":
                 from gemmate_lib.methods import build_methods
 
-                arm = cfg.replace(**build_methods(cfg, "dry-run", ["qlora"])["qlora"].settings)
+                # the settings QLoRA's arm changes (its PEFT config and rate play no part in these checks)
+                qlora = build_methods(cfg, "dry-run", {"qlora": None}, {"qlora": 2e-4}, ["qlora"])["qlora"]
+                arm = cfg.replace(**qlora.settings)
                 checks = {k: v for k, v in expected(arm, capability).items()
                           if k not in ("paged_adamw_8bit", "gradient checkpointing")}
             if card == FP16_CARD:

@@ -4,10 +4,10 @@ nothing global; notebooks call `quiet()`.
 
   00_setup                 hardware (device, precision, memory), config (the profile and the one validator),
                            models (loading), fit (will it fit: each notebook's line, 00 all of them)
-  01_load_4bit             data (the quotes), evaluation (held-out loss), plots
+  01_load_4bit             data (the quotes), evaluation (held-out loss)
   02_baseline_generation   text_generation
   03_lora_sft              generations (Gemma 1, 3, 4), training (the one training path), fast_loss, resume
-                           (the same run), preflight (and the gradient tripwire), methods, adapters
+                           (the same run), preflight (and the gradient tripwire), methods, adapters, plots
   04_evaluation            evaluation (metrics), stats, plots
   05_save_and_push         adapters, export (llama.cpp's converter, quantizer and loader; converter_shim/)
   06_compare_methods       methods, stats

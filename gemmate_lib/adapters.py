@@ -1,4 +1,4 @@
-"""Save, reload, merge and push LoRA adapters as safetensors (05_save_and_push; 03 saves, 04 loads).
+"""Save and load LoRA adapters as safetensors (03 saves, 04 and 05 load), and whether a push can happen.
 `gemmate.json` beside the adapter names its base model, so loading it onto another base is one clear error,
 not a wall of size mismatches. Saving is all or nothing (files.atomic_folder)."""
 from __future__ import annotations
@@ -123,7 +123,7 @@ def load_adapter(base_model, folder: str | Path, adapter_name: str = "default"):
 
 def push_problem(repo_id: str | None) -> str | None:
     """Why a push to `repo_id` cannot happen, in one line (no repo_id, no token, a read-only token), or None;
-    a malformed repo_id raises SaveError. 05 calls it before its own `create_repo` and `upload_folder`."""
+    a malformed repo_id raises SaveError. 03 and 05 call it before their own create_repo and upload_folder."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not repo_id:

@@ -56,6 +56,13 @@ def build_methods(cfg: CourseConfig, model_path: str, configs: dict, learning_ra
         raise ParameterError(f"other_rank = {other_rank} is the rank of "
                              f"LoRA r={cfg.lora.lora_r} already in methods",
                              "choose another rank (e.g. 2 or 32), or drop lora_r32 from methods")
+    cfg.replace(lora_r=other_rank)  # a wrong other_rank: one ParameterError
+    if missing := [k for k in keys if k not in configs or k not in learning_rates]:
+        raise ParameterError(f"section 2 wrote out no config or learning rate for {missing[0]!r}",
+                             "run section 2's cell again (it defines written_out and learning_rates)")
+    if "lora_r32" in keys and getattr(configs["lora_r32"], "r", other_rank) != other_rank:
+        raise ParameterError(f"other_rank = {other_rank}, but section 2's lora_wide has r = "
+                             f"{configs['lora_r32'].r}", "run section 2's cell again for this other_rank")
     rates = dict(rates or {})
     for key, value in rates.items():
         number = isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -213,7 +213,6 @@ class StepTimer(TrainerCallback):
     """Wall-clock seconds of each optimizer step (`on_step_begin` to `on_step_end`), without the set-up, batch
     fetching and logging that would blur a comparison of a few steps. On a GPU the clock waits for kernels."""
 
-
     def __init__(self):
         self.seconds: list[float] = []
         self._start = None

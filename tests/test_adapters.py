@@ -93,18 +93,6 @@ def test_the_merged_model_is_saved_in_the_training_dtype(tiny_model, tiny_tokeni
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
 
 
-def test_push_without_token_or_repo_is_skipped_with_how_to(monkeypatch, tmp_path):
-    from huggingface_hub import constants
-
-    from gemmate_lib.adapters import push_problem
-
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "none"))
-    assert "set the parameter repo_id" in push_problem(None)
-    assert "no HF_TOKEN" in push_problem("someone/quotes-lora")
-
-
 @pytest.mark.parametrize("stage", ["token check", "upload"])
 def test_03s_failed_push_is_one_line_without_the_token(stage, monkeypatch, tmp_path, capsys):
     from huggingface_hub import constants
@@ -126,6 +114,7 @@ def test_03s_failed_push_is_one_line_without_the_token(stage, monkeypatch, tmp_p
     status = printed.out.strip()
     assert status.startswith("push failed") and "\n" not in status
     assert ("cannot be reached" in status) == (stage == "token check")
+    assert ("Check the token has write access and the network" in status) == (stage == "upload")  # the fix
     assert fake not in status and "CANARY" not in status
     assert fake not in printed.out + printed.err
 

@@ -191,7 +191,6 @@ def test_06_refuses_what_will_not_fit_before_any_weight_loads(tmp_path, fake_gpu
     from gemmate_lib.guard_rails.errors import HardwareError
     from gemmate_lib.hardware import Precision
 
-
     for name in ("gemma-2b", "gemma-4-E2B"):
         full_shape.config_of(name).save_pretrained(tmp_path / name)  # the config alone: no weights to load
     cfg = course_config("methods")

@@ -144,16 +144,16 @@ def test_make_course_is_offline_for_the_embedded_profile_only(tmp_path, params, 
 
 
 def test_05_keeps_the_merged_model_only_when_it_is_small(capsys):
-    """06 wrote gemma-2b's ~5 GB merged copy into the learner's Google Drive by default."""
+    """05 (then 06) wrote gemma-2b's ~5 GB merged copy into the learner's Google Drive by default."""
     import types
 
     from test_notebook_recipes import run_cell
 
-    def keeps(n, dtype, save_merged=None, push_merged=False):
+    def keeps(n, dtype, save_merged=None, push_merged=False, repo_id="someone/quotes"):
         cfg = types.SimpleNamespace(precision=types.SimpleNamespace(dtype=dtype))
-        merged = torch.nn.Linear(1, n, bias=False, device="meta")
+        merged = torch.nn.Linear(1, n, bias=False, device="meta") if n else None  # None: section 3 skipped
         return run_cell("05_save_and_push.ipynb", "5d1e2f30", merged=merged, cfg=cfg, save_merged=save_merged,
-                        push_merged=push_merged, repo_id="someone/quotes")["save_merged"]
+                        push_merged=push_merged, repo_id=repo_id)["save_merged"]
 
     # gemma-2b's size in fp16: ~4.7 GiB
     assert keeps(2_500_000_000, torch.float16) is False
@@ -161,6 +161,10 @@ def test_05_keeps_the_merged_model_only_when_it_is_small(capsys):
     assert keeps(268_000_000, torch.float32) is True  # the embedded model: ~1 GiB
     assert keeps(2_500_000_000, torch.float16, save_merged=True) is True  # asked for
     assert keeps(2_500_000_000, torch.float16, push_merged=True) is True  # push_merged needs the files
+    assert keeps(2_500_000_000, torch.float16, push_merged=True, repo_id=None) is False  # no push: no repo
+    capsys.readouterr()
+    assert keeps(0, torch.float16, save_merged=True) is False  # section 3 merged nothing: nothing to save
+    assert capsys.readouterr().out == ""
 
 
 def test_the_last_cell_flushes_google_drive(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from gemmate_lib.guard_rails.errors import HardwareError, ParameterError
 from gemmate_lib.methods import (
     DEFAULT_METHODS,
     METHODS,
+    build_methods,
     check_full_finetuning,
     full_finetuning_gib,
     train_arm,
@@ -79,6 +80,13 @@ def test_the_default_list_holds_full_finetuning_on_a_cpu_and_only_what_a_t4_runs
 def test_an_unknown_method_or_rank_is_one_clear_error(cpu_cfg, model_dir):
     with pytest.raises(ParameterError, match=r"unknown method 'lora'\n  Fix: use some of: full"):
         build_06(cpu_cfg, model_dir, ["lora"])
+    with pytest.raises(ParameterError, match="lora_r"):
+        build_06(cpu_cfg, model_dir, ["lora_r32"], other_rank="wide")
+    configs, rates = written_out_06(cpu_cfg, model_dir)
+    with pytest.raises(ParameterError, match="no config or learning rate for 'ia3'.*\n  Fix: run section 2"):
+        build_methods(cpu_cfg, model_dir, {k: configs[k] for k in ("lora_r8",)}, rates, ["lora_r8", "ia3"])
+    with pytest.raises(ParameterError, match="other_rank = 16, but section 2's lora_wide has r = 32\n  Fix"):
+        build_methods(cpu_cfg, model_dir, configs, rates, ["lora_r32"], other_rank=16)  # cell not rerun
     # one folder, one label: clash
     with pytest.raises(ParameterError, match=r"other_rank = 8 is the rank of LoRA r=8"):
         build_06(cpu_cfg, model_dir, ["lora_r8", "lora_r32"], other_rank=8)

@@ -131,6 +131,7 @@ def test_05s_written_out_push_makes_the_calls_03s_push_makes(monkeypatch, tmp_pa
     import huggingface_hub
 
     from gemmate_lib import adapters
+    from gemmate_lib.guard_rails.files import show_path
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
     monkeypatch.setattr(adapters, "push_problem", lambda repo_id: None)  # a write token, on a reachable Hub
@@ -143,7 +144,10 @@ def test_05s_written_out_push_makes_the_calls_03s_push_makes(monkeypatch, tmp_pa
     run_cell("03_lora_sft.ipynb", "7e1c0a52", adapter_repo="someone/quotes-lora", adapter_dir=folder)
     assert page == Hub.calls and [c[0] for c in page] == ["create_repo", "upload_folder"]
     assert page[0][2]["private"] is True
-    assert capsys.readouterr().out.count("pushed adapter to https://huggingface.co/someone/quotes-lora") == 2
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "pushed adapter to https://huggingface.co/someone/quotes-lora"  # 05's line
+    # 03's: the folder it pushed, and private
+    assert printed[1] == f"pushed {show_path(folder)} to https://huggingface.co/someone/quotes-lora (private)"
 
 
 def test_05s_push_cell_without_a_repo_id_or_token_pushes_nothing_and_says_what_to_set(monkeypatch, tmp_path,

@@ -1,5 +1,5 @@
 """Timestamped text for GemmaTE (07_temporal_encoding): a Dataset and collate_fn as in the GemmaTE guide,
-JSONL files, and the dated-notes task (the same quote at many dates: only the timestamp tells the year)."""
+and the dated-notes task (the same quote at many dates: only the timestamp tells the year)."""
 from __future__ import annotations
 
 import random

@@ -102,17 +102,27 @@ def test_command_bad_values_get_one_clear_line(argv, message, tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # nothing was created before the check
 
 
-def test_a_saved_jsonl_loads_back_and_a_bad_row_names_its_line(tmp_path):
+def test_07s_jsonl_loads_back_in_train_te_and_a_bad_row_names_its_line(tmp_path):
+    """07 writes its dated notes itself (cell 49a4957a): the same bytes as the guide's script writes, and what
+    `gemmate train-te` reads back."""
+
+    from test_notebook_recipes import run_cell
+
     from gemmate_cli.train_te import load_jsonl
-    from gemmate_lib.temporal.data import make_dated_notes
+    from gemmate_lib.config import course_config
     from scripts.finetune import save_jsonl
 
-    notes = make_dated_notes([f"quote number {i} is here" for i in range(40)], n_train=50, n_test=10)
-    path = save_jsonl(tmp_path / "notes.jsonl", notes.train_texts, notes.train_timestamps)
+    sizes = dict(n_train=20, n_test=5, n_val=5, n_far=5, first_year=2007, last_year=2020, extrapolate_to=2026)
+    ns = run_cell("07_temporal_encoding.ipynb", "49a4957a", cfg=course_config("temporal"), seed=0,
+                  out=tmp_path, **sizes)
+    notes, path = ns["notes"], tmp_path / "dated_notes_train.jsonl"
+    assert path.read_bytes() == save_jsonl(tmp_path / "script.jsonl", notes.train_texts,
+                                           notes.train_timestamps).read_bytes()
     texts, stamps = load_jsonl(path)
     assert texts == notes.train_texts and stamps == [float(s) for s in notes.train_timestamps]
+    assert len(load_jsonl(tmp_path / "dated_notes_test.jsonl")[0]) == len(notes.test_prompts)
     path.write_text(path.read_text() + '{"text": "late", "timestamp": "yesterday"}\n')
-    with pytest.raises(DataError, match="notes.jsonl line 51: timestamp 'yesterday'"):
+    with pytest.raises(DataError, match="dated_notes_train.jsonl line 21: timestamp 'yesterday'"):
         load_jsonl(path)
     path.write_text('{"text": "no time"}\n')
     with pytest.raises(DataError, match="has no column timestamp"):

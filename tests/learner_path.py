@@ -38,6 +38,9 @@ SMOKE_PARAMS = {
     "n_train": 24, "n_test": 8, "n_val": 8, "n_far": 6, "n_python": 12, "python_epochs": 1.0,
     "num_epochs": 1.0,  # 07
     "max_new_tokens": 8,  # 02
+    # 06's format check on 2 held-out quotes, without prompt and prefix tuning's second copy for the loss
+    # before training (the every-branch run below takes it); the page's Author-line share on 4 prompts
+    "format_quotes": 2, "start_losses": False, "share_prompts": 4,
     # 03's pre-flight: a random model starts at a uniform guess, ln(vocabulary size), which it refuses for a
     # real base model (the one-page recipe gets the same below)
     "max_start_loss": 1.2,
@@ -59,6 +62,7 @@ EVERY_BRANCH = {
     # full fine-tuning, prompt and prefix tuning with gemma-2b's one key/value head, IA3), and LoRA and QLoRA,
     # whose copies (16-bit and NF4) the ledger measures for 06's fit line and a T4's default list
     "methods": ["full", "lora_r8", "qlora", "prompt", "prefix", "ia3"],
+    "start_losses": True,  # 06's second copy of prompt and prefix tuning, which the smoke run leaves out
 }
 # the smoke run's dataset: this many embedded quotes, so 10 are held out (eval_fraction 0.1)
 SMOKE_QUOTES = 100

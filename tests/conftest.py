@@ -18,11 +18,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # OpenMP threads sleep when they wait instead of spinning: llama.cpp's (the export and certificate tests) spun
 # against the other worker's torch, one llama.cpp step 68 ms against 0.15 ms on two busy cores
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# make unit runs the tests on several workers (pytest-xdist, TEST_WORKERS): each computes with its share of
-# the cores, and so do the processes it starts (notebook kernels, the command line), instead of every worker
-# running a thread per core and all of them fighting over the cores. Not in make nbval's session
-# (GEMMATE_NBVAL_DONE, tests/nbval_groups.py), whose notebook kernels compute as `make notebooks` did.
-WORKERS = 0 if "GEMMATE_NBVAL_DONE" in os.environ else int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+# make unit and make nbval run on several workers (pytest-xdist): each computes with its share of the cores,
+# and so do the processes it starts (notebook kernels, the command line), instead of every worker running a
+# thread per core and all of them fighting over the cores (nbval's two kernels on one thread each: 555 s
+# against 599 s with two each on the 2-core EPYC; every checked output as `make notebooks` printed it on two).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if WORKERS:
     os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // WORKERS))
 

@@ -17,6 +17,19 @@ def make_commands(target: str, makefile: Path | None = None) -> list[list[str]]:
 
 
 def pip_installs(commands: list[list[str]]) -> list[list[str]]:
-    """The arguments after `pip install` of each pip install among `commands`, in order."""
-    return [args[args.index("install", i) + 1:] for args in commands
-            for i in [args.index("pip") if "pip" in args else -1] if i >= 0 and "install" in args[i:]]
+    """The arguments after `pip install` of each pip install among `commands`, in order, each up to the end of
+    its shell command (a `;`, `&&`, `||` or `|` after it on the same line)."""
+    installs = []
+    for args in commands:
+        i = args.index("pip") if "pip" in args else -1
+        if i < 0 or "install" not in args[i:]:
+            continue
+        own = []
+        for arg in args[args.index("install", i) + 1:]:
+            if arg in (";", "&&", "||", "|", "&"):
+                break
+            own.append(arg.removesuffix(";"))
+            if arg.endswith(";"):
+                break
+        installs.append(own)
+    return installs

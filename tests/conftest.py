@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # make unit and make nbval run on several workers (pytest-xdist): each computes with its share of the cores,
 # and so do the processes it starts (notebook kernels, the command line), instead of every worker running a
 # thread per core and all of them fighting over the cores (nbval's two kernels on one thread each: 555 s
-# against 599 s with two each on the 2-core EPYC; every checked output as `make notebooks` printed it on two).
+# against 602 s with two each on the 2-core EPYC; every checked output as `make notebooks` printed it on two).
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if WORKERS:
     os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // WORKERS))

@@ -6,7 +6,9 @@ kernel of its own.
 The tests that read what the notebooks wrote (markers `canary` and `after_nbval`, tests/nbval_run.py) run in
 the same session, after 07 on the second process: each waits for the notebooks it reads, which this plugin
 marks done (a file named after the notebook in $GEMMATE_NBVAL_DONE) once its kernel has stopped. So they run
-while the first process finishes 00-05 and the page, not in a pytest session of their own after both."""
+while the first process finishes 00-05 and the page, not in a pytest session of their own after both. One that
+reads 05 alone runs on the first process after the page instead (BY_THE_PAGE), so that both end together (the
+two sides' seconds: CONTRIBUTING.md, "Test time")."""
 import os
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 
 CHAIN = ("00_", "01_", "02_", "03_", "04_", "05_", "qlora_one_runtime")
 SECOND = "06 and 07"
+BY_THE_PAGE = ("test_llama_server.py",)
 
 
 def pytest_configure(config):
@@ -26,8 +29,8 @@ def pytest_collection_modifyitems(items):
         if item.path.suffix == ".ipynb":
             group = "00-05 and the page" if item.path.name.startswith(CHAIN) else SECOND
             item.add_marker(pytest.mark.nbval)
-        else:  # a test that reads the run folder: after 07, in the order collected (the notebooks first)
-            group = SECOND
+        else:  # a test that reads the run folder: after 07 (or the page), in the order collected
+            group = "00-05 and the page" if item.path.name in BY_THE_PAGE else SECOND
         item.add_marker(pytest.mark.xdist_group(group))
 
 

@@ -51,7 +51,7 @@ def test_nbval_runs_each_notebook_as_a_copy_with_the_values_it_declares_and_its_
     expected = {name: {**(offline if name == ONE_PAGE else {}), **values} for name, values in meant.items()}
     assert given == {name: values for name, values in expected.items() if values}
     assert meant["03_lora_sft.ipynb"] == {"compare": False, "chat_steps": 0}  # part 2: the smoke run's
-    assert meant["06_compare_methods.ipynb"] == {"steps": 2, "format_quotes": 4, "start_losses": False}
+    assert meant["06_compare_methods.ipynb"] == {"steps": 2, "format_quotes": 2, "start_losses": False}
     assert meant["qlora_one_runtime.ipynb"]["max_steps"] < 10  # its own section: not 03's max_steps
     assert "max_steps" not in meant["03_lora_sft.ipynb"]
 

@@ -23,6 +23,10 @@ def train_temporal_from_config(cfg: CommandConfig) -> dict:
     from gemmate_lib.models import load_tokenizer
 
     out = Path(cfg.checkpoints.output_dir)
+    if cfg.command.temporal_task == "file" and cfg.course.data.dataset == "embedded":  # before any load
+        raise ParameterError("train-te needs data: dataset='embedded' is the quotes, which have no "
+                             "timestamps", "pass --dataset notes.jsonl, or --temporal_task dated_notes "
+                             "(or python_releases)")
     tokenizer = load_tokenizer(cfg.course.model.model_name)
     cfg, dataset, source, evaluate = temporal_data(cfg, tokenizer)  # before the model: bad data stops here
     check_output_dir(out, resuming=False)
@@ -74,11 +78,6 @@ def temporal_data(cfg: CommandConfig, tokenizer) -> tuple:
     course, task = cfg.course, cfg.command.temporal_task
     evaluate = None
     if task == "file":
-        if course.data.dataset == "embedded":
-            raise ParameterError("train-te needs data: dataset='embedded' "
-                                 "is the quotes, which have no timestamps",
-                                 "pass --dataset notes.jsonl, or --temporal_task dated_notes "
-                                 "(or python_releases)")
         texts, stamps = load_jsonl(course.data.dataset, cfg.command.timestamp_unit)
         source = course.data.dataset
     else:

@@ -39,6 +39,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("embedded"))  # one worker loads the real model, once
 
 
 @pytest.fixture(scope="session")

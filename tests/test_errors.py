@@ -69,9 +69,10 @@ def test_a_seconds_timestamp_is_one_line_on_the_command_line_and_the_unit_flag_f
 
 
 @pytest.mark.slow
-def test_the_same_bad_files_through_papermill(tmp_path):
+def test_the_same_bad_files_through_papermill(tmp_path, tiny_folder):
     """04's eval_data: the drop report is printed in its first
-    cells, before any model loads; Latin-1 is one line."""
+    cells, before any model loads; Latin-1 is one line. On the tiny Gemma's tokenizer (the embedded one's
+    33 MB took 7 of this test's 20 s)."""
     import papermill as pm
 
     from gemmate_lib.guard_rails.files import repo_root
@@ -82,7 +83,7 @@ def test_the_same_bad_files_through_papermill(tmp_path):
         pm.execute_notebook(str(notebooks / "04_evaluation.ipynb"), str(out), cwd=str(notebooks),
                             kernel_name="python3", progress_bar=False,
                             parameters={"eval_data": str(_bad_quotes(tmp_path)),
-                                        "run_dir": str(tmp_path / "run")})
+                                        "model_name": str(tiny_folder), "run_dir": str(tmp_path / "run")})
     assert err.value.ename == "ModelLoadError" and "no adapter from 03_lora_sft" in err.value.evalue
     text = out.read_text()
     assert "4 usable rows from bad_quotes.jsonl" in text
@@ -93,7 +94,8 @@ def test_the_same_bad_files_through_papermill(tmp_path):
         pm.execute_notebook(str(notebooks / "03_lora_sft.ipynb"), str(tmp_path / "03b.ipynb"),
                             cwd=str(notebooks),
                             kernel_name="python3", progress_bar=False,
-                            parameters={"dataset": str(latin), "run_dir": str(tmp_path / "run2")})
+                            parameters={"dataset": str(latin), "model_name": str(tiny_folder),
+                                        "run_dir": str(tmp_path / "run2")})
     assert err.value.ename == "DataError" and "line 2 is not UTF-8 text" in err.value.evalue
 
 

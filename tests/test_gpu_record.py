@@ -27,13 +27,14 @@ def test_the_dry_run_records_every_phase_of_part_1(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_part_past_its_limit_is_recorded_and_the_next_part_still_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_record, "PART_SECONDS", {"full-shape/gemma-2b": 0.5, "embedded/t4": 60})
+    # the next part gets its own half second too: that it starts and is recorded is the point, not its phases
+    monkeypatch.setattr(gpu_record, "PART_SECONDS", {"full-shape/gemma-2b": 0.5, "embedded/t4": 0.5})
     code = gpu_record.main(["--dry-run", "--only", "full-shape/gemma-2b", "embedded/t4",
                             "--out", str(tmp_path / "out"), "--work", str(tmp_path)])
     results = json.loads((tmp_path / "out" / "gpu_record.json").read_text())
     assert code == 1
     assert results["parts"]["full-shape/gemma-2b"]["returncode"] == "timed out"
-    assert "embedded/t4" in results["parts"]  # ran after the one that timed out
+    assert results["parts"]["embedded/t4"]["returncode"] == "timed out"  # started after the first timed out
 
 
 def test_the_gpu_table_takes_each_model_from_its_last_record_where_every_phase_ran():

@@ -235,8 +235,36 @@ def test_no_import_circle_at_any_folder_level_of_the_checkout():
         "lib.temporal.data)", "in tools/: a <-> b (tools.a -> tools.b; tools.b -> tools.a)"]
 
 
+# One child process imports the library, then the command line, and reports to both tests below (two children
+# took 16 s of make test): what the library's modules loaded of gemmate_cli, the global state each step left.
+PROBE = """import importlib, json, logging, sys, warnings
+level = lambda: logging.getLogger('bitsandbytes.backends.cpu.ops').level
+before = (list(warnings.filters), level())
+for m in {modules!r}:
+    importlib.import_module(m)
+cli = sorted(k for k in sys.modules if k.split('.')[0] == 'gemmate_cli')
+import gemmate_cli.main
+after = (list(warnings.filters), level())
+import gemmate_lib
+gemmate_lib.quiet()
+added = [f for f in warnings.filters if f not in after[0]]
+print(json.dumps({{"cli": cli, "level_kept": before[1] == after[1],
+                  "ours": [repr(f) for f in after[0] if f not in before[0] and 'gemma' in repr(f).lower()],
+                  "quiet_level": level(), "quiet_filters": len(added)}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def import_probe():
+    out = subprocess.run([sys.executable, "-c", PROBE.format(modules=LIB_MODULES)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
-def test_the_library_knows_nothing_of_the_command_line():
+@pytest.mark.xdist_group("import_probe")
+def test_the_library_knows_nothing_of_the_command_line(import_probe):
     """No module of gemmate_lib imports gemmate_cli (also inside a function), and importing every library
     module loads none of it."""
     def cli(node) -> bool:
@@ -246,12 +274,7 @@ def test_the_library_knows_nothing_of_the_command_line():
 
     named = [f"{name}:{node.lineno}" for name in LIB_MODULES for node in ast.walk(MODULES[name]) if cli(node)]
     assert named == []
-    code = ("import importlib, sys\n"
-            f"for m in {LIB_MODULES!r}:\n    importlib.import_module(m)\n"
-            "print(sorted(k for k in sys.modules if k.split('.')[0] == 'gemmate_cli'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert import_probe["cli"] == []
 
 
 def test_the_guard_rails_import_no_lesson_module():
@@ -301,21 +324,16 @@ def test_one_builder_of_the_training_arguments_and_one_type_checker():
 
 
 @pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
-def test_importing_the_library_changes_no_global_state():
-    code = ("import logging, warnings\n"
-            "before = (list(warnings.filters), logging.getLogger('bitsandbytes.backends.cpu.ops').level)\n"
-            "import gemmate_lib, gemmate_lib.training, gemmate_lib.models, gemmate_lib.temporal.model\n"
-            "import gemmate_cli.main, gemmate_lib.evaluation, gemmate_lib.adapters\n"
-            "after = (list(warnings.filters), logging.getLogger('bitsandbytes.backends.cpu.ops').level)\n"
-            "assert before[1] == after[1], 'logger level changed'\n"
-            "ours = [f for f in after[0] if f not in before[0] and 'gemma' in repr(f).lower()]\n"
-            "assert ours == [], ours\n"
-            "gemmate_lib.quiet()\n"
-            "assert logging.getLogger('bitsandbytes.backends.cpu.ops').level == logging.ERROR\n"
-            "print(len([f for f in warnings.filters if f not in after[0]]))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.strip().splitlines()[-1]) == 4  # quiet() adds exactly its four filters
+@pytest.mark.xdist_group("import_probe")
+def test_importing_the_library_changes_no_global_state(import_probe):
+    """Importing every module of the library and the command line adds no warning filter of ours and leaves
+    bitsandbytes' logger alone; gemmate_lib.quiet() then adds exactly its four filters and quiets it."""
+    import logging
+
+    assert import_probe["level_kept"], "logger level changed"
+    assert import_probe["ours"] == []
+    assert import_probe["quiet_level"] == logging.ERROR
+    assert import_probe["quiet_filters"] == 4  # quiet() adds exactly its four filters
 
 
 def test_docstrings_name_the_notebook_or_command_that_teaches_each_module():

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from processes import QUICK, ROOT, gemmate
+from processes import QUICK, ROOT
 
 from gemmate_cli.checkpoints import CheckpointPolicy, resume_checkpoint, select_kept
 from gemmate_lib.guard_rails.errors import ParameterError
@@ -92,14 +92,34 @@ def test_early_stopping_stops_gemmate_train_when_the_checkpoint_metric_stops_imp
     assert metrics["steps"] == steps and metrics["final_eval_loss"] == [2.2, 2.5][mode == "max"]
 
 
+@pytest.fixture()
+def in_process_determinism():
+    """--deterministic in this process: transformers' full determinism sets environment variables and torch's
+    deterministic algorithms for the rest of the process; both go back as they were after the test."""
+    import torch
+
+    environ, algorithms = dict(os.environ), torch.are_deterministic_algorithms_enabled()
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    yield
+    os.environ.clear()
+    os.environ.update(environ)
+    torch.use_deterministic_algorithms(algorithms)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_last_gives_the_same_adapter_bitwise(tmp_path, tiny_folder):
+def test_sigkill_then_resume_last_gives_the_same_adapter_bitwise(tmp_path, tiny_folder,
+                                                                  in_process_determinism):
     """Plumbing (checkpoints, RNG and data position), so the
-    tiny random Gemma: 24 steps, a checkpoint every 2."""
+    tiny random Gemma: 24 steps, a checkpoint every 2. The killed run is `python -m gemmate_cli`, the
+    uninterrupted and the resumed runs are the same command in this process (two more children took 12 s)."""
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
+
     args = [*QUICK, "--max_length", "128", "--model_name", str(tiny_folder), "--max_steps", "24",
             "--deterministic",
             "true", "--keep_last_n", "2", "--keep_best_n", "0"]
-    gemmate("train", *args, "--output_dir", str(tmp_path / "straight"))
+    assert run_cli(main, ["train", *args, "--output_dir", str(tmp_path / "straight")]) == 0
     straight = json.loads((tmp_path / "straight" / "train_metrics.json").read_text())
 
     out = tmp_path / "killed"
@@ -113,8 +133,8 @@ def test_sigkill_then_resume_last_gives_the_same_adapter_bitwise(tmp_path, tiny_
     assert proc.returncode == -signal.SIGKILL and not (out / "train_metrics.json").exists()
     last = max(complete_checkpoints(out))
     assert last < 24
-    gemmate("train", *args, "--output_dir", str(out), "--resume_from_checkpoint", "true", "--resume_option",
-            "last")
+    assert run_cli(main, ["train", *args, "--output_dir", str(out), "--resume_from_checkpoint", "true",
+                          "--resume_option", "last"]) == 0
     resumed = json.loads((out / "train_metrics.json").read_text())
     print(f"killed after checkpoint-{last} of 24 steps; resumed run digest "
           f"{resumed['trainable_digest'][:12]}, "

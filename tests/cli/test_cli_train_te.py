@@ -1,7 +1,6 @@
 """`gemmate train-te` (gemmate_cli/train_te.py): a JSONL of {text, timestamp} (a bad row names its line) or
 one of 07's tasks, trained on the tiny random Gemma (plumbing), with one clear line for each bad value."""
 import json
-import os
 from datetime import datetime
 
 import pytest
@@ -37,8 +36,8 @@ def test_train_te_runs_04s_tasks_and_evaluates_them(task, keys, tmp_path, tiny_f
     assert (out / "model" / "temporal.safetensors").exists()
 
 
-@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
 def test_train_te_without_data_says_what_to_pass(tmp_path, capsys):
+    """One line before any model or tokenizer loads."""
     from gemmate_cli.errors import run_cli
     from gemmate_cli.main import main
 
@@ -50,22 +49,18 @@ def test_train_te_without_data_says_what_to_pass(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder, fp32):
-    import subprocess
-    import sys
-
+def test_the_command_trains_on_a_small_jsonl(tmp_path, tiny_folder, fp32, one_thread):
+    """In this process (`python -m gemmate_cli` itself: tests/cli/test_cli_checkpoints.py)."""
+    from gemmate_cli.errors import run_cli
+    from gemmate_cli.main import main
     from scripts.finetune import save_jsonl
 
     data = save_jsonl(tmp_path / "notes.jsonl", [f"Note {i}\nWritten: May {2008 + i}" for i in range(12)],
                       [to_milliseconds(datetime(2008 + i, 5, 10)) for i in range(12)])
     out = tmp_path / "te"
-    proc = subprocess.run([sys.executable, "-m", "gemmate_cli", "train-te", "--dataset", str(data),
-                           "--output_dir",
-                           str(out), "--max_steps", "2", "--batch_size", "4", "--temporal_scale", "1.5",
-                           "--prompt_end", "Written:", "--model_name", str(tiny_folder)],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # a tiny model: one thread is fastest
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert run_cli(main, ["train-te", "--dataset", str(data), "--output_dir", str(out), "--max_steps", "2",
+                          "--batch_size", "4", "--temporal_scale", "1.5", "--prompt_end", "Written:",
+                          "--model_name", str(tiny_folder)]) == 0
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["rows"] == 12
     model = out / "model"

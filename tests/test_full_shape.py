@@ -138,14 +138,30 @@ def test_the_committed_table_covers_every_model_and_phase():
     assert seen == {(m, p) for m in MODELS for p in rehearse.PHASES}
 
 
-@pytest.mark.slow  # over 3 s: make test runs it, make test-fast does not
+TEXT = "Quote: Imagination is more important than knowledge.\nAuthor: Albert Einstein (日本語, ∑, 🌍)"
+
+
+def test_the_cut_tokenizer_keeps_every_id_below_the_cut_and_decodes_the_same_text(tiny_folder):
+    """tokenizer_for's cut on the tiny tokenizer (320 entries, cut to 280: its later merges go); the cut of
+    the embedded one to gemma-2b's 256,000 is the test below (make test-tools)."""
+    from transformers import AutoTokenizer
+
+    from tools.fit.full_shape import tokenizer_for
+
+    tokenizer, _ = tokenizer_for(280, source=tiny_folder)
+    ids, whole = tokenizer(TEXT)["input_ids"], AutoTokenizer.from_pretrained(tiny_folder)(TEXT)["input_ids"]
+    assert max(ids) < 280 <= max(whole) and len(ids) > len(whole)
+    assert tokenizer.decode(ids, skip_special_tokens=True).strip() == TEXT
+
+
+@pytest.mark.slow
+@pytest.mark.maintainer  # make test-tools; make test keeps the cut on the tiny tokenizer (above)
 def test_the_full_shape_tokenizer_keeps_every_id_inside_gemma_2bs_vocabulary():
     """gemma-2b has 256,000 rows of embeddings; an id past them would crash the load, merge and export phases
     (the embedded Gemma 3 tokenizer it is cut from has 262,144)."""
     from tools.fit.full_shape import tokenizer_for
 
     tokenizer, _ = tokenizer_for(256_000)
-    text = "Quote: Imagination is more important than knowledge.\nAuthor: Albert Einstein (日本語, ∑, 🌍)"
-    ids = tokenizer(text)["input_ids"]
+    ids = tokenizer(TEXT)["input_ids"]
     assert len(tokenizer) <= 256_000 and max(ids) < 256_000
-    assert tokenizer.decode(ids, skip_special_tokens=True).strip() == text
+    assert tokenizer.decode(ids, skip_special_tokens=True).strip() == TEXT

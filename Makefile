@@ -125,8 +125,9 @@ rehearse-learner: embedded
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -m long tests
 
 # The tests of the course's own measuring tools that make test leaves out (marker maintainer): gpu-record's whole
-# dry run, make rehearse's phases on a tiny model, nbval failing on a faked machine. make test keeps a cheaper
-# test of each (CONTRIBUTING.md). Run it after changing tools/gpu, tools/fit or tests/fake_machine.py. About 2 min.
+# dry run, make rehearse's phases on a tiny model, nbval failing on a faked machine, the full-shape tokenizer cut
+# from the embedded one. make test keeps a cheaper test of each (CONTRIBUTING.md). Run it after changing
+# tools/gpu, tools/fit or tests/fake_machine.py. About 2 min.
 test-tools: embedded
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -m maintainer tests
 

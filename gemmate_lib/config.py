@@ -198,8 +198,7 @@ TASK_DEFAULTS = {
                      group_by_length=False, save_steps=50),
     # 06's small budget, every loss logged; no warm-up: transformers' would run step 1 at a rate of 0
     "methods": dict(max_steps=4, batch_size=4, gradient_accumulation_steps=1, warmup_steps=0, steps_freq=1,
-                    save_steps=0),
-}
+                    save_steps=0)}
 
 
 def fail(name: str, value, must: str, fix: str):

@@ -116,8 +116,7 @@ def evaluate_model(model, tokenizer, rows: list[dict], seed: int = 0, batch_size
         "predicted_author": [c.strip().split("\n")[0].strip() for c in authors.completion],
         "prompt": prompts, "reference": [split_quote(r["quote"])[1] for r in rows],
         "continuation": [c.split("\n")[0].strip() for c in formats.completion],
-        "generation": formats.completion,
-    })
+        "generation": formats.completion})
     table["author_correct"] = [float(normalize_author(p) == normalize_author(a) and bool(normalize_author(a)))
                                for p, a in zip(table.predicted_author, table.author)]
     table["rouge_l"] = [rouge_l(p, r) for p, r in zip(table.continuation, table.reference)]

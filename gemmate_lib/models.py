@@ -3,6 +3,7 @@
 cached as a normal model folder."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -14,7 +15,7 @@ import torch
 from gemmate_lib.config import EMBEDDED
 from gemmate_lib.generations import generation_of
 from gemmate_lib.guard_rails.errors import ModelLoadError, hub_load_error
-from gemmate_lib.guard_rails.files import atomic_folder, recover
+from gemmate_lib.guard_rails.files import atomic_folder, recover, save_json
 from gemmate_lib.guard_rails.hf_token import COLAB_SECRET_HELP, colab_secret_problem, get_token
 from gemmate_lib.hardware import Precision, freed_memory_returned, pick_precision
 
@@ -29,9 +30,10 @@ def cache_dir() -> Path:
 
 def prepare_embedded(verbose: bool = True) -> Path:
     """The embedded model's folder: the GGUF file converted once to safetensors (atomically), then reused."""
-    target = recover(cache_dir() / "gemma-3-270m")
-    if all((target / name).exists() for name in ("model.safetensors", "tokenizer.json", "tokenizer.model")):
-        return target  # a cache from before tokenizer.model was written converts again
+    target, config = recover(cache_dir() / "gemma-3-270m"), "tokenizer_config.json"
+    names = ("model.safetensors", "tokenizer.json", "tokenizer.model", config)
+    if all((target / n).exists() for n in names) and "added_tokens_decoder" in (target / config).read_text():
+        return target  # a cache from before tokenizer.model or the added tokens (below) converts again
     from gemmate_lib.guard_rails.colab import install_embedded
 
     try:
@@ -52,7 +54,9 @@ def prepare_embedded(verbose: bool = True) -> Path:
                                                  quantization_config=GgufConfig(dequantize=True))
     with atomic_folder(target, overwrite=True, what="embedded model cache") as tmp:
         model.save_pretrained(tmp)  # fp32: Q4_K_M dequantizes to values bf16 cannot hold exactly
-        tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)  # no added tokens: a load parsed tokenizer.json for them (1 s)
+        save_json(tmp / config, {**json.loads((tmp / config).read_text()), "added_tokens_decoder": {
+            i: t.__getstate__() for i, t in tokenizer.added_tokens_decoder.items()}})
         sentencepiece_file(gguf, tmp / "tokenizer.model")
     if verbose:
         print(f"converted in {time.time() - start:.0f} s; cached for later loads")

@@ -55,8 +55,7 @@ FIGURES = {
     "python_accuracy": Figure("Python-release accuracy", 3, False, "fine: more learned",
                               TIME + " (python_epochs)"),
     "seconds_per_step": Figure("seconds per step", 2, True, SLOW, FINE),
-    "peak_memory_gib": Figure("peak memory", 2, True, MEMORY, FINE, " GiB"),
-}
+    "peak_memory_gib": Figure("peak memory", 2, True, MEMORY, FINE, " GiB")}
 PER_NOTEBOOK = {"03_lora_sft": ("held_out_loss", "seconds_per_step", "peak_memory_gib"),
                 "04_evaluation": ("format_share", "perplexity", "peak_memory_gib"),
                 "07_temporal_encoding": ("year_accuracy", "year_accuracy_constant", "python_accuracy",

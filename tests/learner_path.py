@@ -175,9 +175,10 @@ def tiny_gemma(folder: Path) -> Path:
     model = GemmaForCausalLM(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    vocab = Path(tokenizer.name_or_path) / "tokenizer.model"  # as google/gemma-2b's folder has (05's export)
-    if vocab.is_file():
-        shutil.copy(vocab, folder / "tokenizer.model")
+    # as google/gemma-2b's folder has: tokenizer.model (05's export) and the added tokens in the config
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        if (Path(tokenizer.name_or_path) / name).is_file():
+            shutil.copy(Path(tokenizer.name_or_path) / name, folder / name)
     return folder
 
 

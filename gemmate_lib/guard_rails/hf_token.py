@@ -27,8 +27,7 @@ COLAB_SECRET_HELP = {
                  "login()` in a cell (it asks for the token and shows none of it) or `hf auth login` in a "
                  "terminal, or start the runtime with HF_TOKEN in its environment, then run again",
     "restart": "the HF_TOKEN secret was added after this session read the secrets (once, at its first Hub "
-               "call): Runtime > Restart session, then run again",
-}
+               "call): Runtime > Restart session, then run again"}
 
 
 def colab_secret_problem() -> str | None:
